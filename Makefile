@@ -1,0 +1,33 @@
+# Wraps the commands a person would otherwise type. Both targets work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/igcli explain sample_models/digits_cnn.onnx sample_inputs/digits --out igcli-out/digits
+	$(BIN)/igcli explain sample_models/breast_cancer_mlp.onnx sample_inputs/breast_cancer.csv --out igcli-out/breast_cancer
+	@echo "Heatmaps, attributions and reports are in igcli-out/digits and igcli-out/breast_cancer"
+
+test: $(STAMP)
+	$(BIN)/ruff check igcli tests bench scripts
+	$(BIN)/ruff format --check igcli tests bench scripts
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix igcli tests bench scripts
+	$(BIN)/ruff format igcli tests bench scripts
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_gradients.py
+
+clean:
+	rm -rf igcli-out .pytest_cache

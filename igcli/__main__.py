@@ -1,0 +1,5 @@
+"""Allows `python -m igcli`."""
+
+from igcli.cli import main
+
+main()
