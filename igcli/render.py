@@ -1,0 +1,503 @@
+"""Turn attributions into PNGs a person wants to look at.
+
+Pure functions from numpy arrays to RGB ``PIL`` images, plus one atomic save helper.
+
+Colours: signed maps use colorcet's CET-D1 (blue - near-white - red). It is perceptually
+uniform, so equal steps in attribution look like equal steps in colour, and its two ends are
+matched in lightness and chroma, so a negative pixel is exactly as loud as a positive one of the
+same size. Magnitude maps use inferno: perceptually uniform, 0 is black, large is bright.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import secrets
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+from cmap import Colormap
+from PIL import Image, ImageDraw, ImageFont
+
+OVERLAYS = ("heatmap", "blend", "masked", "panel")
+SIGNS = ("all", "positive", "negative", "absolute")
+REDUCTIONS = ("sum", "maxabs")
+
+DIVERGING = "colorcet:cet_d1"
+SEQUENTIAL = "bids:inferno"
+# Odd, so that attribution 0 falls exactly on the middle (near-white) entry of the diverging map.
+_LUT_SIZE = 511
+
+_BLEND_DIM = 0.5  # brightness kept of the grayscale input under a blend, so colours stand out
+_BLEND_ALPHA = 0.85  # opacity of the heat colour at |value| >= vmax; a trace of input shows through
+_MASK_DIM = 0.15  # brightness kept outside the top pixels in 'masked'
+
+_WHITE = (255, 255, 255)
+_INK = (34, 34, 34)
+_MUTED = (105, 105, 105)
+_RULE = (200, 200, 200)
+_STRIPE = (246, 246, 246)
+
+_SIGN_LEGEND = {
+    "all": ("red: raises the score", "blue: lowers the score"),
+    "positive": ("bright: raises the score", "(positive part only)"),
+    "negative": ("bright: lowers the score", "(negative part only)"),
+    "absolute": ("bright: large |attribution|", "(either direction)"),
+}
+_SIGN_LABEL = {
+    "all": "attribution",
+    "positive": "attribution (positive)",
+    "negative": "attribution (negative)",
+    "absolute": "|attribution|",
+}
+# ASCII stand-ins for common characters the bundled font cannot draw (it would draw a box).
+_ASCII = {"\u2014": "-", "\u2013": "-", "\u2212": "-", "\u2192": "->", "\u2190": "<-"}
+_ASCII |= {"\u2265": ">=", "\u2264": "<=", "\u00d7": "x", "\u2248": "~", "\u00b5": "u"}
+
+
+def attribution_map(attr_hwc: np.ndarray, reduce: str = "sum") -> np.ndarray:
+    """(H, W, C) attributions -> (H, W) map, since one colour per pixel needs one number.
+
+    'sum' (default) is the signed sum over channels, which keeps IG's completeness: the map
+    still adds up to the score difference. 'maxabs' keeps the signed channel value with the
+    largest magnitude, so one strong channel is not cancelled by the others. An (H, W) input
+    is returned as float unchanged.
+    """
+    a = np.asarray(attr_hwc, dtype=np.float64)
+    if a.ndim == 2:
+        return a.copy()
+    if a.ndim != 3:
+        raise ValueError(f"attributions must be (H, W, C), got shape {a.shape}")
+    if reduce == "sum":
+        return a.sum(axis=2)
+    if reduce == "maxabs":
+        idx = np.argmax(np.abs(a), axis=2)[..., None]
+        return np.take_along_axis(a, idx, axis=2)[..., 0]
+    raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+
+
+def select_sign(m: np.ndarray, sign: str) -> np.ndarray:
+    """Pick what to show: 'all' keeps the sign, the others give a magnitude (>= 0).
+
+    'positive' is max(m, 0); 'negative' is max(-m, 0), so evidence against the target is shown
+    as a magnitude on the same bright-is-more scale; 'absolute' is |m|.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    if sign == "all":
+        return m.copy()
+    if sign == "positive":
+        return np.maximum(m, 0.0)
+    if sign == "negative":
+        return np.maximum(-m, 0.0)
+    if sign == "absolute":
+        return np.abs(m)
+    raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+
+
+def color_scale(m: np.ndarray, clip_percentile: float = 99.5) -> float:
+    """The value mapped to full colour: the clip_percentile-th percentile of |m|.
+
+    A percentile rather than the maximum, so one outlier pixel does not wash out the map.
+    Always > 0: falls back to max|m|, then 1.0 (all-zero map). Non-finite values are ignored.
+    For a scale shared across a run, call it on all the maps concatenated.
+    """
+    if not 0 < clip_percentile <= 100:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    mag = np.abs(np.asarray(m, dtype=np.float64)).ravel()
+    mag = mag[np.isfinite(mag)]
+    if mag.size == 0:
+        return 1.0
+    for v in (np.percentile(mag, clip_percentile), mag.max()):
+        if v > 0:
+            return float(v)
+    return 1.0
+
+
+def render_image(
+    image_hwc: np.ndarray,
+    attr_hwc: np.ndarray,
+    *,
+    overlay: str = "panel",
+    sign: str = "all",
+    clip_percentile: float = 99.5,
+    vmax: float | None = None,
+    reduce: str = "sum",
+    mask_top_percent: float = 10.0,
+    title: str | None = None,
+    caption: str | None = None,
+    min_size: int = 224,
+) -> Image.Image:
+    """Draw attributions for one image input as an RGB image.
+
+    image_hwc: the input as a person sees it, floats in [0, 1], (H, W, 1) or (H, W, 3).
+    attr_hwc: attributions with the same H, W and any number of channels.
+    vmax: the value drawn at full colour; pass one for a scale shared across a run, else
+    ``color_scale`` of this image's map is used.
+
+    'heatmap', 'blend' and 'masked' return the input's size, scaled up by an integer factor for
+    small inputs: NEAREST, by the factor that brings the shorter side closest to min_size
+    (28x28 -> 224x224 by default); inputs about min_size or larger keep their size. 'panel'
+    shows input | heatmap | blend at that tile size with a colorbar, title and caption; the
+    single modes carry no text, so their pixels line up with the input's.
+    """
+    if overlay not in OVERLAYS:
+        raise ValueError(f"overlay must be one of {OVERLAYS}, got {overlay!r}")
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    if vmax is not None and not (math.isfinite(vmax) and vmax > 0):
+        raise ValueError(f"vmax must be a finite number > 0, got {vmax}")
+    if not 0 < mask_top_percent <= 100:
+        raise ValueError(f"mask_top_percent must be in (0, 100], got {mask_top_percent}")
+    if min_size < 1:
+        raise ValueError(f"min_size must be >= 1, got {min_size}")
+    img = _to_rgb_u8(image_hwc)
+    m = select_sign(attribution_map(attr_hwc, reduce), sign)
+    if m.shape != img.shape[:2]:
+        raise ValueError(
+            f"attributions are {m.shape[0]}x{m.shape[1]} (H x W), image is "
+            f"{img.shape[0]}x{img.shape[1]}"
+        )
+    m = np.nan_to_num(m, nan=0.0)
+    scale = float(vmax) if vmax is not None else color_scale(m, clip_percentile)
+    signed = sign == "all"
+    k = _scale_factor(*img.shape[:2], min_size)
+
+    if overlay == "heatmap":
+        out = _colorize(m, scale, signed)
+    elif overlay == "blend":
+        out = _blend(img, m, scale, signed)
+    elif overlay == "masked":
+        keep = _top_pixels(np.abs(m), mask_top_percent)[..., None]
+        out = np.where(keep, img, np.rint(img * _MASK_DIM).astype(np.uint8))
+    else:
+        tiles = [img, _colorize(m, scale, signed), _blend(img, m, scale, signed)]
+        tiles = [_upscale(t, k) for t in tiles]
+        return _panel(tiles, scale=scale, sign=sign, title=title, caption=caption)
+    return Image.fromarray(_upscale(out, k), mode="RGB")
+
+
+def render_bars(
+    names: list[str],
+    attributions: np.ndarray,
+    values: np.ndarray | None = None,
+    *,
+    top_k: int = 15,
+    title: str | None = None,
+    caption: str | None = None,
+) -> Image.Image:
+    """Horizontal bar chart of the top_k features by |attribution|, for tabular inputs.
+
+    Largest at top, zero axis in the middle, positive bars red and negative blue (the ends of
+    the diverging map, so images and tables read alike). Rows read "name = value" when values
+    are given; the attribution is printed at each bar's end; a note counts the features cut.
+    """
+    a = np.asarray(attributions, dtype=np.float64).ravel()
+    if len(names) != a.size:
+        raise ValueError(f"{len(names)} names but {a.size} attributions")
+    vals = None if values is None else np.asarray(values).ravel()
+    if vals is not None and vals.size != a.size:
+        raise ValueError(f"{vals.size} values but {a.size} attributions")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+    mag = np.nan_to_num(np.abs(a), nan=-1.0)
+    order = np.argsort(-mag, kind="stable")[:top_k]
+    shown = np.nan_to_num(a[order], nan=0.0)
+    amax = float(np.max(np.abs(shown), initial=0.0)) or 1.0
+    lut = _lut(DIVERGING)
+    pos, neg = tuple(int(c) for c in lut[-1]), tuple(int(c) for c in lut[0])
+
+    width, margin, fs = 900, 24, 16
+    font, small, big = _font(fs), _font(fs - 2), _font(fs + 4)
+    row_h = round(fs * 1.75)
+    label_right = margin + 330
+    ax0, ax1 = label_right + 18, width - margin
+    cx = (ax0 + ax1) // 2
+    ends = [_fmt_signed(v, 3) for v in shown]
+    reserve = max((_textlen(small, s) for s in ends), default=0) + 8
+    half = max(20, (ax1 - ax0) // 2 - reserve)
+
+    title_h = round((fs + 4) * 1.6) if title else 0
+    head_h = round(fs * 1.5)
+    more = a.size - order.size
+    note_h = round(fs * 1.6) if more else 0
+    cap_h = round(fs * 1.6) if caption else 0
+    rows_h = max(1, order.size) * row_h
+    height = margin + title_h + head_h + rows_h + note_h + cap_h + margin // 2 + 4
+
+    im = Image.new("RGB", (width, height), _WHITE)
+    d = ImageDraw.Draw(im)
+    y = margin
+    if title:
+        _text(d, (margin, y + title_h // 2 - 4), title, big, _INK, width - 2 * margin)
+        y += title_h
+    _text(d, (cx - 10, y + head_h // 2), "lowers the score", small, neg, half, align="right")
+    _text(d, (cx + 10, y + head_h // 2), "raises the score", small, pos, half)
+    y += head_h
+    top = y
+    for i, (j, v) in enumerate(zip(order, shown, strict=True)):
+        y0 = top + i * row_h
+        cy = y0 + row_h // 2
+        if i % 2 == 0:
+            d.rectangle((margin, y0, width - margin, y0 + row_h - 1), fill=_STRIPE)
+        label = str(names[j]) if vals is None else f"{names[j]} = {_fmt_value(vals[j])}"
+        _text(d, (label_right, cy), label, font, _INK, label_right - margin, align="right")
+        length = round(abs(v) / amax * half)
+        bh = round(row_h * 0.32)
+        if v >= 0:
+            if length:
+                d.rectangle((cx, cy - bh, cx + length, cy + bh), fill=pos)
+            _text(d, (cx + length + 5, cy), ends[i], small, _INK, reserve)
+        else:
+            d.rectangle((cx - length, cy - bh, cx, cy + bh), fill=neg)
+            _text(d, (cx - length - 5, cy), ends[i], small, _INK, reserve, align="right")
+    if order.size == 0:
+        _text(d, (cx, top + row_h // 2), "no features", font, _MUTED, half, align="center")
+    y = top + rows_h
+    d.line((cx, top - 2, cx, y + 1), fill=_MUTED, width=1)
+    if more:
+        rest = float(np.nansum(a[np.argsort(-mag, kind="stable")[top_k:]]))
+        note = f"+{more} more feature{'s' if more > 1 else ''} (together {_fmt_signed(rest, 3)})"
+        _text(
+            d,
+            (label_right, y + note_h // 2),
+            note,
+            small,
+            _MUTED,
+            label_right - margin,
+            align="right",
+        )
+        y += note_h
+    if caption:
+        _text(d, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
+    return im
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write atomically: save to a temporary file in the same folder, then os.replace.
+
+    So a crash never leaves a half-written PNG under the real name, and an existing file is
+    either kept or fully replaced. The temp file is removed on failure and the error re-raised.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the usual umask mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- pixels
+
+
+@functools.cache
+def _lut(name: str) -> np.ndarray:
+    """(_LUT_SIZE, 3) uint8 colours of a cmap colormap, computed once."""
+    rgba = np.asarray(Colormap(name).lut(_LUT_SIZE))
+    return np.rint(rgba[:, :3] * 255).astype(np.uint8)
+
+
+def _colorize(m: np.ndarray, vmax: float, signed: bool) -> np.ndarray:
+    """Map values to colours: [-vmax, vmax] diverging if signed, else [0, vmax] sequential."""
+    t = np.nan_to_num(np.asarray(m, dtype=np.float64) / vmax, nan=0.0, posinf=1.0, neginf=-1.0)
+    t = (np.clip(t, -1.0, 1.0) + 1.0) / 2.0 if signed else np.clip(t, 0.0, 1.0)
+    idx = np.rint(t * (_LUT_SIZE - 1)).astype(np.intp)
+    return _lut(DIVERGING if signed else SEQUENTIAL)[idx]
+
+
+def _blend(img: np.ndarray, m: np.ndarray, vmax: float, signed: bool) -> np.ndarray:
+    """Heat colours over a dimmed grayscale input, opacity proportional to |value| / vmax."""
+    gray = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL's L
+    base = (gray * _BLEND_DIM)[..., None]
+    alpha = (np.clip(np.abs(m) / vmax, 0.0, 1.0) * _BLEND_ALPHA)[..., None]
+    out = base * (1.0 - alpha) + _colorize(m, vmax, signed) * alpha
+    return np.rint(out).astype(np.uint8)
+
+
+def _top_pixels(mag: np.ndarray, percent: float) -> np.ndarray:
+    """Boolean mask of the ceil(percent% of pixels) largest magnitudes, never a zero pixel."""
+    flat = mag.ravel()
+    k = math.ceil(flat.size * percent / 100)
+    keep = np.zeros(flat.size, dtype=bool)
+    keep[np.argsort(-flat, kind="stable")[:k]] = True
+    return (keep & (flat > 0)).reshape(mag.shape)
+
+
+def _to_rgb_u8(image_hwc: np.ndarray) -> np.ndarray:
+    """[0, 1] floats, (H, W), (H, W, 1) or (H, W, 3) -> (H, W, 3) uint8."""
+    img = np.asarray(image_hwc, dtype=np.float64)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3):
+        raise ValueError(f"image must be (H, W, 1) or (H, W, 3), got shape {img.shape}")
+    img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    return np.rint(img * 255).astype(np.uint8)
+
+
+def _scale_factor(h: int, w: int, min_size: int) -> int:
+    """Integer factor bringing the shorter side closest to min_size; 1 for large inputs."""
+    return max(1, round(min_size / min(h, w)))
+
+
+def _upscale(a: np.ndarray, k: int) -> np.ndarray:
+    """NEAREST upscaling by an integer factor: each pixel becomes a k x k block."""
+    return a if k == 1 else np.repeat(np.repeat(a, k, axis=0), k, axis=1)
+
+
+# ---------------------------------------------------------------- layout
+
+
+def _panel(
+    tiles: list[np.ndarray], *, scale: float, sign: str, title: str | None, caption: str | None
+) -> Image.Image:
+    """input | heatmap | blend side by side, a colorbar under the coloured two, title, caption."""
+    th, tw = tiles[0].shape[:2]
+    fs = int(np.clip(round(0.075 * math.sqrt(th * tw)), 13, 48))
+    small, big = _font(max(11, fs - 2)), _font(round(fs * 1.25))
+    margin, gap = fs + 4, max(8, fs)
+    width = 2 * margin + 3 * tw + 2 * gap
+    xs = [margin + i * (tw + gap) for i in range(3)]
+    title_h = round(fs * 1.25 * 1.7) if title else 0
+    label_h = round(fs * 1.5)
+    bar_h = max(10, round(fs * 0.75))
+    below_h = round(bar_h + 6 + fs * 1.9)  # colorbar, tick labels; the legend fits beside them
+    cap_h = round(fs * 1.7) if caption else 0
+    height = margin + title_h + label_h + th + gap + below_h + cap_h + margin // 2
+
+    im = Image.new("RGB", (width, height), _WHITE)
+    d = ImageDraw.Draw(im)
+    y = margin
+    if title:
+        _text(d, (margin, y + title_h // 2 - fs // 4), title, big, _INK, width - 2 * margin)
+        y += title_h
+    labels = ["input", _SIGN_LABEL[sign], "overlay"]
+    for x, tile, label in zip(xs, tiles, labels, strict=True):
+        _text(d, (x + tw // 2, y + label_h // 2), label, small, _MUTED, tw, align="center")
+        im.paste(Image.fromarray(tile, mode="RGB"), (x, y + label_h))
+        d.rectangle((x - 1, y + label_h - 1, x + tw, y + label_h + th), outline=_RULE)
+    y += label_h + th + gap
+
+    # Colorbar spanning the heatmap and overlay tiles, which share its scale.
+    signed = sign == "all"
+    x0, x1 = xs[1], xs[2] + tw - 1
+    lo = -scale if signed else 0.0
+    ramp = np.linspace(lo, scale, x1 - x0 + 1)[None, :].repeat(bar_h, axis=0)
+    im.paste(Image.fromarray(_colorize(ramp, scale, signed), mode="RGB"), (x0, y))
+    d.rectangle((x0 - 1, y - 1, x1 + 1, y + bar_h), outline=_RULE)
+    ticks = [-scale, 0.0, scale] if signed else [0.0, scale / 2, scale]
+    for i, v in enumerate(ticks):
+        tx = x0 + round(i * (x1 - x0) / 2)
+        d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
+        text = "0" if v == 0 else (_fmt_signed(v, 3) if signed else f"{v:.3g}")
+        align = ("left", "center", "right")[i]
+        _text(d, (tx, y + bar_h + 6 + fs * 0.6), text, small, _INK, tw, align=align)
+
+    first, second = _SIGN_LEGEND[sign]
+    colors = (_lut(DIVERGING)[-1], _lut(DIVERGING)[0]) if signed else (_INK, _MUTED)
+    for i, (line, col) in enumerate(zip((first, second), colors, strict=True)):
+        cy = y + round(bar_h / 2) + i * round(fs * 1.4)
+        _text(d, (xs[0], cy), line, small, tuple(int(c) for c in col), tw)
+    y += below_h
+    if caption:
+        _text(d, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
+    return im
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled scalable font (Pillow >= 10.1); the fixed bitmap font before that."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError, ValueError):
+        return ImageFont.load_default()
+
+
+def _text(
+    d: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    fill: tuple[int, ...],
+    max_width: float,
+    align: str = "left",
+) -> None:
+    """One line of text vertically centred on xy[1], anchored left/center/right at xy[0].
+
+    Characters the font lacks are transliterated and the line is shortened with an ellipsis
+    to fit max_width, so a long file name never spills over the image.
+    """
+    text = _fit(_drawable(text, font), font, max_width)
+    w = _textlen(font, text)
+    x = xy[0] - {"left": 0, "center": w / 2, "right": w}[align]
+    _, top, _, bottom = d.textbbox((0, 0), "0Ag", font=font)  # same offset for every string
+    d.text((round(x), round(xy[1] - (top + bottom) / 2)), text, font=font, fill=fill)
+
+
+def _fit(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_width: float) -> str:
+    """text, or its longest prefix plus an ellipsis that fits max_width."""
+    if _textlen(font, text) <= max_width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _textlen(font, text[:mid] + "...") <= max_width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + "..."
+
+
+def _textlen(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> float:
+    return float(font.getlength(text))
+
+
+def _drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> str:
+    """Replace characters the font would draw as a box: accents dropped, dashes as '-', etc."""
+    out = []
+    for ch in text:
+        if ch.isascii() or _has_glyph(font, ch):
+            out.append(ch)
+            continue
+        sub = _ASCII.get(ch)
+        if sub is None:
+            base = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+            sub = base or "?"
+        out.append(sub)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, ch: str) -> bool:
+    """Whether ch draws as something other than the font's 'missing glyph' box."""
+    try:
+        missing = font.getmask("\uffff")
+        mask = font.getmask(ch)
+        return mask.size != missing.size or not np.array_equal(
+            np.asarray(mask), np.asarray(missing)
+        )
+    except Exception:  # a font we cannot probe: trust it
+        return True
+
+
+def _fmt_signed(v: float, digits: int) -> str:
+    return "0" if v == 0 else f"{v:+.{digits}g}"
+
+
+def _fmt_value(v: object) -> str:
+    """A feature value, compactly: 4 significant digits for numbers, str() for the rest."""
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{f:.4g}"

@@ -1,0 +1,301 @@
+"""Render known attributions and check the pixels a person would see."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from igcli import render
+from igcli.render import (
+    OVERLAYS,
+    SIGNS,
+    attribution_map,
+    color_scale,
+    render_bars,
+    render_image,
+    save_png,
+    select_sign,
+)
+
+
+def _px(im: Image.Image) -> np.ndarray:
+    return np.asarray(im, dtype=np.int64)
+
+
+def _ramp(h: int = 28, w: int = 28) -> np.ndarray:
+    """A gray image whose brightness rises left to right, (H, W, 1) in [0.1, 0.9]."""
+    return np.tile(np.linspace(0.1, 0.9, w), (h, 1))[..., None]
+
+
+def _left_right(h: int = 28, w: int = 28, c: int = 1) -> np.ndarray:
+    """+1 in the left half, -1 in the right half."""
+    a = np.ones((h, w, c))
+    a[:, w // 2 :] = -1.0
+    return a
+
+
+# ---------------------------------------------------------------- maps
+
+
+def test_attribution_map_sum_and_maxabs_on_a_hand_made_pixel():
+    attr = np.array([[[0.5, -2.0, 1.0], [3.0, -1.0, 0.0]]])  # (1, 2, 3)
+    np.testing.assert_allclose(attribution_map(attr), [[-0.5, 2.0]])
+    np.testing.assert_allclose(attribution_map(attr, "maxabs"), [[-2.0, 3.0]])
+    with pytest.raises(ValueError, match="reduce"):
+        attribution_map(attr, "mean")
+
+
+def test_select_sign_on_known_values():
+    m = np.array([[-2.0, 0.0, 3.0]])
+    np.testing.assert_array_equal(select_sign(m, "all"), m)
+    np.testing.assert_array_equal(select_sign(m, "positive"), [[0.0, 0.0, 3.0]])
+    np.testing.assert_array_equal(select_sign(m, "negative"), [[2.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(select_sign(m, "absolute"), [[2.0, 0.0, 3.0]])
+    with pytest.raises(ValueError, match="sign"):
+        select_sign(m, "both")
+
+
+def test_color_scale_ignores_a_single_huge_outlier():
+    m = np.linspace(-1.0, 1.0, 10_000)
+    m[1234] = 1e6
+    assert 0.9 < color_scale(m, 99.5) <= 1.0
+    assert color_scale(m, 100) == 1e6
+
+
+def test_color_scale_is_always_positive():
+    sparse = np.zeros(10_000)
+    sparse[0] = -0.25  # below the percentile: falls back to max|m|
+    assert color_scale(sparse) == 0.25
+    assert color_scale(np.zeros((4, 4))) == 1.0
+    assert color_scale(np.array([np.nan, np.inf])) == 1.0
+
+
+# ---------------------------------------------------------------- single modes
+
+
+def test_heatmap_positive_left_is_red_negative_right_is_blue():
+    px = _px(render_image(_ramp(), _left_right(), overlay="heatmap"))
+    h, w, _ = px.shape
+    left, right = px[h // 2, w // 4], px[h // 2, 3 * w // 4]
+    assert left[0] > left[2] + 100 and left[0] > left[1] + 100  # red dominates
+    assert right[2] > right[0] + 100 and right[2] > right[1] + 100  # blue dominates
+
+
+def test_heatmap_of_zero_is_the_neutral_centre_colour():
+    px = _px(render_image(_ramp(), np.zeros((28, 28, 1)), overlay="heatmap"))
+    assert (px == px[0, 0]).all()
+    r, g, b = px[0, 0]
+    assert min(r, g, b) > 215 and max(r, g, b) - min(r, g, b) < 15  # near-white, no hue
+
+
+def test_magnitude_maps_are_dark_at_zero_and_bright_at_vmax():
+    attr = _left_right()
+    px = _px(render_image(_ramp(), attr, overlay="heatmap", sign="positive", vmax=1.0))
+    h, w, _ = px.shape
+    assert px[h // 2, 3 * w // 4].sum() < 30  # the negative half has no positive part: dark
+    assert px[h // 2, w // 4].sum() > 500  # full scale: bright
+    neg = _px(render_image(_ramp(), attr, overlay="heatmap", sign="negative", vmax=1.0))
+    np.testing.assert_array_equal(neg, px[:, ::-1])  # the mirror image
+
+
+def test_blend_with_zero_attribution_is_the_dimmed_input():
+    image = _ramp()
+    px = _px(render_image(image, np.zeros((28, 28, 1)), overlay="blend"))
+    original = np.repeat(np.rint(image[..., 0] * 255), 8, axis=0).repeat(8, axis=1)
+    gray = px.mean(axis=2)
+    assert (px[..., 0] == px[..., 1]).all() and (px[..., 1] == px[..., 2]).all()  # grayscale
+    assert (gray < original).all()
+    row = gray[100]
+    assert (np.diff(row) >= 0).all() and row[-1] > row[0] + 50  # brightness order kept
+
+
+def test_blend_colours_only_where_attribution_is():
+    attr = np.zeros((28, 28, 1))
+    attr[10:14, 10:14] = 1.0
+    px = _px(render_image(_ramp(), attr, overlay="blend"))
+    hot, cold = px[12 * 8, 12 * 8], px[24 * 8, 12 * 8]
+    assert hot[0] > hot[2] + 80  # red
+    assert cold[0] == cold[1] == cold[2]  # untouched dimmed gray
+
+
+def test_masked_keeps_the_top_percent_bright_and_darkens_the_rest():
+    image = np.full((20, 20, 1), 0.8)
+    attr = np.zeros((20, 20, 1))
+    attr[:4, :10] = np.arange(40).reshape(4, 10)[..., None] + 1.0  # 40 pixels = 10%, all > 0
+    attr[10:, 10:] = -0.01  # small but nonzero: must be darkened
+    px = _px(render_image(image, attr, overlay="masked", mask_top_percent=10.0, min_size=20))
+    assert px.shape == (20, 20, 3)
+    bright = px[..., 0] > 150
+    np.testing.assert_array_equal(bright, np.abs(attr[..., 0]) >= 1.0)
+    assert px[~bright].max() < 0.8 * 255 * 0.3  # heavily darkened
+
+
+def test_masked_never_keeps_zero_attribution_pixels():
+    px = _px(render_image(_ramp(), np.zeros((28, 28, 1)), overlay="masked"))
+    assert px.max() < 60
+
+
+@pytest.mark.parametrize("overlay", ["heatmap", "blend", "masked"])
+def test_single_modes_upscale_small_inputs_by_an_integer_factor(overlay):
+    im = render_image(_ramp(), _left_right(c=3), overlay=overlay)
+    assert im.size == (224, 224) and im.mode == "RGB"
+    px = _px(im)
+    assert (px[:8, :8] == px[0, 0]).all()  # NEAREST: each input pixel is one 8x8 block
+    rect = render_image(np.zeros((28, 14, 3)), np.ones((28, 14, 2)), overlay=overlay)
+    assert rect.size == (14 * 16, 28 * 16)  # shorter side 14 -> factor 16
+
+
+@pytest.mark.parametrize("overlay", ["heatmap", "blend", "masked"])
+def test_single_modes_keep_large_inputs_at_their_size(overlay):
+    image = np.random.default_rng(0).random((200, 300, 3))
+    im = render_image(image, _left_right(200, 300, 3), overlay=overlay)
+    assert im.size == (300, 200) and im.mode == "RGB"
+
+
+def test_shared_vmax_makes_scales_comparable():
+    weak = _left_right() * 0.1
+    own = _px(render_image(_ramp(), weak, overlay="heatmap"))
+    shared = _px(render_image(_ramp(), weak, overlay="heatmap", vmax=1.0))
+    assert own[100, 50, 0] - own[100, 50, 2] > shared[100, 50, 0] - shared[100, 50, 2] + 50
+
+
+# ---------------------------------------------------------------- panel
+
+
+@pytest.mark.parametrize("sign", SIGNS)
+def test_panel_is_wide_and_not_blank(sign):
+    rng = np.random.default_rng(1)
+    im = render_image(
+        _ramp(),
+        rng.standard_normal((28, 28, 1)),
+        sign=sign,
+        title="digit_3.png \u2014 target 3 (score 0.987)",
+        caption="completeness error 0.02% \u00b7 50 steps \u00b7 gausslegendre",
+    )
+    assert im.mode == "RGB" and im.width > im.height
+    assert im.width >= 3 * 224
+    assert _px(im).std() > 30
+
+
+def test_panel_contains_the_input_tile_unchanged():
+    image = _ramp()
+    px = _px(render_image(image, _left_right()))
+    tile = np.repeat(np.rint(image[..., 0] * 255), 8, axis=0).repeat(8, axis=1)
+    row = tile[0].astype(np.int64)
+    hits = [
+        (y, x)
+        for y in range(px.shape[0])
+        for x in np.flatnonzero(px[y, :, 0] == row[0])
+        if x + 224 <= px.shape[1] and (px[y, x : x + 224, 0] == row).all()
+    ]
+    assert hits, "the 224 px upscaled input row is not in the panel"
+
+
+def test_title_with_characters_the_font_lacks_still_renders():
+    im = render_image(_ramp(), _left_right(), title="caf\u00e9 \u2014 \u2212 \u2192 \u4e00")
+    assert im.width > im.height
+    assert render._drawable("caf\u00e9 \u2014 x", render._font(16)) == "cafe - x"
+
+
+def test_invalid_arguments_are_rejected():
+    with pytest.raises(ValueError, match="overlay"):
+        render_image(_ramp(), _left_right(), overlay="contour")
+    with pytest.raises(ValueError, match="H x W"):
+        render_image(_ramp(), np.ones((27, 28, 1)))
+    with pytest.raises(ValueError, match="vmax"):
+        render_image(_ramp(), _left_right(), vmax=0.0)
+    assert set(OVERLAYS) == {"heatmap", "blend", "masked", "panel"}
+
+
+# ---------------------------------------------------------------- bars
+
+
+def _longest_run(row: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D boolean array."""
+    padded = np.concatenate([[0], row.astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return int((edges[1::2] - edges[::2]).max(initial=0))
+
+
+def _bar_rows(px: np.ndarray) -> list[tuple[int, str]]:
+    """(first y, 'red' | 'blue') of each bar, top down: a long solid run, not coloured text."""
+    red = (px[..., 0] > 150) & (px[..., 1] < 60) & (px[..., 2] < 60)
+    blue = (px[..., 2] > 170) & (px[..., 0] < 80)
+    rows, previous = [], None
+    for y in range(px.shape[0]):
+        colour = (
+            "red" if _longest_run(red[y]) > 12 else "blue" if _longest_run(blue[y]) > 12 else None
+        )
+        if colour and colour != previous:
+            rows.append((y, colour))
+        previous = colour
+    return rows
+
+
+def test_bars_put_the_largest_magnitude_on_top_with_its_colour():
+    names = ["small", "top_positive", "second_negative"]
+    im = render_bars(names, np.array([0.01, 2.0, -1.5]), np.array([1.0, 2.0, 3.0]), title="t")
+    assert im.mode == "RGB" and 850 <= im.width <= 950
+    rows = _bar_rows(_px(im))
+    assert [c for _, c in rows] == ["red", "blue"]  # 0.01 is too short to detect
+
+    flipped = render_bars(names, np.array([0.01, -2.0, 1.5]))
+    assert [c for _, c in _bar_rows(_px(flipped))] == ["blue", "red"]
+
+
+def test_bars_length_is_proportional_to_attribution():
+    px = _px(render_bars(["a", "b"], np.array([1.0, 0.5])))
+    red = (px[..., 0] > 150) & (px[..., 1] < 60) & (px[..., 2] < 60)
+    widths = [w for w in map(_longest_run, red) if w > 12]
+    long, short = max(widths), min(widths)
+    assert abs(short / long - 0.5) < 0.03
+
+
+def test_bars_handle_top_k_larger_than_n_and_cut_with_a_taller_chart():
+    a = np.array([0.3, -0.2, 0.1])
+    few = render_bars(["x", "y", "z"], a, top_k=15)
+    assert len(_bar_rows(_px(few))) == 3
+    names = [f"f{i}" for i in range(40)]
+    many = render_bars(names, np.linspace(-1, 1, 40), top_k=15)
+    assert many.height > few.height
+    assert len(_bar_rows(_px(many))) >= 2
+    with pytest.raises(ValueError, match="names"):
+        render_bars(["x"], a)
+
+
+# ---------------------------------------------------------------- save
+
+
+def test_save_png_writes_a_readable_png_and_no_temp_file(tmp_path: Path):
+    im = render_image(_ramp(), _left_right(), overlay="heatmap")
+    target = tmp_path / "out.png"
+    save_png(im, target)
+    save_png(im, target)  # replacing an existing file works too
+    assert os.listdir(tmp_path) == ["out.png"]
+    with Image.open(target) as back:
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(im))
+
+
+def test_save_png_into_a_missing_folder_leaves_nothing(tmp_path: Path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError):
+        save_png(Image.new("RGB", (4, 4)), missing / "out.png")
+    assert not missing.exists() and os.listdir(tmp_path) == []
+
+
+def test_save_png_failing_mid_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_png(Image.new("RGB", (4, 4)), target)
+    assert os.listdir(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
