@@ -6,8 +6,12 @@ Each rule is named after its op; the docstring states the derivative it implemen
 
 from __future__ import annotations
 
-from igcli.autodiff.builder import NodeGrad
-from igcli.autodiff.registry import rule
+import math
+
+import numpy as np
+
+from igcli.autodiff.builder import FLOAT_TYPES, NodeGrad
+from igcli.autodiff.registry import NoGradient, rule
 
 
 @rule("Identity")
@@ -89,3 +93,452 @@ def Exp(g: NodeGrad):
 def Log(g: NodeGrad):
     """dy/dx = 1 / x."""
     return [g.op("Div", g.GO(0), g.I(0))]
+
+
+# -- helpers shared by the rules below ------------------------------------------------------
+
+
+def _float(g: NodeGrad, cond: str, like: str) -> str:
+    """A boolean mask as 0/1 in the float type of `like`."""
+    return g.op("Cast", cond, to=g.e.infos_elem(like))
+
+
+def _at_top(g: NodeGrad, x: str, y: str, largest: bool) -> str:
+    """Boolean x == y where y is an upper (largest) or lower bound of x.
+
+    Spelled Not(x < y) / Not(x > y): Equal takes floats only from opset 11 on.
+    """
+    return g.op("Not", g.op("Less" if largest else "Greater", x, y))
+
+
+def _where_positive(g: NodeGrad, x: str, pos: str, neg: str) -> str:
+    """pos where x > 0, else neg."""
+    return g.op("Where", g.op("Greater", x, g.scalar(0.0, x)), pos, neg)
+
+
+# -- variadic, broadcasting -----------------------------------------------------------------
+
+
+@rule("Sum")
+def Sum(g: NodeGrad):
+    """y = sum_k x_k: every input receives GO, summed down to its own shape."""
+    return [g.reduce_to(g.GO(0), k) if g.needs(k) else None for k in range(g.n_inputs())]
+
+
+@rule("Mean")
+def Mean(g: NodeGrad):
+    """y = (1/n) sum_k x_k: every input receives GO / n, summed down to its own shape."""
+    n = g.n_inputs()
+    go = g.op("Mul", g.GO(0), g.scalar(1.0 / n, g.O(0)))
+    return [g.reduce_to(go, k) if g.needs(k) else None for k in range(n)]
+
+
+def _variadic_extreme(g: NodeGrad, largest: bool):
+    """GO goes to the input holding the extreme; on ties to the first such input only."""
+    y, go = g.O(0), g.GO(0)
+    wanted = [k for k in range(g.n_inputs()) if g.needs(k)]
+    grads: list[str | None] = [None] * g.n_inputs()
+    taken = None  # some earlier input already holds the extreme
+    for k in range(max(wanted, default=-1) + 1):
+        hit = _at_top(g, g.I(k), y, largest)
+        first = hit if taken is None else g.op("And", hit, g.op("Not", taken))
+        if g.needs(k):
+            grads[k] = g.reduce_to(g.op("Mul", go, _float(g, first, y)), k)
+        taken = hit if taken is None else g.op("Or", taken, hit)
+    return grads
+
+
+@rule("Max")
+def Max(g: NodeGrad):
+    """y = max_k x_k: dx_k = GO where x_k is the first input equal to y, else 0."""
+    return _variadic_extreme(g, largest=True)
+
+
+@rule("Min")
+def Min(g: NodeGrad):
+    """y = min_k x_k: dx_k = GO where x_k is the first input equal to y, else 0."""
+    return _variadic_extreme(g, largest=False)
+
+
+# -- unary and binary elementwise ----------------------------------------------------------
+
+
+@rule("Abs")
+def Abs(g: NodeGrad):
+    """dy/dx = sign(x)."""
+    return [g.op("Mul", g.GO(0), g.op("Sign", g.I(0)))]
+
+
+@rule("Sqrt")
+def Sqrt(g: NodeGrad):
+    """dy/dx = 0.5 / y."""
+    return [g.op("Div", g.op("Mul", g.GO(0), g.scalar(0.5)), g.O(0))]
+
+
+@rule("Reciprocal")
+def Reciprocal(g: NodeGrad):
+    """y = 1/x: dy/dx = -y^2."""
+    y = g.O(0)
+    return [g.op("Neg", g.op("Mul", g.GO(0), g.op("Mul", y, y)))]
+
+
+@rule("Pow")
+def Pow(g: NodeGrad):
+    """y = a^b: da = GO * b * a^(b-1), db = GO * y * log(a) (taken as 0 where a <= 0)."""
+    a, b, go = g.I(0), g.I(1), g.GO(0)
+    ga = gb = None
+    if g.needs(0):
+        b_val = g.const_input(1)
+        if b_val is not None:
+            coef = g.e.const(b_val, g.e.np_dtype(a))
+            b_minus_1 = g.e.const(b_val.astype(np.float64) - 1.0, g.e.np_dtype(a))
+        else:
+            coef = b
+            if g.e.infos_elem(b) != g.e.infos_elem(a):
+                coef = g.op("Cast", b, to=g.e.infos_elem(a))
+            b_minus_1 = g.op("Sub", coef, g.scalar(1.0, a))
+        ga = g.reduce_to(g.op("Mul", go, g.op("Mul", coef, g.op("Pow", a, b_minus_1))), 0)
+    if g.needs(1):
+        positive = g.op("Greater", a, g.scalar(0.0, a))
+        log_a = g.op("Log", g.op("Where", positive, a, g.scalar(1.0, a)))
+        gb = g.reduce_to(g.op("Mul", go, g.op("Mul", g.O(0), log_a)), 1)
+    return [ga, gb]
+
+
+@rule("LeakyRelu")
+def LeakyRelu(g: NodeGrad):
+    """dy/dx = 1 where x > 0, else alpha."""
+    go = g.GO(0)
+    return [_where_positive(g, g.I(0), go, g.op("Mul", go, g.scalar(g.attr("alpha", 0.01))))]
+
+
+@rule("PRelu")
+def PRelu(g: NodeGrad):
+    """y = x if x >= 0 else slope * x: dx = GO * (1 or slope), dslope = GO * x where x < 0."""
+    x, slope, go = g.I(0), g.I(1), g.GO(0)
+    negative = g.op("Less", x, g.scalar(0.0, x))
+    zero = g.scalar(0.0, x)
+    gx = gs = None
+    if g.needs(0):
+        gx = g.op("Where", negative, g.op("Mul", go, slope), go)
+        gx = g.reduce_to(gx, 0)  # slope broadcasts to x, never the other way, but be safe
+    if g.needs(1):
+        gs = g.reduce_to(g.op("Where", negative, g.op("Mul", go, x), zero), 1)
+    return [gx, gs]
+
+
+@rule("Elu")
+def Elu(g: NodeGrad):
+    """dy/dx = 1 where x > 0, else y + alpha."""
+    go, alpha = g.GO(0), g.scalar(g.attr("alpha", 1.0))
+    return [_where_positive(g, g.I(0), go, g.op("Mul", go, g.op("Add", g.O(0), alpha)))]
+
+
+@rule("Selu")
+def Selu(g: NodeGrad):
+    """dy/dx = gamma where x > 0, else y + gamma * alpha."""
+    alpha = g.attr("alpha", 1.67326319217681884765625)
+    gamma = g.attr("gamma", 1.05070102214813232421875)
+    go = g.GO(0)
+    pos = g.op("Mul", go, g.scalar(gamma))
+    neg = g.op("Mul", go, g.op("Add", g.O(0), g.scalar(gamma * alpha)))
+    return [_where_positive(g, g.I(0), pos, neg)]
+
+
+@rule("Clip")
+def Clip(g: NodeGrad):
+    """dy/dx = 1 strictly inside (min, max), else 0; dmin = GO below min, dmax = GO above max."""
+    x, go = g.I(0), g.GO(0)
+    if g.opset < 11:
+        lo = g.attr("min")
+        hi = g.attr("max")
+        lo = None if lo is None else g.scalar(lo, x)
+        hi = None if hi is None else g.scalar(hi, x)
+    else:
+        lo = g.I(1) or None
+        hi = g.I(2) or None
+    zero = g.scalar(0.0, x)
+    inside = None
+    for bound, cmp in ((lo, "Greater"), (hi, "Less")):
+        if bound is not None:
+            ok = g.op(cmp, x, bound)
+            inside = ok if inside is None else g.op("And", inside, ok)
+    grads: list[str | None] = [None] * g.n_inputs()
+    if g.needs(0):
+        grads[0] = go if inside is None else g.op("Where", inside, go, zero)
+    for k, cmp in ((1, "Less"), (2, "Greater")):
+        if g.needs(k):
+            below = g.op(cmp, x, g.I(k))
+            grads[k] = g.reduce_to(g.op("Where", below, go, zero), k)
+    return grads
+
+
+@rule("HardSigmoid")
+def HardSigmoid(g: NodeGrad):
+    """y = clip(alpha x + beta, 0, 1): dy/dx = alpha where 0 < y < 1, else 0."""
+    y = g.O(0)
+    inside = g.op("And", g.op("Greater", y, g.scalar(0.0, y)), g.op("Less", y, g.scalar(1.0, y)))
+    scaled = g.op("Mul", g.GO(0), g.scalar(g.attr("alpha", 0.2), y))
+    return [g.op("Where", inside, scaled, g.scalar(0.0, y))]
+
+
+@rule("HardSwish")
+def HardSwish(g: NodeGrad):
+    """y = x * clip(x/6 + 1/2, 0, 1): dy/dx = 0 below -3, 1 above 3, x/3 + 1/2 between."""
+    x = g.I(0)
+    ramp = g.op("Add", g.op("Mul", x, g.scalar(1.0 / 3.0)), g.scalar(0.5))
+    above = g.op("Where", g.op("Greater", x, g.scalar(3.0)), g.scalar(1.0), ramp)
+    slope = g.op("Where", g.op("Less", x, g.scalar(-3.0)), g.scalar(0.0), above)
+    return [g.op("Mul", g.GO(0), slope)]
+
+
+@rule("Softplus")
+def Softplus(g: NodeGrad):
+    """y = log(1 + e^x): dy/dx = sigmoid(x)."""
+    return [g.op("Mul", g.GO(0), g.op("Sigmoid", g.I(0)))]
+
+
+@rule("Softsign")
+def Softsign(g: NodeGrad):
+    """y = x / (1 + |x|): dy/dx = 1 / (1 + |x|)^2."""
+    d = g.op("Add", g.scalar(1.0), g.op("Abs", g.I(0)))
+    return [g.op("Div", g.GO(0), g.op("Mul", d, d))]
+
+
+@rule("Erf")
+def Erf(g: NodeGrad):
+    """dy/dx = 2 / sqrt(pi) * exp(-x^2)."""
+    x = g.I(0)
+    bump = g.op("Exp", g.op("Neg", g.op("Mul", x, x)))
+    return [g.op("Mul", g.GO(0), g.op("Mul", bump, g.scalar(2.0 / math.sqrt(math.pi))))]
+
+
+@rule("Gelu")
+def Gelu(g: NodeGrad):
+    """none: dy/dx = Phi(x) + x phi(x) with Phi(x) = (1 + erf(x/sqrt 2))/2, phi = Phi'.
+
+    tanh: y = x (1 + t)/2, t = tanh(u), u = c (x + k x^3), c = sqrt(2/pi), k = 0.044715:
+    dy/dx = (1 + t)/2 + x (1 - t^2) c (1 + 3 k x^2) / 2.
+    """
+    x, s = g.I(0), g.scalar
+    x2 = g.op("Mul", x, x)
+    if g.attr("approximate", "none") == "tanh":
+        c, k = math.sqrt(2.0 / math.pi), 0.044715
+        u = g.op("Mul", g.op("Mul", x, g.op("Add", s(1.0), g.op("Mul", x2, s(k)))), s(c))
+        t = g.op("Tanh", u)
+        du = g.op("Mul", g.op("Add", s(1.0), g.op("Mul", x2, s(3.0 * k))), s(c))
+        dt = g.op("Mul", g.op("Sub", s(1.0), g.op("Mul", t, t)), du)
+        slope = g.op("Mul", g.op("Add", g.op("Add", s(1.0), t), g.op("Mul", x, dt)), s(0.5))
+    else:
+        cdf = g.op("Mul", g.op("Add", s(1.0), g.op("Erf", g.op("Mul", x, s(0.5**0.5)))), s(0.5))
+        pdf = g.op("Mul", g.op("Exp", g.op("Mul", x2, s(-0.5))), s(1.0 / math.sqrt(2 * math.pi)))
+        slope = g.op("Add", cdf, g.op("Mul", x, pdf))
+    return [g.op("Mul", g.GO(0), slope)]
+
+
+@rule("Cast")
+def Cast(g: NodeGrad):
+    """Float to float: the gradient cast back to the input's type. To integers/bool: none
+    (a step function)."""
+    src, dst = g.e.infos_elem(g.I(0)), g.attr("to")
+    if src not in FLOAT_TYPES or dst not in FLOAT_TYPES:
+        return [None]
+    return [g.GO(0) if src == dst else g.op("Cast", g.GO(0), to=src)]
+
+
+@rule("Dropout")
+def Dropout(g: NodeGrad):
+    """Inference: y = x, dy/dx = 1 (ratio and training_mode get none)."""
+    if g.opset >= 12 and g.I(2):
+        training = g.const_input(2)
+        if training is None or bool(np.asarray(training).item()):
+            raise NoGradient("Dropout in training mode is random")
+    return [g.GO(0)] + [None] * (g.n_inputs() - 1)
+
+
+@rule("Where")
+def Where(g: NodeGrad):
+    """y = cond ? a : b: da = GO where cond, db = GO elsewhere; cond gets none."""
+    cond, go = g.I(0), g.GO(0)
+    zero = g.scalar(0.0, g.O(0))
+    ga = g.reduce_to(g.op("Where", cond, go, zero), 1) if g.needs(1) else None
+    gb = g.reduce_to(g.op("Where", cond, zero, go), 2) if g.needs(2) else None
+    return [None, ga, gb]
+
+
+# -- softmax -----------------------------------------------------------------------------
+
+
+def _softmax_axes(g: NodeGrad) -> list[int]:
+    """Opset >= 13: the one `axis` (default -1). Before: every axis from `axis` (default 1)
+    on, since the input was coerced to 2-D there."""
+    if g.opset >= 13:
+        return [g.attr("axis", -1)]
+    axis, rank = g.attr("axis", 1), g.e.rank(g.I(0))
+    if rank is None:
+        raise NoGradient("Softmax before opset 13 on a tensor of unknown rank")
+    return list(range(axis % rank if rank else 0, rank))
+
+
+@rule("Softmax")
+def Softmax(g: NodeGrad):
+    """dx = y * (GO - sum(GO * y, axes))."""
+    y, go = g.O(0), g.GO(0)
+    dot = g.e.reduce_sum(g.op("Mul", go, y), _softmax_axes(g), keepdims=True)
+    return [g.op("Mul", y, g.op("Sub", go, dot))]
+
+
+@rule("LogSoftmax")
+def LogSoftmax(g: NodeGrad):
+    """dx = GO - exp(y) * sum(GO, axes)."""
+    y, go = g.O(0), g.GO(0)
+    total = g.e.reduce_sum(go, _softmax_axes(g), keepdims=True)
+    return [g.op("Sub", go, g.op("Mul", g.op("Exp", y), total))]
+
+
+# -- reductions --------------------------------------------------------------------------
+
+
+def _reduced_axes(g: NodeGrad) -> list[int] | None:
+    """The sorted, non-negative axes the node reduces: None for all, [] for a no-op.
+
+    Axes are an attribute before opset 13 (ReduceSum) or 18 (the others), an input after.
+    """
+    as_input = g.opset >= 18 or (g.node.op_type == "ReduceSum" and g.opset >= 13)
+    if as_input:
+        axes = []
+        if g.I(1):
+            value = g.const_input(1)
+            if value is None:
+                raise NoGradient("reduction axes computed at run time")
+            axes = [int(a) for a in np.asarray(value).ravel()]
+        if not axes:
+            return [] if g.attr("noop_with_empty_axes", 0) else None
+    else:
+        axes = g.attr("axes")
+        if not axes:
+            return None
+    if any(a < 0 for a in axes):
+        rank = g.e.rank(g.I(0))
+        if rank is None:
+            raise NoGradient("negative reduction axes on a tensor of unknown rank")
+        axes = [a % rank for a in axes]
+    return sorted(set(axes))
+
+
+class _Reduction:
+    """What all reduction rules share: the axes, and GO / y brought back to keepdims form."""
+
+    def __init__(self, g: NodeGrad) -> None:
+        self.g, self.x = g, g.I(0)
+        self.axes = _reduced_axes(g)
+        self.squeezed = bool(self.axes) and not g.attr("keepdims", 1)
+
+    def kept(self, t: str) -> str:
+        """t (shaped like the output) with the reduced axes restored as size-1 dims."""
+        return self.g.e.unsqueeze(t, self.axes) if self.squeezed else t
+
+    def all_axes(self) -> list[int] | None:
+        rank = self.g.e.rank(self.x)
+        return self.axes if self.axes is not None else (None if rank is None else list(range(rank)))
+
+    def reduced_dims(self) -> list[int] | None:
+        """Static sizes of the reduced axes (None when any is unknown or symbolic)."""
+        axes, shape = self.all_axes(), self.g.e.static_shape(self.x)
+        if axes is None or shape is None:
+            return None
+        dims = [shape[a] for a in axes]
+        return dims if all(isinstance(d, int) for d in dims) else None
+
+    def expand(self, t: str) -> str:
+        """Broadcast t (keepdims form) to the input's shape."""
+        return self.g.op("Expand", t, self.g.op("Shape", self.x))
+
+
+@rule("ReduceSum")
+def ReduceSum(g: NodeGrad):
+    """dx = GO broadcast back over the reduced axes."""
+    red = _Reduction(g)
+    return [red.expand(red.kept(g.GO(0)))] + [None] * (g.n_inputs() - 1)
+
+
+@rule("ReduceMean")
+def ReduceMean(g: NodeGrad):
+    """dx = GO / n broadcast back over the reduced axes, n the number of reduced elements."""
+    red, x = _Reduction(g), g.I(0)
+    dims = red.reduced_dims()
+    if dims is not None:
+        n = g.scalar(float(np.prod(dims, dtype=np.int64)), x)
+    else:  # some reduced size is only known at run time: n = size(x) / size(y)
+        elem = g.e.infos_elem(x)
+        n = g.op(
+            "Div",
+            g.op("Cast", g.op("Size", x), to=elem),
+            g.op("Cast", g.op("Size", g.O(0)), to=elem),
+        )
+    return [red.expand(g.op("Div", red.kept(g.GO(0)), n))] + [None] * (g.n_inputs() - 1)
+
+
+def _reduce_extreme(g: NodeGrad, largest: bool):
+    """GO goes to the first (row-major over the reduced axes) element equal to the extreme.
+
+    When a reduced size is not static, ties share GO equally instead (the total is kept).
+    """
+    red, x = _Reduction(g), g.I(0)
+    rest = [None] * (g.n_inputs() - 1)
+    go = red.kept(g.GO(0))
+    if red.axes == []:
+        return [go, *rest]
+    hit = _float(g, _at_top(g, x, red.kept(g.O(0)), largest), x)
+    dims, axes, rank = red.reduced_dims(), red.all_axes(), g.e.rank(x)
+    if dims is not None:
+        # weight K, K-1, ..., 1 along the reduced block: the first hit has the largest weight
+        count = int(np.prod(dims, dtype=np.int64))
+        shape = [dims[axes.index(a)] if a in axes else 1 for a in range(rank)]
+        weight = np.arange(count, 0, -1, dtype=np.float64).reshape(shape)
+        ranked = g.op("Mul", hit, g.e.const(weight, g.e.np_dtype(x)))
+        best = g.e.reduce("ReduceMax", ranked, axes, keepdims=True)
+        mask = _float(g, _at_top(g, ranked, best, largest=True), x)
+    else:
+        mask = g.op("Div", hit, g.e.reduce("ReduceSum", hit, red.axes, keepdims=True))
+    return [g.op("Mul", go, mask), *rest]
+
+
+@rule("ReduceMax")
+def ReduceMax(g: NodeGrad):
+    """dx = GO at the arg-max of each reduced block (the first one on ties), else 0."""
+    return _reduce_extreme(g, largest=True)
+
+
+@rule("ReduceMin")
+def ReduceMin(g: NodeGrad):
+    """dx = GO at the arg-min of each reduced block (the first one on ties), else 0."""
+    return _reduce_extreme(g, largest=False)
+
+
+@rule("ReduceL2")
+def ReduceL2(g: NodeGrad):
+    """y = sqrt(sum x^2): dx = GO * x / y (0 where y = 0, since x = 0 there)."""
+    red, x = _Reduction(g), g.I(0)
+    y = red.kept(g.O(0))
+    tiny = g.scalar(float(np.finfo(g.e.np_dtype(x)).tiny), x)
+    return [g.op("Div", g.op("Mul", red.kept(g.GO(0)), x), g.op("Max", y, tiny))] + [None] * (
+        g.n_inputs() - 1
+    )
+
+
+@rule("ReduceLogSumExp")
+def ReduceLogSumExp(g: NodeGrad):
+    """y = log sum exp(x): dx = GO * exp(x - y), a softmax over the reduced block."""
+    red, x = _Reduction(g), g.I(0)
+    soft = g.op("Exp", g.op("Sub", x, red.kept(g.O(0))))
+    return [g.op("Mul", red.kept(g.GO(0)), soft)] + [None] * (g.n_inputs() - 1)
+
+
+@rule("ReduceSumSquare")
+def ReduceSumSquare(g: NodeGrad):
+    """y = sum x^2: dx = 2 x GO."""
+    red, x = _Reduction(g), g.I(0)
+    return [g.op("Mul", red.kept(g.GO(0)), g.op("Mul", x, g.scalar(2.0, x)))] + [None] * (
+        g.n_inputs() - 1
+    )

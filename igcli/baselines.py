@@ -1,0 +1,76 @@
+"""Baselines: the reference point IG integrates from.
+
+Image baselines are made in pixel space and then pass through the same preprocessing as the
+input, so "black" stays black under mean/std normalisation (a black image is not the zero
+tensor once pixels are normalised). `zero` is the all-zeros tensor in model space.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from igcli.errors import InputError, UsageError
+from igcli.inputs import IMAGE_SUFFIXES, Preprocessing, Sample, read_image, read_tensor
+
+NAMED = ("zero", "black", "white", "uniform", "blur")
+
+
+def default_baseline(sample: Sample) -> str:
+    return "black" if sample.kind == "image" else "zero"
+
+
+def blur_pixels(pixels: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each channel of (H, W, C) floats."""
+    channels = [
+        np.asarray(
+            Image.fromarray(pixels[:, :, c].astype(np.float32), mode="F").filter(
+                ImageFilter.GaussianBlur(sigma)
+            )
+        )
+        for c in range(pixels.shape[2])
+    ]
+    return np.stack(channels, axis=2).astype(np.float64)
+
+
+def make_baseline(
+    spec: str, sample: Sample, prep: Preprocessing, seed: int = 0, blur_sigma: float | None = None
+) -> np.ndarray:
+    """The baseline for one sample, in model space (same shape as sample.x)."""
+    if spec == "zero":
+        return np.zeros_like(sample.x)
+    if spec in NAMED:
+        rng = np.random.default_rng(seed)
+        if sample.kind == "image":
+            shape = sample.pixels.shape
+            if spec == "black":
+                pixels = np.zeros(shape)
+            elif spec == "white":
+                pixels = np.ones(shape)
+            elif spec == "uniform":
+                pixels = rng.uniform(0.0, 1.0, size=shape)
+            else:
+                sigma = blur_sigma or max(shape[0], shape[1]) / 8
+                pixels = blur_pixels(sample.pixels, sigma)
+            return prep.image_to_model(pixels)
+        if spec == "uniform":
+            lo, hi = float(np.min(sample.x)), float(np.max(sample.x))
+            return rng.uniform(lo, hi, size=sample.x.shape).astype(sample.x.dtype)
+        raise InputError(f"baseline {spec!r} needs an image input", sample.path)
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(
+            f"baseline {spec!r} is neither one of {', '.join(NAMED)} nor an existing file"
+        )
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if sample.kind != "image":
+            raise InputError("an image baseline needs an image input", sample.path)
+        return prep.image_to_model(read_image(path, prep))
+    if path.suffix.lower() == ".npy":
+        base = read_tensor(path, prep)
+        if base.shape != sample.x.shape:
+            raise InputError(f"baseline {path} has shape {list(base.shape)}", sample.path)
+        return base
+    raise UsageError(f"baseline file {spec!r} must be an image or a .npy file")

@@ -1,0 +1,293 @@
+"""Explaining many inputs: discovery, naming, sharding, resuming, and the run loop.
+
+Outputs mirror the input tree under --out, so two `img.png` in different folders never
+collide. Each finished input leaves `<name>.record.json` beside its .npy and .png, written
+last: it marks the input complete, which is what --skip-existing checks, and lets the final
+report include inputs explained by an earlier, interrupted run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from igcli.errors import IgcliError, InputError, UsageError
+from igcli.explain import Explained, Explainer
+from igcli.inputs import SUPPORTED_SUFFIXES, load_samples
+from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
+from igcli.report import RunReport, failure_entry, json_line
+from igcli.visualize import HeatmapStyle, attribution_map, draw, is_image_like
+
+
+@dataclass
+class InputItem:
+    path: Path
+    name: str  # output stem relative to --out, no suffix
+    problem: str | None = None  # set when the file is refused before reading
+
+
+@dataclass
+class Discovery:
+    items: list[InputItem] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _walk(root: Path, recursive: bool, pattern: str | None) -> Iterable[Path]:
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                yield Path(dirpath) / fn
+    else:
+        yield from sorted(p for p in root.iterdir() if not p.is_dir())
+
+
+def _matches(path: Path, root: Path, pattern: str | None) -> bool:
+    if pattern is None:
+        return path.suffix.lower() in SUPPORTED_SUFFIXES
+    rel = path.relative_to(root).as_posix()
+    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(path.name, pattern)
+
+
+def discover(
+    args: list[str], recursive: bool = False, pattern: str | None = None, stdin=None
+) -> Discovery:
+    """Turn the command line's INPUT... (files, folders, '-') into named items."""
+    found = Discovery()
+    loose: list[Path] = []
+    for arg in args:
+        if arg == "-":
+            if stdin is None:
+                raise UsageError("'-' needs a list of paths on standard input")
+            loose += [Path(line.strip()) for line in stdin if line.strip()]
+            continue
+        path = Path(arg)
+        if path.is_dir():
+            root = path.resolve()
+            for file in _walk(path, recursive, pattern):
+                if not _matches(file, path, pattern):
+                    if pattern is None:
+                        found.skipped.append((str(file), "not a supported file type"))
+                    continue
+                rel = file.relative_to(path)
+                item = InputItem(file, rel.with_suffix("").as_posix())
+                if file.is_symlink() and root not in file.resolve().parents:
+                    item.problem = "symlink points outside the input folder"
+                found.items.append(item)
+        else:
+            loose.append(path)
+    found.items += _name_loose(loose)
+    _disambiguate(found.items)
+    return found
+
+
+def _name_loose(paths: list[Path]) -> list[InputItem]:
+    """Files named on their own: by stem, or relative to their common folder on a clash."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return [InputItem(p, s) for p, s in zip(paths, stems, strict=True)]
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    return [
+        InputItem(p, r.relative_to(common).with_suffix("").as_posix())
+        for p, r in zip(paths, resolved, strict=True)
+    ]
+
+
+def _disambiguate(items: list[InputItem]) -> None:
+    """img.png and img.jpg side by side keep their suffix in the output name."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.name] = counts.get(item.name, 0) + 1
+    for item in items:
+        if counts[item.name] > 1:
+            item.name = f"{item.name}{item.path.suffix}"
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {spec!r}: use K/N, e.g. 2/4") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise UsageError(f"--shard {spec!r}: need 1 <= K <= N")
+    return k, n
+
+
+def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
+    """A stable hash of the output name decides the shard: same split on every machine."""
+    if shard is None:
+        return True
+    k, n = shard
+    digest = int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)
+    return digest % n == k - 1
+
+
+def record_path(out_dir: Path, name: str) -> Path:
+    return output_stem(out_dir, name + ".record.json")
+
+
+def existing_records(out_dir: Path, item: InputItem, model_path: Path) -> list[dict] | None:
+    """Records of a complete earlier explanation newer than the model, else None."""
+    marker = record_path(out_dir, item.name)
+    try:
+        if marker.stat().st_mtime < model_path.stat().st_mtime:
+            return None
+        records = json.loads(marker.read_text())["records"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for r in records:
+        for key in ("attributions_file", "heatmap_file"):
+            if r.get(key) and not (out_dir / r[key]).is_file():
+                return None
+    return records
+
+
+@dataclass
+class RunSettings:
+    out_dir: Path
+    style: HeatmapStyle
+    shared_scale: bool = False
+    json_lines: bool = False
+    skip_existing: bool = False
+    max_completeness_error: float | None = None
+
+
+def _caption(e: Explained) -> str:
+    r = e.record
+    err = f"{r.rel_error * 100:.3g}%" if np.isfinite(r.rel_error) else str(r.rel_error)
+    return (
+        f"sum {r.attribution_sum:.4g} vs F(x)-F(b) {r.delta:.4g} - completeness error {err}"
+        f" - {r.steps} steps {r.method} - {r.gradient_source} gradients"
+    )
+
+
+def _title(e: Explained) -> str:
+    r = e.record
+    label = f" '{r.label}'" if r.label else ""
+    return f"{Path(r.input).name} - target {r.target}{label} (score {r.f_input:.4g})"
+
+
+class BatchRun:
+    """The loop over inputs: explain, write outputs atomically, report, never stop on one."""
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        settings: RunSettings,
+        report: RunReport,
+        emit: Callable[[str], None],
+        warn: Callable[[str], None],
+    ) -> None:
+        self.explainer, self.settings, self.report = explainer, settings, report
+        self.emit, self.warn = emit, warn
+        self.deferred: list[tuple[Explained, Path]] = []  # heatmaps waiting for a shared scale
+
+    def process(self, item: InputItem) -> None:
+        out = self.settings.out_dir
+        if self.settings.skip_existing:
+            records = existing_records(out, item, self.explainer.model_path)
+            if records is not None:
+                self.report.results.extend(records)
+                self.report.resumed += 1
+                return
+        try:
+            if item.problem:
+                raise InputError(item.problem, item.path)
+            records = self._explain_item(item)
+        except InputError as exc:
+            self._fail(str(item.path), exc)
+            return
+        self.report.results.extend(records)
+        for r in records:
+            if self.settings.json_lines:
+                self.emit(json_line(r))
+
+    def _fail(self, path: str, exc: IgcliError | str) -> None:
+        entry = failure_entry(path, exc)
+        self.report.failures.append(entry)
+        self.warn(f"error: {exc}")
+        if self.settings.json_lines:
+            self.emit(json_line(entry))
+
+    def _explain_item(self, item: InputItem) -> list[dict]:
+        ex = self.explainer
+        samples = load_samples(item.path, ex.prep, item.name)
+        records = []
+        for sample in samples:
+            explained = ex.explain(sample)
+            multi = len(explained) > 1
+            for e in explained:
+                stem = sample.name + (f".target{e.record.target}" if multi else "")
+                records.append(self._write(e, stem))
+        atomic_write_text(
+            record_path(self.settings.out_dir, item.name),
+            json.dumps({"input": str(item.path), "records": records}) + "\n",
+        )
+        return records
+
+    def _write(self, e: Explained, stem: str) -> dict:
+        out = self.settings.out_dir
+        npy = output_stem(out, stem + ".npy")
+        png = output_stem(out, stem + ".png")
+        batch_shaped = e.result.attributions.astype(np.float32)[None]
+        atomic_save_npy(npy, batch_shaped)
+        e.record.attributions_file = npy.relative_to(out.resolve()).as_posix()
+        e.record.heatmap_file = png.relative_to(out.resolve()).as_posix()
+        if self.settings.shared_scale and is_image_like(e.sample, self.explainer.prep):
+            self.deferred.append((e, png))
+        else:
+            self._draw(e, png, None)
+        return e.record.to_dict()
+
+    def _draw(self, e: Explained, png: Path, vmax: float | None) -> None:
+        image = draw(
+            e.sample,
+            e.result.attributions,
+            self.explainer.prep,
+            self.settings.style,
+            title=_title(e),
+            caption=_caption(e),
+            vmax=vmax,
+        )
+        atomic_save_png(png, image)
+
+    def finish(self) -> None:
+        """Draw heatmaps that share one colour scale, now that every map is known."""
+        if not self.deferred:
+            return
+        from igcli.render import color_scale, select_sign
+
+        style, prep = self.settings.style, self.explainer.prep
+        maps = [
+            select_sign(
+                attribution_map(e.result.attributions, e.sample, prep, style.reduce), style.sign
+            ).ravel()
+            for e, _ in self.deferred
+        ]
+        vmax = color_scale(np.concatenate(maps), style.clip_percentile)
+        for e, png in self.deferred:
+            self._draw(e, png, vmax)
+        self.deferred.clear()
+
+    def apply_gate(self) -> list[str]:
+        """Names of results over --max-completeness-error (empty when no gate or all pass)."""
+        limit = self.settings.max_completeness_error
+        if limit is None:
+            return []
+        failing = [
+            r["name"]
+            for r in self.report.results
+            if not (isinstance(r["rel_error"], (int, float)) and r["rel_error"] <= limit)
+        ]
+        self.report.gate = {"max": limit, "passed": not failing, "failing": failing}
+        return failing

@@ -1,0 +1,266 @@
+"""Loading a model, its sidecar, and running it in ONNX Runtime in batches.
+
+The model is read once per run. Before use it is prepared: the batch dimension is made
+dynamic where the graph allows it, and with --softmax a Softmax over each sample's
+flattened output is appended, so every gradient source explains the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from igcli.errors import InputError, ModelError, UsageError
+
+SOFTMAX_OUTPUT = "igcli_softmax"
+
+
+@dataclass
+class Sidecar:
+    """What `<model>.json` beside a model says about labels, features and preprocessing."""
+
+    kind: str | None = None
+    labels: list[str] | None = None
+    feature_names: list[str] | None = None
+    preprocessing: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, model_path: Path) -> Sidecar:
+        path = model_path.with_suffix(".json")
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"sidecar is not valid JSON ({exc})", path) from None
+        if not isinstance(data, dict):
+            raise ModelError("sidecar must be a JSON object", path)
+        return cls(
+            kind=data.get("kind"),
+            labels=data.get("labels"),
+            feature_names=data.get("feature_names"),
+            preprocessing=data.get("preprocessing") or {},
+            raw=data,
+        )
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int | str | None]
+    dtype: np.dtype
+
+
+def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+    t = vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+    except (KeyError, TypeError, ValueError):
+        dtype = np.dtype(object)
+    return TensorSpec(vi.name, dims, dtype)
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Read an ONNX file, failing with a one-line ModelError."""
+    if not path.exists():
+        raise ModelError("no such file", path)
+    if not path.is_file():
+        raise ModelError("not a file", path)
+    try:
+        model = onnx.load(str(path))
+    except Exception:
+        raise ModelError("not an ONNX model (cannot parse it)", path) from None
+    if len(model.graph.node) == 0 or not model.graph.output:
+        raise ModelError("not an ONNX model (no graph)", path)
+    return model
+
+
+def model_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The real inputs: graph inputs that are not initializers (old models list both)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [_spec(vi) for vi in model.graph.input if vi.name not in inits]
+
+
+def graph_outputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    return [_spec(vi) for vi in model.graph.output]
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def with_softmax(model: onnx.ModelProto, output: str) -> tuple[onnx.ModelProto, str]:
+    """Append softmax over each sample's flattened `output`; return the model and new output."""
+    model = copy.deepcopy(model)
+    flat = f"{SOFTMAX_OUTPUT}/flat"
+    model.graph.node.extend(
+        [
+            helper.make_node("Flatten", [output], [flat], axis=1),
+            helper.make_node("Softmax", [flat], [SOFTMAX_OUTPUT], axis=1),
+        ]
+    )
+    spec = next(o for o in graph_outputs(model) if o.name == output)
+    elem = helper.np_dtype_to_tensor_dtype(spec.dtype)
+    model.graph.output.append(helper.make_tensor_value_info(SOFTMAX_OUTPUT, elem, None))
+    return model, SOFTMAX_OUTPUT
+
+
+def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename a fixed batch of 1 to a symbolic 'N' on inputs and outputs (a try, not a promise)."""
+    model = copy.deepcopy(model)
+    inits = {i.name for i in model.graph.initializer}
+    for vi in [*model.graph.input, *model.graph.output]:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+            dims[0].dim_param = "N"
+    del model.graph.value_info[:]
+    return model
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+def resolve_providers(provider: str | None) -> list[str]:
+    """CPU by default; CUDA first when that build and device are there; or what the user named."""
+    available = ort.get_available_providers()
+    if provider:
+        name = (
+            provider if provider.endswith("ExecutionProvider") else f"{provider}ExecutionProvider"
+        )
+        match = next((p for p in available if p.lower() == name.lower()), None)
+        if match is None:
+            raise UsageError(
+                f"execution provider {provider!r} is not available; have {', '.join(available)}"
+            )
+        return [match] if match == "CPUExecutionProvider" else [match, "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(
+    model: onnx.ModelProto, path: Path, providers: list[str], threads: int | None
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), session_options(threads), providers=providers
+        )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"ONNX Runtime cannot load it: {first}", path) from None
+
+
+class ModelRunner:
+    """Runs one output of a model on batches of samples, `batch_size` rows per call.
+
+    Models whose batch dimension is fixed at 1 are first tried with it made dynamic; when the
+    graph itself hard-codes the batch (a Reshape to [1, -1], say), rows go one per call.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        path: Path,
+        input_name: str,
+        output_name: str,
+        *,
+        feeds: dict[str, np.ndarray] | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.path, self.input_name, self.output_name = path, input_name, output_name
+        self.batch_size = max(1, batch_size)
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.threads = threads
+        self.extra_feeds = feeds or {}
+        self.calls = 0
+        self.rows = 0
+        self.seconds = 0.0  # time inside ONNX Runtime, for benchmarks
+        spec = next(i for i in graph_inputs(model) if i.name == input_name)
+        self.input_dtype = spec.dtype
+        out_spec = next((o for o in graph_outputs(model) if o.name == output_name), None)
+        if out_spec is None:
+            names = ", ".join(o.name for o in graph_outputs(model))
+            raise UsageError(f"model has no output {output_name!r} (outputs: {names})")
+        self.output_dtype = out_spec.dtype
+        self.fixed_batch = bool(spec.shape) and spec.shape[0] == 1
+        self.model = with_dynamic_batch(model) if self.fixed_batch else model
+        self.session = make_session(self.model, path, self.providers, threads)
+        if self.fixed_batch and not self._dynamic_batch_works(spec):
+            self.model = model
+            self.session = make_session(model, path, self.providers, threads)
+            self.batch_size = 1
+
+    def _dynamic_batch_works(self, spec: TensorSpec) -> bool:
+        shape = [2] + [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape[1:]]
+        try:
+            out = self._call(np.zeros(shape, dtype=self.input_dtype))
+        except Exception:
+            return False
+        return out.shape[:1] == (2,)
+
+    def _feeds_for(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {self.input_name: batch}
+        for name, value in self.extra_feeds.items():
+            if value.shape[:1] == (1,) and len(batch) != 1:
+                value = np.repeat(value, len(batch), axis=0)
+            feeds[name] = value
+        return feeds
+
+    def _call(self, batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            return self.session.run([self.output_name], self._feeds_for(batch))[0]
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def run(self, points: np.ndarray) -> np.ndarray:
+        """Output for each row of `points` (rows are model inputs without the batch axis)."""
+        outs = []
+        for start in range(0, len(points), self.batch_size):
+            batch = np.ascontiguousarray(points[start : start + self.batch_size], self.input_dtype)
+            try:
+                out = self._call(batch)
+            except Exception as exc:
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise InputError(f"model call failed: {msg}", self.path) from None
+            self.calls += 1
+            self.rows += len(batch)
+            outs.append(np.asarray(out))
+        result = np.concatenate(outs, axis=0)
+        check_finite(result, f"output {self.output_name!r}", self.path)
+        return result
+
+
+def check_finite(values: np.ndarray, what: str, path: Path) -> None:
+    if not np.all(np.isfinite(values)):
+        bad = "NaN" if np.isnan(values).any() else "Inf"
+        raise InputError(f"{what} contains {bad}", path)

@@ -1,0 +1,70 @@
+"""Writing results: atomic files (temporary name, then rename) and safe output paths."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from igcli.errors import OutputError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write all of `data` or nothing: a crash or a full disk never leaves half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write ({exc.strerror or exc})", path.parent) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_save_png(path: Path, image) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail early, before any work, when the output folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".igcli-write-check.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(
+            f"output folder is not writable ({exc.strerror or exc})", out_dir
+        ) from None
+
+
+def output_stem(out_dir: Path, relative: str) -> Path:
+    """OUT/relative, refusing names that would land outside OUT."""
+    root = out_dir.resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise OutputError(f"output name {relative!r} would escape the output folder", out_dir)
+    return target

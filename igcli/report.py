@@ -1,0 +1,207 @@
+"""Run reports: OUT/report.json (everything), report.md (for a pull request), report.csv.
+
+Also the JSON Lines records printed with --json. Both carry `schema_version`; bump it when a
+field changes meaning or disappears (adding fields keeps the version).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnxruntime
+
+from igcli import __version__
+from igcli.errors import IgcliError, UsageError
+from igcli.outputs import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+CSV_FIELDS = [
+    "input",
+    "name",
+    "status",
+    "target",
+    "label",
+    "f_input",
+    "f_baseline",
+    "attribution_sum",
+    "delta",
+    "abs_error",
+    "rel_error",
+    "steps",
+    "method",
+    "baseline",
+    "gradient_source",
+    "fd_step",
+    "wall_time_s",
+    "attributions_file",
+    "heatmap_file",
+    "error",
+]
+
+
+def _finite(value):
+    """JSON has no inf/NaN: write them as strings so every parser reads the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def json_record(entry: dict) -> dict:
+    return {"schema_version": SCHEMA_VERSION, **{k: _finite(v) for k, v in entry.items()}}
+
+
+def json_line(entry: dict) -> str:
+    return json.dumps(json_record(entry), sort_keys=False)
+
+
+@dataclass
+class RunReport:
+    model: str
+    model_sha256: str
+    settings: dict
+    results: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    gate: dict | None = None
+    skipped: list[dict] = field(default_factory=list)  # files not explained on purpose
+    resumed: int = 0  # results taken from an earlier run (--skip-existing)
+    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "igcli_version": __version__,
+            "onnxruntime_version": onnxruntime.__version__,
+            "python_version": platform.python_version(),
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "started": self.started,
+            "settings": self.settings,
+            "summary": self.summary(),
+            "gate": self.gate,
+            "results": [json_record(r) for r in self.results],
+            "failures": [json_record(f) for f in self.failures],
+            "skipped": self.skipped,
+        }
+
+    def summary(self) -> dict:
+        errors = [r["rel_error"] for r in self.results if r.get("rel_error") is not None]
+        finite = [e for e in errors if math.isfinite(e)]
+        return {
+            "explained": len(self.results),
+            "failed": len(self.failures),
+            "resumed": self.resumed,
+            "skipped": len(self.skipped),
+            "max_rel_error": _finite(max(errors)) if errors else None,
+            "mean_rel_error": (sum(finite) / len(finite)) if finite else None,
+        }
+
+    def write(self, out_dir: Path) -> None:
+        atomic_write_text(out_dir / "report.json", json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write_text(out_dir / "report.csv", self.to_csv())
+        atomic_write_text(out_dir / "report.md", self.to_markdown())
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in [*self.results, *self.failures]:
+            writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        s = self.summary()
+        lines = [
+            f"# igcli report: {Path(self.model).name}",
+            "",
+            f"{s['explained']} explained, {s['failed']} failed; "
+            f"steps {self.settings.get('steps')}, method {self.settings.get('method')}, "
+            f"igcli {__version__}, model sha256 `{self.model_sha256[:12]}`",
+            "",
+        ]
+        if self.gate:
+            verdict = "passed" if self.gate["passed"] else "FAILED"
+            lines += [
+                f"Completeness gate (max relative error {self.gate['max']}): **{verdict}**",
+                "",
+            ]
+        if self.results:
+            header = ["input", "target", "F(input)", "F(baseline)", "sum of attributions"]
+            header += ["rel. error", "source"]
+            lines += ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---|"]
+            for r in self.results:
+                target = f"{r['target']}" + (f" ({r['label']})" if r.get("label") else "")
+                cells = [r["name"], target, f"{r['f_input']:.6g}", f"{r['f_baseline']:.6g}"]
+                cells += [f"{r['attribution_sum']:.6g}", _pct(r["rel_error"]), r["gradient_source"]]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+        if self.failures:
+            lines += ["## Failed inputs", ""]
+            lines += [f"- `{f['input']}`: {f['error']}" for f in self.failures]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.4f}%" if math.isfinite(value) else str(value)
+
+
+def load_report(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"not a readable report ({exc})", path) from None
+    if not isinstance(data, dict) or "results" not in data:
+        raise UsageError("not an igcli report.json", path)
+    return data
+
+
+def merge_reports(paths: list[Path]) -> RunReport:
+    """Join the reports of shards of one run (same model) into one."""
+    if not paths:
+        raise UsageError("merge-reports needs at least one report.json")
+    reports = [load_report(p) for p in paths]
+    hashes = {r.get("model_sha256") for r in reports}
+    if len(hashes) > 1:
+        raise UsageError("reports are of different models (model_sha256 differs)")
+    first = reports[0]
+    merged = RunReport(first["model"], first["model_sha256"], first.get("settings", {}))
+    seen = set()
+    for rep in reports:
+        for r in rep["results"]:
+            key = (r["input"], r["name"], r["target"])
+            if key not in seen:
+                seen.add(key)
+                merged.results.append({k: v for k, v in r.items() if k != "schema_version"})
+        merged.failures += [
+            {k: v for k, v in f.items() if k != "schema_version"} for f in rep.get("failures", [])
+        ]
+    gates = [r["gate"] for r in reports if r.get("gate")]
+    if gates:
+        limit = gates[0]["max"]
+        failing = [r["name"] for r in merged.results if _over(r["rel_error"], limit)]
+        merged.gate = {"max": limit, "passed": not failing, "failing": failing}
+    return merged
+
+
+def _over(value, limit: float) -> bool:
+    try:
+        return not float(value) <= limit
+    except (TypeError, ValueError):
+        return True
+
+
+def failure_entry(input_path: str, error: IgcliError | str) -> dict:
+    return {
+        "input": input_path,
+        "name": Path(input_path).stem,
+        "status": "error",
+        "error": str(error),
+    }

@@ -1,0 +1,71 @@
+"""Choose the picture for one explanation: a heatmap for images, bars for feature vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from igcli import render
+from igcli.inputs import Preprocessing, Sample
+
+
+@dataclass
+class HeatmapStyle:
+    overlay: str = "panel"
+    sign: str = "all"
+    clip_percentile: float = 99.5
+    reduce: str = "sum"
+    top_k: int = 15
+
+
+def display_pixels(sample: Sample, prep: Preprocessing) -> np.ndarray:
+    """(H, W, C) in [0, 1] as a person sees the input; undoes normalisation for tensors."""
+    if sample.pixels is not None:
+        return sample.pixels
+    x = prep.model_to_hwc(sample.x).astype(np.float64)
+    if prep.mean is not None:
+        x = x * prep.std + prep.mean
+        return np.clip(x, 0.0, 1.0)
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def attribution_map(attributions: np.ndarray, sample: Sample, prep: Preprocessing, reduce: str):
+    """The per-pixel map drawn for an image-like input (used for shared colour scales)."""
+    return render.attribution_map(prep.model_to_hwc(attributions), reduce)
+
+
+def is_image_like(sample: Sample, prep: Preprocessing) -> bool:
+    return prep.is_image_model and sample.x.ndim == 3
+
+
+def draw(
+    sample: Sample,
+    attributions: np.ndarray,
+    prep: Preprocessing,
+    style: HeatmapStyle,
+    *,
+    title: str,
+    caption: str,
+    vmax: float | None = None,
+) -> Image.Image:
+    if is_image_like(sample, prep):
+        return render.render_image(
+            display_pixels(sample, prep),
+            prep.model_to_hwc(attributions),
+            overlay=style.overlay,
+            sign=style.sign,
+            clip_percentile=style.clip_percentile,
+            vmax=vmax,
+            reduce=style.reduce,
+            title=title,
+            caption=caption,
+        )
+    flat = attributions.reshape(-1)
+    names = sample.feature_names or [f"x[{i}]" for i in range(flat.size)]
+    values = sample.raw_values if sample.raw_values is not None else sample.x.reshape(-1)
+    return render.render_bars(
+        list(names), flat, values, top_k=style.top_k, title=title, caption=caption
+    )
