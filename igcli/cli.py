@@ -19,7 +19,8 @@ from igcli.errors import ExitCode, IgcliError, UsageError
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+# A pipe or CI log has no width to ask; 140 columns keep the summary table readable there.
+stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:

@@ -102,10 +102,14 @@ class Explained:
     baseline: np.ndarray
 
 
+def default_groups(sample: Sample) -> str:
+    """Per-feature differences unless the input is a large image (then 4x4 patches)."""
+    return "4x4" if sample.kind == "image" and sample.x.size > 4096 else "1"
+
+
 def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.ndarray | None:
     """Feature groups for finite differences: None = one group per feature."""
-    if spec is None:
-        spec = "4x4" if sample.kind == "image" and sample.x.size > 4096 else "1"
+    spec = spec or default_groups(sample)
     if spec in ("1", "1x1", "none"):
         return None
     m = re.fullmatch(r"(\d+)x(\d+)", spec)
@@ -329,12 +333,7 @@ class Explainer:
                 baseline=baseline_spec,
                 gradient_source=source.name,
                 fd_step=source.step if is_fd else None,
-                fd_groups=(
-                    opts.fd_groups
-                    or ("4x4" if sample.kind == "image" and sample.x.size > 4096 else "1")
-                )
-                if is_fd
-                else None,
+                fd_groups=(opts.fd_groups or default_groups(sample)) if is_fd else None,
                 wall_time_s=elapsed,
             )
             results.append(Explained(record, result, sample, base))

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from igcli.model import ModelRunner
+from igcli.model import ModelRunner, check_finite
 
 
 class GradientSource(Protocol):
@@ -74,7 +74,10 @@ class GradientGraphRunner:
             r.rows += len(batch)
             outs.append(out)
             grads.append(grad)
-        return np.concatenate(outs), np.concatenate(grads)
+        out, grad = np.concatenate(outs), np.concatenate(grads)
+        check_finite(out, f"output {r.output_name!r}", r.path)
+        check_finite(grad, "gradient", r.path)
+        return out, grad
 
 
 class FiniteDifferences:

@@ -13,6 +13,15 @@ import numpy as np
 from igcli.errors import OutputError
 
 
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _default_mode()  # what open() would give; mkstemp alone gives 0600
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write all of `data` or nothing: a crash or a full disk never leaves half a file."""
     try:
@@ -23,6 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,9 +85,19 @@ def run_explain(
         max_completeness_error=max_completeness_error,
     )
 
+    stdout_open = True
+
     def emit(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        """A closed pipe (`| head`) stops the JSON lines, not the run."""
+        nonlocal stdout_open
+        if not stdout_open:
+            return
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            stdout_open = False
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     batch = BatchRun(explainer, settings, report, emit, warn)
     start = time.perf_counter()

@@ -219,9 +219,8 @@ def PRelu(g: NodeGrad):
     negative = g.op("Less", x, g.scalar(0.0, x))
     zero = g.scalar(0.0, x)
     gx = gs = None
-    if g.needs(0):
+    if g.needs(0):  # slope broadcasts to x, never the other way: no reduction needed
         gx = g.op("Where", negative, g.op("Mul", go, slope), go)
-        gx = g.reduce_to(gx, 0)  # slope broadcasts to x, never the other way, but be safe
     if g.needs(1):
         gs = g.reduce_to(g.op("Where", negative, g.op("Mul", go, x), zero), 1)
     return [gx, gs]
