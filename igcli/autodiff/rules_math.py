@@ -426,16 +426,24 @@ def _reduced_axes(g: NodeGrad) -> list[int] | None:
 
 
 class _Reduction:
-    """What all reduction rules share: the axes, and GO / y brought back to keepdims form."""
+    """What all reduction rules share: the axes, GO and y brought back to keepdims form, and
+    the answer (a gradient for the data input only; axes get none)."""
 
     def __init__(self, g: NodeGrad) -> None:
         self.g, self.x = g, g.I(0)
         self.axes = _reduced_axes(g)
         self.squeezed = bool(self.axes) and not g.attr("keepdims", 1)
+        self.go = self.kept(g.GO(0))
 
     def kept(self, t: str) -> str:
         """t (shaped like the output) with the reduced axes restored as size-1 dims."""
         return self.g.e.unsqueeze(t, self.axes) if self.squeezed else t
+
+    def y(self) -> str:
+        return self.kept(self.g.O(0))
+
+    def answer(self, dx: str) -> list[str | None]:
+        return [dx] + [None] * (self.g.n_inputs() - 1)
 
     def all_axes(self) -> list[int] | None:
         rank = self.g.e.rank(self.x)
@@ -458,7 +466,7 @@ class _Reduction:
 def ReduceSum(g: NodeGrad):
     """dx = GO broadcast back over the reduced axes."""
     red = _Reduction(g)
-    return [red.expand(red.kept(g.GO(0)))] + [None] * (g.n_inputs() - 1)
+    return red.answer(red.expand(red.go))
 
 
 @rule("ReduceMean")
@@ -470,12 +478,9 @@ def ReduceMean(g: NodeGrad):
         n = g.scalar(float(np.prod(dims, dtype=np.int64)), x)
     else:  # some reduced size is only known at run time: n = size(x) / size(y)
         elem = g.e.infos_elem(x)
-        n = g.op(
-            "Div",
-            g.op("Cast", g.op("Size", x), to=elem),
-            g.op("Cast", g.op("Size", g.O(0)), to=elem),
-        )
-    return [red.expand(g.op("Div", red.kept(g.GO(0)), n))] + [None] * (g.n_inputs() - 1)
+        size_x = g.op("Cast", g.op("Size", x), to=elem)
+        n = g.op("Div", size_x, g.op("Cast", g.op("Size", g.O(0)), to=elem))
+    return red.answer(red.expand(g.op("Div", red.go, n)))
 
 
 def _reduce_extreme(g: NodeGrad, largest: bool):
@@ -484,23 +489,20 @@ def _reduce_extreme(g: NodeGrad, largest: bool):
     When a reduced size is not static, ties share GO equally instead (the total is kept).
     """
     red, x = _Reduction(g), g.I(0)
-    rest = [None] * (g.n_inputs() - 1)
-    go = red.kept(g.GO(0))
     if red.axes == []:
-        return [go, *rest]
-    hit = _float(g, _at_top(g, x, red.kept(g.O(0)), largest), x)
-    dims, axes, rank = red.reduced_dims(), red.all_axes(), g.e.rank(x)
+        return red.answer(red.go)
+    hit = _float(g, _at_top(g, x, red.y(), largest), x)
+    dims, axes = red.reduced_dims(), red.all_axes()
     if dims is not None:
-        # weight K, K-1, ..., 1 along the reduced block: the first hit has the largest weight
-        count = int(np.prod(dims, dtype=np.int64))
-        shape = [dims[axes.index(a)] if a in axes else 1 for a in range(rank)]
-        weight = np.arange(count, 0, -1, dtype=np.float64).reshape(shape)
+        # weights K, K-1, ..., 1 over the reduced block: the first hit has the largest weight
+        shape = [dims[axes.index(a)] if a in axes else 1 for a in range(g.e.rank(x))]
+        weight = np.arange(int(np.prod(dims, dtype=np.int64)), 0, -1).reshape(shape)
         ranked = g.op("Mul", hit, g.e.const(weight, g.e.np_dtype(x)))
         best = g.e.reduce("ReduceMax", ranked, axes, keepdims=True)
         mask = _float(g, _at_top(g, ranked, best, largest=True), x)
     else:
         mask = g.op("Div", hit, g.e.reduce("ReduceSum", hit, red.axes, keepdims=True))
-    return [g.op("Mul", go, mask), *rest]
+    return red.answer(g.op("Mul", red.go, mask))
 
 
 @rule("ReduceMax")
@@ -519,25 +521,19 @@ def ReduceMin(g: NodeGrad):
 def ReduceL2(g: NodeGrad):
     """y = sqrt(sum x^2): dx = GO * x / y (0 where y = 0, since x = 0 there)."""
     red, x = _Reduction(g), g.I(0)
-    y = red.kept(g.O(0))
     tiny = g.scalar(float(np.finfo(g.e.np_dtype(x)).tiny), x)
-    return [g.op("Div", g.op("Mul", red.kept(g.GO(0)), x), g.op("Max", y, tiny))] + [None] * (
-        g.n_inputs() - 1
-    )
+    return red.answer(g.op("Div", g.op("Mul", red.go, x), g.op("Max", red.y(), tiny)))
 
 
 @rule("ReduceLogSumExp")
 def ReduceLogSumExp(g: NodeGrad):
     """y = log sum exp(x): dx = GO * exp(x - y), a softmax over the reduced block."""
     red, x = _Reduction(g), g.I(0)
-    soft = g.op("Exp", g.op("Sub", x, red.kept(g.O(0))))
-    return [g.op("Mul", red.kept(g.GO(0)), soft)] + [None] * (g.n_inputs() - 1)
+    return red.answer(g.op("Mul", red.go, g.op("Exp", g.op("Sub", x, red.y()))))
 
 
 @rule("ReduceSumSquare")
 def ReduceSumSquare(g: NodeGrad):
     """y = sum x^2: dx = 2 x GO."""
     red, x = _Reduction(g), g.I(0)
-    return [g.op("Mul", red.kept(g.GO(0)), g.op("Mul", x, g.scalar(2.0, x)))] + [None] * (
-        g.n_inputs() - 1
-    )
+    return red.answer(g.op("Mul", red.go, g.op("Mul", x, g.scalar(2.0, x))))
