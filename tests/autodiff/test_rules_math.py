@@ -1,9 +1,11 @@
-"""Every elementwise rule against central finite differences."""
+"""Every rule of rules_math (elementwise, variadic, softmax, reductions) against central FD."""
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
-from tests.autodiff.checker import Case
+from igcli.autodiff import blocking_ops
+from tests.autodiff.checker import Case, Runner, check_graph, make_model
 
 rng = np.random.default_rng(42)
 
@@ -30,6 +32,551 @@ for op in ("Identity", "Neg", "Relu", "Sigmoid", "Tanh", "Exp"):
 CASES.append(Case("Log", {"x": r(3, 4, low=0.2, high=3.0)}))
 
 
+# -- helpers for the cases below ----------------------------------------------------------
+
+
+class NodeCase(Case):
+    """A Case whose node lists its inputs explicitly: absent optional inputs as "", a
+    constant (in `constants`) placed before a graph input, or outputs of `before` nodes."""
+
+    def __init__(self, op, node_inputs, inputs, attrs=None, id="", before=(), **options):
+        super().__init__(op, inputs, attrs, id, **options)
+        self.node_inputs, self.before = node_inputs, list(before)
+
+    def run(self):
+        node = helper.make_node(self.op, self.node_inputs, ["y"], **self.attrs)
+        check_graph([*self.before, node], self.inputs, "y", **self.options)
+
+
+def away_from(x, points, margin=0.05):
+    """Push values at least `margin` away from each kink in `points`."""
+    for p in points:
+        near = np.abs(x - p) < margin
+        x = np.where(near, p + np.where(x >= p, 2, -2) * margin, x)
+    return x
+
+
+def distinct(*shape, low=-2.0, high=2.0, gap=0.01):
+    """Values whose pairwise gaps exceed `gap`, so max/min have no near-ties for FD."""
+    n = int(np.prod(shape))
+    grid = np.linspace(low, high, max(n, int((high - low) / gap) // 2))
+    return rng.permutation(rng.choice(grid, size=n, replace=False)).reshape(shape)
+
+
+# -- variadic Sum, Mean, Max, Min ---------------------------------------------------------
+VARIADIC_SHAPES = [[(3, 4)], [(3, 4), (3, 4)], [(2, 3, 4), (4,), (3, 1)], [(2, 1, 4), (1, 3, 1)]]
+for opset in (9, 13):
+    for op in ("Sum", "Mean", "Max", "Min"):
+        for shapes in VARIADIC_SHAPES:
+            if op == "Mean" and shapes[0] == (2, 1, 4):
+                shapes = [(2, 3, 4), (1, 3, 1)]  # onnx.reference's Mean adds in place into x0
+            if op in ("Max", "Min"):
+                vals = distinct(sum(int(np.prod(s)) for s in shapes))
+                parts = np.split(vals, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
+                ins = {
+                    f"x{k}": p.reshape(s)
+                    for k, (p, s) in enumerate(zip(parts, shapes, strict=True))
+                }
+            else:
+                ins = {f"x{k}": r(*s) for k, s in enumerate(shapes)}
+            CASES.append(Case(op, ins, opset=opset, id=f"{op}-{shapes}-{opset}"))
+    for op in ("Sum", "Max"):
+        ins = {"a": distinct(3, 4), "b": distinct(3, 4) + 0.003}
+        CASES.append(Case(op, ins, opset=opset, dynamic=True, id=f"{op}-dynamic-{opset}"))
+
+# -- unary --------------------------------------------------------------------------------
+# onnx.reference evaluates erf in float32: a wider FD step and tolerance for Erf and Gelu
+ERF_FD = {"eps": 3e-3, "rtol": 1e-4, "atol": 1e-4}
+for opset in (9, 13):
+    CASES.append(Case("Abs", {"x": away_from_zero(r(3, 4))}, opset=opset, id=f"Abs-{opset}"))
+    CASES.append(Case("Sqrt", {"x": r(3, 4, low=0.2)}, opset=opset, id=f"Sqrt-{opset}"))
+    CASES.append(
+        Case(
+            "Reciprocal",
+            {"x": away_from(r(3, 4), [0.0], 0.3)},
+            opset=opset,
+            id=f"Reciprocal-{opset}",
+        )
+    )
+    CASES.append(Case("Softplus", {"x": r(3, 4)}, opset=opset, id=f"Softplus-{opset}"))
+    CASES.append(Case("Softsign", {"x": r(3, 4)}, opset=opset, id=f"Softsign-{opset}"))
+    CASES.append(Case("Erf", {"x": r(3, 4)}, opset=opset, id=f"Erf-{opset}", **ERF_FD))
+CASES.append(Case("Sqrt", {"x": r(3, 4, low=0.2)}, dynamic=True, id="Sqrt-dynamic"))
+
+# Pow: tensor exponent (both gradients), constant scalar / tensor / integer exponents
+for opset in (9, 13, 15):
+    CASES.append(
+        Case("Pow", {"a": r(3, 4, low=0.3), "b": r(3, 4)}, opset=opset, id=f"Pow-tensor-{opset}")
+    )
+    CASES.append(
+        Case(
+            "Pow",
+            {"a": r(2, 3, 4, low=0.3), "b": r(4, low=-1.5, high=2.5)},
+            opset=opset,
+            id=f"Pow-broadcast-{opset}",
+        )
+    )
+    for b in (2.0, 3.0, 0.5, -1.5):
+        x = r(3, 4, low=0.3) if b % 1 else r(3, 4)
+        CASES.append(
+            Case(
+                "Pow",
+                {"a": x},
+                constants={"b": np.array(b)},
+                opset=opset,
+                id=f"Pow-const{b}-{opset}",
+            )
+        )
+    CASES.append(
+        Case(
+            "Pow",
+            {"a": r(2, 3)},
+            constants={"b": np.array([1.0, 2.0, 3.0])},
+            opset=opset,
+            dynamic=True,
+            id=f"Pow-const-vector-dynamic-{opset}",
+        )
+    )
+for opset in (12, 15):  # exponent of another type (integer) from opset 12 on
+    CASES.append(
+        Case(
+            "Pow",
+            {"a": r(3, 4)},
+            constants={"b": np.array(3, dtype=np.int64)},
+            opset=opset,
+            id=f"Pow-int-exponent-{opset}",
+        )
+    )
+    CASES.append(
+        NodeCase(
+            "Pow",
+            ["a", "b_int"],
+            {"a": r(3, 4), "b": np.array([[1.0], [2.0], [3.0]])},
+            before=[helper.make_node("Cast", ["b"], ["b_int"], to=TensorProto.INT64)],
+            opset=opset,
+            wrt=["a"],
+            id=f"Pow-int-exponent-at-run-time-{opset}",
+        )
+    )
+
+# rectifiers and friends
+for opset in (9, 16):
+    x = away_from_zero(r(3, 5))
+    CASES.append(Case("LeakyRelu", {"x": x}, opset=opset, id=f"LeakyRelu-default-{opset}"))
+    CASES.append(
+        Case("LeakyRelu", {"x": x}, {"alpha": 0.3}, opset=opset, id=f"LeakyRelu-0.3-{opset}")
+    )
+    CASES.append(Case("Elu", {"x": x}, opset=opset, id=f"Elu-default-{opset}"))
+    CASES.append(Case("Elu", {"x": x}, {"alpha": 0.7}, opset=opset, id=f"Elu-0.7-{opset}"))
+    CASES.append(Case("Selu", {"x": x}, opset=opset, id=f"Selu-default-{opset}"))
+    CASES.append(
+        Case("Selu", {"x": x}, {"alpha": 1.2, "gamma": 0.8}, opset=opset, id=f"Selu-attrs-{opset}")
+    )
+    # PRelu: slope [C,1,1] (the usual opset<=9 export), [W], scalar-like [1], full shape
+    for slope_shape in [(3, 1, 1), (5,), (1,), (3, 4, 5)]:
+        CASES.append(
+            Case(
+                "PRelu",
+                {"x": away_from_zero(r(2, 3, 4, 5)), "s": r(*slope_shape)},
+                opset=opset,
+                id=f"PRelu-{slope_shape}-{opset}",
+            )
+        )
+    CASES.append(
+        Case(
+            "PRelu",
+            {"x": away_from_zero(r(2, 3, 4, 5))},
+            constants={"s": r(3, 1, 1)},
+            opset=opset,
+            dynamic=True,
+            id=f"PRelu-const-slope-dynamic-{opset}",
+        )
+    )
+CASES.append(
+    Case("LeakyRelu", {"x": away_from_zero(r(3, 5))}, dynamic=True, id="LeakyRelu-dynamic")
+)
+
+# HardSigmoid: kinks where alpha x + beta hits 0 or 1
+for alpha, beta in [(0.2, 0.5), (0.5, 0.3)]:
+    x = away_from(r(3, 6, low=-4, high=4), [-beta / alpha, (1 - beta) / alpha])
+    attrs = {} if (alpha, beta) == (0.2, 0.5) else {"alpha": alpha, "beta": beta}
+    for opset in (9, 13):
+        CASES.append(
+            Case(
+                "HardSigmoid",
+                {"x": x},
+                attrs,
+                opset=opset,
+                id=f"HardSigmoid-{alpha}-{beta}-{opset}",
+            )
+        )
+for opset in (14, 20):
+    CASES.append(
+        Case(
+            "HardSwish",
+            {"x": away_from(r(4, 6, low=-5, high=5), [-3.0, 3.0])},
+            opset=opset,
+            id=f"HardSwish-{opset}",
+        )
+    )
+for approximate in ("none", "tanh"):
+    for dynamic in (False, True):
+        CASES.append(
+            Case(
+                "Gelu",
+                {"x": r(3, 5, low=-4, high=4)},
+                {"approximate": approximate},
+                opset=20,
+                dynamic=dynamic,
+                id=f"Gelu-{approximate}-dyn{dynamic}",
+                **ERF_FD,
+            )
+        )
+CASES.append(Case("Gelu", {"x": r(3, 5, low=-4, high=4)}, opset=20, id="Gelu-default", **ERF_FD))
+
+# Clip: attributes before opset 11, optional inputs after (constants, graph inputs, absent)
+x_clip = away_from(r(3, 5), [-0.5, 0.8])
+CASES.append(Case("Clip", {"x": x_clip}, {"min": -0.5, "max": 0.8}, opset=9, id="Clip-attrs-9"))
+CASES.append(Case("Clip", {"x": x_clip}, {"min": -0.5}, opset=9, id="Clip-min-attr-9"))
+CASES.append(Case("Clip", {"x": x_clip}, {"max": 0.8}, opset=10, id="Clip-max-attr-10"))
+CASES.append(Case("Clip", {"x": x_clip}, opset=9, id="Clip-no-bounds-9"))
+for opset in (11, 13):
+    bounds = {"lo": np.array(-0.5), "hi": np.array(0.8)}
+    CASES.append(
+        Case("Clip", {"x": x_clip}, constants=bounds, opset=opset, id=f"Clip-const-bounds-{opset}")
+    )
+    CASES.append(
+        Case("Clip", {"x": x_clip, **bounds}, opset=opset, id=f"Clip-input-bounds-{opset}")
+    )
+    CASES.append(
+        NodeCase(
+            "Clip",
+            ["x", "", "hi"],
+            {"x": x_clip},
+            opset=opset,
+            constants={"hi": np.array(0.8)},
+            id=f"Clip-no-min-{opset}",
+        )
+    )
+    CASES.append(
+        NodeCase(
+            "Clip",
+            ["x", "lo", ""],
+            {"x": x_clip, "lo": np.array(-0.5)},
+            opset=opset,
+            id=f"Clip-no-max-{opset}",
+        )
+    )
+    CASES.append(Case("Clip", {"x": x_clip}, opset=opset, id=f"Clip-no-inputs-{opset}"))
+CASES.append(
+    Case(
+        "Clip",
+        {"x": x_clip},
+        constants={"lo": np.array(-0.5), "hi": np.array(0.8)},
+        opset=13,
+        dynamic=True,
+        id="Clip-dynamic",
+    )
+)
+
+# Cast between float types (the float32 rounding needs a wider FD step)
+for opset in (9, 13, 19):
+    # no ORT check: its float32 model would output double, but the checker seeds float32
+    CASES.append(
+        Case(
+            "Cast",
+            {"x": r(3, 4)},
+            {"to": TensorProto.DOUBLE},
+            opset=opset,
+            check_ort=False,
+            id=f"Cast-double-{opset}",
+        )
+    )
+    CASES.append(
+        Case(
+            "Cast",
+            {"x": r(3, 4)},
+            {"to": TensorProto.FLOAT},
+            opset=opset,
+            eps=1e-3,
+            atol=1e-4,
+            rtol=1e-4,
+            id=f"Cast-float-{opset}",
+        )
+    )
+
+# Dropout in inference: ratio attribute (9, 10), ratio and training_mode inputs (12+)
+for opset in (9, 10):
+    CASES.append(
+        Case(
+            "Dropout",
+            {"x": r(3, 4)},
+            {"ratio": 0.3},
+            opset=opset,
+            n_outputs=2,
+            id=f"Dropout-attr-{opset}",
+        )
+    )
+CASES.append(Case("Dropout", {"x": r(3, 4)}, opset=12, id="Dropout-plain-12"))
+CASES.append(
+    Case(
+        "Dropout",
+        {"x": r(3, 4)},
+        constants={"ratio": np.array(0.3)},
+        opset=13,
+        n_outputs=2,
+        id="Dropout-ratio-13",
+    )
+)
+CASES.append(
+    Case(
+        "Dropout",
+        {"x": r(3, 4)},
+        constants={"ratio": np.array(0.3), "mode": np.array(False)},
+        opset=13,
+        dynamic=True,
+        id="Dropout-training-false-13",
+    )
+)
+
+# Where: the condition (a constant bool) comes first, X and Y broadcast
+for opset in (9, 16):
+    for sc, sa, sb in [
+        ((3, 4), (3, 4), (3, 4)),
+        ((3, 1), (4,), (2, 3, 4)),
+        ((2, 3, 4), (3, 1), ()),
+    ]:
+        cond = rng.uniform(size=sc) > 0.5
+        CASES.append(
+            NodeCase(
+                "Where",
+                ["c", "a", "b"],
+                {"a": r(*sa), "b": r(*sb)},
+                opset=opset,
+                constants={"c": cond},
+                id=f"Where-{sc}-{sa}-{sb}-{opset}",
+            )
+        )
+CASES.append(
+    NodeCase(
+        "Where",
+        ["c", "a", "b"],
+        {"a": r(2, 4), "b": r(2, 4)},
+        opset=13,
+        constants={"c": rng.uniform(size=(4,)) > 0.5},
+        dynamic=True,
+        id="Where-dynamic",
+    )
+)
+
+
+# Softmax / LogSoftmax: before 13 the input is flattened to 2-D at `axis` (default 1); from 13
+# on the reduction is over the one `axis` (default -1)
+class Pre13SoftmaxCase(Case):
+    """Softmax/LogSoftmax before opset 13, where the axes after `axis` are one flattened block.
+
+    onnx.reference ignores that coercion to 2-D, so the forward for finite differences is
+    numpy, and the gradient graph runs in ONNX Runtime in float64 (which implements it).
+    """
+
+    def run(self):
+        opset, dynamic = self.options["opset"], self.options.get("dynamic", False)
+        x = self.inputs["x"]
+        model = make_model(
+            [helper.make_node(self.op, ["x"], ["y"], **self.attrs)],
+            {"x": x},
+            "y",
+            opset,
+            dynamic=dynamic,
+        )
+        runner = Runner(model, "x", "y", "ort")
+        np.testing.assert_allclose(runner.forward({"x": x}), self.forward(x), atol=1e-12)
+        seed = rng.standard_normal(x.shape)
+        analytic = runner.gradient({"x": x}, seed)
+        numeric = np.zeros_like(x)
+        for i in range(x.size):
+            step = np.zeros(x.size)
+            step[i] = 1e-6
+            step = step.reshape(x.shape)
+            diff = self.forward(x + step) - self.forward(x - step)
+            numeric.reshape(-1)[i] = np.sum(seed * diff) / 2e-6
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7)
+
+    def forward(self, x):
+        axis = self.attrs.get("axis", 1) % x.ndim
+        flat = x.reshape(int(np.prod(x.shape[:axis])), -1)
+        shifted = flat - flat.max(axis=1, keepdims=True)
+        log_y = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return (log_y if self.op == "LogSoftmax" else np.exp(log_y)).reshape(x.shape)
+
+
+for op in ("Softmax", "LogSoftmax"):
+    for opset, axis in [(9, None), (9, 0), (11, 1), (11, -2), (11, 2), (11, -1)]:
+        attrs = {} if axis is None else {"axis": axis}
+        CASES.append(
+            Pre13SoftmaxCase(
+                op, {"x": r(2, 3, 4)}, attrs, opset=opset, id=f"{op}-axis{axis}-{opset}"
+            )
+        )
+    CASES.append(
+        Pre13SoftmaxCase(op, {"x": r(2, 3, 4)}, opset=11, dynamic=True, id=f"{op}-dynamic-11")
+    )
+    # last axis: both semantics agree, so the standard check (with onnx.reference) applies
+    CASES.append(Case(op, {"x": r(2, 3, 4)}, {"axis": 2}, opset=9, id=f"{op}-last-axis-9"))
+    for opset, axis in [(13, None), (13, 1), (13, 0), (13, -2)]:
+        attrs = {} if axis is None else {"axis": axis}
+        CASES.append(Case(op, {"x": r(2, 3, 4)}, attrs, opset=opset, id=f"{op}-axis{axis}-{opset}"))
+    CASES.append(
+        Case(op, {"x": r(2, 3, 4)}, {"axis": 1}, opset=18, dynamic=True, id=f"{op}-dynamic-18")
+    )
+
+# Reductions: axes attribute before opset 13 (ReduceSum) / 18 (others), an input after;
+# keepdims 0/1; axes absent (all axes); noop_with_empty_axes; dynamic batch
+REDUCE_OPS = (
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+)
+
+
+def reduce_input(op, *shape):
+    return distinct(*shape) if op in ("ReduceMax", "ReduceMin") else r(*shape)
+
+
+def reduce_case(op, opset, axes, keepdims, dynamic=False, noop=None, shape=(2, 3, 4)):
+    as_input = opset >= 18 or (op == "ReduceSum" and opset >= 13)
+    attrs = {} if keepdims is None else {"keepdims": keepdims}
+    if noop is not None:
+        attrs["noop_with_empty_axes"] = noop
+    consts = {}
+    if axes is not None and as_input:
+        consts["axes"] = np.array(axes, dtype=np.int64)
+    elif axes is not None:
+        attrs["axes"] = axes
+    tag = f"{op}-axes{axes}-keep{keepdims}-noop{noop}-dyn{dynamic}-{opset}"
+    return Case(
+        op,
+        {"x": reduce_input(op, *shape)},
+        attrs,
+        constants=consts,
+        opset=opset,
+        dynamic=dynamic,
+        id=tag,
+    )
+
+
+for op in REDUCE_OPS:
+    for opset in (11, 13, 18):
+        for axes, keepdims in [([1], 1), ([0, 2], 0), ([-1], 0), (None, 1), (None, 0)]:
+            CASES.append(reduce_case(op, opset, axes, keepdims))
+        CASES.append(reduce_case(op, opset, [2, 1], None, dynamic=True))
+        CASES.append(reduce_case(op, opset, [0], 0, dynamic=True))  # batch size only at run time
+        CASES.append(reduce_case(op, opset, None, 0, dynamic=True))
+    CASES.append(reduce_case(op, 18, [], 1, noop=1))
+    CASES.append(reduce_case(op, 18, None, 0, noop=1))
+    CASES.append(reduce_case(op, 18, [], 1, noop=0))
+CASES.append(reduce_case("ReduceSum", 13, [], 0, noop=1))
+CASES.append(reduce_case("ReduceMean", 9, [1, 2], 0, shape=(3, 2, 2)))
+
+
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_rule(case):
     case.run()
+
+
+# -- where finite differences cannot look: ties, step functions, unsupported settings ---------
+
+
+def grad_of(model, wrt, feeds, seed, backend):
+    runner = Runner(model, wrt, "y", backend)
+    return runner.gradient(feeds, seed)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_variadic_ties_go_to_the_first_input(op, opset):
+    a = np.array([[1.0, 2.0, 3.0], [0.0, 5.0, -1.0]])
+    b = np.array([[1.0, 0.0, 3.0], [0.0, 5.0, 4.0]]) * (1 if op == "Max" else -1)
+    if op == "Min":
+        a = -a
+    feeds = {"a": a, "b": b, "c": a.copy()}  # c ties a everywhere, b ties a at four places
+    model = make_model([helper.make_node(op, ["a", "b", "c"], ["y"])], feeds, "y", opset)
+    seed = rng.uniform(1.0, 2.0, size=a.shape)
+    for backend, dtype in (("reference", np.float64), ("ort", np.float32)):
+        m = (
+            model
+            if dtype == np.float64
+            else make_model(
+                [helper.make_node(op, ["a", "b", "c"], ["y"])],
+                {k: v.astype(dtype) for k, v in feeds.items()},
+                "y",
+                opset,
+            )
+        )
+        fd = {k: v.astype(dtype) for k, v in feeds.items()}
+        grads = {k: grad_of(m, k, fd, seed.astype(dtype), backend) for k in feeds}
+        np.testing.assert_allclose(grads["a"] + grads["b"] + grads["c"], seed, rtol=1e-6)
+        np.testing.assert_array_equal(grads["c"], 0.0)  # always a tie with an earlier input
+        a_wins = (a >= b) if op == "Max" else (a <= b)
+        np.testing.assert_allclose(grads["a"], np.where(a_wins, seed, 0.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("opset", [11, 18])
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_ties_go_to_the_first_element(op, opset, keepdims):
+    # a Relu output: whole blocks of zeros tie; the gradient must not be multiplied
+    x = np.maximum(rng.standard_normal((2, 3, 4)), 0.0)
+    x[0] = 0.0
+    x[1, 1, 1] = x[1, 2, 0] = x[1].max() + 1.0  # two equal maxima, (1, 1) comes first
+    x = -x if op == "ReduceMin" else x
+    axes = [1, 2]
+    attrs, consts = {"keepdims": keepdims}, {}
+    if opset >= 18:
+        consts["axes"] = np.array(axes, dtype=np.int64)
+    else:
+        attrs["axes"] = axes
+    node = helper.make_node(op, ["x", *consts], ["y"], **attrs)
+    seed = rng.uniform(1.0, 2.0, size=(2, 1, 1) if keepdims else (2,))
+    for dynamic in (False, True):
+        model = make_model([node], {"x": x}, "y", opset, consts, dynamic=dynamic)
+        grad = grad_of(model, "x", {"x": x}, seed, "reference")
+        expected = np.zeros_like(x)
+        expected[0, 0, 0] = seed.ravel()[0]
+        expected[1, 1, 1] = seed.ravel()[1]
+        np.testing.assert_allclose(grad, expected, rtol=1e-12)
+
+
+def test_reduce_ties_over_a_dynamic_axis_share_the_gradient():
+    x = np.array([[1.0, 3.0], [3.0, 2.0], [3.0, 0.0]])  # column 0: two equal maxima
+    node = helper.make_node("ReduceMax", ["x"], ["y"], axes=[0], keepdims=0)
+    model = make_model([node], {"x": x}, "y", 13, dynamic=True)
+    seed = np.array([2.0, 1.0])
+    grad = grad_of(model, "x", {"x": x}, seed, "reference")
+    np.testing.assert_allclose(grad, [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("to", [TensorProto.INT64, TensorProto.BOOL])
+def test_cast_to_integer_or_bool_carries_no_gradient(to):
+    x = r(3, 4)
+    model = make_model([helper.make_node("Cast", ["x"], ["y"], to=to)], {"x": x}, "y", 13)
+    seed = np.ones((3, 4), dtype=helper.tensor_dtype_to_np_dtype(to))
+    np.testing.assert_array_equal(grad_of(model, "x", {"x": x}, seed, "reference"), 0.0)
+
+
+def test_dropout_in_training_mode_blocks():
+    node = helper.make_node("Dropout", ["x", "ratio", "mode"], ["y"])
+    consts = {"ratio": np.array(0.5), "mode": np.array(True)}
+    model = make_model([node], {"x": r(3, 4)}, "y", 13, consts)
+    assert blocking_ops(model, "x", "y") == ["Dropout (Dropout in training mode is random)"]
+
+
+def test_reduction_over_runtime_axes_blocks():
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["y"])
+    inputs = {"x": r(3, 4), "axes": np.array([1], dtype=np.int64)}
+    model = make_model([node], inputs, "y", 18)
+    assert blocking_ops(model, "x", "y") == ["ReduceMean (reduction axes computed at run time)"]
