@@ -1,0 +1,118 @@
+"""Tiny ONNX models built with onnx.helper for tests, and a writer for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "test", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def const(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def min_one_sum(batch: str | int = "N") -> onnx.ModelProto:
+    """F(x) = min(1, x1 + x2): the seed blog post's example; IG at (1.2, 0.6) is (2/3, 1/3)."""
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "axes"], ["s"], keepdims=1),
+        helper.make_node("Min", ["s", "one"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 1])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"), const("one", [1.0])],
+    )
+
+
+def one_minus_relu() -> onnx.ModelProto:
+    """f(x) = 1 - ReLU(1 - x): flat at x = 2 (gradient 0), yet IG from 0 attributes 1."""
+    nodes = [
+        helper.make_node("Sub", ["one", "x"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Sub", ["one", "r"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [const("one", [1.0])],
+    )
+
+
+def tanh_linear(features: int = 4, classes: int = 3, batch: str | int = "N", seed: int = 0):
+    """y = tanh(x W + b): smooth, so every quadrature rule converges fast."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])],
+        [const("W", rng.normal(size=(features, classes))), const("b", rng.normal(size=classes))],
+    )
+
+
+def image_model(channels: int = 3, size: int = 8, layout: str = "NCHW", batch="N"):
+    """A smooth image 'classifier': y = tanh(mean over pixels of x * w) for 2 classes."""
+    rng = np.random.default_rng(1)
+    shape = [batch, channels, size, size] if layout == "NCHW" else [batch, size, size, channels]
+    w_shape = [2, *shape[1:]]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "W"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["y"]),
+    ]
+    w = rng.normal(size=(int(np.prod(w_shape[1:])), 2)) / 20
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2])],
+        [const("W", w)],
+    )
+
+
+def nan_model() -> onnx.ModelProto:
+    """log(x - 10): NaN for ordinary inputs."""
+    nodes = [
+        helper.make_node("Sub", ["x", "ten"], ["a"]),
+        helper.make_node("Log", ["a"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [const("ten", [10.0])],
+    )
+
+
+def fixed_batch_reshape() -> onnx.ModelProto:
+    """A graph that hard-codes batch 1 in a Reshape: must be called one row at a time."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Tanh", ["r"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")],
+    )

@@ -1,0 +1,215 @@
+"""The command line as users and CI meet it: outputs, stdout purity, exit codes, one-line errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from igcli.cli import main
+from igcli.errors import ExitCode
+from tests import models
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "sample_models" / "digits_cnn.onnx"
+CANCER = ROOT / "sample_models" / "breast_cancer_mlp.onnx"
+DIGIT_PNGS = sorted((ROOT / "sample_inputs" / "digits").glob("*.png"))
+CANCER_CSV = ROOT / "sample_inputs" / "breast_cancer.csv"
+
+
+def run(*args, input=None):
+    result = CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+    return result
+
+
+def one_line_error(result):
+    err = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    return err
+
+
+def test_explain_image_writes_npy_png_and_report(tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", out, "--steps", "16")
+    assert result.exit_code == 0, result.stderr
+    stem = DIGIT_PNGS[0].stem
+    attributions = np.load(out / f"{stem}.npy")
+    assert attributions.shape == (1, 1, 28, 28) and attributions.dtype == np.float32
+    with Image.open(out / f"{stem}.png") as img:
+        assert img.width > 28 and np.asarray(img.convert("L")).std() > 10
+    report = json.loads((out / "report.json").read_text())
+    entry = report["results"][0]
+    for key in ("input", "target", "output", "f_input", "f_baseline", "attribution_sum",
+                "abs_error", "rel_error", "steps", "method", "baseline", "gradient_source",
+                "wall_time_s"):  # fmt: skip
+        assert key in entry
+    assert entry["baseline"] == "black" and entry["steps"] == 16
+    assert abs(entry["attribution_sum"] - entry["delta"]) <= entry["abs_error"] + 1e-9
+    assert attributions.sum() == pytest.approx(entry["attribution_sum"], rel=1e-4)
+    assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+
+
+def test_json_lines_are_the_only_stdout(tmp_path):
+    result = run("explain", CANCER, CANCER_CSV, "--out", tmp_path, "--json", "--steps", "8")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 8
+    records = [json.loads(line) for line in lines]
+    assert all(r["schema_version"] == 1 and r["status"] == "ok" for r in records)
+    assert {r["label"] for r in records} <= {"malignant", "benign"}
+
+
+@pytest.mark.parametrize("gradients", ["fd", "auto"])
+def test_sample_models_complete_within_one_percent(tmp_path, gradients):
+    for model, inputs in ((DIGITS, DIGIT_PNGS), (CANCER, [CANCER_CSV])):
+        out = tmp_path / model.stem / gradients
+        result = run("explain", model, *inputs, "--out", out, "--json", "--gradients", gradients)
+        assert result.exit_code == 0, result.stderr
+        for line in result.stdout.splitlines():
+            rec = json.loads(line)
+            assert rec["rel_error"] < 0.01, (gradients, rec["name"], rec["rel_error"])
+
+
+def test_several_targets_give_one_result_each(tmp_path):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--target", "1,7", "--out", tmp_path,
+                 "--json", "--steps", "8")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    targets = [json.loads(line)["target"] for line in result.stdout.splitlines()]
+    assert targets == [1, 7]
+    assert (tmp_path / f"{DIGIT_PNGS[0].stem}.target7.npy").is_file()
+
+
+def test_softmax_explains_probabilities(tmp_path):
+    result = run("explain", CANCER, CANCER_CSV, "--softmax", "--out", tmp_path, "--json",
+                 "--steps", "16")  # fmt: skip
+    rec = json.loads(result.stdout.splitlines()[0])
+    assert 0.5 < rec["f_input"] <= 1.0 and rec["output"] == "igcli_softmax"
+
+
+def test_npy_input_with_and_without_batch_axis(tmp_path):
+    x = np.random.default_rng(0).normal(size=(1, 30)).astype(np.float32)
+    np.save(tmp_path / "with.npy", x)
+    np.save(tmp_path / "without.npy", x[0])
+    result = run("explain", CANCER, tmp_path / "with.npy", tmp_path / "without.npy",
+                 "--out", tmp_path / "o", "--json", "--steps", "8")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    a, b = (json.loads(line) for line in result.stdout.splitlines())
+    assert a["attribution_sum"] == pytest.approx(b["attribution_sum"])
+    assert a["baseline"] == "zero"
+
+
+def test_black_baseline_is_black_after_normalisation(tmp_path):
+    """F(baseline) must equal the model's output on an all-black image, not on zeros."""
+    import onnxruntime as ort
+
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path, "--json", "--steps", "4",
+                 "--target", "3")  # fmt: skip
+    rec = json.loads(result.stdout)
+    side = json.loads(DIGITS.with_suffix(".json").read_text())["preprocessing"]
+    black = np.full((1, 1, 28, 28), (0 - side["mean"][0]) / side["std"][0], dtype=np.float32)
+    sess = ort.InferenceSession(str(DIGITS))
+    assert rec["f_baseline"] == pytest.approx(
+        float(sess.run(None, {"image": black})[0][0, 3]), rel=1e-5
+    )
+
+
+# -- errors: one line, named file, distinct exit code, no partial outputs -------------------
+
+
+def test_missing_model(tmp_path):
+    result = run("explain", tmp_path / "nope.onnx", DIGIT_PNGS[0], "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.MODEL
+    err = one_line_error(result)
+    assert len(err) == 1 and "nope.onnx" in err[0] and "no such file" in err[0]
+
+
+def test_not_an_onnx_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not protobuf at all \x00\xff")
+    result = run("explain", bad, DIGIT_PNGS[0], "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.MODEL
+    assert "bad.onnx" in one_line_error(result)[0]
+
+
+def test_image_that_does_not_decode_fails_alone(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "o"
+    result = run("explain", DIGITS, broken, DIGIT_PNGS[0], "--out", out, "--steps", "4")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "broken.png" in result.stderr and "cannot decode image" in result.stderr
+    assert (out / f"{DIGIT_PNGS[0].stem}.npy").is_file()
+    assert not list(out.glob("broken*"))
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["results"]) == 1 and len(report["failures"]) == 1
+
+
+def test_tensor_of_wrong_shape(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 3), dtype=np.float32))
+    result = run("explain", CANCER, tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "x.npy" in result.stderr and "shape" in result.stderr
+
+
+def test_tensor_of_wrong_dtype(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 30), dtype=np.int64))
+    result = run("explain", CANCER, tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.INPUTS_FAILED and "dtype" in result.stderr
+
+
+def test_target_out_of_range(tmp_path):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--target", "10", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE
+    err = one_line_error(result)
+    assert "target 10" in err[0] and "digits_cnn.onnx" in err[0]
+
+
+def test_unknown_output_name(tmp_path):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--output", "probs", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE and "probs" in result.stderr
+
+
+def test_nan_output_is_an_error(tmp_path):
+    model = models.save(models.nan_model(), tmp_path / "nan.onnx")
+    np.save(tmp_path / "x.npy", np.ones((1, 2), dtype=np.float32))
+    result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "NaN" in result.stderr and "x.npy" in result.stderr
+    assert not (tmp_path / "o" / "x.npy").exists()
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file, not a folder")
+    result = run("explain", CANCER, CANCER_CSV, "--out", blocker / "sub")
+    assert result.exit_code == ExitCode.OUTPUT
+    assert "sub" in one_line_error(result)[0]
+
+
+def test_completeness_gate(tmp_path):
+    result = run("explain", CANCER, CANCER_CSV, "--steps", "1", "--method", "riemann_left",
+                 "--max-completeness-error", "1e-6", "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == ExitCode.COMPLETENESS
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["gate"]["passed"] is False and report["gate"]["failing"]
+
+
+def test_fixed_batch_model_runs_row_by_row(tmp_path):
+    model = models.save(models.fixed_batch_reshape(), tmp_path / "fixed.onnx")
+    np.save(tmp_path / "x.npy", np.array([[[0.1, 0.2], [0.3, -0.4]]], dtype=np.float32))
+    result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o", "--json",
+                 "--gradients", "fd")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["rel_error"] < 1e-3
+
+
+def test_inspect_lists_inputs_outputs_ops(tmp_path):
+    result = run("inspect", DIGITS, "--json")
+    info = json.loads(result.stdout)
+    assert info["inputs"][0]["name"] == "image" and info["outputs"][0]["name"] == "logits"
+    assert "Conv" in info["ops"] and info["opset"] == 17
+    assert "NCHW" in info["preprocessing"]
+    text = run("inspect", DIGITS)
+    assert text.exit_code == 0 and "image" in text.stdout and "gradient graph" in text.stdout
