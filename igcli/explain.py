@@ -262,8 +262,9 @@ class Explainer:
         self.gradient_source = "graph"
 
     # -- per sample ------------------------------------------------------------------------
-    def output_size(self, sample: Sample) -> tuple[np.ndarray, tuple[int, ...]]:
-        out = self.runner.run(sample.x[None])
+    def output_size(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The model's output at one sample x, and the per-sample output shape."""
+        out = self.runner.run(x[None])
         return out, out.shape[1:]
 
     def label(self, target: int) -> str | None:
@@ -280,7 +281,7 @@ class Explainer:
     def explain(self, sample: Sample) -> list[Explained]:
         opts = self.options
         try:
-            out, out_shape = self.output_size(sample)
+            out, out_shape = self.output_size(sample.x)
         except IgcliError as exc:
             raise InputError(str(exc).split(": ", 1)[-1], sample.path) from None
         n_out = int(np.prod(out_shape)) if out_shape else 1

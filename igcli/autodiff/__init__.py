@@ -1,8 +1,8 @@
 """Gradient graphs: a reverse-mode transform from ONNX model to ONNX model, standard ops only.
 
-`driver.build_gradient_model` is the entry point; per-op rules live in `rules_math` (elementwise
-and activations), `rules_shape` (layout and indexing) and `rules_nn` (convolution, pooling,
-normalisation, matrix products, softmax).
+`driver.build_gradient_model` is the entry point; per-op rules live in `rules_math` (elementwise,
+activations, softmax, reductions), `rules_shape` (layout and indexing) and `rules_nn`
+(convolution, pooling, normalisation, matrix products).
 """
 
 from igcli.autodiff.driver import GRAD, SEED, blocking_ops, build_gradient_model
