@@ -1,0 +1,224 @@
+"""Batch runs: folders, stdin lists, tree-shaped outputs, resuming, shards, bad files."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from igcli.batch import discover, in_shard
+from igcli.errors import ExitCode
+from tests.test_cli import CANCER, DIGIT_PNGS, DIGITS, run
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """in/a/img.png, in/b/img.png, in/top.png, in/notes.txt."""
+    root = tmp_path / "in"
+    for sub, src in (("a", DIGIT_PNGS[0]), ("b", DIGIT_PNGS[1])):
+        (root / sub).mkdir(parents=True)
+        shutil.copy(src, root / sub / "img.png")
+    shutil.copy(DIGIT_PNGS[2], root / "top.png")
+    (root / "notes.txt").write_text("not an input")
+    return root
+
+
+def names(result):
+    return sorted(json.loads(line)["name"] for line in result.stdout.splitlines())
+
+
+def test_folder_is_flat_unless_recursive(tree, tmp_path):
+    flat = run("explain", DIGITS, tree, "--out", tmp_path / "o1", "--json", "--steps", "4")
+    assert flat.exit_code == 0, flat.stderr
+    assert names(flat) == ["top"]
+    deep = run("explain", DIGITS, tree, "-r", "--out", tmp_path / "o2", "--json", "--steps", "4")
+    assert names(deep) == ["a/img", "b/img", "top"]
+    # same file name in two folders: two outputs, nothing overwritten
+    a = np.load(tmp_path / "o2" / "a" / "img.npy")
+    b = np.load(tmp_path / "o2" / "b" / "img.npy")
+    assert not np.allclose(a, b)
+
+
+def test_glob_selects_files(tree, tmp_path):
+    result = run("explain", DIGITS, tree, "-r", "--glob", "a/*", "--out", tmp_path / "o",
+                 "--json", "--steps", "4")  # fmt: skip
+    assert names(result) == ["a/img"]
+
+
+def test_stdin_list(tree, tmp_path):
+    listing = "\n".join(str(p) for p in sorted(tree.rglob("*.png"))) + "\n"
+    result = run("explain", DIGITS, "-", "--out", tmp_path / "o", "--json", "--steps", "4",
+                 input=listing)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    # two files called img.png: named relative to their common folder
+    assert names(result) == ["a/img", "b/img", "top"]
+
+
+def test_names_escaping_out_are_refused(tmp_path):
+    from igcli.errors import OutputError
+    from igcli.outputs import output_stem
+
+    with pytest.raises(OutputError):
+        output_stem(tmp_path / "out", "../../etc/passwd")
+    assert output_stem(tmp_path / "out", "a/b") == (tmp_path / "out" / "a" / "b").resolve()
+
+
+def test_symlink_outside_tree_is_refused(tree, tmp_path):
+    outside = tmp_path / "secret.png"
+    shutil.copy(DIGIT_PNGS[3], outside)
+    os.symlink(outside, tree / "link.png")
+    result = run("explain", DIGITS, tree, "--out", tmp_path / "o", "--json", "--steps", "4")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "link.png" in result.stderr and "outside" in result.stderr
+    assert names(result) == ["link", "top"]  # failures are JSON lines too
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [f["input"].endswith("link.png") for f in report["failures"]] == [True]
+
+
+def test_bad_files_in_a_folder_do_not_stop_the_rest(tree, tmp_path):
+    (tree / "broken.png").write_bytes(b"garbage")
+    (tree / "empty.jpg").write_bytes(b"")
+    np.save(tree / "wrong.npy", np.zeros((5, 5), dtype=np.float32))
+    out = tmp_path / "o"
+    result = run("explain", DIGITS, tree, "--out", out, "--steps", "4")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    report = json.loads((out / "report.json").read_text())
+    failed = sorted(os.path.basename(f["input"]) for f in report["failures"])
+    assert failed == ["broken.png", "empty.jpg", "wrong.npy"]
+    assert [r["name"] for r in report["results"]] == ["top"]
+    assert any(s["input"].endswith("notes.txt") for s in report["skipped"])
+    assert not list(out.glob("broken*")) and not list(out.glob("*.tmp"))
+
+
+def test_skip_existing_resumes(tree, tmp_path):
+    out = tmp_path / "o"
+    first = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    assert first.exit_code == 0
+    (out / "b" / "img.record.json").unlink()  # as if the run had been killed during b/img
+    stamp = (out / "a" / "img.npy").stat().st_mtime_ns
+    second = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing",
+                 "--json")  # fmt: skip
+    assert second.exit_code == 0
+    assert names(second) == ["b/img"]  # only the unfinished input is redone
+    assert (out / "a" / "img.npy").stat().st_mtime_ns == stamp
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["results"]) == 3 and report["summary"]["resumed"] == 2
+
+
+def test_skip_existing_redoes_outputs_older_than_the_model(tree, tmp_path):
+    out = tmp_path / "o"
+    model = tmp_path / "m.onnx"
+    shutil.copy(DIGITS, model)
+    shutil.copy(DIGITS.with_suffix(".json"), tmp_path / "m.json")
+    run("explain", model, tree, "--out", out, "--steps", "4")
+    future = (out / "top.record.json").stat().st_mtime + 10
+    os.utime(model, (future, future))
+    again = run("explain", model, tree, "--out", out, "--steps", "4", "--skip-existing", "--json")
+    assert names(again) == ["top"]
+
+
+def test_shards_partition_inputs_and_merge(tree, tmp_path):
+    outs = []
+    seen = []
+    for k in (1, 2, 3):
+        out = tmp_path / f"shard{k}"
+        result = run("explain", DIGITS, tree, "-r", "--shard", f"{k}/3", "--out", out, "--json",
+                     "--steps", "4")  # fmt: skip
+        assert result.exit_code == 0
+        seen += names(result)
+        outs.append(out)
+    assert sorted(seen) == ["a/img", "b/img", "top"]  # each input in exactly one shard
+    merged = run("merge-reports", *outs, "--out", tmp_path / "merged")
+    assert merged.exit_code == 0, merged.stderr
+    report = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert sorted(r["name"] for r in report["results"]) == ["a/img", "b/img", "top"]
+
+
+def test_shard_assignment_is_stable():
+    assert [in_shard(f"img{i}", (1, 4)) for i in range(20)] == [
+        in_shard(f"img{i}", (1, 4)) for i in range(20)
+    ]
+    assert sum(in_shard(f"img{i}", (k, 4)) for i in range(100) for k in range(1, 5)) == 100
+
+
+def test_bad_shard_spec(tmp_path):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--shard", "5/4", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE
+
+
+def test_quiet_leaves_stderr_empty(tmp_path):
+    result = run("explain", CANCER, CANCER.parent.parent / "sample_inputs" / "breast_cancer.csv",
+                 "--out", tmp_path, "--quiet", "--steps", "4", "--gradients", "fd")  # fmt: skip
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_read_only_output_folder(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", out)
+        assert result.exit_code == ExitCode.OUTPUT
+    finally:
+        out.chmod(0o700)
+
+
+def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A write that fails half-way removes its temporary file and names the file."""
+    from igcli import outputs
+    from igcli.errors import OutputError
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:10])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(OutputError, match="No space left"):
+        outputs.atomic_write_bytes(tmp_path / "x.npy", b"0123456789" * 100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_discover_disambiguates_same_stem(tmp_path):
+    for name in ("img.png", "img.jpg"):
+        shutil.copy(DIGIT_PNGS[0], tmp_path / name)
+    found = discover([str(tmp_path)])
+    assert sorted(i.name for i in found.items) == ["img.jpg", "img.png"]
+
+
+def test_interrupted_run_keeps_finished_inputs_and_resumes(tree, tmp_path, monkeypatch):
+    from igcli import batch
+
+    out = tmp_path / "o"
+    real = batch.BatchRun._explain_item
+    calls = []
+
+    def interrupt_second(self, item):
+        calls.append(item.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, item)
+
+    monkeypatch.setattr(batch.BatchRun, "_explain_item", interrupt_second)
+    first = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    assert first.exit_code == ExitCode.INTERRUPTED
+    assert len(list(out.rglob("*.record.json"))) == 1
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))
+    monkeypatch.setattr(batch.BatchRun, "_explain_item", real)
+    second = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing",
+                 "--json")  # fmt: skip
+    assert second.exit_code == 0 and len(names(second)) == 2
