@@ -1,12 +1,450 @@
-"""Gradient rules for layout and indexing ops: the gradient is moved, never scaled."""
+"""Gradient rules for layout and indexing ops: the gradient is moved, never scaled.
+
+Each rule is named after its op; the docstring states the derivative it implements. Most
+rules undo the forward move (reshape back, transpose back, slice the concatenation apart).
+Ops that copy one input element to several places (Gather, Tile, Expand, Pad's edge modes,
+Resize) add the copies back up. Resize is linear in its input and separable per axis: its
+gradient contracts GO with each resized axis' interpolation matrix, found at build time by
+resizing an identity matrix with onnx's reference evaluator.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
 from igcli.autodiff.builder import NodeGrad
-from igcli.autodiff.registry import rule
+from igcli.autodiff.registry import NoGradient, rule
+
+INT_MAX = np.iinfo(np.int64).max
 
 
-@rule("Reshape", "Flatten")
+# -- helpers -------------------------------------------------------------------------------
+def _rank(g: NodeGrad, name: str) -> int:
+    rank = g.e.rank(name)
+    if rank is None:
+        raise NoGradient(f"{g.node.op_type} of a tensor of unknown rank")
+    return rank
+
+
+def _shape_vector(g: NodeGrad, parts: Sequence[int | tuple[str, int]]) -> str:
+    """A 1-D int64 shape from static ints and (tensor, axis) pairs read with Shape at runtime."""
+    pieces, static = [], []
+    for p in parts:
+        if isinstance(p, tuple):
+            if static:
+                pieces.append(g.e.ints(static))
+                static = []
+            pieces.append(g.op("Gather", g.op("Shape", p[0]), g.e.ints([p[1]])))
+        else:
+            static.append(int(p))
+    if static or not pieces:
+        pieces.append(g.e.ints(static))
+    return pieces[0] if len(pieces) == 1 else g.op("Concat", *pieces, axis=0)
+
+
+def _dims(g: NodeGrad, name: str, axes: Sequence[int]) -> list[int | tuple[str, int]]:
+    """Each listed dim of `name`: its static size, or (name, axis) to read it at runtime."""
+    shape = g.e.static_shape(name) or []
+    return [shape[a] if a < len(shape) and isinstance(shape[a], int) else (name, a) for a in axes]
+
+
+def _zeros(g: NodeGrad, shape: str, like: str) -> str:
+    """Zeros of a runtime shape, in the element type of `like`."""
+    zero = numpy_helper.from_array(np.zeros(1, dtype=g.e.np_dtype(like)))
+    return g.op("ConstantOfShape", shape, value=zero)
+
+
+def _along_axis(g: NodeGrad, x: str, axis: int, rank: int, mat) -> str:
+    """out[.., j, ..] = sum_i x[.., i, ..] * mat[i, j]: a matrix applied along one axis.
+
+    `mat` is a numpy array (made a constant in the type of the node's input 0) or a tensor name.
+    """
+    dtype = g.e.np_dtype(g.I(0))
+    if axis == rank - 2:  # [n_new, n_x] @ [.., n_x, w]: no transposes needed
+        if isinstance(mat, np.ndarray):
+            return g.op("MatMul", g.e.const(mat.T, dtype), x)
+        return g.op("MatMul", g.op("Transpose", mat, perm=[1, 0]), x)
+    if isinstance(mat, np.ndarray):
+        mat = g.e.const(mat, dtype)
+    if axis == rank - 1:
+        return g.op("MatMul", x, mat)
+    perm = [k for k in range(rank) if k != axis] + [axis]
+    moved = g.op("MatMul", g.op("Transpose", x, perm=perm), mat)
+    return g.op("Transpose", moved, perm=[int(k) for k in np.argsort(perm)])
+
+
+def _scalar_int(g: NodeGrad, value: int) -> str:
+    return g.e.const(np.asarray(value, dtype=np.int64))
+
+
+def _ints_or_none(g: NodeGrad, k: int) -> list[int] | None:
+    """Constant input k as a list of ints (None when absent or computed at runtime)."""
+    value = g.const_input(k) if g.I(k) else None
+    return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+# -- rules ---------------------------------------------------------------------------------
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def Reshape(g: NodeGrad):
-    """A reshape's gradient is the incoming gradient reshaped back to the input's shape."""
+    """Only the shape changes (Reshape, Flatten, Squeeze, Unsqueeze): dx = GO reshaped back to
+    the input's runtime shape, whatever the axes, the 0 and -1 entries or the opset."""
     return [g.op("Reshape", g.GO(0), g.op("Shape", g.I(0)))]
+
+
+@rule("Transpose")
+def Transpose(g: NodeGrad):
+    """y = x.transpose(perm): dx = GO.transpose(argsort(perm)); perm defaults to reversed axes."""
+    perm = g.attr("perm")
+    if perm is None:
+        perm = list(reversed(range(_rank(g, g.I(0)))))
+    return [g.op("Transpose", g.GO(0), perm=[int(k) for k in np.argsort(perm)])]
+
+
+@rule("Concat")
+def Concat(g: NodeGrad):
+    """y = concat(x_0, x_1, ...) along axis: dx_k = GO[.., o_k : o_k + n_k, ..], o_k = sum n_<k."""
+    go = g.GO(0)
+    rank = _rank(g, g.O(0))
+    axis = g.attr("axis") % rank
+    sizes = [(g.e.static_shape(x) or [None] * rank)[axis] for x in g.node.input]
+    if all(isinstance(n, int) for n in sizes):
+        offsets = np.cumsum([0, *sizes]).tolist()
+        return [
+            g.e.slice(go, [offsets[k]], [offsets[k + 1]], [axis]) if g.needs(k) else None
+            for k in range(len(sizes))
+        ]
+    if g.opset < 10:
+        raise NoGradient("Concat along a dynamic axis needs Slice with inputs (opset 10)")
+    grads, start = [], g.e.ints([0])
+    for k, x in enumerate(g.node.input):
+        end = g.op("Add", start, _shape_vector(g, _dims(g, x, [axis])))
+        grads.append(g.op("Slice", go, start, end, g.e.ints([axis])) if g.needs(k) else None)
+        start = end
+    return grads
+
+
+@rule("Split")
+def Split(g: NodeGrad):
+    """Outputs are consecutive pieces of x: dx = concat(GO_0, GO_1, ...) along axis, with zeros
+    for pieces that receive no gradient."""
+    pieces = [g.GO(k) or g.e.zeros_like(g.O(k)) for k in range(len(g.node.output))]
+    axis = g.attr("axis", 0)
+    if axis < 0:
+        axis += _rank(g, g.I(0))
+    return [g.op("Concat", *pieces, axis=axis)]
+
+
+def _slice_indices(start: int, end: int, step: int, n: int) -> list[int]:
+    """The positions ONNX Slice selects along an axis of size n (its clamping rules)."""
+    start, end = start + n if start < 0 else start, end + n if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), n), min(max(end, 0), n)
+    else:
+        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+    return list(range(start, end, step))
+
+
+def _slice_params(g: NodeGrad):
+    """(starts, ends, axes, steps) as int lists, or None when some are computed at runtime."""
+    if g.opset < 10:
+        starts, ends = list(g.attr("starts")), list(g.attr("ends"))
+        return starts, ends, list(g.attr("axes", range(len(starts)))), [1] * len(starts)
+    starts, ends = _ints_or_none(g, 1), _ints_or_none(g, 2)
+    if starts is None or ends is None:
+        return None
+    axes = _ints_or_none(g, 3) if g.I(3) else list(range(len(starts)))
+    steps = _ints_or_none(g, 4) if g.I(4) else [1] * len(starts)
+    return None if axes is None or steps is None else (starts, ends, axes, steps)
+
+
+@rule("Slice")
+def Slice(g: NodeGrad):
+    """y = x[starts:ends:steps] on some axes: dx = GO scattered back into zeros at the selected
+    positions (Pad for unit steps, a Gather from [GO, 0] for other steps; with runtime shapes
+    or parameters, a ScatterElements of the flat positions the same Slice picks)."""
+    x, go = g.I(0), g.GO(0)
+    rank = _rank(g, x)
+    shape = g.e.static_shape(x)
+    params = _slice_params(g)
+    if params is not None and all(isinstance(shape[a % rank], int) for a in params[2]):
+        pads = [0] * (2 * rank)
+        grad = go
+        for start, end, axis, step in zip(*params, strict=True):
+            axis %= rank
+            n = shape[axis]
+            idx = _slice_indices(start, end, step, n)
+            if not idx:
+                return [g.e.zeros_like(x)]
+            if step == 1:
+                pads[axis], pads[rank + axis] = idx[0], n - 1 - idx[-1]
+                continue
+            # position i of dx takes GO[inv[i]]; unselected positions read an appended zero
+            inv = np.full(n, len(idx), dtype=np.int64)
+            inv[idx] = np.arange(len(idx))
+            extended = g.e.pad(grad, [1 if k == rank + axis else 0 for k in range(2 * rank)])
+            grad = g.op("Gather", extended, g.e.ints(inv), axis=axis)
+        return [g.e.pad(grad, pads) if any(pads) else grad]
+    if g.opset < 11:
+        raise NoGradient("Slice of a dynamic axis or with runtime bounds below opset 11")
+    size = g.op("Size", x)
+    arange = g.op("Range", _scalar_int(g, 0), size, _scalar_int(g, 1))
+    positions = g.op("Reshape", arange, g.op("Shape", x))
+    picked = g.op("Slice", positions, *g.node.input[1:])
+    flat = g.op("ScatterElements", _zeros(g, g.op("Reshape", size, g.e.ints([1])), x),
+                g.op("Reshape", picked, g.e.ints([-1])), g.op("Reshape", go, g.e.ints([-1])),
+                axis=0)  # fmt: skip
+    return [g.op("Reshape", flat, g.op("Shape", x))]
+
+
+@rule("Gather")
+def Gather(g: NodeGrad):
+    """y = x.take(idx, axis): dx[.., i, ..] = sum of GO[.., q, ..] over all q with idx[q] = i
+    (negative indices wrap, repeated ones accumulate): ScatterElements(add) from opset 16, a
+    MatMul with the one-hot matrix M[q, i] = (idx[q] == i) below."""
+    if not g.needs(0):
+        return [None, None]
+    x, idx, go = g.I(0), g.I(1), g.GO(0)
+    rank, q_rank = _rank(g, x), _rank(g, idx)
+    axis = g.attr("axis", 0) % rank
+    depth = (g.e.static_shape(x) or [None] * rank)[axis]
+    # GO as x's shape with the axis holding every gathered slice: pre + [n_idx] + post
+    if q_rank == 0:
+        upd = g.e.unsqueeze(go, [axis])
+    elif q_rank == 1:
+        upd = go
+    else:
+        dims = [*_dims(g, x, range(axis)), -1, *_dims(g, x, range(axis + 1, rank))]
+        upd = g.op("Reshape", go, _shape_vector(g, dims))
+    const = g.const_input(1)
+    if const is not None and isinstance(depth, int):
+        flat = np.asarray(const, dtype=np.int64).reshape(-1)
+        flat = np.where(flat < 0, flat + depth, flat)
+        if g.opset < 16:
+            return [_along_axis(g, upd, axis, rank, np.eye(depth)[flat]), None]
+        flat_name = g.e.ints(flat)
+    else:
+        if isinstance(depth, int):
+            n = _scalar_int(g, depth)
+        else:
+            n = g.op("Gather", g.op("Shape", x), _scalar_int(g, axis))
+        flat_name = g.op("Reshape", g.op("Cast", idx, to=onnx.TensorProto.INT64), g.e.ints([-1]))
+        negative = g.op("Less", flat_name, _scalar_int(g, 0))
+        flat_name = g.op("Where", negative, g.op("Add", flat_name, n), flat_name)
+        if g.opset < 16:
+            on_off = g.e.const([0, 1], g.e.np_dtype(x))
+            return [_along_axis(g, upd, axis, rank, g.op("OneHot", flat_name, n, on_off)), None]
+    index_shape = [1] * axis + [-1] + [1] * (rank - axis - 1)
+    index = g.op("Expand", g.op("Reshape", flat_name, g.e.ints(index_shape)), g.op("Shape", upd))
+    zeros = _zeros(g, g.op("Shape", x), x)
+    return [g.op("ScatterElements", zeros, index, upd, axis=axis, reduction="add"), None]
+
+
+@rule("Pad")
+def Pad(g: NodeGrad):
+    """constant: y = x with borders added (positive pads) or cut off (negative pads), so dx = GO
+    with those borders cut off or zeros added back. edge/reflect/wrap: each border element
+    copies an input element, so along each padded axis dx = GO @ M with M[j, i] = (src(j) = i)."""
+    x, go = g.I(0), g.GO(0)
+    if g.needs(2):
+        raise NoGradient("Pad with a padding value that depends on the input")
+    rank = _rank(g, x)
+    mode = g.attr("mode", "constant")
+    pads = list(g.attr("pads")) if g.opset < 11 else _ints_or_none(g, 1)
+    axes = _ints_or_none(g, 3) if g.opset >= 18 and g.I(3) else list(range(rank))
+    if pads is None or axes is None:
+        if mode != "constant":
+            raise NoGradient(f"Pad mode {mode} with pads computed at runtime")
+        ins = [go, g.op("Neg", g.I(1)), g.scalar(0.0, x)] + ([g.I(3)] if g.I(3) else [])
+        return [g.op("Pad", *ins, mode="constant")]
+    begin, end = [0] * rank, [0] * rank
+    for k, axis in enumerate(axes):
+        begin[axis % rank], end[axis % rank] = pads[k], pads[len(axes) + k]
+    if mode == "constant":
+        cut = [a for a in range(rank) if begin[a] > 0 or end[a] > 0]
+        grad = go
+        if cut:
+            starts = [max(begin[a], 0) for a in cut]
+            ends = [-end[a] if end[a] > 0 else INT_MAX for a in cut]
+            grad = g.e.slice(grad, starts, ends, cut)
+        grow = [max(-p, 0) for p in begin + end]
+        return [g.e.pad(grad, grow) if any(grow) else grad]
+    if any(p < 0 for p in begin + end):
+        raise NoGradient(f"Pad mode {mode} with negative pads")
+    shape = g.e.static_shape(x)
+    grad = go
+    for a in range(rank):
+        if begin[a] or end[a]:
+            if not isinstance(shape[a], int):
+                raise NoGradient(f"Pad mode {mode} along a dynamic axis")
+            src = np.pad(np.arange(shape[a]), (begin[a], end[a]), mode=mode)
+            grad = _along_axis(g, grad, a, rank, np.eye(shape[a])[src])
+    return [grad]
+
+
+@rule("Expand")
+def Expand(g: NodeGrad):
+    """y = x broadcast to a shape: dx = GO summed over the broadcast axes."""
+    return [g.reduce_to(g.GO(0), 0), None]
+
+
+@rule("Tile")
+def Tile(g: NodeGrad):
+    """y = tile(x, r): y viewed as [r0, d0, r1, d1, ...] holds r0 r1 ... copies of x, so
+    dx = GO reshaped that way and summed over the repeat axes 0, 2, 4, ..."""
+    x = g.I(0)
+    rank = _rank(g, x)
+    reps = _ints_or_none(g, 1)
+    dims = _dims(g, x, range(rank))
+    if reps is not None and all(isinstance(d, int) for d in dims):
+        split = g.e.ints([v for pair in zip(reps, dims, strict=True) for v in pair])
+    else:
+        reps_vec = g.e.ints(reps) if reps is not None else g.I(1)
+        pairs = [g.e.unsqueeze(v, [1]) for v in (reps_vec, g.op("Shape", x))]
+        split = g.op("Reshape", g.op("Concat", *pairs, axis=1), g.e.ints([-1]))
+    grouped = g.op("Reshape", g.GO(0), split)
+    return [g.e.reduce_sum(grouped, list(range(0, 2 * rank, 2)), keepdims=False), None]
+
+
+@rule("DepthToSpace")
+def DepthToSpace(g: NodeGrad):
+    """Depth moved into b x b spatial blocks, a permutation: dx = SpaceToDepth(GO) for mode DCR;
+    for CRD the forward reshape/transpose chain run backwards."""
+    b = g.attr("blocksize")
+    if g.attr("mode", "DCR") == "DCR":
+        return [g.op("SpaceToDepth", g.GO(0), blocksize=b)]
+    n, c, h, w = _dims(g, g.I(0), range(4))
+    blocks = [n, c // (b * b) if isinstance(c, int) else -1, h, b, w, b]
+    grouped = g.op("Reshape", g.GO(0), _shape_vector(g, blocks))
+    moved = g.op("Transpose", grouped, perm=[0, 1, 3, 5, 2, 4])
+    return [g.op("Reshape", moved, g.op("Shape", g.I(0)))]
+
+
+@rule("SpaceToDepth")
+def SpaceToDepth(g: NodeGrad):
+    """Spatial b x b blocks moved into depth (DCR order), a permutation: dx = DepthToSpace(GO)."""
+    return [g.op("DepthToSpace", g.GO(0), blocksize=g.attr("blocksize"))]
+
+
+# -- Resize and Upsample -------------------------------------------------------------------
+def _interpolation_matrix(n: int, attrs: dict, scale=None, size=None, roi=None) -> np.ndarray:
+    """M[k, i]: the weight of input i in output k of a 1-D resize, found by resizing eye(n)
+    (rows resized along axis 1) with onnx's reference Resize-19 and the node's attributes."""
+    inputs = {
+        "roi": np.asarray([] if roi is None else [0.0, roi[0], 1.0, roi[1]], dtype=np.float32),
+        "scales": np.asarray([] if scale is None else [1.0, scale], dtype=np.float32),
+        "sizes": np.asarray([n, size] if size is not None else [], dtype=np.int64),
+    }
+    names = ["x", "roi", "scales" if scale is not None else "", "sizes" if size is not None else ""]
+    consts = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k))
+              for k, v in inputs.items()]  # fmt: skip
+    node = helper.make_node("Resize", names, ["y"], **attrs)
+    graph = helper.make_graph(
+        [*consts, node], "probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [n, n])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    from onnx.reference import ReferenceEvaluator  # slow to import; only Resize needs it
+
+    (out,) = ReferenceEvaluator(model).run(None, {"x": np.eye(n)})
+    return np.asarray(out).T
+
+
+def _resize_grad(g: NodeGrad, axes_params: list, attrs_for) -> str:
+    """Contract GO with the interpolation matrix of every axis that is not left unchanged.
+
+    axes_params[a] = (scale, size, roi) of axis a; attrs_for(scale) gives the probe's attributes.
+    """
+    x = g.I(0)
+    rank = _rank(g, x)
+    shape = g.e.static_shape(x)
+    grad = g.GO(0)
+    for a, (scale, size, roi) in enumerate(axes_params):
+        n = shape[a]
+        unchanged = (scale == 1.0 if scale is not None else size == n) and roi in (None, (0, 1))
+        # a runtime size on a dynamic axis (typically the batch, copied by Shape) is taken as
+        # unchanged; were it not, the gradient would come out with a shape other than x's
+        unknown = scale is None and not isinstance(size, int) and not isinstance(n, int)
+        if unchanged or unknown:
+            continue
+        if not isinstance(n, int) or (scale is None and not isinstance(size, int)):
+            raise NoGradient(f"{g.node.op_type} along axis {a} needs static sizes")
+        mat = _interpolation_matrix(n, attrs_for(scale), scale, size, roi)
+        grad = _along_axis(g, grad, a, rank, mat)
+    return grad
+
+
+def _legacy_attrs(mode: str):
+    """Resize-10 and Upsample map output k to k / scale; ORT's nearest takes the floor when
+    upsampling and the ceiling when downsampling."""
+
+    def attrs_for(scale: float) -> dict:
+        nearest = "floor" if scale >= 1 else "ceil"
+        return {"mode": mode, "coordinate_transformation_mode": "asymmetric",
+                "nearest_mode": nearest}  # fmt: skip
+
+    return attrs_for
+
+
+def _legacy_scales(g: NodeGrad, k: int) -> list:
+    scales = g.attr("scales") if g.n_inputs() <= k else g.const_input(k)
+    if scales is None:
+        raise NoGradient(f"{g.node.op_type} with scales computed at runtime")
+    mode = g.attr("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise NoGradient(f"{g.node.op_type} mode {mode}")
+    return [(float(s), None, None) for s in np.asarray(scales).reshape(-1)]
+
+
+@rule("Upsample")
+def Upsample(g: NodeGrad):
+    """y = x upsampled (nearest or N-linear, y[k] at x[k / scale]): linear in x and separable,
+    so dx = GO contracted with each resized axis' interpolation matrix: dx = M^T GO per axis."""
+    params = _legacy_scales(g, 1)
+    return [_resize_grad(g, params, _legacy_attrs(g.attr("mode", "nearest"))), None]
+
+
+@rule("Resize")
+def Resize(g: NodeGrad):
+    """y = x resized (nearest, linear or cubic, any coordinate mode): linear in x and separable,
+    y = M_0 (x) M_1 (x) ..., so dx = GO contracted with every resized axis' matrix, M_a^T per
+    axis (extrapolated tf_crop_and_resize values are constants and get no gradient)."""
+    x = g.I(0)
+    if g.opset < 11:
+        return [_resize_grad(g, _legacy_scales(g, 1), _legacy_attrs(g.attr("mode", "nearest")))]
+    rank = _rank(g, x)
+    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
+    if attrs.get("coordinate_transformation_mode") == "tf_half_pixel_for_nn":
+        raise NoGradient("Resize coordinate mode tf_half_pixel_for_nn")
+    axes = [a % rank for a in attrs.pop("axes", range(rank))]
+    attrs.pop("keep_aspect_ratio_policy", None)
+    attrs["extrapolation_value"] = 0.0
+
+    def given(k: int):
+        value = g.const_input(k) if g.I(k) else None
+        return None if value is None or value.size == 0 else value.reshape(-1).tolist()
+
+    roi, scales, sizes = given(1), given(2), given(3)
+    cropping = attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize"
+    if cropping and roi is None:
+        raise NoGradient("Resize tf_crop_and_resize with roi computed at runtime")
+    if g.I(2) and scales is None and g.const_input(2) is None:
+        raise NoGradient("Resize with scales computed at runtime")
+    if sizes is None and scales is None:  # sizes computed at runtime: trust shape inference
+        sizes = g.e.static_shape(g.O(0))
+        if sizes is None:
+            raise NoGradient("Resize with sizes computed at runtime and unknown output shape")
+        sizes = [sizes[a] for a in axes]
+    if sizes is not None and g.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise NoGradient("Resize with sizes and keep_aspect_ratio_policy")
+    params = [(1.0, None, None)] * rank
+    for k, a in enumerate(axes):
+        scale = None if scales is None else float(scales[k])
+        size = None if sizes is None or scale is not None else sizes[k]
+        box = (roi[k], roi[len(axes) + k]) if cropping and roi is not None else None
+        params[a] = (scale, size, box)
+    return [_resize_grad(g, params, lambda _scale: attrs)]
