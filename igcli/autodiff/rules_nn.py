@@ -1,25 +1,533 @@
-"""Gradient rules for network layers: matrix products, convolution, pooling, normalisation."""
+"""Gradient rules for network layers: matrix products, convolution, pooling, normalisation.
+
+Spatial rules need static spatial sizes and channel counts (from shape inference); the batch
+dimension may be symbolic. A sliding window is one `Window`: output position o, tap j reads
+padded position o*s + j*d, which is input position o*s + j*d - pad_begin. Gradients of
+windowed ops scatter back with an unpadded ConvTranspose (length `span`) and are then cropped
+to the input, so every opset from 9 on is served by the same few ops.
+"""
 
 from __future__ import annotations
 
-from igcli.autodiff.builder import NodeGrad
-from igcli.autodiff.registry import rule
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from igcli.autodiff.builder import NodeGrad, TensorInfo
+from igcli.autodiff.registry import NoGradient, rule
+
+INT64_MAX = 2**63 - 1
+
+
+# -- shapes and windows ------------------------------------------------------------------------
+def _shape(g: NodeGrad, name: str) -> list[int]:
+    """Static shape of `name`; the batch dim may be symbolic (returned as -1)."""
+    shape = g.e.static_shape(name)
+    if shape is None or not shape or not all(isinstance(d, int) for d in shape[1:]):
+        raise NoGradient(f"{g.node.op_type} needs static shapes (got {shape} for {name})")
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One spatial axis of a sliding window."""
+
+    kernel: int
+    stride: int
+    dilation: int
+    begin: int  # padding before
+    end: int  # padding after
+    size: int  # padded side: the input of a Conv/pool, the output of a ConvTranspose
+    out: int  # window positions: the output of a Conv/pool, the input of a ConvTranspose
+
+    @property
+    def span(self) -> int:
+        """The padded length the windows reach: (o-1)*s + (k-1)*d + 1."""
+        return (self.out - 1) * self.stride + (self.kernel - 1) * self.dilation + 1
+
+    @property
+    def tail(self) -> int:
+        """Length from the end of the input to the end of the span (negative: unused input)."""
+        return self.span - self.begin - self.size
+
+
+@dataclass
+class Window:
+    axes: list[Axis]
+
+    def of(self, field: str) -> list[int]:
+        return [getattr(a, field) for a in self.axes]
+
+    def crop(self, g: NodeGrad, x: str) -> str:
+        """From span-long padded coordinates (spatial axes 2..) back to the input's sizes."""
+        return _fit(g, x, [-a.begin for a in self.axes], [-a.tail for a in self.axes])
+
+
+def _window(g: NodeGrad, kernel: list[int], sizes: list[int], outs: list[int]) -> Window:
+    """Strides, dilations and pads (explicit or auto_pad) of a Conv or pooling node."""
+    n = len(kernel)
+    strides = list(g.attr("strides", None) or [1] * n)
+    dilations = list(g.attr("dilations", None) or [1] * n)
+    pads = list(g.attr("pads", None) or [0] * (2 * n))
+    if g.attr("auto_pad", "NOTSET") != "NOTSET":
+        pads = [0] * (2 * n)
+    axes = [Axis(*v) for v in zip(kernel, strides, dilations, pads[:n], pads[n:], sizes, outs,
+                                  strict=True)]  # fmt: skip
+    auto_pad = g.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        axes = [_same(a, max(0, a.span - a.size), auto_pad == "SAME_UPPER") for a in axes]
+    return Window(axes)
+
+
+def _same(a: Axis, total: int, upper: bool) -> Axis:
+    """Split `total` padding as auto_pad SAME_UPPER (extra at the end) or SAME_LOWER does."""
+    small, big = total // 2, total - total // 2
+    begin, end = (small, big) if upper else (big, small)
+    return Axis(a.kernel, a.stride, a.dilation, begin, end, a.size, a.out)
+
+
+def _pool_window(g: NodeGrad) -> tuple[Window, int]:
+    """The window of a pooling node, and its channel count. Output sizes are computed as the
+    runtimes do: with ceil_mode a last window starting in the end padding is dropped (onnx
+    shape inference may keep it)."""
+    x_shape = _shape(g, g.I(0))
+    kernel, n = list(g.attr("kernel_shape")), len(x_shape) - 2
+    win = _window(g, kernel, x_shape[2:], [1] * n)
+    outs = []
+    for a in win.axes:
+        room = a.size + a.begin + a.end - (a.kernel - 1) * a.dilation - 1
+        if g.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+            outs.append(-(-a.size // a.stride))
+        elif g.attr("ceil_mode", 0):
+            out = -(-room // a.stride) + 1
+            outs.append(out - 1 if (out - 1) * a.stride >= a.size + a.begin else out)
+        else:
+            outs.append(room // a.stride + 1)
+    return _window(g, kernel, x_shape[2:], outs), x_shape[1]
+
+
+def _fit(g: NodeGrad, x: str, begins: list[int], ends: list[int]) -> str:
+    """Pad (positive) or crop (negative) the spatial axes 2.. of x at both ends."""
+    n = len(begins)
+    if any(b < 0 for b in begins) or any(e < 0 for e in ends):
+        starts = [max(0, -b) for b in begins]
+        stops = [e if e < 0 else INT64_MAX for e in ends]
+        x = g.e.slice(x, starts, stops, list(range(2, 2 + n)))
+    if any(b > 0 for b in begins) or any(e > 0 for e in ends):
+        x = g.e.pad(x, [0, 0, *(max(0, b) for b in begins), 0, 0, *(max(0, e) for e in ends)])
+    return x
+
+
+def _reshape(g: NodeGrad, x: str, shape: list[int]) -> str:
+    return g.op("Reshape", x, g.e.ints(shape))
+
+
+def _transpose01(g: NodeGrad, x: str, rank: int) -> str:
+    return g.op("Transpose", x, perm=[1, 0, *range(2, rank)])
+
+
+def _per_channel(g: NodeGrad, v: str) -> str:
+    """A [C] vector shaped [C, 1, ..., 1] to broadcast against input 0 ([N, C, ...])."""
+    rank = g.e.rank(g.I(0))
+    if rank is None:
+        raise NoGradient(f"{g.node.op_type} needs the input rank")
+    return g.e.unsqueeze(v, list(range(1, rank - 1))) if rank > 2 else v
+
+
+def _sum_but_channels(g: NodeGrad, x: str) -> str:
+    """Sum over every axis but 1: a per-channel parameter's gradient."""
+    return g.e.reduce_sum(x, [0, *range(2, g.e.rank(g.I(0)))], keepdims=False)
+
+
+# -- convolution building blocks --------------------------------------------------------------
+def _conv_transpose(g: NodeGrad, x: str, w: str, group: int, win: Window) -> str:
+    """Unpadded ConvTranspose(x, w) with the window's strides and dilations: x holds window
+    positions, the result is span-long. Grouped forms other than one-to-one depthwise are
+    spelled as depthwise or per-group ConvTransposes: the same math, and onnx's reference
+    runtime mishandles them otherwise."""
+    attrs = {"strides": win.of("stride"), "dilations": win.of("dilation")}
+    cin, b, *kernel = _shape(g, w)
+    a = cin // group  # input channels per group; b: output channels per group
+    if group == 1 or (a == 1 and b == 1):
+        return g.op("ConvTranspose", x, w, group=group, **attrs)
+    if b == 1:  # each input channel scatters alone, then a group's `a` results add up
+        y = g.op("ConvTranspose", x, w, group=cin, **attrs)
+        return g.e.reduce_sum(_reshape(g, y, [0, group, a, *win.of("span")]), [2], False)
+    if a == 1:  # each input channel feeds b outputs: repeat it b times, then go depthwise
+        x = g.op("Expand", g.e.unsqueeze(x, [2]), g.e.ints([1, 1, b] + [1] * len(kernel)))
+        x = _reshape(g, x, [0, group * b, *win.of("out")])
+        w = _reshape(g, w, [group * b, 1, *kernel])
+        return g.op("ConvTranspose", x, w, group=group * b, **attrs)
+    parts = []
+    for k in range(group):
+        xk = g.e.slice(x, [k * a], [(k + 1) * a], [1])
+        wk = g.e.slice(w, [k * a], [(k + 1) * a], [0])
+        parts.append(g.op("ConvTranspose", xk, wk, **attrs))
+    return g.op("Concat", *parts, axis=1)
+
+
+def _kernel_grad(g: NodeGrad, padded: str, ca: int, taps: str, group: int, win: Window) -> str:
+    """dW[m, c, j] = sum over n, o of taps[n, m, o] * padded[n, c, o*s + j*d - pad] (c within
+    m's group), shaped [M, C/group, k...]: a Conv of `padded` with `taps` as weights, batch
+    and channel axes swapped, strides and dilations trading places."""
+    rank = 2 + len(win.axes)
+    sizes = win.of("size")  # padded: [N, ca, sizes...]
+    if group == 1:
+        x = _transpose01(g, padded, rank)  # [C, N, ...]
+    else:  # group k's channels meet group k's weights: [C/group, group*N, ...]
+        x = _reshape(g, padded, [0, group, ca // group, *sizes])
+        x = g.op("Transpose", x, perm=[2, 1, 0, *range(3, rank + 1)])
+        x = _reshape(g, x, [ca // group, -1, *sizes])
+    w = _transpose01(g, taps, rank)  # [M, N, outs...]
+    ends = [max(0, a.tail) for a in win.axes]
+    got = [(a.size + a.begin + e - (a.out - 1) * a.stride - 1) // a.dilation + 1
+           for a, e in zip(win.axes, ends, strict=True)]  # fmt: skip
+    dw = g.op("Conv", x, w, group=group, strides=win.of("dilation"),
+              dilations=win.of("stride"), pads=[*win.of("begin"), *ends])  # fmt: skip
+    if got != win.of("kernel"):
+        dw = g.e.slice(dw, [0] * len(got), win.of("kernel"), list(range(2, rank)))
+    return _transpose01(g, dw, rank)
+
+
+@rule("Conv")
+def Conv(g: NodeGrad):
+    """y[o] = sum_j W[j] x[o*s + j*d - pad] + B: dx = ConvTranspose(GO, W) cropped to x;
+    dW[j] = sum over n, o of GO[o] x[o*s + j*d - pad]; dB = GO summed over batch and space."""
+    x, w, go = g.I(0), g.I(1), g.GO(0)
+    x_shape, w_shape, y_shape = _shape(g, x), _shape(g, w), _shape(g, g.O(0))
+    win = _window(g, w_shape[2:], x_shape[2:], y_shape[2:])
+    group = g.attr("group", 1)
+    gx = win.crop(g, _conv_transpose(g, go, w, group, win)) if g.needs(0) else None
+    gw = _kernel_grad(g, x, x_shape[1], go, group, win) if g.needs(1) else None
+    gb = _sum_but_channels(g, go) if g.needs(2) else None
+    return [gx, gw, gb]
+
+
+def _transpose_window(g: NodeGrad) -> Window:
+    """A ConvTranspose's window: x's positions o write y[o*s + j*d - pad]."""
+    x_shape, w_shape, y_shape = _shape(g, g.I(0)), _shape(g, g.I(1)), _shape(g, g.O(0))
+    win = _window(g, w_shape[2:], y_shape[2:], x_shape[2:])
+    auto_pad = g.attr("auto_pad", "NOTSET")
+    if g.attr("output_shape", None) is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # pads follow from the output size: total = span + output_padding - size
+        extra = list(g.attr("output_padding", None) or [0] * len(win.axes))
+        win = Window([_same(a, a.span + e - a.size, auto_pad == "SAME_UPPER")
+                      for a, e in zip(win.axes, extra, strict=True)])  # fmt: skip
+    if any(a.begin < 0 for a in win.axes):
+        raise NoGradient("ConvTranspose with negative padding")
+    return win
+
+
+@rule("ConvTranspose")
+def ConvTranspose(g: NodeGrad):
+    """y[o*s + j*d - pad] += W[j] x[o] (+ B): dx = Conv(GO, W) with the same strides,
+    dilations, pads and group; dW[j] = sum over n, o of x[o] GO[o*s + j*d - pad]; dB = sum GO."""
+    x, w, go = g.I(0), g.I(1), g.GO(0)
+    win, group = _transpose_window(g), g.attr("group", 1)
+    gx = None
+    if g.needs(0):
+        begins, ends = win.of("begin"), win.of("tail")
+        attrs = {"strides": win.of("stride"), "dilations": win.of("dilation"), "group": group}
+        if min(ends) < 0:  # the last rows of y get no x: crop them first
+            gx = g.op("Conv", _fit(g, go, begins, ends), w, **attrs)
+        else:
+            gx = g.op("Conv", go, w, pads=[*begins, *ends], **attrs)
+    gw = _kernel_grad(g, go, _shape(g, g.O(0))[1], x, group, win) if g.needs(1) else None
+    gb = _sum_but_channels(g, go) if g.needs(2) else None
+    return [gx, gw, gb]
+
+
+# -- pooling ----------------------------------------------------------------------------------
+def _scatter(g: NodeGrad, stack: str, kernels: np.ndarray, win: Window, channels: int) -> str:
+    """Each of the K channels of stack [N*C, K, outs...] carries one kernel tap's share:
+    ConvTranspose with `kernels` [K, 1, k...] adds them up where they land; then crop."""
+    weights = g.e.const(kernels, g.e.np_dtype(g.I(0)))
+    attrs = {"strides": win.of("stride"), "dilations": win.of("dilation")}
+    y = g.op("ConvTranspose", stack, weights, **attrs)
+    return win.crop(g, _reshape(g, y, [-1, channels, *win.of("span")]))
+
+
+def _taps(g: NodeGrad, x: str, win: Window) -> str:
+    """x[o*s + j*d - pad] for every kernel tap j, as [N*C, K, outs...] (padding reads -inf).
+
+    The padded input is cut into stride-long blocks [N*C, B0, s0, B1, s1, ...]; tap j is the
+    plain slice from block (j*d) // s at phase (j*d) % s: no strided Slice, so opset 9 works."""
+    blocks = [
+        max((a.kernel - 1) * a.dilation // a.stride + a.out, -(-(a.begin + a.size) // a.stride))
+        for a in win.axes
+    ]
+    ends = [b * a.stride - a.begin - a.size for a, b in zip(win.axes, blocks, strict=True)]
+    xp = g.e.pad(x, [0, 0, *win.of("begin"), 0, 0, *ends], value=-np.inf)
+    cut = _reshape(g, xp, [-1, *itertools.chain(*zip(blocks, win.of("stride"), strict=True))])
+    taps = []
+    for tap in itertools.product(*(range(k) for k in win.of("kernel"))):
+        starts, stops = [], []
+        for j, a in zip(tap, win.axes, strict=True):
+            block, phase = divmod(j * a.dilation, a.stride)
+            starts += [block, phase]
+            stops += [block + a.out, phase + 1]
+        piece = g.e.slice(cut, starts, stops, list(range(1, 1 + len(starts))))
+        taps.append(_reshape(g, piece, [-1, 1, *win.of("out")]))
+    return g.op("Concat", *taps, axis=1)
+
+
+def _one_hot_kernels(kernel: list[int]) -> np.ndarray:
+    """[K, 1, k...]: kernel t is 1 at tap t (row-major over the window), 0 elsewhere."""
+    size = int(np.prod(kernel))
+    return np.eye(size).reshape(size, 1, *kernel)
+
+
+@rule("MaxPool")
+def MaxPool(g: NodeGrad):
+    """y[o] = max_j x[o*s + j*d - pad]: GO[o] goes to the window's first arg-max, summed
+    where windows overlap (taps gathered by slicing, scattered by a one-hot ConvTranspose)."""
+    win, channels = _pool_window(g)
+    n_taps, n = int(np.prod(win.of("kernel"))), len(win.axes)
+    first = g.op("ArgMax", _taps(g, g.I(0), win), axis=1, keepdims=1)  # [N*C, 1, outs...]
+    tap_ids = g.e.ints(np.arange(n_taps).reshape(1, n_taps, *[1] * n))
+    hit = g.op("Cast", g.op("Equal", first, tap_ids), to=g.e.infos_elem(g.I(0)))
+    stack = g.op("Mul", hit, _reshape(g, g.GO(0), [-1, 1, *win.of("out")]))
+    return [_scatter(g, stack, _one_hot_kernels(win.of("kernel")), win, channels)]
+
+
+def _pool_counts(win: Window, include_pad: bool) -> np.ndarray:
+    """How many taps each window averages: those inside x, or inside x and its pads."""
+    counts = np.ones([])
+    for a in win.axes:
+        pos = np.arange(a.out)[:, None] * a.stride + np.arange(a.kernel) * a.dilation - a.begin
+        lo, hi = (-a.begin, a.size + a.end) if include_pad else (0, a.size)
+        counts = np.multiply.outer(counts, ((pos >= lo) & (pos < hi)).sum(axis=1))
+    return counts
+
+
+@rule("AveragePool")
+def AveragePool(g: NodeGrad):
+    """y[o] = sum_j x[o*s + j*d - pad] / count[o]: dx scatters GO[o] / count[o] to every
+    tap of window o (count: the window's taps inside x, or inside x and its pads)."""
+    win, channels = _pool_window(g)
+    counts = _pool_counts(win, bool(g.attr("count_include_pad", 0)))
+    share = g.op("Mul", g.GO(0), g.e.const(1.0 / counts, g.e.np_dtype(g.I(0))))
+    stack = _reshape(g, share, [-1, 1, *win.of("out")])
+    return [_scatter(g, stack, np.ones([1, 1, *win.of("kernel")]), win, channels)]
+
+
+@rule("GlobalAveragePool")
+def GlobalAveragePool(g: NodeGrad):
+    """y = mean of x over space: dx = GO / (spatial size), broadcast over space."""
+    size = int(np.prod(_shape(g, g.I(0))[2:]))
+    share = g.op("Mul", g.GO(0), g.scalar(1.0 / size))
+    return [g.op("Expand", share, g.op("Shape", g.I(0)))]
+
+
+@rule("GlobalMaxPool")
+def GlobalMaxPool(g: NodeGrad):
+    """y = max of x over space: GO goes to the first arg-max of each (n, c) plane."""
+    x = g.I(0)
+    size = int(np.prod(_shape(g, x)[2:]))
+    first = g.op("ArgMax", _reshape(g, x, [0, 0, -1]), axis=2, keepdims=1)  # [N, C, 1]
+    hit = g.op("Cast", g.op("Equal", first, g.e.ints(np.arange(size))), to=g.e.infos_elem(x))
+    routed = g.op("Mul", hit, _reshape(g, g.GO(0), [0, 0, 1]))
+    return [g.op("Reshape", routed, g.op("Shape", x))]
+
+
+# -- matrix products --------------------------------------------------------------------------
+def _broadcast_dims(a: list, b: list) -> list:
+    """numpy broadcasting of two static (possibly symbolic) batch shapes."""
+    n = max(len(a), len(b))
+    a, b = [1] * (n - len(a)) + list(a), [1] * (n - len(b)) + list(b)
+    return [y if x == 1 else x if y == 1 or x == y else None for x, y in zip(a, b, strict=True)]
+
+
+def _last2(g: NodeGrad, grad: str, k: int, batch: list) -> str:
+    """Sum a product's gradient over the batch dims input k was broadcast along."""
+    shape = g.e.static_shape(g.I(k))
+    if shape is not None:
+        g.e.infos[grad] = TensorInfo(g.e.infos_elem(g.I(k)), [*batch, *shape[-2:]])
+    return g.e.reduce_to_shape_of(grad, g.I(k))
 
 
 @rule("MatMul")
 def MatMul(g: NodeGrad):
-    """y = a @ b: da = GO @ b^T, db = a^T @ GO (batch dims broadcast, then summed back)."""
-    go = g.GO(0)
-    ra, rb = g.e.rank(g.I(0)), g.e.rank(g.I(1))
-    if ra is None or rb is None or ra < 2 or rb < 2:
-        from igcli.autodiff.registry import NoGradient
+    """y = a @ b: da = GO @ b^T, db = a^T @ GO. Batch dims broadcast and are summed back;
+    a 1-D a is a row [1, K] and a 1-D b a column [K, 1], as in numpy."""
+    a, b, go = g.I(0), g.I(1), g.GO(0)
+    ra, rb = g.e.rank(a), g.e.rank(b)
+    if ra is None or rb is None:
+        raise NoGradient("MatMul with operands of unknown rank")
+    rank = max(ra, rb, 2)
+    if rb == 1:  # the product dropped b's column axis ...
+        go = g.e.unsqueeze(go, [rank - 1 - (ra == 1)])
+        b = g.e.unsqueeze(b, [1])
+    if ra == 1:  # ... and a's row axis
+        go = g.e.unsqueeze(go, [rank - 2])
+        a = g.e.unsqueeze(a, [0])
 
-        raise NoGradient("MatMul with 1-D or unknown-rank operands")
+    def batch(name: str) -> list:
+        shape = g.e.static_shape(name)
+        return [] if shape is None else shape[:-2]
 
-    def t(name: str, rank: int) -> str:
-        perm = list(range(rank - 2)) + [rank - 1, rank - 2]
-        return g.op("Transpose", name, perm=perm)
-
-    ga = g.reduce_to(g.op("MatMul", go, t(g.I(1), rb)), 0) if g.needs(0) else None
-    gb = g.reduce_to(g.op("MatMul", t(g.I(0), ra), go), 1) if g.needs(1) else None
+    dims = _broadcast_dims(batch(g.I(0)), batch(g.I(1)))
+    ga = gb = None
+    if g.needs(0):
+        ga = g.op("MatMul", go, _t(g, b, max(rb, 2)))
+        if ra == 1:  # [..., 1, K] -> [K]
+            ga = g.e.reduce_sum(ga, list(range(rank - 1)), keepdims=False)
+        else:
+            ga = _last2(g, ga, 0, dims)
+    if g.needs(1):
+        gb = g.op("MatMul", _t(g, a, max(ra, 2)), go)
+        if rb == 1:  # [..., K, 1] -> [K]
+            gb = g.e.reduce_sum(gb, [*range(rank - 2), rank - 1], keepdims=False)
+        else:
+            gb = _last2(g, gb, 1, dims)
     return [ga, gb]
+
+
+def _t(g: NodeGrad, x: str, rank: int) -> str:
+    """Swap the last two axes."""
+    return g.op("Transpose", x, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+@rule("Gemm")
+def Gemm(g: NodeGrad):
+    """y = alpha * A' @ B' + beta * C with A' = A or A^T, B' = B or B^T:
+    dA' = alpha GO B'^T, dB' = alpha A'^T GO, dC = beta GO summed to C's shape."""
+    a, b, go = g.I(0), g.I(1), g.GO(0)
+    alpha, beta = g.attr("alpha", 1.0), g.attr("beta", 1.0)
+    ta, tb = g.attr("transA", 0), g.attr("transB", 0)
+    zero = g.scalar(0.0)  # C is required below opset 11; beta = 0 ignores it
+
+    def gemm(x: str, y: str, tx: int, ty: int) -> str:
+        return g.op("Gemm", x, y, zero, alpha=float(alpha), beta=0.0, transA=tx, transB=ty)
+
+    ga = gb = gc = None
+    if g.needs(0):
+        ga = gemm(b, go, tb, 1) if ta else gemm(go, b, 0, 1 - tb)
+    if g.needs(1):
+        gb = gemm(go, a, 1, ta) if tb else gemm(a, go, 1 - ta, 0)
+    if g.needs(2):
+        gc = g.reduce_to(g.op("Mul", go, g.scalar(beta)), 2)
+    return [ga, gb, gc]
+
+
+# -- normalisation ----------------------------------------------------------------------------
+def _normalized_grad(g: NodeGrad, go_hat: str, x_hat: str, inv_std: str, axes: list[int]):
+    """d/dx of x_hat = (x - mean) * inv_std, both statistics over `axes`, given the gradient
+    go_hat w.r.t. x_hat: inv_std * (go_hat - mean(go_hat) - x_hat * mean(go_hat * x_hat))."""
+    mean_g = g.e.reduce("ReduceMean", go_hat, axes)
+    mean_gx = g.e.reduce("ReduceMean", g.op("Mul", go_hat, x_hat), axes)
+    centred = g.op("Sub", g.op("Sub", go_hat, mean_g), g.op("Mul", x_hat, mean_gx))
+    return g.op("Mul", centred, inv_std)
+
+
+def _standardize(g: NodeGrad, x: str, axes: list[int], eps: float):
+    """(x - mean) * inv_std and inv_std = 1 / sqrt(var + eps), statistics over `axes`."""
+    centred = g.op("Sub", x, g.e.reduce("ReduceMean", x, axes))
+    var = g.e.reduce("ReduceMean", g.op("Mul", centred, centred), axes)
+    inv_std = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.scalar(eps, x))))
+    return g.op("Mul", centred, inv_std), inv_std
+
+
+@rule("BatchNormalization")
+def BatchNormalization(g: NodeGrad):
+    """Inference: y = scale (x - mean) / sqrt(var + eps) + B, per channel. With r =
+    1/sqrt(var + eps): dx = GO scale r; dscale = sum GO (x - mean) r; dB = sum GO;
+    dmean = -sum GO scale r; dvar = -1/2 sum GO scale (x - mean) r^3."""
+    training = g.attr("training_mode", 0) if g.opset >= 14 else sum(map(bool, g.node.output)) > 1
+    if training:
+        raise NoGradient("BatchNormalization in training mode")
+    x, scale, mean, var, go = g.I(0), g.I(1), g.I(3), g.I(4), g.GO(0)
+    r = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.scalar(g.attr("epsilon", 1e-5), var))))
+    scale_r = g.op("Mul", scale, r)
+    grads = [None] * 5
+    if g.needs(0):
+        grads[0] = g.op("Mul", go, _per_channel(g, scale_r))
+    if g.needs(2):
+        grads[2] = _sum_but_channels(g, go)
+    if g.needs(3):
+        grads[3] = g.op("Neg", g.op("Mul", _sum_but_channels(g, go), scale_r))
+    if g.needs(1) or g.needs(4):
+        sum_gc = _sum_but_channels(g, g.op("Mul", go, g.op("Sub", x, _per_channel(g, mean))))
+        if g.needs(1):
+            grads[1] = g.op("Mul", sum_gc, r)
+        if g.needs(4):
+            r3 = g.op("Mul", g.op("Mul", r, r), scale_r)
+            grads[4] = g.op("Mul", g.op("Mul", sum_gc, r3), g.scalar(-0.5, var))
+    return grads
+
+
+@rule("InstanceNormalization")
+def InstanceNormalization(g: NodeGrad):
+    """y = scale x_hat + B, x_hat = (x - mean) / sqrt(var + eps) over each (n, c) plane:
+    dx = r (g - mean(g) - x_hat mean(g x_hat)) with g = GO scale; dscale = sum GO x_hat;
+    dB = sum GO (sums over batch and space)."""
+    x, scale, go = g.I(0), g.I(1), g.GO(0)
+    axes = list(range(2, g.e.rank(x)))
+    x_hat, inv_std = _standardize(g, x, axes, g.attr("epsilon", 1e-5))
+    gx = gs = gb = None
+    if g.needs(0):
+        gx = _normalized_grad(g, g.op("Mul", go, _per_channel(g, scale)), x_hat, inv_std, axes)
+    if g.needs(1):
+        gs = _sum_but_channels(g, g.op("Mul", go, x_hat))
+    if g.needs(2):
+        gb = _sum_but_channels(g, go)
+    return [gx, gs, gb]
+
+
+@rule("LayerNormalization")
+def LayerNormalization(g: NodeGrad):
+    """y = scale x_hat + B, x_hat = (x - mean) r, r = 1/sqrt(var + eps) over axes axis..:
+    dx = r (g - mean(g) - x_hat mean(g x_hat)) with g = GO scale, plus GO_mean / n and
+    -GO_invstd r^2 x_hat / n from the optional Mean and InvStdDev outputs; dscale = sum GO
+    x_hat; dB = sum GO (sums over the leading and broadcast axes)."""
+    x, scale, go = g.I(0), g.I(1), g.GO(0)
+    rank = g.e.rank(x)
+    if rank is None:
+        raise NoGradient("LayerNormalization needs the input rank")
+    axes = list(range(g.attr("axis", -1) % rank, rank))
+    x_hat, inv_std = _standardize(g, x, axes, g.attr("epsilon", 1e-5))
+    gx = gs = gb = None
+    if g.needs(0):
+        parts = []
+        if go is not None:
+            parts.append(_normalized_grad(g, g.op("Mul", go, scale), x_hat, inv_std, axes))
+        n = g.op("Cast", g.op("Size", x_hat), to=g.e.infos_elem(x))
+        n = g.op("Div", n, g.op("Cast", g.op("Size", inv_std), to=g.e.infos_elem(x)))
+        if g.GO(1) is not None:
+            parts.append(g.op("Expand", g.op("Div", g.GO(1), n), g.op("Shape", x)))
+        if g.GO(2) is not None:
+            r2 = g.op("Mul", inv_std, inv_std)
+            parts.append(g.op("Neg", g.op("Div", g.op("Mul", g.op("Mul", g.GO(2), r2), x_hat), n)))
+        gx = parts[0] if len(parts) == 1 else g.op("Sum", *parts)
+    if go is not None and g.needs(1):
+        gs = g.reduce_to(g.op("Mul", go, x_hat), 1)
+    if go is not None and g.needs(2):
+        gb = g.reduce_to(go, 2)
+    return [gx, gs, gb]
+
+
+def _channel_window_sum(g: NodeGrad, x: str, size: int, before: int, after: int) -> str:
+    """s[c] = sum of x[c - before .. c + after] over channels (zero outside), any rank."""
+    channels = _shape(g, g.I(0))[1]
+    planes = _reshape(g, x, [0, 1, channels, -1])  # [N, 1, C, rest]
+    ones = g.e.const(np.ones([1, 1, size, 1]), g.e.np_dtype(x))
+    summed = g.op("Conv", planes, ones, pads=[before, 0, after, 0])
+    return g.op("Reshape", summed, g.op("Shape", x))
+
+
+@rule("LRN")
+def LRN(g: NodeGrad):
+    """y[c] = x[c] D[c]^-beta, D[c] = bias + alpha/size * sum of x^2 over channels
+    c - (size-1)//2 .. c + ceil((size-1)/2): dx[c'] = GO[c'] D[c']^-beta -
+    2 alpha beta / size * x[c'] * sum over windows c holding c' of GO[c] x[c] D[c]^(-beta-1)."""
+    x, go = g.I(0), g.GO(0)
+    size, alpha, beta = g.attr("size"), g.attr("alpha", 1e-4), g.attr("beta", 0.75)
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = _channel_window_sum(g, g.op("Mul", x, x), size, lo, hi)
+    d = g.op("Add", g.scalar(g.attr("bias", 1.0)), g.op("Mul", sq, g.scalar(alpha / size)))
+    d_pow = g.op("Pow", d, g.scalar(-beta))
+    inner = g.op("Div", g.op("Mul", g.op("Mul", go, x), d_pow), d)
+    spread = _channel_window_sum(g, inner, size, hi, lo)
+    cross = g.op("Mul", g.op("Mul", x, spread), g.scalar(2.0 * alpha * beta / size))
+    return [g.op("Sub", g.op("Mul", go, d_pow), cross)]

@@ -1,0 +1,250 @@
+"""Every layer rule (rules_nn) against central finite differences.
+
+Cases run in float64 through onnx's reference evaluator and in float32 through ONNX Runtime.
+A few reference kernels are wrong for some configurations; the cases avoid those and say so:
+- ConvTranspose with group > 1 is only right when every group maps one channel to one channel
+  (plain depthwise), so grouped ConvTranspose forward nodes are tested depthwise only (the
+  rules' own grouped scatters are rewritten into forms it handles, and Conv covers them);
+- LRN loops over the batch size instead of the channels, so LRN cases use N == C;
+- GlobalMaxPool reduces axes 2 and 3 only, so its cases are 4-D;
+- BatchNormalization-9 applies momentum to batch statistics, so opset 9 is checked against
+  numpy in ONNX Runtime below (test_batch_normalization_opset9).
+Max-like ops get inputs spaced 0.1 apart: no ties, and a difference step never moves an
+arg-max.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from igcli.autodiff import GRAD, SEED, build_gradient_model
+from tests.autodiff.checker import Case, make_model
+
+rng = np.random.default_rng(7)
+
+
+def r(*shape, low=-1.0, high=1.0):
+    return rng.uniform(low, high, size=shape)
+
+
+def distinct(*shape):
+    """Values 0.1 apart in random order (plus a little jitter): no ties in any window."""
+    n = int(np.prod(shape))
+    return ((rng.permutation(n) - n / 2) * 0.1 + rng.uniform(-0.02, 0.02, n)).reshape(shape)
+
+
+CASES: list[Case] = []
+
+
+def add(op, inputs, attrs=None, tag="", **options):
+    """One Case, with an id naming the op, what the case is about, and the opset."""
+    opset = options.get("opset", 17)
+    CASES.append(Case(op, inputs, attrs, id=f"{op}-{tag}-opset{opset}", **options))
+
+
+# -- MatMul: 2-D, batched, broadcast batch dims, 1-D operands (numpy promotion) ----------------
+for opset in (9, 13, 17):
+    add("MatMul", {"a": r(3, 4), "b": r(4, 5)}, tag="2d", opset=opset)
+    add("MatMul", {"a": r(2, 1, 3, 4), "b": r(3, 4, 2)}, tag="broadcast", opset=opset)
+    add("MatMul", {"a": r(4), "b": r(2, 4, 3)}, tag="1d@3d", opset=opset)
+    add("MatMul", {"a": r(2, 3, 4), "b": r(4)}, tag="3d@1d", opset=opset)
+add("MatMul", {"a": r(4), "b": r(4)}, tag="1d@1d")
+add("MatMul", {"a": r(5), "b": r(5, 2)}, tag="1d@2d", opset=11)
+add("MatMul", {"a": r(2, 3, 4)}, tag="dynamic", opset=13, dynamic=True,
+    constants={"b": r(4, 2)})  # fmt: skip
+add("MatMul", {"a": r(2, 3, 4)}, tag="dynamic-1d", opset=9, dynamic=True,
+    constants={"b": r(4)})  # fmt: skip
+
+# -- Gemm: transposes, alpha/beta, C broadcast or absent (C is required before opset 11) --------
+for opset in (9, 11, 13):
+    for ta, tb in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+        a = r(4, 3) if ta else r(3, 4)
+        b = r(5, 4) if tb else r(4, 5)
+        attrs = {"transA": ta, "transB": tb, "alpha": 0.7, "beta": 1.3}
+        add("Gemm", {"a": a, "b": b, "c": r(3, 5)}, attrs, tag=f"t{ta}{tb}", opset=opset)
+    add("Gemm", {"a": r(3, 4), "b": r(5, 4), "c": r(5)}, {"transB": 1}, tag="c-row", opset=opset)
+    add("Gemm", {"a": r(3, 4), "b": r(4, 5), "c": r(3, 1)}, {"beta": 0.5}, tag="c-col",
+        opset=opset)  # fmt: skip
+    add("Gemm", {"a": r(3, 4), "b": r(4, 5), "c": r(1)}, tag="c-scalar", opset=opset)
+for opset in (11, 13):
+    add("Gemm", {"a": r(4, 3), "b": r(5, 4)}, {"transA": 1, "transB": 1, "alpha": 2.0},
+        tag="no-c", opset=opset)  # fmt: skip
+add("Gemm", {"a": r(3, 4)}, {"transB": 1}, tag="dynamic", opset=9, dynamic=True,
+    constants={"b": r(5, 4), "c": r(5)})  # fmt: skip
+
+
+# -- Conv: 1-D/2-D/3-D, strides, dilations, pads, auto_pad, groups, bias ------------------------
+def conv(tag, x, w, opset=17, bias=True, **attrs):
+    add("Conv", {"x": x, "w": w, **({"b": r(w.shape[0])} if bias else {})}, attrs, tag, opset=opset)
+
+
+conv("1d", r(2, 3, 7), r(4, 3, 3), strides=[2], pads=[1, 2], dilations=[2])
+conv("2d", r(1, 2, 6, 5), r(3, 2, 3, 2), strides=[2, 1], pads=[1, 0, 0, 1], dilations=[1, 2])
+conv("2d-stride3", r(1, 2, 8, 7), r(2, 2, 2, 3), strides=[3, 2], pads=[0, 2, 1, 0])
+conv("3d", r(1, 2, 4, 4, 3), r(2, 2, 2, 2, 2), strides=[2, 1, 1], pads=[1, 0, 0, 0, 1, 1])
+conv("groups", r(1, 4, 5, 5), r(4, 2, 3, 3), group=2, pads=[1, 1, 1, 1])
+conv("groups-strided", r(1, 6, 6, 5), r(3, 2, 3, 3), group=3, strides=[2, 2])
+conv("depthwise", r(1, 3, 5, 5), r(3, 1, 3, 3), group=3, strides=[2, 2], pads=[1, 1, 1, 1])
+conv("depthwise-x2", r(1, 2, 5, 5), r(4, 1, 3, 3), group=2, dilations=[2, 1])
+conv("groups-shrink", r(1, 4, 5, 5), r(2, 2, 3, 3), group=2)
+conv("same-upper", r(1, 2, 6, 5), r(2, 2, 3, 2), auto_pad="SAME_UPPER", strides=[2, 2])
+conv("same-lower", r(1, 2, 6, 5), r(2, 2, 2, 2), auto_pad="SAME_LOWER")
+conv("valid", r(1, 2, 6, 5), r(2, 2, 3, 2), auto_pad="VALID", strides=[2, 1])
+for opset in (9, 11, 22):
+    conv("nobias", r(1, 2, 6, 5), r(3, 2, 3, 3), opset, False, strides=[2, 2], pads=[1] * 4)
+add("Conv", {"x": r(2, 2, 6, 5)}, {"strides": [2, 2], "pads": [1, 1, 1, 1]}, "dynamic",
+    dynamic=True, opset=9, constants={"w": r(3, 2, 3, 3), "b": r(3)})  # fmt: skip
+add("Conv", {"x": r(2, 4, 5, 4)}, {"group": 2, "auto_pad": "SAME_UPPER"}, "dynamic-groups",
+    dynamic=True, opset=13, constants={"w": r(4, 2, 3, 3)})  # fmt: skip
+
+
+# -- ConvTranspose: strides, pads, output_padding, output_shape, auto_pad, depthwise, bias -------
+def conv_t(tag, x, w, opset=17, bias=True, **attrs):
+    inputs = {"x": x, "w": w, **({"b": r(w.shape[1])} if bias else {})}
+    add("ConvTranspose", inputs, attrs, tag, opset=opset)
+
+
+conv_t("2d", r(1, 2, 3, 3), r(2, 3, 3, 3), strides=[2, 2], pads=[1, 0, 0, 1], output_padding=[1, 0])
+conv_t("1d", r(2, 2, 4), r(2, 3, 3), strides=[3], pads=[2, 1], dilations=[2])
+conv_t("depthwise", r(1, 2, 3, 3), r(2, 1, 3, 3), 17, False, group=2, strides=[2, 1],
+       dilations=[1, 2])  # fmt: skip
+conv_t("output-shape", r(1, 2, 3, 3), r(2, 2, 2, 3), strides=[2, 2], output_shape=[6, 8])
+conv_t("same-upper", r(1, 2, 3, 3), r(2, 2, 2, 3), strides=[2, 2], auto_pad="SAME_UPPER")
+conv_t("same-lower", r(1, 2, 3, 3), r(2, 2, 3, 3), strides=[2, 2], auto_pad="SAME_LOWER")
+conv_t("3d", r(1, 2, 2, 3, 2), r(2, 2, 2, 2, 2), strides=[2, 1, 2], pads=[0, 1, 1, 1, 0, 0])
+for opset in (9, 11):
+    conv_t("nobias", r(1, 2, 3, 3), r(2, 2, 3, 3), opset, False, strides=[2, 2])
+add("ConvTranspose", {"x": r(2, 3, 3, 2)}, {"strides": [2, 2], "pads": [1, 1, 0, 0]}, "dynamic",
+    dynamic=True, opset=13, constants={"w": r(3, 2, 3, 3)})  # fmt: skip
+
+
+# -- MaxPool: overlapping windows, pads, dilations, ceil_mode, auto_pad, 1-D/2-D/3-D -------------
+def max_pool(tag, shape, opset, **attrs):
+    add("MaxPool", {"x": distinct(*shape)}, attrs, tag, opset=opset)
+
+
+max_pool("3x3s2", (1, 2, 7, 7), 9, kernel_shape=[3, 3], strides=[2, 2])
+max_pool("pads", (1, 2, 7, 6), 9, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 0])
+max_pool("2x2s2", (2, 1, 4, 6), 9, kernel_shape=[2, 2], strides=[2, 2])
+max_pool("s1-same", (1, 2, 5, 5), 9, kernel_shape=[3, 3], auto_pad="SAME_UPPER")
+max_pool("storage-order", (1, 2, 5, 5), 9, kernel_shape=[3, 3], strides=[2, 2], storage_order=1)
+max_pool("ceil", (1, 2, 6, 6), 10, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+max_pool("1d", (2, 2, 9), 11, kernel_shape=[3], strides=[2], pads=[1, 1])
+max_pool("same-lower", (1, 2, 6, 7), 11, kernel_shape=[2, 3], auto_pad="SAME_LOWER")
+max_pool("1d-dilated-ceil", (2, 2, 8), 12, kernel_shape=[3], strides=[2], dilations=[2],
+         ceil_mode=1, pads=[1, 0])  # fmt: skip
+max_pool("valid", (1, 2, 6, 7), 13, kernel_shape=[3, 2], strides=[1, 2], auto_pad="VALID")
+max_pool("3d", (1, 2, 4, 5, 4), 13, kernel_shape=[2, 3, 2], strides=[2, 1, 2],
+         pads=[0, 1, 0, 1, 0, 1])  # fmt: skip
+max_pool("dilated", (1, 1, 7, 8), 17, kernel_shape=[2, 3], dilations=[2, 2], pads=[1, 0, 1, 1])
+max_pool("3x3s2-pads", (1, 2, 7, 7), 22, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+add("MaxPool", {"x": distinct(1, 2, 7, 7)}, {"kernel_shape": [3, 3], "strides": [2, 2]},
+    "indices-output", opset=11, n_outputs=2)  # fmt: skip
+for opset in (9, 18):
+    add("MaxPool", {"x": distinct(2, 2, 7, 7)}, {"kernel_shape": [3, 3], "strides": [2, 2],
+        "pads": [1, 1, 1, 1]}, "dynamic", opset=opset, dynamic=True)  # fmt: skip
+
+
+# -- AveragePool: count_include_pad, pads, ceil_mode, strides, dilations (opset 19) --------------
+def avg_pool(tag, shape, opset, **attrs):
+    add("AveragePool", {"x": r(*shape)}, attrs, tag, opset=opset)
+
+
+avg_pool("3x3s2", (1, 2, 7, 7), 9, kernel_shape=[3, 3], strides=[2, 2])
+avg_pool("pads", (1, 2, 7, 6), 9, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 0])
+avg_pool("pads-incl", (1, 2, 7, 6), 9, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 0],
+         count_include_pad=1)  # fmt: skip
+avg_pool("1d", (2, 2, 9), 11, kernel_shape=[4], strides=[2], pads=[2, 1])
+avg_pool("ceil-incl", (1, 2, 8, 7), 11, kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 0, 1],
+         count_include_pad=1, ceil_mode=1)  # fmt: skip
+avg_pool("ceil", (1, 2, 8, 7), 13, kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 0, 1],
+         ceil_mode=1)  # fmt: skip
+avg_pool("same-upper", (1, 2, 6, 5), 11, kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER")
+avg_pool("same-lower", (1, 2, 6, 7), 13, kernel_shape=[2, 3], strides=[2, 2], auto_pad="SAME_LOWER")
+avg_pool("3d", (1, 1, 4, 5, 3), 17, kernel_shape=[2, 2, 2], strides=[2, 1, 1],
+         pads=[0, 1, 0, 0, 0, 1])  # fmt: skip
+avg_pool("dilated-incl", (2, 2, 9), 19, kernel_shape=[3], strides=[2], dilations=[2], pads=[1, 2],
+         count_include_pad=1)  # fmt: skip
+avg_pool("dilated", (1, 2, 7, 6), 22, kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 1, 0, 1])
+add("AveragePool", {"x": r(2, 2, 7, 7)}, {"kernel_shape": [3, 3], "strides": [2, 2],
+    "pads": [1, 1, 1, 1]}, "dynamic", opset=13, dynamic=True)  # fmt: skip
+
+# -- global pools -------------------------------------------------------------------------------
+for opset in (9, 13, 22):
+    add("GlobalAveragePool", {"x": r(2, 3, 3, 4)}, tag="2d", opset=opset)
+    add("GlobalMaxPool", {"x": distinct(2, 3, 3, 4)}, tag="2d", opset=opset)
+add("GlobalAveragePool", {"x": r(2, 3, 5)}, tag="1d-dynamic", opset=11, dynamic=True)
+add("GlobalAveragePool", {"x": r(1, 2, 2, 3, 2)}, tag="3d")
+add("GlobalMaxPool", {"x": distinct(2, 3, 2, 3)}, tag="dynamic", opset=11, dynamic=True)
+
+
+# -- normalisation ------------------------------------------------------------------------------
+def bn_inputs(shape):
+    c = shape[1]
+    return {"x": r(*shape), "s": r(c), "b": r(c), "m": r(c), "v": r(c, low=0.5, high=1.5)}
+
+
+for opset in (14, 15):
+    add("BatchNormalization", bn_inputs((2, 3, 3, 2)), {"epsilon": 1e-3}, tag="4d", opset=opset)
+    add("BatchNormalization", bn_inputs((4, 3)), tag="2d", opset=opset)
+add("BatchNormalization", bn_inputs((2, 2, 2, 2, 2)), tag="5d", opset=22)
+add("BatchNormalization", {"x": r(2, 3, 4)}, tag="dynamic", opset=14, dynamic=True,
+    constants={k: v for k, v in bn_inputs((1, 3)).items() if k != "x"})  # fmt: skip
+
+for opset in (9, 17, 22):
+    add("InstanceNormalization", {"x": r(2, 3, 4, 3), "s": r(3), "b": r(3)}, {"epsilon": 1e-3},
+        tag="2d", opset=opset)  # fmt: skip
+add("InstanceNormalization", {"x": r(2, 3, 5), "s": r(3), "b": r(3)}, tag="1d", opset=11)
+add("InstanceNormalization", {"x": r(2, 2, 4, 3)}, tag="dynamic", opset=13, dynamic=True,
+    constants={"s": r(2), "b": r(2)})  # fmt: skip
+
+for axis, s_shape in [(-1, (4,)), (1, (3, 4)), (1, (1, 4)), (-2, (3, 1))]:
+    add("LayerNormalization", {"x": r(2, 3, 4), "s": r(*s_shape), "b": r(4)},
+        {"axis": axis, "epsilon": 1e-3}, tag=f"axis{axis}-scale{s_shape}")  # fmt: skip
+add("LayerNormalization", {"x": r(2, 3, 4), "s": r(4)}, tag="no-bias", opset=18)
+for index, name in [(1, "mean"), (2, "inv-std-dev")]:
+    add("LayerNormalization", {"x": r(2, 3, 4), "s": r(4), "b": r(4)}, tag=f"{name}-output",
+        n_outputs=3, output_index=index, opset=18, wrt=["x"])  # fmt: skip
+add("LayerNormalization", {"x": r(2, 3, 4)}, {"axis": 1}, tag="dynamic", opset=17, dynamic=True,
+    constants={"s": r(3, 4), "b": r(3, 4)})  # fmt: skip
+
+for opset, size in [(9, 3), (13, 5), (17, 1)]:
+    add("LRN", {"x": r(4, 4, 2, 2)}, {"size": size, "alpha": 0.5, "beta": 0.75, "bias": 1.5},
+        tag=f"size{size}", opset=opset)  # fmt: skip
+# ORT accepts odd sizes only; the even window (one more channel after than before) is checked
+# in float64 only.
+add("LRN", {"x": r(5, 5, 2, 1)}, {"size": 4, "alpha": 0.3, "beta": 0.6}, tag="size4",
+    check_ort=False)  # fmt: skip
+add("LRN", {"x": r(3, 3, 2, 2)}, {"size": 3, "alpha": 0.2}, tag="dynamic", dynamic=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_rule(case):
+    case.run()
+
+
+def test_batch_normalization_opset9():
+    """BatchNormalization-9 in inference form, in ONNX Runtime, against numpy differences."""
+    eps = 1e-3
+    inputs = bn_inputs((2, 3, 3, 2))
+    seed = rng.standard_normal(inputs["x"].shape)
+
+    def f(values):
+        x, s, b, m, v = (values[k][None, :, None, None] if k != "x" else values[k] for k in "xsbmv")
+        return np.sum(seed * (s * (x - m) / np.sqrt(v + eps) + b))
+
+    node = helper.make_node("BatchNormalization", list("xsbmv"), ["y"], epsilon=eps)
+    feeds = {k: a.astype(np.float32) for k, a in inputs.items()}
+    model = make_model([node], feeds, "y", 9)
+    for name in "xsbmv":
+        sess = ort.InferenceSession(build_gradient_model(model, name, "y").SerializeToString())
+        got = sess.run([GRAD], {**feeds, SEED: seed.astype(np.float32)})[0]
+        expected = np.zeros_like(inputs[name])
+        for i in range(expected.size):
+            up, down = dict(inputs), dict(inputs)
+            up[name], down[name] = inputs[name].copy(), inputs[name].copy()
+            up[name].flat[i] += 1e-6
+            down[name].flat[i] -= 1e-6
+            expected.flat[i] = (f(up) - f(down)) / 2e-6
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"d/d{name}")
