@@ -288,7 +288,10 @@ def Pad(g: NodeGrad):
 @rule("Expand")
 def Expand(g: NodeGrad):
     """y = x broadcast to a shape: dx = GO summed over the broadcast axes."""
-    return [g.reduce_to(g.GO(0), 0), None]
+    try:
+        return [g.reduce_to(g.GO(0), 0), None]
+    except NotImplementedError as exc:  # the emitter's runtime fallback needs opset 13
+        raise NoGradient(f"Expand to a shape unknown at build time: {exc}") from exc
 
 
 @rule("Tile")

@@ -225,6 +225,8 @@ for opset in (9, 13):
              id=f"Tile-{opset}"))  # fmt: skip
     add(Case("Tile", {"x": r(2, 1, 3)}, constants={"reps": ints(2, 3, 1)}, opset=opset,
              dynamic=True, id=f"Tile-{opset}-dyn"))  # fmt: skip
+add(NodeCase("Expand", {"x": r(2, 1, 4)}, fixed={"shape": ints(3, 1)}, runtime={"shape"},
+             opset=13, dynamic=True, id="Expand-runtime-shape-13-dyn"))  # fmt: skip
 add(NodeCase("Tile", {"x": r(2, 3)}, fixed={"reps": ints(3, 2)}, runtime={"reps"}, opset=13,
              id="Tile-runtime-reps-13"))  # fmt: skip
 
@@ -310,6 +312,38 @@ add(NodeCase("Resize", {"x": r(1, 2, 5, 4)}, {"mode": "linear"},
 add(NodeCase("Upsample", {"x": x1234}, {"mode": "nearest"}, fixed={"scales": floats(1, 1, 2, 3)},
              opset=9, ort_jacobian=True, id="Upsample-nearest-int-9"))  # fmt: skip
 
+# -- the newest opsets: one case per rule -----------------------------------------------------
+for opset in (21, 23):
+    add(Case("Reshape", {"x": r(2, 3, 2)}, constants={"shape": ints(0, -1)}, opset=opset,
+             dynamic=True, id=f"Reshape-{opset}"))  # fmt: skip
+    add(Case("Squeeze", {"x": r(2, 1, 3)}, constants={"axes": ints(1)}, opset=opset,
+             id=f"Squeeze-{opset}"))  # fmt: skip
+    add(Case("Unsqueeze", {"x": r(2, 3)}, constants={"axes": ints(-1)}, opset=opset,
+             id=f"Unsqueeze-{opset}"))  # fmt: skip
+    add(Case("Flatten", {"x": r(2, 3, 2)}, opset=opset, id=f"Flatten-{opset}"))
+    add(Case("Transpose", {"x": r(2, 3, 2)}, opset=opset, dynamic=True, id=f"Transpose-{opset}"))
+    add(Case("Concat", {"a": r(2, 3), "b": r(2, 2)}, {"axis": -1}, opset=opset, dynamic=True,
+             id=f"Concat-{opset}"))  # fmt: skip
+    add(NodeCase("Split", {"x": r(2, 5)}, {"axis": 1, "num_outputs": 2}, n_outputs=2,
+                 opset=opset, id=f"Split-{opset}"))  # fmt: skip
+    add(Case("Slice", {"x": x456}, opset=opset, dynamic=True, id=f"Slice-{opset}",
+             constants={"starts": ints(-1, 1), "ends": ints(0, 5), "axes": ints(2, 1),
+                        "steps": ints(-2, 3)}))  # fmt: skip
+    add(Case("Gather", {"x": r(3, 5, 2)}, {"axis": 1}, constants={"idx": repeats}, opset=opset,
+             dynamic=True, id=f"Gather-{opset}"))  # fmt: skip
+    add(Case("Pad", {"x": x234}, {"mode": "reflect"}, opset=opset, dynamic=True,
+             constants={"pads": ints(0, 1, 2, 0, 2, 1)}, id=f"Pad-{opset}"))  # fmt: skip
+    add(Case("Expand", {"x": r(2, 1, 4)}, constants={"shape": ints(3, 1)}, opset=opset,
+             dynamic=True, id=f"Expand-{opset}"))  # fmt: skip
+    add(Case("Tile", {"x": r(2, 3)}, constants={"reps": ints(1, 2)}, opset=opset, dynamic=True,
+             id=f"Tile-{opset}"))  # fmt: skip
+    add(Case("DepthToSpace", {"x": r(2, 8, 2, 2)}, {"blocksize": 2, "mode": "CRD"}, opset=opset,
+             dynamic=True, id=f"DepthToSpace-{opset}"))  # fmt: skip
+    add(Case("SpaceToDepth", {"x": r(2, 2, 4, 2)}, {"blocksize": 2}, opset=opset, dynamic=True,
+             id=f"SpaceToDepth-{opset}"))  # fmt: skip
+    add(resize(r(2, 2, 3, 3), {"mode": "cubic"}, opset, f"Resize-{opset}",
+               scales=floats(1, 1, 1.5, 2), dynamic=True))  # fmt: skip
+
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_rule(case):
@@ -344,6 +378,9 @@ def _blocked(nodes, inputs, output, opset, constants=None, dynamic=False):
         ([helper.make_node("Resize", ["x", "roi", "scales"], ["y"],
                            coordinate_transformation_mode="tf_half_pixel_for_nn")],
          {"roi": floats(), "scales": floats(1, 2)}, 11, False, "tf_half_pixel_for_nn"),
+        ([helper.make_node("Identity", ["s"], ["t"]),
+          helper.make_node("Expand", ["x", "t"], ["y"])],
+         {"s": ints(2, 1, 1)}, 9, True, "Expand to a shape unknown"),
         ([helper.make_node("Resize", ["x", "", "scales"], ["y"])],
          {"scales": floats(2, 2)}, 13, True, "static sizes"),
     ],
