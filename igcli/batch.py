@@ -12,7 +12,9 @@ import fnmatch
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +193,11 @@ class BatchRun:
         self.explainer, self.settings, self.report = explainer, settings, report
         self.emit, self.warn = emit, warn
         self.deferred: list[tuple[Explained, Path]] = []  # heatmaps waiting for a shared scale
+        # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igcli-writer")
+        self.pending: deque[Future] = deque()
+
+    MAX_PENDING = 4  # bounds memory: finished explanations waiting to be written
 
     def process(self, item: InputItem) -> None:
         out = self.settings.out_dir
@@ -220,34 +227,49 @@ class BatchRun:
             self.emit(json_line(entry))
 
     def _explain_item(self, item: InputItem) -> list[dict]:
-        ex = self.explainer
+        """Explain every sample of one file; its files are written by the writer thread."""
+        ex, out = self.explainer, self.settings.out_dir
         samples = load_samples(item.path, ex.prep, item.name)
-        records = []
+        jobs: list[tuple[Explained, Path, Path]] = []
         for sample in samples:
             explained = ex.explain(sample)
             multi = len(explained) > 1
             for e in explained:
                 stem = sample.name + (f".target{e.record.target}" if multi else "")
-                records.append(self._write(e, stem))
+                npy, png = output_stem(out, stem + ".npy"), output_stem(out, stem + ".png")
+                e.record.attributions_file = npy.relative_to(out.resolve()).as_posix()
+                e.record.heatmap_file = png.relative_to(out.resolve()).as_posix()
+                jobs.append((e, npy, png))
+        records = [e.record.to_dict() for e, _, _ in jobs]
+        self._submit(lambda: self._write_item(item, jobs, records))
+        return records
+
+    def _write_item(self, item: InputItem, jobs, records: list[dict]) -> None:
+        """Attributions, heatmaps, then the completion marker: the marker is always last."""
+        for e, npy, png in jobs:
+            atomic_save_npy(npy, e.result.attributions.astype(np.float32)[None])
+            if self.settings.shared_scale and is_image_like(e.sample, self.explainer.prep):
+                self.deferred.append((e, png))
+            else:
+                self._draw(e, png, None)
         atomic_write_text(
             record_path(self.settings.out_dir, item.name),
             json.dumps({"input": str(item.path), "records": records}) + "\n",
         )
-        return records
 
-    def _write(self, e: Explained, stem: str) -> dict:
-        out = self.settings.out_dir
-        npy = output_stem(out, stem + ".npy")
-        png = output_stem(out, stem + ".png")
-        batch_shaped = e.result.attributions.astype(np.float32)[None]
-        atomic_save_npy(npy, batch_shaped)
-        e.record.attributions_file = npy.relative_to(out.resolve()).as_posix()
-        e.record.heatmap_file = png.relative_to(out.resolve()).as_posix()
-        if self.settings.shared_scale and is_image_like(e.sample, self.explainer.prep):
-            self.deferred.append((e, png))
-        else:
-            self._draw(e, png, None)
-        return e.record.to_dict()
+    def _submit(self, job: Callable[[], None]) -> None:
+        """Run file writing beside the next model calls; a few items in flight at most."""
+        self.pending.append(self.writer.submit(job))
+        while len(self.pending) > self.MAX_PENDING:
+            self.pending.popleft().result()
+
+    def drain(self) -> None:
+        """Wait for every queued write; re-raises a write's error (a full disk, say)."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.writer.shutdown(wait=True)
 
     def _draw(self, e: Explained, png: Path, vmax: float | None) -> None:
         image = draw(
@@ -262,7 +284,8 @@ class BatchRun:
         atomic_save_png(png, image)
 
     def finish(self) -> None:
-        """Draw heatmaps that share one colour scale, now that every map is known."""
+        """Wait for the writer, then draw heatmaps that share one colour scale."""
+        self.drain()
         if not self.deferred:
             return
         from igcli.render import color_scale, select_sign

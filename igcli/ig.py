@@ -54,8 +54,12 @@ def integrated_gradients(
     method: str = "gausslegendre",
     path: Path | None = None,
     batch_size: int = 64,
+    end_values: tuple[float, float] | None = None,
 ) -> IGResult:
-    """IG of `source`'s scalar function at x (one sample, no batch axis) from `baseline`."""
+    """IG of `source`'s scalar function at x (one sample, no batch axis) from `baseline`.
+
+    `end_values` are F(x) and F(baseline) when the caller already has them.
+    """
     if x.shape != baseline.shape:
         raise ValueError(f"baseline shape {baseline.shape} differs from input shape {x.shape}")
     path = path or StraightPath()
@@ -69,5 +73,7 @@ def integrated_gradients(
         _, grads = source.values_and_gradients(points)
         velocity = path.velocities(x64, b64, a)
         total += np.tensordot(w, grads * velocity, axes=1)
-    f_input, f_baseline = source.values(np.stack([x64, b64]))
+    if end_values is None:
+        end_values = tuple(source.values(np.stack([x64, b64])))
+    f_input, f_baseline = end_values
     return IGResult(total, float(f_input), float(f_baseline), steps, method)

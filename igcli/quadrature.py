@@ -8,6 +8,7 @@ without rescaling, so its weights sum to (n-1)/n: a silent 1/n bias on every att
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
@@ -53,11 +54,17 @@ RULES: dict[str, Rule] = {
 }
 
 
+@lru_cache(maxsize=32)  # Gauss-Legendre nodes cost an eigenvalue problem; runs reuse one rule
 def alphas_and_weights(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Points and weights of a named rule; weights are renormalised to sum to 1 exactly."""
+    """Points and weights of a named rule; weights are renormalised to sum to 1 exactly.
+
+    The arrays are read-only because they are shared between calls.
+    """
     if method not in RULES:
         raise ValueError(f"unknown quadrature rule {method!r}; choose from {', '.join(RULES)}")
     if n < 1:
         raise ValueError("steps must be at least 1")
     alphas, weights = RULES[method](n)
-    return alphas.astype(np.float64), weights / np.sum(weights)
+    alphas, weights = alphas.astype(np.float64), weights / np.sum(weights)
+    alphas.flags.writeable = weights.flags.writeable = False
+    return alphas, weights

@@ -107,6 +107,7 @@ def run_explain(
         batch.finish()
     except KeyboardInterrupt:
         interrupted = True
+        batch.drain()  # inputs already explained are still written whole
     failing = batch.apply_gate()
     report.settings["wall_time_s"] = round(time.perf_counter() - start, 3)
     report.settings["model_time_s"] = round(
