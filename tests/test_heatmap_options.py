@@ -1,0 +1,71 @@
+"""Heatmap options as the CLI passes them: overlays, shared scale, signs, labels."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
+
+
+def png(path):
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+@pytest.mark.parametrize("overlay", ["heatmap", "blend", "masked"])
+def test_single_overlays_have_the_input_size_scaled(tmp_path, overlay):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--overlay", overlay, "--out", tmp_path,
+                 "--steps", "8")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    pixels = png(tmp_path / f"{DIGIT_PNGS[0].stem}.png")
+    assert pixels.shape == (224, 224, 3)  # 28x28 scaled by 8
+    assert pixels.std() > 5
+
+
+def test_shared_scale_makes_maps_comparable(tmp_path):
+    """With one scale, the input with weaker attributions draws paler than with its own scale."""
+    args = ["explain", DIGITS, *DIGIT_PNGS[:4], "--overlay", "heatmap", "--steps", "8"]
+    run(*args, "--out", tmp_path / "own")
+    run(*args, "--scale", "shared", "--out", tmp_path / "shared")
+    sums = {}
+    for p in DIGIT_PNGS[:4]:
+        a = np.abs(np.load(tmp_path / "own" / f"{p.stem}.npy")).max()
+        sums[p.stem] = a
+    weakest = min(sums, key=sums.get)
+    own = png(tmp_path / "own" / f"{weakest}.png").astype(float)
+    shared = png(tmp_path / "shared" / f"{weakest}.png").astype(float)
+    # Saturation (max - min channel) is lower when the colour scale is larger.
+    sat = lambda im: (im.max(axis=2) - im.min(axis=2)).mean()  # noqa: E731
+    assert sat(shared) < sat(own)
+
+
+def test_labels_file_names_the_target(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"digit-{i}" for i in range(10)) + "\n")
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--labels", labels, "--json", "--steps", "4",
+                 "--out", tmp_path / "o")  # fmt: skip
+    rec = json.loads(result.stdout)
+    assert rec["label"] == f"digit-{rec['target']}"
+    assert f"digit-{rec['target']}" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_tabular_bars_show_positive_and_negative(tmp_path):
+    run("explain", CANCER, CANCER_CSV, "--steps", "8", "--out", tmp_path)
+    pixels = png(tmp_path / "breast_cancer_row0.png")
+    red = (pixels[..., 0] > 150) & (pixels[..., 1] < 60) & (pixels[..., 2] < 60)
+    blue = (pixels[..., 2] > 150) & (pixels[..., 0] < 80)
+    attributions = np.load(tmp_path / "breast_cancer_row0.npy")
+    assert (attributions > 0).any() and (attributions < 0).any()  # row 0 has both signs
+    assert red.sum() > 100 and blue.sum() > 100
+
+
+@pytest.mark.parametrize("sign", ["positive", "negative", "absolute"])
+def test_sign_options_render(tmp_path, sign):
+    result = run("explain", DIGITS, DIGIT_PNGS[1], "--sign", sign, "--overlay", "heatmap",
+                 "--out", tmp_path, "--steps", "8")  # fmt: skip
+    assert result.exit_code == 0
+    pixels = png(tmp_path / f"{DIGIT_PNGS[1].stem}.png")
+    # magnitude maps use a sequential map whose zero is dark
+    assert np.median(pixels) < 128
