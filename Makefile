@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_gradients.py
+	$(BIN)/python bench/bench_batch.py
 
 clean:
 	rm -rf igcli-out .pytest_cache

@@ -23,6 +23,10 @@ from igcli.errors import InputError, ModelError, UsageError
 
 SOFTMAX_OUTPUT = "igcli_softmax"
 
+# ONNX Runtime would print its own multi-line errors (e.g. while igcli probes whether a fixed
+# batch can be made dynamic); igcli reports failures itself, in one line.
+ort.set_default_logger_severity(3)
+
 
 @dataclass
 class Sidecar:
