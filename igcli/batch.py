@@ -24,7 +24,7 @@ from igcli.errors import IgcliError, InputError, UsageError
 from igcli.explain import Explained, Explainer
 from igcli.inputs import SUPPORTED_SUFFIXES, load_samples
 from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
-from igcli.report import RunReport, failure_entry, json_line
+from igcli.report import RunReport, failure_entry, json_line, percent
 from igcli.visualize import HeatmapStyle, attribution_map, draw, is_image_like
 
 
@@ -166,7 +166,7 @@ class RunSettings:
 
 def _caption(e: Explained) -> str:
     r = e.record
-    err = f"{r.rel_error * 100:.3g}%" if np.isfinite(r.rel_error) else str(r.rel_error)
+    err = percent(r.rel_error)
     return (
         f"sum {r.attribution_sum:.4g} vs F(x)-F(b) {r.delta:.4g} - completeness error {err}"
         f" - {r.steps} steps {r.method} - {r.gradient_source} gradients"

@@ -139,7 +139,11 @@ class RunReport:
             for r in self.results:
                 target = f"{r['target']}" + (f" ({r['label']})" if r.get("label") else "")
                 cells = [r["name"], target, f"{r['f_input']:.6g}", f"{r['f_baseline']:.6g}"]
-                cells += [f"{r['attribution_sum']:.6g}", _pct(r["rel_error"]), r["gradient_source"]]
+                cells += [
+                    f"{r['attribution_sum']:.6g}",
+                    percent(r["rel_error"]),
+                    r["gradient_source"],
+                ]
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
         if self.failures:
@@ -149,8 +153,13 @@ class RunReport:
         return "\n".join(lines)
 
 
-def _pct(value: float) -> str:
-    return f"{value * 100:.4f}%" if math.isfinite(value) else str(value)
+def percent(value) -> str:
+    """A relative error as a percentage with 3 significant digits ("0.0123%", "1.2e-05%")."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{value * 100:.3g}%" if math.isfinite(value) else str(value)
 
 
 def load_report(path: Path) -> dict:

@@ -22,7 +22,7 @@ from igcli.batch import BatchRun, RunSettings, discover, in_shard, parse_shard
 from igcli.errors import ExitCode
 from igcli.explain import Explainer, ExplainOptions
 from igcli.outputs import check_writable
-from igcli.report import RunReport
+from igcli.report import RunReport, percent
 from igcli.visualize import HeatmapStyle
 
 EXPLAIN_FIELDS = set(ExplainOptions.__dataclass_fields__)
@@ -182,14 +182,13 @@ def _summary_table(report: RunReport, stderr: Console) -> None:
     for r in report.results[:50]:
         target = str(r["target"]) + (f" ({r['label']})" if r.get("label") else "")
         err = r["rel_error"]
-        err_text = f"{err * 100:.4f}%" if isinstance(err, float) else str(err)
         table.add_row(
             r["name"],
             target,
             f"{r['f_input']:.5g}",
             f"{r['f_baseline']:.5g}",
             f"{r['attribution_sum']:.5g}",
-            err_text,
+            percent(err),
             str(r["steps"]),
             r["gradient_source"],
         )
