@@ -110,18 +110,32 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.batch, args.threads, args.fd_steps)))
         return
     for case in args.cases.split(","):
-        cmd = [sys.executable, __file__, "--one", case, "--batch", str(args.batch),
-               "--threads", str(args.threads), "--fd-steps", str(args.fd_steps)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            case,
+            "--batch",
+            str(args.batch),
+            "--threads",
+            str(args.threads),
+            "--fd-steps",
+            str(args.fd_steps),
+        ]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(f"{r['case']}: input {r['input']}, batch {r['batch']}, {args.threads} threads")
         print(f"  build sessions + gradient graph   {r['setup_s']:8.3f} s")
         print(f"  forward call                      {r['forward_s']:8.4f} s")
-        print(f"  gradient-graph call               {r['graph_s']:8.4f} s  "
-              f"({r['ratio']:.2f}x forward; goal <= 3x)")  # fmt: skip
+        print(
+            f"  gradient-graph call               {r['graph_s']:8.4f} s  "
+            f"({r['ratio']:.2f}x forward; goal <= 3x)"
+        )
         print(f"  IG, 50 steps, gradient graph      {r['ig_graph_50_s']:8.3f} s")
-        print(f"  IG, {r['fd_steps']} steps, finite differences  {r['ig_fd_s']:8.3f} s  "
-              f"({r['fd_groups_count']} groups of {r['fd_groups']}; "
-              f"{r['ig_fd_50_s']:.1f} s at 50 steps)")  # fmt: skip
+        print(
+            f"  IG, {r['fd_steps']} steps, finite differences  {r['ig_fd_s']:8.3f} s  "
+            f"({r['fd_groups_count']} groups of {r['fd_groups']}; "
+            f"{r['ig_fd_50_s']:.1f} s at 50 steps)"
+        )
         print(f"  peak RSS                          {r['peak_rss_mb']:8.1f} MB")
 
 

@@ -199,24 +199,48 @@ class BatchRun:
 
     MAX_PENDING = 4  # bounds memory: finished explanations waiting to be written
 
-    def process(self, item: InputItem) -> None:
-        out = self.settings.out_dir
-        if self.settings.skip_existing:
-            records = existing_records(out, item, self.explainer.model_path)
-            if records is not None:
-                self.report.results.extend(records)
-                self.report.resumed += 1
-                return
-        try:
+    def process(self, items: list[InputItem]) -> None:
+        """Explain a group of inputs; with the gradient graph their points share model calls."""
+        todo = []
+        for item in items:
+            if self._resumed(item):
+                continue
             if item.problem:
-                raise InputError(item.problem, item.path)
-            records = self._explain_item(item)
-        except InputError as exc:
-            self._fail(str(item.path), exc)
+                self._fail(str(item.path), InputError(item.problem, item.path))
+                continue
+            todo.append(item)
+        if len(todo) > 1 and self._explain_together(todo):
             return
+        for item in todo:
+            try:
+                records = self._explain_item(item)
+            except InputError as exc:
+                self._fail(str(item.path), exc)
+                continue
+            self._accept(records)
+
+    def group_size(self) -> int:
+        """How many inputs' path points fit in one model call (1 for finite differences)."""
+        ex = self.explainer
+        if ex.graph_runner is None:
+            return 1
+        per_input = ex.options.steps * len(ex.options.targets or [0])
+        return max(1, ex.options.batch_size // per_input)
+
+    def _resumed(self, item: InputItem) -> bool:
+        if not self.settings.skip_existing:
+            return False
+        records = existing_records(self.settings.out_dir, item, self.explainer.model_path)
+        if records is None:
+            return False
         self.report.results.extend(records)
-        for r in records:
-            if self.settings.json_lines:
+        self.report.resumed += 1
+        return True
+
+    def _accept(self, records: list[dict]) -> None:
+        self.report.results.extend(records)
+        if self.settings.json_lines:
+            for r in records:
                 self.emit(json_line(r))
 
     def _fail(self, path: str, exc: IgcliError | str) -> None:
@@ -226,15 +250,31 @@ class BatchRun:
         if self.settings.json_lines:
             self.emit(json_line(entry))
 
+    def _explain_together(self, items: list[InputItem]) -> bool:
+        """All items in shared calls; False (nothing written) when any of them fails."""
+        ex = self.explainer
+        try:
+            loaded = [(item, load_samples(item.path, ex.prep, item.name)) for item in items]
+            explained = ex.explain_many([s for _, samples in loaded for s in samples])
+        except InputError:
+            return False  # one is at fault: the caller explains them one by one to find it
+        k = 0
+        for item, samples in loaded:
+            self._accept(self._submit_item(item, samples, explained[k : k + len(samples)]))
+            k += len(samples)
+        return True
+
     def _explain_item(self, item: InputItem) -> list[dict]:
-        """Explain every sample of one file; its files are written by the writer thread."""
-        ex, out = self.explainer, self.settings.out_dir
-        samples = load_samples(item.path, ex.prep, item.name)
+        samples = load_samples(item.path, self.explainer.prep, item.name)
+        return self._submit_item(item, samples, self.explainer.explain_many(samples))
+
+    def _submit_item(self, item: InputItem, samples, explained) -> list[dict]:
+        """Name the outputs of one input and queue them for the writer thread."""
+        out = self.settings.out_dir
         jobs: list[tuple[Explained, Path, Path]] = []
-        for sample in samples:
-            explained = ex.explain(sample)
-            multi = len(explained) > 1
-            for e in explained:
+        for sample, results in zip(samples, explained, strict=True):
+            multi = len(results) > 1
+            for e in results:
                 stem = sample.name + (f".target{e.record.target}" if multi else "")
                 npy, png = output_stem(out, stem + ".npy"), output_stem(out, stem + ".png")
                 e.record.attributions_file = npy.relative_to(out.resolve()).as_posix()

@@ -24,7 +24,7 @@ from igcli.gradients import (
     GraphGradients,
     pick,
 )
-from igcli.ig import IGResult, integrated_gradients
+from igcli.ig import IGResult, Problem, integrated_gradients_many
 from igcli.inputs import Preprocessing, Sample, make_preprocessing
 from igcli.model import (
     ModelRunner,
@@ -279,65 +279,86 @@ class Explainer:
         return FiniteDifferences(self.runner, target, direction, groups, self.options.fd_step)
 
     def explain(self, sample: Sample) -> list[Explained]:
+        return self.explain_many([sample])[0]
+
+    def explain_many(self, samples: list[Sample]) -> list[list[Explained]]:
+        """Explain several samples; with the gradient graph their path points share calls.
+
+        An InputError names the first sample; callers explaining a group retry one by one
+        to find the sample at fault.
+        """
         opts = self.options
-        baseline_spec = opts.baseline or baselines.default_baseline(sample)
-        base = baselines.make_baseline(baseline_spec, sample, self.prep, seed=opts.seed)
-        try:  # one call gives the target choice and both ends of the path for every target
-            ends = self.runner.run(np.stack([sample.x, base.astype(sample.x.dtype)]))
+        where = samples[0].path
+        specs = [opts.baseline or baselines.default_baseline(s) for s in samples]
+        bases = [
+            baselines.make_baseline(spec, s, self.prep, seed=opts.seed)
+            for spec, s in zip(specs, samples, strict=True)
+        ]
+        rows = [a for s, b in zip(samples, bases, strict=True) for a in (s.x, b.astype(s.x.dtype))]
+        try:  # one call gives the targets and both ends of every path
+            ends = self.runner.run(np.stack(rows))
         except IgcliError as exc:
-            raise InputError(str(exc).split(": ", 1)[-1], sample.path) from None
+            raise InputError(str(exc).split(": ", 1)[-1], where) from None
         out_shape = ends.shape[1:]
+        if self.graph_runner is not None:
+            self.graph_runner.output_shape = out_shape
+        jobs = []  # (sample index, target, problem)
+        for i, (sample, base) in enumerate(zip(samples, bases, strict=True)):
+            pair = ends[2 * i : 2 * i + 2]
+            for t in self._targets(pair[0], out_shape):
+                direction = sample.x.astype(np.float64) - base
+                source = self.source_for(t, direction, sample)
+                problem = Problem(sample.x, base, source, tuple(pick(pair, t)))
+                jobs.append((i, t, problem))
+        start = time.perf_counter()
+        try:
+            results = integrated_gradients_many(
+                [job[2] for job in jobs],
+                steps=opts.steps,
+                method=opts.method,
+                batch_size=opts.batch_size,
+            )
+        except IgcliError as exc:
+            raise InputError(str(exc).split(": ", 1)[-1], where) from None
+        share = (time.perf_counter() - start) / max(len(jobs), 1)
+        explained: list[list[Explained]] = [[] for _ in samples]
+        for (i, t, problem), result in zip(jobs, results, strict=True):
+            record = self._record(samples[i], t, specs[i], problem.source, result, share)
+            explained[i].append(Explained(record, result, samples[i], bases[i]))
+        return explained
+
+    def _targets(self, output: np.ndarray, out_shape: tuple[int, ...]) -> list[int]:
         n_out = int(np.prod(out_shape)) if out_shape else 1
-        targets = opts.targets
-        if targets is None:
-            targets = [int(np.argmax(ends[0].reshape(-1)))]
-        for t in targets:
+        if self.options.targets is None:
+            return [int(np.argmax(output.reshape(-1)))]
+        for t in self.options.targets:
             if not 0 <= t < n_out:
                 raise UsageError(
                     f"target {t} is out of range: output {self.output_spec.name!r} "
                     f"has {n_out} values per sample",
                     self.model_path,
                 )
-        if self.graph_runner is not None:
-            self.graph_runner.output_shape = out_shape
-        results = []
-        for t in targets:
-            start = time.perf_counter()
-            direction = sample.x.astype(np.float64) - base
-            source = self.source_for(t, direction, sample)
-            try:
-                result = integrated_gradients(
-                    source,
-                    sample.x,
-                    base,
-                    steps=opts.steps,
-                    method=opts.method,
-                    batch_size=opts.batch_size,
-                    end_values=tuple(pick(ends, t)),
-                )
-            except IgcliError as exc:
-                raise InputError(str(exc).split(": ", 1)[-1], sample.path) from None
-            elapsed = time.perf_counter() - start
-            is_fd = isinstance(source, FiniteDifferences)
-            record = Record(
-                input=str(sample.path),
-                name=sample.name,
-                target=t,
-                label=self.label(t),
-                output=self.output_name,
-                f_input=result.f_input,
-                f_baseline=result.f_baseline,
-                attribution_sum=result.attribution_sum,
-                delta=result.delta,
-                abs_error=result.abs_error,
-                rel_error=result.rel_error,
-                steps=result.steps,
-                method=result.method,
-                baseline=baseline_spec,
-                gradient_source=source.name,
-                fd_step=source.step if is_fd else None,
-                fd_groups=(opts.fd_groups or default_groups(sample)) if is_fd else None,
-                wall_time_s=elapsed,
-            )
-            results.append(Explained(record, result, sample, base))
-        return results
+        return list(self.options.targets)
+
+    def _record(self, sample, target, baseline_spec, source, result, seconds) -> Record:
+        is_fd = isinstance(source, FiniteDifferences)
+        return Record(
+            input=str(sample.path),
+            name=sample.name,
+            target=target,
+            label=self.label(target),
+            output=self.output_name,
+            f_input=result.f_input,
+            f_baseline=result.f_baseline,
+            attribution_sum=result.attribution_sum,
+            delta=result.delta,
+            abs_error=result.abs_error,
+            rel_error=result.rel_error,
+            steps=result.steps,
+            method=result.method,
+            baseline=baseline_spec,
+            gradient_source=source.name,
+            fd_step=source.step if is_fd else None,
+            fd_groups=(self.options.fd_groups or default_groups(sample)) if is_fd else None,
+            wall_time_s=seconds,
+        )

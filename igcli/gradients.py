@@ -28,9 +28,12 @@ class GradientSource(Protocol):
         ...
 
 
-def pick(outputs: np.ndarray, target: int) -> np.ndarray:
-    """The target entry of each sample's flattened output, as float64."""
-    return outputs.reshape(len(outputs), -1)[:, target].astype(np.float64)
+def pick(outputs: np.ndarray, target: int | np.ndarray) -> np.ndarray:
+    """The target entry of each sample's flattened output (one target, or one per row)."""
+    flat = outputs.reshape(len(outputs), -1)
+    if np.ndim(target):
+        return flat[np.arange(len(flat)), target].astype(np.float64)
+    return flat[:, target].astype(np.float64)
 
 
 class GraphGradients:
@@ -38,8 +41,17 @@ class GraphGradients:
 
     name = "graph"
 
-    def __init__(self, forward: ModelRunner, backward: GradientGraphRunner, target: int) -> None:
+    def __init__(
+        self, forward: ModelRunner, backward: GradientGraphRunner, target: int | np.ndarray
+    ) -> None:
+        # target: one output index, or one per row of the points (see merge)
         self.forward, self.backward, self.target = forward, backward, target
+
+    @classmethod
+    def merge(cls, per_row: list[GraphGradients]) -> GraphGradients:
+        """One source for points of several problems: each row keeps its own target."""
+        first = per_row[0]
+        return cls(first.forward, first.backward, np.array([s.target for s in per_row]))
 
     def values(self, points: np.ndarray) -> np.ndarray:
         return pick(self.forward.run(points), self.target)
@@ -56,7 +68,8 @@ class GradientGraphRunner:
         # `runner` wraps the gradient model; its session has the extra seed input.
         self.runner, self.output_shape = runner, output_shape
 
-    def run(self, points: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, points: np.ndarray, target: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs and gradients of each row's target (one int, or an int per row)."""
         from igcli.autodiff import GRAD, SEED
 
         r = self.runner
@@ -64,7 +77,8 @@ class GradientGraphRunner:
         for start in range(0, len(points), r.batch_size):
             batch = np.ascontiguousarray(points[start : start + r.batch_size], r.input_dtype)
             seed = np.zeros((len(batch), int(np.prod(self.output_shape))), dtype=r.output_dtype)
-            seed[:, target] = 1
+            rows = target[start : start + len(batch)] if np.ndim(target) else target
+            seed[np.arange(len(batch)), rows] = 1
             feeds = r._feeds_for(batch)
             feeds[SEED] = seed.reshape((len(batch), *self.output_shape))
             start_time = time.perf_counter()

@@ -139,12 +139,15 @@ def run_explain(
 
 
 def _loop(batch: BatchRun, items, stderr: Console, quiet: bool) -> None:
+    size = batch.group_size()
+    groups = [items[k : k + size] for k in range(0, len(items), size)]
     if quiet or not stderr.is_terminal:
-        last = time.monotonic()
-        for k, item in enumerate(items, 1):
-            batch.process(item)
-            if not quiet and (time.monotonic() - last > 5 or k == len(items)) and len(items) > 1:
-                stderr.print(f"{k}/{len(items)} inputs done", markup=False)
+        last, done = time.monotonic(), 0
+        for group in groups:
+            batch.process(group)
+            done += len(group)
+            if not quiet and len(items) > 1 and (time.monotonic() - last > 5 or done == len(items)):
+                stderr.print(f"{done}/{len(items)} inputs done", markup=False)
                 last = time.monotonic()
         return
     columns = (
@@ -157,11 +160,12 @@ def _loop(batch: BatchRun, items, stderr: Console, quiet: bool) -> None:
     )
     with Progress(*columns, console=stderr, transient=True) as progress:
         task = progress.add_task("explain", total=len(items), rate="")
-        start = time.monotonic()
-        for k, item in enumerate(items, 1):
-            batch.process(item)
-            rate = k / max(time.monotonic() - start, 1e-9)
-            progress.update(task, advance=1, rate=f"{rate:.2f} inputs/s")
+        start, done = time.monotonic(), 0
+        for group in groups:
+            batch.process(group)
+            done += len(group)
+            rate = done / max(time.monotonic() - start, 1e-9)
+            progress.update(task, advance=len(group), rate=f"{rate:.2f} inputs/s")
 
 
 def _summary_table(report: RunReport, stderr: Console) -> None:

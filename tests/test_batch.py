@@ -41,15 +41,27 @@ def test_folder_is_flat_unless_recursive(tree, tmp_path):
 
 
 def test_glob_selects_files(tree, tmp_path):
-    result = run("explain", DIGITS, tree, "-r", "--glob", "a/*", "--out", tmp_path / "o",
-                 "--json", "--steps", "4")  # fmt: skip
+    result = run(
+        "explain",
+        DIGITS,
+        tree,
+        "-r",
+        "--glob",
+        "a/*",
+        "--out",
+        tmp_path / "o",
+        "--json",
+        "--steps",
+        "4",
+    )
     assert names(result) == ["a/img"]
 
 
 def test_stdin_list(tree, tmp_path):
     listing = "\n".join(str(p) for p in sorted(tree.rglob("*.png"))) + "\n"
-    result = run("explain", DIGITS, "-", "--out", tmp_path / "o", "--json", "--steps", "4",
-                 input=listing)  # fmt: skip
+    result = run(
+        "explain", DIGITS, "-", "--out", tmp_path / "o", "--json", "--steps", "4", input=listing
+    )
     assert result.exit_code == 0, result.stderr
     # two files called img.png: named relative to their common folder
     assert names(result) == ["a/img", "b/img", "top"]
@@ -97,8 +109,9 @@ def test_skip_existing_resumes(tree, tmp_path):
     assert first.exit_code == 0
     (out / "b" / "img.record.json").unlink()  # as if the run had been killed during b/img
     stamp = (out / "a" / "img.npy").stat().st_mtime_ns
-    second = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing",
-                 "--json")  # fmt: skip
+    second = run(
+        "explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing", "--json"
+    )
     assert second.exit_code == 0
     assert names(second) == ["b/img"]  # only the unfinished input is redone
     assert (out / "a" / "img.npy").stat().st_mtime_ns == stamp
@@ -123,8 +136,19 @@ def test_shards_partition_inputs_and_merge(tree, tmp_path):
     seen = []
     for k in (1, 2, 3):
         out = tmp_path / f"shard{k}"
-        result = run("explain", DIGITS, tree, "-r", "--shard", f"{k}/3", "--out", out, "--json",
-                     "--steps", "4")  # fmt: skip
+        result = run(
+            "explain",
+            DIGITS,
+            tree,
+            "-r",
+            "--shard",
+            f"{k}/3",
+            "--out",
+            out,
+            "--json",
+            "--steps",
+            "4",
+        )
         assert result.exit_code == 0
         seen += names(result)
         outs.append(out)
@@ -148,8 +172,18 @@ def test_bad_shard_spec(tmp_path):
 
 
 def test_quiet_leaves_stderr_empty(tmp_path):
-    result = run("explain", CANCER, CANCER.parent.parent / "sample_inputs" / "breast_cancer.csv",
-                 "--out", tmp_path, "--quiet", "--steps", "4", "--gradients", "fd")  # fmt: skip
+    result = run(
+        "explain",
+        CANCER,
+        CANCER.parent.parent / "sample_inputs" / "breast_cancer.csv",
+        "--out",
+        tmp_path,
+        "--quiet",
+        "--steps",
+        "4",
+        "--gradients",
+        "fd",
+    )
     assert result.exit_code == 0 and result.stderr == ""
 
 
@@ -214,11 +248,62 @@ def test_interrupted_run_keeps_finished_inputs_and_resumes(tree, tmp_path, monke
         return real(self, item)
 
     monkeypatch.setattr(batch.BatchRun, "_explain_item", interrupt_second)
-    first = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    # --batch-size 4 with 4 steps: one input per model call, so inputs go one at a time
+    first = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--batch-size", "4")
     assert first.exit_code == ExitCode.INTERRUPTED
     assert len(list(out.rglob("*.record.json"))) == 1
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))
     monkeypatch.setattr(batch.BatchRun, "_explain_item", real)
-    second = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing",
-                 "--json")  # fmt: skip
+    second = run(
+        "explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing", "--json"
+    )
     assert second.exit_code == 0 and len(names(second)) == 2
+
+
+def test_grouped_inputs_match_one_at_a_time(tree, tmp_path):
+    """Path points of several inputs in one model call give the same attributions."""
+    args = ["explain", DIGITS, tree, "-r", "--steps", "16", "--json"]
+    alone = run(*args, "--batch-size", "16", "--out", tmp_path / "alone")
+    together = run(*args, "--batch-size", "64", "--out", tmp_path / "together")
+    assert alone.exit_code == together.exit_code == 0
+    for a, b in zip(alone.stdout.splitlines(), together.stdout.splitlines(), strict=True):
+        ra, rb = json.loads(a), json.loads(b)
+        assert ra["name"] == rb["name"] and ra["target"] == rb["target"]
+        np.testing.assert_allclose(
+            np.load(tmp_path / "alone" / ra["attributions_file"]),
+            np.load(tmp_path / "together" / rb["attributions_file"]),
+            rtol=1e-5,
+            atol=1e-7,
+        )
+
+
+def test_a_failing_input_in_a_group_is_found(tmp_path):
+    from tests import models
+
+    model = models.save(models.nan_model(), tmp_path / "nan.onnx")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    np.save(folder / "a_good.npy", np.array([[20.0, 30.0]], dtype=np.float32))
+    np.save(folder / "b_bad.npy", np.array([[1.0, 1.0]], dtype=np.float32))
+    np.save(folder / "c_good.npy", np.array([[40.0, 12.0]], dtype=np.float32))
+    result = run(
+        "explain",
+        model,
+        folder,
+        "--baseline",
+        str(folder / "a_good.npy"),
+        "--steps",
+        "8",
+        "--batch-size",
+        "64",
+        "--out",
+        tmp_path / "o",
+        "--json",
+    )
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["name"], r["status"]) for r in records] == [
+        ("a_good", "ok"),
+        ("b_bad", "error"),
+        ("c_good", "ok"),
+    ]

@@ -41,9 +41,21 @@ def test_explain_image_writes_npy_png_and_report(tmp_path):
         assert img.width > 28 and np.asarray(img.convert("L")).std() > 10
     report = json.loads((out / "report.json").read_text())
     entry = report["results"][0]
-    for key in ("input", "target", "output", "f_input", "f_baseline", "attribution_sum",
-                "abs_error", "rel_error", "steps", "method", "baseline", "gradient_source",
-                "wall_time_s"):  # fmt: skip
+    for key in (
+        "input",
+        "target",
+        "output",
+        "f_input",
+        "f_baseline",
+        "attribution_sum",
+        "abs_error",
+        "rel_error",
+        "steps",
+        "method",
+        "baseline",
+        "gradient_source",
+        "wall_time_s",
+    ):
         assert key in entry
     assert entry["baseline"] == "black" and entry["steps"] == 16
     assert abs(entry["attribution_sum"] - entry["delta"]) <= entry["abs_error"] + 1e-9
@@ -73,8 +85,18 @@ def test_sample_models_complete_within_one_percent(tmp_path, gradients):
 
 
 def test_several_targets_give_one_result_each(tmp_path):
-    result = run("explain", DIGITS, DIGIT_PNGS[0], "--target", "1,7", "--out", tmp_path,
-                 "--json", "--steps", "8")  # fmt: skip
+    result = run(
+        "explain",
+        DIGITS,
+        DIGIT_PNGS[0],
+        "--target",
+        "1,7",
+        "--out",
+        tmp_path,
+        "--json",
+        "--steps",
+        "8",
+    )
     assert result.exit_code == 0, result.stderr
     targets = [json.loads(line)["target"] for line in result.stdout.splitlines()]
     assert targets == [1, 7]
@@ -82,8 +104,9 @@ def test_several_targets_give_one_result_each(tmp_path):
 
 
 def test_softmax_explains_probabilities(tmp_path):
-    result = run("explain", CANCER, CANCER_CSV, "--softmax", "--out", tmp_path, "--json",
-                 "--steps", "16")  # fmt: skip
+    result = run(
+        "explain", CANCER, CANCER_CSV, "--softmax", "--out", tmp_path, "--json", "--steps", "16"
+    )
     rec = json.loads(result.stdout.splitlines()[0])
     assert 0.5 < rec["f_input"] <= 1.0 and rec["output"] == "igcli_softmax"
 
@@ -92,8 +115,17 @@ def test_npy_input_with_and_without_batch_axis(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 30)).astype(np.float32)
     np.save(tmp_path / "with.npy", x)
     np.save(tmp_path / "without.npy", x[0])
-    result = run("explain", CANCER, tmp_path / "with.npy", tmp_path / "without.npy",
-                 "--out", tmp_path / "o", "--json", "--steps", "8")  # fmt: skip
+    result = run(
+        "explain",
+        CANCER,
+        tmp_path / "with.npy",
+        tmp_path / "without.npy",
+        "--out",
+        tmp_path / "o",
+        "--json",
+        "--steps",
+        "8",
+    )
     assert result.exit_code == 0, result.stderr
     a, b = (json.loads(line) for line in result.stdout.splitlines())
     assert a["attribution_sum"] == pytest.approx(b["attribution_sum"])
@@ -104,8 +136,18 @@ def test_black_baseline_is_black_after_normalisation(tmp_path):
     """F(baseline) must equal the model's output on an all-black image, not on zeros."""
     import onnxruntime as ort
 
-    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path, "--json", "--steps", "4",
-                 "--target", "3")  # fmt: skip
+    result = run(
+        "explain",
+        DIGITS,
+        DIGIT_PNGS[0],
+        "--out",
+        tmp_path,
+        "--json",
+        "--steps",
+        "4",
+        "--target",
+        "3",
+    )
     rec = json.loads(result.stdout)
     side = json.loads(DIGITS.with_suffix(".json").read_text())["preprocessing"]
     black = np.full((1, 1, 28, 28), (0 - side["mean"][0]) / side["std"][0], dtype=np.float32)
@@ -189,8 +231,19 @@ def test_unwritable_output_folder(tmp_path):
 
 
 def test_completeness_gate(tmp_path):
-    result = run("explain", CANCER, CANCER_CSV, "--steps", "1", "--method", "riemann_left",
-                 "--max-completeness-error", "1e-6", "--out", tmp_path)  # fmt: skip
+    result = run(
+        "explain",
+        CANCER,
+        CANCER_CSV,
+        "--steps",
+        "1",
+        "--method",
+        "riemann_left",
+        "--max-completeness-error",
+        "1e-6",
+        "--out",
+        tmp_path,
+    )
     assert result.exit_code == ExitCode.COMPLETENESS
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["gate"]["passed"] is False and report["gate"]["failing"]
@@ -199,8 +252,9 @@ def test_completeness_gate(tmp_path):
 def test_fixed_batch_model_runs_row_by_row(tmp_path):
     model = models.save(models.fixed_batch_reshape(), tmp_path / "fixed.onnx")
     np.save(tmp_path / "x.npy", np.array([[[0.1, 0.2], [0.3, -0.4]]], dtype=np.float32))
-    result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o", "--json",
-                 "--gradients", "fd")  # fmt: skip
+    result = run(
+        "explain", model, tmp_path / "x.npy", "--out", tmp_path / "o", "--json", "--gradients", "fd"
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["rel_error"] < 1e-3
 

@@ -16,8 +16,9 @@ def png(path):
 
 @pytest.mark.parametrize("overlay", ["heatmap", "blend", "masked"])
 def test_single_overlays_have_the_input_size_scaled(tmp_path, overlay):
-    result = run("explain", DIGITS, DIGIT_PNGS[0], "--overlay", overlay, "--out", tmp_path,
-                 "--steps", "8")  # fmt: skip
+    result = run(
+        "explain", DIGITS, DIGIT_PNGS[0], "--overlay", overlay, "--out", tmp_path, "--steps", "8"
+    )
     assert result.exit_code == 0, result.stderr
     pixels = png(tmp_path / f"{DIGIT_PNGS[0].stem}.png")
     assert pixels.shape == (224, 224, 3)  # 28x28 scaled by 8
@@ -44,8 +45,18 @@ def test_shared_scale_makes_maps_comparable(tmp_path):
 def test_labels_file_names_the_target(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"digit-{i}" for i in range(10)) + "\n")
-    result = run("explain", DIGITS, DIGIT_PNGS[0], "--labels", labels, "--json", "--steps", "4",
-                 "--out", tmp_path / "o")  # fmt: skip
+    result = run(
+        "explain",
+        DIGITS,
+        DIGIT_PNGS[0],
+        "--labels",
+        labels,
+        "--json",
+        "--steps",
+        "4",
+        "--out",
+        tmp_path / "o",
+    )
     rec = json.loads(result.stdout)
     assert rec["label"] == f"digit-{rec['target']}"
     assert f"digit-{rec['target']}" in (tmp_path / "o" / "report.md").read_text()
@@ -63,8 +74,19 @@ def test_tabular_bars_show_positive_and_negative(tmp_path):
 
 @pytest.mark.parametrize("sign", ["positive", "negative", "absolute"])
 def test_sign_options_render(tmp_path, sign):
-    result = run("explain", DIGITS, DIGIT_PNGS[1], "--sign", sign, "--overlay", "heatmap",
-                 "--out", tmp_path, "--steps", "8")  # fmt: skip
+    result = run(
+        "explain",
+        DIGITS,
+        DIGIT_PNGS[1],
+        "--sign",
+        sign,
+        "--overlay",
+        "heatmap",
+        "--out",
+        tmp_path,
+        "--steps",
+        "8",
+    )
     assert result.exit_code == 0
     pixels = png(tmp_path / f"{DIGIT_PNGS[1].stem}.png")
     # magnitude maps use a sequential map whose zero is dark
