@@ -208,7 +208,7 @@ def read_tensor(path: Path, prep: Preprocessing) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"not a readable .npy file ({exc})", path) from None
-    if arr.dtype.kind not in "fiu" or arr.dtype.kind != "f":
+    if arr.dtype.kind != "f":
         raise InputError(f"dtype {arr.dtype} is not a float type", path)
     expected = prep.input_shape
     if _shape_matches(arr.shape, expected):

@@ -102,28 +102,19 @@ def check_op(
     inputs: dict[str, np.ndarray],
     attrs: dict | None = None,
     *,
-    opset: int = 17,
-    wrt: list[str] | None = None,
     constants: dict[str, np.ndarray] | None = None,
     n_outputs: int = 1,
     output_index: int = 0,
-    rtol: float = 1e-6,
-    atol: float = 1e-7,
-    ort_rtol: float = 2e-3,
-    check_ort: bool = True,
-    dynamic: bool = False,
-    eps: float = 1e-6,
-    seed: int = 0,
+    **options,
 ) -> None:
     """Gradient of one op w.r.t. each input in `wrt` (default: every input) vs. central FD.
 
-    `inputs` are float64 graph inputs; `constants` become initializers (no gradient).
+    `inputs` are float64 graph inputs; `constants` become initializers (no gradient);
+    `options` are check_graph's.
     """
     outputs = [f"y{k}" for k in range(n_outputs)]
     node = helper.make_node(op_type, list(inputs) + list(constants or {}), outputs, **(attrs or {}))
-    check_graph([node], inputs, outputs[output_index], opset=opset, wrt=wrt,
-                constants=constants, rtol=rtol, atol=atol, ort_rtol=ort_rtol,
-                check_ort=check_ort, dynamic=dynamic, eps=eps, seed=seed)  # fmt: skip
+    check_graph([node], inputs, outputs[output_index], constants=constants, **options)
 
 
 def check_graph(
