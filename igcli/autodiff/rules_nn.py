@@ -18,6 +18,7 @@ from igcli.autodiff.builder import NodeGrad, TensorInfo
 from igcli.autodiff.registry import NoGradient, rule
 
 INT64_MAX = 2**63 - 1
+MAX_TAPS = 256  # MaxPool windows up to 16x16: the one-hot scatter does taps^2 work per window
 
 
 # -- shapes and windows ------------------------------------------------------------------------
@@ -284,6 +285,8 @@ def MaxPool(g: NodeGrad):
     where windows overlap (taps gathered by slicing, scattered by a one-hot ConvTranspose)."""
     win, channels = _pool_window(g)
     n_taps, n = int(np.prod(win.of("kernel"))), len(win.axes)
+    if n_taps > MAX_TAPS:
+        raise NoGradient(f"MaxPool window of {n_taps} taps: its scatter costs taps^2 per window")
     first = g.op("ArgMax", _taps(g, g.I(0), win), axis=1, keepdims=1)  # [N*C, 1, outs...]
     tap_ids = g.e.ints(np.arange(n_taps).reshape(1, n_taps, *[1] * n))
     hit = g.op("Cast", g.op("Equal", first, tap_ids), to=g.e.infos_elem(g.I(0)))
