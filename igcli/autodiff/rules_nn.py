@@ -116,6 +116,7 @@ def _fit(g: NodeGrad, x: str, begins: list[int], ends: list[int]) -> str:
         stops = [e if e < 0 else INT64_MAX for e in ends]
         x = g.e.slice(x, starts, stops, list(range(2, 2 + n)))
     if any(b > 0 for b in begins) or any(e > 0 for e in ends):
+        g.e.infos.setdefault(x, TensorInfo(g.e.infos_elem(g.I(0)), None))  # pad value's type
         x = g.e.pad(x, [0, 0, *(max(0, b) for b in begins), 0, 0, *(max(0, e) for e in ends)])
     return x
 
@@ -440,6 +441,8 @@ def BatchNormalization(g: NodeGrad):
     training = g.attr("training_mode", 0) if g.opset >= 14 else sum(map(bool, g.node.output)) > 1
     if training:
         raise NoGradient("BatchNormalization in training mode")
+    if g.opset < 9 and g.attr("spatial", 1) == 0:
+        raise NoGradient("BatchNormalization with per-activation statistics (spatial=0)")
     x, scale, mean, var, go = g.I(0), g.I(1), g.I(3), g.I(4), g.GO(0)
     r = g.op("Reciprocal", g.op("Sqrt", g.op("Add", var, g.scalar(g.attr("epsilon", 1e-5), var))))
     scale_r = g.op("Mul", scale, r)
@@ -466,6 +469,8 @@ def InstanceNormalization(g: NodeGrad):
     dx = r (g - mean(g) - x_hat mean(g x_hat)) with g = GO scale; dscale = sum GO x_hat;
     dB = sum GO (sums over batch and space)."""
     x, scale, go = g.I(0), g.I(1), g.GO(0)
+    if g.e.rank(x) is None:
+        raise NoGradient("InstanceNormalization needs the input rank")
     axes = list(range(2, g.e.rank(x)))
     x_hat, inv_std = _standardize(g, x, axes, g.attr("epsilon", 1e-5))
     gx = gs = gb = None
@@ -495,13 +500,18 @@ def LayerNormalization(g: NodeGrad):
         parts = []
         if go is not None:
             parts.append(_normalized_grad(g, g.op("Mul", go, scale), x_hat, inv_std, axes))
-        n = g.op("Cast", g.op("Size", x_hat), to=g.e.infos_elem(x))
-        n = g.op("Div", n, g.op("Cast", g.op("Size", inv_std), to=g.e.infos_elem(x)))
-        if g.GO(1) is not None:
-            parts.append(g.op("Expand", g.op("Div", g.GO(1), n), g.op("Shape", x)))
-        if g.GO(2) is not None:
+        elem = g.e.infos_elem(x)
+        n = g.op("Cast", g.op("Size", x_hat), to=elem)
+        n = g.op("Div", n, g.op("Cast", g.op("Size", inv_std), to=elem))
+        go_mean, go_inv_std = (g.op("Cast", go_k, to=elem) if go_k else None  # stash type
+                               for go_k in (g.GO(1), g.GO(2)))  # fmt: skip
+        if go_mean is not None:
+            parts.append(g.op("Expand", g.op("Div", go_mean, n), g.op("Shape", x)))
+        if go_inv_std is not None:
             r2 = g.op("Mul", inv_std, inv_std)
-            parts.append(g.op("Neg", g.op("Div", g.op("Mul", g.op("Mul", g.GO(2), r2), x_hat), n)))
+            parts.append(
+                g.op("Neg", g.op("Div", g.op("Mul", g.op("Mul", go_inv_std, r2), x_hat), n))
+            )
         gx = parts[0] if len(parts) == 1 else g.op("Sum", *parts)
     if go is not None and g.needs(1):
         gs = g.reduce_to(g.op("Mul", go, x_hat), 1)
@@ -514,7 +524,7 @@ def _channel_window_sum(g: NodeGrad, x: str, size: int, before: int, after: int)
     """s[c] = sum of x[c - before .. c + after] over channels (zero outside), any rank."""
     channels = _shape(g, g.I(0))[1]
     planes = _reshape(g, x, [0, 1, channels, -1])  # [N, 1, C, rest]
-    ones = g.e.const(np.ones([1, 1, size, 1]), g.e.np_dtype(x))
+    ones = g.e.const(np.ones([1, 1, size, 1]), g.e.np_dtype(g.I(0)))
     summed = g.op("Conv", planes, ones, pads=[before, 0, after, 0])
     return g.op("Reshape", summed, g.op("Shape", x))
 

@@ -14,6 +14,7 @@ arg-max.
 """
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
@@ -222,6 +223,22 @@ add("LRN", {"x": r(3, 3, 2, 2)}, {"size": 3, "alpha": 0.2}, tag="dynamic", dynam
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_rule(case):
     case.run()
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_float64_graph_is_well_typed(case):
+    """Strict type inference over each float64 gradient graph: the reference evaluator mixes
+    float32 constants into float64 math silently, ONNX Runtime would refuse them."""
+    opts = case.options
+    outputs = [f"y{k}" for k in range(opts.get("n_outputs", 1))]
+    output = outputs[opts.get("output_index", 0)]
+    constants = opts.get("constants") or {}
+    node = helper.make_node(case.op, [*case.inputs, *constants], outputs, **case.attrs)
+    model = make_model([node], case.inputs, output, opts.get("opset", 17), constants,
+                       opts.get("dynamic", False))  # fmt: skip
+    for name in opts.get("wrt") or list(case.inputs):
+        grad_model = build_gradient_model(model, name, output)
+        onnx.shape_inference.infer_shapes(grad_model, check_type=True, strict_mode=True)
 
 
 def test_batch_normalization_opset9():
