@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 NAMES = [
@@ -32,34 +32,45 @@ def path(name: str) -> Path:
     return LIGHT_DIR / f"light_{name}.onnx"
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
-    uses: dict[str, list] = {}
+def _random_weight(users: list, shape: list[int], rng) -> np.ndarray:
+    """A value for a ConstantOfShape weight, by what consumes it (through Unsqueeze/Reshape)."""
+    op, k, node = users[0] if users else (None, None, None)
+    if op == "Conv" and k == 1:
+        return rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / np.prod(shape[1:]))
+    if op == "Gemm" and k == 1:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / shape[1 if trans_b else 0])
+    if (op == "BatchNormalization" and k in (1, 4)) or op == "Mul":  # scales, variances
+        return rng.uniform(0.5, 1.5, shape)
+    return rng.normal(0.0, 0.1, shape)  # biases, means
+
+
+def randomize(model: onnx.ModelProto, rng) -> None:
+    """Replace every ConstantOfShape weight by a seeded random initializer of its shape."""
+    graph = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    users: dict[str, list] = {}
     for node in graph.node:
         for k, name in enumerate(node.input):
-            uses.setdefault(name, []).append((node, k))
-    return uses
+            users.setdefault(name, []).append((node.op_type, k, node))
 
+    def final_users(name):
+        found = users.get(name, [])
+        if found and found[0][0] in ("Unsqueeze", "Reshape") and found[0][1] == 0:
+            return final_users(found[0][2].output[0])
+        return found
 
-def _weight(shape: tuple[int, ...], uses, rng: np.random.Generator) -> np.ndarray:
-    """A value suited to the consumer: He-scaled kernels, positive BN variances, small biases."""
-    node, k = uses[0] if uses else (None, -1)
-    op = node.op_type if node is not None else ""
-    if op in ("Conv", "Gemm", "MatMul") and k == 1 and len(shape) >= 2:
-        fan_in = (
-            int(np.prod(shape[1:])) if op == "Conv" else shape[0] if op == "MatMul" else shape[1]
-        )
-        if op == "Gemm" and any(a.name == "transB" and a.i == 0 for a in node.attribute):
-            fan_in = shape[0]
-        return rng.normal(0, np.sqrt(2.0 / max(fan_in, 1)), size=shape)
-    if op == "BatchNormalization":
-        if k == 1:  # scale
-            return rng.uniform(0.5, 1.5, size=shape)
-        if k == 4:  # variance
-            return rng.uniform(0.5, 1.5, size=shape)
-        return rng.normal(0, 0.1, size=shape)
-    if op == "Mul":  # the densenet/inception_v2 style BN written as Mul/Add
-        return rng.uniform(0.5, 1.5, size=shape)
-    return rng.normal(0, 0.05, size=shape)
+    kept = []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in consts:
+            shape = [int(d) for d in consts[node.input[0]]]
+            value = _random_weight(final_users(node.output[0]), shape, rng).astype(np.float32)
+            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    model.ir_version = 7  # initializers need not be graph inputs
 
 
 def randomized(name: str, seed: int = 0, batch_free: bool = False) -> onnx.ModelProto:
@@ -69,25 +80,10 @@ def randomized(name: str, seed: int = 0, batch_free: bool = False) -> onnx.Model
     instead (0), so the graph runs on batches of path points.
     """
     model = onnx.load(str(path(name)))
-    graph = model.graph
-    rng = np.random.default_rng(seed)
-    inits = {i.name: i for i in graph.initializer}
-    uses = _consumers(graph)
-    keep = []
-    for node in graph.node:
-        shape_init = inits.get(node.input[0]) if node.op_type == "ConstantOfShape" else None
-        if shape_init is None:
-            keep.append(node)
-            continue
-        shape = tuple(int(v) for v in numpy_helper.to_array(shape_init))
-        value = _weight(shape, uses.get(node.output[0], []), rng).astype(np.float32)
-        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-        # IR version 3 wants every initializer listed as a graph input too
-        graph.input.append(helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, shape))
-    del graph.node[:]
-    graph.node.extend(keep)
+    randomize(model, np.random.default_rng(seed))
+    inits = {i.name: i for i in model.graph.initializer}
     if batch_free:
-        for node in graph.node:
+        for node in model.graph.node:
             target = inits.get(node.input[1]) if node.op_type == "Reshape" else None
             if target is not None:
                 shape = numpy_helper.to_array(target).copy()

@@ -53,10 +53,10 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from igcli.autodiff import GRAD, SEED, blocking_ops, build_gradient_model
+from tests.light_models import NAMES as LIGHT
+from tests.light_models import data_input, randomize
 
 DATA = Path(onnx.backend.test.__file__).parent / "data"
-LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
-         "shufflenet", "squeezenet", "vgg19", "zfnet512"]  # fmt: skip
 SLOW = {"vgg19"}  # over 20 s on two cores (550 MB of weights, 20 GFLOP per float64 pass)
 SHIFT = 3.0  # pre-activations sit 3 std above the ReLU kink: few units near it
 TOLERANCE = 2e-2  # |fd - g.v| / |g|, see the module docstring
@@ -169,11 +169,6 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def data_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    inits = {i.name for i in model.graph.initializer}
-    return next(i for i in model.graph.input if i.name not in inits)
-
-
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -191,47 +186,6 @@ def directional_errors(grad, f, x, rng, n_dirs, step):
 
 
 # -- light models: random weights, calibrated ---------------------------------------------------
-def _random_weight(users: list, shape: list[int], rng) -> np.ndarray:
-    """A value for a ConstantOfShape weight, by what consumes it (through Unsqueeze/Reshape)."""
-    op, k, node = users[0] if users else (None, None, None)
-    if op == "Conv" and k == 1:
-        return rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / np.prod(shape[1:]))
-    if op == "Gemm" and k == 1:
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / shape[1 if trans_b else 0])
-    if (op == "BatchNormalization" and k in (1, 4)) or op == "Mul":  # scales, variances
-        return rng.uniform(0.5, 1.5, shape)
-    return rng.normal(0.0, 0.1, shape)  # biases, means
-
-
-def randomize(model: onnx.ModelProto, rng) -> None:
-    """Replace every ConstantOfShape weight by a seeded random initializer of its shape."""
-    graph = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for k, name in enumerate(node.input):
-            users.setdefault(name, []).append((node.op_type, k, node))
-
-    def final_users(name):
-        found = users.get(name, [])
-        if found and found[0][0] in ("Unsqueeze", "Reshape") and found[0][1] == 0:
-            return final_users(found[0][2].output[0])
-        return found
-
-    kept = []
-    for node in graph.node:
-        if node.op_type == "ConstantOfShape" and node.input[0] in consts:
-            shape = [int(d) for d in consts[node.input[0]]]
-            value = _random_weight(final_users(node.output[0]), shape, rng).astype(np.float32)
-            graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-        else:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    model.ir_version = 7  # initializers need not be graph inputs
-
-
 def _set(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     init = next(i for i in model.graph.initializer if i.name == name)
     init.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
