@@ -192,6 +192,26 @@ def _kernel_grad(g: NodeGrad, padded: str, ca: int, taps: str, group: int, win: 
     return _transpose01(g, dw, rank)
 
 
+def _conv_input_grad_as_conv(g: NodeGrad, go: str, win: Window, group: int) -> str | None:
+    """dx of a stride-1 Conv with constant weights, as a Conv of GO with the kernel flipped
+    and its channel axes swapped (computed now, in numpy): ONNX Runtime's Conv is much faster
+    than its ConvTranspose. dx[i] = sum_j GO[i + j*d - ((k-1)*d - pad_begin)] W[k-1-j].
+    None when the shortcut does not apply (strides, runtime weights, over-wide padding)."""
+    w = g.const_input(1)
+    if w is None or any(a.stride != 1 for a in win.axes):
+        return None
+    pads = [(a.kernel - 1) * a.dilation - a.begin for a in win.axes]
+    pads += [(a.kernel - 1) * a.dilation - a.end for a in win.axes]
+    if min(pads) < 0:
+        return None
+    m, c_per_group, *kernel = w.shape
+    flipped = w[(slice(None), slice(None), *[slice(None, None, -1)] * len(kernel))]
+    grouped = flipped.reshape(group, m // group, c_per_group, *kernel)
+    swapped = np.swapaxes(grouped, 1, 2).reshape(group * c_per_group, m // group, *kernel)
+    weights = g.e.const(np.ascontiguousarray(swapped), g.e.np_dtype(g.I(0)))
+    return g.op("Conv", go, weights, group=group, pads=pads, dilations=win.of("dilation"))
+
+
 @rule("Conv")
 def Conv(g: NodeGrad):
     """y[o] = sum_j W[j] x[o*s + j*d - pad] + B: dx = ConvTranspose(GO, W) cropped to x;
@@ -200,7 +220,11 @@ def Conv(g: NodeGrad):
     x_shape, w_shape, y_shape = _shape(g, x), _shape(g, w), _shape(g, g.O(0))
     win = _window(g, w_shape[2:], x_shape[2:], y_shape[2:])
     group = g.attr("group", 1)
-    gx = win.crop(g, _conv_transpose(g, go, w, group, win)) if g.needs(0) else None
+    gx = None
+    if g.needs(0):
+        gx = _conv_input_grad_as_conv(g, go, win, group)
+        if gx is None:
+            gx = win.crop(g, _conv_transpose(g, go, w, group, win))
     gw = _kernel_grad(g, x, x_shape[1], go, group, win) if g.needs(1) else None
     gb = _sum_but_channels(g, go) if g.needs(2) else None
     return [gx, gw, gb]

@@ -98,6 +98,21 @@ add("Conv", {"x": r(2, 2, 6, 5)}, {"strides": [2, 2], "pads": [1, 1, 1, 1]}, "dy
     dynamic=True, opset=9, constants={"w": r(3, 2, 3, 3), "b": r(3)})  # fmt: skip
 add("Conv", {"x": r(2, 4, 5, 4)}, {"group": 2, "auto_pad": "SAME_UPPER"}, "dynamic-groups",
     dynamic=True, opset=13, constants={"w": r(4, 2, 3, 3)})  # fmt: skip
+# Constant weights and stride 1 take the Conv-with-flipped-kernel route for dx; the last case's
+# padding exceeds (k-1)*d, so it falls back to ConvTranspose.
+for tag, x, w, attrs in [
+    ("flip-2d", r(2, 3, 6, 5), r(4, 3, 3, 2), {"pads": [1, 0, 2, 1], "dilations": [1, 2]}),
+    ("flip-1d", r(2, 2, 7), r(3, 2, 3), {"pads": [2, 0]}),
+    ("flip-3d", r(1, 2, 4, 4, 3), r(2, 2, 2, 2, 2), {"pads": [1, 0, 1, 0, 1, 0]}),
+    ("flip-depthwise", r(2, 3, 5, 5), r(3, 1, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}),
+    ("flip-depthwise-x2", r(1, 2, 5, 5), r(4, 1, 3, 3), {"group": 2, "dilations": [2, 1]}),
+    ("flip-groups", r(1, 4, 5, 5), r(6, 2, 3, 3), {"group": 2, "pads": [0, 1, 2, 1]}),
+    ("flip-same-lower", r(1, 2, 6, 5), r(2, 2, 2, 2), {"auto_pad": "SAME_LOWER"}),
+    ("flip-overpadded", r(1, 2, 4, 4), r(3, 2, 1, 1), {"pads": [1, 1, 1, 1]}),
+]:
+    for opset in (9, 17):
+        add("Conv", {"x": x}, attrs, f"{tag}-{opset}", dynamic=True, opset=opset,
+            constants={"w": w, "b": r(w.shape[0])})  # fmt: skip
 
 
 # -- ConvTranspose: strides, pads, output_padding, output_shape, auto_pad, depthwise, bias -------
