@@ -168,8 +168,8 @@ def _caption(e: Explained) -> str:
     r = e.record
     err = percent(r.rel_error)
     return (
-        f"sum {r.attribution_sum:.4g} vs F(x)-F(b) {r.delta:.4g} - completeness error {err}"
-        f" - {r.steps} steps {r.method} - {r.gradient_source} gradients"
+        f"completeness error {err} (sum {r.attribution_sum:.4g}, F(x)-F(b) {r.delta:.4g})"
+        f" \u00b7 {r.steps} steps {r.method} \u00b7 {r.gradient_source}"
     )
 
 
