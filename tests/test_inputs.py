@@ -1,0 +1,119 @@
+"""Preprocessing and input readers: layouts, channels, resizing, normalisation, CSV headers."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from igcli.baselines import make_baseline
+from igcli.errors import InputError, UsageError
+from igcli.inputs import load_samples, make_preprocessing
+from igcli.model import Sidecar, TensorSpec
+
+
+def spec(shape, name="x"):
+    return TensorSpec(name, shape, np.dtype(np.float32))
+
+
+def rgb_png(path, size=(10, 6)):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_nchw_and_nhwc_are_detected_and_images_resized(tmp_path):
+    img = rgb_png(tmp_path / "a.png")
+    nchw = make_preprocessing(spec(["N", 3, 8, 8]), Sidecar())
+    nhwc = make_preprocessing(spec(["N", 8, 8, 3]), Sidecar())
+    assert (nchw.layout, nhwc.layout) == ("NCHW", "NHWC")
+    a = load_samples(img, nchw, "a")[0]
+    b = load_samples(img, nhwc, "a")[0]
+    assert a.x.shape == (3, 8, 8) and b.x.shape == (8, 8, 3)
+    np.testing.assert_allclose(np.transpose(a.x, (1, 2, 0)), b.x)
+    assert a.x.min() >= 0.0 and a.x.max() <= 1.0
+
+
+def test_color_image_to_one_channel_model(tmp_path):
+    img = rgb_png(tmp_path / "a.png")
+    prep = make_preprocessing(spec([1, 1, 5, 5]), Sidecar())
+    sample = load_samples(img, prep, "a")[0]
+    assert sample.x.shape == (1, 5, 5) and sample.pixels.shape == (5, 5, 1)
+
+
+def test_mean_std_normalisation_and_black_baseline(tmp_path):
+    img = rgb_png(tmp_path / "a.png")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    prep = make_preprocessing(spec(["N", 3, 4, 4]), Sidecar(), mean=mean, std=std)
+    sample = load_samples(img, prep, "a")[0]
+    expected = (sample.pixels - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(sample.x, np.transpose(expected, (2, 0, 1)), rtol=1e-5)
+    black = make_baseline("black", sample, prep)
+    np.testing.assert_allclose(black[:, 0, 0], -np.array(mean) / np.array(std), rtol=1e-6)
+    white = make_baseline("white", sample, prep)
+    np.testing.assert_allclose(white[:, 0, 0], (1 - np.array(mean)) / np.array(std), rtol=1e-6)
+    assert not np.allclose(make_baseline("zero", sample, prep), black)
+
+
+def test_noise_and_blur_baselines(tmp_path):
+    img = rgb_png(tmp_path / "a.png", size=(16, 16))
+    prep = make_preprocessing(spec(["N", 3, 16, 16]), Sidecar())
+    sample = load_samples(img, prep, "a")[0]
+    u1 = make_baseline("uniform", sample, prep, seed=1)
+    assert np.array_equal(u1, make_baseline("uniform", sample, prep, seed=1))
+    assert not np.array_equal(u1, make_baseline("uniform", sample, prep, seed=2))
+    blur = make_baseline("blur", sample, prep)
+    assert blur.shape == sample.x.shape
+    assert blur.std() < sample.x.std()  # blurring removes detail
+    assert blur.mean() == pytest.approx(sample.x.mean(), abs=0.05)
+
+
+def test_file_baselines(tmp_path):
+    img = rgb_png(tmp_path / "a.png")
+    prep = make_preprocessing(spec(["N", 3, 4, 4]), Sidecar(), mean=[0.5], std=[0.5])
+    sample = load_samples(img, prep, "a")[0]
+    np.testing.assert_allclose(make_baseline(str(img), sample, prep), sample.x)
+    np.save(tmp_path / "b.npy", np.full((3, 4, 4), 0.25, dtype=np.float32))
+    assert make_baseline(str(tmp_path / "b.npy"), sample, prep).mean() == pytest.approx(0.25)
+    with pytest.raises(UsageError):
+        make_baseline("purple", sample, prep)
+
+
+def test_csv_columns_follow_the_sidecar_names(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text("b,a\n2,1\n4,3\n")
+    side = Sidecar(feature_names=["a", "b"], preprocessing={"mean": [1, 1], "std": [2, 2]})
+    prep = make_preprocessing(spec(["N", 2]), side)
+    rows = load_samples(csv, prep, "t")
+    assert [r.name for r in rows] == ["t_row0", "t_row1"]
+    np.testing.assert_allclose(rows[1].raw_values, [3, 4])
+    np.testing.assert_allclose(rows[1].x, [1.0, 1.5])
+    assert rows[0].feature_names == ["a", "b"]
+    with pytest.raises(InputError, match="blur"):
+        make_baseline("blur", rows[0], prep)
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [("a,b\n1\n", "short"), ("a,c\n1,2\n", "lacks feature"), ("a,b\n1,x\n", "not all numbers"),
+     ("a,b\n", "header row and at least one data row"), ("a,b\n1,nan\n", "NaN")],
+)  # fmt: skip
+def test_bad_csv(tmp_path, text, problem):
+    csv = tmp_path / "t.csv"
+    csv.write_text(text)
+    prep = make_preprocessing(spec(["N", 2]), Sidecar(feature_names=["a", "b"]))
+    with pytest.raises(InputError, match=problem) as err:
+        load_samples(csv, prep, "t")
+    assert "t.csv" in str(err.value)
+
+
+def test_blur_keeps_constants_and_spreads_a_dot_symmetrically():
+    from igcli.baselines import blur_pixels
+
+    flat = np.full((9, 7, 1), 0.3)
+    np.testing.assert_allclose(blur_pixels(flat, 2.0), flat)
+    dot = np.zeros((21, 21, 1))
+    dot[10, 10] = 1.0
+    out = blur_pixels(dot, 1.5)[:, :, 0]
+    np.testing.assert_allclose(out, out.T, atol=1e-12)
+    np.testing.assert_allclose(out, out[::-1, ::-1], atol=1e-12)
+    assert out.sum() == pytest.approx(1.0, abs=1e-9) and out[10, 10] == out.max() < 0.1
+    assert blur_pixels(np.ones((1, 1, 3)), 5.0).shape == (1, 1, 3)
