@@ -131,3 +131,22 @@ def with_sin() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
         [const("W", rng.normal(size=(3, 2)))],
     )
+
+
+def two_inputs() -> onnx.ModelProto:
+    """y = tanh((x * s) W): attribute x with the scale s fed from a file, or the other way."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["xs"]),
+        helper.make_node("MatMul", ["xs", "W"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [const("W", rng.normal(size=(3, 2)))],
+    )

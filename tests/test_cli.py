@@ -267,3 +267,64 @@ def test_inspect_lists_inputs_outputs_ops(tmp_path):
     assert "NCHW" in info["preprocessing"]
     text = run("inspect", DIGITS)
     assert text.exit_code == 0 and "image" in text.stdout and "gradient graph" in text.stdout
+
+
+def test_feed_and_input_for_models_with_several_inputs(tmp_path):
+    model = models.save(models.two_inputs(), tmp_path / "two.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.5, -1.0, 2.0]], dtype=np.float32))
+    np.save(tmp_path / "s.npy", np.array([0.2, 0.3, -0.1], dtype=np.float32))  # no batch axis
+    missing = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert missing.exit_code == ExitCode.USAGE and "--feed s=" in missing.stderr
+    fed = run(
+        "explain",
+        model,
+        tmp_path / "x.npy",
+        "--feed",
+        f"s={tmp_path / 's.npy'}",
+        "--out",
+        tmp_path / "o",
+        "--json",
+        "--steps",
+        "16",
+    )
+    assert fed.exit_code == 0, fed.stderr
+    rec = json.loads(fed.stdout)
+    assert rec["gradient_source"] == "graph" and rec["rel_error"] < 1e-3
+    # attribute the scale instead, feeding x
+    swapped = run(
+        "explain",
+        model,
+        tmp_path / "s.npy",
+        "--input",
+        "s",
+        "--feed",
+        f"x={tmp_path / 'x.npy'}",
+        "--out",
+        tmp_path / "o2",
+        "--json",
+    )
+    assert swapped.exit_code == 0, swapped.stderr
+    assert json.loads(swapped.stdout)["f_input"] == pytest.approx(rec["f_input"], rel=1e-6)
+    unknown = run(
+        "explain",
+        model,
+        tmp_path / "x.npy",
+        "--feed",
+        f"q={tmp_path / 's.npy'}",
+        "--feed",
+        f"s={tmp_path / 's.npy'}",
+        "--out",
+        tmp_path / "o3",
+    )
+    assert unknown.exit_code == ExitCode.USAGE and "q" in unknown.stderr
+
+
+def test_merge_reports_refuses_different_models(tmp_path):
+    run("explain", CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path / "a")
+    run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", tmp_path / "b")
+    result = run("merge-reports", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "m")
+    assert result.exit_code == ExitCode.USAGE and "different models" in result.stderr
+    bad = tmp_path / "junk.json"
+    bad.write_text("{}")
+    result = run("merge-reports", bad, "--out", tmp_path / "m")
+    assert result.exit_code == ExitCode.USAGE and "junk.json" in result.stderr
