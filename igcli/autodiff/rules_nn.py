@@ -9,7 +9,6 @@ to the input, so every opset from 9 on is served by the same few ops.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,10 @@ from igcli.autodiff.builder import NodeGrad, TensorInfo
 from igcli.autodiff.registry import NoGradient, rule
 
 INT64_MAX = 2**63 - 1
+# Stands in for -inf in max-pool padding: below any real activation, yet finite, so that
+# multiplying it by 0 (as a one-hot Conv does) gives 0. (The dtype's lowest value overflows
+# inside the Conv kernels; half precision gets a quarter of its range.)
+PAD_LOW = -1e30
 MAX_TAPS = 256  # MaxPool windows up to 16x16: the one-hot scatter does taps^2 work per window
 
 
@@ -275,27 +278,21 @@ def _scatter(g: NodeGrad, stack: str, kernels: np.ndarray, win: Window, channels
 
 
 def _taps(g: NodeGrad, x: str, win: Window) -> str:
-    """x[o*s + j*d - pad] for every kernel tap j, as [N*C, K, outs...] (padding reads -inf).
-
-    The padded input is cut into stride-long blocks [N*C, B0, s0, B1, s1, ...]; tap j is the
-    plain slice from block (j*d) // s at phase (j*d) % s: no strided Slice, so opset 9 works."""
-    blocks = [
-        max((a.kernel - 1) * a.dilation // a.stride + a.out, -(-(a.begin + a.size) // a.stride))
-        for a in win.axes
-    ]
-    ends = [b * a.stride - a.begin - a.size for a, b in zip(win.axes, blocks, strict=True)]
-    xp = g.e.pad(x, [0, 0, *win.of("begin"), 0, 0, *ends], value=-np.inf)
-    cut = _reshape(g, xp, [-1, *itertools.chain(*zip(blocks, win.of("stride"), strict=True))])
-    taps = []
-    for tap in itertools.product(*(range(k) for k in win.of("kernel"))):
-        starts, stops = [], []
-        for j, a in zip(tap, win.axes, strict=True):
-            block, phase = divmod(j * a.dilation, a.stride)
-            starts += [block, phase]
-            stops += [block + a.out, phase + 1]
-        piece = g.e.slice(cut, starts, stops, list(range(1, 1 + len(starts))))
-        taps.append(_reshape(g, piece, [-1, 1, *win.of("out")]))
-    return g.op("Concat", *taps, axis=1)
+    """x[o*s + j*d - pad] for every kernel tap j, as [N*C, K, outs...]: one Conv with one-hot
+    kernels (fast, any opset) over x padded with PAD_LOW. Not -inf: the Conv multiplies the
+    other taps by 0, and -inf * 0 is NaN."""
+    dtype = g.e.np_dtype(x)
+    ends = [max(0, a.tail) for a in win.axes]
+    padded = [a.begin + a.size + e for a, e in zip(win.axes, ends, strict=True)]
+    low = PAD_LOW if dtype.itemsize >= 4 else float(np.finfo(dtype).min) / 4
+    xp = g.e.pad(x, [0, 0, *win.of("begin"), 0, 0, *ends], value=low)
+    kernels = g.e.const(_one_hot_kernels(win.of("kernel")), dtype)
+    attrs = {"strides": win.of("stride"), "dilations": win.of("dilation")}
+    taps = g.op("Conv", _reshape(g, xp, [-1, 1, *padded]), kernels, **attrs)
+    if any(a.tail < 0 for a in win.axes):  # input rows no window reaches give extra positions
+        n = len(win.axes)
+        taps = g.e.slice(taps, [0] * n, win.of("out"), list(range(2, 2 + n)))
+    return taps
 
 
 def _one_hot_kernels(kernel: list[int]) -> np.ndarray:
@@ -307,7 +304,8 @@ def _one_hot_kernels(kernel: list[int]) -> np.ndarray:
 @rule("MaxPool")
 def MaxPool(g: NodeGrad):
     """y[o] = max_j x[o*s + j*d - pad]: GO[o] goes to the window's first arg-max, summed
-    where windows overlap (taps gathered by slicing, scattered by a one-hot ConvTranspose)."""
+    where windows overlap (taps gathered by a one-hot Conv, scattered by a one-hot
+    ConvTranspose)."""
     win, channels = _pool_window(g)
     n_taps, n = int(np.prod(win.of("kernel"))), len(win.axes)
     if n_taps > MAX_TAPS:
