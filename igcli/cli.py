@@ -266,7 +266,14 @@ def inspect(model: Path, as_json: bool) -> None:
 
     from igcli.autodiff import blocking_ops
     from igcli.inputs import make_preprocessing
-    from igcli.model import Sidecar, graph_inputs, graph_outputs, load_model, opset_of
+    from igcli.model import (
+        Sidecar,
+        graph_inputs,
+        graph_outputs,
+        load_model,
+        opset_of,
+        with_dynamic_batch,
+    )
 
     onnx_model = load_model(model)
     sidecar = Sidecar.load(model)
@@ -280,7 +287,7 @@ def inspect(model: Path, as_json: bool) -> None:
     except IgcliError as exc:
         prep = f"none ({exc})"
     try:
-        blockers = blocking_ops(onnx_model, ins[0].name, outs[0].name)
+        blockers = blocking_ops(with_dynamic_batch(onnx_model), ins[0].name, outs[0].name)
     except Exception as exc:  # report, do not crash, on transform bugs
         blockers = [f"(transform failed: {exc})"]
     info = {

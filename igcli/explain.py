@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from igcli import baselines
-from igcli.autodiff import build_gradient_model
+from igcli.autodiff.shapes import build_gradient_model_probing
 from igcli.cache import cache_key, cached_model
 from igcli.errors import GradientError, IgcliError, InputError, UnsupportedOpsError, UsageError
 from igcli.gradients import (
@@ -225,8 +225,8 @@ class Explainer:
         try:
             grad_model, _ = cached_model(
                 key,
-                lambda: build_gradient_model(
-                    self.runner.model, self.input_spec.name, self.output_name
+                lambda: build_gradient_model_probing(
+                    self.runner.model, self.input_spec.name, self.output_name, feeds
                 ),
                 opts.use_cache,
             )

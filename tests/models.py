@@ -150,3 +150,30 @@ def two_inputs() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
         [const("W", rng.normal(size=(3, 2)))],
     )
+
+
+def runtime_shaped() -> onnx.ModelProto:
+    """A Reshape whose target goes through float arithmetic, so shape inference loses track
+    of everything after it; the Conv rule needs static shapes, which only a probe can give."""
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["sf", "quarter"], ["nf"]),
+        helper.make_node("Cast", ["nf"], ["n1"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["n1", "hw"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["img"]),
+        helper.make_node("Conv", ["img", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["c"], ["t"]),
+        helper.make_node("Flatten", ["t"], ["y"], axis=1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 18])],
+        [
+            const("quarter", [1.0, 0.25]),
+            numpy_helper.from_array(np.array([2, 2], dtype=np.int64), "hw"),
+            const("W", rng.normal(size=(2, 1, 2, 2))),
+        ],
+    )

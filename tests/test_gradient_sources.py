@@ -49,13 +49,13 @@ def test_gradient_graph_is_cached(tmp_path, monkeypatch):
     from igcli import explain as explain_module
 
     builds = []
-    real = explain_module.build_gradient_model
+    real = explain_module.build_gradient_model_probing
 
     def counting(*args):
         builds.append(1)
         return real(*args)
 
-    monkeypatch.setattr(explain_module, "build_gradient_model", counting)
+    monkeypatch.setattr(explain_module, "build_gradient_model_probing", counting)
     for _ in range(2):
         explain_json(CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path)
     assert len(builds) == 1
@@ -92,3 +92,23 @@ def test_gradcheck_without_graph_is_an_error(tmp_path):
     model = models.save(models.with_sin(), tmp_path / "sin.onnx")
     result = run("gradcheck", model)
     assert result.exit_code == ExitCode.GRADIENTS and "Sin" in result.stderr
+
+
+def test_shapes_unknown_to_inference_are_probed(tmp_path):
+    from igcli.autodiff import build_gradient_model
+    from igcli.errors import UnsupportedOpsError
+
+    model = models.runtime_shaped()
+    with pytest.raises(UnsupportedOpsError, match="Conv"):
+        build_gradient_model(model, "x", "y")  # inference alone cannot see the Conv's shapes
+    path = models.save(model, tmp_path / "rt.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.3, -0.7, 1.1, 0.4]], dtype=np.float32))
+    records, _ = explain_json(
+        path, tmp_path / "x.npy", "--out", tmp_path / "o", "--gradients", "graph"
+    )
+    assert records[0]["gradient_source"] == "graph" and records[0]["rel_error"] < 1e-3
+    fd, _ = explain_json(path, tmp_path / "x.npy", "--out", tmp_path / "f", "--gradients", "fd")
+    np.testing.assert_allclose(
+        np.load(tmp_path / "o" / "x.npy"), np.load(tmp_path / "f" / "x.npy"), atol=1e-3
+    )
+    assert json.loads(run("inspect", path, "--json").stdout)["gradient_graph"] is True

@@ -5,6 +5,7 @@ activations, softmax, reductions), `rules_shape` (layout and indexing) and `rule
 (convolution, pooling, normalisation, matrix products).
 """
 
-from igcli.autodiff.driver import GRAD, SEED, blocking_ops, build_gradient_model
+from igcli.autodiff.driver import GRAD, SEED, build_gradient_model
+from igcli.autodiff.shapes import blocking_ops, build_gradient_model_probing
 
-__all__ = ["GRAD", "SEED", "blocking_ops", "build_gradient_model"]
+__all__ = ["GRAD", "SEED", "blocking_ops", "build_gradient_model", "build_gradient_model_probing"]

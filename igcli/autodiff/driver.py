@@ -30,7 +30,10 @@ def model_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def _tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+def _tensor_infos(
+    model: onnx.ModelProto, hints: dict[str, TensorInfo] | None = None
+) -> dict[str, TensorInfo]:
+    """Types and shapes from onnx shape inference; `hints` fill what inference left open."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # inference is a help, not a requirement
@@ -48,6 +51,14 @@ def _tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
         infos[vi.name] = TensorInfo(t.elem_type, shape)
     for init in graph.initializer:
         infos[init.name] = TensorInfo(init.data_type, list(init.dims))
+    for name, hint in (hints or {}).items():
+        known = infos.get(name)
+        if known is None or known.shape is None or len(known.shape) != len(hint.shape):
+            infos[name] = hint
+        else:  # keep what inference knows for sure; take observed sizes for the rest
+            pairs = zip(known.shape, hint.shape, strict=True)
+            shape = [k if isinstance(k, int) else h for k, h in pairs]
+            infos[name] = TensorInfo(known.elem_type, shape)
     return infos
 
 
@@ -97,12 +108,18 @@ def _relevant_nodes(graph: onnx.GraphProto, input_name: str, output_name: str):
 
 
 def build_gradient_model(
-    model: onnx.ModelProto, input_name: str, output_name: str
+    model: onnx.ModelProto,
+    input_name: str,
+    output_name: str,
+    shape_hints: dict[str, TensorInfo] | None = None,
 ) -> onnx.ModelProto:
-    """Return a model computing (output, d(sum(seed*output))/d input); raise if an op blocks it."""
+    """Return a model computing (output, d(sum(seed*output))/d input); raise if an op blocks it.
+
+    `shape_hints` (see shapes.probe_shapes) give shapes that onnx shape inference cannot.
+    """
     graph = model.graph
     opset = model_opset(model)
-    infos = _tensor_infos(model)
+    infos = _tensor_infos(model, shape_hints)
     emitter = GraphEmitter(opset=opset, infos=infos, constants=_constants(graph))
     nodes = _relevant_nodes(graph, input_name, output_name)
 
@@ -184,12 +201,3 @@ def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelPro
     grad_vi.name = GRAD
     graph.output.append(grad_vi)
     return out
-
-
-def blocking_ops(model: onnx.ModelProto, input_name: str, output_name: str) -> list[str]:
-    """The ops that keep a gradient graph from being built (empty when one can be)."""
-    try:
-        build_gradient_model(model, input_name, output_name)
-    except UnsupportedOpsError as exc:
-        return exc.ops
-    return []
