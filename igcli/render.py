@@ -415,6 +415,7 @@ def _panel(
 
 
 @functools.cache
+@functools.lru_cache(maxsize=16)  # loading decodes the bundled font: once per size is enough
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """Pillow's bundled scalable font (Pillow >= 10.1); the fixed bitmap font before that."""
     try:
