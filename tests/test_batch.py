@@ -307,3 +307,20 @@ def test_a_failing_input_in_a_group_is_found(tmp_path):
         ("b_bad", "error"),
         ("c_good", "ok"),
     ]
+
+
+def test_read_only_file_system_is_a_clear_error(tmp_path, monkeypatch):
+    """As root the permission test above is skipped; a read-only mount answers EROFS."""
+    import errno
+
+    from igcli import outputs
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only)
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.OUTPUT
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0] and "o" in err[0]
+    assert not any(p.is_file() for p in (tmp_path / "o").rglob("*"))
