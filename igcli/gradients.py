@@ -8,7 +8,6 @@ Every source explains the same scalar function: F(x) = output(x).flatten()[targe
 
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
 import numpy as np
@@ -74,18 +73,13 @@ class GradientGraphRunner:
 
         r = self.runner
         outs, grads = [], []
-        for start in range(0, len(points), r.batch_size):
-            batch = np.ascontiguousarray(points[start : start + r.batch_size], r.input_dtype)
-            seed = np.zeros((len(batch), int(np.prod(self.output_shape))), dtype=r.output_dtype)
+        width = int(np.prod(self.output_shape))
+        for start, batch in r.batches(points):
+            seed = np.zeros((len(batch), width), dtype=r.output_dtype)
             rows = target[start : start + len(batch)] if np.ndim(target) else target
             seed[np.arange(len(batch)), rows] = 1
-            feeds = r._feeds_for(batch)
-            feeds[SEED] = seed.reshape((len(batch), *self.output_shape))
-            start_time = time.perf_counter()
-            out, grad = r.session.run([r.output_name, GRAD], feeds)
-            r.seconds += time.perf_counter() - start_time
-            r.calls += 1
-            r.rows += len(batch)
+            seed = seed.reshape((len(batch), *self.output_shape))
+            out, grad = r.call(batch, [r.output_name, GRAD], {SEED: seed})
             outs.append(out)
             grads.append(grad)
         out, grad = np.concatenate(outs), np.concatenate(grads)

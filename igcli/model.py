@@ -205,9 +205,7 @@ class ModelRunner:
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self.extra_feeds = feeds or {}
-        self.calls = 0
-        self.rows = 0
-        self.seconds = 0.0  # time inside ONNX Runtime, for benchmarks
+        self._reset_counters()
         spec = next(i for i in graph_inputs(model) if i.name == input_name)
         self.input_dtype = spec.dtype
         out_spec = next((o for o in graph_outputs(model) if o.name == output_name), None)
@@ -222,12 +220,18 @@ class ModelRunner:
             self.model = model
             self.session = make_session(model, path, self.providers, threads)
             self.batch_size = 1
+        self._reset_counters()  # the probe above is not part of the work
+
+    def _reset_counters(self) -> None:
+        self.calls = 0
+        self.rows = 0
+        self.seconds = 0.0  # time inside ONNX Runtime, for benchmarks
 
     def _dynamic_batch_works(self, spec: TensorSpec) -> bool:
         shape = [2] + [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape[1:]]
         try:
-            out = self._call(np.zeros(shape, dtype=self.input_dtype))
-        except Exception:
+            out = self.call(np.zeros(shape, dtype=self.input_dtype), [self.output_name])[0]
+        except InputError:
             return False
         return out.shape[:1] == (2,)
 
@@ -239,26 +243,34 @@ class ModelRunner:
             feeds[name] = value
         return feeds
 
-    def _call(self, batch: np.ndarray) -> np.ndarray:
+    def batches(self, points: np.ndarray):
+        """(start row, contiguous batch of at most batch_size rows in the input's dtype)."""
+        for start in range(0, len(points), self.batch_size):
+            yield (
+                start,
+                np.ascontiguousarray(points[start : start + self.batch_size], self.input_dtype),
+            )
+
+    def call(
+        self, batch: np.ndarray, outputs: list[str], extra: dict | None = None
+    ) -> list[np.ndarray]:
+        """One session call, timed and counted; a runtime failure becomes a one-line error."""
+        feeds = {**self._feeds_for(batch), **(extra or {})}
         start = time.perf_counter()
         try:
-            return self.session.run([self.output_name], self._feeds_for(batch))[0]
+            result = self.session.run(outputs, feeds)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise InputError(f"model call failed: {msg}", self.path) from None
         finally:
             self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.rows += len(batch)
+        return [np.asarray(r) for r in result]
 
     def run(self, points: np.ndarray) -> np.ndarray:
         """Output for each row of `points` (rows are model inputs without the batch axis)."""
-        outs = []
-        for start in range(0, len(points), self.batch_size):
-            batch = np.ascontiguousarray(points[start : start + self.batch_size], self.input_dtype)
-            try:
-                out = self._call(batch)
-            except Exception as exc:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                raise InputError(f"model call failed: {msg}", self.path) from None
-            self.calls += 1
-            self.rows += len(batch)
-            outs.append(np.asarray(out))
+        outs = [self.call(batch, [self.output_name])[0] for _, batch in self.batches(points)]
         result = np.concatenate(outs, axis=0)
         check_finite(result, f"output {self.output_name!r}", self.path)
         return result
