@@ -28,6 +28,7 @@ class IgcliError(Exception):
 
     def __init__(self, message: str, path: object | None = None) -> None:
         self.path = path
+        self.reason = message  # without the path, to re-attribute the error to another file
         super().__init__(f"{path}: {message}" if path is not None else message)
 
 

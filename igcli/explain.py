@@ -298,7 +298,7 @@ class Explainer:
         try:  # one call gives the targets and both ends of every path
             ends = self.runner.run(np.stack(rows))
         except IgcliError as exc:
-            raise InputError(str(exc).split(": ", 1)[-1], where) from None
+            raise InputError(exc.reason, where) from None
         out_shape = ends.shape[1:]
         if self.graph_runner is not None:
             self.graph_runner.output_shape = out_shape
@@ -319,7 +319,7 @@ class Explainer:
                 batch_size=opts.batch_size,
             )
         except IgcliError as exc:
-            raise InputError(str(exc).split(": ", 1)[-1], where) from None
+            raise InputError(exc.reason, where) from None
         share = (time.perf_counter() - start) / max(len(jobs), 1)
         explained: list[list[Explained]] = [[] for _ in samples]
         for (i, t, problem), result in zip(jobs, results, strict=True):
