@@ -347,10 +347,4 @@ class BatchRun:
         limit = self.settings.max_completeness_error
         if limit is None:
             return []
-        failing = [
-            r["name"]
-            for r in self.report.results
-            if not (isinstance(r["rel_error"], (int, float)) and r["rel_error"] <= limit)
-        ]
-        self.report.gate = {"max": limit, "passed": not failing, "failing": failing}
-        return failing
+        return self.report.apply_gate(limit)

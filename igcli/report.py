@@ -103,6 +103,12 @@ class RunReport:
             "mean_rel_error": (sum(finite) / len(finite)) if finite else None,
         }
 
+    def apply_gate(self, limit: float) -> list[str]:
+        """Record the completeness gate; return the results over `limit` (or not a number)."""
+        failing = [r["name"] for r in self.results if _over(r["rel_error"], limit)]
+        self.gate = {"max": limit, "passed": not failing, "failing": failing}
+        return failing
+
     def write(self, out_dir: Path) -> None:
         atomic_write_text(out_dir / "report.json", json.dumps(self.to_json(), indent=2) + "\n")
         atomic_write_text(out_dir / "report.csv", self.to_csv())
@@ -194,13 +200,12 @@ def merge_reports(paths: list[Path]) -> RunReport:
         ]
     gates = [r["gate"] for r in reports if r.get("gate")]
     if gates:
-        limit = gates[0]["max"]
-        failing = [r["name"] for r in merged.results if _over(r["rel_error"], limit)]
-        merged.gate = {"max": limit, "passed": not failing, "failing": failing}
+        merged.apply_gate(gates[0]["max"])
     return merged
 
 
 def _over(value, limit: float) -> bool:
+    """True unless value is a number <= limit: NaN, inf and "inf" (from JSON) fail the gate."""
     try:
         return not float(value) <= limit
     except (TypeError, ValueError):
