@@ -40,9 +40,10 @@ def make_inputs(folder: Path, n: int) -> None:
 
 
 def one_run(n: int, gradients: str) -> dict:
-    from rich.console import Console
-
-    from igcli.run import run_explain
+    from igcli.batch import OutputSettings, discover
+    from igcli.console import Messages
+    from igcli.run import plan, run_explain
+    from igcli.session import AttributionSettings, Session
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
@@ -50,14 +51,14 @@ def one_run(n: int, gradients: str) -> dict:
         make_inputs(folder, n)
         out = Path(tmp) / "out"
         start = time.perf_counter()
+        session = Session(MODEL, gradients=gradients)
         code = run_explain(
-            MODEL,
-            [str(folder)],
-            stderr=Console(stderr=True, quiet=True),
-            out_dir=out,
-            recursive=True,
-            quiet=True,
-            gradients=gradients,
+            session,
+            plan(discover([str(folder)], recursive=True)),
+            settings=AttributionSettings(),
+            targets=None,
+            outputs=OutputSettings(out_dir=out),
+            messages=Messages(quiet=True),
         )
         wall = time.perf_counter() - start
         report = json.loads((out / "report.json").read_text())

@@ -42,9 +42,10 @@ def best_of(fn, repeats: int = 5) -> float:
 
 
 def measure(case: str, batch: int, threads: int, fd_steps: int) -> dict:
-    from igcli.explain import Explainer, ExplainOptions
     from igcli.gradients import FiniteDifferences, GraphGradients
     from igcli.ig import integrated_gradients
+    from igcli.model import ModelRunner
+    from igcli.session import Session, parse_groups
 
     tmp = Path(tempfile.mkdtemp())
     if case == "digits":
@@ -56,27 +57,26 @@ def measure(case: str, batch: int, threads: int, fd_steps: int) -> dict:
         model = tmp / "light_resnet50.onnx"
         onnx.save(randomized("resnet50", batch_free=True), str(model))
         fd_groups = "32x32"
-    options = ExplainOptions(threads=threads, batch_size=batch, use_cache=False)
     start = time.perf_counter()
-    ex = Explainer(model, options, warn=lambda m: None)
+    ex = Session(model, threads=threads, batch_size=batch, cache=False)
     setup = time.perf_counter() - start
+    plain = ModelRunner(
+        ex.run_model, model, ex.input_spec.name, ex.output_name, threads=threads, batch_size=batch
+    )
     rng = np.random.default_rng(0)
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in ex.input_spec.shape[1:]]
     x = rng.uniform(0, 1, size=shape).astype(np.float32)
     base = np.zeros_like(x)
     points = np.repeat(x[None], batch, axis=0)
-    _, out_shape = ex.output_size(x)
-    ex.graph_runner.output_shape = out_shape
-    forward = best_of(lambda: ex.runner.run(points))
-    graph = best_of(lambda: ex.graph_runner.run(points, 0))
-    source = GraphGradients(ex.runner, ex.graph_runner, 0)
+    forward = best_of(lambda: plain.run(points))
+    graph = best_of(lambda: ex.graph.run_with_gradients(points, 0))
+    source = GraphGradients(ex.graph, 0)
     ig_graph = best_of(lambda: integrated_gradients(source, x, base, steps=50, batch_size=batch), 2)
-    from igcli.explain import parse_groups
     from igcli.inputs import Sample
 
     sample = Sample(model, "x", "image", x, pixels=np.zeros((*shape[1:], shape[0])))
     groups = parse_groups(fd_groups, sample, ex.prep)
-    fd = FiniteDifferences(ex.runner, 0, x - base, groups)
+    fd = FiniteDifferences(plain, 0, x - base, groups)
     start = time.perf_counter()
     integrated_gradients(fd, x, base, steps=fd_steps, batch_size=batch)
     ig_fd = time.perf_counter() - start
@@ -124,7 +124,7 @@ def main() -> None:
         ]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(f"{r['case']}: input {r['input']}, batch {r['batch']}, {args.threads} threads")
-        print(f"  build sessions + gradient graph   {r['setup_s']:8.3f} s")
+        print(f"  build session + gradient graph    {r['setup_s']:8.3f} s")
         print(f"  forward call                      {r['forward_s']:8.4f} s")
         print(
             f"  gradient-graph call               {r['graph_s']:8.4f} s  "

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from igcli.attribution import Attribution
 from igcli.errors import IgcliError, InputError, UsageError
-from igcli.explain import Explained, Explainer
-from igcli.inputs import SUPPORTED_SUFFIXES, load_samples
-from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
-from igcli.report import RunReport, failure_entry, json_line, percent
-from igcli.visualize import HeatmapStyle, attribution_map, draw, is_image_like
+from igcli.inputs import SUPPORTED_SUFFIXES
+from igcli.outputs import atomic_save_png, atomic_write_text, output_stem
+from igcli.report import RunReport, failure_entry, json_line
+from igcli.session import AttributionSettings, Session
+from igcli.visualize import HeatmapStyle, attribution_map, is_image_like
 
 
 @dataclass
@@ -155,49 +156,43 @@ def existing_records(out_dir: Path, item: InputItem, model_path: Path) -> list[d
 
 
 @dataclass
-class RunSettings:
+class OutputSettings:
+    """What a batch run writes, and what it holds the results to."""
+
     out_dir: Path
-    style: HeatmapStyle
+    style: HeatmapStyle = field(default_factory=HeatmapStyle)
     shared_scale: bool = False
     json_lines: bool = False
     skip_existing: bool = False
     max_completeness_error: float | None = None
 
 
-def _caption(e: Explained) -> str:
-    r = e.record
-    err = percent(r.rel_error)
-    return (
-        f"completeness error {err} (sum {r.attribution_sum:.4g}, F(x)-F(b) {r.delta:.4g})"
-        f" \u00b7 {r.steps} steps {r.method} \u00b7 {r.gradient_source}"
-    )
-
-
-def _title(e: Explained) -> str:
-    r = e.record
-    label = f" '{r.label}'" if r.label else ""
-    return f"{Path(r.input).name} - target {r.target}{label} (score {r.f_input:.4g})"
-
-
 class BatchRun:
-    """The loop over inputs: explain, write outputs atomically, report, never stop on one."""
+    """The loop over inputs: explain, write outputs atomically, report, never stop on one.
+
+    `process(items)` may be called for batch after batch (a long-lived worker keeps one);
+    `finish()` waits for the writes and draws heatmaps that share one colour scale.
+    """
+
+    MAX_PENDING = 4  # bounds memory: finished explanations waiting to be written
 
     def __init__(
         self,
-        explainer: Explainer,
-        settings: RunSettings,
+        session: Session,
+        settings: AttributionSettings,
+        targets: list[int] | None,
+        outputs: OutputSettings,
         report: RunReport,
         emit: Callable[[str], None],
         warn: Callable[[str], None],
     ) -> None:
-        self.explainer, self.settings, self.report = explainer, settings, report
+        self.session, self.settings, self.targets = session, settings, targets
+        self.outputs, self.report = outputs, report
         self.emit, self.warn = emit, warn
-        self.deferred: list[tuple[Explained, Path]] = []  # heatmaps waiting for a shared scale
+        self.deferred: list[tuple[Attribution, Path]] = []  # heatmaps awaiting a shared scale
         # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igcli-writer")
         self.pending: deque[Future] = deque()
-
-    MAX_PENDING = 4  # bounds memory: finished explanations waiting to be written
 
     def process(self, items: list[InputItem]) -> None:
         """Explain a group of inputs; with the gradient graph their points share model calls."""
@@ -221,16 +216,15 @@ class BatchRun:
 
     def group_size(self) -> int:
         """How many inputs' path points fit in one model call (1 for finite differences)."""
-        ex = self.explainer
-        if ex.graph_runner is None:
+        if self.session.graph is None:
             return 1
-        per_input = ex.options.steps * len(ex.options.targets or [0])
-        return max(1, ex.options.batch_size // per_input)
+        per_input = self.settings.steps * len(self.targets or [0])
+        return max(1, self.session.runner.batch_size // per_input)
 
     def _resumed(self, item: InputItem) -> bool:
-        if not self.settings.skip_existing:
+        if not self.outputs.skip_existing:
             return False
-        records = existing_records(self.settings.out_dir, item, self.explainer.model_path)
+        records = existing_records(self.outputs.out_dir, item, self.session.model_path)
         if records is None:
             return False
         self.report.results.extend(records)
@@ -239,7 +233,7 @@ class BatchRun:
 
     def _accept(self, records: list[dict]) -> None:
         self.report.results.extend(records)
-        if self.settings.json_lines:
+        if self.outputs.json_lines:
             for r in records:
                 self.emit(json_line(r))
 
@@ -247,53 +241,59 @@ class BatchRun:
         entry = failure_entry(path, exc)
         self.report.failures.append(entry)
         self.warn(f"error: {exc}")
-        if self.settings.json_lines:
+        if self.outputs.json_lines:
             self.emit(json_line(entry))
 
     def _explain_together(self, items: list[InputItem]) -> bool:
         """All items in shared calls; False (nothing written) when any of them fails."""
-        ex = self.explainer
+        s = self.session
         try:
-            loaded = [(item, load_samples(item.path, ex.prep, item.name)) for item in items]
-            explained = ex.explain_many([s for _, samples in loaded for s in samples])
+            loaded = [(item, s.load(item.path, item.name)) for item in items]
+            explained = s.attribute_many(
+                [x for _, samples in loaded for x in samples], self.targets, self.settings
+            )
         except InputError:
             return False  # one is at fault: the caller explains them one by one to find it
         k = 0
         for item, samples in loaded:
-            self._accept(self._submit_item(item, samples, explained[k : k + len(samples)]))
+            self._accept(self._submit_item(item, explained[k : k + len(samples)]))
             k += len(samples)
         return True
 
     def _explain_item(self, item: InputItem) -> list[dict]:
-        samples = load_samples(item.path, self.explainer.prep, item.name)
-        return self._submit_item(item, samples, self.explainer.explain_many(samples))
+        samples = self.session.load(item.path, item.name)
+        return self._submit_item(
+            item, self.session.attribute_many(samples, self.targets, self.settings)
+        )
 
-    def _submit_item(self, item: InputItem, samples, explained) -> list[dict]:
+    def _submit_item(self, item: InputItem, explained: list[list[Attribution]]) -> list[dict]:
         """Name the outputs of one input and queue them for the writer thread."""
-        out = self.settings.out_dir
-        jobs: list[tuple[Explained, Path, Path]] = []
-        for sample, results in zip(samples, explained, strict=True):
+        out = self.outputs.out_dir
+        root = out.resolve()
+        jobs: list[tuple[Attribution, str]] = []
+        records = []
+        for results in explained:
             multi = len(results) > 1
-            for e in results:
-                stem = sample.name + (f".target{e.record.target}" if multi else "")
+            for a in results:
+                stem = a.sample.name + (f".target{a.target}" if multi else "")
                 npy, png = output_stem(out, stem + ".npy"), output_stem(out, stem + ".png")
-                e.record.attributions_file = npy.relative_to(out.resolve()).as_posix()
-                e.record.heatmap_file = png.relative_to(out.resolve()).as_posix()
-                jobs.append((e, npy, png))
-        records = [e.record.to_dict() for e, _, _ in jobs]
+                records.append(
+                    a.record(npy.relative_to(root).as_posix(), png.relative_to(root).as_posix())
+                )
+                jobs.append((a, stem))
         self._submit(lambda: self._write_item(item, jobs, records))
         return records
 
     def _write_item(self, item: InputItem, jobs, records: list[dict]) -> None:
         """Attributions, heatmaps, then the completion marker: the marker is always last."""
-        for e, npy, png in jobs:
-            atomic_save_npy(npy, e.result.attributions.astype(np.float32)[None])
-            if self.settings.shared_scale and is_image_like(e.sample, self.explainer.prep):
-                self.deferred.append((e, png))
-            else:
-                self._draw(e, png, None)
+        out, style = self.outputs.out_dir, self.outputs.style
+        for a, stem in jobs:
+            defer = self.outputs.shared_scale and is_image_like(a.sample, a.prep)
+            npy, _ = a.write_files(out, stem, style=style, heatmap=not defer)
+            if defer:
+                self.deferred.append((a, npy.with_suffix(".png")))
         atomic_write_text(
-            record_path(self.settings.out_dir, item.name),
+            record_path(out, item.name),
             json.dumps({"input": str(item.path), "records": records}) + "\n",
         )
 
@@ -305,46 +305,38 @@ class BatchRun:
 
     def drain(self) -> None:
         """Wait for every queued write; re-raises a write's error (a full disk, say)."""
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for the writes, then stop the writer thread."""
         try:
-            while self.pending:
-                self.pending.popleft().result()
+            self.drain()
         finally:
             self.writer.shutdown(wait=True)
 
-    def _draw(self, e: Explained, png: Path, vmax: float | None) -> None:
-        image = draw(
-            e.sample,
-            e.result.attributions,
-            self.explainer.prep,
-            self.settings.style,
-            title=_title(e),
-            caption=_caption(e),
-            vmax=vmax,
-        )
-        atomic_save_png(png, image)
-
     def finish(self) -> None:
         """Wait for the writer, then draw heatmaps that share one colour scale."""
-        self.drain()
+        self.close()
         if not self.deferred:
             return
         from igcli.render import color_scale, select_sign
 
-        style, prep = self.settings.style, self.explainer.prep
+        style = self.outputs.style
         maps = [
             select_sign(
-                attribution_map(e.result.attributions, e.sample, prep, style.reduce), style.sign
+                attribution_map(a.attributions, a.sample, a.prep, style.reduce), style.sign
             ).ravel()
-            for e, _ in self.deferred
+            for a, _ in self.deferred
         ]
         vmax = color_scale(np.concatenate(maps), style.clip_percentile)
-        for e, png in self.deferred:
-            self._draw(e, png, vmax)
+        for a, png in self.deferred:
+            atomic_save_png(png, a.image(style, vmax=vmax))
         self.deferred.clear()
 
     def apply_gate(self) -> list[str]:
         """Names of results over --max-completeness-error (empty when no gate or all pass)."""
-        limit = self.settings.max_completeness_error
+        limit = self.outputs.max_completeness_error
         if limit is None:
             return []
         return self.report.apply_gate(limit)

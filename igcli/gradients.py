@@ -3,16 +3,22 @@ gradients out. Two sources live here: the gradient graph (analytic, run by ONNX 
 central finite differences on the plain model (any model, costlier).
 
 Every source explains the same scalar function: F(x) = output(x).flatten()[target], where
-`output` already includes the softmax when --softmax was asked for (see model.with_softmax).
+`output` already includes the softmax when softmax was asked for (see model.with_softmax).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
 from igcli.model import ModelRunner, check_finite
+
+TARGET = "igcli_target"  # per-row target index fed to a gradient model
 
 
 class GradientSource(Protocol):
@@ -35,57 +41,106 @@ def pick(outputs: np.ndarray, target: int | np.ndarray) -> np.ndarray:
     return flat[:, target].astype(np.float64)
 
 
-class GraphGradients:
-    """Analytic gradients from the gradient graph: one model call gives F and dF/dx."""
+def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.ModelProto:
+    """Feed the gradient model a target index per row instead of a seed tensor.
 
-    name = "graph"
+    The seed becomes OneHot(target) over each row's flattened output, reshaped like the
+    output, so callers need not know the output's shape, and an index past the end (see
+    model.NO_TARGET) gives an all-zero seed: a plain forward call on the same session.
+    """
+    from igcli.autodiff import SEED
 
-    def __init__(
-        self, forward: ModelRunner, backward: GradientGraphRunner, target: int | np.ndarray
-    ) -> None:
-        # target: one output index, or one per row of the points (see merge)
-        self.forward, self.backward, self.target = forward, backward, target
+    model = copy.deepcopy(grad_model)
+    graph = model.graph
+    seed_vi = next(i for i in graph.input if i.name == SEED)
+    elem = seed_vi.type.tensor_type.elem_type or TensorProto.FLOAT
+    graph.input.remove(seed_vi)
+    graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None]))
+    p = "igcli_seed/"
+    graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array([0, -1], dtype=np.int64), p + "flat_shape"),
+            onnx.numpy_helper.from_array(np.array(1, dtype=np.int64), p + "one"),
+            onnx.numpy_helper.from_array(
+                np.array([0, 1], dtype=helper.tensor_dtype_to_np_dtype(elem)), p + "off_on"
+            ),
+        ]
+    )
+    nodes = [
+        helper.make_node("Reshape", [output_name, p + "flat_shape"], [p + "flat"]),
+        helper.make_node("Shape", [p + "flat"], [p + "flat_dims"]),
+        helper.make_node("Gather", [p + "flat_dims", p + "one"], [p + "depth"], axis=0),
+        helper.make_node("OneHot", [TARGET, p + "depth", p + "off_on"], [p + "hot"], axis=-1),
+        helper.make_node("Shape", [output_name], [p + "out_dims"]),
+        helper.make_node("Reshape", [p + "hot", p + "out_dims"], [SEED]),
+    ]
+    # The seed must exist before the first backward node reads it.
+    first = next((k for k, n in enumerate(graph.node) if SEED in n.input), len(graph.node))
+    for offset, node in enumerate(nodes):
+        graph.node.insert(first + offset, node)
+    return model
 
-    @classmethod
-    def merge(cls, per_row: list[GraphGradients]) -> GraphGradients:
-        """One source for points of several problems: each row keeps its own target."""
-        first = per_row[0]
-        return cls(first.forward, first.backward, np.array([s.target for s in per_row]))
 
-    def values(self, points: np.ndarray) -> np.ndarray:
-        return pick(self.forward.run(points), self.target)
+class GraphRunner:
+    """A gradient model in one session: outputs and d(output[target])/dx for rows of points."""
 
-    def values_and_gradients(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outputs, grads = self.backward.run(points, self.target)
-        return pick(outputs, self.target), grads.astype(np.float64)
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner  # its model has the TARGET input (see with_target_seed)
 
+    @property
+    def batch_size(self) -> int:
+        return self.runner.batch_size
 
-class GradientGraphRunner:
-    """Runs a gradient model: inputs + one-hot seed in, (output, d(seed . output)/dx) out."""
+    def run(self, points: np.ndarray) -> np.ndarray:
+        """Outputs only (a zero seed): the model's forward values from the same session."""
+        return self.runner.run(points)
 
-    def __init__(self, runner: ModelRunner, output_shape: tuple[int, ...]) -> None:
-        # `runner` wraps the gradient model; its session has the extra seed input.
-        self.runner, self.output_shape = runner, output_shape
-
-    def run(self, points: np.ndarray, target: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_with_gradients(
+        self, points: np.ndarray, target: int | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Outputs and gradients of each row's target (one int, or an int per row)."""
-        from igcli.autodiff import GRAD, SEED
+        from igcli.autodiff import GRAD
 
         r = self.runner
         outs, grads = [], []
-        width = int(np.prod(self.output_shape))
         for start, batch in r.batches(points):
-            seed = np.zeros((len(batch), width), dtype=r.output_dtype)
             rows = target[start : start + len(batch)] if np.ndim(target) else target
-            seed[np.arange(len(batch)), rows] = 1
-            seed = seed.reshape((len(batch), *self.output_shape))
-            out, grad = r.call(batch, [r.output_name, GRAD], {SEED: seed})
+            targets = np.broadcast_to(np.asarray(rows, dtype=np.int64), (len(batch),))
+            out, grad = r.call(batch, [r.output_name, GRAD], targets)
             outs.append(out)
             grads.append(grad)
         out, grad = np.concatenate(outs), np.concatenate(grads)
         check_finite(out, f"output {r.output_name!r}", r.path)
         check_finite(grad, "gradient", r.path)
         return out, grad
+
+
+class GraphGradients:
+    """Analytic gradients from the gradient graph: one model call gives F and dF/dx."""
+
+    name = "graph"
+
+    def __init__(self, graph: GraphRunner, target: int | np.ndarray) -> None:
+        # target: one output index, or one per row of the points (see merge)
+        self.graph, self.target = graph, target
+
+    @classmethod
+    def merge(cls, per_row: list[GraphGradients]) -> GraphGradients:
+        """One source for points of several problems: each row keeps its own target."""
+        return cls(per_row[0].graph, np.array([s.target for s in per_row]))
+
+    def values(self, points: np.ndarray) -> np.ndarray:
+        return pick(self.graph.run(points), self.target)
+
+    def values_and_gradients(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outputs, grads = self.graph.run_with_gradients(points, self.target)
+        return pick(outputs, self.target), grads.astype(np.float64)
+
+
+class Forward(Protocol):
+    batch_size: int
+
+    def run(self, points: np.ndarray) -> np.ndarray: ...
 
 
 class FiniteDifferences:
@@ -98,31 +153,41 @@ class FiniteDifferences:
     large images affordable. The returned "gradient" spreads each group's directional
     derivative over its features in proportion to d_i, so that (x - b) * gradient sums to
     the right value over every group.
+
+    Each group gets its own step, `relative_step` times its own scale (the larger of its
+    largest |d_i| and its largest |x_i| or |b_i|): a feature on a 0.01 scale beside one on a
+    1000 scale is moved by a small step of its own, and a float32 model never sees a step
+    that its rounding swallows.
     """
 
     name = "fd"
 
     def __init__(
         self,
-        runner: ModelRunner,
+        runner: Forward,
         target: int,
         direction: np.ndarray,
         groups: np.ndarray | None = None,
         relative_step: float = 1e-3,
+        ends: tuple[np.ndarray, np.ndarray] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         self.runner, self.target = runner, target
         self.direction = np.asarray(direction, dtype=np.float64)
+        self.progress = progress  # called with the number of model rows after each call
         if groups is None:
             groups = np.arange(self.direction.size).reshape(self.direction.shape)
         self.groups = groups
         flat_groups = groups.reshape(-1)
         d = self.direction.reshape(-1)
-        scale = float(np.max(np.abs(d))) if d.size else 0.0
-        # The perturbation moves the largest coordinate by relative_step of the path's range.
-        self.step = relative_step * scale if scale > 0 else relative_step
+        if ends is None:
+            magnitude = np.abs(d)
+        else:
+            magnitude = np.maximum(np.abs(ends[0]), np.abs(ends[1])).reshape(-1)
         order = np.argsort(flat_groups, kind="stable")
         bounds = np.flatnonzero(np.diff(flat_groups[order])) + 1
         self.index_sets = []  # features of each group that move along d
+        self.steps = []  # each group's step along its slice of d
         self.unit_values = []  # the group's slice of d, scaled so its largest entry is 1
         self.spread = []  # d_g / |d_g|^2 * max|d_g|: turns a unit-step derivative into grads
         for idx in np.split(order, bounds):
@@ -130,10 +195,20 @@ class FiniteDifferences:
             if idx.size == 0:
                 continue
             dg = d[idx]
-            peak = np.max(np.abs(dg))
+            peak = float(np.max(np.abs(dg)))
+            scale = max(peak, float(np.max(magnitude[idx])))
             self.index_sets.append(idx)
+            self.steps.append(relative_step * scale)
             self.unit_values.append(dg / peak)
             self.spread.append(dg * peak / np.sum(dg * dg))
+        self.relative_step = relative_step
+        self.zero_differences = 0  # central differences that came out exactly 0
+        self.differences = 0
+
+    @property
+    def step(self) -> float:
+        """The largest step taken (reported in records)."""
+        return max(self.steps, default=0.0)
 
     def values(self, points: np.ndarray) -> np.ndarray:
         return pick(self.runner.run(points), self.target)
@@ -142,17 +217,28 @@ class FiniteDifferences:
         flat = points.reshape(len(points), -1).astype(np.float64)
         grads = np.zeros_like(flat)
         values = self.values(points)
-        h = self.step
         chunk = max(1, self.runner.batch_size // 2)  # groups per model call
         for row, p in enumerate(flat):
             for start in range(0, len(self.index_sets), chunk):
                 sets = range(start, min(start + chunk, len(self.index_sets)))
                 rows = np.repeat(p[None], 2 * len(sets), axis=0)
+                h = np.array([self.steps[g] for g in sets])
                 for j, g in enumerate(sets):
-                    rows[2 * j, self.index_sets[g]] += h * self.unit_values[g]
-                    rows[2 * j + 1, self.index_sets[g]] -= h * self.unit_values[g]
+                    rows[2 * j, self.index_sets[g]] += h[j] * self.unit_values[g]
+                    rows[2 * j + 1, self.index_sets[g]] -= h[j] * self.unit_values[g]
                 f = pick(self.runner.run(rows.reshape(-1, *points.shape[1:])), self.target)
-                deriv = (f[0::2] - f[1::2]) / (2 * h)
+                diff = f[0::2] - f[1::2]
+                self.differences += len(diff)
+                self.zero_differences += int(np.count_nonzero(diff == 0))
+                deriv = diff / (2 * h)
                 for j, g in enumerate(sets):
                     grads[row, self.index_sets[g]] = deriv[j] * self.spread[g]
+                if self.progress is not None:
+                    self.progress(len(rows))
         return values, grads.reshape(points.shape)
+
+    @property
+    def looks_piecewise_constant(self) -> bool:
+        """Most differences exactly zero: a tree ensemble or a step function, where gradients
+        vanish almost everywhere and IG cannot converge whatever the number of steps."""
+        return self.differences >= 8 and self.zero_differences >= 0.9 * self.differences

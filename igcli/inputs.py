@@ -165,14 +165,19 @@ def read_image(path: Path, prep: Preprocessing) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            mode = "L" if prep.channels == 1 else "RGB"
-            img = img.convert(mode)
-            if prep.height and prep.width and img.size != (prep.width, prep.height):
-                img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float64)
+            return image_pixels(img, prep)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = "not a readable image" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise InputError(f"cannot decode image ({reason})", path) from None
+
+
+def image_pixels(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """A decoded image in the model's channels and size; (H, W, C) floats in [0, 1]."""
+    mode = "L" if prep.channels == 1 else "RGB"
+    img = img.convert(mode)
+    if prep.height and prep.width and img.size != (prep.width, prep.height):
+        img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float64)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.clip(arr / prep.scale, 0.0, None) if prep.scale else arr
@@ -197,6 +202,21 @@ def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
     raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
 
 
+def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
+    """A sample from a numpy array in model space (batch axis optional) or a PIL image."""
+    if isinstance(value, Image.Image):
+        if not prep.is_image_model:
+            raise UsageError(f"an image, but the model input has shape {prep.input_shape}")
+        pixels = image_pixels(value, prep)
+        return Sample(Path(f"<{name}>"), name, "image", prep.image_to_model(pixels), pixels=pixels)
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu":
+        raise UsageError(f"an array of dtype {arr.dtype}; give numbers")
+    x = _fit_tensor(arr, prep, Path(f"<{name}>"))
+    kind = "tabular" if x.ndim == 1 else "tensor"
+    return Sample(Path(f"<{name}>"), name, kind, x, feature_names=prep.feature_names)
+
+
 def _shape_matches(shape: tuple, expected: list) -> bool:
     return len(shape) == len(expected) and all(
         not isinstance(e, int) or e <= 0 or e == s for s, e in zip(shape, expected, strict=True)
@@ -206,10 +226,15 @@ def _shape_matches(shape: tuple, expected: list) -> bool:
 def read_tensor(path: Path, prep: Preprocessing) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"not a readable .npy file ({exc})", path) from None
     if arr.dtype.kind != "f":
         raise InputError(f"dtype {arr.dtype} is not a float type", path)
+    return _fit_tensor(arr, prep, path)
+
+
+def _fit_tensor(arr: np.ndarray, prep: Preprocessing, path: Path) -> np.ndarray:
+    """One sample (no batch axis) in the model's dtype, from an array with or without it."""
     expected = prep.input_shape
     if _shape_matches(arr.shape, expected):
         if arr.shape[0] != 1:

@@ -25,7 +25,7 @@ SOFTMAX_OUTPUT = "igcli_softmax"
 
 # ONNX Runtime would print its own multi-line errors (e.g. while igcli probes whether a fixed
 # batch can be made dynamic); igcli reports failures itself, in one line.
-ort.set_default_logger_severity(3)
+ort.set_default_logger_severity(4)
 
 
 @dataclass
@@ -142,9 +142,90 @@ def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop graph inputs that are initializers (old exporters list every weight as an input).
+
+    ONNX Runtime treats such weights as overridable inputs and then folds no constants
+    through them; igcli never overrides weights, so they become plain constants.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    if not any(vi.name in inits for vi in model.graph.input):
+        return model
+    model = copy.deepcopy(model)
+    keep = [vi for vi in model.graph.input if vi.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return model
+
+
+def float_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
+    """Every float tensor the graph computes (node outputs), with its inferred shape."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is a help: without it only graph outputs are typed
+        inferred = model
+    specs = {vi.name: _spec(vi) for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    produced = {o for node in model.graph.node for o in node.output if o}
+    return {n: s for n, s in specs.items() if n in produced and s.dtype.kind == "f"}
+
+
+def expose_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Make an intermediate float tensor (pre-softmax logits, a block's output) a graph output."""
+    if any(o.name == name for o in model.graph.output):
+        return model
+    spec = float_tensors(model).get(name)
+    if spec is None:
+        produced = {o for node in model.graph.node for o in node.output if o}
+        why = "is not a float tensor" if name in produced else "is not a tensor of the graph"
+        outputs = ", ".join(o.name for o in model.graph.output)
+        raise UsageError(f"output {name!r} {why} (graph outputs: {outputs})")
+    model = copy.deepcopy(model)
+    elem = helper.np_dtype_to_tensor_dtype(spec.dtype)
+    model.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    return model
+
+
+@dataclass
+class Feed:
+    """A value for a model input other than the attributed one, and where its batch axis is.
+
+    Silero VAD's state is [2, batch, 128]: the batch axis is the one whose declared dimension
+    matches the attributed input's batch dimension, not always axis 0. None: no batch axis
+    (a scalar sample rate, say), the value goes to every call as it is.
+    """
+
+    value: np.ndarray
+    batch_axis: int | None = 0
+
+    def for_rows(self, n: int) -> np.ndarray:
+        axis = self.batch_axis
+        if axis is None or self.value.shape[axis] == n or self.value.shape[axis] != 1:
+            return self.value
+        return np.repeat(self.value, n, axis=axis)
+
+
+def feed_batch_axis(feed: TensorSpec, attributed: TensorSpec) -> int | None:
+    """The axis of `feed` that carries the batch of the attributed input (None if none does).
+
+    A named batch dimension must match by name; otherwise the one open dimension, else a
+    leading (or the first) dimension of size 1.
+    """
+    if not feed.shape:
+        return None
+    batch = attributed.shape[0] if attributed.shape else None
+    if isinstance(batch, str):
+        return next((k for k, d in enumerate(feed.shape) if d == batch), None)
+    open_dims = [k for k, d in enumerate(feed.shape) if not isinstance(d, int) or d <= 0]
+    if len(open_dims) == 1:
+        return open_dims[0]
+    if feed.shape[0] in (1, None):
+        return 0
+    return next((k for k, d in enumerate(feed.shape) if d == 1), None)
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -177,12 +258,23 @@ def make_session(
             model.SerializeToString(), session_options(threads), providers=providers
         )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"ONNX Runtime cannot load it: {first}", path) from None
+        raise ModelError(f"ONNX Runtime cannot load it: {_first_line(exc)}", path) from None
+
+
+NO_TARGET = np.iinfo(np.int64).max  # a target index past every output: an all-zero seed
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ModelRunner:
-    """Runs one output of a model on batches of samples, `batch_size` rows per call.
+    """One ONNX Runtime session, called on batches of `batch_size` rows, timed and counted.
+
+    For a gradient model (see gradients.with_target_seed) each row also carries a target
+    index; `run` then passes NO_TARGET, which zeroes the seed: ONNX Runtime runs the whole
+    graph whatever outputs are asked for, so the forward values come from the same session.
 
     Models whose batch dimension is fixed at 1 are first tried with it made dynamic; when the
     graph itself hard-codes the batch (a Reshape to [1, -1], say), rows go one per call.
@@ -195,16 +287,18 @@ class ModelRunner:
         input_name: str,
         output_name: str,
         *,
-        feeds: dict[str, np.ndarray] | None = None,
+        feeds: dict[str, Feed] | None = None,
         providers: list[str] | None = None,
         threads: int | None = None,
         batch_size: int = 64,
+        target_input: str | None = None,
     ) -> None:
         self.path, self.input_name, self.output_name = path, input_name, output_name
         self.batch_size = max(1, batch_size)
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self.extra_feeds = feeds or {}
+        self.target_input = target_input
         self._reset_counters()
         spec = next(i for i in graph_inputs(model) if i.name == input_name)
         self.input_dtype = spec.dtype
@@ -235,12 +329,14 @@ class ModelRunner:
             return False
         return out.shape[:1] == (2,)
 
-    def _feeds_for(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _feeds_for(self, batch: np.ndarray, targets: np.ndarray | None) -> dict[str, np.ndarray]:
         feeds = {self.input_name: batch}
-        for name, value in self.extra_feeds.items():
-            if value.shape[:1] == (1,) and len(batch) != 1:
-                value = np.repeat(value, len(batch), axis=0)
-            feeds[name] = value
+        for name, feed in self.extra_feeds.items():
+            feeds[name] = feed.for_rows(len(batch))
+        if self.target_input is not None:
+            if targets is None:
+                targets = np.full(len(batch), NO_TARGET, dtype=np.int64)
+            feeds[self.target_input] = np.ascontiguousarray(targets, dtype=np.int64)
         return feeds
 
     def batches(self, points: np.ndarray):
@@ -252,16 +348,15 @@ class ModelRunner:
             )
 
     def call(
-        self, batch: np.ndarray, outputs: list[str], extra: dict | None = None
+        self, batch: np.ndarray, outputs: list[str], targets: np.ndarray | None = None
     ) -> list[np.ndarray]:
         """One session call, timed and counted; a runtime failure becomes a one-line error."""
-        feeds = {**self._feeds_for(batch), **(extra or {})}
+        feeds = self._feeds_for(batch, targets)
         start = time.perf_counter()
         try:
             result = self.session.run(outputs, feeds)
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise InputError(f"model call failed: {msg}", self.path) from None
+            raise InputError(f"model call failed: {_first_line(exc)}", self.path) from None
         finally:
             self.seconds += time.perf_counter() - start
         self.calls += 1

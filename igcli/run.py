@@ -1,89 +1,91 @@
-"""`igcli explain` end to end: options -> Explainer -> BatchRun -> reports and an exit code."""
+"""`igcli explain` end to end: plan (discovery, names, shard) -> execute (a BatchRun over one
+Session) -> finish (reports, gate, exit code). Each step is a function another program can
+call; the command line calls them in this order.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-
-from igcli.batch import BatchRun, RunSettings, discover, in_shard, parse_shard
+from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings, in_shard, parse_shard
+from igcli.console import Messages, table
 from igcli.errors import ExitCode
-from igcli.explain import Explainer, ExplainOptions
 from igcli.outputs import check_writable
 from igcli.report import RunReport, percent
-from igcli.visualize import HeatmapStyle
+from igcli.session import AttributionSettings, Session
 
-EXPLAIN_FIELDS = set(ExplainOptions.__dataclass_fields__)
+
+@dataclass
+class Plan:
+    """What a run will explain: the items of this shard, and what discovery skipped."""
+
+    items: list[InputItem]
+    skipped: list[tuple[str, str]]
+    discovered: int  # inputs found before sharding (an empty shard of many is no error)
+    shard: str | None = None
+
+
+def plan(found: Discovery, shard: str | None = None) -> Plan:
+    spec = parse_shard(shard)
+    items = [item for item in found.items if in_shard(item.name, spec)]
+    return Plan(items, found.skipped, len(found.items), shard)
+
+
+def new_report(session: Session, settings: AttributionSettings, targets, shard) -> RunReport:
+    """A report whose settings say how every result in it was made."""
+    described = {
+        "targets": targets,
+        "output": session.output_name,
+        "softmax": session.softmax,
+        "input_name": session.input_spec.name,
+        "steps": settings.steps,
+        "method": settings.method,
+        "baseline": settings.baseline,
+        "seed": settings.seed,
+        "batch_size": session.runner.batch_size,
+        "provider": session.providers[0],
+        "threads": session.threads,
+        "gradients": session.gradients,
+        "fd_groups": session.fd_groups,
+        "fd_step": session.fd_step,
+        "gradient_source": session.gradient_source,
+        "graph_blockers": session.graph_blockers,
+        "shard": shard,
+    }
+    return RunReport(str(session.model_path), session.sha256, described)
+
+
+def execute(batch: BatchRun, items: list[InputItem], messages: Messages) -> None:
+    """Explain every item, a group of inputs per model call where they fit."""
+    size = batch.group_size()
+    with messages.progress(len(items)) as progress:
+        for k in range(0, len(items), size):
+            group = items[k : k + size]
+            batch.process(group)
+            progress.advance(len(group))
 
 
 def run_explain(
-    model: Path,
-    inputs: list[str],
+    session: Session,
+    the_plan: Plan,
     *,
-    stderr: Console,
-    out_dir: Path,
-    json_lines: bool = False,
-    quiet: bool = False,
-    recursive: bool = False,
-    pattern: str | None = None,
-    skip_existing: bool = False,
-    shard: str | None = None,
-    max_completeness_error: float | None = None,
-    overlay: str = "panel",
-    sign: str = "all",
-    clip_percentile: float = 99.5,
-    scale: str = "per-input",
-    reduce: str = "sum",
-    no_cache: bool = False,
-    stdin=None,
-    **explain_kw,
+    settings: AttributionSettings,
+    targets: list[int] | None,
+    outputs: OutputSettings,
+    messages: Messages,
 ) -> ExitCode:
-    """Explain every input; return the exit code (documented in README.md)."""
-
-    def warn(msg: str) -> None:
-        if not quiet or msg.startswith("error"):
-            stderr.print(msg, markup=False, highlight=False)
-
-    options = ExplainOptions(use_cache=not no_cache, **explain_kw)
-    shard_spec = parse_shard(shard)
-    found = discover(inputs, recursive, pattern, stdin if stdin is not None else sys.stdin)
-    explainer = Explainer(model, options, warn=warn)
-    check_writable(out_dir)
-    items = [item for item in found.items if in_shard(item.name, shard_spec)]
-    settings_dict = {
-        k: (str(v) if isinstance(v, Path) else v)
-        for k, v in options.__dict__.items()
-        if k not in ("feeds", "labels")
-    }
-    settings_dict.update(
-        gradient_source=explainer.gradient_source,
-        shard=shard,
-        graph_blockers=explainer.graph_blockers,
-    )
-    report = RunReport(str(model), explainer.sha256, settings_dict)
-    report.skipped = [{"input": p, "reason": r} for p, r in found.skipped]
-    for path, reason in found.skipped:
-        warn(f"skipped {path}: {reason}")
-    settings = RunSettings(
-        out_dir=out_dir,
-        style=HeatmapStyle(overlay, sign, clip_percentile, reduce),
-        shared_scale=scale == "shared",
-        json_lines=json_lines,
-        skip_existing=skip_existing,
-        max_completeness_error=max_completeness_error,
-    )
+    """Explain every planned input; write the reports; return the exit code (README.md)."""
+    if not the_plan.discovered and not the_plan.skipped:
+        messages.error("no inputs to explain")
+        return ExitCode.INPUTS_FAILED
+    check_writable(outputs.out_dir)
+    report = new_report(session, settings, targets, the_plan.shard)
+    report.skipped = [{"input": p, "reason": r} for p, r in the_plan.skipped]
+    for path, reason in the_plan.skipped:
+        messages.warn(f"skipped {path}: {reason}")
 
     stdout_open = True
 
@@ -99,103 +101,64 @@ def run_explain(
             stdout_open = False
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
-    batch = BatchRun(explainer, settings, report, emit, warn)
+    def warn(message: str) -> None:
+        if message.startswith("error: "):
+            messages.error(message[len("error: ") :])
+        else:
+            messages.warn(message)
+
+    batch = BatchRun(session, settings, targets, outputs, report, emit, warn)
     start = time.perf_counter()
     interrupted = False
     try:
-        _loop(batch, items, stderr, quiet)
+        execute(batch, the_plan.items, messages)
         batch.finish()
     except KeyboardInterrupt:
         interrupted = True
-        batch.drain()  # inputs already explained are still written whole
+        batch.close()  # inputs already explained are still written whole
     failing = batch.apply_gate()
     report.settings["wall_time_s"] = round(time.perf_counter() - start, 3)
-    report.settings["model_time_s"] = round(
-        explainer.runner.seconds
-        + (explainer.graph_runner.runner.seconds if explainer.graph_runner else 0.0),
-        3,
-    )
-    report.write(out_dir)
-    if not quiet:
-        _summary_table(report, stderr)
-        stderr.print(f"outputs in {out_dir}/ (report.json, report.md, report.csv)", markup=False)
+    report.settings["model_time_s"] = round(session.model_seconds, 3)
+    report.write(outputs.out_dir)
+    summary_table(report, messages)
+    messages.info(f"outputs in {outputs.out_dir}/ (report.json, report.md, report.csv)")
     if interrupted:
-        stderr.print("interrupted: finished inputs are saved; run again with --skip-existing")
+        messages.info("interrupted: finished inputs are saved; run again with --skip-existing")
         return ExitCode.INTERRUPTED
     if report.failures:
-        warn(f"error: {len(report.failures)} input(s) failed; see {out_dir}/report.json")
+        messages.error(f"{len(report.failures)} input(s) failed; see {outputs.out_dir}/report.json")
         return ExitCode.INPUTS_FAILED
-    if not report.results and not found.items:
-        warn("error: no inputs to explain")
+    if not report.results and not the_plan.discovered:
+        messages.error("no inputs to explain")
         return ExitCode.INPUTS_FAILED
     if failing:
-        warn(
-            f"error: completeness error over {max_completeness_error} for: "
-            + ", ".join(failing[:10])
-            + (" ..." if len(failing) > 10 else "")
-        )
+        limit = outputs.max_completeness_error
+        more = " ..." if len(failing) > 10 else ""
+        messages.error(f"completeness error over {limit} for: {', '.join(failing[:10])}{more}")
         return ExitCode.COMPLETENESS
     return ExitCode.OK
 
 
-def _loop(batch: BatchRun, items, stderr: Console, quiet: bool) -> None:
-    size = batch.group_size()
-    groups = [items[k : k + size] for k in range(0, len(items), size)]
-    if quiet or not stderr.is_terminal:
-        last, done = time.monotonic(), 0
-        for group in groups:
-            batch.process(group)
-            done += len(group)
-            if not quiet and len(items) > 1 and (time.monotonic() - last > 5 or done == len(items)):
-                stderr.print(f"{done}/{len(items)} inputs done", markup=False)
-                last = time.monotonic()
-        return
-    columns = (
-        TextColumn("explaining"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=stderr, transient=True) as progress:
-        task = progress.add_task("explain", total=len(items), rate="")
-        start, done = time.monotonic(), 0
-        for group in groups:
-            batch.process(group)
-            done += len(group)
-            rate = done / max(time.monotonic() - start, 1e-9)
-            progress.update(task, advance=len(group), rate=f"{rate:.2f} inputs/s")
-
-
-def _summary_table(report: RunReport, stderr: Console) -> None:
+def summary_table(report: RunReport, messages: Messages) -> None:
     if not report.results:
         return
-    table = Table(
-        "input",
-        "target",
-        "F(x)",
-        "F(baseline)",
-        "sum attr.",
-        "rel. error",
-        "steps",
-        "source",
-        title="Integrated Gradients",
-        title_justify="left",
-    )
+    rows = []
     for r in report.results[:50]:
         target = str(r["target"]) + (f" ({r['label']})" if r.get("label") else "")
-        err = r["rel_error"]
-        table.add_row(
-            r["name"],
-            target,
-            f"{r['f_input']:.5g}",
-            f"{r['f_baseline']:.5g}",
-            f"{r['attribution_sum']:.5g}",
-            percent(err),
-            str(r["steps"]),
-            r["gradient_source"],
+        rows.append(
+            [
+                r["name"],
+                target,
+                f"{r['f_input']:.5g}",
+                f"{r['f_baseline']:.5g}",
+                f"{r['attribution_sum']:.5g}",
+                percent(r["rel_error"]),
+                str(r["steps"]),
+                r["gradient_source"],
+            ]
         )
+    cols = ["input", "target", ">F(x)", ">F(baseline)", ">sum attr.", ">rel. error", ">steps"]
+    t = table([*cols, "source"], rows, title="Integrated Gradients", title_justify="left")
     if len(report.results) > 50:
-        table.caption = f"... and {len(report.results) - 50} more in report.json"
-    stderr.print(table)
+        t.caption = f"... and {len(report.results) - 50} more in report.json"
+    messages.print(t)

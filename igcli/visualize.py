@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from igcli import render
 from igcli.inputs import Preprocessing, Sample
+from igcli.report import percent
 
 
 @dataclass
@@ -18,6 +20,20 @@ class HeatmapStyle:
     clip_percentile: float = 99.5
     reduce: str = "sum"
     top_k: int = 15
+
+
+def title(a) -> str:
+    """The panel's title: which input, which target, its score."""
+    label = f" '{a.label}'" if a.label and a.label != str(a.target) else ""
+    return f"{Path(str(a.sample.path)).name} - target {a.target}{label} (score {a.f_input:.4g})"
+
+
+def caption(a) -> str:
+    """The completeness line under a panel: the figure that says whether to trust it."""
+    return (
+        f"completeness error {percent(a.rel_error)} (sum {a.attribution_sum:.4g}, "
+        f"F(x)-F(b) {a.delta:.4g}) \u00b7 {a.steps} steps {a.method} \u00b7 {a.gradient_source}"
+    )
 
 
 def display_pixels(sample: Sample, prep: Preprocessing) -> np.ndarray:

@@ -46,16 +46,16 @@ def test_fallback_names_the_blocking_op(tmp_path):
 
 
 def test_gradient_graph_is_cached(tmp_path, monkeypatch):
-    from igcli import explain as explain_module
+    from igcli import session as session_module
 
     builds = []
-    real = explain_module.build_gradient_model_probing
+    real = session_module.build_gradient_model_probing
 
     def counting(*args):
         builds.append(1)
         return real(*args)
 
-    monkeypatch.setattr(explain_module, "build_gradient_model_probing", counting)
+    monkeypatch.setattr(session_module, "build_gradient_model_probing", counting)
     for _ in range(2):
         explain_json(CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path)
     assert len(builds) == 1
@@ -69,20 +69,21 @@ def test_gradcheck_passes_on_sample_models():
         args = ["gradcheck", model] + ([inp] if inp else []) + ["--json"]
         result = run(*args)
         assert result.exit_code == 0, result.stdout
-        assert json.loads(result.stdout)["median_rel_error"] < 1e-2
+        report = json.loads(result.stdout)
+        assert report["verdict"] == "ok" and report["median_error"] < 1e-2
 
 
 def test_gradcheck_fails_on_a_wrong_gradient(monkeypatch):
     """A gradient 10% off must be caught: the check can fail."""
     from igcli import gradients
 
-    real = gradients.GradientGraphRunner.run
+    real = gradients.GraphRunner.run_with_gradients
 
     def off(self, points, target):
         out, grad = real(self, points, target)
         return out, grad * 1.1
 
-    monkeypatch.setattr(gradients.GradientGraphRunner, "run", off)
+    monkeypatch.setattr(gradients.GraphRunner, "run_with_gradients", off)
     result = run("gradcheck", CANCER, CANCER_CSV, "--json")
     assert result.exit_code == ExitCode.GRADIENTS
     assert json.loads(result.stdout)["passed"] is False

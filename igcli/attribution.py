@@ -1,0 +1,156 @@
+"""One explained (input, target): the attributions, their completeness numbers, and how to show
+and save them. What `Session.attribute` returns, in a notebook and in a batch run alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from igcli.inputs import Preprocessing, Sample
+from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
+from igcli.report import percent
+from igcli.visualize import HeatmapStyle, caption, draw, title
+
+
+@dataclass
+class Attribution:
+    """Attributions for one sample and one target, with what a report needs to judge them.
+
+    Completeness: `attributions.sum()` should equal `f_input - f_baseline` (`delta`);
+    `rel_error` says how far it is.
+    """
+
+    attributions: np.ndarray  # the sample's shape (no batch axis), float64
+    sample: Sample
+    baseline: np.ndarray  # model space, the sample's shape
+    target: int
+    label: str | None
+    output: str
+    f_input: float
+    f_baseline: float
+    steps: int
+    method: str
+    baseline_name: str
+    gradient_source: str
+    prep: Preprocessing = field(repr=False, default=None)  # to draw the input as it was read
+    fd_step: float | None = None
+    fd_groups: str | None = None
+    wall_time_s: float = 0.0
+    extra: dict = field(default_factory=dict)  # further record fields (self-check, ...)
+
+    # -- completeness -------------------------------------------------------------------
+    @property
+    def attribution_sum(self) -> float:
+        return float(np.sum(self.attributions, dtype=np.float64))
+
+    @property
+    def delta(self) -> float:
+        """F(x) - F(baseline): what the attributions should add up to."""
+        return self.f_input - self.f_baseline
+
+    @property
+    def abs_error(self) -> float:
+        return abs(self.attribution_sum - self.delta)
+
+    @property
+    def rel_error(self) -> float:
+        """|sum - delta| / |delta|; inf when delta is 0 but the sum is not."""
+        if self.delta == 0:
+            return 0.0 if self.abs_error == 0 else float("inf")
+        return self.abs_error / abs(self.delta)
+
+    # -- records --------------------------------------------------------------------------
+    def record(self, attributions_file: str | None = None, heatmap_file: str | None = None) -> dict:
+        """The plain-value record of reports and JSON Lines (schema in README.md)."""
+        return {
+            "input": str(self.sample.path),
+            "name": self.sample.name,
+            "target": self.target,
+            "label": self.label,
+            "output": self.output,
+            "f_input": self.f_input,
+            "f_baseline": self.f_baseline,
+            "attribution_sum": self.attribution_sum,
+            "delta": self.delta,
+            "abs_error": self.abs_error,
+            "rel_error": self.rel_error,
+            "steps": self.steps,
+            "method": self.method,
+            "baseline": self.baseline_name,
+            "gradient_source": self.gradient_source,
+            "fd_step": self.fd_step,
+            "fd_groups": self.fd_groups,
+            "wall_time_s": self.wall_time_s,
+            **self.extra,
+            "attributions_file": attributions_file,
+            "heatmap_file": heatmap_file,
+            "status": "ok",
+        }
+
+    # -- pictures -------------------------------------------------------------------------
+    def image(self, style=None, vmax: float | None = None):
+        """The heatmap panel (images) or bar chart (feature vectors) as a PIL image."""
+        return draw(
+            self.sample,
+            self.attributions,
+            self.prep,
+            style or HeatmapStyle(),
+            title=title(self),
+            caption=caption(self),
+            vmax=vmax,
+        )
+
+    def plot(self, style=None):
+        """The picture; a notebook shows the returned image."""
+        return self.image(style)
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.image().save(buf, format="PNG")
+        return buf.getvalue()
+
+    def _repr_html_(self) -> str:
+        png = base64.b64encode(self._repr_png_()).decode()
+        label = f" ({html.escape(self.label)})" if self.label else ""
+        return (
+            f'<div><img src="data:image/png;base64,{png}" style="max-width:100%"/>'
+            f"<p>target {self.target}{label}: sum of attributions {self.attribution_sum:.6g}, "
+            f"F(x) - F(b) = {self.delta:.6g}, completeness error "
+            f"{html.escape(percent(self.rel_error))}</p></div>"
+        )
+
+    # -- files ----------------------------------------------------------------------------
+    def save(
+        self, directory: str | Path, name: str | None = None, *, style=None, heatmap: bool = True
+    ) -> dict:
+        """Write `<name>.npy` (float32, batch axis of 1), `<name>.png` and `<name>.record.json`
+        under `directory`, as a command-line run does; return the record."""
+        directory = Path(directory)
+        name = name or self.sample.name
+        npy, png = self.write_files(directory, name, style=style, heatmap=heatmap)
+        root = directory.resolve()
+        record = self.record(
+            npy.relative_to(root).as_posix(), png.relative_to(root).as_posix() if png else None
+        )
+        marker = output_stem(directory, name + ".record.json")
+        atomic_write_text(marker, json.dumps({"input": record["input"], "records": [record]}))
+        return record
+
+    def write_files(
+        self, directory: Path, name: str, *, style=None, heatmap: bool = True, vmax=None
+    ) -> tuple[Path, Path | None]:
+        """The attribution array and the picture, each written whole or not at all."""
+        npy = output_stem(directory, name + ".npy")
+        atomic_save_npy(npy, self.attributions.astype(np.float32)[None])
+        if not heatmap:
+            return npy, None
+        png = output_stem(directory, name + ".png")
+        atomic_save_png(png, self.image(style, vmax=vmax))
+        return npy, png

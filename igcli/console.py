@@ -1,0 +1,135 @@
+"""Everything igcli says to people: one-line messages, progress, tables. Presentation lives here.
+
+Data goes to stdout (JSON Lines, JSON); people get stderr. Every message is one line: file
+names with newlines or control characters are escaped, lines are never wrapped (a CI log or
+`grep` reads whole lines), and nothing a user typed is ever read as rich markup (a path
+`x[/]y.onnx` is a path).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {0x7F: "\\x7f"}
+_CONTROL |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def one_line(text: str) -> str:
+    """`text` with newlines and other control characters escaped."""
+    return str(text).translate(_CONTROL)
+
+
+class Messages:
+    """stderr for people. `quiet` leaves only errors."""
+
+    def __init__(self, quiet: bool = False, stream=None) -> None:
+        self.quiet = quiet
+        self.console = Console(
+            file=stream,  # None: whatever sys.stderr is at print time
+            stderr=stream is None,
+            highlight=False,
+            soft_wrap=True,  # never break a line: logs and grep read whole lines
+            emoji=False,
+            markup=False,
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.console.is_terminal
+
+    def error(self, message: str) -> None:
+        self._line(Text("error: ", style="bold red") + Text(one_line(message)))
+
+    def internal_error(self, message: str) -> None:
+        self._line(Text("internal error: ", style="bold red") + Text(one_line(message)))
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self._line(Text(one_line(message)))
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self._line(Text(one_line(message)))
+
+    def _line(self, text: Text) -> None:
+        self.console.print(text, soft_wrap=True)
+
+    def print(self, renderable) -> None:
+        """A table or other rich renderable (not for --quiet runs)."""
+        if not self.quiet:
+            self.console.print(renderable)
+
+    def progress(self, total: int, label: str = "explaining") -> ProgressReporter:
+        return ProgressReporter(self, total, label)
+
+
+class ProgressReporter:
+    """A progress bar on a terminal; a line every few seconds in a log; nothing when quiet."""
+
+    def __init__(self, messages: Messages, total: int, label: str) -> None:
+        self.messages, self.total, self.label = messages, total, label
+        self.done = 0
+        self.start = time.monotonic()
+        self._last_line = self.start
+        self._bar: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> ProgressReporter:
+        if not self.messages.quiet and self.messages.is_terminal:
+            self._bar = Progress(
+                TextColumn(self.label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=self.messages.console,
+                transient=True,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=self.total, rate="")
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, rate=f"{self.done / elapsed:.2f} inputs/s")
+            return
+        now = time.monotonic()
+        if self.total > 1 and (now - self._last_line > 5 or self.done == self.total):
+            self.messages.info(f"{self.done}/{self.total} inputs done")
+            self._last_line = now
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def cell(value) -> Text:
+    """A table cell that is never read as markup."""
+    return Text(one_line("" if value is None else str(value)))
+
+
+def table(columns: Iterable[str], rows: Iterable[Iterable], **kwargs) -> Table:
+    """A rich table whose cells are plain text; numbers (right-aligned) marked by a leading '>'."""
+    t = Table(**kwargs)
+    for name in columns:
+        right = name.startswith(">")
+        t.add_column(name.lstrip(">"), justify="right" if right else "left")
+    for row in rows:
+        t.add_row(*(cell(v) for v in row))
+    return t

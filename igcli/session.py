@@ -1,0 +1,517 @@
+"""A model loaded once, explained many times: the library's entry point.
+
+`Session(model, ...)` pays the fixed costs (reading the model, choosing the input and output,
+preprocessing, the gradient graph, one ONNX Runtime session); `session.attribute(input, ...)`
+is then a pure function of its arguments that returns an `Attribution`. The command line is
+one client of this class; notebooks and other programs are others.
+
+    >>> s = Session("digits_cnn.onnx")
+    >>> a = s.attribute("seven.png", steps=64)
+    >>> a.rel_error, a.attributions.shape
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from igcli import baselines
+from igcli.attribution import Attribution
+from igcli.autodiff.shapes import build_gradient_model_probing
+from igcli.cache import cache_key, cached_model
+from igcli.errors import GradientError, IgcliError, InputError, UnsupportedOpsError, UsageError
+from igcli.gradcheck import GradientCheck, check_directions
+from igcli.gradients import (
+    TARGET,
+    FiniteDifferences,
+    GradientSource,
+    GraphGradients,
+    GraphRunner,
+    pick,
+    with_target_seed,
+)
+from igcli.ig import Problem, integrated_gradients_many
+from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
+from igcli.model import (
+    Feed,
+    ModelRunner,
+    Sidecar,
+    TensorSpec,
+    expose_output,
+    feed_batch_axis,
+    graph_inputs,
+    graph_outputs,
+    load_model,
+    model_hash,
+    resolve_providers,
+    with_softmax,
+    without_initializer_inputs,
+)
+from igcli.quadrature import RULES as QUADRATURE_RULES
+
+GRADIENT_CHOICES = ("auto", "graph", "fd")
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """How one attribution is computed: the path integral's rule and the baseline."""
+
+    steps: int = 50
+    method: str = "gausslegendre"
+    baseline: str | None = None  # a name from baselines.NAMED or a file; None: by input kind
+    seed: int = 0  # for noise baselines
+
+    def check(self) -> None:
+        if self.method not in QUADRATURE_RULES:
+            raise UsageError(
+                f"unknown method {self.method!r}; choose from {', '.join(QUADRATURE_RULES)}"
+            )
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be a positive integer, not {self.steps!r}")
+        if self.method == "riemann_trapezoid" and self.steps < 2:
+            raise UsageError("riemann_trapezoid needs at least 2 steps")
+        if self.seed < 0:
+            raise UsageError(f"seed must be 0 or more, not {self.seed}")
+
+
+def default_groups(sample: Sample) -> str:
+    """Per-feature differences unless the input is a large image (then 4x4 patches)."""
+    return "4x4" if sample.kind == "image" and sample.x.size > 4096 else "1"
+
+
+def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.ndarray | None:
+    """Feature groups for finite differences: None = one group per feature."""
+    import re
+
+    spec = spec or default_groups(sample)
+    if spec in ("1", "1x1", "none"):
+        return None
+    m = re.fullmatch(r"([1-9]\d{0,4})x([1-9]\d{0,4})", spec)
+    if not m or not prep.is_image_model:
+        raise UsageError(f"--fd-groups {spec!r}: use HxW patches (e.g. 8x8) for image models or 1")
+    ph, pw = int(m.group(1)), int(m.group(2))
+    if prep.layout == "NCHW":
+        c, h, w = sample.x.shape
+    else:
+        h, w, c = sample.x.shape
+    rows = np.arange(h)[:, None] // ph
+    cols = np.arange(w)[None, :] // pw
+    patch = rows * ((w + pw - 1) // pw) + cols  # patches span all channels
+    if prep.layout == "NCHW":
+        return np.broadcast_to(patch[None], (c, h, w))
+    return np.broadcast_to(patch[:, :, None], (h, w, c))
+
+
+class Session:
+    """One model, ready to explain: sessions, preprocessing and gradient source built once.
+
+    Options are keyword arguments named like the command line's flags:
+    input/output pick the tensors (default: the first float input, the first float output;
+    `output` may name any float tensor of the graph, such as pre-softmax logits); `feeds`
+    gives values for other inputs; `gradients` is "auto" (the gradient graph where it builds
+    and passes its self-check, else finite differences), "graph" or "fd".
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        input: str | None = None,
+        output: str | None = None,
+        softmax: bool = False,
+        feeds: dict[str, str | Path | np.ndarray] | None = None,
+        gradients: str = "auto",
+        fd_step: float = 1e-3,
+        fd_groups: str | None = None,
+        provider: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        labels: Sequence[str] | None = None,
+        cache: bool = True,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        if gradients not in GRADIENT_CHOICES:
+            raise UsageError(f"gradients {gradients!r}: choose auto, graph or fd")
+        if not fd_step > 0:
+            raise UsageError(f"fd_step must be positive, not {fd_step}")
+        self.model_path = Path(model)
+        self.gradients = gradients
+        self.fd_step, self.fd_groups = fd_step, fd_groups
+        self.softmax = softmax
+        self.use_cache = cache
+        self.warn = warn or (lambda msg: None)
+        self._warned: set[str] = set()
+        self.model = without_initializer_inputs(load_model(self.model_path))
+        self.sha256 = model_hash(self.model_path)
+        self.sidecar = Sidecar.load(self.model_path)
+        inputs = graph_inputs(self.model)
+        if not inputs:
+            raise UsageError("model has no inputs to attribute", self.model_path)
+        self.input_spec = self._choose_input(inputs, input)
+        self.output_spec = self._choose_output(output)
+        self.output_name = self.output_spec.name
+        self.labels = list(labels) if labels else self.sidecar.labels
+        self.feeds = self._load_feeds(inputs, feeds or {})
+        model_for_run = self.model
+        if self.output_name not in {o.name for o in self.model.graph.output}:
+            model_for_run = expose_output(self.model, self.output_name)
+        if softmax:
+            model_for_run, self.output_name = with_softmax(model_for_run, self.output_name)
+        self.run_model = model_for_run
+        self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std)
+        self.providers = resolve_providers(provider)
+        self.threads = threads
+        self.batch_size = max(1, int(batch_size))
+        self.graph_blockers: list[str] = []
+        self.gradient_check: GradientCheck | None = None  # the self-check, once it has run
+        self.graph: GraphRunner | None = None
+        self.runner: ModelRunner | None = None
+        if gradients != "fd":
+            self.graph = self._build_graph()
+        if self.graph is not None:
+            self.runner = self.graph.runner
+        else:
+            self.runner = self._plain_runner()
+
+    # -- set-up -------------------------------------------------------------------------
+    def _choose_input(self, inputs: list[TensorSpec], name: str | None) -> TensorSpec:
+        if name is None:
+            side = self.sidecar.raw.get("input")
+            match = next((s for s in inputs if s.name == side), None)
+            return match or next((s for s in inputs if s.dtype.kind == "f"), inputs[0])
+        match = next((s for s in inputs if s.name == name), None)
+        if match is None:
+            names = ", ".join(s.name for s in inputs)
+            raise UsageError(f"model has no input named {name!r} (inputs: {names})")
+        return match
+
+    def _choose_output(self, name: str | None) -> TensorSpec:
+        """The named output, or the first float output (never an int64 label or a map)."""
+        outputs = graph_outputs(self.model)
+        if name is None:
+            side = self.sidecar.raw.get("output")
+            match = next((s for s in outputs if s.name == side and s.dtype.kind == "f"), None)
+            if match is not None:
+                return match
+            floats = [s for s in outputs if s.dtype.kind == "f"]
+            if not floats:
+                kinds = ", ".join(f"{s.name} ({_kind(s)})" for s in outputs)
+                raise UsageError(f"model has no float output to explain (outputs: {kinds})")
+            if floats[0] is not outputs[0]:
+                self.warn(
+                    f"{self.model_path}: explaining output {floats[0].name!r}, the first float "
+                    f"output ({outputs[0].name!r} is {_kind(outputs[0])})"
+                )
+            return floats[0]
+        match = next((s for s in outputs if s.name == name), None)
+        if match is not None:
+            if match.dtype.kind != "f":
+                raise UsageError(
+                    f"output {name!r} is {_kind(match)}; igcli explains float outputs",
+                    self.model_path,
+                )
+            return match
+        exposed = expose_output(self.model, name)  # raises a usage error for a bad name
+        return next(s for s in graph_outputs(exposed) if s.name == name)
+
+    def _load_feeds(self, inputs: list[TensorSpec], given: dict) -> dict[str, Feed]:
+        feeds: dict[str, Feed] = {}
+        names = {s.name for s in inputs}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise UsageError(f"--feed names unknown input(s): {', '.join(unknown)}")
+        if self.input_spec.name in given:
+            raise UsageError(
+                f"--feed {self.input_spec.name}: that is the input being attributed; "
+                "give it as INPUT (or pick another with --input)"
+            )
+        for spec in inputs:
+            if spec.name == self.input_spec.name:
+                continue
+            source = given.get(spec.name)
+            if source is None:
+                raise UsageError(
+                    f"model input {spec.name!r} needs a value: --feed {spec.name}=FILE.npy",
+                    self.model_path,
+                )
+            axis = feed_batch_axis(spec, self.input_spec)
+            feeds[spec.name] = Feed(_read_feed(source, spec, axis), axis)
+        return feeds
+
+    def _plain_runner(self) -> ModelRunner:
+        return ModelRunner(
+            self.run_model,
+            self.model_path,
+            self.input_spec.name,
+            self.output_name,
+            feeds=self.feeds,
+            providers=self.providers,
+            threads=self.threads,
+            batch_size=self.batch_size,
+        )
+
+    def _build_graph(self) -> GraphRunner | None:
+        key = cache_key(
+            self.sha256, self.input_spec.name, self.output_name, str(self.softmax), "target-seed"
+        )
+        feeds = {name: feed.value for name, feed in self.feeds.items()}
+        try:
+            grad_model, _ = cached_model(
+                key,
+                lambda: with_target_seed(
+                    build_gradient_model_probing(
+                        self.run_model, self.input_spec.name, self.output_name, feeds
+                    ),
+                    self.output_name,
+                ),
+                self.use_cache,
+            )
+        except UnsupportedOpsError as exc:
+            self.graph_blockers = exc.ops
+            self._no_graph(f"no rule for {', '.join(exc.ops)}")
+            return None
+        except IgcliError:
+            raise
+        except Exception as exc:  # a transform bug must not cost the user the run
+            self._no_graph(f"building it failed: {type(exc).__name__}: {exc}")
+            return None
+        try:
+            runner = ModelRunner(
+                grad_model,
+                self.model_path,
+                self.input_spec.name,
+                self.output_name,
+                feeds=self.feeds,
+                providers=self.providers,
+                threads=self.threads,
+                batch_size=self.batch_size,
+                target_input=TARGET,
+            )
+        except IgcliError as exc:
+            self._no_graph(f"ONNX Runtime cannot run it: {exc.reason}")
+            return None
+        return GraphRunner(runner)
+
+    def _no_graph(self, why: str) -> None:
+        if self.gradients == "graph":
+            raise GradientError(f"no gradient graph: {why}", self.model_path)
+        self.warn(f"{self.model_path}: no gradient graph ({why}); using finite differences")
+
+    @property
+    def gradient_source(self) -> str:
+        """ "graph" or "fd": where this session's gradients come from."""
+        return "graph" if self.graph is not None else "fd"
+
+    # -- inputs ---------------------------------------------------------------------------
+    def load(self, input, name: str | None = None) -> list[Sample]:
+        """Samples from a path (image, .npy, CSV: one per row), an array or a PIL image."""
+        if isinstance(input, Sample):
+            return [input]
+        if isinstance(input, str | Path):
+            path = Path(input)
+            return load_samples(path, self.prep, name or path.stem)
+        return [sample_from_array(input, self.prep, name or "array")]
+
+    # -- attribution ----------------------------------------------------------------------
+    def attribute(
+        self,
+        input,
+        target: int | None = None,
+        *,
+        baseline: str | None = None,
+        steps: int = 50,
+        method: str = "gausslegendre",
+        seed: int = 0,
+    ) -> Attribution:
+        """Integrated Gradients of output[target] (default: the top class) at one input.
+
+        `input`: an image or .npy path, a numpy array in the model input's shape (with or
+        without the batch axis), or a PIL image for image models.
+        """
+        samples = self.load(input)
+        if len(samples) != 1:
+            raise UsageError(
+                f"{input} holds {len(samples)} samples; use attribute_many for all of them"
+            )
+        settings = AttributionSettings(steps=steps, method=method, baseline=baseline, seed=seed)
+        targets = None if target is None else [target]
+        return self.attribute_many(samples, targets, settings)[0][0]
+
+    def attribute_many(
+        self,
+        samples: Sequence[Sample],
+        targets: Sequence[int] | None = None,
+        settings: AttributionSettings | None = None,
+    ) -> list[list[Attribution]]:
+        """Attributions of several samples, one list per sample (one entry per target).
+
+        With the gradient graph the path points of all samples share model calls. An
+        InputError names the first sample; callers retry one by one to find the one at fault.
+        """
+        settings = settings or AttributionSettings()
+        settings.check()
+        if not samples:
+            return []
+        where = samples[0].path
+        names = [settings.baseline or baselines.default_baseline(s) for s in samples]
+        bases = [
+            baselines.make_baseline(name, s, self.prep, seed=settings.seed)
+            for name, s in zip(names, samples, strict=True)
+        ]
+        rows = [r for s, b in zip(samples, bases, strict=True) for r in (s.x, b.astype(s.x.dtype))]
+        try:  # one call gives the targets and both ends of every path
+            ends = self.runner.run(np.stack(rows))
+        except IgcliError as exc:
+            raise InputError(exc.reason, where) from None
+        out_shape = ends.shape[1:]
+        if self.graph is not None and self.gradient_check is None:
+            self._self_check(samples[0])
+        jobs = []  # (sample index, target, problem)
+        for i, (sample, base) in enumerate(zip(samples, bases, strict=True)):
+            pair = ends[2 * i : 2 * i + 2]
+            for t in self._targets(pair[0], out_shape, targets):
+                source = self._source(t, sample, base)
+                problem = Problem(sample.x, base, source, tuple(pick(pair, t)))
+                jobs.append((i, t, problem))
+        start = time.perf_counter()
+        try:
+            results = integrated_gradients_many(
+                [job[2] for job in jobs],
+                steps=settings.steps,
+                method=settings.method,
+                batch_size=self.runner.batch_size,
+            )
+        except IgcliError as exc:
+            raise InputError(exc.reason, where) from None
+        share = (time.perf_counter() - start) / max(len(jobs), 1)
+        out: list[list[Attribution]] = [[] for _ in samples]
+        for (i, t, problem), result in zip(jobs, results, strict=True):
+            source = problem.source
+            is_fd = isinstance(source, FiniteDifferences)
+            extra = {}
+            if self.gradient_check is not None:
+                extra["gradient_check"] = self.gradient_check.summary()
+            attribution = Attribution(
+                attributions=result.attributions,
+                sample=samples[i],
+                baseline=bases[i],
+                target=t,
+                label=self.label(t),
+                output=self.output_name,
+                f_input=result.f_input,
+                f_baseline=result.f_baseline,
+                steps=result.steps,
+                method=result.method,
+                baseline_name=names[i],
+                gradient_source=source.name,
+                prep=self.prep,
+                fd_step=source.step if is_fd else None,
+                fd_groups=(self.fd_groups or default_groups(samples[i])) if is_fd else None,
+                wall_time_s=share,
+                extra=extra,
+            )
+            out[i].append(attribution)
+            if is_fd and source.looks_piecewise_constant and attribution.delta != 0:
+                self._warn_once(
+                    "piecewise",
+                    f"{self.model_path}: the model looks piecewise constant (a tree ensemble or "
+                    "step function): its gradient is zero almost everywhere, so completeness "
+                    "cannot converge with more steps; treat these attributions with care",
+                )
+        return out
+
+    def label(self, target: int) -> str | None:
+        if self.labels and 0 <= target < len(self.labels):
+            return str(self.labels[target])
+        return None
+
+    def _targets(self, output, out_shape, targets) -> list[int]:
+        n_out = int(np.prod(out_shape)) if out_shape else 1
+        if targets is None:
+            return [int(np.argmax(output.reshape(-1)))]
+        for t in targets:
+            if not 0 <= t < n_out:
+                raise UsageError(
+                    f"target {t} is out of range: output {self.output_spec.name!r} "
+                    f"has {n_out} values per sample",
+                    self.model_path,
+                )
+        return [int(t) for t in targets]
+
+    def _source(self, target: int, sample: Sample, base: np.ndarray) -> GradientSource:
+        if self.graph is not None:
+            return GraphGradients(self.graph, target)
+        groups = parse_groups(self.fd_groups, sample, self.prep)
+        return FiniteDifferences(
+            self.runner,
+            target,
+            sample.x.astype(np.float64) - base,
+            groups,
+            self.fd_step,
+            ends=(sample.x, base),
+        )
+
+    def _self_check(self, sample: Sample) -> None:
+        """Compare the fresh graph's directional derivatives with finite differences once.
+
+        A wrong gradient must be caught, not shipped: on a mismatch `auto` falls back to
+        finite differences (with a warning naming the model) and `graph` stops (exit 7).
+        """
+        check = check_directions(self.graph, sample.x, directions=4, seed=0)
+        self.gradient_check = check
+        if check.verdict != "mismatch":
+            return
+        why = (
+            f"its gradient disagrees with finite differences (error {check.error:.3g} "
+            f"of the gradient's norm)"
+        )
+        if self.gradients == "graph":
+            raise GradientError(f"gradient graph failed its self-check: {why}", self.model_path)
+        self.warn(f"{self.model_path}: gradient graph failed its self-check ({why}); "
+                  "using finite differences")  # fmt: skip
+        self.graph = None
+        self.runner = self._plain_runner()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.warn(message)
+
+    @property
+    def model_seconds(self) -> float:
+        """Time spent inside ONNX Runtime (for reports and benchmarks)."""
+        return self.runner.seconds
+
+
+def _kind(spec: TensorSpec) -> str:
+    return "a map or sequence" if spec.dtype == object else f"{spec.dtype}"
+
+
+def _read_feed(source, spec: TensorSpec, batch_axis: int | None) -> np.ndarray:
+    """A --feed value: a .npy path or an array, cast to the input's dtype."""
+    if isinstance(source, np.ndarray):
+        value = source
+    else:
+        path = Path(source)
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise UsageError(f"not a readable .npy file ({exc})", path) from None
+    if value.dtype.kind not in "fiub":
+        raise UsageError(
+            f"--feed {spec.name}: dtype {value.dtype} cannot feed an input of dtype {spec.dtype}"
+        )
+    if spec.shape and batch_axis is not None and len(value.shape) == len(spec.shape) - 1:
+        value = np.expand_dims(value, batch_axis)  # given without its batch axis
+    if spec.shape and len(value.shape) != len(spec.shape):
+        raise UsageError(
+            f"--feed {spec.name}: shape {list(value.shape)} does not fit the input's "
+            f"shape {spec.shape}"
+        )
+    return value.astype(spec.dtype)
