@@ -1,20 +1,36 @@
-"""On-disk cache of built gradient models, so a second run does not rebuild them.
+"""On-disk cache of what is costly to make once per model: gradient graphs, and the graphs ONNX
+Runtime has optimised for this machine, so that a second run of the same model starts at once.
 
-Keyed by the model's content hash, igcli's version, and what was explained (input, output,
-softmax); stored under $XDG_CACHE_HOME/igcli (default ~/.cache/igcli), or $IGCLI_CACHE_DIR.
+Keys hold the model's content hash, what was explained (input, output, softmax, shapes),
+igcli's version and a hash of the gradient transform's own code: a changed rule invalidates
+every graph it built. A graph entry stores only what the transform added; weights the model
+already holds are written as references by name and restored from the model when loaded, so
+an entry costs the size of the backward pass's own constants, not another copy of the model.
+The whole cache is bounded: least recently used entries go first once it exceeds
+IGCLI_CACHE_MAX (default 2G). Location: $IGCLI_CACHE_DIR, else $XDG_CACHE_HOME/igcli, else
+~/.cache/igcli. A broken or unwritable cache is never an error: it is rebuilt or skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import platform
+import re
 import tempfile
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from igcli import __version__
+
+BASE_REF = "igcli:model"  # external-data location meaning "this weight is in the model itself"
+DEFAULT_LIMIT = 2 << 30
 
 
 def cache_dir() -> Path:
@@ -24,30 +40,199 @@ def cache_dir() -> Path:
     return Path(base) / "igcli"
 
 
+def parse_size(text: str) -> int:
+    """'500M', '2G', '1.5GB', '123456' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (e.g. 500M, 2G)")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def size_limit() -> int:
+    text = os.environ.get("IGCLI_CACHE_MAX")
+    if not text:
+        return DEFAULT_LIMIT
+    try:
+        return parse_size(text)
+    except ValueError:
+        return DEFAULT_LIMIT
+
+
+@lru_cache(maxsize=1)
+def transform_hash() -> str:
+    """A hash of the code that builds gradient graphs: any change to a rule invalidates them."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted([*(here / "autodiff").glob("*.py"), here / "gradients.py"]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(model_sha256: str, *parts: str) -> str:
-    text = "\0".join([model_sha256, __version__, *parts])
+    text = "\0".join([model_sha256, __version__, transform_hash(), *parts])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+# -- gradient graphs ------------------------------------------------------------------------
+
+
+def _strip_model_weights(model: onnx.ModelProto, base: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose initializers equal to `base`'s are references by name."""
+    known = {init.name: init for init in base.graph.initializer}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        ref = known.get(init.name)
+        if ref is None or list(ref.dims) != list(init.dims) or ref.data_type != init.data_type:
+            continue
+        if not np.array_equal(numpy_helper.to_array(ref), numpy_helper.to_array(init)):
+            continue
+        name = init.name
+        init.Clear()
+        init.name, init.data_type = name, ref.data_type
+        init.dims.extend(ref.dims)
+        init.data_location = onnx.TensorProto.EXTERNAL
+        entry = init.external_data.add()
+        entry.key, entry.value = "location", BASE_REF
+    return out
+
+
+def _restore_model_weights(model: onnx.ModelProto, base: onnx.ModelProto) -> bool:
+    """Fill the references of `_strip_model_weights` from `base`; False if one is missing."""
+    known = {init.name: init for init in base.graph.initializer}
+    for init in model.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in init.external_data if e.key == "location"), None)
+        ref = known.get(init.name)
+        if location != BASE_REF or ref is None:
+            return False
+        init.CopyFrom(ref)
+    return True
+
+
 def cached_model(
-    key: str, build: Callable[[], onnx.ModelProto], use_cache: bool = True
+    key: str,
+    build: Callable[[], onnx.ModelProto],
+    base: onnx.ModelProto,
+    use_cache: bool = True,
 ) -> tuple[onnx.ModelProto, bool]:
-    """Return (model, was_cached). A broken or unwritable cache is never an error."""
+    """Return (model, was_cached); `base` is the model whose weights entries refer to."""
     if not use_cache:
         return build(), False
     path = cache_dir() / f"grad-{key}.onnx"
     if path.is_file():
         try:
-            return onnx.load(str(path)), True
+            model = onnx.load(str(path), load_external_data=False)
+            if _restore_model_weights(model, base):
+                _touch(path)
+                return model, True
         except Exception:
             pass
     model = build()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    with contextlib.suppress(Exception):
+        _write_atomic(path, _strip_model_weights(model, base).SerializeToString())
+        enforce_limit()
     return model, False
+
+
+# -- ONNX Runtime's optimised graphs ----------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def machine_tag() -> str:
+    """ONNX Runtime's optimised graphs fit one runtime version and one kind of CPU."""
+    import onnxruntime
+
+    flags = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+        flags = m.group(1) if m else ""
+    raw = "\0".join([onnxruntime.__version__, platform.machine(), platform.processor(), flags])
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def optimized_path(key: str, providers: list[str]) -> Path:
+    tag = hashlib.sha256("\0".join([key, machine_tag(), *providers]).encode()).hexdigest()[:32]
+    return cache_dir() / f"ort-{tag}.onnx"
+
+
+# -- housekeeping -------------------------------------------------------------------------
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: kept longest
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def entries() -> list[Path]:
+    root = cache_dir()
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_file() and p.suffix == ".onnx"]
+
+
+def enforce_limit(limit: int | None = None) -> int:
+    """Delete least recently used entries until the cache fits; return bytes freed."""
+    limit = size_limit() if limit is None else limit
+    files = []
+    for p in entries():
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            files.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in files)
+    freed = 0
+    for _, size, p in sorted(files):
+        if total <= limit:
+            break
+        with contextlib.suppress(OSError):
+            p.unlink()
+            total -= size
+            freed += size
+    return freed
+
+
+def info() -> dict:
+    files = entries()
+    sizes = []
+    for p in files:
+        with contextlib.suppress(OSError):
+            sizes.append(p.stat().st_size)
+    return {
+        "path": str(cache_dir()),
+        "entries": len(sizes),
+        "bytes": sum(sizes),
+        "limit_bytes": size_limit(),
+        "gradient_graphs": sum(p.name.startswith("grad-") for p in files),
+        "optimized_graphs": sum(p.name.startswith("ort-") for p in files),
+    }
+
+
+def clear() -> int:
+    """Delete every entry (and stray temporary files); return how many files went."""
+    root = cache_dir()
+    if not root.is_dir():
+        return 0
+    gone = 0
+    for p in root.iterdir():
+        if p.is_file() and (p.suffix in (".onnx", ".tmp")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                gone += 1
+    return gone

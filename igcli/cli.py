@@ -601,3 +601,46 @@ def merge_reports_cmd(reports: tuple[Path, ...], out_dir: Path) -> None:
         sys.exit(int(ExitCode.INPUTS_FAILED))
     if merged.gate and not merged.gate["passed"]:
         sys.exit(int(ExitCode.COMPLETENESS))
+
+
+@main.group()
+def cache() -> None:
+    """The cache of gradient graphs and optimised sessions (IGCLI_CACHE_DIR, IGCLI_CACHE_MAX)."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+def cache_info(as_json: bool) -> None:
+    """Where the cache is, how many entries it holds and how large it is."""
+    import json
+
+    from igcli import cache as cache_module
+
+    info = cache_module.info()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    out = Messages(stream=sys.stdout)
+    out.info(f"cache: {info['path']}")
+    out.info(
+        f"{info['entries']} entries ({info['gradient_graphs']} gradient graphs, "
+        f"{info['optimized_graphs']} optimised sessions), {_size(info['bytes'])} of "
+        f"{_size(info['limit_bytes'])} (IGCLI_CACHE_MAX)"
+    )
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Delete every cached graph."""
+    from igcli import cache as cache_module
+
+    gone = cache_module.clear()
+    messages.info(f"removed {gone} file(s) from {cache_module.cache_dir()}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

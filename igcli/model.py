@@ -7,9 +7,11 @@ flattened output is appended, so every gradient source explains the same functio
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,14 +253,73 @@ def resolve_providers(provider: str | None) -> list[str]:
 
 
 def make_session(
-    model: onnx.ModelProto, path: Path, providers: list[str], threads: int | None
+    model: onnx.ModelProto,
+    path: Path,
+    providers: list[str],
+    threads: int | None,
+    optimized: Path | None = None,
 ) -> ort.InferenceSession:
+    """A session for `model`; with `optimized`, ONNX Runtime's optimised graph is saved there
+    (written whole or not at all) for `open_optimized` to reuse on the next run."""
+    opts = session_options(threads)
+    tmp = None
+    if optimized is not None:
+        tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            optimized.parent.mkdir(parents=True, exist_ok=True)
+            opts.optimized_model_filepath = str(tmp)
     try:
-        return ort.InferenceSession(
-            model.SerializeToString(), session_options(threads), providers=providers
-        )
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
     except Exception as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise ModelError(f"ONNX Runtime cannot load it: {_first_line(exc)}", path) from None
+    if tmp is not None and tmp.is_file():
+        from igcli.cache import enforce_limit
+
+        with contextlib.suppress(OSError):
+            os.replace(tmp, optimized)
+            enforce_limit()
+    return session
+
+
+def open_optimized(
+    optimized: Path, providers: list[str], threads: int | None
+) -> ort.InferenceSession | None:
+    """A session on a graph ONNX Runtime optimised before; None when there is none (or it
+    no longer loads: a stale entry is rebuilt, never an error)."""
+    if not optimized.is_file():
+        return None
+    opts = session_options(threads)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(optimized), opts, providers=providers)
+    except Exception:
+        with contextlib.suppress(OSError):
+            optimized.unlink()
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(optimized)  # recently used: kept longest
+    return session
+
+
+_ORT_TYPES = {
+    "float": np.float32,
+    "double": np.float64,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+}
+
+
+def _ort_dtype(type_name: str) -> np.dtype:
+    m = type_name.removeprefix("tensor(").removesuffix(")")
+    return np.dtype(_ORT_TYPES.get(m, object))
 
 
 NO_TARGET = np.iinfo(np.int64).max  # a target index past every output: an all-zero seed
@@ -282,7 +343,7 @@ class ModelRunner:
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: onnx.ModelProto | None,
         path: Path,
         input_name: str,
         output_name: str,
@@ -292,7 +353,10 @@ class ModelRunner:
         threads: int | None = None,
         batch_size: int = 64,
         target_input: str | None = None,
+        cache_key: str | None = None,
     ) -> None:
+        """`model` may be None when `cache_key` names an optimised graph saved by an earlier
+        run (see `from_cache`); with a key, this run's optimised graph is saved for the next."""
         self.path, self.input_name, self.output_name = path, input_name, output_name
         self.batch_size = max(1, batch_size)
         self.providers = providers or ["CPUExecutionProvider"]
@@ -300,21 +364,52 @@ class ModelRunner:
         self.extra_feeds = feeds or {}
         self.target_input = target_input
         self._reset_counters()
+        if model is None:
+            return  # from_cache fills in the session
         spec = next(i for i in graph_inputs(model) if i.name == input_name)
-        self.input_dtype = spec.dtype
-        out_spec = next((o for o in graph_outputs(model) if o.name == output_name), None)
-        if out_spec is None:
+        if output_name not in {o.name for o in graph_outputs(model)}:
             names = ", ".join(o.name for o in graph_outputs(model))
             raise UsageError(f"model has no output {output_name!r} (outputs: {names})")
-        self.output_dtype = out_spec.dtype
-        self.fixed_batch = bool(spec.shape) and spec.shape[0] == 1
-        self.model = with_dynamic_batch(model) if self.fixed_batch else model
-        self.session = make_session(self.model, path, self.providers, threads)
-        if self.fixed_batch and not self._dynamic_batch_works(spec):
-            self.model = model
-            self.session = make_session(model, path, self.providers, threads)
+        fixed_batch = bool(spec.shape) and spec.shape[0] == 1
+        variant = with_dynamic_batch(model) if fixed_batch else model
+        self._open(make_session(variant, path, self.providers, threads, self._saved(cache_key)))
+        if fixed_batch and not self._dynamic_batch_works(spec):
+            stale = self._saved(cache_key)  # saved above, but it cannot take a batch
+            if stale is not None:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            fixed = self._saved(cache_key, "batch1")
+            self._open(make_session(model, path, self.providers, threads, fixed))
             self.batch_size = 1
         self._reset_counters()  # the probe above is not part of the work
+
+    @classmethod
+    def from_cache(cls, cache_key: str, path: Path, input_name: str, output_name: str, **kw):
+        """A runner on the optimised graph an earlier run saved under `cache_key`, or None."""
+        runner = cls(None, path, input_name, output_name, **kw)
+        for variant, batch_size in (("", runner.batch_size), ("batch1", 1)):
+            session = open_optimized(
+                runner._saved(cache_key, variant), runner.providers, kw.get("threads")
+            )
+            if session is not None:
+                runner._open(session)
+                runner.batch_size = batch_size
+                return runner
+        return None
+
+    def _saved(self, cache_key: str | None, variant: str = "") -> Path | None:
+        if cache_key is None:
+            return None
+        from igcli.cache import optimized_path
+
+        return optimized_path(cache_key + variant, self.providers)
+
+    def _open(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        types = {i.name: i.type for i in session.get_inputs()}
+        types.update({o.name: o.type for o in session.get_outputs()})
+        self.input_dtype = _ort_dtype(types[self.input_name])
+        self.output_dtype = _ort_dtype(types.get(self.output_name, "tensor(float)"))
 
     def _reset_counters(self) -> None:
         self.calls = 0

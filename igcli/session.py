@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from igcli import baselines
 from igcli.attribution import Attribution
@@ -164,6 +165,7 @@ class Session:
         if softmax:
             model_for_run, self.output_name = with_softmax(model_for_run, self.output_name)
         self.run_model = model_for_run
+        self.softmax_input = softmax_input(model_for_run, self.output_name)
         self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std)
         self.providers = resolve_providers(provider)
         self.threads = threads
@@ -244,34 +246,49 @@ class Session:
             feeds[spec.name] = Feed(_read_feed(source, spec, axis), axis)
         return feeds
 
-    def _plain_runner(self) -> ModelRunner:
-        return ModelRunner(
-            self.run_model,
-            self.model_path,
-            self.input_spec.name,
-            self.output_name,
+    def _cache_key(self, kind: str) -> str | None:
+        """Key of this session's cached graphs: what is explained, and how."""
+        if not self.use_cache:
+            return None
+        feeds = ",".join(f"{k}:{f.batch_axis}" for k, f in sorted(self.feeds.items()))
+        parts = [kind, self.input_spec.name, self.output_name, str(self.softmax), feeds]
+        return cache_key(self.sha256, *parts)
+
+    def _runner_kw(self) -> dict:
+        return dict(
             feeds=self.feeds,
             providers=self.providers,
             threads=self.threads,
             batch_size=self.batch_size,
         )
 
+    def _plain_runner(self) -> ModelRunner:
+        key = self._cache_key("plain")
+        names = (self.model_path, self.input_spec.name, self.output_name)
+        if key is not None:
+            runner = ModelRunner.from_cache(key, *names, **self._runner_kw())
+            if runner is not None:
+                return runner
+        return ModelRunner(self.run_model, *names, cache_key=key, **self._runner_kw())
+
     def _build_graph(self) -> GraphRunner | None:
-        key = cache_key(
-            self.sha256, self.input_spec.name, self.output_name, str(self.softmax), "target-seed"
-        )
+        key = self._cache_key("graph")
+        names = (self.model_path, self.input_spec.name, self.output_name)
+        kw = dict(self._runner_kw(), target_input=TARGET)
+        if key is not None:  # an earlier run left the optimised session graph: nothing to build
+            runner = ModelRunner.from_cache(key, *names, **kw)
+            if runner is not None:
+                return GraphRunner(runner)
         feeds = {name: feed.value for name, feed in self.feeds.items()}
-        try:
-            grad_model, _ = cached_model(
-                key,
-                lambda: with_target_seed(
-                    build_gradient_model_probing(
-                        self.run_model, self.input_spec.name, self.output_name, feeds
-                    ),
-                    self.output_name,
-                ),
-                self.use_cache,
+
+        def build() -> onnx.ModelProto:
+            grad = build_gradient_model_probing(
+                self.run_model, self.input_spec.name, self.output_name, feeds
             )
+            return with_target_seed(grad, self.output_name)
+
+        try:
+            grad_model, _ = cached_model(key or "", build, self.model, key is not None)
         except UnsupportedOpsError as exc:
             self.graph_blockers = exc.ops
             self._no_graph(f"no rule for {', '.join(exc.ops)}")
@@ -282,17 +299,7 @@ class Session:
             self._no_graph(f"building it failed: {type(exc).__name__}: {exc}")
             return None
         try:
-            runner = ModelRunner(
-                grad_model,
-                self.model_path,
-                self.input_spec.name,
-                self.output_name,
-                feeds=self.feeds,
-                providers=self.providers,
-                threads=self.threads,
-                batch_size=self.batch_size,
-                target_input=TARGET,
-            )
+            runner = ModelRunner(grad_model, *names, cache_key=key, **kw)
         except IgcliError as exc:
             self._no_graph(f"ONNX Runtime cannot run it: {exc.reason}")
             return None
@@ -417,14 +424,27 @@ class Session:
                 extra=extra,
             )
             out[i].append(attribution)
-            if is_fd and source.looks_piecewise_constant and attribution.delta != 0:
-                self._warn_once(
-                    "piecewise",
-                    f"{self.model_path}: the model looks piecewise constant (a tree ensemble or "
-                    "step function): its gradient is zero almost everywhere, so completeness "
-                    "cannot converge with more steps; treat these attributions with care",
-                )
+            self._judge(attribution, source)
         return out
+
+    def _judge(self, a: Attribution, source: GradientSource) -> None:
+        """Warn (once per kind) where the numbers cannot be what the user wants."""
+        flat = isinstance(source, FiniteDifferences) and source.looks_piecewise_constant
+        if a.delta != 0 and (flat or not np.any(a.attributions)):
+            self._warn_once(
+                "piecewise",
+                f"{self.model_path}: the gradient is zero along the path although F(x) != F(b): "
+                "the model looks piecewise constant (a tree ensemble, rounding or a step "
+                "function), so IG cannot attribute the change and more steps will not help",
+            )
+        top = max(abs(a.f_input), abs(a.f_baseline))
+        if top > 0 and abs(a.delta) <= 1e-3 * top and self.softmax_input is not None:
+            self._warn_once(
+                "saturated",
+                f"{a.sample.path}: output {self.output_name!r} is a saturated softmax for target "
+                f"{a.target} (F(x) = {a.f_input:.6g}, F(baseline) = {a.f_baseline:.6g}); "
+                f"explain the scores before it instead: --output {self.softmax_input}",
+            )
 
     def label(self, target: int) -> str | None:
         if self.labels and 0 <= target < len(self.labels):
@@ -487,6 +507,28 @@ class Session:
     def model_seconds(self) -> float:
         """Time spent inside ONNX Runtime (for reports and benchmarks)."""
         return self.runner.seconds
+
+
+def softmax_input(model: onnx.ModelProto, output: str) -> str | None:
+    """The tensor a softmax output is computed from (through reshapes), else None."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    name = output
+    for _ in range(8):
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            source = node.input[0]
+            while producers.get(source) is not None and producers[source].op_type in (
+                "Flatten",
+                "Reshape",
+            ):
+                source = producers[source].input[0]
+            return source
+        if node.op_type not in ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+            return None
+        name = node.input[0]
+    return None
 
 
 def _kind(spec: TensorSpec) -> str:

@@ -177,3 +177,89 @@ def runtime_shaped() -> onnx.ModelProto:
             const("W", rng.normal(size=(2, 1, 2, 2))),
         ],
     )
+
+
+def label_then_scores(zipmap: bool = False) -> onnx.ModelProto:
+    """A classifier shaped like skl2onnx's: an int64 label first, float scores second (or a
+    sequence of maps, like ZipMap, when `zipmap`)."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["p"], axis=1),
+        helper.make_node("ArgMax", ["p"], ["label"], axis=1, keepdims=0),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+        helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 3]),
+    ]
+    if zipmap:
+        nodes.append(helper.make_node("SequenceConstruct", ["p"], ["maps"]))
+        seq = helper.make_tensor_sequence_value_info("maps", TensorProto.FLOAT, None)
+        outputs = [outputs[0], seq]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        outputs,
+        [const("W", rng.normal(size=(4, 3)) * 4)],
+    )
+
+
+def with_state() -> onnx.ModelProto:
+    """y = tanh(x W + sum over the state's first axis), state shaped [2, batch, 3] as Silero's:
+    the batch axis of the fed state is axis 1."""
+    rng = np.random.default_rng(6)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("ReduceSum", ["state", "axes"], ["s"], keepdims=0),
+        helper.make_node("Add", ["xw", "s"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [
+            const("W", rng.normal(size=(4, 3))),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"),
+        ],
+    )
+
+
+def unscaled_logistic(scales=(0.01, 1.0, 1000.0)) -> onnx.ModelProto:
+    """sigmoid(sum_i (x_i - m_i) / s_i): features on very different scales, as a scaler
+    followed by a logistic regression gives them."""
+    s = np.asarray(scales, dtype=np.float32)
+    nodes = [
+        helper.make_node("Sub", ["x", "m"], ["c"]),
+        helper.make_node("Div", ["c", "s"], ["z"]),
+        helper.make_node("ReduceSum", ["z", "axes"], ["t"], keepdims=1),
+        helper.make_node("Sigmoid", ["t"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", len(s)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [
+            const("m", s * 0.5),
+            const("s", s),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
+    )
+
+
+def staircase() -> onnx.ModelProto:
+    """y = floor(3 x) summed: piecewise constant, its gradient is zero almost everywhere."""
+    nodes = [
+        helper.make_node("Mul", ["x", "three"], ["t"]),
+        helper.make_node("Floor", ["t"], ["f"]),
+        helper.make_node("ReduceSum", ["f", "axes"], ["y"], keepdims=1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [const("three", [3.0]), numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
+    )

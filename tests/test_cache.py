@@ -1,0 +1,107 @@
+"""The graph cache: small entries, invalidated by rule changes, bounded in size, inspectable."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import igcli
+from igcli import cache
+from igcli.cache import parse_size
+from tests import models
+from tests.test_cli import DIGITS, run
+
+
+def _big_model(tmp_path):
+    """tanh(x W) with a 1 MB weight: an entry that copied it would show."""
+    model = models.tanh_linear(features=512, classes=512)
+    return models.save(model, tmp_path / "big.onnx")
+
+
+def test_entries_do_not_copy_the_model_weights(tmp_path):
+    path = _big_model(tmp_path)
+    igcli.Session(path)
+    graphs = [p for p in cache.entries() if p.name.startswith("grad-")]
+    assert len(graphs) == 1
+    assert graphs[0].stat().st_size < path.stat().st_size / 4
+    loaded, hit = cache.cached_model(
+        graphs[0].name[5:-5], lambda: pytest.fail("rebuilt"), onnx.load(str(path))
+    )
+    assert hit and {i.name for i in loaded.graph.initializer} >= {"W", "b"}
+
+
+def test_second_session_reuses_the_optimised_graph(tmp_path, monkeypatch):
+    from igcli import session as session_module
+
+    x = np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32)
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    first = igcli.Session(path).attribute(x, steps=16)
+    monkeypatch.setattr(
+        session_module, "build_gradient_model_probing", lambda *a: pytest.fail("rebuilt")
+    )
+    second = igcli.Session(path).attribute(x, steps=16)
+    assert second.gradient_source == "graph"
+    np.testing.assert_array_equal(first.attributions, second.attributions)
+
+
+def test_a_changed_transform_invalidates_entries(tmp_path, monkeypatch):
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    igcli.Session(path)
+    builds = []
+    from igcli import session as session_module
+
+    real = session_module.build_gradient_model_probing
+    monkeypatch.setattr(
+        session_module,
+        "build_gradient_model_probing",
+        lambda *a: builds.append(1) or real(*a),
+    )
+    igcli.Session(path)
+    assert builds == []
+    monkeypatch.setattr(cache, "transform_hash", lambda: "a rule changed")
+    igcli.Session(path)
+    assert builds == [1]
+
+
+def test_the_cache_stays_under_its_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("IGCLI_CACHE_MAX", "1")
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    igcli.Session(path).attribute(np.zeros((1, 4), np.float32) + 0.5, steps=4)
+    assert cache.info()["bytes"] <= 1
+
+
+def test_least_recently_used_entries_go_first(tmp_path):
+    root = cache.cache_dir()
+    root.mkdir(parents=True)
+    for k, name in enumerate(["grad-old.onnx", "grad-mid.onnx", "ort-new.onnx"]):
+        (root / name).write_bytes(b"x" * 100)
+        os.utime(root / name, (1000 + k, 1000 + k))
+    cache.enforce_limit(250)
+    assert sorted(p.name for p in cache.entries()) == ["grad-mid.onnx", "ort-new.onnx"]
+
+
+def test_cache_info_and_clear_commands(tmp_path):
+    igcli.Session(DIGITS)
+    info = json.loads(run("cache", "info", "--json").stdout)
+    assert info["entries"] >= 2 and info["gradient_graphs"] == 1 and info["bytes"] > 0
+    assert "entries" in run("cache", "info").stdout
+    cleared = run("cache", "clear")
+    assert cleared.exit_code == 0 and not cache.entries()
+
+
+@pytest.mark.parametrize(
+    "text,value", [("500M", 500 << 20), ("2G", 2 << 30), ("1.5GB", int(1.5 * (1 << 30))), ("7", 7)]
+)
+def test_sizes(text, value):
+    assert parse_size(text) == value
+
+
+def test_a_broken_entry_is_rebuilt(tmp_path):
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    igcli.Session(path)
+    for entry in cache.entries():
+        entry.write_bytes(b"not onnx")
+    a = igcli.Session(path).attribute(np.full((1, 4), 0.5, np.float32), steps=8)
+    assert a.gradient_source == "graph"

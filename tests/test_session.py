@@ -1,0 +1,182 @@
+"""igcli as a library: Session and Attribution, and the choices a session makes for the user."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import igcli
+from igcli.errors import ExitCode, UsageError
+from tests import models
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
+
+
+def test_attribute_an_image_from_python(tmp_path):
+    session = igcli.Session(DIGITS)
+    a = session.attribute(DIGIT_PNGS[0], steps=32)
+    assert isinstance(a, igcli.Attribution)
+    assert a.attributions.shape == (1, 28, 28) and a.gradient_source == "graph"
+    assert a.rel_error < 0.01
+    assert a.target == int(np.argmax(session.runner.run(a.sample.x[None])[0]))
+    png = a._repr_png_()
+    assert png.startswith(b"\x89PNG")
+    assert "completeness error" in a._repr_html_()
+    record = a.save(tmp_path)
+    assert (tmp_path / record["attributions_file"]).is_file()
+    assert (tmp_path / record["heatmap_file"]).is_file()
+    assert json.loads((tmp_path / f"{a.sample.name}.record.json").read_text())["records"]
+
+
+def test_library_and_cli_write_identical_npy(tmp_path):
+    out = tmp_path / "cli"
+    result = run("explain", DIGITS, DIGIT_PNGS[1], "--out", out, "--steps", "24")
+    assert result.exit_code == 0, result.stderr
+    a = igcli.Session(DIGITS).attribute(DIGIT_PNGS[1], steps=24)
+    a.save(tmp_path / "lib")
+    name = DIGIT_PNGS[1].stem + ".npy"
+    assert (out / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+
+
+def test_arrays_and_pil_images_are_inputs():
+    session = igcli.Session(DIGITS)
+    with Image.open(DIGIT_PNGS[2]) as img:
+        from_pil = session.attribute(img.copy(), steps=8, target=3)
+    from_path = session.attribute(DIGIT_PNGS[2], steps=8, target=3)
+    np.testing.assert_allclose(from_pil.attributions, from_path.attributions, rtol=1e-6)
+    x = from_path.sample.x
+    from_array = session.attribute(x[None], steps=8, target=3, baseline="zero")
+    assert from_array.attributions.shape == x.shape
+
+
+def test_attribute_many_shares_calls_and_matches_one_by_one():
+    session = igcli.Session(CANCER)
+    rows = session.load(CANCER_CSV)
+    together = session.attribute_many(rows[:4])
+    calls = session.runner.calls
+    alone = [session.attribute(r.x, steps=50) for r in rows[:4]]
+    assert session.runner.calls - calls >= 4
+    for t, a in zip(together, alone, strict=True):
+        np.testing.assert_allclose(t[0].attributions, a.attributions, rtol=1e-5, atol=1e-9)
+
+
+def test_a_csv_path_needs_attribute_many():
+    with pytest.raises(UsageError, match="attribute_many"):
+        igcli.Session(CANCER).attribute(CANCER_CSV)
+
+
+def test_first_float_output_is_explained_not_the_label(tmp_path):
+    model = models.save(models.label_then_scores(), tmp_path / "clf.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.5, -1.0, 2.0, 0.1]], dtype=np.float32))
+    warnings = []
+    session = igcli.Session(model, warn=warnings.append)
+    assert session.output_name == "p"
+    assert any("'p'" in w and "label" in w for w in warnings)
+    a = session.attribute(tmp_path / "x.npy")
+    assert a.output == "p" and a.rel_error < 0.01
+
+
+def test_a_sequence_output_is_a_usage_error(tmp_path):
+    model = models.save(models.label_then_scores(zipmap=True), tmp_path / "zm.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), dtype=np.float32))
+    result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.USAGE
+    assert len(result.stderr.strip().splitlines()) == 1 and "float output" in result.stderr
+    named = run("explain", model, tmp_path / "x.npy", "--output", "maps", "--out", tmp_path)
+    assert named.exit_code == ExitCode.USAGE and "map or sequence" in named.stderr
+
+
+def test_output_may_name_an_intermediate_tensor(tmp_path):
+    model = models.save(models.label_then_scores(), tmp_path / "clf.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.5, -1.0, 2.0, 0.1]], dtype=np.float32))
+    a = igcli.Session(model, output="z").attribute(tmp_path / "x.npy")
+    assert a.output == "z" and a.rel_error < 1e-4
+    with pytest.raises(UsageError, match="not a tensor of the graph"):
+        igcli.Session(model, output="nope")
+
+
+def test_saturated_softmax_names_the_logits(tmp_path):
+    model = models.save(models.label_then_scores(), tmp_path / "clf.onnx")
+    np.save(tmp_path / "x.npy", np.array([[40.0, -40.0, 40.0, 10.0]], dtype=np.float32))
+    warnings = []
+    igcli.Session(model, warn=warnings.append).attribute(
+        tmp_path / "x.npy", baseline=str(tmp_path / "x.npy")
+    )
+    assert any("saturated softmax" in w and "--output z" in w for w in warnings), warnings
+
+
+def test_feed_keeps_its_declared_batch_axis(tmp_path):
+    model = models.save(models.with_state(), tmp_path / "state.onnx")
+    state = np.random.default_rng(0).normal(size=(2, 1, 3)).astype(np.float32)
+    np.save(tmp_path / "state.npy", state)
+    np.save(tmp_path / "x.npy", np.array([[0.3, -0.2, 0.5, 1.0]], dtype=np.float32))
+    session = igcli.Session(model, feeds={"state": tmp_path / "state.npy"})
+    assert session.feeds["state"].batch_axis == 1
+    a = session.attribute(tmp_path / "x.npy", steps=32)
+    assert a.rel_error < 1e-3
+    result = run(
+        "explain", model, tmp_path / "x.npy", "--feed", f"state={tmp_path / 'state.npy'}",
+        "--out", tmp_path / "o", "--json", "--gradients", "fd",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+
+
+def test_feeding_the_attributed_input_is_refused(tmp_path):
+    model = models.save(models.two_inputs(), tmp_path / "two.onnx")
+    np.save(tmp_path / "s.npy", np.ones((1, 3), dtype=np.float32))
+    with pytest.raises(UsageError, match="being attributed"):
+        igcli.Session(model, feeds={"x": tmp_path / "s.npy", "s": tmp_path / "s.npy"})
+
+
+def test_finite_differences_converge_on_unscaled_features(tmp_path):
+    """Each feature is stepped on its own scale: 0.01 beside 1000 still converges."""
+    model = models.save(models.unscaled_logistic(), tmp_path / "lr.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.02, 1.3, 1500.0]], dtype=np.float32))
+    fd = igcli.Session(model, gradients="fd").attribute(tmp_path / "x.npy", steps=64)
+    graph = igcli.Session(model).attribute(tmp_path / "x.npy", steps=64)
+    assert fd.rel_error < 1e-3, fd.rel_error
+    np.testing.assert_allclose(fd.attributions, graph.attributions, rtol=2e-2, atol=1e-6)
+
+
+def test_a_piecewise_constant_model_is_called_out(tmp_path):
+    model = models.save(models.staircase(), tmp_path / "stairs.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.9, 0.5, 0.7]], dtype=np.float32))
+    for gradients in ("auto", "fd"):
+        warnings = []
+        igcli.Session(model, gradients=gradients, warn=warnings.append).attribute(
+            tmp_path / "x.npy", steps=8
+        )
+        assert any("piecewise constant" in w for w in warnings), (gradients, warnings)
+
+
+def test_a_wrong_gradient_graph_fails_its_self_check(tmp_path, monkeypatch):
+    """A rule with a flipped sign must not ship: auto falls back, graph stops with exit 7."""
+    from igcli.autodiff import rules_math
+    from igcli.autodiff.registry import RULES
+
+    real = RULES["Tanh"]
+
+    def flipped(g):
+        return [g.op("Neg", grad) if grad else grad for grad in real(g)]
+
+    monkeypatch.setitem(RULES, "Tanh", flipped)
+    assert rules_math.Tanh is real
+    model = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.3, -0.2, 0.5, 1.0]], dtype=np.float32))
+    warnings = []
+    session = igcli.Session(model, warn=warnings.append)
+    a = session.attribute(tmp_path / "x.npy", steps=32)
+    assert a.gradient_source == "fd" and a.rel_error < 1e-3
+    assert any("self-check" in w for w in warnings)
+    strict = run("explain", model, tmp_path / "x.npy", "--gradients", "graph", "--out", tmp_path)
+    assert strict.exit_code == ExitCode.GRADIENTS and "self-check" in strict.stderr
+    check = run("gradcheck", model, tmp_path / "x.npy", "--json")
+    assert check.exit_code == ExitCode.GRADIENTS
+    assert json.loads(check.stdout)["verdict"] == "mismatch"
+
+
+def test_records_say_which_self_check_ran(tmp_path):
+    result = run("explain", CANCER, CANCER_CSV, "--out", tmp_path, "--json", "--steps", "8")
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["gradient_check"]["verdict"] == "ok"
+    assert record["gradient_check"]["error"] < 1e-2
