@@ -15,13 +15,14 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from igcli import __version__
 from igcli.attribution import Attribution
-from igcli.errors import IgcliError, InputError, UsageError
+from igcli.errors import IgcliError, InputError, OutputError, UsageError
 from igcli.inputs import SUPPORTED_SUFFIXES
 from igcli.outputs import atomic_save_png, atomic_write_text, output_stem
 from igcli.report import RunReport, failure_entry, json_line
@@ -139,18 +140,20 @@ def record_path(out_dir: Path, name: str) -> Path:
     return output_stem(out_dir, name + ".record.json")
 
 
-def existing_records(out_dir: Path, item: InputItem, model_path: Path) -> list[dict] | None:
-    """Records of a complete earlier explanation newer than the model, else None."""
+def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list[dict] | None:
+    """Records of a complete earlier explanation made with the same settings, else None."""
     marker = record_path(out_dir, item.name)
     try:
-        if marker.stat().st_mtime < model_path.stat().st_mtime:
-            return None
         records = json.loads(marker.read_text())["records"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(records, list) or not records:
         return None
     for r in records:
+        if not isinstance(r, dict) or r.get("settings_hash") != settings_hash:
+            return None
         for key in ("attributions_file", "heatmap_file"):
-            if r.get(key) and not (out_dir / r[key]).is_file():
+            if r.get(key) and not (out_dir / str(r[key])).is_file():
                 return None
     return records
 
@@ -161,10 +164,31 @@ class OutputSettings:
 
     out_dir: Path
     style: HeatmapStyle = field(default_factory=HeatmapStyle)
+    heatmaps: bool = True
     shared_scale: bool = False
     json_lines: bool = False
     skip_existing: bool = False
     max_completeness_error: float | None = None
+
+
+def settings_hash(
+    session: Session,
+    settings: AttributionSettings,
+    targets: list[int] | None,
+    outputs: OutputSettings,
+) -> str:
+    """A short hash of everything that shapes a result's files: --skip-existing resumes only
+    results whose records carry the same one."""
+    described = {
+        "igcli": __version__,
+        "session": session.fingerprint(),
+        "settings": asdict(settings),
+        "targets": targets,
+        "style": asdict(outputs.style) if outputs.heatmaps else None,
+        "shared_scale": outputs.shared_scale,
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class BatchRun:
@@ -188,6 +212,7 @@ class BatchRun:
     ) -> None:
         self.session, self.settings, self.targets = session, settings, targets
         self.outputs, self.report = outputs, report
+        self.settings_hash = settings_hash(session, settings, targets, outputs)
         self.emit, self.warn = emit, warn
         self.deferred: list[tuple[Attribution, Path]] = []  # heatmaps awaiting a shared scale
         # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
@@ -224,11 +249,11 @@ class BatchRun:
     def _resumed(self, item: InputItem) -> bool:
         if not self.outputs.skip_existing:
             return False
-        records = existing_records(self.outputs.out_dir, item, self.session.model_path)
+        records = existing_records(self.outputs.out_dir, item, self.settings_hash)
         if records is None:
             return False
-        self.report.results.extend(records)
         self.report.resumed += 1
+        self._accept(records)  # JSON lines as if computed now: a pipeline misses nothing
         return True
 
     def _accept(self, records: list[dict]) -> None:
@@ -256,7 +281,12 @@ class BatchRun:
             return False  # one is at fault: the caller explains them one by one to find it
         k = 0
         for item, samples in loaded:
-            self._accept(self._submit_item(item, explained[k : k + len(samples)]))
+            try:
+                records = self._submit_item(item, explained[k : k + len(samples)])
+            except InputError as exc:
+                self._fail(str(item.path), exc)
+            else:
+                self._accept(records)
             k += len(samples)
         return True
 
@@ -276,10 +306,18 @@ class BatchRun:
             multi = len(results) > 1
             for a in results:
                 stem = a.sample.name + (f".target{a.target}" if multi else "")
-                npy, png = output_stem(out, stem + ".npy"), output_stem(out, stem + ".png")
-                records.append(
-                    a.record(npy.relative_to(root).as_posix(), png.relative_to(root).as_posix())
+                try:
+                    npy = output_stem(out, stem + ".npy")
+                    png = output_stem(out, stem + ".png") if self.outputs.heatmaps else None
+                    output_stem(out, item.name + ".record.json")
+                except OutputError as exc:  # this input's name, not the run, is at fault
+                    raise InputError(exc.reason, item.path) from None
+                record = a.record(
+                    npy.relative_to(root).as_posix(),
+                    png.relative_to(root).as_posix() if png else None,
                 )
+                record["settings_hash"] = self.settings_hash
+                records.append(record)
                 jobs.append((a, stem))
         self._submit(lambda: self._write_item(item, jobs, records))
         return records
@@ -289,8 +327,9 @@ class BatchRun:
         out, style = self.outputs.out_dir, self.outputs.style
         for a, stem in jobs:
             defer = self.outputs.shared_scale and is_image_like(a.sample, a.prep)
-            npy, _ = a.write_files(out, stem, style=style, heatmap=not defer)
-            if defer:
+            draw = self.outputs.heatmaps and not defer
+            npy, _ = a.write_files(out, stem, style=style, heatmap=draw)
+            if defer and self.outputs.heatmaps:
                 self.deferred.append((a, npy.with_suffix(".png")))
         atomic_write_text(
             record_path(out, item.name),

@@ -248,6 +248,11 @@ MODEL = click.argument(
     show_default=True,
     help="How channels become one map per pixel.",
 )
+@click.option(
+    "--no-heatmaps",
+    is_flag=True,
+    help="Write attributions and reports only, no pictures (faster for large runs).",
+)
 @click.option("--no-cache", is_flag=True, help="Rebuild the gradient graph; do not cache it.")
 def explain(
     model: Path,
@@ -283,6 +288,7 @@ def explain(
     clip_percentile: float,
     scale: str,
     reduce: str,
+    no_heatmaps: bool,
     no_cache: bool,
 ) -> None:
     """Explain MODEL's prediction for each INPUT (image, .npy, .csv, folder, or - for stdin)."""
@@ -317,6 +323,7 @@ def explain(
     outputs = OutputSettings(
         out_dir=out_dir,
         style=HeatmapStyle(overlay, sign, clip_percentile, reduce),
+        heatmaps=not no_heatmaps,
         shared_scale=scale == "shared",
         json_lines=json_lines,
         skip_existing=skip_existing,

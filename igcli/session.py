@@ -12,6 +12,7 @@ one client of this class; notebooks and other programs are others.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -309,6 +310,27 @@ class Session:
         if self.gradients == "graph":
             raise GradientError(f"no gradient graph: {why}", self.model_path)
         self.warn(f"{self.model_path}: no gradient graph ({why}); using finite differences")
+
+    def fingerprint(self) -> dict:
+        """What this session's results depend on (for resuming only identical results)."""
+        feeds = {
+            name: hashlib.sha256(np.ascontiguousarray(f.value).tobytes()).hexdigest()[:16]
+            for name, f in sorted(self.feeds.items())
+        }
+        prep = self.prep
+        return {
+            "model_sha256": self.sha256,
+            "input": self.input_spec.name,
+            "output": self.output_name,
+            "softmax": self.softmax,
+            "feeds": feeds,
+            "gradients": self.gradients,
+            "fd_step": self.fd_step,
+            "fd_groups": self.fd_groups,
+            "mean": None if prep.mean is None else prep.mean.tolist(),
+            "std": None if prep.std is None else prep.std.tolist(),
+            "labels": self.labels,
+        }
 
     @property
     def gradient_source(self) -> str:

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from igcli.batch import discover, in_shard
@@ -76,6 +77,29 @@ def test_names_escaping_out_are_refused(tmp_path):
     assert output_stem(tmp_path / "out", "a/b") == (tmp_path / "out" / "a" / "b").resolve()
 
 
+def test_an_output_name_escaping_through_a_symlink_fails_that_input_only(tree, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, out / "a")  # outputs of in/a/img.png would land outside --out
+    result = run("explain", DIGITS, tree, "-r", "--out", out, "--json", "--steps", "4")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "escape" in result.stderr and "Traceback" not in result.stderr
+    assert names(result) == ["b/img", "img", "top"]  # the failure line carries the file stem
+    assert not list(elsewhere.iterdir())
+    assert (out / "b" / "img.npy").is_file() and (out / "top.npy").is_file()
+
+
+def test_no_heatmaps_writes_attributions_and_reports_only(tree, tmp_path):
+    out = tmp_path / "o"
+    result = run("explain", DIGITS, tree, "--out", out, "--steps", "4", "--no-heatmaps", "--json")
+    assert result.exit_code == 0
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["heatmap_file"] is None and (out / record["attributions_file"]).is_file()
+    assert not list(out.rglob("*.png")) and (out / "report.json").is_file()
+
+
 def test_symlink_outside_tree_is_refused(tree, tmp_path):
     outside = tmp_path / "secret.png"
     shutil.copy(DIGIT_PNGS[3], outside)
@@ -113,22 +137,38 @@ def test_skip_existing_resumes(tree, tmp_path):
         "explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing", "--json"
     )
     assert second.exit_code == 0
-    assert names(second) == ["b/img"]  # only the unfinished input is redone
-    assert (out / "a" / "img.npy").stat().st_mtime_ns == stamp
+    # resumed inputs still print their JSON lines: a pipeline reading stdout misses nothing
+    assert names(second) == ["a/img", "b/img", "top"]
+    assert (out / "a" / "img.npy").stat().st_mtime_ns == stamp  # not redone
     report = json.loads((out / "report.json").read_text())
     assert len(report["results"]) == 3 and report["summary"]["resumed"] == 2
 
 
-def test_skip_existing_redoes_outputs_older_than_the_model(tree, tmp_path):
+def test_skip_existing_redoes_results_made_with_other_settings(tree, tmp_path):
+    out = tmp_path / "o"
+    run("explain", DIGITS, tree, "--out", out, "--steps", "4")
+    stamp = (out / "top.npy").stat().st_mtime_ns
+    again = run("explain", DIGITS, tree, "--out", out, "--steps", "8", "--skip-existing")
+    report = json.loads((out / "report.json").read_text())
+    assert again.exit_code == 0 and report["summary"]["resumed"] == 0
+    assert report["results"][0]["steps"] == 8 and (out / "top.npy").stat().st_mtime_ns != stamp
+    same = run("explain", DIGITS, tree, "--out", out, "--steps", "8", "--skip-existing")
+    assert same.exit_code == 0
+    assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 1
+
+
+def test_skip_existing_redoes_results_of_a_changed_model(tree, tmp_path):
     out = tmp_path / "o"
     model = tmp_path / "m.onnx"
     shutil.copy(DIGITS, model)
     shutil.copy(DIGITS.with_suffix(".json"), tmp_path / "m.json")
     run("explain", model, tree, "--out", out, "--steps", "4")
-    future = (out / "top.record.json").stat().st_mtime + 10
-    os.utime(model, (future, future))
-    again = run("explain", model, tree, "--out", out, "--steps", "4", "--skip-existing", "--json")
-    assert names(again) == ["top"]
+    changed = onnx.load(str(model))
+    changed.doc_string = "retrained"
+    onnx.save(changed, str(model))
+    again = run("explain", model, tree, "--out", out, "--steps", "4", "--skip-existing")
+    assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 0
+    assert again.exit_code == 0
 
 
 def test_shards_partition_inputs_and_merge(tree, tmp_path):
@@ -257,7 +297,8 @@ def test_interrupted_run_keeps_finished_inputs_and_resumes(tree, tmp_path, monke
     second = run(
         "explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing", "--json"
     )
-    assert second.exit_code == 0 and len(names(second)) == 2
+    assert second.exit_code == 0 and len(names(second)) == 3
+    assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 1
 
 
 def test_grouped_inputs_match_one_at_a_time(tree, tmp_path):
