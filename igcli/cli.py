@@ -43,6 +43,20 @@ def _ints(text: str | None, option: str) -> list[int] | None:
         ) from None
 
 
+def _size_option(text: str | None, option: str) -> int | None:
+    if text is None:
+        return None
+    from igcli.cache import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+    if size <= 0:
+        raise click.BadParameter("must be more than 0", param_hint=option)
+    return size
+
+
 def _feeds(values: tuple[str, ...]) -> dict[str, Path]:
     feeds = {}
     for value in values:
@@ -146,9 +160,12 @@ MODEL = click.argument(
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
-    default=64,
-    show_default=True,
-    help="Path points per model call; bounds memory.",
+    help="Path points per model call (default: as many as fit --memory-limit, at most 64).",
+)
+@click.option(
+    "--memory-limit",
+    metavar="SIZE",
+    help="Memory the model calls may use, e.g. 4G (default: half of the available memory).",
 )
 @click.option(
     "--gradients",
@@ -265,7 +282,8 @@ def explain(
     steps: int,
     method: str,
     baseline: str | None,
-    batch_size: int,
+    batch_size: int | None,
+    memory_limit: str | None,
     gradients: str,
     fd_groups: str | None,
     fd_step: float,
@@ -314,6 +332,7 @@ def explain(
         provider=provider,
         threads=threads,
         batch_size=batch_size,
+        memory_limit=_size_option(memory_limit, "--memory-limit"),
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
         labels=_labels(labels_file),

@@ -46,6 +46,7 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
         "baseline": settings.baseline,
         "seed": settings.seed,
         "batch_size": session.runner.batch_size,
+        "memory_budget": session.memory_budget,
         "provider": session.providers[0],
         "threads": session.threads,
         "gradients": session.gradients,
@@ -60,12 +61,13 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
 
 def execute(batch: BatchRun, items: list[InputItem], messages: Messages) -> None:
     """Explain every item, a group of inputs per model call where they fit."""
-    size = batch.group_size()
     with messages.progress(len(items)) as progress:
-        for k in range(0, len(items), size):
-            group = items[k : k + size]
+        k = 0
+        while k < len(items):
+            group = items[k : k + batch.group_size()]  # rows per call are known after the first
             batch.process(group)
             progress.advance(len(group))
+            k += len(group)
 
 
 def run_explain(
@@ -119,6 +121,8 @@ def run_explain(
     failing = batch.apply_gate()
     report.settings["wall_time_s"] = round(time.perf_counter() - start, 3)
     report.settings["model_time_s"] = round(session.model_seconds, 3)
+    report.settings["batch_size"] = session.runner.batch_size  # as measured
+    report.settings["memory_per_row"] = session.memory_per_row
     report.write(outputs.out_dir)
     summary_table(report, messages)
     messages.info(f"outputs in {outputs.out_dir}/ (report.json, report.md, report.csv)")

@@ -38,6 +38,7 @@ from igcli.gradients import (
 )
 from igcli.ig import Problem, integrated_gradients_many
 from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
+from igcli.memory import MAX_ROWS, default_budget, rows_within
 from igcli.model import (
     Feed,
     ModelRunner,
@@ -131,7 +132,8 @@ class Session:
         fd_groups: str | None = None,
         provider: str | None = None,
         threads: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
+        memory_limit: int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         labels: Sequence[str] | None = None,
@@ -170,7 +172,11 @@ class Session:
         self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std)
         self.providers = resolve_providers(provider)
         self.threads = threads
-        self.batch_size = max(1, int(batch_size))
+        # rows per model call: given, or measured against the memory budget on first use
+        self.batch_size = max(1, int(batch_size)) if batch_size else MAX_ROWS
+        self.memory_budget = memory_limit or default_budget()
+        self.memory_per_row: int | None = None
+        self._rows_measured = batch_size is not None
         self.graph_blockers: list[str] = []
         self.gradient_check: GradientCheck | None = None  # the self-check, once it has run
         self.graph: GraphRunner | None = None
@@ -393,6 +399,8 @@ class Session:
             baselines.make_baseline(name, s, self.prep, seed=settings.seed)
             for name, s in zip(names, samples, strict=True)
         ]
+        if not self._rows_measured:  # before anything else runs: the measure needs a fresh arena
+            self._measure_rows(samples[0].x)
         rows = [r for s, b in zip(samples, bases, strict=True) for r in (s.x, b.astype(s.x.dtype))]
         try:  # one call gives the targets and both ends of every path
             ends = self.runner.run(np.stack(rows))
@@ -401,6 +409,7 @@ class Session:
         out_shape = ends.shape[1:]
         if self.graph is not None and self.gradient_check is None:
             self._self_check(samples[0])
+
         jobs = []  # (sample index, target, problem)
         for i, (sample, base) in enumerate(zip(samples, bases, strict=True)):
             pair = ends[2 * i : 2 * i + 2]
@@ -519,6 +528,24 @@ class Session:
                   "using finite differences")  # fmt: skip
         self.graph = None
         self.runner = self._plain_runner()
+
+    def _measure_rows(self, x: np.ndarray) -> None:
+        """Rows per call from what one more row costs, within the memory budget."""
+        self._rows_measured = True
+        runner = self.runner
+        if runner.batch_size <= 1:
+            return  # the model takes one row per call anyway
+
+        def call(n: int) -> None:
+            rows = np.repeat(x[None], n, axis=0).astype(runner.input_dtype)
+            if self.graph is not None:
+                runner.call(rows, [runner.output_name], np.zeros(n, dtype=np.int64))
+            else:
+                runner.call(rows, [runner.output_name])
+
+        rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
+        runner.batch_size = rows
+        self.memory_per_row = per_row
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

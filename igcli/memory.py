@@ -1,0 +1,78 @@
+"""How much memory a run may use, and how many path points per model call fit in it.
+
+A gradient call holds every activation of the forward pass for the backward pass, so its
+memory grows with the rows per call (ResNet-50 at 224x224: about 2.7 GiB at 16 rows, 5.5 GiB
+at 64). The default budget is half of the memory this process can have (the smaller of the
+machine's available memory and a cgroup limit, as CI runners and containers set); the rows per
+call come from measuring what one more row costs, so no default run can exhaust a runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+MAX_ROWS = 64  # beyond this, larger calls gain nothing measurable on CPU
+DEFAULT_SHARE = 0.5
+
+
+def _read_int(path: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        text = Path(path).read_text().strip()
+        if text and text != "max":
+            return int(text)
+    return None
+
+
+def available_memory() -> int:
+    """Bytes this process could still use: MemAvailable, capped by a cgroup limit."""
+    available = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    if available is None:  # not Linux: all of physical memory, as far as we can tell
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    available = available or 4 << 30
+    limit = _read_int("/sys/fs/cgroup/memory.max") or _read_int(
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    )
+    if limit and limit < (1 << 60):
+        used = _read_int("/sys/fs/cgroup/memory.current") or 0
+        available = min(available, max(limit - used, 0) + current_rss())
+    return available
+
+
+def default_budget() -> int:
+    return int(DEFAULT_SHARE * available_memory())
+
+
+def current_rss() -> int:
+    """Resident memory of this process now, in bytes (0 where it cannot be read)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    return 0
+
+
+def rows_within(
+    budget: int, call: Callable[[int], None], cap: int = MAX_ROWS
+) -> tuple[int, int | None]:
+    """Rows per call that fit `budget`, measured: (rows, bytes per row or None).
+
+    `call(n)` runs one model call on n rows. ONNX Runtime keeps what a call allocated for the
+    next one, so resident memory after a call of 1 row and after a call of 4 rows differ by
+    what three more rows cost. Measure before anything larger has run on the session.
+    """
+    call(1)
+    one = current_rss()
+    call(4)
+    four = current_rss()
+    if not one or four <= one:  # unmeasurable here, or too small to see: no limit from it
+        return cap, None
+    per_row = (four - one) / 3
+    rows = int((budget - one) // per_row) + 1
+    return max(1, min(cap, rows)), int(per_row)

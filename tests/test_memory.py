@@ -1,0 +1,46 @@
+"""The memory budget decides the rows per model call; nothing a user can ask allocates without bound."""
+
+import numpy as np
+
+import igcli
+from igcli.memory import available_memory, current_rss, default_budget, rows_within
+from tests.test_cli import DIGITS, run
+
+
+def test_rows_follow_the_measured_cost_of_a_row():
+    held = []
+
+    def call(n):  # like an arena: the largest call's memory stays resident
+        held[:] = [np.ones(n * (8 << 20) // 8)]
+
+    budget = current_rss() + (60 << 20)
+    rows, per_row = rows_within(budget, call, cap=64)
+    assert per_row is not None and 6 << 20 < per_row < 10 << 20
+    assert 3 <= rows <= 9
+
+
+def test_rows_are_capped_and_at_least_one():
+    assert rows_within(1, lambda n: None, cap=64) == (64, None)  # unmeasurable: the cap
+    held = []
+    rows, _ = rows_within(0, lambda n: held.append(np.ones(n << 17)), cap=64)
+    assert rows == 1
+
+
+def test_budget_is_a_share_of_available_memory():
+    assert 0 < default_budget() < available_memory()
+
+
+def test_a_session_measures_its_rows_once(tmp_path):
+    session = igcli.Session(DIGITS)
+    session.attribute(sorted((DIGITS.parent.parent / "sample_inputs" / "digits").glob("*.png"))[0])
+    assert 1 <= session.runner.batch_size <= 64
+    given = igcli.Session(DIGITS, batch_size=7)
+    assert given.runner.batch_size == 7
+
+
+def test_memory_limit_option(tmp_path):
+    png = sorted((DIGITS.parent.parent / "sample_inputs" / "digits").glob("*.png"))[0]
+    ok = run("explain", DIGITS, png, "--memory-limit", "2G", "--out", tmp_path, "--steps", "4")
+    assert ok.exit_code == 0
+    bad = run("explain", DIGITS, png, "--memory-limit", "lots", "--out", tmp_path)
+    assert bad.exit_code == 2 and "--memory-limit" in bad.stderr
