@@ -28,6 +28,13 @@ DEFAULT_MAX_STEPS = 1024
 # Stored integrand vectors of unfinished panels, over all problems of one call. Beyond it the
 # panels with the smallest errors are committed (frozen) so their gradients can be dropped.
 DEFAULT_MEMORY_LIMIT = 256 * 2**20
+STOP_REASONS = {
+    "tolerance": "the completeness error is within the tolerance",
+    "max_steps": "max_steps gradient evaluations were used",
+    "floor": "no refinement can lower the error further: the panels left are too narrow to "
+    "split, or F(x) - F(b) as given differs from what F along the path adds up to",
+    "nonfinite": "F or its gradient is NaN or infinite at a path point",
+}
 
 
 @dataclass
@@ -37,9 +44,10 @@ class IGResult:
     f_baseline: float
     steps: int  # gradient evaluations used
     method: str
-    # Adaptive steps only (None for a fixed rule): whether the tolerance was met before
-    # max_steps, and the path points evaluated (ascending).
+    # Adaptive steps only (None for a fixed rule): whether the tolerance was met, why the
+    # refinement stopped (STOP_REASONS), and the path points evaluated (ascending).
     converged: bool | None = None
+    stop_reason: str | None = None
     alphas: np.ndarray | None = None
 
     @property
@@ -156,7 +164,8 @@ def integrated_gradients_many(
 
     `steps` is a number of points of the rule `method` (default Gauss-Legendre), or "auto":
     adaptive steps, per problem, until the relative completeness error is at most `tolerance`
-    or `max_steps` gradient evaluations are used (then the result's `converged` is False).
+    or `max_steps` gradient evaluations are used (then the result's `converged` is False, and
+    `stop_reason` says why: see STOP_REASONS).
     `method` must be None with "auto" (the adaptive rule is fixed). `memory_limit` bounds the
     bytes of integrand vectors adaptive steps keep between rounds, over all problems (a
     round's new ones come on top, at most as many again; fixed rules keep none); past it,
@@ -247,6 +256,7 @@ class _Adaptive:
         self.split: list[int] = []  # live panels chosen for splitting (their quarter points
         self.pending: list[float] = []  # are pending evaluation)
         self.converged = False
+        self.stop_reason: str | None = None
         self.done = False
         self.first_round = True
         self.max_new = max_steps  # points a round may add (the driver lowers it for memory)
@@ -326,7 +336,7 @@ class _Adaptive:
     def _decide(self, finite: bool) -> None:
         """Check convergence; if not there, choose the panels to split next round."""
         if not finite:
-            self._finish()  # NaN or Inf: refining cannot help; report what there is
+            self._finish("nonfinite")  # refining cannot help; report what there is
             return
         target = self.tolerance * self._scale()
         # The attributions' sum, from the scalars (the same up to rounding): the vectors are
@@ -335,11 +345,14 @@ class _Adaptive:
         sq = self.frozen_sq_error + float(np.sum(self.errors**2))
         if abs(signed) <= target and math.sqrt(sq) <= target:
             self.converged = True
-            self._finish()
+            self._finish("tolerance")
             return
         room = min((self.max_steps - len(self.alphas)) // 2, self.max_new // 2)
+        if room < 1:  # each split costs two points
+            self._finish("max_steps")
+            return
         widths = np.array([self.alphas[c] - self.alphas[a] for a, _, c in self.panels])
-        splittable = (widths > self.min_width) if room >= 1 else np.zeros(len(widths), bool)
+        splittable = widths > self.min_width
         # What no split can remove: the errors of committed panels and of panels too narrow
         # to split, and the reported delta against the F the source returned along the path
         # (they come from different calls), with rounding.
@@ -347,7 +360,7 @@ class _Adaptive:
         fixed_sum = signed - float(np.sum(self.errors[splittable]))
         fixed_sq = self.frozen_sq_error + float(np.sum(self.errors[stuck] ** 2))
         if abs(fixed_sum) > target or math.sqrt(fixed_sq) > target or not splittable.any():
-            self._finish()
+            self._finish("floor")
             return
         # Split the largest errors until what is left is halfway down to the target.
         goal_sum = max(target / 2, (target + abs(fixed_sum)) / 2)
@@ -364,7 +377,7 @@ class _Adaptive:
             rest_sum -= self.errors[k]
             rest_sq -= self.errors[k] ** 2
         if not self.split:
-            self._finish()
+            self._finish("floor")
             return
         for k in self.split:
             a, m, c = self.panels[k]
@@ -404,8 +417,9 @@ class _Adaptive:
             self.estimates, self.errors = self.estimates[keep], self.errors[keep]
             self.split = [renumber[k] for k in self.split]
 
-    def _finish(self) -> None:
+    def _finish(self, reason: str) -> None:
         """Sum the attributions and drop the stored gradients."""
+        self.stop_reason = reason
         self.attributions = self._sum_attributions()
         self.vec = []
         self.done = True
@@ -414,7 +428,8 @@ class _Adaptive:
         order = np.argsort(self.alphas)
         alphas = np.array(self.alphas)[order]
         return IGResult(self.attributions, f_input, f_baseline, len(alphas), ADAPTIVE_METHOD,
-                        converged=self.converged, alphas=alphas)  # fmt: skip
+                        converged=self.converged, stop_reason=self.stop_reason,
+                        alphas=alphas)  # fmt: skip
 
 
 def _adaptive_many(

@@ -90,6 +90,7 @@ def test_quartic_is_exact_in_the_first_round():
     src = Source(lambda p: (p**4) @ c, lambda p: 4 * c * p**3, x, b)
     r = auto(src, x, b, tolerance=1e-12)
     assert r.converged and r.steps == 9 and r.method == ADAPTIVE_METHOD
+    assert r.stop_reason == "tolerance"
     np.testing.assert_allclose(r.attributions, c * (x**4 - b**4), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(r.alphas, np.arange(9) / 8)
 
@@ -197,10 +198,10 @@ def test_gradient_graph_calls_are_shared_through_onnx_runtime():
 def test_max_steps_caps_and_says_so():
     x, b = np.array([1.2, 0.6]), np.zeros(2)
     r = auto(min_one_sum(x, b), x, b, tolerance=1e-13, max_steps=40)
-    assert not r.converged and 39 <= r.steps <= 40
+    assert not r.converged and 39 <= r.steps <= 40 and r.stop_reason == "max_steps"
     assert r.rel_error > 1e-13
     small = auto(min_one_sum(x, b), x, b, max_steps=3)  # one panel: ends and midpoint
-    assert small.steps == 3 and not small.converged
+    assert small.steps == 3 and not small.converged and small.stop_reason == "max_steps"
 
 
 def test_zero_delta_uses_the_variation_along_the_path():
@@ -239,7 +240,7 @@ def test_nan_stops_at_once():
     src = Source(lambda p: np.log(p.sum(1)), lambda p: 1 / p.sum(1, keepdims=True) + 0 * p, x, b)
     with np.errstate(all="ignore"):
         r = auto(src, x, b, end_values=(math.log(2), float("nan")))
-    assert not r.converged and r.steps == 9
+    assert not r.converged and r.steps == 9 and r.stop_reason == "nonfinite"
 
 
 def test_finite_differences_through_onnx_runtime(tmp_path):
@@ -299,7 +300,23 @@ def test_fixed_steps_are_unchanged():
     x, b = rng.normal(size=3), np.zeros(3)
     r = integrated_gradients(separable(c, k, x, b)[0], x, b, steps=16)
     assert r.steps == 16 and r.method == "gausslegendre" and r.converged is None
-    assert r.alphas is None
+    assert r.alphas is None and r.stop_reason is None
+
+
+def test_a_delta_the_path_cannot_reach_stops_early():
+    """F(x) - F(b) as given disagrees with F along the path (say the forward model and the
+    gradient graph round differently) by more than the tolerance: refining cannot help."""
+    x, b = np.array([1.2, 0.6]), np.zeros(2)
+    r = auto(min_one_sum(x, b), x, b, tolerance=1e-3, end_values=(1.01, 0.0))
+    assert not r.converged and r.stop_reason == "floor" and r.steps < 100
+
+
+def test_float32_inputs_are_not_refined_below_their_resolution():
+    """Panels narrower than a few float32 ulps would evaluate the same model inputs."""
+    x, b = np.array([1.2, 0.6], dtype=np.float32), np.zeros(2, dtype=np.float32)
+    r = auto(min_one_sum(x, b), x, b, tolerance=1e-12)
+    assert not r.converged and r.stop_reason == "floor"
+    assert np.min(np.diff(r.alphas)) >= 2 * np.finfo(np.float32).eps
 
 
 @pytest.mark.parametrize(
