@@ -3,11 +3,18 @@
 attribution_i = (x_i - b_i) * integral_0^1 dF/dx_i(gamma(a)) da  for the straight path, and in
 general the integral of grad F(gamma(a)) * gamma'(a). The integral is a quadrature rule over
 path points, evaluated in batches; completeness says the attributions sum to F(x) - F(b).
+
+Two ways to choose the points:
+- a fixed rule (`steps=n`): n points of a named quadrature rule, the same for every problem;
+- adaptive steps (`steps="auto"`): per problem, points are added where the integrand needs
+  them until the completeness error is within a tolerance (see `_Adaptive`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -15,14 +22,33 @@ from igcli.gradients import GradientSource
 from igcli.paths import Path, StraightPath
 from igcli.quadrature import alphas_and_weights
 
+ADAPTIVE_METHOD = "adaptive_simpson"
+DEFAULT_TOLERANCE = 0.005
+DEFAULT_MAX_STEPS = 1024
+# Stored integrand vectors of unfinished panels, over all problems of one call. Beyond it the
+# panels with the smallest errors are committed (frozen) so their gradients can be dropped.
+DEFAULT_MEMORY_LIMIT = 256 * 2**20
+STOP_REASONS = {
+    "tolerance": "the completeness error is within the tolerance",
+    "max_steps": "max_steps gradient evaluations were used",
+    "floor": "no refinement can lower the error further: the panels left are too narrow to "
+    "split, or F(x) - F(b) as given differs from what F along the path adds up to",
+    "nonfinite": "F or its gradient is NaN or infinite at a path point",
+}
+
 
 @dataclass
 class IGResult:
     attributions: np.ndarray  # same shape as x
     f_input: float
     f_baseline: float
-    steps: int
+    steps: int  # gradient evaluations used
     method: str
+    # Adaptive steps only (None for a fixed rule): whether the tolerance was met, why the
+    # refinement stopped (STOP_REASONS), and the path points evaluated (ascending).
+    converged: bool | None = None
+    stop_reason: str | None = None
+    alphas: np.ndarray | None = None
 
     @property
     def attribution_sum(self) -> float:
@@ -55,16 +81,21 @@ class Problem:
     end_values: tuple[float, float] | None = None  # F(x), F(baseline) when already known
 
 
+Steps = int | Literal["auto"]
+
+
 def integrated_gradients(
     source: GradientSource,
     x: np.ndarray,
     baseline: np.ndarray,
     *,
-    steps: int = 50,
-    method: str = "gausslegendre",
+    steps: Steps = 50,
+    method: str | None = None,
     path: Path | None = None,
     batch_size: int = 64,
     end_values: tuple[float, float] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_steps: int = DEFAULT_MAX_STEPS,
 ) -> IGResult:
     """IG of `source`'s scalar function at x (one sample, no batch axis) from `baseline`.
 
@@ -72,58 +103,97 @@ def integrated_gradients(
     """
     problem = Problem(x, baseline, source, end_values)
     return integrated_gradients_many([problem], steps=steps, method=method, path=path,
-                                     batch_size=batch_size)[0]  # fmt: skip
+                                     batch_size=batch_size, tolerance=tolerance,
+                                     max_steps=max_steps)[0]  # fmt: skip
 
 
-def _row_chunks(n_problems: int, steps: int, batch_size: int, straddle: bool):
-    """(problem, first step, last step) segments, grouped into model calls of <= batch_size rows.
+def _segments(counts: list[int], batch_size: int, straddle: bool):
+    """(problem, first row, last row) segments, grouped into calls of <= batch_size rows.
 
-    Calls mix problems only when `straddle` (their sources can be merged into one call).
+    Problem j asks for counts[j] rows. Calls mix problems only when `straddle` (their sources
+    can be merged into one call).
     """
     chunk, used = [], 0
-    for j in range(n_problems):
+    for j, n in enumerate(counts):
         k = 0
-        while k < steps:
-            take = min(steps - k, batch_size - used)
+        while k < n:
+            take = min(n - k, batch_size - used)
             chunk.append((j, k, k + take))
             used += take
             k += take
-            if used == batch_size or (not straddle and k == steps):
+            if used == batch_size or (not straddle and k == n):
                 yield chunk
                 chunk, used = [], 0
     if chunk:
         yield chunk
 
 
+def _row_chunks(n_problems: int, steps: int, batch_size: int, straddle: bool):
+    """`_segments` for n_problems problems of `steps` rows each (the fixed rules)."""
+    return _segments([steps] * n_problems, batch_size, straddle)
+
+
+def _can_straddle(problems: list[Problem]) -> bool:
+    kinds = {type(p.source) for p in problems}
+    return len(kinds) == 1 and hasattr(next(iter(kinds)), "merge")
+
+
+def _call(problems: list[Problem], chunk, points: np.ndarray):
+    """F and dF/dx at the chunk's points, through one (merged) source."""
+    owners = [problems[j].source for j, lo, hi in chunk for _ in range(lo, hi)]
+    source = owners[0] if len({id(s) for s in owners}) == 1 else type(owners[0]).merge(owners)
+    return source.values_and_gradients(points)
+
+
 def integrated_gradients_many(
     problems: list[Problem],
     *,
-    steps: int = 50,
-    method: str = "gausslegendre",
+    steps: Steps = 50,
+    method: str | None = None,
     path: Path | None = None,
     batch_size: int = 64,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
 ) -> list[IGResult]:
     """IG for several problems, their path points packed into shared model calls.
 
     Points of different problems share a call when their sources can be merged (the source
     class has `merge(sources_per_row)`, as the gradient graph does: one seed per row); else
     each problem gets calls of its own.
+
+    `steps` is a number of points of the rule `method` (default Gauss-Legendre), or "auto":
+    adaptive steps, per problem, until the relative completeness error is at most `tolerance`
+    or `max_steps` gradient evaluations are used (then the result's `converged` is False, and
+    `stop_reason` says why: see STOP_REASONS).
+    `method` must be None with "auto" (the adaptive rule is fixed). `memory_limit` bounds the
+    bytes of integrand vectors adaptive steps keep between rounds, over all problems (a
+    round's new ones come on top, at most as many again; fixed rules keep none); past it,
+    settled panels are committed, which can cost convergence in extreme cases.
     """
     path = path or StraightPath()
     for p in problems:
         if p.x.shape != p.baseline.shape:
             raise ValueError(f"baseline shape {p.baseline.shape} differs from {p.x.shape}")
+    if isinstance(steps, str):
+        if steps != "auto":
+            raise ValueError(f"steps must be a number or 'auto', not {steps!r}")
+        if method is not None and method != ADAPTIVE_METHOD:
+            raise ValueError(f"steps='auto' uses its own rule; method {method!r} does not apply")
+        return _adaptive_many(
+            problems, path, max(1, batch_size), tolerance, max_steps, memory_limit
+        )
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise ValueError(f"steps must be a number or 'auto', not {steps!r}")
+    method = method or "gausslegendre"
     xs = [p.x.astype(np.float64) for p in problems]
     bs = [p.baseline.astype(np.float64) for p in problems]
     alphas, weights = alphas_and_weights(method, steps)
-    kinds = {type(p.source) for p in problems}
-    straddle = len(kinds) == 1 and hasattr(next(iter(kinds)), "merge")
+    straddle = _can_straddle(problems)
     totals = [np.zeros_like(x) for x in xs]
-    for chunk in _row_chunks(len(problems), steps, max(1, batch_size), straddle):
+    for chunk in _row_chunks(len(problems), steps, batch_size, straddle):
         points = np.concatenate([path.points(xs[j], bs[j], alphas[lo:hi]) for j, lo, hi in chunk])
-        owners = [problems[j].source for j, lo, hi in chunk for _ in range(lo, hi)]
-        source = owners[0] if len({id(s) for s in owners}) == 1 else type(owners[0]).merge(owners)
-        _, grads = source.values_and_gradients(points)
+        _, grads = _call(problems, chunk, points)
         row = 0
         for j, lo, hi in chunk:
             velocity = path.velocities(xs[j], bs[j], alphas[lo:hi])
@@ -134,3 +204,288 @@ def integrated_gradients_many(
         ends = p.end_values or tuple(p.source.values(np.stack([x, b])))
         results.append(IGResult(total, float(ends[0]), float(ends[1]), steps, method))
     return results
+
+
+# -- adaptive steps ------------------------------------------------------------------------
+
+FIRST_PANELS = 4  # the first round: Simpson on 4 panels, 9 points including both ends
+
+
+class _Adaptive:
+    """Adaptive Simpson on dyadic panels of [0, 1] for one problem, checked by completeness.
+
+    Why this scheme: the gradient source returns F at every point it evaluates, so on a panel
+    [a, c] whose ends and midpoint m were evaluated the exact integral of the scalar integrand
+    dF/dalpha is known: F(gamma(c)) - F(gamma(a)). Simpson's rule on the panel,
+    (c - a)/6 (g(a) + 4 g(m) + g(c)), therefore has an exactly known completeness error e_p.
+    Each round splits the panels with the largest |e_p| in two; the halves reuse the parent's
+    three points (ends and midpoint) and need only their two quarter points, so no gradient
+    is computed twice, and points gather where the integrand moves (a kink, a saturating
+    softmax). Points are dyadic rationals, exact in floating point. The attributions are the
+    composite Simpson rule over the final panels (its weights sum to 1).
+
+    Stopping: the completeness error of the attributions, |sum - delta| as `IGResult` reports
+    it, is at most tolerance * |delta|, and so is the root-sum-square of the panel errors.
+    The second test keeps a lucky cancellation between panels with large errors of opposite
+    signs from passing for convergence. When F(x) = F(b) the relative error is undefined;
+    errors are then measured against the variation of F seen along the path (the sum of
+    |F(a_{i+1}) - F(a_i)| over the evaluated points) instead of |delta|, and if F is constant
+    at every evaluated point only a zero error passes.
+
+    Memory: the integrand vector of each point is kept while a live panel uses it. `freeze`
+    commits panels (their Simpson contribution is added to a running total and they are never
+    split again) so their vectors can be dropped; the driver calls it only past its budget.
+    """
+
+    def __init__(self, x: np.ndarray, delta: float, tolerance: float, max_steps: int) -> None:
+        self.delta, self.tolerance, self.max_steps = delta, tolerance, max_steps
+        self.store_dtype = np.result_type(x.dtype, np.float32)  # the model's own precision
+        self.alphas: list[float] = []
+        self.index: dict[float, int] = {}
+        self.f: list[float] = []
+        self.g: list[float] = []  # dF/dalpha at each point: the sum of its integrand vector
+        self.vec: list[np.ndarray | None] = []  # integrand vectors; None once no panel uses it
+        self.users: list[int] = []  # live panels using each point
+        self.panels: list[tuple[int, int, int]] = []  # live panels as point indices (a, m, c)
+        self.estimates = np.zeros(0)  # Simpson's rule for dF/dalpha on each live panel
+        self.errors = np.zeros(0)  # its signed completeness error
+        self.frozen = np.zeros(x.shape, dtype=np.float64)  # committed panels' contribution
+        self.frozen_sum = 0.0  # committed panels' estimates and errors (signed sum and sum
+        self.frozen_error = 0.0  # of squares)
+        self.frozen_sq_error = 0.0
+        self.split: list[int] = []  # live panels chosen for splitting (their quarter points
+        self.pending: list[float] = []  # are pending evaluation)
+        self.converged = False
+        self.stop_reason: str | None = None
+        self.done = False
+        self.first_round = True
+        self.max_new = max_steps  # points a round may add (the driver lowers it for memory)
+        # Narrower panels are not split: their points would be the same model inputs (about 8
+        # units in the last place of the input's type apart; dyadic alphas stay exact).
+        self.min_width = max(8 * float(np.finfo(self.store_dtype).eps), 2.0**-40)
+        self.attributions = self.frozen  # final once done
+        n = FIRST_PANELS
+        while n > 1 and 2 * n + 1 > max_steps:
+            n //= 2
+        self.pending = [k / (2 * n) for k in range(2 * n + 1)]
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(v.nbytes for v in self.vec if v is not None)
+
+    def accept(self, values: np.ndarray, vectors: list[np.ndarray]) -> None:
+        """Take F and the integrand vector at each pending point, then decide what next."""
+        alphas, self.pending = self.pending, []
+        for a, f, v in zip(alphas, values, vectors, strict=True):
+            self.index[a] = len(self.alphas)
+            self.alphas.append(a)
+            self.f.append(float(f))
+            self.g.append(float(np.sum(v, dtype=np.float64)))
+            self.vec.append(v)
+            self.users.append(0)
+        if self.first_round:  # uniform panels
+            self.first_round = False
+            ids = [self.index[a] for a in alphas]
+            new = [(ids[k], ids[k + 1], ids[k + 2]) for k in range(0, len(ids) - 2, 2)]
+        else:
+            new = []
+            for k in self.split:
+                a, m, c = self.panels[k]
+                qa = self.index[(self.alphas[a] + self.alphas[m]) / 2]
+                qc = self.index[(self.alphas[m] + self.alphas[c]) / 2]
+                new += [(a, qa, m), (m, qc, c)]
+                for i in (a, m, c):
+                    self.users[i] -= 1
+            gone = set(self.split)
+            keep = [k for k in range(len(self.panels)) if k not in gone]
+            self.panels = [self.panels[k] for k in keep]
+            self.estimates, self.errors = self.estimates[keep], self.errors[keep]
+        for panel in new:
+            for i in panel:
+                self.users[i] += 1
+        self.panels += new
+        estimates = np.array([self._simpson(p) for p in new])
+        exact = np.array([self.f[c] - self.f[a] for a, _, c in new])
+        self.estimates = np.concatenate([self.estimates, estimates])
+        self.errors = np.concatenate([self.errors, estimates - exact])
+        self.split = []
+        self._decide(finite=bool(np.isfinite(values).all() and np.isfinite(self.g).all()))
+
+    def _simpson(self, panel: tuple[int, int, int]) -> float:
+        a, m, c = panel
+        return (self.alphas[c] - self.alphas[a]) / 6 * (self.g[a] + 4 * self.g[m] + self.g[c])
+
+    def _sum_attributions(self) -> np.ndarray:
+        weights: dict[int, float] = {}
+        for a, m, c in self.panels:
+            h = self.alphas[c] - self.alphas[a]
+            weights[a] = weights.get(a, 0.0) + h / 6
+            weights[m] = weights.get(m, 0.0) + 4 * h / 6
+            weights[c] = weights.get(c, 0.0) + h / 6
+        total = self.frozen.copy()
+        for i, w in weights.items():
+            total += w * self.vec[i]
+        return total
+
+    def _scale(self) -> float:
+        if self.delta != 0:
+            return abs(self.delta)
+        f = np.array(self.f)[np.argsort(self.alphas)]
+        return float(np.sum(np.abs(np.diff(f))))
+
+    def _decide(self, finite: bool) -> None:
+        """Check convergence; if not there, choose the panels to split next round."""
+        if not finite:
+            self._finish("nonfinite")  # refining cannot help; report what there is
+            return
+        target = self.tolerance * self._scale()
+        # The attributions' sum, from the scalars (the same up to rounding): the vectors are
+        # summed only once, at the end.
+        signed = self.frozen_sum + float(np.sum(self.estimates)) - self.delta
+        sq = self.frozen_sq_error + float(np.sum(self.errors**2))
+        if abs(signed) <= target and math.sqrt(sq) <= target:
+            self.converged = True
+            self._finish("tolerance")
+            return
+        room = min((self.max_steps - len(self.alphas)) // 2, self.max_new // 2)
+        if room < 1:  # each split costs two points
+            self._finish("max_steps")
+            return
+        widths = np.array([self.alphas[c] - self.alphas[a] for a, _, c in self.panels])
+        splittable = widths > self.min_width
+        # What no split can remove: the errors of committed panels and of panels too narrow
+        # to split, and the reported delta against the F the source returned along the path
+        # (they come from different calls), with rounding.
+        stuck = ~splittable
+        fixed_sum = signed - float(np.sum(self.errors[splittable]))
+        fixed_sq = self.frozen_sq_error + float(np.sum(self.errors[stuck] ** 2))
+        if abs(fixed_sum) > target or math.sqrt(fixed_sq) > target or not splittable.any():
+            self._finish("floor")
+            return
+        # Split the largest errors until what is left is halfway down to the target.
+        goal_sum = max(target / 2, (target + abs(fixed_sum)) / 2)
+        goal_sq = max(target**2 / 4, (target**2 + fixed_sq) / 2)
+        rest_sum, rest_sq = signed, sq
+        for k in np.argsort(-np.abs(self.errors), kind="stable"):
+            if len(self.split) >= room:
+                break
+            if self.split and abs(rest_sum) <= goal_sum and rest_sq <= goal_sq:
+                break
+            if not splittable[k]:
+                continue
+            self.split.append(int(k))
+            rest_sum -= self.errors[k]
+            rest_sq -= self.errors[k] ** 2
+        if not self.split:
+            self._finish("floor")
+            return
+        for k in self.split:
+            a, m, c = self.panels[k]
+            self.pending += [(self.alphas[a] + self.alphas[m]) / 2,
+                             (self.alphas[m] + self.alphas[c]) / 2]  # fmt: skip
+
+    def freeze(self, keep_bytes: int) -> None:
+        """Commit live panels, smallest |error| first, until the stored vectors fit keep_bytes.
+
+        Panels chosen for splitting stay live. Committed panels are final: their error still
+        counts, they are just never refined.
+        """
+        chosen = set(self.split)
+        stored = self.stored_bytes
+        frozen = set()
+        for k in np.argsort(np.abs(self.errors), kind="stable"):
+            if stored <= keep_bytes:
+                break
+            if int(k) in chosen:
+                continue
+            a, m, c = self.panels[k]
+            h = self.alphas[c] - self.alphas[a]
+            self.frozen += h / 6 * (self.vec[a] + 4 * self.vec[m] + self.vec[c])
+            self.frozen_sum += float(self.estimates[k])
+            self.frozen_error += float(self.errors[k])
+            self.frozen_sq_error += float(self.errors[k]) ** 2
+            frozen.add(int(k))
+            for i in (a, m, c):
+                self.users[i] -= 1
+                if self.users[i] == 0 and self.vec[i] is not None:
+                    stored -= self.vec[i].nbytes
+                    self.vec[i] = None
+        if frozen:
+            keep = [k for k in range(len(self.panels)) if k not in frozen]
+            renumber = {old: new for new, old in enumerate(keep)}
+            self.panels = [self.panels[k] for k in keep]
+            self.estimates, self.errors = self.estimates[keep], self.errors[keep]
+            self.split = [renumber[k] for k in self.split]
+
+    def _finish(self, reason: str) -> None:
+        """Sum the attributions and drop the stored gradients."""
+        self.stop_reason = reason
+        self.attributions = self._sum_attributions()
+        self.vec = []
+        self.done = True
+
+    def result(self, f_input: float, f_baseline: float) -> IGResult:
+        order = np.argsort(self.alphas)
+        alphas = np.array(self.alphas)[order]
+        return IGResult(self.attributions, f_input, f_baseline, len(alphas), ADAPTIVE_METHOD,
+                        converged=self.converged, stop_reason=self.stop_reason,
+                        alphas=alphas)  # fmt: skip
+
+
+def _adaptive_many(
+    problems: list[Problem],
+    path: Path,
+    batch_size: int,
+    tolerance: float,
+    max_steps: int,
+    memory_limit: int,
+) -> list[IGResult]:
+    """Adaptive steps for every problem, in rounds that share model calls.
+
+    Each round, every unfinished problem proposes its next points; all of them are packed into
+    calls of at most batch_size rows exactly as fixed rules pack theirs; each problem then
+    takes its values and decides whether it is done.
+    """
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
+    if max_steps < 3:
+        raise ValueError("max_steps must be at least 3 (one Simpson panel)")
+    xs = [p.x.astype(np.float64) for p in problems]
+    bs = [p.baseline.astype(np.float64) for p in problems]
+    ends = [p.end_values or tuple(p.source.values(np.stack([x, b])))
+            for p, x, b in zip(problems, xs, bs, strict=True)]  # fmt: skip
+    states = [
+        _Adaptive(p.x, float(e[0]) - float(e[1]), tolerance, max_steps)
+        for p, e in zip(problems, ends, strict=True)
+    ]
+    straddle = _can_straddle(problems)
+    while True:
+        active = [j for j, s in enumerate(states) if not s.done]
+        if not active:
+            break
+        values = {j: [] for j in active}
+        vectors = {j: [] for j in active}
+        counts = [len(states[j].pending) for j in active]
+        for chunk in _segments(counts, batch_size, straddle):
+            chunk = [(active[k], lo, hi) for k, lo, hi in chunk]
+            alphas = {j: np.array(states[j].pending[lo:hi]) for j, lo, hi in chunk}
+            points = np.concatenate([path.points(xs[j], bs[j], alphas[j]) for j, _, _ in chunk])
+            f, grads = _call(problems, chunk, points)
+            row = 0
+            for j, lo, hi in chunk:
+                velocity = path.velocities(xs[j], bs[j], alphas[j])
+                integrand = grads[row : row + hi - lo] * velocity
+                values[j].append(np.asarray(f[row : row + hi - lo], dtype=np.float64))
+                # one array per row, so that each can be dropped on its own
+                vectors[j] += [np.array(v, dtype=states[j].store_dtype) for v in integrand]
+                row += hi - lo
+        share = memory_limit // len(active)
+        for j in active:
+            # a split panel keeps 3 vectors live: at most share / 3 of them per round
+            states[j].max_new = max(2, 2 * (share // (3 * max(1, vectors[j][0].nbytes))))
+            states[j].accept(np.concatenate(values[j]), vectors[j])
+        live = [s for s in states if not s.done]
+        if live and sum(s.stored_bytes for s in live) > memory_limit:
+            for s in live:
+                s.freeze(memory_limit // len(live))
+    return [s.result(float(e[0]), float(e[1])) for s, e in zip(states, ends, strict=True)]

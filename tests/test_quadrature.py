@@ -1,9 +1,16 @@
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from igcli.quadrature import RULES, alphas_and_weights
+from igcli.quadrature import (
+    LEGGAUSS_MAX,
+    RULES,
+    _gauss_legendre,
+    alphas_and_weights,
+    gausslegendre,
+)
 
 
 @pytest.mark.parametrize("method", list(RULES))
@@ -64,3 +71,94 @@ def test_bad_arguments():
         alphas_and_weights("riemann_trapezoid", 1)
     with pytest.raises(ValueError):
         alphas_and_weights("gausslegendre", 0)
+
+
+# -- Gauss-Legendre for any n in O(n) memory -------------------------------------------------
+
+# (n, index, node on [0, 1], weight on [0, 1]) computed independently in 40-digit arithmetic
+# (mpmath: Newton's method on the three-term recurrence), nodes in ascending order.
+REFERENCE_NODES = [
+    (1000, 0, 1.4443509622447150619e-6, 3.7066692082160357587e-6),
+    (1000, 9, 0.00023436700333799575124, 0.000048058736772735283021),
+    (1000, 10, 0.0002848894381959429975, 0.00005298605004950854858),
+    (1000, 499, 0.49921499475995840309, 0.0015700091900914338935),
+    (100000, 0, 1.4457820327984985246e-10, 3.7103435817923590106e-10),
+    (100000, 9, 2.3461743035193645993e-8, 4.8113847479349624125e-9),
+    (100000, 10, 2.8519865306757104242e-8, 5.3048598073109602743e-9),
+]
+
+
+@pytest.fixture(scope="module")
+def gl_100000():
+    return gausslegendre(100000)
+
+
+@pytest.mark.parametrize("n", [101, 128, 200])
+def test_gausslegendre_matches_numpy(n):
+    """Above LEGGAUSS_MAX our own method; numpy's leggauss (eigenvalues) as the reference.
+
+    leggauss's weights are themselves only good to ~1e-11 at n = 128
+    (REFERENCE_NODES is the tighter check), hence the weight tolerance."""
+    alphas, weights = gausslegendre(n)
+    nodes, ref_weights = np.polynomial.legendre.leggauss(n)
+    np.testing.assert_allclose(alphas, (nodes + 1) / 2, rtol=0, atol=2e-15)
+    np.testing.assert_allclose(weights, ref_weights / 2, rtol=5e-8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20, 21, 64, 100])
+def test_own_method_also_matches_numpy_below_the_switch(n):
+    """The O(n) method works for every n, not only where it is used."""
+    theta, w = _gauss_legendre(n)
+    nodes, ref_weights = np.polynomial.legendre.leggauss(n)
+    half = (n + 1) // 2
+    np.testing.assert_allclose(np.cos(theta), nodes[::-1][:half], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(w, ref_weights[::-1][:half], rtol=1e-11)
+
+
+def test_leggauss_kept_up_to_the_switch():
+    """Existing results stay bit for bit: n <= LEGGAUSS_MAX is still numpy's rule."""
+    alphas, weights = gausslegendre(LEGGAUSS_MAX)
+    nodes, ref_weights = np.polynomial.legendre.leggauss(LEGGAUSS_MAX)
+    assert np.array_equal(alphas, (nodes + 1) / 2) and np.array_equal(weights, ref_weights / 2)
+
+
+@pytest.mark.parametrize("n,index,node,weight", REFERENCE_NODES)
+def test_gausslegendre_against_high_precision(n, index, node, weight, gl_100000):
+    alphas, weights = gl_100000 if n == 100000 else gausslegendre(n)
+    assert alphas[index] == pytest.approx(node, rel=4e-15)
+    assert alphas[n - 1 - index] == pytest.approx(1 - node, rel=0, abs=2e-16)
+    assert weights[index] == pytest.approx(weight, rel=1e-13)
+    assert weights[n - 1 - index] == weights[index]
+
+
+def test_gausslegendre_100000_is_exact_on_polynomials(gl_100000):
+    """Degree up to 2n - 1 is exact: moments of a^k and an oscillation with n/2 periods."""
+    alphas, weights = gl_100000
+    n = len(alphas)
+    assert np.all(np.diff(alphas) > 0) and alphas[0] > 0 and alphas[-1] < 1
+    assert np.all(weights > 0) and abs(math.fsum(weights) - 1) < 1e-15
+    for k in (1, 2, 7, 100, 1000, 2 * n - 1):
+        moment = math.fsum(weights * alphas**k)
+        assert moment == pytest.approx(1 / (k + 1), rel=1e-9), k
+    for omega in (1.0, n / 2, float(n)):  # integral of cos(omega (2a - 1)) over [0, 1]
+        value = math.fsum(weights * np.cos(omega * (2 * alphas - 1)))
+        assert value == pytest.approx(math.sin(omega) / omega, rel=0, abs=1e-12), omega
+
+
+def test_gausslegendre_memory_is_linear():
+    """A few arrays of n floats, never an n x n matrix (800 MB here, 74.5 GiB at 100000)."""
+    tracemalloc.start()
+    try:
+        _gauss_legendre(10000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("method", list(RULES))
+def test_every_rule_at_the_largest_step_count(method, gl_100000):
+    alphas, weights = alphas_and_weights(method, 100000)
+    assert len(alphas) == len(weights) == 100000
+    assert abs(math.fsum(weights) - 1.0) < 1e-13
+    assert np.all((alphas >= 0) & (alphas <= 1))

@@ -1,0 +1,336 @@
+"""Adaptive steps (steps="auto"): closed forms, the tolerance, shared calls, reuse, the cap."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from igcli import ig
+from igcli.explain import Explainer, ExplainOptions
+from igcli.gradients import FiniteDifferences, GraphGradients, pick
+from igcli.ig import ADAPTIVE_METHOD, Problem, integrated_gradients, integrated_gradients_many
+from igcli.inputs import load_samples
+from igcli.model import ModelRunner
+from tests import models
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Source:
+    """A vectorised numpy gradient source that logs every point it is asked for.
+
+    Sources of this class can be merged like the gradient graph's: one call then serves rows
+    of several problems, each row evaluated by its own problem's functions.
+    """
+
+    name = "analytic"
+
+    def __init__(self, f, grad, x, baseline, log=None, tag=0):
+        self.f, self.grad = f, grad  # on [K, d] points: [K] values and [K, d] gradients
+        self.x, self.b = np.asarray(x, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+        self.log = log if log is not None else []  # one list of (tag, alpha) per call
+        self.tag = tag
+
+    def alpha(self, point):
+        d = self.x - self.b
+        return float(np.dot(point - self.b, d) / np.dot(d, d))
+
+    def values(self, points):
+        return self.f(points)
+
+    def values_and_gradients(self, points):
+        self.log.append([(self.tag, self.alpha(p)) for p in points])
+        return self.f(points), self.grad(points)
+
+    @classmethod
+    def merge(cls, per_row):
+        return _Merged(per_row)
+
+
+class _Merged:
+    def __init__(self, per_row):
+        self.per_row = per_row
+
+    def values_and_gradients(self, points):
+        rows = list(zip(self.per_row, points, strict=True))
+        self.per_row[0].log.append([(s.tag, s.alpha(p)) for s, p in rows])
+        f = np.array([s.f(p[None])[0] for s, p in rows])
+        g = np.stack([s.grad(p[None])[0] for s, p in rows])
+        return f, g
+
+
+def separable(c, k, x, b, log=None, tag=0):
+    """F(p) = sum_i c_i sin(k_i p_i): IG is exactly c_i (sin(k_i x_i) - sin(k_i b_i))."""
+    return Source(
+        lambda p: np.sin(p * k) @ c, lambda p: c * k * np.cos(p * k), x, b, log, tag
+    ), c * (np.sin(k * x) - np.sin(k * b))
+
+
+def min_one_sum(x, b, log=None, tag=0):
+    """F = min(1, x1 + x2), the seed's example: IG at (1.2, 0.6) from 0 is (2/3, 1/3)."""
+    return Source(
+        lambda p: np.minimum(1.0, p.sum(1)),
+        lambda p: np.where(p.sum(1, keepdims=True) < 1, 1.0, 0.0) * np.ones_like(p),
+        x,
+        b,
+        log,
+        tag,
+    )
+
+
+def auto(source, x, b, **kw):
+    return integrated_gradients(source, x, b, steps="auto", **kw)
+
+
+def test_quartic_is_exact_in_the_first_round():
+    """F = sum c_i p_i^4: dF/dalpha is a cubic, which Simpson's rule integrates exactly."""
+    rng = np.random.default_rng(0)
+    c, x, b = rng.normal(size=5), rng.normal(size=5), rng.normal(size=5)
+    src = Source(lambda p: (p**4) @ c, lambda p: 4 * c * p**3, x, b)
+    r = auto(src, x, b, tolerance=1e-12)
+    assert r.converged and r.steps == 9 and r.method == ADAPTIVE_METHOD
+    assert r.stop_reason == "tolerance"
+    np.testing.assert_allclose(r.attributions, c * (x**4 - b**4), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(r.alphas, np.arange(9) / 8)
+
+
+@pytest.mark.parametrize("tolerance", [1e-2, 1e-4, 1e-6, 1e-8])
+def test_converges_to_the_tolerance_on_a_closed_form(tolerance):
+    rng = np.random.default_rng(1)
+    c, k = rng.normal(size=8), rng.uniform(1, 6, size=8)
+    x, b = rng.normal(size=8), np.zeros(8)
+    src, exact = separable(c, k, x, b)
+    r = auto(src, x, b, tolerance=tolerance)
+    assert r.converged and r.rel_error <= tolerance
+    assert r.delta == pytest.approx(exact.sum())
+    # every attribution, not only their sum, is within the tolerance's reach
+    assert np.abs(r.attributions - exact).max() <= 10 * tolerance * np.abs(exact).sum()
+
+
+def test_more_steps_for_a_tighter_tolerance():
+    rng = np.random.default_rng(2)
+    c, k = rng.normal(size=6), rng.uniform(2, 8, size=6)
+    x, b = rng.normal(size=6), np.zeros(6)
+    steps = [auto(separable(c, k, x, b)[0], x, b, tolerance=t).steps for t in (1e-2, 1e-5, 1e-8)]
+    assert steps[0] < steps[1] < steps[2] <= 1024
+
+
+def test_min_one_sum_closed_form_and_points_gather_at_the_kink():
+    x, b = np.array([1.2, 0.6]), np.zeros(2)
+    r = auto(min_one_sum(x, b), x, b, tolerance=1e-6)
+    assert r.converged and r.rel_error <= 1e-6
+    np.testing.assert_allclose(r.attributions, [2 / 3, 1 / 3], atol=1e-5)
+    kink = 1 / 1.8  # where x1 + x2 reaches 1 along the path
+    near = np.abs(r.alphas - kink) < 1 / 16
+    assert near.sum() > 0.6 * r.steps  # an eighth of the path holds most of the points
+
+
+def test_one_problem_points_are_never_evaluated_twice():
+    log = []
+    x, b = np.array([1.2, 0.6]), np.zeros(2)
+    r = auto(min_one_sum(x, b, log), x, b, tolerance=1e-8)
+    seen = [a for call in log for _, a in call]
+    assert len(seen) == len(set(seen)) == r.steps
+    np.testing.assert_allclose(sorted(seen), r.alphas, atol=1e-15)
+    assert len(log) > 1  # several rounds
+
+
+def test_problems_share_model_calls_and_keep_their_own_results():
+    rng = np.random.default_rng(3)
+    log = []
+    problems, exact = [], []
+    for tag in range(5):
+        c, k = rng.normal(size=4), rng.uniform(1, 8, size=4)
+        x, b = rng.normal(size=4), rng.normal(size=4) * 0.1
+        src, ex = separable(c, k, x, b, log, tag)
+        problems.append(Problem(x, b, src))
+        exact.append(ex)
+    shared = integrated_gradients_many(problems, steps="auto", tolerance=1e-6, batch_size=1000)
+    calls = list(log)
+    # one call per round, serving every problem still working
+    assert set(t for t, _ in calls[0]) == set(range(5))
+    rounds = {t: sum(any(tt == t for tt, _ in call) for call in calls) for t in range(5)}
+    assert len(calls) == max(rounds.values())
+    for tag, r in enumerate(shared):
+        alphas = [a for call in calls for t, a in call if t == tag]
+        assert len(alphas) == len(set(alphas)) == r.steps  # nothing evaluated twice
+        assert r.converged and r.rel_error <= 1e-6
+        assert np.abs(r.attributions - exact[tag]).max() < 1e-4
+    # small calls, or one problem at a time: the same points and the same numbers
+    log.clear()
+    small = integrated_gradients_many(problems, steps="auto", tolerance=1e-6, batch_size=4)
+    assert all(len(call) <= 4 for call in log)
+    alone = [integrated_gradients_many([p], steps="auto", tolerance=1e-6)[0] for p in problems]
+    for a, s, o in zip(shared, small, alone, strict=True):
+        np.testing.assert_array_equal(a.attributions, s.attributions)
+        np.testing.assert_array_equal(a.attributions, o.attributions)
+        np.testing.assert_array_equal(a.alphas, o.alphas)
+
+
+def test_gradient_graph_calls_are_shared_through_onnx_runtime():
+    """Real model calls: all rows of all problems in the fewest calls, none repeated."""
+    model = ROOT / "sample_models" / "breast_cancer_mlp.onnx"
+    ex = Explainer(model, ExplainOptions(use_cache=False, threads=1), warn=lambda m: None)
+    samples = load_samples(ROOT / "sample_inputs" / "breast_cancer.csv", ex.prep, "bc")
+    problems = []
+    for s in samples:
+        base = np.zeros_like(s.x)
+        ends = ex.runner.run(np.stack([s.x, base]))
+        ex.graph_runner.output_shape = ends.shape[1:]
+        t = int(np.argmax(ends[0]))
+        problems.append(Problem(s.x, base, GraphGradients(ex.runner, ex.graph_runner, t),
+                                tuple(pick(ends, t))))  # fmt: skip
+    runner = ex.graph_runner.runner
+    runner.calls = runner.rows = 0
+    shared = integrated_gradients_many(problems, steps="auto", batch_size=64)
+    shared_calls = runner.calls
+    assert runner.rows == sum(r.steps for r in shared)  # every row is a new point
+    runner.calls = 0
+    alone = [integrated_gradients_many([p], steps="auto", batch_size=64)[0] for p in problems]
+    assert shared_calls < runner.calls
+    for a, b in zip(shared, alone, strict=True):
+        assert a.converged and a.rel_error <= 0.005
+        assert a.steps == b.steps
+        np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-5, atol=1e-6)
+
+
+def test_max_steps_caps_and_says_so():
+    x, b = np.array([1.2, 0.6]), np.zeros(2)
+    r = auto(min_one_sum(x, b), x, b, tolerance=1e-13, max_steps=40)
+    assert not r.converged and 39 <= r.steps <= 40 and r.stop_reason == "max_steps"
+    assert r.rel_error > 1e-13
+    small = auto(min_one_sum(x, b), x, b, max_steps=3)  # one panel: ends and midpoint
+    assert small.steps == 3 and not small.converged and small.stop_reason == "max_steps"
+
+
+def test_zero_delta_uses_the_variation_along_the_path():
+    """F = sin(pi p1) exp(p2) from 0 to (1, 1): F(x) = F(b) = 0, yet the attributions are
+    -c and c with c = pi (1 + e) / (1 + pi^2); relative error is undefined, the absolute
+    one is judged against the variation of F along the path (about 2 max F)."""
+    x, b = np.ones(2), np.zeros(2)
+    src = Source(
+        lambda p: np.sin(np.pi * p[:, 0]) * np.exp(p[:, 1]),
+        lambda p: np.stack(
+            [
+                np.pi * np.cos(np.pi * p[:, 0]) * np.exp(p[:, 1]),
+                np.sin(np.pi * p[:, 0]) * np.exp(p[:, 1]),
+            ],
+            axis=1,
+        ),
+        x,
+        b,
+    )
+    r = auto(src, x, b, tolerance=1e-6, end_values=(0.0, 0.0))
+    c = math.pi * (1 + math.e) / (1 + math.pi**2)
+    assert r.delta == 0 and r.converged
+    np.testing.assert_allclose(r.attributions, [-c, c], atol=1e-5)
+    assert r.abs_error <= 1e-6 * 2 * 2.2  # variation <= 2 max F, max F < 2.2
+
+
+def test_constant_function_converges_at_once():
+    x, b = np.ones(3), np.zeros(3)
+    src = Source(lambda p: np.full(len(p), 2.0), lambda p: np.zeros_like(p), x, b)
+    r = auto(src, x, b)
+    assert r.converged and r.steps == 9 and r.abs_error == 0
+
+
+def test_nan_stops_at_once():
+    x, b = np.array([1.0, 1.0]), np.array([-1.0, -1.0])
+    src = Source(lambda p: np.log(p.sum(1)), lambda p: 1 / p.sum(1, keepdims=True) + 0 * p, x, b)
+    with np.errstate(all="ignore"):
+        r = auto(src, x, b, end_values=(math.log(2), float("nan")))
+    assert not r.converged and r.steps == 9 and r.stop_reason == "nonfinite"
+
+
+def test_finite_differences_through_onnx_runtime(tmp_path):
+    """The fallback source works too: it returns F at its points as the graph does."""
+    path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
+    runner = ModelRunner(models.min_one_sum(), path, "x", "y")
+    x, b = np.array([1.2, 0.6], dtype=np.float32), np.zeros(2)
+    r = auto(FiniteDifferences(runner, 0, x - b), x, b, tolerance=1e-3)
+    assert r.converged and r.rel_error <= 1e-3
+    np.testing.assert_allclose(r.attributions, [2 / 3, 1 / 3], atol=5e-3)
+
+
+def test_memory_limit_bounds_the_stored_gradients(monkeypatch):
+    """Past the limit, settled panels are committed and their gradients dropped; the result
+    still converges where the work is local (here a kink: away from it F is linear)."""
+    d = 20_000
+    rng = np.random.default_rng(4)
+    w, x, b = rng.normal(size=d), rng.normal(size=d), np.zeros(d)
+    w *= np.sign(w @ x)
+    s = 0.55 * (w @ x)  # F = min(s, w.p) bends at alpha = 0.55
+    exact = w * x / (w @ x) * s
+    stored = []
+    real_accept = ig._Adaptive.accept
+
+    def accept(self, values, vectors):
+        stored.append(self.stored_bytes)  # what the last round left
+        real_accept(self, values, vectors)
+
+    monkeypatch.setattr(ig._Adaptive, "accept", accept)
+
+    def run(limit):
+        stored.clear()
+        src = Source(
+            lambda p: np.minimum(s, p @ w),
+            lambda p: np.where((p @ w < s)[:, None], w, 0.0),
+            x,
+            b,
+        )
+        r = integrated_gradients_many(
+            [Problem(x, b, src)], steps="auto", tolerance=1e-9, memory_limit=limit
+        )[0]
+        return r, max(stored)
+
+    vector = d * 8
+    free, most = run(2**40)
+    assert free.steps > 40 and most > 30 * vector  # a vector per point
+    capped, most = run(10 * vector)
+    assert most <= 10 * vector
+    assert capped.converged and capped.rel_error <= 1e-9 and capped.steps == free.steps
+    np.testing.assert_allclose(capped.attributions, free.attributions, rtol=1e-12)
+    np.testing.assert_allclose(capped.attributions, exact, rtol=2e-9)  # F depends on w.p only
+
+
+def test_fixed_steps_are_unchanged():
+    rng = np.random.default_rng(5)
+    c, k = rng.normal(size=3), rng.uniform(1, 3, size=3)
+    x, b = rng.normal(size=3), np.zeros(3)
+    r = integrated_gradients(separable(c, k, x, b)[0], x, b, steps=16)
+    assert r.steps == 16 and r.method == "gausslegendre" and r.converged is None
+    assert r.alphas is None and r.stop_reason is None
+
+
+def test_a_delta_the_path_cannot_reach_stops_early():
+    """F(x) - F(b) as given disagrees with F along the path (say the forward model and the
+    gradient graph round differently) by more than the tolerance: refining cannot help."""
+    x, b = np.array([1.2, 0.6]), np.zeros(2)
+    r = auto(min_one_sum(x, b), x, b, tolerance=1e-3, end_values=(1.01, 0.0))
+    assert not r.converged and r.stop_reason == "floor" and r.steps < 100
+
+
+def test_float32_inputs_are_not_refined_below_their_resolution():
+    """Panels narrower than a few float32 ulps would evaluate the same model inputs."""
+    x, b = np.array([1.2, 0.6], dtype=np.float32), np.zeros(2, dtype=np.float32)
+    r = auto(min_one_sum(x, b), x, b, tolerance=1e-12)
+    assert not r.converged and r.stop_reason == "floor"
+    assert np.min(np.diff(r.alphas)) >= 2 * np.finfo(np.float32).eps
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(steps="many"), "steps must be"),
+        (dict(steps=True), "steps must be"),
+        (dict(steps="auto", method="riemann_left"), "own rule"),
+        (dict(steps="auto", tolerance=-1.0), "tolerance"),
+        (dict(steps="auto", tolerance=float("nan")), "tolerance"),
+        (dict(steps="auto", max_steps=2), "max_steps"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    x, b = np.ones(2), np.zeros(2)
+    with pytest.raises(ValueError, match=message):
+        integrated_gradients(min_one_sum(x, b), x, b, **kwargs)
