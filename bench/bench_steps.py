@@ -94,10 +94,10 @@ def resnet_model(folder: Path, softmax: bool, x0: np.ndarray) -> Path:
 
 def build_case(name: str, args, tmp: Path) -> Case:
     from igcli import baselines
-    from igcli.explain import Explainer, ExplainOptions
-    from igcli.gradients import pick
+    from igcli.gradients import GraphGradients, pick
     from igcli.ig import Problem
     from igcli.inputs import load_samples
+    from igcli.session import Session
 
     if name == "digits":
         model, batch, reference = ROOT / "sample_models" / "digits_cnn.onnx", args.batch, 1024
@@ -112,8 +112,7 @@ def build_case(name: str, args, tmp: Path) -> Case:
         batch, reference = args.resnet_batch, args.resnet_reference
     else:
         raise SystemExit(f"unknown case {name!r}")
-    options = ExplainOptions(threads=args.threads, batch_size=batch, use_cache=False)
-    ex = Explainer(model, options, warn=lambda m: None)
+    ex = Session(model, threads=args.threads, batch_size=batch, cache=False)
     if name == "digits":
         paths = sorted((ROOT / "sample_inputs" / "digits").glob("*.png"))
         samples = [s for p in paths for s in load_samples(p, ex.prep, p.stem)]
@@ -134,13 +133,12 @@ def build_case(name: str, args, tmp: Path) -> Case:
     )
     problems = []
     for x, base in pairs:
-        ends = ex.runner.run(np.stack([x, base]))
-        ex.graph_runner.output_shape = ends.shape[1:]
+        ends = ex.graph.run(np.stack([x, base]))
         target = int(np.argmax(ends[0].reshape(-1)))
-        source = ex.source_for(target, x.astype(np.float64) - base, None)
+        source = GraphGradients(ex.graph, target)
         problems.append(Problem(x, base, source, tuple(pick(ends, target))))
     repeats = 1 if name.startswith("resnet50") else args.repeats
-    return Case(name, model, problems, batch, reference, ex.graph_runner.runner, repeats)
+    return Case(name, model, problems, batch, reference, ex.graph.runner, repeats)
 
 
 @dataclass

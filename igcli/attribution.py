@@ -35,7 +35,7 @@ class Attribution:
     output: str
     f_input: float
     f_baseline: float
-    steps: int
+    steps: int | str  # as asked: a number of points, or "auto" (then see extra["steps_used"])
     method: str
     baseline_name: str
     gradient_source: str

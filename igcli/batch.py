@@ -243,7 +243,7 @@ class BatchRun:
         """How many inputs' path points fit in one model call (1 for finite differences)."""
         if self.session.graph is None:
             return 1
-        per_input = self.settings.steps * len(self.targets or [0])
+        per_input = self.settings.points_per_input * len(self.targets or [0])
         return max(1, self.session.runner.batch_size // per_input)
 
     def _resumed(self, item: InputItem) -> bool:

@@ -15,6 +15,7 @@ import click
 from igcli import __version__
 from igcli.console import Messages, table
 from igcli.errors import ExitCode, IgcliError, UsageError
+from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
 
@@ -114,6 +115,25 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+class StepsType(click.ParamType):
+    """A number of steps (1 to 100000) or 'auto'."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            steps = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of steps nor 'auto'", param, ctx)
+        if not 1 <= steps <= 100000:
+            self.fail(f"{steps} is not in the range 1 to 100000", param, ctx)
+        return steps
+
+
+STEPS = StepsType()
+
 MODEL = click.argument(
     "model", type=click.Path(path_type=Path, dir_okay=False, exists=False)
 )  # existence is checked by igcli itself so the error names the file and uses exit code 3
@@ -140,17 +160,29 @@ MODEL = click.argument(
 )
 @click.option(
     "--steps",
-    type=click.IntRange(1, 100000),
-    default=50,
+    type=STEPS,
+    default="50",
     show_default=True,
-    help="Gradient evaluations along the path.",
+    help="Gradient evaluations along the path, or 'auto': as many as reach --tolerance.",
 )
 @click.option(
     "--method",
     type=click.Choice(list(QUADRATURE_RULES)),
-    default="gausslegendre",
+    help="Quadrature rule for a fixed number of steps (default: gausslegendre).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(0, max_open=False),
+    default=DEFAULT_TOLERANCE,
     show_default=True,
-    help="Quadrature rule.",
+    help="With --steps auto: the relative completeness error to reach.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(3, 100000),
+    default=DEFAULT_MAX_STEPS,
+    show_default=True,
+    help="With --steps auto: the most gradient evaluations per input.",
 )
 @click.option(
     "--baseline",
@@ -279,8 +311,10 @@ def explain(
     softmax: bool,
     input_name: str | None,
     feeds: tuple[str, ...],
-    steps: int,
-    method: str,
+    steps: int | str,
+    method: str | None,
+    tolerance: float,
+    max_steps: int,
     baseline: str | None,
     batch_size: int | None,
     memory_limit: str | None,
@@ -316,7 +350,14 @@ def explain(
     from igcli.visualize import HeatmapStyle
 
     messages.quiet = quiet
-    settings = AttributionSettings(steps=steps, method=method, baseline=baseline, seed=seed)
+    settings = AttributionSettings(
+        steps=steps,
+        method=method,
+        baseline=baseline,
+        seed=seed,
+        tolerance=tolerance,
+        max_steps=max_steps,
+    )
     settings.check()
     found = discover(list(inputs), recursive, pattern, sys.stdin)
     the_plan = plan(found, shard)

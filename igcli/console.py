@@ -23,8 +23,20 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from igcli.report import percent
+
 _CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {0x7F: "\\x7f"}
 _CONTROL |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def _is_terminal(stream) -> bool:
+    import sys
+
+    stream = stream or sys.stderr
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def one_line(text: str) -> str:
@@ -40,6 +52,7 @@ class Messages:
         self.console = Console(
             file=stream,  # None: whatever sys.stderr is at print time
             stderr=stream is None,
+            width=None if _is_terminal(stream) else 160,  # a log has no width to ask
             highlight=False,
             soft_wrap=True,  # never break a line: logs and grep read whole lines
             emoji=False,
@@ -71,6 +84,63 @@ class Messages:
         """A table or other rich renderable (not for --quiet runs)."""
         if not self.quiet:
             self.console.print(renderable)
+
+    def print_summary(self, report, rows: int = 20, worst: int = 5) -> None:
+        """The end of a run: settings shared by every result once, the results in input
+        order (numbers right-aligned), the worst completeness errors, time and throughput."""
+        if self.quiet:
+            return
+        results = report.results
+        s = report.settings
+        wall = s.get("wall_time_s") or 0.0
+        done = len(results) + len(report.failures)
+        rate = f", {done / wall:.3g} inputs/s" if wall > 0 and done else ""
+        self.info(
+            f"{len(results)} explained, {len(report.failures)} failed, {report.resumed} resumed "
+            f"in {wall:.3g} s{rate}"
+        )
+        if not results:
+            return
+        shared = {}
+        for key, label in (
+            ("steps", "steps"),
+            ("method", "method"),
+            ("baseline", "baseline"),
+            ("gradient_source", "gradients"),
+            ("output", "output"),
+        ):
+            values = {str(r.get(key)) for r in results}
+            if len(values) == 1:
+                shared[key] = f"{label} {values.pop()}"
+        if shared:
+            self.info(" \u00b7 ".join(shared.values()))
+        columns = ["input", "target", ">F(x)", ">F(baseline)", ">sum attr.", ">rel. error"]
+        varying = [k for k in ("steps_used", "gradient_source") if k not in shared]
+        if "steps" in shared and not any(r.get("converged") is not None for r in results):
+            varying.remove("steps_used")
+        columns += [">steps" if k == "steps_used" else "source" for k in varying]
+
+        def row(r: dict) -> list:
+            target = str(r["target"])
+            if r.get("label") and str(r["label"]) != target:
+                target += f" ({r['label']})"
+            cells = [
+                r["name"],
+                target,
+                f"{r['f_input']:.5g}",
+                f"{r['f_baseline']:.5g}",
+                f"{r['attribution_sum']:.5g}",
+                percent(r["rel_error"]),
+            ]
+            return cells + [str(r.get(k, r.get("steps"))) for k in varying]
+
+        t = table(columns, [row(r) for r in results[:rows]], title_justify="left")
+        if len(results) > rows:
+            t.caption = f"... and {len(results) - rows} more in report.json"
+        self.print(t)
+        if len(results) > rows:
+            order = sorted(results, key=lambda r: -_error_value(r["rel_error"]))[:worst]
+            self.print(table(columns, [row(r) for r in order], title="worst completeness"))
 
     def progress(self, total: int, label: str = "explaining") -> ProgressReporter:
         return ProgressReporter(self, total, label)
@@ -110,7 +180,7 @@ class ProgressReporter:
             self._bar.update(self._task, advance=n, rate=f"{self.done / elapsed:.2f} inputs/s")
             return
         now = time.monotonic()
-        if self.total > 1 and (now - self._last_line > 5 or self.done == self.total):
+        if self.total > 1 and now - self._last_line > 5 and self.done < self.total:
             self.messages.info(f"{self.done}/{self.total} inputs done")
             self._last_line = now
 
@@ -133,3 +203,11 @@ def table(columns: Iterable[str], rows: Iterable[Iterable], **kwargs) -> Table:
     for row in rows:
         t.add_row(*(cell(v) for v in row))
     return t
+
+
+def _error_value(value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return float("inf")
+    return v if v == v else float("inf")

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from igcli.gradients import GradientSource
 from igcli.paths import Path, StraightPath
-from igcli.quadrature import alphas_and_weights
+from igcli.quadrature import (
+    ADAPTIVE_METHOD,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_TOLERANCE,
+    alphas_and_weights,
+)
 
-ADAPTIVE_METHOD = "adaptive_simpson"
-DEFAULT_TOLERANCE = 0.005
-DEFAULT_MAX_STEPS = 1024
+if TYPE_CHECKING:
+    from igcli.gradients import GradientSource
 # Stored integrand vectors of unfinished panels, over all problems of one call. Beyond it the
 # panels with the smallest errors are committed (frozen) so their gradients can be dropped.
 DEFAULT_MEMORY_LIMIT = 256 * 2**20

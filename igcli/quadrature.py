@@ -13,6 +13,11 @@ from functools import lru_cache
 
 import numpy as np
 
+# Adaptive steps (ig.py): their own rule, the completeness error they aim for, their budget.
+ADAPTIVE_METHOD = "adaptive_simpson"
+DEFAULT_TOLERANCE = 0.005
+DEFAULT_MAX_STEPS = 1024
+
 Rule = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 

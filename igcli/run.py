@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings, in_shard, parse_shard
-from igcli.console import Messages, table
+from igcli.console import Messages
 from igcli.errors import ExitCode
 from igcli.outputs import check_writable
-from igcli.report import RunReport, percent
+from igcli.report import RunReport
 from igcli.session import AttributionSettings, Session
 
 
@@ -124,7 +124,7 @@ def run_explain(
     report.settings["batch_size"] = session.runner.batch_size  # as measured
     report.settings["memory_per_row"] = session.memory_per_row
     report.write(outputs.out_dir)
-    summary_table(report, messages)
+    messages.print_summary(report)
     messages.info(f"outputs in {outputs.out_dir}/ (report.json, report.md, report.csv)")
     if interrupted:
         messages.info("interrupted: finished inputs are saved; run again with --skip-existing")
@@ -141,28 +141,3 @@ def run_explain(
         messages.error(f"completeness error over {limit} for: {', '.join(failing[:10])}{more}")
         return ExitCode.COMPLETENESS
     return ExitCode.OK
-
-
-def summary_table(report: RunReport, messages: Messages) -> None:
-    if not report.results:
-        return
-    rows = []
-    for r in report.results[:50]:
-        target = str(r["target"]) + (f" ({r['label']})" if r.get("label") else "")
-        rows.append(
-            [
-                r["name"],
-                target,
-                f"{r['f_input']:.5g}",
-                f"{r['f_baseline']:.5g}",
-                f"{r['attribution_sum']:.5g}",
-                percent(r["rel_error"]),
-                str(r["steps"]),
-                r["gradient_source"],
-            ]
-        )
-    cols = ["input", "target", ">F(x)", ">F(baseline)", ">sum attr.", ">rel. error", ">steps"]
-    t = table([*cols, "source"], rows, title="Integrated Gradients", title_justify="left")
-    if len(report.results) > 50:
-        t.caption = f"... and {len(report.results) - 50} more in report.json"
-    messages.print(t)

@@ -36,7 +36,14 @@ from igcli.gradients import (
     pick,
     with_target_seed,
 )
-from igcli.ig import Problem, integrated_gradients_many
+from igcli.ig import (
+    ADAPTIVE_METHOD,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_TOLERANCE,
+    STOP_REASONS,
+    Problem,
+    integrated_gradients_many,
+)
 from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
 from igcli.memory import MAX_ROWS, default_budget, rows_within
 from igcli.model import (
@@ -61,24 +68,48 @@ GRADIENT_CHOICES = ("auto", "graph", "fd")
 
 @dataclass(frozen=True)
 class AttributionSettings:
-    """How one attribution is computed: the path integral's rule and the baseline."""
+    """How one attribution is computed: the path integral's rule and the baseline.
 
-    steps: int = 50
-    method: str = "gausslegendre"
+    `steps` is a number of points of the rule `method` (default Gauss-Legendre), or "auto":
+    adaptive steps per input until the relative completeness error is at most `tolerance`
+    or `max_steps` gradient evaluations are spent.
+    """
+
+    steps: int | str = 50
+    method: str | None = None
     baseline: str | None = None  # a name from baselines.NAMED or a file; None: by input kind
     seed: int = 0  # for noise baselines
+    tolerance: float = DEFAULT_TOLERANCE
+    max_steps: int = DEFAULT_MAX_STEPS
+
+    @property
+    def adaptive(self) -> bool:
+        return self.steps == "auto"
 
     def check(self) -> None:
-        if self.method not in QUADRATURE_RULES:
+        if self.adaptive:
+            if self.method not in (None, ADAPTIVE_METHOD):
+                raise UsageError(
+                    f"--steps auto chooses its own points; --method {self.method} does not apply"
+                )
+            if not (self.tolerance >= 0 and np.isfinite(self.tolerance)):
+                raise UsageError(f"tolerance must be 0 or more, not {self.tolerance}")
+            if not isinstance(self.max_steps, int) or self.max_steps < 3:
+                raise UsageError(f"max_steps must be at least 3, not {self.max_steps!r}")
+            return
+        if self.method is not None and self.method not in QUADRATURE_RULES:
             raise UsageError(
                 f"unknown method {self.method!r}; choose from {', '.join(QUADRATURE_RULES)}"
             )
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"steps must be a positive integer, not {self.steps!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be a positive integer or 'auto', not {self.steps!r}")
         if self.method == "riemann_trapezoid" and self.steps < 2:
             raise UsageError("riemann_trapezoid needs at least 2 steps")
-        if self.seed < 0:
-            raise UsageError(f"seed must be 0 or more, not {self.seed}")
+
+    @property
+    def points_per_input(self) -> int:
+        """Path points an input needs per round (adaptive steps start with 9)."""
+        return 9 if self.adaptive else int(self.steps)
 
 
 def default_groups(sample: Sample) -> str:
@@ -424,6 +455,8 @@ class Session:
                 steps=settings.steps,
                 method=settings.method,
                 batch_size=self.runner.batch_size,
+                tolerance=settings.tolerance,
+                max_steps=settings.max_steps,
             )
         except IgcliError as exc:
             raise InputError(exc.reason, where) from None
@@ -432,7 +465,9 @@ class Session:
         for (i, t, problem), result in zip(jobs, results, strict=True):
             source = problem.source
             is_fd = isinstance(source, FiniteDifferences)
-            extra = {}
+            extra = {"steps_used": result.steps}
+            if result.converged is not None:
+                extra.update(converged=result.converged, stop_reason=result.stop_reason)
             if self.gradient_check is not None:
                 extra["gradient_check"] = self.gradient_check.summary()
             attribution = Attribution(
@@ -444,7 +479,7 @@ class Session:
                 output=self.output_name,
                 f_input=result.f_input,
                 f_baseline=result.f_baseline,
-                steps=result.steps,
+                steps=settings.steps,
                 method=result.method,
                 baseline_name=names[i],
                 gradient_source=source.name,
@@ -456,6 +491,13 @@ class Session:
             )
             out[i].append(attribution)
             self._judge(attribution, source)
+            if result.converged is False:
+                hint = " (raise --max-steps)" if result.stop_reason == "max_steps" else ""
+                self.warn(
+                    f"{samples[i].path}: adaptive steps stopped after {result.steps} gradient "
+                    f"evaluations at completeness error {attribution.rel_error:.3g}: "
+                    f"{STOP_REASONS[result.stop_reason]}{hint}"
+                )
         return out
 
     def _judge(self, a: Attribution, source: GradientSource) -> None:

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from igcli import ig
-from igcli.explain import Explainer, ExplainOptions
 from igcli.gradients import FiniteDifferences, GraphGradients, pick
 from igcli.ig import ADAPTIVE_METHOD, Problem, integrated_gradients, integrated_gradients_many
 from igcli.inputs import load_samples
 from igcli.model import ModelRunner
+from igcli.session import Session
 from tests import models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,17 +171,15 @@ def test_problems_share_model_calls_and_keep_their_own_results():
 def test_gradient_graph_calls_are_shared_through_onnx_runtime():
     """Real model calls: all rows of all problems in the fewest calls, none repeated."""
     model = ROOT / "sample_models" / "breast_cancer_mlp.onnx"
-    ex = Explainer(model, ExplainOptions(use_cache=False, threads=1), warn=lambda m: None)
+    ex = Session(model, cache=False, threads=1, batch_size=64)
     samples = load_samples(ROOT / "sample_inputs" / "breast_cancer.csv", ex.prep, "bc")
     problems = []
     for s in samples:
         base = np.zeros_like(s.x)
-        ends = ex.runner.run(np.stack([s.x, base]))
-        ex.graph_runner.output_shape = ends.shape[1:]
+        ends = ex.graph.run(np.stack([s.x, base]))
         t = int(np.argmax(ends[0]))
-        problems.append(Problem(s.x, base, GraphGradients(ex.runner, ex.graph_runner, t),
-                                tuple(pick(ends, t))))  # fmt: skip
-    runner = ex.graph_runner.runner
+        problems.append(Problem(s.x, base, GraphGradients(ex.graph, t), tuple(pick(ends, t))))
+    runner = ex.graph.runner
     runner.calls = runner.rows = 0
     shared = integrated_gradients_many(problems, steps="auto", batch_size=64)
     shared_calls = runner.calls

@@ -180,3 +180,30 @@ def test_records_say_which_self_check_ran(tmp_path):
     record = json.loads(result.stdout.splitlines()[0])
     assert record["gradient_check"]["verdict"] == "ok"
     assert record["gradient_check"]["error"] < 1e-2
+
+
+def test_adaptive_steps_from_the_command_line(tmp_path):
+    result = run(
+        "explain", DIGITS, *DIGIT_PNGS[:3], "--steps", "auto", "--tolerance", "0.002",
+        "--out", tmp_path, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    for line in result.stdout.splitlines():
+        r = json.loads(line)
+        assert r["steps"] == "auto" and r["converged"] and r["rel_error"] <= 0.002
+        assert 3 <= r["steps_used"] <= 1024 and r["method"] == "adaptive_simpson"
+    wrong = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "auto", "--method", "riemann_left")
+    assert wrong.exit_code == ExitCode.USAGE and "--method" in wrong.stderr
+    bad = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "many", "--out", tmp_path)
+    assert bad.exit_code == ExitCode.USAGE
+
+
+def test_adaptive_steps_warn_when_capped(tmp_path):
+    warnings = []
+    session = igcli.Session(DIGITS, warn=warnings.append)
+    a = session.attribute_many(
+        session.load(DIGIT_PNGS[0]),
+        settings=igcli.AttributionSettings(steps="auto", tolerance=0.0, max_steps=5),
+    )[0][0]
+    assert a.extra["converged"] is False and a.extra["steps_used"] <= 5
+    assert any("--max-steps" in w and DIGIT_PNGS[0].name in w for w in warnings)
