@@ -8,14 +8,29 @@ Baselines made in pixel space pass through the same steps (see baselines.py).
 from __future__ import annotations
 
 import csv
+import io
+import itertools
+import math
+import os
+import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from igcli.errors import InputError, UsageError
-from igcli.model import Sidecar, TensorSpec
+from igcli.errors import IgcliError, InputError, UsageError
+from igcli.files import (
+    MAX_IMAGE_PIXELS,
+    file_size,
+    first_line,
+    open_regular,
+    os_reason,
+    read_npy,
+)
+from igcli.model import Sidecar, TensorSpec, unusable_reason
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 TENSOR_SUFFIXES = {".npy"}
@@ -57,24 +72,31 @@ class Preprocessing:
             f"pixels / {self.scale:g}{norm}"
         )
 
-    def image_to_model(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, C) pixels in [0, 1] -> one model sample (no batch axis)."""
+    def image_to_model(self, pixels: np.ndarray, cast: bool = True) -> np.ndarray:
+        """(H, W, C) pixels in [0, 1] -> one model sample (no batch axis); float64 when
+        `cast` is False, so a reader can tell overflow apart from bad values."""
         x = pixels.astype(np.float64)
         if self.mean is not None:
             x = (x - self.mean) / self.std
         if self.layout == "NCHW":
             x = np.transpose(x, (2, 0, 1))
-        return x.astype(self.dtype)
+        return _cast(x, self.dtype) if cast else x
 
     def model_to_hwc(self, sample: np.ndarray) -> np.ndarray:
         """A model-space sample (e.g. attributions) laid out as (H, W, C) for display."""
         return np.transpose(sample, (1, 2, 0)) if self.layout == "NCHW" else sample
 
-    def rows_to_model(self, rows: np.ndarray) -> np.ndarray:
+    def rows_to_model(self, rows: np.ndarray, cast: bool = True) -> np.ndarray:
         x = rows.astype(np.float64)
         if self.mean is not None:
             x = (x - self.mean) / self.std
-        return x.astype(self.dtype)
+        return _cast(x, self.dtype) if cast else x
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast quietly (numpy warns on overflow on stderr); readers check the result."""
+    with np.errstate(all="ignore"):
+        return values.astype(dtype)
 
 
 def _fmt(values: np.ndarray | None) -> str:
@@ -98,8 +120,9 @@ def make_preprocessing(
     """Decide preprocessing from the input's shape, the sidecar and the user's options."""
     side = sidecar.preprocessing or {}
     prep = Preprocessing(input_shape=list(spec.shape), dtype=spec.dtype)
-    if spec.dtype.kind != "f":
-        raise UsageError(f"input {spec.name!r} has dtype {spec.dtype}; igcli attributes floats")
+    problem = unusable_reason(spec, "input")
+    if problem:
+        raise UsageError(f"{problem}; choose a float input with --input", sidecar.model_path)
     shape = spec.shape
     layout = side.get("layout")
     if layout is None and len(shape) == 4:
@@ -160,41 +183,196 @@ class Sample:
     raw_values: np.ndarray | None = None  # tabular rows before standardisation
 
 
-def read_image(path: Path, prep: Preprocessing) -> np.ndarray:
-    """Decode, convert to the model's channel count, resize; (H, W, C) floats in [0, 1]."""
+# -- images -----------------------------------------------------------------------------------
+
+# Formats igcli decodes, whatever the file's suffix says. Pillow knows many more (EPS runs
+# Ghostscript, for one); an input folder is not trusted with them.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "TIFF", "WEBP")  # JPEG covers MPO
+
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, the weights of Pillow's convert("L")
+_PNG16 = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}  # raw mode -> its low-byte twin
+
+
+def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode, turn upright (EXIF), convert to the model's channels, resize: (H, W, C) floats.
+
+    Pixels are scaled by their own maximum (255, or 65535 for 16-bit PNGs) and then by
+    255 / prep.scale, so a 16-bit mid-grey is 0.5 like an 8-bit one. `size` = (H, W)
+    overrides the model's size (a baseline image is resized to its input's size).
+    """
+    channels = prep.channels or 3
+    if channels not in _MODES:
+        raise InputError(f"the model input has {channels} channels; an image gives 1, 3 or 4", path)
+    height, width = size or (prep.height, prep.width)
+    target = (width, height) if height and width else None
+    Image.init()  # registers every plugin (once), so `formats` below can name them all
+    with open_regular(path) as fh, warnings.catch_warnings():
+        # Pillow warns (on several lines) about bombs, odd EXIF, palette transparency;
+        # igcli either refuses the file in one line or reads it.
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(fh, formats=IMAGE_FORMATS) as img:
+                _check_pixels(img.size, path)
+                arr, max_value = _decode(img, fh, channels, target, path)
+        except IgcliError:
+            raise
+        except Image.DecompressionBombError as exc:  # Pillow refuses even bigger ones itself
+            m = re.search(r"\((\d+) pixels\)", str(exc))
+            count = f"{int(m.group(1)):,}" if m else "too many"
+            raise InputError(
+                f"image has {count} pixels, over igcli's limit of {MAX_IMAGE_PIXELS:,} "
+                "(a decompression bomb?); refused",
+                path,
+            ) from None
+        except UnidentifiedImageError:
+            raise InputError(
+                "not a readable image (not PNG, JPEG, BMP, GIF, TIFF or WebP)", path
+            ) from None
+        except MemoryError:
+            raise InputError("image too large to decode in memory", path) from None
+        except Exception as exc:  # decoders raise a zoo of exceptions on damaged files
+            raise InputError(f"cannot decode image ({first_line(exc)})", path) from None
+    if not prep.scale:
+        return arr
+    return np.clip(arr * (255.0 / max_value) / prep.scale, 0.0, None)
+
+
+def _check_pixels(size: tuple[int, int], path: Path) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise InputError(f"image has no pixels ({w}x{h})", path)
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"image has {w * h:,} pixels ({w}x{h}), over igcli's limit of "
+            f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?); refused",
+            path,
+        )
+
+
+def _decode(img, fh, channels: int, target, path: Path) -> tuple[np.ndarray, float]:
+    """(H, W, C) float64 in the image's own range, and that range's maximum."""
+    if img.format == "PNG" and _png16_rawmode(img):
+        high = _upright_array(img)
+        fh.seek(0)
+        try:
+            with Image.open(fh, formats=["PNG"]) as twin:
+                tile = twin.tile[0]
+                twin.tile = [tile._replace(args=_PNG16[tile[3]])]
+                low = _upright_array(twin)
+        except Exception:  # not decodable that way in this Pillow: keep 8-bit precision
+            return _float_channels(high.astype(np.float64), channels, target, 255.0), 255.0
+        if low.shape == high.shape:
+            wide = high.astype(np.float64) * 256.0 + low
+            return _float_channels(wide, channels, target, 65535.0), 65535.0
+        return _float_channels(high.astype(np.float64), channels, target, 255.0), 255.0
+    if img.mode.startswith("I;16"):
+        grey = _upright_array(img).astype(np.float64)
+        return _float_channels(grey, channels, target, 65535.0), 65535.0
+    if img.mode in ("I", "F"):
+        raise InputError(
+            f"32-bit ({img.mode}-mode) images are not supported; use 8- or 16-bit images "
+            "or a .npy tensor",
+            path,
+        )
+    img.load()
+    img = _upright(img)
+    img = img.convert(_MODES[channels])
+    if target and img.size != target:
+        img = img.resize(target, Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float64)
+    return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
+
+
+def _png16_rawmode(img) -> bool:
+    """Pillow reads 16-bit RGB(A) PNGs as 8-bit images; the tile's raw mode tells the truth."""
+    tiles = getattr(img, "tile", None) or []
+    return len(tiles) == 1 and tiles[0][0] == "zip" and tiles[0][3] in _PNG16
+
+
+def _upright(img):
+    """EXIF orientation applied (phone photos are stored sideways and flagged)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = "L" if prep.channels == 1 else "RGB"
-            img = img.convert(mode)
-            if prep.height and prep.width and img.size != (prep.width, prep.height):
-                img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float64)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = "not a readable image" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise InputError(f"cannot decode image ({reason})", path) from None
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.clip(arr / prep.scale, 0.0, None) if prep.scale else arr
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # damaged EXIF: keep the stored orientation, as viewers do
+        return img
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+def _upright_array(img) -> np.ndarray:
+    """The decoded samples as stored (8-bit bytes, or 16-bit grey), upright, (H, W, C)."""
+    img.load()
+    arr = np.asarray(_upright(img))
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _float_channels(arr: np.ndarray, channels: int, target, full: float) -> np.ndarray:
+    """Full-precision samples -> the model's channel count (`full` is an opaque alpha), each
+    channel resized as a float image."""
+    if channels == 1 and arr.shape[2] >= 3:
+        arr = (arr[:, :, :3] @ _LUMA)[:, :, None]
+    elif channels == 1:
+        arr = arr[:, :, :1]
+    elif arr.shape[2] < 3:
+        arr = np.repeat(arr[:, :, :1], 3, axis=2)
+    if channels == 3:
+        arr = arr[:, :, :3]
+    elif channels == 4 and arr.shape[2] == 3:
+        arr = np.concatenate([arr, np.full(arr.shape[:2] + (1,), full)], axis=2)
+    if not target or (arr.shape[1], arr.shape[0]) == target:
+        return arr
+    planes = [
+        np.asarray(
+            Image.fromarray(arr[:, :, c].astype(np.float32)).resize(
+                target, Image.Resampling.BILINEAR
+            ),
+            dtype=np.float64,
+        )
+        for c in range(arr.shape[2])
+    ]
+    return np.stack(planes, axis=2)
+
+
+# -- files of any kind ------------------------------------------------------------------------
 
 
 def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
-    """Samples from one file; `name` is the output stem (a CSV adds _row<k>)."""
+    """Samples from one file; `name` is the output stem (a CSV adds _row<k>).
+
+    Every problem with the file is an InputError naming it: the run goes on with the others.
+    """
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise InputError("no such file", path)
-    if not path.is_file():
-        raise InputError("not a file", path)
+    if suffix not in SUPPORTED_SUFFIXES:
+        if not os.path.lexists(path):
+            raise InputError("no such file", path)
+        raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
     if suffix in IMAGE_SUFFIXES:
         if not prep.is_image_model:
             raise InputError(f"an image, but the model input has shape {prep.input_shape}", path)
         pixels = read_image(path, prep)
-        return [Sample(path, name, "image", prep.image_to_model(pixels), pixels=pixels)]
+        x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, path, InputError)
+        return [Sample(path, name, "image", x, pixels=pixels)]
     if suffix in TENSOR_SUFFIXES:
         return [Sample(path, name, "tensor", read_tensor(path, prep))]
-    if suffix in TABLE_SUFFIXES:
-        return read_table(path, prep, name)
-    raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
+    return read_table(path, prep, name)
+
+
+def _to_model_dtype(
+    values: np.ndarray, dtype: np.dtype, path: Path, error: type[IgcliError]
+) -> np.ndarray:
+    """Cast to the model input's float type; NaN, Inf or overflow is the file's problem."""
+    if not np.all(np.isfinite(values)):
+        raise error("contains NaN or Inf", path)
+    cast = _cast(values, dtype)
+    if not np.all(np.isfinite(cast)):
+        big = float(np.max(np.abs(values)))
+        raise error(f"values overflow {np.dtype(dtype).name} (largest |value| {big:.3g})", path)
+    return cast
+
+
+# -- .npy tensors -----------------------------------------------------------------------------
 
 
 def _shape_matches(shape: tuple, expected: list) -> bool:
@@ -203,68 +381,197 @@ def _shape_matches(shape: tuple, expected: list) -> bool:
     )
 
 
-def read_tensor(path: Path, prep: Preprocessing) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"not a readable .npy file ({exc})", path) from None
-    if arr.dtype.kind != "f":
-        raise InputError(f"dtype {arr.dtype} is not a float type", path)
+def dtype_problem(dtype: np.dtype) -> str | None:
+    """Why an array of this dtype is not a model-space float tensor (None when it is)."""
+    kind = dtype.kind
+    if kind == "f":
+        return None
+    if kind == "c":
+        return f"dtype {dtype} is complex; igcli attributes real (float) inputs"
+    if kind in "US":
+        return f"holds strings (dtype {dtype}), not numbers"
+    if kind in "iub":
+        return (
+            f"dtype {dtype} is not a float type; .npy inputs are in model space: save them "
+            "as float32"
+        )
+    return f"dtype {dtype} is not a float type (not a plain array of numbers)"
+
+
+def read_tensor(
+    path: Path, prep: Preprocessing, error: type[IgcliError] = InputError
+) -> np.ndarray:
+    """A .npy sample in model space, with or without its batch axis of 1."""
+    arr = read_npy(path, error)
+    problem = dtype_problem(arr.dtype)
+    if problem:
+        raise error(problem, path)
     expected = prep.input_shape
-    if _shape_matches(arr.shape, expected):
+    if not expected:  # the model declares no shape: only the batch axis can be recognised
+        if arr.ndim == 0 or arr.shape[0] != 1:
+            raise error(
+                f"shape {list(arr.shape)}: the model does not declare this input's shape, so "
+                "save the tensor with its leading batch axis of 1",
+                path,
+            )
+        arr = arr[0]
+    elif _shape_matches(arr.shape, expected):
         if arr.shape[0] != 1:
-            raise InputError(f"holds a batch of {arr.shape[0]}; give one sample per file", path)
+            raise error(f"holds a batch of {arr.shape[0]}; give one sample per file", path)
         arr = arr[0]
     elif not _shape_matches(arr.shape, expected[1:]):
-        raise InputError(f"shape {list(arr.shape)} does not fit the model input {expected}", path)
-    if not np.all(np.isfinite(arr)):
-        raise InputError("contains NaN or Inf", path)
-    return arr.astype(prep.dtype)
+        raise error(f"shape {list(arr.shape)} does not fit the model input {expected}", path)
+    if arr.size == 0:
+        raise error(f"shape {list(arr.shape)} holds no values", path)
+    return _to_model_dtype(arr, prep.dtype, path, error)
+
+
+# -- CSV tables -------------------------------------------------------------------------------
+
+
+def _open_text(fh) -> io.TextIOWrapper:
+    """UTF-8 (a byte-order mark, as spreadsheets write, is dropped) or UTF-16 with its mark."""
+    head = fh.peek(4)[:4] if hasattr(fh, "peek") else b""
+    encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    return io.TextIOWrapper(fh, encoding=encoding, newline="")
+
+
+def _delimiter(first_line: str) -> str:
+    """Comma, unless the header has none and is clearly separated by ';' or tabs."""
+    if "," not in first_line:
+        for candidate in (";", "\t"):
+            if candidate in first_line:
+                return candidate
+    return ","
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_table(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
     """One sample per CSV row; the header names the features (matched to the sidecar's)."""
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read CSV ({exc})", path) from None
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
-    if len(rows) < 2:
-        raise InputError("CSV needs a header row and at least one data row", path)
-    header = [h.strip() for h in rows[0]]
-    expected_n = prep.input_shape[-1] if len(prep.input_shape) == 2 else None
-    if not isinstance(expected_n, int) or expected_n <= 0:
-        expected_n = None
     if len(prep.input_shape) != 2:
         raise InputError(f"CSV rows need a 2-D model input, not {prep.input_shape}", path)
-    order = list(range(len(header)))
-    names = header
-    if prep.feature_names:
-        missing = [f for f in prep.feature_names if f not in header]
-        if missing:
-            raise InputError(f"CSV lacks feature(s) {', '.join(missing[:3])}", path)
-        order = [header.index(f) for f in prep.feature_names]
-        names = list(prep.feature_names)
-    if expected_n is not None and len(order) != expected_n:
-        raise InputError(f"CSV has {len(order)} columns; the model takes {expected_n}", path)
-    values = np.empty((len(rows) - 1, len(order)))
-    for i, row in enumerate(rows[1:]):
+    expected_n = prep.input_shape[-1]
+    if not isinstance(expected_n, int) or expected_n <= 0:
+        expected_n = None
+    line = [0]  # where the reader is, for error messages
+    with open_regular(path) as fh:
+        if file_size(fh) == 0:
+            raise InputError("empty file (0 bytes); CSV needs a header row", path)
+        text = _open_text(fh)
         try:
-            values[i] = [float(row[j]) for j in order]
-        except (ValueError, IndexError):
-            raise InputError(f"row {i + 1} is not all numbers or is short", path) from None
-    if not np.all(np.isfinite(values)):
-        raise InputError("contains NaN or Inf", path)
-    model_rows = prep.rows_to_model(values)
+            header, rows = _read_rows(text, line, path, prep, expected_n)
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the CSV as UTF-8",
+                path,
+            ) from None
+        except csv.Error as exc:
+            raise InputError(f"CSV line {line[0]}: {_csv_reason(exc)}", path) from None
+        except OSError as exc:
+            raise InputError(f"cannot read ({os_reason(exc)})", path) from None
+        finally:
+            text.detach()  # the binary file closes itself
+    if not rows:
+        raise InputError("CSV needs a header row and at least one data row", path)
+    values = np.array(rows, dtype=np.float64)
+    model_rows = _to_model_dtype(
+        prep.rows_to_model(values, cast=False), prep.dtype, path, InputError
+    )
     return [
         Sample(
             path,
             f"{name}_row{i}",
             "tabular",
             model_rows[i],
-            feature_names=names,
+            feature_names=header,
             raw_values=values[i],
         )
         for i in range(len(values))
     ]
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    text = first_line(exc)
+    if "field larger than field limit" in text:
+        return f"a cell is longer than {csv.field_size_limit():,} characters"
+    if "NUL" in text:
+        return "contains a NUL byte (not a text file?)"
+    return text
+
+
+def _read_rows(text, line: list[int], path: Path, prep: Preprocessing, expected_n: int | None):
+    """(feature names, rows of floats); `line` follows the reader for error messages."""
+    first = text.readline(1 << 20)
+    reader = csv.reader(itertools.chain([first], text), delimiter=_delimiter(first))
+
+    def records():
+        while True:
+            line[0] = reader.line_num + 1  # the line being read, should it fail
+            row = next(reader, None)
+            if row is None:
+                return
+            line[0] = reader.line_num
+            if row and any(c.strip() for c in row):
+                yield row
+
+    rows_iter = records()
+    header_row = next(rows_iter, None)
+    if header_row is None:
+        raise InputError("CSV needs a header row and at least one data row", path)
+    header = [h.strip() for h in header_row]
+    while header and not header[-1]:  # a trailing separator on every line
+        header.pop()
+    if prep.feature_names:
+        names = list(prep.feature_names)
+        missing = [f for f in names if f not in header]
+        if missing:
+            raise InputError(f"CSV lacks feature(s) {', '.join(map(repr, missing[:3]))}", path)
+    else:
+        names = header
+        if all(_is_number(h) for h in header) and header not in (
+            [str(i) for i in range(len(header))],
+            [str(i + 1) for i in range(len(header))],
+        ):
+            raise InputError(
+                "the first row holds only numbers: CSV needs a header row naming the features",
+                path,
+            )
+    counts = Counter(header)
+    for k, h in enumerate(names):
+        if not h:
+            raise InputError(f"header cell {k + 1} is empty; every column needs a name", path)
+        if counts[h] > 1:
+            raise InputError(f"column {h!r} appears {counts[h]} times in the header", path)
+    order = [header.index(f) for f in names]
+    if expected_n is not None and len(order) != expected_n:
+        raise InputError(f"CSV has {len(order)} columns; the model takes {expected_n}", path)
+    width = len(header)
+    rows: list[list[float]] = []
+    for row in rows_iter:
+        where = f"line {line[0]}"
+        if len(row) < width:
+            raise InputError(f"{where} is short: {len(row)} cell(s), the header has {width}", path)
+        if len(row) > width and any(c.strip() for c in row[width:]):
+            raise InputError(f"{where} has {len(row)} cells; the header has {width}", path)
+        values = []
+        for j in order:
+            cell = row[j].strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                what = "is empty" if not cell else f"holds {cell[:20]!r}"
+                raise InputError(
+                    f"{where} is not all numbers: column {header[j]!r} {what}", path
+                ) from None
+            if not math.isfinite(value):
+                raise InputError(f"{where}: column {header[j]!r} is NaN or Inf ({cell!r})", path)
+            values.append(value)
+        rows.append(values)
+    return names, rows
