@@ -458,3 +458,175 @@ def test_printable_keeps_one_line():
 def test_every_reading_error_is_an_igcli_error():
     for cls in (InputError, ModelError, UsageError):
         assert issubclass(cls, IgcliError)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def linear_with_external_data(folder):
+    """A MatMul model whose weight lives in w.bin beside it."""
+    import onnx
+
+    from tests import models
+
+    model = models.tanh_linear(features=2, classes=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(
+        model,
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    return folder / "m.onnx"
+
+
+def relocate_external(path, location):
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "location,problem",
+    [
+        ("../secret.bin", "points outside the model's folder"),
+        ("/etc/passwd", "must be a file name relative to the model"),
+        ("missing.bin", "no such file beside the model"),
+    ],
+)
+def test_refused_external_data_says_why(tmp_path, location, problem):
+    from igcli.model import load_model
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    path = relocate_external(linear_with_external_data(tmp_path / "m"), location)
+    with pytest.raises(ModelError, match=problem) as err:
+        load_model(path)
+    assert "cannot parse" not in str(err.value) and "m.onnx" in str(err.value)
+
+
+def test_external_data_inside_the_folder_loads(tmp_path):
+    from igcli.model import load_model
+
+    model = load_model(linear_with_external_data(tmp_path / "m"))
+    assert model.graph.initializer[0].raw_data
+
+
+def test_symlinked_external_data_leaving_the_folder_is_refused(tmp_path):
+    from igcli.model import load_model
+
+    path = linear_with_external_data(tmp_path / "m")
+    (tmp_path / "elsewhere.bin").write_bytes((tmp_path / "m" / "w.bin").read_bytes())
+    (tmp_path / "m" / "w.bin").unlink()
+    os.symlink(tmp_path / "elsewhere.bin", tmp_path / "m" / "w.bin")
+    with pytest.raises(ModelError, match="outside the model's folder"):
+        load_model(path)
+
+
+def test_models_that_are_not_files(tmp_path):
+    from igcli.model import load_model
+
+    os.mkfifo(tmp_path / "fifo.onnx")
+    os.symlink("loop.onnx", tmp_path / "loop.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for name, problem in (
+        ("fifo.onnx", "FIFO"),
+        ("loop.onnx", "symlink loop"),
+        ("empty.onnx", "empty file"),
+        ("none.onnx", "no such file"),
+    ):
+        with pytest.raises(ModelError, match=problem):
+            load_model(tmp_path / name)
+
+
+def odd_outputs_model():
+    """A model like skl2onnx's classifiers: an int64 label, a ZipMap, and a string output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    zipmap = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(
+            TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+        )
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["probs"])],
+        "odd",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_value_info("output_probability", zipmap),
+            helper.make_tensor_value_info("names", TensorProto.STRING, ["N"]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2]),
+        ],
+    )
+    return onnx.helper.make_model(graph)
+
+
+def test_string_sequence_and_map_outputs_have_reasons():
+    from igcli.model import default_output, graph_outputs, is_float_tensor, unusable_reason
+
+    outs = {s.name: s for s in graph_outputs(odd_outputs_model())}
+    assert outs["output_probability"].kind == "sequence"
+    assert outs["output_probability"].type_text == "seq(map(int64, tensor(float)))"
+    assert "ZipMap" in unusable_reason(outs["output_probability"])
+    assert "strings" in unusable_reason(outs["names"])
+    assert "int64" in unusable_reason(outs["label"])
+    assert unusable_reason(outs["probs"]) is None and is_float_tensor(outs["probs"])
+    assert default_output(list(outs.values())).name == "probs"
+    assert default_output([outs["label"], outs["names"]]) is None
+
+
+def test_model_without_inputs(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from igcli.model import graph_inputs, require_inputs
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value_float=1.0)],
+        "no_inputs",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )
+    model = onnx.helper.make_model(graph)
+    assert graph_inputs(model) == []
+    with pytest.raises(ModelError, match="no inputs") as err:
+        require_inputs(model, tmp_path / "c.onnx")
+    assert "c.onnx" in str(err.value)
+
+
+def test_feeds_are_checked_once_naming_the_feed_file(tmp_path):
+    from igcli.model import graph_inputs, load_feeds
+    from tests import models
+
+    inputs = graph_inputs(models.two_inputs())  # x [N, 3] attributed, s [N, 3] fed
+    np.save(tmp_path / "ok.npy", np.ones(3, np.float32))
+    assert load_feeds({"s": tmp_path / "ok.npy"}, inputs, "x")["s"].shape == (1, 3)
+    np.save(tmp_path / "ints.npy", np.array([[1, 2, 3]]))
+    assert load_feeds({"s": tmp_path / "ints.npy"}, inputs, "x")["s"].dtype == np.float32
+    bad = {
+        "str.npy": (np.array(["a", "b", "c"]), "strings"),
+        "shape.npy": (np.ones((1, 4), np.float32), r"shape \[1, 4\] does not fit"),
+        "batch.npy": (np.ones((5, 3), np.float32), "batch of 5"),
+        "nan.npy": (np.array([1.0, np.nan, 0.0]), "NaN"),
+        "complex.npy": (np.ones(3, np.complex64), "cannot feed"),
+    }
+    for name, (value, problem) in bad.items():
+        np.save(tmp_path / name, value)
+        with pytest.raises(UsageError, match=problem) as err:
+            load_feeds({"s": tmp_path / name}, inputs, "x")
+        assert name in str(err.value)
+    with pytest.raises(UsageError, match="attributed input"):
+        load_feeds({"s": tmp_path / "ok.npy", "x": tmp_path / "ok.npy"}, inputs, "x")
+    with pytest.raises(UsageError, match="unknown input.*'t'"):
+        load_feeds({"t": tmp_path / "ok.npy"}, inputs, "x")
+    with pytest.raises(UsageError, match="needs a value: --feed s="):
+        load_feeds({}, inputs, "x")
