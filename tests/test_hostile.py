@@ -630,3 +630,104 @@ def test_feeds_are_checked_once_naming_the_feed_file(tmp_path):
         load_feeds({"t": tmp_path / "ok.npy"}, inputs, "x")
     with pytest.raises(UsageError, match="needs a value: --feed s="):
         load_feeds({}, inputs, "x")
+
+
+# -- reports and outputs --------------------------------------------------------------------------
+
+GOOD_RESULT = {
+    "input": "a.png",
+    "name": "a",
+    "target": 3,
+    "f_input": 0.9,
+    "f_baseline": 0.1,
+    "attribution_sum": 0.8,
+    "rel_error": 0.001,
+    "gradient_source": "graph",
+}
+
+
+def report_file(tmp_path, results, failures=None, name="report.json", **extra):
+    path = tmp_path / name
+    doc = {"model": "m.onnx", "model_sha256": "ab", "settings": {}, "results": results}
+    doc.update(failures=[] if failures is None else failures, **extra)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    "results,failures,extra,problem",
+    [
+        (["not a record"], [], {}, r"results\[0\] is not a record"),
+        ([{**GOOD_RESULT, "name": None}], [], {}, r"results\[0\] lacks 'name'"),
+        ([{k: v for k, v in GOOD_RESULT.items() if k != "target"}], [], {}, "lacks 'target'"),
+        ([{**GOOD_RESULT, "target": "3"}], [], {}, r"results\[0\].target is \"3\""),
+        ([{**GOOD_RESULT, "target": True}], [], {}, "not a number"),
+        ([{**GOOD_RESULT, "rel_error": [1]}], [], {}, r"rel_error is \[1\]"),
+        ([{**GOOD_RESULT, "input": {"a": 1}}], [], {}, "input is"),
+        ([GOOD_RESULT], [5], {}, r"failures\[0\] is not a record"),
+        ([GOOD_RESULT], [{"input": "b.png"}], {}, "lacks 'error'"),
+        ([GOOD_RESULT], {"x": 1}, {}, "'failures' must be a list"),
+        ({"x": 1}, [], {}, "'results' must be a list"),
+        ([GOOD_RESULT], [], {"gate": {"max": "high"}}, "'gate'"),
+        ([GOOD_RESULT], [], {"settings": []}, "'settings'"),
+    ],
+)
+def test_merge_reports_over_malformed_records(tmp_path, results, failures, extra, problem):
+    from igcli.report import merge_reports
+
+    good = report_file(tmp_path, [GOOD_RESULT], name="good.json")
+    bad = report_file(tmp_path, results, failures, name="bad.json", **extra)
+    with pytest.raises(UsageError, match=problem) as err:
+        merge_reports([good, bad])
+    assert "bad.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_merge_reports_reads_non_finite_numbers_back(tmp_path):
+    from igcli.report import merge_reports
+
+    inf = {**GOOD_RESULT, "f_input": "inf", "rel_error": "nan", "delta": "-inf"}
+    path = report_file(tmp_path, [inf], gate={"max": 0.01, "passed": False})
+    merged = merge_reports([path])
+    assert merged.results[0]["f_input"] == float("inf")
+    assert merged.gate["passed"] is False and merged.gate["failing"] == ["a"]
+    merged.write(tmp_path / "out")  # markdown formats numbers: "inf" strings used to crash it
+    assert "inf" in (tmp_path / "out" / "report.md").read_text()
+    again = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert again["results"][0]["rel_error"] == "nan"
+
+
+def test_merge_reports_unreadable_files(tmp_path):
+    from igcli.report import merge_reports
+
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
+    for name, problem in (("deep.json", "not a readable report"), ("bin.json", "not a read")):
+        with pytest.raises(UsageError, match=problem):
+            merge_reports([tmp_path / name])
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(UsageError, match="not a readable report"):
+        merge_reports([tmp_path / "dir.json"])
+
+
+def test_text_outputs_with_undecodable_names_stay_utf8(tmp_path):
+    from igcli.outputs import atomic_write_text
+
+    atomic_write_text(tmp_path / "r.md", "- `bad\udcffname.png`: error\n")
+    assert (tmp_path / "r.md").read_bytes().decode("utf-8") == "- `bad\\udcffname.png`: error\n"
+
+
+def test_output_names_through_symlinks_and_loops_inside_out(tmp_path):
+    from igcli.errors import OutputError
+    from igcli.outputs import output_stem
+
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(tmp_path, out / "escape")
+    os.symlink("loop", out / "loop")
+    with pytest.raises(OutputError, match="escape"):
+        output_stem(out, "escape/x.npy")
+    assert output_stem(out, "loop/x.npy").parent.name == "loop"  # writing it fails, in one line
+    with pytest.raises(OutputError):
+        output_stem(out, ".")
+    with pytest.raises(OutputError):
+        output_stem(out, "a\0b.npy")
