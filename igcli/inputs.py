@@ -261,14 +261,17 @@ def _decode(img, fh, channels: int, target, path: Path) -> tuple[np.ndarray, flo
                 twin.tile = [tile._replace(args=_PNG16[tile[3]])]
                 low = _upright_array(twin)
         except Exception:  # not decodable that way in this Pillow: keep 8-bit precision
-            return _float_channels(high.astype(np.float64), channels, target, 255.0), 255.0
-        if low.shape == high.shape:
-            wide = high.astype(np.float64) * 256.0 + low
-            return _float_channels(wide, channels, target, 65535.0), 65535.0
-        return _float_channels(high.astype(np.float64), channels, target, 255.0), 255.0
+            low = None
+        if low is None or low.shape != high.shape:
+            planes = [high[:, :, c] for c in range(high.shape[2])]
+            return _float_channels(planes, channels, target, 255.0), 255.0
+        planes = [
+            _plane16(high[:, :, c], low[:, :, c]) for c in range(high.shape[2])
+        ]  # float32 holds every 16-bit value exactly
+        return _float_channels(planes, channels, target, 65535.0), 65535.0
     if img.mode.startswith("I;16"):
-        grey = _upright_array(img).astype(np.float64)
-        return _float_channels(grey, channels, target, 65535.0), 65535.0
+        grey = _upright_array(img)[:, :, 0]
+        return _float_channels([grey], channels, target, 65535.0), 65535.0
     if img.mode in ("I", "F"):
         raise InputError(
             f"32-bit ({img.mode}-mode) images are not supported; use 8- or 16-bit images "
@@ -282,6 +285,13 @@ def _decode(img, fh, channels: int, target, path: Path) -> tuple[np.ndarray, flo
         img = img.resize(target, Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float64)
     return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
+
+
+def _plane16(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    plane = high.astype(np.float32)
+    plane *= 256.0
+    plane += low
+    return plane
 
 
 def _png16_rawmode(img) -> bool:
@@ -308,31 +318,29 @@ def _upright_array(img) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _float_channels(arr: np.ndarray, channels: int, target, full: float) -> np.ndarray:
-    """Full-precision samples -> the model's channel count (`full` is an opaque alpha), each
-    channel resized as a float image."""
-    if channels == 1 and arr.shape[2] >= 3:
-        arr = (arr[:, :, :3] @ _LUMA)[:, :, None]
-    elif channels == 1:
-        arr = arr[:, :, :1]
-    elif arr.shape[2] < 3:
-        arr = np.repeat(arr[:, :, :1], 3, axis=2)
-    if channels == 3:
-        arr = arr[:, :, :3]
-    elif channels == 4 and arr.shape[2] == 3:
-        arr = np.concatenate([arr, np.full(arr.shape[:2] + (1,), full)], axis=2)
-    if not target or (arr.shape[1], arr.shape[0]) == target:
-        return arr
-    planes = [
-        np.asarray(
-            Image.fromarray(arr[:, :, c].astype(np.float32)).resize(
-                target, Image.Resampling.BILINEAR
-            ),
-            dtype=np.float64,
-        )
-        for c in range(arr.shape[2])
-    ]
-    return np.stack(planes, axis=2)
+def _float_channels(planes: list[np.ndarray], channels: int, target, full: float) -> np.ndarray:
+    """Full-precision planes of one image -> (H, W, channels) float64, each plane converted
+    and resized on its own (as a float image), so a large 16-bit image costs a few bytes
+    per pixel, not 8 per sample. `full` is the value of an opaque alpha."""
+    if channels == 1:
+        if len(planes) >= 3:
+            r, g, b = (p.astype(np.float32) for p in planes[:3])
+            planes = [r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]]
+        else:
+            planes = planes[:1]
+    else:
+        rgb = planes[:3] if len(planes) >= 3 else [planes[0]] * 3
+        alpha = planes[3:4] if len(planes) >= 4 else [np.full(planes[0].shape, full, np.float32)]
+        planes = rgb + (alpha if channels == 4 else [])
+    out = []
+    for plane in planes:
+        plane = plane.astype(np.float32, copy=False)
+        if target and (plane.shape[1], plane.shape[0]) != target:
+            plane = np.asarray(
+                Image.fromarray(plane).resize(target, Image.Resampling.BILINEAR), np.float32
+            )
+        out.append(plane.astype(np.float64))
+    return np.stack(out, axis=2)
 
 
 # -- files of any kind ------------------------------------------------------------------------
