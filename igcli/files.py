@@ -112,7 +112,7 @@ def read_npy(path: Path, error: type[IgcliError] = InputError) -> np.ndarray:
         )
         try:
             shape, fortran, dtype = read_header(fh)
-        except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+        except Exception as exc:  # numpy parses the header as a Python literal: any error
             raise error(f"damaged .npy header ({first_line(exc)})", path) from None
         if dtype.hasobject:
             raise error("holds Python objects (a pickle); igcli does not unpickle files", path)

@@ -135,11 +135,11 @@ def make_preprocessing(
     if layout in ("NCHW", "NHWC") and len(shape) == 4:
         prep.layout = layout
         c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], *shape[1:3])
-        prep.channels = _static(c) or int(side.get("channels", 3))
+        prep.channels = _static(c) or int(side.get("channels") or 3)
         prep.height, prep.width = _static(h), _static(w)
         if side.get("size") and not (prep.height and prep.width):
             prep.height, prep.width = (int(v) for v in side["size"])
-        prep.scale = float(scale or side.get("scale", 255.0))
+        prep.scale = float(scale or side.get("scale") or 255.0)
         mean = mean if mean is not None else side.get("mean")
         std = std if std is not None else side.get("std")
         if mean is not None or std is not None:
@@ -207,10 +207,11 @@ def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = N
     height, width = size or (prep.height, prep.width)
     target = (width, height) if height and width else None
     Image.init()  # registers every plugin (once), so `formats` below can name them all
-    with open_regular(path) as fh, warnings.catch_warnings():
+    with open_regular(path) as raw, warnings.catch_warnings():
         # Pillow warns (on several lines) about bombs, odd EXIF, palette transparency;
         # igcli either refuses the file in one line or reads it.
         warnings.simplefilter("ignore")
+        fh = _CappedReader(raw, file_size(raw))
         try:
             with Image.open(fh, formats=IMAGE_FORMATS) as img:
                 _check_pixels(img.size, path)
@@ -236,6 +237,37 @@ def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = N
     if not prep.scale:
         return arr
     return np.clip(arr * (255.0 / max_value) / prep.scale, 0.0, None)
+
+
+class _CappedReader(io.RawIOBase):
+    """A file as Pillow reads it, with reads capped at what the file holds: Pillow asks
+    for a PNG chunk's declared length at once (skipping the rest of IDAT), and a buffered
+    read allocates all of it up front, so 400 bytes claiming a 2 GB chunk allocated 2 GB."""
+
+    def __init__(self, fh, size: int) -> None:
+        super().__init__()
+        self._fh, self._size = fh, size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = max(self._size - self._fh.tell(), 0)
+        return self._fh.read(left if n is None or n < 0 else min(n, left))
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
 
 
 def _check_pixels(size: tuple[int, int], path: Path) -> None:

@@ -146,7 +146,7 @@ class _SidecarCheck:
             self.fail("preprocessing.scale", "a positive number", scale)
         self.numbers(value, "mean", positive=False)
         self.numbers(value, "std", positive=True)
-        return value
+        return {k: v for k, v in value.items() if v is not None}  # null means "not given"
 
 
 # A sidecar holds labels and names, not data: anything bigger is not a sidecar.

@@ -5,6 +5,7 @@ exception, never an allocation the file's size does not justify, never a multi-l
 warning on stderr. Fixtures are built here (see hostile_files.py).
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -66,6 +67,36 @@ def test_npy_not_a_npy_and_damaged_header(tmp_path):
     refused(hf.write(tmp_path / "a.npy", b"PK\x03\x04 a zip file"), VECTOR, "not a .npy")
     refused(hf.write(tmp_path / "b.npy", b"\x93NUMPY\x01\x00\xff\xff{'descr"), VECTOR, "damaged")
     refused(hf.write(tmp_path / "c.npy", b"\x93NUMPY\x09\x00xx"), VECTOR, "format 9.0")
+
+
+def test_npy_header_that_is_not_a_python_literal(tmp_path):
+    """Found by the fuzz test: numpy's tokenizer raises TokenError, not ValueError."""
+    data = (
+        b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'\x93NUMPY\x01\x00v\x00{'descr': '<f4', "
+        b"'fortran_order': False, 'shape': (1, 3), }" + b" " * 58 + b"\n" + b"\0" * 12
+    )
+    refused(hf.write(tmp_path / "t.npy", data), VECTOR, "damaged .npy header")
+
+
+def test_png_chunk_claiming_2gb_allocates_nothing_like_it(tmp_path):
+    """Pillow skips the rest of IDAT with one read of its declared length; a buffered read
+    allocates that length up front (found by the fuzz test: 80 MiB for a 438-byte file)."""
+    import struct
+    import tracemalloc
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "ok.png")
+    data = bytearray((tmp_path / "ok.png").read_bytes())
+    idat = data.index(b"IDAT")
+    data[idat - 4 : idat] = struct.pack(">I", 0x7FFFFFF0)
+    path = hf.write(tmp_path / "chunk.png", bytes(data))
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(InputError):
+            load_samples(path, FIXED_RGB, "c")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
 
 
 def test_pickled_npy_is_refused_and_never_unpickled(tmp_path):
@@ -370,6 +401,14 @@ def test_sidecar_that_is_not_an_object(tmp_path, text, problem):
     (tmp_path / "m.json").write_bytes(text.encode("latin1"))
     with pytest.raises(ModelError, match=problem):
         Sidecar.load(tmp_path / "m.onnx")
+
+
+def test_sidecar_nulls_mean_not_given(tmp_path):
+    """Found by the fuzz test: "scale": null crashed make_preprocessing."""
+    (tmp_path / "m.json").write_text(json.dumps({"preprocessing": {"scale": None, "size": None}}))
+    side = Sidecar.load(tmp_path / "m.onnx")
+    prep = make_preprocessing(spec(["N", 3, "h", "w"]), side)
+    assert prep.scale == 255.0 and prep.height is None
 
 
 def test_sidecar_with_bom_and_the_samples_load(tmp_path):
