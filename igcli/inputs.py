@@ -15,6 +15,7 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -493,8 +494,33 @@ def _is_number(text: str) -> bool:
     return True
 
 
+@dataclass
+class RowError:
+    """A CSV row that cannot be explained (short, not numbers, NaN): the other rows can."""
+
+    name: str  # the row's output name, <name>_row<k>
+    error: InputError
+
+
 def read_table(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
-    """One sample per CSV row; the header names the features (matched to the sidecar's)."""
+    """One sample per CSV row; the header names the features (matched to the sidecar's).
+
+    Strict: the first bad row fails the file. iter_table streams rows and reports bad
+    rows one by one instead.
+    """
+    samples = []
+    for item in iter_table(path, prep, name):
+        if isinstance(item, RowError):
+            raise item.error
+        samples.append(item)
+    return samples
+
+
+def iter_table(path: Path, prep: Preprocessing, name: str) -> Iterator[Sample | RowError]:
+    """The rows of a CSV one at a time (`<name>_row<k>`, k counting data rows), so a long
+    file streams in constant memory. A bad row is a RowError and the next rows follow;
+    problems with the whole file (header, encoding, a cell over csv's field limit) raise
+    InputError, after the rows read so far. A file without data rows raises too."""
     if len(prep.input_shape) != 2:
         raise InputError(f"CSV rows need a 2-D model input, not {prep.input_shape}", path)
     expected_n = prep.input_shape[-1]
@@ -505,36 +531,60 @@ def read_table(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
         if file_size(fh) == 0:
             raise InputError("empty file (0 bytes); CSV needs a header row", path)
         text = _open_text(fh)
+        count = 0
+        block: list[tuple[str, int, list[float] | InputError]] = []
+        failure: InputError | None = None
         try:
-            header, rows = _read_rows(text, line, path, prep, expected_n)
+            rows = _table_rows(text, line, path, prep, expected_n)
+            names = next(rows)
+            for values in rows:
+                block.append((f"{name}_row{count}", line[0], values))
+                count += 1
+                if len(block) == _ROW_BLOCK:
+                    yield from _block_samples(block, names, prep, path)
+                    block = []
         except UnicodeDecodeError as exc:
-            raise InputError(
+            failure = InputError(
                 f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the CSV as UTF-8",
                 path,
-            ) from None
+            )
         except csv.Error as exc:
-            raise InputError(f"CSV line {line[0]}: {_csv_reason(exc)}", path) from None
+            failure = InputError(f"CSV line {line[0]}: {_csv_reason(exc)}", path)
         except OSError as exc:
-            raise InputError(f"cannot read ({os_reason(exc)})", path) from None
+            failure = InputError(f"cannot read ({os_reason(exc)})", path)
         finally:
             text.detach()  # the binary file closes itself
-    if not rows:
+        if block:  # the rows read before a failure are still explained
+            yield from _block_samples(block, names, prep, path)
+        if failure is not None:
+            raise failure
+    if count == 0:
         raise InputError("CSV needs a header row and at least one data row", path)
-    values = np.array(rows, dtype=np.float64)
-    model_rows = _to_model_dtype(
-        prep.rows_to_model(values, cast=False), prep.dtype, path, InputError
-    )
-    return [
-        Sample(
-            path,
-            f"{name}_row{i}",
-            "tabular",
-            model_rows[i],
-            feature_names=header,
-            raw_values=values[i],
-        )
-        for i in range(len(values))
-    ]
+
+
+_ROW_BLOCK = 256  # rows converted together: numpy's per-call cost, paid once per block
+
+
+def _block_samples(block, names: list[str], prep: Preprocessing, path: Path):
+    """Samples (or RowErrors) for a block of parsed rows, in file order."""
+    good = [i for i, (_, _, v) in enumerate(block) if not isinstance(v, InputError)]
+    raw = np.array([block[i][2] for i in good], dtype=np.float64).reshape(len(good), len(names))
+    x = prep.rows_to_model(raw, cast=False)
+    cast = _cast(x, prep.dtype)
+    finite = np.isfinite(x).all(axis=1) & np.isfinite(cast).all(axis=1)
+    k = 0
+    for row_name, row_line, values in block:
+        if isinstance(values, InputError):
+            yield RowError(row_name, values)
+            continue
+        j, k = k, k + 1
+        if not finite[j]:
+            try:
+                _to_model_dtype(x[j], prep.dtype, path, InputError)
+            except InputError as exc:
+                yield RowError(row_name, InputError(f"line {row_line}: {exc.reason}", path))
+                continue
+        yield Sample(path, row_name, "tabular", cast[j], feature_names=names, raw_values=raw[j])
 
 
 def _csv_reason(exc: csv.Error) -> str:
@@ -546,8 +596,9 @@ def _csv_reason(exc: csv.Error) -> str:
     return text
 
 
-def _read_rows(text, line: list[int], path: Path, prep: Preprocessing, expected_n: int | None):
-    """(feature names, rows of floats); `line` follows the reader for error messages."""
+def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected_n: int | None):
+    """Yields the feature names, then each data row as a list of floats (in the names'
+    order) or an InputError naming its line. `line` follows the reader."""
     first = text.readline(1 << 20)
     reader = csv.reader(itertools.chain([first], text), delimiter=_delimiter(first))
 
@@ -592,26 +643,26 @@ def _read_rows(text, line: list[int], path: Path, prep: Preprocessing, expected_
     order = [header.index(f) for f in names]
     if expected_n is not None and len(order) != expected_n:
         raise InputError(f"CSV has {len(order)} columns; the model takes {expected_n}", path)
+    yield names
     width = len(header)
-    rows: list[list[float]] = []
     for row in rows_iter:
-        where = f"line {line[0]}"
-        if len(row) < width:
-            raise InputError(f"{where} is short: {len(row)} cell(s), the header has {width}", path)
-        if len(row) > width and any(c.strip() for c in row[width:]):
-            raise InputError(f"{where} has {len(row)} cells; the header has {width}", path)
-        values = []
-        for j in order:
-            cell = row[j].strip()
-            try:
-                value = float(cell)
-            except ValueError:
-                what = "is empty" if not cell else f"holds {cell[:20]!r}"
-                raise InputError(
-                    f"{where} is not all numbers: column {header[j]!r} {what}", path
-                ) from None
-            if not math.isfinite(value):
-                raise InputError(f"{where}: column {header[j]!r} is NaN or Inf ({cell!r})", path)
-            values.append(value)
-        rows.append(values)
-    return names, rows
+        yield _row_values(row, width, order, header, f"line {line[0]}", path)
+
+
+def _row_values(row, width, order, header, where: str, path: Path) -> list[float] | InputError:
+    if len(row) < width:
+        return InputError(f"{where} is short: {len(row)} cell(s), the header has {width}", path)
+    if len(row) > width and any(c.strip() for c in row[width:]):
+        return InputError(f"{where} has {len(row)} cells; the header has {width}", path)
+    values = []
+    for j in order:
+        cell = row[j].strip()
+        try:
+            value = float(cell)
+        except ValueError:
+            what = "is empty" if not cell else f"holds {cell[:20]!r}"
+            return InputError(f"{where} is not all numbers: column {header[j]!r} {what}", path)
+        if not math.isfinite(value):
+            return InputError(f"{where}: column {header[j]!r} is NaN or Inf ({cell!r})", path)
+        values.append(value)
+    return values

@@ -770,3 +770,35 @@ def test_output_names_through_symlinks_and_loops_inside_out(tmp_path):
         output_stem(out, ".")
     with pytest.raises(OutputError):
         output_stem(out, "a\0b.npy")
+
+
+def test_csv_rows_stream_with_bad_rows_reported_one_by_one(tmp_path):
+    import tracemalloc
+
+    from igcli.inputs import RowError, iter_table
+
+    lines = ["a,b"] + [f"{i},{i % 7}" for i in range(5_000)]
+    lines[5] = "4,oops"  # data row 4
+    lines[9] = "8"  # data row 8: short
+    lines[12] = "11,1e39"  # data row 11: overflows float32
+    path = tmp_path / "long.csv"
+    path.write_text("\n".join(lines) + "\n")
+    tracemalloc.start()
+    errors, count = {}, 0
+    try:
+        for item in iter_table(path, NAMED, "long"):
+            if isinstance(item, RowError):
+                errors[item.name] = str(item.error)
+            else:
+                count += 1
+                assert item.name == f"long_row{int(item.raw_values[0])}"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 5_000 - 3 and set(errors) == {"long_row4", "long_row8", "long_row11"}
+    assert "line 6 is not all numbers" in errors["long_row4"]
+    assert "line 10 is short" in errors["long_row8"] and "overflow" in errors["long_row11"]
+    assert all("long.csv" in e and "\n" not in e for e in errors.values())
+    assert peak < 512 << 10  # about 170 KiB: one block of 256 rows, not the 5,000
+    with pytest.raises(InputError, match="line 6 is not all numbers"):
+        load_samples(path, NAMED, "long")  # the strict reader fails the file on its first bad row
