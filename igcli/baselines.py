@@ -7,6 +7,7 @@ tensor once pixels are normalised). `zero` is the all-zeros tensor in model spac
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +43,39 @@ def blur_pixels(pixels: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+def rng_for(seed: int) -> np.random.Generator:
+    """A generator for any integer seed. numpy refuses negative seeds; they get streams of
+    their own (a spawn key keeps -5 apart from 5), non-negative seeds numpy's usual ones."""
+    if seed >= 0:
+        return np.random.default_rng(seed)
+    return np.random.default_rng(np.random.SeedSequence(-seed, spawn_key=(1,)))
+
+
+def _sample_hw(sample: Sample, prep: Preprocessing) -> tuple[int, int] | None:
+    """The input's height and width in pixels (images, and tensors of image models)."""
+    if sample.pixels is not None:
+        return sample.pixels.shape[0], sample.pixels.shape[1]
+    if prep.is_image_model and sample.x.ndim == 3:
+        hwc = prep.model_to_hwc(sample.x)
+        return hwc.shape[0], hwc.shape[1]
+    return None
+
+
 def make_baseline(
     spec: str, sample: Sample, prep: Preprocessing, seed: int = 0, blur_sigma: float | None = None
 ) -> np.ndarray:
-    """The baseline for one sample, in model space (same shape as sample.x)."""
+    """The baseline for one sample, in model space (same shape as sample.x).
+
+    A baseline image is resized to the input's size, as every image is resized to a
+    fixed-size model's: for models that take any size, each input gets the baseline at its
+    own size. Problems with a baseline file are UsageErrors naming that file (they concern
+    every input); a .npy baseline that fits the model but not this input is this input's
+    InputError.
+    """
     if spec == "zero":
         return np.zeros_like(sample.x)
     if spec in NAMED:
-        rng = np.random.default_rng(seed)
+        rng = rng_for(seed)
         if sample.kind == "image":
             shape = sample.pixels.shape
             if spec == "black":
@@ -66,18 +92,52 @@ def make_baseline(
             lo, hi = float(np.min(sample.x)), float(np.max(sample.x))
             return rng.uniform(lo, hi, size=sample.x.shape).astype(sample.x.dtype)
         raise InputError(f"baseline {spec!r} needs an image input", sample.path)
-    path = Path(spec)
-    if not path.is_file():
-        raise UsageError(
-            f"baseline {spec!r} is neither one of {', '.join(NAMED)} nor an existing file"
-        )
+    path = _baseline_file(spec)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        if sample.kind != "image":
-            raise InputError("an image baseline needs an image input", sample.path)
-        return prep.image_to_model(read_image(path, prep))
-    if path.suffix.lower() == ".npy":
-        base = read_tensor(path, prep)
-        if base.shape != sample.x.shape:
-            raise InputError(f"baseline {path} has shape {list(base.shape)}", sample.path)
-        return base
-    raise UsageError(f"baseline file {spec!r} must be an image or a .npy file")
+        size = _sample_hw(sample, prep)
+        if size is None:
+            raise InputError(f"an image baseline needs an image input ({path})", sample.path)
+        return prep.image_to_model(_read_image_baseline(path, prep, size))
+    base = read_tensor(path, prep, error=UsageError)
+    if base.shape != sample.x.shape:
+        raise InputError(
+            f"baseline {path} has shape {list(base.shape)}, this input {list(sample.x.shape)}",
+            sample.path,
+        )
+    return base
+
+
+def _baseline_file(spec: str) -> Path:
+    path = Path(spec)
+    if path.suffix.lower() not in IMAGE_SUFFIXES | {".npy"}:
+        if not os.path.lexists(path):
+            raise UsageError(
+                f"baseline {spec!r} is neither one of {', '.join(NAMED)} nor an existing file"
+            )
+        raise UsageError(f"baseline file {spec!r} must be an image or a .npy file")
+    return path
+
+
+def _read_image_baseline(path: Path, prep: Preprocessing, size) -> np.ndarray:
+    try:
+        return read_image(path, prep, size=size)
+    except InputError as exc:
+        raise UsageError(f"baseline: {exc.reason}", path) from None
+
+
+def check_baseline(spec: str | None, prep: Preprocessing) -> None:
+    """Check --baseline once, before any input: a name igcli knows, or a readable file that
+    fits the model. A session calls this up front so a bad baseline is one usage error
+    (exit 2), not one failure per input."""
+    if spec is None or spec in NAMED:
+        return
+    path = _baseline_file(spec)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if not prep.is_image_model:
+            raise UsageError(
+                f"an image baseline needs an image model; the input has shape {prep.input_shape}",
+                path,
+            )
+        _read_image_baseline(path, prep, (prep.height or 1, prep.width or 1))
+    else:
+        read_tensor(path, prep, error=UsageError)

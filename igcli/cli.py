@@ -221,9 +221,7 @@ MODEL = click.argument(
 )
 @click.option("--provider", help="ONNX Runtime execution provider (CPU, CUDA, ...).")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
-@click.option(
-    "--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed for noise baselines."
-)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise baselines.")
 @click.option("--mean", help="Per-channel mean for image normalisation, e.g. 0.485,0.456,0.406.")
 @click.option("--std", help="Per-channel std for image normalisation.")
 @click.option(
@@ -437,7 +435,9 @@ def inspect(model: Path, as_json: bool) -> None:
             prep = make_preprocessing(attributed, sidecar).describe()
         except IgcliError as exc:
             prep = f"none ({exc.reason})"
-    if attributed is None or explained is None:
+    if not ins:
+        blockers = ["(the model has no inputs: nothing to attribute)"]
+    elif attributed is None or explained is None:
         blockers = ["(no float input or output to differentiate)"]
     else:
         try:

@@ -23,10 +23,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from igcli.files import printable
 from igcli.report import percent
-
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {0x7F: "\\x7f"}
-_CONTROL |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
 def _is_terminal(stream) -> bool:
@@ -40,8 +38,8 @@ def _is_terminal(stream) -> bool:
 
 
 def one_line(text: str) -> str:
-    """`text` with newlines and other control characters escaped."""
-    return str(text).translate(_CONTROL)
+    """`text` with newlines, other control characters and undecodable bytes escaped."""
+    return printable(text)
 
 
 class Messages:

@@ -8,14 +8,30 @@ Baselines made in pixel space pass through the same steps (see baselines.py).
 from __future__ import annotations
 
 import csv
+import io
+import itertools
+import math
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from igcli.errors import InputError, UsageError
-from igcli.model import Sidecar, TensorSpec
+from igcli.errors import IgcliError, InputError, UsageError
+from igcli.files import (
+    MAX_IMAGE_PIXELS,
+    file_size,
+    first_line,
+    open_regular,
+    os_reason,
+    read_npy,
+)
+from igcli.model import Sidecar, TensorSpec, unusable_reason
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 TENSOR_SUFFIXES = {".npy"}
@@ -57,24 +73,31 @@ class Preprocessing:
             f"pixels / {self.scale:g}{norm}"
         )
 
-    def image_to_model(self, pixels: np.ndarray) -> np.ndarray:
-        """(H, W, C) pixels in [0, 1] -> one model sample (no batch axis)."""
+    def image_to_model(self, pixels: np.ndarray, cast: bool = True) -> np.ndarray:
+        """(H, W, C) pixels in [0, 1] -> one model sample (no batch axis); float64 when
+        `cast` is False, so a reader can tell overflow apart from bad values."""
         x = pixels.astype(np.float64)
         if self.mean is not None:
             x = (x - self.mean) / self.std
         if self.layout == "NCHW":
             x = np.transpose(x, (2, 0, 1))
-        return x.astype(self.dtype)
+        return _cast(x, self.dtype) if cast else x
 
     def model_to_hwc(self, sample: np.ndarray) -> np.ndarray:
         """A model-space sample (e.g. attributions) laid out as (H, W, C) for display."""
         return np.transpose(sample, (1, 2, 0)) if self.layout == "NCHW" else sample
 
-    def rows_to_model(self, rows: np.ndarray) -> np.ndarray:
+    def rows_to_model(self, rows: np.ndarray, cast: bool = True) -> np.ndarray:
         x = rows.astype(np.float64)
         if self.mean is not None:
             x = (x - self.mean) / self.std
-        return x.astype(self.dtype)
+        return _cast(x, self.dtype) if cast else x
+
+
+def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast quietly (numpy warns on overflow on stderr); readers check the result."""
+    with np.errstate(all="ignore"):
+        return values.astype(dtype)
 
 
 def _fmt(values: np.ndarray | None) -> str:
@@ -98,8 +121,9 @@ def make_preprocessing(
     """Decide preprocessing from the input's shape, the sidecar and the user's options."""
     side = sidecar.preprocessing or {}
     prep = Preprocessing(input_shape=list(spec.shape), dtype=spec.dtype)
-    if spec.dtype.kind != "f":
-        raise UsageError(f"input {spec.name!r} has dtype {spec.dtype}; igcli attributes floats")
+    problem = unusable_reason(spec, "input")
+    if problem:
+        raise UsageError(f"{problem}; choose a float input with --input", sidecar.model_path)
     shape = spec.shape
     layout = side.get("layout")
     if layout is None and len(shape) == 4:
@@ -112,11 +136,11 @@ def make_preprocessing(
     if layout in ("NCHW", "NHWC") and len(shape) == 4:
         prep.layout = layout
         c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], *shape[1:3])
-        prep.channels = _static(c) or int(side.get("channels", 3))
+        prep.channels = _static(c) or int(side.get("channels") or 3)
         prep.height, prep.width = _static(h), _static(w)
         if side.get("size") and not (prep.height and prep.width):
             prep.height, prep.width = (int(v) for v in side["size"])
-        prep.scale = float(scale or side.get("scale", 255.0))
+        prep.scale = float(scale or side.get("scale") or 255.0)
         mean = mean if mean is not None else side.get("mean")
         std = std if std is not None else side.get("std")
         if mean is not None or std is not None:
@@ -160,61 +184,236 @@ class Sample:
     raw_values: np.ndarray | None = None  # tabular rows before standardisation
 
 
-def read_image(path: Path, prep: Preprocessing) -> np.ndarray:
-    """Decode, convert to the model's channel count, resize; (H, W, C) floats in [0, 1]."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return image_pixels(img, prep)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = "not a readable image" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise InputError(f"cannot decode image ({reason})", path) from None
+# -- images -----------------------------------------------------------------------------------
+
+# Formats igcli decodes, whatever the file's suffix says. Pillow knows many more (EPS runs
+# Ghostscript, for one); an input folder is not trusted with them.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "TIFF", "WEBP")  # JPEG covers MPO
+
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, the weights of Pillow's convert("L")
+_PNG16 = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}  # raw mode -> its low-byte twin
 
 
-def image_pixels(img: Image.Image, prep: Preprocessing) -> np.ndarray:
-    """A decoded image in the model's channels and size; (H, W, C) floats in [0, 1]."""
-    mode = "L" if prep.channels == 1 else "RGB"
-    img = img.convert(mode)
-    if prep.height and prep.width and img.size != (prep.width, prep.height):
-        img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode, turn upright (EXIF), convert to the model's channels, resize: (H, W, C) floats.
+
+    Pixels are scaled by their own maximum (255, or 65535 for 16-bit PNGs) and then by
+    255 / prep.scale, so a 16-bit mid-grey is 0.5 like an 8-bit one. `size` = (H, W)
+    overrides the model's size (a baseline image is resized to its input's size).
+    """
+    channels = prep.channels or 3
+    if channels not in _MODES:
+        raise InputError(f"the model input has {channels} channels; an image gives 1, 3 or 4", path)
+    height, width = size or (prep.height, prep.width)
+    target = (width, height) if height and width else None
+    Image.init()  # registers every plugin (once), so `formats` below can name them all
+    with open_regular(path) as raw, warnings.catch_warnings():
+        # Pillow warns (on several lines) about bombs, odd EXIF, palette transparency;
+        # igcli either refuses the file in one line or reads it.
+        warnings.simplefilter("ignore")
+        fh = _CappedReader(raw, file_size(raw))
+        try:
+            with Image.open(fh, formats=IMAGE_FORMATS) as img:
+                _check_pixels(img.size, path)
+                arr, max_value = _decode(img, fh, channels, target, path)
+        except IgcliError:
+            raise
+        except Image.DecompressionBombError as exc:  # Pillow refuses even bigger ones itself
+            m = re.search(r"\((\d+) pixels\)", str(exc))
+            count = f"{int(m.group(1)):,}" if m else "too many"
+            raise InputError(
+                f"image has {count} pixels, over igcli's limit of {MAX_IMAGE_PIXELS:,} "
+                "(a decompression bomb?); refused",
+                path,
+            ) from None
+        except UnidentifiedImageError:
+            raise InputError(
+                "not a readable image (not PNG, JPEG, BMP, GIF, TIFF or WebP)", path
+            ) from None
+        except MemoryError:
+            raise InputError("image too large to decode in memory", path) from None
+        except Exception as exc:  # decoders raise a zoo of exceptions on damaged files
+            raise InputError(f"cannot decode image ({first_line(exc)})", path) from None
+    if not prep.scale:
+        return arr
+    return np.clip(arr * (255.0 / max_value) / prep.scale, 0.0, None)
+
+
+class _CappedReader(io.RawIOBase):
+    """A file as Pillow reads it, with reads capped at what the file holds: Pillow asks
+    for a PNG chunk's declared length at once (skipping the rest of IDAT), and a buffered
+    read allocates all of it up front, so 400 bytes claiming a 2 GB chunk allocated 2 GB."""
+
+    def __init__(self, fh, size: int) -> None:
+        super().__init__()
+        self._fh, self._size = fh, size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = max(self._size - self._fh.tell(), 0)
+        return self._fh.read(left if n is None or n < 0 else min(n, left))
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def _check_pixels(size: tuple[int, int], path: Path) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise InputError(f"image has no pixels ({w}x{h})", path)
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"image has {w * h:,} pixels ({w}x{h}), over igcli's limit of "
+            f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?); refused",
+            path,
+        )
+
+
+def _decode(img, fh, channels: int, target, path: Path) -> tuple[np.ndarray, float]:
+    """(H, W, C) float64 in the image's own range, and that range's maximum."""
+    if img.format == "PNG" and _png16_rawmode(img):
+        high = _upright_array(img)
+        fh.seek(0)
+        try:
+            with Image.open(fh, formats=["PNG"]) as twin:
+                tile = twin.tile[0]
+                twin.tile = [tile._replace(args=_PNG16[tile[3]])]
+                low = _upright_array(twin)
+        except Exception:  # not decodable that way in this Pillow: keep 8-bit precision
+            low = None
+        if low is None or low.shape != high.shape:
+            planes = [high[:, :, c] for c in range(high.shape[2])]
+            return _float_channels(planes, channels, target, 255.0), 255.0
+        planes = [
+            _plane16(high[:, :, c], low[:, :, c]) for c in range(high.shape[2])
+        ]  # float32 holds every 16-bit value exactly
+        return _float_channels(planes, channels, target, 65535.0), 65535.0
+    if img.mode.startswith("I;16"):
+        grey = _upright_array(img)[:, :, 0]
+        return _float_channels([grey], channels, target, 65535.0), 65535.0
+    if img.mode in ("I", "F"):
+        raise InputError(
+            f"32-bit ({img.mode}-mode) images are not supported; use 8- or 16-bit images "
+            "or a .npy tensor",
+            path,
+        )
+    img.load()
+    img = _upright(img)
+    img = img.convert(_MODES[channels])
+    if target and img.size != target:
+        img = img.resize(target, Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float64)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.clip(arr / prep.scale, 0.0, None) if prep.scale else arr
+    return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
+
+
+def _plane16(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    plane = high.astype(np.float32)
+    plane *= 256.0
+    plane += low
+    return plane
+
+
+def _png16_rawmode(img) -> bool:
+    """Pillow reads 16-bit RGB(A) PNGs as 8-bit images; the tile's raw mode tells the truth."""
+    tiles = getattr(img, "tile", None) or []
+    return len(tiles) == 1 and tiles[0][0] == "zip" and tiles[0][3] in _PNG16
+
+
+def _upright(img):
+    """EXIF orientation applied (phone photos are stored sideways and flagged)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # damaged EXIF: keep the stored orientation, as viewers do
+        return img
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+def _upright_array(img) -> np.ndarray:
+    """The decoded samples as stored (8-bit bytes, or 16-bit grey), upright, (H, W, C)."""
+    img.load()
+    arr = np.asarray(_upright(img))
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _float_channels(planes: list[np.ndarray], channels: int, target, full: float) -> np.ndarray:
+    """Full-precision planes of one image -> (H, W, channels) float64, each plane converted
+    and resized on its own (as a float image), so a large 16-bit image costs a few bytes
+    per pixel, not 8 per sample. `full` is the value of an opaque alpha."""
+    if channels == 1:
+        if len(planes) >= 3:
+            r, g, b = (p.astype(np.float32) for p in planes[:3])
+            planes = [r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]]
+        else:
+            planes = planes[:1]
+    else:
+        rgb = planes[:3] if len(planes) >= 3 else [planes[0]] * 3
+        alpha = planes[3:4] if len(planes) >= 4 else [np.full(planes[0].shape, full, np.float32)]
+        planes = rgb + (alpha if channels == 4 else [])
+    out = []
+    for plane in planes:
+        plane = plane.astype(np.float32, copy=False)
+        if target and (plane.shape[1], plane.shape[0]) != target:
+            plane = np.asarray(
+                Image.fromarray(plane).resize(target, Image.Resampling.BILINEAR), np.float32
+            )
+        out.append(plane.astype(np.float64))
+    return np.stack(out, axis=2)
+
+
+# -- files of any kind ------------------------------------------------------------------------
 
 
 def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
-    """Samples from one file; `name` is the output stem (a CSV adds _row<k>)."""
+    """Samples from one file; `name` is the output stem (a CSV adds _row<k>).
+
+    Every problem with the file is an InputError naming it: the run goes on with the others.
+    """
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise InputError("no such file", path)
-    if not path.is_file():
-        raise InputError("not a file", path)
+    if suffix not in SUPPORTED_SUFFIXES:
+        if not os.path.lexists(path):
+            raise InputError("no such file", path)
+        raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
     if suffix in IMAGE_SUFFIXES:
         if not prep.is_image_model:
             raise InputError(f"an image, but the model input has shape {prep.input_shape}", path)
         pixels = read_image(path, prep)
-        return [Sample(path, name, "image", prep.image_to_model(pixels), pixels=pixels)]
+        x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, path, InputError)
+        return [Sample(path, name, "image", x, pixels=pixels)]
     if suffix in TENSOR_SUFFIXES:
         return [Sample(path, name, "tensor", read_tensor(path, prep))]
-    if suffix in TABLE_SUFFIXES:
-        return read_table(path, prep, name)
-    raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
+    return read_table(path, prep, name)
 
 
-def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
-    """A sample from a numpy array in model space (batch axis optional) or a PIL image."""
-    if isinstance(value, Image.Image):
-        if not prep.is_image_model:
-            raise UsageError(f"an image, but the model input has shape {prep.input_shape}")
-        pixels = image_pixels(value, prep)
-        return Sample(Path(f"<{name}>"), name, "image", prep.image_to_model(pixels), pixels=pixels)
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "fiu":
-        raise UsageError(f"an array of dtype {arr.dtype}; give numbers")
-    x = _fit_tensor(arr, prep, Path(f"<{name}>"))
-    kind = "tabular" if x.ndim == 1 else "tensor"
-    return Sample(Path(f"<{name}>"), name, kind, x, feature_names=prep.feature_names)
+def _to_model_dtype(
+    values: np.ndarray, dtype: np.dtype, path: Path, error: type[IgcliError]
+) -> np.ndarray:
+    """Cast to the model input's float type; NaN, Inf or overflow is the file's problem."""
+    if not np.all(np.isfinite(values)):
+        raise error("contains NaN or Inf", path)
+    cast = _cast(values, dtype)
+    if not np.all(np.isfinite(cast)):
+        big = float(np.max(np.abs(values)))
+        raise error(f"values overflow {np.dtype(dtype).name} (largest |value| {big:.3g})", path)
+    return cast
+
+
+# -- .npy tensors -----------------------------------------------------------------------------
 
 
 def _shape_matches(shape: tuple, expected: list) -> bool:
@@ -223,73 +422,274 @@ def _shape_matches(shape: tuple, expected: list) -> bool:
     )
 
 
-def read_tensor(path: Path, prep: Preprocessing) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"not a readable .npy file ({exc})", path) from None
-    if arr.dtype.kind != "f":
-        raise InputError(f"dtype {arr.dtype} is not a float type", path)
-    return _fit_tensor(arr, prep, path)
+def dtype_problem(dtype: np.dtype) -> str | None:
+    """Why an array of this dtype is not a model-space float tensor (None when it is)."""
+    kind = dtype.kind
+    if kind == "f":
+        return None
+    if kind == "c":
+        return f"dtype {dtype} is complex; igcli attributes real (float) inputs"
+    if kind in "US":
+        return f"holds strings (dtype {dtype}), not numbers"
+    if kind in "iub":
+        return (
+            f"dtype {dtype} is not a float type; .npy inputs are in model space: save them "
+            "as float32"
+        )
+    return f"dtype {dtype} is not a float type (not a plain array of numbers)"
 
 
-def _fit_tensor(arr: np.ndarray, prep: Preprocessing, path: Path) -> np.ndarray:
+def read_tensor(
+    path: Path, prep: Preprocessing, error: type[IgcliError] = InputError
+) -> np.ndarray:
+    """A .npy sample in model space, with or without its batch axis of 1."""
+    return fit_tensor(read_npy(path, error), prep, path, error)
+
+
+def fit_tensor(
+    arr: np.ndarray, prep: Preprocessing, path: Path, error: type[IgcliError] = InputError
+) -> np.ndarray:
     """One sample (no batch axis) in the model's dtype, from an array with or without it."""
+    problem = dtype_problem(arr.dtype)
+    if problem:
+        raise error(problem, path)
     expected = prep.input_shape
-    if _shape_matches(arr.shape, expected):
+    if not expected:  # the model declares no shape: only the batch axis can be recognised
+        if arr.ndim == 0 or arr.shape[0] != 1:
+            raise error(
+                f"shape {list(arr.shape)}: the model does not declare this input's shape, so "
+                "save the tensor with its leading batch axis of 1",
+                path,
+            )
+        arr = arr[0]
+    elif _shape_matches(arr.shape, expected):
         if arr.shape[0] != 1:
-            raise InputError(f"holds a batch of {arr.shape[0]}; give one sample per file", path)
+            raise error(f"holds a batch of {arr.shape[0]}; give one sample per file", path)
         arr = arr[0]
     elif not _shape_matches(arr.shape, expected[1:]):
-        raise InputError(f"shape {list(arr.shape)} does not fit the model input {expected}", path)
-    if not np.all(np.isfinite(arr)):
-        raise InputError("contains NaN or Inf", path)
-    return arr.astype(prep.dtype)
+        raise error(f"shape {list(arr.shape)} does not fit the model input {expected}", path)
+    if arr.size == 0:
+        raise error(f"shape {list(arr.shape)} holds no values", path)
+    return _to_model_dtype(arr, prep.dtype, path, error)
+
+
+def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
+    """A sample from a numpy array in model space (batch axis optional) or a PIL image."""
+    where = Path(f"<{name}>")
+    if isinstance(value, Image.Image):
+        if not prep.is_image_model:
+            raise UsageError(f"an image, but the model input has shape {prep.input_shape}")
+        channels = prep.channels or 3
+        target = (prep.width, prep.height) if prep.height and prep.width else None
+        img = _upright(value).convert(_MODES.get(channels, "RGB"))
+        if target and img.size != target:
+            img = img.resize(target, Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        pixels = np.clip(arr / prep.scale, 0.0, None) if prep.scale else arr
+        x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, where, UsageError)
+        return Sample(where, name, "image", x, pixels=pixels)
+    x = fit_tensor(np.asarray(value), prep, where, UsageError)
+    kind = "tabular" if x.ndim == 1 else "tensor"
+    return Sample(where, name, kind, x, feature_names=prep.feature_names)
+
+
+# -- CSV tables -------------------------------------------------------------------------------
+
+
+def _open_text(fh) -> io.TextIOWrapper:
+    """UTF-8 (a byte-order mark, as spreadsheets write, is dropped) or UTF-16 with its mark."""
+    head = fh.peek(4)[:4] if hasattr(fh, "peek") else b""
+    encoding = "utf-16" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    return io.TextIOWrapper(fh, encoding=encoding, newline="")
+
+
+def _delimiter(first_line: str) -> str:
+    """Comma, unless the header has none and is clearly separated by ';' or tabs."""
+    if "," not in first_line:
+        for candidate in (";", "\t"):
+            if candidate in first_line:
+                return candidate
+    return ","
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class RowError:
+    """A CSV row that cannot be explained (short, not numbers, NaN): the other rows can."""
+
+    name: str  # the row's output name, <name>_row<k>
+    error: InputError
 
 
 def read_table(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
-    """One sample per CSV row; the header names the features (matched to the sidecar's)."""
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read CSV ({exc})", path) from None
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
-    if len(rows) < 2:
-        raise InputError("CSV needs a header row and at least one data row", path)
-    header = [h.strip() for h in rows[0]]
-    expected_n = prep.input_shape[-1] if len(prep.input_shape) == 2 else None
-    if not isinstance(expected_n, int) or expected_n <= 0:
-        expected_n = None
+    """One sample per CSV row; the header names the features (matched to the sidecar's).
+
+    Strict: the first bad row fails the file. iter_table streams rows and reports bad
+    rows one by one instead.
+    """
+    samples = []
+    for item in iter_table(path, prep, name):
+        if isinstance(item, RowError):
+            raise item.error
+        samples.append(item)
+    return samples
+
+
+def iter_table(path: Path, prep: Preprocessing, name: str) -> Iterator[Sample | RowError]:
+    """The rows of a CSV one at a time (`<name>_row<k>`, k counting data rows), so a long
+    file streams in constant memory. A bad row is a RowError and the next rows follow;
+    problems with the whole file (header, encoding, a cell over csv's field limit) raise
+    InputError, after the rows read so far. A file without data rows raises too."""
     if len(prep.input_shape) != 2:
         raise InputError(f"CSV rows need a 2-D model input, not {prep.input_shape}", path)
-    order = list(range(len(header)))
-    names = header
+    expected_n = prep.input_shape[-1]
+    if not isinstance(expected_n, int) or expected_n <= 0:
+        expected_n = None
+    line = [0]  # where the reader is, for error messages
+    with open_regular(path) as fh:
+        if file_size(fh) == 0:
+            raise InputError("empty file (0 bytes); CSV needs a header row", path)
+        text = _open_text(fh)
+        count = 0
+        block: list[tuple[str, int, list[float] | InputError]] = []
+        failure: InputError | None = None
+        try:
+            rows = _table_rows(text, line, path, prep, expected_n)
+            names = next(rows)
+            for values in rows:
+                block.append((f"{name}_row{count}", line[0], values))
+                count += 1
+                if len(block) == _ROW_BLOCK:
+                    yield from _block_samples(block, names, prep, path)
+                    block = []
+        except UnicodeDecodeError as exc:
+            failure = InputError(
+                f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the CSV as UTF-8",
+                path,
+            )
+        except csv.Error as exc:
+            failure = InputError(f"CSV line {line[0]}: {_csv_reason(exc)}", path)
+        except OSError as exc:
+            failure = InputError(f"cannot read ({os_reason(exc)})", path)
+        finally:
+            text.detach()  # the binary file closes itself
+        if block:  # the rows read before a failure are still explained
+            yield from _block_samples(block, names, prep, path)
+        if failure is not None:
+            raise failure
+    if count == 0:
+        raise InputError("CSV needs a header row and at least one data row", path)
+
+
+_ROW_BLOCK = 256  # rows converted together: numpy's per-call cost, paid once per block
+
+
+def _block_samples(block, names: list[str], prep: Preprocessing, path: Path):
+    """Samples (or RowErrors) for a block of parsed rows, in file order."""
+    good = [i for i, (_, _, v) in enumerate(block) if not isinstance(v, InputError)]
+    raw = np.array([block[i][2] for i in good], dtype=np.float64).reshape(len(good), len(names))
+    x = prep.rows_to_model(raw, cast=False)
+    cast = _cast(x, prep.dtype)
+    finite = np.isfinite(x).all(axis=1) & np.isfinite(cast).all(axis=1)
+    k = 0
+    for row_name, row_line, values in block:
+        if isinstance(values, InputError):
+            yield RowError(row_name, values)
+            continue
+        j, k = k, k + 1
+        if not finite[j]:
+            try:
+                _to_model_dtype(x[j], prep.dtype, path, InputError)
+            except InputError as exc:
+                yield RowError(row_name, InputError(f"line {row_line}: {exc.reason}", path))
+                continue
+        yield Sample(path, row_name, "tabular", cast[j], feature_names=names, raw_values=raw[j])
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    text = first_line(exc)
+    if "field larger than field limit" in text:
+        return f"a cell is longer than {csv.field_size_limit():,} characters"
+    if "NUL" in text:
+        return "contains a NUL byte (not a text file?)"
+    return text
+
+
+def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected_n: int | None):
+    """Yields the feature names, then each data row as a list of floats (in the names'
+    order) or an InputError naming its line. `line` follows the reader."""
+    first = text.readline(1 << 20)
+    reader = csv.reader(itertools.chain([first], text), delimiter=_delimiter(first))
+
+    def records():
+        while True:
+            line[0] = reader.line_num + 1  # the line being read, should it fail
+            row = next(reader, None)
+            if row is None:
+                return
+            line[0] = reader.line_num
+            if row and any(c.strip() for c in row):
+                yield row
+
+    rows_iter = records()
+    header_row = next(rows_iter, None)
+    if header_row is None:
+        raise InputError("CSV needs a header row and at least one data row", path)
+    header = [h.strip() for h in header_row]
+    while header and not header[-1]:  # a trailing separator on every line
+        header.pop()
     if prep.feature_names:
-        missing = [f for f in prep.feature_names if f not in header]
-        if missing:
-            raise InputError(f"CSV lacks feature(s) {', '.join(missing[:3])}", path)
-        order = [header.index(f) for f in prep.feature_names]
         names = list(prep.feature_names)
+        missing = [f for f in names if f not in header]
+        if missing:
+            raise InputError(f"CSV lacks feature(s) {', '.join(map(repr, missing[:3]))}", path)
+    else:
+        names = header
+        if all(_is_number(h) for h in header) and header not in (
+            [str(i) for i in range(len(header))],
+            [str(i + 1) for i in range(len(header))],
+        ):
+            raise InputError(
+                "the first row holds only numbers: CSV needs a header row naming the features",
+                path,
+            )
+    counts = Counter(header)
+    for k, h in enumerate(names):
+        if not h:
+            raise InputError(f"header cell {k + 1} is empty; every column needs a name", path)
+        if counts[h] > 1:
+            raise InputError(f"column {h!r} appears {counts[h]} times in the header", path)
+    order = [header.index(f) for f in names]
     if expected_n is not None and len(order) != expected_n:
         raise InputError(f"CSV has {len(order)} columns; the model takes {expected_n}", path)
-    values = np.empty((len(rows) - 1, len(order)))
-    for i, row in enumerate(rows[1:]):
+    yield names
+    width = len(header)
+    for row in rows_iter:
+        yield _row_values(row, width, order, header, f"line {line[0]}", path)
+
+
+def _row_values(row, width, order, header, where: str, path: Path) -> list[float] | InputError:
+    if len(row) < width:
+        return InputError(f"{where} is short: {len(row)} cell(s), the header has {width}", path)
+    if len(row) > width and any(c.strip() for c in row[width:]):
+        return InputError(f"{where} has {len(row)} cells; the header has {width}", path)
+    values = []
+    for j in order:
+        cell = row[j].strip()
         try:
-            values[i] = [float(row[j]) for j in order]
-        except (ValueError, IndexError):
-            raise InputError(f"row {i + 1} is not all numbers or is short", path) from None
-    if not np.all(np.isfinite(values)):
-        raise InputError("contains NaN or Inf", path)
-    model_rows = prep.rows_to_model(values)
-    return [
-        Sample(
-            path,
-            f"{name}_row{i}",
-            "tabular",
-            model_rows[i],
-            feature_names=names,
-            raw_values=values[i],
-        )
-        for i in range(len(values))
-    ]
+            value = float(cell)
+        except ValueError:
+            what = "is empty" if not cell else f"holds {cell[:20]!r}"
+            return InputError(f"{where} is not all numbers: column {header[j]!r} {what}", path)
+        if not math.isfinite(value):
+            return InputError(f"{where}: column {header[j]!r} is NaN or Inf ({cell!r})", path)
+        values.append(value)
+    return values

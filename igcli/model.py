@@ -11,8 +11,10 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +22,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
+from onnx.external_data_helper import load_external_data_for_model
 
 from igcli.errors import InputError, ModelError, UsageError
+from igcli.files import (
+    MAX_IMAGE_PIXELS,
+    file_size,
+    first_line,
+    open_regular,
+    os_reason,
+    read_npy,
+)
 
 SOFTMAX_OUTPUT = "igcli_softmax"
 
@@ -30,33 +41,163 @@ SOFTMAX_OUTPUT = "igcli_softmax"
 ort.set_default_logger_severity(4)
 
 
+def _json_type(value) -> str:
+    """How a JSON value reads to a person: 'a number (5)', 'a string ("oops")', 'an object'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"a number ({value:g})" if isinstance(value, float) else f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({json.dumps(value[:30])})"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _SidecarCheck:
+    """Field-by-field validation, so a wrong type is one line naming the field and the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, field: str, expected: str, value) -> None:
+        raise ModelError(
+            f"sidecar field {field!r} must be {expected}, not {_json_type(value)}", self.path
+        )
+
+    def text(self, data: dict, key: str, field: str | None = None) -> str | None:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            self.fail(field or key, "a string", value)
+        return value
+
+    def labels(self, value) -> list[str] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self.fail("labels", "a list of class names", value)
+        for k, v in enumerate(value):
+            if not (isinstance(v, str) or _number(v)):
+                self.fail(f"labels[{k}]", "a string", v)
+        return [v if isinstance(v, str) else f"{v:g}" for v in value]
+
+    def feature_names(self, value) -> list[str] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.fail("feature_names", "a non-empty list of column names", value)
+        for k, v in enumerate(value):
+            if not isinstance(v, str) or not v.strip():
+                self.fail(f"feature_names[{k}]", "a non-empty string", v)
+        names = [v.strip() for v in value]
+        dup = next((n for n, c in Counter(names).items() if c > 1), None)
+        if dup is not None:
+            raise ModelError(f"sidecar field 'feature_names' names {dup!r} twice", self.path)
+        return names
+
+    def numbers(self, prep: dict, key: str, positive: bool) -> None:
+        value = prep.get(key)
+        if value is None:
+            return
+        expected = (
+            "a positive number or a list of them" if positive else ("a number or a list of numbers")
+        )
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            self.fail(f"preprocessing.{key}", expected, value)
+        for v in items:
+            if not _number(v) or (positive and v <= 0):
+                self.fail(f"preprocessing.{key}", expected, v if isinstance(value, list) else value)
+
+    def preprocessing(self, value) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail("preprocessing", "an object", value)
+        layout = value.get("layout")
+        if layout is not None and layout not in ("NCHW", "NHWC"):
+            self.fail("preprocessing.layout", '"NCHW" or "NHWC"', layout)
+        channels = value.get("channels")
+        if channels is not None and (
+            not _number(channels) or channels != int(channels) or int(channels) not in (1, 3, 4)
+        ):
+            self.fail("preprocessing.channels", "1, 3 or 4", channels)
+        size = value.get("size")
+        if size is not None:
+            if (
+                not isinstance(size, list)
+                or len(size) != 2
+                or not all(_number(v) and v == int(v) and 1 <= v <= 65535 for v in size)
+            ):
+                self.fail("preprocessing.size", "[height, width] in pixels", size)
+            if size[0] * size[1] > MAX_IMAGE_PIXELS:
+                raise ModelError(
+                    f"sidecar field 'preprocessing.size' {size} is over {MAX_IMAGE_PIXELS:,} "
+                    "pixels",
+                    self.path,
+                )
+        scale = value.get("scale")
+        if scale is not None and (not _number(scale) or scale <= 0):
+            self.fail("preprocessing.scale", "a positive number", scale)
+        self.numbers(value, "mean", positive=False)
+        self.numbers(value, "std", positive=True)
+        return {k: v for k, v in value.items() if v is not None}  # null means "not given"
+
+
+# A sidecar holds labels and names, not data: anything bigger is not a sidecar.
+MAX_SIDECAR_BYTES = 64 << 20
+
+
 @dataclass
 class Sidecar:
-    """What `<model>.json` beside a model says about labels, features and preprocessing."""
+    """What `<model>.json` beside a model says about labels, features and preprocessing.
+
+    Every field is checked on loading: a wrong type is a one-line ModelError (exit 3)
+    naming the sidecar and the field, never a crash later in the run. Unknown fields are
+    ignored (e.g. "description").
+    """
 
     kind: str | None = None
     labels: list[str] | None = None
     feature_names: list[str] | None = None
     preprocessing: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    model_path: Path | None = None  # the model this sidecar belongs to, for error messages
 
     @classmethod
     def load(cls, model_path: Path) -> Sidecar:
         path = model_path.with_suffix(".json")
         if not path.is_file():
-            return cls()
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"sidecar is not valid JSON ({exc})", path) from None
+            return cls(model_path=model_path)
+        with open_regular(path, ModelError) as fh:
+            if file_size(fh) > MAX_SIDECAR_BYTES:
+                raise ModelError(
+                    f"sidecar is over {MAX_SIDECAR_BYTES >> 20} MiB; not a sidecar", path
+                )
+            try:
+                data = json.loads(fh.read().decode("utf-8-sig"))
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"sidecar is not valid JSON ({first_line(exc)})", path) from None
+            except RecursionError:
+                raise ModelError("sidecar is not valid JSON (nested too deeply)", path) from None
         if not isinstance(data, dict):
-            raise ModelError("sidecar must be a JSON object", path)
+            raise ModelError(f"sidecar must be a JSON object, not {_json_type(data)}", path)
+        check = _SidecarCheck(path)
+        for key in ("kind", "input", "output", "description"):
+            check.text(data, key)
         return cls(
             kind=data.get("kind"),
-            labels=data.get("labels"),
-            feature_names=data.get("feature_names"),
-            preprocessing=data.get("preprocessing") or {},
+            labels=check.labels(data.get("labels")),
+            feature_names=check.feature_names(data.get("feature_names")),
+            preprocessing=check.preprocessing(data.get("preprocessing")),
             raw=data,
+            model_path=model_path,
         )
 
 
@@ -65,31 +206,247 @@ class TensorSpec:
     name: str
     shape: list[int | str | None]
     dtype: np.dtype
+    kind: str = "tensor"  # or "sequence", "map", "optional", "sparse_tensor", "unknown"
+    type_text: str = ""  # e.g. "tensor(float)", "seq(map(int64, tensor(float)))"
+
+    def __post_init__(self) -> None:
+        if not self.type_text:
+            self.type_text = f"tensor({np.dtype(self.dtype).name})"
+
+
+def _type_text(tp: onnx.TypeProto) -> str:
+    which = tp.WhichOneof("value")
+    if which in ("tensor_type", "sparse_tensor_type"):
+        t = getattr(tp, which)
+        elem = onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "?"
+        return f"{'tensor' if which == 'tensor_type' else 'sparse_tensor'}({elem})"
+    if which == "sequence_type":
+        return f"seq({_type_text(tp.sequence_type.elem_type)})"
+    if which == "map_type":
+        key = onnx.TensorProto.DataType.Name(tp.map_type.key_type).lower()
+        return f"map({key}, {_type_text(tp.map_type.value_type)})"
+    if which == "optional_type":
+        return f"optional({_type_text(tp.optional_type.elem_type)})"
+    return "unknown type"
+
+
+_KINDS = {
+    "tensor_type": "tensor",
+    "sequence_type": "sequence",
+    "map_type": "map",
+    "optional_type": "optional",
+    "sparse_tensor_type": "sparse_tensor",
+}
 
 
 def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+    which = vi.type.WhichOneof("value")
+    kind = _KINDS.get(which, "unknown")
+    text = _type_text(vi.type)
+    if kind != "tensor":
+        return TensorSpec(vi.name, [], np.dtype(object), kind, text)
     t = vi.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
     try:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
     except (KeyError, TypeError, ValueError):
         dtype = np.dtype(object)
-    return TensorSpec(vi.name, dims, dtype)
+    return TensorSpec(vi.name, dims, dtype, kind, text)
+
+
+def is_float_tensor(spec: TensorSpec) -> bool:
+    """A dense tensor of float16/32/64: what IG can differentiate and attribute."""
+    return spec.kind == "tensor" and spec.dtype.kind == "f"
+
+
+def unusable_reason(spec: TensorSpec, role: str = "output") -> str | None:
+    """Why IG cannot use this input or output (None when it can), in one line.
+
+    `role` is "input" or "output". Covers strings, integers, and non-tensor values such as
+    the sequence of maps (ZipMap) that scikit-learn classifiers converted to ONNX output.
+    """
+    what = f"{role} {spec.name!r}"
+    if spec.kind == "sequence" and "map(" in spec.type_text:
+        return (
+            f"{what} is a {spec.type_text} (a ZipMap of class probabilities); convert the "
+            "model without ZipMap (skl2onnx: options={id(model): {'zipmap': False}})"
+        )
+    if spec.kind != "tensor":
+        return f"{what} is a {spec.type_text}, not a tensor"
+    if spec.dtype.kind == "f":
+        return None
+    if spec.type_text == "tensor(string)":
+        return f"{what} is a tensor of strings"
+    if role == "input":
+        return f"{what} is {spec.type_text}: igcli attributes float inputs"
+    return f"{what} is {spec.type_text}: igcli explains float outputs"
+
+
+def default_output(specs: list[TensorSpec]) -> TensorSpec | None:
+    """The first output IG can explain (a classifier's label output often comes first)."""
+    return next((s for s in specs if unusable_reason(s) is None), None)
 
 
 def load_model(path: Path) -> onnx.ModelProto:
-    """Read an ONNX file, failing with a one-line ModelError."""
-    if not path.exists():
-        raise ModelError("no such file", path)
-    if not path.is_file():
-        raise ModelError("not a file", path)
+    """Read an ONNX file and its external data, failing with a one-line ModelError."""
+    with open_regular(path, ModelError) as fh:
+        if file_size(fh) == 0:
+            raise ModelError("empty file (0 bytes), not an ONNX model", path)
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise ModelError(f"cannot read ({os_reason(exc)})", path) from None
     try:
-        model = onnx.load(str(path))
+        model = onnx.load_model_from_string(data)
     except Exception:
         raise ModelError("not an ONNX model (cannot parse it)", path) from None
+    del data
     if len(model.graph.node) == 0 or not model.graph.output:
         raise ModelError("not an ONNX model (no graph)", path)
+    if _external_tensors(model):
+        _load_external_data(model, path)
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Tensors stored beside the model; only files inside the model's folder are read."""
+    folder = os.path.realpath(path.parent)
+    for tensor in _external_tensors(model):
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        what = f"external data {location!r} of tensor {tensor.name!r}"
+        if not location or os.path.isabs(location):
+            raise ModelError(f"{what} must be a file name relative to the model; refused", path)
+        target = os.path.realpath(os.path.join(folder, location))
+        if os.path.commonpath([folder, target]) != folder:
+            raise ModelError(f"{what} points outside the model's folder; refused", path)
+        if not os.path.isfile(target):
+            raise ModelError(f"{what}: no such file beside the model", path)
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise ModelError(f"cannot load its external data ({first_line(exc)})", path) from None
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Tensors whose data lives in another file: initializers and tensor attributes, in
+    subgraphs too."""
+    found: list[onnx.TensorProto] = []
+
+    def graph(g: onnx.GraphProto) -> None:
+        found.extend(g.initializer)
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    found.append(attr.t)
+                found.extend(attr.tensors)
+                if attr.HasField("g"):
+                    graph(attr.g)
+                for sub in attr.graphs:
+                    graph(sub)
+
+    graph(model.graph)
+    return [t for t in found if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def require_inputs(model: onnx.ModelProto, path: Path) -> list[TensorSpec]:
+    """The model's inputs; a model without any has nothing to attribute (ModelError)."""
+    specs = graph_inputs(model)
+    if not specs:
+        raise ModelError("model has no inputs: there is nothing to attribute", path)
+    return specs
+
+
+def load_feeds(
+    given: dict[str, object], inputs: list[TensorSpec], attributed: TensorSpec
+) -> dict[str, Feed]:
+    """Values for the model inputs other than the attributed one (--feed NAME=FILE.npy, or
+    arrays from Python), each with the axis that carries the batch (see feed_batch_axis).
+
+    Checked once, before any input is explained, so a bad feed is one usage error naming
+    the feed file, not a failure of every input: unknown names, a feed for the attributed
+    input itself, a missing feed, and each file (see check_feed).
+    """
+    names = [s.name for s in inputs]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise UsageError(
+            f"--feed names unknown input(s) {', '.join(map(repr, unknown))} "
+            f"(inputs: {', '.join(names)})"
+        )
+    if attributed.name in given:
+        raise UsageError(
+            f"--feed {attributed.name}: that is the attributed input (its values come from "
+            "the INPUT files); choose another one with --input, or drop that --feed"
+        )
+    feeds = {}
+    for spec in inputs:
+        if spec.name == attributed.name:
+            continue
+        if spec.name not in given:
+            raise UsageError(
+                f"model input {spec.name!r} needs a value: --feed {spec.name}=FILE.npy"
+            )
+        source = given[spec.name]
+        axis = feed_batch_axis(spec, attributed)
+        if isinstance(source, np.ndarray):
+            value = check_feed(source, spec, axis, Path(f"<feed {spec.name}>"))
+        else:
+            value = check_feed(read_npy(Path(source), UsageError), spec, axis, Path(source))
+        feeds[spec.name] = Feed(value, axis)
+    return feeds
+
+
+def check_feed(value: np.ndarray, spec: TensorSpec, batch_axis: int | None, path: Path):
+    """One fed value, cast to the input's dtype only where that loses nothing, in the
+    input's declared shape with a batch axis of 1 (the run repeats it for every row)."""
+    what = f"input {spec.name!r} ({spec.type_text})"
+    if spec.kind != "tensor":
+        raise UsageError(f"{what} cannot be fed from a .npy file", path)
+    have, want = value.dtype, spec.dtype
+    if have.kind in "US" or want.kind in "OUS":
+        if not (have.kind in "US" and want.kind in "OUS"):
+            held = f"strings (dtype {have})" if have.kind in "US" else f"dtype {have}"
+            raise UsageError(f"holds {held}; {what} takes {want}", path)
+    elif want.kind == "f":
+        if have.kind not in "fiub":
+            raise UsageError(f"dtype {have} cannot feed {what}", path)
+        with np.errstate(all="ignore"):
+            cast = value.astype(want)
+        if not np.all(np.isfinite(cast)):
+            raise UsageError(f"contains NaN or Inf (as {want}); {what}", path)
+        value = cast
+    elif want.kind in "iu":
+        if have.kind == "f" and not np.all(np.isfinite(value) & (value == np.round(value))):
+            raise UsageError(f"holds values that are not whole numbers; {what} takes {want}", path)
+        if have.kind not in "fiub":
+            raise UsageError(f"dtype {have} cannot feed {what}", path)
+        info = np.iinfo(want)
+        if value.size and (value.min() < info.min or value.max() > info.max):
+            raise UsageError(f"values out of the range of {want}; {what}", path)
+        value = value.astype(want)
+    elif want.kind == "b":
+        if have.kind != "b":
+            raise UsageError(f"dtype {have} cannot feed {what}: save it as bool", path)
+    else:
+        raise UsageError(f"igcli cannot feed {what}", path)
+    declared = spec.shape
+    if not declared:  # no declared shape: the file is taken as it is
+        return value
+    if value.ndim == len(declared) - 1 and batch_axis is not None:
+        value = np.expand_dims(value, batch_axis)  # given without its batch axis
+    if value.ndim != len(declared) or any(
+        isinstance(d, int) and d > 0 and d != n and k != batch_axis
+        for k, (n, d) in enumerate(zip(value.shape, declared, strict=True))
+    ):
+        raise UsageError(f"shape {list(value.shape)} does not fit {what} of shape {declared}", path)
+    if batch_axis is not None and value.shape[batch_axis] != 1:
+        raise UsageError(
+            f"holds a batch of {value.shape[batch_axis]} (axis {batch_axis}); give one sample "
+            "(batch of 1): it is repeated for every input",
+            path,
+        )
+    return value
 
 
 def model_hash(path: Path) -> str:

@@ -43,7 +43,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    """UTF-8 always: characters that cannot be encoded (the undecodable bytes of a file name,
+    kept by Python as lone surrogates) are written as \\udcXX escapes, not a crash."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -72,9 +74,13 @@ def check_writable(out_dir: Path) -> None:
 
 
 def output_stem(out_dir: Path, relative: str) -> Path:
-    """OUT/relative, refusing names that would land outside OUT."""
-    root = out_dir.resolve()
-    target = (root / relative).resolve()
-    if target != root and root not in target.parents:
+    """OUT/relative, refusing names that would land outside OUT (through "..", an absolute
+    name or a symlink inside OUT). Symlink loops and over-long names are refused too."""
+    try:
+        root = os.path.realpath(out_dir)
+        target = os.path.realpath(os.path.join(root, relative))
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"output name {relative!r} is not usable ({exc})", out_dir) from None
+    if target == root or os.path.commonpath([root, target]) != root:
         raise OutputError(f"output name {relative!r} would escape the output folder", out_dir)
-    return target
+    return Path(target)

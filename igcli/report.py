@@ -19,6 +19,7 @@ import onnxruntime
 
 from igcli import __version__
 from igcli.errors import IgcliError, UsageError
+from igcli.files import first_line, os_reason
 from igcli.outputs import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -169,13 +170,87 @@ def percent(value) -> str:
 
 
 def load_report(path: Path) -> dict:
+    """A report.json, checked record by record: a malformed one is a one-line UsageError
+    naming the file and the record, never a crash while merging."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
     except (OSError, ValueError) as exc:
-        raise UsageError(f"not a readable report ({exc})", path) from None
+        reason = os_reason(exc) if isinstance(exc, OSError) else first_line(exc)
+        raise UsageError(f"not a readable report ({reason})", path) from None
+    except RecursionError:
+        raise UsageError("not a readable report (nested too deeply)", path) from None
     if not isinstance(data, dict) or "results" not in data:
         raise UsageError("not an igcli report.json", path)
+    _check_report(data, path)
     return data
+
+
+_RESULT_FIELDS = {  # field -> (accepted types, required)
+    "input": (str, True),
+    "name": (str, True),
+    "target": (int, True),
+    "f_input": (float, True),
+    "f_baseline": (float, True),
+    "attribution_sum": (float, True),
+    "rel_error": (float, True),
+    "gradient_source": (str, True),
+    "delta": (float, False),
+    "abs_error": (float, False),
+    "steps": (int, False),
+    "method": (str, False),
+    "label": (str, False),
+    "output": (str, False),
+    "baseline": (str, False),
+    "wall_time_s": (float, False),
+    "attributions_file": (str, False),
+    "heatmap_file": (str, False),
+}
+_FAILURE_FIELDS = {"input": (str, True), "error": (str, True), "name": (str, False)}
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _field_ok(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) or (isinstance(value, str) and value in _NON_FINITE)
+    return isinstance(value, kind)
+
+
+def _check_records(records, fields: dict, where: str, path: Path) -> None:
+    if not isinstance(records, list):
+        raise UsageError(f"{where!r} must be a list of records", path)
+    for k, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise UsageError(f"{where}[{k}] is not a record (a JSON object)", path)
+        for key, (kind, required) in fields.items():
+            if key not in record or record[key] is None:
+                if required:
+                    raise UsageError(f"{where}[{k}] lacks {key!r}", path)
+                continue
+            if not _field_ok(record[key], kind):
+                raise UsageError(
+                    f"{where}[{k}].{key} is {json.dumps(record[key])[:40]}, "
+                    f"not {'a number' if kind in (int, float) else 'a string'}",
+                    path,
+                )
+        for key, (kind, _) in fields.items():  # "inf"/"nan" strings back to numbers
+            if kind is float and isinstance(record.get(key), str):
+                record[key] = _NON_FINITE[record[key]]
+
+
+def _check_report(data: dict, path: Path) -> None:
+    _check_records(data["results"], _RESULT_FIELDS, "results", path)
+    _check_records(data.get("failures", []), _FAILURE_FIELDS, "failures", path)
+    if not isinstance(data.get("model_sha256", ""), str) or not isinstance(
+        data.get("model", ""), str
+    ):
+        raise UsageError("'model' and 'model_sha256' must be strings", path)
+    if not isinstance(data.get("settings", {}), dict):
+        raise UsageError("'settings' must be an object", path)
+    gate = data.get("gate")
+    if gate is not None and not (isinstance(gate, dict) and _field_ok(gate.get("max"), float)):
+        raise UsageError("'gate' must be an object with a numeric 'max'", path)
 
 
 def merge_reports(paths: list[Path]) -> RunReport:
@@ -187,7 +262,9 @@ def merge_reports(paths: list[Path]) -> RunReport:
     if len(hashes) > 1:
         raise UsageError("reports are of different models (model_sha256 differs)")
     first = reports[0]
-    merged = RunReport(first["model"], first["model_sha256"], first.get("settings", {}))
+    merged = RunReport(
+        first.get("model", ""), first.get("model_sha256", ""), first.get("settings", {})
+    )
     seen = set()
     for rep in reports:
         for r in rep["results"]:
@@ -200,7 +277,7 @@ def merge_reports(paths: list[Path]) -> RunReport:
         ]
     gates = [r["gate"] for r in reports if r.get("gate")]
     if gates:
-        merged.apply_gate(gates[0]["max"])
+        merged.apply_gate(float(gates[0]["max"]))
     return merged
 
 
@@ -212,10 +289,11 @@ def _over(value, limit: float) -> bool:
         return True
 
 
-def failure_entry(input_path: str, error: IgcliError | str) -> dict:
+def failure_entry(input_path: str, error: IgcliError | str, name: str | None = None) -> dict:
+    """A failed input's record; `name` is its output name (two files may share a stem)."""
     return {
         "input": input_path,
-        "name": Path(input_path).stem,
+        "name": name or Path(input_path).stem,
         "status": "error",
         "error": str(error),
     }

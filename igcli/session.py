@@ -47,17 +47,19 @@ from igcli.ig import (
 from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
 from igcli.memory import MAX_ROWS, default_budget, rows_within
 from igcli.model import (
-    Feed,
     ModelRunner,
     Sidecar,
     TensorSpec,
+    default_output,
     expose_output,
-    feed_batch_axis,
-    graph_inputs,
     graph_outputs,
+    is_float_tensor,
+    load_feeds,
     load_model,
     model_hash,
+    require_inputs,
     resolve_providers,
+    unusable_reason,
     with_softmax,
     without_initializer_inputs,
 )
@@ -185,14 +187,12 @@ class Session:
         self.model = without_initializer_inputs(load_model(self.model_path))
         self.sha256 = model_hash(self.model_path)
         self.sidecar = Sidecar.load(self.model_path)
-        inputs = graph_inputs(self.model)
-        if not inputs:
-            raise UsageError("model has no inputs to attribute", self.model_path)
+        inputs = require_inputs(self.model, self.model_path)
         self.input_spec = self._choose_input(inputs, input)
         self.output_spec = self._choose_output(output)
         self.output_name = self.output_spec.name
         self.labels = list(labels) if labels else self.sidecar.labels
-        self.feeds = self._load_feeds(inputs, feeds or {})
+        self.feeds = load_feeds(feeds or {}, inputs, self.input_spec)
         model_for_run = self.model
         if self.output_name not in {o.name for o in self.model.graph.output}:
             model_for_run = expose_output(self.model, self.output_name)
@@ -236,53 +236,27 @@ class Session:
         outputs = graph_outputs(self.model)
         if name is None:
             side = self.sidecar.raw.get("output")
-            match = next((s for s in outputs if s.name == side and s.dtype.kind == "f"), None)
+            match = next((s for s in outputs if s.name == side and is_float_tensor(s)), None)
             if match is not None:
                 return match
-            floats = [s for s in outputs if s.dtype.kind == "f"]
-            if not floats:
-                kinds = ", ".join(f"{s.name} ({_kind(s)})" for s in outputs)
-                raise UsageError(f"model has no float output to explain (outputs: {kinds})")
-            if floats[0] is not outputs[0]:
+            chosen = default_output(outputs)
+            if chosen is None:
+                why = "; ".join(unusable_reason(s) for s in outputs)
+                raise UsageError(f"model has no float output to explain ({why})", self.model_path)
+            if chosen is not outputs[0]:
                 self.warn(
-                    f"{self.model_path}: explaining output {floats[0].name!r}, the first float "
-                    f"output ({outputs[0].name!r} is {_kind(outputs[0])})"
+                    f"{self.model_path}: explaining output {chosen.name!r}, the first float "
+                    f"output ({unusable_reason(outputs[0])})"
                 )
-            return floats[0]
+            return chosen
         match = next((s for s in outputs if s.name == name), None)
         if match is not None:
-            if match.dtype.kind != "f":
-                raise UsageError(
-                    f"output {name!r} is {_kind(match)}; igcli explains float outputs",
-                    self.model_path,
-                )
+            why = unusable_reason(match)
+            if why:
+                raise UsageError(why, self.model_path)
             return match
         exposed = expose_output(self.model, name)  # raises a usage error for a bad name
         return next(s for s in graph_outputs(exposed) if s.name == name)
-
-    def _load_feeds(self, inputs: list[TensorSpec], given: dict) -> dict[str, Feed]:
-        feeds: dict[str, Feed] = {}
-        names = {s.name for s in inputs}
-        unknown = sorted(set(given) - names)
-        if unknown:
-            raise UsageError(f"--feed names unknown input(s): {', '.join(unknown)}")
-        if self.input_spec.name in given:
-            raise UsageError(
-                f"--feed {self.input_spec.name}: that is the input being attributed; "
-                "give it as INPUT (or pick another with --input)"
-            )
-        for spec in inputs:
-            if spec.name == self.input_spec.name:
-                continue
-            source = given.get(spec.name)
-            if source is None:
-                raise UsageError(
-                    f"model input {spec.name!r} needs a value: --feed {spec.name}=FILE.npy",
-                    self.model_path,
-                )
-            axis = feed_batch_axis(spec, self.input_spec)
-            feeds[spec.name] = Feed(_read_feed(source, spec, axis), axis)
-        return feeds
 
     def _cache_key(self, kind: str) -> str | None:
         """Key of this session's cached graphs: what is explained, and how."""
@@ -620,31 +594,3 @@ def softmax_input(model: onnx.ModelProto, output: str) -> str | None:
             return None
         name = node.input[0]
     return None
-
-
-def _kind(spec: TensorSpec) -> str:
-    return "a map or sequence" if spec.dtype == object else f"{spec.dtype}"
-
-
-def _read_feed(source, spec: TensorSpec, batch_axis: int | None) -> np.ndarray:
-    """A --feed value: a .npy path or an array, cast to the input's dtype."""
-    if isinstance(source, np.ndarray):
-        value = source
-    else:
-        path = Path(source)
-        try:
-            value = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise UsageError(f"not a readable .npy file ({exc})", path) from None
-    if value.dtype.kind not in "fiub":
-        raise UsageError(
-            f"--feed {spec.name}: dtype {value.dtype} cannot feed an input of dtype {spec.dtype}"
-        )
-    if spec.shape and batch_axis is not None and len(value.shape) == len(spec.shape) - 1:
-        value = np.expand_dims(value, batch_axis)  # given without its batch axis
-    if spec.shape and len(value.shape) != len(spec.shape):
-        raise UsageError(
-            f"--feed {spec.name}: shape {list(value.shape)} does not fit the input's "
-            f"shape {spec.shape}"
-        )
-    return value.astype(spec.dtype)

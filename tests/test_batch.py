@@ -86,7 +86,7 @@ def test_an_output_name_escaping_through_a_symlink_fails_that_input_only(tree, t
     result = run("explain", DIGITS, tree, "-r", "--out", out, "--json", "--steps", "4")
     assert result.exit_code == ExitCode.INPUTS_FAILED
     assert "escape" in result.stderr and "Traceback" not in result.stderr
-    assert names(result) == ["b/img", "img", "top"]  # the failure line carries the file stem
+    assert names(result) == ["a/img", "b/img", "top"]  # failures carry their output name
     assert not list(elsewhere.iterdir())
     assert (out / "b" / "img.npy").is_file() and (out / "top.npy").is_file()
 

@@ -1,0 +1,339 @@
+"""Finding inputs and naming their outputs: folders, stdin lists, sharding.
+
+Kept apart from the run loop (batch.py) so a library session can discover and name inputs
+without running anything.
+
+Output names (the `name` of each input, relative to --out, without suffix):
+
+1. A file inside a folder argument is named by its path relative to that folder
+   (`photos/` holding `cats/a.png` gives `cats/a`); a file named on its own (or listed on
+   stdin) by its stem (`x.png` gives `x`). A CSV's rows are `<name>_row<k>`; several
+   targets add `.target<t>`.
+2. Names are made safe: control characters (a newline, say) and bytes that are not UTF-8
+   become `%XX`; a path part longer than 200 bytes is cut and ends in `~` and 8 hex digits
+   of its SHA-256; a top-level part named like a report file (`report.json`) gets a `_`.
+3. Two inputs collide when their outputs would share a file, compared without regard to
+   case (`X.png` and `x.png` collide, as on macOS and Windows): equal names, `x` beside
+   `x.target1` (whose outputs `x` writes with several targets), a CSV `data` beside a
+   file `data_row0`, a name whose folder would be another's output file. Every input of a
+   colliding group is renamed, in steps, until no collision is left:
+   a. relative to the group's common folder, when that tells them apart
+      (`d1/x.png` and `d2/x.png` become `d1/x` and `d2/x`);
+   b. the file's suffix is kept (`img.png` and `img.jpg` become `img.png` and `img.jpg`;
+      `data.csv` and `data_row0.npy` become `data.csv` and `data_row0.npy`);
+   c. `~` and 8 hex digits of the SHA-256 of the path as given are added;
+   d. (never met in practice) `~1`, `~2`, ... in input order.
+   Names depend only on the list of inputs (not their order, except in step d), so every
+   shard of a run computes the same names before taking its share.
+4. The same file listed twice (by the same path) is explained once; the repeat is skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from igcli.errors import UsageError
+from igcli.files import os_reason
+from igcli.inputs import SUPPORTED_SUFFIXES, TABLE_SUFFIXES
+
+
+@dataclass
+class InputItem:
+    path: Path
+    name: str  # output stem relative to --out, no suffix
+    problem: str | None = None  # set when the file is refused before reading
+
+    @property
+    def is_table(self) -> bool:
+        """A CSV: its outputs are named per row (`<name>_row<k>`)."""
+        return self.path.suffix.lower() in TABLE_SUFFIXES
+
+
+@dataclass
+class Discovery:
+    items: list[InputItem] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+Report = Callable[[Path, str], None]
+
+
+def _walk(root: Path, recursive: bool, skip: Report, fail: Report) -> Iterable[Path]:
+    """Files under `root`, sorted; folders that cannot be listed are reported to `fail`,
+    folders not entered (subfolders without -r, symlinked folders) to `skip`."""
+    if not recursive:
+        try:
+            with os.scandir(root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            fail(root, f"cannot list folder ({os_reason(exc)})")
+            return
+        for entry in entries:
+            if _is_dir(entry):
+                skip(Path(entry.path), "a folder (use --recursive to explain its files)")
+            else:
+                yield Path(entry.path)
+        return
+
+    def on_error(exc: OSError) -> None:
+        fail(Path(exc.filename or root), f"cannot list folder ({os_reason(exc)})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
+        for d in sorted(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                dirnames.remove(d)
+                skip(Path(dirpath) / d, "symlinked folder, not followed")
+        dirnames.sort()
+        for fn in sorted(filenames):
+            yield Path(dirpath) / fn
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop, say: the file check will name the problem
+        return False
+
+
+def _matches(path: Path, root: Path, pattern: str | None) -> bool:
+    if pattern is None:
+        return path.suffix.lower() in SUPPORTED_SUFFIXES
+    rel = path.relative_to(root).as_posix()
+    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(path.name, pattern)
+
+
+def _link_problem(file: Path, root: Path) -> str | None:
+    """Why a file found in a folder is refused before reading (symlinks only)."""
+    if not file.is_symlink():
+        return None
+    try:
+        os.stat(file)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return "broken symlink (its target does not exist)"
+        return os_reason(exc)
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(file)
+    if os.path.commonpath([real_root, target]) != real_root:
+        return "symlink points outside the input folder"
+    return None
+
+
+def read_path_list(stdin) -> list[Path]:
+    """Paths from standard input: one per line (surrounding blanks dropped), or separated by
+    NUL bytes (`find -print0`) when there is any, which keeps newlines and blanks in names.
+    Bytes that are not UTF-8 are kept (as os.fsdecode does), so such files can be read."""
+    if stdin is None:
+        raise UsageError("'-' needs a list of paths on standard input")
+    isatty = getattr(stdin, "isatty", None)
+    if isatty is not None and isatty():
+        raise UsageError("'-' reads a list of paths from standard input, which is a terminal")
+    raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+    if isinstance(raw, str):
+        raw = os.fsencode(raw)
+    if b"\0" in raw:
+        parts = [p for p in raw.split(b"\0") if p]
+    else:
+        parts = [line.strip() for line in raw.splitlines() if line.strip()]
+    return [Path(os.fsdecode(p)) for p in parts]
+
+
+def discover(
+    args: list[str], recursive: bool = False, pattern: str | None = None, stdin=None
+) -> Discovery:
+    """Turn the command line's INPUT... (files, folders, '-') into uniquely named items."""
+    found = Discovery()
+    given: list[tuple[InputItem, str]] = []  # items and the path as given, for hashes
+
+    def skip(path: Path, reason: str) -> None:
+        found.skipped.append((str(path), reason))
+
+    def add(path: Path, name: str, problem: str | None = None) -> None:
+        given.append((InputItem(path, name, problem), os.path.normpath(str(path))))
+
+    for arg in args:
+        if arg == "-":
+            for path in read_path_list(stdin):
+                add(path, path.stem)
+            continue
+        path = Path(arg)
+        if not path.is_dir():
+            add(path, path.stem)
+            continue
+        failed = lambda p, reason: add(p, p.name, reason)  # noqa: E731
+        for file in _walk(path, recursive, skip, failed):
+            if not _matches(file, path, pattern):
+                if pattern is None:
+                    skip(file, "not a supported file type")
+                continue
+            rel = file.relative_to(path)
+            add(file, rel.with_suffix("").as_posix(), _link_problem(file, path))
+
+    seen: set[str] = set()
+    for item, text in given:
+        key = os.path.abspath(text)
+        if key in seen:
+            skip(item.path, "listed more than once")
+            continue
+        seen.add(key)
+        item.name = clean_name(item.name)
+        found.items.append(item)
+    unique_names(found.items, {id(item): text for item, text in given})
+    return found
+
+
+# -- names ------------------------------------------------------------------------------------
+
+MAX_PART_BYTES = 200  # leaves room for ".target<t>.record.json" under the 255-byte limit
+REPORT_FILES = ("report.json", "report.md", "report.csv")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _clean_part(part: str) -> str:
+    out = []
+    for ch in part:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of the file name
+            out.append(f"%{code - 0xDC00:02X}")
+        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        else:
+            out.append(ch)
+    text = "".join(out)
+    data = text.encode("utf-8")
+    if len(data) > MAX_PART_BYTES:
+        cut = data[: MAX_PART_BYTES - 9].decode("utf-8", "ignore")
+        text = f"{cut}~{_short_hash(part)}"
+    return text
+
+
+def clean_name(name: str) -> str:
+    """An output name safe in file names, JSON, CSV and terminals (rule 2 above)."""
+    parts = [_clean_part(p) for p in name.split("/")]
+    if parts and parts[0].casefold() in REPORT_FILES and len(parts) > 1:
+        parts[0] += "_"
+    return "/".join(parts)
+
+
+_TARGET = re.compile(r"^(.*)\.target\d+$", re.DOTALL)
+_ROW = re.compile(r"^(.*)_row\d+(?:\.target\d+)?$", re.DOTALL)
+_OUTPUT_SUFFIXES = (".npy", ".png", ".record.json")
+
+
+def _collision_groups(items: list[InputItem]) -> list[list[int]]:
+    """Indices of items whose outputs would share a file, in groups (rule 3 above)."""
+    plain: dict[str, list[int]] = {}
+    table: dict[str, list[int]] = {}
+    keys = [item.name.casefold() for item in items]
+    for i, key in enumerate(keys):
+        (table if items[i].is_table else plain).setdefault(key, []).append(i)
+
+    def owners(stem: str) -> list[int]:
+        """Items writing outputs with this stem: its own name (a CSV writes its record
+        there), `x` for `x.target<t>`, a CSV `d` for `d_row<k>[.target<t>]`."""
+        found = plain.get(stem, []) + table.get(stem, [])
+        m = _TARGET.match(stem)
+        if m:
+            found = found + plain.get(m.group(1), [])
+        m = _ROW.match(stem)
+        if m:
+            found = found + table.get(m.group(1), [])
+        return found
+
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, key in enumerate(keys):
+        clashes = list(owners(key))
+        parts = key.split("/")
+        for depth in range(1, len(parts)):  # a folder of this name that is another's file
+            folder = "/".join(parts[:depth])
+            for suffix in _OUTPUT_SUFFIXES:
+                if folder.endswith(suffix):
+                    clashes += owners(folder[: -len(suffix)])
+        for j in clashes:
+            if j != i:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(items)):
+        groups.setdefault(root(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _relocated(items: list[InputItem], group: list[int]) -> list[str] | None:
+    """Names relative to the group's common folder, if they tell its members apart."""
+    paths = [os.path.abspath(items[i].path) for i in group]
+    try:
+        common = os.path.commonpath([os.path.dirname(p) for p in paths])
+    except ValueError:
+        return None
+    names = [clean_name(Path(os.path.relpath(p, common)).with_suffix("").as_posix()) for p in paths]
+    if len({n.casefold() for n in names}) != len(names):
+        return None
+    return names
+
+
+def unique_names(items: list[InputItem], given: dict[int, str] | None = None) -> None:
+    """Rename colliding items in place (rule 3 above). `given` maps id(item) to the path as
+    the user gave it, for the hashes of step c (default: the item's path)."""
+    active = [item for item in items if item.problem is None]  # failures write no outputs
+    base = {id(item): item.name for item in active}
+    level = {id(item): 0 for item in active}
+    for _ in range(8):
+        groups = _collision_groups(active)
+        if not groups:
+            return
+        for group in groups:
+            members = [active[i] for i in group]
+            stage = max(level[id(m)] for m in members) + 1
+            relocated = _relocated(active, group)
+            if stage == 1 and relocated is None:
+                stage = 2
+            for k, item in enumerate(members):
+                name = relocated[k] if relocated is not None else base[id(item)]
+                if stage >= 2:
+                    name += clean_name(item.path.suffix)
+                if stage >= 3:
+                    text = (given or {}).get(id(item), os.path.normpath(str(item.path)))
+                    name += f"~{_short_hash(text)}"
+                if stage >= 4:
+                    name += f"~{k + 1}" * (stage - 3)
+                item.name = name
+                level[id(item)] = stage
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {spec!r}: use K/N, e.g. 2/4") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise UsageError(f"--shard {spec!r}: need 1 <= K <= N")
+    return k, n
+
+
+def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
+    """A stable hash of the output name decides the shard: same split on every machine."""
+    if shard is None:
+        return True
+    k, n = shard
+    digest = int(hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16)
+    return digest % n == k - 1

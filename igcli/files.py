@@ -1,0 +1,165 @@
+"""Opening files igcli did not write, without trusting them.
+
+Inputs, baselines, feeds and sidecars come from folders of thousands of files, some of them
+broken or hostile. Everything here fails with one line naming the file (an `IgcliError` of
+the class the caller chooses) and checks sizes before allocating: a FIFO is refused before
+it can block, a `.npy` header is checked against the file's size before its data is read.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import stat
+import unicodedata
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from igcli.errors import IgcliError, InputError
+
+# 2**28 values (1 GiB of float32): far beyond any input IG can integrate in memory, small
+# enough that a header or sidecar cannot make igcli allocate without bound.
+MAX_TENSOR_VALUES = 1 << 28
+
+# Pillow's own default. Images are checked on their header, before a pixel is decoded, so a
+# 1 MB PNG claiming 30000 x 30000 pixels (a decompression bomb) is refused without
+# allocating 900 MB; a sidecar's "size" is held to the same limit.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def os_reason(exc: OSError) -> str:
+    """A short reason for an OSError, in words a user acts on."""
+    reasons = {
+        errno.ENOENT: "no such file",
+        errno.ELOOP: "symlink loop (a link that leads back to itself)",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENAMETOOLONG: "file name too long",
+        errno.ENOTDIR: "a part of the path is not a folder",
+        errno.EISDIR: "a folder, not a file",
+    }
+    return reasons.get(exc.errno, exc.strerror or str(exc))
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def open_regular(path: Path, error: type[IgcliError] = InputError) -> BinaryIO:
+    """Open `path` for reading in binary; refuse what is not a regular file.
+
+    O_NONBLOCK keeps a FIFO from blocking the open (it is refused right after); it changes
+    nothing for regular files. The type is checked on the open descriptor, so a file swapped
+    between the check and the read cannot slip through.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        reason = os_reason(exc)
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            reason = "broken symlink (its target does not exist)"
+        raise error(reason, path) from None
+    except ValueError:  # an embedded NUL byte
+        raise error("invalid file name", path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{_file_kind(mode)}, not a file", path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_size(fh: BinaryIO) -> int:
+    return os.fstat(fh.fileno()).st_size
+
+
+def read_npy(path: Path, error: type[IgcliError] = InputError) -> np.ndarray:
+    """A .npy array, its header checked against the file before any data is allocated.
+
+    Refuses pickled (object) arrays, truncated data, negative or huge shapes and formats
+    other than 1.0/2.0. The dtype is not judged here; callers decide what they accept.
+    """
+    with open_regular(path, error) as fh:
+        size = file_size(fh)
+        if size == 0:
+            raise error("empty file (0 bytes), not a .npy array", path)
+        try:
+            version = np.lib.format.read_magic(fh)
+        except ValueError:
+            raise error("not a .npy file (no NumPy header)", path) from None
+        if version not in ((1, 0), (2, 0)):
+            raise error(f".npy format {version[0]}.{version[1]} is not supported", path)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        try:
+            shape, fortran, dtype = read_header(fh)
+        except Exception as exc:  # numpy parses the header as a Python literal: any error
+            raise error(f"damaged .npy header ({first_line(exc)})", path) from None
+        if dtype.hasobject:
+            raise error("holds Python objects (a pickle); igcli does not unpickle files", path)
+        if any(d < 0 for d in shape):
+            raise error(f"damaged .npy header (shape {list(shape)})", path)
+        count = math.prod(shape)
+        if count > MAX_TENSOR_VALUES:
+            raise error(
+                f"shape {list(shape)} holds {count:,} values; igcli reads at most "
+                f"{MAX_TENSOR_VALUES:,}",
+                path,
+            )
+        nbytes = count * dtype.itemsize
+        available = size - fh.tell()
+        if nbytes > available:
+            raise error(
+                f"truncated: shape {list(shape)} of {dtype} needs {nbytes:,} bytes of data, "
+                f"the file holds {max(available, 0):,}",
+                path,
+            )
+        try:
+            data = fh.read(nbytes)
+        except OSError as exc:
+            raise error(f"cannot read ({os_reason(exc)})", path) from None
+        if len(data) != nbytes:  # the file shrank while being read
+            raise error("truncated while being read", path)
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries write several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def printable(text: object) -> str:
+    """`text` on one line, safe for any terminal: control characters and bytes that are not
+    UTF-8 (file names may hold both) become escapes like \\n and \\xff."""
+    text = str(text)
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, kept by os.fsdecode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)

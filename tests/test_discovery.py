@@ -1,0 +1,253 @@
+"""Discovery and output names: hostile folders, odd file names, names that never collide."""
+
+import io
+import os
+import random
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from igcli.discovery import (
+    REPORT_FILES,
+    InputItem,
+    clean_name,
+    discover,
+    read_path_list,
+    unique_names,
+)
+from igcli.errors import UsageError
+from igcli.outputs import output_stem
+
+
+def touch(root: Path, *names: str) -> None:
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+
+def named(found) -> dict[str, str]:
+    return {str(i.path): i.name for i in found.items}
+
+
+class Stdin:
+    """Standard input as a pipe gives it: bytes underneath, not a terminal."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buffer = io.BytesIO(data)
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# -- collisions -----------------------------------------------------------------------------------
+
+
+def test_same_name_in_two_folders_named_relative_to_their_common_folder(cwd):
+    touch(cwd, "d1/x.png", "d2/x.png")
+    assert named(discover(["d1/x.png", "d2/x.png"])) == {"d1/x.png": "d1/x", "d2/x.png": "d2/x"}
+    assert named(discover(["d1", "d2"])) == {"d1/x.png": "d1/x", "d2/x.png": "d2/x"}
+
+
+def test_csv_rows_beside_a_file_named_like_a_row(cwd):
+    touch(cwd, "data.csv", "data_row0.npy", "data_row3.target2.npy", "other.npy")
+    names = named(discover(["."]))
+    assert names == {
+        "data.csv": "data.csv",
+        "data_row0.npy": "data_row0.npy",
+        "data_row3.target2.npy": "data_row3.target2.npy",
+        "other.npy": "other",
+    }
+
+
+def test_same_stem_other_suffix_and_multi_target_names(cwd):
+    touch(cwd, "img.png", "img.jpg", "x.png", "x.target3.png")
+    names = named(discover(["."]))
+    assert names["img.png"] == "img.png" and names["img.jpg"] == "img.jpg"
+    assert names["x.png"] == "x.png" and names["x.target3.png"] == "x.target3.png"
+
+
+def test_names_differing_only_in_case_collide(cwd):
+    touch(cwd, "A.png", "a.png")
+    names = named(discover(["."]))
+    assert re.fullmatch(r"A\.png~[0-9a-f]{8}", names["A.png"])
+    assert re.fullmatch(r"a\.png~[0-9a-f]{8}", names["a.png"])
+
+
+def test_a_folder_named_like_another_input_s_output_file(cwd):
+    touch(cwd, "in/x.png", "in/x.npy/y.png")
+    names = named(discover(["in"], recursive=True))
+    outputs = {n + s for n in names.values() for s in (".npy", ".png", ".record.json")}
+    folders = {n.rsplit("/", 1)[0] for n in names.values() if "/" in n}
+    assert not outputs & folders
+
+
+def test_loose_file_beside_the_same_name_in_a_folder(cwd):
+    touch(cwd, "top.png", "in/top.png", "in/a.png")
+    names = named(discover(["in", "top.png"]))
+    assert names == {"in/a.png": "a", "in/top.png": "in/top", "top.png": "top"}
+
+
+def test_the_same_file_twice_is_explained_once(cwd):
+    touch(cwd, "in/a.png")
+    found = discover(["in/a.png", "./in/a.png", "in"])
+    assert named(found) == {"in/a.png": "a"}
+    assert [reason for _, reason in found.skipped] == ["listed more than once"] * 2
+
+
+def test_names_do_not_depend_on_argument_order(cwd):
+    files = ["a/x.png", "b/x.png", "x.jpg", "x.png", "d.csv", "d_row1.npy", "Q.png", "q.png"]
+    touch(cwd, *files)
+    first = named(discover(files))
+    for seed in range(5):
+        shuffled = files[:]
+        random.Random(seed).shuffle(shuffled)
+        assert named(discover(shuffled)) == first
+    assert len(set(first.values())) == len(files)
+
+
+# -- odd names ------------------------------------------------------------------------------------
+
+
+def test_newlines_markup_and_undecodable_bytes_in_names(cwd):
+    weird = ["new\nline.png", "[red]x[bold].png", "tab\there.png"]
+    touch(cwd, *weird)
+    bad = os.fsdecode(b"bad\xffname.png")
+    touch(cwd, bad)
+    names = named(discover(["."]))
+    assert names["new\nline.png"] == "new%0Aline"
+    assert names["[red]x[bold].png"] == "[red]x[bold]"
+    assert names["tab\there.png"] == "tab%09here"
+    assert names[bad] == "bad%FFname"
+    for name in names.values():
+        name.encode("utf-8")  # valid UTF-8: JSON, CSV and terminals take it
+
+
+def test_long_and_reserved_names(cwd):
+    long = "é" * 120 + ".png"  # 240 bytes of UTF-8
+    touch(cwd, long, "report.json/a.png")
+    names = named(discover(["."], recursive=True))
+    assert len(names[long].encode()) <= 200 and re.search(r"~[0-9a-f]{8}$", names[long])
+    assert names["report.json/a.png"] == "report.json_/a"
+    assert clean_name("report.json") == "report.json"  # a file report.json.png is fine
+
+
+def test_stdin_lists_with_nul_bytes_keep_newlines_and_raw_bytes(cwd):
+    touch(cwd, "new\nline.png", os.fsdecode(b"raw\xfe.png"), " spaced.png")
+    paths = read_path_list(Stdin(b"new\nline.png\0raw\xfe.png\0 spaced.png\0"))
+    assert paths == [Path("new\nline.png"), Path(os.fsdecode(b"raw\xfe.png")), Path(" spaced.png")]
+    assert all(p.exists() for p in paths)
+    lines = read_path_list(Stdin(b"a.png\r\n\n  b.png  \n"))
+    assert lines == [Path("a.png"), Path("b.png")]
+
+
+def test_stdin_that_is_a_terminal_is_a_usage_error():
+    class Tty(Stdin):
+        def isatty(self) -> bool:
+            return True
+
+    with pytest.raises(UsageError, match="terminal"):
+        read_path_list(Tty(b""))
+    with pytest.raises(UsageError):
+        read_path_list(None)
+
+
+# -- hostile folders ------------------------------------------------------------------------------
+
+
+def test_symlink_loops_fail_alone(cwd):
+    touch(cwd, "in/good.png", "in/sub/deep.png")
+    os.symlink("loop.png", cwd / "in" / "loop.png")
+    os.symlink("..", cwd / "in" / "sub" / "up")  # a folder loop under -r
+    os.symlink("nowhere.png", cwd / "in" / "broken.png")
+    found = discover(["in"], recursive=True)
+    problems = {i.name: i.problem for i in found.items}
+    assert problems == {
+        "broken": "broken symlink (its target does not exist)",
+        "good": None,
+        "loop": "symlink loop (a link that leads back to itself)",
+        "sub/deep": None,
+    }
+    assert ("in/sub/up", "symlinked folder, not followed") in found.skipped
+    flat = discover(["in"])
+    assert {i.name for i in flat.items} == {"broken", "good", "loop"}
+    assert ("in/sub", "a folder (use --recursive to explain its files)") in flat.skipped
+
+
+def test_unlistable_folder_is_a_failed_input(cwd, monkeypatch):
+    touch(cwd, "in/a.png", "in/locked/b.png")
+    real_scandir = os.scandir
+
+    def deny(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", deny)
+    found = discover(["in"], recursive=True)
+    problems = {str(i.path): i.problem for i in found.items}
+    assert problems == {
+        "in/a.png": None,
+        "in/locked": "cannot list folder (permission denied)",
+    }
+    found = discover(["in/locked"])
+    assert [i.problem for i in found.items] == ["cannot list folder (permission denied)"]
+
+
+# -- the naming rule as a property ----------------------------------------------------------------
+
+tokens = list("aAbB_.-~%[]\n") + ["row", "_row1", ".target2", ".npy", "é", "\udcff", "report.json"]
+part = (
+    st.lists(st.sampled_from(tokens), min_size=1, max_size=4)
+    .map("".join)
+    .filter(lambda s: s not in (".", ".."))
+)
+suffix = st.sampled_from([".png", ".PNG", ".jpg", ".npy", ".csv"])
+relpath = st.lists(part, min_size=1, max_size=3).map(lambda parts: "/".join(parts))
+
+
+def output_stems(item: InputItem) -> set[str]:
+    """Files an item writes for up to 3 rows and targets (case-folded, as the rule does)."""
+    stems = {item.name}
+    rows = [f"{item.name}_row{r}" for r in range(3)] if item.is_table else [item.name]
+    for stem in rows:
+        stems |= {stem} | {f"{stem}.target{t}" for t in range(3)}
+    files = {s + ext for s in stems for ext in (".npy", ".png")} | {item.name + ".record.json"}
+    return {f.casefold() for f in files}
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(relpath, suffix), min_size=1, max_size=12))
+def test_output_names_never_collide(tmp_path, entries):
+    items = [InputItem(Path("in") / (rel + ext), clean_name(rel)) for rel, ext in entries]
+    unique = {os.path.normpath(str(i.path)): i for i in items}  # discover drops repeats
+    items = list(unique.values())
+    unique_names(items)
+    seen: dict[str, str] = {}
+    for item in items:
+        for f in output_stems(item):
+            assert f not in seen, (item.path, seen.get(f))
+            seen[f] = str(item.path)
+    folders = {
+        "/".join(i.name.casefold().split("/")[:k])
+        for i in items
+        for k in range(1, i.name.count("/") + 1)
+    }
+    assert not folders & set(seen)  # no output file where another needs a folder
+    out = tmp_path / "out"
+    for item in items:
+        item.name.encode("utf-8")
+        assert "\n" not in item.name
+        assert item.name.split("/")[0].casefold() not in REPORT_FILES or "/" not in item.name
+        output_stem(out, item.name + ".record.json")  # stays inside --out
