@@ -92,7 +92,8 @@ class RunReport:
         }
 
     def summary(self) -> dict:
-        errors = [r["rel_error"] for r in self.results if r.get("rel_error") is not None]
+        # float(): a merged report holds "inf"/"nan" as read from report.json
+        errors = [float(r["rel_error"]) for r in self.results if r.get("rel_error") is not None]
         finite = [e for e in errors if math.isfinite(e)]
         return {
             "explained": len(self.results),
