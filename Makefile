@@ -31,4 +31,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_batch.py
 
 clean:
-	rm -rf igcli-out .pytest_cache
+	rm -rf igcli-out .pytest_cache test-artifacts
