@@ -1110,11 +1110,11 @@ _JS = r"""
     const v = parseFloat($("f-min").value);
     state.min = Number.isFinite(v) ? v / 100 : NaN; state.page = 0; render();
   });
-  $("f-clear").addEventListener("click", () => {
+  function clearFilters() {
     $("f-name").value = ""; $("f-target").value = ""; $("f-min").value = "";
     Object.assign(state, {name: "", target: "", min: NaN, band: null, page: 0});
-    render();
-  });
+  }
+  $("f-clear").addEventListener("click", () => { clearFilters(); render(); });
   for (const b of document.querySelectorAll("button.band")) {
     b.addEventListener("click", () => {
       state.band = Number(b.dataset.band);
@@ -1181,9 +1181,10 @@ _JS = r"""
     else if (ev.key === "ArrowRight") openViewer(at + 1);
   });
 
-  // "Worst" links: sort the table worst first and open that result.
+  // "Worst" links: show every result worst first and open that one.
   for (const b of document.querySelectorAll("[data-open]")) {
     b.addEventListener("click", () => {
+      clearFilters();
       Object.assign(state, {key: "rel_error", dir: -1, page: 0});
       render();
       const pos = view.findIndex((r) => r.i === Number(b.dataset.open));

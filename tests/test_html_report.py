@@ -623,6 +623,13 @@ def check_common(driver, out: Path, filter_text: str, expect_filtered: list[str]
     WebDriverWait(driver, 5).until(lambda d: table_names(d) == expect_filtered)
     count = driver.find_element(By.ID, "count").text
     assert f"of {len(expect_filtered)} (filtered from {n})" in count
+    # the summary's worst result opens even when a filter hides it, and sorts the table
+    click(driver, "#summary [data-open]")
+    assert driver.find_element(By.ID, "v-title").text == worst_name(report)
+    assert table_names(driver)[0] == worst_name(report)
+    click(driver, "#v-close")
+    box.send_keys(filter_text)
+    WebDriverWait(driver, 5).until(lambda d: table_names(d) == expect_filtered)
     click(driver, "#f-clear")
     WebDriverWait(driver, 5).until(lambda d: len(table_names(d)) == min(n, html_report.PAGE_SIZE))
     assert driver.execute_script("return window.pwned === undefined")  # no name ran as HTML
