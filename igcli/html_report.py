@@ -19,6 +19,7 @@ are inline SVG drawn here, so the page needs no plotting library.
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import io
 import json
@@ -669,7 +670,7 @@ def _strip(attrs, values, x0, w, top, row_h, uid) -> list[str]:
         out.append(f'<path class="tick" d="M{x:.1f} {bottom}v4"></path>')
         out.append(f'<text class="tickl" x="{x:.1f}" y="{bottom + 15}">{_e(_short(t))}</text>')
     dot = 5.0
-    colours = _LEGEND_STOPS
+    colours = _legend_stops()
     paths: dict[int, list[str]] = {}
     for j in range(m):
         xs = px(attrs[:, j])
@@ -732,6 +733,7 @@ def _ticks(lo: float, hi: float) -> list[float]:
     return ticks
 
 
+@functools.cache
 def _legend_stops() -> list[str]:
     """Viridis without its palest yellow (too faint on white): low values purple, high green."""
     from cmap import Colormap
@@ -739,9 +741,6 @@ def _legend_stops() -> list[str]:
     lut = np.asarray(Colormap("viridis").lut(256))[:, :3]
     picks = np.linspace(0, 0.85 * 255, 9).round().astype(int)
     return ["#" + "".join(f"{round(c * 255):02x}" for c in lut[p]) for p in picks]
-
-
-_LEGEND_STOPS = _legend_stops()
 
 
 # ---------------------------------------------------------------- small formatters
