@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_gradients.py
 	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python bench/bench_html_report.py
 
 clean:
-	rm -rf igcli-out .pytest_cache
+	rm -rf igcli-out .pytest_cache test-artifacts

@@ -648,7 +648,7 @@ def _random_sample(session, rng):
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
     required=True,
-    help="Folder for the merged report.json/md/csv.",
+    help="Folder for the merged report.html/json/md/csv.",
 )
 def merge_reports_cmd(reports: tuple[Path, ...], out_dir: Path) -> None:
     """Join report.json files of shards (or folders holding them) into one report."""

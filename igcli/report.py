@@ -20,6 +20,7 @@ import onnxruntime
 from igcli import __version__
 from igcli.errors import IgcliError, UsageError
 from igcli.files import first_line, os_reason
+from igcli.html_report import render_html
 from igcli.outputs import atomic_write_text
 
 SCHEMA_VERSION = 1
@@ -56,7 +57,9 @@ def _finite(value):
 
 
 def json_record(entry: dict) -> dict:
-    return {"schema_version": SCHEMA_VERSION, **{k: _finite(v) for k, v in entry.items()}}
+    """An entry as written; keys starting with "_" stay in memory (a merged record's folder)."""
+    fields = {k: _finite(v) for k, v in entry.items() if not k.startswith("_")}
+    return {"schema_version": SCHEMA_VERSION, **fields}
 
 
 def json_line(entry: dict) -> str:
@@ -93,7 +96,8 @@ class RunReport:
         }
 
     def summary(self) -> dict:
-        errors = [r["rel_error"] for r in self.results if r.get("rel_error") is not None]
+        # float(): a merged report holds "inf"/"nan" as read from report.json
+        errors = [float(r["rel_error"]) for r in self.results if r.get("rel_error") is not None]
         finite = [e for e in errors if math.isfinite(e)]
         return {
             "explained": len(self.results),
@@ -111,9 +115,12 @@ class RunReport:
         return failing
 
     def write(self, out_dir: Path) -> None:
-        atomic_write_text(out_dir / "report.json", json.dumps(self.to_json(), indent=2) + "\n")
+        data = self.to_json()
+        atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2) + "\n")
         atomic_write_text(out_dir / "report.csv", self.to_csv())
         atomic_write_text(out_dir / "report.md", self.to_markdown())
+        roots = [r.get("_root") for r in self.results]  # a merged result's shard folder
+        atomic_write_text(out_dir / "report.html", render_html(data, out_dir, roots))
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -262,16 +269,32 @@ def merge_reports(paths: list[Path]) -> RunReport:
     if len(hashes) > 1:
         raise UsageError("reports are of different models (model_sha256 differs)")
     first = reports[0]
-    merged = RunReport(
-        first.get("model", ""), first.get("model_sha256", ""), first.get("settings", {})
-    )
+    settings = dict(first.get("settings", {}))
+    # One shard's elapsed time is not the merged run's: keep each shard's, as it was.
+    settings["merged_from"] = [
+        {
+            "report": str(path),
+            "shard": rep.get("settings", {}).get("shard"),
+            "explained": len(rep["results"]),
+            "failed": len(rep.get("failures", [])),
+            "wall_time_s": rep.get("settings", {}).get("wall_time_s"),
+            "model_time_s": rep.get("settings", {}).get("model_time_s"),
+        }
+        for path, rep in zip(paths, reports, strict=True)
+    ]
+    for key in ("shard", "wall_time_s", "model_time_s"):
+        settings[key] = None
+    merged = RunReport(first.get("model", ""), first.get("model_sha256", ""), settings)
     seen = set()
-    for rep in reports:
+    for path, rep in zip(paths, reports, strict=True):
         for r in rep["results"]:
             key = (r["input"], r["name"], r["target"])
             if key not in seen:
                 seen.add(key)
-                merged.results.append({k: v for k, v in r.items() if k != "schema_version"})
+                record = {k: v for k, v in r.items() if k != "schema_version"}
+                # heatmap_file and attributions_file are relative to the shard's folder
+                record["_root"] = str(path.parent)
+                merged.results.append(record)
         merged.failures += [
             {k: v for k, v in f.items() if k != "schema_version"} for f in rep.get("failures", [])
         ]

@@ -125,7 +125,9 @@ def run_explain(
     report.settings["memory_per_row"] = session.memory_per_row
     report.write(outputs.out_dir)
     messages.print_summary(report)
-    messages.info(f"outputs in {outputs.out_dir}/ (report.json, report.md, report.csv)")
+    messages.info(
+        f"outputs in {outputs.out_dir}/ (report.html, report.json, report.md, report.csv)"
+    )
     if interrupted:
         messages.info("interrupted: finished inputs are saved; run again with --skip-existing")
         return ExitCode.INTERRUPTED
