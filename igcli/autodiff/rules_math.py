@@ -346,6 +346,16 @@ def Cast(g: NodeGrad):
     return [g.GO(0) if src == dst else g.op("Cast", g.GO(0), to=src)]
 
 
+@rule("CastLike")
+def CastLike(g: NodeGrad):
+    """y = x cast to the type of `target`: as Cast (float to float: the gradient cast back to
+    x's type; to integers/bool: none). `target` only gives a type: no gradient."""
+    src, dst = g.e.infos_elem(g.I(0)), g.e.infos_elem(g.I(1))
+    if src not in FLOAT_TYPES or dst not in FLOAT_TYPES:
+        return [None, None]
+    return [g.GO(0) if src == dst else g.op("Cast", g.GO(0), to=src), None]
+
+
 @rule("Dropout")
 def Dropout(g: NodeGrad):
     """Inference: y = x, dy/dx = 1 (ratio and training_mode get none)."""

@@ -109,7 +109,8 @@ def check_op(
 ) -> None:
     """Gradient of one op w.r.t. each input in `wrt` (default: every input) vs. central FD.
 
-    `inputs` are float64 graph inputs; `constants` become initializers (no gradient);
+    `inputs` are graph inputs (float ones made float64; others, such as a bool condition, kept
+    and not differentiated); `constants` become initializers (no gradient);
     `options` are check_graph's.
     """
     outputs = [f"y{k}" for k in range(n_outputs)]
@@ -135,13 +136,13 @@ def check_graph(
 ) -> None:
     """Like check_op for a small graph of several nodes."""
     rng = np.random.default_rng(seed)
-    inputs64 = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()}
+    inputs64 = {k: _as_float(np.asarray(v), np.float64) for k, v in inputs.items()}
     consts64 = {
         k: (v.astype(np.float64) if v.dtype.kind == "f" else v)
         for k, v in (constants or {}).items()
     }
     model64 = make_model(nodes, inputs64, output, opset, consts64, dynamic)
-    for name in wrt or list(inputs):
+    for name in wrt or [k for k, v in inputs64.items() if v.dtype.kind == "f"]:
         run = Runner(model64, name, output, "reference")
         y = run.forward(inputs64)
         seed_arr = rng.standard_normal(y.shape)
@@ -150,7 +151,7 @@ def check_graph(
         assert analytic.shape == inputs64[name].shape, (analytic.shape, inputs64[name].shape)
         np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol, err_msg=f"d/d{name}")
         if check_ort:
-            inputs32 = {k: v.astype(np.float32) for k, v in inputs64.items()}
+            inputs32 = {k: _as_float(v, np.float32) for k, v in inputs64.items()}
             consts32 = {k: _as_float(v, np.float32) for k, v in consts64.items()}
             model32 = make_model(nodes, inputs32, output, opset, consts32, dynamic)
             run32 = Runner(model32, name, output, "ort")

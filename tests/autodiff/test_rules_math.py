@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from igcli.autodiff import blocking_ops
+from igcli.autodiff import blocking_ops, build_gradient_model
 from tests.autodiff.checker import Case, Runner, check_graph, make_model
 
 rng = np.random.default_rng(42)
@@ -305,6 +305,16 @@ for opset in (9, 13, 19):
         )
     )
 
+# CastLike (opset 15+): the type comes from a second input, which gets no gradient
+for opset in (15, 19, 21):
+    CASES.append(Case("CastLike", {"x": r(3, 4)}, constants={"like": np.zeros(1)}, opset=opset,
+                      id=f"CastLike-same-{opset}"))  # fmt: skip
+    float_like = helper.make_node("Constant", [], ["like"], value=numpy_helper.from_array(
+        np.zeros(1, np.float32)))  # fmt: skip
+    CASES.append(NodeCase("CastLike", ["x", "like"], {"x": r(3, 4)}, opset=opset, eps=1e-3,
+                          atol=1e-4, rtol=1e-4, check_ort=False, before=[float_like],
+                          id=f"CastLike-float-{opset}"))  # fmt: skip
+
 # Dropout in inference: ratio attribute (9, 10), ratio and training_mode inputs (12+)
 for opset in (9, 10):
     CASES.append(
@@ -580,3 +590,23 @@ def test_reduction_over_runtime_axes_blocks():
     inputs = {"x": r(3, 4), "axes": np.array([1], dtype=np.int64)}
     model = make_model([node], inputs, "y", 18)
     assert blocking_ops(model, "x", "y") == ["ReduceMean (reduction axes computed at run time)"]
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_broadcast_of_a_tensor_of_unknown_shape(opset):
+    """b's shape is unknown at build time (a Reshape to a runtime shape): its gradient is
+    summed back at run time (the path a legacy ViT export took, which once raised)."""
+    shape = helper.make_node("Constant", [], ["sc"], value=numpy_helper.from_array(
+        np.array([3, 1], np.int64)))  # fmt: skip
+    nodes = [
+        shape,
+        helper.make_node("Identity", ["sc"], ["s"]),
+        helper.make_node("Reshape", ["b", "s"], ["br"]),
+        helper.make_node("Add", ["a", "br"], ["sum"]),
+        helper.make_node("Reshape", ["sum", "out_shape"], ["y"]),  # a known output shape
+    ]
+    consts = {"out_shape": np.array([2, 3, 4], np.int64)}
+    check_graph(nodes, {"a": r(2, 3, 4), "b": r(3, 1)}, "y", opset=opset, constants=consts)
+    model = make_model(nodes, {"a": r(2, 3, 4), "b": r(3, 1)}, "y", opset, consts)
+    ops = {n.op_type for n in build_gradient_model(model, "b", "y").graph.node}
+    assert "Compress" in ops  # the runtime reduction was used
