@@ -13,8 +13,26 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from igcli.autodiff import GRAD, SEED, build_gradient_model
+
+
+class GatherElements(OpRun):
+    """As ONNX Runtime runs it: indices may be shorter than the data on the other axes (the
+    reference evaluator refuses that)."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):
+        axis = (axis or 0) % data.ndim
+        view = data[tuple(slice(0, n) if a != axis else slice(None)
+                          for a, n in enumerate(indices.shape))]  # fmt: skip
+        index = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(view, index, axis=axis),)
+
+
+REFERENCE_KERNELS = [GatherElements]
 
 NP_TO_ONNX = {
     np.dtype(np.float32): onnx.TensorProto.FLOAT,
@@ -63,8 +81,8 @@ class Runner:
         grad_model = build_gradient_model(model, wrt, output)
         onnx.checker.check_model(grad_model)
         if backend == "reference":
-            self.fwd = ReferenceEvaluator(model)
-            self.bwd = ReferenceEvaluator(grad_model)
+            self.fwd = ReferenceEvaluator(model, new_ops=REFERENCE_KERNELS)
+            self.bwd = ReferenceEvaluator(grad_model, new_ops=REFERENCE_KERNELS)
         else:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
