@@ -22,7 +22,8 @@ from onnx import helper
 
 from igcli.autodiff import rules_math, rules_nn, rules_shape  # noqa: F401  (register rules)
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
-from igcli.autodiff.registry import RULES, ZERO_GRADIENT, NoGradient
+from igcli.autodiff.registry import RULES, ZERO_GRADIENT
+from igcli.autodiff.specialize import sanitize_dims
 from igcli.autodiff.subgraphs import (
     constant_values,
     inline_constant_ifs,
@@ -169,7 +170,7 @@ class _Walk:
                 wants = [bool(i) and i in diff for i in node.input]
                 try:
                     input_grads = RULES[node.op_type](NodeGrad(node, grad_outputs, wants, e))
-                except NoGradient as exc:
+                except NotImplementedError as exc:  # NoGradient, or an emitter helper's limit
                     self.blocked.append(f"{_op_label(node)} ({exc}){self.where}")
                     continue
                 pairs = [
@@ -236,6 +237,7 @@ def build_gradient_model(
     Raises UnsupportedOpsError naming every op on the path that has no rule (or refuses).
     """
     model = copy.deepcopy(model)
+    sanitize_dims(model)
     inline_constant_ifs(model)
     graph = model.graph
     infos = _tensor_infos(model, shape_hints)

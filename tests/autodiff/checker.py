@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
@@ -71,6 +71,36 @@ def make_model(
         del model.graph.output[:]
         model.graph.output.append(out_vi)
     return model
+
+
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model computing in float64: initializers, constants, types and casts, in
+    subgraphs (If branches) too."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _graph_to_float64(out.graph)
+    return out
+
+
+def _double(t: onnx.TensorProto) -> None:
+    if t.data_type == TensorProto.FLOAT:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+
+
+def _graph_to_float64(graph: onnx.GraphProto) -> None:
+    for init in graph.initializer:
+        _double(init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                _double(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float64(attr.g)
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.DOUBLE
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
 
 
 class Runner:
@@ -196,3 +226,63 @@ class Case:
 
     def __repr__(self) -> str:
         return self.id
+
+
+def check_model_gradient(
+    model: onnx.ModelProto,
+    input_name: str,
+    output_name: str,
+    x: np.ndarray,
+    *,
+    feeds: dict[str, np.ndarray] | None = None,
+    batches: tuple[int, ...] = (1, 2),
+    n_dirs: int = 3,
+    step: float = 1e-5,
+    tol: float = 1e-5,
+    ort_tol: float = 1e-3,
+    seed: int = 0,
+):
+    """A whole float32 model's gradient graph, built for x's sample shape, at each batch size:
+    the graph in float64 (onnx's reference evaluator) against float64 central differences of
+    the model along random directions (|fd - g.v| / |g| < tol), and the graph as igcli runs
+    it (ONNX Runtime, float32) against the float64 graph (within ort_tol of |g|). `x` and
+    `feeds` hold one sample (batch 1). Returns the GradientGraph."""
+    from igcli.autodiff import build_gradient_graph, feed_batch_axis
+
+    feeds = feeds or {}
+    graph = build_gradient_graph(model, input_name, output_name, sample_shape=x.shape[1:],
+                                 feeds=feeds)  # fmt: skip
+    onnx.checker.check_model(graph.model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(graph.model.SerializeToString(), opts)
+    forward64 = ReferenceEvaluator(to_float64(model), new_ops=REFERENCE_KERNELS)
+    backward64 = ReferenceEvaluator(to_float64(graph.model), new_ops=REFERENCE_KERNELS)
+    rng = np.random.default_rng(seed)
+    axes = {k: feed_batch_axis(model, input_name, k) for k in feeds}
+    for batch in batches if graph.batch_dynamic else (1,):
+        xb = np.concatenate([x] + [x + 0.1 * rng.standard_normal(x.shape)] * (batch - 1))
+        xb = xb.astype(np.float32)
+        fb = {k: v if axes[k] is None else np.repeat(v, batch, axis=axes[k])
+              for k, v in feeds.items()}  # fmt: skip
+        fb64 = {k: _as_float(v, np.float64) for k, v in fb.items()}
+        x64 = xb.astype(np.float64)
+        y = forward64.run([output_name], {input_name: x64, **fb64})[0]
+        seed_arr = rng.standard_normal(y.shape)
+        grad32 = sess.run([GRAD], {input_name: xb, **fb, SEED: seed_arr.astype(np.float32)})[0]
+        grad = backward64.run([GRAD], {input_name: x64, **fb64, SEED: seed_arr})[0]
+        assert grad32.shape == grad.shape == xb.shape, (grad32.shape, grad.shape, xb.shape)
+        norm = float(np.linalg.norm(grad))
+        assert norm > 0, "all-zero gradient"
+        off = float(np.linalg.norm(grad32 - grad)) / norm
+        assert off < ort_tol, f"batch {batch}: ORT float32 vs float64 graph: {off:.2e}"
+
+        def f(z, s=seed_arr, extra=fb64):
+            return float(np.sum(s * forward64.run([output_name], {input_name: z, **extra})[0]))
+
+        for _ in range(n_dirs):
+            v = rng.standard_normal(x64.shape)
+            fd = (f(x64 + step * v) - f(x64 - step * v)) / (2 * step)
+            err = abs(fd - float(np.sum(grad * v))) / norm
+            assert err < tol, f"batch {batch}: |fd - g.v| / |g| = {err:.2e}"
+    return graph

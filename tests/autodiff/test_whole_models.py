@@ -53,6 +53,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from igcli.autodiff import GRAD, SEED, blocking_ops, build_gradient_model
+from tests.autodiff.checker import to_float64
 from tests.light_models import NAMES as LIGHT
 from tests.light_models import data_input, randomize
 
@@ -145,28 +146,6 @@ def reference(model: onnx.ModelProto, fast_pools: bool = False) -> ReferenceEval
 # -- model plumbing ----------------------------------------------------------------------------
 def opset_of(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same model computing in float64: initializers, constants, types and casts."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
-                                                  init.name))  # fmt: skip
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t)
-                                                        .astype(np.float64)))  # fmt: skip
-            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
-                attr.i = TensorProto.DOUBLE
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
-    return out
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
