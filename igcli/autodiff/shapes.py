@@ -45,12 +45,15 @@ def build_gradient_graph(
     *,
     sample_shape: tuple[int, ...] | list[int] | None = None,
     feeds: dict[str, np.ndarray] | None = None,
+    fold_feed_values: bool = True,
 ) -> GradientGraph:
     """The gradient graph of `output_name` w.r.t. `input_name`, general when possible.
 
     `sample_shape` is the attributed input's shape without the batch axis (e.g. (3, 48, 192));
     `feeds` the other inputs' values for one sample (batch of 1 on their batch axis, see
     `specialize.feed_batch_axis`). Without a sample shape only fixed declared dims are used.
+    With `fold_feed_values` False, fed values are never folded into the graph (only their
+    shapes are used), so the graph holds for any fed values.
     Raises UnsupportedOpsError naming the ops that block (even once specialised).
     """
     try:
@@ -62,7 +65,7 @@ def build_gradient_graph(
                 raise
         first = general
     sample_shape = tuple(int(d) for d in sample_shape)
-    spec = specialize(model, input_name, sample_shape, feeds)
+    spec = specialize(model, input_name, sample_shape, feeds, fold_feed_values=fold_feed_values)
     try:
         grad = build_gradient_model(spec.model, input_name, output_name)
     except UnsupportedOpsError as exc:
@@ -146,10 +149,13 @@ def build_gradient_model_probing(
     feeds: dict[str, np.ndarray] | None = None,
     sample_shape: tuple[int, ...] | list[int] | None = None,
 ) -> onnx.ModelProto:
-    """The model of build_gradient_graph (kept for callers that need only the model)."""
+    """The model of build_gradient_graph, for callers that keep only the model (and cache it
+    by model and input/output names): fed values are never folded into it, and without a
+    sample shape it is specialised only to fixed declared dims, which every input has."""
     return build_gradient_graph(
-        model, input_name, output_name, sample_shape=sample_shape, feeds=feeds
-    ).model
+        model, input_name, output_name, sample_shape=sample_shape, feeds=feeds,
+        fold_feed_values=False,
+    ).model  # fmt: skip
 
 
 def blocking_ops(

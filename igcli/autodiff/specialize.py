@@ -231,13 +231,17 @@ def specialize(
     input_name: str,
     sample_shape: list[int] | tuple[int, ...],
     feeds: dict[str, np.ndarray] | None = None,
+    *,
+    fold_feed_values: bool = True,
 ) -> Specialized:
     """A copy of `model` specialised to inputs of shape [batch, *sample_shape].
 
     `feeds` hold the other inputs' values for one sample (batch of 1 along their batch axis,
     see `feed_batch_axis`). The result computes the same function for inputs of that shape;
     shape arithmetic that does not depend on the batch is folded into constants, and Ifs
-    with a condition fixed by those constants keep only their taken branch.
+    with a condition fixed by those constants keep only their taken branch. Integer values
+    computed from fed inputs (an If on a sample rate) are folded too unless
+    `fold_feed_values` is False; `uses_feed_values` says whether any was.
     """
     feeds = dict(feeds or {})
     out = copy.deepcopy(model)
@@ -273,7 +277,7 @@ def specialize(
         elem = _elem_types(out)
         names = [
             n for n in _frontier(graph, varying, elem)
-            if elem[n] not in FLOAT_TYPES or n not in feed_dep
+            if n not in feed_dep or (fold_feed_values and elem[n] not in FLOAT_TYPES)
         ]  # fmt: skip
         changed = 0
         if names:

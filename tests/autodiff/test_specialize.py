@@ -215,6 +215,14 @@ def test_if_on_a_fed_sample_rate_is_inlined():
         check_model_gradient(m, "x", "prob", rng.standard_normal((1, 6)), feeds=feeds)
 
 
+def test_fed_values_stay_out_when_asked():
+    """A caller that caches graphs without keying on the feeds must not get them folded in."""
+    m = vad_like()
+    feeds = {"state": w(2, 1, 4), "sr": np.array(16000, np.int64)}
+    spec = specialize(m, "x", (6,), feeds, fold_feed_values=False)
+    assert "If" in {n.op_type for n in spec.model.graph.node} and not spec.uses_feed_values
+
+
 def test_general_graph_when_no_specialisation_is_needed():
     """The If on a fed input is differentiated as an If when the general build can: the
     graph then serves every shape and every fed value."""
