@@ -42,16 +42,17 @@ class GraphEmitter:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # forward values known now
     counter: list[int] = field(default_factory=lambda: [0])  # shared with child emitters
+    prefix: str = "igcli_grad"
 
     def fresh(self, hint: str) -> str:
         self.counter[0] += 1
-        return f"igcli_grad/{hint}_{self.counter[0]}"
+        return f"{self.prefix}/{hint}_{self.counter[0]}"
 
     def child(self) -> GraphEmitter:
         """An emitter for a subgraph body: its own nodes; names, types, constants and
         initializers (kept in the main graph, visible from every scope) shared."""
         return GraphEmitter(self.opset, self.infos, [], self.initializers, self.constants,
-                            self.counter)  # fmt: skip
+                            self.counter, self.prefix)  # fmt: skip
 
     # -- emitting ----------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str, **attrs) -> str:

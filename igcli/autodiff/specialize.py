@@ -96,15 +96,16 @@ class Specialized:
 
 def feed_batch_axis(model: onnx.ModelProto, input_name: str, feed_name: str) -> int | None:
     """The batch axis of another input: the axis whose symbolic dim is the attributed input's
-    batch dim (Silero's state is [2, batch, 128]); else axis 0 when both start with an
-    unnamed dynamic dim; None for inputs without one (a sample rate, say)."""
+    batch dim (Silero's state is [2, batch, 128]); else its only dynamic axis, else axis 0
+    if dynamic; None for inputs without a dynamic axis (a sample rate, say)."""
     specs = {i.name: i.type.tensor_type for i in model.graph.input}
     x_dims, dims = _dims(specs[input_name]), _dims(specs[feed_name])
     if not x_dims or not dims or isinstance(x_dims[0], int):
         return None
     if x_dims[0] and x_dims[0] in dims:
         return dims.index(x_dims[0])
-    return 0 if not isinstance(dims[0], int) else None
+    dynamic = [k for k, d in enumerate(dims) if not isinstance(d, int)]
+    return dynamic[0] if len(dynamic) == 1 else (0 if 0 in dynamic else None)
 
 
 def _dims(t: onnx.TypeProto.Tensor) -> list[int | str | None]:
