@@ -32,7 +32,52 @@ class GatherElements(OpRun):
         return (np.take_along_axis(view, index, axis=axis),)
 
 
-REFERENCE_KERNELS = [GatherElements]
+class BatchNormalization(OpRun):
+    """Inference form at every opset."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None):
+        c = (1, -1) + (1,) * (x.ndim - 2)
+        y = (x - mean.reshape(c)) / np.sqrt(var.reshape(c) + epsilon)
+        return ((y * scale.reshape(c) + bias.reshape(c)).astype(x.dtype),)
+
+
+class LRN(OpRun):
+    """Window over channels c - (size-1)//2 .. c + ceil((size-1)/2)."""
+
+    op_domain = ""
+
+    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+        before = (size - 1) // 2
+        sq = np.pad(x * x, [(0, 0), (before, size - 1 - before)] + [(0, 0)] * (x.ndim - 2))
+        window = sum(sq[:, j : j + x.shape[1]] for j in range(size))
+        return ((x / (bias + alpha / size * window) ** beta).astype(x.dtype),)
+
+
+class Softmax(OpRun):
+    """Softmax-1..12: flatten to 2-D at `axis` (default 1), normalise each row."""
+
+    op_domain = ""
+
+    def _run(self, x, axis=None):
+        # OpRun fills defaults from the newest schema (axis=-1): read the node itself.
+        axis = next((a.i for a in self.onnx_node.attribute if a.name == "axis"), 1)
+        rows = x.reshape(int(np.prod(x.shape[:axis])), -1)
+        e = np.exp(rows - rows.max(axis=1, keepdims=True))
+        return ((e / e.sum(axis=1, keepdims=True)).reshape(x.shape),)
+
+
+REFERENCE_KERNELS = [GatherElements, BatchNormalization, LRN]
+
+
+def reference_evaluator(model: onnx.ModelProto, extra=()) -> ReferenceEvaluator:
+    """onnx's reference evaluator with the kernels above (and Softmax-1..12's flattening
+    below opset 13), which compute real models right."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    kernels = [*REFERENCE_KERNELS, *([Softmax] if opset < 13 else []), *extra]
+    return ReferenceEvaluator(model, new_ops=kernels)
+
 
 NP_TO_ONNX = {
     np.dtype(np.float32): onnx.TensorProto.FLOAT,
@@ -111,8 +156,8 @@ class Runner:
         grad_model = build_gradient_model(model, wrt, output)
         onnx.checker.check_model(grad_model)
         if backend == "reference":
-            self.fwd = ReferenceEvaluator(model, new_ops=REFERENCE_KERNELS)
-            self.bwd = ReferenceEvaluator(grad_model, new_ops=REFERENCE_KERNELS)
+            self.fwd = reference_evaluator(model)
+            self.bwd = reference_evaluator(grad_model)
         else:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
@@ -256,8 +301,8 @@ def check_model_gradient(
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(graph.model.SerializeToString(), opts)
-    forward64 = ReferenceEvaluator(to_float64(model), new_ops=REFERENCE_KERNELS)
-    backward64 = ReferenceEvaluator(to_float64(graph.model), new_ops=REFERENCE_KERNELS)
+    forward64 = reference_evaluator(to_float64(model))
+    backward64 = reference_evaluator(to_float64(graph.model))
     rng = np.random.default_rng(seed)
     axes = {k: feed_batch_axis(model, input_name, k) for k in feeds}
     for batch in batches if graph.batch_dynamic else (1,):
