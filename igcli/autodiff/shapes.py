@@ -65,6 +65,12 @@ def build_gradient_graph(
                 raise
         first = general
     sample_shape = tuple(int(d) for d in sample_shape)
+    declared = _dims(next(i for i in model.graph.input if i.name == input_name).type.tensor_type)
+    if declared and len(declared) != len(sample_shape) + 1:
+        raise ValueError(
+            f"sample shape {sample_shape} does not fit input {input_name!r} of rank "
+            f"{len(declared)} (the sample shape leaves out the batch axis)"
+        )
     spec = specialize(model, input_name, sample_shape, feeds, fold_feed_values=fold_feed_values)
     try:
         grad = build_gradient_model(spec.model, input_name, output_name)

@@ -254,3 +254,8 @@ def test_probing_runs_when_the_batch_is_written_minus_one():
     hints = probe_shapes(m, "x", [3, 8, 12])
     assert hints["flat"].shape == ["N", 4]
     assert hints["c1"].shape == ["N", 4, 4, 6]
+
+
+def test_a_sample_shape_of_the_wrong_rank_is_refused():
+    with pytest.raises(ValueError, match="batch axis"):
+        build_gradient_graph(paddle_classifier(), "x", "prob", sample_shape=(1, 3, 8, 12))
