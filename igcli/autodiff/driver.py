@@ -229,6 +229,25 @@ class _Walk:
         return list(zip(targets, outs, strict=True))
 
 
+def _steps_only(nodes, input_name: str, output_name: str, diff: set[str]) -> list[str]:
+    """When a float output depends on the input only through integer or step-function ops,
+    its gradient is zero almost everywhere though F(x) != F(b): name the ops that cut the
+    path (finite differences at least see the jumps). Empty when the output does not depend
+    on the input at all."""
+    influenced, cuts = {input_name}, []
+    for node in nodes:
+        ins = node_inputs(node)
+        if not any(i in influenced for i in ins):
+            continue
+        influenced.update(o for o in node.output if o)
+        if any(i in diff for i in ins) and not any(o in diff for o in node.output if o):
+            cuts.append(_op_label(node))
+    if output_name not in influenced:
+        return []
+    return [f"{op} (the output depends on the input only through steps or integers)"
+            for op in sorted(set(cuts))]  # fmt: skip
+
+
 def build_gradient_model(
     model: onnx.ModelProto,
     input_name: str,
@@ -258,6 +277,8 @@ def build_gradient_model(
         nodes = list(graph.node)
         diff, relevant = walk.analyse(nodes, {input_name}, [output_name])
     walk.static_blockers(relevant, diff)
+    if output_name not in diff and walk.is_float(output_name):
+        blocked.extend(_steps_only(nodes, input_name, output_name, diff))
     if blocked:
         raise UnsupportedOpsError(blocked)
     grad_in = walk.backward(nodes, {input_name}, {output_name: [SEED]})[input_name]

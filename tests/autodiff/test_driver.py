@@ -84,3 +84,24 @@ def test_unused_float_output_of_an_op_without_rule_does_not_block():
     model = make_model(nodes, {"x": x.astype(np.float32)}, "y", 13)
     assert blocking_ops(model, "x", "y") == []
     check_graph(nodes, {"x": x}, "y", opset=13)
+
+
+def test_float_output_reached_only_through_steps_refuses():
+    """y = float(argmax(x)) * 1.5: zero gradient almost everywhere, yet F(x) != F(b). The
+    graph would attribute nothing; refuse, naming the op that cuts the path."""
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["idx"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT),
+        const("k", np.asarray(1.5, np.float32)),
+        helper.make_node("Mul", ["idx_f", "k"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": np.zeros((2, 3), np.float32)}, "y", 13)
+    assert blocking_ops(model, "x", "y") == [
+        "ArgMax (the output depends on the input only through steps or integers)"
+    ]
+
+
+def test_output_independent_of_the_input_has_a_zero_gradient():
+    nodes = [helper.make_node("Neg", ["k"], ["y"])]
+    check_graph(nodes, {"x": rng.uniform(-1, 1, (2, 3))}, "y", opset=13,
+                constants={"k": np.ones((2, 3))})  # fmt: skip
