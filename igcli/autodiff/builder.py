@@ -41,11 +41,18 @@ class GraphEmitter:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # forward values known now
-    counter: int = 0
+    counter: list[int] = field(default_factory=lambda: [0])  # shared with child emitters
+    prefix: str = "igcli_grad"
 
     def fresh(self, hint: str) -> str:
-        self.counter += 1
-        return f"igcli_grad/{hint}_{self.counter}"
+        self.counter[0] += 1
+        return f"{self.prefix}/{hint}_{self.counter[0]}"
+
+    def child(self) -> GraphEmitter:
+        """An emitter for a subgraph body: its own nodes; names, types, constants and
+        initializers (kept in the main graph, visible from every scope) shared."""
+        return GraphEmitter(self.opset, self.infos, [], self.initializers, self.constants,
+                            self.counter, self.prefix)  # fmt: skip
 
     # -- emitting ----------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
@@ -198,7 +205,8 @@ class GraphEmitter:
             self.op("Equal", t_full, one),
             self.op("Not", self.op("Equal", g_shape, one)),
         )
-        all_axes = self.op("Range", self.ints(0), g_rank, self.ints(1))
+        zero, step = (self.const(np.asarray(v, dtype=np.int64)) for v in (0, 1))  # scalars
+        all_axes = self.op("Range", zero, g_rank, step)
         axes = self.op("Compress", all_axes, reduce_axes_mask, axis=0)
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", summed, t_shape)

@@ -1,22 +1,37 @@
 """Reverse-mode transform: extend an ONNX model with the gradient of one output.
 
-The driver knows nothing about individual ops. It finds the nodes that lie between the
-attributed input and the explained output, walks them backwards calling each op's rule,
-sums gradients where a tensor fans out, and returns a model with one extra input (the seed,
-shaped like the output) and one extra output: d(sum(seed * output)) / d(input).
+The driver knows nothing about individual ops. It finds the nodes on a float path from the
+attributed input to the explained output, walks them backwards calling each op's rule, sums
+gradients where a tensor fans out, and returns a model with one extra input (the seed, shaped
+like the output) and one extra output: d(sum(seed * output)) / d(input).
+
+Only float tensors carry gradient: a path through Shape, a Cast to an integer type or a
+comparison is cut there, so shape arithmetic (Range, integer Gather/Concat, ...) never blocks a
+graph. Subgraphs read outer tensors without naming them as inputs; those reads are edges too
+(`subgraphs.captures`). An `If` whose condition is a constant is replaced by the branch it
+takes; any other `If` on the path is differentiated branch by branch (the gradient is itself
+an `If` on the same condition); `Loop` and `Scan` on the path refuse, naming the op.
 """
 
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from igcli.autodiff import rules_math, rules_nn, rules_shape  # noqa: F401  (register rules)
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
-from igcli.autodiff.registry import RULES, ZERO_GRADIENT, NoGradient
+from igcli.autodiff.recurrent import lstm_unsupported, unroll_lstms
+from igcli.autodiff.registry import RULES, ZERO_GRADIENT
+from igcli.autodiff.specialize import sanitize_dims
+from igcli.autodiff.subgraphs import (
+    constant_values,
+    inline_constant_ifs,
+    node_inputs,
+    renamed_copy,
+    subgraphs,
+)
 from igcli.errors import UnsupportedOpsError
 
 SEED = "igcli_seed"
@@ -30,6 +45,30 @@ def model_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+def _value_infos(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> None:
+    """Collect the type and shape of every named value of a graph and its subgraphs."""
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        t = vi.type.tensor_type
+        shape = None
+        if t.HasField("shape"):
+            shape = [
+                d.dim_value
+                if d.HasField("dim_value") and d.dim_value >= 0
+                else (d.dim_param or None)
+                for d in t.shape.dim
+            ]
+        known = infos.get(vi.name)
+        if known is None or (known.shape is None and shape is not None) or not known.elem_type:
+            infos[vi.name] = TensorInfo(t.elem_type, shape)
+    for init in graph.initializer:
+        infos[init.name] = TensorInfo(init.data_type, list(init.dims))
+    for node in graph.node:
+        for sub in subgraphs(node):
+            _value_infos(sub, infos)
+
+
 def _tensor_infos(
     model: onnx.ModelProto, hints: dict[str, TensorInfo] | None = None
 ) -> dict[str, TensorInfo]:
@@ -39,18 +78,7 @@ def _tensor_infos(
     except Exception:  # inference is a help, not a requirement
         inferred = model
     infos: dict[str, TensorInfo] = {}
-    graph = inferred.graph
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        t = vi.type.tensor_type
-        shape = None
-        if t.HasField("shape"):
-            shape = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in t.shape.dim
-            ]
-        infos[vi.name] = TensorInfo(t.elem_type, shape)
-    for init in graph.initializer:
-        infos[init.name] = TensorInfo(init.data_type, list(init.dims))
+    _value_infos(inferred.graph, infos)
     for name, hint in (hints or {}).items():
         known = infos.get(name)
         if known is None or known.shape is None or len(known.shape) != len(hint.shape):
@@ -62,49 +90,162 @@ def _tensor_infos(
     return infos
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            attr = node.attribute[0]
-            if attr.name == "value":
-                consts[node.output[0]] = numpy_helper.to_array(attr.t)
-            else:
-                consts[node.output[0]] = np.asarray(helper.get_attribute_value(attr))
-    return consts
-
-
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
-    )
+def _standard(node: onnx.NodeProto) -> bool:
+    return node.domain in ("", "ai.onnx")
 
 
 def _op_label(node: onnx.NodeProto) -> str:
-    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+    return node.op_type if _standard(node) else f"{node.domain}.{node.op_type}"
 
 
-def _relevant_nodes(graph: onnx.GraphProto, input_name: str, output_name: str):
-    """Nodes influenced by the input that the output depends on, in graph order."""
-    all_nodes = list(graph.node)
-    influenced = {input_name}
-    for node in all_nodes:
-        if any(i in influenced for i in node.input if i):
-            influenced.update(o for o in node.output if o)
-    producer = {o: k for k, node in enumerate(all_nodes) for o in node.output}
-    needed: set[int] = set()
-    stack = [output_name]
-    while stack:
-        k = producer.get(stack.pop())
-        if k is None or k in needed:
+class _Walk:
+    """The reverse walk over one graph body (the main graph or an If branch)."""
+
+    def __init__(self, emitter: GraphEmitter, blocked: list[str], where: str = "") -> None:
+        self.e, self.blocked, self.where = emitter, blocked, where
+
+    def is_float(self, name: str) -> bool:
+        info = self.e.infos.get(name)
+        return info is None or not info.elem_type or info.elem_type in FLOAT_TYPES
+
+    def analyse(self, nodes, wrt: set[str], targets) -> tuple[set[str], list[onnx.NodeProto]]:
+        """The differentiable names (float values a float path from `wrt` reaches) and the
+        nodes on such a path to one of `targets`, in graph order."""
+        diff = set(wrt)
+        for node in nodes:
+            if _standard(node) and node.op_type in ZERO_GRADIENT:
+                continue
+            if any(i in diff for i in node_inputs(node)):
+                diff.update(o for o in node.output if o and self.is_float(o))
+        needed = {t for t in targets if t in diff}
+        relevant = []
+        for node in reversed(nodes):
+            if any(o in needed for o in node.output if o):
+                relevant.append(node)
+                needed.update(i for i in node_inputs(node) if i in diff)
+        relevant.reverse()
+        return diff, relevant
+
+    def static_blockers(self, relevant, diff: set[str]) -> None:
+        """Ops on the path without a rule, looking into If branches (before emitting)."""
+        for node in relevant:
+            label = _op_label(node) + self.where
+            if _standard(node) and node.op_type == "If":
+                for attr in node.attribute:
+                    if attr.type != onnx.AttributeProto.GRAPH:
+                        continue
+                    body = attr.g
+                    inner = _Walk(self.e, self.blocked, f" (in {label} {attr.name})")
+                    sub_diff, sub_rel = inner.analyse(
+                        body.node, diff, [o.name for o in body.output]
+                    )
+                    inner.static_blockers(sub_rel, sub_diff)
+            elif subgraphs(node):
+                self.blocked.append(f"{label} (control flow with a differentiable value inside)")
+            elif _standard(node) and node.op_type == "LSTM":
+                why = lstm_unsupported(node, self.e.infos, self.e.constants)
+                self.blocked.append(f"LSTM ({why or 'not unrolled inside a branch'}){self.where}")
+            elif not _standard(node) or node.op_type not in RULES:
+                self.blocked.append(label)
+
+    def backward(self, nodes, wrt: set[str], seeds: dict[str, list[str]]) -> dict[str, str | None]:
+        """Gradients of sum(seed * target) for every name in `wrt`, emitted into self.e."""
+        diff, relevant = self.analyse(nodes, wrt, list(seeds))
+        grads = {name: list(parts) for name, parts in seeds.items() if name in diff}
+        e = self.e
+
+        def total(name: str) -> str | None:
+            parts = grads.get(name)
+            if not parts:
+                return None
+            if len(parts) > 1:
+                summed = e.op("Sum", *parts)
+                e.set_info(summed, name)
+                grads[name] = [summed]
+            return grads[name][0]
+
+        for node in reversed(relevant):
+            grad_outputs = [total(o) if o else None for o in node.output]
+            if all(g is None for g in grad_outputs):
+                continue
+            if node.op_type == "If":
+                pairs = self.if_gradient(node, grad_outputs, diff)
+            else:
+                wants = [bool(i) and i in diff for i in node.input]
+                try:
+                    input_grads = RULES[node.op_type](NodeGrad(node, grad_outputs, wants, e))
+                except NotImplementedError as exc:  # NoGradient, or an emitter helper's limit
+                    self.blocked.append(f"{_op_label(node)} ({exc}){self.where}")
+                    continue
+                pairs = [
+                    (name, g)
+                    for name, want, g in zip(node.input, wants, input_grads, strict=False)
+                    if want and g is not None
+                ]
+            for name, g in pairs:
+                e.set_info(g, name)
+                grads.setdefault(name, []).append(g)
+        return {name: total(name) for name in wrt}
+
+    def if_gradient(self, node, grad_outputs, diff: set[str]) -> list[tuple[str, str]]:
+        """An If whose branches recompute their forward values and return the gradient of
+        every differentiable outer tensor the If reads (zeros where a branch does not)."""
+        targets = [c for c in node_inputs(node)[1:] if c in diff]
+        if not targets:
+            return []
+        e = self.e
+        outs = [e.fresh("If") for _ in targets]
+        branches = {}
+        for attr in node.attribute:
+            if attr.type != onnx.AttributeProto.GRAPH:
+                continue
+            body, mapping = renamed_copy(attr.g, lambda _name: e.fresh("fwd"))
+            for old, new in mapping.items():
+                if old in e.infos:
+                    e.infos[new] = e.infos[old]
+            e.constants.update(constant_values(body))
+            sub = e.child()
+            seeds: dict[str, list[str]] = {}
+            for out, go in zip(body.output, grad_outputs, strict=False):
+                if go is not None:
+                    seeds.setdefault(out.name, []).append(go)
+            label = f" (in {_op_label(node)} {attr.name}){self.where}"
+            grads = _Walk(sub, self.blocked, label).backward(list(body.node), set(targets), seeds)
+            for t, out in zip(targets, outs, strict=True):
+                sub.nodes.append(helper.make_node("Identity", [grads[t] or sub.zeros_like(t)],
+                                                  [out]))  # fmt: skip
+            branches[attr.name] = helper.make_graph(
+                [*body.node, *sub.nodes],
+                e.fresh(attr.name),
+                [],
+                [
+                    helper.make_tensor_value_info(o, e.infos_elem(t), None)
+                    for t, o in zip(targets, outs, strict=True)
+                ],  # fmt: skip
+                list(body.initializer),
+                value_info=list(body.value_info),
+            )
+        e.nodes.append(helper.make_node("If", [node.input[0]], outs, name=outs[0], **branches))
+        return list(zip(targets, outs, strict=True))
+
+
+def _steps_only(nodes, input_name: str, output_name: str, diff: set[str]) -> list[str]:
+    """When a float output depends on the input only through integer or step-function ops,
+    its gradient is zero almost everywhere though F(x) != F(b): name the ops that cut the
+    path (finite differences at least see the jumps). Empty when the output does not depend
+    on the input at all."""
+    influenced, cuts = {input_name}, []
+    for node in nodes:
+        ins = node_inputs(node)
+        if not any(i in influenced for i in ins):
             continue
-        needed.add(k)
-        stack.extend(i for i in all_nodes[k].input if i)
-    return [
-        node
-        for k, node in enumerate(all_nodes)
-        if k in needed and any(i in influenced for i in node.input if i)
-    ]
+        influenced.update(o for o in node.output if o)
+        if any(i in diff for i in ins) and not any(o in diff for o in node.output if o):
+            cuts.append(_op_label(node))
+    if output_name not in influenced:
+        return []
+    return [f"{op} (the output depends on the input only through steps or integers)"
+            for op in sorted(set(cuts))]  # fmt: skip
 
 
 def build_gradient_model(
@@ -116,76 +257,45 @@ def build_gradient_model(
     """Return a model computing (output, d(sum(seed*output))/d input); raise if an op blocks it.
 
     `shape_hints` (see shapes.probe_shapes) give shapes that onnx shape inference cannot.
+    Raises UnsupportedOpsError naming every op on the path that has no rule (or refuses).
     """
+    model = copy.deepcopy(model)
+    sanitize_dims(model)
+    inline_constant_ifs(model)
     graph = model.graph
-    opset = model_opset(model)
     infos = _tensor_infos(model, shape_hints)
-    emitter = GraphEmitter(opset=opset, infos=infos, constants=_constants(graph))
-    nodes = _relevant_nodes(graph, input_name, output_name)
-
-    def is_float(name: str) -> bool:
-        info = infos.get(name)
-        return info is None or info.elem_type in FLOAT_TYPES
-
-    differentiable = {input_name}
+    emitter = GraphEmitter(opset=model_opset(model), infos=infos, constants=constant_values(graph))
     blocked: list[str] = []
-    for node in nodes:
-        if _has_subgraph(node):
-            blocked.append(f"{_op_label(node)} (control flow)")
-        elif node.op_type in ZERO_GRADIENT and node.domain in ("", "ai.onnx"):
-            continue
-        elif node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
-            blocked.append(_op_label(node))
-        elif any(i in differentiable for i in node.input if i):
-            differentiable.update(o for o in node.output if o and is_float(o))
+    walk = _Walk(emitter, blocked)
+    nodes = list(graph.node)
+    diff, relevant = walk.analyse(nodes, {input_name}, [output_name])
+    lstms = {tuple(n.output) for n in relevant if n.op_type == "LSTM" and _standard(n)}
+    if lstms and unroll_lstms(model, lstms, infos, emitter.constants, emitter.opset):
+        infos.clear()  # the unrolled steps need their own types and shapes
+        infos.update(_tensor_infos(model, shape_hints))
+        emitter.constants.update(constant_values(graph))
+        nodes = list(graph.node)
+        diff, relevant = walk.analyse(nodes, {input_name}, [output_name])
+    walk.static_blockers(relevant, diff)
+    if output_name not in diff and walk.is_float(output_name):
+        blocked.extend(_steps_only(nodes, input_name, output_name, diff))
     if blocked:
         raise UnsupportedOpsError(blocked)
-
-    grads: dict[str, list[str]] = {output_name: [SEED]}
-
-    def total(name: str) -> str | None:
-        parts = grads.get(name)
-        if not parts:
-            return None
-        if len(parts) == 1:
-            return parts[0]
-        summed = emitter.op("Sum", *parts)
-        emitter.set_info(summed, name)
-        return summed
-
-    for node in reversed(nodes):
-        if node.op_type in ZERO_GRADIENT:
-            continue
-        grad_outputs = [total(o) if o else None for o in node.output]
-        if all(g is None for g in grad_outputs):
-            continue
-        wants = [bool(i) and i in differentiable for i in node.input]
-        if not any(wants):
-            continue
-        try:
-            input_grads = RULES[node.op_type](NodeGrad(node, grad_outputs, wants, emitter))
-        except NoGradient as exc:
-            blocked.append(f"{_op_label(node)} ({exc})")
-            continue
-        for name, want, g in zip(node.input, wants, input_grads, strict=False):
-            if want and g is not None:
-                emitter.set_info(g, name)
-                grads.setdefault(name, []).append(g)
+    grad_in = walk.backward(nodes, {input_name}, {output_name: [SEED]})[input_name]
     if blocked:
         raise UnsupportedOpsError(blocked)
-
-    grad_in = total(input_name) or emitter.zeros_like(input_name)
-    return _assemble(model, input_name, output_name, emitter, grad_in)
+    return _assemble(
+        model, input_name, output_name, emitter, grad_in or emitter.zeros_like(input_name)
+    )
 
 
 def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelProto:
-    out = copy.deepcopy(model)
-    graph = out.graph
+    graph = model.graph
     out_info = next((o for o in graph.output if o.name == output_name), None)
     if out_info is None:
         out_info = next((v for v in graph.value_info if v.name == output_name), None)
     info = emitter.infos.get(output_name)
-    elem = info.elem_type if info else TensorProto.FLOAT
+    elem = info.elem_type if info and info.elem_type else emitter.infos_elem(input_name)
     shape = info.shape if info and info.shape is not None else None
     in_vi = next(i for i in graph.input if i.name == input_name)
     graph.input.append(helper.make_tensor_value_info(SEED, elem, shape))
@@ -200,4 +310,4 @@ def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelPro
     grad_vi = copy.deepcopy(in_vi)
     grad_vi.name = GRAD
     graph.output.append(grad_vi)
-    return out
+    return model

@@ -70,18 +70,29 @@ def Relu(g: NodeGrad):
     return [g.op("Mul", g.GO(0), mask)]
 
 
+def _bell(g: NodeGrad, x: str, scale: float) -> str:
+    """e / (1 + e)^2 with e = exp(-scale |x|): sigmoid'(scale x), accurate where y saturates.
+
+    y (1 - y) from the output would lose it there: ONNX Runtime's float32 Sigmoid returns 0
+    below x = -18 (and 3.6e-7 for 3.1e-7 at -15), its Tanh exactly 1 from |x| = 9 on, so
+    y (1 - y) and 1 - y^2 are 0 or off by tens of percent where the true slope is 1e-9.
+    """
+    e = g.op("Exp", g.op("Mul", g.op("Abs", x), g.scalar(-scale, x)))
+    one_plus = g.op("Add", e, g.scalar(1.0, x))
+    return g.op("Div", e, g.op("Mul", one_plus, one_plus))
+
+
 @rule("Sigmoid")
 def Sigmoid(g: NodeGrad):
-    """dy/dx = y (1 - y)."""
-    y = g.O(0)
-    return [g.op("Mul", g.GO(0), g.op("Mul", y, g.op("Sub", g.scalar(1.0), y)))]
+    """dy/dx = y (1 - y) = e / (1 + e)^2 with e = exp(-|x|) (see _bell)."""
+    return [g.op("Mul", g.GO(0), _bell(g, g.I(0), 1.0))]
 
 
 @rule("Tanh")
 def Tanh(g: NodeGrad):
-    """dy/dx = 1 - y^2."""
-    y = g.O(0)
-    return [g.op("Mul", g.GO(0), g.op("Sub", g.scalar(1.0), g.op("Mul", y, y)))]
+    """dy/dx = 1 - y^2 = 4 e / (1 + e)^2 with e = exp(-2 |x|) (see _bell)."""
+    slope = g.op("Mul", _bell(g, g.I(0), 2.0), g.scalar(4.0))
+    return [g.op("Mul", g.GO(0), slope)]
 
 
 @rule("Exp")
@@ -344,6 +355,16 @@ def Cast(g: NodeGrad):
     if src not in FLOAT_TYPES or dst not in FLOAT_TYPES:
         return [None]
     return [g.GO(0) if src == dst else g.op("Cast", g.GO(0), to=src)]
+
+
+@rule("CastLike")
+def CastLike(g: NodeGrad):
+    """y = x cast to the type of `target`: as Cast (float to float: the gradient cast back to
+    x's type; to integers/bool: none). `target` only gives a type: no gradient."""
+    src, dst = g.e.infos_elem(g.I(0)), g.e.infos_elem(g.I(1))
+    if src not in FLOAT_TYPES or dst not in FLOAT_TYPES:
+        return [None, None]
+    return [g.GO(0) if src == dst else g.op("Cast", g.GO(0), to=src), None]
 
 
 @rule("Dropout")

@@ -243,6 +243,65 @@ def Gather(g: NodeGrad):
     return [g.op("ScatterElements", zeros, index, upd, axis=axis, reduction="add"), None]
 
 
+@rule("GatherElements")
+def GatherElements(g: NodeGrad):
+    """y[.., q, ..] = x[.., idx[.., q, ..], ..] along axis: dx[.., i, ..] = sum of GO at all
+    positions whose index is i (negative indices wrap; repeats accumulate), zeros elsewhere,
+    also past idx's extent on the other axes. Opset >= 16: ScatterElements(add). Below (no
+    accumulating scatter), the sum is spelled with OneHot: one [.., n] row per index,
+    weighted by GO and summed over the axis (idx.size * n values)."""
+    if not g.needs(0):
+        return [None, None]
+    x, idx, go = g.I(0), g.I(1), g.GO(0)
+    rank = _rank(g, x)
+    axis = g.attr("axis", 0) % rank
+    depth = (g.e.static_shape(x) or [None] * rank)[axis]
+    if isinstance(depth, int):
+        n = _scalar_int(g, depth)
+    else:
+        n = g.op("Gather", g.op("Shape", x), _scalar_int(g, axis))
+    index = g.op("Cast", idx, to=onnx.TensorProto.INT64)
+    index = g.op("Where", g.op("Less", index, _scalar_int(g, 0)), g.op("Add", index, n), index)
+    zeros = _zeros(g, g.op("Shape", x), x)
+    if g.opset >= 16:
+        return [g.op("ScatterElements", zeros, index, go, axis=axis, reduction="add"), None]
+    on_off = g.e.const([0, 1], g.e.np_dtype(x))
+    hot = g.op("OneHot", index, n, on_off, axis=-1)  # idx.shape + [n]
+    weighted = g.op("Mul", hot, g.e.unsqueeze(go, [rank]))
+    summed = g.e.squeeze(g.e.reduce_sum(weighted, [axis], keepdims=True), [axis])
+    perm = [*range(axis), rank - 1, *range(axis, rank - 1)]  # the [n] axis back to `axis`
+    grad = g.op("Transpose", summed, perm=perm) if axis != rank - 1 else summed
+    shape_x, shape_idx = g.e.static_shape(x), g.e.static_shape(idx)
+    if (
+        shape_x is not None
+        and shape_idx is not None
+        and all(
+            a == axis or (isinstance(d, int) and d == e)
+            for a, (d, e) in enumerate(zip(shape_x, shape_idx, strict=True))
+        )
+    ):
+        return [grad, None]
+    # idx may be shorter than x on the other axes: zeros fill the rest
+    missing = g.op("Sub", g.op("Shape", x), g.op("Shape", grad))
+    pads = g.op("Concat", g.e.ints([0] * rank), missing, axis=0)
+    return [g.op("Pad", grad, pads, g.scalar(0.0, x)), None]
+
+
+@rule("Range")
+def Range(g: NodeGrad):
+    """y[i] = start + i * delta, i < n = max(ceil((limit - start) / delta), 0): d start =
+    sum(GO), d delta = sum(i * GO); the count changes in steps, so limit gets none."""
+    go, y = g.GO(0), g.O(0)
+    d_start = g.e.reduce_sum(go, [0], keepdims=False) if g.needs(0) else None
+    d_delta = None
+    if g.needs(2):
+        elem = g.e.infos_elem(y)
+        count = g.op("Cast", g.op("Size", y), to=elem)
+        steps = g.op("Range", g.scalar(0.0, y), count, g.scalar(1.0, y))
+        d_delta = g.e.reduce_sum(g.op("Mul", go, steps), [0], keepdims=False)
+    return [d_start, None, d_delta]
+
+
 @rule("Pad")
 def Pad(g: NodeGrad):
     """constant: y = x with borders added (positive pads) or cut off (negative pads), so dx = GO

@@ -1,14 +1,17 @@
-"""Shapes by running the model, for graphs whose shapes onnx shape inference cannot follow.
+"""The entry point: a gradient graph for a model, specialised to the run's shapes when needed.
 
-Many rules need static shapes. When inference leaves a tensor's shape open (shapes computed
-at run time, old exporters), the model is run twice, on a batch of 1 and of 2, with every
-intermediate tensor made an output: dimensions that change with the batch become the
-symbolic batch dimension, the others are static.
+`build_gradient_graph` first builds a graph valid for every input shape. When a rule needs
+what symbolic dims hide (static sizes, constant Reshape/Slice parameters, an If on a shape),
+it builds one for the sample shape at hand instead: `specialize` folds the shape arithmetic
+into constants and inlines the Ifs that become fixed; where onnx shape inference still
+leaves a shape open, the model is run at batch 1 and 2 with every intermediate tensor made
+an output (`probe_shapes`): dims that change with the batch are the symbolic batch dim.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -17,7 +20,72 @@ from onnx import helper
 
 from igcli.autodiff.builder import TensorInfo
 from igcli.autodiff.driver import build_gradient_model
+from igcli.autodiff.specialize import _dims, feed_batch_axis, sanitize_dims, specialize
 from igcli.errors import UnsupportedOpsError
+
+
+@dataclass
+class GradientGraph:
+    """A model computing (output, d sum(seed * output) / d input), and where it is valid."""
+
+    model: onnx.ModelProto
+    # None: valid for every input shape. Otherwise valid only for inputs shaped
+    # [batch, *sample_shape]: build one graph per distinct sample shape.
+    sample_shape: tuple[int, ...] | None = None
+    # False: valid only at batch size 1 (the model or its feeds pin the batch).
+    batch_dynamic: bool = True
+    # True: fed inputs' values were folded in: valid only for the feeds it was built with.
+    uses_feed_values: bool = False
+
+
+def build_gradient_graph(
+    model: onnx.ModelProto,
+    input_name: str,
+    output_name: str,
+    *,
+    sample_shape: tuple[int, ...] | list[int] | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
+    fold_feed_values: bool = True,
+) -> GradientGraph:
+    """The gradient graph of `output_name` w.r.t. `input_name`, general when possible.
+
+    `sample_shape` is the attributed input's shape without the batch axis (e.g. (3, 48, 192));
+    `feeds` the other inputs' values for one sample (batch of 1 on their batch axis, see
+    `specialize.feed_batch_axis`). Without a sample shape only fixed declared dims are used.
+    With `fold_feed_values` False, fed values are never folded into the graph (only their
+    shapes are used), so the graph holds for any fed values.
+    Raises UnsupportedOpsError naming the ops that block (even once specialised).
+    """
+    try:
+        return GradientGraph(build_gradient_model(model, input_name, output_name))
+    except UnsupportedOpsError as general:
+        if sample_shape is None:
+            sample_shape = _declared_sample_shape(model, input_name)
+            if sample_shape is None:
+                raise
+        first = general
+    sample_shape = tuple(int(d) for d in sample_shape)
+    declared = _dims(next(i for i in model.graph.input if i.name == input_name).type.tensor_type)
+    if declared and len(declared) != len(sample_shape) + 1:
+        raise ValueError(
+            f"sample shape {sample_shape} does not fit input {input_name!r} of rank "
+            f"{len(declared)} (the sample shape leaves out the batch axis)"
+        )
+    spec = specialize(model, input_name, sample_shape, feeds, fold_feed_values=fold_feed_values)
+    try:
+        grad = build_gradient_model(spec.model, input_name, output_name)
+    except UnsupportedOpsError as exc:
+        hints = probe_shapes(spec.model, input_name, list(sample_shape), feeds)
+        if not hints:
+            raise exc from first
+        grad = build_gradient_model(spec.model, input_name, output_name, shape_hints=hints)
+    return GradientGraph(grad, sample_shape, spec.batch_dynamic, spec.uses_feed_values)
+
+
+def _declared_sample_shape(model: onnx.ModelProto, input_name: str) -> tuple[int, ...] | None:
+    spec = next(i for i in model.graph.input if i.name == input_name).type.tensor_type
+    dims = _dims(spec)[1:]
+    return tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
 def probe_shapes(
@@ -28,18 +96,23 @@ def probe_shapes(
 ) -> dict[str, TensorInfo]:
     """Observed type and shape of every node output; {} when the model cannot be run so.
 
-    Only for inputs whose dimensions other than the batch are fixed: a probe at one image
-    size says nothing about another.
+    A probe at one sample shape says nothing about another: the hints hold for
+    `sample_shape` only. With a symbolic (or -1) batch dim the model runs at batch 1 and 2
+    and dims that change are symbolic; with a fixed batch it runs once at that batch.
     """
     probe = copy.deepcopy(model)
+    sanitize_dims(probe)
     graph = probe.graph
     spec = next(i for i in graph.input if i.name == input_name).type.tensor_type
-    batch_dim = spec.shape.dim[0].dim_param if len(spec.shape.dim) else ""
-    if not batch_dim:  # a fixed batch: nothing to tell apart, and the probe of 2 would fail
-        return {}
+    declared = _dims(spec)
+    batch = declared[0] if declared else None
+    if isinstance(batch, int):
+        batches, batch_dim = [batch], None
+    else:
+        batches, batch_dim = [1, 2], batch or "N"
     # ONNX Runtime wants each output's element type: take those shape inference found.
     try:
-        typed = onnx.shape_inference.infer_shapes(model).graph.value_info
+        typed = onnx.shape_inference.infer_shapes(probe).graph.value_info
     except Exception:
         return {}
     known = {o.name for o in graph.output}
@@ -48,29 +121,30 @@ def probe_shapes(
         for vi in typed
         if vi.name not in known and vi.type.tensor_type.elem_type
     )
-
+    axes = {k: feed_batch_axis(model, input_name, k) for k in feeds or {}}
     dtype = helper.tensor_dtype_to_np_dtype(spec.elem_type)
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(probe.SerializeToString(), opts)
         outputs = [o.name for o in session.get_outputs()]
         runs = []
-        for batch in (1, 2):
-            x = np.full([batch, *sample_shape], 0.5, dtype=dtype)
-            extra = {k: np.repeat(v, batch, axis=0) for k, v in (feeds or {}).items()}
+        for b in batches:
+            x = np.full([b, *sample_shape], 0.5, dtype=dtype)
+            extra = {k: v if axes[k] is None else np.repeat(v, b, axis=axes[k])
+                     for k, v in (feeds or {}).items()}  # fmt: skip
             runs.append(session.run(outputs, {input_name: x, **extra}))
     except Exception:  # a model that needs a fixed batch, say: no hints, no harm
         return {}
     hints = {}
-    for name, one, two in zip(outputs, *runs, strict=True):
-        one, two = np.asarray(one), np.asarray(two)
-        if one.ndim != two.ndim:
+    for name, *values in zip(outputs, *runs, strict=True):
+        values = [np.asarray(v) for v in values]
+        if any(v.ndim != values[0].ndim for v in values):
             continue
-        shape = [batch_dim if a != b else a for a, b in zip(one.shape, two.shape, strict=True)]
-        elem = helper.np_dtype_to_tensor_dtype(one.dtype)
-        hints[name] = TensorInfo(elem, shape)
+        shape = [d if all(v.shape[k] == d for v in values) else batch_dim
+                 for k, d in enumerate(values[0].shape)]  # fmt: skip
+        hints[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(values[0].dtype), shape)
     return hints
 
 
@@ -79,25 +153,29 @@ def build_gradient_model_probing(
     input_name: str,
     output_name: str,
     feeds: dict[str, np.ndarray] | None = None,
+    sample_shape: tuple[int, ...] | list[int] | None = None,
 ) -> onnx.ModelProto:
-    """build_gradient_model, retried with probed shapes when shape inference fell short."""
-    try:
-        return build_gradient_model(model, input_name, output_name)
-    except UnsupportedOpsError:
-        spec = next(i for i in model.graph.input if i.name == input_name).type.tensor_type
-        sample_shape = [d.dim_value for d in spec.shape.dim[1:]]
-        if not all(d > 0 for d in sample_shape):
-            raise
-        hints = probe_shapes(model, input_name, sample_shape, feeds)
-        if not hints:
-            raise
-        return build_gradient_model(model, input_name, output_name, shape_hints=hints)
+    """The model of build_gradient_graph, for callers that keep only the model (and cache it
+    by model and input/output names): fed values are never folded into it, and without a
+    sample shape it is specialised only to fixed declared dims, which every input has."""
+    return build_gradient_graph(
+        model, input_name, output_name, sample_shape=sample_shape, feeds=feeds,
+        fold_feed_values=False,
+    ).model  # fmt: skip
 
 
-def blocking_ops(model: onnx.ModelProto, input_name: str, output_name: str) -> list[str]:
+def blocking_ops(
+    model: onnx.ModelProto,
+    input_name: str,
+    output_name: str,
+    *,
+    sample_shape: tuple[int, ...] | list[int] | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> list[str]:
     """The ops that keep a gradient graph from being built (empty when one can be)."""
     try:
-        build_gradient_model_probing(model, input_name, output_name)
+        build_gradient_graph(model, input_name, output_name, sample_shape=sample_shape,
+                             feeds=feeds)  # fmt: skip
     except UnsupportedOpsError as exc:
         return exc.ops
     return []

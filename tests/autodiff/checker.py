@@ -11,10 +11,73 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from igcli.autodiff import GRAD, SEED, build_gradient_model
+
+
+class GatherElements(OpRun):
+    """As ONNX Runtime runs it: indices may be shorter than the data on the other axes (the
+    reference evaluator refuses that)."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):
+        axis = (axis or 0) % data.ndim
+        view = data[tuple(slice(0, n) if a != axis else slice(None)
+                          for a, n in enumerate(indices.shape))]  # fmt: skip
+        index = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(view, index, axis=axis),)
+
+
+class BatchNormalization(OpRun):
+    """Inference form at every opset."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None):
+        c = (1, -1) + (1,) * (x.ndim - 2)
+        y = (x - mean.reshape(c)) / np.sqrt(var.reshape(c) + epsilon)
+        return ((y * scale.reshape(c) + bias.reshape(c)).astype(x.dtype),)
+
+
+class LRN(OpRun):
+    """Window over channels c - (size-1)//2 .. c + ceil((size-1)/2)."""
+
+    op_domain = ""
+
+    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
+        before = (size - 1) // 2
+        sq = np.pad(x * x, [(0, 0), (before, size - 1 - before)] + [(0, 0)] * (x.ndim - 2))
+        window = sum(sq[:, j : j + x.shape[1]] for j in range(size))
+        return ((x / (bias + alpha / size * window) ** beta).astype(x.dtype),)
+
+
+class Softmax(OpRun):
+    """Softmax-1..12: flatten to 2-D at `axis` (default 1), normalise each row."""
+
+    op_domain = ""
+
+    def _run(self, x, axis=None):
+        # OpRun fills defaults from the newest schema (axis=-1): read the node itself.
+        axis = next((a.i for a in self.onnx_node.attribute if a.name == "axis"), 1)
+        rows = x.reshape(int(np.prod(x.shape[:axis])), -1)
+        e = np.exp(rows - rows.max(axis=1, keepdims=True))
+        return ((e / e.sum(axis=1, keepdims=True)).reshape(x.shape),)
+
+
+REFERENCE_KERNELS = [GatherElements, BatchNormalization, LRN]
+
+
+def reference_evaluator(model: onnx.ModelProto, extra=()) -> ReferenceEvaluator:
+    """onnx's reference evaluator with the kernels above (and Softmax-1..12's flattening
+    below opset 13), which compute real models right."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    kernels = [*REFERENCE_KERNELS, *([Softmax] if opset < 13 else []), *extra]
+    return ReferenceEvaluator(model, new_ops=kernels)
+
 
 NP_TO_ONNX = {
     np.dtype(np.float32): onnx.TensorProto.FLOAT,
@@ -55,6 +118,36 @@ def make_model(
     return model
 
 
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model computing in float64: initializers, constants, types and casts, in
+    subgraphs (If branches) too."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _graph_to_float64(out.graph)
+    return out
+
+
+def _double(t: onnx.TensorProto) -> None:
+    if t.data_type == TensorProto.FLOAT:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+
+
+def _graph_to_float64(graph: onnx.GraphProto) -> None:
+    for init in graph.initializer:
+        _double(init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                _double(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float64(attr.g)
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.DOUBLE
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+
+
 class Runner:
     """Run forward and gradient models with one backend."""
 
@@ -63,8 +156,8 @@ class Runner:
         grad_model = build_gradient_model(model, wrt, output)
         onnx.checker.check_model(grad_model)
         if backend == "reference":
-            self.fwd = ReferenceEvaluator(model)
-            self.bwd = ReferenceEvaluator(grad_model)
+            self.fwd = reference_evaluator(model)
+            self.bwd = reference_evaluator(grad_model)
         else:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
@@ -109,7 +202,8 @@ def check_op(
 ) -> None:
     """Gradient of one op w.r.t. each input in `wrt` (default: every input) vs. central FD.
 
-    `inputs` are float64 graph inputs; `constants` become initializers (no gradient);
+    `inputs` are graph inputs (float ones made float64; others, such as a bool condition, kept
+    and not differentiated); `constants` become initializers (no gradient);
     `options` are check_graph's.
     """
     outputs = [f"y{k}" for k in range(n_outputs)]
@@ -135,13 +229,13 @@ def check_graph(
 ) -> None:
     """Like check_op for a small graph of several nodes."""
     rng = np.random.default_rng(seed)
-    inputs64 = {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()}
+    inputs64 = {k: _as_float(np.asarray(v), np.float64) for k, v in inputs.items()}
     consts64 = {
         k: (v.astype(np.float64) if v.dtype.kind == "f" else v)
         for k, v in (constants or {}).items()
     }
     model64 = make_model(nodes, inputs64, output, opset, consts64, dynamic)
-    for name in wrt or list(inputs):
+    for name in wrt or [k for k, v in inputs64.items() if v.dtype.kind == "f"]:
         run = Runner(model64, name, output, "reference")
         y = run.forward(inputs64)
         seed_arr = rng.standard_normal(y.shape)
@@ -150,7 +244,7 @@ def check_graph(
         assert analytic.shape == inputs64[name].shape, (analytic.shape, inputs64[name].shape)
         np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol, err_msg=f"d/d{name}")
         if check_ort:
-            inputs32 = {k: v.astype(np.float32) for k, v in inputs64.items()}
+            inputs32 = {k: _as_float(v, np.float32) for k, v in inputs64.items()}
             consts32 = {k: _as_float(v, np.float32) for k, v in consts64.items()}
             model32 = make_model(nodes, inputs32, output, opset, consts32, dynamic)
             run32 = Runner(model32, name, output, "ort")
@@ -177,3 +271,63 @@ class Case:
 
     def __repr__(self) -> str:
         return self.id
+
+
+def check_model_gradient(
+    model: onnx.ModelProto,
+    input_name: str,
+    output_name: str,
+    x: np.ndarray,
+    *,
+    feeds: dict[str, np.ndarray] | None = None,
+    batches: tuple[int, ...] = (1, 2),
+    n_dirs: int = 3,
+    step: float = 1e-5,
+    tol: float = 1e-5,
+    ort_tol: float = 1e-3,
+    seed: int = 0,
+):
+    """A whole float32 model's gradient graph, built for x's sample shape, at each batch size:
+    the graph in float64 (onnx's reference evaluator) against float64 central differences of
+    the model along random directions (|fd - g.v| / |g| < tol), and the graph as igcli runs
+    it (ONNX Runtime, float32) against the float64 graph (within ort_tol of |g|). `x` and
+    `feeds` hold one sample (batch 1). Returns the GradientGraph."""
+    from igcli.autodiff import build_gradient_graph, feed_batch_axis
+
+    feeds = feeds or {}
+    graph = build_gradient_graph(model, input_name, output_name, sample_shape=x.shape[1:],
+                                 feeds=feeds)  # fmt: skip
+    onnx.checker.check_model(graph.model)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(graph.model.SerializeToString(), opts)
+    forward64 = reference_evaluator(to_float64(model))
+    backward64 = reference_evaluator(to_float64(graph.model))
+    rng = np.random.default_rng(seed)
+    axes = {k: feed_batch_axis(model, input_name, k) for k in feeds}
+    for batch in batches if graph.batch_dynamic else (1,):
+        xb = np.concatenate([x] + [x + 0.1 * rng.standard_normal(x.shape)] * (batch - 1))
+        xb = xb.astype(np.float32)
+        fb = {k: v if axes[k] is None else np.repeat(v, batch, axis=axes[k])
+              for k, v in feeds.items()}  # fmt: skip
+        fb64 = {k: _as_float(v, np.float64) for k, v in fb.items()}
+        x64 = xb.astype(np.float64)
+        y = forward64.run([output_name], {input_name: x64, **fb64})[0]
+        seed_arr = rng.standard_normal(y.shape)
+        grad32 = sess.run([GRAD], {input_name: xb, **fb, SEED: seed_arr.astype(np.float32)})[0]
+        grad = backward64.run([GRAD], {input_name: x64, **fb64, SEED: seed_arr})[0]
+        assert grad32.shape == grad.shape == xb.shape, (grad32.shape, grad.shape, xb.shape)
+        norm = float(np.linalg.norm(grad))
+        assert norm > 0, "all-zero gradient"
+        off = float(np.linalg.norm(grad32 - grad)) / norm
+        assert off < ort_tol, f"batch {batch}: ORT float32 vs float64 graph: {off:.2e}"
+
+        def f(z, s=seed_arr, extra=fb64):
+            return float(np.sum(s * forward64.run([output_name], {input_name: z, **extra})[0]))
+
+        for _ in range(n_dirs):
+            v = rng.standard_normal(x64.shape)
+            fd = (f(x64 + step * v) - f(x64 - step * v)) / (2 * step)
+            err = abs(fd - float(np.sum(grad * v))) / norm
+            assert err < tol, f"batch {batch}: |fd - g.v| / |g| = {err:.2e}"
+    return graph

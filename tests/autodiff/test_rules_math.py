@@ -1,10 +1,11 @@
 """Every rule of rules_math (elementwise, variadic, softmax, reductions) against central FD."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-from igcli.autodiff import blocking_ops
+from igcli.autodiff import blocking_ops, build_gradient_model
 from tests.autodiff.checker import Case, Runner, check_graph, make_model
 
 rng = np.random.default_rng(42)
@@ -30,6 +31,10 @@ for opset in (9, 13, 17):
 for op in ("Identity", "Neg", "Relu", "Sigmoid", "Tanh", "Exp"):
     CASES.append(Case(op, {"x": away_from_zero(r(3, 5))}))
 CASES.append(Case("Log", {"x": r(3, 4, low=0.2, high=3.0)}))
+for op in ("Sigmoid", "Tanh"):  # the slope is computed from x: check far out too
+    for opset in (9, 13):
+        CASES.append(Case(op, {"x": r(4, 5, low=-12, high=12)}, opset=opset,
+                          id=f"{op}-wide-{opset}"))  # fmt: skip
 
 
 # -- helpers for the cases below ----------------------------------------------------------
@@ -304,6 +309,16 @@ for opset in (9, 13, 19):
             id=f"Cast-float-{opset}",
         )
     )
+
+# CastLike (opset 15+): the type comes from a second input, which gets no gradient
+for opset in (15, 19, 21):
+    CASES.append(Case("CastLike", {"x": r(3, 4)}, constants={"like": np.zeros(1)}, opset=opset,
+                      id=f"CastLike-same-{opset}"))  # fmt: skip
+    float_like = helper.make_node("Constant", [], ["like"], value=numpy_helper.from_array(
+        np.zeros(1, np.float32)))  # fmt: skip
+    CASES.append(NodeCase("CastLike", ["x", "like"], {"x": r(3, 4)}, opset=opset, eps=1e-3,
+                          atol=1e-4, rtol=1e-4, check_ort=False, before=[float_like],
+                          id=f"CastLike-float-{opset}"))  # fmt: skip
 
 # Dropout in inference: ratio attribute (9, 10), ratio and training_mode inputs (12+)
 for opset in (9, 10):
@@ -580,3 +595,41 @@ def test_reduction_over_runtime_axes_blocks():
     inputs = {"x": r(3, 4), "axes": np.array([1], dtype=np.int64)}
     model = make_model([node], inputs, "y", 18)
     assert blocking_ops(model, "x", "y") == ["ReduceMean (reduction axes computed at run time)"]
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_broadcast_of_a_tensor_of_unknown_shape(opset):
+    """b's shape is unknown at build time (a Reshape to a runtime shape): its gradient is
+    summed back at run time (the path a legacy ViT export took, which once raised)."""
+    shape = helper.make_node("Constant", [], ["sc"], value=numpy_helper.from_array(
+        np.array([3, 1], np.int64)))  # fmt: skip
+    nodes = [
+        shape,
+        helper.make_node("Identity", ["sc"], ["s"]),
+        helper.make_node("Reshape", ["b", "s"], ["br"]),
+        helper.make_node("Add", ["a", "br"], ["sum"]),
+        helper.make_node("Reshape", ["sum", "out_shape"], ["y"]),  # a known output shape
+    ]
+    consts = {"out_shape": np.array([2, 3, 4], np.int64)}
+    check_graph(nodes, {"a": r(2, 3, 4), "b": r(3, 1)}, "y", opset=opset, constants=consts)
+    model = make_model(nodes, {"a": r(2, 3, 4), "b": r(3, 1)}, "y", opset, consts)
+    ops = {n.op_type for n in build_gradient_model(model, "b", "y").graph.node}
+    assert "Compress" in ops  # the runtime reduction was used
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh"])
+def test_saturated_slopes_are_accurate_in_float32(op):
+    """Where the output saturates, the slope is still right to float32 precision in ONNX
+    Runtime (1 - y^2 and y (1 - y) from its output are 0 or tens of percent off there)."""
+    x = np.array([[-40.0, -25.0, -15.0, -9.5, 0.3, 9.5, 15.0, 25.0]])
+    model = make_model([helper.make_node(op, ["x"], ["y"])], {"x": x.astype(np.float32)}, "y", 13)
+    grad_model = build_gradient_model(model, "x", "y")
+    sess = ort.InferenceSession(grad_model.SerializeToString())
+    got = sess.run(["igcli_grad"], {"x": x.astype(np.float32),
+                                    "igcli_seed": np.ones_like(x, np.float32)})[0]  # fmt: skip
+    s = 1 / (1 + np.exp(-x))
+    want = s * (1 - s) if op == "Sigmoid" else 1 - np.tanh(x) ** 2
+    if op == "Tanh":  # 1 - tanh^2 loses everything in float64 too: 4 e / (1 + e)^2
+        e = np.exp(-2 * np.abs(x))
+        want = 4 * e / (1 + e) ** 2
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -192,6 +192,28 @@ add(NodeCase("Gather", {"x": r(3, 4)}, {"axis": 1}, fixed={"idx": np.asarray([[1
 add(Case("Gather", {"x": r(3, 5, 2)}, {"axis": 1}, constants={"idx": repeats}, opset=13,
          dynamic=True, id="Gather-2d-idx-13-dyn"))  # fmt: skip
 
+# -- GatherElements: repeats accumulate, idx may be shorter than x on other axes ---------------
+idx_ge = ints(0, 2, -1, 2, 0, 0, 1, -3, 2, 2, 1, 0).reshape(3, 4)  # into x[3, 5] along axis 0
+idx_ge1 = ints(4, 0, 4, -1, 1, 1, 2, 2).reshape(2, 4)  # into x[3, 5] along axis 1 (rows 0..1)
+for opset in (11, 13, 16, 18):
+    add(Case("GatherElements", {"x": r(3, 5)}, {"axis": 0}, constants={"idx": idx_ge},
+             opset=opset, id=f"GatherElements-axis0-{opset}"))  # fmt: skip
+    add(Case("GatherElements", {"x": r(3, 5)}, {"axis": -1}, constants={"idx": idx_ge1},
+             opset=opset, dynamic=True, id=f"GatherElements-short-axis1-{opset}-dyn"))  # fmt: skip
+    add(NodeCase("GatherElements", {"x": r(2, 3, 4)}, {"axis": 1}, runtime={"idx"},
+                 fixed={"idx": np.asarray(rng.integers(-3, 3, size=(2, 5, 4)), np.int32)},
+                 opset=opset, id=f"GatherElements-runtime-int32-{opset}"))  # fmt: skip
+add(Case("GatherElements", {"x": r(2, 3, 4)}, {"axis": 2}, opset=21, dynamic=True,
+         constants={"idx": ints(*rng.integers(0, 4, size=12)).reshape(2, 3, 2)},
+         id="GatherElements-last-axis-21-dyn"))  # fmt: skip
+
+# -- Range: d start = sum GO, d delta = sum i GO ---------------------------------------------
+for opset in (11, 21):
+    add(Case("Range", {"start": np.asarray(0.3), "limit": np.asarray(5.1),
+                       "delta": np.asarray(0.7)}, opset=opset, id=f"Range-{opset}"))  # fmt: skip
+add(Case("Range", {"start": np.asarray(2.5), "delta": np.asarray(-0.4)},
+         constants={"limit": np.asarray(-1.0)}, opset=13, id="Range-descending-13"))  # fmt: skip
+
 # -- Pad -----------------------------------------------------------------------------------
 x234 = r(2, 3, 4)
 pads = [1, 0, 2, 0, 2, 1]

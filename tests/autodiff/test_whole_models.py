@@ -53,6 +53,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 from igcli.autodiff import GRAD, SEED, blocking_ops, build_gradient_model
+from tests.autodiff.checker import reference_evaluator, to_float64
 from tests.light_models import NAMES as LIGHT
 from tests.light_models import data_input, randomize
 
@@ -63,42 +64,6 @@ TOLERANCE = 2e-2  # |fd - g.v| / |g|, see the module docstring
 
 
 # -- reference kernels that compute these models right ----------------------------------------
-class BatchNormalization(OpRun):
-    """Inference form at every opset."""
-
-    op_domain = ""
-
-    def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, training_mode=None):
-        c = (1, -1) + (1,) * (x.ndim - 2)
-        y = (x - mean.reshape(c)) / np.sqrt(var.reshape(c) + epsilon)
-        return ((y * scale.reshape(c) + bias.reshape(c)).astype(x.dtype),)
-
-
-class LRN(OpRun):
-    """Window over channels c - (size-1)//2 .. c + ceil((size-1)/2)."""
-
-    op_domain = ""
-
-    def _run(self, x, alpha=None, beta=None, bias=None, size=None):
-        before = (size - 1) // 2
-        sq = np.pad(x * x, [(0, 0), (before, size - 1 - before)] + [(0, 0)] * (x.ndim - 2))
-        window = sum(sq[:, j : j + x.shape[1]] for j in range(size))
-        return ((x / (bias + alpha / size * window) ** beta).astype(x.dtype),)
-
-
-class Softmax(OpRun):
-    """Softmax-1..12: flatten to 2-D at `axis` (default 1), normalise each row."""
-
-    op_domain = ""
-
-    def _run(self, x, axis=None):
-        # OpRun fills defaults from the newest schema (axis=-1): read the node itself.
-        axis = next((a.i for a in self.onnx_node.attribute if a.name == "axis"), 1)
-        rows = x.reshape(int(np.prod(x.shape[:axis])), -1)
-        e = np.exp(rows - rows.max(axis=1, keepdims=True))
-        return ((e / e.sum(axis=1, keepdims=True)).reshape(x.shape),)
-
-
 def _pool_taps(x, kernel, strides, pads, fill):
     """Each kernel tap's strided view of the padded input (explicit pads, floor mode)."""
     n = len(kernel)
@@ -134,39 +99,12 @@ class AveragePool(OpRun):
 
 
 def reference(model: onnx.ModelProto, fast_pools: bool = False) -> ReferenceEvaluator:
-    kernels = [BatchNormalization, LRN]
-    if opset_of(model) < 13:
-        kernels.append(Softmax)
-    if fast_pools:
-        kernels += [MaxPool, AveragePool]
-    return ReferenceEvaluator(model, new_ops=kernels)
+    return reference_evaluator(model, [MaxPool, AveragePool] if fast_pools else [])
 
 
 # -- model plumbing ----------------------------------------------------------------------------
 def opset_of(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same model computing in float64: initializers, constants, types and casts."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
-                                                  init.name))  # fmt: skip
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t)
-                                                        .astype(np.float64)))  # fmt: skip
-            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
-                attr.i = TensorProto.DOUBLE
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
-    return out
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:

@@ -1,0 +1,77 @@
+"""Build the small ONNX fixtures of tests/autodiff/data (needs torch: not an igcli dependency).
+
+    /work/venv-ref/bin/python scripts/make_autodiff_fixtures.py
+
+A tiny torchvision VisionTransformer (32x32 images, 8x8 patches, 2 layers of width 16,
+random weights, seeded) exported three ways: the legacy TorchScript exporter
+(dynamo=False) at opsets 17 and 18, which writes shape arithmetic (Shape/Gather/Concat,
+Expand of the class token) that once broke the transform, and the dynamo exporter at
+opset 18. `vit_reference.npz` holds an input x (batch 2), the logits, a seed and the PyTorch
+gradient of sum(seed * logits) w.r.t. x computed in float64, so the tests need no torch.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torchvision.models import VisionTransformer
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "autodiff" / "data"
+
+
+def tiny_vit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                              hidden_dim=16, mlp_dim=32, num_classes=5)  # fmt: skip
+    with torch.no_grad():  # torchvision zero-inits the head: give it weights
+        model.heads.head.weight.normal_(0, 0.5)
+        model.heads.head.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def export(model, x, name: str, opset: int, dynamo: bool) -> None:
+    buffer = io.BytesIO()
+    kwargs = {"dynamo": dynamo, "opset_version": opset, "input_names": ["x"],
+              "output_names": ["logits"]}  # fmt: skip
+    if dynamo:
+        kwargs["dynamic_shapes"] = {"x": {0: torch.export.Dim("batch", min=1, max=64)}}
+        program = torch.onnx.export(model, (x,), **kwargs)
+        program.save(str(OUT / f"{name}.onnx"))
+    else:
+        kwargs["dynamic_axes"] = {"x": {0: "batch"}, "logits": {0: "batch"}}
+        torch.onnx.export(model, (x,), buffer, **kwargs)
+        (OUT / f"{name}.onnx").write_bytes(buffer.getvalue())
+    onnx.checker.check_model(onnx.load(OUT / f"{name}.onnx"))
+
+
+def reference(model, x: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    model64 = tiny_vit().double()
+    model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (model64(xt) * torch.tensor(seed, dtype=torch.float64)).sum().backward()
+    return xt.grad.numpy()
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    model = tiny_vit()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    seed = rng.standard_normal((2, 5)).astype(np.float32)
+    grad = reference(model, x, seed)
+    with torch.no_grad():
+        logits = model(torch.tensor(x)).numpy()
+    for name, opset, dynamo in [("vit_legacy_opset17", 17, False),
+                                ("vit_legacy_opset18", 18, False),
+                                ("vit_dynamo_opset18", 18, True)]:  # fmt: skip
+        export(model, torch.tensor(x), name, opset, dynamo)  # batch 2: torch pins a batch of 1
+        print(f"{name}.onnx: {(OUT / f'{name}.onnx').stat().st_size / 1024:.0f} KiB")
+    np.savez(OUT / "vit_reference.npz", x=x, seed=seed, grad=grad, logits=logits)
+
+
+if __name__ == "__main__":
+    main()

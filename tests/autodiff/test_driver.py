@@ -1,0 +1,107 @@
+"""The reverse walk's path analysis: only float values reached from the input carry gradient.
+
+Shape arithmetic (Shape, Gather on shapes, Range for anchor grids or position ids, Cast to
+integers) never blocks a graph, whatever ops it uses: nothing differentiable flows through an
+integer tensor.
+"""
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from igcli.autodiff import blocking_ops
+from tests.autodiff.checker import check_graph, make_model
+
+rng = np.random.default_rng(5)
+
+
+def const(name, value):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value))
+
+
+def anchor_grid():
+    """YOLOv8-style: a Range over the input's width, cast to float, added to x."""
+    return [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        const("w_axis", np.asarray(2, np.int64)),
+        helper.make_node("Gather", ["shape", "w_axis"], ["w"]),
+        const("zero", np.asarray(0, np.int64)),
+        const("one", np.asarray(1, np.int64)),
+        helper.make_node("Range", ["zero", "w", "one"], ["cols"]),
+        helper.make_node("CastLike", ["cols", "x"], ["grid"]),
+        helper.make_node("Add", ["x", "grid"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "x"], ["y"]),
+    ]
+
+
+def test_range_on_shapes_does_not_block_and_gradients_are_right():
+    check_graph(anchor_grid(), {"x": rng.uniform(-1, 1, (2, 3, 4))}, "y", opset=15, dynamic=True)
+
+
+def test_ops_without_rules_on_integer_tensors_do_not_block():
+    """An integer-only op without a rule (BitShift) between Shape and Reshape: off the path."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        const("by", np.asarray([0, 0], np.uint64)),
+        helper.make_node("Cast", ["shape"], ["shape_u"], to=TensorProto.UINT64),
+        helper.make_node("BitShift", ["shape_u", "by"], ["same_u"], direction="LEFT"),
+        helper.make_node("Cast", ["same_u"], ["same"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["x", "same"], ["y0"]),
+        const("known", np.asarray([2, 3], np.int64)),  # shape inference cannot see through
+        helper.make_node("Reshape", ["y0", "known"], ["y1"]),
+        helper.make_node("Tanh", ["y1"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": np.zeros((2, 3), np.float32)}, "y", 13)
+    assert blocking_ops(model, "x", "y") == []
+    check_graph(nodes, {"x": rng.uniform(-1, 1, (2, 3))}, "y", opset=13)
+
+
+def test_cast_to_integer_cuts_the_path():
+    """y = x * float(int(x)): the step factor carries no gradient, the other factor does; an
+    op without a rule behind the cut (Sin on the integer side's float copy) still blocks,
+    since it sits on a float path from x."""
+    x = rng.uniform(0.2, 0.8, (2, 3)) + np.arange(6).reshape(2, 3)
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT64),
+        helper.make_node("CastLike", ["xi", "x"], ["xf"]),
+        helper.make_node("Mul", ["x", "xf"], ["y"]),
+    ]
+    check_graph(nodes, {"x": x}, "y", opset=15)
+    blocked = [*nodes[:2], helper.make_node("Sin", ["x"], ["s"]),
+               helper.make_node("Mul", ["s", "xf"], ["y"])]  # fmt: skip
+    model = make_model(blocked, {"x": x.astype(np.float32)}, "y", 15)
+    assert blocking_ops(model, "x", "y") == ["Sin"]
+
+
+def test_unused_float_output_of_an_op_without_rule_does_not_block():
+    """TopK's values output is float, but only its indices are used: not on the path."""
+    nodes = [
+        const("k", np.asarray([2], np.int64)),
+        helper.make_node("TopK", ["x", "k"], ["vals", "idx"], axis=1),
+        helper.make_node("GatherElements", ["x", "idx"], ["top"], axis=1),
+        helper.make_node("Mul", ["top", "top"], ["y"]),
+    ]
+    x = rng.permutation(12).reshape(3, 4).astype(np.float64) / 7.0
+    model = make_model(nodes, {"x": x.astype(np.float32)}, "y", 13)
+    assert blocking_ops(model, "x", "y") == []
+    check_graph(nodes, {"x": x}, "y", opset=13)
+
+
+def test_float_output_reached_only_through_steps_refuses():
+    """y = float(argmax(x)) * 1.5: zero gradient almost everywhere, yet F(x) != F(b). The
+    graph would attribute nothing; refuse, naming the op that cuts the path."""
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["idx"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT),
+        const("k", np.asarray(1.5, np.float32)),
+        helper.make_node("Mul", ["idx_f", "k"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": np.zeros((2, 3), np.float32)}, "y", 13)
+    assert blocking_ops(model, "x", "y") == [
+        "ArgMax (the output depends on the input only through steps or integers)"
+    ]
+
+
+def test_output_independent_of_the_input_has_a_zero_gradient():
+    nodes = [helper.make_node("Neg", ["k"], ["y"])]
+    check_graph(nodes, {"x": rng.uniform(-1, 1, (2, 3))}, "y", opset=13,
+                constants={"k": np.ones((2, 3))})  # fmt: skip

@@ -1,0 +1,75 @@
+"""LSTM: unrolled into checked primitive ops over a static sequence length, else refused.
+
+The unrolled graph is checked end to end: its gradient (float64, reference evaluator) against
+central differences of onnx's reference LSTM, and in ONNX Runtime float32, w.r.t. the
+sequence, the initial states and the weights, for every output.
+"""
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from igcli.autodiff import blocking_ops
+from tests.autodiff.checker import check_graph, make_model
+
+rng = np.random.default_rng(2)
+H, I, T, N = 3, 2, 3, 2
+
+
+def lstm_case(direction, with_states=True, with_bias=True, with_peepholes=True):
+    d = 2 if direction == "bidirectional" else 1
+    inputs = {"x": rng.standard_normal((T, N, I))}
+    consts = {"w": rng.standard_normal((d, 4 * H, I)), "r": rng.standard_normal((d, 4 * H, H))}
+    names = ["x", "w", "r", "", "", "", "", ""]
+    if with_bias:
+        consts["b"] = rng.standard_normal((d, 8 * H))
+        names[3] = "b"
+    if with_states:
+        inputs |= {"h0": rng.standard_normal((d, N, H)), "c0": rng.standard_normal((d, N, H))}
+        names[5:7] = ["h0", "c0"]
+    if with_peepholes:
+        consts["p"] = rng.standard_normal((d, 3 * H))
+        names[7] = "p"
+    while names[-1] == "":
+        names.pop()
+    node = helper.make_node("LSTM", names, ["y", "yh", "yc"], hidden_size=H, direction=direction)
+    return node, inputs, consts
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("output", ["y", "yh", "yc"])
+def test_lstm_gradient(direction, output):
+    node, inputs, consts = lstm_case(direction)
+    check_graph([node], inputs, output, constants=consts, opset=14)
+
+
+@pytest.mark.parametrize("opset", [9, 13, 22])
+def test_lstm_without_states_bias_or_peepholes(opset):
+    node, inputs, consts = lstm_case("forward", False, False, False)
+    check_graph([node], inputs, "y", constants=consts, opset=opset)
+
+
+def test_lstm_weights_get_gradients_too():
+    node, inputs, consts = lstm_case("forward")
+    inputs |= {"w": consts.pop("w"), "r": consts.pop("r")}
+    node.input[1], node.input[2] = "w", "r"
+    check_graph([node], inputs, "yh", constants=consts, opset=14)
+
+
+@pytest.mark.parametrize(
+    "attrs, dynamic, reason",
+    [
+        ({"clip": 3.0}, False, "clip"),
+        ({"activations": ["Relu", "Tanh", "Tanh"]}, False, "activations"),
+        ({}, True, "unknown length"),
+    ],
+)
+def test_lstm_configurations_that_are_not_unrolled_block(attrs, dynamic, reason):
+    node, inputs, consts = lstm_case("forward", with_states=False)
+    for k, v in attrs.items():
+        node.attribute.append(helper.make_attribute(k, v))
+    x = inputs["x"].astype(np.float32)
+    consts32 = {k: v.astype(np.float32) for k, v in consts.items()}
+    model = make_model([node], {"x": x}, "y", 14, consts32, dynamic=dynamic)
+    blocked = blocking_ops(model, "x", "y")
+    assert len(blocked) == 1 and blocked[0].startswith("LSTM") and reason in blocked[0], blocked
