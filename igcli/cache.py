@@ -113,6 +113,29 @@ def _restore_model_weights(model: onnx.ModelProto, base: onnx.ModelProto) -> boo
     return True
 
 
+def load_graph(key: str, base: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The gradient graph cached under `key`, its weights restored from `base`; else None."""
+    path = cache_dir() / f"grad-{key}.onnx"
+    if not path.is_file():
+        return None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return None
+    if not _restore_model_weights(model, base):
+        return None
+    _touch(path)
+    return model
+
+
+def save_graph(key: str, model: onnx.ModelProto, base: onnx.ModelProto) -> None:
+    """Cache a gradient graph under `key`; weights `base` holds are stored as references."""
+    with contextlib.suppress(Exception):
+        path = cache_dir() / f"grad-{key}.onnx"
+        _write_atomic(path, _strip_model_weights(model, base).SerializeToString())
+        enforce_limit()
+
+
 def cached_model(
     key: str,
     build: Callable[[], onnx.ModelProto],
@@ -122,19 +145,11 @@ def cached_model(
     """Return (model, was_cached); `base` is the model whose weights entries refer to."""
     if not use_cache:
         return build(), False
-    path = cache_dir() / f"grad-{key}.onnx"
-    if path.is_file():
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-            if _restore_model_weights(model, base):
-                _touch(path)
-                return model, True
-        except Exception:
-            pass
+    model = load_graph(key, base)
+    if model is not None:
+        return model, True
     model = build()
-    with contextlib.suppress(Exception):
-        _write_atomic(path, _strip_model_weights(model, base).SerializeToString())
-        enforce_limit()
+    save_graph(key, model, base)
     return model, False
 
 

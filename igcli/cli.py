@@ -14,7 +14,7 @@ import click
 
 from igcli import __version__
 from igcli.console import Messages, table
-from igcli.errors import ExitCode, IgcliError, UsageError
+from igcli.errors import ExitCode, GradientError, IgcliError, UsageError
 from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
@@ -568,12 +568,15 @@ def gradcheck(
         x = samples[row].x
     else:
         x = _random_sample(session, rng)
+    graph = session.graph_for(x)
+    if graph is None:
+        raise GradientError(f"no gradient graph for inputs of shape {list(x.shape)}", model)
     if target is not None:
-        n_out = int(np.prod(session.graph.run(x[None]).shape[1:]))
+        n_out = int(np.prod(graph.run(x[None]).shape[1:]))
         if not 0 <= target < n_out:
             raise UsageError(f"target {target} is out of range (the output has {n_out} values)")
     check = check_directions(
-        session.graph,
+        graph,
         x,
         target=target,
         directions=directions,

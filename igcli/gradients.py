@@ -86,6 +86,7 @@ class GraphRunner:
 
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner  # its model has the TARGET input (see with_target_seed)
+        self.check = None  # the self-check's GradientCheck, once it has run
 
     @property
     def batch_size(self) -> int:

@@ -13,6 +13,7 @@ one client of this class; notebooks and other programs are others.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ import onnx
 
 from igcli import baselines
 from igcli.attribution import Attribution
-from igcli.autodiff.shapes import build_gradient_model_probing
-from igcli.cache import cache_key, cached_model
+from igcli.autodiff import build_gradient_graph
+from igcli.cache import cache_key, load_graph, save_graph
 from igcli.errors import GradientError, IgcliError, InputError, UnsupportedOpsError, UsageError
-from igcli.gradcheck import GradientCheck, check_directions
+from igcli.gradcheck import check_directions
 from igcli.gradients import (
     TARGET,
     FiniteDifferences,
@@ -66,6 +67,7 @@ from igcli.model import (
 from igcli.quadrature import RULES as QUADRATURE_RULES
 
 GRADIENT_CHOICES = ("auto", "graph", "fd")
+ANY_SHAPE = None  # the key of a gradient graph that holds for every sample shape
 
 
 @dataclass(frozen=True)
@@ -207,17 +209,17 @@ class Session:
         self.batch_size = max(1, int(batch_size)) if batch_size else MAX_ROWS
         self.memory_budget = memory_limit or default_budget()
         self.memory_per_row: int | None = None
-        self._rows_measured = batch_size is not None
+        self._rows_given = batch_size is not None
         self.graph_blockers: list[str] = []
-        self.gradient_check: GradientCheck | None = None  # the self-check, once it has run
-        self.graph: GraphRunner | None = None
-        self.runner: ModelRunner | None = None
+        # Gradient graphs by sample shape; ANY_SHAPE holds a graph valid for every shape.
+        # Models with open dims (an image of any size) get one graph per shape they meet.
+        self._graphs: dict[tuple | None, GraphRunner | None] = {}
+        self._plain: ModelRunner | None = None
+        self._current: ModelRunner | None = None
+        self._measured: set[int] = set()  # runners whose rows per call are measured
         if gradients != "fd":
-            self.graph = self._build_graph()
-        if self.graph is not None:
-            self.runner = self.graph.runner
-        else:
-            self.runner = self._plain_runner()
+            graph = self._graph_for(self._declared_shape())
+            self._current = graph.runner if graph is not None else None
 
     # -- set-up -------------------------------------------------------------------------
     def _choose_input(self, inputs: list[TensorSpec], name: str | None) -> TensorSpec:
@@ -258,12 +260,15 @@ class Session:
         exposed = expose_output(self.model, name)  # raises a usage error for a bad name
         return next(s for s in graph_outputs(exposed) if s.name == name)
 
-    def _cache_key(self, kind: str) -> str | None:
+    def _cache_key(self, kind: str, shape: tuple | None = None) -> str | None:
         """Key of this session's cached graphs: what is explained, and how."""
         if not self.use_cache:
             return None
-        feeds = ",".join(f"{k}:{f.batch_axis}" for k, f in sorted(self.feeds.items()))
-        parts = [kind, self.input_spec.name, self.output_name, str(self.softmax), feeds]
+        feeds = self.fingerprint()["feeds"]  # specialised graphs may fold fed values in
+        axes = {k: f.batch_axis for k, f in self.feeds.items()}
+        shape_text = "any" if shape is None else ",".join(map(str, shape))
+        parts = [kind, self.input_spec.name, self.output_name, str(self.softmax)]
+        parts += [json.dumps([feeds, axes], sort_keys=True), shape_text]
         return cache_key(self.sha256, *parts)
 
     def _runner_kw(self) -> dict:
@@ -274,53 +279,110 @@ class Session:
             batch_size=self.batch_size,
         )
 
+    @property
+    def runner(self) -> ModelRunner:
+        """The session last used (the plain model's when no graph was used yet)."""
+        if self._current is None:
+            self._current = self._plain_runner()
+        return self._current
+
+    @property
+    def graph(self) -> GraphRunner | None:
+        """The gradient graph last used, or None when gradients come from differences."""
+        return next(
+            (g for g in self._graphs.values() if g is not None and g.runner is self._current),
+            None,
+        )
+
     def _plain_runner(self) -> ModelRunner:
+        if self._plain is not None:
+            return self._plain
         key = self._cache_key("plain")
         names = (self.model_path, self.input_spec.name, self.output_name)
-        if key is not None:
-            runner = ModelRunner.from_cache(key, *names, **self._runner_kw())
-            if runner is not None:
-                return runner
-        return ModelRunner(self.run_model, *names, cache_key=key, **self._runner_kw())
+        runner = ModelRunner.from_cache(key, *names, **self._runner_kw()) if key else None
+        if runner is None:
+            runner = ModelRunner(self.run_model, *names, cache_key=key, **self._runner_kw())
+        self._plain = runner
+        return runner
 
-    def _build_graph(self) -> GraphRunner | None:
-        key = self._cache_key("graph")
-        names = (self.model_path, self.input_spec.name, self.output_name)
-        kw = dict(self._runner_kw(), target_input=TARGET)
-        if key is not None:  # an earlier run left the optimised session graph: nothing to build
-            runner = ModelRunner.from_cache(key, *names, **kw)
-            if runner is not None:
-                return GraphRunner(runner)
-        feeds = {name: feed.value for name, feed in self.feeds.items()}
+    def _declared_shape(self) -> tuple | None:
+        dims = self.input_spec.shape[1:]
+        ok = all(isinstance(d, int) and d > 0 for d in dims)
+        return tuple(dims) if ok and self.input_spec.shape else None
 
-        def build() -> onnx.ModelProto:
-            grad = build_gradient_model_probing(
-                self.run_model, self.input_spec.name, self.output_name, feeds
-            )
-            return with_target_seed(grad, self.output_name)
-
-        try:
-            grad_model, _ = cached_model(key or "", build, self.model, key is not None)
-        except UnsupportedOpsError as exc:
-            self.graph_blockers = exc.ops
-            self._no_graph(f"no rule for {', '.join(exc.ops)}")
+    def _graph_for(self, shape: tuple | None) -> GraphRunner | None:
+        """The gradient graph for samples of `shape`, built (or loaded) once; None: use
+        finite differences. With `shape` None (open dims, no sample yet) a graph is built
+        only if it serves every shape; otherwise the first sample decides."""
+        if self.gradients == "fd":
             return None
+        if ANY_SHAPE in self._graphs:
+            return self._graphs[ANY_SHAPE]
+        if shape in self._graphs:
+            return self._graphs[shape]
+        try:
+            graph, valid_for = self._load_or_build_graph(shape)
+        except UnsupportedOpsError as exc:
+            if shape is None:
+                return None  # open dims: try again with the first sample's shape
+            self.graph_blockers = exc.ops
+            self._no_graph(f"no rule for {', '.join(exc.ops)}", shape)
+            graph, valid_for = None, shape
         except IgcliError:
             raise
         except Exception as exc:  # a transform bug must not cost the user the run
-            self._no_graph(f"building it failed: {type(exc).__name__}: {exc}")
-            return None
+            self._no_graph(f"building it failed: {type(exc).__name__}: {exc}", shape)
+            graph, valid_for = None, shape
+        self._graphs[valid_for] = graph
+        return graph
+
+    def _load_or_build_graph(self, shape: tuple | None) -> tuple[GraphRunner | None, tuple | None]:
+        """(graph, the shape it holds for: ANY_SHAPE or `shape`), from the cache if there."""
+        names = (self.model_path, self.input_spec.name, self.output_name)
+        kw = dict(self._runner_kw(), target_input=TARGET)
+        keys = [(ANY_SHAPE, self._cache_key("graph"))]
+        if shape is not None:
+            keys.append((shape, self._cache_key("graph", shape)))
+        if self.use_cache:
+            for valid_for, key in keys:  # the optimised session graph of an earlier run
+                runner = ModelRunner.from_cache(key, *names, **kw)
+                if runner is not None:
+                    return GraphRunner(runner), valid_for
+            for valid_for, key in keys:  # the gradient graph of an earlier run
+                cached = load_graph(key, self.model)
+                if cached is not None:
+                    return self._graph_runner(cached, key), valid_for
+        feeds = {name: feed.value for name, feed in self.feeds.items()}
+        built = build_gradient_graph(
+            self.run_model, self.input_spec.name, self.output_name, sample_shape=shape, feeds=feeds
+        )
+        valid_for = ANY_SHAPE if built.sample_shape is None else tuple(built.sample_shape)
+        model = with_target_seed(built.model, self.output_name)
+        key = self._cache_key("graph", valid_for)
+        if key is not None:
+            save_graph(key, model, self.model)
+        return self._graph_runner(model, key), valid_for
+
+    def _graph_runner(self, model: onnx.ModelProto, key: str | None) -> GraphRunner | None:
+        names = (self.model_path, self.input_spec.name, self.output_name)
         try:
-            runner = ModelRunner(grad_model, *names, cache_key=key, **kw)
+            runner = ModelRunner(
+                model, *names, cache_key=key, target_input=TARGET, **self._runner_kw()
+            )
         except IgcliError as exc:
-            self._no_graph(f"ONNX Runtime cannot run it: {exc.reason}")
+            self._no_graph(f"ONNX Runtime cannot run it: {exc.reason}", None)
             return None
         return GraphRunner(runner)
 
-    def _no_graph(self, why: str) -> None:
+    def _no_graph(self, why: str, shape: tuple | None) -> None:
+        at = (
+            ""
+            if shape is None or shape == self._declared_shape()
+            else f" for inputs of shape {list(shape)}"
+        )
         if self.gradients == "graph":
-            raise GradientError(f"no gradient graph: {why}", self.model_path)
-        self.warn(f"{self.model_path}: no gradient graph ({why}); using finite differences")
+            raise GradientError(f"no gradient graph{at}: {why}", self.model_path)
+        self.warn(f"{self.model_path}: no gradient graph{at} ({why}); using finite differences")
 
     def fingerprint(self) -> dict:
         """What this session's results depend on (for resuming only identical results)."""
@@ -398,28 +460,38 @@ class Session:
         settings.check()
         if not samples:
             return []
+        shapes = {s.x.shape for s in samples}
+        if len(shapes) > 1:  # inputs of several sizes: one group (and graph) per size
+            out: list[list[Attribution] | None] = [None] * len(samples)
+            for shape in shapes:
+                idx = [k for k, s in enumerate(samples) if s.x.shape == shape]
+                part = self.attribute_many([samples[k] for k in idx], targets, settings)
+                for k, result in zip(idx, part, strict=True):
+                    out[k] = result
+            return out
         where = samples[0].path
         names = [settings.baseline or baselines.default_baseline(s) for s in samples]
         bases = [
             baselines.make_baseline(name, s, self.prep, seed=settings.seed)
             for name, s in zip(names, samples, strict=True)
         ]
-        if not self._rows_measured:  # before anything else runs: the measure needs a fresh arena
-            self._measure_rows(samples[0].x)
+        graph = self._use(samples[0].x)
+        runner = self.runner
         rows = [r for s, b in zip(samples, bases, strict=True) for r in (s.x, b.astype(s.x.dtype))]
         try:  # one call gives the targets and both ends of every path
-            ends = self.runner.run(np.stack(rows))
+            ends = runner.run(np.stack(rows))
         except IgcliError as exc:
             raise InputError(exc.reason, where) from None
         out_shape = ends.shape[1:]
-        if self.graph is not None and self.gradient_check is None:
-            self._self_check(samples[0])
+        if graph is not None and graph.check is None:
+            graph = self._self_check(graph, samples[0])
+            runner = self.runner
 
         jobs = []  # (sample index, target, problem)
         for i, (sample, base) in enumerate(zip(samples, bases, strict=True)):
             pair = ends[2 * i : 2 * i + 2]
             for t in self._targets(pair[0], out_shape, targets):
-                source = self._source(t, sample, base)
+                source = self._source(graph, t, sample, base)
                 problem = Problem(sample.x, base, source, tuple(pick(pair, t)))
                 jobs.append((i, t, problem))
         start = time.perf_counter()
@@ -428,7 +500,7 @@ class Session:
                 [job[2] for job in jobs],
                 steps=settings.steps,
                 method=settings.method,
-                batch_size=self.runner.batch_size,
+                batch_size=runner.batch_size,
                 tolerance=settings.tolerance,
                 max_steps=settings.max_steps,
             )
@@ -442,8 +514,8 @@ class Session:
             extra = {"steps_used": result.steps}
             if result.converged is not None:
                 extra.update(converged=result.converged, stop_reason=result.stop_reason)
-            if self.gradient_check is not None:
-                extra["gradient_check"] = self.gradient_check.summary()
+            if graph is not None and graph.check is not None:
+                extra["gradient_check"] = graph.check.summary()
             attribution = Attribution(
                 attributions=result.attributions,
                 sample=samples[i],
@@ -511,9 +583,11 @@ class Session:
                 )
         return [int(t) for t in targets]
 
-    def _source(self, target: int, sample: Sample, base: np.ndarray) -> GradientSource:
-        if self.graph is not None:
-            return GraphGradients(self.graph, target)
+    def _source(
+        self, graph: GraphRunner | None, target: int, sample: Sample, base: np.ndarray
+    ) -> GradientSource:
+        if graph is not None:
+            return GraphGradients(graph, target)
         groups = parse_groups(self.fd_groups, sample, self.prep)
         return FiniteDifferences(
             self.runner,
@@ -524,16 +598,30 @@ class Session:
             ends=(sample.x, base),
         )
 
-    def _self_check(self, sample: Sample) -> None:
-        """Compare the fresh graph's directional derivatives with finite differences once.
+    def graph_for(self, x: np.ndarray) -> GraphRunner | None:
+        """The gradient graph for samples shaped like x (None: finite differences)."""
+        return self._graph_for(tuple(x.shape))
+
+    def _use(self, x: np.ndarray) -> GraphRunner | None:
+        """Make the graph (or the plain model) for samples shaped like x the current runner."""
+        graph = self._graph_for(tuple(x.shape))
+        self._current = graph.runner if graph is not None else self._plain_runner()
+        if id(self._current) not in self._measured:  # before anything else runs on it
+            self._measured.add(id(self._current))
+            if not self._rows_given:
+                self._measure_rows(self._current, graph, x)
+        return graph
+
+    def _self_check(self, graph: GraphRunner, sample: Sample) -> GraphRunner | None:
+        """Compare a fresh graph's directional derivatives with finite differences once.
 
         A wrong gradient must be caught, not shipped: on a mismatch `auto` falls back to
         finite differences (with a warning naming the model) and `graph` stops (exit 7).
         """
-        check = check_directions(self.graph, sample.x, directions=4, seed=0)
-        self.gradient_check = check
+        check = check_directions(graph, sample.x, directions=4, seed=0)
+        graph.check = check
         if check.verdict != "mismatch":
-            return
+            return graph
         why = (
             f"its gradient disagrees with finite differences (error {check.error:.3g} "
             f"of the gradient's norm)"
@@ -542,22 +630,21 @@ class Session:
             raise GradientError(f"gradient graph failed its self-check: {why}", self.model_path)
         self.warn(f"{self.model_path}: gradient graph failed its self-check ({why}); "
                   "using finite differences")  # fmt: skip
-        self.graph = None
-        self.runner = self._plain_runner()
+        for key, value in list(self._graphs.items()):
+            if value is graph:
+                self._graphs[key] = None
+        self._current = self._plain_runner()
+        return None
 
-    def _measure_rows(self, x: np.ndarray) -> None:
+    def _measure_rows(self, runner: ModelRunner, graph: GraphRunner | None, x) -> None:
         """Rows per call from what one more row costs, within the memory budget."""
-        self._rows_measured = True
-        runner = self.runner
         if runner.batch_size <= 1:
             return  # the model takes one row per call anyway
 
         def call(n: int) -> None:
             rows = np.repeat(x[None], n, axis=0).astype(runner.input_dtype)
-            if self.graph is not None:
-                runner.call(rows, [runner.output_name], np.zeros(n, dtype=np.int64))
-            else:
-                runner.call(rows, [runner.output_name])
+            targets = np.zeros(n, dtype=np.int64) if graph is not None else None
+            runner.call(rows, [runner.output_name], targets)
 
         rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
         runner.batch_size = rows
@@ -571,7 +658,10 @@ class Session:
     @property
     def model_seconds(self) -> float:
         """Time spent inside ONNX Runtime (for reports and benchmarks)."""
-        return self.runner.seconds
+        runners = {id(g.runner): g.runner for g in self._graphs.values() if g is not None}
+        if self._plain is not None:
+            runners[id(self._plain)] = self._plain
+        return sum(r.seconds for r in runners.values())
 
 
 def softmax_input(model: onnx.ModelProto, output: str) -> str | None:

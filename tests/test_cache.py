@@ -39,7 +39,7 @@ def test_second_session_reuses_the_optimised_graph(tmp_path, monkeypatch):
     path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
     first = igcli.Session(path).attribute(x, steps=16)
     monkeypatch.setattr(
-        session_module, "build_gradient_model_probing", lambda *a: pytest.fail("rebuilt")
+        session_module, "build_gradient_graph", lambda *a, **k: pytest.fail("rebuilt")
     )
     second = igcli.Session(path).attribute(x, steps=16)
     assert second.gradient_source == "graph"
@@ -52,11 +52,11 @@ def test_a_changed_transform_invalidates_entries(tmp_path, monkeypatch):
     builds = []
     from igcli import session as session_module
 
-    real = session_module.build_gradient_model_probing
+    real = session_module.build_gradient_graph
     monkeypatch.setattr(
         session_module,
-        "build_gradient_model_probing",
-        lambda *a: builds.append(1) or real(*a),
+        "build_gradient_graph",
+        lambda *a, **k: builds.append(1) or real(*a, **k),
     )
     igcli.Session(path)
     assert builds == []

@@ -49,13 +49,13 @@ def test_gradient_graph_is_cached(tmp_path, monkeypatch):
     from igcli import session as session_module
 
     builds = []
-    real = session_module.build_gradient_model_probing
+    real = session_module.build_gradient_graph
 
-    def counting(*args):
+    def counting(*args, **kw):
         builds.append(1)
-        return real(*args)
+        return real(*args, **kw)
 
-    monkeypatch.setattr(session_module, "build_gradient_model_probing", counting)
+    monkeypatch.setattr(session_module, "build_gradient_graph", counting)
     for _ in range(2):
         explain_json(CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path)
     assert len(builds) == 1

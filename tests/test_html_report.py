@@ -644,7 +644,7 @@ def test_image_report_in_browser(browser, runs, capsys):
         f"tr => tr.children[2].textContent === {json.dumps(EVIL)})"
     )
     failures = browser.find_element("id", "failures").text
-    assert "broken.png" in failures and "cannot decode image" in failures
+    assert "broken.png" in failures and "not a readable image" in failures
     problems = console_problems(browser)
     screenshot(browser, "image", capsys)
     assert problems == []
