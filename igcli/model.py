@@ -532,16 +532,34 @@ def expose_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """Make an intermediate float tensor (pre-softmax logits, a block's output) a graph output."""
     if any(o.name == name for o in model.graph.output):
         return model
-    spec = float_tensors(model).get(name)
-    if spec is None:
-        produced = {o for node in model.graph.node for o in node.output if o}
-        why = "is not a float tensor" if name in produced else "is not a tensor of the graph"
+    produced = {o for node in model.graph.node for o in node.output if o}
+    if name not in produced:
         outputs = ", ".join(o.name for o in model.graph.output)
-        raise UsageError(f"output {name!r} {why} (graph outputs: {outputs})")
+        raise UsageError(f"output {name!r} is not a tensor of the graph (outputs: {outputs})")
+    spec = float_tensors(model).get(name)
+    elem = helper.np_dtype_to_tensor_dtype(spec.dtype) if spec else _runtime_type(model, name)
+    if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+        raise UsageError(f"output {name!r} is not a float tensor; igcli explains float outputs")
     model = copy.deepcopy(model)
-    elem = helper.np_dtype_to_tensor_dtype(spec.dtype)
     model.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     return model
+
+
+def _runtime_type(model: onnx.ModelProto, name: str) -> int | None:
+    """The element type ONNX Runtime gives a tensor that shape inference cannot type (the
+    outputs of ai.onnx.ml operators, say), or None."""
+    probe = copy.deepcopy(model)
+    vi = probe.graph.output.add()
+    vi.name = name
+    opts = session_options(None)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), opts)
+    except Exception:
+        return None
+    kind = next((o.type for o in session.get_outputs() if o.name == name), "")
+    dtype = _ort_dtype(kind)
+    return helper.np_dtype_to_tensor_dtype(dtype) if dtype.kind == "f" else None
 
 
 @dataclass

@@ -610,7 +610,35 @@ class Session:
             self._measured.add(id(self._current))
             if not self._rows_given:
                 self._measure_rows(self._current, graph, x)
+            self._check_rows_independent(self._current, graph, x)
         return graph
+
+    def _check_rows_independent(self, runner: ModelRunner, graph, x: np.ndarray) -> None:
+        """Path points share calls as rows of the first axis; when that axis is not a batch
+        (Silero's sequence model runs its rows through one LSTM), rows change each other's
+        outputs and must go one per call."""
+        if runner.batch_size <= 1:
+            return
+        other = (x.astype(np.float64) * 0.5 + 0.25).astype(x.dtype)
+        targets = (lambda n: np.zeros(n, dtype=np.int64)) if graph is not None else (lambda n: None)
+        try:
+            name = runner.output_name
+            alone = [runner.call(r[None], [name], targets(1))[0][0] for r in (x, other)]
+            joint = runner.call(np.stack([x, other]), [name], targets(2))[0]
+        except IgcliError:
+            return  # the model call itself fails: the run reports that, not this check
+        if joint.shape[:1] == (2,) and all(
+            np.allclose(j, a, rtol=1e-4, atol=1e-6 * (np.abs(a).max() + 1e-30))
+            for j, a in zip(joint, alone, strict=True)
+        ):
+            return
+        runner.batch_size = 1
+        self._warn_once(
+            "rows",
+            f"{self.model_path}: rows of input {self.input_spec.name!r} change each other's "
+            "outputs (its first axis is not a batch: a sequence?), so path points go one per "
+            "model call",
+        )
 
     def _self_check(self, graph: GraphRunner, sample: Sample) -> GraphRunner | None:
         """Compare a fresh graph's directional derivatives with finite differences once.

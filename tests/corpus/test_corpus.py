@@ -43,40 +43,7 @@ ITEM6Z = "issue 7 item 6: ZipMap output; --output of a tensor that is not a grap
 ITEM6O = "issue 7 item 6: --output of a tensor inside the graph"
 ITEM7 = "issue 7 item 7: --feed assumes batch axis 0"
 SEQUENCE = "axis 0 is time here, rows must not share a call (no item of issue 7 detects it)"
-XFAIL: dict[str, str] = {
-    **dict.fromkeys(
-        ["tv_vit_legacy_op17", "tv_vit_legacy_op18", "tv_vit_dynamo_op17", "hf_vit_legacy_op17"],
-        ITEM2,
-    ),
-    **dict.fromkeys(
-        [
-            "tv_convnext_dynamo_op18",
-            "tv_efficientnet_dynamo_op18",
-            "tv_mobilenet_v3_dynamo_op18",
-            "tv_regnet_dynamo_op18",
-            "tv_swin_dynamo_op18",
-            "tv_swin_legacy_op17",
-            "tv_swin_legacy_op18",
-            "hf_resnet_dynamo_op18",
-            "yolov8n_nudenet_320",
-        ],
-        ITEM4,
-    ),
-    "ppocr_cls_mobile_v2": ITEM3,
-    "ppocr_det_v4": f"{ITEM3}; {ITEM6O}",
-    "ppocr_rec_v4": ITEM3,
-    "skl_logreg": f"{ITEM6}; {ITEM5}",
-    "skl_logreg_zipmap": ITEM6Z,
-    "skl_logreg_zipmap_output": f"{ITEM6Z}; {ITEM5}",
-    "skl_mlp": ITEM5,
-    "skl_svc": ITEM5,
-    "skl_gbt": f"{ITEM6}; {ITEM5T}",
-    "skl_rf_zipmap_output": f"{ITEM6Z}; {ITEM5T}",
-    "silero_vad": f"{ITEM7}; {ITEM1}",
-    "silero_vad_16k_op15": f"{ITEM7}; {ITEM1}",
-    "silero_vad_op18_ifless": ITEM1,
-    "silero_vad_16k_sequence": f"{ITEM7}; {SEQUENCE}",
-}
+XFAIL: dict[str, str] = {}  # every case passes; add "name": "reason" to mark one
 
 
 def _cases():
