@@ -1,9 +1,13 @@
 """The memory budget decides the rows per model call."""
 
 import mmap
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import igcli
-from igcli.memory import available_memory, current_rss, default_budget, rows_within
+from igcli.memory import available_memory, default_budget, rows_within
 from tests.test_cli import DIGITS, run
 
 
@@ -17,12 +21,22 @@ def _arena(held: list, row_bytes: int):
 
 
 def test_rows_follow_the_measured_cost_of_a_row():
-    held = []
-    call = _arena(held, 8 << 20)
-
-    budget = current_rss() + (60 << 20)
-    rows, per_row = rows_within(budget, call, cap=64)
-    assert per_row is not None and 6 << 20 < per_row < 10 << 20
+    """In a fresh process: a long test session's own allocations would blur the measure."""
+    code = textwrap.dedent(
+        """
+        from igcli.memory import current_rss, rows_within
+        from tests.test_memory import _arena
+        held = []
+        budget = current_rss() + (60 << 20)
+        print(*rows_within(budget, _arena(held, 8 << 20), cap=64))
+        """
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    rows, per_row = int(out[0]), int(out[1])
+    assert 6 << 20 < per_row < 10 << 20
     assert 3 <= rows <= 9
 
 
