@@ -192,7 +192,7 @@ MODEL = click.argument(
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
-    help="Path points per model call (default: as many as fit --memory-limit, at most 64).",
+    help="Path points per model call (default: as many as fit --memory-limit, at most 512).",
 )
 @click.option(
     "--memory-limit",
