@@ -311,7 +311,7 @@ def test_shared_scale_streams_to_the_same_value_as_the_pooled_percentile():
         for m in maps:
             see(m)
     exact = color_scale(np.concatenate([m.ravel() for m in maps]), 99.5)
-    assert abs(scale.value() - exact) <= scale.peak / SharedScale.BINS * 2
+    assert abs(scale.value() - exact) <= scale.peak / SharedScale.BINS * 4  # a few bins
     empty = SharedScale(99.5)
     empty.see_peak(np.zeros(4))
     empty.see_values(np.zeros(4))
