@@ -112,7 +112,7 @@ rich_click.rich_click.OPTION_GROUPS = {
 }  # fmt: skip
 rich_click.rich_click.MAX_WIDTH = 100
 rich_click.rich_click.SHOW_ARGUMENTS = True
-rich_click.rich_click.USE_MARKDOWN_EMOJI = False
+rich_click.rich_click.TEXT_EMOJIS = False
 rich_click.rich_click.TEXT_MARKUP = "rich"
 
 EXPLAIN_EXAMPLES = """\b
