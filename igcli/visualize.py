@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,16 +24,23 @@ class HeatmapStyle:
 
 
 def title(a) -> str:
-    """The panel's title: which input, which target, its score."""
+    """The panel's title: which input (and row), which target, its score."""
     label = f" '{a.label}'" if a.label and a.label != str(a.target) else ""
-    return f"{Path(str(a.sample.path)).name} - target {a.target}{label} (score {a.f_input:.4g})"
+    where = Path(str(a.sample.path)).name
+    m = re.search(r"_row(\d+)$", a.sample.name)
+    if a.sample.kind == "tabular" and m:
+        where += f" row {m.group(1)}"
+    return f"{where} - target {a.target}{label} (score {a.f_input:.4g})"
 
 
 def caption(a) -> str:
-    """The completeness line under a panel: the figure that says whether to trust it."""
+    """The completeness line under a panel: the figure that says whether to trust it, and the
+    baseline that "raises" and "lowers" are measured against."""
+    steps = a.extra.get("steps_used", a.steps)
     return (
-        f"completeness error {percent(a.rel_error)} (sum {a.attribution_sum:.4g}, "
-        f"F(x)-F(b) {a.delta:.4g}) \u00b7 {a.steps} steps {a.method} \u00b7 {a.gradient_source}"
+        f"baseline {a.baseline_name} \u00b7 completeness error {percent(a.rel_error)} "
+        f"({a.attribution_sum:.4g} of {a.delta:.4g}) \u00b7 {steps} {a.method} steps "
+        f"\u00b7 {a.gradient_source}"
     )
 
 
