@@ -94,7 +94,7 @@ rich_click.rich_click.OPTION_GROUPS = {
             "--steps", "--method", "--tolerance", "--max-steps", "--baseline", "--seed"]},
         {"name": "Gradients", "options": ["--gradients", "--fd-groups", "--fd-step", "--no-cache"]},
         {"name": "Inputs and preprocessing", "options": [
-            "--mean", "--std", "--labels", "--recursive", "--glob"]},
+            "--preprocess", "--mean", "--std", "--labels", "--recursive", "--glob"]},
         {"name": "Outputs and heatmaps", "options": [
             "--out", "--json", "--quiet", "--no-heatmaps", "--overlay", "--sign",
             "--clip-percentile", "--scale", "--channels"]},
@@ -289,6 +289,12 @@ MODEL = click.argument(
 @click.option("--provider", help="ONNX Runtime execution provider (CPU, CUDA, ...).")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise baselines.")
+@click.option(
+    "--preprocess",
+    type=click.Choice(["imagenet", "clip", "none"]),
+    help="Image preset: imagenet (mean/std, shorter side to 256/224 of the size, centre "
+    "crop), clip, or none (plain pixels, squashed to size). Default: the sidecar's, else none.",
+)
 @click.option("--mean", help="Per-channel mean for image normalisation, e.g. 0.485,0.456,0.406.")
 @click.option("--std", help="Per-channel std for image normalisation.")
 @click.option(
@@ -389,6 +395,7 @@ def explain(
     provider: str | None,
     threads: int | None,
     seed: int,
+    preprocess: str | None,
     mean: str | None,
     std: str | None,
     labels_file: Path | None,
@@ -439,6 +446,7 @@ def explain(
         threads=threads,
         batch_size=batch_size,
         memory_limit=_size_option(memory_limit, "--memory-limit"),
+        preprocess=preprocess,
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
         labels=_labels(labels_file),
@@ -499,7 +507,13 @@ def inspect(model: Path, as_json: bool) -> None:
     blockers: list[str] = []
     if attributed is not None:
         try:
-            prep = make_preprocessing(attributed, sidecar).describe()
+            made = make_preprocessing(attributed, sidecar)
+            prep = made.describe()
+            if made.unnormalised_rgb:
+                prep += (
+                    " (note: no mean/std normalisation; ImageNet-trained models want "
+                    "--preprocess imagenet)"
+                )
         except IgcliError as exc:
             prep = f"none ({exc.reason})"
     if not ins:

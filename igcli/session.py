@@ -169,6 +169,7 @@ class Session:
         threads: int | None = None,
         batch_size: int | None = None,
         memory_limit: int | None = None,
+        preprocess: str | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         labels: Sequence[str] | None = None,
@@ -202,7 +203,14 @@ class Session:
             model_for_run, self.output_name = with_softmax(model_for_run, self.output_name)
         self.run_model = model_for_run
         self.softmax_input = softmax_input(model_for_run, self.output_name)
-        self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std)
+        self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std, preset=preprocess)
+        if self.prep.unnormalised_rgb and preprocess is None:
+            self.warn(
+                f"{self.model_path}: RGB images reach the model as pixels / "
+                f"{self.prep.scale:g}, without mean/std normalisation; if it was trained on "
+                "normalised images, say so: --preprocess imagenet (or --mean/--std, or the "
+                "sidecar's preprocessing)"
+            )
         self.providers = resolve_providers(provider)
         self.threads = threads
         # rows per model call: given, or measured against the memory budget on first use
@@ -400,6 +408,7 @@ class Session:
             "gradients": self.gradients,
             "fd_step": self.fd_step,
             "fd_groups": self.fd_groups,
+            "preprocess": [prep.preset, prep.crop],
             "mean": None if prep.mean is None else prep.mean.tolist(),
             "std": None if prep.std is None else prep.std.tolist(),
             "labels": self.labels,
