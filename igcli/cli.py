@@ -89,7 +89,7 @@ def fail(exc: IgcliError) -> None:
 rich_click.rich_click.OPTION_GROUPS = {
     "* explain": [
         {"name": "Target and output", "options": [
-            "--target", "--output", "--softmax", "--input", "--feed"]},
+            "--target", "--targets-from", "--output", "--softmax", "--input", "--feed"]},
         {"name": "Attribution", "options": [
             "--steps", "--method", "--tolerance", "--max-steps", "--baseline", "--seed"]},
         {"name": "Gradients", "options": ["--gradients", "--fd-groups", "--fd-step", "--no-cache"]},
@@ -212,7 +212,17 @@ MODEL = click.argument(
     help="Class index(es) to explain, e.g. 3 or 3,5. "
     "Default: the top class at the input. Counts over each sample's flattened output.",
 )
-@click.option("--output", help="Model output to explain (default: the first).")
+@click.option(
+    "--targets-from",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE.csv",
+    help="Each input's own target (its true label, say): a CSV of input,target rows.",
+)
+@click.option(
+    "--output",
+    help="Model output to explain, or any float tensor of the graph (default: the first float "
+    "output).",
+)
 @click.option("--softmax", is_flag=True, help="Explain softmax probabilities of a logits output.")
 @click.option("--input", "input_name", help="Model input to attribute (default: the first).")
 @click.option(
@@ -378,6 +388,7 @@ def explain(
     model: Path,
     inputs: tuple[str, ...],
     targets: str | None,
+    targets_from: Path | None,
     output: str | None,
     softmax: bool,
     input_name: str | None,
@@ -417,6 +428,7 @@ def explain(
 ) -> None:
     """Explain MODEL's prediction for each INPUT (image, .npy, .csv, folder, or - for stdin)."""
     from igcli.batch import OutputSettings, discover
+    from igcli.discovery import TargetTable
     from igcli.run import plan, run_explain
     from igcli.session import AttributionSettings, Session
     from igcli.visualize import HeatmapStyle
@@ -462,6 +474,7 @@ def explain(
         skip_existing=skip_existing,
         max_completeness_error=max_completeness_error,
     )
+    table = TargetTable(targets_from, session.labels) if targets_from is not None else None
     code = run_explain(
         session,
         the_plan,
@@ -469,6 +482,7 @@ def explain(
         targets=_ints(targets, "--target"),
         outputs=outputs,
         messages=messages,
+        targets_from=table,
     )
     sys.exit(int(code))
 

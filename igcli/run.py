@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings, in_shard, parse_shard
 from igcli.console import Messages
-from igcli.discovery import count_table_rows
+from igcli.discovery import TargetTable, count_table_rows
 from igcli.errors import ExitCode
 from igcli.outputs import check_writable
 from igcli.report import RunReport
@@ -80,6 +80,7 @@ def run_explain(
     targets: list[int] | None,
     outputs: OutputSettings,
     messages: Messages,
+    targets_from: TargetTable | None = None,
 ) -> ExitCode:
     """Explain every planned input; write the reports; return the exit code (README.md)."""
     if not the_plan.discovered and not the_plan.skipped:
@@ -111,7 +112,8 @@ def run_explain(
         else:
             messages.warn(message)
 
-    batch = BatchRun(session, settings, targets, outputs, report, emit, warn)
+    targets_for = targets_from.for_item if targets_from is not None else None
+    batch = BatchRun(session, settings, targets, outputs, report, emit, warn, targets_for)
     start = time.perf_counter()
     interrupted = False
     try:
@@ -120,6 +122,13 @@ def run_explain(
     except KeyboardInterrupt:
         interrupted = True
         batch.close()  # inputs already explained are still written whole
+    if targets_from is not None and targets_from.unused():
+        unused = targets_from.unused()
+        more = " ..." if len(unused) > 5 else ""
+        messages.warn(
+            f"{targets_from.path}: {len(unused)} row(s) name no input of this run: "
+            f"{', '.join(unused[:5])}{more}"
+        )
     failing = batch.apply_gate()
     report.settings["wall_time_s"] = round(time.perf_counter() - start, 3)
     report.settings["model_time_s"] = round(session.model_seconds, 3)

@@ -459,8 +459,13 @@ class Session:
         samples: Sequence[Sample],
         targets: Sequence[int] | None = None,
         settings: AttributionSettings | None = None,
+        *,
+        targets_per_sample: Sequence[Sequence[int] | None] | None = None,
     ) -> list[list[Attribution]]:
         """Attributions of several samples, one list per sample (one entry per target).
+
+        `targets` apply to every sample (None: each sample's top class); `targets_per_sample`
+        gives each sample its own (an entry of None falls back to `targets`).
 
         With the gradient graph the path points of all samples share model calls. An
         InputError names the first sample; callers retry one by one to find the one at fault.
@@ -474,7 +479,10 @@ class Session:
             out: list[list[Attribution] | None] = [None] * len(samples)
             for shape in shapes:
                 idx = [k for k, s in enumerate(samples) if s.x.shape == shape]
-                part = self.attribute_many([samples[k] for k in idx], targets, settings)
+                own = None if targets_per_sample is None else [targets_per_sample[k] for k in idx]
+                part = self.attribute_many(
+                    [samples[k] for k in idx], targets, settings, targets_per_sample=own
+                )
                 for k, result in zip(idx, part, strict=True):
                     out[k] = result
             return out
@@ -499,7 +507,8 @@ class Session:
         jobs = []  # (sample index, target, problem)
         for i, (sample, base) in enumerate(zip(samples, bases, strict=True)):
             pair = ends[2 * i : 2 * i + 2]
-            for t in self._targets(pair[0], out_shape, targets):
+            own = targets_per_sample[i] if targets_per_sample is not None else None
+            for t in self._targets(pair[0], out_shape, targets if own is None else own):
                 source = self._source(graph, t, sample, base)
                 problem = Problem(sample.x, base, source, tuple(pick(pair, t)))
                 jobs.append((i, t, problem))
