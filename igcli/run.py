@@ -89,8 +89,11 @@ def run_explain(
     check_writable(outputs.out_dir)
     report = new_report(session, settings, targets, the_plan.shard)
     report.skipped = [{"input": p, "reason": r} for p, r in the_plan.skipped]
-    for path, reason in the_plan.skipped:
+    for path, reason in the_plan.skipped[:5]:
         messages.warn(f"skipped {path}: {reason}")
+    if len(the_plan.skipped) > 5:
+        more = len(the_plan.skipped) - 5
+        messages.warn(f"skipped {more} more file(s) that are not inputs (listed in report.json)")
 
     stdout_open = True
 
