@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CORPUS_STAMP := .cache/corpus/.fetched
 CORPUS_PYTHON ?= .venv-corpus/bin/python
 
-.PHONY: demo test lint format bench clean corpus corpus-fetch
+.PHONY: demo test lint format bench clean corpus corpus-fetch pictures
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: $(STAMP) $(CORPUS_STAMP)
 	$(BIN)/ruff check igcli tests bench scripts
 	$(BIN)/ruff format --check igcli tests bench scripts
 	$(BIN)/python -m pytest
+
+pictures: $(STAMP)
+	$(BIN)/python scripts/readme_pictures.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix igcli tests bench scripts
