@@ -755,6 +755,7 @@ class ModelRunner:
         self.threads = threads
         self.extra_feeds = feeds or {}
         self.target_input = target_input
+        self.tuner = None  # a RowTuner (memory.py) chooses rows per call below batch_size
         self._reset_counters()
         if model is None:
             return  # from_cache fills in the session
@@ -827,12 +828,15 @@ class ModelRunner:
         return feeds
 
     def batches(self, points: np.ndarray):
-        """(start row, contiguous batch of at most batch_size rows in the input's dtype)."""
-        for start in range(0, len(points), self.batch_size):
-            yield (
-                start,
-                np.ascontiguousarray(points[start : start + self.batch_size], self.input_dtype),
-            )
+        """(start row, contiguous batch of at most batch_size rows in the input's dtype); the
+        rows per call are the tuner's choice below that cap when one is set."""
+        start = 0
+        while start < len(points):
+            size = self.batch_size
+            if self.tuner is not None:
+                size = max(1, min(size, self.tuner.next_size()))
+            yield start, np.ascontiguousarray(points[start : start + size], self.input_dtype)
+            start += size
 
     def call(
         self, batch: np.ndarray, outputs: list[str], targets: np.ndarray | None = None
@@ -845,9 +849,12 @@ class ModelRunner:
         except Exception as exc:
             raise InputError(f"model call failed: {_first_line(exc)}", self.path) from None
         finally:
-            self.seconds += time.perf_counter() - start
+            spent = time.perf_counter() - start
+            self.seconds += spent
         self.calls += 1
         self.rows += len(batch)
+        if self.tuner is not None:
+            self.tuner.record(len(batch), spent)
         return [np.asarray(r) for r in result]
 
     def run(self, points: np.ndarray) -> np.ndarray:

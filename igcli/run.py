@@ -135,7 +135,9 @@ def run_explain(
     failing = batch.apply_gate()
     report.settings["wall_time_s"] = round(time.perf_counter() - start, 3)
     report.settings["model_time_s"] = round(session.model_seconds, 3)
-    report.settings["batch_size"] = session.runner.batch_size  # as measured
+    runner = session.runner
+    report.settings["batch_size"] = runner.tuner.next_size() if runner.tuner else runner.batch_size
+    report.settings["batch_size_cap"] = runner.batch_size  # what the memory budget allows
     report.settings["memory_per_row"] = session.memory_per_row
     report.write(outputs.out_dir)
     messages.print_summary(report)

@@ -46,7 +46,7 @@ from igcli.ig import (
     integrated_gradients_many,
 )
 from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
-from igcli.memory import MAX_ROWS, default_budget, rows_within
+from igcli.memory import MAX_ROWS, RowTuner, default_budget, rows_within
 from igcli.model import (
     ModelRunner,
     Sidecar,
@@ -693,7 +693,8 @@ class Session:
             runner.call(rows, [runner.output_name], targets)
 
         rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
-        runner.batch_size = rows
+        runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below it
+        runner.tuner = RowTuner(rows)
         self.memory_per_row = per_row
 
     def _warn_once(self, key: str, message: str) -> None:

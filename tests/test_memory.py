@@ -64,3 +64,16 @@ def test_memory_limit_option(tmp_path):
     assert ok.exit_code == 0
     bad = run("explain", DIGITS, png, "--memory-limit", "lots", "--out", tmp_path)
     assert bad.exit_code == 2 and "--memory-limit" in bad.stderr
+
+
+def test_the_row_tuner_settles_on_the_fastest_size():
+    from igcli.memory import RowTuner
+
+    cost = {8: 1.0, 16: 0.6, 32: 0.5, 64: 0.9, 128: 1.2}  # seconds per row by call size
+    tuner = RowTuner(128)
+    for _ in range(40):
+        size = tuner.next_size()
+        tuner.record(size, cost[size] * size)
+        tuner.record(3, 99.0)  # a partial call: ignored
+    assert tuner.settled == 32
+    assert RowTuner(5).sizes == [5]
