@@ -69,7 +69,9 @@ def render_html(data: dict, page_dir: Path, roots: list | None = None) -> str:
     to (a merged report's shard folders); None or missing means `page_dir`, as in a run.
     """
     page_dir = Path(page_dir)
-    results = list(data.get("results") or [])
+    results = data.get("results") or []
+    if not hasattr(results, "__len__"):
+        results = list(results)  # several passes below: a re-iterable (a spool) or a list
     roots = list(roots or [])
     roots += [None] * (len(results) - len(roots))
     record_dirs = [Path(r) if r else page_dir for r in roots]

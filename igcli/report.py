@@ -27,6 +27,7 @@ from igcli.html_report import render_html
 from igcli.outputs import atomic_write_chunks, atomic_write_text
 
 SCHEMA_VERSION = 1
+MARKDOWN_ROWS = 1000  # report.md is for pull requests: the full table is in report.csv
 
 CSV_FIELDS = [
     "input",
@@ -177,12 +178,17 @@ class RunReport:
         return failing
 
     def write(self, out_dir: Path) -> None:
-        """report.json, .csv, .md and .html, each written whole; report.json streams its
-        results from the spool, so its size does not come on top of the run's memory."""
+        """report.json, .csv, .md and .html, each written whole; the records stream from the
+        spool, so writing a 100,000-row report does not hold 100,000 dicts."""
         atomic_write_chunks(out_dir / "report.json", self._json_chunks())
-        atomic_write_text(out_dir / "report.csv", self.to_csv())
+        atomic_write_chunks(out_dir / "report.csv", self._csv_chunks())
         atomic_write_text(out_dir / "report.md", self.to_markdown())
-        data = self.to_json()
+        data = {
+            **self._header(),
+            "results": self.results,  # re-iterable: the page reads it in several passes
+            "failures": [json_record(f) for f in self.failures],
+            "skipped": self.skipped,
+        }
         roots = [r.get("_root") for r in self.results]  # a merged result's shard folder
         atomic_write_text(out_dir / "report.html", render_html(data, out_dir, roots))
 
@@ -197,12 +203,19 @@ class RunReport:
         yield f'  "skipped": {json.dumps(self.skipped)}\n}}\n'
 
     def to_csv(self) -> str:
+        return "".join(self._csv_chunks())
+
+    def _csv_chunks(self) -> Iterator[str]:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        for row in [*self.results, *self.failures]:
+        for row in itertools.chain(self.results, self.failures):
             writer.writerow({k: row.get(k) for k in CSV_FIELDS})
-        return buf.getvalue()
+            if buf.tell() > 1 << 16:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue()
 
     def to_markdown(self) -> str:
         s = self.summary()
@@ -224,7 +237,7 @@ class RunReport:
             header = ["input", "target", "F(input)", "F(baseline)", "sum of attributions"]
             header += ["rel. error", "source"]
             lines += ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---|"]
-            for r in self.results:
+            for r in self.results[:MARKDOWN_ROWS]:
                 target = f"{r['target']}" + (f" ({r['label']})" if r.get("label") else "")
                 cells = [r["name"], target, f"{r['f_input']:.6g}", f"{r['f_baseline']:.6g}"]
                 cells += [
@@ -233,6 +246,9 @@ class RunReport:
                     r["gradient_source"],
                 ]
                 lines.append("| " + " | ".join(cells) + " |")
+            if len(self.results) > MARKDOWN_ROWS:
+                more = len(self.results) - MARKDOWN_ROWS
+                lines.append(f"\n... and {more} more results in report.csv and report.json")
             lines.append("")
         if self.failures:
             lines += ["## Failed inputs", ""]
