@@ -209,3 +209,21 @@ def _error_value(value) -> float:
     except (TypeError, ValueError):
         return float("inf")
     return v if v == v else float("inf")
+
+
+def token_line(pairs, prefix: str = "", suffix: str = "", sign: str = "all") -> Text:
+    """Tokens on the background colour of their attribution (the colours of the PNG), as one
+    rich Text: how a terminal shows which words raised or lowered the score."""
+    import numpy as np
+
+    from igcli.render import hex_color, ink_for, token_colors
+
+    colors, _ = token_colors(np.array([v for _, v in pairs], dtype=np.float64), sign=sign)
+    text = Text(one_line(prefix))
+    for k, ((token, _), rgb) in enumerate(zip(pairs, colors, strict=True)):
+        if k:
+            text.append(" ")
+        style = f"{hex_color(ink_for(rgb))} on {hex_color(rgb)}"
+        text.append(one_line(str(token)), style=style)
+    text.append(one_line(suffix))
+    return text

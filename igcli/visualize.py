@@ -30,9 +30,11 @@ def title(a) -> str:
 
 def caption(a) -> str:
     """The completeness line under a panel: the figure that says whether to trust it."""
+    at = f" \u00b7 at {a.at}" if getattr(a, "at", None) else ""
     return (
         f"completeness error {percent(a.rel_error)} (sum {a.attribution_sum:.4g}, "
         f"F(x)-F(b) {a.delta:.4g}) \u00b7 {a.steps} steps {a.method} \u00b7 {a.gradient_source}"
+        f"{at}"
     )
 
 
@@ -85,3 +87,59 @@ def draw(
     return render.render_bars(
         list(names), flat, values, top_k=style.top_k, title=title, caption=caption
     )
+
+
+def shown_tokens(sample: Sample) -> int:
+    """How many leading positions of a token sample to draw: up to its last real token (the
+    padding after it has no attribution to show)."""
+    n = sample.x.shape[0]
+    for name, feed in (sample.feeds or {}).items():
+        if "mask" in name.lower():
+            mask = np.asarray(feed.value).reshape(-1)
+            if mask.size == n and np.any(mask):
+                return int(np.flatnonzero(mask)[-1]) + 1
+    return n
+
+
+def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Image.Image:
+    """The picture of an attribution made at a tensor inside the model (`a.at`): tokens
+    coloured by their value for token models, the per-position map over the image for image
+    models, else bars (of positions, or with --aggregate none of the tensor's entries)."""
+    sample, prep = a.sample, a.prep
+    how = a.aggregate
+    if how == "none":
+        flat = a.attributions.reshape(-1)
+        names = [_entry_name(sample, idx) for idx in np.ndindex(a.attributions.shape)]
+        return render.render_bars(names, flat, None, top_k=style.top_k, title=title(a),
+                                  caption=caption(a))  # fmt: skip
+    values = a.positions
+    if sample.kind == "tokens" and values.ndim == 1:
+        n = shown_tokens(sample)
+        return render.render_tokens(
+            list(sample.tokens[:n]), values[:n], sign=style.sign, vmax=vmax, title=title(a),
+            caption=caption(a),
+        )  # fmt: skip
+    if is_image_like(sample, prep) and values.ndim == 2:
+        pixels = display_pixels(sample, prep)
+        h, w = pixels.shape[:2]
+        up = np.asarray(
+            Image.fromarray(values.astype(np.float32), mode="F").resize(
+                (w, h), Image.Resampling.NEAREST
+            ),
+            dtype=np.float64,
+        ) * (values.size / (h * w))  # spread each position's value over its pixels
+        return render.render_image(
+            pixels, up[..., None], overlay=style.overlay, sign=style.sign,
+            clip_percentile=style.clip_percentile, vmax=vmax, title=title(a), caption=caption(a),
+        )  # fmt: skip
+    flat = values.reshape(-1)
+    names = [f"{a.at}[{i}]" for i in range(flat.size)]
+    return render.render_bars(names, flat, None, top_k=style.top_k, title=title(a),
+                              caption=caption(a))  # fmt: skip
+
+
+def _entry_name(sample: Sample, index: tuple[int, ...]) -> str:
+    if sample.kind == "tokens" and sample.tokens and len(index) >= 2:
+        rest = ",".join(map(str, index[1:]))
+        return f"{sample.tokens[index[0]]} (#{index[0]}) [{rest}]"
+    return "[" + ",".join(map(str, index)) + "]"
