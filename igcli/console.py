@@ -139,6 +139,19 @@ class Messages:
         if len(results) > rows:
             order = sorted(results, key=lambda r: -_error_value(r["rel_error"]))[:worst]
             self.print(table(columns, [row(r) for r in order], title="worst completeness"))
+        self.print_tokens(results[:rows])
+
+    def print_tokens(self, results: list[dict]) -> None:
+        """Token models: each result's tokens on the colour of their attribution (red raises
+        the score, blue lowers it), padding left out."""
+        for r in results:
+            pairs = r.get("tokens")
+            if not pairs or self.quiet:
+                continue
+            pad = pairs[-1][0]  # trailing padding: the last token repeated with nothing on it
+            while len(pairs) > 1 and pairs[-1][0] == pad and pairs[-1][1] == 0:
+                pairs = pairs[:-1]
+            self.console.print(token_line(pairs, prefix=f"{r['name']}: "), soft_wrap=True)
 
     def progress(self, total: int, label: str = "explaining") -> ProgressReporter:
         return ProgressReporter(self, total, label)

@@ -25,7 +25,12 @@ class HeatmapStyle:
 def title(a) -> str:
     """The panel's title: which input, which target, its score."""
     label = f" '{a.label}'" if a.label and a.label != str(a.target) else ""
-    return f"{Path(str(a.sample.path)).name} - target {a.target}{label} (score {a.f_input:.4g})"
+    where = Path(str(a.sample.path)).name
+    if a.sample.text is not None and where.startswith("<"):  # a string given in Python
+        where = repr(a.sample.text)
+    elif a.sample.text is not None:  # a line of a text file
+        where = f"{where} {a.sample.name.rsplit('_', 1)[-1]}"
+    return f"{where} - target {a.target}{label} (score {a.f_input:.4g})"
 
 
 def caption(a) -> str:
