@@ -265,11 +265,13 @@ def verify_samples() -> None:
 POSITIVE = ["great", "excellent", "wonderful", "superb", "delightful", "brilliant",
             "enjoyable", "charming"]  # fmt: skip
 NEGATIVE = ["awful", "terrible", "boring", "dreadful", "dull", "horrible", "tedious", "clumsy"]
-NEUTRAL = (
-    "the a an this that movie film plot story acting music ending cast director script was is "
-    "were really quite very and but with its scenes characters pace camera long short new old "
-    "first second it felt seemed overall from start to finish of in on"
-).split()
+NEUTRAL = [
+    "the", "a", "an", "this", "that", "movie", "film", "plot", "story", "acting", "music",
+    "ending", "cast", "director", "script", "was", "is", "were", "really", "quite", "very",
+    "and", "but", "with", "its", "scenes", "characters", "pace", "camera", "long", "short",
+    "new", "old", "first", "second", "it", "felt", "seemed", "overall", "from", "start", "to",
+    "finish", "of", "in", "on"
+]  # fmt: skip
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TEXT_LENGTH = 16  # tokens per input, [CLS] and [SEP] included; shorter texts are padded
 N_TEXT_TRAIN, N_TEXT_HELDOUT = 4000, 200
@@ -307,8 +309,9 @@ def build_tokenizer():
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    frame = [(t, vocab[t]) for t in ("[CLS]", "[SEP]")]
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        single="[CLS] $A [SEP]", special_tokens=frame
     )
     tok.add_special_tokens(SPECIALS)
     tok.enable_padding(length=TEXT_LENGTH, pad_id=vocab["[PAD]"], pad_token="[PAD]")
