@@ -100,7 +100,10 @@ def make_cut(model: onnx.ModelProto, tensor: str, input_name: str, output_name: 
     producers = _producers(graph)
     if tensor not in producers:
         if tensor in {i.name for i in graph.input}:
-            raise UsageError(f"--at {tensor!r} is a model input; drop --at to attribute it")
+            raise UsageError(
+                f"--at {tensor!r} is a model input, not a tensor inside the graph; choose the "
+                "input to attribute with --input"
+            )
         raise UsageError(
             f"--at {tensor!r} is not a tensor of the graph (see `igcli inspect` for candidates)"
         )

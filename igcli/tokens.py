@@ -53,6 +53,9 @@ class Vocabulary:
     def token(self, i: int) -> str:
         return self.tokens.get(int(i), f"#{int(i)}")
 
+    def id_of(self, token: str) -> int | None:
+        return next((i for i, t in self.tokens.items() if t == token), None)
+
     @classmethod
     def load(cls, path: Path) -> Vocabulary:
         """Read a tokenizer.json (any model type) without the tokenizers package."""
