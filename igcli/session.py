@@ -269,7 +269,9 @@ class Session:
         self._plain: ModelRunner | None = None
         self._current: ModelRunner | None = None
         self._measured: set[int] = set()  # runners whose rows per call are measured
-        if gradients != "fd":
+        # A cut model's graph is built at the first sample: specialising it may need the
+        # values the part after the cut reads (a mask, the ids), which come with samples.
+        if gradients != "fd" and self._cut is None:
             graph = self._graph_for(self._declared_shape())
             self._current = graph.runner if graph is not None else None
 
@@ -282,9 +284,9 @@ class Session:
             lookups = embedding_lookups(self.run_model, name)
             if not lookups:
                 raise UsageError(
-                    f"input {name!r} holds integer ids ({self.input_spec.type_text}) and feeds "
-                    "no embedding lookup igcli can find; name a float tensor to attribute at "
-                    "with --at (`igcli inspect` lists candidates)",
+                    f"input {name!r} is {self.input_spec.type_text} and feeds no embedding "
+                    "lookup igcli can find: choose a float input with --input, or a float "
+                    "tensor to attribute at with --at (`igcli inspect` lists candidates)",
                     self.model_path,
                 )
             if len(lookups) > 1:
@@ -511,10 +513,10 @@ class Session:
     def _cut_fingerprint(self) -> dict:
         if self._cut is None and self.tokens is None:
             return {}
-        tokenizer = None
-        if self.tokens is not None and self.tokens.tokenizer_path is not None:
-            tokenizer = model_hash(self.tokens.tokenizer_path)
-        return {"at": self.at, "aggregate": self.aggregate, "tokenizer": tokenizer}
+        if not hasattr(self, "_tokenizer_sha"):
+            path = self.tokens.tokenizer_path if self.tokens is not None else None
+            self._tokenizer_sha = model_hash(path) if path is not None else None
+        return {"at": self.at, "aggregate": self.aggregate, "tokenizer": self._tokenizer_sha}
 
     @property
     def gradient_source(self) -> str:

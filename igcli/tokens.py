@@ -246,6 +246,12 @@ class TokenInputs:
     def from_text(self, text: str, path: Path, name: str):
         """Tokenize one text; pad (or refuse) to the model's fixed length."""
         enc = self.tokenizer().encode(text)
+        if enc.overflowing:  # the tokenizer truncates: explaining a part would mislead
+            raise InputError(
+                f"the text has more tokens than the tokenizer's limit of {len(enc.ids)} (the "
+                "rest would be cut off); shorten it",
+                path,
+            )
         ids = np.asarray(enc.ids, dtype=np.int64)
         mask = np.asarray(enc.attention_mask, dtype=np.int64)
         types = np.asarray(enc.type_ids, dtype=np.int64)

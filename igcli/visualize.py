@@ -127,12 +127,13 @@ def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Image.Image:
     if is_image_like(sample, prep) and values.ndim == 2:
         pixels = display_pixels(sample, prep)
         h, w = pixels.shape[:2]
+        # each position's value over the pixels it covers (the colour scale reads per position)
         up = np.asarray(
             Image.fromarray(values.astype(np.float32), mode="F").resize(
                 (w, h), Image.Resampling.NEAREST
             ),
             dtype=np.float64,
-        ) * (values.size / (h * w))  # spread each position's value over its pixels
+        )
         return render.render_image(
             pixels, up[..., None], overlay=style.overlay, sign=style.sign,
             clip_percentile=style.clip_percentile, vmax=vmax, title=title(a), caption=caption(a),

@@ -144,6 +144,9 @@ def test_token_model_input_errors(tmp_path):
     png = ROOT / "sample_inputs" / "digits" / "digit_0_idx1.png"
     result = run("explain", SENTIMENT, png, "--out", out)
     assert result.exit_code == ExitCode.INPUTS_FAILED and "token model" in result.stderr
+    (tmp_path / "long.txt").write_text("the " * 30 + "\n")
+    result = run("explain", SENTIMENT, tmp_path / "long.txt", "--out", out)
+    assert result.exit_code == ExitCode.INPUTS_FAILED and "limit of 16" in result.stderr
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "no"}\n')
     result = run("explain", SENTIMENT, tmp_path / "bad.jsonl", "--out", out)
     assert result.exit_code == ExitCode.INPUTS_FAILED and "line 2" in result.stderr
