@@ -25,7 +25,7 @@ import onnx
 
 from igcli import baselines
 from igcli.attribution import Attribution
-from igcli.autodiff import build_gradient_graph
+from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
 from igcli.cache import cache_key, load_graph, save_graph
 from igcli.cut import AGGREGATES, Cut, embedding_lookups, make_cut
 from igcli.errors import GradientError, IgcliError, InputError, UnsupportedOpsError, UsageError
@@ -269,10 +269,11 @@ class Session:
         self._plain: ModelRunner | None = None
         self._current: ModelRunner | None = None
         self._measured: set[int] = set()  # runners whose rows per call are measured
-        # A cut model's graph is built at the first sample: specialising it may need the
-        # values the part after the cut reads (a mask, the ids), which come with samples.
-        if gradients != "fd" and self._cut is None:
-            graph = self._graph_for(self._declared_shape())
+        # A cut model gets only a graph for every shape here: specialising one to a shape
+        # may need the values the part after the cut reads (a mask, the ids), which come
+        # with the first sample.
+        if gradients != "fd":
+            graph = self._graph_for(None if self._cut else self._declared_shape())
             self._current = graph.runner if graph is not None else None
 
     def _choose_cut(self, at: str | None) -> tuple[str | None, Cut | None]:
@@ -456,10 +457,14 @@ class Session:
         per_sample = {k: f.value for k, f in (self._example_context or {}).items()}
         read = {s.name for s in graph_inputs(self.ig_model)}
         feeds = {k: v for k, v in {**feeds, **per_sample}.items() if k in read}
-        built = build_gradient_graph(
-            self.ig_model, self.ig_input, self.output_name, sample_shape=shape, feeds=feeds,
-            fold_feed_values=not per_sample,
-        )  # fmt: skip
+        if shape is None and self._cut is not None:  # no sample yet: see __init__
+            built = GradientGraph(build_gradient_model(self.ig_model, self.ig_input,
+                                                       self.output_name))  # fmt: skip
+        else:
+            built = build_gradient_graph(
+                self.ig_model, self.ig_input, self.output_name, sample_shape=shape,
+                feeds=feeds, fold_feed_values=not per_sample,
+            )  # fmt: skip
         valid_for = ANY_SHAPE if built.sample_shape is None else tuple(built.sample_shape)
         model = with_target_seed(built.model, self.output_name)
         key = self._cache_key("graph", valid_for)

@@ -196,6 +196,20 @@ def test_bert_from_python_derives_mask_and_types():
     assert derived.f_input == pytest.approx(0.110464, abs=2e-6)
 
 
+def test_bert_at_defaults_from_the_command_line(tmp_path):
+    """No --feed, --at, --baseline, --steps or --target: the top class at 50 steps, the pad
+    baseline, at the word embeddings."""
+    ids = BERT_DATA / "hf_bert.input_ids.npy"
+    result = run("explain", BERT, ids, "--out", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["at"] == "/inner/bert/embeddings/word_embeddings/Gather_output_0"
+    assert record["baseline"] == "pad" and record["steps"] == 50
+    assert record["rel_error"] <= 0.01 and record["gradient_source"] == "graph"
+    a = igcli.Session(BERT).attribute(ids)
+    assert a.target == record["target"] and a.rel_error <= 0.01
+
+
 def test_bert_at_the_embeddings_block_matches_captum(tmp_path):
     manifest = json.loads((CORPUS / "corpus.json").read_text())
     entry = next(e for e in manifest["models"] if e["name"] == "hf_bert_legacy_op17")
