@@ -272,3 +272,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a = a.astype(np.float64).ravel() - a.mean()
     b = b.astype(np.float64).ravel() - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_samples_sharing_calls_keep_their_own_masks():
+    """Path points of texts of different lengths share model calls; each row must carry its
+    own sample's attention mask (a mix-up changes the numbers)."""
+    session = igcli.Session(SENTIMENT, batch_size=40)  # calls straddle samples
+    texts = ["superb", "a dull film with a tedious ending and boring music", "an awful plot"]
+    samples = [session.load(t, name=f"s{k}")[0] for k, t in enumerate(texts)]
+    together = [r[0] for r in session.attribute_many(samples)]
+    for sample, joint in zip(samples, together, strict=True):
+        alone = igcli.Session(SENTIMENT).attribute(sample)
+        np.testing.assert_allclose(joint.attributions, alone.attributions, rtol=1e-5, atol=1e-8)
+        assert joint.f_baseline == pytest.approx(alone.f_baseline, rel=1e-6)
