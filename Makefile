@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/igcli explain sample_models/digits_cnn.onnx sample_inputs/digits --out igcli-out/digits
 	$(BIN)/igcli explain sample_models/breast_cancer_mlp.onnx sample_inputs/breast_cancer.csv --out igcli-out/breast_cancer
-	@echo "Heatmaps, attributions and reports are in igcli-out/digits and igcli-out/breast_cancer"
+	$(BIN)/igcli explain sample_models/sentiment.onnx sample_inputs/sentences.txt --out igcli-out/sentiment
+	@echo "Heatmaps, attributions and reports are in igcli-out/digits, igcli-out/breast_cancer and igcli-out/sentiment"
 
 $(CORPUS_STAMP): tests/corpus/pretrained.json scripts/corpus/fetch_pretrained.py | $(STAMP)
 	$(BIN)/python scripts/corpus/fetch_pretrained.py

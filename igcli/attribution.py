@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from igcli.cut import aggregate
 from igcli.inputs import Preprocessing, Sample
 from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
 from igcli.report import percent
-from igcli.visualize import HeatmapStyle, caption, draw, title
+from igcli.visualize import HeatmapStyle, caption, draw, draw_cut, shown_tokens, title
 
 
 @dataclass
@@ -24,12 +25,14 @@ class Attribution:
     """Attributions for one sample and one target, with what a report needs to judge them.
 
     Completeness: `attributions.sum()` should equal `f_input - f_baseline` (`delta`);
-    `rel_error` says how far it is.
+    `rel_error` says how far it is. Attributed at a tensor inside the model (`at`, always for
+    token models), `attributions` and `baseline` have that tensor's shape and `positions`
+    gives one value per input position (per token).
     """
 
-    attributions: np.ndarray  # the sample's shape (no batch axis), float64
+    attributions: np.ndarray  # the sample's shape (no batch axis), float64; or the tensor's
     sample: Sample
-    baseline: np.ndarray  # model space, the sample's shape
+    baseline: np.ndarray  # model space, the sample's shape (or the tensor's)
     target: int
     label: str | None
     output: str
@@ -44,6 +47,26 @@ class Attribution:
     fd_groups: str | None = None
     wall_time_s: float = 0.0
     extra: dict = field(default_factory=dict)  # further record fields (self-check, ...)
+    at: str | None = None  # the tensor attributed at; None: the model input
+    aggregate: str = "sum"  # how `positions` are made from attributions at a tensor
+
+    # -- per position ---------------------------------------------------------------------
+    @property
+    def positions(self) -> np.ndarray | None:
+        """Attributions per input position when made at a tensor (per token: summed over
+        the hidden axis with the default `sum`); None when made at the input itself."""
+        if self.at is None:
+            return None
+        image = self.prep is not None and self.prep.is_image_model
+        return aggregate(self.attributions, self.sample.kind, image, self.aggregate)
+
+    @property
+    def tokens(self) -> list[tuple[str, float]] | None:
+        """(token, attribution) pairs of a token model's input, padding included; None for
+        other models or with aggregate "none"."""
+        if self.sample.kind != "tokens" or self.aggregate == "none":
+            return None
+        return [(t, float(v)) for t, v in zip(self.sample.tokens, self.positions, strict=True)]
 
     # -- completeness -------------------------------------------------------------------
     @property
@@ -88,6 +111,7 @@ class Attribution:
             "fd_step": self.fd_step,
             "fd_groups": self.fd_groups,
             "wall_time_s": self.wall_time_s,
+            **self._cut_fields(),
             **self.extra,
             **self._top_features(),
             "attributions_file": attributions_file,
@@ -114,9 +138,23 @@ class Attribution:
             ]
         }
 
+    def _cut_fields(self) -> dict:
+        if self.at is None:
+            return {}
+        fields = {"at": self.at, "aggregate": self.aggregate}
+        if self.sample.text is not None:
+            fields["text"] = self.sample.text
+        pairs = self.tokens
+        if pairs is not None:
+            fields["tokens"] = [[t, v] for t, v in pairs]
+        return fields
+
     # -- pictures -------------------------------------------------------------------------
     def image(self, style=None, vmax: float | None = None):
-        """The heatmap panel (images) or bar chart (feature vectors) as a PIL image."""
+        """The heatmap panel (images), coloured tokens (token models) or bar chart (feature
+        vectors) as a PIL image."""
+        if self.at is not None:
+            return draw_cut(self, style or HeatmapStyle(), vmax)
         return draw(
             self.sample,
             self.attributions,
@@ -137,14 +175,47 @@ class Attribution:
         return buf.getvalue()
 
     def _repr_html_(self) -> str:
-        png = base64.b64encode(self._repr_png_()).decode()
         label = f" ({html.escape(self.label)})" if self.label else ""
-        return (
-            f'<div><img src="data:image/png;base64,{png}" style="max-width:100%"/>'
+        numbers = (
             f"<p>target {self.target}{label}: sum of attributions {self.attribution_sum:.6g}, "
             f"F(x) - F(b) = {self.delta:.6g}, completeness error "
-            f"{html.escape(percent(self.rel_error))}</p></div>"
+            f"{html.escape(percent(self.rel_error))}</p>"
         )
+        if self.tokens is not None:
+            return f"<div>{self.tokens_html()}{numbers}</div>"
+        png = base64.b64encode(self._repr_png_()).decode()
+        img = f'<img src="data:image/png;base64,{png}" style="max-width:100%"/>'
+        return f"<div>{img}{numbers}</div>"
+
+    def tokens_html(self, sign: str = "all") -> str:
+        """The tokens as an HTML fragment, each on the background colour of its attribution
+        (the colours of the PNG), the value in its tooltip."""
+        from igcli.render import hex_color, ink_for, token_colors
+
+        pairs = self.tokens or []
+        pairs = pairs[: shown_tokens(self.sample)]
+        colors, _ = token_colors(np.array([v for _, v in pairs]), sign=sign)
+        spans = []
+        for (tok, v), rgb in zip(pairs, colors, strict=True):
+            bg, fg = hex_color(rgb), hex_color(ink_for(rgb))
+            spans.append(
+                f'<span title="{v:+.4g}" style="background:{bg};color:{fg};padding:1px 4px;'
+                f'margin:1px;border-radius:3px;display:inline-block">{html.escape(tok)}</span>'
+            )
+        return '<p style="line-height:1.9">' + "".join(spans) + "</p>"
+
+    def __rich__(self):
+        """In a terminal (rich.print): the tokens coloured by attribution, or a summary."""
+        from igcli.console import token_line
+
+        head = f"target {self.target}" + (f" ({self.label})" if self.label else "")
+        tail = f"  completeness error {percent(self.rel_error)}"
+        if self.tokens is not None:
+            return token_line(self.tokens[: shown_tokens(self.sample)], prefix=head + ": ",
+                              suffix=tail)  # fmt: skip
+        from rich.text import Text
+
+        return Text(f"{head}: sum {self.attribution_sum:.6g}, F(x) - F(b) {self.delta:.6g},{tail}")
 
     # -- files ----------------------------------------------------------------------------
     def save(

@@ -21,6 +21,7 @@ from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
 
 messages = Messages()
+INSPECT_CANDIDATES = 15  # tensors --at can name, listed by `inspect` (all with --json)
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -233,6 +234,27 @@ MODEL = click.argument(
     help="Values for the other model inputs.",
 )
 @click.option(
+    "--at",
+    "at",
+    metavar="TENSOR",
+    help="Attribute at this float tensor of the graph instead of the input (the model is cut "
+    "there). Default: the input; for token ids, the embedding lookup they feed.",
+)
+@click.option(
+    "--aggregate",
+    type=click.Choice(["sum", "l2", "none"]),
+    default="sum",
+    show_default=True,
+    help="With --at (and token models): attributions per input position (per token), summed "
+    "over the tensor's other axes, their L2 norm, or none.",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(path_type=Path),
+    help="Token models: the tokenizer.json (default: <model>.tokenizer.json or "
+    "tokenizer.json beside the model).",
+)
+@click.option(
     "--steps",
     type=STEPS,
     default="50",
@@ -393,6 +415,9 @@ def explain(
     softmax: bool,
     input_name: str | None,
     feeds: tuple[str, ...],
+    at: str | None,
+    aggregate: str,
+    tokenizer: Path | None,
     steps: int | str,
     method: str | None,
     tolerance: float,
@@ -426,7 +451,8 @@ def explain(
     no_heatmaps: bool,
     no_cache: bool,
 ) -> None:
-    """Explain MODEL's prediction for each INPUT (image, .npy, .csv, folder, or - for stdin)."""
+    """Explain MODEL's prediction for each INPUT (image, .npy, .csv, folder, or - for stdin;
+    for token models .npy token ids, .txt with one text per line, or .jsonl)."""
     from igcli.batch import OutputSettings, discover
     from igcli.discovery import TargetTable
     from igcli.run import plan, run_explain
@@ -464,6 +490,9 @@ def explain(
         labels=_labels(labels_file),
         cache=not no_cache,
         warn=messages.warn,
+        at=at,
+        aggregate=aggregate,
+        tokenizer=tokenizer,
     )
     outputs = OutputSettings(
         out_dir=out_dir,
@@ -497,6 +526,7 @@ def inspect(model: Path, as_json: bool) -> None:
     import onnxruntime as ort
 
     from igcli.autodiff import blocking_ops
+    from igcli.cut import candidate_tensors, embedding_lookups, make_cut
     from igcli.inputs import make_preprocessing
     from igcli.model import (
         Sidecar,
@@ -507,6 +537,7 @@ def inspect(model: Path, as_json: bool) -> None:
         with_dynamic_batch,
         without_initializer_inputs,
     )
+    from igcli.tokens import find_tokenizer
 
     onnx_model = without_initializer_inputs(load_model(model))
     sidecar = Sidecar.load(model)
@@ -519,6 +550,10 @@ def inspect(model: Path, as_json: bool) -> None:
     explained = next((s for s in outs if s.dtype.kind == "f"), None)
     prep = "none (the model has no float input)"
     blockers: list[str] = []
+    # Token ids: attributed at the embedding lookup they feed (see cut.py).
+    ids = None if attributed else next((s for s in ins if s.dtype.kind in "iu"), None)
+    lookups = embedding_lookups(onnx_model, ids.name) if ids is not None else []
+    at = lookups[0] if lookups else None
     if attributed is not None:
         try:
             made = make_preprocessing(attributed, sidecar)
@@ -530,15 +565,28 @@ def inspect(model: Path, as_json: bool) -> None:
                 )
         except IgcliError as exc:
             prep = f"none ({exc.reason})"
+    elif at is not None:
+        found = find_tokenizer(model, None)
+        prep = f"token ids in {ids.name!r} ({found.name if found else 'no tokenizer.json'})"
+    source = attributed or (ids if at is not None else None)
     if not ins:
         blockers = ["(the model has no inputs: nothing to attribute)"]
-    elif attributed is None or explained is None:
+    elif source is None or explained is None:
         blockers = ["(no float input or output to differentiate)"]
     else:
         try:
-            blockers = blocking_ops(with_dynamic_batch(onnx_model), attributed.name, explained.name)
+            graph_model, graph_input = with_dynamic_batch(onnx_model), source.name
+            if at is not None:
+                graph_model = make_cut(graph_model, at, ids.name, explained.name).after
+                graph_input = at
+            blockers = blocking_ops(graph_model, graph_input, explained.name)
         except Exception as exc:  # report, do not crash, on transform bugs
             blockers = [f"(transform failed: {type(exc).__name__}: {exc})"]
+    candidates = []
+    if source is not None and explained is not None:
+        specs = candidate_tensors(onnx_model, source.name, explained.name)
+        first = [s for s in specs if s.name in lookups]
+        candidates = first + [s for s in specs if s.name not in lookups]
     info = {
         "model": str(model),
         "opset": opset_of(onnx_model),
@@ -546,7 +594,8 @@ def inspect(model: Path, as_json: bool) -> None:
         "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip(),
         "inputs": [{"name": s.name, "shape": s.shape, "dtype": str(s.dtype)} for s in ins],
         "outputs": [{"name": s.name, "shape": s.shape, "dtype": str(s.dtype)} for s in outs],
-        "attributed_input": attributed.name if attributed else None,
+        "attributed_input": source.name if source else None,
+        "attribute_at": at,
         "explained_output": explained.name if explained else None,
         "ops": dict(sorted(ops.items())),
         "preprocessing": prep,
@@ -554,6 +603,9 @@ def inspect(model: Path, as_json: bool) -> None:
         "gradient_graph": not blockers,
         "gradient_graph_blockers": blockers,
         "providers": ort.get_available_providers(),
+        "cut_candidates": [
+            {"name": c.name, "shape": c.shape, "embedding": c.name in lookups} for c in candidates
+        ],
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -576,7 +628,21 @@ def inspect(model: Path, as_json: bool) -> None:
             f"gradient graph: no ({', '.join(blockers)}); explain falls back to finite differences"
         )
     else:
-        out.info(f"gradient graph: yes ({info['attributed_input']} -> {info['explained_output']})")
+        start = at or info["attributed_input"]
+        out.info(f"gradient graph: yes ({start} -> {info['explained_output']})")
+    if at is not None:
+        out.info(f"attributed at: {at} (the embedding lookup of {ids.name!r}; --at picks another)")
+    if candidates:
+        shown = candidates[:INSPECT_CANDIDATES]
+        more = len(candidates) - len(shown)
+        rest = f" (+{more} more: --json lists all)" if more else ""
+        out.info(f"tensors --at can name{rest}:")
+        rows = [
+            ["", c.name, "[" + ", ".join("?" if d is None else str(d) for d in c.shape) + "]",
+             "embedding lookup" if c.name in lookups else ""]
+            for c in shown
+        ]  # fmt: skip
+        out.print(table(["", "tensor", "shape", ""], rows, box=None))
     out.info("execution providers: " + ", ".join(info["providers"]))
 
 
@@ -655,6 +721,12 @@ def gradcheck(
     session = Session(
         model, input=input_name, output=output, feeds=_feeds(feeds), gradients="graph"
     )
+    if session.at is not None:
+        raise UsageError(
+            "gradcheck checks float model inputs; a token model's gradient at its embeddings "
+            "is checked by every explain run (gradient_check in its records)",
+            model,
+        )
     rng = np.random.default_rng(seed)
     if input_file is not None:
         samples = session.load(Path(input_file))

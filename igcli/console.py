@@ -140,6 +140,19 @@ class Messages:
         if len(results) > rows:
             order = heapq.nlargest(worst, results, key=lambda r: _error_value(r["rel_error"]))
             self.print(table(columns, [row(r) for r in order], title="worst completeness"))
+        self.print_tokens(results[:rows])
+
+    def print_tokens(self, results: list[dict]) -> None:
+        """Token models: each result's tokens on the colour of their attribution (red raises
+        the score, blue lowers it), padding left out."""
+        for r in results:
+            pairs = r.get("tokens")
+            if not pairs or self.quiet:
+                continue
+            pad = pairs[-1][0]  # trailing padding: the last token repeated with nothing on it
+            while len(pairs) > 1 and pairs[-1][0] == pad and pairs[-1][1] == 0:
+                pairs = pairs[:-1]
+            self.console.print(token_line(pairs, prefix=f"{r['name']}: "), soft_wrap=True)
 
     def progress(self, total: int, label: str = "explaining") -> ProgressReporter:
         return ProgressReporter(self, total, label)
@@ -210,3 +223,21 @@ def _error_value(value) -> float:
     except (TypeError, ValueError):
         return float("inf")
     return v if v == v else float("inf")
+
+
+def token_line(pairs, prefix: str = "", suffix: str = "", sign: str = "all") -> Text:
+    """Tokens on the background colour of their attribution (the colours of the PNG), as one
+    rich Text: how a terminal shows which words raised or lowered the score."""
+    import numpy as np
+
+    from igcli.render import hex_color, ink_for, token_colors
+
+    colors, _ = token_colors(np.array([v for _, v in pairs], dtype=np.float64), sign=sign)
+    text = Text(one_line(prefix))
+    for k, ((token, _), rgb) in enumerate(zip(pairs, colors, strict=True)):
+        if k:
+            text.append(" ")
+        style = f"{hex_color(ink_for(rgb))} on {hex_color(rgb)}"
+        text.append(one_line(str(token)), style=style)
+    text.append(one_line(suffix))
+    return text

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from igcli.model import ModelRunner, check_finite
+from igcli.model import Context, ModelRunner, check_finite, rows_of, stack_contexts
 
 TARGET = "igcli_target"  # per-row target index fed to a gradient model
 
@@ -92,14 +92,15 @@ class GraphRunner:
     def batch_size(self) -> int:
         return self.runner.batch_size
 
-    def run(self, points: np.ndarray) -> np.ndarray:
+    def run(self, points: np.ndarray, context: Context | None = None) -> np.ndarray:
         """Outputs only (a zero seed): the model's forward values from the same session."""
-        return self.runner.run(points)
+        return self.runner.run(points, context)
 
     def run_with_gradients(
-        self, points: np.ndarray, target: int | np.ndarray
+        self, points: np.ndarray, target: int | np.ndarray, context: Context | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Outputs and gradients of each row's target (one int, or an int per row)."""
+        """Outputs and gradients of each row's target (one int, or an int per row);
+        `context`: other inputs' values for one sample, or one entry per row."""
         from igcli.autodiff import GRAD
 
         r = self.runner
@@ -107,7 +108,8 @@ class GraphRunner:
         for start, batch in r.batches(points):
             rows = target[start : start + len(batch)] if np.ndim(target) else target
             targets = np.broadcast_to(np.asarray(rows, dtype=np.int64), (len(batch),))
-            out, grad = r.call(batch, [r.output_name, GRAD], targets)
+            part = rows_of(context, start, len(batch), len(points))
+            out, grad = r.call(batch, [r.output_name, GRAD], targets, part)
             outs.append(out)
             grads.append(grad)
         out, grad = np.concatenate(outs), np.concatenate(grads)
@@ -121,20 +123,25 @@ class GraphGradients:
 
     name = "graph"
 
-    def __init__(self, graph: GraphRunner, target: int | np.ndarray) -> None:
-        # target: one output index, or one per row of the points (see merge)
-        self.graph, self.target = graph, target
+    def __init__(
+        self, graph: GraphRunner, target: int | np.ndarray, context: Context | None = None
+    ) -> None:
+        # target: one output index, or one per row of the points (see merge); context: the
+        # sample's values of other inputs (a mask, say), or one entry per row
+        self.graph, self.target, self.context = graph, target, context
 
     @classmethod
     def merge(cls, per_row: list[GraphGradients]) -> GraphGradients:
-        """One source for points of several problems: each row keeps its own target."""
-        return cls(per_row[0].graph, np.array([s.target for s in per_row]))
+        """One source for points of several problems: each row keeps its own target (and
+        its own sample's context)."""
+        targets = np.array([s.target for s in per_row])
+        return cls(per_row[0].graph, targets, stack_contexts([s.context for s in per_row]))
 
     def values(self, points: np.ndarray) -> np.ndarray:
-        return pick(self.graph.run(points), self.target)
+        return pick(self.graph.run(points, self.context), self.target)
 
     def values_and_gradients(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outputs, grads = self.graph.run_with_gradients(points, self.target)
+        outputs, grads = self.graph.run_with_gradients(points, self.target, self.context)
         return pick(outputs, self.target), grads.astype(np.float64)
 
 
@@ -142,6 +149,24 @@ class Forward(Protocol):
     batch_size: int
 
     def run(self, points: np.ndarray) -> np.ndarray: ...
+
+
+class Bound:
+    """A runner (ModelRunner or GraphRunner) with one sample's context bound to every call,
+    for code that calls `run(points)` (finite differences, the gradient self-check)."""
+
+    def __init__(self, runner, context: Context | None) -> None:
+        self.runner, self.context = runner, context
+
+    @property
+    def batch_size(self) -> int:
+        return self.runner.batch_size
+
+    def run(self, points: np.ndarray) -> np.ndarray:
+        return self.runner.run(points, self.context)
+
+    def run_with_gradients(self, points: np.ndarray, target) -> tuple[np.ndarray, np.ndarray]:
+        return self.runner.run_with_gradients(points, target, self.context)
 
 
 class FiniteDifferences:

@@ -468,6 +468,8 @@ def _tabular_section(results: list[dict], dirs: list[Path], model: str) -> str:
     for r, d in zip(results, dirs, strict=True):
         if not str(r.get("input", "")).lower().endswith(".csv") or not r.get("attributions_file"):
             continue
+        if r.get("at"):  # attributed at a tensor inside the model: not the CSV's features
+            continue
         try:
             a = _load_vector(d / r["attributions_file"])
         except (OSError, ValueError):

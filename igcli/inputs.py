@@ -228,6 +228,13 @@ class Sample:
     pixels: np.ndarray | None = None  # (H, W, C) in [0, 1], for images
     feature_names: list[str] | None = None
     raw_values: np.ndarray | None = None  # tabular rows before standardisation
+    # Token models (kind "tokens", x holds ids): values of the other inputs for this sample
+    # (attention mask, token types: name -> model.Feed), the tokens as text, which positions
+    # a baseline keeps (special tokens and padding), and the text the ids come from.
+    feeds: dict | None = None
+    tokens: list[str] | None = None
+    special: np.ndarray | None = None
+    text: str | None = None
 
 
 # -- images -----------------------------------------------------------------------------------

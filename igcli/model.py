@@ -597,6 +597,48 @@ class Feed:
             return self.value
         return np.repeat(self.value, n, axis=axis)
 
+    def rows(self, start: int, stop: int, total: int) -> Feed:
+        """Rows start:stop of a value that holds one entry per row of `total` rows (a value
+        with a batch of 1, or none, serves every row as it is)."""
+        axis = self.batch_axis
+        if axis is None or total == 1 or self.value.shape[axis] != total:
+            return self
+        index = [slice(None)] * self.value.ndim
+        index[axis] = slice(start, stop)
+        return Feed(self.value[tuple(index)], axis)
+
+
+# Values of other model inputs that belong to one sample (its attention mask, the token ids
+# a cut model still reads) or, stacked, to each row of a call: name -> Feed.
+Context = dict[str, Feed]
+
+
+def stack_contexts(contexts: list[Context | None]) -> Context | None:
+    """One context for rows that each have their own (one entry per row, in order): each
+    sample's value repeated over its run of rows, joined along the batch axis."""
+    if all(c is None for c in contexts):
+        return None
+    if any(c is None for c in contexts):
+        raise ValueError("rows with and without context feeds cannot share a call")
+    runs: list[list] = []  # [context, rows] for each run of rows sharing a context
+    for c in contexts:
+        if runs and runs[-1][0] is c:
+            runs[-1][1] += 1
+        else:
+            runs.append([c, 1])
+    if len(runs) == 1:
+        c, n = runs[0]
+        return {k: Feed(f.for_rows(n), f.batch_axis) for k, f in c.items()}
+    out: Context = {}
+    for name, first in runs[0][0].items():
+        axis = first.batch_axis
+        if axis is None:
+            out[name] = first
+            continue
+        parts = [np.repeat(c[name].value, n, axis=axis) for c, n in runs]
+        out[name] = Feed(np.concatenate(parts, axis=axis), axis)
+    return out
+
 
 def feed_batch_axis(feed: TensorSpec, attributed: TensorSpec) -> int | None:
     """The axis of `feed` that carries the batch of the attributed input (None if none does).
@@ -799,6 +841,8 @@ class ModelRunner:
 
     def _open(self, session: ort.InferenceSession) -> None:
         self.session = session
+        # a cut model, or a graph specialised by igcli, may no longer read every input
+        self.takes = {i.name for i in session.get_inputs()}
         types = {i.name: i.type for i in session.get_inputs()}
         types.update({o.name: o.type for o in session.get_outputs()})
         self.input_dtype = _ort_dtype(types[self.input_name])
@@ -817,10 +861,13 @@ class ModelRunner:
             return False
         return out.shape[:1] == (2,)
 
-    def _feeds_for(self, batch: np.ndarray, targets: np.ndarray | None) -> dict[str, np.ndarray]:
+    def _feeds_for(
+        self, batch: np.ndarray, targets: np.ndarray | None, context: Context | None = None
+    ) -> dict[str, np.ndarray]:
         feeds = {self.input_name: batch}
-        for name, feed in self.extra_feeds.items():
-            feeds[name] = feed.for_rows(len(batch))
+        for name, feed in {**self.extra_feeds, **(context or {})}.items():
+            if name in self.takes:
+                feeds[name] = feed.for_rows(len(batch))
         if self.target_input is not None:
             if targets is None:
                 targets = np.full(len(batch), NO_TARGET, dtype=np.int64)
@@ -839,10 +886,15 @@ class ModelRunner:
             start += size
 
     def call(
-        self, batch: np.ndarray, outputs: list[str], targets: np.ndarray | None = None
+        self,
+        batch: np.ndarray,
+        outputs: list[str],
+        targets: np.ndarray | None = None,
+        context: Context | None = None,
     ) -> list[np.ndarray]:
-        """One session call, timed and counted; a runtime failure becomes a one-line error."""
-        feeds = self._feeds_for(batch, targets)
+        """One session call, timed and counted; a runtime failure becomes a one-line error.
+        `context` holds values of other inputs for these rows (see stack_contexts)."""
+        feeds = self._feeds_for(batch, targets, context)
         start = time.perf_counter()
         try:
             result = self.session.run(outputs, feeds)
@@ -857,12 +909,23 @@ class ModelRunner:
             self.tuner.record(len(batch), spent)
         return [np.asarray(r) for r in result]
 
-    def run(self, points: np.ndarray) -> np.ndarray:
-        """Output for each row of `points` (rows are model inputs without the batch axis)."""
-        outs = [self.call(batch, [self.output_name])[0] for _, batch in self.batches(points)]
+    def run(self, points: np.ndarray, context: Context | None = None) -> np.ndarray:
+        """Output for each row of `points` (rows are model inputs without the batch axis);
+        `context`: other inputs' values for one sample, or one entry per row."""
+        outs = []
+        for start, batch in self.batches(points):
+            rows = rows_of(context, start, len(batch), len(points))
+            outs.append(self.call(batch, [self.output_name], context=rows)[0])
         result = np.concatenate(outs, axis=0)
         check_finite(result, f"output {self.output_name!r}", self.path)
         return result
+
+
+def rows_of(context: Context | None, start: int, n: int, total: int) -> Context | None:
+    """The part of a per-row context for rows start:start+n of `total`."""
+    if context is None:
+        return None
+    return {k: f.rows(start, start + n, total) for k, f in context.items()}
 
 
 def check_finite(values: np.ndarray, what: str, path: Path) -> None:

@@ -317,6 +317,105 @@ def render_bars(
     return im
 
 
+def token_colors(
+    values: np.ndarray, *, sign: str = "all", vmax: float | None = None
+) -> tuple[list[tuple[int, int, int]], float]:
+    """Background colour of each token (the heatmaps' colours) and the scale used: signed
+    values on the diverging map over [-vmax, vmax], magnitudes on inferno over [0, vmax].
+    vmax defaults to the largest |value| (a sentence has few tokens: no percentile clip)."""
+    m = np.nan_to_num(select_sign(np.asarray(values, dtype=np.float64).ravel(), sign), nan=0.0)
+    scale = float(vmax) if vmax else float(np.max(np.abs(m), initial=0.0)) or 1.0
+    rgb = _colorize(m, scale, sign == "all")
+    return [tuple(int(c) for c in row) for row in rgb], scale
+
+
+def hex_color(rgb: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{int(c):02x}" for c in rgb)
+
+
+def ink_for(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Dark text on light backgrounds, white on dark ones (ITU-R 601 luma)."""
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return _INK if luma > 140 else _WHITE
+
+
+def render_tokens(
+    tokens: list[str],
+    values: np.ndarray,
+    *,
+    sign: str = "all",
+    vmax: float | None = None,
+    title: str | None = None,
+    caption: str | None = None,
+    width: int = 900,
+) -> Image.Image:
+    """Tokens coloured by their attribution, in reading order, wrapped to `width`, each with
+    its value beneath it; a colorbar and the legend under them (red raises the score, blue
+    lowers it, as in the heatmaps)."""
+    vals = np.asarray(values, dtype=np.float64).ravel()
+    if len(tokens) != vals.size:
+        raise ValueError(f"{len(tokens)} tokens but {vals.size} values")
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}, got {sign!r}")
+    colors, scale = token_colors(vals, sign=sign, vmax=vmax)
+    signed = sign == "all"
+    fs, margin, gap = 20, 24, 6
+    font, small, big = _font(fs), _font(fs - 6), _font(fs)
+    pad_x, box_h, value_h = 7, round(fs * 1.6), round(fs * 0.95)
+    line_h = box_h + value_h + gap
+    boxes = []  # (x, line, box width, token text, value text)
+    x, line = margin, 0
+    for tok, v in zip(tokens, vals, strict=True):
+        text = _fit(_drawable(str(tok), font), font, width - 2 * margin - 2 * pad_x)
+        label = _fmt_signed(float(v), 2) if signed else f"{float(v):.2g}"
+        w = max(_textlen(font, text), _textlen(small, label)) + 2 * pad_x
+        if x + w > width - margin and x > margin:
+            x, line = margin, line + 1
+        boxes.append((x, line, w, text, label))
+        x += w + gap
+    title_h = round(fs * 1.7) if title else 0
+    rows_h = (line + 1) * line_h if boxes else line_h
+    bar_h, below_h = 12, round(fs * 2.6)
+    cap_h = round(fs * 1.5) if caption else 0
+    height = margin + title_h + rows_h + gap + below_h + cap_h + margin // 2
+    im = Image.new("RGB", (width, height), _WHITE)
+    d = ImageDraw.Draw(im)
+    y = margin
+    if title:
+        _text(d, (margin, y + title_h // 2 - 4), title, big, _INK, width - 2 * margin)
+        y += title_h
+    for (bx, bl, w, text, label), col in zip(boxes, colors, strict=True):
+        by = y + bl * line_h
+        d.rectangle((bx, by, bx + w, by + box_h), fill=col, outline=_RULE)
+        _text(d, (bx + w / 2, by + box_h / 2), text, font, ink_for(col), w, align="center")
+        _text(d, (bx + w / 2, by + box_h + value_h / 2 + 1), label, small, _MUTED, w,
+              align="center")  # fmt: skip
+    if not boxes:
+        _text(d, (margin, y + line_h // 2), "no tokens", font, _MUTED, width - 2 * margin)
+    y += rows_h + gap
+    x0, x1 = margin, margin + (width - 2 * margin) // 2
+    lo = -scale if signed else 0.0
+    ramp = np.linspace(lo, scale, x1 - x0 + 1)[None, :].repeat(bar_h, axis=0)
+    im.paste(Image.fromarray(_colorize(ramp, scale, signed), mode="RGB"), (x0, y))
+    d.rectangle((x0 - 1, y - 1, x1 + 1, y + bar_h), outline=_RULE)
+    ticks = [-scale, 0.0, scale] if signed else [0.0, scale / 2, scale]
+    for i, v in enumerate(ticks):
+        tx = x0 + round(i * (x1 - x0) / 2)
+        d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
+        text = "0" if v == 0 else (_fmt_signed(v, 3) if signed else f"{v:.3g}")
+        _text(d, (tx, y + bar_h + 6 + fs * 0.4), text, small, _INK, x1 - x0,
+              align=("left", "center", "right")[i])  # fmt: skip
+    first, second = _SIGN_LEGEND[sign]
+    legend = (_lut(DIVERGING)[-1], _lut(DIVERGING)[0]) if signed else (_INK, _MUTED)
+    for i, (text, col) in enumerate(zip((first, second), legend, strict=True)):
+        cy = y + round(bar_h / 2) + i * round(fs * 1.1)
+        _text(d, (x1 + 24, cy), text, small, tuple(int(c) for c in col), width - x1 - 24 - margin)
+    y += below_h
+    if caption:
+        _text(d, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
+    return im
+
+
 def save_png(image: Image.Image, path: Path) -> None:
     """Write atomically: save to a temporary file in the same folder, then os.replace.
 

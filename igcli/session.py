@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ import onnx
 
 from igcli import baselines
 from igcli.attribution import Attribution
-from igcli.autodiff import build_gradient_graph
+from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
 from igcli.cache import cache_key, load_graph, save_graph
+from igcli.cut import AGGREGATES, Cut, embedding_lookups, make_cut
 from igcli.errors import GradientError, IgcliError, InputError, UnsupportedOpsError, UsageError
 from igcli.gradcheck import check_directions
 from igcli.gradients import (
     TARGET,
+    Bound,
     FiniteDifferences,
     GradientSource,
     GraphGradients,
@@ -48,11 +51,14 @@ from igcli.ig import (
 from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
 from igcli.memory import MAX_ROWS, RowTuner, default_budget, rows_within
 from igcli.model import (
+    Context,
+    Feed,
     ModelRunner,
     Sidecar,
     TensorSpec,
     default_output,
     expose_output,
+    graph_inputs,
     graph_outputs,
     is_float_tensor,
     load_feeds,
@@ -60,11 +66,13 @@ from igcli.model import (
     model_hash,
     require_inputs,
     resolve_providers,
+    stack_contexts,
     unusable_reason,
     with_softmax,
     without_initializer_inputs,
 )
 from igcli.quadrature import RULES as QUADRATURE_RULES
+from igcli.tokens import TEXT_SUFFIXES, TokenInputs, token_baseline, token_inputs
 
 GRADIENT_CHOICES = ("auto", "graph", "fd")
 ANY_SHAPE = None  # the key of a gradient graph that holds for every sample shape
@@ -152,6 +160,12 @@ class Session:
     `output` may name any float tensor of the graph, such as pre-softmax logits); `feeds`
     gives values for other inputs; `gradients` is "auto" (the gradient graph where it builds
     and passes its self-check, else finite differences), "graph" or "fd".
+
+    `at` names a float tensor of the graph to attribute at instead of the input (the model is
+    cut there, see cut.py); for inputs of integer token ids it defaults to the embedding lookup
+    they feed. `aggregate` (sum, l2, none) turns attributions at such a tensor into one value
+    per input position (per token). `tokenizer` is a tokenizer.json for token models (default:
+    `<model>.tokenizer.json` or `tokenizer.json` beside the model).
     """
 
     def __init__(
@@ -175,7 +189,16 @@ class Session:
         labels: Sequence[str] | None = None,
         cache: bool = True,
         warn: Callable[[str], None] | None = None,
+        at: str | None = None,
+        aggregate: str = "sum",
+        tokenizer: str | Path | None = None,
     ) -> None:
+        options = dict(locals())  # for sessions cut at other tensors (see `cut`)
+        self._options = {k: v for k, v in options.items() if k not in ("self", "model", "at")}
+        self._siblings: dict[str, Session] = {}
+        if aggregate not in AGGREGATES:
+            raise UsageError(f"aggregate {aggregate!r}: choose {', '.join(AGGREGATES)}")
+        self.aggregate = aggregate
         if gradients not in GRADIENT_CHOICES:
             raise UsageError(f"gradients {gradients!r}: choose auto, graph or fd")
         if not fd_step > 0:
@@ -195,7 +218,16 @@ class Session:
         self.output_spec = self._choose_output(output)
         self.output_name = self.output_spec.name
         self.labels = list(labels) if labels else self.sidecar.labels
-        self.feeds = load_feeds(feeds or {}, inputs, self.input_spec)
+        # Integer ids (token models): other inputs such as the attention mask are derived
+        # per sample unless fed.
+        self.tokens: TokenInputs | None = None
+        if self.input_spec.kind == "tensor" and self.input_spec.dtype.kind in "iu":
+            self.tokens = token_inputs(
+                self.model_path, self.input_spec, inputs, set(feeds or {}), tokenizer
+            )
+        derived = set(self.tokens.derived) if self.tokens else set()
+        usable = [s for s in inputs if s.name not in derived]
+        self.feeds = load_feeds(feeds or {}, usable, self.input_spec)
         model_for_run = self.model
         if self.output_name not in {o.name for o in self.model.graph.output}:
             model_for_run = expose_output(self.model, self.output_name)
@@ -203,13 +235,35 @@ class Session:
             model_for_run, self.output_name = with_softmax(model_for_run, self.output_name)
         self.run_model = model_for_run
         self.softmax_input = softmax_input(model_for_run, self.output_name)
-        self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std, preset=preprocess)
+        if self.tokens is not None:
+            self.prep = Preprocessing(list(self.input_spec.shape), dtype=self.input_spec.dtype)
+        else:
+            self.prep = make_preprocessing(
+                self.input_spec, self.sidecar, mean, std, preset=preprocess
+            )
         if self.prep.unnormalised_rgb and preprocess is None:
             self.warn(
                 f"{self.model_path}: RGB images reach the model as pixels / "
                 f"{self.prep.scale:g}, without mean/std normalisation; if it was trained on "
                 "normalised images, say so: --preprocess imagenet (or --mean/--std, or the "
                 "sidecar's preprocessing)"
+            )
+        self.at, self._cut = self._choose_cut(at)
+        # IG runs on `ig_model`, whose input `ig_input` is what the path moves: the model
+        # input itself, or the tensor the model is cut at.
+        if self._cut is not None:
+            self.ig_model, self.ig_input = self._cut.after, self._cut.tensor
+            self.ig_shape = list(self._cut.spec.shape)
+        else:
+            self.ig_model, self.ig_input = self.run_model, self.input_spec.name
+            self.ig_shape = list(self.input_spec.shape)
+        self._before: ModelRunner | None = None
+        self._example_context: Context | None = None  # shapes for specialising graphs
+        if self.tokens is not None and self.tokens.vocab.path is None:
+            self.warn(
+                f"{self.model_path}: no tokenizer.json beside the model (or --tokenizer): "
+                "tokens are shown as ids, the attention mask is all ones, and the pad "
+                "baseline puts id 0 at every position (special tokens unknown)"
             )
         self.providers = resolve_providers(provider)
         self.threads = threads
@@ -225,9 +279,47 @@ class Session:
         self._plain: ModelRunner | None = None
         self._current: ModelRunner | None = None
         self._measured: set[int] = set()  # runners whose rows per call are measured
+        # A cut model gets only a graph for every shape here: specialising one to a shape
+        # may need the values the part after the cut reads (a mask, the ids), which come
+        # with the first sample.
         if gradients != "fd":
-            graph = self._graph_for(self._declared_shape())
+            graph = self._graph_for(None if self._cut else self._declared_shape())
             self._current = graph.runner if graph is not None else None
+
+    def _choose_cut(self, at: str | None) -> tuple[str | None, Cut | None]:
+        """The tensor to attribute at (None: the input itself) and the model cut there."""
+        name = self.input_spec.name
+        if self.tokens is None and (at is None or at == name):
+            return None, None
+        if at is None or at == name:
+            lookups = embedding_lookups(self.run_model, name)
+            if not lookups:
+                raise UsageError(
+                    f"input {name!r} is {self.input_spec.type_text} and feeds no embedding "
+                    "lookup igcli can find: choose a float input with --input, or a float "
+                    "tensor to attribute at with --at (`igcli inspect` lists candidates)",
+                    self.model_path,
+                )
+            if len(lookups) > 1:
+                self.warn(
+                    f"{self.model_path}: input {name!r} feeds {len(lookups)} embedding lookups; "
+                    f"attributing at the first, {lookups[0]!r} (--at picks another)"
+                )
+            at = lookups[0]
+        try:
+            return at, make_cut(self.run_model, at, name, self.output_name)
+        except UsageError as exc:
+            raise UsageError(exc.reason, self.model_path) from None
+
+    def cut(self, tensor: str | None) -> Session:
+        """This model with the same options, attributed at `tensor` (None: the default);
+        made once and kept, so each cut builds its gradient graph once."""
+        if tensor == self.at:
+            return self
+        key = tensor or ""
+        if key not in self._siblings:
+            self._siblings[key] = Session(self.model_path, **self._options, at=tensor)
+        return self._siblings[key]
 
     # -- set-up -------------------------------------------------------------------------
     def _choose_input(self, inputs: list[TensorSpec], name: str | None) -> TensorSpec:
@@ -277,6 +369,8 @@ class Session:
         shape_text = "any" if shape is None else ",".join(map(str, shape))
         parts = [kind, self.input_spec.name, self.output_name, str(self.softmax)]
         parts += [json.dumps([feeds, axes], sort_keys=True), shape_text]
+        if self._cut is not None:
+            parts.append(f"at={self.at}")
         return cache_key(self.sha256, *parts)
 
     def _runner_kw(self) -> dict:
@@ -306,17 +400,24 @@ class Session:
         if self._plain is not None:
             return self._plain
         key = self._cache_key("plain")
-        names = (self.model_path, self.input_spec.name, self.output_name)
+        names = (self.model_path, self.ig_input, self.output_name)
         runner = ModelRunner.from_cache(key, *names, **self._runner_kw()) if key else None
         if runner is None:
-            runner = ModelRunner(self.run_model, *names, cache_key=key, **self._runner_kw())
+            runner = ModelRunner(self.ig_model, *names, cache_key=key, **self._runner_kw())
         self._plain = runner
         return runner
 
+    def _before_runner(self) -> ModelRunner:
+        """The part of a cut model before the cut: the input -> the tensor attributed at."""
+        if self._before is None:
+            names = (self.model_path, self.input_spec.name, self._cut.tensor)
+            self._before = ModelRunner(self._cut.before, *names, **self._runner_kw())
+        return self._before
+
     def _declared_shape(self) -> tuple | None:
-        dims = self.input_spec.shape[1:]
+        dims = self.ig_shape[1:]
         ok = all(isinstance(d, int) and d > 0 for d in dims)
-        return tuple(dims) if ok and self.input_spec.shape else None
+        return tuple(dims) if ok and self.ig_shape else None
 
     def _graph_for(self, shape: tuple | None) -> GraphRunner | None:
         """The gradient graph for samples of `shape`, built (or loaded) once; None: use
@@ -346,7 +447,7 @@ class Session:
 
     def _load_or_build_graph(self, shape: tuple | None) -> tuple[GraphRunner | None, tuple | None]:
         """(graph, the shape it holds for: ANY_SHAPE or `shape`), from the cache if there."""
-        names = (self.model_path, self.input_spec.name, self.output_name)
+        names = (self.model_path, self.ig_input, self.output_name)
         kw = dict(self._runner_kw(), target_input=TARGET)
         keys = [(ANY_SHAPE, self._cache_key("graph"))]
         if shape is not None:
@@ -361,9 +462,19 @@ class Session:
                 if cached is not None:
                     return self._graph_runner(cached, key), valid_for
         feeds = {name: feed.value for name, feed in self.feeds.items()}
-        built = build_gradient_graph(
-            self.run_model, self.input_spec.name, self.output_name, sample_shape=shape, feeds=feeds
-        )
+        # Values that change from sample to sample (a mask, the ids a cut model still reads)
+        # give their shapes only: the graph must hold for all of them.
+        per_sample = {k: f.value for k, f in (self._example_context or {}).items()}
+        read = {s.name for s in graph_inputs(self.ig_model)}
+        feeds = {k: v for k, v in {**feeds, **per_sample}.items() if k in read}
+        if shape is None and self._cut is not None:  # no sample yet: see __init__
+            built = GradientGraph(build_gradient_model(self.ig_model, self.ig_input,
+                                                       self.output_name))  # fmt: skip
+        else:
+            built = build_gradient_graph(
+                self.ig_model, self.ig_input, self.output_name, sample_shape=shape,
+                feeds=feeds, fold_feed_values=not per_sample,
+            )  # fmt: skip
         valid_for = ANY_SHAPE if built.sample_shape is None else tuple(built.sample_shape)
         model = with_target_seed(built.model, self.output_name)
         key = self._cache_key("graph", valid_for)
@@ -372,7 +483,7 @@ class Session:
         return self._graph_runner(model, key), valid_for
 
     def _graph_runner(self, model: onnx.ModelProto, key: str | None) -> GraphRunner | None:
-        names = (self.model_path, self.input_spec.name, self.output_name)
+        names = (self.model_path, self.ig_input, self.output_name)
         try:
             runner = ModelRunner(
                 model, *names, cache_key=key, target_input=TARGET, **self._runner_kw()
@@ -412,7 +523,16 @@ class Session:
             "mean": None if prep.mean is None else prep.mean.tolist(),
             "std": None if prep.std is None else prep.std.tolist(),
             "labels": self.labels,
+            **self._cut_fingerprint(),
         }
+
+    def _cut_fingerprint(self) -> dict:
+        if self._cut is None and self.tokens is None:
+            return {}
+        if not hasattr(self, "_tokenizer_sha"):
+            path = self.tokens.tokenizer_path if self.tokens is not None else None
+            self._tokenizer_sha = model_hash(path) if path is not None else None
+        return {"at": self.at, "aggregate": self.aggregate, "tokenizer": self._tokenizer_sha}
 
     @property
     def gradient_source(self) -> str:
@@ -421,13 +541,38 @@ class Session:
 
     # -- inputs ---------------------------------------------------------------------------
     def load(self, input, name: str | None = None) -> list[Sample]:
-        """Samples from a path (image, .npy, CSV: one per row), an array or a PIL image."""
+        """Samples from a path (image, .npy, CSV: one per row; for token models .npy ids,
+        .txt or .jsonl: one per line), an array, a PIL image, or (token models) a string."""
         if isinstance(input, Sample):
             return [input]
+        if self.tokens is not None:
+            return self._load_tokens(input, name)
         if isinstance(input, str | Path):
             path = Path(input)
             return load_samples(path, self.prep, name or path.stem)
         return [sample_from_array(input, self.prep, name or "array")]
+
+    def _load_tokens(self, input, name: str | None) -> list[Sample]:
+        tokens = self.tokens
+        if isinstance(input, str) and not _names_a_file(input):
+            return [tokens.from_text(input, Path("<text>"), name or "text")]
+        if isinstance(input, str | Path):
+            path = Path(input)
+            suffix = path.suffix.lower()
+            if suffix == ".npy":
+                return [tokens.from_npy(path, name or path.stem)]
+            if suffix in TEXT_SUFFIXES:
+                return tokens.from_text_file(path, name or path.stem)
+            if not os.path.lexists(path):
+                raise InputError("no such file", path)
+            raise InputError(
+                f"unsupported file type {suffix or '(none)'!r}: a token model takes .npy token "
+                "ids, .txt (one text per line) or .jsonl",
+                path,
+            )
+        where = Path(f"<{name or 'array'}>")
+        ids = tokens.fit_ids(np.asarray(input), where, UsageError)
+        return [tokens.sample(where, name or "array", ids)]
 
     # -- attribution ----------------------------------------------------------------------
     def attribute(
@@ -439,12 +584,19 @@ class Session:
         steps: int = 50,
         method: str = "gausslegendre",
         seed: int = 0,
+        at: str | None = None,
     ) -> Attribution:
         """Integrated Gradients of output[target] (default: the top class) at one input.
 
         `input`: an image or .npy path, a numpy array in the model input's shape (with or
-        without the batch axis), or a PIL image for image models.
+        without the batch axis), or a PIL image for image models; for token models also a
+        string (the text) or an array of token ids. `at` attributes at that tensor instead
+        (see `cut`).
         """
+        if at is not None and at != self.at:
+            return self.cut(at).attribute(
+                input, target, baseline=baseline, steps=steps, method=method, seed=seed
+            )
         samples = self.load(input)
         if len(samples) != 1:
             raise UsageError(
@@ -487,30 +639,40 @@ class Session:
                     out[k] = result
             return out
         where = samples[0].path
-        names = [settings.baseline or baselines.default_baseline(s) for s in samples]
+        names = [settings.baseline or self._default_baseline(s) for s in samples]
         bases = [
-            baselines.make_baseline(name, s, self.prep, seed=settings.seed)
+            self._make_baseline(name, s, settings.seed)
             for name, s in zip(names, samples, strict=True)
         ]
-        graph = self._use(samples[0].x)
+        # The path's ends in the space IG walks: the input's (or the cut tensor's) values,
+        # and each sample's values of the other inputs (None: the session's feeds only).
+        if self._cut is not None:
+            xs, bs, contexts = self._through_cut(samples, bases)
+        else:
+            xs = [s.x for s in samples]
+            bs = [b.astype(s.x.dtype) for s, b in zip(samples, bases, strict=True)]
+            contexts = [s.feeds for s in samples]
+        self._example_context = contexts[0]
+        graph = self._use(xs[0], contexts[0])
         runner = self.runner
-        rows = [r for s, b in zip(samples, bases, strict=True) for r in (s.x, b.astype(s.x.dtype))]
+        rows = [r for x, b in zip(xs, bs, strict=True) for r in (x, b)]
+        row_contexts = stack_contexts([c for c in contexts for _ in (0, 1)])
         try:  # one call gives the targets and both ends of every path
-            ends = runner.run(np.stack(rows))
+            ends = runner.run(np.stack(rows), row_contexts)
         except IgcliError as exc:
             raise InputError(exc.reason, where) from None
         out_shape = ends.shape[1:]
         if graph is not None and graph.check is None:
-            graph = self._self_check(graph, samples[0])
+            graph = self._self_check(graph, xs[0], contexts[0])
             runner = self.runner
 
         jobs = []  # (sample index, target, problem)
-        for i, (sample, base) in enumerate(zip(samples, bases, strict=True)):
+        for i, (x, base, context) in enumerate(zip(xs, bs, contexts, strict=True)):
             pair = ends[2 * i : 2 * i + 2]
             own = targets_per_sample[i] if targets_per_sample is not None else None
             for t in self._targets(pair[0], out_shape, targets if own is None else own):
-                source = self._source(graph, t, sample, base)
-                problem = Problem(sample.x, base, source, tuple(pick(pair, t)))
+                source = self._source(graph, t, samples[i], x, base, context)
+                problem = Problem(x, base, source, tuple(pick(pair, t)))
                 jobs.append((i, t, problem))
         start = time.perf_counter()
         try:
@@ -537,7 +699,7 @@ class Session:
             attribution = Attribution(
                 attributions=result.attributions,
                 sample=samples[i],
-                baseline=bases[i],
+                baseline=bs[i],
                 target=t,
                 label=self.label(t),
                 output=self.output_name,
@@ -552,6 +714,8 @@ class Session:
                 fd_groups=(self.fd_groups or default_groups(samples[i])) if is_fd else None,
                 wall_time_s=share,
                 extra=extra,
+                at=self.at,
+                aggregate=self.aggregate,
             )
             out[i].append(attribution)
             self._judge(attribution, source)
@@ -602,36 +766,87 @@ class Session:
         return [int(t) for t in targets]
 
     def _source(
-        self, graph: GraphRunner | None, target: int, sample: Sample, base: np.ndarray
+        self,
+        graph: GraphRunner | None,
+        target: int,
+        sample: Sample,
+        x: np.ndarray,
+        base: np.ndarray,
+        context: Context | None = None,
     ) -> GradientSource:
         if graph is not None:
-            return GraphGradients(graph, target)
-        groups = parse_groups(self.fd_groups, sample, self.prep)
+            return GraphGradients(graph, target, context)
+        if self._cut is not None and self.fd_groups not in (None, "1", "1x1", "none"):
+            raise UsageError("--fd-groups patches apply to image inputs, not to --at tensors")
+        groups = None if self._cut is not None else parse_groups(self.fd_groups, sample, self.prep)
         return FiniteDifferences(
-            self.runner,
+            Bound(self.runner, context),
             target,
-            sample.x.astype(np.float64) - base,
+            x.astype(np.float64) - base,
             groups,
             self.fd_step,
-            ends=(sample.x, base),
+            ends=(x, base),
         )
+
+    # -- baselines and cuts -------------------------------------------------------------
+    def _default_baseline(self, sample: Sample) -> str:
+        return "pad" if sample.kind == "tokens" else baselines.default_baseline(sample)
+
+    def _make_baseline(self, name: str, sample: Sample, seed: int) -> np.ndarray | None:
+        """The baseline in the input's space (token ids for token models); None: zeros at
+        the tensor attributed at (`zero` with a cut)."""
+        if sample.kind == "tokens":
+            return token_baseline(name, sample, self.tokens.vocab)
+        if self._cut is not None and name == "zero":
+            return None
+        return baselines.make_baseline(name, sample, self.prep, seed=seed)
+
+    def _through_cut(self, samples: Sequence[Sample], bases: list[np.ndarray | None]):
+        """The cut tensor's values at each input and baseline (the part before the cut runs
+        on both, with the input's other values), and each sample's context for the part
+        after it: its own feeds and the input itself where that part still reads it."""
+        rows, row_contexts = [], []
+        for s, b in zip(samples, bases, strict=True):
+            rows.append(s.x)
+            row_contexts.append(s.feeds)
+            if b is not None:
+                rows.append(b.astype(s.x.dtype))
+                row_contexts.append(s.feeds)
+        try:
+            values = self._before_runner().run(np.stack(rows), stack_contexts(row_contexts))
+        except IgcliError as exc:
+            raise InputError(exc.reason, samples[0].path) from None
+        xs, bs, contexts = [], [], []
+        k = 0
+        name = self.input_spec.name
+        for s, b in zip(samples, bases, strict=True):
+            xs.append(values[k])
+            bs.append(values[k + 1] if b is not None else np.zeros_like(values[k]))
+            k += 1 if b is None else 2
+            context = dict(s.feeds or {})
+            if name in self._cut.after_inputs:
+                context[name] = Feed(s.x[None], 0)
+            contexts.append(context or None)
+        return xs, bs, contexts
 
     def graph_for(self, x: np.ndarray) -> GraphRunner | None:
         """The gradient graph for samples shaped like x (None: finite differences)."""
         return self._graph_for(tuple(x.shape))
 
-    def _use(self, x: np.ndarray) -> GraphRunner | None:
+    def _use(self, x: np.ndarray, context: Context | None = None) -> GraphRunner | None:
         """Make the graph (or the plain model) for samples shaped like x the current runner."""
         graph = self._graph_for(tuple(x.shape))
         self._current = graph.runner if graph is not None else self._plain_runner()
         if id(self._current) not in self._measured:  # before anything else runs on it
             self._measured.add(id(self._current))
             if not self._rows_given:
-                self._measure_rows(self._current, graph, x)
-            self._check_rows_independent(self._current, graph, x)
+                self._measure_rows(self._current, graph, x, context)
+            self._check_rows_independent(self._current, graph, x, context)
         return graph
 
-    def _check_rows_independent(self, runner: ModelRunner, graph, x: np.ndarray) -> None:
+    def _check_rows_independent(
+        self, runner: ModelRunner, graph, x: np.ndarray, context: Context | None = None
+    ) -> None:
         """Path points share calls as rows of the first axis; when that axis is not a batch
         (Silero's sequence model runs its rows through one LSTM), rows change each other's
         outputs and must go one per call."""
@@ -641,8 +856,8 @@ class Session:
         targets = (lambda n: np.zeros(n, dtype=np.int64)) if graph is not None else (lambda n: None)
         try:
             name = runner.output_name
-            alone = [runner.call(r[None], [name], targets(1))[0][0] for r in (x, other)]
-            joint = runner.call(np.stack([x, other]), [name], targets(2))[0]
+            alone = [runner.call(r[None], [name], targets(1), context)[0][0] for r in (x, other)]
+            joint = runner.call(np.stack([x, other]), [name], targets(2), context)[0]
         except IgcliError:
             return  # the model call itself fails: the run reports that, not this check
         if joint.shape[:1] == (2,) and all(
@@ -658,13 +873,15 @@ class Session:
             "model call",
         )
 
-    def _self_check(self, graph: GraphRunner, sample: Sample) -> GraphRunner | None:
+    def _self_check(
+        self, graph: GraphRunner, x: np.ndarray, context: Context | None = None
+    ) -> GraphRunner | None:
         """Compare a fresh graph's directional derivatives with finite differences once.
 
         A wrong gradient must be caught, not shipped: on a mismatch `auto` falls back to
         finite differences (with a warning naming the model) and `graph` stops (exit 7).
         """
-        check = check_directions(graph, sample.x, directions=4, seed=0)
+        check = check_directions(Bound(graph, context), x, directions=4, seed=0)
         graph.check = check
         if check.verdict != "mismatch":
             return graph
@@ -682,7 +899,9 @@ class Session:
         self._current = self._plain_runner()
         return None
 
-    def _measure_rows(self, runner: ModelRunner, graph: GraphRunner | None, x) -> None:
+    def _measure_rows(
+        self, runner: ModelRunner, graph: GraphRunner | None, x, context: Context | None = None
+    ) -> None:
         """Rows per call from what one more row costs, within the memory budget."""
         if runner.batch_size <= 1:
             return  # the model takes one row per call anyway
@@ -690,7 +909,7 @@ class Session:
         def call(n: int) -> None:
             rows = np.repeat(x[None], n, axis=0).astype(runner.input_dtype)
             targets = np.zeros(n, dtype=np.int64) if graph is not None else None
-            runner.call(rows, [runner.output_name], targets)
+            runner.call(rows, [runner.output_name], targets, context)
 
         rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
         runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below it
@@ -709,6 +928,15 @@ class Session:
         if self._plain is not None:
             runners[id(self._plain)] = self._plain
         return sum(r.seconds for r in runners.values())
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether a string given to a token model is a file rather than the text itself: an
+    existing file, or one word ending in a suffix igcli reads."""
+    if os.path.isfile(text):
+        return True
+    suffix = Path(text).suffix.lower()
+    return not any(c.isspace() for c in text) and suffix in TEXT_SUFFIXES | {".npy"}
 
 
 def softmax_input(model: onnx.ModelProto, output: str) -> str | None:

@@ -28,7 +28,11 @@ def title(a) -> str:
     label = f" '{a.label}'" if a.label and a.label != str(a.target) else ""
     where = Path(str(a.sample.path)).name
     m = re.search(r"_row(\d+)$", a.sample.name)
-    if a.sample.kind == "tabular" and m:
+    if a.sample.text is not None and where.startswith("<"):  # a string given in Python
+        where = repr(a.sample.text)
+    elif a.sample.text is not None:  # a line of a text file
+        where = f"{where} {a.sample.name.rsplit('_', 1)[-1]}"
+    elif a.sample.kind == "tabular" and m:
         where += f" row {m.group(1)}"
     return f"{where} - target {a.target}{label} (score {a.f_input:.4g})"
 
@@ -37,10 +41,11 @@ def caption(a) -> str:
     """The completeness line under a panel: the figure that says whether to trust it, and the
     baseline that "raises" and "lowers" are measured against."""
     steps = a.extra.get("steps_used", a.steps)
+    at = f" \u00b7 at {a.at}" if getattr(a, "at", None) else ""
     return (
         f"baseline {a.baseline_name} \u00b7 completeness error {percent(a.rel_error)} "
         f"({a.attribution_sum:.4g} of {a.delta:.4g}) \u00b7 {steps} {a.method} steps "
-        f"\u00b7 {a.gradient_source}"
+        f"\u00b7 {a.gradient_source}{at}"
     )
 
 
@@ -93,3 +98,60 @@ def draw(
     return render.render_bars(
         list(names), flat, values, top_k=style.top_k, title=title, caption=caption
     )
+
+
+def shown_tokens(sample: Sample) -> int:
+    """How many leading positions of a token sample to draw: up to its last real token (the
+    padding after it has no attribution to show)."""
+    n = sample.x.shape[0]
+    for name, feed in (sample.feeds or {}).items():
+        if "mask" in name.lower():
+            mask = np.asarray(feed.value).reshape(-1)
+            if mask.size == n and np.any(mask):
+                return int(np.flatnonzero(mask)[-1]) + 1
+    return n
+
+
+def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Image.Image:
+    """The picture of an attribution made at a tensor inside the model (`a.at`): tokens
+    coloured by their value for token models, the per-position map over the image for image
+    models, else bars (of positions, or with --aggregate none of the tensor's entries)."""
+    sample, prep = a.sample, a.prep
+    how = a.aggregate
+    if how == "none":
+        flat = a.attributions.reshape(-1)
+        names = [_entry_name(sample, idx) for idx in np.ndindex(a.attributions.shape)]
+        return render.render_bars(names, flat, None, top_k=style.top_k, title=title(a),
+                                  caption=caption(a))  # fmt: skip
+    values = a.positions
+    if sample.kind == "tokens" and values.ndim == 1:
+        n = shown_tokens(sample)
+        return render.render_tokens(
+            list(sample.tokens[:n]), values[:n], sign=style.sign, vmax=vmax, title=title(a),
+            caption=caption(a),
+        )  # fmt: skip
+    if is_image_like(sample, prep) and values.ndim == 2:
+        pixels = display_pixels(sample, prep)
+        h, w = pixels.shape[:2]
+        # each position's value over the pixels it covers (the colour scale reads per position)
+        up = np.asarray(
+            Image.fromarray(values.astype(np.float32), mode="F").resize(
+                (w, h), Image.Resampling.NEAREST
+            ),
+            dtype=np.float64,
+        )
+        return render.render_image(
+            pixels, up[..., None], overlay=style.overlay, sign=style.sign,
+            clip_percentile=style.clip_percentile, vmax=vmax, title=title(a), caption=caption(a),
+        )  # fmt: skip
+    flat = values.reshape(-1)
+    names = [f"{a.at}[{i}]" for i in range(flat.size)]
+    return render.render_bars(names, flat, None, top_k=style.top_k, title=title(a),
+                              caption=caption(a))  # fmt: skip
+
+
+def _entry_name(sample: Sample, index: tuple[int, ...]) -> str:
+    if sample.kind == "tokens" and sample.tokens and len(index) >= 2:
+        rest = ",".join(map(str, index[1:]))
+        return f"{sample.tokens[index[0]]} (#{index[0]}) [{rest}]"
+    return "[" + ",".join(map(str, index)) + "]"

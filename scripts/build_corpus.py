@@ -60,7 +60,7 @@ def _versions() -> dict:
 
     names = [
         "torch", "torchvision", "captum", "onnx2torch", "onnxscript", "transformers",
-        "scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy",
+        "scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "tokenizers",
     ]  # fmt: skip
     out = {}
     for n in names:

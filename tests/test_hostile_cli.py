@@ -128,8 +128,9 @@ def test_integer_input_message_names_the_model(tmp_path):
     result = run("explain", path, tmp_path / "x.npy", "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.USAGE and "Traceback" not in result.stderr
     assert flat(result) == (
-        f"error: {path}: input 'ids' is tensor(int64): igcli attributes float inputs; "
-        "choose a float input with --input"
+        f"error: {path}: input 'ids' is tensor(int64) and feeds no embedding lookup igcli can "
+        "find: choose a float input with --input, or a float tensor to attribute at with --at "
+        "(`igcli inspect` lists candidates)"
     )
 
 

@@ -459,6 +459,8 @@ def build_bert(wanted: Callable[[str], bool]) -> list[dict]:
         }
         print(f"  {name}: LIG at {layer_name}: completeness {refs[layer_name]['rel_error']:.2e}")
     gather = _embedding_gather_output(path, bert.bert.embeddings.word_embeddings.weight)
+    block = _first_layernorm_output(path)
+    tokenizer = _bert_tokenizer(cfg.vocab_size, path.with_suffix(".tokenizer.json"))
     return [
         {
             "name": name,
@@ -483,27 +485,59 @@ def build_bert(wanted: Callable[[str], bool]) -> list[dict]:
             "baseline": None,
             "steps": steps,
             "method": "gausslegendre",
-            "gradients": "auto",
+            "gradients": "graph",
             "expect": {
-                "exit_code": 2,
-                "stderr": ["int64|integer"],
-                "gradient_source": [],
+                "exit_code": 0,
+                "gradient_source": ["graph"],
+                "pearson_min": common.PEARSON_MIN,
+                "rel_l1_max": common.REL_L1_MAX,
+                "completeness_max": common.COMPLETENESS_MAX,
             },
+            "reference": refs["word_embeddings"],
+            "tokenizer": common.rel(tokenizer),
             "issue10": {
                 "baseline_ids": common.save_npy(common.DATA / "hf_bert.baseline_ids.npy", base_ids),
                 "baseline_rule": "pad token (id 0) at every position except [CLS] (2) and "
-                "[SEP] (3)",
+                "[SEP] (3): igcli's default pad baseline, given the tokenizer beside the model",
                 "embedding_tensor": gather,
+                "block_tensor": block,
                 "references": refs,
                 "pearson_min": common.PEARSON_MIN,
                 "completeness_max": common.COMPLETENESS_MAX,
             },
-            "note": "integer input_ids: refused with one line and exit 2 until issue 10 "
-            "attributes at the embeddings; issue10 holds the token ids, the baseline ids and "
-            "Captum LayerIntegratedGradients references at word_embeddings (the Gather output) "
-            "and at the whole embeddings block (after position/type embeddings and LayerNorm)",
+            "note": "integer input_ids: igcli attributes at the embedding lookup they feed (the "
+            "word-embedding Gather) with the pad baseline made in token space; the reference is "
+            "Captum LayerIntegratedGradients at word_embeddings. issue10 also holds the "
+            "reference at the whole embeddings block (after position/type embeddings and "
+            "LayerNorm: --at block_tensor). The tokenizer beside the model is a WordLevel vocab "
+            "of the 200 ids ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4)",
         }
     ]
+
+
+def _first_layernorm_output(path) -> str | None:
+    """The embeddings block's output: the first LayerNormalization of the graph."""
+    m = onnx.load(str(path))
+    return next((n.output[0] for n in m.graph.node if n.op_type == "LayerNormalization"), None)
+
+
+def _bert_tokenizer(vocab_size: int, path):
+    """A WordLevel tokenizer.json for the random BERT's ids, so that igcli knows its special
+    tokens (the pad baseline keeps [CLS] and [SEP]) and can show tokens."""
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"tok{i}": i for i in range(len(specials), vocab_size)})
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.add_special_tokens(specials)
+    tok.save(str(path))
+    return path
 
 
 def _embedding_gather_output(path, weight) -> str | None:

@@ -188,6 +188,10 @@ def test_manifest_files_exist() -> None:
             files.append(e["file"])
         if e.get("reference"):
             files.append(e["reference"]["file"])
+        if e.get("tokenizer"):
+            files.append(e["tokenizer"])
+        for ref in (e.get("issue10") or {}).get("references", {}).values():
+            files.append(ref["file"])
         missing += [f for f in files if f and not (CORPUS / f).exists()]
     assert not missing, missing
 

@@ -1,0 +1,368 @@
+"""Token models: token ids from .npy files or text, the tokenizer, the other inputs such models
+take (attention mask, token types, positions), and baselines made in token space.
+
+A token model's attributed input holds integer ids, so IG walks in the space of the embedding
+lookup they feed (see cut.py). Its baseline is made in token space, as an image baseline is made
+in pixel space: the pad token (or [MASK]) at every position except the special tokens that
+frame the sentence ([CLS], [SEP], <s>, </s>), then passed through the embedding.
+
+The tokenizer is a Hugging Face `tokenizer.json` beside the model (`<model>.tokenizer.json`,
+else `tokenizer.json`) or given with --tokenizer. Its vocabulary and special tokens are read
+as plain JSON, so token ids need nothing more; turning text into ids needs the `tokenizers`
+package (`pip install 'igcli[text]'`), which implements every tokenizer.json model exactly
+as the model's authors trained it (WordPiece, BPE, Unigram, normalisers, pre-tokenizers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from igcli.errors import InputError, UsageError
+from igcli.files import file_size, first_line, open_regular, read_npy
+from igcli.model import Feed, TensorSpec, feed_batch_axis
+
+TEXT_SUFFIXES = {".txt", ".jsonl"}
+TOKEN_BASELINES = ("pad", "mask", "zero")
+MAX_TOKENIZER_BYTES = 64 << 20
+MAX_TEXT_BYTES = 256 << 20
+_PAD_NAMES = ("[PAD]", "<pad>", "<PAD>", "<|pad|>", "[pad]")
+_MASK_NAMES = ("[MASK]", "<mask>", "<MASK>", "[mask]")
+_UNK_NAMES = ("[UNK]", "<unk>", "<UNK>", "<|unk|>")
+
+
+@dataclass
+class Vocabulary:
+    """What igcli needs to know of a tokenizer: id -> token, and its special tokens."""
+
+    tokens: dict[int, str] = field(default_factory=dict)
+    pad_id: int | None = None
+    mask_id: int | None = None
+    unk_id: int | None = None
+    keep_ids: set[int] = field(default_factory=set)  # special tokens a baseline keeps
+    path: Path | None = None  # the tokenizer.json; None: no tokenizer (ids only)
+
+    @property
+    def size(self) -> int | None:
+        return max(self.tokens) + 1 if self.tokens else None
+
+    def token(self, i: int) -> str:
+        return self.tokens.get(int(i), f"#{int(i)}")
+
+    def id_of(self, token: str) -> int | None:
+        return next((i for i, t in self.tokens.items() if t == token), None)
+
+    @classmethod
+    def load(cls, path: Path) -> Vocabulary:
+        """Read a tokenizer.json (any model type) without the tokenizers package."""
+        with open_regular(path, UsageError) as fh:
+            if file_size(fh) > MAX_TOKENIZER_BYTES:
+                raise UsageError(f"over {MAX_TOKENIZER_BYTES >> 20} MiB; not a tokenizer", path)
+            try:
+                data = json.loads(fh.read().decode("utf-8-sig"))
+            except (OSError, ValueError, RecursionError) as exc:
+                raise UsageError(f"tokenizer is not valid JSON ({first_line(exc)})", path) from None
+        model = data.get("model") if isinstance(data, dict) else None
+        if not isinstance(model, dict) or "vocab" not in model:
+            raise UsageError("not a Hugging Face tokenizer.json (no model.vocab)", path)
+        vocab = model["vocab"]
+        tokens: dict[int, str] = {}
+        try:
+            if isinstance(vocab, dict):  # WordLevel, WordPiece, BPE: token -> id
+                tokens = {int(i): str(t) for t, i in vocab.items()}
+            elif isinstance(vocab, list):  # Unigram: [[piece, score], ...], id = position
+                tokens = {i: str(entry[0]) for i, entry in enumerate(vocab)}
+            added = data.get("added_tokens") or []
+            specials = {}
+            for entry in added:
+                tokens[int(entry["id"])] = str(entry["content"])
+                if entry.get("special"):
+                    specials[str(entry["content"])] = int(entry["id"])
+        except (TypeError, ValueError, KeyError, IndexError):
+            raise UsageError("tokenizer.json has a malformed vocabulary", path) from None
+        by_token = {t: i for i, t in tokens.items()}
+
+        def find(names) -> int | None:
+            return next((by_token[n] for n in names if n in by_token), None)
+
+        padding = data.get("padding") if isinstance(data.get("padding"), dict) else {}
+        pad = padding.get("pad_id") if isinstance(padding.get("pad_id"), int) else None
+        pad = pad if pad is not None and padding.get("pad_token") in by_token else find(_PAD_NAMES)
+        unk_name = model.get("unk_token")
+        unk = by_token.get(unk_name) if isinstance(unk_name, str) else None
+        unk = unk if unk is not None else find(_UNK_NAMES)
+        mask = find(_MASK_NAMES)
+        keep = {i for i in specials.values() if i not in (pad, unk, mask)}
+        return cls(tokens, pad, mask, unk, keep, path)
+
+
+def find_tokenizer(model_path: Path, given: str | Path | None) -> Path | None:
+    """--tokenizer, else `<model stem>.tokenizer.json` or `tokenizer.json` beside the model."""
+    if given is not None:
+        path = Path(given)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise UsageError("no such tokenizer file", path)
+        return path
+    for name in (model_path.stem + ".tokenizer.json", "tokenizer.json"):
+        path = model_path.with_name(name)
+        if path.is_file():
+            return path
+    return None
+
+
+# -- the other inputs of a token model -----------------------------------------------------------
+
+ROLES = ("attention_mask", "token_type_ids", "position_ids")
+
+
+def input_role(spec: TensorSpec) -> str | None:
+    """What igcli can fill in for an input of a token model, from its name."""
+    name = spec.name.lower()
+    if "mask" in name:
+        return "attention_mask"
+    if "type" in name or "segment" in name:
+        return "token_type_ids"
+    if "position" in name:
+        return "position_ids"
+    return None
+
+
+@dataclass
+class TokenInputs:
+    """A token model's inputs: the ids, and the others igcli derives per sample."""
+
+    ids: TensorSpec
+    vocab: Vocabulary
+    derived: dict[str, TensorSpec]  # input name -> spec, filled in per sample (see feeds)
+    tokenizer_path: Path | None = None
+    _tokenizer: object = None
+
+    @property
+    def length(self) -> int | None:
+        """The fixed sequence length the model declares, if any."""
+        dims = self.ids.shape[1:]
+        if len(dims) == 1 and isinstance(dims[0], int) and dims[0] > 0:
+            return dims[0]
+        return None
+
+    def feeds(self, ids: np.ndarray, mask: np.ndarray | None = None, types=None) -> dict:
+        """Values of the derived inputs for one sample of ids ([L]), batch axis of 1: the
+        attention mask is 1 for real tokens and 0 for padding; token types are 0 (or the
+        tokenizer's); positions count from 0."""
+        if mask is None:
+            pad = self.vocab.pad_id
+            mask = (ids != pad).astype(np.int64) if pad is not None else np.ones_like(ids)
+        values = {
+            "attention_mask": mask,
+            "token_type_ids": np.zeros_like(ids) if types is None else types,
+            "position_ids": np.arange(ids.shape[-1]),
+        }
+        out = {}
+        for name, spec in self.derived.items():
+            axis = feed_batch_axis(spec, self.ids)
+            value = np.asarray(values[input_role(spec)]).astype(spec.dtype)
+            out[name] = Feed(np.expand_dims(value, axis if axis is not None else 0), axis)
+        return out
+
+    def describe(self) -> str:
+        source = f"tokenizer {self.tokenizer_path.name}" if self.tokenizer_path else "no tokenizer"
+        derived = f"; derives {', '.join(self.derived)}" if self.derived else ""
+        return f"token ids ({source}){derived}"
+
+    # -- samples -------------------------------------------------------------------------
+    def sample(self, path: Path, name: str, ids: np.ndarray, *, mask=None, types=None,
+               text: str | None = None, tokens: list[str] | None = None):  # fmt: skip
+        from igcli.inputs import Sample
+
+        ids = np.asarray(ids).astype(self.ids.dtype)
+        size = self.vocab.size
+        if size is not None and ids.size and (ids.min() < 0 or ids.max() >= size):
+            bad = int(ids.max() if ids.max() >= size else ids.min())
+            raise InputError(f"token id {bad} is outside the vocabulary (0 to {size - 1})", path)
+        kept = set(self.vocab.keep_ids)
+        if self.vocab.pad_id is not None:
+            kept.add(self.vocab.pad_id)
+        keep = np.isin(ids, sorted(kept))
+        return Sample(
+            path, name, "tokens", ids,
+            feeds=self.feeds(ids, mask, types),
+            tokens=tokens or [self.vocab.token(i) for i in ids],
+            special=keep, text=text,
+        )  # fmt: skip
+
+    def from_npy(self, path: Path, name: str, error=InputError):
+        arr = read_npy(path, error)
+        return self.sample(path, name, self.fit_ids(arr, path, error))
+
+    def fit_ids(self, arr: np.ndarray, path: Path, error=InputError) -> np.ndarray:
+        """One sequence of ids ([L]) from an array with or without its batch axis of 1."""
+        arr = np.asarray(arr)
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                raise error("token ids must be whole numbers", path)
+        elif arr.dtype.kind not in "iu":
+            raise error(f"dtype {arr.dtype} is not token ids (integers)", path)
+        if arr.ndim == 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 1:
+            raise error(f"shape {list(arr.shape)}: give one sequence of token ids ([L] or "
+                        "[1, L])", path)  # fmt: skip
+        if arr.size == 0:
+            raise error("holds no token ids", path)
+        length = self.length
+        if length is not None and arr.size != length:
+            raise error(f"{arr.size} token ids; the model takes {length}", path)
+        return arr.astype(np.int64)
+
+    def tokenizer(self):
+        """The `tokenizers` Tokenizer (text inputs only)."""
+        if self._tokenizer is not None:
+            return self._tokenizer
+        if self.tokenizer_path is None:
+            raise UsageError(
+                "text inputs need the model's tokenizer: put tokenizer.json beside the model "
+                "or give --tokenizer FILE"
+            )
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise UsageError(
+                "text inputs need the tokenizers package: pip install 'igcli[text]'"
+            ) from None
+        try:
+            self._tokenizer = Tokenizer.from_file(str(self.tokenizer_path))
+        except Exception as exc:
+            raise UsageError(
+                f"cannot load tokenizer ({first_line(exc)})", self.tokenizer_path
+            ) from None
+        return self._tokenizer
+
+    def from_text(self, text: str, path: Path, name: str):
+        """Tokenize one text; pad (or refuse) to the model's fixed length."""
+        enc = self.tokenizer().encode(text)
+        if enc.overflowing:  # the tokenizer truncates: explaining a part would mislead
+            raise InputError(
+                f"the text has more tokens than the tokenizer's limit of {len(enc.ids)} (the "
+                "rest would be cut off); shorten it",
+                path,
+            )
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        mask = np.asarray(enc.attention_mask, dtype=np.int64)
+        types = np.asarray(enc.type_ids, dtype=np.int64)
+        tokens = list(enc.tokens)
+        length = self.length
+        if length is not None and ids.size != length:
+            if ids.size > length:
+                raise InputError(f"{ids.size} tokens; the model takes at most {length}", path)
+            if self.vocab.pad_id is None:
+                raise InputError(f"{ids.size} tokens, the model takes {length}, and the "
+                                 "tokenizer names no pad token", path)  # fmt: skip
+            extra = length - ids.size
+            pad = self.vocab.pad_id
+            ids = np.concatenate([ids, np.full(extra, pad, np.int64)])
+            mask = np.concatenate([mask, np.zeros(extra, np.int64)])
+            types = np.concatenate([types, np.zeros(extra, np.int64)])
+            tokens += [self.vocab.token(pad)] * extra
+        if ids.size == 0:
+            raise InputError("the text gives no tokens", path)
+        return self.sample(path, name, ids, mask=mask, types=types, text=text, tokens=tokens)
+
+    def from_text_file(self, path: Path, name: str) -> list:
+        """One sample per line of a .txt file (blank lines skipped), or per JSON Lines record
+        (a string, or an object with a "text" field); named `<name>_row<k>`."""
+        texts = read_texts(path)
+        if not texts:
+            raise InputError("holds no text to explain", path)
+        return [self.from_text(t, path, f"{name}_row{k}") for k, t in enumerate(texts)]
+
+
+def read_texts(path: Path) -> list[str]:
+    with open_regular(path) as fh:
+        if file_size(fh) > MAX_TEXT_BYTES:
+            raise InputError(f"over {MAX_TEXT_BYTES >> 20} MiB of text", path)
+        try:
+            content = fh.read().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", path) from None
+    lines = content.splitlines()
+    if path.suffix.lower() != ".jsonl":
+        return [line.strip() for line in lines if line.strip()]
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"line {number} is not JSON ({first_line(exc)})", path) from None
+        if isinstance(value, dict):
+            value = value.get("text")
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f'line {number} has no "text" string', path)
+        texts.append(value)
+    return texts
+
+
+def token_inputs(
+    model_path: Path,
+    ids: TensorSpec,
+    inputs: list[TensorSpec],
+    fed: set[str],
+    tokenizer: str | Path | None,
+) -> TokenInputs:
+    """The token set-up of a model whose attributed input holds integer ids."""
+    path = find_tokenizer(model_path, tokenizer)
+    vocab = Vocabulary.load(path) if path is not None else Vocabulary()
+    derived = {}
+    for spec in inputs:
+        if spec.name == ids.name or spec.name in fed:
+            continue
+        if input_role(spec) and len(spec.shape) == len(ids.shape) and spec.kind == "tensor":
+            derived[spec.name] = spec
+    return TokenInputs(ids, vocab, derived, path)
+
+
+def token_baseline(spec: str, sample, vocab: Vocabulary) -> np.ndarray | None:
+    """The baseline's ids for one sample (None: zeros at the attributed tensor).
+
+    `pad` / `mask`: that token at every position except the special tokens that frame the
+    text and the padding; `zero`: the zero vector at the embedding; a .npy file: ids."""
+    ids = sample.x
+    if spec == "zero":
+        return None
+    if spec in ("pad", "mask"):
+        token = vocab.pad_id if spec == "pad" else vocab.mask_id
+        if token is None and spec == "pad" and vocab.path is None:
+            token = 0  # no tokenizer at all: id 0, the usual pad (the session warns)
+        if token is None:
+            where = f"tokenizer {vocab.path.name}" if vocab.path else "no tokenizer"
+            raise UsageError(
+                f"baseline {spec}: {where} names no {spec} token; use another --baseline "
+                "(pad, mask, zero) or a .npy file of token ids"
+            )
+        keep = sample.special if sample.special is not None else np.zeros(ids.shape, bool)
+        return np.where(keep, ids, token).astype(ids.dtype)
+    path = Path(spec)
+    if path.suffix.lower() != ".npy":
+        if not os.path.lexists(path):
+            raise UsageError(
+                f"baseline {spec!r} is neither one of {', '.join(TOKEN_BASELINES)} nor a file"
+            )
+        raise UsageError(f"baseline file {spec!r}: token models take a .npy of token ids")
+    arr = read_npy(path, UsageError)
+    if arr.dtype.kind == "f":
+        raise UsageError("a token model's baseline file holds token ids (integers)", path)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.shape != ids.shape:
+        raise InputError(
+            f"baseline {path} has shape {list(arr.shape)}, this input {list(ids.shape)}",
+            sample.path,
+        )
+    return arr.astype(ids.dtype)
