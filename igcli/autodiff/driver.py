@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from igcli.autodiff import rules_math, rules_nn, rules_shape  # noqa: F401  (register rules)
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
+from igcli.autodiff.optimize import annotate, prepare
 from igcli.autodiff.registry import RULES, ZERO_GRADIENT, NoGradient
 from igcli.errors import UnsupportedOpsError
 
@@ -117,6 +118,7 @@ def build_gradient_model(
 
     `shape_hints` (see shapes.probe_shapes) give shapes that onnx shape inference cannot.
     """
+    model = prepare(model, input_name, output_name)  # fold BatchNorms, drop dead nodes
     graph = model.graph
     opset = model_opset(model)
     infos = _tensor_infos(model, shape_hints)
@@ -175,7 +177,8 @@ def build_gradient_model(
         raise UnsupportedOpsError(blocked)
 
     grad_in = total(input_name) or emitter.zeros_like(input_name)
-    return _assemble(model, input_name, output_name, emitter, grad_in)
+    model = _assemble(model, input_name, output_name, emitter, grad_in)
+    return annotate(model, emitter.infos, {o for n in emitter.nodes for o in n.output})
 
 
 def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelProto:
