@@ -257,3 +257,35 @@ def test_gradient_tensors_carry_their_shapes():
     seed = r(*y.shape).astype(np.float32)
     got = _ort(grad).run([GRAD], {"x": x, SEED: seed})[0]
     assert got.shape == x.shape and np.isfinite(got).all()
+
+
+# -- Gather of one constant index ---------------------------------------------------------------
+@pytest.mark.parametrize("opset", [9, 11, 13, 17])
+@pytest.mark.parametrize("index", [0, 2, -1, -2])
+def test_gather_of_one_index_becomes_slice_and_squeeze(opset, index):
+    consts = {"i": np.array(index, np.int64)}
+    nodes = [helper.make_node("Gather", ["x", "i"], ["y"], axis=1)]
+    feeds = {"x": r(2, 3, 4)}
+    prepared = same_function(make_model(nodes, feeds, "y", opset, consts), feeds)
+    assert ops(prepared) == ["Slice", "Squeeze"]
+
+
+def test_other_gathers_stay():
+    feeds = {"x": r(2, 3, 4)}
+    for name, index in {"list": np.array([0, 2], np.int64), "matrix": np.zeros((2, 2), np.int64)
+                        }.items():  # fmt: skip
+        model = make_model([helper.make_node("Gather", ["x", "i"], ["y"])], feeds, "y", 13,
+                           {"i": index})  # fmt: skip
+        assert ops(prepare(model, "x", "y")) == ["Gather"], name
+    # integer data (shape arithmetic) is left to shape inference as it is
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i"], ["n"]),
+             helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.DOUBLE),
+             helper.make_node("Mul", ["x", "nf"], ["y"])]  # fmt: skip
+    model = make_model(nodes, feeds, "y", 13, {"i": np.array(1, np.int64)})
+    assert "Gather" in ops(prepare(model, "x", "y"))
+
+
+@pytest.mark.parametrize("opset", [9, 17])
+def test_gradient_through_gather_of_one_index(opset):
+    check_graph([helper.make_node("Gather", ["x", "i"], ["y"], axis=0)], {"x": r(3, 2, 4)}, "y",
+                opset=opset, constants={"i": np.array(1, np.int64)})  # fmt: skip
