@@ -33,6 +33,10 @@ igcli's worktree on PYTHONPATH (the igcli CLI itself runs from the worktree's .v
         [--threads 2] [--workdir /tmp/igcli-bench] [--igcli .venv/bin/igcli]
         [--calls 7] [--skip-calls] [--skip-ig]
 
+--igcli is a command line: to time another checkout of igcli with the same venv, pass e.g.
+--igcli "env PYTHONPATH=/path/to/checkout .venv/bin/python -m igcli" (and run the script
+with that checkout on PYTHONPATH for its per-call figures).
+
 Model files, inputs and caches live in --workdir and are reused by later runs.
 """
 
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -131,11 +136,11 @@ def prepare_models(names: list[str], workdir: Path) -> dict[str, dict]:
 
 # -- one timed process each ---------------------------------------------------------------------
 def run_igcli(igcli: str, model: Path, x: Path, cache: Path, out: Path, args) -> dict:
-    cmd = [igcli, "explain", str(model), str(x), "--steps", str(args.steps), "--method",
-           "gausslegendre", "--baseline", "zero", "--batch-size", str(args.batch), "--threads",
-           str(args.threads), "--out", str(out), "--json", "--quiet"]  # fmt: skip
+    cmd = [*shlex.split(igcli), "explain", str(model), str(x), "--steps", str(args.steps),
+           "--method", "gausslegendre", "--baseline", "zero", "--batch-size", str(args.batch),
+           "--threads", str(args.threads), "--out", str(out), "--json", "--quiet"]  # fmt: skip
     env = {**os.environ, "IGCLI_CACHE_DIR": str(cache)}
-    env.pop("PYTHONPATH", None)  # the CLI runs from its own venv
+    env.pop("PYTHONPATH", None)  # the CLI runs from its own venv (or says so: env PYTHONPATH=..)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     took = time.perf_counter() - start
@@ -195,8 +200,12 @@ def per_call(case: dict, args) -> dict:
     import onnxruntime as ort
 
     from igcli.autodiff import GRAD, SEED
-    from igcli.autodiff.optimize import prepare
     from igcli.autodiff.shapes import build_gradient_model_probing
+
+    try:
+        from igcli.autodiff.optimize import prepare
+    except ImportError:  # an igcli from before the pre-pass
+        prepare = None
     from igcli.model import graph_inputs, with_dynamic_batch
 
     model = onnx.load(str(case["onnx"]))
@@ -206,7 +215,7 @@ def per_call(case: dict, args) -> dict:
     start = time.perf_counter()
     grad = build_gradient_model_probing(model, spec.name, out)
     build = time.perf_counter() - start
-    prepared = prepare(model, spec.name, out)
+    prepared = prepare(model, spec.name, out) if prepare else model
 
     def session(m):
         opts = ort.SessionOptions()
