@@ -3,10 +3,11 @@
 - Inference BatchNormalization, and Mul/Add/Sub/Div by per-channel constants, right after a
   Conv with constant weights are folded into that Conv's weights and bias. The reverse pass
   then has one Conv to reverse instead of a Conv and a chain of per-channel products.
-- Such an affine chain after anything else (a Concat, a pool) becomes one per-channel affine:
-  a depthwise 1x1 Conv for inputs with spatial axes, Mul and Add otherwise. ONNX Runtime runs
-  the depthwise Conv (and its reverse, again a depthwise Conv) in its blocked NCHWc layout
-  next to the real Convs, where a Mul would force layout reorders in and out.
+- A BatchNormalization after anything else (a Concat, a pool), with the per-channel
+  products after it, becomes one per-channel affine: for float32 images whose channels fill
+  16-wide blocks a depthwise 1x1 Conv, which ONNX Runtime runs (with its reverse, again a
+  depthwise Conv) in its blocked NCHWc layout next to the real Convs, where a Mul would
+  force layout reorders in and out; otherwise one BatchNormalization.
 - Gather of one constant index (a ViT picking q, k and v, or its class token) becomes
   Slice + Squeeze: the reverse of a Slice is a Pad, where the reverse of a Gather is a
   ScatterElements with reduction, which ONNX Runtime runs element by element (19% of a
@@ -232,9 +233,10 @@ def _fold(nodes: list[_Node], consts, protected, ranks, new_inits, opset) -> Non
             if tail is not node:
                 _kill(tail, nodes)
             tail = after[0].proto
-        if tail is node and node.op_type == "Conv":
-            continue  # nothing to fold
-        _emit(n, node, tail, weight, bias, consts, new_inits, fresh)
+        depthwise = node.op_type != "Conv" and _blocked_layout_fits(node, weight, consts)
+        if tail is node and not depthwise:
+            continue  # nothing to fold, nothing to gain
+        _emit(n, node, tail, weight, bias, consts, new_inits, fresh, depthwise)
         if tail is not node:
             _kill(tail, nodes)
 
@@ -267,19 +269,24 @@ def _conv_affine(node: onnx.NodeProto, consts) -> tuple[np.ndarray, np.ndarray] 
 
 
 def _standalone_affine(node, consts, ranks, opset) -> tuple[np.ndarray, np.ndarray] | None:
-    """An inference BatchNormalization as (depthwise 1x1 weight, bias) over its channels.
-    float32 only: ONNX Runtime has no Conv kernel for double."""
+    """An inference BatchNormalization not after a Conv: (scale, shift) per channel, the
+    scale shaped like a depthwise 1x1 kernel ([C, 1, ...], the input's rank)."""
     if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
-        return None
-    scale = _float_const(consts, node.input[1]) if len(node.input) > 1 else None
-    if scale is None or scale.dtype != np.float32:
         return None
     rank = ranks.get(node.input[0], (0, None))[1]
     step = _bn_step(node, consts, opset)
-    if step is None or rank is None or rank < 3:  # a Conv needs a spatial axis
+    if step is None or rank is None or rank < 2:
         return None
     scale, shift = step
     return scale.reshape(-1, *[1] * (rank - 1)), shift
+
+
+def _blocked_layout_fits(node, weight: np.ndarray, consts) -> bool:
+    """Whether a per-channel affine is best a depthwise Conv: float32 images whose channels
+    fill ONNX Runtime's 16-wide NCHWc blocks. Elsewhere (double has no Conv kernel in ONNX
+    Runtime; other shapes stay in NCHW) a BatchNormalization is the cheaper spelling."""
+    dtype = consts[node.input[1]].dtype
+    return dtype == np.float32 and weight.ndim == 4 and weight.shape[0] % 16 == 0
 
 
 def _bn_step(node, consts, opset) -> tuple[np.ndarray, np.ndarray] | None:
@@ -335,22 +342,28 @@ def _per_channel(value: np.ndarray | None, channels: int, rank: int) -> np.ndarr
     return np.broadcast_to(value.astype(np.float64).reshape(-1), [channels]).copy()
 
 
-def _emit(n: _Node, head, tail, weight, bias, consts, new_inits, fresh) -> None:
-    """Replace head..tail by one Conv writing tail's output."""
-    x = head.input[0]
+def _emit(n: _Node, head, tail, weight, bias, consts, new_inits, fresh, depthwise) -> None:
+    """Replace head..tail by one node writing tail's output: the head Conv with new weights,
+    a depthwise 1x1 Conv, or a BatchNormalization that is just x * scale + shift."""
+    x, y, name = head.input[0], tail.output[0], head.name or fresh("affine")
     dtype = consts[head.input[1]].dtype  # the Conv's weight, or the BatchNormalization's scale
-    w_name, b_name = fresh("weight"), fresh("bias")
-    new_inits.append(numpy_helper.from_array(weight.astype(dtype), w_name))
-    new_inits.append(numpy_helper.from_array(bias.astype(dtype), b_name))
+
+    def const(value, hint: str) -> str:
+        new_inits.append(numpy_helper.from_array(np.asarray(value).astype(dtype), fresh(hint)))
+        return new_inits[-1].name
+
     if head.op_type == "Conv":
-        attrs = {a.name: a for a in head.attribute}
-        proto = helper.make_node("Conv", [x, w_name, b_name], [tail.output[0]], name=head.name)
-        proto.attribute.extend(attrs.values())
-    else:  # a depthwise 1x1 Conv over the channels
-        proto = helper.make_node(
-            "Conv", [x, w_name, b_name], [tail.output[0]], name=head.name or fresh("affine"),
-            group=int(weight.shape[0]),
-        )  # fmt: skip
+        proto = helper.make_node("Conv", [x, const(weight, "weight"), const(bias, "bias")], [y],
+                                 name=name)  # fmt: skip
+        proto.attribute.extend(head.attribute)
+    elif depthwise:
+        proto = helper.make_node("Conv", [x, const(weight, "weight"), const(bias, "bias")], [y],
+                                 name=name, group=int(weight.shape[0]))  # fmt: skip
+    else:  # mean 0, variance 1, epsilon 0: scale and shift exactly
+        scale, zeros = weight.reshape(-1), np.zeros(weight.shape[0])
+        inputs = [const(scale, "scale"), const(bias, "shift"), const(zeros, "mean")]
+        proto = helper.make_node("BatchNormalization", [x, *inputs, const(zeros + 1, "var")],
+                                 [y], name=name, epsilon=0.0)  # fmt: skip
     n.proto = proto
 
 

@@ -107,22 +107,39 @@ def test_shared_weights_fold_separately():
         "Conv", "Conv", "Add"]  # fmt: skip
 
 
-def test_standalone_batchnorm_becomes_a_depthwise_conv_in_float32_only():
-    consts = {**bn_params(4, "bn"), "m": r(4, 1, 1)}
+@pytest.mark.parametrize(
+    "channels, shape, want",
+    [(16, (2, 16, 3, 3), "Conv"), (4, (2, 4, 3, 3), "BatchNormalization"),
+     (16, (2, 16), "BatchNormalization"), (16, (2, 16, 5), "BatchNormalization")],
+)  # fmt: skip
+def test_standalone_batchnorm_and_its_products_become_one_affine(channels, shape, want):
+    """A depthwise Conv for float32 images of 16k channels, else one BatchNormalization;
+    float64 always keeps a BatchNormalization (ONNX Runtime has no double Conv)."""
+    consts = {**bn_params(channels, "bn"), "m": r(channels, *[1] * (len(shape) - 2)),
+              "a": r(1, channels, *[1] * (len(shape) - 2))}  # fmt: skip
     nodes = [
         helper.make_node("Relu", ["x"], ["h"]),
         bn("h", "n", "bn"),
-        helper.make_node("Mul", ["n", "m"], ["y"]),
+        helper.make_node("Mul", ["n", "m"], ["p"]),
+        helper.make_node("Add", ["a", "p"], ["y"]),
     ]
-    feeds = {"x": r(2, 4, 3, 3)}
+    feeds = {"x": r(*shape)}
     model64 = make_model(nodes, feeds, "y", 17, consts)
-    assert ops(same_function(model64, feeds)) == ["Relu", "BatchNormalization", "Mul"]
+    assert ops(same_function(model64, feeds)) == ["Relu", "BatchNormalization"]
     model32 = to_float32(model64)
     prepared = prepare(model32, "x", "y")
-    assert ops(prepared) == ["Relu", "Conv"]
+    assert ops(prepared) == ["Relu", want]
     x = feeds["x"].astype(np.float32)
-    want = _ort(model32).run(["y"], {"x": x})[0]
-    np.testing.assert_allclose(_ort(prepared).run(["y"], {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+    want_y = _ort(model32).run(["y"], {"x": x})[0]
+    got = _ort(prepared).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(got, want_y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_lone_batchnorm_that_gains_nothing_stays():
+    feeds = {"x": r(2, 4, 3, 3)}
+    model = make_model([bn("x", "y", "bn")], feeds, "y", 17, bn_params(4, "bn"))
+    assert ops(prepare(to_float32(model), "x", "y")) == ["BatchNormalization"]
+    assert prepare(model, "x", "y").graph.node[0].input[1] == "bn_s"  # untouched
 
 
 def test_what_must_not_fold_stays():
