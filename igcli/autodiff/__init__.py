@@ -1,9 +1,8 @@
 """Gradient graphs: a reverse-mode transform from ONNX model to ONNX model, standard ops only.
 
-`driver.build_gradient_model` is the entry point; `optimize` rewrites the model first (folds
-BatchNormalization into Convs, drops dead nodes) and annotates the result's shapes; per-op
-rules live in `rules_math` (elementwise, activations, softmax, reductions), `rules_shape`
-(layout and indexing) and `rules_nn` (convolution, pooling, normalisation, matrix products).
+`driver.build_gradient_model` is the entry point; per-op rules live in `rules_math` (elementwise,
+activations, softmax, reductions), `rules_shape` (layout and indexing) and `rules_nn`
+(convolution, pooling, normalisation, matrix products).
 """
 
 from igcli.autodiff.driver import GRAD, SEED, build_gradient_model
