@@ -113,7 +113,7 @@ def main() -> None:
         w, i = walls[name], inner[name]
         n = args.images if name.startswith("digits") else 1
         print(f"| {name} | {statistics.median(w):.2f} ({min(w):.2f}-{max(w):.2f}) | "
-              f"{statistics.median(i) / n:.3f} | {n / statistics.median(w):.1f} |")  # fmt: skip
+              f"{statistics.median(i) / n:.3f} | {n / statistics.median(w):.2f} |")  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
