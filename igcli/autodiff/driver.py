@@ -22,6 +22,7 @@ from onnx import helper
 
 from igcli.autodiff import rules_math, rules_nn, rules_shape  # noqa: F401  (register rules)
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
+from igcli.autodiff.optimize import annotate, prepare
 from igcli.autodiff.recurrent import lstm_unsupported, unroll_lstms
 from igcli.autodiff.registry import RULES, ZERO_GRADIENT
 from igcli.autodiff.specialize import sanitize_dims
@@ -259,7 +260,7 @@ def build_gradient_model(
     `shape_hints` (see shapes.probe_shapes) give shapes that onnx shape inference cannot.
     Raises UnsupportedOpsError naming every op on the path that has no rule (or refuses).
     """
-    model = copy.deepcopy(model)
+    model = prepare(model, input_name, output_name)  # a copy: BatchNorms folded, dead nodes gone
     sanitize_dims(model)
     inline_constant_ifs(model)
     graph = model.graph
@@ -284,9 +285,9 @@ def build_gradient_model(
     grad_in = walk.backward(nodes, {input_name}, {output_name: [SEED]})[input_name]
     if blocked:
         raise UnsupportedOpsError(blocked)
-    return _assemble(
-        model, input_name, output_name, emitter, grad_in or emitter.zeros_like(input_name)
-    )
+    grad_in = grad_in or emitter.zeros_like(input_name)
+    model = _assemble(model, input_name, output_name, emitter, grad_in)
+    return annotate(model, emitter.infos, {o for n in emitter.nodes for o in n.output})
 
 
 def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelProto:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import TensorProto
 
 from igcli.autodiff.builder import FLOAT_TYPES, NodeGrad
 from igcli.autodiff.registry import NoGradient, rule
@@ -65,8 +66,29 @@ def Neg(g: NodeGrad):
 @rule("Relu")
 def Relu(g: NodeGrad):
     """dy/dx = 1 where x > 0, else 0. The mask reads y (y > 0 exactly where x > 0): the graph
-    already keeps y for the next layer, so x need not stay alive. (Where is 4x slower than Mul.)"""
-    mask = g.op("Cast", g.op("Greater", g.O(0), g.scalar(0.0)), to=g.e.infos_elem(g.I(0)))
+    already keeps y for the next layer, so x need not stay alive. (Where is 4x slower than Mul.)
+
+    For float32 images ([N, C, H, W], C a multiple of 16) the mask is Clip(y * 2^127, 0, 1),
+    the scaling done by a depthwise 1x1 Conv: ONNX Runtime keeps such a Conv, and the Mul of
+    two of its blocked-layout outputs, in its NCHWc layout (16-channel blocks) next to the real
+    Convs, where Greater and Cast would force a reorder out and back in around every ReLU. (On
+    its own, outside such a layout, the Conv form costs about twice Greater and Cast.) The
+    mask is exactly 0 where y = 0 and exactly 1 for every y >= 2^-127, which includes every
+    normal float32; only a subnormal y (below 1.2e-38, a unit at its kink to within float32
+    resolution) gets a mask in (0, 1)."""
+    y = g.O(0)
+    shape = g.e.static_shape(y)
+    if g.e.infos_elem(y) == TensorProto.FLOAT and shape and len(shape) == 4:
+        channels = shape[1]
+        if isinstance(channels, int) and channels > 0 and channels % 16 == 0:
+            scale = g.e.const(np.full([channels, 1, 1, 1], 2.0**127), np.float32)
+            scaled = g.op("Conv", y, scale, group=channels)
+            if g.opset >= 11:
+                mask = g.op("Clip", scaled, g.scalar(0.0, y), g.scalar(1.0, y))
+            else:
+                mask = g.op("Clip", scaled, min=0.0, max=1.0)
+            return [g.op("Mul", g.GO(0), mask)]
+    mask = g.op("Cast", g.op("Greater", y, g.scalar(0.0)), to=g.e.infos_elem(g.I(0)))
     return [g.op("Mul", g.GO(0), mask)]
 
 
@@ -318,10 +340,12 @@ def Softsign(g: NodeGrad):
 
 @rule("Erf")
 def Erf(g: NodeGrad):
-    """dy/dx = 2 / sqrt(pi) * exp(-x^2)."""
+    """dy/dx = 2 / sqrt(pi) * exp(-x^2), spelled exp(log(2 / sqrt(pi)) - x^2): four passes
+    over x instead of five, and no Neg (slower than Mul in ONNX Runtime). In a ViT's GELUs
+    this rule took 7% of the gradient call."""
     x = g.I(0)
-    bump = g.op("Exp", g.op("Neg", g.op("Mul", x, x)))
-    return [g.op("Mul", g.GO(0), g.op("Mul", bump, g.scalar(2.0 / math.sqrt(math.pi))))]
+    bump = g.op("Exp", g.op("Sub", g.scalar(math.log(2.0 / math.sqrt(math.pi))), g.op("Mul", x, x)))
+    return [g.op("Mul", g.GO(0), bump)]
 
 
 @rule("Gelu")

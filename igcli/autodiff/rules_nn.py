@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import TensorProto
 
 from igcli.autodiff.builder import NodeGrad, TensorInfo
 from igcli.autodiff.registry import NoGradient, rule
@@ -215,6 +216,20 @@ def _conv_input_grad_as_conv(g: NodeGrad, go: str, win: Window, group: int) -> s
     return g.op("Conv", go, weights, group=group, pads=pads, dilations=win.of("dilation"))
 
 
+def _reenter(g: NodeGrad, x: str, shape: list[int]) -> str:
+    """x through an identity depthwise 1x1 Conv, for float32 images whose channels fill
+    ONNX Runtime's 16-wide NCHWc blocks. ONNX Runtime moves a tensor into its blocked NCHWc
+    layout only in front of a Conv or a pool; Mul and Sum run blocked only when all their
+    inputs already are. So a gradient coming out of a ConvTranspose (plain NCHW) would keep
+    every later Mul and Sum of a residual stream in NCHW, with a reorder around each Conv;
+    this Conv takes it back into the blocked layout once. (A Conv-based polyphase form of the
+    strided input gradient, Conv + DepthToSpace, was measured and is slower than this.)"""
+    if g.e.infos_elem(g.I(0)) != TensorProto.FLOAT or len(shape) != 4 or shape[1] % 16:
+        return x
+    ones = g.e.const(np.ones([shape[1], 1, 1, 1]), np.float32)
+    return g.op("Conv", x, ones, group=shape[1])
+
+
 @rule("Conv")
 def Conv(g: NodeGrad):
     """y[o] = sum_j W[j] x[o*s + j*d - pad] + B: dx = ConvTranspose(GO, W) cropped to x;
@@ -227,7 +242,7 @@ def Conv(g: NodeGrad):
     if g.needs(0):
         gx = _conv_input_grad_as_conv(g, go, win, group)
         if gx is None:
-            gx = win.crop(g, _conv_transpose(g, go, w, group, win))
+            gx = _reenter(g, win.crop(g, _conv_transpose(g, go, w, group, win)), x_shape)
     gw = _kernel_grad(g, x, x_shape[1], go, group, win) if g.needs(1) else None
     gb = _sum_but_channels(g, go) if g.needs(2) else None
     return [gx, gw, gb]
@@ -333,7 +348,15 @@ def AveragePool(g: NodeGrad):
     tap of window o (count: the window's taps inside x, or inside x and its pads)."""
     win, channels = _pool_window(g)
     counts = _pool_counts(win, bool(g.attr("count_include_pad", 0)))
-    share = g.op("Mul", g.GO(0), g.e.const(1.0 / counts, g.e.np_dtype(g.I(0))))
+    go = g.GO(0)
+    if np.all(counts == counts.flat[0]):  # one count: it goes into the kernel
+        gx = _depthwise_scatter(g, go, win, channels, 1.0 / float(counts.flat[0]))
+        if gx is not None:
+            return [gx]
+    share = g.op("Mul", go, g.e.const(1.0 / counts, g.e.np_dtype(g.I(0))))
+    gx = _depthwise_scatter(g, share, win, channels, 1.0)
+    if gx is not None:
+        return [gx]
     stack = _reshape(g, share, [-1, 1, *win.of("out")])
     return [_scatter(g, stack, np.ones([1, 1, *win.of("kernel")]), win, channels)]
 
@@ -341,9 +364,35 @@ def AveragePool(g: NodeGrad):
 @rule("GlobalAveragePool")
 def GlobalAveragePool(g: NodeGrad):
     """y = mean of x over space: dx = GO / (spatial size), broadcast over space."""
-    size = int(np.prod(_shape(g, g.I(0))[2:]))
+    sizes = _shape(g, g.I(0))[2:]
+    size = int(np.prod(sizes))
+    win = Window([Axis(n, 1, 1, 0, 0, n, 1) for n in sizes])  # one window over all of x
+    gx = _depthwise_scatter(g, g.GO(0), win, _shape(g, g.I(0))[1], 1.0 / size)
+    if gx is not None:
+        return [gx]
     share = g.op("Mul", g.GO(0), g.scalar(1.0 / size))
     return [g.op("Expand", share, g.op("Shape", g.I(0)))]
+
+
+def _depthwise_scatter(g: NodeGrad, go: str, win: Window, channels: int, weight: float):
+    """sum over windows o holding i of weight * GO[o], for float32 images whose windows have
+    stride 1 (or are a single window): a depthwise Conv of GO with a constant kernel, padded
+    so that tap j of window o lands on o + j*d - pad_begin. ONNX Runtime runs that Conv in its
+    blocked NCHWc layout, next to the Convs around it; the general scatter (a ConvTranspose on
+    [N*C, 1, ...]) would need layout reorders on both sides. None where it does not apply, or
+    where the kernel is so large (over 64 taps) that the Conv would cost more than them."""
+    if g.e.infos_elem(g.I(0)) != TensorProto.FLOAT or len(win.axes) != 2 or channels % 16:
+        return None
+    if any(a.stride != 1 and a.out != 1 for a in win.axes) or np.prod(win.of("kernel")) > 64:
+        return None
+    before = [(a.kernel - 1) * a.dilation - a.begin for a in win.axes]
+    after = [a.size - a.out - b + (a.kernel - 1) * a.dilation
+             for a, b in zip(win.axes, before, strict=True)]  # fmt: skip
+    if min(before + after) < 0:
+        return None
+    kernel = g.e.const(np.full([channels, 1, *win.of("kernel")], weight), np.float32)
+    return g.op("Conv", go, kernel, group=channels, pads=[*before, *after],
+                dilations=win.of("dilation"))  # fmt: skip
 
 
 @rule("GlobalMaxPool")

@@ -30,6 +30,9 @@ for opset in (9, 13, 17):
             CASES.append(Case(op, {"a": r(*sa), "b": b}, opset=opset, id=f"{op}-{sa}-{sb}-{opset}"))
 for op in ("Identity", "Neg", "Relu", "Sigmoid", "Tanh", "Exp"):
     CASES.append(Case(op, {"x": away_from_zero(r(3, 5))}))
+for opset in (9, 17):  # float32 images of 16k channels: the Conv-based mask in ONNX Runtime
+    CASES.append(Case("Relu", {"x": away_from_zero(r(2, 16, 3, 4))}, opset=opset,
+                      id=f"Relu-image-{opset}"))  # fmt: skip
 CASES.append(Case("Log", {"x": r(3, 4, low=0.2, high=3.0)}))
 for op in ("Sigmoid", "Tanh"):  # the slope is computed from x: check far out too
     for opset in (9, 13):
@@ -633,3 +636,17 @@ def test_saturated_slopes_are_accurate_in_float32(op):
         e = np.exp(-2 * np.abs(x))
         want = 4 * e / (1 + e) ** 2
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [9, 17])
+def test_relu_image_mask_is_exact_in_float32(opset):
+    """The Conv-based mask is 0 at y = 0 and 1 for every normal float32 y > 0, from the
+    smallest normal number up to the largest (where y * 2^127 overflows to inf)."""
+    tiny = float(np.finfo(np.float32).tiny)
+    big = float(np.finfo(np.float32).max)
+    values = np.array([-1.0, -tiny, 0.0, tiny, 2 * tiny, 1e-30, 1e-3, 1.0, 3.0, 1e30, big])
+    x = np.resize(values, 2 * 16 * 3 * 4).reshape(2, 16, 3, 4).astype(np.float32)
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": x}, "y", opset)
+    seed = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    got = grad_of(model, "x", {"x": x}, seed, "ort")
+    np.testing.assert_array_equal(got, np.where(x > 0, seed, 0).astype(np.float32))

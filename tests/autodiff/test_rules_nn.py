@@ -98,7 +98,7 @@ add("Conv", {"x": r(2, 2, 6, 5)}, {"strides": [2, 2], "pads": [1, 1, 1, 1]}, "dy
     dynamic=True, opset=9, constants={"w": r(3, 2, 3, 3), "b": r(3)})  # fmt: skip
 add("Conv", {"x": r(2, 4, 5, 4)}, {"group": 2, "auto_pad": "SAME_UPPER"}, "dynamic-groups",
     dynamic=True, opset=13, constants={"w": r(4, 2, 3, 3)})  # fmt: skip
-# Constant weights and stride 1 take the Conv-with-flipped-kernel route for dx; the last case's
+# Constant weights and stride 1 take the Conv-with-flipped-kernel route for dx; flip-overpadded's
 # padding exceeds (k-1)*d, so it falls back to ConvTranspose.
 for tag, x, w, attrs in [
     ("flip-2d", r(2, 3, 6, 5), r(4, 3, 3, 2), {"pads": [1, 0, 2, 1], "dilations": [1, 2]}),
@@ -109,6 +109,9 @@ for tag, x, w, attrs in [
     ("flip-groups", r(1, 4, 5, 5), r(6, 2, 3, 3), {"group": 2, "pads": [0, 1, 2, 1]}),
     ("flip-same-lower", r(1, 2, 6, 5), r(2, 2, 2, 2), {"auto_pad": "SAME_LOWER"}),
     ("flip-overpadded", r(1, 2, 4, 4), r(3, 2, 1, 1), {"pads": [1, 1, 1, 1]}),
+    # strided, 16 input channels: ConvTranspose, then an identity Conv back into NCHWc
+    ("strided-reenter", r(2, 16, 5, 6), r(4, 16, 3, 3), {"strides": [2, 2], "pads": [1] * 4}),
+    ("strided-1x1-reenter", r(2, 16, 5, 5), r(8, 16, 1, 1), {"strides": [2, 2]}),
 ]:
     for opset in (9, 17):
         add("Conv", {"x": x}, attrs, f"{tag}-{opset}", dynamic=True, opset=opset,
@@ -185,6 +188,14 @@ avg_pool("dilated-incl", (2, 2, 9), 19, kernel_shape=[3], strides=[2], dilations
 avg_pool("dilated", (1, 2, 7, 6), 22, kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 1, 0, 1])
 add("AveragePool", {"x": r(2, 2, 7, 7)}, {"kernel_shape": [3, 3], "strides": [2, 2],
     "pads": [1, 1, 1, 1]}, "dynamic", opset=13, dynamic=True)  # fmt: skip
+# 16 channels, stride 1 or one window: in float32 the scatter is a depthwise Conv (one count
+# folded into the kernel, or per-position counts multiplied in first)
+avg_pool("dw-s1", (2, 16, 5, 6), 9, kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1)
+avg_pool("dw-s1-counts", (2, 16, 5, 6), 11, kernel_shape=[3, 2], pads=[1, 0, 1, 1])
+avg_pool("dw-s1-dilated", (1, 16, 7, 6), 19, kernel_shape=[2, 2], dilations=[2, 1])
+avg_pool("dw-one-window", (2, 16, 4, 4), 9, kernel_shape=[4, 4], strides=[4, 4])
+avg_pool("dw-one-window-pads", (2, 16, 3, 4), 11, kernel_shape=[4, 4], strides=[2, 2],
+         pads=[1, 0, 0, 0])  # fmt: skip
 
 # -- global pools -------------------------------------------------------------------------------
 for opset in (9, 13, 22):
@@ -193,6 +204,9 @@ for opset in (9, 13, 22):
 add("GlobalAveragePool", {"x": r(2, 3, 5)}, tag="1d-dynamic", opset=11, dynamic=True)
 add("GlobalAveragePool", {"x": r(1, 2, 2, 3, 2)}, tag="3d")
 add("GlobalMaxPool", {"x": distinct(2, 3, 2, 3)}, tag="dynamic", opset=11, dynamic=True)
+for opset in (9, 17):  # float32, 16 channels: a depthwise Conv spreads GO over the plane
+    add("GlobalAveragePool", {"x": r(2, 16, 3, 4)}, tag="dw", opset=opset, dynamic=True)
+add("GlobalAveragePool", {"x": r(1, 16, 9, 8)}, tag="wide")  # 72 taps: Expand instead
 
 
 # -- normalisation ------------------------------------------------------------------------------

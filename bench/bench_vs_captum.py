@@ -1,0 +1,347 @@
+"""igcli against PyTorch + Captum: whole-process Integrated Gradients, same models, same run.
+
+Each model is explained at one 224x224 input with 64 Gauss-Legendre steps from a zero
+baseline, 2 intra-op threads, 16 path points per model call:
+
+- igcli: `igcli explain MODEL INPUT.npy --steps 64 --method gausslegendre --baseline zero
+  --batch-size 16 --threads 2`, timed as a whole process started fresh, with a warm
+  gradient-graph cache (built by an untimed run before) and cold (an empty cache folder);
+- Captum: a fresh process that loads the PyTorch model, picks the top class with one forward
+  call, and runs `IntegratedGradients(model).attribute(x, baselines=0, target=t,
+  method="gausslegendre", n_steps=64, internal_batch_size=16)` under
+  torch.set_num_threads(2). Its attribute() time alone is shown too.
+
+Models: the onnx package's light_resnet50 and light_densenet121 graphs with seeded random
+weights (tests/light_models.py; the classifier is scaled so the softmax is not saturated),
+given to Captum as the same graph converted with onnx2torch; and a ViT-S/16 (torchvision's
+VisionTransformer, 12 layers, width 384, 6 heads, seeded weights), exported to ONNX (dynamo
+exporter, opset 18) for igcli and given to Captum as the torchvision module itself.
+
+Runs are interleaved (igcli warm, Captum, igcli cold, rotating the order every round) and the
+table shows medians with the spread (min-max) over --rounds. Then, per model, the per-call
+figures: one forward call of the model as given, one of the model after igcli's pre-pass
+(BatchNormalization folded), and one gradient-graph call, all at batch 16 (goal: gradient
+call <= 2.2x forward). Both tools' completeness (attribution sum against F(x) - F(0)) is
+printed as a sanity check: they explain the same function.
+
+Torch, torchvision, captum and onnx2torch are bench-only; run with the reference venv and
+igcli's worktree on PYTHONPATH (the igcli CLI itself runs from the worktree's .venv, which
+`make test` or `make bench` creates):
+
+    PYTHONPATH=. /work/venv-ref/bin/python bench/bench_vs_captum.py
+        [--models resnet50,densenet121,vit] [--rounds 3] [--steps 64] [--batch 16]
+        [--threads 2] [--workdir /tmp/igcli-bench] [--igcli .venv/bin/igcli]
+        [--calls 7] [--skip-calls] [--skip-ig]
+
+--igcli is a command line: to time another checkout of igcli with the same venv, pass e.g.
+--igcli "env PYTHONPATH=/path/to/checkout .venv/bin/python -m igcli" (and run the script
+with that checkout on PYTHONPATH for its per-call figures).
+
+Model files, inputs and caches live in --workdir and are reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VIT = {"num_layers": 12, "num_heads": 6, "hidden_dim": 384, "mlp_dim": 1536}
+
+
+# -- model files --------------------------------------------------------------------------------
+def _scale_classifier(model: onnx.ModelProto, x: np.ndarray) -> None:
+    """Scale the last Conv/Gemm before a final Softmax so the logits spread about 2: random
+    weights saturate the softmax, and then both tools' attributions are all zeros."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    if not softmax:  # logits out (light_densenet121): nothing saturates
+        return
+    softmax = softmax[-1]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    logits = softmax.input[0]
+    probe.graph.output.append(helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0].name
+    spread = float(np.std(sess.run([logits], {inp: x[None]})[0]))
+    node = producer[logits]
+    while node.op_type not in ("Conv", "Gemm"):
+        node = producer[node.input[0]]
+    inits = {i.name: i for i in model.graph.initializer}
+    for name in node.input[1:3]:
+        while name not in inits:  # a Reshape/Unsqueeze of the weight
+            name = producer[name].input[0]
+        value = numpy_helper.to_array(inits[name]) * (2.0 / spread)
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def prepare_models(names: list[str], workdir: Path) -> dict[str, dict]:
+    """Write each model (ONNX for igcli, a pickled torch module for Captum) and the input."""
+    import torch
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).uniform(0, 1, size=(3, 224, 224)).astype(np.float32)
+    np.save(workdir / "input.npy", x)
+    cases = {}
+    for name in names:
+        onnx_path, torch_path = workdir / f"{name}.onnx", workdir / f"{name}.pt"
+        if not (onnx_path.exists() and torch_path.exists()):
+            if name == "vit":
+                from torchvision.models.vision_transformer import VisionTransformer
+
+                torch.manual_seed(0)
+                module = VisionTransformer(image_size=224, patch_size=16, **VIT).eval()
+                torch.nn.init.normal_(module.heads.head.weight, std=0.1)  # torchvision: zeros
+                example = torch.from_numpy(np.stack([x, x]))  # batch 1 would be baked in
+                program = torch.onnx.export(
+                    module,
+                    (example,),
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=4096)}},
+                    opset_version=18,
+                    dynamo=True,
+                )
+                program.save(str(onnx_path))
+            else:
+                from onnx2torch import convert
+
+                from tests.light_models import randomized
+
+                model = randomized(name, batch_free=True)
+                _scale_classifier(model, x)
+                onnx.save(model, str(onnx_path))
+                module = convert(model).eval()
+            torch.save(module, str(torch_path))
+        cases[name] = {"onnx": onnx_path, "torch": torch_path}
+    return cases
+
+
+# -- one timed process each ---------------------------------------------------------------------
+def run_igcli(igcli: str, model: Path, x: Path, cache: Path, out: Path, args) -> dict:
+    cmd = [*shlex.split(igcli), "explain", str(model), str(x), "--steps", str(args.steps),
+           "--method", "gausslegendre", "--baseline", "zero", "--batch-size", str(args.batch),
+           "--threads", str(args.threads), "--out", str(out), "--json", "--quiet"]  # fmt: skip
+    env = {**os.environ, "IGCLI_CACHE_DIR": str(cache)}
+    env.pop("PYTHONPATH", None)  # the CLI runs from its own venv (or says so: env PYTHONPATH=..)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"igcli failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"total": took, "record": record}
+
+
+def run_captum(case: dict, x: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--captum-child", str(case["torch"]), str(x), "--steps",
+           str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"captum failed: {proc.stderr.strip()[-800:]}")
+    return {"total": took, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def captum_child(torch_path: str, x_path: str, steps: int, batch: int, threads: int) -> None:
+    """The Captum process: load, pick the top class, attribute; report phases as JSON."""
+    t0 = time.perf_counter()
+    import torch
+    from captum.attr import IntegratedGradients
+
+    torch.set_num_threads(threads)
+    t1 = time.perf_counter()
+    model = torch.load(torch_path, weights_only=False).eval()
+    x = torch.from_numpy(np.load(x_path))[None]
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        out = model(x).reshape(1, -1)
+        base = model(torch.zeros_like(x)).reshape(1, -1)
+    target = int(out.argmax())
+    t3 = time.perf_counter()
+
+    def forward(z):
+        return model(z).reshape(len(z), -1)
+
+    attr = IntegratedGradients(forward).attribute(
+        x, baselines=0, target=target, method="gausslegendre", n_steps=steps,
+        internal_batch_size=batch,
+    )  # fmt: skip
+    t4 = time.perf_counter()
+    delta = float(out[0, target] - base[0, target])
+    total = float(attr.sum())
+    print(json.dumps({"import": t1 - t0, "load": t2 - t1, "forward": t3 - t2,
+                      "attribute": t4 - t3, "target": target, "delta": delta,
+                      "attribution_sum": total}))  # fmt: skip
+
+
+# -- per-call figures ---------------------------------------------------------------------------
+def per_call(case: dict, args) -> dict:
+    """Forward (as given and after the pre-pass) and gradient-graph calls at one batch,
+    interleaved, medians over args.calls."""
+    import onnxruntime as ort
+
+    from igcli.autodiff import GRAD, SEED
+    from igcli.autodiff.shapes import build_gradient_model_probing
+
+    try:
+        from igcli.autodiff.optimize import prepare
+    except ImportError:  # an igcli from before the pre-pass
+        prepare = None
+    from igcli.model import graph_inputs, with_dynamic_batch
+
+    model = onnx.load(str(case["onnx"]))
+    spec = graph_inputs(model)[0]
+    out = model.graph.output[0].name
+    model = with_dynamic_batch(model)
+    start = time.perf_counter()
+    grad = build_gradient_model_probing(model, spec.name, out)
+    build = time.perf_counter() - start
+    prepared = prepare(model, spec.name, out) if prepare else model
+
+    def session(m):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = args.threads
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(m.SerializeToString(), opts, ["CPUExecutionProvider"])
+
+    x = np.random.default_rng(1).uniform(0, 1, (args.batch, 3, 224, 224)).astype(np.float32)
+    runs = {"forward": (session(model), [out], {spec.name: x}),
+            "forward_prepared": (session(prepared), [out], {spec.name: x})}  # fmt: skip
+    y = runs["forward"][0].run([out], {spec.name: x})[0]
+    seed = np.zeros_like(y)
+    seed.reshape(len(y), -1)[:, 0] = 1
+    runs["gradient"] = (session(grad), [out, GRAD], {spec.name: x, SEED: seed})
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for sess, names, feeds in runs.values():
+        sess.run(names, feeds)  # warm-up
+    for _ in range(args.calls):
+        for key, (sess, names, feeds) in runs.items():
+            start = time.perf_counter()
+            sess.run(names, feeds)
+            times[key].append(time.perf_counter() - start)
+    return {"build_s": build, **{k: v for k, v in times.items()}}
+
+
+# -- report -------------------------------------------------------------------------------------
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="resnet50,densenet121,vit")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/igcli-bench"))
+    parser.add_argument("--igcli", default=str(ROOT / ".venv" / "bin" / "igcli"))
+    parser.add_argument("--skip-calls", action="store_true", help="no per-call figures")
+    parser.add_argument("--skip-ig", action="store_true", help="only the per-call figures")
+    parser.add_argument("--captum-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.captum_child:
+        captum_child(*args.captum_child, args.steps, args.batch, args.threads)
+        return
+    names = args.models.split(",")
+    cases = prepare_models(names, args.workdir)
+    x = args.workdir / "input.npy"
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+
+    results: dict[str, dict[str, list]] = {n: {"warm": [], "cold": [], "captum": []} for n in names}
+    if not args.skip_ig:
+        for name in names:  # an untimed run fills the warm cache
+            run_igcli(args.igcli, cases[name]["onnx"], x, args.workdir / f"cache-{name}",
+                      args.workdir / "out", args)  # fmt: skip
+        out = args.workdir / "out"
+        for k in range(args.rounds):
+            for name in names:
+                case = cases[name]
+                order = ["warm", "captum", "cold"]
+                order = order[k % 3 :] + order[: k % 3]
+                for kind in order:
+                    cache = args.workdir / f"cache-{name}"
+                    if kind == "cold":
+                        cache = args.workdir / f"cache-cold-{name}"
+                        shutil.rmtree(cache, ignore_errors=True)
+                    if kind == "captum":
+                        r = run_captum(case, x, args)
+                    else:
+                        r = run_igcli(args.igcli, case["onnx"], x, cache, out, args)
+                    results[name][kind].append(r)
+                    print(f"  round {k + 1} {name:12s} {kind:6s} {r['total']:7.2f} s", flush=True)
+        print(f"\nWhole-process IG, {args.steps} Gauss-Legendre steps, zero baseline, one 224x224 "
+              f"input, batch {args.batch}, {args.threads} threads; median (min-max) of "
+              f"{args.rounds} interleaved rounds, seconds")  # fmt: skip
+        print("| model | igcli warm | igcli cold | Captum | Captum import + load | Captum "
+              "attribute() | warm / Captum | cold / Captum |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+        for name in names:
+            r = results[name]
+            warm = [v["total"] for v in r["warm"]]
+            cold = [v["total"] for v in r["cold"]]
+            cap = [v["total"] for v in r["captum"]]
+            attr = [v["attribute"] for v in r["captum"]]
+            setup = [v["import"] + v["load"] for v in r["captum"]]
+            print(f"| {name} | {med(warm):.2f} ({spread(warm)}) | {med(cold):.2f} "
+                  f"({spread(cold)}) | {med(cap):.2f} ({spread(cap)}) | {med(setup):.2f} | "
+                  f"{med(attr):.2f} | {med(warm) / med(cap):.2f} | "
+                  f"{med(cold) / med(cap):.2f} |")  # fmt: skip
+        print("\nSanity: both explain the same function (attribution sum vs F(x) - F(0))")
+        for name in names:
+            rec = results[name]["warm"][-1]["record"]
+            cap = results[name]["captum"][-1]
+            print(f"  {name:12s} igcli target {rec['target']} sum {rec['attribution_sum']:+.5f} "
+                  f"delta {rec['delta']:+.5f} | Captum target {cap['target']} sum "
+                  f"{cap['attribution_sum']:+.5f} delta {cap['delta']:+.5f}")  # fmt: skip
+
+    if not args.skip_calls:
+        print(f"\nPer call at batch {args.batch}, {args.threads} threads, median (min-max) of "
+              f"{args.calls} interleaved calls, ms")  # fmt: skip
+        print(
+            "| model | forward | forward, BN folded | gradient graph | gradient / forward "
+            "| gradient / folded forward | same, fastest calls |\n"
+            "|---|---:|---:|---:|---:|---:|---:|"
+        )
+        for name in names:
+            c = per_call(cases[name], args)
+            f, fp, g = (1000 * med(c[k]) for k in ("forward", "forward_prepared", "gradient"))
+
+            def ms(key, c=c):
+                low, high = 1000 * min(c[key]), 1000 * max(c[key])
+                return f"{1000 * med(c[key]):.0f} ({low:.0f}-{high:.0f})"
+
+            fastest = [min(c[k]) for k in ("forward", "forward_prepared", "gradient")]
+            print(f"| {name} | {ms('forward')} | {ms('forward_prepared')} | {ms('gradient')} "
+                  f"| {g / f:.2f} | {g / fp:.2f} | {fastest[2] / fastest[0]:.2f}, "
+                  f"{fastest[2] / fastest[1]:.2f} |", flush=True)  # fmt: skip
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

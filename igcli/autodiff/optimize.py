@@ -1,0 +1,403 @@
+"""Model-to-model rewrites before differentiating: fewer and cheaper nodes to reverse.
+
+- Inference BatchNormalization, and Mul/Add/Sub/Div by per-channel constants, right after a
+  Conv with constant weights are folded into that Conv's weights and bias. The reverse pass
+  then has one Conv to reverse instead of a Conv and a chain of per-channel products.
+- A BatchNormalization after anything else (a Concat, a pool), with the per-channel
+  products after it, becomes one per-channel affine: for float32 images whose channels fill
+  16-wide blocks a depthwise 1x1 Conv, which ONNX Runtime runs (with its reverse, again a
+  depthwise Conv) in its blocked NCHWc layout next to the real Convs, where a Mul would
+  force layout reorders in and out; otherwise one BatchNormalization.
+- Gather of one constant index (a ViT picking q, k and v, or its class token) becomes
+  Slice + Squeeze: the reverse of a Slice is a Pad, where the reverse of a Gather is a
+  ScatterElements with reduction, which ONNX Runtime runs element by element (19% of a
+  ViT-S/16 gradient call).
+- Nodes the explained output does not depend on are dropped (the gradient model keeps only
+  that output).
+
+Every rewrite is exact up to float rounding: folded weights are computed in float64 and
+stored in the model's own float type.
+
+After the transform, `annotate` records the shape of every reverse-pass tensor the rules know
+(a gradient is shaped like its forward tensor, symbolic batch included). ONNX Runtime cannot
+infer shapes that pass through Reshape(x, Shape(y)); without them it cannot prove that a
+gradient and a ReLU mask have the same shape, and runs their product in plain NCHW with
+layout reorders around every Conv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FOLDABLE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
+
+
+def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.ModelProto:
+    """A copy of `model` with affine chains folded and dead nodes dropped (see module doc)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
+    consts = _constants(graph, opset)
+    protected = {input_name, output_name, *(o.name for o in graph.output)}
+    infos = _ranks(model)
+    nodes = [_Node(n) for n in _live_nodes(graph, output_name)]
+    new_inits: list[onnx.TensorProto] = []
+    _fold(nodes, consts, protected, infos, new_inits, opset)
+    _gathers_as_slices(nodes, consts, infos, new_inits, opset)
+    folded = [n.proto for n in nodes if not n.dead]
+    del graph.node[:]
+    graph.node.extend(folded)
+    live = _live_nodes(graph, output_name)  # the constants folded away are dead now
+    del graph.node[:]
+    graph.node.extend(live)
+    graph.initializer.extend(new_inits)
+    _drop_unused_initializers(graph, input_name)
+    if out.ir_version < 4:  # initializers need not be graph inputs from IR 4 on
+        out.ir_version = 4
+    return out
+
+
+def annotate(model: onnx.ModelProto, infos: Mapping, names: set[str]) -> onnx.ModelProto:
+    """Add value_info for each tensor in `names` whose rank and type `infos` (name ->
+    builder.TensorInfo) know; tensors already described are left alone."""
+    graph = model.graph
+    known = {vi.name for vi in [*graph.value_info, *graph.input, *graph.output]}
+    for name in sorted(names - known):
+        info = infos.get(name)
+        if info is not None and info.shape is not None and info.elem_type:
+            vi = helper.make_tensor_value_info(name, info.elem_type, list(info.shape))
+            graph.value_info.append(vi)
+    return model
+
+
+class _Node:
+    def __init__(self, proto: onnx.NodeProto) -> None:
+        self.proto, self.dead = proto, False
+
+
+# -- constants ---------------------------------------------------------------------------------
+def _constants(graph: onnx.GraphProto, opset: int) -> dict[str, np.ndarray]:
+    """Initializers, Constant nodes, and shape ops applied to them (Unsqueeze of a BN scale)."""
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        try:
+            value = _evaluate(node, consts, opset)
+        except Exception:  # an odd constant is simply not folded
+            value = None
+        if value is not None:
+            consts[node.output[0]] = value
+    return consts
+
+
+def _evaluate(node: onnx.NodeProto, consts: dict, opset: int) -> np.ndarray | None:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Constant":
+        if "value" in attrs:
+            return numpy_helper.to_array(attrs["value"])
+        for key in ("value_float", "value_floats", "value_int", "value_ints"):
+            if key in attrs:
+                return np.asarray(attrs[key], np.float32 if "float" in key else np.int64)
+        return None
+    if node.domain not in ("", "ai.onnx") or not node.input or node.input[0] not in consts:
+        return None
+    x = consts[node.input[0]]
+    second = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if node.op_type == "Identity":
+        return x
+    if node.op_type == "Cast":
+        return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if node.op_type in ("Unsqueeze", "Squeeze"):
+        axes = attrs.get("axes") if opset < 13 else second
+        if axes is None:
+            return np.squeeze(x) if node.op_type == "Squeeze" else None
+        axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+        if node.op_type == "Squeeze":
+            return np.squeeze(x, axis=tuple(a % x.ndim for a in axes))
+        rank = x.ndim + len(axes)
+        for a in sorted(a % rank for a in axes):
+            x = np.expand_dims(x, a)
+        return x
+    if node.op_type == "Reshape" and second is not None and not attrs.get("allowzero", 0):
+        shape = [x.shape[i] if d == 0 else int(d) for i, d in enumerate(second)]
+        return x.reshape(shape)
+    return None
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """(element type, rank) from onnx shape inference (empty where it fails). Large
+    initializers go in as typed graph inputs: inference needs their shapes, not their
+    megabytes."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model)  # a shallow copy cannot drop fields; this one is cheap next to
+    graph = light.graph  # serializing every weight into the inference call
+    big = [i for i in graph.initializer if np.prod(i.dims) > 1024]
+    names = {vi.name for vi in graph.input}
+    for init in big:
+        if init.name not in names:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+        graph.initializer.remove(init)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light)
+    except Exception:
+        return {}
+    ranks = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            ranks[vi.name] = (t.elem_type, len(t.shape.dim))
+    return ranks
+
+
+# -- liveness ----------------------------------------------------------------------------------
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Every name a node reads, including outer-scope names its subgraphs use."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input}
+            inner |= {i.name for i in sub.initializer}
+            for n in sub.node:
+                names |= _reads(n) - inner
+    return names
+
+
+def _live_nodes(graph: onnx.GraphProto, output_name: str) -> list[onnx.NodeProto]:
+    """The nodes the output depends on, in graph order."""
+    nodes = list(graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    live: set[int] = set()
+    stack = [output_name]
+    while stack:
+        k = producer.get(stack.pop())
+        if k is None or k in live:
+            continue
+        live.add(k)
+        stack.extend(_reads(nodes[k]))
+    return [n for k, n in enumerate(nodes) if k in live]
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto, input_name: str) -> None:
+    """Drop initializers nothing reads, and take initializers off the graph inputs: igcli
+    never feeds them (see model.graph_inputs), and ONNX Runtime treats an initializer that is
+    also an input as a runtime value (no constant folding, no pre-packed weights)."""
+    used = set().union(*(_reads(n) for n in graph.node)) if graph.node else set()
+    used |= {o.name for o in graph.output}
+    inits = {i.name for i in graph.initializer} - {input_name}
+    kept = [i for i in graph.initializer if i.name in used and i.name in inits]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [vi for vi in graph.input if vi.name not in inits]  # real inputs all stay
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+# -- folding -----------------------------------------------------------------------------------
+def _fold(nodes: list[_Node], consts, protected, ranks, new_inits, opset) -> None:
+    """Fold each affine chain into the Conv before it (or into a new per-channel Conv)."""
+    users: dict[str, list[_Node]] = {}
+    for n in nodes:
+        for name in _reads(n.proto):
+            users.setdefault(name, []).append(n)
+    names = iter(range(1 << 62))
+
+    def fresh(hint: str) -> str:
+        return f"igcli_fold/{hint}_{next(names)}"
+
+    for n in nodes:
+        if n.dead:
+            continue
+        node = n.proto
+        conv = _conv_affine(node, consts)
+        if conv is None:
+            conv = _standalone_affine(node, consts, ranks, opset)
+            if conv is None:
+                continue
+        weight, bias = conv
+        tail = node
+        while True:
+            y = tail.output[0]
+            after = users.get(y, [])
+            if y in protected or len(after) != 1 or after[0].dead:
+                break
+            step = _affine_step(after[0].proto, y, consts, weight.shape[0], weight.ndim, opset)
+            if step is None:
+                break
+            scale, shift = step
+            weight = weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
+            bias = bias * scale + shift
+            if tail is not node:
+                _kill(tail, nodes)
+            tail = after[0].proto
+        depthwise = node.op_type != "Conv" and _blocked_layout_fits(node, weight, consts)
+        if tail is node and not depthwise:
+            continue  # nothing to fold, nothing to gain
+        _emit(n, node, tail, weight, bias, consts, new_inits, fresh, depthwise)
+        if tail is not node:
+            _kill(tail, nodes)
+
+
+def _kill(proto: onnx.NodeProto, nodes: list[_Node]) -> None:
+    for n in nodes:
+        if n.proto is proto:
+            n.dead = True
+
+
+def _float_const(consts, name: str) -> np.ndarray | None:
+    value = consts.get(name) if name else None
+    return value if value is not None and value.dtype.kind == "f" else None
+
+
+def _conv_affine(node: onnx.NodeProto, consts) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weight, bias) in float64 of a Conv with constant weights and bias."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+        return None
+    weight = _float_const(consts, node.input[1])
+    if weight is None or weight.ndim < 3:
+        return None
+    if len(node.input) > 2 and node.input[2]:
+        bias = _float_const(consts, node.input[2])
+        if bias is None:
+            return None
+    else:
+        bias = np.zeros(weight.shape[0])
+    return weight.astype(np.float64), bias.astype(np.float64).reshape(-1)
+
+
+def _standalone_affine(node, consts, ranks, opset) -> tuple[np.ndarray, np.ndarray] | None:
+    """An inference BatchNormalization not after a Conv: (scale, shift) per channel, the
+    scale shaped like a depthwise 1x1 kernel ([C, 1, ...], the input's rank)."""
+    if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
+        return None
+    rank = ranks.get(node.input[0], (0, None))[1]
+    step = _bn_step(node, consts, opset)
+    if step is None or rank is None or rank < 2:
+        return None
+    scale, shift = step
+    return scale.reshape(-1, *[1] * (rank - 1)), shift
+
+
+def _blocked_layout_fits(node, weight: np.ndarray, consts) -> bool:
+    """Whether a per-channel affine is best a depthwise Conv: float32 images whose channels
+    fill ONNX Runtime's 16-wide NCHWc blocks. Elsewhere (double has no Conv kernel in ONNX
+    Runtime; other shapes stay in NCHW) a BatchNormalization is the cheaper spelling."""
+    dtype = consts[node.input[1]].dtype
+    return dtype == np.float32 and weight.ndim == 4 and weight.shape[0] % 16 == 0
+
+
+def _bn_step(node, consts, opset) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel (scale, shift) of an inference BatchNormalization with constant parameters."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    training = attrs.get("training_mode", 0) if opset >= 14 else sum(map(bool, node.output)) > 1
+    if training or attrs.get("spatial", 1) == 0 or len(node.input) < 5:
+        return None
+    params = [_float_const(consts, name) for name in node.input[1:5]]
+    if any(p is None for p in params):
+        return None
+    gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+    scale = gamma / np.sqrt(var + attrs.get("epsilon", 1e-5))
+    return scale, beta - mean * scale
+
+
+def _affine_step(node, x: str, consts, channels: int, rank: int, opset: int):
+    """(scale, shift) per channel when `node` maps x to x * scale + shift; else None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in FOLDABLE:
+        return None
+    if node.op_type == "BatchNormalization":
+        if node.input[0] != x:
+            return None
+        step = _bn_step(node, consts, opset)
+        if step is None or len(step[0]) != channels:
+            return None
+        return step
+    if len(node.input) != 2 or x not in node.input or node.input[0] == node.input[1]:
+        return None
+    other = node.input[1] if node.input[0] == x else node.input[0]
+    c = _per_channel(_float_const(consts, other), channels, rank)
+    if c is None:
+        return None
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    if node.op_type == "Mul":
+        return c, zeros
+    if node.op_type == "Add":
+        return ones, c
+    if node.op_type == "Sub":
+        return (ones, -c) if node.input[0] == x else None
+    if node.op_type == "Div":
+        return (1.0 / c, zeros) if node.input[0] == x and np.all(c != 0) else None
+    return None
+
+
+def _per_channel(value: np.ndarray | None, channels: int, rank: int) -> np.ndarray | None:
+    """A constant that broadcasts against [N, C, ...] as one value per channel, as [C]."""
+    if value is None or value.ndim > rank:
+        return None
+    shape = [1] * (rank - value.ndim) + list(value.shape)
+    if any(d != 1 for k, d in enumerate(shape) if k != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(value.astype(np.float64).reshape(-1), [channels]).copy()
+
+
+def _emit(n: _Node, head, tail, weight, bias, consts, new_inits, fresh, depthwise) -> None:
+    """Replace head..tail by one node writing tail's output: the head Conv with new weights,
+    a depthwise 1x1 Conv, or a BatchNormalization that is just x * scale + shift."""
+    x, y, name = head.input[0], tail.output[0], head.name or fresh("affine")
+    dtype = consts[head.input[1]].dtype  # the Conv's weight, or the BatchNormalization's scale
+
+    def const(value, hint: str) -> str:
+        new_inits.append(numpy_helper.from_array(np.asarray(value).astype(dtype), fresh(hint)))
+        return new_inits[-1].name
+
+    if head.op_type == "Conv":
+        proto = helper.make_node("Conv", [x, const(weight, "weight"), const(bias, "bias")], [y],
+                                 name=name)  # fmt: skip
+        proto.attribute.extend(head.attribute)
+    elif depthwise:
+        proto = helper.make_node("Conv", [x, const(weight, "weight"), const(bias, "bias")], [y],
+                                 name=name, group=int(weight.shape[0]))  # fmt: skip
+    else:  # mean 0, variance 1, epsilon 0: scale and shift exactly
+        scale, zeros = weight.reshape(-1), np.zeros(weight.shape[0])
+        inputs = [const(scale, "scale"), const(bias, "shift"), const(zeros, "mean")]
+        proto = helper.make_node("BatchNormalization", [x, *inputs, const(zeros + 1, "var")],
+                                 [y], name=name, epsilon=0.0)  # fmt: skip
+    n.proto = proto
+
+
+# -- Gather of one index -----------------------------------------------------------------------
+def _gathers_as_slices(nodes: list[_Node], consts, infos, new_inits, opset) -> None:
+    """Gather(x, i) with a constant scalar i on a float x: Squeeze(Slice(x, i, i + 1))."""
+    for n in nodes:
+        node = n.proto
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or n.dead:
+            continue
+        index = consts.get(node.input[1])
+        elem, rank = infos.get(node.input[0], (0, None))
+        if index is None or index.ndim != 0 or index.dtype.kind not in "iu" or rank is None:
+            continue
+        if elem not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % rank
+        start = int(index)
+        end = start + 1 if start != -1 else np.iinfo(np.int64).max
+        sliced = f"{node.output[0]}/igcli_slice"
+        if opset >= 10:
+            names = [f"{sliced}/{k}" for k in ("starts", "ends", "axes")]
+            for name, value in zip(names, ([start], [end], [axis]), strict=True):
+                new_inits.append(numpy_helper.from_array(np.array(value, np.int64), name))
+            slice_node = helper.make_node("Slice", [node.input[0], *names], [sliced])
+        else:
+            slice_node = helper.make_node("Slice", [node.input[0]], [sliced], starts=[start],
+                                          ends=[end], axes=[axis])  # fmt: skip
+        if opset >= 13:
+            axes = f"{sliced}/squeeze_axes"
+            new_inits.append(numpy_helper.from_array(np.array([axis], np.int64), axes))
+            squeeze = helper.make_node("Squeeze", [sliced, axes], [node.output[0]])
+        else:
+            squeeze = helper.make_node("Squeeze", [sliced], [node.output[0]], axes=[axis])
+        slice_node.name, squeeze.name = f"{node.name}/slice", f"{node.name}/squeeze"
+        n.proto = slice_node
+        nodes.insert(nodes.index(n) + 1, _Node(squeeze))
