@@ -142,10 +142,23 @@ def probe_shapes(
         values = [np.asarray(v) for v in values]
         if any(v.ndim != values[0].ndim for v in values):
             continue
-        shape = [d if all(v.shape[k] == d for v in values) else batch_dim
-                 for k, d in enumerate(values[0].shape)]  # fmt: skip
+        shape = [_probed_dim(name, k, [v.shape[k] for v in values], batches, batch_dim)
+                 for k in range(values[0].ndim)]  # fmt: skip
         hints[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(values[0].dtype), shape)
     return hints
+
+
+def _probed_dim(name: str, axis: int, seen: list[int], batches: list[int], batch_dim):
+    """One dim of a probed tensor: fixed where it did not change with the batch; the batch
+    symbol where it is the batch; `N*m` where it is m times the batch (rows of a flattened
+    [N*17, d] tensor); else a symbol of its own. ONNX Runtime trusts equal symbols to be equal
+    sizes, so only dims that are truly equal may share one."""
+    if all(d == seen[0] for d in seen):
+        return seen[0]
+    m = seen[0] // batches[0]
+    if all(d == m * b for d, b in zip(seen, batches, strict=True)):
+        return batch_dim if m == 1 else f"{batch_dim}*{m}"
+    return f"{batch_dim}?{name}:{axis}"
 
 
 def build_gradient_model_probing(
