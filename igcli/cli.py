@@ -716,28 +716,24 @@ def gradcheck(
     import numpy as np
 
     from igcli.gradcheck import check_directions
+    from igcli.gradients import Bound
     from igcli.session import Session
 
     session = Session(
         model, input=input_name, output=output, feeds=_feeds(feeds), gradients="graph"
     )
-    if session.at is not None:
-        raise UsageError(
-            "gradcheck checks float model inputs; a token model's gradient at its embeddings "
-            "is checked by every explain run (gradient_check in its records)",
-            model,
-        )
     rng = np.random.default_rng(seed)
     if input_file is not None:
         samples = session.load(Path(input_file))
         if row >= len(samples):
             raise UsageError(f"--row {row}: the input has {len(samples)} row(s)", input_file)
-        x = samples[row].x
+        sample = samples[row]
     else:
-        x = _random_sample(session, rng)
-    graph = session.graph_for(x)
+        sample = _random_sample(session, rng)
+    graph, x, context = session.check_point(sample)  # at the embeddings for token models
     if graph is None:
         raise GradientError(f"no gradient graph for inputs of shape {list(x.shape)}", model)
+    graph = Bound(graph, context)
     if target is not None:
         n_out = int(np.prod(graph.run(x[None]).shape[1:]))
         if not 0 <= target < n_out:
@@ -801,14 +797,26 @@ def gradcheck(
 
 
 def _random_sample(session, rng):
-    """A plausible input when none is given: random pixels for images, N(0, 1) otherwise."""
+    """A plausible input when none is given: random pixels for images, N(0, 1) for other float
+    inputs, random ordinary token ids for token models."""
+    import numpy as np
 
+    if session.tokens is not None:
+        tokens = session.tokens
+        length = tokens.length or 16
+        size = tokens.vocab.size or 1000
+        specials = sorted(set(tokens.vocab.keep_ids) | {tokens.vocab.pad_id or 0})
+        ordinary = np.setdiff1d(np.arange(size), specials)
+        ids = rng.choice(ordinary, size=length)
+        return tokens.sample(Path("<random>"), "random", ids)
     prep = session.prep
     if prep.is_image_model:
         h, w = prep.height or 32, prep.width or 32
-        return prep.image_to_model(rng.uniform(0, 1, size=(h, w, prep.channels)))
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in session.input_spec.shape[1:]]
-    return rng.standard_normal(shape).astype(prep.dtype)
+        x = prep.image_to_model(rng.uniform(0, 1, size=(h, w, prep.channels)))
+    else:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in session.input_spec.shape[1:]]
+        x = rng.standard_normal(shape).astype(prep.dtype)
+    return session.load(x)[0]
 
 
 @main.command("merge-reports")

@@ -833,6 +833,18 @@ class Session:
         """The gradient graph for samples shaped like x (None: finite differences)."""
         return self._graph_for(tuple(x.shape))
 
+    def check_point(self, sample: Sample) -> tuple[GraphRunner | None, np.ndarray, Context]:
+        """Where a gradient check of `sample` happens: the graph that IG would use, the point
+        in the space IG walks (the input, or the cut tensor's value there) and the sample's
+        other inputs."""
+        if self._cut is not None:
+            xs, _, contexts = self._through_cut([sample], [None])
+            x, context = xs[0], contexts[0]
+        else:
+            x, context = sample.x, sample.feeds
+        self._example_context = context
+        return self._graph_for(tuple(x.shape)), x, context
+
     def _use(self, x: np.ndarray, context: Context | None = None) -> GraphRunner | None:
         """Make the graph (or the plain model) for samples shaped like x the current runner."""
         graph = self._graph_for(tuple(x.shape))
