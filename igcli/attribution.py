@@ -44,10 +44,16 @@ class Attribution:
     fd_groups: str | None = None
     wall_time_s: float = 0.0
     extra: dict = field(default_factory=dict)  # further record fields (self-check, ...)
+    # With --noise-type smoothgrad_sq or vargrad the map is a mean square or a variance, not
+    # an attribution: completeness is then that of the mean attribution, whose sum this is.
+    completeness_sum: float | None = None
+    regions: object = field(repr=False, default=None)  # regions.Regions with --regions xrai
 
     # -- completeness -------------------------------------------------------------------
     @property
     def attribution_sum(self) -> float:
+        if self.completeness_sum is not None:
+            return self.completeness_sum
         return float(np.sum(self.attributions, dtype=np.float64))
 
     @property
@@ -105,6 +111,7 @@ class Attribution:
             title=title(self),
             caption=caption(self),
             vmax=vmax,
+            regions=self.regions,
         )
 
     def plot(self, style=None):

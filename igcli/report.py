@@ -99,7 +99,7 @@ class RunReport:
         # float(): a merged report holds "inf"/"nan" as read from report.json
         errors = [float(r["rel_error"]) for r in self.results if r.get("rel_error") is not None]
         finite = [e for e in errors if math.isfinite(e)]
-        return {
+        summary = {
             "explained": len(self.results),
             "failed": len(self.failures),
             "resumed": self.resumed,
@@ -107,6 +107,8 @@ class RunReport:
             "max_rel_error": _finite(max(errors)) if errors else None,
             "mean_rel_error": (sum(finite) / len(finite)) if finite else None,
         }
+        summary.update(_family_summary(self.results))
+        return summary
 
     def apply_gate(self, limit: float) -> list[str]:
         """Record the completeness gate; return the results over `limit` (or not a number)."""
@@ -140,6 +142,9 @@ class RunReport:
             f"igcli {__version__}, model sha256 `{self.model_sha256[:12]}`",
             "",
         ]
+        how = method_line(self.results)
+        if how:
+            lines += [f"Method: {how}.", ""]
         if self.gate:
             verdict = "passed" if self.gate["passed"] else "FAILED"
             lines += [
@@ -165,6 +170,52 @@ class RunReport:
             lines += [f"- `{f['input']}`: {f['error']}" for f in self.failures]
             lines.append("")
         return "\n".join(lines)
+
+
+def _family_summary(results: list[dict]) -> dict:
+    """Path methods other than plain IG (methods.py): which ones, and for expected
+    gradients the largest Monte Carlo standard error of a completeness sum. Empty for
+    plain IG, so plain runs' summaries are as before."""
+    paths: dict[str, int] = {}
+    averaged = 0
+    for r in results:
+        path = r.get("path") or "straight"
+        paths[path] = paths.get(path, 0) + 1
+        averaged += bool(r.get("noise") or r.get("baselines"))
+    out: dict = {}
+    if set(paths) - {"straight"} or averaged:
+        out["paths"] = paths
+        out["averaged"] = averaged  # results over noisy copies or several baselines
+    se = [float(r["completeness_se"]) for r in results if r.get("completeness_se") is not None]
+    if se:
+        out["max_completeness_se"] = _finite(max(se))
+    return out
+
+
+def method_line(results: list[dict]) -> str | None:
+    """'blur path', 'straight path, smoothgrad over 10 noisy copies', ... when every result
+    was made the same way and not by plain IG; else None."""
+    texts = {_method_text(r) for r in results}
+    if len(texts) != 1:
+        return None
+    return texts.pop() or None
+
+
+def _method_text(r: dict) -> str:
+    parts = []
+    path = r.get("path") or "straight"
+    if path != "straight":
+        parts.append(f"{path} path")
+    b = r.get("baselines")
+    if isinstance(b, dict):
+        what = "expected gradients" if b.get("use") == "expected_gradients" else "mean IG"
+        parts.append(f"{what} over {b.get('count')} baselines ({b.get('source')})")
+    n = r.get("noise")
+    if isinstance(n, dict):
+        parts.append(f"{n.get('type')} over {n.get('samples')} noisy copies (std {n.get('std')})")
+    if isinstance(r.get("regions"), dict):
+        parts.append("XRAI regions")
+    return ", ".join(parts)
 
 
 def percent(value) -> str:

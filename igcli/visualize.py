@@ -30,10 +30,32 @@ def title(a) -> str:
 
 def caption(a) -> str:
     """The completeness line under a panel: the figure that says whether to trust it."""
+    se = a.extra.get("completeness_se")
+    spread = f" \u00b1 {se:.2g}" if se is not None else ""
     return (
-        f"completeness error {percent(a.rel_error)} (sum {a.attribution_sum:.4g}, "
-        f"F(x)-F(b) {a.delta:.4g}) \u00b7 {a.steps} steps {a.method} \u00b7 {a.gradient_source}"
+        f"completeness error {percent(a.rel_error)} (sum {a.attribution_sum:.4g}{spread}, "
+        f"F(x)-F(b) {a.delta:.4g}) \u00b7 {method_text(a)}{a.steps} steps {a.method} "
+        f"\u00b7 {a.gradient_source}"
     )
+
+
+def method_text(a) -> str:
+    """The path-method family's part of a caption ('' for plain IG), e.g. 'blur path · '."""
+    e = a.extra
+    parts = []
+    if e.get("path") not in (None, "straight"):
+        parts.append(f"{e['path']} path")
+    if e.get("baselines"):
+        b = e["baselines"]
+        what = "expected gradients" if b.get("use") == "expected_gradients" else "mean IG"
+        parts.append(f"{what} over {b['count']} baselines")
+    if e.get("samples") and e.get("path") != "shapley":
+        parts.append(f"{e['samples']} samples")
+    if e.get("path") == "shapley" and e.get("samples"):
+        parts.append(f"{e['samples']} orders")
+    if e.get("noise"):
+        parts.append(f"{e['noise']['type']} x{e['noise']['samples']}")
+    return "".join(p + " \u00b7 " for p in parts)
 
 
 def display_pixels(sample: Sample, prep: Preprocessing) -> np.ndarray:
@@ -66,8 +88,12 @@ def draw(
     title: str,
     caption: str,
     vmax: float | None = None,
+    regions=None,
 ) -> Image.Image:
     if is_image_like(sample, prep):
+        top = None
+        if regions is not None:
+            top = regions.top_mask()
         return render.render_image(
             display_pixels(sample, prep),
             prep.model_to_hwc(attributions),
@@ -78,6 +104,8 @@ def draw(
             reduce=style.reduce,
             title=title,
             caption=caption,
+            regions=top,
+            regions_label="XRAI top 30%",
         )
     flat = attributions.reshape(-1)
     names = sample.feature_names or [f"x[{i}]" for i in range(flat.size)]
