@@ -8,6 +8,7 @@ report include inputs explained by an earlier, interrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import deque
@@ -28,6 +29,7 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     parse_shard,
 )
 from igcli.errors import IgcliError, InputError, OutputError
+from igcli.inputs import RowError, iter_table
 from igcli.outputs import atomic_save_png, atomic_write_text, output_stem
 from igcli.report import RunReport, failure_entry, json_line
 from igcli.session import AttributionSettings, Session
@@ -89,6 +91,10 @@ def settings_hash(
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _nothing(n: int) -> None:
+    pass
+
+
 class BatchRun:
     """The loop over inputs: explain, write outputs atomically, report, never stop on one.
 
@@ -112,28 +118,77 @@ class BatchRun:
         self.outputs, self.report = outputs, report
         self.settings_hash = settings_hash(session, settings, targets, outputs)
         self.emit, self.warn = emit, warn
-        self.deferred: list[tuple[Attribution, Path]] = []  # heatmaps awaiting a shared scale
+        # heatmaps awaiting a shared colour scale: only what redraws them, not their arrays
+        self.deferred: list[tuple[Attribution, Path, Path]] = []
         # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="igcli-writer")
         self.pending: deque[Future] = deque()
 
-    def process(self, items: list[InputItem]) -> None:
-        """Explain a group of inputs; with the gradient graph their points share model calls."""
+    def process(self, items: list[InputItem], advance: Callable[[int], None] = _nothing) -> None:
+        """Explain a group of inputs; with the gradient graph their points share model calls.
+        A CSV goes row by row (see process_table); `advance(n)` counts finished inputs."""
         todo = []
         for item in items:
-            if self._resumed(item):
+            if item.is_table and not item.problem:
+                self.process_table(item, advance)
                 continue
-            if item.problem:
-                self._fail(item, InputError(item.problem, item.path))
-                continue
-            todo.append(item)
-        if len(todo) > 1 and self._explain_together(todo):
-            return
+            if not self._resumed(item):
+                if item.problem:
+                    self._fail(item, InputError(item.problem, item.path))
+                else:
+                    todo.append(item)
+            advance(1)
+        if len(todo) > 1:
+            try:
+                loaded = [(item, self.session.load(item.path, item.name)) for item in todo]
+            except InputError:
+                loaded = None  # one is at fault: found below, one by one
+            if loaded is not None and self._explain_together(loaded):
+                return
         for item in todo:
             try:
                 records = self._explain_item(item)
             except InputError as exc:
                 self._fail(item, exc)
+                continue
+            self._accept(records)
+
+    def process_table(self, item: InputItem, advance: Callable[[int], None] = _nothing) -> None:
+        """A CSV streamed a block of rows at a time, each row an input of its own: its record
+        (`<name>_row<k>.record.json`), its resume, its failure. Memory stays flat however long
+        the file, and an interrupt loses no finished row."""
+        chunk: list = []
+        try:
+            for row in iter_table(item.path, self.session.prep, item.name):
+                chunk.append(row)
+                if len(chunk) >= self.group_size():
+                    self._process_rows(item, chunk)
+                    advance(len(chunk))
+                    chunk = []
+        except InputError as exc:  # the whole file, or its rest: the rows read are explained
+            self._process_rows(item, chunk)
+            advance(len(chunk))
+            self._fail(item, exc)
+            return
+        self._process_rows(item, chunk)
+        advance(len(chunk))
+
+    def _process_rows(self, item: InputItem, rows: list) -> None:
+        todo = []
+        for row in rows:
+            unit = InputItem(item.path, row.name)
+            if isinstance(row, RowError):
+                self._fail(unit, row.error)
+            elif not self._resumed(unit):
+                todo.append((unit, [row]))
+        if len(todo) > 1 and self._explain_together(todo):
+            return
+        for unit, samples in todo:
+            try:
+                explained = self.session.attribute_many(samples, self.targets, self.settings)
+                records = self._submit_item(unit, explained)
+            except InputError as exc:
+                self._fail(unit, exc)
                 continue
             self._accept(records)
 
@@ -167,12 +222,10 @@ class BatchRun:
         if self.outputs.json_lines:
             self.emit(json_line(entry))
 
-    def _explain_together(self, items: list[InputItem]) -> bool:
-        """All items in shared calls; False (nothing written) when any of them fails."""
-        s = self.session
+    def _explain_together(self, loaded: list[tuple[InputItem, list]]) -> bool:
+        """All inputs' samples in shared calls; False (nothing written) when any fails."""
         try:
-            loaded = [(item, s.load(item.path, item.name)) for item in items]
-            explained = s.attribute_many(
+            explained = self.session.attribute_many(
                 [x for _, samples in loaded for x in samples], self.targets, self.settings
             )
         except InputError:
@@ -228,7 +281,9 @@ class BatchRun:
             draw = self.outputs.heatmaps and not defer
             npy, _ = a.write_files(out, stem, style=style, heatmap=draw)
             if defer and self.outputs.heatmaps:
-                self.deferred.append((a, npy.with_suffix(".png")))
+                light = dataclasses.replace(a, attributions=None, baseline=None, sample=None)
+                light.extra = dict(a.extra, sample_path=a.sample.path, sample_name=a.sample.name)
+                self.deferred.append((light, npy, npy.with_suffix(".png")))
         atomic_write_text(
             record_path(out, item.name),
             json.dumps({"input": str(item.path), "records": records}) + "\n",
@@ -253,23 +308,33 @@ class BatchRun:
             self.writer.shutdown(wait=True)
 
     def finish(self) -> None:
-        """Wait for the writer, then draw heatmaps that share one colour scale."""
+        """Wait for the writer, then draw the heatmaps that share one colour scale: a second
+        pass over the saved .npy files, so memory stays flat however many images there are."""
         self.close()
         if not self.deferred:
             return
-        from igcli.render import color_scale, select_sign
+        from igcli.render import SharedScale, select_sign
 
         style = self.outputs.style
-        maps = [
-            select_sign(
-                attribution_map(a.attributions, a.sample, a.prep, style.reduce), style.sign
-            ).ravel()
-            for a, _ in self.deferred
-        ]
-        vmax = color_scale(np.concatenate(maps), style.clip_percentile)
-        for a, png in self.deferred:
-            atomic_save_png(png, a.image(style, vmax=vmax))
+        scale = SharedScale(style.clip_percentile)
+        for see in (scale.see_peak, scale.see_values):
+            for light, npy, _ in self.deferred:
+                a = self._reload(light, npy)
+                see(select_sign(attribution_map(a.attributions, a.sample, a.prep, style.reduce),
+                                style.sign))  # fmt: skip
+        vmax = scale.value()
+        for light, npy, png in self.deferred:
+            atomic_save_png(png, self._reload(light, npy).image(style, vmax=vmax))
         self.deferred.clear()
+
+    def _reload(self, light: Attribution, npy: Path) -> Attribution:
+        """An attribution as saved: its array from the .npy, its input read again."""
+        name = light.extra["sample_name"]
+        sample = next(
+            s for s in self.session.load(light.extra["sample_path"], name) if s.name == name
+        )
+        values = np.load(npy, allow_pickle=False)[0].astype(np.float64)
+        return dataclasses.replace(light, attributions=values, sample=sample)
 
     def apply_gate(self) -> list[str]:
         """Names of results over --max-completeness-error (empty when no gate or all pass)."""

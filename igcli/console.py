@@ -8,6 +8,7 @@ names with newlines or control characters are escaped, lines are never wrapped (
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterable
 
@@ -140,7 +141,7 @@ class Messages:
             t.caption = f"... and {len(results) - rows} more in report.json"
         self.print(t)
         if len(results) > rows:
-            order = sorted(results, key=lambda r: -_error_value(r["rel_error"]))[:worst]
+            order = heapq.nlargest(worst, results, key=lambda r: _error_value(r["rel_error"]))
             self.print(table(columns, [row(r) for r in order], title="worst completeness"))
 
     def progress(self, total: int, label: str = "explaining") -> ProgressReporter:

@@ -337,3 +337,17 @@ def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
     k, n = shard
     digest = int(hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16)
     return digest % n == k - 1
+
+
+def count_table_rows(path: Path) -> int:
+    """About how many data rows a CSV holds (its lines less the header), for progress only;
+    1 when it cannot be read (the run reports why)."""
+    try:
+        with open(path, "rb") as fh:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                lines += 1  # a last line without a newline
+    except OSError:
+        return 1
+    return max(1, lines - 1)

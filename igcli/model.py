@@ -303,9 +303,20 @@ def load_model(path: Path) -> onnx.ModelProto:
     del data
     if len(model.graph.node) == 0 or not model.graph.output:
         raise ModelError("not an ONNX model (no graph)", path)
+    if not _names_are_text(model.graph):
+        raise ModelError("not a valid ONNX model (tensor or node names are not UTF-8)", path)
     if _external_tensors(model):
         _load_external_data(model, path)
     return model
+
+
+def _names_are_text(graph: onnx.GraphProto) -> bool:
+    """Protobuf hands back bytes for string fields that are not UTF-8 (a damaged file)."""
+    names = [vi.name for vi in [*graph.input, *graph.output, *graph.value_info]]
+    names += [i.name for i in graph.initializer]
+    for node in graph.node:
+        names += [*node.input, *node.output, node.op_type, node.domain, node.name]
+    return all(isinstance(n, str) for n in names)
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:

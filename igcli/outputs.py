@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,12 @@ FILE_MODE = _default_mode()  # what open() would give; mkstemp alone gives 0600
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write all of `data` or nothing: a crash or a full disk never leaves half a file."""
+    atomic_write_parts(path, [data])
+
+
+def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
+    """Write the parts one after the other, all or nothing (a long report need not be one
+    string in memory)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -31,7 +38,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise OutputError(f"cannot write ({exc.strerror or exc})", path.parent) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for part in parts:
+                fh.write(part)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:
@@ -40,6 +48,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
         raise
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[str]) -> None:
+    """Text chunks, UTF-8 as atomic_write_text writes it."""
+    atomic_write_parts(path, (c.encode("utf-8", errors="backslashreplace") for c in chunks))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -115,6 +115,48 @@ def color_scale(m: np.ndarray, clip_percentile: float = 99.5) -> float:
     return 1.0
 
 
+class SharedScale:
+    """`color_scale` over many maps without holding them in memory: a first pass finds the
+    largest |m|, a second fills a histogram below it, and the percentile is read off that
+    (within max/65536 of the exact value, invisible in a colour scale)."""
+
+    BINS = 1 << 16
+
+    def __init__(self, clip_percentile: float = 99.5) -> None:
+        if not 0 < clip_percentile <= 100:
+            raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+        self.clip_percentile = clip_percentile
+        self.peak = 0.0
+        self.counts = np.zeros(self.BINS, dtype=np.int64)
+
+    @staticmethod
+    def _magnitudes(m: np.ndarray) -> np.ndarray:
+        mag = np.abs(np.asarray(m, dtype=np.float64)).ravel()
+        return mag[np.isfinite(mag)]
+
+    def see_peak(self, m: np.ndarray) -> None:
+        """First pass."""
+        mag = self._magnitudes(m)
+        if mag.size:
+            self.peak = max(self.peak, float(mag.max()))
+
+    def see_values(self, m: np.ndarray) -> None:
+        """Second pass."""
+        if self.peak <= 0:
+            return
+        mag = self._magnitudes(m)
+        idx = np.minimum((mag / self.peak * self.BINS).astype(np.int64), self.BINS - 1)
+        self.counts += np.bincount(idx, minlength=self.BINS)
+
+    def value(self) -> float:
+        total = int(self.counts.sum())
+        if self.peak <= 0 or total == 0:
+            return 1.0
+        rank = np.searchsorted(np.cumsum(self.counts), self.clip_percentile / 100 * total)
+        v = (min(int(rank), self.BINS - 1) + 1) / self.BINS * self.peak
+        return float(v) if v > 0 else self.peak
+
+
 def render_image(
     image_hwc: np.ndarray,
     attr_hwc: np.ndarray,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import platform
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +24,7 @@ from igcli import __version__
 from igcli.errors import IgcliError, UsageError
 from igcli.files import first_line, os_reason
 from igcli.html_report import render_html
-from igcli.outputs import atomic_write_text
+from igcli.outputs import atomic_write_chunks, atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -66,12 +69,58 @@ def json_line(entry: dict) -> str:
     return json.dumps(json_record(entry), sort_keys=False)
 
 
+class RecordSpool:
+    """A run's records in a temporary file instead of memory, read back in order: a
+    100,000-row CSV must not keep 100,000 dicts alive. Behaves like a list for what reports
+    need (append, extend, len, iteration, slices)."""
+
+    def __init__(self, records: Iterable[dict] = ()) -> None:
+        self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the spool
+            "w", encoding="utf-8", prefix="igcli-records-", suffix=".jsonl"
+        )
+        self._n = 0
+        self.extend(records)
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._n += 1
+
+    def extend(self, records: Iterable[dict]) -> None:
+        for r in records:
+            self.append(r)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def __iter__(self) -> Iterator[dict]:
+        self._file.flush()
+        with open(self._file.name, encoding="utf-8") as fh:
+            for line in itertools.islice(fh, self._n):
+                yield json.loads(line)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._n)
+            return list(itertools.islice(iter(self), start, stop, step))
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        return next(itertools.islice(iter(self), index, None))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+
 @dataclass
 class RunReport:
     model: str
     model_sha256: str
     settings: dict
-    results: list[dict] = field(default_factory=list)
+    results: RecordSpool = field(default_factory=RecordSpool)
     failures: list[dict] = field(default_factory=list)
     gate: dict | None = None
     skipped: list[dict] = field(default_factory=list)  # files not explained on purpose
@@ -79,6 +128,14 @@ class RunReport:
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     def to_json(self) -> dict:
+        return {
+            **self._header(),
+            "results": [json_record(r) for r in self.results],
+            "failures": [json_record(f) for f in self.failures],
+            "skipped": self.skipped,
+        }
+
+    def _header(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
             "igcli_version": __version__,
@@ -90,24 +147,31 @@ class RunReport:
             "settings": self.settings,
             "summary": self.summary(),
             "gate": self.gate,
-            "results": [json_record(r) for r in self.results],
-            "failures": [json_record(f) for f in self.failures],
-            "skipped": self.skipped,
         }
 
     def summary(self) -> dict:
         # float(): a merged report holds "inf"/"nan" as read from report.json
-        errors = [float(r["rel_error"]) for r in self.results if r.get("rel_error") is not None]
-        finite = [e for e in errors if math.isfinite(e)]
+        count, worst, total, finite = 0, None, 0.0, 0
+        family = _FamilySummary()
+        for r in self.results:
+            count += 1
+            family.add(r)
+            if r.get("rel_error") is None:
+                continue
+            e = float(r["rel_error"])
+            worst = e if worst is None or not e <= worst else worst
+            if math.isfinite(e):
+                total += e
+                finite += 1
         summary = {
-            "explained": len(self.results),
+            "explained": count,
             "failed": len(self.failures),
             "resumed": self.resumed,
             "skipped": len(self.skipped),
-            "max_rel_error": _finite(max(errors)) if errors else None,
-            "mean_rel_error": (sum(finite) / len(finite)) if finite else None,
+            "max_rel_error": _finite(worst) if worst is not None else None,
+            "mean_rel_error": total / finite if finite else None,
         }
-        summary.update(_family_summary(self.results))
+        summary.update(family.result())
         return summary
 
     def apply_gate(self, limit: float) -> list[str]:
@@ -117,12 +181,24 @@ class RunReport:
         return failing
 
     def write(self, out_dir: Path) -> None:
-        data = self.to_json()
-        atomic_write_text(out_dir / "report.json", json.dumps(data, indent=2) + "\n")
+        """report.json, .csv, .md and .html, each written whole; report.json streams its
+        results from the spool, so its size does not come on top of the run's memory."""
+        atomic_write_chunks(out_dir / "report.json", self._json_chunks())
         atomic_write_text(out_dir / "report.csv", self.to_csv())
         atomic_write_text(out_dir / "report.md", self.to_markdown())
+        data = self.to_json()
         roots = [r.get("_root") for r in self.results]  # a merged result's shard folder
         atomic_write_text(out_dir / "report.html", render_html(data, out_dir, roots))
+
+    def _json_chunks(self) -> Iterator[str]:
+        head = json.dumps(self._header(), indent=2)
+        yield head[:-2] + ",\n"  # without the closing brace: the lists follow
+        for key, records in (("results", self.results), ("failures", self.failures)):
+            yield f'  "{key}": ['
+            for k, r in enumerate(records):
+                yield ("," if k else "") + "\n    " + json.dumps(json_record(r))
+            yield "\n  ],\n"
+        yield f'  "skipped": {json.dumps(self.skipped)}\n}}\n'
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -172,33 +248,46 @@ class RunReport:
         return "\n".join(lines)
 
 
-def _family_summary(results: list[dict]) -> dict:
-    """Path methods other than plain IG (methods.py): which ones, and for expected
-    gradients the largest Monte Carlo standard error of a completeness sum. Empty for
-    plain IG, so plain runs' summaries are as before."""
-    paths: dict[str, int] = {}
-    averaged = 0
-    for r in results:
+class _FamilySummary:
+    """Path methods other than plain IG (methods.py), over a run's records: which paths,
+    how many results average noisy copies or baselines, and for expected gradients the
+    largest Monte Carlo standard error of a completeness sum. Nothing for plain IG, so plain
+    runs' summaries are as before."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, int] = {}
+        self.averaged = 0
+        self.se: float | None = None
+
+    def add(self, r: dict) -> None:
         path = r.get("path") or "straight"
-        paths[path] = paths.get(path, 0) + 1
-        averaged += bool(r.get("noise") or r.get("baselines"))
-    out: dict = {}
-    if set(paths) - {"straight"} or averaged:
-        out["paths"] = paths
-        out["averaged"] = averaged  # results over noisy copies or several baselines
-    se = [float(r["completeness_se"]) for r in results if r.get("completeness_se") is not None]
-    if se:
-        out["max_completeness_se"] = _finite(max(se))
-    return out
+        self.paths[path] = self.paths.get(path, 0) + 1
+        self.averaged += bool(r.get("noise") or r.get("baselines"))
+        if r.get("completeness_se") is not None:
+            se = float(r["completeness_se"])
+            self.se = se if self.se is None or not se <= self.se else self.se
+
+    def result(self) -> dict:
+        out: dict = {}
+        if set(self.paths) - {"straight"} or self.averaged:
+            out["paths"] = self.paths
+            out["averaged"] = self.averaged  # results over noisy copies or several baselines
+        if self.se is not None:
+            out["max_completeness_se"] = _finite(self.se)
+        return out
 
 
-def method_line(results: list[dict]) -> str | None:
+def method_line(results) -> str | None:
     """'blur path', 'straight path, smoothgrad over 10 noisy copies', ... when every result
     was made the same way and not by plain IG; else None."""
-    texts = {_method_text(r) for r in results}
-    if len(texts) != 1:
-        return None
-    return texts.pop() or None
+    first = None
+    for r in results:
+        text = _method_text(r)
+        if first is None:
+            first = text
+        elif text != first:
+            return None
+    return first or None
 
 
 def _method_text(r: dict) -> str:

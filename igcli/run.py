@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from igcli import methods
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings, in_shard, parse_shard
 from igcli.console import Messages
+from igcli.discovery import count_table_rows
 from igcli.errors import ExitCode
 from igcli.outputs import check_writable
 from igcli.report import RunReport
@@ -62,13 +63,14 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
 
 
 def execute(batch: BatchRun, items: list[InputItem], messages: Messages) -> None:
-    """Explain every item, a group of inputs per model call where they fit."""
-    with messages.progress(len(items)) as progress:
+    """Explain every item, a group of inputs per model call where they fit; CSV rows count
+    as inputs of their own."""
+    total = sum(count_table_rows(item.path) if item.is_table else 1 for item in items)
+    with messages.progress(total) as progress:
         k = 0
         while k < len(items):
             group = items[k : k + batch.group_size()]  # rows per call are known after the first
-            batch.process(group)
-            progress.advance(len(group))
+            batch.process(group, progress.advance)
             k += len(group)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from igcli.batch import discover, in_shard
 from igcli.errors import ExitCode
-from tests.test_cli import CANCER, DIGIT_PNGS, DIGITS, run
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
 
 
 @pytest.fixture
@@ -365,3 +365,39 @@ def test_read_only_file_system_is_a_clear_error(tmp_path, monkeypatch):
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and "Read-only file system" in err[0] and "o" in err[0]
     assert not any(p.is_file() for p in (tmp_path / "o").rglob("*"))
+
+
+def test_csv_rows_are_inputs_of_their_own(tmp_path, monkeypatch):
+    """Each row gets its record when done, fails alone, and resumes alone."""
+    from igcli import batch
+
+    lines = CANCER_CSV.read_text().splitlines()
+    bad = lines[3].split(",")
+    bad[2] = "oops"
+    table = [lines[0], lines[1], lines[2], ",".join(bad), *lines[4:8]]
+    (tmp_path / "rows.csv").write_text("\n".join(table) + "\n")
+    out = tmp_path / "o"
+    args = ["explain", CANCER, tmp_path / "rows.csv", "--out", out, "--steps", "4", "--json"]
+    real = batch.BatchRun._process_rows
+    seen = []
+
+    def stop_after_two_blocks(self, item, rows):
+        seen.append(len(rows))
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(self, item, rows)
+
+    monkeypatch.setattr(batch.BatchRun, "group_size", lambda self: 2)
+    monkeypatch.setattr(batch.BatchRun, "_process_rows", stop_after_two_blocks)
+    first = run(*args)
+    assert first.exit_code == ExitCode.INTERRUPTED
+    done = sorted(p.name for p in out.glob("*.record.json"))
+    assert done == ["rows_row0.record.json", "rows_row1.record.json", "rows_row3.record.json"]
+    monkeypatch.setattr(batch.BatchRun, "_process_rows", real)
+    second = run(*args, "--skip-existing")
+    assert second.exit_code == ExitCode.INPUTS_FAILED  # row 2 is not all numbers
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["resumed"] == 3 and len(report["results"]) == 6
+    assert [f["name"] for f in report["failures"]] == ["rows_row2"]
+    assert "row" in report["failures"][0]["error"]
+    assert names(second) == sorted(f"rows_row{k}" for k in range(7))

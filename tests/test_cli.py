@@ -328,3 +328,24 @@ def test_merge_reports_refuses_different_models(tmp_path):
     bad.write_text("{}")
     result = run("merge-reports", bad, "--out", tmp_path / "m")
     assert result.exit_code == ExitCode.USAGE and "junk.json" in result.stderr
+
+
+def test_help_comes_in_sections_with_examples():
+    result = run("explain", "--help")
+    assert result.exit_code == 0
+    for section in ("Target and output", "Attribution", "Gradients", "Outputs and heatmaps"):
+        assert section in result.stdout
+    assert "Examples:" in result.stdout and "--steps auto" in result.stdout
+    summary = run("--help").stdout
+    assert "merge-reports" in summary and "gradcheck" in summary
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["explain", "m.onnx", "x.npy", "--steps", "many"], ["explain"], ["nope"], ["explain", "--x"]],
+)
+def test_usage_errors_are_one_line(args):
+    result = run(*args)
+    assert result.exit_code == ExitCode.USAGE
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0]

@@ -53,7 +53,7 @@ def test_budget_is_a_share_of_available_memory():
 def test_a_session_measures_its_rows_once(tmp_path):
     session = igcli.Session(DIGITS)
     session.attribute(sorted((DIGITS.parent.parent / "sample_inputs" / "digits").glob("*.png"))[0])
-    assert 1 <= session.runner.batch_size <= 64
+    assert 1 <= session.runner.batch_size <= 512
     given = igcli.Session(DIGITS, batch_size=7)
     assert given.runner.batch_size == 7
 

@@ -299,3 +299,20 @@ def test_save_png_failing_mid_write_keeps_the_old_file_and_no_temp(tmp_path, mon
     with pytest.raises(OSError, match="disk full"):
         save_png(Image.new("RGB", (4, 4)), target)
     assert os.listdir(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
+
+
+def test_shared_scale_streams_to_the_same_value_as_the_pooled_percentile():
+    from igcli.render import SharedScale, color_scale
+
+    rng = np.random.default_rng(3)
+    maps = [rng.standard_cauchy(size=(28, 28)) for _ in range(7)] + [np.zeros((5, 5))]
+    scale = SharedScale(99.5)
+    for see in (scale.see_peak, scale.see_values):
+        for m in maps:
+            see(m)
+    exact = color_scale(np.concatenate([m.ravel() for m in maps]), 99.5)
+    assert abs(scale.value() - exact) <= scale.peak / SharedScale.BINS * 4  # a few bins
+    empty = SharedScale(99.5)
+    empty.see_peak(np.zeros(4))
+    empty.see_values(np.zeros(4))
+    assert empty.value() == 1.0

@@ -190,3 +190,59 @@ def test_manifest_files_exist() -> None:
             files.append(e["reference"]["file"])
         missing += [f for f in files if f and not (CORPUS / f).exists()]
     assert not missing, missing
+
+
+def _graph_cases():
+    for entry in MANIFEST["models"]:
+        expect = entry.get("expect", {})
+        graph = "graph" in expect.get("gradient_source", [])
+        if entry["status"] == "ok" and expect.get("exit_code") == 0 and graph:
+            yield pytest.param(entry, id=entry["name"])
+
+
+def _gradcheck_args(entry: dict) -> list[str]:
+    args = ["gradcheck", str(_model_path(entry)), str(CORPUS / entry["input"]), "--json"]
+    if entry["target"] is not None:
+        args += ["--target", str(entry["target"])]
+    for option, key in (("--output", "output"), ("--input", "input_name")):
+        if entry.get(key):
+            args += [option, entry[key]]
+    for name, file in entry["feeds"].items():
+        args += ["--feed", f"{name}={CORPUS / file}"]
+    return args
+
+
+@pytest.mark.parametrize("entry", list(_graph_cases()))
+def test_gradcheck_believes_a_correct_graph(entry: dict) -> None:
+    """Every graph that matches its reference passes gradcheck: no crying wolf."""
+    result = CliRunner().invoke(main, _gradcheck_args(entry), catch_exceptions=False)
+    if result.exit_code == 7 and "no gradient graph" in result.stderr:
+        pytest.skip("the model gets no graph (finite differences are expected too)")
+    assert result.exit_code == 0, result.stdout[-2000:] + result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] in ("ok", "kinks", "saturated"), report
+
+
+def test_gradcheck_catches_a_rule_with_a_flipped_sign(monkeypatch) -> None:
+    """The last Conv's input gradient negated (so every gradient upstream is wrong): both
+    gradcheck and the self-check of explain must say so."""
+    from igcli.autodiff.registry import RULES
+
+    real = RULES["Conv"]
+    flipped = []
+
+    def flip_first(g):
+        grads = real(g)
+        if flipped:
+            return grads
+        flipped.append(g.node.name)
+        return [g.op("Neg", grads[0]) if grads[0] else None, *grads[1:]]
+
+    monkeypatch.setitem(RULES, "Conv", flip_first)
+    entry = next(e for e in MANIFEST["models"] if e["name"] == "tv_mobilenet_v3_legacy_op17")
+    result = CliRunner().invoke(main, _gradcheck_args(entry), catch_exceptions=False)
+    assert flipped and result.exit_code == 7, result.stdout[-1500:]
+    assert json.loads(result.stdout)["verdict"] == "mismatch"
+    flipped.clear()
+    explained = CliRunner().invoke(main, _args(entry, Path("/nonexistent-out")))
+    assert explained.exit_code == 7 and "self-check" in explained.stderr
