@@ -5,6 +5,7 @@ and save them. What `Session.attribute` returns, in a notebook and in a batch ru
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -16,7 +17,7 @@ import numpy as np
 from igcli.inputs import Preprocessing, Sample
 from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
 from igcli.report import percent
-from igcli.visualize import HeatmapStyle, caption, draw, title
+from igcli.visualize import HeatmapStyle, caption, draw, magnitude_map, title
 
 
 @dataclass
@@ -103,11 +104,14 @@ class Attribution:
     # -- pictures -------------------------------------------------------------------------
     def image(self, style=None, vmax: float | None = None):
         """The heatmap panel (images) or bar chart (feature vectors) as a PIL image."""
+        style = style or HeatmapStyle()
+        if magnitude_map(self) and style.sign == "all":  # a mean square or a variance
+            style = dataclasses.replace(style, sign="absolute")
         return draw(
             self.sample,
             self.attributions,
             self.prep,
-            style or HeatmapStyle(),
+            style,
             title=title(self),
             caption=caption(self),
             vmax=vmax,

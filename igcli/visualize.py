@@ -23,39 +23,50 @@ class HeatmapStyle:
 
 
 def title(a) -> str:
-    """The panel's title: which input, which target, its score."""
+    """The panel's title: which input, which target, its score (at the input itself, also
+    when noisy copies were averaged)."""
     label = f" '{a.label}'" if a.label and a.label != str(a.target) else ""
-    return f"{Path(str(a.sample.path)).name} - target {a.target}{label} (score {a.f_input:.4g})"
+    score = (a.extra.get("noise") or {}).get("f_input_clean", a.f_input)
+    return f"{Path(str(a.sample.path)).name} - target {a.target}{label} (score {score:.4g})"
 
 
 def caption(a) -> str:
     """The completeness line under a panel: the figure that says whether to trust it."""
     se = a.extra.get("completeness_se")
     spread = f" \u00b1 {se:.2g}" if se is not None else ""
+    how = method_text(a) or f"{a.steps} steps {a.method}"
     return (
         f"completeness error {percent(a.rel_error)} (sum {a.attribution_sum:.4g}{spread}, "
-        f"F(x)-F(b) {a.delta:.4g}) \u00b7 {method_text(a)}{a.steps} steps {a.method} "
-        f"\u00b7 {a.gradient_source}"
+        f"F(x)-F(b) {a.delta:.4g}) \u00b7 {how} \u00b7 {a.gradient_source}"
     )
 
 
 def method_text(a) -> str:
-    """The path-method family's part of a caption ('' for plain IG), e.g. 'blur path · '."""
+    """How a path-method family result was made, briefly ('' for plain IG): e.g. 'shapley
+    path, 8 orders, 6400 gradients'."""
     e = a.extra
+    path = e.get("path") or "straight"
     parts = []
-    if e.get("path") not in (None, "straight"):
-        parts.append(f"{e['path']} path")
-    if e.get("baselines"):
-        b = e["baselines"]
-        what = "expected gradients" if b.get("use") == "expected_gradients" else "mean IG"
-        parts.append(f"{what} over {b['count']} baselines")
-    if e.get("samples") and e.get("path") != "shapley":
-        parts.append(f"{e['samples']} samples")
-    if e.get("path") == "shapley" and e.get("samples"):
+    if path != "straight":
+        parts.append(f"{path} path")
+    if path == "shapley" and e.get("samples"):
         parts.append(f"{e['samples']} orders")
+    b = e.get("baselines")
+    if b:
+        if b.get("use") == "expected_gradients":
+            parts.append(f"expected gradients over {b['count']} baselines")
+        else:
+            parts.append(f"mean over {b['count']} baselines")
     if e.get("noise"):
         parts.append(f"{e['noise']['type']} x{e['noise']['samples']}")
-    return "".join(p + " \u00b7 " for p in parts)
+    if not parts:
+        return ""
+    return ", ".join(parts) + f", {e.get('steps_used', a.steps)} gradients"
+
+
+def magnitude_map(a) -> bool:
+    """smoothgrad_sq and vargrad maps are magnitudes (>= 0), not signed attributions."""
+    return (a.extra.get("noise") or {}).get("type") in ("smoothgrad_sq", "vargrad")
 
 
 def display_pixels(sample: Sample, prep: Preprocessing) -> np.ndarray:

@@ -283,7 +283,6 @@ def test_cli_blur_and_guided_defaults_follow_pair(tmp_path):
         (["--groups", "8x8"], "--groups applies"),
         (["--path", "extremal", "--groups", "8by8"], "HxW"),
         (["--baseline-data", "x.csv"], "goes with --baseline mean"),
-        (["--baseline", "mean"], "baseline_mean"),
         (["--baselines", "nowhere/"], "no such file or folder"),
         (["--baselines", "a", "--baseline", "zero"], "not both"),
         (["--path", "extremal:99"], "there are 16 groups"),
@@ -295,6 +294,18 @@ def test_cli_usage_errors_are_one_line(tmp_path, args, words):
     assert result.exit_code == ExitCode.USAGE, (result.exit_code, result.stderr)
     err = one_line_error(result)
     assert any(words in line for line in err), err
+
+
+def test_mean_baseline_needs_a_sidecar_mean_or_data(tmp_path):
+    model = models.save(models.tanh_linear(), tmp_path / "t.onnx")
+    np.save(tmp_path / "x.npy", np.ones(4, dtype=np.float32))
+    result = run("explain", model, tmp_path / "x.npy", "--baseline", "mean", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE
+    assert "'baseline_mean' in the model's sidecar or --baseline-data" in result.stderr
+    # the sample models' sidecars give their training means
+    out = tmp_path / "digits"
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--baseline", "mean", "--json", "--out", out)
+    assert result.exit_code == 0 and json.loads(result.stdout)["baseline"] == "mean (sidecar)"
 
 
 def test_blur_needs_an_image_model(tmp_path):
