@@ -63,6 +63,7 @@ DEFAULT_NOISE_STD = 0.15  # relative to the input's range (PAIR's stdev_spread)
 DEFAULT_STEPS = {"blur": 100, "guided": 200}  # PAIR saliency's; every other path: 50
 DEFAULT_SHAPLEY_SAMPLES = 25
 GRID = 4  # images: extremal and Shapley paths move a GRID x GRID grid of patches by default
+MEMORY_LIMIT = 256 * 2**20  # bytes of IG problems (legs, results) a family run holds at once
 
 
 def default_steps(path: str) -> int:
@@ -409,14 +410,34 @@ class _Unit:
     copy: int
     weight: float
     problem: Problem
-    ends: tuple[int, int]  # indices of F(x) and F(b) in the job's value points
+    # F(x) and F(b) of the problem: indices into the job's shared values, or (extremal
+    # corners) the points themselves, evaluated with their chunk
+    ends: tuple[int | np.ndarray, int | np.ndarray]
     guided: GuidedPath | None = None
-    result: IGResult | None = None
+    attributions: np.ndarray | None = None
     steps: int = 0
+    method: str | None = None
+    converged: bool | None = None
+    stop_reason: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """What the unit holds while its chunk runs: its ends, the core's float64 copies,
+        the result (a guided path: its state)."""
+        return 6 * self.problem.x.size * 8
 
 
-def run(jobs: list[Job], settings, ctx: Context) -> list[FamilyResult]:
-    """Every job's attribution under the settings' path, baselines and noise."""
+def run(
+    jobs: list[Job], settings, ctx: Context, memory_limit: int | None = None
+) -> list[FamilyResult]:
+    """Every job's attribution under the settings' path, baselines and noise.
+
+    The IG problems (one per job, copy, baseline, and extremal leg and order) are made and
+    run in chunks whose arrays fit `memory_limit`, each chunk's points in shared model calls;
+    results are added up as chunks finish, so Shapley sampling on a large image never holds
+    all its legs at once.
+    """
+    memory_limit = memory_limit or MEMORY_LIMIT
     spec = parse_path(settings.path)
     kind = spec.kind
     if settings.regions and not ctx.prep.is_image_model:
@@ -433,33 +454,111 @@ def run(jobs: list[Job], settings, ctx: Context) -> list[FamilyResult]:
         if id(job.sample) not in per_sample:
             per_sample[id(job.sample)] = _copies(job, spec, settings, ctx, blur, expected)
 
-    # F at every point a job's results are measured against, in one shared pass
+    # F at the copies and baselines each job is measured against, in one shared pass
     points: list[list[np.ndarray]] = [[] for _ in jobs]
-    units: list[_Unit] = []
     layout: list[list[tuple[int, list[int]]]] = []  # per job, per copy: F(x) index, F(b_k)
     clean: list[int] = []  # per job with noise: the index of F at the clean input
     for j, job in enumerate(jobs):
-        copies, info = per_sample[id(job.sample)]
+        copies, _ = per_sample[id(job.sample)]
         per_copy = []
-        for c, copy in enumerate(copies):
+        for copy in copies:
             xi = _add(points[j], copy.x)
-            bi = [_add(points[j], b) for b in copy.baselines]
-            per_copy.append((xi, bi))
-            if expected:
-                continue
-            for k, b in enumerate(copy.baselines):
-                units += _units(j, c, job, copy, b, xi, bi[k], kind, settings, ctx, points[j],
-                                len(copy.baselines), info)  # fmt: skip
+            per_copy.append((xi, [_add(points[j], b) for b in copy.baselines]))
         layout.append(per_copy)
         clean.append(_add(points[j], job.sample.x) if settings.noise else -1)
     value_sources = [ctx.source(job.target, job.sample, job.sample.x, job.baseline, False)
                      for job in jobs]  # fmt: skip
     values = values_many(value_sources, [np.stack(p) for p in points], ctx.batch_size)
 
-    # the integrals, each engine once over all jobs
+    # the integrals, chunk by chunk; each chunk's attributions added to their job's copy
+    attrs = [np.zeros((len(per_sample[id(job.sample)][0]), *job.sample.x.shape))
+             for job in jobs]  # fmt: skip
+    steps = [0] * len(jobs)
+    converged: list[list[tuple[bool, str]]] = [[] for _ in jobs]
+    method = {"guided": "riemann_left"}.get(kind)
+    if expected:
+        se = _expected_gradients(jobs, per_sample, ctx, attrs, steps, memory_limit)
+        method = "monte_carlo"
+    else:
+        units = (
+            u
+            for j, job in enumerate(jobs)
+            for c, copy in enumerate(per_sample[id(job.sample)][0])
+            for k, b in enumerate(copy.baselines)
+            for u in _units(j, c, job, copy, b, layout[j][c][0], layout[j][c][1][k], kind,
+                            settings, ctx, per_sample[id(job.sample)][1])
+        )  # fmt: skip
+        for chunk in _chunks(units, memory_limit):
+            _run_chunk(chunk, jobs, values, settings, ctx, blur)
+            for u in chunk:
+                attrs[u.job][u.copy] += u.weight * u.attributions
+                steps[u.job] += u.steps
+                if u.converged is not None:
+                    converged[u.job].append((u.converged, u.stop_reason))
+                method = method or u.method
+
+    # combine over the copies (noise)
+    out = []
+    for j, job in enumerate(jobs):
+        info = per_sample[id(job.sample)][1]
+        f_in = np.array([values[j][xi] for xi, _ in layout[j]])
+        f_base = np.array([np.mean([values[j][i] for i in bi]) for _, bi in layout[j]])
+        extra = dict(info["record"])
+        if expected:
+            extra["completeness_se"] = float(math.sqrt(np.sum(se[j] ** 2)) / len(se[j]))
+        if settings.noise:
+            extra["noise"] = dict(extra["noise"], f_input_clean=float(values[j][clean[j]]))
+        mean = attrs[j].mean(axis=0)
+        result = FamilyResult(
+            attributions=combine_noise(attrs[j], settings.noise_type) if settings.noise else mean,
+            f_input=float(f_in.mean()),
+            f_baseline=float(f_base.mean()),
+            steps=steps[j],
+            method=method or "none",
+            extra=extra,
+            baseline_name=info["baseline_name"],
+            baseline_array=info["baseline_array"],
+        )
+        if settings.noise and settings.noise_type != "smoothgrad":
+            result.completeness_sum = float(np.sum(mean, dtype=np.float64))
+        if converged[j]:
+            result.converged = all(ok for ok, _ in converged[j])
+            bad = [why for ok, why in converged[j] if not ok]
+            result.stop_reason = bad[0] if bad else "tolerance"
+        out.append(result)
+    return out
+
+
+def _chunks(units, memory_limit: int):
+    """Lists of units whose arrays fit memory_limit (at least one unit each)."""
+    chunk, used = [], 0
     for u in units:
-        u.problem.end_values = (values[u.job][u.ends[0]], values[u.job][u.ends[1]])
-    plain = [u for u in units if u.guided is None]
+        if chunk and used + u.nbytes > memory_limit:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(u)
+        used += u.nbytes
+    if chunk:
+        yield chunk
+
+
+def _run_chunk(chunk: list[_Unit], jobs, values, settings, ctx: Context, blur) -> None:
+    """F at the chunk's extremal corners, then its IG problems and guided paths."""
+    corners: dict[int, tuple[int, np.ndarray]] = {}  # id(array) -> (job, array)
+    for u in chunk:
+        for end in u.ends:
+            if isinstance(end, np.ndarray):
+                corners.setdefault(id(end), (u.job, end))
+    if corners:
+        owners = list(corners.values())
+        sources = [ctx.source(jobs[j].target, jobs[j].sample, p, p, False) for j, p in owners]
+        found = values_many(sources, [p[None] for _, p in owners], ctx.batch_size)
+        at = {key: float(v[0]) for key, v in zip(corners, found, strict=True)}
+    for u in chunk:
+        u.problem.end_values = tuple(
+            at[id(e)] if isinstance(e, np.ndarray) else float(values[u.job][e]) for e in u.ends
+        )
+    plain = [u for u in chunk if u.guided is None]
     if plain:
         results = integrated_gradients_many(
             [u.problem for u in plain],
@@ -471,65 +570,14 @@ def run(jobs: list[Job], settings, ctx: Context) -> list[FamilyResult]:
             max_steps=settings.max_steps,
         )
         for u, r in zip(plain, results, strict=True):
-            u.result, u.steps = r, r.steps
-    guided = [u for u in units if u.guided is not None]
+            u.attributions, u.steps, u.method = r.attributions, r.steps, r.method
+            u.converged, u.stop_reason = r.converged, r.stop_reason
+    guided = [u for u in chunk if u.guided is not None]
     if guided:
         used = sequential_many([u.problem.source for u in guided], [u.guided for u in guided],
                                ctx.batch_size)  # fmt: skip
         for u, n in zip(guided, used, strict=True):
-            u.steps = n
-    eg_out = _expected_gradients(jobs, per_sample, ctx) if expected else {}
-
-    # combine: per copy (baselines, legs, orders), then over the copies (noise)
-    out = []
-    for j, job in enumerate(jobs):
-        copies, info = per_sample[id(job.sample)]
-        n_copies = len(copies)
-        attrs = np.zeros((n_copies, *job.sample.x.shape))
-        f_in = np.zeros(n_copies)
-        f_base = np.zeros(n_copies)
-        for c, (xi, bi) in enumerate(layout[j]):
-            f_in[c] = values[j][xi]
-            f_base[c] = float(np.mean([values[j][i] for i in bi]))
-        mine = [u for u in units if u.job == j]
-        steps = 0
-        converged, reasons = [], []
-        for u in mine:
-            a = u.guided.attributions if u.guided is not None else u.result.attributions
-            attrs[u.copy] += u.weight * a
-            steps += u.steps
-            if u.result is not None and u.result.converged is not None:
-                converged.append(u.result.converged)
-                reasons.append(u.result.stop_reason)
-        extra = dict(info["record"])
-        if expected:
-            a, se, n = eg_out[j]
-            attrs[:] = a
-            steps += n
-            extra["completeness_se"] = float(math.sqrt(np.sum(se**2)) / n_copies)
-        final = combine_noise(attrs, settings.noise_type) if settings.noise else attrs[0]
-        mean_sum = float(np.sum(attrs.mean(axis=0), dtype=np.float64))
-        method = ("monte_carlo" if expected else "riemann_left" if kind == "guided"
-                  else None)  # fmt: skip
-        result = FamilyResult(
-            attributions=final,
-            f_input=float(f_in.mean()),
-            f_baseline=float(f_base.mean()),
-            steps=steps,
-            method=method or (mine[0].result.method if mine else "none"),
-            extra=extra,
-            baseline_name=info["baseline_name"],
-            baseline_array=info["baseline_array"],
-            completeness_sum=mean_sum if settings.noise_type != "smoothgrad" else None,
-        )
-        if converged:
-            result.converged = all(converged)
-            bad = [r for r, ok in zip(reasons, converged, strict=True) if not ok]
-            result.stop_reason = bad[0] if bad else "tolerance"
-        if settings.noise:
-            extra["noise"] = dict(extra["noise"], f_input_clean=float(values[j][clean[j]]))
-        out.append(result)
-    return out
+            u.attributions, u.steps = u.guided.attributions, n
 
 
 def _add(points: list[np.ndarray], p: np.ndarray) -> int:
@@ -606,67 +654,67 @@ def _copies(job: Job, spec: PathSpec, settings, ctx: Context, blur, expected: bo
     return copies, info
 
 
-def _units(j, c, job, copy, b, xi, bi, kind, settings, ctx, points, count, info) -> list[_Unit]:
-    """The IG problems of one (job, copy, baseline)."""
-    weight = 1.0 / count
+def _units(j, c, job, copy, b, xi, bi, kind, settings, ctx, info):
+    """The IG problems of one (job, copy, baseline), made as they are consumed."""
+    weight = 1.0 / len(copy.baselines)
     if kind in ("straight", "blur"):
         source = ctx.source(job.target, job.sample, copy.x, b, kind == "blur")
-        return [_Unit(j, c, weight, Problem(copy.x, b, source), (xi, bi))]
+        yield _Unit(j, c, weight, Problem(copy.x, b, source), (xi, bi))
+        return
     if kind == "guided":
         source = ctx.source(job.target, job.sample, copy.x, b, True)
         path = GuidedPath(copy.x, b, settings.steps, settings.fraction, settings.max_dist)
-        return [_Unit(j, c, weight, Problem(copy.x, b, source), (xi, bi), guided=path)]
-    units = []
+        yield _Unit(j, c, weight, Problem(copy.x, b, source), (xi, bi), guided=path)
+        return
     members = info["members"]
     per_order = weight / len(copy.orders)
     for order in copy.orders:
         corners, _ = extremal_breakpoints(copy.x, b, members, order)
-        ids = [bi] + [_add(points, p) for p in corners[1:-1]] + [xi]
+        ends: list[int | np.ndarray] = [bi, *corners[1:-1], xi]
         for k in range(1, len(corners)):
             lo, hi = corners[k - 1], corners[k]
             source = ctx.source(job.target, job.sample, hi, lo, False)
-            units.append(_Unit(j, c, per_order, Problem(hi, lo, source), (ids[k], ids[k - 1])))
-    return units
+            yield _Unit(j, c, per_order, Problem(hi, lo, source), (ends[k], ends[k - 1]))
 
 
-def _expected_gradients(jobs, per_sample, ctx: Context) -> dict:
+def _expected_gradients(jobs, per_sample, ctx: Context, attrs, steps, memory_limit) -> list:
     """Expected gradients (Erion et al.): the mean over draws (k, alpha) of
-    (x - b_k) * grad F(b_k + alpha (x - b_k)), per job and copy, with the standard error of
-    each copy's attribution sum."""
-    sources, rows, owners = [], [], []
+    (x - b_k) * grad F(b_k + alpha (x - b_k)), per job and copy, added into attrs; returns
+    per job the standard error of each copy's attribution sum. Draws are evaluated in
+    chunks of rows that fit memory_limit, in shared model calls."""
+    sums = [[np.zeros(len(c.draws[0])) for c in per_sample[id(job.sample)][0]] for job in jobs]
+    rows_per_chunk = max(1, memory_limit // (4 * jobs[0].sample.x.size * 8))
+    segments = []  # (job, copy, baseline k, draw indices)
     for j, job in enumerate(jobs):
-        copies, _ = per_sample[id(job.sample)]
-        for c, copy in enumerate(copies):
-            idx, alphas = copy.draws
-            for k, b in enumerate(copy.baselines):
+        for c, copy in enumerate(per_sample[id(job.sample)][0]):
+            idx, _ = copy.draws
+            for k in range(len(copy.baselines)):
                 take = np.flatnonzero(idx == k)
-                if not take.size:
-                    continue
-                shape = (-1,) + (1,) * copy.x.ndim
-                pts = b[None] + alphas[take].reshape(shape) * (copy.x - b)[None]
-                sources.append(ctx.source(job.target, job.sample, copy.x, b, False))
-                rows.append(pts)
-                owners.append((j, c, k, take))
-    results = evaluate_many(sources, rows, ctx.batch_size)
-    sums: dict[tuple[int, int], list] = {}
-    out: dict[int, tuple] = {}
-    for (j, c, k, take), (_, grads) in zip(owners, results, strict=True):
-        copy = per_sample[id(jobs[j].sample)][0][c]
-        per_draw = grads * (copy.x - copy.baselines[k])[None]
-        sums.setdefault((j, c), []).append((take, per_draw))
-    for j, job in enumerate(jobs):
-        copies, _ = per_sample[id(job.sample)]
-        attrs = np.zeros((len(copies), *job.sample.x.shape))
-        se = np.zeros(len(copies))
-        n = 0
-        for c, copy in enumerate(copies):
-            total = len(copy.draws[0])
-            draws = np.zeros((total, *job.sample.x.shape))
-            for take, per_draw in sums.get((j, c), []):
-                draws[take] = per_draw
-            attrs[c] = draws.mean(axis=0)
-            per_sum = draws.reshape(total, -1).sum(axis=1)
-            se[c] = per_sum.std(ddof=1) / math.sqrt(total) if total > 1 else float("inf")
-            n += total
-        out[j] = (attrs, se, n)
-    return out
+                for lo in range(0, take.size, rows_per_chunk):
+                    segments.append((j, c, k, take[lo : lo + rows_per_chunk]))
+    shape = (-1,) + (1,) * jobs[0].sample.x.ndim
+    chunk, rows = [], 0
+    for n, seg in enumerate(segments):
+        chunk.append(seg)
+        rows += seg[3].size
+        if rows < rows_per_chunk and n + 1 < len(segments):
+            continue
+        sources, points = [], []
+        for j, c, k, take in chunk:
+            copy = per_sample[id(jobs[j].sample)][0][c]
+            b = copy.baselines[k]
+            points.append(b[None] + copy.draws[1][take].reshape(shape) * (copy.x - b)[None])
+            sources.append(ctx.source(jobs[j].target, jobs[j].sample, copy.x, b, False))
+        for (j, c, k, take), (_, grads) in zip(chunk, evaluate_many(sources, points,
+                                                                    ctx.batch_size),
+                                                  strict=True):  # fmt: skip
+            copy = per_sample[id(jobs[j].sample)][0][c]
+            per_draw = grads * (copy.x - copy.baselines[k])[None]
+            attrs[j][c] += per_draw.sum(axis=0) / len(copy.draws[0])
+            sums[j][c][take] = per_draw.reshape(len(take), -1).sum(axis=1)
+            steps[j] += len(take)
+        chunk, rows = [], 0
+    return [
+        np.array([s.std(ddof=1) / math.sqrt(s.size) if s.size > 1 else math.inf for s in per])
+        for per in sums
+    ]

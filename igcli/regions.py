@@ -38,11 +38,15 @@ TOP_FRACTION = 0.3
 class Regions:
     """XRAI's result for one image."""
 
-    heatmap: np.ndarray  # (H, W): each pixel the density of the region that covered it
-    ranks: np.ndarray  # (H, W) int: 1 for the densest region's pixels, 2 for the next, ...
+    ranks: np.ndarray  # (H, W) unsigned: 1 for the densest region's pixels, 2 for the next, ...
     densities: list[float]  # per rank: the mean attribution over the region's pixels
     areas: list[float]  # per rank: the region's share of the image
     sums: list[float]  # per rank: the sum of the (channel-reduced) attributions over it
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """(H, W): each pixel the density of the region that covered it (XRAI's map)."""
+        return np.asarray(self.densities)[self.ranks.astype(np.intp) - 1]
 
     def top_mask(self, fraction: float = TOP_FRACTION) -> np.ndarray:
         """The pixels in the top `fraction` of the XRAI map (as PAIR's examples draw it)."""
@@ -146,11 +150,11 @@ def rank_regions(
     order = sorted(chosen, key=lambda c: -c[1])
     if rest.any():
         order.append((rest, gain))
-    ranks = np.zeros(h * w, dtype=int)
+    small = np.uint16 if len(order) < 2**16 else np.uint32
+    ranks = np.zeros(h * w, dtype=small)  # held per image until a shared-scale redraw
     for k, (mask, _) in enumerate(order):
         ranks[mask] = k + 1
     return Regions(
-        heatmap=heatmap.reshape(h, w),
         ranks=ranks.reshape(h, w),
         densities=[float(g) for _, g in order],
         areas=[float(m.mean()) for m, _ in order],

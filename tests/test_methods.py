@@ -173,6 +173,30 @@ def test_draws_do_not_depend_on_which_inputs_share_calls(tmp_path):
             np.testing.assert_allclose(t.attributions, a.attributions, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(path="shapley", samples=3, steps=12),
+        dict(baselines=str(DIGIT_PNGS[0].parent), samples=40, noise=2),
+    ],  # fmt: skip
+    ids=["shapley", "expected gradients"],
+)
+def test_small_memory_chunks_change_nothing(monkeypatch, options):
+    """Legs and draws run in chunks that fit methods.MEMORY_LIMIT; the results are the same."""
+    session = igcli.Session(DIGITS)
+    sample = session.load(DIGIT_PNGS[1])[0]
+    settings = igcli.AttributionSettings(**options)
+    whole = session.attribute_many([sample], None, settings)[0][0]
+    monkeypatch.setattr(methods, "MEMORY_LIMIT", 60_000)  # a few legs or draws at a time
+    chunked = session.attribute_many([sample], None, settings)[0][0]
+    # the same points; only ONNX Runtime's float32 sums differ with the rows per call
+    np.testing.assert_allclose(chunked.attributions, whole.attributions, rtol=1e-6, atol=1e-9)
+    assert chunked.extra["steps_used"] == whole.extra["steps_used"]
+    if "completeness_se" in whole.extra:
+        se = whole.extra["completeness_se"]
+        assert chunked.extra["completeness_se"] == pytest.approx(se, rel=1e-6)
+
+
 def test_mean_baseline_from_the_sidecar_and_from_data(tmp_path):
     """The cancer model standardises rows with the sidecar's mean: a baseline_mean equal to
     that mean is the zero tensor in model space."""
