@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_gradients.py
 	$(BIN)/python bench/bench_batch.py
 	$(BIN)/python bench/bench_html_report.py
+	$(BIN)/python bench/bench_paths.py
 
 # README.md's "Path methods" pictures (docs/path-methods/*.png), one per method.
 docs-pictures: $(STAMP)
