@@ -96,9 +96,29 @@ class Attribution:
             "fd_groups": self.fd_groups,
             "wall_time_s": self.wall_time_s,
             **self.extra,
+            **self._top_features(),
             "attributions_file": attributions_file,
             "heatmap_file": heatmap_file,
             "status": "ok",
+        }
+
+    def _top_features(self, k: int = 10) -> dict:
+        """For a feature vector: the k features with the largest |attribution|, so a pipeline
+        reading JSON Lines needs no .npy to see which features mattered."""
+        if self.sample.kind != "tabular" or self.attributions.ndim != 1:
+            return {}
+        names = self.sample.feature_names or [f"x[{i}]" for i in range(self.attributions.size)]
+        values = self.sample.raw_values if self.sample.raw_values is not None else self.sample.x
+        order = np.argsort(-np.abs(self.attributions), kind="stable")[:k]
+        return {
+            "top_features": [
+                {
+                    "name": str(names[i]),
+                    "value": float(values[i]),
+                    "attribution": float(self.attributions[i]),
+                }
+                for i in order
+            ]
         }
 
     # -- pictures -------------------------------------------------------------------------

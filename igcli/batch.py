@@ -113,8 +113,12 @@ class BatchRun:
         report: RunReport,
         emit: Callable[[str], None],
         warn: Callable[[str], None],
+        targets_for: Callable[[InputItem], list[int] | None] | None = None,
     ) -> None:
+        """`targets_for(item)` gives an input its own targets (--targets-from); None: the
+        run's `targets` (None: each input's top class)."""
         self.session, self.settings, self.targets = session, settings, targets
+        self.targets_for = targets_for
         self.outputs, self.report = outputs, report
         self.settings_hash = settings_hash(session, settings, targets, outputs)
         self.emit, self.warn = emit, warn
@@ -185,8 +189,7 @@ class BatchRun:
             return
         for unit, samples in todo:
             try:
-                explained = self.session.attribute_many(samples, self.targets, self.settings)
-                records = self._submit_item(unit, explained)
+                records = self._submit_item(unit, self._attribute([(unit, samples)]))
             except InputError as exc:
                 self._fail(unit, exc)
                 continue
@@ -225,9 +228,7 @@ class BatchRun:
     def _explain_together(self, loaded: list[tuple[InputItem, list]]) -> bool:
         """All inputs' samples in shared calls; False (nothing written) when any fails."""
         try:
-            explained = self.session.attribute_many(
-                [x for _, samples in loaded for x in samples], self.targets, self.settings
-            )
+            explained = self._attribute(loaded)
         except InputError:
             return False  # one is at fault: the caller explains them one by one to find it
         k = 0
@@ -243,8 +244,17 @@ class BatchRun:
 
     def _explain_item(self, item: InputItem) -> list[dict]:
         samples = self.session.load(item.path, item.name)
-        return self._submit_item(
-            item, self.session.attribute_many(samples, self.targets, self.settings)
+        return self._submit_item(item, self._attribute([(item, samples)]))
+
+    def _attribute(self, loaded: list[tuple[InputItem, list]]) -> list[list[Attribution]]:
+        """One attribute_many call for the samples of several inputs, each input with its
+        own targets when --targets-from gave them."""
+        samples = [x for _, xs in loaded for x in xs]
+        per_sample = None
+        if self.targets_for is not None:
+            per_sample = [self.targets_for(item) for item, xs in loaded for _ in xs]
+        return self.session.attribute_many(
+            samples, self.targets, self.settings, targets_per_sample=per_sample
         )
 
     def _submit_item(self, item: InputItem, explained: list[list[Attribution]]) -> list[dict]:

@@ -102,7 +102,7 @@ def fail(exc: IgcliError) -> None:
 rich_click.rich_click.OPTION_GROUPS = {
     "* explain": [
         {"name": "Target and output", "options": [
-            "--target", "--output", "--softmax", "--input", "--feed"]},
+            "--target", "--targets-from", "--output", "--softmax", "--input", "--feed"]},
         {"name": "Attribution", "options": [
             "--steps", "--method", "--tolerance", "--max-steps", "--baseline", "--seed"]},
         {"name": "Path methods", "options": [
@@ -111,7 +111,7 @@ rich_click.rich_click.OPTION_GROUPS = {
             "--guided-max-dist", "--regions"]},
         {"name": "Gradients", "options": ["--gradients", "--fd-groups", "--fd-step", "--no-cache"]},
         {"name": "Inputs and preprocessing", "options": [
-            "--mean", "--std", "--labels", "--recursive", "--glob"]},
+            "--preprocess", "--mean", "--std", "--labels", "--recursive", "--glob"]},
         {"name": "Outputs and heatmaps", "options": [
             "--out", "--json", "--quiet", "--no-heatmaps", "--overlay", "--sign",
             "--clip-percentile", "--scale", "--channels"]},
@@ -229,7 +229,17 @@ MODEL = click.argument(
     help="Class index(es) to explain, e.g. 3 or 3,5. "
     "Default: the top class at the input. Counts over each sample's flattened output.",
 )
-@click.option("--output", help="Model output to explain (default: the first).")
+@click.option(
+    "--targets-from",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE.csv",
+    help="Each input's own target (its true label, say): a CSV of input,target rows.",
+)
+@click.option(
+    "--output",
+    help="Model output to explain, or any float tensor of the graph (default: the first float "
+    "output).",
+)
 @click.option("--softmax", is_flag=True, help="Explain softmax probabilities of a logits output.")
 @click.option("--input", "input_name", help="Model input to attribute (default: the first).")
 @click.option(
@@ -387,6 +397,12 @@ MODEL = click.argument(
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for noise and random draws."
 )
+@click.option(
+    "--preprocess",
+    type=click.Choice(["imagenet", "clip", "none"]),
+    help="Image preset: imagenet (mean/std, shorter side to 256/224 of the size, centre "
+    "crop), clip, or none (plain pixels, squashed to size). Default: the sidecar's, else none.",
+)
 @click.option("--mean", help="Per-channel mean for image normalisation, e.g. 0.485,0.456,0.406.")
 @click.option("--std", help="Per-channel std for image normalisation.")
 @click.option(
@@ -470,6 +486,7 @@ def explain(
     model: Path,
     inputs: tuple[str, ...],
     targets: str | None,
+    targets_from: Path | None,
     output: str | None,
     softmax: bool,
     input_name: str | None,
@@ -499,6 +516,7 @@ def explain(
     provider: str | None,
     threads: int | None,
     seed: int,
+    preprocess: str | None,
     mean: str | None,
     std: str | None,
     labels_file: Path | None,
@@ -520,6 +538,7 @@ def explain(
 ) -> None:
     """Explain MODEL's prediction for each INPUT (image, .npy, .csv, folder, or - for stdin)."""
     from igcli.batch import OutputSettings, discover
+    from igcli.discovery import TargetTable
     from igcli.run import plan, run_explain
     from igcli.session import AttributionSettings, Session
     from igcli.visualize import HeatmapStyle
@@ -563,6 +582,7 @@ def explain(
         threads=threads,
         batch_size=batch_size,
         memory_limit=_size_option(memory_limit, "--memory-limit"),
+        preprocess=preprocess,
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
         labels=_labels(labels_file),
@@ -578,6 +598,7 @@ def explain(
         skip_existing=skip_existing,
         max_completeness_error=max_completeness_error,
     )
+    table = TargetTable(targets_from, session.labels) if targets_from is not None else None
     code = run_explain(
         session,
         the_plan,
@@ -585,6 +606,7 @@ def explain(
         targets=_ints(targets, "--target"),
         outputs=outputs,
         messages=messages,
+        targets_from=table,
     )
     sys.exit(int(code))
 
@@ -623,7 +645,13 @@ def inspect(model: Path, as_json: bool) -> None:
     blockers: list[str] = []
     if attributed is not None:
         try:
-            prep = make_preprocessing(attributed, sidecar).describe()
+            made = make_preprocessing(attributed, sidecar)
+            prep = made.describe()
+            if made.unnormalised_rgb:
+                prep += (
+                    " (note: no mean/std normalisation; ImageNet-trained models want "
+                    "--preprocess imagenet)"
+                )
         except IgcliError as exc:
             prep = f"none ({exc.reason})"
     if not ins:

@@ -351,3 +351,63 @@ def count_table_rows(path: Path) -> int:
     except OSError:
         return 1
     return max(1, lines - 1)
+
+
+class TargetTable:
+    """--targets-from FILE: each input's own target(s), e.g. its true label.
+
+    A CSV with a header; the first column names the input (the path as given, its file name,
+    or its output name; a CSV row as `<name>_row<k>`), the second its target: a class index,
+    a label from the model's labels, or several separated by ';'. Inputs the file does not
+    name get the run's default (the top class, or --target).
+    """
+
+    def __init__(self, path: Path, labels: list[str] | None = None) -> None:
+        import csv
+
+        self.path = path
+        self.targets: dict[str, list[int]] = {}
+        self.used: set[str] = set()
+        index = {str(label): k for k, label in enumerate(labels or [])}
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise UsageError(f"cannot read the targets file ({exc})", path) from None
+        if len(rows) < 2 or len(rows[0]) < 2:
+            raise UsageError("needs a header and rows of 'input,target'", path)
+        for line, row in enumerate(rows[1:], start=2):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2 or not row[0].strip():
+                raise UsageError(f"line {line}: needs an input and a target", path)
+            picked = []
+            for text in row[1].split(";"):
+                text = text.strip()
+                if text.lstrip("-").isdigit():
+                    picked.append(int(text))
+                elif text in index:
+                    picked.append(index[text])
+                else:
+                    known = (
+                        "; the model's labels are " + ", ".join(list(index)[:5]) if index else ""
+                    )
+                    raise UsageError(
+                        f"line {line}: target {text!r} is neither a class index nor a label{known}",
+                        path,
+                    )
+            self.targets[row[0].strip()] = picked
+
+    def for_item(self, item: InputItem) -> list[int] | None:
+        keys = [str(item.path), os.path.normpath(str(item.path)), item.path.name, item.name]
+        row = re.match(r"^(.*)_row(\d+)$", item.name)
+        if row:  # a CSV row may be named by its file and row number too
+            keys.append(f"{item.path.name}_row{row.group(2)}")
+        for key in keys:
+            if key in self.targets:
+                self.used.add(key)
+                return self.targets[key]
+        return None
+
+    def unused(self) -> list[str]:
+        return [k for k in self.targets if k not in self.used]

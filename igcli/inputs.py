@@ -51,6 +51,10 @@ class Preprocessing:
     scale: float = 255.0
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    # None: squash the image to H x W; a fraction f: scale it so its shorter side covers H x W
+    # divided by f, then cut out the centre (ImageNet's resize 256, centre-crop 224: f = 0.875)
+    crop: float | None = None
+    preset: str | None = None
     feature_names: list[str] | None = None
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
 
@@ -65,13 +69,22 @@ class Preprocessing:
                 text += "; CSV rows standardised with the sidecar's per-feature mean/std"
             return text
         size = f"{self.height}x{self.width}" if self.height and self.width else "any size"
+        if self.crop is not None and self.height and self.width:
+            size += f" (shorter side to {self.crop:g} of it, centre crop)"
         norm = ""
         if self.mean is not None:
             norm = f", then (p - {_fmt(self.mean)}) / {_fmt(self.std)}"
+        preset = f" [{self.preset}]" if self.preset else ""
         return (
-            f"images: {self.layout}, {self.channels} channel(s), resized to {size}, "
+            f"images{preset}: {self.layout}, {self.channels} channel(s), resized to {size}, "
             f"pixels / {self.scale:g}{norm}"
         )
+
+    @property
+    def unnormalised_rgb(self) -> bool:
+        """An RGB model fed plain pixels: right for some models, a silent mistake for most
+        ImageNet-trained ones."""
+        return self.is_image_model and self.channels == 3 and self.mean is None
 
     def image_to_model(self, pixels: np.ndarray, cast: bool = True) -> np.ndarray:
         """(H, W, C) pixels in [0, 1] -> one model sample (no batch axis); float64 when
@@ -111,15 +124,43 @@ def _static(dim) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+PRESETS = {
+    # torchvision's ImageNet models: resize the shorter side to 256, centre-crop 224
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop": 0.875},
+    # OpenAI CLIP: resize the shorter side to the input size, centre crop
+    "clip": {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "crop": 1.0,
+    },
+    "none": {},
+}
+
+
 def make_preprocessing(
     spec: TensorSpec,
     sidecar: Sidecar,
     mean: list[float] | None = None,
     std: list[float] | None = None,
     scale: float | None = None,
+    preset: str | None = None,
 ) -> Preprocessing:
-    """Decide preprocessing from the input's shape, the sidecar and the user's options."""
-    side = sidecar.preprocessing or {}
+    """Decide preprocessing from the input's shape, the sidecar and the user's options.
+
+    What is given wins over a preset: --mean/--std over --preprocess, which wins over the
+    sidecar's own values and its "preset"."""
+    side = dict(sidecar.preprocessing or {})
+    preset = preset or side.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(
+                f"unknown preprocessing preset {preset!r}; choose {', '.join(PRESETS)}"
+            )
+        side = (
+            {**side, **PRESETS[preset]}
+            if preset != "none"
+            else {k: v for k, v in side.items() if k not in ("mean", "std", "crop")}
+        )
     prep = Preprocessing(input_shape=list(spec.shape), dtype=spec.dtype)
     problem = unusable_reason(spec, "input")
     if problem:
@@ -141,6 +182,11 @@ def make_preprocessing(
         if side.get("size") and not (prep.height and prep.width):
             prep.height, prep.width = (int(v) for v in side["size"])
         prep.scale = float(scale or side.get("scale") or 255.0)
+        prep.preset = preset
+        if side.get("crop") is not None:
+            prep.crop = float(side["crop"])
+            if not 0 < prep.crop <= 1:
+                raise UsageError(f"crop fraction {prep.crop} must be in (0, 1]")
         mean = mean if mean is not None else side.get("mean")
         std = std if std is not None else side.get("std")
         if mean is not None or std is not None:
@@ -216,7 +262,7 @@ def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = N
         try:
             with Image.open(fh, formats=IMAGE_FORMATS) as img:
                 _check_pixels(img.size, path)
-                arr, max_value = _decode(img, fh, channels, target, path)
+                arr, max_value = _decode(img, fh, channels, target, path, prep.crop)
         except IgcliError:
             raise
         except Image.DecompressionBombError as exc:  # Pillow refuses even bigger ones itself
@@ -283,7 +329,7 @@ def _check_pixels(size: tuple[int, int], path: Path) -> None:
         )
 
 
-def _decode(img, fh, channels: int, target, path: Path) -> tuple[np.ndarray, float]:
+def _decode(img, fh, channels: int, target, path: Path, crop=None) -> tuple[np.ndarray, float]:
     """(H, W, C) float64 in the image's own range, and that range's maximum."""
     if img.format == "PNG" and _png16_rawmode(img):
         high = _upright_array(img)
@@ -297,14 +343,14 @@ def _decode(img, fh, channels: int, target, path: Path) -> tuple[np.ndarray, flo
             low = None
         if low is None or low.shape != high.shape:
             planes = [high[:, :, c] for c in range(high.shape[2])]
-            return _float_channels(planes, channels, target, 255.0), 255.0
+            return _float_channels(planes, channels, target, 255.0, crop), 255.0
         planes = [
             _plane16(high[:, :, c], low[:, :, c]) for c in range(high.shape[2])
         ]  # float32 holds every 16-bit value exactly
-        return _float_channels(planes, channels, target, 65535.0), 65535.0
+        return _float_channels(planes, channels, target, 65535.0, crop), 65535.0
     if img.mode.startswith("I;16"):
         grey = _upright_array(img)[:, :, 0]
-        return _float_channels([grey], channels, target, 65535.0), 65535.0
+        return _float_channels([grey], channels, target, 65535.0, crop), 65535.0
     if img.mode in ("I", "F"):
         raise InputError(
             f"32-bit ({img.mode}-mode) images are not supported; use 8- or 16-bit images "
@@ -313,11 +359,23 @@ def _decode(img, fh, channels: int, target, path: Path) -> tuple[np.ndarray, flo
         )
     img.load()
     img = _upright(img)
-    img = img.convert(_MODES[channels])
-    if target and img.size != target:
-        img = img.resize(target, Image.Resampling.BILINEAR)
+    img = fit_image(img.convert(_MODES[channels]), target, crop)
     arr = np.asarray(img, dtype=np.float64)
     return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
+
+
+def fit_image(img: Image.Image, target: tuple[int, int] | None, crop: float | None):
+    """`img` at the model's (W, H): squashed to it, or (with `crop`) scaled so its shorter
+    side covers it divided by `crop` and cut out from the centre, in one resampling."""
+    if not target or (img.size == target and crop is None):
+        return img
+    box = None
+    if crop is not None:
+        (w, h), (tw, th) = img.size, target
+        s = max(tw / w, th / h) / crop  # source pixels -> target pixels
+        bw, bh = tw / s, th / s
+        box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
+    return img.resize(target, Image.Resampling.BILINEAR, box=box)
 
 
 def _plane16(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -351,7 +409,9 @@ def _upright_array(img) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _float_channels(planes: list[np.ndarray], channels: int, target, full: float) -> np.ndarray:
+def _float_channels(
+    planes: list[np.ndarray], channels: int, target, full: float, crop=None
+) -> np.ndarray:
     """Full-precision planes of one image -> (H, W, channels) float64, each plane converted
     and resized on its own (as a float image), so a large 16-bit image costs a few bytes
     per pixel, not 8 per sample. `full` is the value of an opaque alpha."""
@@ -368,10 +428,8 @@ def _float_channels(planes: list[np.ndarray], channels: int, target, full: float
     out = []
     for plane in planes:
         plane = plane.astype(np.float32, copy=False)
-        if target and (plane.shape[1], plane.shape[0]) != target:
-            plane = np.asarray(
-                Image.fromarray(plane).resize(target, Image.Resampling.BILINEAR), np.float32
-            )
+        if target and ((plane.shape[1], plane.shape[0]) != target or crop is not None):
+            plane = np.asarray(fit_image(Image.fromarray(plane), target, crop), np.float32)
         out.append(plane.astype(np.float64))
     return np.stack(out, axis=2)
 
@@ -481,9 +539,7 @@ def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
             raise UsageError(f"an image, but the model input has shape {prep.input_shape}")
         channels = prep.channels or 3
         target = (prep.width, prep.height) if prep.height and prep.width else None
-        img = _upright(value).convert(_MODES.get(channels, "RGB"))
-        if target and img.size != target:
-            img = img.resize(target, Image.Resampling.BILINEAR)
+        img = fit_image(_upright(value).convert(_MODES.get(channels, "RGB")), target, prep.crop)
         arr = np.asarray(img, dtype=np.float64)
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         pixels = np.clip(arr / prep.scale, 0.0, None) if prep.scale else arr

@@ -147,6 +147,12 @@ class _SidecarCheck:
             self.fail("preprocessing.scale", "a positive number", scale)
         self.numbers(value, "mean", positive=False)
         self.numbers(value, "std", positive=True)
+        preset = value.get("preset")
+        if preset is not None and preset not in ("imagenet", "clip", "none"):
+            self.fail("preprocessing.preset", '"imagenet", "clip" or "none"', preset)
+        crop = value.get("crop")
+        if crop is not None and (not _number(crop) or not 0 < crop <= 1):
+            self.fail("preprocessing.crop", "a fraction in (0, 1]", crop)
         return {k: v for k, v in value.items() if v is not None}  # null means "not given"
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from igcli import methods
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings, in_shard, parse_shard
 from igcli.console import Messages
-from igcli.discovery import count_table_rows
+from igcli.discovery import TargetTable, count_table_rows
 from igcli.errors import ExitCode
 from igcli.outputs import check_writable
 from igcli.report import RunReport
@@ -82,6 +82,7 @@ def run_explain(
     targets: list[int] | None,
     outputs: OutputSettings,
     messages: Messages,
+    targets_from: TargetTable | None = None,
 ) -> ExitCode:
     """Explain every planned input; write the reports; return the exit code (README.md)."""
     if not the_plan.discovered and not the_plan.skipped:
@@ -90,8 +91,11 @@ def run_explain(
     check_writable(outputs.out_dir)
     report = new_report(session, settings, targets, the_plan.shard)
     report.skipped = [{"input": p, "reason": r} for p, r in the_plan.skipped]
-    for path, reason in the_plan.skipped:
+    for path, reason in the_plan.skipped[:5]:
         messages.warn(f"skipped {path}: {reason}")
+    if len(the_plan.skipped) > 5:
+        more = len(the_plan.skipped) - 5
+        messages.warn(f"skipped {more} more file(s) that are not inputs (listed in report.json)")
 
     stdout_open = True
 
@@ -113,7 +117,8 @@ def run_explain(
         else:
             messages.warn(message)
 
-    batch = BatchRun(session, settings, targets, outputs, report, emit, warn)
+    targets_for = targets_from.for_item if targets_from is not None else None
+    batch = BatchRun(session, settings, targets, outputs, report, emit, warn, targets_for)
     start = time.perf_counter()
     interrupted = False
     try:
@@ -122,6 +127,13 @@ def run_explain(
     except KeyboardInterrupt:
         interrupted = True
         batch.close()  # inputs already explained are still written whole
+    if targets_from is not None and targets_from.unused():
+        unused = targets_from.unused()
+        more = " ..." if len(unused) > 5 else ""
+        messages.warn(
+            f"{targets_from.path}: {len(unused)} row(s) name no input of this run: "
+            f"{', '.join(unused[:5])}{more}"
+        )
     failing = batch.apply_gate()
     report.settings["wall_time_s"] = round(time.perf_counter() - start, 3)
     report.settings["model_time_s"] = round(session.model_seconds, 3)

@@ -191,6 +191,7 @@ class Session:
         threads: int | None = None,
         batch_size: int | None = None,
         memory_limit: int | None = None,
+        preprocess: str | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         labels: Sequence[str] | None = None,
@@ -224,7 +225,14 @@ class Session:
             model_for_run, self.output_name = with_softmax(model_for_run, self.output_name)
         self.run_model = model_for_run
         self.softmax_input = softmax_input(model_for_run, self.output_name)
-        self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std)
+        self.prep = make_preprocessing(self.input_spec, self.sidecar, mean, std, preset=preprocess)
+        if self.prep.unnormalised_rgb and preprocess is None:
+            self.warn(
+                f"{self.model_path}: RGB images reach the model as pixels / "
+                f"{self.prep.scale:g}, without mean/std normalisation; if it was trained on "
+                "normalised images, say so: --preprocess imagenet (or --mean/--std, or the "
+                "sidecar's preprocessing)"
+            )
         self.providers = resolve_providers(provider)
         self.threads = threads
         # rows per model call: given, or measured against the memory budget on first use
@@ -423,6 +431,7 @@ class Session:
             "gradients": self.gradients,
             "fd_step": self.fd_step,
             "fd_groups": self.fd_groups,
+            "preprocess": [prep.preset, prep.crop],
             "mean": None if prep.mean is None else prep.mean.tolist(),
             "std": None if prep.std is None else prep.std.tolist(),
             "labels": self.labels,
@@ -478,8 +487,13 @@ class Session:
         samples: Sequence[Sample],
         targets: Sequence[int] | None = None,
         settings: AttributionSettings | None = None,
+        *,
+        targets_per_sample: Sequence[Sequence[int] | None] | None = None,
     ) -> list[list[Attribution]]:
         """Attributions of several samples, one list per sample (one entry per target).
+
+        `targets` apply to every sample (None: each sample's top class); `targets_per_sample`
+        gives each sample its own (an entry of None falls back to `targets`).
 
         With the gradient graph the path points of all samples share model calls. An
         InputError names the first sample; callers retry one by one to find the one at fault.
@@ -493,7 +507,10 @@ class Session:
             out: list[list[Attribution] | None] = [None] * len(samples)
             for shape in shapes:
                 idx = [k for k, s in enumerate(samples) if s.x.shape == shape]
-                part = self.attribute_many([samples[k] for k in idx], targets, settings)
+                own = None if targets_per_sample is None else [targets_per_sample[k] for k in idx]
+                part = self.attribute_many(
+                    [samples[k] for k in idx], targets, settings, targets_per_sample=own
+                )
                 for k, result in zip(idx, part, strict=True):
                     out[k] = result
             return out
@@ -522,7 +539,8 @@ class Session:
         jobs = []  # (sample index, target, problem)
         for i, (sample, base) in enumerate(zip(samples, bases, strict=True)):
             pair = ends[2 * i : 2 * i + 2]
-            for t in self._targets(pair[0], out_shape, targets):
+            own = targets_per_sample[i] if targets_per_sample is not None else None
+            for t in self._targets(pair[0], out_shape, targets if own is None else own):
                 source = self._source(graph, t, sample, base)
                 problem = Problem(sample.x, base, source, tuple(pick(pair, t)))
                 jobs.append((i, t, problem))

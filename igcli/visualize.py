@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,21 +24,32 @@ class HeatmapStyle:
 
 
 def title(a) -> str:
-    """The panel's title: which input, which target, its score (at the input itself, also
-    when noisy copies were averaged)."""
+    """The panel's title: which input (and row), which target, its score (at the input
+    itself, also when noisy copies were averaged)."""
     label = f" '{a.label}'" if a.label and a.label != str(a.target) else ""
+    where = Path(str(a.sample.path)).name
+    m = re.search(r"_row(\d+)$", a.sample.name)
+    if a.sample.kind == "tabular" and m:
+        where += f" row {m.group(1)}"
     score = (a.extra.get("noise") or {}).get("f_input_clean", a.f_input)
-    return f"{Path(str(a.sample.path)).name} - target {a.target}{label} (score {score:.4g})"
+    return f"{where} - target {a.target}{label} (score {score:.4g})"
 
 
 def caption(a) -> str:
-    """The completeness line under a panel: the figure that says whether to trust it."""
+    """The completeness line under a panel: the figure that says whether to trust it, and the
+    baseline that "raises" and "lowers" are measured against."""
+    steps = a.extra.get("steps_used", a.steps)
     se = a.extra.get("completeness_se")
     spread = f" \u00b1 {se:.2g}" if se is not None else ""
-    how = method_text(a) or f"{a.steps} steps {a.method}"
+    base = a.baseline_name
+    if a.extra.get("baselines"):
+        b = a.extra["baselines"]
+        base = f"{b['count']} baselines ({Path(str(b['source'])).name})"
+    how = method_text(a) or f"{steps} {a.method} steps"
     return (
-        f"completeness error {percent(a.rel_error)} (sum {a.attribution_sum:.4g}{spread}, "
-        f"F(x)-F(b) {a.delta:.4g}) \u00b7 {how} \u00b7 {a.gradient_source}"
+        f"baseline {base} \u00b7 completeness error {percent(a.rel_error)} "
+        f"({a.attribution_sum:.4g}{spread} of {a.delta:.4g}) \u00b7 {how} "
+        f"\u00b7 {a.gradient_source}"
     )
 
 
@@ -53,10 +65,7 @@ def method_text(a) -> str:
         parts.append(f"{e['samples']} orders")
     b = e.get("baselines")
     if b:
-        if b.get("use") == "expected_gradients":
-            parts.append(f"expected gradients over {b['count']} baselines")
-        else:
-            parts.append(f"mean over {b['count']} baselines")
+        parts.append("expected gradients" if b.get("use") == "expected_gradients" else "mean IG")
     if e.get("noise"):
         parts.append(f"{e['noise']['type']} x{e['noise']['samples']}")
     if not parts:

@@ -8,6 +8,7 @@ panel igcli writes for each input). Needs the xrai extra (scikit-image) for the 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import igcli  # noqa: E402
 OUT = ROOT / "docs" / "path-methods"
 MODEL = ROOT / "sample_models" / "digits_cnn.onnx"
 DIGIT = ROOT / "sample_inputs" / "digits" / "digit_3_idx30.png"
-DIGITS = str(ROOT / "sample_inputs" / "digits")
+DIGITS = "sample_inputs/digits"  # as the README's commands give it (run from the root)
 
 # name -> AttributionSettings options, as the README's command lines give them
 METHODS = {
@@ -38,6 +39,7 @@ METHODS = {
 
 
 def main() -> None:
+    os.chdir(ROOT)
     OUT.mkdir(parents=True, exist_ok=True)
     session = igcli.Session(MODEL)
     for name, options in METHODS.items():

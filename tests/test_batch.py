@@ -401,3 +401,27 @@ def test_csv_rows_are_inputs_of_their_own(tmp_path, monkeypatch):
     assert [f["name"] for f in report["failures"]] == ["rows_row2"]
     assert "row" in report["failures"][0]["error"]
     assert names(second) == sorted(f"rows_row{k}" for k in range(7))
+
+
+def test_targets_from_a_file_give_each_input_its_own(tree, tmp_path):
+    table = tmp_path / "truth.csv"
+    table.write_text("input,target\ntop.png,4\na/img,2;7\nnowhere.png,1\n")
+    out = tmp_path / "o"
+    result = run(
+        "explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--json",
+        "--targets-from", table,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    got = sorted(
+        (json.loads(line)["name"], json.loads(line)["target"])
+        for line in result.stdout.splitlines()
+    )
+    by_name = {}
+    for name, target in got:
+        by_name.setdefault(name, []).append(target)
+    assert by_name["top"] == [4] and by_name["a/img"] == [2, 7] and len(by_name["b/img"]) == 1
+    assert "nowhere.png" in result.stderr  # a row that names no input is reported
+    labels = tmp_path / "labels.csv"
+    labels.write_text("input,target\ntop.png,seven\n")
+    bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
+    assert bad.exit_code == ExitCode.USAGE and "seven" in bad.stderr

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import igcli
 from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
 
 
@@ -91,3 +92,15 @@ def test_sign_options_render(tmp_path, sign):
     pixels = png(tmp_path / f"{DIGIT_PNGS[1].stem}.png")
     # magnitude maps use a sequential map whose zero is dark
     assert np.median(pixels) < 128
+
+
+def test_captions_name_the_baseline_and_csv_titles_the_row(tmp_path):
+    from igcli.visualize import caption, title
+
+    session = igcli.Session(CANCER)
+    a = session.attribute_many(session.load(CANCER_CSV)[2:3])[0][0]
+    assert title(a).startswith("breast_cancer.csv row 2 - target")
+    assert caption(a).startswith("baseline zero \u00b7 completeness error")
+    top = a.record()["top_features"]
+    assert len(top) == 10 and abs(top[0]["attribution"]) >= abs(top[-1]["attribution"])
+    assert {"name", "value", "attribution"} <= set(top[0])

@@ -117,3 +117,42 @@ def test_blur_keeps_constants_and_spreads_a_dot_symmetrically():
     np.testing.assert_allclose(out, out[::-1, ::-1], atol=1e-12)
     assert out.sum() == pytest.approx(1.0, abs=1e-9) and out[10, 10] == out.max() < 0.1
     assert blur_pixels(np.ones((1, 1, 3)), 5.0).shape == (1, 1, 3)
+
+
+def test_presets_normalise_and_centre_crop(tmp_path):
+    from PIL import Image as PILImage
+
+    from igcli.inputs import PRESETS, read_image
+
+    spec = TensorSpec("x", ["N", 3, 8, 8], np.dtype(np.float32))
+    img = np.zeros((40, 80, 3), np.uint8)
+    img[:, :20] = 255  # a white band at the left edge of a wide image
+    PILImage.fromarray(img).save(tmp_path / "wide.png")
+    squash = make_preprocessing(spec, Sidecar())
+    imagenet = make_preprocessing(spec, Sidecar(), preset="imagenet")
+    assert squash.crop is None and imagenet.crop == 0.875
+    np.testing.assert_allclose(imagenet.mean, PRESETS["imagenet"]["mean"])
+    assert read_image(tmp_path / "wide.png", squash)[:, 0].max() == 1.0  # band kept
+    assert read_image(tmp_path / "wide.png", imagenet).max() == 0.0  # band cut away
+    assert "centre crop" in imagenet.describe() and "[imagenet]" in imagenet.describe()
+    given = make_preprocessing(spec, Sidecar(), mean=[0.5], std=[0.5], preset="imagenet")
+    np.testing.assert_allclose(given.mean, [0.5, 0.5, 0.5])  # what is given wins
+    side = make_preprocessing(spec, Sidecar(preprocessing={"preset": "clip"}))
+    assert side.preset == "clip" and side.crop == 1.0
+    plain = make_preprocessing(spec, Sidecar(preprocessing={"preset": "clip"}), preset="none")
+    assert plain.mean is None and plain.crop is None
+    with pytest.raises(UsageError, match="preset"):
+        make_preprocessing(spec, Sidecar(), preset="vgg")
+
+
+def test_an_unnormalised_rgb_model_gets_a_note(tmp_path):
+    import igcli
+    from tests import models
+
+    path = models.save(models.image_model(channels=3), tmp_path / "rgb.onnx")
+    warnings = []
+    igcli.Session(path, warn=warnings.append)
+    assert any("--preprocess imagenet" in w for w in warnings)
+    warnings.clear()
+    igcli.Session(path, warn=warnings.append, preprocess="imagenet")
+    assert not any("--preprocess" in w for w in warnings)
