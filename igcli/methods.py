@@ -291,7 +291,7 @@ def mean_baseline(
     if data:
         arrays = read_baseline_set(data, prep, sample)
         mean = np.mean(np.stack([a.astype(np.float64) for a in arrays]), axis=0)
-        return mean.astype(sample.x.dtype), f"mean of {len(arrays)} from {data}"
+        return mean.astype(sample.x.dtype), f"mean of {Path(data).name} ({len(arrays)})"
     if "baseline_mean" not in raw:
         raise UsageError("--baseline mean needs 'baseline_mean' in the model's sidecar "
                          "or --baseline-data FILE")  # fmt: skip

@@ -41,13 +41,13 @@ def caption(a) -> str:
     steps = a.extra.get("steps_used", a.steps)
     se = a.extra.get("completeness_se")
     spread = f" \u00b1 {se:.2g}" if se is not None else ""
-    base = a.baseline_name
+    base = f"baseline {a.baseline_name}"
     if a.extra.get("baselines"):
         b = a.extra["baselines"]
         base = f"{b['count']} baselines ({Path(str(b['source'])).name})"
     how = method_text(a) or f"{steps} {a.method} steps"
     return (
-        f"baseline {base} \u00b7 completeness error {percent(a.rel_error)} "
+        f"{base} \u00b7 completeness error {percent(a.rel_error)} "
         f"({a.attribution_sum:.4g}{spread} of {a.delta:.4g}) \u00b7 {how} "
         f"\u00b7 {a.gradient_source}"
     )
@@ -64,13 +64,15 @@ def method_text(a) -> str:
     if path == "shapley" and e.get("samples"):
         parts.append(f"{e['samples']} orders")
     b = e.get("baselines")
-    if b:
-        parts.append("expected gradients" if b.get("use") == "expected_gradients" else "mean IG")
+    expected = bool(b) and b.get("use") == "expected_gradients"
+    if b and not expected:
+        parts.append("mean IG")
     if e.get("noise"):
         parts.append(f"{e['noise']['type']} x{e['noise']['samples']}")
-    if not parts:
-        return ""
-    return ", ".join(parts) + f", {e.get('steps_used', a.steps)} gradients"
+    n = e.get("steps_used", a.steps)
+    if expected:
+        return ", ".join([*parts, f"{n} EG draws"])
+    return ", ".join(parts) + f", {n} gradients" if parts else ""
 
 
 def magnitude_map(a) -> bool:

@@ -217,7 +217,7 @@ def test_mean_baseline_from_the_sidecar_and_from_data(tmp_path):
     data = session.attribute(row, baseline="mean", baseline_data=str(CANCER_CSV))
     ref = session.attribute(row, baseline=str(tmp_path / "m.npy"))
     np.testing.assert_allclose(data.attributions, ref.attributions, rtol=1e-5, atol=1e-7)
-    assert data.baseline_name.startswith(f"mean of {len(rows)} from")
+    assert data.baseline_name == f"mean of {CANCER_CSV.name} ({len(rows)})"
 
 
 def test_mean_baseline_of_an_image_folder(tmp_path):
