@@ -347,3 +347,35 @@ def test_library_rejects_bad_settings():
     assert igcli.AttributionSettings(path="guided", steps=None).steps == 200
     assert igcli.AttributionSettings(path="shapley", steps=None).steps == 50
     assert math.isclose(igcli.AttributionSettings().noise_std, 0.15)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(path="blur", max_sigma=3.0, steps=32),
+        dict(path="guided", steps=40, baseline="zero"),
+        dict(path="extremal", groups="4x4", steps=16, baseline="zero"),
+        dict(noise=2, steps=16, baseline="zero"),
+    ],  # fmt: skip
+    ids=["blur", "guided", "extremal", "noise"],
+)
+def test_finite_differences_agree_with_the_graph(tmp_path, options):
+    """Curved paths need every partial derivative: finite differences then go per feature
+    (and ignore --fd-groups); straight legs keep moving along x - b."""
+    path = models.save(models.image_model(), tmp_path / "img.onnx")
+    x = np.random.default_rng(4).uniform(size=(3, 8, 8)).astype(np.float32)
+    graph = igcli.Session(path).attribute(x, target=0, **options)
+    warnings = []
+    fd = igcli.Session(path, gradients="fd", fd_groups="2x2", warn=warnings.append).attribute(
+        x, target=0, **options
+    )
+    assert fd.gradient_source == "fd" and graph.gradient_source == "graph"
+    curved = options.get("path") in ("blur", "guided")
+
+    def patches(a):  # finite differences are exact per 2x2 patch (all channels), not within
+        return a if curved else a.reshape(3, 4, 2, 4, 2).sum(axis=(0, 2, 4))
+
+    want = patches(graph.attributions)
+    np.testing.assert_allclose(patches(fd.attributions), want, rtol=2e-3,
+                               atol=2e-3 * np.abs(want).max())  # fmt: skip
+    assert any("ignore --fd-groups 2x2" in w for w in warnings) == curved
