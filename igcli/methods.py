@@ -389,6 +389,7 @@ class FamilyResult(IGResult):
     baseline_name: str | None = None
     baseline_array: np.ndarray | None = None
     completeness_sum: float | None = None  # smoothgrad_sq / vargrad: the mean map's sum
+    steps_asked: int | None = None  # the record's `steps` when not the path's points (draws)
 
 
 @dataclass
@@ -518,6 +519,7 @@ def run(
             extra=extra,
             baseline_name=info["baseline_name"],
             baseline_array=info["baseline_array"],
+            steps_asked=settings.samples if expected else None,
         )
         if settings.noise and settings.noise_type != "smoothgrad":
             result.completeness_sum = float(np.sum(mean, dtype=np.float64))

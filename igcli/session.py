@@ -582,7 +582,7 @@ class Session:
                 output=self.output_name,
                 f_input=result.f_input,
                 f_baseline=result.f_baseline,
-                steps=settings.steps,
+                steps=(result.steps_asked or settings.steps) if family else settings.steps,
                 method=result.method,
                 baseline_name=result.baseline_name if family else names[i],
                 gradient_source=source.name,

@@ -150,7 +150,7 @@ def test_expected_gradients_converge_to_multi_baseline_ig_and_are_seeded(tmp_pat
     assert 0 < se < 0.02 * abs(eg.delta)
     assert eg.abs_error < 5 * se  # completeness within the Monte Carlo error
     np.testing.assert_allclose(eg.attributions, ig.attributions, atol=0.03 * abs(ig.delta))
-    assert eg.extra["samples"] == 20000 and eg.method == "monte_carlo"
+    assert eg.extra["samples"] == 20000 and eg.method == "monte_carlo" and eg.steps == 20000
     assert eg.extra["baselines"]["use"] == "expected_gradients"
     again = session.attribute(x, target=1, baselines=spec, samples=50, seed=3)
     same = session.attribute(x, target=1, baselines=spec, samples=50, seed=3)
@@ -195,6 +195,19 @@ def test_small_memory_chunks_change_nothing(monkeypatch, options):
     if "completeness_se" in whole.extra:
         se = whole.extra["completeness_se"]
         assert chunked.extra["completeness_se"] == pytest.approx(se, rel=1e-6)
+
+
+def test_cli_baselines_from_csv_rows(tmp_path):
+    result = run("explain", CANCER, CANCER_CSV, "--baselines", CANCER_CSV, "--samples", "30",
+                 "--json", "--no-heatmaps", "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    rows = len(records)
+    for r in records:
+        assert r["baselines"] == {"source": str(CANCER_CSV), "count": rows,
+                                  "use": "expected_gradients"}  # fmt: skip
+        assert r["steps"] == r["samples"] == r["steps_used"] == 30
+        assert r["abs_error"] < 6 * r["completeness_se"] + 1e-6
 
 
 def test_mean_baseline_from_the_sidecar_and_from_data(tmp_path):
