@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CORPUS_STAMP := .cache/corpus/.fetched
 CORPUS_PYTHON ?= .venv-corpus/bin/python
 
-.PHONY: demo test lint format bench clean corpus corpus-fetch pictures
+.PHONY: demo test lint format bench clean corpus corpus-fetch pictures docs-pictures
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_gradients.py
 	$(BIN)/python bench/bench_batch.py
 	$(BIN)/python bench/bench_html_report.py
+	$(BIN)/python bench/bench_paths.py
+
+# README.md's "Path methods" pictures (docs/path-methods/*.png), one per method.
+docs-pictures: $(STAMP)
+	$(BIN)/python scripts/path_method_pictures.py
 
 clean:
 	rm -rf igcli-out .pytest_cache test-artifacts

@@ -5,6 +5,7 @@ and save them. What `Session.attribute` returns, in a notebook and in a batch ru
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -17,7 +18,15 @@ from igcli.cut import aggregate
 from igcli.inputs import Preprocessing, Sample
 from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
 from igcli.report import percent
-from igcli.visualize import HeatmapStyle, caption, draw, draw_cut, shown_tokens, title
+from igcli.visualize import (
+    HeatmapStyle,
+    caption,
+    draw,
+    draw_cut,
+    magnitude_map,
+    shown_tokens,
+    title,
+)
 
 
 @dataclass
@@ -68,9 +77,16 @@ class Attribution:
             return None
         return [(t, float(v)) for t, v in zip(self.sample.tokens, self.positions, strict=True)]
 
+    # With --noise-type smoothgrad_sq or vargrad the map is a mean square or a variance, not
+    # an attribution: completeness is then that of the mean attribution, whose sum this is.
+    completeness_sum: float | None = None
+    regions: object = field(repr=False, default=None)  # regions.Regions with --regions xrai
+
     # -- completeness -------------------------------------------------------------------
     @property
     def attribution_sum(self) -> float:
+        if self.completeness_sum is not None:
+            return self.completeness_sum
         return float(np.sum(self.attributions, dtype=np.float64))
 
     @property
@@ -155,14 +171,18 @@ class Attribution:
         vectors) as a PIL image."""
         if self.at is not None:
             return draw_cut(self, style or HeatmapStyle(), vmax)
+        style = style or HeatmapStyle()
+        if magnitude_map(self) and style.sign == "all":  # a mean square or a variance
+            style = dataclasses.replace(style, sign="absolute")
         return draw(
             self.sample,
             self.attributions,
             self.prep,
-            style or HeatmapStyle(),
+            style,
             title=title(self),
             caption=caption(self),
             vmax=vmax,
+            regions=self.regions,
         )
 
     def plot(self, style=None):

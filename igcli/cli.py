@@ -79,6 +79,19 @@ def _labels(path: Path | None) -> list[str] | None:
         raise UsageError(f"cannot read labels ({exc})", path) from None
 
 
+def _family(noise: str | None, **fields) -> dict:
+    """AttributionSettings fields of the path-method family's options (methods.py)."""
+    from igcli.methods import DEFAULT_NOISE_STD, parse_noise
+
+    copies, std = 0, DEFAULT_NOISE_STD
+    if noise is not None:
+        try:
+            copies, std = parse_noise(noise)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--noise") from None
+    return dict(fields, noise=copies, noise_std=std)
+
+
 def fail(exc: IgcliError) -> None:
     """Print one line and exit with the error's code."""
     messages.error(str(exc))
@@ -93,6 +106,10 @@ rich_click.rich_click.OPTION_GROUPS = {
             "--target", "--targets-from", "--output", "--softmax", "--input", "--feed"]},
         {"name": "Attribution", "options": [
             "--steps", "--method", "--tolerance", "--max-steps", "--baseline", "--seed"]},
+        {"name": "Path methods", "options": [
+            "--path", "--groups", "--samples", "--baselines", "--baseline-data", "--noise",
+            "--noise-type", "--blur-sigma", "--blur-sqrt", "--guided-fraction",
+            "--guided-max-dist", "--regions"]},
         {"name": "Gradients", "options": ["--gradients", "--fd-groups", "--fd-step", "--no-cache"]},
         {"name": "Inputs and preprocessing", "options": [
             "--preprocess", "--mean", "--std", "--labels", "--recursive", "--glob"]},
@@ -257,9 +274,9 @@ MODEL = click.argument(
 @click.option(
     "--steps",
     type=STEPS,
-    default="50",
-    show_default=True,
-    help="Gradient evaluations along the path, or 'auto': as many as reach --tolerance.",
+    default=None,
+    help="Gradient evaluations along the path, or 'auto': as many as reach --tolerance. "
+    "Default: 50 (--path blur 100, guided 200).",
 )
 @click.option(
     "--method",
@@ -284,8 +301,87 @@ MODEL = click.argument(
     help="With --steps auto: the most gradient evaluations per input.",
 )
 @click.option(
+    "--path",
+    "path_spec",
+    default="straight",
+    show_default=True,
+    metavar="PATH",
+    help="straight|blur|guided|extremal[:ORDER]|shapley. The path from baseline to input: "
+    "straight (IG), blur (Blur IG), guided (Guided IG), "
+    "extremal (one feature group at a time; ORDER: comma-separated group indices, default by "
+    "descending |x - b|), shapley (random orders averaged: Shapley value sampling).",
+)
+@click.option(
+    "--groups",
+    metavar="HxW|1",
+    help="Extremal and Shapley paths: image patches moved together (default: a 4x4 grid of "
+    "patches), or 1 for one feature at a time (the default for other inputs).",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(1, 100000),
+    help="With --baselines: expected gradients over N random (baseline, position) draws. "
+    "With --path shapley: N random orders (default 25; all orders when there are fewer).",
+)
+@click.option(
+    "--baselines",
+    "baseline_set",
+    metavar="FILE|DIR",
+    help="K baselines (images, a .npy stack [K, ...], CSV rows, or a folder of such files): "
+    "the attribution averages IG over them.",
+)
+@click.option(
+    "--baseline-data",
+    metavar="FILE|DIR",
+    help="With --baseline mean: training data to average (CSV rows, a .npy stack, images).",
+)
+@click.option(
+    "--noise",
+    metavar="N[,STD]",
+    help="Average over N noisy copies of the input: Gaussian noise with STD relative to the "
+    "input's range (default 0.15).",
+)
+@click.option(
+    "--noise-type",
+    type=click.Choice(["smoothgrad", "smoothgrad_sq", "vargrad"]),  # methods.NOISE_TYPES
+    default="smoothgrad",
+    show_default=True,
+    help="How the noisy copies combine, as Captum's NoiseTunnel: mean, mean of squares, variance.",
+)
+@click.option(
+    "--blur-sigma",
+    type=click.FloatRange(0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="--path blur: the largest blur, in pixels (PAIR's max_sigma).",
+)
+@click.option(
+    "--blur-sqrt", is_flag=True, help="--path blur: PAIR's square-root spacing of blur levels."
+)
+@click.option(
+    "--guided-fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.25,
+    show_default=True,
+    help="--path guided: the share of features (smallest |gradient|) moved per step.",
+)
+@click.option(
+    "--guided-max-dist",
+    type=click.FloatRange(0, 1),
+    default=0.02,
+    show_default=True,
+    help="--path guided: how far (in path position) it may leave the straight path; 0 is IG.",
+)
+@click.option(
+    "--regions",
+    type=click.Choice(["xrai"]),
+    help="Images: rank regions by attribution density (XRAI; needs scikit-image, the xrai "
+    "extra) and draw the top 30% beside the heatmap. Default baselines: black and white.",
+)
+@click.option(
     "--baseline",
-    help="zero, black, white, uniform, blur, or a .npy (model space) or "
+    help="zero, black, white, uniform, blur, mean (the training mean: the sidecar's "
+    "baseline_mean or --baseline-data), or a .npy (model space) or "
     "image (pixel space) file. Default: black for images, zero otherwise.",
 )
 @click.option(
@@ -320,7 +416,9 @@ MODEL = click.argument(
 )
 @click.option("--provider", help="ONNX Runtime execution provider (CPU, CUDA, ...).")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for noise baselines.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for noise and random draws."
+)
 @click.option(
     "--preprocess",
     type=click.Choice(["imagenet", "clip", "none"]),
@@ -422,6 +520,18 @@ def explain(
     method: str | None,
     tolerance: float,
     max_steps: int,
+    path_spec: str,
+    groups: str | None,
+    samples: int | None,
+    baseline_set: str | None,
+    baseline_data: str | None,
+    noise: str | None,
+    noise_type: str,
+    blur_sigma: float,
+    blur_sqrt: bool,
+    guided_fraction: float,
+    guided_max_dist: float,
+    regions: str | None,
     baseline: str | None,
     batch_size: int | None,
     memory_limit: str | None,
@@ -467,6 +577,20 @@ def explain(
         seed=seed,
         tolerance=tolerance,
         max_steps=max_steps,
+        **_family(
+            noise,
+            path=path_spec,
+            groups=groups,
+            samples=samples,
+            baselines=baseline_set,
+            baseline_data=baseline_data,
+            noise_type=noise_type,
+            max_sigma=blur_sigma,
+            blur_sqrt=blur_sqrt,
+            fraction=guided_fraction,
+            max_dist=guided_max_dist,
+            regions=regions,
+        ),
     )
     settings.check()
     found = discover(list(inputs), recursive, pattern, sys.stdin)

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from igcli.files import printable
-from igcli.report import percent
+from igcli.report import method_line, percent
 
 
 def _is_terminal(stream) -> bool:
@@ -111,6 +111,9 @@ class Messages:
             values = {str(r.get(key)) for r in results}
             if len(values) == 1:
                 shared[key] = f"{label} {values.pop()}"
+        how = method_line(results)
+        if how:
+            shared["path"] = how
         if shared:
             self.info(" \u00b7 ".join(shared.values()))
         columns = ["input", "target", ">F(x)", ">F(baseline)", ">sum attr.", ">rel. error"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -207,6 +207,90 @@ def integrated_gradients_many(
         ends = p.end_values or tuple(p.source.values(np.stack([x, b])))
         results.append(IGResult(total, float(ends[0]), float(ends[1]), steps, method))
     return results
+
+
+# -- points other than a quadrature rule's ---------------------------------------------------
+
+
+def evaluate_many(
+    sources: list[GradientSource], points: list[np.ndarray], batch_size: int = 64
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """F and dF/dx at each source's own points ([n_j, *shape] each), in shared calls.
+
+    For methods that choose their points themselves (expected gradients' random alphas, the
+    steps of a guided path): rows of several sources share a call exactly as path points of
+    several problems do (see `integrated_gradients_many`).
+    """
+    problems = [Problem(p[0] if len(p) else p, p[0] if len(p) else p, s)
+                for s, p in zip(sources, points, strict=True)]  # fmt: skip
+    counts = [len(p) for p in points]
+    straddle = _can_straddle(problems)
+    values = [[] for _ in points]
+    grads = [[] for _ in points]
+    for chunk in _segments(counts, max(1, batch_size), straddle):
+        rows = np.concatenate([np.asarray(points[j][lo:hi], dtype=np.float64)
+                               for j, lo, hi in chunk])  # fmt: skip
+        f, g = _call(problems, chunk, rows)
+        row = 0
+        for j, lo, hi in chunk:
+            values[j].append(np.asarray(f[row : row + hi - lo], dtype=np.float64))
+            grads[j].append(np.asarray(g[row : row + hi - lo], dtype=np.float64))
+            row += hi - lo
+    shapes = [np.shape(p)[1:] for p in points]
+    return [
+        (np.concatenate(v) if v else np.zeros(0),
+         np.concatenate(g) if g else np.zeros((0, *shape)))
+        for v, g, shape in zip(values, grads, shapes, strict=True)
+    ]  # fmt: skip
+
+
+def values_many(
+    sources: list[GradientSource], points: list[np.ndarray], batch_size: int = 64
+) -> list[np.ndarray]:
+    """F at each source's own points, forward only, in shared calls where sources merge."""
+    merged = _can_straddle([Problem(np.zeros(1), np.zeros(1), s) for s in sources])
+    out: list[list[np.ndarray]] = [[] for _ in points]
+    counts = [len(p) for p in points]
+    for chunk in _segments(counts, max(1, batch_size), merged):
+        rows = np.concatenate([np.asarray(points[j][lo:hi]) for j, lo, hi in chunk])
+        owners = [sources[j] for j, lo, hi in chunk for _ in range(lo, hi)]
+        same = len({id(s) for s in owners}) == 1
+        source = owners[0] if same else type(owners[0]).merge(owners)
+        f = source.values(rows)
+        row = 0
+        for j, lo, hi in chunk:
+            out[j].append(np.asarray(f[row : row + hi - lo], dtype=np.float64))
+            row += hi - lo
+    return [np.concatenate(v) if v else np.zeros(0) for v in out]
+
+
+class SequentialPath(Protocol):
+    """A path chosen on the way (Guided IG): where its next gradient is needed, and the step
+    that gradient decides."""
+
+    attributions: np.ndarray
+
+    def point(self) -> np.ndarray | None: ...
+
+    def take(self, grad: np.ndarray) -> None: ...
+
+
+def sequential_many(
+    sources: list[GradientSource], paths: list[SequentialPath], batch_size: int = 64
+) -> list[int]:
+    """Walk every path to its end, one gradient per path per round; a round's points share
+    model calls. Returns the gradient evaluations each path used."""
+    used = [0] * len(paths)
+    while True:
+        live = [j for j, p in enumerate(paths) if p.point() is not None]
+        if not live:
+            return used
+        results = evaluate_many(
+            [sources[j] for j in live], [paths[j].point()[None] for j in live], batch_size
+        )
+        for j, (_, grads) in zip(live, results, strict=True):
+            paths[j].take(grads[0])
+            used[j] += 1
 
 
 # -- adaptive steps ------------------------------------------------------------------------

@@ -170,6 +170,8 @@ def render_image(
     title: str | None = None,
     caption: str | None = None,
     min_size: int = 224,
+    regions: np.ndarray | None = None,
+    regions_label: str = "top regions",
 ) -> Image.Image:
     """Draw attributions for one image input as an RGB image.
 
@@ -182,7 +184,9 @@ def render_image(
     small inputs: NEAREST, by the factor that brings the shorter side closest to min_size
     (28x28 -> 224x224 by default); inputs about min_size or larger keep their size. 'panel'
     shows input | heatmap | blend at that tile size with a colorbar, title and caption; the
-    single modes carry no text, so their pixels line up with the input's.
+    single modes carry no text, so their pixels line up with the input's. `regions`, an
+    (H, W) boolean mask (XRAI's top regions), adds a fourth panel tile: the input with
+    everything outside the regions dimmed and their outline drawn.
     """
     if overlay not in OVERLAYS:
         raise ValueError(f"overlay must be one of {OVERLAYS}, got {overlay!r}")
@@ -215,8 +219,14 @@ def render_image(
         out = np.where(keep, img, np.rint(img * _MASK_DIM).astype(np.uint8))
     else:
         tiles = [img, _colorize(m, scale, signed), _blend(img, m, scale, signed)]
+        labels = ["input", _SIGN_LABEL[sign], "overlay"]
         tiles = [_upscale(t, k) for t in tiles]
-        return _panel(tiles, scale=scale, sign=sign, title=title, caption=caption)
+        if regions is not None:
+            if regions.shape != img.shape[:2]:
+                raise ValueError(f"regions are {regions.shape}, the image {img.shape[:2]}")
+            tiles.append(_region_tile(img, np.asarray(regions, dtype=bool), k))
+            labels.append(regions_label)
+        return _panel(tiles, scale=scale, sign=sign, title=title, caption=caption, labels=labels)
     return Image.fromarray(_upscale(out, k), mode="RGB")
 
 
@@ -499,16 +509,38 @@ def _upscale(a: np.ndarray, k: int) -> np.ndarray:
 # ---------------------------------------------------------------- layout
 
 
+def _region_tile(img: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """The input, dimmed outside `mask`, with the mask's outline in the diverging map's red."""
+    inside = _upscale(mask.astype(np.uint8), k).astype(bool)
+    tile = _upscale(img, k)
+    out = np.where(inside[..., None], tile, np.rint(tile * _MASK_DIM).astype(np.uint8))
+    edge = np.zeros_like(inside)
+    edge[:-1] |= inside[:-1] != inside[1:]
+    edge[1:] |= inside[:-1] != inside[1:]
+    edge[:, :-1] |= inside[:, :-1] != inside[:, 1:]
+    edge[:, 1:] |= inside[:, :-1] != inside[:, 1:]
+    out[edge & inside] = _lut(DIVERGING)[-1]
+    return out
+
+
 def _panel(
-    tiles: list[np.ndarray], *, scale: float, sign: str, title: str | None, caption: str | None
+    tiles: list[np.ndarray],
+    *,
+    scale: float,
+    sign: str,
+    title: str | None,
+    caption: str | None,
+    labels: list[str] | None = None,
 ) -> Image.Image:
-    """input | heatmap | blend side by side, a colorbar under the coloured two, title, caption."""
+    """input | heatmap | blend (| regions) side by side, a colorbar under the heatmap and
+    blend, title, caption."""
     th, tw = tiles[0].shape[:2]
+    n = len(tiles)
     fs = int(np.clip(round(0.075 * math.sqrt(th * tw)), 13, 48))
     small, big = _font(max(11, fs - 2)), _font(round(fs * 1.25))
     margin, gap = fs + 4, max(8, fs)
-    width = 2 * margin + 3 * tw + 2 * gap
-    xs = [margin + i * (tw + gap) for i in range(3)]
+    width = 2 * margin + n * tw + (n - 1) * gap
+    xs = [margin + i * (tw + gap) for i in range(n)]
     title_h = round(fs * 1.25 * 1.7) if title else 0
     label_h = round(fs * 1.5)
     bar_h = max(10, round(fs * 0.75))
@@ -522,7 +554,7 @@ def _panel(
     if title:
         _text(d, (margin, y + title_h // 2 - fs // 4), title, big, _INK, width - 2 * margin)
         y += title_h
-    labels = ["input", _SIGN_LABEL[sign], "overlay"]
+    labels = labels or ["input", _SIGN_LABEL[sign], "overlay"]
     for x, tile, label in zip(xs, tiles, labels, strict=True):
         _text(d, (x + tw // 2, y + label_h // 2), label, small, _MUTED, tw, align="center")
         im.paste(Image.fromarray(tile, mode="RGB"), (x, y + label_h))

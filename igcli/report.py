@@ -153,8 +153,10 @@ class RunReport:
     def summary(self) -> dict:
         # float(): a merged report holds "inf"/"nan" as read from report.json
         count, worst, total, finite = 0, None, 0.0, 0
+        family = _FamilySummary()
         for r in self.results:
             count += 1
+            family.add(r)
             if r.get("rel_error") is None:
                 continue
             e = float(r["rel_error"])
@@ -162,7 +164,7 @@ class RunReport:
             if math.isfinite(e):
                 total += e
                 finite += 1
-        return {
+        summary = {
             "explained": count,
             "failed": len(self.failures),
             "resumed": self.resumed,
@@ -170,6 +172,8 @@ class RunReport:
             "max_rel_error": _finite(worst) if worst is not None else None,
             "mean_rel_error": total / finite if finite else None,
         }
+        summary.update(family.result())
+        return summary
 
     def apply_gate(self, limit: float) -> list[str]:
         """Record the completeness gate; return the results over `limit` (or not a number)."""
@@ -227,6 +231,9 @@ class RunReport:
             f"igcli {__version__}, model sha256 `{self.model_sha256[:12]}`",
             "",
         ]
+        how = method_line(self.results)
+        if how:
+            lines += [f"Method: {how}.", ""]
         if self.gate:
             verdict = "passed" if self.gate["passed"] else "FAILED"
             lines += [
@@ -255,6 +262,65 @@ class RunReport:
             lines += [f"- `{f['input']}`: {f['error']}" for f in self.failures]
             lines.append("")
         return "\n".join(lines)
+
+
+class _FamilySummary:
+    """Path methods other than plain IG (methods.py), over a run's records: which paths,
+    how many results average noisy copies or baselines, and for expected gradients the
+    largest Monte Carlo standard error of a completeness sum. Nothing for plain IG, so plain
+    runs' summaries are as before."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, int] = {}
+        self.averaged = 0
+        self.se: float | None = None
+
+    def add(self, r: dict) -> None:
+        path = r.get("path") or "straight"
+        self.paths[path] = self.paths.get(path, 0) + 1
+        self.averaged += bool(r.get("noise") or r.get("baselines"))
+        if r.get("completeness_se") is not None:
+            se = float(r["completeness_se"])
+            self.se = se if self.se is None or not se <= self.se else self.se
+
+    def result(self) -> dict:
+        out: dict = {}
+        if set(self.paths) - {"straight"} or self.averaged:
+            out["paths"] = self.paths
+            out["averaged"] = self.averaged  # results over noisy copies or several baselines
+        if self.se is not None:
+            out["max_completeness_se"] = _finite(self.se)
+        return out
+
+
+def method_line(results) -> str | None:
+    """'blur path', 'straight path, smoothgrad over 10 noisy copies', ... when every result
+    was made the same way and not by plain IG; else None."""
+    first = None
+    for r in results:
+        text = _method_text(r)
+        if first is None:
+            first = text
+        elif text != first:
+            return None
+    return first or None
+
+
+def _method_text(r: dict) -> str:
+    parts = []
+    path = r.get("path") or "straight"
+    if path != "straight":
+        parts.append(f"{path} path")
+    b = r.get("baselines")
+    if isinstance(b, dict):
+        what = "expected gradients" if b.get("use") == "expected_gradients" else "mean IG"
+        parts.append(f"{what} over {b.get('count')} baselines ({b.get('source')})")
+    n = r.get("noise")
+    if isinstance(n, dict):
+        parts.append(f"{n.get('type')} over {n.get('samples')} noisy copies (std {n.get('std')})")
+    if isinstance(r.get("regions"), dict):
+        parts.append("XRAI regions")
+    return ", ".join(parts)
 
 
 def percent(value) -> str:

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from igcli import methods
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings, in_shard, parse_shard
 from igcli.console import Messages
 from igcli.discovery import TargetTable, count_table_rows
@@ -46,6 +47,7 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
         "method": settings.method,
         "baseline": settings.baseline,
         "seed": settings.seed,
+        **methods.settings_fields(settings),  # path, baselines, noise, ... (issue 11)
         "batch_size": session.runner.batch_size,
         "memory_budget": session.memory_budget,
         "provider": session.providers[0],

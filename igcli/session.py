@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from igcli import baselines
+from igcli import baselines, methods
 from igcli.attribution import Attribution
 from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
 from igcli.cache import cache_key, load_graph, save_graph
@@ -87,18 +87,37 @@ class AttributionSettings:
     or `max_steps` gradient evaluations are spent.
     """
 
-    steps: int | str = 50
+    steps: int | str | None = None  # None: the path's default (50; blur 100, guided 200)
     method: str | None = None
     baseline: str | None = None  # a name from baselines.NAMED or a file; None: by input kind
-    seed: int = 0  # for noise baselines
+    seed: int = 0  # for noise baselines, noisy copies, expected gradients, Shapley orders
     tolerance: float = DEFAULT_TOLERANCE
     max_steps: int = DEFAULT_MAX_STEPS
+    # The path-method family (igcli/methods.py): a path, a baseline distribution, an averaging.
+    path: str = "straight"  # straight, blur, guided, extremal[:ORDER], shapley
+    groups: str | None = None  # extremal/shapley: HxW patches of an image, or 1 per feature
+    samples: int | None = None  # expected gradients' draws, or Shapley orders
+    baselines: str | None = None  # a file or folder of K baselines (multi-baseline IG)
+    baseline_data: str | None = None  # with baseline="mean": the data to average
+    noise: int = 0  # noisy copies of the input to average over (0: none)
+    noise_std: float = methods.DEFAULT_NOISE_STD  # relative to the input's range
+    noise_type: str = "smoothgrad"  # smoothgrad, smoothgrad_sq, vargrad (Captum's NoiseTunnel)
+    max_sigma: float = 50.0  # blur path: the largest blur (PAIR's max_sigma)
+    blur_sqrt: bool = False  # blur path: PAIR's sqrt spacing of the blur
+    fraction: float = 0.25  # guided path: features moved per step
+    max_dist: float = 0.02  # guided path: how far (in alpha) it may leave the straight path
+    regions: str | None = None  # "xrai": rank image regions by attribution density
+
+    def __post_init__(self) -> None:
+        if self.steps is None:
+            object.__setattr__(self, "steps", methods.default_steps(self.path))
 
     @property
     def adaptive(self) -> bool:
         return self.steps == "auto"
 
     def check(self) -> None:
+        methods.check(self)
         if self.adaptive:
             if self.method not in (None, ADAPTIVE_METHOD):
                 raise UsageError(
@@ -121,7 +140,10 @@ class AttributionSettings:
     @property
     def points_per_input(self) -> int:
         """Path points an input needs per round (adaptive steps start with 9)."""
-        return 9 if self.adaptive else int(self.steps)
+        points = 9 if self.adaptive else int(self.steps)
+        if self.path.startswith("guided"):
+            points = 1  # one gradient per round
+        return points * max(1, self.noise) * (2 if self.baselines or self.regions else 1)
 
 
 def default_groups(sample: Sample) -> str:
@@ -282,6 +304,7 @@ class Session:
         # A cut model gets only a graph for every shape here: specialising one to a shape
         # may need the values the part after the cut reads (a mask, the ids), which come
         # with the first sample.
+        self._baseline_data: dict = {}  # baseline sets and means read from files, by shape
         if gradients != "fd":
             graph = self._graph_for(None if self._cut else self._declared_shape())
             self._current = graph.runner if graph is not None else None
@@ -581,28 +604,38 @@ class Session:
         target: int | None = None,
         *,
         baseline: str | None = None,
-        steps: int = 50,
-        method: str = "gausslegendre",
+        steps: int | str | None = None,
+        method: str | None = None,
         seed: int = 0,
         at: str | None = None,
+        **options,
     ) -> Attribution:
         """Integrated Gradients of output[target] (default: the top class) at one input.
 
         `input`: an image or .npy path, a numpy array in the model input's shape (with or
         without the batch axis), or a PIL image for image models; for token models also a
         string (the text) or an array of token ids. `at` attributes at that tensor instead
-        (see `cut`).
+        (see `cut`). `options` are further `AttributionSettings` fields: path="blur",
+        noise=25, baselines="dir/", ... (steps=None: the path's default).
         """
         if at is not None and at != self.at:
             return self.cut(at).attribute(
-                input, target, baseline=baseline, steps=steps, method=method, seed=seed
+                input,
+                target,
+                baseline=baseline,
+                steps=steps,
+                method=method,
+                seed=seed,
+                **options,
             )
         samples = self.load(input)
         if len(samples) != 1:
             raise UsageError(
                 f"{input} holds {len(samples)} samples; use attribute_many for all of them"
             )
-        settings = AttributionSettings(steps=steps, method=method, baseline=baseline, seed=seed)
+        settings = AttributionSettings(
+            steps=steps, method=method, baseline=baseline, seed=seed, **options
+        )
         targets = None if target is None else [target]
         return self.attribute_many(samples, targets, settings)[0][0]
 
@@ -640,10 +673,20 @@ class Session:
             return out
         where = samples[0].path
         names = [settings.baseline or self._default_baseline(s) for s in samples]
-        bases = [
-            self._make_baseline(name, s, settings.seed)
-            for name, s in zip(names, samples, strict=True)
-        ]
+        if self._cut is not None and not methods.is_plain(settings):
+            raise UsageError(
+                "paths, baseline sets, noise and regions attribute a model's float input; "
+                f"not at a tensor inside it ({self.at}): use straight IG there",
+                self.model_path,
+            )
+        if settings.baseline == "mean":
+            means = [self._mean_baseline(s, settings) for s in samples]
+            bases, names = [m[0] for m in means], [m[1] for m in means]
+        else:
+            bases = [
+                self._make_baseline(name, s, settings.seed)
+                for name, s in zip(names, samples, strict=True)
+            ]
         # The path's ends in the space IG walks: the input's (or the cut tensor's) values,
         # and each sample's values of the other inputs (None: the session's feeds only).
         if self._cut is not None:
@@ -676,38 +719,45 @@ class Session:
                 jobs.append((i, t, problem))
         start = time.perf_counter()
         try:
-            results = integrated_gradients_many(
-                [job[2] for job in jobs],
-                steps=settings.steps,
-                method=settings.method,
-                batch_size=runner.batch_size,
-                tolerance=settings.tolerance,
-                max_steps=settings.max_steps,
-            )
+            if methods.is_plain(settings):
+                results = integrated_gradients_many(
+                    [job[2] for job in jobs],
+                    steps=settings.steps,
+                    method=settings.method,
+                    batch_size=runner.batch_size,
+                    tolerance=settings.tolerance,
+                    max_steps=settings.max_steps,
+                )
+            else:  # another path, baseline distribution or averaging (methods.py)
+                results = self._attribute_family(jobs, samples, bases, names, graph, settings)
         except IgcliError as exc:
+            if isinstance(exc, UsageError):
+                raise
             raise InputError(exc.reason, where) from None
         share = (time.perf_counter() - start) / max(len(jobs), 1)
         out: list[list[Attribution]] = [[] for _ in samples]
         for (i, t, problem), result in zip(jobs, results, strict=True):
             source = problem.source
             is_fd = isinstance(source, FiniteDifferences)
-            extra = {"steps_used": result.steps}
+            extra = {"steps_used": result.steps, **methods.record_fields(settings)}
+            extra.update(getattr(result, "extra", {}))
             if result.converged is not None:
                 extra.update(converged=result.converged, stop_reason=result.stop_reason)
             if graph is not None and graph.check is not None:
                 extra["gradient_check"] = graph.check.summary()
+            family = isinstance(result, methods.FamilyResult)
             attribution = Attribution(
                 attributions=result.attributions,
                 sample=samples[i],
-                baseline=bs[i],
+                baseline=result.baseline_array if family else bs[i],
                 target=t,
                 label=self.label(t),
                 output=self.output_name,
                 f_input=result.f_input,
                 f_baseline=result.f_baseline,
-                steps=settings.steps,
+                steps=(result.steps_asked or settings.steps) if family else settings.steps,
                 method=result.method,
-                baseline_name=names[i],
+                baseline_name=result.baseline_name if family else names[i],
                 gradient_source=source.name,
                 prep=self.prep,
                 fd_step=source.step if is_fd else None,
@@ -716,7 +766,10 @@ class Session:
                 extra=extra,
                 at=self.at,
                 aggregate=self.aggregate,
+                completeness_sum=result.completeness_sum if family else None,
             )
+            if settings.regions:
+                self._regions(attribution, settings)
             out[i].append(attribution)
             self._judge(attribution, source)
             if result.converged is False:
@@ -727,6 +780,76 @@ class Session:
                     f"{STOP_REASONS[result.stop_reason]}{hint}"
                 )
         return out
+
+    # -- the path-method family (methods.py, regions.py) ---------------------------------
+    def _attribute_family(self, jobs, samples, bases, names, graph, settings):
+        """Other paths, baseline distributions and noise: methods.run over the same jobs."""
+
+        def source(target, sample, x, b, per_feature):
+            return self._source_between(graph, target, sample, x, b, per_feature)
+
+        def baseline_set(sample):
+            if settings.baselines:
+                return self._baseline_set(settings.baselines, sample), settings.baselines
+            if settings.regions == "xrai" and settings.baseline is None:
+                pair = [baselines.make_baseline(n, sample, self.prep) for n in ("black", "white")]
+                return pair, "black+white"
+            return None
+
+        family_jobs = [methods.Job(samples[i], t, bases[i], names[i]) for i, t, _ in jobs]
+        context = methods.Context(source, self.runner.batch_size, self.prep, baseline_set)
+        return methods.run(family_jobs, settings, context)
+
+    def _source_between(self, graph, target, sample, x, b, per_feature=False):
+        """A gradient source for the IG of F from b to x (finite differences move along
+        x - b; with per_feature they give every partial derivative, for curved paths)."""
+        if graph is not None:
+            return GraphGradients(graph, target)
+        if per_feature:
+            if self.fd_groups not in (None, "1", "1x1", "none"):
+                self._warn_once(
+                    "fd-groups-path",
+                    f"{self.model_path}: blur and guided paths need every partial derivative; "
+                    f"finite differences ignore --fd-groups {self.fd_groups} for them",
+                )
+            direction = np.where(x != b, np.asarray(x, np.float64) - b, 1.0)
+            return FiniteDifferences(self.runner, target, direction, None, self.fd_step,
+                                     ends=(x, b))  # fmt: skip
+        groups = parse_groups(self.fd_groups, sample, self.prep)
+        direction = np.asarray(x, np.float64) - np.asarray(b, np.float64)
+        return FiniteDifferences(self.runner, target, direction, groups, self.fd_step,
+                                 ends=(x, b))  # fmt: skip
+
+    def _baseline_set(self, spec: str, sample: Sample) -> list[np.ndarray]:
+        key = ("set", spec, sample.x.shape)
+        if key not in self._baseline_data:
+            self._baseline_data[key] = methods.read_baseline_set(spec, self.prep, sample)
+        return self._baseline_data[key]
+
+    def _mean_baseline(self, sample: Sample, settings) -> tuple[np.ndarray, str]:
+        key = ("mean", settings.baseline_data, sample.x.shape)
+        if key not in self._baseline_data:
+            self._baseline_data[key] = methods.mean_baseline(
+                settings.baseline_data,
+                self.sidecar.raw,
+                self.prep,
+                sample,
+                self.model_path.with_suffix(".json"),
+            )
+        return self._baseline_data[key]
+
+    def _regions(self, a: Attribution, settings) -> None:
+        """XRAI regions of an image attribution (needs the xrai extra: scikit-image)."""
+        from igcli import regions
+
+        if not (self.prep.is_image_model and a.sample.x.ndim == 3):
+            raise UsageError("--regions xrai needs an image model")
+        # segmented as PAIR saliency does: the model-space input, rescaled to [-1, 1]
+        found = regions.xrai(
+            self.prep.model_to_hwc(a.attributions), self.prep.model_to_hwc(a.sample.x)
+        )
+        a.regions = found
+        a.extra["regions"] = found.summary()
 
     def _judge(self, a: Attribution, source: GradientSource) -> None:
         """Warn (once per kind) where the numbers cannot be what the user wants."""

@@ -24,7 +24,8 @@ class HeatmapStyle:
 
 
 def title(a) -> str:
-    """The panel's title: which input (and row), which target, its score."""
+    """The panel's title: which input (and row), which target, its score (at the input
+    itself, also when noisy copies were averaged)."""
     label = f" '{a.label}'" if a.label and a.label != str(a.target) else ""
     where = Path(str(a.sample.path)).name
     m = re.search(r"_row(\d+)$", a.sample.name)
@@ -34,7 +35,8 @@ def title(a) -> str:
         where = f"{where} {a.sample.name.rsplit('_', 1)[-1]}"
     elif a.sample.kind == "tabular" and m:
         where += f" row {m.group(1)}"
-    return f"{where} - target {a.target}{label} (score {a.f_input:.4g})"
+    score = (a.extra.get("noise") or {}).get("f_input_clean", a.f_input)
+    return f"{where} - target {a.target}{label} (score {score:.4g})"
 
 
 def caption(a) -> str:
@@ -42,11 +44,45 @@ def caption(a) -> str:
     baseline that "raises" and "lowers" are measured against."""
     steps = a.extra.get("steps_used", a.steps)
     at = f" \u00b7 at {a.at}" if getattr(a, "at", None) else ""
+    se = a.extra.get("completeness_se")
+    spread = f" \u00b1 {se:.2g}" if se is not None else ""
+    base = f"baseline {a.baseline_name}"
+    if a.extra.get("baselines"):
+        b = a.extra["baselines"]
+        base = f"{b['count']} baselines ({Path(str(b['source'])).name})"
+    how = method_text(a) or f"{steps} {a.method} steps"
     return (
-        f"baseline {a.baseline_name} \u00b7 completeness error {percent(a.rel_error)} "
-        f"({a.attribution_sum:.4g} of {a.delta:.4g}) \u00b7 {steps} {a.method} steps "
+        f"{base} \u00b7 completeness error {percent(a.rel_error)} "
+        f"({a.attribution_sum:.4g}{spread} of {a.delta:.4g}) \u00b7 {how} "
         f"\u00b7 {a.gradient_source}{at}"
     )
+
+
+def method_text(a) -> str:
+    """How a path-method family result was made, briefly ('' for plain IG): e.g. 'shapley
+    path, 8 orders, 6400 gradients'."""
+    e = a.extra
+    path = e.get("path") or "straight"
+    parts = []
+    if path != "straight":
+        parts.append(f"{path} path")
+    if path == "shapley" and e.get("samples"):
+        parts.append(f"{e['samples']} orders")
+    b = e.get("baselines")
+    expected = bool(b) and b.get("use") == "expected_gradients"
+    if b and not expected:
+        parts.append("mean IG")
+    if e.get("noise"):
+        parts.append(f"{e['noise']['type']} x{e['noise']['samples']}")
+    n = e.get("steps_used", a.steps)
+    if expected:
+        return ", ".join([*parts, f"{n} EG draws"])
+    return ", ".join(parts) + f", {n} gradients" if parts else ""
+
+
+def magnitude_map(a) -> bool:
+    """smoothgrad_sq and vargrad maps are magnitudes (>= 0), not signed attributions."""
+    return (a.extra.get("noise") or {}).get("type") in ("smoothgrad_sq", "vargrad")
 
 
 def display_pixels(sample: Sample, prep: Preprocessing) -> np.ndarray:
@@ -79,8 +115,12 @@ def draw(
     title: str,
     caption: str,
     vmax: float | None = None,
+    regions=None,
 ) -> Image.Image:
     if is_image_like(sample, prep):
+        top = None
+        if regions is not None:
+            top = regions.top_mask()
         return render.render_image(
             display_pixels(sample, prep),
             prep.model_to_hwc(attributions),
@@ -91,6 +131,8 @@ def draw(
             reduce=style.reduce,
             title=title,
             caption=caption,
+            regions=top,
+            regions_label="XRAI top 30%",
         )
     flat = attributions.reshape(-1)
     names = sample.feature_names or [f"x[{i}]" for i in range(flat.size)]

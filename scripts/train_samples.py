@@ -174,6 +174,7 @@ def train_digits() -> None:
         labels=[str(c) for c in digits.target_names],
         feature_names=None,
         preprocessing=pre,
+        baseline_mean=mean,  # the training pixel mean (--baseline mean)
         test_accuracy=round(acc, 4),
         training=training_info("sklearn load_digits", len(y_tr), len(y_te), epochs),
     )
@@ -215,6 +216,7 @@ def train_breast_cancer() -> None:
         labels=[str(c) for c in data.target_names],
         feature_names=[str(f) for f in data.feature_names],
         preprocessing={"mean": mean, "std": std},
+        baseline_mean=mean,  # the training mean of each feature (--baseline mean)
         test_accuracy=round(acc, 4),
         training=training_info("sklearn load_breast_cancer", len(y_tr), len(y_te), epochs),
     )

@@ -263,3 +263,30 @@ def staircase() -> onnx.ModelProto:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
         [const("three", [3.0]), numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
     )
+
+
+def symmetric_with_dummy() -> onnx.ModelProto:
+    """y = tanh(x0 x1 + 0.5 (x0 + x1) + 0.3 x2^2 + 0 x3): x0 and x1 play the same role (the
+    symmetry axiom), x3 none at all (dummy), and the interaction makes paths differ."""
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["sq"]),
+        helper.make_node("MatMul", ["x", "w"], ["lin"]),
+        helper.make_node("MatMul", ["sq", "v"], ["quad"]),
+        helper.make_node("Gather", ["x", "i0"], ["x0"], axis=1),
+        helper.make_node("Gather", ["x", "i1"], ["x1"], axis=1),
+        helper.make_node("Mul", ["x0", "x1"], ["cross"]),
+        helper.make_node("Add", ["lin", "quad"], ["a"]),
+        helper.make_node("Add", ["a", "cross"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [
+            const("w", [[0.5], [0.5], [0.0], [0.0]]),
+            const("v", [[0.0], [0.0], [0.3], [0.0]]),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "i0"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "i1"),
+        ],
+    )

@@ -63,6 +63,13 @@ OPTION_VALUES = {
     "--shard": st.sampled_from(["1/2", "2/2", "0/2", "3/2", "a/b"]),
     "--clip-percentile": st.sampled_from(["99.5", "0", "100", "101"]),
     "--max-completeness-error": st.sampled_from(["0.01", "0", "-1"]),
+    # the path-method family (issue 11); no shapley here: --steps 100000 times 24 orders is slow
+    "--path": st.sampled_from(["blur", "guided", "extremal", "extremal:3,1", "extremal:9", "x"]),
+    "--noise": st.sampled_from(["2", "2,0.1", "0", "x", "3,-1", "2,nan"]),
+    "--noise-type": st.sampled_from(["smoothgrad", "vargrad", "smoothgrad_sq", "nope"]),
+    "--samples": st.sampled_from(["1", "3", "0", "x"]),
+    "--baselines": st.sampled_from(["x.npy", "rows.csv", "missing/"]),
+    "--regions": st.sampled_from(["xrai", "other"]),
 }
 FLAGS = ["--softmax", "--no-heatmaps", "--skip-existing", "--json", "--quiet", "--no-cache"]
 
