@@ -631,6 +631,14 @@ class Session:
             self._check_rows_independent(self._current, graph, x)
         return graph
 
+    def check_gradients(self, sample: Sample) -> None:
+        """Self-check the gradient graph at `sample` now rather than at the first sample
+        explained: runs split over shards or workers then check at the same input (their
+        plan's first) and their records carry the same `gradient_check`."""
+        graph = self._use(sample.x)
+        if graph is not None and graph.check is None:
+            self._self_check(graph, sample)
+
     def _check_rows_independent(self, runner: ModelRunner, graph, x: np.ndarray) -> None:
         """Path points share calls as rows of the first axis; when that axis is not a batch
         (Silero's sequence model runs its rows through one LSTM), rows change each other's
