@@ -108,7 +108,14 @@ def make_baseline(
 
 
 def _baseline_file(spec: str) -> Path:
-    path = Path(spec)
+    """The baseline file `spec` names; one in object storage (a URL) is fetched once."""
+    from igcli.storage import URL, cached_copy, location
+
+    path = location(spec)
+    if isinstance(path, URL):
+        if path.suffix.lower() not in IMAGE_SUFFIXES | {".npy"}:
+            raise UsageError(f"baseline file {spec!r} must be an image or a .npy file")
+        return cached_copy(path, UsageError)
     if path.suffix.lower() not in IMAGE_SUFFIXES | {".npy"}:
         if not os.path.lexists(path):
             raise UsageError(

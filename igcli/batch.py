@@ -28,11 +28,12 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     in_shard,
     parse_shard,
 )
-from igcli.errors import IgcliError, InputError, OutputError
+from igcli.errors import GradientError, IgcliError, InputError, OutputError
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import atomic_save_png, atomic_write_text, output_stem
 from igcli.report import RunReport, failure_entry, json_line
 from igcli.session import AttributionSettings, Session
+from igcli.storage import is_url
 from igcli.visualize import HeatmapStyle, attribution_map, is_image_like
 
 
@@ -42,10 +43,21 @@ def record_path(out_dir: Path, name: str) -> Path:
 
 def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list[dict] | None:
     """Records of a complete earlier explanation made with the same settings, else None."""
-    marker = record_path(out_dir, item.name)
     try:
-        records = json.loads(marker.read_text())["records"]
-    except (OSError, ValueError, KeyError, TypeError):
+        text = record_path(out_dir, item.name).read_text()
+    except (OSError, OutputError, UnicodeDecodeError):
+        return None
+    return usable_records(text, settings_hash, lambda rel: (out_dir / rel).is_file())
+
+
+def usable_records(
+    text: str | None, settings_hash: str, exists: Callable[[str], bool]
+) -> list[dict] | None:
+    """The records of a record file when they were made with these settings and their
+    files are all there, else None."""
+    try:
+        records = json.loads(text)["records"]
+    except (ValueError, KeyError, TypeError):
         return None
     if not isinstance(records, list) or not records:
         return None
@@ -53,7 +65,7 @@ def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list
         if not isinstance(r, dict) or r.get("settings_hash") != settings_hash:
             return None
         for key in ("attributions_file", "heatmap_file"):
-            if r.get(key) and not (out_dir / str(r[key])).is_file():
+            if r.get(key) and not exists(str(r[key])):
                 return None
     return records
 
@@ -62,7 +74,7 @@ def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list
 class OutputSettings:
     """What a batch run writes, and what it holds the results to."""
 
-    out_dir: Path
+    out_dir: Path  # or a storage.URL: written in a local staging folder, uploaded whole
     style: HeatmapStyle = field(default_factory=HeatmapStyle)
     heatmaps: bool = True
     shared_scale: bool = False
@@ -122,6 +134,16 @@ class BatchRun:
         self.outputs, self.report = outputs, report
         self.settings_hash = settings_hash(session, settings, targets, outputs)
         self.emit, self.warn = emit, warn
+        self.remote = None  # a storage.RemoteOutputs when --out is a URL
+        self.local_out = outputs.out_dir  # where files are written (staged when remote)
+        if is_url(str(outputs.out_dir)):
+            from igcli.storage import RemoteOutputs
+
+            self.remote = RemoteOutputs(str(outputs.out_dir))
+            self.local_out = self.remote.staging
+        self.fetcher = None  # a storage.Fetcher once a remote input is met
+        self._fetched: list[Path] = []
+        self.workers: dict | None = None  # a Dask run: what its workers measured
         # heatmaps awaiting a shared colour scale: only what redraws them, not their arrays
         self.deferred: list[tuple[Attribution, Path, Path]] = []
         # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
@@ -142,20 +164,98 @@ class BatchRun:
                 else:
                     todo.append(item)
             advance(1)
-        if len(todo) > 1:
-            try:
-                loaded = [(item, self.session.load(item.path, item.name)) for item in todo]
-            except InputError:
-                loaded = None  # one is at fault: found below, one by one
-            if loaded is not None and self._explain_together(loaded):
-                return
-        for item in todo:
-            try:
-                records = self._explain_item(item)
-            except InputError as exc:
-                self._fail(item, exc)
+        try:
+            if len(todo) > 1:
+                try:
+                    loaded = [(item, self.load(item)) for item in todo]
+                except InputError:
+                    loaded = None  # one is at fault: found below, one by one
+                if loaded is not None and self._explain_together(loaded):
+                    return
+            for item in todo:
+                try:
+                    records = self._explain_item(item)
+                except InputError as exc:
+                    self._fail(item, exc)
+                    continue
+                self._accept(records)
+        finally:
+            self._release()
+
+    def load(self, item: InputItem) -> list:
+        """The samples of an input; a remote one is fetched whole first, and its samples
+        and errors name the URL."""
+        from igcli.storage import URL
+
+        if not isinstance(item.path, URL):
+            return self.session.load(item.path, item.name)
+        local = self._fetch(item.path)
+        try:
+            samples = self.session.load(local, item.name)
+        except InputError as exc:
+            raise InputError(exc.reason, item.path) from None
+        for sample in samples:
+            sample.path = item.path
+        return samples
+
+    def _fetch(self, url) -> Path:
+        from igcli.storage import Fetcher
+
+        if self.fetcher is None:
+            self.fetcher = Fetcher(self.remote.staging / ".inputs" if self.remote else None)
+        local = self.fetcher.local_copy(url)
+        self._fetched.append(local)
+        return local
+
+    def _release(self) -> None:
+        while self._fetched:
+            self.fetcher.release(self._fetched.pop())
+
+    def check_gradients_at(self, items: list[InputItem], tries: int = 3) -> None:
+        """Run the gradient graph's self-check at the first readable of `items` (a plan's
+        first inputs), so every shard and worker checks at the same input and records the
+        same verdict."""
+        for item in items[:tries]:
+            if item.problem:
                 continue
-            self._accept(records)
+            try:
+                if item.is_table:
+                    sample = next(
+                        (r for r in self._rows(item) if not isinstance(r, RowError)), None
+                    )
+                else:
+                    sample = self.load(item)[0]
+            except (InputError, IndexError):
+                continue
+            finally:
+                self._release()
+            if sample is None:
+                continue
+            try:
+                self.session.check_gradients(sample)
+            except GradientError:
+                raise  # --gradients graph and no graph that passes: the run stops (exit 7)
+            except IgcliError:
+                pass  # the input's own problem (a NaN output, say): its turn reports it
+            return
+
+    def _rows(self, item: InputItem):
+        """iter_table over a local or fetched CSV; rows and errors name the input."""
+        from igcli.storage import URL
+
+        if not isinstance(item.path, URL):
+            yield from iter_table(item.path, self.session.prep, item.name)
+            return
+        local = self._fetch(item.path)
+        try:
+            for row in iter_table(local, self.session.prep, item.name):
+                if isinstance(row, RowError):
+                    row.error = InputError(row.error.reason, item.path)
+                else:
+                    row.path = item.path
+                yield row
+        except InputError as exc:
+            raise InputError(exc.reason, item.path) from None
 
     def process_table(self, item: InputItem, advance: Callable[[int], None] = _nothing) -> None:
         """A CSV streamed a block of rows at a time, each row an input of its own: its record
@@ -163,7 +263,7 @@ class BatchRun:
         the file, and an interrupt loses no finished row."""
         chunk: list = []
         try:
-            for row in iter_table(item.path, self.session.prep, item.name):
+            for row in self._rows(item):
                 chunk.append(row)
                 if len(chunk) >= self.group_size():
                     self._process_rows(item, chunk)
@@ -174,6 +274,8 @@ class BatchRun:
             advance(len(chunk))
             self._fail(item, exc)
             return
+        finally:
+            self._release()
         self._process_rows(item, chunk)
         advance(len(chunk))
 
@@ -205,12 +307,22 @@ class BatchRun:
     def _resumed(self, item: InputItem) -> bool:
         if not self.outputs.skip_existing:
             return False
-        records = existing_records(self.outputs.out_dir, item, self.settings_hash)
+        records = self._existing(item)
         if records is None:
             return False
         self.report.resumed += 1
         self._accept(records)  # JSON lines as if computed now: a pipeline misses nothing
         return True
+
+    def _existing(self, item: InputItem) -> list[dict] | None:
+        if self.remote is None:
+            return existing_records(self.local_out, item, self.settings_hash)
+        rel = item.name + ".record.json"  # resumed from one listing of the prefix
+        try:
+            output_stem(self.local_out, rel)
+        except OutputError:
+            return None
+        return usable_records(self.remote.read_text(rel), self.settings_hash, self.remote.exists)
 
     def _accept(self, records: list[dict]) -> None:
         self.report.results.extend(records)
@@ -243,7 +355,7 @@ class BatchRun:
         return True
 
     def _explain_item(self, item: InputItem) -> list[dict]:
-        samples = self.session.load(item.path, item.name)
+        samples = self.load(item)
         return self._submit_item(item, self._attribute([(item, samples)]))
 
     def _attribute(self, loaded: list[tuple[InputItem, list]]) -> list[list[Attribution]]:
@@ -259,8 +371,8 @@ class BatchRun:
 
     def _submit_item(self, item: InputItem, explained: list[list[Attribution]]) -> list[dict]:
         """Name the outputs of one input and queue them for the writer thread."""
-        out = self.outputs.out_dir
-        root = out.resolve()
+        out = self.local_out
+        root = Path(out).resolve()
         jobs: list[tuple[Attribution, str]] = []
         records = []
         for results in explained:
@@ -284,20 +396,28 @@ class BatchRun:
         return records
 
     def _write_item(self, item: InputItem, jobs, records: list[dict]) -> None:
-        """Attributions, heatmaps, then the completion marker: the marker is always last."""
-        out, style = self.outputs.out_dir, self.outputs.style
+        """Attributions, heatmaps, then the completion marker: the marker is always last
+        (in object storage too: uploaded after the files it names)."""
+        out, style = self.local_out, self.outputs.style
         for a, stem in jobs:
             defer = self.outputs.shared_scale and is_image_like(a.sample, a.prep)
             draw = self.outputs.heatmaps and not defer
-            npy, _ = a.write_files(out, stem, style=style, heatmap=draw)
+            npy, png = a.write_files(out, stem, style=style, heatmap=draw)
             if defer and self.outputs.heatmaps:
                 light = dataclasses.replace(a, attributions=None, baseline=None, sample=None)
                 light.extra = dict(a.extra, sample_path=a.sample.path, sample_name=a.sample.name)
                 self.deferred.append((light, npy, npy.with_suffix(".png")))
-        atomic_write_text(
-            record_path(out, item.name),
-            json.dumps({"input": str(item.path), "records": records}) + "\n",
-        )
+            if self.remote is not None:
+                for path in (npy, png):
+                    if path is not None:
+                        self.remote.upload(self._rel(path))
+        marker = record_path(out, item.name)
+        atomic_write_text(marker, json.dumps({"input": str(item.path), "records": records}) + "\n")
+        if self.remote is not None:
+            self.remote.upload(self._rel(marker))
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(Path(self.local_out).resolve()).as_posix()
 
     def _submit(self, job: Callable[[], None]) -> None:
         """Run file writing beside the next model calls; a few items in flight at most."""
@@ -317,6 +437,13 @@ class BatchRun:
         finally:
             self.writer.shutdown(wait=True)
 
+    def cleanup(self) -> None:
+        """Remove the local staging and fetch folders of object storage (after the report)."""
+        if self.remote is not None:
+            self.remote.cleanup()
+        if self.fetcher is not None:
+            self.fetcher.cleanup()
+
     def finish(self) -> None:
         """Wait for the writer, then draw the heatmaps that share one colour scale: a second
         pass over the saved .npy files, so memory stays flat however many images there are."""
@@ -335,14 +462,18 @@ class BatchRun:
         vmax = scale.value()
         for light, npy, png in self.deferred:
             atomic_save_png(png, self._reload(light, npy).image(style, vmax=vmax))
+            if self.remote is not None:
+                self.remote.upload(self._rel(png))
         self.deferred.clear()
 
     def _reload(self, light: Attribution, npy: Path) -> Attribution:
         """An attribution as saved: its array from the .npy, its input read again."""
         name = light.extra["sample_name"]
-        sample = next(
-            s for s in self.session.load(light.extra["sample_path"], name) if s.name == name
-        )
+        item = InputItem(light.extra["sample_path"], name)
+        try:
+            sample = next(s for s in self.load(item) if s.name == name)
+        finally:
+            self._release()
         values = np.load(npy, allow_pickle=False)[0].astype(np.float64)
         return dataclasses.replace(light, attributions=values, sample=sample)
 

@@ -118,6 +118,7 @@ rich_click.rich_click.OPTION_GROUPS = {
             "--clip-percentile", "--scale", "--channels"]},
         {"name": "Batch and CI", "options": [
             "--skip-existing", "--shard", "--max-completeness-error"]},
+        {"name": "Scale out", "options": ["--manifest", "--dask"]},
         {"name": "Resources", "options": [
             "--batch-size", "--memory-limit", "--threads", "--provider"]},
     ],
@@ -141,6 +142,7 @@ Examples:
   igcli explain model.onnx x.npy --steps auto          as many steps as completeness needs
   igcli explain model.onnx imgs/ --max-completeness-error 0.01 -q    a CI gate
   find data -name '*.png' | igcli explain model.onnx - --json > results.jsonl
+  igcli explain model.onnx --manifest m.jsonl --shard auto/4 --out s3://b/run    a job array
 """
 
 
@@ -223,7 +225,7 @@ MODEL = click.argument(
 
 @main.command(epilog=EXPLAIN_EXAMPLES)
 @MODEL
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @click.option(
     "--target",
     "targets",
@@ -436,10 +438,9 @@ MODEL = click.argument(
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("igcli-out"),
+    default="igcli-out",
     show_default=True,
-    help="Output folder.",
+    help="Output folder, or an object storage URL (s3://, gs://, az://; igcli[cloud]).",
 )
 @click.option(
     "--json",
@@ -455,7 +456,25 @@ MODEL = click.argument(
     is_flag=True,
     help="Skip inputs whose outputs are complete and newer than the model.",
 )
-@click.option("--shard", help="Process shard K of N (K/N) of the inputs, split by name.")
+@click.option(
+    "--shard",
+    metavar="K/N|auto/N",
+    help="Process shard K of N of the inputs, split by name; auto/N takes K from "
+    "IGCLI_SHARD, JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID (0-based). Reports are "
+    "named report.shard-K-of-N.*.",
+)
+@click.option(
+    "--manifest",
+    metavar="FILE",
+    help="Read the inputs and their output names from a manifest (igcli plan) instead of "
+    "INPUTS, so every shard agrees.",
+)
+@click.option(
+    "--dask",
+    metavar="ADDRESS|local:N",
+    help="Spread the inputs over Dask workers: a scheduler address, or local:N for N local "
+    "worker processes (igcli[dask]).",
+)
 @click.option(
     "--max-completeness-error",
     type=click.FloatRange(0),
@@ -545,13 +564,15 @@ def explain(
     mean: str | None,
     std: str | None,
     labels_file: Path | None,
-    out_dir: Path,
+    out_dir: str,
     json_lines: bool,
     quiet: bool,
     recursive: bool,
     pattern: str | None,
     skip_existing: bool,
     shard: str | None,
+    manifest: str | None,
+    dask: str | None,
     max_completeness_error: float | None,
     overlay: str,
     sign: str,
@@ -562,11 +583,15 @@ def explain(
     no_cache: bool,
 ) -> None:
     """Explain MODEL's prediction for each INPUT (image, .npy, .csv, folder, or - for stdin;
-    for token models .npy token ids, .txt with one text per line, or .jsonl)."""
+    for token models .npy token ids, .txt with one text per line, or .jsonl; local paths or
+    object storage URLs)."""
+    import functools
+
     from igcli.batch import OutputSettings, discover
     from igcli.discovery import TargetTable
     from igcli.run import plan, run_explain
     from igcli.session import AttributionSettings, Session
+    from igcli.storage import location
     from igcli.visualize import HeatmapStyle
 
     messages.quiet = quiet
@@ -593,9 +618,19 @@ def explain(
         ),
     )
     settings.check()
-    found = discover(list(inputs), recursive, pattern, sys.stdin)
-    the_plan = plan(found, shard)
-    session = Session(
+    if manifest is not None:
+        from igcli.manifest import read_manifest
+
+        if inputs:
+            raise UsageError("give INPUTS or --manifest, not both")
+        read = read_manifest(manifest)
+        the_plan = plan(read.found, shard, manifest=read)
+    elif not inputs:
+        raise UsageError("no INPUTS given (or --manifest FILE)")
+    else:
+        the_plan = plan(discover(list(inputs), recursive, pattern, sys.stdin), shard)
+    make_session = functools.partial(  # Dask workers make their own from the same options
+        Session,
         model,
         input=input_name,
         output=output,
@@ -618,8 +653,9 @@ def explain(
         aggregate=aggregate,
         tokenizer=tokenizer,
     )
+    session = make_session()
     outputs = OutputSettings(
-        out_dir=out_dir,
+        out_dir=location(out_dir),
         style=HeatmapStyle(overlay, sign, clip_percentile, reduce),
         heatmaps=not no_heatmaps,
         shared_scale=scale == "shared",
@@ -636,8 +672,36 @@ def explain(
         outputs=outputs,
         messages=messages,
         targets_from=table,
+        dask=dask,
+        session_factory=make_session,
     )
     sys.exit(int(code))
+
+
+@main.command("plan")
+@MODEL
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--recursive", "-r", is_flag=True, help="Walk folders recursively.")
+@click.option("--glob", "pattern", help="Only files matching this pattern in folders.")
+def plan_cmd(model: Path, inputs: tuple[str, ...], recursive: bool, pattern: str | None) -> None:
+    """Walk INPUTS once and print a manifest (JSON Lines) fixing each input's output name.
+
+    Run every shard with `igcli explain MODEL --manifest FILE --shard ...`: they then agree
+    on the inputs, their names and the partition, and none walks the inputs again.
+    """
+    from igcli.batch import discover
+    from igcli.errors import ModelError
+    from igcli.manifest import manifest_lines
+    from igcli.model import model_hash
+
+    try:
+        sha = model_hash(model)
+    except OSError as exc:
+        raise ModelError(f"cannot read the model ({exc.strerror or exc})", model) from None
+    found = discover(list(inputs), recursive, pattern, sys.stdin)
+    for line in manifest_lines(found, str(model), sha):
+        click.echo(line)
+    messages.info(f"planned {len(found.items)} input(s), skipped {len(found.skipped)} file(s)")
 
 
 @main.command()
@@ -944,32 +1008,78 @@ def _random_sample(session, rng):
 
 
 @main.command("merge-reports")
-@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True))
+@click.argument("reports", nargs=-1, required=True)
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path, file_okay=False),
     required=True,
-    help="Folder for the merged report.html/json/md/csv.",
+    help="Folder (or object storage URL) for the merged report.html/json/md/csv.",
 )
-def merge_reports_cmd(reports: tuple[Path, ...], out_dir: Path) -> None:
-    """Join report.json files of shards (or folders holding them) into one report."""
+@click.option(
+    "--expect",
+    type=click.IntRange(1),
+    metavar="N",
+    help="The reports must be shards 1..N of N, each exactly once, of one plan (exit 8 if not).",
+)
+@click.option(
+    "--manifest",
+    metavar="FILE",
+    help="Order the records as this manifest lists the inputs (default: the shards' "
+    "manifest, when readable, else by name).",
+)
+def merge_reports_cmd(
+    reports: tuple[str, ...], out_dir: str, expect: int | None, manifest: str | None
+) -> None:
+    """Join the reports of shards (report.json files, or folders holding report.json or
+    report.shard-K-of-N.json files) into one report of the whole run."""
     from igcli.outputs import check_writable
-    from igcli.report import merge_reports
+    from igcli.report import find_reports, merge_reports
+    from igcli.storage import check_writable as check_remote
+    from igcli.storage import is_url, location
 
-    paths = [p / "report.json" if p.is_dir() else p for p in reports]
-    merged = merge_reports(paths)
-    check_writable(out_dir)
-    merged.write(out_dir)
+    paths = [p for where in reports for p in find_reports(location(where))]
+    order = _manifest_order(manifest, paths)
+    merged = merge_reports(paths, expect=expect, order=order)
+    out = location(out_dir)
+    if is_url(str(out)):
+        check_remote(str(out))
+    else:
+        check_writable(out)
+    merged.write(out)
     s = merged.summary()
     messages.info(
         f"merged {len(paths)} reports: {s['explained']} explained, {s['failed']} failed "
-        f"-> {out_dir}/report.json"
+        f"-> {str(out).rstrip('/')}/report.json"
     )
     if s["failed"]:
         sys.exit(int(ExitCode.INPUTS_FAILED))
     if merged.gate and not merged.gate["passed"]:
         sys.exit(int(ExitCode.COMPLETENESS))
+
+
+def _manifest_order(manifest: str | None, paths: list) -> dict[str, int] | None:
+    """Names in manifest order: the given manifest, else the one the shards ran from when it
+    can still be read and is unchanged; None (order by name) otherwise."""
+    from igcli.manifest import read_manifest
+    from igcli.report import load_report
+
+    if manifest is None:
+        try:
+            described = (load_report(paths[0]).get("settings") or {}).get("plan") or {}
+        except IgcliError:
+            return None  # merge_reports says what is wrong with it
+        recorded = described.get("manifest") if isinstance(described, dict) else None
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("path"), str):
+            return None
+        try:
+            read = read_manifest(recorded["path"])
+        except IgcliError:
+            return None
+        if read.sha256 != recorded.get("sha256"):
+            return None
+    else:
+        read = read_manifest(manifest)
+    return {item.name: k for k, item in enumerate(read.found.items)}
 
 
 @main.group()

@@ -47,9 +47,10 @@ from igcli.inputs import SUPPORTED_SUFFIXES, TABLE_SUFFIXES
 
 @dataclass
 class InputItem:
-    path: Path
+    path: Path  # or a storage.URL (object storage)
     name: str  # output stem relative to --out, no suffix
     problem: str | None = None  # set when the file is refused before reading
+    rows: int | None = None  # a CSV's data rows, when a manifest says (for progress)
 
     @property
     def is_table(self) -> bool:
@@ -164,6 +165,9 @@ def discover(
             for path in read_path_list(stdin):
                 add(path, path.stem)
             continue
+        if _is_remote(arg):
+            _discover_remote(arg, recursive, pattern, add, skip)
+            continue
         path = Path(arg)
         if not path.is_dir():
             add(path, path.stem)
@@ -188,6 +192,33 @@ def discover(
         found.items.append(item)
     unique_names(found.items, {id(item): text for item, text in given})
     return found
+
+
+def _is_remote(arg: str) -> bool:
+    from igcli.storage import is_url
+
+    return is_url(arg)
+
+
+def _discover_remote(arg: str, recursive: bool, pattern: str | None, add, skip) -> None:
+    """A URL: an object, or a prefix listed like a folder (names relative to it)."""
+    from igcli.storage import URL, isdir, list_files
+
+    url = URL(arg.rstrip("/"))
+    if not isdir(url):
+        add(url, url.stem)
+        return
+    root = url.rstrip("/") + "/"
+    for file in list_files(url, recursive):
+        rel = file[len(root) :] if file.startswith(root) else file.name
+        if pattern is None:
+            if file.suffix.lower() not in SUPPORTED_SUFFIXES:
+                skip(file, "not a supported file type")
+                continue
+        elif not (fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(file.name, pattern)):
+            continue
+        stem = rel[: -len(file.suffix)] if file.suffix else rel
+        add(file, stem)
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -318,23 +349,74 @@ def unique_names(items: list[InputItem], given: dict[int, str] | None = None) ->
                 level[id(item)] = stage
 
 
-def parse_shard(spec: str | None) -> tuple[int, int] | None:
+SHARD_VARIABLES = (
+    # (variable, what it counts from) in the order they are tried; the first one set wins
+    ("IGCLI_SHARD", "0-based"),
+    ("JOB_COMPLETION_INDEX", "0-based"),  # a Kubernetes Indexed Job
+    ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN"),  # a Slurm job array: counts from its MIN
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `k` of `n` (k counts from 1), and where k came from (`--shard auto/N`)."""
+
+    k: int
+    n: int
+    source: str | None = None  # e.g. "JOB_COMPLETION_INDEX=0"
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+    @property
+    def tag(self) -> str:
+        """What a shard's report files are named by: report.shard-K-of-N.json."""
+        return f"shard-{self.k}-of-{self.n}"
+
+
+def parse_shard(spec: str | None, environ: dict | None = None) -> Shard | None:
+    """`K/N` (1 <= K <= N), or `auto/N`: K from the first of SHARD_VARIABLES that is set,
+    each of them counting from 0 (Slurm's from SLURM_ARRAY_TASK_MIN)."""
     if spec is None:
         return None
+    k_text, sep, n_text = str(spec).partition("/")
     try:
-        k, n = (int(v) for v in spec.split("/"))
+        n = int(n_text)
+        k = None if k_text.strip() == "auto" else int(k_text)
     except ValueError:
-        raise UsageError(f"--shard {spec!r}: use K/N, e.g. 2/4") from None
-    if not (n >= 1 and 1 <= k <= n):
-        raise UsageError(f"--shard {spec!r}: need 1 <= K <= N")
-    return k, n
+        raise UsageError(f"--shard {spec!r}: use K/N (e.g. 2/4) or auto/N") from None
+    if not sep or n < 1:
+        raise UsageError(f"--shard {spec!r}: use K/N (e.g. 2/4) or auto/N")
+    if k is not None:
+        if not 1 <= k <= n:
+            raise UsageError(f"--shard {spec!r}: need 1 <= K <= N")
+        return Shard(k, n)
+    env = os.environ if environ is None else environ
+    for variable, base in SHARD_VARIABLES:
+        text = env.get(variable)
+        if text is None or not text.strip():
+            continue
+        try:
+            index = int(text)
+            first = 0 if base == "0-based" else int(env.get(base, "0") or 0)
+        except ValueError:
+            raise UsageError(f"--shard auto/{n}: {variable}={text!r} is not a number") from None
+        k = index - first + 1
+        if not 1 <= k <= n:
+            raise UsageError(
+                f"--shard auto/{n}: {variable}={text} gives shard {k}, not in 1..{n} "
+                f"({variable} counts from {first})"
+            )
+        return Shard(k, n, f"{variable}={text}")
+    names = ", ".join(v for v, _ in SHARD_VARIABLES)
+    raise UsageError(f"--shard auto/{n}: none of {names} is set")
 
 
-def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
+def in_shard(name: str, shard: Shard | tuple[int, int] | None) -> bool:
     """A stable hash of the output name decides the shard: same split on every machine."""
     if shard is None:
         return True
-    k, n = shard
+    k, n = (shard.k, shard.n) if isinstance(shard, Shard) else shard
     digest = int(hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16)
     return digest % n == k - 1
 

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     COMPLETENESS = 5  # the completeness gate (--max-completeness-error) failed
     OUTPUT = 6  # the output folder cannot be written
     GRADIENTS = 7  # no gradient graph when one was required, or gradcheck out of tolerance
+    SHARDS = 8  # merge-reports --expect N: a shard is missing, duplicated or of another run
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -52,6 +53,12 @@ class OutputError(IgcliError):
 
 class GradientError(IgcliError):
     exit_code = ExitCode.GRADIENTS
+
+
+class ShardError(IgcliError):
+    """Shard reports that do not add up to one whole run (merge-reports --expect)."""
+
+    exit_code = ExitCode.SHARDS
 
 
 class UnsupportedOpsError(GradientError):

@@ -11,7 +11,11 @@ import io
 import itertools
 import json
 import math
+import os
 import platform
+import posixpath
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +25,7 @@ from pathlib import Path
 import onnxruntime
 
 from igcli import __version__
-from igcli.errors import IgcliError, UsageError
+from igcli.errors import IgcliError, ShardError, UsageError
 from igcli.files import first_line, os_reason
 from igcli.html_report import render_html
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -181,39 +185,63 @@ class RunReport:
         self.gate = {"max": limit, "passed": not failing, "failing": failing}
         return failing
 
-    def write(self, out_dir: Path) -> None:
-        """report.json, .csv, .md and .html, each written whole; the records stream from the
-        spool, so writing a 100,000-row report does not hold 100,000 dicts."""
-        atomic_write_chunks(out_dir / "report.json", self._json_chunks())
-        atomic_write_chunks(out_dir / "report.csv", self._csv_chunks())
-        atomic_write_text(out_dir / "report.md", self.to_markdown())
-        data = {
-            **self._header(),
-            "results": self.results,  # re-iterable: the page reads it in several passes
-            "failures": [json_record(f) for f in self.failures],
-            "skipped": self.skipped,
-        }
-        roots = [r.get("_root") for r in self.results]  # a merged result's shard folder
-        atomic_write_text(out_dir / "report.html", render_html(data, out_dir, roots))
+    def write(self, out_dir, stem: str = "report", staging: Path | None = None) -> list[str]:
+        """`<stem>`.json, .csv, .md and .html, each written whole (a shard's stem is
+        `report.shard-K-of-N`); report.json streams its results from the spool, so its size
+        does not come on top of the run's memory. `out_dir` may be a URL: the files are
+        written in `staging` (or a temporary folder) and uploaded whole. Returns the names.
 
-    def _json_chunks(self) -> Iterator[str]:
+        A merged result's `_root` (its shard's folder) stays in memory: its file links are
+        rewritten relative to `out_dir`, and report.html is given the roots."""
+        from igcli.storage import is_url, upload
+
+        remote = is_url(str(out_dir))
+        own_tmp = remote and staging is None
+        local = Path(tempfile.mkdtemp(prefix="igcli-report-")) if own_tmp else (
+            Path(staging) if remote else Path(out_dir)
+        )  # fmt: skip
+        names = [f"{stem}.{kind}" for kind in ("json", "csv", "md", "html")]
+        try:
+            atomic_write_chunks(local / names[0], self._json_chunks(str(out_dir)))
+            atomic_write_chunks(local / names[1], self._csv_chunks(str(out_dir)))
+            atomic_write_text(local / names[2], self.to_markdown())
+            data = {
+                **self._header(),
+                "results": self.results,  # re-iterable: the page reads it in several passes
+                "failures": [json_record(f) for f in self.failures],
+                "skipped": self.skipped,
+            }
+            roots = [r.get("_root") for r in self.results]  # a merged result's shard folder
+            page = local if remote and not any(roots) else Path(str(out_dir))
+            atomic_write_text(local / names[3], render_html(data, page, roots))
+            if remote:
+                for name in names:
+                    upload(local / name, f"{str(out_dir).rstrip('/')}/{name}")
+        finally:
+            if own_tmp:
+                shutil.rmtree(local, ignore_errors=True)
+        return names
+
+    def _json_chunks(self, out_dir: str | None = None) -> Iterator[str]:
         head = json.dumps(self._header(), indent=2)
         yield head[:-2] + ",\n"  # without the closing brace: the lists follow
         for key, records in (("results", self.results), ("failures", self.failures)):
             yield f'  "{key}": ['
             for k, r in enumerate(records):
-                yield ("," if k else "") + "\n    " + json.dumps(json_record(r))
+                record = json_record(relinked(r, out_dir))
+                yield ("," if k else "") + "\n    " + json.dumps(record)
             yield "\n  ],\n"
         yield f'  "skipped": {json.dumps(self.skipped)}\n}}\n'
 
-    def to_csv(self) -> str:
-        return "".join(self._csv_chunks())
+    def to_csv(self, out_dir: str | None = None) -> str:
+        return "".join(self._csv_chunks(out_dir))
 
-    def _csv_chunks(self) -> Iterator[str]:
+    def _csv_chunks(self, out_dir: str | None = None) -> Iterator[str]:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in itertools.chain(self.results, self.failures):
+            row = relinked(row, out_dir)
             writer.writerow({k: row.get(k) for k in CSV_FIELDS})
             if buf.tell() > 1 << 16:
                 yield buf.getvalue()
@@ -323,6 +351,41 @@ def _method_text(r: dict) -> str:
     return ", ".join(parts)
 
 
+FILE_FIELDS = ("attributions_file", "heatmap_file")
+
+
+def relinked(record: dict, out_dir: str | None) -> dict:
+    """A merged record with its file links relative to `out_dir` instead of its shard's
+    folder (`_root`); other records as they are."""
+    root = record.get("_root")
+    if root is None or out_dir is None:
+        return record
+    out = dict(record)
+    for key in FILE_FIELDS:
+        if out.get(key):
+            out[key] = relative_link(str(root), str(out[key]), str(out_dir))
+    return out
+
+
+def relative_link(root: str, rel: str, out_dir: str) -> str:
+    """`root/rel` as seen from `out_dir` (both folders, local paths or URLs of one store);
+    absolute when no relative link reaches it."""
+    from igcli.storage import is_url
+
+    target = f"{root.rstrip('/')}/{rel}"
+    if is_url(root) or is_url(out_dir):
+        a, b = root.split("://", 1), out_dir.split("://", 1)
+        if len(a) != 2 or len(b) != 2 or a[0] != b[0] or a[1].split("/")[0] != b[1].split("/")[0]:
+            return target
+        return posixpath.relpath("/" + target.split("://", 1)[1], "/" + b[1])
+    try:
+        return os.path.relpath(os.path.abspath(target), os.path.abspath(out_dir)).replace(
+            os.sep, "/"
+        )
+    except ValueError:  # another drive (Windows)
+        return Path(os.path.abspath(target)).as_posix()
+
+
 def percent(value) -> str:
     """A relative error as a percentage with 3 significant digits ("0.0123%", "1.2e-05%")."""
     try:
@@ -332,11 +395,14 @@ def percent(value) -> str:
     return f"{value * 100:.3g}%" if math.isfinite(value) else str(value)
 
 
-def load_report(path: Path) -> dict:
-    """A report.json, checked record by record: a malformed one is a one-line UsageError
-    naming the file and the record, never a crash while merging."""
+def load_report(path) -> dict:
+    """A report.json (a path or URL), checked record by record: a malformed one is a one-line
+    UsageError naming the file and the record, never a crash while merging."""
+    from igcli.storage import URL, read_bytes
+
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        raw = read_bytes(path) if isinstance(path, URL) else path.read_bytes()
+        data = json.loads(raw.decode("utf-8-sig"))
     except (OSError, ValueError) as exc:
         reason = os_reason(exc) if isinstance(exc, OSError) else first_line(exc)
         raise UsageError(f"not a readable report ({reason})", path) from None
@@ -416,32 +482,77 @@ def _check_report(data: dict, path: Path) -> None:
         raise UsageError("'gate' must be an object with a numeric 'max'", path)
 
 
-def merge_reports(paths: list[Path]) -> RunReport:
-    """Join the reports of shards of one run (same model) into one."""
+SHARD_REPORT = re.compile(r"^report\.shard-(\d+)-of-(\d+)\.json$")
+_PER_MACHINE = ("batch_size", "memory_budget", "memory_per_row", "provider", "threads")
+_ROW_NAME = re.compile(r"^(.*)_row(\d+)$", re.DOTALL)
+
+
+def input_order(order: dict[str, int] | None):
+    """Sort key of records by input: the manifest's order when given (CSV rows by their
+    file's place, then row number), else by name (rows numerically)."""
+
+    def key(record: dict):
+        name = str(record.get("name", ""))
+        m = _ROW_NAME.match(name)
+        base, row = (m.group(1), int(m.group(2))) if m else (name, -1)
+        if order is not None:
+            if name in order:
+                return (0, order[name], -1, "")
+            if base in order:
+                return (0, order[base], row, "")
+            return (1, 0, row, name)
+        return (0, 0, row, base) if m else (0, 0, -1, name)
+
+    return key
+
+
+def merge_reports(
+    paths: list, expect: int | None = None, order: dict[str, int] | None = None
+) -> RunReport:
+    """Join the reports of the shards of one run (same model) into the report of the run.
+
+    Records are ordered by input (`order`: a manifest's names and places; else by name).
+    With `expect`, the reports must be shards 1..N of N, each once, of one plan and one set
+    of settings, or a ShardError (exit 8) says what is missing."""
     if not paths:
         raise UsageError("merge-reports needs at least one report.json")
     reports = [load_report(p) for p in paths]
     hashes = {r.get("model_sha256") for r in reports}
     if len(hashes) > 1:
         raise UsageError("reports are of different models (model_sha256 differs)")
+    if expect is not None:
+        check_shards(paths, reports, expect)
     first = reports[0]
     settings = dict(first.get("settings", {}))
+    shard_settings = [rep.get("settings", {}) for rep in reports]
     # One shard's elapsed time is not the merged run's: keep each shard's, as it was.
     settings["merged_from"] = [
         {
             "report": str(path),
-            "shard": rep.get("settings", {}).get("shard"),
+            "shard": s.get("shard"),
+            "shard_source": s.get("shard_source"),
             "explained": len(rep["results"]),
             "failed": len(rep.get("failures", [])),
-            "wall_time_s": rep.get("settings", {}).get("wall_time_s"),
-            "model_time_s": rep.get("settings", {}).get("model_time_s"),
+            "wall_time_s": s.get("wall_time_s"),
+            "model_time_s": s.get("model_time_s"),
+            **{key: s.get(key) for key in _PER_MACHINE},
         }
-        for path, rep in zip(paths, reports, strict=True)
+        for path, rep, s in zip(paths, reports, shard_settings, strict=True)
     ]
-    for key in ("shard", "wall_time_s", "model_time_s"):
+    for key in ("shard", "shard_source", "wall_time_s"):
         settings[key] = None
+    times = [s.get("model_time_s") for s in shard_settings]
+    ok = all(isinstance(t, (int, float)) for t in times)
+    settings["model_time_s"] = round(sum(times), 3) if ok else None  # the run's compute
+    for key in _PER_MACHINE:  # the run's when every shard agrees, else see merged_from
+        values = {json.dumps(s.get(key)) for s in shard_settings}
+        settings[key] = shard_settings[0].get(key) if len(values) == 1 else None
+    settings["shards"] = len(reports)
     merged = RunReport(first.get("model", ""), first.get("model_sha256", ""), settings)
     seen = set()
+    results = []
+    failures = []
+    failed = set()
     for path, rep in zip(paths, reports, strict=True):
         for r in rep["results"]:
             key = (r["input"], r["name"], r["target"])
@@ -449,15 +560,95 @@ def merge_reports(paths: list[Path]) -> RunReport:
                 seen.add(key)
                 record = {k: v for k, v in r.items() if k != "schema_version"}
                 # heatmap_file and attributions_file are relative to the shard's folder
-                record["_root"] = str(path.parent)
-                merged.results.append(record)
-        merged.failures += [
-            {k: v for k, v in f.items() if k != "schema_version"} for f in rep.get("failures", [])
-        ]
+                record["_root"] = str(_parent(path))
+                results.append(record)
+        for f in rep.get("failures", []):
+            key = (f["input"], f.get("name"), f["error"])
+            if key not in failed:
+                failed.add(key)
+                failures.append({k: v for k, v in f.items() if k != "schema_version"})
+        merged.resumed += int((rep.get("summary") or {}).get("resumed") or 0)
+        for entry in rep.get("skipped") or []:
+            if entry not in merged.skipped:  # every shard saw the same listing
+                merged.skipped.append(entry)
+    sort_key = input_order(order)
+    merged.results.extend(sorted(results, key=sort_key))
+    merged.failures = sorted(failures, key=sort_key)
+    merged.started = min((str(r.get("started") or "") for r in reports), default=merged.started)
     gates = [r["gate"] for r in reports if r.get("gate")]
     if gates:
         merged.apply_gate(float(gates[0]["max"]))
     return merged
+
+
+def _parent(path):
+    from igcli.storage import URL
+
+    return path.parent if isinstance(path, (Path, URL)) else Path(path).parent
+
+
+def check_shards(paths: list, reports: list[dict], expect: int) -> None:
+    """Shards 1..expect, each exactly once, planned alike and run with the same settings."""
+    where: dict[int, list[str]] = {}
+    for path, rep in zip(paths, reports, strict=True):
+        text = str((rep.get("settings") or {}).get("shard") or "")
+        k, _, n = text.partition("/")
+        if not (k.isdigit() and n.isdigit()):
+            raise ShardError(
+                f"not a shard's report (it ran without --shard); expected 1 of {expect}", path
+            )
+        if int(n) != expect:
+            raise ShardError(f"is shard {text}, not a shard of {expect}", path)
+        where.setdefault(int(k), []).append(str(path))
+    doubled = {k: v for k, v in where.items() if len(v) > 1}
+    if doubled:
+        k, v = min(doubled.items())
+        raise ShardError(f"shard {k}/{expect} given {len(v)} times: {', '.join(v)}")
+    missing = [k for k in range(1, expect + 1) if k not in where]
+    if missing:
+        names = ", ".join(f"{k}/{expect}" for k in missing)
+        raise ShardError(
+            f"{len(missing)} of {expect} shard reports missing: {names} "
+            f"(found {len(where)}; did a shard fail or write elsewhere?)"
+        )
+    plans = {json.dumps((rep.get("settings") or {}).get("plan"), sort_keys=True) for rep in reports}
+    if len(plans) > 1:
+        raise ShardError(
+            "the shards planned different inputs (the input listing changed between them?); "
+            "plan once with `igcli plan` and run every shard with --manifest"
+        )
+    made = {r.get("settings_hash") for rep in reports for r in rep["results"]} - {None}
+    if len(made) > 1:
+        raise ShardError("the shards ran with different settings (settings_hash differs)")
+
+
+def find_reports(where) -> list:
+    """The report(s) a merge-reports argument names: a report.json, or a folder holding
+    shard reports (report.shard-K-of-N.json, all of them) or else a report.json."""
+    from igcli.storage import URL, filesystem, is_url
+
+    if is_url(str(where)):
+        url = URL(str(where))
+        if url.endswith(".json"):
+            return [url]
+        fs, path = filesystem(url)
+        try:
+            names = [posixpath.basename(p) for p in fs.ls(path, detail=False)]
+        except Exception:
+            names = []
+        shards = sorted((n for n in names if SHARD_REPORT.match(n)), key=_shard_number)
+        return [url / n for n in shards] or [url / "report.json"]
+    path = Path(where)
+    if not path.is_dir():
+        return [path]
+    shards = sorted((p.name for p in path.glob("report.shard-*-of-*.json")
+                     if SHARD_REPORT.match(p.name)), key=_shard_number)  # fmt: skip
+    return [path / n for n in shards] or [path / "report.json"]
+
+
+def _shard_number(name: str) -> tuple[int, int]:
+    m = SHARD_REPORT.match(name)
+    return (int(m.group(2)), int(m.group(1))) if m else (0, 0)
 
 
 def _over(value, limit: float) -> bool:

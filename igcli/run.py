@@ -1,21 +1,33 @@
-"""`igcli explain` end to end: plan (discovery, names, shard) -> execute (a BatchRun over one
-Session) -> finish (reports, gate, exit code). Each step is a function another program can
-call; the command line calls them in this order.
+"""`igcli explain` end to end, as three steps another program can call (the CLI does):
+
+    from igcli.run import plan, start, execute, finish
+
+    the_plan = plan(discover(["photos/"], recursive=True), shard="auto/4")  # names, shard
+    batch = start(session, the_plan, settings=settings, outputs=outputs)    # one per process
+    execute(batch, the_plan.items)          # any number of times: a batch of inputs each
+    code = finish(batch, the_plan)          # reports, completeness gate, the exit code
+
+`plan` decides what a run explains and how each output is named (from a walk of the inputs
+or from a manifest, so every shard agrees); `execute` explains inputs on one model session
+and may be called for batch after batch (a long-lived worker keeps one BatchRun);
+`finish` writes report.json/csv/md/html (`report.shard-K-of-N.*` for a shard) and returns
+the documented exit code. `run_explain` is the three in a row, with Ctrl-C handled.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from igcli import methods
-from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings, in_shard, parse_shard
+from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings
 from igcli.console import Messages
-from igcli.discovery import TargetTable, count_table_rows
+from igcli.discovery import Shard, TargetTable, count_table_rows, in_shard, parse_shard
 from igcli.errors import ExitCode
-from igcli.outputs import check_writable
 from igcli.report import RunReport
 from igcli.session import AttributionSettings, Session
 
@@ -27,13 +39,35 @@ class Plan:
     items: list[InputItem]
     skipped: list[tuple[str, str]]
     discovered: int  # inputs found before sharding (an empty shard of many is no error)
-    shard: str | None = None
+    shard: Shard | None = None
+    digest: str = ""  # of every input's path and name: shards of one run agree on it
+    manifest: dict | None = None  # {"path", "sha256"} when the plan came from a manifest
+    first: list[InputItem] = field(default_factory=list)  # the whole plan's first inputs
+
+    @property
+    def report_stem(self) -> str:
+        """Shards sharing one --out name their reports apart: report.shard-K-of-N.json."""
+        return f"report.{self.shard.tag}" if self.shard else "report"
+
+    def describe(self) -> dict:
+        """The plan as a report's settings say it (merge-reports compares shards by it)."""
+        return {"inputs": self.discovered, "sha256": self.digest, "manifest": self.manifest}
 
 
-def plan(found: Discovery, shard: str | None = None) -> Plan:
-    spec = parse_shard(shard)
+def plan(found: Discovery, shard: str | Shard | None = None, manifest=None) -> Plan:
+    """This shard's share of `found` (every input when `shard` is None). `shard` is "K/N",
+    "auto/N" (K from the environment: see discovery.parse_shard) or a Shard; `manifest` the
+    manifest.Manifest `found` was read from, if any."""
+    spec = shard if isinstance(shard, Shard) or shard is None else parse_shard(shard)
+    digest = hashlib.sha256()
+    for item in found.items:
+        digest.update(json.dumps([str(item.path), item.name]).encode("utf-8", "surrogateescape"))
     items = [item for item in found.items if in_shard(item.name, spec)]
-    return Plan(items, found.skipped, len(found.items), shard)
+    described = {"path": manifest.source, "sha256": manifest.sha256} if manifest else None
+    first = [item for item in found.items[:8] if not item.problem]
+    return Plan(
+        items, found.skipped, len(found.items), spec, digest.hexdigest()[:16], described, first
+    )
 
 
 def new_report(session: Session, settings: AttributionSettings, targets, shard) -> RunReport:
@@ -57,46 +91,12 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
         "fd_step": session.fd_step,
         "gradient_source": session.gradient_source,
         "graph_blockers": session.graph_blockers,
-        "shard": shard,
+        "shard": str(shard) if shard else None,
     }
     return RunReport(str(session.model_path), session.sha256, described)
 
 
-def execute(batch: BatchRun, items: list[InputItem], messages: Messages) -> None:
-    """Explain every item, a group of inputs per model call where they fit; CSV rows count
-    as inputs of their own."""
-    total = sum(count_table_rows(item.path) if item.is_table else 1 for item in items)
-    with messages.progress(total) as progress:
-        k = 0
-        while k < len(items):
-            group = items[k : k + batch.group_size()]  # rows per call are known after the first
-            batch.process(group, progress.advance)
-            k += len(group)
-
-
-def run_explain(
-    session: Session,
-    the_plan: Plan,
-    *,
-    settings: AttributionSettings,
-    targets: list[int] | None,
-    outputs: OutputSettings,
-    messages: Messages,
-    targets_from: TargetTable | None = None,
-) -> ExitCode:
-    """Explain every planned input; write the reports; return the exit code (README.md)."""
-    if not the_plan.discovered and not the_plan.skipped:
-        messages.error("no inputs to explain")
-        return ExitCode.INPUTS_FAILED
-    check_writable(outputs.out_dir)
-    report = new_report(session, settings, targets, the_plan.shard)
-    report.skipped = [{"input": p, "reason": r} for p, r in the_plan.skipped]
-    for path, reason in the_plan.skipped[:5]:
-        messages.warn(f"skipped {path}: {reason}")
-    if len(the_plan.skipped) > 5:
-        more = len(the_plan.skipped) - 5
-        messages.warn(f"skipped {more} more file(s) that are not inputs (listed in report.json)")
-
+def _stdout_emitter():
     stdout_open = True
 
     def emit(line: str) -> None:
@@ -111,6 +111,43 @@ def run_explain(
             stdout_open = False
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
+    return emit
+
+
+def start(
+    session: Session,
+    the_plan: Plan,
+    *,
+    settings: AttributionSettings,
+    outputs: OutputSettings,
+    targets: list[int] | None = None,
+    messages: Messages | None = None,
+    targets_from: TargetTable | None = None,
+    emit=None,
+) -> BatchRun:
+    """The BatchRun that explains this plan's inputs: output folder checked, report begun
+    (settings, skipped files), the gradient graph self-checked at the plan's first input."""
+    from igcli.outputs import check_writable
+    from igcli.storage import check_writable as check_remote
+    from igcli.storage import is_url, location
+
+    messages = messages or Messages()
+    outputs.out_dir = location(outputs.out_dir)
+    if is_url(str(outputs.out_dir)):
+        check_remote(str(outputs.out_dir))
+    else:
+        check_writable(outputs.out_dir)
+    report = new_report(session, settings, targets, the_plan.shard)
+    report.settings["plan"] = the_plan.describe()
+    if the_plan.shard and the_plan.shard.source:
+        report.settings["shard_source"] = the_plan.shard.source
+    report.skipped = [{"input": p, "reason": r} for p, r in the_plan.skipped]
+    for path, reason in the_plan.skipped[:5]:
+        messages.warn(f"skipped {path}: {reason}")
+    if len(the_plan.skipped) > 5:
+        more = len(the_plan.skipped) - 5
+        messages.warn(f"skipped {more} more file(s) that are not inputs (listed in report.json)")
+
     def warn(message: str) -> None:
         if message.startswith("error: "):
             messages.error(message[len("error: ") :])
@@ -118,14 +155,54 @@ def run_explain(
             messages.warn(message)
 
     targets_for = targets_from.for_item if targets_from is not None else None
-    batch = BatchRun(session, settings, targets, outputs, report, emit, warn, targets_for)
-    start = time.perf_counter()
-    interrupted = False
-    try:
-        execute(batch, the_plan.items, messages)
+    batch = BatchRun(
+        session, settings, targets, outputs, report, emit or _stdout_emitter(), warn, targets_for
+    )
+    batch.check_gradients_at(the_plan.first)
+    return batch
+
+
+def count_inputs(items: list[InputItem]) -> int:
+    """Inputs to explain, CSV rows counted one by one (from the manifest when it says)."""
+    from igcli.storage import URL
+
+    def rows(item: InputItem) -> int:
+        if item.rows is not None:
+            return max(1, item.rows)
+        return 1 if isinstance(item.path, URL) else count_table_rows(item.path)
+
+    return sum(rows(item) if item.is_table else 1 for item in items)
+
+
+def execute(batch: BatchRun, items: list[InputItem], messages: Messages | None = None) -> None:
+    """Explain every item, a group of inputs per model call where they fit; CSV rows count
+    as inputs of their own. May be called again with more items on the same batch."""
+    messages = messages or Messages(quiet=True)
+    with messages.progress(count_inputs(items)) as progress:
+        k = 0
+        while k < len(items):
+            group = items[k : k + batch.group_size()]  # rows per call are known after the first
+            batch.process(group, progress.advance)
+            k += len(group)
+
+
+def finish(
+    batch: BatchRun,
+    the_plan: Plan,
+    messages: Messages | None = None,
+    *,
+    targets_from: TargetTable | None = None,
+    interrupted: bool = False,
+    started: float | None = None,
+) -> ExitCode:
+    """Wait for the writes, write the reports, apply the completeness gate and return the
+    exit code (docs/reference.md). `interrupted`: the run was stopped (exit 130);
+    `started`: time.perf_counter() when it began, for the report's wall time."""
+    messages = messages or Messages()
+    session, report, outputs = batch.session, batch.report, batch.outputs
+    if not interrupted:
         batch.finish()
-    except KeyboardInterrupt:
-        interrupted = True
+    else:
         batch.close()  # inputs already explained are still written whole
     if targets_from is not None and targets_from.unused():
         unused = targets_from.unused()
@@ -135,22 +212,25 @@ def run_explain(
             f"{', '.join(unused[:5])}{more}"
         )
     failing = batch.apply_gate()
-    report.settings["wall_time_s"] = round(time.perf_counter() - start, 3)
-    report.settings["model_time_s"] = round(session.model_seconds, 3)
-    runner = session.runner
-    report.settings["batch_size"] = runner.tuner.next_size() if runner.tuner else runner.batch_size
-    report.settings["batch_size_cap"] = runner.batch_size  # what the memory budget allows
-    report.settings["memory_per_row"] = session.memory_per_row
-    report.write(outputs.out_dir)
+    if started is not None:
+        report.settings["wall_time_s"] = round(time.perf_counter() - started, 3)
+    report.settings.setdefault("model_time_s", round(session.model_seconds, 3))
+    if batch.workers is None:  # a Dask run's workers measured these (see distributed.py)
+        runner = session.runner
+        tuned = runner.tuner.next_size() if runner.tuner else runner.batch_size
+        report.settings["batch_size"] = tuned
+        report.settings["batch_size_cap"] = runner.batch_size  # what the memory budget allows
+        report.settings["memory_per_row"] = session.memory_per_row
+    names = report.write(outputs.out_dir, the_plan.report_stem, staging=batch.local_out)
+    batch.cleanup()
     messages.print_summary(report)
-    messages.info(
-        f"outputs in {outputs.out_dir}/ (report.html, report.json, report.md, report.csv)"
-    )
+    out = str(outputs.out_dir).rstrip("/")
+    messages.info(f"outputs in {out}/ ({', '.join(names[::-1])})")
     if interrupted:
         messages.info("interrupted: finished inputs are saved; run again with --skip-existing")
         return ExitCode.INTERRUPTED
     if report.failures:
-        messages.error(f"{len(report.failures)} input(s) failed; see {outputs.out_dir}/report.json")
+        messages.error(f"{len(report.failures)} input(s) failed; see {out}/{names[0]}")
         return ExitCode.INPUTS_FAILED
     if not report.results and not the_plan.discovered:
         messages.error("no inputs to explain")
@@ -161,3 +241,53 @@ def run_explain(
         messages.error(f"completeness error over {limit} for: {', '.join(failing[:10])}{more}")
         return ExitCode.COMPLETENESS
     return ExitCode.OK
+
+
+def run_explain(
+    session: Session,
+    the_plan: Plan,
+    *,
+    settings: AttributionSettings,
+    targets: list[int] | None,
+    outputs: OutputSettings,
+    messages: Messages,
+    targets_from: TargetTable | None = None,
+    dask: str | None = None,
+    session_factory=None,
+) -> ExitCode:
+    """Explain every planned input; write the reports; return the exit code (README.md).
+    `dask`: a scheduler address or "local:N" to spread the inputs over Dask workers, each
+    building its own session with `session_factory` (a functools.partial of Session)."""
+    if not the_plan.discovered and not the_plan.skipped:
+        messages.error("no inputs to explain")
+        return ExitCode.INPUTS_FAILED
+    if the_plan.shard and the_plan.shard.source:
+        messages.info(f"shard {the_plan.shard} (from {the_plan.shard.source})")
+    batch = start(
+        session,
+        the_plan,
+        settings=settings,
+        outputs=outputs,
+        targets=targets,
+        messages=messages,
+        targets_from=targets_from,
+    )
+    begun = time.perf_counter()
+    interrupted = False
+    try:
+        if dask is not None:
+            from igcli.distributed import execute_on_dask
+
+            execute_on_dask(batch, the_plan, dask, messages, targets_from, session_factory)
+        else:
+            execute(batch, the_plan.items, messages)
+    except KeyboardInterrupt:
+        interrupted = True
+    return finish(
+        batch,
+        the_plan,
+        messages,
+        targets_from=targets_from,
+        interrupted=interrupted,
+        started=begun,
+    )

@@ -979,6 +979,15 @@ class Session:
             self._check_rows_independent(self._current, graph, x, context)
         return graph
 
+    def check_gradients(self, sample: Sample) -> None:
+        """Self-check the gradient graph at `sample` now rather than at the first sample
+        explained: runs split over shards or workers then check at the same input (their
+        plan's first) and their records carry the same `gradient_check`."""
+        _, x, context = self.check_point(sample)
+        graph = self._use(x, context)
+        if graph is not None and graph.check is None:
+            self._self_check(graph, x, context)
+
     def _check_rows_independent(
         self, runner: ModelRunner, graph, x: np.ndarray, context: Context | None = None
     ) -> None:

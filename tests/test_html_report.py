@@ -375,10 +375,10 @@ def test_explain_and_merge_reports_write_report_html(tmp_path):
             "--out", tmp_path / f"s{k}",
         )  # fmt: skip
         assert result.exit_code == 0, result.stderr
-        assert (tmp_path / f"s{k}" / "report.html").is_file()
-    first = json.loads((tmp_path / "s1" / "report.json").read_text())
+        assert (tmp_path / f"s{k}" / f"report.shard-{k}-of-2.html").is_file()
+    first = json.loads((tmp_path / "s1" / "report.shard-1-of-2.json").read_text())
     first["results"][0]["rel_error"] = "inf"  # as report.json writes a non-finite error
-    (tmp_path / "s1" / "report.json").write_text(json.dumps(first))
+    (tmp_path / "s1" / "report.shard-1-of-2.json").write_text(json.dumps(first))
     out = tmp_path / "deeper" / "merged"
     result = run_cli("merge-reports", tmp_path / "s1", tmp_path / "s2", "--out", out)
     assert result.exit_code == 0, result.stderr

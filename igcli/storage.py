@@ -1,0 +1,263 @@
+"""Object storage (s3://, gs://, az://, memory://, ...) through fsspec, behind `igcli[cloud]`.
+
+igcli's readers and writers work on local files: they check file types, sizes and headers
+on open descriptors, and write atomically by renaming. A remote input is therefore fetched
+whole into a local staging folder before it is read, and a remote output is written there
+first and then uploaded as a whole object (an object store shows an upload whole or not at
+all), the record last, as on disk. `--skip-existing` lists the output prefix once.
+
+Local paths never import fsspec; `file://` URLs are local paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from igcli.errors import IgcliError, InputError, OutputError, UsageError
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class URL(str):
+    """A remote file or folder, e.g. "s3://bucket/runs/1". A str, so reports and messages
+    show it as given; with the few Path-like properties igcli's loops use."""
+
+    @property
+    def _path(self) -> str:
+        return self.split("://", 1)[1]
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self._path.rstrip("/"))
+
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self.name)[1]
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.name)[0]
+
+    @property
+    def parent(self) -> URL:
+        scheme, path = self.split("://", 1)
+        return URL(f"{scheme}://{posixpath.dirname(path.rstrip('/'))}")
+
+    def __truediv__(self, rel: str) -> URL:
+        return URL(self.rstrip("/") + "/" + str(rel).lstrip("/"))
+
+    def relative_to_url(self, root: str) -> str:
+        return self[len(root.rstrip("/")) + 1 :]
+
+
+def is_url(text: object) -> bool:
+    """A remote location (file:// is a local path)."""
+    return isinstance(text, str) and bool(_SCHEME.match(text)) and not text.startswith("file://")
+
+
+def location(text: str | os.PathLike) -> Path | URL:
+    """A command line's path or URL: a Path for local files (file:// included), else a URL."""
+    if isinstance(text, URL):
+        return text
+    if isinstance(text, os.PathLike):
+        return Path(text)
+    if text.startswith("file://"):
+        return Path(unquote(urlsplit(text).path))
+    return URL(text) if is_url(text) else Path(text)
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path within it) for a URL; a usage error when fsspec is missing."""
+    try:
+        import fsspec
+    except ImportError:
+        raise UsageError(
+            f"{url}: object storage needs fsspec: pip install 'igcli[cloud]'"
+        ) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise UsageError(f"{url}: cannot open this store ({exc})") from None
+
+
+def _remote_reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such object"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_bytes(where: str | os.PathLike, error: type[IgcliError] = UsageError) -> bytes:
+    """A whole (small) file or object: manifests, reports, records."""
+    loc = location(where)
+    try:
+        if isinstance(loc, URL):
+            fs, path = filesystem(loc)
+            return fs.cat_file(path)
+        return loc.read_bytes()
+    except IgcliError:
+        raise
+    except Exception as exc:
+        raise error(f"cannot read ({_remote_reason(exc)})", where) from None
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """One whole object."""
+    fs, path = filesystem(url)
+    try:
+        fs.pipe_file(path, data)
+    except Exception as exc:
+        raise OutputError(f"cannot write ({_remote_reason(exc)})", url) from None
+
+
+def upload(local: Path, url: str) -> None:
+    """A finished local file as one whole object."""
+    fs, path = filesystem(url)
+    try:
+        fs.put_file(str(local), path)
+    except Exception as exc:
+        raise OutputError(f"cannot upload ({_remote_reason(exc)})", url) from None
+
+
+def isdir(url: str) -> bool:
+    fs, path = filesystem(url)
+    try:
+        fs.invalidate_cache(path)
+        return bool(fs.isdir(path))
+    except Exception:
+        return False
+
+
+def list_files(url: str, recursive: bool) -> list[URL]:
+    """The objects under a folder URL (sorted); subfolders only when recursive."""
+    fs, path = filesystem(url)
+    try:
+        fs.invalidate_cache(path)
+        if recursive:
+            found = fs.find(path)
+        else:
+            found = [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
+    except Exception as exc:
+        raise UsageError(f"cannot list ({_remote_reason(exc)})", url) from None
+    return sorted(URL(fs.unstrip_protocol(p)) for p in found)
+
+
+def check_writable(url: str) -> None:
+    """Fail early when the output prefix cannot be written (one small object, removed)."""
+    probe = URL(url) / f".igcli-write-check.{os.getpid()}"
+    write_bytes(probe, b"")
+    fs, path = filesystem(probe)
+    with contextlib.suppress(Exception):
+        fs.rm_file(path)
+
+
+class RemoteOutputs:
+    """An output prefix in object storage, mirrored by a local staging folder.
+
+    Files are written under `staging` exactly as a local run writes them (atomically), then
+    uploaded whole with `upload(rel)`; the record of an input goes up last, so a record in
+    the store means its files are there. `exists(rel)` answers from one listing of the
+    prefix made on first use (what --skip-existing needs), kept up to date by uploads.
+    """
+
+    def __init__(self, url: str, staging: Path | None = None) -> None:
+        self.url = URL(str(url).rstrip("/"))
+        self.staging = staging or Path(tempfile.mkdtemp(prefix="igcli-stage-"))
+        self._owns_staging = staging is None
+        self._listing: set[str] | None = None
+
+    def __reduce__(self):  # sent to Dask workers: each stages in its own folder
+        return (RemoteOutputs, (self.url,))
+
+    def upload(self, rel: str) -> None:
+        upload(self.staging / rel, self.url / rel)
+        if self._listing is not None:
+            self._listing.add(rel)
+
+    def listing(self) -> set[str]:
+        if self._listing is None:
+            fs, path = filesystem(self.url)
+            try:
+                fs.invalidate_cache(path)
+                found = fs.find(path) if fs.exists(path) else []
+            except Exception as exc:
+                raise OutputError(f"cannot list ({_remote_reason(exc)})", self.url) from None
+            root = path.rstrip("/") + "/"
+            self._listing = {p[len(root) :] for p in found if p.startswith(root)}
+        return self._listing
+
+    def exists(self, rel: str) -> bool:
+        return rel in self.listing()
+
+    def read_text(self, rel: str) -> str | None:
+        if not self.exists(rel):
+            return None
+        try:
+            return read_bytes(self.url / rel, OutputError).decode("utf-8")
+        except (IgcliError, UnicodeDecodeError):
+            return None
+
+    def cleanup(self) -> None:
+        if self._owns_staging:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class Fetcher:
+    """Remote inputs (and baselines) fetched whole into a local folder, to be read by the
+    same careful readers as local files."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="igcli-fetch-"))
+
+    def local_copy(self, url: str, error: type[IgcliError] = InputError) -> Path:
+        """A local file holding the object; named like it, so its suffix still tells the
+        reader what it is."""
+        key = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        local = self.folder / key / (URL(url).name or "object")
+        if local.is_file():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fs, path = filesystem(url)
+        tmp = local.with_name(local.name + ".part")
+        try:
+            fs.get_file(path, str(tmp))
+            os.replace(tmp, local)
+        except IgcliError:
+            raise
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise error(f"cannot fetch ({_remote_reason(exc)})", url) from None
+        return local
+
+    def release(self, local: Path) -> None:
+        """Forget a fetched input once it is explained (disk stays flat)."""
+        with contextlib.suppress(OSError):
+            shutil.rmtree(local.parent)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_FETCHER: Fetcher | None = None
+
+
+def cached_copy(url: str, error: type[IgcliError] = UsageError) -> Path:
+    """A process-wide local copy of a small object used over and over (a baseline file)."""
+    global _FETCHER
+    if _FETCHER is None:
+        import atexit
+
+        _FETCHER = Fetcher()
+        atexit.register(_FETCHER.cleanup)
+    return _FETCHER.local_copy(url, error)

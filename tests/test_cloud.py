@@ -1,0 +1,174 @@
+"""Object storage: inputs, outputs, manifests and baselines as URLs.
+
+A real S3 API (moto's server) on a free 127.0.0.1 port, and fsspec's memory filesystem;
+nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from igcli.errors import ExitCode
+from tests.scale_inputs import comparable, make_digits, output_files
+from tests.test_cli import DIGIT_PNGS, DIGITS, run
+
+fsspec = pytest.importorskip("fsspec")
+pytest.importorskip("s3fs")
+STEPS = ("--steps", "8")
+N = 12
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 API on 127.0.0.1 with a bucket holding in/ (the digits); yields (fs, bucket)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "NO_PROXY": "127.0.0.1",
+    }
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("igcli-test")
+    local = tmp_path_factory.mktemp("s3in") / "in"
+    make_digits(local, N)
+    fs.put(str(local) + "/", "igcli-test/in/", recursive=True)
+    yield fs, local
+    mp.undo()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_run(s3, tmp_path_factory):
+    _, local = s3
+    out = tmp_path_factory.mktemp("local") / "out"
+    result = run("explain", DIGITS, local, "--out", out, *STEPS, "-q")
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def fetch(fs, prefix: str, to):
+    fs.invalidate_cache()
+    fs.get(prefix.rstrip("/") + "/", str(to) + "/", recursive=True)
+    return to
+
+
+def test_s3_inputs_and_outputs_equal_local_files(s3, local_run, tmp_path):
+    fs, local = s3
+    result = run("explain", DIGITS, "s3://igcli-test/in", "--out", "s3://igcli-test/run1", *STEPS)
+    assert result.exit_code == 0, result.stderr
+    got = fetch(fs, "igcli-test/run1", tmp_path / "got")
+    assert output_files(got, "s3://igcli-test/in") == output_files(local_run, str(local))
+    report = json.loads((got / "report.json").read_text())
+    assert report["results"][0]["input"] == "s3://igcli-test/in/d0000.png"
+    assert comparable(report, "s3://igcli-test/in") == comparable(
+        json.loads((local_run / "report.json").read_text()), str(local)
+    )
+    assert (got / "report.html").stat().st_size > 1000 and not any(
+        fs.find("igcli-test/run1/.igcli-write-check")
+    )
+
+
+def test_interrupted_s3_run_resumes_with_skip_existing(s3, local_run, tmp_path, monkeypatch):
+    fs, local = s3
+    from igcli.session import Session
+
+    calls = {"n": 0}
+    real = Session.attribute_many
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "attribute_many", interrupted)
+    out = "s3://igcli-test/run2"
+    first = run("explain", DIGITS, "s3://igcli-test/in", "--out", out, *STEPS, "--batch-size", "16")
+    assert first.exit_code == ExitCode.INTERRUPTED, first.stderr
+    monkeypatch.setattr(Session, "attribute_many", real)
+    fs.invalidate_cache()
+    done = [p for p in fs.find("igcli-test/run2") if p.endswith(".record.json")]
+    assert 0 < len(done) < N  # records of the finished inputs only
+    again = run("explain", DIGITS, "s3://igcli-test/in", "--out", out, *STEPS, "--skip-existing")
+    assert again.exit_code == 0, again.stderr
+    got = fetch(fs, "igcli-test/run2", tmp_path / "got")
+    report = json.loads((got / "report.json").read_text())
+    assert report["summary"]["resumed"] == len(done) and report["summary"]["explained"] == N
+    assert output_files(got, "s3://igcli-test/in") == output_files(local_run, str(local))
+
+
+def test_s3_shards_and_merge(s3, local_run, tmp_path, monkeypatch):
+    fs, local = s3
+    plan = run("plan", DIGITS, "s3://igcli-test/in")
+    assert plan.exit_code == 0, plan.stderr
+    fs.pipe("igcli-test/manifest.jsonl", plan.stdout.encode())
+    out = "s3://igcli-test/run3"
+    for index in range(3):
+        monkeypatch.setenv("IGCLI_SHARD", str(index))
+        result = run("explain", DIGITS, "--manifest", "s3://igcli-test/manifest.jsonl",
+                     "--shard", "auto/3", "--out", out, *STEPS, "-q")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    merged = run("merge-reports", out, "--expect", "3", "--out", out)
+    assert merged.exit_code == 0, merged.stderr
+    got = fetch(fs, "igcli-test/run3", tmp_path / "got")
+    report = json.loads((got / "report.json").read_text())
+    assert comparable(report, "s3://igcli-test/in") == comparable(
+        json.loads((local_run / "report.json").read_text()), str(local)
+    )
+    for r in report["results"]:
+        assert (got / r["heatmap_file"]).is_file()
+
+
+def test_memory_filesystem_inputs_baseline_manifest(tmp_path):
+    mem = fsspec.filesystem("memory")
+    for p in DIGIT_PNGS[:3]:
+        mem.pipe(f"/mem-in/{p.name}", p.read_bytes())
+    mem.pipe("/base.png", DIGIT_PNGS[3].read_bytes())
+    local = run("explain", DIGITS, *DIGIT_PNGS[:3], "--baseline", DIGIT_PNGS[3], "--out",
+                tmp_path / "local", *STEPS, "-q")  # fmt: skip
+    assert local.exit_code == 0, local.stderr
+    result = run("explain", DIGITS, "memory://mem-in", "--baseline", "memory://base.png",
+                 "--out", "memory://mem-out", *STEPS, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    got = tmp_path / "got"
+    mem.get("/mem-out/", str(got) + "/", recursive=True)
+    report = json.loads((got / "report.json").read_text())
+    assert report["results"][0]["baseline"] == "memory://base.png"
+    for name in ("digit_0_idx1", "digit_2_idx0", "digit_3_idx30"):
+        assert (got / f"{name}.npy").read_bytes() == (
+            tmp_path / "local" / f"{name}.npy"
+        ).read_bytes()
+
+
+def test_missing_objects_and_stores_are_one_line_errors(tmp_path):
+    result = run("explain", DIGITS, "memory://nowhere/x.png", "--out", tmp_path / "o", *STEPS)
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "memory://nowhere/x.png: cannot fetch (no such object)" in result.stderr
+    result = run("explain", DIGITS, "--manifest", "memory://nowhere.jsonl", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE and "cannot read (no such object)" in result.stderr
+    result = run("explain", DIGITS, "nosuchproto://b/x.png", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.USAGE and "cannot open this store" in result.stderr

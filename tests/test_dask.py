@@ -1,0 +1,96 @@
+"""--dask: chunks of the plan on Dask workers (a LocalCluster on 127.0.0.1 only) give the
+outputs and the report of a one-process run, and survive losing a worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.scale_inputs import comparable, make_digits, output_files
+from tests.test_cli import DIGITS, ROOT, run
+
+distributed = pytest.importorskip("distributed")
+STEPS = ("--steps", "16")
+
+
+def cluster(processes: bool):
+    """Two workers: threads of this process (in-process transport, no sockets at all), or
+    processes talking over 127.0.0.1."""
+    where = {"host": "127.0.0.1"} if processes else {}
+    return distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None, **where
+    )
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dask") / "in"
+    make_digits(folder, 100)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "out"
+    result = run("explain", DIGITS, digits, "--out", out, *STEPS, "-q")
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def test_dask_equals_one_process(digits, single, tmp_path):
+    with cluster(processes=False) as c:
+        result = run("explain", DIGITS, digits, "--out", tmp_path / "out", *STEPS, "--json",
+                     "--dask", c.scheduler_address)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "out"
+    assert output_files(out) == output_files(single)  # .npy, .png, records: byte for byte
+    report = load(out / "report.json")
+    assert comparable(report) == comparable(load(single / "report.json"))
+    assert report["settings"]["dask"]["workers"] == 2 and report["settings"]["dask"]["chunks"] > 2
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # in input order
+    assert [x["name"] for x in lines] == [r["name"] for r in report["results"]]
+
+
+def test_a_killed_worker_process_loses_nothing(digits, single, tmp_path):
+    """Worker processes (a nanny restarts the killed one); its chunk runs again elsewhere."""
+    out = tmp_path / "out"
+    with cluster(processes=True) as c, distributed.Client(c) as client:
+        pids = client.run(os.getpid)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "igcli", "explain", str(DIGITS), str(digits), "--out",
+             str(out), *STEPS, "-q", "--dask", c.scheduler_address],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while not any(out.glob("*.record.json")) and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+            victim = sorted(pids.values())[0]
+            os.kill(victim, signal.SIGKILL)  # mid-run: at most a few records were written
+            _, stderr = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, stderr
+    report = load(out / "report.json")
+    names = [r["name"] for r in report["results"]]
+    assert len(names) == len(set(names)) == 100 and not report["failures"]
+    assert comparable(report) == comparable(load(single / "report.json"))
+    assert output_files(out) == output_files(single)
+
+
+def test_local_n_and_bad_addresses(tmp_path):
+    bad = run("explain", DIGITS, str(ROOT / "sample_inputs" / "digits"), "--out", tmp_path,
+              "--dask", "local:x")  # fmt: skip
+    assert bad.exit_code == 2 and "use local:N or a scheduler address" in bad.stderr
