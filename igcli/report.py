@@ -483,7 +483,14 @@ def _check_report(data: dict, path: Path) -> None:
 
 
 SHARD_REPORT = re.compile(r"^report\.shard-(\d+)-of-(\d+)\.json$")
-_PER_MACHINE = ("batch_size", "memory_budget", "memory_per_row", "provider", "threads")
+_PER_MACHINE = (
+    "batch_size",
+    "batch_size_cap",
+    "memory_budget",
+    "memory_per_row",
+    "provider",
+    "threads",
+)
 _ROW_NAME = re.compile(r"^(.*)_row(\d+)$", re.DOTALL)
 
 
