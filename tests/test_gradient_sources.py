@@ -79,8 +79,8 @@ def test_gradcheck_fails_on_a_wrong_gradient(monkeypatch):
 
     real = gradients.GraphRunner.run_with_gradients
 
-    def off(self, points, target):
-        out, grad = real(self, points, target)
+    def off(self, points, target, *context):
+        out, grad = real(self, points, target, *context)
         return out, grad * 1.1
 
     monkeypatch.setattr(gradients.GraphRunner, "run_with_gradients", off)
