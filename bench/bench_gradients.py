@@ -1,12 +1,15 @@
 """Gradient benchmark: forward call vs gradient-graph call, full IG, peak memory.
 
-For the sample digits model and light_resnet50 at 224x224 (from the onnx package, with
-seeded random weights), prints the time of one forward call on a batch of path points, one
-gradient-graph call on the same batch (goal: at most 3x the forward call), a full IG
-explanation at 50 steps with the gradient graph and with finite differences, and peak RSS.
-Each model runs in its own subprocess so peak memory is its own.
+For the sample digits model, light_resnet50 at 224x224 (from the onnx package, with seeded
+random weights) and any corpus model as `corpus:NAME` (tests/corpus, with its own input),
+prints the time of one forward call on a batch of path points, one gradient-graph call on
+the same batch (goal: at most 3x the forward call), a full IG explanation at 50 steps with
+the gradient graph and with finite differences, and peak RSS. Each model runs in its own
+subprocess so peak memory is its own.
 
     .venv/bin/python bench/bench_gradients.py [--batch 16] [--threads 2] [--fd-steps 50]
+    .venv/bin/python bench/bench_gradients.py \
+        --cases corpus:tv_vit_legacy_op17,corpus:tv_convnext_legacy_op17
 
 Finite differences on a 224x224x3 image cost 2 forward rows per patch per step, so for
 ResNet-50 they run with 32x32 patches and --fd-steps (default 4) steps, and the time is
@@ -48,9 +51,18 @@ def measure(case: str, batch: int, threads: int, fd_steps: int) -> dict:
     from igcli.session import Session, parse_groups
 
     tmp = Path(tempfile.mkdtemp())
+    x = None
     if case == "digits":
         model = ROOT / "sample_models" / "digits_cnn.onnx"
         fd_groups, fd_steps = None, 50
+    elif case.startswith("corpus:"):
+        corpus = ROOT / "tests" / "corpus"
+        manifest = json.loads((corpus / "corpus.json").read_text())
+        entry = next(e for e in manifest["models"] if e["name"] == case.split(":", 1)[1])
+        model = corpus / entry["file"]
+        x = np.load(corpus / entry["input"]).astype(np.float32)
+        x = x[0] if x.ndim == 4 else x
+        fd_groups = "4x4"
     else:
         from tests.light_models import randomized
 
@@ -65,7 +77,9 @@ def measure(case: str, batch: int, threads: int, fd_steps: int) -> dict:
     )
     rng = np.random.default_rng(0)
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in ex.input_spec.shape[1:]]
-    x = rng.uniform(0, 1, size=shape).astype(np.float32)
+    if x is None:
+        x = rng.uniform(0, 1, size=shape).astype(np.float32)
+    shape = list(x.shape)
     base = np.zeros_like(x)
     points = np.repeat(x[None], batch, axis=0)
     forward = best_of(lambda: plain.run(points))
