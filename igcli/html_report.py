@@ -33,6 +33,10 @@ from urllib.parse import quote
 import numpy as np
 
 PAGE_SIZE = 100  # rows the script builds at a time; the page never builds all rows
+# Results the page's table and feature figures hold: a 100,000-row CSV run must not hold
+# 100,000 records in memory to write its page (nor make a 20 MB page). The summary, the
+# histogram and the worst cases still cover every result; report.csv has them all.
+HTML_ROWS = 10_000
 LISTED = 500  # failures and skipped files listed in full before "... and N more"
 TOP_FEATURES = 20  # features drawn in the tabular summary
 STRIP_POINTS = 400  # rows drawn per feature in the strip (evenly sampled beyond that)
@@ -77,14 +81,19 @@ def render_html(data: dict, page_dir: Path, roots: list | None = None) -> str:
     record_dirs = [Path(r) if r else page_dir for r in roots]
     model = str(data.get("model") or "")
     title = f"igcli report: {Path(model).name or 'run'}"
-    errors = [_number(r.get("rel_error")) for r in results]
     gate = data.get("gate") or None
 
     links = _Links(page_dir)
+    errors, rows, constants = [], [], _Constants()
+    for k, (r, d) in enumerate(zip(results, record_dirs, strict=True)):  # one pass
+        errors.append(_number(r.get("rel_error")))
+        constants.add(r)
+        if k < HTML_ROWS:
+            rows.append(_row(r, d, links))
     blob = {
         "cols": _COLS,
-        "rows": [_row(r, d, links) for r, d in zip(results, record_dirs, strict=True)],
-        "constant": _constants(results),
+        "rows": rows,
+        "constant": constants.result(),
         "gate": _number(gate["max"]) if gate else None,
         "bands": _band_list(),
         "pageSize": PAGE_SIZE,
@@ -105,7 +114,7 @@ def render_html(data: dict, page_dir: Path, roots: list | None = None) -> str:
         "</header>",
         "<main>",
         _summary_section(data, results, errors),
-        _table_section(len(results)),
+        _table_section(len(results), len(rows)),
         _failures_section(data.get("failures") or []),
         _skipped_section(data.get("skipped") or []),
         _tabular_section(results, record_dirs, model),
@@ -171,14 +180,28 @@ def _compact(value):
     return value
 
 
-def _constants(results: list[dict]) -> dict:
-    """Settings that are the same for every result: said once above the table, not per row."""
-    out = {}
-    for key in _VARYING:
-        values = {json.dumps(r.get(key)) for r in results}
-        if len(values) == 1 and results:
-            out[key] = results[0].get(key)
-    return out
+class _Constants:
+    """Settings that are the same for every result: said once above the table, not per row.
+    Fed one result at a time, so the results need not be in memory together."""
+
+    def __init__(self) -> None:
+        self.first: dict | None = None
+        self.seen: dict[str, str] = {}
+        self.varying: set[str] = set()
+
+    def add(self, r: dict) -> None:
+        if self.first is None:
+            self.first = {key: r.get(key) for key in _VARYING}
+            self.seen = {key: json.dumps(r.get(key)) for key in _VARYING}
+            return
+        for key in _VARYING:
+            if key not in self.varying and json.dumps(r.get(key)) != self.seen[key]:
+                self.varying.add(key)
+
+    def result(self) -> dict:
+        if self.first is None:
+            return {}
+        return {key: v for key, v in self.first.items() if key not in self.varying}
 
 
 def _band_list() -> list[dict]:
@@ -338,12 +361,16 @@ def _worst_list(results: list[dict], errors: list[float]) -> str:
     order = sorted(
         range(len(results)), key=lambda k: (-(math.inf if math.isnan(errors[k]) else errors[k]), k)
     )
-    items = [
-        f'<li><button type="button" class="linkish" data-open="{k}">'
-        f'{_e(results[k].get("name"))}</button> <span class="num">{_e(_pct(errors[k]))}</span>'
-        f' <span class="muted">target {_e(_target_text(results[k]))}</span></li>'
-        for k in order[:WORST]
-    ]
+    items = []
+    for k in order[:WORST]:
+        r = results[k]
+        name = _e(r.get("name"))
+        if k < HTML_ROWS:  # in the table: a button opens its panel
+            name = f'<button type="button" class="linkish" data-open="{k}">{name}</button>'
+        items.append(
+            f'<li>{name} <span class="num">{_e(_pct(errors[k]))}</span>'
+            f' <span class="muted">target {_e(_target_text(r))}</span></li>'
+        )
     return (
         f'<div class="worst"><h3>Worst completeness errors</h3><ol>{"".join(items)}</ol>'
         '<p class="muted">Click a name to see its panel; click "rel. error" in the table to '
@@ -351,7 +378,13 @@ def _worst_list(results: list[dict], errors: list[float]) -> str:
     )
 
 
-def _table_section(n: int) -> str:
+def _table_section(n: int, shown: int) -> str:
+    more = (
+        f'<p class="muted">The table holds the first {shown:,} of {n:,} results; '
+        "report.csv and report.json have all of them.</p>"
+        if shown < n
+        else ""
+    )
     return f"""<section id="results" aria-labelledby="results-h">
 <h2 id="results-h">Results</h2>
 <p id="constants" class="muted"></p>
@@ -363,7 +396,7 @@ def _table_section(n: int) -> str:
 <span id="f-band" class="chip" hidden></span>
 <button type="button" id="f-clear">clear filters</button>
 </div>
-<p id="count" class="muted" aria-live="polite">{n:,} results</p>
+{more}<p id="count" class="muted" aria-live="polite">{shown:,} results</p>
 <div class="tablewrap"><table id="table">
 <thead><tr></tr></thead>
 <tbody></tbody>
@@ -463,9 +496,11 @@ def _setting(value) -> str:
 
 def _tabular_section(results: list[dict], dirs: list[Path], model: str) -> str:
     """Attributions per feature over all CSV rows, one figure per explained target."""
-    rows = []  # (result, vector)
+    rows = []  # (the few fields used below, vector)
     unreadable = 0
-    for r, d in zip(results, dirs, strict=True):
+    for k, (r, d) in enumerate(zip(results, dirs, strict=True)):
+        if k >= HTML_ROWS:
+            break
         if not str(r.get("input", "")).lower().endswith(".csv") or not r.get("attributions_file"):
             continue
         if r.get("at"):  # attributed at a tensor inside the model: not the CSV's features
@@ -478,7 +513,8 @@ def _tabular_section(results: list[dict], dirs: list[Path], model: str) -> str:
         if a.ndim == 2 and a.shape[0] == 1:
             a = a[0]
         if a.ndim == 1 and a.size:
-            rows.append((r, a.astype(np.float64)))
+            keep = ("input", "name", "output", "target", "label")
+            rows.append(({key: r.get(key) for key in keep}, a.astype(np.float64)))
     if not rows:
         return ""
     width = rows[0][1].size
@@ -562,31 +598,32 @@ def _feature_names(model: str, first: dict, width: int) -> list[str]:
 
 
 def _feature_values(results: list[dict], names: list[str]) -> np.ndarray | None:
-    """(rows, features) raw CSV values of each result's row, or None if any cannot be had."""
-    tables: dict[str, tuple[list[str], list[list[str]]]] = {}
-    out = np.empty((len(results), len(names)))
+    """(rows, features) raw CSV values of each result's row, or None if any cannot be had.
+    Each CSV is read once, row by row, keeping only the rows asked for."""
+    wanted: dict[str, dict[int, list[int]]] = {}  # path -> CSV row -> result indices
     for i, r in enumerate(results):
         match = _ROW_NAME.search(str(r.get("name", "")))
         if not match:
             return None
-        path = str(r["input"])
-        if path not in tables:
-            try:
-                with open(path, newline="") as fh:
-                    table = [row for row in csv.reader(fh) if row and any(c.strip() for c in row)]
-            except (OSError, UnicodeDecodeError, csv.Error):
-                return None
-            if not table:
-                return None
-            tables[path] = ([h.strip() for h in table[0]], table[1:])
-        header, body = tables[path]
-        row = int(match.group(1))
+        wanted.setdefault(str(r["input"]), {}).setdefault(int(match.group(1)), []).append(i)
+    out = np.full((len(results), len(names)), np.nan)
+    for path, rows in wanted.items():
+        last = max(rows)
         try:
-            cols = [header.index(n) for n in names]
-            out[i] = [float(body[row][c]) for c in cols]
-        except (ValueError, IndexError):
+            with open(path, newline="") as fh:
+                body = (row for row in csv.reader(fh) if row and any(c.strip() for c in row))
+                header = [h.strip() for h in next(body)]
+                cols = [header.index(n) for n in names]
+                for k, row in enumerate(body):
+                    if k in rows:
+                        values = [float(row[c]) for c in cols]
+                        for i in rows[k]:
+                            out[i] = values
+                    if k >= last:
+                        break
+        except (OSError, UnicodeDecodeError, csv.Error, StopIteration, ValueError, IndexError):
             return None
-    return out
+    return None if np.isnan(out).all(axis=1).any() else out
 
 
 def _feature_figure(
