@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import platform
 import re
@@ -136,6 +137,26 @@ def save_graph(key: str, model: onnx.ModelProto, base: onnx.ModelProto) -> None:
         enforce_limit()
 
 
+# -- self-check verdicts ---------------------------------------------------------------------
+def load_check(key: str) -> dict | None:
+    """What a run found about the gradient graph cached under `key`: {"check": the self-check
+    summary (a passing one), "rows_independent": bool or absent}."""
+    try:
+        found = json.loads((cache_dir() / f"check-{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    check = found.get("check") if isinstance(found, dict) else None
+    ok = isinstance(check, dict) and check.get("verdict") in ("ok", "kinks", "saturated")
+    return found if ok else None
+
+
+def save_check(key: str, found: dict) -> None:
+    """Record that the graph cached under `key` passed its self-check (a later run that loads
+    that graph need not check it again: same model bytes, same transform code)."""
+    with contextlib.suppress(Exception):
+        _write_atomic(cache_dir() / f"check-{key}.json", json.dumps(found).encode())
+
+
 def cached_model(
     key: str,
     build: Callable[[], onnx.ModelProto],
@@ -246,7 +267,7 @@ def clear() -> int:
         return 0
     gone = 0
     for p in root.iterdir():
-        if p.is_file() and (p.suffix in (".onnx", ".tmp")):
+        if p.is_file() and (p.suffix in (".onnx", ".tmp", ".json")):
             with contextlib.suppress(OSError):
                 p.unlink()
                 gone += 1

@@ -39,6 +39,7 @@ class DirectionCheck:
     scale: float  # |g * s|: the typical size of g . v
     noise: float  # what float32 differences can resolve at this step
     status: str  # "ok", "mismatch", "kink" or "unresolved"
+    doubt: float = 0.0  # how far the two best-agreeing steps differ (kinks, rounding)
 
     @property
     def error(self) -> float:
@@ -70,10 +71,33 @@ class GradientCheck:
         votes = self.voting
         if votes:
             wrong = sum(d.status == "mismatch" for d in votes)
-            return "mismatch" if 2 * wrong > len(votes) else "ok"
+            return (
+                "mismatch" if 2 * wrong > len(votes) or self.off_overall > self.tolerance else "ok"
+            )
         if all(d.status == "unresolved" for d in self.directions):
             return "saturated"
         return "kinks"
+
+    @property
+    def off_overall(self) -> float:
+        """How far the graph's g . v are from the differences over all voting directions
+        together, beyond each one's doubt, relative to their size: ||a - e|| / ||a||.
+
+        Per direction, errors are measured against |g * s| so that a direction where g . v
+        happens to be near zero cannot cry wolf; but then a gradient 10% off everywhere
+        passes wherever g . v is small against |g * s|, which is often. Taken together the
+        directions cannot hide it: a gradient c times the true one is |c - 1| / |c| off."""
+        clean = 0.2 * self.tolerance
+        votes = [
+            d for d in self.voting if d.doubt - d.noise <= clean * max(abs(d.graph), abs(d.fd))
+        ]
+        if len(votes) < 2:
+            return 0.0
+        a = np.array([d.graph for d in votes])
+        e = np.array([d.fd for d in votes])
+        residual = np.maximum(np.abs(a - e) - np.array([d.doubt for d in votes]), 0.0)
+        size = max(float(np.linalg.norm(a)), float(np.linalg.norm(e)))
+        return float(np.linalg.norm(residual)) / size if size > 0 else 0.0
 
     @property
     def passed(self) -> bool:
@@ -88,6 +112,20 @@ class GradientCheck:
             "directions": len(self.directions),
             "voting": len(self.voting),
         }
+
+
+@dataclass
+class StoredCheck:
+    """The summary of a self-check an earlier run made on the same cached graph."""
+
+    stored: dict
+
+    @property
+    def verdict(self) -> str:
+        return self.stored["verdict"]
+
+    def summary(self) -> dict:
+        return dict(self.stored)
 
 
 def feature_scale(x: np.ndarray) -> np.ndarray:
@@ -154,6 +192,8 @@ def check_directions(
         else:
             status = "mismatch"
         check.directions.append(
-            DirectionCheck(analytic, estimate, float(d[0]), scale, float(noise[best + 1]), status)
+            DirectionCheck(
+                analytic, estimate, float(d[0]), scale, float(noise[best + 1]), status, doubt
+            )
         )
     return check

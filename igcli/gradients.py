@@ -84,9 +84,10 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
 class GraphRunner:
     """A gradient model in one session: outputs and d(output[target])/dx for rows of points."""
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, cache_key: str | None = None) -> None:
         self.runner = runner  # its model has the TARGET input (see with_target_seed)
-        self.check = None  # the self-check's GradientCheck, once it has run
+        self.check = None  # the self-check's GradientCheck (or its stored summary), once run
+        self.cache_key = cache_key  # where its self-check verdict is kept (None: nowhere)
 
     @property
     def batch_size(self) -> int:

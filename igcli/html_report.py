@@ -451,7 +451,7 @@ def _skipped_section(skipped: list[dict]) -> str:
 
 def _settings_section(data: dict) -> str:
     settings = data.get("settings") or {}
-    rows = [(k, v) for k, v in settings.items() if k != "merged_from"]
+    rows = [(k, v) for k, v in settings.items() if k != "merged_from" and _applies(k, settings)]
     rows += [
         ("model", data.get("model")),
         ("model sha256", data.get("model_sha256")),
@@ -477,6 +477,24 @@ def _settings_section(data: dict) -> str:
         '<section id="settings" aria-labelledby="settings-h">'
         f'<h2 id="settings-h">Settings</h2><dl class="settings">{items}</dl>{shards}</section>'
     )
+
+
+def _applies(key: str, settings: dict) -> bool:
+    """Whether a path-method option means anything for this run: the blur path's sigma on a
+    straight-path run is noise in the settings list, not information."""
+    path = str(settings.get("path") or "straight").split(":")[0]
+    noisy = bool(settings.get("noise"))
+    needs = {
+        "groups": path in ("extremal", "shapley"),
+        "max_sigma": path == "blur",
+        "blur_sqrt": path == "blur",
+        "fraction": path == "guided",
+        "max_dist": path == "guided",
+        "noise_std": noisy,
+        "noise_type": noisy,
+        "baseline_data": settings.get("baseline") == "mean",
+    }
+    return needs.get(key, True)
 
 
 def _setting(value) -> str:

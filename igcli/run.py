@@ -77,6 +77,11 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
         "output": session.output_name,
         "softmax": session.softmax,
         "input_name": session.input_spec.name,
+        "at": session.at,  # None: attributed at the input itself
+        "aggregate": session.aggregate if session.at else None,
+        "tokenizer": str(session.tokens.tokenizer_path)
+        if session.tokens and session.tokens.tokenizer_path
+        else None,
         "steps": settings.steps,
         "method": settings.method,
         "baseline": settings.baseline,

@@ -1,6 +1,8 @@
 """Gradient graph vs finite differences, the fallback, the cache and gradcheck."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +115,24 @@ def test_shapes_unknown_to_inference_are_probed(tmp_path):
         np.load(tmp_path / "o" / "x.npy"), np.load(tmp_path / "f" / "x.npy"), atol=1e-3
     )
     assert json.loads(run("inspect", path, "--json").stdout)["gradient_graph"] is True
+
+
+@pytest.mark.parametrize("factor", [1.1, 0.9, 1.5])
+def test_self_check_catches_a_gradient_off_by_a_factor_on_a_small_model(monkeypatch, factor):
+    """Per direction, errors are judged against |g * s|, so a gradient 10% off passes in
+    every direction where g . v happens to be small; the directions taken together catch it
+    (on this 4-feature model, 2 of 4 directions alone let a 50% error through)."""
+    import igcli
+    from igcli import gradients
+
+    real = gradients.GraphRunner.run_with_gradients
+
+    def off(self, points, target, *context):
+        out, grad = real(self, points, target, *context)
+        return out, grad * factor
+
+    monkeypatch.setattr(gradients.GraphRunner, "run_with_gradients", off)
+    path = models.save(models.tanh_linear(), Path(tempfile.mkdtemp()) / "tl.onnx")
+    x = np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32)
+    a = igcli.Session(path).attribute(x, steps=16)
+    assert a.gradient_source == "fd"
