@@ -48,7 +48,7 @@ def main() -> None:
 
     from distributed import LocalCluster
 
-    from tests.scale_inputs import make_digits
+    from tests.scale_inputs import comparable, make_digits, output_files
 
     os.environ.setdefault("IGCLI_CACHE_DIR", tempfile.mkdtemp(prefix="igcli-bench-cache-"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,12 +70,23 @@ def main() -> None:
             rows.append((f"--dask, {workers} worker(s) already up", total, loop))
         total, loop = explain(tmp / "in", tmp / "daskl2", args.steps, "--dask", "local:2")
         rows.append(("--dask local:2 (starts its cluster)", total, loop))
+        # the same results? .npy bytes, records without timings, reports without timings
+        local_files = output_files(tmp / "local")
+        same = {}
+        for name in ("dask1", "dask2", "daskl2"):
+            files = output_files(tmp / name)
+            equal = sum(files.get(k) == v for k, v in local_files.items())
+            reports = [json.loads((tmp / d / "report.json").read_text()) for d in ("local", name)]
+            same[name] = (equal, len(local_files), comparable(reports[0]) == comparable(reports[1]))
 
     n = args.n
     print(f"{n} digit images, {args.steps} steps, no heatmaps, {os.cpu_count()} cores")
     print(f"{'run':40s} {'command s':>10s} {'loop s':>8s} {'inputs/s':>9s}")
     for name, total, loop in rows:
         print(f"{name:40s} {total:10.2f} {loop:8.2f} {n / loop:9.1f}")
+    for name, (equal, count, report) in same.items():
+        print(f"{name}: {equal} of {count} output files identical to one process; "
+              f"report equal but for timings: {report}")  # fmt: skip
     local, one = rows[0][2], rows[1][2]
     print(
         f"Dask overhead per input (1 worker vs one process, loop times): "
