@@ -106,6 +106,8 @@ rich_click.rich_click.OPTION_GROUPS = {
             "--target", "--targets-from", "--output", "--softmax", "--input", "--feed"]},
         {"name": "Attribution", "options": [
             "--steps", "--method", "--tolerance", "--max-steps", "--baseline", "--seed"]},
+        {"name": "Inside the model and token models", "options": [
+            "--at", "--aggregate", "--tokenizer"]},
         {"name": "Path methods", "options": [
             "--path", "--groups", "--samples", "--baselines", "--baseline-data", "--noise",
             "--noise-type", "--blur-sigma", "--blur-sqrt", "--guided-fraction",

@@ -494,6 +494,9 @@ def _applies(key: str, settings: dict) -> bool:
         "noise_type": noisy,
         "baseline_data": settings.get("baseline") == "mean",
     }
+    optional = ("at", "aggregate", "tokenizer", "samples", "baselines", "regions", "method")
+    if key in optional and settings.get(key) is None:
+        return False  # not used by this run (method None: each result's record names it)
     return needs.get(key, True)
 
 
