@@ -46,6 +46,9 @@ def available_memory() -> int:
     return available
 
 
+HEADROOM = 0.9
+
+
 def default_budget() -> int:
     return int(DEFAULT_SHARE * available_memory())
 
@@ -74,7 +77,9 @@ def rows_within(
     if not one or four <= one:  # unmeasurable here, or too small to see: no limit from it
         return cap, None
     per_row = (four - one) / 3
-    rows = int((budget - one) // per_row) + 1
+    # a tenth of the budget stays for what the run holds outside the call (path points, the
+    # gradients returned, accumulators): measured, ResNet-50 under 1G peaked 3% over without it
+    rows = int((HEADROOM * budget - one) // per_row) + 1
     return max(1, min(cap, rows)), int(per_row)
 
 
