@@ -493,3 +493,15 @@ class TargetTable:
 
     def unused(self) -> list[str]:
         return [k for k in self.targets if k not in self.used]
+
+
+def count_inputs(items: list[InputItem]) -> int:
+    """Inputs to explain, CSV rows counted one by one (from the manifest when it says)."""
+    from igcli.storage import URL
+
+    def rows(item: InputItem) -> int:
+        if item.rows is not None:
+            return max(1, item.rows)
+        return 1 if isinstance(item.path, URL) else count_table_rows(item.path)
+
+    return sum(rows(item) if item.is_table else 1 for item in items)

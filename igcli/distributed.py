@@ -158,7 +158,7 @@ def _explain_chunk(plugin_name: str, index: int, items: list[InputItem]) -> Chun
 def chunks(items: list[InputItem], workers: int) -> list[list[InputItem]]:
     """Consecutive runs of inputs of about equal work (a CSV weighs its rows), a few per
     worker so that fast workers take more and a lost worker costs little."""
-    from igcli.run import count_inputs
+    from igcli.discovery import count_inputs
 
     weights = [count_inputs([item]) if item.is_table else 1 for item in items]
     target = max(1, min(MAX_CHUNK, math.ceil(sum(weights) / max(1, workers * CHUNKS_PER_WORKER))))
@@ -252,7 +252,7 @@ def execute_on_dask(
             client.submit(_explain_chunk, name, i, part, key=f"{name}-{i}", pure=False)
             for i, part in enumerate(parts)
         ]
-        from igcli.run import count_inputs
+        from igcli.discovery import count_inputs
 
         ready: dict[int, ChunkResult] = {}
         following = 0

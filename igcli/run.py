@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from igcli import methods
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings
 from igcli.console import Messages
-from igcli.discovery import Shard, TargetTable, count_table_rows, in_shard, parse_shard
+from igcli.discovery import Shard, TargetTable, count_inputs, in_shard, parse_shard
 from igcli.errors import ExitCode
 from igcli.report import RunReport
 from igcli.session import AttributionSettings, Session
@@ -165,18 +165,6 @@ def start(
     )
     batch.check_gradients_at(the_plan.first)
     return batch
-
-
-def count_inputs(items: list[InputItem]) -> int:
-    """Inputs to explain, CSV rows counted one by one (from the manifest when it says)."""
-    from igcli.storage import URL
-
-    def rows(item: InputItem) -> int:
-        if item.rows is not None:
-            return max(1, item.rows)
-        return 1 if isinstance(item.path, URL) else count_table_rows(item.path)
-
-    return sum(rows(item) if item.is_table else 1 for item in items)
 
 
 def execute(batch: BatchRun, items: list[InputItem], messages: Messages | None = None) -> None:
