@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import heapq
 import html
 import io
 import json
@@ -85,11 +86,19 @@ def render_html(data: dict, page_dir: Path, roots: list | None = None) -> str:
 
     links = _Links(page_dir)
     errors, rows, constants = [], [], _Constants()
+    worst: list[tuple[float, int, dict]] = []  # a heap of the WORST largest errors
     for k, (r, d) in enumerate(zip(results, record_dirs, strict=True)):  # one pass
-        errors.append(_number(r.get("rel_error")))
+        err = _number(r.get("rel_error"))
+        errors.append(err)
         constants.add(r)
         if k < HTML_ROWS:
             rows.append(_row(r, d, links))
+        item = (math.inf if math.isnan(err) else err, -k, r)
+        if len(worst) < WORST:
+            heapq.heappush(worst, item)
+        elif item[:2] > worst[0][:2]:
+            heapq.heapreplace(worst, item)
+    worst_records = {-k: r for _, k, r in worst}
     blob = {
         "cols": _COLS,
         "rows": rows,
@@ -113,7 +122,7 @@ def render_html(data: dict, page_dir: Path, roots: list | None = None) -> str:
         f'<p class="sub">{_e(_subtitle(data))}</p>',
         "</header>",
         "<main>",
-        _summary_section(data, results, errors),
+        _summary_section(data, results, errors, worst_records),
         _table_section(len(results), len(rows)),
         _failures_section(data.get("failures") or []),
         _skipped_section(data.get("skipped") or []),
@@ -250,7 +259,9 @@ def _subtitle(data: dict) -> str:
     return " · ".join(b for b in bits if b)
 
 
-def _summary_section(data: dict, results: list[dict], errors: list[float]) -> str:
+def _summary_section(
+    data: dict, results, errors: list[float], worst_records: dict[int, dict]
+) -> str:
     settings = data.get("settings") or {}
     summary = data.get("summary") or {}
     failures = data.get("failures") or []
@@ -290,7 +301,7 @@ def _summary_section(data: dict, results: list[dict], errors: list[float]) -> st
     if errors:
         out.append('<div class="cols">')
         out.append(_histogram(errors, _number((gate or {}).get("max"))))
-        out.append(_worst_list(results, errors))
+        out.append(_worst_list(worst_records, errors))
         out.append("</div>")
     out.append("</section>")
     return "\n".join(out)
@@ -357,13 +368,13 @@ def _histogram(errors: list[float], gate_max: float) -> str:
     )
 
 
-def _worst_list(results: list[dict], errors: list[float]) -> str:
-    order = sorted(
-        range(len(results)), key=lambda k: (-(math.inf if math.isnan(errors[k]) else errors[k]), k)
-    )
+def _worst_list(worst: dict[int, dict], errors: list[float]) -> str:
+    """`worst`: the records of the largest errors by index (gathered in render_html's one
+    pass: a spool of 100,000 records is not read again per name)."""
+    order = sorted(worst, key=lambda k: (-(math.inf if math.isnan(errors[k]) else errors[k]), k))
     items = []
     for k in order[:WORST]:
-        r = results[k]
+        r = worst[k]
         name = _e(r.get("name"))
         if k < HTML_ROWS:  # in the table: a button opens its panel
             name = f'<button type="button" class="linkish" data-open="{k}">{name}</button>'
