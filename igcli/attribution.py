@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from igcli.cut import aggregate
+from igcli.ig import Completeness
 from igcli.inputs import Preprocessing, Sample
 from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
 from igcli.report import percent
@@ -30,7 +31,7 @@ from igcli.visualize import (
 
 
 @dataclass
-class Attribution:
+class Attribution(Completeness):
     """Attributions for one sample and one target, with what a report needs to judge them.
 
     Completeness: `attributions.sum()` should equal `f_input - f_baseline` (`delta`);
@@ -87,23 +88,7 @@ class Attribution:
     def attribution_sum(self) -> float:
         if self.completeness_sum is not None:
             return self.completeness_sum
-        return float(np.sum(self.attributions, dtype=np.float64))
-
-    @property
-    def delta(self) -> float:
-        """F(x) - F(baseline): what the attributions should add up to."""
-        return self.f_input - self.f_baseline
-
-    @property
-    def abs_error(self) -> float:
-        return abs(self.attribution_sum - self.delta)
-
-    @property
-    def rel_error(self) -> float:
-        """|sum - delta| / |delta|; inf when delta is 0 but the sum is not."""
-        if self.delta == 0:
-            return 0.0 if self.abs_error == 0 else float("inf")
-        return self.abs_error / abs(self.delta)
+        return super().attribution_sum
 
     # -- records --------------------------------------------------------------------------
     def record(self, attributions_file: str | None = None, heatmap_file: str | None = None) -> dict:

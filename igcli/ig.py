@@ -40,18 +40,9 @@ STOP_REASONS = {
 }
 
 
-@dataclass
-class IGResult:
-    attributions: np.ndarray  # same shape as x
-    f_input: float
-    f_baseline: float
-    steps: int  # gradient evaluations used
-    method: str
-    # Adaptive steps only (None for a fixed rule): whether the tolerance was met, why the
-    # refinement stopped (STOP_REASONS), and the path points evaluated (ascending).
-    converged: bool | None = None
-    stop_reason: str | None = None
-    alphas: np.ndarray | None = None
+class Completeness:
+    """The completeness numbers of anything with `attributions`, `f_input` and `f_baseline`
+    (an IG result, a finished Attribution): the attributions should add up to F(x) - F(b)."""
 
     @property
     def attribution_sum(self) -> float:
@@ -72,6 +63,20 @@ class IGResult:
         if self.delta == 0:
             return 0.0 if self.abs_error == 0 else float("inf")
         return self.abs_error / abs(self.delta)
+
+
+@dataclass
+class IGResult(Completeness):
+    attributions: np.ndarray  # same shape as x
+    f_input: float
+    f_baseline: float
+    steps: int  # gradient evaluations used
+    method: str
+    # Adaptive steps only (None for a fixed rule): whether the tolerance was met, why the
+    # refinement stopped (STOP_REASONS), and the path points evaluated (ascending).
+    converged: bool | None = None
+    stop_reason: str | None = None
+    alphas: np.ndarray | None = None
 
 
 @dataclass
