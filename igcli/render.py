@@ -404,17 +404,7 @@ def render_tokens(
         _text(d, (margin, y + line_h // 2), "no tokens", font, _MUTED, width - 2 * margin)
     y += rows_h + gap
     x0, x1 = margin, margin + (width - 2 * margin) // 2
-    lo = -scale if signed else 0.0
-    ramp = np.linspace(lo, scale, x1 - x0 + 1)[None, :].repeat(bar_h, axis=0)
-    im.paste(Image.fromarray(_colorize(ramp, scale, signed), mode="RGB"), (x0, y))
-    d.rectangle((x0 - 1, y - 1, x1 + 1, y + bar_h), outline=_RULE)
-    ticks = [-scale, 0.0, scale] if signed else [0.0, scale / 2, scale]
-    for i, v in enumerate(ticks):
-        tx = x0 + round(i * (x1 - x0) / 2)
-        d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
-        text = "0" if v == 0 else (_fmt_signed(v, 3) if signed else f"{v:.3g}")
-        _text(d, (tx, y + bar_h + 6 + fs * 0.4), text, small, _INK, x1 - x0,
-              align=("left", "center", "right")[i])  # fmt: skip
+    _colorbar(im, d, (x0, x1, y, bar_h), scale, signed, small, fs * 0.4, x1 - x0)
     first, second = _SIGN_LEGEND[sign]
     legend = (_lut(DIVERGING)[-1], _lut(DIVERGING)[0]) if signed else (_INK, _MUTED)
     for i, (text, col) in enumerate(zip((first, second), legend, strict=True)):
@@ -564,17 +554,7 @@ def _panel(
     # Colorbar spanning the heatmap and overlay tiles, which share its scale.
     signed = sign == "all"
     x0, x1 = xs[1], xs[2] + tw - 1
-    lo = -scale if signed else 0.0
-    ramp = np.linspace(lo, scale, x1 - x0 + 1)[None, :].repeat(bar_h, axis=0)
-    im.paste(Image.fromarray(_colorize(ramp, scale, signed), mode="RGB"), (x0, y))
-    d.rectangle((x0 - 1, y - 1, x1 + 1, y + bar_h), outline=_RULE)
-    ticks = [-scale, 0.0, scale] if signed else [0.0, scale / 2, scale]
-    for i, v in enumerate(ticks):
-        tx = x0 + round(i * (x1 - x0) / 2)
-        d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
-        text = "0" if v == 0 else (_fmt_signed(v, 3) if signed else f"{v:.3g}")
-        align = ("left", "center", "right")[i]
-        _text(d, (tx, y + bar_h + 6 + fs * 0.6), text, small, _INK, tw, align=align)
+    _colorbar(im, d, (x0, x1, y, bar_h), scale, signed, small, fs * 0.6, tw)
 
     first, second = _SIGN_LEGEND[sign]
     colors = (_lut(DIVERGING)[-1], _lut(DIVERGING)[0]) if signed else (_INK, _MUTED)
@@ -587,7 +567,23 @@ def _panel(
     return im
 
 
-@functools.cache
+def _colorbar(im, d, box, scale: float, signed: bool, font, label_dy: float, label_w) -> None:
+    """The colour ramp from -scale (or 0) to scale in box (x0, x1, y, height), outlined, with
+    three ticks and their values under it (`label_dy` below the tick, `label_w` wide)."""
+    x0, x1, y, bar_h = box
+    lo = -scale if signed else 0.0
+    ramp = np.linspace(lo, scale, x1 - x0 + 1)[None, :].repeat(bar_h, axis=0)
+    im.paste(Image.fromarray(_colorize(ramp, scale, signed), mode="RGB"), (x0, y))
+    d.rectangle((x0 - 1, y - 1, x1 + 1, y + bar_h), outline=_RULE)
+    ticks = [-scale, 0.0, scale] if signed else [0.0, scale / 2, scale]
+    for i, v in enumerate(ticks):
+        tx = x0 + round(i * (x1 - x0) / 2)
+        d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
+        text = "0" if v == 0 else (_fmt_signed(v, 3) if signed else f"{v:.3g}")
+        align = ("left", "center", "right")[i]
+        _text(d, (tx, y + bar_h + 6 + label_dy), text, font, _INK, label_w, align=align)
+
+
 @functools.lru_cache(maxsize=16)  # loading decodes the bundled font: once per size is enough
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """Pillow's bundled scalable font (Pillow >= 10.1); the fixed bitmap font before that."""
