@@ -78,3 +78,16 @@ def output_files(out: Path, inputs_root: str | None = None) -> dict[str, bytes]:
             data = data.encode()
         files[rel] = data
     return files
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def one_process_run(inputs: Path, out: Path, steps: tuple[str, ...]) -> Path:
+    """The reference every split run is compared with: one `igcli explain` over `inputs`."""
+    from tests.test_cli import DIGITS, run
+
+    result = run("explain", DIGITS, inputs, "--out", out, *steps, "-q")
+    assert result.exit_code == 0, result.stderr
+    return out

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.scale_inputs import comparable, make_digits, output_files
+from tests.scale_inputs import comparable, load, make_digits, one_process_run, output_files
 from tests.test_cli import DIGITS, ROOT, run
 
 distributed = pytest.importorskip("distributed")
@@ -37,14 +37,7 @@ def digits(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(digits, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one") / "out"
-    result = run("explain", DIGITS, digits, "--out", out, *STEPS, "-q")
-    assert result.exit_code == 0, result.stderr
-    return out
-
-
-def load(path):
-    return json.loads(path.read_text())
+    return one_process_run(digits, tmp_path_factory.mktemp("one") / "out", STEPS)
 
 
 def test_dask_equals_one_process(digits, single, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from igcli.discovery import Shard, parse_shard
 from igcli.errors import ExitCode, UsageError
-from tests.scale_inputs import comparable, make_digits, output_files
+from tests.scale_inputs import comparable, load, make_digits, one_process_run, output_files
 from tests.test_cli import DIGITS, run
 
 STEPS = ("--steps", "8")
@@ -25,14 +25,7 @@ def digits(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(digits, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "out"
-    result = run("explain", DIGITS, digits, "--out", out, *STEPS, "-q")
-    assert result.exit_code == 0, result.stderr
-    return out
-
-
-def load(path):
-    return json.loads(path.read_text())
+    return one_process_run(digits, tmp_path_factory.mktemp("single") / "out", STEPS)
 
 
 # -- shards from the environment ----------------------------------------------------------
