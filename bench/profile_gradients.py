@@ -128,8 +128,9 @@ def run_case(name: str, batch: int, threads: int, repeats: int, top: int, save) 
     save_dir = Path(save) if save else None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
-    fwd = session(model, threads, save=save_dir / f"{name}_fwd.onnx" if save_dir else None)
-    bwd = session(grad_model, threads, save=save_dir / f"{name}_grad.onnx" if save_dir else None)
+    stem = Path(name).stem
+    fwd = session(model, threads, save=save_dir / f"{stem}_fwd.onnx" if save_dir else None)
+    bwd = session(grad_model, threads, save=save_dir / f"{stem}_grad.onnx" if save_dir else None)
     y = fwd.run([out], {x_in.name: x})[0]
     seed = np.zeros_like(y)
     seed.reshape(len(y), -1)[:, 0] = 1
@@ -149,7 +150,7 @@ def run_case(name: str, batch: int, threads: int, repeats: int, top: int, save) 
         f"   gradient {1000 * g:7.1f} ms (spread {1000 * min(g_times):.0f}-"
         f"{1000 * max(g_times):.0f})   ratio {g / f:.2f}"
     )
-    prof = session(grad_model, threads, profile=str(tmp / name))
+    prof = session(grad_model, threads, profile=str(tmp / stem))
     calls = 3
     prof.run([GRAD], feeds)
     for _ in range(calls):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from igcli.autodiff.builder import NodeGrad, TensorInfo
 from igcli.autodiff.registry import NoGradient, rule
@@ -322,6 +322,9 @@ def MaxPool(g: NodeGrad):
     where windows overlap (taps gathered by a one-hot Conv, scattered by a one-hot
     ConvTranspose)."""
     win, channels = _pool_window(g)
+    routed = _max_pool_by_indices(g, win)
+    if routed is not None:
+        return [routed]
     n_taps, n = int(np.prod(win.of("kernel"))), len(win.axes)
     if n_taps > MAX_TAPS:
         raise NoGradient(f"MaxPool window of {n_taps} taps: its scatter costs taps^2 per window")
@@ -330,6 +333,32 @@ def MaxPool(g: NodeGrad):
     hit = g.op("Cast", g.op("Equal", first, tap_ids), to=g.e.infos_elem(g.I(0)))
     stack = g.op("Mul", hit, _reshape(g, g.GO(0), [-1, 1, *win.of("out")]))
     return [_scatter(g, stack, _one_hot_kernels(win.of("kernel")), win, channels)]
+
+
+def _max_pool_by_indices(g: NodeGrad, win: Window) -> str | None:
+    """GO[o] scattered to the flat index of window o's first arg-max, which a second MaxPool
+    reports as its Indices output (flat over the whole tensor, ties to the first): a memset and
+    one pass over y, where the one-hot Conv route moves every tap of every window through two
+    Convs and their layout reorders (on the digits CNN, most of its reverse pass). Overlapping
+    windows add up where they share an input (ScatterElements' reduction, opset 16). None
+    where it does not apply: other element types, or overlapping windows before opset 16."""
+    if g.e.infos_elem(g.I(0)) not in (TensorProto.FLOAT, TensorProto.DOUBLE) or g.opset < 11:
+        return None
+    overlap = any(a.stride < (a.kernel - 1) * a.dilation + 1 for a in win.axes)
+    if overlap and g.opset < 16:
+        return None
+    keep = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad")
+    attrs = {k: g.attr(k) for k in keep if k in g.attrs}
+    _, first = g.e.op_multi("MaxPool", [g.I(0)], 2, **attrs)
+    shape = g.op("Shape", g.I(0))
+    flat = g.e.ints([-1])
+    zero = helper.make_tensor("zero", g.e.infos_elem(g.I(0)), [1], [0])
+    zeros = g.op("Reshape", g.op("ConstantOfShape", shape, value=zero), flat)
+    go = g.op("Reshape", g.GO(0), flat)
+    reduction = "add" if overlap else None
+    dx = g.op("ScatterElements", zeros, g.op("Reshape", first, flat), go, axis=0,
+              reduction=reduction)  # fmt: skip
+    return g.op("Reshape", dx, shape)
 
 
 def _pool_counts(win: Window, include_pad: bool) -> np.ndarray:

@@ -294,3 +294,36 @@ def test_batch_normalization_opset9():
             down[name].flat[i] -= 1e-6
             expected.flat[i] = (f(up) - f(down)) / 2e-6
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"d/d{name}")
+
+
+def _first_argmax_scatter(x, seed, k, s, pad):
+    """numpy: each window's seed goes to its first maximum (row-major), summed over windows."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], constant_values=-np.inf)
+    dx = np.zeros_like(xp)
+    for i in range(seed.shape[2]):
+        for j in range(seed.shape[3]):
+            win = xp[:, :, i * s : i * s + k, j * s : j * s + k].reshape(n, c, -1)
+            first = win.argmax(axis=2)
+            for a in range(n):
+                for b in range(c):
+                    di, dj = divmod(int(first[a, b]), k)
+                    dx[a, b, i * s + di, j * s + dj] += seed[a, b, i, j]
+    return dx[:, :, pad : pad + h, pad : pad + w]
+
+
+@pytest.mark.parametrize(("k", "s", "pad", "opset"), [(2, 2, 0, 9), (2, 2, 0, 17),
+                                                      (3, 2, 1, 9), (3, 2, 1, 18)])  # fmt: skip
+def test_max_pool_ties_go_to_the_first_maximum(k, s, pad, opset):
+    """Flat image regions make ties in every window: like PyTorch and ONNX Runtime, the whole
+    gradient goes to the first maximum (both routes: one-hot Convs before opset 11 and the
+    Indices scatter after), never split and never to every tied input."""
+    x = rng.integers(0, 2, size=(2, 3, 8, 8)).astype(np.float32)
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s],
+                            pads=[pad] * 4)  # fmt: skip
+    model = make_model([node], {"x": x}, "y", opset)
+    sess = ort.InferenceSession(build_gradient_model(model, "x", "y").SerializeToString())
+    out = (8 + 2 * pad - k) // s + 1
+    seed = rng.standard_normal((2, 3, out, out)).astype(np.float32)
+    got = sess.run([GRAD], {"x": x, SEED: seed})[0]
+    np.testing.assert_allclose(got, _first_argmax_scatter(x, seed, k, s, pad), atol=1e-6)
