@@ -15,6 +15,7 @@ import math
 import os
 import secrets
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -428,7 +429,7 @@ def save_png(image: Image.Image, path: Path) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
+            image.save(f, format="PNG", compress_level=3)  # 30% faster than 6, 11% larger
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -523,14 +524,50 @@ def _panel(
     labels: list[str] | None = None,
 ) -> Image.Image:
     """input | heatmap | blend (| regions) side by side, a colorbar under the heatmap and
-    blend, title, caption."""
+    blend, title, caption. The frame (labels, legend, ramp, outlines) is drawn once per layout
+    and copied: a batch of same-sized inputs draws only the tiles and the changing text."""
     th, tw = tiles[0].shape[:2]
-    n = len(tiles)
+    labels = tuple(labels or ["input", _SIGN_LABEL[sign], "overlay"])
+    frame, lay = _panel_frame(th, tw, len(tiles), sign, bool(title), bool(caption), labels)
+    im = frame.copy()
+    d = ImageDraw.Draw(im)
+    for x, tile in zip(lay.xs, tiles, strict=True):
+        im.paste(Image.fromarray(tile, mode="RGB"), (x, lay.tiles_y))
+    small, big = _font(lay.small), _font(lay.big)
+    if title:
+        _text(d, (lay.margin, lay.title_y), title, big, _INK, im.width - 2 * lay.margin)
+    _colorbar_values(d, lay.bar, scale, sign == "all", small, lay.fs * 0.6, tw)
+    if caption:
+        _text(d, (lay.margin, lay.caption_y), caption, small, _MUTED, im.width - 2 * lay.margin)
+    return im
+
+
+@dataclass(frozen=True)
+class _PanelLayout:
+    """Where _panel draws the parts that change from one image to the next."""
+
+    fs: int
+    small: int
+    big: int
+    margin: int
+    xs: tuple[int, ...]
+    tiles_y: int
+    title_y: float
+    bar: tuple[int, int, int, int]
+    caption_y: float
+
+
+@functools.lru_cache(maxsize=8)
+def _panel_frame(
+    th: int, tw: int, n: int, sign: str, title: bool, caption: bool, labels: tuple[str, ...]
+) -> tuple[Image.Image, _PanelLayout]:
+    """The parts of a panel that depend on its layout alone, and where the rest goes."""
     fs = int(np.clip(round(0.075 * math.sqrt(th * tw)), 13, 48))
-    small, big = _font(max(11, fs - 2)), _font(round(fs * 1.25))
+    small_size, big_size = max(11, fs - 2), round(fs * 1.25)
+    small = _font(small_size)
     margin, gap = fs + 4, max(8, fs)
     width = 2 * margin + n * tw + (n - 1) * gap
-    xs = [margin + i * (tw + gap) for i in range(n)]
+    xs = tuple(margin + i * (tw + gap) for i in range(n))
     title_h = round(fs * 1.25 * 1.7) if title else 0
     label_h = round(fs * 1.5)
     bar_h = max(10, round(fs * 0.75))
@@ -540,45 +577,53 @@ def _panel(
 
     im = Image.new("RGB", (width, height), _WHITE)
     d = ImageDraw.Draw(im)
-    y = margin
-    if title:
-        _text(d, (margin, y + title_h // 2 - fs // 4), title, big, _INK, width - 2 * margin)
-        y += title_h
-    labels = labels or ["input", _SIGN_LABEL[sign], "overlay"]
-    for x, tile, label in zip(xs, tiles, labels, strict=True):
+    title_y = margin + title_h // 2 - fs // 4
+    y = margin + title_h
+    for x, label in zip(xs, labels, strict=True):
         _text(d, (x + tw // 2, y + label_h // 2), label, small, _MUTED, tw, align="center")
-        im.paste(Image.fromarray(tile, mode="RGB"), (x, y + label_h))
         d.rectangle((x - 1, y + label_h - 1, x + tw, y + label_h + th), outline=_RULE)
+    tiles_y = y + label_h
     y += label_h + th + gap
 
     # Colorbar spanning the heatmap and overlay tiles, which share its scale.
     signed = sign == "all"
-    x0, x1 = xs[1], xs[2] + tw - 1
-    _colorbar(im, d, (x0, x1, y, bar_h), scale, signed, small, fs * 0.6, tw)
+    bar = (xs[1], xs[2] + tw - 1, y, bar_h)
+    _colorbar_ramp(im, d, bar, signed)
 
     first, second = _SIGN_LEGEND[sign]
     colors = (_lut(DIVERGING)[-1], _lut(DIVERGING)[0]) if signed else (_INK, _MUTED)
     for i, (line, col) in enumerate(zip((first, second), colors, strict=True)):
         cy = y + round(bar_h / 2) + i * round(fs * 1.4)
         _text(d, (xs[0], cy), line, small, tuple(int(c) for c in col), tw)
-    y += below_h
-    if caption:
-        _text(d, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
-    return im
+    caption_y = y + below_h + cap_h // 2
+    layout = _PanelLayout(fs, small_size, big_size, margin, xs, tiles_y, title_y, bar, caption_y)
+    return im, layout
 
 
 def _colorbar(im, d, box, scale: float, signed: bool, font, label_dy: float, label_w) -> None:
     """The colour ramp from -scale (or 0) to scale in box (x0, x1, y, height), outlined, with
     three ticks and their values under it (`label_dy` below the tick, `label_w` wide)."""
+    _colorbar_ramp(im, d, box, signed)
+    _colorbar_values(d, box, scale, signed, font, label_dy, label_w)
+
+
+def _colorbar_ramp(im, d, box, signed: bool) -> None:
+    """The ramp, its outline and tick marks: the same for every scale."""
     x0, x1, y, bar_h = box
-    lo = -scale if signed else 0.0
-    ramp = np.linspace(lo, scale, x1 - x0 + 1)[None, :].repeat(bar_h, axis=0)
-    im.paste(Image.fromarray(_colorize(ramp, scale, signed), mode="RGB"), (x0, y))
+    ramp = np.linspace(-1.0 if signed else 0.0, 1.0, x1 - x0 + 1)[None, :].repeat(bar_h, axis=0)
+    im.paste(Image.fromarray(_colorize(ramp, 1.0, signed), mode="RGB"), (x0, y))
     d.rectangle((x0 - 1, y - 1, x1 + 1, y + bar_h), outline=_RULE)
+    for i in range(3):
+        tx = x0 + round(i * (x1 - x0) / 2)
+        d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
+
+
+def _colorbar_values(d, box, scale: float, signed: bool, font, label_dy: float, label_w) -> None:
+    """The three tick values under a ramp drawn by _colorbar_ramp."""
+    x0, x1, y, bar_h = box
     ticks = [-scale, 0.0, scale] if signed else [0.0, scale / 2, scale]
     for i, v in enumerate(ticks):
         tx = x0 + round(i * (x1 - x0) / 2)
-        d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
         text = "0" if v == 0 else (_fmt_signed(v, 3) if signed else f"{v:.3g}")
         align = ("left", "center", "right")[i]
         _text(d, (tx, y + bar_h + 6 + label_dy), text, font, _INK, label_w, align=align)
@@ -610,8 +655,14 @@ def _text(
     text = _fit(_drawable(text, font), font, max_width)
     w = _textlen(font, text)
     x = xy[0] - {"left": 0, "center": w / 2, "right": w}[align]
-    _, top, _, bottom = d.textbbox((0, 0), "0Ag", font=font)  # same offset for every string
-    d.text((round(x), round(xy[1] - (top + bottom) / 2)), text, font=font, fill=fill)
+    d.text((round(x), round(xy[1] - _mid_line(font))), text, font=font, fill=fill)
+
+
+@functools.lru_cache(maxsize=16)
+def _mid_line(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float:
+    """The height of the middle of a line of text, from its top: the same for every string."""
+    _, top, _, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), "0Ag", font=font)
+    return (top + bottom) / 2
 
 
 def _fit(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_width: float) -> str:
