@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -140,7 +141,8 @@ def save_graph(key: str, model: onnx.ModelProto, base: onnx.ModelProto) -> None:
 # -- self-check verdicts ---------------------------------------------------------------------
 def load_check(key: str) -> dict | None:
     """What a run found about the gradient graph cached under `key`: {"check": the self-check
-    summary (a passing one), "rows_independent": bool or absent}."""
+    summary (a passing one), "rows_independent": bool or absent, "bytes_per_row": the memory
+    one more row of a call costs, or absent}."""
     try:
         found = json.loads((cache_dir() / f"check-{key}.json").read_text())
     except (OSError, ValueError):
@@ -215,6 +217,34 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path: Path, remember: bool = True) -> str:
+    """The sha256 of a file's bytes, remembered by the file's identity (device, inode, size,
+    mtime and ctime, as git's index does): a second run on a 100 MB model need not read it all
+    again to find its cache entries. A file changed within 2 s of being hashed is hashed
+    again every time (its mtime cannot tell a later change apart)."""
+    st = os.stat(path)
+    identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    where = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:32]
+    memo = cache_dir() / f"sha256-{where}.json"
+    if remember:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            known = json.loads(memo.read_text())
+            settled = max(st.st_mtime_ns, st.st_ctime_ns) < known["hashed_ns"] - 2_000_000_000
+            if known["identity"] == identity and settled:
+                return str(known["sha256"])
+    started = time.time_ns()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    if remember:
+        found = {"identity": identity, "hashed_ns": started, "sha256": sha}
+        with contextlib.suppress(OSError):
+            _write_atomic(memo, json.dumps(found).encode())
+    return sha
 
 
 def entries() -> list[Path]:

@@ -88,6 +88,7 @@ class GraphRunner:
         self.runner = runner  # its model has the TARGET input (see with_target_seed)
         self.check = None  # the self-check's GradientCheck (or its stored summary), once run
         self.cache_key = cache_key  # where its self-check verdict is kept (None: nowhere)
+        self.bytes_per_row: int | None = None  # memory one more row costs, once measured
 
     @property
     def batch_size(self) -> int:

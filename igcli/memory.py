@@ -76,11 +76,16 @@ def rows_within(
     four = current_rss()
     if not one or four <= one:  # unmeasurable here, or too small to see: no limit from it
         return cap, None
-    per_row = (four - one) / 3
+    per_row = int((four - one) / 3)
+    return rows_for(budget, per_row, one, cap), per_row
+
+
+def rows_for(budget: int, per_row: int, resident: int, cap: int = MAX_ROWS) -> int:
+    """Rows per call that fit `budget` at `per_row` bytes each, `resident` already in use."""
     # a tenth of the budget stays for what the run holds outside the call (path points, the
     # gradients returned, accumulators): measured, ResNet-50 under 1G peaked 3% over without it
-    rows = int((HEADROOM * budget - one) // per_row) + 1
-    return max(1, min(cap, rows)), int(per_row)
+    rows = int((HEADROOM * budget - resident) // per_row) + 1
+    return max(1, min(cap, rows))
 
 
 class RowTuner:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -466,12 +465,12 @@ def check_feed(value: np.ndarray, spec: TensorSpec, batch_axis: int | None, path
     return value
 
 
-def model_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def model_hash(path: Path, remember: bool = True) -> str:
+    """The sha256 of a file (see cache.file_sha256; `remember` False keeps it out of the
+    cache folder)."""
+    from igcli.cache import file_sha256
+
+    return file_sha256(path, remember)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:

@@ -49,7 +49,14 @@ from igcli.ig import (
     integrated_gradients_many,
 )
 from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
-from igcli.memory import MAX_ROWS, RowTuner, default_budget, rows_within
+from igcli.memory import (
+    MAX_ROWS,
+    RowTuner,
+    current_rss,
+    default_budget,
+    rows_for,
+    rows_within,
+)
 from igcli.model import (
     Context,
     Feed,
@@ -233,7 +240,7 @@ class Session:
         self.warn = warn or (lambda msg: None)
         self._warned: set[str] = set()
         self.model = without_initializer_inputs(load_model(self.model_path))
-        self.sha256 = model_hash(self.model_path)
+        self.sha256 = model_hash(self.model_path, remember=self.use_cache)
         self.sidecar = Sidecar.load(self.model_path)
         inputs = require_inputs(self.model, self.model_path)
         self.input_spec = self._choose_input(inputs, input)
@@ -554,7 +561,7 @@ class Session:
             return {}
         if not hasattr(self, "_tokenizer_sha"):
             path = self.tokens.tokenizer_path if self.tokens is not None else None
-            self._tokenizer_sha = model_hash(path) if path is not None else None
+            self._tokenizer_sha = model_hash(path, self.use_cache) if path is not None else None
         return {"at": self.at, "aggregate": self.aggregate, "tokenizer": self._tokenizer_sha}
 
     @property
@@ -1042,7 +1049,10 @@ class Session:
         if check.verdict != "mismatch":
             if graph.cache_key and self.use_cache:
                 rows = graph.runner.batch_size > 1  # after _check_rows_independent
-                save_check(graph.cache_key, {"check": check.summary(), "rows_independent": rows})
+                found = {"check": check.summary(), "rows_independent": rows}
+                if graph.bytes_per_row:
+                    found["bytes_per_row"] = graph.bytes_per_row
+                save_check(graph.cache_key, found)
             return graph
         why = (
             f"its gradient disagrees with finite differences (error {check.error:.3g} "
@@ -1070,7 +1080,14 @@ class Session:
             targets = np.zeros(n, dtype=np.int64) if graph is not None else None
             runner.call(rows, [runner.output_name], targets, context)
 
-        rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
+        stored = self._stored_check(graph) if graph is not None else None
+        per_row = stored.get("bytes_per_row") if stored is not None else None
+        if isinstance(per_row, int) and per_row > 0:  # measured by an earlier run: no calls
+            rows = rows_for(self.memory_budget, per_row, current_rss(), runner.batch_size)
+        else:
+            rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
+        if graph is not None:
+            graph.bytes_per_row = per_row
         runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below it
         runner.tuner = RowTuner(rows)
         self.memory_per_row = per_row

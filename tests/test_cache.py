@@ -140,3 +140,51 @@ def test_a_broken_entry_is_rebuilt(tmp_path):
         entry.write_bytes(b"not onnx")
     a = igcli.Session(path).attribute(np.full((1, 4), 0.5, np.float32), steps=8)
     assert a.gradient_source == "graph"
+
+
+def test_file_hashes_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """A second run need not read a large model again to find its entries, but a model
+    rewritten in place (even same size, same mtime) is hashed again."""
+    import hashlib
+
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"a" * 1000)
+    # hashed "10 s after" the write: the file has settled, so its memo is trusted
+    later = cache.time.time_ns() + 10_000_000_000
+    monkeypatch.setattr(cache.time, "time_ns", lambda: later)
+    assert cache.file_sha256(path) == hashlib.sha256(b"a" * 1000).hexdigest()
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: reads.append(a[0]) or real_open(*a, **k))
+    assert cache.file_sha256(path) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert path not in reads  # answered from the memo
+    monkeypatch.setattr("builtins.open", real_open)
+    st = path.stat()
+    path.write_bytes(b"b" * 1000)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime; ctime moves
+    assert cache.file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+def test_a_file_hashed_right_after_a_change_is_hashed_again(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"a" * 1000)
+    cache.file_sha256(path)  # the memo cannot tell a change within the same moment
+    with open(path, "r+b") as fh:
+        fh.write(b"b")
+    assert cache.file_sha256(path) == cache.file_sha256(path, remember=False)
+
+
+def test_the_memory_a_row_costs_is_measured_once_per_graph(tmp_path, monkeypatch):
+    """Measuring it takes two model calls (0.7 s on ResNet-50): a graph that passed its
+    self-check keeps the figure beside its verdict, and the next run sizes its calls from it."""
+    from igcli import session as session_module
+
+    x = np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32)
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    monkeypatch.setattr(session_module, "rows_within", lambda budget, call, cap: (7, 10**6))
+    first = igcli.Session(path, memory_limit=10**9)
+    first.attribute(x, steps=16)
+    monkeypatch.setattr(session_module, "rows_within", lambda *a, **k: pytest.fail("measured"))
+    second = igcli.Session(path, memory_limit=10**9)
+    second.attribute(x, steps=16)
+    assert second.memory_per_row == 10**6
