@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -251,7 +252,7 @@ def entries() -> list[Path]:
     root = cache_dir()
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir() if p.is_file() and p.suffix == ".onnx"]
+    return [p for p in root.iterdir() if p.is_file() and p.suffix in (".onnx", ".data")]
 
 
 def enforce_limit(limit: int | None = None) -> int:
@@ -286,7 +287,7 @@ def info() -> dict:
         "bytes": sum(sizes),
         "limit_bytes": size_limit(),
         "gradient_graphs": sum(p.name.startswith("grad-") for p in files),
-        "optimized_graphs": sum(p.name.startswith("ort-") for p in files),
+        "optimized_graphs": sum(p.name.startswith("ort-") and p.suffix == ".onnx" for p in files),
     }
 
 
@@ -297,7 +298,9 @@ def clear() -> int:
         return 0
     gone = 0
     for p in root.iterdir():
-        if p.is_file() and (p.suffix in (".onnx", ".tmp", ".json")):
+        if p.is_dir() and p.name.startswith(".staging-"):  # left by a run that was killed
+            shutil.rmtree(p, ignore_errors=True)
+        if p.is_file() and (p.suffix in (".onnx", ".data", ".tmp", ".json")):
             with contextlib.suppress(OSError):
                 p.unlink()
                 gone += 1

