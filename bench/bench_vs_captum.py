@@ -31,7 +31,7 @@ igcli's worktree on PYTHONPATH (the igcli CLI itself runs from the worktree's .v
     PYTHONPATH=. /work/venv-ref/bin/python bench/bench_vs_captum.py
         [--models resnet50,densenet121,vit] [--rounds 3] [--steps 64] [--batch 16]
         [--threads 2] [--workdir /tmp/igcli-bench] [--igcli .venv/bin/igcli]
-        [--calls 7] [--skip-calls] [--skip-ig]
+        [--calls 7] [--skip-calls] [--skip-ig] [--adaptive [--tolerance 0.005]]
 
 --igcli is a command line: to time another checkout of igcli with the same venv, pass e.g.
 --igcli "env PYTHONPATH=/path/to/checkout .venv/bin/python -m igcli" (and run the script
@@ -135,9 +135,13 @@ def prepare_models(names: list[str], workdir: Path) -> dict[str, dict]:
 
 
 # -- one timed process each ---------------------------------------------------------------------
-def run_igcli(igcli: str, model: Path, x: Path, cache: Path, out: Path, args) -> dict:
-    cmd = [*shlex.split(igcli), "explain", str(model), str(x), "--steps", str(args.steps),
-           "--method", "gausslegendre", "--baseline", "zero", "--batch-size", str(args.batch),
+def run_igcli(
+    igcli: str, model: Path, x: Path, cache: Path, out: Path, args, steps: list[str] | None = None
+) -> dict:
+    """One igcli process; `steps` replaces `--steps N --method gausslegendre` (adaptive runs)."""
+    steps = steps or ["--steps", str(args.steps), "--method", "gausslegendre"]
+    cmd = [*shlex.split(igcli), "explain", str(model), str(x), *steps,
+           "--baseline", "zero", "--batch-size", str(args.batch),
            "--threads", str(args.threads), "--out", str(out), "--json", "--quiet"]  # fmt: skip
     env = {**os.environ, "IGCLI_CACHE_DIR": str(cache)}
     env.pop("PYTHONPATH", None)  # the CLI runs from its own venv (or says so: env PYTHONPATH=..)
@@ -150,9 +154,10 @@ def run_igcli(igcli: str, model: Path, x: Path, cache: Path, out: Path, args) ->
     return {"total": took, "record": record}
 
 
-def run_captum(case: dict, x: Path, args) -> dict:
+def run_captum(case: dict, x: Path, args, steps: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--captum-child", str(case["torch"]), str(x), "--steps",
-           str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]  # fmt: skip
+           str(steps or args.steps), "--batch", str(args.batch), "--threads",
+           str(args.threads)]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     took = time.perf_counter() - start
@@ -242,6 +247,35 @@ def per_call(case: dict, args) -> dict:
     return {"build_s": build, **{k: v for k, v in times.items()}}
 
 
+def adaptive(names: list[str], cases: dict, x: Path, args) -> None:
+    """igcli with adaptive steps (warm cache) against Captum at its defaults (50
+    Gauss-Legendre steps), interleaved rounds; both completeness errors shown."""
+    print(f"\nAdaptive steps (--steps auto --tolerance {args.tolerance}) against Captum's "
+          f"default 50 Gauss-Legendre steps; median (min-max) of {args.rounds} rounds, "
+          "seconds")  # fmt: skip
+    print("| model | igcli auto | evaluations | completeness error | Captum n_steps=50 | "
+          "Captum's error | igcli / Captum |\n|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    auto = ["--steps", "auto", "--tolerance", str(args.tolerance)]
+    for name in names:
+        case, cache = cases[name], args.workdir / f"cache-{name}"
+        ours, theirs = [], []
+        run_igcli(args.igcli, case["onnx"], x, cache, args.workdir / "out", args, auto)
+        for k in range(args.rounds):
+            for tool in ("igcli", "captum") if k % 2 == 0 else ("captum", "igcli"):
+                if tool == "igcli":
+                    out = args.workdir / "out"
+                    ours.append(run_igcli(args.igcli, case["onnx"], x, cache, out, args, auto))
+                else:
+                    theirs.append(run_captum(case, x, args, steps=50))
+        rec, cap = ours[-1]["record"], theirs[-1]
+        ours_err = abs(rec["attribution_sum"] - rec["delta"]) / abs(rec["delta"])
+        cap_err = abs(cap["attribution_sum"] - cap["delta"]) / abs(cap["delta"])
+        a, c = [r["total"] for r in ours], [r["total"] for r in theirs]
+        print(f"| {name} | {med(a):.2f} ({spread(a)}) | {rec.get('steps_used')} | "
+              f"{100 * ours_err:.3f}% | {med(c):.2f} ({spread(c)}) | {100 * cap_err:.3f}% | "
+              f"{med(a) / med(c):.2f} |", flush=True)  # fmt: skip
+
+
 # -- report -------------------------------------------------------------------------------------
 def med(values: list[float]) -> float:
     return statistics.median(values)
@@ -263,6 +297,12 @@ def main() -> None:
     parser.add_argument("--igcli", default=str(ROOT / ".venv" / "bin" / "igcli"))
     parser.add_argument("--skip-calls", action="store_true", help="no per-call figures")
     parser.add_argument("--skip-ig", action="store_true", help="only the per-call figures")
+    parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also: adaptive steps against Captum's default 50 steps",
+    )
+    parser.add_argument("--tolerance", type=float, default=0.005)
     parser.add_argument("--captum-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.captum_child:
@@ -319,6 +359,9 @@ def main() -> None:
             print(f"  {name:12s} igcli target {rec['target']} sum {rec['attribution_sum']:+.5f} "
                   f"delta {rec['delta']:+.5f} | Captum target {cap['target']} sum "
                   f"{cap['attribution_sum']:+.5f} delta {cap['delta']:+.5f}")  # fmt: skip
+
+    if args.adaptive:
+        adaptive(names, cases, x, args)
 
     if not args.skip_calls:
         print(f"\nPer call at batch {args.batch}, {args.threads} threads, median (min-max) of "
