@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import secrets
+import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -629,13 +630,19 @@ def _colorbar_values(d, box, scale: float, signed: bool, font, label_dy: float, 
         _text(d, (tx, y + bar_h + 6 + label_dy), text, font, _INK, label_w, align=align)
 
 
-@functools.lru_cache(maxsize=16)  # loading decodes the bundled font: once per size is enough
+_fonts = threading.local()  # FreeType faces are not safe to share between threads
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled scalable font (Pillow >= 10.1); the fixed bitmap font before that."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError, ValueError):
-        return ImageFont.load_default()
+    """Pillow's bundled scalable font (Pillow >= 10.1); the fixed bitmap font before that.
+    Loaded once per size and thread (loading decodes the bundled font)."""
+    loaded = _fonts.__dict__.setdefault("by_size", {})
+    if size not in loaded:
+        try:
+            loaded[size] = ImageFont.load_default(size=size)
+        except (TypeError, OSError, ImportError, ValueError):
+            loaded[size] = ImageFont.load_default()
+    return loaded[size]
 
 
 def _text(
