@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import json
 import math
 import os
@@ -702,14 +703,16 @@ def make_session(
         # The weights go to a file beside the graph (`.data`), which ONNX Runtime maps into
         # memory when it opens the graph again: ResNet-50 opens in 0.05 s instead of 0.2 s,
         # without faulting in 200 MB of fresh memory. Both are written in a staging folder
-        # first, so a crash leaves no half-written entry under the real names.
+        # first, so a crash leaves no half-written entry under the real names; the weights
+        # file's name is this write's own, so two runs saving the same entry at once never
+        # pair one's graph with the other's weights.
         with contextlib.suppress(OSError):
             optimized.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=optimized.parent))
             opts.optimized_model_filepath = str(staging / optimized.name)
             opts.add_session_config_entry(
                 "session.optimized_model_external_initializers_file_name",
-                optimized_data(optimized).name,
+                f"{optimized.stem}.{staging.name.rsplit('-', 1)[-1]}.data",
             )
             opts.add_session_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
@@ -725,22 +728,27 @@ def make_session(
     return session
 
 
-def optimized_data(optimized: Path) -> Path:
-    """Where the weights of an optimised graph saved at `optimized` live."""
-    return optimized.with_suffix(".data")
+def optimized_data(optimized: Path) -> list[Path]:
+    """The weights files beside an optimised graph saved at `optimized` (one, but a run that
+    replaced the graph while another read it may leave an older one until the next save)."""
+    return sorted(optimized.parent.glob(f"{glob.escape(optimized.stem)}.*.data"))
 
 
 def _publish_optimized(staging: Path, optimized: Path) -> None:
     """Move a saved graph and its weights to their names: the weights first, so a graph
-    under its real name always has them (a lone weights file is removed by the cache)."""
+    under its real name always finds them; then older weights of the same entry go."""
     from igcli.cache import enforce_limit
 
-    graph, data = staging / optimized.name, staging / optimized_data(optimized).name
+    graph = staging / optimized.name
     with contextlib.suppress(OSError):
         if graph.is_file():
-            if data.is_file():
-                os.replace(data, optimized_data(optimized))
+            ours = [p.name for p in staging.glob("*.data")]
+            for name in ours:
+                os.replace(staging / name, optimized.parent / name)
             os.replace(graph, optimized)
+            for old in optimized_data(optimized):
+                if old.name not in ours:
+                    old.unlink(missing_ok=True)
             enforce_limit()
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -759,11 +767,12 @@ def open_optimized(
     except Exception:
         with contextlib.suppress(OSError):
             optimized.unlink()
-            optimized_data(optimized).unlink(missing_ok=True)
+            for data in optimized_data(optimized):
+                data.unlink(missing_ok=True)
         return None
     with contextlib.suppress(OSError):
-        os.utime(optimized)  # recently used: kept longest
-        os.utime(optimized_data(optimized))
+        for path in (optimized, *optimized_data(optimized)):
+            os.utime(path)  # recently used: kept longest
     return session
 
 

@@ -193,15 +193,36 @@ def test_the_memory_a_row_costs_is_measured_once_per_graph(tmp_path, monkeypatch
 def test_optimised_graphs_keep_their_weights_in_a_mapped_file(tmp_path):
     """ONNX Runtime maps the weights file into memory instead of parsing them out of the
     graph; an entry whose weights went missing is rebuilt, never an error."""
+    from igcli.model import optimized_data
+
     x = np.zeros((1, 512), dtype=np.float32)
     path = _big_model(tmp_path)
     first = igcli.Session(path).attribute(x, steps=4)
     graphs = [p for p in cache.entries() if p.name.startswith("ort-") and p.suffix == ".onnx"]
-    assert graphs and all(p.with_suffix(".data").is_file() for p in graphs)
+    assert graphs and all(len(optimized_data(p)) == 1 for p in graphs)
     assert all(p.stat().st_size < 100_000 for p in graphs)  # the weights are elsewhere
     assert not list(cache.cache_dir().glob(".staging-*"))
     for p in graphs:
-        p.with_suffix(".data").unlink()
+        optimized_data(p)[0].unlink()
     again = igcli.Session(path).attribute(x, steps=4)
     np.testing.assert_array_equal(first.attributions, again.attributions)
-    assert all(p.with_suffix(".data").is_file() for p in graphs)
+    assert all(len(optimized_data(p)) == 1 for p in graphs)
+
+
+def test_a_graph_saved_again_takes_its_own_weights_and_drops_the_old(tmp_path):
+    """Each save names its weights file itself (two runs saving one entry at once must not
+    pair one's graph with the other's weights); the replaced weights are removed."""
+    from igcli.model import optimized_data
+
+    x = np.zeros((1, 512), dtype=np.float32)
+    path = _big_model(tmp_path)
+    first = igcli.Session(path).attribute(x, steps=4)
+    graphs = [p for p in cache.entries() if p.name.startswith("ort-") and p.suffix == ".onnx"]
+    before = {p: optimized_data(p) for p in graphs}
+    for p in graphs:
+        p.unlink()  # the graph goes, its weights stay: the next run saves both anew
+    again = igcli.Session(path).attribute(x, steps=4)
+    np.testing.assert_array_equal(first.attributions, again.attributions)
+    for p in graphs:
+        now = optimized_data(p)
+        assert len(now) == 1 and now != before[p]
