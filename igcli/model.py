@@ -664,6 +664,10 @@ def feed_batch_axis(feed: TensorSpec, attributed: TensorSpec) -> int | None:
 def session_options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    # ONNX Runtime's idle threads spin between ops by default, taking the cores our writer
+    # threads draw heatmaps on: digits, 1000 images, 19.8 s spinning and 16.8 s not; ResNet-50
+    # and ViT-S/16 (bench_vs_captum's runs) the same either way, with 10-35% less CPU.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -23,6 +23,8 @@ import numpy as np
 from cmap import Colormap
 from PIL import Image, ImageDraw, ImageFont
 
+from igcli.outputs import png_bytes
+
 OVERLAYS = ("heatmap", "blend", "masked", "panel")
 SIGNS = ("all", "positive", "negative", "absolute")
 REDUCTIONS = ("sum", "maxabs")
@@ -430,7 +432,7 @@ def save_png(image: Image.Image, path: Path) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", compress_level=3)  # 30% faster than 6, 11% larger
+            f.write(png_bytes(image))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

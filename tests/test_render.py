@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -270,6 +271,21 @@ def test_bars_handle_top_k_larger_than_n_and_cut_with_a_taller_chart():
 # ---------------------------------------------------------------- save
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
+def test_png_bytes_round_trip_every_mode(mode):
+    """Our own encoder (RGB and L) and Pillow's (the rest) give back the very pixels."""
+    from igcli.outputs import png_bytes
+
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (3, 5), (414, 748)]:
+        base = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), mode="RGBA")
+        im = base.convert(mode) if mode != "I;16" else Image.new("I;16", (w, h), 40000)
+        with Image.open(io.BytesIO(png_bytes(im))) as back:
+            back.load()
+            assert back.size == im.size and back.mode == im.mode
+            np.testing.assert_array_equal(np.asarray(back), np.asarray(im))
+
+
 def test_save_png_writes_a_readable_png_and_no_temp_file(tmp_path: Path):
     im = render_image(_ramp(), _left_right(), overlay="heatmap")
     target = tmp_path / "out.png"
@@ -291,11 +307,10 @@ def test_save_png_failing_mid_write_keeps_the_old_file_and_no_temp(tmp_path, mon
     target = tmp_path / "out.png"
     target.write_bytes(b"old")
 
-    def broken_save(self, fp, *args, **kwargs):
-        fp.write(b"\x89PNG half")
+    def full_disk(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr(os, "fsync", full_disk)  # after the bytes went out, before the rename
     with pytest.raises(OSError, match="disk full"):
         save_png(Image.new("RGB", (4, 4)), target)
     assert os.listdir(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
