@@ -43,6 +43,9 @@ class GraphEmitter:
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # forward values known now
     counter: list[int] = field(default_factory=lambda: [0])  # shared with child emitters
     prefix: str = "igcli_grad"
+    # Pad outputs -> (padded tensor, pads, value, mode): lets the driver add up the
+    # gradients of slices that tile a tensor as one Concat (see driver._concat_of_slices)
+    pads: dict[str, tuple[str, tuple[int, ...], float, str]] = field(default_factory=dict)
 
     def fresh(self, hint: str) -> str:
         self.counter[0] += 1
@@ -157,8 +160,11 @@ class GraphEmitter:
             ins = [x, self.ints(pads)]
             if mode == "constant":
                 ins.append(self.scalar(value, x))
-            return self.op("Pad", *ins, mode=mode)
-        return self.op("Pad", x, pads=list(pads), value=float(value), mode=mode)
+            out = self.op("Pad", *ins, mode=mode)
+        else:
+            out = self.op("Pad", x, pads=list(pads), value=float(value), mode=mode)
+        self.pads[out] = (x, tuple(int(p) for p in pads), float(value), mode)
+        return out
 
     def zeros_like(self, x: str) -> str:
         return self.op("Mul", x, self.scalar(0.0, x))

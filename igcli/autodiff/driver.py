@@ -91,6 +91,38 @@ def _tensor_infos(
     return infos
 
 
+def _concat_of_slices(e: GraphEmitter, name: str, parts: list[str]) -> str | None:
+    """The gradients of slices that tile tensor `name` along one axis (q, k and v cut from
+    one projection) are zero-padded copies of each slice's gradient: their sum is the Concat of
+    the unpadded ones. One pass instead of a Pad per slice and a Sum over full-size tensors
+    (a ViT-S/16 has twelve). None unless every part is such a Pad and together they tile."""
+    specs = [e.pads.get(p) for p in parts]
+    if any(s is None or s[3] != "constant" or s[2] != 0.0 for s in specs):
+        return None
+    rank = len(specs[0][1]) // 2
+    if any(len(s[1]) != 2 * rank for s in specs) or any(p < 0 for s in specs for p in s[1]):
+        return None
+    axes = {k for s in specs for k in range(rank) if s[1][k] or s[1][rank + k]}
+    if len(axes) != 1:
+        return None
+    (axis,) = axes
+    order = sorted(specs, key=lambda s: s[1][axis])
+    begins, ends = [s[1][axis] for s in order], [s[1][rank + axis] for s in order]
+    sizes = {begins[k + 1] + ends[k] for k in range(len(order) - 1)}  # the axis's full size
+    if begins[0] != 0 or ends[-1] != 0 or len(sizes) != 1:
+        return None
+    size, shape = sizes.pop(), e.static_shape(name)
+    if shape is None or len(shape) != rank or shape[axis] != size:
+        return None  # a gap or an overlap between the pieces (or a size we cannot check)
+    if any(size - b - f <= 0 for b, f in zip(begins, ends, strict=True)):
+        return None  # an empty piece
+    dropped = set(parts)
+    if any(i in dropped for n in e.nodes for i in n.input):
+        return None  # a rule also used a padded tensor itself: keep it
+    e.nodes[:] = [n for n in e.nodes if n.output[0] not in dropped]
+    return e.op("Concat", *[s[0] for s in order], axis=axis)
+
+
 def _standard(node: onnx.NodeProto) -> bool:
     return node.domain in ("", "ai.onnx")
 
@@ -160,7 +192,7 @@ class _Walk:
             if not parts:
                 return None
             if len(parts) > 1:
-                summed = e.op("Sum", *parts)
+                summed = _concat_of_slices(e, name, parts) or e.op("Sum", *parts)
                 e.set_info(summed, name)
                 grads[name] = [summed]
             return grads[name][0]

@@ -426,3 +426,38 @@ def test_resize_gradient_is_matmuls_for_nchw():
     grad_model = build_gradient_model(model, "x", output)
     ops = [n.op_type for n in grad_model.graph.node if n.name.startswith("igcli_grad/")]
     assert sorted(ops) == ["MatMul", "MatMul"], ops
+
+
+# -- slices that tile a tensor: their gradients add up as one Concat ----------------------------
+def _slices_model_nodes(bounds, axis):
+    nodes, outs = [], []
+    for k in range(len(bounds)):
+        nodes.append(helper.make_node("Slice", ["x", f"s{k}", f"e{k}", "ax"], [f"p{k}"]))
+        nodes.append(helper.make_node("Mul", [f"p{k}", f"w{k}"], [f"q{k}"]))
+        outs.append(f"r{k}")
+        nodes.append(helper.make_node("ReduceSum", [f"q{k}"], [f"r{k}"], keepdims=0))
+    nodes.append(helper.make_node("Sum", outs, ["y"]))
+    return nodes
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [[(0, 2), (2, 5), (5, 8)], [(5, 8), (0, 2), (2, 5)], [(0, 3), (3, 8)],  # tile: Concat
+     [(0, 2), (3, 8)], [(0, 4), (2, 8)], [(0, 8), (0, 8)]],  # gap, overlap, twice: Sum
+)  # fmt: skip
+def test_slices_that_tile_a_tensor(bounds):
+    """The q, k, v pattern: a Concat where the slices tile the axis exactly, the Pads and Sum
+    everywhere else; the gradient is checked against differences either way."""
+    x = rng.uniform(-1, 1, (2, 8, 3))
+    consts = {"ax": np.array([1])}
+    for k, (lo, hi) in enumerate(bounds):
+        consts.update({f"s{k}": np.array([lo]), f"e{k}": np.array([hi]),
+                       f"w{k}": rng.uniform(-1, 1, (2, hi - lo, 3))})  # fmt: skip
+    nodes = _slices_model_nodes(bounds, 1)
+    check_graph(nodes, {"x": x}, "y", opset=17, constants=consts)
+    model = make_model(nodes, {"x": x.astype(np.float32)}, "y", 17,
+                       {k: (v.astype(np.float32) if v.dtype.kind == "f" else v)
+                        for k, v in consts.items()})  # fmt: skip
+    ops = [n.op_type for n in build_gradient_model(model, "x", "y").graph.node]
+    tiles = sorted(bounds) in ([(0, 2), (2, 5), (5, 8)], [(0, 3), (3, 8)])
+    assert ("Concat" in ops) == tiles, ops
