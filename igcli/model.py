@@ -874,6 +874,11 @@ class ModelRunner:
                 return runner
         return None
 
+    def has_saved(self, cache_key: str) -> bool:
+        """Whether this runner's optimised graph is in the cache under `cache_key`."""
+        paths = (self._saved(cache_key), self._saved(cache_key, "batch1"))
+        return any(p is not None and p.is_file() for p in paths)
+
     def _saved(self, cache_key: str | None, variant: str = "") -> Path | None:
         if cache_key is None:
             return None

@@ -20,7 +20,10 @@ def _big_model(tmp_path):
     return models.save(model, tmp_path / "big.onnx")
 
 
-def test_entries_do_not_copy_the_model_weights(tmp_path):
+def test_entries_do_not_copy_the_model_weights(tmp_path, monkeypatch):
+    from igcli.model import ModelRunner
+
+    monkeypatch.setattr(ModelRunner, "has_saved", lambda *a: False)  # as if none was saved
     path = _big_model(tmp_path)
     igcli.Session(path)
     graphs = [p for p in cache.entries() if p.name.startswith("grad-")]
@@ -120,7 +123,7 @@ def test_least_recently_used_entries_go_first(tmp_path):
 def test_cache_info_and_clear_commands(tmp_path):
     igcli.Session(DIGITS)
     info = json.loads(run("cache", "info", "--json").stdout)
-    assert info["entries"] >= 2 and info["gradient_graphs"] == 1 and info["bytes"] > 0
+    assert info["entries"] >= 2 and info["optimized_graphs"] == 1 and info["bytes"] > 0
     assert "entries" in run("cache", "info").stdout
     cleared = run("cache", "clear")
     assert cleared.exit_code == 0 and not cache.entries()
@@ -226,3 +229,18 @@ def test_a_graph_saved_again_takes_its_own_weights_and_drops_the_old(tmp_path):
     for p in graphs:
         now = optimized_data(p)
         assert len(now) == 1 and now != before[p]
+
+
+def test_the_gradient_graph_is_kept_only_where_no_optimised_graph_was_saved(tmp_path):
+    """A second run on this machine opens ONNX Runtime's optimised graph, so the gradient
+    graph is not saved beside it; with the optimised graph gone, it is rebuilt, not lost."""
+    x = np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32)
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    first = igcli.Session(path).attribute(x, steps=8)
+    names = [p.name for p in cache.entries()]
+    assert any(n.startswith("ort-") for n in names)
+    assert not any(n.startswith("grad-") for n in names)
+    for p in cache.entries():
+        p.unlink()
+    again = igcli.Session(path).attribute(x, steps=8)
+    np.testing.assert_array_equal(first.attributions, again.attributions)

@@ -61,7 +61,7 @@ def test_gradient_graph_is_cached(tmp_path, monkeypatch):
     for _ in range(2):
         explain_json(CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path)
     assert len(builds) == 1
-    assert list((tmp_path / "cache").glob("grad-*.onnx"))
+    assert list((tmp_path / "cache").glob("ort-*.onnx"))
     explain_json(CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path, "--no-cache")
     assert len(builds) == 2
 
