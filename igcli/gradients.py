@@ -89,6 +89,7 @@ class GraphRunner:
         self.check = None  # the self-check's GradientCheck (or its stored summary), once run
         self.cache_key = cache_key  # where its self-check verdict is kept (None: nowhere)
         self.bytes_per_row: int | None = None  # memory one more row costs, once measured
+        self.stored: dict | None = None  # what an earlier run recorded ({}: nothing), once read
 
     @property
     def batch_size(self) -> int:

@@ -1032,9 +1032,13 @@ class Session:
         )
 
     def _stored_check(self, graph: GraphRunner) -> dict | None:
+        """What an earlier run recorded about this graph, read once per graph (rows per
+        call, rows independence and the self-check each ask)."""
         if graph.cache_key is None or not self.use_cache:
             return None
-        return load_check(graph.cache_key)
+        if graph.stored is None:
+            graph.stored = load_check(graph.cache_key) or {}
+        return graph.stored or None
 
     def _self_check(
         self, graph: GraphRunner, x: np.ndarray, context: Context | None = None
