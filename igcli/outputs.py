@@ -115,11 +115,12 @@ def check_writable(out_dir: Path) -> None:
         ) from None
 
 
-@functools.lru_cache(maxsize=4096)
-def _resolved(folder: str) -> str:
-    """A folder's real path, remembered: resolving every output's full path walked each
-    component of it with lstat, three files per input (on a slow filesystem, 1 ms each)."""
-    return os.path.realpath(folder)
+@functools.lru_cache(maxsize=64)
+def _resolved(out_dir: str) -> str:
+    """OUT's real path, remembered: resolving every output's full path walked each of its
+    components with lstat, three files per input (on a slow filesystem, 1 ms each). Only OUT
+    itself: what lies inside it is looked at every time."""
+    return os.path.realpath(out_dir)
 
 
 def output_stem(out_dir: Path, relative: str) -> Path:
@@ -129,14 +130,15 @@ def output_stem(out_dir: Path, relative: str) -> Path:
         root = _resolved(os.fspath(out_dir))
         if "\0" in relative:
             raise ValueError("embedded null byte")
-        head, _, leaf = relative.replace(os.sep, "/").rpartition("/")
-        if leaf in ("", ".", "..") or os.path.isabs(relative):
+        parts = relative.replace(os.sep, "/").split("/")
+        if os.path.isabs(relative) or any(p in ("", ".", "..") for p in parts):
             target = os.path.realpath(os.path.join(root, relative))
-        else:  # folders resolved once per run; the file itself may be a symlink
-            folder = _resolved(os.path.join(root, head)) if head else root
-            target = os.path.join(folder, leaf)
-            if os.path.islink(target):
-                target = os.path.realpath(target)
+        else:  # realpath below OUT: one lstat per component of the name
+            target = root
+            for part in parts:
+                target = os.path.join(target, part)
+                if os.path.islink(target):
+                    target = os.path.realpath(target)
     except (OSError, ValueError) as exc:
         raise OutputError(f"output name {relative!r} is not usable ({exc})", out_dir) from None
     if target == root or os.path.commonpath([root, target]) != root:
