@@ -803,3 +803,17 @@ def test_csv_rows_stream_with_bad_rows_reported_one_by_one(tmp_path):
     assert peak < 512 << 10  # about 170 KiB: one block of 256 rows, not the 5,000
     with pytest.raises(InputError, match="line 6 is not all numbers"):
         load_samples(path, NAMED, "long")  # the strict reader fails the file on its first bad row
+
+
+def test_an_output_folder_swapped_for_a_symlink_is_refused_on_its_next_use(tmp_path):
+    """A long-lived process (a Dask worker) must not trust what it found inside OUT before."""
+    from igcli.errors import OutputError
+    from igcli.outputs import output_stem
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    assert output_stem(out, "sub/x.npy") == (out / "sub" / "x.npy").resolve()
+    (out / "sub").rmdir()
+    os.symlink(tmp_path, out / "sub")
+    with pytest.raises(OutputError, match="escape"):
+        output_stem(out, "sub/x.npy")
