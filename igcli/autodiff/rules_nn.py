@@ -9,6 +9,7 @@ to the input, so every opset from 9 on is served by the same few ops.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ INT64_MAX = 2**63 - 1
 # inside the Conv kernels; half precision gets a quarter of its range.)
 PAD_LOW = -1e30
 MAX_TAPS = 256  # MaxPool windows up to 16x16: the one-hot scatter does taps^2 work per window
+MAX_CLASSES = 64  # disjoint window classes of a MaxPool scatter before opset 16 (3x3 s2: 4)
 
 
 # -- shapes and windows ------------------------------------------------------------------------
@@ -340,25 +342,61 @@ def _max_pool_by_indices(g: NodeGrad, win: Window) -> str | None:
     reports as its Indices output (flat over the whole tensor, ties to the first): a memset and
     one pass over y, where the one-hot Conv route moves every tap of every window through two
     Convs and their layout reorders (on the digits CNN, most of its reverse pass). Overlapping
-    windows add up where they share an input (ScatterElements' reduction, opset 16). None
-    where it does not apply: other element types, or overlapping windows before opset 16."""
-    if g.e.infos_elem(g.I(0)) not in (TensorProto.FLOAT, TensorProto.DOUBLE) or g.opset < 11:
+    windows add up where they share an input: ScatterElements' reduction from opset 16, one
+    class of disjoint windows at a time before. None for other element types (and opset 8)."""
+    if g.e.infos_elem(g.I(0)) not in (TensorProto.FLOAT, TensorProto.DOUBLE) or g.opset < 9:
         return None
     overlap = any(a.stride < (a.kernel - 1) * a.dilation + 1 for a in win.axes)
-    if overlap and g.opset < 16:
+    in_classes = (overlap and g.opset < 16) or g.opset < 11  # no adding scatter, or none at all
+    if in_classes and np.prod(_window_classes(win)) > MAX_CLASSES:
         return None
-    keep = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad")
+    keep = ("kernel_shape", "strides", "dilations", "ceil_mode")
     attrs = {k: g.attr(k) for k in keep if k in g.attrs}
+    # explicit pads, never auto_pad: onnx's reference evaluator gets Indices wrong with it
+    attrs["pads"] = [*win.of("begin"), *win.of("end")]
     _, first = g.e.op_multi("MaxPool", [g.I(0)], 2, **attrs)
     shape = g.op("Shape", g.I(0))
     flat = g.e.ints([-1])
     zero = helper.make_tensor("zero", g.e.infos_elem(g.I(0)), [1], [0])
     zeros = g.op("Reshape", g.op("ConstantOfShape", shape, value=zero), flat)
-    go = g.op("Reshape", g.GO(0), flat)
-    reduction = "add" if overlap else None
-    dx = g.op("ScatterElements", zeros, g.op("Reshape", first, flat), go, axis=0,
-              reduction=reduction)  # fmt: skip
+    if in_classes:
+        dx = _scatter_in_classes(g, zeros, first, win)
+    else:
+        go = g.op("Reshape", g.GO(0), flat)
+        reduction = "add" if overlap else None
+        dx = g.op("ScatterElements", zeros, g.op("Reshape", first, flat), go, axis=0,
+                  reduction=reduction)  # fmt: skip
     return g.op("Reshape", dx, shape)
+
+
+def _window_classes(win: Window) -> list[int]:
+    """Per axis, how many classes of windows that do not overlap: ceil(span / stride)."""
+    return [-(-((a.kernel - 1) * a.dilation + 1) // a.stride) for a in win.axes]
+
+
+def _scatter_in_classes(g: NodeGrad, zeros: str, first: str, win: Window) -> str:
+    """Overlapping windows before opset 16, where no scatter adds: the windows split into
+    classes that do not overlap (every c-th window along each axis, c = ceil(span / stride):
+    4 classes for 3x3 stride 2), so within a class the arg-max indices are distinct. Each
+    class adds its GO to what the classes before it left at those indices (a Gather, an Add
+    and a Scatter that overwrites); only pooled-size tensors move, where the one-hot route
+    moves every tap of every window through a Conv, an ArgMax and a ConvTranspose."""
+    steps = _window_classes(win)
+    scatter = "ScatterElements" if g.opset >= 11 else "Scatter"
+    flat = g.e.ints([-1])
+    acc = zeros
+    for offsets in itertools.product(*[range(c) for c in steps]):
+        idx, go = first, g.GO(0)
+        for k, (a, c, r) in enumerate(zip(win.axes, steps, offsets, strict=True)):
+            if c > 1:  # this class's windows along axis 2 + k
+                keep = g.e.ints(range(r, a.out, c))
+                idx = g.op("Gather", idx, keep, axis=2 + k)
+                go = g.op("Gather", go, keep, axis=2 + k)
+        idx, go = g.op("Reshape", idx, flat), g.op("Reshape", go, flat)
+        if acc is not zeros:
+            go = g.op("Add", go, g.op("Gather", acc, idx, axis=0))
+        acc = g.op(scatter, acc, idx, go, axis=0)
+    return acc
 
 
 def _pool_counts(win: Window, include_pad: bool) -> np.ndarray:

@@ -8,6 +8,8 @@ in float64 with onnx's reference evaluator (exact math), and in float32 with ONN
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -30,6 +32,77 @@ class GatherElements(OpRun):
                           for a, n in enumerate(indices.shape))]  # fmt: skip
         index = np.where(indices < 0, indices + data.shape[axis], indices)
         return (np.take_along_axis(view, index, axis=axis),)
+
+
+class Scatter(OpRun):
+    """Scatter-9/10 (ScatterElements' earlier name, which the reference evaluator lacks):
+    data with updates written at indices along axis."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, updates, axis=None):
+        axis = (axis or 0) % data.ndim
+        out = data.copy()
+        index = np.where(indices < 0, indices + data.shape[axis], indices)
+        np.put_along_axis(out, index, updates, axis=axis)
+        return (out,)
+
+
+class MaxPool(OpRun):
+    """As ONNX Runtime computes it: the reference evaluator's Indices are off wherever pads
+    meet stride 1 (they count the padded width). Each window's first maximum in row-major tap
+    order; Indices flat over the whole unpadded tensor."""
+
+    op_domain = ""
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,
+             pads=None, storage_order=None, strides=None):  # fmt: skip
+        n, sizes = len(kernel_shape), x.shape[2:]
+        strides, dilations = strides or [1] * n, dilations or [1] * n
+        spans = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
+        begins, outs = [], []
+        for i, (size, st, span) in enumerate(zip(sizes, strides, spans, strict=True)):
+            if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                out = -(-size // st)
+                total = max(0, (out - 1) * st + span - size)
+                begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+            else:
+                begin, end = (0, 0) if auto_pad == "VALID" or not pads else (pads[i], pads[n + i])
+                room = size + begin + end - span
+                out = room // st + 1
+                if ceil_mode:
+                    out = -(-room // st) + 1
+                    out -= (out - 1) * st >= size + begin  # a last window inside the end pad
+                begins.append(begin)
+            outs.append(out)
+        axes = list(zip(outs, strides, spans, sizes, begins, strict=True))
+        ends = [max(0, (o - 1) * st + span - sz - b) for o, st, span, sz, b in axes]
+        widths = [(0, 0), (0, 0), *zip(begins, ends, strict=True)]
+        xp = np.pad(x, widths, constant_values=-np.inf)
+        best = np.full(x.shape[:2] + tuple(outs), -np.inf, dtype=x.dtype)
+        where = np.full(best.shape, -1, dtype=np.int64)
+        grids = np.meshgrid(*[np.arange(o) for o in outs], indexing="ij")
+        for taps in itertools.product(*[range(k) for k in kernel_shape]):
+            cut = tuple(slice(t * d, t * d + (o - 1) * st + 1, st) for t, d, o, st
+                        in zip(taps, dilations, outs, strides, strict=True))  # fmt: skip
+            vals = xp[(slice(None), slice(None), *cut)]
+            coords = [g * st + t * d - b for g, st, t, d, b
+                      in zip(grids, strides, taps, dilations, begins, strict=True)]  # fmt: skip
+            bounds = [(c >= 0) & (c < sz) for c, sz in zip(coords, sizes, strict=True)]
+            inside = np.logical_and.reduce(bounds)
+            if storage_order:
+                flat = coords[0] + coords[1] * sizes[0]
+            else:
+                clipped = [np.clip(c, 0, sz - 1) for c, sz in zip(coords, sizes, strict=True)]
+                flat = np.ravel_multi_index(clipped, sizes)
+            take = inside & ((vals > best) | (where < 0))
+            best = np.where(take, vals, best)
+            where = np.where(take, flat, where)
+        plane = int(np.prod(sizes))
+        offset = np.arange(x.shape[0] * x.shape[1]).reshape(x.shape[:2] + (1,) * n) * plane
+        if len(self.onnx_node.output) > 1:
+            return best, where + offset
+        return (best,)
 
 
 class BatchNormalization(OpRun):
@@ -68,7 +141,7 @@ class Softmax(OpRun):
         return ((e / e.sum(axis=1, keepdims=True)).reshape(x.shape),)
 
 
-REFERENCE_KERNELS = [GatherElements, BatchNormalization, LRN]
+REFERENCE_KERNELS = [GatherElements, Scatter, MaxPool, BatchNormalization, LRN]
 
 
 def reference_evaluator(model: onnx.ModelProto, extra=()) -> ReferenceEvaluator:

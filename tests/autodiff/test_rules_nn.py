@@ -313,11 +313,13 @@ def _first_argmax_scatter(x, seed, k, s, pad):
 
 
 @pytest.mark.parametrize(("k", "s", "pad", "opset"), [(2, 2, 0, 9), (2, 2, 0, 17),
-                                                      (3, 2, 1, 9), (3, 2, 1, 18)])  # fmt: skip
+                                                      (3, 2, 1, 9), (3, 2, 1, 13), (3, 1, 1, 11),
+                                                      (3, 2, 1, 18)])  # fmt: skip
 def test_max_pool_ties_go_to_the_first_maximum(k, s, pad, opset):
     """Flat image regions make ties in every window: like PyTorch and ONNX Runtime, the whole
-    gradient goes to the first maximum (both routes: one-hot Convs before opset 11 and the
-    Indices scatter after), never split and never to every tied input."""
+    gradient goes to the first maximum (each route: Scatter before opset 11, overlapping
+    windows one class at a time before opset 16, ScatterElements adding from 16), never split
+    and never to every tied input."""
     x = rng.integers(0, 2, size=(2, 3, 8, 8)).astype(np.float32)
     node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s],
                             pads=[pad] * 4)  # fmt: skip
