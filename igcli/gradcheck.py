@@ -146,26 +146,30 @@ def check_directions(
     tolerance: float = 0.05,
     jitter: float = 1e-2,
     seed: int = 0,
+    values=None,
 ) -> GradientCheck:
     """Compare g . v with central differences along `directions` random directions near x.
 
     The check point is x plus a little noise (`jitter` of each feature's scale): real inputs
     have exact ties (a flat black background under max-pooling) where the function has no
     derivative, and differences there average two branches that no gradient can match.
+    `values` (anything with `run(points)`: the plain model, say) computes F at the difference
+    points; by default the graph does.
     """
+    values = values or graph
     rng = np.random.default_rng(seed)
     s = feature_scale(x)
     x64 = x.astype(np.float64) + jitter * s * rng.uniform(-1, 1, size=x.shape)
     x = x64.astype(x.dtype)
     if target is None:
-        target = int(np.argmax(graph.run(x[None]).reshape(-1)))
+        target = int(np.argmax(values.run(x[None]).reshape(-1)))
     out, grad = graph.run_with_gradients(x[None], target)
     f0 = abs(float(pick(out, target)[0]))
     g = grad[0].astype(np.float64)
     vs = [rng.standard_normal(x.shape) * s for _ in range(directions)]
     hs = [step * SHRINK**-k for k in range(STEPS)]
     points = [x64 + sign * h * v for v in vs for h in hs for sign in (1, -1)]
-    f = pick(graph.run(np.stack(points).astype(x.dtype)), target).reshape(directions, STEPS, 2)
+    f = pick(values.run(np.stack(points).astype(x.dtype)), target).reshape(directions, STEPS, 2)
     check = GradientCheck(target, step, tolerance, jitter)
     scale = float(np.linalg.norm(g * s))
     for v, fv in zip(vs, f, strict=True):

@@ -1065,7 +1065,8 @@ class Session:
         if stored is not None:  # this very graph passed before: see cache.save_check
             graph.check = StoredCheck(stored["check"])
             return graph
-        check = check_directions(Bound(graph, context), x, directions=4, seed=0)
+        values = self._check_values(context)
+        check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
         graph.check = check
         if check.verdict != "mismatch":
             if graph.cache_key and self.use_cache:
@@ -1088,6 +1089,22 @@ class Session:
                 self._graphs[key] = None
         self._current = self._plain_runner()
         return None
+
+    def _check_values(self, context: Context | None) -> Bound | None:
+        """The plain model, for the self-check's 33 forward rows: through the gradient graph
+        each costs a whole gradient row (ONNX Runtime runs the reverse part even when only F
+        is asked for), three forward rows on ResNet-50, so a cold run there saves 2-3 s. The
+        differences then also hold the graph to the model it was built from. Made for the
+        check alone (not cached, dropped after) unless finite differences already have one;
+        None (the graph computes them) when the model does not load on its own."""
+        runner = self._plain
+        if runner is None:
+            names = (self.model_path, self.ig_input, self.output_name)
+            try:
+                runner = ModelRunner(self.ig_model, *names, **self._runner_kw())
+            except IgcliError:
+                return None
+        return Bound(runner, context)
 
     def _measure_rows(
         self, runner: ModelRunner, graph: GraphRunner | None, x, context: Context | None = None
