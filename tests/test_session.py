@@ -175,6 +175,50 @@ def test_a_wrong_gradient_graph_fails_its_self_check(tmp_path, monkeypatch):
     assert json.loads(check.stdout)["verdict"] == "mismatch"
 
 
+def test_self_check_differences_come_from_the_plain_model(monkeypatch):
+    """The self-check's forward rows run through the model itself (cheaper than gradient
+    rows, and they hold the graph to the model it came from), in a session not kept after."""
+    from igcli import session as session_module
+    from igcli.model import ModelRunner
+
+    seen = []
+    real = session_module.check_directions
+
+    def spy(graph, x, **kw):
+        seen.append(kw["values"])
+        return real(graph, x, **kw)
+
+    monkeypatch.setattr(session_module, "check_directions", spy)
+    session = igcli.Session(DIGITS, cache=False)
+    a = session.attribute(DIGIT_PNGS[0], steps=8)
+    assert a.gradient_source == "graph" and a.extra["gradient_check"]["verdict"] == "ok"
+    (values,) = seen
+    assert isinstance(values.runner, ModelRunner) and values.runner.target_input is None
+    assert values.runner.calls >= 2 and values.runner is not session.runner
+
+
+def test_a_shared_baseline_is_evaluated_once(monkeypatch):
+    from igcli.model import ModelRunner
+
+    session = igcli.Session(DIGITS)
+    samples = [session.load(p)[0] for p in DIGIT_PNGS[:3]]
+    rows = []
+    real = ModelRunner.run
+
+    def counting(self, points, context=None):
+        rows.append(len(points))
+        return real(self, points, context)
+
+    monkeypatch.setattr(ModelRunner, "run", counting)
+    together = session.attribute_many(samples, settings=igcli.AttributionSettings(steps=8))
+    assert 4 in rows and 6 not in rows  # three inputs and their one black baseline
+    monkeypatch.setattr(ModelRunner, "run", real)
+    for path, [t] in zip(DIGIT_PNGS[:3], together, strict=True):
+        alone = session.attribute(path, steps=8, target=t.target)
+        assert t.f_baseline == pytest.approx(alone.f_baseline, rel=1e-6)
+        assert t.f_input == pytest.approx(alone.f_input, rel=1e-6)
+
+
 def test_records_say_which_self_check_ran(tmp_path):
     result = run("explain", CANCER, CANCER_CSV, "--out", tmp_path, "--json", "--steps", "8")
     record = json.loads(result.stdout.splitlines()[0])
