@@ -661,6 +661,18 @@ def feed_batch_axis(feed: TensorSpec, attributed: TensorSpec) -> int | None:
     return next((k for k, d in enumerate(feed.shape) if d == 1), None)
 
 
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """What a model's initializers take in memory, from their shapes (not their encoding)."""
+    total = 0
+    for init in model.graph.initializer:
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            itemsize = 4  # an undefined or exotic type: count it as float32
+        total += int(np.prod(init.dims, dtype=np.int64)) * itemsize
+    return total
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4

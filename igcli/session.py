@@ -75,6 +75,7 @@ from igcli.model import (
     resolve_providers,
     stack_contexts,
     unusable_reason,
+    weight_bytes,
     with_softmax,
     without_initializer_inputs,
 )
@@ -1096,9 +1097,12 @@ class Session:
         is asked for), three forward rows on ResNet-50, so a cold run there saves 2-3 s. The
         differences then also hold the graph to the model it was built from. Made for the
         check alone (not cached, dropped after) unless finite differences already have one;
-        None (the graph computes them) when the model does not load on its own."""
+        None (the graph computes them) when the model does not load on its own, or when a
+        second copy of its weights would take over a quarter of the memory budget."""
         runner = self._plain
         if runner is None:
+            if weight_bytes(self.ig_model) > self.memory_budget // 4:
+                return None
             names = (self.model_path, self.ig_input, self.output_name)
             try:
                 runner = ModelRunner(self.ig_model, *names, **self._runner_kw())

@@ -197,6 +197,24 @@ def test_self_check_differences_come_from_the_plain_model(monkeypatch):
     assert values.runner.calls >= 2 and values.runner is not session.runner
 
 
+def test_self_check_keeps_to_the_graph_when_weights_are_large_for_the_budget(monkeypatch):
+    """A second copy of the weights must not take a tight memory budget: then the graph
+    computes the differences itself."""
+    from igcli import session as session_module
+
+    seen = []
+    real = session_module.check_directions
+
+    def spy(graph, x, **kw):
+        seen.append(kw["values"])
+        return real(graph, x, **kw)
+
+    monkeypatch.setattr(session_module, "check_directions", spy)
+    session = igcli.Session(DIGITS, cache=False, memory_limit=100_000)  # weights: 37 kB
+    a = session.attribute(DIGIT_PNGS[0], steps=8)
+    assert seen == [None] and a.extra["gradient_check"]["verdict"] == "ok"
+
+
 def test_a_shared_baseline_is_evaluated_once(monkeypatch):
     from igcli.model import ModelRunner
 
