@@ -794,8 +794,8 @@ class Session:
     @staticmethod
     def _ends(runner, xs, bs, contexts) -> np.ndarray:
         """F at each sample's input and baseline, as rows x0, b0, x1, b1, ... A baseline
-        shared by the samples (black, say) is evaluated once: in a folder of small images
-        the ends are a tenth of all rows, and half of them would be the same row."""
+        shared by the samples (black, say) is evaluated once: at 50 steps the ends are 2 of
+        each input's 52 rows, and half of them would be the same row."""
         n = len(xs)
         same = all(b is bs[0] or np.array_equal(b, bs[0]) for b in bs[1:])
         if same and all(c is None for c in contexts):  # (other inputs may differ per sample)
