@@ -419,7 +419,12 @@ MODEL = click.argument(
     help="Finite differences: each feature group's step, relative to its own scale.",
 )
 @click.option("--provider", help="ONNX Runtime execution provider (CPU, CUDA, ...).")
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Threads per model call (default: the CPUs this process may use): a call's rows "
+    "are split over that many single-threaded ONNX Runtime runs.",
+)
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for noise and random draws."
 )

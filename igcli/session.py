@@ -1027,7 +1027,7 @@ class Session:
         try:
             name = runner.output_name
             alone = [runner.call(r[None], [name], targets(1), context)[0][0] for r in (x, other)]
-            joint = runner.call(np.stack([x, other]), [name], targets(2), context)[0]
+            joint = runner.call(np.stack([x, other]), [name], targets(2), context, split=False)[0]
         except IgcliError:
             return  # the model call itself fails: the run reports that, not this check
         if not all(np.isfinite(a).all() for a in alone):
@@ -1037,7 +1037,7 @@ class Session:
             for j, a in zip(joint, alone, strict=True)
         ):
             return
-        runner.batch_size = 1
+        runner.one_row_per_call()
         self._warn_once(
             "rows",
             f"{self.model_path}: rows of input {self.input_spec.name!r} change each other's "
@@ -1130,7 +1130,10 @@ class Session:
             rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
         if graph is not None:
             graph.bytes_per_row = per_row
-        runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below it
+        if rows <= 1:
+            runner.one_row_per_call()  # ONNX Runtime's threads then serve each call
+        else:
+            runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below
         runner.tuner = RowTuner(rows)
         self.memory_per_row = per_row
 

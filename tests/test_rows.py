@@ -1,0 +1,54 @@
+"""A call's rows split over single-threaded Runs (ModelRunner.workers): the same values as one
+Run, and rows that change each other's outputs still found and sent one per call."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import igcli
+from igcli.model import ModelRunner
+from tests.test_cli import DIGIT_PNGS, DIGITS
+
+
+def test_split_rows_give_what_one_run_gives():
+    session = igcli.Session(DIGITS, cache=False, threads=2)
+    sample = session.load(DIGIT_PNGS[0])[0]
+    graph = session.graph_for(sample.x)
+    runner = graph.runner
+    assert runner.workers == 2
+    points = np.stack([sample.x * a for a in np.linspace(0, 1, 7)]).astype(np.float32)
+    targets = np.arange(7) % 10  # a target per row: each part must keep its own
+    split_out, split_grad = graph.run_with_gradients(points, targets)
+    runner.workers = 1
+    one_out, one_grad = graph.run_with_gradients(points, targets)
+    np.testing.assert_allclose(split_out, one_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(split_grad, one_grad, rtol=1e-5, atol=1e-6)
+
+
+def coupled_rows(path):
+    """y = W (x - mean of x over the batch): a row's output depends on the other rows."""
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["x", "m"], ["c"]),
+        helper.make_node("MatMul", ["c", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "coupled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_rows_that_change_each_other_go_one_per_call(tmp_path):
+    warnings = []
+    session = igcli.Session(coupled_rows(tmp_path / "c.onnx"), threads=2, warn=warnings.append)
+    np.save(tmp_path / "x.npy", np.array([[0.3, -0.2, 0.5, 1.0]], dtype=np.float32))
+    session.attribute(tmp_path / "x.npy", steps=8)
+    runner = session.runner
+    assert isinstance(runner, ModelRunner)
+    assert runner.batch_size == 1 and runner.workers == 1
+    assert any("change each other's outputs" in w for w in warnings)
