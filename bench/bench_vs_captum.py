@@ -1,11 +1,12 @@
 """igcli against PyTorch + Captum: whole-process Integrated Gradients, same models, same run.
 
 Each model is explained at one 224x224 input with 64 Gauss-Legendre steps from a zero
-baseline, 2 intra-op threads, 16 path points per model call:
+baseline, 2 threads, 16 path points per model call:
 
 - igcli: `igcli explain MODEL INPUT.npy --steps 64 --method gausslegendre --baseline zero
-  --batch-size 16 --threads 2`, timed as a whole process started fresh, with a warm
-  gradient-graph cache (built by an untimed run before) and cold (an empty cache folder);
+  --batch-size 16 --threads 2` (each call's rows split over 2 single-threaded runs),
+  timed as a whole process started fresh, with a warm gradient-graph cache (built by an
+  untimed run before) and cold (an empty cache folder);
 - Captum: a fresh process that loads the PyTorch model, picks the top class with one forward
   call, and runs `IntegratedGradients(model).attribute(x, baselines=0, target=t,
   method="gausslegendre", n_steps=64, internal_batch_size=16)` under
