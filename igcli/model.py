@@ -874,7 +874,8 @@ class ModelRunner:
         self.extra_feeds = feeds or {}
         self.target_input = target_input
         self.tuner = None  # a RowTuner (memory.py) chooses rows per call below batch_size
-        self.workers = row_workers(threads, self.providers) if self.batch_size > 1 else 1
+        self._cores = row_workers(threads, self.providers)
+        self.workers = min(self._cores, self.batch_size)
         self._pool: ThreadPoolExecutor | None = None
         self._cache_key = cache_key
         self._reset_counters()
@@ -903,19 +904,19 @@ class ModelRunner:
         """A runner on the optimised graph an earlier run saved under `cache_key`, or None."""
         runner = cls(None, path, input_name, output_name, **kw)
         for variant, batch_size in (("", runner.batch_size), ("batch1", 1)):
-            workers = runner.workers if batch_size > 1 else 1
-            threads = 1 if workers > 1 else kw.get("threads")
-            session = open_optimized(runner._saved(cache_key, variant), runner.providers, threads)
+            runner.workers = min(runner._cores, batch_size)
+            saved = runner._saved(cache_key, variant)
+            session = open_optimized(saved, runner.providers, runner._intra_op())
             if session is not None:
                 runner._open(session)
-                runner.batch_size, runner.workers = batch_size, workers
-                runner._cache_key = cache_key
+                runner.batch_size, runner._cache_key = batch_size, cache_key
                 return runner
         return None
 
     def _intra_op(self) -> int | None:
-        """ONNX Runtime's intra-op threads: one per Run when rows are split over workers."""
-        return 1 if self.workers > 1 else self.threads
+        """ONNX Runtime's intra-op threads per Run: the threads the workers leave (1 when
+        there are as many workers as threads; more where calls have fewer rows than cores)."""
+        return max(1, self._cores // self.workers) if self.workers > 1 else self.threads
 
     def one_row_per_call(self) -> None:
         """Rows that change each other's outputs go one per call: then ONNX Runtime's own

@@ -52,3 +52,18 @@ def test_rows_that_change_each_other_go_one_per_call(tmp_path):
     assert isinstance(runner, ModelRunner)
     assert runner.batch_size == 1 and runner.workers == 1
     assert any("change each other's outputs" in w for w in warnings)
+
+
+def test_threads_go_to_rows_first_then_to_each_run():
+    """Fewer rows per call than threads: the rest of the threads serve each run."""
+    from pathlib import Path
+
+    def runner(threads, rows, providers=None):
+        return ModelRunner(None, Path("m.onnx"), "x", "y", threads=threads, batch_size=rows,
+                           providers=providers)  # fmt: skip
+
+    assert (runner(2, 64).workers, runner(2, 64)._intra_op()) == (2, 1)
+    assert (runner(8, 2).workers, runner(8, 2)._intra_op()) == (2, 4)
+    assert (runner(4, 1).workers, runner(4, 1)._intra_op()) == (1, 4)
+    gpu = runner(4, 64, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert (gpu.workers, gpu._intra_op()) == (1, 4)
