@@ -890,10 +890,9 @@ class ModelRunner:
         saved = self._saved(cache_key)
         self._open(make_session(variant, path, self.providers, self._intra_op(), saved))
         if fixed_batch and not self._dynamic_batch_works(spec):
-            stale = self._saved(cache_key)  # saved above, but it cannot take a batch
-            if stale is not None:
+            if saved is not None:  # saved above, but it cannot take a batch
                 with contextlib.suppress(OSError):
-                    stale.unlink()
+                    saved.unlink()
             fixed = self._saved(cache_key, "batch1")
             self.batch_size, self.workers = 1, 1
             self._open(make_session(model, path, self.providers, self._intra_op(), fixed))
@@ -919,14 +918,15 @@ class ModelRunner:
         return max(1, self._cores // self.workers) if self.workers > 1 else self.threads
 
     def one_row_per_call(self) -> None:
-        """Rows that change each other's outputs go one per call: then ONNX Runtime's own
-        threads serve each call (reopened from the cached graph when there is one)."""
+        """One row per call (rows that change each other's outputs, or a memory budget of
+        one row): then ONNX Runtime's own threads serve each call (reopened from the cached
+        graph when there is one)."""
         self.batch_size = 1
         if self.workers <= 1:
             return
         self.workers = 1
         saved = self._saved(self._cache_key)
-        session = open_optimized(saved, self.providers, self.threads) if saved else None
+        session = open_optimized(saved, self.providers, self._intra_op()) if saved else None
         if session is not None:
             self._open(session)
 
