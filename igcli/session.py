@@ -404,6 +404,11 @@ class Session:
             parts.append(f"at={self.at}")
         return cache_key(self.sha256, *parts)
 
+    @property
+    def _ig_names(self) -> tuple[Path, str, str]:
+        """ModelRunner's model path, input and output for the model IG runs on."""
+        return (self.model_path, self.ig_input, self.output_name)
+
     def _runner_kw(self) -> dict:
         return dict(
             feeds=self.feeds,
@@ -431,7 +436,7 @@ class Session:
         if self._plain is not None:
             return self._plain
         key = self._cache_key("plain")
-        names = (self.model_path, self.ig_input, self.output_name)
+        names = self._ig_names
         runner = ModelRunner.from_cache(key, *names, **self._runner_kw()) if key else None
         if runner is None:
             runner = ModelRunner(self.ig_model, *names, cache_key=key, **self._runner_kw())
@@ -478,7 +483,7 @@ class Session:
 
     def _load_or_build_graph(self, shape: tuple | None) -> tuple[GraphRunner | None, tuple | None]:
         """(graph, the shape it holds for: ANY_SHAPE or `shape`), from the cache if there."""
-        names = (self.model_path, self.ig_input, self.output_name)
+        names = self._ig_names
         kw = dict(self._runner_kw(), target_input=TARGET)
         keys = [(ANY_SHAPE, self._cache_key("graph"))]
         if shape is not None:
@@ -518,10 +523,9 @@ class Session:
         return graph, valid_for
 
     def _graph_runner(self, model: onnx.ModelProto, key: str | None) -> GraphRunner | None:
-        names = (self.model_path, self.ig_input, self.output_name)
         try:
             runner = ModelRunner(
-                model, *names, cache_key=key, target_input=TARGET, **self._runner_kw()
+                model, *self._ig_names, cache_key=key, target_input=TARGET, **self._runner_kw()
             )
         except IgcliError as exc:
             self._no_graph(f"ONNX Runtime cannot run it: {exc.reason}", None)
@@ -1103,9 +1107,8 @@ class Session:
         if runner is None:
             if weight_bytes(self.ig_model) > self.memory_budget // 4:
                 return None
-            names = (self.model_path, self.ig_input, self.output_name)
             try:
-                runner = ModelRunner(self.ig_model, *names, **self._runner_kw())
+                runner = ModelRunner(self.ig_model, *self._ig_names, **self._runner_kw())
             except IgcliError:
                 return None
         return Bound(runner, context)
