@@ -175,11 +175,10 @@ def test_a_wrong_gradient_graph_fails_its_self_check(tmp_path, monkeypatch):
     assert json.loads(check.stdout)["verdict"] == "mismatch"
 
 
-def test_self_check_differences_come_from_the_plain_model(monkeypatch):
-    """The self-check's forward rows run through the model itself (cheaper than gradient
-    rows, and they hold the graph to the model it came from), in a session not kept after."""
+@pytest.fixture
+def check_values(monkeypatch):
+    """What each self-check computed its finite differences with (its `values`), in order."""
     from igcli import session as session_module
-    from igcli.model import ModelRunner
 
     seen = []
     real = session_module.check_directions
@@ -189,30 +188,28 @@ def test_self_check_differences_come_from_the_plain_model(monkeypatch):
         return real(graph, x, **kw)
 
     monkeypatch.setattr(session_module, "check_directions", spy)
+    return seen
+
+
+def test_self_check_differences_come_from_the_plain_model(check_values):
+    """The self-check's forward rows run through the model itself (cheaper than gradient
+    rows, and they hold the graph to the model it came from), in a session not kept after."""
+    from igcli.model import ModelRunner
+
     session = igcli.Session(DIGITS, cache=False)
     a = session.attribute(DIGIT_PNGS[0], steps=8)
     assert a.gradient_source == "graph" and a.extra["gradient_check"]["verdict"] == "ok"
-    (values,) = seen
+    (values,) = check_values
     assert isinstance(values.runner, ModelRunner) and values.runner.target_input is None
     assert values.runner.calls >= 2 and values.runner is not session.runner
 
 
-def test_self_check_keeps_to_the_graph_when_weights_are_large_for_the_budget(monkeypatch):
+def test_self_check_keeps_to_the_graph_when_weights_are_large_for_the_budget(check_values):
     """A second copy of the weights must not take a tight memory budget: then the graph
     computes the differences itself."""
-    from igcli import session as session_module
-
-    seen = []
-    real = session_module.check_directions
-
-    def spy(graph, x, **kw):
-        seen.append(kw["values"])
-        return real(graph, x, **kw)
-
-    monkeypatch.setattr(session_module, "check_directions", spy)
     session = igcli.Session(DIGITS, cache=False, memory_limit=100_000)  # weights: 37 kB
     a = session.attribute(DIGIT_PNGS[0], steps=8)
-    assert seen == [None] and a.extra["gradient_check"]["verdict"] == "ok"
+    assert check_values == [None] and a.extra["gradient_check"]["verdict"] == "ok"
 
 
 def test_a_shared_baseline_is_evaluated_once(monkeypatch):
