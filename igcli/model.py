@@ -27,6 +27,7 @@ import onnxruntime as ort
 from onnx import helper
 from onnx.external_data_helper import load_external_data_for_model
 
+from igcli.autodiff.inference import infer_shapes
 from igcli.errors import InputError, ModelError, UsageError
 from igcli.files import (
     MAX_IMAGE_PIXELS,
@@ -540,7 +541,7 @@ def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
 def float_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
     """Every float tensor the graph computes (node outputs), with its inferred shape."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = infer_shapes(model)
     except Exception:  # inference is a help: without it only graph outputs are typed
         inferred = model
     specs = {vi.name: _spec(vi) for vi in [*inferred.graph.value_info, *inferred.graph.output]}

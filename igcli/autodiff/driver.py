@@ -22,6 +22,7 @@ from onnx import helper
 
 from igcli.autodiff import rules_math, rules_nn, rules_shape  # noqa: F401  (register rules)
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
+from igcli.autodiff.inference import infer_shapes
 from igcli.autodiff.optimize import annotate, prepare
 from igcli.autodiff.recurrent import lstm_unsupported, unroll_lstms
 from igcli.autodiff.registry import RULES, ZERO_GRADIENT
@@ -75,7 +76,7 @@ def _tensor_infos(
 ) -> dict[str, TensorInfo]:
     """Types and shapes from onnx shape inference; `hints` fill what inference left open."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = infer_shapes(model, data_prop=True)
     except Exception:  # inference is a help, not a requirement
         inferred = model
     infos: dict[str, TensorInfo] = {}

@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from igcli.autodiff.inference import infer_shapes
+
 FOLDABLE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
 
 
@@ -129,20 +131,9 @@ def _evaluate(node: onnx.NodeProto, consts: dict, opset: int) -> np.ndarray | No
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
-    """(element type, rank) from onnx shape inference (empty where it fails). Large
-    initializers go in as typed graph inputs: inference needs their shapes, not their
-    megabytes."""
-    light = onnx.ModelProto()
-    light.CopyFrom(model)  # a shallow copy cannot drop fields; this one is cheap next to
-    graph = light.graph  # serializing every weight into the inference call
-    big = [i for i in graph.initializer if np.prod(i.dims) > 1024]
-    names = {vi.name for vi in graph.input}
-    for init in big:
-        if init.name not in names:
-            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
-        graph.initializer.remove(init)
+    """(element type, rank) from onnx shape inference (empty where it fails)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(light)
+        inferred = infer_shapes(model)
     except Exception:
         return {}
     ranks = {}

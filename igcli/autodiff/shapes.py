@@ -20,6 +20,7 @@ from onnx import helper
 
 from igcli.autodiff.builder import TensorInfo
 from igcli.autodiff.driver import build_gradient_model
+from igcli.autodiff.inference import infer_shapes
 from igcli.autodiff.specialize import _dims, feed_batch_axis, sanitize_dims, specialize
 from igcli.errors import UnsupportedOpsError
 
@@ -112,7 +113,7 @@ def probe_shapes(
         batches, batch_dim = [1, 2], batch or "N"
     # ONNX Runtime wants each output's element type: take those shape inference found.
     try:
-        typed = onnx.shape_inference.infer_shapes(probe).graph.value_info
+        typed = infer_shapes(probe).graph.value_info
     except Exception:
         return {}
     known = {o.name for o in graph.output}

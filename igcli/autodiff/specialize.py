@@ -30,6 +30,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from igcli.autodiff.builder import FLOAT_TYPES
+from igcli.autodiff.inference import infer_shapes
 from igcli.autodiff.subgraphs import (
     constant_values,
     inline_constant_ifs,
@@ -189,7 +190,7 @@ def _frontier(graph: onnx.GraphProto, varying: set[str], elem: dict[str, int]) -
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = infer_shapes(model, data_prop=True)
     except Exception:
         inferred = model
     graph = inferred.graph
