@@ -307,6 +307,13 @@ class Session:
         # Models with open dims (an image of any size) get one graph per shape they meet.
         self._graphs: dict[tuple | None, GraphRunner | None] = {}
         self._plain: ModelRunner | None = None
+        # The plain model for a fresh graph's self-check (and the rows probe before it):
+        # made for them alone, dropped after the check.
+        self._check_plain: ModelRunner | None = None
+        self._no_check_plain = False  # the plain model cannot be made (or must not be)
+        # Whether rows of a call are independent (None: not probed yet). It holds for the
+        # model, so every runner made from it takes one row per call once it is False.
+        self._rows_independent: bool | None = None
         self._current: ModelRunner | None = None
         self._measured: set[int] = set()  # runners whose rows per call are measured
         # A cut model gets only a graph for every shape here: specialising one to a shape
@@ -440,6 +447,8 @@ class Session:
         runner = ModelRunner.from_cache(key, *names, **self._runner_kw()) if key else None
         if runner is None:
             runner = ModelRunner(self.ig_model, *names, cache_key=key, **self._runner_kw())
+        if self._rows_independent is False:
+            runner.one_row_per_call()
         self._plain = runner
         return runner
 
@@ -1020,28 +1029,40 @@ class Session:
     ) -> None:
         """Path points share calls as rows of the first axis; when that axis is not a batch
         (Silero's sequence model runs its rows through one LSTM), rows change each other's
-        outputs and must go one per call."""
-        if runner.batch_size <= 1:
+        outputs and must go one per call, in every runner of the model: the self-check's
+        differences and finite differences too.
+
+        Before a fresh graph's self-check the probe runs on the plain model the check is
+        about to use (forward rows: on ResNet-50 a gradient row costs 2.6 of them)."""
+        if self._rows_independent is not None:
+            if not self._rows_independent:
+                runner.one_row_per_call()
             return
         stored = self._stored_check(graph) if graph is not None else None
         if stored is not None and stored.get("rows_independent") is True:
-            return  # found by an earlier run on this very graph
+            self._rows_independent = True  # found by an earlier run on this very graph
+            return
+        plain = self._check_runner() if graph is not None and stored is None else None
+        probe = plain if plain is not None and plain.batch_size > 1 else runner
+        if probe.batch_size <= 1:
+            return
         other = (x.astype(np.float64) * 0.5 + 0.25).astype(x.dtype)
-        targets = (lambda n: np.zeros(n, dtype=np.int64)) if graph is not None else (lambda n: None)
-        try:
-            name = runner.output_name
-            alone = [runner.call(r[None], [name], targets(1), context)[0][0] for r in (x, other)]
-            joint = runner.call(np.stack([x, other]), [name], targets(2), context, split=False)[0]
+        try:  # (a gradient graph's forward values come with no target: a zero seed)
+            name = probe.output_name
+            alone = [probe.call(r[None], [name], None, context)[0][0] for r in (x, other)]
+            joint = probe.call(np.stack([x, other]), [name], None, context, split=False)[0]
         except IgcliError:
             return  # the model call itself fails: the run reports that, not this check
         if not all(np.isfinite(a).all() for a in alone):
             return  # NaN or Inf outputs: the run reports those, not this check
-        if joint.shape[:1] == (2,) and all(
+        self._rows_independent = joint.shape[:1] == (2,) and all(
             np.allclose(j, a, rtol=1e-4, atol=1e-6 * (np.abs(a).max() + 1e-30))
             for j, a in zip(joint, alone, strict=True)
-        ):
+        )
+        if self._rows_independent:
             return
-        runner.one_row_per_call()
+        for each in {id(r): r for r in (runner, plain, self._plain) if r is not None}.values():
+            each.one_row_per_call()
         self._warn_once(
             "rows",
             f"{self.model_path}: rows of input {self.input_spec.name!r} change each other's "
@@ -1072,10 +1093,11 @@ class Session:
             return graph
         values = self._check_values(context)
         check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
+        self._check_plain = None  # made for the check alone
         graph.check = check
         if check.verdict != "mismatch":
             if graph.cache_key and self.use_cache:
-                rows = graph.runner.batch_size > 1  # after _check_rows_independent
+                rows = self._rows_independent is True
                 found = {"check": check.summary(), "rows_independent": rows}
                 if graph.bytes_per_row:
                     found["bytes_per_row"] = graph.bytes_per_row
@@ -1099,19 +1121,30 @@ class Session:
         """The plain model, for the self-check's 33 forward rows: through the gradient graph
         each costs a whole gradient row (ONNX Runtime runs the reverse part even when only F
         is asked for), three forward rows on ResNet-50, so a cold run there saves 2-3 s. The
-        differences then also hold the graph to the model it was built from. Made for the
-        check alone (not cached, dropped after) unless finite differences already have one;
-        None (the graph computes them) when the model does not load on its own, or when a
-        second copy of its weights would take over a quarter of the memory budget."""
-        runner = self._plain
-        if runner is None:
-            if weight_bytes(self.ig_model) > self.memory_budget // 4:
+        differences then also hold the graph to the model it was built from. None (the
+        graph computes them) where `_check_runner` has no plain model."""
+        runner = self._check_runner()
+        return Bound(runner, context) if runner is not None else None
+
+    def _check_runner(self) -> ModelRunner | None:
+        """The plain model for a fresh graph's self-check: the one finite differences use if
+        there is one, else one made for the check alone (not cached, dropped after it);
+        None when the model does not load on its own, or when a second copy of its weights
+        would take over a quarter of the memory budget."""
+        if self._plain is not None:
+            return self._plain
+        if self._check_plain is None and not self._no_check_plain:
+            self._no_check_plain = weight_bytes(self.ig_model) > self.memory_budget // 4
+            if self._no_check_plain:
                 return None
             try:
-                runner = ModelRunner(self.ig_model, *self._ig_names, **self._runner_kw())
+                self._check_plain = ModelRunner(self.ig_model, *self._ig_names, **self._runner_kw())
             except IgcliError:
+                self._no_check_plain = True
                 return None
-        return Bound(runner, context)
+            if self._rows_independent is False:
+                self._check_plain.one_row_per_call()
+        return self._check_plain
 
     def _measure_rows(
         self, runner: ModelRunner, graph: GraphRunner | None, x, context: Context | None = None

@@ -54,6 +54,47 @@ def test_rows_that_change_each_other_go_one_per_call(tmp_path):
     assert any("change each other's outputs" in w for w in warnings)
 
 
+def half_coupled_rows(path):
+    """y = W tanh(x - mean(x over the batch) / 2): alone, a row gives W tanh(x / 2) (not a
+    constant); in a batch, its output moves with the other rows."""
+    w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+        helper.make_node("Mul", ["m", "half"], ["hm"]),
+        helper.make_node("Sub", ["x", "hm"], ["c"]),
+        helper.make_node("Tanh", ["c"], ["t"]),
+        helper.make_node("MatMul", ["t", "w"], ["y"]),
+    ]
+    inits = [onnx.numpy_helper.from_array(w, "w"),
+             onnx.numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "coupled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_the_self_check_takes_coupled_rows_one_per_call_too(tmp_path):
+    """The self-check's differences come from the plain model: it must send its rows one
+    per call as well, or its differences are of a batch, and a right graph fails."""
+    warnings = []
+    model = half_coupled_rows(tmp_path / "c.onnx")
+    session = igcli.Session(model, threads=2, warn=warnings.append, cache=False)
+    np.save(tmp_path / "x.npy", np.array([[0.3, -0.2, 0.5, 1.0]], dtype=np.float32))
+    a = session.attribute(tmp_path / "x.npy", steps=16)
+    assert any("change each other's outputs" in w for w in warnings)
+    assert not any("self-check" in w for w in warnings), warnings
+    assert a.gradient_source == "graph" and session.graph.check.verdict == "ok"
+    assert a.rel_error < 1e-4
+    fd = igcli.Session(model, threads=2, gradients="fd", cache=False)
+    b = fd.attribute(tmp_path / "x.npy", steps=16)
+    assert fd.runner.batch_size == 1 and b.rel_error < 1e-3
+    np.testing.assert_allclose(b.attributions, a.attributions, rtol=1e-2, atol=1e-4)
+
+
 def test_threads_go_to_rows_first_then_to_each_run():
     """Fewer rows per call than threads: the rest of the threads serve each run."""
     from pathlib import Path
