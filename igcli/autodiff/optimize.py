@@ -33,18 +33,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from igcli.autodiff.inference import infer_shapes
+from igcli.autodiff.inference import infer_shapes, without_initializers
 
 FOLDABLE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
 
 
 def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.ModelProto:
     """A copy of `model` with affine chains folded and dead nodes dropped (see module doc)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = without_initializers(model)  # the weights kept are copied in once, at the end
     graph = out.graph
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
-    consts = _constants(graph, opset)
+    consts = _constants(model.graph, opset)
     protected = {input_name, output_name, *(o.name for o in graph.output)}
     infos = _ranks(model)
     nodes = [_Node(n) for n in _live_nodes(graph, output_name)]
@@ -57,8 +56,7 @@ def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.M
     live = _live_nodes(graph, output_name)  # the constants folded away are dead now
     del graph.node[:]
     graph.node.extend(live)
-    graph.initializer.extend(new_inits)
-    _drop_unused_initializers(graph, input_name)
+    _add_used_initializers(graph, [*model.graph.initializer, *new_inits], input_name)
     if out.ir_version < 4:  # initializers need not be graph inputs from IR 4 on
         out.ir_version = 4
     return out
@@ -172,16 +170,17 @@ def _live_nodes(graph: onnx.GraphProto, output_name: str) -> list[onnx.NodeProto
     return [n for k, n in enumerate(nodes) if k in live]
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto, input_name: str) -> None:
-    """Drop initializers nothing reads, and take initializers off the graph inputs: igcli
-    never feeds them (see model.graph_inputs), and ONNX Runtime treats an initializer that is
-    also an input as a runtime value (no constant folding, no pre-packed weights)."""
+def _add_used_initializers(
+    graph: onnx.GraphProto, candidates: list[onnx.TensorProto], input_name: str
+) -> None:
+    """Give the graph the initializers among `candidates` that it reads, and take
+    initializers off the graph inputs: igcli never feeds them (see model.graph_inputs), and
+    ONNX Runtime treats an initializer that is also an input as a runtime value (no
+    constant folding, no pre-packed weights)."""
     used = set().union(*(_reads(n) for n in graph.node)) if graph.node else set()
     used |= {o.name for o in graph.output}
-    inits = {i.name for i in graph.initializer} - {input_name}
-    kept = [i for i in graph.initializer if i.name in used and i.name in inits]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    inits = {i.name for i in candidates} - {input_name}
+    graph.initializer.extend(i for i in candidates if i.name in used and i.name in inits)
     inputs = [vi for vi in graph.input if vi.name not in inits]  # real inputs all stay
     del graph.input[:]
     graph.input.extend(inputs)
