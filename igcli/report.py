@@ -87,7 +87,8 @@ class RecordSpool:
         self.extend(records)
 
     def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # ASCII escapes: a file name's undecodable bytes (lone surrogates) round-trip
+        self._file.write(json.dumps(record) + "\n")
         self._n += 1
 
     def extend(self, records: Iterable[dict]) -> None:

@@ -8,6 +8,7 @@ the helper each names). They are strict, so the one that starts passing says so.
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +192,23 @@ def test_newlines_and_raw_bytes_in_failing_names_stay_on_one_line(tmp_path):
     assert result.exit_code == ExitCode.INPUTS_FAILED
     assert len(error_lines(result)) == 3 and "new\\nline.npy" in result.stderr
     assert "raw\\xffbyte.npy" in result.stderr
+
+
+def test_a_good_input_with_raw_bytes_in_its_name_is_explained_and_reported(tmp_path):
+    """The run's records pass through a spool file: a name's undecodable bytes (lone
+    surrogates in Python) must round-trip, not stop the run with an internal error."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = folder / os.fsdecode(b"raw\xffbyte.png")
+    raw.write_bytes(Path(DIGIT_PNGS[0]).read_bytes())
+    (folder / "plain.png").write_bytes(Path(DIGIT_PNGS[0]).read_bytes())
+    result = run("explain", DIGITS, folder, "--out", tmp_path / "o", "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert sorted(r["name"] for r in records) == ["plain", "raw%FFbyte"]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert len(report["results"]) == 2
+    assert (tmp_path / "o" / "raw%FFbyte.png").is_file()
 
 
 def test_fd_groups_0x0_is_a_usage_error(tmp_path):
