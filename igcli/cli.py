@@ -16,6 +16,7 @@ import rich_click
 from igcli import __version__
 from igcli.console import Messages, table
 from igcli.errors import ExitCode, GradientError, IgcliError, UsageError
+from igcli.files import read_option_text
 from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
@@ -73,10 +74,7 @@ def _feeds(values: tuple[str, ...]) -> dict[str, Path]:
 def _labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read labels ({exc})", path) from None
+    return [line.strip() for line in read_option_text(path, "labels").splitlines() if line.strip()]
 
 
 def _family(noise: str | None, **fields) -> dict:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import hashlib
+import io
 import os
 import re
 import unicodedata
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from igcli.errors import UsageError
-from igcli.files import os_reason
+from igcli.files import os_reason, read_option_text
 from igcli.inputs import SUPPORTED_SUFFIXES, TABLE_SUFFIXES
 
 
@@ -451,10 +452,10 @@ class TargetTable:
         self.targets: dict[str, list[int]] = {}
         self.used: set[str] = set()
         index = {str(label): k for k, label in enumerate(labels or [])}
+        text = read_option_text(path, "a targets table")
         try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                rows = list(csv.reader(fh))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
             raise UsageError(f"cannot read the targets file ({exc})", path) from None
         if len(rows) < 2 or len(rows[0]) < 2:
             raise UsageError("needs a header and rows of 'input,target'", path)

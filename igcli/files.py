@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from igcli.errors import IgcliError, InputError
+from igcli.errors import IgcliError, InputError, UsageError
 
 # 2**28 values (1 GiB of float32): far beyond any input IG can integrate in memory, small
 # enough that a header or sidecar cannot make igcli allocate without bound.
@@ -83,6 +83,24 @@ def open_regular(path: Path, error: type[IgcliError] = InputError) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+# Small text files given as options (labels, a targets table): beyond this, not such a file.
+MAX_OPTION_FILE_BYTES = 64 << 20
+
+
+def read_option_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file named by an option (`what`: "labels", say), read whole; a
+    device, a FIFO, a huge or undecodable file is a UsageError naming the file, never an
+    unbounded read."""
+    with open_regular(path, UsageError) as fh:
+        if file_size(fh) > MAX_OPTION_FILE_BYTES:
+            raise UsageError(f"too large for {what} (over {MAX_OPTION_FILE_BYTES >> 20} MB)", path)
+        data = fh.read(MAX_OPTION_FILE_BYTES + 1)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what}: not UTF-8 text", path) from None
 
 
 def file_size(fh: BinaryIO) -> int:

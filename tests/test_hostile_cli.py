@@ -368,3 +368,18 @@ def test_cancer_csv_still_explains(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert len(records(result)) == len(CANCER_CSV.read_text().strip().splitlines()) - 1
+
+
+@pytest.mark.parametrize("option", ["--labels", "--targets-from"])
+def test_option_files_that_are_devices_or_fifos_are_refused_not_read(tmp_path, option):
+    """--labels /dev/zero used to read until memory ran out, and a FIFO hung the run."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in (("/dev/zero", "a device"), (fifo, "a FIFO")):
+        result = run("explain", DIGITS, DIGIT_PNGS[0], option, path, "--out", tmp_path / "o")
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+        assert len(error_lines(result)) == 1 and f"{kind}, not a file" in result.stderr
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"caf\xe9\n")
+    result = run("explain", DIGITS, DIGIT_PNGS[0], option, bad, "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.USAGE and "not UTF-8" in result.stderr
