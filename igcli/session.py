@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,15 @@ from igcli.attribution import Attribution
 from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
 from igcli.cache import cache_key, load_check, load_graph, save_check, save_graph
 from igcli.cut import AGGREGATES, Cut, embedding_lookups, make_cut
-from igcli.errors import GradientError, IgcliError, InputError, UnsupportedOpsError, UsageError
+from igcli.errors import (
+    GradientError,
+    IgcliError,
+    InputError,
+    ModelError,
+    UnsupportedOpsError,
+    UsageError,
+)
+from igcli.files import MAX_TENSOR_VALUES
 from igcli.gradcheck import StoredCheck, check_directions
 from igcli.gradients import (
     TARGET,
@@ -245,6 +254,13 @@ class Session:
         self.sidecar = Sidecar.load(self.model_path)
         inputs = require_inputs(self.model, self.model_path)
         self.input_spec = self._choose_input(inputs, input)
+        values = math.prod(d for d in self.input_spec.shape if isinstance(d, int) and d > 0)
+        if values > MAX_TENSOR_VALUES:  # a row could never be read, nor a probe allocated
+            raise ModelError(
+                f"input {self.input_spec.name!r} declares {values:,} values "
+                f"{list(self.input_spec.shape)}; igcli handles at most {MAX_TENSOR_VALUES:,}",
+                self.model_path,
+            )
         self.output_spec = self._choose_output(output)
         self.output_name = self.output_spec.name
         self.labels = list(labels) if labels else self.sidecar.labels

@@ -383,3 +383,27 @@ def test_option_files_that_are_devices_or_fifos_are_refused_not_read(tmp_path, o
     bad.write_bytes(b"caf\xe9\n")
     result = run("explain", DIGITS, DIGIT_PNGS[0], option, bad, "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.USAGE and "not UTF-8" in result.stderr
+
+
+def test_a_model_declaring_a_huge_input_is_refused_in_one_line(tmp_path):
+    """[1, 2**40]: the dynamic-batch probe (and gradcheck's random input) used to allocate it
+    and die with an internal MemoryError."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    big = [1, 2**40]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, big)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, big)],
+    )  # fmt: skip
+    model = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    for args in (
+        ["explain", model, tmp_path / "x.npy", "--out", tmp_path / "o"],
+        ["gradcheck", model],
+    ):
+        result = run(*args)
+        assert result.exit_code == ExitCode.MODEL, result.stderr
+        assert len(error_lines(result)) == 1 and "declares" in result.stderr
