@@ -166,6 +166,12 @@ def check_directions(
     out, grad = graph.run_with_gradients(x[None], target)
     f0 = abs(float(pick(out, target)[0]))
     g = grad[0].astype(np.float64)
+    # Rounding of the model's own precision (float16 holds 3 digits): the steps grow with it,
+    # so differences of float16 outputs still resolve g . v, and so does the noise.
+    eps = max(_eps(x.dtype), _eps(np.asarray(out).dtype), FLOAT32_EPS)
+    step *= np.sqrt(eps / FLOAT32_EPS)
+    # F moves by about g . r when each coordinate of a point rounds by r (|r_i| <= eps |x_i| / 2)
+    input_rounding = 0.5 * _eps(x.dtype) * float(np.linalg.norm(g * x64))
     vs = [rng.standard_normal(x.shape) * s for _ in range(directions)]
     hs = [step * SHRINK**-k for k in range(STEPS)]
     points = [x64 + sign * h * v for v in vs for h in hs for sign in (1, -1)]
@@ -174,8 +180,9 @@ def check_directions(
     scale = float(np.linalg.norm(g * s))
     for v, fv in zip(vs, f, strict=True):
         d = (fv[:, 0] - fv[:, 1]) / (2 * np.array(hs))  # central differences, step by step
-        # float32 outputs carry rounding of a few ulps of |F|, magnified by 1/h
-        noise = 8 * FLOAT32_EPS * np.maximum(f0, np.abs(fv).max(axis=1)) / np.array(hs)
+        # outputs carry rounding of a few ulps of |F|, and the points their own; both are
+        # magnified by 1/h
+        noise = (8 * eps * np.maximum(f0, np.abs(fv).max(axis=1)) + input_rounding) / np.array(hs)
         # the pair of neighbouring steps that agree best: kinks crossed at large steps and
         # rounding at small ones both show as disagreement
         spread = np.abs(np.diff(d)) + noise[1:]
@@ -201,3 +208,8 @@ def check_directions(
             )
         )
     return check
+
+
+def _eps(dtype: np.dtype) -> float:
+    """Machine epsilon of a float dtype; 0 for others (integer ids do not round)."""
+    return float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0

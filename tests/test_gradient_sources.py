@@ -136,3 +136,31 @@ def test_self_check_catches_a_gradient_off_by_a_factor_on_a_small_model(monkeypa
     x = np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32)
     a = igcli.Session(path).attribute(x, steps=16)
     assert a.gradient_source == "fd"
+
+
+def test_gradcheck_passes_a_right_float16_graph(tmp_path):
+    """float16 outputs hold 3 digits: differences at float32's steps read 0 and the check
+    called a right graph wrong. Steps and noise now follow the model's precision."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import igcli
+    from igcli.gradcheck import check_directions
+
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array(rng.normal(size=(30, 8)).astype(np.float16), "w1")
+    w2 = onnx.numpy_helper.from_array(rng.normal(size=(8, 2)).astype(np.float16), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+         helper.make_node("MatMul", ["t", "w2"], ["y"])],
+        "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 30])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2])],
+        [w1, w2],
+    )  # fmt: skip
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    session = igcli.Session(path, cache=False)
+    x = (rng.normal(size=30) * 0.3).astype(np.float16)
+    check = check_directions(session.graph_for(x), x, target=0, directions=8)
+    assert check.verdict == "ok", [(d.graph, d.fd, d.status) for d in check.directions]
