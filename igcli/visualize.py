@@ -86,15 +86,18 @@ def magnitude_map(a) -> bool:
 
 
 def display_pixels(sample: Sample, prep: Preprocessing) -> np.ndarray:
-    """(H, W, C) in [0, 1] as a person sees the input; undoes normalisation for tensors."""
+    """(H, W, C) in [0, 1] as a person sees the input; undoes normalisation for tensors.
+    Channels other than grey or RGB (RGBA, depth, multispectral bands, stacked frames) are
+    shown as their mean: a grey picture under the map."""
     if sample.pixels is not None:
         return sample.pixels
     x = prep.model_to_hwc(sample.x).astype(np.float64)
     if prep.mean is not None:
-        x = x * prep.std + prep.mean
-        return np.clip(x, 0.0, 1.0)
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+        x = np.clip(x * prep.std + prep.mean, 0.0, 1.0)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+        x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    return x if x.shape[-1] in (1, 3) else x.mean(axis=-1, keepdims=True)
 
 
 def attribution_map(attributions: np.ndarray, sample: Sample, prep: Preprocessing, reduce: str):

@@ -407,3 +407,28 @@ def test_a_model_declaring_a_huge_input_is_refused_in_one_line(tmp_path):
         result = run(*args)
         assert result.exit_code == ExitCode.MODEL, result.stderr
         assert len(error_lines(result)) == 1 and "declares" in result.stderr
+
+
+@pytest.mark.parametrize("channels", [2, 4, 8])
+def test_image_tensors_with_other_channel_counts_get_a_heatmap(tmp_path, channels):
+    """[1, C, H, W] with C not 1 or 3 (RGBA, depth, bands): the input is drawn as the mean of
+    its channels; it used to stop the run with an internal error (exit 1)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.ones((2, channels, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]),
+         helper.make_node("ReduceMean", ["c"], ["y"], axes=[2, 3], keepdims=0)],
+        "chan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [w],
+    )  # fmt: skip
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    x = np.random.default_rng(0).uniform(size=(1, channels, 6, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "o" / "x.png").is_file()
