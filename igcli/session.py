@@ -1018,7 +1018,7 @@ class Session:
         else:
             x, context = sample.x, sample.feeds
         self._example_context = context
-        return self._graph_for(tuple(x.shape)), x, context
+        return self._use(x, context), x, context  # rows per call and their independence set
 
     def _use(self, x: np.ndarray, context: Context | None = None) -> GraphRunner | None:
         """Make the graph (or the plain model) for samples shaped like x the current runner."""
@@ -1035,8 +1035,7 @@ class Session:
         """Self-check the gradient graph at `sample` now rather than at the first sample
         explained: runs split over shards or workers then check at the same input (their
         plan's first) and their records carry the same `gradient_check`."""
-        _, x, context = self.check_point(sample)
-        graph = self._use(x, context)
+        graph, x, context = self.check_point(sample)
         if graph is not None and graph.check is None:
             self._self_check(graph, x, context)
 

@@ -108,3 +108,13 @@ def test_threads_go_to_rows_first_then_to_each_run():
     assert (runner(4, 1).workers, runner(4, 1)._intra_op()) == (1, 4)
     gpu = runner(4, 64, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert (gpu.workers, gpu._intra_op()) == (1, 4)
+
+
+def test_gradcheck_sends_coupled_rows_one_per_call(tmp_path):
+    """gradcheck's differences went through the graph in batches: a right graph failed."""
+    from tests.test_cli import run
+
+    model = half_coupled_rows(tmp_path / "c.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.3, -0.2, 0.5, 1.0]], dtype=np.float32))
+    result = run("gradcheck", model, tmp_path / "x.npy")
+    assert result.exit_code == 0, result.stdout + result.stderr
