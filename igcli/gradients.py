@@ -61,9 +61,8 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
         [
             onnx.numpy_helper.from_array(np.array([0, -1], dtype=np.int64), p + "flat_shape"),
             onnx.numpy_helper.from_array(np.array(1, dtype=np.int64), p + "one"),
-            onnx.numpy_helper.from_array(
-                np.array([0, 1], dtype=helper.tensor_dtype_to_np_dtype(elem)), p + "off_on"
-            ),
+            # float32: ONNX Runtime has no OneHot for double (the seed is cast below)
+            onnx.numpy_helper.from_array(np.array([0, 1], dtype=np.float32), p + "off_on"),
         ]
     )
     nodes = [
@@ -74,6 +73,9 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
         helper.make_node("Shape", [output_name], [p + "out_dims"]),
         helper.make_node("Reshape", [p + "hot", p + "out_dims"], [SEED]),
     ]
+    if elem != TensorProto.FLOAT:
+        nodes[-1].output[0] = p + "seed32"
+        nodes.append(helper.make_node("Cast", [p + "seed32"], [SEED], to=elem))
     # The seed must exist before the first backward node reads it.
     first = next((k for k, n in enumerate(graph.node) if SEED in n.input), len(graph.node))
     for offset, node in enumerate(nodes):

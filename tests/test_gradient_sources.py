@@ -164,3 +164,27 @@ def test_gradcheck_passes_a_right_float16_graph(tmp_path):
     x = (rng.normal(size=30) * 0.3).astype(np.float16)
     check = check_directions(session.graph_for(x), x, target=0, directions=8)
     assert check.verdict == "ok", [(d.graph, d.fd, d.status) for d in check.directions]
+
+
+def test_a_float64_model_gets_its_gradient_graph(tmp_path):
+    """The target's one-hot seed is made in float32 and cast: ONNX Runtime has no double
+    OneHot, and float64 models fell back to finite differences."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import igcli
+
+    rng = np.random.default_rng(1)
+    w = onnx.numpy_helper.from_array(rng.normal(size=(6, 3)), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+        "fp64",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 3])],
+        [w],
+    )  # fmt: skip
+    path = tmp_path / "fp64.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    np.save(tmp_path / "x.npy", rng.normal(size=(1, 6)))
+    a = igcli.Session(path, cache=False, gradients="graph").attribute(tmp_path / "x.npy", steps=32)
+    assert a.gradient_source == "graph" and a.rel_error < 1e-12
