@@ -57,9 +57,17 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
     graph.input.remove(seed_vi)
     graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [None]))
     p = "igcli_seed/"
+    out_vi = next((o for o in graph.output if o.name == output_name), None)
+    scalar = (
+        out_vi is not None
+        and out_vi.type.tensor_type.HasField("shape")
+        and not out_vi.type.tensor_type.shape.dim
+    )  # a model summing over everything: one row per call, its output a single value
     graph.initializer.extend(
         [
-            onnx.numpy_helper.from_array(np.array([0, -1], dtype=np.int64), p + "flat_shape"),
+            onnx.numpy_helper.from_array(
+                np.array([1 if scalar else 0, -1], dtype=np.int64), p + "flat_shape"
+            ),
             onnx.numpy_helper.from_array(np.array(1, dtype=np.int64), p + "one"),
             # float32: ONNX Runtime has no OneHot for double (the seed is cast below)
             onnx.numpy_helper.from_array(np.array([0, 1], dtype=np.float32), p + "off_on"),

@@ -1016,7 +1016,7 @@ class ModelRunner:
         self.rows += len(batch)
         if self.tuner is not None:
             self.tuner.record(len(batch), spent)
-        return [np.asarray(r) for r in result]
+        return [_with_row_axis(r, len(batch)) for r in result]
 
     def _run_in_parts(self, batch, outputs, targets, context) -> list[np.ndarray]:
         """The rows in `workers` nearly equal parts, each a single-threaded Run, at once."""
@@ -1028,7 +1028,7 @@ class ModelRunner:
             a, b = edges[i], edges[i + 1]
             rows = None if targets is None else targets[a:b]
             feeds = self._feeds_for(batch[a:b], rows, rows_of(context, a, b - a, n))
-            return self.session.run(outputs, feeds)
+            return [_with_row_axis(r, b - a) for r in self.session.run(outputs, feeds)]
 
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="igcli-rows")
@@ -1045,6 +1045,14 @@ class ModelRunner:
         result = np.concatenate(outs, axis=0)
         check_finite(result, f"output {self.output_name!r}", self.path)
         return result
+
+
+def _with_row_axis(output, rows: int) -> np.ndarray:
+    """A model output as rows: a scalar output (a model that sums over everything, its
+    first axis included) is the value of a one-row call; of more rows it is left as it is,
+    for the rows-independence probe to see that it is no batch."""
+    out = np.asarray(output)
+    return out.reshape(1) if out.ndim == 0 and rows == 1 else out
 
 
 def rows_of(context: Context | None, start: int, n: int, total: int) -> Context | None:

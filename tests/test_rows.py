@@ -118,3 +118,27 @@ def test_gradcheck_sends_coupled_rows_one_per_call(tmp_path):
     np.save(tmp_path / "x.npy", np.array([[0.3, -0.2, 0.5, 1.0]], dtype=np.float32))
     result = run("gradcheck", model, tmp_path / "x.npy")
     assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def test_a_model_with_one_scalar_output_goes_one_row_per_call(tmp_path):
+    """y = ReduceSum(x) over every axis (keepdims 0): the output has no row axis. Each row
+    alone is explained through the graph, one row per call (it failed with 'zero-dimensional
+    arrays cannot be concatenated', and the graph's seed could not be shaped)."""
+    from tests.test_cli import run
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "x"], ["s"]),
+         helper.make_node("ReduceSum", ["s"], ["y"], keepdims=0)],
+        "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )  # fmt: skip
+    model = tmp_path / "s.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    x = np.array([[0.5, -1.0, 2.0, 0.0, 1.5]], dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    session = igcli.Session(model, cache=False, threads=2)
+    a = session.attribute(tmp_path / "x.npy", steps=16)
+    assert a.gradient_source == "graph" and session.runner.batch_size == 1
+    np.testing.assert_allclose(a.attributions.reshape(-1), x.reshape(-1) ** 2, rtol=1e-5)
+    assert run("gradcheck", model, tmp_path / "x.npy").exit_code == 0
