@@ -156,35 +156,46 @@ class BatchRun:
 
     def process(self, items: list[InputItem], advance: Callable[[int], None] = _nothing) -> None:
         """Explain a group of inputs; with the gradient graph their points share model calls.
-        A CSV goes row by row (see process_table); `advance(n)` counts finished inputs."""
-        todo = []
-        for item in items:
-            if item.is_table and not item.problem:
-                self.process_table(item, advance)
-                continue
-            if not self._resumed(item):
-                if item.problem:
+        A CSV goes row by row (see process_table); `advance(n)` counts finished inputs.
+        Records and failures come out in input order (JSON lines promise it)."""
+        todo: list[InputItem] = []
+        try:
+            for item in items:
+                if item.is_table and not item.problem:
+                    self._explain_files(todo)
+                    todo = []
+                    self.process_table(item, advance)
+                    continue
+                earlier = self._resumable(item)
+                if earlier is not None or item.problem:
+                    self._explain_files(todo)
+                    todo = []
+                if earlier is not None:
+                    self._resume(earlier)
+                elif item.problem:
                     self._fail(item, InputError(item.problem, item.path))
                 else:
                     todo.append(item)
-            advance(1)
-        try:
-            if len(todo) > 1:
-                try:
-                    loaded = [(item, self.load(item)) for item in todo]
-                except InputError:
-                    loaded = None  # one is at fault: found below, one by one
-                if loaded is not None and self._explain_together(loaded):
-                    return
-            for item in todo:
-                try:
-                    records = self._explain_item(item)
-                except InputError as exc:
-                    self._fail(item, exc)
-                    continue
-                self._accept(records)
+                advance(1)
+            self._explain_files(todo)
         finally:
             self._release()
+
+    def _explain_files(self, todo: list[InputItem]) -> None:
+        if len(todo) > 1:
+            try:
+                loaded = [(item, self.load(item)) for item in todo]
+            except InputError:
+                loaded = None  # one is at fault: found below, one by one
+            if loaded is not None and self._explain_together(loaded):
+                return
+        for item in todo:
+            try:
+                records = self._explain_item(item)
+            except InputError as exc:
+                self._fail(item, exc)
+                continue
+            self._accept(records)
 
     def load(self, item: InputItem) -> list:
         """The samples of an input; a remote one is fetched whole first, and its samples
@@ -284,13 +295,24 @@ class BatchRun:
         advance(len(chunk))
 
     def _process_rows(self, item: InputItem, rows: list) -> None:
+        """The good rows between two bad ones share calls; records and failures come out
+        in row order."""
         todo = []
         for row in rows:
             unit = InputItem(item.path, row.name)
-            if isinstance(row, RowError):
+            earlier = None if isinstance(row, RowError) else self._resumable(unit)
+            if earlier is not None or isinstance(row, RowError):
+                self._explain_rows(todo)
+                todo = []
+            if earlier is not None:
+                self._resume(earlier)
+            elif isinstance(row, RowError):
                 self._fail(unit, row.error)
-            elif not self._resumed(unit):
+            else:
                 todo.append((unit, [row]))
+        self._explain_rows(todo)
+
+    def _explain_rows(self, todo: list) -> None:
         if len(todo) > 1 and self._explain_together(todo):
             return
         for unit, samples in todo:
@@ -308,15 +330,13 @@ class BatchRun:
         per_input = self.settings.points_per_input * len(self.targets or [0])
         return max(1, self.session.runner.batch_size // per_input)
 
-    def _resumed(self, item: InputItem) -> bool:
-        if not self.outputs.skip_existing:
-            return False
-        records = self._existing(item)
-        if records is None:
-            return False
+    def _resumable(self, item: InputItem) -> list[dict] | None:
+        """An earlier run's records of `item` (--skip-existing), or None."""
+        return self._existing(item) if self.outputs.skip_existing else None
+
+    def _resume(self, records: list[dict]) -> None:
         self.report.resumed += 1
         self._accept(records)  # JSON lines as if computed now: a pipeline misses nothing
-        return True
 
     def _existing(self, item: InputItem) -> list[dict] | None:
         if self.remote is None:

@@ -432,3 +432,16 @@ def test_image_tensors_with_other_channel_counts_get_a_heatmap(tmp_path, channel
     result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "o" / "x.png").is_file()
+
+
+def test_json_lines_keep_the_order_of_csv_rows_and_files_good_or_bad(tmp_path):
+    """Failed rows used to come out first, then the good ones; --json promises input order."""
+    lines = Path(CANCER_CSV).read_text().splitlines()
+    header, good = lines[0], lines[1:4]
+    bad = "1,2,3"
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("\n".join([header, good[0], bad, good[1], bad, bad, good[2]]) + "\n")
+    result = run("explain", CANCER, mixed, "--json", "-q", "--out", tmp_path / "o")
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [r["name"] for r in records] == [f"mixed_row{k}" for k in range(6)]
+    assert [r["status"] for r in records] == ["ok", "error", "ok", "error", "error", "ok"]
