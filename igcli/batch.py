@@ -34,6 +34,7 @@ from igcli.outputs import atomic_save_png, atomic_write_text, output_stem
 from igcli.report import RunReport, failure_entry, json_line
 from igcli.session import AttributionSettings, Session
 from igcli.storage import is_url
+from igcli.tokens import TEXT_SUFFIXES
 from igcli.visualize import HeatmapStyle, attribution_map, is_image_like
 
 
@@ -161,10 +162,14 @@ class BatchRun:
         todo: list[InputItem] = []
         try:
             for item in items:
-                if item.is_table and not item.problem:
+                if self._row_wise(item) and not item.problem:
                     self._explain_files(todo)
                     todo = []
-                    self.process_table(item, advance)
+                    if item.is_table:  # counted by rows (see discovery.count_inputs)
+                        self.process_table(item, advance)
+                    else:  # a text file counts as one input
+                        self.process_table(item)
+                        advance(1)
                     continue
                 earlier = self._resumable(item)
                 if earlier is not None or item.problem:
@@ -234,7 +239,7 @@ class BatchRun:
             if item.problem:
                 continue
             try:
-                if item.is_table:
+                if self._row_wise(item):
                     sample = next(
                         (r for r in self._rows(item) if not isinstance(r, RowError)), None
                     )
@@ -254,16 +259,27 @@ class BatchRun:
                 pass  # the input's own problem (a NaN output, say): its turn reports it
             return
 
+    def _row_wise(self, item: InputItem) -> bool:
+        """Inputs whose rows are inputs of their own, each failing alone: a CSV's rows, and
+        the lines of a .txt or .jsonl file for a token model."""
+        tokens = self.session.tokens is not None
+        return item.is_table or (tokens and Path(str(item.path)).suffix.lower() in TEXT_SUFFIXES)
+
+    def _iter_rows(self, path: Path, name: str):
+        if self.session.tokens is not None and path.suffix.lower() in TEXT_SUFFIXES:
+            return self.session.tokens.iter_text_file(path, name)
+        return iter_table(path, self.session.prep, name)
+
     def _rows(self, item: InputItem):
-        """iter_table over a local or fetched CSV; rows and errors name the input."""
+        """The rows of a local or fetched CSV or text file; rows and errors name the input."""
         from igcli.storage import URL
 
         if not isinstance(item.path, URL):
-            yield from iter_table(item.path, self.session.prep, item.name)
+            yield from self._iter_rows(item.path, item.name)
             return
         local = self._fetch(item.path)
         try:
-            for row in iter_table(local, self.session.prep, item.name):
+            for row in self._iter_rows(local, item.name):
                 if isinstance(row, RowError):
                     row.error = InputError(row.error.reason, item.path)
                 else:
@@ -273,9 +289,9 @@ class BatchRun:
             raise InputError(exc.reason, item.path) from None
 
     def process_table(self, item: InputItem, advance: Callable[[int], None] = _nothing) -> None:
-        """A CSV streamed a block of rows at a time, each row an input of its own: its record
-        (`<name>_row<k>.record.json`), its resume, its failure. Memory stays flat however long
-        the file, and an interrupt loses no finished row."""
+        """A CSV (or a token model's text file) a block of rows at a time, each row an input
+        of its own: its record (`<name>_row<k>.record.json`), its resume, its failure.
+        Memory stays flat however long the file, and an interrupt loses no finished row."""
         chunk: list = []
         try:
             for row in self._rows(item):

@@ -24,6 +24,7 @@ import numpy as np
 
 from igcli.errors import InputError, UsageError
 from igcli.files import file_size, first_line, open_regular, read_npy
+from igcli.inputs import RowError
 from igcli.model import Feed, TensorSpec, feed_batch_axis
 
 TEXT_SUFFIXES = {".txt", ".jsonl"}
@@ -275,14 +276,35 @@ class TokenInputs:
 
     def from_text_file(self, path: Path, name: str) -> list:
         """One sample per line of a .txt file (blank lines skipped), or per JSON Lines record
-        (a string, or an object with a "text" field); named `<name>_row<k>`."""
+        (a string, or an object with a "text" field); named `<name>_row<k>`. Strict: the
+        first bad line fails the file (iter_text_file reports bad lines one by one)."""
+        rows = list(self.iter_text_file(path, name))
+        bad = next((r for r in rows if isinstance(r, RowError)), None)
+        if bad is not None:
+            raise bad.error
+        return rows
+
+    def iter_text_file(self, path: Path, name: str):
+        """Samples of a text file's lines, a RowError for each line that cannot be
+        explained (too many tokens, not JSON, no "text"): the other lines can. What fails
+        the whole file (not UTF-8, too large, no text at all) raises."""
         texts = read_texts(path)
         if not texts:
             raise InputError("holds no text to explain", path)
-        return [self.from_text(t, path, f"{name}_row{k}") for k, t in enumerate(texts)]
+        for k, (number, text) in enumerate(texts):
+            row = f"{name}_row{k}"
+            if isinstance(text, InputError):
+                yield RowError(row, text)
+                continue
+            try:
+                yield self.from_text(text, path, row)
+            except InputError as exc:
+                yield RowError(row, InputError(f"line {number}: {exc.reason}", path))
 
 
-def read_texts(path: Path) -> list[str]:
+def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
+    """(line number, text) for each non-blank line; for JSON Lines, a line that is not JSON
+    or has no "text" string gives its error in place of the text."""
     with open_regular(path) as fh:
         if file_size(fh) > MAX_TEXT_BYTES:
             raise InputError(f"over {MAX_TEXT_BYTES >> 20} MiB of text", path)
@@ -290,22 +312,23 @@ def read_texts(path: Path) -> list[str]:
             content = fh.read().decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InputError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", path) from None
-    lines = content.splitlines()
+    lines = [(n, line) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
     if path.suffix.lower() != ".jsonl":
-        return [line.strip() for line in lines if line.strip()]
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+        return [(n, line.strip()) for n, line in lines]
+    texts: list[tuple[int, str | InputError]] = []
+    for number, line in lines:
         try:
             value = json.loads(line)
         except ValueError as exc:
-            raise InputError(f"line {number} is not JSON ({first_line(exc)})", path) from None
+            reason = f"line {number} is not JSON ({first_line(exc)})"
+            texts.append((number, InputError(reason, path)))
+            continue
         if isinstance(value, dict):
             value = value.get("text")
         if not isinstance(value, str) or not value.strip():
-            raise InputError(f'line {number} has no "text" string', path)
-        texts.append(value)
+            texts.append((number, InputError(f'line {number} has no "text" string', path)))
+            continue
+        texts.append((number, value))
     return texts
 
 

@@ -285,3 +285,23 @@ def test_samples_sharing_calls_keep_their_own_masks():
         alone = igcli.Session(SENTIMENT).attribute(sample)
         np.testing.assert_allclose(joint.attributions, alone.attributions, rtol=1e-5, atol=1e-8)
         assert joint.f_baseline == pytest.approx(alone.f_baseline, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "lines", "bad"),
+    [
+        (".txt", ["the plot was superb", " ".join(["superb"] * 40), "awful film"], "line 2"),
+        (".jsonl", ['{"text": "great"}', '{"text": null}', "not json", '"fine movie"'], "line 2"),
+    ],
+)
+def test_a_bad_line_of_a_text_file_fails_alone(tmp_path, suffix, lines, bad):
+    """A line too long for the tokenizer, or a JSON line without text, failed the whole
+    file, unnamed; now each line is an input of its own, as CSV rows are."""
+    path = tmp_path / f"t{suffix}"
+    path.write_text("\n".join(lines) + "\n")
+    result = run("explain", SENTIMENT, path, "--out", tmp_path / "o", "--json", "-q")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [r["name"] for r in records] == [f"t_row{k}" for k in range(len(lines))]
+    assert records[0]["status"] == "ok" and records[-1]["status"] == "ok"
+    assert records[1]["status"] == "error" and bad in records[1]["error"]
