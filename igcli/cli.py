@@ -17,7 +17,7 @@ from igcli import __version__
 from igcli.console import Messages, table
 from igcli.errors import ExitCode, GradientError, IgcliError, UsageError
 from igcli.files import read_option_text
-from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
+from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, MAX_STEPS
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
 
@@ -200,7 +200,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 class StepsType(click.ParamType):
-    """A number of steps (1 to 100000) or 'auto'."""
+    """A number of steps (1 to MAX_STEPS) or 'auto'."""
 
     name = "N|auto"
 
@@ -211,8 +211,8 @@ class StepsType(click.ParamType):
             steps = int(value)
         except ValueError:
             self.fail(f"{value!r} is neither a number of steps nor 'auto'", param, ctx)
-        if not 1 <= steps <= 100000:
-            self.fail(f"{steps} is not in the range 1 to 100000", param, ctx)
+        if not 1 <= steps <= MAX_STEPS:
+            self.fail(f"{steps} is not in the range 1 to {MAX_STEPS}", param, ctx)
         return steps
 
 
@@ -297,7 +297,7 @@ MODEL = click.argument(
 )
 @click.option(
     "--max-steps",
-    type=click.IntRange(3, 100000),
+    type=click.IntRange(3, MAX_STEPS),
     default=DEFAULT_MAX_STEPS,
     show_default=True,
     help="With --steps auto: the most gradient evaluations per input.",

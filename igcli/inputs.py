@@ -546,10 +546,21 @@ def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
             raise UsageError(f"an image, but the model input has shape {prep.input_shape}")
         channels = prep.channels or 3
         target = (prep.width, prep.height) if prep.height and prep.width else None
-        img = fit_image(_upright(value).convert(_MODES.get(channels, "RGB")), target, prep.crop)
-        arr = np.asarray(img, dtype=np.float64)
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
-        pixels = np.clip(arr / prep.scale, 0.0, None) if prep.scale else arr
+        # the checks and 16-bit handling a file gets (convert("L") would clip 16-bit grey)
+        _check_pixels(value.size, where)
+        if value.mode in ("I", "F"):
+            raise UsageError(
+                f"32-bit ({value.mode}-mode) images are not supported; use 8- or 16-bit "
+                "images or a numpy array in the model's space"
+            )
+        if value.mode.startswith("I;16"):
+            grey = _upright_array(value)[:, :, 0]
+            arr, full = _float_channels([grey], channels, target, 65535.0, prep.crop), 65535.0
+        else:
+            img = _upright(value).convert(_MODES.get(channels, "RGB"))
+            arr, full = np.asarray(fit_image(img, target, prep.crop), dtype=np.float64), 255.0
+            arr = arr[:, :, None] if arr.ndim == 2 else arr
+        pixels = np.clip(arr * (255.0 / full) / prep.scale, 0.0, None) if prep.scale else arr
         x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, where, UsageError)
         return Sample(where, name, "image", x, pixels=pixels)
     x = fit_tensor(np.asarray(value), prep, where, UsageError)

@@ -17,6 +17,7 @@ import numpy as np
 ADAPTIVE_METHOD = "adaptive_simpson"
 DEFAULT_TOLERANCE = 0.005
 DEFAULT_MAX_STEPS = 1024
+MAX_STEPS = 100_000  # the most points a run may ask for (fixed rules, --max-steps)
 
 Rule = Callable[[int], tuple[np.ndarray, np.ndarray]]
 

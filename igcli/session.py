@@ -88,6 +88,7 @@ from igcli.model import (
     with_softmax,
     without_initializer_inputs,
 )
+from igcli.quadrature import MAX_STEPS
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.tokens import TEXT_SUFFIXES, TokenInputs, token_baseline, token_inputs
 
@@ -134,6 +135,11 @@ class AttributionSettings:
         return self.steps == "auto"
 
     def check(self) -> None:
+        if self.baseline is not None and not isinstance(self.baseline, str | Path):
+            raise UsageError(
+                "baseline must be a name (black, zero, blur, ...) or a file path, not "
+                f"{type(self.baseline).__name__}: save an array with numpy.save"
+            )
         methods.check(self)
         if self.adaptive:
             if self.method not in (None, ADAPTIVE_METHOD):
@@ -142,15 +148,19 @@ class AttributionSettings:
                 )
             if not (self.tolerance >= 0 and np.isfinite(self.tolerance)):
                 raise UsageError(f"tolerance must be 0 or more, not {self.tolerance}")
-            if not isinstance(self.max_steps, int) or self.max_steps < 3:
-                raise UsageError(f"max_steps must be at least 3, not {self.max_steps!r}")
+            if not isinstance(self.max_steps, int) or not 3 <= self.max_steps <= MAX_STEPS:
+                raise UsageError(f"max_steps must be 3 to {MAX_STEPS}, not {self.max_steps!r}")
             return
         if self.method is not None and self.method not in QUADRATURE_RULES:
             raise UsageError(
                 f"unknown method {self.method!r}; choose from {', '.join(QUADRATURE_RULES)}"
             )
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"steps must be a positive integer or 'auto', not {self.steps!r}")
+        if (
+            isinstance(self.steps, bool)
+            or not isinstance(self.steps, int)
+            or not 1 <= self.steps <= MAX_STEPS
+        ):
+            raise UsageError(f"steps must be 1 to {MAX_STEPS} or 'auto', not {self.steps!r}")
         if self.method == "riemann_trapezoid" and self.steps < 2:
             raise UsageError("riemann_trapezoid needs at least 2 steps")
 
@@ -233,6 +243,8 @@ class Session:
         tokenizer: str | Path | None = None,
     ) -> None:
         options = dict(locals())  # for sessions cut at other tensors (see `cut`)
+        if not isinstance(model, str | Path):
+            raise UsageError(f"model must be the path of an .onnx file, not {model!r}")
         self._options = {k: v for k, v in options.items() if k not in ("self", "model", "at")}
         self._siblings: dict[str, Session] = {}
         if aggregate not in AGGREGATES:
@@ -619,6 +631,8 @@ class Session:
     def _load_tokens(self, input, name: str | None) -> list[Sample]:
         tokens = self.tokens
         if isinstance(input, str) and not _names_a_file(input):
+            if not input.strip():
+                raise UsageError("the text is empty: it holds no text to explain")
             return [tokens.from_text(input, Path("<text>"), name or "text")]
         if isinstance(input, str | Path):
             path = Path(input)
@@ -700,6 +714,8 @@ class Session:
         settings.check()
         if not samples:
             return []
+        if not all(isinstance(s, Sample) for s in samples):
+            raise UsageError("attribute_many takes samples (from Session.load), not paths")
         shapes = {s.x.shape for s in samples}
         if len(shapes) > 1:  # inputs of several sizes: one group (and graph) per size
             out: list[list[Attribution] | None] = [None] * len(samples)
@@ -932,6 +948,8 @@ class Session:
         if targets is None:
             return [int(np.argmax(output.reshape(-1)))]
         for t in targets:
+            if isinstance(t, bool) or not isinstance(t, int | np.integer):
+                raise UsageError(f"target must be an output index (an integer), not {t!r}")
             if not 0 <= t < n_out:
                 raise UsageError(
                     f"target {t} is out of range: output {self.output_spec.name!r} "

@@ -266,3 +266,41 @@ def test_adaptive_steps_warn_when_capped(tmp_path):
     )[0][0]
     assert a.extra["converged"] is False and a.extra["steps_used"] <= 5
     assert any("--max-steps" in w and DIGIT_PNGS[0].name in w for w in warnings)
+
+
+def test_bad_api_arguments_are_usage_errors_not_raw_exceptions(tmp_path):
+    """A hostile sweep met numpy's 'truth value of an array is ambiguous', a TypeError on a
+    str target, an AttributeError on None samples, and steps=10**7 running for minutes."""
+    from igcli.errors import UsageError
+
+    session = igcli.Session(DIGITS, cache=False)
+    png = DIGIT_PNGS[0]
+    bad = [
+        lambda: session.attribute(png, steps=10**7),
+        lambda: session.attribute(png, steps="auto", max_steps=10**6),
+        lambda: session.attribute(png, baseline=np.zeros((28, 28))),
+        lambda: session.attribute(png, target="seven"),
+        lambda: session.attribute_many([None]),
+        lambda: igcli.Session(None),
+    ]
+    for call in bad:
+        with pytest.raises(UsageError):
+            call()
+    assert session.attribute(png, steps=8, target=np.int64(3)).target == 3
+
+
+def test_pil_images_get_what_files_get(tmp_path):
+    """16-bit grey PIL images were clipped by convert('L'); 32-bit and empty ones passed."""
+    from PIL import Image
+
+    from igcli.errors import IgcliError
+
+    session = igcli.Session(DIGITS, cache=False)
+    from_file = session.attribute(DIGIT_PNGS[0], steps=8)
+    grey = np.asarray(Image.open(DIGIT_PNGS[0]).convert("L")).astype(np.uint16) * 257
+    from_pil = session.attribute(Image.fromarray(grey), steps=8)
+    assert from_pil.target == from_file.target
+    assert from_pil.f_input == pytest.approx(from_file.f_input, rel=1e-5)
+    for image in (Image.fromarray(grey.astype(np.float32) / 65535), Image.new("L", (0, 0))):
+        with pytest.raises(IgcliError):
+            session.attribute(image, steps=8)
