@@ -48,7 +48,20 @@ def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list
         text = record_path(out_dir, item.name).read_text()
     except (OSError, OutputError, UnicodeDecodeError):
         return None
-    return usable_records(text, settings_hash, lambda rel: (out_dir / rel).is_file())
+    return usable_records(text, settings_hash, lambda rel: _looks_whole(out_dir / rel))
+
+
+# What a result file starts with; one that does not (emptied, overwritten) is made again.
+_MAGIC = {".npy": b"\x93NUMPY", ".png": b"\x89PNG\r\n\x1a\n"}
+
+
+def _looks_whole(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC.get(path.suffix.lower(), b"")) and bool(head)
 
 
 def usable_records(

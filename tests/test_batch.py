@@ -144,6 +144,18 @@ def test_skip_existing_resumes(tree, tmp_path):
     assert len(report["results"]) == 3 and report["summary"]["resumed"] == 2
 
 
+def test_skip_existing_redoes_results_whose_files_were_emptied_or_overwritten(tree, tmp_path):
+    out = tmp_path / "o"
+    run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    (out / "a" / "img.npy").write_bytes(b"garbage!")
+    (out / "b" / "img.png").write_bytes(b"")
+    again = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing")
+    report = json.loads((out / "report.json").read_text())
+    assert again.exit_code == 0 and report["summary"]["resumed"] == 1  # top only
+    assert np.load(out / "a" / "img.npy").shape[-2:] == (28, 28)
+    assert (out / "b" / "img.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_skip_existing_redoes_results_made_with_other_settings(tree, tmp_path):
     out = tmp_path / "o"
     run("explain", DIGITS, tree, "--out", out, "--steps", "4")
