@@ -71,6 +71,15 @@ def _feeds(values: tuple[str, ...]) -> dict[str, Path]:
     return feeds
 
 
+def _out_location(out_dir: str):
+    """--out as a folder or URL; an empty one would mean the current folder, never meant."""
+    from igcli.storage import location
+
+    if not out_dir.strip():
+        raise UsageError("--out is empty: name an output folder (or a storage URL)")
+    return location(out_dir)
+
+
 def _labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
@@ -596,7 +605,6 @@ def explain(
     from igcli.discovery import TargetTable
     from igcli.run import plan, run_explain
     from igcli.session import AttributionSettings, Session
-    from igcli.storage import location
     from igcli.visualize import HeatmapStyle
 
     messages.quiet = quiet
@@ -660,7 +668,7 @@ def explain(
     )
     session = make_session()
     outputs = OutputSettings(
-        out_dir=location(out_dir),
+        out_dir=_out_location(out_dir),
         style=HeatmapStyle(overlay, sign, clip_percentile, reduce),
         heatmaps=not no_heatmaps,
         shared_scale=scale == "shared",
@@ -1045,7 +1053,7 @@ def merge_reports_cmd(
     paths = [p for where in reports for p in find_reports(location(where))]
     order = _manifest_order(manifest, paths)
     merged = merge_reports(paths, expect=expect, order=order)
-    out = location(out_dir)
+    out = _out_location(out_dir)
     if is_url(str(out)):
         check_remote(str(out))
     else:

@@ -243,7 +243,7 @@ class RunReport:
         writer.writeheader()
         for row in itertools.chain(self.results, self.failures):
             row = relinked(row, out_dir)
-            writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+            writer.writerow({k: _cell(row.get(k)) for k in CSV_FIELDS})
             if buf.tell() > 1 << 16:
                 yield buf.getvalue()
                 buf.seek(0)
@@ -252,11 +252,15 @@ class RunReport:
 
     def to_markdown(self) -> str:
         s = self.summary()
+        method = self.settings.get("method")
+        if method is None:  # the default rule: name the one the results used
+            used = {r.get("method") for r in self.results[:MARKDOWN_ROWS]}
+            method = used.pop() if len(used) == 1 else "default"
         lines = [
-            f"# igcli report: {Path(self.model).name}",
+            f"# igcli report: {_md(Path(self.model).name)}",
             "",
             f"{s['explained']} explained, {s['failed']} failed; "
-            f"steps {self.settings.get('steps')}, method {self.settings.get('method')}, "
+            f"steps {self.settings.get('steps')}, method {method}, "
             f"igcli {__version__}, model sha256 `{self.model_sha256[:12]}`",
             "",
         ]
@@ -275,7 +279,12 @@ class RunReport:
             lines += ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---|"]
             for r in self.results[:MARKDOWN_ROWS]:
                 target = f"{r['target']}" + (f" ({r['label']})" if r.get("label") else "")
-                cells = [r["name"], target, f"{r['f_input']:.6g}", f"{r['f_baseline']:.6g}"]
+                cells = [
+                    _md(r["name"]),
+                    _md(target),
+                    f"{r['f_input']:.6g}",
+                    f"{r['f_baseline']:.6g}",
+                ]
                 cells += [
                     f"{r['attribution_sum']:.6g}",
                     percent(r["rel_error"]),
@@ -288,7 +297,7 @@ class RunReport:
             lines.append("")
         if self.failures:
             lines += ["## Failed inputs", ""]
-            lines += [f"- `{f['input']}`: {f['error']}" for f in self.failures]
+            lines += [f"- {_md(f['input'])}: {_md(f['error'])}" for f in self.failures]
             lines.append("")
         return "\n".join(lines)
 
@@ -675,3 +684,20 @@ def failure_entry(input_path: str, error: IgcliError | str, name: str | None = N
         "status": "error",
         "error": str(error),
     }
+
+
+def _md(text: object) -> str:
+    """Text for a Markdown table cell or list item: pipes, backticks, markup and line breaks
+    in file names cannot break the table or inject markup."""
+    out = str(text).replace("\\", "\\\\")
+    for ch in "|`*[]<>":
+        out = out.replace(ch, "\\" + ch)
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def _cell(value):
+    """A CSV cell that a spreadsheet shows as text: a name or message starting with =, +, -,
+    @ (or a tab or CR) would be read as a formula, so it gets a leading quote. Numbers stay."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

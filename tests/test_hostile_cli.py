@@ -445,3 +445,17 @@ def test_json_lines_keep_the_order_of_csv_rows_and_files_good_or_bad(tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert [r["name"] for r in records] == [f"mixed_row{k}" for k in range(6)]
     assert [r["status"] for r in records] == ["ok", "error", "ok", "error", "error", "ok"]
+
+
+def test_names_cannot_break_the_markdown_table_or_become_csv_formulas(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a|b.png", "=cmd.png", "-1.png"):
+        (folder / name).write_bytes(Path(DIGIT_PNGS[0]).read_bytes())
+    out = tmp_path / "o"
+    assert run("explain", DIGITS, folder, "--out", out, "-q").exit_code == 0
+    markdown = (out / "report.md").read_text()
+    assert "a\\|b" in markdown and "method gausslegendre" in markdown
+    table = (out / "report.csv").read_text()
+    assert ",'=cmd," in table and ",'-1," in table  # the name column
+    assert run("explain", DIGITS, DIGIT_PNGS[0], "--out", "").exit_code == ExitCode.USAGE
