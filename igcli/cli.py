@@ -909,8 +909,9 @@ def gradcheck(
 ) -> None:
     """Compare MODEL's gradient graph with finite differences (exit 0 when they agree).
 
-    Exit 7 means a wrong gradient: directions where the model is not smooth (kinks) or where
-    float32 cannot resolve the gradient (a saturated output) are reported, not failed.
+    Exit 7 means a wrong gradient, or no gradient graph to check (an op without a rule):
+    directions where the model is not smooth (kinks) or where the model's precision cannot
+    resolve the gradient (a saturated output) are reported, not failed.
     """
     import json
 

@@ -826,7 +826,7 @@ class Session:
             if settings.regions:
                 self._regions(attribution, settings)
             out[i].append(attribution)
-            self._judge(attribution, source)
+            self._judge(attribution, source, plain=methods.is_plain(settings))
             if result.converged is False:
                 hint = " (raise --max-steps)" if result.stop_reason == "max_steps" else ""
                 self.warn(
@@ -919,7 +919,7 @@ class Session:
         a.regions = found
         a.extra["regions"] = found.summary()
 
-    def _judge(self, a: Attribution, source: GradientSource) -> None:
+    def _judge(self, a: Attribution, source: GradientSource, plain: bool = True) -> None:
         """Warn (once per kind) where the numbers cannot be what the user wants."""
         flat = isinstance(source, FiniteDifferences) and source.looks_piecewise_constant
         if a.delta != 0 and (flat or not np.any(a.attributions)):
@@ -928,6 +928,14 @@ class Session:
                 f"{self.model_path}: the gradient is zero along the path although F(x) != F(b): "
                 "the model looks piecewise constant (a tree ensemble, rounding or a step "
                 "function), so IG cannot attribute the change and more steps will not help",
+            )
+        unresolved = plain and a.delta != 0 and abs(a.rel_error) > 0.05
+        if unresolved and a.extra.get("converged") is None:
+            self._warn_once(  # adaptive steps warn on their own when they stop short
+                "completeness",
+                f"{a.sample.path}: the attributions miss F(x) - F(b) by "
+                f"{100 * abs(a.rel_error):.3g}% (target {a.target}, steps {a.steps}): the path "
+                "integral is not resolved; raise --steps, or let --steps auto choose",
             )
         top = max(abs(a.f_input), abs(a.f_baseline))
         if top > 0 and abs(a.delta) <= 1e-3 * top and self.softmax_input is not None:

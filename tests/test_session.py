@@ -304,3 +304,14 @@ def test_pil_images_get_what_files_get(tmp_path):
     for image in (Image.fromarray(grey.astype(np.float32) / 65535), Image.new("L", (0, 0))):
         with pytest.raises(IgcliError):
             session.attribute(image, steps=8)
+
+
+def test_an_unresolved_path_integral_is_warned_about_once():
+    warnings = []
+    session = igcli.Session(DIGITS, cache=False, warn=warnings.append)
+    for png in DIGIT_PNGS[:2]:
+        session.attribute(png, steps=1)
+    assert len([w for w in warnings if "path integral is not resolved" in w]) == 1
+    warnings.clear()
+    session.attribute(DIGIT_PNGS[0], steps=32)
+    assert not warnings
