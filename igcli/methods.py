@@ -242,6 +242,8 @@ def read_baseline_set(spec: str, prep: Preprocessing, sample: Sample) -> list[np
         arrays = [a for f in files for a in read_baseline_file(f, prep, sample)]
     elif path.is_file():
         arrays = read_baseline_file(path, prep, sample)
+    elif path.exists():
+        raise UsageError("not a file or folder (a device or FIFO?)", path)
     else:
         raise UsageError("no such file or folder", path)
     if not arrays:

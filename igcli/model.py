@@ -391,9 +391,11 @@ def load_feeds(
     names = [s.name for s in inputs]
     unknown = sorted(set(given) - set(names))
     if unknown:
+        others = [n for n in names if n != attributed.name]
+        can = f"inputs that take --feed: {', '.join(others)}" if others else "no other inputs"
         raise UsageError(
-            f"--feed names unknown input(s) {', '.join(map(repr, unknown))} "
-            f"(inputs: {', '.join(names)})"
+            f"--feed names unknown input(s) {', '.join(map(repr, unknown))} (the model has "
+            f"{can}; {attributed.name!r} is attributed)"
         )
     if attributed.name in given:
         raise UsageError(

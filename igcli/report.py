@@ -536,7 +536,7 @@ def merge_reports(
     reports = [load_report(p) for p in paths]
     hashes = {r.get("model_sha256") for r in reports}
     if len(hashes) > 1:
-        raise UsageError("reports are of different models (model_sha256 differs)")
+        raise ShardError("reports are of different models (model_sha256 differs)")
     if expect is not None:
         check_shards(paths, reports, expect)
     first = reports[0]

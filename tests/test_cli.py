@@ -323,7 +323,7 @@ def test_merge_reports_refuses_different_models(tmp_path):
     run("explain", CANCER, CANCER_CSV, "--steps", "4", "--out", tmp_path / "a")
     run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", tmp_path / "b")
     result = run("merge-reports", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "m")
-    assert result.exit_code == ExitCode.USAGE and "different models" in result.stderr
+    assert result.exit_code == ExitCode.SHARDS and "different models" in result.stderr
     bad = tmp_path / "junk.json"
     bad.write_text("{}")
     result = run("merge-reports", bad, "--out", tmp_path / "m")
