@@ -83,7 +83,11 @@ def _out_location(out_dir: str):
 def _labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    return [line.strip() for line in read_option_text(path, "labels").splitlines() if line.strip()]
+    labels = [line.strip() for line in read_option_text(path, "labels").splitlines()]
+    labels = [label for label in labels if label]
+    if not labels:
+        raise UsageError("holds no labels (one class name per line)", path)
+    return labels
 
 
 def _family(noise: str | None, **fields) -> dict:

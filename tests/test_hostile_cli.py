@@ -383,6 +383,10 @@ def test_option_files_that_are_devices_or_fifos_are_refused_not_read(tmp_path, o
     bad.write_bytes(b"caf\xe9\n")
     result = run("explain", DIGITS, DIGIT_PNGS[0], option, bad, "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.USAGE and "not UTF-8" in result.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    result = run("explain", DIGITS, DIGIT_PNGS[0], option, empty, "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.USAGE  # not silently the sidecar's labels
 
 
 def test_a_model_declaring_a_huge_input_is_refused_in_one_line(tmp_path):
