@@ -166,8 +166,11 @@ class AttributionSettings:
 
     @property
     def points_per_input(self) -> int:
-        """Path points an input needs per round (adaptive steps start with 9)."""
-        points = 9 if self.adaptive else int(self.steps)
+        """Path points an input needs per round, which sizes the groups of inputs that share
+        calls. Adaptive steps start with 9 and then add 2 to 8 a round: sized by 9, a group's
+        later calls ran a third full (digits, 1,000 inputs, --steps auto --no-heatmaps:
+        4.8 s, 4.5 s sized by 4)."""
+        points = 4 if self.adaptive else int(self.steps)
         if self.path.startswith("guided"):
             points = 1  # one gradient per round
         return points * max(1, self.noise) * (2 if self.baselines or self.regions else 1)
