@@ -30,7 +30,12 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
 )
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
 from igcli.inputs import RowError, iter_table
-from igcli.outputs import atomic_save_png, atomic_write_text, output_stem
+from igcli.outputs import (
+    atomic_save_png,
+    atomic_write_text,
+    output_stem,
+    remove_write_leftovers,
+)
 from igcli.report import RunReport, failure_entry, json_line
 from igcli.session import AttributionSettings, Session
 from igcli.storage import is_url
@@ -489,6 +494,20 @@ class BatchRun:
             self.drain()
         finally:
             self.writer.shutdown(wait=True)
+
+    def remove_write_leftovers(self) -> None:
+        """Temporary files that a killed writer (a Dask worker process) left beside this
+        run's outputs; every output is whole by now."""
+        out = self.local_out
+
+        def files():
+            for r in self.report.results:
+                for key in ("attributions_file", "heatmap_file"):
+                    if r.get(key):
+                        yield out / r[key]
+                yield out / (r["name"] + ".record.json")
+
+        remove_write_leftovers(files)
 
     def cleanup(self) -> None:
         """Remove the local staging and fetch folders of object storage (after the report)."""

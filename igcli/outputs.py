@@ -9,7 +9,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,31 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
         raise
+
+
+def remove_write_leftovers(files: Callable[[], Iterable[Path]]) -> None:
+    """Remove the temporary files of atomic writes that a killed writer left (a Dask worker
+    killed mid-write, say): `.NAME.XXXXXXXX.tmp` beside a file NAME of `files()`, which this
+    run has written whole, so no writer of its can still be at work. `files()` is walked
+    once for their folders and, only where such leftovers lie, once more: memory holds the
+    folders and the leftovers, not every name."""
+    folders = {f.parent for f in files()}
+    leftovers: dict[Path, dict[str, list[str]]] = {}
+    for folder in folders:
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith(".") and entry.endswith(".tmp"):
+                target = entry[1:-4].rpartition(".")[0]  # .NAME.XXXXXXXX.tmp -> NAME
+                leftovers.setdefault(folder, {}).setdefault(target, []).append(entry)
+    if not leftovers:
+        return
+    for f in files():
+        for entry in leftovers.get(f.parent, {}).pop(f.name, []):
+            with contextlib.suppress(OSError):
+                os.unlink(f.parent / entry)
 
 
 def atomic_write_chunks(path: Path, chunks: Iterable[str]) -> None:

@@ -215,6 +215,8 @@ def finish(
         report.settings["batch_size_cap"] = runner.batch_size  # what the memory budget allows
         report.settings["memory_per_row"] = session.memory_per_row
     names = report.write(outputs.out_dir, the_plan.report_stem, staging=batch.local_out)
+    if not interrupted:
+        batch.remove_write_leftovers()
     batch.cleanup()
     messages.print_summary(report)
     out = str(outputs.out_dir).rstrip("/")

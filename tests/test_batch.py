@@ -437,3 +437,16 @@ def test_targets_from_a_file_give_each_input_its_own(tree, tmp_path):
     labels.write_text("input,target\ntop.png,seven\n")
     bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
     assert bad.exit_code == ExitCode.USAGE and "seven" in bad.stderr
+
+
+def test_a_finished_run_removes_what_killed_writers_left_beside_its_outputs(tree, tmp_path):
+    """A SIGKILLed writer (a Dask worker) leaves .NAME.XXXX.tmp; a run that has written NAME
+    whole removes it, and leaves other hidden files alone."""
+    out = tmp_path / "o"
+    run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    left = [out / "a" / ".img.png.k1ll3d.tmp", out / ".top.record.json.x.tmp"]
+    other = out / ".someone-elses.png.y.tmp"
+    for path in (*left, other):
+        path.write_bytes(b"")
+    assert run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4").exit_code == 0
+    assert not any(p.exists() for p in left) and other.exists()
