@@ -527,7 +527,11 @@ def fit_tensor(
                 path,
             )
         arr = arr[0]
-    elif _shape_matches(arr.shape, expected):
+    elif _shape_matches(arr.shape, expected) or (
+        arr.ndim == len(expected)
+        and arr.shape[0] == 1
+        and _shape_matches(arr.shape[1:], expected[1:])
+    ):  # (a leading 1 also where a model was exported with a fixed batch of 8, say)
         if arr.shape[0] != 1:
             raise error(f"holds a batch of {arr.shape[0]}; give one sample per file", path)
         arr = arr[0]

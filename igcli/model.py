@@ -510,15 +510,16 @@ def with_softmax(model: onnx.ModelProto, output: str) -> tuple[onnx.ModelProto, 
     return model, SOFTMAX_OUTPUT
 
 
-def with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rename a fixed batch of 1 to a symbolic 'N' on inputs and outputs (a try, not a promise)."""
+def with_dynamic_batch(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto:
+    """Rename a fixed batch of `size` (1, or the 8 a model was exported with) to a symbolic
+    'N' on inputs and outputs (a try, not a promise)."""
     model = copy.deepcopy(model)
     inits = {i.name for i in model.graph.initializer}
     for vi in [*model.graph.input, *model.graph.output]:
         if vi.name in inits:
             continue
         dims = vi.type.tensor_type.shape.dim
-        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == size:
             dims[0].dim_param = "N"
     del model.graph.value_info[:]
     return model
@@ -877,6 +878,7 @@ class ModelRunner:
         self.extra_feeds = feeds or {}
         self.target_input = target_input
         self.tuner = None  # a RowTuner (memory.py) chooses rows per call below batch_size
+        self.pad_to: int | None = None  # a fixed batch > 1 that every Run must be given
         self._cores = row_workers(threads, self.providers)
         self.workers = min(self._cores, self.batch_size)
         self._pool: ThreadPoolExecutor | None = None
@@ -888,17 +890,20 @@ class ModelRunner:
         if output_name not in {o.name for o in graph_outputs(model)}:
             names = ", ".join(o.name for o in graph_outputs(model))
             raise UsageError(f"model has no output {output_name!r} (outputs: {names})")
-        fixed_batch = bool(spec.shape) and spec.shape[0] == 1
-        variant = with_dynamic_batch(model) if fixed_batch else model
+        first = spec.shape[0] if spec.shape else None
+        fixed_batch = first if isinstance(first, int) and first >= 1 else None
+        variant = with_dynamic_batch(model, fixed_batch) if fixed_batch else model
         saved = self._saved(cache_key)
         self._open(make_session(variant, path, self.providers, self._intra_op(), saved))
         if fixed_batch and not self._dynamic_batch_works(spec):
             if saved is not None:  # saved above, but it cannot take a batch
                 with contextlib.suppress(OSError):
-                    saved.unlink()
-            fixed = self._saved(cache_key, "batch1")
-            self.batch_size, self.workers = 1, 1
+                    for stale in (saved, *optimized_data(saved)):
+                        stale.unlink()
+            fixed = self._saved(cache_key, "batch1")  # (the fixed-batch entry, any size)
+            self.workers = 1
             self._open(make_session(model, path, self.providers, self._intra_op(), fixed))
+            self._fix_batch()
         self._reset_counters()  # the probe above is not part of the work
 
     @classmethod
@@ -912,8 +917,18 @@ class ModelRunner:
             if session is not None:
                 runner._open(session)
                 runner.batch_size, runner._cache_key = batch_size, cache_key
+                if variant:
+                    runner._fix_batch()
                 return runner
         return None
+
+    def _fix_batch(self) -> None:
+        """The session takes exactly its declared batch: 1 (a row per call), or the 8 a
+        model was exported with and hard-codes inside (a Reshape to [8, -1]), whose calls
+        then take up to 8 rows, padded to 8 (see `call`)."""
+        shape = next(i.shape for i in self.session.get_inputs() if i.name == self.input_name)
+        size = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 1 else 1
+        self.batch_size, self.workers, self.pad_to = size, 1, size if size > 1 else None
 
     def _intra_op(self) -> int | None:
         """ONNX Runtime's intra-op threads per Run: the threads the workers leave (1 when
@@ -1003,6 +1018,9 @@ class ModelRunner:
         """One model call, timed and counted; a runtime failure becomes a one-line error.
         `context` holds values of other inputs for these rows (see stack_contexts). Its rows
         go to the workers in parts unless `split` is False (probes of what one Run does)."""
+        rows = len(batch)
+        if self.pad_to and rows < self.pad_to:  # a model fixed at a batch of pad_to
+            batch, targets, context = _padded(batch, targets, context, self.pad_to)
         start = time.perf_counter()
         try:
             if split and self.workers > 1 and len(batch) > 1:
@@ -1015,10 +1033,11 @@ class ModelRunner:
             spent = time.perf_counter() - start
             self.seconds += spent
         self.calls += 1
-        self.rows += len(batch)
+        self.rows += rows
         if self.tuner is not None:
-            self.tuner.record(len(batch), spent)
-        return [_with_row_axis(r, len(batch)) for r in result]
+            self.tuner.record(rows, spent)
+        out = [_with_row_axis(r, len(batch)) for r in result]
+        return [o[:rows] for o in out] if len(batch) > rows else out
 
     def _run_in_parts(self, batch, outputs, targets, context) -> list[np.ndarray]:
         """The rows in `workers` nearly equal parts, each a single-threaded Run, at once."""
@@ -1047,6 +1066,26 @@ class ModelRunner:
         result = np.concatenate(outs, axis=0)
         check_finite(result, f"output {self.output_name!r}", self.path)
         return result
+
+
+def _padded(batch: np.ndarray, targets, context, size: int):
+    """Rows padded to `size` with copies of the last (their outputs are dropped)."""
+    extra = size - len(batch)
+
+    def pad(a: np.ndarray, axis: int = 0) -> np.ndarray:
+        last = np.take(a, [a.shape[axis] - 1], axis=axis)
+        return np.concatenate([a, np.repeat(last, extra, axis=axis)], axis=axis)
+
+    if targets is not None:
+        targets = pad(np.asarray(targets))
+    if context is not None:
+        context = {
+            name: Feed(pad(f.value, f.batch_axis), f.batch_axis)
+            if f.batch_axis is not None and f.value.shape[f.batch_axis] == len(batch) > 1
+            else f
+            for name, f in context.items()
+        }
+    return pad(batch), targets, context
 
 
 def _with_row_axis(output, rows: int) -> np.ndarray:

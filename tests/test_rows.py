@@ -3,6 +3,7 @@ Run, and rows that change each other's outputs still found and sent one per call
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 import igcli
@@ -142,3 +143,39 @@ def test_a_model_with_one_scalar_output_goes_one_row_per_call(tmp_path):
     assert a.gradient_source == "graph" and session.runner.batch_size == 1
     np.testing.assert_allclose(a.attributions.reshape(-1), x.reshape(-1) ** 2, rtol=1e-5)
     assert run("gradcheck", model, tmp_path / "x.npy").exit_code == 0
+
+
+def _batch_model(path, batch, flat):
+    """Conv, Tanh, Reshape to `flat`, MatMul, with input [batch, 1, 28, 28]."""
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(rng.normal(size=(4 * 26 * 26, 3)).astype(np.float32), "fc"),
+        onnx.numpy_helper.from_array(np.array(flat, np.int64), "flat"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Tanh", ["c"], ["t"]),
+         helper.make_node("Reshape", ["t", "flat"], ["f"]),
+         helper.make_node("MatMul", ["f", "fc"], ["y"])],
+        "batch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+        inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+@pytest.mark.parametrize("flat", [[0, -1], [8, -1]], ids=["batch-free", "hard-coded-8"])
+def test_a_model_exported_with_a_fixed_batch_of_8_is_explained(tmp_path, flat):
+    """Exported with a dummy batch of 8: the batch is made dynamic where the graph allows,
+    else every call is padded to 8 rows. Either way, the attributions of a batch-free copy."""
+    reference = _batch_model(tmp_path / "n.onnx", "N", [0, -1])
+    fixed = _batch_model(tmp_path / "b8.onnx", 8, flat)
+    expected = igcli.Session(reference, cache=False).attribute(DIGIT_PNGS[0], steps=16)
+    session = igcli.Session(fixed, cache=False, threads=2)
+    got = session.attribute(DIGIT_PNGS[0], steps=16)
+    assert got.gradient_source == "graph" and got.target == expected.target
+    np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-4, atol=1e-7)
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))  # a leading 1 fits too
+    assert session.attribute(tmp_path / "x.npy", steps=4).attributions.shape == (1, 28, 28)
