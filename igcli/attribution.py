@@ -68,13 +68,27 @@ class Attribution(Completeness):
         if self.at is None:
             return None
         image = self.prep is not None and self.prep.is_image_model
-        return aggregate(self.attributions, self.sample.kind, image, self.aggregate)
+        kind = "tensor" if self.sample.kind == "tokens" and not self.per_token else self.sample.kind
+        return aggregate(self.attributions, kind, image, self.aggregate)
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the attributions have a token axis first ([L, hidden], the embedding): a
+        tensor after pooling ([hidden]), or of another layout, has none, and its entries
+        are not tokens even when they happen to number as many."""
+        a, tokens = self.attributions, self.sample.tokens
+        return (
+            self.sample.kind == "tokens"
+            and bool(tokens)
+            and a.ndim >= 2
+            and a.shape[0] == len(tokens)
+        )
 
     @property
     def tokens(self) -> list[tuple[str, float]] | None:
         """(token, attribution) pairs of a token model's input, padding included; None for
-        other models or with aggregate "none"."""
-        if self.sample.kind != "tokens" or self.aggregate == "none":
+        other models, with aggregate "none", or at a tensor without a token axis."""
+        if not self.per_token or self.aggregate == "none":
             return None
         return [(t, float(v)) for t, v in zip(self.sample.tokens, self.positions, strict=True)]
 

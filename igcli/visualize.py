@@ -165,11 +165,11 @@ def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Image.Image:
     how = a.aggregate
     if how == "none":
         flat = a.attributions.reshape(-1)
-        names = [_entry_name(sample, idx) for idx in np.ndindex(a.attributions.shape)]
+        names = [_entry_name(a, idx) for idx in np.ndindex(a.attributions.shape)]
         return render.render_bars(names, flat, None, top_k=style.top_k, title=title(a),
                                   caption=caption(a))  # fmt: skip
     values = a.positions
-    if sample.kind == "tokens" and values.ndim == 1:
+    if a.per_token and values.ndim == 1:
         n = shown_tokens(sample)
         return render.render_tokens(
             list(sample.tokens[:n]), values[:n], sign=style.sign, vmax=vmax, title=title(a),
@@ -195,8 +195,8 @@ def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Image.Image:
                               caption=caption(a))  # fmt: skip
 
 
-def _entry_name(sample: Sample, index: tuple[int, ...]) -> str:
-    if sample.kind == "tokens" and sample.tokens and len(index) >= 2:
+def _entry_name(a, index: tuple[int, ...]) -> str:
+    if a.per_token:
         rest = ",".join(map(str, index[1:]))
-        return f"{sample.tokens[index[0]]} (#{index[0]}) [{rest}]"
+        return f"{a.sample.tokens[index[0]]} (#{index[0]}) [{rest}]"
     return "[" + ",".join(map(str, index)) + "]"

@@ -305,3 +305,20 @@ def test_a_bad_line_of_a_text_file_fails_alone(tmp_path, suffix, lines, bad):
     assert [r["name"] for r in records] == [f"t_row{k}" for k in range(len(lines))]
     assert records[0]["status"] == "ok" and records[-1]["status"] == "ok"
     assert records[1]["status"] == "error" and bad in records[1]["error"]
+
+
+def test_a_tensor_after_pooling_is_not_drawn_as_tokens(tmp_path):
+    """The head's 16 hidden units numbered as many as the tokens and were printed as the
+    tokens; a tensor of another width crashed (exit 1). Entries without a token axis are
+    the tensor's own."""
+    text = tmp_path / "t.txt"
+    text.write_text("the plot was superb\n")
+    out = tmp_path / "o"
+    at = "/head/head.1/Tanh_output_0"
+    result = run("explain", SENTIMENT, text, "--at", at, "--out", out, "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout.splitlines()[0])
+    assert "tokens" not in record and (out / "t_row0.png").is_file()
+    for how in ("none", "l2"):
+        again = run("explain", SENTIMENT, text, "--at", at, "--aggregate", how, "--out", out)
+        assert again.exit_code == 0, again.stderr
