@@ -198,7 +198,7 @@ class Group(rich_click.RichGroup):
                 raise
             messages.internal_error(
                 f"{type(exc).__name__}: {exc} "
-                "(run with --debug for a traceback, and please report it)"
+                "(run igcli --debug COMMAND ... for a traceback, and please report it)"
             )
             sys.exit(int(ExitCode.INTERNAL))
 

@@ -138,6 +138,10 @@ def check(s) -> None:
             raise UsageError(f"--guided-fraction must be in (0, 1], not {s.fraction}")
         if not 0 <= s.max_dist <= 1:
             raise UsageError(f"--guided-max-dist must be in [0, 1], not {s.max_dist}")
+    if kind != "blur" and (s.max_sigma != 50.0 or s.blur_sqrt):
+        raise UsageError("--blur-sigma and --blur-sqrt apply to --path blur")
+    if kind != "guided" and (s.fraction != 0.25 or s.max_dist != 0.02):
+        raise UsageError("--guided-fraction and --guided-max-dist apply to --path guided")
     if s.groups is not None and kind not in ("extremal", "shapley"):
         raise UsageError("--groups applies to --path extremal and --path shapley")
     if s.groups is not None and not re.fullmatch(r"1|1x1|[1-9]\d{0,4}x[1-9]\d{0,4}", s.groups):

@@ -151,6 +151,8 @@ class AttributionSettings:
             if not isinstance(self.max_steps, int) or not 3 <= self.max_steps <= MAX_STEPS:
                 raise UsageError(f"max_steps must be 3 to {MAX_STEPS}, not {self.max_steps!r}")
             return
+        if self.tolerance != DEFAULT_TOLERANCE or self.max_steps != DEFAULT_MAX_STEPS:
+            raise UsageError("--tolerance and --max-steps apply to --steps auto")
         if self.method is not None and self.method not in QUADRATURE_RULES:
             raise UsageError(
                 f"unknown method {self.method!r}; choose from {', '.join(QUADRATURE_RULES)}"
@@ -310,6 +312,8 @@ class Session:
                 "sidecar's preprocessing)"
             )
         self.at, self._cut = self._choose_cut(at)
+        if self._cut is None and aggregate != "sum":
+            raise UsageError("--aggregate applies to attributions at a tensor (--at)")
         # IG runs on `ig_model`, whose input `ig_input` is what the path moves: the model
         # input itself, or the tensor the model is cut at.
         if self._cut is not None:
@@ -691,6 +695,10 @@ class Session:
             raise UsageError(
                 f"{input} holds {len(samples)} samples; use attribute_many for all of them"
             )
+        unknown = sorted(set(options) - set(AttributionSettings.__dataclass_fields__))
+        if unknown:
+            where = " (a Session option: Session(model, ...))" if "aggregate" in unknown else ""
+            raise UsageError(f"attribute() has no option {', '.join(unknown)}{where}")
         settings = AttributionSettings(
             steps=steps, method=method, baseline=baseline, seed=seed, **options
         )

@@ -392,3 +392,24 @@ def test_finite_differences_agree_with_the_graph(tmp_path, options):
     np.testing.assert_allclose(patches(fd.attributions), want, rtol=2e-3,
                                atol=2e-3 * np.abs(want).max())  # fmt: skip
     assert any("ignore --fd-groups 2x2" in w for w in warnings) == curved
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--blur-sigma", "3"],
+        ["--blur-sqrt"],
+        ["--guided-fraction", "0.5"],
+        ["--guided-max-dist", "0.1"],
+        ["--tolerance", "0.1"],
+        ["--max-steps", "10"],
+        ["--aggregate", "l2"],
+    ],
+)
+def test_options_of_another_method_are_refused_not_ignored(tmp_path, options):
+    """Each gave plain IG, exit 0, without a word."""
+    from tests.test_cli import DIGIT_PNGS, DIGITS, run
+
+    result = run("explain", DIGITS, DIGIT_PNGS[0], *options, "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.USAGE, result.stderr
+    assert "apply to" in result.stderr or "applies to" in result.stderr
