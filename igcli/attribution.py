@@ -168,11 +168,11 @@ class Attribution(Completeness):
     def image(self, style=None, vmax: float | None = None):
         """The heatmap panel (images), coloured tokens (token models) or bar chart (feature
         vectors) as a PIL image."""
-        if self.at is not None:
-            return draw_cut(self, style or HeatmapStyle(), vmax)
         style = style or HeatmapStyle()
-        if magnitude_map(self) and style.sign == "all":  # a mean square or a variance
+        if magnitude_map(self) and style.sign == "all":  # a mean square, a variance, an L2
             style = dataclasses.replace(style, sign="absolute")
+        if self.at is not None:
+            return draw_cut(self, style, vmax)
         return draw(
             self.sample,
             self.attributions,

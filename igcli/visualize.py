@@ -81,7 +81,10 @@ def method_text(a) -> str:
 
 
 def magnitude_map(a) -> bool:
-    """smoothgrad_sq and vargrad maps are magnitudes (>= 0), not signed attributions."""
+    """smoothgrad_sq and vargrad maps, and --aggregate l2 at a tensor, are magnitudes
+    (>= 0), not signed attributions."""
+    if a.at is not None and a.aggregate == "l2":
+        return True
     return (a.extra.get("noise") or {}).get("type") in ("smoothgrad_sq", "vargrad")
 
 

@@ -322,3 +322,15 @@ def test_a_tensor_after_pooling_is_not_drawn_as_tokens(tmp_path):
     for how in ("none", "l2"):
         again = run("explain", SENTIMENT, text, "--at", at, "--aggregate", how, "--out", out)
         assert again.exit_code == 0, again.stderr
+
+
+def test_l2_per_token_is_drawn_as_a_magnitude():
+    """--aggregate l2 gives |attribution| per token: drawn on the magnitude scale, never as
+    'raises the score' (a token that lowers it showed red)."""
+    from igcli.visualize import magnitude_map
+
+    for how, expected in (("l2", True), ("sum", False)):
+        session = igcli.Session(SENTIMENT, aggregate=how, cache=False)
+        a = session.attribute("a dull film", steps=8)
+        assert magnitude_map(a) is expected
+        a.image()  # draws
