@@ -313,7 +313,8 @@ MODEL = click.argument(
     type=click.IntRange(3, MAX_STEPS),
     default=DEFAULT_MAX_STEPS,
     show_default=True,
-    help="With --steps auto: the most gradient evaluations per input.",
+    help="With --steps auto: the most gradient evaluations per input (per leg of the "
+    "extremal and Shapley paths, which integrate each leg to the tolerance).",
 )
 @click.option(
     "--path",
