@@ -413,3 +413,15 @@ def test_options_of_another_method_are_refused_not_ignored(tmp_path, options):
     result = run("explain", DIGITS, DIGIT_PNGS[0], *options, "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.USAGE, result.stderr
     assert "apply to" in result.stderr or "applies to" in result.stderr
+
+
+def test_extremal_auto_converges_when_the_whole_path_does():
+    """A leg with little change may miss its own tolerance; the input has converged when
+    the whole path's completeness meets it (it was reported as stopped short)."""
+    from tests.test_cli import DIGIT_PNGS, DIGITS
+
+    warnings = []
+    session = igcli.Session(DIGITS, cache=False, warn=warnings.append)
+    a = session.attribute(DIGIT_PNGS[1], steps="auto", max_steps=20, path="extremal")
+    if a.rel_error <= 0.005:
+        assert a.extra["converged"] and not any("stopped" in w for w in warnings)
