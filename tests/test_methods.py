@@ -423,5 +423,5 @@ def test_extremal_auto_converges_when_the_whole_path_does():
     warnings = []
     session = igcli.Session(DIGITS, cache=False, warn=warnings.append)
     a = session.attribute(DIGIT_PNGS[1], steps="auto", max_steps=20, path="extremal")
-    if a.rel_error <= 0.005:
-        assert a.extra["converged"] and not any("stopped" in w for w in warnings)
+    assert a.rel_error <= 0.005
+    assert a.extra["converged"] and not any("stopped" in w for w in warnings)
