@@ -614,7 +614,8 @@ def _copies(job: Job, spec: PathSpec, settings, ctx: Context, blur, expected: bo
         xs = x[None]
     shared = ctx.baseline_set(sample)
     if blur is not None:
-        name, bases = f"blur (max sigma {settings.max_sigma:g})", None
+        top = math.sqrt(settings.max_sigma) if settings.blur_sqrt else settings.max_sigma
+        name, bases = f"blur (sigma {top:.3g})", None  # the baseline's blur, sqrt or not
         record["path_options"] = {"max_sigma": settings.max_sigma, "sqrt": settings.blur_sqrt}
     elif shared is not None:
         bases, name = shared

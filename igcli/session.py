@@ -837,7 +837,10 @@ class Session:
             if settings.regions:
                 self._regions(attribution, settings)
             out[i].append(attribution)
-            self._judge(attribution, source, plain=methods.is_plain(settings))
+            # completeness holds up to the quadrature on every path, without noise or
+            # Monte Carlo draws (expected gradients)
+            exact = not settings.noise and not (settings.baselines and settings.samples)
+            self._judge(attribution, source, exact=exact)
             if result.converged is False:
                 hint = " (raise --max-steps)" if result.stop_reason == "max_steps" else ""
                 self.warn(
@@ -930,7 +933,7 @@ class Session:
         a.regions = found
         a.extra["regions"] = found.summary()
 
-    def _judge(self, a: Attribution, source: GradientSource, plain: bool = True) -> None:
+    def _judge(self, a: Attribution, source: GradientSource, exact: bool = True) -> None:
         """Warn (once per kind) where the numbers cannot be what the user wants."""
         flat = isinstance(source, FiniteDifferences) and source.looks_piecewise_constant
         if a.delta != 0 and (flat or not np.any(a.attributions)):
@@ -940,7 +943,7 @@ class Session:
                 "the model looks piecewise constant (a tree ensemble, rounding or a step "
                 "function), so IG cannot attribute the change and more steps will not help",
             )
-        unresolved = plain and a.delta != 0 and abs(a.rel_error) > 0.05
+        unresolved = exact and a.delta != 0 and abs(a.rel_error) > 0.05
         if unresolved and a.extra.get("converged") is None:
             self._warn_once(  # adaptive steps warn on their own when they stop short
                 "completeness",

@@ -105,7 +105,7 @@ def test_every_path_is_complete_on_an_image_model(tmp_path):
         a = session.attribute(x, target=1, **base, **options)
         assert a.rel_error < 2e-3, options
     blur = session.attribute(x, target=1, path="blur", max_sigma=2.0)
-    assert blur.baseline_name == "blur (max sigma 2)"
+    assert blur.baseline_name == "blur (sigma 2)"
     assert blur.extra["path_options"] == {"max_sigma": 2.0, "sqrt": False}
     assert blur.extra["steps_used"] == 100  # PAIR's default steps for Blur IG
 
