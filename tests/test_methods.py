@@ -425,3 +425,13 @@ def test_extremal_auto_converges_when_the_whole_path_does():
     a = session.attribute(DIGIT_PNGS[1], steps="auto", max_steps=20, path="extremal")
     assert a.rel_error <= 0.005
     assert a.extra["converged"] and not any("stopped" in w for w in warnings)
+
+
+def test_the_completeness_gate_allows_expected_gradients_their_monte_carlo_error(tmp_path):
+    from igcli.report import _gated_error
+
+    record = {"rel_error": 0.18, "abs_error": 1.73, "delta": 9.68, "completeness_se": 1.17}
+    assert _gated_error(record) == 0.0  # within 3 standard errors
+    record["abs_error"] = 4.51
+    assert _gated_error(record) == pytest.approx((4.51 - 3.51) / 9.68)
+    assert _gated_error({"rel_error": 0.2, "abs_error": 2.0, "delta": 10.0}) == 0.2
