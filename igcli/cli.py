@@ -940,7 +940,7 @@ def gradcheck(
     graph, x, context = session.check_point(sample)  # at the embeddings for token models
     if graph is None:
         raise GradientError(f"no gradient graph for inputs of shape {list(x.shape)}", model)
-    graph = Bound(graph, context)
+    runner_graph, graph = graph, Bound(graph, context)
     if target is not None:
         n_out = int(np.prod(graph.run(x[None]).shape[1:]))
         if not 0 <= target < n_out:
@@ -955,6 +955,9 @@ def gradcheck(
         jitter=jitter,
         seed=seed,
     )
+    # the check looks at one row; rows of one call must get the same gradients
+    rows_agree = session.gradient_rows_agree(runner_graph, x, check.target, context)
+    passed = check.passed and rows_agree
     result = {
         "model": str(model),
         "input": str(input_file) if input_file else "random",
@@ -976,7 +979,8 @@ def gradcheck(
         ],
         "median_error": None if np.isnan(check.error) else check.error,
         "verdict": check.verdict,
-        "passed": check.passed,
+        "rows_agree": rows_agree,
+        "passed": passed,
     }
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -1000,7 +1004,12 @@ def gradcheck(
             f"target {check.target}: median error {median} (tolerance {tolerance:g}) over "
             f"{len(check.voting)} of {len(check.directions)} directions: {verdicts[check.verdict]}"
         )
-    sys.exit(0 if check.passed else int(ExitCode.GRADIENTS))
+        if not rows_agree:
+            out.info(
+                "FAIL: two rows in one call get other gradients than each alone (the graph "
+                "couples rows; explain sends them one per call)"
+            )
+    sys.exit(0 if passed else int(ExitCode.GRADIENTS))
 
 
 def _random_sample(session, rng):

@@ -765,15 +765,17 @@ class Session:
             contexts = [s.feeds for s in samples]
         self._example_context = contexts[0]
         graph = self._use(xs[0], contexts[0])
+        if graph is not None and graph.check is None:  # before any call of several rows
+            try:
+                graph = self._self_check(graph, xs[0], contexts[0])
+            except InputError as exc:  # NaN at this input, say: the input's failure
+                raise InputError(exc.reason, where) from None
         runner = self.runner
         try:  # one call gives the targets and both ends of every path
             ends = self._ends(runner, xs, bs, contexts)
         except IgcliError as exc:
             raise InputError(exc.reason, where) from None
         out_shape = ends.shape[1:]
-        if graph is not None and graph.check is None:
-            graph = self._self_check(graph, xs[0], contexts[0])
-            runner = self.runner
 
         jobs = []  # (sample index, target, problem)
         for i, (x, base, context) in enumerate(zip(xs, bs, contexts, strict=True)):
@@ -1096,6 +1098,8 @@ class Session:
                 runner.one_row_per_call()
             return
         stored = self._stored_check(graph) if graph is not None else None
+        if stored is not None and stored.get("gradient_rows") is False:
+            runner.one_row_per_call()  # an earlier run found this graph's rows coupled
         if stored is not None and stored.get("rows_independent") is True:
             self._rows_independent = True  # found by an earlier run on this very graph
             return
@@ -1156,9 +1160,19 @@ class Session:
         self._check_plain = None  # made for the check alone
         graph.check = check
         if check.verdict != "mismatch":
+            gradient_rows = self.gradient_rows_agree(graph, x, check.target, context)
+            if not gradient_rows:
+                graph.runner.one_row_per_call()
+                self._warn_once(
+                    "gradient-rows",
+                    f"{self.model_path}: the gradient graph's rows change each other's "
+                    "gradients (a batch of 1 fixed inside the model, say): path points go one "
+                    "per model call, where its gradient passed the self-check",
+                )
             if graph.cache_key and self.use_cache:
                 rows = self._rows_independent is True
-                found = {"check": check.summary(), "rows_independent": rows}
+                found = {"check": check.summary(), "rows_independent": rows,
+                         "gradient_rows": gradient_rows}  # fmt: skip
                 if graph.bytes_per_row:
                     found["bytes_per_row"] = graph.bytes_per_row
                 save_check(graph.cache_key, found)
@@ -1176,6 +1190,34 @@ class Session:
                 self._graphs[key] = None
         self._current = self._plain_runner()
         return None
+
+    def gradient_rows_agree(
+        self, graph: GraphRunner, x: np.ndarray, target: int, context: Context | None = None
+    ) -> bool:
+        """Whether two rows in one call get the gradients each gets alone. The self-check
+        looks at one row; a graph built where the model fixes its batch at 1 can still sum
+        gradients over rows (an Expand to a constant [1, 4, H, W] shape, say), which only a
+        call of several rows shows. True when there is nothing to compare."""
+        runner = graph.runner
+        if runner.batch_size <= 1:
+            return True
+        from igcli.autodiff import GRAD
+
+        other = (x.astype(np.float64) * 0.5 + 0.25).astype(x.dtype)
+        names = [runner.output_name, GRAD]
+        one = np.array([target], dtype=np.int64)
+        try:  # F and the gradient of each row, alone and together
+            alone = [runner.call(r[None], names, one, context) for r in (x, other)]
+            both = np.stack([x, other]).astype(runner.input_dtype)
+            joint = runner.call(both, names, np.repeat(one, 2), context, split=False)
+        except IgcliError:
+            return True  # the calls themselves fail: the run reports that
+        pairs = [(joint[k][i], alone[i][k][0]) for k in (0, 1) for i in (0, 1)]
+        if any(not np.isfinite(a).all() for _, a in pairs) or joint[1].shape[:1] != (2,):
+            return True
+        return all(
+            np.allclose(j, a, rtol=1e-4, atol=1e-5 * (np.abs(a).max() + 1e-30)) for j, a in pairs
+        )
 
     def _check_values(self, context: Context | None) -> Bound | None:
         """The plain model, for the self-check's 33 forward rows: through the gradient graph

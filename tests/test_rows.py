@@ -1,6 +1,8 @@
 """A call's rows split over single-threaded Runs (ModelRunner.workers): the same values as one
 Run, and rows that change each other's outputs still found and sent one per call."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -179,3 +181,24 @@ def test_a_model_exported_with_a_fixed_batch_of_8_is_explained(tmp_path, flat):
     np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-4, atol=1e-7)
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))  # a leading 1 fits too
     assert session.attribute(tmp_path / "x.npy", steps=4).attributions.shape == (1, 28, 28)
+
+
+# torch.onnx.export (legacy exporter, opset 17, fixed shapes) of
+# head(tanh(conv(x)).expand(-1, 4, -1, -1).mean((2, 3))), conv 3 -> 1, head 4 -> 3, seed 0:
+# its Expand shape is computed from constants, with the batch of 1 in it.
+EXPAND = Path(__file__).parent / "data" / "rows" / "expand_fixed_batch.onnx"
+
+
+def test_a_graph_whose_rows_change_each_others_gradients_is_caught(tmp_path):
+    """Made with the batch fixed at 1, the graph summed the Expand's gradient over every row
+    of a call: attributions times the rows per call, while the one-row self-check passed.
+    Rows of one call are now compared with rows alone, and such a graph takes one each."""
+    from tests.test_cli import run
+
+    x = EXPAND.with_name("expand_fixed_batch.x.npy")
+    warnings = []
+    session = igcli.Session(EXPAND, cache=False, threads=1, batch_size=16, warn=warnings.append)
+    a = session.attribute(x, steps=32, baseline="zero", target=0)
+    assert a.gradient_source == "graph" and a.rel_error < 1e-4
+    assert any("change each other's gradients" in w for w in warnings)
+    assert run("gradcheck", EXPAND, x, "--target", "0").exit_code == 7
