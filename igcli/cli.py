@@ -808,6 +808,8 @@ def inspect(model: Path, as_json: bool) -> None:
         "labels": len(sidecar.labels) if sidecar.labels else None,
         "gradient_graph": not blockers,
         "gradient_graph_blockers": blockers,
+        # ops that need static shapes only: explain specialises a graph to each input size
+        "gradient_graph_per_shape": bool(blockers) and all("static shapes" in b for b in blockers),
         "providers": ort.get_available_providers(),
         "cut_candidates": [
             {"name": c.name, "shape": c.shape, "embedding": c.name in lookups} for c in candidates
@@ -829,7 +831,12 @@ def inspect(model: Path, as_json: bool) -> None:
     out.info(f"preprocessing: {prep}")
     if sidecar.labels:
         out.info(f"labels: {len(sidecar.labels)} from {model.with_suffix('.json').name}")
-    if blockers:
+    if info["gradient_graph_per_shape"]:
+        out.info(
+            f"gradient graph: per input size ({', '.join(blockers)}); explain builds one for "
+            "each size it meets"
+        )
+    elif blockers:
         out.info(
             f"gradient graph: no ({', '.join(blockers)}); explain falls back to finite differences"
         )

@@ -774,7 +774,16 @@ class Session:
         try:  # one call gives the targets and both ends of every path
             ends = self._ends(runner, xs, bs, contexts)
         except IgcliError as exc:
-            raise InputError(exc.reason, where) from None
+            reason = exc.reason
+            if "NaN" in reason or "Inf" in reason:  # at the input, or only at the baseline?
+                try:
+                    runner.run(np.stack(xs), stack_contexts(contexts))
+                    reason = (
+                        f"F at the baseline ({names[0]}) is NaN or Inf; choose another --baseline"
+                    )
+                except IgcliError:
+                    pass
+            raise InputError(reason, where) from None
         out_shape = ends.shape[1:]
 
         jobs = []  # (sample index, target, problem)

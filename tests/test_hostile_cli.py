@@ -463,3 +463,27 @@ def test_names_cannot_break_the_markdown_table_or_become_csv_formulas(tmp_path):
     table = (out / "report.csv").read_text()
     assert ",'=cmd," in table and ",'-1," in table  # the name column
     assert run("explain", DIGITS, DIGIT_PNGS[0], "--out", "").exit_code == ExitCode.USAGE
+
+
+def test_nan_at_the_baseline_only_names_the_baseline(tmp_path):
+    """F(x) fine, F(zero) NaN (a std over a constant): the error said the input's output was
+    NaN. It now names the baseline and what to do."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+         helper.make_node("Sub", ["x", "m"], ["d"]),
+         helper.make_node("Div", ["d", "d"], ["y"])],  # 0/0 where x is constant
+        "nanbase",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )  # fmt: skip
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    np.save(tmp_path / "x.npy", np.array([[0.1, 0.4, -0.3, 0.9]], np.float32))
+    result = run(
+        "explain", model, tmp_path / "x.npy", "--baseline", "zero", "--out", tmp_path / "o"
+    )
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "F at the baseline (zero) is NaN or Inf" in result.stderr
