@@ -183,8 +183,12 @@ class GraphEmitter:
         for i in range(t_rank):
             t_dim = t_shape[i]
             g_dim = g_shape[lead + i]
-            if t_dim == 1 and g_dim != 1:
+            if t_dim == 1 and isinstance(g_dim, int) and g_dim != 1:
                 axes.append(i)
+            elif t_dim == 1 and g_dim != 1:
+                # broadcast or not is known only at run time: a batch fixed at 1 where the
+                # graph is built, with an Expand to a computed shape, runs with N rows
+                return self._reduce_to_shape_dynamic(out, target)
             elif t_dim is None or (isinstance(t_dim, str) and t_dim != g_dim):
                 return self._reduce_to_shape_dynamic(out, target)
         out = self.reduce_sum(out, axes, keepdims=True)
