@@ -83,7 +83,7 @@ def _out_location(out_dir: str):
 def _labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
-    labels = [line.strip() for line in read_option_text(path, "labels").splitlines()]
+    labels = [line.strip() for line in read_option_text(path).splitlines()]
     labels = [label for label in labels if label]
     if not labels:
         raise UsageError("holds no labels (one class name per line)", path)

@@ -452,7 +452,7 @@ class TargetTable:
         self.targets: dict[str, list[int]] = {}
         self.used: set[str] = set()
         index = {str(label): k for k, label in enumerate(labels or [])}
-        text = read_option_text(path, "a targets table")
+        text = read_option_text(path)
         try:
             rows = list(csv.reader(io.StringIO(text, newline="")))
         except csv.Error as exc:

@@ -89,18 +89,23 @@ def open_regular(path: Path, error: type[IgcliError] = InputError) -> BinaryIO:
 MAX_OPTION_FILE_BYTES = 64 << 20
 
 
-def read_option_text(path: Path, what: str) -> str:
-    """A small UTF-8 text file named by an option (`what`: "labels", say), read whole; a
-    device, a FIFO, a huge or undecodable file is a UsageError naming the file, never an
+def read_text(path: Path, limit: int, error: type[IgcliError] = InputError) -> str:
+    """A UTF-8 text file (a byte-order mark dropped) of at most `limit` bytes, read whole: a
+    device, a FIFO, a larger or undecodable file is one `error` naming the file, never an
     unbounded read."""
-    with open_regular(path, UsageError) as fh:
-        if file_size(fh) > MAX_OPTION_FILE_BYTES:
-            raise UsageError(f"too large for {what} (over {MAX_OPTION_FILE_BYTES >> 20} MB)", path)
-        data = fh.read(MAX_OPTION_FILE_BYTES + 1)
+    with open_regular(path, error) as fh:
+        if file_size(fh) > limit:
+            raise error(f"over {limit >> 20} MiB of text", path)
+        data = fh.read(limit + 1)
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UsageError(f"{what}: not UTF-8 text", path) from None
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", path) from None
+
+
+def read_option_text(path: Path) -> str:
+    """A text file named by an option (labels, a targets table): problems are UsageErrors."""
+    return read_text(path, MAX_OPTION_FILE_BYTES, UsageError)
 
 
 def file_size(fh: BinaryIO) -> int:

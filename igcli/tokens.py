@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from igcli.errors import InputError, UsageError
-from igcli.files import file_size, first_line, open_regular, read_npy
+from igcli.files import file_size, first_line, open_regular, read_npy, read_text
 from igcli.inputs import RowError
 from igcli.model import Feed, TensorSpec, feed_batch_axis
 
@@ -305,13 +305,7 @@ class TokenInputs:
 def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
     """(line number, text) for each non-blank line; for JSON Lines, a line that is not JSON
     or has no "text" string gives its error in place of the text."""
-    with open_regular(path) as fh:
-        if file_size(fh) > MAX_TEXT_BYTES:
-            raise InputError(f"over {MAX_TEXT_BYTES >> 20} MiB of text", path)
-        try:
-            content = fh.read().decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", path) from None
+    content = read_text(path, MAX_TEXT_BYTES)
     lines = [(n, line) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
     if path.suffix.lower() != ".jsonl":
         return [(n, line.strip()) for n, line in lines]
