@@ -1116,22 +1116,13 @@ class Session:
         probe = plain if plain is not None and plain.batch_size > 1 else runner
         if probe.batch_size <= 1:
             return
-        other = (x.astype(np.float64) * 0.5 + 0.25).astype(x.dtype)
-        name = probe.output_name
-        try:  # (a gradient graph's forward values come with no target: a zero seed)
-            alone = [probe.call(r[None], [name], None, context)[0][0] for r in (x, other)]
-        except IgcliError:
-            return  # the model call itself fails: the run reports that, not this check
-        if not all(np.isfinite(a).all() for a in alone):
-            return  # NaN or Inf outputs: the run reports those, not this check
-        try:  # rows that run alone but not together go one per call too
-            joint = probe.call(np.stack([x, other]), [name], None, context, split=False)[0]
-        except IgcliError:
-            joint = np.zeros(0)
-        self._rows_independent = joint.shape[:1] == (2,) and all(
-            np.allclose(j, a, rtol=1e-4, atol=1e-6 * (np.abs(a).max() + 1e-30))
-            for j, a in zip(joint, alone, strict=True)
-        )
+        # (a gradient graph's forward values come with no target: a zero seed)
+        found = _rows_alone_and_together(probe, x, [probe.output_name], None, context)
+        if found is None:
+            return  # the model call itself fails, or gives NaN: the run reports that
+        alone, joint = found
+        # rows that run alone but not together (joint None) go one per call too
+        self._rows_independent = joint is not None and _rows_match(joint[0], alone[0], 1e-6)
         if self._rows_independent:
             return
         for each in {id(r): r for r in (runner, plain, self._plain) if r is not None}.values():
@@ -1212,21 +1203,12 @@ class Session:
             return True
         from igcli.autodiff import GRAD
 
-        other = (x.astype(np.float64) * 0.5 + 0.25).astype(x.dtype)
-        names = [runner.output_name, GRAD]
-        one = np.array([target], dtype=np.int64)
-        try:  # F and the gradient of each row, alone and together
-            alone = [runner.call(r[None], names, one, context) for r in (x, other)]
-            both = np.stack([x, other]).astype(runner.input_dtype)
-            joint = runner.call(both, names, np.repeat(one, 2), context, split=False)
-        except IgcliError:
-            return True  # the calls themselves fail: the run reports that
-        pairs = [(joint[k][i], alone[i][k][0]) for k in (0, 1) for i in (0, 1)]
-        if any(not np.isfinite(a).all() for _, a in pairs) or joint[1].shape[:1] != (2,):
-            return True
-        return all(
-            np.allclose(j, a, rtol=1e-4, atol=1e-5 * (np.abs(a).max() + 1e-30)) for j, a in pairs
-        )
+        names = [runner.output_name, GRAD]  # F and the gradient of each row
+        found = _rows_alone_and_together(runner, x, names, target, context)
+        if found is None or found[1] is None:
+            return True  # the calls themselves fail, or give NaN: the run reports that
+        alone, joint = found
+        return all(_rows_match(j, a, 1e-5) for j, a in zip(joint, alone, strict=True))
 
     def _check_values(self, context: Context | None) -> Bound | None:
         """The plain model, for the self-check's 33 forward rows: through the gradient graph
@@ -1296,6 +1278,39 @@ class Session:
         if self._plain is not None:
             runners[id(self._plain)] = self._plain
         return sum(r.seconds for r in runners.values())
+
+
+def _rows_alone_and_together(runner: ModelRunner, x, outputs, target, context):
+    """`outputs` at x and a second point (x / 2 + 1/4), each alone and both in one Run
+    (never split over workers): (alone, joint), one [2, ...] array per output in each;
+    joint None when the two rows fail together; None when a row fails, or is not finite,
+    alone."""
+    other = (x.astype(np.float64) * 0.5 + 0.25).astype(x.dtype)
+    one = None if target is None else np.array([target], dtype=np.int64)
+    try:
+        each = [runner.call(r[None], outputs, one, context) for r in (x, other)]
+    except IgcliError:
+        return None
+    alone = [np.concatenate([each[0][k], each[1][k]]) for k in range(len(outputs))]
+    if not all(np.isfinite(a).all() for a in alone):
+        return None
+    both = np.stack([x, other]).astype(runner.input_dtype)
+    two = None if one is None else np.repeat(one, 2)
+    try:
+        joint = runner.call(both, outputs, two, context, split=False)
+    except IgcliError:
+        return alone, None
+    if any(j.shape[:1] != (2,) for j in joint):
+        return alone, None
+    return alone, joint
+
+
+def _rows_match(joint: np.ndarray, alone: np.ndarray, atol: float) -> bool:
+    """Each row of `joint` close to the same row of `alone` (`atol` relative to its peak)."""
+    return all(
+        np.allclose(j, a, rtol=1e-4, atol=atol * (np.abs(a).max() + 1e-30))
+        for j, a in zip(joint, alone, strict=True)
+    )
 
 
 def _names_a_file(text: str) -> bool:
