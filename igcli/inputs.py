@@ -355,18 +355,26 @@ def _decode(img, fh, channels: int, target, path: Path, crop=None) -> tuple[np.n
             _plane16(high[:, :, c], low[:, :, c]) for c in range(high.shape[2])
         ]  # float32 holds every 16-bit value exactly
         return _float_channels(planes, channels, target, 65535.0, crop), 65535.0
+    return _pil_pixels(img, channels, target, path, crop)
+
+
+def _pil_pixels(
+    img, channels: int, target, path: Path, crop=None, error: type[IgcliError] = InputError
+) -> tuple[np.ndarray, float]:
+    """A decoded (or given) PIL image as (H, W, C) float64 in its own range, and that
+    range's maximum: 16-bit grey at full precision, 32-bit modes refused."""
     if img.mode.startswith("I;16"):
         grey = _upright_array(img)[:, :, 0]
         return _float_channels([grey], channels, target, 65535.0, crop), 65535.0
     if img.mode in ("I", "F"):
-        raise InputError(
+        raise error(
             f"32-bit ({img.mode}-mode) images are not supported; use 8- or 16-bit images "
             "or a .npy tensor",
             path,
         )
     img.load()
     img = _upright(img)
-    img = fit_image(img.convert(_MODES[channels]), target, crop)
+    img = fit_image(img.convert(_MODES.get(channels, "RGB")), target, crop)
     arr = np.asarray(img, dtype=np.float64)
     return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
 
@@ -552,18 +560,7 @@ def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
         target = (prep.width, prep.height) if prep.height and prep.width else None
         # the checks and 16-bit handling a file gets (convert("L") would clip 16-bit grey)
         _check_pixels(value.size, where)
-        if value.mode in ("I", "F"):
-            raise UsageError(
-                f"32-bit ({value.mode}-mode) images are not supported; use 8- or 16-bit "
-                "images or a numpy array in the model's space"
-            )
-        if value.mode.startswith("I;16"):
-            grey = _upright_array(value)[:, :, 0]
-            arr, full = _float_channels([grey], channels, target, 65535.0, prep.crop), 65535.0
-        else:
-            img = _upright(value).convert(_MODES.get(channels, "RGB"))
-            arr, full = np.asarray(fit_image(img, target, prep.crop), dtype=np.float64), 255.0
-            arr = arr[:, :, None] if arr.ndim == 2 else arr
+        arr, full = _pil_pixels(value, channels, target, where, prep.crop, UsageError)
         pixels = np.clip(arr * (255.0 / full) / prep.scale, 0.0, None) if prep.scale else arr
         x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, where, UsageError)
         return Sample(where, name, "image", x, pixels=pixels)
