@@ -205,12 +205,15 @@ class BatchRun:
             self._release()
 
     def _explain_files(self, todo: list[InputItem]) -> None:
+        """Inputs read, then explained in shared calls where they can be; one by one when
+        one cannot be read, to find it."""
         if len(todo) > 1:
             try:
                 loaded = [(item, self.load(item)) for item in todo]
             except InputError:
                 loaded = None  # one is at fault: found below, one by one
-            if loaded is not None and self._explain_together(loaded):
+            if loaded is not None:
+                self._explain_loaded(loaded)
                 return
         for item in todo:
             try:
@@ -336,7 +339,7 @@ class BatchRun:
             unit = InputItem(item.path, row.name)
             earlier = None if isinstance(row, RowError) else self._resumable(unit)
             if earlier is not None or isinstance(row, RowError):
-                self._explain_rows(todo)
+                self._explain_loaded(todo)
                 todo = []
             if earlier is not None:
                 self._resume(earlier)
@@ -344,9 +347,11 @@ class BatchRun:
                 self._fail(unit, row.error)
             else:
                 todo.append((unit, [row]))
-        self._explain_rows(todo)
+        self._explain_loaded(todo)
 
-    def _explain_rows(self, todo: list) -> None:
+    def _explain_loaded(self, todo: list[tuple[InputItem, list]]) -> None:
+        """Inputs with their samples (files read, CSV or text rows) in shared calls; one by
+        one, from the samples already read, when a call fails, to find the one at fault."""
         if len(todo) > 1 and self._explain_together(todo):
             return
         for unit, samples in todo:
