@@ -371,6 +371,149 @@ def Gelu(g: NodeGrad):
     return [g.op("Mul", g.GO(0), slope)]
 
 
+# -- trigonometric and hyperbolic ----------------------------------------------------------
+
+
+def _slope(g: NodeGrad, slope: str) -> list[str]:
+    return [g.op("Mul", g.GO(0), slope)]
+
+
+@rule("Sin")
+def Sin(g: NodeGrad):
+    """dy/dx = cos(x)."""
+    return _slope(g, g.op("Cos", g.I(0)))
+
+
+@rule("Cos")
+def Cos(g: NodeGrad):
+    """dy/dx = -sin(x)."""
+    return [g.op("Neg", g.op("Mul", g.GO(0), g.op("Sin", g.I(0))))]
+
+
+@rule("Tan")
+def Tan(g: NodeGrad):
+    """dy/dx = 1 + tan(x)^2 = 1 + y^2 (as precise as y, also near the poles)."""
+    y = g.O(0)
+    return _slope(g, g.op("Add", g.op("Mul", y, y), g.scalar(1.0)))
+
+
+def _one_minus_square(g: NodeGrad, x: str) -> str:
+    """1 - x^2 as (1 - x)(1 + x): exact near |x| = 1, where 1 - x*x cancels."""
+    one = g.scalar(1.0, x)
+    return g.op("Mul", g.op("Sub", one, x), g.op("Add", one, x))
+
+
+@rule("Asin")
+def Asin(g: NodeGrad):
+    """dy/dx = 1 / sqrt((1 - x)(1 + x))."""
+    return [g.op("Div", g.GO(0), g.op("Sqrt", _one_minus_square(g, g.I(0))))]
+
+
+@rule("Acos")
+def Acos(g: NodeGrad):
+    """dy/dx = -1 / sqrt((1 - x)(1 + x))."""
+    return [g.op("Neg", g.op("Div", g.GO(0), g.op("Sqrt", _one_minus_square(g, g.I(0)))))]
+
+
+@rule("Atan")
+def Atan(g: NodeGrad):
+    """dy/dx = 1 / (1 + x^2)."""
+    x = g.I(0)
+    return [g.op("Div", g.GO(0), g.op("Add", g.op("Mul", x, x), g.scalar(1.0)))]
+
+
+@rule("Sinh")
+def Sinh(g: NodeGrad):
+    """dy/dx = cosh(x)."""
+    return _slope(g, g.op("Cosh", g.I(0)))
+
+
+@rule("Cosh")
+def Cosh(g: NodeGrad):
+    """dy/dx = sinh(x)."""
+    return _slope(g, g.op("Sinh", g.I(0)))
+
+
+@rule("Asinh")
+def Asinh(g: NodeGrad):
+    """dy/dx = 1 / sqrt(x^2 + 1) = 1 / hypot(x, 1), spelled m sqrt((|x|/m)^2 + (1/m)^2) with
+    m = max(|x|, 1): x^2 overflows float32 from |x| = 1.8e19 on, where the slope is a normal
+    1/|x| that 1 / sqrt(inf) would silently make 0."""
+    x = g.I(0)
+    a = g.op("Abs", x)
+    m = g.op("Max", a, g.scalar(1.0))
+    u, v = g.op("Div", a, m), g.op("Reciprocal", m)
+    hypot = g.op("Mul", m, g.op("Sqrt", g.op("Add", g.op("Mul", u, u), g.op("Mul", v, v))))
+    return [g.op("Div", g.GO(0), hypot)]
+
+
+@rule("Acosh")
+def Acosh(g: NodeGrad):
+    """dy/dx = 1 / sqrt(x^2 - 1) = 1 / (sqrt(x - 1) sqrt(x + 1)): exact near x = 1, and no
+    overflow of x^2 for large x."""
+    x, one = g.I(0), g.scalar(1.0)
+    root = g.op("Mul", g.op("Sqrt", g.op("Sub", x, one)), g.op("Sqrt", g.op("Add", x, one)))
+    return [g.op("Div", g.GO(0), root)]
+
+
+@rule("Atanh")
+def Atanh(g: NodeGrad):
+    """dy/dx = 1 / ((1 - x)(1 + x))."""
+    return [g.op("Div", g.GO(0), _one_minus_square(g, g.I(0)))]
+
+
+# -- more activations ----------------------------------------------------------------------
+
+
+@rule("Celu")
+def Celu(g: NodeGrad):
+    """y = max(0, x) + min(0, alpha (exp(x / alpha) - 1)): dy/dx = exp(min(x, 0) / alpha),
+    1 for x > 0. From x, not as y / alpha + 1: far below zero y rounds to -alpha and that
+    difference to 0, where the slope is a small positive number."""
+    x = g.I(0)
+    inner = g.op("Div", g.op("Min", x, g.scalar(0.0)), g.scalar(g.attr("alpha", 1.0)))
+    return _slope(g, g.op("Exp", inner))
+
+
+@rule("Mish")
+def Mish(g: NodeGrad):
+    """y = x tanh(softplus(x)): dy/dx = tanh(sp) + x sech^2(sp) sigmoid(x). With w = e^x,
+    tanh(sp) = ((1+w)^2 - 1) / ((1+w)^2 + 1) and x sech^2(sp) sigmoid(x) = 4 x w (1+w) /
+    ((1+w)^2 + 1)^2. Written with a = exp(-|x|) (no overflow; numerator and denominator
+    times a^2 above zero), s = 1 + a, and (b, c) = (1, a) above zero, (a, 1) below, so that
+    s - c = b and d = s^2 + c^2: dy/dx = (b (s + c) + 4 x a c s / d) / d. b stands for
+    s - c, which rounds to 0 below x = -17 in float32, where the slope (1 + x) e^x owes a
+    twentieth of its value to that term."""
+    x = g.I(0)
+    a = g.op("Exp", g.op("Neg", g.op("Abs", x)))
+    one = g.scalar(1.0)
+    positive = g.op("Greater", x, g.scalar(0.0))
+    b, c = g.op("Where", positive, one, a), g.op("Where", positive, a, one)
+    s = g.op("Add", a, one)
+    d = g.op("Add", g.op("Mul", s, s), g.op("Mul", c, c))
+    tanh_num = g.op("Mul", b, g.op("Add", s, c))
+    cross = g.op("Mul", g.op("Mul", g.op("Mul", x, a), g.op("Mul", c, s)), g.scalar(4.0))
+    slope = g.op("Div", g.op("Add", tanh_num, g.op("Div", cross, d)), d)
+    return _slope(g, slope)
+
+
+@rule("ThresholdedRelu")
+def ThresholdedRelu(g: NodeGrad):
+    """y = x where x > alpha, else 0: dy/dx = 1 where x > alpha, else 0."""
+    x = g.I(0)
+    above = g.op("Greater", x, g.scalar(g.attr("alpha", 1.0)))
+    return [g.op("Where", above, g.GO(0), g.scalar(0.0, x))]
+
+
+@rule("Shrink")
+def Shrink(g: NodeGrad):
+    """y = x - bias where x > lambd, x + bias where x < -lambd, else 0: dy/dx = 1 where
+    |x| > lambd, else 0."""
+    x = g.I(0)
+    outside = g.op("Greater", g.op("Abs", x), g.scalar(g.attr("lambd", 0.5)))
+    return [g.op("Where", outside, g.GO(0), g.scalar(0.0, x))]
+
+
 @rule("Cast")
 def Cast(g: NodeGrad):
     """Float to float: the gradient cast back to the input's type. To integers/bool: none

@@ -111,6 +111,44 @@ for opset in (9, 13):
     CASES.append(Case("Erf", {"x": r(3, 4)}, opset=opset, id=f"Erf-{opset}", **ERF_FD))
 CASES.append(Case("Sqrt", {"x": r(3, 4, low=0.2)}, dynamic=True, id="Sqrt-dynamic"))
 
+# trigonometric and hyperbolic: inside each domain, away from poles and branch points
+TRIG_INPUTS = {
+    "Sin": r(3, 4, low=-6, high=6), "Cos": r(3, 4, low=-6, high=6),
+    "Tan": r(3, 4, low=-1.4, high=1.4), "Asin": r(3, 4, low=-0.95, high=0.95),
+    "Acos": r(3, 4, low=-0.95, high=0.95), "Atan": r(3, 4, low=-30, high=30),
+    "Sinh": r(3, 4, low=-8, high=8), "Cosh": r(3, 4, low=-8, high=8),
+    "Asinh": r(3, 4, low=-50, high=50), "Acosh": r(3, 4, low=1.05, high=50),
+    "Atanh": r(3, 4, low=-0.95, high=0.95),
+}  # fmt: skip
+for op, x in TRIG_INPUTS.items():
+    for opset in (9, 13):
+        CASES.append(Case(op, {"x": x}, opset=opset, id=f"{op}-{opset}"))
+    CASES.append(Case(op, {"x": x}, opset=13, dynamic=True, id=f"{op}-dynamic"))
+
+# Celu (12+): slope exp(min(x, 0) / alpha); Mish (18+): smooth, checked far out too
+for opset in (12, 13, 22):
+    CASES.append(Case("Celu", {"x": r(3, 5, low=-6, high=4)}, opset=opset, id=f"Celu-{opset}"))
+    CASES.append(Case("Celu", {"x": r(3, 5, low=-6, high=4)}, {"alpha": 0.4}, opset=opset,
+                      id=f"Celu-alpha0.4-{opset}"))  # fmt: skip
+for opset in (18, 22):
+    CASES.append(Case("Mish", {"x": r(4, 5, low=-4, high=4)}, opset=opset, id=f"Mish-{opset}"))
+    CASES.append(Case("Mish", {"x": r(4, 5, low=-30, high=30)}, opset=opset,
+                      id=f"Mish-wide-{opset}"))  # fmt: skip
+CASES.append(Case("Mish", {"x": r(3, 4)}, opset=18, dynamic=True, id="Mish-dynamic"))
+# ThresholdedRelu (10+) and Shrink (9+): steps at alpha, at +-lambd
+for opset in (10, 22):
+    x = r(3, 6, low=-3, high=3)
+    CASES.append(Case("ThresholdedRelu", {"x": away_from(x, [1.0])}, opset=opset,
+                      id=f"ThresholdedRelu-default-{opset}"))  # fmt: skip
+    CASES.append(Case("ThresholdedRelu", {"x": away_from(x, [-0.5])}, {"alpha": -0.5},
+                      opset=opset, id=f"ThresholdedRelu--0.5-{opset}"))  # fmt: skip
+for opset in (9, 13):
+    x = r(3, 6, low=-3, high=3)
+    CASES.append(Case("Shrink", {"x": away_from(x, [-0.5, 0.5])}, opset=opset,
+                      id=f"Shrink-default-{opset}"))  # fmt: skip
+    CASES.append(Case("Shrink", {"x": away_from(x, [-1.2, 1.2])}, {"lambd": 1.2, "bias": 0.3},
+                      opset=opset, id=f"Shrink-attrs-{opset}"))  # fmt: skip
+
 # Pow: tensor exponent (both gradients), constant scalar / tensor / integer exponents
 for opset in (9, 13, 15):
     CASES.append(
@@ -650,3 +688,44 @@ def test_relu_image_mask_is_exact_in_float32(opset):
     seed = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
     got = grad_of(model, "x", {"x": x}, seed, "ort")
     np.testing.assert_array_equal(got, np.where(x > 0, seed, 0).astype(np.float32))
+
+
+def _mish_slope(x):
+    sp = np.logaddexp(0.0, x)
+    return np.tanh(sp) + x * (1 - np.tanh(sp) ** 2) / (1 + np.exp(-x))
+
+
+FLOAT32_SLOPES = [  # op, attrs, opset, x, the slope in float64 (written to stay exact)
+    ("Asinh", {}, 13, [-1e30, -3e19, -1e4, 0.3, 2e19, 1e35], lambda x: 1 / np.hypot(x, 1)),
+    (
+        "Acosh",
+        {},
+        13,
+        [1 + 2**-20, 1.001, 3.0, 3e19, 1e30],
+        lambda x: 1 / (np.sqrt(x - 1) * np.sqrt(x + 1)),
+    ),
+    ("Atanh", {}, 13, [-1 + 2**-23, -0.999, 0.5, 1 - 2**-24], lambda x: 1 / ((1 - x) * (1 + x))),
+    ("Asin", {}, 13, [-1 + 2**-23, 0.999, 1 - 2**-24], lambda x: 1 / np.sqrt((1 - x) * (1 + x))),
+    ("Tan", {}, 13, [1.5707, -1.57, 0.1], lambda x: 1 / np.cos(x) ** 2),
+    (
+        "Celu",
+        {"alpha": 2.0},
+        12,
+        [-160.0, -60.0, -30.0, -1.0, 3.0],
+        lambda x: np.exp(np.minimum(x, 0) / 2),
+    ),
+    ("Mish", {}, 18, [-80.0, -40.0, -20.0, -1.5, 0.0, 0.7, 15.0, 60.0, 1e30], _mish_slope),
+]
+
+
+@pytest.mark.parametrize("op,attrs,opset,values,slope", FLOAT32_SLOPES,
+                         ids=[c[0] for c in FLOAT32_SLOPES])  # fmt: skip
+def test_extreme_slopes_are_accurate_in_float32(op, attrs, opset, values, slope):
+    """Where x^2 overflows, 1 - x^2 cancels or the output saturates, the slope in ONNX Runtime
+    is still right to float32 precision (the inputs are float32 numbers)."""
+    x = np.array([values], dtype=np.float32)
+    model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": x}, "y", opset)
+    got = grad_of(model, "x", {"x": x}, np.ones_like(x), "ort")
+    want = slope(x.astype(np.float64))
+    assert np.all(want != 0)
+    np.testing.assert_allclose(got, want, rtol=3e-6)
