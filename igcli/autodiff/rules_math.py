@@ -11,7 +11,7 @@ import math
 import numpy as np
 from onnx import TensorProto
 
-from igcli.autodiff.builder import FLOAT_TYPES, NodeGrad
+from igcli.autodiff.builder import FLOAT_TYPES, NodeGrad, TensorInfo
 from igcli.autodiff.registry import NoGradient, rule
 
 
@@ -726,3 +726,69 @@ def ReduceSumSquare(g: NodeGrad):
     """y = sum x^2: dx = 2 x GO."""
     red, x = _Reduction(g), g.I(0)
     return red.answer(g.op("Mul", red.go, g.op("Mul", x, g.scalar(2.0, x))))
+
+
+@rule("ReduceL1")
+def ReduceL1(g: NodeGrad):
+    """y = sum |x|: dx = GO * sign(x) (0 at x = 0, the kink)."""
+    red, x = _Reduction(g), g.I(0)
+    return red.answer(g.op("Mul", red.go, g.op("Sign", x)))
+
+
+@rule("ReduceLogSum")
+def ReduceLogSum(g: NodeGrad):
+    """y = log sum x: dx = GO / sum x broadcast back over the reduced axes, the sum taken
+    again (exp(-y) would carry y's rounding, |y| ulps). A no-op reduction is log x
+    elementwise: dx = GO / x."""
+    red, x = _Reduction(g), g.I(0)
+    total = x if red.axes == [] else g.e.reduce("ReduceSum", x, red.axes, keepdims=True)
+    return red.answer(red.expand(g.op("Div", red.go, total)))
+
+
+def _shifted(g: NodeGrad, t: str, by: int, n: int, rank: int, reverse: bool) -> str:
+    """t moved `by` places along its last axis (of size n), towards the end (or, reverse,
+    towards the start), the vacated places filled with 1."""
+    axis = rank - 1
+    kept = g.e.slice(t, [by], [n], [axis]) if reverse else g.e.slice(t, [0], [n - by], [axis])
+    g.e.infos[kept] = TensorInfo(g.e.infos_elem(g.I(0)), None)  # the fill value's type
+    pads = [0] * (2 * rank)
+    pads[2 * rank - 1 if reverse else rank - 1] = by
+    return g.e.pad(kept, pads, value=1.0)
+
+
+def _exclusive_products(g: NodeGrad, t: str, n: int, rank: int, reverse: bool) -> str:
+    """out[i] = prod of t[j] over j < i (reverse: j > i) along the last axis, of static size
+    n: shifted one place, then a Hillis-Steele scan (each step multiplies in the partial
+    product 1, 2, 4, ... places back): ceil(log2 n) Muls, no division."""
+    out, step = _shifted(g, t, 1, n, rank, reverse), 1
+    while step < n - 1:
+        out = g.op("Mul", out, _shifted(g, out, step, n, rank, reverse))
+        step *= 2
+    return out
+
+
+@rule("ReduceProd")
+def ReduceProd(g: NodeGrad):
+    """y = prod x: dx_i = GO * (product of the block's other elements), computed as the
+    exclusive prefix times the exclusive suffix product over the block (flattened to one
+    last axis), not as y / x_i, which is 0/0 at a zero and wrong for its neighbours when a
+    block holds one zero. Needs static sizes on the reduced axes (the scan's length)."""
+    red, x = _Reduction(g), g.I(0)
+    if red.axes == []:
+        return red.answer(red.go)
+    axes, dims, rank = red.all_axes(), red.reduced_dims(), g.e.rank(x)
+    if axes is None or dims is None:
+        raise NoGradient("ReduceProd over axes whose sizes are known only at run time")
+    n = int(np.prod(dims, dtype=np.int64))
+    if n == 1:
+        return red.answer(red.expand(red.go))
+    kept = [a for a in range(rank) if a not in axes]
+    perm = kept + axes
+    moved = x if perm == list(range(rank)) else g.op("Transpose", x, perm=perm)
+    flat = g.op("Reshape", moved, g.e.ints([0] * len(kept) + [n]))
+    before = _exclusive_products(g, flat, n, len(kept) + 1, reverse=False)
+    after = _exclusive_products(g, flat, n, len(kept) + 1, reverse=True)
+    others = g.op("Reshape", g.op("Mul", before, after), g.op("Shape", moved))
+    if moved != x:
+        others = g.op("Transpose", others, perm=[int(k) for k in np.argsort(perm)])
+    return red.answer(g.op("Mul", red.go, others))

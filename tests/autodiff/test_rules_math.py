@@ -496,11 +496,20 @@ REDUCE_OPS = (
     "ReduceL2",
     "ReduceLogSumExp",
     "ReduceSumSquare",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceLogSum",
 )
 
 
 def reduce_input(op, *shape):
-    return distinct(*shape) if op in ("ReduceMax", "ReduceMin") else r(*shape)
+    if op in ("ReduceMax", "ReduceMin"):
+        return distinct(*shape)
+    if op == "ReduceLogSum":
+        return r(*shape, low=0.2, high=2.0)
+    if op == "ReduceL1":
+        return away_from_zero(r(*shape))
+    return r(*shape)
 
 
 def reduce_case(op, opset, axes, keepdims, dynamic=False, noop=None, shape=(2, 3, 4)):
@@ -530,13 +539,32 @@ for op in REDUCE_OPS:
         for axes, keepdims in [([1], 1), ([0, 2], 0), ([-1], 0), (None, 1), (None, 0)]:
             CASES.append(reduce_case(op, opset, axes, keepdims))
         CASES.append(reduce_case(op, opset, [2, 1], None, dynamic=True))
-        CASES.append(reduce_case(op, opset, [0], 0, dynamic=True))  # batch size only at run time
-        CASES.append(reduce_case(op, opset, None, 0, dynamic=True))
+        if op != "ReduceProd":  # needs static reduced sizes (test_reduce_prod_over_a_dynamic...)
+            CASES.append(reduce_case(op, opset, [0], 0, dynamic=True))  # batch size at run time
+            CASES.append(reduce_case(op, opset, None, 0, dynamic=True))
     CASES.append(reduce_case(op, 18, [], 1, noop=1))
     CASES.append(reduce_case(op, 18, None, 0, noop=1))
     CASES.append(reduce_case(op, 18, [], 1, noop=0))
 CASES.append(reduce_case("ReduceSum", 13, [], 0, noop=1))
 CASES.append(reduce_case("ReduceMean", 9, [1, 2], 0, shape=(3, 2, 2)))
+CASES.append(reduce_case("ReduceProd", 9, [0, 2], 1, shape=(3, 2, 5)))
+CASES.append(reduce_case("ReduceL1", 9, [-2], 0))
+CASES.append(reduce_case("ReduceLogSum", 9, None, 1))
+# ReduceProd where a block holds zeros: the product is multilinear, so central differences
+# are exact there; dx_i is the product of the others, not y / x_i
+x_zeros = r(3, 4, 5)
+x_zeros[0, 1, 2] = 0.0  # one zero in block (0, :, 2) over axis 1 and in row (0, 1, :)
+x_zeros[1, 0, 3] = x_zeros[1, 2, 3] = 0.0  # two zeros in block (1, :, 3)
+x_zeros[2, 3, :] = 0.0  # a row of zeros
+for opset, axes, keepdims in [(11, [1], 1), (13, [-1], 0), (18, [0, 2], 0), (18, None, 1)]:
+    case = reduce_case("ReduceProd", opset, axes, keepdims, shape=(3, 4, 5))
+    case.inputs = {"x": x_zeros}
+    case.id += "-zeros"
+    CASES.append(case)
+for n in (1, 2, 3, 5, 8, 9):  # scan lengths around powers of two
+    case = reduce_case("ReduceProd", 18, [1], 0, shape=(2, n))
+    case.id += f"-n{n}"
+    CASES.append(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
@@ -629,6 +657,14 @@ def test_dropout_in_training_mode_blocks():
     consts = {"ratio": np.array(0.5), "mode": np.array(True)}
     model = make_model([node], {"x": r(3, 4)}, "y", 13, consts)
     assert blocking_ops(model, "x", "y") == ["Dropout (Dropout in training mode is random)"]
+
+
+def test_reduce_prod_over_a_dynamic_axis_blocks():
+    node = helper.make_node("ReduceProd", ["x"], ["y"], axes=[0], keepdims=0)
+    model = make_model([node], {"x": r(3, 4)}, "y", 13, dynamic=True)
+    assert blocking_ops(model, "x", "y") == [
+        "ReduceProd (ReduceProd over axes whose sizes are known only at run time)"
+    ]
 
 
 def test_reduction_over_runtime_axes_blocks():
