@@ -287,6 +287,24 @@ def GatherElements(g: NodeGrad):
     return [g.op("Pad", grad, pads, g.scalar(0.0, x)), None]
 
 
+@rule("CumSum")
+def CumSum(g: NodeGrad):
+    """y[i] = sum of x[j] along axis over j <= i (j < i exclusive; j >= i, j > i reverse):
+    x[j] appears in the sums at the positions the same scan reaches from j the other way,
+    so dx = CumSum(GO) with reverse flipped and exclusive kept. The axis gets none."""
+    flipped = 1 - g.attr("reverse", 0)
+    scan = g.op("CumSum", g.GO(0), g.I(1), exclusive=g.attr("exclusive", 0), reverse=flipped)
+    return [scan, None]
+
+
+@rule("Trilu")
+def Trilu(g: NodeGrad):
+    """y = x with the entries outside the k-th upper (or lower) triangle of the last two axes
+    zeroed, a fixed mask: dx = the same Trilu of GO. k gets none."""
+    k = [g.I(1)] if g.I(1) else []
+    return [g.op("Trilu", g.GO(0), *k, upper=g.attr("upper", 1)), None]
+
+
 @rule("Range")
 def Range(g: NodeGrad):
     """y[i] = start + i * delta, i < n = max(ceil((limit - start) / delta), 0): d start =

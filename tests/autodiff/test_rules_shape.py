@@ -192,6 +192,29 @@ add(NodeCase("Gather", {"x": r(3, 4)}, {"axis": 1}, fixed={"idx": np.asarray([[1
 add(Case("Gather", {"x": r(3, 5, 2)}, {"axis": 1}, constants={"idx": repeats}, opset=13,
          dynamic=True, id="Gather-2d-idx-13-dyn"))  # fmt: skip
 
+# -- CumSum (11+): axis an input (int32 or int64, negative too), exclusive and reverse -------
+for opset in (11, 14):
+    for exclusive in (0, 1):
+        for reverse in (0, 1):
+            add(NodeCase("CumSum", {"x": r(3, 4, 2)}, {"exclusive": exclusive, "reverse": reverse},
+                         fixed={"axis": np.asarray(1, np.int64)}, opset=opset,
+                         id=f"CumSum-ex{exclusive}-rev{reverse}-{opset}"))  # fmt: skip
+    add(NodeCase("CumSum", {"x": r(3, 5)}, fixed={"axis": np.asarray(-2, np.int32)}, opset=opset,
+                 dynamic=True, id=f"CumSum-int32-negative-{opset}-dyn"))  # fmt: skip
+    add(NodeCase("CumSum", {"x": r(2, 5)}, {"reverse": 1}, fixed={"axis": np.asarray(-1)},
+                 runtime={"axis"}, opset=opset, id=f"CumSum-runtime-axis-{opset}"))  # fmt: skip
+
+# -- Trilu (14+): the same mask on GO; k absent, constant, negative, computed at run time ----
+for opset in (14, 22):
+    for upper in (0, 1):
+        add(NodeCase("Trilu", {"x": r(2, 3, 5)}, {"upper": upper}, opset=opset,
+                     id=f"Trilu-upper{upper}-{opset}"))  # fmt: skip
+        add(NodeCase("Trilu", {"x": r(4, 3)}, {"upper": upper},
+                     fixed={"k": np.asarray(-1, np.int64)}, opset=opset, dynamic=True,
+                     id=f"Trilu-upper{upper}-k-1-{opset}"))  # fmt: skip
+    add(NodeCase("Trilu", {"x": r(2, 4, 4)}, fixed={"k": np.asarray(2)}, runtime={"k"},
+                 opset=opset, id=f"Trilu-runtime-k-{opset}"))  # fmt: skip
+
 # -- GatherElements: repeats accumulate, idx may be shorter than x on other axes ---------------
 idx_ge = ints(0, 2, -1, 2, 0, 0, 1, -3, 2, 2, 1, 0).reshape(3, 4)  # into x[3, 5] along axis 0
 idx_ge1 = ints(4, 0, 4, -1, 1, 1, 2, 2).reshape(2, 4)  # into x[3, 5] along axis 1 (rows 0..1)
