@@ -10,6 +10,8 @@ to the input, so every opset from 9 on is served by the same few ops.
 from __future__ import annotations
 
 import itertools
+import string
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -529,6 +531,79 @@ def MatMul(g: NodeGrad):
 def _t(g: NodeGrad, x: str, rank: int) -> str:
     """Swap the last two axes."""
     return g.op("Transpose", x, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+def _einsum_subscripts(g: NodeGrad) -> tuple[list[str], str]:
+    """The operands' and the output's subscripts, with each '...' spelled out as letters the
+    equation does not use (right-aligned: an operand with fewer ellipsis dims takes the last
+    ones) and an implicit output made explicit (the ellipsis, then the letters used once,
+    in alphabetical order)."""
+    eq = g.attr("equation").replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != g.n_inputs():
+        raise NoGradient(f"Einsum equation {eq!r} for {g.n_inputs()} operands")
+    named = [t.replace("...", "") for t in terms]
+    if any(len(set(t)) != len(t) for t in named):
+        raise NoGradient(f"Einsum {eq!r} repeats an index within one operand (a diagonal)")
+    spans = []
+    for k, t in enumerate(terms):
+        rank = g.e.rank(g.I(k))
+        if "..." in t and rank is None:
+            raise NoGradient(f"Einsum {eq!r}: '...' on an operand of unknown rank")
+        spans.append(rank - len(named[k]) if "..." in t else 0)
+    free = "".join(c for c in string.ascii_letters if c not in eq)[: max(spans, default=0)]
+    terms = [t.replace("...", free[len(free) - n :]) for t, n in zip(terms, spans, strict=True)]
+    if arrow:
+        return terms, rhs.replace("...", free)
+    once = sorted(c for c, n in Counter("".join(named)).items() if n == 1)
+    return terms, free + "".join(once)
+
+
+@rule("Einsum")
+def Einsum(g: NodeGrad):
+    """y = einsum(x_0, x_1, ...): linear in each operand, so dx_k = einsum(GO, the other
+    operands) onto x_k's subscripts. Letters of x_k that GO and the others lack (summed in
+    x_k alone) are left out and broadcast back by Expand; size-1 axes are squeezed out of
+    every operand first (they broadcast: x_k's gets the sum over the letter, and an
+    explicit letter never meets two sizes). '...' is spelled out as letters; an index
+    repeated within one operand (a trace or diagonal) is refused."""
+    terms, out = _einsum_subscripts(g)
+    n = g.n_inputs()
+    units = []
+    for k, term in enumerate(terms):
+        shape = g.e.static_shape(g.I(k)) or [None] * len(term)
+        units.append({c for c, d in zip(term, shape, strict=False) if d == 1})
+    squeezed: dict[int, tuple[str, str]] = {}
+
+    def operand(j: int) -> tuple[str, str]:
+        """Operand j and its subscripts, size-1 axes squeezed out."""
+        if j not in squeezed:
+            pos = [i for i, c in enumerate(terms[j]) if c in units[j]]
+            name = g.e.squeeze(g.I(j), pos) if pos else g.I(j)
+            squeezed[j] = (name, "".join(c for c in terms[j] if c not in units[j]))
+        return squeezed[j]
+
+    grads: list[str | None] = []
+    for k in range(n):
+        if not g.needs(k):
+            grads.append(None)
+            continue
+        others = [operand(j) for j in range(n) if j != k]
+        seen = set(out).union(*(set(sub) for _, sub in others))
+        keep = "".join(c for c in terms[k] if c in seen and c not in units[k])
+        if not others and keep == out:
+            grad = g.GO(0)
+        else:
+            eq = ",".join([out, *(sub for _, sub in others)]) + "->" + keep
+            grad = g.op("Einsum", g.GO(0), *(name for name, _ in others), equation=eq)
+        dropped = [i for i, c in enumerate(terms[k]) if c not in keep]
+        if dropped:
+            grad = g.e.unsqueeze(grad, dropped)
+            if any(terms[k][i] not in units[k] for i in dropped):
+                grad = g.op("Expand", grad, g.op("Shape", g.I(k)))
+        grads.append(grad)
+    return grads
 
 
 @rule("Gemm")

@@ -57,6 +57,44 @@ add("MatMul", {"a": r(2, 3, 4)}, tag="dynamic", opset=13, dynamic=True,
 add("MatMul", {"a": r(2, 3, 4)}, tag="dynamic-1d", opset=9, dynamic=True,
     constants={"b": r(4)})  # fmt: skip
 
+# -- Einsum (12+): products, transposes, reductions, outer products, ellipsis, implicit output -
+EINSUMS = [
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 2)]),
+    ("bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),  # attention scores
+    ("bhqk,bhkd->bqhd", [(1, 2, 3, 4), (1, 2, 4, 2)]),  # attention output, heads moved
+    ("ij,jk->ki", [(3, 4), (4, 2)]),
+    ("ij,j->i", [(3, 4), (4,)]),
+    ("i,j->ij", [(3,), (4,)]),
+    ("ij,ij->", [(3, 4), (3, 4)]),
+    ("bi,bi->b", [(3, 4), (3, 4)]),
+    ("ijk,jl->il", [(2, 3, 4), (3, 5)]),  # k summed in the first operand alone
+    ("ij,kl->ik", [(2, 3), (4, 5)]),  # j and l summed alone
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+    ("ij->ji", [(3, 4)]),
+    ("ijk->ki", [(2, 3, 4)]),
+    ("ij->", [(3, 4)]),
+    ("ij->ij", [(3, 4)]),
+    ("ij,jk", [(3, 4), (4, 5)]),  # implicit output: ik
+    ("ba", [(3, 4)]),  # implicit output: ab, a transpose
+    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 5)]),
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (1, 3, 4, 5)]),  # size-1 dims broadcast
+    ("...ij,jk->...ik", [(2, 3, 3, 4), (4, 5)]),
+    ("bij,bjk->bik", [(2, 3, 4), (1, 4, 5)]),  # an explicit letter broadcast
+    ("i...,i...->...", [(3, 2, 2), (3, 2, 2)]),
+    ("...i,...i", [(2, 3, 4), (2, 3, 4)]),  # implicit: ..., the ellipsis kept
+    ("...ij->...", [(2, 3, 4)]),
+]
+for opset in (12, 17):
+    for eq, shapes in EINSUMS:
+        ins = {f"x{k}": r(*shape) for k, shape in enumerate(shapes)}
+        add("Einsum", ins, {"equation": eq}, tag=f"{eq}-{shapes}", opset=opset)
+for eq, shapes in [("bij,jk->bik", [(2, 3, 4), (4, 5)]), ("b...j,b...j->b...", [(2, 3, 4)] * 2)]:
+    add("Einsum", {f"x{k}": r(*shape) for k, shape in enumerate(shapes)}, {"equation": eq},
+        tag=f"{eq}-dynamic", opset=13, dynamic=True)  # fmt: skip
+add("Einsum", {"x0": r(2, 3, 4)}, {"equation": "b i j , j k -> b i k"}, tag="spaces",
+    constants={"w": r(4, 5)})  # fmt: skip
+
 # -- Gemm: transposes, alpha/beta, C broadcast or absent (C is required before opset 11) --------
 for opset in (9, 11, 13):
     for ta, tb in [(0, 0), (1, 0), (0, 1), (1, 1)]:
@@ -329,3 +367,16 @@ def test_max_pool_ties_go_to_the_first_maximum(k, s, pad, opset):
     seed = rng.standard_normal((2, 3, out, out)).astype(np.float32)
     got = sess.run([GRAD], {"x": x, SEED: seed})[0]
     np.testing.assert_allclose(got, _first_argmax_scatter(x, seed, k, s, pad), atol=1e-6)
+
+
+@pytest.mark.parametrize("eq", ["ii->i", "ii", "iij,jk->ik"])
+def test_einsum_with_a_repeated_index_blocks(eq):
+    from igcli.autodiff import blocking_ops
+
+    shape = (3, 3, 4) if eq.startswith("iij") else (3, 3)
+    inputs = {"x0": r(*shape)}
+    consts = {"w": r(4, 2)} if "," in eq else {}
+    node = helper.make_node("Einsum", [*inputs, *consts], ["y"], equation=eq)
+    model = make_model([node], inputs, "y", 12, consts)
+    (blocked,) = blocking_ops(model, "x0", "y")
+    assert blocked.startswith("Einsum (") and "repeats an index" in blocked
