@@ -305,6 +305,168 @@ def Trilu(g: NodeGrad):
     return [g.op("Trilu", g.GO(0), *k, upper=g.attr("upper", 1)), None]
 
 
+@rule("TopK")
+def TopK(g: NodeGrad):
+    """Values are the k largest (or smallest) elements of x along axis, read at Indices,
+    distinct positions: dx = GO of Values written at Indices into zeros (Scatter before
+    opset 11, ScatterElements from 11). Indices (integers) and K get none."""
+    x, idx = g.I(0), g.O(1)
+    if not idx:
+        raise NoGradient("TopK without its Indices output")
+    axis = g.attr("axis", -1) % _rank(g, x)
+    scatter = "ScatterElements" if g.opset >= 11 else "Scatter"
+    zeros = _zeros(g, g.op("Shape", x), x)
+    return [g.op(scatter, zeros, idx, g.GO(0), axis=axis)] + [None] * (g.n_inputs() - 1)
+
+
+def _distinct_rows(rows: np.ndarray, dims: Sequence) -> bool:
+    """Whether index rows (one position per row, over axes of sizes `dims`) name distinct
+    positions once negative indices wrap; False when a negative index meets an unknown size."""
+    rows = np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+    for a in range(rows.shape[1]):
+        if (rows[:, a] < 0).any():
+            if not isinstance(dims[a], int):
+                return False
+            rows[:, a] = np.where(rows[:, a] < 0, rows[:, a] + dims[a], rows[:, a])
+    return len(np.unique(rows, axis=0)) == len(rows)
+
+
+def _element_positions(indices: np.ndarray, axis: int) -> np.ndarray:
+    """The positions ScatterElements writes: each index's own coordinates, `indices` along
+    `axis`, one row per element."""
+    coords = np.indices(indices.shape)
+    coords[axis] = indices
+    return coords.reshape(indices.ndim, -1).T
+
+
+def _update_ids(g: NodeGrad, updates: str) -> str:
+    """0, 1, 2, ... in the shape of `updates` (int64): which update is which."""
+    size = g.op("Size", updates)
+    ids = g.op("Range", _scalar_int(g, 0), size, _scalar_int(g, 1))
+    return g.op("Reshape", ids, g.op("Shape", updates))
+
+
+def _last_writers(g: NodeGrad, scatter: str, gather: str, x: str, idx: str, updates: str,
+                  **attrs) -> str:  # fmt: skip
+    """Where several updates write one position (no reduction), only the one the runtime
+    writes last reaches y. Scattering the updates' ids through the same op, then reading the
+    ids back at the indices, tells each update whether it is that one (a bool in the shape
+    of `updates`): exact wherever the runtime resolves repeats the same way each run, as
+    ONNX Runtime's CPU kernels, which write in order, do."""
+    ids = _update_ids(g, updates)
+    minus_one = numpy_helper.from_array(np.full(1, -1, dtype=np.int64))
+    blank = g.op("ConstantOfShape", g.op("Shape", x), value=minus_one)
+    written = g.op(scatter, blank, idx, ids, **attrs)
+    return g.op("Equal", g.op(gather, written, idx, **attrs), ids)
+
+
+def _scatter_grad(g: NodeGrad, scatter: str, gather: str, distinct: bool, **attrs):
+    """[dx, None, d updates] of ScatterElements / ScatterND: dx = GO with the written
+    positions zeroed (no reduction) or GO itself (add); d updates = GO read at the indices,
+    0 for updates overwritten by a later one."""
+    x, idx, updates, go = g.I(0), g.I(1), g.I(2), g.GO(0)
+    reduction = g.attr("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise NoGradient(f"{g.node.op_type} with reduction {reduction}")
+    gx = gu = None
+    if g.needs(0):
+        if reduction == "add":
+            gx = go
+        else:
+            gx = g.op(scatter, go, idx, _zeros(g, g.op("Shape", updates), x), **attrs)
+    if g.needs(2):
+        if g.opset < 11:
+            raise NoGradient(f"{g.node.op_type}'s updates below opset 11 (no GatherElements)")
+        gu = g.op(gather, go, idx, **attrs)
+        if reduction == "none" and not distinct:
+            won = _last_writers(g, scatter, gather, x, idx, updates, **attrs)
+            gu = g.op("Where", won, gu, g.scalar(0.0, x))
+    return [gx, None, gu]
+
+
+@rule("ScatterElements", "Scatter")
+def ScatterElements(g: NodeGrad):
+    """y = x with updates written (reduction none) or added (add) along axis at indices
+    (Scatter is its name before opset 11): dx = GO zeroed where written (none) or GO (add);
+    d updates = GatherElements(GO, indices), where repeated positions under none give GO
+    to the update written last only (see _last_writers; skipped when constant indices are
+    distinct). mul, max and min are refused."""
+    x, rank = g.I(0), _rank(g, g.I(0))
+    axis = g.attr("axis", 0) % rank
+    scatter = "ScatterElements" if g.opset >= 11 else "Scatter"
+    const = g.const_input(1)
+    distinct = False
+    if const is not None:
+        dims = [None] * rank
+        dims[axis] = (g.e.static_shape(x) or [None] * rank)[axis]
+        distinct = _distinct_rows(_element_positions(np.asarray(const), axis), dims)
+    return _scatter_grad(g, scatter, "GatherElements", distinct, axis=axis)
+
+
+@rule("ScatterND")
+def ScatterND(g: NodeGrad):
+    """y = x with update slices written (reduction none) or added (add) at the positions in
+    indices' last axis: dx = GO zeroed where written (none) or GO (add); d updates =
+    GatherND(GO, indices), where a position written twice under none gives GO to the update
+    written last only (see _last_writers; skipped when constant indices are distinct).
+    mul, max and min are refused."""
+    x, const = g.I(0), g.const_input(1)
+    distinct = False
+    if const is not None:
+        const = np.asarray(const)
+        depth = const.shape[-1]
+        dims = (g.e.static_shape(x) or [None] * depth)[:depth]
+        distinct = _distinct_rows(const.reshape(-1, depth), dims)
+    return _scatter_grad(g, "ScatterND", "GatherND", distinct)
+
+
+@rule("GatherND")
+def GatherND(g: NodeGrad):
+    """y[b.., q..] = x[b.., idx[b.., q..], ...]: the first batch_dims axes shared, idx's last
+    axis a position over the next m axes of x. dx = GO added into zeros at those positions
+    (batch coordinates prepended, negative indices wrapped), repeats accumulating:
+    ScatterND(add) from opset 16; below, only constant indices naming distinct positions
+    (ScatterND without reduction would keep one of the repeats)."""
+    if not g.needs(0):
+        return [None, None]
+    x, idx, go = g.I(0), g.I(1), g.GO(0)
+    b = g.attr("batch_dims", 0)
+    q_rank = _rank(g, idx)
+    depth = (g.e.static_shape(idx) or [None])[-1]
+    if not isinstance(depth, int):
+        raise NoGradient("GatherND with an index depth unknown at build time")
+    shape = g.e.static_shape(x) or [None] * (b + depth)
+    batch = shape[:b]
+    if not all(isinstance(d, int) for d in batch):
+        raise NoGradient("GatherND with batch_dims over axes of unknown size")
+    grid = np.zeros([1] * (q_rank - 1) + [0], dtype=np.int64)  # the batch coordinates
+    if b:
+        grid = np.stack(np.meshgrid(*[np.arange(n) for n in batch], indexing="ij"), axis=-1)
+        grid = grid.reshape(*batch, *[1] * (q_rank - 1 - b), b).astype(np.int64)
+    const = g.const_input(1)
+    sizes = shape[b : b + depth]
+    if const is not None and all(isinstance(d, int) for d in sizes):
+        const = np.asarray(const, dtype=np.int64)
+        const = np.where(const < 0, const + np.asarray(sizes, dtype=np.int64), const)
+        full = np.concatenate([np.broadcast_to(grid, (*const.shape[:-1], b)), const], axis=-1)
+        distinct = _distinct_rows(full.reshape(-1, b + depth), shape[: b + depth])
+        index = g.e.const(full)
+    else:
+        distinct = False
+        dims = _shape_vector(g, _dims(g, x, range(b, b + depth)))
+        index = g.op("Where", g.op("Less", idx, _scalar_int(g, 0)), g.op("Add", idx, dims), idx)
+        if b:
+            lead = g.e.slice(g.op("Shape", idx), [0], [q_rank - 1], [0])
+            spread = g.op("Expand", g.e.const(grid), g.op("Concat", lead, g.e.ints([b]), axis=0))
+            index = g.op("Concat", spread, index, axis=q_rank - 1)
+    if g.opset < 16 and not distinct:
+        raise NoGradient("GatherND with indices that may repeat below opset 16 (ScatterND "
+                         "adds repeats from 16 on)")  # fmt: skip
+    zeros = _zeros(g, g.op("Shape", x), x)
+    reduction = None if distinct else "add"
+    return [g.op("ScatterND", zeros, index, go, reduction=reduction), None]
+
+
 @rule("Range")
 def Range(g: NodeGrad):
     """y[i] = start + i * delta, i < n = max(ceil((limit - start) / delta), 0): d start =

@@ -192,6 +192,95 @@ add(NodeCase("Gather", {"x": r(3, 4)}, {"axis": 1}, fixed={"idx": np.asarray([[1
 add(Case("Gather", {"x": r(3, 5, 2)}, {"axis": 1}, constants={"idx": repeats}, opset=13,
          dynamic=True, id="Gather-2d-idx-13-dyn"))  # fmt: skip
 
+
+# -- TopK: Values' gradient scattered back to Indices (k an attribute before opset 10) ---------
+def distinct(*shape):
+    """Values 0.05 apart in random order: no ties for TopK to break, none near for FD."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) * 0.05 - n * 0.025).reshape(shape)
+
+
+add(NodeCase("TopK", {"x": distinct(3, 5)}, {"k": 2}, n_outputs=2, opset=9,
+             id="TopK-attr-9"))  # fmt: skip
+add(NodeCase("TopK", {"x": distinct(4, 3)}, {"k": 3, "axis": 0}, n_outputs=2, opset=9,
+             dynamic=False, id="TopK-axis0-9"))  # fmt: skip
+add(NodeCase("TopK", {"x": distinct(2, 5, 3)}, {"axis": -2}, fixed={"k": ints(2)},
+             n_outputs=2, opset=10, dynamic=True, id="TopK-input-10-dyn"))  # fmt: skip
+for opset in (11, 24):
+    # unsorted: ORT and the reference return the values in different orders, so one seed
+    # means different things to each; FD checks the reference alone
+    for largest, sorted_ in [(1, 1), (0, 1), (1, 0)]:
+        add(NodeCase("TopK", {"x": distinct(3, 6)}, {"largest": largest, "sorted": sorted_},
+                     fixed={"k": ints(4)}, n_outputs=2, opset=opset, check_ort=bool(sorted_),
+                     id=f"TopK-largest{largest}-sorted{sorted_}-{opset}"))  # fmt: skip
+    add(NodeCase("TopK", {"x": distinct(2, 3, 4)}, {"axis": 1}, fixed={"k": ints(3)},
+                 runtime={"k"}, n_outputs=2, opset=opset, dynamic=True,
+                 id=f"TopK-all-runtime-k-{opset}"))  # fmt: skip
+
+# -- GatherND: ScatterND of GO, repeats added (opset 16+), batch_dims (12+) ---------------------
+nd_unique = ints(0, 1, 2, -1, 1, 0).reshape(3, 2)  # x[4, 3, 2]: positions (0,1) (2,2) (1,0)
+nd_repeats = ints(0, 1, 2, 0, 0, 1, -4, 1).reshape(2, 2, 2)  # (0,1) three times, (2,0)
+for opset in (11, 13, 16):
+    add(NodeCase("GatherND", {"x": r(4, 3, 2)}, fixed={"idx": nd_unique}, opset=opset,
+                 id=f"GatherND-distinct-{opset}"))  # fmt: skip
+for opset in (16, 18):
+    add(NodeCase("GatherND", {"x": r(4, 3, 2)}, fixed={"idx": nd_repeats}, opset=opset,
+                 id=f"GatherND-repeats-{opset}"))  # fmt: skip
+    add(NodeCase("GatherND", {"x": r(4, 3, 2)}, fixed={"idx": nd_repeats}, runtime={"idx"},
+                 opset=opset, dynamic=True, id=f"GatherND-runtime-{opset}-dyn"))  # fmt: skip
+    add(NodeCase("GatherND", {"x": r(4, 3)}, fixed={"idx": ints(3, -1, 0, 2).reshape(2, 2, 1)},
+                 runtime={"idx"}, opset=opset, id=f"GatherND-rows-runtime-{opset}"))  # fmt: skip
+# batch_dims: x[2, 3, 4], idx[2, 2, 1] picks rows of each batch entry (repeats in the second)
+nd_batch = ints(2, -1, 1, 1).reshape(2, 2, 1)
+add(NodeCase("GatherND", {"x": r(2, 3, 4)}, {"batch_dims": 1}, fixed={"idx": ints(2, 0, 1, 0)
+             .reshape(2, 2, 1)}, opset=12, id="GatherND-batch-distinct-12"))  # fmt: skip
+for opset in (16, 18):
+    add(NodeCase("GatherND", {"x": r(2, 3, 4)}, {"batch_dims": 1}, fixed={"idx": nd_batch},
+                 opset=opset, id=f"GatherND-batch-repeats-{opset}"))  # fmt: skip
+    add(NodeCase("GatherND", {"x": r(2, 3, 4)}, {"batch_dims": 1}, fixed={"idx": nd_batch},
+                 runtime={"idx"}, opset=opset, id=f"GatherND-batch-runtime-{opset}"))  # fmt: skip
+    add(NodeCase("GatherND", {"x": r(2, 3, 4, 2)}, {"batch_dims": 2},
+                 fixed={"idx": ints(0, 3, 1, 1, 2, 0, 3, 3, 0, 0, 1, 2).reshape(2, 3, 2, 1)},
+                 runtime={"idx"}, opset=opset, id=f"GatherND-batch2-runtime-{opset}"))  # fmt: skip
+
+# -- ScatterElements / Scatter / ScatterND: data zeroed where written, updates read back --------
+se_unique = ints(1, 0, 2, -1, 2, 0).reshape(2, 3)  # along axis 0 of x[3, 3]: distinct
+se_repeats = ints(1, 0, 2, 1, -3, 2).reshape(2, 3)  # column 0 and 2 written twice
+for opset in (11, 13, 18):
+    for name, idx in (("distinct", se_unique), ("repeats", se_repeats)):
+        add(NodeCase("ScatterElements", {"x": r(3, 3), "u": r(2, 3)}, fixed={"idx": idx},
+                     order=["x", "idx", "u"], opset=opset,
+                     id=f"ScatterElements-{name}-{opset}"))  # fmt: skip
+    add(NodeCase("ScatterElements", {"x": r(2, 4), "u": r(2, 3)}, {"axis": -1},
+                 fixed={"idx": ints(3, 0, 3, 1, 1, -2).reshape(2, 3)}, runtime={"idx"},
+                 order=["x", "idx", "u"], opset=opset, dynamic=True,
+                 id=f"ScatterElements-runtime-axis-1-{opset}"))  # fmt: skip
+for opset in (16, 18):
+    add(NodeCase("ScatterElements", {"x": r(3, 3), "u": r(2, 3)}, {"reduction": "add"},
+                 fixed={"idx": se_repeats}, order=["x", "idx", "u"], opset=opset,
+                 id=f"ScatterElements-add-{opset}"))  # fmt: skip
+for opset in (9, 10):  # Scatter, ScatterElements' name before 11: no GatherElements for updates
+    add(NodeCase("Scatter", {"x": r(3, 3), "u": r(2, 3)}, fixed={"idx": se_repeats},
+                 order=["x", "idx", "u"], wrt=["x"], opset=opset,
+                 id=f"Scatter-data-{opset}"))  # fmt: skip
+
+snd_unique = ints(2, 0, -1).reshape(3, 1)  # rows of x[4, 3]
+snd_repeats = ints(2, 0, 2, -2).reshape(2, 2, 1)  # row 2 written twice (as 2 and -2)
+snd_cells = ints(0, 1, 3, 2, 0, 1).reshape(3, 2)  # cells, (0, 1) twice
+for opset in (11, 13, 18):
+    add(NodeCase("ScatterND", {"x": r(4, 3), "u": r(3, 3)}, fixed={"idx": snd_unique},
+                 order=["x", "idx", "u"], opset=opset, id=f"ScatterND-rows-{opset}"))  # fmt: skip
+    add(NodeCase("ScatterND", {"x": r(4, 3), "u": r(2, 2, 3)}, fixed={"idx": snd_repeats},
+                 order=["x", "idx", "u"], opset=opset,
+                 id=f"ScatterND-repeats-{opset}"))  # fmt: skip
+    add(NodeCase("ScatterND", {"x": r(4, 3), "u": r(3)}, fixed={"idx": snd_cells},
+                 runtime={"idx"}, order=["x", "idx", "u"], opset=opset,
+                 id=f"ScatterND-cells-runtime-{opset}"))  # fmt: skip
+for opset in (16, 18):
+    add(NodeCase("ScatterND", {"x": r(4, 3), "u": r(3)}, {"reduction": "add"},
+                 fixed={"idx": snd_cells}, order=["x", "idx", "u"], opset=opset,
+                 id=f"ScatterND-add-{opset}"))  # fmt: skip
+
 # -- CumSum (11+): axis an input (int32 or int64, negative too), exclusive and reverse -------
 for opset in (11, 14):
     for exclusive in (0, 1):
@@ -434,6 +523,17 @@ def _blocked(nodes, inputs, output, opset, constants=None, dynamic=False):
          {"s": ints(2, 1, 1)}, 9, True, "Expand to a shape unknown"),
         ([helper.make_node("Resize", ["x", "", "scales"], ["y"])],
          {"scales": floats(2, 2)}, 13, True, "static sizes"),
+        ([helper.make_node("GatherND", ["x", "i"], ["y"])],
+         {"i": ints(1, 1).reshape(2, 1)}, 13, False, "repeat below opset 16"),
+        ([helper.make_node("Identity", ["i0"], ["i"]),
+          helper.make_node("GatherND", ["x", "i"], ["y"])],
+         {"i0": ints(1, 2).reshape(2, 1)}, 15, False, "repeat below opset 16"),
+        ([helper.make_node("ScatterElements", ["x", "i", "x"], ["y"], reduction="mul")],
+         {"i": ints(0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2).reshape(3, 4)}, 16, False,
+         "reduction mul"),
+        ([helper.make_node("ScatterND", ["x", "i", "u"], ["y"], reduction="max")],
+         {"i": ints(0, 1).reshape(2, 1), "u": r(2, 4).astype(np.float32)}, 18, False,
+         "reduction max"),
     ],
 )  # fmt: skip
 def test_unsupported_configurations_block_with_a_reason(nodes, constants, opset, dynamic, reason):
