@@ -178,16 +178,19 @@ class AttributionSettings:
         return points * max(1, self.noise) * (2 if self.baselines or self.regions else 1)
 
 
-def default_groups(sample: Sample) -> str:
-    """Per-feature differences unless the input is a large image (then 4x4 patches)."""
-    return "4x4" if sample.kind == "image" and sample.x.size > 4096 else "1"
+def default_groups(sample: Sample, prep: Preprocessing) -> str:
+    """Per-feature differences unless the input is a large image (then 4x4 patches): a
+    picture, or a tensor laid out as the image model's input (a 3x64x64 .npy per feature
+    is 24,576 model rows per path point)."""
+    image = sample.kind == "image" or (prep.is_image_model and sample.x.ndim == 3)
+    return "4x4" if image and sample.x.size > 4096 else "1"
 
 
 def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.ndarray | None:
     """Feature groups for finite differences: None = one group per feature."""
     import re
 
-    spec = spec or default_groups(sample)
+    spec = spec or default_groups(sample, prep)
     if spec in ("1", "1x1", "none"):
         return None
     m = re.fullmatch(r"([1-9]\d{0,4})x([1-9]\d{0,4})", spec)
@@ -304,13 +307,8 @@ class Session:
             self.prep = make_preprocessing(
                 self.input_spec, self.sidecar, mean, std, preset=preprocess
             )
-        if self.prep.unnormalised_rgb and preprocess is None:
-            self.warn(
-                f"{self.model_path}: RGB images reach the model as pixels / "
-                f"{self.prep.scale:g}, without mean/std normalisation; if it was trained on "
-                "normalised images, say so: --preprocess imagenet (or --mean/--std, or the "
-                "sidecar's preprocessing)"
-            )
+        # said when the first picture is read: arrays and .npy tensors are model inputs already
+        self._note_pixels = self.prep.unnormalised_rgb and preprocess is None
         self.at, self._cut = self._choose_cut(at)
         if self._cut is None and aggregate != "sum":
             raise UsageError("--aggregate applies to attributions at a tensor (--at)")
@@ -632,8 +630,18 @@ class Session:
             return self._load_tokens(input, name)
         if isinstance(input, str | Path):
             path = Path(input)
-            return load_samples(path, self.prep, name or path.stem)
-        return [sample_from_array(input, self.prep, name or "array")]
+            samples = load_samples(path, self.prep, name or path.stem)
+        else:
+            samples = [sample_from_array(input, self.prep, name or "array")]
+        if self._note_pixels and any(s.kind == "image" for s in samples):
+            self._note_pixels = False
+            self.warn(
+                f"{self.model_path}: RGB images reach the model as pixels / "
+                f"{self.prep.scale:g}, without mean/std normalisation; if it was trained on "
+                "normalised images, say so: --preprocess imagenet (or --mean/--std, or the "
+                "sidecar's preprocessing)"
+            )
+        return samples
 
     def _load_tokens(self, input, name: str | None) -> list[Sample]:
         tokens = self.tokens
@@ -838,7 +846,9 @@ class Session:
                 gradient_source=source.name,
                 prep=self.prep,
                 fd_step=source.step if is_fd else None,
-                fd_groups=(self.fd_groups or default_groups(samples[i])) if is_fd else None,
+                fd_groups=(self.fd_groups or default_groups(samples[i], self.prep))
+                if is_fd
+                else None,
                 wall_time_s=share,
                 extra=extra,
                 at=self.at,

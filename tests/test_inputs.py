@@ -150,9 +150,15 @@ def test_an_unnormalised_rgb_model_gets_a_note(tmp_path):
     from tests import models
 
     path = models.save(models.image_model(channels=3), tmp_path / "rgb.onnx")
+    Image.new("RGB", (8, 8), (200, 30, 90)).save(tmp_path / "a.png")
+    np.save(tmp_path / "a.npy", np.zeros((3, 8, 8), np.float32))
     warnings = []
-    igcli.Session(path, warn=warnings.append)
-    assert any("--preprocess imagenet" in w for w in warnings)
+    session = igcli.Session(path, warn=warnings.append)
+    session.load(tmp_path / "a.npy")  # a tensor is a model input already: nothing to say
+    assert not warnings
+    session.load(tmp_path / "a.png")
+    session.load(tmp_path / "a.png")
+    assert sum("--preprocess imagenet" in w for w in warnings) == 1  # said once, at a picture
     warnings.clear()
-    igcli.Session(path, warn=warnings.append, preprocess="imagenet")
+    igcli.Session(path, warn=warnings.append, preprocess="imagenet").load(tmp_path / "a.png")
     assert not any("--preprocess" in w for w in warnings)
