@@ -733,6 +733,44 @@ def LayerNormalization(g: NodeGrad):
     return [gx, gs, gb]
 
 
+@rule("GroupNormalization")
+def GroupNormalization(g: NodeGrad):
+    """x viewed as [N, G, C/G, rest] is standardized over each (n, group) block: x_hat =
+    (x - mean) r, r = 1/sqrt(var + eps); y = scale x_hat + bias, scale and bias per channel
+    (opset 21) or per group (18). dx = r (h - mean(h) - x_hat mean(h x_hat)) with h =
+    GO scale; dscale = sum GO x_hat, dbias = sum GO, over batch and space (and, per group,
+    over the group's channels). The statistics are taken in the input's own precision
+    (stash_type only names the forward's)."""
+    x, go = g.I(0), g.GO(0)
+    shape = g.e.static_shape(x)
+    channels = shape[1] if shape is not None and len(shape) >= 2 else None
+    if not isinstance(channels, int):
+        raise NoGradient("GroupNormalization needs a static channel count")
+    groups = g.attr("num_groups")
+    per_channel = g.opset >= 21
+    view = [0, groups, channels // groups, -1]  # [N, G, C/G, rest]
+
+    def param(v: str) -> str:
+        """scale or bias shaped to broadcast over the [N, G, C/G, rest] view."""
+        return _reshape(g, v, [groups, channels // groups, 1] if per_channel else [groups, 1, 1])
+
+    blocks = _reshape(g, x, view)
+    g.e.infos[blocks] = TensorInfo(g.e.infos_elem(x), None)  # epsilon's type
+    x_hat, inv_std = _standardize(g, blocks, [2, 3], g.attr("epsilon", 1e-5))
+    go4 = _reshape(g, go, view)
+    summed = [0, 3] if per_channel else [0, 2, 3]
+    flat = [channels] if per_channel else [groups]
+    gx = gs = gb = None
+    if g.needs(0):
+        h = g.op("Mul", go4, param(g.I(1)))
+        gx = g.op("Reshape", _normalized_grad(g, h, x_hat, inv_std, [2, 3]), g.op("Shape", x))
+    if g.needs(1):
+        gs = _reshape(g, g.e.reduce_sum(g.op("Mul", go4, x_hat), summed, False), flat)
+    if g.needs(2):
+        gb = _reshape(g, g.e.reduce_sum(go4, summed, False), flat)
+    return [gx, gs, gb]
+
+
 def _standardized_by_layer_norm(g: NodeGrad, x: str, axes: list[int]) -> tuple[str, str]:
     """x_hat and inv_std for LayerNormalization's gradient from a second LayerNormalization
     with unit scale, which returns both (outputs 0 and 2) in one fused pass, where

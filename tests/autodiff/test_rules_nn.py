@@ -13,6 +13,8 @@ Max-like ops get inputs spaced 0.1 apart: no ties, and a difference step never m
 arg-max.
 """
 
+from unittest import mock
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,7 +22,7 @@ import pytest
 from onnx import helper
 
 from igcli.autodiff import GRAD, SEED, build_gradient_model
-from tests.autodiff.checker import Case, make_model
+from tests.autodiff.checker import Case, check_graph, make_model
 
 rng = np.random.default_rng(7)
 
@@ -276,6 +278,54 @@ for index, name in [(1, "mean"), (2, "inv-std-dev")]:
         n_outputs=3, output_index=index, opset=18, wrt=["x"])  # fmt: skip
 add("LayerNormalization", {"x": r(2, 3, 4)}, {"axis": 1}, tag="dynamic", opset=17, dynamic=True,
     constants={"s": r(3, 4), "b": r(3, 4)})  # fmt: skip
+
+
+# GroupNormalization: scale and bias per group at opset 18, per channel at 21 (where the
+# reference computes the statistics in float32 unless stash_type says double)
+class GroupNormCase(Case):
+    """onnx infers no type for GroupNormalization's output: adding it to zeros (their type)
+    and a Reshape to x's constant shape give the checked output one. onnx's checker refuses
+    GroupNormalization-18 (its schema is marked deprecated since 21 changed scale and bias),
+    which ONNX Runtime and the reference evaluator run and igcli never checks: below opset 21
+    the checker is passed over."""
+
+    def run(self):
+        if self.options["opset"] < 21:
+            with mock.patch("onnx.checker.check_model"):
+                return self._run()
+        return self._run()
+
+    def _run(self):
+        x = self.inputs["x"]
+        params = self.options.get("constants", {})
+        consts = {**params, "zeros": np.zeros(x.shape), "shape": np.asarray(x.shape)}
+        nodes = [
+            helper.make_node(self.op, [*self.inputs, *params], ["g"], **self.attrs),
+            helper.make_node("Add", ["zeros", "g"], ["c"]),
+            helper.make_node("Reshape", ["c", "shape"], ["y"]),
+        ]
+        check_graph(nodes, self.inputs, "y", **{**self.options, "constants": consts})
+
+
+def group_norm(tag, inputs, attrs, opset, **options):
+    CASES.append(GroupNormCase("GroupNormalization", inputs, attrs,
+                               id=f"GroupNormalization-{tag}-opset{opset}", opset=opset,
+                               **options))  # fmt: skip
+
+
+for opset, per in [(18, 2), (21, 6)]:
+    double = {"stash_type": 11} if opset >= 21 else {}
+    for shape in [(2, 6, 3), (2, 6, 2, 3), (3, 6)]:
+        attrs = {"num_groups": 2, "epsilon": 1e-3, **double}
+        group_norm(f"{shape}", {"x": r(*shape), "s": r(per), "b": r(per)}, attrs, opset)
+    n = 3 if opset < 21 else 6
+    group_norm("const-params", {"x": r(2, 6, 2, 2)}, {"num_groups": 3, **double}, opset,
+               constants={"s": r(n), "b": r(n)})  # fmt: skip
+# the default stash_type: the reference's statistics in float32, so a wider FD step
+group_norm("stash-float", {"x": r(2, 6, 3), "s": r(6), "b": r(6)}, {"num_groups": 3}, 21,
+           eps=3e-3, rtol=1e-3, atol=1e-3)  # fmt: skip
+group_norm("one-group", {"x": r(2, 4, 5)}, {"num_groups": 1}, 18,
+           constants={"s": r(1), "b": r(1)})  # fmt: skip
 
 for opset, size in [(9, 3), (13, 5), (17, 1)]:
     add("LRN", {"x": r(4, 4, 2, 2)}, {"size": size, "alpha": 0.5, "beta": 0.75, "bias": 1.5},
