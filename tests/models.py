@@ -118,18 +118,25 @@ def fixed_batch_reshape() -> onnx.ModelProto:
     )
 
 
-def with_sin() -> onnx.ModelProto:
-    """y = sin(x) W: Sin has no gradient rule, so igcli must fall back to finite differences."""
+def with_det() -> onnx.ModelProto:
+    """y = det(x as 2x2) W: Det has no gradient rule, so igcli must fall back to finite
+    differences."""
     rng = np.random.default_rng(2)
     nodes = [
-        helper.make_node("Sin", ["x"], ["s"]),
+        helper.make_node("Reshape", ["x", "square"], ["m"]),
+        helper.make_node("Det", ["m"], ["d"]),
+        helper.make_node("Unsqueeze", ["d", "one"], ["s"]),
         helper.make_node("MatMul", ["s", "W"], ["y"]),
     ]
     return _model(
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [const("W", rng.normal(size=(3, 2)))],
+        [
+            const("W", rng.normal(size=(1, 2))),
+            numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "square"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+        ],
     )
 
 

@@ -34,17 +34,17 @@ def test_graph_and_finite_differences_agree(tmp_path, model, inputs):
 
 
 def test_fallback_names_the_blocking_op(tmp_path):
-    model = models.save(models.with_sin(), tmp_path / "sin.onnx")
-    np.save(tmp_path / "x.npy", np.array([[0.3, -1.2, 2.0]], dtype=np.float32))
+    model = models.save(models.with_det(), tmp_path / "det.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.3, -1.2, 2.0, 0.7]], dtype=np.float32))
     records, result = explain_json(model, tmp_path / "x.npy", "--out", tmp_path / "o")
     assert records[0]["gradient_source"] == "fd"
-    assert "no rule for Sin" in result.stderr and "finite differences" in result.stderr
-    # IG of sin(x) W from 0 is exact: sum_j W_ij-weighted sin(x_i), checked via completeness
+    assert "no rule for Det" in result.stderr and "finite differences" in result.stderr
+    # finite differences of det(x) W from 0 close completeness
     assert records[0]["rel_error"] < 1e-4
     strict = run("explain", model, tmp_path / "x.npy", "--gradients", "graph", "--out", tmp_path)
-    assert strict.exit_code == ExitCode.GRADIENTS and "Sin" in strict.stderr
+    assert strict.exit_code == ExitCode.GRADIENTS and "Det" in strict.stderr
     info = json.loads(run("inspect", model, "--json").stdout)
-    assert info["gradient_graph"] is False and info["gradient_graph_blockers"] == ["Sin"]
+    assert info["gradient_graph"] is False and info["gradient_graph_blockers"] == ["Det"]
 
 
 def test_gradient_graph_is_cached(tmp_path, monkeypatch):
@@ -92,9 +92,9 @@ def test_gradcheck_fails_on_a_wrong_gradient(monkeypatch):
 
 
 def test_gradcheck_without_graph_is_an_error(tmp_path):
-    model = models.save(models.with_sin(), tmp_path / "sin.onnx")
+    model = models.save(models.with_det(), tmp_path / "det.onnx")
     result = run("gradcheck", model)
-    assert result.exit_code == ExitCode.GRADIENTS and "Sin" in result.stderr
+    assert result.exit_code == ExitCode.GRADIENTS and "Det" in result.stderr
 
 
 def test_shapes_unknown_to_inference_are_probed(tmp_path):
