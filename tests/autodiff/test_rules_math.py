@@ -694,10 +694,11 @@ def test_broadcast_of_a_tensor_of_unknown_shape(opset):
     assert "Compress" in ops  # the runtime reduction was used
 
 
-@pytest.mark.parametrize("op", ["Sigmoid", "Tanh"])
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "Softplus", "Elu", "Selu"])
 def test_saturated_slopes_are_accurate_in_float32(op):
     """Where the output saturates, the slope is still right to float32 precision in ONNX
-    Runtime (1 - y^2 and y (1 - y) from its output are 0 or tens of percent off there)."""
+    Runtime (1 - y^2 and y (1 - y) from its output are 0 or tens of percent off there, as
+    are ONNX Runtime's Sigmoid for Softplus and y + alpha for Elu and Selu)."""
     x = np.array([[-40.0, -25.0, -15.0, -9.5, 0.3, 9.5, 15.0, 25.0]])
     model = make_model([helper.make_node(op, ["x"], ["y"])], {"x": x.astype(np.float32)}, "y", 13)
     grad_model = build_gradient_model(model, "x", "y")
@@ -709,6 +710,11 @@ def test_saturated_slopes_are_accurate_in_float32(op):
     if op == "Tanh":  # 1 - tanh^2 loses everything in float64 too: 4 e / (1 + e)^2
         e = np.exp(-2 * np.abs(x))
         want = 4 * e / (1 + e) ** 2
+    if op == "Softplus":
+        want = np.exp(np.minimum(x, 0)) / (1 + np.exp(-np.abs(x)))
+    if op in ("Elu", "Selu"):
+        alpha, gamma = (1.0, 1.0) if op == "Elu" else (1.6732632423543772, 1.0507009873554805)
+        want = np.where(x > 0, gamma, gamma * alpha * np.exp(np.minimum(x, 0)))
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
