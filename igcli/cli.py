@@ -6,12 +6,14 @@ stderr. Every error a user can cause ends as one line and a documented exit code
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import Counter
 from pathlib import Path
 
 import click
 import rich_click
+from rich.text import Text
 
 from igcli import __version__
 from igcli.console import Messages, table
@@ -40,11 +42,21 @@ def _ints(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(
             f"{text!r} is not a comma-separated list of integers", param_hint=option
         ) from None
+    if not values:
+        raise click.BadParameter("names no integers", param_hint=option)
+    return list(dict.fromkeys(values))  # 3,3 is one target: one result, not the same one twice
+
+
+def _finite(value: float | None, option: str) -> float | None:
+    """FloatRange lets nan and inf through; a gate at either is a typo, not a gate."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param_hint=option)
+    return value
 
 
 def _size_option(text: str | None, option: str) -> int | None:
@@ -84,7 +96,8 @@ def _labels(path: Path | None) -> list[str] | None:
     if path is None:
         return None
     labels = [line.strip() for line in read_option_text(path).splitlines()]
-    labels = [label for label in labels if label]
+    while labels and not labels[-1]:
+        labels.pop()  # trailing blank lines; a blank line inside is a class without a name
     if not labels:
         raise UsageError("holds no labels (one class name per line)", path)
     return labels
@@ -147,7 +160,8 @@ rich_click.rich_click.SHOW_ARGUMENTS = True
 rich_click.rich_click.TEXT_EMOJIS = False
 rich_click.rich_click.TEXT_MARKUP = "rich"
 
-EXPLAIN_EXAMPLES = """\b
+# A rich Text, which rich-click prints as it is (a string epilog has its lines run together)
+EXPLAIN_EXAMPLES = Text("""\
 Examples:
   igcli explain model.onnx cat.png                     top class, black baseline, 50 steps
   igcli explain model.onnx photos/ -r --out runs/1     every image under photos/
@@ -156,7 +170,7 @@ Examples:
   igcli explain model.onnx imgs/ --max-completeness-error 0.01 -q    a CI gate
   find data -name '*.png' | igcli explain model.onnx - --json > results.jsonl
   igcli explain model.onnx --manifest m.jsonl --shard auto/4 --out s3://b/run    a job array
-"""
+""")
 
 
 class Group(rich_click.RichGroup):
@@ -232,7 +246,7 @@ class StepsType(click.ParamType):
 STEPS = StepsType()
 
 MODEL = click.argument(
-    "model", type=click.Path(path_type=Path, dir_okay=False, exists=False)
+    "model", type=click.Path(path_type=Path, exists=False)
 )  # existence is checked by igcli itself so the error names the file and uses exit code 3
 
 
@@ -452,14 +466,15 @@ MODEL = click.argument(
     "--labels",
     "labels_file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Class names, one per line (default: from the model's sidecar).",
+    help="Class names, one per line, line k for output k (a blank line: a class without a "
+    "name). Default: from the model's sidecar.",
 )
 @click.option(
     "--out",
     "out_dir",
     default="igcli-out",
     show_default=True,
-    help="Output folder, or an object storage URL (s3://, gs://, az://; igcli[cloud]).",
+    help="Output folder, or an object storage URL (s3://, gs://, az://; igcli\\[cloud]).",
 )
 @click.option(
     "--json",
@@ -473,7 +488,8 @@ MODEL = click.argument(
 @click.option(
     "--skip-existing",
     is_flag=True,
-    help="Skip inputs whose outputs are complete and newer than the model.",
+    help="Skip inputs whose results are already in --out, complete, from the same model "
+    "and settings (resumes a run).",
 )
 @click.option(
     "--shard",
@@ -492,11 +508,12 @@ MODEL = click.argument(
     "--dask",
     metavar="ADDRESS|local:N",
     help="Spread the inputs over Dask workers: a scheduler address, or local:N for N local "
-    "worker processes (igcli[dask]).",
+    "worker processes (igcli\\[dask]).",
 )
 @click.option(
     "--max-completeness-error",
     type=click.FloatRange(0),
+    callback=lambda ctx, param, value: _finite(value, "--max-completeness-error"),
     metavar="E",
     help="Fail (exit 5) when an input's relative completeness error exceeds E.",
 )

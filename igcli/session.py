@@ -284,6 +284,13 @@ class Session:
         self.output_spec = self._choose_output(output)
         self.output_name = self.output_spec.name
         self.labels = list(labels) if labels else self.sidecar.labels
+        dims = self.output_spec.shape[1:]
+        classes = int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else None
+        if self.labels and classes is not None and classes != len(self.labels):
+            self.warn(
+                f"{self.model_path}: {len(self.labels)} labels for {classes} outputs of "
+                f"{self.output_name!r}: class names may be off"
+            )
         # Integer ids (token models): other inputs such as the attention mask are derived
         # per sample unless fed.
         self.tokens: TokenInputs | None = None
@@ -982,9 +989,9 @@ class Session:
             )
 
     def label(self, target: int) -> str | None:
-        if self.labels and 0 <= target < len(self.labels):
+        if self.labels and 0 <= target < len(self.labels) and self.labels[target] != "":
             return str(self.labels[target])
-        return None
+        return None  # no labels, too few, or a blank line for this class
 
     def _targets(self, output, out_shape, targets) -> list[int]:
         n_out = int(np.prod(out_shape)) if out_shape else 1

@@ -389,6 +389,20 @@ def test_option_files_that_are_devices_or_fifos_are_refused_not_read(tmp_path, o
     assert result.exit_code == ExitCode.USAGE  # not silently the sidecar's labels
 
 
+def test_a_blank_line_in_labels_keeps_the_classes_after_it_in_place(tmp_path):
+    """A blank line used to be dropped, shifting every later class name by one (a 7 was
+    named 'eight'); a count that does not match the outputs is said."""
+    seven = next(p for p in DIGIT_PNGS if p.name.startswith("digit_7"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zero\none\ntwo\n\nfour\nfive\nsix\nseven\neight\nnine\n\n")
+    result = run("explain", DIGITS, seven, "--labels", labels, "--out", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [(r["target"], r["label"]) for r in records(result)] == [(7, "seven")]
+    labels.write_text("zero\none\n")
+    result = run("explain", DIGITS, seven, "--labels", labels, "--out", tmp_path / "p")
+    assert "2 labels for 10 outputs" in result.stderr
+
+
 def test_a_model_declaring_a_huge_input_is_refused_in_one_line(tmp_path):
     """[1, 2**40]: the dynamic-batch probe (and gradcheck's random input) used to allocate it
     and die with an internal MemoryError."""
@@ -487,3 +501,19 @@ def test_nan_at_the_baseline_only_names_the_baseline(tmp_path):
     )
     assert result.exit_code == ExitCode.INPUTS_FAILED
     assert "F at the baseline (zero) is NaN or Inf" in result.stderr
+
+
+def test_odd_targets_gates_and_a_folder_for_a_model_are_refused_in_one_line(tmp_path):
+    """--target '' explained nothing with exit 0, 3,3 wrote the same result twice, a gate of
+    nan or inf crashed after the run (exit 1), and a folder as MODEL was click's exit 2."""
+    out = ("--out", tmp_path / "o")
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--target", "", *out)
+    assert result.exit_code == ExitCode.USAGE and "--target" in result.stderr
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--target", "3,3", "--json", *out)
+    assert result.exit_code == 0 and [r["target"] for r in records(result)] == [3]
+    for gate in ("nan", "inf"):
+        result = run("explain", DIGITS, DIGIT_PNGS[0], "--max-completeness-error", gate, *out)
+        assert result.exit_code == ExitCode.USAGE and len(error_lines(result)) == 1
+    for command in ("explain", "inspect"):
+        result = run(command, tmp_path, *([DIGIT_PNGS[0]] if command == "explain" else []))
+        assert result.exit_code == ExitCode.MODEL and "a folder, not a file" in result.stderr
