@@ -12,12 +12,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Attribution", "AttributionSettings", "IgcliError", "Session", "__version__"]
+__all__ = [
+    "Attribution",
+    "AttributionSettings",
+    "IgcliError",
+    "IgcliWarning",
+    "Session",
+    "__version__",
+]
 
 _EXPORTS = {
     "Attribution": "igcli.attribution",
     "AttributionSettings": "igcli.session",
     "IgcliError": "igcli.errors",
+    "IgcliWarning": "igcli.errors",
     "Session": "igcli.session",
 }
 

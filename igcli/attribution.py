@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from igcli.cut import aggregate
+from igcli.errors import UsageError
 from igcli.ig import Completeness
 from igcli.inputs import Preprocessing, Sample
 from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
@@ -30,7 +31,7 @@ from igcli.visualize import (
 )
 
 
-@dataclass
+@dataclass(repr=False)
 class Attribution(Completeness):
     """Attributions for one sample and one target, with what a report needs to judge them.
 
@@ -59,6 +60,17 @@ class Attribution(Completeness):
     extra: dict = field(default_factory=dict)  # further record fields (self-check, ...)
     at: str | None = None  # the tensor attributed at; None: the model input
     aggregate: str = "sum"  # how `positions` are made from attributions at a tensor
+
+    def __repr__(self) -> str:
+        """One line: the full arrays made a 28x28 digit's repr 60,000 characters."""
+        label = f" ({self.label})" if self.label else ""
+        return (
+            f"<Attribution {self.sample.name!r} target {self.target}{label}: "
+            f"{'x'.join(map(str, self.attributions.shape))} values, sum "
+            f"{self.attribution_sum:.6g} for F(x) - F(b) = {self.delta:.6g} "
+            f"(rel. error {self.rel_error:.3g}), {self.steps} steps {self.method}, "
+            f"baseline {self.baseline_name}, gradients {self.gradient_source}>"
+        )
 
     # -- per position ---------------------------------------------------------------------
     @property
@@ -242,6 +254,11 @@ class Attribution(Completeness):
     ) -> dict:
         """Write `<name>.npy` (float32, batch axis of 1), `<name>.png` and `<name>.record.json`
         under `directory`, as a command-line run does; return the record."""
+        if "://" in str(directory):
+            raise UsageError(
+                f"save() writes a local folder, not {str(directory)!r}: for object storage, "
+                "save locally and upload, or use igcli explain --out URL"
+            )
         directory = Path(directory)
         name = name or self.sample.name
         npy, png = self.write_files(directory, name, style=style, heatmap=heatmap)
@@ -249,6 +266,7 @@ class Attribution(Completeness):
         record = self.record(
             npy.relative_to(root).as_posix(), png.relative_to(root).as_posix() if png else None
         )
+        record["name"] = name  # the files' name, as in a command-line run
         marker = output_stem(directory, name + ".record.json")
         atomic_write_text(marker, json.dumps({"input": record["input"], "records": [record]}))
         return record

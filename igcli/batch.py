@@ -69,6 +69,17 @@ def _looks_whole(path: Path) -> bool:
     return head.startswith(_MAGIC.get(path.suffix.lower(), b"")) and bool(head)
 
 
+# What the report sums and judges of each record (a string there stopped the run, exit 1)
+NUMBERS_OF_A_RECORD = ("f_input", "f_baseline", "attribution_sum", "rel_error", "abs_error")
+
+
+def _is_number(value) -> bool:
+    """A JSON number, or the strings 'nan'/'inf'/'-inf' that records write for them."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) or value in ("nan", "inf", "-inf")
+
+
 def usable_records(
     text: str | None, settings_hash: str, exists: Callable[[str], bool]
 ) -> list[dict] | None:
@@ -83,6 +94,8 @@ def usable_records(
     for r in records:
         if not isinstance(r, dict) or r.get("settings_hash") != settings_hash:
             return None
+        if not all(_is_number(r.get(k)) for k in NUMBERS_OF_A_RECORD):
+            return None  # hand-edited or foreign: redone, not summed into the report
         for key in ("attributions_file", "heatmap_file"):
             if r.get(key) and not exists(str(r[key])):
                 return None

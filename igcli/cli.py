@@ -951,7 +951,12 @@ def gradcheck(
     from igcli.session import Session
 
     session = Session(
-        model, input=input_name, output=output, feeds=_feeds(feeds), gradients="graph"
+        model,
+        input=input_name,
+        output=output,
+        feeds=_feeds(feeds),
+        gradients="graph",
+        warn=messages.warn,
     )
     rng = np.random.default_rng(seed)
     if input_file is not None:

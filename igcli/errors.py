@@ -67,3 +67,8 @@ class UnsupportedOpsError(GradientError):
     def __init__(self, ops: list[str], path: object | None = None) -> None:
         self.ops = sorted(set(ops))
         super().__init__("no gradient rule for " + ", ".join(self.ops), path)
+
+
+class IgcliWarning(UserWarning):
+    """What a Session says of a model or an input that still gets an answer (see
+    Session's `warn`)."""

@@ -461,6 +461,8 @@ def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
     if suffix not in SUPPORTED_SUFFIXES:
         if not os.path.lexists(path):
             raise InputError("no such file", path)
+        if os.path.isdir(path):
+            raise InputError("a folder, not an input file (explain takes folders as INPUTS)", path)
         raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
     if suffix in IMAGE_SUFFIXES:
         if not prep.is_image_model:

@@ -32,6 +32,7 @@ from igcli.cut import AGGREGATES, Cut, embedding_lookups, make_cut
 from igcli.errors import (
     GradientError,
     IgcliError,
+    IgcliWarning,
     InputError,
     ModelError,
     UnsupportedOpsError,
@@ -135,6 +136,10 @@ class AttributionSettings:
         return self.steps == "auto"
 
     def check(self) -> None:
+        for name in ("steps", "max_steps"):  # numpy integers (np.int64(16)) are integers too
+            value = getattr(self, name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
         if self.baseline is not None and not isinstance(self.baseline, str | Path):
             raise UsageError(
                 "baseline must be a name (black, zero, blur, ...) or a file path, not "
@@ -176,6 +181,28 @@ class AttributionSettings:
         if self.path.startswith("guided"):
             points = 1  # one gradient per round
         return points * max(1, self.noise) * (2 if self.baselines or self.regions else 1)
+
+
+def _python_warning(message: str) -> None:
+    """Session's default `warn`."""
+    import warnings
+
+    warnings.warn(message, IgcliWarning, stacklevel=3)
+
+
+def _target_list(targets, name: str) -> list[int] | None:
+    """None, or output indices as a list of ints: one int (or numpy integer) is one target."""
+    if targets is None:
+        return None
+    if isinstance(targets, int | np.integer) and not isinstance(targets, bool):
+        return [int(targets)]
+    try:
+        values = list(targets)
+    except TypeError:
+        raise UsageError(f"{name} must be output indices, not {type(targets).__name__}") from None
+    if not all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in values):
+        raise UsageError(f"{name} must be output indices (integers), not {values!r}")
+    return [int(t) for t in values]
 
 
 def default_groups(sample: Sample, prep: Preprocessing) -> str:
@@ -223,6 +250,10 @@ class Session:
     they feed. `aggregate` (sum, l2, none) turns attributions at such a tensor into one value
     per input position (per token). `tokenizer` is a tokenizer.json for token models (default:
     `<model>.tokenizer.json` or `tokenizer.json` beside the model).
+
+    What the session finds worth saying (a fallback to finite differences, a completeness
+    miss, rows that are no batch) goes to `warn`, a function of one string; by default it
+    is a Python warning of category igcli.IgcliWarning, which notebooks and scripts show.
     """
 
     def __init__(
@@ -267,7 +298,7 @@ class Session:
         self.fd_step, self.fd_groups = fd_step, fd_groups
         self.softmax = softmax
         self.use_cache = cache
-        self.warn = warn or (lambda msg: None)
+        self.warn = warn or _python_warning
         self._warned: set[str] = set()
         self.model = without_initializer_inputs(load_model(self.model_path))
         self.sha256 = model_hash(self.model_path, remember=self.use_cache)
@@ -736,12 +767,26 @@ class Session:
         With the gradient graph the path points of all samples share model calls. An
         InputError names the first sample; callers retry one by one to find the one at fault.
         """
+        if settings is not None and not isinstance(settings, AttributionSettings):
+            raise UsageError(f"settings must be AttributionSettings, not {type(settings).__name__}")
         settings = settings or AttributionSettings()
         settings.check()
+        if isinstance(samples, Sample):
+            samples = [samples]
+        samples = list(samples)  # a generator or any iterable of samples
         if not samples:
             return []
         if not all(isinstance(s, Sample) for s in samples):
             raise UsageError("attribute_many takes samples (from Session.load), not paths")
+        targets = _target_list(targets, "targets")
+        if targets_per_sample is not None:
+            targets_per_sample = list(targets_per_sample)
+            if len(targets_per_sample) != len(samples):
+                raise UsageError(
+                    f"targets_per_sample has {len(targets_per_sample)} entries for "
+                    f"{len(samples)} samples"
+                )
+            targets_per_sample = [_target_list(t, "targets_per_sample") for t in targets_per_sample]
         shapes = {s.x.shape for s in samples}
         if len(shapes) > 1:  # inputs of several sizes: one group (and graph) per size
             out: list[list[Attribution] | None] = [None] * len(samples)

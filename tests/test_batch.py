@@ -450,3 +450,16 @@ def test_a_finished_run_removes_what_killed_writers_left_beside_its_outputs(tree
         path.write_bytes(b"")
     assert run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4").exit_code == 0
     assert not any(p.exists() for p in left) and other.exists()
+
+
+def test_a_record_with_a_non_number_where_a_number_goes_is_redone_on_resume(tmp_path):
+    """A hand-edited record ('rel_error': 'oops') stopped --skip-existing with exit 1."""
+    out = tmp_path / "o"
+    assert run("explain", DIGITS, DIGIT_PNGS[0], "--out", out, "-q").exit_code == 0
+    marker = next(out.glob("*.record.json"))
+    data = json.loads(marker.read_text())
+    data["records"][0]["rel_error"] = "oops"
+    marker.write_text(json.dumps(data))
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", out, "--skip-existing", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert isinstance(json.loads(result.stdout.splitlines()[-1])["rel_error"], float)

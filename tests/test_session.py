@@ -329,3 +329,32 @@ def test_finite_differences_take_patches_of_a_large_image_tensor_too(tmp_path):
     small = models.save(models.image_model(channels=3, size=8), tmp_path / "s.onnx")
     np.save(tmp_path / "s.npy", np.zeros((3, 8, 8), np.float32))
     assert igcli.Session(small, gradients="fd").attribute(tmp_path / "s.npy").fd_groups == "1"
+
+
+def test_the_library_takes_what_a_notebook_passes_and_refuses_the_rest_in_one_line(tmp_path):
+    """Found by a hostile sweep: generators, numpy integers, a lone sample and miscounted
+    targets raised raw TypeError/IndexError or were refused; warnings were dropped unless
+    `warn` was given; a URL given to save() wrote a local folder named 's3:'."""
+    session = igcli.Session(CANCER)
+    samples = session.load(CANCER_CSV)[:3]
+    settings = igcli.AttributionSettings(steps=np.int64(8))
+    assert len(session.attribute_many((s for s in samples), settings=settings)) == 3
+    assert session.attribute_many(iter([]), settings=settings) == []
+    assert len(session.attribute_many(samples[0], settings=settings)) == 1
+    for bad in (
+        dict(targets_per_sample=[[1]]),
+        dict(targets="a"),
+        dict(settings={"steps": 4}),
+    ):
+        with pytest.raises(UsageError):
+            session.attribute_many(samples, **({"settings": settings} | bad))
+    one = session.attribute_many(samples, targets=np.int64(1), settings=settings)
+    assert [a[0].target for a in one] == [1, 1, 1]
+    with pytest.warns(igcli.IgcliWarning, match="miss F"):
+        session.attribute(np.full(30, 1e30, np.float32), steps=4)
+    a = one[0][0]
+    assert len(repr(a)) < 400 and "target 1" in repr(a)
+    with pytest.raises(UsageError, match="local folder"):
+        a.save("s3://bucket/run")
+    assert not (tmp_path / "s3:").exists()
+    assert a.save(tmp_path, name="sub/x")["name"] == "sub/x"
