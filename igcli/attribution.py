@@ -72,6 +72,30 @@ class Attribution(Completeness):
             f"baseline {self.baseline_name}, gradients {self.gradient_source}>"
         )
 
+    @classmethod
+    def from_record(cls, record: dict, prep: Preprocessing) -> Attribution:
+        """What a record keeps of an attribution, without its arrays or its sample (to draw
+        it again from its .npy: see batch's shared colour scale)."""
+        own = {
+            "input", "name", "target", "label", "output", "f_input", "f_baseline",
+            "attribution_sum", "delta", "abs_error", "rel_error", "steps", "method",
+            "baseline", "gradient_source", "fd_step", "fd_groups", "wall_time_s", "at",
+            "aggregate", "attributions_file", "heatmap_file", "status", "settings_hash",
+        }  # fmt: skip
+        extra = {k: v for k, v in record.items() if k not in own}
+        family = bool(extra.get("path") or extra.get("noise") or extra.get("baselines"))
+        return cls(
+            attributions=None, sample=None, baseline=None, target=record["target"],
+            label=record.get("label"), output=record.get("output", ""),
+            f_input=float(record["f_input"]), f_baseline=float(record["f_baseline"]),
+            steps=record.get("steps"), method=record.get("method", ""),
+            baseline_name=record.get("baseline", ""),
+            gradient_source=record.get("gradient_source", ""), prep=prep,
+            fd_step=record.get("fd_step"), fd_groups=record.get("fd_groups"),
+            extra=extra, at=record.get("at"), aggregate=record.get("aggregate", "sum"),
+            completeness_sum=float(record["attribution_sum"]) if family else None,
+        )  # fmt: skip
+
     # -- per position ---------------------------------------------------------------------
     @property
     def positions(self) -> np.ndarray | None:

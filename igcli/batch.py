@@ -388,7 +388,24 @@ class BatchRun:
 
     def _resume(self, records: list[dict]) -> None:
         self.report.resumed += 1
+        self._redraw_with_the_run(records)
         self._accept(records)  # JSON lines as if computed now: a pipeline misses nothing
+
+    def _redraw_with_the_run(self, records: list[dict]) -> None:
+        """Resumed heatmaps join the run's shared colour scale: they are drawn again with it
+        in `finish`, from their .npy, as this run's own are (they kept the scale of the run
+        that drew them, so one folder mixed two scales)."""
+        if not (self.outputs.shared_scale and self.outputs.heatmaps) or self.remote is not None:
+            return
+        if not self.session.prep.is_image_model:
+            return
+        for r in records:
+            if not r.get("heatmap_file") or not r.get("attributions_file"):
+                continue
+            light = Attribution.from_record(r, self.session.prep)
+            light.extra = dict(light.extra, sample_path=r["input"], sample_name=r["name"])
+            npy = Path(self.local_out) / r["attributions_file"]
+            self.deferred.append((light, npy, Path(self.local_out) / r["heatmap_file"]))
 
     def _existing(self, item: InputItem) -> list[dict] | None:
         if self.remote is None:

@@ -258,6 +258,12 @@ def run_explain(
         return ExitCode.INPUTS_FAILED
     if the_plan.shard and the_plan.shard.source:
         messages.info(f"shard {the_plan.shard} (from {the_plan.shard.source})")
+    if the_plan.shard and the_plan.shard.n > 1 and outputs.shared_scale and outputs.heatmaps:
+        messages.warn(
+            f"--scale shared with --shard {the_plan.shard}: this shard's heatmaps share one "
+            "colour scale, not the whole run's (merge-reports does not draw them again); "
+            "one process, or --dask, shares it over every input"
+        )
     batch = start(
         session,
         the_plan,

@@ -104,3 +104,29 @@ def test_captions_name_the_baseline_and_csv_titles_the_row(tmp_path):
     top = a.record()["top_features"]
     assert len(top) == 10 and abs(top[0]["attribution"]) >= abs(top[-1]["attribution"])
     assert {"name", "value", "attribution"} <= set(top[0])
+
+
+def test_resumed_heatmaps_are_drawn_again_with_the_runs_shared_scale(tmp_path):
+    """A resumed run drew its shared scale from its new inputs only, and the resumed inputs
+    kept the first run's scale: now every heatmap equals a one-pass run's. A shard says that
+    its scale is its own."""
+    part, every = tmp_path / "part", tmp_path / "all"
+    part.mkdir()
+    every.mkdir()
+    for k, png in enumerate(DIGIT_PNGS[:4]):
+        (every / png.name).write_bytes(png.read_bytes())
+        if k < 2:
+            (part / png.name).write_bytes(png.read_bytes())
+    shared = ("--scale", "shared", "-q")
+    assert run("explain", DIGITS, part, "--out", tmp_path / "r", *shared).exit_code == 0
+    for png in DIGIT_PNGS[2:4]:
+        (part / png.name).write_bytes(png.read_bytes())
+    again = run("explain", DIGITS, part, "--out", tmp_path / "r", "--skip-existing", *shared)
+    assert again.exit_code == 0, again.stderr
+    assert run("explain", DIGITS, every, "--out", tmp_path / "f", *shared).exit_code == 0
+    for png in DIGIT_PNGS[:4]:
+        name = png.stem + ".png"
+        assert (tmp_path / "r" / name).read_bytes() == (tmp_path / "f" / name).read_bytes()
+    shard = run("explain", DIGITS, every, "--out", tmp_path / "s", "--scale", "shared",
+                "--shard", "1/2")  # fmt: skip
+    assert shard.exit_code == 0 and "not the whole run's" in shard.stderr
