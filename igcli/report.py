@@ -534,9 +534,7 @@ def merge_reports(
     if not paths:
         raise UsageError("merge-reports needs at least one report.json")
     reports = [load_report(p) for p in paths]
-    hashes = {r.get("model_sha256") for r in reports}
-    if len(hashes) > 1:
-        raise ShardError("reports are of different models (model_sha256 differs)")
+    check_same_run(paths, reports)
     if expect is not None:
         check_shards(paths, reports, expect)
     first = reports[0]
@@ -634,9 +632,61 @@ def check_shards(paths: list, reports: list[dict], expect: int) -> None:
             "the shards planned different inputs (the input listing changed between them?); "
             "plan once with `igcli plan` and run every shard with --manifest"
         )
-    made = {r.get("settings_hash") for rep in reports for r in rep["results"]} - {None}
-    if len(made) > 1:
-        raise ShardError("the shards ran with different settings (settings_hash differs)")
+
+
+# What may differ between the reports of one run: where and when each part ran, and what
+# it took its share of (`plan`: --expect holds shards to one plan; without it, runs over
+# different inputs may be joined).
+_NOT_SETTINGS = {
+    "shard",
+    "shard_source",
+    "wall_time_s",
+    "model_time_s",
+    "plan",
+    "dask",
+    "merged_from",
+    "shards",
+    *_PER_MACHINE,
+}
+
+
+def check_same_run(paths: list, reports: list[dict]) -> None:
+    """One model and one set of settings across the reports, with or without --expect:
+    records made differently must not be joined (nor one run's dropped as duplicates of
+    another's). A ShardError names two of the files and what differs."""
+    first_path, first = paths[0], reports[0]
+    for path, rep in zip(paths[1:], reports[1:], strict=True):
+        if rep.get("model_sha256") != first.get("model_sha256"):
+            raise ShardError(
+                f"{first_path} and {path} are reports of different models (model_sha256 differs)"
+            )
+    settings = [rep.get("settings") or {} for rep in reports]
+    for path, s in zip(paths[1:], settings[1:], strict=True):
+        for key in sorted((set(settings[0]) | set(s)) - _NOT_SETTINGS):
+            a, b = settings[0].get(key), s.get(key)
+            if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+                raise ShardError(
+                    f"{first_path} and {path} ran with different settings: "
+                    f"{key} {_shown(a)} and {_shown(b)}"
+                )
+    made: dict[str, object] = {}  # settings_hash -> the first report with it
+    for path, rep in zip(paths, reports, strict=True):
+        for r in rep["results"]:
+            h = r.get("settings_hash")
+            if h is not None and h not in made:
+                made[h] = path
+                if len(made) > 1:
+                    other = next(iter(made.values()))
+                    files = f"{other} and {path}" if other != path else str(path)
+                    raise ShardError(
+                        f"{files} ran with different settings: settings_hash differs "
+                        "(heatmap style, targets or igcli version)"
+                    )
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def find_reports(where) -> list:

@@ -1,0 +1,80 @@
+"""merge-reports joins one run's reports only: the same model and settings, and says why
+it fails (exit 4 or 5) as explain does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from igcli.errors import ExitCode
+from tests.test_cli import DIGIT_PNGS, DIGITS, run
+
+INPUTS = DIGIT_PNGS[:4]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Shard 1/2 at 16 steps and 2/2 at 8 into one folder; two whole runs at 8 and 16."""
+    root = tmp_path_factory.mktemp("merge")
+    for k, steps in ((1, "16"), (2, "8")):
+        result = run("explain", DIGITS, *INPUTS, "--steps", steps, "--shard", f"{k}/2",
+                     "--out", root / "mixed", "-q", "--no-heatmaps")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    for steps in ("8", "16"):
+        result = run("explain", DIGITS, *INPUTS, "--steps", steps, "--out", root / f"s{steps}",
+                     "-q", "--no-heatmaps")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    return root
+
+
+def test_reports_of_different_settings_do_not_merge(shards, tmp_path):
+    mixed = shards / "mixed"
+    for extra in ((), ("--expect", "2")):
+        result = run("merge-reports", mixed, "--out", tmp_path / "m", *extra)
+        assert result.exit_code == ExitCode.SHARDS, result.stderr
+        line = result.stderr.strip()
+        assert "\n" not in line and "Traceback" not in line
+        assert "report.shard-1-of-2.json and " in line and "report.shard-2-of-2.json" in line
+        assert "different settings: steps 16 and 8" in line
+        assert not (tmp_path / "m" / "report.json").exists()
+    # two whole runs: one's records were dropped as duplicates of the other's
+    result = run("merge-reports", shards / "s8", shards / "s16", "--out", tmp_path / "m2")
+    assert result.exit_code == ExitCode.SHARDS
+    assert "s8/report.json and " in result.stderr and "steps 8 and 16" in result.stderr
+
+
+def test_a_heatmap_style_that_differs_is_named_by_settings_hash(shards, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    data = json.loads((shards / "s8" / "report.json").read_text())
+    for r in data["results"]:
+        r["settings_hash"] = "0" * 16
+    (other / "report.json").write_text(json.dumps(data))
+    result = run("merge-reports", shards / "s8", other, "--out", tmp_path / "m")
+    assert result.exit_code == ExitCode.SHARDS
+    assert "other/report.json ran with different settings: settings_hash" in result.stderr
+
+
+def test_per_shard_values_do_not_count_as_settings(shards, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    data = json.loads((shards / "s8" / "report.json").read_text())
+    data["settings"].update(wall_time_s=99.0, threads=7, batch_size=3, dask={"workers": 2})
+    (other / "report.json").write_text(json.dumps(data))
+    result = run("merge-reports", shards / "s8", other, "--out", tmp_path / "m")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_different_models_name_both_files(shards, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    data = json.loads((shards / "s8" / "report.json").read_text())
+    data["model_sha256"] = "f" * 64
+    (other / "report.json").write_text(json.dumps(data))
+    result = run("merge-reports", shards / "s8", other, "--out", tmp_path / "m")
+    assert result.exit_code == ExitCode.SHARDS
+    assert (
+        f"{shards / 's8' / 'report.json'} and {other / 'report.json'} are reports of "
+        "different models" in result.stderr
+    )
