@@ -1104,14 +1104,16 @@ def merge_reports_cmd(
         check_writable(out)
     merged.write(out)
     s = merged.summary()
+    where = f"{str(out).rstrip('/')}/report.json"
     messages.info(
         f"merged {len(paths)} reports: {s['explained']} explained, {s['failed']} failed "
-        f"-> {str(out).rstrip('/')}/report.json"
+        f"-> {where}"
     )
-    if s["failed"]:
-        sys.exit(int(ExitCode.INPUTS_FAILED))
-    if merged.gate and not merged.gate["passed"]:
-        sys.exit(int(ExitCode.COMPLETENESS))
+    code, problems = merged.verdict(where)
+    for line in problems:
+        messages.error(line)
+    if code:
+        sys.exit(int(code))
 
 
 def _manifest_order(manifest: str | None, paths: list) -> dict[str, int] | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import onnxruntime
 
 from igcli import __version__
-from igcli.errors import IgcliError, ShardError, UsageError
+from igcli.errors import ExitCode, IgcliError, ShardError, UsageError
 from igcli.files import first_line, os_reason
 from igcli.html_report import render_html
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -185,6 +185,25 @@ class RunReport:
         failing = [r["name"] for r in self.results if _over(_gated_error(r), limit)]
         self.gate = {"max": limit, "passed": not failing, "failing": failing}
         return failing
+
+    def verdict(self, report_file: str, listed: int = 10) -> tuple[ExitCode, list[str]]:
+        """The exit code of a finished report and the error lines explain prints for it
+        (the first `listed` failures, then the count or the gate's failing names), so
+        merge-reports says why it fails as the run did."""
+        if self.failures:
+            lines = [str(f.get("error")) for f in self.failures[:listed]]
+            if len(self.failures) > listed:
+                lines.append(f"... and {len(self.failures) - listed} more failure(s)")
+            lines.append(f"{len(self.failures)} input(s) failed; see {report_file}")
+            return ExitCode.INPUTS_FAILED, lines
+        if self.gate and not self.gate["passed"]:
+            failing = self.gate["failing"]
+            more = " ..." if len(failing) > 10 else ""
+            limit = self.gate["max"]
+            return ExitCode.COMPLETENESS, [
+                f"completeness error over {limit} for: {', '.join(failing[:10])}{more}"
+            ]
+        return ExitCode.OK, []
 
     def write(self, out_dir, stem: str = "report", staging: Path | None = None) -> list[str]:
         """`<stem>`.json, .csv, .md and .html, each written whole (a shard's stem is

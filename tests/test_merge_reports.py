@@ -78,3 +78,25 @@ def test_different_models_name_both_files(shards, tmp_path):
         f"{shards / 's8' / 'report.json'} and {other / 'report.json'} are reports of "
         "different models" in result.stderr
     )
+
+
+def test_a_failing_merge_says_why_as_explain_does(shards, tmp_path):
+    data = json.loads((shards / "s8" / "report.json").read_text())
+    names = [r["name"] for r in data["results"]]
+    gated = tmp_path / "gated"
+    gated.mkdir()
+    data["gate"] = {"max": 1e-12, "passed": False, "failing": names}
+    (gated / "report.json").write_text(json.dumps(data))
+    result = run("merge-reports", gated, "--out", tmp_path / "m")
+    assert result.exit_code == ExitCode.COMPLETENESS
+    assert f"error: completeness error over 1e-12 for: {', '.join(names)}" in result.stderr
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    data["gate"] = None
+    data["failures"] = [{"input": "bad.png", "name": "bad", "status": "error",
+                         "error": "bad.png: not an image"}]  # fmt: skip
+    (failed / "report.json").write_text(json.dumps(data))
+    result = run("merge-reports", failed, "--out", tmp_path / "m3")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "error: bad.png: not an image" in result.stderr
+    assert f"error: 1 input(s) failed; see {tmp_path / 'm3'}/report.json" in result.stderr
