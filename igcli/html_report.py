@@ -8,7 +8,8 @@ close the script element) and only ever through textContent and attributes, neve
 
 The table shows one page of rows at a time (PAGE_SIZE) with lazy thumbnails, so a run of
 10,000 inputs gives a page of a few MB that opens at once. Heatmap links are relative to the
-page: a merged report may live in another folder than the shards' PNGs.
+page: a merged report may live in another folder than the shards' PNGs. Files in object
+storage that no relative link reaches (a local page, another bucket) are linked by their URL.
 
 For tabular runs (CSV rows, whose attributions are vectors of features) the page adds a summary
 over all rows: mean |attribution| per feature as bars and each row's attribution per feature as
@@ -67,19 +68,20 @@ _COLS = [
 ]
 
 
-def render_html(data: dict, page_dir: Path, roots: list | None = None) -> str:
+def render_html(data: dict, page_dir, roots: list | None = None) -> str:
     """The page for `data` (report.json's content), to be written into `page_dir`.
 
     `roots[k]` is the folder that results[k]'s heatmap_file and attributions_file are relative
     to (a merged report's shard folders); None or missing means `page_dir`, as in a run.
+    Either may be an object storage URL.
     """
-    page_dir = Path(page_dir)
+    page_dir = _place(page_dir)
     results = data.get("results") or []
     if not hasattr(results, "__len__"):
         results = list(results)  # several passes below: a re-iterable (a spool) or a list
     roots = list(roots or [])
     roots += [None] * (len(results) - len(roots))
-    record_dirs = [Path(r) if r else page_dir for r in roots]
+    record_dirs = [_place(r) if r else page_dir for r in roots]
     model = str(data.get("model") or "")
     title = f"igcli report: {Path(model).name or 'run'}"
     gate = data.get("gate") or None
@@ -142,6 +144,13 @@ def render_html(data: dict, page_dir: Path, roots: list | None = None) -> str:
 # ---------------------------------------------------------------- data for the script
 
 
+def _place(where):
+    """A folder as a Path, or a storage.URL (a URL made a Path loses a slash: "s3:/b")."""
+    from igcli.storage import is_url, location
+
+    return location(where) if is_url(str(where)) else Path(where)
+
+
 def _row(r: dict, root: Path, links: _Links) -> list:
     """One result as the compact list the script reads (columns in _COLS order)."""
     out = []
@@ -169,6 +178,10 @@ class _Links:
     def href(self, root: Path, rel: str | None) -> str | None:
         if not rel:
             return None
+        from igcli.storage import is_url
+
+        if is_url(str(root)) or is_url(str(self.page_dir)):
+            return self._stored(root, str(rel))
         if root not in self.prefixes:
             try:
                 prefix = os.path.relpath(root, self.page_dir).replace(os.sep, "/")
@@ -180,6 +193,20 @@ class _Links:
             return Path(os.path.abspath(Path(root) / rel)).as_uri()
         path = str(rel).replace(os.sep, "/")
         return quote(path if prefix == "." else f"{prefix}/{path}", safe="/")
+
+    def _stored(self, root, rel: str) -> str:
+        """A page or file in object storage: relative within one bucket (as report.json
+        links), else the object's URL, or a local file's file:// URL from a stored page."""
+        from igcli.report import relative_link
+        from igcli.storage import is_url
+
+        link = relative_link(str(root), rel, str(self.page_dir))
+        if is_url(link):
+            scheme, rest = link.split("://", 1)
+            return f"{scheme}://{quote(rest, safe='/')}"
+        if os.path.isabs(link):
+            return Path(link).as_uri()
+        return quote(link, safe="/")
 
 
 def _compact(value):
@@ -530,6 +557,7 @@ def _tabular_section(results: list[dict], dirs: list[Path], model: str) -> str:
     """Attributions per feature over all CSV rows, one figure per explained target."""
     rows = []  # (the few fields used below, vector)
     unreadable = 0
+    wanted = []  # (record, where its attributions are)
     for k, (r, d) in enumerate(zip(results, dirs, strict=True)):
         if k >= HTML_ROWS:
             break
@@ -537,8 +565,11 @@ def _tabular_section(results: list[dict], dirs: list[Path], model: str) -> str:
             continue
         if r.get("at"):  # attributed at a tensor inside the model: not the CSV's features
             continue
+        wanted.append((r, d / r["attributions_file"]))
+    stored = _read_stored([where for _, where in wanted])
+    for r, where in wanted:
         try:
-            a = _load_vector(d / r["attributions_file"])
+            a = _load_vector(stored.get(str(where), where))
         except (OSError, ValueError):
             unreadable += 1
             continue
@@ -589,11 +620,23 @@ _NPY_HEADER = re.compile(
 )
 
 
-def _load_vector(path: Path) -> np.ndarray:
-    """An attributions .npy. The (1, F) float files igcli writes are read directly: for 10,000
-    rows np.load's header parsing took most of the page's time; anything else goes to np.load.
+def _read_stored(places: list) -> dict[str, bytes | Exception]:
+    """The objects among `places` (URLs), fetched together: one request at a time would
+    take minutes for 10,000 rows. Local paths are left out (read as they come)."""
+    from igcli.storage import is_url, read_many
+
+    urls = [str(p) for p in places if is_url(str(p))]
+    return read_many(urls) if urls else {}
+
+
+def _load_vector(path) -> np.ndarray:
+    """An attributions .npy (a local path, or an object's bytes or the error reading it).
+    The (1, F) float files igcli writes are read directly: for 10,000 rows np.load's header
+    parsing took most of the page's time; anything else goes to np.load.
     """
-    data = path.read_bytes()
+    if isinstance(path, Exception):
+        raise OSError(str(path))
+    data = path if isinstance(path, bytes) else path.read_bytes()
     if data[:8] == b"\x93NUMPY\x01\x00":
         end = 10 + int.from_bytes(data[8:10], "little")
         match = _NPY_HEADER.match(data[10:end])

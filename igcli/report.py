@@ -232,7 +232,7 @@ class RunReport:
                 "skipped": self.skipped,
             }
             roots = [r.get("_root") for r in self.results]  # a merged result's shard folder
-            page = local if remote and not any(roots) else Path(str(out_dir))
+            page = local if remote and not any(roots) else out_dir
             atomic_write_text(local / names[3], render_html(data, page, roots))
             if remote:
                 for name in names:
@@ -398,10 +398,13 @@ def relinked(record: dict, out_dir: str | None) -> dict:
 
 def relative_link(root: str, rel: str, out_dir: str) -> str:
     """`root/rel` as seen from `out_dir` (both folders, local paths or URLs of one store);
-    absolute when no relative link reaches it."""
+    absolute when no relative link reaches it: the object's URL, or a local file's absolute
+    path from a report in object storage."""
     from igcli.storage import is_url
 
     target = f"{root.rstrip('/')}/{rel}"
+    if not is_url(root) and is_url(out_dir):
+        return Path(os.path.abspath(target)).as_posix()
     if is_url(root) or is_url(out_dir):
         a, b = root.split("://", 1), out_dir.split("://", 1)
         if len(a) != 2 or len(b) != 2 or a[0] != b[0] or a[1].split("/")[0] != b[1].split("/")[0]:

@@ -111,6 +111,24 @@ def read_bytes(where: str | os.PathLike, error: type[IgcliError] = UsageError) -
         raise error(f"cannot read ({_remote_reason(exc)})", where) from None
 
 
+def read_many(urls: list[str]) -> dict[str, bytes | Exception]:
+    """Small objects fetched concurrently (fsspec's batched cat), each its bytes or the
+    error reading it; never raises for one object."""
+    if not urls:
+        return {}
+    fs, _ = filesystem(urls[0])
+    paths = {fs._strip_protocol(u): u for u in urls}
+    try:
+        got = fs.cat(list(paths), on_error="return")
+    except Exception as exc:  # the store itself: every object unread
+        return dict.fromkeys(urls, exc)
+    out: dict[str, bytes | Exception] = {}
+    for path, url in paths.items():
+        value = got.get(path, FileNotFoundError(url))
+        out[url] = value if isinstance(value, (bytes, Exception)) else OSError(url)
+    return out
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """One whole object."""
     fs, path = filesystem(url)

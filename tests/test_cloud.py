@@ -172,3 +172,39 @@ def test_missing_objects_and_stores_are_one_line_errors(tmp_path):
     assert result.exit_code == ExitCode.USAGE and "cannot read (no such object)" in result.stderr
     result = run("explain", DIGITS, "nosuchproto://b/x.png", "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.USAGE and "cannot open this store" in result.stderr
+
+
+def test_merged_reports_link_stored_files_by_url_and_local_files_absolutely(tmp_path):
+    """CSV shards in storage merged here: the page has its per-feature section (read from
+    the store) and links the objects by URL; local shards merged into storage link the
+    local files by absolute path (not relative to the working directory)."""
+    from tests.test_cli import CANCER, CANCER_CSV
+    from tests.test_html_report import blob
+
+    mem = fsspec.filesystem("memory")
+    for k in (1, 2):
+        for out in ("memory://merge-sh", tmp_path / "loc"):
+            result = run("explain", CANCER, CANCER_CSV, "--shard", f"{k}/2", "--out", out,
+                         *STEPS, "-q")  # fmt: skip
+            assert result.exit_code == 0, result.stderr
+    here = tmp_path / "fromstore"
+    result = run("merge-reports", "memory://merge-sh", "--expect", "2", "--out", here)
+    assert result.exit_code == 0, result.stderr
+    page = (here / "report.html").read_text()
+    assert "Attributions per feature" in page
+    report = json.loads((here / "report.json").read_text())
+    data = blob(page)
+    links = [r[data["cols"].index("heatmap")] for r in data["rows"]]
+    assert links == [r["heatmap_file"] for r in report["results"]]
+    assert all(link.startswith("memory://merge-sh/") for link in links)
+    assert mem.exists(links[0][len("memory://") :])
+    result = run("merge-reports", tmp_path / "loc", "--expect", "2", "--out", "memory://merged")
+    assert result.exit_code == 0, result.stderr
+    stored = json.loads(mem.cat("/merged/report.json"))
+    first = stored["results"][0]["heatmap_file"]
+    assert first == str(tmp_path / "loc" / stored["results"][0]["name"]) + ".png"
+    page = mem.cat("/merged/report.html").decode()
+    assert "Attributions per feature" in page
+    assert blob(page)["rows"][0][data["cols"].index("heatmap")] == (
+        (tmp_path / "loc" / stored["results"][0]["name"]).as_uri() + ".png"
+    )
