@@ -129,10 +129,13 @@ def _link_problem(file: Path, root: Path) -> str | None:
     return None
 
 
-def read_path_list(stdin) -> list[Path]:
+def read_path_list(stdin) -> list:
     """Paths from standard input: one per line (surrounding blanks dropped), or separated by
     NUL bytes (`find -print0`) when there is any, which keeps newlines and blanks in names.
-    Bytes that are not UTF-8 are kept (as os.fsdecode does), so such files can be read."""
+    Bytes that are not UTF-8 are kept (as os.fsdecode does), so such files can be read.
+    Object storage URLs are storage.URLs, as on the command line (a Path drops a slash)."""
+    from igcli.storage import location
+
     if stdin is None:
         raise UsageError("'-' needs a list of paths on standard input")
     isatty = getattr(stdin, "isatty", None)
@@ -145,7 +148,7 @@ def read_path_list(stdin) -> list[Path]:
         parts = [p for p in raw.split(b"\0") if p]
     else:
         parts = [line.strip() for line in raw.splitlines() if line.strip()]
-    return [Path(os.fsdecode(p)) for p in parts]
+    return [location(os.fsdecode(p)) for p in parts]
 
 
 def discover(

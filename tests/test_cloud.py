@@ -208,3 +208,12 @@ def test_merged_reports_link_stored_files_by_url_and_local_files_absolutely(tmp_
     assert blob(page)["rows"][0][data["cols"].index("heatmap")] == (
         (tmp_path / "loc" / stored["results"][0]["name"]).as_uri() + ".png"
     )
+
+
+def test_urls_read_from_stdin_are_fetched(tmp_path):
+    fsspec.filesystem("memory").pipe("/stdin-in/d.png", DIGIT_PNGS[0].read_bytes())
+    result = run("explain", DIGITS, "-", "--out", tmp_path / "o", *STEPS, "-q",
+                 input="memory://stdin-in/d.png\n")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["results"][0]["input"] == "memory://stdin-in/d.png"

@@ -251,3 +251,13 @@ def test_output_names_never_collide(tmp_path, entries):
         assert "\n" not in item.name
         assert item.name.split("/")[0].casefold() not in REPORT_FILES or "/" not in item.name
         output_stem(out, item.name + ".record.json")  # stays inside --out
+
+
+def test_stdin_urls_are_urls_as_on_the_command_line():
+    from igcli.storage import URL
+
+    paths = read_path_list(Stdin(b"s3://bkt/sh/x.png\nfile:///tmp/y.png\nlocal.png\n"))
+    assert paths == [URL("s3://bkt/sh/x.png"), Path("/tmp/y.png"), Path("local.png")]
+    assert isinstance(paths[0], URL) and isinstance(paths[1], Path)
+    found = discover(["-"], stdin=Stdin(b"s3://bkt/sh/x.png\n"))
+    assert [(str(i.path), i.name) for i in found.items] == [("s3://bkt/sh/x.png", "x")]
