@@ -108,6 +108,10 @@ def read_bytes(where: str | os.PathLike, error: type[IgcliError] = UsageError) -
     except IgcliError:
         raise
     except Exception as exc:
+        if not isinstance(loc, URL) and isinstance(exc, OSError):  # a local file's words
+            from igcli.files import os_reason
+
+            raise error(f"cannot read ({os_reason(exc)})", where) from None
         raise error(f"cannot read ({_remote_reason(exc)})", where) from None
 
 
@@ -171,10 +175,18 @@ def list_files(url: str, recursive: bool) -> list[URL]:
 
 
 def check_writable(url: str) -> None:
-    """Fail early when the output prefix cannot be written (one small object, removed)."""
+    """Fail early when the output prefix cannot be written (one small object, removed).
+    The error names the prefix, not the probe; a write that finds nothing to write into
+    means the bucket (container) does not exist."""
     probe = URL(url) / f".igcli-write-check.{os.getpid()}"
-    write_bytes(probe, b"")
     fs, path = filesystem(probe)
+    try:
+        fs.pipe_file(path, b"")
+    except FileNotFoundError:
+        bucket = URL(url)._path.split("/", 1)[0]
+        raise OutputError(f"cannot write (bucket {bucket!r} does not exist)", url) from None
+    except Exception as exc:
+        raise OutputError(f"cannot write ({_remote_reason(exc)})", url) from None
     with contextlib.suppress(Exception):
         fs.rm_file(path)
 

@@ -217,3 +217,16 @@ def test_urls_read_from_stdin_are_fetched(tmp_path):
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["results"][0]["input"] == "memory://stdin-in/d.png"
+
+
+def test_a_missing_bucket_or_local_manifest_is_said_so(s3, tmp_path):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", "s3://igcli-nobucket/r", *STEPS)
+    assert result.exit_code == ExitCode.OUTPUT
+    line = result.stderr.strip().splitlines()[-1]
+    assert (
+        line
+        == "error: s3://igcli-nobucket/r: cannot write (bucket 'igcli-nobucket' does not exist)"
+    )
+    result = run("explain", DIGITS, "--manifest", tmp_path / "nope.jsonl", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE
+    assert f"{tmp_path / 'nope.jsonl'}: cannot read (no such file)" in result.stderr
