@@ -87,3 +87,31 @@ def test_local_n_and_bad_addresses(tmp_path):
     bad = run("explain", DIGITS, str(ROOT / "sample_inputs" / "digits"), "--out", tmp_path,
               "--dask", "local:x")  # fmt: skip
     assert bad.exit_code == 2 and "use local:N or a scheduler address" in bad.stderr
+
+
+def test_local_n_above_the_cpus_starts_one_worker_per_cpu(tmp_path, monkeypatch):
+    from igcli import distributed as igcli_distributed
+
+    folder = tmp_path / "in"
+    make_digits(folder, 6)
+    monkeypatch.setattr(igcli_distributed, "usable_cpus", lambda: 1)
+    result = run("explain", DIGITS, folder, "--out", tmp_path / "out", *STEPS,
+                 "--dask", "local:3")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "--dask local:3: starting 1 worker(s), one per CPU" in result.stderr
+    assert load(tmp_path / "out" / "report.json")["settings"]["dask"]["workers"] == 1
+
+
+def test_quiet_leaves_only_dask_errors(monkeypatch):
+    import logging
+
+    from igcli.distributed import quiet_dask
+
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")  # restored afterwards
+    level = logging.getLogger("distributed").level
+    try:
+        quiet_dask()
+        assert logging.getLogger("distributed.nanny").getEffectiveLevel() == logging.ERROR
+        assert os.environ["DASK_LOGGING__DISTRIBUTED"] == "error"  # worker processes' level
+    finally:
+        logging.getLogger("distributed").setLevel(level)
