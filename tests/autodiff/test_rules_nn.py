@@ -198,6 +198,9 @@ max_pool("3d", (1, 2, 4, 5, 4), 13, kernel_shape=[2, 3, 2], strides=[2, 1, 2],
          pads=[0, 1, 0, 1, 0, 1])  # fmt: skip
 max_pool("dilated", (1, 1, 7, 8), 17, kernel_shape=[2, 3], dilations=[2, 2], pads=[1, 0, 1, 1])
 max_pool("3x3s2-pads", (1, 2, 7, 7), 22, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+# narrower than the window (two taps one offset apart): a class at a time, not by tap
+max_pool("narrow", (1, 2, 5, 2), 9, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+max_pool("3x3s2-pads-11", (2, 2, 7, 7), 11, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
 add("MaxPool", {"x": distinct(1, 2, 7, 7)}, {"kernel_shape": [3, 3], "strides": [2, 2]},
     "indices-output", opset=11, n_outputs=2)  # fmt: skip
 for opset in (9, 18):
@@ -417,6 +420,17 @@ def test_max_pool_ties_go_to_the_first_maximum(k, s, pad, opset):
     seed = rng.standard_normal((2, 3, out, out)).astype(np.float32)
     got = sess.run([GRAD], {"x": x, SEED: seed})[0]
     np.testing.assert_allclose(got, _first_argmax_scatter(x, seed, k, s, pad), atol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "scatters"), [((1, 2, 9, 9), False), ((1, 2, 5, 2), True)])
+def test_overlapping_max_pool_windows_go_by_tap_before_opset_16(shape, scatters):
+    """ResNet-50's pool at opset 9: the one-hot ConvTranspose of each window's tap, not
+    four classes of Gathers and Scatters; a window wider than the input keeps the classes."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                            pads=[1] * 4)  # fmt: skip
+    model = make_model([node], {"x": distinct(*shape)}, "y", 9)
+    ops = {n.op_type for n in build_gradient_model(model, "x", "y").graph.node}
+    assert ("Scatter" in ops) == scatters and ("ConvTranspose" in ops) != scatters
 
 
 @pytest.mark.parametrize("eq", ["ii->i", "ii", "iij,jk->ik"])
