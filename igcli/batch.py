@@ -501,9 +501,13 @@ class BatchRun:
                 light.extra = dict(a.extra, sample_path=a.sample.path, sample_name=a.sample.name)
                 self.deferred.append((light, npy, npy.with_suffix(".png")))
             if self.remote is not None:
-                for path in (npy, png):
-                    if path is not None:
-                        self.remote.upload(self._rel(path))
+                # kept: arrays the shared scale draws from, and the vectors the report's
+                # per-feature section reads (inputs that are no image)
+                self.remote.upload(
+                    self._rel(npy), keep=defer or not is_image_like(a.sample, a.prep)
+                )
+                if png is not None:
+                    self.remote.upload(self._rel(png))
         marker = record_path(out, item.name)
         atomic_write_text(marker, json.dumps({"input": str(item.path), "records": records}) + "\n")
         if self.remote is not None:
@@ -572,6 +576,7 @@ class BatchRun:
             atomic_save_png(png, self._reload(light, npy).image(style, vmax=vmax))
             if self.remote is not None:
                 self.remote.upload(self._rel(png))
+                npy.unlink(missing_ok=True)  # uploaded when written; drawn now
         self.deferred.clear()
 
     def _reload(self, light: Attribution, npy: Path) -> Attribution:

@@ -209,10 +209,15 @@ class RemoteOutputs:
     def __reduce__(self):  # sent to Dask workers: each stages in its own folder
         return (RemoteOutputs, (self.url,))
 
-    def upload(self, rel: str) -> None:
+    def upload(self, rel: str, keep: bool = False) -> None:
+        """Upload a staged file, then drop the local copy unless `keep` (the run reads it
+        again): a run to object storage needs local disk for the files in flight, not for
+        its whole output."""
         upload(self.staging / rel, self.url / rel)
         if self._listing is not None:
             self._listing.add(rel)
+        if not keep:
+            (self.staging / rel).unlink(missing_ok=True)
 
     def listing(self) -> set[str]:
         if self._listing is None:

@@ -7,6 +7,7 @@ nothing leaves this machine.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 
 import pytest
@@ -230,3 +231,31 @@ def test_a_missing_bucket_or_local_manifest_is_said_so(s3, tmp_path):
     result = run("explain", DIGITS, "--manifest", tmp_path / "nope.jsonl", "--out", tmp_path)
     assert result.exit_code == ExitCode.USAGE
     assert f"{tmp_path / 'nope.jsonl'}: cannot read (no such file)" in result.stderr
+
+
+def test_staged_files_go_once_uploaded_unless_the_run_reads_them_again(tmp_path, monkeypatch):
+    """A run to object storage kept every staged file until it ended, so it needed local disk
+    for its whole output. Image runs now keep none; --scale shared keeps the arrays it draws
+    from until it has drawn them, and a CSV run the vectors its report reads."""
+    from igcli import storage
+    from tests.test_cli import CANCER, CANCER_CSV
+
+    staged = []
+    monkeypatch.setattr(storage.RemoteOutputs, "cleanup", lambda self: staged.append(self))
+
+    def left(run_args) -> list[str]:
+        staged.clear()
+        result = run("explain", *run_args, *STEPS, "-q")
+        assert result.exit_code == 0, result.stderr
+        found = sorted(p.suffix for p in staged[0].staging.rglob("*") if p.is_file())
+        shutil.rmtree(staged[0].staging)
+        return found
+
+    mem = fsspec.filesystem("memory")
+    assert ".npy" not in left([DIGITS, *DIGIT_PNGS[:2], "--out", "memory://st-a"])
+    assert ".png" not in left([DIGITS, *DIGIT_PNGS[:2], "--out", "memory://st-b"])
+    shared = left([DIGITS, *DIGIT_PNGS[:2], "--out", "memory://st-c", "--scale", "shared"])
+    assert ".npy" not in shared and ".png" not in shared
+    assert mem.exists("/st-c/" + DIGIT_PNGS[0].stem + ".png")
+    left([CANCER, CANCER_CSV, "--out", "memory://st-d"])
+    assert "Attributions per feature" in mem.cat("/st-d/report.html").decode()
