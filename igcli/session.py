@@ -1267,9 +1267,11 @@ class Session:
 
         names = [runner.output_name, GRAD]  # F and the gradient of each row
         found = _rows_alone_and_together(runner, x, names, target, context)
-        if found is None or found[1] is None:
+        if found is None:
             return True  # the calls themselves fail, or give NaN: the run reports that
         alone, joint = found
+        if joint is None:  # rows that run alone but not together, or come back as fewer
+            return False  # rows (a graph built for a batch of 1): one per call, as for F
         return all(_rows_match(j, a, 1e-5) for j, a in zip(joint, alone, strict=True))
 
     def _check_values(self, context: Context | None) -> Bound | None:

@@ -218,3 +218,40 @@ def test_a_graph_whose_rows_change_each_others_gradients_is_caught(tmp_path):
     assert a.gradient_source == "graph" and a.rel_error < 1e-5
     assert any("change each other's gradients" in w for w in warnings)
     assert run("gradcheck", RESIZE, x, "--target", "4").exit_code == 7
+
+
+def _einsum_model(path, batch):
+    """Einsum bij->bji, Flatten, MatMul: with the batch declared 1 the Einsum rule sees a
+    size-1 axis and its gradient comes back with one row for a call of several."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Einsum", ["x"], ["e"], equation="bij->bji"),
+        helper.make_node("Flatten", ["e"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "einsum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+        [onnx.numpy_helper.from_array(rng.normal(size=(12, 3)).astype(np.float32), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]), path)
+    return path
+
+
+def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row_per_call(
+    tmp_path,
+):
+    """It crashed the run (exit 1, 'shape-mismatch for sum'): the rows check took 'fewer
+    rows back' for 'nothing to compare'. Found by a real-model sweep."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32))
+    warnings = []
+    fixed = igcli.Session(_einsum_model(tmp_path / "b1.onnx", 1), cache=False, threads=1,
+                          batch_size=8, warn=warnings.append)  # fmt: skip
+    got = fixed.attribute(x, steps=16, target=0, baseline="zero")
+    free = igcli.Session(_einsum_model(tmp_path / "bn.onnx", "N"), cache=False)
+    expected = free.attribute(x, steps=16, target=0, baseline="zero")
+    assert got.gradient_source == "graph" and any("one per model call" in w for w in warnings)
+    np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-5, atol=1e-7)
