@@ -111,16 +111,19 @@ def probe_shapes(
         batches, batch_dim = [batch], None
     else:
         batches, batch_dim = [1, 2], batch or "N"
-    # ONNX Runtime wants each output's element type: take those shape inference found.
+    # ONNX Runtime wants each output's element type: those shape inference found, and
+    # guesses past where it stopped (see _guess_types)
     try:
         typed = infer_shapes(probe).graph.value_info
     except Exception:
         return {}
+    types = _guess_types(graph, {vi.name: vi.type.tensor_type.elem_type for vi in typed})
     known = {o.name for o in graph.output}
     graph.output.extend(
-        helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, None)
-        for vi in typed
-        if vi.name not in known and vi.type.tensor_type.elem_type
+        helper.make_tensor_value_info(name, elem, None)
+        for node in graph.node
+        for name in node.output
+        if name and name not in known and (elem := types.get(name))
     )
     axes = {k: feed_batch_axis(model, input_name, k) for k in feeds or {}}
     dtype = helper.tensor_dtype_to_np_dtype(spec.elem_type)
@@ -147,6 +150,33 @@ def probe_shapes(
                  for k in range(values[0].ndim)]  # fmt: skip
         hints[name] = TensorInfo(helper.np_dtype_to_tensor_dtype(values[0].dtype), shape)
     return hints
+
+
+_INDEX_OUTPUTS = {"Shape", "Size", "ArgMax", "ArgMin", "NonZero"}
+
+
+def _guess_types(graph: onnx.GraphProto, inferred: dict[str, int]) -> dict[str, int]:
+    """Element types of node outputs: inferred ones, and past an op onnx's inference does
+    not follow (GroupNormalization-21 left every later tensor untyped) the type of the
+    node's first input (int64 for shapes and indices, `to` for a Cast). A wrong guess only
+    makes the probe fail, which gives no hints, as before."""
+    types = {k: v for k, v in inferred.items() if v}
+    for vi in [*graph.input, *graph.output]:
+        if vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    for init in graph.initializer:
+        types.setdefault(init.name, init.data_type)
+    for node in graph.node:
+        if node.op_type in _INDEX_OUTPUTS:
+            guess = onnx.TensorProto.INT64
+        elif node.op_type == "Cast":
+            guess = next((a.i for a in node.attribute if a.name == "to"), 0)
+        else:
+            guess = types.get(node.input[0], 0) if node.input else 0
+        for name in node.output:
+            if name and guess:
+                types.setdefault(name, guess)
+    return types
 
 
 def _probed_dim(name: str, axis: int, seen: list[int], batches: list[int], batch_dim):
