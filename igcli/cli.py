@@ -1106,8 +1106,7 @@ def merge_reports_cmd(
     s = merged.summary()
     where = f"{str(out).rstrip('/')}/report.json"
     messages.info(
-        f"merged {len(paths)} reports: {s['explained']} explained, {s['failed']} failed "
-        f"-> {where}"
+        f"merged {len(paths)} reports: {s['explained']} explained, {s['failed']} failed -> {where}"
     )
     code, problems = merged.verdict(where)
     for line in problems:
