@@ -197,8 +197,7 @@ class _Links:
     def _stored(self, root, rel: str) -> str:
         """A page or file in object storage: relative within one bucket (as report.json
         links), else the object's URL, or a local file's file:// URL from a stored page."""
-        from igcli.report import relative_link
-        from igcli.storage import is_url
+        from igcli.storage import is_url, relative_link
 
         link = relative_link(str(root), rel, str(self.page_dir))
         if is_url(link):

@@ -11,7 +11,6 @@ import io
 import itertools
 import json
 import math
-import os
 import platform
 import posixpath
 import re
@@ -29,6 +28,7 @@ from igcli.errors import ExitCode, IgcliError, ShardError, UsageError
 from igcli.files import first_line, os_reason
 from igcli.html_report import render_html
 from igcli.outputs import atomic_write_chunks, atomic_write_text
+from igcli.storage import relative_link
 
 SCHEMA_VERSION = 1
 MARKDOWN_ROWS = 1000  # report.md is for pull requests: the full table is in report.csv
@@ -394,28 +394,6 @@ def relinked(record: dict, out_dir: str | None) -> dict:
         if out.get(key):
             out[key] = relative_link(str(root), str(out[key]), str(out_dir))
     return out
-
-
-def relative_link(root: str, rel: str, out_dir: str) -> str:
-    """`root/rel` as seen from `out_dir` (both folders, local paths or URLs of one store);
-    absolute when no relative link reaches it: the object's URL, or a local file's absolute
-    path from a report in object storage."""
-    from igcli.storage import is_url
-
-    target = f"{root.rstrip('/')}/{rel}"
-    if not is_url(root) and is_url(out_dir):
-        return Path(os.path.abspath(target)).as_posix()
-    if is_url(root) or is_url(out_dir):
-        a, b = root.split("://", 1), out_dir.split("://", 1)
-        if len(a) != 2 or len(b) != 2 or a[0] != b[0] or a[1].split("/")[0] != b[1].split("/")[0]:
-            return target
-        return posixpath.relpath("/" + target.split("://", 1)[1], "/" + b[1])
-    try:
-        return os.path.relpath(os.path.abspath(target), os.path.abspath(out_dir)).replace(
-            os.sep, "/"
-        )
-    except ValueError:  # another drive (Windows)
-        return Path(os.path.abspath(target)).as_posix()
 
 
 def percent(value) -> str:

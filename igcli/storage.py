@@ -296,3 +296,23 @@ def cached_copy(url: str, error: type[IgcliError] = UsageError) -> Path:
         _FETCHER = Fetcher()
         atexit.register(_FETCHER.cleanup)
     return _FETCHER.local_copy(url, error)
+
+
+def relative_link(root: str, rel: str, out_dir: str) -> str:
+    """`root/rel` as seen from `out_dir` (both folders, local paths or URLs of one store);
+    absolute when no relative link reaches it: the object's URL, or a local file's absolute
+    path from a report in object storage."""
+    target = f"{root.rstrip('/')}/{rel}"
+    if not is_url(root) and is_url(out_dir):
+        return Path(os.path.abspath(target)).as_posix()
+    if is_url(root) or is_url(out_dir):
+        a, b = root.split("://", 1), out_dir.split("://", 1)
+        if len(a) != 2 or len(b) != 2 or a[0] != b[0] or a[1].split("/")[0] != b[1].split("/")[0]:
+            return target
+        return posixpath.relpath("/" + target.split("://", 1)[1], "/" + b[1])
+    try:
+        return os.path.relpath(os.path.abspath(target), os.path.abspath(out_dir)).replace(
+            os.sep, "/"
+        )
+    except ValueError:  # another drive (Windows)
+        return Path(os.path.abspath(target)).as_posix()
