@@ -590,9 +590,8 @@ class BatchRun:
         values = np.load(npy, allow_pickle=False)[0].astype(np.float64)
         return dataclasses.replace(light, attributions=values, sample=sample)
 
-    def apply_gate(self) -> list[str]:
-        """Names of results over --max-completeness-error (empty when no gate or all pass)."""
+    def apply_gate(self) -> None:
+        """Hold the results to --max-completeness-error in the report (its verdict says)."""
         limit = self.outputs.max_completeness_error
-        if limit is None:
-            return []
-        return self.report.apply_gate(limit)
+        if limit is not None:
+            self.report.apply_gate(limit)

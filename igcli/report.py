@@ -187,12 +187,12 @@ class RunReport:
         return failing
 
     def verdict(self, report_file: str, listed: int = 10) -> tuple[ExitCode, list[str]]:
-        """The exit code of a finished report and the error lines explain prints for it
-        (the first `listed` failures, then the count or the gate's failing names), so
-        merge-reports says why it fails as the run did."""
+        """The exit code of a finished report and its error lines: the first `listed`
+        failures (explain said each as it failed: 0 there), then the count, or the gate's
+        failing names. explain and merge-reports both end with them."""
         if self.failures:
             lines = [str(f.get("error")) for f in self.failures[:listed]]
-            if len(self.failures) > listed:
+            if listed and len(self.failures) > listed:
                 lines.append(f"... and {len(self.failures) - listed} more failure(s)")
             lines.append(f"{len(self.failures)} input(s) failed; see {report_file}")
             return ExitCode.INPUTS_FAILED, lines

@@ -204,7 +204,7 @@ def finish(
             f"{targets_from.path}: {len(unused)} row(s) name no input of this run: "
             f"{', '.join(unused[:5])}{more}"
         )
-    failing = batch.apply_gate()
+    batch.apply_gate()
     if started is not None:
         report.settings["wall_time_s"] = round(time.perf_counter() - started, 3)
     report.settings.setdefault("model_time_s", round(session.model_seconds, 3))
@@ -224,18 +224,13 @@ def finish(
     if interrupted:
         messages.info("interrupted: finished inputs are saved; run again with --skip-existing")
         return ExitCode.INTERRUPTED
-    if report.failures:
-        messages.error(f"{len(report.failures)} input(s) failed; see {out}/{names[0]}")
-        return ExitCode.INPUTS_FAILED
-    if not report.results and not the_plan.discovered:
+    if not report.failures and not report.results and not the_plan.discovered:
         messages.error("no inputs to explain")
         return ExitCode.INPUTS_FAILED
-    if failing:
-        limit = outputs.max_completeness_error
-        more = " ..." if len(failing) > 10 else ""
-        messages.error(f"completeness error over {limit} for: {', '.join(failing[:10])}{more}")
-        return ExitCode.COMPLETENESS
-    return ExitCode.OK
+    code, problems = report.verdict(f"{out}/{names[0]}", listed=0)  # failures said already
+    for line in problems:
+        messages.error(line)
+    return code
 
 
 def run_explain(
