@@ -399,13 +399,18 @@ class BatchRun:
             return
         if not self.session.prep.is_image_model:
             return
+        out = Path(self.local_out)
         for r in records:
-            if not r.get("heatmap_file") or not r.get("attributions_file"):
-                continue
-            light = Attribution.from_record(r, self.session.prep)
-            light.extra = dict(light.extra, sample_path=r["input"], sample_name=r["name"])
-            npy = Path(self.local_out) / r["attributions_file"]
-            self.deferred.append((light, npy, Path(self.local_out) / r["heatmap_file"]))
+            if r.get("heatmap_file") and r.get("attributions_file"):
+                light = Attribution.from_record(r, self.session.prep)
+                npy, png = out / r["attributions_file"], out / r["heatmap_file"]
+                self._defer(light, r["input"], r["name"], npy, png)
+
+    def _defer(self, light: Attribution, sample_path, sample_name: str, npy: Path, png: Path):
+        """A heatmap drawn in `finish` with the shared scale, from `npy`; `_reload` reads
+        its input again by the path and name kept here."""
+        light.extra = dict(light.extra, sample_path=sample_path, sample_name=sample_name)
+        self.deferred.append((light, npy, png))
 
     def _existing(self, item: InputItem) -> list[dict] | None:
         if self.remote is None:
@@ -498,8 +503,7 @@ class BatchRun:
             npy, png = a.write_files(out, stem, style=style, heatmap=draw)
             if defer and self.outputs.heatmaps:
                 light = dataclasses.replace(a, attributions=None, baseline=None, sample=None)
-                light.extra = dict(a.extra, sample_path=a.sample.path, sample_name=a.sample.name)
-                self.deferred.append((light, npy, npy.with_suffix(".png")))
+                self._defer(light, a.sample.path, a.sample.name, npy, npy.with_suffix(".png"))
             if self.remote is not None:
                 # kept: arrays the shared scale draws from, and the vectors the report's
                 # per-feature section reads (inputs that are no image)
