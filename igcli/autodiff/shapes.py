@@ -117,21 +117,32 @@ def probe_shapes(
         typed = infer_shapes(probe).graph.value_info
     except Exception:
         return {}
-    types = _guess_types(graph, {vi.name: vi.type.tensor_type.elem_type for vi in typed})
+    inferred = {vi.name: vi.type.tensor_type.elem_type for vi in typed}
+    inferred = {k: v for k, v in inferred.items() if v}
+    guessed = _guess_types(graph, inferred)
     known = {o.name for o in graph.output}
-    graph.output.extend(
-        helper.make_tensor_value_info(name, elem, None)
-        for node in graph.node
-        for name in node.output
-        if name and name not in known and (elem := types.get(name))
-    )
     axes = {k: feed_batch_axis(model, input_name, k) for k in feeds or {}}
     dtype = helper.tensor_dtype_to_np_dtype(spec.elem_type)
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = None
+    for types in [guessed, inferred] if guessed != inferred else [inferred]:
+        del graph.output[len(known) :]
+        graph.output.extend(
+            helper.make_tensor_value_info(name, elem, None)
+            for node in graph.node
+            for name in node.output
+            if name and name not in known and (elem := types.get(name))
+        )
+        try:  # a wrong guess fails here: then only the inferred types, as before guessing
+            session = ort.InferenceSession(probe.SerializeToString(), opts)
+            break
+        except Exception:
+            continue
+    if session is None:
+        return {}
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), opts)
         outputs = [o.name for o in session.get_outputs()]
         runs = []
         for b in batches:
@@ -153,13 +164,16 @@ def probe_shapes(
 
 
 _INDEX_OUTPUTS = {"Shape", "Size", "ArgMax", "ArgMin", "NonZero"}
+_BOOL_OUTPUTS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And",
+                 "Or", "Xor", "IsNaN", "IsInf"}  # fmt: skip
 
 
 def _guess_types(graph: onnx.GraphProto, inferred: dict[str, int]) -> dict[str, int]:
     """Element types of node outputs: inferred ones, and past an op onnx's inference does
     not follow (GroupNormalization-21 left every later tensor untyped) the type of the
-    node's first input (int64 for shapes and indices, `to` for a Cast). A wrong guess only
-    makes the probe fail, which gives no hints, as before."""
+    node's first input (int64 for shapes and indices, bool for comparisons, `to` for a Cast,
+    Where's values). A wrong guess makes ONNX Runtime refuse the probe, which then exposes
+    the inferred types alone."""
     types = {k: v for k, v in inferred.items() if v}
     for vi in [*graph.input, *graph.output]:
         if vi.type.tensor_type.elem_type:
@@ -169,8 +183,12 @@ def _guess_types(graph: onnx.GraphProto, inferred: dict[str, int]) -> dict[str, 
     for node in graph.node:
         if node.op_type in _INDEX_OUTPUTS:
             guess = onnx.TensorProto.INT64
+        elif node.op_type in _BOOL_OUTPUTS:
+            guess = onnx.TensorProto.BOOL
         elif node.op_type == "Cast":
             guess = next((a.i for a in node.attribute if a.name == "to"), 0)
+        elif node.op_type == "Where":
+            guess = types.get(node.input[1], 0)
         else:
             guess = types.get(node.input[0], 0) if node.input else 0
         for name in node.output:

@@ -259,3 +259,40 @@ def test_probing_runs_when_the_batch_is_written_minus_one():
 def test_a_sample_shape_of_the_wrong_rank_is_refused():
     with pytest.raises(ValueError, match="batch axis"):
         build_gradient_graph(paddle_classifier(), "x", "prob", sample_shape=(1, 3, 8, 12))
+
+
+def _group_norm_then(nodes, out_type=TensorProto.FLOAT):
+    """x [N, 4, 2, 2] -> GroupNormalization-21 (onnx's inference types nothing after it)."""
+    inits = [numpy_helper.from_array(np.ones(4, np.float32), "s"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+             numpy_helper.from_array(np.zeros(1, np.float64), "like")]  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("GroupNormalization", ["x", "s", "b"], ["gn"], num_groups=2), *nodes],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 2, 2])],
+        [helper.make_tensor_value_info("y", out_type, None)], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_the_probe_guesses_types_past_inference_and_falls_back_when_a_guess_is_wrong(
+    monkeypatch,
+):
+    """Past an op onnx's inference does not follow, tensors get guessed types so the probe
+    can show them (comparisons bool, Where its values'). A guess ONNX Runtime refuses leaves
+    the probe to the inferred types, as before guessing, not empty."""
+    from igcli.autodiff import shapes
+
+    model = _group_norm_then([
+        helper.make_node("Greater", ["gn", "zero"], ["pos"]),
+        helper.make_node("Where", ["pos", "gn", "zero"], ["w"]),
+        helper.make_node("Tanh", ["w"], ["y"]),
+    ])  # fmt: skip
+    hints = probe_shapes(model, "x", [4, 2, 2])
+    assert hints["pos"].shape == ["N", 4, 2, 2] and hints["w"].shape == ["N", 4, 2, 2]
+    guess = shapes._guess_types
+    monkeypatch.setattr(shapes, "_guess_types", lambda graph, inferred: inferred)
+    inferred_only = probe_shapes(model, "x", [4, 2, 2])
+    wrong = lambda graph, inferred: {**guess(graph, inferred), "w": TensorProto.INT64}  # noqa: E731
+    monkeypatch.setattr(shapes, "_guess_types", wrong)
+    assert inferred_only and probe_shapes(model, "x", [4, 2, 2]) == inferred_only
