@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from igcli.batch import BatchRun, InputItem, OutputSettings
 from igcli.console import Messages
 from igcli.errors import IgcliError, UsageError
+from igcli.model import usable_cpus
 from igcli.report import RunReport
 from igcli.session import AttributionSettings
 
@@ -174,11 +175,6 @@ def chunks(items: list[InputItem], workers: int) -> list[list[InputItem]]:
     if current:
         out.append(current)
     return out
-
-
-def usable_cpus() -> int:
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return max(1, len(usable) if usable else (os.cpu_count() or 1))
 
 
 def quiet_dask() -> None:

@@ -671,8 +671,11 @@ def row_workers(threads: int | None, providers: list[str]) -> int:
     process may use; 1 off the CPU (a GPU provider runs a call as one)."""
     if providers != ["CPUExecutionProvider"]:
         return 1
-    if threads:
-        return threads
+    return threads or usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS has one)."""
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return max(1, len(usable) if usable else (os.cpu_count() or 1))
 
