@@ -46,16 +46,19 @@ class GraphEmitter:
     # Pad outputs -> (padded tensor, pads, value, mode): lets the driver add up the
     # gradients of slices that tile a tensor as one Concat (see driver._concat_of_slices)
     pads: dict[str, tuple[str, tuple[int, ...], float, str]] = field(default_factory=dict)
+    # forward tensor -> the node computing it, so a rule can see the pattern it ends (an Erf
+    # GELU's last Mul, say); shared with child emitters, which add their branches' nodes
+    producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
 
     def fresh(self, hint: str) -> str:
         self.counter[0] += 1
         return f"{self.prefix}/{hint}_{self.counter[0]}"
 
     def child(self) -> GraphEmitter:
-        """An emitter for a subgraph body: its own nodes; names, types, constants and
-        initializers (kept in the main graph, visible from every scope) shared."""
+        """An emitter for a subgraph body: its own nodes; names, types, constants,
+        initializers (kept in the main graph, visible from every scope) and producers shared."""
         return GraphEmitter(self.opset, self.infos, [], self.initializers, self.constants,
-                            self.counter, self.prefix)  # fmt: skip
+                            self.counter, self.prefix, producers=self.producers)  # fmt: skip
 
     # -- emitting ----------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
@@ -260,6 +263,10 @@ class NodeGrad:
     def attr(self, name: str, default=None):
         value = self.attrs.get(name, default)
         return value.decode() if isinstance(value, bytes) else value
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        """The forward node that computes tensor `name` (None for inputs and weights)."""
+        return self.e.producers.get(name)
 
     def const_input(self, k: int) -> np.ndarray | None:
         """The value of input k when it is a constant known at build time."""

@@ -238,6 +238,7 @@ class _Walk:
                 if old in e.infos:
                     e.infos[new] = e.infos[old]
             e.constants.update(constant_values(body))
+            e.producers.update({o: n for n in body.node for o in n.output if o})
             sub = e.child()
             seeds: dict[str, list[str]] = {}
             for out, go in zip(body.output, grad_outputs, strict=False):
@@ -310,6 +311,7 @@ def build_gradient_model(
         emitter.constants.update(constant_values(graph))
         nodes = list(graph.node)
         diff, relevant = walk.analyse(nodes, {input_name}, [output_name])
+    emitter.producers.update({o: n for n in nodes for o in n.output if o})
     walk.static_blockers(relevant, diff)
     if output_name not in diff and walk.is_float(output_name):
         blocked.extend(_steps_only(nodes, input_name, output_name, diff))

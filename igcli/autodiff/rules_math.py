@@ -39,11 +39,82 @@ def Sub(g: NodeGrad):
 
 @rule("Mul")
 def Mul(g: NodeGrad):
-    """y = a * b: da = GO * b, db = GO * a."""
+    """y = a * b: da = GO * b, db = GO * a (the last Mul of a GELU written with Erf: see
+    _erf_gelu)."""
     go = g.GO(0)
+    gelu = _erf_gelu(g)
+    if gelu is not None:
+        return gelu
     ga = g.reduce_to(g.op("Mul", go, g.I(1)), 0) if g.needs(0) else None
     gb = g.reduce_to(g.op("Mul", go, g.I(0)), 1) if g.needs(1) else None
     return [ga, gb]
+
+
+def _erf_gelu(g: NodeGrad) -> list[str | None] | None:
+    """The last Mul of a GELU written out with Erf, as torch exports nn.GELU: y = X1 * X2,
+    X1 = x or c1 x, X2 = A or c2 A, A = 1 + erf(k x), c1, c2 and k scalar constants (the
+    Erf's argument u = k x written x * k or x / (1/k)). dy/dx through X2 is c2 A'(x) X1 with
+    A' = 2k/sqrt(pi) exp(-u^2); it goes into X1's gradient, which X1's own rule then scales by
+    c1: GX1 = GO (X2 + x exp(log(c2 2k/sqrt(pi)) - u^2)), and X2 gets none from this node.
+
+    So the four nodes between x and X2 are not reversed one by one (they still are for any
+    other reader of theirs): 6 passes over the MLP's widest tensor instead of 9, and no Sum
+    of x's two gradients. None where the pattern is not there (the plain rule applies)."""
+    go = g.GO(0)
+    if go is None:
+        return None
+    for k in (0, 1):
+        x1, x2 = g.I(k), g.I(1 - k)
+        if not g.needs(k):
+            continue
+        a, c2 = _times_scalar(g, x2)
+        erf = _one_plus_erf(g, a)
+        if erf is None:
+            continue
+        u, x, slope = erf
+        if x != x1 and _times_scalar(g, x1)[0] != x:
+            continue
+        coef = c2 * 2.0 * slope / math.sqrt(math.pi)
+        if not (math.isfinite(coef) and coef > 0):
+            continue
+        bump = g.op("Exp", g.op("Sub", g.scalar(math.log(coef), x), g.op("Mul", u, u)))
+        grad = g.op("Mul", go, g.op("Add", x2, g.op("Mul", x, bump)))
+        out: list[str | None] = [None, None]
+        out[k] = g.reduce_to(grad, k)
+        return out
+    return None
+
+
+def _scalar_const(g: NodeGrad, name: str) -> float | None:
+    value = g.e.constants.get(name)
+    if value is None or np.size(value) != 1 or np.asarray(value).dtype.kind != "f":
+        return None
+    return float(np.asarray(value).reshape(-1)[0])
+
+
+def _times_scalar(g: NodeGrad, name: str) -> tuple[str, float]:
+    """(t, c) when tensor `name` is t * c or t / (1/c) for a scalar constant c, else (name, 1)."""
+    node = g.producer(name)
+    if node is not None and node.op_type in ("Mul", "Div") and len(node.input) == 2:
+        a, b = node.input
+        for t, c in ((a, b), (b, a)) if node.op_type == "Mul" else ((a, b),):
+            value = _scalar_const(g, c)
+            if value is not None and value != 0 and g.e.constants.get(t) is None:
+                return t, (value if node.op_type == "Mul" else 1.0 / value)
+    return name, 1.0
+
+
+def _one_plus_erf(g: NodeGrad, name: str) -> tuple[str, str, float] | None:
+    """(u, x, k) when tensor `name` is 1 + erf(u) with u = k x (k a scalar constant)."""
+    node = g.producer(name)
+    if node is None or node.op_type != "Add" or len(node.input) != 2:
+        return None
+    for e, one in (node.input, node.input[::-1]):
+        erf = g.producer(e)
+        if _scalar_const(g, one) == 1.0 and erf is not None and erf.op_type == "Erf":
+            u = erf.input[0]
+            return (u, *_times_scalar(g, u))
+    return None
 
 
 @rule("Div")

@@ -771,3 +771,60 @@ def test_extreme_slopes_are_accurate_in_float32(op, attrs, opset, values, slope)
     want = slope(x.astype(np.float64))
     assert np.all(want != 0)
     np.testing.assert_allclose(got, want, rtol=3e-6)
+
+
+# -- a GELU written out with Erf: its last Mul takes the whole slope (rules_math._erf_gelu) ------
+def _gelu_nodes(form: str) -> list:
+    n = helper.make_node
+    if form == "dynamo":  # x * (0.5 * (erf(x / sqrt2) + 1))
+        return [n("Div", ["x", "root2"], ["u"]), n("Erf", ["u"], ["e"]),
+                n("Add", ["e", "one"], ["a"]), n("Mul", ["half", "a"], ["b"]),
+                n("Mul", ["x", "b"], ["y"])]  # fmt: skip
+    if form == "hf":  # (x * 0.5) * (1 + erf(x / sqrt2))
+        return [n("Mul", ["x", "half"], ["p"]), n("Div", ["x", "root2"], ["u"]),
+                n("Erf", ["u"], ["e"]), n("Add", ["one", "e"], ["a"]),
+                n("Mul", ["p", "a"], ["y"])]  # fmt: skip
+    if form == "legacy":  # (x * (erf(x / sqrt2) + 1)) * 0.5
+        return [n("Div", ["x", "root2"], ["u"]), n("Erf", ["u"], ["e"]),
+                n("Add", ["e", "one"], ["a"]), n("Mul", ["x", "a"], ["m"]),
+                n("Mul", ["m", "half"], ["y"])]  # fmt: skip
+    if form == "times-k":  # ((erf(x * k) + 1) * 0.5) * x, other constants
+        return [n("Mul", ["x", "k"], ["u"]), n("Erf", ["u"], ["e"]),
+                n("Add", ["e", "one"], ["a"]), n("Mul", ["a", "half"], ["b"]),
+                n("Mul", ["b", "x"], ["y"])]  # fmt: skip
+    if form == "shared":  # dynamo, and `a` read again: its other reader's gradient still flows
+        return [*_gelu_nodes("dynamo")[:-1], n("Mul", ["x", "b"], ["g"]),
+                n("Mul", ["a", "a"], ["aa"]), n("Add", ["g", "aa"], ["y"])]  # fmt: skip
+    if form == "two-plus":  # 2 + erf: not the pattern, the plain rules
+        return [n("Div", ["x", "root2"], ["u"]), n("Erf", ["u"], ["e"]),
+                n("Add", ["e", "two"], ["a"]), n("Mul", ["x", "a"], ["y"])]  # fmt: skip
+    if form == "negative-k":  # erf(-0.7 x): the coefficient's log is not taken, plain rules
+        return [n("Mul", ["x", "negk"], ["u"]), n("Erf", ["u"], ["e"]),
+                n("Add", ["e", "one"], ["a"]), n("Mul", ["x", "a"], ["y"])]  # fmt: skip
+    raise ValueError(form)
+
+
+GELU_CONSTANTS = {"root2": np.array(2**0.5), "one": np.array(1.0), "half": np.array(0.5),
+                  "k": np.array([1.3]), "two": np.array(2.0), "negk": np.array(-0.7)}  # fmt: skip
+GELU_FORMS = ["dynamo", "hf", "legacy", "times-k", "shared", "two-plus", "negative-k"]
+
+
+@pytest.mark.parametrize("form", GELU_FORMS)
+def test_erf_gelu_patterns(form):
+    nodes = _gelu_nodes(form)
+    used = {i for node in nodes for i in node.input}
+    consts = {k: v for k, v in GELU_CONSTANTS.items() if k in used}
+    check_graph(nodes, {"x": r(3, 5, low=-4, high=4)}, "y", constants=consts, opset=13, **ERF_FD)
+
+
+@pytest.mark.parametrize("form", ["dynamo", "hf", "legacy", "times-k"])
+def test_erf_gelu_is_reversed_as_one_slope(form):
+    """The fused route: no Div (the Erf argument's reverse) and no Sum of x's two gradients."""
+    nodes = _gelu_nodes(form)
+    used = {i for node in nodes for i in node.input}
+    consts = {k: v for k, v in GELU_CONSTANTS.items() if k in used}
+    model = make_model(nodes, {"x": r(3, 5)}, "y", 13, consts, False)
+    grad = build_gradient_model(model, "x", "y")
+    reverse = [n.op_type for n in grad.graph.node if n.name.startswith("igcli_grad")]
+    assert "Sum" not in reverse and "Div" not in reverse, reverse
+    assert reverse.count("Exp") == 1
