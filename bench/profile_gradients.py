@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from igcli.autodiff import GRAD, SEED  # noqa: E402
 from igcli.autodiff.shapes import build_gradient_model_probing  # noqa: E402
+from igcli.model import session_options  # noqa: E402
 
 
 def load_case(name: str) -> onnx.ModelProto:
@@ -56,10 +57,9 @@ def free_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def session(model: onnx.ModelProto, threads: int, profile: str | None = None, save=None):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
+    """A session with igcli's own options: ONNX Runtime's defaults (memory pattern on, say)
+    time some kernels differently, a ViT's widest MatMuls at twice igcli's time."""
+    opts = session_options(threads)
     if profile:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile
