@@ -105,3 +105,74 @@ def test_output_independent_of_the_input_has_a_zero_gradient():
     nodes = [helper.make_node("Neg", ["k"], ["y"])]
     check_graph(nodes, {"x": rng.uniform(-1, 1, (2, 3))}, "y", opset=13,
                 constants={"k": np.ones((2, 3))})  # fmt: skip
+
+
+# -- dims proven equal get one symbol (driver._same_batch_symbols) ------------------------------
+def _heads_graph():
+    """A ViT's attention shapes: [N, 4, 6] viewed as [-1, 6] rows, as heads [-1, 2, 3] by a
+    shape read from Shape/Slice/Concat, a MatMul of two such, and back to [N, 4, 6]."""
+    n = helper.make_node
+    return [
+        const("rows", np.array([-1, 6], np.int64)),
+        n("Reshape", ["x", "rows"], ["flat"]),  # [N*4, 6]
+        n("Shape", ["flat"], ["fshape"]),
+        const("minus1", np.array([-1], np.int64)),
+        const("last", np.array([-1], np.int64)),
+        const("end", np.array([2**62], np.int64)),
+        n("Slice", ["fshape", "last", "end"], ["width"]),  # [6]
+        const("split", np.array([2, 3], np.int64)),
+        n("Concat", ["minus1", "split"], ["heads_shape"], axis=0),  # [-1, 2, 3]: 6 / 6
+        n("Reshape", ["flat", "heads_shape"], ["heads"]),  # [N*4, 2, 3]
+        n("Transpose", ["heads"], ["heads_t"], perm=[0, 2, 1]),
+        n("MatMul", ["heads", "heads_t"], ["scores"]),  # [N*4, 2, 2]
+        n("MatMul", ["scores", "heads"], ["mixed"]),  # [N*4, 2, 3]
+        const("back", np.array([-1, 4, 6], np.int64)),
+        n("Reshape", ["mixed", "back"], ["y0"]),  # [N, 4, 6]
+        n("Add", ["y0", "x"], ["y"]),
+    ]
+
+
+def test_reshaped_batch_dims_get_the_batch_symbol():
+    from igcli.autodiff.driver import _tensor_infos
+
+    model = make_model(_heads_graph(), {"x": rng.uniform(-1, 1, (2, 4, 6))}, "y", 17, dynamic=True)
+    infos = _tensor_infos(model)
+    assert infos["flat"].shape == ["N*4", 6]
+    assert infos["heads"].shape == ["N*4", 2, 3]
+    assert infos["scores"].shape == ["N*4", 2, 2]
+    assert infos["y0"].shape == ["N", 4, 6]
+    assert infos["y"].shape == ["N", 4, 6]
+
+
+def test_with_the_batch_symbol_no_shapes_are_summed_at_run_time():
+    """Equal shapes seen at build time: no runtime reduction (its Compress of axes) in the
+    reverse pass, and the gradient is still right."""
+    from igcli.autodiff import build_gradient_model
+
+    x = rng.uniform(-1, 1, (2, 4, 6))
+    model = make_model(_heads_graph(), {"x": x}, "y", 17, dynamic=True)
+    grad = build_gradient_model(model, "x", "y")
+    assert "Compress" not in {node.op_type for node in grad.graph.node}
+    check_graph(_heads_graph(), {"x": x}, "y", opset=17, dynamic=True)
+
+
+def test_symbols_not_proven_equal_stay_apart():
+    """Two inputs of their own batch symbols: an Add of them may broadcast (one of them 1 at
+    run time), so its output's dim is not named after either, and a Reshape of a tensor with
+    two symbolic dims is not worked out."""
+    from igcli.autodiff.driver import _tensor_infos
+
+    n = helper.make_node
+    nodes = [
+        const("rows", np.array([-1, 3], np.int64)),
+        n("Reshape", ["a", "rows"], ["ra"]),  # a: [A, B, 3] -> [A*B?, 3]: two symbols
+        n("Add", ["a", "b"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["A", "B", 3]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, ["C", "B", 3])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(
+        "y", TensorProto.FLOAT, None)])  # fmt: skip
+    infos = _tensor_infos(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert infos["ra"].shape[0] not in ("A", "B")
+    assert infos["y"].shape[0] not in ("A", "C")
+    assert infos["y"].shape[1] == "B"
