@@ -94,7 +94,16 @@ def _tensor_infos(
     return infos
 
 
-_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Mean"}
+# ops whose first output has the broadcast shape of their inputs (one input: its shape)
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Mean",
+                "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Erf",
+                "Neg", "Abs", "Reciprocal", "Identity", "Cast", "CastLike", "Clip", "Dropout",
+                "Softmax", "LogSoftmax", "Gelu", "Softplus", "Elu", "Selu", "HardSigmoid",
+                "HardSwish", "LayerNormalization", "Sin", "Cos"}  # fmt: skip
+_SHAPE_OPS = {"Shape", "Slice", "Concat", "Gather", "Cast", "Unsqueeze", "Squeeze", "Identity",
+              "Add", "Sub", "Mul", "Div"}  # fmt: skip
+_INT_ARITHMETIC = {"Add": int.__add__, "Sub": int.__sub__, "Mul": int.__mul__,
+                   "Div": lambda a, b: a // b if b and a % b == 0 else None}  # fmt: skip
 
 
 def _same_batch_symbols(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> None:
@@ -106,12 +115,14 @@ def _same_batch_symbols(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) ->
     reverse pass cannot see that a gradient and its forward tensor have the same shape, and
     sums it to that shape at run time: a ReduceSum that copies and fourteen shape ops, 84
     times in a ViT-S/16 (about 4% of its gradient call). Walking the nodes in order, a
-    Reshape's dims are worked out from its input's one symbolic dim and its shape's values,
-    and a broadcast's from inputs whose dims other than 1 share one symbol; each fresh symbol
-    so proven equal is renamed everywhere.
+    Reshape's dims are worked out from its input's one symbolic dim and its shape's values
+    (a -1 that is N*k, or a plain size where the symbols cancel), and an elementwise op's or
+    a MatMul's batch dims from inputs whose dims other than 1 share one symbol; each fresh
+    symbol so proven equal to a symbol or a size is replaced everywhere. Nothing is merged on
+    assumption.
     """
     consts = constant_values(graph)
-    rename: dict[str, str] = {}
+    rename: dict[str, str | int] = {}
     multiples: dict[str, tuple[str, int]] = {}  # a name given here -> (symbol, factor)
     values: dict[str, list] = {}  # 1-D shape tensors: their values (ints and symbols)
 
@@ -121,18 +132,18 @@ def _same_batch_symbols(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) ->
             None if info is None or info.shape is None else [rename.get(d, d) for d in info.shape]
         )
 
-    def prove(out: str, axis: int, name) -> None:
+    def prove(out: str, axis: int, name: str | int | None) -> None:
         old = (dims(out) or [None] * (axis + 1))[axis]
-        if isinstance(old, str) and isinstance(name, str) and old != name:
+        if isinstance(old, str) and isinstance(name, str | int) and old != name:
             rename[old] = name
 
     for node in graph.node:
         op = node.op_type
-        if op in ("Shape", "Slice", "Concat", "Gather", "Cast", "Unsqueeze", "Squeeze"):
+        if op in _SHAPE_OPS:
             known = _shape_value(node, dims, values, consts)
             if known is not None:
                 values[node.output[0]] = known
-        elif op == "Reshape" and len(node.input) > 1:
+        if op == "Reshape" and len(node.input) > 1:
             target = values.get(node.input[1])
             if target is None and node.input[1] in consts:
                 target = [int(v) for v in consts[node.input[1]].reshape(-1)]
@@ -141,7 +152,7 @@ def _same_batch_symbols(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) ->
                 continue
             for axis, name in enumerate(_reshaped(x, target, multiples)):
                 prove(node.output[0], axis, name)
-        elif op in _BROADCAST or op == "MatMul":
+        elif op in _ELEMENTWISE or op == "MatMul":
             shapes = [dims(i) for i in node.input if i]
             y = dims(node.output[0])
             if y is None or any(d is None for d in shapes):
@@ -153,8 +164,8 @@ def _same_batch_symbols(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) ->
                 y = y[:-2]
             for axis in range(1, len(y) + 1):
                 seen = {d[-axis] for d in shapes if len(d) >= axis and d[-axis] != 1}
-                if len(seen) == 1 and isinstance(name := seen.pop(), str):
-                    prove(node.output[0], len(y) - axis, name)
+                if len(seen) <= 1:  # one symbol or size, or 1 everywhere
+                    prove(node.output[0], len(y) - axis, seen.pop() if seen else 1)
     if not rename:
         return
 
@@ -186,8 +197,16 @@ def _shape_value(node, dims, values, consts) -> list | None:
     if op == "Shape":
         shape = dims(node.input[0])
         return None if shape is None else shape[attrs.get("start", 0) : attrs.get("end")]
-    if op in ("Cast", "Unsqueeze", "Squeeze"):  # a scalar dim made 1-D, or back
+    if op in ("Cast", "Unsqueeze", "Squeeze", "Identity"):  # a scalar dim made 1-D, or back
         return value(node.input[0])
+    if op in _INT_ARITHMETIC:  # sizes worked out from known ints (a head count, say)
+        a, b = value(node.input[0]), value(node.input[1])
+        if a is None or b is None or len(b) not in (1, len(a)) or len(a) not in (1, len(b)):
+            return None
+        pairs = zip(a * (len(b) // len(a)), b * (len(a) // len(b)), strict=True)
+        out = [_INT_ARITHMETIC[op](p, q) if isinstance(p, int) and isinstance(q, int) else None
+               for p, q in pairs]  # fmt: skip
+        return out if None not in out else None
     if op == "Concat":
         parts = [value(i) for i in node.input]
         return None if any(p is None for p in parts) else [d for p in parts for d in p]
@@ -214,17 +233,26 @@ def _reshaped(x: list, target: list, multiples: dict[str, tuple[str, int]]) -> l
     proven: a symbol named in `target`, or the -1 worked out where x has one symbolic dim
     (N, or N*k as named here) and the rest are ints; None where not proven."""
     out = [t if isinstance(t, str) or (isinstance(t, int) and t > 0) else None for t in target]
-    if target.count(-1) != 1 or any(t == 0 or isinstance(t, str) for t in target):
-        return out  # (a 0 copies an input dim: not followed)
+    if target.count(-1) != 1 or 0 in target:  # (a 0 copies an input dim: not followed)
+        return out
     symbols = [d for d in x if not isinstance(d, int)]
-    if len(symbols) != 1 or not isinstance(symbols[0], str):
+    named = [t for t in target if isinstance(t, str)]
+    if len(symbols) != 1 or not isinstance(symbols[0], str) or len(named) > 1:
         return out
     symbol, factor = multiples.get(symbols[0], (symbols[0], 1))
     size = factor * int(np.prod([d for d in x if isinstance(d, int)]))
-    rest = int(np.prod([t for t in target if t != -1]))
+    rest = int(np.prod([t for t in target if isinstance(t, int) and t != -1]))
+    if named:  # [N, 32, 4, 4] to [N, 32, -1]: the symbols cancel, the -1 is 16
+        other, times = multiples.get(named[0], (named[0], 1))
+        if other != symbol:
+            return out
+        rest *= times
     if rest <= 0 or size % rest:
         return out
     k = size // rest
+    if named:
+        out[target.index(-1)] = k
+        return out
     name = symbol if k == 1 else f"{symbol}*{k}"
     multiples[name] = (symbol, k)
     out[target.index(-1)] = name

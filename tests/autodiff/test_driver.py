@@ -176,3 +176,24 @@ def test_symbols_not_proven_equal_stay_apart():
     assert infos["ra"].shape[0] not in ("A", "B")
     assert infos["y"].shape[0] not in ("A", "C")
     assert infos["y"].shape[1] == "B"
+
+
+def test_a_reshape_that_keeps_the_batch_symbol_gets_a_size_for_its_minus_one():
+    """[N, 8, 2, 2] to [Shape(x)[0], 8, -1] (the legacy export of a patch embedding): the
+    symbols cancel, so the -1 is 4; a ReLU after it keeps both."""
+    from igcli.autodiff.driver import _tensor_infos
+
+    n = helper.make_node
+    nodes = [
+        n("Shape", ["x"], ["shape"]),
+        const("zero", np.array([0], np.int64)),
+        n("Gather", ["shape", "zero"], ["batch"]),
+        const("rest", np.array([8, -1], np.int64)),
+        n("Concat", ["batch", "rest"], ["target"], axis=0),
+        n("Reshape", ["x", "target"], ["patches"]),
+        n("Relu", ["patches"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": rng.uniform(-1, 1, (2, 8, 2, 2))}, "y", 17, dynamic=True)
+    infos = _tensor_infos(model)
+    assert infos["patches"].shape == ["N", 8, 4]
+    assert infos["y"].shape == ["N", 8, 4]
