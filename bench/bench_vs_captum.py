@@ -212,7 +212,7 @@ def per_call(case: dict, args) -> dict:
         from igcli.autodiff.optimize import prepare
     except ImportError:  # an igcli from before the pre-pass
         prepare = None
-    from igcli.model import graph_inputs, with_dynamic_batch
+    from igcli.model import graph_inputs, session_options, with_dynamic_batch
 
     model = onnx.load(str(case["onnx"]))
     spec = graph_inputs(model)[0]
@@ -223,27 +223,46 @@ def per_call(case: dict, args) -> dict:
     build = time.perf_counter() - start
     prepared = prepare(model, spec.name, out) if prepare else model
 
-    def session(m):
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = args.threads
-        opts.inter_op_num_threads = 1
+    def session(m, defaults: bool = False):
+        """igcli's own session options (model.session_options: no memory pattern, no
+        spinning), or ONNX Runtime's defaults, which time some kernels differently."""
+        if defaults:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            opts.intra_op_num_threads = args.threads
+            opts.inter_op_num_threads = 1
+        else:
+            opts = session_options(args.threads)
         return ort.InferenceSession(m.SerializeToString(), opts, ["CPUExecutionProvider"])
 
     x = np.random.default_rng(1).uniform(0, 1, (args.batch, 3, 224, 224)).astype(np.float32)
-    runs = {"forward": (session(model), [out], {spec.name: x}),
+    runs = {"forward_ort": (session(model, defaults=True), [out], {spec.name: x}),
+            "forward": (session(model), [out], {spec.name: x}),
             "forward_prepared": (session(prepared), [out], {spec.name: x})}  # fmt: skip
     y = runs["forward"][0].run([out], {spec.name: x})[0]
     seed = np.zeros_like(y)
     seed.reshape(len(y), -1)[:, 0] = 1
     runs["gradient"] = (session(grad), [out, GRAD], {spec.name: x, SEED: seed})
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for sess, names, feeds in runs.values():
-        sess.run(names, feeds)  # warm-up
+    calls = {key: (lambda s=sess, n=names, f=feeds: s.run(n, f))
+             for key, (sess, names, feeds) in runs.items()}  # fmt: skip
+    # as igcli makes them: ModelRunner.call, the rows split over single-threaded Runs
+    from igcli.gradients import with_target_seed
+    from igcli.model import ModelRunner
+
+    kw = dict(threads=args.threads, batch_size=args.batch)
+    plain = ModelRunner(model, case["onnx"], spec.name, out, **kw)
+    graph = ModelRunner(with_target_seed(grad, out), case["onnx"], spec.name, out,
+                        target_input="igcli_target", **kw)  # fmt: skip
+    targets = np.zeros(args.batch, np.int64)
+    calls["igcli_forward"] = lambda: plain.call(x, [out])
+    calls["igcli_gradient"] = lambda: graph.call(x, [out, GRAD], targets)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for call in calls.values():
+        call()  # warm-up
     for _ in range(args.calls):
-        for key, (sess, names, feeds) in runs.items():
+        for key, call in calls.items():
             start = time.perf_counter()
-            sess.run(names, feeds)
+            call()
             times[key].append(time.perf_counter() - start)
     return {"build_s": build, **{k: v for k, v in times.items()}}
 
@@ -367,23 +386,39 @@ def main() -> None:
     if not args.skip_calls:
         print(f"\nPer call at batch {args.batch}, {args.threads} threads, median (min-max) of "
               f"{args.calls} interleaved calls, ms")  # fmt: skip
+        print("Sessions with igcli's options, and the forward also with ONNX Runtime's defaults; "
+              "ratios against the faster forward")  # fmt: skip
         print(
-            "| model | forward | forward, BN folded | gradient graph | gradient / forward "
-            "| gradient / folded forward | same, fastest calls |\n"
-            "|---|---:|---:|---:|---:|---:|---:|"
+            "| model | forward, ORT defaults | forward | forward, BN folded | gradient graph "
+            "| gradient / forward | gradient / folded forward | same, fastest calls |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|"
         )
+        keys = ("forward_ort", "forward", "forward_prepared", "gradient")
+        results = {}
         for name in names:
             c = per_call(cases[name], args)
-            f, fp, g = (1000 * med(c[k]) for k in ("forward", "forward_prepared", "gradient"))
+            fo, f, fp, g = (1000 * med(c[k]) for k in keys)
 
             def ms(key, c=c):
                 low, high = 1000 * min(c[key]), 1000 * max(c[key])
                 return f"{1000 * med(c[key]):.0f} ({low:.0f}-{high:.0f})"
 
-            fastest = [min(c[k]) for k in ("forward", "forward_prepared", "gradient")]
-            print(f"| {name} | {ms('forward')} | {ms('forward_prepared')} | {ms('gradient')} "
-                  f"| {g / f:.2f} | {g / fp:.2f} | {fastest[2] / fastest[0]:.2f}, "
-                  f"{fastest[2] / fastest[1]:.2f} |", flush=True)  # fmt: skip
+            fastest = [min(c[k]) for k in keys]
+            print(f"| {name} | {ms('forward_ort')} | {ms('forward')} | {ms('forward_prepared')} "
+                  f"| {ms('gradient')} | {g / min(f, fo):.2f} | {g / fp:.2f} | "
+                  f"{fastest[3] / min(fastest[:2]):.2f}, {fastest[3] / fastest[2]:.2f} |",
+                  flush=True)  # fmt: skip
+            results[name] = c
+        print("\nAs igcli calls them (ModelRunner.call: the rows split over single-threaded "
+              "Runs), ms; ratio against the fastest forward of either table")  # fmt: skip
+        print("| model | forward | gradient | gradient / forward | fastest calls |\n"
+              "|---|---:|---:|---:|---:|")  # fmt: skip
+        for name, c in results.items():
+            best = min(med(c[k]) for k in ("forward_ort", "forward", "igcli_forward"))
+            low = min(min(c[k]) for k in ("forward_ort", "forward", "igcli_forward"))
+            f, g = 1000 * med(c["igcli_forward"]), 1000 * med(c["igcli_gradient"])
+            print(f"| {name} | {f:.0f} | {g:.0f} | {g / 1000 / best:.2f} | "
+                  f"{min(c['igcli_gradient']) / low:.2f} |", flush=True)  # fmt: skip
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
