@@ -777,6 +777,45 @@ def LayerNormalization(g: NodeGrad):
     return [gx, gs, gb]
 
 
+@rule("MeanVarianceNormalization")
+def MeanVarianceNormalization(g: NodeGrad):
+    """y = (x - mean) / sqrt(mean((x - mean)^2)), statistics over `axes` (default [0, 2, 3];
+    out-of-range axes dropped, as ONNX Runtime does; its deviation has no epsilon, the ONNX
+    function's 1e-9 is below float precision there). y is x standardized, so dx = r (GO -
+    mean(GO) - y mean(GO y)) with r = 1 / deviation; ONNX Runtime's normalize_variance=0
+    (centring only) gives GO - mean(GO)."""
+    x, go = g.I(0), g.GO(0)
+    rank = g.e.rank(x)
+    if rank is None:
+        raise NoGradient("MeanVarianceNormalization needs the input rank")
+    axes = sorted({a % rank for a in g.attr("axes", [0, 2, 3]) if -rank <= a < rank})
+    if g.attr("normalize_variance", 1) == 0:
+        return [g.op("Sub", go, g.e.reduce("ReduceMean", go, axes))]
+    centred = g.op("Sub", x, g.e.reduce("ReduceMean", x, axes))
+    var = g.e.reduce("ReduceMean", g.op("Mul", centred, centred), axes)
+    inv_std = g.op("Reciprocal", g.op("Sqrt", var))
+    return [_normalized_grad(g, go, g.O(0), inv_std, axes)]
+
+
+@rule("LpNormalization")
+def LpNormalization(g: NodeGrad):
+    """y = x / ||x||_p along `axis`, p 1 or 2: dx = (GO - d sum(GO y)) / ||x||_p with d = y
+    for p = 2 and sign(x) for p = 1. A zero vector gives zeros in ONNX Runtime and has no
+    derivative (y jumps there): its gradient is 0."""
+    p = g.attr("p", 2)
+    if p not in (1, 2):
+        raise NoGradient(f"LpNormalization with p={p}")
+    x, y, go = g.I(0), g.O(0), g.GO(0)
+    axis = [g.attr("axis", -1)]
+    norm = g.e.reduce("ReduceL2" if p == 2 else "ReduceL1", x, axis)
+    along = g.op(
+        "Mul", y if p == 2 else g.op("Sign", x), g.e.reduce("ReduceSum", g.op("Mul", go, y), axis)
+    )
+    inv = g.op("Where", g.op("Greater", norm, g.scalar(0.0, x)), g.op("Reciprocal", norm),
+               g.scalar(0.0, x))  # fmt: skip
+    return [g.op("Mul", g.op("Sub", go, along), inv)]
+
+
 @rule("GroupNormalization")
 def GroupNormalization(g: NodeGrad):
     """x viewed as [N, G, C/G, rest] is standardized over each (n, group) block: x_hat =

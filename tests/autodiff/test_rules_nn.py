@@ -282,6 +282,11 @@ for index, name in [(1, "mean"), (2, "inv-std-dev")]:
 add("LayerNormalization", {"x": r(2, 3, 4)}, {"axis": 1}, tag="dynamic", opset=17, dynamic=True,
     constants={"s": r(3, 4), "b": r(3, 4)})  # fmt: skip
 
+# LpNormalization p = 2 (the reference's p = 1 sums x, not |x|: see test_lp1_and_mvn)
+for axis in (-1, 1):
+    add("LpNormalization", {"x": r(3, 4, 5)}, {"p": 2, "axis": axis}, tag=f"p2-axis{axis}",
+        opset=9)  # fmt: skip
+
 
 # GroupNormalization: scale and bias per group at opset 18, per channel at 21 (where the
 # reference computes the statistics in float32 unless stash_type says double)
@@ -444,3 +449,51 @@ def test_einsum_with_a_repeated_index_blocks(eq):
     model = make_model([node], inputs, "y", 12, consts)
     (blocked,) = blocking_ops(model, "x0", "y")
     assert blocked.startswith("Einsum (") and "repeats an index" in blocked
+
+
+def _mvn(x, axes):
+    centred = x - x.mean(axis=axes, keepdims=True)
+    return centred / np.sqrt((centred**2).mean(axis=axes, keepdims=True))
+
+
+def _lp1(x, axis):
+    return x / np.abs(x).sum(axis=axis, keepdims=True)
+
+
+LP1_AND_MVN = [  # (op, attrs, opset, shape, the function in float64 numpy)
+    ("MeanVarianceNormalization", {}, 9, (2, 3, 4, 3), lambda x: _mvn(x, (0, 2, 3))),
+    ("MeanVarianceNormalization", {}, 13, (2, 3, 4, 3), lambda x: _mvn(x, (0, 2, 3))),
+    ("MeanVarianceNormalization", {"axes": [2, 3]}, 13, (2, 3, 4, 3), lambda x: _mvn(x, (2, 3))),
+    ("MeanVarianceNormalization", {"axes": [-1]}, 13, (2, 3, 5), lambda x: _mvn(x, (2,))),
+    ("MeanVarianceNormalization", {}, 13, (3, 4, 5), lambda x: _mvn(x, (0, 2))),  # axis 3 dropped
+    ("LpNormalization", {"p": 1, "axis": -1}, 9, (3, 4, 5), lambda x: _lp1(x, -1)),
+    ("LpNormalization", {"p": 1, "axis": 0}, 9, (3, 4, 5), lambda x: _lp1(x, 0)),
+]
+
+
+LP1_AND_MVN_IDS = [f"{c[0]}-{c[1]}-{c[2]}-{len(c[3])}d" for c in LP1_AND_MVN]
+GRAPH_CHECKED_OPS = ("MeanVarianceNormalization",)  # (test_coverage: checked here, not in CASES)
+
+
+@pytest.mark.parametrize("op,attrs,opset,shape,f", LP1_AND_MVN, ids=LP1_AND_MVN_IDS)
+def test_lp1_and_mvn(op, attrs, opset, shape, f):
+    """Ops whose reference kernel cannot check them (onnx's function for
+    MeanVarianceNormalization adds a float epsilon, so it has no float64 form; its p = 1
+    LpNormalization sums x, not |x|): ONNX Runtime's float32 gradient against float64
+    central differences of the op's own formula, as ONNX Runtime computes it."""
+    x = rng.uniform(-1, 1, shape)
+    x = np.where(np.abs(x) < 0.1, np.sign(x + 1e-12) * 0.2, x)  # off sign's kink
+    model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)], {"x": x.astype(np.float32)},
+                       "y", opset)  # fmt: skip
+    seed = rng.standard_normal(shape)
+    sess = ort.InferenceSession(build_gradient_model(model, "x", "y").SerializeToString())
+    got = sess.run([GRAD], {"x": x.astype(np.float32), SEED: seed.astype(np.float32)})[0]
+    want, eps = np.zeros(shape), 1e-6
+    for i in range(x.size):
+        step = np.zeros(x.size)
+        step[i] = eps
+        step = step.reshape(shape)
+        want.reshape(-1)[i] = np.sum(seed * (f(x + step) - f(x - step))) / (2 * eps)
+    forward = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.astype(np.float32)})
+    np.testing.assert_allclose(forward[0], f(x), rtol=1e-4, atol=1e-5)  # the same function
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
