@@ -25,7 +25,7 @@ from igcli.autodiff import rules_math, rules_nn, rules_shape  # noqa: F401  (reg
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
 from igcli.autodiff.inference import infer_shapes
 from igcli.autodiff.optimize import annotate, prepare
-from igcli.autodiff.recurrent import lstm_unsupported, unroll_lstms
+from igcli.autodiff.recurrent import RECURRENT, recurrent_unsupported, unroll_recurrents
 from igcli.autodiff.registry import RULES, ZERO_GRADIENT
 from igcli.autodiff.specialize import sanitize_dims
 from igcli.autodiff.subgraphs import (
@@ -343,9 +343,10 @@ class _Walk:
                     inner.static_blockers(sub_rel, sub_diff)
             elif subgraphs(node):
                 self.blocked.append(f"{label} (control flow with a differentiable value inside)")
-            elif _standard(node) and node.op_type == "LSTM":
-                why = lstm_unsupported(node, self.e.infos, self.e.constants)
-                self.blocked.append(f"LSTM ({why or 'not unrolled inside a branch'}){self.where}")
+            elif _standard(node) and node.op_type in RECURRENT:
+                why = recurrent_unsupported(node, self.e.infos, self.e.constants)
+                why = why or "not unrolled inside a branch"
+                self.blocked.append(f"{node.op_type} ({why}){self.where}")
             elif not _standard(node) or node.op_type not in RULES:
                 self.blocked.append(label)
 
@@ -471,8 +472,8 @@ def build_gradient_model(
     walk = _Walk(emitter, blocked)
     nodes = list(graph.node)
     diff, relevant = walk.analyse(nodes, {input_name}, [output_name])
-    lstms = {tuple(n.output) for n in relevant if n.op_type == "LSTM" and _standard(n)}
-    if lstms and unroll_lstms(model, lstms, infos, emitter.constants, emitter.opset):
+    loops = {tuple(n.output) for n in relevant if n.op_type in RECURRENT and _standard(n)}
+    if loops and unroll_recurrents(model, loops, infos, emitter.constants, emitter.opset):
         infos.clear()  # the unrolled steps need their own types and shapes
         infos.update(_tensor_infos(model, shape_hints))
         emitter.constants.update(constant_values(graph))

@@ -1,17 +1,27 @@
-"""LSTM as the primitive ops it is made of, unrolled over a sequence of static length.
+"""LSTM, GRU and RNN as the primitive ops they are made of, unrolled over a sequence of
+static length.
 
-An LSTM node is a loop over time; with the sequence length known (a fixed dim, or the
+A recurrent node is a loop over time; with the sequence length known (a fixed dim, or the
 sample shape of a specialised graph) it is the same as T steps of MatMul, Sigmoid, Tanh and
-Mul (ONNX's gate order i, o, f, c):
+Mul. LSTM (ONNX's gate order i, o, f, c):
 
     i = sigmoid(X W_i + H R_i + P_i C + b_i)     f = sigmoid(X W_f + H R_f + P_f C + b_f)
     c~ = tanh(X W_c + H R_c + b_c)               C' = f C + i c~
     o = sigmoid(X W_o + H R_o + P_o C' + b_o)    H' = o tanh(C')
 
-Those ops all have checked gradient rules, so the driver differentiates an LSTM by replacing
-it with its unrolled form first. Supported: forward, reverse and bidirectional, peepholes,
-initial states, layout 0, the default activations; anything else (clip, input_forget,
-sequence lengths other than T, other activations, layout 1) stays an LSTM and blocks.
+GRU (gates z, r, h; linear_before_reset as PyTorch exports it, or not):
+
+    z = sigmoid(X W_z + H R_z + b_z)             r = sigmoid(X W_r + H R_r + b_r)
+    h~ = tanh(X W_h + (r H) R_h + Rb_h + Wb_h)   or   tanh(X W_h + r (H R_h + Rb_h) + Wb_h)
+    H' = (1 - z) h~ + z H
+
+RNN: H' = tanh(X W + H R + b).
+
+Those ops all have checked gradient rules, so the driver differentiates a recurrent node by
+replacing it with its unrolled form first. Supported: forward, reverse and bidirectional,
+LSTM peepholes, initial states, layout 0, the default activations; anything else (clip,
+input_forget, sequence lengths other than T, other activations, layout 1) stays a recurrent
+node and blocks.
 """
 
 from __future__ import annotations
@@ -22,48 +32,55 @@ from onnx import helper
 
 from igcli.autodiff.builder import GraphEmitter, TensorInfo
 
-DEFAULT_ACTIVATIONS = ["Sigmoid", "Tanh", "Tanh"]
-MAX_STEPS = 256  # longer sequences stay an LSTM (the unrolled graph grows with T)
+RECURRENT = {"LSTM", "GRU", "RNN"}
+DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
+                       "RNN": ["Tanh"]}  # fmt: skip
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+MAX_STEPS = 256  # longer sequences stay recurrent (the unrolled graph grows with T)
 
 
-def lstm_unsupported(node: onnx.NodeProto, infos: dict[str, TensorInfo], consts) -> str | None:
-    """Why this LSTM cannot be unrolled (None when it can)."""
+def recurrent_unsupported(node: onnx.NodeProto, infos: dict[str, TensorInfo], consts) -> str | None:
+    """Why this LSTM, GRU or RNN cannot be unrolled (None when it can)."""
+    op = node.op_type
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     directions = 2 if attrs.get("direction", b"forward") == b"bidirectional" else 1
     acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
-    if acts and acts != DEFAULT_ACTIVATIONS * directions:
-        return f"LSTM activations {acts}"
+    if acts and acts != DEFAULT_ACTIVATIONS[op] * directions:
+        return f"{op} activations {acts}"
     if attrs.get("clip") is not None:
-        return "LSTM with clip"
+        return f"{op} with clip"
     if attrs.get("input_forget", 0):
-        return "LSTM with input_forget"
+        return f"{op} with input_forget"
     if attrs.get("layout", 0):
-        return "LSTM with layout 1"
+        return f"{op} with layout 1"
     info = infos.get(node.input[0])
     steps = info.shape[0] if info is not None and info.shape else None
     if not isinstance(steps, int):
-        return "LSTM over a sequence of unknown length"
+        return f"{op} over a sequence of unknown length"
     if steps > MAX_STEPS:
-        return f"LSTM over {steps} steps (unrolled up to {MAX_STEPS})"
+        return f"{op} over {steps} steps (unrolled up to {MAX_STEPS})"
     if len(node.input) > 4 and node.input[4]:
         lens = consts.get(node.input[4])
         if lens is None or not np.all(np.asarray(lens) == steps):
-            return "LSTM with sequence_lens shorter than the sequence"
+            return f"{op} with sequence_lens shorter than the sequence"
     return None
 
 
-def unroll_lstm(node: onnx.NodeProto, e: GraphEmitter, steps: int) -> list[onnx.NodeProto]:
-    """The nodes computing the LSTM's outputs (under its output names) step by step."""
+def unroll_recurrent(node: onnx.NodeProto, e: GraphEmitter, steps: int) -> list[onnx.NodeProto]:
+    """The nodes computing the node's outputs (under its output names) step by step."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     hidden = int(attrs["hidden_size"])
     direction = attrs.get("direction", b"forward").decode()
     ins = list(node.input) + [""] * (8 - len(node.input))
     x, w, r, b, _, h0, c0, p = ins[:8]
+    if node.op_type != "LSTM":
+        c0 = p = ""
     start = len(e.nodes)
     dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
     ys, hs, cs = [], [], []
     for d, way in enumerate(dirs):
-        y, h, c = _direction(e, x, w, r, b, h0, c0, p, d, hidden, steps, way == "reverse")
+        cell = _Cell(e, node.op_type, hidden, attrs.get("linear_before_reset", 0))
+        y, h, c = cell.run(x, w, r, b, h0, c0, p, d, steps, way == "reverse")
         ys.append(y)
         hs.append(h)
         cs.append(c)
@@ -71,11 +88,12 @@ def unroll_lstm(node: onnx.NodeProto, e: GraphEmitter, steps: int) -> list[onnx.
     results = [
         ys[0] if len(ys) == 1 else e.op("Concat", *ys, axis=1),  # [T, D, N, H]
         hs[0] if len(hs) == 1 else e.op("Concat", *hs, axis=0),  # [D, N, H]
-        cs[0] if len(cs) == 1 else e.op("Concat", *cs, axis=0),
+        cs[0] if len(cs) == 1 else (e.op("Concat", *cs, axis=0) if cs[0] else ""),
     ]
     for out, res in zip(outs, results, strict=True):
-        if out:
-            e.nodes.append(helper.make_node("Identity", [res], [out], name=e.fresh("lstm_out")))
+        if out and res:
+            name = e.fresh(f"{node.op_type.lower()}_out")
+            e.nodes.append(helper.make_node("Identity", [res], [out], name=name))
     new = e.nodes[start:]
     del e.nodes[start:]
     return new
@@ -86,33 +104,59 @@ def _pick(e: GraphEmitter, t: str, d: int) -> str:
     return e.op("Gather", t, e.const(np.asarray(d, np.int64)), axis=0)
 
 
-def _direction(e, x, w, r, b, h0, c0, p, d, hidden, steps, reverse):
-    wt = e.op("Transpose", _pick(e, w, d), perm=[1, 0])  # [I, 4H]
-    rt = e.op("Transpose", _pick(e, r, d), perm=[1, 0])  # [H, 4H]
-    xw = e.op("MatMul", x, wt)  # [T, N, 4H]: the input part of every step at once
-    if b:
-        bias = _pick(e, b, d)  # [8H]: Wb then Rb
-        wb = e.slice(bias, [0], [4 * hidden], [0])
-        rb = e.slice(bias, [4 * hidden], [8 * hidden], [0])
-        xw = e.op("Add", xw, e.op("Add", wb, rb))
-    peep = None
-    if p:
-        pd = _pick(e, p, d)  # [3H]: P_i, P_o, P_f
-        peep = [e.slice(pd, [k * hidden], [(k + 1) * hidden], [0]) for k in range(3)]
+class _Cell:
+    """One direction of an LSTM, GRU or RNN, step by step."""
 
-    def step_input(t: int) -> str:
-        return e.op("Gather", xw, e.const(np.asarray(t, np.int64)), axis=0)  # [N, 4H]
+    def __init__(self, e: GraphEmitter, op: str, hidden: int, linear_before_reset: int) -> None:
+        self.e, self.op, self.hidden, self.lbr = e, op, hidden, linear_before_reset
 
-    zeros = None
-    if not h0 or not c0:  # zeros shaped [N, H] from the data (N may be dynamic)
-        zeros = e.op("Mul", e.slice(step_input(0), [0], [hidden], [1]), e.scalar(0.0, x))
-    h = _pick(e, h0, d) if h0 else zeros
-    c = _pick(e, c0, d) if c0 else zeros
-    order = range(steps - 1, -1, -1) if reverse else range(steps)
-    outputs: dict[int, str] = {}
-    for t in order:
-        gates = e.op("Add", step_input(t), e.op("MatMul", h, rt))
-        gi, go, gf, gc = (e.slice(gates, [k * hidden], [(k + 1) * hidden], [1]) for k in range(4))
+    def gate(self, t: str, k: int, axis: int = 1) -> str:
+        h = self.hidden
+        return self.e.slice(t, [k * h], [(k + 1) * h], [axis])
+
+    def run(self, x, w, r, b, h0, c0, p, d, steps, reverse):
+        e, hidden, gates = self.e, self.hidden, GATES[self.op]
+        wt = e.op("Transpose", _pick(e, w, d), perm=[1, 0])  # [I, G H]
+        rt = e.op("Transpose", _pick(e, r, d), perm=[1, 0])  # [H, G H]
+        xw = e.op("MatMul", x, wt)  # [T, N, G H]: the input part of every step at once
+        rb = None
+        if b:
+            bias = _pick(e, b, d)  # [2 G H]: Wb then Rb
+            wb = e.slice(bias, [0], [gates * hidden], [0])
+            rb = e.slice(bias, [gates * hidden], [2 * gates * hidden], [0])
+            # a GRU's Rb goes in at each step (Rb_h is inside the reset, either way)
+            xw = e.op("Add", xw, wb if self.op == "GRU" else e.op("Add", wb, rb))
+        peep = None
+        if p:
+            pd = _pick(e, p, d)  # [3H]: P_i, P_o, P_f
+            peep = [self.gate(pd, k, 0) for k in range(3)]
+
+        def step_input(t: int) -> str:
+            return e.op("Gather", xw, e.const(np.asarray(t, np.int64)), axis=0)  # [N, G H]
+
+        zeros = None
+        if not h0 or (self.op == "LSTM" and not c0):  # zeros [N, H] (N may be dynamic)
+            zeros = e.op("Mul", self.gate(step_input(0), 0), e.scalar(0.0, x))
+        h = _pick(e, h0, d) if h0 else zeros
+        c = (_pick(e, c0, d) if c0 else zeros) if self.op == "LSTM" else ""
+        order = range(steps - 1, -1, -1) if reverse else range(steps)
+        outputs: dict[int, str] = {}
+        for t in order:
+            if self.op == "LSTM":
+                h, c = self.lstm_step(step_input(t), h, c, rt, peep)
+            elif self.op == "GRU":
+                h = self.gru_step(step_input(t), h, rt, rb)
+            else:
+                h = e.op("Tanh", e.op("Add", step_input(t), e.op("MatMul", h, rt)))
+            outputs[t] = h
+        stacked = [e.unsqueeze(outputs[t], [0]) for t in range(steps)]
+        y = stacked[0] if steps == 1 else e.op("Concat", *stacked, axis=0)  # [T, N, H]
+        return e.unsqueeze(y, [1]), e.unsqueeze(h, [0]), (e.unsqueeze(c, [0]) if c else "")
+
+    def lstm_step(self, xt, h, c, rt, peep):
+        e = self.e
+        gates = e.op("Add", xt, e.op("MatMul", h, rt))
+        gi, go, gf, gc = (self.gate(gates, k) for k in range(4))
         if peep is not None:
             gi = e.op("Add", gi, e.op("Mul", peep[0], c))
             gf = e.op("Add", gf, e.op("Mul", peep[2], c))
@@ -120,24 +164,41 @@ def _direction(e, x, w, r, b, h0, c0, p, d, hidden, steps, reverse):
         c = e.op("Add", e.op("Mul", f, c), e.op("Mul", i, e.op("Tanh", gc)))
         if peep is not None:
             go = e.op("Add", go, e.op("Mul", peep[1], c))
-        h = e.op("Mul", e.op("Sigmoid", go), e.op("Tanh", c))
-        outputs[t] = h
-    stacked = [e.unsqueeze(outputs[t], [0]) for t in range(steps)]
-    y = stacked[0] if steps == 1 else e.op("Concat", *stacked, axis=0)  # [T, N, H]
-    return e.unsqueeze(y, [1]), e.unsqueeze(h, [0]), e.unsqueeze(c, [0])
+        return e.op("Mul", e.op("Sigmoid", go), e.op("Tanh", c)), c
+
+    def gru_step(self, xt, h, rt, rb):
+        e = self.e
+        x_z, x_r, x_h = (self.gate(xt, k) for k in range(3))
+        r_zr = e.op("MatMul", h, e.slice(rt, [0], [2 * self.hidden], [1]))  # [N, 2H]
+        if rb is not None:
+            r_zr = e.op("Add", r_zr, e.slice(rb, [0], [2 * self.hidden], [0]))
+        z = e.op("Sigmoid", e.op("Add", x_z, self.gate(r_zr, 0)))
+        reset = e.op("Sigmoid", e.op("Add", x_r, self.gate(r_zr, 1)))
+        r_h = self.gate(rt, 2)  # [H, H]
+        rb_h = self.gate(rb, 2, 0) if rb is not None else None
+        if self.lbr:  # r (H R_h + Rb_h)
+            inner = e.op("MatMul", h, r_h)
+            inner = e.op("Add", inner, rb_h) if rb_h else inner
+            cand = e.op("Add", x_h, e.op("Mul", reset, inner))
+        else:  # (r H) R_h + Rb_h
+            inner = e.op("MatMul", e.op("Mul", reset, h), r_h)
+            cand = e.op("Add", x_h, e.op("Add", inner, rb_h) if rb_h else inner)
+        cand = e.op("Tanh", cand)
+        # H' = (1 - z) h~ + z H = h~ + z (H - h~)
+        return e.op("Add", cand, e.op("Mul", z, e.op("Sub", h, cand)))
 
 
-def unroll_lstms(model: onnx.ModelProto, keys: set[tuple], infos, consts, opset: int) -> int:
-    """Replace (in place, main graph) the LSTMs whose tuple(outputs) is in `keys` and that
-    can be unrolled. Returns how many."""
+def unroll_recurrents(model: onnx.ModelProto, keys: set[tuple], infos, consts, opset: int) -> int:
+    """Replace (in place, main graph) the LSTMs, GRUs and RNNs whose tuple(outputs) is in
+    `keys` and that can be unrolled. Returns how many."""
     graph = model.graph
-    e = GraphEmitter(opset=opset, infos=infos, constants=consts, prefix="igcli_lstm")
+    e = GraphEmitter(opset=opset, infos=infos, constants=consts, prefix="igcli_rnn")
     new_nodes, done = [], 0
     for node in graph.node:
-        if (node.op_type == "LSTM" and node.domain in ("", "ai.onnx")
+        if (node.op_type in RECURRENT and node.domain in ("", "ai.onnx")
                 and tuple(node.output) in keys
-                and lstm_unsupported(node, infos, consts) is None):  # fmt: skip
-            new_nodes.extend(unroll_lstm(node, e, infos[node.input[0]].shape[0]))
+                and recurrent_unsupported(node, infos, consts) is None):  # fmt: skip
+            new_nodes.extend(unroll_recurrent(node, e, infos[node.input[0]].shape[0]))
             done += 1
         else:
             new_nodes.append(node)

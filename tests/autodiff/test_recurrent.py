@@ -1,4 +1,5 @@
-"""LSTM: unrolled into checked primitive ops over a static sequence length, else refused.
+"""LSTM, GRU and RNN: unrolled into checked primitive ops over a static sequence length, else
+refused.
 
 The unrolled graph is checked end to end: its gradient (float64, reference evaluator) against
 central differences of onnx's reference LSTM, and in ONNX Runtime float32, w.r.t. the
@@ -73,3 +74,57 @@ def test_lstm_configurations_that_are_not_unrolled_block(attrs, dynamic, reason)
     model = make_model([node], {"x": x}, "y", 14, consts32, dynamic=dynamic)
     blocked = blocking_ops(model, "x", "y")
     assert len(blocked) == 1 and blocked[0].startswith("LSTM") and reason in blocked[0], blocked
+
+
+# -- GRU and RNN: unrolled the same way -------------------------------------------------------
+def gru_or_rnn_case(op, direction, with_state=True, with_bias=True, **attrs):
+    d = 2 if direction == "bidirectional" else 1
+    gates = 3 if op == "GRU" else 1
+    inputs = {"x": rng.standard_normal((T, N, I))}
+    consts = {"w": rng.standard_normal((d, gates * H, I)),
+              "r": rng.standard_normal((d, gates * H, H))}  # fmt: skip
+    names = ["x", "w", "r", "", "", ""]
+    if with_bias:
+        consts["b"] = rng.standard_normal((d, 2 * gates * H))
+        names[3] = "b"
+    if with_state:
+        inputs["h0"] = rng.standard_normal((d, N, H))
+        names[5] = "h0"
+    while names[-1] == "":
+        names.pop()
+    node = helper.make_node(op, names, ["y", "yh"], hidden_size=H, direction=direction, **attrs)
+    return node, inputs, consts
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("output", ["y", "yh"])
+@pytest.mark.parametrize("op, attrs", [("GRU", {}), ("GRU", {"linear_before_reset": 1}),
+                                       ("RNN", {})])  # fmt: skip
+def test_gru_and_rnn_gradient(op, attrs, direction, output):
+    node, inputs, consts = gru_or_rnn_case(op, direction, **attrs)
+    check_graph([node], inputs, output, constants=consts, opset=14)
+
+
+@pytest.mark.parametrize("op", ["GRU", "RNN"])
+@pytest.mark.parametrize("opset", [9, 22])
+def test_gru_and_rnn_without_state_or_bias(op, opset):
+    node, inputs, consts = gru_or_rnn_case(op, "forward", False, False)
+    check_graph([node], inputs, "y", constants=consts, opset=opset)
+
+
+def test_gru_weights_get_gradients_too():
+    node, inputs, consts = gru_or_rnn_case("GRU", "forward", linear_before_reset=1)
+    inputs |= {"w": consts.pop("w"), "r": consts.pop("r"), "b": consts.pop("b")}
+    node.input[1], node.input[2], node.input[3] = "w", "r", "b"
+    check_graph([node], inputs, "yh", constants=consts, opset=14)
+
+
+@pytest.mark.parametrize("op", ["GRU", "RNN"])
+def test_gru_and_rnn_configurations_that_are_not_unrolled_block(op):
+    node, inputs, consts = gru_or_rnn_case(op, "forward", with_state=False)
+    node.attribute.append(helper.make_attribute("clip", 3.0))
+    x = inputs["x"].astype(np.float32)
+    consts32 = {k: v.astype(np.float32) for k, v in consts.items()}
+    model = make_model([node], {"x": x}, "y", 14, consts32)
+    blocked = blocking_ops(model, "x", "y")
+    assert len(blocked) == 1 and blocked[0].startswith(op) and "clip" in blocked[0], blocked
