@@ -552,6 +552,61 @@ def float_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
     return {n: s for n, s in specs.items() if n in produced and s.dtype.kind == "f"}
 
 
+def sequence_first_axis(spec: TensorSpec) -> int | None:
+    """1 for a float input declared sequence first, [T, N, F...] with T > 1 fixed and N the
+    one open dim (PyTorch's RNNs unless batch_first); None otherwise. Narrow on purpose: a
+    fixed 1 first is a fixed batch ([1, seq] token ids), and other layouts with one open dim
+    cannot be told from a batch-first input with a dynamic axis."""
+    shape = spec.shape
+    if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f" or len(shape) < 3:
+        return None
+    if not isinstance(shape[0], int) or shape[0] < 2:
+        return None
+    open_dims = [k for k, d in enumerate(shape) if not isinstance(d, int) or d < 1]
+    return 1 if open_dims == [1] else None
+
+
+def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto:
+    """A copy of `model` whose input `input_name` takes its batch on axis 0 (moved there from
+    `axis` by a Transpose inside the graph), and whose outputs with the same batch dim on a
+    later axis give it on axis 0 too: igcli's rows are always the first axis. A sample is
+    then the input without its batch axis, [T, F] for [T, N, F], as the user holds it."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    vi = next(i for i in graph.input if i.name == input_name)
+    dims = vi.type.tensor_type.shape.dim
+    batch = dims[axis].dim_param or None
+    inner = f"{input_name}/igcli_seq"
+    for node in graph.node:
+        node.input[:] = [inner if i == input_name else i for i in node.input]
+    order = [axis] + [k for k in range(len(dims)) if k != axis]
+    moved = [copy.deepcopy(dims[k]) for k in order]
+    del dims[:]
+    dims.extend(moved)
+    back = [order.index(k) for k in range(len(order))]  # original axis k <- new axis back[k]
+    nodes = [helper.make_node("Transpose", [input_name], [inner], perm=back, name=inner)]
+    for out in graph.output:
+        odims = out.type.tensor_type.shape.dim
+        at = [k for k, d in enumerate(odims) if batch is not None and d.dim_param == batch]
+        if len(at) != 1 or at[0] == 0:
+            continue
+        k = at[0]
+        produced = f"{out.name}/igcli_seq"
+        for node in graph.node:
+            node.output[:] = [produced if o == out.name else o for o in node.output]
+            node.input[:] = [produced if i == out.name else i for i in node.input]
+        perm = [k] + [j for j in range(len(odims)) if j != k]
+        graph.node.append(helper.make_node("Transpose", [produced], [out.name], perm=perm,
+                                           name=f"{out.name}/igcli_batch_first"))  # fmt: skip
+        moved = [copy.deepcopy(odims[j]) for j in perm]
+        del odims[:]
+        odims.extend(moved)
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    del graph.value_info[:]
+    return model
+
+
 def expose_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     """Make an intermediate float tensor (pre-softmax logits, a block's output) a graph output."""
     if any(o.name == name for o in model.graph.output):

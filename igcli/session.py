@@ -73,6 +73,7 @@ from igcli.model import (
     ModelRunner,
     Sidecar,
     TensorSpec,
+    batch_first,
     default_output,
     expose_output,
     graph_inputs,
@@ -83,6 +84,7 @@ from igcli.model import (
     model_hash,
     require_inputs,
     resolve_providers,
+    sequence_first_axis,
     stack_contexts,
     unusable_reason,
     weight_bytes,
@@ -305,6 +307,12 @@ class Session:
         self.sidecar = Sidecar.load(self.model_path)
         inputs = require_inputs(self.model, self.model_path)
         self.input_spec = self._choose_input(inputs, input)
+        # an input declared sequence first ([T, N, F]) takes its rows on axis 0 from here on
+        self.sequence_first = sequence_first_axis(self.input_spec)
+        if self.sequence_first is not None:
+            self.model = batch_first(self.model, self.input_spec.name, self.sequence_first)
+            inputs = require_inputs(self.model, self.model_path)
+            self.input_spec = next(s for s in inputs if s.name == self.input_spec.name)
         values = math.prod(d for d in self.input_spec.shape if isinstance(d, int) and d > 0)
         if values > MAX_TENSOR_VALUES:  # a row could never be read, nor a probe allocated
             raise ModelError(
@@ -478,6 +486,8 @@ class Session:
         shape_text = "any" if shape is None else ",".join(map(str, shape))
         parts = [kind, self.input_spec.name, self.output_name, str(self.softmax)]
         parts += [json.dumps([feeds, axes], sort_keys=True), shape_text]
+        if self.sequence_first is not None:
+            parts.append(f"batch_axis={self.sequence_first}")
         if self._cut is not None:
             parts.append(f"at={self.at}")
         return cache_key(self.sha256, *parts)

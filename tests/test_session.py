@@ -358,3 +358,64 @@ def test_the_library_takes_what_a_notebook_passes_and_refuses_the_rest_in_one_li
         a.save("s3://bucket/run")
     assert not (tmp_path / "s3:").exists()
     assert a.save(tmp_path, name="sub/x")["name"] == "sub/x"
+
+
+def _gru_model(path, sequence_first: bool):
+    """A GRU over 6 steps of 3 features and a linear head: the input [6, N, 3] (sequence
+    first, as PyTorch's RNNs are by default) or [N, 6, 3] with a Transpose in front."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    hidden = 4
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 3 * hidden, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(
+            rng.standard_normal((1, 3 * hidden, hidden)).astype(np.float32), "r"
+        ),
+        numpy_helper.from_array(rng.standard_normal((1, 6 * hidden)).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((hidden, 2)).astype(np.float32), "head"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+    ]
+    nodes = [
+        helper.make_node("GRU", ["seq", "w", "r", "b"], ["", "h"], hidden_size=hidden,
+                         linear_before_reset=1),
+        helper.make_node("Squeeze", ["h", "axis0"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "head"], ["y"]),
+    ]  # fmt: skip
+    if sequence_first:
+        x = helper.make_tensor_value_info("seq", TensorProto.FLOAT, [6, "N", 3])
+    else:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 3])
+        nodes.insert(0, helper.make_node("Transpose", ["x"], ["seq"], perm=[1, 0, 2]))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph(nodes, "gru", [x], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    return path
+
+
+def test_a_sequence_first_input_takes_its_rows_on_the_batch_axis(tmp_path):
+    """[T, N, F]: a sample is [T, F], and its attributions equal those of the same model
+    taking [N, T, F] (before, its T steps were read as T rows of one step each)."""
+    sample = np.random.default_rng(4).standard_normal((6, 3)).astype(np.float32)
+    first = igcli.Session(_gru_model(tmp_path / "seq_first.onnx", True), cache=False)
+    batch = igcli.Session(_gru_model(tmp_path / "batch_first.onnx", False), cache=False)
+    a = first.attribute(sample, target=1, steps=32, baseline="zero")
+    b = batch.attribute(sample, target=1, steps=32, baseline="zero")
+    assert a.gradient_source == "graph" and a.rel_error < 1e-4
+    np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-5, atol=1e-7)
+    assert a.f_input == pytest.approx(b.f_input, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, axis",
+    [([6, "N", 3], np.float32, 1), ([6, None, 3, 2], np.float32, 1),
+     ([1, "N", 3], np.float32, None),  # a fixed batch of 1
+     (["N", 6, 3], np.float32, None), ([6, "N"], np.float32, None),  # rank 2: not told
+     ([6, "N", 3], np.int64, None),  # token ids
+     ([6, "N", "F"], np.float32, None), ([6, 3, "W"], np.float32, None)],
+)  # fmt: skip
+def test_which_inputs_count_as_sequence_first(shape, dtype, axis):
+    from igcli.model import TensorSpec, sequence_first_axis
+
+    assert sequence_first_axis(TensorSpec("x", shape, np.dtype(dtype))) == axis
