@@ -757,6 +757,7 @@ def inspect(model: Path, as_json: bool) -> None:
         graph_outputs,
         load_model,
         opset_of,
+        sequence_first_axis,
         with_dynamic_batch,
         without_initializer_inputs,
     )
@@ -788,6 +789,9 @@ def inspect(model: Path, as_json: bool) -> None:
                 )
         except IgcliError as exc:
             prep = f"none ({exc.reason})"
+        if sequence_first_axis(attributed) is not None:
+            sample = [d for k, d in enumerate(attributed.shape) if k != 1]
+            prep += f"; sequence first: rows on axis 1, a sample is {sample}"
     elif at is not None:
         found = find_tokenizer(model, None)
         prep = f"token ids in {ids.name!r} ({found.name if found else 'no tokenizer.json'})"

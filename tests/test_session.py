@@ -419,3 +419,17 @@ def test_which_inputs_count_as_sequence_first(shape, dtype, axis):
     from igcli.model import TensorSpec, sequence_first_axis
 
     assert sequence_first_axis(TensorSpec("x", shape, np.dtype(dtype))) == axis
+
+
+def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
+    from tests.test_cli import run
+
+    model = _gru_model(tmp_path / "seq_first.onnx", True)
+    np.save(tmp_path / "s.npy", np.random.default_rng(5).standard_normal((6, 3)).astype("f4"))
+    result = run("explain", model, tmp_path / "s.npy", "--out", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["gradient_source"] == "graph" and record["rel_error"] < 1e-3
+    assert np.load(tmp_path / "o" / "s.npy").shape[-2:] == (6, 3)
+    info = json.loads(run("inspect", model, "--json").stdout)
+    assert "sequence first" in info["preprocessing"] and "[6, 3]" in info["preprocessing"]
