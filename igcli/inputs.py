@@ -57,6 +57,9 @@ class Preprocessing:
     preset: str | None = None
     feature_names: list[str] | None = None
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+    # where the model itself takes the batch (1 for a sequence-first [T, N, F] input, which
+    # igcli reads batch first: input_shape is then [N, T, F])
+    batch_axis: int = 0
 
     @property
     def is_image_model(self) -> bool:
@@ -545,8 +548,17 @@ def fit_tensor(
         if arr.shape[0] != 1:
             raise error(f"holds a batch of {arr.shape[0]}; give one sample per file", path)
         arr = arr[0]
+    elif (
+        prep.batch_axis
+        and arr.ndim == len(expected)
+        and arr.shape[prep.batch_axis] == 1
+        and _shape_matches(tuple(np.delete(arr.shape, prep.batch_axis)), expected[1:])
+    ):  # the model's own sequence-first layout, [T, 1, F]
+        arr = np.squeeze(arr, axis=prep.batch_axis)
     elif not _shape_matches(arr.shape, expected[1:]):
-        raise error(f"shape {list(arr.shape)} does not fit the model input {expected}", path)
+        declared = list(expected[1:])
+        declared.insert(prep.batch_axis, expected[0])
+        raise error(f"shape {list(arr.shape)} does not fit the model input {declared}", path)
     if arr.size == 0:
         raise error(f"shape {list(arr.shape)} holds no values", path)
     return _to_model_dtype(arr, prep.dtype, path, error)

@@ -353,6 +353,7 @@ class Session:
             self.prep = make_preprocessing(
                 self.input_spec, self.sidecar, mean, std, preset=preprocess
             )
+        self.prep.batch_axis = self.sequence_first or 0
         # said when the first picture is read: arrays and .npy tensors are model inputs already
         self._note_pixels = self.prep.unnormalised_rgb and preprocess is None
         self.at, self._cut = self._choose_cut(at)

@@ -433,3 +433,15 @@ def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
     assert np.load(tmp_path / "o" / "s.npy").shape[-2:] == (6, 3)
     info = json.loads(run("inspect", model, "--json").stdout)
     assert "sequence first" in info["preprocessing"] and "[6, 3]" in info["preprocessing"]
+
+
+def test_a_sequence_first_sample_may_come_in_the_models_own_layout(tmp_path):
+    """[T, 1, F] (the model's layout with a batch of 1) is the same sample as [T, F]; a
+    sample that fits neither is refused naming the layout the model declares."""
+    session = igcli.Session(_gru_model(tmp_path / "seq_first.onnx", True), cache=False)
+    sample = np.random.default_rng(6).standard_normal((6, 3)).astype(np.float32)
+    plain = session.attribute(sample, target=0, steps=16, baseline="zero")
+    own = session.attribute(sample[:, None], target=0, steps=16, baseline="zero")
+    np.testing.assert_array_equal(plain.attributions, own.attributions)
+    with pytest.raises(igcli.IgcliError, match=r"does not fit the model input \[6, 'N', 3\]"):
+        session.attribute(sample[:4], target=0, steps=16)
