@@ -94,10 +94,11 @@ def _tensor_infos(
     return infos
 
 
-# ops whose first output has the broadcast shape of their inputs (one input: its shape)
+# ops whose first output has the broadcast shape of their inputs (one input: its shape;
+# not CastLike, whose second input only lends its type)
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Mean",
                 "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Erf",
-                "Neg", "Abs", "Reciprocal", "Identity", "Cast", "CastLike", "Clip", "Dropout",
+                "Neg", "Abs", "Reciprocal", "Identity", "Cast", "Clip", "Dropout",
                 "Softmax", "LogSoftmax", "Gelu", "Softplus", "Elu", "Selu", "HardSigmoid",
                 "HardSwish", "LayerNormalization", "Sin", "Cos"}  # fmt: skip
 _SHAPE_OPS = {"Shape", "Slice", "Concat", "Gather", "Cast", "Unsqueeze", "Squeeze", "Identity",
