@@ -28,6 +28,7 @@ from onnx import helper
 from onnx.external_data_helper import load_external_data_for_model
 
 from igcli.autodiff.inference import infer_shapes
+from igcli.autodiff.subgraphs import captures, subgraphs
 from igcli.errors import InputError, ModelError, UsageError
 from igcli.files import (
     MAX_IMAGE_PIXELS,
@@ -566,11 +567,14 @@ def sequence_first_axis(spec: TensorSpec) -> int | None:
     return 1 if open_dims == [1] else None
 
 
-def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto:
+def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto | None:
     """A copy of `model` whose input `input_name` takes its batch on axis 0 (moved there from
     `axis` by a Transpose inside the graph), and whose outputs with the same batch dim on a
     later axis give it on axis 0 too: igcli's rows are always the first axis. A sample is
-    then the input without its batch axis, [T, F] for [T, N, F], as the user holds it."""
+    then the input without its batch axis, [T, F] for [T, N, F], as the user holds it.
+    None where an If/Loop/Scan body reads the input itself (it would see the new layout)."""
+    if any(input_name in captures(sub) for n in model.graph.node for sub in subgraphs(n)):
+        return None
     model = copy.deepcopy(model)
     graph = model.graph
     vi = next(i for i in graph.input if i.name == input_name)

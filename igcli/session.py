@@ -308,9 +308,11 @@ class Session:
         inputs = require_inputs(self.model, self.model_path)
         self.input_spec = self._choose_input(inputs, input)
         # an input declared sequence first ([T, N, F]) takes its rows on axis 0 from here on
-        self.sequence_first = sequence_first_axis(self.input_spec)
-        if self.sequence_first is not None:
-            self.model = batch_first(self.model, self.input_spec.name, self.sequence_first)
+        axis = sequence_first_axis(self.input_spec)
+        moved = batch_first(self.model, self.input_spec.name, axis) if axis else None
+        self.sequence_first = axis if moved is not None else None
+        if moved is not None:
+            self.model = moved
             inputs = require_inputs(self.model, self.model_path)
             self.input_spec = next(s for s in inputs if s.name == self.input_spec.name)
         values = math.prod(d for d in self.input_spec.shape if isinstance(d, int) and d > 0)
