@@ -753,6 +753,7 @@ def inspect(model: Path, as_json: bool) -> None:
     from igcli.inputs import make_preprocessing
     from igcli.model import (
         Sidecar,
+        batch_first,
         graph_inputs,
         graph_outputs,
         load_model,
@@ -803,6 +804,10 @@ def inspect(model: Path, as_json: bool) -> None:
     else:
         try:
             graph_model, graph_input = with_dynamic_batch(onnx_model), source.name
+            if attributed is not None and sequence_first_axis(attributed) is not None:
+                # as explain reads it (see Session): rows first, a sample [T, F...]
+                moved = batch_first(graph_model, source.name, 1)
+                graph_model = moved if moved is not None else graph_model
             if at is not None:
                 graph_model = make_cut(graph_model, at, ids.name, explained.name).after
                 graph_input = at

@@ -433,6 +433,7 @@ def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
     assert np.load(tmp_path / "o" / "s.npy").shape[-2:] == (6, 3)
     info = json.loads(run("inspect", model, "--json").stdout)
     assert "sequence first" in info["preprocessing"] and "[6, 3]" in info["preprocessing"]
+    assert info["gradient_graph"] is True
 
 
 def test_a_sequence_first_sample_may_come_in_the_models_own_layout(tmp_path):
