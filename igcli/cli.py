@@ -790,7 +790,7 @@ def inspect(model: Path, as_json: bool) -> None:
                 )
         except IgcliError as exc:
             prep = f"none ({exc.reason})"
-        if sequence_first_axis(attributed) is not None:
+        if sequence_first_axis(attributed, outs) is not None:
             sample = [d for k, d in enumerate(attributed.shape) if k != 1]
             prep += f"; sequence first: rows on axis 1, a sample is {sample}"
     elif at is not None:
@@ -804,7 +804,7 @@ def inspect(model: Path, as_json: bool) -> None:
     else:
         try:
             graph_model, graph_input = with_dynamic_batch(onnx_model), source.name
-            if attributed is not None and sequence_first_axis(attributed) is not None:
+            if attributed is not None and sequence_first_axis(attributed, outs) is not None:
                 # as explain reads it (see Session): rows first, a sample [T, F...]
                 moved = batch_first(graph_model, source.name, 1)
                 graph_model = moved if moved is not None else graph_model

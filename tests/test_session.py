@@ -408,17 +408,21 @@ def test_a_sequence_first_input_takes_its_rows_on_the_batch_axis(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "shape, dtype, axis",
-    [([6, "N", 3], np.float32, 1), ([6, None, 3, 2], np.float32, 1),
-     ([1, "N", 3], np.float32, None),  # a fixed batch of 1
-     (["N", 6, 3], np.float32, None), ([6, "N"], np.float32, None),  # rank 2: not told
-     ([6, "N", 3], np.int64, None),  # token ids
-     ([6, "N", "F"], np.float32, None), ([6, 3, "W"], np.float32, None)],
+    "shape, dtype, out, axis",
+    [([6, "N", 3], np.float32, ["N", 2], 1), ([6, "N", 3, 2], np.float32, ["N"], 1),
+     ([6, "S", 3], np.float32, [6, 2], None),  # a dummy batch of 6, a dynamic sequence
+     ([6, "S", 3], np.float32, [6, "S", 2], None),
+     ([6, None, 3], np.float32, [None, 2], None),  # an open dim with no name: not told
+     ([1, "N", 3], np.float32, ["N", 2], None),  # a fixed batch of 1
+     (["N", 6, 3], np.float32, ["N", 2], None), ([6, "N"], np.float32, ["N"], None),  # rank 2
+     ([6, "N", 3], np.int64, ["N", 2], None),  # token ids
+     ([6, "N", "F"], np.float32, ["N", 2], None), ([6, 3, "W"], np.float32, ["W"], None)],
 )  # fmt: skip
-def test_which_inputs_count_as_sequence_first(shape, dtype, axis):
+def test_which_inputs_count_as_sequence_first(shape, dtype, out, axis):
     from igcli.model import TensorSpec, sequence_first_axis
 
-    assert sequence_first_axis(TensorSpec("x", shape, np.dtype(dtype))) == axis
+    outputs = [TensorSpec("y", out, np.dtype(np.float32))]
+    assert sequence_first_axis(TensorSpec("x", shape, np.dtype(dtype)), outputs) == axis
 
 
 def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
