@@ -556,18 +556,22 @@ def float_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
 def sequence_first_axis(spec: TensorSpec, outputs: list[TensorSpec]) -> int | None:
     """1 for a float input declared sequence first, [T, N, F...] with T > 1 fixed and N its
     one open dim, named, and first in some output ([N, classes]: PyTorch's RNNs and
-    Transformer encoders unless batch_first); None otherwise. Narrow on purpose: a fixed 1
-    first is a fixed batch ([1, seq] token ids), and [8, S, F] with S on no output's first
-    axis is a dummy batch of 8 with a dynamic sequence, whose batch is axis 0."""
+    Transformer encoders unless batch_first), or exported at [T, 1, F] with outputs [1, ...]
+    and none [T, ...]; None otherwise. Narrow on purpose: a fixed 1 first is a fixed batch
+    ([1, seq] token ids), and [8, S, F] with S on no output's first axis is a dummy batch of
+    8 with a dynamic sequence, whose batch is axis 0."""
     shape = spec.shape
     if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f" or len(shape) < 3:
         return None
     if not isinstance(shape[0], int) or shape[0] < 2:
         return None
     open_dims = [k for k, d in enumerate(shape) if not isinstance(d, int) or d < 1]
+    firsts = [o.shape[0] for o in outputs if o.shape]
+    if not open_dims and shape[1] == 1:  # exported at [T, 1, F] (torch.export fixes a 1)
+        return 1 if 1 in firsts and shape[0] not in firsts else None
     if open_dims != [1] or not isinstance(shape[1], str):
         return None
-    return 1 if any(o.shape and o.shape[0] == shape[1] for o in outputs) else None
+    return 1 if shape[1] in firsts else None
 
 
 def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto | None:

@@ -360,7 +360,7 @@ def test_the_library_takes_what_a_notebook_passes_and_refuses_the_rest_in_one_li
     assert a.save(tmp_path, name="sub/x")["name"] == "sub/x"
 
 
-def _gru_model(path, sequence_first: bool):
+def _gru_model(path, sequence_first: bool, batch=("N", "N")):
     """A GRU over 6 steps of 3 features and a linear head: the input [6, N, 3] (sequence
     first, as PyTorch's RNNs are by default) or [N, 6, 3] with a Transpose in front."""
     import onnx
@@ -384,11 +384,11 @@ def _gru_model(path, sequence_first: bool):
         helper.make_node("MatMul", ["h2", "head"], ["y"]),
     ]  # fmt: skip
     if sequence_first:
-        x = helper.make_tensor_value_info("seq", TensorProto.FLOAT, [6, "N", 3])
+        x = helper.make_tensor_value_info("seq", TensorProto.FLOAT, [6, batch[0], 3])
     else:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 3])
         nodes.insert(0, helper.make_node("Transpose", ["x"], ["seq"], perm=[1, 0, 2]))
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch[1], 2])
     graph = helper.make_graph(nodes, "gru", [x], [y], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
     return path
@@ -416,7 +416,9 @@ def test_a_sequence_first_input_takes_its_rows_on_the_batch_axis(tmp_path):
      ([1, "N", 3], np.float32, ["N", 2], None),  # a fixed batch of 1
      (["N", 6, 3], np.float32, ["N", 2], None), ([6, "N"], np.float32, ["N"], None),  # rank 2
      ([6, "N", 3], np.int64, ["N", 2], None),  # token ids
-     ([6, "N", "F"], np.float32, ["N", 2], None), ([6, 3, "W"], np.float32, ["W"], None)],
+     ([6, "N", "F"], np.float32, ["N", 2], None), ([6, 3, "W"], np.float32, ["W"], None),
+     ([6, 1, 3], np.float32, [1, 2], 1),  # exported at batch 1 (torch.export fixes it)
+     ([6, 1, 3], np.float32, [6, 2], None), ([6, 1, 3], np.float32, [6, 1, 2], None)],
 )  # fmt: skip
 def test_which_inputs_count_as_sequence_first(shape, dtype, out, axis):
     from igcli.model import TensorSpec, sequence_first_axis
@@ -438,6 +440,16 @@ def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
     info = json.loads(run("inspect", model, "--json").stdout)
     assert "sequence first" in info["preprocessing"] and "[6, 3]" in info["preprocessing"]
     assert info["gradient_graph"] is True
+
+
+def test_a_sequence_first_model_exported_at_batch_1(tmp_path):
+    """[6, 1, 3] -> [1, 2] (torch.export fixes a batch of 1): read as sequence first too."""
+    sample = np.random.default_rng(7).standard_normal((6, 3)).astype(np.float32)
+    fixed = igcli.Session(_gru_model(tmp_path / "fixed.onnx", True, (1, 1)), cache=False)
+    batch = igcli.Session(_gru_model(tmp_path / "batch_first.onnx", False), cache=False)
+    a = fixed.attribute(sample, target=1, steps=32, baseline="zero")
+    b = batch.attribute(sample, target=1, steps=32, baseline="zero")
+    np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-5, atol=1e-7)
 
 
 def test_a_sequence_first_sample_may_come_in_the_models_own_layout(tmp_path):
