@@ -50,6 +50,7 @@ def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.M
     new_inits: list[onnx.TensorProto] = []
     _fold(nodes, consts, protected, infos, new_inits, opset)
     _gathers_as_slices(nodes, consts, infos, new_inits, opset)
+    _attention_probabilities(nodes)
     folded = [n.proto for n in nodes if not n.dead]
     del graph.node[:]
     graph.node.extend(folded)
@@ -358,6 +359,26 @@ def _emit(n: _Node, head, tail, weight, bias, consts, new_inits, fresh, depthwis
 
 
 # -- Gather of one index -----------------------------------------------------------------------
+def _attention_probabilities(nodes: list[_Node]) -> None:
+    """Attention nodes also output their softmax probabilities (output 3 with
+    qk_matmul_output_mode 3), which the Attention rule reverses through: exactly the P ONNX
+    Runtime used, masks and causality included, not a recomputation. Nodes that already use
+    output 3 keep it (the rule then refuses unless it is the softmax)."""
+    for n in nodes:
+        node = n.proto
+        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx") or n.dead:
+            continue
+        if len(node.output) > 3 and node.output[3]:
+            continue
+        while len(node.output) < 4:
+            node.output.append("")
+        node.output[3] = f"{node.output[0]}/igcli_probs"
+        for attr in list(node.attribute):
+            if attr.name == "qk_matmul_output_mode":
+                node.attribute.remove(attr)
+        node.attribute.append(helper.make_attribute("qk_matmul_output_mode", 3))
+
+
 def _gathers_as_slices(nodes: list[_Node], consts, infos, new_inits, opset) -> None:
     """Gather(x, i) with a constant scalar i on a float x: Squeeze(Slice(x, i, i + 1))."""
     for n in nodes:

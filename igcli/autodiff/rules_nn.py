@@ -10,6 +10,7 @@ to the input, so every opset from 9 on is served by the same few ops.
 from __future__ import annotations
 
 import itertools
+import math
 import string
 from collections import Counter
 from dataclasses import dataclass
@@ -775,6 +776,123 @@ def LayerNormalization(g: NodeGrad):
     if go is not None and g.needs(2):
         gb = g.reduce_to(go, 2)
     return [gx, gs, gb]
+
+
+@rule("RMSNormalization")
+def RMSNormalization(g: NodeGrad):
+    """y = scale x r, r = 1 / sqrt(mean(x^2) + eps) over axes axis..: with h = GO scale,
+    dx = r (h - x_hat mean(h x_hat)), x_hat = x r; dscale = sum GO x_hat over the leading
+    and broadcast axes. The statistics in the input's own precision."""
+    x, scale, go = g.I(0), g.I(1), g.GO(0)
+    rank = g.e.rank(x)
+    if rank is None:
+        raise NoGradient("RMSNormalization needs the input rank")
+    axes = list(range(g.attr("axis", -1) % rank, rank))
+    mean_sq = g.e.reduce("ReduceMean", g.op("Mul", x, x), axes)
+    r = g.op("Reciprocal", g.op("Sqrt", g.op("Add", mean_sq, g.scalar(g.attr("epsilon", 1e-5), x))))
+    x_hat = g.op("Mul", x, r)
+    gx = gs = None
+    if g.needs(0):
+        h = g.op("Mul", go, scale)
+        along = g.op("Mul", x_hat, g.e.reduce("ReduceMean", g.op("Mul", h, x_hat), axes))
+        gx = g.op("Mul", g.op("Sub", h, along), r)
+    if g.needs(1):
+        gs = g.reduce_to(g.op("Mul", go, x_hat), 1)
+    return [gx, gs]
+
+
+@rule("Attention")
+def Attention(g: NodeGrad):
+    """Y = P V per head, P = softmax(scale Q K^T + mask) (causal: masked above the diagonal),
+    each K/V head shared by q_num_heads / kv_num_heads query heads. P is the node's own
+    output 3 (optimize.prepare asks for it), so the reverse uses ONNX Runtime's P exactly:
+    dV = P^T dY, dP = dY V^T, dS = P (dP - rowsum(dP P)), dQ = scale dS K,
+    dK = scale dS^T Q, dmask = dS; K and V gradients summed over their query heads. 3-D
+    inputs [B, S, heads x size] are viewed as [B, heads, S, size]. Not followed: past
+    key/value, nonpad_kv_seqlen, softcap, gradients of outputs 1-3."""
+    if any(g.GO(k) is not None for k in (1, 2, 3)):
+        raise NoGradient("Attention with its present key/value or qk output on the path")
+    if any(g.I(k) for k in (4, 5, 6)):
+        raise NoGradient("Attention with past key/value or nonpad_kv_seqlen")
+    if g.attr("softcap", 0.0):
+        raise NoGradient("Attention with softcap")
+    probs = g.O(3)
+    if not probs or g.attr("qk_matmul_output_mode", 0) != 3:
+        raise NoGradient("Attention whose softmax output is not exposed")
+    q, k, v, go = g.I(0), g.I(1), g.I(2), g.GO(0)
+    q_shape, k_shape = g.e.static_shape(q), g.e.static_shape(k)
+    if q_shape is None or k_shape is None or len(q_shape) not in (3, 4):
+        raise NoGradient("Attention needs the rank of Q and K")
+    if len(q_shape) == 3:
+        hq, hkv = g.attr("q_num_heads", 0), g.attr("kv_num_heads", 0)
+        width = q_shape[-1]
+        if not (hq and hkv and isinstance(width, int)):
+            raise NoGradient("3-D Attention needs q_num_heads, kv_num_heads and a static width")
+        size = width // hq
+        q4, k4, v4, go4 = (_heads(g, t, h) for t, h in ((q, hq), (k, hkv), (v, hkv), (go, hq)))
+    else:
+        hq, hkv, size = q_shape[1], k_shape[1], q_shape[-1]
+        if not all(isinstance(d, int) for d in (hq, hkv, size)):
+            raise NoGradient("Attention needs static head counts and head size")
+        q4, k4, v4, go4 = q, k, v, go
+    group = hq // hkv
+    scale = g.attr("scale", None) or 1.0 / math.sqrt(size)
+    k_all, v_all = _repeat_heads(g, k4, group), _repeat_heads(g, v4, group)
+    last_two = [0, 1, 3, 2]
+    d_probs = g.op("MatMul", go4, g.op("Transpose", v_all, perm=last_two))
+    dot = g.e.reduce("ReduceSum", g.op("Mul", d_probs, probs), [-1])
+    d_scores = g.op("Mul", probs, g.op("Sub", d_probs, dot))
+    grads: list[str | None] = [None] * 7
+    if g.needs(0):
+        dq = g.op("Mul", g.op("MatMul", d_scores, k_all), g.scalar(scale, q))
+        grads[0] = _merge_heads(g, dq, q) if len(q_shape) == 3 else dq
+    if g.needs(1):
+        dk = g.op("MatMul", g.op("Transpose", d_scores, perm=last_two), q4)
+        dk = _sum_groups(g, g.op("Mul", dk, g.scalar(scale, q)), hkv, group)
+        grads[1] = _merge_heads(g, dk, k) if len(q_shape) == 3 else dk
+    if g.needs(2):
+        dv = _sum_groups(
+            g, g.op("MatMul", g.op("Transpose", probs, perm=last_two), go4), hkv, group
+        )
+        grads[2] = _merge_heads(g, dv, v) if len(q_shape) == 3 else dv
+    if g.needs(3):
+        g.e.set_info(d_scores, probs)
+        grads[3] = g.e.reduce_to_shape_of(d_scores, g.I(3))
+    return grads
+
+
+def _heads(g: NodeGrad, t: str, heads: int) -> str:
+    """[B, S, heads x size] -> [B, heads, S, size]."""
+    split = _reshape(g, t, [0, 0, heads, -1])
+    return g.op("Transpose", split, perm=[0, 2, 1, 3])
+
+
+def _merge_heads(g: NodeGrad, t: str, like: str) -> str:
+    """[B, heads, S, size] -> [B, S, heads x size], shaped like `like`."""
+    return g.op("Reshape", g.op("Transpose", t, perm=[0, 2, 1, 3]), g.op("Shape", like))
+
+
+def _repeat_heads(g: NodeGrad, t: str, group: int) -> str:
+    """[B, Hkv, L, d] -> [B, Hkv group, L, d], each KV head serving `group` query heads in a
+    row (query head h reads KV head h // group)."""
+    if group == 1:
+        return t
+    wide = g.op("Expand", g.e.unsqueeze(t, [2]), g.e.ints([1, 1, group, 1, 1]))
+    return _heads_as(g, wide, [-1], 3)
+
+
+def _sum_groups(g: NodeGrad, t: str, hkv: int, group: int) -> str:
+    """[B, Hkv group, L, d] -> [B, Hkv, L, d]: the query heads' shares of each KV head."""
+    if group == 1:
+        return t
+    return g.e.reduce("ReduceSum", _heads_as(g, t, [hkv, group], 2), [2], keepdims=False)
+
+
+def _heads_as(g: NodeGrad, t: str, heads: list[int], rest: int) -> str:
+    """t reshaped to [B, *heads, L, d], B its first dim and L, d its dims from `rest` on."""
+    shape = g.op("Shape", t)
+    first, tail = g.e.slice(shape, [0], [1], [0]), g.e.slice(shape, [rest], [rest + 2], [0])
+    return g.op("Reshape", t, g.op("Concat", first, g.e.ints(heads), tail, axis=0))
 
 
 @rule("MeanVarianceNormalization")

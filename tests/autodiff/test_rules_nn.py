@@ -282,6 +282,25 @@ for index, name in [(1, "mean"), (2, "inv-std-dev")]:
 add("LayerNormalization", {"x": r(2, 3, 4)}, {"axis": 1}, tag="dynamic", opset=17, dynamic=True,
     constants={"s": r(3, 4), "b": r(3, 4)})  # fmt: skip
 
+# RMSNormalization (opset 23) over the last axes, with the scale a graph input too
+for axis, s_shape in [(-1, (4,)), (1, (3, 4))]:
+    add("RMSNormalization", {"x": r(2, 3, 4), "s": r(*s_shape)}, {"axis": axis, "epsilon": 1e-3},
+        tag=f"axis{axis}", opset=23)  # fmt: skip
+add("RMSNormalization", {"x": r(2, 3, 4)}, tag="dynamic", opset=23, dynamic=True,
+    constants={"s": r(4)})  # fmt: skip
+
+# Attention (opset 23): plain, causal, grouped KV heads, an additive mask, 3-D inputs
+B, S, L = 2, 3, 5
+add("Attention", {"q": r(B, 2, S, 4), "k": r(B, 2, L, 4), "v": r(B, 2, L, 3)}, tag="4d", opset=23)
+add("Attention", {"q": r(B, 2, L, 4), "k": r(B, 2, L, 4), "v": r(B, 2, L, 4)}, {"is_causal": 1},
+    tag="causal", opset=23)  # fmt: skip
+add("Attention", {"q": r(B, 4, S, 4), "k": r(B, 2, L, 4), "v": r(B, 2, L, 4)}, {"scale": 0.3},
+    tag="gqa-scale", opset=23)  # fmt: skip
+add("Attention", {"q": r(B, 2, S, 4), "k": r(B, 2, L, 4), "v": r(B, 2, L, 4),
+                  "mask": r(S, L)}, tag="float-mask", opset=23)  # fmt: skip
+add("Attention", {"q": r(B, S, 8), "k": r(B, L, 4), "v": r(B, L, 6)},
+    {"q_num_heads": 2, "kv_num_heads": 1}, tag="3d-gqa", opset=23)  # fmt: skip
+
 # LpNormalization p = 2 (the reference's p = 1 sums x, not |x|: see test_lp1_and_mvn)
 for axis in (-1, 1):
     add("LpNormalization", {"x": r(3, 4, 5)}, {"p": 2, "axis": axis}, tag=f"p2-axis{axis}",
