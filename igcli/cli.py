@@ -779,6 +779,8 @@ def inspect(model: Path, as_json: bool) -> None:
     ids = None if attributed else next((s for s in ins if s.dtype.kind in "iu"), None)
     lookups = embedding_lookups(onnx_model, ids.name) if ids is not None else []
     at = lookups[0] if lookups else None
+    # read rows first as explain does (see Session): a sample [T, F...]
+    sequence_first = attributed is not None and sequence_first_axis(attributed, outs) is not None
     if attributed is not None:
         try:
             made = make_preprocessing(attributed, sidecar)
@@ -790,7 +792,7 @@ def inspect(model: Path, as_json: bool) -> None:
                 )
         except IgcliError as exc:
             prep = f"none ({exc.reason})"
-        if sequence_first_axis(attributed, outs) is not None:
+        if sequence_first:
             sample = [d for k, d in enumerate(attributed.shape) if k != 1]
             prep += f"; sequence first: rows on axis 1, a sample is {sample}"
     elif at is not None:
@@ -804,8 +806,7 @@ def inspect(model: Path, as_json: bool) -> None:
     else:
         try:
             graph_model, graph_input = with_dynamic_batch(onnx_model), source.name
-            if attributed is not None and sequence_first_axis(attributed, outs) is not None:
-                # as explain reads it (see Session): rows first, a sample [T, F...]
+            if sequence_first:
                 moved = batch_first(graph_model, source.name, 1)
                 graph_model = moved if moved is not None else graph_model
             if at is not None:

@@ -590,12 +590,10 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
     inner = f"{input_name}/igcli_seq"
     for node in graph.node:
         node.input[:] = [inner if i == input_name else i for i in node.input]
-    order = [axis] + [k for k in range(len(dims)) if k != axis]
-    moved = [copy.deepcopy(dims[k]) for k in order]
-    del dims[:]
-    dims.extend(moved)
+    order = _permute_dims(dims, axis)
     back = [order.index(k) for k in range(len(order))]  # original axis k <- new axis back[k]
-    nodes = [helper.make_node("Transpose", [input_name], [inner], perm=back, name=inner)]
+    graph.node.insert(0, helper.make_node("Transpose", [input_name], [inner], perm=back,
+                                          name=inner))  # fmt: skip
     for out in graph.output:
         odims = out.type.tensor_type.shape.dim
         at = [k for k, d in enumerate(odims) if batch is not None and d.dim_param == batch]
@@ -606,16 +604,20 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
         for node in graph.node:
             node.output[:] = [produced if o == out.name else o for o in node.output]
             node.input[:] = [produced if i == out.name else i for i in node.input]
-        perm = [k] + [j for j in range(len(odims)) if j != k]
+        perm = _permute_dims(odims, k)
         graph.node.append(helper.make_node("Transpose", [produced], [out.name], perm=perm,
                                            name=f"{out.name}/igcli_batch_first"))  # fmt: skip
-        moved = [copy.deepcopy(odims[j]) for j in perm]
-        del odims[:]
-        odims.extend(moved)
-    for node in reversed(nodes):
-        graph.node.insert(0, node)
     del graph.value_info[:]
     return model
+
+
+def _permute_dims(dims, axis: int) -> list[int]:
+    """Move declared dim `axis` to the front, in place; the order the dims now come in."""
+    order = [axis] + [k for k in range(len(dims)) if k != axis]
+    moved = [copy.deepcopy(dims[k]) for k in order]
+    del dims[:]
+    dims.extend(moved)
+    return order
 
 
 def expose_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:

@@ -310,7 +310,7 @@ class Session:
         # an input declared sequence first ([T, N, F]) takes its rows on axis 0 from here on
         axis = sequence_first_axis(self.input_spec, graph_outputs(self.model))
         moved = batch_first(self.model, self.input_spec.name, axis) if axis else None
-        self.sequence_first = axis if moved is not None else None
+        batch_axis = axis if moved is not None else 0  # (kept in self.prep below)
         if moved is not None:
             self.model = moved
             inputs = require_inputs(self.model, self.model_path)
@@ -355,7 +355,7 @@ class Session:
             self.prep = make_preprocessing(
                 self.input_spec, self.sidecar, mean, std, preset=preprocess
             )
-        self.prep.batch_axis = self.sequence_first or 0
+        self.prep.batch_axis = batch_axis
         # said when the first picture is read: arrays and .npy tensors are model inputs already
         self._note_pixels = self.prep.unnormalised_rgb and preprocess is None
         self.at, self._cut = self._choose_cut(at)
@@ -489,8 +489,8 @@ class Session:
         shape_text = "any" if shape is None else ",".join(map(str, shape))
         parts = [kind, self.input_spec.name, self.output_name, str(self.softmax)]
         parts += [json.dumps([feeds, axes], sort_keys=True), shape_text]
-        if self.sequence_first is not None:
-            parts.append(f"batch_axis={self.sequence_first}")
+        if self.prep.batch_axis:
+            parts.append(f"batch_axis={self.prep.batch_axis}")
         if self._cut is not None:
             parts.append(f"at={self.at}")
         return cache_key(self.sha256, *parts)
