@@ -287,10 +287,10 @@ def render_bars(
     d = ImageDraw.Draw(im)
     y = margin
     if title:
-        _text(d, (margin, y + title_h // 2 - 4), title, big, _INK, width - 2 * margin)
+        _text(im, (margin, y + title_h // 2 - 4), title, big, _INK, width - 2 * margin)
         y += title_h
-    _text(d, (cx - 10, y + head_h // 2), "lowers the score", small, neg, half, align="right")
-    _text(d, (cx + 10, y + head_h // 2), "raises the score", small, pos, half)
+    _text(im, (cx - 10, y + head_h // 2), "lowers the score", small, neg, half, align="right")
+    _text(im, (cx + 10, y + head_h // 2), "raises the score", small, pos, half)
     y += head_h
     top = y
     for i, (j, v) in enumerate(zip(order, shown, strict=True)):
@@ -299,25 +299,25 @@ def render_bars(
         if i % 2 == 0:
             d.rectangle((margin, y0, width - margin, y0 + row_h - 1), fill=_STRIPE)
         label = str(names[j]) if vals is None else f"{names[j]} = {_fmt_value(vals[j])}"
-        _text(d, (label_right, cy), label, font, _INK, label_right - margin, align="right")
+        _text(im, (label_right, cy), label, font, _INK, label_right - margin, align="right")
         length = round(abs(v) / amax * half)
         bh = round(row_h * 0.32)
         if v >= 0:
             if length:
                 d.rectangle((cx, cy - bh, cx + length, cy + bh), fill=pos)
-            _text(d, (cx + length + 5, cy), ends[i], small, _INK, reserve)
+            _text(im, (cx + length + 5, cy), ends[i], small, _INK, reserve)
         else:
             d.rectangle((cx - length, cy - bh, cx, cy + bh), fill=neg)
-            _text(d, (cx - length - 5, cy), ends[i], small, _INK, reserve, align="right")
+            _text(im, (cx - length - 5, cy), ends[i], small, _INK, reserve, align="right")
     if order.size == 0:
-        _text(d, (cx, top + row_h // 2), "no features", font, _MUTED, half, align="center")
+        _text(im, (cx, top + row_h // 2), "no features", font, _MUTED, half, align="center")
     y = top + rows_h
     d.line((cx, top - 2, cx, y + 1), fill=_MUTED, width=1)
     if more:
         rest = float(np.nansum(a[np.argsort(-mag, kind="stable")[top_k:]]))
         note = f"+{more} more feature{'s' if more > 1 else ''} (together {_fmt_signed(rest, 3)})"
         _text(
-            d,
+            im,
             (label_right, y + note_h // 2),
             note,
             small,
@@ -327,7 +327,7 @@ def render_bars(
         )
         y += note_h
     if caption:
-        _text(d, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
+        _text(im, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
     return im
 
 
@@ -396,16 +396,16 @@ def render_tokens(
     d = ImageDraw.Draw(im)
     y = margin
     if title:
-        _text(d, (margin, y + title_h // 2 - 4), title, big, _INK, width - 2 * margin)
+        _text(im, (margin, y + title_h // 2 - 4), title, big, _INK, width - 2 * margin)
         y += title_h
     for (bx, bl, w, text, label), col in zip(boxes, colors, strict=True):
         by = y + bl * line_h
         d.rectangle((bx, by, bx + w, by + box_h), fill=col, outline=_RULE)
-        _text(d, (bx + w / 2, by + box_h / 2), text, font, ink_for(col), w, align="center")
-        _text(d, (bx + w / 2, by + box_h + value_h / 2 + 1), label, small, _MUTED, w,
+        _text(im, (bx + w / 2, by + box_h / 2), text, font, ink_for(col), w, align="center")
+        _text(im, (bx + w / 2, by + box_h + value_h / 2 + 1), label, small, _MUTED, w,
               align="center")  # fmt: skip
     if not boxes:
-        _text(d, (margin, y + line_h // 2), "no tokens", font, _MUTED, width - 2 * margin)
+        _text(im, (margin, y + line_h // 2), "no tokens", font, _MUTED, width - 2 * margin)
     y += rows_h + gap
     x0, x1 = margin, margin + (width - 2 * margin) // 2
     _colorbar(im, d, (x0, x1, y, bar_h), scale, signed, small, fs * 0.4, x1 - x0)
@@ -413,10 +413,10 @@ def render_tokens(
     legend = (_lut(DIVERGING)[-1], _lut(DIVERGING)[0]) if signed else (_INK, _MUTED)
     for i, (text, col) in enumerate(zip((first, second), legend, strict=True)):
         cy = y + round(bar_h / 2) + i * round(fs * 1.1)
-        _text(d, (x1 + 24, cy), text, small, tuple(int(c) for c in col), width - x1 - 24 - margin)
+        _text(im, (x1 + 24, cy), text, small, tuple(int(c) for c in col), width - x1 - 24 - margin)
     y += below_h
     if caption:
-        _text(d, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
+        _text(im, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
     return im
 
 
@@ -533,15 +533,14 @@ def _panel(
     labels = tuple(labels or ["input", _SIGN_LABEL[sign], "overlay"])
     frame, lay = _panel_frame(th, tw, len(tiles), sign, bool(title), bool(caption), labels)
     im = frame.copy()
-    d = ImageDraw.Draw(im)
     for x, tile in zip(lay.xs, tiles, strict=True):
         im.paste(Image.fromarray(tile, mode="RGB"), (x, lay.tiles_y))
     small, big = _font(lay.small), _font(lay.big)
     if title:
-        _text(d, (lay.margin, lay.title_y), title, big, _INK, im.width - 2 * lay.margin)
-    _colorbar_values(d, lay.bar, scale, sign == "all", small, lay.fs * 0.6, tw)
+        _text(im, (lay.margin, lay.title_y), title, big, _INK, im.width - 2 * lay.margin)
+    _colorbar_values(im, lay.bar, scale, sign == "all", small, lay.fs * 0.6, tw)
     if caption:
-        _text(d, (lay.margin, lay.caption_y), caption, small, _MUTED, im.width - 2 * lay.margin)
+        _text(im, (lay.margin, lay.caption_y), caption, small, _MUTED, im.width - 2 * lay.margin)
     return im
 
 
@@ -583,7 +582,7 @@ def _panel_frame(
     title_y = margin + title_h // 2 - fs // 4
     y = margin + title_h
     for x, label in zip(xs, labels, strict=True):
-        _text(d, (x + tw // 2, y + label_h // 2), label, small, _MUTED, tw, align="center")
+        _text(im, (x + tw // 2, y + label_h // 2), label, small, _MUTED, tw, align="center")
         d.rectangle((x - 1, y + label_h - 1, x + tw, y + label_h + th), outline=_RULE)
     tiles_y = y + label_h
     y += label_h + th + gap
@@ -597,7 +596,7 @@ def _panel_frame(
     colors = (_lut(DIVERGING)[-1], _lut(DIVERGING)[0]) if signed else (_INK, _MUTED)
     for i, (line, col) in enumerate(zip((first, second), colors, strict=True)):
         cy = y + round(bar_h / 2) + i * round(fs * 1.4)
-        _text(d, (xs[0], cy), line, small, tuple(int(c) for c in col), tw)
+        _text(im, (xs[0], cy), line, small, tuple(int(c) for c in col), tw)
     caption_y = y + below_h + cap_h // 2
     layout = _PanelLayout(fs, small_size, big_size, margin, xs, tiles_y, title_y, bar, caption_y)
     return im, layout
@@ -607,7 +606,7 @@ def _colorbar(im, d, box, scale: float, signed: bool, font, label_dy: float, lab
     """The colour ramp from -scale (or 0) to scale in box (x0, x1, y, height), outlined, with
     three ticks and their values under it (`label_dy` below the tick, `label_w` wide)."""
     _colorbar_ramp(im, d, box, signed)
-    _colorbar_values(d, box, scale, signed, font, label_dy, label_w)
+    _colorbar_values(im, box, scale, signed, font, label_dy, label_w)
 
 
 def _colorbar_ramp(im, d, box, signed: bool) -> None:
@@ -621,7 +620,7 @@ def _colorbar_ramp(im, d, box, signed: bool) -> None:
         d.line((tx, y + bar_h, tx, y + bar_h + 4), fill=_MUTED)
 
 
-def _colorbar_values(d, box, scale: float, signed: bool, font, label_dy: float, label_w) -> None:
+def _colorbar_values(im, box, scale: float, signed: bool, font, label_dy: float, label_w) -> None:
     """The three tick values under a ramp drawn by _colorbar_ramp."""
     x0, x1, y, bar_h = box
     ticks = [-scale, 0.0, scale] if signed else [0.0, scale / 2, scale]
@@ -629,7 +628,7 @@ def _colorbar_values(d, box, scale: float, signed: bool, font, label_dy: float, 
         tx = x0 + round(i * (x1 - x0) / 2)
         text = "0" if v == 0 else (_fmt_signed(v, 3) if signed else f"{v:.3g}")
         align = ("left", "center", "right")[i]
-        _text(d, (tx, y + bar_h + 6 + label_dy), text, font, _INK, label_w, align=align)
+        _text(im, (tx, y + bar_h + 6 + label_dy), text, font, _INK, label_w, align=align)
 
 
 _fonts = threading.local()  # FreeType faces are not safe to share between threads
@@ -648,7 +647,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def _text(
-    d: ImageDraw.ImageDraw,
+    im: Image.Image,
     xy: tuple[float, float],
     text: str,
     font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
@@ -663,8 +662,42 @@ def _text(
     """
     text = _fit(_drawable(text, font), font, max_width)
     w = _textlen(font, text)
-    x = xy[0] - {"left": 0, "center": w / 2, "right": w}[align]
-    d.text((round(x), round(xy[1] - _mid_line(font))), text, font=font, fill=fill)
+    x = round(xy[0] - {"left": 0, "center": w / 2, "right": w}[align])
+    y = round(xy[1] - _mid_line(font))
+    if not _glyph_by_glyph(font):
+        ImageDraw.Draw(im).text((x, y), text, font=font, fill=fill)
+        return
+    for ch in text:
+        mask, dx, dy, advance = _glyph(font, ch)
+        if mask is not None:
+            im.paste(fill, (x + dx, y + dy), mask)
+        x += advance
+
+
+@functools.lru_cache(maxsize=16)
+def _glyph_by_glyph(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> bool:
+    """Whether a line can be drawn as its glyphs, each rasterised once and then pasted (a
+    digits panel's five lines: 0.2 ms instead of 1.8, where Pillow lays out and rasterises
+    every string anew): a FreeType font with basic layout, whole-pixel advances and no
+    kerning, where Pillow itself places each glyph at the sum of the advances before it."""
+    if not isinstance(font, ImageFont.FreeTypeFont) or font.layout_engine != ImageFont.Layout.BASIC:
+        return False
+    probe = "AVTo.Wa,LTYoP.r,f1%0"
+    if any(font.getlength(ch) != int(font.getlength(ch)) for ch in probe):
+        return False
+    return all(
+        font.getlength(a + b) == font.getlength(a) + font.getlength(b)
+        for a, b in zip(probe, probe[1:], strict=False)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _glyph(font: ImageFont.FreeTypeFont, ch: str) -> tuple[Image.Image | None, int, int, int]:
+    """One character's coverage mask, its offset from the pen and its advance."""
+    mask, (dx, dy) = font.getmask2(ch, "L")
+    w, h = mask.size
+    image = Image.frombytes("L", (w, h), bytes(mask)) if w and h else None
+    return image, dx, dy, int(font.getlength(ch))
 
 
 @functools.lru_cache(maxsize=16)
@@ -689,6 +722,8 @@ def _fit(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_widt
 
 
 def _textlen(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> float:
+    if _glyph_by_glyph(font):
+        return float(sum(_glyph(font, ch)[3] for ch in text))
     return float(font.getlength(text))
 
 

@@ -331,3 +331,31 @@ def test_shared_scale_streams_to_the_same_value_as_the_pooled_percentile():
     empty.see_peak(np.zeros(4))
     empty.see_values(np.zeros(4))
     assert empty.value() == 1.0
+
+
+@pytest.mark.parametrize("size", [11, 13, 17, 24, 48])
+def test_text_drawn_glyph_by_glyph_matches_pillow(size):
+    """Cached glyphs pasted one by one give Pillow's own line of text, to one grey level
+    where two glyphs' edges meet, and the same width."""
+    font = render._font(size)
+    assert render._glyph_by_glyph(font)
+    line = "img_0042.png - target 3 (score -16.4) \u00b7 0.0681% (22.57 of 22.55) jÿ W,A"
+    ours = Image.new("RGB", (2000, 120), (255, 255, 255))
+    pillows = ours.copy()
+    render._text(ours, (10, 60), line, font, (20, 30, 40), 1900)
+    y = round(60 - render._mid_line(font))
+    from PIL import ImageDraw
+
+    line = render._drawable(line, font)  # as _text draws it: 'ÿ' is not in the font
+    ImageDraw.Draw(pillows).text((10, y), line, font=font, fill=(20, 30, 40))
+    diff = np.abs(_px(ours) - _px(pillows))
+    assert diff.max() <= 1 and (diff > 0).any(axis=2).sum() <= 3
+    assert render._textlen(font, line) == font.getlength(line)
+
+
+def test_text_falls_back_to_pillow_for_other_fonts():
+    bitmap = __import__("PIL.ImageFont", fromlist=["ImageFont"]).load_default_imagefont()
+    assert not render._glyph_by_glyph(bitmap)
+    im = Image.new("RGB", (200, 30), (255, 255, 255))
+    render._text(im, (5, 15), "fallback", bitmap, (0, 0, 0), 190)
+    assert (_px(im) < 128).any()
