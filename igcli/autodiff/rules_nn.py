@@ -365,6 +365,12 @@ def _max_pool_by_indices(g: NodeGrad, win: Window, channels: int) -> str | None:
     if by_taps:
         return _scatter_by_taps(g, first, win, channels)
     shape = g.op("Shape", g.I(0))
+    if not overlap and _unpools(win) and g.e.infos_elem(g.I(0)) == TensorProto.FLOAT:
+        # an input is the arg-max of one window at most: MaxUnpool (float only) puts GO there
+        # (no zeros to fill and copy, no flattening: the digits CNN's two pools' reverse
+        # 3.4 against 4.9 ms per 200 rows)
+        return g.op("MaxUnpool", g.GO(0), first, shape, kernel_shape=win.of("kernel"),
+                    strides=win.of("stride"), pads=attrs["pads"])  # fmt: skip
     flat = g.e.ints([-1])
     zero = helper.make_tensor("zero", g.e.infos_elem(g.I(0)), [1], [0])
     zeros = g.op("Reshape", g.op("ConstantOfShape", shape, value=zero), flat)
@@ -376,6 +382,12 @@ def _max_pool_by_indices(g: NodeGrad, win: Window, channels: int) -> str | None:
         dx = g.op("ScatterElements", zeros, g.op("Reshape", first, flat), go, axis=0,
                   reduction=reduction)  # fmt: skip
     return g.op("Reshape", dx, shape)
+
+
+def _unpools(win: Window) -> bool:
+    """Whether MaxUnpool takes x's shape as its output_shape: ONNX Runtime refuses one smaller
+    than (out - 1) * stride - pads + kernel (a ceil_mode window that reaches past x)."""
+    return all((a.out - 1) * a.stride - a.begin - a.end + a.kernel <= a.size for a in win.axes)
 
 
 def _rows(win: Window) -> list[int]:

@@ -48,6 +48,19 @@ class Scatter(OpRun):
         return (out,)
 
 
+class MaxUnpool(OpRun):
+    """With output_shape, as ONNX Runtime computes it: the reference evaluator scatters into
+    the shape it infers from the window and pads that, so flat indices land wrong (or out of
+    range) wherever output_shape is larger."""
+
+    op_domain = ""
+
+    def _run(self, x, indices, output_shape, kernel_shape=None, pads=None, strides=None):
+        out = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
+        out[indices.ravel()] = x.ravel()
+        return (out.reshape([int(d) for d in output_shape]),)
+
+
 class MaxPool(OpRun):
     """As ONNX Runtime computes it: the reference evaluator's Indices are off wherever pads
     meet stride 1 (they count the padded width). Each window's first maximum in row-major tap
@@ -141,7 +154,7 @@ class Softmax(OpRun):
         return ((e / e.sum(axis=1, keepdims=True)).reshape(x.shape),)
 
 
-REFERENCE_KERNELS = [GatherElements, Scatter, MaxPool, BatchNormalization, LRN]
+REFERENCE_KERNELS = [GatherElements, Scatter, MaxPool, MaxUnpool, BatchNormalization, LRN]
 
 
 def reference_evaluator(model: onnx.ModelProto, extra=()) -> ReferenceEvaluator:

@@ -201,6 +201,13 @@ max_pool("3x3s2-pads", (1, 2, 7, 7), 22, kernel_shape=[3, 3], strides=[2, 2], pa
 # narrower than the window (two taps one offset apart): a class at a time, not by tap
 max_pool("narrow", (1, 2, 5, 2), 9, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
 max_pool("3x3s2-pads-11", (2, 2, 7, 7), 11, kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)
+# windows that never overlap: MaxUnpool in float32 (odd sizes, ceil_mode, pads, gaps, 3-D)
+max_pool("2x2s2-odd", (2, 2, 7, 5), 17, kernel_shape=[2, 2], strides=[2, 2])
+max_pool("2x2s2-ceil", (1, 2, 7, 7), 17, kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+max_pool("2x2s2-pads", (1, 2, 6, 7), 11, kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0])
+max_pool("2-dil2-s4", (1, 2, 9, 9), 17, kernel_shape=[2, 2], strides=[4, 4], dilations=[2, 2])
+max_pool("1d-gaps", (2, 2, 10), 9, kernel_shape=[2], strides=[3])
+max_pool("3d-2s2", (1, 2, 4, 5, 4), 13, kernel_shape=[2, 2, 2], strides=[2, 2, 2])
 add("MaxPool", {"x": distinct(1, 2, 7, 7)}, {"kernel_shape": [3, 3], "strides": [2, 2]},
     "indices-output", opset=11, n_outputs=2)  # fmt: skip
 for opset in (9, 18):
@@ -455,6 +462,21 @@ def test_overlapping_max_pool_windows_go_by_tap_before_opset_16(shape, scatters)
     model = make_model([node], {"x": distinct(*shape)}, "y", 9)
     ops = {n.op_type for n in build_gradient_model(model, "x", "y").graph.node}
     assert ("Scatter" in ops) == scatters and ("ConvTranspose" in ops) != scatters
+
+
+@pytest.mark.parametrize(
+    ("shape", "attrs", "dtype", "unpools"),
+    [
+        ((1, 2, 8, 8), {}, np.float32, True),
+        ((1, 2, 7, 7), {"ceil_mode": 1}, np.float32, False),  # MaxUnpool would refuse 7x7
+        ((1, 2, 8, 8), {}, np.float64, False),  # ONNX Runtime's MaxUnpool is float only
+    ],
+)
+def test_max_pool_windows_apart_go_back_by_max_unpool(shape, attrs, dtype, unpools):
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], **attrs)
+    model = make_model([node], {"x": distinct(*shape).astype(dtype)}, "y", 17)
+    ops = {n.op_type for n in build_gradient_model(model, "x", "y").graph.node}
+    assert ("MaxUnpool" in ops) == unpools and ("ScatterElements" in ops) != unpools
 
 
 @pytest.mark.parametrize("eq", ["ii->i", "ii", "iij,jk->ik"])
