@@ -300,9 +300,12 @@ class Attribution(Completeness):
     ) -> tuple[Path, Path | None]:
         """The attribution array and the picture, each written whole or not at all."""
         npy = output_stem(directory, name + ".npy")
-        atomic_save_npy(npy, self.attributions.astype(np.float32)[None])
-        if not heatmap:
-            return npy, None
-        png = output_stem(directory, name + ".png")
-        atomic_save_png(png, self.image(style, vmax=vmax))
+        png = output_stem(directory, name + ".png") if heatmap else None
+        self.write_to(npy, png, style=style, vmax=vmax)
         return npy, png
+
+    def write_to(self, npy: Path, png: Path | None, *, style=None, vmax=None) -> None:
+        """write_files to paths output_stem has checked (png None: no picture)."""
+        atomic_save_npy(npy, self.attributions.astype(np.float32)[None])
+        if png is not None:
+            atomic_save_png(png, self.image(style, vmax=vmax))

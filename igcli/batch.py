@@ -471,8 +471,12 @@ class BatchRun:
         """Name the outputs of one input and queue them for the writer thread."""
         out = self.local_out
         root = Path(out).resolve()
-        jobs: list[tuple[Attribution, str]] = []
+        jobs: list[tuple[Attribution, Path, Path | None]] = []
         records = []
+        try:
+            marker = record_path(out, item.name)
+        except OutputError as exc:  # this input's name, not the run, is at fault
+            raise InputError(exc.reason, item.path) from None
         for results in explained:
             multi = len(results) > 1
             for a in results:
@@ -480,8 +484,7 @@ class BatchRun:
                 try:
                     npy = output_stem(out, stem + ".npy")
                     png = output_stem(out, stem + ".png") if self.outputs.heatmaps else None
-                    output_stem(out, item.name + ".record.json")
-                except OutputError as exc:  # this input's name, not the run, is at fault
+                except OutputError as exc:
                     raise InputError(exc.reason, item.path) from None
                 record = a.record(
                     npy.relative_to(root).as_posix(),
@@ -489,19 +492,24 @@ class BatchRun:
                 )
                 record["settings_hash"] = self.settings_hash
                 records.append(record)
-                jobs.append((a, stem))
-        self._submit(lambda: self._write_item(item, jobs, records))
+                jobs.append((a, npy, png))
+        self._submit(lambda: self._write_item(item, jobs, records, marker))
         return records
 
-    def _write_item(self, item: InputItem, jobs, records: list[dict]) -> None:
+    def _write_item(self, item: InputItem, jobs, records: list[dict], marker: Path) -> None:
         """Attributions, heatmaps, then the completion marker: the marker is always last
-        (in object storage too: uploaded after the files it names)."""
-        out, style = self.local_out, self.outputs.style
-        for a, stem in jobs:
-            defer = self.outputs.shared_scale and is_image_like(a.sample, a.prep)
-            draw = self.outputs.heatmaps and not defer
-            npy, png = a.write_files(out, stem, style=style, heatmap=draw)
-            if defer and self.outputs.heatmaps:
+        (in object storage too: uploaded after the files it names). The paths are those
+        _submit_item checked."""
+        style = self.outputs.style
+        for a, npy, png in jobs:
+            # a heatmap on the run's shared scale is drawn by finish(), when the scale is known
+            defer = (
+                png is not None and self.outputs.shared_scale and is_image_like(a.sample, a.prep)
+            )
+            if defer:
+                png = None
+            a.write_to(npy, png, style=style)
+            if defer:
                 light = dataclasses.replace(a, attributions=None, baseline=None, sample=None)
                 self._defer(light, a.sample.path, a.sample.name, npy, npy.with_suffix(".png"))
             if self.remote is not None:
@@ -512,7 +520,6 @@ class BatchRun:
                 )
                 if png is not None:
                     self.remote.upload(self._rel(png))
-        marker = record_path(out, item.name)
         atomic_write_text(marker, json.dumps({"input": str(item.path), "records": records}) + "\n")
         if self.remote is not None:
             self.remote.upload(self._rel(marker))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import os
+import secrets
 import struct
 import tempfile
 import zlib
@@ -24,13 +26,10 @@ except ImportError:  # a platform without its wheel
     _deflate, _LEVEL = zlib, 3
 
 
-def _default_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-FILE_MODE = _default_mode()  # what open() would give; mkstemp alone gives 0600
+_CREATE = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+)  # fmt: skip
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -40,17 +39,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
     """Write the parts one after the other, all or nothing (a long report need not be one
-    string in memory)."""
+    string in memory): a temporary file beside `path`, then a rename over it.
+
+    Four system calls in the usual case (open, write, close, rename): each gives up the GIL,
+    which on a busy run (model calls, a second writer) comes back only after the other
+    threads' turns, 0.3 ms each on the digits CNN, where an input writes three files. The
+    folder is made only when the open says it is missing; the mode is open()'s (0666 less
+    the umask), not mkstemp's 0600, with no chmod."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _create_beside(path)
     except OSError as exc:
         raise OutputError(f"cannot write ({exc.strerror or exc})", path.parent) from None
     try:
-        with os.fdopen(fd, "wb") as fh:
+        try:
             for part in parts:
-                fh.write(part)
-        os.chmod(tmp, FILE_MODE)
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -58,6 +65,20 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
         raise
+
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new file .NAME.XXXXXXXX.tmp in path's folder (made if missing), open for writing."""
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
 
 
 def remove_write_leftovers(files: Callable[[], Iterable[Path]]) -> None:

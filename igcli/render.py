@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import secrets
 import threading
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from cmap import Colormap
 from PIL import Image, ImageDraw, ImageFont
-
-from igcli.outputs import png_bytes
 
 OVERLAYS = ("heatmap", "blend", "masked", "panel")
 SIGNS = ("all", "positive", "negative", "absolute")
@@ -418,27 +413,6 @@ def render_tokens(
     if caption:
         _text(im, (margin, y + cap_h // 2), caption, small, _MUTED, width - 2 * margin)
     return im
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write atomically: save to a temporary file in the same folder, then os.replace.
-
-    So a crash never leaves a half-written PNG under the real name, and an existing file is
-    either kept or fully replaced. The temp file is removed on failure and the error re-raised.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 (not mkstemp's 0o600) so the final file gets the usual umask mode.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png_bytes(image))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- pixels

@@ -257,23 +257,13 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
     from igcli import outputs
     from igcli.errors import OutputError
 
-    real_fdopen = os.fdopen
+    real_write = os.write
 
-    class Full:
-        def __init__(self, fh):
-            self.fh = fh
+    def full(fd, data):  # ten bytes go out, then the disk is full
+        real_write(fd, bytes(data[:10]))
+        raise OSError(28, "No space left on device")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            self.fh.write(data[:10])
-            raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(outputs.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    monkeypatch.setattr(outputs.os, "write", full)
     with pytest.raises(OutputError, match="No space left"):
         outputs.atomic_write_bytes(tmp_path / "x.npy", b"0123456789" * 100)
     assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,6 @@ from igcli.render import (
     color_scale,
     render_bars,
     render_image,
-    save_png,
     select_sign,
 )
 
@@ -296,33 +295,41 @@ def test_png_bytes_round_trip_every_mode(mode, deflate, monkeypatch):
             np.testing.assert_array_equal(np.asarray(back), np.asarray(im))
 
 
-def test_save_png_writes_a_readable_png_and_no_temp_file(tmp_path: Path):
+def test_atomic_png_writes_a_readable_png_with_open_s_mode_and_no_temp_file(tmp_path: Path):
+    from igcli.outputs import atomic_save_png
+
     im = render_image(_ramp(), _left_right(), overlay="heatmap")
-    target = tmp_path / "out.png"
-    save_png(im, target)
-    save_png(im, target)  # replacing an existing file works too
-    assert os.listdir(tmp_path) == ["out.png"]
+    target = tmp_path / "new" / "out.png"  # a missing folder is made
+    atomic_save_png(target, im)
+    atomic_save_png(target, im)  # replacing an existing file works too
+    assert os.listdir(target.parent) == ["out.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
     with Image.open(target) as back:
         np.testing.assert_array_equal(np.asarray(back), np.asarray(im))
 
 
-def test_save_png_into_a_missing_folder_leaves_nothing(tmp_path: Path):
-    missing = tmp_path / "nope"
-    with pytest.raises(FileNotFoundError):
-        save_png(Image.new("RGB", (4, 4)), missing / "out.png")
-    assert not missing.exists() and os.listdir(tmp_path) == []
+@pytest.mark.parametrize("failing", ["write", "close", "replace"])
+def test_atomic_png_failing_mid_write_keeps_the_old_file_and_no_temp(
+    tmp_path, monkeypatch, failing
+):
+    from igcli.errors import OutputError
+    from igcli.outputs import atomic_save_png
 
-
-def test_save_png_failing_mid_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "out.png"
     target.write_bytes(b"old")
+    real = getattr(os, failing)
 
-    def full_disk(fd):
-        raise OSError("disk full")
+    def full_disk(*args):
+        if failing != "replace":  # the bytes go out (a close still closes), then it fails
+            real(*args)
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full_disk)  # after the bytes went out, before the rename
-    with pytest.raises(OSError, match="disk full"):
-        save_png(Image.new("RGB", (4, 4)), target)
+    monkeypatch.setattr(os, failing, full_disk)
+    with pytest.raises(OutputError, match="No space left"):
+        atomic_save_png(target, Image.new("RGB", (4, 4)))
+    monkeypatch.undo()
     assert os.listdir(tmp_path) == ["out.png"] and target.read_bytes() == b"old"
 
 
