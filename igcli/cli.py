@@ -780,7 +780,9 @@ def inspect(model: Path, as_json: bool) -> None:
     lookups = embedding_lookups(onnx_model, ids.name) if ids is not None else []
     at = lookups[0] if lookups else None
     # read rows first as explain does (see Session): a sample [T, F...]
-    sequence_first = attributed is not None and sequence_first_axis(attributed, outs) is not None
+    sequence_first = (
+        attributed is not None and sequence_first_axis(attributed, outs, onnx_model) is not None
+    )
     if attributed is not None:
         try:
             made = make_preprocessing(attributed, sidecar)

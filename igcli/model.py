@@ -553,16 +553,26 @@ def float_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
     return {n: s for n, s in specs.items() if n in produced and s.dtype.kind == "f"}
 
 
-def sequence_first_axis(spec: TensorSpec, outputs: list[TensorSpec]) -> int | None:
-    """1 for a float input declared sequence first, [T, N, F...] with T > 1 fixed and N its
-    one open dim, named, and first in some output ([N, classes]: PyTorch's RNNs and
-    Transformer encoders unless batch_first), or exported at [T, 1, F] with outputs [1, ...]
-    and none [T, ...]; None otherwise. Narrow on purpose: a fixed 1 first is a fixed batch
-    ([1, seq] token ids), and [8, S, F] with S on no output's first axis is a dummy batch of
-    8 with a dynamic sequence, whose batch is axis 0."""
+def sequence_first_axis(
+    spec: TensorSpec, outputs: list[TensorSpec], model: onnx.ModelProto | None = None
+) -> int | None:
+    """1 for a float input declared sequence first, [T, N, F...]; None otherwise.
+
+    Where an RNN, GRU or LSTM reads the input as its X (itself, or through Identity or
+    Cast), its `layout` says which axis is the batch: 0 means [T, N, F], whatever the dims
+    (a fixed T and outputs [T, N, H] look just like a dummy batch of T with a dynamic
+    sequence, and the fixed T was then freed and fed as T one-step rows). Otherwise from
+    the dims: T > 1 fixed and N the one open dim, named, and first in some output
+    ([N, classes]: PyTorch's RNNs and Transformer encoders unless batch_first), or exported
+    at [T, 1, F] with outputs [1, ...] and none [T, ...]. Narrow on purpose: a fixed 1 first
+    is a fixed batch ([1, seq] token ids), and [8, S, F] with S on no output's first axis is
+    a dummy batch of 8 with a dynamic sequence, whose batch is axis 0."""
     shape = spec.shape
     if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f" or len(shape) < 3:
         return None
+    told = _recurrent_batch_axis(model, spec.name) if model is not None else None
+    if told is not None:
+        return 1 if told == 1 and len(shape) == 3 else None
     if not isinstance(shape[0], int) or shape[0] < 2:
         return None
     open_dims = [k for k, d in enumerate(shape) if not isinstance(d, int) or d < 1]
@@ -572,6 +582,23 @@ def sequence_first_axis(spec: TensorSpec, outputs: list[TensorSpec]) -> int | No
     if open_dims != [1] or not isinstance(shape[1], str):
         return None
     return 1 if shape[1] in firsts else None
+
+
+RECURRENT_OPS = ("RNN", "GRU", "LSTM")
+
+
+def _recurrent_batch_axis(model: onnx.ModelProto, name: str) -> int | None:
+    """The batch axis of graph input `name` as the recurrent ops reading it as X declare it
+    (layout 0: [T, N, F], axis 1; layout 1: [N, T, F], axis 0); None where none reads it, or
+    they disagree."""
+    names, axes = {name}, set()
+    for node in model.graph.node:  # topological: a passthrough comes before its readers
+        if node.op_type in ("Identity", "Cast") and node.input and node.input[0] in names:
+            names.update(o for o in node.output if o)
+        elif node.op_type in RECURRENT_OPS and node.input and node.input[0] in names:
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            axes.add(0 if layout else 1)
+    return axes.pop() if len(axes) == 1 else None
 
 
 def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto | None:

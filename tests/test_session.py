@@ -427,6 +427,87 @@ def test_which_inputs_count_as_sequence_first(shape, dtype, out, axis):
     assert sequence_first_axis(TensorSpec("x", shape, np.dtype(dtype)), outputs) == axis
 
 
+def _gru_steps_model(path, x_shape, y_shape, layout=0, through=None, transpose=False):
+    """A GRU over 6 steps of 3 features whose output is every step's hidden state: X read
+    as the input itself, or through `through` (Identity, Cast) or a Transpose from [N, T, F];
+    Y [T, N, 4] (layout 0) or [N, T, 4] (layout 1, or the Transpose's twin)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 12, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((1, 12, 4)).astype(np.float32), "r"),
+        numpy_helper.from_array(np.array([2 - layout], np.int64), "dir_axis"),
+    ]
+    nodes, x = [], "x"
+    if through == "Cast":
+        nodes.append(helper.make_node("Cast", [x], ["xc"], to=TensorProto.FLOAT))
+        x = "xc"
+    elif through == "Identity":
+        nodes.append(helper.make_node("Identity", [x], ["xc"]))
+        x = "xc"
+    if transpose:
+        nodes.append(helper.make_node("Transpose", [x], ["xt"], perm=[1, 0, 2]))
+        x = "xt"
+    nodes += [
+        helper.make_node("GRU", [x, "w", "r"], ["Y"], hidden_size=4, layout=layout),
+        helper.make_node("Squeeze", ["Y", "dir_axis"], ["ys"]),
+    ]
+    out = "ys"
+    if transpose:
+        nodes.append(helper.make_node("Transpose", ["ys"], ["y"], perm=[1, 0, 2]))
+        out = "y"
+    graph = helper.make_graph(
+        nodes, "gru_steps", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, y_shape)], inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "x_shape, y_shape, layout, through, transpose, axis",
+    [([6, "N", 3], [6, "N", 4], 0, None, False, 1),  # looks like a dummy batch of 6
+     (["T", "N", 3], ["T", "N", 4], 0, None, False, 1),  # T open too
+     ([6, "N", 3], [6, "N", 4], 0, "Cast", False, 1),
+     ([6, "N", 3], [6, "N", 4], 0, "Identity", False, 1),
+     (["N", 6, 3], ["N", 6, 4], 1, None, False, None),  # layout 1: batch first
+     (["N", 6, 3], ["N", 6, 4], 0, None, True, None)],  # batch first, moved by a Transpose
+)  # fmt: skip
+def test_a_recurrent_op_says_which_axis_is_the_batch(
+    tmp_path, x_shape, y_shape, layout, through, transpose, axis
+):
+    import onnx
+
+    from igcli.model import graph_outputs, require_inputs, sequence_first_axis
+
+    path = _gru_steps_model(tmp_path / "m.onnx", x_shape, y_shape, layout, through, transpose)
+    model = onnx.load(path)
+    (spec,) = require_inputs(model, path)
+    assert sequence_first_axis(spec, graph_outputs(model), model) == axis
+
+
+def test_a_sequence_first_model_with_an_output_per_step(tmp_path):
+    """[6, N, 3] -> [6, N, 4]: its dims alone read as a dummy batch of 6 over a dynamic
+    sequence, so the 6 steps went in as 6 one-step sequences, a silently wrong F. The GRU
+    reading the input says [T, N, F]: F and the attributions are now those of its batch
+    first twin, and of ONNX Runtime's own run of the model."""
+    import onnxruntime as ort
+
+    sample = np.random.default_rng(8).standard_normal((6, 3)).astype(np.float32)
+    first = _gru_steps_model(tmp_path / "first.onnx", [6, "N", 3], [6, "N", 4])
+    twin = _gru_steps_model(tmp_path / "twin.onnx", ["N", 6, 3], ["N", 6, 4], transpose=True)
+    y = ort.InferenceSession(str(first)).run(None, {"x": sample[:, None]})[0][:, 0]  # [6, 4]
+    a = igcli.Session(first, cache=False).attribute(sample, steps=32, baseline="zero")
+    b = igcli.Session(twin, cache=False).attribute(sample, steps=32, baseline="zero")
+    assert a.target == int(np.argmax(y)) and a.f_input == pytest.approx(float(y.max()), rel=1e-6)
+    assert a.gradient_source == "graph" and a.rel_error < 1e-4
+    np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-5, atol=1e-7)
+    step = a.target // 4
+    assert not a.attributions.reshape(6, 3)[step + 1 :].any()  # later steps cannot matter
+
+
 def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
     from tests.test_cli import run
 
