@@ -160,6 +160,19 @@ def save_check(key: str, found: dict) -> None:
         _write_atomic(cache_dir() / f"check-{key}.json", json.dumps(found).encode())
 
 
+def load_fact(key: str) -> object | None:
+    """A small fact an earlier run measured about a model (JSON), or None."""
+    try:
+        return json.loads((cache_dir() / f"fact-{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save_fact(key: str, value: object) -> None:
+    with contextlib.suppress(Exception):
+        _write_atomic(cache_dir() / f"fact-{key}.json", json.dumps(value).encode())
+
+
 def cached_model(
     key: str,
     build: Callable[[], onnx.ModelProto],

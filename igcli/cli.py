@@ -758,7 +758,7 @@ def inspect(model: Path, as_json: bool) -> None:
         graph_outputs,
         load_model,
         opset_of,
-        sequence_first_axis,
+        sequence_axis,
         with_dynamic_batch,
         without_initializer_inputs,
     )
@@ -780,9 +780,7 @@ def inspect(model: Path, as_json: bool) -> None:
     lookups = embedding_lookups(onnx_model, ids.name) if ids is not None else []
     at = lookups[0] if lookups else None
     # read rows first as explain does (see Session): a sample [T, F...]
-    sequence_first = (
-        attributed is not None and sequence_first_axis(attributed, outs, onnx_model) is not None
-    )
+    sequence_first = attributed is not None and sequence_axis(onnx_model, attributed) is not None
     if attributed is not None:
         try:
             made = make_preprocessing(attributed, sidecar)

@@ -584,6 +584,71 @@ def sequence_first_axis(
     return 1 if shape[1] in firsts else None
 
 
+def sequence_axis(
+    model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = None
+) -> int | None:
+    """1 where the input is sequence first (see sequence_first_axis), or where its dims
+    leave it open (ambiguous_sequence_axis) and the model, run on two samples side by side
+    on axis 1, treats that axis as a batch; None otherwise. The run's verdict is kept in the
+    cache under the model's sha256 (None: not kept)."""
+    outputs = graph_outputs(model)
+    axis = sequence_first_axis(spec, outputs, model)
+    if axis is not None or not ambiguous_sequence_axis(spec, outputs):
+        return axis
+    if len(graph_inputs(model)) != 1:
+        return None  # other inputs would need values
+    from igcli.cache import cache_key, load_fact, save_fact
+
+    key = cache_key(sha256, "axis-1-is-a-batch", spec.name) if sha256 else None
+    found = load_fact(key) if key else None
+    if not isinstance(found, bool):
+        found = axis_one_is_a_batch(model, spec)
+        if key:
+            save_fact(key, found)
+    return 1 if found else None
+
+
+def ambiguous_sequence_axis(spec: TensorSpec, outputs: list[TensorSpec]) -> bool:
+    """Whether a float input's dims leave its batch axis open: [T, S, F...] with T > 1 and
+    every F fixed, S an open named dim, and an output that carries S on a later axis
+    ([T, S, C]). A dummy batch of T over a dynamic sequence S (batch first) looks just like
+    a sequence of T steps over a dynamic batch S (sequence first, with an output per step)."""
+    shape = spec.shape
+    if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f" or len(shape) < 3:
+        return False
+    if not isinstance(shape[0], int) or shape[0] < 2 or not isinstance(shape[1], str):
+        return False
+    if not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return False
+    return any(shape[1] in o.shape[1:] for o in outputs)
+
+
+def axis_one_is_a_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
+    """Whether the model treats axis 1 of its one input as a batch: each of two random
+    [T, 1, F...] samples gives, alone, the outputs it gives next to the other in [T, 2, F...]
+    (up to float rounding). A sequence axis mixes its positions; a batch never does. One
+    CPU session of the model and three calls; False if any of it fails."""
+    rng = np.random.default_rng(0)
+    shape = [spec.shape[0], 1, *spec.shape[2:]]
+    a, b = (rng.standard_normal(shape).astype(spec.dtype) for _ in range(2))
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), session_options(1),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        alone = [session.run(None, {spec.name: v}) for v in (a, b)]
+        both = session.run(None, {spec.name: np.concatenate([a, b], axis=1)})
+    except Exception:  # noqa: BLE001 (a model that cannot run so is no evidence)
+        return False
+    for k, (o, pair) in enumerate(zip(graph_outputs(model), both, strict=True)):
+        if spec.shape[1] not in o.shape[1:]:
+            continue  # no rows to compare
+        axis = o.shape.index(spec.shape[1], 1)
+        for i, single in enumerate(alone):
+            got, want = np.take(pair, [i], axis=axis), single[k]
+            if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+                return False
+    return True
+
+
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
 
 

@@ -84,7 +84,7 @@ from igcli.model import (
     model_hash,
     require_inputs,
     resolve_providers,
-    sequence_first_axis,
+    sequence_axis,
     stack_contexts,
     unusable_reason,
     weight_bytes,
@@ -308,7 +308,7 @@ class Session:
         inputs = require_inputs(self.model, self.model_path)
         self.input_spec = self._choose_input(inputs, input)
         # an input declared sequence first ([T, N, F]) takes its rows on axis 0 from here on
-        axis = sequence_first_axis(self.input_spec, graph_outputs(self.model), self.model)
+        axis = sequence_axis(self.model, self.input_spec, self.sha256 if self.use_cache else None)
         moved = batch_first(self.model, self.input_spec.name, axis) if axis else None
         batch_axis = axis if moved is not None else 0  # (kept in self.prep below)
         if moved is not None:

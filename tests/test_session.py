@@ -508,6 +508,60 @@ def test_a_sequence_first_model_with_an_output_per_step(tmp_path):
     assert not a.attributions.reshape(6, 3)[step + 1 :].any()  # later steps cannot matter
 
 
+def _mixer_model(path, mixes: int, x_shape, y_shape):
+    """x @ W, plus its mean over axis `mixes` (the sequence: every position sees every
+    other), through tanh: [6, S, 3] -> [6, S, 4]. mixes=0: sequence first (the steps on
+    axis 0 mix, axis 1 is a batch); mixes=1: a dummy batch of 6 over a dynamic sequence."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([mixes], np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("ReduceMean", ["h", "axes"], ["m"], keepdims=1),
+        helper.make_node("Add", ["h", "m"], ["s"]),
+        helper.make_node("Tanh", ["s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "mixer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_dims_that_leave_the_batch_axis_open_are_settled_by_running_the_model(tmp_path):
+    """[6, S, 3] -> [6, S, 4] with no recurrent op to tell: a model whose axis-0 positions
+    mix (a sequence-first encoder with an output per step) takes its rows on axis 1, and F
+    is its own output for the sample as [6, 1, 3]; one whose axis-1 positions mix keeps
+    axis 0 as a (dummy) batch. The verdict is cached with the model's hash."""
+    import onnxruntime as ort
+
+    from igcli.cache import cache_dir
+
+    sample = np.random.default_rng(10).standard_normal((6, 3)).astype(np.float32)
+    first = _mixer_model(tmp_path / "first.onnx", 0, [6, "S", 3], [6, "S", 4])
+    y = ort.InferenceSession(str(first)).run(None, {"x": sample[:, None]})[0][:, 0]
+    session = igcli.Session(first)
+    assert session.prep.batch_axis == 1
+    a = session.attribute(sample, steps=32, baseline="zero")
+    assert a.f_input == pytest.approx(float(y.max()), rel=1e-6) and a.target == int(y.argmax())
+    assert a.gradient_source == "graph" and a.rel_error < 1e-4
+    assert list(cache_dir().glob("fact-*.json"))
+    assert igcli.Session(first).prep.batch_axis == 1  # from the cache this time
+
+    dummy = _mixer_model(tmp_path / "dummy.onnx", 1, [6, "S", 3], [6, "S", 4])
+    assert igcli.Session(dummy, cache=False).prep.batch_axis == 0
+    seq = np.random.default_rng(11).standard_normal((5, 3)).astype(np.float32)  # [S, F]
+    b = igcli.Session(dummy, cache=False).attribute(seq, steps=16, baseline="zero")
+    z = ort.InferenceSession(str(dummy)).run(None, {"x": np.repeat(seq[None], 6, axis=0)})[0]
+    assert b.f_input == pytest.approx(float(z[0].max()), rel=1e-6)
+
+
 def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
     from tests.test_cli import run
 
