@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -185,6 +186,42 @@ class BatchRun:
         # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
         self.writer = ThreadPoolExecutor(self.WRITERS, thread_name_prefix="igcli-writer")
         self.pending: deque[Future] = deque()
+        self.inputs_in_out: set[str] = set()  # real paths of this run's inputs inside --out
+
+    def protect(self, items: list[InputItem]) -> None:
+        """Remember which of these inputs lie inside the output folder: an output of the run
+        must never replace one (`--out .` beside the inputs made a heatmap of digit.png
+        under that very name, and the next run explained the heatmap)."""
+        if self.remote is not None:
+            return
+        root = os.path.realpath(self.local_out) + os.sep
+        for item in items:
+            if is_url(str(item.path)):
+                continue
+            real = os.path.realpath(item.path)
+            if real.startswith(root):
+                self.inputs_in_out.add(real)
+
+    def check_report_names(self, stem: str) -> None:
+        """The reports would replace an input of this run (a CSV named report.csv in --out):
+        an OutputError, and the input is kept."""
+        for suffix in (".html", ".md", ".csv", ".json"):
+            path = Path(os.path.realpath(Path(self.local_out) / (stem + suffix)))
+            if str(path) in self.inputs_in_out:
+                raise OutputError(
+                    "the run's report would replace this input; choose an --out outside "
+                    "the inputs' folder",
+                    path,
+                )
+
+    def _not_an_input(self, item: InputItem, *paths: Path | None) -> None:
+        for path in paths:
+            if path is not None and str(path) in self.inputs_in_out:
+                raise InputError(
+                    f"its output {path.name} would replace an input of this run; "
+                    "choose an --out outside the inputs' folder",
+                    item.path,
+                )
 
     def process(self, items: list[InputItem], advance: Callable[[int], None] = _nothing) -> None:
         """Explain a group of inputs; with the gradient graph their points share model calls.
@@ -477,6 +514,7 @@ class BatchRun:
             marker = record_path(out, item.name)
         except OutputError as exc:  # this input's name, not the run, is at fault
             raise InputError(exc.reason, item.path) from None
+        self._not_an_input(item, marker)
         for results in explained:
             multi = len(results) > 1
             for a in results:
@@ -486,6 +524,7 @@ class BatchRun:
                     png = output_stem(out, stem + ".png") if self.outputs.heatmaps else None
                 except OutputError as exc:
                     raise InputError(exc.reason, item.path) from None
+                self._not_an_input(item, npy, png)
                 record = a.record(
                     npy.relative_to(root).as_posix(),
                     png.relative_to(root).as_posix() if png else None,

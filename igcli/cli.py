@@ -663,7 +663,9 @@ def explain(
     elif not inputs:
         raise UsageError("no INPUTS given (or --manifest FILE)")
     else:
-        the_plan = plan(discover(list(inputs), recursive, pattern, sys.stdin), shard)
+        local_out = None if "://" in out_dir else Path(out_dir)
+        found = discover(list(inputs), recursive, pattern, sys.stdin, out_dir=local_out)
+        the_plan = plan(found, shard)
     make_session = functools.partial(  # Dask workers make their own from the same options
         Session,
         model,

@@ -68,9 +68,15 @@ class Discovery:
 Report = Callable[[Path, str], None]
 
 
-def _walk(root: Path, recursive: bool, skip: Report, fail: Report) -> Iterable[Path]:
+def _walk(
+    root: Path, recursive: bool, skip: Report, fail: Report, outside: str | None = None
+) -> Iterable[Path]:
     """Files under `root`, sorted; folders that cannot be listed are reported to `fail`,
-    folders not entered (subfolders without -r, symlinked folders) to `skip`."""
+    folders not entered (subfolders without -r, symlinked folders, the folder `outside`,
+    where the run writes) to `skip`."""
+    if outside is not None and os.path.realpath(root) == outside:
+        skip(root, "the output folder (--out)")
+        return
     if not recursive:
         try:
             with os.scandir(root) as it:
@@ -93,6 +99,9 @@ def _walk(root: Path, recursive: bool, skip: Report, fail: Report) -> Iterable[P
             if os.path.islink(os.path.join(dirpath, d)):
                 dirnames.remove(d)
                 skip(Path(dirpath) / d, "symlinked folder, not followed")
+            elif outside is not None and os.path.realpath(os.path.join(dirpath, d)) == outside:
+                dirnames.remove(d)
+                skip(Path(dirpath) / d, "the output folder (--out)")
         dirnames.sort()
         for fn in sorted(filenames):
             yield Path(dirpath) / fn
@@ -152,10 +161,16 @@ def read_path_list(stdin) -> list:
 
 
 def discover(
-    args: list[str], recursive: bool = False, pattern: str | None = None, stdin=None
+    args: list[str],
+    recursive: bool = False,
+    pattern: str | None = None,
+    stdin=None,
+    out_dir: Path | None = None,
 ) -> Discovery:
-    """Turn the command line's INPUT... (files, folders, '-') into uniquely named items."""
+    """Turn the command line's INPUT... (files, folders, '-') into uniquely named items.
+    A folder walk leaves `out_dir` out: a run's own outputs are no inputs of its next."""
     found = Discovery()
+    outside = os.path.realpath(out_dir) if out_dir is not None else None
     given: list[tuple[InputItem, str]] = []  # items and the path as given, for hashes
 
     def skip(path: Path, reason: str) -> None:
@@ -177,7 +192,7 @@ def discover(
             add(path, path.stem)
             continue
         failed = lambda p, reason: add(p, p.name, reason)  # noqa: E731
-        for file in _walk(path, recursive, skip, failed):
+        for file in _walk(path, recursive, skip, failed, outside):
             if not _matches(file, path, pattern):
                 if pattern is None:
                     skip(file, "not a supported file type")

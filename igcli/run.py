@@ -171,6 +171,7 @@ def execute(batch: BatchRun, items: list[InputItem], messages: Messages | None =
     """Explain every item, a group of inputs per model call where they fit; CSV rows count
     as inputs of their own. May be called again with more items on the same batch."""
     messages = messages or Messages(quiet=True)
+    batch.protect(items)
     with messages.progress(count_inputs(items)) as progress:
         k = 0
         while k < len(items):
@@ -214,6 +215,7 @@ def finish(
         report.settings["batch_size"] = tuned
         report.settings["batch_size_cap"] = runner.batch_size  # what the memory budget allows
         report.settings["memory_per_row"] = session.memory_per_row
+    batch.check_report_names(the_plan.report_stem)
     names = report.write(outputs.out_dir, the_plan.report_stem, staging=batch.local_out)
     if not interrupted:
         batch.remove_write_leftovers()

@@ -517,3 +517,37 @@ def test_odd_targets_gates_and_a_folder_for_a_model_are_refused_in_one_line(tmp_
     for command in ("explain", "inspect"):
         result = run(command, tmp_path, *([DIGIT_PNGS[0]] if command == "explain" else []))
         assert result.exit_code == ExitCode.MODEL and "a folder, not a file" in result.stderr
+
+
+def test_an_output_never_replaces_an_input_of_the_run(tmp_path, monkeypatch):
+    """--out . beside the inputs: digit.png's heatmap would be digit.png, x.npy's
+    attributions x.npy, the run's report.csv a CSV input named report.csv. Each such input
+    fails alone in one line and keeps its bytes; other inputs are explained."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DIGIT_PNGS[0], tmp_path / "digit.png")
+    before = (tmp_path / "digit.png").read_bytes()
+    result = run("explain", DIGITS, "digit.png", DIGIT_PNGS[1], "--steps", "4", "--out", ".")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    (line,) = error_lines(result)[:1]
+    assert "digit.png" in line and "would replace an input" in line
+    assert (tmp_path / "digit.png").read_bytes() == before
+    assert (tmp_path / f"{Path(DIGIT_PNGS[1]).stem}.npy").is_file()
+
+    shutil.copy(CANCER_CSV, tmp_path / "report.csv")
+    before = (tmp_path / "report.csv").read_bytes()
+    result = run("explain", CANCER, "report.csv", "--steps", "4", "--out", ".")
+    assert result.exit_code == ExitCode.OUTPUT
+    assert "report would replace this input" in flat(result)
+    assert (tmp_path / "report.csv").read_bytes() == before
+
+
+def test_a_recursive_walk_leaves_the_output_folder_out(tmp_path):
+    """--out inside a folder walked with -r: the second run explained the first run's own
+    attributions and heatmaps as inputs."""
+    shutil.copy(DIGIT_PNGS[0], tmp_path / "digit.png")
+    for _ in range(2):
+        result = run("explain", DIGITS, tmp_path, "-r", "--steps", "4", "--out", tmp_path / "o",
+                     "--json")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        assert [r["name"] for r in records(result)] == ["digit"]
+    assert not (tmp_path / "o" / "o").exists()
