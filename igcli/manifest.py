@@ -101,6 +101,14 @@ def read_manifest(source: str) -> Manifest:
         rows = entry.get("rows")
         if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 0):
             raise UsageError(f'line {number}: "rows" must be a count', source)
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            # names that differ as text but not as paths ('x/../a', 'a//b') would share files
+            raise UsageError(
+                f"line {number}: name {name!r} is not a plain relative path "
+                "(no '.', '..' or empty parts)",
+                source,
+            )
         key = name.casefold()
         if key in names:
             raise UsageError(f"line {number}: name {name!r} appears twice", source)

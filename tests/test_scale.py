@@ -183,6 +183,10 @@ def test_manifest_problems_are_one_line_usage_errors(tmp_path):
         ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "a"}\n'
          '{"input": "b.png", "name": "A"}\n', "name 'A' appears twice"),
         ('{"igcli_manifest": 1, "inputs": 3}\n{"input": "a.png", "name": "a"}\n', "cut short"),
+        # the same path as another name would share its files
+        ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "x/../a"}\n', "not a plain"),
+        ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "a//b"}\n', "not a plain"),
+        ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "./a"}\n', "not a plain"),
     ]:  # fmt: skip
         bad.write_text(text)
         result = run("explain", DIGITS, "--manifest", bad, "--out", tmp_path / "o")
