@@ -186,6 +186,10 @@ class BatchRun:
         # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
         self.writer = ThreadPoolExecutor(self.WRITERS, thread_name_prefix="igcli-writer")
         self.pending: deque[Future] = deque()
+        # JSON lines wait for the writes queued before them: a line says "ok" only once its
+        # files are whole (a full disk stopped the run with its lines already out)
+        self.outbox: deque[tuple[Future | None, str]] = deque()
+        self._last_write: Future | None = None
         self.inputs_in_out: set[str] = set()  # real paths of this run's inputs inside --out
 
     def protect(self, items: list[InputItem]) -> None:
@@ -461,16 +465,28 @@ class BatchRun:
 
     def _accept(self, records: list[dict]) -> None:
         self.report.results.extend(records)
+        for r in records:
+            self._say(json_line(r))
+
+    def _say(self, line: str) -> None:
+        """A JSON line, out once every write queued so far is done (input order kept)."""
         if self.outputs.json_lines:
-            for r in records:
-                self.emit(json_line(r))
+            self.outbox.append((self._last_write, line))
+            self._flush()
+
+    def _flush(self) -> None:
+        while self.outbox:
+            write, line = self.outbox[0]
+            if write is not None and not (write.done() and write.exception() is None):
+                return  # still writing, or failed: the error surfaces from pending
+            self.outbox.popleft()
+            self.emit(line)
 
     def _fail(self, item: InputItem, exc: IgcliError | str) -> None:
         entry = failure_entry(str(item.path), exc, item.name)
         self.report.failures.append(entry)
         self.warn(f"error: {exc}")
-        if self.outputs.json_lines:
-            self.emit(json_line(entry))
+        self._say(json_line(entry))
 
     def _explain_together(self, loaded: list[tuple[InputItem, list]]) -> bool:
         """All inputs' samples in shared calls; False (nothing written) when any fails."""
@@ -568,14 +584,22 @@ class BatchRun:
 
     def _submit(self, job: Callable[[], None]) -> None:
         """Run file writing beside the next model calls; a few items in flight at most."""
-        self.pending.append(self.writer.submit(job))
-        while len(self.pending) > self.MAX_PENDING:
-            self.pending.popleft().result()
+        self._last_write = self.writer.submit(job)
+        self.pending.append(self._last_write)
+        try:
+            while len(self.pending) > self.MAX_PENDING:
+                self.pending.popleft().result()
+        finally:
+            self._flush()
 
     def drain(self) -> None:
-        """Wait for every queued write; re-raises a write's error (a full disk, say)."""
-        while self.pending:
-            self.pending.popleft().result()
+        """Wait for every queued write; re-raises a write's error (a full disk, say), after
+        the lines of the writes done before it are out."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self._flush()
 
     def close(self) -> None:
         """Wait for the writes, then stop the writer thread."""

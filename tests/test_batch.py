@@ -453,3 +453,28 @@ def test_a_record_with_a_non_number_where_a_number_goes_is_redone_on_resume(tmp_
     result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", out, "--skip-existing", "--json")
     assert result.exit_code == 0, result.stderr
     assert isinstance(json.loads(result.stdout.splitlines()[-1])["rel_error"], float)
+
+
+def test_json_lines_say_ok_only_once_the_files_are_written(tmp_path, monkeypatch):
+    """A full disk at the second input's files: the run stops (exit 6) and stdout holds the
+    first input's line only, never an "ok" for files that do not exist."""
+    from igcli import attribution
+    from igcli.errors import OutputError
+
+    real = attribution.Attribution.write_to
+    calls = []
+
+    def second_fails(self, npy, png, **kw):
+        calls.append(npy)
+        if len(calls) == 2:
+            raise OutputError("cannot write (No space left on device)", npy)
+        return real(self, npy, png, **kw)
+
+    monkeypatch.setattr(attribution.Attribution, "write_to", second_fails)
+    args = ["explain", DIGITS, *DIGIT_PNGS[:3], "--steps", "4", "--json", "--out", tmp_path]
+    result = run(*args)
+    assert result.exit_code == ExitCode.OUTPUT, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    written = {p.name.removesuffix(".record.json") for p in tmp_path.glob("*.record.json")}
+    assert lines and all(r["status"] == "ok" and r["name"] in written for r in lines)
+    assert len(lines) < 3
