@@ -74,7 +74,7 @@ def read_manifest(source: str) -> Manifest:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UsageError("not a manifest (not UTF-8 text)", source) from None
-    lines = text.splitlines()
+    lines = [line.removesuffix("\r") for line in text.split("\n")]  # (not U+2028 &c.)
     try:
         header = json.loads(lines[0]) if lines else None
     except ValueError:

@@ -306,7 +306,10 @@ def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
     """(line number, text) for each non-blank line; for JSON Lines, a line that is not JSON
     or has no "text" string gives its error in place of the text."""
     content = read_text(path, MAX_TEXT_BYTES)
-    lines = [(n, line) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
+    # lines end at \n (and \r\n) only: str.splitlines also breaks at U+2028, U+0085 and a
+    # form feed, which may stand inside a sentence (and inside a JSON string)
+    rows = content.split("\n")
+    lines = [(n, line) for n, line in enumerate(rows, start=1) if line.strip()]
     if path.suffix.lower() != ".jsonl":
         return [(n, line.strip()) for n, line in lines]
     texts: list[tuple[int, str | InputError]] = []

@@ -334,3 +334,16 @@ def test_l2_per_token_is_drawn_as_a_magnitude():
         a = session.attribute("a dull film", steps=8)
         assert magnitude_map(a) is expected
         a.image()  # draws
+
+
+def test_lines_end_at_newlines_only(tmp_path):
+    """U+2028, U+0085 and a form feed may stand inside a sentence, and raw inside a JSON
+    string: str.splitlines broke there, shifting every later row (and failing valid JSON
+    Lines as 'not JSON')."""
+    from igcli.tokens import read_texts
+
+    (tmp_path / "t.txt").write_text("one\u2028still one\nform\ffeed\r\nthree\n", "utf-8")
+    texts = read_texts(tmp_path / "t.txt")
+    assert [n for n, _ in texts] == [1, 2, 3] and texts[0][1] == "one\u2028still one"
+    (tmp_path / "t.jsonl").write_text('{"text": "a\u2028b"}\n{"text": "c\u0085d"}\n', "utf-8")
+    assert read_texts(tmp_path / "t.jsonl") == [(1, "a\u2028b"), (2, "c\u0085d")]
