@@ -485,7 +485,7 @@ class TargetTable:
             picked = []
             for text in row[1].split(";"):
                 text = text.strip()
-                if text.lstrip("-").isdigit():
+                if re.fullmatch(r"-?[0-9]+", text):  # not isdigit: '²' is a digit, no int
                     picked.append(int(text))
                 elif text in index:
                     picked.append(index[text])

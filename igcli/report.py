@@ -608,7 +608,7 @@ def check_shards(paths: list, reports: list[dict], expect: int) -> None:
     for path, rep in zip(paths, reports, strict=True):
         text = str((rep.get("settings") or {}).get("shard") or "")
         k, _, n = text.partition("/")
-        if not (k.isdigit() and n.isdigit()):
+        if not (k.isdecimal() and k.isascii() and n.isdecimal() and n.isascii()):
             raise ShardError(
                 f"not a shard's report (it ran without --shard); expected 1 of {expect}", path
             )
