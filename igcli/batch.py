@@ -483,6 +483,9 @@ class BatchRun:
             self.emit(line)
 
     def _fail(self, item: InputItem, exc: IgcliError | str) -> None:
+        model = str(self.session.model_path)
+        if isinstance(exc, IgcliError) and str(exc.path) == model:  # a model call at this input
+            exc = InputError(exc.reason, item.path)
         entry = failure_entry(str(item.path), exc, item.name)
         self.report.failures.append(entry)
         self.warn(f"error: {exc}")

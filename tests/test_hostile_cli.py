@@ -551,3 +551,20 @@ def test_a_recursive_walk_leaves_the_output_folder_out(tmp_path):
         assert result.exit_code == 0, result.stderr
         assert [r["name"] for r in records(result)] == ["digit"]
     assert not (tmp_path / "o" / "o").exists()
+
+
+def test_a_model_call_failing_at_an_input_names_the_input(tmp_path, monkeypatch):
+    """A model call that fails at one input (a 1x1 image into a 3x3 Conv) is that input's
+    failure, named by it, not by the model file (the first input's line named the model)."""
+    from igcli.errors import InputError
+    from igcli.session import Session
+
+    def fails(self, samples, *args, **kwargs):
+        raise InputError("model call failed: Invalid input shape: {1,1}", self.model_path)
+
+    monkeypatch.setattr(Session, "attribute_many", fails)
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", tmp_path, "--json")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    (line,) = [x for x in error_lines(result) if "model call failed" in x]
+    assert Path(DIGIT_PNGS[0]).name in line and "digits_cnn" not in line
+    assert records(result)[0]["input"] == str(DIGIT_PNGS[0])
