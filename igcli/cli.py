@@ -198,6 +198,7 @@ class Group(rich_click.RichGroup):
         sys.exit(0)
 
     def invoke(self, ctx: click.Context):
+        _stop_on_sigterm()
         try:
             return super().invoke(ctx)
         except IgcliError as exc:
@@ -215,6 +216,20 @@ class Group(rich_click.RichGroup):
                 "(run igcli --debug COMMAND ... for a traceback, and please report it)"
             )
             sys.exit(int(ExitCode.INTERNAL))
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a batch scheduler's time limit, `kill`, a container stopping) stops a run as
+    Ctrl-C does: finished inputs are kept, the report is written, exit 130. It ended the
+    process at once, with no report."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

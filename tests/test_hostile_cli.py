@@ -568,3 +568,33 @@ def test_a_model_call_failing_at_an_input_names_the_input(tmp_path, monkeypatch)
     (line,) = [x for x in error_lines(result) if "model call failed" in x]
     assert Path(DIGIT_PNGS[0]).name in line and "digits_cnn" not in line
     assert records(result)[0]["input"] == str(DIGIT_PNGS[0])
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """A batch scheduler's time limit sends SIGTERM: the run stops with its finished inputs
+    kept whole, the report written and exit 130 (it died at once, with no report)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(40):
+        shutil.copy(DIGIT_PNGS[k % len(DIGIT_PNGS)], folder / f"d{k:02d}.png")
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "igcli", "explain", str(DIGITS), str(folder), "--steps", "400",
+           "--batch-size", "400", "--out", str(out), "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.record.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert "Traceback" not in err and (out / "report.json").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert 1 <= len(report["results"]) < 40
+    assert not list(out.rglob("*.tmp"))
+    for r in report["results"]:
+        assert (out / r["attributions_file"]).is_file()
