@@ -49,12 +49,27 @@ def record_path(out_dir: Path, name: str) -> Path:
 
 
 def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list[dict] | None:
-    """Records of a complete earlier explanation made with the same settings, else None."""
+    """Records of a complete earlier explanation of this input as it is now, made with the
+    same settings, else None."""
     try:
         text = record_path(out_dir, item.name).read_text()
     except (OSError, OutputError, UnicodeDecodeError):
         return None
-    return usable_records(text, settings_hash, lambda rel: _looks_whole(out_dir / rel))
+    exists = lambda rel: _looks_whole(out_dir / rel)  # noqa: E731
+    return usable_records(text, settings_hash, exists, input_stamp(item.path))
+
+
+def input_stamp(path) -> str | None:
+    """An input file's size and modification time: a record holds them, and a resumed run
+    redoes an input that changed since (it reused the result of the file it replaced).
+    None for what has no such stamp here (object storage)."""
+    if is_url(str(path)):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 # What a result file starts with; one that does not (emptied, overwritten) is made again.
@@ -82,10 +97,13 @@ def _is_number(value) -> bool:
 
 
 def usable_records(
-    text: str | None, settings_hash: str, exists: Callable[[str], bool]
+    text: str | None,
+    settings_hash: str,
+    exists: Callable[[str], bool],
+    stamp: str | None = None,
 ) -> list[dict] | None:
-    """The records of a record file when they were made with these settings and their
-    files are all there, else None."""
+    """The records of a record file when they were made with these settings (and, given a
+    `stamp`, of the input as it is now) and their files are all there, else None."""
     try:
         records = json.loads(text)["records"]
     except (ValueError, KeyError, TypeError):
@@ -95,6 +113,8 @@ def usable_records(
     for r in records:
         if not isinstance(r, dict) or r.get("settings_hash") != settings_hash:
             return None
+        if stamp is not None and r.get("input_stamp") != stamp:
+            return None  # the input changed (or the record predates stamps): redone
         if not all(_is_number(r.get(k)) for k in NUMBERS_OF_A_RECORD):
             return None  # hand-edited or foreign: redone, not summed into the report
         for key in ("attributions_file", "heatmap_file"):
@@ -534,6 +554,7 @@ class BatchRun:
         except OutputError as exc:  # this input's name, not the run, is at fault
             raise InputError(exc.reason, item.path) from None
         self._not_an_input(item, marker)
+        stamp = input_stamp(item.path)
         for results in explained:
             multi = len(results) > 1
             for a in results:
@@ -549,6 +570,7 @@ class BatchRun:
                     png.relative_to(root).as_posix() if png else None,
                 )
                 record["settings_hash"] = self.settings_hash
+                record["input_stamp"] = stamp
                 records.append(record)
                 jobs.append((a, npy, png))
         self._submit(lambda: self._write_item(item, jobs, records, marker))

@@ -12,7 +12,9 @@ from tests.test_cli import DIGIT_PNGS
 
 # Per-machine or per-run numbers: equal runs may differ in these and nothing else (the memory
 # budget is half of what is available at the start, the cost of a row measured).
-TIMINGS = {"wall_time_s", "model_time_s", "started"}
+# what differs between equal runs: timings, and the input file's size and mtime (a copy of
+# the inputs, or the same files in object storage, where there is none)
+TIMINGS = {"wall_time_s", "model_time_s", "started", "input_stamp"}
 MEASURED = {"memory_budget", "memory_per_row", "batch_size", "batch_size_cap"}  # tuned per run
 RUN_SETTINGS = TIMINGS | MEASURED | {"shard", "shard_source", "merged_from", "shards", "dask"}
 

@@ -481,3 +481,24 @@ def test_json_lines_say_ok_only_once_the_files_are_written(tmp_path, monkeypatch
     written = {p.name.removesuffix(".record.json") for p in tmp_path.glob("*.record.json")}
     assert lines and all(r["status"] == "ok" and r["name"] in written for r in lines)
     assert len(lines) < 3
+
+
+def test_skip_existing_redoes_an_input_that_changed(tmp_path):
+    """--skip-existing reused the result of the file an input replaced (a 7 swapped for a 0
+    kept target 7): a record holds its input's size and mtime, and a changed input is
+    explained again; an unchanged one is still resumed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DIGIT_PNGS[0], folder / "a.png")
+    shutil.copy(DIGIT_PNGS[1], folder / "b.png")
+    args = ["explain", DIGITS, folder, "--steps", "4", "--json", "--out", tmp_path / "o"]
+    first = {r["name"]: r for r in map(json.loads, run(*args).stdout.splitlines())}
+    shutil.copy(DIGIT_PNGS[2], folder / "a.png")
+    os.utime(folder / "a.png", ns=(1, 1))  # whatever the clock: another stamp
+    again = run(*args, "--skip-existing")
+    assert again.exit_code == 0, again.stderr
+    second = {r["name"]: r for r in map(json.loads, again.stdout.splitlines())}
+    assert second["a"]["f_input"] != first["a"]["f_input"]
+    assert second["b"] == first["b"]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["summary"]["resumed"] == 1
