@@ -347,3 +347,16 @@ def test_lines_end_at_newlines_only(tmp_path):
     assert [n for n, _ in texts] == [1, 2, 3] and texts[0][1] == "one\u2028still one"
     (tmp_path / "t.jsonl").write_text('{"text": "a\u2028b"}\n{"text": "c\u0085d"}\n', "utf-8")
     assert read_texts(tmp_path / "t.jsonl") == [(1, "a\u2028b"), (2, "c\u0085d")]
+
+
+def test_a_text_far_too_long_is_refused_before_tokenizing(tmp_path):
+    """A line of 11 MB took 1.3 GB in the tokenizer before it was refused for its length;
+    now it fails alone at once, and the file's other lines are explained."""
+    from tests.test_cli import run
+
+    (tmp_path / "t.txt").write_text("good movie " * 1_000_000 + "\nfine film\n")
+    result = run("explain", SENTIMENT, tmp_path / "t.txt", "--steps", "4", "--json",
+                 "--out", tmp_path / "o")  # fmt: skip
+    assert result.exit_code == 4
+    assert "characters, more than this model can take" in result.stderr
+    assert [json.loads(line)["status"] for line in result.stdout.splitlines()] == ["error", "ok"]
