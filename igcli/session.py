@@ -868,16 +868,37 @@ class Session:
                 problem = Problem(x, base, source, tuple(pick(pair, t)))
                 jobs.append((i, t, problem))
         start = time.perf_counter()
+
+        def integrate(jobs):
+            return integrated_gradients_many(
+                [job[2] for job in jobs],
+                steps=settings.steps,
+                method=settings.method,
+                batch_size=runner.batch_size,
+                tolerance=settings.tolerance,
+                max_steps=settings.max_steps,
+            )
+
         try:
             if methods.is_plain(settings):
-                results = integrated_gradients_many(
-                    [job[2] for job in jobs],
-                    steps=settings.steps,
-                    method=settings.method,
-                    batch_size=runner.batch_size,
-                    tolerance=settings.tolerance,
-                    max_steps=settings.max_steps,
-                )
+                try:
+                    results = integrate(jobs)
+                except InputError as exc:
+                    if not (exc.reason.startswith("gradient contains") and graph is not None
+                            and self.gradients == "auto" and len(samples) == 1):  # fmt: skip
+                        raise  # (several inputs: the batch retries them one by one)
+                    # F is finite and the graph's gradient is not: 0 * inf where a Where
+                    # masks a branch (Sqrt of a negative), say. Finite differences need F only.
+                    self.warn(
+                        f"{where}: the gradient graph gives a NaN or infinite gradient where F "
+                        "is finite (a branch a Where masks, say); finite differences instead"
+                    )
+                    jobs = [
+                        (i, t, Problem(p.x, p.baseline, self._source(
+                            None, t, samples[i], p.x, p.baseline, contexts[i]), p.end_values))
+                        for i, t, p in jobs
+                    ]  # fmt: skip
+                    results = integrate(jobs)
             else:  # another path, baseline distribution or averaging (methods.py)
                 results = self._attribute_family(jobs, samples, bases, names, graph, settings)
         except IgcliError as exc:

@@ -597,3 +597,40 @@ def test_a_sequence_first_sample_may_come_in_the_models_own_layout(tmp_path):
     np.testing.assert_array_equal(plain.attributions, own.attributions)
     with pytest.raises(igcli.IgcliError, match=r"does not fit the model input \[6, 'N', 3\]"):
         session.attribute(sample[:4], target=0, steps=16)
+
+
+def test_a_nan_gradient_where_f_is_finite_falls_back_to_finite_differences(tmp_path):
+    """y = Where(x > 0, Sqrt(x), 0) @ w: F is finite everywhere, but the graph's gradient is
+    0 * inf at x < 0 (the branch Where masks), and such an input failed ('gradient contains
+    NaN'). With gradients auto it now gets finite differences, with a warning; an input the
+    graph handles keeps the graph, and gradients="graph" still refuses."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([[1.0, -1.0], [2.0, 0.5], [-1.0, 1.0], [0.5, 2.0]], np.float32)
+    nodes = [
+        helper.make_node("Greater", ["x", "zero"], ["pos"]),
+        helper.make_node("Sqrt", ["x"], ["r"]),
+        helper.make_node("Where", ["pos", "r", "zero"], ["m"]),
+        helper.make_node("MatMul", ["m", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "wherenan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+         numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    path = tmp_path / "wherenan.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    warnings = []
+    session = igcli.Session(path, cache=False, warn=warnings.append)
+    good = session.attribute(np.array([0.9, 0.5, 2.0, 1.0], np.float32), target=0, steps=16)
+    mixed = session.attribute(np.array([0.9, -0.5, 2.0, -1.0], np.float32), target=0, steps=16)
+    assert good.gradient_source == "graph" and mixed.gradient_source == "fd"
+    assert any("finite differences instead" in w for w in warnings)
+    fd = igcli.Session(path, cache=False, gradients="fd")
+    ref = fd.attribute(np.array([0.9, -0.5, 2.0, -1.0], np.float32), target=0, steps=16)
+    np.testing.assert_allclose(mixed.attributions, ref.attributions)
+    strict = igcli.Session(path, cache=False, gradients="graph")
+    with pytest.raises(igcli.IgcliError, match="gradient contains NaN"):
+        strict.attribute(np.array([0.9, -0.5, 2.0, -1.0], np.float32), target=0, steps=16)
