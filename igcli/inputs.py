@@ -604,10 +604,18 @@ def _delimiter(first_line: str) -> str:
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        _number(text)
     except ValueError:
         return False
     return True
+
+
+def _number(text: str) -> float:
+    """A CSV cell as a float, in plain ASCII only: float() also reads '1_3.68' as 13.68 and
+    Arabic-Indic or fullwidth digits, which a table of features never means."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(text)
+    return float(text)
 
 
 @dataclass
@@ -774,7 +782,7 @@ def _row_values(row, width, order, header, where: str, path: Path) -> list[float
     for j in order:
         cell = row[j].strip()
         try:
-            value = float(cell)
+            value = _number(cell)
         except ValueError:
             what = "is empty" if not cell else f"holds {cell[:20]!r}"
             return InputError(f"{where} is not all numbers: column {header[j]!r} {what}", path)

@@ -94,7 +94,10 @@ def test_csv_columns_follow_the_sidecar_names(tmp_path):
 @pytest.mark.parametrize(
     "text,problem",
     [("a,b\n1\n", "short"), ("a,c\n1,2\n", "lacks feature"), ("a,b\n1,x\n", "not all numbers"),
-     ("a,b\n", "header row and at least one data row"), ("a,b\n1,nan\n", "NaN")],
+     ("a,b\n", "header row and at least one data row"), ("a,b\n1,nan\n", "NaN"),
+     # float() reads these (as 13.68, 3 and 12): no feature table means them
+     ("a,b\n1,1_3.68\n", "not all numbers"), ("a,b\n1,\u0663\n", "not all numbers"),
+     ("a,b\n1,\uff11\uff12\n", "not all numbers")],
 )  # fmt: skip
 def test_bad_csv(tmp_path, text, problem):
     csv = tmp_path / "t.csv"
