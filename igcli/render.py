@@ -732,9 +732,14 @@ def _textlen(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> f
 
 
 def _drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> str:
-    """Replace characters the font would draw as a box: accents dropped, dashes as '-', etc."""
+    """Replace characters the font would draw as a box: accents dropped, dashes as '-', etc.;
+    control and format characters (a tab or newline in a file name, a bidi override) as a
+    space."""
     out = []
     for ch in text:
+        if unicodedata.category(ch)[0] == "C":
+            out.append(" ")
+            continue
         if ch.isascii() or _has_glyph(font, ch):
             out.append(ch)
             continue

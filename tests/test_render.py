@@ -199,6 +199,8 @@ def test_title_with_characters_the_font_lacks_still_renders():
     im = render_image(_ramp(), _left_right(), title="caf\u00e9 \u2014 \u2212 \u2192 \u4e00")
     assert im.width > im.height
     assert render._drawable("caf\u00e9 \u2014 x", render._font(16)) == "cafe - x"
+    # control and format characters (no glyph: a box each) as spaces
+    assert render._drawable("a\tb\nc\u202ed\x00", render._font(16)) == "a b c d "
 
 
 def test_invalid_arguments_are_rejected():
