@@ -6,6 +6,7 @@ stderr. Every error a user can cause ends as one line and a documented exit code
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections import Counter
@@ -198,7 +199,10 @@ class Group(rich_click.RichGroup):
         sys.exit(0)
 
     def invoke(self, ctx: click.Context):
-        _stop_on_sigterm()
+        with _sigterm_as_interrupt():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except IgcliError as exc:
@@ -218,18 +222,25 @@ class Group(rich_click.RichGroup):
             sys.exit(int(ExitCode.INTERNAL))
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a batch scheduler's time limit, `kill`, a container stopping) stops a run as
-    Ctrl-C does: finished inputs are kept, the report is written, exit 130. It ended the
-    process at once, with no report."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a batch scheduler's time limit, `kill`, a container stopping) stops a command
+    as Ctrl-C does: finished inputs are kept, the report is written, exit 130 (it ended the
+    process at once, with no report). The caller's own handler is back afterwards."""
     import signal
     import threading
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
