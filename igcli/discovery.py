@@ -497,7 +497,10 @@ class TargetTable:
                         f"line {line}: target {text!r} is neither a class index nor a label{known}",
                         path,
                     )
-            self.targets[row[0].strip()] = picked
+            key = row[0].strip()
+            if key in self.targets:  # which line would win is no choice to make silently
+                raise UsageError(f"line {line}: input {key!r} appears twice", path)
+            self.targets[key] = picked
 
     def for_item(self, item: InputItem) -> list[int] | None:
         keys = [str(item.path), os.path.normpath(str(item.path)), item.path.name, item.name]

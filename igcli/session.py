@@ -904,7 +904,13 @@ class Session:
         except IgcliError as exc:
             if isinstance(exc, UsageError):
                 raise
-            raise InputError(exc.reason, where) from None
+            reason = exc.reason
+            if reason.startswith(f"output {self.output_name!r} contains"):  # F at both ends
+                reason += (  # was finite (the ends were checked first): inside the path
+                    " at a point on the path between the baseline and the input (F is finite "
+                    "at both); try another --baseline"
+                )
+            raise InputError(reason, where) from None
         share = (time.perf_counter() - start) / max(len(jobs), 1)
         out: list[list[Attribution]] = [[] for _ in samples]
         for (i, t, problem), result in zip(jobs, results, strict=True):

@@ -430,6 +430,9 @@ def test_targets_from_a_file_give_each_input_its_own(tree, tmp_path):
     labels.write_text("input,target\ntop.png,\u00b2\n")  # a digit to isdigit, not to int
     bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
     assert bad.exit_code == ExitCode.USAGE and "neither a class index" in bad.stderr
+    labels.write_text("input,target\ntop.png,1\ntop.png,2\n")  # which one? not ours to pick
+    bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
+    assert bad.exit_code == ExitCode.USAGE and "appears twice" in bad.stderr
 
 
 def test_a_finished_run_removes_what_killed_writers_left_beside_its_outputs(tree, tmp_path):

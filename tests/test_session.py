@@ -634,3 +634,28 @@ def test_a_nan_gradient_where_f_is_finite_falls_back_to_finite_differences(tmp_p
     strict = igcli.Session(path, cache=False, gradients="graph")
     with pytest.raises(igcli.IgcliError, match="gradient contains NaN"):
         strict.attribute(np.array([0.9, -0.5, 2.0, -1.0], np.float32), target=0, steps=16)
+
+
+def test_f_nan_inside_the_path_is_said_so(tmp_path):
+    """F = sqrt((x - 1)(x - 2)) is finite at 0 and at 3, NaN between 1 and 2: the error says
+    where (it read as if F at the input were NaN)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Sub", ["x", "one"], ["a"]),
+        helper.make_node("Sub", ["x", "two"], ["b"]),
+        helper.make_node("Mul", ["a", "b"], ["m"]),
+        helper.make_node("Sqrt", ["m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "nanpath", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(np.array(1, np.float32), "one"),
+         numpy_helper.from_array(np.array(2, np.float32), "two")],
+    )  # fmt: skip
+    path = tmp_path / "nanpath.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    session = igcli.Session(path, cache=False)
+    with pytest.raises(igcli.IgcliError, match="at a point on the path between the baseline"):
+        session.attribute(np.array([3.0], np.float32), target=0, steps=16, baseline="zero")
