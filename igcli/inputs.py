@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from igcli.errors import IgcliError, InputError, UsageError
+from igcli.errors import IgcliError, InputError, ModelError, UsageError
 from igcli.files import (
     MAX_IMAGE_PIXELS,
     file_size,
@@ -180,6 +180,15 @@ def make_preprocessing(
     if layout in ("NCHW", "NHWC") and len(shape) == 4:
         prep.layout = layout
         c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], *shape[1:3])
+        other = shape[3] if layout == "NCHW" else shape[1]  # the channels, the other way
+        if side.get("layout") and _static(c) not in (None, 1, 3, 4) and _static(other) in (1, 3):
+            # the sidecar's layout puts a width where the channels are: every input would
+            # fail in ONNX Runtime; one error instead
+            raise ModelError(
+                f"the sidecar's layout {layout} does not fit the model input {list(shape)} "
+                f"({_static(c)} channels?)",
+                sidecar.model_path,
+            )
         prep.channels = _static(c) or int(side.get("channels") or 3)
         prep.height, prep.width = _static(h), _static(w)
         if side.get("size") and not (prep.height and prep.width):

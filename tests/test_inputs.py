@@ -165,3 +165,15 @@ def test_an_unnormalised_rgb_model_gets_a_note(tmp_path):
     warnings.clear()
     igcli.Session(path, warn=warnings.append, preprocess="imagenet").load(tmp_path / "a.png")
     assert not any("--preprocess" in w for w in warnings)
+
+
+def test_a_sidecar_layout_that_puts_a_width_where_the_channels_are_is_one_error():
+    """layout NHWC on an [N, 3, 224, 224] model read 224 channels: every input then failed
+    in ONNX Runtime, each with its raw message. One error now, exit 3, as for other sidecar
+    mistakes; a layout that fits is taken."""
+    from igcli.errors import ModelError
+
+    with pytest.raises(ModelError, match="layout NHWC does not fit"):
+        make_preprocessing(spec(["N", 3, 224, 224]), Sidecar(preprocessing={"layout": "NHWC"}))
+    fits = make_preprocessing(spec(["N", 224, 224, 3]), Sidecar(preprocessing={"layout": "NHWC"}))
+    assert fits.layout == "NHWC" and fits.channels == 3
