@@ -510,7 +510,12 @@ MODEL = click.argument(
 )
 @click.option("--quiet", "-q", is_flag=True, help="Silence stderr except errors.")
 @click.option("--recursive", "-r", is_flag=True, help="Walk folders recursively.")
-@click.option("--glob", "pattern", help="Only files matching this pattern in folders.")
+@click.option(
+    "--glob",
+    "pattern",
+    multiple=True,
+    help="Only files matching this pattern in folders (repeat: any of them).",
+)
 @click.option(
     "--skip-existing",
     is_flag=True,
@@ -630,7 +635,7 @@ def explain(
     json_lines: bool,
     quiet: bool,
     recursive: bool,
-    pattern: str | None,
+    pattern: tuple[str, ...],
     skip_existing: bool,
     shard: str | None,
     manifest: str | None,
@@ -745,8 +750,15 @@ def explain(
 @MODEL
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--recursive", "-r", is_flag=True, help="Walk folders recursively.")
-@click.option("--glob", "pattern", help="Only files matching this pattern in folders.")
-def plan_cmd(model: Path, inputs: tuple[str, ...], recursive: bool, pattern: str | None) -> None:
+@click.option(
+    "--glob",
+    "pattern",
+    multiple=True,
+    help="Only files matching this pattern in folders (repeat: any of them).",
+)
+def plan_cmd(
+    model: Path, inputs: tuple[str, ...], recursive: bool, pattern: tuple[str, ...]
+) -> None:
     """Walk INPUTS once and print a manifest (JSON Lines) fixing each input's output name.
 
     Run every shard with `igcli explain MODEL --manifest FILE --shard ...`: they then agree

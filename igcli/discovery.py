@@ -114,11 +114,16 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _matches(path: Path, root: Path, pattern: str | None) -> bool:
-    if pattern is None:
+def _matches(path: Path, root: Path, pattern: str | tuple[str, ...] | None) -> bool:
+    if not pattern:
         return path.suffix.lower() in SUPPORTED_SUFFIXES
-    rel = path.relative_to(root).as_posix()
-    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(path.name, pattern)
+    return _globbed(path.relative_to(root).as_posix(), path.name, pattern)
+
+
+def _globbed(rel: str, name: str, pattern: str | tuple[str, ...]) -> bool:
+    """Whether a file's path under its folder, or its name, matches any --glob pattern."""
+    patterns = (pattern,) if isinstance(pattern, str) else pattern
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
 def _link_problem(file: Path, root: Path) -> str | None:
@@ -163,7 +168,7 @@ def read_path_list(stdin) -> list:
 def discover(
     args: list[str],
     recursive: bool = False,
-    pattern: str | None = None,
+    pattern: str | tuple[str, ...] | None = None,
     stdin=None,
     out_dir: Path | None = None,
 ) -> Discovery:
@@ -194,7 +199,7 @@ def discover(
         failed = lambda p, reason: add(p, p.name, reason)  # noqa: E731
         for file in _walk(path, recursive, skip, failed, outside):
             if not _matches(file, path, pattern):
-                if pattern is None:
+                if not pattern:
                     skip(file, "not a supported file type")
                 continue
             rel = file.relative_to(path)
@@ -219,7 +224,7 @@ def _is_remote(arg: str) -> bool:
     return is_url(arg)
 
 
-def _discover_remote(arg: str, recursive: bool, pattern: str | None, add, skip) -> None:
+def _discover_remote(arg: str, recursive: bool, pattern, add, skip) -> None:
     """A URL: an object, or a prefix listed like a folder (names relative to it)."""
     from igcli.storage import URL, isdir, list_files
 
@@ -230,11 +235,11 @@ def _discover_remote(arg: str, recursive: bool, pattern: str | None, add, skip) 
     root = url.rstrip("/") + "/"
     for file in list_files(url, recursive):
         rel = file[len(root) :] if file.startswith(root) else file.name
-        if pattern is None:
+        if not pattern:
             if file.suffix.lower() not in SUPPORTED_SUFFIXES:
                 skip(file, "not a supported file type")
                 continue
-        elif not (fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(file.name, pattern)):
+        elif not _globbed(rel, file.name, pattern):
             continue
         stem = rel[: -len(file.suffix)] if file.suffix else rel
         add(file, stem)

@@ -56,6 +56,9 @@ def test_glob_selects_files(tree, tmp_path):
         "4",
     )
     assert names(result) == ["a/img"]
+    both = run("explain", DIGITS, tree, "-r", "--glob", "a/*", "--glob", "top*", "--out",
+               tmp_path / "o2", "--json", "--steps", "4")  # fmt: skip
+    assert names(both) == ["a/img", "top"]  # a second --glob adds (it replaced the first)
 
 
 def test_stdin_list(tree, tmp_path):
