@@ -172,16 +172,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
 def printable(text: object) -> str:
-    """`text` on one line, safe for any terminal: control characters and bytes that are not
-    UTF-8 (file names may hold both) become escapes like \\n and \\xff."""
+    """`text` on one line, safe for any terminal: control characters, bidi overrides and
+    bytes that are not UTF-8 (file names may hold all three) become escapes like \\n,
+    \\u202e and \\xff."""
     text = str(text)
     out = []
     for ch in text:
         code = ord(ch)
         if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, kept by os.fsdecode
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI_CONTROLS:
+            # (a right-to-left override in a file name reverses the rest of the line)
             out.append(ch.encode("unicode_escape").decode("ascii"))
         else:
             out.append(ch)

@@ -492,6 +492,9 @@ def test_negative_seeds_give_their_own_reproducible_noise(tmp_path):
 def test_printable_keeps_one_line():
     assert printable("a\nb\x1b[31m\udcffc") == "a\\nb\\x1b[31m\\xffc"
     assert printable("ünïcode [red]") == "ünïcode [red]"
+    # a right-to-left override would reverse the rest of the line; a ZWJ emoji stays whole
+    assert printable("a\u202eb\u2066c") == "a\\u202eb\\u2066c"
+    assert printable("\U0001f468\u200d\U0001f469") == "\U0001f468\u200d\U0001f469"
 
 
 def test_every_reading_error_is_an_igcli_error():
