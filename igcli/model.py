@@ -553,26 +553,17 @@ def float_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
     return {n: s for n, s in specs.items() if n in produced and s.dtype.kind == "f"}
 
 
-def sequence_first_axis(
-    spec: TensorSpec, outputs: list[TensorSpec], model: onnx.ModelProto | None = None
-) -> int | None:
-    """1 for a float input declared sequence first, [T, N, F...]; None otherwise.
-
-    Where an RNN, GRU or LSTM reads the input as its X (itself, or through Identity or
-    Cast), its `layout` says which axis is the batch: 0 means [T, N, F], whatever the dims
-    (a fixed T and outputs [T, N, H] look just like a dummy batch of T with a dynamic
-    sequence, and the fixed T was then freed and fed as T one-step rows). Otherwise from
-    the dims: T > 1 fixed and N the one open dim, named, and first in some output
+def sequence_first_axis(spec: TensorSpec, outputs: list[TensorSpec]) -> int | None:
+    """1 for a float input declared sequence first by its dims, [T, N, F...]; None
+    otherwise: T > 1 fixed and N the one open dim, named, and first in some output
     ([N, classes]: PyTorch's RNNs and Transformer encoders unless batch_first), or exported
-    at [T, 1, F] with outputs [1, ...] and none [T, ...]. Narrow on purpose: a fixed 1 first
-    is a fixed batch ([1, seq] token ids), and [8, S, F] with S on no output's first axis is
-    a dummy batch of 8 with a dynamic sequence, whose batch is axis 0."""
+    at [T, 1, F] with outputs [1, ...] and none [T, ...]. Narrow on purpose: a fixed 1
+    first is a fixed batch ([1, seq] token ids), and [8, S, F] with S on no output's first
+    axis is a dummy batch of 8 with a dynamic sequence, whose batch is axis 0. (For a model
+    with one input, sequence_axis runs it instead where the dims allow both readings.)"""
     shape = spec.shape
     if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f" or len(shape) < 3:
         return None
-    told = _recurrent_batch_axis(model, spec.name) if model is not None else None
-    if told is not None:
-        return 1 if told == 1 and len(shape) == 3 else None
     if not isinstance(shape[0], int) or shape[0] < 2:
         return None
     open_dims = [k for k, d in enumerate(shape) if not isinstance(d, int) or d < 1]
@@ -587,16 +578,23 @@ def sequence_first_axis(
 def sequence_axis(
     model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = None
 ) -> int | None:
-    """1 where the input is sequence first (see sequence_first_axis), or where its dims
-    leave it open (ambiguous_sequence_axis) and the model, run on two samples side by side
-    on axis 1, treats that axis as a batch; None otherwise. The run's verdict is kept in the
-    cache under the model's sha256 (None: not kept)."""
+    """1 where the model's input is sequence first ([T, N, F...]: a sample is [T, F...]),
+    None where its batch is axis 0.
+
+    An RNN, GRU or LSTM reading the input says so by its layout. Otherwise, for a model
+    with this one input whose dims allow both readings (ambiguous_sequence_axis), the model
+    is run on two samples side by side on axis 1: that axis is a batch if each sample gets
+    the outputs it gets alone, in every output. The dims alone misled both ways (a
+    CTC-style [8, T, F] -> [T, 8, C] read as sequence first, a Transformer encoder with an
+    output per step [T, N, F] -> [T, N, C] as batch first). The verdict is cached under the
+    model's sha256 (None: not kept). Models with other inputs keep the dims' reading
+    (sequence_first_axis)."""
     outputs = graph_outputs(model)
-    axis = sequence_first_axis(spec, outputs, model)
-    if axis is not None or not ambiguous_sequence_axis(spec, outputs):
-        return axis
-    if len(graph_inputs(model)) != 1:
-        return None  # other inputs would need values
+    told = _recurrent_batch_axis(model, spec.name)
+    if told is not None:
+        return 1 if told == 1 and len(spec.shape) == 3 and spec.kind == "tensor" else None
+    if not ambiguous_sequence_axis(spec) or len(graph_inputs(model)) != 1:
+        return sequence_first_axis(spec, outputs)
     from igcli.cache import cache_key, load_fact, save_fact
 
     key = cache_key(sha256, "axis-1-is-a-batch", spec.name) if sha256 else None
@@ -608,28 +606,36 @@ def sequence_axis(
     return 1 if found else None
 
 
-def ambiguous_sequence_axis(spec: TensorSpec, outputs: list[TensorSpec]) -> bool:
-    """Whether a float input's dims leave its batch axis open: [T, S, F...] with T > 1 and
-    every F fixed, S an open named dim, and an output that carries S on a later axis
-    ([T, S, C]). A dummy batch of T over a dynamic sequence S (batch first) looks just like
-    a sequence of T steps over a dynamic batch S (sequence first, with an output per step)."""
+def ambiguous_sequence_axis(spec: TensorSpec) -> bool:
+    """Whether a float input's dims allow both readings, batch on axis 0 or on axis 1:
+    [A, S, F...] with every F fixed, S an open named dim and A fixed > 1 or open under
+    another name. A dummy batch of A over a dynamic sequence S (batch first) looks just
+    like a sequence of A steps over a dynamic batch S (sequence first)."""
     shape = spec.shape
     if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f" or len(shape) < 3:
         return False
-    if not isinstance(shape[0], int) or shape[0] < 2 or not isinstance(shape[1], str):
+    if not isinstance(shape[1], str) or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
         return False
-    if not all(isinstance(d, int) and d > 0 for d in shape[2:]):
-        return False
-    return any(shape[1] in o.shape[1:] for o in outputs)
+    first = shape[0]
+    return (isinstance(first, int) and first > 1) or (isinstance(first, str) and first != shape[1])
+
+
+PROBE_STEPS = 5  # the length of an open axis 0 in the probe
 
 
 def axis_one_is_a_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
-    """Whether the model treats axis 1 of its one input as a batch: each of two random
-    [T, 1, F...] samples gives, alone, the outputs it gives next to the other in [T, 2, F...]
-    (up to float rounding). A sequence axis mixes its positions; a batch never does. One
-    CPU session of the model and three calls; False if any of it fails."""
+    """Whether the model treats axis 1 of its one input as a batch: two random [A, 1, F...]
+    samples each give, alone, the outputs they give side by side in [A, 2, F...] (up to
+    float rounding), in every output, each of which must carry the axis (an output without
+    it, a pooled [8, C], has no row per sample). A sequence mixes its positions; a batch
+    never does. One CPU session of the model, three calls; False if any of it fails."""
+    symbol = spec.shape[1]
+    outputs = graph_outputs(model)
+    if not outputs or any(symbol not in o.shape for o in outputs):
+        return False
     rng = np.random.default_rng(0)
-    shape = [spec.shape[0], 1, *spec.shape[2:]]
+    steps = spec.shape[0] if isinstance(spec.shape[0], int) else PROBE_STEPS
+    shape = [steps, 1, *spec.shape[2:]]
     a, b = (rng.standard_normal(shape).astype(spec.dtype) for _ in range(2))
     try:
         session = ort.InferenceSession(model.SerializeToString(), session_options(1),
@@ -638,15 +644,32 @@ def axis_one_is_a_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
         both = session.run(None, {spec.name: np.concatenate([a, b], axis=1)})
     except Exception:  # noqa: BLE001 (a model that cannot run so is no evidence)
         return False
-    for k, (o, pair) in enumerate(zip(graph_outputs(model), both, strict=True)):
-        if spec.shape[1] not in o.shape[1:]:
-            continue  # no rows to compare
-        axis = o.shape.index(spec.shape[1], 1)
+    for k, (o, pair) in enumerate(zip(outputs, both, strict=True)):
+        axis = o.shape.index(symbol)
         for i, single in enumerate(alone):
             got, want = np.take(pair, [i], axis=axis), single[k]
             if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
                 return False
-    return True
+    # Axis 1 is independent. If axis 0 is too (a model that mixes neither, a per-step MLP),
+    # both readings compute the same, and the declared one stays: a batch on axis 0, whose
+    # open axis 1 then takes samples of any length. Axis 0 mixes if changing its first
+    # position changes the outputs at the others (or no output keeps its positions).
+    changed = a.copy()
+    changed[0] += 1.0
+    try:
+        moved = session.run(None, {spec.name: changed})
+    except Exception:  # noqa: BLE001
+        return True
+    steps_axes = [o.shape.index(spec.shape[0]) if spec.shape[0] in o.shape else None
+                  for o in outputs]  # fmt: skip
+    if any(ax is None for ax in steps_axes):
+        return True  # pooled over axis 0: it mixes
+    return any(
+        not np.allclose(
+            np.delete(new, 0, axis=ax), np.delete(old, 0, axis=ax), rtol=1e-4, atol=1e-5
+        )  # fmt: skip
+        for new, old, ax in zip(moved, alone[0], steps_axes, strict=True)
+    )
 
 
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")

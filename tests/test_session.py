@@ -480,12 +480,12 @@ def test_a_recurrent_op_says_which_axis_is_the_batch(
 ):
     import onnx
 
-    from igcli.model import graph_outputs, require_inputs, sequence_first_axis
+    from igcli.model import require_inputs, sequence_axis
 
     path = _gru_steps_model(tmp_path / "m.onnx", x_shape, y_shape, layout, through, transpose)
     model = onnx.load(path)
     (spec,) = require_inputs(model, path)
-    assert sequence_first_axis(spec, graph_outputs(model), model) == axis
+    assert sequence_axis(model, spec) == axis
 
 
 def test_a_sequence_first_model_with_an_output_per_step(tmp_path):
@@ -659,3 +659,60 @@ def test_f_nan_inside_the_path_is_said_so(tmp_path):
     session = igcli.Session(path, cache=False)
     with pytest.raises(igcli.IgcliError, match="at a point on the path between the baseline"):
         session.attribute(np.array([3.0], np.float32), target=0, steps=16, baseline="zero")
+
+
+def _mix_model(path, x_shape, y_shape, mixes: list[int], pool: int | None = None,
+               perm: list[int] | None = None):  # fmt: skip
+    """tanh(x @ W + the mean of x @ W over each axis in `mixes`), then the mean over `pool`
+    or a Transpose by `perm`: sequences that mix along an axis, or not at all."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(12)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")]
+    nodes, h = [helper.make_node("MatMul", ["x", "w"], ["h0"])], "h0"
+    for k, axis in enumerate(mixes):
+        inits.append(numpy_helper.from_array(np.array([axis], np.int64), f"ax{k}"))
+        nodes += [helper.make_node("ReduceMean", [h, f"ax{k}"], [f"m{k}"], keepdims=1),
+                  helper.make_node("Add", [h, f"m{k}"], [f"h{k + 1}"])]  # fmt: skip
+        h = f"h{k + 1}"
+    nodes.append(helper.make_node("Tanh", [h], ["t"]))
+    if pool is not None:
+        inits.append(numpy_helper.from_array(np.array([pool], np.int64), "pool"))
+        nodes.append(helper.make_node("ReduceMean", ["t", "pool"], ["y"], keepdims=0))
+    elif perm is not None:
+        nodes.append(helper.make_node("Transpose", ["t"], ["y"], perm=perm))
+    else:
+        nodes.append(helper.make_node("Identity", ["t"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "x_shape, y_shape, mixes, pool, perm, axis",
+    [([8, "T", 3], ["T", 8, 4], [1], None, [1, 0, 2], 0),  # CTC-style: time-major output
+     (["S", "N", 3], ["S", "N", 4], [0], None, None, 1),  # both open, steps mix on axis 0
+     (["S", "N", 3], ["S", "N", 4], [1], None, None, 0),  # both open, batch first
+     ([8, "T", 3], [8, "T", 4], [], None, None, 0),  # mixes nothing: as declared
+     ([8, "P", 3], [8, 4], [], 1, None, 0),  # a point set pooled over P: no row per sample
+     ([6, "N", 3], ["N", 4], [], 0, None, 1)],  # pooled over the steps: sequence first
+)  # fmt: skip
+def test_which_axis_is_the_batch_when_the_dims_allow_both(
+    tmp_path, x_shape, y_shape, mixes, pool, perm, axis
+):
+    """The dims misled both ways: a CTC-style [8, T, F] -> [T, 8, C] was read sequence first
+    (its time taken for the batch), a fully open [S, N, F] batch first. Running the model on
+    two samples side by side on axis 1 settles it; a model that mixes neither axis keeps
+    the declared batch (axis 0), so its open axis takes samples of any length."""
+    import onnx
+
+    from igcli.model import require_inputs, sequence_axis
+
+    path = _mix_model(tmp_path / "m.onnx", x_shape, y_shape, mixes, pool, perm)
+    model = onnx.load(path)
+    (spec,) = require_inputs(model, path)
+    assert (sequence_axis(model, spec) or 0) == axis
