@@ -587,13 +587,18 @@ def sequence_axis(
     the outputs it gets alone, in every output. The dims alone misled both ways (a
     CTC-style [8, T, F] -> [T, 8, C] read as sequence first, a Transformer encoder with an
     output per step [T, N, F] -> [T, N, C] as batch first). The verdict is cached under the
-    model's sha256 (None: not kept). Models with other inputs keep the dims' reading
-    (sequence_first_axis)."""
+    model's sha256 (None: not kept). With other inputs: sequence first where one of them
+    has that open dim first (a padding mask [N, T] beside [T, N, F]), else the dims'
+    reading (sequence_first_axis)."""
     outputs = graph_outputs(model)
     told = _recurrent_batch_axis(model, spec.name)
     if told is not None:
         return 1 if told == 1 and len(spec.shape) == 3 and spec.kind == "tensor" else None
-    if not ambiguous_sequence_axis(spec) or len(graph_inputs(model)) != 1:
+    others = [s for s in graph_inputs(model) if s.name != spec.name]
+    if ambiguous_sequence_axis(spec) and any(o.shape and o.shape[0] == spec.shape[1]
+                                             for o in others):  # fmt: skip
+        return 1  # another input (a padding mask [N, T]) has the open dim first: the batch
+    if not ambiguous_sequence_axis(spec) or others:
         return sequence_first_axis(spec, outputs)
     from igcli.cache import cache_key, load_fact, save_fact
 
@@ -702,6 +707,7 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
     vi = next(i for i in graph.input if i.name == input_name)
     dims = vi.type.tensor_type.shape.dim
     batch = dims[axis].dim_param or None
+    fixed = None if batch else (dims[axis].dim_value, _dim_key(dims[0]))  # (B, T) of [T, B, F]
     inner = f"{input_name}/igcli_seq"
     for node in graph.node:
         node.input[:] = [inner if i == input_name else i for i in node.input]
@@ -712,6 +718,11 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
     for out in graph.output:
         odims = out.type.tensor_type.shape.dim
         at = [k for k, d in enumerate(odims) if batch is not None and d.dim_param == batch]
+        if fixed is not None and len(odims) > 1 and fixed[0] > 0 and fixed[1] is not None:
+            # a batch fixed at B (exported at 1, or a dummy 8): an output [T, B, ...] has it
+            # on axis 1, with the input's own T first
+            size, steps = fixed
+            at = [1] if _dim_key(odims[0]) == steps and odims[1].dim_value == size else []
         if len(at) != 1 or at[0] == 0:
             continue
         k = at[0]
@@ -724,6 +735,13 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
                                            name=f"{out.name}/igcli_batch_first"))  # fmt: skip
     del graph.value_info[:]
     return model
+
+
+def _dim_key(dim) -> int | str | None:
+    """A declared dim as comparable: its value, its name, or None when neither."""
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return dim.dim_param or None
 
 
 def _permute_dims(dims, axis: int) -> list[int]:

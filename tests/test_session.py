@@ -438,7 +438,7 @@ def _gru_steps_model(path, x_shape, y_shape, layout=0, through=None, transpose=F
     inits = [
         numpy_helper.from_array(rng.standard_normal((1, 12, 3)).astype(np.float32), "w"),
         numpy_helper.from_array(rng.standard_normal((1, 12, 4)).astype(np.float32), "r"),
-        numpy_helper.from_array(np.array([2 - layout], np.int64), "dir_axis"),
+        numpy_helper.from_array(np.array([1 + layout], np.int64), "dir_axis"),
     ]
     nodes, x = [], "x"
     if through == "Cast":
@@ -716,3 +716,35 @@ def test_which_axis_is_the_batch_when_the_dims_allow_both(
     model = onnx.load(path)
     (spec,) = require_inputs(model, path)
     assert (sequence_axis(model, spec) or 0) == axis
+
+
+def test_a_mask_input_with_the_open_dim_first_says_it_is_the_batch(tmp_path):
+    """[10, N, 3] beside a padding mask [N, 10]: the mask has N first, so N is the batch
+    (a Transformer encoder with an output per step was read batch first, F wrong)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from igcli.model import require_inputs, sequence_axis
+
+    path = _mix_model(tmp_path / "m.onnx", [10, "N", 3], [10, "N", 4], [0])
+    model = onnx.load(path)
+    model.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", 10]))
+    spec = next(s for s in require_inputs(model, path) if s.name == "x")
+    assert sequence_axis(model, spec) == 1
+    model.graph.input[-1].type.tensor_type.shape.dim[0].dim_value = 10  # [10, 10]: no word
+    assert sequence_axis(model, spec) is None
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_fixed_batch_sequence_first_model_with_an_output_per_step(tmp_path, batch):
+    """GRU [6, B, 3] -> [6, B, 4] with B fixed (exported at 1, or a dummy 8): the output's
+    batch is on axis 1 too, and moves with the input's (the call failed in a Reshape)."""
+    import onnxruntime as ort
+
+    sample = np.random.default_rng(13).standard_normal((6, 3)).astype(np.float32)
+    path = _gru_steps_model(tmp_path / "m.onnx", [6, batch, 3], [6, batch, 4])
+    rows = np.repeat(sample[:, None], batch, axis=1)
+    y = ort.InferenceSession(str(path)).run(None, {"x": rows})[0][:, 0]  # [6, 4]
+    a = igcli.Session(path, cache=False).attribute(sample, steps=32, baseline="zero")
+    assert a.target == int(np.argmax(y)) and a.f_input == pytest.approx(float(y.max()), rel=1e-6)
+    assert a.gradient_source == "graph" and a.rel_error < 1e-4
