@@ -595,10 +595,10 @@ def sequence_axis(
     if told is not None:
         return 1 if told == 1 and len(spec.shape) == 3 and spec.kind == "tensor" else None
     others = [s for s in graph_inputs(model) if s.name != spec.name]
-    if ambiguous_sequence_axis(spec) and any(o.shape and o.shape[0] == spec.shape[1]
-                                             for o in others):  # fmt: skip
+    ambiguous = ambiguous_sequence_axis(spec)
+    if ambiguous and any(o.shape and o.shape[0] == spec.shape[1] for o in others):
         return 1  # another input (a padding mask [N, T]) has the open dim first: the batch
-    if not ambiguous_sequence_axis(spec) or others:
+    if not ambiguous or others:
         return sequence_first_axis(spec, outputs)
     from igcli.cache import cache_key, load_fact, save_fact
 
