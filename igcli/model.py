@@ -696,9 +696,10 @@ def _recurrent_batch_axis(model: onnx.ModelProto, name: str) -> int | None:
 
 def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto | None:
     """A copy of `model` whose input `input_name` takes its batch on axis 0 (moved there from
-    `axis` by a Transpose inside the graph), and whose outputs with the same batch dim on a
-    later axis give it on axis 0 too: igcli's rows are always the first axis. A sample is
-    then the input without its batch axis, [T, F] for [T, N, F], as the user holds it.
+    `axis` by a Transpose inside the graph; axis 0: left as it is), and whose outputs with
+    the same batch dim on a later axis give it on axis 0 too: igcli's rows are always the
+    first axis. A sample is then the input without its batch axis, [T, F] for [T, N, F], as
+    the user holds it.
     None where an If/Loop/Scan body reads the input itself (it would see the new layout)."""
     if any(input_name in captures(sub) for n in model.graph.node for sub in subgraphs(n)):
         return None
@@ -707,14 +708,15 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
     vi = next(i for i in graph.input if i.name == input_name)
     dims = vi.type.tensor_type.shape.dim
     batch = dims[axis].dim_param or None
-    fixed = None if batch else (dims[axis].dim_value, _dim_key(dims[0]))  # (B, T) of [T, B, F]
-    inner = f"{input_name}/igcli_seq"
-    for node in graph.node:
-        node.input[:] = [inner if i == input_name else i for i in node.input]
-    order = _permute_dims(dims, axis)
-    back = [order.index(k) for k in range(len(order))]  # original axis k <- new axis back[k]
-    graph.node.insert(0, helper.make_node("Transpose", [input_name], [inner], perm=back,
-                                          name=inner))  # fmt: skip
+    fixed = None if batch or not axis else (dims[axis].dim_value, _dim_key(dims[0]))  # [T, B, F]
+    if axis:  # (axis 0: the input stays; only outputs with the batch later are moved)
+        inner = f"{input_name}/igcli_seq"
+        for node in graph.node:
+            node.input[:] = [inner if i == input_name else i for i in node.input]
+        order = _permute_dims(dims, axis)
+        back = [order.index(k) for k in range(len(order))]  # original axis k <- new axis back[k]
+        graph.node.insert(0, helper.make_node("Transpose", [input_name], [inner], perm=back,
+                                              name=inner))  # fmt: skip
     for out in graph.output:
         odims = out.type.tensor_type.shape.dim
         at = [k for k, d in enumerate(odims) if batch is not None and d.dim_param == batch]
@@ -735,6 +737,17 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
                                            name=f"{out.name}/igcli_batch_first"))  # fmt: skip
     del graph.value_info[:]
     return model
+
+
+def batch_later_in_an_output(model: onnx.ModelProto, spec: TensorSpec) -> bool:
+    """Whether the input's named batch (axis 0) is on a later axis of some output and not on
+    its first: a CTC-style [N, T, F] -> [T, N, C]. igcli reads an output's rows on axis 0,
+    so such an output is moved (batch_first with axis 0)."""
+    batch = spec.shape[0] if spec.shape else None
+    if not isinstance(batch, str):
+        return False
+    return any(o.shape and o.shape[0] != batch and o.shape.count(batch) == 1
+               for o in graph_outputs(model))  # fmt: skip
 
 
 def _dim_key(dim) -> int | str | None:

@@ -74,6 +74,7 @@ from igcli.model import (
     Sidecar,
     TensorSpec,
     batch_first,
+    batch_later_in_an_output,
     default_output,
     expose_output,
     graph_inputs,
@@ -309,8 +310,11 @@ class Session:
         self.input_spec = self._choose_input(inputs, input)
         # an input declared sequence first ([T, N, F]) takes its rows on axis 0 from here on
         axis = sequence_axis(self.model, self.input_spec, self.sha256 if self.use_cache else None)
-        moved = batch_first(self.model, self.input_spec.name, axis) if axis else None
+        if not axis and batch_later_in_an_output(self.model, self.input_spec):
+            axis = 0  # the input's batch is first, an output's later (CTC's [T, N, C])
+        moved = batch_first(self.model, self.input_spec.name, axis) if axis is not None else None
         batch_axis = axis if moved is not None else 0  # (kept in self.prep below)
+        self._outputs_moved = moved is not None and axis == 0
         if moved is not None:
             self.model = moved
             inputs = require_inputs(self.model, self.model_path)
@@ -491,6 +495,8 @@ class Session:
         parts += [json.dumps([feeds, axes], sort_keys=True), shape_text]
         if self.prep.batch_axis:
             parts.append(f"batch_axis={self.prep.batch_axis}")
+        if self._outputs_moved:
+            parts.append("outputs_batch_first")
         if self._cut is not None:
             parts.append(f"at={self.at}")
         return cache_key(self.sha256, *parts)

@@ -748,3 +748,17 @@ def test_a_fixed_batch_sequence_first_model_with_an_output_per_step(tmp_path, ba
     a = igcli.Session(path, cache=False).attribute(sample, steps=32, baseline="zero")
     assert a.target == int(np.argmax(y)) and a.f_input == pytest.approx(float(y.max()), rel=1e-6)
     assert a.gradient_source == "graph" and a.rel_error < 1e-4
+
+
+def test_an_output_with_the_batch_on_a_later_axis_is_read_by_its_rows(tmp_path):
+    """CTC-style [N, T, F] -> [T, N, C]: igcli reads an output's rows on axis 0, which was
+    the time here (refused, or the wrong rows); the output is now moved, and F is the
+    model's own output for the sample."""
+    import onnxruntime as ort
+
+    sample = np.random.default_rng(14).standard_normal((5, 3)).astype(np.float32)
+    path = _mix_model(tmp_path / "ctc.onnx", ["N", "T", 3], ["T", "N", 4], [1], perm=[1, 0, 2])
+    y = ort.InferenceSession(str(path)).run(None, {"x": sample[None]})[0][:, 0]  # [T, C]
+    a = igcli.Session(path, cache=False).attribute(sample, steps=32, baseline="zero")
+    assert a.target == int(np.argmax(y)) and a.f_input == pytest.approx(float(y.max()), rel=1e-6)
+    assert a.gradient_source == "graph" and a.rel_error < 1e-3
