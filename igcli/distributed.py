@@ -132,6 +132,7 @@ def _explain_chunk(plugin_name: str, index: int, items: list[InputItem]) -> Chun
         batch.report = report
         count = [0]
         k = 0
+        batch.protect(items)  # no output replaces an input (the client checks the reports)
         while k < len(items):
             group = items[k : k + batch.group_size()]
             batch.process(group, lambda n: count.__setitem__(0, count[0] + n))

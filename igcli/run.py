@@ -276,6 +276,7 @@ def run_explain(
         if dask is not None:
             from igcli.distributed import execute_on_dask
 
+            batch.protect(the_plan.items)  # for the reports; each worker checks its chunk
             execute_on_dask(batch, the_plan, dask, messages, targets_from, session_factory)
         else:
             execute(batch, the_plan.items, messages)

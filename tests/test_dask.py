@@ -115,3 +115,21 @@ def test_quiet_leaves_only_dask_errors(monkeypatch):
         assert os.environ["DASK_LOGGING__DISTRIBUTED"] == "error"  # worker processes' level
     finally:
         logging.getLogger("distributed").setLevel(level)
+
+
+def test_dask_workers_never_replace_an_input(tmp_path, monkeypatch):
+    """--out . beside the inputs on Dask workers: each worker checks its chunk, so an input
+    whose output would replace it fails alone and keeps its bytes."""
+    import shutil
+
+    from tests.test_cli import DIGIT_PNGS
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DIGIT_PNGS[0], tmp_path / "digit.png")
+    before = (tmp_path / "digit.png").read_bytes()
+    with cluster(processes=False) as c:
+        result = run("explain", DIGITS, "digit.png", *STEPS, "--out", ".",
+                     "--dask", c.scheduler_address)  # fmt: skip
+    assert result.exit_code == 4, result.stderr
+    assert "would replace an input" in result.stderr
+    assert (tmp_path / "digit.png").read_bytes() == before
