@@ -183,7 +183,7 @@ def output_stem(out_dir: Path, relative: str) -> Path:
     """OUT/relative, refusing names that would land outside OUT (through "..", an absolute
     name or a symlink inside OUT). Symlink loops and over-long names are refused too."""
     try:
-        root = _resolved(os.fspath(out_dir))
+        root = _resolved(os.path.abspath(out_dir))  # (absolute: '.' differs after a chdir)
         if "\0" in relative:
             raise ValueError("embedded null byte")
         parts = relative.replace(os.sep, "/").split("/")

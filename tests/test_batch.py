@@ -508,3 +508,15 @@ def test_skip_existing_redoes_an_input_that_changed(tmp_path):
     assert second["b"] == first["b"]
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["summary"]["resumed"] == 1
+
+
+def test_a_relative_out_follows_the_working_folder(tmp_path, monkeypatch):
+    """The real path of --out is remembered per absolute path: '.' remembered in one folder
+    sent a later run's outputs (a library caller that changed folder) to the first."""
+    from igcli.outputs import output_stem
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        assert output_stem(tmp_path / name / ".." / name, "x.npy").parent == tmp_path / name
+        assert str(output_stem(type(tmp_path)("."), "x.npy")) == str(tmp_path / name / "x.npy")
