@@ -508,26 +508,31 @@ def test_a_sequence_first_model_with_an_output_per_step(tmp_path):
     assert not a.attributions.reshape(6, 3)[step + 1 :].any()  # later steps cannot matter
 
 
-def _mixer_model(path, mixes: int, x_shape, y_shape):
-    """x @ W, plus its mean over axis `mixes` (the sequence: every position sees every
-    other), through tanh: [6, S, 3] -> [6, S, 4]. mixes=0: sequence first (the steps on
-    axis 0 mix, axis 1 is a batch); mixes=1: a dummy batch of 6 over a dynamic sequence."""
+def _mix_model(path, x_shape, y_shape, mixes: list[int], pool: int | None = None,
+               perm: list[int] | None = None):  # fmt: skip
+    """tanh(x @ W + the mean of x @ W over each axis in `mixes`), then the mean over `pool`
+    or a Transpose by `perm`: sequences that mix along an axis, or not at all."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(9)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w"),
-        numpy_helper.from_array(np.array([mixes], np.int64), "axes"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["h"]),
-        helper.make_node("ReduceMean", ["h", "axes"], ["m"], keepdims=1),
-        helper.make_node("Add", ["h", "m"], ["s"]),
-        helper.make_node("Tanh", ["s"], ["y"]),
-    ]
+    rng = np.random.default_rng(12)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")]
+    nodes, h = [helper.make_node("MatMul", ["x", "w"], ["h0"])], "h0"
+    for k, axis in enumerate(mixes):
+        inits.append(numpy_helper.from_array(np.array([axis], np.int64), f"ax{k}"))
+        nodes += [helper.make_node("ReduceMean", [h, f"ax{k}"], [f"m{k}"], keepdims=1),
+                  helper.make_node("Add", [h, f"m{k}"], [f"h{k + 1}"])]  # fmt: skip
+        h = f"h{k + 1}"
+    nodes.append(helper.make_node("Tanh", [h], ["t"]))
+    if pool is not None:
+        inits.append(numpy_helper.from_array(np.array([pool], np.int64), "pool"))
+        nodes.append(helper.make_node("ReduceMean", ["t", "pool"], ["y"], keepdims=0))
+    elif perm is not None:
+        nodes.append(helper.make_node("Transpose", ["t"], ["y"], perm=perm))
+    else:
+        nodes.append(helper.make_node("Identity", ["t"], ["y"]))
     graph = helper.make_graph(
-        nodes, "mixer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        nodes, "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits,
     )  # fmt: skip
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
@@ -544,7 +549,7 @@ def test_dims_that_leave_the_batch_axis_open_are_settled_by_running_the_model(tm
     from igcli.cache import cache_dir
 
     sample = np.random.default_rng(10).standard_normal((6, 3)).astype(np.float32)
-    first = _mixer_model(tmp_path / "first.onnx", 0, [6, "S", 3], [6, "S", 4])
+    first = _mix_model(tmp_path / "first.onnx", [6, "S", 3], [6, "S", 4], [0])
     y = ort.InferenceSession(str(first)).run(None, {"x": sample[:, None]})[0][:, 0]
     session = igcli.Session(first)
     assert session.prep.batch_axis == 1
@@ -554,7 +559,7 @@ def test_dims_that_leave_the_batch_axis_open_are_settled_by_running_the_model(tm
     assert list(cache_dir().glob("fact-*.json"))
     assert igcli.Session(first).prep.batch_axis == 1  # from the cache this time
 
-    dummy = _mixer_model(tmp_path / "dummy.onnx", 1, [6, "S", 3], [6, "S", 4])
+    dummy = _mix_model(tmp_path / "dummy.onnx", [6, "S", 3], [6, "S", 4], [1])
     assert igcli.Session(dummy, cache=False).prep.batch_axis == 0
     seq = np.random.default_rng(11).standard_normal((5, 3)).astype(np.float32)  # [S, F]
     b = igcli.Session(dummy, cache=False).attribute(seq, steps=16, baseline="zero")
@@ -659,37 +664,6 @@ def test_f_nan_inside_the_path_is_said_so(tmp_path):
     session = igcli.Session(path, cache=False)
     with pytest.raises(igcli.IgcliError, match="at a point on the path between the baseline"):
         session.attribute(np.array([3.0], np.float32), target=0, steps=16, baseline="zero")
-
-
-def _mix_model(path, x_shape, y_shape, mixes: list[int], pool: int | None = None,
-               perm: list[int] | None = None):  # fmt: skip
-    """tanh(x @ W + the mean of x @ W over each axis in `mixes`), then the mean over `pool`
-    or a Transpose by `perm`: sequences that mix along an axis, or not at all."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(12)
-    inits = [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")]
-    nodes, h = [helper.make_node("MatMul", ["x", "w"], ["h0"])], "h0"
-    for k, axis in enumerate(mixes):
-        inits.append(numpy_helper.from_array(np.array([axis], np.int64), f"ax{k}"))
-        nodes += [helper.make_node("ReduceMean", [h, f"ax{k}"], [f"m{k}"], keepdims=1),
-                  helper.make_node("Add", [h, f"m{k}"], [f"h{k + 1}"])]  # fmt: skip
-        h = f"h{k + 1}"
-    nodes.append(helper.make_node("Tanh", [h], ["t"]))
-    if pool is not None:
-        inits.append(numpy_helper.from_array(np.array([pool], np.int64), "pool"))
-        nodes.append(helper.make_node("ReduceMean", ["t", "pool"], ["y"], keepdims=0))
-    elif perm is not None:
-        nodes.append(helper.make_node("Transpose", ["t"], ["y"], perm=perm))
-    else:
-        nodes.append(helper.make_node("Identity", ["t"], ["y"]))
-    graph = helper.make_graph(
-        nodes, "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits,
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
-    return path
 
 
 @pytest.mark.parametrize(
