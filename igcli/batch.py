@@ -486,12 +486,13 @@ class BatchRun:
     def _accept(self, records: list[dict]) -> None:
         self.report.results.extend(records)
         for r in records:
-            self._say(json_line(r))
+            self._say(r)
 
-    def _say(self, line: str) -> None:
-        """A JSON line, out once every write queued so far is done (input order kept)."""
+    def _say(self, entry: dict) -> None:
+        """`entry` as a JSON line (with --json), out once every write queued so far is done
+        (input order kept)."""
         if self.outputs.json_lines:
-            self.outbox.append((self._last_write, line))
+            self.outbox.append((self._last_write, json_line(entry)))
             self._flush()
 
     def _flush(self) -> None:
@@ -509,7 +510,7 @@ class BatchRun:
         entry = failure_entry(str(item.path), exc, item.name)
         self.report.failures.append(entry)
         self.warn(f"error: {exc}")
-        self._say(json_line(entry))
+        self._say(entry)
 
     def _explain_together(self, loaded: list[tuple[InputItem, list]]) -> bool:
         """All inputs' samples in shared calls; False (nothing written) when any fails."""
