@@ -793,12 +793,11 @@ def inspect(model: Path, as_json: bool) -> None:
     from igcli.inputs import make_preprocessing
     from igcli.model import (
         Sidecar,
-        batch_first,
         graph_inputs,
         graph_outputs,
         load_model,
         opset_of,
-        sequence_axis,
+        rows_first,
         with_dynamic_batch,
         without_initializer_inputs,
     )
@@ -819,8 +818,9 @@ def inspect(model: Path, as_json: bool) -> None:
     ids = None if attributed else next((s for s in ins if s.dtype.kind in "iu"), None)
     lookups = embedding_lookups(onnx_model, ids.name) if ids is not None else []
     at = lookups[0] if lookups else None
-    # read rows first as explain does (see Session): a sample [T, F...]
-    sequence_first = attributed is not None and sequence_axis(onnx_model, attributed) is not None
+    # rows first, as explain reads them (see rows_first): a sample [T, F...]
+    read = rows_first(onnx_model, attributed) if attributed is not None else (onnx_model, 0, False)
+    sequence_first = read[1] == 1
     if attributed is not None:
         try:
             made = make_preprocessing(attributed, sidecar)
@@ -845,10 +845,7 @@ def inspect(model: Path, as_json: bool) -> None:
         blockers = ["(no float input or output to differentiate)"]
     else:
         try:
-            graph_model, graph_input = with_dynamic_batch(onnx_model), source.name
-            if sequence_first:
-                moved = batch_first(graph_model, source.name, 1)
-                graph_model = moved if moved is not None else graph_model
+            graph_model, graph_input = with_dynamic_batch(read[0]), source.name
             if at is not None:
                 graph_model = make_cut(graph_model, at, ids.name, explained.name).after
                 graph_input = at

@@ -694,6 +694,23 @@ def _recurrent_batch_axis(model: onnx.ModelProto, name: str) -> int | None:
     return axes.pop() if len(axes) == 1 else None
 
 
+def rows_first(
+    model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = None
+) -> tuple[onnx.ModelProto, int, bool]:
+    """The model as igcli runs it, its input's rows and every output's on axis 0: the input
+    moved where it is sequence first (sequence_axis), an output moved where the batch is on
+    a later axis of it (batch_later_in_an_output). Returns the model, the input's declared
+    batch axis, and whether only outputs were moved. explain and inspect both read a model
+    through this."""
+    axis = sequence_axis(model, spec, sha256)
+    if not axis and batch_later_in_an_output(model, spec):
+        axis = 0  # the input's batch is first, an output's later (CTC's [T, N, C])
+    moved = batch_first(model, spec.name, axis) if axis is not None else None
+    if moved is None:
+        return model, 0, False
+    return moved, axis, axis == 0
+
+
 def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto | None:
     """A copy of `model` whose input `input_name` takes its batch on axis 0 (moved there from
     `axis` by a Transpose inside the graph; axis 0: left as it is), and whose outputs with

@@ -73,8 +73,6 @@ from igcli.model import (
     ModelRunner,
     Sidecar,
     TensorSpec,
-    batch_first,
-    batch_later_in_an_output,
     default_output,
     expose_output,
     graph_inputs,
@@ -85,7 +83,7 @@ from igcli.model import (
     model_hash,
     require_inputs,
     resolve_providers,
-    sequence_axis,
+    rows_first,
     stack_contexts,
     unusable_reason,
     weight_bytes,
@@ -308,15 +306,11 @@ class Session:
         self.sidecar = Sidecar.load(self.model_path)
         inputs = require_inputs(self.model, self.model_path)
         self.input_spec = self._choose_input(inputs, input)
-        # an input declared sequence first ([T, N, F]) takes its rows on axis 0 from here on
-        axis = sequence_axis(self.model, self.input_spec, self.sha256 if self.use_cache else None)
-        if not axis and batch_later_in_an_output(self.model, self.input_spec):
-            axis = 0  # the input's batch is first, an output's later (CTC's [T, N, C])
-        moved = batch_first(self.model, self.input_spec.name, axis) if axis is not None else None
-        batch_axis = axis if moved is not None else 0  # (kept in self.prep below)
-        self._outputs_moved = moved is not None and axis == 0
-        if moved is not None:
-            self.model = moved
+        # a sequence-first input ([T, N, F]) takes its rows on axis 0 from here on, and so
+        # does every output (batch_axis is kept in self.prep below)
+        sha = self.sha256 if self.use_cache else None
+        self.model, batch_axis, self._outputs_moved = rows_first(self.model, self.input_spec, sha)
+        if batch_axis or self._outputs_moved:
             inputs = require_inputs(self.model, self.model_path)
             self.input_spec = next(s for s in inputs if s.name == self.input_spec.name)
         values = math.prod(d for d in self.input_spec.shape if isinstance(d, int) and d > 0)
