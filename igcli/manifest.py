@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from igcli.discovery import Discovery, InputItem, count_table_rows
 from igcli.errors import UsageError
+from igcli.outputs import plain_parts
 
 MANIFEST_VERSION = 1
 
@@ -101,9 +102,8 @@ def read_manifest(source: str) -> Manifest:
         rows = entry.get("rows")
         if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 0):
             raise UsageError(f'line {number}: "rows" must be a count', source)
-        parts = name.replace("\\", "/").split("/")
-        if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            # names that differ as text but not as paths ('x/../a', 'a//b') would share files
+        # 'x/../a' or 'a//b' would share a's files (backslashes as separators too)
+        if plain_parts(name.replace("\\", "/")) is None:
             raise UsageError(
                 f"line {number}: name {name!r} is not a plain relative path "
                 "(no '.', '..' or empty parts)",

@@ -179,6 +179,15 @@ def _resolved(out_dir: str) -> str:
     return os.path.realpath(out_dir)
 
 
+def plain_parts(name: str) -> list[str] | None:
+    """The folders and file of a relative output name, or None where it is absolute or has
+    an empty, '.' or '..' part (then two names can be one path: 'a', 'x/../a', 'a//b')."""
+    parts = name.replace(os.sep, "/").split("/")
+    if os.path.isabs(name) or any(p in ("", ".", "..") for p in parts):
+        return None
+    return parts
+
+
 def output_stem(out_dir: Path, relative: str) -> Path:
     """OUT/relative, refusing names that would land outside OUT (through "..", an absolute
     name or a symlink inside OUT). Symlink loops and over-long names are refused too."""
@@ -186,8 +195,8 @@ def output_stem(out_dir: Path, relative: str) -> Path:
         root = _resolved(os.path.abspath(out_dir))  # (absolute: '.' differs after a chdir)
         if "\0" in relative:
             raise ValueError("embedded null byte")
-        parts = relative.replace(os.sep, "/").split("/")
-        if os.path.isabs(relative) or any(p in ("", ".", "..") for p in parts):
+        parts = plain_parts(relative)
+        if parts is None:
             target = os.path.realpath(os.path.join(root, relative))
         else:  # realpath below OUT: one lstat per component of the name
             target = root
