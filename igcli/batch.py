@@ -35,6 +35,7 @@ from igcli.outputs import (
     atomic_save_png,
     atomic_write_text,
     output_stem,
+    real_out,
     remove_write_leftovers,
 )
 from igcli.report import RunReport, failure_entry, json_line
@@ -42,6 +43,12 @@ from igcli.session import AttributionSettings, Session
 from igcli.storage import is_url
 from igcli.tokens import TEXT_SUFFIXES
 from igcli.visualize import HeatmapStyle, attribution_map, is_image_like
+
+
+def _held_bytes(a: Attribution) -> int:
+    """Bytes of the arrays an explanation waiting to be written keeps alive."""
+    arrays = (a.attributions, a.baseline, a.sample.x, a.sample.pixels)
+    return sum(x.nbytes for x in arrays if isinstance(x, np.ndarray))
 
 
 def record_path(out_dir: Path, name: str) -> Path:
@@ -167,11 +174,17 @@ class BatchRun:
     `finish()` waits for the writes and draws heatmaps that share one colour scale.
     """
 
-    MAX_PENDING = 4  # bounds memory: finished explanations waiting to be written
-    # Two writers: drawing and encoding a heatmap panel costs about what the model calls of
-    # a small model's input do, and zlib and numpy release the GIL (digits, 1000 images:
-    # 27.6-28.4 s with one writer, 23.2-23.8 s with two).
-    WRITERS = 2
+    # One writer thread. Drawing a panel is mostly Python holding the GIL: a second writer
+    # mostly fought the first for it (digits, 1000 images, --steps auto: 183,000 futex calls,
+    # 1.9 s of system time in the writers; 7.0-8.7 s against 6.1-7.0 s with one).
+    WRITERS = 1
+    # Finished explanations waiting to be written: up to one group's worth (the inputs whose
+    # rows share model calls), so the writer draws one group while the next one's calls run.
+    # A group's attributions are no larger than its path points, which the memory budget
+    # sized; with 4 (before), each group's calls waited for its writes. Also at most
+    # MAX_PENDING_BYTES of arrays, whatever the group.
+    MIN_PENDING = 4
+    MAX_PENDING_BYTES = 256 << 20
 
     def __init__(
         self,
@@ -205,7 +218,8 @@ class BatchRun:
         self.deferred: list[tuple[Attribution, Path, Path]] = []
         # ONNX Runtime releases the GIL, so PNG encoding overlaps with the next input's calls.
         self.writer = ThreadPoolExecutor(self.WRITERS, thread_name_prefix="igcli-writer")
-        self.pending: deque[Future] = deque()
+        self.pending: deque[tuple[Future, int]] = deque()  # a write and its arrays' bytes
+        self.pending_bytes = 0
         # JSON lines wait for the writes queued before them: a line says "ok" only once its
         # files are whole (a full disk stopped the run with its lines already out)
         self.outbox: deque[tuple[Future | None, str]] = deque()
@@ -546,8 +560,8 @@ class BatchRun:
 
     def _submit_item(self, item: InputItem, explained: list[list[Attribution]]) -> list[dict]:
         """Name the outputs of one input and queue them for the writer thread."""
-        out = self.local_out
-        root = Path(out).resolve()
+        # OUT's real path: absolute, so that naming each output asks for no working folder
+        out = root = real_out(self.local_out)
         jobs: list[tuple[Attribution, Path, Path | None]] = []
         records = []
         try:
@@ -574,7 +588,8 @@ class BatchRun:
                 record["input_stamp"] = stamp
                 records.append(record)
                 jobs.append((a, npy, png))
-        self._submit(lambda: self._write_item(item, jobs, records, marker))
+        held = sum(_held_bytes(a) for a, _, _ in jobs)
+        self._submit(lambda: self._write_item(item, jobs, records, marker), held)
         return records
 
     def _write_item(self, item: InputItem, jobs, records: list[dict], marker: Path) -> None:
@@ -606,24 +621,34 @@ class BatchRun:
             self.remote.upload(self._rel(marker))
 
     def _rel(self, path: Path) -> str:
-        return path.relative_to(Path(self.local_out).resolve()).as_posix()
+        return path.relative_to(real_out(self.local_out)).as_posix()
 
-    def _submit(self, job: Callable[[], None]) -> None:
-        """Run file writing beside the next model calls; a few items in flight at most."""
+    def _submit(self, job: Callable[[], None], held: int) -> None:
+        """Run file writing beside the next model calls, which hold `held` bytes of arrays
+        until written; about a group in flight at most."""
         self._last_write = self.writer.submit(job)
-        self.pending.append(self._last_write)
+        self.pending.append((self._last_write, held))
+        self.pending_bytes += held
         try:
-            while len(self.pending) > self.MAX_PENDING:
-                self.pending.popleft().result()
+            limit = max(self.MIN_PENDING, self.group_size())
+            while len(self.pending) > limit or (
+                len(self.pending) > 1 and self.pending_bytes > self.MAX_PENDING_BYTES
+            ):
+                self._wait_oldest()
         finally:
             self._flush()
+
+    def _wait_oldest(self) -> None:
+        future, held = self.pending.popleft()
+        self.pending_bytes -= held
+        future.result()
 
     def drain(self) -> None:
         """Wait for every queued write; re-raises a write's error (a full disk, say), after
         the lines of the writes done before it are out."""
         try:
             while self.pending:
-                self.pending.popleft().result()
+                self._wait_oldest()
         finally:
             self._flush()
 

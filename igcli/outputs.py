@@ -179,6 +179,11 @@ def _resolved(out_dir: str) -> str:
     return os.path.realpath(out_dir)
 
 
+def real_out(out_dir: Path) -> Path:
+    """OUT's real path (remembered per absolute path), under which output_stem's paths lie."""
+    return Path(_resolved(os.path.abspath(out_dir)))  # (absolute: '.' differs after a chdir)
+
+
 def plain_parts(name: str) -> list[str] | None:
     """The folders and file of a relative output name, or None where it is absolute or has
     an empty, '.' or '..' part (then two names can be one path: 'a', 'x/../a', 'a//b')."""
@@ -192,7 +197,7 @@ def output_stem(out_dir: Path, relative: str) -> Path:
     """OUT/relative, refusing names that would land outside OUT (through "..", an absolute
     name or a symlink inside OUT). Symlink loops and over-long names are refused too."""
     try:
-        root = _resolved(os.path.abspath(out_dir))  # (absolute: '.' differs after a chdir)
+        root = str(real_out(out_dir))
         if "\0" in relative:
             raise ValueError("embedded null byte")
         parts = plain_parts(relative)

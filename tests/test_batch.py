@@ -520,3 +520,23 @@ def test_a_relative_out_follows_the_working_folder(tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path / name)
         assert output_stem(tmp_path / name / ".." / name, "x.npy").parent == tmp_path / name
         assert str(output_stem(type(tmp_path)("."), "x.npy")) == str(tmp_path / name / "x.npy")
+
+
+def test_writes_in_flight_hold_at_most_the_byte_bound(tmp_path, monkeypatch):
+    """Up to a group's explanations wait for the writer, unless their arrays pass
+    MAX_PENDING_BYTES: then one at a time."""
+    from igcli.batch import BatchRun
+
+    monkeypatch.setattr(BatchRun, "MAX_PENDING_BYTES", 1)
+    seen = []
+    real = BatchRun._submit
+
+    def watch(self, job, held):
+        assert held > 0
+        real(self, job, held)
+        seen.append(len(self.pending))
+
+    monkeypatch.setattr(BatchRun, "_submit", watch)
+    result = run("explain", DIGITS, *DIGIT_PNGS, "--steps", "4", "--out", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert len(seen) == len(DIGIT_PNGS) > 1 and max(seen) == 1
