@@ -277,7 +277,10 @@ def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = N
         # Pillow warns (on several lines) about bombs, odd EXIF, palette transparency;
         # igcli either refuses the file in one line or reads it.
         warnings.simplefilter("ignore")
-        fh = _CappedReader(raw, file_size(raw))
+        size = file_size(raw)
+        # A small file in one read: Pillow's many tell() calls on a file are each a system
+        # call, and each gave up the GIL to the writer thread (a digit PNG made 11).
+        fh = io.BytesIO(raw.read(size)) if size <= _READ_WHOLE else _CappedReader(raw, size)
         try:
             with Image.open(fh, formats=IMAGE_FORMATS) as img:
                 _check_pixels(img.size, path)
@@ -303,6 +306,9 @@ def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = N
     if not prep.scale:
         return arr
     return np.clip(arr * (255.0 / max_value) / prep.scale, 0.0, None)
+
+
+_READ_WHOLE = 1 << 20
 
 
 class _CappedReader(io.RawIOBase):
