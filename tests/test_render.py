@@ -378,3 +378,15 @@ def test_text_falls_back_to_pillow_for_other_fonts():
     im = Image.new("RGB", (200, 30), (255, 255, 255))
     render._text(im, (5, 15), "fallback", bitmap, (0, 0, 0), 190)
     assert (_px(im) < 128).any()
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 3), (7, 13, 3), (1, 5, 3), (31, 2), (5, 4, 1)])
+@pytest.mark.parametrize("k", [2, 3, 8, 17])
+def test_upscale_makes_k_by_k_blocks(shape, k):
+    """Pillow's NEAREST resize (uint8 grey and RGB) and numpy's repeats give the same pixels."""
+    from igcli.render import _upscale
+
+    a = np.random.default_rng(k).integers(0, 255, shape, dtype=np.uint8)
+    want = np.repeat(np.repeat(a, k, axis=0), k, axis=1)
+    np.testing.assert_array_equal(_upscale(a, k), want)
+    np.testing.assert_array_equal(_upscale(a.astype(bool), k), want.astype(bool))
