@@ -247,6 +247,7 @@ class Sample:
     tokens: list[str] | None = None
     special: np.ndarray | None = None
     text: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should hear about the file
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -260,8 +261,16 @@ _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, the weights of Pillow's 
 _PNG16 = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}  # raw mode -> its low-byte twin
 
 
-def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(
+    path: Path,
+    prep: Preprocessing,
+    size: tuple[int, int] | None = None,
+    notes: list[str] | None = None,
+) -> np.ndarray:
     """Decode, turn upright (EXIF), convert to the model's channels, resize: (H, W, C) floats.
+
+    An animation or a multi-page file gives its first frame; `notes` (when given) gets a
+    line saying so, for the caller to pass on.
 
     Pixels are scaled by their own maximum (255, or 65535 for 16-bit PNGs) and then by
     255 / prep.scale, so a 16-bit mid-grey is 0.5 like an 8-bit one. `size` = (H, W)
@@ -284,6 +293,8 @@ def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = N
         try:
             with Image.open(fh, formats=IMAGE_FORMATS) as img:
                 _check_pixels(img.size, path)
+                if notes is not None and _animated(img):
+                    notes.append("several frames (an animation or pages); the first is explained")
                 arr, max_value = _decode(img, fh, channels, target, path, prep.crop)
         except IgcliError:
             raise
@@ -309,6 +320,18 @@ def read_image(path: Path, prep: Preprocessing, size: tuple[int, int] | None = N
 
 
 _READ_WHOLE = 1 << 20
+
+
+def _animated(img) -> bool:
+    """An animated GIF, PNG or WebP, or a multi-page TIFF (asked without counting frames,
+    which decodes them all). An MPO's later frames are previews or depth maps of its first
+    (a camera's JPEG), not other pictures."""
+    if img.format == "MPO":
+        return False
+    try:
+        return bool(getattr(img, "is_animated", False))
+    except Exception:  # noqa: BLE001 (a damaged second frame: the first is still read)
+        return False
 
 
 class _CappedReader(io.RawIOBase):
@@ -485,9 +508,10 @@ def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
     if suffix in IMAGE_SUFFIXES:
         if not prep.is_image_model:
             raise InputError(f"an image, but the model input has shape {prep.input_shape}", path)
-        pixels = read_image(path, prep)
+        notes: list[str] = []
+        pixels = read_image(path, prep, notes=notes)
         x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, path, InputError)
-        return [Sample(path, name, "image", x, pixels=pixels)]
+        return [Sample(path, name, "image", x, pixels=pixels, notes=notes)]
     if suffix in TENSOR_SUFFIXES:
         return [Sample(path, name, "tensor", read_tensor(path, prep))]
     return read_table(path, prep, name)

@@ -684,6 +684,8 @@ class Session:
             samples = load_samples(path, self.prep, name or path.stem)
         else:
             samples = [sample_from_array(input, self.prep, name or "array")]
+        for note in {n: None for s in samples for n in s.notes}:  # (a run may load one twice)
+            self._warn_once(f"note:{samples[0].path}:{note}", f"{samples[0].path}: {note}")
         if self._note_pixels and any(s.kind == "image" for s in samples):
             self._note_pixels = False
             self.warn(

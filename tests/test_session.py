@@ -736,3 +736,26 @@ def test_an_output_with_the_batch_on_a_later_axis_is_read_by_its_rows(tmp_path):
     a = igcli.Session(path, cache=False).attribute(sample, steps=32, baseline="zero")
     assert a.target == int(np.argmax(y)) and a.f_input == pytest.approx(float(y.max()), rel=1e-6)
     assert a.gradient_source == "graph" and a.rel_error < 1e-3
+
+
+def test_an_animation_or_a_multi_page_file_says_its_first_frame_is_explained(tmp_path):
+    """GIF, PNG and WebP animations and multi-page TIFFs: the first frame, and one line
+    saying so; a single frame, or an MPO (a camera JPEG with previews), says nothing."""
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)) for _ in range(3)]
+    for name in ("a.gif", "a.png", "a.webp", "a.tif"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+    rgb = [f.convert("RGB") for f in frames]
+    rgb[0].save(tmp_path / "mpo.jpg", format="MPO", save_all=True, append_images=rgb[1:])
+    assert Image.open(tmp_path / "mpo.jpg").format == "MPO"
+    frames[0].save(tmp_path / "one.gif")
+    said = []
+    session = igcli.Session(DIGITS, warn=said.append)
+    for name in ("a.gif", "a.png", "a.webp", "a.tif", "mpo.jpg", "one.gif", "a.gif"):
+        (sample,) = session.load(tmp_path / name)
+        first = np.asarray(frames[0].convert("L"), np.float64) / 255
+        if name not in ("a.webp", "mpo.jpg"):  # (lossy)
+            np.testing.assert_allclose(sample.pixels[:, :, 0], first, atol=1e-6)
+    notes = [m for m in said if "frames" in m]
+    named = sorted(m.split(":")[0].rsplit("/", 1)[-1] for m in notes)
+    assert named == ["a.gif", "a.png", "a.tif", "a.webp"]
