@@ -1146,7 +1146,7 @@ def merge_reports_cmd(
     """Join the reports of shards (report.json files, or folders holding report.json or
     report.shard-K-of-N.json files) into one report of the whole run."""
     from igcli.outputs import check_writable
-    from igcli.report import find_reports, merge_reports
+    from igcli.report import check_reports_replaceable, find_reports, merge_reports
     from igcli.storage import check_writable as check_remote
     from igcli.storage import is_url, location
 
@@ -1158,6 +1158,7 @@ def merge_reports_cmd(
         check_remote(str(out))
     else:
         check_writable(out)
+        check_reports_replaceable(out)
     merged.write(out)
     s = merged.summary()
     where = f"{str(out).rstrip('/')}/report.json"

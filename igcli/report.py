@@ -11,10 +11,12 @@ import io
 import itertools
 import json
 import math
+import os
 import platform
 import posixpath
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from pathlib import Path
 import onnxruntime
 
 from igcli import __version__
-from igcli.errors import ExitCode, IgcliError, ShardError, UsageError
+from igcli.errors import ExitCode, IgcliError, OutputError, ShardError, UsageError
 from igcli.files import first_line, os_reason
 from igcli.html_report import render_html
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -119,6 +121,41 @@ class RecordSpool:
 
     def __eq__(self, other) -> bool:
         return list(self) == list(other)
+
+
+# How each report file begins, whatever the version: what tells igcli's own from another's.
+_REPORT_SIGNS = {
+    "json": lambda head: b'"igcli_version"' in head,
+    "csv": lambda head: head.startswith(b"input,name,"),
+    "md": lambda head: head.startswith(b"# igcli"),
+    "html": lambda head: b"<title>igcli" in head,
+}
+
+
+def check_reports_replaceable(out_dir: Path, stem: str = "report") -> None:
+    """An OutputError, before any work, where OUT holds a file named like one of the run's
+    reports that igcli did not write (a folder's own report.csv): writing the reports would
+    replace it. igcli's own reports (an earlier run's) and empty files are replaced."""
+    for kind, ours in _REPORT_SIGNS.items():
+        path = Path(out_dir) / f"{stem}.{kind}"
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue  # absent (or unreadable: writing says so)
+        if stat.S_ISREG(info.st_mode):
+            if info.st_size == 0:
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    if ours(fh.read(4096)):
+                        continue
+            except OSError:
+                continue
+        what = "a folder" if stat.S_ISDIR(info.st_mode) else "not an igcli report"
+        raise OutputError(
+            f"{what}, and the run's report would replace it; move it, or choose another --out",
+            path,
+        )
 
 
 @dataclass

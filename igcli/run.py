@@ -28,7 +28,7 @@ from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings
 from igcli.console import Messages
 from igcli.discovery import Shard, TargetTable, count_inputs, in_shard, parse_shard
 from igcli.errors import ExitCode
-from igcli.report import RunReport
+from igcli.report import RunReport, check_reports_replaceable
 from igcli.session import AttributionSettings, Session
 
 
@@ -142,6 +142,7 @@ def start(
         check_remote(str(outputs.out_dir))
     else:
         check_writable(outputs.out_dir)
+        check_reports_replaceable(outputs.out_dir, the_plan.report_stem)
     report = new_report(session, settings, targets, the_plan.shard)
     report.settings["plan"] = the_plan.describe()
     if the_plan.shard and the_plan.shard.source:

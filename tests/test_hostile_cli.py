@@ -537,8 +537,32 @@ def test_an_output_never_replaces_an_input_of_the_run(tmp_path, monkeypatch):
     before = (tmp_path / "report.csv").read_bytes()
     result = run("explain", CANCER, "report.csv", "--steps", "4", "--out", ".")
     assert result.exit_code == ExitCode.OUTPUT
-    assert "report would replace this input" in flat(result)
+    assert "not an igcli report, and the run's report would replace it" in flat(result)
     assert (tmp_path / "report.csv").read_bytes() == before
+
+
+def test_a_file_named_like_a_report_that_igcli_did_not_write_is_kept(tmp_path):
+    """OUT's own report.csv (or a folder report.md) stops the run before any work, exit 6;
+    igcli's own reports of an earlier run, and empty files, are replaced; merge-reports
+    checks the same."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.csv").write_text("a,b\n1,2\n")
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", out)
+    assert result.exit_code == ExitCode.OUTPUT
+    assert "report.csv: not an igcli report" in flat(result)
+    assert (out / "report.csv").read_text() == "a,b\n1,2\n"
+    assert not list(out.glob("*.npy"))  # before any work
+    (out / "report.csv").write_bytes(b"")
+    for _ in range(2):  # an earlier run's reports are igcli's own
+        result = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", out)
+        assert result.exit_code == 0, result.stderr
+    merged = tmp_path / "merged"
+    (merged / "report.md").mkdir(parents=True)
+    result = run("merge-reports", out, "--out", merged)
+    assert result.exit_code == ExitCode.OUTPUT and "report.md: a folder" in flat(result)
+    (merged / "report.md").rmdir()
+    assert run("merge-reports", out, "--out", merged).exit_code == 0
 
 
 def test_a_recursive_walk_leaves_the_output_folder_out(tmp_path):
