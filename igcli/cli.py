@@ -853,7 +853,7 @@ def inspect(model: Path, as_json: bool) -> None:
         except Exception as exc:  # report, do not crash, on transform bugs
             blockers = [f"(transform failed: {type(exc).__name__}: {exc})"]
     candidates = []
-    if source is not None and explained is not None:
+    if source is not None and explained is not None and not sequence_first:  # (no --at there)
         specs = candidate_tensors(onnx_model, source.name, explained.name)
         first = [s for s in specs if s.name in lookups]
         candidates = first + [s for s in specs if s.name not in lookups]

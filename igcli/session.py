@@ -424,6 +424,12 @@ class Session:
                     f"attributing at the first, {lookups[0]!r} (--at picks another)"
                 )
             at = lookups[0]
+        if self.prep.batch_axis:
+            raise UsageError(
+                f"--at on a sequence-first input ({name!r}: rows on axis "
+                f"{self.prep.batch_axis}) is not supported; attribute at the input itself",
+                self.model_path,
+            )
         try:
             return at, make_cut(self.run_model, at, name, self.output_name)
         except UsageError as exc:

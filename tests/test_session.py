@@ -582,6 +582,21 @@ def test_the_cli_explains_a_sequence_first_model_and_inspect_says_so(tmp_path):
     assert info["gradient_graph"] is True
 
 
+def test_at_on_a_sequence_first_model_is_refused_in_one_line(tmp_path):
+    """--at cuts the graph at a tensor whose rows igcli would read on axis 0; on a sequence-
+    first input they are not there (it failed inside ONNX Runtime). Refused, exit 2, and
+    inspect lists no --at tensors for it."""
+    from tests.test_cli import run
+
+    model = _gru_model(tmp_path / "seq_first.onnx", True)
+    np.save(tmp_path / "s.npy", np.random.default_rng(5).standard_normal((6, 3)).astype("f4"))
+    result = run("explain", model, tmp_path / "s.npy", "--at", "h2", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.USAGE
+    assert "--at on a sequence-first input" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert json.loads(run("inspect", model, "--json").stdout)["cut_candidates"] == []
+
+
 def test_a_sequence_first_model_exported_at_batch_1(tmp_path):
     """[6, 1, 3] -> [1, 2] (torch.export fixes a batch of 1): read as sequence first too."""
     sample = np.random.default_rng(7).standard_normal((6, 3)).astype(np.float32)
