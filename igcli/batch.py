@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import posixpath
+import stat
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +34,7 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
+    PNG_SIGNATURE,
     atomic_save_png,
     atomic_write_text,
     output_stem,
@@ -77,6 +80,43 @@ def input_stamp(path) -> str | None:
     except OSError:
         return None
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _record_of_igcli(marker: Path) -> list[dict] | None:
+    """The records of a record file igcli wrote ({"input": ..., "records": [...]}), else
+    None (absent, unreadable, or someone else's file of that name)."""
+    try:
+        with open(marker, "rb") as fh:
+            data = json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
+    except (OSError, ValueError):
+        return None
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return None
+    return records
+
+
+MAX_RECORD_BYTES = 16 << 20
+
+
+def _named_by(marker: Path) -> set[str]:
+    """The file names an igcli record file lists for its results."""
+    names = set()
+    for r in _record_of_igcli(marker) or []:
+        for key in ("attributions_file", "heatmap_file"):
+            if isinstance(r.get(key), str):
+                names.add(posixpath.basename(r[key]))
+    return names
+
+
+def _signed_heatmap(path: Path) -> bool:
+    """A PNG igcli drew: igcli's Software text comes right after the header."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC[".png"]) and PNG_SIGNATURE in head
 
 
 # What a result file starts with; one that does not (emptied, overwritten) is made again.
@@ -225,6 +265,7 @@ class BatchRun:
         self.outbox: deque[tuple[Future | None, str]] = deque()
         self._last_write: Future | None = None
         self.inputs_in_out: set[str] = set()  # real paths of this run's inputs inside --out
+        self.fresh_folders: dict[str, bool] = {}  # output folders: empty when first written
 
     def protect(self, items: list[InputItem]) -> None:
         """Remember which of these inputs lie inside the output folder: an output of the run
@@ -251,6 +292,45 @@ class BatchRun:
                     "the inputs' folder",
                     path,
                 )
+
+    def _free_to_write(self, item: InputItem, marker: Path, *paths: Path | None) -> None:
+        """An input whose output would replace a folder, or a file igcli did not write (a
+        user's photo.png in OUT), fails alone: the file is kept. igcli's own outputs (named
+        by the input's record, or a heatmap igcli signed) are replaced as ever. Only folders
+        that held something when this run first wrote there are looked at."""
+        for path in (marker, *paths):
+            if path is None or self._empty_at_start(path.parent):
+                continue
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue  # nothing there (or unreadable: the write will say so)
+            if not stat.S_ISREG(info.st_mode):
+                what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a file"
+            elif path == marker:
+                what = None if _record_of_igcli(marker) is not None else "not igcli's record"
+            elif path.name in _named_by(marker) or _signed_heatmap(path.with_suffix(".png")):
+                what = None  # (a run killed before its record leaves a signed heatmap)
+            else:
+                what = "a file no record of igcli names"
+            if what is not None:
+                raise InputError(
+                    f"its output {path.name} would replace what is there ({what}); move "
+                    "that, or choose another --out",
+                    item.path,
+                )
+
+    def _empty_at_start(self, folder: Path) -> bool:
+        """Whether `folder` was empty (or absent) when this run first wrote there: then all
+        it holds is this run's own."""
+        key = str(folder)
+        if key not in self.fresh_folders:
+            try:
+                with os.scandir(folder) as entries:
+                    self.fresh_folders[key] = next(entries, None) is None
+            except OSError:
+                self.fresh_folders[key] = True  # absent: made by this run
+        return self.fresh_folders[key]
 
     def _not_an_input(self, item: InputItem, *paths: Path | None) -> None:
         for path in paths:
@@ -580,6 +660,7 @@ class BatchRun:
                 except OutputError as exc:
                     raise InputError(exc.reason, item.path) from None
                 self._not_an_input(item, npy, png)
+                self._free_to_write(item, marker, npy, png)
                 record = a.record(
                     npy.relative_to(root).as_posix(),
                     png.relative_to(root).as_posix() if png else None,

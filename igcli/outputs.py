@@ -127,6 +127,11 @@ def atomic_save_png(path: Path, image) -> None:
     atomic_write_bytes(path, png_bytes(image))
 
 
+# A text chunk in every PNG igcli encodes (Software: igcli), right after the header: a later
+# run tells its own heatmaps from a user's picture of the same name in OUT by it.
+PNG_SIGNATURE = b"tEXtSoftware\x00igcli"
+
+
 def png_bytes(image) -> bytes:
     """A PIL image as PNG. 8-bit RGB and grayscale images (every heatmap) are encoded here:
     one 'Up' filter for all rows (nearest-upscaled tiles repeat rows, which it turns into
@@ -134,8 +139,12 @@ def png_bytes(image) -> bytes:
     748x414 panel in 0.9 ms instead of 4.5 (zlib level 3: 2.0 ms). Other modes go through
     Pillow."""
     if image.mode not in ("RGB", "L"):
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Software", "igcli")
         buf = io.BytesIO()
-        image.save(buf, format="PNG", compress_level=3)  # 30% faster than 6, files 10% larger
+        image.save(buf, format="PNG", compress_level=3, pnginfo=info)  # 3: 30% faster than 6
         return buf.getvalue()
     rows = np.asarray(image, dtype=np.uint8).reshape(image.height, -1)
     raw = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
@@ -147,6 +156,7 @@ def png_bytes(image) -> bytes:
     return b"".join([
         b"\x89PNG\r\n\x1a\n",
         _png_chunk(b"IHDR", header),
+        _png_chunk(PNG_SIGNATURE[:4], PNG_SIGNATURE[4:]),
         _png_chunk(b"IDAT", _deflate.compress(raw.tobytes(), _LEVEL)),
         _png_chunk(b"IEND", b""),
     ])  # fmt: skip

@@ -540,3 +540,43 @@ def test_writes_in_flight_hold_at_most_the_byte_bound(tmp_path, monkeypatch):
     result = run("explain", DIGITS, *DIGIT_PNGS, "--steps", "4", "--out", tmp_path)
     assert result.exit_code == 0, result.stderr
     assert len(seen) == len(DIGIT_PNGS) > 1 and max(seen) == 1
+
+
+def test_an_output_never_replaces_a_file_igcli_did_not_write(tmp_path):
+    """A user's photo.png (or photo.npy) in OUT, or a folder where an output goes: that input
+    fails alone in one line, the file is kept, the others are explained and reported. igcli's
+    own outputs of an earlier run are replaced, and so are those of a run killed before its
+    record (its heatmap is signed)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(DIGIT_PNGS[0], inputs / "photo.png")
+    shutil.copy(DIGIT_PNGS[1], inputs / "other.png")
+    shutil.copy(DIGIT_PNGS[1], inputs / "third.png")
+    out = tmp_path / "out"
+    (out / "third.npy").mkdir(parents=True)
+    (out / "photo.png").write_text("my notes")
+    result = run("explain", DIGITS, inputs, "--steps", "4", "--out", out, "--json")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert any("photo.png: its output photo.png would replace" in e for e in errors)
+    assert any("third.png: its output third.npy would replace what is there (a folder)" in e
+               for e in errors)  # fmt: skip
+    assert (out / "photo.png").read_text() == "my notes" and (out / "third.npy").is_dir()
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted((r["name"], r["status"]) for r in lines) == [
+        ("other", "ok"), ("photo", "error"), ("third", "error")]  # fmt: skip
+    assert json.loads((out / "report.json").read_text())["summary"]["failed"] == 2
+
+    (out / "photo.png").unlink()
+    (out / "third.npy").rmdir()
+    assert run("explain", DIGITS, inputs, "--steps", "4", "--out", out).exit_code == 0
+    assert run("explain", DIGITS, inputs, "--steps", "4", "--out", out).exit_code == 0
+    (out / "photo.record.json").unlink()  # as a run killed before writing it leaves them
+    assert run("explain", DIGITS, inputs, "--steps", "4", "--out", out).exit_code == 0
+    (out / "photo.record.json").unlink()
+    (out / "photo.png").unlink()
+    result = run("explain", DIGITS, inputs, "--steps", "4", "--out", out)
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "photo.npy would replace what is there (a file no record of igcli names)" in (
+        result.stderr
+    )
