@@ -16,10 +16,13 @@ the documented exit code. `run_explain` is the three in a row, with Ctrl-C handl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -192,13 +195,64 @@ def finish(
 ) -> ExitCode:
     """Wait for the writes, write the reports, apply the completeness gate and return the
     exit code (docs/reference.md). `interrupted`: the run was stopped (exit 130);
-    `started`: time.perf_counter() when it began, for the report's wall time."""
+    `started`: time.perf_counter() when it began, for the report's wall time. Signals
+    wait until this is done (signals_held)."""
     messages = messages or Messages()
+    with signals_held() as held:
+        names = _write_up(batch, the_plan, messages, targets_from, started, interrupted)
+        return _verdict(batch, the_plan, messages, names, interrupted or held.caught)
+
+
+def _verdict(batch, the_plan, messages, names: list[str], interrupted: bool) -> ExitCode:
+    """The summary, where the outputs are, and the exit code."""
+    report, outputs = batch.report, batch.outputs
+    messages.print_summary(report)
+    out = str(outputs.out_dir).rstrip("/")
+    messages.info(f"outputs in {out}/ ({', '.join(names[::-1])})")
+    if interrupted:
+        messages.info("interrupted: finished inputs are saved; run again with --skip-existing")
+        return ExitCode.INTERRUPTED
+    if not report.failures and not report.results and not the_plan.discovered:
+        messages.error("no inputs to explain")
+        return ExitCode.INPUTS_FAILED
+    code, problems = report.verdict(f"{out}/{names[0]}", listed=0)  # failures said already
+    for line in problems:
+        messages.error(line)
+    return code
+
+
+class _Held:
+    caught = False
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM are noted, not acted on, while a run writes up: the finished
+    inputs' files, their heatmaps on the shared colour scale and the four reports are then
+    all written (a second Ctrl-C left report.json new and the others of the run before, and
+    shared-scale heatmaps that the records named were never drawn). `caught` says whether
+    one came; the run then ends as interrupted."""
+    held = _Held()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def note(signum, frame):
+        held.caught = True
+
+    before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _write_up(batch, the_plan, messages, targets_from, started, interrupted) -> list[str]:
+    """Wait for the writes, draw the shared-scale heatmaps (of the finished inputs, when
+    interrupted too), write the reports; returns the reports' names."""
     session, report, outputs = batch.session, batch.report, batch.outputs
-    if not interrupted:
-        batch.finish()
-    else:
-        batch.close()  # inputs already explained are still written whole
+    batch.finish()
     if targets_from is not None and targets_from.unused():
         unused = targets_from.unused()
         more = " ..." if len(unused) > 5 else ""
@@ -221,19 +275,7 @@ def finish(
     if not interrupted:
         batch.remove_write_leftovers()
     batch.cleanup()
-    messages.print_summary(report)
-    out = str(outputs.out_dir).rstrip("/")
-    messages.info(f"outputs in {out}/ ({', '.join(names[::-1])})")
-    if interrupted:
-        messages.info("interrupted: finished inputs are saved; run again with --skip-existing")
-        return ExitCode.INTERRUPTED
-    if not report.failures and not report.results and not the_plan.discovered:
-        messages.error("no inputs to explain")
-        return ExitCode.INPUTS_FAILED
-    code, problems = report.verdict(f"{out}/{names[0]}", listed=0)  # failures said already
-    for line in problems:
-        messages.error(line)
-    return code
+    return names
 
 
 def run_explain(
