@@ -119,6 +119,21 @@ def _signed_heatmap(path: Path) -> bool:
     return head.startswith(_MAGIC[".png"]) and PNG_SIGNATURE in head
 
 
+def _attributions_like(path: Path, shape: tuple) -> bool:
+    """A .npy of float32 values in `shape`, as igcli saves attributions."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+            if read is None:
+                return False
+            found, _, dtype = read(fh)
+    except (OSError, ValueError):
+        return False
+    return tuple(found) == tuple(shape) and dtype == np.float32
+
+
 # What a result file starts with; one that does not (emptied, overwritten) is made again.
 _MAGIC = {".npy": b"\x93NUMPY", ".png": b"\x89PNG\r\n\x1a\n"}
 
@@ -293,12 +308,15 @@ class BatchRun:
                     path,
                 )
 
-    def _free_to_write(self, item: InputItem, marker: Path, *paths: Path | None) -> None:
+    def _free_to_write(
+        self, item: InputItem, marker: Path, npy: Path, png: Path | None, shape: tuple
+    ) -> None:
         """An input whose output would replace a folder, or a file igcli did not write (a
-        user's photo.png in OUT), fails alone: the file is kept. igcli's own outputs (named
-        by the input's record, or a heatmap igcli signed) are replaced as ever. Only folders
-        that held something when this run first wrote there are looked at."""
-        for path in (marker, *paths):
+        user's photo.png in OUT), fails alone: the file is kept. igcli's own outputs are
+        replaced as ever: those its record names, and what a run killed before the record
+        leaves (a heatmap igcli signed; attributions of this input's float32 `shape`). Only
+        folders that held something when this run first wrote there are looked at."""
+        for path in (marker, npy, png):
             if path is None or self._empty_at_start(path.parent):
                 continue
             try:
@@ -309,8 +327,10 @@ class BatchRun:
                 what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a file"
             elif path == marker:
                 what = None if _record_of_igcli(marker) is not None else "not igcli's record"
-            elif path.name in _named_by(marker) or _signed_heatmap(path.with_suffix(".png")):
-                what = None  # (a run killed before its record leaves a signed heatmap)
+            elif path.name in _named_by(marker):
+                what = None
+            elif _signed_heatmap(path) if path == png else _attributions_like(path, shape):
+                what = None  # left by a run (a Dask worker) killed before the record
             else:
                 what = "a file no record of igcli names"
             if what is not None:
@@ -660,7 +680,7 @@ class BatchRun:
                 except OutputError as exc:
                     raise InputError(exc.reason, item.path) from None
                 self._not_an_input(item, npy, png)
-                self._free_to_write(item, marker, npy, png)
+                self._free_to_write(item, marker, npy, png, (1, *a.attributions.shape))
                 record = a.record(
                     npy.relative_to(root).as_posix(),
                     png.relative_to(root).as_posix() if png else None,

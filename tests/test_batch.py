@@ -574,9 +574,71 @@ def test_an_output_never_replaces_a_file_igcli_did_not_write(tmp_path):
     (out / "photo.record.json").unlink()  # as a run killed before writing it leaves them
     assert run("explain", DIGITS, inputs, "--steps", "4", "--out", out).exit_code == 0
     (out / "photo.record.json").unlink()
-    (out / "photo.png").unlink()
+    (out / "photo.png").unlink()  # killed after the attributions: they are igcli's too
+    assert run("explain", DIGITS, inputs, "--steps", "4", "--out", out).exit_code == 0
+    (out / "photo.record.json").unlink()
+    np.save(out / "photo.npy", np.zeros((28, 28)))  # someone else's array
     result = run("explain", DIGITS, inputs, "--steps", "4", "--out", out)
     assert result.exit_code == ExitCode.INPUTS_FAILED
     assert "photo.npy would replace what is there (a file no record of igcli names)" in (
         result.stderr
     )
+    np.testing.assert_array_equal(np.load(out / "photo.npy"), np.zeros((28, 28)))
+
+
+def test_an_interrupted_shared_scale_run_draws_its_heatmaps(tree, tmp_path, monkeypatch):
+    """--scale shared draws heatmaps at the end; an interrupted run left "ok" records naming
+    heatmaps that were never drawn (and a resume redid them all)."""
+    from igcli import batch
+
+    out = tmp_path / "o"
+    real = batch.BatchRun._explain_item
+    calls = []
+
+    def interrupt_third(self, item):
+        calls.append(item.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, item)
+
+    monkeypatch.setattr(batch.BatchRun, "_explain_item", interrupt_third)
+    result = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--batch-size", "4",
+                 "--scale", "shared", "--json")  # fmt: skip
+    assert result.exit_code == ExitCode.INTERRUPTED
+    done = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(done) == 2 and all((out / r["heatmap_file"]).is_file() for r in done)
+    monkeypatch.setattr(batch.BatchRun, "_explain_item", real)
+    again = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--scale", "shared",
+                "--skip-existing")  # fmt: skip
+    assert again.exit_code == 0
+    assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 2
+
+
+def test_a_signal_while_the_reports_are_written_leaves_them_whole(tree, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) while a run writes up is noted, not acted on: all four reports are
+    this run's, and the run ends as interrupted (a second Ctrl-C left report.json new and
+    the others stale)."""
+    import signal
+
+    from igcli import report
+
+    out = tmp_path / "o"
+    assert run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4").exit_code == 0
+    real = report.atomic_write_text
+
+    def signal_midway(path, text):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(path, text)
+
+    monkeypatch.setattr(report, "atomic_write_text", signal_midway)
+    result = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "8")
+    assert result.exit_code == ExitCode.INTERRUPTED
+    import csv
+
+    assert json.loads((out / "report.json").read_text())["settings"]["steps"] == 8
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert rows and all(r["steps"] == "8" for r in rows)
+    assert "steps 8" in (out / "report.md").read_text()
+    assert "steps 4" not in (out / "report.html").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
