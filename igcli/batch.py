@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import posixpath
 import stat
@@ -123,28 +124,53 @@ def _attributions_like(path: Path, shape: tuple) -> bool:
     """A .npy of float32 values in `shape`, as igcli saves attributions."""
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = {(1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
-            if read is None:
-                return False
-            found, _, dtype = read(fh)
+            header = _npy_header(fh)
     except (OSError, ValueError):
         return False
-    return tuple(found) == tuple(shape) and dtype == np.float32
+    return header is not None and header[0] == tuple(shape) and header[1] == np.float32
+
+
+def _npy_header(fh) -> tuple[tuple, np.dtype] | None:
+    """The shape and dtype a .npy file's header declares (the file left just after it)."""
+    version = np.lib.format.read_magic(fh)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+    if read is None:
+        return None
+    shape, _, dtype = read(fh)
+    return tuple(shape), dtype
 
 
 # What a result file starts with; one that does not (emptied, overwritten) is made again.
 _MAGIC = {".npy": b"\x93NUMPY", ".png": b"\x89PNG\r\n\x1a\n"}
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
 def _looks_whole(path: Path) -> bool:
+    """A result file as igcli writes it, whole: a .npy as long as its header says, a PNG
+    ending in its IEND chunk (a truncated .npy was resumed as ok: only the magic was read)."""
+    suffix = path.suffix.lower()
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
-    except OSError:
+            if not head or not head.startswith(_MAGIC.get(suffix, b"")):
+                return False
+            size = os.fstat(fh.fileno()).st_size
+            if suffix == ".png":
+                fh.seek(max(0, size - len(_PNG_END)))
+                return fh.read() == _PNG_END
+            if suffix == ".npy":
+                fh.seek(0)
+                header = _npy_header(fh)
+                return (
+                    header is not None
+                    and size == fh.tell() + math.prod(header[0]) * header[1].itemsize
+                )
+    except (OSError, ValueError):
         return False
-    return head.startswith(_MAGIC.get(path.suffix.lower(), b"")) and bool(head)
+    return True
 
 
 # What the report sums and judges of each record (a string there stopped the run, exit 1)

@@ -159,6 +159,20 @@ def test_skip_existing_redoes_results_whose_files_were_emptied_or_overwritten(tr
     assert (out / "b" / "img.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_skip_existing_redoes_results_whose_files_were_cut_short(tree, tmp_path):
+    """A .npy shorter than its header says, or a PNG without its end, is redone (only the
+    first 8 bytes were read: a truncated .npy was resumed as ok)."""
+    out = tmp_path / "o"
+    run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    npy, png = out / "a" / "img.npy", out / "b" / "img.png"
+    npy.write_bytes(npy.read_bytes()[:150])
+    png.write_bytes(png.read_bytes()[:-1])
+    again = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing")
+    report = json.loads((out / "report.json").read_text())
+    assert again.exit_code == 0 and report["summary"]["resumed"] == 1  # top only
+    assert np.load(npy).shape[-2:] == (28, 28) and png.read_bytes().endswith(b"IEND\xaeB`\x82")
+
+
 def test_skip_existing_redoes_results_made_with_other_settings(tree, tmp_path):
     out = tmp_path / "o"
     run("explain", DIGITS, tree, "--out", out, "--steps", "4")
