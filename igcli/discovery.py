@@ -459,6 +459,14 @@ def count_table_rows(path: Path) -> int:
     return max(1, lines - 1)
 
 
+def _table_key(name: str) -> str:
+    """How a targets table names an input, as for_item looks it up: './g/x.png' and
+    'g//x.png' are 'g/x.png' (they named no input before, which then got the top class)."""
+    if _is_remote(name):
+        return name
+    return os.path.normpath(name) if ("/" in name or os.sep in name) else name
+
+
 class TargetTable:
     """--targets-from FILE: each input's own target(s), e.g. its true label.
 
@@ -480,13 +488,19 @@ class TargetTable:
             rows = list(csv.reader(io.StringIO(text, newline="")))
         except csv.Error as exc:
             raise UsageError(f"cannot read the targets file ({exc})", path) from None
-        if len(rows) < 2 or len(rows[0]) < 2:
+        if len(rows) < 2 or len(rows[0]) != 2:
             raise UsageError("needs a header and rows of 'input,target'", path)
         for line, row in enumerate(rows[1:], start=2):
             if not row or not "".join(row).strip():
                 continue
             if len(row) < 2 or not row[0].strip():
                 raise UsageError(f"line {line}: needs an input and a target", path)
+            if any(cell.strip() for cell in row[2:]):  # '3,5' unquoted: 5 was dropped
+                raise UsageError(
+                    f"line {line}: more than two cells; several targets go in one, "
+                    "separated by ';'",
+                    path,
+                )
             picked = []
             for text in row[1].split(";"):
                 text = text.strip()
@@ -502,13 +516,16 @@ class TargetTable:
                         f"line {line}: target {text!r} is neither a class index nor a label{known}",
                         path,
                     )
-            key = row[0].strip()
+            key = _table_key(row[0].strip())
             if key in self.targets:  # which line would win is no choice to make silently
-                raise UsageError(f"line {line}: input {key!r} appears twice", path)
+                raise UsageError(f"line {line}: input {row[0].strip()!r} appears twice", path)
             self.targets[key] = picked
 
     def for_item(self, item: InputItem) -> list[int] | None:
-        keys = [str(item.path), os.path.normpath(str(item.path)), item.path.name, item.name]
+        where = str(item.path)
+        keys = [where, os.path.normpath(where), item.path.name, item.name]
+        if not _is_remote(where):  # a table may name it by its absolute path
+            keys.append(os.path.abspath(where))
         row = re.match(r"^(.*)_row(\d+)$", item.name)
         if row:  # a CSV row may be named by its file and row number too
             keys.append(f"{item.path.name}_row{row.group(2)}")

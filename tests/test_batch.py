@@ -450,6 +450,27 @@ def test_targets_from_a_file_give_each_input_its_own(tree, tmp_path):
     labels.write_text("input,target\ntop.png,1\ntop.png,2\n")  # which one? not ours to pick
     bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
     assert bad.exit_code == ExitCode.USAGE and "appears twice" in bad.stderr
+    labels.write_text("input,target\ntop.png,3,5\n")  # '3;5' meant, or 3: not ours to guess
+    bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
+    assert bad.exit_code == ExitCode.USAGE and "more than two cells" in bad.stderr
+    labels.write_text("a,b,c\ntop.png,3,\n")
+    bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
+    assert bad.exit_code == ExitCode.USAGE and "needs a header" in bad.stderr
+
+
+def test_targets_from_may_name_an_input_by_dot_slash_or_absolute_path(tree, tmp_path, monkeypatch):
+    """'./t/top.png' or '/abs/t/top.png' for the input t/top.png: they named no input, which
+    then quietly got the top class."""
+    monkeypatch.chdir(tree.parent)
+    rel = os.path.relpath(tree, tree.parent)
+    table = tmp_path / "truth.csv"
+    table.write_text(f"input,target\n./{rel}/top.png,4\n{tree}/a//img.png,2\n")
+    result = run("explain", DIGITS, rel, "-r", "--out", tmp_path / "o", "--steps", "4",
+                 "--json", "--targets-from", table)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    got = {r["name"]: r["target"] for r in lines}
+    assert got["top"] == 4 and got["a/img"] == 2 and "name no input" not in result.stderr
 
 
 def test_a_finished_run_removes_what_killed_writers_left_beside_its_outputs(tree, tmp_path):
