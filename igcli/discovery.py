@@ -121,8 +121,11 @@ def _matches(path: Path, root: Path, pattern: str | tuple[str, ...] | None) -> b
 
 
 def _globbed(rel: str, name: str, pattern: str | tuple[str, ...]) -> bool:
-    """Whether a file's path under its folder, or its name, matches any --glob pattern."""
+    """Whether a file's path under its folder, or its name, matches any --glob pattern.
+    `**/` also matches no folder at all, as in a shell's globstar ('**/*.png' skipped the
+    top folder's files)."""
     patterns = (pattern,) if isinstance(pattern, str) else pattern
+    patterns = {v for p in patterns for v in (p, p.replace("**/", ""))}
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 

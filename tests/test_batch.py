@@ -59,6 +59,9 @@ def test_glob_selects_files(tree, tmp_path):
     both = run("explain", DIGITS, tree, "-r", "--glob", "a/*", "--glob", "top*", "--out",
                tmp_path / "o2", "--json", "--steps", "4")  # fmt: skip
     assert names(both) == ["a/img", "top"]  # a second --glob adds (it replaced the first)
+    every = run("explain", DIGITS, tree, "-r", "--glob", "**/*.png", "--out", tmp_path / "o3",
+                "--json", "--steps", "4")  # fmt: skip
+    assert names(every) == ["a/img", "b/img", "top"]  # '**/' matches no folder too
 
 
 def test_stdin_list(tree, tmp_path):
