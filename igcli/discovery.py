@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from igcli.errors import UsageError
-from igcli.files import os_reason, read_option_text
+from igcli.files import BIDI_CONTROLS, os_reason, read_option_text
 from igcli.inputs import SUPPORTED_SUFFIXES, TABLE_SUFFIXES
 
 
@@ -264,7 +264,7 @@ def _clean_part(part: str) -> str:
         code = ord(ch)
         if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of the file name
             out.append(f"%{code - 0xDC00:02X}")
-        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+        elif unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in BIDI_CONTROLS:
             out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
         else:
             out.append(ch)

@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from igcli.discovery import Discovery, InputItem, count_table_rows
+from igcli.discovery import Discovery, InputItem, clean_name, count_table_rows
 from igcli.errors import UsageError
 from igcli.outputs import plain_parts
 
@@ -107,6 +107,12 @@ def read_manifest(source: str) -> Manifest:
             raise UsageError(
                 f"line {number}: name {name!r} is not a plain relative path "
                 "(no '.', '..' or empty parts)",
+                source,
+            )
+        if clean_name(name) != name:  # igcli plan writes names already clean
+            raise UsageError(
+                f"line {number}: name {name!r} is not one igcli makes (control or bidi "
+                "characters, an over-long part, or a report's name as its folder)",
                 source,
             )
         key = name.casefold()

@@ -119,7 +119,7 @@ def test_names_do_not_depend_on_argument_order(cwd):
 
 
 def test_newlines_markup_and_undecodable_bytes_in_names(cwd):
-    weird = ["new\nline.png", "[red]x[bold].png", "tab\there.png"]
+    weird = ["new\nline.png", "[red]x[bold].png", "tab\there.png", "bidi\u202egnp.png"]
     touch(cwd, *weird)
     bad = os.fsdecode(b"bad\xffname.png")
     touch(cwd, bad)
@@ -128,6 +128,7 @@ def test_newlines_markup_and_undecodable_bytes_in_names(cwd):
     assert names["[red]x[bold].png"] == "[red]x[bold]"
     assert names["tab\there.png"] == "tab%09here"
     assert names[bad] == "bad%FFname"
+    assert names["bidi\u202egnp.png"] == "bidi%E2%80%AEgnp"  # (it reversed the line after it)
     for name in names.values():
         name.encode("utf-8")  # valid UTF-8: JSON, CSV and terminals take it
 

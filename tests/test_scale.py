@@ -187,6 +187,9 @@ def test_manifest_problems_are_one_line_usage_errors(tmp_path):
         ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "x/../a"}\n', "not a plain"),
         ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "a//b"}\n', "not a plain"),
         ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "./a"}\n', "not a plain"),
+        # a raw newline or right-to-left override would go into file names and reports
+        ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "x\\ny"}\n', "not one igcli"),
+        ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "x\\u202ey"}\n', "not one igcli"),
     ]:  # fmt: skip
         bad.write_text(text)
         result = run("explain", DIGITS, "--manifest", bad, "--out", tmp_path / "o")
