@@ -353,7 +353,7 @@ class RunReport:
             lines.append("")
         if self.failures:
             lines += ["## Failed inputs", ""]
-            lines += [f"- {_md(f['input'])}: {_md(f['error'])}" for f in self.failures]
+            lines += [f"- {_md(f['input'])}: {_md(_reason(f))}" for f in self.failures]
             lines.append("")
         return "\n".join(lines)
 
@@ -786,6 +786,12 @@ def failure_entry(input_path: str, error: IgcliError | str, name: str | None = N
         "status": "error",
         "error": str(error),
     }
+
+
+def _reason(failure: dict) -> str:
+    """A failure's error without the input's path in front (its line names the input)."""
+    error, where = str(failure.get("error", "")), f"{failure.get('input')}: "
+    return error[len(where) :] if error.startswith(where) else error
 
 
 def _md(text: object) -> str:

@@ -131,6 +131,9 @@ def test_bad_files_in_a_folder_do_not_stop_the_rest(tree, tmp_path):
     assert [r["name"] for r in report["results"]] == ["top"]
     assert any(s["input"].endswith("notes.txt") for s in report["skipped"])
     assert not list(out.glob("broken*")) and not list(out.glob("*.tmp"))
+    failures = (out / "report.md").read_text().split("## Failed inputs")[1]
+    line = next(x for x in failures.splitlines() if "broken.png" in x)
+    assert line.count("broken.png") == 1 and "not a readable image" in line  # path once
 
 
 def test_skip_existing_resumes(tree, tmp_path):
