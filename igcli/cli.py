@@ -731,7 +731,9 @@ def explain(
         skip_existing=skip_existing,
         max_completeness_error=max_completeness_error,
     )
-    table = TargetTable(targets_from, session.labels) if targets_from is not None else None
+    table = None
+    if targets_from is not None:
+        table = TargetTable(targets_from, session.labels, session.classes)
     code = run_explain(
         session,
         the_plan,

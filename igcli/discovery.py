@@ -479,7 +479,11 @@ class TargetTable:
     name get the run's default (the top class, or --target).
     """
 
-    def __init__(self, path: Path, labels: list[str] | None = None) -> None:
+    def __init__(
+        self, path: Path, labels: list[str] | None = None, classes: int | None = None
+    ) -> None:
+        """`classes`: the output's values per sample, where known: targets beyond them are
+        refused by their line here (else the model was named, mid-run)."""
         import csv
 
         self.path = path
@@ -519,6 +523,13 @@ class TargetTable:
                         f"line {line}: target {text!r} is neither a class index nor a label{known}",
                         path,
                     )
+            if classes is not None and any(not 0 <= t < classes for t in picked):
+                bad = next(t for t in picked if not 0 <= t < classes)
+                raise UsageError(
+                    f"line {line}: target {bad} is out of range: the output has {classes} "
+                    "values per sample",
+                    path,
+                )
             key = _table_key(row[0].strip())
             if key in self.targets:  # which line would win is no choice to make silently
                 raise UsageError(f"line {line}: input {row[0].strip()!r} appears twice", path)

@@ -325,6 +325,7 @@ class Session:
         self.labels = list(labels) if labels else self.sidecar.labels
         dims = self.output_spec.shape[1:]
         classes = int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else None
+        self.classes = classes  # values per sample of the explained output, where declared
         if self.labels and classes is not None and classes != len(self.labels):
             self.warn(
                 f"{self.model_path}: {len(self.labels)} labels for {classes} outputs of "
