@@ -371,10 +371,14 @@ class Session:
         self._before: ModelRunner | None = None
         self._example_context: Context | None = None  # shapes for specialising graphs
         if self.tokens is not None and self.tokens.vocab.path is None:
+            # (a mask given with --feed is not derived, so not all ones: it went unsaid)
+            mask = any("mask" in name.lower() for name in self.tokens.derived)
             self.warn(
                 f"{self.model_path}: no tokenizer.json beside the model (or --tokenizer): "
-                "tokens are shown as ids, the attention mask is all ones, and the pad "
-                "baseline puts id 0 at every position (special tokens unknown)"
+                "tokens are shown as ids, "
+                + ("the attention mask is all ones, " if mask else "")
+                + "and the pad baseline (the default) puts id 0 at every position (special "
+                "tokens unknown)"
             )
         self.providers = resolve_providers(provider)
         self.threads = threads
