@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import posixpath
 import stat
@@ -35,12 +34,14 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
-    PNG_SIGNATURE,
     atomic_save_png,
     atomic_write_text,
+    attributions_like,
+    looks_whole,
     output_stem,
     real_out,
     remove_write_leftovers,
+    signed_heatmap,
 )
 from igcli.report import RunReport, failure_entry, json_line
 from igcli.session import AttributionSettings, Session
@@ -66,7 +67,7 @@ def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list
         text = record_path(out_dir, item.name).read_text()
     except (OSError, OutputError, UnicodeDecodeError):
         return None
-    exists = lambda rel: _looks_whole(out_dir / rel)  # noqa: E731
+    exists = lambda rel: looks_whole(out_dir / rel)  # noqa: E731
     return usable_records(text, settings_hash, exists, input_stamp(item.path))
 
 
@@ -108,69 +109,6 @@ def _named_by(marker: Path) -> set[str]:
             if isinstance(r.get(key), str):
                 names.add(posixpath.basename(r[key]))
     return names
-
-
-def _signed_heatmap(path: Path) -> bool:
-    """A PNG igcli drew: igcli's Software text comes right after the header."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(256)
-    except OSError:
-        return False
-    return head.startswith(_MAGIC[".png"]) and PNG_SIGNATURE in head
-
-
-def _attributions_like(path: Path, shape: tuple) -> bool:
-    """A .npy of float32 values in `shape`, as igcli saves attributions."""
-    try:
-        with open(path, "rb") as fh:
-            header = _npy_header(fh)
-    except (OSError, ValueError):
-        return False
-    return header is not None and header[0] == tuple(shape) and header[1] == np.float32
-
-
-def _npy_header(fh) -> tuple[tuple, np.dtype] | None:
-    """The shape and dtype a .npy file's header declares (the file left just after it)."""
-    version = np.lib.format.read_magic(fh)
-    read = {(1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
-    if read is None:
-        return None
-    shape, _, dtype = read(fh)
-    return tuple(shape), dtype
-
-
-# What a result file starts with; one that does not (emptied, overwritten) is made again.
-_MAGIC = {".npy": b"\x93NUMPY", ".png": b"\x89PNG\r\n\x1a\n"}
-
-
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-def _looks_whole(path: Path) -> bool:
-    """A result file as igcli writes it, whole: a .npy as long as its header says, a PNG
-    ending in its IEND chunk (a truncated .npy was resumed as ok: only the magic was read)."""
-    suffix = path.suffix.lower()
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if not head or not head.startswith(_MAGIC.get(suffix, b"")):
-                return False
-            size = os.fstat(fh.fileno()).st_size
-            if suffix == ".png":
-                fh.seek(max(0, size - len(_PNG_END)))
-                return fh.read() == _PNG_END
-            if suffix == ".npy":
-                fh.seek(0)
-                header = _npy_header(fh)
-                return (
-                    header is not None
-                    and size == fh.tell() + math.prod(header[0]) * header[1].itemsize
-                )
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 # What the report sums and judges of each record (a string there stopped the run, exit 1)
@@ -355,7 +293,7 @@ class BatchRun:
                 what = None if _record_of_igcli(marker) is not None else "not igcli's record"
             elif path.name in _named_by(marker):
                 what = None
-            elif _signed_heatmap(path) if path == png else _attributions_like(path, shape):
+            elif signed_heatmap(path) if path == png else attributions_like(path, shape):
                 what = None  # left by a run (a Dask worker) killed before the record
             else:
                 what = "a file no record of igcli names"

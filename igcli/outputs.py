@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import io
+import math
 import os
 import secrets
 import struct
@@ -224,3 +225,69 @@ def output_stem(out_dir: Path, relative: str) -> Path:
     if target == root or os.path.commonpath([root, target]) != root:
         raise OutputError(f"output name {relative!r} would escape the output folder", out_dir)
     return Path(target)
+
+
+# -- what in OUT is igcli's, and whole ------------------------------------------------------
+
+
+def signed_heatmap(path: Path) -> bool:
+    """A PNG igcli drew: igcli's Software text comes right after the header."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return False
+    return head.startswith(RESULT_MAGIC[".png"]) and PNG_SIGNATURE in head
+
+
+def attributions_like(path: Path, shape: tuple) -> bool:
+    """A .npy of float32 values in `shape`, as igcli saves attributions."""
+    try:
+        with open(path, "rb") as fh:
+            header = _npy_header(fh)
+    except (OSError, ValueError):
+        return False
+    return header is not None and header[0] == tuple(shape) and header[1] == np.float32
+
+
+def _npy_header(fh) -> tuple[tuple, np.dtype] | None:
+    """The shape and dtype a .npy file's header declares (the file left just after it)."""
+    version = np.lib.format.read_magic(fh)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+    if read is None:
+        return None
+    shape, _, dtype = read(fh)
+    return tuple(shape), dtype
+
+
+# What a result file starts with; one that does not (emptied, overwritten) is made again.
+RESULT_MAGIC = {".npy": b"\x93NUMPY", ".png": b"\x89PNG\r\n\x1a\n"}
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def looks_whole(path: Path) -> bool:
+    """A result file as igcli writes it, whole: a .npy as long as its header says, a PNG
+    ending in its IEND chunk (a truncated .npy was resumed as ok: only the magic was read)."""
+    suffix = path.suffix.lower()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if not head or not head.startswith(RESULT_MAGIC.get(suffix, b"")):
+                return False
+            size = os.fstat(fh.fileno()).st_size
+            if suffix == ".png":
+                fh.seek(max(0, size - len(_PNG_END)))
+                return fh.read() == _PNG_END
+            if suffix == ".npy":
+                fh.seek(0)
+                header = _npy_header(fh)
+                return (
+                    header is not None
+                    and size == fh.tell() + math.prod(header[0]) * header[1].itemsize
+                )
+    except (OSError, ValueError):
+        return False
+    return True
