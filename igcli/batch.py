@@ -56,8 +56,8 @@ def _held_bytes(a: Attribution) -> int:
     return sum(x.nbytes for x in arrays if isinstance(x, np.ndarray))
 
 
-def record_path(out_dir: Path, name: str) -> Path:
-    return output_stem(out_dir, name + ".record.json")
+def record_path(out_dir: Path, name: str, folders: dict[str, str] | None = None) -> Path:
+    return output_stem(out_dir, name + ".record.json", folders)
 
 
 def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list[dict] | None:
@@ -628,8 +628,9 @@ class BatchRun:
         out = root = real_out(self.local_out)
         jobs: list[tuple[Attribution, Path, Path | None]] = []
         records = []
+        folders: dict[str, str] = {}  # resolved once for this input's outputs
         try:
-            marker = record_path(out, item.name)
+            marker = record_path(out, item.name, folders)
         except OutputError as exc:  # this input's name, not the run, is at fault
             raise InputError(exc.reason, item.path) from None
         self._not_an_input(item, marker)
@@ -639,8 +640,10 @@ class BatchRun:
             for a in results:
                 stem = a.sample.name + (f".target{a.target}" if multi else "")
                 try:
-                    npy = output_stem(out, stem + ".npy")
-                    png = output_stem(out, stem + ".png") if self.outputs.heatmaps else None
+                    npy = output_stem(out, stem + ".npy", folders)
+                    png = None
+                    if self.outputs.heatmaps:
+                        png = output_stem(out, stem + ".png", folders)
                 except OutputError as exc:
                     raise InputError(exc.reason, item.path) from None
                 self._not_an_input(item, npy, png)

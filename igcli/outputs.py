@@ -204,9 +204,11 @@ def plain_parts(name: str) -> list[str] | None:
     return parts
 
 
-def output_stem(out_dir: Path, relative: str) -> Path:
+def output_stem(out_dir: Path, relative: str, folders: dict[str, str] | None = None) -> Path:
     """OUT/relative, refusing names that would land outside OUT (through "..", an absolute
-    name or a symlink inside OUT). Symlink loops and over-long names are refused too."""
+    name or a symlink inside OUT). Symlink loops and over-long names are refused too.
+    `folders` remembers the folders resolved on the way, for the other outputs of one input
+    (a caller's dict, kept no longer: a folder may become a symlink between inputs)."""
     try:
         root = str(real_out(out_dir))
         if "\0" in relative:
@@ -216,10 +218,16 @@ def output_stem(out_dir: Path, relative: str) -> Path:
             target = os.path.realpath(os.path.join(root, relative))
         else:  # realpath below OUT: one lstat per component of the name
             target = root
-            for part in parts:
+            for k, part in enumerate(parts):
+                folder = "/".join(parts[: k + 1]) if k < len(parts) - 1 else None
+                if folders is not None and folder in folders:
+                    target = folders[folder]
+                    continue
                 target = os.path.join(target, part)
                 if os.path.islink(target):
                     target = os.path.realpath(target)
+                if folders is not None and folder is not None:
+                    folders[folder] = target
     except (OSError, ValueError) as exc:
         raise OutputError(f"output name {relative!r} is not usable ({exc})", out_dir) from None
     if target == root or os.path.commonpath([root, target]) != root:
