@@ -348,6 +348,7 @@ class _Adaptive:
         self.split: list[int] = []  # live panels chosen for splitting (their quarter points
         self.pending: list[float] = []  # are pending evaluation)
         self.converged = False
+        self.finite = True  # every F and integrand sum so far
         self.stop_reason: str | None = None
         self.done = False
         self.first_round = True
@@ -365,14 +366,20 @@ class _Adaptive:
     def stored_bytes(self) -> int:
         return sum(v.nbytes for v in self.vec if v is not None)
 
-    def accept(self, values: np.ndarray, vectors: list[np.ndarray]) -> None:
-        """Take F and the integrand vector at each pending point, then decide what next."""
+    def accept(
+        self, values: np.ndarray, vectors: list[np.ndarray], sums: np.ndarray | None = None
+    ) -> None:
+        """Take F and the integrand vector at each pending point (and the vectors' sums,
+        when the caller has them), then decide what next."""
         alphas, self.pending = self.pending, []
-        for a, f, v in zip(alphas, values, vectors, strict=True):
+        if sums is None:
+            sums = np.array([np.sum(v, dtype=np.float64) for v in vectors])
+        self.finite = self.finite and bool(np.isfinite(values).all() and np.isfinite(sums).all())
+        for a, f, v, g in zip(alphas, values, vectors, sums.tolist(), strict=True):
             self.index[a] = len(self.alphas)
             self.alphas.append(a)
             self.f.append(float(f))
-            self.g.append(float(np.sum(v, dtype=np.float64)))
+            self.g.append(g)
             self.vec.append(v)
             self.users.append(0)
         if self.first_round:  # uniform panels
@@ -401,7 +408,7 @@ class _Adaptive:
         self.estimates = np.concatenate([self.estimates, estimates])
         self.errors = np.concatenate([self.errors, estimates - exact])
         self.split = []
-        self._decide(finite=bool(np.isfinite(values).all() and np.isfinite(self.g).all()))
+        self._decide(finite=self.finite)
 
     def _simpson(self, panel: tuple[int, int, int]) -> float:
         a, m, c = panel
@@ -557,6 +564,7 @@ def _adaptive_many(
             break
         values = {j: [] for j in active}
         vectors = {j: [] for j in active}
+        sums = {j: [] for j in active}
         counts = [len(states[j].pending) for j in active]
         for chunk in _segments(counts, batch_size, straddle):
             chunk = [(active[k], lo, hi) for k, lo, hi in chunk]
@@ -568,14 +576,16 @@ def _adaptive_many(
                 velocity = path.velocities(xs[j], bs[j], alphas[j])
                 integrand = grads[row : row + hi - lo] * velocity
                 values[j].append(np.asarray(f[row : row + hi - lo], dtype=np.float64))
+                stored = integrand.astype(states[j].store_dtype, copy=False)
+                sums[j].append(stored.reshape(len(stored), -1).sum(axis=1, dtype=np.float64))
                 # one array per row, so that each can be dropped on its own
-                vectors[j] += [np.array(v, dtype=states[j].store_dtype) for v in integrand]
+                vectors[j] += [v.copy() for v in stored]
                 row += hi - lo
         share = memory_limit // len(active)
         for j in active:
             # a split panel keeps 3 vectors live: at most share / 3 of them per round
             states[j].max_new = max(2, 2 * (share // (3 * max(1, vectors[j][0].nbytes))))
-            states[j].accept(np.concatenate(values[j]), vectors[j])
+            states[j].accept(np.concatenate(values[j]), vectors[j], np.concatenate(sums[j]))
         live = [s for s in states if not s.done]
         if live and sum(s.stored_bytes for s in live) > memory_limit:
             for s in live:

@@ -263,9 +263,9 @@ def test_memory_limit_bounds_the_stored_gradients(monkeypatch):
     stored = []
     real_accept = ig._Adaptive.accept
 
-    def accept(self, values, vectors):
+    def accept(self, values, vectors, sums=None):
         stored.append(self.stored_bytes)  # what the last round left
-        real_accept(self, values, vectors)
+        real_accept(self, values, vectors, sums)
 
     monkeypatch.setattr(ig._Adaptive, "accept", accept)
 
