@@ -313,6 +313,8 @@ class Session:
         if batch_axis or self._outputs_moved:
             inputs = require_inputs(self.model, self.model_path)
             self.input_spec = next(s for s in inputs if s.name == self.input_spec.name)
+        first = self.input_spec.shape[0] if self.input_spec.shape else None
+        self._fixed_batch = first if isinstance(first, int) and first > 1 else None  # a dummy 8
         values = math.prod(d for d in self.input_spec.shape if isinstance(d, int) and d > 0)
         if values > MAX_TENSOR_VALUES:  # a row could never be read, nor a probe allocated
             raise ModelError(
@@ -1221,6 +1223,7 @@ class Session:
             return
         stored = self._stored_check(graph) if graph is not None else None
         if stored is not None and stored.get("gradient_rows") is False:
+            self._refuse_a_fixed_axis_that_is_no_batch("gradients")
             runner.one_row_per_call()  # an earlier run found this graph's rows coupled
         if stored is not None and stored.get("rows_independent") is True:
             self._rows_independent = True  # found by an earlier run on this very graph
@@ -1238,6 +1241,7 @@ class Session:
         self._rows_independent = joint is not None and _rows_match(joint[0], alone[0], 1e-6)
         if self._rows_independent:
             return
+        self._refuse_a_fixed_axis_that_is_no_batch("outputs")
         for each in {id(r): r for r in (runner, plain, self._plain) if r is not None}.values():
             each.one_row_per_call()
         self._warn_once(
@@ -1275,6 +1279,7 @@ class Session:
         if check.verdict != "mismatch":
             gradient_rows = self.gradient_rows_agree(graph, x, check.target, context)
             if not gradient_rows:
+                self._refuse_a_fixed_axis_that_is_no_batch("gradients")
                 graph.runner.one_row_per_call()
                 self._warn_once(
                     "gradient-rows",
@@ -1303,6 +1308,20 @@ class Session:
                 self._graphs[key] = None
         self._current = self._plain_runner()
         return None
+
+    def _refuse_a_fixed_axis_that_is_no_batch(self, what: str) -> None:
+        """Rows that change each other's `what` go one per call, unless the model fixes
+        its first axis above 1 (a dummy batch of 8): then that axis is no batch (a fully
+        fixed sequence-first [T, 8, F], a CTC-style [8, T, F] -> [T, 8, C]), no call gives
+        one sample's values alone, and the answer came out wrong with a warning. Refused."""
+        if self._fixed_batch:
+            raise ModelError(
+                f"rows of input {self.input_spec.name!r} change each other's {what}, so its "
+                f"first axis (fixed at {self._fixed_batch}) is not a batch, and a sample "
+                f"{list(self.input_spec.shape[1:])} cannot be explained alone; export the "
+                "model with an open batch axis",
+                self.model_path,
+            )
 
     def gradient_rows_agree(
         self, graph: GraphRunner, x: np.ndarray, target: int, context: Context | None = None

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import igcli
+from igcli.errors import ExitCode
 from igcli.model import ModelRunner
 from tests.test_cli import DIGIT_PNGS, DIGITS
 
@@ -181,6 +182,32 @@ def test_a_model_exported_with_a_fixed_batch_of_8_is_explained(tmp_path, flat):
     np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-4, atol=1e-7)
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))  # a leading 1 fits too
     assert session.attribute(tmp_path / "x.npy", steps=4).attributions.shape == (1, 28, 28)
+
+
+def test_a_fixed_first_axis_whose_rows_mix_is_refused(tmp_path):
+    """[8, 6, 3] fixed, its rows mixed (a sequence-first [T, N, F] exported with both fixed,
+    here a Softmax over axis 0): no call gives one sample's outputs alone, and the answer came
+    out wrong with a warning. Now the model is refused in one line (exit 3)."""
+    from tests.test_cli import run
+
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["s"], axis=0),
+         helper.make_node("ReduceSum", ["s", "axes"], ["p"], keepdims=0),
+         helper.make_node("MatMul", ["p", "w"], ["y"])],
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 6, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 2])],
+        [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+         onnx.numpy_helper.from_array(rng.normal(size=(3, 2)).astype(np.float32), "w")],
+    )  # fmt: skip
+    model = tmp_path / "mixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    np.save(tmp_path / "s.npy", rng.normal(size=(6, 3)).astype(np.float32))
+    result = run("explain", model, tmp_path / "s.npy", "--steps", "4", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.MODEL, result.stderr
+    assert "first axis (fixed at 8) is not a batch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # torch.onnx.export (legacy exporter, opset 17, fixed shapes) of
