@@ -13,6 +13,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -1068,8 +1069,22 @@ NO_TARGET = np.iinfo(np.int64).max  # a target index past every output: an all-z
 
 
 def _first_line(exc: Exception) -> str:
+    """An error's first line; ONNX Runtime's without its C++ source location, function
+    signature and failed assertion ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code
+    returned while running Reshape node. Name:'r' Status Message: /onnxruntime_src/...h:91
+    onnxruntime::ReshapeHelper::ReshapeHelper(...) ... was false. The input tensor cannot be
+    reshaped ..." becomes "Reshape node 'r': The input tensor cannot be reshaped ...")."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    node = re.match(r"Non-zero status code returned while running (\w+) node\. "
+                    r"Name:'([^']*)' Status Message: (.*)$", line)  # fmt: skip
+    if node is None:
+        return line
+    message = re.sub(r"^\S+\.(?:h|cc|cpp|cu):\d+ ", "", node.group(3))
+    message = re.sub(r"^[\w:~<>]+\([^()]*\)\s*(?:const\s*)?", "", message)
+    message = re.sub(r"^[^.]* was false\.\s*(?=\S)", "", message)
+    return f"{node.group(1)} node '{node.group(2)}': {message}"
 
 
 class ModelRunner:

@@ -282,3 +282,25 @@ def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row
     expected = free.attribute(x, steps=16, target=0, baseline="zero")
     assert got.gradient_source == "graph" and any("one per model call" in w for w in warnings)
     np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-5, atol=1e-7)
+
+
+def test_onnx_runtime_errors_lose_their_cpp_noise():
+    """A failing call's line keeps the node and the sentence a user can act on, not the C++
+    file, function signature and assertion (a 500-character line before)."""
+    from igcli.model import _first_line
+
+    reshape = (
+        "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Reshape "
+        "node. Name:'/enc/Reshape_4' Status Message: /onnxruntime_src/onnxruntime/core/"
+        "providers/cpu/tensor/reshape_helper.h:91 onnxruntime::ReshapeHelper::ReshapeHelper("
+        "const onnxruntime::TensorShape&, onnxruntime::TensorShapeVector&, bool) "
+        "input_shape_size == requested_shape_size was false. The input tensor cannot be "
+        "reshaped to the requested shape. Input shape:{1,8,32}, requested shape:{8,32,8}\nmore"
+    )
+    assert _first_line(RuntimeError(reshape)) == (
+        "Reshape node '/enc/Reshape_4': The input tensor cannot be reshaped to the requested "
+        "shape. Input shape:{1,8,32}, requested shape:{8,32,8}"
+    )
+    rank = "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid rank for input: x Got: 3"
+    assert _first_line(RuntimeError(rank)) == "Invalid rank for input: x Got: 3"
+    assert _first_line(RuntimeError("")) == "RuntimeError"
