@@ -9,16 +9,24 @@ import dataclasses
 import html
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from igcli.cut import aggregate
-from igcli.errors import UsageError
+from igcli.errors import OutputError, UsageError
 from igcli.ig import Completeness
 from igcli.inputs import Preprocessing, Sample
-from igcli.outputs import atomic_save_npy, atomic_save_png, atomic_write_text, output_stem
+from igcli.outputs import (
+    atomic_save_npy,
+    atomic_save_png,
+    atomic_write_text,
+    in_the_way,
+    output_stem,
+    record_of_igcli,
+)
 from igcli.report import percent
 from igcli.visualize import (
     HeatmapStyle,
@@ -278,34 +286,59 @@ class Attribution(Completeness):
     ) -> dict:
         """Write `<name>.npy` (float32, batch axis of 1), `<name>.png` and `<name>.record.json`
         under `directory`, as a command-line run does; return the record."""
+        if not isinstance(directory, str | os.PathLike):
+            raise UsageError(f"save() takes a folder's path, not {type(directory).__name__}")
         if "://" in str(directory):
             raise UsageError(
                 f"save() writes a local folder, not {str(directory)!r}: for object storage, "
                 "save locally and upload, or use igcli explain --out URL"
             )
+        if name is not None and not isinstance(name, str):
+            raise UsageError(f"save()'s name is a string, not {type(name).__name__}")
+        if style is not None and not isinstance(style, HeatmapStyle):
+            raise UsageError("save()'s style is an igcli.HeatmapStyle")
         directory = Path(directory)
         name = name or self.sample.name
-        npy, png = self.write_files(directory, name, style=style, heatmap=heatmap)
+        marker = output_stem(directory, name + ".record.json")
+        npy = output_stem(directory, name + ".npy")
+        png = output_stem(directory, name + ".png") if heatmap else None
+        self._may_replace(marker, npy, png)
+        picture = self.image(style) if png is not None else None  # (before any file)
+        atomic_save_npy(npy, self.attributions.astype(np.float32)[None])
+        try:
+            if png is not None:
+                atomic_save_png(png, picture)
+        except BaseException:
+            npy.unlink(missing_ok=True)  # a result is saved whole or not at all
+            raise
         root = directory.resolve()
         record = self.record(
             npy.relative_to(root).as_posix(), png.relative_to(root).as_posix() if png else None
         )
         record["name"] = name  # the files' name, as in a command-line run
-        marker = output_stem(directory, name + ".record.json")
         atomic_write_text(marker, json.dumps({"input": record["input"], "records": [record]}))
         return record
 
-    def write_files(
-        self, directory: Path, name: str, *, style=None, heatmap: bool = True, vmax=None
-    ) -> tuple[Path, Path | None]:
-        """The attribution array and the picture, each written whole or not at all."""
-        npy = output_stem(directory, name + ".npy")
-        png = output_stem(directory, name + ".png") if heatmap else None
-        self.write_to(npy, png, style=style, vmax=vmax)
-        return npy, png
+    def _may_replace(self, marker: Path, npy: Path, png: Path | None) -> None:
+        """save() replaces only igcli's own files (outputs.in_the_way), and not the saved
+        result of another target: two targets of one sample saved under one name replaced
+        each other."""
+        for path in (marker, npy, png):
+            what = in_the_way(path, marker, (1, *self.attributions.shape)) if path else None
+            if what is not None:
+                raise OutputError(f"save() would replace what is there ({what})", path)
+        kept = record_of_igcli(marker)
+        if kept and all(r.get("target") != self.target for r in kept):
+            raise OutputError(
+                f"holds the saved result of target {kept[0].get('target')}; save target "
+                f"{self.target} under another name (name='{marker.name[:-12]}.target"
+                f"{self.target}')",
+                marker,
+            )
 
     def write_to(self, npy: Path, png: Path | None, *, style=None, vmax=None) -> None:
-        """write_files to paths output_stem has checked (png None: no picture)."""
+        """The files of a result, to paths output_stem has checked (png None: no picture);
+        each written whole or not at all."""
         atomic_save_npy(npy, self.attributions.astype(np.float32)[None])
         if png is not None:
             atomic_save_png(png, self.image(style, vmax=vmax))

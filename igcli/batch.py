@@ -12,8 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import posixpath
-import stat
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,12 +34,11 @@ from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
     atomic_save_png,
     atomic_write_text,
-    attributions_like,
+    in_the_way,
     looks_whole,
     output_stem,
     real_out,
     remove_write_leftovers,
-    signed_heatmap,
 )
 from igcli.report import RunReport, failure_entry, json_line
 from igcli.session import AttributionSettings, Session
@@ -82,33 +79,6 @@ def input_stamp(path) -> str | None:
     except OSError:
         return None
     return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _record_of_igcli(marker: Path) -> list[dict] | None:
-    """The records of a record file igcli wrote ({"input": ..., "records": [...]}), else
-    None (absent, unreadable, or someone else's file of that name)."""
-    try:
-        with open(marker, "rb") as fh:
-            data = json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
-    except (OSError, ValueError):
-        return None
-    records = data.get("records") if isinstance(data, dict) else None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        return None
-    return records
-
-
-MAX_RECORD_BYTES = 16 << 20
-
-
-def _named_by(marker: Path) -> set[str]:
-    """The file names an igcli record file lists for its results."""
-    names = set()
-    for r in _record_of_igcli(marker) or []:
-        for key in ("attributions_file", "heatmap_file"):
-            if isinstance(r.get(key), str):
-                names.add(posixpath.basename(r[key]))
-    return names
 
 
 # What the report sums and judges of each record (a string there stopped the run, exit 1)
@@ -276,27 +246,12 @@ class BatchRun:
         self, item: InputItem, marker: Path, npy: Path, png: Path | None, shape: tuple
     ) -> None:
         """An input whose output would replace a folder, or a file igcli did not write (a
-        user's photo.png in OUT), fails alone: the file is kept. igcli's own outputs are
-        replaced as ever: those its record names, and what a run killed before the record
-        leaves (a heatmap igcli signed; attributions of this input's float32 `shape`). Only
-        folders that held something when this run first wrote there are looked at."""
+        user's photo.png in OUT), fails alone: the file is kept (see outputs.in_the_way).
+        Only folders that held something when this run first wrote there are looked at."""
         for path in (marker, npy, png):
             if path is None or self._empty_at_start(path.parent):
                 continue
-            try:
-                info = os.stat(path)
-            except OSError:
-                continue  # nothing there (or unreadable: the write will say so)
-            if not stat.S_ISREG(info.st_mode):
-                what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a file"
-            elif path == marker:
-                what = None if _record_of_igcli(marker) is not None else "not igcli's record"
-            elif path.name in _named_by(marker):
-                what = None
-            elif signed_heatmap(path) if path == png else attributions_like(path, shape):
-                what = None  # left by a run (a Dask worker) killed before the record
-            else:
-                what = "a file no record of igcli names"
+            what = in_the_way(path, marker, shape)
             if what is not None:
                 raise InputError(
                     f"its output {path.name} would replace what is there ({what}); move "

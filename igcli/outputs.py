@@ -6,9 +6,12 @@ import contextlib
 import errno
 import functools
 import io
+import json
 import math
 import os
+import posixpath
 import secrets
+import stat
 import struct
 import tempfile
 import zlib
@@ -299,3 +302,50 @@ def looks_whole(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def record_of_igcli(marker: Path) -> list[dict] | None:
+    """The records of a record file igcli wrote ({"input": ..., "records": [...]}), else
+    None (absent, unreadable, or someone else's file of that name)."""
+    try:
+        with open(marker, "rb") as fh:
+            data = json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
+    except (OSError, ValueError):
+        return None
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return None
+    return records
+
+
+MAX_RECORD_BYTES = 16 << 20
+
+
+def _named_by(marker: Path) -> set[str]:
+    """The file names an igcli record file lists for its results."""
+    names = set()
+    for r in record_of_igcli(marker) or []:
+        for key in ("attributions_file", "heatmap_file"):
+            if isinstance(r.get(key), str):
+                names.add(posixpath.basename(r[key]))
+    return names
+
+
+def in_the_way(path: Path, marker: Path, shape: tuple) -> str | None:
+    """What writing an output at `path` would replace that igcli did not write ("a folder",
+    "a file no record of igcli names"), or None: nothing there, or igcli's own. igcli's own
+    are what the record `marker` names, and what a run killed before that record leaves: a
+    heatmap igcli signed, attributions of this `shape` (float32 .npy)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # nothing there (or unreadable: the write will say so)
+    if not stat.S_ISREG(info.st_mode):
+        return "a folder" if stat.S_ISDIR(info.st_mode) else "not a file"
+    if path == marker:
+        return None if record_of_igcli(marker) is not None else "not igcli's record"
+    if path.name in _named_by(marker):
+        return None
+    if signed_heatmap(path) if path.suffix == ".png" else attributions_like(path, shape):
+        return None
+    return "a file no record of igcli names"

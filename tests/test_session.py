@@ -28,6 +28,39 @@ def test_attribute_an_image_from_python(tmp_path):
     assert json.loads((tmp_path / f"{a.sample.name}.record.json").read_text())["records"]
 
 
+def test_save_replaces_only_what_igcli_wrote(tmp_path):
+    """save() kept no file it found (a user's own digit.png was replaced), let two targets
+    of one sample replace each other, and left the .npy of a result whose picture failed."""
+    from igcli.errors import OutputError, UsageError
+
+    session = igcli.Session(DIGITS)
+    settings = igcli.AttributionSettings(steps=8)
+    a3, a5 = session.attribute_many(session.load(DIGIT_PNGS[0]), [3, 5], settings)[0]
+    stem = a3.sample.name
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / f"{stem}.png").write_text("my own picture")
+    with pytest.raises(OutputError, match="not igcli|no record of igcli"):
+        a3.save(mine)
+    assert (mine / f"{stem}.png").read_text() == "my own picture"
+    assert sorted(p.name for p in mine.iterdir()) == [f"{stem}.png"]  # nothing else written
+    ours = tmp_path / "ours"
+    a3.save(ours)
+    a3.save(ours)  # its own files: replaced
+    with pytest.raises(OutputError, match="target 3.*name='.*target5'"):
+        a5.save(ours)
+    assert a5.save(ours, name=f"{stem}.target5")["target"] == 5
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / f"{stem}.png").mkdir()
+    with pytest.raises(OutputError, match="a folder"):
+        a3.save(tmp_path / "half")
+    assert sorted(p.name for p in (tmp_path / "half").iterdir()) == [f"{stem}.png"]
+    for bad in ({"directory": None}, {"directory": tmp_path, "name": 5},
+                {"directory": tmp_path, "style": "heatmap"}):  # fmt: skip
+        with pytest.raises(UsageError):
+            a3.save(**bad)
+
+
 def test_library_and_cli_write_identical_npy(tmp_path):
     out = tmp_path / "cli"
     result = run("explain", DIGITS, DIGIT_PNGS[1], "--out", out, "--steps", "24")
