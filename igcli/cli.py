@@ -343,7 +343,7 @@ MODEL = click.argument(
 )
 @click.option(
     "--tolerance",
-    type=click.FloatRange(0, max_open=False),
+    type=click.FloatRange(0, min_open=True),
     default=DEFAULT_TOLERANCE,
     show_default=True,
     help="With --steps auto: the relative completeness error to reach.",

@@ -523,6 +523,8 @@ class TargetTable:
                         f"line {line}: target {text!r} is neither a class index nor a label{known}",
                         path,
                     )
+            if len(set(picked)) < len(picked):
+                raise UsageError(f"line {line}: a target appears twice", path)
             if classes is not None and any(not 0 <= t < classes for t in picked):
                 bad = next(t for t in picked if not 0 <= t < classes)
                 raise UsageError(

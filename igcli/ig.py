@@ -545,8 +545,8 @@ def _adaptive_many(
     calls of at most batch_size rows exactly as fixed rules pack theirs; each problem then
     takes its values and decides whether it is done.
     """
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance must be a finite number >= 0, not {tolerance!r}")
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be a finite number > 0, not {tolerance!r}")
     if max_steps < 3:
         raise ValueError("max_steps must be at least 3 (one Simpson panel)")
     xs = [p.x.astype(np.float64) for p in problems]

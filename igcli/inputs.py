@@ -210,8 +210,8 @@ def make_preprocessing(
         std = std if std is not None else side.get("std")
         if mean is not None or std is not None:
             n = _static(shape[-1]) if shape else None
-            prep.mean = np.asarray(mean if mean is not None else [0.0], dtype=np.float64)
-            prep.std = np.asarray(std if std is not None else [1.0], dtype=np.float64)
+            prep.mean = _numbers(mean if mean is not None else [0.0], "mean")
+            prep.std = _numbers(std if std is not None else [1.0], "std")
             for arr, opt in ((prep.mean, "mean"), (prep.std, "std")):
                 if n and arr.size not in (1, n):
                     raise UsageError(f"{opt} has {arr.size} values; the input has {n} features")
@@ -221,11 +221,27 @@ def make_preprocessing(
 
 
 def _per_channel(values, channels: int, option: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    arr = _numbers(values, option)
     if arr.size == 1:
         arr = np.repeat(arr, channels)
     if arr.size != channels:
-        raise UsageError(f"{option} needs 1 or {channels} values, got {arr.size}")
+        wanted = "1 value" if channels == 1 else f"1 or {channels} values"
+        raise UsageError(
+            f"{option} needs {wanted} for the model input's {channels} channel(s), got "
+            f"{arr.size} (a preset for RGB images on a grey model?)"
+        )
+    return arr
+
+
+def _numbers(values, option: str) -> np.ndarray:
+    """mean or std as finite float64 numbers: NaN made every input fail later, blamed on
+    the input, and an infinite std made every attribution zero, reported as fine."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} must be numbers, not {values!r}") from None
+    if not np.all(np.isfinite(arr)):
+        raise UsageError(f"{option} must be finite numbers, not {values!r}")
     return arr
 
 
@@ -613,11 +629,18 @@ def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
         target = (prep.width, prep.height) if prep.height and prep.width else None
         # the checks and 16-bit handling a file gets (convert("L") would clip 16-bit grey)
         _check_pixels(value.size, where)
-        arr, full = _pil_pixels(value, channels, target, where, prep.crop, UsageError)
+        try:
+            arr, full = _pil_pixels(value, channels, target, where, prep.crop, UsageError)
+        except ValueError as exc:  # a mode Pillow cannot convert (LAB to RGB)
+            raise UsageError(f"a {value.mode} image: {first_line(exc)}", where) from None
         pixels = np.clip(arr * (255.0 / full) / prep.scale, 0.0, None) if prep.scale else arr
         x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, where, UsageError)
         return Sample(where, name, "image", x, pixels=pixels)
-    x = fit_tensor(np.asarray(value), prep, where, UsageError)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # a ragged nested list
+        raise UsageError(f"not an array: {first_line(exc)}", where) from None
+    x = fit_tensor(arr, prep, where, UsageError)
     kind = "tabular" if x.ndim == 1 else "tensor"
     return Sample(where, name, kind, x, feature_names=prep.feature_names)
 

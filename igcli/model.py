@@ -413,6 +413,11 @@ def load_feeds(
                 f"model input {spec.name!r} needs a value: --feed {spec.name}=FILE.npy"
             )
         source = given[spec.name]
+        if not isinstance(source, np.ndarray | str | os.PathLike):
+            raise UsageError(
+                f"the feed for {spec.name!r} is a .npy file's path or a numpy array, not "
+                f"{type(source).__name__}"
+            )
         axis = feed_batch_axis(spec, attributed)
         if isinstance(source, np.ndarray):
             value = check_feed(source, spec, axis, Path(f"<feed {spec.name}>"))

@@ -129,6 +129,8 @@ class AttributionSettings:
     regions: str | None = None  # "xrai": rank image regions by attribution density
 
     def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            raise UsageError(f"path must be a path name (straight, blur, ...), not {self.path!r}")
         if self.steps is None:
             object.__setattr__(self, "steps", methods.default_steps(self.path))
 
@@ -141,6 +143,10 @@ class AttributionSettings:
             value = getattr(self, name)
             if isinstance(value, np.integer):
                 object.__setattr__(self, name, int(value))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
+            raise UsageError(f"seed must be a whole number, not {self.seed!r}")
+        if isinstance(self.baseline, str) and not self.baseline.strip():
+            raise UsageError("baseline must name a baseline or a file, not ''")
         if self.baseline is not None and not isinstance(self.baseline, str | Path):
             raise UsageError(
                 "baseline must be a name (black, zero, blur, ...) or a file path, not "
@@ -152,8 +158,11 @@ class AttributionSettings:
                 raise UsageError(
                     f"--steps auto chooses its own points; --method {self.method} does not apply"
                 )
-            if not (self.tolerance >= 0 and np.isfinite(self.tolerance)):
-                raise UsageError(f"tolerance must be 0 or more, not {self.tolerance}")
+            tol = self.tolerance
+            if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating):
+                raise UsageError(f"tolerance must be a number, not {type(tol).__name__}")
+            if not (tol > 0 and np.isfinite(tol)):  # (0: rounding alone stopped it at once)
+                raise UsageError(f"tolerance must be above 0, not {tol}")
             if not isinstance(self.max_steps, int) or not 3 <= self.max_steps <= MAX_STEPS:
                 raise UsageError(f"max_steps must be 3 to {MAX_STEPS}, not {self.max_steps!r}")
             return
@@ -184,6 +193,27 @@ class AttributionSettings:
         return points * max(1, self.noise) * (2 if self.baselines or self.regions else 1)
 
 
+def _a_count(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_resources(fd_step, threads, batch_size, memory_limit, warn) -> None:
+    """Session's numeric options, refused as the command line refuses them: threads=0,
+    batch_size=-3 or memory_limit=-1 were reinterpreted silently, threads=2.5 failed
+    later blamed on the model, and fd_step=inf gave all-zero attributions."""
+    if isinstance(fd_step, bool) or not isinstance(fd_step, int | float | np.floating):
+        raise UsageError(f"fd_step must be a number, not {type(fd_step).__name__}")
+    if not 0 < fd_step <= 1:
+        raise UsageError(f"fd_step must be above 0 and at most 1, not {fd_step}")
+    for name, value in (("threads", threads), ("batch_size", batch_size)):
+        if value is not None and not (_a_count(value) and value >= 1):
+            raise UsageError(f"{name} must be a whole number of 1 or more, not {value!r}")
+    if memory_limit is not None and not (_a_count(memory_limit) and memory_limit > 0):
+        raise UsageError(f"memory_limit must be a number of bytes above 0, not {memory_limit!r}")
+    if warn is not None and not callable(warn):
+        raise UsageError(f"warn must be a function taking a message, not {warn!r}")
+
+
 def _python_warning(message: str) -> None:
     """Session's default `warn`."""
     import warnings
@@ -203,6 +233,10 @@ def _target_list(targets, name: str) -> list[int] | None:
         raise UsageError(f"{name} must be output indices, not {type(targets).__name__}") from None
     if not all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in values):
         raise UsageError(f"{name} must be output indices (integers), not {values!r}")
+    if not values:  # (no result came back, and no word)
+        raise UsageError(f"{name} is empty; None means each sample's top class")
+    if len(set(values)) < len(values):  # (their results would share files)
+        raise UsageError(f"{name} names a target twice: {values}")
     return [int(t) for t in values]
 
 
@@ -292,8 +326,7 @@ class Session:
         self.aggregate = aggregate
         if gradients not in GRADIENT_CHOICES:
             raise UsageError(f"gradients {gradients!r}: choose auto, graph or fd")
-        if not fd_step > 0:
-            raise UsageError(f"fd_step must be positive, not {fd_step}")
+        _check_resources(fd_step, threads, batch_size, memory_limit, warn)
         self.model_path = Path(model)
         self.gradients = gradients
         self.fd_step, self.fd_groups = fd_step, fd_groups
@@ -801,7 +834,12 @@ class Session:
         settings.check()
         if isinstance(samples, Sample):
             samples = [samples]
-        samples = list(samples)  # a generator or any iterable of samples
+        try:
+            samples = list(samples)  # a generator or any iterable of samples
+        except TypeError:
+            raise UsageError(
+                f"attribute_many takes samples (from Session.load), not {samples!r}"
+            ) from None
         if not samples:
             return []
         if not all(isinstance(s, Sample) for s in samples):

@@ -459,6 +459,9 @@ def test_targets_from_a_file_give_each_input_its_own(tree, tmp_path):
     labels.write_text("input,target\ntop.png,3,5\n")  # '3;5' meant, or 3: not ours to guess
     bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
     assert bad.exit_code == ExitCode.USAGE and "more than two cells" in bad.stderr
+    labels.write_text("input,target\ntop.png,3;3\n")  # the two results would share files
+    bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
+    assert bad.exit_code == ExitCode.USAGE and "line 2: a target appears twice" in bad.stderr
     labels.write_text("input,target\ntop.png,1;10\n")  # digits has 10 classes
     bad = run("explain", DIGITS, tree, "--out", out, "--targets-from", labels)
     assert bad.exit_code == ExitCode.USAGE and "line 2: target 10 is out of range" in bad.stderr

@@ -295,7 +295,7 @@ def test_adaptive_steps_warn_when_capped(tmp_path):
     session = igcli.Session(DIGITS, warn=warnings.append)
     a = session.attribute_many(
         session.load(DIGIT_PNGS[0]),
-        settings=igcli.AttributionSettings(steps="auto", tolerance=0.0, max_steps=5),
+        settings=igcli.AttributionSettings(steps="auto", tolerance=1e-12, max_steps=5),
     )[0][0]
     assert a.extra["converged"] is False and a.extra["steps_used"] <= 5
     assert any("--max-steps" in w and DIGIT_PNGS[0].name in w for w in warnings)
@@ -315,6 +315,26 @@ def test_bad_api_arguments_are_usage_errors_not_raw_exceptions(tmp_path):
         lambda: session.attribute(png, target="seven"),
         lambda: session.attribute_many([None]),
         lambda: igcli.Session(None),
+        # a second library sweep: each was a bare exception, a silent reinterpretation, or
+        # a wrong answer (tolerance 0 stopped at once; fd_step inf gave zeros; std inf too)
+        lambda: session.attribute(png, steps="auto", tolerance=0),
+        lambda: session.attribute(png, steps="auto", tolerance="0.1"),
+        lambda: session.attribute(png, path=5),
+        lambda: session.attribute(png, baseline="uniform", seed="x"),
+        lambda: session.attribute(png, baseline=""),
+        lambda: session.attribute([[1, 2], [3]]),
+        lambda: session.attribute(Image.new("LAB", (28, 28))),
+        lambda: session.attribute_many(None),
+        lambda: session.attribute_many(session.load(png), []),
+        lambda: session.attribute_many(session.load(png), [3, 3]),
+        lambda: igcli.Session(DIGITS, threads=0),
+        lambda: igcli.Session(DIGITS, threads=2.5),
+        lambda: igcli.Session(DIGITS, batch_size=-3),
+        lambda: igcli.Session(DIGITS, memory_limit=-1),
+        lambda: igcli.Session(DIGITS, fd_step=float("inf")),
+        lambda: igcli.Session(DIGITS, std=[float("inf")]),
+        lambda: igcli.Session(DIGITS, mean=["abc"]),
+        lambda: igcli.Session(DIGITS, warn=5),
     ]
     for call in bad:
         with pytest.raises(UsageError):
