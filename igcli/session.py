@@ -826,7 +826,8 @@ class Session:
         gives each sample its own (an entry of None falls back to `targets`).
 
         With the gradient graph the path points of all samples share model calls. An
-        InputError names the first sample; callers retry one by one to find the one at fault.
+        InputError of several samples names no one of them; callers retry one by one to find
+        the one at fault.
         """
         if settings is not None and not isinstance(settings, AttributionSettings):
             raise UsageError(f"settings must be AttributionSettings, not {type(settings).__name__}")
@@ -865,7 +866,9 @@ class Session:
                 for k, result in zip(idx, part, strict=True):
                     out[k] = result
             return out
-        where = samples[0].path
+        where = samples[0].path  # a failure of a call with several: no one sample to blame
+        if len(samples) > 1:
+            where = Path(f"one of {len(samples)} samples ({samples[0].path}, ...)")
         names = [settings.baseline or self._default_baseline(s) for s in samples]
         if self._cut is not None and not methods.is_plain(settings):
             raise UsageError(
