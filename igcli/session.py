@@ -809,6 +809,10 @@ class Session:
         settings = AttributionSettings(
             steps=steps, method=method, baseline=baseline, seed=seed, **options
         )
+        if target is not None and (
+            isinstance(target, bool) or not isinstance(target, int | np.integer)
+        ):
+            raise UsageError(f"target must be an output index (an integer), not {target!r}")
         targets = None if target is None else [target]
         return self.attribute_many(samples, targets, settings)[0][0]
 
