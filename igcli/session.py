@@ -330,7 +330,9 @@ class Session:
         self.model_path = Path(model)
         self.gradients = gradients
         self.fd_step, self.fd_groups = fd_step, fd_groups
-        self.softmax = softmax
+        if not isinstance(softmax, bool | np.bool_):  # ("no" is truthy: a softmax was added)
+            raise UsageError(f"softmax must be True or False, not {softmax!r}")
+        self.softmax = bool(softmax)
         self.use_cache = cache
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
@@ -357,7 +359,8 @@ class Session:
             )
         self.output_spec = self._choose_output(output)
         self.output_name = self.output_spec.name
-        self.labels = list(labels) if labels else self.sidecar.labels
+        # labels=[]: none shown (it fell back to the sidecar's); None: the sidecar's
+        self.labels = (list(labels) or None) if labels is not None else self.sidecar.labels
         dims = self.output_spec.shape[1:]
         classes = int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else None
         self.classes = classes  # values per sample of the explained output, where declared

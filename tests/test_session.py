@@ -335,6 +335,7 @@ def test_bad_api_arguments_are_usage_errors_not_raw_exceptions(tmp_path):
         lambda: igcli.Session(DIGITS, std=[float("inf")]),
         lambda: igcli.Session(DIGITS, mean=["abc"]),
         lambda: igcli.Session(DIGITS, warn=5),
+        lambda: igcli.Session(DIGITS, softmax="no"),  # truthy: a softmax was added
     ]
     for call in bad:
         with pytest.raises(UsageError):
