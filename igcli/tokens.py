@@ -258,6 +258,10 @@ class TokenInputs:
                 "shorten it",
                 path,
             )
+        try:  # a JSON "\ud800" escape decodes to a lone surrogate; tokenizers raise TypeError
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("the text holds a lone surrogate (\\ud800-\\udfff)", path) from None
         enc = tokenizer.encode(text)
         if enc.overflowing:  # the tokenizer truncates: explaining a part would mislead
             raise InputError(
@@ -322,9 +326,9 @@ def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
     """(line number, text) for each non-blank line; for JSON Lines, a line that is not JSON
     or has no "text" string gives its error in place of the text."""
     content = read_text(path, MAX_TEXT_BYTES)
-    # lines end at \n (and \r\n) only: str.splitlines also breaks at U+2028, U+0085 and a
-    # form feed, which may stand inside a sentence (and inside a JSON string)
-    rows = content.split("\n")
+    # lines end at \n, \r\n or (an old Mac file) \r only: str.splitlines also breaks at
+    # U+2028, U+0085 and a form feed, which may stand inside a sentence (and a JSON string)
+    rows = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     lines = [(n, line) for n, line in enumerate(rows, start=1) if line.strip()]
     if path.suffix.lower() != ".jsonl":
         return [(n, line.strip()) for n, line in lines]

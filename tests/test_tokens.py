@@ -292,6 +292,9 @@ def test_samples_sharing_calls_keep_their_own_masks():
     [
         (".txt", ["the plot was superb", " ".join(["superb"] * 40), "awful film"], "line 2"),
         (".jsonl", ['{"text": "great"}', '{"text": null}', "not json", '"fine movie"'], "line 2"),
+        # a "\ud800" escape is a lone surrogate, which the tokenizer took for a TypeError:
+        # the whole run stopped with an internal error (exit 1), nothing written
+        (".jsonl", ['{"text": "great"}', '{"text": "lone \\ud800 one"}', '"fine"'], "surrogate"),
     ],
 )
 def test_a_bad_line_of_a_text_file_fails_alone(tmp_path, suffix, lines, bad):
@@ -336,7 +339,7 @@ def test_l2_per_token_is_drawn_as_a_magnitude():
         a.image()  # draws
 
 
-def test_lines_end_at_newlines_only(tmp_path):
+def test_lines_end_at_newlines_and_lone_carriage_returns_only(tmp_path):
     """U+2028, U+0085 and a form feed may stand inside a sentence, and raw inside a JSON
     string: str.splitlines broke there, shifting every later row (and failing valid JSON
     Lines as 'not JSON')."""
@@ -347,6 +350,8 @@ def test_lines_end_at_newlines_only(tmp_path):
     assert [n for n, _ in texts] == [1, 2, 3] and texts[0][1] == "one\u2028still one"
     (tmp_path / "t.jsonl").write_text('{"text": "a\u2028b"}\n{"text": "c\u0085d"}\n', "utf-8")
     assert read_texts(tmp_path / "t.jsonl") == [(1, "a\u2028b"), (2, "c\u0085d")]
+    (tmp_path / "mac.txt").write_bytes(b"the plot\ra dull film\r")  # CR alone: two texts
+    assert read_texts(tmp_path / "mac.txt") == [(1, "the plot"), (2, "a dull film")]
 
 
 def test_a_text_far_too_long_is_refused_before_tokenizing(tmp_path):
