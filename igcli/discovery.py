@@ -289,7 +289,7 @@ _ROW = re.compile(r"^(.*)_row\d+(?:\.target\d+)?$", re.DOTALL)
 _OUTPUT_SUFFIXES = (".npy", ".png", ".record.json")
 
 
-def _collision_groups(items: list[InputItem]) -> list[list[int]]:
+def collision_groups(items: list[InputItem]) -> list[list[int]]:
     """Indices of items whose outputs would share a file, in groups (rule 3 above)."""
     plain: dict[str, list[int]] = {}
     table: dict[str, list[int]] = {}
@@ -354,7 +354,7 @@ def unique_names(items: list[InputItem], given: dict[int, str] | None = None) ->
     base = {id(item): item.name for item in active}
     level = {id(item): 0 for item in active}
     for _ in range(8):
-        groups = _collision_groups(active)
+        groups = collision_groups(active)
         if not groups:
             return
         for group in groups:

@@ -23,7 +23,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from igcli.discovery import Discovery, InputItem, clean_name, count_table_rows
+from igcli.discovery import (
+    Discovery,
+    InputItem,
+    clean_name,
+    collision_groups,
+    count_table_rows,
+)
 from igcli.errors import UsageError
 from igcli.outputs import plain_parts
 
@@ -122,6 +128,10 @@ def read_manifest(source: str) -> Manifest:
         item = InputItem(location(path), name, problem if isinstance(problem, str) else None)
         item.rows = rows
         found.items.append(item)
+    active = [item for item in found.items if item.problem is None]
+    for group in collision_groups(active):  # 'a_row0' beside a CSV 'a' shared its row's files
+        names = ", ".join(repr(active[k].name) for k in group)
+        raise UsageError(f"names {names} would write the same files", source)
     expected = header.get("inputs")
     if isinstance(expected, int) and expected != len(found.items):
         raise UsageError(

@@ -190,6 +190,9 @@ def test_manifest_problems_are_one_line_usage_errors(tmp_path):
         # a raw newline or right-to-left override would go into file names and reports
         ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "x\\ny"}\n', "not one igcli"),
         ('{"igcli_manifest": 1}\n{"input": "a.png", "name": "x\\u202ey"}\n', "not one igcli"),
+        # a CSV 'a' writes a_row0.*: another input named a_row0 shared (and replaced) them
+        ('{"igcli_manifest": 1}\n{"input": "a.csv", "name": "a"}\n'
+         '{"input": "b.npy", "name": "a_row0"}\n', "names 'a', 'a_row0' would write the same"),
     ]:  # fmt: skip
         bad.write_text(text)
         result = run("explain", DIGITS, "--manifest", bad, "--out", tmp_path / "o")
