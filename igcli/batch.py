@@ -324,11 +324,9 @@ class BatchRun:
                 return
         for item in todo:
             try:
-                records = self._explain_item(item)
+                self._explain_item(item)
             except InputError as exc:
                 self._fail(item, exc)
-                continue
-            self._accept(records)
 
     def load(self, item: InputItem) -> list:
         """The samples of an input; a remote one is fetched whole first, and its samples
@@ -463,11 +461,9 @@ class BatchRun:
             return
         for unit, samples in todo:
             try:
-                records = self._submit_item(unit, self._attribute([(unit, samples)]))
+                self._submit_item(unit, self._attribute([(unit, samples)]))
             except InputError as exc:
                 self._fail(unit, exc)
-                continue
-            self._accept(records)
 
     def group_size(self) -> int:
         """How many inputs' path points fit in one model call (1 for finite differences)."""
@@ -554,11 +550,9 @@ class BatchRun:
         k = 0
         for item, samples in loaded:
             try:
-                records = self._submit_item(item, explained[k : k + len(samples)])
+                self._submit_item(item, explained[k : k + len(samples)])
             except InputError as exc:
                 self._fail(item, exc)
-            else:
-                self._accept(records)
             k += len(samples)
         return True
 
@@ -578,7 +572,8 @@ class BatchRun:
         )
 
     def _submit_item(self, item: InputItem, explained: list[list[Attribution]]) -> list[dict]:
-        """Name the outputs of one input and queue them for the writer thread."""
+        """Name the outputs of one input, queue them for the writer thread and accept its
+        records (see _submit)."""
         # OUT's real path: absolute, so that naming each output asks for no working folder
         out = root = real_out(self.local_out)
         jobs: list[tuple[Attribution, Path, Path | None]] = []
@@ -612,7 +607,7 @@ class BatchRun:
                 records.append(record)
                 jobs.append((a, npy, png))
         held = sum(_held_bytes(a) for a, _, _ in jobs)
-        self._submit(lambda: self._write_item(item, jobs, records, marker), held)
+        self._submit(lambda: self._write_item(item, jobs, records, marker), held, records)
         return records
 
     def _write_item(self, item: InputItem, jobs, records: list[dict], marker: Path) -> None:
@@ -646,12 +641,15 @@ class BatchRun:
     def _rel(self, path: Path) -> str:
         return path.relative_to(real_out(self.local_out)).as_posix()
 
-    def _submit(self, job: Callable[[], None], held: int) -> None:
+    def _submit(self, job: Callable[[], None], held: int, records: list[dict]) -> None:
         """Run file writing beside the next model calls, which hold `held` bytes of arrays
-        until written; about a group in flight at most."""
+        until written; about a group in flight at most. The `records` of the write are
+        accepted as it is queued, before any wait: an interrupt during the wait left a
+        result written but missing from the report."""
         self._last_write = self.writer.submit(job)
         self.pending.append((self._last_write, held))
         self.pending_bytes += held
+        self._accept(records)
         try:
             limit = max(self.MIN_PENDING, self.group_size())
             while len(self.pending) > limit or (
