@@ -554,8 +554,9 @@ def input_order(order: dict[str, int] | None):
                 return (0, order[name], -1, "")
             if base in order:
                 return (0, order[base], row, "")
-            return (1, 0, row, name)
-        return (0, 0, row, base) if m else (0, 0, -1, name)
+            return (1, base, row)
+        return (base, row)  # by the file's name, then its rows (rows came first: a_row0,
+        # b_row0, a_row1, ... where an unsharded run lists a_row0, a_row1, ..., b_row0)
 
     return key
 

@@ -100,3 +100,17 @@ def test_a_failing_merge_says_why_as_explain_does(shards, tmp_path):
     assert result.exit_code == ExitCode.INPUTS_FAILED
     assert "error: bad.png: not an image" in result.stderr
     assert f"error: 1 input(s) failed; see {tmp_path / 'm3'}/report.json" in result.stderr
+
+
+def test_merged_rows_are_ordered_by_file_then_row():
+    """Without a manifest, rows of several files were ordered row number first: a_row0,
+    b_row0, a_row1, ... where an unsharded run lists a_row0, a_row1, ..., b_row0."""
+    from igcli.report import input_order
+
+    names = ["b_row1", "a_row10", "a_row2", "b_row0", "a", "a_row0", "c"]
+    key = input_order(None)
+    got = [n for n in sorted(names, key=lambda n: key({"name": n}))]
+    assert got == ["a", "a_row0", "a_row2", "a_row10", "b_row0", "b_row1", "c"]
+    key = input_order({"b": 0, "a": 1})  # a manifest's order, then the rest by name
+    got = [n for n in sorted(names + ["zz"], key=lambda n: key({"name": n}))]
+    assert got == ["b_row0", "b_row1", "a", "a_row0", "a_row2", "a_row10", "c", "zz"]
