@@ -199,6 +199,7 @@ class Group(rich_click.RichGroup):
         sys.exit(0)
 
     def invoke(self, ctx: click.Context):
+        messages.quiet = False  # each command's own --quiet (one process may run several)
         with _sigterm_as_interrupt():
             return self._invoke(ctx)
 
@@ -1154,7 +1155,7 @@ def merge_reports_cmd(
 
     paths = [p for where in reports for p in find_reports(location(where))]
     order = _manifest_order(manifest, paths)
-    merged = merge_reports(paths, expect=expect, order=order)
+    merged = merge_reports(paths, expect=expect, order=order, warn=messages.warn)
     out = _out_location(out_dir)
     if is_url(str(out)):
         check_remote(str(out))

@@ -18,7 +18,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -562,19 +562,32 @@ def input_order(order: dict[str, int] | None):
 
 
 def merge_reports(
-    paths: list, expect: int | None = None, order: dict[str, int] | None = None
+    paths: list,
+    expect: int | None = None,
+    order: dict[str, int] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Join the reports of the shards of one run (same model) into the report of the run.
 
     Records are ordered by input (`order`: a manifest's names and places; else by name).
     With `expect`, the reports must be shards 1..N of N, each once, of one plan and one set
-    of settings, or a ShardError (exit 8) says what is missing."""
+    of settings, or a ShardError (exit 8) says what is missing. Without it, shards of one N
+    that are not all there (or planned different inputs) are merged with a `warn`ing."""
     if not paths:
         raise UsageError("merge-reports needs at least one report.json")
     reports = [load_report(p) for p in paths]
     check_same_run(paths, reports)
     if expect is not None:
         check_shards(paths, reports, expect)
+    elif warn is not None:
+        counts = {str((rep.get("settings") or {}).get("shard") or "").partition("/")[2]
+                  for rep in reports}  # fmt: skip
+        n = counts.pop() if len(counts) == 1 else ""
+        if n.isdecimal() and n.isascii():
+            try:
+                check_shards(paths, reports, int(n))
+            except ShardError as exc:
+                warn(f"{exc.reason}; merged anyway (--expect {n} makes that an error)")
     first = reports[0]
     settings = dict(first.get("settings", {}))
     shard_settings = [rep.get("settings", {}) for rep in reports]

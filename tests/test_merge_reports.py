@@ -114,3 +114,15 @@ def test_merged_rows_are_ordered_by_file_then_row():
     key = input_order({"b": 0, "a": 1})  # a manifest's order, then the rest by name
     got = [n for n in sorted(names + ["zz"], key=lambda n: key({"name": n}))]
     assert got == ["b_row0", "b_row1", "a", "a_row0", "a_row2", "a_row10", "c", "zz"]
+
+
+def test_an_incomplete_set_of_shards_merges_with_a_warning(tmp_path):
+    """Without --expect, shard 1 of 2 alone merged into a 'whole run' report silently."""
+    result = run("explain", DIGITS, *INPUTS, "--steps", "4", "--shard", "1/2", "--out",
+                 tmp_path / "s1", "-q", "--no-heatmaps")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    merged = run("merge-reports", tmp_path / "s1", "--out", tmp_path / "m")
+    assert merged.exit_code == 0, merged.stderr
+    assert "1 of 2 shard reports missing: 2/2" in merged.stderr and "--expect 2" in merged.stderr
+    strict = run("merge-reports", tmp_path / "s1", "--out", tmp_path / "m2", "--expect", "2")
+    assert strict.exit_code == ExitCode.SHARDS
