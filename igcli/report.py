@@ -811,7 +811,7 @@ def _reason(failure: dict) -> str:
 def _md(text: object) -> str:
     """Text for a Markdown table cell or list item: pipes, backticks, markup and line breaks
     in file names cannot break the table or inject markup."""
-    out = str(text).replace("\\", "\\\\")
+    out = str(text).replace("\\", "\\\\").replace("&", "&amp;")  # ('&amp;' in a name)
     for ch in "|`*[]<>":
         out = out.replace(ch, "\\" + ch)
     return out.replace("\r", " ").replace("\n", " ")

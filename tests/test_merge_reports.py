@@ -126,3 +126,10 @@ def test_an_incomplete_set_of_shards_merges_with_a_warning(tmp_path):
     assert "1 of 2 shard reports missing: 2/2" in merged.stderr and "--expect 2" in merged.stderr
     strict = run("merge-reports", tmp_path / "s1", "--out", tmp_path / "m2", "--expect", "2")
     assert strict.exit_code == ExitCode.SHARDS
+
+
+def test_markdown_cells_keep_names_as_they_are():
+    """A name holding '&amp;' rendered as '&' in report.md; pipes and markup as ever."""
+    from igcli.report import _md
+
+    assert _md("q&amp;|x*") == "q&amp;amp;\\|x\\*"
