@@ -842,6 +842,7 @@ def inspect(model: Path, as_json: bool) -> None:
         found = find_tokenizer(model, None)
         prep = f"token ids in {ids.name!r} ({found.name if found else 'no tokenizer.json'})"
     source = attributed or (ids if at is not None else None)
+    refused = not ins or source is None or explained is None  # explain says why, exit 2 or 3
     if not ins:
         blockers = ["(the model has no inputs: nothing to attribute)"]
     elif source is None or explained is None:
@@ -903,6 +904,8 @@ def inspect(model: Path, as_json: bool) -> None:
             f"gradient graph: per input size ({', '.join(blockers)}); explain builds one for "
             "each size it meets"
         )
+    elif refused:  # nothing to differentiate at all
+        out.info(f"gradient graph: no {blockers[0]}; explain refuses this model")
     elif blockers:
         out.info(
             f"gradient graph: no ({', '.join(blockers)}); explain falls back to finite differences"

@@ -1085,11 +1085,29 @@ def _first_line(exc: Exception) -> str:
     node = re.match(r"Non-zero status code returned while running (\w+) node\. "
                     r"Name:'([^']*)' Status Message: (.*)$", line)  # fmt: skip
     if node is None:
-        return line
-    message = re.sub(r"^\S+\.(?:h|cc|cpp|cu):\d+ ", "", node.group(3))
-    message = re.sub(r"^[\w:~<>]+\([^()]*\)\s*(?:const\s*)?", "", message)
-    message = re.sub(r"^[^.]* was false\.\s*(?=\S)", "", message)
-    return f"{node.group(1)} node '{node.group(2)}': {message}"
+        return _without_source(line)
+    return f"{node.group(1)} node '{node.group(2)}': {_without_source(node.group(3))}"
+
+
+def _without_source(message: str) -> str:
+    """ONNX Runtime's message without the C++ file:line, function signature and assertion
+    in front of the sentence ('/onnxruntime_src/...h:46 void onnxruntime::f(const std::
+    string&, int) cond was false. Opset 99 is ...' becomes 'Opset 99 is ...')."""
+    found = re.search(r"/onnxruntime_src/\S+:\d+ ", message)
+    if found is None:
+        return message
+    head, rest = message[: found.start()], message[found.end() :]
+    paren = rest.find("(")
+    if 0 <= paren < 200 and "." not in rest[:paren]:  # a signature: skip to its last ')'
+        depth = 0
+        for k in range(paren, len(rest)):
+            depth += {"(": 1, ")": -1}.get(rest[k], 0)
+            if depth == 0:
+                rest = rest[k + 1 :].lstrip()
+                rest = re.sub(r"^(?:const\s+)?", "", rest)
+                break
+    rest = re.sub(r"^[^.]* was false\.\s*(?=\S)", "", rest)
+    return head + rest
 
 
 class ModelRunner:

@@ -670,7 +670,8 @@ class Session:
                 model, *self._ig_names, cache_key=key, target_input=TARGET, **self._runner_kw()
             )
         except IgcliError as exc:
-            self._no_graph(f"ONNX Runtime cannot run it: {exc.reason}", None)
+            self._plain_runner()  # the model itself cannot load: a ModelError (exit 3) says so
+            self._no_graph(f"ONNX Runtime cannot run its gradient graph: {exc.reason}", None)
             return None
         return GraphRunner(runner, key)
 
@@ -681,6 +682,7 @@ class Session:
             else f" for inputs of shape {list(shape)}"
         )
         if self.gradients == "graph":
+            self._plain_runner()  # a model ONNX Runtime cannot load is exit 3, as in explain
             raise GradientError(f"no gradient graph{at}: {why}", self.model_path)
         self.warn(f"{self.model_path}: no gradient graph{at} ({why}); using finite differences")
 

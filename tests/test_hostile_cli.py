@@ -622,3 +622,29 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     assert not list(out.rglob("*.tmp"))
     for r in report["results"]:
         assert (out / r["attributions_file"]).is_file()
+
+
+def test_gradcheck_and_inspect_say_what_explain_says_of_a_model(tmp_path):
+    """A model ONNX Runtime cannot load (a node reads a tensor nobody makes, a future opset)
+    is exit 3 for gradcheck as for explain (it was 7, 'no gradient graph'); inspect says
+    explain refuses a model with nothing to differentiate (it said 'falls back')."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    broken = helper.make_graph([helper.make_node("MatMul", ["x", "W_missing"], ["y"])],
+                               "broken", [x], [y])  # fmt: skip
+    onnx.save(helper.make_model(broken, opset_imports=[helper.make_opsetid("", 13)]),
+              tmp_path / "broken.onnx")  # fmt: skip
+    result = run("gradcheck", tmp_path / "broken.onnx")
+    assert result.exit_code == ExitCode.MODEL, result.stderr
+    assert "ONNX Runtime cannot load it" in result.stderr
+    assert "/onnxruntime_src/" not in result.stderr  # (no C++ file, signature, assertion)
+    cls = helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"])
+    ints = helper.make_graph([helper.make_node("ArgMax", ["x"], ["cls"], axis=1, keepdims=0)],
+                             "ints", [x], [cls])  # fmt: skip
+    onnx.save(helper.make_model(ints, opset_imports=[helper.make_opsetid("", 13)]),
+              tmp_path / "ints.onnx")  # fmt: skip
+    said = run("inspect", tmp_path / "ints.onnx").stdout
+    assert "explain refuses this model" in said and "((" not in said
