@@ -259,6 +259,7 @@ def execute_on_dask(
     )
     own = client is None
     cluster = None
+    interrupted = False
     if own:
         client, cluster = connect(address, messages)
     name = f"igcli-{uuid.uuid4().hex[:12]}"
@@ -282,21 +283,29 @@ def execute_on_dask(
         following = 0
         said: set[str] = set()
         seconds = 0.0
+
+        def take(done: ChunkResult) -> None:
+            nonlocal seconds
+            seconds += done.model_seconds
+            for message in done.warnings:
+                if message.startswith("error: ") or message not in said:
+                    said.add(message)
+                    batch.warn(message)
+            _accept(batch, done, targets_from)
+
         with messages.progress(count_inputs(the_plan.items)) as progress:
-            for future in as_completed(futures):
-                result = future.result()
-                future.release()
-                progress.advance(result.inputs)
-                ready[result.index] = result
-                while following in ready:  # the report stays in input order
-                    done = ready.pop(following)
-                    following += 1
-                    seconds += done.model_seconds
-                    for message in done.warnings:
-                        if message.startswith("error: ") or message not in said:
-                            said.add(message)
-                            batch.warn(message)
-                    _accept(batch, done, targets_from)
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    future.release()
+                    progress.advance(result.inputs)
+                    ready[result.index] = result
+                    while following in ready:  # the report stays in input order
+                        take(ready.pop(following))
+                        following += 1
+            except KeyboardInterrupt:
+                client.cancel(futures)
+                interrupted = True
         batch.report.settings["model_time_s"] = round(seconds, 3)
         batch.report.settings["dask"] = {"workers": workers, "chunks": len(parts)}
     except IgcliError:
@@ -310,6 +319,36 @@ def execute_on_dask(
                 # stopping our own workers: "still alive after 4.0 seconds, killing" is no news
                 logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
                 cluster.close()
+    if interrupted:  # the workers are stopped: what they finished is all on disk now
+        for k in range(following, len(parts)):
+            if k in ready:
+                take(ready.pop(k))
+            else:
+                _take_from_disk(batch, parts[k])
+        raise KeyboardInterrupt
+
+
+def _take_from_disk(batch: BatchRun, items: list) -> None:
+    """The records of a chunk cut short by Ctrl-C, as its worker left them: each input (or
+    CSV row) whose files are whole, with this run's settings (after Ctrl-C the report left
+    out inputs that finished on the workers, 1221 of them in a sweep)."""
+    from igcli.batch import existing_records
+    from igcli.discovery import InputItem, count_table_rows
+
+    if batch.remote is not None:
+        return  # (object storage: the resume lists it, as --skip-existing does)
+    for item in items:
+        names = [item.name]
+        if item.is_table:
+            rows = item.rows if item.rows is not None else count_table_rows(item.path)
+            names = [f"{item.name}_row{k}" for k in range(max(rows, 0))]
+        for name in names:
+            records = existing_records(
+                batch.local_out, InputItem(item.path, name), batch.settings_hash
+            )
+            if records is not None:
+                batch._redraw_with_the_run(records)
+                batch._accept(records)
 
 
 def _accept(batch: BatchRun, result: ChunkResult, targets_from) -> None:
