@@ -319,7 +319,8 @@ def execute_on_dask(
                 # stopping our own workers: "still alive after 4.0 seconds, killing" is no news
                 logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
                 cluster.close()
-    if interrupted:  # the workers are stopped: what they finished is all on disk now
+    if interrupted:  # our own workers are stopped (a shared cluster's cancelled tasks may
+        # still finish the input at hand): what they finished is on disk now
         for k in range(following, len(parts)):
             if k in ready:
                 take(ready.pop(k))
