@@ -299,20 +299,28 @@ def test_discover_disambiguates_same_stem(tmp_path):
     assert sorted(i.name for i in found.items) == ["img.jpg", "img.png"]
 
 
+def _interrupt_at(monkeypatch, n: int):
+    """Ctrl-C as the n-th input starts; returns the real _explain_item, to put back."""
+    from igcli import batch
+
+    real = batch.BatchRun._explain_item
+    calls = []
+
+    def interrupted(self, item):
+        calls.append(item.name)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(self, item)
+
+    monkeypatch.setattr(batch.BatchRun, "_explain_item", interrupted)
+    return real
+
+
 def test_interrupted_run_keeps_finished_inputs_and_resumes(tree, tmp_path, monkeypatch):
     from igcli import batch
 
     out = tmp_path / "o"
-    real = batch.BatchRun._explain_item
-    calls = []
-
-    def interrupt_second(self, item):
-        calls.append(item.name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, item)
-
-    monkeypatch.setattr(batch.BatchRun, "_explain_item", interrupt_second)
+    real = _interrupt_at(monkeypatch, 2)
     # --batch-size 4 with 4 steps: one input per model call, so inputs go one at a time
     first = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--batch-size", "4")
     assert first.exit_code == ExitCode.INTERRUPTED
@@ -639,16 +647,7 @@ def test_an_interrupted_shared_scale_run_draws_its_heatmaps(tree, tmp_path, monk
     from igcli import batch
 
     out = tmp_path / "o"
-    real = batch.BatchRun._explain_item
-    calls = []
-
-    def interrupt_third(self, item):
-        calls.append(item.name)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, item)
-
-    monkeypatch.setattr(batch.BatchRun, "_explain_item", interrupt_third)
+    real = _interrupt_at(monkeypatch, 3)
     result = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--batch-size", "4",
                  "--scale", "shared", "--json")  # fmt: skip
     assert result.exit_code == ExitCode.INTERRUPTED
