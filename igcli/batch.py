@@ -245,9 +245,17 @@ class BatchRun:
     def _free_to_write(
         self, item: InputItem, marker: Path, npy: Path, png: Path | None, shape: tuple
     ) -> None:
-        """An input whose output would replace a folder, or a file igcli did not write (a
-        user's photo.png in OUT), fails alone: the file is kept (see outputs.in_the_way).
-        Only folders that held something when this run first wrote there are looked at."""
+        """An input whose output would replace an input of this run, a folder, or a file
+        igcli did not write (a user's photo.png in OUT), fails alone: the file is kept (see
+        outputs.in_the_way). Only folders that held something when this run first wrote
+        there are looked at for the last two."""
+        for path in (marker, npy, png):
+            if path is not None and str(path) in self.inputs_in_out:
+                raise InputError(
+                    f"its output {path.name} would replace an input of this run; "
+                    "choose an --out outside the inputs' folder",
+                    item.path,
+                )
         for path in (marker, npy, png):
             if path is None or self._empty_at_start(path.parent):
                 continue
@@ -270,15 +278,6 @@ class BatchRun:
             except OSError:
                 self.fresh_folders[key] = True  # absent: made by this run
         return self.fresh_folders[key]
-
-    def _not_an_input(self, item: InputItem, *paths: Path | None) -> None:
-        for path in paths:
-            if path is not None and str(path) in self.inputs_in_out:
-                raise InputError(
-                    f"its output {path.name} would replace an input of this run; "
-                    "choose an --out outside the inputs' folder",
-                    item.path,
-                )
 
     def process(self, items: list[InputItem], advance: Callable[[int], None] = _nothing) -> None:
         """Explain a group of inputs; with the gradient graph their points share model calls.
@@ -583,7 +582,6 @@ class BatchRun:
             marker = record_path(out, item.name, folders)
         except OutputError as exc:  # this input's name, not the run, is at fault
             raise InputError(exc.reason, item.path) from None
-        self._not_an_input(item, marker)
         stamp = input_stamp(item.path)
         for results in explained:
             multi = len(results) > 1
@@ -596,7 +594,6 @@ class BatchRun:
                         png = output_stem(out, stem + ".png", folders)
                 except OutputError as exc:
                     raise InputError(exc.reason, item.path) from None
-                self._not_an_input(item, npy, png)
                 self._free_to_write(item, marker, npy, png, (1, *a.attributions.shape))
                 record = a.record(
                     npy.relative_to(root).as_posix(),
