@@ -18,7 +18,7 @@ from rich.text import Text
 
 from igcli import __version__
 from igcli.console import Messages, table
-from igcli.errors import ExitCode, GradientError, IgcliError, UsageError
+from igcli.errors import ExitCode, GradientError, IgcliError, ModelError, UsageError
 from igcli.files import read_option_text
 from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, MAX_STEPS
 from igcli.quadrature import RULES as QUADRATURE_RULES
@@ -768,7 +768,6 @@ def plan_cmd(
     on the inputs, their names and the partition, and none walks the inputs again.
     """
     from igcli.batch import discover
-    from igcli.errors import ModelError
     from igcli.manifest import manifest_lines
     from igcli.model import model_hash
 
@@ -842,9 +841,12 @@ def inspect(model: Path, as_json: bool) -> None:
         found = find_tokenizer(model, None)
         prep = f"token ids in {ids.name!r} ({found.name if found else 'no tokenizer.json'})"
     source = attributed or (ids if at is not None else None)
-    refused = not ins or source is None or explained is None  # explain says why, exit 2 or 3
+    unloadable = _runtime_refusal(onnx_model, model)
+    refused = not ins or source is None or explained is None or bool(unloadable)  # exit 2 or 3
     if not ins:
         blockers = ["(the model has no inputs: nothing to attribute)"]
+    elif unloadable:
+        blockers = [f"({unloadable})"]
     elif source is None or explained is None:
         blockers = ["(no float input or output to differentiate)"]
     else:
@@ -927,6 +929,18 @@ def inspect(model: Path, as_json: bool) -> None:
         ]  # fmt: skip
         out.print(table(["", "tensor", "shape", ""], rows, box=None))
     out.info("execution providers: " + ", ".join(info["providers"]))
+
+
+def _runtime_refusal(onnx_model, path: Path) -> str | None:
+    """Why ONNX Runtime cannot load the model, as explain and gradcheck would say (exit 3),
+    or None: a graph onnx reads may still hold what ONNX Runtime refuses."""
+    from igcli.model import make_session
+
+    try:
+        make_session(onnx_model, path, ["CPUExecutionProvider"], 1)
+    except ModelError as exc:
+        return exc.reason
+    return None
 
 
 @main.command()

@@ -641,6 +641,12 @@ def test_gradcheck_and_inspect_say_what_explain_says_of_a_model(tmp_path):
     assert result.exit_code == ExitCode.MODEL, result.stderr
     assert "ONNX Runtime cannot load it" in result.stderr
     assert "/onnxruntime_src/" not in result.stderr  # (no C++ file, signature, assertion)
+    said = run("inspect", tmp_path / "broken.onnx")  # it said "gradient graph: yes"
+    assert said.exit_code == 0, said.stderr
+    assert "gradient graph: no (ONNX Runtime cannot load it" in said.stdout
+    assert "explain refuses this model" in said.stdout
+    as_json = json.loads(run("inspect", tmp_path / "broken.onnx", "--json").stdout)
+    assert as_json["gradient_graph"] is False
     cls = helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"])
     ints = helper.make_graph([helper.make_node("ArgMax", ["x"], ["cls"], axis=1, keepdims=0)],
                              "ints", [x], [cls])  # fmt: skip
