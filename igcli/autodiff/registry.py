@@ -16,7 +16,7 @@ ZERO_GRADIENT = {
     "Shape", "Size", "ConstantOfShape", "NonZero", "ArgMax", "ArgMin", "Equal", "Less",
     "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
     "Floor", "Ceil", "Round", "Sign", "EyeLike", "RandomNormalLike", "RandomUniformLike",
-    "Bernoulli", "Multinomial",
+    "Bernoulli", "Multinomial", "Hardmax",
 }  # fmt: skip
 
 

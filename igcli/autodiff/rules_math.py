@@ -413,6 +413,34 @@ def Softplus(g: NodeGrad):
     return [g.op("Mul", g.GO(0), g.op("Exp", g.op("Sub", g.I(0), g.O(0))))]
 
 
+@rule("Swish")
+def Swish(g: NodeGrad):
+    """y = x sigmoid(a x): dy/dx = s + a x s (1 - s) with s = sigmoid(a x), and s (1 - s)
+    from _bell (accurate where s saturates)."""
+    x, alpha = g.I(0), float(g.attr("alpha", 1.0))
+    s = g.op("Sigmoid", g.op("Mul", x, g.scalar(alpha)))
+    bend = g.op("Mul", g.op("Mul", x, g.scalar(alpha)), _bell(g, x, abs(alpha)))
+    return [g.op("Mul", g.GO(0), g.op("Add", s, bend))]
+
+
+@rule("Mod")
+def Mod(g: NodeGrad):
+    """y = a - b k with k = trunc(a / b) (fmod=1, C's fmod) or floor(a / b) (fmod=0, as
+    Python's %): da = GO, db = -GO k; k is a step function of a and b. Integer Mod carries
+    no gradient (nothing float reaches it)."""
+    a, b, go = g.I(0), g.I(1), g.GO(0)
+    ga = g.reduce_to(go, 0) if g.needs(0) else None
+    gb = None
+    if g.needs(1):
+        q = g.op("Div", a, b)
+        if g.attr("fmod", 0):
+            k = g.op("Mul", g.op("Sign", q), g.op("Floor", g.op("Abs", q)))
+        else:
+            k = g.op("Floor", q)
+        gb = g.reduce_to(g.op("Neg", g.op("Mul", go, k)), 1)
+    return [ga, gb]
+
+
 @rule("Softsign")
 def Softsign(g: NodeGrad):
     """y = x / (1 + |x|): dy/dx = 1 / (1 + |x|)^2."""

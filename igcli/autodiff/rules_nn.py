@@ -517,6 +517,56 @@ def GlobalAveragePool(g: NodeGrad):
     return [g.op("Expand", share, g.op("Shape", g.I(0)))]
 
 
+def _lp_slope(g: NodeGrad, p: float) -> tuple[str, str]:
+    """For y = (sum |x|^p)^(1/p) over windows: (GO y^(1-p), 0 where y = 0) in window space
+    and |x|^(p-1) sign(x) in x's space, whose product, scattered, is dx. A window of zeros
+    has no derivative for p > 1 (and |x|^(p-1) is 0 there anyway): its share is 0."""
+    x, y = g.I(0), g.O(0)
+    if p == 1.0:
+        share, along = g.GO(0), g.op("Sign", x)
+    else:
+        inv = g.op("Pow", y, g.scalar(1.0 - p, y))
+        safe = g.op("Where", g.op("Greater", y, g.scalar(0.0, y)), inv, g.scalar(0.0, y))
+        share = g.op("Mul", g.GO(0), safe)
+        if p == 2.0:
+            along = x
+        else:
+            magnitude = g.op("Abs", x)
+            along = g.op("Mul", g.op("Pow", magnitude, g.scalar(p - 2.0, x)), x)
+            if p < 2.0:  # |x|^(p-2) x is 0 * inf at x = 0, where the slope is 0
+                nonzero = g.op("Greater", magnitude, g.scalar(0.0, x))
+                along = g.op("Where", nonzero, along, g.scalar(0.0, x))
+    return share, along
+
+
+def _lp_power(g: NodeGrad) -> float:
+    p = float(g.attr("p", 2))
+    if p < 1.0:
+        raise NoGradient(f"{g.node.op_type} with p={p:g}")
+    return p
+
+
+@rule("LpPool")
+def LpPool(g: NodeGrad):
+    """y[o] = (sum_j |x[o*s + j*d - pad]|^p)^(1/p): dx[i] = |x_i|^(p-1) sign(x_i) times the sum
+    over windows o holding i of GO[o] y[o]^(1-p) (see _lp_slope); pads add nothing."""
+    win, channels = _pool_window(g)
+    share, along = _lp_slope(g, _lp_power(g))
+    scattered = _depthwise_scatter(g, share, win, channels, 1.0)
+    if scattered is None:
+        stack = _reshape(g, share, [-1, 1, *win.of("out")])
+        scattered = _scatter(g, stack, np.ones([1, 1, *win.of("kernel")]), win, channels)
+    return [g.op("Mul", scattered, along)]
+
+
+@rule("GlobalLpPool")
+def GlobalLpPool(g: NodeGrad):
+    """y = (sum over space of |x|^p)^(1/p): dx = GO y^(1-p) |x|^(p-1) sign(x), GO and y
+    broadcast over space."""
+    share, along = _lp_slope(g, _lp_power(g))
+    return [g.op("Mul", share, along)]
+
+
 def _depthwise_scatter(g: NodeGrad, go: str, win: Window, channels: int, weight: float):
     """sum over windows o holding i of weight * GO[o], for float32 images whose windows have
     stride 1 (or are a single window): a depthwise Conv of GO with a constant kernel, padded
@@ -888,6 +938,20 @@ def Attention(g: NodeGrad):
         g.e.set_info(d_scores, probs)
         grads[3] = g.e.reduce_to_shape_of(d_scores, g.I(3))
     return grads
+
+
+@rule("RotaryEmbedding")
+def RotaryEmbedding(g: NodeGrad):
+    """Each rotated pair (x1, x2) becomes (x1 cos - x2 sin, x1 sin + x2 cos): a rotation,
+    whose transpose turns the other way. So dx is the same node applied to GO with the sine
+    negated; the dims past rotary_embedding_dim pass through both ways. The caches are not
+    followed (they are constants in exported models)."""
+    if g.needs(1) or g.needs(2):
+        raise NoGradient("RotaryEmbedding with its cos/sin cache on the path")
+    ins = [g.GO(0), g.I(1), g.op("Neg", g.I(2))]
+    if g.I(3):
+        ins.append(g.I(3))
+    return [g.op("RotaryEmbedding", *ins, **g.attrs)]
 
 
 def _heads(g: NodeGrad, t: str, heads: int) -> str:

@@ -305,6 +305,27 @@ def Trilu(g: NodeGrad):
     return [g.op("Trilu", g.GO(0), *k, upper=g.attr("upper", 1)), None]
 
 
+@rule("ReverseSequence")
+def ReverseSequence(g: NodeGrad):
+    """y reverses the first lens[b] steps of each batch entry b: a permutation that is its
+    own inverse, so dx = the same node applied to GO. The lengths get none."""
+    attrs = {k: g.attr(k) for k in ("batch_axis", "time_axis") if k in g.attrs}
+    return [g.op("ReverseSequence", g.GO(0), g.I(1), **attrs), None]
+
+
+@rule("CenterCropPad")
+def CenterCropPad(g: NodeGrad):
+    """y is x cropped or zero-padded about its centre to a shape: dx = GO cropped or padded
+    about its centre back to x's shape (ONNX's offsets, (big - small) // 2, agree both ways).
+    The shape gets none."""
+    x, axes = g.I(0), g.attr("axes", None)
+    shape = g.op("Shape", x)
+    if axes is not None:
+        shape = g.op("Gather", shape, g.e.ints(list(axes)))
+        return [g.op("CenterCropPad", g.GO(0), shape, axes=list(axes)), None]
+    return [g.op("CenterCropPad", g.GO(0), shape), None]
+
+
 @rule("TopK")
 def TopK(g: NodeGrad):
     """Values are the k largest (or smallest) elements of x along axis, read at Indices,

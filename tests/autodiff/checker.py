@@ -61,6 +61,65 @@ class MaxUnpool(OpRun):
         return (out.reshape([int(d) for d in output_shape]),)
 
 
+def _pool_windows(sizes, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides):
+    """A pooling node's windows as ONNX Runtime lays them out: the padding before each
+    spatial axis, the window counts, np.pad widths for [N, C, ...] and the strides and
+    dilations filled in."""
+    n = len(kernel_shape)
+    strides, dilations = strides or [1] * n, dilations or [1] * n
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
+    begins, outs = [], []
+    for i, (size, st, span) in enumerate(zip(sizes, strides, spans, strict=True)):
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = -(-size // st)
+            total = max(0, (out - 1) * st + span - size)
+            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+        else:
+            begin, end = (0, 0) if auto_pad == "VALID" or not pads else (pads[i], pads[n + i])
+            room = size + begin + end - span
+            out = room // st + 1
+            if ceil_mode:
+                out = -(-room // st) + 1
+                out -= (out - 1) * st >= size + begin  # a last window inside the end pad
+            begins.append(begin)
+        outs.append(out)
+    axes = list(zip(outs, strides, spans, sizes, begins, strict=True))
+    ends = [max(0, (o - 1) * st + span - sz - b) for o, st, span, sz, b in axes]
+    widths = [(0, 0), (0, 0), *zip(begins, ends, strict=True)]
+    return begins, outs, widths, strides, dilations
+
+
+class LpPool(OpRun):
+    """(sum of |x|^p over each window)^(1/p), pads adding nothing, as ONNX Runtime computes
+    it: the reference evaluator averages and multiplies by the kernel size, wrong wherever a
+    window meets the padding."""
+
+    op_domain = ""
+
+    def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,
+             p=2, pads=None, strides=None):  # fmt: skip
+        _, outs, widths, strides, dilations = _pool_windows(
+            x.shape[2:], auto_pad, ceil_mode, dilations, kernel_shape, pads, strides
+        )
+        xp = np.pad(np.abs(x) ** p, widths)
+        total = np.zeros(x.shape[:2] + tuple(outs), dtype=x.dtype)
+        for taps in itertools.product(*[range(k) for k in kernel_shape]):
+            cut = tuple(slice(t * d, t * d + (o - 1) * st + 1, st) for t, d, o, st
+                        in zip(taps, dilations, outs, strides, strict=True))  # fmt: skip
+            total = total + xp[(slice(None), slice(None), *cut)]
+        return (total ** (1.0 / p),)
+
+
+class GlobalLpPool(OpRun):
+    """(sum of |x|^p over all spatial positions)^(1/p) (not in the reference evaluator)."""
+
+    op_domain = ""
+
+    def _run(self, x, p=2):
+        axes = tuple(range(2, x.ndim))
+        return ((np.abs(x) ** p).sum(axis=axes, keepdims=True) ** (1.0 / p),)
+
+
 class MaxPool(OpRun):
     """As ONNX Runtime computes it: the reference evaluator's Indices are off wherever pads
     meet stride 1 (they count the padded width). Each window's first maximum in row-major tap
@@ -71,26 +130,9 @@ class MaxPool(OpRun):
     def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,
              pads=None, storage_order=None, strides=None):  # fmt: skip
         n, sizes = len(kernel_shape), x.shape[2:]
-        strides, dilations = strides or [1] * n, dilations or [1] * n
-        spans = [(k - 1) * d + 1 for k, d in zip(kernel_shape, dilations, strict=True)]
-        begins, outs = [], []
-        for i, (size, st, span) in enumerate(zip(sizes, strides, spans, strict=True)):
-            if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-                out = -(-size // st)
-                total = max(0, (out - 1) * st + span - size)
-                begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-            else:
-                begin, end = (0, 0) if auto_pad == "VALID" or not pads else (pads[i], pads[n + i])
-                room = size + begin + end - span
-                out = room // st + 1
-                if ceil_mode:
-                    out = -(-room // st) + 1
-                    out -= (out - 1) * st >= size + begin  # a last window inside the end pad
-                begins.append(begin)
-            outs.append(out)
-        axes = list(zip(outs, strides, spans, sizes, begins, strict=True))
-        ends = [max(0, (o - 1) * st + span - sz - b) for o, st, span, sz, b in axes]
-        widths = [(0, 0), (0, 0), *zip(begins, ends, strict=True)]
+        begins, outs, widths, strides, dilations = _pool_windows(
+            sizes, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides
+        )
         xp = np.pad(x, widths, constant_values=-np.inf)
         best = np.full(x.shape[:2] + tuple(outs), -np.inf, dtype=x.dtype)
         where = np.full(best.shape, -1, dtype=np.int64)
@@ -154,7 +196,8 @@ class Softmax(OpRun):
         return ((e / e.sum(axis=1, keepdims=True)).reshape(x.shape),)
 
 
-REFERENCE_KERNELS = [GatherElements, Scatter, MaxPool, MaxUnpool, BatchNormalization, LRN]
+REFERENCE_KERNELS = [GatherElements, Scatter, MaxPool, MaxUnpool, BatchNormalization, LRN,
+                     LpPool, GlobalLpPool]  # fmt: skip
 
 
 def reference_evaluator(model: onnx.ModelProto, extra=()) -> ReferenceEvaluator:

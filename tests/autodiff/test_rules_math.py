@@ -135,6 +135,31 @@ for opset in (18, 22):
     CASES.append(Case("Mish", {"x": r(4, 5, low=-30, high=30)}, opset=opset,
                       id=f"Mish-wide-{opset}"))  # fmt: skip
 CASES.append(Case("Mish", {"x": r(3, 4)}, opset=18, dynamic=True, id="Mish-dynamic"))
+# Swish (24+): x sigmoid(alpha x), alpha of either sign, far out too
+for attrs in ({}, {"alpha": 1.7}, {"alpha": -0.6}):
+    CASES.append(Case("Swish", {"x": r(4, 5, low=-4, high=4)}, attrs, opset=24,
+                      id=f"Swish-{attrs.get('alpha', 1.0)}"))  # fmt: skip
+CASES.append(Case("Swish", {"x": r(4, 5, low=-40, high=40)}, opset=24, id="Swish-wide"))
+CASES.append(Case("Swish", {"x": r(3, 4)}, opset=24, dynamic=True, id="Swish-dynamic"))
+
+
+def off_integer_ratios(a, b, margin=0.05):
+    """Nudge a so that a / b keeps `margin` from every integer: Mod jumps there."""
+    q = a / b
+    frac = q - np.floor(q)
+    q = np.where(frac < margin, np.floor(q) + 2 * margin, q)
+    q = np.where(frac > 1 - margin, np.floor(q) + 1 - 2 * margin, q)
+    return q * b
+
+
+# Mod (10+) on floats: fmod=1 (C's fmod, the sign of a) and, from opset 28, fmod=0 (the sign
+# of b, as Python's %), broadcast
+for fmod, opset in ((0, 28), (1, 13)):
+    for sa, sb in [((3, 4), (3, 4)), ((2, 3, 4), (4,))]:
+        b = r(*sb, low=0.6, high=1.5) * np.where(r(*sb) > 0, 1, -1)
+        a = off_integer_ratios(r(*sa, low=-5, high=5), b)
+        CASES.append(Case("Mod", {"a": a, "b": b}, {"fmod": fmod}, opset=opset,
+                          id=f"Mod-fmod{fmod}-{sa}-{sb}"))  # fmt: skip
 # ThresholdedRelu (10+) and Shrink (9+): steps at alpha, at +-lambd
 for opset in (10, 22):
     x = r(3, 6, low=-3, high=3)

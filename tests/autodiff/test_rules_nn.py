@@ -250,6 +250,30 @@ avg_pool("dw-one-window", (2, 16, 4, 4), 9, kernel_shape=[4, 4], strides=[4, 4])
 avg_pool("dw-one-window-pads", (2, 16, 3, 4), 11, kernel_shape=[4, 4], strides=[2, 2],
          pads=[1, 0, 0, 0])  # fmt: skip
 
+
+# -- LpPool (2, 11, 18: dilations, ceil_mode) and GlobalLpPool: p = 1 (a kink at 0), 2, 3 ----------
+def away_from_zero(x, margin=0.1):
+    """Values at least `margin` from 0, where |x|^p bends (p = 1 has a kink)."""
+    return np.where(np.abs(x) < margin, np.sign(x + 1e-12) * 2 * margin, x)
+
+
+def lp_pool(tag, shape, opset, **attrs):
+    add("LpPool", {"x": away_from_zero(r(*shape))}, attrs, tag, opset=opset)
+
+
+for p in (1, 2, 3):
+    lp_pool(f"p{p}-3x3s2-pads", (1, 2, 7, 6), 11, kernel_shape=[3, 3], strides=[2, 2],
+            pads=[1, 1, 1, 0], p=p)  # fmt: skip
+    lp_pool(f"p{p}-dw-s1", (2, 16, 5, 4), 18, kernel_shape=[3, 2], pads=[1, 0, 1, 1], p=p)
+    add("GlobalLpPool", {"x": away_from_zero(r(2, 3, 3, 4))}, {"p": p}, f"p{p}", opset=9)
+lp_pool("default-p-1d", (2, 2, 9), 9, kernel_shape=[4], strides=[2])
+lp_pool("ceil-dilated", (1, 2, 8, 7), 18, kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 1],
+        ceil_mode=1)  # fmt: skip
+lp_pool("same-upper", (1, 2, 6, 5), 11, kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_UPPER")
+add("LpPool", {"x": away_from_zero(r(2, 2, 7, 7))}, {"kernel_shape": [3, 3],
+    "strides": [2, 2]}, "dynamic", opset=18, dynamic=True)  # fmt: skip
+add("GlobalLpPool", {"x": away_from_zero(r(2, 16, 5))}, tag="1d-dynamic", dynamic=True)
+
 # -- global pools -------------------------------------------------------------------------------
 for opset in (9, 13, 22):
     add("GlobalAveragePool", {"x": r(2, 3, 3, 4)}, tag="2d", opset=opset)
@@ -310,6 +334,27 @@ add("Attention", {"q": r(B, 2, S, 4), "k": r(B, 2, L, 4), "v": r(B, 2, L, 4),
                   "mask": r(S, L)}, tag="float-mask", opset=23)  # fmt: skip
 add("Attention", {"q": r(B, S, 8), "k": r(B, L, 4), "v": r(B, L, 6)},
     {"q_num_heads": 2, "kv_num_heads": 1}, tag="3d-gqa", opset=23)  # fmt: skip
+
+
+# RotaryEmbedding (opset 23): 4-D and 3-D (num_heads), halves or interleaved pairs, a partial
+# rotary_embedding_dim, caches per batch and sequence or indexed by position_ids; the caches
+# are random, not cos/sin pairs: the reverse rotation is the transpose, not the inverse
+def rotary(tag, x, half, attrs=None, positions=None):
+    b, s = x.shape[0], x.shape[2] if x.ndim == 4 else x.shape[1]
+    rows = [7] if positions is not None else [b, s]
+    consts = {"cos": r(*rows, half), "sin": r(*rows, half)}
+    if positions is not None:
+        consts["pos"] = positions
+    add("RotaryEmbedding", {"x": x}, attrs, tag, opset=23, constants=consts)
+
+
+rotary("4d", r(2, 2, 3, 8), 4)
+rotary("4d-interleaved-positions", r(2, 2, 3, 8), 4, {"interleaved": 1},
+       positions=np.array([[0, 2, 5], [6, 1, 1]], dtype=np.int64))  # fmt: skip
+rotary("3d-heads", r(2, 3, 16), 4, {"num_heads": 2})
+rotary("partial", r(1, 2, 3, 8), 2, {"rotary_embedding_dim": 4})
+rotary("3d-partial-interleaved", r(2, 3, 12), 2, {"num_heads": 2, "rotary_embedding_dim": 4,
+       "interleaved": 1})  # fmt: skip
 
 # LpNormalization p = 2 (the reference's p = 1 sums x, not |x|: see test_lp1_and_mvn)
 for axis in (-1, 1):
@@ -386,11 +431,18 @@ def test_float64_graph_is_well_typed(case):
     opts = case.options
     outputs = [f"y{k}" for k in range(opts.get("n_outputs", 1))]
     output = outputs[opts.get("output_index", 0)]
-    constants = opts.get("constants") or {}
-    node = helper.make_node(case.op, [*case.inputs, *constants], outputs, **case.attrs)
-    model = make_model([node], case.inputs, output, opts.get("opset", 17), constants,
+    constants, inputs = opts.get("constants") or {}, case.inputs
+    schema = onnx.defs.get_schema(case.op, opts.get("opset", 17))
+    if not any("tensor(double)" in c.allowed_type_strs for c in schema.type_constraints):
+        # (RotaryEmbedding: float32 and narrower only) the same graph, typed in float32
+        single = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in inputs.items()}
+        constants = {k: v.astype(np.float32) if v.dtype.kind == "f" else v
+                     for k, v in constants.items()}  # fmt: skip
+        inputs = single
+    node = helper.make_node(case.op, [*inputs, *constants], outputs, **case.attrs)
+    model = make_model([node], inputs, output, opts.get("opset", 17), constants,
                        opts.get("dynamic", False))  # fmt: skip
-    for name in opts.get("wrt") or list(case.inputs):
+    for name in opts.get("wrt") or list(inputs):
         grad_model = build_gradient_model(model, name, output)
         onnx.shape_inference.infer_shapes(grad_model, check_type=True, strict_mode=True)
 

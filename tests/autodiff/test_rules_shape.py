@@ -293,6 +293,22 @@ for opset in (11, 14):
     add(NodeCase("CumSum", {"x": r(2, 5)}, {"reverse": 1}, fixed={"axis": np.asarray(-1)},
                  runtime={"axis"}, opset=opset, id=f"CumSum-runtime-axis-{opset}"))  # fmt: skip
 
+# -- ReverseSequence (10+): time axis 0 or 1, lengths constant or computed at run time ---------
+for batch_axis, time_axis, shape in ((1, 0, (4, 3, 2)), (0, 1, (3, 4, 2))):
+    add(NodeCase("ReverseSequence", {"x": r(*shape)}, {"batch_axis": batch_axis,
+                 "time_axis": time_axis}, fixed={"lens": ints(4, 1, 3)}, opset=10,
+                 id=f"ReverseSequence-time{time_axis}"))  # fmt: skip
+add(NodeCase("ReverseSequence", {"x": r(4, 3)}, fixed={"lens": ints(2, 4, 0)}, runtime={"lens"},
+             opset=22, dynamic=True, id="ReverseSequence-runtime-lens-dyn"))  # fmt: skip
+
+# -- CenterCropPad (18+): crop and pad by odd and even amounts, all axes or some -----------------
+add(NodeCase("CenterCropPad", {"x": r(3, 6, 5)}, fixed={"shape": ints(4, 3, 8)}, opset=18,
+             id="CenterCropPad-all-axes"))  # fmt: skip
+add(NodeCase("CenterCropPad", {"x": r(2, 7, 4)}, {"axes": [-2, 2]}, fixed={"shape": ints(2, 7)},
+             opset=18, id="CenterCropPad-axes"))  # fmt: skip
+add(NodeCase("CenterCropPad", {"x": r(2, 5, 6)}, {"axes": [1, 2]}, fixed={"shape": ints(8, 3)},
+             opset=18, dynamic=True, id="CenterCropPad-dyn"))  # fmt: skip
+
 # -- Trilu (14+): the same mask on GO; k absent, constant, negative, computed at run time ----
 for opset in (14, 22):
     for upper in (0, 1):

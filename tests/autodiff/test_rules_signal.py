@@ -1,0 +1,58 @@
+"""The DFT rule against central finite differences: real and complex signals, forward and
+inverse, one-sided, dft_length padding or cutting the signal, the axis as an attribute
+(opset 17) or an input (opset 20)."""
+
+import numpy as np
+import pytest
+
+from tests.autodiff.checker import Case
+
+rng = np.random.default_rng(11)
+
+
+def r(*shape):
+    return rng.uniform(-2.0, 2.0, size=shape)
+
+
+def n(value):
+    return np.asarray(value, dtype=np.int64)
+
+
+CASES: list[Case] = []
+for onesided in (0, 1):
+    for length in (None, 11, 6):  # the signal's own 8, padded to 11, cut to 6
+        consts = {"n": n(length)} if length else {}
+        tag = f"onesided{onesided}-n{length}"
+        CASES.append(Case("DFT", {"x": r(2, 8, 1)}, {"onesided": onesided}, opset=17,
+                          constants=consts, id=f"DFT-real-{tag}-17"))  # fmt: skip
+for inverse in (0, 1):
+    CASES.append(Case("DFT", {"x": r(2, 7, 2)}, {"inverse": inverse}, opset=17,
+                      id=f"DFT-complex-inverse{inverse}-17"))  # fmt: skip
+    CASES.append(
+        Case(
+            "DFT",
+            {"x": r(2, 3, 5, 2)},
+            {"inverse": inverse},
+            opset=20,
+            constants={"n": n(4), "axis": n(1)},
+            id=f"DFT-axis1-cut-inverse{inverse}-20",
+        )
+    )
+CASES.append(Case("DFT", {"x": r(2, 3, 6, 1)}, {"onesided": 1}, opset=20, id="DFT-default-axis-20"))
+CASES.append(
+    Case(
+        "DFT",
+        {"x": r(2, 4, 6, 1)},
+        {"onesided": 1},
+        opset=20,
+        dynamic=True,
+        constants={"n": n(9), "axis": n(-2)},
+        id="DFT-padded-negative-axis-20-dyn",
+    )
+)
+CASES.append(Case("DFT", {"x": r(3, 8, 1)}, opset=17, dynamic=True, id="DFT-dynamic-17"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_rule(case):
+    case.run()
