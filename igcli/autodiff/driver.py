@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from igcli.autodiff import rules_math, rules_nn, rules_shape, rules_signal  # noqa: F401 (rules)
+from igcli.autodiff import rules_grid, rules_math, rules_nn, rules_shape, rules_signal  # noqa: F401
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
 from igcli.autodiff.inference import infer_shapes
 from igcli.autodiff.optimize import annotate, prepare

@@ -120,6 +120,71 @@ class GlobalLpPool(OpRun):
         return ((np.abs(x) ** p).sum(axis=axes, keepdims=True) ** (1.0 / p),)
 
 
+class GridSample(OpRun):
+    """2-D linear and nearest sampling in the input's precision, as ONNX Runtime computes it:
+    the reference evaluator rounds the coordinates to float32, too coarse for differences."""
+
+    op_domain = ""
+
+    def _run(self, x, grid, mode=None, padding_mode=None, align_corners=None):
+        mode, padding = mode or "linear", padding_mode or "zeros"
+        n, c, h, w = x.shape
+
+        def pixel(normal, size):
+            p = (normal + 1) / 2 * (size - 1) if align_corners else ((normal + 1) * size - 1) / 2
+            lo, hi = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+            out = (p < lo) | (p > hi)
+            if padding == "border":
+                p = np.where(out, np.clip(p, 0, size - 1), p)
+            elif padding == "reflection":
+                span = hi - lo
+                dist = np.where(p < lo, lo - p, p - hi)
+                turns = np.floor(dist / span)
+                rest = dist - turns * span
+                from_lo = (p < lo) ^ (turns % 2 == 1)
+                p = np.where(out, np.where(from_lo, lo + rest, hi - rest), p)
+            return p
+
+        px, py = pixel(grid[..., 0], w), pixel(grid[..., 1], h)  # [N, Ho, Wo]
+        batch = np.arange(n)[:, None, None]
+
+        def read(iy, ix):  # [N, Ho, Wo] indices -> [N, C, Ho, Wo]
+            inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+            v = x[batch, :, np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]  # [N, Ho, Wo, C]
+            if padding == "zeros":
+                v = v * inside[..., None]
+            return np.moveaxis(v, -1, 1)
+
+        if mode == "nearest":
+            return (read(np.rint(py).astype(int), np.rint(px).astype(int)).astype(x.dtype),)
+        x0, y0 = np.floor(px), np.floor(py)
+        wx, wy = (px - x0)[:, None], (py - y0)[:, None]
+        x0, y0 = x0.astype(int), y0.astype(int)
+        out = ((1 - wy) * ((1 - wx) * read(y0, x0) + wx * read(y0, x0 + 1))
+               + wy * ((1 - wx) * read(y0 + 1, x0) + wx * read(y0 + 1, x0 + 1)))  # fmt: skip
+        return (out.astype(x.dtype),)
+
+
+class AffineGrid(OpRun):
+    """theta applied to the base grid, in theta's precision (the reference evaluator's is
+    float32)."""
+
+    op_domain = ""
+
+    def _run(self, theta, size, align_corners=None):
+        spatial = [int(d) for d in size[2:]]  # (H, W) or (D, H, W)
+
+        def axis(n):
+            if align_corners:
+                return np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
+            return (2 * np.arange(n) + 1) / n - 1
+
+        mesh = np.meshgrid(*[axis(n) for n in spatial], indexing="ij")[::-1]  # x first
+        base = np.stack([*mesh, np.ones(spatial)], axis=-1).reshape(-1, len(spatial) + 1)
+        grid = np.einsum("nij,pj->npi", theta, base)
+        return (grid.reshape(theta.shape[0], *spatial, len(spatial)).astype(theta.dtype),)
+
+
 class MaxPool(OpRun):
     """As ONNX Runtime computes it: the reference evaluator's Indices are off wherever pads
     meet stride 1 (they count the padded width). Each window's first maximum in row-major tap
@@ -197,7 +262,7 @@ class Softmax(OpRun):
 
 
 REFERENCE_KERNELS = [GatherElements, Scatter, MaxPool, MaxUnpool, BatchNormalization, LRN,
-                     LpPool, GlobalLpPool]  # fmt: skip
+                     LpPool, GlobalLpPool, GridSample, AffineGrid]  # fmt: skip
 
 
 def reference_evaluator(model: onnx.ModelProto, extra=()) -> ReferenceEvaluator:

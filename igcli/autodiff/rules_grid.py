@@ -1,0 +1,184 @@
+"""Gradient rule for GridSample: sampling an image at coordinates a grid gives.
+
+y[n, c, p] reads X[n, c] at the point grid[n, p] (x, then y, in [-1, 1]): bilinearly from the
+four pixels around it, or the nearest one. The gradient reaches X by adding each output's GO
+into the pixels it read, with the same weights (a ScatterND with reduction add), and reaches
+the grid through the slope of the interpolation between those pixels (zero for nearest).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from igcli.autodiff.builder import NodeGrad
+from igcli.autodiff.registry import NoGradient, rule
+
+
+def _scalar(g: NodeGrad, value: float) -> str:
+    return g.scalar(value, g.I(0))
+
+
+def _coordinate(g: NodeGrad, normal: str, size: int, corners: bool, padding: str):
+    """Pixel coordinate of a normalised one, after the padding mode's clamp or reflection, and
+    its derivative. Points outside [lo, hi] (the pixel centres with align_corners, else the
+    image's edges) are clamped to the centres (border) or reflected at lo and hi until inside
+    (reflection); zeros leaves them, and their pixels read 0."""
+    scale = (size - 1) / 2.0 if corners else size / 2.0
+    offset = (size - 1) / 2.0
+    pixel = g.op("Add", g.op("Mul", normal, _scalar(g, scale)), _scalar(g, offset))
+    slope = g.op("Add", g.op("Mul", normal, _scalar(g, 0.0)), _scalar(g, scale))  # shaped
+    if padding == "zeros":
+        return pixel, slope
+    lo, hi = (0.0, size - 1.0) if corners else (-0.5, size - 0.5)
+    below = g.op("Less", pixel, _scalar(g, lo))
+    above = g.op("Greater", pixel, _scalar(g, hi))
+    outside = g.op("Or", below, above)
+    zero = _scalar(g, 0.0)
+    if padding == "border":
+        clamped = g.op("Clip", pixel, _scalar(g, 0.0), _scalar(g, size - 1.0))
+        return g.op("Where", outside, clamped, pixel), g.op("Where", outside, zero, slope)
+    span = hi - lo
+    if span <= 0:
+        raise NoGradient("GridSample reflection on a one-pixel axis")
+    dist = g.op("Where", below, g.op("Sub", _scalar(g, lo), pixel),
+                g.op("Where", above, g.op("Sub", pixel, _scalar(g, hi)), zero))  # fmt: skip
+    turns = g.op("Floor", g.op("Div", dist, _scalar(g, span)))
+    rest = g.op("Sub", dist, g.op("Mul", turns, _scalar(g, span)))
+    half = g.op("Floor", g.op("Mul", turns, _scalar(g, 0.5)))
+    odd = g.op("Greater", g.op("Sub", turns, g.op("Mul", half, _scalar(g, 2.0))), zero)
+    from_lo = g.op("Xor", below, odd)  # lo + rest (else hi - rest)
+    reflected = g.op("Where", from_lo, g.op("Add", _scalar(g, lo), rest),
+                     g.op("Sub", _scalar(g, hi), rest))  # fmt: skip
+    # d(lo + rest)/d pixel is -1 below, +1 above; d(hi - rest) the opposite
+    sign = g.op("Where", g.op("Xor", from_lo, below), _scalar(g, 1.0), _scalar(g, -1.0))
+    return (g.op("Where", outside, reflected, pixel),
+            g.op("Where", outside, g.op("Mul", sign, slope), slope))  # fmt: skip
+
+
+def _tap(g: NodeGrad, index: str, size: int, padding: str) -> tuple[str, str | None]:
+    """A pixel index (float) as an int64 index inside the image, and for zeros padding a 0/1
+    mask of whether it was inside (outside pixels read 0)."""
+    inside = None
+    if padding == "zeros":
+        ok = g.op("And", g.op("Not", g.op("Less", index, _scalar(g, 0.0))),
+                  g.op("Not", g.op("Greater", index, _scalar(g, size - 1.0))))  # fmt: skip
+        inside = g.op("Cast", ok, to=g.e.infos_elem(g.I(0)))
+    clamped = g.op("Clip", index, _scalar(g, 0.0), _scalar(g, size - 1.0))
+    return g.op("Cast", clamped, to=7), inside
+
+
+@rule("GridSample")
+def GridSample(g: NodeGrad):
+    """y[n, c, p] = sum over the taps t around grid[n, p] of w_t X[n, c, t] (w: bilinear weights,
+    or 1 at the nearest pixel): dX[n, c, t] += w_t GO[n, c, p]; dgrid[n, p] = sum over c of
+    GO[n, c, p] dy/d(pixel coordinate) times d(pixel coordinate)/d(grid), the first from the
+    four taps' values, the second from the padding mode (_coordinate). 2-D images only; no
+    bicubic, and no nearest with reflection (its rounding and reflection do not commute)."""
+    x, grid, go = g.I(0), g.I(1), g.GO(0)
+    mode = g.attr("mode", "linear" if g.opset >= 20 else "bilinear")
+    padding, corners = g.attr("padding_mode", "zeros"), bool(g.attr("align_corners", 0))
+    shape = g.e.static_shape(x)
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        raise NoGradient("GridSample needs a 4-D image of static channels and size")
+    if mode not in ("linear", "bilinear", "nearest"):
+        raise NoGradient(f"GridSample mode {mode}")
+    if mode == "nearest" and padding == "reflection":
+        raise NoGradient("GridSample nearest with reflection padding")
+    channels, height, width = shape[1:]
+    # grid [N, Ho, Wo, 2] -> coordinates [N, P, 1], P = Ho * Wo
+    flat = g.op("Reshape", grid, g.e.ints([0, -1, 2]))
+    gx, gy = g.e.slice(flat, [0], [1], [2]), g.e.slice(flat, [1], [2], [2])
+    px, sx = _coordinate(g, gx, width, corners, padding)
+    py, sy = _coordinate(g, gy, height, corners, padding)
+    zero, one = _scalar(g, 0.0), _scalar(g, 1.0)
+    if mode == "nearest":  # Round: half to even, as the runtimes round
+        taps = [(g.op("Round", py), g.op("Round", px), None)]
+    else:
+        x0, y0 = g.op("Floor", px), g.op("Floor", py)
+        x1, y1 = g.op("Add", x0, one), g.op("Add", y0, one)
+        wx1, wy1 = g.op("Sub", px, x0), g.op("Sub", py, y0)
+        wx0, wy0 = g.op("Sub", one, wx1), g.op("Sub", one, wy1)
+        taps = [(y0, x0, (wy0, wx0)), (y0, x1, (wy0, wx1)),
+                (y1, x0, (wy1, wx0)), (y1, x1, (wy1, wx1))]  # fmt: skip
+    # each tap: its flat index into the [N, H*W, C] image, its inside mask and its weight
+    indices, masks, weights = [], [], []
+    for ty, tx, w in taps:
+        iy, my = _tap(g, ty, height, padding)
+        ix, mx = _tap(g, tx, width, padding)
+        indices.append(g.op("Add", g.op("Mul", iy, g.e.ints([width])), ix))
+        mask = my if mx is None else g.op("Mul", my, mx)
+        masks.append(mask)
+        if w is None:  # nearest: weight 1 (or the mask)
+            weights.append(mask if mask is not None else g.op("Add", g.op("Mul", gx, zero), one))
+        else:
+            weight = g.op("Mul", w[0], w[1])
+            weights.append(weight if mask is None else g.op("Mul", weight, mask))
+    image = g.op("Transpose", g.op("Reshape", x, g.e.ints([0, channels, -1])), perm=[0, 2, 1])
+    go_rows = g.op("Transpose", g.op("Reshape", go, g.e.ints([0, channels, -1])), perm=[0, 2, 1])
+    grads: list[str | None] = [None, None]
+    if g.needs(0):
+        grads[0] = _scatter_to_image(g, image, go_rows, indices, weights)
+    if g.needs(1):
+        if mode == "nearest":  # piecewise constant in the grid
+            grads[1] = g.op("Mul", grid, zero)
+        else:
+            values = []
+            for idx, mask in zip(indices, masks, strict=True):
+                v = g.op("GatherND", image, idx, batch_dims=1)  # [N, P, C]
+                values.append(v if mask is None else g.op("Mul", v, mask))
+            v00, v01, v10, v11 = values
+            along_x = g.op("Add", g.op("Mul", wy0, g.op("Sub", v01, v00)),
+                           g.op("Mul", wy1, g.op("Sub", v11, v10)))  # fmt: skip
+            along_y = g.op("Add", g.op("Mul", wx0, g.op("Sub", v10, v00)),
+                           g.op("Mul", wx1, g.op("Sub", v11, v01)))  # fmt: skip
+            parts = [g.op("Mul", g.e.reduce_sum(g.op("Mul", go_rows, along), [2]), slope)
+                     for along, slope in ((along_x, sx), (along_y, sy))]  # fmt: skip
+            grads[1] = g.op("Reshape", g.op("Concat", *parts, axis=2), g.op("Shape", grid))
+    return grads
+
+
+def _scatter_to_image(g: NodeGrad, image: str, go_rows: str, indices, weights) -> str:
+    """dX: each tap adds weight * GO's row into its pixel's row of [N, H*W, C]."""
+    n_index = _batch_index(g, indices[0])
+    rows = [g.op("Concat", n_index, idx, axis=2) for idx in indices]
+    updates = [g.op("Mul", go_rows, w) for w in weights]
+    where = rows[0] if len(rows) == 1 else g.op("Concat", *rows, axis=1)
+    what = updates[0] if len(updates) == 1 else g.op("Concat", *updates, axis=1)
+    zero = numpy_helper.from_array(np.zeros(1, dtype=g.e.np_dtype(g.I(0))))
+    empty = g.op("ConstantOfShape", g.op("Shape", image), value=zero)
+    summed = g.op("ScatterND", empty, where, what, reduction="add")
+    back = g.op("Transpose", summed, perm=[0, 2, 1])
+    return g.op("Reshape", back, g.op("Shape", g.I(0)))
+
+
+def _batch_index(g: NodeGrad, like: str) -> str:
+    """[N, P, 1] holding n at [n, p]: the batch half of ScatterND's (n, pixel) indices."""
+    shape = g.op("Shape", like)
+    n = g.op("Gather", shape, g.e.ints([0]))
+    ns = g.op("Range", g.e.const(np.array(0, np.int64)), g.op("Squeeze", n, g.e.ints([0])),
+              g.e.const(np.array(1, np.int64)))  # fmt: skip
+    return g.op("Expand", g.op("Reshape", ns, g.e.ints([-1, 1, 1])), shape)
+
+
+@rule("AffineGrid")
+def AffineGrid(g: NodeGrad):
+    """grid[n, p] = theta[n] b[p], b[p] = (x, y[, z], 1) the p-th point of the base grid:
+    dtheta[n] = sum over p of GO[n, p] b[p]^T. b is AffineGrid itself applied to the identity
+    (its coordinates: the same align_corners, one batch), with a column of ones; the size
+    gets none."""
+    theta, size = g.I(0), g.I(1)
+    shape = g.e.static_shape(theta)
+    if shape is None or len(shape) != 3 or shape[1] not in (2, 3):
+        raise NoGradient("AffineGrid needs theta's rank and dims")
+    dims = shape[1]
+    identity = np.eye(dims, dims + 1)[None]
+    one_image = g.op("Concat", g.e.ints([1]), g.e.slice(size, [1], [2 + dims], [0]), axis=0)
+    base = g.op("AffineGrid", g.e.const(identity, g.e.np_dtype(theta)), one_image,
+                align_corners=g.attr("align_corners", 0))  # fmt: skip
+    points = g.op("Reshape", base, g.e.ints([1, -1, dims]))  # [1, P, dims]
+    ones = g.op("Add", g.op("Mul", g.e.slice(points, [0], [1], [2]), g.scalar(0.0, theta)),
+                g.scalar(1.0, theta))  # fmt: skip
+    homogeneous = g.op("Concat", points, ones, axis=2)  # [1, P, dims + 1]
+    go = g.op("Reshape", g.GO(0), g.e.ints([0, -1, dims]))  # [N, P, dims]
+    return [g.op("MatMul", g.op("Transpose", go, perm=[0, 2, 1]), homogeneous), None]
