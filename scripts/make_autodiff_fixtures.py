@@ -1,6 +1,6 @@
 """Build the small ONNX fixtures of tests/autodiff/data (needs torch: not an igcli dependency).
 
-    /work/venv-ref/bin/python scripts/make_autodiff_fixtures.py
+    /work/venv-ref/bin/python scripts/make_autodiff_fixtures.py [--only vit|stn]
 
 A tiny torchvision VisionTransformer (32x32 images, 8x8 patches, 2 layers of width 16,
 random weights, seeded) exported three ways: the legacy TorchScript exporter
@@ -8,10 +8,16 @@ random weights, seeded) exported three ways: the legacy TorchScript exporter
 Expand of the class token) that once broke the transform, and the dynamo exporter at
 opset 18. `vit_reference.npz` holds an input x (batch 2), the logits, a seed and the PyTorch
 gradient of sum(seed * logits) w.r.t. x computed in float64, so the tests need no torch.
+
+`stn_dynamo_opset20.onnx` is a tiny spatial transformer: a localisation net computes theta
+from the image, F.affine_grid and F.grid_sample (border padding) resample it, a small CNN
+classifies; the dynamo exporter writes GridSample (and affine_grid as elementary ops). `stn_reference.npz` holds
+the same kind of reference.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 
@@ -33,6 +39,32 @@ def tiny_vit() -> torch.nn.Module:
     return model.eval()
 
 
+class TinySTN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.loc = nn.Sequential(nn.Conv2d(3, 4, 5, stride=2), nn.Tanh(), nn.AdaptiveAvgPool2d(2),
+                                 nn.Flatten(), nn.Linear(16, 6))  # fmt: skip
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GELU(),
+                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5))  # fmt: skip
+
+    def forward(self, x):
+        theta = self.loc(x).view(-1, 2, 3)
+        grid = torch.nn.functional.affine_grid(theta, [x.shape[0], 3, 12, 10], align_corners=False)
+        sampled = torch.nn.functional.grid_sample(x, grid, padding_mode="border",
+                                                  align_corners=False)  # fmt: skip
+        return self.body(sampled)
+
+
+def tiny_stn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = TinySTN()
+    with torch.no_grad():  # start near the identity transform, as STNs are trained to
+        model.loc[-1].weight.mul_(0.1)
+        model.loc[-1].bias.copy_(torch.tensor([0.9, 0.1, 0.05, -0.1, 1.1, 0.02]))
+    return model.eval()
+
+
 def export(model, x, name: str, opset: int, dynamo: bool) -> None:
     buffer = io.BytesIO()
     kwargs = {"dynamo": dynamo, "opset_version": opset, "input_names": ["x"],
@@ -48,8 +80,8 @@ def export(model, x, name: str, opset: int, dynamo: bool) -> None:
     onnx.checker.check_model(onnx.load(OUT / f"{name}.onnx"))
 
 
-def reference(model, x: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    model64 = tiny_vit().double()
+def reference(model, x: np.ndarray, seed: np.ndarray, make=tiny_vit) -> np.ndarray:
+    model64 = make().double()
     model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     (model64(xt) * torch.tensor(seed, dtype=torch.float64)).sum().backward()
@@ -57,7 +89,30 @@ def reference(model, x: np.ndarray, seed: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=["vit", "stn"])
+    only = parser.parse_args().only
     OUT.mkdir(parents=True, exist_ok=True)
+    if only != "stn":
+        make_vit()
+    if only != "vit":
+        make_stn()
+
+
+def make_stn() -> None:
+    model = tiny_stn()
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (2, 3, 16, 14)).astype(np.float32)
+    seed = rng.standard_normal((2, 5)).astype(np.float32)
+    grad = reference(model, x, seed, tiny_stn)
+    with torch.no_grad():
+        logits = model(torch.tensor(x)).numpy()
+    export(model, torch.tensor(x), "stn_dynamo_opset20", 20, True)
+    print(f"stn_dynamo_opset20.onnx: {(OUT / 'stn_dynamo_opset20.onnx').stat().st_size / 1024:.0f} KiB")
+    np.savez(OUT / "stn_reference.npz", x=x, seed=seed, grad=grad, logits=logits)
+
+
+def make_vit() -> None:
     model = tiny_vit()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
