@@ -11,8 +11,8 @@ gradient of sum(seed * logits) w.r.t. x computed in float64, so the tests need n
 
 `stn_dynamo_opset20.onnx` is a tiny spatial transformer: a localisation net computes theta
 from the image, F.affine_grid and F.grid_sample (border padding) resample it, a small CNN
-classifies; the dynamo exporter writes GridSample (and affine_grid as elementary ops). `stn_reference.npz` holds
-the same kind of reference.
+classifies; the dynamo exporter writes GridSample (and affine_grid as elementary ops).
+`stn_reference.npz` holds the same kind of reference.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class TinySTN(torch.nn.Module):
         nn = torch.nn
         self.loc = nn.Sequential(nn.Conv2d(3, 4, 5, stride=2), nn.Tanh(), nn.AdaptiveAvgPool2d(2),
                                  nn.Flatten(), nn.Linear(16, 6))  # fmt: skip
-        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GELU(),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 5))  # fmt: skip
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(2),
+                                  nn.Flatten(), nn.Linear(24, 5))  # fmt: skip
 
     def forward(self, x):
         theta = self.loc(x).view(-1, 2, 3)
@@ -108,7 +108,8 @@ def make_stn() -> None:
     with torch.no_grad():
         logits = model(torch.tensor(x)).numpy()
     export(model, torch.tensor(x), "stn_dynamo_opset20", 20, True)
-    print(f"stn_dynamo_opset20.onnx: {(OUT / 'stn_dynamo_opset20.onnx').stat().st_size / 1024:.0f} KiB")
+    size = (OUT / "stn_dynamo_opset20.onnx").stat().st_size
+    print(f"stn_dynamo_opset20.onnx: {size / 1024:.0f} KiB")
     np.savez(OUT / "stn_reference.npz", x=x, seed=seed, grad=grad, logits=logits)
 
 
