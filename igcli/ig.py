@@ -40,6 +40,11 @@ STOP_REASONS = {
 }
 
 
+# A relative completeness error above this says the path integral is not resolved: each such
+# result is warned of (once per run), and the run's end counts them.
+UNRESOLVED = 0.05
+
+
 class Completeness:
     """The completeness numbers of anything with `attributions`, `f_input` and `f_baseline`
     (an IG result, a finished Attribution): the attributions should add up to F(x) - F(b)."""

@@ -29,6 +29,7 @@ from igcli import __version__
 from igcli.errors import ExitCode, IgcliError, OutputError, ShardError, UsageError
 from igcli.files import first_line, os_reason
 from igcli.html_report import render_html
+from igcli.ig import UNRESOLVED
 from igcli.outputs import atomic_write_chunks, atomic_write_text
 from igcli.storage import relative_link
 
@@ -222,6 +223,25 @@ class RunReport:
         failing = [r["name"] for r in self.results if _over(_gated_error(r), limit)]
         self.gate = {"max": limit, "passed": not failing, "failing": failing}
         return failing
+
+    def unresolved(self, limit: float = UNRESOLVED) -> str | None:
+        """Without a gate, a warning when results miss completeness by more than `limit`
+        (noisy paths aside, whose sums hold only on average): how many, and the worst. Each
+        input's own warning comes once per run; this says how far it went."""
+        if self.gate:
+            return None
+        over = [(_value(_gated_error(r)), r["name"]) for r in self.results
+                if not r.get("noise") and _nonzero(r.get("delta"))
+                and _over(_gated_error(r), limit)]  # fmt: skip
+        if not over:
+            return None
+        worst, name = max(over, key=lambda e: math.inf if math.isnan(e[0]) else e[0])
+        return (
+            f"{len(over)} of {len(self.results)} result(s) miss F(x) - F(b) by more than "
+            f"{100 * limit:g}% (worst {100 * worst:.3g}%, {name}): their attributions do not add "
+            "up; raise --steps or use --steps auto, and --max-completeness-error E makes this "
+            "fail the run (exit 5)"
+        )
 
     def verdict(self, report_file: str, listed: int = 10) -> tuple[ExitCode, list[str]]:
         """The exit code of a finished report and its error lines: the first `listed`
@@ -782,6 +802,20 @@ def _gated_error(r: dict):
     except (TypeError, ValueError, KeyError):
         return r["rel_error"]
     return beyond / delta if delta > 0 else r["rel_error"]
+
+
+def _value(value) -> float:
+    """A record's number as a float ("inf" from JSON too); NaN where there is none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _nonzero(value) -> bool:
+    """A nonzero finite number (delta = 0 has no relative error to speak of)."""
+    v = _value(value)
+    return math.isfinite(v) and v != 0
 
 
 def _over(value, limit: float) -> bool:

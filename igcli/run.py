@@ -207,6 +207,9 @@ def _verdict(batch, the_plan, messages, names: list[str], interrupted: bool) -> 
     """The summary, where the outputs are, and the exit code."""
     report, outputs = batch.report, batch.outputs
     messages.print_summary(report)
+    unresolved = report.unresolved()
+    if unresolved:
+        messages.warn(unresolved)
     out = str(outputs.out_dir).rstrip("/")
     messages.info(f"outputs in {out}/ ({', '.join(names[::-1])})")
     if interrupted:

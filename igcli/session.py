@@ -55,6 +55,7 @@ from igcli.ig import (
     DEFAULT_MAX_STEPS,
     DEFAULT_TOLERANCE,
     STOP_REASONS,
+    UNRESOLVED,
     Problem,
     integrated_gradients_many,
 )
@@ -269,6 +270,11 @@ def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.nd
     if prep.layout == "NCHW":
         return np.broadcast_to(patch[None], (c, h, w))
     return np.broadcast_to(patch[:, :, None], (h, w, c))
+
+
+# Ops that round activations to integers: a model with them is a step function of its input.
+QUANTIZING = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+              "ConvInteger", "MatMulInteger"}  # fmt: skip
 
 
 class Session:
@@ -1115,13 +1121,19 @@ class Session:
         """Warn (once per kind) where the numbers cannot be what the user wants."""
         flat = isinstance(source, FiniteDifferences) and source.looks_piecewise_constant
         if a.delta != 0 and (flat or not np.any(a.attributions)):
+            quantized = any(n.op_type in QUANTIZING for n in self.model.graph.node)
+            why = (
+                "it is quantized: explain the float model it was made from"
+                if quantized
+                else "a tree ensemble, rounding or a step function"
+            )
             self._warn_once(
                 "piecewise",
                 f"{self.model_path}: the gradient is zero along the path although F(x) != F(b): "
-                "the model looks piecewise constant (a tree ensemble, rounding or a step "
-                "function), so IG cannot attribute the change and more steps will not help",
+                f"the model looks piecewise constant ({why}), so IG cannot attribute the change "
+                "and more steps will not help",
             )
-        unresolved = exact and a.delta != 0 and abs(a.rel_error) > 0.05
+        unresolved = exact and a.delta != 0 and abs(a.rel_error) > UNRESOLVED
         if unresolved and a.extra.get("converged") is None:
             self._warn_once(  # adaptive steps warn on their own when they stop short
                 "completeness",

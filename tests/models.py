@@ -272,6 +272,26 @@ def staircase() -> onnx.ModelProto:
     )
 
 
+def quantized_sum() -> onnx.ModelProto:
+    """y = sum of x quantized to uint8 steps of 0.1 and back (QuantizeLinear, then
+    DequantizeLinear), as a QDQ model quantizes activations: a step function of x."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["d"]),
+        helper.make_node("ReduceSum", ["d", "axes"], ["y"], keepdims=1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [
+            numpy_helper.from_array(np.array(0.1, dtype=np.float32), "scale"),
+            numpy_helper.from_array(np.array(0, dtype=np.uint8), "zero"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
+    )
+
+
 def symmetric_with_dummy() -> onnx.ModelProto:
     """y = tanh(x0 x1 + 0.5 (x0 + x1) + 0.3 x2^2 + 0 x3): x0 and x1 play the same role (the
     symmetry axiom), x3 none at all (dummy), and the interaction makes paths differ."""

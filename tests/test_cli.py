@@ -249,6 +249,24 @@ def test_completeness_gate(tmp_path):
     assert report["gate"]["passed"] is False and report["gate"]["failing"]
 
 
+def test_a_run_ends_by_counting_unresolved_results(tmp_path):
+    """Each input's miss is warned of once per run; the end says how many missed and the
+    worst, and that the gate would fail them. With the gate set, the gate says it instead."""
+    common = ("--steps", "1", "--method", "riemann_left")
+    result = run("explain", CANCER, CANCER_CSV, *common, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.stderr
+    rows = len(json.loads((tmp_path / "a" / "report.json").read_text())["results"])
+    line = [x for x in result.stderr.splitlines() if "result(s) miss F(x) - F(b)" in x]
+    assert len(line) == 1 and f"of {rows} result(s) miss F(x) - F(b) by more than 5%" in line[0]
+    assert "worst" in line[0] and "--max-completeness-error" in line[0]
+    gated = run("explain", CANCER, CANCER_CSV, *common, "--max-completeness-error", "0.05",
+                "--out", tmp_path / "b")  # fmt: skip
+    assert gated.exit_code == ExitCode.COMPLETENESS
+    assert "result(s) miss F(x) - F(b)" not in gated.stderr
+    fine = run("explain", CANCER, CANCER_CSV, "--out", tmp_path / "c")
+    assert fine.exit_code == 0 and "result(s) miss" not in fine.stderr
+
+
 def test_fixed_batch_model_runs_row_by_row(tmp_path):
     model = models.save(models.fixed_batch_reshape(), tmp_path / "fixed.onnx")
     np.save(tmp_path / "x.npy", np.array([[[0.1, 0.2], [0.3, -0.4]]], dtype=np.float32))

@@ -182,6 +182,17 @@ def test_a_piecewise_constant_model_is_called_out(tmp_path):
         assert any("piecewise constant" in w for w in warnings), (gradients, warnings)
 
 
+def test_a_quantized_model_is_called_out_as_such(tmp_path):
+    """A QDQ model is a step function of its input: igcli says so, and points at the float
+    model (it said 'a tree ensemble, rounding or a step function')."""
+    model = models.save(models.quantized_sum(), tmp_path / "q.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.93, 0.52, 0.71]], dtype=np.float32))
+    warnings = []
+    igcli.Session(model, warn=warnings.append).attribute(tmp_path / "x.npy", steps=8)
+    said = [w for w in warnings if "piecewise constant" in w]
+    assert said and "quantized: explain the float model" in said[0], warnings
+
+
 def test_a_wrong_gradient_graph_fails_its_self_check(tmp_path, monkeypatch):
     """A rule with a flipped sign must not ship: auto falls back, graph stops with exit 7."""
     from igcli.autodiff import rules_math
