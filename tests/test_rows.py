@@ -114,6 +114,38 @@ def test_threads_go_to_rows_first_then_to_each_run():
     assert (gpu.workers, gpu._intra_op()) == (1, 4)
 
 
+def test_slow_rows_go_to_runs_of_few_rows(tmp_path):
+    """Rows a thread takes RUN_SECONDS or more for each run in Runs of one row (faster per
+    row: the activations stay in cache), still two at a time; fast rows keep one Run per
+    worker. The outputs are the same either way."""
+    from igcli import model as model_module
+    from tests import models
+
+    path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
+    runner = ModelRunner(onnx.load(path), path, "x", "y", threads=2, batch_size=16)
+    real = runner.session
+    sizes = []
+
+    class Counting:  # the session, noting the rows of each Run
+        def run(self, outputs, feeds):
+            sizes.append(len(feeds["x"]))
+            return real.run(outputs, feeds)
+
+    runner.session = Counting()
+    x = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
+    first = runner.call(x, ["y"])[0]
+    assert sorted(sizes) == [3, 3]
+    sizes.clear()
+    runner._row_seconds[("y",)] = model_module.RUN_SECONDS * 1.5  # as if measured
+    np.testing.assert_array_equal(runner.call(x, ["y"])[0], first)
+    assert sizes == [1] * 6
+    sizes.clear()
+    runner._row_seconds[("y",)] = model_module.RUN_SECONDS / 2.5  # three rows take as long
+    runner.call(x, ["y"])
+    assert sorted(sizes) == [3, 3]
+    assert runner._row_seconds[("y",)] < model_module.RUN_SECONDS  # measured by the call
+
+
 def test_gradcheck_sends_coupled_rows_one_per_call(tmp_path):
     """gradcheck's differences went through the graph in batches: a right graph failed."""
     from tests.test_cli import run
