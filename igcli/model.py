@@ -1128,8 +1128,9 @@ class ModelRunner:
     On the CPU a call's rows are split over `workers` single-threaded `Run`s at once (one
     session may run concurrently), rather than one `Run` on ONNX Runtime's intra-op
     threads, which meet at every op: 2 threads, gradient calls, ResNet-50 at 16 rows 1750
-    -> 1450 ms, ViT-S/16 2220 -> 1860 ms, digits at 256 rows 38.5 -> 33.2 ms. Runners that
-    take one row per call use the intra-op threads instead.
+    -> 1450 ms, ViT-S/16 2220 -> 1860 ms, digits at 256 rows 38.5 -> 33.2 ms. Where rows
+    are slow (see RUN_SECONDS) they go in Runs of fewer rows still, `workers` at a time.
+    Runners that take one row per call use the intra-op threads instead.
     """
 
     def __init__(
