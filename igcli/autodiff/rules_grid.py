@@ -1,4 +1,5 @@
-"""Gradient rule for GridSample: sampling an image at coordinates a grid gives.
+"""Gradient rules for GridSample, sampling an image at the points of a grid, and AffineGrid,
+which makes such a grid from an affine transform (together, a spatial transformer).
 
 y[n, c, p] reads X[n, c] at the point grid[n, p] (x, then y, in [-1, 1]): bilinearly from the
 four pixels around it, or the nearest one. The gradient reaches X by adding each output's GO
@@ -15,10 +16,6 @@ from igcli.autodiff.builder import NodeGrad
 from igcli.autodiff.registry import NoGradient, rule
 
 
-def _scalar(g: NodeGrad, value: float) -> str:
-    return g.scalar(value, g.I(0))
-
-
 def _coordinate(g: NodeGrad, normal: str, size: int, corners: bool, padding: str):
     """Pixel coordinate of a normalised one, after the padding mode's clamp or reflection, and
     its derivative. Points outside [lo, hi] (the pixel centres with align_corners, else the
@@ -26,32 +23,32 @@ def _coordinate(g: NodeGrad, normal: str, size: int, corners: bool, padding: str
     (reflection); zeros leaves them, and their pixels read 0."""
     scale = (size - 1) / 2.0 if corners else size / 2.0
     offset = (size - 1) / 2.0
-    pixel = g.op("Add", g.op("Mul", normal, _scalar(g, scale)), _scalar(g, offset))
-    slope = g.op("Add", g.op("Mul", normal, _scalar(g, 0.0)), _scalar(g, scale))  # shaped
+    pixel = g.op("Add", g.op("Mul", normal, g.scalar(scale)), g.scalar(offset))
+    slope = g.op("Add", g.op("Mul", normal, g.scalar(0.0)), g.scalar(scale))  # shaped
     if padding == "zeros":
         return pixel, slope
     lo, hi = (0.0, size - 1.0) if corners else (-0.5, size - 0.5)
-    below = g.op("Less", pixel, _scalar(g, lo))
-    above = g.op("Greater", pixel, _scalar(g, hi))
+    below = g.op("Less", pixel, g.scalar(lo))
+    above = g.op("Greater", pixel, g.scalar(hi))
     outside = g.op("Or", below, above)
-    zero = _scalar(g, 0.0)
+    zero = g.scalar(0.0)
     if padding == "border":
-        clamped = g.op("Clip", pixel, _scalar(g, 0.0), _scalar(g, size - 1.0))
+        clamped = g.op("Clip", pixel, g.scalar(0.0), g.scalar(size - 1.0))
         return g.op("Where", outside, clamped, pixel), g.op("Where", outside, zero, slope)
     span = hi - lo
     if span <= 0:
         raise NoGradient("GridSample reflection on a one-pixel axis")
-    dist = g.op("Where", below, g.op("Sub", _scalar(g, lo), pixel),
-                g.op("Where", above, g.op("Sub", pixel, _scalar(g, hi)), zero))  # fmt: skip
-    turns = g.op("Floor", g.op("Div", dist, _scalar(g, span)))
-    rest = g.op("Sub", dist, g.op("Mul", turns, _scalar(g, span)))
-    half = g.op("Floor", g.op("Mul", turns, _scalar(g, 0.5)))
-    odd = g.op("Greater", g.op("Sub", turns, g.op("Mul", half, _scalar(g, 2.0))), zero)
+    dist = g.op("Where", below, g.op("Sub", g.scalar(lo), pixel),
+                g.op("Where", above, g.op("Sub", pixel, g.scalar(hi)), zero))  # fmt: skip
+    turns = g.op("Floor", g.op("Div", dist, g.scalar(span)))
+    rest = g.op("Sub", dist, g.op("Mul", turns, g.scalar(span)))
+    half = g.op("Floor", g.op("Mul", turns, g.scalar(0.5)))
+    odd = g.op("Greater", g.op("Sub", turns, g.op("Mul", half, g.scalar(2.0))), zero)
     from_lo = g.op("Xor", below, odd)  # lo + rest (else hi - rest)
-    reflected = g.op("Where", from_lo, g.op("Add", _scalar(g, lo), rest),
-                     g.op("Sub", _scalar(g, hi), rest))  # fmt: skip
+    reflected = g.op("Where", from_lo, g.op("Add", g.scalar(lo), rest),
+                     g.op("Sub", g.scalar(hi), rest))  # fmt: skip
     # d(lo + rest)/d pixel is -1 below, +1 above; d(hi - rest) the opposite
-    sign = g.op("Where", g.op("Xor", from_lo, below), _scalar(g, 1.0), _scalar(g, -1.0))
+    sign = g.op("Where", g.op("Xor", from_lo, below), g.scalar(1.0), g.scalar(-1.0))
     return (g.op("Where", outside, reflected, pixel),
             g.op("Where", outside, g.op("Mul", sign, slope), slope))  # fmt: skip
 
@@ -61,10 +58,10 @@ def _tap(g: NodeGrad, index: str, size: int, padding: str) -> tuple[str, str | N
     mask of whether it was inside (outside pixels read 0)."""
     inside = None
     if padding == "zeros":
-        ok = g.op("And", g.op("Not", g.op("Less", index, _scalar(g, 0.0))),
-                  g.op("Not", g.op("Greater", index, _scalar(g, size - 1.0))))  # fmt: skip
+        ok = g.op("And", g.op("Not", g.op("Less", index, g.scalar(0.0))),
+                  g.op("Not", g.op("Greater", index, g.scalar(size - 1.0))))  # fmt: skip
         inside = g.op("Cast", ok, to=g.e.infos_elem(g.I(0)))
-    clamped = g.op("Clip", index, _scalar(g, 0.0), _scalar(g, size - 1.0))
+    clamped = g.op("Clip", index, g.scalar(0.0), g.scalar(size - 1.0))
     return g.op("Cast", clamped, to=7), inside
 
 
@@ -91,7 +88,7 @@ def GridSample(g: NodeGrad):
     gx, gy = g.e.slice(flat, [0], [1], [2]), g.e.slice(flat, [1], [2], [2])
     px, sx = _coordinate(g, gx, width, corners, padding)
     py, sy = _coordinate(g, gy, height, corners, padding)
-    zero, one = _scalar(g, 0.0), _scalar(g, 1.0)
+    zero, one = g.scalar(0.0), g.scalar(1.0)
     if mode == "nearest":  # Round: half to even, as the runtimes round
         taps = [(g.op("Round", py), g.op("Round", px), None)]
     else:
