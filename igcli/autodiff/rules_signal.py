@@ -24,6 +24,15 @@ def _dft_axis(g: NodeGrad, rank: int) -> int:
     return axis % rank
 
 
+def _dft(g: NodeGrad, x: str, n: int, axis: int, inverse: int) -> str:
+    """A full (two-sided) n-point DFT node along `axis`, in this opset's form (the axis an
+    attribute before opset 20, an input from it)."""
+    if g.opset >= 20:
+        axis_input = g.e.const(np.array(axis, np.int64))
+        return g.op("DFT", x, g.e.const(np.array(n, np.int64)), axis_input, inverse=inverse)
+    return g.op("DFT", x, g.e.const(np.array(n, np.int64)), inverse=inverse, axis=axis)
+
+
 @rule("DFT")
 def DFT(g: NodeGrad):
     """y = S F P z: P pads or cuts the signal to dft_length n, F is the n-point DFT matrix
@@ -52,11 +61,7 @@ def DFT(g: NodeGrad):
         pads = [0] * (2 * rank)
         pads[rank + axis] = n - (n // 2 + 1)
         go = g.e.pad(go, pads)
-    axis_arg = {"axis": axis} if g.opset < 20 else {}
-    extra = [g.e.const(np.array(n, np.int64))]
-    if g.opset >= 20:
-        extra.append(g.e.const(np.array(axis, np.int64)))
-    back = g.op("DFT", go, *extra, inverse=1 - inverse, **axis_arg)
+    back = _dft(g, go, n, axis, inverse=1 - inverse)
     back = g.op("Mul", back, g.scalar(float(n) if not inverse else 1.0 / n, x))
     if n > m:
         back = g.e.slice(back, [0], [m], [axis])
@@ -68,3 +73,55 @@ def DFT(g: NodeGrad):
     if shape[-1] == 1:
         back = g.e.slice(back, [0], [1], [rank - 1])
     return [back] + [None] * (g.n_inputs() - 1)
+
+
+@rule("STFT")
+def STFT(g: NodeGrad):
+    """y[f] = S F (w * x[f s : f s + W]) for frames f at step s, W the frame length, w the
+    window (ones without one), F the W-point DFT, S the first W//2 + 1 bins when onesided.
+    dx is the frames' adjoints added back where each frame was read: F^H S^T GO per frame
+    (as in DFT), times w, overlap-added by a ConvTranspose whose W input channels each land
+    at their own offset (an identity kernel, stride s). A real signal takes the real part.
+    The window gets none (it is a constant in exported models)."""
+    if g.needs(2):
+        raise NoGradient("STFT with its window on the path")
+    x, go = g.I(0), g.GO(0)
+    shape = g.e.static_shape(x)
+    step = g.const_input(1)
+    window = g.const_input(2) if g.I(2) else None
+    given = g.const_input(3) if len(g.node.input) > 3 and g.I(3) else None
+    if shape is None or len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
+        raise NoGradient("STFT needs a static signal length")
+    if (
+        step is None
+        or (g.I(2) and window is None)
+        or (len(g.node.input) > 3 and g.I(3) and given is None)
+    ):
+        raise NoGradient("STFT with a step, window or frame length known only at run time")
+    length, parts = shape[1], shape[2]
+    width = int(given) if given is not None else (len(window) if window is not None else length)
+    step = int(step)
+    frames = 1 + (length - width) // step
+    onesided = int(g.attr("onesided", 1))
+    if onesided and width - (width // 2 + 1) > 0:
+        pads = [0] * 8
+        pads[4 + 2] = width - (width // 2 + 1)
+        go = g.e.pad(go, pads)
+    back = _dft(g, go, width, 2, inverse=1)
+    back = g.op("Mul", back, g.scalar(float(width), x))  # [B, frames, W, 2]
+    if parts == 1:
+        back = g.e.slice(back, [0], [1], [3])
+    if window is not None:
+        w = np.asarray(window, dtype=g.e.np_dtype(x)).reshape(1, 1, width, 1)
+        back = g.op("Mul", back, g.e.const(w, g.e.np_dtype(x)))
+    columns = g.op("Reshape", g.op("Transpose", back, perm=[0, 3, 2, 1]),
+                   g.e.ints([-1, width, frames]))  # fmt: skip
+    eye = g.e.const(np.eye(width).reshape(width, 1, width), g.e.np_dtype(x))
+    added = g.op("ConvTranspose", columns, eye, strides=[step])  # [B * parts, 1, span]
+    span = (frames - 1) * step + width
+    signal = g.op("Reshape", added, g.e.ints([-1, parts, span]))
+    if span < length:
+        g.e.infos.setdefault(signal, TensorInfo(g.e.infos_elem(x), None))  # the pad's type
+        signal = g.e.pad(signal, [0, 0, 0, 0, 0, length - span])
+    grads: list[str | None] = [g.op("Transpose", signal, perm=[0, 2, 1])]
+    return grads + [None] * (g.n_inputs() - 1)

@@ -1,6 +1,6 @@
-"""The DFT rule against central finite differences: real and complex signals, forward and
-inverse, one-sided, dft_length padding or cutting the signal, the axis as an attribute
-(opset 17) or an input (opset 20)."""
+"""The DFT and STFT rules against central finite differences: real and complex signals,
+forward and inverse, one-sided, dft_length padding or cutting the signal, the axis as an
+attribute (opset 17) or an input (opset 20); frames that overlap, windows."""
 
 import numpy as np
 import pytest
@@ -51,6 +51,21 @@ CASES.append(
     )
 )
 CASES.append(Case("DFT", {"x": r(3, 8, 1)}, opset=17, dynamic=True, id="DFT-dynamic-17"))
+
+
+# STFT (17+): a real or complex signal, frames that overlap or not (the last samples unread),
+# a window or none, the frame length given or read off the window, one- or two-sided
+HANN = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8)
+for onesided in (1, 0):
+    CASES.append(Case("STFT", {"x": r(2, 22, 1)}, {"onesided": onesided}, opset=17,
+                      constants={"step": n(3), "window": HANN},
+                      id=f"STFT-real-hann-overlap-onesided{onesided}"))  # fmt: skip
+CASES.append(Case("STFT", {"x": r(1, 17, 2)}, {"onesided": 0}, opset=17,
+                  constants={"step": n(6), "window": r(6), "length": n(6)},
+                  id="STFT-complex-apart-window-and-length"))  # fmt: skip
+# (onesided given: onnx's shape inference takes an absent onesided as 0, ONNX Runtime as 1)
+CASES.append(Case("STFT", {"x": r(2, 16, 1)}, {"onesided": 1}, opset=20, dynamic=True,
+                  constants={"step": n(2), "window": HANN}, id="STFT-opset20-dyn"))  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
