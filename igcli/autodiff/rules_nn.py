@@ -386,6 +386,14 @@ def _max_pool_by_indices(g: NodeGrad, win: Window, channels: int) -> str | None:
     return g.op("Reshape", dx, shape)
 
 
+@rule("MaxUnpool")
+def MaxUnpool(g: NodeGrad):
+    """y = zeros with y.flat[I] = x (I: a MaxPool's Indices, flat over the whole output):
+    dx = GO.flat[I]. The indices and output_shape get none."""
+    flat = g.op("Reshape", g.GO(0), g.e.ints([-1]))
+    return [g.op("Gather", flat, g.I(1), axis=0)] + [None] * (g.n_inputs() - 1)
+
+
 def _unpools(win: Window) -> bool:
     """Whether MaxUnpool takes x's shape as its output_shape: ONNX Runtime refuses one smaller
     than (out - 1) * stride - pads + kernel (a ceil_mode window that reaches past x), and

@@ -55,7 +55,12 @@ class MaxUnpool(OpRun):
 
     op_domain = ""
 
-    def _run(self, x, indices, output_shape, kernel_shape=None, pads=None, strides=None):
+    def _run(self, x, indices, output_shape=None, kernel_shape=None, pads=None, strides=None):
+        if output_shape is None:  # the shape the windows span
+            n = len(kernel_shape)
+            pads, strides = pads or [0] * 2 * n, strides or [1] * n
+            output_shape = [*x.shape[:2], *((d - 1) * s + k - p - q for d, s, k, p, q in zip(
+                x.shape[2:], strides, kernel_shape, pads[:n], pads[n:], strict=True))]  # fmt: skip
         out = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
         out[indices.ravel()] = x.ravel()
         return (out.reshape([int(d) for d in output_shape]),)

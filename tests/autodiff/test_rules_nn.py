@@ -581,7 +581,7 @@ LP1_AND_MVN = [  # (op, attrs, opset, shape, the function in float64 numpy)
 
 
 LP1_AND_MVN_IDS = [f"{c[0]}-{c[1]}-{c[2]}-{len(c[3])}d" for c in LP1_AND_MVN]
-GRAPH_CHECKED_OPS = ("MeanVarianceNormalization",)  # (test_coverage: checked here, not in CASES)
+GRAPH_CHECKED_OPS = ("MeanVarianceNormalization", "MaxUnpool")  # (checked here, not in CASES)
 
 
 @pytest.mark.parametrize("op,attrs,opset,shape,f", LP1_AND_MVN, ids=LP1_AND_MVN_IDS)
@@ -606,3 +606,22 @@ def test_lp1_and_mvn(op, attrs, opset, shape, f):
     forward = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x.astype(np.float32)})
     np.testing.assert_allclose(forward[0], f(x), rtol=1e-4, atol=1e-5)  # the same function
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("opset", [9, 11])
+def test_max_unpool(opset):
+    """MaxUnpool writes x back at a MaxPool's indices (of another tensor here), into the
+    default shape or a given output_shape (opset 11): dx reads GO there."""
+    shape = ["shape"] if opset >= 11 else []
+    size = [1, 2, 5, 5] if shape else [1, 2, 4, 4]
+    nodes = [
+        helper.make_node("MaxPool", ["p"], ["pooled", "idx"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxUnpool", ["x", "idx", *shape], ["u"], kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Reshape", ["u", "size"], ["y"]),  # (a static shape for the seed)
+    ]  # fmt: skip
+    constants = {"size": np.array(size, np.int64)}
+    if shape:
+        constants["shape"] = np.array(size, np.int64)
+    check_graph(nodes, {"p": distinct(1, 2, 4, 4), "x": r(1, 2, 2, 2)}, "y", wrt=["x"],
+                opset=opset, constants=constants)  # fmt: skip
