@@ -57,7 +57,7 @@ def test_ops_without_rules_on_integer_tensors_do_not_block():
 
 def test_cast_to_integer_cuts_the_path():
     """y = x * float(int(x)): the step factor carries no gradient, the other factor does; an
-    op without a rule behind the cut (Hardmax on the integer side's float copy) still blocks,
+    op without a rule behind the cut (Unique on the integer side's float copy) still blocks,
     since it sits on a float path from x."""
     x = rng.uniform(0.2, 0.8, (2, 3)) + np.arange(6).reshape(2, 3)
     nodes = [
@@ -66,10 +66,10 @@ def test_cast_to_integer_cuts_the_path():
         helper.make_node("Mul", ["x", "xf"], ["y"]),
     ]
     check_graph(nodes, {"x": x}, "y", opset=15)
-    blocked = [*nodes[:2], helper.make_node("Hardmax", ["x"], ["s"]),
+    blocked = [*nodes[:2], helper.make_node("Unique", ["x"], ["s"]),
                helper.make_node("Mul", ["s", "xf"], ["y"])]  # fmt: skip
     model = make_model(blocked, {"x": x.astype(np.float32)}, "y", 15)
-    assert blocking_ops(model, "x", "y") == ["Hardmax"]
+    assert blocking_ops(model, "x", "y") == ["Unique"]
 
 
 def test_unused_float_output_of_an_op_without_rule_does_not_block():
