@@ -77,7 +77,7 @@ def GridSample(g: NodeGrad):
     padding, corners = g.attr("padding_mode", "zeros"), bool(g.attr("align_corners", 0))
     shape = g.e.static_shape(x)
     if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise NoGradient("GridSample needs a 4-D image of static channels and size")
+        raise NoGradient("GridSample needs static shapes (a 4-D image of known channels and size)")
     if mode not in ("linear", "bilinear", "nearest"):
         raise NoGradient(f"GridSample mode {mode}")
     if mode == "nearest" and padding == "reflection":
@@ -167,7 +167,7 @@ def AffineGrid(g: NodeGrad):
     theta, size = g.I(0), g.I(1)
     shape = g.e.static_shape(theta)
     if shape is None or len(shape) != 3 or shape[1] not in (2, 3):
-        raise NoGradient("AffineGrid needs theta's rank and dims")
+        raise NoGradient("AffineGrid needs static shapes (theta's rank and dims)")
     dims = shape[1]
     identity = np.eye(dims, dims + 1)[None]
     one_image = g.op("Concat", g.e.ints([1]), g.e.slice(size, [1], [2 + dims], [0]), axis=0)

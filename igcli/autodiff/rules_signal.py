@@ -44,12 +44,12 @@ def DFT(g: NodeGrad):
     x, go = g.I(0), g.GO(0)
     shape = g.e.static_shape(x)
     if shape is None:
-        raise NoGradient("DFT needs the input rank")
+        raise NoGradient("DFT needs static shapes (the input's rank)")
     rank = len(shape)
     axis = _dft_axis(g, rank)
     m = shape[axis]
     if not isinstance(m, int):
-        raise NoGradient("DFT needs a static signal length")
+        raise NoGradient("DFT needs static shapes (the signal length)")
     length = g.const_input(1) if g.I(1) else None
     if g.I(1) and length is None:
         raise NoGradient("DFT with a dft_length known only at run time")
@@ -91,7 +91,7 @@ def STFT(g: NodeGrad):
     window = g.const_input(2) if g.I(2) else None
     given = g.const_input(3) if len(g.node.input) > 3 and g.I(3) else None
     if shape is None or len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
-        raise NoGradient("STFT needs a static signal length")
+        raise NoGradient("STFT needs static shapes (the signal length)")
     if (
         step is None
         or (g.I(2) and window is None)

@@ -61,7 +61,7 @@ _SHAPE_FROM_SHAPES = _ops(
     LayerNormalization GroupNormalization LRN LpNormalization MeanVarianceNormalization Softmax
     LogSoftmax Hardmax MatMul MatMulInteger Gemm Einsum Transpose Flatten Concat Gather
     GatherElements GatherND ScatterElements ScatterND DepthToSpace SpaceToDepth ArgMax ArgMin
-    Shape Size EyeLike CumSum Trilu ReverseSequence GridSample"""
+    Shape Size EyeLike CumSum Trilu ReverseSequence GridSample Swish RotaryEmbedding"""
 )
 _SHAPE_VALUE_INPUTS = {
     **dict.fromkeys(
@@ -81,6 +81,8 @@ _SHAPE_VALUE_INPUTS = {
     "Range": {0, 1, 2},
     "Col2Im": {1, 2},
     "MaxUnpool": {2},
+    "DFT": {1, 2},
+    "STFT": {1, 3},
 }
 _RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
            "Bernoulli", "Multinomial"}  # fmt: skip
