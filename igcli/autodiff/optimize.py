@@ -51,6 +51,7 @@ def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.M
     _fold(nodes, consts, protected, infos, new_inits, opset)
     _gathers_as_slices(nodes, consts, infos, new_inits, opset)
     _attention_probabilities(nodes)
+    reshaped = _explicit_defaults(nodes)
     folded = [n.proto for n in nodes if not n.dead]
     del graph.node[:]
     graph.node.extend(folded)
@@ -58,9 +59,29 @@ def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.M
     del graph.node[:]
     graph.node.extend(live)
     _add_used_initializers(graph, [*model.graph.initializer, *new_inits], input_name)
+    for vi in [*graph.value_info, *graph.output]:  # dims inferred the wrong way before
+        if vi.name in reshaped:
+            for k, dim in enumerate(vi.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value"):  # (symbolic ones, a batch, stay as they are)
+                    dim.dim_param = f"{vi.name}_dim{k}"  # (clears dim_value: a oneof)
     if out.ir_version < 4:  # initializers need not be graph inputs from IR 4 on
         out.ir_version = 4
     return out
+
+
+def _explicit_defaults(nodes: list[_Node]) -> set[str]:
+    """Write out defaults that onnx's shape inference reads otherwise than the runtimes: an
+    STFT without `onesided` is one-sided (the spec, ONNX Runtime), but inference gives it
+    every bin, and the gradient graph's seed would then be shaped for them. Returns the
+    outputs whose recorded shapes (a model saved after shape inference) are then wrong."""
+    reshaped = set()
+    for n in nodes:
+        p = n.proto
+        stft = p.op_type == "STFT" and p.domain in ("", "ai.onnx")
+        if stft and not any(a.name == "onesided" for a in p.attribute):
+            p.attribute.append(helper.make_attribute("onesided", 1))
+            reshaped.update(p.output)
+    return reshaped
 
 
 def annotate(model: onnx.ModelProto, infos: Mapping, names: set[str]) -> onnx.ModelProto:
