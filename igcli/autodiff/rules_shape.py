@@ -424,6 +424,27 @@ def ScatterElements(g: NodeGrad):
     return _scatter_grad(g, scatter, "GatherElements", distinct, axis=axis)
 
 
+@rule("Compress")
+def Compress(g: NodeGrad):
+    """y keeps the slices of x along `axis` (or, without one, the elements of x flattened)
+    where the condition is true: dx = GO written back at those positions into zeros, a
+    ScatterND over the axis moved first. The condition gets none."""
+    if g.opset < 11:
+        raise NoGradient("Compress before opset 11 (no ScatterND to write it back)")
+    x, go = g.I(0), g.GO(0)
+    positions = g.op("Transpose", g.op("NonZero", g.I(1)), perm=[1, 0])  # [K, 1]
+    axis = g.attr("axis", None)
+    if axis is None:
+        flat = _zeros(g, g.op("Reshape", g.op("Size", x), g.e.ints([1])), x)
+        return [g.op("Reshape", g.op("ScatterND", flat, positions, go), g.op("Shape", x)), None]
+    rank = _rank(g, x)
+    axis %= rank
+    perm = [axis, *(k for k in range(rank) if k != axis)]
+    zeros = _zeros(g, g.op("Gather", g.op("Shape", x), g.e.ints(perm)), x)
+    written = g.op("ScatterND", zeros, positions, g.op("Transpose", go, perm=perm))
+    return [g.op("Transpose", written, perm=[int(k) for k in np.argsort(perm)]), None]
+
+
 @rule("ScatterND")
 def ScatterND(g: NodeGrad):
     """y = x with update slices written (reduction none) or added (add) at the positions in

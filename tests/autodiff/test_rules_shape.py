@@ -293,6 +293,18 @@ for opset in (11, 14):
     add(NodeCase("CumSum", {"x": r(2, 5)}, {"reverse": 1}, fixed={"axis": np.asarray(-1)},
                  runtime={"axis"}, opset=opset, id=f"CumSum-runtime-axis-{opset}"))  # fmt: skip
 
+# -- Compress (11+): along an axis (negative too), flattened, a condition shorter than the
+# axis, computed at run time ----------------------------------------------------------------
+MASK = np.array([True, False, True, True])
+add(NodeCase("Compress", {"x": r(3, 4, 2)}, {"axis": 1}, fixed={"c": MASK}, opset=11,
+             id="Compress-axis1"))  # fmt: skip
+add(NodeCase("Compress", {"x": r(4, 3)}, {"axis": -2}, fixed={"c": MASK[:3]}, opset=11,
+             id="Compress-short-condition-negative-axis"))  # fmt: skip
+add(NodeCase("Compress", {"x": r(2, 3)}, fixed={"c": np.array([0, 1, 1, 0, 1], bool)},
+             runtime={"c"}, opset=13, id="Compress-flat-runtime"))  # fmt: skip
+add(NodeCase("Compress", {"x": r(3, 4)}, {"axis": 1}, fixed={"c": MASK}, opset=13, dynamic=True,
+             id="Compress-dyn"))  # fmt: skip
+
 # -- ReverseSequence (10+): time axis 0 or 1, lengths constant or computed at run time ---------
 for batch_axis, time_axis, shape in ((1, 0, (4, 3, 2)), (0, 1, (3, 4, 2))):
     add(NodeCase("ReverseSequence", {"x": r(*shape)}, {"batch_axis": batch_axis,
