@@ -1,5 +1,5 @@
 """Allows `python -m igcli`."""
 
-from igcli.cli import main
+from igcli.cli import run
 
-main()
+run()

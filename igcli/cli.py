@@ -253,6 +253,20 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def run() -> None:
+    """The igcli program (`igcli`, `python -m igcli`): `main`, and then the exit code it
+    decided even if Ctrl-C or SIGTERM comes while the interpreter shuts down (ONNX Runtime's
+    sessions and threads going away), which ended the process with 130 or 143 instead."""
+    import signal
+
+    try:
+        main()
+    except SystemExit:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise
+
+
 class StepsType(click.ParamType):
     """A number of steps (1 to MAX_STEPS) or 'auto'."""
 

@@ -624,6 +624,31 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
         assert (out / r["attributions_file"]).is_file()
 
 
+def test_the_program_keeps_its_exit_code_through_a_late_signal(monkeypatch):
+    """Once a command has decided its exit code, a SIGTERM or Ctrl-C during the
+    interpreter's shutdown no longer turns it into 143 or 130: `run` (the program's entry
+    point) ignores both as it exits."""
+    import signal
+    import subprocess
+    import sys
+
+    from igcli import cli
+
+    def decided():
+        raise SystemExit(4)
+
+    set_to = {}
+    monkeypatch.setattr(cli, "main", decided)
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: set_to.setdefault(sig, handler))
+    with pytest.raises(SystemExit) as info:
+        cli.run()
+    assert info.value.code == 4
+    assert set_to == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    proc = subprocess.run([sys.executable, "-m", "igcli", "--version"], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0 and "igcli" in proc.stdout
+
+
 def test_gradcheck_and_inspect_say_what_explain_says_of_a_model(tmp_path):
     """A model ONNX Runtime cannot load (a node reads a tensor nobody makes, a future opset)
     is exit 3 for gradcheck as for explain (it was 7, 'no gradient graph'); inspect says
