@@ -22,6 +22,17 @@ DATA = Path(__file__).parent / "data"
 VITS = ["vit_legacy_opset17", "vit_legacy_opset18", "vit_dynamo_opset18"]
 
 
+def _matches_reference(sess: ort.InferenceSession, ref) -> None:
+    """The graph's logits and gradient at batch 1 and 2 against the stored PyTorch ones."""
+    for batch in (1, 2):
+        feeds = {"x": ref["x"][:batch], SEED: ref["seed"][:batch]}
+        logits, grad = sess.run(["logits", GRAD], feeds)
+        np.testing.assert_allclose(logits, ref["logits"][:batch], atol=1e-5)
+        want = ref["grad"][:batch]
+        error = np.linalg.norm(grad - want) / np.linalg.norm(want)
+        assert error < 1e-5, f"batch {batch}: relative error {error:.1e}"
+
+
 @pytest.mark.parametrize("name", VITS)
 def test_vit_gradient_equals_pytorch(name):
     ref = np.load(DATA / "vit_reference.npz")
@@ -32,13 +43,7 @@ def test_vit_gradient_equals_pytorch(name):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(graph.model.SerializeToString(), opts)
-    for batch in (1, 2):
-        feeds = {"x": ref["x"][:batch], SEED: ref["seed"][:batch]}
-        logits, grad = sess.run(["logits", GRAD], feeds)
-        np.testing.assert_allclose(logits, ref["logits"][:batch], atol=1e-5)
-        want = ref["grad"][:batch]
-        error = np.linalg.norm(grad - want) / np.linalg.norm(want)
-        assert error < 1e-5, f"batch {batch}: relative error {error:.1e}"
+    _matches_reference(sess, ref)
 
 
 def test_spatial_transformer_gradient_equals_pytorch():
@@ -52,10 +57,4 @@ def test_spatial_transformer_gradient_equals_pytorch():
     assert "GridSample" in ops, ops
     graph = build_gradient_graph(model, "x", "logits", sample_shape=ref["x"].shape[1:])
     sess = ort.InferenceSession(graph.model.SerializeToString())
-    for batch in (1, 2):
-        feeds = {"x": ref["x"][:batch], SEED: ref["seed"][:batch]}
-        logits, grad = sess.run(["logits", GRAD], feeds)
-        np.testing.assert_allclose(logits, ref["logits"][:batch], atol=1e-5)
-        want = ref["grad"][:batch]
-        error = np.linalg.norm(grad - want) / np.linalg.norm(want)
-        assert error < 1e-5, f"batch {batch}: relative error {error:.1e}"
+    _matches_reference(sess, ref)
