@@ -319,11 +319,10 @@ def CenterCropPad(g: NodeGrad):
     about its centre back to x's shape (ONNX's offsets, (big - small) // 2, agree both ways).
     The shape gets none."""
     x, axes = g.I(0), g.attr("axes", None)
-    shape = g.op("Shape", x)
+    shape, attrs = g.op("Shape", x), {}
     if axes is not None:
-        shape = g.op("Gather", shape, g.e.ints(list(axes)))
-        return [g.op("CenterCropPad", g.GO(0), shape, axes=list(axes)), None]
-    return [g.op("CenterCropPad", g.GO(0), shape), None]
+        shape, attrs = g.op("Gather", shape, g.e.ints(list(axes))), {"axes": list(axes)}
+    return [g.op("CenterCropPad", g.GO(0), shape, **attrs), None]
 
 
 @rule("TopK")

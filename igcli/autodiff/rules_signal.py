@@ -1,4 +1,4 @@
-"""Gradient rules for signal transforms (DFT).
+"""Gradient rules for signal transforms (DFT, STFT).
 
 The DFT is linear, so its gradient is its adjoint, built from DFT nodes too: for a complex
 linear map y = A z on (real, imaginary) pairs the adjoint is the conjugate transpose A^H.
@@ -33,14 +33,32 @@ def _dft(g: NodeGrad, x: str, n: int, axis: int, inverse: int) -> str:
     return g.op("DFT", x, g.e.const(np.array(n, np.int64)), inverse=inverse, axis=axis)
 
 
+def _pad_end(g: NodeGrad, x: str, rank: int, axis: int, amount: int) -> str:
+    """x with `amount` zeros after its end along `axis`."""
+    g.e.infos.setdefault(x, TensorInfo(g.e.infos_elem(g.I(0)), None))  # the pad's type
+    pads = [0] * (2 * rank)
+    pads[rank + axis] = amount
+    return g.e.pad(x, pads)
+
+
+def _adjoint_dft(g: NodeGrad, go: str, rank: int, axis: int, n: int, inverse: int,
+                 onesided: int) -> str:  # fmt: skip
+    """F^H S^T GO for the n-point DFT (inverse: its conjugate over n) along `axis`, S keeping
+    the first n//2 + 1 bins when onesided: GO padded back to n bins with zeros, through the
+    opposite DFT, scaled (n times an inverse DFT undoes its 1/n; over n for an inverse one)."""
+    if onesided and n - (n // 2 + 1) > 0:
+        go = _pad_end(g, go, rank, axis, n - (n // 2 + 1))
+    back = _dft(g, go, n, axis, inverse=1 - inverse)
+    return g.op("Mul", back, g.scalar(float(n) if not inverse else 1.0 / n))
+
+
 @rule("DFT")
 def DFT(g: NodeGrad):
     """y = S F P z: P pads or cuts the signal to dft_length n, F is the n-point DFT matrix
     (F_kj = exp(-2 pi i jk / n); with inverse=1 its conjugate over n), S keeps the first
-    n//2 + 1 bins when onesided. dz = P^T F^H S^T GO: GO padded back to n bins with zeros,
-    through the opposite DFT (n times an inverse DFT undoes the 1/n; over n for an inverse
-    one), then cut or padded back to the input's length; a real input (last dim 1) takes the
-    real part. dft_length and axis get none."""
+    n//2 + 1 bins when onesided. dz = P^T F^H S^T GO (_adjoint_dft), cut or padded back to
+    the input's length; a real input (last dim 1) takes the real part. dft_length and axis
+    get none."""
     x, go = g.I(0), g.GO(0)
     shape = g.e.static_shape(x)
     if shape is None:
@@ -57,19 +75,11 @@ def DFT(g: NodeGrad):
     inverse, onesided = int(g.attr("inverse", 0)), int(g.attr("onesided", 0))
     if inverse and onesided:
         raise NoGradient("DFT with inverse and onesided (a real inverse transform)")
-    if onesided and n - (n // 2 + 1) > 0:
-        pads = [0] * (2 * rank)
-        pads[rank + axis] = n - (n // 2 + 1)
-        go = g.e.pad(go, pads)
-    back = _dft(g, go, n, axis, inverse=1 - inverse)
-    back = g.op("Mul", back, g.scalar(float(n) if not inverse else 1.0 / n, x))
+    back = _adjoint_dft(g, go, rank, axis, n, inverse, onesided)
     if n > m:
         back = g.e.slice(back, [0], [m], [axis])
     elif n < m:
-        g.e.infos.setdefault(back, TensorInfo(g.e.infos_elem(x), None))  # the pad's type
-        pads = [0] * (2 * rank)
-        pads[rank + axis] = m - n
-        back = g.e.pad(back, pads)
+        back = _pad_end(g, back, rank, axis, m - n)
     if shape[-1] == 1:
         back = g.e.slice(back, [0], [1], [rank - 1])
     return [back] + [None] * (g.n_inputs() - 1)
@@ -102,13 +112,7 @@ def STFT(g: NodeGrad):
     width = int(given) if given is not None else (len(window) if window is not None else length)
     step = int(step)
     frames = 1 + (length - width) // step
-    onesided = int(g.attr("onesided", 1))
-    if onesided and width - (width // 2 + 1) > 0:
-        pads = [0] * 8
-        pads[4 + 2] = width - (width // 2 + 1)
-        go = g.e.pad(go, pads)
-    back = _dft(g, go, width, 2, inverse=1)
-    back = g.op("Mul", back, g.scalar(float(width), x))  # [B, frames, W, 2]
+    back = _adjoint_dft(g, go, 4, 2, width, 0, int(g.attr("onesided", 1)))  # [B, frames, W, 2]
     if parts == 1:
         back = g.e.slice(back, [0], [1], [3])
     if window is not None:
@@ -121,7 +125,6 @@ def STFT(g: NodeGrad):
     span = (frames - 1) * step + width
     signal = g.op("Reshape", added, g.e.ints([-1, parts, span]))
     if span < length:
-        g.e.infos.setdefault(signal, TensorInfo(g.e.infos_elem(x), None))  # the pad's type
-        signal = g.e.pad(signal, [0, 0, 0, 0, 0, length - span])
+        signal = _pad_end(g, signal, 3, 2, length - span)
     grads: list[str | None] = [g.op("Transpose", signal, perm=[0, 2, 1])]
     return grads + [None] * (g.n_inputs() - 1)
