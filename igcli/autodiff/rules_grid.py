@@ -111,15 +111,15 @@ def GridSample(g: NodeGrad):
         else:
             weight = g.op("Mul", w[0], w[1])
             weights.append(weight if mask is None else g.op("Mul", weight, mask))
-    image = g.op("Transpose", g.op("Reshape", x, g.e.ints([0, channels, -1])), perm=[0, 2, 1])
-    go_rows = g.op("Transpose", g.op("Reshape", go, g.e.ints([0, channels, -1])), perm=[0, 2, 1])
+    go_rows = _rows(g, go, channels)
     grads: list[str | None] = [None, None]
     if g.needs(0):
-        grads[0] = _scatter_to_image(g, image, go_rows, indices, weights)
+        grads[0] = _scatter_to_image(g, go_rows, indices, weights, [height * width, channels])
     if g.needs(1):
         if mode == "nearest":  # piecewise constant in the grid
             grads[1] = g.op("Mul", grid, zero)
         else:
+            image = _rows(g, x, channels)  # (only the grid's gradient reads the pixels)
             values = []
             for idx, mask in zip(indices, masks, strict=True):
                 v = g.op("GatherND", image, idx, batch_dims=1)  # [N, P, C]
@@ -135,15 +135,23 @@ def GridSample(g: NodeGrad):
     return grads
 
 
-def _scatter_to_image(g: NodeGrad, image: str, go_rows: str, indices, weights) -> str:
-    """dX: each tap adds weight * GO's row into its pixel's row of [N, H*W, C]."""
+def _rows(g: NodeGrad, t: str, channels: int) -> str:
+    """[N, C, ...] -> [N, positions, C]: a pixel's channels in a row, for GatherND/ScatterND."""
+    return g.op("Transpose", g.op("Reshape", t, g.e.ints([0, channels, -1])), perm=[0, 2, 1])
+
+
+def _scatter_to_image(g: NodeGrad, go_rows: str, indices, weights, rows: list[int]) -> str:
+    """dX: each tap adds weight * GO's row into its pixel's row of [N, H*W, C] (`rows`:
+    [H*W, C]), then back to X's shape."""
     n_index = _batch_index(g, indices[0])
-    rows = [g.op("Concat", n_index, idx, axis=2) for idx in indices]
+    at = [g.op("Concat", n_index, idx, axis=2) for idx in indices]
     updates = [g.op("Mul", go_rows, w) for w in weights]
-    where = rows[0] if len(rows) == 1 else g.op("Concat", *rows, axis=1)
+    where = at[0] if len(at) == 1 else g.op("Concat", *at, axis=1)
     what = updates[0] if len(updates) == 1 else g.op("Concat", *updates, axis=1)
     zero = numpy_helper.from_array(np.zeros(1, dtype=g.e.np_dtype(g.I(0))))
-    empty = g.op("ConstantOfShape", g.op("Shape", image), value=zero)
+    batch = g.op("Gather", g.op("Shape", g.I(0)), g.e.ints([0]))
+    shape = g.op("Concat", batch, g.e.ints(rows), axis=0)
+    empty = g.op("ConstantOfShape", shape, value=zero)
     summed = g.op("ScatterND", empty, where, what, reduction="add")
     back = g.op("Transpose", summed, perm=[0, 2, 1])
     return g.op("Reshape", back, g.op("Shape", g.I(0)))
