@@ -230,9 +230,9 @@ class RunReport:
         input's own warning comes once per run; this says how far it went."""
         if self.gate:
             return None
-        over = [(_value(_gated_error(r)), r["name"]) for r in self.results
-                if not r.get("noise") and _nonzero(r.get("delta"))
-                and _over(_gated_error(r), limit)]  # fmt: skip
+        errors = ((_gated_error(r), r) for r in self.results
+                  if not r.get("noise") and _nonzero(r.get("delta")))  # fmt: skip
+        over = [(_value(e), r["name"]) for e, r in errors if _over(e, limit)]
         if not over:
             return None
         worst, name = max(over, key=lambda e: math.inf if math.isnan(e[0]) else e[0])

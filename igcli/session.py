@@ -12,6 +12,7 @@ one client of this class; notebooks and other programs are others.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -1121,10 +1122,9 @@ class Session:
         """Warn (once per kind) where the numbers cannot be what the user wants."""
         flat = isinstance(source, FiniteDifferences) and source.looks_piecewise_constant
         if a.delta != 0 and (flat or not np.any(a.attributions)):
-            quantized = any(n.op_type in QUANTIZING for n in self.model.graph.node)
             why = (
                 "it is quantized: explain the float model it was made from"
-                if quantized
+                if self._quantized
                 else "a tree ensemble, rounding or a step function"
             )
             self._warn_once(
@@ -1461,6 +1461,11 @@ class Session:
             runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below
         runner.tuner = RowTuner(rows)
         self.memory_per_row = per_row
+
+    @functools.cached_property
+    def _quantized(self) -> bool:
+        """Whether the model rounds activations to integers (read once, not per input)."""
+        return any(n.op_type in QUANTIZING for n in self.model.graph.node)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
