@@ -418,8 +418,9 @@ def Swish(g: NodeGrad):
     """y = x sigmoid(a x): dy/dx = s + a x s (1 - s) with s = sigmoid(a x), and s (1 - s)
     from _bell (accurate where s saturates)."""
     x, alpha = g.I(0), float(g.attr("alpha", 1.0))
-    s = g.op("Sigmoid", g.op("Mul", x, g.scalar(alpha)))
-    bend = g.op("Mul", g.op("Mul", x, g.scalar(alpha)), _bell(g, x, abs(alpha)))
+    ax = g.op("Mul", x, g.scalar(alpha))
+    s = g.op("Sigmoid", ax)
+    bend = g.op("Mul", ax, _bell(g, x, abs(alpha)))
     return [g.op("Mul", g.GO(0), g.op("Add", s, bend))]
 
 
