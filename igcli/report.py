@@ -80,23 +80,39 @@ def json_line(entry: dict) -> str:
 class RecordSpool:
     """A run's records in a temporary file instead of memory, read back in order: a
     100,000-row CSV must not keep 100,000 dicts alive. Behaves like a list for what reports
-    need (append, extend, len, iteration, slices)."""
+    need (append, extend, len, iteration, slices). The file has no name (unlinked at once on
+    POSIX), so a killed process or a Dask worker shut down without finalizers leaves none."""
 
     def __init__(self, records: Iterable[dict] = ()) -> None:
-        self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the spool
-            "w", encoding="utf-8", prefix="igcli-records-", suffix=".jsonl"
-        )
+        self._file = tempfile.TemporaryFile("w+b", prefix="igcli-records-")  # noqa: SIM115
         self._n = 0
         self.extend(records)
 
     def append(self, record: dict) -> None:
         # ASCII escapes: a file name's undecodable bytes (lone surrogates) round-trip
-        self._file.write(json.dumps(record) + "\n")
+        self._file.seek(0, os.SEEK_END)  # an iteration in progress may have moved it
+        self._file.write(json.dumps(record).encode("ascii") + b"\n")
         self._n += 1
 
     def extend(self, records: Iterable[dict]) -> None:
         for r in records:
             self.append(r)
+
+    def _lines(self) -> Iterator[bytes]:
+        """The first len(self) lines, read in blocks from explicit offsets: appends between
+        two reads (which move the shared position to the end) do not disturb it."""
+        remaining, offset, tail = self._n, 0, b""
+        while remaining:
+            self._file.seek(offset)
+            block = self._file.read(1 << 20)
+            if not block:
+                return
+            offset += len(block)
+            lines = (tail + block).split(b"\n")
+            tail = lines.pop()
+            for line in lines[:remaining]:
+                remaining -= 1
+                yield line
 
     def __len__(self) -> int:
         return self._n
@@ -105,10 +121,7 @@ class RecordSpool:
         return self._n > 0
 
     def __iter__(self) -> Iterator[dict]:
-        self._file.flush()
-        with open(self._file.name, encoding="utf-8") as fh:
-            for line in itertools.islice(fh, self._n):
-                yield json.loads(line)
+        return (json.loads(line) for line in self._lines())
 
     def __getitem__(self, index):
         if isinstance(index, slice):

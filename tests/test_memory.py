@@ -77,3 +77,22 @@ def test_the_row_tuner_settles_on_the_fastest_size():
         tuner.record(3, 99.0)  # a partial call: ignored
     assert tuner.settled == 32
     assert RowTuner(5).sizes == [5]
+
+
+def test_the_record_spool_leaves_no_file_and_reads_back_across_appends(tmp_path, monkeypatch):
+    """Records spill to an unnamed file: a worker killed without finalizers (Dask shuts
+    its workers down so) must not leave igcli-records-*.jsonl behind in the temp folder.
+    Reading while appending sees the records present when the read began, in order."""
+    import tempfile
+
+    from igcli.report import RecordSpool
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spool = RecordSpool({"i": i, "name": "x" * (i % 7)} for i in range(3))
+    assert list(tmp_path.iterdir()) == []
+    reading = iter(spool)
+    assert next(reading)["i"] == 0
+    spool.extend({"i": i, "name": "\udcff" * 50_000} for i in range(3, 40))  # > 1 MiB
+    assert [r["i"] for r in reading] == [1, 2]
+    assert [r["i"] for r in spool] == list(range(40))
+    assert spool[-1]["name"] == "\udcff" * 50_000 and len(spool[10:13]) == 3
