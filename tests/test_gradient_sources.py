@@ -1,8 +1,6 @@
 """Gradient graph vs finite differences, the fallback, the cache and gradcheck."""
 
 import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,7 +116,9 @@ def test_shapes_unknown_to_inference_are_probed(tmp_path):
 
 
 @pytest.mark.parametrize("factor", [1.1, 0.9, 1.5])
-def test_self_check_catches_a_gradient_off_by_a_factor_on_a_small_model(monkeypatch, factor):
+def test_self_check_catches_a_gradient_off_by_a_factor_on_a_small_model(
+    monkeypatch, tmp_path, factor
+):
     """Per direction, errors are judged against |g * s|, so a gradient 10% off passes in
     every direction where g . v happens to be small; the directions taken together catch it
     (on this 4-feature model, 2 of 4 directions alone let a 50% error through)."""
@@ -132,7 +132,7 @@ def test_self_check_catches_a_gradient_off_by_a_factor_on_a_small_model(monkeypa
         return out, grad * factor
 
     monkeypatch.setattr(gradients.GraphRunner, "run_with_gradients", off)
-    path = models.save(models.tanh_linear(), Path(tempfile.mkdtemp()) / "tl.onnx")
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
     x = np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32)
     a = igcli.Session(path).attribute(x, steps=16)
     assert a.gradient_source == "fd"
