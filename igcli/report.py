@@ -86,11 +86,14 @@ class RecordSpool:
     def __init__(self, records: Iterable[dict] = ()) -> None:
         self._file = tempfile.TemporaryFile("w+b", prefix="igcli-records-")  # noqa: SIM115
         self._n = 0
+        self._at_end = True  # where the next record goes; a read moves the file's position
         self.extend(records)
 
     def append(self, record: dict) -> None:
         # ASCII escapes: a file name's undecodable bytes (lone surrogates) round-trip
-        self._file.seek(0, os.SEEK_END)  # an iteration in progress may have moved it
+        if not self._at_end:  # a seek flushes the write buffer: only after a read
+            self._file.seek(0, os.SEEK_END)
+            self._at_end = True
         self._file.write(json.dumps(record).encode("ascii") + b"\n")
         self._n += 1
 
@@ -104,6 +107,7 @@ class RecordSpool:
         remaining, offset, tail = self._n, 0, b""
         while remaining:
             self._file.seek(offset)
+            self._at_end = False
             block = self._file.read(1 << 20)
             if not block:
                 return

