@@ -151,7 +151,8 @@ def _softplus(step, x: str, y: str, const) -> None:
     e = step("Exp", step("Neg", step("Abs", x)))
     u = step("Add", e, const(1.0))
     dropped = step("Div", step("Sub", step("Sub", u, const(1.0)), e), u)
-    step("Add", step("Relu", x), step("Sub", step("Log", u), dropped), out=y)
+    above = step("Max", x, const(0.0))  # (a Relu would run in a Conv's blocked layout: reorders)
+    step("Add", above, step("Sub", step("Log", u), dropped), out=y)
 
 
 def _mish(step, x: str, y: str, const) -> None:
