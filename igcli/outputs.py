@@ -161,7 +161,7 @@ def png_bytes(image) -> bytes:
         b"\x89PNG\r\n\x1a\n",
         _png_chunk(b"IHDR", header),
         _png_chunk(PNG_SIGNATURE[:4], PNG_SIGNATURE[4:]),
-        _png_chunk(b"IDAT", _deflate.compress(raw.tobytes(), _LEVEL)),
+        _png_chunk(b"IDAT", _deflate.compress(raw, _LEVEL)),  # (no copy: a buffer will do)
         _png_chunk(b"IEND", b""),
     ])  # fmt: skip
 

@@ -110,13 +110,22 @@ def faster_kernels(model: onnx.ModelProto, infos: Mapping) -> onnx.ModelProto:
     graph = model.graph
     nodes: list[onnx.NodeProto] = []
     consts: dict[tuple[int, float], str] = {}
+    taken = {n for node in graph.node for n in [*node.input, *node.output]}
+    taken |= {i.name for i in [*graph.initializer, *graph.input]}
+    fresh = (name for k in itertools.count() if (name := f"igcli_fast_{k}") not in taken)
 
     def const(elem: int, value: float) -> str:
         if (elem, value) not in consts:
-            consts[elem, value] = f"igcli_const_{elem}_{value:g}"
+            consts[elem, value] = next(fresh)
             array = np.array(value, helper.tensor_dtype_to_np_dtype(elem))
             graph.initializer.append(numpy_helper.from_array(array, consts[elem, value]))
         return consts[elem, value]
+
+    def step(op: str, *inputs: str, out: str | None = None) -> str:
+        """Append a node; its output's name (a fresh one unless `out` is given)."""
+        name = out or next(fresh)
+        nodes.append(helper.make_node(op, list(inputs), [name], name=name))
+        return name
 
     for node in graph.node:
         info = infos.get(node.input[0]) if node.input else None
@@ -125,23 +134,10 @@ def faster_kernels(model: onnx.ModelProto, infos: Mapping) -> onnx.ModelProto:
         if build is None or elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
             nodes.append(node)
             continue
-        step = _stepper(nodes, f"{node.output[0]}/{node.op_type.lower()}")
         build(step, node.input[0], node.output[0], functools.partial(const, elem))
     del graph.node[:]
     graph.node.extend(nodes)
     return model
-
-
-def _stepper(nodes: list[onnx.NodeProto], prefix: str):
-    """step(op, *inputs, out=None) appends a node to `nodes` and returns its output's name."""
-    names = (f"{prefix}_{k}" for k in itertools.count())
-
-    def step(op: str, *inputs: str, out: str | None = None) -> str:
-        name = out or next(names)
-        nodes.append(helper.make_node(op, list(inputs), [name], name=name))
-        return name
-
-    return step
 
 
 def _softplus(step, x: str, y: str, const) -> None:
