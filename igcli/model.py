@@ -532,6 +532,25 @@ def with_dynamic_batch(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto
     return model
 
 
+def with_fixed_batch(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    """The inverse of with_dynamic_batch: the symbolic 'N' on inputs and outputs back to
+    `size`, for a model made from one exported at that batch whose dynamic form fails."""
+    model = copy.deepcopy(model)
+    for vi in [*model.graph.input, *model.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and dims[0].dim_param == "N":
+            dims[0].dim_value = size  # (clears dim_param: a oneof)
+    del model.graph.value_info[:]  # their batch is 'N' too: ONNX Runtime infers them again
+    return model
+
+
+def declared_batch(model: onnx.ModelProto, input_name: str) -> int | None:
+    """The fixed batch `input_name` declares (1, or a dummy 8), or None when symbolic."""
+    spec = next(i for i in graph_inputs(model) if i.name == input_name)
+    first = spec.shape[0] if spec.shape else None
+    return first if isinstance(first, int) and first >= 1 else None
+
+
 def without_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop graph inputs that are initializers (old exporters list every weight as an input).
 
@@ -1146,9 +1165,13 @@ class ModelRunner:
         batch_size: int = 64,
         target_input: str | None = None,
         cache_key: str | None = None,
+        exported_batch: int | None = None,
     ) -> None:
         """`model` may be None when `cache_key` names an optimised graph saved by an earlier
-        run (see `from_cache`); with a key, this run's optimised graph is saved for the next."""
+        run (see `from_cache`); with a key, this run's optimised graph is saved for the next.
+        `exported_batch`: `model`'s batch is symbolic, made so (with_dynamic_batch) from a
+        model fixed at that batch, so the fixed form is still tried if the dynamic one fails.
+        """
         self.path, self.input_name, self.output_name = path, input_name, output_name
         self.batch_size = max(1, batch_size)
         self.providers = providers or ["CPUExecutionProvider"]
@@ -1169,9 +1192,10 @@ class ModelRunner:
         if output_name not in {o.name for o in graph_outputs(model)}:
             names = ", ".join(o.name for o in graph_outputs(model))
             raise UsageError(f"model has no output {output_name!r} (outputs: {names})")
-        first = spec.shape[0] if spec.shape else None
-        fixed_batch = first if isinstance(first, int) and first >= 1 else None
+        fixed_batch = declared_batch(model, input_name)
         variant = with_dynamic_batch(model, fixed_batch) if fixed_batch else model
+        made_dynamic = bool(exported_batch and not fixed_batch)
+        fixed_batch = exported_batch if made_dynamic else fixed_batch
         saved = self._saved(cache_key)
         self._open(make_session(variant, path, self.providers, self._intra_op(), saved))
         if fixed_batch and not self._dynamic_batch_works(spec):
@@ -1181,6 +1205,8 @@ class ModelRunner:
                         stale.unlink()
             fixed = self._saved(cache_key, "batch1")  # (the fixed-batch entry, any size)
             self.workers = 1
+            if made_dynamic:
+                model = with_fixed_batch(model, fixed_batch)
             self._open(make_session(model, path, self.providers, self._intra_op(), fixed))
             self._fix_batch()
         self._reset_counters()  # the probe above is not part of the work

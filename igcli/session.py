@@ -12,6 +12,7 @@ one client of this class; notebooks and other programs are others.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -75,6 +76,7 @@ from igcli.model import (
     ModelRunner,
     Sidecar,
     TensorSpec,
+    declared_batch,
     default_output,
     expose_output,
     graph_inputs,
@@ -89,6 +91,7 @@ from igcli.model import (
     stack_contexts,
     unusable_reason,
     weight_bytes,
+    with_dynamic_batch,
     with_softmax,
     without_initializer_inputs,
 )
@@ -652,14 +655,25 @@ class Session:
         per_sample = {k: f.value for k, f in (self._example_context or {}).items()}
         read = {s.name for s in graph_inputs(self.ig_model)}
         feeds = {k: v for k, v in {**feeds, **per_sample}.items() if k in read}
-        if shape is None and self._cut is not None:  # no sample yet: see __init__
-            built = GradientGraph(build_gradient_model(self.ig_model, self.ig_input,
-                                                       self.output_name))  # fmt: skip
-        else:
-            built = build_gradient_graph(
-                self.ig_model, self.ig_input, self.output_name, sample_shape=shape,
+
+        def build(source: onnx.ModelProto) -> GradientGraph:
+            if shape is None and self._cut is not None:  # no sample yet: see __init__
+                return GradientGraph(build_gradient_model(source, self.ig_input, self.output_name))
+            return build_gradient_graph(
+                source, self.ig_input, self.output_name, sample_shape=shape,
                 feeds=feeds, fold_feed_values=not per_sample,
             )  # fmt: skip
+
+        # A model exported at a fixed batch is differentiated with that batch made symbolic:
+        # the shapes recorded for the reverse pass then hold for any batch, so ONNX Runtime
+        # keeps a gradient's product with its ReLU mask in the Convs' blocked layout (made
+        # symbolic only later, they were dropped: ResNet-50 ran 152 layout reorders, not 17).
+        built = None
+        fixed = declared_batch(self.ig_model, self.ig_input)
+        if fixed:
+            with contextlib.suppress(Exception):  # the model as exported is tried next
+                built = build(with_dynamic_batch(self.ig_model, fixed))
+        built = built or build(self.ig_model)
         valid_for = ANY_SHAPE if built.sample_shape is None else tuple(built.sample_shape)
         model = with_target_seed(built.model, self.output_name)
         key = self._cache_key("graph", valid_for)
@@ -674,8 +688,9 @@ class Session:
     def _graph_runner(self, model: onnx.ModelProto, key: str | None) -> GraphRunner | None:
         try:
             runner = ModelRunner(
-                model, *self._ig_names, cache_key=key, target_input=TARGET, **self._runner_kw()
-            )
+                model, *self._ig_names, cache_key=key, target_input=TARGET,
+                exported_batch=declared_batch(self.ig_model, self.ig_input), **self._runner_kw(),
+            )  # fmt: skip
         except IgcliError as exc:
             self._plain_runner()  # the model itself cannot load: a ModelError (exit 3) says so
             self._no_graph(f"ONNX Runtime cannot run its gradient graph: {exc.reason}", None)

@@ -25,7 +25,9 @@ def test_graph_and_finite_differences_agree(tmp_path, model, inputs):
     for g, f in zip(graph, fd, strict=True):
         a = np.load(tmp_path / "g" / g["attributions_file"])
         b = np.load(tmp_path / "f" / f["attributions_file"])
-        assert g["f_input"] == f["f_input"]
+        # the gradient graph computes Softplus from Log and Exp (faster_kernels), as
+        # accurately as ONNX Runtime's Softplus but not always to the same last bit
+        assert g["f_input"] == pytest.approx(f["f_input"], rel=1e-6)
         # per-feature agreement, relative to the attribution scale
         assert np.abs(a - b).max() < 2e-2 * np.abs(a).max(), g["name"]
         assert g["attribution_sum"] == pytest.approx(f["attribution_sum"], rel=5e-3)

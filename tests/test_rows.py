@@ -265,11 +265,13 @@ def test_an_expand_to_a_shape_with_the_batch_of_1_in_it_sums_no_rows(tmp_path):
     assert not any("each other" in w for w in warnings)
 
 
-def test_a_graph_whose_rows_change_each_others_gradients_is_caught(tmp_path):
+def test_a_graph_whose_rows_change_each_others_gradients_is_caught(tmp_path, monkeypatch):
     """Rows of one call are compared with rows alone, and a graph whose rows differ there
     takes one row per call (its one-row gradient passed the self-check); gradcheck fails."""
     from tests.test_cli import run
 
+    # differentiated at its declared batch of 1, as when the symbolic-batch form fails
+    monkeypatch.setattr("igcli.session.declared_batch", lambda *_: None)
     x = RESIZE.with_name("resize_opset11.x.npy")
     warnings = []
     session = igcli.Session(RESIZE, cache=False, threads=1, batch_size=16, warn=warnings.append)
@@ -300,10 +302,12 @@ def _einsum_model(path, batch):
 
 
 def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row_per_call(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """It crashed the run (exit 1, 'shape-mismatch for sum'): the rows check took 'fewer
     rows back' for 'nothing to compare'. Found by a real-model sweep."""
+    # differentiated at its declared batch of 1, as when the symbolic-batch form fails
+    monkeypatch.setattr("igcli.session.declared_batch", lambda *_: None)
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32))
     warnings = []
@@ -313,6 +317,22 @@ def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row
     free = igcli.Session(_einsum_model(tmp_path / "bn.onnx", "N"), cache=False)
     expected = free.attribute(x, steps=16, target=0, baseline="zero")
     assert got.gradient_source == "graph" and any("one per model call" in w for w in warnings)
+    np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-5, atol=1e-7)
+
+
+def test_a_rule_that_reads_the_batch_sees_it_symbolic_in_a_model_exported_at_batch_1(tmp_path):
+    """Differentiated with its batch made symbolic, the Einsum model above gets a gradient
+    graph that takes many rows per call (it took one: the rule saw a size-1 axis)."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32))
+    warnings = []
+    fixed = igcli.Session(_einsum_model(tmp_path / "b1.onnx", 1), cache=False, threads=1,
+                          batch_size=8, warn=warnings.append)  # fmt: skip
+    got = fixed.attribute(x, steps=16, target=0, baseline="zero")
+    expected = igcli.Session(_einsum_model(tmp_path / "bn.onnx", "N"), cache=False).attribute(
+        x, steps=16, target=0, baseline="zero"
+    )
+    assert got.gradient_source == "graph" and warnings == [] and fixed.runner.batch_size == 8
     np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-5, atol=1e-7)
 
 
@@ -336,3 +356,59 @@ def test_onnx_runtime_errors_lose_their_cpp_noise():
     rank = "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid rank for input: x Got: 3"
     assert _first_line(RuntimeError(rank)) == "Invalid rank for input: x Got: 3"
     assert _first_line(RuntimeError("")) == "RuntimeError"
+
+
+def _relu_cnn(path, batch, flat):
+    """Conv, Relu, Conv, Relu (16 channels: the Convs' blocked layout), global average pool,
+    Reshape to `flat`, MatMul; input [batch, 1, 12, 12]."""
+    rng = np.random.default_rng(3)
+    inits = [
+        onnx.numpy_helper.from_array(rng.normal(size=(16, 1, 3, 3)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(size=(16, 16, 3, 3)).astype(np.float32), "w2"),
+        onnx.numpy_helper.from_array(rng.normal(size=(16, 3)).astype(np.float32), "fc"),
+        onnx.numpy_helper.from_array(np.array(flat, np.int64), "flat"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c2"], ["r2"]),
+         helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+         helper.make_node("Reshape", ["g", "flat"], ["f"]),
+         helper.make_node("MatMul", ["f", "fc"], ["y"])],
+        "relu_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+        inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_a_model_exported_at_batch_1_gets_the_gradient_graph_of_a_batch_free_one(
+    tmp_path, monkeypatch
+):
+    """The batch is made symbolic before differentiating, so the shapes recorded for the
+    reverse pass hold for any batch and ONNX Runtime lays out the optimised graph as for a
+    batch-free model (made symbolic only after, the records were dropped and every ReLU
+    mask's product ran between two layout reorders). A graph that hard-codes the batch of 1
+    still gets its gradient graph, one row per call."""
+    x = np.random.default_rng(0).uniform(0, 1, (1, 1, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    results, reorders = {}, {}
+    for name, batch, flat in [("free", "N", [0, -1]), ("one", 1, [0, -1]), ("hard", 1, [1, -1])]:
+        cache = tmp_path / f"cache-{name}"
+        monkeypatch.setenv("IGCLI_CACHE_DIR", str(cache))
+        model = _relu_cnn(tmp_path / f"{name}.onnx", batch, flat)
+        session = igcli.Session(model, threads=2)
+        results[name] = session.attribute(tmp_path / "x.npy", steps=16)
+        assert results[name].gradient_source == "graph"
+        assert (session.runner.batch_size == 1) == (name == "hard")
+        saved = [onnx.load(p, load_external_data=False) for p in cache.glob("ort-*.onnx")]
+        reorders[name] = [sum(n.op_type.startswith("Reorder") for n in g.graph.node)
+                          for g in saved]  # fmt: skip
+    assert reorders["one"] == reorders["free"]
+    for name in ("one", "hard"):
+        np.testing.assert_allclose(
+            results[name].attributions, results["free"].attributions, rtol=1e-5, atol=1e-7
+        )
