@@ -517,9 +517,14 @@ def with_softmax(model: onnx.ModelProto, output: str) -> tuple[onnx.ModelProto, 
     return model, SOFTMAX_OUTPUT
 
 
+# The symbol a fixed batch becomes: not 'N', which a model may already use for another axis
+# (a point cloud's [1, N, 3]); one symbol for two axes tells ONNX Runtime they are equal.
+BATCH_SYMBOL = "igcli_batch"
+
+
 def with_dynamic_batch(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto:
-    """Rename a fixed batch of `size` (1, or the 8 a model was exported with) to a symbolic
-    'N' on inputs and outputs (a try, not a promise)."""
+    """Rename a fixed batch of `size` (1, or the 8 a model was exported with) to the symbol
+    BATCH_SYMBOL on inputs and outputs (a try, not a promise)."""
     model = copy.deepcopy(model)
     inits = {i.name for i in model.graph.initializer}
     for vi in [*model.graph.input, *model.graph.output]:
@@ -527,20 +532,21 @@ def with_dynamic_batch(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto
             continue
         dims = vi.type.tensor_type.shape.dim
         if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == size:
-            dims[0].dim_param = "N"
+            dims[0].dim_param = BATCH_SYMBOL
     del model.graph.value_info[:]
     return model
 
 
 def with_fixed_batch(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
-    """The inverse of with_dynamic_batch: the symbolic 'N' on inputs and outputs back to
-    `size`, for a model made from one exported at that batch whose dynamic form fails."""
+    """The inverse of with_dynamic_batch, for a model made from one exported at `size` whose
+    dynamic form fails: BATCH_SYMBOL back to `size` wherever it stands, in the recorded
+    shapes too (the gradient graph's: shape inference proved those axes are the batch)."""
     model = copy.deepcopy(model)
-    for vi in [*model.graph.input, *model.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) and dims[0].dim_param == "N":
-            dims[0].dim_value = size  # (clears dim_param: a oneof)
-    del model.graph.value_info[:]  # their batch is 'N' too: ONNX Runtime infers them again
+    graph = model.graph
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param == BATCH_SYMBOL:
+                dim.dim_value = size  # (clears dim_param: a oneof)
     return model
 
 

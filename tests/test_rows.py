@@ -412,3 +412,32 @@ def test_a_model_exported_at_batch_1_gets_the_gradient_graph_of_a_batch_free_one
         np.testing.assert_allclose(
             results[name].attributions, results["free"].attributions, rtol=1e-5, atol=1e-7
         )
+
+
+def test_a_model_whose_own_axis_is_named_n_keeps_it_apart_from_the_batch(tmp_path):
+    """A point cloud [1, N, 3] exported at batch 1: the batch made symbolic must not take the
+    name N, which would tell ONNX Runtime the batch equals the number of points."""
+    from igcli.model import BATCH_SYMBOL, with_dynamic_batch, with_fixed_batch
+
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+         helper.make_node("ReduceMax", ["t"], ["y"], axes=[1], keepdims=0)],
+        "points",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [onnx.numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    dynamic = with_dynamic_batch(model)
+    dims = [d.dim_param or d.dim_value for d in dynamic.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [BATCH_SYMBOL, "N", 3]
+    back = with_fixed_batch(dynamic, 1).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in back] == [1, "N", 3]
+    onnx.save(model, tmp_path / "points.onnx")
+    x = rng.normal(size=(1, 7, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    a = igcli.Session(tmp_path / "points.onnx", cache=False).attribute(
+        tmp_path / "x.npy", steps=16, baseline="zero", target=1
+    )
+    assert a.gradient_source == "graph" and a.rel_error < 1e-3
