@@ -141,7 +141,7 @@ def faster_kernels(model: onnx.ModelProto, infos: Mapping) -> onnx.ModelProto:
 
 
 def _softplus(step, x: str, y: str, const) -> None:
-    """Relu(x) + log1p(e) with e = exp(-|x|) in [0, 1]; log1p(e) = Log(u) - (u - 1 - e)/u
+    """max(x, 0) + log1p(e) with e = exp(-|x|) in [0, 1]; log1p(e) = Log(u) - (u - 1 - e)/u
     with u = 1 + e: the correction restores what rounding 1 + e dropped, so a tiny e (x far
     below 0) keeps its digits instead of becoming log(1) = 0."""
     e = step("Exp", step("Neg", step("Abs", x)))
