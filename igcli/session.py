@@ -668,30 +668,46 @@ class Session:
         # the shapes recorded for the reverse pass then hold for any batch, so ONNX Runtime
         # keeps a gradient's product with its ReLU mask in the Convs' blocked layout (made
         # symbolic only later, they were dropped: ResNet-50 ran 152 layout reorders, not 17).
-        built = None
+        # Should that form fail to build or to load, the model as exported is used.
         fixed = declared_batch(self.ig_model, self.ig_input)
         if fixed:
-            with contextlib.suppress(Exception):  # the model as exported is tried next
+            with contextlib.suppress(Exception):
                 built = build(with_dynamic_batch(self.ig_model, fixed))
-        built = built or build(self.ig_model)
-        valid_for = ANY_SHAPE if built.sample_shape is None else tuple(built.sample_shape)
-        model = with_target_seed(built.model, self.output_name)
-        key = self._cache_key("graph", valid_for)
+                valid_for, model, key = self._seeded(built)
+                graph = self._graph_runner(model, key, quiet=True)
+                if graph is not None:
+                    return self._saved_graph(graph, model, key), valid_for
+        valid_for, model, key = self._seeded(build(self.ig_model))
         graph = self._graph_runner(model, key)
-        # The next run on this machine opens ONNX Runtime's optimised graph; the gradient
-        # graph itself is kept only where that could not be saved (saving it cost ResNet-50
-        # 1.25 s of a cold run and 164 MB of cache, where rebuilding it costs 1.9 s).
+        return self._saved_graph(graph, model, key), valid_for
+
+    def _seeded(self, built: GradientGraph) -> tuple[tuple | None, onnx.ModelProto, str | None]:
+        """(the sample shape it holds for, the graph fed a target per row, its cache key)."""
+        valid_for = ANY_SHAPE if built.sample_shape is None else tuple(built.sample_shape)
+        key = self._cache_key("graph", valid_for)
+        return valid_for, with_target_seed(built.model, self.output_name), key
+
+    def _saved_graph(self, graph, model: onnx.ModelProto, key: str | None):
+        """`graph`, its gradient graph cached where ONNX Runtime's optimised one is not: the
+        next run opens that (saving the gradient graph too cost ResNet-50 1.25 s of a cold
+        run and 164 MB of cache, where rebuilding it costs 1.9 s)."""
         if key is not None and (graph is None or not graph.runner.has_saved(key)):
             save_graph(key, model, self.model)
-        return graph, valid_for
+        return graph
 
-    def _graph_runner(self, model: onnx.ModelProto, key: str | None) -> GraphRunner | None:
+    def _graph_runner(
+        self, model: onnx.ModelProto, key: str | None, quiet: bool = False
+    ) -> GraphRunner | None:
+        """A runner on `model`, or None (said, unless `quiet`) when ONNX Runtime cannot
+        load or run it."""
         try:
             runner = ModelRunner(
                 model, *self._ig_names, cache_key=key, target_input=TARGET,
                 exported_batch=declared_batch(self.ig_model, self.ig_input), **self._runner_kw(),
             )  # fmt: skip
         except IgcliError as exc:
+            if quiet:
+                return None
             self._plain_runner()  # the model itself cannot load: a ModelError (exit 3) says so
             self._no_graph(f"ONNX Runtime cannot run its gradient graph: {exc.reason}", None)
             return None

@@ -441,3 +441,43 @@ def test_a_model_whose_own_axis_is_named_n_keeps_it_apart_from_the_batch(tmp_pat
         tmp_path / "x.npy", steps=16, baseline="zero", target=1
     )
     assert a.gradient_source == "graph" and a.rel_error < 1e-3
+
+
+@pytest.mark.parametrize("fails", ["to build", "to load"])
+def test_a_symbolic_batch_form_that_fails_falls_back_to_the_model_as_exported(
+    tmp_path, monkeypatch, fails
+):
+    """Differentiating with the batch made symbolic is an optimisation: if that form fails to
+    build or ONNX Runtime cannot load it, the gradient graph of the model as exported is
+    used, without a word (it was the only form before)."""
+    import igcli.session
+    from igcli.errors import ModelError
+    from igcli.model import BATCH_SYMBOL
+
+    if fails == "to build":
+
+        def broken(*_):
+            raise ValueError("no")
+
+        monkeypatch.setattr(igcli.session, "with_dynamic_batch", broken)
+    else:
+
+        class Refusing(ModelRunner):
+            def __init__(self, model, *args, **kw):
+                dims = model.graph.input[0].type.tensor_type.shape.dim if model else []
+                if dims and dims[0].dim_param == BATCH_SYMBOL:
+                    raise ModelError("cannot load it", tmp_path)
+                super().__init__(model, *args, **kw)
+
+        monkeypatch.setattr(igcli.session, "ModelRunner", Refusing)
+    x = np.random.default_rng(0).uniform(0, 1, (1, 1, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    warnings = []
+    got = igcli.Session(
+        _relu_cnn(tmp_path / "one.onnx", 1, [0, -1]), cache=False, warn=warnings.append
+    ).attribute(tmp_path / "x.npy", steps=16)
+    want = igcli.Session(_relu_cnn(tmp_path / "free.onnx", "N", [0, -1]), cache=False).attribute(
+        tmp_path / "x.npy", steps=16
+    )
+    assert got.gradient_source == "graph" and warnings == []
+    np.testing.assert_allclose(got.attributions, want.attributions, rtol=1e-5, atol=1e-7)
