@@ -671,12 +671,13 @@ class Session:
         # Should that form fail to build or to load, the model as exported is used.
         fixed = declared_batch(self.ig_model, self.ig_input)
         if fixed:
+            graph = None
             with contextlib.suppress(Exception):
                 built = build(with_dynamic_batch(self.ig_model, fixed))
                 valid_for, model, key = self._seeded(built)
                 graph = self._graph_runner(model, key, quiet=True)
-                if graph is not None:
-                    return self._saved_graph(graph, model, key), valid_for
+            if graph is not None:
+                return self._saved_graph(graph, model, key), valid_for
         valid_for, model, key = self._seeded(build(self.ig_model))
         graph = self._graph_runner(model, key)
         return self._saved_graph(graph, model, key), valid_for
