@@ -11,7 +11,15 @@ from onnx import TensorProto, helper
 import igcli
 from igcli.errors import ExitCode
 from igcli.model import ModelRunner
+from tests import models
 from tests.test_cli import DIGIT_PNGS, DIGITS
+
+
+def _save_xy(path, nodes, x_dims, y_dims, inits=(), opset=13) -> Path:
+    """A float32 graph from input x to output y, saved at `path`."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, y_dims)
+    return models.save(models._model(nodes, [x], [y], inits, opset), path)
 
 
 def test_split_rows_give_what_one_run_gives():
@@ -37,14 +45,7 @@ def coupled_rows(path):
         helper.make_node("Sub", ["x", "m"], ["c"]),
         helper.make_node("MatMul", ["c", "w"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes, "coupled",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        [onnx.numpy_helper.from_array(w, "w")],
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
+    return _save_xy(path, nodes, ["N", 4], ["N", 3], [onnx.numpy_helper.from_array(w, "w")])
 
 
 def test_rows_that_change_each_other_go_one_per_call(tmp_path):
@@ -71,14 +72,7 @@ def half_coupled_rows(path):
     ]
     inits = [onnx.numpy_helper.from_array(w, "w"),
              onnx.numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")]  # fmt: skip
-    graph = helper.make_graph(
-        nodes, "coupled",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        inits,
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
+    return _save_xy(path, nodes, ["N", 4], ["N", 3], inits)
 
 
 def test_the_self_check_takes_coupled_rows_one_per_call_too(tmp_path):
@@ -162,15 +156,9 @@ def test_a_model_with_one_scalar_output_goes_one_row_per_call(tmp_path):
     arrays cannot be concatenated', and the graph's seed could not be shaped)."""
     from tests.test_cli import run
 
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "x"], ["s"]),
-         helper.make_node("ReduceSum", ["s"], ["y"], keepdims=0)],
-        "scalar",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
-    )  # fmt: skip
-    model = tmp_path / "s.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    nodes = [helper.make_node("Mul", ["x", "x"], ["s"]),
+             helper.make_node("ReduceSum", ["s"], ["y"], keepdims=0)]  # fmt: skip
+    model = _save_xy(tmp_path / "s.onnx", nodes, ["N", 5], [])
     x = np.array([[0.5, -1.0, 2.0, 0.0, 1.5]], dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     session = igcli.Session(model, cache=False, threads=2)
@@ -188,17 +176,10 @@ def _batch_model(path, batch, flat):
         onnx.numpy_helper.from_array(rng.normal(size=(4 * 26 * 26, 3)).astype(np.float32), "fc"),
         onnx.numpy_helper.from_array(np.array(flat, np.int64), "flat"),
     ]
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Tanh", ["c"], ["t"]),
-         helper.make_node("Reshape", ["t", "flat"], ["f"]),
-         helper.make_node("MatMul", ["f", "fc"], ["y"])],
-        "batch",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 28, 28])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
-        inits,
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Tanh", ["c"], ["t"]),
+             helper.make_node("Reshape", ["t", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]  # fmt: skip
+    return _save_xy(path, nodes, [batch, 1, 28, 28], [batch, 3], inits)
 
 
 @pytest.mark.parametrize("flat", [[0, -1], [8, -1]], ids=["batch-free", "hard-coded-8"])
@@ -223,18 +204,13 @@ def test_a_fixed_first_axis_whose_rows_mix_is_refused(tmp_path):
     from tests.test_cli import run
 
     rng = np.random.default_rng(1)
-    graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["s"], axis=0),
-         helper.make_node("ReduceSum", ["s", "axes"], ["p"], keepdims=0),
-         helper.make_node("MatMul", ["p", "w"], ["y"])],
-        "mixed",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 6, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 2])],
-        [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
-         onnx.numpy_helper.from_array(rng.normal(size=(3, 2)).astype(np.float32), "w")],
-    )  # fmt: skip
-    model = tmp_path / "mixed.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=0),
+             helper.make_node("ReduceSum", ["s", "axes"], ["p"], keepdims=0),
+             helper.make_node("MatMul", ["p", "w"], ["y"])]  # fmt: skip
+    w = rng.normal(size=(3, 2)).astype(np.float32)
+    inits = [onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"),
+             onnx.numpy_helper.from_array(w, "w")]  # fmt: skip
+    model = _save_xy(tmp_path / "mixed.onnx", nodes, [8, 6, 3], [8, 2], inits)
     np.save(tmp_path / "s.npy", rng.normal(size=(6, 3)).astype(np.float32))
     result = run("explain", model, tmp_path / "s.npy", "--steps", "4", "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.MODEL, result.stderr
@@ -290,15 +266,8 @@ def _einsum_model(path, batch):
         helper.make_node("Flatten", ["e"], ["f"], axis=1),
         helper.make_node("MatMul", ["f", "w"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "einsum",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
-        [onnx.numpy_helper.from_array(rng.normal(size=(12, 3)).astype(np.float32), "w")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]), path)
-    return path
+    w = onnx.numpy_helper.from_array(rng.normal(size=(12, 3)).astype(np.float32), "w")
+    return _save_xy(path, nodes, [batch, 3, 4], [batch, 3], [w], opset=12)
 
 
 def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row_per_call(
@@ -368,21 +337,14 @@ def _relu_cnn(path, batch, flat):
         onnx.numpy_helper.from_array(rng.normal(size=(16, 3)).astype(np.float32), "fc"),
         onnx.numpy_helper.from_array(np.array(flat, np.int64), "flat"),
     ]
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["c1"], ["r1"]),
-         helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
-         helper.make_node("Relu", ["c2"], ["r2"]),
-         helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
-         helper.make_node("Reshape", ["g", "flat"], ["f"]),
-         helper.make_node("MatMul", ["f", "fc"], ["y"])],
-        "relu_cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
-        inits,
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+             helper.make_node("Reshape", ["g", "flat"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]  # fmt: skip
+    return _save_xy(path, nodes, [batch, 1, 12, 12], [batch, 3], inits)
 
 
 def test_a_model_exported_at_batch_1_gets_the_gradient_graph_of_a_batch_free_one(
@@ -420,21 +382,16 @@ def test_a_model_whose_own_axis_is_named_n_keeps_it_apart_from_the_batch(tmp_pat
     from igcli.model import BATCH_SYMBOL, with_dynamic_batch, with_fixed_batch
 
     rng = np.random.default_rng(4)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
-         helper.make_node("ReduceMax", ["t"], ["y"], axes=[1], keepdims=0)],
-        "points",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [onnx.numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w")],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("ReduceMax", ["t"], ["y"], axes=[1], keepdims=0)]  # fmt: skip
+    w = onnx.numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w")
+    path = _save_xy(tmp_path / "points.onnx", nodes, [1, "N", 3], [1, 4], [w])
+    model = onnx.load(path)
     dynamic = with_dynamic_batch(model)
     dims = [d.dim_param or d.dim_value for d in dynamic.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [BATCH_SYMBOL, "N", 3]
     back = with_fixed_batch(dynamic, 1).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in back] == [1, "N", 3]
-    onnx.save(model, tmp_path / "points.onnx")
     x = rng.normal(size=(1, 7, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     a = igcli.Session(tmp_path / "points.onnx", cache=False).attribute(
