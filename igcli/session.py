@@ -1485,6 +1485,9 @@ class Session:
             rows = rows_for(self.memory_budget, per_row, current_rss(), runner.batch_size)
         else:
             rows, per_row = rows_within(self.memory_budget, call, cap=runner.batch_size)
+            if stored is not None and per_row:  # checked by a run that was given its rows
+                stored["bytes_per_row"] = per_row  # (--batch-size): keep the measure too
+                save_check(graph.cache_key, stored)
         if graph is not None:
             graph.bytes_per_row = per_row
         if rows <= 1:

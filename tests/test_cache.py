@@ -193,6 +193,23 @@ def test_the_memory_a_row_costs_is_measured_once_per_graph(tmp_path, monkeypatch
     assert second.memory_per_row == 10**6
 
 
+def test_a_graph_checked_with_its_rows_given_still_keeps_the_measure(tmp_path, monkeypatch):
+    """A first run given --batch-size measures nothing; the next run without it measures
+    once and adds the figure to the stored check, so the run after that makes no calls."""
+    from igcli import session as session_module
+
+    x = np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32)
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    monkeypatch.setattr(session_module, "rows_within", lambda *a, **k: pytest.fail("measured"))
+    igcli.Session(path, memory_limit=10**9, batch_size=4).attribute(x, steps=16)
+    monkeypatch.setattr(session_module, "rows_within", lambda budget, call, cap: (7, 10**6))
+    igcli.Session(path, memory_limit=10**9).attribute(x, steps=16)
+    monkeypatch.setattr(session_module, "rows_within", lambda *a, **k: pytest.fail("measured"))
+    third = igcli.Session(path, memory_limit=10**9)
+    third.attribute(x, steps=16)
+    assert third.memory_per_row == 10**6
+
+
 def test_optimised_graphs_keep_their_weights_in_a_mapped_file(tmp_path):
     """ONNX Runtime maps the weights file into memory instead of parsing them out of the
     graph; an entry whose weights went missing is rebuilt, never an error."""
