@@ -46,6 +46,8 @@ class GraphEmitter:
     # Pad outputs -> (padded tensor, pads, value, mode): lets the driver add up the
     # gradients of slices that tile a tensor as one Concat (see driver._concat_of_slices)
     pads: dict[str, tuple[str, tuple[int, ...], float, str]] = field(default_factory=dict)
+    pad_uses: set[str] = field(default_factory=set)  # Pad outputs some emitted node reads
+    dropped: set[str] = field(default_factory=set)  # outputs of nodes to leave out (emitted())
     # forward tensor -> the node computing it, so a rule can see the pattern it ends (an Erf
     # GELU's last Mul, say); shared with child emitters, which add their branches' nodes
     producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
@@ -69,7 +71,16 @@ class GraphEmitter:
         outs = [self.fresh(op_type) for _ in range(n_out)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=outs[0], **attrs))
+        if self.pads:
+            self.pad_uses.update(i for i in inputs if i in self.pads)
         return outs
+
+    def emitted(self) -> list[onnx.NodeProto]:
+        """The nodes emitted, without those dropped since (left in `nodes` until now: one
+        pass at the end, where a pass per drop made an unrolled GRU's build quadratic)."""
+        if not self.dropped:
+            return self.nodes
+        return [n for n in self.nodes if n.output[0] not in self.dropped]
 
     def const(self, value, dtype: int | np.dtype | None = None) -> str:
         """A constant tensor (as an initializer); dtype is a numpy dtype or TensorProto type."""

@@ -285,10 +285,9 @@ def _concat_of_slices(e: GraphEmitter, name: str, parts: list[str]) -> str | Non
         return None  # a gap or an overlap between the pieces (or a size we cannot check)
     if any(size - b - f <= 0 for b, f in zip(begins, ends, strict=True)):
         return None  # an empty piece
-    dropped = set(parts)
-    if any(i in dropped for n in e.nodes for i in n.input):
+    if any(p in e.pad_uses for p in parts):
         return None  # a rule also used a padded tensor itself: keep it
-    e.nodes[:] = [n for n in e.nodes if n.output[0] not in dropped]
+    e.dropped.update(parts)
     return e.op("Concat", *[s[0] for s in order], axis=axis)
 
 
@@ -419,7 +418,7 @@ class _Walk:
                 sub.nodes.append(helper.make_node("Identity", [grads[t] or sub.zeros_like(t)],
                                                   [out]))  # fmt: skip
             branches[attr.name] = helper.make_graph(
-                [*body.node, *sub.nodes],
+                [*body.node, *sub.emitted()],
                 e.fresh(attr.name),
                 [],
                 [
@@ -491,7 +490,7 @@ def build_gradient_model(
         raise UnsupportedOpsError(blocked)
     grad_in = grad_in or emitter.zeros_like(input_name)
     model = faster_kernels(_assemble(model, input_name, output_name, emitter, grad_in), infos)
-    return annotate(model, emitter.infos, {o for n in emitter.nodes for o in n.output})
+    return annotate(model, emitter.infos, {o for n in emitter.emitted() for o in n.output})
 
 
 def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelProto:
@@ -504,7 +503,7 @@ def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelPro
     shape = info.shape if info and info.shape is not None else None
     in_vi = next(i for i in graph.input if i.name == input_name)
     graph.input.append(helper.make_tensor_value_info(SEED, elem, shape))
-    graph.node.extend(emitter.nodes)
+    graph.node.extend(emitter.emitted())
     graph.node.append(helper.make_node("Identity", [grad_in], [GRAD], name=GRAD))
     graph.initializer.extend(emitter.initializers)
     del graph.output[:]

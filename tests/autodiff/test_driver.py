@@ -197,3 +197,58 @@ def test_a_reshape_that_keeps_the_batch_symbol_gets_a_size_for_its_minus_one():
     infos = _tensor_infos(model)
     assert infos["patches"].shape == ["N", 8, 4]
     assert infos["y"].shape == ["N", 8, 4]
+
+
+def _three_slices(x: str, width: int) -> list:
+    """q, k and v cut from one tensor (as a ViT's projection or a GRU step's gates are), each
+    through its own op, then joined again."""
+    nodes = []
+    for k, op in enumerate(("Tanh", "Sigmoid", "Exp")):
+        nodes += [
+            const(f"s{k}", np.asarray([k * width], np.int64)),
+            const(f"e{k}", np.asarray([(k + 1) * width], np.int64)),
+            const(f"a{k}", np.asarray([1], np.int64)),
+            helper.make_node("Slice", [x, f"s{k}", f"e{k}", f"a{k}"], [f"p{k}"]),
+            helper.make_node(op, [f"p{k}"], [f"q{k}"]),
+        ]
+    return nodes
+
+
+def test_slices_that_tile_a_tensor_get_one_concat_and_no_pads():
+    """Their gradients are zero-padded pieces: one Concat of the pieces, where a Pad each and
+    a Sum over full-size tensors would do, and the Pads are gone from the graph."""
+    from igcli.autodiff.driver import build_gradient_model
+
+    nodes = _three_slices("x", 2) + [
+        helper.make_node("Mul", ["q0", "q1"], ["m"]),
+        helper.make_node("Add", ["m", "q2"], ["y"]),
+    ]
+    x = rng.uniform(-1, 1, (3, 6))
+    check_graph(nodes, {"x": x}, "y", opset=13)
+    graph = build_gradient_model(make_model(nodes, {"x": x.astype(np.float32)}, "y", 13), "x", "y")
+    ops = [n.op_type for n in graph.graph.node if n.name.startswith("igcli_grad")]
+    assert ops.count("Concat") == 1 and "Pad" not in ops and "Sum" not in ops
+
+
+def test_many_tiled_slices_each_get_a_concat_and_leave_no_pads():
+    """A GRU unrolled over 800 steps cuts each step's gates from one tensor: each step's
+    Concat once scanned every node emitted so far (a 12 s build for a model of 15 KB). The
+    emitter now knows which Pads a node reads, so 200 such steps emit as many Concats and
+    leave no Pad behind."""
+    from igcli.autodiff.driver import build_gradient_model
+
+    nodes, last = [], "x"
+    for step in range(200):
+        body = _three_slices(last, 2)
+        for n in body:  # each step's own names
+            n.output[0] = f"t{step}_{n.output[0]}"
+            n.input[:] = [i if i == last else f"t{step}_{i}" for i in n.input]
+        nodes += body + [
+            helper.make_node("Concat", [f"t{step}_q{k}" for k in range(3)], [f"h{step}"], axis=1)
+        ]
+        last = f"h{step}"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    model = make_model(nodes, {"x": np.zeros((2, 6), np.float32)}, "y", 13)
+    graph = build_gradient_model(model, "x", "y")
+    ops = [n.op_type for n in graph.graph.node if n.name.startswith("igcli_grad")]
+    assert ops.count("Concat") >= 200 and "Pad" not in ops
