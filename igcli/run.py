@@ -168,6 +168,8 @@ def start(
         session, settings, targets, outputs, report, emit or _stdout_emitter(), warn, targets_for
     )
     batch.check_gradients_at(the_plan.first)
+    # the self-check may have rejected the graph: the report's settings say what is used
+    report.settings["gradient_source"] = session.gradient_source
     return batch
 
 

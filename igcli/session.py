@@ -436,6 +436,7 @@ class Session:
         self.memory_per_row: int | None = None
         self._rows_given = batch_size is not None
         self.graph_blockers: list[str] = []
+        self._rejected: dict[tuple | None, dict] = {}  # failed self-checks, by graph key
         # Gradient graphs by sample shape; ANY_SHAPE holds a graph valid for every shape.
         # Models with open dims (an image of any size) get one graph per shape they meet.
         self._graphs: dict[tuple | None, GraphRunner | None] = {}
@@ -1026,6 +1027,10 @@ class Session:
                 extra.update(converged=result.converged, stop_reason=result.stop_reason)
             if graph is not None and graph.check is not None:
                 extra["gradient_check"] = graph.check.summary()
+            elif is_fd and self._rejected:  # why finite differences: the graph's failed check
+                key = ANY_SHAPE if ANY_SHAPE in self._rejected else tuple(xs[0].shape)
+                if key in self._rejected:
+                    extra["gradient_check"] = self._rejected[key]
             family = isinstance(result, methods.FamilyResult)
             attribution = Attribution(
                 attributions=result.attributions,
@@ -1400,6 +1405,7 @@ class Session:
         for key, value in list(self._graphs.items()):
             if value is graph:
                 self._graphs[key] = None
+                self._rejected[key] = check.summary()
         self._current = self._plain_runner()
         return None
 

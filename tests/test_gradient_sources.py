@@ -140,6 +140,37 @@ def test_self_check_catches_a_gradient_off_by_a_factor_on_a_small_model(
     assert a.gradient_source == "fd"
 
 
+def test_a_graph_the_self_check_rejects_is_named_in_the_report(monkeypatch, tmp_path):
+    """After the fall-back, report.json said gradient_source "graph" (its settings were
+    taken before the check) and kept the failed verdict nowhere. Both say so now."""
+    import json
+
+    from click.testing import CliRunner
+
+    from igcli import gradients
+    from igcli.cli import main
+
+    real = gradients.GraphRunner.run_with_gradients
+
+    def off(self, points, target, *context):
+        out, grad = real(self, points, target, *context)
+        return out, grad * 1.5
+
+    monkeypatch.setattr(gradients.GraphRunner, "run_with_gradients", off)
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    x = tmp_path / "x.npy"
+    np.save(x, np.array([[0.1, 0.2, -0.3, 0.4]], dtype=np.float32))
+    out = tmp_path / "out"
+    args = ["explain", str(path), str(x), "--out", str(out), "--steps", "8", "--no-cache"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["gradient_source"] == "fd"
+    (record,) = report["results"]
+    assert record["gradient_source"] == "fd"
+    assert record["gradient_check"]["verdict"] == "mismatch"
+
+
 def test_gradcheck_passes_a_right_float16_graph(tmp_path):
     """float16 outputs hold 3 digits: differences at float32's steps read 0 and the check
     called a right graph wrong. Steps and noise now follow the model's precision."""
