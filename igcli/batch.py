@@ -143,7 +143,7 @@ def settings_hash(
     described = {
         "igcli": __version__,
         "session": session.fingerprint(),
-        "settings": asdict(settings),
+        "settings": {**asdict(settings), "method": settings.rule},
         "targets": targets,
         "style": asdict(outputs.style) if outputs.heatmaps else None,
         "shared_scale": outputs.shared_scale,

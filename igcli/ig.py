@@ -22,6 +22,7 @@ from igcli.paths import Path, StraightPath
 from igcli.quadrature import (
     ADAPTIVE_METHOD,
     DEFAULT_MAX_STEPS,
+    DEFAULT_METHOD,
     DEFAULT_TOLERANCE,
     alphas_and_weights,
 )
@@ -198,7 +199,7 @@ def integrated_gradients_many(
         )
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
         raise ValueError(f"steps must be a number or 'auto', not {steps!r}")
-    method = method or "gausslegendre"
+    method = method or DEFAULT_METHOD
     xs = [p.x.astype(np.float64) for p in problems]
     bs = [p.baseline.astype(np.float64) for p in problems]
     alphas, weights = alphas_and_weights(method, steps)

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+DEFAULT_METHOD = "gausslegendre"  # the rule for a number of steps when none is named
 # Adaptive steps (ig.py): their own rule, the completeness error they aim for, their budget.
 ADAPTIVE_METHOD = "adaptive_simpson"
 DEFAULT_TOLERANCE = 0.005

@@ -55,6 +55,7 @@ from igcli.gradients import (
 from igcli.ig import (
     ADAPTIVE_METHOD,
     DEFAULT_MAX_STEPS,
+    DEFAULT_METHOD,
     DEFAULT_TOLERANCE,
     STOP_REASONS,
     UNRESOLVED,
@@ -142,6 +143,12 @@ class AttributionSettings:
     @property
     def adaptive(self) -> bool:
         return self.steps == "auto"
+
+    @property
+    def rule(self) -> str:
+        """The quadrature rule these settings use, named or not (--skip-existing compares
+        this: a run that names the default rule made the same results)."""
+        return self.method or (ADAPTIVE_METHOD if self.adaptive else DEFAULT_METHOD)
 
     def check(self) -> None:
         for name in ("steps", "max_steps"):  # numpy integers (np.int64(16)) are integers too

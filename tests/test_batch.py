@@ -192,6 +192,17 @@ def test_skip_existing_redoes_results_made_with_other_settings(tree, tmp_path):
     assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 1
 
 
+def test_skip_existing_resumes_when_the_default_rule_is_then_named(tree, tmp_path):
+    """--method gausslegendre names the rule a run without --method used: the same
+    results, resumed, not made again (it was redone)."""
+    out = tmp_path / "o"
+    run("explain", DIGITS, tree, "--out", out, "--steps", "4")
+    again = run("explain", DIGITS, tree, "--out", out, "--steps", "4",
+                "--method", "gausslegendre", "--skip-existing")  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 1
+
+
 def test_skip_existing_redoes_results_of_a_changed_model(tree, tmp_path):
     out = tmp_path / "o"
     model = tmp_path / "m.onnx"
