@@ -135,8 +135,10 @@ def read_npy(path: Path, error: type[IgcliError] = InputError) -> np.ndarray:
         )
         try:
             shape, fortran, dtype = read_header(fh)
-        except Exception as exc:  # numpy parses the header as a Python literal: any error
+        except ValueError as exc:  # numpy's own words: no header end, keys missing, ...
             raise error(f"damaged .npy header ({first_line(exc)})", path) from None
+        except Exception:  # its parser's (a TokenError's tuple): nothing a user can read
+            raise error("damaged .npy header (its text is not a NumPy header)", path) from None
         if dtype.hasobject:
             raise error("holds Python objects (a pickle); igcli does not unpickle files", path)
         if any(d < 0 for d in shape):

@@ -75,7 +75,8 @@ def test_npy_header_that_is_not_a_python_literal(tmp_path):
         b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'\x93NUMPY\x01\x00v\x00{'descr': '<f4', "
         b"'fortran_order': False, 'shape': (1, 3), }" + b" " * 58 + b"\n" + b"\0" * 12
     )
-    refused(hf.write(tmp_path / "t.npy", data), VECTOR, "damaged .npy header")
+    message = refused(hf.write(tmp_path / "t.npy", data), VECTOR, "damaged .npy header")
+    assert "EOF" not in message and "(2, 0)" not in message  # no tokenizer tuple
 
 
 @pytest.mark.parametrize("tail", [0, 2 << 20], ids=["read-whole", "read-capped"])
