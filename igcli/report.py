@@ -253,11 +253,12 @@ class RunReport:
         if not over:
             return None
         worst, name = max(over, key=lambda e: math.inf if math.isnan(e[0]) else e[0])
+        adaptive = any(r.get("steps") == "auto" for r in self.results)
+        more = "raise --max-steps" if adaptive else "raise --steps or use --steps auto"
         return (
             f"{len(over)} of {len(self.results)} result(s) miss F(x) - F(b) by more than "
             f"{100 * limit:g}% (worst {100 * worst:.3g}%, {name}): their attributions do not add "
-            "up; raise --steps or use --steps auto, and --max-completeness-error E makes this "
-            "fail the run (exit 5)"
+            f"up; {more}, and --max-completeness-error E makes this fail the run (exit 5)"
         )
 
     def verdict(self, report_file: str, listed: int = 10) -> tuple[ExitCode, list[str]]:

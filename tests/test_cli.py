@@ -265,6 +265,13 @@ def test_a_run_ends_by_counting_unresolved_results(tmp_path):
     assert "result(s) miss F(x) - F(b)" not in gated.stderr
     fine = run("explain", CANCER, CANCER_CSV, "--out", tmp_path / "c")
     assert fine.exit_code == 0 and "result(s) miss" not in fine.stderr
+    assert "use --steps auto" in line[0]
+    # adaptive steps stopped short by their budget: the advice is the budget, not --steps
+    short = run("explain", CANCER, CANCER_CSV, "--steps", "auto", "--max-steps", "3",
+                "--tolerance", "1e-9", "--out", tmp_path / "d")  # fmt: skip
+    line = [x for x in short.stderr.splitlines() if "result(s) miss F(x) - F(b)" in x]
+    assert short.exit_code == 0 and len(line) == 1, short.stderr
+    assert "raise --max-steps" in line[0] and "--steps auto" not in line[0]
 
 
 def test_fixed_batch_model_runs_row_by_row(tmp_path):
