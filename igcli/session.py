@@ -979,6 +979,8 @@ class Session:
                 source = self._source(graph, t, samples[i], x, base, context)
                 problem = Problem(x, base, source, tuple(pick(pair, t)))
                 jobs.append((i, t, problem))
+        if isinstance(jobs[0][2].source, FiniteDifferences) and methods.is_plain(settings):
+            self._warn_of_slow_differences(jobs[0][2].source, settings, runner)
         start = time.perf_counter()
 
         def integrate(jobs):
@@ -1078,6 +1080,32 @@ class Session:
                     f"{STOP_REASONS[result.stop_reason]}{hint}"
                 )
         return out
+
+    SLOW_DIFFERENCES_S = 60.0  # per input: past this, say what finite differences cost
+
+    def _warn_of_slow_differences(self, source: FiniteDifferences, settings, runner) -> None:
+        """Once a run, when finite differences will take minutes per input: their cost is two
+        model rows per feature group and path point (a 3x128x128 image in 4x4 patches: 2,048
+        rows a point, 43 s on two cores), and nothing else said so before the wait."""
+        points = 16 if settings.adaptive else int(settings.steps)  # (auto: at least that)
+        rows = 2 * len(source.index_sets) * points
+        seconds = runner.seconds / runner.rows * rows if runner.rows else None
+        if seconds is not None and seconds < self.SLOW_DIFFERENCES_S:
+            return
+        if seconds is None and rows < 100_000:
+            return
+        eta = f", about {seconds / 60:.0f} min" if seconds is not None else ""
+        some = "at least " if settings.adaptive else ""
+        cheaper = "fewer --steps"
+        if self.prep.is_image_model:
+            cheaper = "larger --fd-groups patches (16x16 takes 16 times fewer rows than 4x4) or "
+            cheaper += "fewer --steps"
+        self._warn_once(
+            "slow-differences",
+            f"{self.model_path}: finite differences take {some}{rows:,} model rows per input "
+            f"({len(source.index_sets):,} feature groups x 2 x {points} path points{eta}); "
+            f"{cheaper} make them faster",
+        )
 
     @staticmethod
     def _ends(runner, xs, bs, contexts) -> np.ndarray:

@@ -260,3 +260,24 @@ def test_shapes_past_an_op_inference_does_not_follow_are_probed_with_guessed_typ
     peak = np.abs(want.attributions).max()  # differences near a = 0 are noisy: 1% of it
     np.testing.assert_allclose(got.attributions, want.attributions, rtol=2e-2, atol=1e-2 * peak)
     assert run("gradcheck", tmp_path / "gn.onnx").exit_code == 0
+
+
+def test_finite_differences_that_take_minutes_say_so_first(tmp_path, monkeypatch):
+    """A 3x128x128 image in 4x4 patches takes 2,048 model rows a path point: the run said
+    nothing of it and then seemed to hang. Past SLOW_DIFFERENCES_S a line says what it costs
+    and what makes it cheaper, once; a quick one says nothing."""
+    import igcli
+    from igcli.session import Session
+
+    path = models.save(models.image_model(size=64), tmp_path / "img.onnx")
+    x = np.random.default_rng(0).uniform(0, 1, (3, 64, 64)).astype(np.float32)
+    said: list[str] = []
+    igcli.Session(path, gradients="fd", warn=said.append).attribute(x, steps=4)
+    assert not said  # well under a minute
+    monkeypatch.setattr(Session, "SLOW_DIFFERENCES_S", 0.0)
+    session = igcli.Session(path, gradients="fd", warn=said.append)
+    session.attribute(x, steps=4)
+    session.attribute(x, steps=4)
+    (line,) = said
+    assert "2,048 model rows per input" in line  # 16x16 patches of 4x4, 2 rows, 4 points
+    assert "256 feature groups" in line and "--fd-groups" in line
