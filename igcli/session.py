@@ -1087,7 +1087,7 @@ class Session:
         """Once a run, when finite differences will take minutes per input: their cost is two
         model rows per feature group and path point (a 3x128x128 image in 4x4 patches: 2,048
         rows a point, 43 s on two cores), and nothing else said so before the wait."""
-        points = 16 if settings.adaptive else int(settings.steps)  # (auto: at least that)
+        points = 9 if settings.adaptive else int(settings.steps)  # (auto: its first round)
         rows = 2 * len(source.index_sets) * points
         seconds = runner.seconds / runner.rows * rows if runner.rows else None
         if seconds is not None and seconds < self.SLOW_DIFFERENCES_S:
@@ -1098,8 +1098,7 @@ class Session:
         some = "at least " if settings.adaptive else ""
         cheaper = "fewer --steps"
         if self.prep.is_image_model:
-            cheaper = "larger --fd-groups patches (16x16 takes 16 times fewer rows than 4x4) or "
-            cheaper += "fewer --steps"
+            cheaper = "larger --fd-groups patches (16x16: 16 times fewer rows than 4x4) or " + cheaper
         self._warn_once(
             "slow-differences",
             f"{self.model_path}: finite differences take {some}{rows:,} model rows per input "
