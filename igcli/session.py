@@ -1098,7 +1098,7 @@ class Session:
         some = "at least " if settings.adaptive else ""
         cheaper = "fewer --steps"
         if self.prep.is_image_model:
-            cheaper = "larger --fd-groups patches (16x16: 16 times fewer rows than 4x4) or " + cheaper
+            cheaper = f"larger --fd-groups patches (16x16: 1/16 the rows of 4x4) or {cheaper}"
         self._warn_once(
             "slow-differences",
             f"{self.model_path}: finite differences take {some}{rows:,} model rows per input "
