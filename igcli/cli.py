@@ -1089,6 +1089,8 @@ def gradcheck(
         ],
         "median_error": None if np.isnan(check.error) else check.error,
         "verdict": check.verdict,
+        # a first point that disagreed, checked again at a second (gradcheck.check_directions)
+        "first_point": check.first.summary() if check.first is not None else None,
         "rows_agree": rows_agree,
         "passed": passed,
     }
@@ -1118,6 +1120,12 @@ def gradcheck(
             verdicts["ok"] = (
                 "pass (within the spread of the differences themselves: at this input they "
                 "cannot check the gradient more closely)"
+            )
+        if check.first is not None:
+            wrong = sum(d.status == "mismatch" for d in check.first.directions)
+            out.info(
+                f"at a first point nearby, {wrong} of {len(check.first.directions)} directions "
+                "disagreed beyond the differences' spread; checked again at a second point:"
             )
         out.info(
             f"target {check.target}: median error {median} (tolerance {tolerance:g}) over "

@@ -281,3 +281,36 @@ def test_finite_differences_that_take_minutes_say_so_first(tmp_path, monkeypatch
     (line,) = said
     assert "2,048 model rows per input" in line  # 16x16 patches of 4x4, 2 rows, 4 points
     assert "256 feature groups" in line and "--fd-groups" in line
+
+
+class _Quadratic:
+    """F(x) = sum(x^2) / 2 for one target, its gradient x, except (`wrong_calls`) a factor
+    1.5 on the first n gradient calls: a right graph seen at a point where differences settle
+    off it, or (n large) a wrong one."""
+
+    def __init__(self, wrong_calls: int) -> None:
+        self.wrong_calls = wrong_calls
+
+    def run(self, points):
+        return 0.5 * np.sum(points.astype(np.float64) ** 2, axis=1, keepdims=True)
+
+    def run_with_gradients(self, points, target):
+        factor = 1.5 if self.wrong_calls > 0 else 1.0
+        self.wrong_calls -= 1
+        return self.run(points), factor * points.astype(np.float64)
+
+
+def test_a_mismatch_at_one_point_is_checked_again_at_a_second():
+    """Differences can settle a few percent off a right gradient where kinks lie closer than
+    the smallest step (a random Inception-v3, 1 check in 40): the check looks again at a
+    second point nearby and fails only if it disagrees there too."""
+    from igcli.gradcheck import check_directions
+
+    x = np.random.default_rng(0).uniform(0.5, 1.5, 12)
+    once = check_directions(_Quadratic(wrong_calls=1), x, target=0, directions=4)
+    assert once.verdict == "ok" and once.first.verdict == "mismatch"
+    assert once.summary()["points"] == 2
+    always = check_directions(_Quadratic(wrong_calls=99), x, target=0, directions=4)
+    assert always.verdict == "mismatch" and always.first.verdict == "mismatch"
+    right = check_directions(_Quadratic(wrong_calls=0), x, target=0, directions=4)
+    assert right.verdict == "ok" and right.first is None and "points" not in right.summary()
