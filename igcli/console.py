@@ -8,7 +8,9 @@ names with newlines or control characters are escaped, lines are never wrapped (
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import sys
 import time
 from collections.abc import Iterable
 
@@ -48,6 +50,7 @@ class Messages:
 
     def __init__(self, quiet: bool = False, stream=None) -> None:
         self.quiet = quiet
+        self._stream = stream
         self.console = Console(
             file=stream,  # None: whatever sys.stderr is at print time
             stderr=stream is None,
@@ -77,12 +80,23 @@ class Messages:
             self._line(Text(one_line(message)))
 
     def _line(self, text: Text) -> None:
-        self.console.print(text, soft_wrap=True)
+        self._out(text, soft_wrap=True)
 
     def print(self, renderable) -> None:
         """A table or other rich renderable (not for --quiet runs)."""
         if not self.quiet:
-            self.console.print(renderable)
+            self._out(renderable)
+
+    def _out(self, renderable, **kw) -> None:
+        """Print; on stderr a write that fails (2>/dev/full, a closed descriptor) is dropped:
+        there is nowhere left to say it, and it must not turn a run's exit code into 1."""
+        if self._stream is not None:
+            self.console.print(renderable, **kw)
+            return
+        if sys.stderr is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.console.print(renderable, **kw)
 
     def print_summary(self, report, rows: int = 20, worst: int = 5) -> None:
         """The end of a run: settings shared by every result once, the results in input

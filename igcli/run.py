@@ -31,6 +31,7 @@ from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings
 from igcli.console import Messages
 from igcli.discovery import Shard, TargetTable, count_inputs, in_shard, parse_shard
 from igcli.errors import ExitCode
+from igcli.files import os_reason
 from igcli.report import RunReport, check_reports_replaceable
 from igcli.session import AttributionSettings, Session
 
@@ -104,22 +105,29 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
     return RunReport(str(session.model_path), session.sha256, described)
 
 
-def _stdout_emitter():
-    stdout_open = True
+class _StdoutLines:
+    """The JSON lines on stdout. A closed pipe (`| head`) stops them, not the run. So does a
+    stdout that cannot be written (a full disk, a closed descriptor), and `failed` says why:
+    the run ends with exit 6, its results all in report.json."""
 
-    def emit(line: str) -> None:
-        """A closed pipe (`| head`) stops the JSON lines, not the run."""
-        nonlocal stdout_open
-        if not stdout_open:
+    def __init__(self) -> None:
+        self.open = True
+        self.failed: str | None = None
+
+    def __call__(self, line: str) -> None:
+        if not self.open:
             return
         try:
+            if sys.stdout is None:  # started with stdout closed
+                raise OSError("stdout is closed")
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
-            stdout_open = False
+            self.open = False
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-    return emit
+        except (OSError, ValueError) as exc:  # ValueError: written after being closed
+            self.open = False
+            self.failed = os_reason(exc) if isinstance(exc, OSError) else str(exc)
 
 
 def start(
@@ -165,7 +173,7 @@ def start(
 
     targets_for = targets_from.for_item if targets_from is not None else None
     batch = BatchRun(
-        session, settings, targets, outputs, report, emit or _stdout_emitter(), warn, targets_for
+        session, settings, targets, outputs, report, emit or _StdoutLines(), warn, targets_for
     )
     batch.check_gradients_at(the_plan.first)
     # the self-check may have rejected the graph: the report's settings say what is used
@@ -223,6 +231,10 @@ def _verdict(batch, the_plan, messages, names: list[str], interrupted: bool) -> 
     code, problems = report.verdict(f"{out}/{names[0]}", listed=0)  # failures said already
     for line in problems:
         messages.error(line)
+    failed = getattr(batch.emit, "failed", None)
+    if failed:
+        messages.error(f"stdout: the JSON lines stopped ({failed}); report.json holds every result")
+        code = code or ExitCode.OUTPUT
     return code
 
 
