@@ -1,5 +1,5 @@
 """Allows `python -m igcli`."""
 
-from igcli.cli import run
+from igcli.launch import main
 
-run()
+main()

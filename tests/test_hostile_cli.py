@@ -679,3 +679,60 @@ def test_gradcheck_and_inspect_say_what_explain_says_of_a_model(tmp_path):
               tmp_path / "ints.onnx")  # fmt: skip
     said = run("inspect", tmp_path / "ints.onnx").stdout
     assert "explain refuses this model" in said and "((" not in said
+
+
+def test_an_interrupt_while_the_program_starts_is_exit_130_in_one_line(monkeypatch, capsys):
+    """Importing the CLI takes about 0.3 s; Ctrl-C then printed a Python traceback and
+    SIGTERM ended with 143. The entry point (igcli.launch) turns both into exit 130."""
+    import signal
+    import sys
+    import types
+
+    from igcli import launch
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt  # as if Ctrl-C came in the middle of the import
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(sys.modules, "igcli.cli", Interrupted("igcli.cli"))
+    with pytest.raises(SystemExit) as info:
+        launch.main()
+    assert info.value.code == ExitCode.INTERRUPTED
+    assert capsys.readouterr().err.strip() == "interrupted before starting"
+    assert signal.getsignal(signal.SIGTERM) == before  # restored for the command's own
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_stdout_or_stderr_that_cannot_be_written_is_no_internal_error(tmp_path):
+    """--json into a full disk (> /dev/full) or a closed stdout stopped the run with an
+    internal error (exit 1) and no report; a full stderr turned exit 4 into 1. The JSON
+    lines stop, the run goes on, report.json has every result, and the exit is 6 (4 when
+    an input failed, whatever stderr does)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        shutil.copy(DIGIT_PNGS[k], folder / f"d{k}.png")
+    base = [sys.executable, "-m", "igcli", "explain", str(DIGITS), str(folder), "--steps", "2"]
+
+    def explain(out, **how):
+        proc = subprocess.run([*base, "--json", "--out", str(tmp_path / out)], timeout=120,
+                              stderr=subprocess.PIPE, text=True, **how)  # fmt: skip
+        report = json.loads((tmp_path / out / "report.json").read_text())
+        return proc, report
+
+    with open("/dev/full", "w") as full:
+        proc, report = explain("full", stdout=full)
+    assert proc.returncode == ExitCode.OUTPUT and "Traceback" not in proc.stderr
+    assert "JSON lines stopped (No space left on device)" in proc.stderr
+    assert len(report["results"]) == 3
+    proc, report = explain("closed", stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == ExitCode.OUTPUT and len(report["results"]) == 3
+    (folder / "bad.png").write_bytes(b"not a png")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*base, "--out", str(tmp_path / "err")], stdout=subprocess.DEVNULL,
+                              stderr=full, timeout=120)  # fmt: skip
+    assert proc.returncode == ExitCode.INPUTS_FAILED
