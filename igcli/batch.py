@@ -64,8 +64,23 @@ def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list
         text = record_path(out_dir, item.name).read_text()
     except (OSError, OutputError, UnicodeDecodeError):
         return None
-    exists = lambda rel: looks_whole(out_dir / rel)  # noqa: E731
-    return usable_records(text, settings_hash, exists, input_stamp(item.path))
+
+    def whole(rel: str) -> bool:  # (a symlink is no file igcli wrote: it writes none)
+        return not (out_dir / rel).is_symlink() and looks_whole(out_dir / rel)
+
+    return usable_records(
+        text, settings_hash, whole, input_stamp(item.path), lambda rel: content_hash(out_dir / rel)
+    )
+
+
+def content_hash(path: Path) -> str | None:
+    """A short SHA-256 of a file's bytes (None when it cannot be read): what a record file
+    keeps of each output, the same for the same bytes in any run."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()[:32]
+    except OSError:
+        return None
 
 
 def input_stamp(path) -> str | None:
@@ -97,14 +112,25 @@ def usable_records(
     settings_hash: str,
     exists: Callable[[str], bool],
     stamp: str | None = None,
+    hash_of: Callable[[str], str | None] | None = None,
 ) -> list[dict] | None:
     """The records of a record file when they were made with these settings (and, given a
-    `stamp`, of the input as it is now) and their files are all there, else None."""
+    `stamp`, of the input as it is now) and their files are all there, else None. Given
+    `hash_of`, the files must also hold what the run wrote (their `file_sha256`): a .npy
+    copied or linked in from another result loads as whole, and was resumed as this one."""
     try:
-        records = json.loads(text)["records"]
+        data = json.loads(text)
+        records = data["records"]
     except (ValueError, KeyError, TypeError):
         return None
     if not isinstance(records, list) or not records:
+        return None
+    hashes = data.get("file_sha256")
+    if (
+        hash_of is not None
+        and isinstance(hashes, dict)
+        and any(hash_of(str(rel)) != written for rel, written in hashes.items())
+    ):
         return None
     for r in records:
         if not isinstance(r, dict) or r.get("settings_hash") != settings_hash:
@@ -612,6 +638,7 @@ class BatchRun:
         (in object storage too: uploaded after the files it names). The paths are those
         _submit_item checked."""
         style = self.outputs.style
+        hashes = {}  # each file as written: a resume redoes one replaced since
         for a, npy, png in jobs:
             # a heatmap on the run's shared scale is drawn by finish(), when the scale is known
             defer = (
@@ -620,6 +647,7 @@ class BatchRun:
             if defer:
                 png = None
             a.write_to(npy, png, style=style)
+            hashes.update({self._rel(p): content_hash(p) for p in (npy, png) if p is not None})
             if defer:
                 light = dataclasses.replace(a, attributions=None, baseline=None, sample=None)
                 self._defer(light, a.sample.path, a.sample.name, npy, npy.with_suffix(".png"))
@@ -631,7 +659,8 @@ class BatchRun:
                 )
                 if png is not None:
                     self.remote.upload(self._rel(png))
-        atomic_write_text(marker, json.dumps({"input": str(item.path), "records": records}) + "\n")
+        marker_data = {"input": str(item.path), "records": records, "file_sha256": hashes}
+        atomic_write_text(marker, json.dumps(marker_data) + "\n")
         if self.remote is not None:
             self.remote.upload(self._rel(marker))
 

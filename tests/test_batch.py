@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import onnx
@@ -177,6 +178,28 @@ def test_skip_existing_redoes_results_whose_files_were_cut_short(tree, tmp_path)
     report = json.loads((out / "report.json").read_text())
     assert again.exit_code == 0 and report["summary"]["resumed"] == 1  # top only
     assert np.load(npy).shape[-2:] == (28, 28) and png.read_bytes().endswith(b"IEND\xaeB`\x82")
+
+
+def test_skip_existing_redoes_results_whose_files_were_replaced(tree, tmp_path):
+    """A whole .npy from another result, copied or linked in, loaded as whole and was resumed
+    as this input's: its record said one sum, the file held another. The record file keeps
+    a hash of each output as written: a copy is redone, and a link (which igcli never
+    writes through) fails that input in one line, as writing it would."""
+    out = tmp_path / "o"
+    run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    other = tmp_path / "other.npy"
+    shutil.copy(out / "top.npy", other)
+    (out / "a" / "img.npy").unlink()
+    (out / "a" / "img.npy").symlink_to(other)
+    time.sleep(0.01)
+    shutil.copy(other, out / "b" / "img.npy")
+    again = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing")
+    report = json.loads((out / "report.json").read_text())
+    assert again.exit_code == ExitCode.INPUTS_FAILED
+    assert "a/img.npy' would escape the output folder" in again.stderr
+    assert report["summary"]["resumed"] == 1  # top only: b/img redone, a/img refused
+    (b,) = [r for r in report["results"] if r["name"] == "b/img"]
+    assert np.isclose(np.load(out / "b" / "img.npy").sum(), b["attribution_sum"], rtol=1e-5)
 
 
 def test_skip_existing_redoes_results_made_with_other_settings(tree, tmp_path):
