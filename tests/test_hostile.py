@@ -342,10 +342,29 @@ def test_bad_csv_is_one_line(tmp_path, data, problem):
     assert "\n" not in str(err.value) and "t.csv" in str(err.value)
 
 
+def test_a_row_that_is_not_utf8_fails_alone(tmp_path):
+    """One byte 0xff at row 5,000 of 6,000 ended the file there: the thousand good rows
+    after it were neither explained nor reported. It fails its own row, naming the line;
+    in the header it fails the file."""
+    from igcli.inputs import RowError, iter_table
+
+    rows = [f"{k},{k + 1}\n".encode() for k in range(60)]
+    rows[40] = b"40,\xff1\n"
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"a,b\n" + b"".join(rows))
+    found = list(iter_table(path, NAMED, "t"))
+    bad = [r for r in found if isinstance(r, RowError)]
+    assert len(found) == 60 and [r.name for r in bad] == ["t_row40"]
+    assert "line 42 is not UTF-8 text (byte 0xff)" in str(bad[0].error)
+    path.write_bytes(b"a,\xffb\n1,2\n")
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        list(iter_table(path, NAMED, "t"))
+
+
 def test_csv_cell_over_the_field_limit(tmp_path):
     with pytest.raises(InputError, match="line 2: a cell is longer than 131,072") as err:
         table(tmp_path, "a,b\n1," + "9" * 200_000 + "\n")
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "a quote not closed?" in str(err.value)
 
 
 def test_csv_without_sidecar_names(tmp_path):
