@@ -137,6 +137,20 @@ def test_bad_files_in_a_folder_do_not_stop_the_rest(tree, tmp_path):
     assert line.count("broken.png") == 1 and "not a readable image" in line  # path once
 
 
+def test_an_earlier_runs_output_folder_under_the_inputs_is_no_input(tree, tmp_path):
+    """A second run over a tree that holds the first run's --out explained its heatmaps and
+    .npy files as digits (18 results instead of 6) and failed on its report.csv. A folder
+    with an igcli report in it is left out and listed as skipped."""
+    first = run("explain", DIGITS, tree, "-r", "--out", tree / "out1", "--steps", "2")
+    assert first.exit_code == 0
+    second = run("explain", DIGITS, tree, "-r", "--out", tree / "out2", "--steps", "2")
+    assert second.exit_code == 0, second.stderr
+    report = json.loads((tree / "out2" / "report.json").read_text())
+    assert sorted(r["name"] for r in report["results"]) == ["a/img", "b/img", "top"]
+    assert any(s["input"].endswith("out1") and "earlier igcli run" in s["reason"]
+               for s in report["skipped"])  # fmt: skip
+
+
 def test_skip_existing_resumes(tree, tmp_path):
     out = tmp_path / "o"
     first = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
