@@ -39,6 +39,7 @@ from igcli.outputs import (
     output_stem,
     real_out,
     remove_write_leftovers,
+    unlock_reports,
 )
 from igcli.report import RunReport, failure_entry, json_line
 from igcli.session import AttributionSettings, Session
@@ -219,6 +220,8 @@ class BatchRun:
         self.outputs, self.report = outputs, report
         self.settings_hash = settings_hash(session, settings, targets, outputs)
         self.emit, self.warn = emit, warn
+        # run.start's lock on the report files: (folder, report stem, descriptor)
+        self.reports_lock: tuple[Path, str, int] | None = None
         self.remote = None  # a storage.RemoteOutputs when --out is a URL
         self.local_out = outputs.out_dir  # where files are written (staged when remote)
         if is_url(str(outputs.out_dir)):
@@ -698,6 +701,12 @@ class BatchRun:
                 self._wait_oldest()
         finally:
             self._flush()
+
+    def release_reports(self) -> None:
+        """Let another run write this folder's reports (see outputs.lock_reports)."""
+        if self.reports_lock is not None:
+            unlock_reports(*self.reports_lock)
+            self.reports_lock = None
 
     def close(self) -> None:
         """Wait for the writes, then stop the writer thread."""

@@ -185,6 +185,51 @@ def check_writable(out_dir: Path) -> None:
         ) from None
 
 
+def lock_reports(out_dir: Path, stem: str) -> int | None:
+    """Hold `<out_dir>/.igcli-<stem>.lock` for this run (released when the descriptor is
+    closed, or the process ends however it ends): two runs writing one folder's reports at
+    once left report.json naming 109 .npy files the other run had written, both with exit
+    0. Shards (their own report stems) and Dask workers (no lock of their own) still share a
+    folder. None where there is no flock (Windows) or the filesystem refuses it."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = out_dir / f".igcli-{stem}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path.name} ({exc.strerror or exc})", out_dir) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputError(
+            f"another igcli run is writing {stem}.json in this folder; wait for it to finish or "
+            "choose another --out",
+            out_dir,
+        ) from None
+    except OSError:  # no locks on this filesystem (some network mounts): run unlocked
+        os.close(fd)
+        return None
+    try:  # the file a run that just finished unlinked (see unlock_reports) locks nothing
+        same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        same = False
+    if not same:
+        os.close(fd)
+        return lock_reports(out_dir, stem)
+    return fd
+
+
+def unlock_reports(out_dir: Path, stem: str, fd: int) -> None:
+    """Remove the lock file and release it (in that order: a run that opened it meanwhile
+    finds it unlinked and takes a new one), so a finished run leaves no file behind."""
+    with contextlib.suppress(OSError):
+        os.unlink(out_dir / f".igcli-{stem}.lock")
+    os.close(fd)
+
+
 @functools.lru_cache(maxsize=64)
 def _resolved(out_dir: str) -> str:
     """OUT's real path, remembered: resolving every output's full path walked each of its

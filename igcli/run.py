@@ -143,17 +143,25 @@ def start(
 ) -> BatchRun:
     """The BatchRun that explains this plan's inputs: output folder checked, report begun
     (settings, skipped files), the gradient graph self-checked at the plan's first input."""
-    from igcli.outputs import check_writable
+    from igcli.outputs import check_writable, lock_reports, unlock_reports
     from igcli.storage import check_writable as check_remote
     from igcli.storage import is_url, location
 
     messages = messages or Messages()
     outputs.out_dir = location(outputs.out_dir)
+    lock = None
     if is_url(str(outputs.out_dir)):
         check_remote(str(outputs.out_dir))
     else:
         check_writable(outputs.out_dir)
-        check_reports_replaceable(outputs.out_dir, the_plan.report_stem)
+        fd = lock_reports(outputs.out_dir, the_plan.report_stem)
+        lock = (outputs.out_dir, the_plan.report_stem, fd) if fd is not None else None
+        try:
+            check_reports_replaceable(outputs.out_dir, the_plan.report_stem)
+        except BaseException:
+            if lock is not None:
+                unlock_reports(*lock)
+            raise
     report = new_report(session, settings, targets, the_plan.shard)
     report.settings["plan"] = the_plan.describe()
     if the_plan.shard and the_plan.shard.source:
@@ -175,7 +183,12 @@ def start(
     batch = BatchRun(
         session, settings, targets, outputs, report, emit or _StdoutLines(), warn, targets_for
     )
-    batch.check_gradients_at(the_plan.first)
+    batch.reports_lock = lock  # held until finish() has written the reports
+    try:
+        batch.check_gradients_at(the_plan.first)
+    except BaseException:
+        batch.release_reports()
+        raise
     # the self-check may have rejected the graph: the report's settings say what is used
     report.settings["gradient_source"] = session.gradient_source
     return batch
@@ -209,8 +222,11 @@ def finish(
     wait until this is done (signals_held)."""
     messages = messages or Messages()
     with signals_held() as held:
-        names = _write_up(batch, the_plan, messages, targets_from, started, interrupted)
-        return _verdict(batch, the_plan, messages, names, interrupted or held.caught)
+        try:
+            names = _write_up(batch, the_plan, messages, targets_from, started, interrupted)
+            return _verdict(batch, the_plan, messages, names, interrupted or held.caught)
+        finally:
+            batch.release_reports()
 
 
 def _verdict(batch, the_plan, messages, names: list[str], interrupted: bool) -> ExitCode:
@@ -342,6 +358,9 @@ def run_explain(
             execute(batch, the_plan.items, messages)
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException:
+        batch.release_reports()
+        raise
     return finish(
         batch,
         the_plan,

@@ -765,3 +765,26 @@ def test_an_interrupt_waiting_for_the_writer_keeps_the_report_whole(tree, tmp_pa
     printed = sorted(json.loads(line)["name"].rsplit("/", 1)[-1]
                      for line in result.stdout.splitlines())  # fmt: skip
     assert on_disk and on_disk == reported == printed
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_second_run_on_the_same_reports_is_refused(tree, tmp_path):
+    """Two runs writing one --out at once left report.json naming files the other run had
+    written, both with exit 0. The second now stops before any work (exit 6); shards, whose
+    reports have names of their own, still share a folder; the lock ends with the run."""
+    from igcli.outputs import lock_reports, unlock_reports
+
+    out = tmp_path / "o"
+    out.mkdir()
+    held = lock_reports(out, "report")  # as a run in another process would
+    try:
+        second = run("explain", DIGITS, tree, "--out", out, "--steps", "2")
+        assert second.exit_code == ExitCode.OUTPUT
+        assert "another igcli run is writing report.json" in second.stderr
+        shard = run("explain", DIGITS, tree, "--out", out, "--steps", "2", "--shard", "1/2")
+        assert shard.exit_code == 0, shard.stderr
+    finally:
+        unlock_reports(out, "report", held)
+    assert run("explain", DIGITS, tree, "--out", out, "--steps", "2").exit_code == 0
+    assert run("explain", DIGITS, tree, "--out", out, "--steps", "2").exit_code == 0
+    assert not list(out.glob(".igcli-*.lock"))  # a finished run leaves none behind
