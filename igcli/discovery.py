@@ -170,6 +170,17 @@ def _link_problem(file: Path, root: Path) -> str | None:
     return None
 
 
+_FILE_MAGIC = (  # what a file piped to '-' by mistake starts with (no path does)
+    (b"\x89PNG", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"II*\x00", "TIFF image"),
+    (b"MM\x00*", "TIFF image"),
+    (b"\x93NUMPY", ".npy array"),
+    (b"PK\x03\x04", "zip (.npz)"),
+    (b"\x08", "ONNX model"),
+)
+
+
 def read_path_list(stdin) -> list:
     """Paths from standard input: one per line (surrounding blanks dropped), or separated by
     NUL bytes (`find -print0`) when there is any, which keeps newlines and blanks in names.
@@ -185,6 +196,12 @@ def read_path_list(stdin) -> list:
     raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
     if isinstance(raw, str):
         raw = os.fsencode(raw)
+    magic = next((name for head, name in _FILE_MAGIC if raw.startswith(head)), None)
+    if magic is not None:  # each binary chunk became a "no such file" line of its own
+        raise UsageError(
+            f"'-' reads a list of paths, and standard input holds {magic} data; "
+            "name the file on the command line instead"
+        )
     if b"\0" in raw:
         parts = [p for p in raw.split(b"\0") if p]
     else:

@@ -162,6 +162,18 @@ def test_stdin_that_is_a_terminal_is_a_usage_error():
         read_path_list(None)
 
 
+def test_a_file_piped_to_stdin_instead_of_its_path_is_one_usage_error():
+    """`igcli explain m.onnx - < photo.png` gave one "no such file" line per binary chunk
+    (14 for one PNG); it is one line saying what stdin holds."""
+    root = Path(__file__).resolve().parent.parent
+    png = next((root / "sample_inputs" / "digits").glob("*.png")).read_bytes()
+    with pytest.raises(UsageError, match="standard input holds PNG image data"):
+        read_path_list(Stdin(png))
+    with pytest.raises(UsageError, match=".npy array"):
+        read_path_list(Stdin(b"\x93NUMPY\x01\x00v\x00{'descr'"))
+    assert read_path_list(Stdin(b"BMW/a.png\n")) == [Path("BMW/a.png")]  # a path, as ever
+
+
 # -- hostile folders ------------------------------------------------------------------------------
 
 
