@@ -156,12 +156,22 @@ def start(
         check_writable(outputs.out_dir)
         fd = lock_reports(outputs.out_dir, the_plan.report_stem)
         lock = (outputs.out_dir, the_plan.report_stem, fd) if fd is not None else None
-        try:
-            check_reports_replaceable(outputs.out_dir, the_plan.report_stem)
-        except BaseException:
-            if lock is not None:
-                unlock_reports(*lock)
-            raise
+    try:
+        batch = _begin(session, the_plan, settings, outputs, targets, messages, targets_from, emit)
+    except BaseException:
+        if lock is not None:
+            unlock_reports(*lock)
+        raise
+    batch.reports_lock = lock  # held until finish() has written the reports
+    return batch
+
+
+def _begin(session, the_plan, settings, outputs, targets, messages, targets_from, emit):
+    """start's work once the output folder is checked and its reports are ours."""
+    from igcli.storage import is_url
+
+    if not is_url(str(outputs.out_dir)):
+        check_reports_replaceable(outputs.out_dir, the_plan.report_stem)
     report = new_report(session, settings, targets, the_plan.shard)
     report.settings["plan"] = the_plan.describe()
     if the_plan.shard and the_plan.shard.source:
@@ -183,12 +193,7 @@ def start(
     batch = BatchRun(
         session, settings, targets, outputs, report, emit or _StdoutLines(), warn, targets_for
     )
-    batch.reports_lock = lock  # held until finish() has written the reports
-    try:
-        batch.check_gradients_at(the_plan.first)
-    except BaseException:
-        batch.release_reports()
-        raise
+    batch.check_gradients_at(the_plan.first)
     # the self-check may have rejected the graph: the report's settings say what is used
     report.settings["gradient_source"] = session.gradient_source
     return batch
