@@ -1212,6 +1212,11 @@ class Session:
                 f"{100 * abs(a.rel_error):.3g}% (target {a.target}, steps {a.steps}): the path "
                 "integral is not resolved; raise --steps, or let --steps auto choose",
             )
+        if a.baseline is not None and np.array_equal(a.sample.x, a.baseline):
+            self.warn(  # a blank heatmap and rel_error 0 said nothing of why
+                f"{a.sample.path}: the input equals the baseline ({a.baseline_name}), so every "
+                "attribution is 0; choose another --baseline"
+            )
         top = max(abs(a.f_input), abs(a.f_baseline))
         if top > 0 and abs(a.delta) <= 1e-3 * top and self.softmax_input is not None:
             self._warn_once(

@@ -839,3 +839,18 @@ def test_an_animation_or_a_multi_page_file_says_its_first_frame_is_explained(tmp
     notes = [m for m in said if "frames" in m]
     named = sorted(m.split(":")[0].rsplit("/", 1)[-1] for m in notes)
     assert named == ["a.gif", "a.png", "a.tif", "a.webp"]
+
+
+def test_an_input_equal_to_its_baseline_is_said_to_be(tmp_path):
+    """An all-black image with the black baseline gets all-zero attributions and a relative
+    error of 0: a blank heatmap that said nothing of why. One line says it."""
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(black)
+    said: list[str] = []
+    session = igcli.Session(DIGITS, warn=said.append)
+    a = session.attribute(black, steps=4)
+    assert not np.any(a.attributions)
+    assert any("the input equals the baseline (black)" in line for line in said)
+    said.clear()
+    session.attribute(DIGIT_PNGS[0], steps=4)
+    assert not any("equals the baseline" in line for line in said)
