@@ -313,8 +313,10 @@ def load_model(path: Path) -> onnx.ModelProto:
     except Exception:
         raise ModelError("not an ONNX model (cannot parse it)", path) from None
     del data
-    if len(model.graph.node) == 0 or not model.graph.output:
+    if len(model.graph.node) == 0:  # (any file parses as some protobuf)
         raise ModelError("not an ONNX model (no graph)", path)
+    if not model.graph.output:
+        raise ModelError("the model declares no outputs: nothing to explain", path)
     if not _names_are_text(model.graph):
         raise ModelError("not a valid ONNX model (tensor or node names are not UTF-8)", path)
     if _external_tensors(model):

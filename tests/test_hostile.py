@@ -667,6 +667,26 @@ def test_model_without_inputs(tmp_path):
     assert "c.onnx" in str(err.value)
 
 
+def test_model_without_outputs_says_so(tmp_path):
+    """Nodes but no declared output was called "not an ONNX model (no graph)"."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from igcli.model import load_model
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "no_outputs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [],
+    )
+    path = tmp_path / "n.onnx"
+    onnx.save(helper.make_model(graph), path)
+    with pytest.raises(ModelError, match="declares no outputs") as err:
+        load_model(path)
+    assert "n.onnx" in str(err.value)
+
+
 def test_feeds_are_checked_once_naming_the_feed_file(tmp_path):
     from igcli.model import graph_inputs, load_feeds
     from tests import models
