@@ -270,6 +270,18 @@ def _einsum_model(path, batch):
     return _save_xy(path, nodes, [batch, 3, 4], [batch, 3], [w], opset=12)
 
 
+def _einsum_fixed_and_free(tmp_path, warnings: list):
+    """The Einsum model exported at a batch of 1 and with an open batch, each attributed at
+    one input: (the batch-1 session, its attribution, the open-batch model's)."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32))
+    fixed = igcli.Session(_einsum_model(tmp_path / "b1.onnx", 1), cache=False, threads=1,
+                          batch_size=8, warn=warnings.append)  # fmt: skip
+    got = fixed.attribute(x, steps=16, target=0, baseline="zero")
+    free = igcli.Session(_einsum_model(tmp_path / "bn.onnx", "N"), cache=False)
+    return fixed, got, free.attribute(x, steps=16, target=0, baseline="zero")
+
+
 def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row_per_call(
     tmp_path, monkeypatch
 ):
@@ -277,14 +289,8 @@ def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row
     rows back' for 'nothing to compare'. Found by a real-model sweep."""
     # differentiated at its declared batch of 1, as when the symbolic-batch form fails
     monkeypatch.setattr("igcli.session.declared_batch", lambda *_: None)
-    x = tmp_path / "x.npy"
-    np.save(x, np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32))
     warnings = []
-    fixed = igcli.Session(_einsum_model(tmp_path / "b1.onnx", 1), cache=False, threads=1,
-                          batch_size=8, warn=warnings.append)  # fmt: skip
-    got = fixed.attribute(x, steps=16, target=0, baseline="zero")
-    free = igcli.Session(_einsum_model(tmp_path / "bn.onnx", "N"), cache=False)
-    expected = free.attribute(x, steps=16, target=0, baseline="zero")
+    _, got, expected = _einsum_fixed_and_free(tmp_path, warnings)
     assert got.gradient_source == "graph" and any("one per model call" in w for w in warnings)
     np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-5, atol=1e-7)
 
@@ -292,15 +298,8 @@ def test_a_graph_that_returns_fewer_gradient_rows_than_it_was_given_goes_one_row
 def test_a_rule_that_reads_the_batch_sees_it_symbolic_in_a_model_exported_at_batch_1(tmp_path):
     """Differentiated with its batch made symbolic, the Einsum model above gets a gradient
     graph that takes many rows per call (it took one: the rule saw a size-1 axis)."""
-    x = tmp_path / "x.npy"
-    np.save(x, np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32))
     warnings = []
-    fixed = igcli.Session(_einsum_model(tmp_path / "b1.onnx", 1), cache=False, threads=1,
-                          batch_size=8, warn=warnings.append)  # fmt: skip
-    got = fixed.attribute(x, steps=16, target=0, baseline="zero")
-    expected = igcli.Session(_einsum_model(tmp_path / "bn.onnx", "N"), cache=False).attribute(
-        x, steps=16, target=0, baseline="zero"
-    )
+    fixed, got, expected = _einsum_fixed_and_free(tmp_path, warnings)
     assert got.gradient_source == "graph" and warnings == [] and fixed.runner.batch_size == 8
     np.testing.assert_allclose(got.attributions, expected.attributions, rtol=1e-5, atol=1e-7)
 
