@@ -22,6 +22,7 @@ import numpy as np
 
 from igcli import __version__
 from igcli.attribution import Attribution
+from igcli.cache import file_sha256
 from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     Discovery,
     InputItem,
@@ -78,8 +79,7 @@ def content_hash(path: Path) -> str | None:
     """A short SHA-256 of a file's bytes (None when it cannot be read): what a record file
     keeps of each output, the same for the same bytes in any run."""
     try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()[:32]
+        return file_sha256(path, remember=False)[:32]  # (no memo: outputs change as written)
     except OSError:
         return None
 
