@@ -95,6 +95,10 @@ def _walk(
         fail(Path(exc.filename or root), f"cannot list folder ({os_reason(exc)})")
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
+        if dirpath != str(root) and _earlier_output(dirpath, filenames):
+            dirnames.clear()  # nor anything under it
+            skip(Path(dirpath), "an earlier igcli run's output folder")
+            continue
         for d in sorted(dirnames):
             if os.path.islink(os.path.join(dirpath, d)):
                 dirnames.remove(d)
@@ -102,9 +106,6 @@ def _walk(
             elif outside is not None and os.path.realpath(os.path.join(dirpath, d)) == outside:
                 dirnames.remove(d)
                 skip(Path(dirpath) / d, "the output folder (--out)")
-            elif _earlier_output(os.path.join(dirpath, d)):
-                dirnames.remove(d)
-                skip(Path(dirpath) / d, "an earlier igcli run's output folder")
         dirnames.sort()
         for fn in sorted(filenames):
             yield Path(dirpath) / fn
@@ -113,22 +114,13 @@ def _walk(
 _REPORT_NAME = re.compile(r"report(\.shard-\d+-of-\d+)?\.json")
 
 
-def _earlier_output(folder: str) -> bool:
-    """Whether a folder holds an igcli report (report.json, or a shard's): an earlier run's
-    outputs, whose heatmaps and .npy files a walk of their parent explained as inputs (and
-    whose report.csv failed as a CSV)."""
-    try:
-        names = [n for n in os.listdir(folder) if _REPORT_NAME.fullmatch(n)]
-    except OSError:
-        return False
-    for name in names:
-        try:
-            with open(os.path.join(folder, name), "rb") as fh:
-                if b'"igcli_version"' in fh.read(512):
-                    return True
-        except OSError:
-            continue
-    return False
+def _earlier_output(folder: str, names: list[str]) -> bool:
+    """Whether a folder (holding `names`) holds an igcli report (report.json, or a shard's):
+    an earlier run's outputs, whose heatmaps and .npy files a walk of their parent explained
+    as inputs (and whose report.csv failed as a CSV)."""
+    from igcli.report import is_igcli_report
+
+    return any(_REPORT_NAME.fullmatch(n) and is_igcli_report(Path(folder) / n) for n in names)
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

@@ -150,6 +150,17 @@ _REPORT_SIGNS = {
 }
 
 
+def is_igcli_report(path: Path) -> bool:
+    """Whether `path` is a report igcli wrote (of any version), by how its kind begins;
+    False when it cannot be read (check_reports_replaceable lets such a file be)."""
+    ours = _REPORT_SIGNS.get(path.suffix.lstrip("."))
+    try:
+        with open(path, "rb") as fh:
+            return ours is not None and ours(fh.read(4096))
+    except OSError:
+        return False
+
+
 def check_reports_replaceable(out_dir: Path, stem: str = "report") -> None:
     """An OutputError, before any work, where OUT holds a file named like one of the run's
     reports that igcli did not write (a folder's own report.csv): writing the reports would
