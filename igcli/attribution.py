@@ -30,6 +30,8 @@ from igcli.outputs import (
 from igcli.report import percent
 from igcli.visualize import (
     HeatmapStyle,
+    Picture,
+    as_image,
     caption,
     draw,
     draw_cut,
@@ -212,6 +214,10 @@ class Attribution(Completeness):
     def image(self, style=None, vmax: float | None = None):
         """The heatmap panel (images), coloured tokens (token models) or bar chart (feature
         vectors) as a PIL image."""
+        return as_image(self.picture(style, vmax))
+
+    def picture(self, style=None, vmax: float | None = None) -> Picture:
+        """What image() shows, as the PNG writer takes it (an image's panel as pixels)."""
         style = style or HeatmapStyle()
         if magnitude_map(self) and style.sign == "all":  # a mean square, a variance, an L2
             style = dataclasses.replace(style, sign="absolute")
@@ -303,7 +309,7 @@ class Attribution(Completeness):
         npy = output_stem(directory, name + ".npy")
         png = output_stem(directory, name + ".png") if heatmap else None
         self._may_replace(marker, npy, png)
-        picture = self.image(style) if png is not None else None  # (before any file)
+        picture = self.picture(style) if png is not None else None  # (before any file)
         atomic_save_npy(npy, self.attributions.astype(np.float32)[None])
         try:
             if png is not None:
@@ -336,9 +342,10 @@ class Attribution(Completeness):
                 marker,
             )
 
-    def write_to(self, npy: Path, png: Path | None, *, style=None, vmax=None) -> None:
+    def write_to(self, npy: Path, png: Path | None, *, style=None, vmax=None) -> dict[Path, str]:
         """The files of a result, to paths output_stem has checked (png None: no picture);
-        each written whole or not at all."""
-        atomic_save_npy(npy, self.attributions.astype(np.float32)[None])
+        each written whole or not at all. Returns each file's digest (outputs.digest)."""
+        written = {npy: atomic_save_npy(npy, self.attributions.astype(np.float32)[None])}
         if png is not None:
-            atomic_save_png(png, self.image(style, vmax=vmax))
+            written[png] = atomic_save_png(png, self.picture(style, vmax=vmax))
+        return written

@@ -33,6 +33,7 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
+    DIGEST_CHARS,
     atomic_save_png,
     atomic_write_text,
     in_the_way,
@@ -79,7 +80,7 @@ def content_hash(path: Path) -> str | None:
     """A short SHA-256 of a file's bytes (None when it cannot be read): what a record file
     keeps of each output, the same for the same bytes in any run."""
     try:
-        return file_sha256(path, remember=False)[:32]  # (no memo: outputs change as written)
+        return file_sha256(path, remember=False)[:DIGEST_CHARS]  # (no memo: outputs change)
     except OSError:
         return None
 
@@ -649,8 +650,8 @@ class BatchRun:
             )
             if defer:
                 png = None
-            a.write_to(npy, png, style=style)
-            hashes.update({self._rel(p): content_hash(p) for p in (npy, png) if p is not None})
+            written = a.write_to(npy, png, style=style)
+            hashes.update({self._rel(p): sha for p, sha in written.items()})
             if defer:
                 light = dataclasses.replace(a, attributions=None, baseline=None, sample=None)
                 self._defer(light, a.sample.path, a.sample.name, npy, npy.with_suffix(".png"))
@@ -754,7 +755,7 @@ class BatchRun:
                                 style.sign))  # fmt: skip
         vmax = scale.value()
         for light, npy, png in self.deferred:
-            atomic_save_png(png, self._reload(light, npy).image(style, vmax=vmax))
+            atomic_save_png(png, self._reload(light, npy).picture(style, vmax=vmax))
             if self.remote is not None:
                 self.remote.upload(self._rel(png))
                 npy.unlink(missing_ok=True)  # uploaded when written; drawn now

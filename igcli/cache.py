@@ -240,9 +240,9 @@ def file_sha256(path: Path, remember: bool = True) -> str:
     again every time (its mtime cannot tell a later change apart)."""
     st = os.stat(path)
     identity = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    where = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:32]
-    memo = cache_dir() / f"sha256-{where}.json"
     if remember:
+        where = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:32]
+        memo = cache_dir() / f"sha256-{where}.json"
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             known = json.loads(memo.read_text())
             settled = max(st.st_mtime_ns, st.st_ctime_ns) < known["hashed_ns"] - 2_000_000_000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import io
 import json
 import math
@@ -121,14 +122,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+DIGEST_CHARS = 32  # of a SHA-256 in hex: what a record file keeps of each output
+
+
+def digest(data: bytes) -> str:
+    """The short SHA-256 a record keeps of an output's bytes (see batch.content_hash)."""
+    return hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> str:
+    """Save; return the digest of the bytes written (no second read to find it)."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return digest(data)
 
 
-def atomic_save_png(path: Path, image) -> None:
-    atomic_write_bytes(path, png_bytes(image))
+def atomic_save_png(path: Path, image) -> str:
+    """Save; return the digest of the bytes written."""
+    data = png_bytes(image)
+    atomic_write_bytes(path, data)
+    return digest(data)
 
 
 # A text chunk in every PNG igcli encodes (Software: igcli), right after the header: a later
@@ -137,12 +152,17 @@ PNG_SIGNATURE = b"tEXtSoftware\x00igcli"
 
 
 def png_bytes(image) -> bytes:
-    """A PIL image as PNG. 8-bit RGB and grayscale images (every heatmap) are encoded here:
-    one 'Up' filter for all rows (nearest-upscaled tiles repeat rows, which it turns into
-    zeros) and zlib-ng level 2, where Pillow tries five filters on every row and zlib: a
-    748x414 panel in 0.9 ms instead of 4.5 (zlib level 3: 2.0 ms). Other modes go through
-    Pillow."""
-    if image.mode not in ("RGB", "L"):
+    """A PIL image, or 8-bit RGB (H, W, 3) or grey (H, W) pixels, as PNG. 8-bit RGB and
+    grayscale (every heatmap) are encoded here: one 'Up' filter for all rows (nearest-upscaled
+    tiles repeat rows, which it turns into zeros) and zlib-ng level 2, where Pillow tries five
+    filters on every row and zlib: a 748x414 panel in 0.9 ms instead of 4.5 (zlib level 3:
+    2.0 ms). Pixels need no PIL image at all (its RGB to numpy conversion alone took 0.5 ms).
+    Other modes go through Pillow."""
+    if isinstance(image, np.ndarray):
+        pixels = image
+    elif image.mode in ("RGB", "L"):
+        pixels = np.asarray(image, dtype=np.uint8)
+    else:
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
@@ -150,13 +170,16 @@ def png_bytes(image) -> bytes:
         buf = io.BytesIO()
         image.save(buf, format="PNG", compress_level=3, pnginfo=info)  # 3: 30% faster than 6
         return buf.getvalue()
-    rows = np.asarray(image, dtype=np.uint8).reshape(image.height, -1)
+    if pixels.dtype != np.uint8 or not (pixels.ndim == 2 or pixels.shape[2:] == (3,)):
+        raise ValueError(f"pixels must be uint8 (H, W) or (H, W, 3), got {pixels.shape}")
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1)
     raw = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
     raw[:, 0] = 2  # filter type Up: each byte minus the one above it (mod 256)
     raw[:1, 1:] = rows[:1]
     np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
-    color_type = 2 if image.mode == "RGB" else 0
-    header = struct.pack(">IIBBBBB", image.width, image.height, 8, color_type, 0, 0, 0)
+    color_type = 2 if pixels.ndim == 3 else 0
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return b"".join([
         b"\x89PNG\r\n\x1a\n",
         _png_chunk(b"IHDR", header),

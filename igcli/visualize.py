@@ -13,6 +13,13 @@ from igcli import render
 from igcli.inputs import Preprocessing, Sample
 from igcli.report import percent
 
+Picture = Image.Image | np.ndarray  # a PIL image, or RGB pixels (H, W, 3) uint8 ready to encode
+
+
+def as_image(picture: Picture) -> Image.Image:
+    """A picture as a PIL image (pixels drawn in numpy are converted)."""
+    return Image.fromarray(picture) if isinstance(picture, np.ndarray) else picture
+
 
 @dataclass
 class HeatmapStyle:
@@ -122,12 +129,14 @@ def draw(
     caption: str,
     vmax: float | None = None,
     regions=None,
-) -> Image.Image:
+) -> Picture:
+    """Image inputs' panels come as pixels (a PIL image would only be converted back to
+    encode them), the rest as PIL images."""
     if is_image_like(sample, prep):
         top = None
         if regions is not None:
             top = regions.top_mask()
-        return render.render_image(
+        return render.image_pixels(
             display_pixels(sample, prep),
             prep.model_to_hwc(attributions),
             overlay=style.overlay,
@@ -160,7 +169,7 @@ def shown_tokens(sample: Sample) -> int:
     return n
 
 
-def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Image.Image:
+def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Picture:
     """The picture of an attribution made at a tensor inside the model (`a.at`): tokens
     coloured by their value for token models, the per-position map over the image for image
     models, else bars (of positions, or with --aggregate none of the tensor's entries)."""
@@ -188,7 +197,7 @@ def draw_cut(a, style: HeatmapStyle, vmax: float | None = None) -> Image.Image:
             ),
             dtype=np.float64,
         )
-        return render.render_image(
+        return render.image_pixels(
             pixels, up[..., None], overlay=style.overlay, sign=style.sign,
             clip_percentile=style.clip_percentile, vmax=vmax, title=title(a), caption=caption(a),
         )  # fmt: skip

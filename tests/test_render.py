@@ -372,6 +372,41 @@ def test_text_drawn_glyph_by_glyph_matches_pillow(size):
     assert render._textlen(font, line) == font.getlength(line)
 
 
+@pytest.mark.parametrize("xy", [(10, 40), (-30, 3), (150, 76), (-500, 40), (10, 300)])
+def test_text_on_pixels_is_pillows_paste_clipped_at_the_edges(xy):
+    """The panel's text, drawn into numpy pixels, is what Pillow's paste draws on the same
+    picture (a busy background, so the blend's rounding shows), also where the line runs
+    off an edge or lies wholly outside."""
+    font = render._font(17)
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (80, 160, 3), dtype=np.uint8)
+    pillows = Image.fromarray(pixels.copy())
+    render._text(pixels, xy, "Wide ffi -0.0123 jÿ", font, (200, 30, 90), 1000)
+    render._text(pillows, xy, "Wide ffi -0.0123 jÿ", font, (200, 30, 90), 1000)
+    np.testing.assert_array_equal(pixels, _px(pillows).astype(np.uint8))
+
+
+def test_text_on_pixels_falls_back_to_pillow_for_other_fonts():
+    bitmap = __import__("PIL.ImageFont", fromlist=["ImageFont"]).load_default_imagefont()
+    pixels = np.full((30, 200, 3), 255, dtype=np.uint8)
+    render._text(pixels, (5, 15), "fallback", bitmap, (0, 0, 0), 190)
+    assert (pixels < 128).any()
+
+
+def test_panel_pixels_are_the_panel_image():
+    """render_image is image_pixels as a PIL image; png_bytes takes the pixels as they are."""
+    from igcli.outputs import png_bytes
+
+    rng = np.random.default_rng(0)
+    img, attr = rng.uniform(0, 1, (9, 14, 3)), rng.normal(size=(9, 14, 1))
+    pixels = render.image_pixels(img, attr, title="t", caption="c")
+    image = render.render_image(img, attr, title="t", caption="c")
+    np.testing.assert_array_equal(pixels, np.asarray(image))
+    assert png_bytes(pixels) == png_bytes(image)
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(pixels.astype(np.float32))
+
+
 def test_text_falls_back_to_pillow_for_other_fonts():
     bitmap = __import__("PIL.ImageFont", fromlist=["ImageFont"]).load_default_imagefont()
     assert not render._glyph_by_glyph(bitmap)
