@@ -1,10 +1,11 @@
 """Batch benchmark: N sample images through `igcli explain DIR`.
 
 Prints inputs per second, the share of wall time spent outside model calls (goal: under
-10%), and peak memory for several directory sizes (goal: flat as the directory grows).
-Each size runs in a fresh subprocess so peak RSS belongs to that run alone.
+10%), the largest completeness error, and peak memory for several directory sizes (goal:
+flat as the directory grows). Each size runs in a fresh subprocess so peak RSS belongs to
+that run alone. `--steps auto` runs adaptive steps (default tolerance 0.5%).
 
-    .venv/bin/python bench/bench_batch.py [--sizes 50,100,200] [--gradients auto]
+    .venv/bin/python bench/bench_batch.py [--sizes 50,100,200] [--gradients auto] [--steps 50]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def make_inputs(folder: Path, n: int) -> None:
         Image.fromarray(noisy).save(sub / f"img{i:04d}.png")
 
 
-def one_run(n: int, gradients: str) -> dict:
+def one_run(n: int, gradients: str, steps: str) -> dict:
     from igcli.batch import OutputSettings, discover
     from igcli.console import Messages
     from igcli.run import plan, run_explain
@@ -55,7 +56,7 @@ def one_run(n: int, gradients: str) -> dict:
         code = run_explain(
             session,
             plan(discover([str(folder)], recursive=True)),
-            settings=AttributionSettings(),
+            settings=AttributionSettings(steps=steps if steps == "auto" else int(steps)),
             targets=None,
             outputs=OutputSettings(out_dir=out),
             messages=Messages(quiet=True),
@@ -72,6 +73,7 @@ def one_run(n: int, gradients: str) -> dict:
         "outside_model_share": round(1 - model_time / wall, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "gradient_source": report["settings"]["gradient_source"],
+        "max_error": max(abs(r["rel_error"]) for r in report["results"]),
     }
 
 
@@ -79,18 +81,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="50,100,200")
     parser.add_argument("--gradients", default="auto")
+    parser.add_argument("--steps", default="50", help="path points, or auto")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_run(args.one, args.gradients)))
+        print(json.dumps(one_run(args.one, args.gradients, args.steps)))
         return
     print(
         f"{'inputs':>6} {'source':>6} {'wall s':>8} {'inputs/s':>9} {'outside model':>14} "
-        f"{'peak RSS MB':>12}"
+        f"{'max error':>10} {'peak RSS MB':>12}"
     )
     for n in (int(v) for v in args.sizes.split(",")):
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--gradients", args.gradients],
+            [sys.executable, __file__, "--one", str(n), "--gradients", args.gradients]
+            + ["--steps", args.steps],
             capture_output=True,
             text=True,
             check=True,
@@ -99,7 +103,7 @@ def main() -> None:
         print(
             f"{r['inputs']:>6} {r['gradient_source']:>6} {r['wall_s']:>8} "
             f"{r['inputs_per_s']:>9} {r['outside_model_share'] * 100:>13.1f}% "
-            f"{r['peak_rss_mb']:>12}"
+            f"{r['max_error'] * 100:>9.3f}% {r['peak_rss_mb']:>12}"
         )
 
 

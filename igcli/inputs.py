@@ -311,6 +311,8 @@ def read_image(
                 _check_pixels(img.size, path)
                 if notes is not None and _animated(img):
                     notes.append("several frames (an animation or pages); the first is explained")
+                if notes is not None and target and prep.crop is None:
+                    notes.extend(_stretch_note(img, target))
                 arr, max_value = _decode(img, fh, channels, target, path, prep.crop)
         except IgcliError:
             raise
@@ -434,6 +436,29 @@ def _pil_pixels(
     img = fit_image(img.convert(_MODES.get(channels, "RGB")), target, crop)
     arr = np.asarray(img, dtype=np.float64)
     return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
+
+
+STRETCH_NOTED = 2.0  # an aspect ratio changed by this factor or more is worth a word
+
+
+def _stretch_note(img, target: tuple[int, int]) -> list[str]:
+    """A line when squashing the image to the model's size changes its shape a lot (a
+    20000x1 strip made 28x28 gave no sign of it); none for the usual photo to square."""
+    w, h = img.size
+    try:
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # stored sideways (see _upright)
+            w, h = h, w
+    except Exception:  # damaged EXIF: read as stored
+        pass
+    factor = (w / h) / (target[0] / target[1])
+    factor = max(factor, 1 / factor)
+    if factor < STRETCH_NOTED:
+        return []
+    fold = f"{factor:.1f}" if factor < 10 else f"{factor:,.0f}"
+    return [
+        f"{w}x{h} image squashed to the model's {target[0]}x{target[1]} (its width:height "
+        f"ratio changed {fold}-fold)"
+    ]
 
 
 def fit_image(img: Image.Image, target: tuple[int, int] | None, crop: float | None):

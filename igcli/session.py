@@ -529,7 +529,11 @@ class Session:
             chosen = default_output(outputs)
             if chosen is None:
                 why = "; ".join(unusable_reason(s) for s in outputs)
-                raise UsageError(f"model has no float output to explain ({why})", self.model_path)
+                raise UsageError(
+                    f"model has no float output to explain ({why}); name a float tensor "
+                    "inside it with --output",
+                    self.model_path,
+                )
             if chosen is not outputs[0]:
                 self.warn(
                     f"{self.model_path}: explaining output {chosen.name!r}, the first float "

@@ -177,3 +177,27 @@ def test_a_sidecar_layout_that_puts_a_width_where_the_channels_are_is_one_error(
         make_preprocessing(spec(["N", 3, 224, 224]), Sidecar(preprocessing={"layout": "NHWC"}))
     fits = make_preprocessing(spec(["N", 224, 224, 3]), Sidecar(preprocessing={"layout": "NHWC"}))
     assert fits.layout == "NHWC" and fits.channels == 3
+
+
+def test_an_image_squashed_out_of_shape_is_noted(tmp_path):
+    """A 2000x1 strip made 28x28 says so (EXIF rotation counted); a 40x30 photo does not."""
+    from PIL import Image
+
+    from igcli.inputs import Preprocessing, read_image
+
+    prep = Preprocessing([1, 1, 28, 28], channels=1, height=28, width=28)
+    for (w, h), want in [((2000, 1), "2000x1 image squashed to the model's 28x28"),
+                         ((40, 30), None), ((56, 28), "ratio changed 2.0-fold")]:  # fmt: skip
+        path = tmp_path / f"{w}x{h}.png"
+        Image.new("L", (w, h), 128).save(path)
+        notes: list[str] = []
+        assert read_image(path, prep, notes=notes).shape == (28, 28, 1)
+        assert (notes == []) if want is None else (want in notes[0])
+    wide = Image.new("L", (60, 20), 128)
+    exif = wide.getexif()
+    exif[0x0112] = 6  # stored sideways: upright it is 20x60
+    wide.save(tmp_path / "turned.jpg", exif=exif)
+    notes = []
+    tall = Preprocessing([1, 1, 30, 10], channels=1, height=30, width=10)
+    read_image(tmp_path / "turned.jpg", tall, notes=notes)
+    assert notes == []  # upright 20x60 to 10x30: the same shape

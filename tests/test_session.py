@@ -115,6 +115,7 @@ def test_a_sequence_output_is_a_usage_error(tmp_path):
     result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.USAGE
     assert len(result.stderr.strip().splitlines()) == 1 and "float output" in result.stderr
+    assert "with --output" in result.stderr  # the way out
     named = run("explain", model, tmp_path / "x.npy", "--output", "maps", "--out", tmp_path)
     assert named.exit_code == ExitCode.USAGE and "not a tensor" in named.stderr
 
