@@ -130,21 +130,3 @@ def _read_image_baseline(path: Path, prep: Preprocessing, size) -> np.ndarray:
         return read_image(path, prep, size=size)
     except InputError as exc:
         raise UsageError(f"baseline: {exc.reason}", path) from None
-
-
-def check_baseline(spec: str | None, prep: Preprocessing) -> None:
-    """Check --baseline once, before any input: a name igcli knows, or a readable file that
-    fits the model. A session calls this up front so a bad baseline is one usage error
-    (exit 2), not one failure per input."""
-    if spec is None or spec in NAMED:
-        return
-    path = _baseline_file(spec)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        if not prep.is_image_model:
-            raise UsageError(
-                f"an image baseline needs an image model; the input has shape {prep.input_shape}",
-                path,
-            )
-        _read_image_baseline(path, prep, (prep.height or 1, prep.width or 1))
-    else:
-        read_tensor(path, prep, error=UsageError)
