@@ -13,9 +13,34 @@ from pathlib import Path
 import numpy as np
 
 from igcli.errors import InputError, UsageError
-from igcli.inputs import IMAGE_SUFFIXES, Preprocessing, Sample, read_image, read_tensor
+from igcli.inputs import (
+    IMAGE_SUFFIXES,
+    Preprocessing,
+    Sample,
+    fit_tensor,
+    read_image,
+    read_tensor,
+)
 
 NAMED = ("zero", "black", "white", "uniform", "blur")
+
+
+class ArrayBaseline:
+    """A baseline given as numbers (the library's baseline=array), in the model's input
+    space as a .npy baseline is. Records name it 'array'. It equals only itself, so the
+    checks that compare a baseline with a name ('mean') stay plain comparisons."""
+
+    name = "array"
+
+    def __init__(self, values) -> None:
+        self.values = np.array(values)  # a copy: the caller may change theirs afterwards
+        self.values.flags.writeable = False
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"ArrayBaseline(shape={list(self.values.shape)}, dtype={self.values.dtype})"
 
 
 def default_baseline(sample: Sample) -> str:
@@ -62,7 +87,11 @@ def _sample_hw(sample: Sample, prep: Preprocessing) -> tuple[int, int] | None:
 
 
 def make_baseline(
-    spec: str, sample: Sample, prep: Preprocessing, seed: int = 0, blur_sigma: float | None = None
+    spec: str | ArrayBaseline,
+    sample: Sample,
+    prep: Preprocessing,
+    seed: int = 0,
+    blur_sigma: float | None = None,
 ) -> np.ndarray:
     """The baseline for one sample, in model space (same shape as sample.x).
 
@@ -72,6 +101,8 @@ def make_baseline(
     every input); a .npy baseline that fits the model but not this input is this input's
     InputError.
     """
+    if isinstance(spec, ArrayBaseline):
+        return _array_baseline(spec, sample, prep)
     if spec == "zero":
         return np.zeros_like(sample.x)
     if spec in NAMED:
@@ -102,6 +133,27 @@ def make_baseline(
     if base.shape != sample.x.shape:
         raise InputError(
             f"baseline {path} has shape {list(base.shape)}, this input {list(sample.x.shape)}",
+            sample.path,
+        )
+    return base
+
+
+def _array_baseline(spec: ArrayBaseline, sample: Sample, prep: Preprocessing) -> np.ndarray:
+    """An array baseline as the sample's tensor: the model's shape (batch axis of 1 or none)
+    and dtype, finite; one that fits the model but not this sample is this sample's error."""
+    where = Path("<baseline array>")
+    if spec.values.dtype.kind in "iub":
+        raise UsageError(
+            f"dtype {spec.values.dtype} is not a float type; an array baseline is in the model "
+            "input's space: pass floats",
+            where,
+        )
+    base = fit_tensor(spec.values, prep, where, UsageError)
+    if not np.isfinite(base).all():
+        raise UsageError("contains NaN or Inf", where)
+    if base.shape != sample.x.shape:
+        raise InputError(
+            f"the baseline array has shape {list(base.shape)}, this input {list(sample.x.shape)}",
             sample.path,
         )
     return base

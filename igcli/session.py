@@ -115,7 +115,9 @@ class AttributionSettings:
 
     steps: int | str | None = None  # None: the path's default (50; blur 100, guided 200)
     method: str | None = None
-    baseline: str | None = None  # a name from baselines.NAMED or a file; None: by input kind
+    # a name from baselines.NAMED, a file, or an array in the model input's space (kept as
+    # a baselines.ArrayBaseline); None: by input kind
+    baseline: str | Path | np.ndarray | baselines.ArrayBaseline | None = None
     seed: int = 0  # for noise baselines, noisy copies, expected gradients, Shapley orders
     tolerance: float = DEFAULT_TOLERANCE
     max_steps: int = DEFAULT_MAX_STEPS
@@ -139,6 +141,8 @@ class AttributionSettings:
             raise UsageError(f"path must be a path name (straight, blur, ...), not {self.path!r}")
         if self.steps is None:
             object.__setattr__(self, "steps", methods.default_steps(self.path))
+        if isinstance(self.baseline, np.ndarray):
+            object.__setattr__(self, "baseline", baselines.ArrayBaseline(self.baseline))
 
     @property
     def adaptive(self) -> bool:
@@ -159,10 +163,12 @@ class AttributionSettings:
             raise UsageError(f"seed must be a whole number, not {self.seed!r}")
         if isinstance(self.baseline, str) and not self.baseline.strip():
             raise UsageError("baseline must name a baseline or a file, not ''")
-        if self.baseline is not None and not isinstance(self.baseline, str | Path):
+        if self.baseline is not None and not isinstance(
+            self.baseline, str | Path | baselines.ArrayBaseline
+        ):
             raise UsageError(
-                "baseline must be a name (black, zero, blur, ...) or a file path, not "
-                f"{type(self.baseline).__name__}: save an array with numpy.save"
+                "baseline must be a name (black, zero, blur, ...), a file path or a numpy "
+                f"array, not {type(self.baseline).__name__}"
             )
         methods.check(self)
         if self.adaptive:
@@ -828,7 +834,7 @@ class Session:
         input,
         target: int | None = None,
         *,
-        baseline: str | None = None,
+        baseline: str | np.ndarray | None = None,
         steps: int | str | None = None,
         method: str | None = None,
         seed: int = 0,
@@ -839,7 +845,9 @@ class Session:
 
         `input`: an image or .npy path, a numpy array in the model input's shape (with or
         without the batch axis), or a PIL image for image models; for token models also a
-        string (the text) or an array of token ids. `at` attributes at that tensor instead
+        string (the text) or an array of token ids. `baseline`: a name (black, zero, blur,
+        ...), an image or .npy file, or an array like `input` (token ids for token models).
+        `at` attributes at that tensor instead
         (see `cut`). `options` are further `AttributionSettings` fields: path="blur",
         noise=25, baselines="dir/", ... (steps=None: the path's default).
         """
@@ -929,7 +937,8 @@ class Session:
         where = samples[0].path  # a failure of a call with several: no one sample to blame
         if len(samples) > 1:
             where = Path(f"one of {len(samples)} samples ({samples[0].path}, ...)")
-        names = [settings.baseline or self._default_baseline(s) for s in samples]
+        specs = [settings.baseline or self._default_baseline(s) for s in samples]
+        names = [str(spec) for spec in specs]  # (an array baseline is named "array")
         if self._cut is not None and not methods.is_plain(settings):
             raise UsageError(
                 "paths, baseline sets, noise and regions attribute a model's float input; "
@@ -941,8 +950,8 @@ class Session:
             bases, names = [m[0] for m in means], [m[1] for m in means]
         else:
             bases = [
-                self._make_baseline(name, s, settings.seed)
-                for name, s in zip(names, samples, strict=True)
+                self._make_baseline(spec, s, settings.seed)
+                for spec, s in zip(specs, samples, strict=True)
             ]
         # The path's ends in the space IG walks: the input's (or the cut tensor's) values,
         # and each sample's values of the other inputs (None: the session's feeds only).
@@ -1275,14 +1284,16 @@ class Session:
     def _default_baseline(self, sample: Sample) -> str:
         return "pad" if sample.kind == "tokens" else baselines.default_baseline(sample)
 
-    def _make_baseline(self, name: str, sample: Sample, seed: int) -> np.ndarray | None:
+    def _make_baseline(
+        self, spec: str | baselines.ArrayBaseline, sample: Sample, seed: int
+    ) -> np.ndarray | None:
         """The baseline in the input's space (token ids for token models); None: zeros at
         the tensor attributed at (`zero` with a cut)."""
         if sample.kind == "tokens":
-            return token_baseline(name, sample, self.tokens.vocab)
-        if self._cut is not None and name == "zero":
+            return token_baseline(spec, sample, self.tokens.vocab)
+        if self._cut is not None and spec == "zero":
             return None
-        return baselines.make_baseline(name, sample, self.prep, seed=seed)
+        return baselines.make_baseline(spec, sample, self.prep, seed=seed)
 
     def _through_cut(self, samples: Sequence[Sample], bases: list[np.ndarray | None]):
         """The cut tensor's values at each input and baseline (the part before the cut runs

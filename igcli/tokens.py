@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from igcli.baselines import ArrayBaseline
 from igcli.errors import InputError, UsageError
 from igcli.files import file_size, first_line, open_regular, read_npy, read_text
 from igcli.inputs import RowError
@@ -368,7 +369,7 @@ def token_inputs(
     return TokenInputs(ids, vocab, derived, path)
 
 
-def token_baseline(spec: str, sample, vocab: Vocabulary) -> np.ndarray | None:
+def token_baseline(spec: str | ArrayBaseline, sample, vocab: Vocabulary) -> np.ndarray | None:
     """The baseline's ids for one sample (None: zeros at the attributed tensor).
 
     `pad` / `mask`: that token at every position except the special tokens that frame the
@@ -388,16 +389,19 @@ def token_baseline(spec: str, sample, vocab: Vocabulary) -> np.ndarray | None:
             )
         keep = sample.special if sample.special is not None else np.zeros(ids.shape, bool)
         return np.where(keep, ids, token).astype(ids.dtype)
-    path = Path(spec)
-    if path.suffix.lower() != ".npy":
-        if not os.path.lexists(path):
-            raise UsageError(
-                f"baseline {spec!r} is neither one of {', '.join(TOKEN_BASELINES)} nor a file"
-            )
-        raise UsageError(f"baseline file {spec!r}: token models take a .npy of token ids")
-    arr = read_npy(path, UsageError)
-    if arr.dtype.kind == "f":
-        raise UsageError("a token model's baseline file holds token ids (integers)", path)
+    if isinstance(spec, ArrayBaseline):
+        path, arr = Path("<baseline array>"), spec.values
+    else:
+        path = Path(spec)
+        if path.suffix.lower() != ".npy":
+            if not os.path.lexists(path):
+                raise UsageError(
+                    f"baseline {spec!r} is neither one of {', '.join(TOKEN_BASELINES)} nor a file"
+                )
+            raise UsageError(f"baseline file {spec!r}: token models take a .npy of token ids")
+        arr = read_npy(path, UsageError)
+    if arr.dtype.kind not in "iu":
+        raise UsageError("a token model's baseline holds token ids (integers)", path)
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.shape != ids.shape:

@@ -855,3 +855,46 @@ def test_an_input_equal_to_its_baseline_is_said_to_be(tmp_path):
     said.clear()
     session.attribute(DIGIT_PNGS[0], steps=4)
     assert not any("equals the baseline" in line for line in said)
+
+
+def test_an_array_baseline_is_the_same_as_its_npy_file(tmp_path):
+    """baseline=array gives what the same numbers saved as a .npy give, named 'array' in the
+    record; the caller's array may change afterwards; bad arrays are one usage error."""
+    session = igcli.Session(DIGITS)
+    x = session.load(DIGIT_PNGS[0])[0].x
+    base = np.full_like(x, 0.25)
+    np.save(tmp_path / "b.npy", base)
+    by_array = session.attribute(DIGIT_PNGS[0], baseline=base)
+    base[...] = 0.75  # kept as given: a copy
+    by_file = session.attribute(DIGIT_PNGS[0], baseline=tmp_path / "b.npy")
+    np.testing.assert_array_equal(by_array.attributions, by_file.attributions)
+    assert by_array.f_baseline == by_file.f_baseline
+    assert by_array.record()["baseline"] == "array"
+    both = session.attribute_many(
+        session.load(DIGIT_PNGS[0]) * 2, settings=igcli.AttributionSettings(baseline=base[None])
+    )  # (with the batch axis, as a .npy may hold it)
+    assert [r[0].baseline_name for r in both] == ["array", "array"]
+    for bad, problem in [
+        (np.zeros((3, 3), np.float32), "does not fit"),
+        (np.full(x.shape, np.nan, np.float32), "NaN"),
+        (np.zeros(x.shape, np.int64), "pass floats"),
+        ([0.0] * 784, "or a numpy array, not list"),
+    ]:
+        with pytest.raises(UsageError, match=problem):
+            session.attribute(DIGIT_PNGS[0], baseline=bad)
+
+
+def test_a_token_model_takes_an_array_of_ids_as_its_baseline():
+    from igcli.tokens import token_baseline
+    from tests.test_tokens import SENTIMENT
+
+    session = igcli.Session(SENTIMENT)
+    text = "the plot was superb"
+    pad_ids = token_baseline("pad", session.load(text)[0], session.tokens.vocab)
+    padded = session.attribute(text, baseline="pad")
+    mine = session.attribute(text, baseline=pad_ids.copy())  # the same ids, given as an array
+    np.testing.assert_allclose(mine.attributions, padded.attributions, rtol=1e-6, atol=1e-9)
+    assert mine.f_baseline == pytest.approx(padded.f_baseline, rel=1e-6)
+    assert mine.record()["baseline"] == "array"
+    with pytest.raises(UsageError, match="token ids"):
+        session.attribute(text, baseline=pad_ids.astype(np.float32))
