@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from igcli.errors import UnsupportedOpsError
 from igcli.model import Context, ModelRunner, check_finite, rows_of, stack_contexts
 
 TARGET = "igcli_target"  # per-row target index fed to a gradient model
@@ -73,11 +74,29 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
             onnx.numpy_helper.from_array(np.array([0, 1], dtype=np.float32), p + "off_on"),
         ]
     )
-    nodes = [
-        helper.make_node("Reshape", [output_name, p + "flat_shape"], [p + "flat"]),
-        helper.make_node("Shape", [p + "flat"], [p + "flat_dims"]),
-        helper.make_node("Gather", [p + "flat_dims", p + "one"], [p + "depth"], axis=0),
-        helper.make_node("OneHot", [TARGET, p + "depth", p + "off_on"], [p + "hot"], axis=-1),
+    if _opset(model) >= 9:
+        nodes = [
+            helper.make_node("Reshape", [output_name, p + "flat_shape"], [p + "flat"]),
+            helper.make_node("Shape", [p + "flat"], [p + "flat_dims"]),
+            helper.make_node("Gather", [p + "flat_dims", p + "one"], [p + "depth"], axis=0),
+            helper.make_node("OneHot", [TARGET, p + "depth", p + "off_on"], [p + "hot"], axis=-1),
+        ]
+    else:  # no OneHot before opset 9 (the model zoo's "-7" files): compare with 0..depth-1
+        depth = _row_size(out_vi)
+        if depth is None:
+            # (with a sample's shape, shape inference mostly gives the output's size)
+            raise UnsupportedOpsError(
+                [f"OneHot before opset 9 (output {output_name!r} of open size)"]
+            )
+        graph.initializer.append(
+            onnx.numpy_helper.from_array(np.arange(depth, dtype=np.int64)[None], p + "ids")
+        )
+        nodes = [
+            helper.make_node("Unsqueeze", [TARGET], [p + "column"], axes=[1]),
+            helper.make_node("Equal", [p + "column", p + "ids"], [p + "is"]),
+            helper.make_node("Cast", [p + "is"], [p + "hot"], to=TensorProto.FLOAT),
+        ]
+    nodes += [
         helper.make_node("Shape", [output_name], [p + "out_dims"]),
         helper.make_node("Reshape", [p + "hot", p + "out_dims"], [SEED]),
     ]
@@ -89,6 +108,20 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
     for offset, node in enumerate(nodes):
         graph.node.insert(first + offset, node)
     return model
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
+
+
+def _row_size(value_info) -> int | None:
+    """Values per row of an output whose dims after the batch axis are all fixed."""
+    if value_info is None or not value_info.type.tensor_type.HasField("shape"):
+        return None
+    dims = value_info.type.tensor_type.shape.dim[1:]
+    if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        return None
+    return int(np.prod([d.dim_value for d in dims]))
 
 
 class GraphRunner:

@@ -314,3 +314,64 @@ def test_a_mismatch_at_one_point_is_checked_again_at_a_second():
     assert always.verdict == "mismatch" and always.first.verdict == "mismatch"
     right = check_directions(_Quadratic(wrong_calls=0), x, target=0, directions=4)
     assert right.verdict == "ok" and right.first is None and "points" not in right.summary()
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_a_model_before_opset_9_gets_its_gradient_graph(tmp_path, opset):
+    """The target's seed was a OneHot, which opset 9 brought: the model zoo's "-7" files fell
+    back to finite differences. Before 9 the seed compares the target with 0..depth-1: the
+    same attributions as the same model at opset 9, and as finite differences."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import igcli
+
+    rng = np.random.default_rng(2)
+    shapes = {"w": (4, 2, 3, 3), "b": (4,), "fc": (5, 16), "fb": (5,)}
+    inits = [onnx.numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in shapes.items()]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["c"], ["t"]),
+        helper.make_node("MaxPool", ["t"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1),  # (C needed before 11)
+    ]
+    graph = helper.make_graph(
+        nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits,
+    )  # fmt: skip
+    x = rng.uniform(0.1, 1, (1, 2, 4, 4)).astype(np.float32)
+    found = {}
+    for version, source in [(opset, "graph"), (9, "graph"), (opset, "fd")]:
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", version)])
+        model.ir_version = 3
+        onnx.save(model, tmp_path / f"m{version}.onnx")
+        session = igcli.Session(tmp_path / f"m{version}.onnx", cache=False, gradients=source)
+        found[version, source] = a = session.attribute(x, steps=64)
+        assert a.gradient_source == source
+    old, new, fd = found[opset, "graph"], found[9, "graph"], found[opset, "fd"]
+    np.testing.assert_allclose(old.attributions, new.attributions, rtol=1e-5, atol=1e-7)
+    assert old.rel_error < 1e-2 and old.target == fd.target
+    scale = np.abs(fd.attributions).max()
+    assert np.abs(old.attributions - fd.attributions).max() < 2e-2 * scale
+
+
+def test_before_opset_9_an_output_of_open_size_blocks_the_seed():
+    from onnx import TensorProto, helper
+
+    from igcli.errors import UnsupportedOpsError
+    from igcli.gradients import with_target_seed
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]),
+         helper.make_node("Mul", ["igcli_seed", "x"], ["g"])],
+        "open", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"]),
+                 helper.make_tensor_value_info("igcli_seed", TensorProto.FLOAT, ["N", "K"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "K"])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    with pytest.raises(UnsupportedOpsError, match="OneHot before opset 9"):
+        with_target_seed(model, "y")
+    model.opset_import[0].version = 9
+    assert any(n.op_type == "OneHot" for n in with_target_seed(model, "y").graph.node)
