@@ -1204,8 +1204,11 @@ class Session:
 
     def _judge(self, a: Attribution, source: GradientSource, exact: bool = True) -> None:
         """Warn (once per kind) where the numbers cannot be what the user wants."""
-        flat = isinstance(source, FiniteDifferences) and source.looks_piecewise_constant
-        if a.delta != 0 and (flat or not np.any(a.attributions)):
+        by_differences = isinstance(source, FiniteDifferences)
+        flat = by_differences and source.looks_piecewise_constant
+        piecewise = a.delta != 0 and (flat or not np.any(a.attributions))
+        unresolved = exact and a.delta != 0 and abs(a.rel_error) > UNRESOLVED
+        if piecewise:
             why = (
                 "it is quantized: explain the float model it was made from"
                 if self._quantized
@@ -1217,8 +1220,21 @@ class Session:
                 f"the model looks piecewise constant ({why}), so IG cannot attribute the change "
                 "and more steps will not help",
             )
-        unresolved = exact and a.delta != 0 and abs(a.rel_error) > UNRESOLVED
-        if unresolved and a.extra.get("converged") is None:
+        elif by_differences and self._quantized:  # dynamic quantization: not flat to them
+            # (a miss is then no matter of steps: "raise --steps" sent users the wrong way)
+            miss = (
+                f"{a.sample.path}: the attributions miss F(x) - F(b) by "
+                f"{100 * abs(a.rel_error):.3g}% and more steps will not help: "
+                if unresolved
+                else f"{self.model_path}: "
+            )
+            self._warn_once(
+                "piecewise",
+                f"{miss}the model is quantized, so its gradient is zero or undefined almost "
+                "everywhere (finite differences measure its rounding steps); explain the float "
+                "model it was made from",
+            )
+        elif unresolved and a.extra.get("converged") is None:
             self._warn_once(  # adaptive steps warn on their own when they stop short
                 "completeness",
                 f"{a.sample.path}: the attributions miss F(x) - F(b) by "
@@ -1397,11 +1413,12 @@ class Session:
         self._refuse_a_fixed_axis_that_is_no_batch("outputs")
         for each in {id(r): r for r in (runner, plain, self._plain) if r is not None}.values():
             each.one_row_per_call()
+        why = "quantized over the whole batch?" if self._quantized else "a sequence?"
         self._warn_once(
             "rows",
             f"{self.model_path}: rows of input {self.input_spec.name!r} change each other's "
-            "outputs (its first axis is not a batch: a sequence?), so path points go one per "
-            "model call",
+            f"outputs (its first axis is not a batch: {why}), so path points go one per model "
+            "call",
         )
 
     def _stored_check(self, graph: GraphRunner) -> dict | None:

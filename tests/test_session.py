@@ -192,6 +192,36 @@ def test_a_quantized_model_is_called_out_as_such(tmp_path):
     igcli.Session(model, warn=warnings.append).attribute(tmp_path / "x.npy", steps=8)
     said = [w for w in warnings if "piecewise constant" in w]
     assert said and "quantized: explain the float model" in said[0], warnings
+    assert not any("raise --steps" in w for w in warnings)  # (it said that too)
+
+
+def test_a_dynamically_quantized_model_is_called_out_too(tmp_path):
+    """DynamicQuantizeLinear scales by the whole batch, and finite differences see its steps
+    as a gradient: the completeness miss was blamed on too few steps."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-60, 60, (6, 3)).astype(np.int8)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+        helper.make_node("MatMulInteger", ["q", "w", "z"], ["i"]),
+        helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "dq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor("w", TensorProto.INT8, [6, 3], w.ravel().tolist())],
+    )  # fmt: skip
+    model = models.save(models._model(nodes, graph.input, graph.output, graph.initializer, 13),
+                        tmp_path / "dq.onnx")  # fmt: skip
+    warnings = []
+    session = igcli.Session(model, warn=warnings.append)
+    session.attribute(rng.normal(size=(1, 6)).astype(np.float32), steps=16)
+    assert not any("raise --steps" in w for w in warnings), warnings
+    assert any("model is quantized" in w or "it is quantized" in w for w in warnings), warnings
+    rows = [w for w in warnings if "change each other's" in w]
+    assert not rows or "quantized over the whole batch" in rows[0]
 
 
 def test_a_wrong_gradient_graph_fails_its_self_check(tmp_path, monkeypatch):
