@@ -448,6 +448,22 @@ add(resize(x1234, {"mode": "linear", "axes": [-1, -2]}, 18, "Resize-negative-axe
            scales=floats(0.5, 2), ort_only=True))  # fmt: skip
 add(resize(x1234, {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"},
            19, "Resize-symmetric-19", scales=floats(1, 1, 1.7, 0.8)))  # fmt: skip
+# scales whose output length n * scale is no whole number, where the coordinates depend on
+# that length: onnx's reference takes it unrounded, ONNX Runtime (and torch) its floor, so
+# ORT alone checks these (the reference's forward is another function)
+ALIGNED = {"coordinate_transformation_mode": "align_corners"}
+for mode in ("linear", "cubic", "nearest"):
+    add(resize(r(1, 2, 5, 9), {"mode": mode, **ALIGNED}, 13, f"Resize-aligned-scales-{mode}-13",
+               scales=floats(1, 1, 1.7, 0.75), ort_only=True))  # fmt: skip
+add(resize(r(1, 2, 5, 9), {"mode": "linear", "antialias": 1, **ALIGNED}, 18,
+           "Resize-aligned-antialias-18", scales=floats(1, 1, 1.7, 0.75),
+           ort_only=True))  # fmt: skip
+add(resize(r(1, 2, 3, 7), {"mode": "cubic", "coordinate_transformation_mode":
+                           "half_pixel_symmetric"}, 19, "Resize-symmetric-cubic-19",
+           scales=floats(1, 1, 0.4, 1.3), ort_only=True))  # fmt: skip
+add(resize(r(1, 2, 3, 4), {"mode": "linear", "coordinate_transformation_mode":
+                           "pytorch_half_pixel"}, 13, "Resize-pytorch-to-one-13",
+           scales=floats(1, 1, 0.4, 1.0), ort_only=True))  # fmt: skip
 add(resize(r(2, 2, 3, 3), {"mode": "linear"}, 13, "Resize-13-dyn", scales=floats(1, 1, 2, 2),
            dynamic=True))  # fmt: skip
 add(resize(r(2, 4, 3), {"mode": "linear"}, 13, "Resize-rank3-axis1-13-dyn",
