@@ -67,13 +67,15 @@ class GradientCheck:
 
     @property
     def verdict(self) -> str:
-        """ok, mismatch (most directions that can tell disagree), saturated (nothing
-        resolvable) or kinks (no stable differences)."""
+        """ok, mismatch (half or more of the directions that can tell disagree), saturated
+        (nothing resolvable) or kinks (no stable differences). Half is enough: a Resize
+        whose matrix was off passed with 4 of 8 directions 16-58% off (a right graph's odd
+        direction is one of eight, and a mismatch is looked at again at a second point)."""
         votes = self.voting
         if votes:
             wrong = sum(d.status == "mismatch" for d in votes)
             return (
-                "mismatch" if 2 * wrong > len(votes) or self.off_overall > self.tolerance else "ok"
+                "mismatch" if 2 * wrong >= len(votes) or self.off_overall > self.tolerance else "ok"
             )
         if all(d.status == "unresolved" for d in self.directions):
             return "saturated"
@@ -199,11 +201,19 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
     f = pick(values.run(np.stack(points).astype(x.dtype)), target).reshape(directions, STEPS, 2)
     check = GradientCheck(target, step, tolerance, jitter)
     scale = float(np.linalg.norm(g * s))
+    # F exactly 0 all around says nothing of its gradient: ONNX Runtime's Sigmoid returns 0
+    # below -18 where the graph's derivative is 1e-15 (a PaddleOCR detector's map over an
+    # image without text failed as 'wrong'). Its rounding is then read at the scale of the
+    # other outputs (1 when they are all 0 too).
+    flat = f0 == 0 and not np.any(f)
+    level = (float(np.abs(out).max()) or 1.0) if flat else f0
     for v, fv in zip(vs, f, strict=True):
         d = (fv[:, 0] - fv[:, 1]) / (2 * np.array(hs))  # central differences, step by step
         # outputs carry rounding of a few ulps of |F|, and the points their own; both are
         # magnified by 1/h
-        noise = (8 * eps * np.maximum(f0, np.abs(fv).max(axis=1)) + input_rounding) / np.array(hs)
+        noise = (8 * eps * np.maximum(level, np.abs(fv).max(axis=1)) + input_rounding) / np.array(
+            hs
+        )
         # the pair of neighbouring steps that agree best: kinks crossed at large steps and
         # rounding at small ones both show as disagreement
         spread = np.abs(np.diff(d)) + noise[1:]

@@ -1241,7 +1241,8 @@ class Session:
                 f"{100 * abs(a.rel_error):.3g}% (target {a.target}, steps {a.steps}): the path "
                 "integral is not resolved; raise --steps, or let --steps auto choose",
             )
-        if a.baseline is not None and np.array_equal(a.sample.x, a.baseline):
+        same_point = a.baseline is not None and np.array_equal(a.sample.x, a.baseline)
+        if same_point:
             self.warn(  # a blank heatmap and rel_error 0 said nothing of why
                 f"{a.sample.path}: the input equals the baseline ({a.baseline_name}), so every "
                 "attribution is 0; choose another --baseline"
@@ -1253,6 +1254,13 @@ class Session:
                 f"{a.sample.path}: output {self.output_name!r} is a saturated softmax for target "
                 f"{a.target} (F(x) = {a.f_input:.6g}, F(baseline) = {a.f_baseline:.6g}); "
                 f"explain the scores before it instead: --output {self.softmax_input}",
+            )
+        elif a.delta == 0 and not same_point and not piecewise:
+            self._warn_once(  # (a detector's map over an image without text: 0 at both ends)
+                "no change",
+                f"{a.sample.path}: F(x) = F(baseline) = {a.f_input:.6g} exactly (target "
+                f"{a.target}), so there is no change to attribute; choose another target or "
+                "--baseline",
             )
 
     def label(self, target: int) -> str | None:

@@ -375,3 +375,53 @@ def test_before_opset_9_an_output_of_open_size_blocks_the_seed():
         with_target_seed(model, "y")
     model.opset_import[0].version = 9
     assert any(n.op_type == "OneHot" for n in with_target_seed(model, "y").graph.node)
+
+
+def test_half_the_directions_off_is_a_mismatch():
+    """A tie fails: a Resize whose matrix was off passed with 4 of 8 directions 16-58% off."""
+    from igcli.gradcheck import DirectionCheck, GradientCheck
+
+    def check(wrong: int, right: int, off: float = 0.4) -> GradientCheck:
+        c = GradientCheck(target=0, step=2e-3, tolerance=0.05, jitter=0.01)
+        c.directions = [DirectionCheck(1.0, 1 + off, 1 + off, 1.0, 1e-6, "mismatch")] * wrong + [
+            DirectionCheck(1.0, 1.0, 1.0, 1.0, 1e-6, "ok")
+        ] * right
+        return c
+
+    assert check(4, 4).verdict == "mismatch" and check(2, 2).verdict == "mismatch"
+    assert check(1, 7, off=0.08).verdict == "ok"  # (a right graph's odd direction near a kink)
+
+
+def test_an_output_exactly_zero_all_around_is_no_wrong_gradient(tmp_path):
+    """ONNX Runtime's Sigmoid returns exactly 0 below -18, where the graph's derivative is
+    1e-15: the check called a PaddleOCR detector's graph wrong over an image without text,
+    and the run spent 81 s on finite differences. Now: not checkable (saturated), the graph
+    is kept, and the run says F(x) = F(baseline) exactly."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import igcli
+    from igcli.gradcheck import check_directions
+
+    rng = np.random.default_rng(3)
+    inits = [onnx.numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.full(3, -60.0, np.float32), "b")]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits,
+    )  # fmt: skip
+    path = tmp_path / "dead.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = rng.uniform(0, 1, (1, 4)).astype(np.float32)
+    warnings = []
+    session = igcli.Session(path, cache=False, gradients="graph", warn=warnings.append)
+    a = session.attribute(x, steps=8)
+    assert a.gradient_source == "graph" and a.f_input == a.f_baseline == 0
+    assert any("exactly" in w and "no change to attribute" in w for w in warnings), warnings
+    check = check_directions(session.graph_for(x[0]), x[0], target=0, directions=8)
+    assert check.verdict == "saturated"
