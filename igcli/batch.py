@@ -172,12 +172,31 @@ def settings_hash(
         "igcli": __version__,
         "session": session.fingerprint(),
         "settings": {**asdict(settings), "method": settings.rule},
+        "baseline_files": _baseline_digests(settings),
         "targets": targets,
         "style": asdict(outputs.style) if outputs.heatmaps else None,
         "shared_scale": outputs.shared_scale,
     }
     text = json.dumps(described, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _baseline_digests(settings: AttributionSettings) -> dict[str, list | None]:
+    """What the baseline files hold, not only their names: a --baseline picture replaced at
+    the same path was resumed with the old picture's F(baseline). Local files only (object
+    storage is named by its URL); a folder by its files' names and contents."""
+    found: dict[str, list | None] = {}
+    for key in ("baseline", "baselines", "baseline_data"):
+        value = getattr(settings, key)
+        if not isinstance(value, str | Path) or is_url(str(value)):
+            continue
+        path = Path(value)
+        try:
+            files = sorted(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
+            found[key] = [[f.name, file_sha256(f)] for f in files if f.is_file()]
+        except OSError:
+            found[key] = None  # unreadable: the run itself says so
+    return found
 
 
 def _nothing(n: int) -> None:
@@ -502,8 +521,28 @@ class BatchRun:
         return max(1, self.session.runner.batch_size // per_input)
 
     def _resumable(self, item: InputItem) -> list[dict] | None:
-        """An earlier run's records of `item` (--skip-existing), or None."""
-        return self._existing(item) if self.outputs.skip_existing else None
+        """An earlier run's records of `item` (--skip-existing), or None: also None when
+        --targets-from now gives the input other targets (the settings hash holds only the
+        run's --targets; a table changed from 3 to 5 resumed target 3)."""
+        if not self.outputs.skip_existing:
+            return None
+        records = self._existing(item)
+        wanted = self.targets_for(item) if self.targets_for is not None else None
+        if records and wanted is not None and {r.get("target") for r in records} != set(wanted):
+            return None
+        if records and not self._files_inside(records):
+            return None  # a record edited to name a file outside OUT: redone, never used
+        return records
+
+    def _files_inside(self, records: list[dict]) -> bool:
+        try:
+            for r in records:
+                for key in ("attributions_file", "heatmap_file"):
+                    if r.get(key):
+                        output_stem(self.local_out, str(r[key]))
+        except OutputError:
+            return False
+        return True
 
     def _resume(self, records: list[dict]) -> None:
         self.report.resumed += 1
@@ -518,11 +557,16 @@ class BatchRun:
             return
         if not self.session.prep.is_image_model:
             return
-        out = Path(self.local_out)
         for r in records:
             if r.get("heatmap_file") and r.get("attributions_file"):
+                # through output_stem, as every output: a record edited to name
+                # ../../photo.png had a user's picture outside OUT redrawn as a panel
+                try:
+                    npy = output_stem(self.local_out, str(r["attributions_file"]))
+                    png = output_stem(self.local_out, str(r["heatmap_file"]))
+                except OutputError:
+                    continue
                 light = Attribution.from_record(r, self.session.prep)
-                npy, png = out / r["attributions_file"], out / r["heatmap_file"]
                 self._defer(light, r["input"], r["name"], npy, png)
 
     def _defer(self, light: Attribution, sample_path, sample_name: str, npy: Path, png: Path):

@@ -762,6 +762,10 @@ class Session:
             "preprocess": [prep.preset, prep.crop],
             "mean": None if prep.mean is None else prep.mean.tolist(),
             "std": None if prep.std is None else prep.std.tolist(),
+            # the rest of what turns a file into the model's input: a sidecar's scale changed
+            # from 255 to 128 and --skip-existing kept the results made at 255
+            "pixels": [prep.scale, prep.layout, prep.channels, prep.height, prep.width],
+            "feature_names": prep.feature_names,
             "labels": self.labels,
             **self._cut_fingerprint(),
         }

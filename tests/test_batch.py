@@ -788,3 +788,58 @@ def test_a_second_run_on_the_same_reports_is_refused(tree, tmp_path):
     assert run("explain", DIGITS, tree, "--out", out, "--steps", "2").exit_code == 0
     assert run("explain", DIGITS, tree, "--out", out, "--steps", "2").exit_code == 0
     assert not list(out.glob(".igcli-*.lock"))  # a finished run leaves none behind
+
+
+def _resumed(out) -> int:
+    return json.loads((out / "report.json").read_text())["summary"]["resumed"]
+
+
+def test_skip_existing_redoes_what_changed_behind_the_same_settings(tree, tmp_path):
+    """Found by a fault sweep, each resumed with exit 0: a --targets-from row changed from 3
+    to 5, a --baseline picture replaced at the same path, a sidecar's scale changed."""
+    out, table = tmp_path / "o", tmp_path / "t.csv"
+    top = tree / "top.png"
+    table.write_text(f"input,target\n{top},3\n")
+    run("explain", DIGITS, top, "--out", out, "--steps", "4", "--targets-from", table)
+    table.write_text(f"input,target\n{top},5\n")
+    again = run("explain", DIGITS, top, "--out", out, "--steps", "4", "--targets-from", table,
+                "--skip-existing", "--json")  # fmt: skip
+    assert _resumed(out) == 0 and json.loads(again.stdout)["target"] == 5
+    again = run("explain", DIGITS, top, "--out", out, "--steps", "4", "--targets-from", table,
+                "--skip-existing")  # fmt: skip
+    assert _resumed(out) == 1  # (the same table: resumed)
+
+    base = tmp_path / "b.png"
+    shutil.copy(DIGIT_PNGS[3], base)
+    run("explain", DIGITS, top, "--out", out, "--steps", "4", "--baseline", base)
+    shutil.copy(DIGIT_PNGS[4], base)
+    run("explain", DIGITS, top, "--out", out, "--steps", "4", "--baseline", base,
+        "--skip-existing")  # fmt: skip
+    assert _resumed(out) == 0
+
+    model, sidecar = tmp_path / "m.onnx", json.loads(DIGITS.with_suffix(".json").read_text())
+    shutil.copy(DIGITS, model)
+    (tmp_path / "m.json").write_text(json.dumps(sidecar))
+    run("explain", model, top, "--out", out, "--steps", "4")
+    sidecar.setdefault("preprocessing", {})["scale"] = 128
+    (tmp_path / "m.json").write_text(json.dumps(sidecar))
+    run("explain", model, top, "--out", out, "--steps", "4", "--skip-existing")
+    assert _resumed(out) == 0
+
+
+def test_a_record_naming_a_file_outside_out_is_never_resumed_nor_written(tree, tmp_path):
+    """A record edited to name ../victim/photo.png: --skip-existing --scale shared redrew
+    the user's picture there as a panel (exit 0)."""
+    out, victim = tmp_path / "o", tmp_path / "victim.png"
+    shutil.copy(DIGIT_PNGS[5], victim)
+    before = victim.read_bytes()
+    run("explain", DIGITS, tree, "--out", out, "--steps", "4", "--scale", "shared")
+    marker = out / "top.record.json"
+    data = json.loads(marker.read_text())
+    data["records"][0]["heatmap_file"] = "../victim.png"
+    marker.write_text(json.dumps(data))
+    again = run("explain", DIGITS, tree, "--out", out, "--steps", "4", "--scale", "shared",
+                "--skip-existing")  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert victim.read_bytes() == before and _resumed(out) == 0
+    assert json.loads((out / "report.json").read_text())["results"][0]["heatmap_file"] == "top.png"
