@@ -197,6 +197,9 @@ class RunReport:
     gate: dict | None = None
     skipped: list[dict] = field(default_factory=list)  # files not explained on purpose
     resumed: int = 0  # results taken from an earlier run (--skip-existing)
+    # stopped before every input was done (Ctrl-C, SIGTERM): a shard's report that looked
+    # finished was merged as if it were, its missing inputs in neither results nor failures
+    interrupted: bool = False
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     def to_json(self) -> dict:
@@ -240,6 +243,7 @@ class RunReport:
             "failed": len(self.failures),
             "resumed": self.resumed,
             "skipped": len(self.skipped),
+            "interrupted": self.interrupted,
             "max_rel_error": _finite(worst) if worst is not None else None,
             "mean_rel_error": total / finite if finite else None,
         }
@@ -626,8 +630,17 @@ def merge_reports(
         raise UsageError("merge-reports needs at least one report.json")
     reports = [load_report(p) for p in paths]
     check_same_run(paths, reports)
+    stopped = [p for p, rep in zip(paths, reports, strict=True) if _interrupted(rep)]
     if expect is not None:
         check_shards(paths, reports, expect)
+        if stopped:
+            raise ShardError(
+                "its run was interrupted, so some of its inputs are in no report; run that "
+                "shard again with --skip-existing",
+                stopped[0],
+            )
+    elif stopped and warn is not None:
+        warn(f"{stopped[0]}: its run was interrupted, so some of its inputs are in no report")
     elif warn is not None:
         counts = {str((rep.get("settings") or {}).get("shard") or "").partition("/")[2]
                   for rep in reports}  # fmt: skip
@@ -664,6 +677,7 @@ def merge_reports(
         settings[key] = shard_settings[0].get(key) if len(values) == 1 else None
     settings["shards"] = len(reports)
     merged = RunReport(first.get("model", ""), first.get("model_sha256", ""), settings)
+    merged.interrupted = bool(stopped)
     seen = set()
     results = []
     failures = []
@@ -694,6 +708,10 @@ def merge_reports(
     if gates:
         merged.apply_gate(float(gates[0]["max"]))
     return merged
+
+
+def _interrupted(report: dict) -> bool:
+    return (report.get("summary") or {}).get("interrupted") is True
 
 
 def _parent(path):

@@ -309,6 +309,7 @@ def _write_up(batch, the_plan, messages, targets_from, started, interrupted) -> 
         report.settings["batch_size_cap"] = runner.batch_size  # what the memory budget allows
         report.settings["memory_per_row"] = session.memory_per_row
     batch.check_report_names(the_plan.report_stem)
+    report.interrupted = interrupted
     names = report.write(outputs.out_dir, the_plan.report_stem, staging=batch.local_out)
     if not interrupted:
         batch.remove_write_leftovers()

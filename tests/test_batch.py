@@ -374,12 +374,14 @@ def test_interrupted_run_keeps_finished_inputs_and_resumes(tree, tmp_path, monke
     assert first.exit_code == ExitCode.INTERRUPTED
     assert len(list(out.rglob("*.record.json"))) == 1
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))
+    assert json.loads((out / "report.json").read_text())["summary"]["interrupted"] is True
     monkeypatch.setattr(batch.BatchRun, "_explain_item", real)
     second = run(
         "explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing", "--json"
     )
     assert second.exit_code == 0 and len(names(second)) == 3
-    assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 1
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary["resumed"] == 1 and summary["interrupted"] is False
 
 
 def test_grouped_inputs_match_one_at_a_time(tree, tmp_path):

@@ -133,3 +133,29 @@ def test_markdown_cells_keep_names_as_they_are():
     from igcli.report import _md
 
     assert _md("q&amp;|x*") == "q&amp;amp;\\|x\\*"
+
+
+def test_an_interrupted_shard_is_refused_with_expect_and_flagged_without(tmp_path):
+    """A shard stopped by SIGTERM after one input wrote a report like a finished one, and
+    merge-reports --expect 2 said '5 explained, 0 failed' with exit 0: one input was in
+    neither results nor failures."""
+    from igcli.report import merge_reports
+
+    paths = []
+    for k, stopped in ((1, True), (2, False)):
+        out = tmp_path / f"s{k}"
+        result = run("explain", DIGITS, *DIGIT_PNGS[:4], "--steps", "4", "--shard", f"{k}/2",
+                     "--out", out, "--no-heatmaps")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        path = next(out.glob("report*.json"))
+        data = json.loads(path.read_text())
+        assert data["summary"]["interrupted"] is False
+        data["summary"]["interrupted"] = stopped  # (as a run stopped by a signal writes it)
+        path.write_text(json.dumps(data))
+        paths.append(path)
+    refused = run("merge-reports", *paths, "--expect", "2", "--out", tmp_path / "m")
+    assert refused.exit_code == ExitCode.SHARDS and "interrupted" in refused.stderr
+    assert not (tmp_path / "m" / "report.json").exists()
+    warned = []
+    merged = merge_reports(paths, warn=warned.append)
+    assert merged.summary()["interrupted"] is True and any("interrupted" in w for w in warned)
