@@ -31,6 +31,7 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     parse_shard,
 )
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
+from igcli.files import os_reason
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
     DIGEST_CHARS,
@@ -264,6 +265,7 @@ class BatchRun:
         self._last_write: Future | None = None
         self.inputs_in_out: set[str] = set()  # real paths of this run's inputs inside --out
         self.fresh_folders: dict[str, bool] = {}  # output folders: empty when first written
+        self.writable_folders: dict[Path, tuple[int, int]] = {}  # and their name/path limits
 
     def protect(self, items: list[InputItem]) -> None:
         """Remember which of these inputs lie inside the output folder: an output of the run
@@ -306,6 +308,9 @@ class BatchRun:
                     item.path,
                 )
         for path in (marker, npy, png):
+            if path is not None:
+                self._writable(item, path)
+        for path in (marker, npy, png):
             if path is None or self._empty_at_start(path.parent):
                 continue
             what = in_the_way(path, marker, shape)
@@ -315,6 +320,37 @@ class BatchRun:
                     "that, or choose another --out",
                     item.path,
                 )
+
+    def _writable(self, item: InputItem, path: Path) -> None:
+        """An output this input cannot have (a name or path over the filesystem's limits, a
+        folder in OUT it may not write) fails this input alone: found only when written, it
+        ended the run with exit 6 and no reports, the other inputs explained and unreported.
+        Folders are looked at once a run; one that changes later still stops it."""
+        tmp = f".{path.name}.00000000.tmp"  # the longest name a write makes (atomic_write)
+        folder = path.parent
+        if folder not in self.writable_folders:
+            try:
+                known = folder
+                while not known.exists() and known != known.parent:
+                    known = known.parent  # (made when written: its nearest existing ancestor)
+                writable = os.access(known, os.W_OK | os.X_OK)
+            except OSError as exc:  # a path over the limits, say
+                reason = f"its output folder is not usable ({os_reason(exc)})"
+                raise InputError(reason, item.path) from None
+            if not writable:
+                raise InputError(f"its output folder {known} is not writable", item.path)
+            try:
+                limits = (os.pathconf(known, "PC_NAME_MAX"), os.pathconf(known, "PC_PATH_MAX"))
+            except (OSError, ValueError):
+                limits = (255, 4096)
+            self.writable_folders[folder] = limits
+        name_max, path_max = self.writable_folders[folder]
+        if len(os.fsencode(tmp)) > name_max or len(os.fsencode(str(folder / tmp))) >= path_max:
+            raise InputError(
+                f"its output path is too long for the filesystem ({path.name}, "
+                f"{len(os.fsencode(str(path)))} bytes in all)",
+                item.path,
+            )
 
     def _empty_at_start(self, folder: Path) -> bool:
         """Whether `folder` was empty (or absent) when this run first wrote there: then all

@@ -845,3 +845,31 @@ def test_a_record_naming_a_file_outside_out_is_never_resumed_nor_written(tree, t
     assert again.exit_code == 0, again.stderr
     assert victim.read_bytes() == before and _resumed(out) == 0
     assert json.loads((out / "report.json").read_text())["results"][0]["heatmap_file"] == "top.png"
+
+
+def test_an_output_the_filesystem_refuses_fails_its_input_alone(tmp_path, monkeypatch):
+    """An input deep enough that its output path is over the system's limit, and one whose
+    output folder may not be written: each ended the run with exit 6 and no reports, the
+    other inputs explained and unreported. Now each fails alone (exit 4)."""
+    from igcli import batch
+
+    inputs = tmp_path / "in"
+    deep = inputs.joinpath(*["d" * 200] * ((3900 - len(str(inputs))) // 201))
+    deep.mkdir(parents=True)
+    (inputs / "sub").mkdir()
+    shutil.copy(DIGIT_PNGS[0], deep / "leaf.png")
+    shutil.copy(DIGIT_PNGS[1], inputs / "sub" / "x.png")
+    shutil.copy(DIGIT_PNGS[2], inputs / "ok.png")
+    out = tmp_path / ("o" * 200)  # (the deep input's outputs go past 4096 bytes)
+    (out / "sub").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(
+        batch.os, "access", lambda p, mode: real_access(p, mode) and os.path.basename(p) != "sub"
+    )  # fmt: skip  (root may write all)
+    result = run("explain", DIGITS, inputs, "-r", "--out", out, "--steps", "4")
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["results"]] == ["ok"]
+    reasons = sorted(f["error"] for f in report["failures"])
+    assert "sub is not writable" in reasons[1], reasons
+    assert "too long" in reasons[0] or "not usable" in reasons[0], reasons
