@@ -256,10 +256,12 @@ class RunReport:
         self.gate = {"max": limit, "passed": not failing, "failing": failing}
         return failing
 
-    def unresolved(self, limit: float = UNRESOLVED) -> str | None:
+    def unresolved(self, limit: float = UNRESOLVED, steps_help: bool = True) -> str | None:
         """Without a gate, a warning when results miss completeness by more than `limit`
         (noisy paths aside, whose sums hold only on average): how many, and the worst. Each
-        input's own warning comes once per run; this says how far it went."""
+        input's own warning comes once per run; this says how far it went. `steps_help`
+        False: the model was found piecewise constant or quantized, where more steps do
+        not help (the run had said so, then told to raise --steps)."""
         if self.gate:
             return None
         errors = ((_gated_error(r), r) for r in self.results
@@ -270,6 +272,8 @@ class RunReport:
         worst, name = max(over, key=lambda e: math.inf if math.isnan(e[0]) else e[0])
         adaptive = any(r.get("steps") == "auto" for r in self.results)
         more = "raise --max-steps" if adaptive else "raise --steps or use --steps auto"
+        if not steps_help:
+            more = "more steps will not help (see above)"
         return (
             f"{len(over)} of {len(self.results)} result(s) miss F(x) - F(b) by more than "
             f"{100 * limit:g}% (worst {100 * worst:.3g}%, {name}): their attributions do not add "

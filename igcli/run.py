@@ -238,7 +238,7 @@ def _verdict(batch, the_plan, messages, names: list[str], interrupted: bool) -> 
     """The summary, where the outputs are, and the exit code."""
     report, outputs = batch.report, batch.outputs
     messages.print_summary(report)
-    unresolved = report.unresolved()
+    unresolved = report.unresolved(steps_help=not batch.session.looks_piecewise)
     if unresolved:
         messages.warn(unresolved)
     out = str(outputs.out_dir).rstrip("/")

@@ -1586,6 +1586,11 @@ class Session:
         runner.tuner = RowTuner(rows)
         self.memory_per_row = per_row
 
+    @property
+    def looks_piecewise(self) -> bool:
+        """Whether a result was found piecewise constant or quantized (and said so)."""
+        return "piecewise" in self._warned
+
     @functools.cached_property
     def _quantized(self) -> bool:
         """Whether the model rounds activations to integers (read once, not per input)."""

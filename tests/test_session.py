@@ -193,6 +193,8 @@ def test_a_quantized_model_is_called_out_as_such(tmp_path):
     said = [w for w in warnings if "piecewise constant" in w]
     assert said and "quantized: explain the float model" in said[0], warnings
     assert not any("raise --steps" in w for w in warnings)  # (it said that too)
+    result = run("explain", model, tmp_path / "x.npy", "--steps", "8", "--out", tmp_path / "o")
+    assert "raise --steps" not in result.stderr and "will not help" in result.stderr
 
 
 def test_a_dynamically_quantized_model_is_called_out_too(tmp_path):

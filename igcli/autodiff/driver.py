@@ -447,8 +447,10 @@ def _steps_only(nodes, input_name: str, output_name: str, diff: set[str]) -> lis
             cuts.append(_op_label(node))
     if output_name not in influenced:
         return []
-    return [f"{op} (the output depends on the input only through steps or integers)"
-            for op in sorted(set(cuts))]  # fmt: skip
+    # (it said "the output depends on the input only through steps or integers", which
+    # read as a statement about the op)
+    return [f"{op} (the input reaches the output only through it, and it gives steps or "
+            "integers)" for op in sorted(set(cuts))]  # fmt: skip
 
 
 def build_gradient_model(

@@ -97,7 +97,7 @@ def test_float_output_reached_only_through_steps_refuses():
     ]
     model = make_model(nodes, {"x": np.zeros((2, 3), np.float32)}, "y", 13)
     assert blocking_ops(model, "x", "y") == [
-        "ArgMax (the output depends on the input only through steps or integers)"
+        "ArgMax (the input reaches the output only through it, and it gives steps or integers)"
     ]
 
 
