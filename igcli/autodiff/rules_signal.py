@@ -100,8 +100,10 @@ def STFT(g: NodeGrad):
     step = g.const_input(1)
     window = g.const_input(2) if g.I(2) else None
     given = g.const_input(3) if len(g.node.input) > 3 and g.I(3) else None
+    if shape is not None and len(shape) == 2:  # [B, L]: ONNX Runtime takes it as [B, L, 1]
+        shape = [*shape, 1]
     if shape is None or len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
-        raise NoGradient("STFT needs static shapes (the signal length)")
+        raise NoGradient("STFT needs the signal's length and parts known when it is built")
     if (
         step is None
         or (g.I(2) and window is None)
@@ -126,5 +128,7 @@ def STFT(g: NodeGrad):
     signal = g.op("Reshape", added, g.e.ints([-1, parts, span]))
     if span < length:
         signal = _pad_end(g, signal, 3, 2, length - span)
-    grads: list[str | None] = [g.op("Transpose", signal, perm=[0, 2, 1])]
-    return grads + [None] * (g.n_inputs() - 1)
+    dx = g.op("Transpose", signal, perm=[0, 2, 1])
+    if len(g.e.static_shape(x)) == 2:
+        dx = g.op("Reshape", dx, g.e.ints([-1, length]))
+    return [dx] + [None] * (g.n_inputs() - 1)
