@@ -700,6 +700,11 @@ def _resize_grad(g: NodeGrad, axes_params: list, attrs_for) -> str:
         unknown = scale is None and not isinstance(size, int) and not isinstance(n, int)
         if unchanged or unknown:
             continue
+        if not isinstance(n, int) and isinstance(size, int):  # (a batch fixed at 1 in sizes)
+            raise NoGradient(
+                f"{g.node.op_type} to a fixed length {size} along axis {a}, whose input length "
+                "is known only at run time"
+            )
         if not isinstance(n, int) or (scale is None and not isinstance(size, int)):
             raise NoGradient(f"{g.node.op_type} along axis {a} needs static sizes")
         mat = _interpolation_matrix(n, attrs_for(scale), scale, size, roi)
