@@ -31,15 +31,17 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     parse_shard,
 )
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
-from igcli.files import os_reason
+from igcli.files import open_regular, os_reason, read_text
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
     DIGEST_CHARS,
+    MAX_RECORD_BYTES,
     atomic_save_png,
     atomic_write_text,
     in_the_way,
     looks_whole,
     output_stem,
+    plain_parts,
     real_out,
     remove_write_leftovers,
     unlock_reports,
@@ -63,26 +65,49 @@ def record_path(out_dir: Path, name: str, folders: dict[str, str] | None = None)
 
 def existing_records(out_dir: Path, item: InputItem, settings_hash: str) -> list[dict] | None:
     """Records of a complete earlier explanation of this input as it is now, made with the
-    same settings, else None."""
+    same settings, else None. Only regular files are read: a record or result that is a FIFO,
+    a device or a symlink is no file igcli wrote, and its input is redone (the write then
+    refuses what is in the way, as without --skip-existing)."""
     try:
-        text = record_path(out_dir, item.name).read_text()
-    except (OSError, OutputError, UnicodeDecodeError):
+        text = read_text(record_path(out_dir, item.name), MAX_RECORD_BYTES, OutputError)
+    except OutputError:
         return None
 
-    def whole(rel: str) -> bool:  # (a symlink is no file igcli wrote: it writes none)
-        return not (out_dir / rel).is_symlink() and looks_whole(out_dir / rel)
+    def whole(rel: str) -> bool:
+        path = result_file(out_dir, rel)
+        return path is not None and looks_whole(path)
 
     return usable_records(
-        text, settings_hash, whole, input_stamp(item.path), lambda rel: content_hash(out_dir / rel)
+        text, settings_hash, whole, input_stamp(item.path), lambda rel: content_hash(out_dir, rel)
     )
 
 
-def content_hash(path: Path) -> str | None:
-    """A short SHA-256 of a file's bytes (None when it cannot be read): what a record file
-    keeps of each output, the same for the same bytes in any run."""
+def result_file(out_dir: Path, rel: str) -> Path | None:
+    """OUT/rel when it may be a result igcli wrote: a name inside OUT (a record's names are
+    relative; '/dev/zero' is none) that is not a symlink (igcli writes none), else None."""
+    if plain_parts(rel) is None or os.path.islink(os.path.join(out_dir, rel)):
+        return None
     try:
-        return file_sha256(path, remember=False)[:DIGEST_CHARS]  # (no memo: outputs change)
-    except OSError:
+        return output_stem(out_dir, rel)
+    except OutputError:
+        return None
+
+
+def content_hash(out_dir: Path, rel: str) -> str | None:
+    """A short SHA-256 of the bytes of result `rel` in OUT (None when it is no regular file
+    of OUT, or cannot be read): what a record file keeps of each output, the same for the
+    same bytes in any run. A FIFO, a device or a symlink is never read (it blocked, or read
+    /dev/zero without end)."""
+    path = result_file(out_dir, rel)
+    if path is None:
+        return None
+    try:
+        with open_regular(path, OutputError, follow=False) as fh:
+            digest = hashlib.sha256()  # (hashlib.file_digest is Python 3.11's)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+            return digest.hexdigest()[:DIGEST_CHARS]
+    except (OSError, OutputError):
         return None
 
 

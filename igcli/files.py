@@ -56,20 +56,29 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: Path, error: type[IgcliError] = InputError) -> BinaryIO:
+def open_regular(
+    path: Path, error: type[IgcliError] = InputError, *, follow: bool = True
+) -> BinaryIO:
     """Open `path` for reading in binary; refuse what is not a regular file.
 
     O_NONBLOCK keeps a FIFO from blocking the open (it is refused right after); it changes
     nothing for regular files. The type is checked on the open descriptor, so a file swapped
-    between the check and the read cannot slip through.
+    between the check and the read cannot slip through. `follow` False refuses a symlink
+    (O_NOFOLLOW): for files igcli wrote itself, which are never symlinks.
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
+        if not follow and os.path.islink(path):  # (where O_NOFOLLOW is missing)
+            raise error("a symlink, not a file", path)
         fd = os.open(path, flags)
     except OSError as exc:
         reason = os_reason(exc)
         if exc.errno == errno.ENOENT and os.path.islink(path):
             reason = "broken symlink (its target does not exist)"
+        elif exc.errno == errno.ELOOP and not follow and os.path.islink(path):
+            reason = "a symlink, not a file"
         raise error(reason, path) from None
     except ValueError:  # an embedded NUL byte
         raise error("invalid file name", path) from None

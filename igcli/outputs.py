@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from igcli.errors import OutputError
+from igcli.files import open_regular
 
 try:  # zlib-ng deflates a heatmap panel 3x as fast as zlib, its output a little smaller
     from zlib_ng import zlib_ng as _deflate
@@ -312,9 +313,9 @@ def output_stem(out_dir: Path, relative: str, folders: dict[str, str] | None = N
 def signed_heatmap(path: Path) -> bool:
     """A PNG igcli drew: igcli's Software text comes right after the header."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, OutputError) as fh:
             head = fh.read(256)
-    except OSError:
+    except (OSError, OutputError):
         return False
     return head.startswith(RESULT_MAGIC[".png"]) and PNG_SIGNATURE in head
 
@@ -322,9 +323,9 @@ def signed_heatmap(path: Path) -> bool:
 def attributions_like(path: Path, shape: tuple) -> bool:
     """A .npy of float32 values in `shape`, as igcli saves attributions."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, OutputError) as fh:
             header = _npy_header(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, OutputError):
         return False
     return header is not None and header[0] == tuple(shape) and header[1] == np.float32
 
@@ -349,10 +350,12 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 def looks_whole(path: Path) -> bool:
     """A result file as igcli writes it, whole: a .npy as long as its header says, a PNG
-    ending in its IEND chunk (a truncated .npy was resumed as ok: only the magic was read)."""
+    ending in its IEND chunk (a truncated .npy was resumed as ok: only the magic was read).
+    A symlink, a FIFO or a device is none: never opened to be read (a FIFO blocked the
+    resume, a link to /dev/zero read forever)."""
     suffix = path.suffix.lower()
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, OutputError, follow=False) as fh:
             head = fh.read(8)
             if not head or not head.startswith(RESULT_MAGIC.get(suffix, b"")):
                 return False
@@ -367,18 +370,19 @@ def looks_whole(path: Path) -> bool:
                     header is not None
                     and size == fh.tell() + math.prod(header[0]) * header[1].itemsize
                 )
-    except (OSError, ValueError):
+    except (OSError, ValueError, OutputError):
         return False
     return True
 
 
 def record_of_igcli(marker: Path) -> list[dict] | None:
     """The records of a record file igcli wrote ({"input": ..., "records": [...]}), else
-    None (absent, unreadable, or someone else's file of that name)."""
+    None (absent, unreadable, or someone else's file of that name: a FIFO or a device is
+    not opened to be read, it blocked or never ended)."""
     try:
-        with open(marker, "rb") as fh:
+        with open_regular(marker, OutputError) as fh:
             data = json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
-    except (OSError, ValueError):
+    except (OSError, ValueError, OutputError):
         return None
     records = data.get("records") if isinstance(data, dict) else None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

@@ -216,6 +216,42 @@ def test_skip_existing_redoes_results_whose_files_were_replaced(tree, tmp_path):
     assert np.isclose(np.load(out / "b" / "img.npy").sum(), b["attribution_sum"], rtol=1e-5)
 
 
+def test_skip_existing_never_reads_a_fifo_or_device_in_out(tree, tmp_path):
+    """A result replaced by a FIFO or a link to /dev/zero, a record that is a FIFO, and a
+    record whose file_sha256 names /dev/zero hung --skip-existing (the hash read them to
+    the end). None is read: each input is redone, and where something is in the way the
+    write refuses it in one line, as without --skip-existing; the others are resumed."""
+    out = tmp_path / "o"
+    run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    (out / "a" / "img.npy").unlink()
+    (out / "a" / "img.npy").symlink_to("/dev/zero")
+    (out / "b" / "img.png").unlink()
+    os.mkfifo(out / "b" / "img.png")
+    record = out / "top.record.json"
+    data = json.loads(record.read_text())
+    data["file_sha256"]["/dev/zero"] = "x"
+    record.write_text(json.dumps(data))
+    again = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing")
+    assert again.exit_code == ExitCode.INPUTS_FAILED and "Traceback" not in again.stderr
+    assert "a/img.npy' would escape the output folder" in again.stderr
+    (line,) = [x for x in again.stderr.splitlines() if "b/img" in x]
+    assert "b/img.png: its output img.png would replace what is there (not a file)" in line
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["resumed"] == 0  # top redone: its record named /dev/zero
+    assert [r["name"] for r in report["results"]] == ["top"]
+
+    (out / "a" / "img.npy").unlink()
+    (out / "b" / "img.png").unlink()
+    run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
+    (out / "a" / "img.record.json").unlink()
+    os.mkfifo(out / "a" / "img.record.json")
+    again = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4", "--skip-existing")
+    assert again.exit_code == ExitCode.INPUTS_FAILED
+    (line,) = [x for x in again.stderr.splitlines() if "a/img" in x]
+    assert "its output img.record.json would replace what is there (not a file)" in line
+    assert json.loads((out / "report.json").read_text())["summary"]["resumed"] == 2
+
+
 def test_skip_existing_redoes_results_made_with_other_settings(tree, tmp_path):
     out = tmp_path / "o"
     run("explain", DIGITS, tree, "--out", out, "--steps", "4")
