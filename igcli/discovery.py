@@ -41,8 +41,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from igcli.errors import UsageError
-from igcli.files import BIDI_CONTROLS, os_reason, read_option_text
+from igcli.errors import InputError, UsageError
+from igcli.files import BIDI_CONTROLS, open_regular, os_reason, read_option_text
 from igcli.inputs import SUPPORTED_SUFFIXES, TABLE_SUFFIXES
 
 
@@ -483,14 +483,15 @@ def in_shard(name: str, shard: Shard | tuple[int, int] | None) -> bool:
 
 def count_table_rows(path: Path) -> int:
     """About how many data rows a CSV holds (its lines less the header), for progress only;
-    1 when it cannot be read (the run reports why)."""
+    1 when it cannot be read (the run reports why, when the CSV reader gets to it). Only a
+    regular file is read: a FIFO or a link to /dev/zero hung the whole run here."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
                 lines += 1  # a last line without a newline
-    except OSError:
+    except (OSError, InputError):
         return 1
     return max(1, lines - 1)
 

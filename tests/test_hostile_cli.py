@@ -389,6 +389,31 @@ def test_option_files_that_are_devices_or_fifos_are_refused_not_read(tmp_path, o
     assert result.exit_code == ExitCode.USAGE  # not silently the sidecar's labels
 
 
+def test_a_csv_that_is_a_fifo_or_a_device_fails_alone(tmp_path):
+    """The rows of each CSV were counted (for progress) with a plain open() before any
+    input: a .csv FIFO or link to /dev/zero hung the run, a folder walk and `igcli plan`.
+    Each fails alone in the CSV reader's line; the good file's rows are explained."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CANCER_CSV, folder / "a_good.csv")
+    os.mkfifo(folder / "c_fifo.csv")
+    zero = tmp_path / "b_zero.csv"
+    zero.symlink_to("/dev/zero")
+    args = (CANCER, folder / "a_good.csv", zero, folder / "c_fifo.csv")
+    result = run("explain", *args, "--out", tmp_path / "o", "--no-heatmaps", "--json", "-q")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert error_lines(result)[:2] == [
+        f"error: {zero}: a device, not a file",
+        f"error: {folder / 'c_fifo.csv'}: a FIFO, not a file",
+    ]
+    ok = [r for r in records(result) if r["status"] == "ok"]
+    assert len(ok) == len(CANCER_CSV.read_text().strip().splitlines()) - 1
+    walk = run("explain", CANCER, folder, "--out", tmp_path / "w", "--no-heatmaps", "-q")
+    assert walk.exit_code == ExitCode.INPUTS_FAILED
+    assert error_lines(walk)[0] == f"error: {folder / 'c_fifo.csv'}: a FIFO, not a file"
+    assert run("plan", *args).exit_code == 0
+
+
 def test_a_blank_line_in_labels_keeps_the_classes_after_it_in_place(tmp_path):
     """A blank line used to be dropped, shifting every later class name by one (a 7 was
     named 'eight'); a count that does not match the outputs is said."""
