@@ -27,7 +27,7 @@ import onnxruntime
 
 from igcli import __version__
 from igcli.errors import ExitCode, IgcliError, OutputError, ShardError, UsageError
-from igcli.files import first_line, os_reason
+from igcli.files import first_line
 from igcli.html_report import render_html
 from igcli.ig import UNRESOLVED
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -502,14 +502,13 @@ def percent(value) -> str:
 def load_report(path) -> dict:
     """A report.json (a path or URL), checked record by record: a malformed one is a one-line
     UsageError naming the file and the record, never a crash while merging."""
-    from igcli.storage import URL, read_bytes
+    from igcli.storage import read_bytes
 
+    raw = read_bytes(path, failing="not a readable report")  # (a regular file, at most 1 GiB)
     try:
-        raw = read_bytes(path) if isinstance(path, URL) else path.read_bytes()
         data = json.loads(raw.decode("utf-8-sig"))
-    except (OSError, ValueError) as exc:
-        reason = os_reason(exc) if isinstance(exc, OSError) else first_line(exc)
-        raise UsageError(f"not a readable report ({reason})", path) from None
+    except ValueError as exc:
+        raise UsageError(f"not a readable report ({first_line(exc)})", path) from None
     except RecursionError:
         raise UsageError("not a readable report (nested too deeply)", path) from None
     if not isinstance(data, dict) or "results" not in data:

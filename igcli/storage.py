@@ -97,22 +97,50 @@ def _remote_reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def read_bytes(where: str | os.PathLike, error: type[IgcliError] = UsageError) -> bytes:
-    """A whole (small) file or object: manifests, reports, records."""
+# A report or manifest is read whole: 1 GiB holds about 700,000 records of a report.json
+# (some 1.5 kB each) and millions of manifest lines; beyond it, no file igcli wrote.
+MAX_WHOLE_FILE_BYTES = 1 << 30
+
+
+def read_bytes(
+    where: str | os.PathLike,
+    error: type[IgcliError] = UsageError,
+    *,
+    failing: str = "cannot read",
+    limit: int = MAX_WHOLE_FILE_BYTES,
+) -> bytes:
+    """A whole (small) file or object: manifests, reports, records. A local one must be a
+    regular file of at most `limit` bytes: a FIFO, a device (/dev/zero filled the memory
+    until the kernel killed igcli) or a larger file is `error` "<failing> (<why>)"."""
     loc = location(where)
     try:
         if isinstance(loc, URL):
             fs, path = filesystem(loc)
             return fs.cat_file(path)
-        return loc.read_bytes()
+        from igcli.files import file_size, open_regular
+
+        try:
+            fh = open_regular(loc, error)
+        except IgcliError as exc:
+            raise error(f"{failing} ({exc.reason})", where) from None
+        with fh:
+            size = file_size(fh)
+            data = fh.read(limit + 1) if size <= limit else b""
+            if size > limit or len(data) > limit:  # (grown since the fstat)
+                raise error(
+                    f"{failing} ({max(size, len(data)):,} bytes, over the "
+                    f"{limit / (1 << 30):g} GiB igcli reads of a report or manifest)",
+                    where,
+                )
+            return data
     except IgcliError:
         raise
     except Exception as exc:
         if not isinstance(loc, URL) and isinstance(exc, OSError):  # a local file's words
             from igcli.files import os_reason
 
-            raise error(f"cannot read ({os_reason(exc)})", where) from None
-        raise error(f"cannot read ({_remote_reason(exc)})", where) from None
+            raise error(f"{failing} ({os_reason(exc)})", where) from None
+        raise error(f"{failing} ({_remote_reason(exc)})", where) from None
 
 
 def read_many(urls: list[str]) -> dict[str, bytes | Exception]:

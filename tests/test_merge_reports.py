@@ -4,6 +4,7 @@ it fails (exit 4 or 5) as explain does."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -159,3 +160,32 @@ def test_an_interrupted_shard_is_refused_with_expect_and_flagged_without(tmp_pat
     warned = []
     merged = merge_reports(paths, warn=warned.append)
     assert merged.summary()["interrupted"] is True and any("interrupted" in w for w in warned)
+
+
+def test_reports_and_manifests_that_are_devices_fifos_or_huge_are_refused_unread(shards, tmp_path):
+    """merge-reports /dev/zero read until the kernel killed it (24 GB), a FIFO hung it, and
+    --manifest read any path whole: each is now one line, exit 2, before a byte is read."""
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "report.json").symlink_to("/dev/zero")
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as fh:  # sparse: no disk used
+        fh.truncate((1 << 30) + 1)
+    cases = {
+        "/dev/zero": "/dev/zero: not a readable report (a device, not a file)",
+        tmp_path / "folder": "report.json: not a readable report (a device, not a file)",
+        tmp_path / "fifo.json": "fifo.json: not a readable report (a FIFO, not a file)",
+        huge: "huge.json: not a readable report (1,073,741,825 bytes, over the 1 GiB",
+    }
+    for path, message in cases.items():
+        result = run("merge-reports", path, "--out", tmp_path / "m")
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    for manifest, why in (("/dev/zero", "a device"), (tmp_path / "fifo.json", "a FIFO")):
+        merge = run("merge-reports", shards / "s8", "--manifest", manifest, "--out", tmp_path)
+        explain = run("explain", DIGITS, "--manifest", manifest, "--out", tmp_path / "e")
+        for result in (merge, explain):
+            assert result.exit_code == ExitCode.USAGE, result.stderr
+            assert f"{manifest}: cannot read ({why}, not a file)" in result.stderr
+    result = run("explain", DIGITS, "--manifest", huge, "--out", tmp_path / "e")
+    assert result.exit_code == ExitCode.USAGE and "over the 1 GiB" in result.stderr
