@@ -27,7 +27,7 @@ import onnxruntime
 
 from igcli import __version__
 from igcli.errors import ExitCode, IgcliError, OutputError, ShardError, UsageError
-from igcli.files import first_line
+from igcli.files import first_line, open_regular
 from igcli.html_report import render_html
 from igcli.ig import UNRESOLVED
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -152,12 +152,13 @@ _REPORT_SIGNS = {
 
 def is_igcli_report(path: Path) -> bool:
     """Whether `path` is a report igcli wrote (of any version), by how its kind begins;
-    False when it cannot be read (check_reports_replaceable lets such a file be)."""
+    False when it cannot be read (check_reports_replaceable lets such a file be), or is no
+    regular file (a FIFO named report.json in a walked folder blocked the walk)."""
     ours = _REPORT_SIGNS.get(path.suffix.lstrip("."))
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, OutputError) as fh:
             return ours is not None and ours(fh.read(4096))
-    except OSError:
+    except (OSError, OutputError):
         return False
 
 

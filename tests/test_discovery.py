@@ -196,6 +196,15 @@ def test_symlink_loops_fail_alone(cwd):
     assert ("in/sub", "a folder (use --recursive to explain its files)") in flat.skipped
 
 
+def test_a_fifo_named_like_a_report_does_not_block_a_walk(cwd):
+    """A walk looks for igcli reports in each folder (an earlier run's outputs) by reading
+    their first bytes: a FIFO named report.json blocked it. It is no report: not opened."""
+    touch(cwd, "in/sub/a.png")
+    os.mkfifo(cwd / "in" / "sub" / "report.json")
+    found = discover(["in"], recursive=True)
+    assert [i.name for i in found.items] == ["sub/a"]
+
+
 def test_unlistable_folder_is_a_failed_input(cwd, monkeypatch):
     touch(cwd, "in/a.png", "in/locked/b.png")
     real_scandir = os.scandir
