@@ -13,6 +13,7 @@ import math
 import os
 import stat
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -121,11 +122,18 @@ def file_size(fh: BinaryIO) -> int:
     return os.fstat(fh.fileno()).st_size
 
 
-def read_npy(path: Path, error: type[IgcliError] = InputError) -> np.ndarray:
+def read_npy(
+    path: Path,
+    error: type[IgcliError] = InputError,
+    check: Callable[[tuple, np.dtype], str | None] | None = None,
+) -> np.ndarray:
     """A .npy array, its header checked against the file before any data is allocated.
 
     Refuses pickled (object) arrays, truncated data, negative or huge shapes and formats
-    other than 1.0/2.0. The dtype is not judged here; callers decide what they accept.
+    other than 1.0/2.0. The dtype is not judged here; callers decide what they accept, and
+    may do so on the header: `check(shape, dtype)` returns why such an array will not do
+    (None: it will), said before the data is read (a 1 GB file of the wrong shape was read
+    whole to be refused).
     """
     with open_regular(path, error) as fh:
         size = file_size(fh)
@@ -167,6 +175,9 @@ def read_npy(path: Path, error: type[IgcliError] = InputError) -> np.ndarray:
                 f"the file holds {max(available, 0):,}",
                 path,
             )
+        problem = check(tuple(shape), dtype) if check is not None else None
+        if problem:
+            raise error(problem, path)
         try:
             data = fh.read(nbytes)
         except OSError as exc:

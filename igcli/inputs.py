@@ -600,47 +600,66 @@ def dtype_problem(dtype: np.dtype) -> str | None:
 def read_tensor(
     path: Path, prep: Preprocessing, error: type[IgcliError] = InputError
 ) -> np.ndarray:
-    """A .npy sample in model space, with or without its batch axis of 1."""
-    return fit_tensor(read_npy(path, error), prep, path, error)
+    """A .npy sample in model space, with or without its batch axis of 1; its dtype and shape
+    are judged on the header, before the data is read."""
+    arr = read_npy(path, error, check=lambda shape, dtype: _fitting(shape, dtype, prep)[0])
+    return fit_tensor(arr, prep, path, error)
+
+
+def _fitting(shape: tuple, dtype: np.dtype, prep: Preprocessing) -> tuple[str | None, int | None]:
+    """Why an array of this shape and dtype is no sample of the model (None when it is one),
+    and the batch axis of 1 to drop from it (None: it has none)."""
+    problem = dtype_problem(dtype)
+    if problem:
+        return problem, None
+    shape = tuple(int(d) for d in shape)
+    expected = prep.input_shape
+    ndim = len(shape)
+    if not expected:  # the model declares no shape: only the batch axis can be recognised
+        if ndim == 0 or shape[0] != 1:
+            return (
+                f"shape {list(shape)}: the model does not declare this input's shape, so "
+                "save the tensor with its leading batch axis of 1"
+            ), None
+        drop = 0
+    elif _shape_matches(shape, expected) or (
+        ndim == len(expected) and shape[0] == 1 and _shape_matches(shape[1:], expected[1:])
+    ):  # (a leading 1 also where a model was exported with a fixed batch of 8, say)
+        if shape[0] != 1:
+            return f"holds a batch of {shape[0]}; give one sample per file", None
+        drop = 0
+    elif (
+        prep.batch_axis
+        and ndim == len(expected)
+        and shape[prep.batch_axis] == 1
+        and _shape_matches(_without(shape, prep.batch_axis), expected[1:])
+    ):  # the model's own sequence-first layout, [T, 1, F]
+        drop = prep.batch_axis
+    elif not _shape_matches(shape, expected[1:]):
+        declared = list(expected[1:])
+        declared.insert(prep.batch_axis, expected[0])
+        return f"shape {list(shape)} does not fit the model input {declared}", None
+    else:
+        drop = None
+    left = shape if drop is None else _without(shape, drop)
+    if math.prod(left) == 0:
+        return f"shape {list(left)} holds no values", None
+    return None, drop
+
+
+def _without(shape: tuple, axis: int) -> tuple:
+    return shape[:axis] + shape[axis + 1 :]
 
 
 def fit_tensor(
     arr: np.ndarray, prep: Preprocessing, path: Path, error: type[IgcliError] = InputError
 ) -> np.ndarray:
     """One sample (no batch axis) in the model's dtype, from an array with or without it."""
-    problem = dtype_problem(arr.dtype)
+    problem, drop = _fitting(arr.shape, arr.dtype, prep)
     if problem:
         raise error(problem, path)
-    expected = prep.input_shape
-    if not expected:  # the model declares no shape: only the batch axis can be recognised
-        if arr.ndim == 0 or arr.shape[0] != 1:
-            raise error(
-                f"shape {list(arr.shape)}: the model does not declare this input's shape, so "
-                "save the tensor with its leading batch axis of 1",
-                path,
-            )
-        arr = arr[0]
-    elif _shape_matches(arr.shape, expected) or (
-        arr.ndim == len(expected)
-        and arr.shape[0] == 1
-        and _shape_matches(arr.shape[1:], expected[1:])
-    ):  # (a leading 1 also where a model was exported with a fixed batch of 8, say)
-        if arr.shape[0] != 1:
-            raise error(f"holds a batch of {arr.shape[0]}; give one sample per file", path)
-        arr = arr[0]
-    elif (
-        prep.batch_axis
-        and arr.ndim == len(expected)
-        and arr.shape[prep.batch_axis] == 1
-        and _shape_matches(tuple(np.delete(arr.shape, prep.batch_axis)), expected[1:])
-    ):  # the model's own sequence-first layout, [T, 1, F]
-        arr = np.squeeze(arr, axis=prep.batch_axis)
-    elif not _shape_matches(arr.shape, expected[1:]):
-        declared = list(expected[1:])
-        declared.insert(prep.batch_axis, expected[0])
-        raise error(f"shape {list(arr.shape)} does not fit the model input {declared}", path)
-    if arr.size == 0:
-        raise error(f"shape {list(arr.shape)} holds no values", path)
+    if drop is not None:
+        arr = np.squeeze(arr, axis=drop)
     return _to_model_dtype(arr, prep.dtype, path, error)
 
 

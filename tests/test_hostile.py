@@ -58,6 +58,36 @@ def test_npy_header_claiming_a_huge_shape_is_refused_before_allocating(tmp_path)
     assert MAX_TENSOR_VALUES < 4 * 10**12
 
 
+def test_npy_of_the_wrong_shape_or_dtype_is_refused_on_its_header(tmp_path):
+    """A 1 GB .npy of shape [1, 16000, 16000] for a 28 x 28 model was read whole (1.09 GB)
+    before its shape was refused: the header is judged against the model first."""
+    import tracemalloc
+
+    grey = make_preprocessing(spec(["N", 1, 28, 28]), Sidecar())
+    for shape, descr, match in (
+        ((1, 8192, 8192), "<f4", r"shape \[1, 8192, 8192\] does not fit the model input"),
+        ((1, 1, 28, 28 * 4096), "<f4", "does not fit the model input"),
+        ((1, 1, 28, 28), "<i8", "dtype int64 is not a float type"),
+        ((8, 1, 28, 28), "<f4", "holds a batch of 8"),
+    ):
+        path = tmp_path / "big.npy"
+        header = hf.npy_claiming(shape, descr)[:-16]
+        with open(path, "wb") as fh:  # sparse: the data is all there, and never read
+            fh.write(header)
+            fh.truncate(len(header) + int(np.prod(shape)) * np.dtype(descr).itemsize)
+        tracemalloc.start()
+        try:
+            refused(path, grey, match)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20, (shape, peak)
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((1, 1, 28, 28), np.float32))
+    (sample,) = load_samples(good, grey, "good")
+    assert sample.x.shape == (1, 28, 28)
+
+
 @pytest.mark.parametrize("shape", [(-3, 2), (2, -1)])
 def test_npy_negative_shape(tmp_path, shape):
     refused(hf.write(tmp_path / "n.npy", hf.npy_claiming(shape)), VECTOR, "damaged")
