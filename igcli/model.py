@@ -185,9 +185,13 @@ class Sidecar:
     @classmethod
     def load(cls, model_path: Path) -> Sidecar:
         path = model_path.with_suffix(".json")
-        if not path.is_file():
-            return cls(model_path=model_path)
-        with open_regular(path, ModelError) as fh:
+        if not os.path.lexists(path):
+            return cls(model_path=model_path)  # no sidecar: the model's own defaults
+        try:  # (a folder, a device or a dangling link there was taken for no sidecar)
+            fh = open_regular(path, ModelError)
+        except ModelError as exc:
+            raise ModelError(f"sidecar cannot be read ({exc.reason})", path) from None
+        with fh:
             if file_size(fh) > MAX_SIDECAR_BYTES:
                 raise ModelError(
                     f"sidecar is over {MAX_SIDECAR_BYTES >> 20} MiB; not a sidecar", path

@@ -155,6 +155,32 @@ def test_sidecar_with_wrong_types_is_exit_3(tmp_path):
     )
 
 
+def test_a_sidecar_that_is_no_regular_file_is_exit_3_not_ignored(tmp_path):
+    """A sidecar that was a folder, a link to /dev/zero or a dangling link was taken for no
+    sidecar: its normalisation and labels dropped, exit 0. It is one line, exit 3; only a
+    sidecar that is not there at all means none."""
+    side = tmp_path / "digits_cnn.json"
+    shutil.copy(DIGITS, tmp_path / "digits_cnn.onnx")
+    for kind, make, why in (
+        ("folder", lambda: side.mkdir(), "a folder, not a file"),
+        ("device", lambda: side.symlink_to("/dev/zero"), "a device, not a file"),
+        ("dangling", lambda: side.symlink_to("gone.json"), "broken symlink"),
+    ):
+        if side.is_dir() and not side.is_symlink():
+            side.rmdir()
+        elif os.path.lexists(side):
+            side.unlink()
+        make()
+        result = run("explain", tmp_path / "digits_cnn.onnx", DIGIT_PNGS[0], "--out",
+                     tmp_path / "o", "--no-heatmaps")  # fmt: skip
+        assert result.exit_code == ExitCode.MODEL, (kind, result.stderr)
+        (line,) = error_lines(result)
+        assert line.startswith(f"error: {side}: sidecar cannot be read ({why}"), kind
+    side.unlink()
+    result = run("explain", tmp_path / "digits_cnn.onnx", DIGIT_PNGS[0], "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.stderr  # no sidecar: fine
+
+
 # -- what the explain flow must still do (lead: session redesign) -----------------------------
 
 
