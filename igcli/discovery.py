@@ -174,11 +174,14 @@ _FILE_MAGIC = (  # what a file piped to '-' by mistake starts with (no path does
 
 
 def read_path_list(stdin) -> list:
-    """Paths from standard input: one per line (surrounding blanks dropped), or separated by
-    NUL bytes (`find -print0`) when there is any, which keeps newlines and blanks in names.
+    """Paths from standard input: one per line, each kept as it is but for its line ending
+    (\\n or \\r\\n), or separated by NUL bytes (`find -print0`) when there is any, which
+    keeps newlines in names too. Blank lines are passed over. A line with blanks around it
+    is the file of that name ('a.png ' is not 'a.png'; stripping them lost such a file),
+    unless no such file exists and the name without them does (a list typed with spaces).
     Bytes that are not UTF-8 are kept (as os.fsdecode does), so such files can be read.
     Object storage URLs are storage.URLs, as on the command line (a Path drops a slash)."""
-    from igcli.storage import location
+    from igcli.storage import is_url, location
 
     if stdin is None:
         raise UsageError("'-' needs a list of paths on standard input")
@@ -197,8 +200,20 @@ def read_path_list(stdin) -> list:
     if b"\0" in raw:
         parts = [p for p in raw.split(b"\0") if p]
     else:
-        parts = [line.strip() for line in raw.splitlines() if line.strip()]
+        parts = [_listed(line.removesuffix(b"\r"), is_url) for line in raw.split(b"\n")]
+        parts = [p for p in parts if p.strip()]
     return [location(os.fsdecode(p)) for p in parts]
+
+
+def _listed(line: bytes, is_url: Callable[[str], bool]) -> bytes:
+    """A line of a path list as the path it names: as it is, or without the blanks around
+    it where only that names a file (or a URL, which has none)."""
+    stripped = line.strip()
+    if stripped == line or not stripped:
+        return line
+    if is_url(os.fsdecode(stripped)) or (not os.path.lexists(line) and os.path.lexists(stripped)):
+        return stripped
+    return line
 
 
 def discover(

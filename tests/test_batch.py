@@ -75,6 +75,18 @@ def test_stdin_list(tree, tmp_path):
     assert names(result) == ["a/img", "b/img", "top"]
 
 
+def test_a_listed_name_with_a_trailing_blank_is_not_another_file(tmp_path):
+    """'a.png ' listed on stdin became 'a.png', skipped as listed twice: it vanished from
+    the run, exit 0. It is its own input now (and not an image: '.png ' is no suffix)."""
+    shutil.copy(DIGIT_PNGS[0], tmp_path / "a.png")
+    shutil.copy(DIGIT_PNGS[1], tmp_path / "a.png ")
+    listing = f"{tmp_path / 'a.png'}\n{tmp_path / 'a.png '}\n"
+    result = run("explain", DIGITS, "-", "--out", tmp_path / "o", "--steps", "4", input=listing)
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert f"error: {tmp_path / 'a.png '}: unsupported file type '.png '" in result.stderr
+    assert "listed more than once" not in result.stderr
+
+
 def test_names_escaping_out_are_refused(tmp_path):
     from igcli.errors import OutputError
     from igcli.outputs import output_stem

@@ -147,8 +147,24 @@ def test_stdin_lists_with_nul_bytes_keep_newlines_and_raw_bytes(cwd):
     paths = read_path_list(Stdin(b"new\nline.png\0raw\xfe.png\0 spaced.png\0"))
     assert paths == [Path("new\nline.png"), Path(os.fsdecode(b"raw\xfe.png")), Path(" spaced.png")]
     assert all(p.exists() for p in paths)
-    lines = read_path_list(Stdin(b"a.png\r\n\n  b.png  \n"))
+    lines = read_path_list(Stdin(b"a.png\r\n\n  \r\nb.png"))
     assert lines == [Path("a.png"), Path("b.png")]
+
+
+def test_stdin_lines_keep_their_blanks_unless_only_the_stripped_name_exists(cwd):
+    """`find | igcli explain m -` over 'a.png' and 'a.png ' explained 'a.png' twice (once
+    skipped as listed twice): every line was stripped. A line is the name as it is, but for
+    its line ending; blanks around it go only where that alone names an existing file."""
+    touch(cwd, "a.png", "a.png ", " lead.png", "typed.png")
+    text = b"a.png\na.png \r\n lead.png\n  typed.png \t\n gone.png \n\n \t \n"
+    assert read_path_list(Stdin(text)) == [
+        Path("a.png"),
+        Path("a.png "),
+        Path(" lead.png"),
+        Path("typed.png"),  # no '  typed.png \t': the typed list's name
+        Path(" gone.png "),  # neither exists: as given, and its error names it so
+    ]
+    assert read_path_list(Stdin(b" s3://bucket/x.png \n")) == ["s3://bucket/x.png"]
 
 
 def test_stdin_that_is_a_terminal_is_a_usage_error():
