@@ -53,11 +53,16 @@ def _ints(text: str | None, option: str) -> list[int] | None:
     return list(dict.fromkeys(values))  # 3,3 is one target: one result, not the same one twice
 
 
-def _finite(value: float | None, option: str) -> float | None:
-    """FloatRange lets nan and inf through; a gate at either is a typo, not a gate."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number", param_hint=option)
-    return value
+class FiniteRange(click.FloatRange):
+    """click's FloatRange, finite: it lets nan and inf through (every comparison with nan is
+    false), and `--clip-percentile nan` failed in the heatmap writer after the model work.
+    Every float option is of this type, so none is judged only after the work."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
 
 
 def _size_option(text: str | None, option: str) -> int | None:
@@ -358,7 +363,7 @@ MODEL = click.argument(
 )
 @click.option(
     "--tolerance",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteRange(0, min_open=True),
     default=DEFAULT_TOLERANCE,
     show_default=True,
     help="With --steps auto: the relative completeness error to reach.",
@@ -421,7 +426,7 @@ MODEL = click.argument(
 )
 @click.option(
     "--blur-sigma",
-    type=click.FloatRange(0, min_open=True),
+    type=FiniteRange(0, min_open=True),
     default=50.0,
     show_default=True,
     help="--path blur: the largest blur, in pixels (PAIR's max_sigma).",
@@ -431,14 +436,14 @@ MODEL = click.argument(
 )
 @click.option(
     "--guided-fraction",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FiniteRange(0, 1, min_open=True),
     default=0.25,
     show_default=True,
     help="--path guided: the share of features (smallest |gradient|) moved per step.",
 )
 @click.option(
     "--guided-max-dist",
-    type=click.FloatRange(0, 1),
+    type=FiniteRange(0, 1),
     default=0.02,
     show_default=True,
     help="--path guided: how far (in path position) it may leave the straight path; 0 is IG.",
@@ -480,7 +485,7 @@ MODEL = click.argument(
 )
 @click.option(
     "--fd-step",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FiniteRange(0, 1, min_open=True),
     default=1e-3,
     show_default=True,
     help="Finite differences: each feature group's step, relative to its own scale.",
@@ -558,8 +563,7 @@ MODEL = click.argument(
 )
 @click.option(
     "--max-completeness-error",
-    type=click.FloatRange(0),
-    callback=lambda ctx, param, value: _finite(value, "--max-completeness-error"),
+    type=FiniteRange(0),
     metavar="E",
     help="Fail (exit 5) when an input's relative completeness error exceeds E.",
 )
@@ -579,7 +583,7 @@ MODEL = click.argument(
 )
 @click.option(
     "--clip-percentile",
-    type=click.FloatRange(0, 100, min_open=True),
+    type=FiniteRange(0, 100, min_open=True),
     default=99.5,
     show_default=True,
     help="Colour scale saturates at this percentile of |map|.",
@@ -980,21 +984,21 @@ def _runtime_refusal(onnx_model, path: Path) -> str | None:
 )
 @click.option(
     "--eps",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FiniteRange(0, 1, min_open=True),
     default=2e-3,
     show_default=True,
     help="Step, relative to each feature's own magnitude.",
 )
 @click.option(
     "--tolerance",
-    type=click.FloatRange(0),
+    type=FiniteRange(0),
     default=5e-2,
     show_default=True,
     help="Largest error that passes, relative to the gradient's typical size |g * scale|.",
 )
 @click.option(
     "--jitter",
-    type=click.FloatRange(0),
+    type=FiniteRange(0),
     default=1e-2,
     show_default=True,
     help="Noise added to the input, relative to each feature's magnitude, to move off "

@@ -374,3 +374,32 @@ def test_usage_errors_are_one_line(args):
     assert result.exit_code == ExitCode.USAGE
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0]
+
+
+def _float_options():
+    import click
+
+    for name, command in main.commands.items():
+        for param in getattr(command, "params", []):
+            if isinstance(param, click.Option) and isinstance(param.type, click.FloatRange):
+                yield name, param
+
+
+def test_every_float_option_refuses_nan_and_inf_before_any_work(tmp_path):
+    """click's FloatRange lets nan through (every comparison with nan is false): --clip-percentile
+    nan ran the model, left its .npy files and failed in the heatmap writer (exit 1)."""
+    from igcli.cli import FiniteRange
+
+    options = list(_float_options())
+    assert {(c, p.opts[0]) for c, p in options} >= {("explain", "--clip-percentile"),
+                                                    ("explain", "--fd-step")}  # fmt: skip
+    for command, param in options:
+        assert isinstance(param.type, FiniteRange), (command, param.opts)
+        for value in ("nan", "inf", "-inf"):
+            out = tmp_path / f"{command}{param.name}{value}"
+            args = [command, DIGITS, DIGIT_PNGS[0], param.opts[0], value]
+            result = run(*args, *(["--out", out] if command == "explain" else []))
+            assert result.exit_code == ExitCode.USAGE, (args, result.stderr)
+            err = one_line_error(result)
+            assert len(err) == 1 and param.opts[0] in err[0], err
+            assert not out.exists()
