@@ -84,6 +84,8 @@ def _walk(
         except OSError as exc:
             fail(root, f"cannot list folder ({os_reason(exc)})")
             return
+        if not _searchable(root, [e.name for e in entries], fail):
+            return
         for entry in entries:
             if _is_dir(entry):
                 skip(Path(entry.path), "a folder (use --recursive to explain its files)")
@@ -95,6 +97,9 @@ def _walk(
         fail(Path(exc.filename or root), f"cannot list folder ({os_reason(exc)})")
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=False):
+        if not _searchable(Path(dirpath), filenames + dirnames, fail):
+            dirnames.clear()
+            continue
         if dirpath != str(root) and _earlier_output(dirpath, filenames):
             dirnames.clear()  # nor anything under it
             skip(Path(dirpath), "an earlier igcli run's output folder")
@@ -109,6 +114,25 @@ def _walk(
         dirnames.sort()
         for fn in sorted(filenames):
             yield Path(dirpath) / fn
+
+
+def _searchable(folder: Path, names: list[str], fail: Report) -> bool:
+    """Whether the entries of a listed folder can be looked at. A folder that can be read but
+    not searched (mode 600: no x bit) lists its names, and then every lstat of a file in it
+    fails: is_symlink() raised PermissionError out of the walk (exit 1, before any input).
+    Such a folder is one failed entry, as a folder that cannot be listed is."""
+    if not names:
+        return True
+    try:
+        os.lstat(os.path.join(folder, names[0]))
+    except FileNotFoundError:  # gone since the listing: its own check will say so
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            return True
+        fail(folder, f"cannot look into folder ({os_reason(exc)}: it can be listed, not searched)")
+        return False
+    return True
 
 
 _REPORT_NAME = re.compile(r"report(\.shard-\d+-of-\d+)?\.json")

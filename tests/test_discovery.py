@@ -241,6 +241,30 @@ def test_unlistable_folder_is_a_failed_input(cwd, monkeypatch):
     assert [i.problem for i in found.items] == ["cannot list folder (permission denied)"]
 
 
+def test_folder_listed_but_not_searchable_is_a_failed_input(cwd, monkeypatch):
+    """A folder of mode 600 lists its names but every lstat in it fails: is_symlink() raised
+    PermissionError out of the walk (exit 1) before any input. (Simulated: root ignores
+    modes.)"""
+    touch(cwd, "in/a.png", "in/locked/b.png", "in/locked/deeper/c.png", "in/z/d.png")
+
+    def denied(real):
+        def deny(path, *args, **kwargs):
+            if "locked/" in os.fspath(path):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real(path, *args, **kwargs)
+
+        return deny
+
+    monkeypatch.setattr(os, "lstat", denied(os.lstat))
+    monkeypatch.setattr(os, "stat", denied(os.stat))  # Path.is_symlink's
+    found = discover(["in"], recursive=True)
+    problems = {str(i.path): i.problem for i in found.items}
+    reason = "cannot look into folder (permission denied: it can be listed, not searched)"
+    assert problems == {"in/a.png": None, "in/locked": reason, "in/z/d.png": None}
+    found = discover(["in/locked"])
+    assert [(str(i.path), i.problem) for i in found.items] == [("in/locked", reason)]
+
+
 # -- the naming rule as a property ----------------------------------------------------------------
 
 tokens = list("aAbB_.-~%[]\n") + ["row", "_row1", ".target2", ".npy", "é", "\udcff", "report.json"]
