@@ -1197,9 +1197,10 @@ def merge_reports_cmd(
     from igcli.storage import is_url, location
 
     paths = [p for where in reports for p in find_reports(location(where))]
+    out = _out_location(out_dir)
+    _check_not_a_source(paths, out)
     order = _manifest_order(manifest, paths)
     merged = merge_reports(paths, expect=expect, order=order, warn=messages.warn)
-    out = _out_location(out_dir)
     if is_url(str(out)):
         check_remote(str(out))
     else:
@@ -1216,6 +1217,29 @@ def merge_reports_cmd(
         messages.error(line)
     if code:
         sys.exit(int(code))
+
+
+def _check_not_a_source(paths: list, out) -> None:
+    """`merge-reports DIR --out DIR` rewrote DIR's report.json in place: the merged report
+    must not replace one being merged (shard reports, report.shard-K-of-N.json, may share
+    their folder with the merged report.json)."""
+    import os
+
+    from igcli.storage import is_url
+
+    def key(where) -> str:
+        text = str(where)
+        return text.rstrip("/") if is_url(text) else os.path.realpath(text)
+
+    root = str(out).rstrip("/")
+    written = {key(f"{root}/report.{kind}") for kind in ("json", "csv", "md", "html")}
+    for path in paths:
+        if key(path) in written:
+            raise UsageError(
+                "--out would replace this report, one of those being merged; "
+                "write the merged report to another folder",
+                path,
+            )
 
 
 def _manifest_order(manifest: str | None, paths: list) -> dict[str, int] | None:

@@ -317,9 +317,6 @@ class RunReport:
         )  # fmt: skip
         names = [f"{stem}.{kind}" for kind in ("json", "csv", "md", "html")]
         try:
-            atomic_write_chunks(local / names[0], self._json_chunks(str(out_dir)))
-            atomic_write_chunks(local / names[1], self._csv_chunks(str(out_dir)))
-            atomic_write_text(local / names[2], self.to_markdown())
             data = {
                 **self._header(),
                 "results": self.results,  # re-iterable: the page reads it in several passes
@@ -328,7 +325,13 @@ class RunReport:
             }
             roots = [r.get("_root") for r in self.results]  # a merged result's shard folder
             page = local if remote and not any(roots) else out_dir
-            atomic_write_text(local / names[3], render_html(data, page, roots))
+            # the page and report.md first: if either cannot be made, no report is written
+            # (report.json, .csv and .md were there without report.html)
+            html_text, markdown = render_html(data, page, roots), self.to_markdown()
+            atomic_write_chunks(local / names[0], self._json_chunks(str(out_dir)))
+            atomic_write_chunks(local / names[1], self._csv_chunks(str(out_dir)))
+            atomic_write_text(local / names[2], markdown)
+            atomic_write_text(local / names[3], html_text)
             if remote:
                 for name in names:
                     upload(local / name, f"{str(out_dir).rstrip('/')}/{name}")
@@ -537,7 +540,10 @@ _RESULT_FIELDS = {  # field -> (accepted types, required)
     "wall_time_s": (float, False),
     "attributions_file": (str, False),
     "heatmap_file": (str, False),
+    "path": (str, False),
+    "settings_hash": (str, False),
 }
+_NON_NEGATIVE = ("rel_error", "abs_error")  # "inf" is one (delta 0, a sum that is not)
 _FAILURE_FIELDS = {"input": (str, True), "error": (str, True), "name": (str, False)}
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
@@ -570,9 +576,29 @@ def _check_records(records, fields: dict, where: str, path: Path) -> None:
         for key, (kind, _) in fields.items():  # "inf"/"nan" strings back to numbers
             if kind is float and isinstance(record.get(key), str):
                 record[key] = _NON_FINITE[record[key]]
+        for key in _NON_NEGATIVE:  # no run writes NaN or a negative error: hand-made
+            if key in fields and record.get(key) is not None and not record[key] >= 0:
+                value = _finite(record[key])
+                raise UsageError(
+                    f"{where}[{k}].{key} is {value}, not an error (a number, 0 or more)", path
+                )
+        _check_schema(record.get("schema_version", SCHEMA_VERSION), f"{where}[{k}]", path)
+
+
+def _check_schema(version, where: str, path) -> None:
+    if isinstance(version, bool) or version != SCHEMA_VERSION or not isinstance(version, int):
+        raise UsageError(
+            f"{where} has schema_version {json.dumps(version)[:40]}; this igcli reads "
+            f"{SCHEMA_VERSION} (a report of another igcli version?)",
+            path,
+        )
 
 
 def _check_report(data: dict, path: Path) -> None:
+    """Every field merging and writing the merged reports read, checked before any is
+    written: a 'skipped' that was an object crashed report.html after report.json, .csv and
+    .md were written."""
+    _check_schema(data.get("schema_version", SCHEMA_VERSION), "the report", path)
     _check_records(data["results"], _RESULT_FIELDS, "results", path)
     _check_records(data.get("failures", []), _FAILURE_FIELDS, "failures", path)
     if not isinstance(data.get("model_sha256", ""), str) or not isinstance(
@@ -584,6 +610,26 @@ def _check_report(data: dict, path: Path) -> None:
     gate = data.get("gate")
     if gate is not None and not (isinstance(gate, dict) and _field_ok(gate.get("max"), float)):
         raise UsageError("'gate' must be an object with a numeric 'max'", path)
+    targets = (data.get("settings") or {}).get("targets")
+    if targets is not None and not isinstance(targets, list):
+        raise UsageError("'settings.targets' must be a list or null", path)
+    skipped = data.get("skipped") or []
+    if not isinstance(skipped, list):
+        raise UsageError("'skipped' must be a list of {input, reason} entries", path)
+    for k, entry in enumerate(skipped):
+        if not (isinstance(entry, dict) and isinstance(entry.get("input"), str)
+                and isinstance(entry.get("reason"), str)):  # fmt: skip
+            raise UsageError(f"skipped[{k}] is not an entry with 'input' and 'reason'", path)
+    summary = data.get("summary")
+    if summary is not None and not isinstance(summary, dict):
+        raise UsageError("'summary' must be an object", path)
+    resumed = (summary or {}).get("resumed")
+    if resumed is not None and not (
+        isinstance(resumed, int) and not isinstance(resumed, bool) and resumed >= 0
+    ):
+        raise UsageError("'summary.resumed' must be a count (an integer, 0 or more)", path)
+    if not isinstance(data.get("started", ""), str):
+        raise UsageError("'started' must be a string (a time)", path)
 
 
 SHARD_REPORT = re.compile(r"^report\.shard-(\d+)-of-(\d+)\.json$")

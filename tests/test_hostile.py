@@ -780,6 +780,21 @@ def report_file(tmp_path, results, failures=None, name="report.json", **extra):
         ({"x": 1}, [], {}, "'results' must be a list"),
         ([GOOD_RESULT], [], {"gate": {"max": "high"}}, "'gate'"),
         ([GOOD_RESULT], [], {"settings": []}, "'settings'"),
+        # no run writes these; merged, they were summed and shown as they were
+        ([{**GOOD_RESULT, "rel_error": "nan"}], [], {}, r"results\[0\].rel_error is nan"),
+        ([{**GOOD_RESULT, "rel_error": -1}], [], {}, r"rel_error is -1, not an error"),
+        ([{**GOOD_RESULT, "abs_error": -0.5}], [], {}, r"abs_error is -0.5"),
+        ([GOOD_RESULT], [], {"schema_version": 99}, "schema_version 99; this igcli reads 1"),
+        ([GOOD_RESULT], [], {"schema_version": "1"}, 'schema_version "1"'),
+        ([{**GOOD_RESULT, "schema_version": 2}], [], {}, r"results\[0\] has schema_version 2"),
+        # fields merging and report.html read: crashes after report.json/.csv/.md were written
+        ([GOOD_RESULT], [], {"skipped": {"a": 1}}, "'skipped' must be a list"),
+        ([GOOD_RESULT], [], {"skipped": ["a.png"]}, r"skipped\[0\] is not an entry"),
+        ([GOOD_RESULT], [], {"summary": [1]}, "'summary' must be an object"),
+        ([GOOD_RESULT], [], {"summary": {"resumed": "x"}}, "'summary.resumed'"),
+        ([GOOD_RESULT], [], {"settings": {"targets": 5}}, "'settings.targets'"),
+        ([{**GOOD_RESULT, "path": [1]}], [], {}, r"results\[0\].path is \[1\]"),
+        ([{**GOOD_RESULT, "settings_hash": {}}], [], {}, "settings_hash is"),
     ],
 )
 def test_merge_reports_over_malformed_records(tmp_path, results, failures, extra, problem):
@@ -795,7 +810,7 @@ def test_merge_reports_over_malformed_records(tmp_path, results, failures, extra
 def test_merge_reports_reads_non_finite_numbers_back(tmp_path):
     from igcli.report import merge_reports
 
-    inf = {**GOOD_RESULT, "f_input": "inf", "rel_error": "nan", "delta": "-inf"}
+    inf = {**GOOD_RESULT, "f_input": "inf", "rel_error": "inf", "delta": "-inf"}
     path = report_file(tmp_path, [inf], gate={"max": 0.01, "passed": False})
     merged = merge_reports([path])
     assert merged.results[0]["f_input"] == float("inf")
@@ -803,7 +818,7 @@ def test_merge_reports_reads_non_finite_numbers_back(tmp_path):
     merged.write(tmp_path / "out")  # markdown formats numbers: "inf" strings used to crash it
     assert "inf" in (tmp_path / "out" / "report.md").read_text()
     again = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert again["results"][0]["rel_error"] == "nan"
+    assert again["results"][0]["rel_error"] == "inf"
 
 
 def test_merge_reports_unreadable_files(tmp_path):

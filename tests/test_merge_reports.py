@@ -189,3 +189,43 @@ def test_reports_and_manifests_that_are_devices_fifos_or_huge_are_refused_unread
             assert f"{manifest}: cannot read ({why}, not a file)" in result.stderr
     result = run("explain", DIGITS, "--manifest", huge, "--out", tmp_path / "e")
     assert result.exit_code == ExitCode.USAGE and "over the 1 GiB" in result.stderr
+
+
+def test_a_malformed_report_is_refused_before_anything_is_written(tmp_path):
+    """A shard report whose 'skipped' was an object crashed report.html (exit 1) after the
+    merged report.json, .csv and .md were written; merge-reports DIR --out DIR rewrote DIR's
+    own report.json in place."""
+    for k in (1, 2):
+        result = run("explain", DIGITS, *INPUTS, "--steps", "4", "--shard", f"{k}/2",
+                     "--out", tmp_path / f"s{k}", "-q", "--no-heatmaps")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    shard = tmp_path / "s1" / "report.shard-1-of-2.json"
+    data = json.loads(shard.read_text())
+    for field, value, problem in (
+        ("skipped", {"a": 1}, "'skipped' must be a list"),
+        ("schema_version", 99, "schema_version 99; this igcli reads 1"),
+    ):
+        shard.write_text(json.dumps({**data, field: value}))
+        result = run("merge-reports", tmp_path / "s1", tmp_path / "s2", "--expect", "2",
+                     "--out", tmp_path / "m")  # fmt: skip
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+        line = result.stderr.strip()
+        assert line.startswith(f"error: {shard}: ") and problem in line and "\n" not in line
+        assert not (tmp_path / "m").exists()
+    shard.write_text(json.dumps(data))
+    merged = tmp_path / "m"
+    assert run("merge-reports", tmp_path / "s1", tmp_path / "s2", "--out", merged).exit_code == 0
+    before = (merged / "report.json").read_bytes()
+    for out in (merged, f"{merged}/"):
+        result = run("merge-reports", merged, "--out", out)
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+        assert f"{merged / 'report.json'}: --out would replace this report" in result.stderr
+        assert (merged / "report.json").read_bytes() == before
+    # shards merged into their own folder still are (their report.json is not a source)
+    both = tmp_path / "both"
+    both.mkdir()
+    for k in (1, 2):
+        for p in (tmp_path / f"s{k}").glob("report.shard-*.json"):
+            (both / p.name).write_bytes(p.read_bytes())
+    assert run("merge-reports", both, "--expect", "2", "--out", both).exit_code == 0
+    assert run("merge-reports", both, "--expect", "2", "--out", both).exit_code == 0
