@@ -221,11 +221,39 @@ class Group(rich_click.RichGroup):
         except Exception as exc:  # a bug: still one line, with a hint to report it
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            messages.internal_error(
-                f"{type(exc).__name__}: {exc} "
-                "(run igcli --debug COMMAND ... for a traceback, and please report it)"
-            )
-            sys.exit(int(ExitCode.INTERNAL))
+            what = _out_of_memory(exc)
+            if what is None:
+                messages.internal_error(
+                    f"{type(exc).__name__}: {exc} "
+                    "(run igcli --debug COMMAND ... for a traceback, and please report it)"
+                )
+                sys.exit(int(ExitCode.INTERNAL))
+        # out of memory: said here, after the except block let go of the exception and the
+        # arrays its frames held (printing may need memory too)
+        fail(UsageError(
+            f"memory ran out ({what}); lower --memory-limit or --batch-size, or give igcli "
+            "more memory (ulimit -v, the container's limit)"
+        ))  # fmt: skip
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """What says the process ran out of memory, or None: under a tight `ulimit -v` that came
+    as 'internal error: MemoryError: ' (no message), 'can't start new thread' or an OSError
+    ENOMEM from wherever the allocation happened to fail."""
+    import errno
+
+    text = str(exc)
+    if isinstance(exc, MemoryError):
+        return "MemoryError" + (f": {text}" if text else "")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return f"OSError: {exc.strerror or text}"
+    if isinstance(exc, RuntimeError) and text.startswith("can't start new thread"):
+        return "a thread could not be started"
+    if type(exc).__module__.startswith("onnxruntime") and (
+        "Failed to allocate memory" in text or "bad_alloc" in text
+    ):
+        return "ONNX Runtime could not allocate memory"
+    return None
 
 
 @contextlib.contextmanager

@@ -403,3 +403,32 @@ def test_every_float_option_refuses_nan_and_inf_before_any_work(tmp_path):
             err = one_line_error(result)
             assert len(err) == 1 and param.opts[0] in err[0], err
             assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "error,what",
+    [
+        (MemoryError(), "(MemoryError)"),
+        (RuntimeError("can't start new thread"), "(a thread could not be started)"),
+        (OSError(12, "Cannot allocate memory"), "(OSError: Cannot allocate memory)"),
+    ],
+)
+def test_memory_running_out_is_one_line_not_an_internal_error(tmp_path, monkeypatch, error, what):
+    """Under a tight `ulimit -v` a run ended with 'internal error: MemoryError: ' (no message)
+    or 'can't start new thread', exit 1: a bug to report, where the machine was the cause."""
+    import igcli.run
+
+    def exhausted(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(igcli.run, "run_explain", exhausted)
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "o", "--steps", "4")
+    assert result.exit_code == ExitCode.USAGE, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith(f"error: memory ran out {what}; lower --memory-limit or --batch-size")
+    assert "\n" not in line and "internal error" not in line
+    monkeypatch.setattr(igcli.run, "run_explain", lambda *a, **k: 1 / 0)  # still a bug
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "o", "--steps", "4")
+    assert result.exit_code == ExitCode.INTERNAL and "internal error: ZeroDivisionError" in (
+        result.stderr
+    )
