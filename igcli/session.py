@@ -215,6 +215,20 @@ def _a_count(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def _check_fd_step(fd_step: float, dtype) -> None:
+    """A step below the input's float precision moves no value by even one unit in the last
+    place: with --fd-step 1e-30 every difference came out 0, and the run blamed the model
+    ('looks piecewise constant'). Token ids are differenced at their float32 embedding."""
+    dtype = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float32)
+    eps = float(np.finfo(dtype).eps)
+    if fd_step < eps:
+        raise UsageError(
+            f"fd_step (--fd-step) {fd_step:g} is below the input's {dtype.name} precision "
+            f"({eps:.3g}): a step that small moves no value; give at least {eps:.3g} "
+            "(default 0.001)"
+        )
+
+
 def _check_resources(fd_step, threads, batch_size, memory_limit, warn) -> None:
     """Session's numeric options, refused as the command line refuses them: threads=0,
     batch_size=-3 or memory_limit=-1 were reinterpreted silently, threads=2.5 failed
@@ -416,6 +430,7 @@ class Session:
                 self.input_spec, self.sidecar, mean, std, preset=preprocess
             )
         self.prep.batch_axis = batch_axis
+        _check_fd_step(fd_step, self.prep.dtype)
         # said when the first picture is read: arrays and .npy tensors are model inputs already
         self._note_pixels = self.prep.unnormalised_rgb and preprocess is None
         self.at, self._cut = self._choose_cut(at)

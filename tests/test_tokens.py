@@ -155,6 +155,24 @@ def test_token_model_input_errors(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_an_fd_step_below_the_input_precision_is_refused_not_blamed_on_the_model(tmp_path):
+    """--fd-step 1e-30: every difference came out 0 and the run said the model 'looks
+    piecewise constant', exit 0 with a 100% completeness miss."""
+    digits = ROOT / "sample_models" / "digits_cnn.onnx"
+    png = ROOT / "sample_inputs" / "digits" / "digit_0_idx1.png"
+    out = tmp_path / "o"
+    result = run("explain", digits, png, "--gradients", "fd", "--fd-step", "1e-30", "--out", out)
+    assert result.exit_code == ExitCode.USAGE, result.stderr
+    assert result.stderr.strip() == (
+        "error: fd_step (--fd-step) 1e-30 is below the input's float32 precision (1.19e-07): "
+        "a step that small moves no value; give at least 1.19e-07 (default 0.001)"
+    )
+    assert not out.exists()
+    with pytest.raises(UsageError, match="below the input's float32 precision"):
+        igcli.Session(SENTIMENT, fd_step=1e-9)  # token ids: their float32 embedding
+    assert igcli.Session(digits, fd_step=2e-7).fd_step == 2e-7
+
+
 def test_jsonl_texts(tmp_path):
     lines = [{"text": "an awful ending"}, "superb music", {"text": "a charming cast", "x": 1}]
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(v) + "\n" for v in lines))
