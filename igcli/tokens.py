@@ -210,6 +210,10 @@ class TokenInputs:
                 raise error("token ids must be whole numbers", path)
         elif arr.dtype.kind not in "iu":
             raise error(f"dtype {arr.dtype} is not token ids (integers)", path)
+        if arr.size and arr.dtype.kind in "fu":  # 1e20 as int64 was -2**63 (numpy warned)
+            big = arr.max() if arr.dtype.kind == "u" else arr.flat[np.argmax(np.abs(arr))]
+            if abs(float(big)) >= 2.0**63:
+                raise error(f"token id {float(big):g} is too large to be an id", path)
         if arr.ndim == 2 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 1:

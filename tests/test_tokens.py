@@ -155,6 +155,25 @@ def test_token_model_input_errors(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_token_ids_too_large_for_int64_are_refused_in_one_line(tmp_path):
+    """A float id of 1e20 was cast to int64 as -2**63, numpy's two-line RuntimeWarning on
+    stderr, and named as 'token id -9223372036854775808'."""
+    import warnings
+
+    ids = np.zeros(16, np.float32)
+    ids[:3] = [2, 1e20, 3]
+    np.save(tmp_path / "f.npy", ids)
+    np.save(tmp_path / "u.npy", np.array([2, 2**64 - 1] + [0] * 14, np.uint64))
+    for name, shown in (("f.npy", "1e+20"), ("u.npy", "1.84467e+19")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run("explain", SENTIMENT, tmp_path / name, "--out", tmp_path / "o")
+        assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+        first = result.stderr.strip().splitlines()[0]
+        assert first == f"error: {tmp_path / name}: token id {shown} is too large to be an id"
+
+
 def test_an_fd_step_below_the_input_precision_is_refused_not_blamed_on_the_model(tmp_path):
     """--fd-step 1e-30: every difference came out 0 and the run said the model 'looks
     piecewise constant', exit 0 with a 100% completeness miss."""
