@@ -136,45 +136,9 @@ def read_npy(
     whole to be refused).
     """
     with open_regular(path, error) as fh:
-        size = file_size(fh)
-        if size == 0:
-            raise error("empty file (0 bytes), not a .npy array", path)
-        try:
-            version = np.lib.format.read_magic(fh)
-        except ValueError:
-            raise error("not a .npy file (no NumPy header)", path) from None
-        if version not in ((1, 0), (2, 0)):
-            raise error(f".npy format {version[0]}.{version[1]} is not supported", path)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        try:
-            shape, fortran, dtype = read_header(fh)
-        except ValueError as exc:  # numpy's own words: no header end, keys missing, ...
-            raise error(f"damaged .npy header ({first_line(exc)})", path) from None
-        except Exception:  # its parser's (a TokenError's tuple): nothing a user can read
-            raise error("damaged .npy header (its text is not a NumPy header)", path) from None
-        if dtype.hasobject:
-            raise error("holds Python objects (a pickle); igcli does not unpickle files", path)
-        if any(d < 0 for d in shape):
-            raise error(f"damaged .npy header (shape {list(shape)})", path)
+        shape, fortran, dtype = npy_header(fh, path, error)
         count = math.prod(shape)
-        if count > MAX_TENSOR_VALUES:
-            raise error(
-                f"shape {list(shape)} holds {count:,} values; igcli reads at most "
-                f"{MAX_TENSOR_VALUES:,}",
-                path,
-            )
         nbytes = count * dtype.itemsize
-        available = size - fh.tell()
-        if nbytes > available:
-            raise error(
-                f"truncated: shape {list(shape)} of {dtype} needs {nbytes:,} bytes of data, "
-                f"the file holds {max(available, 0):,}",
-                path,
-            )
         problem = check(tuple(shape), dtype) if check is not None else None
         if problem:
             raise error(problem, path)
@@ -186,6 +150,51 @@ def read_npy(
             raise error("truncated while being read", path)
     arr = np.frombuffer(data, dtype=dtype, count=count)
     return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def npy_header(fh: BinaryIO, path: Path, error: type[IgcliError]) -> tuple[tuple, bool, np.dtype]:
+    """A .npy file's shape, Fortran order and dtype, checked as read_npy says; `fh` is left
+    at the start of the data, which the file is known to hold whole."""
+    size = file_size(fh)
+    if size == 0:
+        raise error("empty file (0 bytes), not a .npy array", path)
+    try:
+        version = np.lib.format.read_magic(fh)
+    except ValueError:
+        raise error("not a .npy file (no NumPy header)", path) from None
+    if version not in ((1, 0), (2, 0)):
+        raise error(f".npy format {version[0]}.{version[1]} is not supported", path)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    try:
+        shape, fortran, dtype = read_header(fh)
+    except ValueError as exc:  # numpy's own words: no header end, keys missing, ...
+        raise error(f"damaged .npy header ({first_line(exc)})", path) from None
+    except Exception:  # its parser's (a TokenError's tuple): nothing a user can read
+        raise error("damaged .npy header (its text is not a NumPy header)", path) from None
+    if dtype.hasobject:
+        raise error("holds Python objects (a pickle); igcli does not unpickle files", path)
+    if any(d < 0 for d in shape):
+        raise error(f"damaged .npy header (shape {list(shape)})", path)
+    count = math.prod(shape)
+    if count > MAX_TENSOR_VALUES:
+        raise error(
+            f"shape {list(shape)} holds {count:,} values; igcli reads at most "
+            f"{MAX_TENSOR_VALUES:,}",
+            path,
+        )
+    nbytes = count * dtype.itemsize
+    available = size - fh.tell()
+    if nbytes > available:
+        raise error(
+            f"truncated: shape {list(shape)} of {dtype} needs {nbytes:,} bytes of data, "
+            f"the file holds {max(available, 0):,}",
+            path,
+        )
+    return shape, fortran, dtype
 
 
 def first_line(exc: BaseException) -> str:

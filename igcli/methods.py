@@ -18,16 +18,18 @@ mean_k F(b_k), averaged over copies.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from igcli.baselines import rng_for
-from igcli.errors import InputError, ModelError, UsageError
+from igcli.errors import IgcliError, InputError, ModelError, UsageError
 from igcli.ig import (
     IGResult,
     Problem,
@@ -41,6 +43,9 @@ from igcli.inputs import (
     SUPPORTED_SUFFIXES,
     Preprocessing,
     Sample,
+    _cast,
+    _to_model_dtype,
+    dtype_problem,
     fit_tensor,
     read_image,
     read_table,
@@ -209,56 +214,204 @@ def _usage(exc: InputError) -> UsageError:
     return UsageError(exc.reason, exc.path)
 
 
-def read_baseline_file(path: Path, prep: Preprocessing, sample: Sample) -> list[np.ndarray]:
+STACK_BLOCK_BYTES = 16 << 20  # a .npy stack is checked and averaged this much at a time
+
+
+class NpyStack(Sequence):
+    """The rows of a .npy stack [K, *sample shape], read from the file as they are needed:
+    a 940 MB stack took 4.9 GB (its rows copied, then stacked again as float64 for a mean).
+    The file is read once when opened, in blocks of STACK_BLOCK_BYTES, to check every value
+    (finite, and within the model's dtype) and to sum the mean; a row is then one pread."""
+
+    def __init__(self, path: Path, prep: Preprocessing, row_shape: tuple, error=UsageError):
+        from igcli.files import npy_header, open_regular
+
+        self.path, self.dtype = path, np.dtype(prep.dtype)
+        with open_regular(path, error) as fh:
+            shape, fortran, dtype = npy_header(fh, path, error)
+            offset = fh.tell()
+        self.count, self.row_shape, self.file_dtype = shape[0], tuple(row_shape), dtype
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._offset = offset
+        total = np.zeros(self.row_shape, np.float64)
+        rows_per_block = max(1, STACK_BLOCK_BYTES // max(self.row_bytes, 1))
+        for lo in range(0, self.count, rows_per_block):
+            block = self._read(lo, min(self.count, lo + rows_per_block))
+            try:
+                _to_model_dtype(block, self.dtype, path, error)
+            except IgcliError:  # which row: a stack may hold 300,000
+                for k, row in enumerate(block):
+                    try:
+                        _to_model_dtype(row, self.dtype, path, error)
+                    except IgcliError as exc:
+                        raise error(f"row {lo + k}: {exc.reason}", path) from None
+                raise
+            total += block.sum(axis=0, dtype=np.float64)
+        self.total = total
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        size = (hi - lo) * self.row_bytes
+        data = os.pread(self._fd, size, self._offset + lo * self.row_bytes)
+        if len(data) != size:
+            raise UsageError("truncated while being read (did the file change?)", self.path)
+        return np.frombuffer(data, self.file_dtype).reshape((hi - lo, *self.row_shape))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self.count))]
+        if not -self.count <= k < self.count:
+            raise IndexError(k)
+        return _cast(self._read(k % self.count, k % self.count + 1)[0], self.dtype)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._fd = None
+
+
+class BaselineSet(Sequence):
+    """Baselines of --baselines / --baseline-data: arrays read whole (images, CSV rows, one
+    sample per .npy) and .npy stacks read row by row (NpyStack), in the files' order."""
+
+    def __init__(self, parts: list) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self._starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k %= len(self)
+        part = int(np.searchsorted(self._starts, k, side="right")) - 1
+        return self.parts[part][k - int(self._starts[part])]
+
+    def mean(self) -> np.ndarray:
+        """The mean baseline, float64, without stacking the baselines."""
+        total = None
+        for part in self.parts:
+            add = part.total if isinstance(part, NpyStack) else np.sum(
+                [np.asarray(a, np.float64) for a in part], axis=0)  # fmt: skip
+            total = add if total is None else total + add
+        return total / len(self)
+
+
+class AsFloat64(Sequence):
+    """A baseline set's rows as float64, each made when it is used."""
+
+    def __init__(self, rows: Sequence) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k):
+        return np.asarray(self.rows[k], np.float64)
+
+    def mean(self) -> np.ndarray:
+        return self.rows.mean()
+
+
+def _mean_of(rows) -> np.ndarray:
+    return rows.mean() if hasattr(rows, "mean") else np.mean(rows, axis=0)
+
+
+def read_baseline_file(
+    path: Path, prep: Preprocessing, sample: Sample, budget: list | None = None
+) -> Sequence:
     """The baselines one file holds, in model space: an image (resized to the input), a .npy
-    stack [K, *input shape] (or one sample), or a CSV of rows."""
+    stack [K, *input shape] (or one sample), or a CSV of rows. A stack is read row by row
+    (NpyStack); what is read whole is counted against `budget` ([bytes left]) before."""
     suffix = path.suffix.lower()
+    row_bytes = sample.x.size * np.dtype(prep.dtype).itemsize
     try:
         if suffix in IMAGE_SUFFIXES:
             if not prep.is_image_model:
                 raise UsageError("an image baseline needs an image model", path)
+            _spend(budget, row_bytes, path)
             hw = (sample.pixels.shape[:2] if sample.pixels is not None
                   else prep.model_to_hwc(sample.x).shape[:2])  # fmt: skip
             return [prep.image_to_model(read_image(path, prep, size=hw))]
         if suffix == ".npy":
-            from igcli.files import read_npy
+            from igcli.files import npy_header, open_regular, read_npy
 
-            arr = read_npy(path, UsageError)
-            if arr.ndim == sample.x.ndim + 1 and arr.shape[1:] == sample.x.shape:
+            with open_regular(path, UsageError) as fh:
+                shape, fortran, dtype = npy_header(fh, path, UsageError)
+            if len(shape) == sample.x.ndim + 1 and tuple(shape[1:]) == sample.x.shape:
+                problem = dtype_problem(dtype)
+                if problem:
+                    raise UsageError(problem, path)
+                if not fortran or len(shape) == 1:
+                    return NpyStack(path, prep, sample.x.shape)
+                _spend(budget, shape[0] * row_bytes, path)  # rows strided: read whole
+                arr = read_npy(path, UsageError)
                 return [fit_tensor(row, prep, path, UsageError) for row in arr]
-            return [fit_tensor(arr, prep, path, UsageError)]
+            _spend(budget, math.prod(shape) * np.dtype(prep.dtype).itemsize, path)
+            return [fit_tensor(read_npy(path, UsageError), prep, path, UsageError)]
         if suffix == ".csv":
-            return [s.x for s in read_table(path, prep, path.stem)]
+            rows = [s.x for s in read_table(path, prep, path.stem)]
+            _spend(budget, len(rows) * row_bytes, path)
+            return rows
     except InputError as exc:
         raise _usage(exc) from None
     raise UsageError("baselines must be images, .npy or .csv files", path)
 
 
-def read_baseline_set(spec: str, prep: Preprocessing, sample: Sample) -> list[np.ndarray]:
+def _spend(budget: list | None, nbytes: int, path: Path) -> None:
+    """Baselines held in memory (all but .npy stacks) must fit --memory-limit: refused before
+    they are read."""
+    if budget is None:
+        return
+    if nbytes > budget[0]:
+        raise UsageError(
+            f"the baselines held in memory would take {nbytes / 2**20:,.0f} MiB more, over "
+            "--memory-limit; give them as one C-ordered .npy stack [K, *input shape] (read "
+            "row by row), fewer of them, or a higher --memory-limit",
+            path,
+        )
+    budget[0] -= nbytes
+
+
+def read_baseline_set(
+    spec: str, prep: Preprocessing, sample: Sample, memory_limit: int | None = None
+) -> BaselineSet:
     """Every baseline under `spec` (a file, or a folder of files, not recursive), checked
-    against the input's shape."""
+    against the input's shape. Baselines held in memory count against `memory_limit`."""
     path = Path(spec)
+    budget = [memory_limit] if memory_limit else None
     if path.is_dir():
         files = sorted(p for p in path.iterdir()
                        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)  # fmt: skip
         if not files:
             raise UsageError("the folder holds no images, .npy or .csv files", path)
-        arrays = [a for f in files for a in read_baseline_file(f, prep, sample)]
+        parts = [read_baseline_file(f, prep, sample, budget) for f in files]
     elif path.is_file():
-        arrays = read_baseline_file(path, prep, sample)
+        parts = [read_baseline_file(path, prep, sample, budget)]
     elif path.exists():
         raise UsageError("not a file or folder (a device or FIFO?)", path)
     else:
         raise UsageError("no such file or folder", path)
-    if not arrays:
+    arrays = BaselineSet(parts)
+    if not len(arrays):
         raise UsageError("holds no baselines", path)
-    for a in arrays:
-        if a.shape != sample.x.shape:
-            raise InputError(
-                f"the baselines in {path} have shape {list(a.shape)}, this input "
-                f"{list(sample.x.shape)}",
-                sample.path,
-            )
+    for part in arrays.parts:
+        shapes = [part.row_shape] if isinstance(part, NpyStack) else [a.shape for a in part]
+        for shape in shapes:
+            if tuple(shape) != sample.x.shape:
+                raise InputError(
+                    f"the baselines in {path} have shape {list(shape)}, this input "
+                    f"{list(sample.x.shape)}",
+                    sample.path,
+                )
     return arrays
 
 
@@ -291,12 +444,17 @@ def sidecar_mean(raw: dict, prep: Preprocessing, sample: Sample, sidecar_path) -
 
 
 def mean_baseline(
-    data: str | None, raw: dict, prep: Preprocessing, sample: Sample, sidecar_path
+    data: str | None,
+    raw: dict,
+    prep: Preprocessing,
+    sample: Sample,
+    sidecar_path,
+    memory_limit: int | None = None,
 ) -> tuple[np.ndarray, str]:
     """The training mean as one baseline: of `--baseline-data`, else the sidecar's."""
     if data:
-        arrays = read_baseline_set(data, prep, sample)
-        mean = np.mean(np.stack([a.astype(np.float64) for a in arrays]), axis=0)
+        arrays = read_baseline_set(data, prep, sample, memory_limit)
+        mean = arrays.mean()  # streamed: the baselines are never stacked
         return mean.astype(sample.x.dtype), f"mean of {Path(data).name} ({len(arrays)})"
     if "baseline_mean" not in raw:
         raise UsageError("--baseline mean needs 'baseline_mean' in the model's sidecar "
@@ -470,12 +628,15 @@ def run(
         per_copy = []
         for copy in copies:
             xi = _add(points[j], copy.x)
-            per_copy.append((xi, [_add(points[j], b) for b in copy.baselines]))
+            if isinstance(copy.baselines, AsFloat64):  # F at each, a batch at a time
+                per_copy.append((xi, _add_all(points[j], copy.baselines)))
+            else:
+                per_copy.append((xi, [_add(points[j], b) for b in copy.baselines]))
         layout.append(per_copy)
         clean.append(_add(points[j], job.sample.x) if settings.noise else -1)
     value_sources = [ctx.source(job.target, job.sample, job.sample.x, job.baseline, False)
                      for job in jobs]  # fmt: skip
-    values = values_many(value_sources, [np.stack(p) for p in points], ctx.batch_size)
+    values = values_many(value_sources, [_Points(p) for p in points], ctx.batch_size)
 
     # the integrals, chunk by chunk; each chunk's attributions added to their job's copy
     attrs = [np.zeros((len(per_sample[id(job.sample)][0]), *job.sample.x.shape))
@@ -593,9 +754,46 @@ def _run_chunk(chunk: list[_Unit], jobs, values, settings, ctx: Context, blur) -
             u.attributions, u.steps = u.guided.attributions, n
 
 
-def _add(points: list[np.ndarray], p: np.ndarray) -> int:
+def _add(points: list, p: np.ndarray) -> int:
     points.append(np.asarray(p))
-    return len(points) - 1
+    return _count(points) - 1
+
+
+def _add_all(points: list, rows: Sequence) -> range:
+    """Every row of a baseline set as points, without stacking them: their indices."""
+    start = _count(points)
+    points.append(_Many(rows))
+    return range(start, start + len(rows))
+
+
+@dataclass
+class _Many:
+    rows: Sequence
+
+
+def _count(points: list) -> int:
+    return sum(len(p.rows) if isinstance(p, _Many) else 1 for p in points)
+
+
+class _Points:
+    """Points of `_add` and `_add_all` as one stack that values_many slices a batch at a
+    time: a baseline set's rows are read and stacked for their batch only."""
+
+    def __init__(self, points: list) -> None:
+        self.points = points
+        self._starts = np.cumsum([0] + [len(p.rows) if isinstance(p, _Many) else 1
+                                        for p in points])  # fmt: skip
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, k: slice) -> np.ndarray:
+        rows = []
+        for i in range(*k.indices(len(self))):
+            part = int(np.searchsorted(self._starts, i, side="right")) - 1
+            p = self.points[part]
+            rows.append(p.rows[i - int(self._starts[part])] if isinstance(p, _Many) else p)
+        return np.stack(rows)
 
 
 def _copies(job: Job, spec: PathSpec, settings, ctx: Context, blur, expected: bool):
@@ -628,7 +826,12 @@ def _copies(job: Job, spec: PathSpec, settings, ctx: Context, blur, expected: bo
     copies = []
     groups_info = None
     for xc in xs:
-        these = [blur.start(xc)] if blur is not None else [b.astype(np.float64) for b in bases]
+        if blur is not None:
+            these = [blur.start(xc)]
+        elif isinstance(bases, BaselineSet):  # rows made as used: never all at once
+            these = AsFloat64(bases)
+        else:
+            these = [b.astype(np.float64) for b in bases]
         copy = _Copy(xc, these)
         if spec.kind in ("extremal", "shapley"):
             groups, groups_text = path_groups(settings.groups, sample, ctx.prep)
@@ -658,7 +861,7 @@ def _copies(job: Job, spec: PathSpec, settings, ctx: Context, blur, expected: bo
         record["path_options"] = options
     if expected:
         record["samples"] = settings.samples
-    mean_base = np.mean([np.mean(c.baselines, axis=0) for c in copies], axis=0)
+    mean_base = np.mean([_mean_of(c.baselines) for c in copies], axis=0)
     info = {
         "record": record,
         "baseline_name": name,
@@ -702,7 +905,7 @@ def _expected_gradients(jobs, per_sample, ctx: Context, attrs, steps, memory_lim
     for j, job in enumerate(jobs):
         for c, copy in enumerate(per_sample[id(job.sample)][0]):
             idx, _ = copy.draws
-            for k in range(len(copy.baselines)):
+            for k in np.unique(idx):  # the baselines drawn (not every one of K)
                 take = np.flatnonzero(idx == k)
                 for lo in range(0, take.size, rows_per_chunk):
                     segments.append((j, c, k, take[lo : lo + rows_per_chunk]))

@@ -1190,10 +1190,12 @@ class Session:
         return FiniteDifferences(self.runner, target, direction, groups, self.fd_step,
                                  ends=(x, b))  # fmt: skip
 
-    def _baseline_set(self, spec: str, sample: Sample) -> list[np.ndarray]:
+    def _baseline_set(self, spec: str, sample: Sample) -> methods.BaselineSet:
         key = ("set", spec, sample.x.shape)
         if key not in self._baseline_data:
-            self._baseline_data[key] = methods.read_baseline_set(spec, self.prep, sample)
+            self._baseline_data[key] = methods.read_baseline_set(
+                spec, self.prep, sample, self.memory_budget
+            )
         return self._baseline_data[key]
 
     def _mean_baseline(self, sample: Sample, settings) -> tuple[np.ndarray, str]:
@@ -1205,6 +1207,7 @@ class Session:
                 self.prep,
                 sample,
                 self.model_path.with_suffix(".json"),
+                self.memory_budget,
             )
         return self._baseline_data[key]
 

@@ -435,3 +435,44 @@ def test_the_completeness_gate_allows_expected_gradients_their_monte_carlo_error
     record["abs_error"] = 4.51
     assert _gated_error(record) == pytest.approx((4.51 - 3.51) / 9.68)
     assert _gated_error({"rel_error": 0.2, "abs_error": 2.0, "delta": 10.0}) == 0.2
+
+
+def test_a_baseline_stack_is_read_row_by_row_never_whole(tmp_path, monkeypatch):
+    """A 940 MB --baselines stack took 4.9 GB with --memory-limit 200M: every row copied,
+    then all stacked as float64 (for the mean, and F at every baseline in one array). A C
+    stack is now read in blocks to check and average, and a row at a time after."""
+    rng = np.random.default_rng(0)
+    stack = rng.uniform(0, 1, (40, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "stack.npy", stack)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(stack))
+    session = igcli.Session(DIGITS)
+    x = session.load(DIGIT_PNGS[0])[0]
+    ref = {}
+    for name in ("fortran.npy", "stack.npy"):
+        if name == "stack.npy":  # from here on, nothing may read the stack whole
+            monkeypatch.setattr("igcli.files.read_npy", lambda *a, **k: 1 / 0)
+        spec = str(tmp_path / name)
+        ref[name] = (
+            session.attribute(x, target=3, baselines=spec, steps=8),
+            session.attribute(x, target=3, baselines=spec, samples=30, seed=1),
+            session.attribute(x, target=3, baseline="mean", baseline_data=spec),
+        )
+    for a, b in zip(ref["fortran.npy"], ref["stack.npy"], strict=True):
+        np.testing.assert_allclose(a.attributions, b.attributions, rtol=1e-5, atol=1e-7)
+        assert a.f_baseline == pytest.approx(b.f_baseline)
+    monkeypatch.undo()
+    np.save(tmp_path / "mean.npy", np.mean(stack.astype(np.float64), axis=0).astype(np.float32))
+    at_mean = session.attribute(x, target=3, baseline=str(tmp_path / "mean.npy"))
+    np.testing.assert_allclose(at_mean.attributions, ref["stack.npy"][2].attributions,
+                               rtol=1e-5, atol=1e-7)  # fmt: skip
+    # what is read whole (a Fortran-ordered stack) must fit --memory-limit: refused before
+    small = igcli.Session(DIGITS, memory_limit=40 * 784 * 4 - 1)
+    with pytest.raises(UsageError, match="over --memory-limit") as err:
+        small.attribute(x, target=3, baselines=str(tmp_path / "fortran.npy"), steps=4)
+    assert "fortran.npy" in str(err.value) and "\n" not in str(err.value)
+    small.attribute(x, target=3, baselines=str(tmp_path / "stack.npy"), steps=4)  # streamed
+    bad = stack.copy()
+    bad[33, 0, 5, 5] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(UsageError, match="row 33: contains NaN or Inf"):
+        session.attribute(x, target=3, baselines=str(tmp_path / "bad.npy"), steps=4)
