@@ -34,6 +34,9 @@ from urllib.parse import quote
 
 import numpy as np
 
+from igcli.errors import IgcliError
+from igcli.files import open_regular, read_text
+
 PAGE_SIZE = 100  # rows the script builds at a time; the page never builds all rows
 # Results the page's table and feature figures hold: a 100,000-row CSV run must not hold
 # 100,000 records in memory to write its page (nor make a 20 MB page). The summary, the
@@ -656,17 +659,17 @@ def _feature_names(model: str, first: dict, width: int) -> list[str]:
     """The sidecar's names where they fit, else the CSV header's, else feature k."""
     sidecar = Path(model).with_suffix(".json")
     try:
-        names = json.loads(sidecar.read_text()).get("feature_names")
+        names = json.loads(read_text(sidecar, 1 << 24)).get("feature_names")
         if isinstance(names, list) and len(names) == width:
             return [str(n) for n in names]
-    except (OSError, ValueError, AttributeError):
+    except (IgcliError, ValueError, AttributeError):
         pass
     try:
-        with open(first["input"], newline="") as fh:
+        with _csv_text(first["input"]) as fh:
             header = [h.strip() for h in next(csv.reader(fh))]
         if len(header) == width:
             return header
-    except (OSError, StopIteration, UnicodeDecodeError, csv.Error):
+    except (OSError, IgcliError, StopIteration, UnicodeDecodeError, csv.Error):
         pass
     return [f"feature {k}" for k in range(width)]
 
@@ -684,7 +687,7 @@ def _feature_values(results: list[dict], names: list[str]) -> np.ndarray | None:
     for path, rows in wanted.items():
         last = max(rows)
         try:
-            with open(path, newline="") as fh:
+            with _csv_text(path) as fh:
                 body = (row for row in csv.reader(fh) if row and any(c.strip() for c in row))
                 header = [h.strip() for h in next(body)]
                 cols = [header.index(n) for n in names]
@@ -695,9 +698,16 @@ def _feature_values(results: list[dict], names: list[str]) -> np.ndarray | None:
                             out[i] = values
                     if k >= last:
                         break
-        except (OSError, UnicodeDecodeError, csv.Error, StopIteration, ValueError, IndexError):
+        except (OSError, IgcliError, UnicodeDecodeError, csv.Error, StopIteration, ValueError,
+                IndexError):  # fmt: skip
             return None
     return None if np.isnan(out).all(axis=1).any() else out
+
+
+def _csv_text(path) -> io.TextIOWrapper:
+    """A CSV a record names, opened again for the report: a regular file only (a merged
+    report's records are anyone's, and a FIFO or /dev/zero there hung the report)."""
+    return io.TextIOWrapper(open_regular(Path(path)), encoding="utf-8-sig", newline="")
 
 
 def _feature_figure(

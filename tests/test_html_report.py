@@ -692,3 +692,21 @@ def test_ten_thousand_results_in_browser(browser, tmp_path, capsys):
         == min((r for r in results), key=lambda r: (r["rel_error"], -int(r["name"][3:])))["name"]
     )
     assert console_problems(browser) == []
+
+
+def test_a_record_naming_a_fifo_or_a_device_does_not_hang_the_page(tmp_path):
+    """The page reads the CSVs its records name again (feature names and values); a merged
+    report's records are anyone's, and a FIFO there blocked the report for good."""
+    import os
+
+    from igcli import html_report
+
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.csv"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        record = {"input": str(path), "name": "rows_row0"}
+        assert html_report._feature_values([record], ["a", "b"]) is None
+        names = html_report._feature_names(str(tmp_path / "m.onnx"), record, 2)
+        assert names == ["feature 0", "feature 1"]
