@@ -50,6 +50,7 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
     model.NO_TARGET) gives an all-zero seed: a plain forward call on the same session.
     """
     from igcli.autodiff import SEED
+    from igcli.autodiff.driver import model_opset
 
     model = copy.deepcopy(grad_model)
     graph = model.graph
@@ -74,7 +75,7 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
             onnx.numpy_helper.from_array(np.array([0, 1], dtype=np.float32), p + "off_on"),
         ]
     )
-    if _opset(model) >= 9:
+    if model_opset(model) >= 9:
         nodes = [
             helper.make_node("Reshape", [output_name, p + "flat_shape"], [p + "flat"]),
             helper.make_node("Shape", [p + "flat"], [p + "flat_dims"]),
@@ -108,10 +109,6 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
     for offset, node in enumerate(nodes):
         graph.node.insert(first + offset, node)
     return model
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 1)
 
 
 def _row_size(value_info) -> int | None:
