@@ -591,19 +591,7 @@ class BatchRun:
         wanted = self.targets_for(item) if self.targets_for is not None else None
         if records and wanted is not None and {r.get("target") for r in records} != set(wanted):
             return None
-        if records and not self._files_inside(records):
-            return None  # a record edited to name a file outside OUT: redone, never used
         return records
-
-    def _files_inside(self, records: list[dict]) -> bool:
-        try:
-            for r in records:
-                for key in ("attributions_file", "heatmap_file"):
-                    if r.get(key):
-                        output_stem(self.local_out, str(r[key]))
-        except OutputError:
-            return False
-        return True
 
     def _resume(self, records: list[dict]) -> None:
         self.report.resumed += 1
@@ -644,7 +632,13 @@ class BatchRun:
             output_stem(self.local_out, rel)
         except OutputError:
             return None
-        return usable_records(self.remote.read_text(rel), self.settings_hash, self.remote.exists)
+
+        # (a record's files are names inside OUT, as result_file says for local ones: one
+        # edited to name ../../photo.png is redone, never used)
+        def exists(name: str) -> bool:
+            return plain_parts(name) is not None and self.remote.exists(name)
+
+        return usable_records(self.remote.read_text(rel), self.settings_hash, exists)
 
     def _accept(self, records: list[dict]) -> None:
         self.report.results.extend(records)
