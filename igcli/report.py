@@ -689,9 +689,9 @@ def merge_reports(
                 "shard again with --skip-existing",
                 stopped[0],
             )
-    elif stopped and warn is not None:
-        warn(f"{stopped[0]}: its run was interrupted, so some of its inputs are in no report")
     elif warn is not None:
+        if stopped:
+            warn(f"{stopped[0]}: its run was interrupted, so some of its inputs are in no report")
         counts = {str((rep.get("settings") or {}).get("shard") or "").partition("/")[2]
                   for rep in reports}  # fmt: skip
         n = counts.pop() if len(counts) == 1 else ""

@@ -160,6 +160,9 @@ def test_an_interrupted_shard_is_refused_with_expect_and_flagged_without(tmp_pat
     warned = []
     merged = merge_reports(paths, warn=warned.append)
     assert merged.summary()["interrupted"] is True and any("interrupted" in w for w in warned)
+    warned = []  # the stopped shard alone: both said (the first once hid the second)
+    merge_reports(paths[:1], warn=warned.append)
+    assert len(warned) == 2 and "interrupted" in warned[0] and "--expect 2" in warned[1]
 
 
 def test_reports_and_manifests_that_are_devices_fifos_or_huge_are_refused_unread(shards, tmp_path):
