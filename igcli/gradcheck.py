@@ -208,13 +208,12 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
     # other outputs (1 when they are all 0 too).
     flat = f0 == 0 and not np.any(f)
     level = (float(np.abs(out).max()) or 1.0) if flat else f0
+    h = np.array(hs)
     for v, fv in zip(vs, f, strict=True):
-        d = (fv[:, 0] - fv[:, 1]) / (2 * np.array(hs))  # central differences, step by step
+        d = (fv[:, 0] - fv[:, 1]) / (2 * h)  # central differences, step by step
         # outputs carry rounding of a few ulps of |F|, and the points their own; both are
         # magnified by 1/h
-        noise = (8 * eps * np.maximum(level, np.abs(fv).max(axis=1)) + input_rounding) / np.array(
-            hs
-        )
+        noise = (8 * eps * np.maximum(level, np.abs(fv).max(axis=1)) + input_rounding) / h
         # the pair of neighbouring steps that agree best: kinks crossed at large steps and
         # rounding at small ones both show as disagreement
         spread = np.abs(np.diff(d)) + noise[1:]
