@@ -1,5 +1,7 @@
 """Model-to-model rewrites before differentiating: fewer and cheaper nodes to reverse.
 
+- ONNX Runtime's contrib ops (SkipLayerNormalization, BiasGelu, ...) are written as the
+  standard ops they compose (see contrib.py), so the standard ops' rules reverse them.
 - Inference BatchNormalization, and Mul/Add/Sub/Div by per-channel constants, right after a
   Conv with constant weights are folded into that Conv's weights and bias. The reverse pass
   then has one Conv to reverse instead of a Conv and a chain of per-channel products.
@@ -39,6 +41,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from igcli.autodiff.contrib import standard_forms
 from igcli.autodiff.inference import infer_shapes, without_initializers
 
 FOLDABLE = {"BatchNormalization", "Mul", "Add", "Sub", "Div"}
@@ -52,8 +55,9 @@ def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.M
     consts = _constants(model.graph, opset)
     protected = {input_name, output_name, *(o.name for o in graph.output)}
     infos = _ranks(model)
+    weights = {i.name: i.data_type for i in model.graph.initializer}
+    new_inits = standard_forms(graph, opset, infos, weights)  # contrib ops, before all else
     nodes = [_Node(n) for n in _live_nodes(graph, output_name)]
-    new_inits: list[onnx.TensorProto] = []
     _fold(nodes, consts, protected, infos, new_inits, opset)
     _gathers_as_slices(nodes, consts, infos, new_inits, opset)
     _attention_probabilities(nodes)

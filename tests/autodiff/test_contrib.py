@@ -1,0 +1,265 @@
+"""ONNX Runtime's contrib ops written in standard ops (igcli/autodiff/contrib.py).
+
+Each case is one contrib node. Its standard form must compute what ONNX Runtime's own kernel
+computes, output by output; the gradient graph built from it must agree with central
+differences of the model that runs the kernel (float32, directional); and the rules the
+standard form leans on are checked in float64 with onnx's reference evaluator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference.op_run import OpRun
+
+from igcli.autodiff import GRAD, SEED, build_gradient_model
+from igcli.autodiff.contrib import MS, standard_forms
+from igcli.autodiff.inference import infer_shapes
+from tests.autodiff.checker import reference_evaluator
+
+RNG = np.random.default_rng(7)
+B, S, H = 2, 5, 8
+
+
+def _r(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+X, SKIP = _r(B, S, H, scale=2.0), _r(B, S, H)
+GAMMA, BETA, BIAS = _r(H) + 1.0, _r(H), _r(H, scale=0.5)
+
+
+def case(op, inputs, outputs=("y",), opset=17, domain=MS, **attrs):
+    """(model, feeds): `inputs` name -> array or None (an empty optional input); names
+    starting with x are graph inputs, the others initializers."""
+    feeds = {k: v for k, v in inputs.items() if k.startswith("x")}
+    inits = [numpy_helper.from_array(v, k) for k, v in inputs.items()
+             if v is not None and not k.startswith("x")]  # fmt: skip
+    names = [k if v is not None else "" for k, v in inputs.items()]
+    node = helper.make_node(op, names, list(outputs), domain=domain, **attrs)
+    graph = helper.make_graph(
+        [node],
+        "contrib",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs if o],
+        inits,
+    )
+    imports = [helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 8
+    return model, feeds
+
+
+def standard(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its contrib node in standard ops."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = next(o.version for o in out.opset_import if o.domain == "")
+    inferred = infer_shapes(out)
+    types = {vi.name: (vi.type.tensor_type.elem_type, len(vi.type.tensor_type.shape.dim))
+             for vi in [*inferred.graph.input, *inferred.graph.value_info]}  # fmt: skip
+    weights = {i.name: i.data_type for i in out.graph.initializer}
+    out.graph.initializer.extend(standard_forms(out.graph, opset, types, weights))
+    return out
+
+
+def _session(model):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+CASES = {
+    "Gelu": case("Gelu", {"x": X}),
+    "BiasGelu": case("BiasGelu", {"x": X, "bias": BIAS}),
+    "FastGelu": case("FastGelu", {"x": X}),
+    "FastGelu-bias": case("FastGelu", {"x": X, "bias": BIAS}),
+    "QuickGelu": case("QuickGelu", {"x": X}),
+    "QuickGelu-alpha": case("QuickGelu", {"x": X}, alpha=0.8),
+    "SkipLayerNorm": case(
+        "SkipLayerNormalization", {"x": X, "xskip": SKIP, "gamma": GAMMA}, epsilon=1e-5
+    ),
+    "SkipLayerNorm-beta-bias-all-outputs": case(
+        "SkipLayerNormalization",
+        {"x": X, "xskip": SKIP, "gamma": GAMMA, "beta": BETA, "bias": BIAS},
+        outputs=("y", "mean", "inv_std", "sum"),
+    ),
+    "SkipLayerNorm-sum-no-bias-opset13": case(
+        "SkipLayerNormalization",
+        {"x": X, "xskip": SKIP, "gamma": GAMMA, "beta": BETA},
+        outputs=("y", "", "", "sum"),
+        opset=13,
+    ),
+    "SkipSimplifiedLayerNorm": case(
+        "SkipSimplifiedLayerNormalization", {"x": X, "xskip": SKIP, "gamma": GAMMA}, epsilon=1e-6
+    ),
+    "SkipSimplifiedLayerNorm-bias-opset18": case(
+        "SkipSimplifiedLayerNormalization",
+        {"x": X, "xskip": SKIP, "gamma": GAMMA, "bias": BIAS},
+        outputs=("y", "", "inv_std", "sum"),
+        opset=18,
+    ),
+    "SimplifiedLayerNorm": case(
+        "SimplifiedLayerNormalization", {"x": X, "scale": GAMMA}, domain="", epsilon=1e-5
+    ),
+    "SimplifiedLayerNorm-axis1-inv-std-opset13": case(
+        "SimplifiedLayerNormalization",
+        {"x": X, "scale": _r(S, H) + 1.0},
+        outputs=("y", "inv_std"),
+        domain="",
+        opset=13,
+        axis=1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_standard_form_computes_what_the_kernel_does(name):
+    model, feeds = CASES[name]
+    rewritten = standard(model)
+    assert not any(n.domain == MS or "Simplified" in n.op_type for n in rewritten.graph.node)
+    outputs = [o.name for o in model.graph.output]
+    ours = _session(rewritten).run(outputs, feeds)
+    theirs = _session(model).run(outputs, feeds)
+    for out, a, b in zip(outputs, ours, theirs, strict=True):
+        assert a.shape == b.shape or a.size == b.size, (out, a.shape, b.shape)
+        np.testing.assert_allclose(a.reshape(b.shape), b, rtol=2e-5, atol=2e-5, err_msg=out)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradient_matches_differences_of_the_kernel(name):
+    """The gradient graph (built from the contrib model) against central differences of
+    ONNX Runtime running the contrib kernel, along random directions, for each output."""
+    model, feeds = CASES[name]
+    for out in [o.name for o in model.graph.output]:
+        grad_model = build_gradient_model(model, "x", out)
+        assert not any(n.domain == MS for n in grad_model.graph.node)
+        kernel = _session(model)
+        y = kernel.run([out], feeds)[0]
+        seed = RNG.standard_normal(y.shape).astype(np.float32)
+        g = _session(grad_model).run([GRAD], {**feeds, SEED: seed})[0].astype(np.float64)
+
+        def f(x, seed=seed, kernel=kernel, out=out):
+            return float(np.sum(seed * kernel.run([out], {**feeds, "x": x})[0], dtype=np.float64))
+
+        for _ in range(3):
+            v = RNG.standard_normal(X.shape)
+            h = 1e-2
+            fd = (f((X + h * v).astype(np.float32)) - f((X - h * v).astype(np.float32))) / (2 * h)
+            assert abs(fd - float(np.sum(g * v))) <= 2e-3 * (np.linalg.norm(g) * np.linalg.norm(v))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_standard_form_gradient_in_float64(name):
+    """The rules under the standard form, exactly: the float64 gradient graph against
+    central differences of the float64 standard form (onnx's reference evaluator)."""
+    model, feeds = CASES[name]
+    model64 = _float64(standard(model))
+    out = model.graph.output[0].name
+    grad_model = build_gradient_model(model64, "x", out)
+    fwd = reference_evaluator(model64, extra=[Erf])
+    bwd = reference_evaluator(grad_model, extra=[Erf])
+    x = feeds["x"].astype(np.float64)
+    others = {k: v.astype(np.float64) for k, v in feeds.items() if k != "x"}
+    y = fwd.run([out], {**others, "x": x})[0]
+    seed = RNG.standard_normal(y.shape)
+    g = bwd.run([GRAD], {**others, "x": x, SEED: seed})[0]
+    v = RNG.standard_normal(x.shape)
+    h = 1e-6
+
+    def f(z):
+        return float(np.sum(seed * fwd.run([out], {**others, "x": z})[0]))
+
+    fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+    assert abs(fd - float(np.sum(g * v))) <= 1e-6 * max(1.0, abs(fd))
+
+
+class Erf(OpRun):
+    """erf in the input's precision (onnx's reference evaluator computes it in float32)."""
+
+    op_domain = ""
+
+    def _run(self, x):
+        return (np.vectorize(math.erf, otypes=[x.dtype])(x),)
+
+
+def _float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
+                                                  init.name))  # fmt: skip
+    for vi in [*out.graph.input, *out.graph.output, *out.graph.value_info]:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return out
+
+
+def test_an_unhandled_form_is_left_for_the_driver_to_name():
+    """SkipSimplifiedLayerNormalization's mean output is not defined: the node stays, and the
+    driver names it among the ops without a rule."""
+    model, _ = case(
+        "SkipSimplifiedLayerNormalization",
+        {"x": X, "xskip": SKIP, "gamma": GAMMA},
+        outputs=("y", "mean"),
+    )
+    from igcli.errors import UnsupportedOpsError
+
+    with pytest.raises(UnsupportedOpsError, match="com.microsoft.SkipSimplifiedLayerNormalization"):
+        build_gradient_model(model, "x", "y")
+
+
+def _fused_block(tmp_path):
+    """A transformer MLP block as ONNX Runtime's optimizer leaves it: MatMul, BiasGelu,
+    MatMul, SkipLayerNormalization, then a classifier on the first position."""
+    rng = np.random.default_rng(11)
+    shapes = [((H, 16), 0.5), ((16,), 0.1), ((16, H), 0.5), ((H, 3), 1.0)]
+    w1, b1, w2, head = (rng.standard_normal(s).astype(np.float32) * k for s, k in shapes)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("BiasGelu", ["h", "b1"], ["a"], domain=MS),
+        helper.make_node("MatMul", ["a", "w2"], ["m"]),
+        helper.make_node(
+            "SkipLayerNormalization", ["m", "x", "gamma", "beta"], ["n"], domain=MS, epsilon=1e-12
+        ),  # fmt: skip
+        helper.make_node("Gather", ["n", "zero"], ["first"], axis=1),
+        helper.make_node("MatMul", ["first", "head"], ["logits"]),
+    ]
+    inits = {"w1": w1, "b1": b1, "w2": w2, "gamma": GAMMA, "beta": BETA, "head": head,
+             "zero": np.array(0, np.int64)}  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "fused",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", S, H])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 8
+    fused = tmp_path / "fused.onnx"
+    onnx.save(model, fused)
+    plain = tmp_path / "plain.onnx"
+    onnx.save(standard(model), plain)
+    return fused, plain
+
+
+def test_a_fused_model_is_explained_through_its_gradient_graph(tmp_path, monkeypatch):
+    """What the issue saw: an optimised BERT fell back to finite differences. The fused block
+    gets a gradient graph, and the attributions of the same block in standard ops."""
+    from igcli.session import Session
+
+    monkeypatch.setenv("IGCLI_CACHE_DIR", str(tmp_path / "cache"))
+    fused, plain = _fused_block(tmp_path)
+    x = X[:1]
+    ours = Session(fused).attribute(x, target=1, baseline="zero", steps=64)
+    same = Session(plain).attribute(x, target=1, baseline="zero", steps=64)
+    assert ours.gradient_source == "graph"
+    np.testing.assert_allclose(ours.attributions, same.attributions, rtol=1e-4, atol=1e-6)
+    assert abs(ours.attribution_sum - ours.delta) <= 1e-2 * abs(ours.delta)
