@@ -6,8 +6,10 @@ A tiny torchvision VisionTransformer (32x32 images, 8x8 patches, 2 layers of wid
 random weights, seeded) exported three ways: the legacy TorchScript exporter
 (dynamo=False) at opsets 17 and 18, which writes shape arithmetic (Shape/Gather/Concat,
 Expand of the class token) that once broke the transform, and the dynamo exporter at
-opset 18. `vit_reference.npz` holds an input x (batch 2), the logits, a seed and the PyTorch
-gradient of sum(seed * logits) w.r.t. x computed in float64, so the tests need no torch.
+opset 18; `vit_ortopt_opset17.onnx` is the first after ONNX Runtime's transformer
+optimizer (fused com.microsoft ops). `vit_reference.npz` holds an input x (batch 2), the
+logits, a seed and the PyTorch gradient of sum(seed * logits) w.r.t. x computed in float64,
+so the tests need no torch.
 
 `stn_dynamo_opset20.onnx` is a tiny spatial transformer: a localisation net computes theta
 from the image, F.affine_grid and F.grid_sample (border padding) resample it, a small CNN
@@ -127,6 +129,21 @@ def make_vit() -> None:
         export(model, torch.tensor(x), name, opset, dynamo)  # batch 2: torch pins a batch of 1
         print(f"{name}.onnx: {(OUT / f'{name}.onnx').stat().st_size / 1024:.0f} KiB")
     np.savez(OUT / "vit_reference.npz", x=x, seed=seed, grad=grad, logits=logits)
+    optimise_vit()
+
+
+def optimise_vit() -> None:
+    """vit_ortopt_opset17.onnx: the legacy opset-17 export as ONNX Runtime's transformer
+    optimizer leaves it (SkipLayerNormalization, BiasGelu: com.microsoft ops); the same
+    function, so the same reference."""
+    from onnxruntime.transformers import optimizer
+
+    fused = optimizer.optimize_model(
+        str(OUT / "vit_legacy_opset17.onnx"), model_type="vit", num_heads=2, hidden_size=16
+    )
+    fused.save_model_to_file(str(OUT / "vit_ortopt_opset17.onnx"))
+    size = (OUT / "vit_ortopt_opset17.onnx").stat().st_size
+    print(f"vit_ortopt_opset17.onnx: {size / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":

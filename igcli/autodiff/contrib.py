@@ -2,7 +2,7 @@
 
 Models that ONNX Runtime's transformer optimizer (or Olive, or optimum) has fused carry ops of
 the com.microsoft domain: BiasGelu, FastGelu, SkipLayerNormalization and the like, and
-SimplifiedLayerNormalization, a contrib op in the standard domain. None has a gradient rule,
+SimplifiedLayerNormalization, a contrib op in the standard domain. None had a gradient rule,
 so such a model fell back to finite differences (an optimised 2-layer BERT: 16 s instead of
 2.7). Each is the composition of standard ops written here, with the same inputs, attributes
 and outputs, so the rules of those ops give its gradient. Only the graph that is
@@ -31,11 +31,16 @@ MS = "com.microsoft"
 class _Writer:
     """Nodes and scalar constants for one graph, under fresh names."""
 
-    def __init__(self, graph: onnx.GraphProto, opset: int, taken: set[str]) -> None:
-        taken = taken | {n for node in graph.node for n in [*node.input, *node.output]}
+    def __init__(
+        self, graph: onnx.GraphProto, opset: int, weights: Mapping[str, list[int]], ranks
+    ) -> None:
+        taken = set(weights)
+        taken |= {n for node in graph.node for n in [*node.input, *node.output]}
         taken |= {i.name for i in [*graph.initializer, *graph.input]}
         self._fresh = (n for k in itertools.count() if (n := f"igcli_std_{k}") not in taken)
         self.opset = opset
+        self.weights = weights  # initializer name -> dims
+        self.ranks = ranks  # tensor name -> rank, where known
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._consts: dict[tuple[int, float], str] = {}
@@ -50,10 +55,15 @@ class _Writer:
             self._consts[elem, value] = name
         return self._consts[elem, value]
 
-    def axes(self, axes: list[int]) -> str:
+    def ints(self, values, scalar: bool = False) -> str:
+        """An int64 constant: a list, or one value as a scalar."""
         name = next(self._fresh)
-        self.initializers.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+        array = np.array(values if scalar else list(values), np.int64)
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name
+
+    def axes(self, axes: list[int]) -> str:
+        return self.ints(axes)
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
         name = out or next(self._fresh)
@@ -182,6 +192,73 @@ def simplified_layer_norm(w: _Writer, node: onnx.NodeProto, rank: int | None) ->
     return True
 
 
+def attention(w: _Writer, node: onnx.NodeProto) -> bool:
+    """Multi-head self-attention on input [B, S, D] with packed weights [D, q + k + v]:
+    softmax(Q K^T * scale + mask) V, heads concatenated. Masks: none, key lengths [B], a
+    0/1 mask [B, S] or [B, S, S], attention_bias, unidirectional; a past state (a decoder
+    step) is left as it is."""
+    x, weights, bias = node.input[0], node.input[1], _arg(node, 2)
+    mask, bias_in = _arg(node, 3), _arg(node, 5)
+    if _arg(node, 4) or _arg(node, 6) or _out(node, 1) or _attr(node, "do_rotary", 0):
+        return False
+    heads = int(_attr(node, "num_heads", 0))
+    sizes = list(_attr(node, "qkv_hidden_sizes", []))
+    width = w.weights.get(weights)
+    if not sizes and width is not None:
+        sizes = [width[-1] // 3] * 3
+    if heads < 1 or len(sizes) != 3 or any(s % heads for s in sizes):
+        return False
+    fill = float(_attr(node, "mask_filter_value", -10000.0))
+    scale = float(_attr(node, "scale", 0.0)) or 1 / math.sqrt(sizes[0] // heads)
+    qkv = w.op("MatMul", x, weights)
+    qkv = w.op("Add", qkv, bias) if bias else qkv
+    edges = np.cumsum([0, *sizes]).tolist()
+
+    def head(k: int) -> str:  # [B, S, size] -> [B, N, S, size / N]
+        part = w.op("Slice", qkv, w.ints([edges[k]]), w.ints([edges[k + 1]]), w.ints([-1]))
+        split = w.op("Reshape", part, w.ints([0, 0, heads, sizes[k] // heads]))
+        return w.op("Transpose", split, perm=[0, 2, 1, 3])
+
+    q, k, v = head(0), head(1), head(2)
+    scores = w.op("Mul", w.op("MatMul", q, w.op("Transpose", k, perm=[0, 1, 3, 2])),
+                  w.const(scale))  # fmt: skip
+    if mask:
+        rank = w.ranks.get(mask)
+        if rank not in (1, 2, 3):
+            return False
+        scores = w.op("Add", scores, _mask_values(w, x, mask, rank, fill))
+    if bias_in:
+        scores = w.op("Add", scores, bias_in)
+    if _attr(node, "unidirectional", 0):
+        seq = _positions(w, x)
+        later = w.op("Greater", w.op("Reshape", seq, w.ints([1, -1])),
+                     w.op("Reshape", seq, w.ints([-1, 1])))  # fmt: skip
+        scores = w.op("Add", scores, w.op("Where", later, w.const(fill), w.const(0.0)))
+    probs = w.op("Softmax", scores, axis=-1)
+    mixed = w.op("Transpose", w.op("MatMul", probs, v), perm=[0, 2, 1, 3])
+    w.op("Reshape", mixed, w.ints([0, 0, sizes[2]]), out=node.output[0])
+    return True
+
+
+def _mask_values(w: _Writer, x: str, mask: str, rank: int, fill: float) -> str:
+    """What the scores get added: 0 where a key is kept, `fill` where masked, shaped to
+    broadcast over [B, N, S, S]. Rank 1: each row's key count; else 1 keeps a key."""
+    if rank == 1:
+        count = w.op("Cast", mask, to=TensorProto.INT64)
+        keep = w.op("Less", w.op("Reshape", _positions(w, x), w.ints([1, -1])),
+                    w.op("Reshape", count, w.ints([-1, 1])))  # fmt: skip
+    else:
+        keep = w.op("Greater", w.op("Cast", mask, to=TensorProto.INT64), w.ints(0, scalar=True))
+    values = w.op("Where", keep, w.const(0.0), w.const(fill))
+    return w.op("Reshape", values, w.ints([0, 1, 1, -1] if rank < 3 else [0, 1, 0, -1]))
+
+
+def _positions(w: _Writer, x: str) -> str:
+    """0, 1, ..., S - 1 for x [B, S, D]."""
+    size = w.op("Gather", w.op("Shape", x), w.ints(1, scalar=True))
+    return w.op("Range", w.ints(0, scalar=True), size, w.ints(1, scalar=True))
+
+
 Build = Callable[[_Writer, onnx.NodeProto], bool]
 _MS_OPS: dict[str, Build] = {
     "Gelu": gelu,
@@ -190,6 +267,7 @@ _MS_OPS: dict[str, Build] = {
     "QuickGelu": quick_gelu,
     "SkipLayerNormalization": skip_layer_norm,
     "SkipSimplifiedLayerNormalization": skip_simplified_layer_norm,
+    "Attention": attention,
 }
 
 
@@ -197,17 +275,19 @@ def standard_forms(
     graph: onnx.GraphProto,
     opset: int,
     types: Mapping[str, tuple[int, int]],
-    weights: Mapping[str, int],
+    weights: Mapping[str, tuple[int, list[int]]],
 ) -> list[onnx.TensorProto]:
     """Rewrite the contrib ops of `graph` (not its subgraphs) in standard ops, in place;
     returns the constants the new nodes read, for the caller to add as initializers.
     `types`: name -> (element type, rank), where known; `weights`: initializer name ->
-    element type. onnx's shape inference stops at the first contrib op, so a node's float
+    (element type, dims). onnx's shape inference stops at the first contrib op, so a node's float
     type may come from its weights instead, or else from the graph's weights."""
-    inits = dict(weights)
+    inits = {name: elem for name, (elem, _) in weights.items()}
     floats = [t for t in inits.values() if t in _FLOATS]
     usual = max(set(floats), key=floats.count) if floats else TensorProto.FLOAT
-    w = _Writer(graph, opset, set(inits))
+    ranks = {name: rank for name, (_, rank) in types.items()}
+    ranks.update({name: len(dims) for name, (_, dims) in weights.items()})
+    w = _Writer(graph, opset, {name: dims for name, (_, dims) in weights.items()}, ranks)
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         build = _builder(node, types)

@@ -55,7 +55,7 @@ def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.M
     consts = _constants(model.graph, opset)
     protected = {input_name, output_name, *(o.name for o in graph.output)}
     infos = _ranks(model)
-    weights = {i.name: i.data_type for i in model.graph.initializer}
+    weights = {i.name: (i.data_type, list(i.dims)) for i in model.graph.initializer}
     new_inits = standard_forms(graph, opset, infos, weights)  # contrib ops, before all else
     nodes = [_Node(n) for n in _live_nodes(graph, output_name)]
     _fold(nodes, consts, protected, infos, new_inits, opset)

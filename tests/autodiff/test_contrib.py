@@ -63,7 +63,7 @@ def standard(model: onnx.ModelProto) -> onnx.ModelProto:
     inferred = infer_shapes(out)
     types = {vi.name: (vi.type.tensor_type.elem_type, len(vi.type.tensor_type.shape.dim))
              for vi in [*inferred.graph.input, *inferred.graph.value_info]}  # fmt: skip
-    weights = {i.name: i.data_type for i in out.graph.initializer}
+    weights = {i.name: (i.data_type, list(i.dims)) for i in out.graph.initializer}
     out.graph.initializer.extend(standard_forms(out.graph, opset, types, weights))
     return out
 
@@ -116,6 +116,31 @@ CASES = {
         axis=1,
     ),
 }
+QKV, QKV_BIAS = _r(H, 3 * H, scale=0.5), _r(3 * H, scale=0.2)
+ATTENTION = {"x": X, "weights": QKV, "bias": QKV_BIAS}
+CASES.update({
+    "Attention": case("Attention", ATTENTION, num_heads=2),
+    "Attention-mask-2d": case(
+        "Attention", {**ATTENTION, "mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)},
+        num_heads=2,
+    ),
+    "Attention-key-lengths-unidirectional-opset13": case(
+        "Attention", {**ATTENTION, "mask": np.array([4, 2], np.int32)}, num_heads=4,
+        unidirectional=1, opset=13,
+    ),
+    "Attention-mask-3d-scale": case(
+        "Attention", {**ATTENTION, "mask": (RNG.random((B, S, S)) > 0.3).astype(np.int32)},
+        num_heads=2, scale=0.3,
+    ),
+    "Attention-bias-input": case(
+        "Attention", {**ATTENTION, "mask": None, "past": None, "pos": _r(1, 2, S, S)},
+        num_heads=2,
+    ),
+    "Attention-qkv-sizes": case(
+        "Attention", {"x": X, "weights": _r(H, 20, scale=0.5), "bias": _r(20, scale=0.2)},
+        num_heads=2, qkv_hidden_sizes=[8, 8, 4],
+    ),
+})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CASES))

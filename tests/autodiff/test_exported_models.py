@@ -2,7 +2,9 @@
 
 tests/autodiff/data holds a tiny torchvision ViT (32x32, two layers of width 16, random
 weights) exported with the legacy TorchScript exporter at opsets 17 and 18 and with the
-dynamo exporter at opset 18 (scripts/make_autodiff_fixtures.py). The legacy exports write
+dynamo exporter at opset 18, and the first once more after ONNX Runtime's transformer
+optimizer, which fuses SkipLayerNormalization and BiasGelu (com.microsoft ops; they fell back
+to finite differences) (scripts/make_autodiff_fixtures.py). The legacy exports write
 the class token's Expand and the attention reshapes as shape arithmetic; they once failed
 with "'int' object is not iterable" and fell back to hours of finite differences.
 vit_reference.npz holds x (batch 2), the logits and PyTorch's float64 gradient of
@@ -19,7 +21,7 @@ import pytest
 from igcli.autodiff import GRAD, SEED, build_gradient_graph
 
 DATA = Path(__file__).parent / "data"
-VITS = ["vit_legacy_opset17", "vit_legacy_opset18", "vit_dynamo_opset18"]
+VITS = ["vit_legacy_opset17", "vit_legacy_opset18", "vit_dynamo_opset18", "vit_ortopt_opset17"]
 
 
 def _matches_reference(sess: ort.InferenceSession, ref) -> None:
