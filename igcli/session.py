@@ -29,6 +29,7 @@ import onnx
 from igcli import baselines, methods
 from igcli.attribution import Attribution
 from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
+from igcli.autodiff.contrib import with_embeddings_exposed
 from igcli.cache import cache_key, load_check, load_graph, save_check, save_graph
 from igcli.cut import AGGREGATES, Cut, embedding_lookups, make_cut
 from igcli.errors import (
@@ -374,6 +375,8 @@ class Session:
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
         self.model = without_initializer_inputs(load_model(self.model_path))
+        # (an ONNX Runtime-fused embedding block hides the lookup token models start at)
+        self.model = with_embeddings_exposed(self.model)
         self.sha256 = model_hash(self.model_path, remember=self.use_cache)
         self.sidecar = Sidecar.load(self.model_path)
         inputs = require_inputs(self.model, self.model_path)

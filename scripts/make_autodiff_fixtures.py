@@ -7,9 +7,10 @@ random weights, seeded) exported three ways: the legacy TorchScript exporter
 (dynamo=False) at opsets 17 and 18, which writes shape arithmetic (Shape/Gather/Concat,
 Expand of the class token) that once broke the transform, and the dynamo exporter at
 opset 18; `vit_ortopt_opset17.onnx` is the first after ONNX Runtime's transformer
-optimizer (fused com.microsoft ops). `vit_reference.npz` holds an input x (batch 2), the
-logits, a seed and the PyTorch gradient of sum(seed * logits) w.r.t. x computed in float64,
-so the tests need no torch.
+optimizer (fused com.microsoft ops), `bert_ortopt_opset17.onnx` the corpus's BERT fully
+fused the same way. `vit_reference.npz` holds an input x (batch 2), the logits, a seed and
+the PyTorch gradient of sum(seed * logits) w.r.t. x computed in float64, so the tests need
+no torch.
 
 `stn_dynamo_opset20.onnx` is a tiny spatial transformer: a localisation net computes theta
 from the image, F.affine_grid and F.grid_sample (border padding) resample it, a small CNN
@@ -144,6 +145,20 @@ def optimise_vit() -> None:
     fused.save_model_to_file(str(OUT / "vit_ortopt_opset17.onnx"))
     size = (OUT / "vit_ortopt_opset17.onnx").stat().st_size
     print(f"vit_ortopt_opset17.onnx: {size / 1024:.0f} KiB")
+    optimise_bert()
+
+
+def optimise_bert() -> None:
+    """bert_ortopt_opset17.onnx: the corpus's random BERT (tests/corpus, int64 token ids)
+    fully fused by the optimizer: EmbedLayerNormalization, Attention with a mask index,
+    SkipLayerNormalization, BiasGelu. The corpus's Captum reference is its reference too."""
+    from onnxruntime.transformers import optimizer
+
+    corpus = OUT.parent.parent / "corpus" / "models" / "hf_bert_legacy_op17.onnx"
+    fused = optimizer.optimize_model(str(corpus), model_type="bert", num_heads=2, hidden_size=32)
+    fused.save_model_to_file(str(OUT / "bert_ortopt_opset17.onnx"))
+    size = (OUT / "bert_ortopt_opset17.onnx").stat().st_size
+    print(f"bert_ortopt_opset17.onnx: {size / 1024:.0f} KiB")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class _Writer:
         taken = set(weights)
         taken |= {n for node in graph.node for n in [*node.input, *node.output]}
         taken |= {i.name for i in [*graph.initializer, *graph.input]}
+        self._taken = taken
         self._fresh = (n for k in itertools.count() if (n := f"igcli_std_{k}") not in taken)
         self.opset = opset
         self.weights = weights  # initializer name -> dims
@@ -45,6 +46,13 @@ class _Writer:
         self.initializers: list[onnx.TensorProto] = []
         self._consts: dict[tuple[int, float], str] = {}
         self.elem = TensorProto.FLOAT
+
+    def unique(self, name: str) -> str:
+        """`name` if no tensor has it yet, else a fresh name."""
+        if name in self._taken:
+            return next(self._fresh)
+        self._taken.add(name)
+        return name
 
     def const(self, value: float, elem: int | None = None) -> str:
         elem = elem or self.elem
@@ -253,6 +261,36 @@ def _mask_values(w: _Writer, x: str, mask: str, rank: int, fill: float) -> str:
     return w.op("Reshape", values, w.ints([0, 1, 1, -1] if rank < 3 else [0, 1, 0, -1]))
 
 
+def embed_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
+    """LayerNorm(word[ids] + position[0..S-1 or position_ids] + segment[segment_ids]);
+    outputs y, mask_index (each row's count of mask ones), the sum before the norm. The
+    word lookup becomes a Gather of its own: the embedding lookup a token model is
+    attributed at."""
+    ids, segments = node.input[0], _arg(node, 1)
+    words, places, kinds = node.input[2], node.input[3], _arg(node, 4)
+    gamma, beta, mask, position_ids = node.input[5], node.input[6], _arg(node, 7), _arg(node, 8)
+    if _out(node, 1) and (not mask or int(_attr(node, "mask_index_type", 1)) != 1):
+        return False
+    total = w.op("Gather", words, ids, axis=0, out=w.unique(f"{node.output[0]}/word_embeddings"))
+    where = position_ids or _positions(w, ids)
+    total = w.op("Add", total, w.op("Gather", places, where, axis=0))
+    if segments and kinds:
+        total = w.op("Add", total, w.op("Gather", kinds, segments, axis=0))
+    if _out(node, 2):
+        total = w.op("Identity", total, out=node.output[2])
+    eps = float(_attr(node, "epsilon", 1e-12))
+    _layer_norm(w, total, gamma, beta, eps, [node.output[0], "", ""])
+    if _out(node, 1):
+        ones = w.op("Cast", w.op("Greater", w.op("Cast", mask, to=TensorProto.INT64),
+                                 w.ints(0, scalar=True)), to=TensorProto.INT32)  # fmt: skip
+        if w.opset >= 13:
+            count = w.op("ReduceSum", ones, w.ints([1]), keepdims=0)
+        else:
+            count = w.op("ReduceSum", ones, axes=[1], keepdims=0)
+        w.op("Identity", count, out=node.output[1])
+    return True
+
+
 def _positions(w: _Writer, x: str) -> str:
     """0, 1, ..., S - 1 for x [B, S, D]."""
     size = w.op("Gather", w.op("Shape", x), w.ints(1, scalar=True))
@@ -268,6 +306,7 @@ _MS_OPS: dict[str, Build] = {
     "SkipLayerNormalization": skip_layer_norm,
     "SkipSimplifiedLayerNormalization": skip_simplified_layer_norm,
     "Attention": attention,
+    "EmbedLayerNormalization": embed_layer_norm,
 }
 
 
@@ -276,6 +315,7 @@ def standard_forms(
     opset: int,
     types: Mapping[str, tuple[int, int]],
     weights: Mapping[str, tuple[int, list[int]]],
+    only: set[str] | None = None,
 ) -> list[onnx.TensorProto]:
     """Rewrite the contrib ops of `graph` (not its subgraphs) in standard ops, in place;
     returns the constants the new nodes read, for the caller to add as initializers.
@@ -290,9 +330,9 @@ def standard_forms(
     w = _Writer(graph, opset, {name: dims for name, (_, dims) in weights.items()}, ranks)
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
-        build = _builder(node, types)
+        build = _builder(node, types) if only is None or node.op_type in only else None
         known = [types.get(i, (0, 0))[0] or inits.get(i, 0) for i in node.input if i]
-        elem = next((t for t in known if t), usual)
+        elem = next((t for t in known if t in _FLOATS), usual)
         if build is None or elem not in _FLOATS:
             nodes.append(node)
             continue
@@ -313,3 +353,18 @@ def _builder(node: onnx.NodeProto, types: Mapping[str, tuple[int, int]]) -> Buil
         rank = types.get(node.input[0], (0, None))[1]
         return lambda w, node: simplified_layer_norm(w, node, rank)
     return None
+
+
+def with_embeddings_exposed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each fused EmbedLayerNormalization written out (a copy; the model itself
+    when it has none): its word-embedding lookup is then a Gather of the ids that a token
+    model's attributions can start at, as in the model before ONNX Runtime fused it."""
+    if not any(n.domain == MS and n.op_type == "EmbedLayerNormalization" for n in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
+    weights = {i.name: (i.data_type, list(i.dims)) for i in out.graph.initializer}
+    found = standard_forms(out.graph, opset, {}, weights, only={"EmbedLayerNormalization"})
+    out.graph.initializer.extend(found)
+    return out

@@ -288,3 +288,76 @@ def test_a_fused_model_is_explained_through_its_gradient_graph(tmp_path, monkeyp
     assert ours.gradient_source == "graph"
     np.testing.assert_allclose(ours.attributions, same.attributions, rtol=1e-4, atol=1e-6)
     assert abs(ours.attribution_sum - ours.delta) <= 1e-2 * abs(ours.delta)
+
+
+def _embed_case(mask=None, position_ids=None, segments=True, outputs=("y", "mask_index", "sum")):
+    """An EmbedLayerNormalization node over int32 ids [B, S] (graph inputs)."""
+    vocab, places = 11, 9
+    ids = RNG.integers(0, vocab, (B, S)).astype(np.int32)
+    feeds = {"ids": ids}
+    if segments:
+        feeds["segments"] = RNG.integers(0, 2, (B, S)).astype(np.int32)
+    if mask is not None:
+        feeds["mask"] = mask
+    if position_ids is not None:
+        feeds["positions"] = position_ids
+    weights = {"words": _r(vocab, H), "places": _r(places, H), "kinds": _r(2, H),
+               "gamma": GAMMA, "beta": BETA}  # fmt: skip
+    names = ["ids", "segments" if segments else "", "words", "places",
+             "kinds" if segments else "", "gamma", "beta", "mask" if mask is not None else "",
+             "positions" if position_ids is not None else ""]  # fmt: skip
+    while not names[-1]:
+        names.pop()
+    node = helper.make_node("EmbedLayerNormalization", names, list(outputs), domain=MS,
+                            epsilon=1e-12)  # fmt: skip
+    graph = helper.make_graph(
+        [node],
+        "embed",
+        [helper.make_tensor_value_info(k, TensorProto.INT32, v.shape) for k, v in feeds.items()],
+        [helper.make_empty_tensor_value_info(o) for o in outputs if o],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 8
+    return model, feeds
+
+
+HOLE = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], np.int32)
+
+
+@pytest.mark.parametrize(
+    "model_feeds",
+    [
+        _embed_case(mask=HOLE),
+        _embed_case(mask=HOLE, segments=False, outputs=("y", "mask_index")),
+        _embed_case(mask=HOLE, position_ids=np.array([[4, 3, 2, 1, 0]] * B, np.int32)),
+        _embed_case(outputs=("y", "", "sum")),
+    ],
+    ids=["mask-with-a-hole", "no-segments", "position-ids", "sum-only"],
+)
+def test_embed_layer_norm_computes_what_the_kernel_does(model_feeds):
+    from igcli.autodiff.contrib import with_embeddings_exposed
+
+    model, feeds = model_feeds
+    rewritten = with_embeddings_exposed(model)
+    assert not any(n.domain == MS for n in rewritten.graph.node)
+    assert "y/word_embeddings" in {o for n in rewritten.graph.node for o in n.output}
+    outputs = [o.name for o in model.graph.output]
+    for out, a, b in zip(
+        outputs,
+        _session(rewritten).run(outputs, feeds),
+        _session(model).run(outputs, feeds),
+        strict=True,
+    ):
+        assert a.dtype == b.dtype, out
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5, err_msg=out)
+
+
+def test_a_mask_index_without_a_mask_is_left_to_the_kernel():
+    """With no mask the kernel's mask_index is its own business: the node stays."""
+    from igcli.autodiff.contrib import with_embeddings_exposed
+
+    model, _ = _embed_case()
+    model, _ = _embed_case(outputs=("y", "mask_index"))
+    assert any(n.domain == MS for n in with_embeddings_exposed(model).graph.node)

@@ -60,3 +60,29 @@ def test_spatial_transformer_gradient_equals_pytorch():
     graph = build_gradient_graph(model, "x", "logits", sample_shape=ref["x"].shape[1:])
     sess = ort.InferenceSession(graph.model.SerializeToString())
     _matches_reference(sess, ref)
+
+
+def test_a_fully_fused_bert_is_explained_at_its_word_embeddings(tmp_path, monkeypatch):
+    """The corpus's random BERT as ONNX Runtime's transformer optimizer leaves it: the word
+    lookup hidden in EmbedLayerNormalization, the attention one Attention node reading its
+    mask index. Before, the token model was refused ("feeds no embedding lookup"). Now it is
+    attributed at the lookup through a gradient graph, and agrees with the corpus's Captum
+    LayerIntegratedGradients reference for the unfused model."""
+    from igcli.session import Session
+
+    monkeypatch.setenv("IGCLI_CACHE_DIR", str(tmp_path / "cache"))
+    model = onnx.load(DATA / "bert_ortopt_opset17.onnx")
+    fused = {n.op_type for n in model.graph.node if n.domain == "com.microsoft"}
+    assert {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization"} <= fused
+    corpus = Path(__file__).parent.parent / "corpus" / "data"
+    feeds = {name: corpus / f"hf_bert.{name}.npy" for name in ("attention_mask", "token_type_ids")}
+    session = Session(DATA / "bert_ortopt_opset17.onnx", feeds=feeds, gradients="graph")
+    ids = np.load(corpus / "hf_bert.input_ids.npy")
+    base = np.load(corpus / "hf_bert.baseline_ids.npy")
+    ref = np.load(corpus / "hf_bert.lig_word_embeddings.ref.npy")
+    a = session.attribute(ids, target=1, baseline=base, steps=32, method="gausslegendre")
+    assert a.gradient_source == "graph"
+    assert a.at.endswith("/word_embeddings")
+    got = a.attributions.reshape(ref.shape)
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99999
+    assert np.abs(got - ref).sum() / np.abs(ref).sum() < 1e-4
