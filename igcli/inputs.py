@@ -311,9 +311,11 @@ def read_image(
                 _check_pixels(img.size, path)
                 if notes is not None and _animated(img):
                     notes.append("several frames (an animation or pages); the first is explained")
+                # Decoded before the stretch note reads EXIF: a PNG's getexif() decodes the
+                # pixels itself, and a damaged stream's error must surface from that one decode.
+                arr, max_value = _decode(img, fh, channels, target, path, prep.crop)
                 if notes is not None and target and prep.crop is None:
                     notes.extend(_stretch_note(img, target))
-                arr, max_value = _decode(img, fh, channels, target, path, prep.crop)
         except IgcliError:
             raise
         except Image.DecompressionBombError as exc:  # Pillow refuses even bigger ones itself
@@ -443,7 +445,8 @@ STRETCH_NOTED = 2.0  # an aspect ratio changed by this factor or more is worth a
 
 def _stretch_note(img, target: tuple[int, int]) -> list[str]:
     """A line when squashing the image to the model's size changes its shape a lot (a
-    20000x1 strip made 28x28 gave no sign of it); none for the usual photo to square."""
+    20000x1 strip made 28x28 gave no sign of it); none for the usual photo to square.
+    `img` must be decoded already, so the except below only meets damaged EXIF."""
     w, h = img.size
     try:
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # stored sideways (see _upright)
@@ -489,7 +492,8 @@ def _png16_rawmode(img) -> bool:
 
 
 def _upright(img):
-    """EXIF orientation applied (phone photos are stored sideways and flagged)."""
+    """EXIF orientation applied (phone photos are stored sideways and flagged). Called on a
+    decoded image only, so the except below meets damaged EXIF, not damaged pixels."""
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:  # damaged EXIF: keep the stored orientation, as viewers do

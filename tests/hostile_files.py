@@ -87,3 +87,15 @@ def npy_claiming(shape: tuple, descr: str = "<f4") -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def png_damaged(samples: np.ndarray) -> bytes:
+    """An 8-bit RGB PNG of (H, W, 3) samples with one byte flipped in the middle of its
+    IDAT data and the chunk's CRC made right again, so only decoding the pixels finds it."""
+    data = bytearray(png_bytes(samples, 8, 2))
+    start = data.index(b"IDAT")
+    length = struct.unpack(">I", data[start - 4 : start])[0]
+    data[start + 4 + length // 2] ^= 0xFF
+    body = bytes(data[start : start + 4 + length])
+    data[start + 4 + length : start + 8 + length] = struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    return bytes(data)

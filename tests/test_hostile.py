@@ -257,6 +257,24 @@ def test_truncated_and_empty_and_disguised_images(tmp_path):
     assert load_samples(tmp_path / "j.png", FIXED_RGB, "j")[0].x.shape == (3, 4, 4)
 
 
+def test_damaged_png_data_is_refused_not_read_as_black(tmp_path):
+    """A flipped byte in IDAT (CRC intact) once read as zeros from there on, with no error:
+    the stretch note's EXIF lookup decoded the pixels and swallowed the decoder's error."""
+    samples = np.random.default_rng(0).integers(0, 256, (16, 24, 3), np.uint8)
+    path = hf.write(tmp_path / "bad.png", hf.png_damaged(samples))
+    refused(path, FIXED_RGB, r"cannot decode image \(broken data stream")
+    with pytest.raises(InputError, match="broken data stream"):
+        read_image(path, FIXED_RGB, notes=[])
+
+
+def test_sixteen_bit_colour_png_keeps_its_precision_with_notes(tmp_path):
+    """The stretch note's EXIF lookup once decoded a 16-bit PNG as 8-bit before igcli could."""
+    samples = np.random.default_rng(1).integers(0, 65536, (9, 11, 3)).astype(np.uint16)
+    path = hf.write(tmp_path / "c16.png", hf.png_bytes(samples, 16, 2))
+    sample = load_samples(path, FIXED_RGB, "c16")[0]
+    assert len(np.unique(np.round(sample.pixels * 65535))) > 40
+
+
 def test_sixteen_bit_grey_png_keeps_its_precision(tmp_path):
     grey = np.array([[0, 32768], [65535, 1]], dtype=np.uint16)
     Image.fromarray(grey).save(tmp_path / "g16.png")
