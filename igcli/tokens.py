@@ -183,10 +183,7 @@ class TokenInputs:
         from igcli.inputs import Sample
 
         ids = np.asarray(ids).astype(self.ids.dtype)
-        size = self.vocab.size
-        if size is not None and ids.size and (ids.min() < 0 or ids.max() >= size):
-            bad = int(ids.max() if ids.max() >= size else ids.min())
-            raise InputError(f"token id {bad} is outside the vocabulary (0 to {size - 1})", path)
+        check_vocabulary(ids, self.vocab.size, path, InputError)
         kept = set(self.vocab.keep_ids)
         if self.vocab.pad_id is not None:
             kept.add(self.vocab.pad_id)
@@ -373,6 +370,14 @@ def token_inputs(
     return TokenInputs(ids, vocab, derived, path)
 
 
+def check_vocabulary(ids: np.ndarray, size: int | None, path: object, error=InputError) -> None:
+    """Refuse ids outside 0..size-1: the model's Gather wraps a negative id to another
+    token (a silently different input) and fails on a large one with ONNX Runtime's words."""
+    if size is not None and ids.size and (ids.min() < 0 or ids.max() >= size):
+        bad = int(ids.max() if ids.max() >= size else ids.min())
+        raise error(f"token id {bad} is outside the vocabulary (0 to {size - 1})", path)
+
+
 def token_baseline(spec: str | ArrayBaseline, sample, vocab: Vocabulary) -> np.ndarray | None:
     """The baseline's ids for one sample (None: zeros at the attributed tensor).
 
@@ -406,6 +411,7 @@ def token_baseline(spec: str | ArrayBaseline, sample, vocab: Vocabulary) -> np.n
         arr = read_npy(path, UsageError)
     if arr.dtype.kind not in "iu":
         raise UsageError("a token model's baseline holds token ids (integers)", path)
+    check_vocabulary(arr, vocab.size, path, UsageError)
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.shape != ids.shape:

@@ -155,6 +155,26 @@ def test_token_model_input_errors(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_baseline_ids_outside_the_vocabulary_are_a_usage_error(tmp_path):
+    """A baseline id of -5 was wrapped by the model's Gather to id 62 (a silently different
+    baseline); 10**7 gave ONNX Runtime's message, blamed on every input in turn."""
+    out = tmp_path / "o"
+    for value in (-5, 10**7):
+        path = tmp_path / f"b{value}.npy"
+        np.save(path, np.full(16, value, np.int64))
+        result = run("explain", SENTIMENT, SENTENCES, "--baseline", path, "--out", out)
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+        assert result.stderr.strip() == (
+            f"error: {path}: token id {value} is outside the vocabulary (0 to 66)"
+        )
+    session = igcli.Session(SENTIMENT)
+    sample = session.load("the plot was superb")[0]
+    with pytest.raises(UsageError, match="token id -5 is outside the vocabulary"):
+        session.attribute(sample, baseline=np.full(16, -5))
+    with pytest.raises(UsageError, match="outside the vocabulary"):
+        session.attribute(sample, baseline=np.full(16, 2**63 + 5, np.uint64))
+
+
 def test_token_ids_too_large_for_int64_are_refused_in_one_line(tmp_path):
     """A float id of 1e20 was cast to int64 as -2**63, numpy's two-line RuntimeWarning on
     stderr, and named as 'token id -9223372036854775808'."""
