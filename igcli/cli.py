@@ -19,7 +19,7 @@ from rich.text import Text
 from igcli import __version__
 from igcli.console import Messages, table
 from igcli.errors import ExitCode, GradientError, IgcliError, ModelError, UsageError
-from igcli.files import read_option_text
+from igcli.files import read_labels
 from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, MAX_STEPS
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
@@ -99,14 +99,7 @@ def _out_location(out_dir: str):
 
 
 def _labels(path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    labels = [line.strip() for line in read_option_text(path).splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()  # trailing blank lines; a blank line inside is a class without a name
-    if not labels:
-        raise UsageError("holds no labels (one class name per line)", path)
-    return labels
+    return None if path is None else read_labels(path)
 
 
 def _family(noise: str | None, **fields) -> dict:

@@ -118,6 +118,17 @@ def read_option_text(path: Path) -> str:
     return read_text(path, MAX_OPTION_FILE_BYTES, UsageError)
 
 
+def read_labels(path: Path) -> list[str]:
+    """Class names, one a line (--labels, Session(labels=FILE)): trailing blank lines are
+    dropped, a blank line inside is a class without a name."""
+    labels = [line.strip() for line in read_option_text(path).splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
+    if not labels:
+        raise UsageError("holds no labels (one class name per line)", path)
+    return labels
+
+
 def file_size(fh: BinaryIO) -> int:
     return os.fstat(fh.fileno()).st_size
 

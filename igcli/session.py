@@ -41,7 +41,7 @@ from igcli.errors import (
     UnsupportedOpsError,
     UsageError,
 )
-from igcli.files import MAX_TENSOR_VALUES
+from igcli.files import MAX_TENSOR_VALUES, read_labels
 from igcli.gradcheck import StoredCheck, check_directions
 from igcli.gradients import (
     TARGET,
@@ -230,6 +230,19 @@ def _check_fd_step(fd_step: float, dtype) -> None:
         )
 
 
+def _labels(labels: object) -> list[str] | None:
+    """Class names from a labels file (a str or Path, read like --labels) or a list or tuple
+    of names; list() of a file name made its characters the class names."""
+    if isinstance(labels, str | Path):
+        return read_labels(Path(labels))
+    if isinstance(labels, list | tuple):
+        return list(labels) or None
+    raise UsageError(
+        f"labels must be a labels file (one class name per line) or a list of names, "
+        f"not {type(labels).__name__}"
+    )
+
+
 def _check_resources(fd_step, threads, batch_size, memory_limit, warn) -> None:
     """Session's numeric options, refused as the command line refuses them: threads=0,
     batch_size=-3 or memory_limit=-1 were reinterpreted silently, threads=2.5 failed
@@ -347,7 +360,7 @@ class Session:
         preprocess: str | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        labels: Sequence[str] | None = None,
+        labels: Sequence[str] | str | Path | None = None,
         cache: bool = True,
         warn: Callable[[str], None] | None = None,
         at: str | None = None,
@@ -400,7 +413,7 @@ class Session:
         self.output_spec = self._choose_output(output)
         self.output_name = self.output_spec.name
         # labels=[]: none shown (it fell back to the sidecar's); None: the sidecar's
-        self.labels = (list(labels) or None) if labels is not None else self.sidecar.labels
+        self.labels = _labels(labels) if labels is not None else self.sidecar.labels
         dims = self.output_spec.shape[1:]
         classes = int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else None
         self.classes = classes  # values per sample of the explained output, where declared

@@ -387,6 +387,19 @@ def test_bad_api_arguments_are_usage_errors_not_raw_exceptions(tmp_path):
     assert session.attribute(png, steps=8, target=np.int64(3)).target == 3
 
 
+def test_labels_may_be_a_file_or_a_list_never_the_characters_of_a_name(tmp_path, monkeypatch):
+    """labels="labels.txt" took its ten characters as the ten class names, silently."""
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n\n")
+    monkeypatch.chdir(tmp_path)
+    for given in ("labels.txt", tmp_path / "labels.txt", names, tuple(names)):
+        assert igcli.Session(DIGITS, labels=given).labels == names
+    with pytest.raises(UsageError, match="labels must be a labels file"):
+        igcli.Session(DIGITS, labels={"a": 1})
+    with pytest.raises(UsageError, match="missing.txt"):
+        igcli.Session(DIGITS, labels="missing.txt")
+
+
 def test_pil_images_get_what_files_get(tmp_path):
     """16-bit grey PIL images were clipped by convert('L'); 32-bit and empty ones passed."""
     from PIL import Image
