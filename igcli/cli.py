@@ -7,7 +7,9 @@ stderr. Every error a user can cause ends as one line and a documented exit code
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -182,6 +184,31 @@ class Group(rich_click.RichGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **kw):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **kw)
+        stdout = sys.stdout
+        guard = sys.stdout = _GuardedStdout(stdout) if stdout is not None else None
+        try:
+            code, unhandled = 0, False
+            try:
+                self._standalone(args, prog_name, complete_var, **kw)
+            except SystemExit as exc:
+                # click answers a broken pipe with exit 1 and a sys.stdout of its own, rich
+                # with exit 1 raised while handling it
+                code = exc.code
+                unhandled = sys.stdout is not guard or (
+                    guard is not None and guard.failure is not None
+                    and exc.__context__ is guard.failure
+                )  # fmt: skip
+            except OSError as exc:
+                if guard is None or exc is not guard.failure:
+                    raise
+                unhandled = True
+            if guard is not None:
+                code = _stdout_verdict(guard, code, unhandled)
+        finally:
+            sys.stdout = stdout
+        sys.exit(code)
+
+    def _standalone(self, args, prog_name, complete_var, **kw):
         try:
             super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
         except click.exceptions.Exit as exc:
@@ -212,6 +239,8 @@ class Group(rich_click.RichGroup):
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # a bug: still one line, with a hint to report it
+            if isinstance(sys.stdout, _GuardedStdout) and exc is sys.stdout.failure:
+                raise  # stdout cannot be written: Group.main says so (not a bug)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             what = _out_of_memory(exc)
@@ -227,6 +256,83 @@ class Group(rich_click.RichGroup):
             f"memory ran out ({what}); lower --memory-limit or --batch-size, or give igcli "
             "more memory (ulimit -v, the container's limit)"
         ))  # fmt: skip
+
+
+class _GuardedStdout(io.TextIOBase):
+    """sys.stdout while a command runs: the same stream, remembering the error that writing it
+    met, so a full disk (`> /dev/full`) or a reader gone (`| head`) is told from a bug."""
+
+    def __init__(self, stream) -> None:
+        super().__init__()
+        self.stream = stream
+        self.failure: OSError | None = None
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as exc:
+            self.failure = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            self.failure = exc
+            raise
+
+    def close(self) -> None:  # the process's stdout is not this wrapper's to close
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self):
+        return self.stream.encoding
+
+    @property
+    def errors(self):
+        return self.stream.errors
+
+    @property
+    def buffer(self):
+        return self.stream.buffer
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _stdout_verdict(guard: _GuardedStdout, code, unhandled: bool):
+    """The exit code once stdout is flushed. A reader gone (`igcli plan ... | head -1`) ends
+    the command quietly with 141, as a tool stopped by SIGPIPE; any other write error (a full
+    disk) is one line and exit 6, the output error. Failures a command handled itself (the
+    JSON lines of explain) keep its code."""
+    import errno
+
+    from igcli.files import os_reason
+
+    failure = guard.failure if unhandled else None
+    if failure is None and guard.failure is None:
+        try:
+            guard.flush()
+        except OSError as exc:
+            failure = exc
+    if guard.failure is not None:
+        with contextlib.suppress(OSError, ValueError):  # no more writes, nor at shutdown
+            os.dup2(os.open(os.devnull, os.O_WRONLY), guard.stream.fileno())
+    if failure is None:
+        return code
+    if failure.errno == errno.EPIPE:
+        return int(ExitCode.PIPE_CLOSED)
+    messages.error(f"stdout: cannot be written ({os_reason(failure)})")
+    return int(ExitCode.OUTPUT)
 
 
 def _out_of_memory(exc: BaseException) -> str | None:

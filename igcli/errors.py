@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     GRADIENTS = 7  # no gradient graph when one was required, or gradcheck out of tolerance
     SHARDS = 8  # merge-reports --expect N: a shard is missing, duplicated or of another run
     INTERRUPTED = 130  # Ctrl-C
+    PIPE_CLOSED = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as tools do
 
 
 class IgcliError(Exception):

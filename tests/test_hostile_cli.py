@@ -787,3 +787,38 @@ def test_a_stdout_or_stderr_that_cannot_be_written_is_no_internal_error(tmp_path
         proc = subprocess.run([*base, "--out", str(tmp_path / "err")], stdout=subprocess.DEVNULL,
                               stderr=full, timeout=120)  # fmt: skip
     assert proc.returncode == ExitCode.INPUTS_FAILED
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_commands_writing_stdout_say_a_full_disk_and_stop_quietly_at_a_closed_pipe(tmp_path):
+    """plan, inspect, gradcheck, cache info and --help called a full stdout or a reader gone
+    (`| head -1`) an 'internal error' (exit 1, please report it). A full disk is one line
+    and exit 6, as for explain --json; a closed pipe ends quietly with 141 (128 + SIGPIPE)."""
+    import subprocess
+    import sys
+
+    igcli = [sys.executable, "-m", "igcli"]
+    commands = [
+        ["plan", str(DIGITS), str(DIGIT_PNGS[0])],
+        ["inspect", str(DIGITS)],
+        ["gradcheck", str(DIGITS), str(DIGIT_PNGS[0])],
+        ["cache", "info"],
+        ["explain", "--help"],
+        ["--help"],
+    ]
+    env = dict(os.environ, IGCLI_CACHE_DIR=str(tmp_path / "cache"))
+    for command in commands:
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([*igcli, *command], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=120, env=env)  # fmt: skip
+        assert proc.returncode == ExitCode.OUTPUT, (command, proc.stderr)
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "error: stdout: cannot be written (No space left on device)"
+        ), command
+        if command[0] in ("plan", "gradcheck"):
+            continue  # these say what they did on stderr
+        proc = subprocess.Popen([*igcli, *command], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        proc.stdout.close()  # before the program has written anything
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == ExitCode.PIPE_CLOSED and err == "", (command, err)
