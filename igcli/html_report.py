@@ -36,6 +36,7 @@ import numpy as np
 
 from igcli.errors import IgcliError
 from igcli.files import open_regular, read_text
+from igcli.inputs import MAX_CSV_LINE, bounded_lines, csv_line_limit
 
 PAGE_SIZE = 100  # rows the script builds at a time; the page never builds all rows
 # Results the page's table and feature figures hold: a 100,000-row CSV run must not hold
@@ -666,7 +667,7 @@ def _feature_names(model: str, first: dict, width: int) -> list[str]:
         pass
     try:
         with _csv_text(first["input"]) as fh:
-            header = [h.strip() for h in next(csv.reader(fh))]
+            header = [h.strip() for h in next(csv.reader(bounded_lines(fh, [MAX_CSV_LINE], set())))]
         if len(header) == width:
             return header
     except (OSError, IgcliError, StopIteration, UnicodeDecodeError, csv.Error):
@@ -688,8 +689,11 @@ def _feature_values(results: list[dict], names: list[str]) -> np.ndarray | None:
         last = max(rows)
         try:
             with _csv_text(path) as fh:
-                body = (row for row in csv.reader(fh) if row and any(c.strip() for c in row))
+                limit = [MAX_CSV_LINE]  # a row too long is refused unread, as explain does
+                lines = bounded_lines(fh, limit, set())
+                body = (row for row in csv.reader(lines) if row and any(c.strip() for c in row))
                 header = [h.strip() for h in next(body)]
+                limit[0] = csv_line_limit(len(header))
                 cols = [header.index(n) for n in names]
                 for k, row in enumerate(body):
                     if k in rows:

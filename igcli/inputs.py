@@ -848,11 +848,44 @@ def _csv_reason(exc: csv.Error) -> str:
     return text
 
 
+MAX_CSV_LINE = 1 << 20  # characters of one CSV line (a wider header allows more, see below)
+CSV_CHARS_PER_CELL = 64
+
+
+def csv_line_limit(width: int) -> int:
+    """The longest data line a CSV with `width` header cells may have."""
+    return max(MAX_CSV_LINE, CSV_CHARS_PER_CELL * width)
+
+
+def bounded_lines(text, limit: list[int], cut: set[int]) -> Iterator[str]:
+    """The lines of `text`, each read at most limit[0] characters at a time: a longer line
+    is skipped in pieces and given as a line of one cell, '?', its number added to `cut`
+    (a row of its own, so rows keep their numbers for every reader). csv makes a
+    Python string of every cell of a row before anyone can count them: a 30 MB line of
+    commas took 900 MB, so a 1 GB one ran out of memory instead of being refused."""
+    number = 0
+    while True:
+        piece = text.readline(limit[0] + 1)
+        if not piece:
+            return
+        number += 1
+        if len(piece) > limit[0] and not piece.endswith(("\n", "\r")):
+            while piece and not piece.endswith(("\n", "\r")):
+                piece = text.readline(1 << 16)
+            cut.add(number)
+            yield "?\n"
+            continue
+        yield piece
+
+
 def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected_n: int | None):
     """Yields the feature names, then each data row as a list of floats (in the names'
     order) or an InputError naming its line. `line` follows the reader."""
-    first = text.readline(1 << 20)
-    reader = csv.reader(itertools.chain([first], text), delimiter=_delimiter(first))
+    limit = [MAX_CSV_LINE]  # raised for a wide header below
+    cut: set[int] = set()
+    lines = bounded_lines(text, limit, cut)
+    first = next(lines, "")
+    reader = csv.reader(itertools.chain([first], lines), delimiter=_delimiter(first))
 
     def records():
         while True:
@@ -861,12 +894,23 @@ def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected
             if row is None:
                 return
             line[0] = reader.line_num
-            if row and any(c.strip() for c in row):
+            if line[0] in cut:
+                cut.discard(line[0])
+                yield None  # a line too long to read (its cells were never made)
+            elif row and any(c.strip() for c in row):
                 yield row
 
+    def too_long() -> InputError:
+        return InputError(
+            f"line {line[0]} is over {limit[0]:,} characters; refused before reading its cells",
+            path,
+        )
+
     rows_iter = records()
-    header_row = next(rows_iter, None)
+    header_row = next(rows_iter, ())
     if header_row is None:
+        raise too_long()
+    if not header_row:
         raise InputError("CSV needs a header row and at least one data row", path)
     if (byte := _not_utf8(header_row)) is not None:
         raise InputError(f"not UTF-8 text (byte 0x{byte:02x}); save the CSV as UTF-8", path)
@@ -899,7 +943,11 @@ def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected
         raise InputError(f"CSV has {len(order)} columns; the model takes {expected_n}", path)
     yield names
     width = len(header)
+    limit[0] = csv_line_limit(width)
     for row in rows_iter:
+        if row is None:
+            yield too_long()
+            continue
         if (byte := _not_utf8(row)) is not None:
             yield InputError(
                 f"line {line[0]} is not UTF-8 text (byte 0x{byte:02x}); save the CSV as UTF-8", path

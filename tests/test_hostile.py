@@ -415,6 +415,35 @@ def test_csv_cell_over_the_field_limit(tmp_path):
     assert "\n" not in str(err.value) and "a quote not closed?" in str(err.value)
 
 
+def test_a_csv_line_of_millions_of_cells_is_refused_before_csv_makes_them(tmp_path):
+    """csv built a Python string for every cell of a row before its width was compared with
+    the header's: ~27 times the line's size, so a 1 GB line of commas ran out of memory.
+    The line fails alone, in one line naming it; the page reading the rows again is bounded
+    too and keeps the rows' numbers."""
+    import tracemalloc
+
+    from igcli import html_report
+    from igcli.inputs import MAX_CSV_LINE, iter_table
+
+    path = tmp_path / "wide.csv"
+    path.write_text("a,b\n1,2\n" + "1," * (2 * MAX_CSV_LINE) + "1\n3,4\n")
+    tracemalloc.start()
+    try:
+        found = list(iter_table(path, NAMED, "wide"))
+        records = [{"input": str(path), "name": f"wide_row{k}"} for k in (0, 2)]
+        values = html_report._feature_values(records, ["a", "b"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [type(f).__name__ for f in found] == ["Sample", "RowError", "Sample"]
+    assert str(found[1].error) == (
+        f"{path}: line 3 is over {MAX_CSV_LINE:,} characters; refused before reading its cells"
+    )
+    assert found[2].name == "wide_row2" and list(found[2].raw_values) == [3, 4]
+    np.testing.assert_array_equal(values, [[1, 2], [3, 4]])
+    assert peak < 16 << 20  # a 4 MiB line; its cells took over 100 MiB
+
+
 def test_csv_without_sidecar_names(tmp_path):
     prep = make_preprocessing(spec(["N", 3]), Sidecar())
     with pytest.raises(InputError, match="header cell 2 is empty"):
