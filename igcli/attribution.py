@@ -9,6 +9,7 @@ import dataclasses
 import html
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,25 @@ from igcli.visualize import (
     shown_tokens,
     title,
 )
+
+
+def _check_picture(style, vmax) -> None:
+    """style="zzz" met an AttributeError deep in drawing, vmax=0 a plain ValueError: both
+    are the caller's, so UsageErrors in one line."""
+    from igcli.render import OVERLAYS, SIGNS
+
+    if style is not None and not isinstance(style, HeatmapStyle):
+        raise UsageError(f"style must be an igcli.visualize.HeatmapStyle, not {style!r}")
+    if style is not None and (style.overlay not in OVERLAYS or style.sign not in SIGNS):
+        raise UsageError(
+            f"HeatmapStyle: overlay is one of {', '.join(OVERLAYS)} and sign one of "
+            f"{', '.join(SIGNS)}, not {style.overlay!r} and {style.sign!r}"
+        )
+    if vmax is not None and (
+        isinstance(vmax, bool) or not isinstance(vmax, int | float | np.number)
+        or not (math.isfinite(vmax) and vmax > 0)
+    ):  # fmt: skip
+        raise UsageError(f"vmax must be a finite number > 0, not {vmax!r}")
 
 
 @dataclass(repr=False)
@@ -218,6 +238,7 @@ class Attribution(Completeness):
 
     def picture(self, style=None, vmax: float | None = None) -> Picture:
         """What image() shows, as the PNG writer takes it (an image's panel as pixels)."""
+        _check_picture(style, vmax)
         style = style or HeatmapStyle()
         if magnitude_map(self) and style.sign == "all":  # a mean square, a variance, an L2
             style = dataclasses.replace(style, sign="absolute")

@@ -578,7 +578,8 @@ def _to_model_dtype(
 # -- .npy tensors -----------------------------------------------------------------------------
 
 
-def _shape_matches(shape: tuple, expected: list) -> bool:
+def shape_matches(shape: tuple, expected: list) -> bool:
+    """Whether a shape fits a declared one (a symbolic or open dim fits any size)."""
     return len(shape) == len(expected) and all(
         not isinstance(e, int) or e <= 0 or e == s for s, e in zip(shape, expected, strict=True)
     )
@@ -626,8 +627,8 @@ def _fitting(shape: tuple, dtype: np.dtype, prep: Preprocessing) -> tuple[str | 
                 "save the tensor with its leading batch axis of 1"
             ), None
         drop = 0
-    elif _shape_matches(shape, expected) or (
-        ndim == len(expected) and shape[0] == 1 and _shape_matches(shape[1:], expected[1:])
+    elif shape_matches(shape, expected) or (
+        ndim == len(expected) and shape[0] == 1 and shape_matches(shape[1:], expected[1:])
     ):  # (a leading 1 also where a model was exported with a fixed batch of 8, say)
         if shape[0] != 1:
             return f"holds a batch of {shape[0]}; give one sample per file", None
@@ -636,10 +637,10 @@ def _fitting(shape: tuple, dtype: np.dtype, prep: Preprocessing) -> tuple[str | 
         prep.batch_axis
         and ndim == len(expected)
         and shape[prep.batch_axis] == 1
-        and _shape_matches(_without(shape, prep.batch_axis), expected[1:])
+        and shape_matches(_without(shape, prep.batch_axis), expected[1:])
     ):  # the model's own sequence-first layout, [T, 1, F]
         drop = prep.batch_axis
-    elif not _shape_matches(shape, expected[1:]):
+    elif not shape_matches(shape, expected[1:]):
         declared = list(expected[1:])
         declared.insert(prep.batch_axis, expected[0])
         return f"shape {list(shape)} does not fit the model input {declared}", None

@@ -78,6 +78,9 @@ def default_steps(path: str) -> int:
         return 50
 
 
+MAX_NOISE = 100000  # noisy copies: more held N copies of the input at once (10**9: 5.7 TiB)
+
+
 def parse_noise(text: str) -> tuple[int, float]:
     """`N` or `N,STD` (STD relative to the input's range). ValueError with a reason."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:,\s*([^,\s]+)\s*)?", text or "")
@@ -88,8 +91,8 @@ def parse_noise(text: str) -> tuple[int, float]:
         std = float(m.group(2)) if m.group(2) is not None else DEFAULT_NOISE_STD
     except ValueError:
         raise ValueError(f"{text!r}: the noise level {m.group(2)!r} is not a number") from None
-    if not 1 <= n <= 100000:
-        raise ValueError(f"{text!r}: the number of noisy copies must be 1 to 100000")
+    if not 1 <= n <= MAX_NOISE:
+        raise ValueError(f"{text!r}: the number of noisy copies must be 1 to {MAX_NOISE}")
     if not (math.isfinite(std) and std > 0):
         raise ValueError(f"{text!r}: the noise level must be a positive number")
     return n, std
@@ -103,8 +106,11 @@ def check(s) -> None:
         raise UsageError(f"--path: {exc}") from None
     kind = spec.kind
     if s.noise:
-        if isinstance(s.noise, bool) or not isinstance(s.noise, int) or s.noise < 1:
-            raise UsageError(f"noise must be a number of noisy copies (1 or more), not {s.noise!r}")
+        if (isinstance(s.noise, bool) or not isinstance(s.noise, int)
+                or not 1 <= s.noise <= MAX_NOISE):  # fmt: skip
+            raise UsageError(
+                f"noise must be a number of noisy copies (1 to {MAX_NOISE}), not {s.noise!r}"
+            )
         if not (isinstance(s.noise_std, int | float) and math.isfinite(s.noise_std)
                 and s.noise_std > 0):  # fmt: skip
             raise UsageError(f"the noise level must be a positive number, not {s.noise_std!r}")
@@ -113,9 +119,10 @@ def check(s) -> None:
     if s.noise_type != "smoothgrad" and not s.noise:
         raise UsageError(f"--noise-type {s.noise_type} needs --noise N")
     if s.samples is not None and (
-        isinstance(s.samples, bool) or not isinstance(s.samples, int) or s.samples < 1
-    ):
-        raise UsageError(f"samples must be a positive integer, not {s.samples!r}")
+        isinstance(s.samples, bool) or not isinstance(s.samples, int)
+        or not 1 <= s.samples <= MAX_NOISE
+    ):  # fmt: skip
+        raise UsageError(f"samples must be an integer from 1 to {MAX_NOISE}, not {s.samples!r}")
     if s.samples is not None and kind != "shapley" and not s.baselines:
         raise UsageError("--samples needs --baselines (expected gradients) or --path shapley")
     if s.samples is not None and s.baselines and kind not in ("straight", "shapley"):

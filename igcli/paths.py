@@ -17,6 +17,7 @@ core needs nothing else, so non-straight paths plug in here:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -103,14 +104,44 @@ def blur_matrix(n: int, sigma: float, radius: int) -> tuple[np.ndarray, np.ndarr
     """
     if sigma < _SHARP:
         return np.eye(n), np.zeros((n, n))
-    k = np.arange(-radius, radius + 1, dtype=np.float64)
-    g = np.exp(-0.5 * (k / sigma) ** 2)
-    w = g / g.sum()
-    dw = w * (k**2 - np.dot(w, k**2)) / sigma**3
+    if radius <= _WIDEST_KERNEL:
+        k = np.arange(-radius, radius + 1, dtype=np.float64)
+        g = np.exp(-0.5 * (k / sigma) ** 2)
+        w = g / g.sum()
+        dw = w * (k**2 - np.dot(w, k**2)) / sigma**3
+    else:  # only the taps that reach a sample are made (see _wide_kernel)
+        w, dw, radius = _wide_kernel(n, sigma, radius)
     offset = np.arange(n)[:, None] - np.arange(n)[None, :]
     inside = np.abs(offset) <= radius
     index = np.clip(offset + radius, 0, 2 * radius)
     return np.where(inside, w[index], 0.0), np.where(inside, dw[index], 0.0)
+
+
+_WIDEST_KERNEL = 1 << 18  # taps made in full up to this radius (4 MB)
+
+
+def _wide_kernel(n: int, sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The taps |k| < n of a kernel of `radius` > _WIDEST_KERNEL (a --blur-sigma of 1e9 made
+    an 8e9-tap kernel, 60 GB, for a 28-pixel image), normalised as the whole kernel is: its
+    sum and second moment are exact sums where the Gaussian underflows to 0 within
+    _WIDEST_KERNEL taps, else the integrals with their Euler-Maclaurin endpoint terms (equal
+    to the sums to double precision for sigma over a few hundred)."""
+    m = min(radius, n - 1)
+    reach = int(40.0 * sigma) + 1  # exp(-800) is 0.0: taps beyond add nothing
+    if reach <= _WIDEST_KERNEL:
+        k = np.arange(-reach, reach + 1, dtype=np.float64)
+        g = np.exp(-0.5 * (k / sigma) ** 2)
+        total, second = g.sum(), np.dot(g, k**2)
+    else:
+        r = float(radius)
+        e, fr = math.erf(r / (sigma * math.sqrt(2.0))), math.exp(-0.5 * (r / sigma) ** 2)
+        root = math.sqrt(2.0 * math.pi)
+        total = sigma * root * e + fr - (r / sigma**2) * fr / 6.0
+        second = (sigma**3 * root * e - 2.0 * sigma**2 * r * fr + r * r * fr
+                  + (2.0 * r - r**3 / sigma**2) * fr / 6.0)  # fmt: skip
+    k = np.arange(-m, m + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (k / sigma) ** 2) / total
+    return w, w * (k**2 - second / total) / sigma**3, m
 
 
 class BlurPath:

@@ -63,7 +63,14 @@ from igcli.ig import (
     Problem,
     integrated_gradients_many,
 )
-from igcli.inputs import Preprocessing, Sample, load_samples, make_preprocessing, sample_from_array
+from igcli.inputs import (
+    Preprocessing,
+    Sample,
+    load_samples,
+    make_preprocessing,
+    sample_from_array,
+    shape_matches,
+)
 from igcli.memory import (
     MAX_ROWS,
     RowTuner,
@@ -814,11 +821,32 @@ class Session:
         """ "graph" or "fd": where this session's gradients come from."""
         return "graph" if self.graph is not None else "fd"
 
+    def __reduce__(self):
+        """Pickling met a raw TypeError about a SimpleQueue (multiprocessing pickles what a
+        worker gets); a Session holds ONNX Runtime sessions and threads, so say what to do."""
+        raise UsageError(
+            "a Session cannot be pickled; pass the model path and options instead, and make "
+            "a Session in each process"
+        )
+
     # -- inputs ---------------------------------------------------------------------------
+    def _check_fit(self, samples: Sequence[Sample]) -> None:
+        """A sample another Session loaded, of another shape, met numpy's 'all input arrays
+        must have the same shape' deep inside; it is the caller's mistake, said in one line."""
+        expected = self.prep.input_shape
+        for s in samples:
+            if expected and not shape_matches(s.x.shape, expected[1:]):
+                raise UsageError(
+                    f"sample {s.name} has shape {list(s.x.shape)}; this model's input "
+                    f"{self.input_spec.name!r} is {list(expected)} (a sample loaded by "
+                    "another Session?)"
+                )
+
     def load(self, input, name: str | None = None) -> list[Sample]:
         """Samples from a path (image, .npy, CSV: one per row; for token models .npy ids,
         .txt or .jsonl: one per line), an array, a PIL image, or (token models) a string."""
         if isinstance(input, Sample):
+            self._check_fit([input])
             return [input]
         if self.tokens is not None:
             return self._load_tokens(input, name)
@@ -948,6 +976,7 @@ class Session:
             return []
         if not all(isinstance(s, Sample) for s in samples):
             raise UsageError("attribute_many takes samples (from Session.load), not paths")
+        self._check_fit(samples)
         targets = _target_list(targets, "targets")
         if targets_per_sample is not None:
             targets_per_sample = list(targets_per_sample)

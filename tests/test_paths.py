@@ -56,6 +56,34 @@ def test_blur_velocity_is_the_derivative_of_the_points(sqrt):
         np.testing.assert_allclose((ahead - behind) / (2 * h), velocity, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("sigma", [0.3, 7.0, 70000.0, 1e9])
+def test_a_blur_wider_than_the_image_makes_only_the_taps_that_reach_it(sigma):
+    """--blur-sigma 1e9 made an 8e9-tap kernel (60 GB) for a 28-pixel image, and the CLI
+    blamed --memory-limit. Past 2**18 taps only those within the image are made; the
+    kernel's sum and second moment stay those of the whole kernel."""
+    import tracemalloc
+
+    from igcli import paths
+
+    radius = max(int(4.0 * sigma + 0.5), paths._WIDEST_KERNEL + 1)
+    tracemalloc.start()
+    try:
+        k, dk = blur_matrix(28, sigma, radius)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20 and np.isfinite(k).all() and np.isfinite(dk).all()
+    if radius > 1_000_000:
+        return  # (the full kernel is the allocation refused above)
+    taps = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (taps / sigma) ** 2)
+    w = g / g.sum()
+    dw = w * (taps**2 - np.dot(w, taps**2)) / sigma**3
+    index = np.arange(28)[:, None] - np.arange(28)[None, :] + radius
+    np.testing.assert_allclose(k, w[index], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(dk, dw[index], rtol=1e-9, atol=1e-12 * np.abs(dw).max())
+
+
 def test_blur_matrix_rows_sum_to_one_inside():
     k, dk = blur_matrix(200, 3.0, 12)
     np.testing.assert_allclose(k[50:150].sum(axis=1), 1.0)

@@ -400,6 +400,40 @@ def test_labels_may_be_a_file_or_a_list_never_the_characters_of_a_name(tmp_path,
         igcli.Session(DIGITS, labels="missing.txt")
 
 
+def test_library_mistakes_that_reached_numpy_or_pickle_are_usage_errors(tmp_path):
+    """A sample of another Session met np.stack's 'same shape', noise=10**9 and a huge
+    max_sigma allocated terabytes (MemoryError), image(style="zzz") an AttributeError,
+    vmax=0 a plain ValueError, pickling a Session a TypeError about a SimpleQueue."""
+    import pickle
+
+    from igcli.visualize import HeatmapStyle
+
+    digits, rows = igcli.Session(DIGITS), igcli.Session(CANCER)
+    sample = digits.load(DIGIT_PNGS[0])[0]
+    with pytest.raises(UsageError, match=r"sample digit_\S+ has shape \[1, 28, 28\]; this mo"):
+        rows.attribute(sample)
+    with pytest.raises(UsageError, match="another Session"):
+        rows.attribute_many([sample])
+    with pytest.raises(UsageError, match="1 to 100000"):
+        digits.attribute(sample, noise=10**9)
+    with pytest.raises(UsageError, match="1 to 100000"):
+        digits.attribute(sample, path="shapley", samples=10**9)
+    blurred = digits.attribute(sample, path="blur", max_sigma=1e9, steps=4)
+    assert np.isfinite(blurred.attributions).all()
+    a = digits.attribute(sample, steps=4)
+    for style, vmax in (("zzz", None), (HeatmapStyle(overlay="x"), None), (None, 0),
+                        (None, float("nan")), (None, True)):  # fmt: skip
+        with pytest.raises(UsageError) as err:
+            a.image(style=style, vmax=vmax)
+        assert "\n" not in str(err.value)
+    assert a.image(vmax=2.5).size[0] > 28
+    with pytest.raises(UsageError, match="a Session cannot be pickled; pass the model path"):
+        pickle.dumps(digits)
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--path", "blur", "--blur-sigma", "1e9",
+                 "--steps", "4", "--out", tmp_path / "o")  # fmt: skip
+    assert result.exit_code == 0 and "memory" not in result.stderr, result.stderr
+
+
 def test_pil_images_get_what_files_get(tmp_path):
     """16-bit grey PIL images were clipped by convert('L'); 32-bit and empty ones passed."""
     from PIL import Image
