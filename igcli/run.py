@@ -224,12 +224,16 @@ def finish(
     """Wait for the writes, write the reports, apply the completeness gate and return the
     exit code (docs/reference.md). `interrupted`: the run was stopped (exit 130);
     `started`: time.perf_counter() when it began, for the report's wall time. Signals
-    wait until this is done (signals_held)."""
+    wait until this is done (signals_held). One that comes while a run whose every input
+    was done writes up does not make it interrupted: it exited 130 with "run again with
+    --skip-existing" while report.json said interrupted: false, and hid an exit 4 or 5."""
     messages = messages or Messages()
     with signals_held() as held:
         try:
             names = _write_up(batch, the_plan, messages, targets_from, started, interrupted)
-            return _verdict(batch, the_plan, messages, names, interrupted or held.caught)
+            if held.caught and not interrupted:
+                messages.info("interrupted after every input was done: the run is complete")
+            return _verdict(batch, the_plan, messages, names, interrupted)
         finally:
             batch.release_reports()
 
@@ -269,7 +273,7 @@ def signals_held():
     inputs' files, their heatmaps on the shared colour scale and the four reports are then
     all written (a second Ctrl-C left report.json new and the others of the run before, and
     shared-scale heatmaps that the records named were never drawn). `caught` says whether
-    one came; the run then ends as interrupted."""
+    one came; the run then ends as it would have (see finish)."""
     held = _Held()
     if threading.current_thread() is not threading.main_thread():
         yield held
