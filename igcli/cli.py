@@ -44,8 +44,10 @@ def _floats(text: str | None, option: str) -> list[float] | None:
 def _ints(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
-    try:
+    try:  # ASCII digits only: int() also reads '٣' or '３' as 3, which no one types on purpose
         values = [int(v) for v in text.split(",") if v.strip()]
+        if not text.isascii() or "_" in text:
+            raise ValueError(text)
     except ValueError:
         raise click.BadParameter(
             f"{text!r} is not a comma-separated list of integers", param_hint=option

@@ -217,6 +217,8 @@ def make_preprocessing(
                     raise UsageError(f"{opt} has {arr.size} values; the input has {n} features")
     if prep.std is not None and np.any(prep.std == 0):
         raise UsageError("std must not be zero")
+    if prep.std is not None and np.any(prep.std < 0):  # the input negated, silently
+        raise UsageError(f"std must be positive, not {float(prep.std.min()):g}")
     return prep
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from igcli.cli import main
-from igcli.errors import ExitCode
+from igcli.errors import ExitCode, UsageError
 from tests import models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -432,3 +432,19 @@ def test_memory_running_out_is_one_line_not_an_internal_error(tmp_path, monkeypa
     assert result.exit_code == ExitCode.INTERNAL and "internal error: ZeroDivisionError" in (
         result.stderr
     )
+
+
+def test_a_negative_std_and_non_ascii_target_digits_are_usage_errors(tmp_path):
+    """--std -1 negated the input before the model, silently (target 1 instead of 7), and
+    --target ٣ (an Arabic-Indic 3) was taken as 3, while CSV cells refuse such digits."""
+    import igcli
+
+    out = tmp_path / "o"
+    for args, what in ((["--mean", "0", "--std", "-1"], "std must be positive, not -1"),
+                       (["--target", "٣"], "'٣' is not a comma-separated list of integers"),
+                       (["--target", "1_0"], "not a comma-separated")):  # fmt: skip
+        result = run("explain", DIGITS, DIGIT_PNGS[0], *args, "--out", out)
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+        assert what in result.stderr and len(one_line_error(result)) == 1
+    with pytest.raises(UsageError, match="std must be positive"):
+        igcli.Session(DIGITS, mean=[0], std=[-1])
