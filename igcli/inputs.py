@@ -887,8 +887,13 @@ def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected
     limit = [MAX_CSV_LINE]  # raised for a wide header below
     cut: set[int] = set()
     lines = bounded_lines(text, limit, cut)
-    first = next(lines, "")
-    reader = csv.reader(itertools.chain([first], lines), delimiter=_delimiter(first))
+    leading = []  # blank lines before the header: the delimiter is the header's
+    for first in lines:
+        leading.append(first)
+        if first.strip():
+            break
+    first = leading[-1] if leading else ""
+    reader = csv.reader(itertools.chain(leading, lines), delimiter=_delimiter(first))
 
     def records():
         while True:

@@ -354,6 +354,8 @@ def test_csv_with_byte_order_marks(tmp_path):
 
 def test_csv_semicolons_and_tabs(tmp_path):
     np.testing.assert_array_equal(table(tmp_path, "b;a\n2;1\n")[0].raw_values, [1, 2])
+    # a blank line first: the separator is still the header's (it was read as ',')
+    np.testing.assert_array_equal(table(tmp_path, "\n \nb;a\n2;1\n")[0].raw_values, [1, 2])
     np.testing.assert_array_equal(table(tmp_path, "a\tb\n1\t2\n")[0].raw_values, [1, 2])
 
 
