@@ -200,6 +200,27 @@ def simplified_layer_norm(w: _Writer, node: onnx.NodeProto, rank: int | None) ->
     return True
 
 
+def fused_matmul(w: _Writer, node: onnx.NodeProto) -> bool:
+    """alpha * op(A) @ op(B), op transposing the last two axes where transA/transB say (the
+    batch-transposing forms are left as they are)."""
+    if _attr(node, "transBatchA", 0) or _attr(node, "transBatchB", 0):
+        return False
+    operands = []
+    for name, flag in zip(node.input[:2], ("transA", "transB"), strict=True):
+        if _attr(node, flag, 0):
+            rank = w.ranks.get(name)
+            if rank is None or rank < 2:
+                return False
+            name = w.op("Transpose", name, perm=[*range(rank - 2), rank - 1, rank - 2])
+        operands.append(name)
+    alpha = float(_attr(node, "alpha", 1.0))
+    if alpha == 1.0:
+        w.op("MatMul", *operands, out=node.output[0])
+    else:
+        w.op("Mul", w.op("MatMul", *operands), w.const(alpha), out=node.output[0])
+    return True
+
+
 def attention(w: _Writer, node: onnx.NodeProto) -> bool:
     """Multi-head self-attention on input [B, S, D] with packed weights [D, q + k + v]:
     softmax(Q K^T * scale + mask) V, heads concatenated. Masks: none, key lengths [B], a
@@ -305,6 +326,7 @@ _MS_OPS: dict[str, Build] = {
     "QuickGelu": quick_gelu,
     "SkipLayerNormalization": skip_layer_norm,
     "SkipSimplifiedLayerNormalization": skip_simplified_layer_norm,
+    "FusedMatMul": fused_matmul,
     "Attention": attention,
     "EmbedLayerNormalization": embed_layer_norm,
 }

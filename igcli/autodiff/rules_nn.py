@@ -1126,3 +1126,33 @@ def LRN(g: NodeGrad):
     spread = _channel_window_sum(g, inner, size, hi, lo)
     cross = g.op("Mul", g.op("Mul", x, spread), g.scalar(2.0 * alpha * beta / size))
     return [g.op("Sub", g.op("Mul", go, d_pow), cross)]
+
+
+@rule("Col2Im")
+def Col2Im(g: NodeGrad):
+    """Blocks [N, C*K, L] summed into an image [N, C, *image]: each input value lands on one
+    pixel (or in the padding), so dx takes the pixel's gradient back, block by block. That
+    is an im2col of GO, which is a Conv with one one-hot kernel per block tap, C groups of K
+    (the order of Col2Im's channels: c major, then the tap in row-major order)."""
+    if not g.needs(0):
+        return [None, None, None]
+    block = g.const_input(2)
+    rows = _shape(g, g.I(0))
+    if block is None:
+        raise NoGradient("Col2Im with a block_shape computed at run time")
+    taps = int(np.prod(block))
+    if rows[1] % taps:
+        raise NoGradient("Col2Im whose channels are not a multiple of the block size")
+    channels = rows[1] // taps
+    dims = [int(b) for b in block]
+    kernel = np.zeros((channels * taps, 1, *dims))
+    for c, k in itertools.product(range(channels), range(taps)):
+        kernel[(c * taps + k, 0, *np.unravel_index(k, dims))] = 1.0
+    n = len(dims)
+    pads = list(g.attr("pads", None) or [0] * 2 * n)
+    unfolded = g.op(
+        "Conv", g.GO(0), g.e.const(kernel, g.e.np_dtype(g.I(0))), group=channels,
+        strides=list(g.attr("strides", None) or [1] * n), pads=pads,
+        dilations=list(g.attr("dilations", None) or [1] * n),
+    )  # fmt: skip
+    return [g.op("Reshape", unfolded, g.e.ints([0, 0, -1])), None, None]

@@ -116,6 +116,14 @@ CASES = {
         axis=1,
     ),
 }
+CASES.update(
+    {
+        "FusedMatMul": case("FusedMatMul", {"x": X, "b": _r(H, 3)}),
+        "FusedMatMul-transposed-alpha": case(
+            "FusedMatMul", {"x": X, "b": _r(B, 3, S)}, transA=1, transB=1, alpha=0.7
+        ),
+    }
+)
 QKV, QKV_BIAS = _r(H, 3 * H, scale=0.5), _r(3 * H, scale=0.2)
 ATTENTION = {"x": X, "weights": QKV, "bias": QKV_BIAS}
 CASES.update({

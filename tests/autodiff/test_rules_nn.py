@@ -418,6 +418,16 @@ add("LRN", {"x": r(5, 5, 2, 1)}, {"size": 4, "alpha": 0.3, "beta": 0.6}, tag="si
     check_ort=False)  # fmt: skip
 add("LRN", {"x": r(3, 3, 2, 2)}, {"size": 3, "alpha": 0.2}, tag="dynamic", dynamic=True)
 
+# -- Col2Im (torch's nn.Fold; MobileViTV2 fell back to finite differences without it) ----------
+i64 = np.int64
+add("Col2Im", {"x": r(2, 2 * 6, 16)}, constants={"image": np.array([5, 6], i64),
+    "block": np.array([2, 3], i64)}, tag="2x3-blocks", opset=18)  # fmt: skip
+add("Col2Im", {"x": r(1, 3 * 4, 6)}, {"strides": [2, 2], "pads": [1, 0, 1, 2],
+    "dilations": [1, 2]}, constants={"image": np.array([5, 4], i64),
+    "block": np.array([2, 2], i64)}, tag="strides-pads-dilations", opset=18)  # fmt: skip
+add("Col2Im", {"x": r(2, 2 * 2, 4)}, constants={"image": np.array([5], i64),
+    "block": np.array([2], i64)}, tag="1d", opset=18, dynamic=True)  # fmt: skip
+
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_rule(case):
