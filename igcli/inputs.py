@@ -645,6 +645,14 @@ def _fitting(shape: tuple, dtype: np.dtype, prep: Preprocessing) -> tuple[str | 
     elif not shape_matches(shape, expected[1:]):
         declared = list(expected[1:])
         declared.insert(prep.batch_axis, expected[0])
+        if prep.batch_axis and shape_matches(shape, declared):  # the whole [T, N, F] input
+            sample = [d if isinstance(d, int) and d > 0 else "?" for d in expected[1:]]
+            one = list(sample)
+            one.insert(prep.batch_axis, 1)
+            return (
+                f"holds a batch of {shape[prep.batch_axis]} on axis {prep.batch_axis} (the "
+                f"model takes its rows there); give one sample per file, {sample} or {one}"
+            ), None
         return f"shape {list(shape)} does not fit the model input {declared}", None
     else:
         drop = None

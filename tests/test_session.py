@@ -764,6 +764,19 @@ def test_a_sequence_first_sample_may_come_in_the_models_own_layout(tmp_path):
         session.attribute(sample[:4], target=0, steps=16)
 
 
+def test_a_whole_sequence_first_batch_is_refused_saying_what_a_sample_is(tmp_path, monkeypatch):
+    """A .npy of the fixed [T, N, F] input itself said 'shape [7, 3, 5] does not fit the model
+    input [7, 3, 5]': it holds N samples, and the message says which shapes one takes."""
+    monkeypatch.setenv("IGCLI_CACHE_DIR", str(tmp_path / "cache"))
+    session = igcli.Session(_gru_model(tmp_path / "fixed.onnx", True, (3, 3)), cache=False)
+    whole = tmp_path / "whole.npy"
+    np.save(whole, np.zeros((6, 3, 3), np.float32))
+    with pytest.raises(
+        igcli.IgcliError, match=r"holds a batch of 3 on axis 1 .*\[6, 3\] or \[6, 1, 3\]"
+    ):
+        session.attribute(whole, target=0, steps=16)
+
+
 def test_a_nan_gradient_where_f_is_finite_falls_back_to_finite_differences(tmp_path):
     """y = Where(x > 0, Sqrt(x), 0) @ w: F is finite everywhere, but the graph's gradient is
     0 * inf at x < 0 (the branch Where masks), and such an input failed ('gradient contains
