@@ -80,6 +80,18 @@ def _downstream(graph: onnx.GraphProto, sources: set[str]) -> set[str]:
     return reached
 
 
+def depends_on(model: onnx.ModelProto, output: str, input_name: str) -> bool:
+    """Whether `output` is computed from the values of `input_name` (its shape aside). Passes
+    over the nodes until nothing more is reached: ONNX Runtime runs graphs whose nodes are
+    out of order, where one pass in file order would miss a path."""
+    reached = {input_name}
+    while True:
+        more = _downstream(model.graph, reached)
+        if output in more or more == reached:
+            return output in more
+        reached = more
+
+
 def _upstream(graph: onnx.GraphProto, sinks: set[str]) -> set[str]:
     """Every tensor some of `sinks` is computed from (sinks included)."""
     needed = set(sinks)

@@ -31,7 +31,7 @@ from igcli.attribution import Attribution
 from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
 from igcli.autodiff.contrib import with_embeddings_exposed
 from igcli.cache import cache_key, load_check, load_graph, save_check, save_graph
-from igcli.cut import AGGREGATES, Cut, embedding_lookups, make_cut
+from igcli.cut import AGGREGATES, Cut, depends_on, embedding_lookups, make_cut
 from igcli.errors import (
     GradientError,
     IgcliError,
@@ -445,6 +445,13 @@ class Session:
         if softmax:
             model_for_run, self.output_name = with_softmax(model_for_run, self.output_name)
         self.run_model = model_for_run
+        if not depends_on(model_for_run, self.output_name, self.input_spec.name):
+            raise UsageError(
+                f"output {self.output_name!r} does not depend on the values of input "
+                f"{self.input_spec.name!r}: there is nothing to attribute; choose another "
+                "--output or --input",
+                self.model_path,
+            )
         self.softmax_input = softmax_input(model_for_run, self.output_name)
         if self.tokens is not None:
             self.prep = Preprocessing(list(self.input_spec.shape), dtype=self.input_spec.dtype)

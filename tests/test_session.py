@@ -990,3 +990,31 @@ def test_a_token_model_takes_an_array_of_ids_as_its_baseline():
     assert mine.record()["baseline"] == "array"
     with pytest.raises(UsageError, match="token ids"):
         session.attribute(text, baseline=pad_ids.astype(np.float32))
+
+
+def test_an_output_that_does_not_depend_on_the_input_is_a_usage_error(tmp_path):
+    """Two inputs, one output computed from `a` only (nodes out of file order, as ONNX
+    Runtime accepts them): explaining it by `b` said 'F(x) = F(baseline): choose another
+    target or --baseline'; the message now says what is wrong. By `a` it is explained."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Relu", ["h"], ["emb"]),  # reads h before the node making it
+        helper.make_node("Mul", ["a", "a"], ["h"]),
+        helper.make_node("Add", ["emb", "b"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3])
+                       for n in ("a", "b")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in ("emb", "score")],
+    )  # fmt: skip
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    a = tmp_path / "a.npy"
+    np.save(a, np.ones((1, 3), np.float32))
+    with pytest.raises(igcli.IgcliError, match="'emb' does not depend on the values of input 'b'"):
+        igcli.Session(path, input="b", output="emb", feeds={"a": a}, cache=False)
+    session = igcli.Session(path, input="a", output="emb", feeds={"b": a}, cache=False)
+    assert session.output_name == "emb"
+    igcli.Session(path, input="b", output="score", feeds={"a": a}, cache=False)
