@@ -293,6 +293,8 @@ def unusable_reason(spec: TensorSpec, role: str = "output") -> str | None:
         return None
     if spec.type_text == "tensor(string)":
         return f"{what} is a tensor of strings"
+    if spec.type_text == "tensor(bfloat16)":  # (numpy has no bfloat16 to compute with)
+        return f"{what} is bfloat16, which igcli does not support; export it in float32"
     if role == "input":
         return f"{what} is {spec.type_text}: igcli attributes float inputs"
     return f"{what} is {spec.type_text}: igcli explains float outputs"

@@ -722,6 +722,18 @@ def test_string_sequence_and_map_outputs_have_reasons():
     assert default_output([outs["label"], outs["names"]]) is None
 
 
+def test_a_bfloat16_output_is_named_as_such():
+    """bfloat16 is a float type: 'igcli explains float outputs' read as a contradiction."""
+    from onnx import TensorProto, helper
+
+    from igcli.model import graph_outputs, unusable_reason
+
+    vi = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["N", 2])
+    graph = helper.make_graph([], "bf16", [], [vi])
+    (spec,) = graph_outputs(helper.make_model(graph))
+    assert "bfloat16, which igcli does not support" in unusable_reason(spec)
+
+
 def test_model_without_inputs(tmp_path):
     import onnx
     from onnx import TensorProto, helper
