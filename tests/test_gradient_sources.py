@@ -426,3 +426,27 @@ def test_an_output_exactly_zero_all_around_is_no_wrong_gradient(tmp_path):
     assert any("exactly" in w and "no change to attribute" in w for w in warnings), warnings
     check = check_directions(session.graph_for(x[0]), x[0], target=0, directions=8)
     assert check.verdict == "saturated"
+
+
+def test_gradcheck_of_a_float16_model_it_cannot_resolve_names_float16(tmp_path):
+    """A float16 model whose outputs sit still under every difference step was told 'below
+    float32 resolution; a saturated output?': the message names float16's resolution."""
+    import onnx
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper
+
+    from igcli.cli import main
+
+    w = onnx.numpy_helper.from_array(np.full((4, 2), 50.0, np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])],
+        "fp16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2])], [w],
+    )  # fmt: skip
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = tmp_path / "x.npy"
+    np.save(x, np.full((1, 4), 0.5, np.float16))
+    result = CliRunner().invoke(main, ["gradcheck", str(path), str(x)])
+    assert result.exit_code == 0, result.output
+    assert "float16 model's outputs cannot resolve its gradient" in result.output
