@@ -19,9 +19,9 @@ RNN: H' = tanh(X W + H R + b).
 
 Those ops all have checked gradient rules, so the driver differentiates a recurrent node by
 replacing it with its unrolled form first. Supported: forward, reverse and bidirectional,
-LSTM peepholes, initial states, layout 0, the default activations; anything else (clip,
-input_forget, sequence lengths other than T, other activations, layout 1) stays a recurrent
-node and blocks.
+LSTM peepholes, initial states, layout 0, any of the spec's activations (with their alpha
+and beta); anything else (clip, input_forget, sequence lengths other than T, layout 1) stays a
+recurrent node and blocks.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ from igcli.autodiff.builder import GraphEmitter, TensorInfo
 RECURRENT = {"LSTM", "GRU", "RNN"}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
                        "RNN": ["Tanh"]}  # fmt: skip
+# Activations a node may name instead (torch's nn.RNN(nonlinearity="relu") writes Relu), with
+# how many of activation_alpha and activation_beta each consumes, in the order listed.
+ACTIVATIONS = {"Sigmoid": (0, 0), "Tanh": (0, 0), "Relu": (0, 0), "Softsign": (0, 0),
+               "Softplus": (0, 0), "LeakyRelu": (1, 0), "ThresholdedRelu": (1, 0),
+               "Elu": (1, 0), "HardSigmoid": (1, 1), "Affine": (1, 1),
+               "ScaledTanh": (1, 1)}  # fmt: skip
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 MAX_STEPS = 256  # longer sequences stay recurrent (the unrolled graph grows with T)
 
@@ -45,7 +51,8 @@ def recurrent_unsupported(node: onnx.NodeProto, infos: dict[str, TensorInfo], co
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     directions = 2 if attrs.get("direction", b"forward") == b"bidirectional" else 1
     acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
-    if acts and acts != DEFAULT_ACTIVATIONS[op] * directions:
+    if acts and (len(acts) != len(DEFAULT_ACTIVATIONS[op]) * directions
+                 or any(_canonical(a) not in ACTIVATIONS for a in acts)):  # fmt: skip
         return f"{op} activations {acts}"
     if attrs.get("clip") is not None:
         return f"{op} with clip"
@@ -78,8 +85,10 @@ def unroll_recurrent(node: onnx.NodeProto, e: GraphEmitter, steps: int) -> list[
     start = len(e.nodes)
     dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
     ys, hs, cs = [], [], []
+    acts = _activations(node.op_type, attrs, len(dirs))
     for d, way in enumerate(dirs):
         cell = _Cell(e, node.op_type, hidden, attrs.get("linear_before_reset", 0))
+        cell.f, cell.g, cell.h = (*acts[d], None, None)[:3]
         y, h, c = cell.run(x, w, r, b, h0, c0, p, d, steps, way == "reverse")
         ys.append(y)
         hs.append(h)
@@ -99,6 +108,35 @@ def unroll_recurrent(node: onnx.NodeProto, e: GraphEmitter, steps: int) -> list[
     return new
 
 
+def _canonical(name: str) -> str:
+    """An activation's name as listed in ACTIVATIONS (the spec's names are matched in any
+    case: exporters write 'Relu', 'relu' or 'RELU')."""
+    return next((known for known in ACTIVATIONS if known.lower() == name.lower()), name)
+
+
+def _activations(op: str, attrs: dict, directions: int) -> list[list]:
+    """Per direction, the activations as (name, alpha, beta): activation_alpha and _beta are
+    consumed in order by the activations that take them (their ONNX defaults otherwise)."""
+    names = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
+    names = [_canonical(a) for a in names] or DEFAULT_ACTIVATIONS[op] * directions
+    alphas = list(attrs.get("activation_alpha", []))
+    betas = list(attrs.get("activation_beta", []))
+    defaults = {"LeakyRelu": (0.01, 0.0), "ThresholdedRelu": (1.0, 0.0), "Elu": (1.0, 0.0),
+                "HardSigmoid": (0.2, 0.5), "Affine": (1.0, 0.0),
+                "ScaledTanh": (1.0, 1.0)}  # fmt: skip
+    out = []
+    for name in names:
+        takes_alpha, takes_beta = ACTIVATIONS[name]
+        alpha, beta = defaults.get(name, (0.0, 0.0))
+        if takes_alpha and alphas:
+            alpha = float(alphas.pop(0))
+        if takes_beta and betas:
+            beta = float(betas.pop(0))
+        out.append((name, alpha, beta))
+    per = len(names) // directions
+    return [out[d * per : (d + 1) * per] for d in range(directions)]
+
+
 def _pick(e: GraphEmitter, t: str, d: int) -> str:
     """Direction d of a [D, ...] tensor, without the direction axis."""
     return e.op("Gather", t, e.const(np.asarray(d, np.int64)), axis=0)
@@ -109,6 +147,24 @@ class _Cell:
 
     def __init__(self, e: GraphEmitter, op: str, hidden: int, linear_before_reset: int) -> None:
         self.e, self.op, self.hidden, self.lbr = e, op, hidden, linear_before_reset
+        # the gates' activation f, the candidate's g, the output's h (LSTM), as (name,
+        # alpha, beta); the defaults unless the node names others
+        defaults = [(name, 0.0, 0.0) for name in DEFAULT_ACTIVATIONS[op]]
+        self.f, self.g, self.h = (*defaults, None, None)[:3]
+
+    def act(self, which, x: str) -> str:
+        name, alpha, beta = which
+        e = self.e
+        if name in ("Sigmoid", "Tanh", "Relu", "Softsign", "Softplus"):
+            return e.op(name, x)
+        if name in ("LeakyRelu", "ThresholdedRelu", "Elu"):
+            return e.op(name, x, alpha=alpha)
+        if name == "HardSigmoid":
+            return e.op(name, x, alpha=alpha, beta=beta)
+        if name == "Affine":
+            return e.op("Add", e.op("Mul", x, e.scalar(alpha, x)), e.scalar(beta, x))
+        # ScaledTanh: alpha tanh(beta x)
+        return e.op("Mul", e.op("Tanh", e.op("Mul", x, e.scalar(beta, x))), e.scalar(alpha, x))
 
     def gate(self, t: str, k: int, axis: int = 1) -> str:
         h = self.hidden
@@ -147,7 +203,7 @@ class _Cell:
             elif self.op == "GRU":
                 h = self.gru_step(step_input(t), h, rt, rb)
             else:
-                h = e.op("Tanh", e.op("Add", step_input(t), e.op("MatMul", h, rt)))
+                h = self.act(self.f, e.op("Add", step_input(t), e.op("MatMul", h, rt)))
             outputs[t] = h
         stacked = [e.unsqueeze(outputs[t], [0]) for t in range(steps)]
         y = stacked[0] if steps == 1 else e.op("Concat", *stacked, axis=0)  # [T, N, H]
@@ -160,11 +216,11 @@ class _Cell:
         if peep is not None:
             gi = e.op("Add", gi, e.op("Mul", peep[0], c))
             gf = e.op("Add", gf, e.op("Mul", peep[2], c))
-        i, f = e.op("Sigmoid", gi), e.op("Sigmoid", gf)
-        c = e.op("Add", e.op("Mul", f, c), e.op("Mul", i, e.op("Tanh", gc)))
+        i, f = self.act(self.f, gi), self.act(self.f, gf)
+        c = e.op("Add", e.op("Mul", f, c), e.op("Mul", i, self.act(self.g, gc)))
         if peep is not None:
             go = e.op("Add", go, e.op("Mul", peep[1], c))
-        return e.op("Mul", e.op("Sigmoid", go), e.op("Tanh", c)), c
+        return e.op("Mul", self.act(self.f, go), self.act(self.h, c)), c
 
     def gru_step(self, xt, h, rt, rb):
         e = self.e
@@ -172,8 +228,8 @@ class _Cell:
         r_zr = e.op("MatMul", h, e.slice(rt, [0], [2 * self.hidden], [1]))  # [N, 2H]
         if rb is not None:
             r_zr = e.op("Add", r_zr, e.slice(rb, [0], [2 * self.hidden], [0]))
-        z = e.op("Sigmoid", e.op("Add", x_z, self.gate(r_zr, 0)))
-        reset = e.op("Sigmoid", e.op("Add", x_r, self.gate(r_zr, 1)))
+        z = self.act(self.f, e.op("Add", x_z, self.gate(r_zr, 0)))
+        reset = self.act(self.f, e.op("Add", x_r, self.gate(r_zr, 1)))
         r_h = self.gate(rt, 2)  # [H, H]
         rb_h = self.gate(rb, 2, 0) if rb is not None else None
         if self.lbr:  # r (H R_h + Rb_h)
@@ -183,7 +239,7 @@ class _Cell:
         else:  # (r H) R_h + Rb_h
             inner = e.op("MatMul", e.op("Mul", reset, h), r_h)
             cand = e.op("Add", x_h, e.op("Add", inner, rb_h) if rb_h else inner)
-        cand = e.op("Tanh", cand)
+        cand = self.act(self.g, cand)
         # H' = (1 - z) h~ + z H = h~ + z (H - h~)
         return e.op("Add", cand, e.op("Mul", z, e.op("Sub", h, cand)))
 

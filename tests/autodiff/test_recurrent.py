@@ -61,7 +61,7 @@ def test_lstm_weights_get_gradients_too():
     "attrs, dynamic, reason",
     [
         ({"clip": 3.0}, False, "clip"),
-        ({"activations": ["Relu", "Tanh", "Tanh"]}, False, "activations"),
+        ({"activations": ["Gelu", "Tanh", "Tanh"]}, False, "activations"),  # not in the spec
         ({}, True, "unknown length"),
     ],
 )
@@ -128,3 +128,61 @@ def test_gru_and_rnn_configurations_that_are_not_unrolled_block(op):
     model = make_model([node], {"x": x}, "y", 14, consts32)
     blocked = blocking_ops(model, "x", "y")
     assert len(blocked) == 1 and blocked[0].startswith(op) and "clip" in blocked[0], blocked
+
+
+# -- activations other than the defaults (torch's nn.RNN(nonlinearity="relu") writes Relu) --------
+def _kernel_check(node, inputs, consts, output):
+    """The unrolled graph's output against ONNX Runtime's own LSTM/GRU/RNN kernel, and its
+    gradient against central differences of that kernel (float32, random directions): the
+    reference evaluator knows no activation but Tanh."""
+    import onnxruntime as ort
+
+    from igcli.autodiff import GRAD, SEED, build_gradient_model
+
+    x = {k: v.astype(np.float32) for k, v in inputs.items()}
+    model = make_model([node], x, output, 14, {k: v.astype(np.float32) for k, v in consts.items()})
+    kernel = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    graph = build_gradient_model(model, "x", output)
+    assert not any(n.op_type == node.op_type for n in graph.graph.node)
+    unrolled = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = kernel.run([output], x)[0]
+    seed = rng.standard_normal(y.shape).astype(np.float32)
+    mine, g = unrolled.run([output, GRAD], {**x, SEED: seed})
+    np.testing.assert_allclose(mine, y, rtol=1e-5, atol=1e-5)
+
+    def f(z):
+        return float(np.sum(seed * kernel.run([output], {**x, "x": z})[0], dtype=np.float64))
+
+    for _ in range(3):
+        v = rng.standard_normal(x["x"].shape)
+        h = 1e-3
+        fd = (f((x["x"] + h * v).astype(np.float32)) - f((x["x"] - h * v).astype(np.float32))) / (
+            2 * h
+        )
+        assert abs(fd - float(np.sum(g * v))) <= 2e-3 * np.linalg.norm(g) * np.linalg.norm(v)
+
+
+@pytest.mark.parametrize(
+    "op, direction, activations, alpha, beta",
+    [
+        ("RNN", "forward", ["Relu"], [], []),
+        ("RNN", "bidirectional", ["LeakyRelu", "Relu"], [0.2], []),
+        ("GRU", "forward", ["HardSigmoid", "Softsign"], [0.3], [0.4]),
+        ("GRU", "reverse", ["Sigmoid", "ScaledTanh"], [1.5], [0.7]),
+        ("LSTM", "bidirectional", ["HardSigmoid", "Elu", "Softplus", "Sigmoid", "Affine", "Tanh"],
+         [0.25, 0.8, 0.9], [0.45, 0.1]),
+        ("RNN", "forward", ["ThresholdedRelu"], [0.1], []),
+    ],
+)  # fmt: skip
+def test_other_activations_are_unrolled(op, direction, activations, alpha, beta):
+    attrs = {"activations": activations}
+    if alpha:
+        attrs["activation_alpha"] = alpha
+    if beta:
+        attrs["activation_beta"] = beta
+    if op == "LSTM":
+        node, inputs, consts = lstm_case(direction, with_peepholes=False)
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
+    else:
+        node, inputs, consts = gru_or_rnn_case(op, direction, **attrs)
+    _kernel_check(node, inputs, consts, "y")
