@@ -938,6 +938,7 @@ def inspect(model: Path, as_json: bool) -> None:
     import onnxruntime as ort
 
     from igcli.autodiff import blocking_ops
+    from igcli.autodiff.contrib import with_embeddings_exposed
     from igcli.cut import candidate_tensors, embedding_lookups, make_cut
     from igcli.inputs import make_preprocessing
     from igcli.model import (
@@ -959,6 +960,7 @@ def inspect(model: Path, as_json: bool) -> None:
         n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
         for n in onnx_model.graph.node
     )
+    onnx_model = with_embeddings_exposed(onnx_model)  # as explain reads it (see Session)
     attributed = next((s for s in ins if s.dtype.kind == "f"), None)
     explained = next((s for s in outs if s.dtype.kind == "f"), None)
     prep = "none (the model has no float input)"

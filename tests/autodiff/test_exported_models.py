@@ -86,3 +86,16 @@ def test_a_fully_fused_bert_is_explained_at_its_word_embeddings(tmp_path, monkey
     got = a.attributions.reshape(ref.shape)
     assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99999
     assert np.abs(got - ref).sum() / np.abs(ref).sum() < 1e-4
+
+
+def test_inspect_sees_the_fused_berts_word_embeddings():
+    """inspect reads the model as explain does: it said 'no float input or output to
+    differentiate; explain refuses this model' of the fused BERT explain now explains."""
+    from click.testing import CliRunner
+
+    from igcli.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(DATA / "bert_ortopt_opset17.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "gradient graph: yes (EmbedLayerNormalization_0_output/word_embeddings" in result.output
+    assert "com.microsoft.EmbedLayerNormalization x1" in result.output  # the file's own ops
