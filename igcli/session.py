@@ -1308,6 +1308,15 @@ class Session:
                 "everywhere (finite differences measure its rounding steps); explain the float "
                 "model it was made from",
             )
+        elif unresolved and "jump" not in self._warned and (end := self._jumps(a, source)):
+            self._warn_once(  # (more steps were advised, where none could help)
+                "jump",
+                f"{a.sample.path}: F jumps at the {end} (target {a.target}): F(baseline) = "
+                f"{a.f_baseline:.6g} and F(input) = {a.f_input:.6g}, but a step of 1e-4 along "
+                f"the path from the {end} already moves F by most of that, so the attributions "
+                f"miss F(x) - F(b) by {100 * abs(a.rel_error):.3g}% and more steps will not help;"
+                " choose another --baseline (a model normalising its input is undefined at 0)",
+            )
         elif unresolved and a.extra.get("converged") is None:
             self._warn_once(  # adaptive steps warn on their own when they stop short
                 "completeness",
@@ -1658,8 +1667,33 @@ class Session:
 
     @property
     def looks_piecewise(self) -> bool:
-        """Whether a result was found piecewise constant or quantized (and said so)."""
-        return "piecewise" in self._warned
+        """Whether more steps cannot help a result: it was found piecewise constant or
+        quantized, or F jumps at an end of the path (and the run said so)."""
+        return bool({"piecewise", "jump"} & self._warned)
+
+    def _jumps(self, a: Attribution, source: GradientSource) -> str | None:
+        """Which end of a straight input-space path F jumps at ('baseline' or 'input'), or
+        None: F a step of 1e-4 from the end already most of F(x) - F(b) away from F there.
+        LpNormalization at a zero baseline is x / |x| for every x but 0, where it is 0:
+        'raise --steps' was advised, which can never help. One 2-row call, only for an
+        unresolved result, until said once."""
+        if self._cut is not None or self.tokens is not None or a.baseline is None:
+            return None
+        if a.extra.get("path", "straight") != "straight" or a.extra.get("baselines"):
+            return None  # (several baselines: no one straight path)
+        x, b = a.sample.x.astype(np.float64), np.asarray(a.baseline, np.float64)
+        if x.shape != b.shape:
+            return None
+        near = np.stack([b + 1e-4 * (x - b), x - 1e-4 * (x - b)]).astype(a.sample.x.dtype)
+        try:
+            f_near = source.values(near)
+        except IgcliError:
+            return None
+        if abs(float(f_near[0]) - a.f_baseline) > 0.5 * abs(a.delta):
+            return "baseline"
+        if abs(a.f_input - float(f_near[1])) > 0.5 * abs(a.delta):
+            return "input"
+        return None
 
     @functools.cached_property
     def _quantized(self) -> bool:

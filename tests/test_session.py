@@ -1018,3 +1018,31 @@ def test_an_output_that_does_not_depend_on_the_input_is_a_usage_error(tmp_path):
     session = igcli.Session(path, input="a", output="emb", feeds={"b": a}, cache=False)
     assert session.output_name == "emb"
     igcli.Session(path, input="b", output="score", feeds={"a": a}, cache=False)
+
+
+def test_a_model_that_jumps_at_the_baseline_is_not_told_to_raise_steps(tmp_path):
+    """LpNormalization is x / |x|, and 0 at 0: from a zero baseline F jumps at once, every
+    gradient along the path misses the jump, and completeness fails by 100% at any number of
+    steps. It was told 'raise --steps'; the warning now says where F jumps and what to do."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("LpNormalization", ["x"], ["y"], axis=1, p=2)], "lpn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )  # fmt: skip
+    path = tmp_path / "lpn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    said = []
+    session = igcli.Session(path, cache=False, warn=said.append)
+    x = np.array([0.3, -0.2, 0.5, 0.1], np.float32)
+    a = session.attribute(x, target=2, baseline="zero", steps=32)
+    assert abs(a.rel_error) > 0.5
+    assert any("F jumps at the baseline" in m for m in said), said
+    assert not any("raise --steps" in m for m in said), said
+    assert session.looks_piecewise  # the run's closing line does not advise steps either
+    smooth = igcli.Session(path, cache=False, warn=said.append)
+    off = np.array([0.2, 0.1, 0.4, 0.3], np.float32)  # a path that never meets 0
+    b = smooth.attribute(x, target=2, baseline=off, steps=32)
+    assert abs(b.rel_error) < 1e-3 and not smooth.looks_piecewise
