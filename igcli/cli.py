@@ -147,7 +147,7 @@ rich_click.rich_click.OPTION_GROUPS = {
             "--clip-percentile", "--scale", "--channels"]},
         {"name": "Batch and CI", "options": [
             "--skip-existing", "--shard", "--max-completeness-error"]},
-        {"name": "Scale out", "options": ["--manifest", "--dask"]},
+        {"name": "Scale out", "options": ["--manifest", "--workers", "--dask"]},
         {"name": "Resources", "options": [
             "--batch-size", "--memory-limit", "--threads", "--provider"]},
     ],
@@ -685,6 +685,15 @@ MODEL = click.argument(
     "INPUTS, so every shard agrees.",
 )
 @click.option(
+    "--workers",
+    metavar="N|auto",
+    default="auto",
+    show_default=True,
+    help="Worker processes on this machine for a folder of inputs: auto uses one per CPU "
+    "for a small model and 64 or more inputs (its calls are short, and one process would "
+    "wait on its own Python between them), else 1: everything in this process.",
+)
+@click.option(
     "--dask",
     metavar="ADDRESS|local:N",
     help="Spread the inputs over Dask workers: a scheduler address, or local:N for N local "
@@ -787,6 +796,7 @@ def explain(
     skip_existing: bool,
     shard: str | None,
     manifest: str | None,
+    workers: str,
     dask: str | None,
     max_completeness_error: float | None,
     overlay: str,
@@ -891,6 +901,7 @@ def explain(
         messages=messages,
         targets_from=table,
         dask=dask,
+        workers=workers,
         session_factory=make_session,
     )
     sys.exit(int(code))

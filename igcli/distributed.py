@@ -61,6 +61,7 @@ class ChunkResult:
     targets_used: set[str] = field(default_factory=set)
     measured: dict = field(default_factory=dict)
     model_seconds: float = 0.0
+    error: IgcliError | None = None  # raised by the client: Dask logged a raised one whole
 
 
 def _plugin_class():

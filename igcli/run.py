@@ -30,7 +30,7 @@ from igcli import methods
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings
 from igcli.console import Messages
 from igcli.discovery import Shard, TargetTable, count_inputs, in_shard, parse_shard
-from igcli.errors import ExitCode
+from igcli.errors import ExitCode, UsageError
 from igcli.files import os_reason
 from igcli.report import RunReport, check_reports_replaceable
 from igcli.session import AttributionSettings, Session
@@ -331,11 +331,13 @@ def run_explain(
     messages: Messages,
     targets_from: TargetTable | None = None,
     dask: str | None = None,
+    workers: str | int | None = 1,
     session_factory=None,
 ) -> ExitCode:
     """Explain every planned input; write the reports; return the exit code (README.md).
     `dask`: a scheduler address or "local:N" to spread the inputs over Dask workers, each
-    building its own session with `session_factory` (a functools.partial of Session)."""
+    building its own session with `session_factory` (a functools.partial of Session);
+    `workers`: local worker processes, a number or "auto" (see pool.choose_workers)."""
     if not the_plan.discovered and not the_plan.skipped:
         messages.error("no inputs to explain")
         return ExitCode.INPUTS_FAILED
@@ -347,6 +349,13 @@ def run_explain(
             "colour scale, not the whole run's (merge-reports does not draw them again); "
             "one process, or --dask, shares it over every input"
         )
+    processes = 1
+    if dask is None and session_factory is not None:
+        from igcli.pool import choose_workers
+
+        processes = choose_workers(workers, session, the_plan.items)
+    elif dask is not None and workers not in (None, "auto", 1, "1"):
+        raise UsageError("--workers and --dask both spread the inputs: give one of them")
     batch = start(
         session,
         the_plan,
@@ -359,7 +368,13 @@ def run_explain(
     begun = time.perf_counter()
     interrupted = False
     try:
-        if dask is not None:
+        if processes > 1:
+            from igcli.pool import execute_on_processes
+
+            batch.protect(the_plan.items)  # for the reports; each worker checks its chunk
+            execute_on_processes(batch, the_plan, processes, messages, targets_from,
+                                 session_factory)  # fmt: skip
+        elif dask is not None:
             from igcli.distributed import execute_on_dask
 
             batch.protect(the_plan.items)  # for the reports; each worker checks its chunk

@@ -1,0 +1,114 @@
+"""--workers: a folder's inputs on local worker processes (igcli/pool.py), against one process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from igcli.errors import UsageError
+from igcli.pool import AUTO_MAX_WEIGHTS, AUTO_MIN_INPUTS, choose_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "sample_models" / "digits_cnn.onnx"
+
+
+def _folder(tmp_path: Path, bad: bool = False) -> Path:
+    """Twelve digit pictures in two subfolders (and one that is no picture, if `bad`)."""
+    src = sorted((ROOT / "sample_inputs" / "digits").glob("*.png"))
+    folder = tmp_path / "in"
+    for k in range(12):
+        sub = folder / f"part{k % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src[k % len(src)], sub / f"img{k:02d}.png")
+    if bad:
+        (folder / "part1" / "img05b.png").write_bytes(b"not a picture")
+    return folder
+
+
+def _explain(folder: Path, out: Path, *extra: str) -> tuple[int, list[dict], str]:
+    cmd = [sys.executable, "-m", "igcli", "explain", str(DIGITS), str(folder), "-r",
+           "--out", str(out), "--json", "--quiet", "--steps", "auto", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, lines, proc.stderr
+
+
+def test_two_workers_give_the_records_of_one_process(tmp_path):
+    """The same inputs, names, targets, numbers and files, and JSON lines in input order; a
+    bad file fails alone there too (exit 4)."""
+    folder = _folder(tmp_path, bad=True)
+    code1, one, err1 = _explain(folder, tmp_path / "one", "--workers", "1")
+    code2, two, err2 = _explain(folder, tmp_path / "two", "--workers", "2")
+    assert code1 == code2 == 4, (err1, err2)
+    assert [r["input"] for r in one] == [r["input"] for r in two]  # input order, failure too
+    for a, b in zip(one, two, strict=True):
+        assert a.get("status") == b.get("status") and a.get("target") == b.get("target")
+        if a.get("status") != "ok":
+            continue
+        assert a["f_input"] == pytest.approx(b["f_input"], rel=1e-5)
+        assert a["attribution_sum"] == pytest.approx(b["attribution_sum"], rel=1e-4, abs=1e-6)
+        np.testing.assert_allclose(
+            np.load(tmp_path / "two" / b["attributions_file"]),
+            np.load(tmp_path / "one" / a["attributions_file"]),
+            rtol=1e-4, atol=1e-6,
+        )  # fmt: skip
+        assert (tmp_path / "two" / b["heatmap_file"]).is_file()
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["settings"]["workers"]["processes"] == 2
+    assert len(report["results"]) == 12 and len(report["failures"]) == 1
+    first = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert [r["name"] for r in report["results"]] == [r["name"] for r in first["results"]]
+    assert report["results"][0]["settings_hash"] == first["results"][0]["settings_hash"]
+
+
+def test_a_resumed_pool_run_takes_what_one_process_wrote(tmp_path):
+    folder = _folder(tmp_path)
+    out = tmp_path / "out"
+    assert _explain(folder, out, "--workers", "1")[0] == 0
+    code, lines, err = _explain(folder, out, "--workers", "2", "--skip-existing")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["resumed"] == 12 and len(lines) == 12
+
+
+def _session(weights: int, provider: str = "CPUExecutionProvider"):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph([], "g", [], [])
+    graph.initializer.append(numpy_helper.from_array(np.zeros(weights // 4, np.float32), "w"))
+    return SimpleNamespace(model=onnx.helper.make_model(graph), providers=[provider])
+
+
+def test_auto_takes_processes_for_a_small_model_and_many_inputs(monkeypatch):
+    monkeypatch.setattr("igcli.pool.usable_cpus", lambda: 4)
+    many, few = [object()] * AUTO_MIN_INPUTS, [object()] * (AUTO_MIN_INPUTS - 1)
+    small, big = _session(1024), _session(AUTO_MAX_WEIGHTS + 1024)
+    assert choose_workers("auto", small, many) == 4
+    assert choose_workers(None, small, many) == 4
+    assert choose_workers("auto", small, few) == 1  # done before workers would have started
+    assert choose_workers("auto", big, many) == 1  # each call fills the cores already
+    assert choose_workers("auto", _session(1024, "CUDAExecutionProvider"), many) == 1
+    monkeypatch.setattr("igcli.pool.usable_cpus", lambda: 1)
+    assert choose_workers("auto", small, many) == 1
+    assert choose_workers("3", big, many) == 3  # asked for: given
+    assert choose_workers("8", small, [object()] * 2) == 2  # no more than inputs
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_a_bad_workers_value_is_a_usage_error(value):
+    with pytest.raises(UsageError):
+        choose_workers(value, _session(1024), [object()] * 100)
+
+
+def test_workers_with_dask_is_a_usage_error(tmp_path):
+    folder = _folder(tmp_path)
+    code, _, err = _explain(folder, tmp_path / "out", "--workers", "2", "--dask", "local:2")
+    assert code == 2 and "--workers and --dask" in err, err
