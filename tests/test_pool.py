@@ -78,13 +78,14 @@ def test_a_resumed_pool_run_takes_what_one_process_wrote(tmp_path):
     assert report["summary"]["resumed"] == 12 and len(lines) == 12
 
 
-def _session(weights: int, provider: str = "CPUExecutionProvider"):
+def _session(weights: int, provider: str = "CPUExecutionProvider", shape=("N", 1, 28, 28)):
     import onnx
     from onnx import helper, numpy_helper
 
     graph = helper.make_graph([], "g", [], [])
     graph.initializer.append(numpy_helper.from_array(np.zeros(weights // 4, np.float32), "w"))
-    return SimpleNamespace(model=onnx.helper.make_model(graph), providers=[provider])
+    model = onnx.helper.make_model(graph)
+    return SimpleNamespace(model=model, providers=[provider], ig_shape=list(shape))
 
 
 def test_auto_takes_processes_for_a_small_model_and_many_inputs(monkeypatch):
@@ -96,6 +97,8 @@ def test_auto_takes_processes_for_a_small_model_and_many_inputs(monkeypatch):
     assert choose_workers("auto", small, few) == 1  # done before workers would have started
     assert choose_workers("auto", big, many) == 1  # each call fills the cores already
     assert choose_workers("auto", _session(1024, "CUDAExecutionProvider"), many) == 1
+    assert choose_workers("auto", _session(1024, shape=("N", 3, 112, 112)), many) == 1
+    assert choose_workers("auto", _session(1024, shape=("N", "S", 64)), many) == 1
     monkeypatch.setattr("igcli.pool.usable_cpus", lambda: 1)
     assert choose_workers("auto", small, many) == 1
     assert choose_workers("3", big, many) == 3  # asked for: given
