@@ -26,6 +26,10 @@ Output names (the `name` of each input, relative to --out, without suffix):
    Names depend only on the list of inputs (not their order, except in step d), so every
    shard of a run computes the same names before taking its share.
 4. The same file listed twice (by the same path) is explained once; the repeat is skipped.
+   An object URL is compared as written: `s3://b/x/../y.png` is not `s3://b/y.png`.
+5. An object key with an empty, `.` or `..` part (`x/../y.png`, `d//e.png`) fails alone: no
+   file path can hold it apart from the key it would normalise to (`y.png`, `d/e.png`). Its
+   name, which writes nothing, shows those parts as `%2F`, `%2E` and `%2E%2E`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import fnmatch
 import hashlib
 import io
 import os
+import posixpath
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -257,6 +262,8 @@ def discover(
         found.skipped.append((str(path), reason))
 
     def add(path: Path, name: str, problem: str | None = None) -> None:
+        if problem is None and _is_remote(str(path)) and _odd_key(str(path)):
+            name, problem = _odd_name(name), ODD_KEY
         given.append((InputItem(path, name, problem), os.path.normpath(str(path))))
 
     for arg in args:
@@ -282,7 +289,7 @@ def discover(
 
     seen: set[str] = set()
     for item, text in given:
-        key = os.path.abspath(text)
+        key = str(item.path) if _is_remote(str(item.path)) else os.path.abspath(text)
         if key in seen:
             skip(item.path, "listed more than once")
             continue
@@ -290,7 +297,37 @@ def discover(
         item.name = clean_name(item.name)
         found.items.append(item)
     unique_names(found.items, {id(item): text for item, text in given})
+    _apart(found.items)
     return found
+
+
+ODD_KEY = (
+    "object key has an empty, '.' or '..' part: its outputs could be another key's "
+    "(rename the object)"
+)
+
+
+def _odd_key(url: str) -> bool:
+    """Whether an object URL's bucket or key has an empty, '.' or '..' part (rule 5)."""
+    key = url.split("://", 1)[1].strip("/")  # memory:///x lists as memory:///x/...
+    return any(p in ("", ".", "..") for p in key.split("/"))
+
+
+def _odd_name(name: str) -> str:
+    """A name with its empty, '.' and '..' parts shown as %2F, %2E and %2E%2E (rule 5): a
+    plain relative path, which a manifest accepts."""
+    odd = {"": "%2F", ".": "%2E", "..": "%2E%2E"}
+    return "/".join(odd.get(p, p) for p in name.split("/"))
+
+
+def _apart(items: list[InputItem]) -> None:
+    """Failed inputs (which write nothing) get `~` and a hash when their name is another
+    input's: a plan's names must be unique for `explain --manifest` to take it."""
+    taken: set[str] = set()
+    for item in sorted(items, key=lambda i: i.problem is not None):
+        if item.problem is not None and item.name.casefold() in taken:
+            item.name += f"~{_short_hash(str(item.path))}"
+        taken.add(item.name.casefold())
 
 
 def _is_remote(arg: str) -> bool:
@@ -361,11 +398,18 @@ _ROW = re.compile(r"^(.*)_row\d+(?:\.target\d+)?$", re.DOTALL)
 _OUTPUT_SUFFIXES = (".npy", ".png", ".record.json")
 
 
+def _written(name: str) -> str:
+    """The name as the output writer resolves it: 'x/../y' and 'a//b' are written at 'y'
+    and 'a/b', so they collide with those names."""
+    plain = all(p not in ("", ".", "..") for p in name.split("/"))
+    return name if plain else posixpath.normpath(name)
+
+
 def collision_groups(items: list[InputItem]) -> list[list[int]]:
     """Indices of items whose outputs would share a file, in groups (rule 3 above)."""
     plain: dict[str, list[int]] = {}
     table: dict[str, list[int]] = {}
-    keys = [item.name.casefold() for item in items]
+    keys = [_written(item.name).casefold() for item in items]
     for i, key in enumerate(keys):
         (table if items[i].is_table else plain).setdefault(key, []).append(i)
 

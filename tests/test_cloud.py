@@ -259,3 +259,26 @@ def test_staged_files_go_once_uploaded_unless_the_run_reads_them_again(tmp_path,
     assert mem.exists("/st-c/" + DIGIT_PNGS[0].stem + ".png")
     left([CANCER, CANCER_CSV, "--out", "memory://st-d"])
     assert "Attributions per feature" in mem.cat("/st-d/report.html").decode()
+
+
+def test_object_keys_with_dot_or_empty_parts_fail_alone_and_clash_with_no_one(s3, tmp_path):
+    """'x/../y.png', './dot.png' and 'd//e.png' are objects of their own: they were taken for
+    'y.png' &c. ("listed more than once") or wrote over their outputs. They fail alone, and
+    the plan listing them is a manifest `explain` takes."""
+    fs, _ = s3
+    odd = {"y.png": 0, "x/../y.png": 1, "dot.png": 2, "./dot.png": 3, "d/e.png": 4, "d//e.png": 5}
+    for key, k in odd.items():
+        fs.pipe(f"igcli-test/odd/{key}", DIGIT_PNGS[k].read_bytes())
+    plan = run("plan", DIGITS, "s3://igcli-test/odd", "-r")
+    assert plan.exit_code == 0, plan.stderr
+    manifest = tmp_path / "plan.jsonl"
+    manifest.write_text(plan.stdout)
+    result = run("explain", DIGITS, "--manifest", manifest, "--out", tmp_path / "o", *STEPS, "-q")
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    done = {r["input"]: r["name"] for r in report["results"]}
+    assert done == {f"s3://igcli-test/odd/{k}": k[:-4] for k in ("y.png", "dot.png", "d/e.png")}
+    failed = {f["input"] for f in report["failures"]}
+    assert failed == {f"s3://igcli-test/odd/{k}" for k in ("x/../y.png", "./dot.png", "d//e.png")}
+    assert all("'..' part" in f["error"] for f in report["failures"])
+    assert not report.get("skipped")

@@ -323,3 +323,17 @@ def test_stdin_urls_are_urls_as_on_the_command_line():
     assert isinstance(paths[0], URL) and isinstance(paths[1], Path)
     found = discover(["-"], stdin=Stdin(b"s3://bkt/sh/x.png\n"))
     assert [(str(i.path), i.name) for i in found.items] == [("s3://bkt/sh/x.png", "x")]
+
+
+def test_odd_object_keys_are_not_conflated_with_the_keys_they_normalise_to():
+    """Given by URL, 's3://b/x/../y.png' is no repeat of 's3://b/y.png', and fails alone
+    under a name of its own; names that resolve to one output path collide."""
+    from igcli.discovery import InputItem, collision_groups
+
+    found = discover(["s3://b/x/../y.png", "s3://b/y.png", "s3://b/y.png"])
+    assert found.skipped == [("s3://b/y.png", "listed more than once")]
+    odd, plain = found.items
+    assert plain.name == "y" and plain.problem is None
+    assert odd.problem and "'..' part" in odd.problem and odd.name.startswith("y~")
+    items = [InputItem(Path("a.png"), "x/../y"), InputItem(Path("b.png"), "y")]
+    assert collision_groups(items) == [[0, 1]]
