@@ -44,6 +44,7 @@ from igcli.outputs import (
     plain_parts,
     real_out,
     remove_write_leftovers,
+    unlock_folder,
     unlock_reports,
 )
 from igcli.report import RunReport, failure_entry, json_line
@@ -268,6 +269,7 @@ class BatchRun:
         self.emit, self.warn = emit, warn
         # run.start's lock on the report files: (folder, report stem, descriptor)
         self.reports_lock: tuple[Path, str, int] | None = None
+        self.folder_lock: tuple[Path, str, int] | None = None  # and on the folder (its group)
         self.remote = None  # a storage.RemoteOutputs when --out is a URL
         self.local_out = outputs.out_dir  # where files are written (staged when remote)
         if is_url(str(outputs.out_dir)):
@@ -807,6 +809,9 @@ class BatchRun:
         if self.reports_lock is not None:
             unlock_reports(*self.reports_lock)
             self.reports_lock = None
+        if self.folder_lock is not None:
+            unlock_folder(*self.folder_lock)
+            self.folder_lock = None
 
     def close(self) -> None:
         """Wait for the writes, then stop the writer thread."""

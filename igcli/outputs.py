@@ -246,6 +246,88 @@ def lock_reports(out_dir: Path, stem: str) -> int | None:
     return fd
 
 
+def lock_folder(out_dir: Path, group: str) -> int | None:
+    """Hold `<out_dir>/.igcli-run.<group>.lock` shared for this run, and refuse to start
+    while a run of another group writes the folder. The report lock covers one report's
+    name only: a shard 1/2 and a plain run (or a shard 1/3) on one --out both exited 0,
+    each report naming .npy files the other had written. Shards of one N are one group (a
+    job's shards share a folder); a plain run is the group "all". None where there is no
+    flock (Windows) or the filesystem refuses it."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    own = out_dir / f".igcli-run.{group}.lock"
+    fd = _flocked(own, fcntl.LOCK_SH)  # waits only for a check or an ending run (below)
+    if fd is None:
+        return None
+    for other in sorted(out_dir.glob(".igcli-run.*.lock")):
+        if other.name == own.name:
+            continue
+        try:
+            held = os.open(other, os.O_RDWR)
+        except OSError:  # gone meanwhile: that run ended
+            continue
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(held)
+            unlock_folder(out_dir, group, fd)
+            what = other.name[len(".igcli-run.") : -len(".lock")].replace("-", " ")
+            what = "a run of every input" if what == "all" else what
+            raise OutputError(
+                f"another igcli run ({what}) is writing in this folder; only shards of one N "
+                "may share an --out: wait for it to finish or choose another --out",
+                out_dir,
+            ) from None
+        except OSError:
+            os.close(held)
+            continue
+        with contextlib.suppress(OSError):  # left by a run that was killed: nobody holds it
+            os.unlink(other)
+        os.close(held)
+    return fd
+
+
+def _flocked(path: Path, how: int) -> int | None:
+    """A descriptor of `path` (created if need be) holding flock `how` (blocking), on the
+    file that has that name once locked; None where the filesystem has no locks."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create {path.name} ({exc.strerror or exc})", path.parent
+            ) from None
+        try:
+            fcntl.flock(fd, how)
+        except OSError:  # no locks on this filesystem (some network mounts): run unlocked
+            os.close(fd)
+            return None
+        try:  # unlinked meanwhile by a run that ended: it locks nothing
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def unlock_folder(out_dir: Path, group: str, fd: int) -> None:
+    """Release a lock_folder lock; the last run of its group removes the file."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass  # another run of the group still holds it
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(out_dir / f".igcli-run.{group}.lock")
+    os.close(fd)
+
+
 def unlock_reports(out_dir: Path, stem: str, fd: int) -> None:
     """Remove the lock file and release it (in that order: a run that opened it meanwhile
     finds it unlinked and takes a new one), so a finished run leaves no file behind."""

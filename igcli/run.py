@@ -143,27 +143,43 @@ def start(
 ) -> BatchRun:
     """The BatchRun that explains this plan's inputs: output folder checked, report begun
     (settings, skipped files), the gradient graph self-checked at the plan's first input."""
-    from igcli.outputs import check_writable, lock_reports, unlock_reports
+    from igcli.outputs import check_writable, lock_folder, lock_reports
     from igcli.storage import check_writable as check_remote
     from igcli.storage import is_url, location
 
     messages = messages or Messages()
     outputs.out_dir = location(outputs.out_dir)
-    lock = None
+    lock = folder = None
     if is_url(str(outputs.out_dir)):
         check_remote(str(outputs.out_dir))
     else:
         check_writable(outputs.out_dir)
-        fd = lock_reports(outputs.out_dir, the_plan.report_stem)
+        group = f"shards-of-{the_plan.shard.n}" if the_plan.shard else "all"
+        fd = lock_folder(outputs.out_dir, group)
+        folder = (outputs.out_dir, group, fd) if fd is not None else None
+        try:
+            fd = lock_reports(outputs.out_dir, the_plan.report_stem)
+        except BaseException:
+            _unlock(None, folder)
+            raise
         lock = (outputs.out_dir, the_plan.report_stem, fd) if fd is not None else None
     try:
         batch = _begin(session, the_plan, settings, outputs, targets, messages, targets_from, emit)
     except BaseException:
-        if lock is not None:
-            unlock_reports(*lock)
+        _unlock(lock, folder)
         raise
     batch.reports_lock = lock  # held until finish() has written the reports
+    batch.folder_lock = folder
     return batch
+
+
+def _unlock(reports: tuple | None, folder: tuple | None) -> None:
+    from igcli.outputs import unlock_folder, unlock_reports
+
+    if reports is not None:
+        unlock_reports(*reports)
+    if folder is not None:
+        unlock_folder(*folder)
 
 
 def _begin(session, the_plan, settings, outputs, targets, messages, targets_from, emit):

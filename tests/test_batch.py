@@ -847,6 +847,38 @@ def test_a_second_run_on_the_same_reports_is_refused(tree, tmp_path):
     assert not list(out.glob(".igcli-*.lock"))  # a finished run leaves none behind
 
 
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_plain_run_and_shards_or_shards_of_another_n_do_not_share_a_folder(tree, tmp_path):
+    """A shard 1/2 and a plain run (or a shard 1/3) on one --out at once both exited 0, each
+    report naming .npy files the other had written: the report lock covered report names
+    only. Whoever comes second now stops (exit 6); shards of one N still share the folder."""
+    from igcli.outputs import lock_folder, unlock_folder
+
+    out = tmp_path / "o"
+    out.mkdir()
+    args = ("explain", DIGITS, tree, "--out", out, "--steps", "2")
+    held = lock_folder(out, "shards-of-2")  # shard 1/2 running in another process
+    try:
+        for extra in ((), ("--shard", "1/3")):
+            second = run(*args, *extra)
+            assert second.exit_code == ExitCode.OUTPUT, second.stderr
+            assert "another igcli run (shards of 2) is writing in this folder" in second.stderr
+        shard = run(*args, "--shard", "2/2")
+        assert shard.exit_code == 0, shard.stderr
+    finally:
+        unlock_folder(out, "shards-of-2", held)
+    held = lock_folder(out, "all")  # a plain run
+    try:
+        second = run(*args, "--shard", "1/2")
+        assert second.exit_code == ExitCode.OUTPUT
+        assert "another igcli run (a run of every input)" in second.stderr
+    finally:
+        unlock_folder(out, "all", held)
+    assert run(*args, "--shard", "1/3").exit_code == 0
+    assert run(*args).exit_code == 0
+    assert not list(out.glob(".igcli-*.lock"))  # a finished run leaves none behind
+
+
 def _resumed(out) -> int:
     return json.loads((out / "report.json").read_text())["summary"]["resumed"]
 
