@@ -1338,7 +1338,7 @@ def merge_reports_cmd(
 ) -> None:
     """Join the reports of shards (report.json files, or folders holding report.json or
     report.shard-K-of-N.json files) into one report of the whole run."""
-    from igcli.outputs import check_writable
+    from igcli.outputs import check_writable, lock_reports, unlock_reports
     from igcli.report import check_reports_replaceable, find_reports, merge_reports
     from igcli.storage import check_writable as check_remote
     from igcli.storage import is_url, location
@@ -1348,12 +1348,19 @@ def merge_reports_cmd(
     _check_not_a_source(paths, out)
     order = _manifest_order(manifest, paths)
     merged = merge_reports(paths, expect=expect, order=order, warn=messages.warn)
+    lock = None
     if is_url(str(out)):
         check_remote(str(out))
     else:
         check_writable(out)
-        check_reports_replaceable(out)
-    merged.write(out)
+        lock = lock_reports(out, "report")  # as explain's: both wrote report.json, exit 0
+    try:
+        if not is_url(str(out)):
+            check_reports_replaceable(out)
+        merged.write(out)
+    finally:
+        if lock is not None:
+            unlock_reports(out, "report", lock)
     s = merged.summary()
     where = f"{str(out).rstrip('/')}/report.json"
     messages.info(

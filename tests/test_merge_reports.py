@@ -232,3 +232,24 @@ def test_a_malformed_report_is_refused_before_anything_is_written(tmp_path):
             (both / p.name).write_bytes(p.read_bytes())
     assert run("merge-reports", both, "--expect", "2", "--out", both).exit_code == 0
     assert run("merge-reports", both, "--expect", "2", "--out", both).exit_code == 0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_merge_into_a_folder_whose_report_a_run_is_writing_is_refused(shards, tmp_path):
+    """merge-reports took no lock: it and an explain run on one --out both wrote report.json
+    and both exited 0, the later report replacing the other. It now takes explain's lock."""
+    from igcli.outputs import lock_reports, unlock_reports
+
+    out = tmp_path / "m"
+    out.mkdir()
+    held = lock_reports(out, "report")  # an explain run writing out/report.json
+    try:
+        merged = run("merge-reports", shards / "s8", "--out", out)
+        assert merged.exit_code == ExitCode.OUTPUT, merged.stderr
+        assert "another igcli run is writing report.json" in merged.stderr
+        assert not (out / "report.json").exists()
+    finally:
+        unlock_reports(out, "report", held)
+    merged = run("merge-reports", shards / "s8", "--out", out)
+    assert merged.exit_code == 0, merged.stderr
+    assert not list(out.glob(".igcli-*.lock"))
