@@ -517,6 +517,9 @@ class Shard:
         return f"shard-{self.k}-of-{self.n}"
 
 
+MAX_SHARDS = 100_000  # far more than any job runs in parallel
+
+
 def parse_shard(spec: str | None, environ: dict | None = None) -> Shard | None:
     """`K/N` (1 <= K <= N), or `auto/N`: K from the first of SHARD_VARIABLES that is set,
     each of them counting from 0 (Slurm's from SLURM_ARRAY_TASK_MIN)."""
@@ -530,6 +533,8 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> Shard | None:
         raise UsageError(f"--shard {spec!r}: use K/N (e.g. 2/4) or auto/N") from None
     if not sep or n < 1:
         raise UsageError(f"--shard {spec!r}: use K/N (e.g. 2/4) or auto/N")
+    if n > MAX_SHARDS:  # merge-reports checked shards 1..N one by one: N = 10**9 ran out of memory
+        raise UsageError(f"--shard {spec!r}: N is at most {MAX_SHARDS}")
     if k is not None:
         if not 1 <= k <= n:
             raise UsageError(f"--shard {spec!r}: need 1 <= K <= N")

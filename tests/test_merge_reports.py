@@ -253,3 +253,21 @@ def test_a_merge_into_a_folder_whose_report_a_run_is_writing_is_refused(shards, 
     merged = run("merge-reports", shards / "s8", "--out", out)
     assert merged.exit_code == 0, merged.stderr
     assert not list(out.glob(".igcli-*.lock"))
+
+
+def test_a_report_of_a_huge_shard_count_merges_without_listing_every_shard(tmp_path):
+    """A report of shard 1/10**9 (hand-edited, or from an igcli that took any N): the merge
+    listed shards 1..N, filling the memory until the kernel killed it."""
+    result = run("explain", DIGITS, *INPUTS, "--steps", "4", "--shard", "1/2", "--out",
+                 tmp_path / "s", "-q", "--no-heatmaps")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    path = tmp_path / "s" / "report.shard-1-of-2.json"
+    data = json.loads(path.read_text())
+    data["settings"]["shard"] = "1/1000000000"
+    path.write_text(json.dumps(data))
+    merged = run("merge-reports", path, "--out", tmp_path / "m")
+    assert merged.exit_code == 0, merged.stderr
+    assert "999999999 of 1000000000 shard reports missing: 2/1000000000, " in merged.stderr
+    assert "/1000000000, ... (found 1;" in merged.stderr
+    strict = run("merge-reports", path, "--expect", "1000000000", "--out", tmp_path / "m2")
+    assert strict.exit_code == ExitCode.SHARDS

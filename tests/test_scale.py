@@ -54,6 +54,8 @@ def test_shard_auto_reads_the_index_from_the_environment(env, k, source):
         ("auto/4", {"IGCLI_SHARD": "x"}, "is not a number"),
         ("0/4", {}, "1 <= K <= N"),
         ("auto", {}, "use K/N"),
+        ("1/1000000000", {}, "N is at most 100000"),  # merge-reports then ran out of memory
+        ("auto/99999999999999999999", {"IGCLI_SHARD": "0"}, "N is at most 100000"),
     ],
 )
 def test_bad_shard_specs_are_usage_errors(spec, env, problem):
