@@ -694,6 +694,14 @@ def merge_reports(
             warn(f"{stopped[0]}: its run was interrupted, so some of its inputs are in no report")
         counts = {str((rep.get("settings") or {}).get("shard") or "").partition("/")[2]
                   for rep in reports}  # fmt: skip
+        if len(counts) > 1:  # shards 1/2 and 3/3 merged silently, lacking half the inputs
+            kinds = ", ".join(
+                f"shards of {c}" if c else "a run without --shard" for c in sorted(counts)
+            )
+            warn(
+                f"the reports are of different splits ({kinds}), so some inputs may be "
+                "missing or repeated; merged anyway (--expect N makes that an error)"
+            )
         n = counts.pop() if len(counts) == 1 else ""
         if n.isdecimal() and n.isascii():
             try:

@@ -271,3 +271,16 @@ def test_a_report_of_a_huge_shard_count_merges_without_listing_every_shard(tmp_p
     assert "/1000000000, ... (found 1;" in merged.stderr
     strict = run("merge-reports", path, "--expect", "1000000000", "--out", tmp_path / "m2")
     assert strict.exit_code == ExitCode.SHARDS
+
+
+def test_shards_of_different_n_merge_with_a_warning(tmp_path):
+    """Shard 1/2 and shard 3/3 merged without a word, lacking some inputs (exit 0); shards
+    of one N that are not all there were warned about, these now are too."""
+    for shard in ("1/2", "3/3"):
+        result = run("explain", DIGITS, *INPUTS, "--steps", "4", "--shard", shard, "--out",
+                     tmp_path / shard[-1], "-q", "--no-heatmaps")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    merged = run("merge-reports", tmp_path / "2", tmp_path / "3", "--out", tmp_path / "m")
+    assert merged.exit_code == 0, merged.stderr
+    assert "different splits (shards of 2, shards of 3)" in merged.stderr
+    assert "--expect N makes that an error" in merged.stderr
