@@ -18,6 +18,7 @@ shared file system, or object storage URLs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -120,7 +121,16 @@ def _plugin_class():
 
 
 def _explain_chunk(plugin_name: str, index: int, items: list[InputItem]) -> ChunkResult:
-    """Runs on a worker: explain `items` with the worker's session, outputs written whole."""
+    """Runs on a worker: explain `items` with the worker's session, outputs written whole.
+    igcli's own errors (a model the worker cannot read) come back in the result: raised,
+    Dask logged each as "Compute Failed" with a traceback, even under --quiet."""
+    try:
+        return _explain(plugin_name, index, items)
+    except IgcliError as exc:
+        return ChunkResult(index=index, inputs=0, error=exc)
+
+
+def _explain(plugin_name: str, index: int, items: list[InputItem]) -> ChunkResult:
     from distributed import get_worker
 
     plugin = get_worker().plugins[plugin_name]
@@ -188,6 +198,24 @@ def quiet_dask() -> None:
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _sigint_ignored_by_children():
+    """SIGINT ignored while local workers start, which keep it ignored (across exec, and
+    Python then installs no KeyboardInterrupt of its own): Ctrl-C reaches the whole process
+    group, and each worker printed its tracebacks. The client stops them itself. (A Ctrl-C
+    in the second or two this takes is lost: an ignored signal is not kept pending.)"""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def connect(address: str, messages: Messages | None = None):
     """(client, cluster or None) for --dask: "local:N" starts N worker processes here, at
     most one per CPU this process may use: each worker holds its own model session, so more
@@ -215,13 +243,14 @@ def connect(address: str, messages: Messages | None = None):
                 f"use ({workers} would only wait for one another)"
             )
             workers = cpus
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        )
+        with _sigint_ignored_by_children():
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
         return Client(cluster), cluster
     try:
         return Client(address, timeout="30s"), None
@@ -299,6 +328,8 @@ def execute_on_dask(
                 for future in as_completed(futures):
                     result = future.result()
                     future.release()
+                    if result.error is not None:
+                        raise result.error
                     progress.advance(result.inputs)
                     ready[result.index] = result
                     while following in ready:  # the report stays in input order

@@ -157,3 +157,53 @@ def test_an_interrupted_dask_run_reports_what_its_workers_finished(digits, tmp_p
     reported = sorted(r["name"] for r in load(out / "report.json")["results"])
     printed = sorted(json.loads(line)["name"] for line in result.stdout.splitlines())
     assert len(on_disk) == 100 and on_disk == reported == printed
+
+
+def _model_error(*args):
+    from igcli.errors import ModelError
+
+    raise ModelError("no such file", "gone.onnx")
+
+
+def test_an_igcli_error_on_a_worker_is_one_line_without_a_dask_dump(tmp_path, monkeypatch):
+    """Workers that could not read the model raised, and Dask logged each chunk's failure
+    ("Compute Failed ... Traceback:"), under --quiet too, before igcli's one line."""
+    import io
+    import logging
+
+    import igcli.distributed as igd
+    from igcli.errors import ExitCode
+    from tests.test_cli import DIGIT_PNGS
+
+    monkeypatch.setattr(igd, "BatchRun", _model_error)  # as a worker's session fails
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logging.getLogger("distributed").addHandler(handler)
+    try:
+        with cluster(processes=False) as c:
+            result = run("explain", DIGITS, *DIGIT_PNGS[:3], *STEPS, "--out", tmp_path / "o",
+                         "-q", "--dask", c.scheduler_address)  # fmt: skip
+    finally:
+        logging.getLogger("distributed").removeHandler(handler)
+    assert result.exit_code == ExitCode.MODEL, result.stderr
+    assert result.stderr.strip() == "error: gone.onnx: no such file"
+    assert "Compute Failed" not in logged.getvalue()
+
+
+def _sigint_disposition() -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_local_workers_leave_ctrl_c_to_the_client():
+    """Ctrl-C reaches the whole process group: each local:N worker printed tracebacks of its
+    own (KeyboardInterrupt in asyncio), under --quiet too. They ignore it; the client stops
+    them, and keeps its own Ctrl-C."""
+    from igcli.distributed import connect
+
+    client, local = connect("local:1")
+    try:
+        assert set(client.run(_sigint_disposition).values()) == {True}
+    finally:
+        client.close()
+        local.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
