@@ -83,9 +83,47 @@ def filesystem(url: str):
             f"{url}: object storage needs fsspec: pip install 'igcli[cloud]'"
         ) from None
     try:
-        return fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **_store_options(url))
     except (ImportError, ValueError) as exc:
         raise UsageError(f"{url}: cannot open this store ({exc})") from None
+    if url.startswith(_S3) and "retries" not in fsspec.config.conf.get("s3", {}):
+        fs.retries = S3_ATTEMPTS  # s3fs's own tries, around botocore's (no __init__ option)
+    return fs, path
+
+
+# S3 calls give up after S3_ATTEMPTS tries of at most S3_TIMEOUTS seconds each, twice over
+# (botocore's tries within s3fs's): a server that took connections and never answered held a
+# run silently for 400 s and more (s3fs's 5 retries of botocore's 5 attempts of 15 s).
+S3_TIMEOUTS = {"connect_timeout": 10, "read_timeout": 20}
+S3_ATTEMPTS = 2
+_S3 = ("s3://", "s3a://")
+
+
+def _store_options(url: str) -> dict:
+    """Bounded timeouts and retries for S3, unless fsspec's configuration (FSSPEC_S3_*)
+    sets its own."""
+    if not url.startswith(_S3):
+        return {}
+    from fsspec.config import conf
+
+    given = conf.get("s3", {})
+    options: dict = {}
+    if "config_kwargs" not in given:
+        options["config_kwargs"] = {**S3_TIMEOUTS, "retries": {"total_max_attempts": S3_ATTEMPTS}}
+    return options
+
+
+# A write's whole time is bounded too: a PUT waits for the server's "100 Continue" before
+# sending its body, and aiohttp's read timeout does not cover that wait (it hung for good).
+WRITE_SECONDS = 120  # and a second for each MB (from 1 MB/s: a stalled upload, not slow)
+
+
+def _bounded(fs, size: int) -> dict:
+    """fsspec's timeout for one write of `size` bytes, where the store is async (s3fs,
+    gcsfs, adlfs): it cancels the call and raises FSTimeoutError."""
+    if not getattr(fs, "async_impl", False):
+        return {}
+    return {"timeout": WRITE_SECONDS + size / 1e6}
 
 
 def _remote_reason(exc: BaseException) -> str:
@@ -93,6 +131,8 @@ def _remote_reason(exc: BaseException) -> str:
         return "no such object"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if type(exc).__name__ == "FSTimeoutError":  # (its text is empty)
+        return "the store did not answer in time"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -164,19 +204,39 @@ def read_many(urls: list[str]) -> dict[str, bytes | Exception]:
 def write_bytes(url: str, data: bytes) -> None:
     """One whole object."""
     fs, path = filesystem(url)
-    try:
-        fs.pipe_file(path, data)
-    except Exception as exc:
-        raise OutputError(f"cannot write ({_remote_reason(exc)})", url) from None
+    _written(url, "cannot write", lambda: fs.pipe_file(path, data, **_bounded(fs, len(data))))
 
 
 def upload(local: Path, url: str) -> None:
     """A finished local file as one whole object."""
     fs, path = filesystem(url)
+    size = os.path.getsize(local)
+    _written(url, "cannot upload", lambda: fs.put_file(str(local), path, **_bounded(fs, size)))
+
+
+# Stores a write timed out on, and why: the run's later writes there (the queued outputs,
+# then four reports) fail at once, not after a timeout each (a frozen server held a run for
+# minutes per write). A new run's check_writable tries again.
+_STALLED: dict[str, str] = {}
+
+
+def _store(url: str) -> str:
+    scheme, _, rest = str(url).partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _written(url: str, failing: str, write) -> None:
+    """Run `write`; an OutputError "<failing> (<why>)" when it fails."""
+    stalled = _STALLED.get(_store(url))
+    if stalled is not None:
+        raise OutputError(f"{failing} ({stalled})", url)
     try:
-        fs.put_file(str(local), path)
+        write()
     except Exception as exc:
-        raise OutputError(f"cannot upload ({_remote_reason(exc)})", url) from None
+        reason = _remote_reason(exc)
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+            _STALLED[_store(url)] = reason
+        raise OutputError(f"{failing} ({reason})", url) from None
 
 
 def isdir(url: str) -> bool:
@@ -208,8 +268,9 @@ def check_writable(url: str) -> None:
     means the bucket (container) does not exist."""
     probe = URL(url) / f".igcli-write-check.{os.getpid()}"
     fs, path = filesystem(probe)
+    _STALLED.pop(_store(url), None)
     try:
-        fs.pipe_file(path, b"")
+        fs.pipe_file(path, b"", **_bounded(fs, 0))
     except FileNotFoundError:
         bucket = URL(url)._path.split("/", 1)[0]
         raise OutputError(f"cannot write (bucket {bucket!r} does not exist)", url) from None

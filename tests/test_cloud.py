@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from igcli.errors import ExitCode
+from igcli.errors import ExitCode, OutputError
 from tests.scale_inputs import comparable, make_digits, output_files
 from tests.test_cli import DIGIT_PNGS, DIGITS, run
 
@@ -282,3 +282,58 @@ def test_object_keys_with_dot_or_empty_parts_fail_alone_and_clash_with_no_one(s3
     assert failed == {f"s3://igcli-test/odd/{k}" for k in ("x/../y.png", "./dot.png", "d//e.png")}
     assert all("'..' part" in f["error"] for f in report["failures"])
     assert not report.get("skipped")
+
+
+def test_a_store_that_never_answers_fails_in_one_line_within_bounded_time(tmp_path, monkeypatch):
+    """An S3 endpoint that took connections and never answered held a run for 400 s and
+    more, silently (s3fs's retries of botocore's retries of 15-second reads)."""
+    import threading
+    import time
+
+    pytest.importorskip("s3fs")
+    import igcli.storage as storage
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("NO_PROXY", "127.0.0.1"),
+                       ("AWS_ENDPOINT_URL", endpoint)):  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(storage, "S3_TIMEOUTS", {"connect_timeout": 1, "read_timeout": 1})
+    monkeypatch.setattr(storage, "WRITE_SECONDS", 2)
+    try:
+        began = time.monotonic()
+        result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", "s3://frozen/r", *STEPS)
+        took = time.monotonic() - began
+        with pytest.raises(OutputError, match="did not answer in time"):
+            storage.write_bytes("s3://frozen/r/a", b"x")  # (2 s)
+        began = time.monotonic()  # the run's later writes there fail at once: the queued
+        with pytest.raises(OutputError, match="did not answer in time"):  # outputs and its
+            storage.write_bytes("s3://frozen/r/b", b"x")  # reports took 2 minutes each
+        assert time.monotonic() - began < 1
+    finally:
+        storage._STALLED.clear()
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert result.exit_code == ExitCode.OUTPUT, result.stderr
+    assert result.stderr.strip().startswith("error: s3://frozen/r: cannot write (")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert took < 30  # (2 s here, 2 minutes in a run)
