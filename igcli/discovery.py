@@ -527,8 +527,8 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> Shard | None:
         return None
     k_text, sep, n_text = str(spec).partition("/")
     try:
-        n = int(n_text)
-        k = None if k_text.strip() == "auto" else int(k_text)
+        n = _count(n_text)
+        k = None if k_text == "auto" else _count(k_text)
     except ValueError:
         raise UsageError(f"--shard {spec!r}: use K/N (e.g. 2/4) or auto/N") from None
     if not sep or n < 1:
@@ -545,8 +545,8 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> Shard | None:
         if text is None or not text.strip():
             continue
         try:
-            index = int(text)
-            first = 0 if base == "0-based" else int(env.get(base, "0") or 0)
+            index = _count(text)
+            first = 0 if base == "0-based" else _count(env.get(base, "0") or "0")
         except ValueError:
             raise UsageError(f"--shard auto/{n}: {variable}={text!r} is not a number") from None
         k = index - first + 1
@@ -558,6 +558,14 @@ def parse_shard(spec: str | None, environ: dict | None = None) -> Shard | None:
         return Shard(k, n, f"{variable}={text}")
     names = ", ".join(v for v, _ in SHARD_VARIABLES)
     raise UsageError(f"--shard auto/{n}: none of {names} is set")
+
+
+def _count(text: str) -> int:
+    """A whole number in ASCII digits: int() also took ' 1' and '١' (Arabic-Indic one),
+    which merge-reports' check of the report's 'K/N' refuses."""
+    if not (text.isascii() and text.isdecimal()):
+        raise ValueError(text)
+    return int(text)
 
 
 def in_shard(name: str, shard: Shard | tuple[int, int] | None) -> bool:

@@ -127,14 +127,19 @@ def _bounded(fs, size: int) -> dict:
 
 
 def _remote_reason(exc: BaseException) -> str:
+    """One line on a store's error: a missing bucket was "no such object", and botocore's
+    "Parameter validation failed:" lost the line after it that says what failed."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if isinstance(exc, FileNotFoundError):
-        return "no such object"
+        said = " ".join(text).lower()
+        return "no such bucket" if "bucket does not exist" in said else "no such object"
     if isinstance(exc, PermissionError):
         return "permission denied"
     if type(exc).__name__ == "FSTimeoutError":  # (its text is empty)
         return "the store did not answer in time"
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return f"{text[0]} {text[1]}" if text[0].endswith(":") and len(text) > 1 else text[0]
 
 
 # A report or manifest is read whole: 1 GiB holds about 700,000 records of a report.json

@@ -233,6 +233,17 @@ def test_a_missing_bucket_or_local_manifest_is_said_so(s3, tmp_path):
     assert f"{tmp_path / 'nope.jsonl'}: cannot read (no such file)" in result.stderr
 
 
+def test_a_missing_input_bucket_and_a_bad_bucket_name_are_said_so(s3, tmp_path):
+    """A missing input bucket read "no such object"; a bad bucket name "cannot write
+    (Parameter validation failed:)", botocore's next line, which says why, cut off."""
+    result = run("explain", DIGITS, "s3://igcli-nobucket/x.png", "--out", tmp_path, *STEPS)
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "s3://igcli-nobucket/x.png: cannot fetch (no such bucket)" in result.stderr
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", "s3://Bad_Bucket!/r", *STEPS)
+    assert result.exit_code == ExitCode.OUTPUT
+    assert 'Parameter validation failed: Invalid bucket name "Bad_Bucket!"' in result.stderr
+
+
 def test_staged_files_go_once_uploaded_unless_the_run_reads_them_again(tmp_path, monkeypatch):
     """A run to object storage kept every staged file until it ended, so it needed local disk
     for its whole output. Image runs now keep none; --scale shared keeps the arrays it draws

@@ -56,6 +56,11 @@ def test_shard_auto_reads_the_index_from_the_environment(env, k, source):
         ("auto", {}, "use K/N"),
         ("1/1000000000", {}, "N is at most 100000"),  # merge-reports then ran out of memory
         ("auto/99999999999999999999", {"IGCLI_SHARD": "0"}, "N is at most 100000"),
+        # int() took blanks and any script's digits; the report then said 1/3 all the same
+        ("\u0661/\u0663", {}, "use K/N"),
+        (" 1/3", {}, "use K/N"),
+        ("auto/3", {"IGCLI_SHARD": " 1"}, "is not a number"),
+        ("auto/3", {"IGCLI_SHARD": "\u0661"}, "is not a number"),
     ],
 )
 def test_bad_shard_specs_are_usage_errors(spec, env, problem):
