@@ -19,50 +19,24 @@ shared file system, or object storage URLs.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import threading
 import uuid
-from dataclasses import dataclass, field
 
-from igcli.batch import BatchRun, InputItem, OutputSettings
+from igcli.batch import BatchRun, InputItem
+from igcli.chunks import (
+    ChunkResult,
+    InOrder,
+    WorkerJob,
+    chunks,
+    explain_chunk,
+    job_for,
+    take_from_disk,
+    worker_batch,
+)
 from igcli.console import Messages
 from igcli.errors import IgcliError, UsageError
 from igcli.model import usable_cpus
-from igcli.report import RunReport
-from igcli.session import AttributionSettings
-
-CHUNKS_PER_WORKER = 4  # enough to balance uneven inputs and to lose little with a worker
-MAX_CHUNK = 256  # inputs (CSV rows) per chunk at most
-
-
-@dataclass
-class WorkerJob:
-    """What every worker needs to explain chunks of one run."""
-
-    session_args: tuple
-    session_options: dict
-    settings: AttributionSettings
-    targets: list[int] | None
-    outputs: OutputSettings
-    settings_hash: str
-    first: list[InputItem]  # the plan's first inputs: where the gradient graph is checked
-    targets_from: object | None = None  # a discovery.TargetTable
-
-
-@dataclass
-class ChunkResult:
-    index: int
-    inputs: int
-    records: list[dict] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
-    resumed: int = 0
-    warnings: list[str] = field(default_factory=list)
-    deferred: list = field(default_factory=list)
-    targets_used: set[str] = field(default_factory=set)
-    measured: dict = field(default_factory=dict)
-    model_seconds: float = 0.0
-    error: IgcliError | None = None  # raised by the client: Dask logged a raised one whole
 
 
 def _plugin_class():
@@ -94,24 +68,7 @@ def _plugin_class():
 
         def get_batch(self) -> BatchRun:
             if self.batch is None:
-                from igcli.session import Session
-
-                job = self.job
-                session = Session(*job.session_args, **job.session_options, warn=self._warn)
-                report = RunReport(str(session.model_path), session.sha256, {})
-                targets_for = job.targets_from.for_item if job.targets_from is not None else None
-                batch = BatchRun(
-                    session, job.settings, job.targets, job.outputs, report,
-                    lambda line: None, self._warn, targets_for,
-                )  # fmt: skip
-                if batch.settings_hash != job.settings_hash:
-                    raise UsageError(
-                        "a Dask worker sees another model or options than the client "
-                        f"({batch.settings_hash} != {job.settings_hash}): do the workers read "
-                        "the same files?"
-                    )
-                batch.check_gradients_at(job.first)
-                self.batch = batch
+                self.batch = worker_batch(self.job, self._warn)
             return self.batch
 
         def _warn(self, message: str) -> None:
@@ -137,56 +94,7 @@ def _explain(plugin_name: str, index: int, items: list[InputItem]) -> ChunkResul
     with plugin.lock:
         plugin.warnings = []
         batch = plugin.get_batch()
-        session = batch.session
-        before = session.model_seconds
-        report = RunReport(batch.report.model, batch.report.model_sha256, {})
-        batch.report = report
-        count = [0]
-        k = 0
-        batch.protect(items)  # no output replaces an input (the client checks the reports)
-        while k < len(items):
-            group = items[k : k + batch.group_size()]
-            batch.process(group, lambda n: count.__setitem__(0, count[0] + n))
-            k += len(group)
-        batch.drain()  # a returned chunk is a written chunk
-        deferred, batch.deferred = batch.deferred, []
-        table = plugin.job.targets_from
-        return ChunkResult(
-            index=index,
-            inputs=count[0],
-            records=list(report.results),
-            failures=list(report.failures),
-            resumed=report.resumed,
-            warnings=list(plugin.warnings),
-            deferred=deferred,
-            targets_used=set(table.used) if table is not None else set(),
-            measured={
-                "batch_size": session.runner.batch_size,
-                "memory_per_row": session.memory_per_row,
-            },
-            model_seconds=session.model_seconds - before,
-        )
-
-
-def chunks(items: list[InputItem], workers: int) -> list[list[InputItem]]:
-    """Consecutive runs of inputs of about equal work (a CSV weighs its rows), a few per
-    worker so that fast workers take more and a lost worker costs little."""
-    from igcli.discovery import count_inputs
-
-    weights = [count_inputs([item]) if item.is_table else 1 for item in items]
-    target = max(1, min(MAX_CHUNK, math.ceil(sum(weights) / max(1, workers * CHUNKS_PER_WORKER))))
-    out: list[list[InputItem]] = []
-    current: list[InputItem] = []
-    load = 0
-    for item, weight in zip(items, weights, strict=True):
-        if current and load + weight > target:
-            out.append(current)
-            current, load = [], 0
-        current.append(item)
-        load += weight
-    if current:
-        out.append(current)
-    return out
+        return explain_chunk(batch, plugin.job, index, items, plugin.warnings)
 
 
 def quiet_dask() -> None:
@@ -276,17 +184,7 @@ def execute_on_dask(
         raise UsageError("--dask needs the session's options (run_explain's session_factory)")
     if batch.outputs.shared_scale and is_url(str(batch.outputs.out_dir)):
         raise UsageError("--scale shared with --dask needs a local or shared --out folder")
-    options = {k: v for k, v in session_factory.keywords.items() if k != "warn"}
-    job = WorkerJob(
-        session_args=tuple(session_factory.args),
-        session_options=options,
-        settings=batch.settings,
-        targets=batch.targets,
-        outputs=batch.outputs,
-        settings_hash=batch.settings_hash,
-        first=the_plan.first,
-        targets_from=targets_from,
-    )
+    job = job_for(batch, the_plan, session_factory, targets_from)
     own = client is None
     cluster = None
     interrupted = False
@@ -309,36 +207,18 @@ def execute_on_dask(
         ]
         from igcli.discovery import count_inputs
 
-        ready: dict[int, ChunkResult] = {}
-        following = 0
-        said: set[str] = set()
-        seconds = 0.0
-
-        def take(done: ChunkResult) -> None:
-            nonlocal seconds
-            seconds += done.model_seconds
-            for message in done.warnings:
-                if message.startswith("error: ") or message not in said:
-                    said.add(message)
-                    batch.warn(message)
-            _accept(batch, done, targets_from)
-
+        order = InOrder(batch, targets_from)
         with messages.progress(count_inputs(the_plan.items)) as progress:
             try:
                 for future in as_completed(futures):
                     result = future.result()
                     future.release()
-                    if result.error is not None:
-                        raise result.error
+                    order.add(result)
                     progress.advance(result.inputs)
-                    ready[result.index] = result
-                    while following in ready:  # the report stays in input order
-                        take(ready.pop(following))
-                        following += 1
             except KeyboardInterrupt:
                 client.cancel(futures)
                 interrupted = True
-        batch.report.settings["model_time_s"] = round(seconds, 3)
+        batch.report.settings["model_time_s"] = round(order.seconds, 3)
         batch.report.settings["dask"] = {"workers": workers, "chunks": len(parts)}
     except IgcliError:
         raise
@@ -353,48 +233,5 @@ def execute_on_dask(
                 cluster.close()
     if interrupted:  # our own workers are stopped (a shared cluster's cancelled tasks may
         # still finish the input at hand): what they finished is on disk now
-        for k in range(following, len(parts)):
-            if k in ready:
-                take(ready.pop(k))
-            else:
-                _take_from_disk(batch, parts[k])
+        order.rest(parts, lambda items: take_from_disk(batch, items))
         raise KeyboardInterrupt
-
-
-def _take_from_disk(batch: BatchRun, items: list) -> None:
-    """The records of a chunk cut short by Ctrl-C, as its worker left them: each input (or
-    CSV row) whose files are whole, with this run's settings (after Ctrl-C the report left
-    out inputs that finished on the workers, 1221 of them in a sweep)."""
-    from igcli.batch import existing_records
-    from igcli.discovery import InputItem, count_table_rows
-
-    if batch.remote is not None:
-        return  # (object storage: the resume lists it, as --skip-existing does)
-    for item in items:
-        names = [item.name]
-        if item.is_table:
-            rows = item.rows if item.rows is not None else count_table_rows(item.path)
-            names = [f"{item.name}_row{k}" for k in range(max(rows, 0))]
-        for name in names:
-            records = existing_records(
-                batch.local_out, InputItem(item.path, name), batch.settings_hash
-            )
-            if records is not None:
-                batch._redraw_with_the_run(records)
-                batch._accept(records)
-
-
-def _accept(batch: BatchRun, result: ChunkResult, targets_from) -> None:
-    from igcli.report import json_line
-
-    batch.report.resumed += result.resumed
-    batch._accept(result.records)
-    for entry in result.failures:
-        batch.report.failures.append(entry)
-        if batch.outputs.json_lines:
-            batch.emit(json_line(entry))
-    batch.deferred.extend(result.deferred)
-    if targets_from is not None:
-        targets_from.used |= result.targets_used
-    batch.workers = dict(result.measured)
-    batch.report.settings.update(result.measured)

@@ -16,7 +16,9 @@ from tests.test_cli import DIGIT_PNGS
 # the inputs, or the same files in object storage, where there is none)
 TIMINGS = {"wall_time_s", "model_time_s", "started", "input_stamp"}
 MEASURED = {"memory_budget", "memory_per_row", "batch_size", "batch_size_cap"}  # tuned per run
-RUN_SETTINGS = TIMINGS | MEASURED | {"shard", "shard_source", "merged_from", "shards", "dask"}
+RUN_SETTINGS = (
+    TIMINGS | MEASURED | {"shard", "shard_source", "merged_from", "shards", "dask", "workers"}
+)
 
 
 def make_digits(folder: Path, n: int) -> list[Path]:
@@ -90,6 +92,6 @@ def one_process_run(inputs: Path, out: Path, steps: tuple[str, ...]) -> Path:
     """The reference every split run is compared with: one `igcli explain` over `inputs`."""
     from tests.test_cli import DIGITS, run
 
-    result = run("explain", DIGITS, inputs, "--out", out, *steps, "-q")
+    result = run("explain", DIGITS, inputs, "--out", out, *steps, "-q", "--workers", "1")
     assert result.exit_code == 0, result.stderr
     return out

@@ -171,11 +171,11 @@ def test_an_igcli_error_on_a_worker_is_one_line_without_a_dask_dump(tmp_path, mo
     import io
     import logging
 
-    import igcli.distributed as igd
+    import igcli.chunks
     from igcli.errors import ExitCode
     from tests.test_cli import DIGIT_PNGS
 
-    monkeypatch.setattr(igd, "BatchRun", _model_error)  # as a worker's session fails
+    monkeypatch.setattr(igcli.chunks, "BatchRun", _model_error)  # a worker's session fails
     logged = io.StringIO()
     handler = logging.StreamHandler(logged)
     logging.getLogger("distributed").addHandler(handler)

@@ -115,3 +115,18 @@ def test_workers_with_dask_is_a_usage_error(tmp_path):
     folder = _folder(tmp_path)
     code, _, err = _explain(folder, tmp_path / "out", "--workers", "2", "--dask", "local:2")
     assert code == 2 and "--workers and --dask" in err, err
+
+
+def test_a_worker_that_cannot_make_its_session_sends_the_error_back(tmp_path, monkeypatch):
+    """As for Dask: the error comes back in the chunk's result, for the client to say once
+    (raised in a worker, a process pool prints the worker's traceback)."""
+    import igcli.pool as pool
+    from igcli.chunks import WorkerJob
+    from igcli.errors import ModelError
+    from igcli.session import AttributionSettings
+
+    job = WorkerJob((tmp_path / "gone.onnx",), {}, AttributionSettings(), None, None, "h", [])
+    monkeypatch.setattr(pool, "_job", job)
+    monkeypatch.setattr(pool, "_batch", None)
+    result = pool._explain_chunk(3, [])
+    assert result.index == 3 and isinstance(result.error, ModelError)
