@@ -20,7 +20,7 @@ from onnx.reference.op_run import OpRun
 from igcli.autodiff import GRAD, SEED, build_gradient_model
 from igcli.autodiff.contrib import MS, standard_forms
 from igcli.autodiff.inference import infer_shapes
-from tests.autodiff.checker import reference_evaluator
+from tests.autodiff.checker import reference_evaluator, to_float64
 
 RNG = np.random.default_rng(7)
 B, S, H = 2, 5, 8
@@ -192,7 +192,7 @@ def test_standard_form_gradient_in_float64(name):
     """The rules under the standard form, exactly: the float64 gradient graph against
     central differences of the float64 standard form (onnx's reference evaluator)."""
     model, feeds = CASES[name]
-    model64 = _float64(standard(model))
+    model64 = to_float64(standard(model))
     out = model.graph.output[0].name
     grad_model = build_gradient_model(model64, "x", out)
     fwd = reference_evaluator(model64, extra=[Erf])
@@ -219,19 +219,6 @@ class Erf(OpRun):
 
     def _run(self, x):
         return (np.vectorize(math.erf, otypes=[x.dtype])(x),)
-
-
-def _float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for init in out.graph.initializer:
-        if init.data_type == TensorProto.FLOAT:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
-                                                  init.name))  # fmt: skip
-    for vi in [*out.graph.input, *out.graph.output, *out.graph.value_info]:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
-    return out
 
 
 def test_an_unhandled_form_is_left_for_the_driver_to_name():
