@@ -6,6 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import igcli
 from igcli.memory import available_memory, default_budget, rows_within
 from tests.test_cli import DIGITS, run
@@ -79,14 +81,18 @@ def test_the_row_tuner_settles_on_the_fastest_size():
     assert RowTuner(5).sizes == [5]
 
 
-def test_the_record_spool_leaves_no_file_and_reads_back_across_appends(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kept", [4096, 5])
+def test_the_record_spool_leaves_no_file_and_reads_back_across_appends(tmp_path, monkeypatch, kept):
     """Records spill to an unnamed file: a worker killed without finalizers (Dask shuts
     its workers down so) must not leave igcli-records-*.jsonl behind in the temp folder.
-    Reading while appending sees the records present when the read began, in order."""
+    Reading while appending sees the records present when the read began, in order, whether
+    the first records are still kept in memory or no longer are."""
     import tempfile
 
+    from igcli import report
     from igcli.report import RecordSpool
 
+    monkeypatch.setattr(report, "KEPT_RECORDS", kept)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     spool = RecordSpool({"i": i, "name": "x" * (i % 7)} for i in range(3))
     assert list(tmp_path.iterdir()) == []
