@@ -3,9 +3,10 @@
 Why processes: a small model's calls are short, and between them one process spends its time
 in Python (reading inputs, adaptive steps' bookkeeping, drawing heatmaps) under one lock,
 while its model calls already use every core. Two single-threaded shards of the 1,000-image
-digits folder finished in 6.3 s where one process took 7.6 (`--steps auto`); N processes
-with one thread each use the cores fully. Large models gain nothing (each call already fills
-the cores) and would hold N copies of their weights: `auto` keeps them in this process.
+digits folder finished in 6.3 s where one process took 7.6 (`--steps auto`); two workers
+took 7.4 s where one process took 10.1 in another interleaved run. Large models gain nothing
+(each call already fills the cores) and would hold N copies of their weights: `auto` keeps
+them in this process, and runs of fewer inputs than starting workers pays back.
 
 Each worker builds its own Session from the same options (from the cache the first run
 filled, so in a fraction of a second), explains whole chunks of consecutive inputs and writes
@@ -41,7 +42,9 @@ from igcli.errors import IgcliError, UsageError
 from igcli.memory import default_budget
 from igcli.model import usable_cpus, weight_bytes
 
-AUTO_MIN_INPUTS = 64  # fewer finish before the workers would have started
+# Workers take about 1.2 s to start (imports, session); on the digits model they pay that
+# back from some 350 inputs (--steps auto) to 620 (50 steps): 70 inputs took 1.8 s on two.
+AUTO_MIN_INPUTS = 600
 # Larger models, or larger samples, fill the cores within each call already: a MobileNetV2
 # at 112x112 (8.9 MB, 37,632 values a sample) ran 14% slower on two processes than on one.
 AUTO_MAX_WEIGHTS = 32 * 2**20
