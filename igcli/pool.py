@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -83,10 +85,20 @@ _warnings: list[str] = []
 
 
 def _start(job: WorkerJob) -> None:
-    """Worker start: Ctrl-C is the client's to handle (each worker printed a traceback)."""
+    """Worker start: Ctrl-C is the client's to handle (each worker printed a traceback);
+    SIGTERM, the client's way to stop a worker at once, ends it through its finalizers, so
+    its staging folder of object-storage outputs and its fetched inputs go with it."""
     global _job
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    multiprocessing.util.Finalize(None, _close, exitpriority=10)
     _job = job
+
+
+def _close() -> None:
+    if _batch is not None:
+        _batch.close()
+        _batch.cleanup()
 
 
 def _explain_chunk(index: int, items: list[InputItem]) -> ChunkResult:
@@ -123,7 +135,7 @@ def execute_on_processes(
     job.session_options["memory_limit"] = max(1, budget // workers)  # and the memory too
     parts = chunks(the_plan.items, workers)
     # spawn: fork copies a parent whose ONNX Runtime and writer threads exist (unsafe), and a
-    # forkserver outlives the run for a moment (a CI job saw a process left behind)
+    # forkserver outlives the run for a moment (farm-bench found one left behind)
     pool = ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
         initargs=(job,),
@@ -131,6 +143,7 @@ def execute_on_processes(
     futures = {pool.submit(_explain_chunk, i, part): i for i, part in enumerate(parts)}
     order = InOrder(batch, targets_from)
     interrupted = died = False
+    finished = False
     try:
         with messages.progress(count_inputs(the_plan.items)) as progress:
             try:
@@ -142,10 +155,11 @@ def execute_on_processes(
                         break
                     order.add(result)
                     progress.advance(result.inputs)
+                finished = not died
             except KeyboardInterrupt:
                 interrupted = True
     finally:
-        _stop(pool)
+        _stop(pool, at_once=not finished)
     if died:  # (chunks that came back before still go in, in order)
         for future, k in futures.items():
             if _succeeded(future) and k >= order.following:
@@ -167,9 +181,12 @@ def _succeeded(future: Future) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
 
 
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and end the workers now: on Ctrl-C or an error they
-    would otherwise finish their chunks first."""
+def _stop(pool: ProcessPoolExecutor, at_once: bool) -> None:
+    """End the workers: when every chunk is done, as they would end; `at_once` (Ctrl-C, an
+    error) cancels what has not started and stops them in their chunks."""
+    if not at_once:
+        pool.shutdown(wait=True)
+        return
     processes = list(getattr(pool, "_processes", {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
