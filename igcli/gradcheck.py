@@ -192,14 +192,19 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
     g = grad[0].astype(np.float64)
     # Rounding of the model's own precision (float16 holds 3 digits): the steps grow with it,
     # so differences of float16 outputs still resolve g . v, and so does the noise.
-    eps = max(_eps(x.dtype), _eps(np.asarray(out).dtype), FLOAT32_EPS)
+    # The differences' precision: the values' model's (a float16 model's float32 copy, see
+    # Session._check_values), else the graph's own.
+    wide = getattr(values, "precision", None)
+    taken = np.dtype(wide) if wide is not None else x.dtype
+    given = np.dtype(wide) if wide is not None else np.asarray(out).dtype
+    eps = max(_eps(taken), _eps(given), FLOAT32_EPS)
     step *= np.sqrt(eps / FLOAT32_EPS)
     # F moves by about g . r when each coordinate of a point rounds by r (|r_i| <= eps |x_i| / 2)
-    input_rounding = 0.5 * _eps(x.dtype) * float(np.linalg.norm(g * x64))
+    input_rounding = 0.5 * _eps(taken) * float(np.linalg.norm(g * x64))
     vs = [rng.standard_normal(x.shape) * s for _ in range(directions)]
     hs = [step * SHRINK**-k for k in range(STEPS)]
     points = [x64 + sign * h * v for v in vs for h in hs for sign in (1, -1)]
-    f = pick(values.run(np.stack(points).astype(x.dtype)), target).reshape(directions, STEPS, 2)
+    f = pick(values.run(np.stack(points).astype(taken)), target).reshape(directions, STEPS, 2)
     check = GradientCheck(target, step, tolerance, jitter)
     scale = float(np.linalg.norm(g * s))
     # F exactly 0 all around says nothing of its gradient: ONNX Runtime's Sigmoid returns 0

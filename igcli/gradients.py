@@ -205,6 +205,15 @@ class Bound:
     def batch_size(self) -> int:
         return self.runner.batch_size
 
+    @property
+    def precision(self) -> np.dtype | None:
+        """The float type the runner computes in, where it takes and gives one."""
+        taken, given = (
+            getattr(self.runner, "input_dtype", None),
+            getattr(self.runner, "output_dtype", None),
+        )
+        return taken if taken is not None and taken == given and taken.kind == "f" else None
+
     def run(self, points: np.ndarray) -> np.ndarray:
         return self.runner.run(points, self.context)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
 from igcli.autodiff.inference import infer_shapes
@@ -528,6 +528,41 @@ def with_softmax(model: onnx.ModelProto, output: str) -> tuple[onnx.ModelProto, 
 # The symbol a fixed batch becomes: not 'N', which a model may already use for another axis
 # (a point cloud's [1, N, 3]); one symbol for two axes tells ONNX Runtime they are equal.
 BATCH_SYMBOL = "igcli_batch"
+
+
+def as_float32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float16 model computing in float32: weights, constants, casts and declared types
+    widened (subgraphs too). The same function with float32's rounding: its differences
+    resolve a gradient that float16's 3 digits cannot (the self-check of a float16 graph)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    _widen_graph(out.graph)
+    return out
+
+
+def _widen_tensor(t: onnx.TensorProto) -> None:
+    if t.data_type == onnx.TensorProto.FLOAT16:
+        wide = numpy_helper.to_array(t).astype(np.float32)
+        t.CopyFrom(numpy_helper.from_array(wide, t.name))
+
+
+def _widen_graph(graph: onnx.GraphProto) -> None:
+    for init in graph.initializer:
+        _widen_tensor(init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                _widen_tensor(attr.t)
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _widen_graph(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    _widen_graph(sub)
+            elif attr.name in ("to", "dtype") and attr.i == onnx.TensorProto.FLOAT16:
+                attr.i = onnx.TensorProto.FLOAT  # (Cast's to, RandomNormal's dtype, ...)
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 def with_dynamic_batch(model: onnx.ModelProto, size: int = 1) -> onnx.ModelProto:

@@ -85,6 +85,7 @@ from igcli.model import (
     ModelRunner,
     Sidecar,
     TensorSpec,
+    as_float32,
     declared_batch,
     default_output,
     expose_output,
@@ -327,6 +328,11 @@ def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.nd
 # Ops that round activations to integers: a model with them is a step function of its input.
 QUANTIZING = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
               "ConvInteger", "MatMulInteger"}  # fmt: skip
+
+
+def _half(runner: ModelRunner) -> bool:
+    """Whether a model takes or gives float16."""
+    return np.float16 in (runner.input_dtype, runner.output_dtype)
 
 
 class Session:
@@ -1533,7 +1539,7 @@ class Session:
         if stored is not None:  # this very graph passed before: see cache.save_check
             graph.check = StoredCheck(stored["check"])
             return graph
-        values = self._check_values(context)
+        values = self._check_values(context, x)
         check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
         self._check_plain = None  # made for the check alone
         graph.check = check
@@ -1606,14 +1612,40 @@ class Session:
             return False  # rows (a graph built for a batch of 1): one per call, as for F
         return all(_rows_match(j, a, 1e-5) for j, a in zip(joint, alone, strict=True))
 
-    def _check_values(self, context: Context | None) -> Bound | None:
+    def _check_values(self, context: Context | None, x: np.ndarray | None = None) -> Bound | None:
         """The plain model, for the self-check's 33 forward rows: through the gradient graph
         each costs a whole gradient row (ONNX Runtime runs the reverse part even when only F
         is asked for), three forward rows on ResNet-50, so a cold run there saves 2-3 s. The
         differences then also hold the graph to the model it was built from. None (the
-        graph computes them) where `_check_runner` has no plain model."""
+        graph computes them) where `_check_runner` has no plain model.
+
+        A float16 model is checked with a float32 copy of itself (model.as_float32) where the
+        copy gives the model's F at x within float16's rounding: its differences resolve what
+        float16's cannot (a conv + attention model's check said 'saturated' and its graph went
+        unchecked)."""
         runner = self._check_runner()
-        return Bound(runner, context) if runner is not None else None
+        if runner is None:
+            return None
+        if x is not None and _half(runner):
+            wide = self._float32_copy(runner, x, context)
+            if wide is not None:
+                return Bound(wide, context)
+        return Bound(runner, context)
+
+    def _float32_copy(self, runner: ModelRunner, x: np.ndarray, context) -> ModelRunner | None:
+        """The float32 copy of a float16 model, if it loads and agrees with it at x."""
+        try:
+            wide = ModelRunner(as_float32(self.ig_model), *self._ig_names, **self._runner_kw())
+            ours = runner.run(x[None], context).astype(np.float64)
+            theirs = wide.run(x[None].astype(np.float32), context).astype(np.float64)
+        except IgcliError:
+            return None
+        scale = max(float(np.abs(ours).max()), 1e-6)
+        if not np.all(np.abs(ours - theirs) <= 1e-2 * scale):
+            return None  # not the same function (an op that behaves otherwise in float32)
+        if self._rows_independent is False:
+            wide.one_row_per_call()
+        return wide
 
     def _check_runner(self) -> ModelRunner | None:
         """The plain model for a fresh graph's self-check: the one finite differences use if

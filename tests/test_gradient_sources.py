@@ -450,3 +450,71 @@ def test_gradcheck_of_a_float16_model_it_cannot_resolve_names_float16(tmp_path):
     result = CliRunner().invoke(main, ["gradcheck", str(path), str(x)])
     assert result.exit_code == 0, result.output
     assert "float16 model's outputs cannot resolve its gradient" in result.output
+
+
+def _fp16_mlp(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array(rng.normal(size=(30, 8)).astype(np.float16), "w1")
+    w2 = onnx.numpy_helper.from_array(rng.normal(size=(8, 2)).astype(np.float16), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+         helper.make_node("Cast", ["t"], ["t16"], to=TensorProto.FLOAT16),
+         helper.make_node("MatMul", ["t16", "w2"], ["y"])],
+        "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 30])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2])],
+        [w1, w2],
+    )  # fmt: skip
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path, (rng.normal(size=30) * 0.3).astype(np.float16)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.5])
+def test_a_float16_graph_is_checked_against_its_float32_copy(tmp_path, monkeypatch, factor):
+    """float16 differences resolve 3 digits, so a float16 model's self-check voted with none
+    of its directions and its graph went unchecked. Its float32 copy (same weights, casts
+    widened) gives differences that resolve the gradient: a right graph passes with every
+    direction voting, one 1.5 times off is caught and replaced by finite differences."""
+    import igcli
+    from igcli import gradients
+
+    real = gradients.GraphRunner.run_with_gradients
+
+    def scaled(self, points, target, *context):
+        out, grad = real(self, points, target, *context)
+        return out, grad * factor
+
+    monkeypatch.setattr(gradients.GraphRunner, "run_with_gradients", scaled)
+    path, x = _fp16_mlp(tmp_path)
+    a = igcli.Session(path, cache=False, warn=lambda m: None).attribute(x, target=0, steps=8)
+    check = a.extra["gradient_check"]
+    assert check["voting"] == check["directions"] == 4, check
+    assert check["verdict"] == ("ok" if factor == 1.0 else "mismatch")
+    assert a.gradient_source == ("graph" if factor == 1.0 else "fd")
+
+
+def test_a_float32_copy_widens_weights_constants_and_casts():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from igcli.model import as_float32
+
+    c = helper.make_tensor("c", TensorProto.FLOAT16, [1], [0.5])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=c),
+         helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+         helper.make_node("Mul", ["x16", "k"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1])],
+        [numpy_helper.from_array(np.ones(1, np.float16), "unused")],
+    )  # fmt: skip
+    wide = as_float32(helper.make_model(graph))
+    g = wide.graph
+    assert g.initializer[0].data_type == TensorProto.FLOAT
+    assert g.node[0].attribute[0].t.data_type == TensorProto.FLOAT
+    assert g.node[1].attribute[0].i == TensorProto.FLOAT
+    assert g.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert g.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
