@@ -171,21 +171,17 @@ def test_a_graph_the_self_check_rejects_is_named_in_the_report(monkeypatch, tmp_
     assert record["gradient_check"]["verdict"] == "mismatch"
 
 
-def test_gradcheck_passes_a_right_float16_graph(tmp_path):
-    """float16 outputs hold 3 digits: differences at float32's steps read 0 and the check
-    called a right graph wrong. Steps and noise now follow the model's precision."""
+def _fp16_mlp(tmp_path):
     import onnx
     from onnx import TensorProto, helper
-
-    import igcli
-    from igcli.gradcheck import check_directions
 
     rng = np.random.default_rng(0)
     w1 = onnx.numpy_helper.from_array(rng.normal(size=(30, 8)).astype(np.float16), "w1")
     w2 = onnx.numpy_helper.from_array(rng.normal(size=(8, 2)).astype(np.float16), "w2")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
-         helper.make_node("MatMul", ["t", "w2"], ["y"])],
+         helper.make_node("Cast", ["t"], ["t16"], to=TensorProto.FLOAT16),
+         helper.make_node("MatMul", ["t16", "w2"], ["y"])],
         "fp16",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 30])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2])],
@@ -193,8 +189,17 @@ def test_gradcheck_passes_a_right_float16_graph(tmp_path):
     )  # fmt: skip
     path = tmp_path / "fp16.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path, (rng.normal(size=30) * 0.3).astype(np.float16)
+
+
+def test_gradcheck_passes_a_right_float16_graph(tmp_path):
+    """float16 outputs hold 3 digits: differences at float32's steps read 0 and the check
+    called a right graph wrong. Steps and noise now follow the model's precision."""
+    import igcli
+    from igcli.gradcheck import check_directions
+
+    path, x = _fp16_mlp(tmp_path)
     session = igcli.Session(path, cache=False)
-    x = (rng.normal(size=30) * 0.3).astype(np.float16)
     check = check_directions(session.graph_for(x), x, target=0, directions=8)
     assert check.verdict == "ok", [(d.graph, d.fd, d.status) for d in check.directions]
 
@@ -450,27 +455,6 @@ def test_gradcheck_of_a_float16_model_it_cannot_resolve_names_float16(tmp_path):
     result = CliRunner().invoke(main, ["gradcheck", str(path), str(x)])
     assert result.exit_code == 0, result.output
     assert "float16 model's outputs cannot resolve its gradient" in result.output
-
-
-def _fp16_mlp(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    rng = np.random.default_rng(0)
-    w1 = onnx.numpy_helper.from_array(rng.normal(size=(30, 8)).astype(np.float16), "w1")
-    w2 = onnx.numpy_helper.from_array(rng.normal(size=(8, 2)).astype(np.float16), "w2")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
-         helper.make_node("Cast", ["t"], ["t16"], to=TensorProto.FLOAT16),
-         helper.make_node("MatMul", ["t16", "w2"], ["y"])],
-        "fp16",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 30])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 2])],
-        [w1, w2],
-    )  # fmt: skip
-    path = tmp_path / "fp16.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path, (rng.normal(size=30) * 0.3).astype(np.float16)
 
 
 @pytest.mark.parametrize("factor", [1.0, 1.5])
