@@ -318,6 +318,11 @@ def read_image(
                 arr, max_value = _decode(img, fh, channels, target, path, prep.crop)
                 if notes is not None and target and prep.crop is None:
                     notes.extend(_stretch_note(img, target))
+                if notes is not None and _fully_transparent(img):
+                    notes.append(
+                        "fully transparent (every alpha is 0): a viewer shows nothing, but the "
+                        "colours stored under it are what is explained"
+                    )
         except IgcliError:
             raise
         except Image.DecompressionBombError as exc:  # Pillow refuses even bigger ones itself
@@ -440,6 +445,19 @@ def _pil_pixels(
     img = fit_image(img.convert(_MODES.get(channels, "RGB")), target, crop)
     arr = np.asarray(img, dtype=np.float64)
     return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
+
+
+def _fully_transparent(img) -> bool:
+    """Whether every pixel of a decoded image is fully transparent (alpha, or a palette's
+    transparent entry): the model sees colours no viewer shows."""
+    try:
+        if "A" in img.getbands():
+            return img.getchannel("A").getextrema() == (0, 0)
+        if img.mode == "P" and "transparency" in img.info:
+            return img.convert("RGBA").getchannel("A").getextrema() == (0, 0)
+    except Exception:  # (an odd mode: no note)
+        return False
+    return False
 
 
 STRETCH_NOTED = 2.0  # an aspect ratio changed by this factor or more is worth a word

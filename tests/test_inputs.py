@@ -179,6 +179,28 @@ def test_a_sidecar_layout_that_puts_a_width_where_the_channels_are_is_one_error(
     assert fits.layout == "NHWC" and fits.channels == 3
 
 
+def test_a_fully_transparent_image_is_noted(tmp_path):
+    """Every alpha 0 (RGBA, LA, or a palette's transparent entry): the model sees colours no
+    viewer shows, so it is said; a half-transparent or opaque picture is not."""
+    from PIL import Image
+
+    from igcli.inputs import Preprocessing, read_image
+
+    prep = Preprocessing([1, 1, 28, 28], channels=1, height=28, width=28)
+    palette = Image.new("P", (28, 28), 0)
+    palette.info["transparency"] = 0
+    cases = [(Image.new("RGBA", (28, 28), (200, 0, 0, 0)), True),
+             (Image.new("LA", (28, 28), (90, 0)), True), (palette, True),
+             (Image.new("RGBA", (28, 28), (200, 0, 0, 40)), False),
+             (Image.new("RGB", (28, 28), (200, 0, 0)), False)]  # fmt: skip
+    for k, (picture, noted) in enumerate(cases):
+        path = tmp_path / f"{k}.png"
+        picture.save(path, **({"transparency": 0} if picture.mode == "P" else {}))
+        notes: list[str] = []
+        read_image(path, prep, notes=notes)
+        assert any("fully transparent" in n for n in notes) == noted, (picture.mode, notes)
+
+
 def test_an_image_squashed_out_of_shape_is_noted(tmp_path):
     """A 2000x1 strip made 28x28 says so (EXIF rotation counted); a 40x30 photo does not."""
     from PIL import Image
