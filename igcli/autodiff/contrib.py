@@ -70,19 +70,18 @@ class _Writer:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
-    def axes(self, axes: list[int]) -> str:
-        return self.ints(axes)
-
     def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
         name = out or next(self._fresh)
         self.nodes.append(helper.make_node(op_type, list(inputs), [name], name=name, **attrs))
         return name
 
-    def reduce_mean(self, x: str, axes: list[int], out: str | None = None) -> str:
-        """Mean over `axes`, kept as size-1 dims (the axes are an input from opset 18)."""
-        if self.opset >= 18:
-            return self.op("ReduceMean", x, self.axes(axes), out=out, keepdims=1)
-        return self.op("ReduceMean", x, out=out, axes=axes, keepdims=1)
+    def reduce(
+        self, op_type: str, x: str, axes: list[int], keepdims: int = 1, out: str | None = None
+    ) -> str:
+        """ReduceMean or ReduceSum over `axes` (an input from opset 18, ReduceSum's from 13)."""
+        if self.opset >= (13 if op_type == "ReduceSum" else 18):
+            return self.op(op_type, x, self.ints(axes), out=out, keepdims=keepdims)
+        return self.op(op_type, x, out=out, axes=axes, keepdims=keepdims)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -148,9 +147,9 @@ def _layer_norm(w: _Writer, s: str, gamma: str, beta: str, eps: float, outs: lis
         node = helper.make_node("LayerNormalization", inputs, names, name=y, axis=-1, epsilon=eps)
         w.nodes.append(node)
         return
-    mean = w.reduce_mean(s, [-1], out=mean_out or None)
+    mean = w.reduce("ReduceMean", s, [-1], out=mean_out or None)
     centred = w.op("Sub", s, mean)
-    var = w.reduce_mean(w.op("Mul", centred, centred), [-1])
+    var = w.reduce("ReduceMean", w.op("Mul", centred, centred), [-1])
     inv = w.op("Reciprocal", w.op("Sqrt", w.op("Add", var, w.const(eps))), out=inv_out or None)
     scaled = w.op("Mul", w.op("Mul", centred, inv), gamma, out=None if beta else y)
     if beta:
@@ -159,20 +158,24 @@ def _layer_norm(w: _Writer, s: str, gamma: str, beta: str, eps: float, outs: lis
 
 def _rms_norm(w: _Writer, s: str, gamma: str, eps: float, axes: list[int], y: str, inv_out: str):
     """s / sqrt(mean(s^2) + eps) * gamma."""
-    ms = w.reduce_mean(w.op("Mul", s, s), axes)
+    ms = w.reduce("ReduceMean", w.op("Mul", s, s), axes)
     inv = w.op("Reciprocal", w.op("Sqrt", w.op("Add", ms, w.const(eps))), out=inv_out or None)
     w.op("Mul", w.op("Mul", s, inv), gamma, out=y)
+
+
+def _skip_sum(w: _Writer, node: onnx.NodeProto, bias_at: int) -> str:
+    """input + skip (+ the bias input at `bias_at`), under output 3's name where it is one."""
+    total = w.op("Add", node.input[0], node.input[1])
+    if _arg(node, bias_at):
+        return w.op("Add", total, _arg(node, bias_at), out=_out(node, 3) or None)
+    return w.op("Identity", total, out=_out(node, 3)) if _out(node, 3) else total
 
 
 def skip_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     """LayerNorm(input + skip + bias) * gamma + beta; outputs y, mean, inv_std, the sum."""
     eps = float(_attr(node, "epsilon", 1e-12))
-    total = w.op("Add", node.input[0], node.input[1])
-    total = w.op("Add", total, _arg(node, 4), out=_out(node, 3) or None) if _arg(node, 4) else total
-    if _out(node, 3) and not _arg(node, 4):
-        w.op("Identity", total, out=_out(node, 3))
     outs = [node.output[0], _out(node, 1), _out(node, 2)]
-    _layer_norm(w, total, node.input[2], _arg(node, 3), eps, outs)
+    _layer_norm(w, _skip_sum(w, node, 4), node.input[2], _arg(node, 3), eps, outs)
     return True
 
 
@@ -181,17 +184,14 @@ def skip_simplified_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     if _out(node, 1):
         return False  # a mean this op does not define
     eps = float(_attr(node, "epsilon", 1e-12))
-    total = w.op("Add", node.input[0], node.input[1])
-    total = w.op("Add", total, _arg(node, 3), out=_out(node, 3) or None) if _arg(node, 3) else total
-    if _out(node, 3) and not _arg(node, 3):
-        w.op("Identity", total, out=_out(node, 3))
-    _rms_norm(w, total, node.input[2], eps, [-1], node.output[0], _out(node, 2))
+    _rms_norm(w, _skip_sum(w, node, 3), node.input[2], eps, [-1], node.output[0], _out(node, 2))
     return True
 
 
-def simplified_layer_norm(w: _Writer, node: onnx.NodeProto, rank: int | None) -> bool:
+def simplified_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     """RMSNorm over the axes from `axis` on: X / sqrt(mean(X^2) + eps) * scale."""
     axis = int(_attr(node, "axis", -1))
+    rank = w.ranks.get(node.input[0])
     if axis != -1 and rank is None:
         return False
     axes = [-1] if axis == -1 else list(range(axis % rank, rank))
@@ -304,11 +304,7 @@ def embed_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     if _out(node, 1):
         ones = w.op("Cast", w.op("Greater", w.op("Cast", mask, to=TensorProto.INT64),
                                  w.ints(0, scalar=True)), to=TensorProto.INT32)  # fmt: skip
-        if w.opset >= 13:
-            count = w.op("ReduceSum", ones, w.ints([1]), keepdims=0)
-        else:
-            count = w.op("ReduceSum", ones, axes=[1], keepdims=0)
-        w.op("Identity", count, out=node.output[1])
+        w.reduce("ReduceSum", ones, [1], keepdims=0, out=node.output[1])
     return True
 
 
@@ -352,7 +348,7 @@ def standard_forms(
     w = _Writer(graph, opset, {name: dims for name, (_, dims) in weights.items()}, ranks)
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
-        build = _builder(node, types) if only is None or node.op_type in only else None
+        build = _builder(node) if only is None or node.op_type in only else None
         known = [types.get(i, (0, 0))[0] or inits.get(i, 0) for i in node.input if i]
         elem = next((t for t in known if t in _FLOATS), usual)
         if build is None or elem not in _FLOATS:
@@ -368,12 +364,11 @@ def standard_forms(
 _FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
-def _builder(node: onnx.NodeProto, types: Mapping[str, tuple[int, int]]) -> Build | None:
+def _builder(node: onnx.NodeProto) -> Build | None:
     if node.domain == MS:
         return _MS_OPS.get(node.op_type)
     if node.domain in ("", "ai.onnx") and node.op_type == "SimplifiedLayerNormalization":
-        rank = types.get(node.input[0], (0, None))[1]
-        return lambda w, node: simplified_layer_norm(w, node, rank)
+        return simplified_layer_norm
     return None
 
 
@@ -383,9 +378,11 @@ def with_embeddings_exposed(model: onnx.ModelProto) -> onnx.ModelProto:
     model's attributions can start at, as in the model before ONNX Runtime fused it."""
     if not any(n.domain == MS and n.op_type == "EmbedLayerNormalization" for n in model.graph.node):
         return model
+    from igcli.autodiff.driver import model_opset  # (the driver imports this module)
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
+    opset = model_opset(out)
     weights = {i.name: (i.data_type, list(i.dims)) for i in out.graph.initializer}
     found = standard_forms(out.graph, opset, {}, weights, only={"EmbedLayerNormalization"})
     out.graph.initializer.extend(found)

@@ -36,11 +36,12 @@ RECURRENT = {"LSTM", "GRU", "RNN"}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
                        "RNN": ["Tanh"]}  # fmt: skip
 # Activations a node may name instead (torch's nn.RNN(nonlinearity="relu") writes Relu), with
-# how many of activation_alpha and activation_beta each consumes, in the order listed.
-ACTIVATIONS = {"Sigmoid": (0, 0), "Tanh": (0, 0), "Relu": (0, 0), "Softsign": (0, 0),
-               "Softplus": (0, 0), "LeakyRelu": (1, 0), "ThresholdedRelu": (1, 0),
-               "Elu": (1, 0), "HardSigmoid": (1, 1), "Affine": (1, 1),
-               "ScaledTanh": (1, 1)}  # fmt: skip
+# the ONNX defaults of the alpha and beta each takes from activation_alpha and _beta, in the
+# order listed (None: it takes none).
+ACTIVATIONS = {"Sigmoid": (None, None), "Tanh": (None, None), "Relu": (None, None),
+               "Softsign": (None, None), "Softplus": (None, None), "LeakyRelu": (0.01, None),
+               "ThresholdedRelu": (1.0, None), "Elu": (1.0, None), "HardSigmoid": (0.2, 0.5),
+               "Affine": (1.0, 0.0), "ScaledTanh": (1.0, 1.0)}  # fmt: skip
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 MAX_STEPS = 256  # longer sequences stay recurrent (the unrolled graph grows with T)
 
@@ -50,7 +51,7 @@ def recurrent_unsupported(node: onnx.NodeProto, infos: dict[str, TensorInfo], co
     op = node.op_type
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     directions = 2 if attrs.get("direction", b"forward") == b"bidirectional" else 1
-    acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
+    acts = _named(attrs)
     if acts and (len(acts) != len(DEFAULT_ACTIVATIONS[op]) * directions
                  or any(_canonical(a) not in ACTIVATIONS for a in acts)):  # fmt: skip
         return f"{op} activations {acts}"
@@ -87,8 +88,7 @@ def unroll_recurrent(node: onnx.NodeProto, e: GraphEmitter, steps: int) -> list[
     ys, hs, cs = [], [], []
     acts = _activations(node.op_type, attrs, len(dirs))
     for d, way in enumerate(dirs):
-        cell = _Cell(e, node.op_type, hidden, attrs.get("linear_before_reset", 0))
-        cell.f, cell.g, cell.h = (*acts[d], None, None)[:3]
+        cell = _Cell(e, node.op_type, hidden, attrs.get("linear_before_reset", 0), acts[d])
         y, h, c = cell.run(x, w, r, b, h0, c0, p, d, steps, way == "reverse")
         ys.append(y)
         hs.append(h)
@@ -114,23 +114,23 @@ def _canonical(name: str) -> str:
     return next((known for known in ACTIVATIONS if known.lower() == name.lower()), name)
 
 
+def _named(attrs: dict) -> list[str]:
+    """The node's own activations attribute, as text."""
+    return [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
+
+
 def _activations(op: str, attrs: dict, directions: int) -> list[list]:
     """Per direction, the activations as (name, alpha, beta): activation_alpha and _beta are
     consumed in order by the activations that take them (their ONNX defaults otherwise)."""
-    names = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
-    names = [_canonical(a) for a in names] or DEFAULT_ACTIVATIONS[op] * directions
+    names = [_canonical(a) for a in _named(attrs)] or DEFAULT_ACTIVATIONS[op] * directions
     alphas = list(attrs.get("activation_alpha", []))
     betas = list(attrs.get("activation_beta", []))
-    defaults = {"LeakyRelu": (0.01, 0.0), "ThresholdedRelu": (1.0, 0.0), "Elu": (1.0, 0.0),
-                "HardSigmoid": (0.2, 0.5), "Affine": (1.0, 0.0),
-                "ScaledTanh": (1.0, 1.0)}  # fmt: skip
     out = []
     for name in names:
-        takes_alpha, takes_beta = ACTIVATIONS[name]
-        alpha, beta = defaults.get(name, (0.0, 0.0))
-        if takes_alpha and alphas:
+        alpha, beta = ACTIVATIONS[name]
+        if alpha is not None and alphas:
             alpha = float(alphas.pop(0))
-        if takes_beta and betas:
+        if beta is not None and betas:
             beta = float(betas.pop(0))
         out.append((name, alpha, beta))
     per = len(names) // directions
@@ -145,12 +145,13 @@ def _pick(e: GraphEmitter, t: str, d: int) -> str:
 class _Cell:
     """One direction of an LSTM, GRU or RNN, step by step."""
 
-    def __init__(self, e: GraphEmitter, op: str, hidden: int, linear_before_reset: int) -> None:
+    def __init__(
+        self, e: GraphEmitter, op: str, hidden: int, linear_before_reset: int, acts: list
+    ) -> None:
         self.e, self.op, self.hidden, self.lbr = e, op, hidden, linear_before_reset
         # the gates' activation f, the candidate's g, the output's h (LSTM), as (name,
-        # alpha, beta); the defaults unless the node names others
-        defaults = [(name, 0.0, 0.0) for name in DEFAULT_ACTIVATIONS[op]]
-        self.f, self.g, self.h = (*defaults, None, None)[:3]
+        # alpha, beta): see _activations
+        self.f, self.g, self.h = (*acts, None, None)[:3]
 
     def act(self, which, x: str) -> str:
         name, alpha, beta = which
