@@ -105,9 +105,9 @@ class RecordSpool:
         line = json.dumps(record)
         self._file.write(line.encode("ascii") + b"\n")
         self._n += 1
-        if self._kept is not None:
-            self._kept = self._kept if self._n <= KEPT_RECORDS else None
-        if self._kept is not None:
+        if self._n > KEPT_RECORDS:
+            self._kept = None  # from here on, only the file
+        elif self._kept is not None:
             self._kept.append(json.loads(line))  # (what a read of the file would give)
 
     def extend(self, records: Iterable[dict]) -> None:
