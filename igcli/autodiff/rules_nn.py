@@ -330,7 +330,7 @@ def MaxPool(g: NodeGrad):
     where windows overlap (taps gathered by a one-hot Conv, scattered by a one-hot
     ConvTranspose)."""
     win, channels = _pool_window(g)
-    routed = _max_pool_by_indices(g, win, channels)
+    routed = _max_pool_tiled(g, win) or _max_pool_by_indices(g, win, channels)
     if routed is not None:
         return [routed]
     n_taps, n = int(np.prod(win.of("kernel"))), len(win.axes)
@@ -341,6 +341,53 @@ def MaxPool(g: NodeGrad):
     hit = g.op("Cast", g.op("Equal", first, tap_ids), to=g.e.infos_elem(g.I(0)))
     stack = g.op("Mul", hit, _reshape(g, g.GO(0), [-1, 1, *win.of("out")]))
     return [_scatter(g, stack, _one_hot_kernels(win.of("kernel")), win, channels)]
+
+
+def _max_pool_tiled(g: NodeGrad, win: Window) -> str | None:
+    """Windows that tile x (stride = kernel, no pads or dilation, sizes multiples of the
+    kernel), the common 2x2 pool: GO goes to each window's first arg-max by MaxUnpool, its
+    indices found without a MaxPool's Indices output, which ONNX Runtime computes one element
+    at a time (the digits CNN's two pools: a third of its gradient call). Each input equal to
+    its window's max (y scaled up by Resize) is marked with its tap's priority, K less its
+    offset in the window, highest for the first tap; a plain MaxPool of the marks gives each
+    window the first equal tap, whose flat index is the window's base + K - mark. Marks are
+    whole numbers up to K, exact in float32. None where this does not apply."""
+    elem = g.e.infos_elem(g.I(0))
+    if elem != TensorProto.FLOAT or g.opset < 11:  # (ONNX Runtime's MaxUnpool: float only)
+        return None
+    if any(a.stride != a.kernel or a.dilation != 1 or a.begin or a.end or a.size != a.out * a.kernel
+           for a in win.axes):  # fmt: skip
+        return None
+    sizes, kernel, outs = win.of("size"), win.of("kernel"), win.of("out")
+    steps = [math.prod(sizes[d + 1 :]) for d in range(len(sizes))]  # flat step of each axis
+    top = sum((k - 1) * s for k, s in zip(kernel, steps, strict=True)) + 1
+    if top >= 2**24:  # marks must be exact in float32
+        return None
+    offset = sum(np.arange(n)[(...,) + (None,) * (len(sizes) - 1 - d)] % k * s
+                 for d, (n, k, s) in enumerate(zip(sizes, kernel, steps, strict=True)))  # fmt: skip
+    marks = g.e.const((top - offset)[None, None], np.float32)  # [1, 1, *sizes]
+    scales = g.e.const([1.0, 1.0, *map(float, kernel)], np.float32)
+    roi = g.e.const(np.zeros(0, np.float32))
+    up = g.op("Resize", g.O(0), roi, scales, mode="nearest",
+              coordinate_transformation_mode="asymmetric", nearest_mode="floor")  # fmt: skip
+    hit = g.op("Cast", g.op("Equal", g.I(0), up), to=elem)
+    # one channel per (sample, channel): a plain layout, not the blocked one ONNX Runtime
+    # would reorder a pool of C = 8, 16, ... channels into and out of
+    rank = 2 + len(sizes)
+    planes = g.op("Reshape", g.op("Mul", hit, marks), g.e.ints([-1, 1, *sizes]))
+    best = g.op("MaxPool", planes, kernel_shape=kernel, strides=kernel)
+    best = g.op("Max", best, g.scalar(1.0, g.I(0)))  # (a NaN window marks none: keep in range)
+    count = g.op("Gather", g.op("Shape", best), g.e.const(0, np.int64))
+    plane = g.op("Range", g.e.const(0, np.int64), count, g.e.const(1, np.int64))
+    base = g.op("Mul", g.op("Reshape", plane, g.e.ints([-1] + [1] * (rank - 1))),
+                g.e.const(math.prod(sizes), np.int64))  # fmt: skip
+    for d, (o, k, s) in enumerate(zip(outs, kernel, steps, strict=True)):
+        part = np.arange(o) * k * s + (top if d == 0 else 0)
+        base = g.op("Add", base, g.e.const(part.reshape([-1] + [1] * (len(sizes) - 1 - d))))
+    first = g.op("Sub", base, g.op("Cast", best, to=TensorProto.INT64))
+    first = g.op("Reshape", first, g.op("Shape", g.O(0)))
+    shape = g.op("Shape", g.I(0))
+    return g.op("MaxUnpool", g.GO(0), first, shape, kernel_shape=kernel, strides=kernel)
 
 
 def _max_pool_by_indices(g: NodeGrad, win: Window, channels: int) -> str | None:

@@ -208,6 +208,11 @@ max_pool("2x2s2-pads", (1, 2, 6, 7), 11, kernel_shape=[2, 2], strides=[2, 2], pa
 max_pool("2-dil2-s4", (1, 2, 9, 9), 17, kernel_shape=[2, 2], strides=[4, 4], dilations=[2, 2])
 max_pool("1d-gaps", (2, 2, 10), 9, kernel_shape=[2], strides=[3])
 max_pool("3d-2s2", (1, 2, 4, 5, 4), 13, kernel_shape=[2, 2, 2], strides=[2, 2, 2])
+# windows that tile x: first arg-maxes from a MaxPool of marks (1-D, 2-D, 3-D, uneven kernels)
+max_pool("tiled-2x2", (2, 3, 4, 6), 13, kernel_shape=[2, 2], strides=[2, 2])
+max_pool("tiled-2x3", (1, 2, 6, 6), 17, kernel_shape=[2, 3], strides=[2, 3])
+max_pool("tiled-1d", (2, 2, 9), 11, kernel_shape=[3], strides=[3])
+max_pool("tiled-3d", (1, 2, 4, 2, 6), 18, kernel_shape=[2, 2, 3], strides=[2, 2, 3])
 # MaxUnpool would size a short padded axis at 0 or less (ONNX Runtime refuses): scattered
 max_pool("2s2-pads-short", (2, 3, 1, 4), 17, kernel_shape=[2, 2], strides=[2, 2], pads=[1] * 4)
 max_pool("3s3-pads-1d", (1, 2, 1), 17, kernel_shape=[3], strides=[3], pads=[2, 2])
@@ -499,14 +504,14 @@ def _first_argmax_scatter(x, seed, k, s, pad):
     return dx[:, :, pad : pad + h, pad : pad + w]
 
 
-@pytest.mark.parametrize(("k", "s", "pad", "opset"), [(2, 2, 0, 9), (2, 2, 0, 17),
+@pytest.mark.parametrize(("k", "s", "pad", "opset"), [(2, 2, 0, 9), (2, 2, 0, 17), (4, 4, 0, 11),
                                                       (3, 2, 1, 9), (3, 2, 1, 13), (3, 1, 1, 11),
                                                       (3, 2, 1, 18)])  # fmt: skip
 def test_max_pool_ties_go_to_the_first_maximum(k, s, pad, opset):
     """Flat image regions make ties in every window: like PyTorch and ONNX Runtime, the whole
     gradient goes to the first maximum (each route: Scatter before opset 11, overlapping
-    windows one class at a time before opset 16, ScatterElements adding from 16), never split
-    and never to every tied input."""
+    windows one class at a time before opset 16, ScatterElements adding from 16, marks for
+    windows that tile x), never split and never to every tied input."""
     x = rng.integers(0, 2, size=(2, 3, 8, 8)).astype(np.float32)
     node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s],
                             pads=[pad] * 4)  # fmt: skip
@@ -542,6 +547,37 @@ def test_max_pool_windows_apart_go_back_by_max_unpool(shape, attrs, dtype, unpoo
     model = make_model([node], {"x": distinct(*shape).astype(dtype)}, "y", 17)
     ops = {n.op_type for n in build_gradient_model(model, "x", "y").graph.node}
     assert ("MaxUnpool" in ops) == unpools and ("ScatterElements" in ops) != unpools
+
+
+@pytest.mark.parametrize(("kernel", "shape", "tiled"), [
+    ([2, 2], (1, 8, 6, 4), True),
+    ([2, 2], (1, 8, 7, 4), False),  # a row in no window: MaxPool's Indices
+    ([2], (2, 3, 8), True),
+])  # fmt: skip
+def test_max_pool_windows_that_tile_x_need_no_indices(kernel, shape, tiled):
+    """ONNX Runtime finds a MaxPool's Indices one element at a time (a third of the digits
+    CNN's gradient call); windows that tile x find the first arg-max with plain MaxPools."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=kernel, strides=kernel)
+    model = make_model([node], {"x": distinct(*shape).astype(np.float32)}, "y", 17)
+    nodes = build_gradient_model(model, "x", "y").graph.node
+    indices = [n for n in nodes if n.op_type == "MaxPool" and len(n.output) == 2]
+    assert bool(indices) != tiled and any(n.op_type == "MaxUnpool" for n in nodes)
+
+
+def test_a_tiled_max_pool_window_of_nans_keeps_its_index_in_range():
+    """A window whose max is NaN equals nothing: its index stays inside the window, so the
+    call runs (F is NaN, which the session reports) instead of failing in MaxUnpool, and
+    the other windows are routed as ever."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    x[:, :, :2, :2] = np.nan
+    model = make_model([node], {"x": x}, "y", 17)
+    sess = ort.InferenceSession(build_gradient_model(model, "x", "y").SerializeToString())
+    seed = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
+    got = sess.run([GRAD], {"x": x, SEED: seed})[0]
+    expected = _first_argmax_scatter(np.nan_to_num(x, nan=-np.inf), seed, 2, 2, 0)
+    got[:, :, :2, :2] = expected[:, :, :2, :2] = 0
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("opset", [11, 17])
