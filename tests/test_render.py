@@ -372,14 +372,17 @@ def test_text_drawn_glyph_by_glyph_matches_pillow(size):
     assert render._textlen(font, line) == font.getlength(line)
 
 
+@pytest.mark.parametrize("plain", [False, True])
 @pytest.mark.parametrize("xy", [(10, 40), (-30, 3), (150, 76), (-500, 40), (10, 300)])
-def test_text_on_pixels_is_pillows_paste_clipped_at_the_edges(xy):
+def test_text_on_pixels_is_pillows_paste_clipped_at_the_edges(xy, plain):
     """The panel's text, drawn into numpy pixels, is what Pillow's paste draws on the same
-    picture (a busy background, so the blend's rounding shows), also where the line runs
-    off an edge or lies wholly outside."""
+    picture (a busy background, so the blend's rounding shows; a plain one, which goes by a
+    lookup table), also where the line runs off an edge or lies wholly outside."""
     font = render._font(17)
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (80, 160, 3), dtype=np.uint8)
+    if plain:
+        pixels[...] = (90, 200, 17)
     pillows = Image.fromarray(pixels.copy())
     render._text(pixels, xy, "Wide ffi -0.0123 jÿ", font, (200, 30, 90), 1000)
     render._text(pillows, xy, "Wide ffi -0.0123 jÿ", font, (200, 30, 90), 1000)
