@@ -1109,7 +1109,12 @@ class Session:
             if isinstance(exc, UsageError):
                 raise
             reason = exc.reason
-            if reason.startswith(f"output {self.output_name!r} contains"):  # F at both ends
+            if reason.startswith(f"output {self.output_name!r} contains") and settings.noise:
+                reason += (  # the noisy copies' ends are not checked first
+                    f" at a noisy copy of the input or on its path (--noise std "
+                    f"{settings.noise_std:g}: too large?)"
+                )
+            elif reason.startswith(f"output {self.output_name!r} contains"):  # F at both ends
                 reason += (  # was finite (the ends were checked first): inside the path
                     " at a point on the path between the baseline and the input (F is finite "
                     "at both); try another --baseline"

@@ -333,6 +333,20 @@ def test_cli_usage_errors_are_one_line(tmp_path, args, words):
     assert any(words in line for line in err), err
 
 
+@pytest.mark.parametrize(
+    ("std", "words"),
+    [("1e308", "gives noisy copies beyond float32"), ("1e37", "at a noisy copy of the input")],
+)
+def test_a_noise_too_large_is_blamed_not_the_baseline(tmp_path, std, words):
+    """Noisy copies beyond float32, or far enough out that F overflows, fail the input with
+    a line that names --noise: it said 'try another --baseline', which cannot help."""
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--noise", f"2,{std}", "--steps", "4",
+                 "--no-heatmaps", "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    err = one_line_error(result)
+    assert words in err[0] and "--noise std" in err[0] and "--baseline" not in err[0], err
+
+
 def test_mean_baseline_needs_a_sidecar_mean_or_data(tmp_path):
     model = models.save(models.tanh_linear(), tmp_path / "t.onnx")
     np.save(tmp_path / "x.npy", np.ones(4, dtype=np.float32))
