@@ -7,7 +7,10 @@ Baselines made in pixel space pass through the same steps (see baselines.py).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
+import functools
 import io
 import itertools
 import math
@@ -311,6 +314,8 @@ def read_image(
         try:
             with Image.open(fh, formats=IMAGE_FORMATS) as img:
                 _check_pixels(img.size, path)
+                if img.format == "TIFF":
+                    _quiet_libtiff()
                 if notes is not None and _animated(img):
                     notes.append("several frames (an animation or pages); the first is explained")
                 # Decoded before the stretch note reads EXIF: a PNG's getexif() decodes the
@@ -347,6 +352,43 @@ def read_image(
 
 
 _READ_WHOLE = 1 << 20
+
+
+@functools.cache
+def _quiet_libtiff() -> None:
+    """Clear libtiff's error and warning handlers, which write to stderr themselves: a
+    damaged TIFF printed 'ZIPDecode: Decoding error ...' beside igcli's one line (Pillow
+    installs none; its decoder raises, and igcli says it once). The library is the one
+    Pillow loaded (its own copy in a wheel, or the system's), found among the process's
+    mapped files or beside Pillow; where none is found, libtiff keeps its lines."""
+    for name in _libtiff_candidates():
+        try:
+            lib = ctypes.CDLL(name)
+            for setter in (lib.TIFFSetErrorHandler, lib.TIFFSetWarningHandler):
+                setter.argtypes, setter.restype = [ctypes.c_void_p], ctypes.c_void_p
+                setter(None)
+        except (OSError, AttributeError):
+            continue
+        return
+
+
+def _libtiff_candidates() -> list[str]:
+    """Paths of the libtiff this process has loaded (Linux), else those Pillow ships."""
+    found: list[str] = []
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/self/maps", encoding="utf-8", errors="replace") as maps,
+    ):
+        for line in maps:
+            path = line.split(maxsplit=5)[-1].strip()
+            if "/libtiff" in path and path not in found:
+                found.append(path)
+    import PIL
+
+    here = Path(PIL.__file__).parent
+    for pattern in ("../pillow.libs/libtiff*", ".dylibs/libtiff*"):
+        found += [str(p) for p in sorted(here.glob(pattern))]
+    return found
 
 
 def _animated(img) -> bool:

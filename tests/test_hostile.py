@@ -267,6 +267,23 @@ def test_damaged_png_data_is_refused_not_read_as_black(tmp_path):
         read_image(path, FIXED_RGB, notes=[])
 
 
+def test_damaged_tiff_is_one_line_without_libtiffs_own(tmp_path, capfd):
+    """libtiff wrote 'ZIPDecode: Decoding error ...' to stderr itself, beside igcli's line."""
+    import io
+
+    from igcli import inputs
+
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)
+    Image.fromarray(pixels).save(buf, format="TIFF", compression="tiff_adobe_deflate")
+    data = bytearray(buf.getvalue())
+    data[10:60] = bytes(b ^ 0x5A for b in data[10:60])  # the deflate stream of the strip
+    path = hf.write(tmp_path / "bad.tiff", bytes(data))
+    inputs._quiet_libtiff.cache_clear()
+    refused(path, ANY_SIZE_GREY, r"cannot decode image")
+    assert "Decod" not in capfd.readouterr().err
+
+
 def test_sixteen_bit_colour_png_keeps_its_precision_with_notes(tmp_path):
     """The stretch note's EXIF lookup once decoded a 16-bit PNG as 8-bit before igcli could."""
     samples = np.random.default_rng(1).integers(0, 65536, (9, 11, 3)).astype(np.uint16)
