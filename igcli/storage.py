@@ -160,6 +160,8 @@ def read_bytes(
     loc = location(where)
     try:
         if isinstance(loc, URL):
+            if _stalled(loc):
+                raise error(f"{failing} ({STALLED_REASON})", where)
             fs, path = filesystem(loc)
             return fs.cat_file(path)
         from igcli.files import file_size, open_regular
@@ -185,7 +187,7 @@ def read_bytes(
             from igcli.files import os_reason
 
             raise error(f"{failing} ({os_reason(exc)})", where) from None
-        raise error(f"{failing} ({_remote_reason(exc)})", where) from None
+        raise error(f"{failing} ({_failed(loc, exc)})", where) from None
 
 
 def read_many(urls: list[str]) -> dict[str, bytes | Exception]:
@@ -219,10 +221,12 @@ def upload(local: Path, url: str) -> None:
     _written(url, "cannot upload", lambda: fs.put_file(str(local), path, **_bounded(fs, size)))
 
 
-# Stores a write timed out on, and why: the run's later writes there (the queued outputs,
-# then four reports) fail at once, not after a timeout each (a frozen server held a run for
-# minutes per write). A new run's check_writable tries again.
-_STALLED: dict[str, str] = {}
+# Stores (scheme://bucket) a call timed out on: the run's later calls there fail at once,
+# not after a timeout each. A frozen server held a run for minutes per write (the queued
+# outputs, then four reports) and some 80 s per input it was to fetch. A new run's
+# check_writable tries again.
+_STALLED: set[str] = set()
+STALLED_REASON = "the store did not answer in time earlier in this run; not tried again"
 
 
 def _store(url: str) -> str:
@@ -230,26 +234,36 @@ def _store(url: str) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
+def _stalled(url: str) -> bool:
+    return _store(url) in _STALLED
+
+
+def _failed(url: str, exc: BaseException) -> str:
+    """The one-line reason of a store call's error; a timeout marks the store stalled."""
+    if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+        _STALLED.add(_store(url))
+    return _remote_reason(exc)
+
+
 def _written(url: str, failing: str, write) -> None:
     """Run `write`; an OutputError "<failing> (<why>)" when it fails."""
-    stalled = _STALLED.get(_store(url))
-    if stalled is not None:
-        raise OutputError(f"{failing} ({stalled})", url)
+    if _stalled(url):
+        raise OutputError(f"{failing} ({STALLED_REASON})", url)
     try:
         write()
     except Exception as exc:
-        reason = _remote_reason(exc)
-        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
-            _STALLED[_store(url)] = reason
-        raise OutputError(f"{failing} ({reason})", url) from None
+        raise OutputError(f"{failing} ({_failed(url, exc)})", url) from None
 
 
 def isdir(url: str) -> bool:
+    if _stalled(url):
+        return False  # (read as an object, whose fetch then fails at once)
     fs, path = filesystem(url)
     try:
         fs.invalidate_cache(path)
         return bool(fs.isdir(path))
-    except Exception:
+    except Exception as exc:
+        _failed(url, exc)
         return False
 
 
@@ -263,7 +277,7 @@ def list_files(url: str, recursive: bool) -> list[URL]:
         else:
             found = [e["name"] for e in fs.ls(path, detail=True) if e.get("type") == "file"]
     except Exception as exc:
-        raise UsageError(f"cannot list ({_remote_reason(exc)})", url) from None
+        raise UsageError(f"cannot list ({_failed(url, exc)})", url) from None
     return sorted(URL(fs.unstrip_protocol(p)) for p in found)
 
 
@@ -273,7 +287,7 @@ def check_writable(url: str) -> None:
     means the bucket (container) does not exist."""
     probe = URL(url) / f".igcli-write-check.{os.getpid()}"
     fs, path = filesystem(probe)
-    _STALLED.pop(_store(url), None)
+    _STALLED.discard(_store(url))
     try:
         fs.pipe_file(path, b"", **_bounded(fs, 0))
     except FileNotFoundError:
@@ -355,6 +369,8 @@ class Fetcher:
         local = self.folder / key / (URL(url).name or "object")
         if local.is_file():
             return local
+        if _stalled(url):
+            raise error(f"cannot fetch ({STALLED_REASON})", url)
         local.parent.mkdir(parents=True, exist_ok=True)
         fs, path = filesystem(url)
         tmp = local.with_name(local.name + ".part")
@@ -366,7 +382,7 @@ class Fetcher:
         except Exception as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise error(f"cannot fetch ({_remote_reason(exc)})", url) from None
+            raise error(f"cannot fetch ({_failed(url, exc)})", url) from None
         return local
 
     def release(self, local: Path) -> None:

@@ -295,11 +295,11 @@ def test_object_keys_with_dot_or_empty_parts_fail_alone_and_clash_with_no_one(s3
     assert not report.get("skipped")
 
 
-def test_a_store_that_never_answers_fails_in_one_line_within_bounded_time(tmp_path, monkeypatch):
-    """An S3 endpoint that took connections and never answered held a run for 400 s and
-    more, silently (s3fs's retries of botocore's retries of 15-second reads)."""
+@pytest.fixture
+def frozen_store(monkeypatch):
+    """An S3 endpoint that takes connections and never answers, with 1-second timeouts;
+    forgets the stores the test saw stall."""
     import threading
-    import time
 
     pytest.importorskip("s3fs")
     import igcli.storage as storage
@@ -328,15 +328,7 @@ def test_a_store_that_never_answers_fails_in_one_line_within_bounded_time(tmp_pa
     monkeypatch.setattr(storage, "S3_TIMEOUTS", {"connect_timeout": 1, "read_timeout": 1})
     monkeypatch.setattr(storage, "WRITE_SECONDS", 2)
     try:
-        began = time.monotonic()
-        result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", "s3://frozen/r", *STEPS)
-        took = time.monotonic() - began
-        with pytest.raises(OutputError, match="did not answer in time"):
-            storage.write_bytes("s3://frozen/r/a", b"x")  # (2 s)
-        began = time.monotonic()  # the run's later writes there fail at once: the queued
-        with pytest.raises(OutputError, match="did not answer in time"):  # outputs and its
-            storage.write_bytes("s3://frozen/r/b", b"x")  # reports took 2 minutes each
-        assert time.monotonic() - began < 1
+        yield storage
     finally:
         storage._STALLED.clear()
         stop.set()
@@ -344,7 +336,45 @@ def test_a_store_that_never_answers_fails_in_one_line_within_bounded_time(tmp_pa
         for conn in held:
             conn.close()
         listener.close()
+
+
+def test_a_store_that_never_answers_fails_in_one_line_within_bounded_time(tmp_path, frozen_store):
+    """An S3 endpoint that took connections and never answered held a run for 400 s and
+    more, silently (s3fs's retries of botocore's retries of 15-second reads)."""
+    import time
+
+    storage = frozen_store
+    began = time.monotonic()
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", "s3://frozen/r", *STEPS)
+    took = time.monotonic() - began
+    with pytest.raises(OutputError, match="did not answer in time"):
+        storage.write_bytes("s3://frozen/r/a", b"x")  # (2 s)
+    began = time.monotonic()  # the run's later writes there fail at once: the queued
+    with pytest.raises(OutputError, match="did not answer in time"):  # outputs and its
+        storage.write_bytes("s3://frozen/r/b", b"x")  # reports took 2 minutes each
+    assert time.monotonic() - began < 1
     assert result.exit_code == ExitCode.OUTPUT, result.stderr
     assert result.stderr.strip().startswith("error: s3://frozen/r: cannot write (")
     assert len(result.stderr.strip().splitlines()) == 1
     assert took < 30  # (2 s here, 2 minutes in a run)
+
+
+def test_inputs_on_a_store_that_never_answers_fail_after_one_timeout(
+    tmp_path, frozen_store, monkeypatch
+):
+    """Each input on a frozen store waited out its own timeouts (some 80 s apiece): after
+    the first, the store is not tried again in this run, and each input says so."""
+    import time
+
+    monkeypatch.setattr(frozen_store, "S3_ATTEMPTS", 1)
+    urls = [f"s3://frozen/in/{k}.png" for k in "abcd"]
+    began = time.monotonic()
+    result = run("explain", DIGITS, *urls, "--out", tmp_path / "o", *STEPS, "-q")
+    took = time.monotonic() - began
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    lines = result.stderr.strip().splitlines()
+    for url in urls:
+        said = [line for line in lines if line.startswith(f"error: {url}: cannot fetch (")]
+        assert len(said) == 1, lines
+    assert sum("not tried again" in line for line in lines) >= len(urls) - 1
+    assert took < 30  # (some 7 s here, where each input took about 6 before)
