@@ -40,7 +40,7 @@ _BLOCK_OPS = {
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "LeakyRelu", "Gelu", "Sigmoid", "Tanh",
     "Softplus", "Elu", "Selu", "HardSigmoid", "HardSwish", "Mish", "MaxPool", "AveragePool",
     "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "LayerNormalization",
-    "InstanceNormalization", "Gather", "Attention", "SkipLayerNormalization",
+    "InstanceNormalization", "Gather", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
 }  # fmt: skip
 AGGREGATES = ("sum", "l2", "none")
 

@@ -237,7 +237,6 @@ def attention(w: _Writer, node: onnx.NodeProto) -> bool:
         sizes = [width[-1] // 3] * 3
     if heads < 1 or len(sizes) != 3 or any(s % heads for s in sizes):
         return False
-    fill = float(_attr(node, "mask_filter_value", -10000.0))
     scale = float(_attr(node, "scale", 0.0)) or 1 / math.sqrt(sizes[0] // heads)
     qkv = w.op("MatMul", x, weights)
     qkv = w.op("Add", qkv, bias) if bias else qkv
@@ -248,24 +247,77 @@ def attention(w: _Writer, node: onnx.NodeProto) -> bool:
         split = w.op("Reshape", part, w.ints([0, 0, heads, sizes[k] // heads]))
         return w.op("Transpose", split, perm=[0, 2, 1, 3])
 
-    q, k, v = head(0), head(1), head(2)
-    scores = w.op("Mul", w.op("MatMul", q, w.op("Transpose", k, perm=[0, 1, 3, 2])),
-                  w.const(scale))  # fmt: skip
+    return _attend(w, node, head(0), head(1), head(2), (x, x), mask, bias_in, scale, sizes[2])
+
+
+def multi_head_attention(w: _Writer, node: onnx.NodeProto) -> bool:
+    """Attention of query [B, S, D] over key [B, L, D] and value [B, L, Dv], each projected
+    already (bias [D + D + Dv] added here): softmax(Q K^T * scale + mask + attention_bias) V,
+    heads concatenated. Masks as Attention's (key lengths [B], 0/1 [B, L] or [B, S, L]).
+    Packed, BNSH or past inputs are left as they are."""
+    query, key, value, bias = node.input[0], _arg(node, 1), _arg(node, 2), _arg(node, 3)
+    mask, bias_in = _arg(node, 4), _arg(node, 5)
+    if any(_arg(node, k) for k in range(6, len(node.input))) or any(
+        _out(node, k) for k in range(1, len(node.output))
+    ):
+        return False
+    heads = int(_attr(node, "num_heads", 0))
+    if heads < 1 or not key or not value or any(w.ranks.get(t) != 3 for t in (query, key, value)):
+        return False
+    parts = [query, key, value]
+    if bias:  # [D + D + Dv]: its pieces end where query's and value's widths say
+        widths = [w.op("Slice", w.op("Shape", t), w.ints([2]), w.ints([3])) for t in parts]
+        ends = [widths[0], w.op("Add", widths[0], widths[1])]
+        ends.append(w.op("Add", ends[1], widths[2]))
+        starts = [w.ints([0]), *ends[:2]]
+        parts = [w.op("Add", t, w.op("Slice", bias, a, b))
+                 for t, a, b in zip(parts, starts, ends, strict=True)]  # fmt: skip
+
+    def head(t: str) -> str:  # [B, S, size] -> [B, N, S, size / N]
+        split = w.op("Reshape", t, w.ints([0, 0, heads, -1]))
+        return w.op("Transpose", split, perm=[0, 2, 1, 3])
+
+    q, k, v = (head(t) for t in parts)
+    scale = float(_attr(node, "scale", 0.0))
+    if not scale:  # 1 / sqrt(head size), from query's width at run time
+        size = w.op("Gather", w.op("Shape", q), w.ints(3, scalar=True))
+        root = w.op("Sqrt", w.op("Cast", size, to=w.elem))
+        scale = w.op("Reciprocal", root)
+    return _attend(w, node, q, k, v, (query, key), mask, bias_in, scale, None)
+
+
+def _attend(
+    w: _Writer,
+    node: onnx.NodeProto,
+    q: str,
+    k: str,
+    v: str,
+    seqs: tuple[str, str],
+    mask: str,
+    bias_in: str,
+    scale: float | str,
+    width: int | None,
+) -> bool:
+    """softmax(q k^T * scale + mask + bias_in [+ causal]) v for heads [B, N, ., size], heads
+    joined again into node's output [B, S, N * size]. `seqs`: [B, S, .] and [B, L, .] tensors
+    whose axis 1 gives the query and key positions."""
+    fill = float(_attr(node, "mask_filter_value", -10000.0))
+    factor = w.const(scale) if isinstance(scale, float) else scale
+    scores = w.op("Mul", w.op("MatMul", q, w.op("Transpose", k, perm=[0, 1, 3, 2])), factor)
     if mask:
         rank = w.ranks.get(mask)
         if rank not in (1, 2, 3):
             return False
-        scores = w.op("Add", scores, _mask_values(w, x, mask, rank, fill))
+        scores = w.op("Add", scores, _mask_values(w, seqs[1], mask, rank, fill))
     if bias_in:
         scores = w.op("Add", scores, bias_in)
     if _attr(node, "unidirectional", 0):
-        seq = _positions(w, x)
-        later = w.op("Greater", w.op("Reshape", seq, w.ints([1, -1])),
-                     w.op("Reshape", seq, w.ints([-1, 1])))  # fmt: skip
+        later = w.op("Greater", w.op("Reshape", _positions(w, seqs[1]), w.ints([1, -1])),
+                     w.op("Reshape", _positions(w, seqs[0]), w.ints([-1, 1])))  # fmt: skip
         scores = w.op("Add", scores, w.op("Where", later, w.const(fill), w.const(0.0)))
     probs = w.op("Softmax", scores, axis=-1)
     mixed = w.op("Transpose", w.op("MatMul", probs, v), perm=[0, 2, 1, 3])
-    w.op("Reshape", mixed, w.ints([0, 0, sizes[2]]), out=node.output[0])
+    w.op("Reshape", mixed, w.ints([0, 0, width or -1]), out=node.output[0])
     return True
 
 
@@ -279,7 +331,11 @@ def _mask_values(w: _Writer, x: str, mask: str, rank: int, fill: float) -> str:
     else:
         keep = w.op("Greater", w.op("Cast", mask, to=TensorProto.INT64), w.ints(0, scalar=True))
     values = w.op("Where", keep, w.const(0.0), w.const(fill))
-    return w.op("Reshape", values, w.ints([0, 1, 1, -1] if rank < 3 else [0, 1, 0, -1]))
+    if rank < 3:
+        return w.op("Reshape", values, w.ints([0, 1, 1, -1]))
+    if w.opset >= 13:  # [B, S, L] -> [B, 1, S, L]
+        return w.op("Unsqueeze", values, w.ints([1]))
+    return w.op("Unsqueeze", values, axes=[1])
 
 
 def embed_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
@@ -324,6 +380,7 @@ _MS_OPS: dict[str, Build] = {
     "SkipSimplifiedLayerNormalization": skip_simplified_layer_norm,
     "FusedMatMul": fused_matmul,
     "Attention": attention,
+    "MultiHeadAttention": multi_head_attention,
     "EmbedLayerNormalization": embed_layer_norm,
 }
 

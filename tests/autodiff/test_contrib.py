@@ -151,6 +151,40 @@ CASES.update({
 })  # fmt: skip
 
 
+def self_attention(inputs, **attrs):
+    """(model, feeds): MultiHeadAttention with query, key and value all x (self-attention,
+    as ONNX Runtime's optimizer leaves it after separate projections)."""
+    model, feeds = case("MultiHeadAttention", inputs, **attrs)
+    node = model.graph.node[0]
+    node.input[1] = node.input[2] = "x"
+    return model, feeds
+
+
+MHA_BIAS = _r(3 * H, scale=0.2)
+CASES.update({
+    "MultiHeadAttention-self": self_attention({"x": X, "k": None, "v": None}, num_heads=2),
+    "MultiHeadAttention-self-bias-key-lengths": self_attention(
+        {"x": X, "k": None, "v": None, "bias": MHA_BIAS, "mask": np.array([4, 2], np.int32)},
+        num_heads=4,
+    ),
+    "MultiHeadAttention-self-unidirectional-scale": self_attention(
+        {"x": X, "k": None, "v": None, "bias": MHA_BIAS}, num_heads=2, unidirectional=1, scale=0.4,
+    ),
+    "MultiHeadAttention-cross-mask-2d": case(
+        "MultiHeadAttention",
+        {"x": X, "k": _r(B, 3, H), "v": _r(B, 3, 4),
+         "bias": _r(2 * H + 4, scale=0.2), "mask": np.array([[1, 1, 0], [1, 1, 1]], np.int32)},
+        num_heads=2,
+    ),
+    "MultiHeadAttention-cross-mask-3d-attention-bias": case(
+        "MultiHeadAttention",
+        {"x": X, "k": _r(B, 3, H), "v": _r(B, 3, H), "bias": None,
+         "mask": (RNG.random((B, S, 3)) > 0.3).astype(np.int32), "pos": _r(1, 2, S, 3)},
+        num_heads=2, mask_filter_value=-1000.0,
+    ),
+})  # fmt: skip
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_standard_form_computes_what_the_kernel_does(name):
     model, feeds = CASES[name]
