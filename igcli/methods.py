@@ -813,9 +813,10 @@ def _copies(job: Job, spec: PathSpec, settings, ctx: Context, blur, expected: bo
     if settings.noise:
         spread = float(np.max(x) - np.min(x))
         std = settings.noise_std * spread
-        xs = x[None] + draw_noise(rng, std, (settings.noise, *x.shape)) if math.isfinite(std) else x
         top = float(np.finfo(sample.x.dtype).max) if sample.x.dtype.kind == "f" else math.inf
-        if not (math.isfinite(std) and np.all(np.abs(xs) <= top)):  # (not NaN on the path later)
+        fits = math.isfinite(std)  # and the copies within the model's float type, checked
+        xs = x[None] + draw_noise(rng, std, (settings.noise, *x.shape)) if fits else x
+        if not (fits and np.all(np.abs(xs) <= top)):  # here, not as a NaN on the path later
             raise InputError(
                 f"--noise std {settings.noise_std:g} of this input's range ({spread:.3g}) "
                 f"gives noisy copies beyond {sample.x.dtype}; use a smaller std",
