@@ -1166,7 +1166,7 @@ class Session:
             # completeness holds up to the quadrature on every path, without noise or
             # Monte Carlo draws (expected gradients)
             exact = not settings.noise and not (settings.baselines and settings.samples)
-            self._judge(attribution, source, exact=exact)
+            self._judge(attribution, source, exact=exact, x=problem.x)
             if result.converged is False:
                 hint = " (raise --max-steps)" if result.stop_reason == "max_steps" else ""
                 self.warn(
@@ -1287,8 +1287,15 @@ class Session:
         a.regions = found
         a.extra["regions"] = found.summary()
 
-    def _judge(self, a: Attribution, source: GradientSource, exact: bool = True) -> None:
-        """Warn (once per kind) where the numbers cannot be what the user wants."""
+    def _judge(
+        self,
+        a: Attribution,
+        source: GradientSource,
+        exact: bool = True,
+        x: np.ndarray | None = None,
+    ) -> None:
+        """Warn (once per kind) where the numbers cannot be what the user wants. `x`: the
+        path's input end in the space IG walks (the cut tensor's value with a cut)."""
         by_differences = isinstance(source, FiniteDifferences)
         flat = by_differences and source.looks_piecewise_constant
         piecewise = a.delta != 0 and (flat or not np.any(a.attributions))
@@ -1319,7 +1326,7 @@ class Session:
                 "everywhere (finite differences measure its rounding steps); explain the float "
                 "model it was made from",
             )
-        elif unresolved and "jump" not in self._warned and (end := self._jumps(a, source)):
+        elif unresolved and "jump" not in self._warned and (end := self._jumps(a, source, x)):
             self._warn_once(  # (more steps were advised, where none could help)
                 "jump",
                 f"{a.sample.path}: F jumps at the {end} (target {a.target}): F(baseline) = "
@@ -1708,20 +1715,29 @@ class Session:
         quantized, or F jumps at an end of the path (and the run said so)."""
         return bool({"piecewise", "jump"} & self._warned)
 
-    def _jumps(self, a: Attribution, source: GradientSource) -> str | None:
-        """Which end of a straight input-space path F jumps at ('baseline' or 'input'), or
-        None: F a step of 1e-4 from the end already most of F(x) - F(b) away from F there.
-        LpNormalization at a zero baseline is x / |x| for every x but 0, where it is 0:
-        'raise --steps' was advised, which can never help. One 2-row call, only for an
-        unresolved result, until said once."""
-        if self._cut is not None or self.tokens is not None or a.baseline is None:
+    def _jumps(
+        self, a: Attribution, source: GradientSource, x: np.ndarray | None = None
+    ) -> str | None:
+        """Which end of a straight path F jumps at ('baseline' or 'input'), or None: F a step
+        of 1e-4 from the end already most of F(x) - F(b) away from F there. LpNormalization
+        at a zero baseline is x / |x| for every x but 0, where it is 0: 'raise --steps' was
+        advised, which can never help. With a cut (token models too) the path runs in the cut
+        tensor's space, from `x` there: a LayerNorm right after a zero embedding baseline
+        (Funnel, ESM) jumps the same way. One 2-row call, only for an unresolved result,
+        until said once."""
+        if a.baseline is None:
             return None
         if a.extra.get("path", "straight") != "straight" or a.extra.get("baselines"):
             return None  # (several baselines: no one straight path)
-        x, b = a.sample.x.astype(np.float64), np.asarray(a.baseline, np.float64)
+        if x is None:
+            if self._cut is not None:
+                return None  # (the sample holds the input, not the cut tensor's value)
+            x = a.sample.x
+        dtype = x.dtype
+        x, b = x.astype(np.float64), np.asarray(a.baseline, np.float64)
         if x.shape != b.shape:
             return None
-        near = np.stack([b + 1e-4 * (x - b), x - 1e-4 * (x - b)]).astype(a.sample.x.dtype)
+        near = np.stack([b + 1e-4 * (x - b), x - 1e-4 * (x - b)]).astype(dtype)
         try:
             f_near = source.values(near)
         except IgcliError:

@@ -1046,3 +1046,34 @@ def test_a_model_that_jumps_at_the_baseline_is_not_told_to_raise_steps(tmp_path)
     off = np.array([0.2, 0.1, 0.4, 0.3], np.float32)  # a path that never meets 0
     b = smooth.attribute(x, target=2, baseline=off, steps=32)
     assert abs(b.rel_error) < 1e-3 and not smooth.looks_piecewise
+
+
+def test_a_model_that_jumps_at_a_zero_baseline_at_a_cut_is_told_so(tmp_path):
+    """With --at (and so token models, Funnel and ESM: a LayerNorm right after the word
+    embeddings), the path runs in the cut tensor's space, and a zero baseline there jumps as
+    LpNormalization does at a zero input. The probe looked only at input-space paths, so
+    such a model missed completeness by 100% and was told 'raise --steps'."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([1.5, -0.5, 2.0, 1.0], np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["h"]),
+         helper.make_node("LpNormalization", ["h"], ["y"], axis=1, p=2)], "cut_lpn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w],
+    )  # fmt: skip
+    path = tmp_path / "cut_lpn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    said = []
+    session = igcli.Session(path, at="h", cache=False, warn=said.append)
+    x = np.array([0.3, -0.2, 0.5, 0.1], np.float32)
+    a = session.attribute(x, target=2, baseline="zero", steps=32)
+    assert abs(a.rel_error) > 0.5
+    assert any("F jumps at the baseline" in m for m in said), said
+    assert not any("raise --steps" in m for m in said), said
+    assert session.looks_piecewise
+    smooth = igcli.Session(path, at="h", cache=False, warn=said.append)
+    off = np.array([0.2, 0.1, 0.4, 0.3], np.float32)  # its image at h never meets 0
+    b = smooth.attribute(x, target=2, baseline=off, steps=32)
+    assert abs(b.rel_error) < 1e-3 and not smooth.looks_piecewise
