@@ -9,6 +9,11 @@ and outputs, so the rules of those ops give its gradient. Only the graph that is
 differentiated is rewritten: the model's own forward still runs the fused kernels, and the
 self-check holds the gradient to finite differences of that model.
 
+scikit-learn models converted by skl2onnx carry ai.onnx.ml ops the same way: a StandardScaler
+is a Scaler, a LogisticRegression a LinearClassifier. Those with a plain composition (Scaler,
+Normalizer, LinearClassifier, LinearRegressor, ArrayFeatureExtractor) are written here too, so
+such a pipeline gets a gradient graph instead of finite differences.
+
 The compositions follow ONNX Runtime's CPU kernels (tests/autodiff/test_contrib.py compares
 each with the kernel, output by output). An attribute or input form that is not handled here
 (an optional output the gradient would have to pass through) leaves the node as it is, so it
@@ -62,6 +67,12 @@ class _Writer:
             self.initializers.append(numpy_helper.from_array(array, name))
             self._consts[elem, value] = name
         return self._consts[elem, value]
+
+    def floats(self, values) -> str:
+        """A float32 constant (a list, or a list of lists)."""
+        name = next(self._fresh)
+        self.initializers.append(numpy_helper.from_array(np.array(values, np.float32), name))
+        return name
 
     def ints(self, values, scalar: bool = False) -> str:
         """An int64 constant: a list, or one value as a scalar."""
@@ -385,6 +396,142 @@ _MS_OPS: dict[str, Build] = {
 }
 
 
+# -- ai.onnx.ml: what skl2onnx writes for scalers and linear models ----------------------
+# ONNX Runtime's kernels compute these in float32 (a double or integer input is cast first) and
+# give float32 outputs; the forms below do the same (onnxruntime/core/providers/cpu/ml/).
+ML = "ai.onnx.ml"
+
+
+def _as_float(w: _Writer, x: str) -> str:
+    """x as float32, the element type every ai.onnx.ml kernel below computes in."""
+    floats = w.elem
+    w.elem = TensorProto.FLOAT
+    return x if floats == TensorProto.FLOAT else w.op("Cast", x, to=TensorProto.FLOAT)
+
+
+def ml_scaler(w: _Writer, node: onnx.NodeProto) -> bool:
+    """(X - offset) * scale, offset and scale one value or one per feature (the last axis)."""
+    offset = [float(v) for v in _attr(node, "offset", [])] or [0.0]
+    scale = [float(v) for v in _attr(node, "scale", [])] or [1.0]
+    x = _as_float(w, node.input[0])
+    w.op("Mul", w.op("Sub", x, w.floats(offset)), w.floats(scale), out=node.output[0])
+    _same_rank(w, node)
+    return True
+
+
+def _same_rank(w: _Writer, node: onnx.NodeProto) -> None:
+    """The output's rank is the input's: onnx's shape inference gives no shape to ai.onnx.ml
+    outputs, and the ops after may need it (ArrayFeatureExtractor)."""
+    if node.input[0] in w.ranks:
+        w.ranks[node.output[0]] = w.ranks[node.input[0]]
+
+
+def ml_normalizer(w: _Writer, node: onnx.NodeProto) -> bool:
+    """Each row of X [N, C] (or X [C]) over its max, L1 or L2 norm; a row whose norm is 0
+    is kept as it is."""
+    norm = _attr(node, "norm", b"MAX")
+    norm = norm.decode() if isinstance(norm, bytes) else str(norm)
+    if norm not in ("MAX", "L1", "L2"):
+        return False
+    x = _as_float(w, node.input[0])
+    if norm == "MAX":
+        z = w.reduce("ReduceMax", x, [-1]) if w.opset >= 18 else w.op(
+            "ReduceMax", x, axes=[-1], keepdims=1)  # fmt: skip
+    elif norm == "L1":
+        z = w.reduce("ReduceSum", w.op("Abs", x), [-1])
+    else:
+        z = w.op("Sqrt", w.reduce("ReduceSum", w.op("Mul", x, x), [-1]))
+    zero = w.op("Equal", z, w.const(0.0))
+    w.op("Div", x, w.op("Where", zero, w.const(1.0), z), out=node.output[0])
+    _same_rank(w, node)
+    return True
+
+
+def _linear(w: _Writer, node: onnx.NodeProto, rows: int) -> str | None:
+    """X [N, C] (or X [C], one row) @ coefficients [rows, C]^T + intercepts: the scores
+    [N, rows]."""
+    coefficients = [float(v) for v in _attr(node, "coefficients", [])]
+    intercepts = [float(v) for v in _attr(node, "intercepts", [])] or [0.0] * rows
+    if rows < 1 or not coefficients or len(coefficients) % rows or len(intercepts) != rows:
+        return None
+    matrix = np.array(coefficients, np.float32).reshape(rows, -1).T
+    x = w.op("Reshape", _as_float(w, node.input[0]), w.ints([-1, len(matrix)]))
+    scores = w.op("Add", w.op("MatMul", x, w.floats(matrix.tolist())), w.floats(intercepts))
+    for out in node.output[1:] if node.op_type == "LinearClassifier" else node.output[:1]:
+        w.ranks[out] = 2
+    return scores
+
+
+def ml_linear_classifier(w: _Writer, node: onnx.NodeProto) -> bool:
+    """Scores X @ coefficients^T + intercepts, one per class, then the post transform (NONE,
+    LOGISTIC elementwise or SOFTMAX over the classes); the label is the class of the first
+    largest score. One row of coefficients for two labels (ONNX Runtime adds a second class
+    then), SOFTMAX_ZERO and PROBIT are left as they are."""
+    labels = list(_attr(node, "classlabels_ints", [])) or list(
+        _attr(node, "classlabels_strings", []))  # fmt: skip
+    rows = len(_attr(node, "intercepts", []))
+    transform = _attr(node, "post_transform", b"NONE")
+    transform = transform.decode() if isinstance(transform, bytes) else str(transform)
+    if rows < 2 or len(labels) != rows or transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
+        return False
+    scores = _linear(w, node, rows)
+    if scores is None:
+        return False
+    if _out(node, 0):
+        best = w.op("ArgMax", scores, axis=1, keepdims=0)
+        name = next(w._fresh)
+        table = np.array(labels, object if isinstance(labels[0], bytes) else np.int64)
+        w.initializers.append(numpy_helper.from_array(table, name))
+        w.op("Gather", name, best, axis=0, out=node.output[0])
+    if _out(node, 1):
+        if transform == "NONE":
+            w.op("Identity", scores, out=node.output[1])
+        elif transform == "LOGISTIC":
+            w.op("Sigmoid", scores, out=node.output[1])
+        else:
+            w.op("Softmax", scores, axis=1, out=node.output[1])
+    return True
+
+
+def ml_linear_regressor(w: _Writer, node: onnx.NodeProto) -> bool:
+    """X @ coefficients^T + intercepts, one column per target (post_transform NONE only)."""
+    transform = _attr(node, "post_transform", b"NONE")
+    transform = transform.decode() if isinstance(transform, bytes) else str(transform)
+    if transform != "NONE":
+        return False
+    scores = _linear(w, node, int(_attr(node, "targets", 1)))
+    if scores is None:
+        return False
+    w.op("Identity", scores, out=node.output[0])
+    return True
+
+
+def ml_array_feature_extractor(w: _Writer, node: onnx.NodeProto) -> bool:
+    """X's entries at the indices along the last axis (X [C]: a [1, K] result)."""
+    rank = w.ranks.get(node.input[0])
+    if rank is None or rank < 1:
+        return False
+    flat = w.op("Reshape", node.input[1], w.ints([-1]))
+    if rank == 1:
+        picked = w.op("Gather", node.input[0], flat, axis=0)
+        if w.opset >= 13:
+            w.op("Unsqueeze", picked, w.ints([0]), out=node.output[0])
+        else:
+            w.op("Unsqueeze", picked, out=node.output[0], axes=[0])
+    else:
+        w.op("Gather", node.input[0], flat, axis=rank - 1, out=node.output[0])
+    return True
+
+
+_ML_OPS: dict[str, Build] = {
+    "Scaler": ml_scaler,
+    "Normalizer": ml_normalizer,
+    "LinearClassifier": ml_linear_classifier,
+    "LinearRegressor": ml_linear_regressor,
+    "ArrayFeatureExtractor": ml_array_feature_extractor,
+}
+
+
 def standard_forms(
     graph: onnx.GraphProto,
     opset: int,
@@ -424,6 +571,8 @@ _FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorPro
 def _builder(node: onnx.NodeProto) -> Build | None:
     if node.domain == MS:
         return _MS_OPS.get(node.op_type)
+    if node.domain == ML:
+        return _ML_OPS.get(node.op_type)
     if node.domain in ("", "ai.onnx") and node.op_type == "SimplifiedLayerNormalization":
         return simplified_layer_norm
     return None

@@ -82,8 +82,15 @@ def _probability_tensor(onx: onnx.ModelProto) -> str:
     return next(o.name for o in onx.graph.output if o.type.tensor_type.elem_type == 1)
 
 
-def path_domains(onx: onnx.ModelProto, start: str, end: str) -> set[str]:
-    """Operator domains of the nodes on any path from tensor `start` to tensor `end`."""
+# ai.onnx.ml ops that igcli writes as standard ops before differentiating (its autodiff
+# contrib module): a path with only these gets a gradient graph.
+WRITTEN_ML_OPS = {"Scaler", "Normalizer", "LinearClassifier", "LinearRegressor",
+                  "ArrayFeatureExtractor"}  # fmt: skip
+
+
+def path_domains(onx: onnx.ModelProto, start: str, end: str, ops: set | None = None) -> set[str]:
+    """Operator domains of the nodes on any path from tensor `start` to tensor `end`
+    (`ops`, when given, gets their (domain, op type) pairs)."""
     producers = {o: n for n in onx.graph.node for o in n.output}
     ancestors, stack = set(), [end]
     while stack:
@@ -103,6 +110,8 @@ def path_domains(onx: onnx.ModelProto, start: str, end: str) -> set[str]:
                 if new:
                     reach.update(new)
                     domains.add(node.domain or "ai.onnx")
+                    if ops is not None:
+                        ops.add((node.domain or "ai.onnx", node.op_type))
                     frontier = True
     return domains
 
@@ -178,8 +187,10 @@ def build(wanted: Callable[[str], bool]) -> list[dict]:
         prob = _probability_tensor(onx)
         output = prob if output else None
         target = int(np.argmax(model.predict_proba(xin)[0]))
-        domains = path_domains(onx, onx.graph.input[0].name, prob)
-        source = "fd" if "ai.onnx.ml" in domains else "graph"
+        ops: set[tuple[str, str]] = set()
+        domains = path_domains(onx, onx.graph.input[0].name, prob, ops)
+        unwritten = {t for d, t in ops if d == "ai.onnx.ml"} - WRITTEN_ML_OPS
+        source = "fd" if unwritten else "graph"
         trees = key in ("gbt", "rf")
         entry = {
             "name": name,
@@ -246,8 +257,9 @@ def build(wanted: Callable[[str], bool]) -> list[dict]:
             "ai.onnx.ml ops on the path: finite differences are the right source; they must "
             "use per-feature steps (the raw features span 1e-3 to 1e3) and converge"
             if source == "fd"
-            else "only standard ops between input and probabilities: a gradient graph can be "
-            "built for the probabilities output even though the label path has ai.onnx.ml ops"
+            else "only standard ops, or ai.onnx.ml scalers and linear models that igcli writes "
+            "as standard ops, between input and probabilities: a gradient graph can be built "
+            "for the probabilities output"
         )
         if output is not None and zipmap:
             entry["note"] += f"; --output {prob} names the tensor under the ZipMap"

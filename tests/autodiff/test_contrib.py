@@ -390,3 +390,192 @@ def test_a_mask_index_without_a_mask_is_left_to_the_kernel():
     model, _ = _embed_case()
     model, _ = _embed_case(outputs=("y", "mask_index"))
     assert any(n.domain == MS for n in with_embeddings_exposed(model).graph.node)
+
+
+# -- ai.onnx.ml: skl2onnx's scalers and linear models -------------------------------------
+ML = "ai.onnx.ml"
+F = 5  # features
+XT = _r(4, F, scale=2.0)
+
+
+def ml_case(nodes, outputs, opset=17, x=XT, elem=TensorProto.FLOAT):
+    """(model, feeds): ai.onnx.ml nodes (and standard ones) on a graph input x [N, F]."""
+    graph = helper.make_graph(
+        nodes,
+        "ml",
+        [helper.make_tensor_value_info("x", elem, ["N", F])],
+        [helper.make_empty_tensor_value_info(o) for o in outputs],
+    )
+    imports = [helper.make_opsetid("", opset), helper.make_opsetid(ML, 1)]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 8
+    return model, {"x": x.astype(helper.tensor_dtype_to_np_dtype(elem))}
+
+
+def _ml(op, inputs, outputs, **attrs):
+    return helper.make_node(op, inputs, outputs, domain=ML, **attrs)
+
+
+COEF = _r(3, F).reshape(-1).tolist()
+SCALER = _ml("Scaler", ["x"], ["s"], offset=_r(F).tolist(), scale=(_r(F) + 2).tolist())
+ML_CASES = {
+    "Scaler": ml_case([SCALER], ["s"]),
+    "Scaler-one-value-double": ml_case(
+        [_ml("Scaler", ["x"], ["s"], offset=[0.5], scale=[1.5])], ["s"], elem=TensorProto.DOUBLE
+    ),
+    "Normalizer-L2": ml_case([_ml("Normalizer", ["x"], ["n"], norm="L2")], ["n"]),
+    "Normalizer-L1": ml_case([_ml("Normalizer", ["x"], ["n"], norm="L1")], ["n"]),
+    "Normalizer-MAX": ml_case([_ml("Normalizer", ["x"], ["n"], norm="MAX")], ["n"]),
+    "LinearClassifier-logistic": ml_case(
+        [
+            SCALER,
+            _ml(
+                "LinearClassifier",
+                ["s"],
+                ["label", "p"],
+                coefficients=COEF,
+                intercepts=[0.1, -0.2, 0.3],
+                classlabels_ints=[2, 5, 7],
+                post_transform="LOGISTIC",
+            ),
+        ],
+        ["label", "p"],
+    ),  # fmt: skip
+    "LinearClassifier-softmax-strings-opset9": ml_case(
+        [
+            _ml(
+                "LinearClassifier",
+                ["x"],
+                ["label", "p"],
+                coefficients=COEF,
+                intercepts=[0.1, -0.2, 0.3],
+                classlabels_strings=[b"a", b"b", b"c"],
+                post_transform="SOFTMAX",
+            )
+        ],
+        ["label", "p"],
+        opset=9,
+    ),  # fmt: skip
+    "LinearClassifier-none": ml_case(
+        [
+            _ml(
+                "LinearClassifier",
+                ["x"],
+                ["label", "p"],
+                coefficients=COEF[: 2 * F],
+                intercepts=[0.4, -0.4],
+                classlabels_ints=[0, 1],
+            )
+        ],
+        ["label", "p"],
+    ),  # fmt: skip
+    "LinearRegressor-2-targets": ml_case(
+        [
+            _ml(
+                "LinearRegressor",
+                ["x"],
+                ["y"],
+                coefficients=COEF[: 2 * F],
+                intercepts=[0.4, -0.4],
+                targets=2,
+            )
+        ],
+        ["y"],
+    ),  # fmt: skip
+    "ArrayFeatureExtractor-after-Scaler": ml_case(
+        [
+            SCALER,
+            _ml("ArrayFeatureExtractor", ["s", "idx"], ["z"]),
+            helper.make_node("Mul", ["z", "z"], ["y"]),
+        ],
+        ["y"],
+    ),  # fmt: skip
+}
+ML_CASES["ArrayFeatureExtractor-after-Scaler"][0].graph.initializer.append(
+    numpy_helper.from_array(np.array([4, 0, 2, 2], np.int64), "idx")
+)
+
+
+def _float_output(model):
+    return next(o.name for o in model.graph.output if o.name not in ("label",))
+
+
+@pytest.mark.parametrize("name", list(ML_CASES))
+def test_ml_standard_form_computes_what_the_kernel_does(name):
+    model, feeds = ML_CASES[name]
+    rewritten = standard(model)
+    assert not any(n.domain == ML for n in rewritten.graph.node)
+    outputs = [o.name for o in model.graph.output]
+    ours = _session(rewritten).run(outputs, feeds)
+    theirs = _session(model).run(outputs, feeds)
+    for out, a, b in zip(outputs, ours, theirs, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, (out, a.shape, b.shape)
+        if a.dtype == object:
+            assert a.tolist() == b.tolist(), out
+        else:
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6, err_msg=out)
+
+
+@pytest.mark.parametrize("name", list(ML_CASES))
+def test_ml_gradient_matches_differences_of_the_kernel(name):
+    """The gradient graph of the float output against central differences of ONNX Runtime
+    running the ai.onnx.ml kernels, along random directions."""
+    model, feeds = ML_CASES[name]
+    out = _float_output(model)
+    grad_model = build_gradient_model(model, "x", out)
+    assert not any(n.domain == ML for n in grad_model.graph.node)
+    kernel = _session(model)
+    x = feeds["x"]
+    y = kernel.run([out], feeds)[0]
+    seed = RNG.standard_normal(y.shape).astype(np.float32)
+    g = _session(grad_model).run([GRAD], {**feeds, SEED: seed})[0].astype(np.float64)
+
+    def f(z):
+        return float(
+            np.sum(seed * kernel.run([out], {"x": z.astype(x.dtype)})[0], dtype=np.float64)
+        )
+
+    for _ in range(3):
+        v = RNG.standard_normal(x.shape)
+        h = 1e-2
+        fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+        assert abs(fd - float(np.sum(g * v))) <= 2e-3 * (np.linalg.norm(g) * np.linalg.norm(v))
+
+
+@pytest.mark.parametrize("name", [k for k in ML_CASES if "double" not in k])
+def test_ml_standard_form_gradient_in_float64(name):
+    """The rules under the standard form, exactly: float64 gradient graph against central
+    differences of the float64 standard form (onnx's reference evaluator)."""
+    model, feeds = ML_CASES[name]
+    out = _float_output(model)
+    model64 = to_float64(standard(model))
+    del model64.graph.output[:]
+    model64.graph.output.append(helper.make_empty_tensor_value_info(out))
+    grad_model = build_gradient_model(model64, "x", out)
+    fwd, bwd = reference_evaluator(model64), reference_evaluator(grad_model)
+    x = feeds["x"].astype(np.float64)
+    y = fwd.run([out], {"x": x})[0]
+    seed = RNG.standard_normal(y.shape)
+    g = bwd.run([GRAD], {"x": x, SEED: seed})[0]
+    v = RNG.standard_normal(x.shape)
+    h = 1e-6
+
+    def f(z):
+        return float(np.sum(seed * fwd.run([out], {"x": z})[0]))
+
+    fd = (f(x + h * v) - f(x - h * v)) / (2 * h)
+    assert abs(fd - float(np.sum(g * v))) <= 1e-6 * max(1.0, abs(fd))
+
+
+def test_ml_forms_left_as_they_are_are_named():
+    """A form this module does not write (PROBIT; one row of coefficients for two labels,
+    where ONNX Runtime adds a second class) stays, and the driver names it."""
+    from igcli.errors import UnsupportedOpsError
+
+    one_row = ml_case(
+        [_ml("LinearClassifier", ["x"], ["label", "p"], coefficients=COEF[:F], intercepts=[0.1],
+             classlabels_ints=[0, 1], post_transform="LOGISTIC")],
+        ["label", "p"],
+    )[0]  # fmt: skip
+    with pytest.raises(UnsupportedOpsError, match="ai.onnx.ml.LinearClassifier"):
+        build_gradient_model(one_row, "x", "p")
