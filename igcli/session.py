@@ -549,9 +549,20 @@ class Session:
                 self.model_path,
             )
         try:
-            return at, make_cut(self.run_model, at, name, self.output_name)
+            cut = make_cut(self.run_model, at, name, self.output_name)
         except UsageError as exc:
             raise UsageError(exc.reason, self.model_path) from None
+        batch = self.input_spec.shape[0] if self.input_spec.shape else None
+        shape = list(cut.spec.shape or [])
+        if isinstance(batch, str) and batch in shape[1:] and shape[0] != batch:
+            raise UsageError(
+                f"--at {at!r} has the input's batch ({batch}) on axis {shape.index(batch)} "
+                f"(shape {shape}: sequence first, as torch's nn.Transformer lays out without "
+                "batch_first); igcli attributes at tensors whose first axis is the batch: "
+                "choose such a tensor, or attribute at the input",
+                self.model_path,
+            )
+        return at, cut
 
     def cut(self, tensor: str | None) -> Session:
         """This model with the same options, attributed at `tensor` (None: the default);
@@ -1435,6 +1446,15 @@ class Session:
             values = self._before_runner().run(np.stack(rows), stack_contexts(row_contexts))
         except IgcliError as exc:
             raise InputError(exc.reason, samples[0].path) from None
+        if len(values) != len(rows):  # its rows are not the samples': row 0 was one position
+            raise UsageError(
+                f"--at {self.at!r}: the model gives it the shape {list(values.shape)} for "
+                f"{len(rows)} row(s), so its first axis is not the batch (sequence first, as "
+                "torch's nn.Transformer lays out without batch_first, or the batch merged into "
+                "another axis or dropped); igcli attributes at tensors whose first axis is the "
+                "batch: choose such a tensor, or attribute at the input",
+                self.model_path,
+            )
         xs, bs, contexts = [], [], []
         k = 0
         name = self.input_spec.name

@@ -146,3 +146,33 @@ def test_integer_tensors_and_dead_ends_are_refused():
     with pytest.raises(UsageError, match="does not depend on --at"):
         make_cut(model, "side", "x", "y")
     assert embedding_lookups(model, "x") == []
+
+
+def _sequence_first(tmp_path, batch):
+    """x [batch, 6, 4] -> Transpose -> MatMul: h [6, batch, 5] (the layout of torch's
+    nn.Transformer without batch_first) -> mean over the sequence -> y [batch, 5]."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(3).standard_normal((4, 5)).astype("f"), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+         helper.make_node("MatMul", ["t", "w"], ["h"]),
+         helper.make_node("Tanh", ["h"], ["a"]),
+         helper.make_node("ReduceMean", ["a"], ["y"], axes=[0], keepdims=0)], "seq_first",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 6, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])], [w],
+    )  # fmt: skip
+    path = tmp_path / f"seq_first_{batch}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("batch", ["N", 1])
+def test_a_tensor_with_its_batch_on_axis_1_is_refused(tmp_path, batch):
+    """--at a sequence-first activation [L, N, H]: its axis 0 was taken for the batch, so the
+    path moved only the first position (attributions [1, 1, H], completeness 270% off and
+    'raise --steps'), or the gradient graph failed in ONNX Runtime. One usage error now."""
+    path = _sequence_first(tmp_path, batch)
+    x = np.random.default_rng(4).standard_normal((1, 6, 4)).astype(np.float32)
+    with pytest.raises(UsageError, match="first axis is the batch"):
+        igcli.Session(path, at="h", cache=False, gradients="fd").attribute(x, target=1, steps=8)
