@@ -597,9 +597,11 @@ class Session:
             chosen = default_output(outputs)
             if chosen is None:
                 why = "; ".join(unusable_reason(s) for s in outputs)
+                hint = next(filter(None, map(self._zipmap_input, outputs)), None)
                 raise UsageError(
                     f"model has no float output to explain ({why}); name a float tensor "
-                    "inside it with --output",
+                    "inside it with --output"
+                    + (f" (the ZipMap's probabilities: --output {hint})" if hint else ""),
                     self.model_path,
                 )
             if chosen is not outputs[0]:
@@ -612,10 +614,20 @@ class Session:
         if match is not None:
             why = unusable_reason(match)
             if why:
+                hint = self._zipmap_input(match)
+                if hint:
+                    why += f", or explain the probabilities the ZipMap reads: --output {hint}"
                 raise UsageError(why, self.model_path)
             return match
         exposed = expose_output(self.model, name)  # raises a usage error for a bad name
         return next(s for s in graph_outputs(exposed) if s.name == name)
+
+    def _zipmap_input(self, spec: TensorSpec) -> str | None:
+        """The float tensor a ZipMap output is made from (skl2onnx's probabilities), if any."""
+        for node in self.model.graph.node:
+            if node.op_type == "ZipMap" and spec.name in node.output and node.input:
+                return node.input[0]
+        return None
 
     def _cache_key(self, kind: str, shape: tuple | None = None) -> str | None:
         """Key of this session's cached graphs: what is explained, and how."""

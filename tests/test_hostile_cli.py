@@ -325,6 +325,10 @@ def test_classifier_with_int_label_and_zipmap_outputs(tmp_path):
     assert default.exit_code == ExitCode.USAGE and "ZipMap" in default.stderr
     chosen = run("explain", path, tmp_path / "x.npy", "--output", "probs", "--out", tmp_path)
     assert chosen.exit_code == ExitCode.USAGE and "ZipMap" in chosen.stderr
+    # both name the tensor the ZipMap reads, which can be explained as it is
+    assert "--output scores" in default.stderr and "--output scores" in chosen.stderr
+    scores = run("explain", path, tmp_path / "x.npy", "--output", "scores", "--out", tmp_path / "s")
+    assert scores.exit_code == 0, scores.stderr
 
 
 @pytest.mark.parametrize("command", ["explain", "inspect"])
