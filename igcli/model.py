@@ -800,6 +800,8 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
     dims = vi.type.tensor_type.shape.dim
     batch = dims[axis].dim_param or None
     fixed = None if batch or not axis else (dims[axis].dim_value, _dim_key(dims[0]))  # [T, B, F]
+    if not batch and not axis and len(dims) > 1:  # [B, T, F] fixed at B -> an output [T, B, C]
+        fixed = (dims[0].dim_value, _dim_key(dims[1]))
     if axis:  # (axis 0: the input stays; only outputs with the batch later are moved)
         inner = f"{input_name}/igcli_seq"
         for node in graph.node:
@@ -816,6 +818,8 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
             # on axis 1, with the input's own T first
             size, steps = fixed
             at = [1] if _dim_key(odims[0]) == steps and odims[1].dim_value == size else []
+            if not axis and odims[0].dim_value == size:
+                at = []  # (the input's rows are first, and this output's are too)
         if len(at) != 1 or at[0] == 0:
             continue
         k = at[0]
@@ -835,6 +839,14 @@ def batch_later_in_an_output(model: onnx.ModelProto, spec: TensorSpec) -> bool:
     its first: a CTC-style [N, T, F] -> [T, N, C]. igcli reads an output's rows on axis 0,
     so such an output is moved (batch_first with axis 0)."""
     batch = spec.shape[0] if spec.shape else None
+    if isinstance(batch, int) and batch > 0 and len(spec.shape) > 1:
+        # exported at a fixed batch B: [B, T, F] -> [T, B, C] (torch's nn.Transformer without
+        # batch_first) has its rows on axis 1, the input's T first
+        steps = spec.shape[1]
+        return steps != batch and any(
+            len(o.shape) > 1 and o.shape[0] == steps and o.shape[1] == batch
+            for o in graph_outputs(model)
+        )
     if not isinstance(batch, str):
         return False
     return any(o.shape and o.shape[0] != batch and o.shape.count(batch) == 1

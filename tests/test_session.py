@@ -897,18 +897,27 @@ def test_a_fixed_batch_sequence_first_model_with_an_output_per_step(tmp_path, ba
     assert a.gradient_source == "graph" and a.rel_error < 1e-4
 
 
-def test_an_output_with_the_batch_on_a_later_axis_is_read_by_its_rows(tmp_path):
+@pytest.mark.parametrize("dims", [("N", "T"), (1, 5)])
+def test_an_output_with_the_batch_on_a_later_axis_is_read_by_its_rows(tmp_path, dims):
     """CTC-style [N, T, F] -> [T, N, C]: igcli reads an output's rows on axis 0, which was
     the time here (refused, or the wrong rows); the output is now moved, and F is the
-    model's own output for the sample."""
+    model's own output for the sample. Exported at a fixed batch of 1 ([1, 5, F] -> [5, 1,
+    C], torch's nn.Transformer without batch_first), the gradient graph failed in a Reshape
+    and finite differences read F at the baseline from the input's second position."""
     import onnxruntime as ort
 
     sample = np.random.default_rng(14).standard_normal((5, 3)).astype(np.float32)
-    path = _mix_model(tmp_path / "ctc.onnx", ["N", "T", 3], ["T", "N", 4], [1], perm=[1, 0, 2])
+    n, t = dims
+    path = _mix_model(tmp_path / "ctc.onnx", [n, t, 3], [t, n, 4], [1], perm=[1, 0, 2])
     y = ort.InferenceSession(str(path)).run(None, {"x": sample[None]})[0][:, 0]  # [T, C]
     a = igcli.Session(path, cache=False).attribute(sample, steps=32, baseline="zero")
     assert a.target == int(np.argmax(y)) and a.f_input == pytest.approx(float(y.max()), rel=1e-6)
     assert a.gradient_source == "graph" and a.rel_error < 1e-3
+    zero = ort.InferenceSession(str(path)).run(None, {"x": 0 * sample[None]})[0][:, 0]
+    fd = igcli.Session(path, cache=False, gradients="fd")
+    b = fd.attribute(sample, steps=32, baseline="zero", target=a.target)
+    assert b.f_baseline == pytest.approx(float(zero.reshape(-1)[a.target]), rel=1e-6, abs=1e-7)
+    assert b.rel_error < 1e-2
 
 
 def test_an_animation_or_a_multi_page_file_says_its_first_frame_is_explained(tmp_path):
