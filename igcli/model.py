@@ -776,6 +776,10 @@ def rows_first(
     a later axis of it (batch_later_in_an_output). Returns the model, the input's declared
     batch axis, and whether only outputs were moved. explain and inspect both read a model
     through this."""
+    if unbatched(model, spec, sha256):
+        wrapped = with_batch_axis(model, spec.name)
+        if wrapped is not None:
+            return wrapped, 0, True
     axis = sequence_axis(model, spec, sha256)
     if not axis and batch_later_in_an_output(model, spec):
         axis = 0  # the input's batch is first, an output's later (CTC's [T, N, C])
@@ -783,6 +787,97 @@ def rows_first(
     if moved is None:
         return model, 0, False
     return moved, axis, axis == 0
+
+
+def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = None) -> bool:
+    """Whether the model has no batch axis at all: exported on one unbatched sample (torch
+    on an x of [F], or [T, F]), every dim of its one float input and of its outputs fixed,
+    and either no output with the input's first dim first, or one whose positions on that
+    axis change each other's outputs (a sequence [T, F] -> [T, C] through attention: no
+    batch ever mixes its rows). Its first axis was read as a batch: a sample [F] 'held a
+    batch of F', [1, F] did 'not fit the model input [F]', and one row of a [T, F] model
+    was explained as a sequence of length 1. The probe's verdict is cached under sha256."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    if len([i for i in graph.input if i.name not in inits]) != 1:
+        return False
+    dims = spec.shape
+    if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f":
+        return False
+    if not dims or dims[0] == 1 or any(not isinstance(d, int) or d <= 0 for d in dims):
+        return False
+    outputs = graph_outputs(model)
+    if not outputs or any(
+        o.kind != "tensor" or any(not isinstance(d, int) or d <= 0 for d in o.shape)
+        for o in outputs
+    ):
+        return False
+    if all(not o.shape or o.shape[0] != dims[0] for o in outputs):
+        return True
+    from igcli.cache import cache_key, load_fact, save_fact
+
+    key = cache_key(sha256, "first-axis-mixes", spec.name) if sha256 else None
+    found = load_fact(key) if key else None
+    if not isinstance(found, bool):
+        found = _first_axis_mixes(model, spec)
+        if key:
+            save_fact(key, found)
+    return found
+
+
+def _first_axis_mixes(model: onnx.ModelProto, spec: TensorSpec) -> bool:
+    """Whether changing row 0 of the input changes the other rows of an output that carries
+    the input's first dim first (a batch never does). Two calls; False if either fails."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.shape).astype(spec.dtype)
+    changed = x.copy()
+    changed[0] += 1.0
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), session_options(1),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        before, after = (session.run(None, {spec.name: v}) for v in (x, changed))
+    except Exception:  # noqa: BLE001 (a model that cannot run so is no evidence)
+        return False
+    first = spec.shape[0]
+    return any(
+        np.shape(old)[:1] == (first,) and not np.allclose(new[1:], old[1:], rtol=1e-4, atol=1e-5)
+        for old, new in zip(before, after, strict=True)
+    )
+
+
+def with_batch_axis(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto | None:
+    """A copy of an unbatched model (see unbatched) taking a batch of 1 on a new axis 0 of
+    its input and giving one on every output: a model fixed at a batch of 1, which igcli
+    calls one row at a time. None where an If/Loop/Scan body reads the input itself."""
+    if any(input_name in captures(sub) for n in model.graph.node for sub in subgraphs(n)):
+        return None
+    model = copy.deepcopy(model)
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    axes = f"{input_name}/igcli_axis0"
+
+    def axis_args(op: str, x: str, out: str) -> onnx.NodeProto:
+        if opset >= 13:
+            return helper.make_node(op, [x, axes], [out], name=out)
+        return helper.make_node(op, [x], [out], name=out, axes=[0])
+
+    if opset >= 13:
+        graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
+    inner = f"{input_name}/igcli_unbatched"
+    for node in graph.node:
+        node.input[:] = [inner if i == input_name else i for i in node.input]
+    graph.node.insert(0, axis_args("Squeeze", input_name, inner))
+    vi = next(i for i in graph.input if i.name == input_name)
+    vi.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+    for out in graph.output:
+        produced = f"{out.name}/igcli_unbatched"
+        for node in graph.node:
+            node.output[:] = [produced if o == out.name else o for o in node.output]
+            node.input[:] = [produced if i == out.name else i for i in node.input]
+        graph.node.append(axis_args("Unsqueeze", produced, out.name))
+        out.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+    del graph.value_info[:]
+    return model
 
 
 def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.ModelProto | None:

@@ -1086,3 +1086,65 @@ def test_a_model_that_jumps_at_a_zero_baseline_at_a_cut_is_told_so(tmp_path):
     off = np.array([0.2, 0.1, 0.4, 0.3], np.float32)  # its image at h never meets 0
     b = smooth.attribute(x, target=2, baseline=off, steps=32)
     assert abs(b.rel_error) < 1e-3 and not smooth.looks_piecewise
+
+
+def _unbatched_model(path, x_shape, y_shape, mix: bool):
+    """x [T, 4] or [4] (no batch axis) -> x @ W, plus the mean over the positions when `mix`
+    (what attention does: a position's output depends on the others), tanh; y [T, 3] or [3]
+    (ReduceMean over the positions when y has no T)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(21)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([0], np.int64), "ax")]  # fmt: skip
+    nodes, h = [helper.make_node("MatMul", ["x", "w"], ["h"])], "h"
+    if mix:
+        nodes += [helper.make_node("ReduceMean", ["h", "ax"], ["m"], keepdims=1),
+                  helper.make_node("Add", ["h", "m"], ["hm"])]  # fmt: skip
+        h = "hm"
+    if len(y_shape) < len(x_shape):
+        nodes.append(helper.make_node("ReduceMean", [h, "ax"], ["p"], keepdims=0))
+        h = "p"
+    nodes.append(helper.make_node("Tanh", [h], ["y"]))
+    graph = helper.make_graph(
+        nodes, "unbatched", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "x_shape, y_shape, mix",
+    [([4], [3], False),  # a vector model: [4] 'held a batch of 4', [1, 4] did not fit
+     ([6, 4], [3], True),  # a pooled sequence
+     ([6, 4], [6, 3], True)],  # positions that mix: one row was explained as a sequence of 1
+)  # fmt: skip
+def test_a_model_without_a_batch_axis_takes_its_whole_input_as_one_sample(
+    tmp_path, x_shape, y_shape, mix
+):
+    """Exported on one unbatched sample (every dim fixed, no batch axis), a model's first
+    axis was read as a batch; it now gets a batch axis of 1, and F is its own output."""
+    import onnxruntime as ort
+
+    path = _unbatched_model(tmp_path / "m.onnx", x_shape, y_shape, mix)
+    x = np.random.default_rng(22).standard_normal(x_shape).astype(np.float32)
+    run = ort.InferenceSession(str(path)).run
+    y, y0 = (run(None, {"x": v})[0].reshape(-1) for v in (x, 0 * x))
+    session = igcli.Session(path, cache=False)
+    for given in (x, x[None]):
+        a = session.attribute(given, target=1, steps=32, baseline="zero")
+        assert a.attributions.shape == tuple(x_shape)
+        assert a.f_input == pytest.approx(float(y[1]), rel=1e-6)
+        assert a.f_baseline == pytest.approx(float(y0[1]), abs=1e-7)
+        assert a.gradient_source == "graph" and a.rel_error < 1e-4
+
+
+def test_a_fixed_first_axis_whose_rows_do_not_mix_stays_a_batch(tmp_path):
+    """[6, 4] -> [6, 3] row by row: a (dummy) batch of 6, one row a sample, as before."""
+    path = _unbatched_model(tmp_path / "m.onnx", [6, 4], [6, 3], mix=False)
+    session = igcli.Session(path, cache=False)
+    assert session.input_spec.shape == [6, 4]
+    a = session.attribute(np.ones(4, np.float32), target=1, steps=16, baseline="zero")
+    assert a.attributions.shape == (4,)
