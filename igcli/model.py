@@ -785,8 +785,28 @@ def rows_first(
         axis = 0  # the input's batch is first, an output's later (CTC's [T, N, C])
     moved = batch_first(model, spec.name, axis) if axis is not None else None
     if moved is None:
+        if squeezed_batch(model, spec):
+            wrapped = with_batch_axis(model, spec.name, input_too=False)
+            if wrapped is not None:
+                return wrapped, 0, True
         return model, 0, False
     return moved, axis, axis == 0
+
+
+def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
+    """Whether a model fixed at a batch of 1 gives outputs without it: every output fixed
+    and none with 1 first (torch's squeeze(0): [1, F] -> [C]). igcli read such an output's
+    C values as C rows: 'target 2 is out of range: 1 values per sample', the gradient graph
+    failed in a Reshape, and F at the baseline came from the input's own row."""
+    if not spec.shape or spec.shape[0] != 1:
+        return False
+    outputs = graph_outputs(model)
+    return bool(outputs) and all(
+        o.kind == "tensor"
+        and all(isinstance(d, int) and d > 0 for d in o.shape)
+        and (not o.shape or o.shape[0] != 1)
+        for o in outputs
+    )
 
 
 def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = None) -> bool:
@@ -845,11 +865,16 @@ def _first_axis_mixes(model: onnx.ModelProto, spec: TensorSpec) -> bool:
     )
 
 
-def with_batch_axis(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto | None:
+def with_batch_axis(
+    model: onnx.ModelProto, input_name: str, input_too: bool = True
+) -> onnx.ModelProto | None:
     """A copy of an unbatched model (see unbatched) taking a batch of 1 on a new axis 0 of
     its input and giving one on every output: a model fixed at a batch of 1, which igcli
-    calls one row at a time. None where an If/Loop/Scan body reads the input itself."""
-    if any(input_name in captures(sub) for n in model.graph.node for sub in subgraphs(n)):
+    calls one row at a time (`input_too` False: the outputs only, see squeezed_batch).
+    None where an If/Loop/Scan body reads the input itself."""
+    if input_too and any(
+        input_name in captures(sub) for n in model.graph.node for sub in subgraphs(n)
+    ):
         return None
     model = copy.deepcopy(model)
     graph = model.graph
@@ -863,12 +888,13 @@ def with_batch_axis(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto 
 
     if opset >= 13:
         graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
-    inner = f"{input_name}/igcli_unbatched"
-    for node in graph.node:
-        node.input[:] = [inner if i == input_name else i for i in node.input]
-    graph.node.insert(0, axis_args("Squeeze", input_name, inner))
-    vi = next(i for i in graph.input if i.name == input_name)
-    vi.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+    if input_too:
+        inner = f"{input_name}/igcli_unbatched"
+        for node in graph.node:
+            node.input[:] = [inner if i == input_name else i for i in node.input]
+        graph.node.insert(0, axis_args("Squeeze", input_name, inner))
+        vi = next(i for i in graph.input if i.name == input_name)
+        vi.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
     for out in graph.output:
         produced = f"{out.name}/igcli_unbatched"
         for node in graph.node:

@@ -1148,3 +1148,34 @@ def test_a_fixed_first_axis_whose_rows_do_not_mix_stays_a_batch(tmp_path):
     assert session.input_spec.shape == [6, 4]
     a = session.attribute(np.ones(4, np.float32), target=1, steps=16, baseline="zero")
     assert a.attributions.shape == (4,)
+
+
+def test_a_batch_of_1_squeezed_out_of_the_output_is_put_back(tmp_path):
+    """[1, 4] -> [3] (torch's squeeze(0)): the output's 3 values were read as 3 rows, so
+    target 2 was 'out of range', the graph failed in a Reshape, and finite differences took
+    F at the baseline from the input's own row (completeness 1e6% off, 'F jumps')."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(23)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+         helper.make_node("Squeeze", ["t", "ax"], ["y"])], "squeezed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(np.array([0], np.int64), "ax")],
+    )  # fmt: skip
+    path = tmp_path / "squeezed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.standard_normal((1, 4)).astype(np.float32)
+    run = ort.InferenceSession(str(path)).run
+    y, y0 = (run(None, {"x": v})[0] for v in (x, 0 * x))
+    for gradients in ("auto", "fd"):
+        a = igcli.Session(path, cache=False, gradients=gradients).attribute(
+            x, target=2, steps=32, baseline="zero"
+        )
+        assert a.f_input == pytest.approx(float(y[2]), rel=1e-6)
+        assert a.f_baseline == pytest.approx(float(y0[2]), abs=1e-7)
+        assert a.rel_error < 1e-3
