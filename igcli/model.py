@@ -776,20 +776,17 @@ def rows_first(
     a later axis of it (batch_later_in_an_output). Returns the model, the input's declared
     batch axis, and whether only outputs were moved. explain and inspect both read a model
     through this."""
-    if unbatched(model, spec, sha256):
-        wrapped = with_batch_axis(model, spec.name)
-        if wrapped is not None:
-            return wrapped, 0, True
     axis = sequence_axis(model, spec, sha256)
     if not axis and batch_later_in_an_output(model, spec):
         axis = 0  # the input's batch is first, an output's later (CTC's [T, N, C])
     moved = batch_first(model, spec.name, axis) if axis is not None else None
-    if moved is None:
-        if squeezed_batch(model, spec):
+    if moved is None:  # no batch at all, or one squeezed out of the outputs
+        wrapped = None
+        if not axis and unbatched(model, spec, sha256):
+            wrapped = with_batch_axis(model, spec.name)
+        elif squeezed_batch(model, spec):
             wrapped = with_batch_axis(model, spec.name, input_too=False)
-            if wrapped is not None:
-                return wrapped, 0, True
-        return model, 0, False
+        return (model, 0, False) if wrapped is None else (wrapped, 0, True)
     return moved, axis, axis == 0
 
 
