@@ -9,6 +9,8 @@ the grid through the slope of the interpolation between those pixels (zero for n
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from onnx import numpy_helper
 
@@ -67,54 +69,67 @@ def _tap(g: NodeGrad, index: str, size: int, padding: str) -> tuple[str, str | N
 
 @rule("GridSample")
 def GridSample(g: NodeGrad):
-    """y[n, c, p] = sum over the taps t around grid[n, p] of w_t X[n, c, t] (w: bilinear weights,
-    or 1 at the nearest pixel): dX[n, c, t] += w_t GO[n, c, p]; dgrid[n, p] = sum over c of
-    GO[n, c, p] dy/d(pixel coordinate) times d(pixel coordinate)/d(grid), the first from the
-    four taps' values, the second from the padding mode (_coordinate). 2-D images only; no
-    bicubic, and no nearest with reflection (its rounding and reflection do not commute)."""
+    """y[n, c, p] = sum over the taps t around grid[n, p] of w_t X[n, c, t] (w: bilinear, or
+    trilinear for a volume, weights, or 1 at the nearest pixel): dX[n, c, t] += w_t GO[n, c,
+    p]; dgrid[n, p, k] = sum over c of GO[n, c, p] dy/d(coordinate k) times d(coordinate
+    k)/d(grid k), the first from the taps' values, the second from the padding mode
+    (_coordinate). 2-D images and 3-D volumes (GridSample-20, [N, C, D, H, W]); no bicubic,
+    and no nearest with reflection (its rounding and reflection do not commute)."""
     x, grid, go = g.I(0), g.I(1), g.GO(0)
     mode = g.attr("mode", "linear" if g.opset >= 20 else "bilinear")
     padding, corners = g.attr("padding_mode", "zeros"), bool(g.attr("align_corners", 0))
     shape = g.e.static_shape(x)
-    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise NoGradient("GridSample needs static shapes (a 4-D image of known channels and size)")
+    if shape is None or len(shape) not in (4, 5):
+        raise NoGradient("GridSample needs static shapes (a 4-D image or a 5-D volume)")
+    if not all(isinstance(d, int) for d in shape[1:]):
+        raise NoGradient("GridSample needs static shapes (the image's channels and size)")
     if mode not in ("linear", "bilinear", "nearest"):
         raise NoGradient(f"GridSample mode {mode}")
     if mode == "nearest" and padding == "reflection":
         raise NoGradient("GridSample nearest with reflection padding")
-    channels, height, width = shape[1:]
-    # grid [N, Ho, Wo, 2] -> coordinates [N, P, 1], P = Ho * Wo
-    flat = g.op("Reshape", grid, g.e.ints([0, -1, 2]))
-    gx, gy = g.e.slice(flat, [0], [1], [2]), g.e.slice(flat, [1], [2], [2])
-    px, sx = _coordinate(g, gx, width, corners, padding)
-    py, sy = _coordinate(g, gy, height, corners, padding)
+    channels, spatial = shape[1], shape[2:]  # (H, W) or (D, H, W)
+    nd = len(spatial)
+    # grid [N, ..., nd] -> coordinates [N, P, 1] each; the grid's k-th is the (nd-1-k)-th axis
+    flat = g.op("Reshape", grid, g.e.ints([0, -1, nd]))
+    normals = [g.e.slice(flat, [k], [k + 1], [2]) for k in range(nd)]
+    coords = [_coordinate(g, normals[k], spatial[nd - 1 - k], corners, padding)
+              for k in range(nd)]  # fmt: skip
     zero, one = g.scalar(0.0), g.scalar(1.0)
     if mode == "nearest":  # Round: half to even, as the runtimes round
-        taps = [(g.op("Round", py), g.op("Round", px), None)]
+        corners_of = [[(g.op("Round", p), None)] for p, _ in coords]
     else:
-        x0, y0 = g.op("Floor", px), g.op("Floor", py)
-        x1, y1 = g.op("Add", x0, one), g.op("Add", y0, one)
-        wx1, wy1 = g.op("Sub", px, x0), g.op("Sub", py, y0)
-        wx0, wy0 = g.op("Sub", one, wx1), g.op("Sub", one, wy1)
-        taps = [(y0, x0, (wy0, wx0)), (y0, x1, (wy0, wx1)),
-                (y1, x0, (wy1, wx0)), (y1, x1, (wy1, wx1))]  # fmt: skip
-    # each tap: its flat index into the [N, H*W, C] image, its inside mask and its weight
-    indices, masks, weights = [], [], []
-    for ty, tx, w in taps:
-        iy, my = _tap(g, ty, height, padding)
-        ix, mx = _tap(g, tx, width, padding)
-        indices.append(g.op("Add", g.op("Mul", iy, g.e.ints([width])), ix))
-        mask = my if mx is None else g.op("Mul", my, mx)
+        corners_of = []
+        for p, _ in coords:
+            lo = g.op("Floor", p)
+            w_hi = g.op("Sub", p, lo)
+            corners_of.append([(lo, g.op("Sub", one, w_hi)), (g.op("Add", lo, one), w_hi)])
+    strides = [int(np.prod(spatial[a + 1 :])) for a in range(nd)]  # along D, H, W
+    # each tap: which corner per grid coordinate, its flat index, inside mask and weight
+    taps, indices, masks, weights = [], [], [], []
+    for pick in itertools.product(*(range(len(c)) for c in corners_of)):
+        index, mask, weight = None, None, None
+        for k, b in enumerate(pick):
+            at, w = corners_of[k][b]
+            i, m = _tap(g, at, spatial[nd - 1 - k], padding)
+            part = g.op("Mul", i, g.e.ints([strides[nd - 1 - k]]))
+            index = part if index is None else g.op("Add", index, part)
+            mask = m if mask is None else (mask if m is None else g.op("Mul", mask, m))
+            if w is not None:
+                weight = w if weight is None else g.op("Mul", weight, w)
+        taps.append(pick)
+        indices.append(index)
         masks.append(mask)
-        if w is None:  # nearest: weight 1 (or the mask)
-            weights.append(mask if mask is not None else g.op("Add", g.op("Mul", gx, zero), one))
+        if weight is None:  # nearest: weight 1 (or the mask)
+            weights.append(
+                mask if mask is not None else g.op("Add", g.op("Mul", normals[0], zero), one)
+            )
         else:
-            weight = g.op("Mul", w[0], w[1])
             weights.append(weight if mask is None else g.op("Mul", weight, mask))
     go_rows = _rows(g, go, channels)
     grads: list[str | None] = [None, None]
     if g.needs(0):
-        grads[0] = _scatter_to_image(g, go_rows, indices, weights, [height * width, channels])
+        size = int(np.prod(spatial))
+        grads[0] = _scatter_to_image(g, go_rows, indices, weights, [size, channels])
     if g.needs(1):
         if mode == "nearest":  # piecewise constant in the grid
             grads[1] = g.op("Mul", grid, zero)
@@ -124,13 +139,21 @@ def GridSample(g: NodeGrad):
             for idx, mask in zip(indices, masks, strict=True):
                 v = g.op("GatherND", image, idx, batch_dims=1)  # [N, P, C]
                 values.append(v if mask is None else g.op("Mul", v, mask))
-            v00, v01, v10, v11 = values
-            along_x = g.op("Add", g.op("Mul", wy0, g.op("Sub", v01, v00)),
-                           g.op("Mul", wy1, g.op("Sub", v11, v10)))  # fmt: skip
-            along_y = g.op("Add", g.op("Mul", wx0, g.op("Sub", v10, v00)),
-                           g.op("Mul", wx1, g.op("Sub", v11, v01)))  # fmt: skip
-            parts = [g.op("Mul", g.e.reduce_sum(g.op("Mul", go_rows, along), [2]), slope)
-                     for along, slope in ((along_x, sx), (along_y, sy))]  # fmt: skip
+            parts = []
+            for k in range(nd):  # dy/dp_k: the taps' values, + at the high corner, - at the low,
+                along = None  # times the other coordinates' weights
+                for pick, v in zip(taps, values, strict=True):
+                    w = None
+                    for j, b in enumerate(pick):
+                        if j != k:
+                            wj = corners_of[j][b][1]
+                            w = wj if w is None else g.op("Mul", w, wj)
+                    term = v if w is None else g.op("Mul", v, w)
+                    op = "Add" if pick[k] == 1 else "Sub"
+                    along = (term if op == "Add" else g.op("Neg", term)) if along is None else (
+                        g.op(op, along, term))  # fmt: skip
+                parts.append(g.op("Mul", g.e.reduce_sum(g.op("Mul", go_rows, along), [2]),
+                                  coords[k][1]))  # fmt: skip
             grads[1] = g.op("Reshape", g.op("Concat", *parts, axis=2), g.op("Shape", grid))
     return grads
 

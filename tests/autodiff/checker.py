@@ -126,14 +126,16 @@ class GlobalLpPool(OpRun):
 
 
 class GridSample(OpRun):
-    """2-D linear and nearest sampling in the input's precision, as ONNX Runtime computes it:
-    the reference evaluator rounds the coordinates to float32, too coarse for differences."""
+    """Linear and nearest sampling of 2-D images and 3-D volumes in the input's precision, as
+    ONNX Runtime computes it: the reference evaluator rounds the coordinates to float32, too
+    coarse for differences."""
 
     op_domain = ""
 
     def _run(self, x, grid, mode=None, padding_mode=None, align_corners=None):
         mode, padding = mode or "linear", padding_mode or "zeros"
-        n, c, h, w = x.shape
+        n, spatial = x.shape[0], x.shape[2:]  # (H, W) or (D, H, W)
+        nd = len(spatial)
 
         def pixel(normal, size):
             p = (normal + 1) / 2 * (size - 1) if align_corners else ((normal + 1) * size - 1) / 2
@@ -150,23 +152,30 @@ class GridSample(OpRun):
                 p = np.where(out, np.where(from_lo, lo + rest, hi - rest), p)
             return p
 
-        px, py = pixel(grid[..., 0], w), pixel(grid[..., 1], h)  # [N, Ho, Wo]
-        batch = np.arange(n)[:, None, None]
+        # per spatial axis (D, H, W order), the pixel coordinate [N, *out]
+        ps = [pixel(grid[..., nd - 1 - a], spatial[a]) for a in range(nd)]
+        batch = np.arange(n).reshape(-1, *([1] * (grid.ndim - 2)))
 
-        def read(iy, ix):  # [N, Ho, Wo] indices -> [N, C, Ho, Wo]
-            inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-            v = x[batch, :, np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]  # [N, Ho, Wo, C]
+        def read(idx):  # per-axis [N, *out] indices -> [N, C, *out]
+            inside = np.ones(idx[0].shape, bool)
+            for i, size in zip(idx, spatial, strict=True):
+                inside &= (i >= 0) & (i < size)
+            clipped = [np.clip(i, 0, size - 1) for i, size in zip(idx, spatial, strict=True)]
+            v = x[(batch, slice(None), *clipped)]  # [N, *out, C]
             if padding == "zeros":
                 v = v * inside[..., None]
             return np.moveaxis(v, -1, 1)
 
         if mode == "nearest":
-            return (read(np.rint(py).astype(int), np.rint(px).astype(int)).astype(x.dtype),)
-        x0, y0 = np.floor(px), np.floor(py)
-        wx, wy = (px - x0)[:, None], (py - y0)[:, None]
-        x0, y0 = x0.astype(int), y0.astype(int)
-        out = ((1 - wy) * ((1 - wx) * read(y0, x0) + wx * read(y0, x0 + 1))
-               + wy * ((1 - wx) * read(y0 + 1, x0) + wx * read(y0 + 1, x0 + 1)))  # fmt: skip
+            return (read([np.rint(p).astype(int) for p in ps]).astype(x.dtype),)
+        lows = [np.floor(p) for p in ps]
+        fracs = [(p - lo)[:, None] for p, lo in zip(ps, lows, strict=True)]
+        out = 0.0
+        for pick in itertools.product((0, 1), repeat=nd):
+            w = 1.0
+            for b, f in zip(pick, fracs, strict=True):
+                w = w * (f if b else 1 - f)
+            out = out + w * read([lo.astype(int) + b for lo, b in zip(lows, pick, strict=True)])
         return (out.astype(x.dtype),)
 
 

@@ -40,6 +40,30 @@ CASES.append(Case("GridSample", {"x": rng.uniform(-2, 2, (2, 16, 3, 4)),
                   id="GridSample-reflection-far-16ch-dyn"))  # fmt: skip
 
 
+def grid3_for(n, do, ho, wo, d, h, w, corners, reach=2.5):
+    """grid_for for a volume: [N, Do, Ho, Wo, 3] holding (x, y, z)."""
+    coords = []
+    for size in (w, h, d):
+        whole = rng.integers(-int(reach), size + int(reach), size=(n, do, ho, wo))
+        frac = rng.uniform(0.1, 0.4, size=whole.shape) + rng.integers(0, 2, size=whole.shape) * 0.5
+        p = whole + frac
+        coords.append(2 * p / (size - 1) - 1 if corners else (2 * p + 1) / size - 1)
+    return np.stack(coords, axis=-1)
+
+
+# GridSample-20 on volumes [N, C, D, H, W] (torch's grid_sample on 5-D: trilinear)
+for mode in ("linear", "nearest"):
+    for padding in ("zeros", "border", "reflection"):
+        if mode == "nearest" and padding == "reflection":
+            continue
+        for corners in (0, 1):
+            attrs = {"mode": mode, "padding_mode": padding, "align_corners": corners}
+            inputs = {"x": rng.uniform(-2, 2, (2, 2, 3, 4, 5)),
+                      "grid": grid3_for(2, 2, 3, 2, 3, 4, 5, corners)}  # fmt: skip
+            CASES.append(Case("GridSample", inputs, attrs, opset=20,
+                              id=f"GridSample-3d-{mode}-{padding}-corners{corners}"))  # fmt: skip
+
+
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_rule(case):
     case.run()
