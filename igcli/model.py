@@ -1283,7 +1283,12 @@ def _first_line(exc: Exception) -> str:
     onnxruntime::ReshapeHelper::ReshapeHelper(...) ... was false. The input tensor cannot be
     reshaped ..." becomes "Reshape node 'r': The input tensor cannot be reshaped ...")."""
     text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
+    lines = text.splitlines()
+    line = lines[0] if text else type(exc).__name__
+    if line.endswith("for the following indices"):  # the dims that were wrong come next
+        line += ": " + ", ".join(
+            rest.strip() for rest in lines[1:] if rest.strip().startswith("index")
+        )
     line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
     node = re.match(r"Non-zero status code returned while running (\w+) node\. "
                     r"Name:'([^']*)' Status Message: (.*)$", line)  # fmt: skip

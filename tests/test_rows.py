@@ -324,6 +324,15 @@ def test_onnx_runtime_errors_lose_their_cpp_noise():
     rank = "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Invalid rank for input: x Got: 3"
     assert _first_line(RuntimeError(rank)) == "Invalid rank for input: x Got: 3"
     assert _first_line(RuntimeError("")) == "RuntimeError"
+    dims = (  # the line that says which dim was wrong comes after the first
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: "
+        "attention_mask for the following indices\n index: 0 Got: 2 Expected: 1\n Please fix "
+        "either the inputs/outputs or the model."
+    )
+    assert _first_line(RuntimeError(dims)) == (
+        "Got invalid dimensions for input: attention_mask for the following indices: index: 0 "
+        "Got: 2 Expected: 1"
+    )
 
 
 def _relu_cnn(path, batch, flat):
