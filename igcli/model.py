@@ -787,6 +787,10 @@ def rows_first(
         elif squeezed_batch(model, spec):
             wrapped = with_batch_axis(model, spec.name, input_too=False)
         return (model, 0, False) if wrapped is None else (wrapped, 0, True)
+    if axis:  # a sequence-first [T, 1, F] at batch 1 may squeeze it out too (a GRU's state)
+        first = next(s for s in graph_inputs(moved) if s.name == spec.name)
+        if squeezed_batch(moved, first):
+            moved = with_batch_axis(moved, spec.name, input_too=False) or moved
     return moved, axis, axis == 0
 
 

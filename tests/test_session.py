@@ -1179,3 +1179,30 @@ def test_a_batch_of_1_squeezed_out_of_the_output_is_put_back(tmp_path):
         assert a.f_input == pytest.approx(float(y[2]), rel=1e-6)
         assert a.f_baseline == pytest.approx(float(y0[2]), abs=1e-7)
         assert a.rel_error < 1e-3
+
+
+def test_a_sequence_first_model_squeezing_its_batch_of_1_out_of_the_output(tmp_path):
+    """GRU [6, 1, 3] -> its final state [1, 1, 4] squeezed to [4] (torch's h_n.squeeze()):
+    the input's batch was moved first, but the output's 4 values were still read as 4 rows
+    (the gradient graph failed in a Reshape)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(24)
+    graph = helper.make_graph(
+        [helper.make_node("GRU", ["x", "w", "r"], ["", "h"], hidden_size=4),
+         helper.make_node("Squeeze", ["h", "ax"], ["y"])], "gru_state",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(rng.standard_normal((1, 12, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal((1, 12, 4)).astype(np.float32), "r"),
+         numpy_helper.from_array(np.array([0, 1], np.int64), "ax")],
+    )  # fmt: skip
+    path = tmp_path / "gru_state.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    sample = rng.standard_normal((6, 3)).astype(np.float32)
+    y = ort.InferenceSession(str(path)).run(None, {"x": sample[:, None]})[0]
+    a = igcli.Session(path, cache=False).attribute(sample, target=2, steps=32, baseline="zero")
+    assert a.f_input == pytest.approx(float(y[2]), rel=1e-6)
+    assert a.gradient_source == "graph" and a.rel_error < 1e-3
