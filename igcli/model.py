@@ -812,12 +812,13 @@ def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
 
 def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = None) -> bool:
     """Whether the model has no batch axis at all: exported on one unbatched sample (torch
-    on an x of [F], or [T, F]), every dim of its one float input and of its outputs fixed,
-    and either no output with the input's first dim first, or one whose positions on that
-    axis change each other's outputs (a sequence [T, F] -> [T, C] through attention: no
-    batch ever mixes its rows). Its first axis was read as a batch: a sample [F] 'held a
-    batch of F', [1, F] did 'not fit the model input [F]', and one row of a [T, F] model
-    was explained as a sequence of length 1. The probe's verdict is cached under sha256."""
+    on an x of [F], or [T, F]; rank 2 at most), every dim of its one float input and of
+    its outputs fixed, and either no output with the input's first dim first, or one whose
+    positions on that axis change each other's outputs (a sequence [T, F] -> [T, C]
+    through attention: no batch ever mixes its rows). Its first axis was read as a batch:
+    a sample [F] 'held a batch of F', [1, F] did 'not fit the model input [F]', and one
+    row of a [T, F] model was explained as a sequence of length 1. The probe's verdict is
+    cached under sha256."""
     graph = model.graph
     inits = {i.name for i in graph.initializer}
     if len([i for i in graph.input if i.name not in inits]) != 1:
@@ -827,6 +828,8 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
         return False
     if not dims or dims[0] == 1 or any(not isinstance(d, int) or d <= 0 for d in dims):
         return False
+    if len(dims) > 2:  # [A, B, F...]: B may be the batch (a fixed sequence-first model), which
+        return False  # _refuse_a_fixed_axis_that_is_no_batch turns down where A mixes
     outputs = graph_outputs(model)
     if not outputs or any(
         o.kind != "tensor" or any(not isinstance(d, int) or d <= 0 for d in o.shape)
