@@ -43,6 +43,7 @@ class ChunkResult:
     inputs: int
     records: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    failures_at: list[int] = field(default_factory=list)  # records of the chunk before each
     resumed: int = 0
     warnings: list[str] = field(default_factory=list)
     deferred: list = field(default_factory=list)
@@ -119,6 +120,7 @@ def explain_chunk(
     session = batch.session
     before = session.model_seconds
     report = RunReport(batch.report.model, batch.report.model_sha256, {})
+    report.failures = _Placed(report.results)
     batch.report = report
     count = [0]
     batch.protect(items)  # no output replaces an input (the client checks the reports)
@@ -135,6 +137,7 @@ def explain_chunk(
         inputs=count[0],
         records=list(report.results),
         failures=list(report.failures),
+        failures_at=list(report.failures.at),
         resumed=report.resumed,
         warnings=list(warnings),
         deferred=deferred,
@@ -145,6 +148,20 @@ def explain_chunk(
         },
         model_seconds=session.model_seconds - before,
     )
+
+
+class _Placed(list):
+    """A chunk's failures, each with how many of its records came before it: the client
+    says them between those records, in input order (they came after the chunk's records,
+    so --json lines differed from a one-process run's)."""
+
+    def __init__(self, results) -> None:
+        super().__init__()
+        self.results, self.at = results, []
+
+    def append(self, entry: dict) -> None:
+        self.at.append(len(self.results))
+        super().append(entry)
 
 
 # -- in the client --------------------------------------------------------------------------------
@@ -178,8 +195,6 @@ class InOrder:
         self.following = len(parts)
 
     def _take(self, done: ChunkResult) -> None:
-        from igcli.report import json_line
-
         batch = self.batch
         self.seconds += done.model_seconds
         for message in done.warnings:
@@ -187,11 +202,14 @@ class InOrder:
                 self.said.add(message)
                 batch.warn(message)
         batch.report.resumed += done.resumed
-        batch._accept(done.records)
-        for entry in done.failures:
+        records, taken = done.records, 0
+        places = done.failures_at or [len(records)] * len(done.failures)
+        for entry, at in zip(done.failures, places, strict=True):
+            batch._accept(records[taken:at])
+            taken = max(taken, at)
             batch.report.failures.append(entry)
-            if batch.outputs.json_lines:
-                batch.emit(json_line(entry))
+            batch._say(entry)
+        batch._accept(records[taken:])
         batch.deferred.extend(done.deferred)
         if self.targets_from is not None:
             self.targets_from.used |= done.targets_used

@@ -28,7 +28,8 @@ def _folder(tmp_path: Path, bad: bool = False) -> Path:
         sub.mkdir(parents=True, exist_ok=True)
         shutil.copy(src[k % len(src)], sub / f"img{k:02d}.png")
     if bad:
-        (folder / "part1" / "img05b.png").write_bytes(b"not a picture")
+        # first of its chunk (inputs 8 and 9): its line came after the chunk's records
+        (folder / "part1" / "img04b.png").write_bytes(b"not a picture")
     return folder
 
 
