@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import multiprocessing.util
-import os
 import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -140,11 +139,14 @@ def execute_on_processes(
         workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
         initargs=(job,),
     )  # fmt: skip
-    futures = {pool.submit(_explain_chunk, i, part): i for i, part in enumerate(parts)}
+    futures: dict[Future, int] = {}
     order = InOrder(batch, targets_from)
     interrupted = died = False
     finished = False
     try:
+        # (submitted in the try: a Ctrl-C between two submits left the pool to run the whole
+        # plan on, unseen, before this process could exit)
+        futures.update({pool.submit(_explain_chunk, i, part): i for i, part in enumerate(parts)})
         with messages.progress(count_inputs(the_plan.items)) as progress:
             try:
                 for future in as_completed(futures):
@@ -159,7 +161,7 @@ def execute_on_processes(
             except KeyboardInterrupt:
                 interrupted = True
     finally:
-        _stop(pool, at_once=not finished)
+        _stop(pool, at_once=not finished, broken=died)
     if died:  # (chunks that came back before still go in, in order)
         for future, k in futures.items():
             if _succeeded(future) and k >= order.following:
@@ -181,16 +183,22 @@ def _succeeded(future: Future) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
 
 
-def _stop(pool: ProcessPoolExecutor, at_once: bool) -> None:
+def _stop(pool: ProcessPoolExecutor, at_once: bool, broken: bool = False) -> None:
     """End the workers: when every chunk is done, as they would end; `at_once` (Ctrl-C, an
-    error) cancels what has not started and stops them in their chunks."""
+    error) cancels what has not started and stops them in their chunks. A worker that
+    SIGTERM does not end in 10 s is killed, and after a worker died (`broken`) all are at
+    once: the pool reads no more results, so a worker sending one (a chunk's records fill
+    the pipe) waited for ever, SIGTERM or not, and this process with it when it exited."""
     if not at_once:
         pool.shutdown(wait=True)
         return
-    processes = list(getattr(pool, "_processes", {}).values())
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
-            os.kill(process.pid, signal.SIGTERM)
+            process.kill() if broken else process.terminate()
     for process in processes:
         process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()

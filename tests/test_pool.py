@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +133,62 @@ def test_a_worker_that_cannot_make_its_session_sends_the_error_back(tmp_path, mo
     monkeypatch.setattr(pool, "_batch", None)
     result = pool._explain_chunk(3, [])
     assert result.index == 3 and isinstance(result.error, ModelError)
+
+
+# What the workers run in the tests below: importable by a spawned worker (PYTHONPATH).
+_TASKS = """
+import os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+import multiprocessing
+import igcli.pool as pool
+
+def die():
+    os._exit(9)
+
+def big_after_death(flag):
+    # as a worker caught in its send: SIGTERM is caught there and the send tried again
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while not os.path.exists(flag):
+        time.sleep(0.01)
+    return b"x" * (4 << 20)  # more than a pipe holds, sent when the pool reads no more
+
+def make_pool(n):
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(n, mp_context=context, initializer=pool._start, initargs=(None,))
+"""
+
+
+def _python(tmp_path: Path, script: str, **kwargs) -> subprocess.Popen:
+    (tmp_path / "igcli_test_tasks.py").write_text(_TASKS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    return subprocess.Popen(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, start_new_session=True, **kwargs
+    )
+
+
+def test_a_dead_worker_does_not_hold_the_run_at_exit(tmp_path):
+    """One worker dies while the other sends a chunk's records: the pool reads no more, so
+    that worker waited for ever in its send (SIGTERM or not), and the run with it at exit."""
+    script = f"""
+from igcli_test_tasks import *
+flag = {str(tmp_path / "died")!r}
+p = make_pool(2)
+futures = [p.submit(big_after_death, flag), p.submit(die)]
+try:
+    for f in as_completed(futures):
+        f.result()
+except BrokenProcessPool:
+    open(flag, "w").close()
+    time.sleep(1)  # (the survivor is in its send)
+finally:
+    pool._stop(p, at_once=True, broken=True)
+print("stopped", flush=True)
+"""
+    proc = _python(tmp_path, script, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate(timeout=120)  # (a guard against a hang, not a measure)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # (its workers too)
+        raise AssertionError("the run did not end after a worker died") from None
+    assert proc.returncode == 0 and "stopped" in out
