@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.util
+import os
 import signal
 import sys
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -91,7 +94,18 @@ def _start(job: WorkerJob) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     multiprocessing.util.Finalize(None, _close, exitpriority=10)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_end_with, args=(parent.sentinel,), daemon=True).start()
     _job = job
+
+
+def _end_with(sentinel: int) -> None:
+    """End this worker when the client process is gone (killed with SIGKILL, say): each
+    worker holds both ends of the pool's queues, so none sees the client go, and workers
+    were left waiting on them for ever. Its outputs are written whole or not at all."""
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _close() -> None:

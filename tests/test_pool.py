@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,6 +168,14 @@ def _python(tmp_path: Path, script: str, **kwargs) -> subprocess.Popen:
     )
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def test_a_dead_worker_does_not_hold_the_run_at_exit(tmp_path):
     """One worker dies while the other sends a chunk's records: the pool reads no more, so
     that worker waited for ever in its send (SIGTERM or not), and the run with it at exit."""
@@ -192,3 +201,32 @@ print("stopped", flush=True)
         os.killpg(proc.pid, signal.SIGKILL)  # (its workers too)
         raise AssertionError("the run did not end after a worker died") from None
     assert proc.returncode == 0 and "stopped" in out
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_workers_end_when_the_run_is_killed(tmp_path):
+    """Each worker holds both ends of the pool's queues, so none saw a client killed with
+    SIGKILL go: they waited for ever. Each now watches the client's process."""
+    script = """
+import time
+from igcli_test_tasks import *
+p = make_pool(1)
+futures = [p.submit(time.sleep, 600)]
+while not p._processes or not futures[0].running():
+    time.sleep(0.05)
+print(*p._processes, flush=True)
+time.sleep(600)
+"""
+    proc = _python(tmp_path, script, stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(workers) == 1
+    proc.kill()
+    proc.wait()
+    for _ in range(1200):  # (a guard against waiting for ever, not a measure)
+        if all(_gone(pid) for pid in workers):
+            break
+        time.sleep(0.1)
+    alive = [pid for pid in workers if not _gone(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers outlived the run"
