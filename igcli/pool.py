@@ -109,9 +109,16 @@ def _end_with(sentinel: int) -> None:
 
 
 def _close() -> None:
+    """At the worker's exit: its pending writes, then its staging folders. A write that
+    fails here (a full disk) was the client's to say: its chunk failed with it, or the
+    client stopped the run; a traceback from each worker said it again."""
     if _batch is not None:
-        _batch.close()
-        _batch.cleanup()
+        try:
+            _batch.close()
+        except (IgcliError, OSError):
+            pass
+        finally:
+            _batch.cleanup()
 
 
 def _explain_chunk(index: int, items: list[InputItem]) -> ChunkResult:

@@ -230,3 +230,23 @@ time.sleep(600)
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "workers outlived the run"
+
+
+def test_a_failed_write_at_a_workers_exit_is_no_traceback(monkeypatch):
+    """A full disk: the chunk (or the client) says it once; the worker's exit drained the
+    same failed write again and printed a traceback from each worker."""
+    import igcli.pool as pool
+    from igcli.errors import OutputError
+
+    cleaned = []
+
+    class Full:
+        def close(self):
+            raise OutputError("cannot write (No space left on device)", "out/x.npy")
+
+        def cleanup(self):
+            cleaned.append(True)
+
+    monkeypatch.setattr(pool, "_batch", Full())
+    pool._close()
+    assert cleaned == [True]
