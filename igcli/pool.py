@@ -55,10 +55,11 @@ AUTO_MAX_WEIGHTS = 32 * 2**20
 AUTO_MAX_VALUES = 16_384  # values per sample where the path moves (a 28x28 digit: 784)
 
 
-def choose_workers(requested: str | int | None, session, items: list[InputItem]) -> int:
-    """How many worker processes: `requested` as given (a number, or "auto"/None). auto
-    is one per usable CPU for a small CPU model with small samples and enough inputs, else 1
-    (this process)."""
+def choose_workers(requested: str | int | None, session, items: list[InputItem], warn=None) -> int:
+    """How many worker processes: `requested` as given (a number, or "auto"/None), at most
+    one per usable CPU (`warn` is told when that is fewer) and one per input. auto is one
+    per usable CPU for a small CPU model with small samples and enough inputs, else 1 (this
+    process)."""
     if requested not in (None, "auto"):
         try:
             workers = int(requested)
@@ -66,7 +67,18 @@ def choose_workers(requested: str | int | None, session, items: list[InputItem])
             raise UsageError(f"--workers {requested!r}: give a number or auto") from None
         if workers < 1:
             raise UsageError("--workers must be at least 1")
-        return min(workers, max(1, len(items)))
+        workers = min(workers, max(1, len(items)))
+        cpus = usable_cpus()
+        if workers > cpus:
+            # each holds a model session (some 100 MB): --workers 10000 on 1,000 inputs
+            # started 1,000 processes on 2 cores, and 40 on 40 inputs took 4.2 GB
+            if warn is not None:
+                warn(
+                    f"--workers {requested}: starting {cpus}, one per CPU this process may "
+                    f"use ({workers} would only wait for one another)"
+                )
+            workers = cpus
+        return workers
     cpus = usable_cpus()
     if cpus < 2 or len(items) < max(AUTO_MIN_INPUTS, 2 * cpus):
         return 1

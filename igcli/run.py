@@ -369,7 +369,7 @@ def run_explain(
     if dask is None and session_factory is not None:
         from igcli.pool import choose_workers
 
-        processes = choose_workers(workers, session, the_plan.items)
+        processes = choose_workers(workers, session, the_plan.items, messages.warn)
     elif dask is not None and workers not in (None, "auto", 1, "1"):
         raise UsageError("--workers and --dask both spread the inputs: give one of them")
     batch = start(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from igcli.errors import UsageError
+from igcli.model import usable_cpus
 from igcli.pool import AUTO_MAX_WEIGHTS, AUTO_MIN_INPUTS, choose_workers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,7 @@ def _explain(folder: Path, out: Path, *extra: str) -> tuple[int, list[dict], str
     return proc.returncode, lines, proc.stderr
 
 
+@pytest.mark.skipif(usable_cpus() < 2, reason="--workers 2 takes one process per CPU")
 def test_two_workers_give_the_records_of_one_process(tmp_path):
     """The same inputs, names, targets, numbers and files, and JSON lines in input order; a
     bad file fails alone there too (exit 4)."""
@@ -103,10 +105,21 @@ def test_auto_takes_processes_for_a_small_model_and_many_inputs(monkeypatch):
     assert choose_workers("auto", _session(1024, "CUDAExecutionProvider"), many) == 1
     assert choose_workers("auto", _session(1024, shape=("N", 3, 112, 112)), many) == 1
     assert choose_workers("auto", _session(1024, shape=("N", "S", 64)), many) == 1
-    monkeypatch.setattr("igcli.pool.usable_cpus", lambda: 1)
-    assert choose_workers("auto", small, many) == 1
     assert choose_workers("3", big, many) == 3  # asked for: given
     assert choose_workers("8", small, [object()] * 2) == 2  # no more than inputs
+    monkeypatch.setattr("igcli.pool.usable_cpus", lambda: 1)
+    assert choose_workers("auto", small, many) == 1
+
+
+def test_no_more_workers_than_cpus(monkeypatch):
+    """Each worker holds a model session: --workers 10000 on 1,000 inputs started 1,000
+    processes on 2 cores (40 on 40 inputs took 4.2 GB). As --dask local:N, capped, said."""
+    monkeypatch.setattr("igcli.pool.usable_cpus", lambda: 2)
+    said = []
+    assert choose_workers("10000", _session(1024), [object()] * 1000, said.append) == 2
+    assert len(said) == 1 and "--workers 10000: starting 2" in said[0]
+    assert choose_workers("2", _session(1024), [object()] * 1000, said.append) == 2
+    assert len(said) == 1
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
