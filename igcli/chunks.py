@@ -142,10 +142,7 @@ def explain_chunk(
         warnings=list(warnings),
         deferred=deferred,
         targets_used=set(table.used) if table is not None else set(),
-        measured={
-            "batch_size": session.runner.batch_size,
-            "memory_per_row": session.memory_per_row,
-        },
+        measured=_measured(session),
         model_seconds=session.model_seconds - before,
     )
 
@@ -162,6 +159,19 @@ class _Placed(list):
     def append(self, entry: dict) -> None:
         self.at.append(len(self.results))
         super().append(entry)
+
+
+def _measured(session) -> dict:
+    """What a worker's session measured, named as a one-process run's report names it: the
+    report said the memory cap as `batch_size` (512 where calls took 16 rows) and had no
+    `batch_size_cap`, and the client's `memory_budget` where each worker had its share."""
+    runner = session.runner
+    return {
+        "batch_size": runner.tuner.next_size() if runner.tuner else runner.batch_size,
+        "batch_size_cap": runner.batch_size,
+        "memory_budget": session.memory_budget,
+        "memory_per_row": session.memory_per_row,
+    }
 
 
 # -- in the client --------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ def test_two_workers_give_the_records_of_one_process(tmp_path):
     first = json.loads((tmp_path / "one" / "report.json").read_text())
     assert [r["name"] for r in report["results"]] == [r["name"] for r in first["results"]]
     assert report["results"][0]["settings_hash"] == first["results"][0]["settings_hash"]
+    assert set(report["settings"]) == set(first["settings"]) | {"workers"}  # named alike
+    assert report["settings"]["batch_size"] <= report["settings"]["batch_size_cap"]
 
 
 def test_a_resumed_pool_run_takes_what_one_process_wrote(tmp_path):
