@@ -10,7 +10,10 @@ what the workers of an unfinished chunk had written (`take_from_disk`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,6 +91,23 @@ def chunks(items: list[InputItem], workers: int) -> list[list[InputItem]]:
     if current:
         out.append(current)
     return out
+
+
+@contextlib.contextmanager
+def sigint_ignored_by_children():
+    """SIGINT ignored while local workers start, which keep it ignored (across exec, and
+    Python then installs no KeyboardInterrupt of its own): Ctrl-C reaches the whole process
+    group, and each worker printed its tracebacks (a pool's too, in the second its imports
+    take before its initializer ran). The client stops them itself. (A Ctrl-C while they
+    start is lost: an ignored signal is not kept pending.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 # -- in a worker ----------------------------------------------------------------------------------

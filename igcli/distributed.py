@@ -18,7 +18,6 @@ shared file system, or object storage URLs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import uuid
@@ -31,6 +30,7 @@ from igcli.chunks import (
     chunks,
     explain_chunk,
     job_for,
+    sigint_ignored_by_children,
     take_from_disk,
     worker_batch,
 )
@@ -106,24 +106,6 @@ def quiet_dask() -> None:
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
 
-@contextlib.contextmanager
-def _sigint_ignored_by_children():
-    """SIGINT ignored while local workers start, which keep it ignored (across exec, and
-    Python then installs no KeyboardInterrupt of its own): Ctrl-C reaches the whole process
-    group, and each worker printed its tracebacks. The client stops them itself. (A Ctrl-C
-    in the second or two this takes is lost: an ignored signal is not kept pending.)"""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
 def connect(address: str, messages: Messages | None = None):
     """(client, cluster or None) for --dask: "local:N" starts N worker processes here, at
     most one per CPU this process may use: each worker holds its own model session, so more
@@ -151,7 +133,7 @@ def connect(address: str, messages: Messages | None = None):
                 f"use ({workers} would only wait for one another)"
             )
             workers = cpus
-        with _sigint_ignored_by_children():
+        with sigint_ignored_by_children():
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,

@@ -38,6 +38,7 @@ from igcli.chunks import (
     chunks,
     explain_chunk,
     job_for,
+    sigint_ignored_by_children,
     take_from_disk,
     worker_batch,
 )
@@ -178,8 +179,10 @@ def execute_on_processes(
     finished = False
     try:
         # (submitted in the try: a Ctrl-C between two submits left the pool to run the whole
-        # plan on, unseen, before this process could exit)
-        futures.update({pool.submit(_explain_chunk, i, part): i for i, part in enumerate(parts)})
+        # plan on, unseen, before this process could exit; the submits start the workers)
+        with sigint_ignored_by_children():
+            for i, part in enumerate(parts):
+                futures[pool.submit(_explain_chunk, i, part)] = i
         with messages.progress(count_inputs(the_plan.items)) as progress:
             try:
                 for future in as_completed(futures):

@@ -265,3 +265,20 @@ def test_a_failed_write_at_a_workers_exit_is_no_traceback(monkeypatch):
     monkeypatch.setattr(pool, "_batch", Full())
     pool._close()
     assert cleaned == [True]
+
+
+def test_workers_start_with_ctrl_c_ignored():
+    """Ctrl-C reaches the whole process group: a worker still importing (a second or so
+    before its initializer ignores it) printed a KeyboardInterrupt traceback. The chunks
+    are submitted, which starts the workers, with SIGINT ignored, as Dask's are."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from igcli.chunks import sigint_ignored_by_children
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        with sigint_ignored_by_children():
+            started = pool.submit(signal.getsignal, signal.SIGINT)
+        assert started.result() == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
