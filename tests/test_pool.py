@@ -193,11 +193,14 @@ def _gone(pid: int) -> bool:
 
 def test_a_dead_worker_does_not_hold_the_run_at_exit(tmp_path):
     """One worker dies while the other sends a chunk's records: the pool reads no more, so
-    that worker waited for ever in its send (SIGTERM or not), and the run with it at exit."""
+    that worker waited for ever in its send (SIGTERM or not), and the run with it at exit.
+    (Both workers are started first: a worker that a submit starts can die unseen by the
+    pool, which woke up for that submit before the worker was in its list.)"""
     script = f"""
 from igcli_test_tasks import *
 flag = {str(tmp_path / "died")!r}
 p = make_pool(2)
+[f.result() for f in [p.submit(os.getpid) for _ in range(2)]]  # both started (see below)
 futures = [p.submit(big_after_death, flag), p.submit(die)]
 try:
     for f in as_completed(futures):
