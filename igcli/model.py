@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -674,15 +675,22 @@ def sequence_axis(
         return 1  # another input (a padding mask [N, T]) has the open dim first: the batch
     if not ambiguous or others:
         return sequence_first_axis(spec, outputs)
+    found = _cached_verdict(sha256, "axis-1-is-a-batch", spec.name,
+                            lambda: axis_one_is_a_batch(model, spec))  # fmt: skip
+    return 1 if found else None
+
+
+def _cached_verdict(sha256: str | None, what: str, name: str, probe: Callable[[], bool]) -> bool:
+    """A probe's yes or no about the model (it runs the model), cached under its sha256."""
     from igcli.cache import cache_key, load_fact, save_fact
 
-    key = cache_key(sha256, "axis-1-is-a-batch", spec.name) if sha256 else None
+    key = cache_key(sha256, what, name) if sha256 else None
     found = load_fact(key) if key else None
     if not isinstance(found, bool):
-        found = axis_one_is_a_batch(model, spec)
+        found = probe()
         if key:
             save_fact(key, found)
-    return 1 if found else None
+    return found
 
 
 def ambiguous_sequence_axis(spec: TensorSpec) -> bool:
@@ -838,15 +846,8 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
         return False
     if all(not o.shape or o.shape[0] != dims[0] for o in outputs):
         return True
-    from igcli.cache import cache_key, load_fact, save_fact
-
-    key = cache_key(sha256, "first-axis-mixes", spec.name) if sha256 else None
-    found = load_fact(key) if key else None
-    if not isinstance(found, bool):
-        found = _first_axis_mixes(model, spec)
-        if key:
-            save_fact(key, found)
-    return found
+    return _cached_verdict(sha256, "first-axis-mixes", spec.name,
+                           lambda: _first_axis_mixes(model, spec))  # fmt: skip
 
 
 def _first_axis_mixes(model: onnx.ModelProto, spec: TensorSpec) -> bool:
