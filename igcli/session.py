@@ -325,6 +325,11 @@ def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.nd
     return np.broadcast_to(patch[:, :, None], (h, w, c))
 
 
+# Ops whose results carry no gradient, beyond those that round: comparisons (a threshold on
+# the input makes F jump where it flips) and those giving integers (shapes, indices).
+_COMPARISONS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
+_INTEGER_RESULTS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
+
 # Ops that round activations to integers: a model with them is a step function of its input.
 QUANTIZING = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
               "ConvInteger", "MatMulInteger"}  # fmt: skip
@@ -1363,7 +1368,13 @@ class Session:
                 "completeness",
                 f"{a.sample.path}: the attributions miss F(x) - F(b) by "
                 f"{100 * abs(a.rel_error):.3g}% (target {a.target}, steps {a.steps}): the path "
-                "integral is not resolved; raise --steps, or let --steps auto choose",
+                "integral is not resolved; raise --steps, or let --steps auto choose"
+                + (
+                    f" (if the miss stays as steps grow, F jumps inside the path: node "
+                    f"{self._threshold!r} compares values computed from the input)"
+                    if self._threshold
+                    else ""
+                ),
             )
         same_point = a.baseline is not None and np.array_equal(a.sample.x, a.baseline)
         if same_point:
@@ -1784,6 +1795,27 @@ class Session:
     def _quantized(self) -> bool:
         """Whether the model rounds activations to integers (read once, not per input)."""
         return any(n.op_type in QUANTIZING for n in self.model.graph.node)
+
+    @functools.cached_property
+    def _threshold(self) -> str | None:
+        """A node comparing values computed from the input (masked_fill(x > 0.5), say), or
+        None: F may jump where it flips inside the path, which no gradient sees, so a miss
+        there does not shrink with more steps (a masked_fill missed by 458%). Integer paths
+        (shapes, indices) are not followed. Read once, for the completeness warning."""
+        kinds = onnx.TensorProto
+        floats = (kinds.FLOAT, kinds.DOUBLE, kinds.FLOAT16, kinds.BFLOAT16)
+        reached = {self.at or self.input_spec.name}  # (a token model's ids: from the lookup)
+        for node in self.model.graph.node:  # (nodes come in topological order)
+            if not reached.intersection(node.input) or node.op_type in _INTEGER_RESULTS:
+                continue
+            if node.op_type in _COMPARISONS:
+                return node.name or node.output[0]
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if node.op_type == "Cast" and to not in floats:
+                continue
+            outputs = node.output[:1] if node.op_type == "TopK" else node.output
+            reached.update(o for o in outputs if o)
+        return None
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

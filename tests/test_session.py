@@ -457,9 +457,39 @@ def test_an_unresolved_path_integral_is_warned_about_once():
     for png in DIGIT_PNGS[:2]:
         session.attribute(png, steps=1)
     assert len([w for w in warnings if "path integral is not resolved" in w]) == 1
+    assert not any("jumps inside the path" in w for w in warnings)  # (no threshold here)
     warnings.clear()
     session.attribute(DIGIT_PNGS[0], steps=32)
     assert not warnings
+
+
+def test_a_threshold_on_the_input_is_named_when_the_path_integral_misses(tmp_path):
+    """masked_fill(x > 0.5): F jumps where the mask flips inside the path, which no gradient
+    sees, and 'raise --steps' was all a miss of 458% was told. A threshold on the shape
+    (integers) is no such jump."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["dims"]),  # (first: it must not be the one named)
+        helper.make_node("Equal", ["dims", "dims"], ["same"], name="shape_check"),
+        helper.make_node("Greater", ["x", "half"], ["mask"], name="threshold"),
+        helper.make_node("Where", ["mask", "zero", "x"], ["kept"]),
+        helper.make_node("ReduceSum", ["kept"], ["y"], keepdims=0),
+    ]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), k)
+             for k, v in (("half", 0.5), ("zero", 0.0))]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])], inits,
+    )  # fmt: skip
+    path = tmp_path / "masked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    warnings = []
+    session = igcli.Session(path, cache=False, warn=warnings.append)
+    session.attribute(np.array([0.2, 0.9, 0.7, 0.4], np.float32), baseline="zero", steps=16)
+    said = [w for w in warnings if "path integral is not resolved" in w]
+    assert len(said) == 1 and "node 'threshold' compares values computed from the input" in said[0]
 
 
 def test_finite_differences_take_patches_of_a_large_image_tensor_too(tmp_path):
