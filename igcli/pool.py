@@ -62,10 +62,10 @@ def choose_workers(requested: str | int | None, session, items: list[InputItem],
     per usable CPU for a small CPU model with small samples and enough inputs, else 1 (this
     process)."""
     if requested not in (None, "auto"):
-        try:
-            workers = int(requested)
-        except (TypeError, ValueError):
-            raise UsageError(f"--workers {requested!r}: give a number or auto") from None
+        text = str(requested)
+        if not (text.isascii() and text.isdigit()):  # (int() reads ' 2' and a full-width 2)
+            raise UsageError(f"--workers {requested!r}: give a number or auto")
+        workers = int(text)
         if workers < 1:
             raise UsageError("--workers must be at least 1")
         workers = min(workers, max(1, len(items)))
@@ -231,8 +231,10 @@ def _stop(pool: ProcessPoolExecutor, at_once: bool, broken: bool = False) -> Non
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
-        if process.is_alive():
-            process.kill() if broken else process.terminate()
+        if process.is_alive() and broken:
+            process.kill()
+        elif process.is_alive():
+            process.terminate()
     for process in processes:
         process.join(timeout=10)
         if process.is_alive():

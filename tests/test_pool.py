@@ -124,7 +124,7 @@ def test_no_more_workers_than_cpus(monkeypatch):
     assert len(said) == 1
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", " 2", "\uff12", "2_0"])
 def test_a_bad_workers_value_is_a_usage_error(value):
     with pytest.raises(UsageError):
         choose_workers(value, _session(1024), [object()] * 100)
