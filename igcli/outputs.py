@@ -220,30 +220,14 @@ def lock_reports(out_dir: Path, stem: str) -> int | None:
     except ImportError:
         return None
     path = out_dir / f".igcli-{stem}.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"cannot create {path.name} ({exc.strerror or exc})", out_dir) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:  # (the file a run that just finished unlinked, see unlock_reports, locks nothing)
+        return _flocked(path, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
         raise OutputError(
             f"another igcli run is writing {stem}.json in this folder; wait for it to finish or "
             "choose another --out",
             out_dir,
         ) from None
-    except OSError:  # no locks on this filesystem (some network mounts): run unlocked
-        os.close(fd)
-        return None
-    try:  # the file a run that just finished unlinked (see unlock_reports) locks nothing
-        same = os.stat(path).st_ino == os.fstat(fd).st_ino
-    except OSError:
-        same = False
-    if not same:
-        os.close(fd)
-        return lock_reports(out_dir, stem)
-    return fd
 
 
 def lock_folder(out_dir: Path, group: str) -> int | None:
@@ -290,8 +274,9 @@ def lock_folder(out_dir: Path, group: str) -> int | None:
 
 
 def _flocked(path: Path, how: int) -> int | None:
-    """A descriptor of `path` (created if need be) holding flock `how` (blocking), on the
-    file that has that name once locked; None where the filesystem has no locks."""
+    """A descriptor of `path` (created if need be) holding flock `how`, on the file that has
+    that name once locked; None where the filesystem has no locks. BlockingIOError where
+    `how` does not wait (LOCK_NB) and another holds the lock."""
     import fcntl
 
     while True:
@@ -303,6 +288,9 @@ def _flocked(path: Path, how: int) -> int | None:
             ) from None
         try:
             fcntl.flock(fd, how)
+        except BlockingIOError:
+            os.close(fd)
+            raise
         except OSError:  # no locks on this filesystem (some network mounts): run unlocked
             os.close(fd)
             return None
