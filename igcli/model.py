@@ -894,17 +894,12 @@ def with_batch_axis(
     if opset >= 13:
         graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
     if input_too:
-        inner = f"{input_name}/igcli_unbatched"
-        for node in graph.node:
-            node.input[:] = [inner if i == input_name else i for i in node.input]
+        inner = _read_as(graph, input_name, f"{input_name}/igcli_unbatched")
         graph.node.insert(0, axis_args("Squeeze", input_name, inner))
         vi = next(i for i in graph.input if i.name == input_name)
         vi.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
     for out in graph.output:
-        produced = f"{out.name}/igcli_unbatched"
-        for node in graph.node:
-            node.output[:] = [produced if o == out.name else o for o in node.output]
-            node.input[:] = [produced if i == out.name else i for i in node.input]
+        produced = _made_as(graph, out.name, f"{out.name}/igcli_unbatched")
         graph.node.append(axis_args("Unsqueeze", produced, out.name))
         out.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
     del graph.value_info[:]
@@ -929,9 +924,7 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
     if not batch and not axis and len(dims) > 1:  # [B, T, F] fixed at B -> an output [T, B, C]
         fixed = (dims[0].dim_value, _dim_key(dims[1]))
     if axis:  # (axis 0: the input stays; only outputs with the batch later are moved)
-        inner = f"{input_name}/igcli_seq"
-        for node in graph.node:
-            node.input[:] = [inner if i == input_name else i for i in node.input]
+        inner = _read_as(graph, input_name, f"{input_name}/igcli_seq")
         order = _permute_dims(dims, axis)
         back = [order.index(k) for k in range(len(order))]  # original axis k <- new axis back[k]
         graph.node.insert(0, helper.make_node("Transpose", [input_name], [inner], perm=back,
@@ -949,15 +942,28 @@ def batch_first(model: onnx.ModelProto, input_name: str, axis: int) -> onnx.Mode
         if len(at) != 1 or at[0] == 0:
             continue
         k = at[0]
-        produced = f"{out.name}/igcli_seq"
-        for node in graph.node:
-            node.output[:] = [produced if o == out.name else o for o in node.output]
-            node.input[:] = [produced if i == out.name else i for i in node.input]
+        produced = _made_as(graph, out.name, f"{out.name}/igcli_seq")
         perm = _permute_dims(odims, k)
         graph.node.append(helper.make_node("Transpose", [produced], [out.name], perm=perm,
                                            name=f"{out.name}/igcli_batch_first"))  # fmt: skip
     del graph.value_info[:]
     return model
+
+
+def _read_as(graph: onnx.GraphProto, name: str, inner: str) -> str:
+    """Every node reading `name` reads `inner` instead, for a node put first to make it."""
+    for node in graph.node:
+        node.input[:] = [inner if i == name else i for i in node.input]
+    return inner
+
+
+def _made_as(graph: onnx.GraphProto, output: str, produced: str) -> str:
+    """The graph output `output` is made (and read inside) as `produced` instead, for a node
+    put last to make the output from it."""
+    for node in graph.node:
+        node.output[:] = [produced if o == output else o for o in node.output]
+        node.input[:] = [produced if i == output else i for i in node.input]
+    return produced
 
 
 def batch_later_in_an_output(model: onnx.ModelProto, spec: TensorSpec) -> bool:
