@@ -30,6 +30,7 @@ from igcli.chunks import (
     chunks,
     explain_chunk,
     job_for,
+    one_per_cpu,
     sigint_ignored_by_children,
     take_from_disk,
     worker_batch,
@@ -126,13 +127,8 @@ def connect(address: str, messages: Messages | None = None):
             raise UsageError(f"--dask {address!r}: use local:N or a scheduler address") from None
         if workers < 1:
             raise UsageError(f"--dask {address!r}: N must be at least 1")
-        cpus = usable_cpus()
-        if workers > cpus:
-            messages.warn(
-                f"--dask {address}: starting {cpus} worker(s), one per CPU this process may "
-                f"use ({workers} would only wait for one another)"
-            )
-            workers = cpus
+        said = f"--dask {address}"
+        workers = one_per_cpu(workers, usable_cpus(), said, messages.warn, " worker(s)")
         with sigint_ignored_by_children():
             cluster = LocalCluster(
                 n_workers=workers,

@@ -38,6 +38,7 @@ from igcli.chunks import (
     chunks,
     explain_chunk,
     job_for,
+    one_per_cpu,
     sigint_ignored_by_children,
     take_from_disk,
     worker_batch,
@@ -68,18 +69,8 @@ def choose_workers(requested: str | int | None, session, items: list[InputItem],
         workers = int(text)
         if workers < 1:
             raise UsageError("--workers must be at least 1")
-        workers = min(workers, max(1, len(items)))
-        cpus = usable_cpus()
-        if workers > cpus:
-            # each holds a model session (some 100 MB): --workers 10000 on 1,000 inputs
-            # started 1,000 processes on 2 cores, and 40 on 40 inputs took 4.2 GB
-            if warn is not None:
-                warn(
-                    f"--workers {requested}: starting {cpus}, one per CPU this process may "
-                    f"use ({workers} would only wait for one another)"
-                )
-            workers = cpus
-        return workers
+        wanted = min(workers, max(1, len(items)))
+        return one_per_cpu(wanted, usable_cpus(), f"--workers {requested}", warn)
     cpus = usable_cpus()
     if cpus < 2 or len(items) < max(AUTO_MIN_INPUTS, 2 * cpus):
         return 1
