@@ -325,6 +325,12 @@ def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.nd
     return np.broadcast_to(patch[:, :, None], (h, w, c))
 
 
+# How a refused --at ends (a tensor whose first axis is not the batch, by its dims or its rows).
+_BATCH_FIRST_ONLY = (
+    "igcli attributes at tensors whose first axis is the batch: choose such a tensor, or "
+    "attribute at the input"
+)
+
 # Ops whose results carry no gradient, beyond those that round: comparisons (a threshold on
 # the input makes F jump where it flips) and those giving integers (shapes, indices).
 _COMPARISONS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
@@ -563,8 +569,7 @@ class Session:
             raise UsageError(
                 f"--at {at!r} has the input's batch ({batch}) on axis {shape.index(batch)} "
                 f"(shape {shape}: sequence first, as torch's nn.Transformer lays out without "
-                "batch_first); igcli attributes at tensors whose first axis is the batch: "
-                "choose such a tensor, or attribute at the input",
+                f"batch_first); {_BATCH_FIRST_ONLY}",
                 self.model_path,
             )
         return at, cut
@@ -1137,16 +1142,17 @@ class Session:
             if isinstance(exc, UsageError):
                 raise
             reason = exc.reason
-            if reason.startswith(f"output {self.output_name!r} contains") and settings.noise:
-                reason += (  # the noisy copies' ends are not checked first
-                    f" at a noisy copy of the input or on its path (--noise std "
-                    f"{settings.noise_std:g}: too large?)"
-                )
-            elif reason.startswith(f"output {self.output_name!r} contains"):  # F at both ends
-                reason += (  # was finite (the ends were checked first): inside the path
-                    " at a point on the path between the baseline and the input (F is finite "
-                    "at both); try another --baseline"
-                )
+            if reason.startswith(f"output {self.output_name!r} contains"):
+                if settings.noise:  # (the noisy copies' ends are not checked first)
+                    reason += (
+                        f" at a noisy copy of the input or on its path (--noise std "
+                        f"{settings.noise_std:g}: too large?)"
+                    )
+                else:  # (F at both ends was finite, checked first: inside the path)
+                    reason += (
+                        " at a point on the path between the baseline and the input (F is "
+                        "finite at both); try another --baseline"
+                    )
             raise InputError(reason, where) from None
         share = (time.perf_counter() - start) / max(len(jobs), 1)
         out: list[list[Attribution]] = [[] for _ in samples]
@@ -1474,8 +1480,7 @@ class Session:
                 f"--at {self.at!r}: the model gives it the shape {list(values.shape)} for "
                 f"{len(rows)} row(s), so its first axis is not the batch (sequence first, as "
                 "torch's nn.Transformer lays out without batch_first, or the batch merged into "
-                "another axis or dropped); igcli attributes at tensors whose first axis is the "
-                "batch: choose such a tensor, or attribute at the input",
+                f"another axis or dropped); {_BATCH_FIRST_ONLY}",
                 self.model_path,
             )
         xs, bs, contexts = [], [], []
