@@ -160,8 +160,7 @@ def read_bytes(
     loc = location(where)
     try:
         if isinstance(loc, URL):
-            if _stalled(loc):
-                raise error(f"{failing} ({STALLED_REASON})", where)
+            _refuse_if_stalled(loc, failing, error, where)
             fs, path = filesystem(loc)
             return fs.cat_file(path)
         from igcli.files import file_size, open_regular
@@ -238,6 +237,12 @@ def _stalled(url: str) -> bool:
     return _store(url) in _STALLED
 
 
+def _refuse_if_stalled(url, failing: str, error: type[IgcliError], where=None) -> None:
+    """`error` "<failing> (not tried again)" for a call to a store that stalled before."""
+    if _stalled(url):
+        raise error(f"{failing} ({STALLED_REASON})", where if where is not None else url)
+
+
 def _failed(url: str, exc: BaseException) -> str:
     """The one-line reason of a store call's error; a timeout marks the store stalled."""
     if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
@@ -247,8 +252,7 @@ def _failed(url: str, exc: BaseException) -> str:
 
 def _written(url: str, failing: str, write) -> None:
     """Run `write`; an OutputError "<failing> (<why>)" when it fails."""
-    if _stalled(url):
-        raise OutputError(f"{failing} ({STALLED_REASON})", url)
+    _refuse_if_stalled(url, failing, OutputError)
     try:
         write()
     except Exception as exc:
@@ -369,8 +373,7 @@ class Fetcher:
         local = self.folder / key / (URL(url).name or "object")
         if local.is_file():
             return local
-        if _stalled(url):
-            raise error(f"cannot fetch ({STALLED_REASON})", url)
+        _refuse_if_stalled(url, "cannot fetch", error)
         local.parent.mkdir(parents=True, exist_ok=True)
         fs, path = filesystem(url)
         tmp = local.with_name(local.name + ".part")
