@@ -62,24 +62,23 @@ class _Writer:
     def const(self, value: float, elem: int | None = None) -> str:
         elem = elem or self.elem
         if (elem, value) not in self._consts:
-            name = next(self._fresh)
-            array = np.array(value, helper.tensor_dtype_to_np_dtype(elem))
-            self.initializers.append(numpy_helper.from_array(array, name))
-            self._consts[elem, value] = name
+            dtype = helper.tensor_dtype_to_np_dtype(elem)
+            self._consts[elem, value] = self.array(np.array(value, dtype))
         return self._consts[elem, value]
+
+    def array(self, values: np.ndarray) -> str:
+        """A constant tensor, under a fresh name."""
+        name = next(self._fresh)
+        self.initializers.append(numpy_helper.from_array(values, name))
+        return name
 
     def floats(self, values) -> str:
         """A float32 constant (a list, or a list of lists)."""
-        name = next(self._fresh)
-        self.initializers.append(numpy_helper.from_array(np.array(values, np.float32), name))
-        return name
+        return self.array(np.array(values, np.float32))
 
     def ints(self, values, scalar: bool = False) -> str:
         """An int64 constant: a list, or one value as a scalar."""
-        name = next(self._fresh)
-        array = np.array(values if scalar else list(values), np.int64)
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
+        return self.array(np.array(values if scalar else list(values), np.int64))
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
         name = out or next(self._fresh)
@@ -89,7 +88,7 @@ class _Writer:
     def reduce(
         self, op_type: str, x: str, axes: list[int], keepdims: int = 1, out: str | None = None
     ) -> str:
-        """ReduceMean or ReduceSum over `axes` (an input from opset 18, ReduceSum's from 13)."""
+        """A reduction over `axes` (an input from opset 18, ReduceSum's from 13)."""
         if self.opset >= (13 if op_type == "ReduceSum" else 18):
             return self.op(op_type, x, self.ints(axes), out=out, keepdims=keepdims)
         return self.op(op_type, x, out=out, axes=axes, keepdims=keepdims)
@@ -98,6 +97,12 @@ class _Writer:
 def _attr(node: onnx.NodeProto, name: str, default):
     found = next((a for a in node.attribute if a.name == name), None)
     return default if found is None else helper.get_attribute_value(found)
+
+
+def _text(node: onnx.NodeProto, name: str, default: str) -> str:
+    """A string attribute (onnx gives bytes) as text."""
+    value = _attr(node, name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _arg(node: onnx.NodeProto, k: int) -> str:
@@ -429,14 +434,12 @@ def _same_rank(w: _Writer, node: onnx.NodeProto) -> None:
 def ml_normalizer(w: _Writer, node: onnx.NodeProto) -> bool:
     """Each row of X [N, C] (or X [C]) over its max, L1 or L2 norm; a row whose norm is 0
     is kept as it is."""
-    norm = _attr(node, "norm", b"MAX")
-    norm = norm.decode() if isinstance(norm, bytes) else str(norm)
+    norm = _text(node, "norm", "MAX")
     if norm not in ("MAX", "L1", "L2"):
         return False
     x = _as_float(w, node.input[0])
     if norm == "MAX":
-        z = w.reduce("ReduceMax", x, [-1]) if w.opset >= 18 else w.op(
-            "ReduceMax", x, axes=[-1], keepdims=1)  # fmt: skip
+        z = w.reduce("ReduceMax", x, [-1])
     elif norm == "L1":
         z = w.reduce("ReduceSum", w.op("Abs", x), [-1])
     else:
@@ -470,8 +473,7 @@ def ml_linear_classifier(w: _Writer, node: onnx.NodeProto) -> bool:
     labels = list(_attr(node, "classlabels_ints", [])) or list(
         _attr(node, "classlabels_strings", []))  # fmt: skip
     rows = len(_attr(node, "intercepts", []))
-    transform = _attr(node, "post_transform", b"NONE")
-    transform = transform.decode() if isinstance(transform, bytes) else str(transform)
+    transform = _text(node, "post_transform", "NONE")
     if rows < 2 or len(labels) != rows or transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
         return False
     scores = _linear(w, node, rows)
@@ -479,10 +481,8 @@ def ml_linear_classifier(w: _Writer, node: onnx.NodeProto) -> bool:
         return False
     if _out(node, 0):
         best = w.op("ArgMax", scores, axis=1, keepdims=0)
-        name = next(w._fresh)
         table = np.array(labels, object if isinstance(labels[0], bytes) else np.int64)
-        w.initializers.append(numpy_helper.from_array(table, name))
-        w.op("Gather", name, best, axis=0, out=node.output[0])
+        w.op("Gather", w.array(table), best, axis=0, out=node.output[0])
     if _out(node, 1):
         if transform == "NONE":
             w.op("Identity", scores, out=node.output[1])
@@ -495,8 +495,7 @@ def ml_linear_classifier(w: _Writer, node: onnx.NodeProto) -> bool:
 
 def ml_linear_regressor(w: _Writer, node: onnx.NodeProto) -> bool:
     """X @ coefficients^T + intercepts, one column per target (post_transform NONE only)."""
-    transform = _attr(node, "post_transform", b"NONE")
-    transform = transform.decode() if isinstance(transform, bytes) else str(transform)
+    transform = _text(node, "post_transform", "NONE")
     if transform != "NONE":
         return False
     scores = _linear(w, node, int(_attr(node, "targets", 1)))
