@@ -139,19 +139,17 @@ def GridSample(g: NodeGrad):
             for idx, mask in zip(indices, masks, strict=True):
                 v = g.op("GatherND", image, idx, batch_dims=1)  # [N, P, C]
                 values.append(v if mask is None else g.op("Mul", v, mask))
+            value_at = dict(zip(taps, values, strict=True))
             parts = []
-            for k in range(nd):  # dy/dp_k: the taps' values, + at the high corner, - at the low,
-                along = None  # times the other coordinates' weights
-                for pick, v in zip(taps, values, strict=True):
-                    w = None
-                    for j, b in enumerate(pick):
-                        if j != k:
-                            wj = corners_of[j][b][1]
-                            w = wj if w is None else g.op("Mul", w, wj)
-                    term = v if w is None else g.op("Mul", v, w)
-                    op = "Add" if pick[k] == 1 else "Sub"
-                    along = (term if op == "Add" else g.op("Neg", term)) if along is None else (
-                        g.op(op, along, term))  # fmt: skip
+            for k in range(nd):  # dy/dp_k: over the other coordinates' corners, their weight
+                along = None  # times (value at the high corner on k - value at the low one)
+                others = [j for j in range(nd) if j != k]
+                for rest in itertools.product((0, 1), repeat=nd - 1):
+                    hi, lo = ([*rest[:k], b, *rest[k:]] for b in (1, 0))
+                    term = g.op("Sub", value_at[tuple(hi)], value_at[tuple(lo)])
+                    for j, b in zip(others, rest, strict=True):
+                        term = g.op("Mul", corners_of[j][b][1], term)
+                    along = term if along is None else g.op("Add", along, term)
                 parts.append(g.op("Mul", g.e.reduce_sum(g.op("Mul", go_rows, along), [2]),
                                   coords[k][1]))  # fmt: skip
             grads[1] = g.op("Reshape", g.op("Concat", *parts, axis=2), g.op("Shape", grid))
