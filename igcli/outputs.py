@@ -45,39 +45,64 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
     """Write the parts one after the other, all or nothing (a long report need not be one
-    string in memory): a temporary file beside `path`, then a rename over it.
+    string in memory): an unnamed file in path's folder, then a link to its name (Linux), or
+    a temporary file beside `path`, then a rename over it.
 
-    Four system calls in the usual case (open, write, close, rename): each gives up the GIL,
-    which on a busy run (model calls, a second writer) comes back only after the other
-    threads' turns, 0.3 ms each on the digits CNN, where an input writes three files. The
+    The unnamed file (O_TMPFILE) changes the folder once, where a named one changes it
+    twice (create, rename), each under the folder's lock: two workers writing into one
+    folder spun on it for 6% of a 1,000-digit run's CPU, and a write took 220 to 380 us of
+    CPU instead of 580 to 660 on this machine's ext4. A crash leaves nothing behind. The
     folder is made only when the open says it is missing; the mode is open()'s (0666 less
     the umask), not mkstemp's 0600, with no chmod."""
     try:
         fd, tmp = _create_beside(path)
     except OSError as exc:
         raise OutputError(f"cannot write ({exc.strerror or exc})", path.parent) from None
+    made = tmp  # the name this write gave its file: removed if the write fails
     try:
         try:
             for part in parts:
                 view = memoryview(part)
                 while view:
                     view = view[os.write(fd, view) :]
+            if tmp is None:
+                tmp = _link_unnamed(fd, path)
+                made = tmp or str(path)  # (a failed close must not leave it named)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if tmp is not None:
+            os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if made is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(made)
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
         raise
 
 
-def _create_beside(path: Path) -> tuple[int, str]:
-    """A new file .NAME.XXXXXXXX.tmp in path's folder (made if missing), open for writing."""
-    for _ in range(100):
-        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+# O_TMPFILE, where the platform has it and /proc can name the open file to link it
+_UNNAMED = getattr(os, "O_TMPFILE", 0) and os.path.isdir("/proc/self/fd")
+_UNNAMED_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP)
+
+
+def _create_beside(path: Path) -> tuple[int, str | None]:
+    """A new file in path's folder (made if missing), open for writing: unnamed (None) where
+    the filesystem makes one, else .NAME.XXXXXXXX.tmp."""
+    if _UNNAMED:
+        flags = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
         try:
+            try:
+                return os.open(path.parent, flags, 0o666), None
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return os.open(path.parent, flags, 0o666), None
+        except OSError as exc:
+            if exc.errno not in _UNNAMED_REFUSED:  # (a filesystem without O_TMPFILE)
+                raise
+    for _ in range(100):
+        try:
+            tmp = _temporary_name(path)
             return os.open(tmp, _CREATE, 0o666), tmp
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +110,34 @@ def _create_beside(path: Path) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
+def _temporary_name(path: Path) -> str:
+    return os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def _link_unnamed(fd: int, path: Path) -> str | None:
+    """Give the unnamed file `fd` the name `path`: None when done, or the temporary name it
+    got where `path` exists (it is then renamed over it, as a rename replaces atomically
+    and a link does not)."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # (a folder descriptor makes os.link call linkat, which follows /proc's link)
+        try:
+            os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+            return None
+        except FileExistsError:
+            pass
+        for _ in range(100):
+            tmp = _temporary_name(path)
+            try:
+                os.link(f"/proc/self/fd/{fd}", tmp, follow_symlinks=True, dst_dir_fd=folder)
+                return tmp
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+    finally:
+        with contextlib.suppress(OSError):  # (a folder opened to read: nothing to lose)
+            os.close(folder)
 
 
 def remove_write_leftovers(files: Callable[[], Iterable[Path]]) -> None:

@@ -1,4 +1,5 @@
 import atexit
+import errno
 import os
 import shutil
 import tempfile
@@ -26,3 +27,23 @@ def _module_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("IGCLI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(params=["unnamed", "named"])
+def write_route(request, monkeypatch):
+    """Atomic writes both ways: through an unnamed file (O_TMPFILE, where Linux has it) and
+    through a temporary name, as on a filesystem that refuses O_TMPFILE."""
+    from igcli import outputs
+
+    if request.param == "unnamed" and not outputs._UNNAMED:
+        pytest.skip("no O_TMPFILE here")
+    if request.param == "named" and outputs._UNNAMED:
+        real_open = os.open
+
+        def refusing(path, flags, *args, **kwargs):
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(outputs.os, "open", refusing)
+    return request.param

@@ -1,5 +1,6 @@
 """Batch runs: folders, stdin lists, tree-shaped outputs, resuming, shards, bad files."""
 
+import errno
 import json
 import os
 import shutil
@@ -371,7 +372,21 @@ def test_read_only_output_folder(tmp_path):
         out.chmod(0o700)
 
 
-def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_a_failed_link_leaves_nothing(tmp_path, monkeypatch, write_route):
+    from igcli import outputs
+    from igcli.errors import OutputError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "link", full)
+    monkeypatch.setattr(outputs.os, "replace", full)
+    with pytest.raises(OutputError, match="No space left"):
+        outputs.atomic_write_bytes(tmp_path / "x.npy", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch, write_route):
     """A write that fails half-way removes its temporary file and names the file."""
     from igcli import outputs
     from igcli.errors import OutputError
@@ -382,10 +397,14 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
         real_write(fd, bytes(data[:10]))
         raise OSError(28, "No space left on device")
 
+    outputs.atomic_write_bytes(tmp_path / "old.npy", b"old")
     monkeypatch.setattr(outputs.os, "write", full)
     with pytest.raises(OutputError, match="No space left"):
         outputs.atomic_write_bytes(tmp_path / "x.npy", b"0123456789" * 100)
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError, match="No space left"):
+        outputs.atomic_write_bytes(tmp_path / "old.npy", b"0123456789" * 100)
+    assert [p.name for p in tmp_path.iterdir()] == ["old.npy"]
+    assert (tmp_path / "old.npy").read_bytes() == b"old"
 
 
 def test_discover_disambiguates_same_stem(tmp_path):

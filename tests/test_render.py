@@ -297,7 +297,9 @@ def test_png_bytes_round_trip_every_mode(mode, deflate, monkeypatch):
             np.testing.assert_array_equal(np.asarray(back), np.asarray(im))
 
 
-def test_atomic_png_writes_a_readable_png_with_open_s_mode_and_no_temp_file(tmp_path: Path):
+def test_atomic_png_writes_a_readable_png_with_open_s_mode_and_no_temp_file(
+    tmp_path: Path, write_route
+):
     from igcli.outputs import atomic_save_png
 
     im = render_image(_ramp(), _left_right(), overlay="heatmap")
@@ -314,7 +316,7 @@ def test_atomic_png_writes_a_readable_png_with_open_s_mode_and_no_temp_file(tmp_
 
 @pytest.mark.parametrize("failing", ["write", "close", "replace"])
 def test_atomic_png_failing_mid_write_keeps_the_old_file_and_no_temp(
-    tmp_path, monkeypatch, failing
+    tmp_path, monkeypatch, failing, write_route
 ):
     from igcli.errors import OutputError
     from igcli.outputs import atomic_save_png
