@@ -738,16 +738,18 @@ def _line_mask(font: ImageFont.FreeTypeFont, text: str) -> tuple[np.ndarray, int
     Pillow's own. One paste per line: a paste per glyph released and took back the GIL each
     time, which on a busy run (model calls and a second writer) cost 19 us a glyph, not 2."""
     placed, pen = [], 0
+    left = top = math.inf
+    right = bottom = -math.inf
     for ch in text:
         cover, dx, dy, advance = _glyph(font, ch)
         if cover is not None:
-            placed.append((pen + dx, dy, cover))
+            gx = pen + dx
+            placed.append((gx, dy, cover))
+            left, top = min(left, gx), min(top, dy)
+            right, bottom = max(right, gx + cover.shape[1]), max(bottom, dy + cover.shape[0])
         pen += advance
     if not placed:
         return None
-    left, top = min(p[0] for p in placed), min(p[1] for p in placed)
-    right = max(p[0] + p[2].shape[1] for p in placed)
-    bottom = max(p[1] + p[2].shape[0] for p in placed)
     out = np.zeros((bottom - top, right - left), dtype=np.uint16)
     reached = left  # glyphs go left to right: one starting at or past this meets no other
     for gx, gy, cover in placed:
@@ -819,20 +821,22 @@ def _drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> 
     """Replace characters the font would draw as a box: accents dropped, dashes as '-', etc.;
     control and format characters (a tab or newline in a file name, a bidi override) as a
     space."""
-    out = []
-    for ch in text:
-        if unicodedata.category(ch)[0] == "C":
-            out.append(" ")
-            continue
-        if ch.isascii() or _has_glyph(font, ch):
-            out.append(ch)
-            continue
-        sub = _ASCII.get(ch)
-        if sub is None:
-            base = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
-            sub = base or "?"
-        out.append(sub)
-    return "".join(out)
+    if text.isascii() and text.isprintable():  # (each character stays as it is)
+        return text
+    return "".join([_drawable_char(font, ch) for ch in text])
+
+
+@functools.lru_cache(maxsize=4096)
+def _drawable_char(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, ch: str) -> str:
+    if unicodedata.category(ch)[0] == "C":
+        return " "
+    if ch.isascii() or _has_glyph(font, ch):
+        return ch
+    sub = _ASCII.get(ch)
+    if sub is None:
+        base = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+        sub = base or "?"
+    return sub
 
 
 @functools.lru_cache(maxsize=4096)
