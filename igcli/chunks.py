@@ -24,6 +24,7 @@ from igcli.session import AttributionSettings
 
 CHUNKS_PER_WORKER = 4  # enough to balance uneven inputs and to lose little with a worker
 MAX_CHUNK = 256  # inputs (CSV rows) per chunk at most
+MIN_TAPERED = 16  # and at least, tapered (a model call's rows: fewer take longer per input)
 
 
 @dataclass
@@ -72,22 +73,34 @@ def job_for(batch: BatchRun, the_plan, session_factory, targets_from=None) -> Wo
     )
 
 
-def chunks(items: list[InputItem], workers: int) -> list[list[InputItem]]:
+def chunks(items: list[InputItem], workers: int, tapered: bool = False) -> list[list[InputItem]]:
     """Consecutive runs of inputs of about equal work (a CSV weighs its rows), a few per
-    worker so that fast workers take more and a lost worker costs little."""
+    worker so that fast workers take more and a lost worker costs little. `tapered`: each
+    chunk a share of the work still left (1 / (2 x workers)), down to MIN_TAPERED, so that
+    workers that start at different times still end within a small chunk of each other."""
     from igcli.discovery import count_inputs
 
     weights = [count_inputs([item]) if item.is_table else 1 for item in items]
-    target = max(1, min(MAX_CHUNK, math.ceil(sum(weights) / max(1, workers * CHUNKS_PER_WORKER))))
+    left = sum(weights)
+    even = max(1, min(MAX_CHUNK, math.ceil(left / max(1, workers * CHUNKS_PER_WORKER))))
+
+    least = min(MIN_TAPERED, even)  # (a few inputs still make a few chunks)
+
+    def target() -> int:
+        if not tapered:
+            return even
+        return max(least, min(MAX_CHUNK, math.ceil(left / (2 * max(1, workers)))))
+
     out: list[list[InputItem]] = []
     current: list[InputItem] = []
-    load = 0
+    load, size = 0, target()
     for item, weight in zip(items, weights, strict=True):
-        if current and load + weight > target:
+        if current and load + weight > size:
             out.append(current)
-            current, load = [], 0
+            current, load, size = [], 0, target()
         current.append(item)
         load += weight
+        left -= weight
     if current:
         out.append(current)
     return out
@@ -150,10 +163,17 @@ def worker_batch(job: WorkerJob, warn: Callable[[str], None]) -> BatchRun:
 
 
 def explain_chunk(
-    batch: BatchRun, job: WorkerJob, index: int, items: list[InputItem], warnings: list[str]
+    batch: BatchRun,
+    job: WorkerJob,
+    index: int,
+    items: list[InputItem],
+    warnings: list[str],
+    between: Callable[[], None] | None = None,
 ) -> ChunkResult:
     """Explain `items` with a worker's BatchRun, outputs written whole before it returns;
-    the chunk's records and failures, and what the client needs of them."""
+    the chunk's records and failures, and what the client needs of them. `between` is
+    called after each group of inputs (the client, explaining a chunk itself, takes in its
+    workers' chunks there)."""
     session = batch.session
     before = session.model_seconds
     report = RunReport(batch.report.model, batch.report.model_sha256, {})
@@ -166,6 +186,8 @@ def explain_chunk(
         group = items[k : k + batch.group_size()]
         batch.process(group, lambda n: count.__setitem__(0, count[0] + n))
         k += len(group)
+        if between is not None:
+            between()
     batch.drain()  # a returned chunk is a written chunk
     deferred, batch.deferred = batch.deferred, []
     table = job.targets_from
@@ -224,12 +246,20 @@ class InOrder:
         self.seconds = 0.0
 
     def add(self, result: ChunkResult) -> None:
+        """A chunk's result; those that now follow in input order go into the report. Each
+        goes in whole, Ctrl-C or not: cut short, it went in again from disk after Ctrl-C
+        (take_from_disk), and 116 inputs stood twice in the report."""
+        from igcli.run import signals_held
+
         if result.error is not None:
             raise result.error
         self.ready[result.index] = result
         while self.following in self.ready:
-            self._take(self.ready.pop(self.following))
-            self.following += 1
+            with signals_held() as held:
+                self._take(self.ready.pop(self.following))
+                self.following += 1
+            if held.caught:
+                raise KeyboardInterrupt
 
     def rest(self, parts: list[list[InputItem]], missing: Callable[[list[InputItem]], None]):
         """After the workers stopped: the chunks that came back, in order, and `missing` for

@@ -8,10 +8,11 @@ took 7.4 s where one process took 10.1 in another interleaved run. Large models 
 (each call already fills the cores) and would hold N copies of their weights: `auto` keeps
 them in this process, and runs of fewer inputs than starting workers pays back.
 
-Each worker builds its own Session from the same options (from the cache the first run
-filled, so in a fraction of a second), explains whole chunks of consecutive inputs and writes
-their outputs, as a Dask worker does (chunks.py holds what both do). The client puts each
-chunk's records into the report in input order as they come.
+The client is one of the N processes: it starts N - 1 workers and explains chunks itself
+while they start. Each worker builds its own Session from the same options (from the cache
+the first run filled, so in a fraction of a second), explains whole chunks of consecutive
+inputs and writes their outputs, as a Dask worker does (chunks.py holds what both do). The
+client puts each chunk's records into the report in input order as they come.
 Ctrl-C stops the workers at once; what they finished is on disk and goes into the report,
 and --skip-existing picks up the rest. A worker that dies (killed for memory, say) leaves its
 inputs to this process, which explains what is left.
@@ -24,10 +25,12 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.util
 import os
+import queue
 import signal
 import sys
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from igcli.batch import BatchRun, InputItem
@@ -147,8 +150,14 @@ def execute_on_processes(
     targets_from=None,
     session_factory=None,
 ) -> None:
-    """The plan's inputs on `workers` local processes; their records go into `batch`'s
-    report in input order (and --json lines with them)."""
+    """The plan's inputs on `workers` processes: this one and `workers` - 1 started for the
+    run; their records go into `batch`'s report in input order (and --json lines with them).
+
+    This process explains chunks too, from the moment the workers are asked to start: a
+    started worker took 0.8 s to import and make its session, while this process's session
+    was ready and idle, and one process fewer is one import less (on 2 cores, the second
+    worker's start was 6% of a 1,000-digit run). Chunks are tapered (chunks()), so that the
+    processes, which start at different times, end within a small chunk of each other."""
     from igcli.discovery import count_inputs
     from igcli.run import execute
 
@@ -157,44 +166,58 @@ def execute_on_processes(
     job.session_options["threads"] = max(1, total // workers)  # the cores shared, not each
     budget = job.session_options.get("memory_limit") or default_budget()
     job.session_options["memory_limit"] = max(1, budget // workers)  # and the memory too
-    parts = chunks(the_plan.items, workers)
+    parts = chunks(the_plan.items, workers, tapered=True)
     # spawn: fork copies a parent whose ONNX Runtime and writer threads exist (unsafe), and a
     # forkserver outlives the run for a moment (farm-bench found one left behind)
     pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
+        workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
         initargs=(job,),
     )  # fmt: skip
-    futures: dict[Future, int] = {}
+    feeder = _Feeder(pool, parts, workers - 1)
+    own = _OwnChunks(job)
     order = InOrder(batch, targets_from)
-    interrupted = died = False
-    finished = False
+    interrupted = died = finished = False
     try:
-        # (submitted in the try: a Ctrl-C between two submits left the pool to run the whole
+        # (started in the try: a Ctrl-C between two submits left the pool to run the whole
         # plan on, unseen, before this process could exit; the submits start the workers)
+        mine = feeder.take()  # the first chunk is this process's: it starts at once
         with sigint_ignored_by_children():
-            for i, part in enumerate(parts):
-                futures[pool.submit(_explain_chunk, i, part)] = i
+            feeder.start()
         with messages.progress(count_inputs(the_plan.items)) as progress:
-            try:
-                for future in as_completed(futures):
+
+            def take_in(block: bool = False) -> None:
+                nonlocal died
+                for future in feeder.finished(block):
                     try:
                         result = future.result()
                     except BrokenProcessPool:
                         died = True
-                        break
+                        continue
                     order.add(result)
                     progress.advance(result.inputs)
+
+            try:
+                while not died and mine is not None:
+                    result = own.explain(*mine, between=take_in)
+                    order.add(result)
+                    progress.advance(result.inputs)
+                    take_in()
+                    mine = feeder.take()
+                while not died and not feeder.over():
+                    take_in(block=True)
                 finished = not died
             except KeyboardInterrupt:
                 interrupted = True
     finally:
         _stop(pool, at_once=not finished, broken=died)
+        feeder.join()
+        own.close()
     if died:  # (chunks that came back before still go in, in order)
-        for future, k in futures.items():
-            if _succeeded(future) and k >= order.following:
+        for future in feeder.returned:
+            if _succeeded(future) and future.result().index >= order.following:
                 order.add(future.result())
     batch.report.settings["model_time_s"] = round(order.seconds, 3)
-    batch.report.settings["workers"] = {"processes": workers, "chunks": len(parts)}
+    batch.report.settings["workers"] = {"processes": min(workers, len(parts)), "chunks": len(parts)}
     if interrupted:  # the workers are gone: what they finished is on disk
         order.rest(parts, lambda items: take_from_disk(batch, items))
         raise KeyboardInterrupt
@@ -206,18 +229,119 @@ def execute_on_processes(
         order.rest(parts, lambda items: execute(batch, items, messages))
 
 
+class _Feeder:
+    """Chunks to the worker processes, one at a time each, from a thread of the client: the
+    next goes as soon as one comes back, while the client explains chunks of its own (taken
+    from the same list, `take`). A worker with a second chunk queued could be left with it
+    while the client, done with its own, waited."""
+
+    def __init__(self, pool: ProcessPoolExecutor, parts: list[list[InputItem]], workers: int):
+        self.pool, self.workers = pool, workers
+        self.pending = deque(enumerate(parts))
+        self.lock = threading.Lock()
+        self.results: queue.SimpleQueue[Future | None] = queue.SimpleQueue()
+        self.returned: list[Future] = []  # every future handed to the client
+        self.running: set[Future] = set()  # (the feeder thread's, once started)
+        self.ended = False
+        self.thread = threading.Thread(target=self._feed, name="igcli-feeder", daemon=True)
+
+    def start(self) -> None:
+        """A chunk to each worker from this thread (the submits start the workers: under
+        sigint_ignored_by_children, see there), then the rest from the feeder's."""
+        try:
+            self._fill()
+        except (BrokenProcessPool, RuntimeError):
+            self.results.put(None)
+            return
+        self.thread.start()
+
+    def take(self) -> tuple[int, list[InputItem]] | None:
+        """The next chunk, for the client or a worker."""
+        with self.lock:
+            return self.pending.popleft() if self.pending else None
+
+    def finished(self, block: bool) -> list[Future]:
+        """The workers' chunks that came back since the last call (at least one if `block`,
+        unless the feeder has ended)."""
+        out = []
+        while not self.ended:
+            try:
+                future = self.results.get(block=block and not out, timeout=0.2)
+            except queue.Empty:
+                if block and not out:
+                    continue  # (a timeout, for Ctrl-C to be seen)
+                break
+            if future is None:
+                self.ended = True
+                break
+            out.append(future)
+        self.returned.extend(out)
+        return out
+
+    def over(self) -> bool:
+        return self.ended
+
+    def join(self) -> None:
+        self.thread.join(timeout=30)
+
+    def _fill(self) -> None:
+        while len(self.running) < self.workers and (chunk := self.take()) is not None:
+            self.running.add(self.pool.submit(_explain_chunk, *chunk))
+
+    def _feed(self) -> None:
+        try:
+            while self.running:
+                done, self.running = wait(self.running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.results.put(future)
+                    if not _succeeded(future):  # a dead worker, or the run stopped
+                        return
+                self._fill()
+        except (BrokenProcessPool, RuntimeError):  # (RuntimeError: the pool was shut down)
+            return
+        finally:
+            self.results.put(None)
+
+
+class _OwnChunks:
+    """The client's own BatchRun for the chunks it explains, made as a worker makes its
+    (worker_batch: --threads and the memory budget are its share) at its first chunk."""
+
+    def __init__(self, job: WorkerJob) -> None:
+        self.job = job
+        self.batch: BatchRun | None = None
+        self.warnings: list[str] = []
+
+    def explain(self, index: int, items: list[InputItem], between) -> ChunkResult:
+        del self.warnings[:]
+        if self.batch is None:
+            self.batch = worker_batch(self.job, self.warnings.append)
+        return explain_chunk(self.batch, self.job, index, items, self.warnings, between)
+
+    def close(self) -> None:
+        """Its writes finished (after Ctrl-C too: take_from_disk reads them), its staging
+        folders removed."""
+        if self.batch is not None:
+            try:
+                self.batch.close()
+            finally:
+                self.batch.cleanup()
+
+
 def _succeeded(future: Future) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
 
 
 def _stop(pool: ProcessPoolExecutor, at_once: bool, broken: bool = False) -> None:
-    """End the workers: when every chunk is done, as they would end; `at_once` (Ctrl-C, an
+    """End the workers: when every chunk is done, as they would end, while this process
+    writes the reports (the pool's exit handler waits for them before this process ends;
+    0.14 s at the end of a run); `at_once` (Ctrl-C, an
     error) cancels what has not started and stops them in their chunks. A worker that
     SIGTERM does not end in 10 s is killed, and after a worker died (`broken`) all are at
     once: the pool reads no more results, so a worker sending one (a chunk's records fill
     the pipe) waited for ever, SIGTERM or not, and this process with it when it exited."""
     if not at_once:
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=False)
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)

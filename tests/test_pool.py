@@ -285,3 +285,40 @@ def test_workers_start_with_ctrl_c_ignored():
             started = pool.submit(signal.getsignal, signal.SIGINT)
         assert started.result() == signal.SIG_IGN
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_a_chunk_goes_into_the_report_takes_it_whole():
+    """Cut short, the chunk went in again from disk after Ctrl-C (take_from_disk): 116
+    inputs stood twice in a report. The chunk goes in whole, then the interrupt is raised."""
+    from igcli.chunks import ChunkResult, InOrder
+
+    accepted: list[dict] = []
+
+    def accept(records):
+        if records and not accepted:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the first records go in
+        accepted.extend(records)
+
+    report = SimpleNamespace(resumed=0, failures=[], settings={})
+    batch = SimpleNamespace(report=report, _accept=accept, deferred=[], warn=print, workers=None)
+    order = InOrder(batch)
+    records = [{"name": f"r{k}"} for k in range(5)]
+    with pytest.raises(KeyboardInterrupt):
+        order.add(ChunkResult(index=0, inputs=5, records=records))
+    assert order.following == 1 and accepted == records
+
+
+def test_tapered_chunks_shrink_to_a_few_inputs_and_keep_the_order():
+    """Processes that start at different times (this one at once, the workers about a
+    second later) end within a small chunk of each other: each chunk a share of what is
+    left, down to MIN_TAPERED inputs (fewer where the run has few)."""
+    from igcli.batch import InputItem
+    from igcli.chunks import MIN_TAPERED, chunks
+
+    items = [InputItem(Path(f"/in/{k}.png"), str(k)) for k in range(1000)]
+    parts = chunks(items, 2, tapered=True)
+    sizes = [len(p) for p in parts]
+    assert [i for p in parts for i in p] == items
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 250
+    assert max(sizes[-4:]) == MIN_TAPERED
+    assert len(chunks(items[:13], 2, tapered=True)) > 2  # a few inputs: still shared
