@@ -360,7 +360,9 @@ def test_text_drawn_glyph_by_glyph_matches_pillow(size):
     whose boxes overlap, as in 'ffi' and 'rt', too), and as wide."""
     font = render._font(size)
     assert render._glyph_by_glyph(font)
-    line = "img_0042.png - target 3 (score -16.4) \u00b7 0.0681% (22.57 of 22.55) jÿ W,A ffi rt//"
+    line = (
+        "img_0042.png - target 3 (score -16.4) \u00b7 0.0681% (22.57 of 22.55) jÿ W,A ffi rt// f j"
+    )
     ours = Image.new("RGB", (2000, 120), (255, 255, 255))
     pillows = ours.copy()
     render._text(ours, (10, 60), line, font, (20, 30, 40), 1900)
@@ -372,6 +374,18 @@ def test_text_drawn_glyph_by_glyph_matches_pillow(size):
     diff = np.abs(_px(ours) - _px(pillows))
     assert diff.max() == 0
     assert render._textlen(font, line) == font.getlength(line)
+
+
+def test_words_whose_boxes_meet_are_combined_glyph_by_glyph():
+    """Words are composed once each and laid side by side; where two words' boxes meet
+    across a space, the line is composed glyph by glyph (as Pillow combines them)."""
+    cover = np.full((4, 6), 200, dtype=np.uint16)
+    apart = [(0, 0, cover), (6, 0, cover)]
+    meeting = [(0, 0, cover), (4, 0, cover)]
+    assert render._composed(apart, meet=False)[0].shape == (4, 12)
+    assert render._composed(meeting, meet=False) is None
+    both = render._composed(meeting, meet=True)[0]
+    assert both.shape == (4, 10) and both[0, 4] == 200 + 200 - (200 * 200 + 127) // 255
 
 
 @pytest.mark.parametrize("plain", [False, True])
@@ -430,3 +444,16 @@ def test_upscale_makes_k_by_k_blocks(shape, k):
     want = np.repeat(np.repeat(a, k, axis=0), k, axis=1)
     np.testing.assert_array_equal(_upscale(a, k), want)
     np.testing.assert_array_equal(_upscale(a.astype(bool), k), want.astype(bool))
+
+
+def test_the_colour_scale_is_numpy_s_percentile_to_the_bit():
+    from igcli.render import _percentile
+
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 784, 50176):
+        for percent in (0.1, 50.0, 99.5, 99.9, 100.0):
+            for k in range(6):
+                values = np.abs(rng.standard_normal(n)) * rng.random()
+                if k % 3 == 0:
+                    values = np.round(values, 1)  # ties
+                assert _percentile(values, percent) == np.percentile(values, percent)
