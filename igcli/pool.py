@@ -51,9 +51,10 @@ from igcli.errors import IgcliError, UsageError
 from igcli.memory import default_budget
 from igcli.model import usable_cpus, weight_bytes
 
-# Workers take about 1.2 s to start (imports, session); on the digits model they pay that
-# back from some 350 inputs (--steps auto) to 620 (50 steps): 70 inputs took 1.8 s on two.
-AUTO_MIN_INPUTS = 600
+# A worker takes about 0.8 s to start (imports, session) while this process explains; on the
+# digits model two processes were 10% faster than one from 250 inputs (--steps auto and 50
+# steps alike) and 12% slower at 100.
+AUTO_MIN_INPUTS = 250
 # Larger models, or larger samples, fill the cores within each call already: a MobileNetV2
 # at 112x112 (8.9 MB, 37,632 values a sample) ran 14% slower on two processes than on one.
 AUTO_MAX_WEIGHTS = 32 * 2**20
