@@ -81,16 +81,18 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
         raise
 
 
-# O_TMPFILE, where the platform has it and /proc can name the open file to link it
+# O_TMPFILE, where the platform has it and /proc can name the open file to link it (turned
+# off for the process when a link through /proc is refused)
 _UNNAMED = getattr(os, "O_TMPFILE", 0) and os.path.isdir("/proc/self/fd")
 _UNNAMED_REFUSED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP)
+_LINK_REFUSED = (*_UNNAMED_REFUSED, errno.EPERM, errno.EACCES, errno.ENOENT, errno.EXDEV)
 
 
 def _create_beside(path: Path) -> tuple[int, str | None]:
     """A new file in path's folder (made if missing), open for writing: unnamed (None) where
     the filesystem makes one, else .NAME.XXXXXXXX.tmp."""
     if _UNNAMED:
-        flags = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
+        flags = os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC  # (read back if no link is allowed)
         try:
             try:
                 return os.open(path.parent, flags, 0o666), None
@@ -100,6 +102,10 @@ def _create_beside(path: Path) -> tuple[int, str | None]:
         except OSError as exc:
             if exc.errno not in _UNNAMED_REFUSED:  # (a filesystem without O_TMPFILE)
                 raise
+    return _create_named(path)
+
+
+def _create_named(path: Path) -> tuple[int, str]:
     for _ in range(100):
         try:
             tmp = _temporary_name(path)
@@ -120,6 +126,7 @@ def _link_unnamed(fd: int, path: Path) -> str | None:
     """Give the unnamed file `fd` the name `path`: None when done, or the temporary name it
     got where `path` exists (it is then renamed over it, as a rename replaces atomically
     and a link does not)."""
+    global _UNNAMED
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:  # (a folder descriptor makes os.link call linkat, which follows /proc's link)
         try:
@@ -127,6 +134,11 @@ def _link_unnamed(fd: int, path: Path) -> str | None:
             return None
         except FileExistsError:
             pass
+        except OSError as exc:
+            if exc.errno not in _LINK_REFUSED:
+                raise
+            _UNNAMED = False  # (a /proc that names no file, say: named files from now on)
+            return _copied_to_named(fd, path)
         for _ in range(100):
             tmp = _temporary_name(path)
             try:
@@ -138,6 +150,24 @@ def _link_unnamed(fd: int, path: Path) -> str | None:
     finally:
         with contextlib.suppress(OSError):  # (a folder opened to read: nothing to lose)
             os.close(folder)
+
+
+def _copied_to_named(fd: int, path: Path) -> str:
+    """The unnamed file's bytes in a new .NAME.XXXXXXXX.tmp (closed): its name."""
+    out, tmp = _create_named(path)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        while block := os.read(fd, 1 << 20):
+            view = memoryview(block)
+            while view:
+                view = view[os.write(out, view) :]
+    except BaseException:
+        os.close(out)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(out)
+    return tmp
 
 
 def remove_write_leftovers(files: Callable[[], Iterable[Path]]) -> None:

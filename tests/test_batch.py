@@ -372,6 +372,30 @@ def test_read_only_output_folder(tmp_path):
         out.chmod(0o700)
 
 
+def test_a_refused_link_takes_the_named_route_from_then_on(tmp_path, monkeypatch):
+    """A /proc that cannot name the unnamed file (a sandbox, say): the bytes go to a named
+    file, renamed into place, and the process stops trying O_TMPFILE."""
+    from igcli import outputs
+
+    if not outputs._UNNAMED:
+        pytest.skip("no O_TMPFILE here")
+    monkeypatch.setattr(outputs, "_UNNAMED", outputs._UNNAMED)  # (restored after)
+    tried = []
+
+    def refused(*args, **kwargs):
+        tried.append(args)
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(outputs.os, "link", refused)
+    data = bytes(range(256)) * 5000  # more than one read back
+    outputs.atomic_write_parts(tmp_path / "x.npy", [data[:7], data[7:]])
+    outputs.atomic_write_bytes(tmp_path / "y.npy", b"second")
+    assert (tmp_path / "x.npy").read_bytes() == data
+    assert (tmp_path / "y.npy").read_bytes() == b"second"
+    assert len(tried) == 1 and not outputs._UNNAMED
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.npy"]
+
+
 def test_a_failed_link_leaves_nothing(tmp_path, monkeypatch, write_route):
     from igcli import outputs
     from igcli.errors import OutputError
