@@ -214,7 +214,7 @@ def execute_on_processes(
         feeder.join()
         own.close()
     if died:  # (chunks that came back before still go in, in order)
-        for future in feeder.returned:
+        for future in [*feeder.returned, *feeder.finished(block=False)]:
             if _succeeded(future) and future.result().index >= order.following:
                 order.add(future.result())
     batch.report.settings["model_time_s"] = round(order.seconds, 3)
@@ -227,7 +227,7 @@ def execute_on_processes(
             "a worker process ended unexpectedly (out of memory?); the inputs it had not "
             "finished are explained in this process"
         )
-        order.rest(parts, lambda items: execute(batch, items, messages))
+    order.rest(parts, lambda items: execute(batch, items, messages))  # (none, after a whole run)
 
 
 class _Feeder:

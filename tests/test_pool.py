@@ -322,3 +322,50 @@ def test_tapered_chunks_shrink_to_a_few_inputs_and_keep_the_order():
     assert sizes == sorted(sizes, reverse=True) and sizes[0] == 250
     assert max(sizes[-4:]) == MIN_TAPERED
     assert len(chunks(items[:13], 2, tapered=True)) > 2  # a few inputs: still shared
+
+
+def test_the_feeder_gives_each_chunk_once_to_a_worker_or_the_client():
+    """Each worker one chunk at a time, the next as one comes back, while the client takes
+    its own from the same list; every chunk is explained once, and the feeder says when its
+    workers are done."""
+    import threading
+    from concurrent.futures import Future
+
+    from igcli.chunks import ChunkResult
+    from igcli.pool import _Feeder
+
+    class Pool:  # a worker that answers each chunk at once, from another thread
+        def __init__(self):
+            self.running = 0
+            self.most = 0
+            self.lock = threading.Lock()
+
+        def submit(self, fn, index, items):
+            future = Future()
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+
+            def answer():
+                time.sleep(0.01)
+                with self.lock:
+                    self.running -= 1
+                future.set_result(ChunkResult(index=index, inputs=len(items)))
+
+            threading.Thread(target=answer).start()
+            return future
+
+    parts = [[k] for k in range(40)]
+    pool = Pool()
+    feeder = _Feeder(pool, parts, 1)
+    mine = [feeder.take()[0]]
+    feeder.start()
+    while (chunk := feeder.take()) is not None:
+        mine.append(chunk[0])
+        time.sleep(0.02)  # (the client's own chunk)
+    theirs = []
+    while not feeder.over():
+        theirs += [f.result().index for f in feeder.finished(block=True)]
+    feeder.join()
+    assert sorted(mine + theirs) == list(range(40)) and theirs and len(mine) > 1
+    assert pool.most == 1  # one chunk at a time
