@@ -2,9 +2,9 @@
 
 Why processes: a small model's calls are short, and between them one process spends its time
 in Python (reading inputs, adaptive steps' bookkeeping, drawing heatmaps) under one lock,
-while its model calls already use every core. Two single-threaded shards of the 1,000-image
-digits folder finished in 6.3 s where one process took 7.6 (`--steps auto`); two workers
-took 7.4 s where one process took 10.1 in another interleaved run. Large models gain nothing
+while its model calls already use every core. On 2 cores the 1,000-image digits folder took
+5.7 s on two processes where one took 7.1 (`--steps auto`; 8.5 and 11.3 s at 50 steps,
+medians of interleaved runs). Large models gain nothing
 (each call already fills the cores) and would hold N copies of their weights: `auto` keeps
 them in this process, and runs of fewer inputs than starting workers pays back.
 
