@@ -140,9 +140,12 @@ def _link_unnamed(fd: int, path: Path) -> str | None:
             _UNNAMED = False  # (a /proc that names no file, say: named files from now on)
             return _copied_to_named(fd, path)
         for _ in range(100):
-            tmp = _temporary_name(path)
+            tmp = _temporary_name(path)  # (linked by its name in the folder: path may be relative)
             try:
-                os.link(f"/proc/self/fd/{fd}", tmp, follow_symlinks=True, dst_dir_fd=folder)
+                os.link(
+                    f"/proc/self/fd/{fd}", os.path.basename(tmp), dst_dir_fd=folder,
+                    follow_symlinks=True,
+                )  # fmt: skip
                 return tmp
             except FileExistsError:
                 continue

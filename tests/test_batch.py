@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -370,6 +371,21 @@ def test_read_only_output_folder(tmp_path):
         assert result.exit_code == ExitCode.OUTPUT
     finally:
         out.chmod(0o700)
+
+
+def test_atomic_writes_replace_a_file_named_from_the_working_folder(
+    tmp_path, monkeypatch, write_route
+):
+    """A relative name (`--out igcli-out/digits`, a second `make demo`): replacing its
+    report linked the temporary name relative to the folder twice, and every report failed."""
+    from igcli import outputs
+
+    monkeypatch.chdir(tmp_path)
+    target = Path("out") / "sub" / "report.json"
+    outputs.atomic_write_bytes(target, b"first")
+    outputs.atomic_write_bytes(target, b"second")
+    assert (tmp_path / target).read_bytes() == b"second"
+    assert [p.name for p in (tmp_path / target).parent.iterdir()] == ["report.json"]
 
 
 def test_a_refused_link_takes_the_named_route_from_then_on(tmp_path, monkeypatch):
