@@ -20,6 +20,7 @@ inputs to this process, which explains what is left.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -89,23 +90,47 @@ def choose_workers(requested: str | int | None, session, items: list[InputItem],
 
 
 # -- in each worker process ---------------------------------------------------------------------
-_job: WorkerJob | None = None
-_batch: BatchRun | None = None
-_warnings: list[str] = []
+class _ChunkRunner:
+    """A process's BatchRun for the chunks it explains, made as a worker makes its own
+    (worker_batch: --threads and the memory budget are its share) at its first chunk: each
+    worker holds one, and the client one for the chunks it explains itself."""
+
+    def __init__(self, job: WorkerJob | None) -> None:
+        self.job = job
+        self.batch: BatchRun | None = None
+        self.warnings: list[str] = []
+
+    def explain(self, index: int, items: list[InputItem], between=None) -> ChunkResult:
+        del self.warnings[:]
+        if self.batch is None:
+            self.batch = worker_batch(self.job, self.warnings.append)
+        return explain_chunk(self.batch, self.job, index, items, self.warnings, between)
+
+    def close(self) -> None:
+        """Its writes finished (after Ctrl-C too: take_from_disk reads them), its staging
+        folders removed."""
+        if self.batch is not None:
+            try:
+                self.batch.close()
+            finally:
+                self.batch.cleanup()
+
+
+_runner: _ChunkRunner | None = None  # (a worker's)
 
 
 def _start(job: WorkerJob) -> None:
     """Worker start: Ctrl-C is the client's to handle (each worker printed a traceback);
     SIGTERM, the client's way to stop a worker at once, ends it through its finalizers, so
     its staging folder of object-storage outputs and its fetched inputs go with it."""
-    global _job
+    global _runner
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     multiprocessing.util.Finalize(None, _close, exitpriority=10)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_end_with, args=(parent.sentinel,), daemon=True).start()
-    _job = job
+    _runner = _ChunkRunner(job)
 
 
 def _end_with(sentinel: int) -> None:
@@ -120,24 +145,16 @@ def _close() -> None:
     """At the worker's exit: its pending writes, then its staging folders. A write that
     fails here (a full disk) was the client's to say: its chunk failed with it, or the
     client stopped the run; a traceback from each worker said it again."""
-    if _batch is not None:
-        try:
-            _batch.close()
-        except (IgcliError, OSError):
-            pass
-        finally:
-            _batch.cleanup()
+    if _runner is not None:
+        with contextlib.suppress(IgcliError, OSError):
+            _runner.close()
 
 
 def _explain_chunk(index: int, items: list[InputItem]) -> ChunkResult:
     """Explain `items` in this worker (its session made on its first chunk). igcli's own
     errors come back in the result, to be said once by the client."""
-    global _batch
-    del _warnings[:]
     try:
-        if _batch is None:
-            _batch = worker_batch(_job, _warnings.append)
-        return explain_chunk(_batch, _job, index, items, _warnings)
+        return _runner.explain(index, items)
     except IgcliError as exc:
         return ChunkResult(index=index, inputs=0, error=exc)
 
@@ -175,7 +192,7 @@ def execute_on_processes(
         initargs=(job,),
     )  # fmt: skip
     feeder = _Feeder(pool, parts, workers - 1)
-    own = _OwnChunks(job)
+    own = _ChunkRunner(job)  # this process's
     order = InOrder(batch, targets_from)
     interrupted = died = finished = False
     try:
@@ -304,31 +321,6 @@ class _Feeder:
             self.results.put(None)
 
 
-class _OwnChunks:
-    """The client's own BatchRun for the chunks it explains, made as a worker makes its
-    (worker_batch: --threads and the memory budget are its share) at its first chunk."""
-
-    def __init__(self, job: WorkerJob) -> None:
-        self.job = job
-        self.batch: BatchRun | None = None
-        self.warnings: list[str] = []
-
-    def explain(self, index: int, items: list[InputItem], between) -> ChunkResult:
-        del self.warnings[:]
-        if self.batch is None:
-            self.batch = worker_batch(self.job, self.warnings.append)
-        return explain_chunk(self.batch, self.job, index, items, self.warnings, between)
-
-    def close(self) -> None:
-        """Its writes finished (after Ctrl-C too: take_from_disk reads them), its staging
-        folders removed."""
-        if self.batch is not None:
-            try:
-                self.batch.close()
-            finally:
-                self.batch.cleanup()
-
-
 def _succeeded(future: Future) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
 
@@ -336,11 +328,11 @@ def _succeeded(future: Future) -> bool:
 def _stop(pool: ProcessPoolExecutor, at_once: bool, broken: bool = False) -> None:
     """End the workers: when every chunk is done, as they would end, while this process
     writes the reports (the pool's exit handler waits for them before this process ends;
-    0.14 s at the end of a run); `at_once` (Ctrl-C, an
-    error) cancels what has not started and stops them in their chunks. A worker that
-    SIGTERM does not end in 10 s is killed, and after a worker died (`broken`) all are at
-    once: the pool reads no more results, so a worker sending one (a chunk's records fill
-    the pipe) waited for ever, SIGTERM or not, and this process with it when it exited."""
+    0.14 s at the end of a run); `at_once` (Ctrl-C, an error) cancels what has not started
+    and stops them in their chunks. A worker that SIGTERM does not end in 10 s is killed,
+    and after a worker died (`broken`) all are at once: the pool reads no more results, so a
+    worker sending one (a chunk's records fill the pipe) waited for ever, SIGTERM or not,
+    and this process with it when it exited."""
     if not at_once:
         pool.shutdown(wait=False)
         return

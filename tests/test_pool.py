@@ -145,8 +145,7 @@ def test_a_worker_that_cannot_make_its_session_sends_the_error_back(tmp_path, mo
     from igcli.session import AttributionSettings
 
     job = WorkerJob((tmp_path / "gone.onnx",), {}, AttributionSettings(), None, None, "h", [])
-    monkeypatch.setattr(pool, "_job", job)
-    monkeypatch.setattr(pool, "_batch", None)
+    monkeypatch.setattr(pool, "_runner", pool._ChunkRunner(job))
     result = pool._explain_chunk(3, [])
     assert result.index == 3 and isinstance(result.error, ModelError)
 
@@ -265,7 +264,9 @@ def test_a_failed_write_at_a_workers_exit_is_no_traceback(monkeypatch):
         def cleanup(self):
             cleaned.append(True)
 
-    monkeypatch.setattr(pool, "_batch", Full())
+    runner = pool._ChunkRunner(None)
+    runner.batch = Full()
+    monkeypatch.setattr(pool, "_runner", runner)
     pool._close()
     assert cleaned == [True]
 
