@@ -62,9 +62,7 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
     try:
         try:
             for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_all(fd, part)
             if tmp is None:
                 tmp = _link_unnamed(fd, path)
                 made = tmp or str(path)  # (a failed close must not leave it named)
@@ -81,6 +79,12 @@ def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
         raise
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 # O_TMPFILE, where the platform has it and /proc can name the open file to link it (turned
 # off for the process when a link through /proc is refused)
 _UNNAMED = getattr(os, "O_TMPFILE", 0) and os.path.isdir("/proc/self/fd")
@@ -94,11 +98,7 @@ def _create_beside(path: Path) -> tuple[int, str | None]:
     if _UNNAMED:
         flags = os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC  # (read back if no link is allowed)
         try:
-            try:
-                return os.open(path.parent, flags, 0o666), None
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                return os.open(path.parent, flags, 0o666), None
+            return _opened(path, path.parent, flags), None
         except OSError as exc:
             if exc.errno not in _UNNAMED_REFUSED:  # (a filesystem without O_TMPFILE)
                 raise
@@ -106,20 +106,28 @@ def _create_beside(path: Path) -> tuple[int, str | None]:
 
 
 def _create_named(path: Path) -> tuple[int, str]:
+    return _at_free_name(path, lambda tmp: _opened(path, tmp, _CREATE))
+
+
+def _opened(path: Path, target, flags: int) -> int:
+    """os.open(target, flags, 0o666), path's folder made where the open says it is missing."""
+    try:
+        return os.open(target, flags, 0o666)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(target, flags, 0o666)
+
+
+def _at_free_name(path: Path, claim):
+    """(claim(name), name) for the first .NAME.XXXXXXXX.tmp beside path that `claim` does
+    not find taken (FileExistsError)."""
     for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
-            tmp = _temporary_name(path)
-            return os.open(tmp, _CREATE, 0o666), tmp
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(tmp, _CREATE, 0o666), tmp
+            return claim(tmp), tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
-
-
-def _temporary_name(path: Path) -> str:
-    return os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
 def _link_unnamed(fd: int, path: Path) -> str | None:
@@ -128,28 +136,23 @@ def _link_unnamed(fd: int, path: Path) -> str | None:
     and a link does not)."""
     global _UNNAMED
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:  # (a folder descriptor makes os.link call linkat, which follows /proc's link)
+
+    def link(name: str) -> None:  # (by its name in the folder: path may be relative)
+        # (a folder descriptor makes os.link call linkat, which follows /proc's link)
+        os.link(f"/proc/self/fd/{fd}", os.path.basename(name), dst_dir_fd=folder,
+                follow_symlinks=True)  # fmt: skip
+
+    try:
         try:
-            os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+            link(path.name)
             return None
         except FileExistsError:
-            pass
+            return _at_free_name(path, link)[1]
         except OSError as exc:
             if exc.errno not in _LINK_REFUSED:
                 raise
             _UNNAMED = False  # (a /proc that names no file, say: named files from now on)
             return _copied_to_named(fd, path)
-        for _ in range(100):
-            tmp = _temporary_name(path)  # (linked by its name in the folder: path may be relative)
-            try:
-                os.link(
-                    f"/proc/self/fd/{fd}", os.path.basename(tmp), dst_dir_fd=folder,
-                    follow_symlinks=True,
-                )  # fmt: skip
-                return tmp
-            except FileExistsError:
-                continue
-        raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
     finally:
         with contextlib.suppress(OSError):  # (a folder opened to read: nothing to lose)
             os.close(folder)
@@ -161,9 +164,7 @@ def _copied_to_named(fd: int, path: Path) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         while block := os.read(fd, 1 << 20):
-            view = memoryview(block)
-            while view:
-                view = view[os.write(out, view) :]
+            _write_all(out, block)
     except BaseException:
         os.close(out)
         with contextlib.suppress(OSError):
