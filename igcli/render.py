@@ -773,7 +773,7 @@ def _line_mask(font: ImageFont.FreeTypeFont, text: str) -> tuple[np.ndarray, int
 def _word(font: ImageFont.FreeTypeFont, word: str) -> tuple[np.ndarray | None, int, int, int]:
     """A word's coverage (as _glyph's), its offset from the pen and its advance."""
     line = _composed(_glyphs(font, word), meet=True)
-    advance = sum(_glyph(font, ch)[3] for ch in word)
+    advance = _advance(font, word)
     return (None, 0, 0, advance) if line is None else (*line, advance)
 
 
@@ -864,8 +864,13 @@ def _fit(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_widt
 
 def _textlen(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> float:
     if _glyph_by_glyph(font):
-        return float(sum(_glyph(font, ch)[3] for ch in text))
+        return float(_advance(font, text))
     return float(font.getlength(text))
+
+
+def _advance(font: ImageFont.FreeTypeFont, text: str) -> int:
+    """How far the pen moves over `text`, drawn glyph by glyph."""
+    return sum(_glyph(font, ch)[3] for ch in text)
 
 
 def _drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> str:
