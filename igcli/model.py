@@ -231,6 +231,11 @@ class TensorSpec:
             self.type_text = f"tensor({np.dtype(self.dtype).name})"
 
 
+def fixed_dims(shape) -> bool:
+    """Whether every dim of `shape` is a known size (none named or unknown)."""
+    return all(isinstance(d, int) and d > 0 for d in shape)
+
+
 def _type_text(tp: onnx.TypeProto) -> str:
     which = tp.WhichOneof("value")
     if which in ("tensor_type", "sparse_tensor_type"):
@@ -701,7 +706,7 @@ def ambiguous_sequence_axis(spec: TensorSpec) -> bool:
     shape = spec.shape
     if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f" or len(shape) < 3:
         return False
-    if not isinstance(shape[1], str) or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+    if not isinstance(shape[1], str) or not fixed_dims(shape[2:]):
         return False
     first = shape[0]
     return (isinstance(first, int) and first > 1) or (isinstance(first, str) and first != shape[1])
@@ -811,9 +816,7 @@ def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
         return False
     outputs = graph_outputs(model)
     return bool(outputs) and all(
-        o.kind == "tensor"
-        and all(isinstance(d, int) and d > 0 for d in o.shape)
-        and (not o.shape or o.shape[0] != 1)
+        o.kind == "tensor" and fixed_dims(o.shape) and (not o.shape or o.shape[0] != 1)
         for o in outputs
     )
 
@@ -834,15 +837,12 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
     dims = spec.shape
     if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f":
         return False
-    if not dims or dims[0] == 1 or any(not isinstance(d, int) or d <= 0 for d in dims):
+    if not dims or dims[0] == 1 or not fixed_dims(dims):
         return False
     if len(dims) > 2:  # [A, B, F...]: B may be the batch (a fixed sequence-first model), which
         return False  # _refuse_a_fixed_axis_that_is_no_batch turns down where A mixes
     outputs = graph_outputs(model)
-    if not outputs or any(
-        o.kind != "tensor" or any(not isinstance(d, int) or d <= 0 for d in o.shape)
-        for o in outputs
-    ):
+    if not outputs or any(o.kind != "tensor" or not fixed_dims(o.shape) for o in outputs):
         return False
     if all(not o.shape or o.shape[0] != dims[0] for o in outputs):
         return True

@@ -50,7 +50,7 @@ from igcli.chunks import (
 from igcli.console import Messages
 from igcli.errors import IgcliError, UsageError
 from igcli.memory import default_budget
-from igcli.model import usable_cpus, weight_bytes
+from igcli.model import fixed_dims, usable_cpus, weight_bytes
 
 # A worker takes about 0.8 s to start (imports, session) while this process explains; on the
 # digits model two processes were 10% faster than one from 250 inputs (--steps auto and 50
@@ -84,7 +84,7 @@ def choose_workers(requested: str | int | None, session, items: list[InputItem],
     if weight_bytes(session.model) > AUTO_MAX_WEIGHTS:
         return 1
     dims = session.ig_shape[1:]
-    if not all(isinstance(d, int) and d > 0 for d in dims) or math.prod(dims) > AUTO_MAX_VALUES:
+    if not fixed_dims(dims) or math.prod(dims) > AUTO_MAX_VALUES:
         return 1  # (an open dim: the size of a sample is not known)
     return cpus
 

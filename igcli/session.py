@@ -89,6 +89,7 @@ from igcli.model import (
     declared_batch,
     default_output,
     expose_output,
+    fixed_dims,
     graph_inputs,
     graph_outputs,
     is_float_tensor,
@@ -706,8 +707,7 @@ class Session:
 
     def _declared_shape(self) -> tuple | None:
         dims = self.ig_shape[1:]
-        ok = all(isinstance(d, int) and d > 0 for d in dims)
-        return tuple(dims) if ok and self.ig_shape else None
+        return tuple(dims) if fixed_dims(dims) and self.ig_shape else None
 
     def _graph_for(self, shape: tuple | None) -> GraphRunner | None:
         """The gradient graph for samples of `shape`, built (or loaded) once; None: use
