@@ -22,6 +22,13 @@ def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
     return model
 
 
+def xy_model(nodes, x_shape, y_shape, inits=(), opset=17) -> onnx.ModelProto:
+    """`nodes` from one float input x to one float output y."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)
+    return _model(nodes, [x], [y], inits, opset)
+
+
 def const(name: str, value) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 

@@ -687,8 +687,7 @@ def _mix_model(path, x_shape, y_shape, mixes: list[int], pool: int | None = None
                perm: list[int] | None = None):  # fmt: skip
     """tanh(x @ W + the mean of x @ W over each axis in `mixes`), then the mean over `pool`
     or a Transpose by `perm`: sequences that mix along an axis, or not at all."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(12)
     inits = [numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "w")]
@@ -706,12 +705,7 @@ def _mix_model(path, x_shape, y_shape, mixes: list[int], pool: int | None = None
         nodes.append(helper.make_node("Transpose", ["t"], ["y"], perm=perm))
     else:
         nodes.append(helper.make_node("Identity", ["t"], ["y"]))
-    graph = helper.make_graph(
-        nodes, "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits,
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
-    return path
+    return models.save(models.xy_model(nodes, x_shape, y_shape, inits, opset=18), path)
 
 
 def test_dims_that_leave_the_batch_axis_open_are_settled_by_running_the_model(tmp_path):
@@ -1122,8 +1116,7 @@ def _unbatched_model(path, x_shape, y_shape, mix: bool):
     """x [T, 4] or [4] (no batch axis) -> x @ W, plus the mean over the positions when `mix`
     (what attention does: a position's output depends on the others), tanh; y [T, 3] or [3]
     (ReduceMean over the positions when y has no T)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(21)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
@@ -1137,12 +1130,7 @@ def _unbatched_model(path, x_shape, y_shape, mix: bool):
         nodes.append(helper.make_node("ReduceMean", [h, "ax"], ["p"], keepdims=0))
         h = "p"
     nodes.append(helper.make_node("Tanh", [h], ["y"]))
-    graph = helper.make_graph(
-        nodes, "unbatched", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits,
-    )  # fmt: skip
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
-    return path
+    return models.save(models.xy_model(nodes, x_shape, y_shape, inits, opset=18), path)
 
 
 @pytest.mark.parametrize(
