@@ -1,6 +1,8 @@
 """igcli as a library: Session and Attribution, and the choices a session makes for the user."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -965,6 +967,32 @@ def test_an_animation_or_a_multi_page_file_says_its_first_frame_is_explained(tmp
     notes = [m for m in said if "frames" in m]
     named = sorted(m.split(":")[0].rsplit("/", 1)[-1] for m in notes)
     assert named == ["a.gif", "a.png", "a.tif", "a.webp"]
+
+
+def test_tiff_and_webp_open_as_a_process_first_image(tmp_path):
+    """Pillow's plugins beyond PNG, JPEG, BMP and GIF are registered only when a file is
+    none of those: a fresh process's first image can be a TIFF or a WebP, and a text file
+    named .png after them is still refused in one line."""
+    pixels = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
+    for name in ("a.tif", "a.webp"):
+        Image.fromarray(pixels).save(tmp_path / name)
+    (tmp_path / "b.png").write_text("not an image")
+    script = (
+        "import sys, igcli\n"
+        f"session = igcli.Session({str(DIGITS)!r})\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print(session.load(name)[0].pixels.shape)\n"
+        "    except igcli.IgcliError as exc:\n"
+        "        print(exc)\n"
+    )
+    for name in ("a.tif", "a.webp"):
+        names = [str(tmp_path / n) for n in (name, "b.png")]
+        out = subprocess.run(
+            [sys.executable, "-c", script, *names], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        assert out[0] == "(28, 28, 1)"
+        assert out[1].endswith("not a readable image (not PNG, JPEG, BMP, GIF, TIFF or WebP)")
 
 
 def test_an_input_equal_to_its_baseline_is_said_to_be(tmp_path):
