@@ -1288,6 +1288,12 @@ NO_TARGET = np.iinfo(np.int64).max  # a target index past every output: an all-z
 # ResNet-50 1525 -> 1360-1390 ms in Runs of 1-2 rows instead of 8, a ViT-S/16 2190 -> 2050.
 # Below it the fixed cost of a Run (per node, per call) would show.
 RUN_SECONDS = 0.02
+# A first call of some outputs goes in Runs of a row each (at most this many Runs), before
+# any row is timed: what a Run allocates is new to the process then (the kernel maps and zeroes
+# each page), and it grows with the Run's rows. ResNet-50's first gradient call of 16 rows on 2
+# threads took 5.5 s in two Runs of 8 and 2.0 s in Runs of 1, where later calls took 2.1 and
+# 1.9 s; a single explanation with --steps auto (35 points) took 7.5 s, then 5.7-6.1 s.
+FIRST_CALL_RUNS = 64
 
 
 def _first_line(exc: Exception) -> str:
@@ -1548,12 +1554,14 @@ class ModelRunner:
     def _run_in_parts(self, batch, outputs, targets, context) -> tuple[list[np.ndarray], int]:
         """The rows in parts, each a single-threaded Run, `workers` at a time: `workers`
         nearly equal parts, or where the previous call of these outputs measured rows slow
-        enough, parts of as few rows as take RUN_SECONDS. Returns the outputs and the number
-        of parts."""
+        enough, parts of as few rows as take RUN_SECONDS; on the first call, a row per part
+        (FIRST_CALL_RUNS). Returns the outputs and the number of parts."""
         n = len(batch)
         k = min(self.workers, n)
         per_row = self._row_seconds.get(tuple(outputs))
-        if per_row is not None and per_row > 0:
+        if per_row is None:  # a first call: its time per row sets the parts of later ones
+            k = min(n, FIRST_CALL_RUNS)
+        elif per_row > 0:
             k = max(k, min(n, n // max(1, math.ceil(RUN_SECONDS / per_row))))
         edges = [n * i // k for i in range(k + 1)]
 
