@@ -1352,8 +1352,11 @@ class ModelRunner:
     session may run concurrently), rather than one `Run` on ONNX Runtime's intra-op
     threads, which meet at every op: 2 threads, gradient calls, ResNet-50 at 16 rows 1750
     -> 1450 ms, ViT-S/16 2220 -> 1860 ms, digits at 256 rows 38.5 -> 33.2 ms. Where rows
-    are slow (see RUN_SECONDS) they go in Runs of fewer rows still, `workers` at a time.
-    Runners that take one row per call use the intra-op threads instead.
+    are slow (see RUN_SECONDS) they go in Runs of fewer rows still, `workers` at a time, and
+    one at a time with one worker: a Run's memory is then that of its few rows (ResNet-50,
+    --threads 1, --steps auto: 12.8-13.2 s in Runs of 16 rows, 3.3 s of it the kernel's,
+    8.7-9.1 s in Runs of 1). Runners that take one row per call use the intra-op threads
+    instead.
     """
 
     def __init__(
@@ -1532,8 +1535,9 @@ class ModelRunner:
             batch, targets, context = _padded(batch, targets, context, self.pad_to)
         start = time.perf_counter()
         parts = 0
+        cpu = self.providers == ["CPUExecutionProvider"] and not self.pad_to
         try:
-            if split and self.workers > 1 and len(batch) > 1:
+            if split and (self.workers > 1 or cpu) and len(batch) > 1:
                 result, parts = self._run_in_parts(batch, outputs, targets, context)
             else:
                 result = self.session.run(outputs, self._feeds_for(batch, targets, context))
@@ -1552,10 +1556,10 @@ class ModelRunner:
         return [o[:rows] for o in out] if len(batch) > rows else out
 
     def _run_in_parts(self, batch, outputs, targets, context) -> tuple[list[np.ndarray], int]:
-        """The rows in parts, each a single-threaded Run, `workers` at a time: `workers`
-        nearly equal parts, or where the previous call of these outputs measured rows slow
-        enough, parts of as few rows as take RUN_SECONDS; on the first call, a row per part
-        (FIRST_CALL_RUNS). Returns the outputs and the number of parts."""
+        """The rows in parts, each a Run, `workers` at a time: `workers` nearly equal parts,
+        or where the previous call of these outputs measured rows slow enough, parts of as
+        few rows as take RUN_SECONDS; on the first call, a row per part (FIRST_CALL_RUNS).
+        Returns the outputs and the number of parts."""
         n = len(batch)
         k = min(self.workers, n)
         per_row = self._row_seconds.get(tuple(outputs))
@@ -1571,9 +1575,14 @@ class ModelRunner:
             feeds = self._feeds_for(batch[a:b], rows, rows_of(context, a, b - a, n))
             return [_with_row_axis(r, b - a) for r in self.session.run(outputs, feeds)]
 
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="igcli-rows")
-        parts = list(self._pool.map(part, range(k)))
+        if k == 1:
+            return part(0), 1
+        if self.workers == 1:
+            parts = [part(i) for i in range(k)]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="igcli-rows")
+            parts = list(self._pool.map(part, range(k)))
         return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(outputs))], k
 
     def run(self, points: np.ndarray, context: Context | None = None) -> np.ndarray:

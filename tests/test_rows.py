@@ -144,6 +144,41 @@ def test_slow_rows_go_to_runs_of_few_rows(tmp_path):
     assert runner._row_seconds[("y",)] < model_module.RUN_SECONDS  # measured by the call
 
 
+def test_one_worker_runs_slow_rows_one_at_a_time(tmp_path):
+    """With one thread, slow rows go a row per Run too, one Run after another (a Run of 16
+    ResNet-50 rows took 3 s of the kernel's time to map its memory), as does a first call;
+    fast rows stay one Run, and a model fixed at a batch of 4 gets its 4 rows together."""
+    from igcli import model as model_module
+    from tests import models
+
+    path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
+    runner = ModelRunner(onnx.load(path), path, "x", "y", threads=1, batch_size=16)
+    assert runner.workers == 1
+    real, sizes = runner.session, []
+
+    class Counting:
+        def run(self, outputs, feeds):
+            sizes.append(len(feeds["x"]))
+            return real.run(outputs, feeds)
+
+    runner.session = Counting()
+    x = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
+    first = runner.call(x, ["y"])[0]
+    assert sizes == [1] * 6
+    sizes.clear()
+    np.testing.assert_array_equal(runner.call(x, ["y"])[0], first)
+    assert sizes == [6]
+    sizes.clear()
+    runner._row_seconds[("y",)] = model_module.RUN_SECONDS * 1.5  # as if measured
+    np.testing.assert_array_equal(runner.call(x, ["y"])[0], first)
+    assert sizes == [1] * 6
+    sizes.clear()
+    runner.pad_to = 4  # (as _fix_batch sets it for a model exported at a batch of 4)
+    runner._row_seconds.clear()
+    runner.call(x[:3], ["y"])
+    assert sizes == [4]
+
+
 def test_gradcheck_sends_coupled_rows_one_per_call(tmp_path):
     """gradcheck's differences went through the graph in batches: a right graph failed."""
     from tests.test_cli import run
