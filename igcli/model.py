@@ -1535,9 +1535,12 @@ class ModelRunner:
             batch, targets, context = _padded(batch, targets, context, self.pad_to)
         start = time.perf_counter()
         parts = 0
-        cpu = self.providers == ["CPUExecutionProvider"] and not self.pad_to
+        # (one worker splits them too, on the CPU; a model fixed at a batch takes it whole)
+        in_parts = self.workers > 1 or (
+            self.providers == ["CPUExecutionProvider"] and not self.pad_to
+        )
         try:
-            if split and (self.workers > 1 or cpu) and len(batch) > 1:
+            if split and in_parts and len(batch) > 1:
                 result, parts = self._run_in_parts(batch, outputs, targets, context)
             else:
                 result = self.session.run(outputs, self._feeds_for(batch, targets, context))
