@@ -1288,11 +1288,13 @@ NO_TARGET = np.iinfo(np.int64).max  # a target index past every output: an all-z
 # ResNet-50 1525 -> 1360-1390 ms in Runs of 1-2 rows instead of 8, a ViT-S/16 2190 -> 2050.
 # Below it the fixed cost of a Run (per node, per call) would show.
 RUN_SECONDS = 0.02
-# A first call of some outputs goes in Runs of a row each (at most this many Runs), before
-# any row is timed: what a Run allocates is new to the process then (the kernel maps and zeroes
-# each page), and it grows with the Run's rows. ResNet-50's first gradient call of 16 rows on 2
-# threads took 5.5 s in two Runs of 8 and 2.0 s in Runs of 1, where later calls took 2.1 and
-# 1.9 s; a single explanation with --steps auto (35 points) took 7.5 s, then 5.7-6.1 s.
+# A call of some outputs goes in Runs of a row each (at most this many Runs) while none of
+# their rows has been timed (a call of one row times one): what a Run allocates is new to the
+# process then (the kernel maps and zeroes each page), and it grows with the Run's rows.
+# ResNet-50's first gradient call of 16 rows on 2 threads took 5.5 s in two Runs of 8 and 2.0
+# s in Runs of 1, where later calls took 2.1 and 1.9 s; a single explanation with --steps
+# auto (35 points) took 7.5 s, then 5.7-6.1 s. (The memory probe, rows_within, calls one row
+# first: its four rows then go in the Runs that later calls use, and it measures those.)
 FIRST_CALL_RUNS = 64
 
 
@@ -1551,6 +1553,8 @@ class ModelRunner:
             self.seconds += spent
         if parts:
             self._row_seconds[tuple(outputs)] = spent * min(self.workers, parts) / len(batch)
+        elif split and in_parts and len(batch) == 1:  # (a row, on one thread: as in a part)
+            self._row_seconds[tuple(outputs)] = spent
         self.calls += 1
         self.rows += rows
         if self.tuner is not None:

@@ -179,6 +179,32 @@ def test_one_worker_runs_slow_rows_one_at_a_time(tmp_path):
     assert sizes == [4]
 
 
+@pytest.mark.parametrize("threads, runs", [(2, [2, 2]), (1, [4])])
+def test_a_call_of_one_row_times_rows_for_the_memory_probe(tmp_path, threads, runs):
+    """rows_within measures what 3 more rows cost from calls of 1 and then 4 rows, so the 4
+    must go in the Runs later calls use: the 1-row call times a row (fast here), and the 4
+    rows are then not sent a row per Run as a first call is (which would hide what larger
+    Runs of fast rows take)."""
+    from tests import models
+
+    path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
+    runner = ModelRunner(onnx.load(path), path, "x", "y", threads=threads, batch_size=16)
+    real, sizes = runner.session, []
+
+    class Counting:
+        def run(self, outputs, feeds):
+            sizes.append(len(feeds["x"]))
+            return real.run(outputs, feeds)
+
+    runner.session = Counting()
+    x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
+    runner.call(x[:1], ["y"])
+    assert sizes == [1] and ("y",) in runner._row_seconds
+    sizes.clear()
+    runner.call(x, ["y"])
+    assert sorted(sizes) == runs
+
+
 def test_gradcheck_sends_coupled_rows_one_per_call(tmp_path):
     """gradcheck's differences went through the graph in batches: a right graph failed."""
     from tests.test_cli import run
