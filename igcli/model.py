@@ -1288,14 +1288,16 @@ NO_TARGET = np.iinfo(np.int64).max  # a target index past every output: an all-z
 # ResNet-50 1525 -> 1360-1390 ms in Runs of 1-2 rows instead of 8, a ViT-S/16 2190 -> 2050.
 # Below it the fixed cost of a Run (per node, per call) would show.
 RUN_SECONDS = 0.02
-# A call of some outputs goes in Runs of a row each (at most this many Runs) while none of
-# their rows has been timed (a call of one row times one): what a Run allocates is new to the
-# process then (the kernel maps and zeroes each page), and it grows with the Run's rows.
-# ResNet-50's first gradient call of 16 rows on 2 threads took 5.5 s in two Runs of 8 and 2.0
-# s in Runs of 1, where later calls took 2.1 and 1.9 s; a single explanation with --steps
-# auto (35 points) took 7.5 s, then 5.7-6.1 s. (The memory probe, rows_within, calls one row
-# first: its four rows then go in the Runs that later calls use, and it measures those.)
-FIRST_CALL_RUNS = 64
+#
+# A call whose outputs have no row timed yet sends `workers` rows first, a row per Run, and
+# times them. What a Run allocates is new to the process then (the kernel maps and zeroes
+# each page), and it grows with the Run's rows: ResNet-50's first gradient call of 16 rows on
+# 2 threads took 5.5 s in two Runs of 8 and 2.0 s in Runs of 1 (later calls: 2.1 and 1.9 s);
+# one explanation with --steps auto (35 points) took 7.5 s, then 5.7-6.1 s. Slow rows, which
+# later calls also send a row per Run, go on so; fast rows are all done again as later calls
+# do them (a row alone rounds apart from the same row among others), so that no row's result
+# depends on which call came first, and the memory probe (rows_within) measures the Runs
+# later calls use.
 
 
 def _first_line(exc: Exception) -> str:
@@ -1553,8 +1555,6 @@ class ModelRunner:
             self.seconds += spent
         if parts:
             self._row_seconds[tuple(outputs)] = spent * min(self.workers, parts) / len(batch)
-        elif split and in_parts and len(batch) == 1:  # (a row, on one thread: as in a part)
-            self._row_seconds[tuple(outputs)] = spent
         self.calls += 1
         self.rows += rows
         if self.tuner is not None:
@@ -1563,18 +1563,38 @@ class ModelRunner:
         return [o[:rows] for o in out] if len(batch) > rows else out
 
     def _run_in_parts(self, batch, outputs, targets, context) -> tuple[list[np.ndarray], int]:
-        """The rows in parts, each a Run, `workers` at a time: `workers` nearly equal parts,
-        or where the previous call of these outputs measured rows slow enough, parts of as
-        few rows as take RUN_SECONDS; on the first call, a row per part (FIRST_CALL_RUNS).
-        Returns the outputs and the number of parts."""
-        n = len(batch)
+        """The rows in parts, each a Run, `workers` at a time (see `_edges`). Where no row of
+        these outputs was timed yet, `workers` rows go first, a row per Run, and time one
+        (why: beside RUN_SECONDS). Returns the outputs and the number of parts."""
+        n, key = len(batch), tuple(outputs)
+        if key not in self._row_seconds:
+            head = min(self.workers, n)
+            start = time.perf_counter()
+            first = self._parts(batch, outputs, targets, context, list(range(head + 1)))
+            self._row_seconds[key] = time.perf_counter() - start
+            if head == n:
+                return first, n
+            if len(self._edges(n, key)) == n + 1:  # slow rows: later calls go so too
+                rest = self._parts(batch, outputs, targets, context, list(range(head, n + 1)))
+                return [np.concatenate(pair, axis=0) for pair in zip(first, rest, strict=True)], n
+            # (fast rows: their Runs take several rows, which round apart from one alone,
+            # so these are done again as every later call does them)
+        edges = self._edges(n, key)
+        return self._parts(batch, outputs, targets, context, edges), len(edges) - 1
+
+    def _edges(self, n: int, key: tuple[str, ...]) -> list[int]:
+        """Where n rows are cut into parts: `workers` nearly equal parts, or where rows were
+        timed slow enough, parts of as few rows as take RUN_SECONDS."""
         k = min(self.workers, n)
-        per_row = self._row_seconds.get(tuple(outputs))
-        if per_row is None:  # a first call: its time per row sets the parts of later ones
-            k = min(n, FIRST_CALL_RUNS)
-        elif per_row > 0:
+        per_row = self._row_seconds.get(key)
+        if per_row is not None and per_row > 0:
             k = max(k, min(n, n // max(1, math.ceil(RUN_SECONDS / per_row))))
-        edges = [n * i // k for i in range(k + 1)]
+        return [n * i // k for i in range(k + 1)]
+
+    def _parts(self, batch, outputs, targets, context, edges: list[int]) -> list[np.ndarray]:
+        """Rows edges[i]:edges[i + 1] in a Run each, `workers` at a time (one after another
+        with one worker); the outputs of rows edges[0]:edges[-1]."""
+        n = len(batch)
 
         def part(i: int) -> list:
             a, b = edges[i], edges[i + 1]
@@ -1582,15 +1602,16 @@ class ModelRunner:
             feeds = self._feeds_for(batch[a:b], rows, rows_of(context, a, b - a, n))
             return [_with_row_axis(r, b - a) for r in self.session.run(outputs, feeds)]
 
+        k = len(edges) - 1
         if k == 1:
-            return part(0), 1
+            return part(0)
         if self.workers == 1:
             parts = [part(i) for i in range(k)]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="igcli-rows")
             parts = list(self._pool.map(part, range(k)))
-        return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(outputs))], k
+        return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(outputs))]
 
     def run(self, points: np.ndarray, context: Context | None = None) -> np.ndarray:
         """Output for each row of `points` (rows are model inputs without the batch axis);

@@ -1,6 +1,7 @@
 """A call's rows split over single-threaded Runs (ModelRunner.workers): the same values as one
 Run, and rows that change each other's outputs still found and sent one per call."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +112,9 @@ def test_threads_go_to_rows_first_then_to_each_run():
 def test_slow_rows_go_to_runs_of_few_rows(tmp_path):
     """Rows a thread takes RUN_SECONDS or more for each run in Runs of one row (faster per
     row: the activations stay in cache), still two at a time; fast rows keep one Run per
-    worker. A first call, before any row is timed, goes a row per Run (its memory is new to
-    the process). The outputs are the same either way."""
+    worker. A first call, before any row is timed, sends a row per worker first, a row per
+    Run, to time them (its memory is new to the process). The outputs are the same either
+    way."""
     from igcli import model as model_module
     from tests import models
 
@@ -129,10 +131,10 @@ def test_slow_rows_go_to_runs_of_few_rows(tmp_path):
     runner.session = Counting()
     x = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
     first = runner.call(x, ["y"])[0]
-    assert sizes == [1] * 6
+    assert sizes[:2] == [1, 1] and sorted(sizes[2:]) == [3, 3]  # (fast: all done again)
     sizes.clear()
     np.testing.assert_array_equal(runner.call(x, ["y"])[0], first)
-    assert sorted(sizes) == [3, 3]  # (fast rows, as the first call measured them)
+    assert sorted(sizes) == [3, 3]
     sizes.clear()
     runner._row_seconds[("y",)] = model_module.RUN_SECONDS * 1.5  # as if measured
     np.testing.assert_array_equal(runner.call(x, ["y"])[0], first)
@@ -144,27 +146,52 @@ def test_slow_rows_go_to_runs_of_few_rows(tmp_path):
     assert runner._row_seconds[("y",)] < model_module.RUN_SECONDS  # measured by the call
 
 
-def test_one_worker_runs_slow_rows_one_at_a_time(tmp_path):
-    """With one thread, slow rows go a row per Run too, one Run after another (a Run of 16
-    ResNet-50 rows took 3 s of the kernel's time to map its memory), as does a first call;
-    fast rows stay one Run, and a model fixed at a batch of 4 gets its 4 rows together."""
+def _counting(runner: ModelRunner, sizes: list[int], seconds_per_row: float = 0.0) -> None:
+    """The runner's session, noting the rows of each Run (and taking `seconds_per_row`)."""
+    real = runner.session
+
+    class Counting:
+        def run(self, outputs, feeds):
+            sizes.append(len(feeds["x"]))
+            time.sleep(seconds_per_row * len(feeds["x"]))
+            return real.run(outputs, feeds)
+
+    runner.session = Counting()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_first_call_of_slow_rows_goes_a_row_per_run(tmp_path, threads):
+    """The rows it timed (one per worker) are kept, and the rest go a row per Run as later
+    calls send them: one Run after another with one worker."""
+    from igcli import model as model_module
+    from tests import models
+
+    path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
+    runner = ModelRunner(onnx.load(path), path, "x", "y", threads=threads, batch_size=16)
+    sizes: list[int] = []
+    _counting(runner, sizes, seconds_per_row=1.5 * model_module.RUN_SECONDS)
+    x = np.random.default_rng(0).standard_normal((5, 2)).astype(np.float32)
+    first = runner.call(x, ["y"])[0]
+    assert sizes == [1] * 5
+    sizes.clear()
+    np.testing.assert_array_equal(runner.call(x, ["y"])[0], first)
+    assert sizes == [1] * 5
+
+
+def test_one_worker_keeps_fast_rows_in_one_run(tmp_path):
+    """With one thread, fast rows stay one Run (after a first call's timed row), slow rows
+    go a row per Run, and a model fixed at a batch of 4 gets its 4 rows together."""
     from igcli import model as model_module
     from tests import models
 
     path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
     runner = ModelRunner(onnx.load(path), path, "x", "y", threads=1, batch_size=16)
     assert runner.workers == 1
-    real, sizes = runner.session, []
-
-    class Counting:
-        def run(self, outputs, feeds):
-            sizes.append(len(feeds["x"]))
-            return real.run(outputs, feeds)
-
-    runner.session = Counting()
+    sizes: list[int] = []
+    _counting(runner, sizes)
     x = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
     first = runner.call(x, ["y"])[0]
-    assert sizes == [1] * 6
+    assert sizes == [1, 6]
     sizes.clear()
     np.testing.assert_array_equal(runner.call(x, ["y"])[0], first)
     assert sizes == [6]
@@ -180,26 +207,21 @@ def test_one_worker_runs_slow_rows_one_at_a_time(tmp_path):
 
 
 @pytest.mark.parametrize("threads, runs", [(2, [2, 2]), (1, [4])])
-def test_a_call_of_one_row_times_rows_for_the_memory_probe(tmp_path, threads, runs):
-    """rows_within measures what 3 more rows cost from calls of 1 and then 4 rows, so the 4
-    must go in the Runs later calls use: the 1-row call times a row (fast here), and the 4
-    rows are then not sent a row per Run as a first call is (which would hide what larger
-    Runs of fast rows take)."""
+def test_the_memory_probe_measures_the_runs_later_calls_use(tmp_path, threads, runs):
+    """rows_within measures what 3 more rows cost from calls of 1 and then 4 rows: the 4
+    must end in the Runs later calls use (for fast rows, one per worker), not a row per Run
+    as a first call's timed rows go."""
     from tests import models
 
     path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
     runner = ModelRunner(onnx.load(path), path, "x", "y", threads=threads, batch_size=16)
-    real, sizes = runner.session, []
-
-    class Counting:
-        def run(self, outputs, feeds):
-            sizes.append(len(feeds["x"]))
-            return real.run(outputs, feeds)
-
-    runner.session = Counting()
+    sizes: list[int] = []
+    _counting(runner, sizes)
     x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
     runner.call(x[:1], ["y"])
-    assert sizes == [1] and ("y",) in runner._row_seconds
+    sizes.clear()
+    runner.call(x, ["y"])
+    assert sorted(sizes[threads:]) == runs
     sizes.clear()
     runner.call(x, ["y"])
     assert sorted(sizes) == runs
