@@ -1208,9 +1208,12 @@ def make_session(
     try:
         session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
     except Exception as exc:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise ModelError(f"ONNX Runtime cannot load it: {_first_line(exc)}", path) from None
+        if staging is None:
+            raise ModelError(f"ONNX Runtime cannot load it: {_first_line(exc)}", path) from None
+        # The optimised graph could not be written (a full disk: ONNX Runtime then fails the
+        # session, and a model that loads was refused with exit 3): one without it.
+        shutil.rmtree(staging, ignore_errors=True)
+        return make_session(model, path, providers, threads)
     if staging is not None:
         _publish_optimized(staging, optimized)
     return session

@@ -229,6 +229,22 @@ def test_optimised_graphs_keep_their_weights_in_a_mapped_file(tmp_path):
     assert all(len(optimized_data(p)) == 1 for p in graphs)
 
 
+def test_an_optimised_graph_that_cannot_be_written_is_not_an_error(tmp_path, monkeypatch):
+    """ONNX Runtime fails the whole session when it cannot write the optimised graph (a full
+    disk): a model that loads was refused with exit 3. It is now made without saving it."""
+    import tempfile
+
+    x = np.zeros((1, 512), dtype=np.float32)
+    path = _big_model(tmp_path)
+    expected = igcli.Session(path, cache=False).attribute(x, steps=4)
+    gone = tmp_path / "no-such-folder" / ".staging-x"  # (where no file can be written)
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: str(gone))
+    got = igcli.Session(path).attribute(x, steps=4)
+    np.testing.assert_array_equal(got.attributions, expected.attributions)
+    assert got.gradient_source == "graph"
+    assert not [p for p in cache.entries() if p.name.startswith("ort-")]
+
+
 def test_a_graph_saved_again_takes_its_own_weights_and_drops_the_old(tmp_path):
     """Each save names its weights file itself (two runs saving one entry at once must not
     pair one's graph with the other's weights); the replaced weights are removed."""
