@@ -164,7 +164,6 @@ def test_a_first_call_of_slow_rows_goes_a_row_per_run(tmp_path, threads):
     """The rows it timed (one per worker) are kept, and the rest go a row per Run as later
     calls send them: one Run after another with one worker."""
     from igcli import model as model_module
-    from tests import models
 
     path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
     runner = ModelRunner(onnx.load(path), path, "x", "y", threads=threads, batch_size=16)
@@ -182,7 +181,6 @@ def test_one_worker_keeps_fast_rows_in_one_run(tmp_path):
     """With one thread, fast rows stay one Run (after a first call's timed row), slow rows
     go a row per Run, and a model fixed at a batch of 4 gets its 4 rows together."""
     from igcli import model as model_module
-    from tests import models
 
     path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
     runner = ModelRunner(onnx.load(path), path, "x", "y", threads=1, batch_size=16)
@@ -211,8 +209,6 @@ def test_the_memory_probe_measures_the_runs_later_calls_use(tmp_path, threads, r
     """rows_within measures what 3 more rows cost from calls of 1 and then 4 rows: the 4
     must end in the Runs later calls use (for fast rows, one per worker), not a row per Run
     as a first call's timed rows go."""
-    from tests import models
-
     path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
     runner = ModelRunner(onnx.load(path), path, "x", "y", threads=threads, batch_size=16)
     sizes: list[int] = []
