@@ -1361,9 +1361,10 @@ class ModelRunner:
     -> 1450 ms, ViT-S/16 2220 -> 1860 ms, digits at 256 rows 38.5 -> 33.2 ms. Where rows
     are slow (see RUN_SECONDS) they go in Runs of fewer rows still, `workers` at a time, and
     one at a time with one worker: a Run's memory is then that of its few rows (ResNet-50,
-    --threads 1, --steps auto: 12.8-13.2 s in Runs of 16 rows, 3.3 s of it the kernel's,
-    8.7-9.1 s in Runs of 1). Runners that take one row per call use the intra-op threads
-    instead.
+    --threads 1, --steps auto, at a time when page faults were slow: 12.8-13.2 s in Runs of
+    16 rows, 3.3 s of it the kernel's, 8.7-9.1 s in Runs of 1; 10.8 s either way when they
+    were not; under --memory-limit 1G it peaked at 1.56 GB, now 0.6). Runners that take one
+    row per call use the intra-op threads instead.
     """
 
     def __init__(
