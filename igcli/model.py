@@ -1543,10 +1543,9 @@ class ModelRunner:
             batch, targets, context = _padded(batch, targets, context, self.pad_to)
         start = time.perf_counter()
         parts = 0
-        # (one worker splits them too, on the CPU; a model fixed at a batch takes it whole)
-        in_parts = self.workers > 1 or (
-            self.providers == ["CPUExecutionProvider"] and not self.pad_to
-        )
+        # (on the CPU, with one worker too; a model fixed at a batch takes it whole: that is
+        # where workers > 1 could be, see row_workers and _fix_batch)
+        in_parts = self.providers == ["CPUExecutionProvider"] and not self.pad_to
         try:
             if split and in_parts and len(batch) > 1:
                 result, parts = self._run_in_parts(batch, outputs, targets, context)
@@ -1571,6 +1570,7 @@ class ModelRunner:
         these outputs was timed yet, `workers` rows go first, a row per Run, and time one
         (why: beside RUN_SECONDS). Returns the outputs and the number of parts."""
         n, key = len(batch), tuple(outputs)
+        first = None  # (the timed rows' outputs, on a first call)
         if key not in self._row_seconds:
             head = min(self.workers, n)
             start = time.perf_counter()
@@ -1578,12 +1578,12 @@ class ModelRunner:
             self._row_seconds[key] = time.perf_counter() - start
             if head == n:
                 return first, n
-            if len(self._edges(n, key)) == n + 1:  # slow rows: later calls go so too
-                rest = self._parts(batch, outputs, targets, context, list(range(head, n + 1)))
-                return [np.concatenate(pair, axis=0) for pair in zip(first, rest, strict=True)], n
-            # (fast rows: their Runs take several rows, which round apart from one alone,
-            # so these are done again as every later call does them)
         edges = self._edges(n, key)
+        if first is not None and len(edges) == n + 1:  # slow rows: later calls go so too
+            rest = self._parts(batch, outputs, targets, context, edges[head:])
+            return [np.concatenate(pair, axis=0) for pair in zip(first, rest, strict=True)], n
+        # (fast rows first timed: their Runs take several rows, which round apart from one
+        # alone, so these are done again as every later call does them)
         return self._parts(batch, outputs, targets, context, edges), len(edges) - 1
 
     def _edges(self, n: int, key: tuple[str, ...]) -> list[int]:

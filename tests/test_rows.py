@@ -120,15 +120,8 @@ def test_slow_rows_go_to_runs_of_few_rows(tmp_path):
 
     path = models.save(models.min_one_sum(), tmp_path / "m.onnx")
     runner = ModelRunner(onnx.load(path), path, "x", "y", threads=2, batch_size=16)
-    real = runner.session
-    sizes = []
-
-    class Counting:  # the session, noting the rows of each Run
-        def run(self, outputs, feeds):
-            sizes.append(len(feeds["x"]))
-            return real.run(outputs, feeds)
-
-    runner.session = Counting()
+    sizes: list[int] = []
+    _counting(runner, sizes)
     x = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
     first = runner.call(x, ["y"])[0]
     assert sizes[:2] == [1, 1] and sorted(sizes[2:]) == [3, 3]  # (fast: all done again)
