@@ -17,7 +17,14 @@ import onnx
 from onnx import TensorProto, helper
 
 from igcli.errors import UnsupportedOpsError
-from igcli.model import Context, ModelRunner, check_finite, rows_of, stack_contexts
+from igcli.model import (
+    TOP_CLASS,
+    Context,
+    ModelRunner,
+    check_finite,
+    rows_of,
+    stack_contexts,
+)
 
 TARGET = "igcli_target"  # per-row target index fed to a gradient model
 
@@ -46,8 +53,10 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
     """Feed the gradient model a target index per row instead of a seed tensor.
 
     The seed becomes OneHot(target) over each row's flattened output, reshaped like the
-    output, so callers need not know the output's shape, and an index past the end (see
-    model.NO_TARGET) gives an all-zero seed: a plain forward call on the same session.
+    output, so callers need not know the output's shape; an index past the end (see
+    model.NO_TARGET) gives an all-zero seed: a plain forward call on the same session; and
+    model.TOP_CLASS seeds the row's own arg-max (the first largest value), the default target
+    that is known only once the output is: the call that picks it gives its gradient too.
     """
     from igcli.autodiff import SEED
     from igcli.autodiff.driver import model_opset
@@ -73,14 +82,32 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
             onnx.numpy_helper.from_array(np.array(1, dtype=np.int64), p + "one"),
             # float32: ONNX Runtime has no OneHot for double (the seed is cast below)
             onnx.numpy_helper.from_array(np.array([0, 1], dtype=np.float32), p + "off_on"),
+            onnx.numpy_helper.from_array(np.array(TOP_CLASS, dtype=np.int64), p + "top_class"),
         ]
     )
+    # target, or the row's arg-max where it is TOP_CLASS: target * (1 - top) + argmax * top
+    # (integer arithmetic: Where needs opset 9, and these models go back to 7)
+    nodes = [helper.make_node("Reshape", [output_name, p + "flat_shape"], [p + "flat"])]
+    ranked = p + "flat"
+    if elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):  # (ORT's ArgMax: no float16)
+        ranked = p + "flat32"
+        nodes.append(helper.make_node("Cast", [p + "flat"], [ranked], to=TensorProto.FLOAT))
+    nodes += [
+        helper.make_node("ArgMax", [ranked], [p + "argmax"], axis=1, keepdims=0),
+        helper.make_node("Equal", [TARGET, p + "top_class"], [p + "is_top"]),
+        helper.make_node("Cast", [p + "is_top"], [p + "top"], to=TensorProto.INT64),
+        helper.make_node("Sub", [p + "one", p + "top"], [p + "not_top"]),
+        helper.make_node("Mul", [TARGET, p + "not_top"], [p + "given"]),
+        helper.make_node("Mul", [p + "argmax", p + "top"], [p + "chosen"]),
+        helper.make_node("Add", [p + "given", p + "chosen"], [p + "target"]),
+    ]
     if model_opset(model) >= 9:
-        nodes = [
-            helper.make_node("Reshape", [output_name, p + "flat_shape"], [p + "flat"]),
+        nodes += [
             helper.make_node("Shape", [p + "flat"], [p + "flat_dims"]),
             helper.make_node("Gather", [p + "flat_dims", p + "one"], [p + "depth"], axis=0),
-            helper.make_node("OneHot", [TARGET, p + "depth", p + "off_on"], [p + "hot"], axis=-1),
+            helper.make_node(
+                "OneHot", [p + "target", p + "depth", p + "off_on"], [p + "hot"], axis=-1
+            ),
         ]
     else:  # no OneHot before opset 9 (the model zoo's "-7" files): compare with 0..depth-1
         depth = _row_size(out_vi)
@@ -92,8 +119,8 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
         graph.initializer.append(
             onnx.numpy_helper.from_array(np.arange(depth, dtype=np.int64)[None], p + "ids")
         )
-        nodes = [
-            helper.make_node("Unsqueeze", [TARGET], [p + "column"], axes=[1]),
+        nodes += [
+            helper.make_node("Unsqueeze", [p + "target"], [p + "column"], axes=[1]),
             helper.make_node("Equal", [p + "column", p + "ids"], [p + "is"]),
             helper.make_node("Cast", [p + "is"], [p + "hot"], to=TensorProto.FLOAT),
         ]

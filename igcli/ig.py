@@ -93,6 +93,9 @@ class Problem:
     baseline: np.ndarray
     source: GradientSource
     end_values: tuple[float, float] | None = None  # F(x), F(baseline) when already known
+    # dF/dx at x (alpha 1) for this target, when the call that gave F(x) gave it too:
+    # adaptive steps then take it as their first round's last point instead of a new row
+    end_gradient: np.ndarray | None = None
 
 
 Steps = int | Literal["auto"]
@@ -564,34 +567,53 @@ def _adaptive_many(
         for p, e in zip(problems, ends, strict=True)
     ]
     straddle = _can_straddle(problems)
+    # points already evaluated: x itself, where the ends' call gave its gradient
+    given = [{1.0: (float(e[0]), p.end_gradient)} if p.end_gradient is not None else {}
+             for p, e in zip(problems, ends, strict=True)]  # fmt: skip
+
+    def integrand(j: int, alphas: np.ndarray, grads: np.ndarray) -> tuple[list, np.ndarray]:
+        """The rows' integrand vectors (one array per row, so that each can be dropped on
+        its own) in the model's precision, and their sums."""
+        stored = (grads * path.velocities(xs[j], bs[j], alphas)).astype(
+            states[j].store_dtype, copy=False
+        )
+        sums = stored.reshape(len(stored), -1).sum(axis=1, dtype=np.float64)
+        return [v.copy() for v in stored], sums
+
     while True:
         active = [j for j, s in enumerate(states) if not s.done]
         if not active:
             break
-        values = {j: [] for j in active}
-        vectors = {j: [] for j in active}
-        sums = {j: [] for j in active}
-        counts = [len(states[j].pending) for j in active]
+        asked = {j: [a for a in states[j].pending if a not in given[j]] for j in active}
+        got: dict[int, dict[float, tuple[float, np.ndarray, float]]] = {j: {} for j in active}
+        for j in active:
+            known = [a for a in states[j].pending if a in given[j]]
+            if known:
+                pairs = [given[j].pop(a) for a in known]
+                grads = np.stack([g for _, g in pairs]).astype(np.float64)
+                vecs, sums = integrand(j, np.array(known), grads)
+                for a, (fa, _), v, g in zip(known, pairs, vecs, sums.tolist(), strict=True):
+                    got[j][a] = (fa, v, g)
+        counts = [len(asked[j]) for j in active]
         for chunk in _segments(counts, batch_size, straddle):
             chunk = [(active[k], lo, hi) for k, lo, hi in chunk]
-            alphas = {j: np.array(states[j].pending[lo:hi]) for j, lo, hi in chunk}
+            alphas = {j: np.array(asked[j][lo:hi]) for j, lo, hi in chunk}
             points = np.concatenate([path.points(xs[j], bs[j], alphas[j]) for j, _, _ in chunk])
             f, grads = _call(problems, chunk, points)
             row = 0
             for j, lo, hi in chunk:
-                velocity = path.velocities(xs[j], bs[j], alphas[j])
-                integrand = grads[row : row + hi - lo] * velocity
-                values[j].append(np.asarray(f[row : row + hi - lo], dtype=np.float64))
-                stored = integrand.astype(states[j].store_dtype, copy=False)
-                sums[j].append(stored.reshape(len(stored), -1).sum(axis=1, dtype=np.float64))
-                # one array per row, so that each can be dropped on its own
-                vectors[j] += [v.copy() for v in stored]
+                vecs, sums = integrand(j, alphas[j], grads[row : row + hi - lo])
+                for a, fa, v, g in zip(alphas[j].tolist(), f[row : row + hi - lo].tolist(),
+                                       vecs, sums.tolist(), strict=True):  # fmt: skip
+                    got[j][a] = (float(fa), v, g)
                 row += hi - lo
         share = memory_limit // len(active)
         for j in active:
+            rows = [got[j][a] for a in states[j].pending]
             # a split panel keeps 3 vectors live: at most share / 3 of them per round
-            states[j].max_new = max(2, 2 * (share // (3 * max(1, vectors[j][0].nbytes))))
-            states[j].accept(np.concatenate(values[j]), vectors[j], np.concatenate(sums[j]))
+            states[j].max_new = max(2, 2 * (share // (3 * max(1, rows[0][1].nbytes))))
+            states[j].accept(np.array([r[0] for r in rows]), [r[1] for r in rows],
+                             np.array([r[2] for r in rows]))  # fmt: skip
         live = [s for s in states if not s.done]
         if live and sum(s.stored_bytes for s in live) > memory_limit:
             for s in live:

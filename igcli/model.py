@@ -1286,6 +1286,7 @@ def _ort_dtype(type_name: str) -> np.dtype:
 
 
 NO_TARGET = np.iinfo(np.int64).max  # a target index past every output: an all-zero seed
+TOP_CLASS = np.iinfo(np.int64).min  # each row's own arg-max output (see with_target_seed)
 # A Run's rows should take at least this long on one thread. Within that, fewer rows per Run
 # are faster per row (the activations stay in cache): gradient calls of 16 rows on 2 threads,
 # ResNet-50 1525 -> 1360-1390 ms in Runs of 1-2 rows instead of 8, a ViT-S/16 2190 -> 2050.

@@ -80,6 +80,8 @@ from igcli.memory import (
     rows_within,
 )
 from igcli.model import (
+    NO_TARGET,
+    TOP_CLASS,
     Context,
     Feed,
     ModelRunner,
@@ -274,6 +276,34 @@ def _python_warning(message: str) -> None:
     import warnings
 
     warnings.warn(message, IgcliWarning, stacklevel=3)
+
+
+def _end_rows(runner, xs, bs, contexts, wants) -> tuple[np.ndarray, np.ndarray | None]:
+    """Session._ends' call. A baseline shared by the samples (black, say) is evaluated once:
+    at 50 steps the ends are 2 of each input's 52 rows, and half of them would be the same
+    row. With `wants`, `runner` is the gradient graph."""
+    n = len(xs)
+    same = all(b is bs[0] or np.array_equal(b, bs[0]) for b in bs[1:])
+    shared = same and all(c is None for c in contexts)  # (other inputs may differ per sample)
+    if shared:
+        rows, context = np.stack([*xs, bs[0]]), None
+        targets, x_rows = [*(wants or []), NO_TARGET], slice(0, n)
+    else:
+        rows = np.stack([r for x, b in zip(xs, bs, strict=True) for r in (x, b)])
+        context = stack_contexts([c for c in contexts for _ in (0, 1)])
+        targets, x_rows = [t for w in wants or [] for t in (w, NO_TARGET)], slice(0, 2 * n, 2)
+    if wants is None:
+        values, grads = runner.run(rows, context), None
+    else:
+        values, grads = runner.run_with_gradients(rows, np.array(targets, np.int64), context)
+    if shared:
+        values = np.stack([v for i in range(n) for v in (values[i], values[n])])
+    return values, None if grads is None else grads[x_rows]
+
+
+def _seeded_target(want: int, output: np.ndarray) -> int:
+    """The target `Session._ends` seeded for a sample whose output at x is `output`."""
+    return int(np.argmax(output.reshape(-1))) if want == TOP_CLASS else int(want)
 
 
 def _target_list(targets, name: str) -> list[int] | None:
@@ -1079,8 +1109,14 @@ class Session:
             except InputError as exc:  # NaN at this input, say: the input's failure
                 raise InputError(exc.reason, where) from None
         runner = self.runner
+        # Adaptive steps evaluate x itself in their first round: the call that gives F(x)
+        # gives its gradient for the sample's first target too (its arg-max by default).
+        wants = None
+        if graph is not None and settings.adaptive and methods.is_plain(settings):
+            own_targets = targets_per_sample or [None] * len(samples)
+            wants = [(own or targets or [TOP_CLASS])[0] for own in own_targets]
         try:  # one call gives the targets and both ends of every path
-            ends = self._ends(runner, xs, bs, contexts)
+            ends, x_grads = self._ends(graph, xs, bs, contexts, wants)
         except IgcliError as exc:
             reason = exc.reason
             if "NaN" in reason or "Inf" in reason:  # at the input, or only at the baseline?
@@ -1101,6 +1137,8 @@ class Session:
             for t in self._targets(pair[0], out_shape, targets if own is None else own):
                 source = self._source(graph, t, samples[i], x, base, context)
                 problem = Problem(x, base, source, tuple(pick(pair, t)))
+                if x_grads is not None and t == _seeded_target(wants[i], pair[0]):
+                    problem.end_gradient = x_grads[i]
                 jobs.append((i, t, problem))
         if isinstance(jobs[0][2].source, FiniteDifferences) and methods.is_plain(settings):
             self._warn_of_slow_differences(jobs[0][2].source, settings, runner)
@@ -1235,18 +1273,19 @@ class Session:
             f"{cheaper} make them faster",
         )
 
-    @staticmethod
-    def _ends(runner, xs, bs, contexts) -> np.ndarray:
-        """F at each sample's input and baseline, as rows x0, b0, x1, b1, ... A baseline
-        shared by the samples (black, say) is evaluated once: at 50 steps the ends are 2 of
-        each input's 52 rows, and half of them would be the same row."""
-        n = len(xs)
-        same = all(b is bs[0] or np.array_equal(b, bs[0]) for b in bs[1:])
-        if same and all(c is None for c in contexts):  # (other inputs may differ per sample)
-            values = runner.run(np.stack([*xs, bs[0]]))
-            return np.stack([v for i in range(n) for v in (values[i], values[n])])
-        rows = [r for x, b in zip(xs, bs, strict=True) for r in (x, b)]
-        return runner.run(np.stack(rows), stack_contexts([c for c in contexts for _ in (0, 1)]))
+    def _ends(self, graph, xs, bs, contexts, wants):
+        """F at each sample's input and baseline, as rows x0, b0, x1, b1, ..., and, with
+        `wants` (a target per sample: an index, or TOP_CLASS for its arg-max), dF/dx at each
+        input for that target from the same call of the gradient graph; else None. Where that
+        gradient is not finite, F alone: the path's own calls meet it and handle it (finite
+        differences under --gradients auto)."""
+        if wants is not None:
+            try:
+                return _end_rows(graph, xs, bs, contexts, wants)
+            except InputError as exc:
+                if not exc.reason.startswith("gradient contains"):
+                    raise
+        return _end_rows(self.runner, xs, bs, contexts, None)
 
     # -- the path-method family (methods.py, regions.py) ---------------------------------
     def _attribute_family(self, jobs, samples, bases, names, graph, settings):

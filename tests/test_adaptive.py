@@ -11,7 +11,7 @@ from igcli.gradients import FiniteDifferences, GraphGradients, pick
 from igcli.ig import ADAPTIVE_METHOD, Problem, integrated_gradients, integrated_gradients_many
 from igcli.inputs import load_samples
 from igcli.model import ModelRunner
-from igcli.session import Session
+from igcli.session import AttributionSettings, Session
 from tests import models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,3 +332,60 @@ def test_bad_arguments(kwargs, message):
     x, b = np.ones(2), np.zeros(2)
     with pytest.raises(ValueError, match=message):
         integrated_gradients(min_one_sum(x, b), x, b, **kwargs)
+
+
+def test_a_gradient_at_x_given_is_the_first_rounds_last_point_and_not_asked_again():
+    """The call that gives F(x) can give dF/dx there too (Session's ends, seeded at the
+    target): the first round then takes it for alpha = 1, the same result, one row fewer."""
+    rng = np.random.default_rng(4)
+    c, k = rng.normal(size=6), rng.uniform(1, 6, size=6)
+    x, b = rng.normal(size=6), np.zeros(6)
+    log = []
+    src, _ = separable(c, k, x, b, log)
+    plain = integrated_gradients_many([Problem(x, b, src)], steps="auto", tolerance=1e-6)[0]
+    asked_plain = [a for call in log for _, a in call]
+    log.clear()
+    ends = (float(src.f(x[None])[0]), float(src.f(b[None])[0]))
+    given = Problem(x, b, src, ends, end_gradient=src.grad(x[None])[0])
+    reused = integrated_gradients_many([given], steps="auto", tolerance=1e-6)[0]
+    asked = [a for call in log for _, a in call]
+    assert 1.0 in asked_plain and 1.0 not in asked and len(asked) == len(asked_plain) - 1
+    assert reused.steps == plain.steps  # (x still counts as an evaluation)
+    np.testing.assert_array_equal(reused.alphas, plain.alphas)
+    np.testing.assert_array_equal(reused.attributions, plain.attributions)
+
+
+def test_the_session_reuses_the_gradient_its_ends_call_gave():
+    """Adaptive steps through the gradient graph: the ends' call is seeded at each sample's
+    top class (TOP_CLASS) or given target, so x is one row fewer, with the same results as
+    integrating the same problems without it. A second target of the same sample, and fixed
+    steps, get no such row."""
+    model = ROOT / "sample_models" / "digits_cnn.onnx"
+    ex = Session(model, cache=False, threads=1)
+    paths = sorted((ROOT / "sample_inputs" / "digits").glob("*.png"))[:3]
+    samples = [s for p in paths for s in load_samples(p, ex.prep, p.stem)]
+    auto = AttributionSettings(steps="auto", baseline="zero")
+    ex.attribute_many(samples, settings=auto)  # the graph and its checks, ready
+    runner = ex.graph.runner
+    runner.rows = 0
+    got = ex.attribute_many(samples, settings=auto, targets_per_sample=[None, [3, 5], None])
+    rows = runner.rows
+    bases = [np.zeros_like(s.x) for s in samples]
+    problems = []
+    for s, base, mine in zip(samples, bases, got, strict=True):
+        for a in mine:
+            ends = (a.f_input, a.f_baseline)
+            problems.append(Problem(s.x, base, GraphGradients(ex.graph, a.target), ends))
+    runner.rows = 0
+    again = integrated_gradients_many(problems, steps="auto", batch_size=runner.batch_size)
+    ends_rows = len(samples) + 1  # the inputs and the shared baseline
+    # the top classes of samples 0 and 2, and target 3 of sample 1, came with the ends
+    assert rows == ends_rows + runner.rows - 3
+    flat = [a for mine in got for a in mine]
+    assert [a.target for a in got[1]] == [3, 5]
+    for a, r in zip(flat, again, strict=True):
+        assert a.extra["steps_used"] == r.steps
+        np.testing.assert_allclose(a.attributions, r.attributions, rtol=1e-4, atol=1e-6)
+    runner.rows = 0
+    ex.attribute_many(samples[:1], settings=AttributionSettings(steps=16, baseline="zero"))
+    assert runner.rows == 2 + 16  # fixed steps: the ends and the rule's points

@@ -362,6 +362,58 @@ def test_a_model_before_opset_9_gets_its_gradient_graph(tmp_path, opset):
     assert np.abs(old.attributions - fd.attributions).max() < 2e-2 * scale
 
 
+def _seeded_rows(graph, x):
+    """Gradient rows of the same input seeded at TOP_CLASS, at its arg-max named, at another
+    class and at NO_TARGET, in one call."""
+    from igcli.model import NO_TARGET, TOP_CLASS
+
+    out = graph.run(x[None])
+    top = int(np.argmax(out.reshape(-1)))
+    other = (top + 1) % out.reshape(-1).size
+    targets = np.array([TOP_CLASS, top, other, NO_TARGET])
+    return graph.run_with_gradients(np.stack([x] * 4), targets)[1].astype(np.float64)
+
+
+@pytest.mark.parametrize("opset", [7, 8, 9, 13])
+def test_top_class_seeds_each_rows_own_arg_max(tmp_path, opset):
+    """TOP_CLASS (the default target, known only once F(x) is) seeds the row's arg-max, in
+    both forms of the seed (OneHot from opset 9, a comparison before): the same gradient
+    as that index named; another class's differs; NO_TARGET's is zero."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import igcli
+
+    rng = np.random.default_rng(5)
+    inits = [onnx.numpy_helper.from_array(rng.normal(size=(5, 6)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(rng.normal(size=5).astype(np.float32), "c")]  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "c"], ["h"], transB=1),
+         helper.make_node("Tanh", ["h"], ["y"])],
+        "top", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 3
+    onnx.save(model, tmp_path / "m.onnx")
+    session = igcli.Session(tmp_path / "m.onnx", cache=False)
+    x = rng.uniform(-1, 1, 6).astype(np.float32)
+    top, named, other, none = _seeded_rows(session.graph_for(x), x)
+    np.testing.assert_array_equal(top, named)
+    assert np.abs(top - other).max() > 1e-3 and not none.any()
+
+
+def test_top_class_seeds_a_float16_output(tmp_path):
+    """ONNX Runtime's ArgMax takes no float16: the seed ranks a float32 copy."""
+    import igcli
+
+    path, x = _fp16_mlp(tmp_path)
+    session = igcli.Session(path, cache=False)
+    top, named, other, none = _seeded_rows(session.graph_for(x), x)
+    np.testing.assert_array_equal(top, named)
+    assert np.abs(top - other).max() > 0 and not none.any()
+
+
 def test_before_opset_9_an_output_of_open_size_blocks_the_seed():
     from onnx import TensorProto, helper
 
