@@ -22,6 +22,7 @@ from igcli.model import (
     Context,
     ModelRunner,
     check_finite,
+    check_output,
     rows_of,
     stack_contexts,
 )
@@ -183,7 +184,7 @@ class GraphRunner:
             outs.append(out)
             grads.append(grad)
         out, grad = np.concatenate(outs), np.concatenate(grads)
-        check_finite(out, f"output {r.output_name!r}", r.path)
+        check_output(out, r.output_name, r.path)
         check_finite(grad, "gradient", r.path)
         return out, grad
 

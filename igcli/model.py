@@ -1626,7 +1626,7 @@ class ModelRunner:
             rows = rows_of(context, start, len(batch), len(points))
             outs.append(self.call(batch, [self.output_name], context=rows)[0])
         result = np.concatenate(outs, axis=0)
-        check_finite(result, f"output {self.output_name!r}", self.path)
+        check_output(result, self.output_name, self.path)
         return result
 
 
@@ -1663,6 +1663,18 @@ def rows_of(context: Context | None, start: int, n: int, total: int) -> Context 
     if context is None:
         return None
     return {k: f.rows(start, start + n, total) for k, f in context.items()}
+
+
+def check_output(values: np.ndarray, name: str, path: Path) -> None:
+    """A call's values of output `name`: some for each row (a detector that found no boxes
+    here has nothing to attribute), all finite."""
+    if values.size == 0 and len(values):
+        raise InputError(
+            f"output {name!r} has no values at this input {list(values.shape[1:])}: "
+            "nothing to attribute",
+            path,
+        )
+    check_finite(values, f"output {name!r}", path)
 
 
 def check_finite(values: np.ndarray, what: str, path: Path) -> None:

@@ -1277,14 +1277,11 @@ class Session:
         """F at each sample's input and baseline, as rows x0, b0, x1, b1, ..., and, with
         `wants` (a target per sample: an index, or TOP_CLASS for its arg-max), dF/dx at each
         input for that target from the same call of the gradient graph; else None. Where that
-        gradient is not finite, F alone: the path's own calls meet it and handle it (finite
-        differences under --gradients auto)."""
+        call fails (a gradient that is not finite, say), F alone: the path's own calls meet it
+        and handle it (finite differences under --gradients auto)."""
         if wants is not None:
-            try:
+            with contextlib.suppress(InputError):  # (the plain call says what is wrong)
                 return _end_rows(graph, xs, bs, contexts, wants)
-            except InputError as exc:
-                if not exc.reason.startswith("gradient contains"):
-                    raise
         return _end_rows(self.runner, xs, bs, contexts, None)
 
     # -- the path-method family (methods.py, regions.py) ---------------------------------
@@ -1599,8 +1596,8 @@ class Session:
             return
         # (a gradient graph's forward values come with no target: a zero seed)
         found = _rows_alone_and_together(probe, x, [probe.output_name], None, context)
-        if found is None:
-            return  # the model call itself fails, or gives NaN: the run reports that
+        if found is None or found[0][0].size == 0:
+            return  # the model call fails, gives NaN or no values: the run says which
         alone, joint = found
         # rows that run alone but not together (joint None) go one per call too
         self._rows_independent = joint is not None and _rows_match(joint[0], alone[0], 1e-6)

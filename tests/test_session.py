@@ -1257,3 +1257,27 @@ def test_a_sequence_first_model_squeezing_its_batch_of_1_out_of_the_output(tmp_p
     a = igcli.Session(path, cache=False).attribute(sample, target=2, steps=32, baseline="zero")
     assert a.f_input == pytest.approx(float(y[2]), rel=1e-6)
     assert a.gradient_source == "graph" and a.rel_error < 1e-3
+
+
+@pytest.mark.parametrize("steps", [8, "auto"])
+def test_an_output_with_no_values_at_an_input_is_that_inputs_failure(tmp_path, steps):
+    """A detector that finds nothing, say: an output of shape [N, 0] has nothing to attribute.
+    It was an internal error (the arg-max and the rows probe of an empty array); it is the
+    input's failure now, in one line. (The gradient graph's seed has no row to set, and
+    ONNX Runtime's Run of it says so first.)"""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "empty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 0])],
+        [numpy_helper.from_array(np.zeros((4, 0), np.float32), "w")],
+    )  # fmt: skip
+    path = tmp_path / "empty.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    for gradients, said in [("fd", "output 'y' has no values at this input"),
+                            ("auto", "model call failed: .*(ArgMax|OneHot)")]:  # fmt: skip
+        session = igcli.Session(path, cache=False, gradients=gradients)
+        with pytest.raises(igcli.IgcliError, match=said):
+            session.attribute(np.ones(4, np.float32), steps=steps)
