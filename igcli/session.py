@@ -286,24 +286,26 @@ def _end_rows(runner, xs, bs, contexts, wants) -> tuple[np.ndarray, np.ndarray |
     same = all(b is bs[0] or np.array_equal(b, bs[0]) for b in bs[1:])
     shared = same and all(c is None for c in contexts)  # (other inputs may differ per sample)
     if shared:
-        rows, context = np.stack([*xs, bs[0]]), None
-        targets, x_rows = [*(wants or []), NO_TARGET], slice(0, n)
+        rows, context, x_rows = np.stack([*xs, bs[0]]), None, slice(0, n)
     else:
         rows = np.stack([r for x, b in zip(xs, bs, strict=True) for r in (x, b)])
         context = stack_contexts([c for c in contexts for _ in (0, 1)])
-        targets, x_rows = [t for w in wants or [] for t in (w, NO_TARGET)], slice(0, 2 * n, 2)
+        x_rows = slice(0, 2 * n, 2)
     if wants is None:
         values, grads = runner.run(rows, context), None
     else:
-        values, grads = runner.run_with_gradients(rows, np.array(targets, np.int64), context)
+        targets = np.full(len(rows), NO_TARGET, dtype=np.int64)  # (baselines: F alone)
+        targets[x_rows] = wants
+        values, grads = runner.run_with_gradients(rows, targets, context)
     if shared:
         values = np.stack([v for i in range(n) for v in (values[i], values[n])])
     return values, None if grads is None else grads[x_rows]
 
 
-def _seeded_target(want: int, output: np.ndarray) -> int:
-    """The target `Session._ends` seeded for a sample whose output at x is `output`."""
-    return int(np.argmax(output.reshape(-1))) if want == TOP_CLASS else int(want)
+def _first_target(targets: list[int] | None) -> int:
+    """What `Session._ends` seeds for a sample whose targets are these (None: its top class,
+    as `Session._targets` picks it): the first of those that `_targets` gives."""
+    return targets[0] if targets else TOP_CLASS
 
 
 def _target_list(targets, name: str) -> list[int] | None:
@@ -1111,10 +1113,11 @@ class Session:
         runner = self.runner
         # Adaptive steps evaluate x itself in their first round: the call that gives F(x)
         # gives its gradient for the sample's first target too (its arg-max by default).
+        asked = [targets if own is None else own
+                 for own in targets_per_sample or [None] * len(samples)]  # fmt: skip
         wants = None
         if graph is not None and settings.adaptive and methods.is_plain(settings):
-            own_targets = targets_per_sample or [None] * len(samples)
-            wants = [(own or targets or [TOP_CLASS])[0] for own in own_targets]
+            wants = [_first_target(mine) for mine in asked]
         try:  # one call gives the targets and both ends of every path
             ends, x_grads = self._ends(graph, xs, bs, contexts, wants)
         except IgcliError as exc:
@@ -1133,11 +1136,11 @@ class Session:
         jobs = []  # (sample index, target, problem)
         for i, (x, base, context) in enumerate(zip(xs, bs, contexts, strict=True)):
             pair = ends[2 * i : 2 * i + 2]
-            own = targets_per_sample[i] if targets_per_sample is not None else None
-            for t in self._targets(pair[0], out_shape, targets if own is None else own):
+            chosen = self._targets(pair[0], out_shape, asked[i])
+            for t in chosen:
                 source = self._source(graph, t, samples[i], x, base, context)
                 problem = Problem(x, base, source, tuple(pick(pair, t)))
-                if x_grads is not None and t == _seeded_target(wants[i], pair[0]):
+                if x_grads is not None and t == chosen[0]:  # (the target the ends seeded)
                     problem.end_gradient = x_grads[i]
                 jobs.append((i, t, problem))
         if isinstance(jobs[0][2].source, FiniteDifferences) and methods.is_plain(settings):
