@@ -282,13 +282,15 @@ class RunReport:
             return None
         errors = ((_gated_error(r), r) for r in self.results
                   if not r.get("noise") and _nonzero(r.get("delta")))  # fmt: skip
-        over = [(_value(e), r["name"]) for e, r in errors if _over(e, limit)]
+        over = [(_value(e), r) for e, r in errors if _over(e, limit)]
         if not over:
             return None
-        worst, name = max(over, key=lambda e: math.inf if math.isnan(e[0]) else e[0])
+        worst, record = max(over, key=lambda e: math.inf if math.isnan(e[0]) else e[0])
+        name = record["name"]
         adaptive = any(r.get("steps") == "auto" for r in self.results)
         more = "raise --max-steps" if adaptive else "raise --steps or use --steps auto"
-        if not steps_help:
+        # adaptive steps that stopped where no refinement helps said so, input by input
+        if not steps_help or all(r.get("stop_reason") == "floor" for _, r in over):
             more = "more steps will not help (see above)"
         return (
             f"{len(over)} of {len(self.results)} result(s) miss F(x) - F(b) by more than "

@@ -264,6 +264,27 @@ def unscaled_logistic(scales=(0.01, 1.0, 1000.0)) -> onnx.ModelProto:
     )
 
 
+def nearly_one(k: float = 1e-6) -> onnx.ModelProto:
+    """y = 1 - k sigmoid(x1 + x2 + x3): with k = 1e-6, F(x) and F(0) are a few float32 units
+    in the last place apart, as a saturated softmax's top class is."""
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "axes"], ["t"], keepdims=1),
+        helper.make_node("Sigmoid", ["t"], ["s"]),
+        helper.make_node("Mul", ["s", "k"], ["ks"]),
+        helper.make_node("Sub", ["one", "ks"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [
+            const("k", [k]),
+            const("one", [1.0]),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
+    )
+
+
 def staircase() -> onnx.ModelProto:
     """y = floor(3 x) summed: piecewise constant, its gradient is zero almost everywhere."""
     nodes = [

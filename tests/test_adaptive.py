@@ -317,6 +317,27 @@ def test_float32_inputs_are_not_refined_below_their_resolution():
     assert np.min(np.diff(r.alphas)) >= 2 * np.finfo(np.float32).eps
 
 
+def test_errors_within_the_rounding_of_f_are_not_split(monkeypatch):
+    """F computed in float32 (a saturated output near 1): F(x) - F(b) is a few units in the
+    last place, and the panels' errors are that rounding, which halving never lowers."""
+    x, b = np.array([1.0, 2.0, 3.0], dtype=np.float32), np.zeros(3, dtype=np.float32)
+
+    def sigmoid(p):
+        return 1 / (1 + np.exp(-p.sum(1)))
+
+    def f(p):
+        return (1 - 1e-6 * sigmoid(p)).astype(np.float32).astype(np.float64)
+
+    def grad(p):
+        s = sigmoid(p)[:, None]
+        return -1e-6 * s * (1 - s) * np.ones_like(p)
+
+    r = auto(Source(f, grad, x, b), x, b)
+    assert not r.converged and r.stop_reason == "floor" and r.steps == 9
+    monkeypatch.setattr(ig, "NOISE_ULPS", 0)  # without the rule: split down to the budget
+    assert auto(Source(f, grad, x, b), x, b).steps > 100
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [

@@ -274,6 +274,22 @@ def test_a_run_ends_by_counting_unresolved_results(tmp_path):
     assert "raise --max-steps" in line[0] and "--steps auto" not in line[0]
 
 
+def test_adaptive_steps_stop_at_the_rounding_of_f(tmp_path):
+    """F(x) and F(b) a few float32 units apart (a saturated output): what is left of the
+    completeness error is F's own rounding, which no split lowers. The run stops after the
+    first round (it split down to 1,023 evaluations before) and says more steps will not help."""
+    model = models.save(models.nearly_one(), tmp_path / "n.onnx")
+    np.save(tmp_path / "x.npy", np.array([[1.0, 2.0, 3.0]], dtype=np.float32))
+    result = run("explain", model, tmp_path / "x.npy", "--steps", "auto", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads((tmp_path / "o" / "report.json").read_text())["results"][0]
+    assert record["steps_used"] == 9 and record["stop_reason"] == "floor"
+    assert record["rel_error"] > 0.05  # (the gradients are right: F(x) - F(b) is off by 9 ulps)
+    line = [x for x in result.stderr.splitlines() if "result(s) miss F(x) - F(b)" in x]
+    assert len(line) == 1 and "more steps will not help" in line[0], result.stderr
+    assert "rounding of F itself" in result.stderr
+
+
 def test_fixed_batch_model_runs_row_by_row(tmp_path):
     model = models.save(models.fixed_batch_reshape(), tmp_path / "fixed.onnx")
     np.save(tmp_path / "x.npy", np.array([[[0.1, 0.2], [0.3, -0.4]]], dtype=np.float32))
