@@ -33,6 +33,18 @@ igcli's worktree on PYTHONPATH (the igcli CLI itself runs from the worktree's .v
         [--models resnet50,densenet121,vit] [--rounds 3] [--steps 64] [--batch 16]
         [--threads 2] [--workdir /tmp/igcli-bench] [--igcli .venv/bin/igcli]
         [--calls 7] [--skip-calls] [--skip-ig] [--adaptive [--tolerance 0.005]]
+        [--captum-python CMD]
+
+--captum-python runs Captum under another Python: torchvision's wheels on x86_64 come with
+torch's CUDA build, which imports and attributes more slowly on the CPU than its CPU build.
+ResNet-50 at 50 steps, 2 threads, on this machine: torch 2.14.1+cu130 imported in 2.5 s (14 s
+cold) and attributed in 10.4-11.5 s; 2.13.0+cpu in 2.0 s and 9.2-9.4 s. The onnx2torch models
+(resnet50, densenet121) load under a CPU-only torch without torchvision: onnx2torch imports
+torchvision.ops only for NMS and RoiAlign, which these graphs lack, and the Captum process
+gives it a stub where torchvision is missing. So, with `pip install torch==2.13.0 captum
+onnx2torch --no-deps onnx` in a venv of its own (no torchvision): --models
+resnet50,densenet121 --captum-python /venv-cpu/bin/python. The ViT is torchvision's own
+module and needs the venv with torchvision.
 
 --igcli is a command line: to time another checkout of igcli with the same venv, pass e.g.
 --igcli "env PYTHONPATH=/path/to/checkout .venv/bin/python -m igcli" (and run the script
@@ -156,7 +168,8 @@ def run_igcli(
 
 
 def run_captum(case: dict, x: Path, args, steps: int | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--captum-child", str(case["torch"]), str(x), "--steps",
+    python = shlex.split(args.captum_python) if args.captum_python else [sys.executable]
+    cmd = [*python, __file__, "--captum-child", str(case["torch"]), str(x), "--steps",
            str(steps or args.steps), "--batch", str(args.batch), "--threads",
            str(args.threads)]  # fmt: skip
     start = time.perf_counter()
@@ -167,6 +180,24 @@ def run_captum(case: dict, x: Path, args, steps: int | None = None) -> dict:
     return {"total": took, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
+def _torchvision_stub() -> None:
+    """Where torchvision is missing (a venv with torch's CPU build), a stand-in for the
+    torchvision.ops names onnx2torch imports: its NMS and RoiAlign modules, never run here."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        import types
+
+        def missing(*args, **kwargs):
+            raise NotImplementedError("torchvision is not installed")
+
+        ops = types.ModuleType("torchvision.ops")
+        ops.nms = ops.roi_align = ops.box_convert = missing
+        stub = types.ModuleType("torchvision")
+        stub.ops = ops
+        sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
+
+
 def captum_child(torch_path: str, x_path: str, steps: int, batch: int, threads: int) -> None:
     """The Captum process: load, pick the top class, attribute; report phases as JSON."""
     t0 = time.perf_counter()
@@ -175,6 +206,7 @@ def captum_child(torch_path: str, x_path: str, steps: int, batch: int, threads: 
 
     torch.set_num_threads(threads)
     t1 = time.perf_counter()
+    _torchvision_stub()
     model = torch.load(torch_path, weights_only=False).eval()
     x = torch.from_numpy(np.load(x_path))[None]
     t2 = time.perf_counter()
@@ -323,6 +355,11 @@ def main() -> None:
         help="also: adaptive steps against Captum's default 50 steps",
     )
     parser.add_argument("--tolerance", type=float, default=0.005)
+    parser.add_argument(
+        "--captum-python",
+        help="the command line of the Python that runs Captum (default: this one), e.g. a venv "
+        "with torch's CPU build",
+    )
     parser.add_argument("--captum-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.captum_child:
