@@ -475,9 +475,9 @@ class _Adaptive:
         ends = np.array([max(abs(self.f[a]), abs(self.f[c])) for a, _, c in self.panels])
         rounding = NOISE_ULPS * self.eps * ends
         splittable = (widths > self.min_width) & (np.abs(self.errors) > rounding)
-        # What no split can remove: the errors of committed panels and of panels too narrow
-        # to split, and the reported delta against the F the source returned along the path
-        # (they come from different calls), with rounding.
+        # What no split can remove: the errors of committed panels and of panels not to split
+        # (too narrow, or at F's rounding), and the reported delta against the F the source
+        # returned along the path (they come from different calls), with rounding.
         stuck = ~splittable
         fixed_sum = signed - float(np.sum(self.errors[splittable]))
         fixed_sq = self.frozen_sq_error + float(np.sum(self.errors[stuck] ** 2))
