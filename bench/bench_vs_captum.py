@@ -134,6 +134,7 @@ def prepare_models(names: list[str], workdir: Path) -> dict[str, dict]:
                 )
                 program.save(str(onnx_path))
             else:
+                _torchvision_stub()
                 from onnx2torch import convert
 
                 from tests.light_models import randomized

@@ -95,8 +95,10 @@ class Problem:
     source: GradientSource
     end_values: tuple[float, float] | None = None  # F(x), F(baseline) when already known
     # dF/dx at x (alpha 1) for this target, when the call that gave F(x) gave it too:
-    # adaptive steps then take it as their first round's last point instead of a new row
+    # adaptive steps then take it as their first round's last point instead of a new row;
+    # and at the baseline (alpha 0), likewise their first point
     end_gradient: np.ndarray | None = None
+    baseline_gradient: np.ndarray | None = None
 
 
 Steps = int | Literal["auto"]
@@ -581,8 +583,10 @@ def _adaptive_many(
         for p, e in zip(problems, ends, strict=True)
     ]
     straddle = _can_straddle(problems)
-    # points already evaluated: x itself, where the ends' call gave its gradient
-    given = [{1.0: (float(e[0]), p.end_gradient)} if p.end_gradient is not None else {}
+    # points already evaluated: x itself and the baseline, where the ends' call gave their
+    # gradients for this target
+    given = [{a: (float(f), g) for a, f, g in ((1.0, e[0], p.end_gradient),
+                                               (0.0, e[1], p.baseline_gradient)) if g is not None}
              for p, e in zip(problems, ends, strict=True)]  # fmt: skip
 
     def integrand(j: int, alphas: np.ndarray, grads: np.ndarray) -> tuple[list, np.ndarray]:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,6 @@ from igcli.memory import (
     rows_within,
 )
 from igcli.model import (
-    NO_TARGET,
     TOP_CLASS,
     Context,
     Feed,
@@ -278,28 +278,41 @@ def _python_warning(message: str) -> None:
     warnings.warn(message, IgcliWarning, stacklevel=3)
 
 
-def _end_rows(runner, xs, bs, contexts, wants) -> tuple[np.ndarray, np.ndarray | None]:
+def _end_rows(runner, xs, bs, contexts, wants) -> tuple[np.ndarray, list | None, list | None]:
     """Session._ends' call. A baseline shared by the samples (black, say) is evaluated once:
     at 50 steps the ends are 2 of each input's 52 rows, and half of them would be the same
-    row. With `wants`, `runner` is the gradient graph."""
+    row. With `wants`, `runner` is the gradient graph, and each baseline row is seeded like
+    its input (a shared one like most inputs): the reverse pass runs for every row anyway,
+    and where a baseline's row comes out seeded at its input's target, adaptive steps take it
+    for alpha = 0. Returns the ends' values, then, with `wants`, each input's gradient and
+    each baseline's (the output index it was seeded at, its gradient)."""
     n = len(xs)
     same = all(b is bs[0] or np.array_equal(b, bs[0]) for b in bs[1:])
     shared = same and all(c is None for c in contexts)  # (other inputs may differ per sample)
     if shared:
         rows, context, x_rows = np.stack([*xs, bs[0]]), None, slice(0, n)
+        b_rows = [n] * n
     else:
         rows = np.stack([r for x, b in zip(xs, bs, strict=True) for r in (x, b)])
         context = stack_contexts([c for c in contexts for _ in (0, 1)])
         x_rows = slice(0, 2 * n, 2)
+        b_rows = list(range(1, 2 * n, 2))
     if wants is None:
-        values, grads = runner.run(rows, context), None
+        values = runner.run(rows, context)
+        x_grads = b_grads = None
     else:
-        targets = np.full(len(rows), NO_TARGET, dtype=np.int64)  # (baselines: F alone)
+        targets = np.empty(len(rows), dtype=np.int64)
         targets[x_rows] = wants
+        targets[b_rows] = Counter(wants).most_common(1)[0][0] if shared else wants
         values, grads = runner.run_with_gradients(rows, targets, context)
+        flat = values.reshape(len(values), -1)
+        seeded = [int(np.argmax(flat[r])) if targets[r] == TOP_CLASS else int(targets[r])
+                  for r in range(len(rows))]  # fmt: skip
+        x_grads = list(grads[x_rows])
+        b_grads = [(seeded[r], grads[r]) for r in b_rows]
     if shared:
         values = np.stack([v for i in range(n) for v in (values[i], values[n])])
-    return values, None if grads is None else grads[x_rows]
+    return values, x_grads, b_grads
 
 
 def _first_target(targets: list[int] | None) -> int:
@@ -1119,7 +1132,7 @@ class Session:
         if graph is not None and settings.adaptive and methods.is_plain(settings):
             wants = [_first_target(mine) for mine in asked]
         try:  # one call gives the targets and both ends of every path
-            ends, x_grads = self._ends(graph, xs, bs, contexts, wants)
+            ends, x_grads, b_grads = self._ends(graph, xs, bs, contexts, wants)
         except IgcliError as exc:
             reason = exc.reason
             if "NaN" in reason or "Inf" in reason:  # at the input, or only at the baseline?
@@ -1142,6 +1155,8 @@ class Session:
                 problem = Problem(x, base, source, tuple(pick(pair, t)))
                 if x_grads is not None and t == chosen[0]:  # (the target the ends seeded)
                     problem.end_gradient = x_grads[i]
+                if b_grads is not None and b_grads[i][0] == t:
+                    problem.baseline_gradient = b_grads[i][1]
                 jobs.append((i, t, problem))
         if isinstance(jobs[0][2].source, FiniteDifferences) and methods.is_plain(settings):
             self._warn_of_slow_differences(jobs[0][2].source, settings, runner)
@@ -1279,9 +1294,10 @@ class Session:
     def _ends(self, graph, xs, bs, contexts, wants):
         """F at each sample's input and baseline, as rows x0, b0, x1, b1, ..., and, with
         `wants` (a target per sample: an index, or TOP_CLASS for its arg-max), dF/dx at each
-        input for that target from the same call of the gradient graph; else None. Where that
-        call fails (a gradient that is not finite, say), F alone: the path's own calls meet it
-        and handle it (finite differences under --gradients auto)."""
+        input for that target and at each baseline (see _end_rows) from the same call of the
+        gradient graph; else None, None. Where that call fails (a gradient that is not
+        finite, say), F alone: the path's own calls meet it and handle it (finite differences
+        under --gradients auto)."""
         if wants is not None:
             with contextlib.suppress(InputError):  # (the plain call says what is wrong)
                 return _end_rows(graph, xs, bs, contexts, wants)

@@ -376,11 +376,60 @@ def test_a_gradient_at_x_given_is_the_first_rounds_last_point_and_not_asked_agai
     np.testing.assert_array_equal(reused.attributions, plain.attributions)
 
 
+def test_a_gradient_at_the_baseline_given_is_the_first_rounds_first_point():
+    """The ends' call gives dF/dx at the baseline too where its row was seeded at the
+    problem's target: the first round takes it for alpha = 0, the same result, one row
+    fewer (two with x's)."""
+    rng = np.random.default_rng(5)
+    c, k = rng.normal(size=6), rng.uniform(1, 6, size=6)
+    x, b = rng.normal(size=6), rng.normal(size=6)
+    log = []
+    src, _ = separable(c, k, x, b, log)
+    plain = integrated_gradients_many([Problem(x, b, src)], steps="auto", tolerance=1e-6)[0]
+    asked_plain = [a for call in log for _, a in call]
+    log.clear()
+    ends = (float(src.f(x[None])[0]), float(src.f(b[None])[0]))
+    given = Problem(x, b, src, ends, end_gradient=src.grad(x[None])[0],
+                    baseline_gradient=src.grad(b[None])[0])  # fmt: skip
+    reused = integrated_gradients_many([given], steps="auto", tolerance=1e-6)[0]
+    asked = [a for call in log for _, a in call]
+    assert {0.0, 1.0} <= set(asked_plain) and not {0.0, 1.0} & set(asked)
+    assert len(asked) == len(asked_plain) - 2
+    assert reused.steps == plain.steps
+    np.testing.assert_array_equal(reused.alphas, plain.alphas)
+    np.testing.assert_array_equal(reused.attributions, plain.attributions)
+
+
+def test_a_given_target_seeds_the_baseline_row_too():
+    """With a target named, the ends' call seeds the input's and the baseline's rows at it:
+    adaptive steps then ask no new row for either end, and the result is the one without."""
+    model = ROOT / "sample_models" / "digits_cnn.onnx"
+    ex = Session(model, cache=False, threads=1)
+    path = sorted((ROOT / "sample_inputs" / "digits").glob("*.png"))[0]
+    samples = load_samples(path, ex.prep, path.stem)
+    auto = AttributionSettings(steps="auto", baseline="zero")
+    ex.attribute_many(samples, settings=auto)  # the graph and its checks, ready
+    runner = ex.graph.runner
+    runner.rows = 0
+    (got,) = ex.attribute_many(samples, settings=auto, targets_per_sample=[[7]])
+    rows = runner.rows
+    base = np.zeros_like(samples[0].x)
+    ends = (got[0].f_input, got[0].f_baseline)
+    runner.rows = 0
+    (again,) = integrated_gradients_many(
+        [Problem(samples[0].x, base, GraphGradients(ex.graph, 7), ends)], steps="auto"
+    )
+    assert rows == 2 + runner.rows - 2  # the ends' two rows stand for alpha = 1 and 0
+    assert got[0].extra["steps_used"] == again.steps
+    np.testing.assert_allclose(got[0].attributions, again.attributions, rtol=1e-4, atol=1e-6)
+
+
 def test_the_session_reuses_the_gradient_its_ends_call_gave():
     """Adaptive steps through the gradient graph: the ends' call is seeded at each sample's
     top class (TOP_CLASS) or given target, so x is one row fewer, with the same results as
-    integrating the same problems without it. A second target of the same sample, and fixed
-    steps, get no such row."""
+    integrating the same problems without it; the shared baseline's row is seeded like most
+    inputs (here at its own top class), and a problem whose target that is takes it for
+    alpha = 0. A second target of the same sample, and fixed steps, get no x row."""
     model = ROOT / "sample_models" / "digits_cnn.onnx"
     ex = Session(model, cache=False, threads=1)
     paths = sorted((ROOT / "sample_inputs" / "digits").glob("*.png"))[:3]
@@ -392,6 +441,7 @@ def test_the_session_reuses_the_gradient_its_ends_call_gave():
     got = ex.attribute_many(samples, settings=auto, targets_per_sample=[None, [3, 5], None])
     rows = runner.rows
     bases = [np.zeros_like(s.x) for s in samples]
+    top_of_baseline = int(np.argmax(ex.runner.run(bases[0][None]).reshape(-1)))
     problems = []
     for s, base, mine in zip(samples, bases, got, strict=True):
         for a in mine:
@@ -400,9 +450,12 @@ def test_the_session_reuses_the_gradient_its_ends_call_gave():
     runner.rows = 0
     again = integrated_gradients_many(problems, steps="auto", batch_size=runner.batch_size)
     ends_rows = len(samples) + 1  # the inputs and the shared baseline
-    # the top classes of samples 0 and 2, and target 3 of sample 1, came with the ends
-    assert rows == ends_rows + runner.rows - 3
     flat = [a for mine in got for a in mine]
+    at_baseline = sum(a.target == top_of_baseline for a in flat)
+    assert at_baseline == 1  # (these digits: one of the four problems)
+    # the top classes of samples 0 and 2, and target 3 of sample 1, came with the ends, and
+    # so did the baseline's gradient for the problem whose target is its top class
+    assert rows == ends_rows + runner.rows - 3 - at_baseline
     assert [a.target for a in got[1]] == [3, 5]
     for a, r in zip(flat, again, strict=True):
         assert a.extra["steps_used"] == r.steps
