@@ -355,32 +355,12 @@ def test_bad_arguments(kwargs, message):
         integrated_gradients(min_one_sum(x, b), x, b, **kwargs)
 
 
-def test_a_gradient_at_x_given_is_the_first_rounds_last_point_and_not_asked_again():
-    """The call that gives F(x) can give dF/dx there too (Session's ends, seeded at the
-    target): the first round then takes it for alpha = 1, the same result, one row fewer."""
+@pytest.mark.parametrize("at", [(1.0,), (1.0, 0.0)], ids=["x", "x-and-baseline"])
+def test_gradients_given_at_the_ends_are_first_round_points_not_asked_again(at):
+    """The call that gives F(x) and F(b) can give dF/dx there too (Session's ends, seeded at
+    the target): the first round then takes them for alpha = 1 (and 0), the same result, a
+    row fewer for each."""
     rng = np.random.default_rng(4)
-    c, k = rng.normal(size=6), rng.uniform(1, 6, size=6)
-    x, b = rng.normal(size=6), np.zeros(6)
-    log = []
-    src, _ = separable(c, k, x, b, log)
-    plain = integrated_gradients_many([Problem(x, b, src)], steps="auto", tolerance=1e-6)[0]
-    asked_plain = [a for call in log for _, a in call]
-    log.clear()
-    ends = (float(src.f(x[None])[0]), float(src.f(b[None])[0]))
-    given = Problem(x, b, src, ends, end_gradient=src.grad(x[None])[0])
-    reused = integrated_gradients_many([given], steps="auto", tolerance=1e-6)[0]
-    asked = [a for call in log for _, a in call]
-    assert 1.0 in asked_plain and 1.0 not in asked and len(asked) == len(asked_plain) - 1
-    assert reused.steps == plain.steps  # (x still counts as an evaluation)
-    np.testing.assert_array_equal(reused.alphas, plain.alphas)
-    np.testing.assert_array_equal(reused.attributions, plain.attributions)
-
-
-def test_a_gradient_at_the_baseline_given_is_the_first_rounds_first_point():
-    """The ends' call gives dF/dx at the baseline too where its row was seeded at the
-    problem's target: the first round takes it for alpha = 0, the same result, one row
-    fewer (two with x's)."""
-    rng = np.random.default_rng(5)
     c, k = rng.normal(size=6), rng.uniform(1, 6, size=6)
     x, b = rng.normal(size=6), rng.normal(size=6)
     log = []
@@ -389,13 +369,14 @@ def test_a_gradient_at_the_baseline_given_is_the_first_rounds_first_point():
     asked_plain = [a for call in log for _, a in call]
     log.clear()
     ends = (float(src.f(x[None])[0]), float(src.f(b[None])[0]))
-    given = Problem(x, b, src, ends, end_gradient=src.grad(x[None])[0],
-                    baseline_gradient=src.grad(b[None])[0])  # fmt: skip
+    grads = {a: src.grad(p[None])[0] for a, p in ((1.0, x), (0.0, b)) if a in at}
+    given = Problem(x, b, src, ends, end_gradient=grads.get(1.0),
+                    baseline_gradient=grads.get(0.0))  # fmt: skip
     reused = integrated_gradients_many([given], steps="auto", tolerance=1e-6)[0]
     asked = [a for call in log for _, a in call]
-    assert {0.0, 1.0} <= set(asked_plain) and not {0.0, 1.0} & set(asked)
-    assert len(asked) == len(asked_plain) - 2
-    assert reused.steps == plain.steps
+    assert set(at) <= set(asked_plain) and not set(at) & set(asked)
+    assert len(asked) == len(asked_plain) - len(at)
+    assert reused.steps == plain.steps  # (the ends still count as evaluations)
     np.testing.assert_array_equal(reused.alphas, plain.alphas)
     np.testing.assert_array_equal(reused.attributions, plain.attributions)
 
