@@ -317,6 +317,11 @@ FIRST_PANELS = 4  # the first round: Simpson on 4 panels, 9 points including bot
 # F(c) - F(a) carries that much from the model's own arithmetic, however narrow the panel,
 # so splitting cannot lower it.
 NOISE_ULPS = 4
+# A round splits panels until the error left, counting the split ones as gone, is this much of
+# the target: the halves keep some error, so 1 would often need one more round. Replayed on
+# six CNNs' integrands sampled on a 1/256 grid, 0.85 took 4-10% fewer evaluations than 0.5
+# at tolerances 0.01, 0.005 and 0.002, with at most one more round (ResNet-50: 33 not 35).
+SPLIT_GOAL = 0.85
 
 
 class _Adaptive:
@@ -486,9 +491,10 @@ class _Adaptive:
         if abs(fixed_sum) > target or math.sqrt(fixed_sq) > target or not splittable.any():
             self._finish("floor")
             return
-        # Split the largest errors until what is left is halfway down to the target.
-        goal_sum = max(target / 2, (target + abs(fixed_sum)) / 2)
-        goal_sq = max(target**2 / 4, (target**2 + fixed_sq) / 2)
+        # Split the largest errors until what is left is SPLIT_GOAL of the target (or halfway
+        # down to it from what no split removes).
+        goal_sum = max(SPLIT_GOAL * target, (target + abs(fixed_sum)) / 2)
+        goal_sq = max((SPLIT_GOAL * target) ** 2, (target**2 + fixed_sq) / 2)
         rest_sum, rest_sq = signed, sq
         for k in np.argsort(-np.abs(self.errors), kind="stable"):
             if len(self.split) >= room:
