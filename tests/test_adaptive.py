@@ -444,3 +444,17 @@ def test_the_session_reuses_the_gradient_its_ends_call_gave():
     runner.rows = 0
     ex.attribute_many(samples[:1], settings=AttributionSettings(steps=16, baseline="zero"))
     assert runner.rows == 2 + 16  # fixed steps: the ends and the rule's points
+
+
+def test_a_round_splits_the_largest_errors_until_split_goal_of_the_target_is_left():
+    """Four first panels with errors 4, 3, 2, 1 (F falls by them where g is 0), target 5: the
+    round splits the two largest (what is left, 3 and a square of 5, is within 0.85 of the
+    target), not a third as a goal of half the target did; their quarter points come next."""
+    alphas = np.arange(9) / 8
+    f = np.concatenate([[0.0], -np.cumsum(np.repeat([4.0, 3.0, 2.0, 1.0], 2) / 2)])
+    state = ig._Adaptive(np.zeros(1, np.float32), f[-1] - f[0], 0.5, max_steps=64)
+    assert state.pending == alphas.tolist()
+    state.accept(f, [np.zeros(1, np.float32)] * 9, np.zeros(9))
+    assert ig.SPLIT_GOAL == 0.85 and not state.done
+    np.testing.assert_allclose(state.errors, [4, 3, 2, 1])
+    assert sorted(state.pending) == [1 / 16, 3 / 16, 5 / 16, 7 / 16]
