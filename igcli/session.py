@@ -306,10 +306,9 @@ def _end_rows(runner, xs, bs, contexts, wants) -> tuple[np.ndarray, list | None,
         targets[b_rows] = Counter(wants).most_common(1)[0][0] if shared else wants
         values, grads = runner.run_with_gradients(rows, targets, context)
         flat = values.reshape(len(values), -1)
-        seeded = [int(np.argmax(flat[r])) if targets[r] == TOP_CLASS else int(targets[r])
-                  for r in range(len(rows))]  # fmt: skip
         x_grads = list(grads[x_rows])
-        b_grads = [(seeded[r], grads[r]) for r in b_rows]
+        b_grads = [(int(np.argmax(flat[r]) if targets[r] == TOP_CLASS else targets[r]), grads[r])
+                   for r in b_rows]  # fmt: skip
     if shared:
         values = np.stack([v for i in range(n) for v in (values[i], values[n])])
     return values, x_grads, b_grads
