@@ -307,11 +307,17 @@ def _end_rows(runner, xs, bs, contexts, wants) -> tuple[np.ndarray, list | None,
         values, grads = runner.run_with_gradients(rows, targets, context)
         flat = values.reshape(len(values), -1)
         x_grads = list(grads[x_rows])
-        b_grads = [(int(np.argmax(flat[r]) if targets[r] == TOP_CLASS else targets[r]), grads[r])
+        b_grads = [(_top_class(flat[r]) if targets[r] == TOP_CLASS else int(targets[r]), grads[r])
                    for r in b_rows]  # fmt: skip
     if shared:
         values = np.stack([v for i in range(n) for v in (values[i], values[n])])
     return values, x_grads, b_grads
+
+
+def _top_class(output: np.ndarray) -> int:
+    """A sample's default target: the index of its first largest output value, flattened (the
+    class a TOP_CLASS seed picks in the gradient graph: _end_rows relies on the two agreeing)."""
+    return int(np.argmax(output.reshape(-1)))
 
 
 def _first_target(targets: list[int] | None) -> int:
@@ -1466,7 +1472,7 @@ class Session:
     def _targets(self, output, out_shape, targets) -> list[int]:
         n_out = int(np.prod(out_shape)) if out_shape else 1
         if targets is None:
-            return [int(np.argmax(output.reshape(-1)))]
+            return [_top_class(output)]
         for t in targets:  # ints: attribute_many's _target_list made them so
             if not 0 <= t < n_out:
                 raise UsageError(
