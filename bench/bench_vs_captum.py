@@ -37,12 +37,15 @@ igcli's worktree on PYTHONPATH (the igcli CLI itself runs from the worktree's .v
 
 --captum-python runs Captum under another Python: torchvision's wheels on x86_64 come with
 torch's CUDA build, which imports and attributes more slowly on the CPU than its CPU build.
-ResNet-50 at 50 steps, 2 threads, on this machine: torch 2.14.1+cu130 imported in 2.5 s (14 s
-cold) and attributed in 10.4-11.5 s; 2.13.0+cpu in 2.0 s and 9.2-9.4 s. The onnx2torch models
-(resnet50, densenet121) load under a CPU-only torch without torchvision: onnx2torch imports
-torchvision.ops only for NMS and RoiAlign, which these graphs lack, and the Captum process
-gives it a stub where torchvision is missing. So, with `pip install torch==2.13.0 captum
-onnx2torch --no-deps onnx` in a venv of its own (no torchvision): --models
+ResNet-50 at 50 steps, 2 threads, on one machine (2026-12-01): torch 2.14.1+cu130 imported
+in 2.5 s (14 s cold) and attributed in 10.4-11.5 s; 2.13.0+cpu in 2.0 s and 9.2-9.4 s. On
+another (an AMD EPYC, 2026-12-02) the CPU build attributed in 12-16 s: a ratio against
+Captum holds for one machine and one run. The onnx2torch models (resnet50, densenet121)
+build and load under a CPU-only torch without torchvision: onnx2torch imports
+torchvision.ops only for NMS and RoiAlign, which these graphs lack, and this script gives
+it a stub where torchvision is missing. So, in a venv of its own (`pip install
+torch==2.13.0 captum numpy`, then `pip install --no-deps onnx2torch onnx 'ml_dtypes<0.7'
+protobuf typing_extensions` and `pip install -e .`), the whole bench runs with --models
 resnet50,densenet121 --captum-python /venv-cpu/bin/python. The ViT is torchvision's own
 module and needs the venv with torchvision.
 
