@@ -131,6 +131,10 @@ class Messages:
         if shared:
             self.info(" \u00b7 ".join(shared.values()))
         columns = ["input", "target", ">F(x)", ">F(baseline)", ">sum attr.", ">rel. error"]
+        # adaptive steps estimate each feature's error too: completeness checks only the sum
+        per_feature = any(r.get("feature_error") is not None for r in results)
+        if per_feature:
+            columns.append(">feature err.")
         varying = [k for k in ("steps_used", "gradient_source") if k not in shared]
         if "steps" in shared and not any(r.get("converged") is not None for r in results):
             varying.remove("steps_used")
@@ -148,6 +152,9 @@ class Messages:
                 f"{r['attribution_sum']:.5g}",
                 percent(r["rel_error"]),
             ]
+            if per_feature:
+                error = r.get("feature_error")
+                cells.append("-" if error is None else f"~{percent(error)}")
             return cells + [str(r.get(k, r.get("steps"))) for k in varying]
 
         t = table(columns, [row(r) for r in results[:rows]], title_justify="left")

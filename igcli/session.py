@@ -1224,6 +1224,8 @@ class Session:
             extra.update(getattr(result, "extra", {}))
             if result.converged is not None:
                 extra.update(converged=result.converged, stop_reason=result.stop_reason)
+            if getattr(result, "feature_error", None) is not None:
+                extra["feature_error"] = result.feature_error
             if graph is not None and graph.check is not None:
                 extra["gradient_check"] = graph.check.summary()
             elif is_fd and self._rejected:  # why finite differences: the graph's failed check

@@ -126,6 +126,57 @@ def test_min_one_sum_closed_form_and_points_gather_at_the_kink():
     assert near.sum() > 0.6 * r.steps  # an eighth of the path holds most of the points
 
 
+def steps_at(thresholds, c, x):
+    """F = sum c_i max(0, p_i - t_i): along the path from 0 to x (x_i = 1), feature i's
+    integrand is a step c_i [alpha > t_i], as in a ReLU network; IG_i = c_i (1 - t_i)."""
+    return Source(
+        lambda p: np.maximum(0, p - thresholds) @ c,
+        lambda p: c * (p > thresholds),
+        x,
+        np.zeros_like(x),
+    ), c * (1 - thresholds)
+
+
+@pytest.mark.parametrize("tolerance", [0.02, 0.005, 0.001])
+def test_feature_error_estimates_each_features_error_where_integrands_jump(tolerance):
+    """Completeness checks the sum, whose errors cancel; feature_error follows the map's."""
+    rng = np.random.default_rng(3)
+    n = 400
+    x, t, c = np.ones(n), rng.uniform(0.02, 0.98, n), rng.normal(size=n)
+    src, exact = steps_at(t, c, x)
+    r = auto(src, x, np.zeros(n), tolerance=tolerance)
+    true = np.linalg.norm(r.attributions - exact) / np.linalg.norm(exact)
+    assert r.converged and true > 2 * r.rel_error  # the sum hides much of it
+    assert 0.5 * true <= r.feature_error <= 2 * true
+
+
+def test_feature_error_errs_high_where_the_integrand_is_smooth():
+    rng = np.random.default_rng(4)
+    c, k = rng.normal(size=8), rng.uniform(1, 6, size=8)
+    x = rng.normal(size=8)
+    src, exact = separable(c, k, x, np.zeros(8))
+    r = auto(src, x, np.zeros(8), tolerance=1e-4)
+    true = np.linalg.norm(r.attributions - exact) / np.linalg.norm(exact)
+    assert r.feature_error >= true
+    fixed = integrated_gradients(src, x, np.zeros(8), steps=16)
+    assert fixed.feature_error is None  # (fixed rules give no estimate)
+
+
+def test_feature_error_counts_panels_committed_for_memory(monkeypatch):
+    """Panels frozen to free their vectors keep their part of the estimate."""
+    rng = np.random.default_rng(5)
+    n = 400
+    x, t, c = np.ones(n), rng.uniform(0.02, 0.98, n), rng.normal(size=n)
+    src, exact = steps_at(t, c, x)
+    froze = []
+    freeze = ig._Adaptive.freeze
+    monkeypatch.setattr(ig._Adaptive, "freeze", lambda s, k: froze.append(k) or freeze(s, k))
+    r = ig._adaptive_many([Problem(x, np.zeros(n), src)], ig.StraightPath(), 64, 0.005, 1024,
+                          memory_limit=12 * n * 8)[0]  # fmt: skip
+    true = np.linalg.norm(r.attributions - exact) / np.linalg.norm(exact)
+    assert froze and 0.5 * true <= r.feature_error <= 2 * true
+
+
 def test_one_problem_points_are_never_evaluated_twice():
     log = []
     x, b = np.array([1.2, 0.6]), np.zeros(2)

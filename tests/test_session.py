@@ -330,6 +330,11 @@ def test_adaptive_steps_from_the_command_line(tmp_path):
         r = json.loads(line)
         assert r["steps"] == "auto" and r["converged"] and r["rel_error"] <= 0.002
         assert 3 <= r["steps_used"] <= 1024 and r["method"] == "adaptive_simpson"
+        assert 0 < r["feature_error"] < 0.2  # (the digits CNN's: a few percent, see docs)
+    fixed = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "8", "--out", tmp_path, "--json")
+    assert "feature_error" not in json.loads(fixed.stdout.splitlines()[0])
+    shown = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "auto", "--out", tmp_path / "t")
+    assert "feature err." in shown.stdout + shown.stderr
     wrong = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "auto", "--method", "riemann_left")
     assert wrong.exit_code == ExitCode.USAGE and "--method" in wrong.stderr
     bad = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "many", "--out", tmp_path)
