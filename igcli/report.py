@@ -48,6 +48,7 @@ CSV_FIELDS = [
     "delta",
     "abs_error",
     "rel_error",
+    "feature_error",
     "steps",
     "method",
     "baseline",
@@ -538,6 +539,7 @@ def load_report(path) -> dict:
     return data
 
 
+STEPS = "steps"  # a field's kind: a number of steps, or "auto" (adaptive steps)
 _RESULT_FIELDS = {  # field -> (accepted types, required)
     "input": (str, True),
     "name": (str, True),
@@ -549,7 +551,7 @@ _RESULT_FIELDS = {  # field -> (accepted types, required)
     "gradient_source": (str, True),
     "delta": (float, False),
     "abs_error": (float, False),
-    "steps": (int, False),
+    "steps": (STEPS, False),
     "method": (str, False),
     "label": (str, False),
     "output": (str, False),
@@ -559,18 +561,25 @@ _RESULT_FIELDS = {  # field -> (accepted types, required)
     "heatmap_file": (str, False),
     "path": (str, False),
     "settings_hash": (str, False),
+    "feature_error": (float, False),
 }
-_NON_NEGATIVE = ("rel_error", "abs_error")  # "inf" is one (delta 0, a sum that is not)
+# errors: "inf" is one (delta 0, a sum that is not)
+_NON_NEGATIVE = ("rel_error", "abs_error", "feature_error")
 _FAILURE_FIELDS = {"input": (str, True), "error": (str, True), "name": (str, False)}
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
-def _field_ok(value, kind: type) -> bool:
+def _field_ok(value, kind: type | str) -> bool:
     if isinstance(value, bool):
         return False
+    if kind == STEPS:
+        return isinstance(value, int) or value == "auto"
     if kind is float:
         return isinstance(value, (int, float)) or (isinstance(value, str) and value in _NON_FINITE)
     return isinstance(value, kind)
+
+
+_KINDS = {int: "a number", float: "a number", STEPS: 'a number or "auto"'}
 
 
 def _check_records(records, fields: dict, where: str, path: Path) -> None:
@@ -587,7 +596,7 @@ def _check_records(records, fields: dict, where: str, path: Path) -> None:
             if not _field_ok(record[key], kind):
                 raise UsageError(
                     f"{where}[{k}].{key} is {json.dumps(record[key])[:40]}, "
-                    f"not {'a number' if kind in (int, float) else 'a string'}",
+                    f"not {_KINDS.get(kind, 'a string')}",
                     path,
                 )
         for key, (kind, _) in fields.items():  # "inf"/"nan" strings back to numbers

@@ -284,3 +284,28 @@ def test_shards_of_different_n_merge_with_a_warning(tmp_path):
     assert merged.exit_code == 0, merged.stderr
     assert "different splits (shards of 2, shards of 3)" in merged.stderr
     assert "--expect N makes that an error" in merged.stderr
+
+
+def test_shards_of_adaptive_steps_merge(tmp_path):
+    """Records of --steps auto say steps "auto": merge-reports refused them as not a number.
+    A hand-made record is still refused: steps neither a number nor "auto", or a negative
+    feature_error."""
+    for k in (1, 2):
+        result = run("explain", DIGITS, *INPUTS, "--steps", "auto", "--shard", f"{k}/2",
+                     "--out", tmp_path / "s", "-q", "--no-heatmaps")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+    result = run("merge-reports", tmp_path / "s", "--expect", "2", "--out", tmp_path / "m")
+    assert result.exit_code == 0, result.stderr
+    merged = json.loads((tmp_path / "m" / "report.json").read_text())["results"]
+    assert len(merged) == len(INPUTS)
+    assert all(r["steps"] == "auto" and r["feature_error"] > 0 for r in merged)
+    shard = next((tmp_path / "s").glob("report.shard-1-of-2.json"))
+    data = json.loads(shard.read_text())
+    for field, value, problem in (("steps", "many", 'not a number or "auto"'),
+                                  ("feature_error", -1, "not an error")):  # fmt: skip
+        bad = json.loads(json.dumps(data))
+        bad["results"][0][field] = value
+        shard.write_text(json.dumps(bad))
+        result = run("merge-reports", tmp_path / "s", "--out", tmp_path / "m2")
+        assert result.exit_code == ExitCode.USAGE and problem in result.stderr
+        assert not (tmp_path / "m2").exists()
