@@ -539,7 +539,7 @@ def load_report(path) -> dict:
     return data
 
 
-STEPS = "steps"  # a field's kind: a number of steps, or "auto" (adaptive steps)
+_STEPS = "steps"  # a field's kind: a number of steps, or "auto" (adaptive steps)
 _RESULT_FIELDS = {  # field -> (accepted types, required)
     "input": (str, True),
     "name": (str, True),
@@ -551,7 +551,7 @@ _RESULT_FIELDS = {  # field -> (accepted types, required)
     "gradient_source": (str, True),
     "delta": (float, False),
     "abs_error": (float, False),
-    "steps": (STEPS, False),
+    "steps": (_STEPS, False),
     "method": (str, False),
     "label": (str, False),
     "output": (str, False),
@@ -572,14 +572,14 @@ _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 def _field_ok(value, kind: type | str) -> bool:
     if isinstance(value, bool):
         return False
-    if kind == STEPS:
+    if kind == _STEPS:
         return isinstance(value, int) or value == "auto"
     if kind is float:
         return isinstance(value, (int, float)) or (isinstance(value, str) and value in _NON_FINITE)
     return isinstance(value, kind)
 
 
-_KINDS = {int: "a number", float: "a number", STEPS: 'a number or "auto"'}
+_KINDS = {int: "a number", float: "a number", _STEPS: 'a number or "auto"'}
 
 
 def _check_records(records, fields: dict, where: str, path: Path) -> None:
