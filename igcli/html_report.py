@@ -62,6 +62,7 @@ _COLS = [
     "delta",
     "abs_error",
     "rel_error",
+    "feature_error",
     "steps",
     "method",
     "baseline",
@@ -93,10 +94,12 @@ def render_html(data: dict, page_dir, roots: list | None = None) -> str:
     links = _Links(page_dir)
     errors, rows, constants = [], [], _Constants()
     worst: list[tuple[float, int, dict]] = []  # a heap of the WORST largest errors
+    per_feature = False  # any adaptive result's estimate of each feature's error
     for k, (r, d) in enumerate(zip(results, record_dirs, strict=True)):  # one pass
         err = _number(r.get("rel_error"))
         errors.append(err)
         constants.add(r)
+        per_feature = per_feature or r.get("feature_error") is not None
         if k < HTML_ROWS:
             rows.append(_row(r, d, links))
         item = (math.inf if math.isnan(err) else err, -k, r)
@@ -109,6 +112,7 @@ def render_html(data: dict, page_dir, roots: list | None = None) -> str:
         "cols": _COLS,
         "rows": rows,
         "constant": constants.result(),
+        "perFeature": per_feature,
         "gate": _number(gate["max"]) if gate else None,
         "bands": _band_list(),
         "pageSize": PAGE_SIZE,
@@ -1056,13 +1060,16 @@ _JS = r"""
     {key: "attribution_sum", label: "sum of attributions", num: true, first: -1},
     {key: "abs_error", label: "abs. error", num: true, first: -1},
     {key: "rel_error", label: "rel. error", num: true, first: -1, text: (r) => pct(r.err)},
+    {key: "feature_error", label: "feature err.", num: true, first: -1,
+     text: (r) => r.feature_error === null || r.feature_error === undefined ? "—" :
+       "~" + pct(num(r.feature_error))},
     {key: "baseline", label: "baseline", first: 1},
     {key: "steps", label: "steps", num: true, first: 1},
     {key: "method", label: "method", first: 1},
     {key: "gradient_source", label: "gradients", first: 1},
     {key: "wall_time_s", label: "time (s)", num: true, first: -1,
      text: (r) => sig(r.wall_time_s, 3)},
-  ].filter((c) => !(c.key in D.constant));
+  ].filter((c) => !(c.key in D.constant) && (c.key !== "feature_error" || D.perFeature));
 
   const state = {key: "i", dir: 1, name: "", target: "", min: NaN, band: null, page: 0,
                  size: D.pageSize};

@@ -411,7 +411,12 @@ class RunReport:
         if self.results:
             header = ["input", "target", "F(input)", "F(baseline)", "sum of attributions"]
             header += ["rel. error", "source"]
-            lines += ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---|"]
+            align = ["---", "---", "---:", "---:", "---:", "---:", "---"]
+            per_feature = any(r.get("feature_error") is not None for r in self.results)
+            if per_feature:  # adaptive steps: each feature's error, estimated
+                header.insert(6, "feature err.")
+                align.insert(6, "---:")
+            lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
             for r in self.results[:MARKDOWN_ROWS]:
                 target = f"{r['target']}" + (f" ({r['label']})" if r.get("label") else "")
                 cells = [
@@ -420,11 +425,11 @@ class RunReport:
                     f"{r['f_input']:.6g}",
                     f"{r['f_baseline']:.6g}",
                 ]
-                cells += [
-                    f"{r['attribution_sum']:.6g}",
-                    percent(r["rel_error"]),
-                    r["gradient_source"],
-                ]
+                cells += [f"{r['attribution_sum']:.6g}", percent(r["rel_error"])]
+                if per_feature:
+                    error = r.get("feature_error")
+                    cells.append("-" if error is None else f"~{percent(error)}")
+                cells.append(r["gradient_source"])
                 lines.append("| " + " | ".join(cells) + " |")
             if len(self.results) > MARKDOWN_ROWS:
                 more = len(self.results) - MARKDOWN_ROWS

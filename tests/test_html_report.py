@@ -154,6 +154,24 @@ def test_page_is_well_formed_html(tmp_path):
     assert "not a number" in page
 
 
+def test_adaptive_runs_show_each_features_error_estimate(tmp_path):
+    """--steps auto records carry feature_error: a column in the page and in report.md,
+    shown only when some result has one."""
+    adaptive = [record(k, steps="auto", feature_error=0.031 * (k + 1)) for k in range(3)]
+    adaptive[1]["feature_error"] = None  # (a result without one shows a dash)
+    data = blob(render_html(report_data(adaptive), tmp_path))
+    assert data["perFeature"] is True
+    assert data["rows"][0][data["cols"].index("feature_error")] == pytest.approx(0.031)
+    assert blob(render_html(report_data([record(0)]), tmp_path))["perFeature"] is False
+    report = RunReport("models/m.onnx", "ab" * 32, {"steps": "auto", "wall_time_s": 2.0})
+    report.results = adaptive
+    table = [line for line in report.to_markdown().splitlines() if line.startswith("| ")]
+    assert "| rel. error | feature err. | source |" in table[0]
+    assert "| ~3.1% | graph |" in table[1] and "| - | graph |" in table[2]
+    report.results = [record(0)]
+    assert "feature err." not in report.to_markdown()
+
+
 def test_page_is_self_contained(tmp_path):
     page = render_html(report_data([record(k) for k in range(5)]), tmp_path)
     assert "http://" not in page and "https://" not in page
@@ -475,7 +493,7 @@ def runs(tmp_path_factory):
         "image": ["explain", DIGITS.relative_to(ROOT), images, "--out", tmp / "image"],
         "tabular": [
             "explain", CANCER.relative_to(ROOT), CANCER_CSV.relative_to(ROOT),
-            "--out", tmp / "tabular",
+            "--steps", "auto", "--out", tmp / "tabular",
         ],
         "shard1": ["explain", DIGITS.relative_to(ROOT), images, "--shard", "1/2",
                    "--out", tmp / "s1"],
@@ -645,6 +663,7 @@ def test_image_report_in_browser(browser, runs, capsys):
     )
     failures = browser.find_element("id", "failures").text
     assert "broken.png" in failures and "not a readable image" in failures
+    assert "feature err." not in browser.find_element("id", "table").text  # fixed steps
     problems = console_problems(browser)
     screenshot(browser, "image", capsys)
     assert problems == []
@@ -658,6 +677,14 @@ def test_tabular_report_in_browser(browser, runs, capsys):
         "[...f.querySelectorAll('text.name')].map(t => t.lastChild.textContent)])"
     )
     assert figures, "a tabular run has a summary per feature"
+    # (run with --steps auto: each row's estimate of its features' error, beside completeness)
+    estimates = browser.execute_script(
+        "const k = [...document.querySelectorAll('#table thead th')].findIndex("
+        "th => th.textContent.includes('feature err.'));"
+        "return k < 0 ? null : [...document.querySelectorAll('#table tbody tr')].map("
+        "tr => tr.children[k].textContent)"
+    )
+    assert estimates and all(e.startswith("~") and e.endswith("%") for e in estimates)
     assert any(dots for _, dots, _ in figures), "the strips have dots"
     sidecar = json.loads(CANCER.with_suffix(".json").read_text())["feature_names"]
     for _, _, names in figures:
