@@ -14,7 +14,8 @@ The table gives gradient evaluations per input (mean and max), model calls, wall
 of --repeats runs; one run for ResNet-50), the
 completeness error (median and max over the inputs), how many inputs converged, and, to
 show what completeness does not, the error of the attributions themselves against a
-reference (Gauss-Legendre at --reference points): ||A - A_ref|| / ||A_ref||.
+reference (Gauss-Legendre at --reference points): ||A - A_ref|| / ||A_ref||, and beside it
+adaptive steps' own estimate of that error (the record's feature_error).
 
 Cases: the sample digits CNN (6 PNGs), the breast-cancer MLP (8 CSV rows), and
 light_resnet50 at 224x224 from the onnx package with seeded random weights (see
@@ -150,6 +151,7 @@ class Row:
     errors: list[float]  # relative completeness error per input
     converged: list[bool | None]
     attribution_errors: list[float]
+    estimates: list[float | None]  # adaptive steps' own estimate of the attribution error
 
 
 def timed(case: Case, fn):
@@ -194,6 +196,7 @@ def measure(case: Case, tolerance: float) -> list[Row]:
             [rel(r, a) for r, a in zip(results, attributions, strict=True)],
             [r.converged for r in results],
             [attribution_error(a, f) for a, f in zip(attributions, refs, strict=True)],
+            [r.feature_error for r in results],
         )
 
     rows = []
@@ -262,7 +265,8 @@ def print_table(case: Case, rows: list[Row], needed: int | None, tolerance: floa
           f"reference Gauss-Legendre {case.reference}")  # fmt: skip
     head = (
         f"  {'rule':34} {'evals/input':>12} {'max':>5} {'calls':>6} {'wall s':>8} "
-        f"{'compl. err med/max':>19} {'conv.':>6} {'attr. err med/max':>19}"
+        f"{'compl. err med/max':>19} {'conv.':>6} {'attr. err med/max':>19} "
+        f"{'estimated med/max':>19}"
     )
     print(head)
     print("  " + "-" * (len(head) - 2))
@@ -270,10 +274,12 @@ def print_table(case: Case, rows: list[Row], needed: int | None, tolerance: floa
         conv = (
             "-" if r.converged[0] is None else f"{sum(map(bool, r.converged))}/{len(r.converged)}"
         )
+        known = [e for e in r.estimates if e is not None]
+        estimated = fmt_err(known) if known else "-"
         print(
             f"  {r.rule:34} {np.mean(r.evals):12.1f} {max(r.evals):5d} {r.calls:6d} "
             f"{r.seconds:8.3f} {fmt_err(r.errors):>19} {conv:>6} "
-            f"{fmt_err(r.attribution_errors):>19}"
+            f"{fmt_err(r.attribution_errors):>19} {estimated:>19}"
         )
     if needed is not None or case.name in ("digits", "breast_cancer"):
         text = f"{needed}" if needed else "more than 128"
