@@ -54,7 +54,10 @@ it a stub where torchvision is missing. So, in a venv of its own (`pip install
 torch==2.13.0 captum numpy`, then `pip install --no-deps onnx2torch onnx 'ml_dtypes<0.7'
 protobuf typing_extensions` and `pip install -e .`), the whole bench runs with --models
 resnet50,densenet121 --captum-python /venv-cpu/bin/python. The ViT is torchvision's own
-module and needs the venv with torchvision.
+module: `pip install --no-deps torchvision==0.28.0` and `pip install onnxscript` (for the
+export) into that venv, and all three run. (PyPI's torchvision wheel is built for the CUDA
+build; its C operators do not load beside the CPU build, and this script then skips their
+registration, which the ViT does not use.)
 
 --igcli is a command line: to time another checkout of igcli with the same venv, pass e.g.
 --igcli "env PYTHONPATH=/path/to/checkout .venv/bin/python -m igcli" (and run the script
@@ -127,6 +130,7 @@ def prepare_models(names: list[str], workdir: Path) -> dict[str, dict]:
         onnx_path, torch_path = workdir / f"{name}.onnx", workdir / f"{name}.pt"
         if not (onnx_path.exists() and torch_path.exists()):
             if name == "vit":
+                _torchvision_stub()
                 from torchvision.models.vision_transformer import VisionTransformer
 
                 torch.manual_seed(0)
@@ -195,8 +199,13 @@ def run_captum(
 
 
 def _torchvision_stub() -> None:
-    """Where torchvision is missing (a venv with torch's CPU build), a stand-in for the
-    torchvision.ops names onnx2torch imports: its NMS and RoiAlign modules, never run here."""
+    """Make torchvision importable beside torch's CPU build.
+
+    Missing (a venv with the CPU build alone): a stand-in for the torchvision.ops names
+    onnx2torch imports, its NMS and RoiAlign modules, never run here. Installed but built for
+    torch's CUDA build (PyPI's wheel, `pip install --no-deps torchvision`): its C operators do
+    not load, and its meta registrations for them fail ("operator torchvision::nms does not
+    exist"); without those, its pure-Python models (the ViT) work."""
     try:
         import torchvision  # noqa: F401
     except ImportError:
@@ -210,6 +219,13 @@ def _torchvision_stub() -> None:
         stub = types.ModuleType("torchvision")
         stub.ops = ops
         sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
+    except RuntimeError:
+        import types
+
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("meta registrations")
+        import torchvision  # noqa: F401
 
 
 def captum_child(

@@ -10,7 +10,8 @@ an ONNX viewer.
     .venv/bin/python bench/profile_gradients.py [--models resnet50,densenet121,vit]
         [--batch 16] [--threads 2] [--repeats 5] [--top 15] [--save DIR]
 
-`vit` needs bench/vit_small.onnx (written by bench/bench_vs_captum.py --export-vit).
+`vit` is bench/bench_vs_captum.py's ViT-S/16, which that script exports into its workdir
+(/tmp/igcli-bench/vit.onnx; see its docstring for the venv). Any other model: its .onnx path.
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ from igcli.autodiff import GRAD, SEED  # noqa: E402
 from igcli.autodiff.shapes import build_gradient_model_probing  # noqa: E402
 from igcli.model import session_options  # noqa: E402
 
+VIT = Path("/tmp/igcli-bench/vit.onnx")  # bench_vs_captum.py's default workdir
+
 
 def load_case(name: str) -> onnx.ModelProto:
     """A light model with seeded weights and a free batch, or an ONNX file's path."""
     if name.endswith(".onnx"):
         return onnx.load(name)
     if name == "vit":
-        return onnx.load(str(ROOT / "bench" / "vit_small.onnx"))
+        return onnx.load(str(VIT))
     from tests.light_models import randomized
 
     return randomized(name, batch_free=True)
