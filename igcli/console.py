@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from igcli.files import printable
-from igcli.report import method_line, percent
+from igcli.report import estimated_percent, method_line, percent
 
 
 def _is_terminal(stream) -> bool:
@@ -153,8 +153,7 @@ class Messages:
                 percent(r["rel_error"]),
             ]
             if per_feature:
-                error = r.get("feature_error")
-                cells.append("-" if error is None else f"~{percent(error)}")
+                cells.append(estimated_percent(r.get("feature_error")))
             return cells + [str(r.get(k, r.get("steps"))) for k in varying]
 
         t = table(columns, [row(r) for r in results[:rows]], title_justify="left")

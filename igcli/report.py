@@ -427,8 +427,7 @@ class RunReport:
                 ]
                 cells += [f"{r['attribution_sum']:.6g}", percent(r["rel_error"])]
                 if per_feature:
-                    error = r.get("feature_error")
-                    cells.append("-" if error is None else f"~{percent(error)}")
+                    cells.append(estimated_percent(r.get("feature_error")))
                 cells.append(r["gradient_source"])
                 lines.append("| " + " | ".join(cells) + " |")
             if len(self.results) > MARKDOWN_ROWS:
@@ -524,6 +523,11 @@ def percent(value) -> str:
     except (TypeError, ValueError):
         return str(value)
     return f"{value * 100:.3g}%" if math.isfinite(value) else str(value)
+
+
+def estimated_percent(value) -> str:
+    """An estimated error ("~3.12%"), or "-" where a result has none (fixed steps)."""
+    return "-" if value is None else f"~{percent(value)}"
 
 
 def load_report(path) -> dict:
