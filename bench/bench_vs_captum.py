@@ -131,6 +131,11 @@ def prepare_models(names: list[str], workdir: Path) -> dict[str, dict]:
         if not (onnx_path.exists() and torch_path.exists()):
             if name == "vit":
                 _torchvision_stub()
+                if not hasattr(sys.modules["torchvision"], "models"):  # the stand-in
+                    raise SystemExit(
+                        "the ViT is torchvision's: pip install --no-deps "
+                        "torchvision==0.28.0 (or run --models without vit)"
+                    )
                 from torchvision.models.vision_transformer import VisionTransformer
 
                 torch.manual_seed(0)
