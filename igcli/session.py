@@ -1224,7 +1224,7 @@ class Session:
             extra.update(getattr(result, "extra", {}))
             if result.converged is not None:
                 extra.update(converged=result.converged, stop_reason=result.stop_reason)
-            if getattr(result, "feature_error", None) is not None:
+            if result.feature_error is not None:
                 extra["feature_error"] = result.feature_error
             if graph is not None and graph.check is not None:
                 extra["gradient_check"] = graph.check.summary()
