@@ -378,7 +378,7 @@ class _Adaptive:
         self.estimates = np.zeros(0)  # Simpson's rule for dF/dalpha on each live panel
         self.errors = np.zeros(0)  # its signed completeness error
         self.frozen = np.zeros(x.shape, dtype=np.float64)  # committed panels' contribution
-        self.frozen_diff = np.zeros(x.shape, dtype=np.float64)  # and their S - T
+        self.frozen_diff: np.ndarray | None = None  # and their S - T, once any is committed
         self.frozen_sum = 0.0  # committed panels' estimates and errors (signed sum and sum
         self.frozen_error = 0.0  # of squares)
         self.frozen_sq_error = 0.0
@@ -462,7 +462,8 @@ class _Adaptive:
             for i, w, d in ((a, h / 6, -h / 12), (m, 4 * h / 6, h / 6), (c, h / 6, -h / 12)):
                 w0, d0 = weights.get(i, (0.0, 0.0))
                 weights[i] = (w0 + w, d0 + d)
-        total, diff = self.frozen.copy(), self.frozen_diff.copy()
+        total = self.frozen.copy()
+        diff = np.zeros_like(total) if self.frozen_diff is None else self.frozen_diff.copy()
         for i, (w, d) in weights.items():
             total += w * self.vec[i]
             diff += d * self.vec[i]
@@ -549,6 +550,8 @@ class _Adaptive:
             a, m, c = self.panels[k]
             h = self.alphas[c] - self.alphas[a]
             self.frozen += h / 6 * (self.vec[a] + 4 * self.vec[m] + self.vec[c])
+            if self.frozen_diff is None:
+                self.frozen_diff = np.zeros_like(self.frozen)
             self.frozen_diff += h / 12 * (2 * self.vec[m] - self.vec[a] - self.vec[c])
             self.frozen_sum += float(self.estimates[k])
             self.frozen_error += float(self.errors[k])
