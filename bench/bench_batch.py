@@ -3,7 +3,15 @@
 Prints inputs per second, the share of wall time spent outside model calls (goal: under
 10%), the largest completeness error, and peak memory for several directory sizes (goal:
 flat as the directory grows). Each size runs in a fresh subprocess so peak RSS belongs to
-that run alone. `--steps auto` runs adaptive steps (default tolerance 0.5%). `--workers`
+that run alone. Last, the ceiling the model calls alone set on this machine: the gradient
+graph's rows per second on one thread (at its best call size) times the cores, over the
+gradient rows an input took. No run can beat it, so it tells a slow machine from time lost
+outside the model: 1,000 digits ran at 201 inputs/s on one 2-core machine, and
+at 70-120 on another (AVX2 only, its speed drifting by 40% within an hour) whose ceiling was
+339, where each row cost twice its isolated time in the run and the run's Python work
+(drawing, writing, path points: about 8 ms of CPU per input) took the rest.
+
+`--steps auto` runs adaptive steps (default tolerance 0.5%). `--workers`
 lists the worker-process settings to run each size with, side by side (1: one process;
 auto: igcli's default, see igcli/pool.py); peak memory is the largest single process, and
 with workers the model time is theirs added up (so "outside model" reads low).
@@ -17,7 +25,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,7 +95,44 @@ def one_run(n: int, gradients: str, steps: str, workers: str = "1") -> dict:
         "peak_rss_mb": round(peak / 1024, 1),
         "gradient_source": report["settings"]["gradient_source"],
         "max_error": max(abs(r["rel_error"]) for r in report["results"]),
+        "rows_per_input": statistics.mean(r["steps_used"] for r in report["results"]),
     }
+
+
+def gradient_rows_per_s(rounds: int = 7) -> tuple[float, int]:
+    """The sample model's gradient-graph rows per second on one thread, with igcli's session
+    options, at its fastest call size (best of `rounds` interleaved timings): (rows/s, size)."""
+    import onnx
+    import onnxruntime as ort
+
+    from igcli.autodiff import GRAD, SEED
+    from igcli.autodiff.shapes import build_gradient_model_probing
+    from igcli.model import session_options, with_dynamic_batch
+
+    model = with_dynamic_batch(onnx.load(MODEL))
+    x_name, out = model.graph.input[0].name, model.graph.output[0].name
+    grad = build_gradient_model_probing(model, x_name, out)
+    session = ort.InferenceSession(grad.SerializeToString(), session_options(1),
+                                   ["CPUExecutionProvider"])  # fmt: skip
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for size in (8, 16, 32, 64, 128):
+        seed = np.zeros((size, 10), np.float32)
+        seed[:, 0] = 1
+        feeds[size] = {x_name: rng.uniform(0, 1, (size, *shape)).astype(np.float32), SEED: seed}
+        session.run([out, GRAD], feeds[size])  # warm-up
+    best: dict[int, float] = {}
+    for _ in range(rounds):
+        for size, feed in feeds.items():
+            calls = max(1, 512 // size)
+            start = time.perf_counter()
+            for _ in range(calls):
+                session.run([out, GRAD], feed)
+            per_row = (time.perf_counter() - start) / (calls * size)
+            best[size] = min(best.get(size, per_row), per_row)
+    size = min(best, key=best.get)
+    return 1 / best[size], size
 
 
 def main() -> None:
@@ -103,6 +150,7 @@ def main() -> None:
         f"{'inputs':>6} {'workers':>8} {'source':>6} {'wall s':>8} {'inputs/s':>9} "
         f"{'outside model':>14} {'max error':>10} {'peak RSS MB':>12}"
     )
+    rows = []
     for n in (int(v) for v in args.sizes.split(",")):
         for workers in args.workers.split(","):
             out = subprocess.run(
@@ -113,12 +161,21 @@ def main() -> None:
                 check=True,
             )
             r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(r["rows_per_input"])
             asked = f"{workers}:{r['workers']}" if workers == "auto" else workers
             print(
                 f"{r['inputs']:>6} {asked:>8} {r['gradient_source']:>6} {r['wall_s']:>8} "
                 f"{r['inputs_per_s']:>9} {r['outside_model_share'] * 100:>13.1f}% "
                 f"{r['max_error'] * 100:>9.3f}% {r['peak_rss_mb']:>12}"
             )
+    per_s, size = gradient_rows_per_s()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_input = statistics.mean(rows)
+    print(
+        f"ceiling: the gradient graph alone runs {per_s:.0f} rows/s on one thread (calls of "
+        f"{size} rows); at {per_input:.1f} gradient rows per input on {cores} cores, no run "
+        f"here can pass {per_s * cores / per_input:.0f} inputs/s"
+    )
 
 
 if __name__ == "__main__":
