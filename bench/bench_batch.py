@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -107,19 +106,21 @@ def gradient_rows_per_s(rounds: int = 7) -> tuple[float, int]:
 
     from igcli.autodiff import GRAD, SEED
     from igcli.autodiff.shapes import build_gradient_model_probing
-    from igcli.model import session_options, with_dynamic_batch
+    from igcli.memory import RowTuner
+    from igcli.model import graph_inputs, graph_outputs, session_options, with_dynamic_batch
 
     model = with_dynamic_batch(onnx.load(MODEL))
-    x_name, out = model.graph.input[0].name, model.graph.output[0].name
+    x_in, y_out = graph_inputs(model)[0], graph_outputs(model)[0]
+    x_name, out = x_in.name, y_out.name
     grad = build_gradient_model_probing(model, x_name, out)
     session = ort.InferenceSession(grad.SerializeToString(), session_options(1),
                                    ["CPUExecutionProvider"])  # fmt: skip
-    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    shape, out_shape = x_in.shape[1:], y_out.shape[1:]
     rng = np.random.default_rng(0)
     feeds = {}
-    for size in (8, 16, 32, 64, 128):
-        seed = np.zeros((size, 10), np.float32)
-        seed[:, 0] = 1
+    for size in [s for s in RowTuner.SIZES if s <= 128]:  # the sizes igcli's tuner tries
+        seed = np.zeros((size, *out_shape), np.float32)
+        seed.reshape(size, -1)[:, 0] = 1
         feeds[size] = {x_name: rng.uniform(0, 1, (size, *shape)).astype(np.float32), SEED: seed}
         session.run([out, GRAD], feeds[size])  # warm-up
     best: dict[int, float] = {}
@@ -168,8 +169,10 @@ def main() -> None:
                 f"{r['inputs_per_s']:>9} {r['outside_model_share'] * 100:>13.1f}% "
                 f"{r['max_error'] * 100:>9.3f}% {r['peak_rss_mb']:>12}"
             )
+    from igcli.model import usable_cpus
+
     per_s, size = gradient_rows_per_s()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cpus()
     per_input = statistics.mean(rows)
     print(
         f"ceiling: the gradient graph alone runs {per_s:.0f} rows/s on one thread (calls of "
