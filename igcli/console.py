@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from igcli.files import printable
-from igcli.report import estimated_percent, method_line, percent
+from igcli.report import estimated_percent, has_feature_error, method_line, percent
 
 
 def _is_terminal(stream) -> bool:
@@ -132,7 +132,7 @@ class Messages:
             self.info(" \u00b7 ".join(shared.values()))
         columns = ["input", "target", ">F(x)", ">F(baseline)", ">sum attr.", ">rel. error"]
         # adaptive steps estimate each feature's error too: completeness checks only the sum
-        per_feature = any(r.get("feature_error") is not None for r in results)
+        per_feature = has_feature_error(results)
         if per_feature:
             columns.append(">feature err.")
         varying = [k for k in ("steps_used", "gradient_source") if k not in shared]

@@ -412,7 +412,7 @@ class RunReport:
             header = ["input", "target", "F(input)", "F(baseline)", "sum of attributions"]
             header += ["rel. error", "source"]
             align = ["---", "---", "---:", "---:", "---:", "---:", "---"]
-            per_feature = any(r.get("feature_error") is not None for r in self.results)
+            per_feature = has_feature_error(self.results)
             if per_feature:  # adaptive steps: each feature's error, estimated
                 header.insert(6, "feature err.")
                 align.insert(6, "---:")
@@ -523,6 +523,12 @@ def percent(value) -> str:
     except (TypeError, ValueError):
         return str(value)
     return f"{value * 100:.3g}%" if math.isfinite(value) else str(value)
+
+
+def has_feature_error(results) -> bool:
+    """Whether any result estimates each feature's error (adaptive steps do): tables then
+    show the column."""
+    return any(r.get("feature_error") is not None for r in results)
 
 
 def estimated_percent(value) -> str:
