@@ -130,7 +130,8 @@ def fail(exc: IgcliError) -> None:
 rich_click.rich_click.OPTION_GROUPS = {
     "* explain": [
         {"name": "Target and output", "options": [
-            "--target", "--targets-from", "--output", "--softmax", "--input", "--feed"]},
+            "--target", "--targets-from", "--output", "--softmax", "--dequantize", "--input",
+            "--feed"]},
         {"name": "Attribution", "options": [
             "--steps", "--method", "--tolerance", "--max-steps", "--baseline", "--seed"]},
         {"name": "Inside the model and token models", "options": [
@@ -446,6 +447,12 @@ MODEL = click.argument(
     "output).",
 )
 @click.option("--softmax", is_flag=True, help="Explain softmax probabilities of a logits output.")
+@click.option(
+    "--dequantize",
+    is_flag=True,
+    help="Quantized models (int8 QDQ, QLinear ops, dynamic quantization): explain their float "
+    "twin, the same weights with activations not rounded (the rounding makes the gradient zero).",
+)
 @click.option("--input", "input_name", help="Model input to attribute (default: the first).")
 @click.option(
     "--feed",
@@ -754,6 +761,7 @@ def explain(
     targets_from: Path | None,
     output: str | None,
     softmax: bool,
+    dequantize: bool,
     input_name: str | None,
     feeds: tuple[str, ...],
     at: str | None,
@@ -861,6 +869,7 @@ def explain(
         input=input_name,
         output=output,
         softmax=softmax,
+        dequantize=dequantize,
         feeds=_feeds(feeds),
         gradients=gradients,
         fd_step=fd_step,

@@ -80,6 +80,7 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
         "targets": targets,
         "output": session.output_name,
         "softmax": session.softmax,
+        "dequantize": session.dequantize,
         "input_name": session.input_spec.name,
         "at": session.at,  # None: attributed at the input itself
         "aggregate": session.aggregate if session.at else None,

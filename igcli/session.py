@@ -33,6 +33,7 @@ from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_m
 from igcli.autodiff.contrib import with_embeddings_exposed
 from igcli.cache import cache_key, load_check, load_graph, save_check, save_graph
 from igcli.cut import AGGREGATES, Cut, depends_on, embedding_lookups, make_cut
+from igcli.dequantize import float_twin, is_quantized
 from igcli.errors import (
     GradientError,
     IgcliError,
@@ -387,10 +388,6 @@ _BATCH_FIRST_ONLY = (
 _COMPARISONS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
 _INTEGER_RESULTS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
 
-# Ops that round activations to integers: a model with them is a step function of its input.
-QUANTIZING = {"QuantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-              "ConvInteger", "MatMulInteger"}  # fmt: skip
-
 
 def _half(runner: ModelRunner) -> bool:
     """Whether a model takes or gives float16."""
@@ -424,6 +421,7 @@ class Session:
         input: str | None = None,
         output: str | None = None,
         softmax: bool = False,
+        dequantize: bool = False,
         feeds: dict[str, str | Path | np.ndarray] | None = None,
         gradients: str = "auto",
         fd_step: float = 1e-3,
@@ -459,12 +457,17 @@ class Session:
         if not isinstance(softmax, bool | np.bool_):  # ("no" is truthy: a softmax was added)
             raise UsageError(f"softmax must be True or False, not {softmax!r}")
         self.softmax = bool(softmax)
+        if not isinstance(dequantize, bool | np.bool_):
+            raise UsageError(f"dequantize must be True or False, not {dequantize!r}")
+        self.dequantize = bool(dequantize)
         self.use_cache = cache
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
         self.model = without_initializer_inputs(load_model(self.model_path))
         # (an ONNX Runtime-fused embedding block hides the lookup token models start at)
         self.model = with_embeddings_exposed(self.model)
+        if self.dequantize:
+            self.model = self._float_twin(self.model)
         self.sha256 = model_hash(self.model_path, remember=self.use_cache)
         self.sidecar = Sidecar.load(self.model_path)
         inputs = require_inputs(self.model, self.model_path)
@@ -636,6 +639,20 @@ class Session:
         return self._siblings[key]
 
     # -- set-up -------------------------------------------------------------------------
+    def _float_twin(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The model without rounding (dequantize.py), said once; a float model as it is."""
+        if not is_quantized(model):
+            self.warn(f"{self.model_path}: --dequantize: the model has no quantized ops; "
+                      "explaining it as it is")  # fmt: skip
+            return model
+        twin = float_twin(model, self.model_path)
+        self.warn(
+            f"{self.model_path}: --dequantize: explaining its float twin (the same weights, "
+            "activations not rounded): F(x) is the twin's, which differs from the quantized "
+            "model's by its rounding"
+        )
+        return twin
+
     def _choose_input(self, inputs: list[TensorSpec], name: str | None) -> TensorSpec:
         if name is None:
             side = self.sidecar.raw.get("input")
@@ -698,6 +715,8 @@ class Session:
         axes = {k: f.batch_axis for k, f in self.feeds.items()}
         shape_text = "any" if shape is None else ",".join(map(str, shape))
         parts = [kind, self.input_spec.name, self.output_name, str(self.softmax)]
+        if self.dequantize:
+            parts.append("dequantized")
         parts += [json.dumps([feeds, axes], sort_keys=True), shape_text]
         if self.prep.batch_axis:
             parts.append(f"batch_axis={self.prep.batch_axis}")
@@ -889,6 +908,7 @@ class Session:
             "input": self.input_spec.name,
             "output": self.output_name,
             "softmax": self.softmax,
+            **({"dequantize": True} if self.dequantize else {}),  # (older results lack it)
             "feeds": feeds,
             "gradients": self.gradients,
             "fd_step": self.fd_step,
@@ -1398,7 +1418,7 @@ class Session:
         unresolved = exact and a.delta != 0 and abs(a.rel_error) > UNRESOLVED
         if piecewise:
             why = (
-                "it is quantized: explain the float model it was made from"
+                "it is quantized: --dequantize explains its float twin"
                 if self._quantized
                 else "a tree ensemble, rounding or a step function"
             )
@@ -1419,8 +1439,8 @@ class Session:
             self._warn_once(
                 "piecewise",
                 f"{miss}the model is quantized, so its gradient is zero or undefined almost "
-                "everywhere (finite differences measure its rounding steps); explain the float "
-                "model it was made from",
+                "everywhere (finite differences measure its rounding steps); --dequantize "
+                "explains its float twin",
             )
         elif unresolved and "jump" not in self._warned and (end := self._jumps(a, source, x)):
             self._warn_once(  # (more steps were advised, where none could help)
@@ -1861,7 +1881,7 @@ class Session:
     @functools.cached_property
     def _quantized(self) -> bool:
         """Whether the model rounds activations to integers (read once, not per input)."""
-        return any(n.op_type in QUANTIZING for n in self.model.graph.node)
+        return is_quantized(self.model)
 
     @functools.cached_property
     def _threshold(self) -> str | None:

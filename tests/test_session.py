@@ -186,17 +186,21 @@ def test_a_piecewise_constant_model_is_called_out(tmp_path):
 
 
 def test_a_quantized_model_is_called_out_as_such(tmp_path):
-    """A QDQ model is a step function of its input: igcli says so, and points at the float
-    model (it said 'a tree ensemble, rounding or a step function')."""
+    """A QDQ model is a step function of its input: igcli says so, and points at its float
+    twin, --dequantize (it said 'a tree ensemble, rounding or a step function')."""
     model = models.save(models.quantized_sum(), tmp_path / "q.onnx")
     np.save(tmp_path / "x.npy", np.array([[0.93, 0.52, 0.71]], dtype=np.float32))
     warnings = []
     igcli.Session(model, warn=warnings.append).attribute(tmp_path / "x.npy", steps=8)
     said = [w for w in warnings if "piecewise constant" in w]
-    assert said and "quantized: explain the float model" in said[0], warnings
+    assert said and "quantized: --dequantize explains its float twin" in said[0], warnings
     assert not any("raise --steps" in w for w in warnings)  # (it said that too)
     result = run("explain", model, tmp_path / "x.npy", "--steps", "8", "--out", tmp_path / "o")
     assert "raise --steps" not in result.stderr and "will not help" in result.stderr
+    # its float twin is the plain sum: each value is its own attribution
+    twin = igcli.Session(model, dequantize=True, warn=warnings.append)
+    np.testing.assert_allclose(twin.attribute(tmp_path / "x.npy", steps=8).attributions,
+                               [0.93, 0.52, 0.71], rtol=1e-5)  # fmt: skip
 
 
 def test_a_dynamically_quantized_model_is_called_out_too(tmp_path):
