@@ -54,7 +54,7 @@ QUANTIZED_OPS = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
     "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
     "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
-    "QLinearConcat",
+    "QLinearConcat", "QLinearSoftmax",
 }  # fmt: skip
 
 
@@ -76,7 +76,7 @@ def float_twin(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
         raise ModelError("--dequantize: quantized ops inside an If or Loop are not handled", path)
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
-    _Rewriter(twin.graph, path).run()
+    _Rewriter(twin.graph, path, list(twin.opset_import)).run()
     return twin
 
 
@@ -91,8 +91,8 @@ def _subgraphs(graph: onnx.GraphProto):
 class _Rewriter:
     """One pass over the nodes (they come in topological order), writing the twin's."""
 
-    def __init__(self, graph: onnx.GraphProto, path: Path) -> None:
-        self.graph, self.path = graph, path
+    def __init__(self, graph: onnx.GraphProto, path: Path, opsets) -> None:
+        self.graph, self.path, self.opsets = graph, path, opsets
         self.consts: dict[str, np.ndarray] = {
             i.name: numpy_helper.to_array(i) for i in graph.initializer
         }
@@ -366,6 +366,15 @@ class _Rewriter:
         if attrs.pop("channels_last", 0):
             self.fail(node, "pools channels-last")
         self._float_op(node, "AveragePool", [(0, 1, 2, 1)], (3, 4), attrs=attrs)
+
+    def _QLinearSoftmax(self, node: onnx.NodeProto) -> None:
+        # (its `opset` attribute says whose Softmax: before 13, the axes from `axis` on are
+        # flattened into one; written as this graph's Softmax only where that is the same)
+        graph_opset = next((o.version for o in self.opsets if o.domain in ("", "ai.onnx")), 13)
+        if (_attr(node, "opset", 13) >= 13) != (graph_opset >= 13):
+            self.fail(node, "is a Softmax of another opset than the model's")
+        attrs = {"axis": _attr(node, "axis", -1)}
+        self._float_op(node, "Softmax", [(0, 1, 2, 1)], (3, 4), attrs=attrs)
 
     def _QLinearConcat(self, node: onnx.NodeProto) -> None:
         n = (len(node.input) - 2) // 3

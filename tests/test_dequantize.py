@@ -220,3 +220,30 @@ def test_constants_fold_as_the_kernels_compute_them(dtype, axis, block):
 def test_the_session_refuses_a_dequantize_that_is_not_a_flag():
     with pytest.raises(UsageError, match="dequantize must be True or False"):
         Session(DIGITS, dequantize="yes")
+
+
+def test_onnx_runtime_quantized_ops_become_their_float_ops(tmp_path):
+    """A QLinearSoftmax (com.microsoft) between quantizations: the twin is the softmax."""
+    s_in, s_out = np.array(0.05, np.float32), np.array(1 / 256, np.float32)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node(
+            "QLinearSoftmax",
+            ["q", "s", "z", "so", "z"],
+            ["p"],
+            domain="com.microsoft",
+            axis=-1,
+            opset=13,
+        ),  # fmt: skip
+        helper.make_node("DequantizeLinear", ["p", "so", "z"], ["y"]),
+    ]
+    model = _model(nodes, {"s": s_in, "so": s_out, "z": np.array(0, np.uint8)})
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    x = np.array([[0.3, 1.1, 2.0, 0.05]], np.float32)
+    twin = float_twin(model, tmp_path / "m.onnx")
+    assert {n.op_type for n in twin.graph.node} >= {"Softmax"}
+    y = ort.InferenceSession(twin.SerializeToString()).run(None, {"x": x})[0]
+    e = np.exp(x - x.max())
+    np.testing.assert_allclose(y, e / e.sum(), rtol=1e-5)
+    quantized = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(quantized, y, atol=0.02)  # (its rounding)
