@@ -54,7 +54,7 @@ QUANTIZED_OPS = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
     "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
     "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
-    "QLinearConcat", "QLinearSoftmax",
+    "QLinearConcat", "QLinearSoftmax", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
 }  # fmt: skip
 
 
@@ -348,6 +348,20 @@ class _Rewriter:
 
     def _QLinearMul(self, node: onnx.NodeProto) -> None:
         self._float_op(node, "Mul", [(0, 1, 2, 1), (3, 4, 5, 1)], (6, 7))
+
+    def _DynamicQuantizeMatMul(self, node: onnx.NodeProto) -> None:
+        # A (float, rounded inside the kernel: no more) @ B dequantized, + bias
+        a, b, s, zp, bias = (list(node.input) + [""] * 5)[:5]
+        self._matmul(node, a, self.dequantized(node, b, s, zp, -1), bias)
+
+    def _MatMulIntegerToFloat(self, node: onnx.NodeProto) -> None:
+        a, b, a_s, b_s, a_zp, b_zp, bias = (list(node.input) + [""] * 7)[:7]
+        left = self.dequantized(node, a, a_s, a_zp)
+        self._matmul(node, left, self.dequantized(node, b, b_s, b_zp, -1), bias)
+
+    def _matmul(self, node: onnx.NodeProto, a: str, b: str, bias: str) -> None:
+        y = self.op("MatMul", a, b)
+        self._rename(self.op("Add", y, bias) if bias else y, node.output[0])
 
     def _QLinearSigmoid(self, node: onnx.NodeProto) -> None:
         self._float_op(node, "Sigmoid", [(0, 1, 2, 1)], (3, 4))

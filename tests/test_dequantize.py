@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from igcli.cli import main
-from igcli.dequantize import ROUNDING_OPS, _dequantize, _quantize, float_twin, is_quantized
+from igcli.dequantize import MS, ROUNDING_OPS, _dequantize, _quantize, float_twin, is_quantized
 from igcli.errors import ExitCode, ModelError, UsageError
 from igcli.session import Session
 
@@ -247,3 +247,35 @@ def test_onnx_runtime_quantized_ops_become_their_float_ops(tmp_path):
     np.testing.assert_allclose(y, e / e.sum(), rtol=1e-5)
     quantized = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(quantized, y, atol=0.02)  # (its rounding)
+
+
+@pytest.mark.parametrize("op", ["DynamicQuantizeMatMul", "MatMulIntegerToFloat"])
+def test_fused_dynamic_matmuls_become_matmuls(op, tmp_path):
+    """ONNX Runtime's optimizer fuses a dynamically quantized MatMul into one of these."""
+    rng = np.random.default_rng(0)
+    b = rng.integers(-100, 100, size=(4, 3)).astype(np.int8)
+    inits = {"b": b, "bs": np.array([0.02, 0.03, 0.01], np.float32), "bz": np.zeros(3, np.int8),
+             "bias": np.array([0.1, -0.2, 0.3], np.float32)}  # fmt: skip
+    if op == "DynamicQuantizeMatMul":
+        nodes = [helper.make_node(op, ["x", "b", "bs", "bz", "bias"], ["y"], domain=MS)]
+    else:
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"]),
+            helper.make_node(op, ["q", "b", "qs", "bs", "qz", "bz", "bias"], ["y"], domain=MS),
+        ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS, 1)]
+    )
+    twin = float_twin(model, tmp_path / "m.onnx")
+    assert not is_quantized(twin)
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    y = ort.InferenceSession(twin.SerializeToString()).run(None, {"x": x})[0]
+    exact = x.astype(np.float64) @ (b * inits["bs"].astype(np.float64)) + inits["bias"]
+    np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-6)
+    quantized = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(quantized, y, atol=0.05)  # (its rounding of x)
