@@ -46,11 +46,13 @@ def one_line(text: str) -> str:
 
 
 class Messages:
-    """stderr for people. `quiet` leaves only errors."""
+    """stderr for people. `quiet` leaves only errors. A warning is said once: worker
+    processes build their sessions from the same options and say what this one said."""
 
     def __init__(self, quiet: bool = False, stream=None) -> None:
         self.quiet = quiet
         self._stream = stream
+        self._said: set[str] = set()
         self.console = Console(
             file=stream,  # None: whatever sys.stderr is at print time
             stderr=stream is None,
@@ -72,8 +74,10 @@ class Messages:
         self._line(Text("internal error: ", style="bold red") + Text(one_line(message)))
 
     def warn(self, message: str) -> None:
-        if not self.quiet:
-            self._line(Text(one_line(message)))
+        if self.quiet or (message in self._said and not message.startswith("error: ")):
+            return  # (errors name their input: each is said)
+        self._said.add(message)
+        self._line(Text(one_line(message)))
 
     def info(self, message: str) -> None:
         if not self.quiet:

@@ -279,3 +279,19 @@ def test_fused_dynamic_matmuls_become_matmuls(op, tmp_path):
     np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-6)
     quantized = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(quantized, y, atol=0.05)  # (its rounding of x)
+
+
+def test_worker_processes_do_not_repeat_what_this_one_said():
+    """Each worker builds its session and says the twin note again: said once."""
+    import io
+
+    from igcli.console import Messages
+
+    stream = io.StringIO()
+    messages = Messages(stream=stream)
+    for _ in range(2):
+        messages.warn("model.onnx: --dequantize: explaining its float twin")
+        messages.warn("error: a.png: not an image")
+    lines = stream.getvalue().splitlines()
+    assert lines.count("model.onnx: --dequantize: explaining its float twin") == 1
+    assert lines.count("error: a.png: not an image") == 2
