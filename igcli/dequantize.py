@@ -102,6 +102,10 @@ class _Rewriter:
                 if value is not None:
                     self.consts[node.output[0]] = numpy_helper.to_array(value.t)
         self.unrounded: set[str] = set()  # tensors that held integers and now hold floats
+        # an unrounded tensor written by `quantized`: (the float it came from, scale, zero
+        # point, the integer range), so that a dequantization with the same scale is a clip
+        self.sources: dict[str, tuple[str, float, float, int, int]] = {}
+        self.written: set[int] = set()  # ids of the nodes written here (pruned if unread)
         self.changed: set[str] = set()  # tensors whose type changed (their value_info goes)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -124,6 +128,7 @@ class _Rewriter:
     def op(self, op: str, *inputs: str, out: str | None = None, **attrs) -> str:
         name = out or next(self._fresh)
         self.nodes.append(helper.make_node(op, list(inputs), [name], **attrs))
+        self.written.add(id(self.nodes[-1]))
         return name
 
     # -- values ---------------------------------------------------------------------------
@@ -147,11 +152,15 @@ class _Rewriter:
         if x not in self.unrounded:
             self.fail(node, f"reads integers {x!r} that are not quantized from the input")
         scale = self.scalar(node, s, "scale")
+        zero = self.scalar(node, zp, "zero point") if zp else np.zeros((), np.int64)
+        if x in self.sources and self.sources[x][1:3] == (float(scale), float(zero)):
+            # dequantized with the scale it was quantized with: y clipped to the range
+            y, step, at, lo, hi = self.sources[x]
+            top = self.op("Min", y, self.const(np.array((hi - at) * step, scale.dtype)))
+            return self.op("Max", top, self.const(np.array((lo - at) * step, scale.dtype)))
         shifted = x
-        if zp:
-            zero = self.scalar(node, zp, "zero point")
-            if zero != 0:
-                shifted = self.op("Sub", x, self.const(zero.astype(scale.dtype)))
+        if zero != 0:
+            shifted = self.op("Sub", x, self.const(zero.astype(scale.dtype)))
         return self.op("Mul", shifted, s if self.value(s) is not None else self.const(scale))
 
     def quantized(
@@ -175,6 +184,7 @@ class _Rewriter:
         self.op("Max", u, self.const(np.array(lo, scale.dtype)), out=out)
         self.unrounded.add(out)
         self.changed.add(out)
+        self.sources[out] = (y, float(scale), float(zero), lo, hi)
 
     def shifted(self, node: onnx.NodeProto, x: str, zp: str, axis: int) -> str:
         """x - zp as floats: an integer op's operand (folded when constant)."""
@@ -208,12 +218,24 @@ class _Rewriter:
         del self.graph.value_info[:]
         self.graph.value_info.extend(keep)
         del self.graph.node[:]
-        self.graph.node.extend(self.nodes)
+        self.graph.node.extend(self._read())
         used = {o.name for o in self.graph.output}
         used |= {i for g in [self.graph, *_subgraphs(self.graph)] for n in g.node for i in n.input}
         inits = [i for i in [*self.graph.initializer, *self.inits] if i.name in used]
         del self.graph.initializer[:]  # (the integer weights folded into float ones go)
         self.graph.initializer.extend(inits)
+
+    def _read(self) -> list[onnx.NodeProto]:
+        """The nodes, less those written here whose outputs nothing reads (a quantization
+        that only a dequantization with its own scale read, which became a clip)."""
+        read = {o.name for o in self.graph.output}
+        read |= {i for g in _subgraphs(self.graph) for n in g.node for i in n.input}
+        kept = []
+        for node in reversed(self.nodes):
+            if id(node) not in self.written or read.intersection(node.output):
+                kept.append(node)
+                read.update(node.input)
+        return kept[::-1]
 
     def _carried(self, node: onnx.NodeProto) -> None:
         """An op reading unrounded values: carried if it only moves them, else refused."""
