@@ -960,6 +960,7 @@ def inspect(model: Path, as_json: bool) -> None:
     from igcli.autodiff import blocking_ops
     from igcli.autodiff.contrib import with_embeddings_exposed
     from igcli.cut import candidate_tensors, embedding_lookups, make_cut
+    from igcli.dequantize import float_twin, is_quantized
     from igcli.inputs import make_preprocessing
     from igcli.model import (
         Sidecar,
@@ -1011,6 +1012,7 @@ def inspect(model: Path, as_json: bool) -> None:
         prep = f"token ids in {ids.name!r} ({found.name if found else 'no tokenizer.json'})"
     source = attributed or (ids if at is not None else None)
     unloadable = _runtime_refusal(onnx_model, model)
+    twin_blockers: list[str] | None = None  # (a quantized model's float twin's)
     refused = not ins or source is None or explained is None or bool(unloadable)  # exit 2 or 3
     if not ins:
         blockers = ["(the model has no inputs: nothing to attribute)"]
@@ -1019,14 +1021,23 @@ def inspect(model: Path, as_json: bool) -> None:
     elif source is None or explained is None:
         blockers = ["(no float input or output to differentiate)"]
     else:
-        try:
-            graph_model, graph_input = with_dynamic_batch(read[0]), source.name
-            if at is not None:
-                graph_model = make_cut(graph_model, at, ids.name, explained.name).after
-                graph_input = at
-            blockers = blocking_ops(graph_model, graph_input, explained.name)
-        except Exception as exc:  # report, do not crash, on transform bugs
-            blockers = [f"(transform failed: {type(exc).__name__}: {exc})"]
+
+        def graph_blockers(proto) -> list[str]:
+            try:
+                graph_model, graph_input = with_dynamic_batch(proto), source.name
+                if at is not None:
+                    graph_model = make_cut(graph_model, at, ids.name, explained.name).after
+                    graph_input = at
+                return blocking_ops(graph_model, graph_input, explained.name)
+            except Exception as exc:  # report, do not crash, on transform bugs
+                return [f"(transform failed: {type(exc).__name__}: {exc})"]
+
+        blockers = graph_blockers(read[0])
+        if blockers and is_quantized(read[0]):  # what --dequantize would give
+            try:
+                twin_blockers = graph_blockers(float_twin(read[0], model))
+            except IgcliError as exc:
+                twin_blockers = [f"({exc.reason})"]
     candidates = []
     if source is not None and explained is not None and not sequence_first:  # (no --at there)
         specs = candidate_tensors(onnx_model, source.name, explained.name)
@@ -1047,6 +1058,8 @@ def inspect(model: Path, as_json: bool) -> None:
         "labels": len(sidecar.labels) if sidecar.labels else None,
         "gradient_graph": not blockers,
         "gradient_graph_blockers": blockers,
+        # a quantized model's float twin (--dequantize): None where it is not quantized
+        "gradient_graph_dequantized": None if twin_blockers is None else not twin_blockers,
         # ops that need static shapes only: explain specialises a graph to each input size
         "gradient_graph_per_shape": bool(blockers) and all("static shapes" in b for b in blockers),
         "providers": ort.get_available_providers(),
@@ -1081,6 +1094,9 @@ def inspect(model: Path, as_json: bool) -> None:
         out.info(
             f"gradient graph: no ({', '.join(blockers)}); explain falls back to finite differences"
         )
+        if twin_blockers is not None:
+            said = "yes" if not twin_blockers else f"no ({', '.join(twin_blockers)})"
+            out.info(f"gradient graph with --dequantize (its float twin): {said}")
     else:
         start = at or info["attributed_input"]
         out.info(f"gradient graph: yes ({start} -> {info['explained_output']})")

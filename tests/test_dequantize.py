@@ -295,3 +295,12 @@ def test_worker_processes_do_not_repeat_what_this_one_said():
     lines = stream.getvalue().splitlines()
     assert lines.count("model.onnx: --dequantize: explaining its float twin") == 1
     assert lines.count("error: a.png: not an image") == 2
+
+
+def test_inspect_says_what_dequantize_would_give(quantized):
+    result = run("inspect", quantized["qdq"])
+    assert result.exit_code == 0, result.stderr
+    assert "gradient graph with --dequantize (its float twin): yes" in result.stdout
+    info = json.loads(run("inspect", quantized["dynamic"], "--json").stdout)
+    assert info["gradient_graph"] is False and info["gradient_graph_dequantized"] is True
+    assert json.loads(run("inspect", DIGITS, "--json").stdout)["gradient_graph_dequantized"] is None
