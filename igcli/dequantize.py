@@ -251,6 +251,13 @@ class _Rewriter:
             if fill is None:
                 self.fail(node, "pads with a computed value")
             node.input[2] = self.const(fill.astype(np.float32))
+        if node.op_type == "Concat":  # (integers beside them: the same numbers as floats)
+            for k, name in enumerate(node.input):
+                if name not in self.unrounded:
+                    part = self.value(name)
+                    if part is None:
+                        self.fail(node, f"joins them to integers {name!r} that are computed")
+                    node.input[k] = self.const(part.astype(np.float32))
         self.nodes.append(node)
         if node.op_type in _INTEGER_OUT:
             return

@@ -304,3 +304,26 @@ def test_inspect_says_what_dequantize_would_give(quantized):
     info = json.loads(run("inspect", quantized["dynamic"], "--json").stdout)
     assert info["gradient_graph"] is False and info["gradient_graph_dequantized"] is True
     assert json.loads(run("inspect", DIGITS, "--json").stdout)["gradient_graph_dequantized"] is None
+
+
+def test_integers_joined_to_quantized_values_join_as_floats(tmp_path):
+    """Concat of a quantized tensor and an integer constant: the constant's numbers as floats."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("Concat", ["q", "c"], ["j"], axis=1),
+            helper.make_node("DequantizeLinear", ["j", "s", "z"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [
+            numpy_helper.from_array(v, k)
+            for k, v in {**SCALE, "c": np.array([[23]], np.uint8)}.items()
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    twin = float_twin(model, tmp_path / "m.onnx")
+    x = np.array([[0.5, 1.234]], np.float32)
+    y = ort.InferenceSession(twin.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, [[0.5, 1.234, (23 - 3) * 0.05]], rtol=1e-6)
