@@ -188,7 +188,8 @@ def npy_header(fh: BinaryIO, path: Path, error: type[IgcliError]) -> tuple[tuple
         raise error("damaged .npy header (its text is not a NumPy header)", path) from None
     if dtype.hasobject:
         raise error("holds Python objects (a pickle); igcli does not unpickle files", path)
-    if any(d < 0 for d in shape):
+    # (numpy takes any int there: a bool, as True, reached reshape and stopped a batch)
+    if any(type(d) is not int or d < 0 for d in shape):
         raise error(f"damaged .npy header (shape {list(shape)})", path)
     count = math.prod(shape)
     if count > MAX_TENSOR_VALUES:

@@ -88,8 +88,9 @@ def test_npy_of_the_wrong_shape_or_dtype_is_refused_on_its_header(tmp_path):
     assert sample.x.shape == (1, 28, 28)
 
 
-@pytest.mark.parametrize("shape", [(-3, 2), (2, -1)])
+@pytest.mark.parametrize("shape", [(-3, 2), (2, -1), (True, 30)])
 def test_npy_negative_shape(tmp_path, shape):
+    """(numpy's header reader takes True for a dimension: it stopped a batch at reshape)"""
     refused(hf.write(tmp_path / "n.npy", hf.npy_claiming(shape)), VECTOR, "damaged")
 
 
