@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import glob
+import hashlib
 import json
 import math
 import os
@@ -331,9 +332,13 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise ModelError("the model declares no outputs: nothing to explain", path)
     if not _names_are_text(model.graph):
         raise ModelError("not a valid ONNX model (tensor or node names are not UTF-8)", path)
-    if _external_tensors(model):
-        _load_external_data(model, path)
+    files = _load_external_data(model, path) if _external_tensors(model) else []
+    _EXTERNAL[os.path.realpath(path)] = files
     return model
+
+
+# the external data files of each model read by load_model (by real path): part of its hash
+_EXTERNAL: dict[str, list[str]] = {}
 
 
 def _names_are_text(graph: onnx.GraphProto) -> bool:
@@ -345,9 +350,11 @@ def _names_are_text(graph: onnx.GraphProto) -> bool:
     return all(isinstance(n, str) for n in names)
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Tensors stored beside the model; only files inside the model's folder are read."""
+def _load_external_data(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Tensors stored beside the model; only files inside the model's folder are read.
+    Returns those files' paths."""
     folder = os.path.realpath(path.parent)
+    files = set()
     for tensor in _external_tensors(model):
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
@@ -359,10 +366,12 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             raise ModelError(f"{what} points outside the model's folder; refused", path)
         if not os.path.isfile(target):
             raise ModelError(f"{what}: no such file beside the model", path)
+        files.add(target)
     try:
         load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise ModelError(f"cannot load its external data ({first_line(exc)})", path) from None
+    return sorted(files)
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -494,11 +503,37 @@ def check_feed(value: np.ndarray, spec: TensorSpec, batch_axis: int | None, path
 
 
 def model_hash(path: Path, remember: bool = True) -> str:
-    """The sha256 of a file (see cache.file_sha256; `remember` False keeps it out of the
-    cache folder)."""
+    """The sha256 of a model file (see cache.file_sha256; `remember` False keeps it out of
+    the cache folder), and of its external data files where it has any: weights changed in
+    a .data file beside an unchanged .onnx kept serving the old model's cached graph."""
     from igcli.cache import file_sha256
 
-    return file_sha256(path, remember)
+    sha = file_sha256(path, remember)
+    files = _EXTERNAL.get(os.path.realpath(path))
+    if files is None:  # (a model not loaded here: read without its data, to name the files)
+        files = _external_files(path)
+    if not files:
+        return sha
+    digest = hashlib.sha256(sha.encode())
+    for file in files:
+        digest.update(file_sha256(Path(file), remember).encode())
+    return digest.hexdigest()
+
+
+def _external_files(path: Path) -> list[str]:
+    """The external data files a model names (inside its folder), read without its data."""
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # (the model's own reading says what is wrong with it, later)
+        return []
+    folder = os.path.realpath(path.parent)
+    found = set()
+    for tensor in _external_tensors(model):
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = os.path.realpath(os.path.join(folder, location))
+        if location and os.path.commonpath([folder, target]) == folder and os.path.isfile(target):
+            found.add(target)
+    return sorted(found)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:

@@ -31,7 +31,14 @@ from igcli import baselines, methods
 from igcli.attribution import Attribution
 from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
 from igcli.autodiff.contrib import with_embeddings_exposed
-from igcli.cache import cache_key, load_check, load_graph, save_check, save_graph
+from igcli.cache import (
+    cache_key,
+    file_sha256,
+    load_check,
+    load_graph,
+    save_check,
+    save_graph,
+)
 from igcli.cut import AGGREGATES, Cut, depends_on, embedding_lookups, make_cut
 from igcli.dequantize import float_twin, is_quantized
 from igcli.errors import (
@@ -929,7 +936,7 @@ class Session:
             return {}
         if not hasattr(self, "_tokenizer_sha"):
             path = self.tokens.tokenizer_path if self.tokens is not None else None
-            self._tokenizer_sha = model_hash(path, self.use_cache) if path is not None else None
+            self._tokenizer_sha = file_sha256(path, self.use_cache) if path is not None else None
         return {"at": self.at, "aggregate": self.aggregate, "tokenizer": self._tokenizer_sha}
 
     @property

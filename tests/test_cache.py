@@ -277,3 +277,26 @@ def test_the_gradient_graph_is_kept_only_where_no_optimised_graph_was_saved(tmp_
         p.unlink()
     again = igcli.Session(path).attribute(x, steps=8)
     np.testing.assert_array_equal(first.attributions, again.attributions)
+
+
+def test_weights_changed_in_external_data_are_a_new_model(tmp_path):
+    """The hash covers a model's .data file: weights halved there (the .onnx unchanged)
+    kept serving the old graph from the cache, and --skip-existing the old results."""
+    from igcli.model import model_hash
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "m.onnx"
+    onnx.save(onnx.load(str(DIGITS)), str(path), save_as_external_data=True,
+              location="m.data", size_threshold=0)  # fmt: skip
+    x = np.ones((1, 28, 28), np.float32)
+    before = igcli.Session(path).attribute(x, target=3)
+    sha = model_hash(path)
+    weights = np.fromfile(folder / "m.data", "<f4")
+    (weights * 0.5).astype("<f4").tofile(folder / "m.data")
+    os.utime(folder / "m.data", ns=(1, 1))  # (even with its old times)
+    after = igcli.Session(path).attribute(x, target=3)
+    assert model_hash(path) != sha
+    assert abs(after.f_input - before.f_input) > 1e-3
+    fresh = igcli.Session(path, cache=False).attribute(x, target=3)
+    assert after.f_input == pytest.approx(fresh.f_input, rel=1e-6)
