@@ -200,6 +200,13 @@ def settings_hash(
         "session": session.fingerprint(),
         "settings": {**asdict(settings), "method": settings.rule},
         "baseline_files": _baseline_digests(settings),
+        # --baseline mean without data takes the sidecar's numbers: changed, they are new
+        # results (a rerun kept F(baseline) of the old ones)
+        **(
+            {"sidecar_baseline_mean": session.sidecar.raw.get("baseline_mean")}
+            if settings.baseline == "mean" and not settings.baseline_data
+            else {}
+        ),
         "targets": targets,
         "style": asdict(outputs.style) if outputs.heatmaps else None,
         "shared_scale": outputs.shared_scale,

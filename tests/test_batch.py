@@ -944,8 +944,9 @@ def _resumed(out) -> int:
 
 
 def test_skip_existing_redoes_what_changed_behind_the_same_settings(tree, tmp_path):
-    """Found by a fault sweep, each resumed with exit 0: a --targets-from row changed from 3
-    to 5, a --baseline picture replaced at the same path, a sidecar's scale changed."""
+    """Found by fault sweeps, each resumed with exit 0: a --targets-from row changed from 3
+    to 5, a --baseline picture replaced at the same path, a sidecar's scale changed, its
+    baseline_mean changed under --baseline mean."""
     out, table = tmp_path / "o", tmp_path / "t.csv"
     top = tree / "top.png"
     table.write_text(f"input,target\n{top},3\n")
@@ -973,6 +974,14 @@ def test_skip_existing_redoes_what_changed_behind_the_same_settings(tree, tmp_pa
     sidecar.setdefault("preprocessing", {})["scale"] = 128
     (tmp_path / "m.json").write_text(json.dumps(sidecar))
     run("explain", model, top, "--out", out, "--steps", "4", "--skip-existing")
+    assert _resumed(out) == 0
+
+    # --baseline mean reads the sidecar's baseline_mean (a second sweep)
+    run("explain", model, top, "--out", out, "--steps", "4", "--baseline", "mean")
+    sidecar["baseline_mean"] = [0.9]
+    (tmp_path / "m.json").write_text(json.dumps(sidecar))
+    run("explain", model, top, "--out", out, "--steps", "4", "--baseline", "mean",
+        "--skip-existing")  # fmt: skip
     assert _resumed(out) == 0
 
 
