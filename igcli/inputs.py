@@ -966,7 +966,7 @@ def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected
 
     def records():
         while True:
-            line[0] = reader.line_num + 1  # the line being read, should it fail
+            start = line[0] = reader.line_num + 1  # the line being read, should it fail
             row = next(reader, None)
             if row is None:
                 return
@@ -974,6 +974,8 @@ def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected
             if line[0] in cut:
                 cut.discard(line[0])
                 yield None  # a line too long to read (its cells were never made)
+            elif line[0] > start and any("\n" in c or "\r" in c for c in row):
+                yield start  # a quoted cell over several lines: no numeric table has one
             elif row and any(c.strip() for c in row):
                 yield row
 
@@ -1024,6 +1026,13 @@ def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected
     for row in rows_iter:
         if row is None:
             yield too_long()
+            continue
+        if isinstance(row, int):  # (the line it started on)
+            yield InputError(
+                f"lines {row}-{line[0]}: a quote opened on line {row} is not closed on it, so "
+                "csv read these lines as one cell; none of them is read",
+                path,
+            )
             continue
         if (byte := _not_utf8(row)) is not None:
             yield InputError(

@@ -429,6 +429,19 @@ def test_a_row_that_is_not_utf8_fails_alone(tmp_path):
         list(iter_table(path, NAMED, "t"))
 
 
+def test_a_quote_left_open_names_the_lines_it_swallowed(tmp_path):
+    """A quote opened on line 3 of a short file swallowed lines 4 and 5 into one cell, and
+    the one error said 'line 5 is short' (found by a hostile-input sweep)."""
+    from igcli.inputs import RowError, iter_table
+
+    path = tmp_path / "t.csv"
+    path.write_text('a,b\n1,2\n"3,4\n5,6\n7,8\n')
+    found = list(iter_table(path, NAMED, "t"))
+    bad = [r for r in found if isinstance(r, RowError)]
+    assert len(found) == 2 and len(bad) == 1
+    assert "lines 3-5: a quote opened on line 3 is not closed" in str(bad[0].error)
+
+
 def test_csv_cell_over_the_field_limit(tmp_path):
     with pytest.raises(InputError, match="line 2: a cell is longer than 131,072") as err:
         table(tmp_path, "a,b\n1," + "9" * 200_000 + "\n")
