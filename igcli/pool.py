@@ -177,7 +177,7 @@ def execute_on_processes(
     worker's start was 6% of a 1,000-digit run). Chunks are tapered (chunks()), so that the
     processes, which start at different times, end within a small chunk of each other."""
     from igcli.discovery import count_inputs
-    from igcli.run import execute
+    from igcli.run import execute, signals_held
 
     job = job_for(batch, the_plan, session_factory, targets_from)
     total = job.session_options.get("threads") or usable_cpus()
@@ -194,7 +194,8 @@ def execute_on_processes(
     feeder = _Feeder(pool, parts, workers - 1)
     own = _ChunkRunner(job)  # this process's
     order = InOrder(batch, targets_from)
-    interrupted = died = finished = False
+    interrupted = died = finished = failed = False
+    held = contextlib.ExitStack()
     try:
         # (started in the try: a Ctrl-C between two submits left the pool to run the whole
         # plan on, unseen, before this process could exit; the submits start the workers)
@@ -226,18 +227,34 @@ def execute_on_processes(
                 finished = not died
             except KeyboardInterrupt:
                 interrupted = True
+    except BaseException:
+        failed = True
+        raise
     finally:
-        _stop(pool, at_once=not finished, broken=died)
-        feeder.join()
-        own.close()
-    if died:  # (chunks that came back before still go in, in order)
-        for future in [*feeder.returned, *feeder.finished(block=False)]:
-            if _succeeded(future) and future.result().index >= order.following:
-                order.add(future.result())
-    batch.report.settings["model_time_s"] = round(order.seconds, 3)
-    batch.report.settings["workers"] = {"processes": min(workers, len(parts)), "chunks": len(parts)}
-    if interrupted:  # the workers are gone: what they finished is on disk
-        order.rest(parts, lambda items: take_from_disk(batch, items))
+        # Ctrl-C held until what finished is in the batch: a second one while the workers
+        # stopped left their finished chunks out of the report (130 results on disk,
+        # 'explained 0'); the run's write-up holds it from there on (see run.signals_held)
+        held.enter_context(signals_held())
+        try:
+            _stop(pool, at_once=not finished, broken=died)
+            feeder.join()
+            own.close()
+        except BaseException:
+            held.close()
+            raise
+        if failed:
+            held.close()
+    with held:
+        if died:  # (chunks that came back before still go in, in order)
+            for future in [*feeder.returned, *feeder.finished(block=False)]:
+                if _succeeded(future) and future.result().index >= order.following:
+                    order.add(future.result())
+        batch.report.settings["model_time_s"] = round(order.seconds, 3)
+        processes = min(workers, len(parts))
+        batch.report.settings["workers"] = {"processes": processes, "chunks": len(parts)}
+        if interrupted:  # the workers are gone: what they finished is on disk
+            order.rest(parts, lambda items: take_from_disk(batch, items))
+    if interrupted:
         raise KeyboardInterrupt
     if died:
         batch.warn(

@@ -310,6 +310,42 @@ def test_ctrl_c_while_a_chunk_goes_into_the_report_takes_it_whole():
     assert order.following == 1 and accepted == records
 
 
+@pytest.mark.skipif(usable_cpus() < 2 or os.name != "posix", reason="--workers 2; SIGINT")
+def test_a_second_ctrl_c_while_the_workers_stop_loses_no_finished_result(tmp_path):
+    """Two Ctrl-C 0.2 s apart: the second came while the workers were stopped, and the
+    report said 0 explained with up to 130 results on disk (found by a fault sweep). Here
+    the first comes after this process's first chunk, the second from inside the stop."""
+    folder, out = _folder(tmp_path), tmp_path / "out"
+    script = f"""
+import os, signal, sys
+from igcli import pool
+from igcli.cli import main
+
+explain, stop, chunks = pool._ChunkRunner.explain, pool._stop, []
+
+def explain_then_interrupt(self, *args, **kwargs):
+    if chunks:
+        raise KeyboardInterrupt  # Ctrl-C as this process starts its second chunk
+    chunks.append(1)
+    return explain(self, *args, **kwargs)
+
+def stop_with_a_second_ctrl_c(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return stop(*args, **kwargs)
+
+pool._ChunkRunner.explain, pool._stop = explain_then_interrupt, stop_with_a_second_ctrl_c
+sys.argv = ["igcli", "explain", {str(DIGITS)!r}, {str(folder)!r}, "-r", "--out", {str(out)!r},
+            "-q", "--steps", "8", "--workers", "2"]
+main()
+"""
+    proc = _python(tmp_path, script)
+    assert proc.wait(timeout=300) == 130
+    report = json.loads((out / "report.json").read_text())
+    on_disk = sorted(p.name[: -len(".record.json")] for p in out.rglob("*.record.json"))
+    assert report["summary"]["interrupted"] and on_disk
+    assert sorted(Path(r["input"]).stem for r in report["results"]) == on_disk
+
+
 def test_tapered_chunks_shrink_to_a_few_inputs_and_keep_the_order():
     """Processes that start at different times (this one at once, the workers about a
     second later) end within a small chunk of each other: each chunk a share of what is
