@@ -279,6 +279,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "TIFF", "WEBP")  # JPEG cov
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, the weights of Pillow's convert("L")
+_LUMA_ROWS = 256
 _PNG16 = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}  # raw mode -> its low-byte twin
 
 
@@ -462,9 +463,7 @@ def _decode(img, fh, channels: int, target, path: Path, crop=None) -> tuple[np.n
         if low is None or low.shape != high.shape:
             planes = [high[:, :, c] for c in range(high.shape[2])]
             return _float_channels(planes, channels, target, 255.0, crop), 255.0
-        planes = [
-            _plane16(high[:, :, c], low[:, :, c]) for c in range(high.shape[2])
-        ]  # float32 holds every 16-bit value exactly
+        planes = [_Plane16(high[:, :, c], low[:, :, c]) for c in range(high.shape[2])]
         return _float_channels(planes, channels, target, 65535.0, crop), 65535.0
     return _pil_pixels(img, channels, target, path, crop)
 
@@ -541,11 +540,23 @@ def fit_image(img: Image.Image, target: tuple[int, int] | None, crop: float | No
     return img.resize(target, Image.Resampling.BILINEAR, box=box)
 
 
-def _plane16(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    plane = high.astype(np.float32)
-    plane *= 256.0
-    plane += low
-    return plane
+@dataclass(frozen=True)
+class _Plane16:
+    """A 16-bit plane from its high and low bytes, made (rows at a time) when read: float32
+    holds every 16-bit value exactly."""
+
+    high: np.ndarray
+    low: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.high.shape
+
+    def __getitem__(self, rows) -> np.ndarray:
+        plane = self.high[rows].astype(np.float32)
+        plane *= 256.0
+        plane += self.low[rows]
+        return plane
 
 
 def _png16_rawmode(img) -> bool:
@@ -573,28 +584,34 @@ def _upright_array(img) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _float_channels(
-    planes: list[np.ndarray], channels: int, target, full: float, crop=None
-) -> np.ndarray:
+def _float_channels(planes: list, channels: int, target, full: float, crop=None) -> np.ndarray:
     """Full-precision planes of one image -> (H, W, channels) float64, each plane converted
     and resized on its own (as a float image), so a large 16-bit image costs a few bytes
-    per pixel, not 8 per sample. `full` is the value of an opaque alpha."""
-    if channels == 1:
-        if len(planes) >= 3:
-            r, g, b = (p.astype(np.float32) for p in planes[:3])
-            planes = [r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]]
-        else:
-            planes = planes[:1]
-    else:
-        rgb = planes[:3] if len(planes) >= 3 else [planes[0]] * 3
-        alpha = planes[3:4] if len(planes) >= 4 else [np.full(planes[0].shape, full, np.float32)]
-        planes = rgb + (alpha if channels == 4 else [])
-    out = []
-    for plane in planes:
-        plane = plane.astype(np.float32, copy=False)
+    per pixel, not 8 per sample. A plane may be a _Plane16, made when it is read: one
+    full-size float plane at a time (a 9400 x 9400 16-bit RGBA PNG of 0.7 MB took 5.3 GB
+    with all four made first). `full` is the value of an opaque alpha."""
+
+    def made(plane, rows: slice = slice(None)) -> np.ndarray:
+        return plane[rows].astype(np.float32, copy=False)
+
+    def fitted(plane: np.ndarray) -> np.ndarray:
         if target and ((plane.shape[1], plane.shape[0]) != target or crop is not None):
             plane = np.asarray(fit_image(Image.fromarray(plane), target, crop), np.float32)
-        out.append(plane.astype(np.float64))
+        return plane.astype(np.float64)
+
+    if channels == 1:
+        if len(planes) < 3:
+            return fitted(made(planes[0]))[:, :, None]
+        grey = np.empty(planes[0].shape[:2], np.float32)
+        for start in range(0, len(grey), _LUMA_ROWS):  # (in float64, a block of rows at a time)
+            rows = slice(start, start + _LUMA_ROWS)
+            grey[rows] = sum(made(p, rows) * w for w, p in zip(_LUMA, planes[:3], strict=True))
+        return fitted(grey)[:, :, None]
+    out = [fitted(made(plane)) for plane in (planes[:3] if len(planes) >= 3 else planes[:1])]
+    if len(out) == 1:
+        out *= 3
+    if channels == 4:
+        out.append(fitted(made(planes[3])) if len(planes) >= 4 else np.full_like(out[0], full))
     return np.stack(out, axis=2)
 
 
