@@ -478,8 +478,8 @@ def _pil_pixels(
         return _float_channels([grey], channels, target, 65535.0, crop), 65535.0
     if img.mode in ("I", "F"):
         raise error(
-            f"32-bit ({img.mode}-mode) images are not supported; use 8- or 16-bit images "
-            "or a .npy tensor",
+            f"images of 32-bit or signed samples ({img.mode} mode) are not supported; use "
+            "8- or 16-bit unsigned images or a .npy tensor",
             path,
         )
     img.load()
