@@ -834,6 +834,8 @@ def rows_first(
             wrapped = with_batch_axis(model, spec.name)
         elif squeezed_batch(model, spec):
             wrapped = with_batch_axis(model, spec.name, input_too=False)
+        elif squeezed_batch(model, spec, dynamic=True):
+            wrapped = with_batch_axis(with_fixed_batch(model, 1), spec.name, input_too=False)
         return (model, 0, False) if wrapped is None else (wrapped, 0, True)
     if axis:  # a sequence-first [T, 1, F] at batch 1 may squeeze it out too (a GRU's state)
         first = next(s for s in graph_inputs(moved) if s.name == spec.name)
@@ -842,12 +844,16 @@ def rows_first(
     return moved, axis, axis == 0
 
 
-def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
+def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec, dynamic: bool = False) -> bool:
     """Whether a model fixed at a batch of 1 gives outputs without it: every output fixed
     and none with 1 first (torch's squeeze(0): [1, F] -> [C]). igcli read such an output's
     C values as C rows: 'target 2 is out of range: 1 values per sample', the gradient graph
-    failed in a Reshape, and F at the baseline came from the input's own row."""
-    if not spec.shape or spec.shape[0] != 1:
+    failed in a Reshape, and F at the baseline came from the input's own row. `dynamic`:
+    the same of a model whose input's batch is not fixed (exported with a dynamic batch,
+    squeezed all the same), which crashed in the gradient self-check; it is run at 1."""
+    if not spec.shape or (spec.shape[0] != 1 and not dynamic):
+        return False
+    if dynamic and isinstance(spec.shape[0], int):
         return False
     outputs = graph_outputs(model)
     return bool(outputs) and all(
