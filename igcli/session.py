@@ -59,6 +59,7 @@ from igcli.gradients import (
     GradientSource,
     GraphGradients,
     GraphRunner,
+    NonFiniteGradient,
     pick,
     with_target_seed,
 )
@@ -1689,7 +1690,13 @@ class Session:
             graph.check = StoredCheck(stored["check"])
             return graph
         values = self._check_values(context, x)
-        check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
+        try:
+            check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
+        except NonFiniteGradient as exc:
+            if self.gradients == "graph":
+                raise
+            self._check_plain = None
+            return self._reject(graph, f"{exc.reason} where F is finite", None)
         self._check_plain = None  # made for the check alone
         graph.check = check
         if check.verdict != "mismatch":
@@ -1717,12 +1724,16 @@ class Session:
         )
         if self.gradients == "graph":
             raise GradientError(f"gradient graph failed its self-check: {why}", self.model_path)
+        return self._reject(graph, why, check.summary())
+
+    def _reject(self, graph: GraphRunner, why: str, summary: dict | None) -> None:
+        """Finite differences from here on, for this graph's inputs: said once."""
         self.warn(f"{self.model_path}: gradient graph failed its self-check ({why}); "
                   "using finite differences")  # fmt: skip
         for key, value in list(self._graphs.items()):
             if value is graph:
                 self._graphs[key] = None
-                self._rejected[key] = check.summary()
+                self._rejected[key] = summary or {"verdict": "mismatch", "why": why}
         self._current = self._plain_runner()
         return None
 

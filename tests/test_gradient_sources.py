@@ -554,3 +554,33 @@ def test_a_float32_copy_widens_weights_constants_and_casts():
     assert g.node[1].attribute[0].i == TensorProto.FLOAT
     assert g.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert g.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def test_a_gradient_nan_where_f_is_finite_falls_back_to_finite_differences(tmp_path):
+    """sqrt(relu(x)): the graph's slope at a negative feature is 0 times the infinite slope
+    of sqrt at 0, NaN, where F is finite (so are a self-distance through Pow 0.5 and a
+    softmax over fully masked scores cleaned up after it). The input failed with 'gradient
+    contains NaN' (an unseen-model sweep's find); auto now takes finite differences."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import igcli
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sqrt", ["r"], ["s"]),
+         helper.make_node("ReduceSum", ["s"], ["y"], keepdims=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )  # fmt: skip
+    path = tmp_path / "sqrt_relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = np.array([0.81, -0.5, 0.25, -1.0], np.float32)
+    said = []
+    a = igcli.Session(path, cache=False, warn=said.append).attribute(x, target=0, steps=64,
+                                                                   baseline="zero")  # fmt: skip
+    assert a.gradient_source == "fd"
+    assert any("NaN where F is finite" in w and "finite differences" in w for w in said)
+    np.testing.assert_allclose(a.attributions, [0.9, 0.0, 0.5, 0.0], atol=0.02)  # (sqrt at 0)
+    np.save(tmp_path / "x.npy", x)
+    strict = run("explain", path, tmp_path / "x.npy", "--gradients", "graph", "--target", "0")
+    assert strict.exit_code == ExitCode.INPUTS_FAILED and "gradient contains NaN" in strict.stderr
