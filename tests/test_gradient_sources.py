@@ -584,3 +584,34 @@ def test_a_gradient_nan_where_f_is_finite_falls_back_to_finite_differences(tmp_p
     np.save(tmp_path / "x.npy", x)
     strict = run("explain", path, tmp_path / "x.npy", "--gradients", "graph", "--target", "0")
     assert strict.exit_code == ExitCode.INPUTS_FAILED and "gradient contains NaN" in strict.stderr
+
+
+def test_a_model_older_than_opset_9_gets_its_gradient_graph(tmp_path):
+    """The reverse pass needs Expand (8) and Where (9): a Clip at opset 7 (and a classic CNN)
+    fell back to finite differences, 'No Op registered for Where with domain_version of 7'
+    (an unseen-model sweep's find). onnx's version converter now lifts the copy that is
+    differentiated."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import igcli
+
+    w = np.array([0.5, -2.0, 3.0], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x"], ["c"], min=-0.5, max=0.5),
+         helper.make_node("Mul", ["c", "w"], ["m"]),
+         helper.make_node("ReduceSum", ["m"], ["y"], axes=[1], keepdims=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3  # (as such models were written: initializers among the inputs)
+    path = tmp_path / "clip7.onnx"
+    onnx.save(model, path)
+    x = np.array([0.25, -0.4, 0.45], np.float32)  # (inside the clip: no kink on the path)
+    a = igcli.Session(path, cache=False, gradients="graph").attribute(x, target=0, steps=16,
+                                                                     baseline="zero")  # fmt: skip
+    assert a.gradient_source == "graph"
+    np.testing.assert_allclose(a.attributions, w * np.clip(x, -0.5, 0.5), rtol=1e-5)

@@ -48,6 +48,39 @@ def model_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+# The reverse pass needs Expand (opset 8) and Where (9): an older model's gradient graph
+# would not load ('No Op registered for Expand with domain_version of 7'), and it fell back
+# to finite differences (a classic CNN at opset 7: Pearson 0.52 at 4x4 patches).
+MIN_OPSET = 9
+
+
+def at_least_min_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An older model converted to MIN_OPSET by onnx's version converter (its adapters
+    rewrite what changed, BatchNormalization's and Upsample's forms, say); as it is where
+    that fails. The self-check holds the gradient to the model as given either way."""
+    if model_opset(model) >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+
+    # (it wants each initializer among the inputs, as IR 3 had them: igcli takes them out)
+    inputs = {i.name for i in model.graph.input}
+    listed = onnx.ModelProto()
+    listed.CopyFrom(model)
+    listed.graph.input.extend(
+        helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
+        for i in model.graph.initializer
+        if i.name not in inputs
+    )
+    try:
+        converted = version_converter.convert_version(listed, MIN_OPSET)
+    except Exception:  # (an op without an adapter: the graph then fails as it did)
+        return model
+    kept = [i for i in converted.graph.input if i.name in inputs]
+    del converted.graph.input[:]
+    converted.graph.input.extend(kept)
+    return converted
+
+
 def _value_infos(graph: onnx.GraphProto, infos: dict[str, TensorInfo]) -> None:
     """Collect the type and shape of every named value of a graph and its subgraphs."""
     for vi in [*graph.input, *graph.value_info, *graph.output]:
@@ -464,6 +497,7 @@ def build_gradient_model(
     `shape_hints` (see shapes.probe_shapes) give shapes that onnx shape inference cannot.
     Raises UnsupportedOpsError naming every op on the path that has no rule (or refuses).
     """
+    model = at_least_min_opset(model)
     model = prepare(model, input_name, output_name)  # a copy: BatchNorms folded, dead nodes gone
     sanitize_dims(model)
     inline_constant_ifs(model)
