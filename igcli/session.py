@@ -468,6 +468,7 @@ class Session:
         if not isinstance(dequantize, bool | np.bool_):
             raise UsageError(f"dequantize must be True or False, not {dequantize!r}")
         self.dequantize = bool(dequantize)
+        self.twinned = False  # the model explained is a quantized model's float twin
         self.use_cache = cache
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
@@ -654,6 +655,7 @@ class Session:
                       "explaining it as it is")  # fmt: skip
             return model
         twin = float_twin(model, self.model_path)
+        self.twinned = True
         self.warn(
             f"{self.model_path}: --dequantize: explaining its float twin (the same weights, "
             "activations not rounded): F(x) is the twin's, which differs from the quantized "
@@ -1254,6 +1256,8 @@ class Session:
                 extra.update(converged=result.converged, stop_reason=result.stop_reason)
             if result.feature_error is not None:
                 extra["feature_error"] = result.feature_error
+            if self.twinned:
+                extra["dequantized"] = True  # (F is the twin's: said under the heatmap too)
             if graph is not None and graph.check is not None:
                 extra["gradient_check"] = graph.check.summary()
             elif is_fd and self._rejected:  # why finite differences: the graph's failed check

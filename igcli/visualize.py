@@ -58,10 +58,11 @@ def caption(a) -> str:
         b = a.extra["baselines"]
         base = f"{b['count']} baselines ({Path(str(b['source'])).name})"
     how = method_text(a) or f"{steps} {a.method} steps"
+    twin = " \u00b7 float twin" if a.extra.get("dequantized") else ""  # (--dequantize)
     return (
         f"{base} \u00b7 completeness error {percent(a.rel_error)} "
         f"({a.attribution_sum:.4g}{spread} of {a.delta:.4g}) \u00b7 {how} "
-        f"\u00b7 {a.gradient_source}{at}"
+        f"\u00b7 {a.gradient_source}{at}{twin}"
     )
 
 

@@ -104,6 +104,7 @@ def test_dequantize_explains_the_twin_with_its_graph(quantized, float_maps, form
     assert report["settings"]["dequantize"] is True
     assert report["settings"]["gradient_source"] == "graph"
     assert report["summary"]["max_rel_error"] < 0.01
+    assert all(r["dequantized"] for r in report["results"])  # (and under each heatmap)
     for stem, reference in float_maps.items():
         ours = np.load(out / f"{stem}.npy")
         assert np.corrcoef(ours.ravel(), reference.ravel())[0, 1] > 0.999
