@@ -1059,7 +1059,9 @@ def inspect(model: Path, as_json: bool) -> None:
         "gradient_graph": not blockers,
         "gradient_graph_blockers": blockers,
         # a quantized model's float twin (--dequantize): None where it is not quantized
-        "gradient_graph_dequantized": None if twin_blockers is None else not twin_blockers,
+        "gradient_graph_dequantized": None
+        if twin_blockers is None
+        else all("static shapes" in b for b in twin_blockers),  # (one per input size, too)
         # ops that need static shapes only: explain specialises a graph to each input size
         "gradient_graph_per_shape": bool(blockers) and all("static shapes" in b for b in blockers),
         "providers": ort.get_available_providers(),
@@ -1096,6 +1098,8 @@ def inspect(model: Path, as_json: bool) -> None:
         )
         if twin_blockers is not None:
             said = "yes" if not twin_blockers else f"no ({', '.join(twin_blockers)})"
+            if twin_blockers and info["gradient_graph_dequantized"]:
+                said = "per input size"
             out.info(f"gradient graph with --dequantize (its float twin): {said}")
     else:
         start = at or info["attributed_input"]
