@@ -198,6 +198,8 @@ class _Rewriter:
         zero = self.value(zp)
         if zero is None:
             self.fail(node, "has a computed zero point")
+        if not np.any(zero):  # (DynamicQuantizeLinear's, here)
+            return x
         return self.op("Sub", x, self.const(zero.astype(np.float32)))
 
     # -- the pass -------------------------------------------------------------------------
