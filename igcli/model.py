@@ -835,13 +835,21 @@ def rows_first(
         elif squeezed_batch(model, spec):
             wrapped = with_batch_axis(model, spec.name, input_too=False)
         elif squeezed_batch(model, spec, dynamic=True):
-            wrapped = with_batch_axis(with_fixed_batch(model, 1), spec.name, input_too=False)
+            wrapped = with_batch_axis(_batch_of_one(model, spec.name), spec.name, input_too=False)
         return (model, 0, False) if wrapped is None else (wrapped, 0, True)
     if axis:  # a sequence-first [T, 1, F] at batch 1 may squeeze it out too (a GRU's state)
         first = next(s for s in graph_inputs(moved) if s.name == spec.name)
         if squeezed_batch(moved, first):
             moved = with_batch_axis(moved, spec.name, input_too=False) or moved
     return moved, axis, axis == 0
+
+
+def _batch_of_one(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    """A copy of `model` whose input `input_name` declares a batch of 1."""
+    model = copy.deepcopy(model)
+    vi = next(i for i in model.graph.input if i.name == input_name)
+    vi.type.tensor_type.shape.dim[0].dim_value = 1  # (clears dim_param: a oneof)
+    return model
 
 
 def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec, dynamic: bool = False) -> bool:
