@@ -33,9 +33,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from igcli.autodiff.contrib import MS, node_arg, node_attr
+from igcli.autodiff.subgraphs import constant_values, node_inputs, subgraphs
 from igcli.errors import ModelError
 
-MS = "com.microsoft"
 _RANGES = {
     TensorProto.UINT8: (0, 255),
     TensorProto.INT8: (-128, 127),
@@ -71,7 +72,7 @@ def float_twin(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     """A copy of `model` computing without rounding (see the module doc); a ModelError
     naming the first op it cannot rewrite."""
     if any(
-        n.op_type in QUANTIZED_OPS for g in _subgraphs(model.graph) for n in g.node
+        n.op_type in QUANTIZED_OPS for g in _nested(model.graph) for n in g.node
     ):  # (a branch of If, a Loop body)
         raise ModelError("--dequantize: quantized ops inside an If or Loop are not handled", path)
     twin = onnx.ModelProto()
@@ -80,12 +81,12 @@ def float_twin(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     return twin
 
 
-def _subgraphs(graph: onnx.GraphProto):
+def _nested(graph: onnx.GraphProto):
+    """Every subgraph of `graph`'s nodes, at any depth."""
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield sub
-                yield from _subgraphs(sub)
+        for sub in subgraphs(node):
+            yield sub
+            yield from _nested(sub)
 
 
 class _Rewriter:
@@ -93,14 +94,7 @@ class _Rewriter:
 
     def __init__(self, graph: onnx.GraphProto, path: Path, opsets) -> None:
         self.graph, self.path, self.opsets = graph, path, opsets
-        self.consts: dict[str, np.ndarray] = {
-            i.name: numpy_helper.to_array(i) for i in graph.initializer
-        }
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = next((a for a in node.attribute if a.name == "value"), None)
-                if value is not None:
-                    self.consts[node.output[0]] = numpy_helper.to_array(value.t)
+        self.consts = constant_values(graph)
         self.unrounded: set[str] = set()  # tensors that held integers and now hold floats
         # an unrounded tensor written by `quantized`: (the float it came from, scale, zero
         # point, the integer range), so that a dequantization with the same scale is a clip
@@ -222,7 +216,7 @@ class _Rewriter:
         del self.graph.node[:]
         self.graph.node.extend(self._read())
         used = {o.name for o in self.graph.output}
-        used |= {i for g in [self.graph, *_subgraphs(self.graph)] for n in g.node for i in n.input}
+        used.update(*(node_inputs(n) for n in self.graph.node))
         inits = [i for i in [*self.graph.initializer, *self.inits] if i.name in used]
         del self.graph.initializer[:]  # (the integer weights folded into float ones go)
         self.graph.initializer.extend(inits)
@@ -231,18 +225,17 @@ class _Rewriter:
         """The nodes, less those written here whose outputs nothing reads (a quantization
         that only a dequantization with its own scale read, which became a clip)."""
         read = {o.name for o in self.graph.output}
-        read |= {i for g in _subgraphs(self.graph) for n in g.node for i in n.input}
         kept = []
         for node in reversed(self.nodes):
             if id(node) not in self.written or read.intersection(node.output):
                 kept.append(node)
-                read.update(node.input)
+                read.update(node_inputs(node))
         return kept[::-1]
 
     def _carried(self, node: onnx.NodeProto) -> None:
         """An op reading unrounded values: carried if it only moves them, else refused."""
         if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
-            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            to = node_attr(node, "to", None)
             if to in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
                 self.nodes.append(node)  # (integers read as floats: the unrounded values)
                 return
@@ -269,27 +262,27 @@ class _Rewriter:
 
     def _QuantizeLinear(self, node: onnx.NodeProto) -> None:
         x, s = node.input[0], node.input[1]
-        zp = node.input[2] if len(node.input) > 2 else ""
-        axis = _attr(node, "axis", 1)
+        zp = node_arg(node, 2)
+        axis = node_attr(node, "axis", 1)
         xv, sv = self.value(x), self.value(s)
         if xv is not None and sv is not None and (not zp or self.value(zp) is not None):
             zv = self.value(zp)
             elem = (
                 helper.np_dtype_to_tensor_dtype(zv.dtype)
                 if zv is not None
-                else (_attr(node, "output_dtype", 0) or TensorProto.UINT8)
+                else (node_attr(node, "output_dtype", 0) or TensorProto.UINT8)
             )
             if elem not in _RANGES:
                 self.fail(node, f"quantizes to {TensorProto.DataType.Name(elem)}, not handled")
             self.const(_quantize(xv, sv, zv, axis, elem), node.output[0])
             return
-        self.quantized(node, x, s, zp, node.output[0], _attr(node, "output_dtype", 0) or None)
+        self.quantized(node, x, s, zp, node.output[0], node_attr(node, "output_dtype", 0) or None)
 
     def _DequantizeLinear(self, node: onnx.NodeProto) -> None:
-        zp = node.input[2] if len(node.input) > 2 else ""
-        if _attr(node, "block_size", 0) and self.value(node.input[0]) is None:
+        zp = node_arg(node, 2)
+        if node_attr(node, "block_size", 0) and self.value(node.input[0]) is None:
             self.fail(node, "dequantizes a computed tensor in blocks")
-        name = self.dequantized(node, node.input[0], node.input[1], zp, _attr(node, "axis", 1))
+        name = self.dequantized(node, node.input[0], node.input[1], zp, node_attr(node, "axis", 1))
         self._rename(name, node.output[0])
 
     def _rename(self, name: str, out: str) -> None:
@@ -315,8 +308,8 @@ class _Rewriter:
 
     def _integer_op(self, node: onnx.NodeProto, op: str, b_axis: int) -> None:
         a, b = node.input[0], node.input[1]
-        a_zp = node.input[2] if len(node.input) > 2 else ""
-        b_zp = node.input[3] if len(node.input) > 3 else ""
+        a_zp = node_arg(node, 2)
+        b_zp = node_arg(node, 3)
         left = self.shifted(node, a, a_zp, 1)
         right = self.shifted(node, b, b_zp, b_axis)
         self.nodes.append(helper.make_node(op, [left, right], [node.output[0]], name=node.name))
@@ -398,11 +391,11 @@ class _Rewriter:
         self._float_op(node, "Sigmoid", [(0, 1, 2, 1)], (3, 4))
 
     def _QLinearLeakyRelu(self, node: onnx.NodeProto) -> None:
-        alpha = _attr(node, "alpha", 0.01)
+        alpha = node_attr(node, "alpha", 0.01)
         self._float_op(node, "LeakyRelu", [(0, 1, 2, 1)], (3, 4), attrs={"alpha": alpha})
 
     def _QLinearGlobalAveragePool(self, node: onnx.NodeProto) -> None:
-        if _attr(node, "channels_last", 0):
+        if node_attr(node, "channels_last", 0):
             self.fail(node, "pools channels-last")
         self._float_op(node, "GlobalAveragePool", [(0, 1, 2, 1)], (3, 4))
 
@@ -416,20 +409,15 @@ class _Rewriter:
         # (its `opset` attribute says whose Softmax: before 13, the axes from `axis` on are
         # flattened into one; written as this graph's Softmax only where that is the same)
         graph_opset = next((o.version for o in self.opsets if o.domain in ("", "ai.onnx")), 13)
-        if (_attr(node, "opset", 13) >= 13) != (graph_opset >= 13):
+        if (node_attr(node, "opset", 13) >= 13) != (graph_opset >= 13):
             self.fail(node, "is a Softmax of another opset than the model's")
-        attrs = {"axis": _attr(node, "axis", -1)}
+        attrs = {"axis": node_attr(node, "axis", -1)}
         self._float_op(node, "Softmax", [(0, 1, 2, 1)], (3, 4), attrs=attrs)
 
     def _QLinearConcat(self, node: onnx.NodeProto) -> None:
         n = (len(node.input) - 2) // 3
         operands = [(2 + 3 * k, 3 + 3 * k, 4 + 3 * k, 1) for k in range(n)]
-        self._float_op(node, "Concat", operands, (0, 1), attrs={"axis": _attr(node, "axis", 0)})
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    a = next((a for a in node.attribute if a.name == name), None)
-    return default if a is None else helper.get_attribute_value(a)
+        self._float_op(node, "Concat", operands, (0, 1), attrs={"axis": node_attr(node, "axis", 0)})
 
 
 def _along(v: np.ndarray | None, rank: int, axis: int, size: int) -> np.ndarray | float:

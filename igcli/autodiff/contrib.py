@@ -94,18 +94,20 @@ class _Writer:
         return self.op(op_type, x, out=out, axes=axes, keepdims=keepdims)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def node_attr(node: onnx.NodeProto, name: str, default):
+    """Attribute `name` of a node, or `default` where it has none."""
     found = next((a for a in node.attribute if a.name == name), None)
     return default if found is None else helper.get_attribute_value(found)
 
 
 def _text(node: onnx.NodeProto, name: str, default: str) -> str:
     """A string attribute (onnx gives bytes) as text."""
-    value = _attr(node, name, default)
+    value = node_attr(node, name, default)
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _arg(node: onnx.NodeProto, k: int) -> str:
+def node_arg(node: onnx.NodeProto, k: int) -> str:
+    """Input k of a node, or "" where it has none (an optional input left out)."""
     return node.input[k] if len(node.input) > k else ""
 
 
@@ -129,13 +131,13 @@ def gelu(w: _Writer, node: onnx.NodeProto) -> bool:
 
 
 def bias_gelu(w: _Writer, node: onnx.NodeProto) -> bool:
-    _gelu(w, _biased(w, node.input[0], _arg(node, 1)), node.output[0])
+    _gelu(w, _biased(w, node.input[0], node_arg(node, 1)), node.output[0])
     return True
 
 
 def fast_gelu(w: _Writer, node: onnx.NodeProto) -> bool:
     """y (1/2 + tanh(sqrt(2/pi) (y + 0.044715 y^3)) / 2), y = x + bias: the tanh form."""
-    y = _biased(w, node.input[0], _arg(node, 1))
+    y = _biased(w, node.input[0], node_arg(node, 1))
     alpha = math.sqrt(2 / math.pi)
     inner = w.op("Mul", y, w.op("Add", w.const(alpha), w.op("Mul", w.const(alpha * 0.044715),
                                                               w.op("Mul", y, y))))  # fmt: skip
@@ -146,7 +148,7 @@ def fast_gelu(w: _Writer, node: onnx.NodeProto) -> bool:
 
 def quick_gelu(w: _Writer, node: onnx.NodeProto) -> bool:
     """x sigmoid(alpha x)."""
-    x, alpha = node.input[0], float(_attr(node, "alpha", 1.702))
+    x, alpha = node.input[0], float(node_attr(node, "alpha", 1.702))
     w.op("Mul", x, w.op("Sigmoid", w.op("Mul", x, w.const(alpha))), out=node.output[0])
     return True
 
@@ -182,16 +184,16 @@ def _rms_norm(w: _Writer, s: str, gamma: str, eps: float, axes: list[int], y: st
 def _skip_sum(w: _Writer, node: onnx.NodeProto, bias_at: int) -> str:
     """input + skip (+ the bias input at `bias_at`), under output 3's name where it is one."""
     total = w.op("Add", node.input[0], node.input[1])
-    if _arg(node, bias_at):
-        return w.op("Add", total, _arg(node, bias_at), out=_out(node, 3) or None)
+    if node_arg(node, bias_at):
+        return w.op("Add", total, node_arg(node, bias_at), out=_out(node, 3) or None)
     return w.op("Identity", total, out=_out(node, 3)) if _out(node, 3) else total
 
 
 def skip_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     """LayerNorm(input + skip + bias) * gamma + beta; outputs y, mean, inv_std, the sum."""
-    eps = float(_attr(node, "epsilon", 1e-12))
+    eps = float(node_attr(node, "epsilon", 1e-12))
     outs = [node.output[0], _out(node, 1), _out(node, 2)]
-    _layer_norm(w, _skip_sum(w, node, 4), node.input[2], _arg(node, 3), eps, outs)
+    _layer_norm(w, _skip_sum(w, node, 4), node.input[2], node_arg(node, 3), eps, outs)
     return True
 
 
@@ -199,19 +201,19 @@ def skip_simplified_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     """RMSNorm(input + skip + bias) * gamma; outputs y, (mean: none), inv_std, the sum."""
     if _out(node, 1):
         return False  # a mean this op does not define
-    eps = float(_attr(node, "epsilon", 1e-12))
+    eps = float(node_attr(node, "epsilon", 1e-12))
     _rms_norm(w, _skip_sum(w, node, 3), node.input[2], eps, [-1], node.output[0], _out(node, 2))
     return True
 
 
 def simplified_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     """RMSNorm over the axes from `axis` on: X / sqrt(mean(X^2) + eps) * scale."""
-    axis = int(_attr(node, "axis", -1))
+    axis = int(node_attr(node, "axis", -1))
     rank = w.ranks.get(node.input[0])
     if axis != -1 and rank is None:
         return False
     axes = [-1] if axis == -1 else list(range(axis % rank, rank))
-    eps = float(_attr(node, "epsilon", 1e-5))
+    eps = float(node_attr(node, "epsilon", 1e-5))
     _rms_norm(w, node.input[0], node.input[1], eps, axes, node.output[0], _out(node, 1))
     return True
 
@@ -219,17 +221,17 @@ def simplified_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
 def fused_matmul(w: _Writer, node: onnx.NodeProto) -> bool:
     """alpha * op(A) @ op(B), op transposing the last two axes where transA/transB say (the
     batch-transposing forms are left as they are)."""
-    if _attr(node, "transBatchA", 0) or _attr(node, "transBatchB", 0):
+    if node_attr(node, "transBatchA", 0) or node_attr(node, "transBatchB", 0):
         return False
     operands = []
     for name, flag in zip(node.input[:2], ("transA", "transB"), strict=True):
-        if _attr(node, flag, 0):
+        if node_attr(node, flag, 0):
             rank = w.ranks.get(name)
             if rank is None or rank < 2:
                 return False
             name = w.op("Transpose", name, perm=[*range(rank - 2), rank - 1, rank - 2])
         operands.append(name)
-    alpha = float(_attr(node, "alpha", 1.0))
+    alpha = float(node_attr(node, "alpha", 1.0))
     if alpha == 1.0:
         w.op("MatMul", *operands, out=node.output[0])
     else:
@@ -242,18 +244,18 @@ def attention(w: _Writer, node: onnx.NodeProto) -> bool:
     softmax(Q K^T * scale + mask) V, heads concatenated. Masks: none, key lengths [B], a
     0/1 mask [B, S] or [B, S, S], attention_bias, unidirectional; a past state (a decoder
     step) is left as it is."""
-    x, weights, bias = node.input[0], node.input[1], _arg(node, 2)
-    mask, bias_in = _arg(node, 3), _arg(node, 5)
-    if _arg(node, 4) or _arg(node, 6) or _out(node, 1) or _attr(node, "do_rotary", 0):
+    x, weights, bias = node.input[0], node.input[1], node_arg(node, 2)
+    mask, bias_in = node_arg(node, 3), node_arg(node, 5)
+    if node_arg(node, 4) or node_arg(node, 6) or _out(node, 1) or node_attr(node, "do_rotary", 0):
         return False
-    heads = int(_attr(node, "num_heads", 0))
-    sizes = list(_attr(node, "qkv_hidden_sizes", []))
+    heads = int(node_attr(node, "num_heads", 0))
+    sizes = list(node_attr(node, "qkv_hidden_sizes", []))
     width = w.weights.get(weights)
     if not sizes and width is not None:
         sizes = [width[-1] // 3] * 3
     if heads < 1 or len(sizes) != 3 or any(s % heads for s in sizes):
         return False
-    scale = float(_attr(node, "scale", 0.0)) or 1 / math.sqrt(sizes[0] // heads)
+    scale = float(node_attr(node, "scale", 0.0)) or 1 / math.sqrt(sizes[0] // heads)
     qkv = w.op("MatMul", x, weights)
     qkv = w.op("Add", qkv, bias) if bias else qkv
     edges = np.cumsum([0, *sizes]).tolist()
@@ -271,13 +273,13 @@ def multi_head_attention(w: _Writer, node: onnx.NodeProto) -> bool:
     already (bias [D + D + Dv] added here): softmax(Q K^T * scale + mask + attention_bias) V,
     heads concatenated. Masks as Attention's (key lengths [B], 0/1 [B, L] or [B, S, L]).
     Packed, BNSH or past inputs are left as they are."""
-    query, key, value, bias = node.input[0], _arg(node, 1), _arg(node, 2), _arg(node, 3)
-    mask, bias_in = _arg(node, 4), _arg(node, 5)
-    if any(_arg(node, k) for k in range(6, len(node.input))) or any(
+    query, key, value, bias = node.input[0], node_arg(node, 1), node_arg(node, 2), node_arg(node, 3)
+    mask, bias_in = node_arg(node, 4), node_arg(node, 5)
+    if any(node_arg(node, k) for k in range(6, len(node.input))) or any(
         _out(node, k) for k in range(1, len(node.output))
     ):
         return False
-    heads = int(_attr(node, "num_heads", 0))
+    heads = int(node_attr(node, "num_heads", 0))
     if heads < 1 or not key or not value or any(w.ranks.get(t) != 3 for t in (query, key, value)):
         return False
     parts = [query, key, value]
@@ -294,7 +296,7 @@ def multi_head_attention(w: _Writer, node: onnx.NodeProto) -> bool:
         return w.op("Transpose", split, perm=[0, 2, 1, 3])
 
     q, k, v = (head(t) for t in parts)
-    scale = float(_attr(node, "scale", 0.0))
+    scale = float(node_attr(node, "scale", 0.0))
     if not scale:  # 1 / sqrt(head size), from query's width at run time
         size = w.op("Gather", w.op("Shape", q), w.ints(3, scalar=True))
         root = w.op("Sqrt", w.op("Cast", size, to=w.elem))
@@ -317,7 +319,7 @@ def _attend(
     """softmax(q k^T * scale + mask + bias_in [+ causal]) v for heads [B, N, ., size], heads
     joined again into node's output [B, S, N * size]. `seqs`: [B, S, .] and [B, L, .] tensors
     whose axis 1 gives the query and key positions."""
-    fill = float(_attr(node, "mask_filter_value", -10000.0))
+    fill = float(node_attr(node, "mask_filter_value", -10000.0))
     factor = w.const(scale) if isinstance(scale, float) else scale
     scores = w.op("Mul", w.op("MatMul", q, w.op("Transpose", k, perm=[0, 1, 3, 2])), factor)
     if mask:
@@ -327,7 +329,7 @@ def _attend(
         scores = w.op("Add", scores, _mask_values(w, seqs[1], mask, rank, fill))
     if bias_in:
         scores = w.op("Add", scores, bias_in)
-    if _attr(node, "unidirectional", 0):
+    if node_attr(node, "unidirectional", 0):
         later = w.op("Greater", w.op("Reshape", _positions(w, seqs[1]), w.ints([1, -1])),
                      w.op("Reshape", _positions(w, seqs[0]), w.ints([-1, 1])))  # fmt: skip
         scores = w.op("Add", scores, w.op("Where", later, w.const(fill), w.const(0.0)))
@@ -359,10 +361,11 @@ def embed_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
     outputs y, mask_index (each row's count of mask ones), the sum before the norm. The
     word lookup becomes a Gather of its own: the embedding lookup a token model is
     attributed at."""
-    ids, segments = node.input[0], _arg(node, 1)
-    words, places, kinds = node.input[2], node.input[3], _arg(node, 4)
-    gamma, beta, mask, position_ids = node.input[5], node.input[6], _arg(node, 7), _arg(node, 8)
-    if _out(node, 1) and (not mask or int(_attr(node, "mask_index_type", 1)) != 1):
+    ids, segments = node.input[0], node_arg(node, 1)
+    words, places, kinds = node.input[2], node.input[3], node_arg(node, 4)
+    gamma, beta = node.input[5], node.input[6]
+    mask, position_ids = node_arg(node, 7), node_arg(node, 8)
+    if _out(node, 1) and (not mask or int(node_attr(node, "mask_index_type", 1)) != 1):
         return False
     total = w.op("Gather", words, ids, axis=0, out=w.unique(f"{node.output[0]}/word_embeddings"))
     where = position_ids or _positions(w, ids)
@@ -371,7 +374,7 @@ def embed_layer_norm(w: _Writer, node: onnx.NodeProto) -> bool:
         total = w.op("Add", total, w.op("Gather", kinds, segments, axis=0))
     if _out(node, 2):
         total = w.op("Identity", total, out=node.output[2])
-    eps = float(_attr(node, "epsilon", 1e-12))
+    eps = float(node_attr(node, "epsilon", 1e-12))
     _layer_norm(w, total, gamma, beta, eps, [node.output[0], "", ""])
     if _out(node, 1):
         ones = w.op("Cast", w.op("Greater", w.op("Cast", mask, to=TensorProto.INT64),
@@ -416,8 +419,8 @@ def _as_float(w: _Writer, x: str) -> str:
 
 def ml_scaler(w: _Writer, node: onnx.NodeProto) -> bool:
     """(X - offset) * scale, offset and scale one value or one per feature (the last axis)."""
-    offset = [float(v) for v in _attr(node, "offset", [])] or [0.0]
-    scale = [float(v) for v in _attr(node, "scale", [])] or [1.0]
+    offset = [float(v) for v in node_attr(node, "offset", [])] or [0.0]
+    scale = [float(v) for v in node_attr(node, "scale", [])] or [1.0]
     x = _as_float(w, node.input[0])
     w.op("Mul", w.op("Sub", x, w.floats(offset)), w.floats(scale), out=node.output[0])
     _same_rank(w, node)
@@ -453,8 +456,8 @@ def ml_normalizer(w: _Writer, node: onnx.NodeProto) -> bool:
 def _linear(w: _Writer, node: onnx.NodeProto, rows: int) -> str | None:
     """X [N, C] (or X [C], one row) @ coefficients [rows, C]^T + intercepts: the scores
     [N, rows]."""
-    coefficients = [float(v) for v in _attr(node, "coefficients", [])]
-    intercepts = [float(v) for v in _attr(node, "intercepts", [])] or [0.0] * rows
+    coefficients = [float(v) for v in node_attr(node, "coefficients", [])]
+    intercepts = [float(v) for v in node_attr(node, "intercepts", [])] or [0.0] * rows
     if rows < 1 or not coefficients or len(coefficients) % rows or len(intercepts) != rows:
         return None
     matrix = np.array(coefficients, np.float32).reshape(rows, -1).T
@@ -470,9 +473,9 @@ def ml_linear_classifier(w: _Writer, node: onnx.NodeProto) -> bool:
     LOGISTIC elementwise or SOFTMAX over the classes); the label is the class of the first
     largest score. One row of coefficients for two labels (ONNX Runtime adds a second class
     then), SOFTMAX_ZERO and PROBIT are left as they are."""
-    labels = list(_attr(node, "classlabels_ints", [])) or list(
-        _attr(node, "classlabels_strings", []))  # fmt: skip
-    rows = len(_attr(node, "intercepts", []))
+    labels = list(node_attr(node, "classlabels_ints", [])) or list(
+        node_attr(node, "classlabels_strings", []))  # fmt: skip
+    rows = len(node_attr(node, "intercepts", []))
     transform = _text(node, "post_transform", "NONE")
     if rows < 2 or len(labels) != rows or transform not in ("NONE", "LOGISTIC", "SOFTMAX"):
         return False
@@ -498,7 +501,7 @@ def ml_linear_regressor(w: _Writer, node: onnx.NodeProto) -> bool:
     transform = _text(node, "post_transform", "NONE")
     if transform != "NONE":
         return False
-    scores = _linear(w, node, int(_attr(node, "targets", 1)))
+    scores = _linear(w, node, int(node_attr(node, "targets", 1)))
     if scores is None:
         return False
     w.op("Identity", scores, out=node.output[0])
