@@ -21,6 +21,7 @@ from igcli.model import (
     TOP_CLASS,
     Context,
     ModelRunner,
+    check_finite,
     check_output,
     rows_of,
     stack_contexts,
@@ -184,9 +185,7 @@ class GraphRunner:
             grads.append(grad)
         out, grad = np.concatenate(outs), np.concatenate(grads)
         check_output(out, r.output_name, r.path)
-        if not np.all(np.isfinite(grad)):  # (F is finite: check_output passed)
-            bad = "NaN" if np.isnan(grad).any() else "Inf"
-            raise NonFiniteGradient(f"gradient contains {bad}", r.path)
+        check_finite(grad, "gradient", r.path, NonFiniteGradient)  # (where F is finite)
         return out, grad
 
 

@@ -1726,7 +1726,9 @@ def check_output(values: np.ndarray, name: str, path: Path) -> None:
     check_finite(values, f"output {name!r}", path)
 
 
-def check_finite(values: np.ndarray, what: str, path: Path) -> None:
+def check_finite(
+    values: np.ndarray, what: str, path: Path, error: type[InputError] = InputError
+) -> None:
     if not np.all(np.isfinite(values)):
         bad = "NaN" if np.isnan(values).any() else "Inf"
-        raise InputError(f"{what} contains {bad}", path)
+        raise error(f"{what} contains {bad}", path)
