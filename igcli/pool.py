@@ -194,8 +194,13 @@ def execute_on_processes(
     feeder = _Feeder(pool, parts, workers - 1)
     own = _ChunkRunner(job)  # this process's
     order = InOrder(batch, targets_from)
-    interrupted = died = finished = failed = False
-    held = contextlib.ExitStack()
+    interrupted = died = finished = False
+
+    def wind_down() -> None:
+        _stop(pool, at_once=not finished, broken=died)
+        feeder.join()
+        own.close()
+
     try:
         # (started in the try: a Ctrl-C between two submits left the pool to run the whole
         # plan on, unseen, before this process could exit; the submits start the workers)
@@ -228,23 +233,14 @@ def execute_on_processes(
             except KeyboardInterrupt:
                 interrupted = True
     except BaseException:
-        failed = True
+        with signals_held():
+            wind_down()
         raise
-    finally:
-        # Ctrl-C held until what finished is in the batch: a second one while the workers
-        # stopped left their finished chunks out of the report (130 results on disk,
-        # 'explained 0'); the run's write-up holds it from there on (see run.signals_held)
-        held.enter_context(signals_held())
-        try:
-            _stop(pool, at_once=not finished, broken=died)
-            feeder.join()
-            own.close()
-        except BaseException:
-            held.close()
-            raise
-        if failed:
-            held.close()
-    with held:
+    # Ctrl-C held until what finished is in the batch: a second one while the workers
+    # stopped left their finished chunks out of the report (130 results on disk,
+    # 'explained 0'); the run's write-up holds it from there on (see run.signals_held)
+    with signals_held():
+        wind_down()
         if died:  # (chunks that came back before still go in, in order)
             for future in [*feeder.returned, *feeder.finished(block=False)]:
                 if _succeeded(future) and future.result().index >= order.following:
