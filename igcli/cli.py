@@ -1038,6 +1038,11 @@ def inspect(model: Path, as_json: bool) -> None:
                 twin_blockers = graph_blockers(float_twin(read[0], model))
             except IgcliError as exc:
                 twin_blockers = [f"({exc.reason})"]
+
+    def per_shape(found: list[str]) -> bool:
+        """Whether a graph builds once per input size (every blocker wants static shapes)."""
+        return all("static shapes" in b for b in found)
+
     candidates = []
     if source is not None and explained is not None and not sequence_first:  # (no --at there)
         specs = candidate_tensors(onnx_model, source.name, explained.name)
@@ -1059,11 +1064,9 @@ def inspect(model: Path, as_json: bool) -> None:
         "gradient_graph": not blockers,
         "gradient_graph_blockers": blockers,
         # a quantized model's float twin (--dequantize): None where it is not quantized
-        "gradient_graph_dequantized": None
-        if twin_blockers is None
-        else all("static shapes" in b for b in twin_blockers),  # (one per input size, too)
+        "gradient_graph_dequantized": None if twin_blockers is None else per_shape(twin_blockers),
         # ops that need static shapes only: explain specialises a graph to each input size
-        "gradient_graph_per_shape": bool(blockers) and all("static shapes" in b for b in blockers),
+        "gradient_graph_per_shape": bool(blockers) and per_shape(blockers),
         "providers": ort.get_available_providers(),
         "cut_candidates": [
             {"name": c.name, "shape": c.shape, "embedding": c.name in lookups} for c in candidates

@@ -507,14 +507,15 @@ class _Adaptive:
         # returned along the path (they come from different calls), with rounding.
         stuck = ~splittable
         live = self.errors[splittable]
-        fixed_sum = signed - float(np.sum(live))
+        live_sum = float(np.sum(live))
+        fixed_sum = signed - live_sum
         fixed_sq = self.frozen_sq_error + float(np.sum(self.errors[stuck] ** 2))
         # Past a floor above the target, splits still lower what they can: until what they
         # can remove is below what they cannot (a tolerance of 1e-30 stopped at 9 points,
         # ten times further off than 1e-4 did).
         reach = max(target, abs(fixed_sum), math.sqrt(fixed_sq))
         if not live.size or (
-            reach > target and abs(float(np.sum(live))) <= reach
+            reach > target and abs(live_sum) <= reach
             and math.sqrt(float(np.sum(live**2))) <= reach
         ):  # fmt: skip
             self._finish("floor")
