@@ -353,6 +353,17 @@ def _names_are_text(graph: onnx.GraphProto) -> bool:
 def _load_external_data(model: onnx.ModelProto, path: Path) -> list[str]:
     """Tensors stored beside the model; only files inside the model's folder are read.
     Returns those files' paths."""
+    files = _data_files(model, path)
+    try:
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise ModelError(f"cannot load its external data ({first_line(exc)})", path) from None
+    return files
+
+
+def _data_files(model: onnx.ModelProto, path: Path) -> list[str]:
+    """The files a model's external tensors name, each checked to be a file inside the
+    model's folder (a ModelError says which is not)."""
     folder = os.path.realpath(path.parent)
     files = set()
     for tensor in _external_tensors(model):
@@ -367,10 +378,6 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> list[str]:
         if not os.path.isfile(target):
             raise ModelError(f"{what}: no such file beside the model", path)
         files.add(target)
-    try:
-        load_external_data_for_model(model, str(path.parent))
-    except Exception as exc:
-        raise ModelError(f"cannot load its external data ({first_line(exc)})", path) from None
     return sorted(files)
 
 
@@ -521,19 +528,12 @@ def model_hash(path: Path, remember: bool = True) -> str:
 
 
 def _external_files(path: Path) -> list[str]:
-    """The external data files a model names (inside its folder), read without its data."""
+    """The external data files a model names, read without its data (as load_model checks
+    them; none where they do not pass, which loading the model then says)."""
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # (the model's own reading says what is wrong with it, later)
+        return _data_files(onnx.load_model(str(path), load_external_data=False), path)
+    except Exception:
         return []
-    folder = os.path.realpath(path.parent)
-    found = set()
-    for tensor in _external_tensors(model):
-        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        target = os.path.realpath(os.path.join(folder, location))
-        if location and os.path.commonpath([folder, target]) == folder and os.path.isfile(target):
-            found.add(target)
-    return sorted(found)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
