@@ -16,6 +16,9 @@ def _interrupt(signum, frame) -> None:
 def main() -> None:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        from igcli.heap import keep_freed_memory
+
+        keep_freed_memory()  # the command's process only: not a program importing igcli
         from igcli.cli import run
     except KeyboardInterrupt:
         sys.stderr.write("interrupted before starting\n")

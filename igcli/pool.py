@@ -49,6 +49,7 @@ from igcli.chunks import (
 )
 from igcli.console import Messages
 from igcli.errors import IgcliError, UsageError
+from igcli.heap import keep_freed_memory
 from igcli.memory import default_budget
 from igcli.model import fixed_dims, usable_cpus, weight_bytes
 
@@ -124,6 +125,7 @@ def _start(job: WorkerJob) -> None:
     SIGTERM, the client's way to stop a worker at once, ends it through its finalizers, so
     its staging folder of object-storage outputs and its fetched inputs go with it."""
     global _runner
+    keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     multiprocessing.util.Finalize(None, _close, exitpriority=10)
