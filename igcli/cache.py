@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from igcli import __version__
+from igcli.errors import UsageError
 
 BASE_REF = "igcli:model"  # external-data location meaning "this weight is in the model itself"
 DEFAULT_LIMIT = 2 << 30
@@ -53,13 +54,15 @@ def parse_size(text: str) -> int:
 
 
 def size_limit() -> int:
+    """IGCLI_CACHE_MAX in bytes (default 2G). A value that is no size is a usage error, not
+    the default in silence: a cache the user meant to keep small grew to 2G."""
     text = os.environ.get("IGCLI_CACHE_MAX")
     if not text:
         return DEFAULT_LIMIT
     try:
         return parse_size(text)
-    except ValueError:
-        return DEFAULT_LIMIT
+    except ValueError as exc:
+        raise UsageError(f"IGCLI_CACHE_MAX: {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ import rich_click
 from rich.text import Text
 
 from igcli import __version__
+from igcli.cache import size_limit
 from igcli.console import Messages, table
 from igcli.errors import ExitCode, GradientError, IgcliError, ModelError, UsageError
 from igcli.files import read_labels
@@ -233,6 +234,7 @@ class Group(rich_click.RichGroup):
 
     def _invoke(self, ctx: click.Context):
         try:
+            size_limit()  # a bad IGCLI_CACHE_MAX is said before any work, not after it
             return super().invoke(ctx)
         except IgcliError as exc:
             fail(exc)
