@@ -38,6 +38,7 @@ from igcli.outputs import (
     MAX_RECORD_BYTES,
     atomic_save_png,
     atomic_write_text,
+    drop_stale_heatmap,
     in_the_way,
     looks_whole,
     output_stem,
@@ -597,7 +598,10 @@ class BatchRun:
         if not self.outputs.skip_existing:
             return None
         records = self._existing(item)
-        wanted = self.targets_for(item) if self.targets_for is not None else None
+        try:
+            wanted = self.targets_for(item) if self.targets_for is not None else None
+        except InputError:
+            return None  # the input fails when explained, alone
         if records and wanted is not None and {r.get("target") for r in records} != set(wanted):
             return None
         return records
@@ -759,6 +763,9 @@ class BatchRun:
             if defer:
                 png = None
             written = a.write_to(npy, png, style=style)
+            stale = npy.with_suffix(".png")
+            if not self.outputs.heatmaps and str(stale) not in self.inputs_in_out:
+                drop_stale_heatmap(stale)
             hashes.update({self._rel(p): sha for p, sha in written.items()})
             if defer:
                 light = dataclasses.replace(a, attributions=None, baseline=None, sample=None)

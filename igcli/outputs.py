@@ -477,6 +477,14 @@ def signed_heatmap(path: Path) -> bool:
     return head.startswith(RESULT_MAGIC[".png"]) and PNG_SIGNATURE in head
 
 
+def drop_stale_heatmap(path: Path) -> None:
+    """Remove the heatmap an earlier run drew at `path` (igcli's signature in it; anything
+    else stays): a rerun without heatmaps left it beside attributions it no longer showed."""
+    if signed_heatmap(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def attributions_like(path: Path, shape: tuple) -> bool:
     """A .npy of float32 values in `shape`, as igcli saves attributions."""
     try:

@@ -16,7 +16,7 @@ import pytest
 from igcli.errors import ExitCode
 from tests import hostile_files as hf
 from tests import models
-from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, one_line_error, run
 
 lead = pytest.mark.xfail(reason="lead: session redesign", strict=True)
 
@@ -826,3 +826,26 @@ def test_commands_writing_stdout_say_a_full_disk_and_stop_quietly_at_a_closed_pi
         proc.stdout.close()  # before the program has written anything
         err = proc.stderr.read()
         assert proc.wait(timeout=120) == ExitCode.PIPE_CLOSED and err == "", (command, err)
+
+
+def test_a_rerun_without_heatmaps_removes_its_own_old_heatmap_only(tmp_path):
+    """A heatmap left from a run with heatmaps no longer matched the attributions beside it;
+    a user's picture of that name stays."""
+    out = tmp_path / "o"
+    first = run("explain", DIGITS, DIGIT_PNGS[0], DIGIT_PNGS[1], "--out", out, "--steps", "4")
+    assert first.exit_code == 0, first.stderr
+    ours, theirs = out / f"{DIGIT_PNGS[0].stem}.png", out / f"{DIGIT_PNGS[1].stem}.png"
+    shutil.copy(DIGIT_PNGS[1], theirs)  # (an unsigned PNG: not igcli's)
+    again = run("explain", DIGITS, *DIGIT_PNGS[:2], "--out", out, "--steps", "4", "--no-heatmaps")
+    assert again.exit_code == 0, again.stderr
+    assert not ours.exists() and (out / f"{DIGIT_PNGS[0].stem}.npy").exists()
+    assert theirs.read_bytes() == DIGIT_PNGS[1].read_bytes()
+
+
+def test_a_cache_size_that_is_no_size_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("IGCLI_CACHE_MAX", "lots")
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "o", "--steps", "4")
+    assert result.exit_code == ExitCode.USAGE
+    said = "error: IGCLI_CACHE_MAX: 'lots' is not a size (e.g. 500M, 2G)"
+    assert one_line_error(result) == [said]
+    assert not (tmp_path / "o").exists()
