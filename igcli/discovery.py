@@ -618,6 +618,7 @@ class TargetTable:
 
         self.path = path
         self.targets: dict[str, list[int]] = {}
+        self.lines: dict[str, int] = {}  # each key's line in the file
         self.used: set[str] = set()
         index = {str(label): k for k, label in enumerate(labels or [])}
         text = read_option_text(path)
@@ -666,6 +667,7 @@ class TargetTable:
             if key in self.targets:  # which line would win is no choice to make silently
                 raise UsageError(f"line {line}: input {row[0].strip()!r} appears twice", path)
             self.targets[key] = picked
+            self.lines[key] = line
 
     def for_item(self, item: InputItem) -> list[int] | None:
         where = str(item.path)
@@ -675,11 +677,16 @@ class TargetTable:
         row = re.match(r"^(.*)_row(\d+)$", item.name)
         if row:  # a CSV row may be named by its file and row number too
             keys.append(f"{item.path.name}_row{row.group(2)}")
-        for key in keys:
-            if key in self.targets:
-                self.used.add(key)
-                return self.targets[key]
-        return None
+        found = list(dict.fromkeys(k for k in keys if k in self.targets))
+        self.used.update(found)
+        if len({tuple(self.targets[k]) for k in found}) > 1:  # which wins is no choice to make
+            lines = " and ".join(str(n) for n in sorted(self.lines[k] for k in found))
+            raise InputError(
+                f"--targets-from names it on lines {lines} ({self.path.name}), with different "
+                "targets",
+                item.path,
+            )
+        return self.targets[found[0]] if found else None
 
     def unused(self) -> list[str]:
         return [k for k in self.targets if k not in self.used]

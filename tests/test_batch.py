@@ -1029,3 +1029,21 @@ def test_an_output_the_filesystem_refuses_fails_its_input_alone(tmp_path, monkey
     reasons = sorted(f["error"] for f in report["failures"])
     assert "sub is not writable" in reasons[1], reasons
     assert "too long" in reasons[0] or "not usable" in reasons[0], reasons
+
+
+def test_targets_from_naming_one_input_twice_differently_fails_that_input_alone(tree, tmp_path):
+    """'a/img' -> 2 and its path 'in/a/img.png' -> 5: the first key looked up won in silence."""
+    table = tmp_path / "truth.csv"
+    table.write_text(f"input,target\na/img,2\n{tree / 'a' / 'img.png'},5\ntop.png,4\n")
+    result = run("explain", DIGITS, tree, "-r", "--out", tmp_path / "o", "--steps", "4",
+                 "--json", "--targets-from", table)  # fmt: skip
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    assert "on lines 2 and 3 (truth.csv), with different targets" in result.stderr
+    lines = {json.loads(line)["name"]: json.loads(line) for line in result.stdout.splitlines()}
+    assert lines["top"]["target"] == 4 and "error" not in lines["b/img"]
+    assert "different targets" in lines["a/img"]["error"]
+    same = tmp_path / "same.csv"  # two names of one input agreeing: no conflict
+    same.write_text(f"input,target\na/img,2\n{tree / 'a' / 'img.png'},2\n")
+    ok = run("explain", DIGITS, tree, "-r", "--out", tmp_path / "o2", "--steps", "4", "--json",
+             "--targets-from", same)  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
