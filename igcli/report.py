@@ -781,10 +781,13 @@ def merge_reports(
     results = []
     failures = []
     failed = set()
+    repeated: list[tuple[str, object]] = []  # (an input's name, the report it came again in)
     for path, rep in zip(paths, reports, strict=True):
         for r in rep["results"]:
             key = (r["input"], r["name"], r["target"])
-            if key not in seen:
+            if key in seen:
+                repeated.append((r["name"], path))
+            else:
                 seen.add(key)
                 record = {k: v for k, v in r.items() if k != "schema_version"}
                 # heatmap_file and attributions_file are relative to the shard's folder
@@ -799,6 +802,11 @@ def merge_reports(
         for entry in rep.get("skipped") or []:
             if entry not in merged.skipped:  # every shard saw the same listing
                 merged.skipped.append(entry)
+    if repeated and warn is not None:  # a shard run twice, or the same report named twice
+        name, path = repeated[0]
+        more = f" and {len(repeated) - 1} more" if len(repeated) > 1 else ""
+        warn(f"{path}: {name}{more} already came in an earlier report; each is kept once, "
+             "from the first report that has it")  # fmt: skip
     sort_key = input_order(order)
     merged.results.extend(sorted(results, key=sort_key))
     merged.failures = sorted(failures, key=sort_key)

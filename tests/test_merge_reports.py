@@ -309,3 +309,13 @@ def test_shards_of_adaptive_steps_merge(tmp_path):
         result = run("merge-reports", tmp_path / "s", "--out", tmp_path / "m2")
         assert result.exit_code == ExitCode.USAGE and problem in result.stderr
         assert not (tmp_path / "m2").exists()
+
+
+def test_a_report_named_twice_merges_each_input_once_with_a_warning(shards, tmp_path):
+    """The second copy's records were dropped in silence."""
+    merged = run("merge-reports", shards / "s8", shards / "s8" / "report.json",
+                 "--out", tmp_path / "m")  # fmt: skip
+    assert merged.exit_code == 0, merged.stderr
+    assert "3 more already came in an earlier report; each is kept once" in merged.stderr
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert len(report["results"]) == len(INPUTS)
