@@ -11,13 +11,19 @@ at 70-120 on another (AVX2 only, its speed drifting by 40% within an hour) whose
 339, where each row cost twice its isolated time in the run and the run's Python work
 (drawing, writing, path points: about 8 ms of CPU per input) took the rest.
 
+Inputs and outputs go to a tmpfs (/dev/shm) unless `--workdir DIR` says where: on ext4,
+each new file makes the filesystem look over the inodes freed in the last minutes, and each
+run of this script deletes 2,000 to 4,000 files when it ends, so a second run within minutes
+read up to 15% slow. Into a fresh folder on a disk where nothing was deleted lately, the
+same run took the time it takes on tmpfs (1,000 digits, farm-bench -n 5, paired: 1.007).
+
 `--steps auto` runs adaptive steps (default tolerance 0.5%). `--workers`
 lists the worker-process settings to run each size with, side by side (1: one process;
 auto: igcli's default, see igcli/pool.py); peak memory is the largest single process, and
 with workers the model time is theirs added up (so "outside model" reads low).
 
     .venv/bin/python bench/bench_batch.py [--sizes 50,100,200] [--gradients auto] [--steps 50]
-                                          [--workers 1,auto]
+                                          [--workers 1,auto] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -54,13 +60,15 @@ def make_inputs(folder: Path, n: int) -> None:
         Image.fromarray(noisy).save(sub / f"img{i:04d}.png")
 
 
-def one_run(n: int, gradients: str, steps: str, workers: str = "1") -> dict:
+def one_run(n: int, gradients: str, steps: str, workers: str = "1", workdir=None) -> dict:
     from igcli.batch import OutputSettings, discover
     from igcli.console import Messages
+    from igcli.heap import keep_freed_memory
     from igcli.run import plan, run_explain
     from igcli.session import AttributionSettings, Session
 
-    with tempfile.TemporaryDirectory() as tmp:
+    keep_freed_memory()  # as the command's process does (igcli.launch)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         folder = Path(tmp) / "in"
         folder.mkdir()
         make_inputs(folder, n)
@@ -142,10 +150,16 @@ def main() -> None:
     parser.add_argument("--gradients", default="auto")
     parser.add_argument("--steps", default="50", help="path points, or auto")
     parser.add_argument("--workers", default="1,auto", help="settings to run side by side")
+    parser.add_argument(
+        "--workdir",
+        default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+        help="where inputs and outputs go (default: tmpfs where there is one, see above)",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_run(args.one, args.gradients, args.steps, args.workers)))
+        result = one_run(args.one, args.gradients, args.steps, args.workers, args.workdir)
+        print(json.dumps(result))
         return
     print(
         f"{'inputs':>6} {'workers':>8} {'source':>6} {'wall s':>8} {'inputs/s':>9} "
@@ -156,7 +170,8 @@ def main() -> None:
         for workers in args.workers.split(","):
             out = subprocess.run(
                 [sys.executable, __file__, "--one", str(n), "--gradients", args.gradients]
-                + ["--steps", args.steps, "--workers", workers],
+                + ["--steps", args.steps, "--workers", workers]
+                + (["--workdir", args.workdir] if args.workdir else []),
                 capture_output=True,
                 text=True,
                 check=True,
