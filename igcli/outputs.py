@@ -480,7 +480,7 @@ def signed_heatmap(path: Path) -> bool:
 def drop_stale_heatmap(path: Path) -> None:
     """Remove the heatmap an earlier run drew at `path` (igcli's signature in it; anything
     else stays): a rerun without heatmaps left it beside attributions it no longer showed."""
-    if signed_heatmap(path):
+    if not os.path.islink(path) and signed_heatmap(path):  # (igcli writes no symlinks)
         with contextlib.suppress(OSError):
             os.unlink(path)
 

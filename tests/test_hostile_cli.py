@@ -836,9 +836,14 @@ def test_a_rerun_without_heatmaps_removes_its_own_old_heatmap_only(tmp_path):
     assert first.exit_code == 0, first.stderr
     ours, theirs = out / f"{DIGIT_PNGS[0].stem}.png", out / f"{DIGIT_PNGS[1].stem}.png"
     shutil.copy(DIGIT_PNGS[1], theirs)  # (an unsigned PNG: not igcli's)
-    again = run("explain", DIGITS, *DIGIT_PNGS[:2], "--out", out, "--steps", "4", "--no-heatmaps")
+    kept = tmp_path / "kept.png"  # a user's link to a heatmap igcli drew stays a link
+    shutil.copy(ours, kept)
+    linked = out / f"{DIGIT_PNGS[2].stem}.png"
+    linked.symlink_to(kept)
+    again = run("explain", DIGITS, *DIGIT_PNGS[:3], "--out", out, "--steps", "4", "--no-heatmaps")
     assert again.exit_code == 0, again.stderr
     assert not ours.exists() and (out / f"{DIGIT_PNGS[0].stem}.npy").exists()
+    assert linked.is_symlink() and kept.exists()
     assert theirs.read_bytes() == DIGIT_PNGS[1].read_bytes()
 
 
