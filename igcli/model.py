@@ -1280,17 +1280,19 @@ def _publish_optimized(staging: Path, optimized: Path) -> None:
     from igcli.cache import enforce_limit
 
     graph = staging / optimized.name
-    with contextlib.suppress(OSError):
-        if graph.is_file():
-            ours = [p.name for p in staging.glob("*.data")]
-            for name in ours:
-                os.replace(staging / name, optimized.parent / name)
-            os.replace(graph, optimized)
-            for old in optimized_data(optimized):
-                if old.name not in ours:
-                    old.unlink(missing_ok=True)
-            enforce_limit()
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with contextlib.suppress(OSError):
+            if graph.is_file():
+                ours = [p.name for p in staging.glob("*.data")]
+                for name in ours:
+                    os.replace(staging / name, optimized.parent / name)
+                os.replace(graph, optimized)
+                for old in optimized_data(optimized):
+                    if old.name not in ours:
+                        old.unlink(missing_ok=True)
+                enforce_limit()  # (a bad IGCLI_CACHE_MAX raises: the staging goes all the same)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def open_optimized(

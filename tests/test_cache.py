@@ -300,3 +300,15 @@ def test_weights_changed_in_external_data_are_a_new_model(tmp_path):
     assert abs(after.f_input - before.f_input) > 1e-3
     fresh = igcli.Session(path, cache=False).attribute(x, target=3)
     assert after.f_input == pytest.approx(fresh.f_input, rel=1e-6)
+
+
+def test_a_bad_cache_size_in_a_program_is_said_and_leaves_no_staging(tmp_path, monkeypatch):
+    """A library has no command to check IGCLI_CACHE_MAX first: the first graph saved says it,
+    and the folder its optimised session was staged in goes all the same."""
+    from igcli.errors import UsageError
+    from igcli.session import Session
+
+    monkeypatch.setenv("IGCLI_CACHE_MAX", "lots")
+    with pytest.raises(UsageError, match="IGCLI_CACHE_MAX: 'lots' is not a size"):
+        Session(DIGITS).attribute_many([np.zeros((1, 28, 28), np.float32)])
+    assert not list((tmp_path / "cache").glob(".staging-*"))
