@@ -143,7 +143,7 @@ rich_click.rich_click.OPTION_GROUPS = {
             "--guided-max-dist", "--regions"]},
         {"name": "Gradients", "options": ["--gradients", "--fd-groups", "--fd-step", "--no-cache"]},
         {"name": "Inputs and preprocessing", "options": [
-            "--preprocess", "--mean", "--std", "--labels", "--recursive", "--glob"]},
+            "--preprocess", "--size", "--mean", "--std", "--labels", "--recursive", "--glob"]},
         {"name": "Outputs and heatmaps", "options": [
             "--out", "--json", "--quiet", "--no-heatmaps", "--overlay", "--sign",
             "--clip-percentile", "--scale", "--channels"]},
@@ -644,6 +644,12 @@ MODEL = click.argument(
     help="Image preset: imagenet (mean/std, shorter side to 256/224 of the size, centre "
     "crop), clip, or none (plain pixels, squashed to size). Default: the sidecar's, else none.",
 )
+@click.option(
+    "--size",
+    metavar="HxW",
+    help="Models that take images of any size (detectors, say): resize each image to this "
+    "many pixels, e.g. 640x640. Default: the sidecar's, else each image's own.",
+)
 @click.option("--mean", help="Per-channel mean for image normalisation, e.g. 0.485,0.456,0.406.")
 @click.option("--std", help="Per-channel std for image normalisation.")
 @click.option(
@@ -795,6 +801,7 @@ def explain(
     threads: int | None,
     seed: int,
     preprocess: str | None,
+    size: str | None,
     mean: str | None,
     std: str | None,
     labels_file: Path | None,
@@ -881,6 +888,7 @@ def explain(
         batch_size=batch_size,
         memory_limit=_size_option(memory_limit, "--memory-limit"),
         preprocess=preprocess,
+        size=size,
         mean=_floats(mean, "--mean"),
         std=_floats(std, "--std"),
         labels=_labels(labels_file),

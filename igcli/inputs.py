@@ -14,11 +14,12 @@ import functools
 import io
 import itertools
 import math
+import operator
 import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,11 @@ class Preprocessing:
             if self.mean is not None:
                 text += "; CSV rows standardised with the sidecar's per-feature mean/std"
             return text
-        size = f"{self.height}x{self.width}" if self.height and self.width else "any size"
+        size = (
+            f"{self.height}x{self.width}"
+            if self.height and self.width
+            else "any size (each image's own; --size HxW chooses one)"
+        )
         if self.crop is not None and self.height and self.width:
             size += f" (shorter side to {self.crop:g} of it, centre crop)"
         norm = ""
@@ -150,11 +155,13 @@ def make_preprocessing(
     std: list[float] | None = None,
     scale: float | None = None,
     preset: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> Preprocessing:
     """Decide preprocessing from the input's shape, the sidecar and the user's options.
 
     What is given wins over a preset: --mean/--std over --preprocess, which wins over the
-    sidecar's own values and its "preset"."""
+    sidecar's own values and its "preset"; `size` (H, W) over the sidecar's "size". A size
+    applies only where the model's own height and width are open (a detector, say)."""
     side = dict(sidecar.preprocessing or {})
     preset = preset or side.get("preset")
     if preset is not None:
@@ -194,7 +201,10 @@ def make_preprocessing(
             )
         prep.channels = _static(c) or int(side.get("channels") or 3)
         prep.height, prep.width = _static(h), _static(w)
-        if side.get("size") and not (prep.height and prep.width):
+        if size is not None:
+            _check_size_fits(size, prep.height, prep.width, spec)
+            prep.height, prep.width = size
+        elif side.get("size") and not (prep.height and prep.width):
             prep.height, prep.width = (int(v) for v in side["size"])
         prep.scale = float(scale or side.get("scale") or 255.0)
         prep.preset = preset
@@ -208,6 +218,10 @@ def make_preprocessing(
             prep.mean = _per_channel(mean if mean is not None else [0.0], prep.channels, "--mean")
             prep.std = _per_channel(std if std is not None else [1.0], prep.channels, "--std")
     else:
+        if size is not None:
+            raise UsageError(
+                f"--size is for image models; input {spec.name!r} {list(shape)} takes no images"
+            )
         prep.feature_names = sidecar.feature_names
         mean = mean if mean is not None else side.get("mean")
         std = std if std is not None else side.get("std")
@@ -223,6 +237,31 @@ def make_preprocessing(
     if prep.std is not None and np.any(prep.std < 0):  # the input negated, silently
         raise UsageError(f"std must be positive, not {float(prep.std.min()):g}")
     return prep
+
+
+def parse_size(value: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """'HxW' (or (H, W)) as two positive whole numbers."""
+    if value is None:
+        return None
+    try:
+        parts = value.lower().split("x") if isinstance(value, str) else list(value)
+        h, w = (int(p) if isinstance(p, str) else operator.index(p) for p in parts)
+        if h < 1 or w < 1 or h * w > MAX_IMAGE_PIXELS:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UsageError(f"size {value!r}: give height x width in pixels, e.g. 640x640") from None
+    return h, w
+
+
+def _check_size_fits(size: tuple[int, int], height, width, spec: TensorSpec) -> None:
+    """A size where the model fixes one: a second way to say what the model says, or a
+    mistake ONNX Runtime would report at every input."""
+    for name, want, fixed in (("height", size[0], height), ("width", size[1], width)):
+        if fixed and fixed != want:
+            raise UsageError(
+                f"--size {size[0]}x{size[1]}: input {spec.name!r} {list(spec.shape)} fixes "
+                f"the {name} at {fixed}; --size is for models that take any size"
+            )
 
 
 def _per_channel(values, channels: int, option: str) -> np.ndarray:

@@ -78,6 +78,7 @@ from igcli.inputs import (
     Sample,
     load_samples,
     make_preprocessing,
+    parse_size,
     sample_from_array,
     shape_matches,
 )
@@ -415,7 +416,9 @@ class Session:
     cut there, see cut.py); for inputs of integer token ids it defaults to the embedding lookup
     they feed. `aggregate` (sum, l2, none) turns attributions at such a tensor into one value
     per input position (per token). `tokenizer` is a tokenizer.json for token models (default:
-    `<model>.tokenizer.json` or `tokenizer.json` beside the model).
+    `<model>.tokenizer.json` or `tokenizer.json` beside the model). `size` ("HxW" or (H, W))
+    is the size images are resized to for a model that takes any (default: the sidecar's,
+    else each image's own).
 
     What the session finds worth saying (a fallback to finite differences, a completeness
     miss, rows that are no batch) goes to `warn`, a function of one string; by default it
@@ -439,6 +442,7 @@ class Session:
         batch_size: int | None = None,
         memory_limit: int | None = None,
         preprocess: str | None = None,
+        size: str | tuple[int, int] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         labels: Sequence[str] | str | Path | None = None,
@@ -472,6 +476,7 @@ class Session:
         self.use_cache = cache
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
+        self._size_hints: dict[tuple[int, int], str] = {}  # see _size_hint
         self.model = without_initializer_inputs(load_model(self.model_path))
         # (an ONNX Runtime-fused embedding block hides the lookup token models start at)
         self.model = with_embeddings_exposed(self.model)
@@ -534,10 +539,17 @@ class Session:
             )
         self.softmax_input = softmax_input(model_for_run, self.output_name)
         if self.tokens is not None:
+            if size is not None:
+                raise UsageError("--size is for image models; this one takes token ids")
             self.prep = Preprocessing(list(self.input_spec.shape), dtype=self.input_spec.dtype)
         else:
             self.prep = make_preprocessing(
-                self.input_spec, self.sidecar, mean, std, preset=preprocess
+                self.input_spec,
+                self.sidecar,
+                mean,
+                std,
+                preset=preprocess,
+                size=parse_size(size),
             )
         self.prep.batch_axis = batch_axis
         _check_fd_step(fd_step, self.prep.dtype)
@@ -1152,7 +1164,13 @@ class Session:
             bs = [b.astype(s.x.dtype) for s, b in zip(samples, bases, strict=True)]
             contexts = [s.feeds for s in samples]
         self._example_context = contexts[0]
-        graph = self._use(xs[0], contexts[0])
+        try:
+            graph = self._use(xs[0], contexts[0])
+        except InputError as exc:  # (the first call at this input's size)
+            if not exc.reason.startswith("model call failed"):
+                raise
+            hint = self._size_hint(xs[0], contexts[0])
+            raise InputError(exc.reason + hint, exc.path) from None
         if graph is not None and graph.check is None:  # before any call of several rows
             try:
                 graph = self._self_check(graph, xs[0], contexts[0])
@@ -1178,6 +1196,8 @@ class Session:
                     )
                 except IgcliError:
                     pass
+            elif reason.startswith("model call failed"):
+                reason += self._size_hint(xs[0], contexts[0])
             raise InputError(reason, where) from None
         out_shape = ends.shape[1:]
 
@@ -1497,6 +1517,39 @@ class Session:
                 f"{a.target}), so there is no change to attribute; choose another target or "
                 "--baseline",
             )
+
+    def _size_hint(self, x: np.ndarray, context: Context | None) -> str:
+        """For an image model of open height and width that failed at this image's size (a
+        detector whose feature maps must halve evenly, say): a size it runs at, found by
+        rounding both sides up to multiples of 2, 4, ... 128 and trying each once. Nothing
+        where none of them runs either."""
+        prep = self.prep
+        if not prep.is_image_model or (prep.height and prep.width) or self._cut is not None:
+            return ""
+        axes = (1, 2) if prep.layout == "NCHW" else (0, 1)
+        h, w = (x.shape[a] for a in axes)
+        if (h, w) not in self._size_hints:  # (a folder of such images: probed once)
+            self._size_hints[h, w] = self._find_size(x, context, axes)
+        return self._size_hints[h, w]
+
+    def _find_size(self, x: np.ndarray, context: Context | None, axes: tuple[int, int]) -> str:
+        h, w = (x.shape[a] for a in axes)
+        for m in (2, 4, 8, 16, 32, 64, 128):
+            size = (-(-h // m) * m, -(-w // m) * m)
+            if size == (h, w):
+                continue
+            shape = list(x.shape)
+            shape[axes[0]], shape[axes[1]] = size
+            try:
+                self.runner.run(np.zeros([1, *shape], x.dtype), context)
+            except IgcliError:
+                continue
+            return (
+                f"; the model takes images of any size, but not {h}x{w}: it runs at "
+                f"{size[0]}x{size[1]} (sides multiples of {m}), so pass --size "
+                f"{size[0]}x{size[1]} (or another such size)"
+            )
+        return ""  # no size helped: the failure is not about the size
 
     def label(self, target: int) -> str | None:
         if self.labels and 0 <= target < len(self.labels) and self.labels[target] != "":

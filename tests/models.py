@@ -345,3 +345,23 @@ def symmetric_with_dummy() -> onnx.ModelProto:
             numpy_helper.from_array(np.array([1], dtype=np.int64), "i1"),
         ],
     )
+
+
+def even_sides() -> onnx.ModelProto:
+    """An image model of open height and width that runs only where both are even, like a
+    detector's feature pyramid: x, pooled 2x2 and scaled back up, is concatenated with x
+    (an odd side loses a row in the pool), then averaged per channel into 6 scores."""
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Resize", ["p", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Concat", ["x", "up"], ["both"], axis=1),
+        helper.make_node("Tanh", ["both"], ["t"]),
+        helper.make_node("GlobalAveragePool", ["t"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["y"], axis=1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        [const("scales", [1.0, 1.0, 2.0, 2.0])],
+    )

@@ -464,3 +464,55 @@ def test_a_negative_std_and_non_ascii_target_digits_are_usage_errors(tmp_path):
         assert what in result.stderr and len(one_line_error(result)) == 1
     with pytest.raises(UsageError, match="std must be positive"):
         igcli.Session(DIGITS, mean=[0], std=[-1])
+
+
+def _rgb(path, width, height):
+    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_a_model_of_open_size_that_fails_at_an_image_size_names_one_it_runs_at(tmp_path):
+    model = models.save(models.even_sides(), tmp_path / "even.onnx")
+    odd, fine = _rgb(tmp_path / "odd.png", 7, 5), _rgb(tmp_path / "fine.png", 8, 6)
+    result = run("explain", model, odd, fine, "--out", tmp_path / "out", "--steps", "8")
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    errors = [e for e in one_line_error(result) if e.startswith("error: ") and "odd.png" in e]
+    assert len(errors) == 1
+    assert "any size, but not 5x7: it runs at 6x8 (sides multiples of 2)" in errors[0]
+    assert "--size 6x8" in errors[0]
+    assert (tmp_path / "out" / "fine.npy").exists()
+    # and with --size every image is resized to a size the model takes
+    result = run("explain", model, odd, "--out", tmp_path / "sized", "--steps", "8",
+                 "--size", "6x8")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert np.load(tmp_path / "sized" / "odd.npy").shape == (1, 3, 6, 8)
+
+
+@pytest.mark.parametrize(
+    ("size", "problem"),
+    [
+        ("6x", "give height x width in pixels"),
+        ("0x8", "give height x width in pixels"),
+        ("6x8x2", "give height x width in pixels"),
+        ("99999x99999", "give height x width in pixels"),
+    ],
+)
+def test_a_bad_size_is_a_usage_error(tmp_path, size, problem):
+    model = models.save(models.even_sides(), tmp_path / "even.onnx")
+    image = _rgb(tmp_path / "a.png", 8, 6)
+    result = run("explain", model, image, "--out", tmp_path / "out", "--size", size)
+    assert result.exit_code == ExitCode.USAGE, result.stderr
+    assert problem in one_line_error(result)[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_size_on_a_model_of_fixed_size_or_no_images_is_a_usage_error(tmp_path):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "a", "--size", "32x32")
+    assert result.exit_code == ExitCode.USAGE
+    assert "fixes the height at 28; --size is for models that take any size" in result.stderr
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "b", "--size", "28x28")
+    assert result.exit_code == 0, result.stderr  # (the model's own size: said twice, fine)
+    result = run("explain", CANCER, CANCER_CSV, "--out", tmp_path / "c", "--size", "8x8")
+    assert result.exit_code == ExitCode.USAGE
+    assert "--size is for image models" in result.stderr

@@ -1295,3 +1295,19 @@ def test_an_output_with_no_values_at_an_input_is_that_inputs_failure(tmp_path, s
         session = igcli.Session(path, cache=False, gradients=gradients)
         with pytest.raises(igcli.IgcliError, match=said):
             session.attribute(np.ones(4, np.float32), steps=steps)
+
+
+def test_size_resizes_images_for_a_model_of_open_size_and_a_failure_names_one(tmp_path):
+    from igcli.errors import InputError
+    from igcli.session import Session
+
+    model = models.save(models.even_sides(), tmp_path / "even.onnx")
+    image = tmp_path / "odd.png"
+    Image.fromarray(np.full((5, 7, 3), 90, np.uint8)).save(image)
+    sized = Session(model, size=(6, 8), warn=lambda _: None)
+    assert sized.load(image)[0].x.shape == (3, 6, 8)
+    assert Session(model, size="6x8", warn=lambda _: None).prep.height == 6
+    with pytest.raises(InputError, match="it runs at 6x8"):
+        Session(model, warn=lambda _: None).attribute(image, steps=4)
+    with pytest.raises(UsageError, match="give height x width"):
+        Session(model, size=(6.5, 8))
