@@ -135,11 +135,13 @@ def load_graph(key: str, base: onnx.ModelProto) -> onnx.ModelProto | None:
 
 
 def save_graph(key: str, model: onnx.ModelProto, base: onnx.ModelProto) -> None:
-    """Cache a gradient graph under `key`; weights `base` holds are stored as references."""
+    """Cache a gradient graph under `key`; weights `base` holds are stored as references.
+    A cache that cannot be written is no error, but a bad IGCLI_CACHE_MAX is the user's."""
+    limit = size_limit()
     with contextlib.suppress(Exception):
         path = cache_dir() / f"grad-{key}.onnx"
         _write_atomic(path, _strip_model_weights(model, base).SerializeToString())
-        enforce_limit()
+        enforce_limit(limit)
 
 
 # -- self-check verdicts ---------------------------------------------------------------------

@@ -38,6 +38,7 @@ from igcli.cache import (
     load_graph,
     save_check,
     save_graph,
+    size_limit,
 )
 from igcli.cut import AGGREGATES, Cut, depends_on, embedding_lookups, make_cut
 from igcli.dequantize import float_twin, is_quantized
@@ -474,6 +475,8 @@ class Session:
         self.dequantize = bool(dequantize)
         self.twinned = False  # the model explained is a quantized model's float twin
         self.use_cache = cache
+        if cache:
+            size_limit()  # a bad IGCLI_CACHE_MAX: said now, not after the first graph is built
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
         self._size_hints: dict[tuple[int, int], str] = {}  # see _size_hint

@@ -303,12 +303,25 @@ def test_weights_changed_in_external_data_are_a_new_model(tmp_path):
 
 
 def test_a_bad_cache_size_in_a_program_is_said_and_leaves_no_staging(tmp_path, monkeypatch):
-    """A library has no command to check IGCLI_CACHE_MAX first: the first graph saved says it,
-    and the folder its optimised session was staged in goes all the same."""
+    """A library has no command to check IGCLI_CACHE_MAX first: a Session says it when made;
+    a graph saved after the value went bad says it too (where only the gradient graph is
+    cached as well), and the folder an optimised session was staged in goes all the same."""
+    from igcli.cache import save_graph
     from igcli.errors import UsageError
+    from igcli.model import _publish_optimized
     from igcli.session import Session
 
     monkeypatch.setenv("IGCLI_CACHE_MAX", "lots")
-    with pytest.raises(UsageError, match="IGCLI_CACHE_MAX: 'lots' is not a size"):
-        Session(DIGITS).attribute_many([np.zeros((1, 28, 28), np.float32)])
-    assert not list((tmp_path / "cache").glob(".staging-*"))
+    said = "IGCLI_CACHE_MAX: 'lots' is not a size"
+    with pytest.raises(UsageError, match=said):
+        Session(DIGITS)
+    assert Session(DIGITS, cache=False).classes == 10  # no cache, nothing to bound
+    model = onnx.load(str(DIGITS))
+    with pytest.raises(UsageError, match=said):
+        save_graph("k", model, model)
+    staging = tmp_path / "cache" / ".staging-1"
+    staging.mkdir(parents=True)
+    (staging / "opt-k.onnx").write_bytes(b"graph")
+    with pytest.raises(UsageError, match=said):
+        _publish_optimized(staging, tmp_path / "cache" / "opt-k.onnx")
+    assert not staging.exists() and (tmp_path / "cache" / "opt-k.onnx").exists()
