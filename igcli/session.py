@@ -404,6 +404,11 @@ def _half(runner: ModelRunner) -> bool:
     return np.float16 in (runner.input_dtype, runner.output_dtype)
 
 
+# Images up to this size are tried at nearby sizes when a model of open size fails at theirs
+# (see Session._size_hint): each try is one forward call.
+MAX_PROBE_PIXELS = 4096 * 4096
+
+
 class Session:
     """One model, ready to explain: sessions, preprocessing and gradient source built once.
 
@@ -1522,21 +1527,27 @@ class Session:
             )
 
     def _size_hint(self, x: np.ndarray, context: Context | None) -> str:
-        """For an image model of open height and width that failed at this image's size (a
-        detector whose feature maps must halve evenly, say): a size it runs at, found by
-        rounding both sides up to multiples of 2, 4, ... 128 and trying each once. Nothing
-        where none of them runs either."""
+        """For an image model of open height and width that failed at this size (a detector
+        whose feature maps must halve evenly, say): a size it runs at, found by rounding both
+        sides up to multiples of 2, 4, ... 128 and trying each once. Nothing where none of
+        them runs either, or the image is too large to try again in passing."""
         prep = self.prep
-        if not prep.is_image_model or (prep.height and prep.width) or self._cut is not None:
+        if not prep.is_image_model or self._cut is not None:
             return ""
         axes = (1, 2) if prep.layout == "NCHW" else (0, 1)
+        declared = self.input_spec.shape[1:]
+        if all(isinstance(declared[a], int) and declared[a] > 0 for a in axes):
+            return ""  # (the model's own size: the failure is not about the size)
         h, w = (x.shape[a] for a in axes)
+        if h * w > MAX_PROBE_PIXELS:
+            return ""
         if (h, w) not in self._size_hints:  # (a folder of such images: probed once)
             self._size_hints[h, w] = self._find_size(x, context, axes)
         return self._size_hints[h, w]
 
     def _find_size(self, x: np.ndarray, context: Context | None, axes: tuple[int, int]) -> str:
         h, w = (x.shape[a] for a in axes)
+        asked = " (the size asked for)" if self.prep.height and self.prep.width else ""
         for m in (2, 4, 8, 16, 32, 64, 128):
             size = (-(-h // m) * m, -(-w // m) * m)
             if size == (h, w):
@@ -1548,7 +1559,7 @@ class Session:
             except IgcliError:
                 continue
             return (
-                f"; the model takes images of any size, but not {h}x{w}: it runs at "
+                f"; the model takes images of any size, but not {h}x{w}{asked}: it runs at "
                 f"{size[0]}x{size[1]} (sides multiples of {m}), so pass --size "
                 f"{size[0]}x{size[1]} (or another such size)"
             )

@@ -487,6 +487,9 @@ def test_a_model_of_open_size_that_fails_at_an_image_size_names_one_it_runs_at(t
                  "--size", "6x8")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert np.load(tmp_path / "sized" / "odd.npy").shape == (1, 3, 6, 8)
+    result = run("explain", model, fine, "--out", tmp_path / "bad", "--size", "5x7")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "not 5x7 (the size asked for): it runs at 6x8" in result.stderr
 
 
 @pytest.mark.parametrize(
