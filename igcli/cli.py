@@ -155,7 +155,7 @@ rich_click.rich_click.OPTION_GROUPS = {
     ],
     "* gradcheck": [
         {"name": "What to check", "options": [
-            "--target", "--output", "--input", "--feed", "--row"]},
+            "--target", "--output", "--input", "--feed", "--row", "--size"]},
         {"name": "How", "options": [
             "--directions", "--eps", "--tolerance", "--jitter", "--seed", "--json"]},
     ],
@@ -1160,6 +1160,12 @@ def _runtime_refusal(onnx_model, path: Path) -> str | None:
 )
 @click.option("--row", type=click.IntRange(0), default=0, show_default=True, help="CSV row.")
 @click.option(
+    "--size",
+    metavar="HxW",
+    help="Models that take images of any size: the size to check at (default: the image's "
+    "own, or 32x32 for a random one).",
+)
+@click.option(
     "--directions",
     type=click.IntRange(1, 1000),
     default=8,
@@ -1198,6 +1204,7 @@ def gradcheck(
     input_name: str | None,
     feeds: tuple[str, ...],
     row: int,
+    size: str | None,
     directions: int,
     eps: float,
     tolerance: float,
@@ -1225,6 +1232,7 @@ def gradcheck(
         output=output,
         feeds=_feeds(feeds),
         gradients="graph",
+        size=size,
         warn=messages.warn,
     )
     rng = np.random.default_rng(seed)

@@ -405,7 +405,7 @@ def _half(runner: ModelRunner) -> bool:
 
 
 # Images up to this size are tried at nearby sizes when a model of open size fails at theirs
-# (see Session._size_hint): each try is one forward call.
+# (see Session.size_hint): each try is one forward call.
 MAX_PROBE_PIXELS = 4096 * 4096
 
 
@@ -484,7 +484,7 @@ class Session:
             size_limit()  # a bad IGCLI_CACHE_MAX: said now, not after the first graph is built
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
-        self._size_hints: dict[tuple[int, int], str] = {}  # see _size_hint
+        self._size_hints: dict[tuple[int, int], str] = {}  # see size_hint
         self.model = without_initializer_inputs(load_model(self.model_path))
         # (an ONNX Runtime-fused embedding block hides the lookup token models start at)
         self.model = with_embeddings_exposed(self.model)
@@ -922,7 +922,14 @@ class Session:
             else f" for inputs of shape {list(shape)}"
         )
         if self.gradients == "graph":
-            self._plain_runner()  # a model ONNX Runtime cannot load is exit 3, as in explain
+            plain = self._plain_runner()  # (one ONNX Runtime cannot load: exit 3, as in explain)
+            # an image size the model cannot run at (a detector's odd side) is no missing rule
+            if at and self._cut is None and self.prep.is_image_model:
+                x, context = np.zeros(shape, self.prep.dtype), self._example_context
+                try:
+                    plain.run(x[None], context)
+                except InputError as exc:
+                    raise InputError(exc.reason + self.size_hint(x, context), exc.path) from None
             raise GradientError(f"no gradient graph{at}: {why}", self.model_path)
         self.warn(f"{self.model_path}: no gradient graph{at} ({why}); using finite differences")
 
@@ -1177,7 +1184,7 @@ class Session:
         except InputError as exc:  # (the first call at this input's size)
             if not exc.reason.startswith("model call failed"):
                 raise
-            hint = self._size_hint(xs[0], contexts[0])
+            hint = self.size_hint(xs[0], contexts[0])
             raise InputError(exc.reason + hint, exc.path) from None
         if graph is not None and graph.check is None:  # before any call of several rows
             try:
@@ -1205,7 +1212,7 @@ class Session:
                 except IgcliError:
                     pass
             elif reason.startswith("model call failed"):
-                reason += self._size_hint(xs[0], contexts[0])
+                reason += self.size_hint(xs[0], contexts[0])
             raise InputError(reason, where) from None
         out_shape = ends.shape[1:]
 
@@ -1526,7 +1533,7 @@ class Session:
                 "--baseline",
             )
 
-    def _size_hint(self, x: np.ndarray, context: Context | None) -> str:
+    def size_hint(self, x: np.ndarray, context: Context | None = None) -> str:
         """For an image model of open height and width that failed at this size (a detector
         whose feature maps must halve evenly, say): a size it runs at, found by rounding both
         sides up to multiples of 2, 4, ... 128 and trying each once. Nothing where none of
@@ -1555,7 +1562,7 @@ class Session:
             shape = list(x.shape)
             shape[axes[0]], shape[axes[1]] = size
             try:
-                self.runner.run(np.zeros([1, *shape], x.dtype), context)
+                self._plain_runner().run(np.zeros([1, *shape], x.dtype), context)
             except IgcliError:
                 continue
             return (

@@ -519,3 +519,16 @@ def test_size_on_a_model_of_fixed_size_or_no_images_is_a_usage_error(tmp_path):
     result = run("explain", CANCER, CANCER_CSV, "--out", tmp_path / "c", "--size", "8x8")
     assert result.exit_code == ExitCode.USAGE
     assert "--size is for image models" in result.stderr
+
+
+def test_gradcheck_and_graph_only_runs_at_a_size_the_model_cannot_take_say_so(tmp_path):
+    """Not 'no gradient graph' (a missing rule, exit 7): the model does not run there."""
+    model = models.save(models.even_sides(), tmp_path / "even.onnx")
+    odd = _rgb(tmp_path / "odd.png", 7, 5)
+    result = run("gradcheck", model, odd)
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    assert "it runs at 6x8 (sides multiples of 2)" in one_line_error(result)[-1]
+    assert run("gradcheck", model, odd, "--size", "6x8").exit_code == 0
+    result = run("explain", model, odd, "--gradients", "graph", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "it runs at 6x8" in result.stderr
