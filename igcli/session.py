@@ -929,7 +929,8 @@ class Session:
                 try:
                     plain.run(x[None], context)
                 except InputError as exc:
-                    raise InputError(exc.reason + self.size_hint(x, context), exc.path) from None
+                    reason = self._with_size_hint(exc.reason, x, context)
+                    raise InputError(reason, exc.path) from None
             raise GradientError(f"no gradient graph{at}: {why}", self.model_path)
         self.warn(f"{self.model_path}: no gradient graph{at} ({why}); using finite differences")
 
@@ -1182,10 +1183,8 @@ class Session:
         try:
             graph = self._use(xs[0], contexts[0])
         except InputError as exc:  # (the first call at this input's size)
-            if not exc.reason.startswith("model call failed"):
-                raise
-            hint = self.size_hint(xs[0], contexts[0])
-            raise InputError(exc.reason + hint, exc.path) from None
+            reason = self._with_size_hint(exc.reason, xs[0], contexts[0])
+            raise InputError(reason, exc.path) from None
         if graph is not None and graph.check is None:  # before any call of several rows
             try:
                 graph = self._self_check(graph, xs[0], contexts[0])
@@ -1211,8 +1210,8 @@ class Session:
                     )
                 except IgcliError:
                     pass
-            elif reason.startswith("model call failed"):
-                reason += self.size_hint(xs[0], contexts[0])
+            else:
+                reason = self._with_size_hint(reason, xs[0], contexts[0])
             raise InputError(reason, where) from None
         out_shape = ends.shape[1:]
 
@@ -1532,6 +1531,12 @@ class Session:
                 f"{a.target}), so there is no change to attribute; choose another target or "
                 "--baseline",
             )
+
+    def _with_size_hint(self, reason: str, x: np.ndarray, context: Context | None) -> str:
+        """A failure at x, with a size the model runs at where a model call failed."""
+        if reason.startswith("model call failed"):
+            return reason + self.size_hint(x, context)
+        return reason
 
     def size_hint(self, x: np.ndarray, context: Context | None = None) -> str:
         """For an image model of open height and width that failed at this size (a detector

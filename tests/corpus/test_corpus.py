@@ -250,3 +250,22 @@ def test_gradcheck_catches_a_rule_with_a_flipped_sign(monkeypatch) -> None:
     flipped.clear()
     explained = CliRunner().invoke(main, _args(entry, Path("/nonexistent-out")))
     assert explained.exit_code == 7 and "self-check" in explained.stderr
+
+
+def test_a_real_detector_at_a_size_it_cannot_take_names_one_it_can(tmp_path) -> None:
+    """nudenet's YOLOv8n takes any height and width that halve evenly five times: a 300x400
+    picture fails alone with a size it runs at, and --size runs it there."""
+    from PIL import Image
+
+    entry = next(e for e in MANIFEST["models"] if e["file"] == "nudenet-3.4.2/320n.onnx")
+    model = _model_path(entry)
+    picture = tmp_path / "odd.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(picture)
+    args = ["explain", str(model), str(picture), "--steps", "4", "--no-heatmaps"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 4, result.stderr
+    assert "not 300x400: it runs at 320x416 (sides multiples of 32)" in result.stderr
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "--size", "320x416"])
+    assert result.exit_code == 0, result.stderr
+    assert np.load(tmp_path / "b" / "odd.npy").shape == (1, 3, 320, 416)
