@@ -85,11 +85,18 @@ def _size_option(text: str | None, option: str) -> int | None:
 
 
 def _feeds(values: tuple[str, ...]) -> dict[str, Path]:
+    """--feed NAME=FILE.npy values by name (split at the first '='; a name that holds one is
+    found again by load_feeds). One name given twice is refused, not the last one kept."""
     feeds = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
             raise click.BadParameter(f"{value!r}: use NAME=FILE.npy", param_hint="--feed")
+        if name in feeds:
+            raise click.BadParameter(
+                f"{name!r} is given twice ({feeds[name]} and {path}): give each input once",
+                param_hint="--feed",
+            )
         feeds[name] = Path(path)
     return feeds
 

@@ -410,6 +410,23 @@ def require_inputs(model: onnx.ModelProto, path: Path) -> list[TensorSpec]:
     return specs
 
 
+def _names_with_equals(given: dict[str, object], names: list[str]) -> dict[str, object]:
+    """--feed a=b=c.npy was split at its first '=' (name 'a', file 'b=c.npy'); where the model
+    has no input 'a' but one named 'a=b', that is the one meant (ONNX names may hold '=')."""
+    out = {}
+    for key, value in given.items():
+        if key not in names and isinstance(value, Path) and "=" in str(value):
+            whole = f"{key}={value}"
+            cuts = [i for i, c in enumerate(whole) if c == "="][1:]
+            match = next((i for i in cuts if whole[:i] in names and whole[i + 1 :]), None)
+            if match is not None:
+                key, value = whole[:match], Path(whole[match + 1 :])
+        if key in out:
+            raise UsageError(f"--feed {key} is given twice: give each input once")
+        out[key] = value
+    return out
+
+
 def load_feeds(
     given: dict[str, object], inputs: list[TensorSpec], attributed: TensorSpec
 ) -> dict[str, Feed]:
@@ -421,6 +438,7 @@ def load_feeds(
     input itself, a missing feed, and each file (see check_feed).
     """
     names = [s.name for s in inputs]
+    given = _names_with_equals(given, names)
     unknown = sorted(set(given) - set(names))
     if unknown:
         others = [n for n in names if n != attributed.name]

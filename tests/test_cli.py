@@ -532,3 +532,20 @@ def test_gradcheck_and_graph_only_runs_at_a_size_the_model_cannot_take_say_so(tm
     result = run("explain", model, odd, "--gradients", "graph", "--out", tmp_path / "o")
     assert result.exit_code == ExitCode.INPUTS_FAILED
     assert "it runs at 6x8" in result.stderr
+
+
+def test_feed_names_holding_an_equals_sign_and_a_name_given_twice(tmp_path):
+    proto = models.two_inputs()
+    for node in proto.graph.node:
+        node.input[:] = ["s=1" if i == "s" else i for i in node.input]
+    proto.graph.input[1].name = "s=1"
+    model = models.save(proto, tmp_path / "two.onnx")
+    np.save(tmp_path / "x.npy", np.array([[0.5, -1.0, 2.0]], dtype=np.float32))
+    np.save(tmp_path / "s=v.npy", np.array([0.2, 0.3, -0.1], dtype=np.float32))
+    fed = run("explain", model, tmp_path / "x.npy", "--feed", f"s=1={tmp_path / 's=v.npy'}",
+              "--out", tmp_path / "o", "--steps", "8")  # fmt: skip
+    assert fed.exit_code == 0, fed.stderr
+    twice = run("explain", model, tmp_path / "x.npy", "--feed", "s=1=a.npy", "--feed",
+                "s=1=b.npy", "--out", tmp_path / "o2")  # fmt: skip
+    assert twice.exit_code == ExitCode.USAGE
+    assert "is given twice" in twice.stderr and not (tmp_path / "o2").exists()
