@@ -8,6 +8,7 @@ report include inputs explained by an earlier, interrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -48,7 +49,7 @@ from igcli.outputs import (
     unlock_folder,
     unlock_reports,
 )
-from igcli.report import RunReport, failure_entry, json_line
+from igcli.report import RunReport, failure_entry, is_igcli_report, json_line
 from igcli.session import AttributionSettings, Session
 from igcli.storage import is_url
 from igcli.tokens import TEXT_SUFFIXES
@@ -817,6 +818,22 @@ class BatchRun:
                 self._wait_oldest()
         finally:
             self._flush()
+
+    def withdraw_reports(self, stem: str) -> list[str]:
+        """After an output error (a full disk) stopped the run once it had written results:
+        an earlier run's reports in OUT no longer describe what is there, and nothing will
+        write new ones. igcli's own are removed (another file of that name stays, as a
+        remote --out's reports do); returns their names."""
+        if self.remote is not None or (self._last_write is None and not self.report.results):
+            return []  # (nothing written: the earlier reports still hold)
+        removed = []
+        for kind in ("html", "md", "csv", "json"):
+            path = Path(self.local_out) / f"{stem}.{kind}"
+            if is_igcli_report(path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path.name)
+        return removed
 
     def release_reports(self) -> None:
         """Let another run write this folder's reports (see outputs.lock_reports)."""

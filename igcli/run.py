@@ -30,7 +30,7 @@ from igcli import methods
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings
 from igcli.console import Messages
 from igcli.discovery import Shard, TargetTable, count_inputs, in_shard, parse_shard
-from igcli.errors import ExitCode, UsageError
+from igcli.errors import ExitCode, OutputError, UsageError
 from igcli.files import os_reason
 from igcli.report import RunReport, check_reports_replaceable
 from igcli.session import AttributionSettings, Session
@@ -247,12 +247,28 @@ def finish(
     messages = messages or Messages()
     with signals_held() as held:
         try:
-            names = _write_up(batch, the_plan, messages, targets_from, started, interrupted)
+            try:
+                names = _write_up(batch, the_plan, messages, targets_from, started, interrupted)
+            except OutputError as exc:  # (a write still queued met a full disk, say)
+                raise _withdrawn(batch, the_plan, exc) from None
             if held.caught and not interrupted:
                 messages.info("interrupted after every input was done: the run is complete")
             return _verdict(batch, the_plan, messages, names, interrupted)
         finally:
             batch.release_reports()
+
+
+def _withdrawn(batch: BatchRun, the_plan: Plan, exc: OutputError) -> OutputError:
+    """The output error that stopped a run, once an earlier run's reports that no longer
+    describe OUT are removed (see BatchRun.withdraw_reports), saying so."""
+    removed = batch.withdraw_reports(the_plan.report_stem)
+    if not removed:
+        return exc
+    return OutputError(
+        f"{exc.reason}; the earlier run's {', '.join(removed)} no longer described the "
+        "results there and were removed: make room, then run again with --skip-existing",
+        exc.path,
+    )
 
 
 def _verdict(batch, the_plan, messages, names: list[str], interrupted: bool) -> ExitCode:
@@ -400,6 +416,11 @@ def run_explain(
             execute(batch, the_plan.items, messages)
     except KeyboardInterrupt:
         interrupted = True
+    except OutputError as exc:
+        try:
+            raise _withdrawn(batch, the_plan, exc) from None
+        finally:
+            batch.release_reports()
     except BaseException:
         batch.release_reports()
         raise

@@ -13,7 +13,7 @@ import pytest
 
 from igcli.batch import discover, in_shard
 from igcli.errors import ExitCode
-from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, one_line_error, run
 
 
 @pytest.fixture
@@ -1047,3 +1047,37 @@ def test_targets_from_naming_one_input_twice_differently_fails_that_input_alone(
     ok = run("explain", DIGITS, tree, "-r", "--out", tmp_path / "o2", "--steps", "4", "--json",
              "--targets-from", same)  # fmt: skip
     assert ok.exit_code == 0, ok.stderr
+
+
+def test_a_full_disk_removes_the_earlier_runs_reports_that_no_longer_hold(tmp_path, monkeypatch):
+    """A second run into OUT stopped by a full disk (exit 6) after writing results: the first
+    run's reports would describe a folder that is no longer so, and are removed;
+    --skip-existing afterwards writes them whole. (A user's file of such a name stops a run
+    before it starts.)"""
+    from igcli import attribution
+    from igcli.errors import OutputError
+
+    out = tmp_path / "o"
+    assert run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", out).exit_code == 0
+    real = attribution.Attribution.write_to
+    calls = []
+
+    def second_fails(self, npy, png, **kw):
+        calls.append(npy)
+        if len(calls) == 2:
+            raise OutputError("cannot write (No space left on device)", npy)
+        return real(self, npy, png, **kw)
+
+    monkeypatch.setattr(attribution.Attribution, "write_to", second_fails)
+    args = ["explain", DIGITS, *DIGIT_PNGS[1:4], "--steps", "4", "--out", out]
+    result = run(*args, "--batch-size", "4")
+    assert result.exit_code == ExitCode.OUTPUT, result.stderr
+    said = one_line_error(result)[-1]
+    removed = "report.html, report.md, report.csv, report.json no longer described the results"
+    assert "(No space left on device); the earlier run's " + removed in said
+    assert "run again with --skip-existing" in said
+    assert not list(out.glob("report.*"))
+    monkeypatch.setattr(attribution.Attribution, "write_to", real)
+    again = run(*args, "--skip-existing")
+    assert again.exit_code == 0, again.stderr
+    assert len(json.loads((out / "report.json").read_text())["results"]) == 3
