@@ -75,6 +75,13 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
         and out_vi.type.tensor_type.HasField("shape")
         and not out_vi.type.tensor_type.shape.dim
     )  # a model summing over everything: one row per call, its output a single value
+    depth = _row_size(out_vi)  # (values per row, where declared: read before they go)
+    if out_vi is not None and not scalar:
+        # The seed takes its shape from the output's at run time; a declared [1, C] (dynamic
+        # axes given for the input only) let ONNX Runtime fold that Shape to [1, C] and
+        # refuse a call of two rows: the declared sizes go, the rank stays.
+        for dim in out_vi.type.tensor_type.shape.dim:
+            dim.Clear()
     graph.initializer.extend(
         [
             onnx.numpy_helper.from_array(
@@ -111,7 +118,6 @@ def with_target_seed(grad_model: onnx.ModelProto, output_name: str) -> onnx.Mode
             ),
         ]
     else:  # no OneHot before opset 9 (the model zoo's "-7" files): compare with 0..depth-1
-        depth = _row_size(out_vi)
         if depth is None:
             # (with a sample's shape, shape inference mostly gives the output's size)
             raise UnsupportedOpsError(

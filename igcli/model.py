@@ -893,9 +893,11 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
     on an x of [F], or [T, F]; rank 2 at most), every dim of its one float input and of
     its outputs fixed, and either no output with the input's first dim first, or one whose
     positions on that axis change each other's outputs (a sequence [T, F] -> [T, C]
-    through attention: no batch ever mixes its rows). Its first axis was read as a batch:
-    a sample [F] 'held a batch of F', [1, F] did 'not fit the model input [F]', and one
-    row of a [T, F] model was explained as a sequence of length 1. The probe's verdict is
+    through attention: no batch ever mixes its rows). Or a set model: [P, F] of open P with
+    fixed outputs that stay so at any P (see _first_axis_is_a_set). Its first axis was read
+    as a batch: a sample [F] 'held a batch of F', [1, F] did 'not fit the model input [F]',
+    one row of a [T, F] model was explained as a sequence of length 1, and a set of 50
+    points 'held a batch of 50'. The probe's verdict is
     cached under sha256."""
     graph = model.graph
     inits = {i.name for i in graph.initializer}
@@ -904,17 +906,41 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
     dims = spec.shape
     if spec.kind != "tensor" or np.dtype(spec.dtype).kind != "f":
         return False
-    if not dims or dims[0] == 1 or not fixed_dims(dims):
+    if not dims or dims[0] == 1 or not fixed_dims(dims[1:]):
         return False
     if len(dims) > 2:  # [A, B, F...]: B may be the batch (a fixed sequence-first model), which
         return False  # _refuse_a_fixed_axis_that_is_no_batch turns down where A mixes
     outputs = graph_outputs(model)
     if not outputs or any(o.kind != "tensor" or not fixed_dims(o.shape) for o in outputs):
         return False
+    if not fixed_dims(dims[:1]):  # [P, F] of open P, outputs fixed: a set of P points?
+        return _cached_verdict(sha256, "first-axis-is-a-set", spec.name,
+                               lambda: _first_axis_is_a_set(model, spec, outputs))  # fmt: skip
     if all(not o.shape or o.shape[0] != dims[0] for o in outputs):
         return True
     return _cached_verdict(sha256, "first-axis-mixes", spec.name,
                            lambda: _first_axis_mixes(model, spec))  # fmt: skip
+
+
+def _first_axis_is_a_set(
+    model: onnx.ModelProto, spec: TensorSpec, outputs: list[TensorSpec]
+) -> bool:
+    """Whether an input [P, F] of open P whose outputs are all fixed takes P points as one
+    sample (a PointNet pools over them: [P, 3] -> [1, C]) rather than a batch of P rows
+    whose outputs were declared at the batch of 1 they were traced at (dynamic axes given
+    for the input only): run at P = 2 and 3, every output keeps its declared shape."""
+    rng = np.random.default_rng(0)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), session_options(1),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        for p in (2, 3):
+            x = rng.standard_normal([p, *spec.shape[1:]]).astype(spec.dtype)
+            got = session.run([o.name for o in outputs], {spec.name: x})
+            if any(np.shape(v) != tuple(o.shape) for v, o in zip(got, outputs, strict=True)):
+                return False
+    except Exception:  # noqa: BLE001 (a model that cannot run so is no evidence)
+        return False
+    return True
 
 
 def _first_axis_mixes(model: onnx.ModelProto, spec: TensorSpec) -> bool:

@@ -1311,3 +1311,51 @@ def test_size_resizes_images_for_a_model_of_open_size_and_a_failure_names_one(tm
         Session(model, warn=lambda _: None).attribute(image, steps=4)
     with pytest.raises(UsageError, match="give height x width"):
         Session(model, size=(6.5, 8))
+
+
+def _pooled_model(path, declared_out, pool=True):
+    """x [P, 3] -> relu(x W1), max over the points (pool) or per row, -> [.., 4]; the output
+    declared `declared_out`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(24)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["b"])]
+    if pool:
+        nodes.append(helper.make_node("ReduceMax", ["b"], ["m"], axes=[0], keepdims=1))
+    nodes.append(helper.make_node("MatMul", ["m" if pool else "b", "w2"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "points",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["P", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, declared_out)],
+        [numpy_helper.from_array(rng.standard_normal((3, 16)).astype(np.float32), "w1"),
+         numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return models.save(model, path)
+
+
+def test_a_set_of_points_of_open_size_is_one_sample(tmp_path):
+    """[P, 3] -> [1, 4], pooled over the points (a PointNet): its open first axis was read
+    as a batch ('holds a batch of 50'); the outputs stay [1, 4] at any P, so the whole
+    input is one sample, of any number of points."""
+    import onnxruntime as ort
+
+    path = _pooled_model(tmp_path / "set.onnx", [1, 4])
+    run = ort.InferenceSession(str(path)).run
+    session = igcli.Session(path, cache=False)
+    for points in (50, 7):
+        x = np.random.default_rng(points).standard_normal((points, 3)).astype(np.float32)
+        a = session.attribute(x, target=2, steps=32, baseline="zero")
+        assert a.attributions.shape == (points, 3)
+        assert a.f_input == pytest.approx(float(run(None, {"x": x})[0][0, 2]), rel=1e-6)
+        assert a.gradient_source == "graph" and a.rel_error < 1e-4
+
+
+def test_rows_whose_output_was_declared_at_batch_1_stay_a_batch(tmp_path):
+    """[N, 3] -> declared [1, 4] (dynamic axes given for the input only) but row by row: at
+    2 rows it gives [2, 4], so the first axis is a batch, one row a sample, as before."""
+    path = _pooled_model(tmp_path / "rows.onnx", [1, 4], pool=False)
+    session = igcli.Session(path, cache=False)
+    a = session.attribute(np.ones(3, np.float32), target=1, steps=16, baseline="zero")
+    assert a.attributions.shape == (3,)
