@@ -829,6 +829,8 @@ class BatchRun:
         removed = []
         for kind in ("html", "md", "csv", "json"):
             path = Path(self.local_out) / f"{stem}.{kind}"
+            if os.path.realpath(path) in self.inputs_in_out:
+                continue  # (an input of this run keeps its name, see check_report_names)
             if is_igcli_report(path):
                 with contextlib.suppress(OSError):
                     path.unlink()
