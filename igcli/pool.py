@@ -120,6 +120,16 @@ class _ChunkRunner:
 _runner: _ChunkRunner | None = None  # (a worker's)
 
 
+def _quiet_resource_tracker() -> None:
+    """multiprocessing's resource tracker, a process of its own, outlives this one when it
+    is killed (kill -9) and then cleans up the pool's semaphores, printing a two-line
+    UserWarning about 'leaked semaphore objects' on the run's stderr after it ended. It takes
+    this process's -W options when it starts: the cleanup stays, the warning goes."""
+    option = "ignore:resource_tracker:UserWarning"
+    if option not in sys.warnoptions:
+        sys.warnoptions.append(option)
+
+
 def _start(job: WorkerJob) -> None:
     """Worker start: Ctrl-C is the client's to handle (each worker printed a traceback);
     SIGTERM, the client's way to stop a worker at once, ends it through its finalizers, so
@@ -187,6 +197,7 @@ def execute_on_processes(
     budget = job.session_options.get("memory_limit") or default_budget()
     job.session_options["memory_limit"] = max(1, budget // workers)  # and the memory too
     parts = chunks(the_plan.items, workers, tapered=True)
+    _quiet_resource_tracker()
     # spawn: fork copies a parent whose ONNX Runtime and writer threads exist (unsafe), and a
     # forkserver outlives the run for a moment (farm-bench found one left behind)
     pool = ProcessPoolExecutor(

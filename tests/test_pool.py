@@ -407,3 +407,19 @@ def test_the_feeder_gives_each_chunk_once_to_a_worker_or_the_client():
     feeder.join()
     assert sorted(mine + theirs) == list(range(40)) and theirs and len(mine) > 1
     assert pool.most == 1  # one chunk at a time
+
+
+def test_the_resource_tracker_starts_without_its_leaked_semaphore_warning(monkeypatch):
+    """Killed with SIGKILL, a run with --workers left the resource tracker to clean up the
+    pool's semaphores, and it printed two lines of UserWarning on the run's stderr after
+    the run was gone. The tracker (a process started with this one's -W options) now starts
+    told to keep quiet about it; it still cleans up."""
+    import multiprocessing.util
+
+    import igcli.pool as pool
+
+    monkeypatch.setattr(sys, "warnoptions", [])
+    pool._quiet_resource_tracker()
+    pool._quiet_resource_tracker()  # (once only)
+    args = multiprocessing.util._args_from_interpreter_flags()
+    assert args.count("-Wignore:resource_tracker:UserWarning") == 1
