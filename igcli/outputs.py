@@ -556,6 +556,21 @@ def record_of_igcli(marker: Path) -> list[dict] | None:
 
 
 MAX_RECORD_BYTES = 16 << 20
+RECORD_START = b'{"input": '  # how every record file igcli writes begins (json.dumps)
+
+
+def damaged_record(marker: Path, size: int) -> bool:
+    """Whether a record file that does not parse is igcli's own, cut short (a copy of the
+    output folder stopped halfway, say: igcli itself writes records whole, by renaming):
+    empty, or beginning as igcli's do. Its input is explained again and the record
+    replaced, where it was refused until the file was moved away."""
+    if size == 0:
+        return True
+    try:
+        with open_regular(marker, OutputError) as fh:
+            return fh.read(len(RECORD_START)) == RECORD_START
+    except (OSError, OutputError):
+        return False
 
 
 def _named_by(marker: Path) -> set[str]:
@@ -580,7 +595,8 @@ def in_the_way(path: Path, marker: Path, shape: tuple) -> str | None:
     if not stat.S_ISREG(info.st_mode):
         return "a folder" if stat.S_ISDIR(info.st_mode) else "not a file"
     if path == marker:
-        return None if record_of_igcli(marker) is not None else "not igcli's record"
+        ours = record_of_igcli(marker) is not None or damaged_record(marker, info.st_size)
+        return None if ours else "not igcli's record"
     if path.name in _named_by(marker):
         return None
     if signed_heatmap(path) if path.suffix == ".png" else attributions_like(path, shape):

@@ -1081,3 +1081,24 @@ def test_a_full_disk_removes_the_earlier_runs_reports_that_no_longer_hold(tmp_pa
     again = run(*args, "--skip-existing")
     assert again.exit_code == 0, again.stderr
     assert len(json.loads((out / "report.json").read_text())["results"]) == 3
+
+
+@pytest.mark.parametrize("keep", [0, 100])
+def test_a_record_cut_short_is_replaced_not_refused(tmp_path, keep):
+    """A copy of the output folder stopped halfway leaves a record cut short (igcli writes
+    its own whole): it was 'not igcli's record' and its input failed until the file was
+    moved; it is now explained again. A file of that name that is not igcli's still stops it."""
+    out = tmp_path / "o"
+    args = ["explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", out]
+    assert run(*args).exit_code == 0
+    marker = out / f"{DIGIT_PNGS[0].stem}.record.json"
+    marker.write_bytes(marker.read_bytes()[:keep])
+    for extra in (["--skip-existing"], []):
+        again = run(*args, *extra)
+        assert again.exit_code == 0, again.stderr
+        assert json.loads(marker.read_text())["records"][0]["status"] == "ok"
+        marker.write_bytes(marker.read_bytes()[:keep])
+    marker.write_text("my notes, not JSON")
+    refused = run(*args)
+    assert refused.exit_code == ExitCode.INPUTS_FAILED
+    assert "not igcli's record" in refused.stderr
