@@ -485,6 +485,7 @@ class Session:
         self.warn = warn or _python_warning
         self._warned: set[str] = set()
         self._size_hints: dict[tuple[int, int], str] = {}  # see size_hint
+        self._size_multiple: int | None = None  # (the sides' multiple a size hint found)
         self.model = without_initializer_inputs(load_model(self.model_path))
         # (an ONNX Runtime-fused embedding block hides the lookup token models start at)
         self.model = with_embeddings_exposed(self.model)
@@ -1560,7 +1561,10 @@ class Session:
     def _find_size(self, x: np.ndarray, context: Context | None, axes: tuple[int, int]) -> str:
         h, w = (x.shape[a] for a in axes)
         asked = " (the size asked for)" if self.prep.height and self.prep.width else ""
-        for m in (2, 4, 8, 16, 32, 64, 128):
+        # the multiple one size needed is tried first at the next (a folder of photos of many
+        # sizes on one detector: one probe each, not five)
+        learned = [self._size_multiple] if self._size_multiple else []
+        for m in [*learned, *(m for m in (2, 4, 8, 16, 32, 64, 128) if m not in learned)]:
             size = (-(-h // m) * m, -(-w // m) * m)
             if size == (h, w):
                 continue
@@ -1570,6 +1574,7 @@ class Session:
                 self._plain_runner().run(np.zeros([1, *shape], x.dtype), context)
             except IgcliError:
                 continue
+            self._size_multiple = m
             return (
                 f"; the model takes images of any size, but not {h}x{w}{asked}: it runs at "
                 f"{size[0]}x{size[1]} (sides multiples of {m}), so pass --size "
