@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
+from igcli.attribution import Attribution
 from igcli.batch import discover, in_shard
 from igcli.errors import ExitCode
 from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, one_line_error, run
@@ -676,13 +677,11 @@ def test_a_record_with_a_non_number_where_a_number_goes_is_redone_on_resume(tmp_
     assert isinstance(json.loads(result.stdout.splitlines()[-1])["rel_error"], float)
 
 
-def test_json_lines_say_ok_only_once_the_files_are_written(tmp_path, monkeypatch):
-    """A full disk at the second input's files: the run stops (exit 6) and stdout holds the
-    first input's line only, never an "ok" for files that do not exist."""
-    from igcli import attribution
+def _second_write_fails(monkeypatch):
+    """A full disk at the second input's files; returns the real writer."""
     from igcli.errors import OutputError
 
-    real = attribution.Attribution.write_to
+    real = Attribution.write_to
     calls = []
 
     def second_fails(self, npy, png, **kw):
@@ -691,7 +690,14 @@ def test_json_lines_say_ok_only_once_the_files_are_written(tmp_path, monkeypatch
             raise OutputError("cannot write (No space left on device)", npy)
         return real(self, npy, png, **kw)
 
-    monkeypatch.setattr(attribution.Attribution, "write_to", second_fails)
+    monkeypatch.setattr(Attribution, "write_to", second_fails)
+    return real
+
+
+def test_json_lines_say_ok_only_once_the_files_are_written(tmp_path, monkeypatch):
+    """A full disk at the second input's files: the run stops (exit 6) and stdout holds the
+    first input's line only, never an "ok" for files that do not exist."""
+    _second_write_fails(monkeypatch)
     args = ["explain", DIGITS, *DIGIT_PNGS[:3], "--steps", "4", "--json", "--out", tmp_path]
     result = run(*args)
     assert result.exit_code == ExitCode.OUTPUT, result.stderr
@@ -1054,21 +1060,9 @@ def test_a_full_disk_removes_the_earlier_runs_reports_that_no_longer_hold(tmp_pa
     run's reports would describe a folder that is no longer so, and are removed;
     --skip-existing afterwards writes them whole. (A user's file of such a name stops a run
     before it starts.)"""
-    from igcli import attribution
-    from igcli.errors import OutputError
-
     out = tmp_path / "o"
     assert run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", out).exit_code == 0
-    real = attribution.Attribution.write_to
-    calls = []
-
-    def second_fails(self, npy, png, **kw):
-        calls.append(npy)
-        if len(calls) == 2:
-            raise OutputError("cannot write (No space left on device)", npy)
-        return real(self, npy, png, **kw)
-
-    monkeypatch.setattr(attribution.Attribution, "write_to", second_fails)
+    real = _second_write_fails(monkeypatch)
     args = ["explain", DIGITS, *DIGIT_PNGS[1:4], "--steps", "4", "--out", out]
     result = run(*args, "--batch-size", "4")
     assert result.exit_code == ExitCode.OUTPUT, result.stderr
@@ -1077,7 +1071,7 @@ def test_a_full_disk_removes_the_earlier_runs_reports_that_no_longer_hold(tmp_pa
     assert "(No space left on device); the earlier run's " + removed in said
     assert "run again with --skip-existing" in said
     assert not list(out.glob("report.*"))
-    monkeypatch.setattr(attribution.Attribution, "write_to", real)
+    monkeypatch.setattr(Attribution, "write_to", real)
     again = run(*args, "--skip-existing")
     assert again.exit_code == 0, again.stderr
     assert len(json.loads((out / "report.json").read_text())["results"]) == 3
