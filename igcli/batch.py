@@ -49,7 +49,7 @@ from igcli.outputs import (
     unlock_folder,
     unlock_reports,
 )
-from igcli.report import RunReport, failure_entry, is_igcli_report, json_line
+from igcli.report import REPORT_KINDS, RunReport, failure_entry, is_igcli_report, json_line
 from igcli.session import AttributionSettings, Session
 from igcli.storage import is_url
 from igcli.tokens import TEXT_SUFFIXES
@@ -317,11 +317,15 @@ class BatchRun:
             if real.startswith(root):
                 self.inputs_in_out.add(real)
 
+    def _report_paths(self, stem: str) -> list[Path]:
+        """The run's reports in OUT, .html first (the order the summary names them)."""
+        return [Path(self.local_out) / f"{stem}.{kind}" for kind in reversed(REPORT_KINDS)]
+
     def check_report_names(self, stem: str) -> None:
         """The reports would replace an input of this run (a CSV named report.csv in --out):
         an OutputError, and the input is kept."""
-        for suffix in (".html", ".md", ".csv", ".json"):
-            path = Path(os.path.realpath(Path(self.local_out) / (stem + suffix)))
+        for report in self._report_paths(stem):
+            path = Path(os.path.realpath(report))
             if str(path) in self.inputs_in_out:
                 raise OutputError(
                     "the run's report would replace this input; choose an --out outside "
@@ -827,8 +831,7 @@ class BatchRun:
         if self.remote is not None or (self._last_write is None and not self.report.results):
             return []  # (nothing written: the earlier reports still hold)
         removed = []
-        for kind in ("html", "md", "csv", "json"):
-            path = Path(self.local_out) / f"{stem}.{kind}"
+        for path in self._report_paths(stem):
             if os.path.realpath(path) in self.inputs_in_out:
                 continue  # (an input of this run keeps its name, see check_report_names)
             if is_igcli_report(path):

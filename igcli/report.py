@@ -157,6 +157,8 @@ class RecordSpool:
         return list(self) == list(other)
 
 
+REPORT_KINDS = ("json", "csv", "md", "html")  # a run's reports, in the order they are written
+
 # How each report file begins, whatever the version: what tells igcli's own from another's.
 _REPORT_SIGNS = {
     "json": lambda head: b'"igcli_version"' in head,
@@ -333,7 +335,7 @@ class RunReport:
         local = Path(tempfile.mkdtemp(prefix="igcli-report-")) if own_tmp else (
             Path(staging) if remote else Path(out_dir)
         )  # fmt: skip
-        names = [f"{stem}.{kind}" for kind in ("json", "csv", "md", "html")]
+        names = [f"{stem}.{kind}" for kind in REPORT_KINDS]
         try:
             data = {
                 **self._header(),
