@@ -922,6 +922,20 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
                            lambda: _first_axis_mixes(model, spec))  # fmt: skip
 
 
+def _probe_runs(
+    model: onnx.ModelProto, name: str, values: list[np.ndarray]
+) -> list[list[np.ndarray]] | None:
+    """Every output of the model for each of `values` fed to input `name`, from one
+    single-threaded CPU session: what a probe of the model's axes reads. None where any of it
+    fails (a model that cannot run so is no evidence)."""
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), session_options(1),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        return [session.run(None, {name: v}) for v in values]
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _first_axis_is_a_set(
     model: onnx.ModelProto, spec: TensorSpec, outputs: list[TensorSpec]
 ) -> bool:
@@ -930,17 +944,11 @@ def _first_axis_is_a_set(
     whose outputs were declared at the batch of 1 they were traced at (dynamic axes given
     for the input only): run at P = 2 and 3, every output keeps its declared shape."""
     rng = np.random.default_rng(0)
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), session_options(1),
-                                       providers=["CPUExecutionProvider"])  # fmt: skip
-        for p in (2, 3):
-            x = rng.standard_normal([p, *spec.shape[1:]]).astype(spec.dtype)
-            got = session.run([o.name for o in outputs], {spec.name: x})
-            if any(np.shape(v) != tuple(o.shape) for v, o in zip(got, outputs, strict=True)):
-                return False
-    except Exception:  # noqa: BLE001 (a model that cannot run so is no evidence)
-        return False
-    return True
+    points = [rng.standard_normal([p, *spec.shape[1:]]).astype(spec.dtype) for p in (2, 3)]
+    runs = _probe_runs(model, spec.name, points)
+    return runs is not None and all(
+        np.shape(v) == tuple(o.shape) for got in runs for v, o in zip(got, outputs, strict=True)
+    )
 
 
 def _first_axis_mixes(model: onnx.ModelProto, spec: TensorSpec) -> bool:
@@ -950,12 +958,10 @@ def _first_axis_mixes(model: onnx.ModelProto, spec: TensorSpec) -> bool:
     x = rng.standard_normal(spec.shape).astype(spec.dtype)
     changed = x.copy()
     changed[0] += 1.0
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), session_options(1),
-                                       providers=["CPUExecutionProvider"])  # fmt: skip
-        before, after = (session.run(None, {spec.name: v}) for v in (x, changed))
-    except Exception:  # noqa: BLE001 (a model that cannot run so is no evidence)
+    runs = _probe_runs(model, spec.name, [x, changed])
+    if runs is None:
         return False
+    before, after = runs
     first = spec.shape[0]
     return any(
         np.shape(old)[:1] == (first,) and not np.allclose(new[1:], old[1:], rtol=1e-4, atol=1e-5)
