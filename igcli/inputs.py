@@ -239,7 +239,7 @@ def make_preprocessing(
     return prep
 
 
-def parse_size(value: str | Sequence[int] | None) -> tuple[int, int] | None:
+def parse_image_size(value: str | Sequence[int] | None) -> tuple[int, int] | None:
     """'HxW' (or (H, W)) as two positive whole numbers."""
     if value is None:
         return None

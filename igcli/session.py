@@ -79,7 +79,7 @@ from igcli.inputs import (
     Sample,
     load_samples,
     make_preprocessing,
-    parse_size,
+    parse_image_size,
     sample_from_array,
     shape_matches,
 )
@@ -558,7 +558,7 @@ class Session:
                 mean,
                 std,
                 preset=preprocess,
-                size=parse_size(size),
+                size=parse_image_size(size),
             )
         self.prep.batch_axis = batch_axis
         _check_fd_step(fd_step, self.prep.dtype)
