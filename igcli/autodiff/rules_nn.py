@@ -945,14 +945,14 @@ def Attention(g: NodeGrad):
     output 3 (optimize.prepare asks for it), so the reverse uses ONNX Runtime's P exactly:
     dV = P^T dY, dP = dY V^T, dS = P (dP - rowsum(dP P)), dQ = scale dS K,
     dK = scale dS^T Q, dmask = dS; K and V gradients summed over their query heads. 3-D
-    inputs [B, S, heads x size] are viewed as [B, heads, S, size]. Not followed: past
-    key/value, nonpad_kv_seqlen, softcap, gradients of outputs 1-3."""
+    inputs [B, S, heads x size] are viewed as [B, heads, S, size]. A softcap c caps the
+    scores before the mask (ONNX Runtime and the spec's reference alike): c tanh(s / c), so
+    past dmask, dS takes the factor 1 - tanh^2(s / c), with s = scale Q K^T computed again. Not
+    followed: past key/value, nonpad_kv_seqlen, gradients of outputs 1-3."""
     if any(g.GO(k) is not None for k in (1, 2, 3)):
         raise NoGradient("Attention with its present key/value or qk output on the path")
     if any(g.I(k) for k in (4, 5, 6)):
         raise NoGradient("Attention with past key/value or nonpad_kv_seqlen")
-    if g.attr("softcap", 0.0):
-        raise NoGradient("Attention with softcap")
     probs = g.O(3)
     if not probs or g.attr("qk_matmul_output_mode", 0) != 3:
         raise NoGradient("Attention whose softmax output is not exposed")
@@ -978,7 +978,13 @@ def Attention(g: NodeGrad):
     last_two = [0, 1, 3, 2]
     d_probs = g.op("MatMul", go4, g.op("Transpose", v_all, perm=last_two))
     dot = g.e.reduce("ReduceSum", g.op("Mul", d_probs, probs), [-1])
-    d_scores = g.op("Mul", probs, g.op("Sub", d_probs, dot))
+    d_scores = d_biased = g.op("Mul", probs, g.op("Sub", d_probs, dot))
+    softcap = g.attr("softcap", 0.0)
+    if softcap > 0:  # (a negative one is ignored, by ONNX Runtime and the reference alike)
+        scores = g.op("MatMul", q4, g.op("Transpose", k_all, perm=last_two))
+        capped = g.op("Tanh", g.op("Mul", scores, g.scalar(scale / softcap, q)))
+        slope = g.op("Sub", g.scalar(1.0, q), g.op("Mul", capped, capped))
+        d_scores = g.op("Mul", d_scores, slope)
     grads: list[str | None] = [None] * 7
     if g.needs(0):
         dq = g.op("Mul", g.op("MatMul", d_scores, k_all), g.scalar(scale, q))
@@ -993,8 +999,8 @@ def Attention(g: NodeGrad):
         )
         grads[2] = _merge_heads(g, dv, v) if len(q_shape) == 3 else dv
     if g.needs(3):
-        g.e.set_info(d_scores, probs)
-        grads[3] = g.e.reduce_to_shape_of(d_scores, g.I(3))
+        g.e.set_info(d_biased, probs)
+        grads[3] = g.e.reduce_to_shape_of(d_biased, g.I(3))
     return grads
 
 

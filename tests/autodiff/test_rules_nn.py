@@ -339,6 +339,13 @@ add("Attention", {"q": r(B, 2, S, 4), "k": r(B, 2, L, 4), "v": r(B, 2, L, 4),
                   "mask": r(S, L)}, tag="float-mask", opset=23)  # fmt: skip
 add("Attention", {"q": r(B, S, 8), "k": r(B, L, 4), "v": r(B, L, 6)},
     {"q_num_heads": 2, "kv_num_heads": 1}, tag="3d-gqa", opset=23)  # fmt: skip
+# softcap (Gemma 2): scores capped by c tanh(s / c) before the mask; small c so tanh bends
+add("Attention", {"q": r(B, 4, S, 4), "k": r(B, 2, L, 4), "v": r(B, 2, L, 4),
+                  "mask": r(S, L)}, {"softcap": 0.7, "is_causal": 1}, tag="softcap-gqa-mask",
+    opset=23)  # fmt: skip
+add("Attention", {"q": r(B, S, 8), "k": r(B, L, 8), "v": r(B, L, 6)},
+    {"q_num_heads": 2, "kv_num_heads": 2, "softcap": 1.5, "scale": 2.0}, tag="3d-softcap",
+    opset=23)  # fmt: skip
 
 
 # RotaryEmbedding (opset 23): 4-D and 3-D (num_heads), halves or interleaved pairs, a partial
