@@ -726,8 +726,6 @@ def _einsum_subscripts(g: NodeGrad) -> tuple[list[str], str]:
     if len(terms) != g.n_inputs():
         raise NoGradient(f"Einsum equation {eq!r} for {g.n_inputs()} operands")
     named = [t.replace("...", "") for t in terms]
-    if any(len(set(t)) != len(t) for t in named):
-        raise NoGradient(f"Einsum {eq!r} repeats an index within one operand (a diagonal)")
     spans = []
     for k, t in enumerate(terms):
         rank = g.e.rank(g.I(k))
@@ -748,8 +746,10 @@ def Einsum(g: NodeGrad):
     operands) onto x_k's subscripts. Letters of x_k that GO and the others lack (summed in
     x_k alone) are left out and broadcast back by Expand; size-1 axes are squeezed out of
     every operand first (they broadcast: x_k's gets the sum over the letter, and an
-    explicit letter never meets two sizes). '...' is spelled out as letters; an index
-    repeated within one operand (a trace or diagonal) is refused."""
+    explicit letter never meets two sizes). '...' is spelled out as letters. An index
+    repeated within one operand (a diagonal 'ii->i', a trace 'ii') reads only the diagonal:
+    the gradient over its letters once is laid back on the diagonal by identity matrices,
+    dx_ij = g_i delta_ij (_on_diagonal)."""
     terms, out = _einsum_subscripts(g)
     n = g.n_inputs()
     units = []
@@ -773,12 +773,13 @@ def Einsum(g: NodeGrad):
             continue
         others = [operand(j) for j in range(n) if j != k]
         seen = set(out).union(*(set(sub) for _, sub in others))
-        keep = "".join(c for c in terms[k] if c in seen and c not in units[k])
+        keep = "".join(dict.fromkeys(c for c in terms[k] if c in seen and c not in units[k]))
         if not others and keep == out:
             grad = g.GO(0)
         else:
             eq = ",".join([out, *(sub for _, sub in others)]) + "->" + keep
             grad = g.op("Einsum", g.GO(0), *(name for name, _ in others), equation=eq)
+        grad, keep = _on_diagonal(g, grad, keep, terms[k], units[k], g.I(k))
         dropped = [i for i, c in enumerate(terms[k]) if c not in keep]
         if dropped:
             grad = g.e.unsqueeze(grad, dropped)
@@ -786,6 +787,35 @@ def Einsum(g: NodeGrad):
                 grad = g.op("Expand", grad, g.op("Shape", g.I(k)))
         grads.append(grad)
     return grads
+
+
+def _on_diagonal(
+    g: NodeGrad, grad: str, keep: str, term: str, units: set[str], x: str
+) -> tuple[str, str]:
+    """grad (subscripts `keep`, each letter once) laid on the diagonals of the letters `term`
+    repeats, as an Einsum with an identity matrix per repeat: ('i' for 'ii') -> 'ij' via
+    'i,ij->ij'. Returns it and its subscripts, `term` with each repeat a fresh letter."""
+    repeated = [c for c in dict.fromkeys(term) if term.count(c) > 1 and c not in units]
+    if not repeated:
+        return grad, keep
+    fresh = iter(c for c in string.ascii_letters if c not in term)
+    shape = g.op("Shape", x)
+    eyes, subs, first, out = [], [keep], set(), ""
+    for pos, c in enumerate(term):
+        if c not in repeated:
+            out += c if c in keep else ""
+        elif c not in first:
+            first.add(c)
+            out += c
+        else:
+            f = next(fresh)
+            size = g.e.slice(shape, [pos], [pos + 1], [0])
+            square = g.op("Expand", g.scalar(0.0, x), g.op("Concat", size, size, axis=0))
+            eyes.append(g.op("EyeLike", square))
+            subs.append(c + f)
+            out += f
+    eq = ",".join(subs) + "->" + out
+    return g.op("Einsum", grad, *eyes, equation=eq), out
 
 
 @rule("Gemm")
