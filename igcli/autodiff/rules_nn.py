@@ -818,6 +818,31 @@ def _on_diagonal(
     return g.op("Einsum", grad, *eyes, equation=eq), out
 
 
+@rule("Det")
+def Det(g: NodeGrad):
+    """y = det(A) over the last two axes (n x n): dA = GO C, C the cofactor matrix, C_ij =
+    (-1)^(i+j) det(A without row i and column j). That is det(A) A^-T where A is invertible,
+    and still right where it is not; standard ONNX has no inverse anyway. The n^2 minors come
+    from two Gathers and one batched Det."""
+    a, go = g.I(0), g.GO(0)
+    shape = g.e.static_shape(a)
+    n = shape[-1] if shape else None
+    if not isinstance(n, int) or len(shape) < 2:
+        raise NoGradient("Det needs a static matrix size")
+    rank = len(shape)
+    spread = g.e.unsqueeze(go, [rank - 2, rank - 1])
+    if n == 1:
+        return [spread]
+    others = g.e.const(np.array([[k for k in range(n) if k != i] for i in range(n)], np.int64))
+    rows = g.op("Gather", a, others, axis=rank - 2)  # [..., i, n - 1, n]
+    minors = g.op("Gather", rows, others, axis=rank)  # [..., i, n - 1, j, n - 1]
+    batch = list(range(rank - 2))
+    minors = g.op("Transpose", minors, perm=[*batch, rank - 2, rank, rank - 1, rank + 1])
+    signs = (-1.0) ** np.add.outer(np.arange(n), np.arange(n))
+    cofactors = g.op("Mul", g.op("Det", minors), g.e.const(signs, g.e.np_dtype(a)))
+    return [g.op("Mul", cofactors, spread)]
+
+
 @rule("Gemm")
 def Gemm(g: NodeGrad):
     """y = alpha * A' @ B' + beta * C with A' = A or A^T, B' = B or B^T:

@@ -113,6 +113,13 @@ for eq, shapes in [
 add("Einsum", {"x0": r(2, 3, 4)}, {"equation": "b i j , j k -> b i k"}, tag="spaces",
     constants={"w": r(4, 5)})  # fmt: skip
 
+# -- Det (11+): batched, 1x1, and singular (where det(A) A^-T does not exist) ------------------
+for tag, a in [("3x3", r(3, 3)), ("batch", r(2, 3, 4, 4)), ("1x1", r(2, 1, 1)), ("2x2", r(2, 2))]:
+    add("Det", {"x": a}, tag=tag, opset=11)
+singular = r(3, 3)
+singular[2] = singular[0] + singular[1]  # rank 2: its cofactors are not all zero
+add("Det", {"x": singular}, tag="singular", opset=11)
+
 # -- Gemm: transposes, alpha/beta, C broadcast or absent (C is required before opset 11) --------
 for opset in (9, 11, 13):
     for ta, tb in [(0, 0), (1, 0), (0, 1), (1, 1)]:
