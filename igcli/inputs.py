@@ -770,13 +770,18 @@ def _fitting(shape: tuple, dtype: np.dtype, prep: Preprocessing) -> tuple[str | 
                 f"holds a batch of {shape[prep.batch_axis]} on axis {prep.batch_axis} (the "
                 f"model takes its rows there); give one sample per file, {sample} or {one}"
             ), None
-        return f"shape {list(shape)} does not fit the model input {declared}", None
+        return f"shape {list(shape)} does not fit the model input {dims_text(declared)}", None
     else:
         drop = None
     left = shape if drop is None else _without(shape, drop)
     if math.prod(left) == 0:
         return f"shape {list(left)} holds no values", None
     return None, drop
+
+
+def dims_text(dims) -> str:
+    """[1, T, 8]: dims as the model names them, an unnamed open one as '?'."""
+    return "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in dims) + "]"
 
 
 def _without(shape: tuple, axis: int) -> tuple:

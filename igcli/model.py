@@ -894,7 +894,8 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
     its outputs fixed, and either no output with the input's first dim first, or one whose
     positions on that axis change each other's outputs (a sequence [T, F] -> [T, C]
     through attention: no batch ever mixes its rows). Or a set model: [P, F] of open P with
-    fixed outputs that stay so at any P (see _first_axis_is_a_set). Its first axis was read
+    fixed outputs that stay so at any P (see _first_axis_is_a_set). Or such a sequence of
+    open length, [T, F] -> [T, C], whose rows mix (see _open_sequence). Its first axis was read
     as a batch: a sample [F] 'held a batch of F', [1, F] did 'not fit the model input [F]',
     one row of a [T, F] model was explained as a sequence of length 1, and a set of 50
     points 'held a batch of 50'. The probe's verdict is
@@ -911,7 +912,12 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
     if len(dims) > 2:  # [A, B, F...]: B may be the batch (a fixed sequence-first model), which
         return False  # _refuse_a_fixed_axis_that_is_no_batch turns down where A mixes
     outputs = graph_outputs(model)
-    if not outputs or any(o.kind != "tensor" or not fixed_dims(o.shape) for o in outputs):
+    if not outputs or any(o.kind != "tensor" for o in outputs):
+        return False
+    if not fixed_dims(dims[:1]) and _open_sequence(dims[0], outputs):
+        return _cached_verdict(sha256, "open-first-axis-mixes", spec.name,
+                               lambda: _first_axis_mixes(model, spec))  # fmt: skip
+    if any(not fixed_dims(o.shape) for o in outputs):
         return False
     if not fixed_dims(dims[:1]):  # [P, F] of open P, outputs fixed: a set of P points?
         return _cached_verdict(sha256, "first-axis-is-a-set", spec.name,
@@ -920,6 +926,30 @@ def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = Non
         return True
     return _cached_verdict(sha256, "first-axis-mixes", spec.name,
                            lambda: _first_axis_mixes(model, spec))  # fmt: skip
+
+
+# What exporters and people name a batch axis (lower case): an open first axis so named stays
+# a batch even where its rows change each other (batch statistics), see _open_sequence.
+BATCH_NAMES = frozenset({
+    "n", "b", "bs", "batch", "batches", "batch_size", "batchsize", "nbatch", "num_batch",
+    "n_batch", "samples", "n_samples", "num_samples", "rows", "n_rows",
+})  # fmt: skip
+
+
+def _open_sequence(first: object, outputs: list[TensorSpec]) -> bool:
+    """Whether an open first axis may be a sequence of any length ([T, F] -> [T, C]: a
+    transformer, a graph network or a per-point model exported on one unbatched sample)
+    rather than a batch: it has a name that is not a batch's, and every output either is
+    fixed or has that axis first and every other dim fixed. The probe then decides."""
+    if not isinstance(first, str) or first.lower() in BATCH_NAMES or "batch" in first.lower():
+        return False
+    carried = False
+    for o in outputs:
+        if o.shape and o.shape[0] == first and fixed_dims(o.shape[1:]):
+            carried = True
+        elif not fixed_dims(o.shape):
+            return False
+    return carried
 
 
 def _probe_runs(
@@ -955,16 +985,16 @@ def _first_axis_mixes(model: onnx.ModelProto, spec: TensorSpec) -> bool:
     """Whether changing row 0 of the input changes the other rows of an output that carries
     the input's first dim first (a batch never does). Two calls; False if either fails."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(spec.shape).astype(spec.dtype)
+    rows = spec.shape[0] if isinstance(spec.shape[0], int) else 3  # (an open length: 3)
+    x = rng.standard_normal([rows, *spec.shape[1:]]).astype(spec.dtype)
     changed = x.copy()
     changed[0] += 1.0
     runs = _probe_runs(model, spec.name, [x, changed])
     if runs is None:
         return False
     before, after = runs
-    first = spec.shape[0]
     return any(
-        np.shape(old)[:1] == (first,) and not np.allclose(new[1:], old[1:], rtol=1e-4, atol=1e-5)
+        np.shape(old)[:1] == (rows,) and not np.allclose(new[1:], old[1:], rtol=1e-4, atol=1e-5)
         for old, new in zip(before, after, strict=True)
     )
 

@@ -795,7 +795,7 @@ def test_a_sequence_first_sample_may_come_in_the_models_own_layout(tmp_path):
     plain = session.attribute(sample, target=0, steps=16, baseline="zero")
     own = session.attribute(sample[:, None], target=0, steps=16, baseline="zero")
     np.testing.assert_array_equal(plain.attributions, own.attributions)
-    with pytest.raises(igcli.IgcliError, match=r"does not fit the model input \[6, 'N', 3\]"):
+    with pytest.raises(igcli.IgcliError, match=r"does not fit the model input \[6, N, 3\]"):
         session.attribute(sample[:4], target=0, steps=16)
 
 
@@ -1359,3 +1359,58 @@ def test_rows_whose_output_was_declared_at_batch_1_stay_a_batch(tmp_path):
     session = igcli.Session(path, cache=False)
     a = session.attribute(np.ones(3, np.float32), target=1, steps=16, baseline="zero")
     assert a.attributions.shape == (3,)
+
+
+def _mixing_rows(path, first):
+    """x [first, 4] -> softmax(x Wq (x Wk)^T) x Wo: [first, 3], each row's output reading
+    every row (self-attention over a sequence with no batch axis)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    weights = {n: rng.normal(0, 0.7, shape).astype(np.float32)
+               for n, shape in [("wq", (4, 4)), ("wk", (4, 4)), ("wo", (4, 3))]}  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "x"], ["a"]),
+        helper.make_node("MatMul", ["a", "wo"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [first, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [first, 3])],
+        [numpy_helper.from_array(w, n) for n, w in weights.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return models.save(model, path)
+
+
+def test_a_sequence_of_open_length_with_no_batch_axis_is_one_sample(tmp_path):
+    """[T, 4] -> [T, 3] through attention, T open: a file of 5 rows 'held a batch of 5'
+    and could not be explained at all. Its rows change each other's outputs (no batch
+    does), so the whole file is one sample, of any length, as with T fixed; a first axis
+    named as a batch (N) keeps the batch reading (tests/test_rows.py)."""
+    import onnxruntime as ort
+
+    path = _mixing_rows(tmp_path / "seq.onnx", "T")
+    fixed = igcli.Session(_mixing_rows(tmp_path / "fixed.onnx", 5), cache=False)
+    session = igcli.Session(path, cache=False)
+    run = ort.InferenceSession(str(path)).run
+    for rows in (5, 8):
+        x = np.random.default_rng(rows).standard_normal((rows, 4)).astype(np.float32)
+        a = session.attribute(x, target=7, steps=32, baseline="zero")
+        assert a.attributions.shape == (rows, 4)
+        assert a.f_input == pytest.approx(float(run(None, {"x": x})[0].flat[7]), rel=1e-6)
+        assert a.gradient_source == "graph" and a.rel_error < 1e-4
+        if rows == 5:
+            same = fixed.attribute(x, target=7, steps=32, baseline="zero")
+            np.testing.assert_allclose(a.attributions, same.attributions, rtol=1e-5, atol=1e-7)
+    with pytest.raises(igcli.IgcliError, match=r"does not fit the model input \[1, T, 4\]"):
+        session.attribute(np.ones(4, np.float32), steps=4)
+    batch = igcli.Session(_mixing_rows(tmp_path / "batch.onnx", "batch"), cache=False)
+    with pytest.raises(igcli.IgcliError, match="holds a batch of 5"):
+        batch.attribute(np.ones((5, 4), np.float32), steps=4)
