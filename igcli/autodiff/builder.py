@@ -168,12 +168,20 @@ class GraphEmitter:
             raise NotImplementedError("strided Slice needs opset 10")
         return self.op("Slice", x, starts=list(starts), ends=list(ends), axes=list(axes))
 
-    def pad(self, x: str, pads: Sequence[int], value: float = 0.0, mode: str = "constant") -> str:
-        """Pad with ONNX's [begin..., end...] layout over all axes."""
+    def pad(
+        self,
+        x: str,
+        pads: Sequence[int],
+        value: float = 0.0,
+        mode: str = "constant",
+        like: str | None = None,
+    ) -> str:
+        """Pad with ONNX's [begin..., end...] layout over all axes; the value in the element
+        type of `like` (default x: name a tensor of known type where x is a new one)."""
         if self.opset >= 11:
             ins = [x, self.ints(pads)]
             if mode == "constant":
-                ins.append(self.scalar(value, x))
+                ins.append(self.scalar(value, like or x))
             out = self.op("Pad", *ins, mode=mode)
         else:
             out = self.op("Pad", x, pads=list(pads), value=float(value), mode=mode)

@@ -185,9 +185,9 @@ def Slice(g: NodeGrad):
             # position i of dx takes GO[inv[i]]; unselected positions read an appended zero
             inv = np.full(n, len(idx), dtype=np.int64)
             inv[idx] = np.arange(len(idx))
-            extended = g.e.pad(grad, [1 if k == rank + axis else 0 for k in range(2 * rank)])
-            grad = g.op("Gather", extended, g.e.ints(inv), axis=axis)
-        return [g.e.pad(grad, pads) if any(pads) else grad]
+            ends = [1 if k == rank + axis else 0 for k in range(2 * rank)]
+            grad = g.op("Gather", g.e.pad(grad, ends, like=x), g.e.ints(inv), axis=axis)
+        return [g.e.pad(grad, pads, like=x) if any(pads) else grad]
     if g.opset < 11:
         raise NoGradient("Slice of a dynamic axis or with runtime bounds below opset 11")
     size = g.op("Size", x)
