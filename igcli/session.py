@@ -969,7 +969,11 @@ class Session:
         if not hasattr(self, "_tokenizer_sha"):
             path = self.tokens.tokenizer_path if self.tokens is not None else None
             self._tokenizer_sha = file_sha256(path, self.use_cache) if path is not None else None
-        return {"at": self.at, "aggregate": self.aggregate, "tokenizer": self._tokenizer_sha}
+        # which of the tokenizer's ids igcli reads as special (the pad baseline keeps them):
+        # the same file once read fewer, and its results must not be resumed
+        specials = sorted(self.tokens.vocab.keep_ids) if self.tokens is not None else None
+        return {"at": self.at, "aggregate": self.aggregate, "tokenizer": self._tokenizer_sha,
+                "specials": specials}  # fmt: skip
 
     @property
     def gradient_source(self) -> str:

@@ -98,8 +98,57 @@ class Vocabulary:
         unk = by_token.get(unk_name) if isinstance(unk_name, str) else None
         unk = unk if unk is not None else find(_UNK_NAMES)
         mask = find(_MASK_NAMES)
-        keep = {i for i in specials.values() if i not in (pad, unk, mask)}
+        framing = set(specials.values()) | inserted_ids(data.get("post_processor"), by_token)
+        keep = {i for i in framing if i in tokens and i not in (pad, unk, mask)}
         return cls(tokens, pad, mask, unk, keep, path)
+
+
+def inserted_ids(processor: object, by_token: dict[str, int]) -> set[int]:
+    """The ids a tokenizer.json's post_processor puts around the text ([CLS] and [SEP], <s>
+    and </s>): they are special even when added_tokens does not flag them, and a baseline
+    that replaced them changed F(baseline). Ids outside the vocabulary are the caller's to
+    drop; a malformed part is skipped (only text needs the post_processor, and the tokenizers
+    package judges it then)."""
+    ids: set[int] = set()
+
+    def add(token: object, i: object = None) -> None:
+        if isinstance(i, int) and not isinstance(i, bool):
+            ids.add(i)
+        elif isinstance(token, str) and token in by_token:
+            ids.add(by_token[token])
+
+    stack = [processor]  # a stack, not recursion: Sequences may nest deep
+    while stack:
+        proc = stack.pop()
+        if not isinstance(proc, dict):
+            continue
+        kind = proc.get("type")
+        if kind == "Sequence" and isinstance(proc.get("processors"), list):
+            stack.extend(proc["processors"])
+        elif kind in ("BertProcessing", "RobertaProcessing"):
+            for pair in (proc.get("cls"), proc.get("sep")):  # [token, id]
+                if isinstance(pair, list) and len(pair) == 2:
+                    add(*pair)
+        elif kind == "TemplateProcessing":
+            table = proc.get("special_tokens")
+            table = table if isinstance(table, dict) else {}
+            for entry in table.values():  # name -> {"id": name, "ids": [...], "tokens": [...]}
+                if not isinstance(entry, dict):
+                    continue
+                given, names = entry.get("ids"), entry.get("tokens")
+                if isinstance(given, list) and given:
+                    for i in given:
+                        add(None, i)
+                elif isinstance(names, list):
+                    for token in names:
+                        add(token)
+            for template in (proc.get("single"), proc.get("pair")):
+                for piece in template if isinstance(template, list) else []:
+                    special = piece.get("SpecialToken") if isinstance(piece, dict) else None
+                    name = special.get("id") if isinstance(special, dict) else None
+                    if isinstance(name, str) and name not in table:  # then the vocabulary's
+                        add(name)
+    return ids
 
 
 def find_tokenizer(model_path: Path, given: str | Path | None) -> Path | None:

@@ -422,3 +422,99 @@ def test_a_text_far_too_long_is_refused_before_tokenizing(tmp_path):
     assert result.exit_code == 4
     assert "characters, more than this model can take" in result.stderr
     assert [json.loads(line)["status"] for line in result.stdout.splitlines()] == ["error", "ok"]
+
+
+def _unflagged_tokenizer(tmp_path, post_processor, renamed=None):
+    """The sample model's tokenizer.json with no added_tokens (so nothing flagged special)
+    and another post_processor; `renamed` renames vocabulary entries ([CLS] -> <s>)."""
+    data = json.loads(SENTIMENT.with_suffix(".tokenizer.json").read_text())
+    data["added_tokens"], data["padding"] = [], None
+    for old, new in (renamed or {}).items():
+        data["model"]["vocab"][new] = data["model"]["vocab"].pop(old)
+    data["post_processor"] = post_processor
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+_TEMPLATE = {
+    "type": "TemplateProcessing",
+    "single": [
+        {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+        {"Sequence": {"id": "A", "type_id": 0}},
+        {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+    ],
+    "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+    "special_tokens": {
+        "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+        "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]},
+    },
+}
+_BERT = {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]}
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+               "use_regex": True}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "post_processor",
+    [
+        _TEMPLATE,
+        _BERT,
+        {"type": "Sequence", "processors": [_BYTE_LEVEL, _BERT]},
+        {"type": "Sequence", "processors": [{"type": "Sequence", "processors": [_TEMPLATE]}]},
+    ],
+    ids=["template", "bert", "sequence", "nested-sequence"],
+)
+def test_tokens_the_post_processor_inserts_are_kept_by_the_pad_baseline(tmp_path, post_processor):
+    """[CLS] and [SEP] in the vocabulary, put in by the post_processor but not flagged special
+    in added_tokens, were taken for words: the pad baseline replaced them by [PAD], F(baseline)
+    was another (a DistilBERT's 0.309 for 3.237) and [CLS] took almost all the attribution."""
+    from igcli.tokens import Vocabulary, token_baseline
+
+    path = _unflagged_tokenizer(tmp_path, post_processor)
+    vocab = Vocabulary.load(path)
+    assert vocab.keep_ids == {2, 3} and vocab.pad_id == 0
+    session = igcli.Session(SENTIMENT, tokenizer=path, cache=False)
+    sample = session.load("the plot was superb")[0]
+    assert [t for t, _ in session.attribute(sample, steps=8).tokens][:6] == [
+        "[CLS]", "the", "plot", "was", "superb", "[SEP]",
+    ]  # fmt: skip
+    baseline = token_baseline("pad", sample, session.tokens.vocab)
+    assert baseline[:6].tolist() == [2, 0, 0, 0, 0, 3] and np.all(baseline[6:] == 0)
+    a = session.attribute(sample, steps=8)
+    flagged = igcli.Session(SENTIMENT, cache=False).attribute("the plot was superb", steps=8)
+    assert a.f_baseline == pytest.approx(flagged.f_baseline, rel=1e-6)
+    assert a.positions[0] == 0 and a.positions[5] == 0  # [CLS] and [SEP] kept
+
+
+def test_roberta_processing_names_its_specials_by_id_and_token(tmp_path):
+    """RobertaProcessing's <s> and </s>: kept from the [token, id] pairs alone."""
+    from igcli.tokens import Vocabulary
+
+    processor = {"type": "RobertaProcessing", "sep": ["</s>", 3], "cls": ["<s>", 2],
+                 "trim_offsets": True, "add_prefix_space": False}  # fmt: skip
+    renamed = {"[CLS]": "<s>", "[SEP]": "</s>", "[PAD]": "<pad>"}
+    vocab = Vocabulary.load(_unflagged_tokenizer(tmp_path, processor, renamed))
+    assert vocab.keep_ids == {2, 3} and vocab.pad_id == 0 and vocab.token(2) == "<s>"
+
+
+def test_post_processor_ids_outside_the_vocabulary_are_ignored(tmp_path):
+    """A post_processor may name an id the vocabulary lacks, or be malformed: such a part
+    adds nothing (no crash, no id the model cannot take); the rest still counts."""
+    from igcli.tokens import Vocabulary
+
+    template = json.loads(json.dumps(_TEMPLATE))
+    template["special_tokens"]["[CLS]"]["ids"] = [500]  # outside the vocabulary (67)
+    template["special_tokens"]["[X]"] = "not an entry"
+    template["single"].append({"SpecialToken": ["not", "a", "piece"]})
+    processors = [
+        template,
+        {"type": "BertProcessing", "cls": ["[CLS]", 10**9], "sep": "[SEP]"},
+        {"type": "Sequence", "processors": "none"},
+        {"type": "TemplateProcessing", "special_tokens": [], "single": "[CLS] $A [SEP]"},
+        None,
+    ]
+    path = _unflagged_tokenizer(tmp_path, {"type": "Sequence", "processors": processors})
+    assert Vocabulary.load(path).keep_ids == {3}  # [SEP] only: [CLS]'s ids are not in it
+    nothing = _unflagged_tokenizer(tmp_path, {"type": "BertProcessing", "cls": ["[CLS]", -1]})
+    assert Vocabulary.load(nothing).keep_ids == set()
