@@ -784,7 +784,8 @@ def axis_one_is_a_batch(model: onnx.ModelProto, spec: TensorSpec) -> bool:
     a, b = (rng.standard_normal(shape).astype(spec.dtype) for _ in range(2))
     try:
         session = ort.InferenceSession(model.SerializeToString(), session_options(1),
-                                       providers=["CPUExecutionProvider"])  # fmt: skip
+                                       providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=_crashing_optimizers(model))  # fmt: skip
         alone = [session.run(None, {spec.name: v}) for v in (a, b)]
         both = session.run(None, {spec.name: np.concatenate([a, b], axis=1)})
     except Exception:  # noqa: BLE001 (a model that cannot run so is no evidence)
@@ -960,7 +961,8 @@ def _probe_runs(
     fails (a model that cannot run so is no evidence)."""
     try:
         session = ort.InferenceSession(model.SerializeToString(), session_options(1),
-                                       providers=["CPUExecutionProvider"])  # fmt: skip
+                                       providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=_crashing_optimizers(model))  # fmt: skip
         return [session.run(None, {name: v}) for v in values]
     except Exception:  # noqa: BLE001
         return None
@@ -1335,7 +1337,8 @@ def make_session(
                 "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
             )
     try:
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=providers,
+                                       disabled_optimizers=_crashing_optimizers(model))  # fmt: skip
     except Exception as exc:
         if staging is None:
             raise ModelError(f"ONNX Runtime cannot load it: {_first_line(exc)}", path) from None
@@ -1346,6 +1349,22 @@ def make_session(
     if staging is not None:
         _publish_optimized(staging, optimized)
     return session
+
+
+def _crashing_optimizers(model: onnx.ModelProto) -> list[str]:
+    """ONNX Runtime optimisers to leave out for this model. On float16 graphs (which its CPU
+    provider runs through casts to float32) MatmulTransposeFusion can move a Cast past a
+    Transpose, give up on the fusion and report no change; NchwcTransformer then
+    segfaults on the stale graph. A float16 LSTM's gradient graph (an outer product as
+    Transpose(perm=[1, 2, 0]) and MatMul with a 2-D constant) killed the whole run, exit 139."""
+    half = onnx.TensorProto.FLOAT16
+    graph = model.graph
+    typed = [*graph.input, *graph.output, *graph.value_info]
+    if any(i.data_type == half for i in graph.initializer) or any(
+        v.type.tensor_type.elem_type == half for v in typed
+    ):
+        return ["MatmulTransposeFusion"]
+    return []
 
 
 def optimized_data(optimized: Path) -> list[Path]:

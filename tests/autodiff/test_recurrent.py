@@ -186,3 +186,50 @@ def test_other_activations_are_unrolled(op, direction, activations, alpha, beta)
     else:
         node, inputs, consts = gru_or_rnn_case(op, direction, **attrs)
     _kernel_check(node, inputs, consts, "y")
+
+
+def test_a_float16_lstm_gradient_graph_loads_without_crashing_onnx_runtime(tmp_path):
+    """A float16 bidirectional LSTM's gradient graph holds an outer product as
+    Transpose(perm=[1, 2, 0]) and MatMul with a 2-D constant: ONNX Runtime's
+    MatmulTransposeFusion left the graph stale and NchwcTransformer segfaulted on it, so
+    `igcli explain` died with exit 139, no line and no report (model.make_session now
+    leaves that fusion out on float16 graphs). Run in a child: a crash must fail the test,
+    not end the suite."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    half = np.float16
+    consts = {
+        "s": np.array([4, 1, 4], np.int64), "s2": np.array([1, 24], np.int64),
+        "w": rng.standard_normal((2, 12, 4)).astype(half),
+        "r": rng.standard_normal((2, 12, 3)).astype(half),
+        "b": rng.standard_normal((2, 24)).astype(half),
+        "w2": rng.standard_normal((24, 4)).astype(half),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Reshape", ["x", "s"], ["xs"]),
+        helper.make_node(
+            "LSTM", ["xs", "w", "r", "b"], ["y", "yh"], direction="bidirectional", hidden_size=3
+        ),  # fmt: skip
+        helper.make_node("Reshape", ["y", "s2"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "lstm16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT16, [1, 4])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "lstm16.onnx")
+    np.save(tmp_path / "x.npy", rng.standard_normal((1, 16)).astype(half))
+    run = subprocess.run(
+        [sys.executable, "-m", "igcli", "explain", str(tmp_path / "lstm16.onnx"),
+         str(tmp_path / "x.npy"), "--gradients", "graph", "--no-cache", "--steps", "8",
+         "--no-heatmaps", "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
