@@ -188,6 +188,17 @@ class GraphEmitter:
         self.pads[out] = (x, tuple(int(p) for p in pads), float(value), mode)
         return out
 
+    def scatter_nd_add(self, data: str, indices: str, updates: str, like: str) -> str:
+        """ScatterND with reduction add, for data in the float type of `like`. ONNX Runtime's
+        CPU kernel has none for float16 or bfloat16 (the reverse of a float16 GatherND or
+        GridSample failed at its first call): those add in float32 and cast back."""
+        elem = self.infos_elem(like)
+        if elem not in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            return self.op("ScatterND", data, indices, updates, reduction="add")
+        wide = [self.op("Cast", t, to=TensorProto.FLOAT) for t in (data, updates)]
+        summed = self.op("ScatterND", wide[0], indices, wide[1], reduction="add")
+        return self.op("Cast", summed, to=elem)
+
     def zeros_like(self, x: str) -> str:
         return self.op("Mul", x, self.scalar(0.0, x))
 

@@ -173,7 +173,7 @@ def _scatter_to_image(g: NodeGrad, go_rows: str, indices, weights, rows: list[in
     batch = g.op("Gather", g.op("Shape", g.I(0)), g.e.ints([0]))
     shape = g.op("Concat", batch, g.e.ints(rows), axis=0)
     empty = g.op("ConstantOfShape", shape, value=zero)
-    summed = g.op("ScatterND", empty, where, what, reduction="add")
+    summed = g.e.scatter_nd_add(empty, where, what, like=g.I(0))
     back = g.op("Transpose", summed, perm=[0, 2, 1])
     return g.op("Reshape", back, g.op("Shape", g.I(0)))
 

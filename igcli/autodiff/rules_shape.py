@@ -504,8 +504,9 @@ def GatherND(g: NodeGrad):
         raise NoGradient("GatherND with indices that may repeat below opset 16 (ScatterND "
                          "adds repeats from 16 on)")  # fmt: skip
     zeros = _zeros(g, g.op("Shape", x), x)
-    reduction = None if distinct else "add"
-    return [g.op("ScatterND", zeros, index, go, reduction=reduction), None]
+    if distinct:
+        return [g.op("ScatterND", zeros, index, go), None]
+    return [g.e.scatter_nd_add(zeros, index, go, like=x), None]
 
 
 @rule("Range")
