@@ -1702,10 +1702,29 @@ class Session:
             self._measured.add(id(self._current))
             # independence first: rows that change each other's outputs (or share one scalar
             # output) go one per call, and then there is nothing to measure
-            self._check_rows_independent(self._current, graph, x, context)
-            if not self._rows_given:
-                self._measure_rows(self._current, graph, x, context)
+            try:
+                self._check_rows_independent(self._current, graph, x, context)
+                if not self._rows_given:
+                    self._measure_rows(self._current, graph, x, context)
+            except InputError as exc:
+                if graph is None:
+                    raise
+                self._graph_cannot_run(graph, exc, x, context)
+                return self._use(x, context)  # (the plain model's runner now)
         return graph
+
+    def _graph_cannot_run(
+        self, graph: GraphRunner, exc: InputError, x: np.ndarray, context: Context | None
+    ) -> None:
+        """A call of the gradient graph failed at x. If the model itself runs there, the
+        graph is at fault (a kernel ONNX Runtime lacks for its type: float16 ScatterND with
+        add, in the reverse of GatherND and GridSample): `auto` turns to finite differences
+        and `graph` stops (exit 7). Those inputs failed one by one, as if they were bad."""
+        self._plain_runner().run(x[None], context)  # (fails too: the input's problem)
+        why = f"ONNX Runtime cannot run it: {exc.reason.removeprefix('model call failed: ')}"
+        if self.gradients == "graph":
+            raise GradientError(f"gradient graph failed: {why}", self.model_path) from None
+        self._reject(graph, why, {"verdict": "error", "why": why})
 
     def check_gradients(self, sample: Sample) -> None:
         """Self-check the gradient graph at `sample` now rather than at the first sample
@@ -1784,6 +1803,9 @@ class Session:
         values = self._check_values(context, x)
         try:
             check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
+        except InputError as exc:
+            self._graph_cannot_run(graph, exc, x, context)
+            return None
         except NonFiniteGradient as exc:
             if self.gradients == "graph":
                 raise

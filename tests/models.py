@@ -125,25 +125,23 @@ def fixed_batch_reshape() -> onnx.ModelProto:
     )
 
 
-def with_det() -> onnx.ModelProto:
-    """y = det(x as 2x2) W: Det has no gradient rule, so igcli must fall back to finite
-    differences."""
+def with_no_rule() -> onnx.ModelProto:
+    """y = cumprod(x) W: CumProd (opset 26) has no gradient rule, so igcli must fall back to
+    finite differences. (Det was this model's op until it got a rule.)"""
     rng = np.random.default_rng(2)
     nodes = [
-        helper.make_node("Reshape", ["x", "square"], ["m"]),
-        helper.make_node("Det", ["m"], ["d"]),
-        helper.make_node("Unsqueeze", ["d", "one"], ["s"]),
-        helper.make_node("MatMul", ["s", "W"], ["y"]),
+        helper.make_node("CumProd", ["x", "axis"], ["c"]),
+        helper.make_node("MatMul", ["c", "W"], ["y"]),
     ]
     return _model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
         [
-            const("W", rng.normal(size=(1, 2))),
-            numpy_helper.from_array(np.array([-1, 2, 2], np.int64), "square"),
-            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            const("W", rng.normal(size=(4, 2))),
+            numpy_helper.from_array(np.array(1, np.int64), "axis"),
         ],
+        opset=26,
     )
 
 

@@ -34,17 +34,17 @@ def test_graph_and_finite_differences_agree(tmp_path, model, inputs):
 
 
 def test_fallback_names_the_blocking_op(tmp_path):
-    model = models.save(models.with_det(), tmp_path / "det.onnx")
+    model = models.save(models.with_no_rule(), tmp_path / "cumprod.onnx")
     np.save(tmp_path / "x.npy", np.array([[0.3, -1.2, 2.0, 0.7]], dtype=np.float32))
     records, result = explain_json(model, tmp_path / "x.npy", "--out", tmp_path / "o")
     assert records[0]["gradient_source"] == "fd"
-    assert "no rule for Det" in result.stderr and "finite differences" in result.stderr
-    # finite differences of det(x) W from 0 close completeness
+    assert "no rule for CumProd" in result.stderr and "finite differences" in result.stderr
+    # finite differences of cumprod(x) W from 0 close completeness
     assert records[0]["rel_error"] < 1e-4
     strict = run("explain", model, tmp_path / "x.npy", "--gradients", "graph", "--out", tmp_path)
-    assert strict.exit_code == ExitCode.GRADIENTS and "Det" in strict.stderr
+    assert strict.exit_code == ExitCode.GRADIENTS and "CumProd" in strict.stderr
     info = json.loads(run("inspect", model, "--json").stdout)
-    assert info["gradient_graph"] is False and info["gradient_graph_blockers"] == ["Det"]
+    assert info["gradient_graph"] is False and info["gradient_graph_blockers"] == ["CumProd"]
 
 
 def test_gradient_graph_is_cached(tmp_path, monkeypatch):
@@ -92,9 +92,9 @@ def test_gradcheck_fails_on_a_wrong_gradient(monkeypatch):
 
 
 def test_gradcheck_without_graph_is_an_error(tmp_path):
-    model = models.save(models.with_det(), tmp_path / "det.onnx")
+    model = models.save(models.with_no_rule(), tmp_path / "cumprod.onnx")
     result = run("gradcheck", model)
-    assert result.exit_code == ExitCode.GRADIENTS and "Det" in result.stderr
+    assert result.exit_code == ExitCode.GRADIENTS and "CumProd" in result.stderr
 
 
 def test_shapes_unknown_to_inference_are_probed(tmp_path):
@@ -615,3 +615,65 @@ def test_a_model_older_than_opset_9_gets_its_gradient_graph(tmp_path):
                                                                      baseline="zero")  # fmt: skip
     assert a.gradient_source == "graph"
     np.testing.assert_allclose(a.attributions, w * np.clip(x, -0.5, 0.5), rtol=1e-5)
+
+
+def _gather_nd_fp16(path):
+    """y = W . GatherND(x, i) in float16, an index repeated: the reverse pass adds into
+    ScatterND, which ONNX Runtime's CPU provider cannot do in float16."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    index = np.array([[[1], [4], [1]]], np.int64)  # [1, 3, 1]: 1 read twice
+    nodes = [helper.make_node("GatherND", ["x", "i"], ["g"], batch_dims=1),
+             helper.make_node("MatMul", ["g", "w"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "gnd", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 2])],
+        [numpy_helper.from_array(index, "i"),
+         numpy_helper.from_array(rng.standard_normal((3, 2)).astype(np.float16), "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_float16_gather_nd_reverses_through_a_float32_scatter(tmp_path):
+    """float16 GatherND (and GridSample) with repeated reads: each call of the gradient
+    graph failed ('MLFloat16 data type is not supported with ScatterND ... add'), the input
+    with it, with no fallback. The sums are taken in float32 now."""
+    import igcli
+
+    session = igcli.Session(_gather_nd_fp16(tmp_path / "g.onnx"), cache=False, gradients="graph")
+    x = np.array([0.5, -1.0, 2.0, 0.25, 1.5, -0.75], np.float16)
+    a = session.attribute(x, target=1, steps=8, baseline="zero")
+    assert a.gradient_source == "graph" and abs(a.rel_error) < 1e-2
+    assert a.attributions[[0, 2, 3, 5]].tolist() == [0, 0, 0, 0] and a.attributions[1] != 0
+
+
+def test_a_gradient_graph_that_fails_when_run_falls_back_or_stops(tmp_path, monkeypatch):
+    """A graph ONNX Runtime loads but cannot run (a kernel it lacks for the graph's types)
+    failed every input as if each were bad. The model itself runs there, so the graph is at
+    fault: auto turns to finite differences, saying why; graph stops (exit 7)."""
+    import igcli
+    from igcli.errors import InputError
+    from igcli.model import ModelRunner
+
+    call = ModelRunner.call
+
+    def failing(self, *args, **kwargs):
+        if self.target_input is not None:  # the gradient graph's runner
+            raise InputError("model call failed: no kernel for this type", self.path)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelRunner, "call", failing)
+    said = []
+    session = igcli.Session(DIGITS, cache=False, warn=said.append)
+    got = session.attribute(DIGIT_PNGS[0], steps=4)
+    assert got.gradient_source == "fd" and got.rel_error < 0.05
+    assert any("ONNX Runtime cannot run it: no kernel for this type" in w for w in said), said
+    strict = run("explain", DIGITS, DIGIT_PNGS[0], "--gradients", "graph", "--no-cache",
+                 "--out", tmp_path / "o")  # fmt: skip
+    assert strict.exit_code == ExitCode.GRADIENTS, strict.stderr
+    assert "gradient graph failed: ONNX Runtime cannot run it" in strict.stderr
