@@ -1287,6 +1287,7 @@ def gradcheck(
                 "scale": d.scale,
                 "error": d.error,
                 "status": d.status,
+                **({"along": d.along} if d.along is not None else {}),
             }
             for k, d in enumerate(check.directions)
         ],
@@ -1328,6 +1329,12 @@ def gradcheck(
             verdicts["ok"] = (
                 "pass (within the spread of the differences themselves: at this input they "
                 "cannot check the gradient more closely)"
+            )
+        if any(d.status == "path" for d in check.directions):
+            out.info(
+                "path: the differences disagree with g.v at the point but agree with g.v "
+                "averaged over the segment they span (kinks closer together than the steps); "
+                "its error is that average's"
             )
         if check.first is not None:
             wrong = sum(d.status == "mismatch" for d in check.first.directions)

@@ -312,7 +312,9 @@ def test_a_mismatch_at_one_point_is_checked_again_at_a_second():
     from igcli.gradcheck import check_directions
 
     x = np.random.default_rng(0).uniform(0.5, 1.5, 12)
-    once = check_directions(_Quadratic(wrong_calls=1), x, target=0, directions=4)
+    # wrong at the first point: its gradient call and the four suspect directions' calls
+    # along their segments (which disagree too)
+    once = check_directions(_Quadratic(wrong_calls=5), x, target=0, directions=4)
     assert once.verdict == "ok" and once.first.verdict == "mismatch"
     assert once.summary()["points"] == 2
     always = check_directions(_Quadratic(wrong_calls=99), x, target=0, directions=4)
@@ -677,3 +679,35 @@ def test_a_gradient_graph_that_fails_when_run_falls_back_or_stops(tmp_path, monk
                  "--out", tmp_path / "o")  # fmt: skip
     assert strict.exit_code == ExitCode.GRADIENTS, strict.stderr
     assert "gradient graph failed: ONNX Runtime cannot run it" in strict.stderr
+
+
+class _Sawtooth:
+    """F(x) = sum(x + a tri(K x) / K): slopes 1 +- a that flip every 1/K, closer together
+    than float32 differences can step: at every step they read the mean slope, never the
+    gradient at the point. `wrong` scales the graph's gradient."""
+
+    def __init__(self, wrong: float = 1.0, a: float = 0.5, k: float = 2e5):
+        self.wrong, self.a, self.k = wrong, a, k
+
+    def run(self, points):
+        p = points.astype(np.float64)
+        return np.sum(p + self.a * np.abs((p * self.k) % 2.0 - 1.0) / self.k, axis=1)[:, None]
+
+    def run_with_gradients(self, points, target):
+        p = points.astype(np.float64)
+        return self.run(p), self.wrong * (1 + self.a * np.sign((p * self.k) % 2.0 - 1.0))
+
+
+def test_kinks_closer_than_the_steps_are_checked_along_the_segment():
+    """A random ResNeXt-50's differences settled 16-20% off its right gradient at every step,
+    and gradcheck failed it (exit 7). A suspect direction is now held to g . v averaged over
+    the segment its differences span: the right gradient passes, one 1.3 times it fails."""
+    from igcli.gradcheck import check_directions
+
+    x = np.random.default_rng(0).uniform(0.5, 1.5, 64)
+    right = check_directions(_Sawtooth(), x, target=0, directions=8)
+    assert right.verdict == "ok" and "path" in [d.status for d in right.directions]
+    path = next(d for d in right.directions if d.status == "path")
+    assert path.along is not None and path.error < 0.05
+    wrong = check_directions(_Sawtooth(wrong=1.3), x, target=0, directions=8)
+    assert wrong.verdict == "mismatch"
