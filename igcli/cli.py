@@ -164,7 +164,8 @@ rich_click.rich_click.OPTION_GROUPS = {
         {"name": "What to check", "options": [
             "--target", "--output", "--input", "--feed", "--row", "--size"]},
         {"name": "How", "options": [
-            "--directions", "--eps", "--tolerance", "--jitter", "--seed", "--json"]},
+            "--directions", "--eps", "--tolerance", "--jitter", "--seed", "--threads",
+            "--json"]},
     ],
 }  # fmt: skip
 rich_click.rich_click.MAX_WIDTH = 100
@@ -433,6 +434,12 @@ STEPS = StepsType()
 MODEL = click.argument(
     "model", type=click.Path(path_type=Path, exists=False)
 )  # existence is checked by igcli itself so the error names the file and uses exit code 3
+THREADS = click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Threads per model call (default: the CPUs this process may use): a call's rows "
+    "are split over that many single-threaded ONNX Runtime runs.",
+)
 
 
 @main.command(epilog=EXPLAIN_EXAMPLES)
@@ -636,12 +643,7 @@ MODEL = click.argument(
     help="Finite differences: each feature group's step, relative to its own scale.",
 )
 @click.option("--provider", help="ONNX Runtime execution provider (CPU, CUDA, ...).")
-@click.option(
-    "--threads",
-    type=click.IntRange(1),
-    help="Threads per model call (default: the CPUs this process may use): a call's rows "
-    "are split over that many single-threaded ONNX Runtime runs.",
-)
+@THREADS
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for noise and random draws."
 )
@@ -1202,6 +1204,7 @@ def _runtime_refusal(onnx_model, path: Path) -> str | None:
     "exact ties (flat backgrounds under max-pooling).",
 )
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@THREADS
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 def gradcheck(
     model: Path,
@@ -1217,6 +1220,7 @@ def gradcheck(
     tolerance: float,
     jitter: float,
     seed: int,
+    threads: int | None,
     as_json: bool,
 ) -> None:
     """Compare MODEL's gradient graph with finite differences (exit 0 when they agree).
@@ -1240,6 +1244,7 @@ def gradcheck(
         feeds=_feeds(feeds),
         gradients="graph",
         size=size,
+        threads=threads,
         warn=messages.warn,
     )
     rng = np.random.default_rng(seed)

@@ -75,6 +75,25 @@ def test_gradcheck_passes_on_sample_models():
         assert report["verdict"] == "ok" and report["median_error"] < 1e-2
 
 
+def test_gradcheck_takes_threads_as_explain_does(monkeypatch):
+    """On a shared machine gradcheck's threads could not be capped ('No such option')."""
+    from igcli import session
+
+    made = []
+    monkeypatch.setattr(session.Session, "__init__", _recording(session.Session.__init__, made))
+    result = run("gradcheck", DIGITS, DIGIT_PNGS[0], "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert made and made[0].get("threads") == 1
+
+
+def _recording(init, made: list):
+    def wrapped(self, *args, **kwargs):
+        made.append(kwargs)
+        init(self, *args, **kwargs)
+
+    return wrapped
+
+
 def test_gradcheck_fails_on_a_wrong_gradient(monkeypatch):
     """A gradient 10% off must be caught: the check can fail."""
     from igcli import gradients
