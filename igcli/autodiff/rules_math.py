@@ -239,29 +239,28 @@ def Mean(g: NodeGrad):
 
 
 def _variadic_extreme(g: NodeGrad, largest: bool):
-    """GO goes to the input holding the extreme; on ties to the first such input only."""
+    """GO goes to the input holding the extreme, shared equally where several tie. Ties held
+    all along a path (two equal features against equal baselines) are where IG's symmetry
+    asks for equal shares; central differences give them, and so does PyTorch's maximum.
+    (The first input alone took it: a tie of x3 and x7 gave them -1.3 and 2.0, where
+    --gradients fd gave 0.34 each.)"""
     y, go = g.O(0), g.GO(0)
-    wanted = [k for k in range(g.n_inputs()) if g.needs(k)]
-    grads: list[str | None] = [None] * g.n_inputs()
-    taken = None  # some earlier input already holds the extreme
-    for k in range(max(wanted, default=-1) + 1):
-        hit = _at_top(g, g.I(k), y, largest)
-        first = hit if taken is None else g.op("And", hit, g.op("Not", taken))
-        if g.needs(k):
-            grads[k] = g.reduce_to(g.op("Mul", go, _float(g, first, y)), k)
-        taken = hit if taken is None else g.op("Or", taken, hit)
-    return grads
+    hits = [_float(g, _at_top(g, g.I(k), y, largest), y) for k in range(g.n_inputs())]
+    count = hits[0] if len(hits) == 1 else g.op("Sum", *hits)
+    share = g.op("Div", go, count)
+    return [g.reduce_to(g.op("Mul", share, hit), k) if g.needs(k) else None
+            for k, hit in enumerate(hits)]  # fmt: skip
 
 
 @rule("Max")
 def Max(g: NodeGrad):
-    """y = max_k x_k: dx_k = GO where x_k is the first input equal to y, else 0."""
+    """y = max_k x_k: dx_k = GO where x_k equals y, shared by the inputs that tie."""
     return _variadic_extreme(g, largest=True)
 
 
 @rule("Min")
 def Min(g: NodeGrad):
-    """y = min_k x_k: dx_k = GO where x_k is the first input equal to y, else 0."""
+    """y = min_k x_k: dx_k = GO where x_k equals y, shared by the inputs that tie."""
     return _variadic_extreme(g, largest=False)
 
 
@@ -793,36 +792,25 @@ def ReduceMean(g: NodeGrad):
 
 
 def _reduce_extreme(g: NodeGrad, largest: bool):
-    """GO goes to the first (row-major over the reduced axes) element equal to the extreme.
-
-    When a reduced size is not static, ties share GO equally instead (the total is kept).
-    """
+    """GO goes to the element equal to the extreme, shared equally where several tie (as
+    _variadic_extreme, and as PyTorch's amax)."""
     red, x = _Reduction(g), g.I(0)
     if red.axes == []:
         return red.answer(red.go)
     hit = _float(g, _at_top(g, x, red.y(), largest), x)
-    dims, axes = red.reduced_dims(), red.all_axes()
-    if dims is not None:
-        # weights K, K-1, ..., 1 over the reduced block: the first hit has the largest weight
-        shape = [dims[axes.index(a)] if a in axes else 1 for a in range(g.e.rank(x))]
-        weight = np.arange(int(np.prod(dims, dtype=np.int64)), 0, -1).reshape(shape)
-        ranked = g.op("Mul", hit, g.e.const(weight, g.e.np_dtype(x)))
-        best = g.e.reduce("ReduceMax", ranked, axes, keepdims=True)
-        mask = _float(g, _at_top(g, ranked, best, largest=True), x)
-    else:
-        mask = g.op("Div", hit, g.e.reduce("ReduceSum", hit, red.axes, keepdims=True))
+    mask = g.op("Div", hit, g.e.reduce("ReduceSum", hit, red.all_axes(), keepdims=True))
     return red.answer(g.op("Mul", red.go, mask))
 
 
 @rule("ReduceMax")
 def ReduceMax(g: NodeGrad):
-    """dx = GO at the arg-max of each reduced block (the first one on ties), else 0."""
+    """dx = GO at the arg-max of each reduced block (shared on ties), else 0."""
     return _reduce_extreme(g, largest=True)
 
 
 @rule("ReduceMin")
 def ReduceMin(g: NodeGrad):
-    """dx = GO at the arg-min of each reduced block (the first one on ties), else 0."""
+    """dx = GO at the arg-min of each reduced block (shared on ties), else 0."""
     return _reduce_extreme(g, largest=False)
 
 

@@ -607,7 +607,8 @@ def grad_of(model, wrt, feeds, seed, backend):
 
 @pytest.mark.parametrize("opset", [9, 13])
 @pytest.mark.parametrize("op", ["Max", "Min"])
-def test_variadic_ties_go_to_the_first_input(op, opset):
+def test_variadic_ties_share_the_gradient(op, opset):
+    """As central differences do, and IG's symmetry asks of features tied along the path."""
     a = np.array([[1.0, 2.0, 3.0], [0.0, 5.0, -1.0]])
     b = np.array([[1.0, 0.0, 3.0], [0.0, 5.0, 4.0]]) * (1 if op == "Max" else -1)
     if op == "Min":
@@ -629,15 +630,17 @@ def test_variadic_ties_go_to_the_first_input(op, opset):
         fd = {k: v.astype(dtype) for k, v in feeds.items()}
         grads = {k: grad_of(m, k, fd, seed.astype(dtype), backend) for k in feeds}
         np.testing.assert_allclose(grads["a"] + grads["b"] + grads["c"], seed, rtol=1e-6)
-        np.testing.assert_array_equal(grads["c"], 0.0)  # always a tie with an earlier input
-        a_wins = (a >= b) if op == "Max" else (a <= b)
-        np.testing.assert_allclose(grads["a"], np.where(a_wins, seed, 0.0), rtol=1e-6)
+        np.testing.assert_allclose(grads["c"], grads["a"], rtol=1e-6)  # c ties a everywhere
+        share = np.where(a == b, 1 / 3, np.where((a > b) if op == "Max" else (a < b), 0.5, 0))
+        np.testing.assert_allclose(grads["a"], share * seed, rtol=1e-6)
+        b_share = np.where(a == b, 1 / 3, np.where((b > a) if op == "Max" else (b < a), 1, 0))
+        np.testing.assert_allclose(grads["b"], b_share * seed, rtol=1e-6)
 
 
 @pytest.mark.parametrize("opset", [11, 18])
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("keepdims", [0, 1])
-def test_reduce_ties_go_to_the_first_element(op, opset, keepdims):
+def test_reduce_ties_share_the_gradient(op, opset, keepdims):
     # a Relu output: whole blocks of zeros tie; the gradient must not be multiplied
     x = np.maximum(rng.standard_normal((2, 3, 4)), 0.0)
     x[0] = 0.0
@@ -655,8 +658,8 @@ def test_reduce_ties_go_to_the_first_element(op, opset, keepdims):
         model = make_model([node], {"x": x}, "y", opset, consts, dynamic=dynamic)
         grad = grad_of(model, "x", {"x": x}, seed, "reference")
         expected = np.zeros_like(x)
-        expected[0, 0, 0] = seed.ravel()[0]
-        expected[1, 1, 1] = seed.ravel()[1]
+        expected[0] = seed.ravel()[0] / 12  # twelve zeros tie
+        expected[1, 1, 1] = expected[1, 2, 0] = seed.ravel()[1] / 2
         np.testing.assert_allclose(grad, expected, rtol=1e-12)
 
 
