@@ -1721,7 +1721,10 @@ class Session:
         graph is at fault (a kernel ONNX Runtime lacks for its type: float16 ScatterND with
         add, in the reverse of GatherND and GridSample): `auto` turns to finite differences
         and `graph` stops (exit 7). Those inputs failed one by one, as if they were bad."""
-        self._plain_runner().run(x[None], context)  # (fails too: the input's problem)
+        if isinstance(exc, NonFiniteGradient) or not exc.reason.startswith("model call failed"):
+            raise exc
+        # (fails too, or has no values there: the input's problem, said so)
+        self._plain_runner().run(x[None], context)
         why = f"ONNX Runtime cannot run it: {exc.reason.removeprefix('model call failed: ')}"
         if self.gradients == "graph":
             raise GradientError(f"gradient graph failed: {why}", self.model_path) from None
@@ -1804,14 +1807,14 @@ class Session:
         values = self._check_values(context, x)
         try:
             check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
-        except InputError as exc:
-            self._graph_cannot_run(graph, exc, x, context)
-            return None
         except NonFiniteGradient as exc:
             if self.gradients == "graph":
                 raise
             self._check_plain = None
             return self._reject(graph, f"{exc.reason} where F is finite", None)
+        except InputError as exc:
+            self._graph_cannot_run(graph, exc, x, context)
+            return None
         self._check_plain = None  # made for the check alone
         graph.check = check
         if check.verdict != "mismatch":
