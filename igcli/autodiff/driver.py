@@ -349,7 +349,8 @@ class _Walk:
         for node in nodes:
             if _standard(node) and node.op_type in ZERO_GRADIENT:
                 continue
-            if any(i in diff for i in node_inputs(node)):
+            steps = _step_inputs(node)
+            if any(i in diff for i in node_inputs(node) if i not in steps):
                 diff.update(o for o in node.output if o and self.is_float(o))
         needed = {t for t in targets if t in diff}
         relevant = []
@@ -463,6 +464,17 @@ class _Walk:
             )
         e.nodes.append(helper.make_node("If", [node.input[0]], outs, name=outs[0], **branches))
         return list(zip(targets, outs, strict=True))
+
+
+def _step_inputs(node: onnx.NodeProto) -> set[str]:
+    """Inputs a node's output follows only in steps: a nearest GridSample's grid (each
+    output takes the pixel the grid rounds to). A path from the input through them alone
+    carries no gradient, as one through Round does."""
+    if _standard(node) and node.op_type == "GridSample" and len(node.input) > 1:
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"")
+        if mode == b"nearest":
+            return {node.input[1]} - {node.input[0]}
+    return set()
 
 
 def _steps_only(nodes, input_name: str, output_name: str, diff: set[str]) -> list[str]:

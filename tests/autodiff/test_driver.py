@@ -101,6 +101,25 @@ def test_float_output_reached_only_through_steps_refuses():
     ]
 
 
+def test_the_grid_of_a_nearest_grid_sample_is_a_step_input():
+    """y = GridSample(image, grid(x)) in nearest mode: each output is the pixel the grid
+    rounds to, a step function of x. The graph gave zeros (100% completeness error); it
+    refuses as for ArgMax. The same with bilinear sampling is differentiable."""
+    image = rng.uniform(-1, 1, (1, 1, 4, 4)).astype(np.float32)
+    nodes = [
+        const("image", image),
+        helper.make_node("Tanh", ["x"], ["grid"]),
+        helper.make_node("GridSample", ["image", "grid"], ["y"], mode="nearest"),
+    ]
+    model = make_model(nodes, {"x": np.zeros((1, 2, 2, 2), np.float32)}, "y", 20)
+    assert blocking_ops(model, "x", "y") == [
+        "GridSample (the input reaches the output only through it, and it gives steps or integers)"
+    ]
+    nodes[-1] = helper.make_node("GridSample", ["image", "grid"], ["y"], mode="linear")
+    linear = make_model(nodes, {"x": np.zeros((1, 2, 2, 2), np.float32)}, "y", 20)
+    assert blocking_ops(linear, "x", "y") == []
+
+
 def test_output_independent_of_the_input_has_a_zero_gradient():
     nodes = [helper.make_node("Neg", ["k"], ["y"])]
     check_graph(nodes, {"x": rng.uniform(-1, 1, (2, 3))}, "y", opset=13,
