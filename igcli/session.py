@@ -1473,16 +1473,12 @@ class Session:
                 if self._quantized
                 else "a tree ensemble, rounding or a step function"
             )
+            seen = ", finite differences see only the jumps they straddle" if flat else ""
             self._warn_once(
                 "piecewise",
                 f"{self.model_path}: F(x) != F(b), but the model looks piecewise constant "
-                f"({why}): its gradient is zero almost everywhere along the path"
-                + (
-                    ", finite differences see only the jumps they happen to straddle"
-                    if by_differences
-                    else ""
-                )  # fmt: skip
-                + ", so IG cannot attribute the change and more steps will not help",
+                f"({why}): its gradient is zero almost everywhere along the path{seen}, so IG "
+                "cannot attribute the change and more steps will not help",
             )
         elif by_differences and self._quantized:  # dynamic quantization: not flat to them
             # (a miss is then no matter of steps: "raise --steps" sent users the wrong way)
