@@ -151,7 +151,10 @@ def draw(
             regions_label="XRAI top 30%",
         )
     flat = attributions.reshape(-1)
-    names = sample.feature_names or [f"x[{i}]" for i in range(flat.size)]
+    # (a sequence's [T, F] sample: x[t, f], where a flat x[40] left the row to be worked out)
+    names = sample.feature_names or [
+        f"x[{', '.join(map(str, i))}]" for i in np.ndindex(attributions.shape or (1,))
+    ]
     values = sample.raw_values if sample.raw_values is not None else sample.x.reshape(-1)
     return render.render_bars(
         list(names), flat, values, top_k=style.top_k, title=title, caption=caption
