@@ -44,6 +44,19 @@ def cache_dir() -> Path:
     return Path(base) / "igcli"
 
 
+def usable() -> bool:
+    """Whether the cache folder can be read: absent (made at the first save) or a folder this
+    process may read and enter. A root-owned mode-700 one failed a run with an internal error
+    (PermissionError); a read-only one is usable (saves fail quietly)."""
+    root = cache_dir()
+    try:
+        if not root.exists():
+            return True
+        return root.is_dir() and os.access(root, os.R_OK | os.X_OK)
+    except OSError:
+        return False
+
+
 def parse_size(text: str) -> int:
     """'500M', '2G', '1.5GB', '123456' -> bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
@@ -268,9 +281,12 @@ def file_sha256(path: Path, remember: bool = True) -> str:
 
 def entries() -> list[Path]:
     root = cache_dir()
-    if not root.is_dir():
+    if not usable() or not root.is_dir():
         return []
-    return [p for p in root.iterdir() if p.is_file() and p.suffix in (".onnx", ".data")]
+    try:
+        return [p for p in root.iterdir() if p.is_file() and p.suffix in (".onnx", ".data")]
+    except OSError:
+        return []
 
 
 def enforce_limit(limit: int | None = None) -> int:

@@ -32,6 +32,7 @@ from igcli.attribution import Attribution
 from igcli.autodiff import GradientGraph, build_gradient_graph, build_gradient_model
 from igcli.autodiff.contrib import with_embeddings_exposed
 from igcli.cache import (
+    cache_dir,
     cache_key,
     file_sha256,
     load_check,
@@ -40,6 +41,7 @@ from igcli.cache import (
     save_graph,
     size_limit,
 )
+from igcli.cache import usable as cache_usable
 from igcli.cut import AGGREGATES, Cut, depends_on, embedding_lookups, make_cut
 from igcli.dequantize import float_twin, is_quantized
 from igcli.errors import (
@@ -480,9 +482,13 @@ class Session:
         self.dequantize = bool(dequantize)
         self.twinned = False  # the model explained is a quantized model's float twin
         self.use_cache = cache
+        self.warn = warn or _python_warning
         if cache:
             size_limit()  # a bad IGCLI_CACHE_MAX: said now, not after the first graph is built
-        self.warn = warn or _python_warning
+            if not cache_usable():
+                self.use_cache = False
+                self.warn(f"{cache_dir()}: the cache folder cannot be read (permission "
+                          "denied?): running without it")  # fmt: skip
         self._warned: set[str] = set()
         self._size_hints: dict[tuple[int, int], str] = {}  # see size_hint
         self._size_multiple: int | None = None  # (the sides' multiple a size hint found)

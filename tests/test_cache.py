@@ -325,3 +325,20 @@ def test_a_bad_cache_size_in_a_program_is_said_and_leaves_no_staging(tmp_path, m
     with pytest.raises(UsageError, match=said):
         _publish_optimized(staging, tmp_path / "cache" / "opt-k.onnx")
     assert not staging.exists() and (tmp_path / "cache" / "opt-k.onnx").exists()
+
+
+def test_a_cache_folder_this_user_cannot_enter_is_passed_over(tmp_path, monkeypatch):
+    """A root-owned mode-700 cache folder, for another user: the first look into it raised
+    PermissionError, an internal error (exit 1) that stopped the run. The run now goes on
+    without the cache and says so once. (Faked: root may enter any folder.)"""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    monkeypatch.setenv("IGCLI_CACHE_DIR", str(folder))
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    said = []
+    session = igcli.Session(DIGITS, warn=said.append)
+    assert not session.use_cache and any("cannot be read" in w for w in said)
+    assert session.attribute(np.zeros((1, 28, 28), np.float32), steps=4).gradient_source
+    assert cache.entries() == [] and not list(folder.iterdir())
+    result = run("cache", "info")
+    assert result.exit_code == 0, result.stderr
