@@ -152,7 +152,7 @@ def usable_records(
     try:
         data = json.loads(text)
         records = data["records"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # (a line of 1,000 '[')
         return None
     if not isinstance(records, list) or not records:
         return None

@@ -84,7 +84,7 @@ def read_manifest(source: str) -> Manifest:
     lines = [line.removesuffix("\r") for line in text.split("\n")]  # (not U+2028 &c.)
     try:
         header = json.loads(lines[0]) if lines else None
-    except ValueError:
+    except (ValueError, RecursionError):
         header = None
     if not isinstance(header, dict) or header.get("igcli_manifest") != MANIFEST_VERSION:
         raise UsageError(
@@ -145,6 +145,8 @@ def _parse(line: str, number: int, source: str) -> dict:
         entry = json.loads(line)
     except ValueError:
         raise UsageError(f"line {number} is not JSON", source) from None
+    except RecursionError:  # (1,000 '[' in 2 KB stopped the run: an internal error)
+        raise UsageError(f"line {number} is JSON nested too deeply", source) from None
     if not isinstance(entry, dict):
         raise UsageError(f"line {number} is not a JSON object", source)
     return entry

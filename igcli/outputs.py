@@ -547,7 +547,7 @@ def record_of_igcli(marker: Path) -> list[dict] | None:
     try:
         with open_regular(marker, OutputError) as fh:
             data = json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
-    except (OSError, ValueError, OutputError):
+    except (OSError, ValueError, RecursionError, OutputError):
         return None
     records = data.get("records") if isinstance(data, dict) else None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

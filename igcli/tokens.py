@@ -387,9 +387,9 @@ def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
     for number, line in lines:
         try:
             value = json.loads(line)
-        except ValueError as exc:
-            reason = f"line {number} is not JSON ({first_line(exc)})"
-            texts.append((number, InputError(reason, path)))
+        except (ValueError, RecursionError) as exc:  # (1,000 '[': an internal error, once)
+            why = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
+            texts.append((number, InputError(f"line {number} is not JSON ({why})", path)))
             continue
         if isinstance(value, dict):
             value = value.get("text")

@@ -200,6 +200,9 @@ def test_manifest_problems_are_one_line_usage_errors(tmp_path):
         # a CSV 'a' writes a_row0.*: another input named a_row0 shared (and replaced) them
         ('{"igcli_manifest": 1}\n{"input": "a.csv", "name": "a"}\n'
          '{"input": "b.npy", "name": "a_row0"}\n', "names 'a', 'a_row0' would write the same"),
+        # 1,000 '[' in 2 KB: Python's JSON decoder ran out of recursion, an internal error
+        ('{"igcli_manifest": 1}\n' + "[" * 1000 + "]" * 1000 + "\n", "nested too deeply"),
+        ("[" * 1000 + "]" * 1000 + "\n", "not an igcli manifest"),
     ]:  # fmt: skip
         bad.write_text(text)
         result = run("explain", DIGITS, "--manifest", bad, "--out", tmp_path / "o")

@@ -150,6 +150,16 @@ def test_token_model_input_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "no"}\n')
     result = run("explain", SENTIMENT, tmp_path / "bad.jsonl", "--out", out)
     assert result.exit_code == ExitCode.INPUTS_FAILED and "line 2" in result.stderr
+    # 1,000 '[' in 2 KB: the JSON decoder's recursion ran out, an internal error stopped it all
+    deep = "[" * 1000 + "]" * 1000
+    (tmp_path / "deep.jsonl").write_text(f'"fine"\n{deep}\n"good film"\n')
+    result = run("explain", SENTIMENT, tmp_path / "deep.jsonl", "--out", out)
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    assert "line 2 is not JSON (nested too deeply)" in result.stderr
+    assert "2 explained, 1 failed" in result.stderr + result.stdout
+    (out / "deep_row0.record.json").write_text(deep)  # a record cut, or someone's file
+    result = run("explain", SENTIMENT, tmp_path / "deep.jsonl", "--out", out, "--skip-existing")
+    assert result.exit_code == ExitCode.INPUTS_FAILED and "internal" not in result.stderr
     result = run("explain", SENTIMENT, SENTENCES, "--baseline", "black", "--out", out)
     assert result.exit_code == ExitCode.USAGE and "black" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
