@@ -227,7 +227,10 @@ def execute_on_processes(
                 for future in feeder.finished(block):
                     try:
                         result = future.result()
-                    except BrokenProcessPool:
+                    except (BrokenProcessPool, SystemExit, KeyboardInterrupt):
+                        # (a worker sent SIGTERM exits in its chunk; the pool hands that
+                        # SystemExit over as the chunk's result, and it ended this process
+                        # with 143, no line and no report: it is a worker gone)
                         died = True
                         continue
                     order.add(result)
@@ -267,8 +270,8 @@ def execute_on_processes(
         raise KeyboardInterrupt
     if died:
         batch.warn(
-            "a worker process ended unexpectedly (out of memory?); the inputs it had not "
-            "finished are explained in this process"
+            "a worker process ended unexpectedly (killed, or out of memory?); the inputs it "
+            "had not finished are explained in this process"
         )
     order.rest(parts, lambda items: execute(batch, items, messages))  # (none, after a whole run)
 

@@ -18,6 +18,7 @@ import pytest
 from igcli.errors import UsageError
 from igcli.model import usable_cpus
 from igcli.pool import AUTO_MAX_WEIGHTS, AUTO_MIN_INPUTS, choose_workers
+from tests.test_cli import DIGIT_PNGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "sample_models" / "digits_cnn.onnx"
@@ -423,3 +424,48 @@ def test_the_resource_tracker_starts_without_its_leaked_semaphore_warning(monkey
     pool._quiet_resource_tracker()  # (once only)
     args = multiprocessing.util._args_from_interpreter_flags()
     assert args.count("-Wignore:resource_tracker:UserWarning") == 1
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each child of `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append((int(entry.name), cmd))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_worker_sent_sigterm_is_a_worker_gone_not_the_end_of_the_run(tmp_path):
+    """SIGTERM to one worker: it exits in its chunk, the pool hands that SystemExit over as
+    the chunk's result, and it ended the whole run with exit 143, no line and no report.
+    The client now explains what the worker left, as for a worker killed any other way."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(300):
+        shutil.copy(DIGIT_PNGS[k % len(DIGIT_PNGS)], folder / f"d{k:03d}.png")
+    out = tmp_path / "out"
+    args = ["explain", DIGITS, folder, "--steps", "200", "--workers", "2", "--threads", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "igcli", *map(str, args), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    worker = None
+    for _ in range(600):  # (a guard against waiting for ever, not a measure)
+        worker = next((p for p, cmd in _children(proc.pid) if "spawn_main" in cmd), None)
+        if worker is not None and len(list(out.glob("*.record.json"))) >= 60:
+            break  # (past its start-up: in a chunk)
+        time.sleep(0.05)
+    assert worker is not None, "no worker started"
+    os.kill(worker, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "a worker process ended unexpectedly" in err
+    assert len(list(out.glob("*.record.json"))) == 300 and (out / "report.json").is_file()
