@@ -23,6 +23,7 @@ from igcli.cache import size_limit
 from igcli.console import Messages, table
 from igcli.errors import ExitCode, GradientError, IgcliError, ModelError, UsageError
 from igcli.files import read_labels
+from igcli.launch import STOPS
 from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, MAX_STEPS
 from igcli.quadrature import RULES as QUADRATURE_RULES
 from igcli.render import OVERLAYS, SIGNS
@@ -382,11 +383,12 @@ def _sigterm_as_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGTERM, stop)
+    before = {sig: signal.signal(sig, stop) for sig in STOPS}  # (SIGHUP too: see launch)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -407,7 +409,7 @@ def run() -> None:
     try:
         main()
     except SystemExit:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, *STOPS):
             signal.signal(sig, signal.SIG_IGN)
         raise
 

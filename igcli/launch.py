@@ -13,8 +13,13 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# SIGHUP: the terminal closed or the ssh connection dropped; it ended a run at once, with no
+# report and its lock files left behind. It stops a run as SIGTERM does.
+STOPS = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+
+
 def main() -> None:
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOPS}
     try:
         from igcli.heap import keep_freed_memory
 
@@ -24,5 +29,6 @@ def main() -> None:
         sys.stderr.write("interrupted before starting\n")
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     run()

@@ -50,6 +50,7 @@ from igcli.chunks import (
 from igcli.console import Messages
 from igcli.errors import IgcliError, UsageError
 from igcli.heap import keep_freed_memory
+from igcli.launch import STOPS
 from igcli.memory import default_budget
 from igcli.model import fixed_dims, usable_cpus, weight_bytes
 
@@ -136,7 +137,8 @@ def _start(job: WorkerJob) -> None:
     its staging folder of object-storage outputs and its fetched inputs go with it."""
     global _runner
     keep_freed_memory()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, *STOPS[1:]):  # (a closed terminal's SIGHUP reaches them too)
+        signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     multiprocessing.util.Finalize(None, _close, exitpriority=10)
     parent = multiprocessing.parent_process()

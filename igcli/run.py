@@ -32,6 +32,7 @@ from igcli.console import Messages
 from igcli.discovery import Shard, TargetTable, count_inputs, in_shard, parse_shard
 from igcli.errors import ExitCode, OutputError, UsageError
 from igcli.files import os_reason
+from igcli.launch import STOPS
 from igcli.report import RunReport, check_reports_replaceable
 from igcli.session import AttributionSettings, Session
 
@@ -315,7 +316,7 @@ def signals_held():
     def note(signum, frame):
         held.caught = True
 
-    before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, *STOPS)}
     try:
         yield held
     finally:

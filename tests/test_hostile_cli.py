@@ -649,9 +649,11 @@ def test_a_model_call_failing_at_an_input_names_the_input(tmp_path, monkeypatch)
     assert records(result)[0]["input"] == str(DIGIT_PNGS[0])
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
-    """A batch scheduler's time limit sends SIGTERM: the run stops with its finished inputs
-    kept whole, the report written and exit 130 (it died at once, with no report)."""
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, stop):
+    """A batch scheduler's time limit sends SIGTERM, a closed terminal or dropped ssh
+    connection SIGHUP: the run stops with its finished inputs kept whole, the report written
+    and exit 130 (it died at once, with no report; SIGHUP left its lock files too)."""
     import signal
     import subprocess
     import sys
@@ -668,10 +670,11 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     deadline = time.monotonic() + 120
     while not list(out.glob("*.record.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, stop))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.INTERRUPTED, err
     assert "Traceback" not in err and (out / "report.json").is_file()
+    assert not list(out.glob(".igcli-*.lock"))
     report = json.loads((out / "report.json").read_text())
     assert 1 <= len(report["results"]) < 40
     assert not list(out.rglob("*.tmp"))
@@ -698,7 +701,8 @@ def test_the_program_keeps_its_exit_code_through_a_late_signal(monkeypatch):
     with pytest.raises(SystemExit) as info:
         cli.run()
     assert info.value.code == 4
-    assert set_to == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    assert set_to == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN,
+                      signal.SIGHUP: signal.SIG_IGN}  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "igcli", "--version"], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 0 and "igcli" in proc.stdout
