@@ -1251,10 +1251,7 @@ def gradcheck(
     )
     rng = np.random.default_rng(seed)
     if input_file is not None:
-        samples = session.load(Path(input_file))
-        if row >= len(samples):
-            raise UsageError(f"--row {row}: the input has {len(samples)} row(s)", input_file)
-        sample = samples[row]
+        sample = session.load_row(Path(input_file), row)
     else:
         sample = _random_sample(session, rng)
     graph, x, context = session.check_point(sample)  # at the embeddings for token models

@@ -77,8 +77,11 @@ from igcli.ig import (
     integrated_gradients_many,
 )
 from igcli.inputs import (
+    TABLE_SUFFIXES,
     Preprocessing,
+    RowError,
     Sample,
+    iter_table,
     load_samples,
     make_preprocessing,
     parse_image_size,
@@ -1031,6 +1034,24 @@ class Session:
                 "sidecar's preprocessing)"
             )
         return samples
+
+    def load_row(self, path: Path, row: int) -> Sample:
+        """Sample `row` of a file (a CSV's data row; a text file's line), read no further
+        than it: a bad row before it is not its problem (gradcheck --row 1 failed on row 0's
+        cells). Past the last row is a usage error naming how many there are."""
+        if self.tokens is None and path.suffix.lower() in TABLE_SUFFIXES:
+            count = 0
+            for count, item in enumerate(iter_table(path, self.prep, path.stem), 1):
+                if count - 1 == row:
+                    if isinstance(item, RowError):
+                        raise item.error
+                    return item
+        else:
+            samples = self.load(path)
+            count = len(samples)
+            if row < count:
+                return samples[row]
+        raise UsageError(f"--row {row}: the input has {count} row(s)", path)
 
     def _load_tokens(self, input, name: str | None) -> list[Sample]:
         tokens = self.tokens

@@ -730,3 +730,17 @@ def test_kinks_closer_than_the_steps_are_checked_along_the_segment():
     assert path.along is not None and path.error < 0.05
     wrong = check_directions(_Sawtooth(wrong=1.3), x, target=0, directions=8)
     assert wrong.verdict == "mismatch"
+
+
+def test_gradcheck_row_reads_that_row_alone(tmp_path):
+    """--row 1 of a CSV whose row 0 is bad failed on row 0 ('line 2 has 31 cells'), and
+    --row 7 of a two-row file did too, instead of saying how many rows there are."""
+    lines = CANCER_CSV.read_text().splitlines()
+    bad = tmp_path / "rows.csv"
+    bad.write_text("\n".join([lines[0], lines[1] + ",1", lines[2]]) + "\n")
+    first = run("gradcheck", CANCER, bad, "--row", "0")
+    assert first.exit_code == ExitCode.INPUTS_FAILED and "line 2" in first.stderr
+    second = run("gradcheck", CANCER, bad, "--row", "1")
+    assert second.exit_code == 0, second.stderr
+    past = run("gradcheck", CANCER, bad, "--row", "7")
+    assert past.exit_code == ExitCode.USAGE and "the input has 2 row(s)" in past.stderr
