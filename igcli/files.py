@@ -183,7 +183,10 @@ def npy_header(fh: BinaryIO, path: Path, error: type[IgcliError]) -> tuple[tuple
     try:
         shape, fortran, dtype = read_header(fh)
     except ValueError as exc:  # numpy's own words: no header end, keys missing, ...
-        raise error(f"damaged .npy header ({first_line(exc)})", path) from None
+        said = first_line(exc)
+        if "malformed node" in said:  # (ast's words, with an object's address in them)
+            said = "it holds more than Python literals: code?"
+        raise error(f"damaged .npy header ({said})", path) from None
     except Exception:  # its parser's (a TokenError's tuple): nothing a user can read
         raise error("damaged .npy header (its text is not a NumPy header)", path) from None
     if dtype.hasobject:

@@ -1139,6 +1139,9 @@ def expose_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     produced = {o for node in model.graph.node for o in node.output if o}
     if name not in produced:
         outputs = ", ".join(o.name for o in model.graph.output)
+        if any(i.name == name for i in model.graph.input):
+            raise UsageError(f"output {name!r} is the model's input, not a tensor it computes "
+                             f"(outputs: {outputs})")  # fmt: skip
         raise UsageError(f"output {name!r} is not a tensor of the graph (outputs: {outputs})")
     spec = float_tensors(model).get(name)
     elem = helper.np_dtype_to_tensor_dtype(spec.dtype) if spec else _runtime_type(model, name)

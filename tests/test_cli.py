@@ -211,6 +211,9 @@ def test_target_out_of_range(tmp_path):
 def test_unknown_output_name(tmp_path):
     result = run("explain", DIGITS, DIGIT_PNGS[0], "--output", "probs", "--out", tmp_path)
     assert result.exit_code == ExitCode.USAGE and "probs" in result.stderr
+    # the model's input is no output of it ("not a tensor of the graph" said it was not there)
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--output", "image", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE and "is the model's input" in result.stderr
 
 
 def test_nan_output_is_an_error(tmp_path):

@@ -111,6 +111,16 @@ def test_npy_header_that_is_not_a_python_literal(tmp_path):
     assert "EOF" not in message and "(2, 0)" not in message  # no tokenizer tuple
 
 
+def test_npy_header_holding_code_is_refused_without_running_it_or_an_address(tmp_path):
+    """A header dict with a call in it: refused (never evaluated), and the message named
+    '<ast.Call object at 0x7fed...>', an address no user can read."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 30), 'x': print('hi')}"
+    header = header.ljust(117) + "\n"
+    data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    message = refused(hf.write(tmp_path / "code.npy", data + bytes(120)), VECTOR, "damaged")
+    assert "0x" not in message and "code?" in message
+
+
 @pytest.mark.parametrize("tail", [0, 2 << 20], ids=["read-whole", "read-capped"])
 def test_png_chunk_claiming_2gb_allocates_nothing_like_it(tmp_path, tail):
     """Pillow skips the rest of IDAT with one read of its declared length; a buffered read
