@@ -32,7 +32,7 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     parse_shard,
 )
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
-from igcli.files import open_regular, os_reason, read_text
+from igcli.files import open_regular, os_reason, parse_json, read_text
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
     DIGEST_CHARS,
@@ -150,9 +150,9 @@ def usable_records(
     `hash_of`, the files must also hold what the run wrote (their `file_sha256`): a .npy
     copied or linked in from another result loads as whole, and was resumed as this one."""
     try:
-        data = json.loads(text)
+        data = parse_json(text)
         records = data["records"]
-    except (ValueError, KeyError, TypeError, RecursionError):  # (a line of 1,000 '[')
+    except (ValueError, KeyError, TypeError):
         return None
     if not isinstance(records, list) or not records:
         return None

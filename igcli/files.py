@@ -9,6 +9,7 @@ it can block, a `.npy` header is checked against the file's size before its data
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import stat
@@ -210,6 +211,16 @@ def npy_header(fh: BinaryIO, path: Path, error: type[IgcliError]) -> tuple[tuple
             path,
         )
     return shape, fortran, dtype
+
+
+def parse_json(text: str | bytes):
+    """json.loads for what users and other programs hand over: JSON nested too deeply (1,000
+    '[' in a 2 KB line) is a ValueError like any other bad JSON, where Python's decoder
+    raises RecursionError, an internal error that stopped whole runs."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ from igcli.discovery import (
     count_table_rows,
 )
 from igcli.errors import UsageError
+from igcli.files import first_line, parse_json
 from igcli.outputs import plain_parts
 
 MANIFEST_VERSION = 1
@@ -83,8 +84,8 @@ def read_manifest(source: str) -> Manifest:
         raise UsageError("not a manifest (not UTF-8 text)", source) from None
     lines = [line.removesuffix("\r") for line in text.split("\n")]  # (not U+2028 &c.)
     try:
-        header = json.loads(lines[0]) if lines else None
-    except (ValueError, RecursionError):
+        header = parse_json(lines[0]) if lines else None
+    except ValueError:
         header = None
     if not isinstance(header, dict) or header.get("igcli_manifest") != MANIFEST_VERSION:
         raise UsageError(
@@ -142,11 +143,9 @@ def read_manifest(source: str) -> Manifest:
 
 def _parse(line: str, number: int, source: str) -> dict:
     try:
-        entry = json.loads(line)
-    except ValueError:
-        raise UsageError(f"line {number} is not JSON", source) from None
-    except RecursionError:  # (1,000 '[' in 2 KB stopped the run: an internal error)
-        raise UsageError(f"line {number} is JSON nested too deeply", source) from None
+        entry = parse_json(line)
+    except ValueError as exc:
+        raise UsageError(f"line {number} is not JSON ({first_line(exc)})", source) from None
     if not isinstance(entry, dict):
         raise UsageError(f"line {number} is not a JSON object", source)
     return entry

@@ -39,6 +39,7 @@ from igcli.files import (
     first_line,
     open_regular,
     os_reason,
+    parse_json,
     read_npy,
 )
 
@@ -199,11 +200,9 @@ class Sidecar:
                     f"sidecar is over {MAX_SIDECAR_BYTES >> 20} MiB; not a sidecar", path
                 )
             try:
-                data = json.loads(fh.read().decode("utf-8-sig"))
+                data = parse_json(fh.read().decode("utf-8-sig"))
             except (OSError, ValueError) as exc:
                 raise ModelError(f"sidecar is not valid JSON ({first_line(exc)})", path) from None
-            except RecursionError:
-                raise ModelError("sidecar is not valid JSON (nested too deeply)", path) from None
         if not isinstance(data, dict):
             raise ModelError(f"sidecar must be a JSON object, not {_json_type(data)}", path)
         check = _SidecarCheck(path)

@@ -7,7 +7,6 @@ import errno
 import functools
 import hashlib
 import io
-import json
 import math
 import os
 import posixpath
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from igcli.errors import OutputError
-from igcli.files import open_regular
+from igcli.files import open_regular, parse_json
 
 try:  # zlib-ng deflates a heatmap panel 3x as fast as zlib, its output a little smaller
     from zlib_ng import zlib_ng as _deflate
@@ -546,8 +545,8 @@ def record_of_igcli(marker: Path) -> list[dict] | None:
     not opened to be read, it blocked or never ended)."""
     try:
         with open_regular(marker, OutputError) as fh:
-            data = json.loads(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
-    except (OSError, ValueError, RecursionError, OutputError):
+            data = parse_json(fh.read(MAX_RECORD_BYTES + 1)[:MAX_RECORD_BYTES])
+    except (OSError, ValueError, OutputError):
         return None
     records = data.get("records") if isinstance(data, dict) else None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

@@ -27,7 +27,7 @@ import onnxruntime
 
 from igcli import __version__
 from igcli.errors import ExitCode, IgcliError, OutputError, ShardError, UsageError
-from igcli.files import first_line, open_regular
+from igcli.files import first_line, open_regular, parse_json
 from igcli.html_report import render_html
 from igcli.ig import UNRESOLVED
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -545,11 +545,9 @@ def load_report(path) -> dict:
 
     raw = read_bytes(path, failing="not a readable report")  # (a regular file, at most 1 GiB)
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        data = parse_json(raw.decode("utf-8-sig"))
     except ValueError as exc:
         raise UsageError(f"not a readable report ({first_line(exc)})", path) from None
-    except RecursionError:
-        raise UsageError("not a readable report (nested too deeply)", path) from None
     if not isinstance(data, dict) or "results" not in data:
         raise UsageError("not an igcli report.json", path)
     _check_report(data, path)

@@ -15,7 +15,6 @@ as the model's authors trained it (WordPiece, BPE, Unigram, normalisers, pre-tok
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from igcli.baselines import ArrayBaseline
 from igcli.errors import InputError, UsageError
-from igcli.files import file_size, first_line, open_regular, read_npy, read_text
+from igcli.files import file_size, first_line, open_regular, parse_json, read_npy, read_text
 from igcli.inputs import RowError
 from igcli.model import Feed, TensorSpec, feed_batch_axis
 
@@ -65,8 +64,8 @@ class Vocabulary:
             if file_size(fh) > MAX_TOKENIZER_BYTES:
                 raise UsageError(f"over {MAX_TOKENIZER_BYTES >> 20} MiB; not a tokenizer", path)
             try:
-                data = json.loads(fh.read().decode("utf-8-sig"))
-            except (OSError, ValueError, RecursionError) as exc:
+                data = parse_json(fh.read().decode("utf-8-sig"))
+            except (OSError, ValueError) as exc:
                 raise UsageError(f"tokenizer is not valid JSON ({first_line(exc)})", path) from None
         model = data.get("model") if isinstance(data, dict) else None
         if not isinstance(model, dict) or "vocab" not in model:
@@ -386,10 +385,10 @@ def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
     texts: list[tuple[int, str | InputError]] = []
     for number, line in lines:
         try:
-            value = json.loads(line)
-        except (ValueError, RecursionError) as exc:  # (1,000 '[': an internal error, once)
-            why = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
-            texts.append((number, InputError(f"line {number} is not JSON ({why})", path)))
+            value = parse_json(line)
+        except ValueError as exc:
+            reason = f"line {number} is not JSON ({first_line(exc)})"
+            texts.append((number, InputError(reason, path)))
             continue
         if isinstance(value, dict):
             value = value.get("text")
