@@ -982,7 +982,7 @@ def inspect(model: Path, as_json: bool) -> None:
     from igcli.autodiff.contrib import with_embeddings_exposed
     from igcli.cut import candidate_tensors, embedding_lookups, make_cut
     from igcli.dequantize import float_twin, is_quantized
-    from igcli.inputs import make_preprocessing
+    from igcli.inputs import dims_text, make_preprocessing
     from igcli.model import (
         Sidecar,
         graph_inputs,
@@ -1102,8 +1102,7 @@ def inspect(model: Path, as_json: bool) -> None:
     rows = []
     for kind, specs in (("input", info["inputs"]), ("output", info["outputs"])):
         for spec in specs:
-            shape = "[" + ", ".join("?" if d is None else str(d) for d in spec["shape"]) + "]"
-            rows.append([kind, spec["name"], shape, spec["dtype"]])
+            rows.append([kind, spec["name"], dims_text(spec["shape"]), spec["dtype"]])
     out.print(table(["", "name", "shape", "dtype"], rows, box=None))
     out.info("ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     out.info(f"preprocessing: {prep}")
@@ -1136,8 +1135,7 @@ def inspect(model: Path, as_json: bool) -> None:
         rest = f" (+{more} more: --json lists all)" if more else ""
         out.info(f"tensors --at can name{rest}:")
         rows = [
-            ["", c.name, "[" + ", ".join("?" if d is None else str(d) for d in c.shape) + "]",
-             "embedding lookup" if c.name in lookups else ""]
+            ["", c.name, dims_text(c.shape), "embedding lookup" if c.name in lookups else ""]
             for c in shown
         ]  # fmt: skip
         out.print(table(["", "tensor", "shape", ""], rows, box=None))
