@@ -134,6 +134,32 @@ def file_size(fh: BinaryIO) -> int:
     return os.fstat(fh.fileno()).st_size
 
 
+# What a file holds, by signatures no text file starts with (a CSV may well start "BM").
+_SIGNATURES = (
+    (b"\x93NUMPY", "a NumPy array (.npy)"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"PK\x03\x04", "a ZIP archive (an .npz?)"),
+)
+
+
+def content_kind(path: Path) -> str | None:
+    """What the file's first bytes say it holds ("a PNG image", "a NumPy array (.npy)"),
+    or None: for telling a file misnamed from one damaged. Never raises."""
+    try:
+        with open_regular(path) as fh:
+            head = fh.read(12)
+    except (IgcliError, OSError):
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
+
+
 def read_npy(
     path: Path,
     error: type[IgcliError] = InputError,

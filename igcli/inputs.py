@@ -29,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from igcli.errors import IgcliError, InputError, ModelError, UsageError
 from igcli.files import (
     MAX_IMAGE_PIXELS,
+    content_kind,
     file_size,
     first_line,
     open_regular,
@@ -670,15 +671,44 @@ def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
             raise InputError("a folder, not an input file (explain takes folders as INPUTS)", path)
         raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
     if suffix in IMAGE_SUFFIXES:
-        if not prep.is_image_model:
-            raise InputError(f"an image, but the model input has shape {prep.input_shape}", path)
-        notes: list[str] = []
-        pixels = read_image(path, prep, notes=notes)
-        x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, path, InputError)
-        return [Sample(path, name, "image", x, pixels=pixels, notes=notes)]
-    if suffix in TENSOR_SUFFIXES:
-        return [Sample(path, name, "tensor", read_tensor(path, prep))]
-    return read_table(path, prep, name)
+        try:
+            if not prep.is_image_model:
+                shape = prep.input_shape
+                raise InputError(f"an image, but the model input has shape {shape}", path)
+            return [_image_sample(path, prep, name)]
+        except InputError:
+            if content_kind(path) != _NPY:  # (read by what it holds: a misnamed .npy)
+                raise
+        sample = Sample(path, name, "tensor", read_tensor(path, prep))
+    elif suffix in TENSOR_SUFFIXES:
+        try:
+            return [Sample(path, name, "tensor", read_tensor(path, prep))]
+        except InputError:
+            kind = content_kind(path)
+            if kind is None or not kind.endswith(" image"):
+                raise
+            if not prep.is_image_model:
+                raise InputError(
+                    f"holds {kind}, not a NumPy array, and the model input has shape "
+                    f"{prep.input_shape}",
+                    path,
+                ) from None
+        sample = _image_sample(path, prep, name)
+    else:
+        return read_table(path, prep, name)
+    held = content_kind(path)
+    sample.notes.append(f"named {suffix} but holds {held}; read as what it holds")
+    return [sample]
+
+
+_NPY = "a NumPy array (.npy)"  # (files.content_kind's word for it)
+
+
+def _image_sample(path: Path, prep: Preprocessing, name: str) -> Sample:
+    notes: list[str] = []
+    pixels = read_image(path, prep, notes=notes)
+    x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, path, InputError)
+    return Sample(path, name, "image", x, pixels=pixels, notes=notes)
 
 
 def _to_model_dtype(
@@ -903,6 +933,9 @@ def iter_table(path: Path, prep: Preprocessing, name: str) -> Iterator[Sample | 
     file streams in constant memory. A bad row is a RowError and the next rows follow;
     problems with the whole file (header, encoding, a cell over csv's field limit) raise
     InputError, after the rows read so far. A file without data rows raises too."""
+    held = content_kind(path)
+    if held is not None:
+        raise InputError(f"not CSV text: it holds {held}; name it for what it holds", path)
     if len(prep.input_shape) != 2:
         raise InputError(f"CSV rows need a 2-D model input, not {prep.input_shape}", path)
     expected_n = prep.input_shape[-1]

@@ -223,3 +223,35 @@ def test_an_image_squashed_out_of_shape_is_noted(tmp_path):
     tall = Preprocessing([1, 1, 30, 10], channels=1, height=30, width=10)
     read_image(tmp_path / "turned.jpg", tall, notes=notes)
     assert notes == []  # upright 20x60 to 10x30: the same shape
+
+
+def test_a_misnamed_file_is_read_as_what_it_holds(tmp_path):
+    """A .npy named .png, or a PNG named .npy, is read by its content, with a note; a binary
+    file named .csv says what it holds, not that the model takes no rows."""
+    prep = make_preprocessing(spec(["N", 3, 8, 8]), Sidecar())
+    png = rgb_png(tmp_path / "photo.png")
+    arr = np.random.default_rng(1).uniform(0, 1, (3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "t.npy", arr)
+    (tmp_path / "photo.npy").write_bytes(png.read_bytes())
+    (tmp_path / "t.png").write_bytes((tmp_path / "t.npy").read_bytes())
+    as_image = load_samples(tmp_path / "photo.npy", prep, "photo")[0]
+    assert as_image.kind == "image"
+    np.testing.assert_array_equal(as_image.x, load_samples(png, prep, "photo")[0].x)
+    assert as_image.notes == ["named .npy but holds a PNG image; read as what it holds"]
+    as_array = load_samples(tmp_path / "t.png", prep, "t")[0]
+    assert as_array.kind == "tensor" and as_array.notes[-1].startswith("named .png but holds a")
+    np.testing.assert_array_equal(as_array.x, arr)
+    (tmp_path / "t.csv").write_bytes(png.read_bytes())
+    rows = make_preprocessing(spec(["N", 2]), Sidecar())
+    with pytest.raises(InputError, match="t.csv: not CSV text: it holds a PNG image"):
+        load_samples(tmp_path / "t.csv", rows, "t")
+    # a damaged file of the named kind, or one holding something else, keeps its own error
+    (tmp_path / "bad.npy").write_bytes(b"GIF8 but not quite")
+    with pytest.raises(InputError, match="no NumPy header"):
+        load_samples(tmp_path / "bad.npy", prep, "bad")
+    vector = make_preprocessing(spec(["N", 4]), Sidecar())
+    with pytest.raises(InputError, match="an image, but the model input"):
+        load_samples(png, vector, "photo")
+    (tmp_path / "photo_vector.npy").write_bytes(png.read_bytes())
+    with pytest.raises(InputError, match="holds a PNG image, not a NumPy array, and the model"):
+        load_samples(tmp_path / "photo_vector.npy", vector, "photo")
