@@ -91,9 +91,12 @@ def _walk(
             return
         if not _searchable(root, [e.name for e in entries], fail):
             return
+        outputs = _listed_outputs(str(root), [e.name for e in entries])
         for entry in entries:
             if _is_dir(entry):
                 skip(Path(entry.path), "a folder (use --recursive to explain its files)")
+            elif entry.name in outputs:
+                skip(Path(entry.path), _OUTPUT_SKIP.format(outputs[entry.name]))
             else:
                 yield Path(entry.path)
         return
@@ -117,8 +120,12 @@ def _walk(
                 dirnames.remove(d)
                 skip(Path(dirpath) / d, "the output folder (--out)")
         dirnames.sort()
+        outputs = _listed_outputs(dirpath, filenames)
         for fn in sorted(filenames):
-            yield Path(dirpath) / fn
+            if fn in outputs:
+                skip(Path(dirpath) / fn, _OUTPUT_SKIP.format(outputs[fn]))
+            else:
+                yield Path(dirpath) / fn
 
 
 def _searchable(folder: Path, names: list[str], fail: Report) -> bool:
@@ -150,6 +157,30 @@ def _earlier_output(folder: str, names: list[str]) -> bool:
     from igcli.report import is_igcli_report
 
     return any(_REPORT_NAME.fullmatch(n) and is_igcli_report(Path(folder) / n) for n in names)
+
+
+_OUTPUT_SKIP = "an earlier igcli run's output (its {} lists it)"
+
+
+def _listed_outputs(folder: str, names: list[str]) -> dict[str, str]:
+    """Files of `folder` that an igcli record file beside them lists as its outputs (.npy and
+    .png), each with that record file's name: an earlier run's output folder whose reports
+    are gone (which _earlier_output would know it by) is not explained as inputs. Only
+    folders holding a record file are read; the input a record names is never skipped."""
+    from igcli.outputs import record_of_igcli
+
+    found: dict[str, str] = {}
+    for marker in (n for n in names if n.endswith(".record.json")):
+        for record in record_of_igcli(Path(folder) / marker) or []:
+            source = os.path.realpath(str(record.get("input", "")))
+            for key in ("attributions_file", "heatmap_file"):
+                rel = record.get(key)
+                if not isinstance(rel, str):
+                    continue
+                name = posixpath.basename(rel)
+                if os.path.realpath(os.path.join(folder, name)) != source:
+                    found[name] = marker
+    return found
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

@@ -166,6 +166,27 @@ def test_an_earlier_runs_output_folder_under_the_inputs_is_no_input(tree, tmp_pa
                for s in report["skipped"])  # fmt: skip
 
 
+def test_an_earlier_runs_outputs_whose_reports_are_gone_are_no_inputs(tree, tmp_path):
+    """Without its report.json, an old output folder is still known by the record files
+    beside its outputs: the .npy and .png files they list are skipped, named, not explained
+    (as digits, or refused for their shape); a record's own input beside it still is."""
+    first = run("explain", DIGITS, tree, "-r", "--out", tree / "out1", "--steps", "2")
+    assert first.exit_code == 0
+    for report in (tree / "out1").glob("report.*"):
+        report.unlink()
+    shutil.copy(DIGIT_PNGS[0], tree / "out1" / "a" / "mine.png")  # a user's file in there
+    second = run("explain", DIGITS, tree, "-r", "--out", tmp_path / "out2", "--steps", "2")
+    assert second.exit_code == 0, second.stderr
+    report = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert sorted(r["name"] for r in report["results"]) == ["a/img", "b/img", "out1/a/mine", "top"]
+    listed = [s for s in report["skipped"] if "earlier igcli run's output" in s["reason"]]
+    assert sorted(os.path.relpath(s["input"], tree) for s in listed) == [
+        f"out1/{name}/img.{ext}" for name in "ab" for ext in ("npy", "png")
+    ] + ["out1/top.npy", "out1/top.png"]
+    assert all(s["reason"].endswith(f"(its {Path(s['input']).stem}.record.json lists it)")
+               for s in listed)  # fmt: skip
+
+
 def test_skip_existing_resumes(tree, tmp_path):
     out = tmp_path / "o"
     first = run("explain", DIGITS, tree, "-r", "--out", out, "--steps", "4")
