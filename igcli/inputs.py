@@ -19,7 +19,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -356,6 +356,7 @@ def read_image(
             # WebP, whose registering with every other plugin took 60 ms of each process)
             with Image.open(fh, formats=IMAGE_FORMATS) as img:
                 _check_pixels(img.size, path)
+                _check_decode_memory(img, channels, path)
                 if img.format == "TIFF":
                     _quiet_libtiff()
                 if notes is not None and _animated(img):
@@ -488,6 +489,44 @@ def _check_pixels(size: tuple[int, int], path: Path) -> None:
         )
 
 
+# Bytes a decoded 16-bit pixel takes at the peak of reading it (measured on 25 MP PNGs, 17
+# for RGB, with some room): Pillow's pixels, their numpy copy and a second decode for the low
+# bytes.
+_DECODE_BYTES_16 = {"I;16": 7, "RGB": 18, "RGBA": 23}
+_DECODE_CHECKED = 256 << 20  # images that take less are read unchecked (most of them)
+
+
+def _check_decode_memory(img, channels: int, path: Path) -> None:
+    """An image whose decoding would take more memory than the machine (or the cgroup) has
+    to spare fails alone, before it is decoded: the pixel limit lets through a 0.5 MB
+    16-bit PNG that decodes to 2 GB, and a run killed for memory loses every input."""
+    w, h = img.size
+    if img.mode.startswith("I;16"):
+        per_pixel = _DECODE_BYTES_16["I;16"]
+    elif img.format == "PNG" and _png16_rawmode(img):
+        per_pixel = _DECODE_BYTES_16.get(img.mode, max(_DECODE_BYTES_16.values()))
+    else:  # Pillow's pixels (1 byte for grey, 4 for colour; a palette's become RGB), the
+        # converted image and its array
+        held = {"1": 1, "L": 1, "P": 5}.get(img.mode, 4)
+        per_pixel = held + 2 * channels + 1
+    need = w * h * per_pixel
+    if need < _DECODE_CHECKED:
+        return
+    from igcli.memory import memory_to_spare
+
+    spare = memory_to_spare()
+    if need > spare:
+        raise InputError(
+            f"decoding it ({w}x{h} pixels) takes about {_mb(need)}, more than the "
+            f"{_mb(spare)} this machine has to spare; refused",
+            path,
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
 def _decode(img, fh, channels: int, target, path: Path, crop=None) -> tuple[np.ndarray, float]:
     """(H, W, C) float64 in the image's own range, and that range's maximum."""
     if img.format == "PNG" and _png16_rawmode(img):
@@ -571,13 +610,18 @@ def fit_image(img: Image.Image, target: tuple[int, int] | None, crop: float | No
     side covers it divided by `crop` and cut out from the centre, in one resampling."""
     if not target or (img.size == target and crop is None):
         return img
-    box = None
-    if crop is not None:
-        (w, h), (tw, th) = img.size, target
-        s = max(tw / w, th / h) / crop  # source pixels -> target pixels
-        bw, bh = tw / s, th / s
-        box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
-    return img.resize(target, Image.Resampling.BILINEAR, box=box)
+    return img.resize(target, Image.Resampling.BILINEAR, box=_crop_box(img.size, target, crop))
+
+
+def _crop_box(size: tuple[int, int], target: tuple[int, int], crop: float | None) -> tuple:
+    """The part of an image of `size` that fit_image resamples to `target` (all of it
+    without `crop`)."""
+    (w, h), (tw, th) = size, target
+    if crop is None:
+        return (0, 0, w, h)
+    s = max(tw / w, th / h) / crop  # source pixels -> target pixels
+    bw, bh = tw / s, th / s
+    return ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
 
 
 @dataclass(frozen=True)
@@ -626,33 +670,63 @@ def _upright_array(img) -> np.ndarray:
 
 def _float_channels(planes: list, channels: int, target, full: float, crop=None) -> np.ndarray:
     """Full-precision planes of one image -> (H, W, channels) float64, each plane converted
-    and resized on its own (as a float image), so a large 16-bit image costs a few bytes
-    per pixel, not 8 per sample. A plane may be a _Plane16, made when it is read: one
-    full-size float plane at a time (a 9400 x 9400 16-bit RGBA PNG of 0.7 MB took 5.3 GB
-    with all four made first). `full` is the value of an opaque alpha."""
+    and resized on its own, a strip of rows at a time (see _fitted), so a large 16-bit image
+    costs little beyond its decoded bytes. A plane may be a _Plane16, made when it is read
+    (a 9400 x 9400 16-bit RGBA PNG of 0.7 MB took 5.3 GB with all four made first). `full`
+    is the value of an opaque alpha."""
+    height, width = planes[0].shape[:2]
 
-    def made(plane, rows: slice = slice(None)) -> np.ndarray:
-        return plane[rows].astype(np.float32, copy=False)
+    def made(plane) -> Callable[[slice], np.ndarray]:
+        return lambda rows: plane[rows].astype(np.float32, copy=False)
 
-    def fitted(plane: np.ndarray) -> np.ndarray:
-        if target and ((plane.shape[1], plane.shape[0]) != target or crop is not None):
-            plane = np.asarray(fit_image(Image.fromarray(plane), target, crop), np.float32)
-        return plane.astype(np.float64)
+    def grey(rows: slice) -> np.ndarray:  # (in float64, then float32 as the planes are)
+        return sum(made(p)(rows) * w for w, p in zip(_LUMA, planes[:3], strict=True)).astype(
+            np.float32
+        )
+
+    def fitted(rows_of: Callable[[slice], np.ndarray]) -> np.ndarray:
+        return _fitted(rows_of, (width, height), target, crop)
 
     if channels == 1:
-        if len(planes) < 3:
-            return fitted(made(planes[0]))[:, :, None]
-        grey = np.empty(planes[0].shape[:2], np.float32)
-        for start in range(0, len(grey), _LUMA_ROWS):  # (in float64, a block of rows at a time)
-            rows = slice(start, start + _LUMA_ROWS)
-            grey[rows] = sum(made(p, rows) * w for w, p in zip(_LUMA, planes[:3], strict=True))
-        return fitted(grey)[:, :, None]
+        return fitted(made(planes[0]) if len(planes) < 3 else grey)[:, :, None]
     out = [fitted(made(plane)) for plane in (planes[:3] if len(planes) >= 3 else planes[:1])]
     if len(out) == 1:
         out *= 3
     if channels == 4:
         out.append(fitted(made(planes[3])) if len(planes) >= 4 else np.full_like(out[0], full))
     return np.stack(out, axis=2)
+
+
+_STRIP_ROWS = 256
+
+
+def _fitted(rows_of: Callable[[slice], np.ndarray], size, target, crop) -> np.ndarray:
+    """A float32 plane, given a strip of rows at a time by `rows_of`, resized as fit_image
+    resizes it, as float64. A bilinear resize is two passes, across each row and then down
+    each column: where the first narrows the plane, it runs on a strip of rows at a time,
+    and only its narrow result is whole (a 9400-pixel plane at 224 wide: 8 MB, where the
+    float plane took 350 MB and Pillow's copy of it 350 more). The pixels are those of one
+    resize of the whole plane done across first (Pillow may go down first: a float32
+    rounding apart)."""
+    width, height = size
+    if not target or ((width, height) == target and crop is None):
+        return rows_of(slice(None)).astype(np.float64)
+    (tw, th), box = target, _crop_box(size, target, crop)
+    if tw > width:  # (across first would widen it: a thin strip, one resize of it whole)
+        whole = Image.fromarray(np.ascontiguousarray(rows_of(slice(None)), np.float32))
+        return np.asarray(fit_image(whole, target, crop), np.float32).astype(np.float64)
+    across = np.empty((height, tw), np.float32)
+    for top in range(0, height, _STRIP_ROWS):
+        strip = np.ascontiguousarray(rows_of(slice(top, top + _STRIP_ROWS)), np.float32)
+        rows = len(strip)
+        first = Image.fromarray(strip).resize(
+            (tw, rows), Image.Resampling.BILINEAR, box=(box[0], 0, box[2], rows)
+        )
+        across[top : top + rows] = np.asarray(first, np.float32)
+    down = Image.fromarray(across).resize(
+        (tw, th), Image.Resampling.BILINEAR, box=(0, box[1], tw, box[3])
+    )
+    return np.asarray(down, np.float32).astype(np.float64)
 
 
 # -- files of any kind ------------------------------------------------------------------------

@@ -46,6 +46,19 @@ def available_memory() -> int:
     return available
 
 
+def memory_to_spare() -> int:
+    """Bytes this process could still add before the machine or its cgroup runs out:
+    MemAvailable, capped by what the cgroup has left."""
+    spare = available_memory()
+    limit = _read_int("/sys/fs/cgroup/memory.max") or _read_int(
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+    )
+    if limit and limit < (1 << 60):
+        used = _read_int("/sys/fs/cgroup/memory.current") or current_rss()
+        spare = min(spare, max(limit - used, 0))
+    return spare
+
+
 HEADROOM = 0.9
 
 

@@ -333,6 +333,64 @@ def test_a_large_sixteen_bit_png_makes_one_float_plane_at_a_time(tmp_path):
     assert grey.shape[2] == 1 and peak < 20 * samples.shape[0] * samples.shape[1]
 
 
+def test_a_large_sixteen_bit_grey_png_is_resized_a_strip_of_rows_at_a_time(tmp_path):
+    """A 16-bit grey plane of 1200 x 1000: its float32 plane (4 bytes a pixel) and Pillow's
+    copy of it (4 more) were whole; now the numpy arrays stay under its 2-byte samples and
+    as much again. The pixels are those of one resize across and then down."""
+    import tracemalloc
+
+    samples = np.random.default_rng(1).integers(0, 65536, (1200, 1000)).astype(np.uint16)
+    path = hf.write(tmp_path / "grey16.png", hf.png_bytes(samples[:, :, None], 16, 0))
+    tracemalloc.start()
+    try:
+        grey = read_image(path, FIXED_GREY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * samples.size
+    box = Image.Resampling.BILINEAR
+    across = Image.fromarray(samples.astype(np.float32)).resize((4, 1200), box)
+    expected = np.asarray(Image.fromarray(np.asarray(across)).resize((4, 4), box))
+    np.testing.assert_array_equal(grey[:, :, 0], expected.astype(np.float64) / 65535.0)
+
+
+def test_the_strip_resize_is_one_resize_and_a_thin_image_is_resized_whole():
+    from igcli.inputs import _crop_box, _fitted, fit_image
+
+    rng = np.random.default_rng(2)
+    box = Image.Resampling.BILINEAR
+    cases = [((700, 300), (224, 224), None), ((257, 513), (31, 45), 0.875),
+             ((3, 900), (28, 28), None), ((600, 20), (64, 48), 0.5)]  # fmt: skip
+    for (h, w), target, crop in cases:
+        plane = (rng.random((h, w)) * 65535).astype(np.float32)
+        got = _fitted(lambda rows, p=plane: p[rows], (w, h), target, crop)
+        b = _crop_box((w, h), target, crop)
+        if target[0] <= w:  # across, then down
+            across = Image.fromarray(plane).resize((target[0], h), box, box=(b[0], 0, b[2], h))
+            down = Image.fromarray(np.asarray(across)).resize(
+                target, box, box=(0, b[1], target[0], b[3])
+            )
+        else:  # widened: one resize of the whole plane
+            down = fit_image(Image.fromarray(plane), target, crop)
+        np.testing.assert_array_equal(got, np.asarray(down, np.float64))
+
+
+def test_an_image_that_would_not_fit_in_memory_fails_alone_before_decoding(tmp_path, monkeypatch):
+    """A 0.5 MB 16-bit RGB PNG of 88 M pixels decodes to about 2 GB: where the machine has
+    less to spare, it is refused in one line (the run goes on), not decoded into the
+    kernel's out-of-memory killer. Small images are not checked."""
+    import igcli.memory
+
+    asked = []
+    monkeypatch.setattr(igcli.memory, "memory_to_spare", lambda: asked.append(1) or 200 << 20)
+    big = hf.write(tmp_path / "big.png", hf.png_bytes(np.zeros((4000, 4000, 3), np.uint16), 16, 2))
+    message = refused(big, FIXED_RGB, r"decoding it \(4000x4000 pixels\) takes about")
+    assert "more than the 200 MB this machine has to spare" in message and asked
+    asked.clear()
+    small = hf.write(tmp_path / "small.png", hf.png_bytes(np.zeros((64, 64, 3), np.uint16), 16, 2))
+    assert load_samples(small, FIXED_RGB, "small")[0].x.shape == (3, 4, 4) and not asked
+
+
 @pytest.mark.parametrize("color_type,channels", [(2, 3), (6, 4)])
 def test_sixteen_bit_colour_png_keeps_its_precision(tmp_path, color_type, channels):
     rng = np.random.default_rng(color_type)
