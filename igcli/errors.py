@@ -48,6 +48,14 @@ class InputError(IgcliError):
     exit_code = ExitCode.INPUTS_FAILED
 
 
+class NonFiniteGradient(InputError):
+    """The gradient graph gives NaN or Inf where F is finite: 0 times an infinite slope
+    (sqrt at 0, a softmax over fully masked scores cleaned up after it), where finite
+    differences of F are fine. The self-check then takes them (see Session._self_check);
+    adaptive steps take it at a path's end as the integrable singularity it is there (see
+    ig._Adaptive)."""
+
+
 class OutputError(IgcliError):
     exit_code = ExitCode.OUTPUT
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from igcli.errors import InputError, UnsupportedOpsError
+from igcli.errors import NonFiniteGradient, UnsupportedOpsError
 from igcli.model import (
     TOP_CLASS,
     Context,
@@ -193,12 +193,6 @@ class GraphRunner:
         check_output(out, r.output_name, r.path)
         check_finite(grad, "gradient", r.path, NonFiniteGradient)  # (where F is finite)
         return out, grad
-
-
-class NonFiniteGradient(InputError):
-    """The gradient graph gives NaN or Inf where F is finite: 0 times an infinite slope
-    (sqrt at 0, a softmax over fully masked scores cleaned up after it), where finite
-    differences of F are fine. The self-check then takes them (see Session._self_check)."""
 
 
 class GraphGradients:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from igcli.errors import NonFiniteGradient
 from igcli.paths import Path, StraightPath
 from igcli.quadrature import (
     ADAPTIVE_METHOD,
@@ -375,6 +376,7 @@ class _Adaptive:
         self.g: list[float] = []  # dF/dalpha at each point: the sum of its integrand vector
         self.vec: list[np.ndarray | None] = []  # integrand vectors; None once no panel uses it
         self.users: list[int] = []  # live panels using each point
+        self.singular: set[int] = set()  # ends (alpha 0 or 1) where the slope is infinite
         self.panels: list[tuple[int, int, int]] = []  # live panels as point indices (a, m, c)
         self.estimates = np.zeros(0)  # Simpson's rule for dF/dalpha on each live panel
         self.errors = np.zeros(0)  # its signed completeness error
@@ -414,9 +416,17 @@ class _Adaptive:
         alphas, self.pending = self.pending, []
         if sums is None:
             sums = np.array([np.sum(v, dtype=np.float64) for v in vectors])
-        self.finite = self.finite and bool(np.isfinite(values).all() and np.isfinite(sums).all())
-        for a, f, v, g in zip(alphas, values, vectors, sums.tolist(), strict=True):
+        # An end whose slope is infinite (sqrt at a zero baseline) where F is finite: an
+        # integrable singularity, kept out of every rule (see _weights)
+        ends = np.isin(alphas, (0.0, 1.0)) & np.isfinite(values) & ~np.isfinite(sums)
+        self.finite = self.finite and bool(
+            np.isfinite(values).all() and (np.isfinite(sums) | ends).all()
+        )
+        for a, f, v, g, end in zip(alphas, values, vectors, sums.tolist(), ends, strict=True):
             self.index[a] = len(self.alphas)
+            if end:
+                self.singular.add(len(self.alphas))
+                v, g = None, math.nan
             self.alphas.append(a)
             self.f.append(float(f))
             self.g.append(g)
@@ -450,17 +460,28 @@ class _Adaptive:
         self.split = []
         self._decide(finite=self.finite)
 
-    def _simpson(self, panel: tuple[int, int, int]) -> float:
+    def _weights(self, panel: tuple[int, int, int]) -> tuple[tuple[int, float, float], ...]:
+        """(point, weight, weight in S - T) of a panel's rule: Simpson's, h/6 (1, 4, 1), and
+        its difference from the trapezoid rule, h/12 (-1, 2, -1). A panel with a singular
+        end takes its midpoint alone (h g(m): exact for lines), whose error, like any
+        panel's, completeness gives exactly: splitting it, each split takes about 1/sqrt(2)
+        off an inverse-square-root singularity's error (an S - T of 0: the per-feature
+        error leaves it out)."""
         a, m, c = panel
-        return (self.alphas[c] - self.alphas[a]) / 6 * (self.g[a] + 4 * self.g[m] + self.g[c])
+        h = self.alphas[c] - self.alphas[a]
+        if a in self.singular or c in self.singular:
+            return ((m, h, 0.0),)
+        return ((a, h / 6, -h / 12), (m, 4 * h / 6, h / 6), (c, h / 6, -h / 12))
+
+    def _simpson(self, panel: tuple[int, int, int]) -> float:
+        return sum(w * self.g[i] for i, w, _ in self._weights(panel))
 
     def _sum_attributions(self) -> tuple[np.ndarray, np.ndarray]:
-        """Simpson's rule over the panels, and its difference from the trapezoid rule on the
-        same points (per panel h/12 (2 g(m) - g(a) - g(c)))."""
+        """The panels' rules (see _weights) summed, and their difference from the trapezoid
+        rule on the same points."""
         weights: dict[int, tuple[float, float]] = {}
-        for a, m, c in self.panels:
-            h = self.alphas[c] - self.alphas[a]
-            for i, w, d in ((a, h / 6, -h / 12), (m, 4 * h / 6, h / 6), (c, h / 6, -h / 12)):
+        for panel in self.panels:
+            for i, w, d in self._weights(panel):
                 w0, d0 = weights.get(i, (0.0, 0.0))
                 weights[i] = (w0 + w, d0 + d)
         total = self.frozen.copy()
@@ -559,11 +580,11 @@ class _Adaptive:
             if int(k) in chosen:
                 continue
             a, m, c = self.panels[k]
-            h = self.alphas[c] - self.alphas[a]
-            self.frozen += h / 6 * (self.vec[a] + 4 * self.vec[m] + self.vec[c])
             if self.frozen_diff is None:
                 self.frozen_diff = np.zeros_like(self.frozen)
-            self.frozen_diff += h / 12 * (2 * self.vec[m] - self.vec[a] - self.vec[c])
+            for i, w, d in self._weights(self.panels[k]):
+                self.frozen += w * self.vec[i]
+                self.frozen_diff += d * self.vec[i]
             self.frozen_sum += float(self.estimates[k])
             self.frozen_error += float(self.errors[k])
             self.frozen_sq_error += float(self.errors[k]) ** 2
@@ -599,6 +620,35 @@ class _Adaptive:
         return IGResult(self.attributions, f_input, f_baseline, len(alphas), ADAPTIVE_METHOD,
                         converged=self.converged, stop_reason=self.stop_reason,
                         alphas=alphas, feature_error=self.feature_error)  # fmt: skip
+
+
+def _call_at_ends(problems: list[Problem], chunk, points: np.ndarray, alphas: dict):
+    """_call, where a row at a path's end (alpha 0 or 1) may have a slope that is not finite
+    where F is: its gradient comes back NaN (see _Adaptive.accept). Only when the call
+    fails so are the chunk's rows taken apart: the ends one by one, the rest per problem (a
+    slope that is not finite inside the path is the failure it was)."""
+    try:
+        return _call(problems, chunk, points)
+    except NonFiniteGradient:
+        if not any(np.isin(alphas[j], (0.0, 1.0)).any() for j, _, _ in chunk):
+            raise
+    values, grads, row = [], [], 0
+    for j, lo, hi in chunk:
+        source, mine = problems[j].source, points[row : row + hi - lo]
+        row += hi - lo
+        end = np.isin(alphas[j], (0.0, 1.0))
+        f = np.empty(len(mine))
+        g = np.full(mine.shape, np.nan)
+        if (~end).any():
+            f[~end], g[~end] = source.values_and_gradients(mine[~end])
+        for k in np.flatnonzero(end):
+            try:
+                f[k : k + 1], g[k : k + 1] = source.values_and_gradients(mine[k : k + 1])
+            except NonFiniteGradient:
+                f[k : k + 1] = source.values(mine[k : k + 1])
+        values.append(f)
+        grads.append(g)
+    return np.concatenate(values), np.concatenate(grads)
 
 
 def _adaptive_many(
@@ -662,7 +712,7 @@ def _adaptive_many(
             chunk = [(active[k], lo, hi) for k, lo, hi in chunk]
             alphas = {j: np.array(asked[j][lo:hi]) for j, lo, hi in chunk}
             points = np.concatenate([path.points(xs[j], bs[j], alphas[j]) for j, _, _ in chunk])
-            f, grads = _call(problems, chunk, points)
+            f, grads = _call_at_ends(problems, chunk, points, alphas)
             row = 0
             for j, lo, hi in chunk:
                 vecs, sums = integrand(j, alphas[j], grads[row : row + hi - lo])

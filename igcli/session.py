@@ -50,6 +50,7 @@ from igcli.errors import (
     IgcliWarning,
     InputError,
     ModelError,
+    NonFiniteGradient,
     UnsupportedOpsError,
     UsageError,
 )
@@ -62,7 +63,6 @@ from igcli.gradients import (
     GradientSource,
     GraphGradients,
     GraphRunner,
-    NonFiniteGradient,
     pick,
     with_target_seed,
 )

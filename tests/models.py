@@ -47,6 +47,18 @@ def min_one_sum(batch: str | int = "N") -> onnx.ModelProto:
     )
 
 
+def root_sum(features: int = 8) -> onnx.ModelProto:
+    """F(x) = sum w_i sqrt(|x_i|), w from 0.5 to 1.5: from a zero baseline its slope along the
+    path is infinite at alpha 0 (an integrable singularity); IG is exactly w_i sqrt(|x_i|)."""
+    nodes = [
+        helper.make_node("Abs", ["x"], ["a"]),
+        helper.make_node("Sqrt", ["a"], ["s"]),
+        helper.make_node("MatMul", ["s", "w"], ["y"]),
+    ]
+    w = np.linspace(0.5, 1.5, features).reshape(features, 1)
+    return xy_model(nodes, ["N", features], ["N", 1], [const("w", w)])
+
+
 def one_minus_relu() -> onnx.ModelProto:
     """f(x) = 1 - ReLU(1 - x): flat at x = 2 (gradient 0), yet IG from 0 attributes 1."""
     nodes = [
