@@ -1157,6 +1157,12 @@ def _table_rows(text, line: list[int], path: Path, prep: Preprocessing, expected
     header_row = next(rows_iter, ())
     if header_row is None:
         raise too_long()
+    if isinstance(header_row, int):  # (the line it started on)
+        raise InputError(
+            f"header, lines {header_row}-{line[0]}: a quote opened on line {header_row} is "
+            "not closed on it, so csv read these lines as one cell",
+            path,
+        )
     if not header_row:
         raise InputError("CSV needs a header row and at least one data row", path)
     if (byte := _not_utf8(header_row)) is not None:

@@ -1039,9 +1039,14 @@ class Session:
         """Sample `row` of a file (a CSV's data row; a text file's line), read no further
         than it: a bad row before it is not its problem (gradcheck --row 1 failed on row 0's
         cells). Past the last row is a usage error naming how many there are."""
+        rows = None  # the file's rows one at a time, where each may fail alone
         if self.tokens is None and path.suffix.lower() in TABLE_SUFFIXES:
+            rows = iter_table(path, self.prep, path.stem)
+        elif self.tokens is not None and path.suffix.lower() in TEXT_SUFFIXES:
+            rows = self.tokens.iter_text_file(path, path.stem)
+        if rows is not None:
             count = 0
-            for count, item in enumerate(iter_table(path, self.prep, path.stem), 1):
+            for count, item in enumerate(rows, 1):
                 if count - 1 == row:
                     if isinstance(item, RowError):
                         raise item.error

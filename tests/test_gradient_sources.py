@@ -7,7 +7,7 @@ import pytest
 
 from igcli.errors import ExitCode
 from tests import models
-from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, ROOT, run
 
 
 def explain_json(*args):
@@ -743,4 +743,17 @@ def test_gradcheck_row_reads_that_row_alone(tmp_path):
     second = run("gradcheck", CANCER, bad, "--row", "1")
     assert second.exit_code == 0, second.stderr
     past = run("gradcheck", CANCER, bad, "--row", "7")
+    assert past.exit_code == ExitCode.USAGE and "the input has 2 row(s)" in past.stderr
+
+
+def test_gradcheck_row_of_a_text_file_reads_that_line_alone(tmp_path):
+    """The same for a token model's .jsonl and .txt: every --row failed on the file's bad
+    line, a good row 0 and a row past the end too."""
+    sentiment = ROOT / "sample_models" / "sentiment.onnx"
+    lines = tmp_path / "two.jsonl"
+    lines.write_text('{"text": "a good film"}\n{"txt": 1}\n')
+    assert run("gradcheck", sentiment, lines, "--row", "0").exit_code == 0
+    bad = run("gradcheck", sentiment, lines, "--row", "1")
+    assert bad.exit_code == ExitCode.INPUTS_FAILED and 'line 2 has no "text"' in bad.stderr
+    past = run("gradcheck", sentiment, lines, "--row", "5")
     assert past.exit_code == ExitCode.USAGE and "the input has 2 row(s)" in past.stderr

@@ -1080,3 +1080,13 @@ def test_an_output_folder_swapped_for_a_symlink_is_refused_on_its_next_use(tmp_p
     os.symlink(tmp_path, out / "sub")
     with pytest.raises(OutputError, match="escape"):
         output_stem(out, "sub/x.npy")
+
+
+def test_a_header_cell_quoted_over_several_lines_fails_its_file_alone(tmp_path):
+    """A header whose quoted cell spans lines (or whose quote never closes) ended the run
+    with an internal error (the reader gave the line it started on, where the header's cells
+    were expected), the other inputs unexplained."""
+    prep = make_preprocessing(spec(["N", 2]), Sidecar(feature_names=["a", "b"]))
+    for text in ('"a\nx",b\n1,2\n', '"a,b\n1,2\n3,4\n'):
+        path = hf.write(tmp_path / "h.csv", text.encode())
+        refused(path, prep, r"header, lines 1-\d: a quote opened on line 1 is not closed")
