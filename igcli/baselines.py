@@ -17,6 +17,7 @@ from igcli.inputs import (
     IMAGE_SUFFIXES,
     Preprocessing,
     Sample,
+    dims_text,
     fit_tensor,
     read_image,
     read_tensor,
@@ -86,6 +87,10 @@ def _sample_hw(sample: Sample, prep: Preprocessing) -> tuple[int, int] | None:
     return None
 
 
+def _takes(prep: Preprocessing) -> str:
+    return f"this one takes {dims_text(prep.input_shape)}"
+
+
 def make_baseline(
     spec: str | ArrayBaseline,
     sample: Sample,
@@ -122,10 +127,16 @@ def make_baseline(
         if spec == "uniform":
             lo, hi = float(np.min(sample.x)), float(np.max(sample.x))
             return rng.uniform(lo, hi, size=sample.x.shape).astype(sample.x.dtype)
+        if not prep.is_image_model:  # (every input: the option's problem)
+            raise UsageError(f"baseline {spec!r} needs a model that takes images; {_takes(prep)}")
         raise InputError(f"baseline {spec!r} needs an image input", sample.path)
     path = _baseline_file(spec)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         size = _sample_hw(sample, prep)
+        if size is None and not prep.is_image_model:
+            raise UsageError(
+                f"an image baseline needs a model that takes images; {_takes(prep)}", path
+            )
         if size is None:
             raise InputError(f"an image baseline needs an image input ({path})", sample.path)
         return prep.image_to_model(_read_image_baseline(path, prep, size))

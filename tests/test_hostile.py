@@ -680,6 +680,17 @@ def test_baseline_file_problems_are_usage_errors_naming_the_baseline(tmp_path):
         make_baseline("purple", sample, FIXED_RGB)
 
 
+def test_an_image_baseline_for_a_model_that_takes_no_images_is_a_usage_error(tmp_path):
+    """--baseline black (or blur, or an image file) on a tabular model failed every input
+    alone (exit 4); it is the option's problem, said once (exit 2)."""
+    prep = make_preprocessing(spec(["N", 3]), Sidecar())
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    sample = load_samples(tmp_path / "x.npy", prep, "x")[0]
+    for name in ("black", "blur", str(rgb(tmp_path / "b.png", 4, 4))):
+        with pytest.raises(UsageError, match=r"needs a model that takes images; .* \[N, 3\]"):
+            make_baseline(name, sample, prep)
+
+
 def test_npy_baseline_that_fits_the_model_but_not_this_input(tmp_path):
     prep = make_preprocessing(spec(["N", "d"]), Sidecar())
     np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
