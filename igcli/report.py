@@ -642,6 +642,11 @@ def _check_report(data: dict, path: Path) -> None:
     _check_schema(data.get("schema_version", SCHEMA_VERSION), "the report", path)
     _check_records(data["results"], _RESULT_FIELDS, "results", path)
     _check_records(data.get("failures", []), _FAILURE_FIELDS, "failures", path)
+    for k, record in enumerate(data["results"]):  # (merged, it would count as explained)
+        if record.get("status", "ok") != "ok":
+            status = json.dumps(record["status"])[:40]
+            where = f"results[{k}] has status {status}"
+            raise UsageError(f"{where}; a failure goes in 'failures'", path)
     if not isinstance(data.get("model_sha256", ""), str) or not isinstance(
         data.get("model", ""), str
     ):

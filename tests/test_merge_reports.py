@@ -204,9 +204,11 @@ def test_a_malformed_report_is_refused_before_anything_is_written(tmp_path):
         assert result.exit_code == 0, result.stderr
     shard = tmp_path / "s1" / "report.shard-1-of-2.json"
     data = json.loads(shard.read_text())
+    failed_result = [{**data["results"][0], "status": "error"}, *data["results"][1:]]
     for field, value, problem in (
         ("skipped", {"a": 1}, "'skipped' must be a list"),
         ("schema_version", 99, "schema_version 99; this igcli reads 1"),
+        ("results", failed_result, "results[0] has status \"error\"; a failure goes in"),
     ):
         shard.write_text(json.dumps({**data, field: value}))
         result = run("merge-reports", tmp_path / "s1", tmp_path / "s2", "--expect", "2",
