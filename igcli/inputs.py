@@ -348,6 +348,8 @@ def read_image(
         # igcli either refuses the file in one line or reads it.
         warnings.simplefilter("ignore")
         size = file_size(raw)
+        if size == 0:
+            raise InputError("empty file (0 bytes), not an image", path)
         # A small file in one read: Pillow's many tell() calls on a file are each a system
         # call, and each gave up the GIL to the writer thread (a digit PNG made 11).
         fh = io.BytesIO(raw.read(size)) if size <= _READ_WHOLE else _CappedReader(raw, size)

@@ -427,7 +427,10 @@ def _names_with_equals(given: dict[str, object], names: list[str]) -> dict[str, 
 
 
 def load_feeds(
-    given: dict[str, object], inputs: list[TensorSpec], attributed: TensorSpec
+    given: dict[str, object],
+    inputs: list[TensorSpec],
+    attributed: TensorSpec,
+    model_path: Path | None = None,
 ) -> dict[str, Feed]:
     """Values for the model inputs other than the attributed one (--feed NAME=FILE.npy, or
     arrays from Python), each with the axis that carries the batch (see feed_batch_axis).
@@ -457,7 +460,8 @@ def load_feeds(
             continue
         if spec.name not in given:
             raise UsageError(
-                f"model input {spec.name!r} needs a value: --feed {spec.name}=FILE.npy"
+                f"model input {spec.name!r} needs a value: --feed {spec.name}=FILE.npy",
+                model_path,
             )
         source = given[spec.name]
         if not isinstance(source, np.ndarray | str | os.PathLike):

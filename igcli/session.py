@@ -541,7 +541,7 @@ class Session:
             )
         derived = set(self.tokens.derived) if self.tokens else set()
         usable = [s for s in inputs if s.name not in derived]
-        self.feeds = load_feeds(feeds or {}, usable, self.input_spec)
+        self.feeds = load_feeds(feeds or {}, usable, self.input_spec, self.model_path)
         model_for_run = self.model
         if self.output_name not in {o.name for o in self.model.graph.output}:
             model_for_run = expose_output(self.model, self.output_name)

@@ -87,7 +87,7 @@ def test_csv_columns_follow_the_sidecar_names(tmp_path):
     np.testing.assert_allclose(rows[1].raw_values, [3, 4])
     np.testing.assert_allclose(rows[1].x, [1.0, 1.5])
     assert rows[0].feature_names == ["a", "b"]
-    with pytest.raises(InputError, match="blur"):
+    with pytest.raises(UsageError, match="blur"):
         make_baseline("blur", rows[0], prep)
 
 
