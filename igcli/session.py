@@ -490,8 +490,11 @@ class Session:
             size_limit()  # a bad IGCLI_CACHE_MAX: said now, not after the first graph is built
             if not cache_usable():
                 self.use_cache = False
-                self.warn(f"{cache_dir()}: the cache folder cannot be read (permission "
-                          "denied?): running without it")  # fmt: skip
+                root = cache_dir()
+                why = "the cache folder cannot be read (permission denied?)"
+                if os.path.lexists(root) and not root.is_dir():
+                    why = "the cache's path is no folder (a file or a device)"
+                self.warn(f"{root}: {why}: running without the cache")
         self._warned: set[str] = set()
         self._size_hints: dict[tuple[int, int], str] = {}  # see size_hint
         self._size_multiple: int | None = None  # (the sides' multiple a size hint found)

@@ -342,3 +342,13 @@ def test_a_cache_folder_this_user_cannot_enter_is_passed_over(tmp_path, monkeypa
     assert cache.entries() == [] and not list(folder.iterdir())
     result = run("cache", "info")
     assert result.exit_code == 0, result.stderr
+
+
+def test_a_cache_path_that_is_no_folder_says_so(tmp_path, monkeypatch):
+    """IGCLI_CACHE_DIR=/dev/null (or a file) said "cannot be read (permission denied?)"."""
+    monkeypatch.setenv("IGCLI_CACHE_DIR", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("x")
+    said = []
+    session = igcli.Session(DIGITS, warn=said.append)
+    assert not session.use_cache
+    assert any("the cache's path is no folder (a file or a device)" in w for w in said)
