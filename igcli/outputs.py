@@ -284,6 +284,8 @@ def check_writable(out_dir: Path) -> None:
     """Fail early, before any work, when the output folder cannot be written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError("--out names a file, not a folder", out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise OutputError(f"--out is a broken symlink (to {os.readlink(out_dir)})", out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".igcli-write-check.")

@@ -858,3 +858,12 @@ def test_a_cache_size_that_is_no_size_is_a_usage_error(tmp_path, monkeypatch):
     said = "error: IGCLI_CACHE_MAX: 'lots' is not a size (e.g. 500M, 2G)"
     assert one_line_error(result) == [said]
     assert not (tmp_path / "o").exists()
+
+
+def test_an_out_that_is_a_broken_symlink_says_so(tmp_path):
+    """It said 'output folder is not writable (File exists)'."""
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "out", "--steps", "2")
+    assert result.exit_code == ExitCode.OUTPUT
+    [line] = one_line_error(result)
+    assert line.endswith(f"--out is a broken symlink (to {tmp_path}/nowhere)")
