@@ -392,8 +392,11 @@ def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
             continue
         if isinstance(value, dict):
             value = value.get("text")
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str):
             texts.append((number, InputError(f'line {number} has no "text" string', path)))
+            continue
+        if not value.strip():
+            texts.append((number, InputError(f"line {number}: the text is empty", path)))
             continue
         texts.append((number, value))
     return texts

@@ -359,6 +359,7 @@ def test_samples_sharing_calls_keep_their_own_masks():
     [
         (".txt", ["the plot was superb", " ".join(["superb"] * 40), "awful film"], "line 2"),
         (".jsonl", ['{"text": "great"}', '{"text": null}', "not json", '"fine movie"'], "line 2"),
+        (".jsonl", ['"great"', '""', '{"text": " "}', '"fine"'], "line 2: the text is empty"),
         # a "\ud800" escape is a lone surrogate, which the tokenizer took for a TypeError:
         # the whole run stopped with an internal error (exit 1), nothing written
         (".jsonl", ['{"text": "great"}', '{"text": "lone \\ud800 one"}', '"fine"'], "surrogate"),
