@@ -270,6 +270,19 @@ def _labels(labels: object) -> list[str] | None:
     )
 
 
+FAR_OUT = 1e4  # |x - b| from which a gradient zero all along the path is the input's doing
+
+
+def _distance_out(a: Attribution, x: np.ndarray | None) -> float:
+    """The largest |x - b| of a result (0 where its arrays are gone or not numbers)."""
+    end = a.sample.x if x is None else x
+    if a.baseline is None or end is None or np.shape(end) != np.shape(a.baseline):
+        return 0.0
+    with np.errstate(all="ignore"):
+        far = np.max(np.abs(np.asarray(end, np.float64) - a.baseline), initial=0.0)
+    return float(far) if np.isfinite(far) else 0.0
+
+
 def _check_resources(fd_step, threads, batch_size, memory_limit, warn) -> None:
     """Session's numeric options, refused as the command line refuses them: threads=0,
     batch_size=-3 or memory_limit=-1 were reinterpreted silently, threads=2.5 failed
@@ -1502,7 +1515,16 @@ class Session:
         flat = by_differences and source.looks_piecewise_constant
         piecewise = a.delta != 0 and (flat or not np.any(a.attributions))
         unresolved = exact and a.delta != 0 and abs(a.rel_error) > UNRESOLVED
-        if piecewise:
+        far = _distance_out(a, x)
+        if piecewise and not flat and far >= FAR_OUT:  # this input's values, not the model
+            self._warn_once(
+                f"far:{a.sample.path}",
+                f"{a.sample.path}: F(x) != F(b), but the gradient is zero at every path point: "
+                f"the input lies so far from the baseline (|x - b| up to {far:.3g}) that the "
+                "model saturates within a sliver of the path, so IG cannot attribute the "
+                "change and more steps will not help",
+            )
+        elif piecewise:
             why = (
                 "it is quantized: --dequantize explains its float twin"
                 if self._quantized

@@ -1414,3 +1414,16 @@ def test_a_sequence_of_open_length_with_no_batch_axis_is_one_sample(tmp_path):
     batch = igcli.Session(_mixing_rows(tmp_path / "batch.onnx", "batch"), cache=False)
     with pytest.raises(igcli.IgcliError, match="holds a batch of 5"):
         batch.attribute(np.ones((5, 4), np.float32), steps=4)
+
+
+def test_a_zero_gradient_from_an_input_far_out_names_the_input_not_the_model(tmp_path):
+    """A feature at 1e38 saturates a tanh model within a sliver of the path: every gradient
+    is 0 and F(x) != F(b). It warned that the model looks piecewise constant (a tree
+    ensemble, rounding...); it is this input's doing."""
+    path = models.save(models.tanh_linear(), tmp_path / "tl.onnx")
+    said = []
+    session = igcli.Session(path, cache=False, warn=said.append)
+    result = session.attribute(np.array([0.5, 1e38, -0.2, 0.1], np.float32), steps=8)
+    assert result.delta != 0 and not np.any(result.attributions)
+    assert any("so far from the baseline (|x - b| up to 1e+38)" in w for w in said)
+    assert not any("piecewise constant" in w for w in said)
