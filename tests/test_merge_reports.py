@@ -208,7 +208,7 @@ def test_a_malformed_report_is_refused_before_anything_is_written(tmp_path):
     for field, value, problem in (
         ("skipped", {"a": 1}, "'skipped' must be a list"),
         ("schema_version", 99, "schema_version 99; this igcli reads 1"),
-        ("results", failed_result, "results[0] has status \"error\"; a failure goes in"),
+        ("results", failed_result, 'results[0] has status "error"; a failure goes in'),
     ):
         shard.write_text(json.dumps({**data, field: value}))
         result = run("merge-reports", tmp_path / "s1", tmp_path / "s2", "--expect", "2",
