@@ -96,7 +96,7 @@ def _walk(
             if _is_dir(entry):
                 skip(Path(entry.path), "a folder (use --recursive to explain its files)")
             elif entry.name in outputs:
-                skip(Path(entry.path), _OUTPUT_SKIP.format(outputs[entry.name]))
+                skip(Path(entry.path), outputs[entry.name])
             else:
                 yield Path(entry.path)
         return
@@ -123,7 +123,7 @@ def _walk(
         outputs = _listed_outputs(dirpath, filenames)
         for fn in sorted(filenames):
             if fn in outputs:
-                skip(Path(dirpath) / fn, _OUTPUT_SKIP.format(outputs[fn]))
+                skip(Path(dirpath) / fn, outputs[fn])
             else:
                 yield Path(dirpath) / fn
 
@@ -159,17 +159,19 @@ def _earlier_output(folder: str, names: list[str]) -> bool:
     return any(_REPORT_NAME.fullmatch(n) and is_igcli_report(Path(folder) / n) for n in names)
 
 
-_OUTPUT_SKIP = "an earlier igcli run's output (its {} lists it)"
-
-
 def _listed_outputs(folder: str, names: list[str]) -> dict[str, str]:
-    """Files of `folder` that an igcli record file beside them lists as its outputs (.npy and
-    .png), each with that record file's name: an earlier run's output folder whose reports
-    are gone (which _earlier_output would know it by) is not explained as inputs. Only
-    folders holding a record file are read; the input a record names is never skipped."""
+    """Files of `folder` that an earlier igcli run wrote, each with the reason to skip it:
+    the .npy and .png files a record file beside them lists as its outputs (an output
+    folder whose reports are gone, which _earlier_output would know it by), and the
+    report.csv beside an igcli report.json (a folder given as an input itself). Only folders
+    holding a record or report file are read; the input a record names is never skipped."""
     from igcli.outputs import record_of_igcli
 
     found: dict[str, str] = {}
+    if any(_REPORT_NAME.fullmatch(n) for n in names) and _earlier_output(folder, names):
+        for name in names:
+            if name.endswith(".csv") and _REPORT_NAME.fullmatch(name[: -len(".csv")] + ".json"):
+                found[name] = "an earlier igcli run's report"
     for marker in (n for n in names if n.endswith(".record.json")):
         for record in record_of_igcli(Path(folder) / marker) or []:
             source = os.path.realpath(str(record.get("input", "")))
@@ -179,7 +181,7 @@ def _listed_outputs(folder: str, names: list[str]) -> dict[str, str]:
                     continue
                 name = posixpath.basename(rel)
                 if os.path.realpath(os.path.join(folder, name)) != source:
-                    found[name] = marker
+                    found[name] = f"an earlier igcli run's output (its {marker} lists it)"
     return found
 
 
@@ -297,6 +299,8 @@ def discover(
             name, problem = _odd_name(name), ODD_KEY
         given.append((InputItem(path, name, problem), os.path.normpath(str(path))))
 
+    if args.count("-") > 1:
+        raise UsageError("'-' (paths from stdin) is given more than once; stdin is read once")
     for arg in args:
         if arg == "-":
             for path in read_path_list(stdin):
@@ -309,6 +313,12 @@ def discover(
         if not path.is_dir():
             add(path, path.stem)
             continue
+        if outside is not None and os.path.realpath(path) == outside:
+            raise UsageError(
+                "--out is this input folder: the outputs would lie among the inputs (and be "
+                "read as inputs by a later run); choose another --out, a folder of its own",
+                path,
+            )
         failed = lambda p, reason: add(p, p.name, reason)  # noqa: E731
         for file in _walk(path, recursive, skip, failed, outside):
             if not _matches(file, path, pattern):

@@ -185,6 +185,12 @@ def test_an_earlier_runs_outputs_whose_reports_are_gone_are_no_inputs(tree, tmp_
     ] + ["out1/top.npy", "out1/top.png"]
     assert all(s["reason"].endswith(f"(its {Path(s['input']).stem}.record.json lists it)")
                for s in listed)  # fmt: skip
+    # an old output folder given as the input folder itself: its report.csv is no table
+    third = run("explain", DIGITS, tmp_path / "out2", "--out", tmp_path / "out3", "--steps", "2")
+    assert third.exit_code == ExitCode.INPUTS_FAILED and "no inputs to explain" in third.stderr
+    skipped = json.loads((tmp_path / "out3" / "report.json").read_text())["skipped"]
+    assert {"input": str(tmp_path / "out2" / "report.csv"),
+            "reason": "an earlier igcli run's report"} in skipped  # fmt: skip
 
 
 def test_skip_existing_resumes(tree, tmp_path):

@@ -867,3 +867,17 @@ def test_an_out_that_is_a_broken_symlink_says_so(tmp_path):
     assert result.exit_code == ExitCode.OUTPUT
     [line] = one_line_error(result)
     assert line.endswith(f"--out is a broken symlink (to {tmp_path}/nowhere)")
+
+
+def test_out_as_the_input_folder_and_stdin_twice_are_usage_errors(tmp_path):
+    """--out DIR with DIR as the input folder explained nothing ('no inputs', exit 4) and
+    wrote its reports among the inputs, whose report.csv a later run read as an input; '-'
+    twice said 'no inputs to explain'."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DIGIT_PNGS[0], folder / "a.png")
+    same = run("explain", DIGITS, folder, "--out", folder)
+    assert same.exit_code == ExitCode.USAGE and "--out is this input folder" in same.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+    twice = run("explain", DIGITS, "-", "-", "--out", tmp_path / "o", input=f"{folder}/a.png\n")
+    assert twice.exit_code == ExitCode.USAGE and "given more than once" in twice.stderr
