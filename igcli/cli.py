@@ -716,7 +716,7 @@ THREADS = click.option(
     default="auto",
     show_default=True,
     help="Worker processes on this machine for a folder of inputs: auto uses one per CPU "
-    "for a small model with small samples and 600 or more inputs (its calls are short, and "
+    "for a small model with small samples and 250 or more inputs (its calls are short, and "
     "one process would wait on its own Python between them), else 1: all in this process.",
 )
 @click.option(
