@@ -536,7 +536,7 @@ def test_the_library_takes_what_a_notebook_passes_and_refuses_the_rest_in_one_li
             session.attribute_many(samples, **({"settings": settings} | bad))
     one = session.attribute_many(samples, targets=np.int64(1), settings=settings)
     assert [a[0].target for a in one] == [1, 1, 1]
-    with pytest.warns(igcli.IgcliWarning, match="piecewise constant"):  # (saturated: flat)
+    with pytest.warns(igcli.IgcliWarning, match="saturates within a sliver"):  # (1e30: flat)
         session.attribute(np.full(30, 1e30, np.float32), steps=4)
     a = one[0][0]
     assert len(repr(a)) < 400 and "target 1" in repr(a)
