@@ -316,20 +316,25 @@ def test_sixteen_bit_grey_png_keeps_its_precision(tmp_path):
     np.testing.assert_allclose(rgb, np.repeat((grey / 65535.0)[:, :, None], 3, axis=2))
 
 
+def _read_traced(path, prep):
+    """read_image's pixels and the peak of the numpy memory it took (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        pixels = read_image(path, prep)
+        return pixels, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_large_sixteen_bit_png_makes_one_float_plane_at_a_time(tmp_path):
     """A 9400 x 9400 16-bit RGBA PNG of 0.7 MB took 5.3 GB (found by a fault sweep): every
     plane was made whole in float32, then grey from them in float64. Here a 1000 x 1000 one:
     at most 20 bytes per pixel of numpy arrays (its two byte planes are 8)."""
-    import tracemalloc
-
     samples = np.random.default_rng(0).integers(0, 65536, (1000, 1000, 4)).astype(np.uint16)
     path = hf.write(tmp_path / "big16.png", hf.png_bytes(samples, 16, 6))
-    tracemalloc.start()
-    try:
-        grey = read_image(path, FIXED_GREY)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    grey, peak = _read_traced(path, FIXED_GREY)
     assert grey.shape[2] == 1 and peak < 20 * samples.shape[0] * samples.shape[1]
 
 
@@ -337,16 +342,9 @@ def test_a_large_sixteen_bit_grey_png_is_resized_a_strip_of_rows_at_a_time(tmp_p
     """A 16-bit grey plane of 1200 x 1000: its float32 plane (4 bytes a pixel) and Pillow's
     copy of it (4 more) were whole; now the numpy arrays stay under its 2-byte samples and
     as much again. The pixels are those of one resize across and then down."""
-    import tracemalloc
-
     samples = np.random.default_rng(1).integers(0, 65536, (1200, 1000)).astype(np.uint16)
     path = hf.write(tmp_path / "grey16.png", hf.png_bytes(samples[:, :, None], 16, 0))
-    tracemalloc.start()
-    try:
-        grey = read_image(path, FIXED_GREY)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    grey, peak = _read_traced(path, FIXED_GREY)
     assert peak < 5 * samples.size
     box = Image.Resampling.BILINEAR
     across = Image.fromarray(samples.astype(np.float32)).resize((4, 1200), box)
