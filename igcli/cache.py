@@ -44,17 +44,25 @@ def cache_dir() -> Path:
     return Path(base) / "igcli"
 
 
-def usable() -> bool:
-    """Whether the cache folder can be read: absent (made at the first save) or a folder this
-    process may read and enter. A root-owned mode-700 one failed a run with an internal error
-    (PermissionError); a read-only one is usable (saves fail quietly)."""
+def problem() -> str | None:
+    """Why the cache folder cannot be read, or None where it can: absent (made at the first
+    save) or a folder this process may read and enter. A root-owned mode-700 one failed a
+    run with an internal error (PermissionError); a read-only one is usable (saves fail
+    quietly)."""
+    unreadable = "the cache folder cannot be read (permission denied?)"
     root = cache_dir()
     try:
         if not root.exists():
-            return True
-        return root.is_dir() and os.access(root, os.R_OK | os.X_OK)
+            return None
+        if not root.is_dir():
+            return "the cache's path is no folder (a file or a device)"
+        return None if os.access(root, os.R_OK | os.X_OK) else unreadable
     except OSError:
-        return False
+        return unreadable
+
+
+def usable() -> bool:
+    return problem() is None
 
 
 def parse_size(text: str) -> int:

@@ -41,7 +41,7 @@ from igcli.cache import (
     save_graph,
     size_limit,
 )
-from igcli.cache import usable as cache_usable
+from igcli.cache import problem as cache_problem
 from igcli.cut import AGGREGATES, Cut, depends_on, embedding_lookups, make_cut
 from igcli.dequantize import float_twin, is_quantized
 from igcli.errors import (
@@ -501,13 +501,10 @@ class Session:
         self.warn = warn or _python_warning
         if cache:
             size_limit()  # a bad IGCLI_CACHE_MAX: said now, not after the first graph is built
-            if not cache_usable():
+            why = cache_problem()
+            if why is not None:
                 self.use_cache = False
-                root = cache_dir()
-                why = "the cache folder cannot be read (permission denied?)"
-                if os.path.lexists(root) and not root.is_dir():
-                    why = "the cache's path is no folder (a file or a device)"
-                self.warn(f"{root}: {why}: running without the cache")
+                self.warn(f"{cache_dir()}: {why}: running without the cache")
         self._warned: set[str] = set()
         self._size_hints: dict[tuple[int, int], str] = {}  # see size_hint
         self._size_multiple: int | None = None  # (the sides' multiple a size hint found)
