@@ -37,12 +37,9 @@ def available_memory() -> int:
         with contextlib.suppress(ValueError, OSError, AttributeError):
             available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     available = available or 4 << 30
-    limit = _read_int("/sys/fs/cgroup/memory.max") or _read_int(
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes"
-    )
-    if limit and limit < (1 << 60):
-        used = _read_int("/sys/fs/cgroup/memory.current") or 0
-        available = min(available, max(limit - used, 0) + current_rss())
+    left = _cgroup_left(unread=0)
+    if left is not None:
+        available = min(available, left + current_rss())
     return available
 
 
@@ -50,13 +47,20 @@ def memory_to_spare() -> int:
     """Bytes this process could still add before the machine or its cgroup runs out:
     MemAvailable, capped by what the cgroup has left."""
     spare = available_memory()
+    left = _cgroup_left(unread=current_rss())
+    return spare if left is None else min(spare, left)
+
+
+def _cgroup_left(unread: int) -> int | None:
+    """What this process's cgroup limit leaves unused (None: no limit), its use taken as
+    `unread` where memory.current cannot be read."""
     limit = _read_int("/sys/fs/cgroup/memory.max") or _read_int(
         "/sys/fs/cgroup/memory/memory.limit_in_bytes"
     )
-    if limit and limit < (1 << 60):
-        used = _read_int("/sys/fs/cgroup/memory.current") or current_rss()
-        spare = min(spare, max(limit - used, 0))
-    return spare
+    if not limit or limit >= (1 << 60):
+        return None
+    used = _read_int("/sys/fs/cgroup/memory.current") or unread
+    return max(limit - used, 0)
 
 
 HEADROOM = 0.9
