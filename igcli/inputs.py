@@ -319,7 +319,6 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "GIF", "TIFF", "WEBP")  # JPEG cov
 
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, the weights of Pillow's convert("L")
-_LUMA_ROWS = 256
 _PNG16 = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}  # raw mode -> its low-byte twin
 
 
