@@ -752,26 +752,26 @@ def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
                 raise InputError(f"an image, but the model input has shape {shape}", path)
             return [_image_sample(path, prep, name)]
         except InputError:
-            if content_kind(path) != _NPY:  # (read by what it holds: a misnamed .npy)
+            held = content_kind(path)
+            if held != _NPY:  # (read by what it holds: a misnamed .npy)
                 raise
         sample = Sample(path, name, "tensor", read_tensor(path, prep))
     elif suffix in TENSOR_SUFFIXES:
         try:
             return [Sample(path, name, "tensor", read_tensor(path, prep))]
         except InputError:
-            kind = content_kind(path)
-            if kind is None or not kind.endswith(" image"):
+            held = content_kind(path)
+            if held is None or not held.endswith(" image"):
                 raise
             if not prep.is_image_model:
                 raise InputError(
-                    f"holds {kind}, not a NumPy array, and the model input has shape "
+                    f"holds {held}, not a NumPy array, and the model input has shape "
                     f"{prep.input_shape}",
                     path,
                 ) from None
         sample = _image_sample(path, prep, name)
     else:
         return read_table(path, prep, name)
-    held = content_kind(path)
     sample.notes.append(f"named {suffix} but holds {held}; read as what it holds")
     return [sample]
 
