@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+SMALL = 16  # constants of at most this many elements are made once each (GraphEmitter.const)
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 Dim = int | str | None  # a static size, a symbolic name, or unknown
@@ -51,6 +52,8 @@ class GraphEmitter:
     # forward tensor -> the node computing it, so a rule can see the pattern it ends (an Erf
     # GELU's last Mul, say); shared with child emitters, which add their branches' nodes
     producers: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    # (dtype, shape, bytes) of each small constant -> its initializer, shared with children
+    interned: dict[tuple, str] = field(default_factory=dict)
 
     def fresh(self, hint: str) -> str:
         self.counter[0] += 1
@@ -60,7 +63,8 @@ class GraphEmitter:
         """An emitter for a subgraph body: its own nodes; names, types, constants,
         initializers (kept in the main graph, visible from every scope) and producers shared."""
         return GraphEmitter(self.opset, self.infos, [], self.initializers, self.constants,
-                            self.counter, self.prefix, producers=self.producers)  # fmt: skip
+                            self.counter, self.prefix, producers=self.producers,
+                            interned=self.interned)  # fmt: skip
 
     # -- emitting ----------------------------------------------------------------------
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
@@ -83,12 +87,20 @@ class GraphEmitter:
         return [n for n in self.nodes if n.output[0] not in self.dropped]
 
     def const(self, value, dtype: int | np.dtype | None = None) -> str:
-        """A constant tensor (as an initializer); dtype is a numpy dtype or TensorProto type."""
+        """A constant tensor (as an initializer); dtype is a numpy dtype or TensorProto type.
+        A small one (a scalar, axes, a shape) is made once and shared: rules ask for the same
+        few again and again (an unrolled LSTM's gradient asked for 57,673, of 89 values), and
+        each initializer costs ONNX Runtime time to load and then to find it is shared."""
         if isinstance(dtype, int):
             dtype = helper.tensor_dtype_to_np_dtype(dtype)
         arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= SMALL else None
+        if key is not None and key in self.interned:
+            return self.interned[key]
         name = self.fresh("const")
         self.initializers.append(numpy_helper.from_array(arr, name))
+        if key is not None:
+            self.interned[key] = name
         return name
 
     def ints(self, values: Sequence[int]) -> str:

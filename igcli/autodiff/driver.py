@@ -553,7 +553,10 @@ def _assemble(model, input_name, output_name, emitter, grad_in) -> onnx.ModelPro
     graph.input.append(helper.make_tensor_value_info(SEED, elem, shape))
     graph.node.extend(emitter.emitted())
     graph.node.append(helper.make_node("Identity", [grad_in], [GRAD], name=GRAD))
-    graph.initializer.extend(emitter.initializers)
+    # (only those read: a dropped node's constants would be loaded, then thrown away, by
+    # ONNX Runtime with a warning each: 11,264 for an unrolled LSTM's gradient)
+    read = {i for n in graph.node for i in node_inputs(n)}
+    graph.initializer.extend(i for i in emitter.initializers if i.name in read)
     del graph.output[:]
     if out_info is not None:
         graph.output.append(out_info)

@@ -233,6 +233,21 @@ def _three_slices(x: str, width: int) -> list:
     return nodes
 
 
+def _tiled_steps(steps: int) -> list:
+    """`steps` times: x cut into three slices, each through its op, joined again (y: the last)."""
+    nodes, last = [], "x"
+    for step in range(steps):
+        body = _three_slices(last, 2)
+        for n in body:  # each step's own names
+            n.output[0] = f"t{step}_{n.output[0]}"
+            n.input[:] = [i if i == last else f"t{step}_{i}" for i in n.input]
+        nodes += body + [
+            helper.make_node("Concat", [f"t{step}_q{k}" for k in range(3)], [f"h{step}"], axis=1)
+        ]
+        last = f"h{step}"
+    return [*nodes, helper.make_node("Identity", [last], ["y"])]
+
+
 def test_slices_that_tile_a_tensor_get_one_concat_and_no_pads():
     """Their gradients are zero-padded pieces: one Concat of the pieces, where a Pad each and
     a Sum over full-size tensors would do, and the Pads are gone from the graph."""
@@ -256,18 +271,27 @@ def test_many_tiled_slices_each_get_a_concat_and_leave_no_pads():
     leave no Pad behind."""
     from igcli.autodiff.driver import build_gradient_model
 
-    nodes, last = [], "x"
-    for step in range(200):
-        body = _three_slices(last, 2)
-        for n in body:  # each step's own names
-            n.output[0] = f"t{step}_{n.output[0]}"
-            n.input[:] = [i if i == last else f"t{step}_{i}" for i in n.input]
-        nodes += body + [
-            helper.make_node("Concat", [f"t{step}_q{k}" for k in range(3)], [f"h{step}"], axis=1)
-        ]
-        last = f"h{step}"
-    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    nodes = _tiled_steps(200)
     model = make_model(nodes, {"x": np.zeros((2, 6), np.float32)}, "y", 13)
     graph = build_gradient_model(model, "x", "y")
     ops = [n.op_type for n in graph.graph.node if n.name.startswith("igcli_grad")]
     assert ops.count("Concat") >= 200 and "Pad" not in ops
+
+
+def test_small_constants_are_made_once_and_every_constant_is_read():
+    """An unrolled LSTM's gradient asked for 57,673 small constants of 89 values, and 11,264
+    constants of nodes dropped since were left in the graph: ONNX Runtime loaded each, warned
+    about the unread ones and spent seconds finding the rest were shared. Each small value is
+    one initializer now, and the graph keeps only those its nodes read (the dropped Pads of
+    tiled slices leave their pads behind otherwise)."""
+    from igcli.autodiff.driver import build_gradient_model
+
+    x = rng.uniform(-1, 1, (2, 6))
+    model = make_model(_tiled_steps(30), {"x": x.astype(np.float32)}, "y", 13)
+    graph = build_gradient_model(model, "x", "y").graph
+    ours = [i for i in graph.initializer if i.name.startswith("igcli_grad")]
+    values = [(i.data_type, tuple(i.dims), i.raw_data) for i in ours if np.prod(i.dims) <= 16]
+    assert len(values) == len(set(values)) and len(values) < 20
+    read = {i for n in graph.node for i in n.input}
+    assert not [i.name for i in graph.initializer if i.name not in read]
+    check_graph(_tiled_steps(3), {"x": x}, "y", opset=13)  # (30 Exps in a row overflow)
