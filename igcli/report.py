@@ -623,6 +623,15 @@ def _check_records(records, fields: dict, where: str, path: Path) -> None:
                 raise UsageError(
                     f"{where}[{k}].{key} is {value}, not an error (a number, 0 or more)", path
                 )
+        delta = record.get("delta") if "delta" in fields else None
+        if record.get("rel_error") == math.inf and delta and math.isfinite(delta):
+            # (a run writes inf only over a delta of 0: hand-made, it showed as the merged
+            # maximum while the count of large errors left it out)
+            raise UsageError(
+                f"{where}[{k}].rel_error is inf, but its delta is {_finite(delta)}: an error "
+                "is infinite only where F(input) = F(baseline)",
+                path,
+            )
         _check_schema(record.get("schema_version", SCHEMA_VERSION), f"{where}[{k}]", path)
 
 
