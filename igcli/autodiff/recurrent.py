@@ -227,14 +227,12 @@ class _Cell:
                 "Add", e.op("Mul", f, c), e.op("Mul", i, self.act(self.g, self.gate(gates, 3)))
             )
             return e.op("Mul", o, self.act(self.h, c)), c
-        gi, go, gf, gc = (self.gate(gates, k) for k in range(4))
-        if peep is not None:
-            gi = e.op("Add", gi, e.op("Mul", peep[0], c))
-            gf = e.op("Add", gf, e.op("Mul", peep[2], c))
+        gi, go, gf, gc = (self.gate(gates, k) for k in range(4))  # peepholes: i, f read C
+        gi = e.op("Add", gi, e.op("Mul", peep[0], c))
+        gf = e.op("Add", gf, e.op("Mul", peep[2], c))
         i, f = self.act(self.f, gi), self.act(self.f, gf)
         c = e.op("Add", e.op("Mul", f, c), e.op("Mul", i, self.act(self.g, gc)))
-        if peep is not None:
-            go = e.op("Add", go, e.op("Mul", peep[1], c))
+        go = e.op("Add", go, e.op("Mul", peep[1], c))  # and o reads C'
         return e.op("Mul", self.act(self.f, go), self.act(self.h, c)), c
 
     def gru_step(self, xt, h, rt, rb):
