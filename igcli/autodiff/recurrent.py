@@ -196,31 +196,25 @@ class _Cell:
             pd = _pick(e, p, d)  # [3H]: P_i, P_o, P_f
             peep = [self.gate(pd, k, 0) for k in range(3)]
 
-        inputs: dict[int, str] = {}
-
-        def step_input(t: int) -> str:
-            """Step t's [N, G H], cut once. As Slices (not Gathers) that tile xw, their
-            gradients are added up as one Concat (driver._concat_of_slices): a Gather's is a
-            ScatterElements into a zero [T, N, G H] each, T of them summed (timm's
-            sequencer2d_s: 27% of its gradient call, and a Sum of 9% more)."""
-            if t not in inputs:
-                inputs[t] = e.squeeze(e.slice(xw, [t], [t + 1], [0]), [0])
-            return inputs[t]
-
+        # each step's [N, G H], cut once: as Slices (not Gathers) that tile xw, their
+        # gradients are added up as one Concat (driver._concat_of_slices), where a Gather's
+        # is a ScatterElements into a zero [T, N, G H] each, T of them summed (timm's
+        # sequencer2d_s: 27% of its gradient call, and a Sum of 9% more)
+        step_input = [e.squeeze(e.slice(xw, [t], [t + 1], [0]), [0]) for t in range(steps)]
         zeros = None
         if not h0 or (self.op == "LSTM" and not c0):  # zeros [N, H] (N may be dynamic)
-            zeros = e.op("Mul", self.gate(step_input(0), 0), e.scalar(0.0, x))
+            zeros = e.op("Mul", self.gate(step_input[0], 0), e.scalar(0.0, x))
         h = _pick(e, h0, d) if h0 else zeros
         c = (_pick(e, c0, d) if c0 else zeros) if self.op == "LSTM" else ""
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         outputs: dict[int, str] = {}
         for t in order:
             if self.op == "LSTM":
-                h, c = self.lstm_step(step_input(t), h, c, rt, peep)
+                h, c = self.lstm_step(step_input[t], h, c, rt, peep)
             elif self.op == "GRU":
-                h = self.gru_step(step_input(t), h, rt, rb)
+                h = self.gru_step(step_input[t], h, rt, rb)
             else:
-                h = self.act(self.f, e.op("Add", step_input(t), e.op("MatMul", h, rt)))
+                h = self.act(self.f, e.op("Add", step_input[t], e.op("MatMul", h, rt)))
             outputs[t] = h
         stacked = [e.unsqueeze(outputs[t], [0]) for t in range(steps)]
         y = stacked[0] if steps == 1 else e.op("Concat", *stacked, axis=0)  # [T, N, H]
