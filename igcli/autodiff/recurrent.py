@@ -225,17 +225,14 @@ class _Cell:
         gates = e.op("Add", xt, e.op("MatMul", h, rt))
         if peep is None:  # i, o, f side by side take their (element-wise) activation at once
             i, o, f = self.gates_at_once(gates, 3)
-            c = e.op(
-                "Add", e.op("Mul", f, c), e.op("Mul", i, self.act(self.g, self.gate(gates, 3)))
-            )
-            return e.op("Mul", o, self.act(self.h, c)), c
-        gi, go, gf, gc = (self.gate(gates, k) for k in range(4))  # peepholes: i, f read C
-        gi = e.op("Add", gi, e.op("Mul", peep[0], c))
-        gf = e.op("Add", gf, e.op("Mul", peep[2], c))
-        i, f = self.act(self.f, gi), self.act(self.f, gf)
-        c = e.op("Add", e.op("Mul", f, c), e.op("Mul", i, self.act(self.g, gc)))
-        go = e.op("Add", go, e.op("Mul", peep[1], c))  # and o reads C'
-        return e.op("Mul", self.act(self.f, go), self.act(self.h, c)), c
+        else:  # peepholes: i and f read C, o reads C' (below)
+            gi, go, gf = (self.gate(gates, k) for k in range(3))
+            i = self.act(self.f, e.op("Add", gi, e.op("Mul", peep[0], c)))
+            f = self.act(self.f, e.op("Add", gf, e.op("Mul", peep[2], c)))
+        c = e.op("Add", e.op("Mul", f, c), e.op("Mul", i, self.act(self.g, self.gate(gates, 3))))
+        if peep is not None:
+            o = self.act(self.f, e.op("Add", go, e.op("Mul", peep[1], c)))
+        return e.op("Mul", o, self.act(self.h, c)), c
 
     def gru_step(self, xt, h, rt, rb):
         e = self.e
