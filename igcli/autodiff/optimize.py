@@ -14,6 +14,9 @@
   Slice + Squeeze: the reverse of a Slice is a Pad, where the reverse of a Gather is a
   ScatterElements with reduction, which ONNX Runtime runs element by element (19% of a
   ViT-S/16 gradient call).
+- MaxPool after a never-decreasing activation (Softplus, Sigmoid, Tanh, Elu, ...) read by
+  nothing else pools first: f(MaxPool(x)) is MaxPool(f(x)), and f and its reverse then run
+  on the pooled tensor.
 - Nodes the explained output does not depend on are dropped (the gradient model keeps only
   that output).
 
@@ -60,6 +63,7 @@ def prepare(model: onnx.ModelProto, input_name: str, output_name: str) -> onnx.M
     nodes = [_Node(n) for n in _live_nodes(graph, output_name)]
     _fold(nodes, consts, protected, infos, new_inits, opset)
     _gathers_as_slices(nodes, consts, infos, new_inits, opset)
+    _activations_after_pools(nodes, protected)
     _attention_probabilities(nodes)
     reshaped = _explicit_defaults(nodes)
     folded = [n.proto for n in nodes if not n.dead]
@@ -468,6 +472,76 @@ def _attention_probabilities(nodes: list[_Node]) -> None:
             if attr.name == "qk_matmul_output_mode":
                 node.attribute.remove(attr)
         node.attribute.append(helper.make_attribute("qk_matmul_output_mode", 3))
+
+
+# Element-wise activations that never decrease (with these attributes): a max-pool of their
+# outputs is the activation of the max-pool of their inputs. (Relu and LeakyRelu are left
+# where they are: ONNX Runtime runs them inside the Conv before them at no cost.)
+_RISING = {
+    "Sigmoid": {},
+    "Tanh": {},
+    "Softplus": {},
+    "Softsign": {},
+    "Elu": {"alpha": 1.0},
+    "Celu": {"alpha": 1.0},
+    "Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+    "HardSigmoid": {"alpha": 0.2},
+}
+
+
+def _activations_after_pools(nodes: list[_Node], protected: set[str]) -> None:
+    """MaxPool(f(x)) becomes f(MaxPool(x)) for a never-decreasing element-wise f read only by
+    the pool: the same values (the max of f is f of the max), but f and its reverse run on
+    the pooled tensor, a quarter of the values after a 2x2 pool. The sample digits CNN
+    (Conv, Softplus, MaxPool twice): gradient kernels 2.3-3.2 -> 1.5-1.6 ms per 16 rows.
+    Only pools whose every window holds an input value: no ceil_mode, no SAME padding (a
+    window of padding alone is the lowest float, which f would change)."""
+    users: dict[str, int] = {}
+    for n in nodes:
+        for name in _reads(n.proto):
+            users[name] = users.get(name, 0) + 1
+    producer = {o: n for n in nodes if not n.dead for o in n.proto.output if o}
+    for pool in nodes:
+        p = pool.proto
+        if pool.dead or not _plain_max_pool(p):
+            continue
+        act = producer.get(p.input[0])
+        if act is None or not _rising(act.proto):
+            continue
+        a = act.proto
+        y = a.output[0]
+        if y in protected or users.get(y) != 1 or len([o for o in a.output if o]) != 1:
+            continue
+        pooled = f"{y}/igcli_pooled"
+        moved_pool = helper.make_node(p.op_type, [a.input[0]], [pooled], name=p.name)
+        moved_pool.attribute.extend(p.attribute)
+        moved_act = helper.make_node(a.op_type, [pooled], [p.output[0]], name=a.name)
+        moved_act.attribute.extend(a.attribute)
+        act.proto, pool.proto = moved_pool, moved_act  # (the order stays topological)
+
+
+def _plain_max_pool(node: onnx.NodeProto) -> bool:
+    if node.domain not in ("", "ai.onnx") or len([o for o in node.output if o]) != 1:
+        return False
+    if node.op_type == "GlobalMaxPool":
+        return True
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    pad = attrs.get("auto_pad", b"NOTSET")
+    return (
+        node.op_type == "MaxPool"
+        and node.output[0] != ""
+        and not attrs.get("ceil_mode", 0)
+        and (pad.decode() if isinstance(pad, bytes) else pad) in ("NOTSET", "VALID")
+    )
+
+
+def _rising(node: onnx.NodeProto) -> bool:
+    """Whether node is an element-wise activation that never decreases (see _RISING)."""
+    defaults = _RISING.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if defaults is None or len(node.input) != 1:
+        return False
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return all(float(attrs.get(name, value)) >= 0 for name, value in defaults.items())
 
 
 def _gathers_as_slices(nodes: list[_Node], consts, infos, new_inits, opset) -> None:

@@ -306,3 +306,67 @@ def test_other_gathers_stay():
 def test_gradient_through_gather_of_one_index(opset):
     check_graph([helper.make_node("Gather", ["x", "i"], ["y"], axis=0)], {"x": r(3, 2, 4)}, "y",
                 opset=opset, constants={"i": np.array(1, np.int64)})  # fmt: skip
+
+
+# -- a never-decreasing activation before a max-pool ---------------------------------------------
+def act_pool(act: str, pool: str = "MaxPool", act_attrs=None, **pool_attrs):
+    if pool == "MaxPool":
+        pool_attrs = {"kernel_shape": [2, 2], "strides": [2, 2], **pool_attrs}
+    return [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node(act, ["c"], ["h"], **(act_attrs or {})),
+            helper.make_node(pool, ["h"], ["y"], **pool_attrs)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("act", "attrs"),
+    [("Softplus", {}), ("Sigmoid", {}), ("Tanh", {}), ("Elu", {"alpha": 0.5}),
+     ("Selu", {}), ("HardSigmoid", {}), ("Softsign", {}), ("Celu", {"alpha": 2.0})],
+)  # fmt: skip
+@pytest.mark.parametrize("pool", ["MaxPool", "GlobalMaxPool"])
+def test_an_activation_before_a_max_pool_runs_after_it(act, attrs, pool):
+    opset = 13 if act == "Celu" else 11
+    feeds = {"x": r(2, 3, 6, 6)}
+    model = make_model(act_pool(act, pool, attrs), feeds, "y", opset, {"w": r(4, 3, 3, 3)})
+    assert ops(same_function(model, feeds)) == ["Conv", pool, act]
+
+
+def test_pools_with_padding_overlap_and_dilation_move_too():
+    feeds = {"x": r(2, 3, 7, 7)}
+    nodes = act_pool("Softplus", kernel_shape=[3, 3], strides=[2, 1], pads=[1, 0, 1, 2],
+                     dilations=[1, 2])  # fmt: skip
+    model = make_model(nodes, feeds, "y", 11, {"w": r(4, 3, 3, 3)})
+    assert ops(same_function(model, feeds)) == ["Conv", "MaxPool", "Softplus"]
+
+
+def test_activations_and_pools_that_must_not_swap_stay():
+    feeds = {"x": r(2, 3, 6, 6)}
+    w = {"w": r(4, 3, 3, 3)}
+    cases = {
+        "relu runs inside the conv": act_pool("Relu"),
+        "hard swish dips below zero": act_pool("HardSwish"),
+        "elu with a negative alpha": act_pool("Elu", act_attrs={"alpha": -0.5}),
+        "ceil mode": act_pool("Softplus", ceil_mode=1),
+        "same padding": act_pool("Softplus", auto_pad="SAME_UPPER"),
+        "an average": act_pool("Softplus", "AveragePool", kernel_shape=[2, 2]),
+    }
+    for why, nodes in cases.items():
+        model = make_model(nodes, feeds, "y", 14, w)
+        assert ops(prepare(model, "x", "y")) == [n.op_type for n in nodes], why
+    # the activation's output also read elsewhere, or explained itself
+    nodes = [*act_pool("Softplus"), helper.make_node("ReduceSum", ["h"], ["s"]),
+             helper.make_node("Add", ["y", "s"], ["z"])]  # fmt: skip
+    model = make_model(nodes, feeds, "z", 11, w)
+    assert ops(prepare(model, "x", "z"))[:3] == ["Conv", "Softplus", "MaxPool"]
+    model = make_model(act_pool("Softplus"), feeds, "y", 11, w)
+    assert ops(prepare(model, "x", "h")) == ["Conv", "Softplus"]
+    # a pool that also gives its indices
+    nodes = act_pool("Softplus")
+    nodes[-1].output.append("i")
+    model = make_model(nodes, feeds, "y", 11, w)
+    assert ops(prepare(model, "x", "y")) == ["Conv", "Softplus", "MaxPool"]
+
+
+@pytest.mark.parametrize("act", ["Softplus", "Tanh", "Selu"])
+def test_gradient_through_an_activation_moved_after_its_pool(act):
+    check_graph(act_pool(act, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                {"x": r(2, 3, 7, 7)}, "y", opset=11, constants={"w": r(4, 3, 3, 3)})  # fmt: skip
