@@ -494,8 +494,9 @@ def _activations_after_pools(nodes: list[_Node], protected: set[str]) -> None:
     the pool: the same values (the max of f is f of the max), but f and its reverse run on
     the pooled tensor, a quarter of the values after a 2x2 pool. The sample digits CNN
     (Conv, Softplus, MaxPool twice): gradient kernels 2.3-3.2 -> 1.5-1.6 ms per 16 rows.
-    Only pools whose every window holds an input value: no ceil_mode, no SAME padding (a
-    window of padding alone is the lowest float, which f would change)."""
+    Only pools whose every window holds an input value (a window of padding alone is the
+    lowest float, which f would change): no ceil_mode, no SAME padding, and pads only where
+    the windows are contiguous and each pad is under the kernel."""
     users: dict[str, int] = {}
     for n in nodes:
         for name in _reads(n.proto):
@@ -526,12 +527,22 @@ def _plain_max_pool(node: onnx.NodeProto) -> bool:
     if node.op_type == "GlobalMaxPool":
         return True
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    if node.op_type != "MaxPool" or node.output[0] == "" or attrs.get("ceil_mode", 0):
+        return False
+    if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) not in ("NOTSET", "VALID"):
+        return False
+    # Every window holds an input value: unpadded, or contiguous with each pad under the
+    # kernel. (Dilated windows over padding can miss the input: k=2, dilation 2, pads 1 on
+    # a length-1 axis reads only padding.)
+    kernel, pads = list(attrs.get("kernel_shape", [])), list(attrs.get("pads", []))
+    if not any(pads):
+        return True
+    contiguous = all(d == 1 for d in attrs.get("dilations", []))
     return (
-        node.op_type == "MaxPool"
-        and node.output[0] != ""
-        and not attrs.get("ceil_mode", 0)
-        and (pad.decode() if isinstance(pad, bytes) else pad) in ("NOTSET", "VALID")
+        contiguous
+        and len(pads) == 2 * len(kernel)
+        and all(p < k for p, k in zip(pads, kernel * 2, strict=True))
     )
 
 

@@ -332,10 +332,11 @@ def test_an_activation_before_a_max_pool_runs_after_it(act, attrs, pool):
 
 def test_pools_with_padding_overlap_and_dilation_move_too():
     feeds = {"x": r(2, 3, 7, 7)}
-    nodes = act_pool("Softplus", kernel_shape=[3, 3], strides=[2, 1], pads=[1, 0, 1, 2],
-                     dilations=[1, 2])  # fmt: skip
-    model = make_model(nodes, feeds, "y", 11, {"w": r(4, 3, 3, 3)})
-    assert ops(same_function(model, feeds)) == ["Conv", "MaxPool", "Softplus"]
+    padded = act_pool("Softplus", kernel_shape=[3, 3], strides=[2, 1], pads=[1, 0, 1, 2])
+    dilated = act_pool("Softplus", kernel_shape=[2, 3], dilations=[2, 2])
+    for nodes in (padded, dilated):
+        model = make_model(nodes, feeds, "y", 11, {"w": r(4, 3, 3, 3)})
+        assert ops(same_function(model, feeds)) == ["Conv", "MaxPool", "Softplus"]
 
 
 def test_activations_and_pools_that_must_not_swap_stay():
@@ -347,6 +348,8 @@ def test_activations_and_pools_that_must_not_swap_stay():
         "elu with a negative alpha": act_pool("Elu", act_attrs={"alpha": -0.5}),
         "ceil mode": act_pool("Softplus", ceil_mode=1),
         "same padding": act_pool("Softplus", auto_pad="SAME_UPPER"),
+        "dilated over padding": act_pool("Sigmoid", dilations=[2, 2], pads=[1, 1, 1, 1]),
+        "a pad as wide as the kernel": act_pool("Sigmoid", pads=[0, 2, 0, 0]),
         "an average": act_pool("Softplus", "AveragePool", kernel_shape=[2, 2]),
     }
     for why, nodes in cases.items():
