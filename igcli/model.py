@@ -30,6 +30,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
+from igcli import prefetch
 from igcli.autodiff.inference import infer_shapes
 from igcli.autodiff.subgraphs import captures, subgraphs
 from igcli.errors import InputError, ModelError, UsageError
@@ -316,8 +317,9 @@ def load_model(path: Path) -> onnx.ModelProto:
     with open_regular(path, ModelError) as fh:
         if file_size(fh) == 0:
             raise ModelError("empty file (0 bytes), not an ONNX model", path)
+        data = prefetch.take(str(path), os.fstat(fh.fileno()))  # (read while the CLI imported)
         try:
-            data = fh.read()
+            data = fh.read() if data is None else data
         except OSError as exc:
             raise ModelError(f"cannot read ({os_reason(exc)})", path) from None
     try:
