@@ -247,6 +247,7 @@ def execute_on_processes(
                     mine = feeder.take()
                 while not died and not feeder.over():
                     take_in(block=True)
+                died = died or feeder.broken  # (a pool that broke as its workers started)
                 finished = not died
             except KeyboardInterrupt:
                 interrupted = True
@@ -292,6 +293,7 @@ class _Feeder:
         self.returned: list[Future] = []  # every future handed to the client
         self.running: set[Future] = set()  # (the feeder thread's, once started)
         self.ended = False
+        self.broken = False  # a worker died, or failed to start: the pool takes no chunk
         self.thread = threading.Thread(target=self._feed, name="igcli-feeder", daemon=True)
 
     def start(self) -> None:
@@ -299,7 +301,8 @@ class _Feeder:
         sigint_ignored_by_children, see there), then the rest from the feeder's."""
         try:
             self._fill()
-        except (BrokenProcessPool, RuntimeError):
+        except (BrokenProcessPool, RuntimeError) as exc:
+            self.broken = isinstance(exc, BrokenProcessPool)
             self.results.put(None)
             return
         self.thread.start()
@@ -331,7 +334,8 @@ class _Feeder:
         return self.ended
 
     def join(self) -> None:
-        self.thread.join(timeout=30)
+        if self.thread.ident is not None:  # (not started where the first submits failed)
+            self.thread.join(timeout=30)
 
     def _fill(self) -> None:
         while len(self.running) < self.workers and (chunk := self.take()) is not None:
@@ -346,7 +350,9 @@ class _Feeder:
                     if not _succeeded(future):  # a dead worker, or the run stopped
                         return
                 self._fill()
-        except (BrokenProcessPool, RuntimeError):  # (RuntimeError: the pool was shut down)
+        except BrokenProcessPool:
+            self.broken = True
+        except RuntimeError:  # (the pool was shut down)
             return
         finally:
             self.results.put(None)

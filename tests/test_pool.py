@@ -469,3 +469,35 @@ def test_a_worker_sent_sigterm_is_a_worker_gone_not_the_end_of_the_run(tmp_path)
     assert proc.returncode == 0, err
     assert "a worker process ended unexpectedly" in err
     assert len(list(out.glob("*.record.json"))) == 300 and (out / "report.json").is_file()
+
+
+def test_a_pool_that_breaks_as_its_workers_start_leaves_every_input_to_this_process(
+    tmp_path, monkeypatch, capsys
+):
+    """A worker that dies while starting breaks the pool at the first submit: the feeder's
+    thread never started, and joining it at the end was an internal error (exit 1) after
+    every input had been explained, with no report."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from igcli import pool
+    from igcli.cli import main
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, *args, **kwargs):
+            raise BrokenProcessPool("a worker died while starting")
+
+        def shutdown(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(pool, "ProcessPoolExecutor", Broken)
+    folder, out = _folder(tmp_path), tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["explain", str(DIGITS), str(folder), "-r", "--workers", "2", "--out", str(out),
+              "--steps", "4"], prog_name="igcli")  # fmt: skip
+    assert info.value.code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["results"]) == 12
+    assert "a worker process ended unexpectedly" in capsys.readouterr().err
