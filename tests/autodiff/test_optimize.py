@@ -373,3 +373,14 @@ def test_activations_and_pools_that_must_not_swap_stay():
 def test_gradient_through_an_activation_moved_after_its_pool(act):
     check_graph(act_pool(act, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
                 {"x": r(2, 3, 7, 7)}, "y", opset=11, constants={"w": r(4, 3, 3, 3)})  # fmt: skip
+
+
+def test_the_sample_digits_cnn_pools_before_its_softplus():
+    """Its two Softplus run on the pooled tensors (a quarter of the values), which made its
+    gradient calls a third cheaper (bench/bench_batch.py)."""
+    from tests.test_cli import DIGITS
+
+    model = onnx.load(DIGITS)
+    names = (model.graph.input[0].name, model.graph.output[0].name)
+    assert ops(prepare(model, *names)) == ["Conv", "MaxPool", "Softplus", "Conv", "MaxPool",
+                                           "Softplus", "Flatten", "Gemm"]  # fmt: skip
