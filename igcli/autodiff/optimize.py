@@ -191,7 +191,7 @@ def _constants(graph: onnx.GraphProto, opset: int) -> dict[str, np.ndarray]:
 
 
 def _evaluate(node: onnx.NodeProto, consts: dict, opset: int) -> np.ndarray | None:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attrs(node)
     if node.op_type == "Constant":
         if "value" in attrs:
             return numpy_helper.to_array(attrs["value"])
@@ -236,6 +236,10 @@ def _ranks(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
         if t.HasField("shape"):
             ranks[vi.name] = (t.elem_type, len(t.shape.dim))
     return ranks
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 # -- liveness ----------------------------------------------------------------------------------
@@ -283,12 +287,18 @@ def _add_used_initializers(
 
 
 # -- folding -----------------------------------------------------------------------------------
-def _fold(nodes: list[_Node], consts, protected, ranks, new_inits, opset) -> None:
-    """Fold each affine chain into the Conv before it (or into a new per-channel Conv)."""
+def _readers(nodes: list[_Node]) -> dict[str, list[_Node]]:
+    """Each tensor name -> the nodes that read it (see _reads)."""
     users: dict[str, list[_Node]] = {}
     for n in nodes:
         for name in _reads(n.proto):
             users.setdefault(name, []).append(n)
+    return users
+
+
+def _fold(nodes: list[_Node], consts, protected, ranks, new_inits, opset) -> None:
+    """Fold each affine chain into the Conv before it (or into a new per-channel Conv)."""
+    users = _readers(nodes)
     names = iter(range(1 << 62))
 
     def fresh(hint: str) -> str:
@@ -377,7 +387,7 @@ def _blocked_layout_fits(node, weight: np.ndarray, consts) -> bool:
 
 def _bn_step(node, consts, opset) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel (scale, shift) of an inference BatchNormalization with constant parameters."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attrs(node)
     training = attrs.get("training_mode", 0) if opset >= 14 else sum(map(bool, node.output)) > 1
     if training or attrs.get("spatial", 1) == 0 or len(node.input) < 5:
         return None
@@ -497,10 +507,7 @@ def _activations_after_pools(nodes: list[_Node], protected: set[str]) -> None:
     Only pools whose every window holds an input value (a window of padding alone is the
     lowest float, which f would change): no ceil_mode, no SAME padding, and pads only where
     the windows are contiguous and each pad is under the kernel."""
-    users: dict[str, int] = {}
-    for n in nodes:
-        for name in _reads(n.proto):
-            users[name] = users.get(name, 0) + 1
+    users = _readers(nodes)
     producer = {o: n for n in nodes if not n.dead for o in n.proto.output if o}
     for pool in nodes:
         p = pool.proto
@@ -511,7 +518,7 @@ def _activations_after_pools(nodes: list[_Node], protected: set[str]) -> None:
             continue
         a = act.proto
         y = a.output[0]
-        if y in protected or users.get(y) != 1 or len([o for o in a.output if o]) != 1:
+        if y in protected or len(users.get(y, [])) != 1 or len([o for o in a.output if o]) != 1:
             continue
         pooled = f"{y}/igcli_pooled"
         moved_pool = helper.make_node(p.op_type, [a.input[0]], [pooled], name=p.name)
@@ -526,7 +533,7 @@ def _plain_max_pool(node: onnx.NodeProto) -> bool:
         return False
     if node.op_type == "GlobalMaxPool":
         return True
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attrs(node)
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     if node.op_type != "MaxPool" or node.output[0] == "" or attrs.get("ceil_mode", 0):
         return False
@@ -551,7 +558,7 @@ def _rising(node: onnx.NodeProto) -> bool:
     defaults = _RISING.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if defaults is None or len(node.input) != 1:
         return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attrs(node)
     return all(float(attrs.get(name, value)) >= 0 for name, value in defaults.items())
 
 
