@@ -315,9 +315,10 @@ def default_output(specs: list[TensorSpec]) -> TensorSpec | None:
 def load_model(path: Path) -> onnx.ModelProto:
     """Read an ONNX file and its external data, failing with a one-line ModelError."""
     with open_regular(path, ModelError) as fh:
-        if file_size(fh) == 0:
+        opened = os.fstat(fh.fileno())
+        if opened.st_size == 0:
             raise ModelError("empty file (0 bytes), not an ONNX model", path)
-        data = prefetch.take(str(path), os.fstat(fh.fileno()))  # (read while the CLI imported)
+        data = prefetch.take(str(path), opened)  # (read while the CLI imported)
         try:
             data = fh.read() if data is None else data
         except OSError as exc:
