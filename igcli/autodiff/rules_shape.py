@@ -297,6 +297,52 @@ def CumSum(g: NodeGrad):
     return [scan, None]
 
 
+CUMPROD_MAX = 2048  # longest CumProd axis with a rule: its gradient holds n * n values a line
+
+
+@rule("CumProd")
+def CumProd(g: NodeGrad):
+    """y[j] = product of x[k] along the axis over k <= j (k < j exclusive; the other way round
+    with reverse). dy[j]/dx[i] = E[i] Q[i, j] for j >= i, E[i] the product before i (the
+    exclusive scan), Q[i, j] that over i < k <= j: dx[i] = E[i] * sum over j >= i of Q[i, j]
+    GO[j]. Exclusive moves GO one place back (its y[j] is the inclusive y[j - 1]); reverse
+    runs on the flipped axis. Q is CumProd itself over an [n, n] plane holding x[k] where
+    k > i and 1 elsewhere: no division, so a zero in x gets its exact gradient (dividing y by
+    x would give NaN), for n * n values a line. The axis gets none."""
+    axis_value, shape = g.const_input(1), g.e.static_shape(g.I(0))
+    if axis_value is None or shape is None:
+        raise NoGradient("CumProd needs a constant axis and a known rank")
+    rank = len(shape)
+    axis = int(np.asarray(axis_value).reshape(-1)[0]) % rank
+    n = shape[axis]
+    if not isinstance(n, int) or n > CUMPROD_MAX:
+        raise NoGradient(f"CumProd needs a fixed axis of at most {CUMPROD_MAX} values")
+    x, go, last = g.I(0), g.GO(0), rank - 1
+    perm = list(range(rank))
+    perm[axis], perm[last] = last, axis  # (a swap: its own inverse)
+    reverse = bool(g.attr("reverse", 0))
+
+    def flip(t: str) -> str:
+        return g.e.slice(t, [-1], [np.iinfo(np.int64).min], [last], [-1]) if reverse else t
+
+    def swap(t: str) -> str:
+        return g.op("Transpose", t, perm=perm) if axis != last else t
+
+    x, go = flip(swap(x)), flip(swap(go))  # the scan's axis last, running forwards
+    if g.attr("exclusive", 0):
+        tail = g.e.slice(go, [1], [n], [last])
+        go = g.op("Concat", tail, g.op("Mul", g.e.slice(go, [0], [1], [last]), g.scalar(0.0)),
+                  axis=last)  # fmt: skip
+    scan_axis = g.e.const(np.array(last, np.int64))
+    before = g.op("CumProd", x, scan_axis, exclusive=1)
+    i, k = np.indices((n, n))
+    plane = g.op("Where", g.e.const(k > i), g.e.unsqueeze(x, [last]), g.scalar(1.0))
+    q = g.op("CumProd", plane, g.e.const(np.array(rank, np.int64)))  # [..., i, j]
+    upper = g.op("Mul", q, g.e.const((k >= i).astype(g.e.np_dtype(g.I(0)))))
+    summed = g.e.squeeze(g.op("MatMul", upper, g.e.unsqueeze(go, [rank])), [rank])
+    return [swap(flip(g.op("Mul", before, summed))), None]
+
+
 @rule("Trilu")
 def Trilu(g: NodeGrad):
     """y = x with the entries outside the k-th upper (or lower) triangle of the last two axes

@@ -293,6 +293,20 @@ for opset in (11, 14):
     add(NodeCase("CumSum", {"x": r(2, 5)}, {"reverse": 1}, fixed={"axis": np.asarray(-1)},
                  runtime={"axis"}, opset=opset, id=f"CumSum-runtime-axis-{opset}"))  # fmt: skip
 
+# -- CumProd (26+): exclusive and reverse, a negative axis, zeros in x (no division) ---------
+for exclusive in (0, 1):
+    for reverse in (0, 1):
+        add(NodeCase("CumProd", {"x": r(3, 4, 2)}, {"exclusive": exclusive, "reverse": reverse},
+                     fixed={"axis": np.asarray(1, np.int64)}, opset=26,
+                     id=f"CumProd-ex{exclusive}-rev{reverse}"))  # fmt: skip
+ZEROS = r(2, 5)
+ZEROS[0, 1] = ZEROS[1, 1] = ZEROS[1, 3] = 0.0  # one zero in a line, two in another
+add(NodeCase("CumProd", {"x": ZEROS}, fixed={"axis": np.asarray(-1, np.int32)}, opset=26,
+             id="CumProd-zeros-negative-axis"))  # fmt: skip
+add(NodeCase("CumProd", {"x": ZEROS}, {"reverse": 1, "exclusive": 1},
+             fixed={"axis": np.asarray(1, np.int64)}, opset=26, dynamic=True,
+             id="CumProd-zeros-reverse-exclusive-dyn"))  # fmt: skip
+
 # -- Compress (11+): along an axis (negative too), flattened, a condition shorter than the
 # axis, computed at run time ----------------------------------------------------------------
 MASK = np.array([True, False, True, True])
