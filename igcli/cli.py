@@ -1015,6 +1015,8 @@ def inspect(model: Path, as_json: bool) -> None:
     read = rows_first(onnx_model, attributed) if attributed is not None else (onnx_model, 0, False)
     sequence_first = read[1] == 1
     if attributed is not None:
+        if read[2]:  # (a batch axis given to an unbatched model: its input as explain reads it)
+            attributed = next(s for s in graph_inputs(read[0]) if s.name == attributed.name)
         try:
             made = make_preprocessing(attributed, sidecar)
             prep = made.describe()

@@ -855,7 +855,7 @@ def rows_first(
     moved = batch_first(model, spec.name, axis) if axis is not None else None
     if moved is None:  # no batch at all, or one squeezed out of the outputs
         wrapped = None
-        if not axis and unbatched(model, spec, sha256):
+        if not axis and (unbatched_image(spec) or unbatched(model, spec, sha256)):
             wrapped = with_batch_axis(model, spec.name)
         elif squeezed_batch(model, spec):
             wrapped = with_batch_axis(model, spec.name, input_too=False)
@@ -892,6 +892,20 @@ def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec, dynamic: bool = Fal
     return bool(outputs) and all(
         o.kind == "tensor" and fixed_dims(o.shape) and (not o.shape or o.shape[0] != 1)
         for o in outputs
+    )
+
+
+def unbatched_image(spec: TensorSpec) -> bool:
+    """Whether the input is one RGB image without a batch axis, [3, H, W]: torchvision's
+    detectors take a list of images and export on one (a batch fixed at 3 of [H, W] planes
+    is no layout anyone exports). Read as a batch of 3, no PNG or .npy fitted it."""
+    dims = spec.shape
+    return (
+        spec.kind == "tensor"
+        and np.dtype(spec.dtype).kind == "f"
+        and len(dims) == 3
+        and dims[0] == 3
+        and all(not isinstance(d, int) or d > 3 for d in dims[1:])
     )
 
 

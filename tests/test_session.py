@@ -1427,3 +1427,45 @@ def test_a_zero_gradient_from_an_input_far_out_names_the_input_not_the_model(tmp
     assert result.delta != 0 and not np.any(result.attributions)
     assert any("so far from the baseline (|x - b| up to 1e+38)" in w for w in said)
     assert not any("piecewise constant" in w for w in said)
+
+
+def _chw_model(path, x_shape):
+    """x [3, H, W] (one RGB image, no batch axis, as torchvision's detectors take it) ->
+    Unsqueeze -> Conv 3->4 -> Tanh -> mean over the image: y [4]."""
+    from onnx import helper
+
+    rng = np.random.default_rng(3)
+    inits = [models.const("w", rng.normal(0, 0.5, (4, 3, 3, 3))), models.const("b", [0.1] * 4)]
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "zero"], ["x4"]),
+        helper.make_node("Conv", ["x4", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Tanh", ["c"], ["t"]),
+        helper.make_node("ReduceMean", ["t", "hw"], ["m"], keepdims=0),
+        helper.make_node("Squeeze", ["m", "zero"], ["y"]),
+    ]
+    from onnx import numpy_helper
+
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+              numpy_helper.from_array(np.array([2, 3], np.int64), "hw")]  # fmt: skip
+    return models.save(models.xy_model(nodes, x_shape, [4], inits, opset=18), path)
+
+
+@pytest.mark.parametrize("x_shape", [[3, 12, 10], [3, "height", "width"]])
+def test_one_rgb_image_without_a_batch_axis_is_an_image_model(tmp_path, x_shape):
+    """[3, H, W] was read as a batch of 3 [H, W] planes: a PNG was 'an image, but the model
+    input has shape [3, 12, 10]' and a [3, 12, 10] .npy 'held a batch of 3'. It is one image."""
+    import onnxruntime as ort
+
+    path = _chw_model(tmp_path / "chw.onnx", x_shape)
+    png = tmp_path / "in.png"
+    pixels = np.random.default_rng(4).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(png)
+    session = igcli.Session(path, cache=False)
+    assert session.prep.is_image_model and session.prep.layout == "NCHW"
+    run = ort.InferenceSession(str(path)).run
+    for sample in (*session.load(png), np.transpose(pixels, (2, 0, 1)).astype(np.float32) / 255):
+        a = session.attribute(sample, target=2, steps=32, baseline="zero")
+        x = np.transpose(pixels, (2, 0, 1)).astype(np.float32) / 255
+        assert a.attributions.shape == (3, 12, 10)
+        assert a.f_input == pytest.approx(float(run(None, {"x": x})[0][2]), rel=1e-5)
+        assert a.gradient_source == "graph" and a.rel_error < 1e-3
