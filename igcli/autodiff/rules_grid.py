@@ -208,3 +208,136 @@ def AffineGrid(g: NodeGrad):
     homogeneous = g.op("Concat", points, ones, axis=2)  # [1, P, dims + 1]
     go = g.op("Reshape", g.GO(0), g.e.ints([0, -1, dims]))  # [N, P, dims]
     return [g.op("MatMul", g.op("Transpose", go, perm=[0, 2, 1]), homogeneous), None]
+
+
+def _roi_axis(g: NodeGrad, start, end, legacy: bool, out: int, ratio: int, size: int):
+    """One axis of RoiAlign's samples, [R, out, G] (G: `ratio`, or the largest adaptive grid
+    among the rois): the int64 indices and bilinear weights of the low and high pixel, each
+    weight divided by the roi's grid (so the product over the two axes averages), the slope
+    of the low->high value change (d weight_high / d coordinate, over the grid), and how the
+    coordinate moves with the roi's start and end."""
+    one, zero = g.scalar(1.0), g.scalar(0.0)
+    extent = g.op("Sub", end, start)  # [R]
+    unclamped = one
+    if legacy:  # a malformed roi is taken as one pixel wide
+        unclamped = g.op("Cast", g.op("Greater", extent, one), to=g.e.infos_elem(g.I(0)))
+        extent = g.op("Max", extent, one)
+    step = g.op("Div", extent, g.scalar(float(out)))  # a bin's side
+    if ratio > 0:
+        grid = g.op("Add", g.op("Mul", extent, zero), g.scalar(float(ratio)))
+        taps = g.e.const(np.arange(ratio, dtype=g.e.np_dtype(g.I(0))))
+    else:  # adaptive: ceil(extent / out) samples a bin, up to the most any roi takes
+        grid = g.op("Ceil", step)
+        most = g.op("ReduceMax", g.op("Concat", grid, g.e.const(np.ones(1, g.e.np_dtype(g.I(0)))),
+                                      axis=0), keepdims=0)  # fmt: skip
+        taps = g.op("Range", zero, most, one)
+    grid3, step3 = (g.e.unsqueeze(t, [1, 2]) for t in (grid, step))  # [R, 1, 1]
+    bins = g.e.const(np.arange(out, dtype=g.e.np_dtype(g.I(0))).reshape(1, out, 1))
+    taps3 = g.e.unsqueeze(taps, [0, 1])  # [1, 1, G]
+    used = g.op("Max", grid3, one)
+    frac = g.op("Div", g.op("Add", bins, g.op("Div", g.op("Add", taps3, g.scalar(0.5)), used)),
+                g.scalar(float(out)))  # (p + (s + 0.5) / grid) / out, [R, out, G]  # fmt: skip
+    v = g.op("Add", g.e.unsqueeze(start, [1, 2]), g.op("Mul", frac, g.e.unsqueeze(extent, [1, 2])))
+    inside = g.op("And", g.op("Less", taps3, grid3),
+                  g.op("Not", g.op("Or", g.op("Less", v, g.scalar(-1.0)),
+                                   g.op("Greater", v, g.scalar(float(size))))))  # fmt: skip
+    kept = g.op("Div", g.op("Cast", inside, to=g.e.infos_elem(g.I(0))), used)
+    v = g.op("Max", v, zero)
+    low = g.op("Floor", v)
+    edge = g.op("Not", g.op("Less", low, g.scalar(size - 1.0)))  # from the last pixel on
+    last = g.scalar(size - 1.0)
+    low = g.op("Where", edge, last, low)
+    high = g.op("Where", edge, last, g.op("Add", low, one))
+    w_high = g.op("Where", edge, zero, g.op("Sub", v, low))
+    w_low = g.op("Sub", one, w_high)
+    moves = g.op("Not", g.op("Or", edge, g.op("Not", g.op("Greater", v, zero))))
+    slope = g.op("Mul", kept, g.op("Cast", moves, to=g.e.infos_elem(g.I(0))))
+    by_end = g.op("Mul", frac, g.e.unsqueeze(unclamped, [1, 2]) if legacy else unclamped)
+    by_start = g.op("Sub", one, by_end)
+    as_index = [g.op("Cast", t, to=7) for t in (low, high)]
+    return as_index, [g.op("Mul", w, kept) for w in (w_low, w_high)], slope, by_start, by_end
+
+
+@rule("RoiAlign")
+def RoiAlign(g: NodeGrad):
+    """y[r, c, ph, pw] averages, over a grid of points in bin (ph, pw) of roi r, the bilinear
+    read of X[b_r, c] at each point: linear in X, so dX adds GO times each point's weights
+    into the four pixels it read (a ScatterND with reduction add, a corner at a time). The
+    points move with the roi's corners (y = start + (p + (s + 0.5) / grid) * extent / out),
+    so d rois = sum over points of GO times the read's slope along each axis (the weights'
+    other factor times the high pixel minus the low one) times d point / d corner. The grid
+    (`sampling_ratio`, or ceil(extent / out) per roi), points outside [-1, size] (read as 0)
+    and the clamps at the image's edges are steps: no gradient. Average mode only (max mode's
+    kernel takes the largest weighted corner, not a read), from opset 16."""
+    x, rois, go = g.I(0), g.I(1), g.GO(0)
+    if g.attr("mode", "avg") != "avg":
+        raise NoGradient("max mode")
+    if g.opset < 16:
+        raise NoGradient("below opset 16, where ScatterND cannot add")
+    shape = g.e.static_shape(x)
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        raise NoGradient("RoiAlign needs static shapes (the image's channels and size)")
+    channels, height, width = shape[1:]
+    out_h, out_w = g.attr("output_height", 1), g.attr("output_width", 1)
+    ratio, scale = g.attr("sampling_ratio", 0), g.attr("spatial_scale", 1.0)
+    legacy = g.attr("coordinate_transformation_mode", "half_pixel" if g.opset >= 16 else
+                    "output_half_pixel") == "output_half_pixel"  # fmt: skip
+    corners = g.op("Mul", rois, g.scalar(scale))
+    if not legacy:
+        corners = g.op("Sub", corners, g.scalar(0.5))
+    x1, y1, x2, y2 = (g.e.squeeze(g.e.slice(corners, [k], [k + 1], [1]), [1]) for k in range(4))
+    ys = _roi_axis(g, y1, y2, legacy, out_h, ratio, height)
+    xs = _roi_axis(g, x1, x2, legacy, out_w, ratio, width)
+
+    def along_y(t):  # [R, out_h, Gy] -> [R, out_h, Gy, 1, 1]
+        return g.e.unsqueeze(t, [3, 4])
+
+    def along_x(t):  # [R, out_w, Gx] -> [R, 1, 1, out_w, Gx]
+        return g.e.unsqueeze(t, [1, 2])
+
+    # GO as rows of channels at each point: [R, out_h, 1, out_w, 1, C]
+    go_rows = g.e.unsqueeze(g.op("Transpose", go, perm=[0, 2, 3, 1]), [2, 4])
+    batch = g.op("Cast", g.I(2), to=7)
+    where = {}  # (y corner, x corner) -> [R, out_h, Gy, out_w, Gx, 2] (n, flat pixel)
+    for a, b in itertools.product((0, 1), (0, 1)):
+        flat = g.op("Add", along_y(g.op("Mul", ys[0][a], g.e.ints([width]))), along_x(xs[0][b]))
+        n = g.op("Expand", g.op("Reshape", batch, g.e.ints([-1, 1, 1, 1, 1])), g.op("Shape", flat))
+        where[a, b] = g.op("Concat", g.e.unsqueeze(n, [5]), g.e.unsqueeze(flat, [5]), axis=5)
+    grads: list[str | None] = [None, None, None]
+    if g.needs(0):
+        summed = g.op("ConstantOfShape", g.op("Concat", g.e.slice(g.op("Shape", x), [0], [1], [0]),
+                                              g.e.ints([height * width, channels]), axis=0),
+                      value=numpy_helper.from_array(np.zeros(1, g.e.np_dtype(x))))  # fmt: skip
+        for (a, b), at in where.items():
+            weight = g.op("Mul", along_y(ys[1][a]), along_x(xs[1][b]))
+            update = g.op("Mul", go_rows, g.e.unsqueeze(weight, [5]))
+            summed = g.e.scatter_nd_add(summed, at, update, like=x)
+        back = g.op("Transpose", summed, perm=[0, 2, 1])
+        grads[0] = g.op("Reshape", back, g.op("Shape", x))
+    if g.needs(1):
+        image = _rows(g, x, channels)  # [N, H*W, C]
+        read = {k: g.e.reduce_sum(g.op("Mul", go_rows, g.op("GatherND", image, at)), [5],
+                                  keepdims=False) for k, at in where.items()}  # fmt: skip
+        # d y / d (row, column) of each point, times GO, summed over channels: [R, oh, Gy, ow, Gx]
+        rise_y = g.op(
+            "Add",
+            g.op("Mul", along_x(xs[1][0]), g.op("Sub", read[1, 0], read[0, 0])),
+            g.op("Mul", along_x(xs[1][1]), g.op("Sub", read[1, 1], read[0, 1])),
+        )
+        rise_x = g.op(
+            "Add",
+            g.op("Mul", along_y(ys[1][0]), g.op("Sub", read[0, 1], read[0, 0])),
+            g.op("Mul", along_y(ys[1][1]), g.op("Sub", read[1, 1], read[1, 0])),
+        )
+        d_y = g.op("Mul", rise_y, along_y(ys[2]))
+        d_x = g.op("Mul", rise_x, along_x(xs[2]))
+        axes = [1, 2, 3, 4]
+        parts = [
+            g.e.reduce_sum(g.op("Mul", d_x, along_x(xs[3])), axes, keepdims=False),
+            g.e.reduce_sum(g.op("Mul", d_y, along_y(ys[3])), axes, keepdims=False),
+            g.e.reduce_sum(g.op("Mul", d_x, along_x(xs[4])), axes, keepdims=False),
+            g.e.reduce_sum(g.op("Mul", d_y, along_y(ys[4])), axes, keepdims=False),
+        ]
+        stacked = g.op("Concat", *(g.e.unsqueeze(p, [1]) for p in parts), axis=1)
+        grads[1] = g.op("Mul", stacked, g.scalar(scale))
+    return grads

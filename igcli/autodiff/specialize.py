@@ -61,7 +61,8 @@ _SHAPE_FROM_SHAPES = _ops(
     LayerNormalization GroupNormalization LRN LpNormalization MeanVarianceNormalization Softmax
     LogSoftmax Hardmax MatMul MatMulInteger Gemm Einsum Transpose Flatten Concat Gather
     GatherElements GatherND ScatterElements ScatterND DepthToSpace SpaceToDepth ArgMax ArgMin
-    Shape Size EyeLike CumSum CumProd Trilu ReverseSequence GridSample Swish RotaryEmbedding Det"""
+    Shape Size EyeLike CumSum CumProd Trilu ReverseSequence GridSample RoiAlign Swish
+    RotaryEmbedding Det"""
 )
 _SHAPE_VALUE_INPUTS = {
     **dict.fromkeys(

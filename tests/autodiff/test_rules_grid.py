@@ -113,3 +113,51 @@ def test_spatial_transformer():
     theta = np.array([[[0.83, 0.21, 0.137], [-0.17, 0.91, -0.061]]])
     check_graph(nodes, {"x": rng.uniform(-2, 2, (1, 2, 5, 6)), "theta": theta}, "y", opset=20,
                 constants={"size": np.array([1, 2, 4, 3], np.int64)})  # fmt: skip
+
+
+# RoiAlign (16 and 21; ONNX Runtime has no RoiAlign-22), average mode: with respect to the
+# image and to the rois; half_pixel and output_half_pixel (whose malformed rois are taken as
+# one pixel wide), a fixed sampling grid and the adaptive one (ceil(extent / out) points a
+# bin, different per roi), rois reaching outside the image and past its last pixel, a
+# spatial scale, two images
+def roi_boxes(*boxes):
+    """Rois whose sample points keep clear of whole pixel coordinates (checked by the cases'
+    finite differences: a point crossing one changes the pixels it reads)."""
+    return np.array(boxes, dtype=np.float64)
+
+
+ROI_IMAGE = rng.uniform(-2, 2, (2, 3, 6, 7))
+ROI_BOXES = roi_boxes([0.31, 0.47, 4.23, 3.61], [1.13, 0.22, 6.71, 5.93], [-1.37, 2.09, 2.83, 7.41])
+ROI_BATCH = np.array([0, 1, 1], np.int64)
+for opset, attrs, tag in (
+    (16, {"output_height": 2, "output_width": 3, "sampling_ratio": 2}, "half-pixel-ratio2"),
+    (21, {"output_height": 3, "output_width": 2, "sampling_ratio": 0}, "half-pixel-adaptive"),
+    (16, {"output_height": 2, "output_width": 2, "sampling_ratio": 1, "spatial_scale": 0.5,
+          "coordinate_transformation_mode": "output_half_pixel"}, "output-half-pixel-scale"),
+):  # fmt: skip
+    boxes = ROI_BOXES * 2 if attrs.get("spatial_scale") else ROI_BOXES
+    CASES.append(Case("RoiAlign", {"x": ROI_IMAGE, "rois": boxes}, attrs, opset=opset,
+                      constants={"batch": ROI_BATCH}, id=f"RoiAlign-{tag}"))  # fmt: skip
+# a roi under one pixel wide: output_half_pixel widens it to one (no gradient from its end)
+CASES.append(Case("RoiAlign", {"x": ROI_IMAGE[:1], "rois": roi_boxes([2.13, 1.29, 2.61, 1.74])},
+                  {"output_height": 2, "output_width": 2, "sampling_ratio": 2,
+                   "coordinate_transformation_mode": "output_half_pixel"}, opset=16,
+                  constants={"batch": np.array([0], np.int64)},
+                  id="RoiAlign-malformed-roi"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("opset", "attrs", "why"),
+    [(16, {"mode": "max"}, "max mode"), (11, {}, "below opset 16, where ScatterND cannot add")],
+)
+def test_roi_align_without_a_rule(opset, attrs, why):
+    """Max mode, and models below opset 16 (whose ScatterND cannot add), fall back."""
+    from onnx import helper
+
+    from igcli.autodiff import blocking_ops
+    from tests.autodiff.checker import make_model
+
+    node = helper.make_node("RoiAlign", ["x", "rois", "batch"], ["y"], **attrs)
+    inputs = {"x": ROI_IMAGE, "rois": ROI_BOXES}
+    model = make_model([node], inputs, "y", opset, {"batch": ROI_BATCH}, False)
+    assert blocking_ops(model, "x", "y") == [f"RoiAlign ({why})"]
