@@ -231,7 +231,7 @@ def _roi_axis(g: NodeGrad, start, end, legacy: bool, out: int, ratio: int, size:
         most = g.op("ReduceMax", g.op("Concat", grid, g.e.const(np.ones(1, g.e.np_dtype(g.I(0)))),
                                       axis=0), keepdims=0)  # fmt: skip
         taps = g.op("Range", zero, most, one)
-    grid3, step3 = (g.e.unsqueeze(t, [1, 2]) for t in (grid, step))  # [R, 1, 1]
+    grid3 = g.e.unsqueeze(grid, [1, 2])  # [R, 1, 1]
     bins = g.e.const(np.arange(out, dtype=g.e.np_dtype(g.I(0))).reshape(1, out, 1))
     taps3 = g.e.unsqueeze(taps, [0, 1])  # [1, 1, G]
     used = g.op("Max", grid3, one)
@@ -276,7 +276,7 @@ def RoiAlign(g: NodeGrad):
         raise NoGradient("below opset 16, where ScatterND cannot add")
     shape = g.e.static_shape(x)
     if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise NoGradient("RoiAlign needs static shapes (the image's channels and size)")
+        raise NoGradient("an image of unknown channels or size")
     channels, height, width = shape[1:]
     out_h, out_w = g.attr("output_height", 1), g.attr("output_width", 1)
     ratio, scale = g.attr("sampling_ratio", 0), g.attr("spatial_scale", 1.0)
@@ -297,47 +297,66 @@ def RoiAlign(g: NodeGrad):
 
     # GO as rows of channels at each point: [R, out_h, 1, out_w, 1, C]
     go_rows = g.e.unsqueeze(g.op("Transpose", go, perm=[0, 2, 3, 1]), [2, 4])
-    batch = g.op("Cast", g.I(2), to=7)
-    where = {}  # (y corner, x corner) -> [R, out_h, Gy, out_w, Gx, 2] (n, flat pixel)
-    for a, b in itertools.product((0, 1), (0, 1)):
-        flat = g.op("Add", along_y(g.op("Mul", ys[0][a], g.e.ints([width]))), along_x(xs[0][b]))
-        n = g.op("Expand", g.op("Reshape", batch, g.e.ints([-1, 1, 1, 1, 1])), g.op("Shape", flat))
-        where[a, b] = g.op("Concat", g.e.unsqueeze(n, [5]), g.e.unsqueeze(flat, [5]), axis=5)
-    grads: list[str | None] = [None, None, None]
+    batch = g.op("Reshape", g.op("Cast", g.I(2), to=7), g.e.ints([-1, 1, 1, 1, 1]))
+    image = _rows(g, x, channels) if g.needs(1) else None  # [N, H*W, C]
+    summed = None
     if g.needs(0):
         summed = g.op("ConstantOfShape", g.op("Concat", g.e.slice(g.op("Shape", x), [0], [1], [0]),
                                               g.e.ints([height * width, channels]), axis=0),
                       value=numpy_helper.from_array(np.zeros(1, g.e.np_dtype(x))))  # fmt: skip
-        for (a, b), at in where.items():
-            weight = g.op("Mul", along_y(ys[1][a]), along_x(xs[1][b]))
-            update = g.op("Mul", go_rows, g.e.unsqueeze(weight, [5]))
-            summed = g.e.scatter_nd_add(summed, at, update, like=x)
-        back = g.op("Transpose", summed, perm=[0, 2, 1])
-        grads[0] = g.op("Reshape", back, g.op("Shape", x))
-    if g.needs(1):
-        image = _rows(g, x, channels)  # [N, H*W, C]
+    parts: list[str | None] = [None] * 4  # d x1, y1, x2, y2 of each roi
+
+    def points(ys, xs) -> None:
+        """The reverse of one block of sample points: [R, out_h, Gy] by [R, out_w, Gx]."""
+        nonlocal summed
+        where = {}  # (y corner, x corner) -> [R, out_h, Gy, out_w, Gx, 2] (n, flat pixel)
+        for a, b in itertools.product((0, 1), (0, 1)):
+            flat = g.op("Add", along_y(g.op("Mul", ys[0][a], g.e.ints([width]))),
+                        along_x(xs[0][b]))  # fmt: skip
+            n = g.op("Expand", batch, g.op("Shape", flat))
+            where[a, b] = g.op("Concat", g.e.unsqueeze(n, [5]), g.e.unsqueeze(flat, [5]), axis=5)
+        if summed is not None:
+            for (a, b), at in where.items():
+                weight = g.op("Mul", along_y(ys[1][a]), along_x(xs[1][b]))
+                update = g.op("Mul", go_rows, g.e.unsqueeze(weight, [5]))
+                summed = g.e.scatter_nd_add(summed, at, update, like=x)
+        if image is None:
+            return
         read = {k: g.e.reduce_sum(g.op("Mul", go_rows, g.op("GatherND", image, at)), [5],
                                   keepdims=False) for k, at in where.items()}  # fmt: skip
-        # d y / d (row, column) of each point, times GO, summed over channels: [R, oh, Gy, ow, Gx]
-        rise_y = g.op(
-            "Add",
-            g.op("Mul", along_x(xs[1][0]), g.op("Sub", read[1, 0], read[0, 0])),
-            g.op("Mul", along_x(xs[1][1]), g.op("Sub", read[1, 1], read[0, 1])),
-        )
-        rise_x = g.op(
-            "Add",
-            g.op("Mul", along_y(ys[1][0]), g.op("Sub", read[0, 1], read[0, 0])),
-            g.op("Mul", along_y(ys[1][1]), g.op("Sub", read[1, 1], read[1, 0])),
-        )
+
+        # dy/d(row), dy/d(column) of each point, times GO, over the channels: [R, oh, Gy, ow, Gx]
+        def rise(weights, hi_lo):  # sum over the other axis' corners of w * (hi - lo)
+            terms = [g.op("Mul", w, g.op("Sub", read[hi], read[lo]))
+                     for w, (hi, lo) in zip(weights, hi_lo, strict=True)]  # fmt: skip
+            return g.op("Add", *terms)
+
+        rise_y = rise([along_x(w) for w in xs[1]], [((1, 0), (0, 0)), ((1, 1), (0, 1))])
+        rise_x = rise([along_y(w) for w in ys[1]], [((0, 1), (0, 0)), ((1, 1), (1, 0))])
         d_y = g.op("Mul", rise_y, along_y(ys[2]))
         d_x = g.op("Mul", rise_x, along_x(xs[2]))
-        axes = [1, 2, 3, 4]
-        parts = [
-            g.e.reduce_sum(g.op("Mul", d_x, along_x(xs[3])), axes, keepdims=False),
-            g.e.reduce_sum(g.op("Mul", d_y, along_y(ys[3])), axes, keepdims=False),
-            g.e.reduce_sum(g.op("Mul", d_x, along_x(xs[4])), axes, keepdims=False),
-            g.e.reduce_sum(g.op("Mul", d_y, along_y(ys[4])), axes, keepdims=False),
-        ]
+        moved = [g.op("Mul", d_x, along_x(xs[3])), g.op("Mul", d_y, along_y(ys[3])),
+                 g.op("Mul", d_x, along_x(xs[4])), g.op("Mul", d_y, along_y(ys[4]))]  # fmt: skip
+        for k, m in enumerate(moved):
+            m = g.e.reduce_sum(m, [1, 2, 3, 4], keepdims=False)
+            parts[k] = m if parts[k] is None else g.op("Add", parts[k], m)
+
+    if ratio > 0:  # a fixed grid: a point of each bin at a time, a 1/ratio^2 of the memory
+
+        def pick(axis, k):
+            return ([g.e.slice(t, [k], [k + 1], [2]) for t in axis[0]],
+                    [g.e.slice(t, [k], [k + 1], [2]) for t in axis[1]],
+                    *(g.e.slice(t, [k], [k + 1], [2]) for t in axis[2:]))  # fmt: skip
+
+        for iy, ix in itertools.product(range(ratio), range(ratio)):
+            points(pick(ys, iy), pick(xs, ix))
+    else:
+        points(ys, xs)
+    grads: list[str | None] = [None, None, None]
+    if summed is not None:
+        back = g.op("Transpose", summed, perm=[0, 2, 1])
+        grads[0] = g.op("Reshape", back, g.op("Shape", x))
+    if image is not None:
         stacked = g.op("Concat", *(g.e.unsqueeze(p, [1]) for p in parts), axis=1)
         grads[1] = g.op("Mul", stacked, g.scalar(scale))
     return grads
