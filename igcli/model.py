@@ -855,7 +855,7 @@ def rows_first(
     moved = batch_first(model, spec.name, axis) if axis is not None else None
     if moved is None:  # no batch at all, or one squeezed out of the outputs
         wrapped = None
-        if not axis and (unbatched_image(spec) or unbatched(model, spec, sha256)):
+        if not axis and (unbatched_image(model, spec) or unbatched(model, spec, sha256)):
             wrapped = with_batch_axis(model, spec.name)
         elif squeezed_batch(model, spec):
             wrapped = with_batch_axis(model, spec.name, input_too=False)
@@ -895,18 +895,18 @@ def squeezed_batch(model: onnx.ModelProto, spec: TensorSpec, dynamic: bool = Fal
     )
 
 
-def unbatched_image(spec: TensorSpec) -> bool:
-    """Whether the input is one RGB image without a batch axis, [3, H, W]: torchvision's
-    detectors take a list of images and export on one (a batch fixed at 3 of [H, W] planes
-    is no layout anyone exports). Read as a batch of 3, no PNG or .npy fitted it."""
+def unbatched_image(model: onnx.ModelProto, spec: TensorSpec) -> bool:
+    """Whether the input is one RGB image without a batch axis, [3, H, W], in a model with
+    2-D convolutions: torchvision's detectors take a list of images and export on one. Read
+    as a batch of 3, no PNG or .npy fitted it. (Without a 2-D Conv, [3, S, F] may be a batch
+    of 3 sequences.)"""
     dims = spec.shape
-    return (
-        spec.kind == "tensor"
-        and np.dtype(spec.dtype).kind == "f"
-        and len(dims) == 3
-        and dims[0] == 3
-        and all(not isinstance(d, int) or d > 3 for d in dims[1:])
-    )
+    if not (spec.kind == "tensor" and np.dtype(spec.dtype).kind == "f" and len(dims) == 3):
+        return False
+    if dims[0] != 3 or any(isinstance(d, int) and d <= 3 for d in dims[1:]):
+        return False
+    kernels = {i.name: len(i.dims) for i in model.graph.initializer}
+    return any(n.op_type == "Conv" and kernels.get(n.input[1]) == 4 for n in model.graph.node)
 
 
 def unbatched(model: onnx.ModelProto, spec: TensorSpec, sha256: str | None = None) -> bool:

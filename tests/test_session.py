@@ -1469,3 +1469,12 @@ def test_one_rgb_image_without_a_batch_axis_is_an_image_model(tmp_path, x_shape)
         assert a.attributions.shape == (3, 12, 10)
         assert a.f_input == pytest.approx(float(run(None, {"x": x})[0][2]), rel=1e-5)
         assert a.gradient_source == "graph" and a.rel_error < 1e-3
+
+
+def test_three_sequences_without_a_convolution_stay_a_batch(tmp_path):
+    """[3, T, 4] -> [3, T, 3] with no 2-D Conv: a batch of 3 sequences, not an image."""
+    path = _unbatched_model(tmp_path / "m.onnx", [3, "T", 4], [3, "T", 3], mix=False)
+    session = igcli.Session(path, cache=False)
+    assert not session.prep.is_image_model
+    a = session.attribute(np.ones((5, 4), np.float32), target=0, steps=8, baseline="zero")
+    assert a.attributions.shape == (5, 4)
