@@ -383,6 +383,12 @@ add(NodeCase("Pad", {"x": x234}, {"mode": "reflect"}, opset=18, id="Pad-axes-18"
              order=["x", "pads", "", "axes"]))  # fmt: skip
 add(Case("Pad", {"x": x234}, {"mode": "wrap"}, opset=19, id="Pad-wrap-19",
          constants={"pads": ints(0, 2, 3, 1, 0, 4)}))  # fmt: skip
+# borders longer than the axis (edge: every copy from one end) and a long axis whose borders
+# are reversed through [border, span] matrices, not one [n + pads, n]
+add(Case("Pad", {"x": x234}, {"mode": "edge"}, opset=13, id="Pad-edge-long-borders-13",
+         constants={"pads": ints(0, 5, 0, 0, 2, 7)}))  # fmt: skip
+add(Case("Pad", {"x": r(2, 300)}, {"mode": "reflect"}, opset=13, id="Pad-reflect-long-axis-13",
+         constants={"pads": ints(0, 7, 0, 299)}))  # fmt: skip
 add(Case("Pad", {"x": x234}, {"pads": [0, 0, 0, 0, 0, 0]}, opset=9, id="Pad-zero-9"))
 # negative pads crop: np.pad (the reference) rejects them, so ORT checks these
 add(NodeCase("Pad", {"x": x234}, {"pads": [-1, 1, 0, 0, -2, 2]}, opset=9, ort_only=True,
