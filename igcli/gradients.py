@@ -16,13 +16,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from igcli.errors import NonFiniteGradient, UnsupportedOpsError
+from igcli.errors import InputError, NonFiniteGradient, UnsupportedOpsError
 from igcli.model import (
     TOP_CLASS,
     Context,
     ModelRunner,
     check_finite,
     check_output,
+    check_rows,
     rows_of,
     stack_contexts,
 )
@@ -190,6 +191,13 @@ class GraphRunner:
             outs.append(out)
             grads.append(grad)
         out, grad = np.concatenate(outs), np.concatenate(grads)
+        check_rows(out, len(points), r.output_name, r.path)
+        if grad.shape != points.shape:  # (the graph's reading of the rows, as the output's)
+            raise InputError(
+                f"the gradient graph gives a gradient of shape {list(grad.shape)} for points "
+                f"of shape {list(points.shape)}: the model's first axis is not a batch",
+                r.path,
+            )
         check_output(out, r.output_name, r.path)
         check_finite(grad, "gradient", r.path, NonFiniteGradient)  # (where F is finite)
         return out, grad

@@ -1799,6 +1799,7 @@ class ModelRunner:
             rows = rows_of(context, start, len(batch), len(points))
             outs.append(self.call(batch, [self.output_name], context=rows)[0])
         result = np.concatenate(outs, axis=0)
+        check_rows(result, len(points), self.output_name, self.path)
         check_output(result, self.output_name, self.path)
         return result
 
@@ -1836,6 +1837,18 @@ def rows_of(context: Context | None, start: int, n: int, total: int) -> Context 
     if context is None:
         return None
     return {k: f.rows(start, start + n, total) for k, f in context.items()}
+
+
+def check_rows(values: np.ndarray, rows: int, name: str, path: Path) -> None:
+    """A call's values of output `name` hold one entry per row on their first axis. A model
+    whose output only claims the batch ([batch_size], giving 2 scores for one row) ended in
+    an internal error (an index past the end) where its values were read per row."""
+    if len(values) != rows:
+        raise InputError(
+            f"output {name!r} gives {len(values)} entries on its first axis for {rows} "
+            f"row(s): that axis is not the batch it declares",
+            path,
+        )
 
 
 def check_output(values: np.ndarray, name: str, path: Path) -> None:

@@ -1478,3 +1478,21 @@ def test_three_sequences_without_a_convolution_stay_a_batch(tmp_path):
     assert not session.prep.is_image_model
     a = session.attribute(np.ones((5, 4), np.float32), target=0, steps=8, baseline="zero")
     assert a.attributions.shape == (5, 4)
+
+
+def test_an_output_that_only_claims_the_batch_fails_its_input_with_one_line(tmp_path):
+    """y declared [N] but [2] for one row (a flattened [N, 2], as speechmos' AECMOS gives
+    its two scores): reading it per row ended in an internal error (an index past the end)
+    in the gradient self-check, under --gradients fd too."""
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(4, 2) / 8, "w")
+    flat = numpy_helper.from_array(np.array([-1], np.int64), "flat")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Reshape", ["h", "flat"], ["y"])]  # fmt: skip
+    path = models.save(models.xy_model(nodes, ["N", 4], ["N"], [w, flat], opset=17),
+                       tmp_path / "flat.onnx")  # fmt: skip
+    for gradients in ("auto", "fd"):
+        session = igcli.Session(path, cache=False, gradients=gradients)
+        with pytest.raises(igcli.IgcliError, match=r"gives \d+ entries on its first axis for"):
+            session.attribute(np.ones(4, np.float32), steps=4)
