@@ -138,22 +138,27 @@ def fixed_batch_reshape() -> onnx.ModelProto:
 
 
 def with_no_rule() -> onnx.ModelProto:
-    """y = cumprod(x) W: CumProd (opset 26) has no gradient rule, so igcli must fall back to
-    finite differences. (Det was this model's op until it got a rule.)"""
+    """y = the softmax cross-entropy of x W against class 0: SoftmaxCrossEntropyLoss has no
+    gradient rule, so igcli must fall back to finite differences. (Det, then CumProd, were
+    this model's op until each got a rule.)"""
     rng = np.random.default_rng(2)
+    zero = numpy_helper.from_array(np.zeros(1, np.int64))
     nodes = [
-        helper.make_node("CumProd", ["x", "axis"], ["c"]),
-        helper.make_node("MatMul", ["c", "W"], ["y"]),
+        helper.make_node("MatMul", ["x", "W"], ["s"]),
+        helper.make_node("Shape", ["x"], ["dims"], end=1),
+        helper.make_node("ConstantOfShape", ["dims"], ["label"], value=zero),
+        helper.make_node("SoftmaxCrossEntropyLoss", ["s", "label"], ["loss"], reduction="none"),
+        helper.make_node("Unsqueeze", ["loss", "axis"], ["y"]),
     ]
     return _model(
         nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
         [
-            const("W", rng.normal(size=(4, 2))),
-            numpy_helper.from_array(np.array(1, np.int64), "axis"),
+            const("W", rng.normal(size=(4, 3))),
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
         ],
-        opset=26,
+        opset=17,
     )
 
 
