@@ -814,7 +814,17 @@ class Session:
         names = self._ig_names
         runner = ModelRunner.from_cache(key, *names, **self._runner_kw()) if key else None
         if runner is None:
-            runner = ModelRunner(self.ig_model, *names, cache_key=key, **self._runner_kw())
+            try:
+                runner = ModelRunner(self.ig_model, *names, cache_key=key, **self._runner_kw())
+            except ModelError as exc:
+                if not self.twinned:
+                    raise
+                raise ModelError(  # (the user's file loads: it is the twin igcli made that fails)
+                    f"--dequantize: ONNX Runtime cannot load its float twin "
+                    f"({exc.reason.removeprefix('ONNX Runtime cannot load it: ')}); explain it "
+                    "without --dequantize",
+                    self.model_path,
+                ) from None
         if self._rows_independent is False:
             runner.one_row_per_call()
         self._plain = runner

@@ -328,3 +328,26 @@ def test_integers_joined_to_quantized_values_join_as_floats(tmp_path):
     x = np.array([[0.5, 1.234]], np.float32)
     y = ort.InferenceSession(twin.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, [[0.5, 1.234, (23 - 3) * 0.05]], rtol=1e-6)
+
+
+def test_a_twin_that_does_not_load_is_named_as_the_twin(quantized, monkeypatch):
+    """The user's quantized file loads; where the twin igcli makes of it does not (an old
+    onnx.quantize layout adds an int32 bias to ConvInteger's output), the error said ONNX
+    Runtime could not load the user's file."""
+    import igcli.session as session_mod
+
+    def broken(model, path):  # the twin with its output Add fed an int32 second operand
+        twin = float_twin(model, path)
+        graph = twin.graph
+        graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int32), "int_bias"))
+        out = graph.output[0].name
+        for node in graph.node:
+            for k, name in enumerate(node.output):
+                if name == out:
+                    node.output[k] = "before_bias"
+        graph.node.append(helper.make_node("Add", ["before_bias", "int_bias"], [out]))
+        return twin
+
+    monkeypatch.setattr(session_mod, "float_twin", broken)
+    with pytest.raises(ModelError, match="cannot load its float twin .*without --dequantize"):
+        _ = Session(quantized["qdq"], dequantize=True, cache=False).runner
