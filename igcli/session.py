@@ -1391,7 +1391,9 @@ class Session:
             exact = not settings.noise and not (settings.baselines and settings.samples)
             self._judge(attribution, source, exact=exact, x=problem.x)
             if result.converged is False:
-                hint = " (raise --max-steps)" if result.stop_reason == "max_steps" else ""
+                # (where the run said more steps cannot help, it does not now advise more)
+                more = result.stop_reason == "max_steps" and not self.looks_piecewise
+                hint = " (raise --max-steps)" if more else ""
                 self.warn(
                     f"{samples[i].path}: adaptive steps stopped after {result.steps} gradient "
                     f"evaluations at completeness error {attribution.rel_error:.3g}: "

@@ -1521,3 +1521,16 @@ def test_a_staircase_whose_differences_are_rounding_noise_is_called_out(tmp_path
     session = igcli.Session(path, gradients="fd", warn=warnings.append, cache=False)
     session.attribute(np.array([0.9, 0.5, 0.7], np.float32), steps=8, baseline="zero")
     assert any("piecewise constant" in w for w in warnings), warnings
+
+
+def test_adaptive_steps_on_a_staircase_do_not_ask_for_more_steps(tmp_path):
+    """The run says a piecewise constant model cannot be helped by more steps; adaptive steps
+    that then ran out of evaluations added '(raise --max-steps)'."""
+    model = models.save(models.staircase(), tmp_path / "stairs.onnx")
+    warnings = []
+    session = igcli.Session(model, gradients="fd", warn=warnings.append, cache=False)
+    session.attribute(np.array([0.9, 0.5, 0.7], np.float32), steps="auto", max_steps=16,
+                      baseline="zero")  # fmt: skip
+    assert any("piecewise constant" in w for w in warnings), warnings
+    assert any("adaptive steps stopped" in w for w in warnings), warnings
+    assert not any("raise --max-steps" in w for w in warnings), warnings
