@@ -1037,10 +1037,13 @@ def inspect(model: Path, as_json: bool) -> None:
     unloadable = _runtime_refusal(onnx_model, model)
     twin_blockers: list[str] | None = None  # (a quantized model's float twin's)
     refused = not ins or source is None or explained is None or bool(unloadable)  # exit 2 or 3
+    needs_at = source is None and ids is not None and explained is not None and not unloadable
     if not ins:
         blockers = ["(the model has no inputs: nothing to attribute)"]
     elif unloadable:
         blockers = [f"({unloadable})"]
+    elif needs_at:
+        blockers = ["(no float input: name a float tensor after its integer input with --at)"]
     elif source is None or explained is None:
         blockers = ["(no float input or output to differentiate)"]
     else:
@@ -1067,8 +1070,9 @@ def inspect(model: Path, as_json: bool) -> None:
         return all("static shapes" in b for b in found)
 
     candidates = []
-    if source is not None and explained is not None and not sequence_first:  # (no --at there)
-        specs = candidate_tensors(onnx_model, source.name, explained.name)
+    start = ids if needs_at else source  # (integer inputs, no lookup: --at a tensor after them)
+    if start is not None and explained is not None and not sequence_first:  # (no --at there)
+        specs = candidate_tensors(onnx_model, start.name, explained.name)
         first = [s for s in specs if s.name in lookups]
         candidates = first + [s for s in specs if s.name not in lookups]
     info = {
@@ -1115,6 +1119,8 @@ def inspect(model: Path, as_json: bool) -> None:
             f"gradient graph: per input size ({', '.join(blockers)}); explain builds one for "
             "each size it meets"
         )
+    elif needs_at and candidates:  # integer inputs: explain runs with --at
+        out.info(f"gradient graph: no {blockers[0]}; explain needs --at")
     elif refused:  # nothing to differentiate at all
         out.info(f"gradient graph: no {blockers[0]}; explain refuses this model")
     elif blockers:

@@ -176,3 +176,29 @@ def test_a_tensor_with_its_batch_on_axis_1_is_refused(tmp_path, batch):
     x = np.random.default_rng(4).standard_normal((1, 6, 4)).astype(np.float32)
     with pytest.raises(UsageError, match="first axis is the batch"):
         igcli.Session(path, at="h", cache=False, gradients="fd").attribute(x, target=1, steps=8)
+
+
+def test_inspect_points_an_integer_input_model_without_a_lookup_at_its_float_tensors(tmp_path):
+    """bytes [N, 6] int32 -> Cast -> tanh(. W): no float input and no embedding lookup.
+    inspect said 'no float input or output to differentiate; explain refuses this model' and
+    listed no tensor, where explain asked the user to pick one from inspect's list."""
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(6, 2), "W")
+    nodes = [helper.make_node("Cast", ["bytes"], ["as_float"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["as_float", "W"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "bytes",
+        [helper.make_tensor_value_info("bytes", TensorProto.INT32, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [w],
+    )  # fmt: skip
+    path = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                       tmp_path / "bytes.onnx")  # fmt: skip
+    said = run("inspect", path)
+    assert said.exit_code == 0, said.stdout
+    assert "explain needs --at" in said.stdout and "   h " in said.stdout
+    np.save(tmp_path / "x.npy", np.array([[3, 1, 4, 1, 5, 9]], np.int32) % 3)
+    result = run("explain", path, tmp_path / "x.npy", "--at", "h", "--steps", "16",
+                 "--out", tmp_path / "o")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
