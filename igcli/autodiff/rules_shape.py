@@ -749,6 +749,11 @@ def _reference_matrix(n: int, attrs: dict, scale, size, roi) -> np.ndarray:
     return np.asarray(out).T
 
 
+# The largest dense interpolation matrix a Resize's gradient builds, n * max(n, out) values:
+# 4096 x 8192 (a long audio axis of 22,000 would have taken 4 GB, and its probe as much again).
+RESIZE_MATRIX_MAX = 2**25
+
+
 def _resize_grad(g: NodeGrad, axes_params: list, attrs_for) -> str:
     """Contract GO with the interpolation matrix of every axis that is not left unchanged.
 
@@ -773,6 +778,12 @@ def _resize_grad(g: NodeGrad, axes_params: list, attrs_for) -> str:
             )
         if not isinstance(n, int) or (scale is None and not isinstance(size, int)):
             raise NoGradient(f"{g.node.op_type} along axis {a} needs static sizes")
+        out = size if scale is None else int(n * scale)
+        if n * max(n, out) > RESIZE_MATRIX_MAX:  # (the probes resize eye(n): n * n values)
+            raise NoGradient(
+                f"{g.node.op_type} along axis {a} of length {n}: its interpolation matrix "
+                f"({n} x {out}) is too large to build"
+            )
         mat = _interpolation_matrix(n, attrs_for(scale), scale, size, roi)
         grad = _along_axis(g, grad, a, rank, mat)
     return grad

@@ -648,3 +648,19 @@ def test_slices_that_tile_a_tensor(bounds):
     ops = [n.op_type for n in build_gradient_model(model, "x", "y").graph.node]
     tiles = sorted(bounds) in ([(0, 2), (2, 5), (5, 8)], [(0, 3), (3, 8)])
     assert ("Concat" in ops) == tiles, ops
+
+
+def test_a_resize_too_long_for_its_matrix_has_no_rule_rather_than_gigabytes():
+    """Resize's gradient builds a dense [n, out] interpolation matrix (and probes it with an
+    eye(n) input): a 20,000-long audio axis doubled would take 3.2 GB and as much again."""
+    from igcli.autodiff import blocking_ops
+    from igcli.autodiff.rules_shape import RESIZE_MATRIX_MAX
+    from tests.autodiff.checker import make_model
+
+    n = 20000
+    assert n * 2 * n > RESIZE_MATRIX_MAX
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear")
+    model = make_model([node], {"x": np.zeros((1, 1, n))}, "y", 13,
+                       {"scales": np.array([1, 1, 2], np.float32)}, False)  # fmt: skip
+    (blocked,) = blocking_ops(model, "x", "y")
+    assert blocked.startswith("Resize (") and "too large" in blocked
