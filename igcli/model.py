@@ -1791,15 +1791,20 @@ class ModelRunner:
             parts = list(self._pool.map(part, range(k)))
         return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(outputs))]
 
-    def run(self, points: np.ndarray, context: Context | None = None) -> np.ndarray:
+    def run(
+        self, points: np.ndarray, context: Context | None = None, rows_first: bool = True
+    ) -> np.ndarray:
         """Output for each row of `points` (rows are model inputs without the batch axis);
-        `context`: other inputs' values for one sample, or one entry per row."""
+        `context`: other inputs' values for one sample, or one entry per row. `rows_first`
+        False: the caller reads the output's rows itself (a tensor --at names may not have
+        its batch first, and is refused in words about --at)."""
         outs = []
         for start, batch in self.batches(points):
             rows = rows_of(context, start, len(batch), len(points))
             outs.append(self.call(batch, [self.output_name], context=rows)[0])
         result = np.concatenate(outs, axis=0)
-        check_rows(result, len(points), self.output_name, self.path)
+        if rows_first:
+            check_rows(result, len(points), self.output_name, self.path)
         check_output(result, self.output_name, self.path)
         return result
 

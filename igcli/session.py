@@ -1721,7 +1721,9 @@ class Session:
                 rows.append(b.astype(s.x.dtype))
                 row_contexts.append(s.feeds)
         try:
-            values = self._before_runner().run(np.stack(rows), stack_contexts(row_contexts))
+            values = self._before_runner().run(
+                np.stack(rows), stack_contexts(row_contexts), rows_first=False
+            )
         except IgcliError as exc:
             raise InputError(exc.reason, samples[0].path) from None
         if len(values) != len(rows):  # its rows are not the samples': row 0 was one position
