@@ -24,6 +24,7 @@ from igcli.model import (
     check_finite,
     check_output,
     check_rows,
+    join_rows,
     rows_of,
     stack_contexts,
 )
@@ -190,7 +191,7 @@ class GraphRunner:
             out, grad = r.call(batch, [r.output_name, GRAD], targets, part)
             outs.append(out)
             grads.append(grad)
-        out, grad = np.concatenate(outs), np.concatenate(grads)
+        out, grad = join_rows(outs, r.output_name, r.path), join_rows(grads, "gradient", r.path)
         check_rows(out, len(points), r.output_name, r.path)
         if grad.shape != points.shape:  # (the graph's reading of the rows, as the output's)
             raise InputError(

@@ -1755,7 +1755,10 @@ class ModelRunner:
         edges = self._edges(n, key)
         if first is not None and len(edges) == n + 1:  # slow rows: later calls go so too
             rest = self._parts(batch, outputs, targets, context, edges[head:])
-            return [np.concatenate(pair, axis=0) for pair in zip(first, rest, strict=True)], n
+            pairs = zip(first, rest, strict=True)
+            return [
+                join_rows(list(p), o, self.path) for p, o in zip(pairs, outputs, strict=True)
+            ], n
         # (fast rows first timed: their Runs take several rows, which round apart from one
         # alone, so these are done again as every later call does them)
         return self._parts(batch, outputs, targets, context, edges), len(edges) - 1
@@ -1789,7 +1792,7 @@ class ModelRunner:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="igcli-rows")
             parts = list(self._pool.map(part, range(k)))
-        return [np.concatenate([p[j] for p in parts], axis=0) for j in range(len(outputs))]
+        return [join_rows([p[j] for p in parts], name, self.path) for j, name in enumerate(outputs)]
 
     def run(
         self, points: np.ndarray, context: Context | None = None, rows_first: bool = True
@@ -1802,7 +1805,7 @@ class ModelRunner:
         for start, batch in self.batches(points):
             rows = rows_of(context, start, len(batch), len(points))
             outs.append(self.call(batch, [self.output_name], context=rows)[0])
-        result = np.concatenate(outs, axis=0)
+        result = join_rows(outs, self.output_name, self.path)
         if rows_first:
             check_rows(result, len(points), self.output_name, self.path)
         check_output(result, self.output_name, self.path)
@@ -1842,6 +1845,21 @@ def rows_of(context: Context | None, start: int, n: int, total: int) -> Context 
     if context is None:
         return None
     return {k: f.rows(start, start + n, total) for k, f in context.items()}
+
+
+def join_rows(parts: list[np.ndarray], name: str, path: Path) -> np.ndarray:
+    """The values of output `name` from calls on consecutive rows, as one array. A detector
+    whose number of detections changes from row to row (3 boxes at the input, 10 on black)
+    cannot be joined: an InputError says so, where numpy's ValueError was an internal error."""
+    if len({p.shape[1:] for p in parts}) > 1:
+        shapes = " and ".join(sorted({str(list(p.shape[1:])) for p in parts}))
+        raise InputError(
+            f"output {name!r} changes shape from one path point to another ({shapes} per "
+            "row): a detector whose number of detections changes along the path has no "
+            "fixed value to attribute; choose an output of fixed shape with --output",
+            path,
+        )
+    return np.concatenate(parts, axis=0)
 
 
 def check_rows(values: np.ndarray, rows: int, name: str, path: Path) -> None:

@@ -1534,3 +1534,19 @@ def test_adaptive_steps_on_a_staircase_do_not_ask_for_more_steps(tmp_path):
     assert any("piecewise constant" in w for w in warnings), warnings
     assert any("adaptive steps stopped" in w for w in warnings), warnings
     assert not any("raise --max-steps" in w for w in warnings), warnings
+
+
+def test_a_detector_whose_count_of_detections_changes_fails_its_input_in_one_line():
+    """Rows of a detector's scores, 3 detections at the input and 10 on black: joining them
+    ended in numpy's ValueError, an internal error (exit 1; torchvision's Faster R-CNN with a
+    score threshold). One InputError naming the output now."""
+    from pathlib import Path
+
+    from igcli.errors import InputError
+    from igcli.model import join_rows
+
+    rows = [np.zeros((1, 3), np.float32), np.zeros((1, 10), np.float32)]
+    with pytest.raises(InputError, match=r"'scores' changes shape .*\[10\] and \[3\] per row"):
+        join_rows(rows, "scores", Path("det.onnx"))
+    same = join_rows([np.zeros((1, 3)), np.ones((2, 3))], "scores", Path("det.onnx"))
+    assert same.shape == (3, 3)
