@@ -1725,6 +1725,8 @@ class ModelRunner:
                 result, parts = self._run_in_parts(batch, outputs, targets, context)
             else:
                 result = self.session.run(outputs, self._feeds_for(batch, targets, context))
+        except InputError:  # (its parts' outputs could not be joined: join_rows says why)
+            raise
         except Exception as exc:
             raise InputError(f"model call failed: {_first_line(exc)}", self.path) from None
         finally:
