@@ -169,13 +169,20 @@ def _scatter_to_image(g: NodeGrad, go_rows: str, indices, weights, rows: list[in
     updates = [g.op("Mul", go_rows, w) for w in weights]
     where = at[0] if len(at) == 1 else g.op("Concat", *at, axis=1)
     what = updates[0] if len(updates) == 1 else g.op("Concat", *updates, axis=1)
-    zero = numpy_helper.from_array(np.zeros(1, dtype=g.e.np_dtype(g.I(0))))
-    batch = g.op("Gather", g.op("Shape", g.I(0)), g.e.ints([0]))
-    shape = g.op("Concat", batch, g.e.ints(rows), axis=0)
-    empty = g.op("ConstantOfShape", shape, value=zero)
-    summed = g.e.scatter_nd_add(empty, where, what, like=g.I(0))
-    back = g.op("Transpose", summed, perm=[0, 2, 1])
-    return g.op("Reshape", back, g.op("Shape", g.I(0)))
+    summed = g.e.scatter_nd_add(_zero_rows(g, g.I(0), rows), where, what, like=g.I(0))
+    return _unrows(g, summed, g.I(0))
+
+
+def _zero_rows(g: NodeGrad, x: str, rows: list[int]) -> str:
+    """Zeros [N, H*W, C] in x's type and batch (`rows`: [H*W, C]): what dX adds into."""
+    zero = numpy_helper.from_array(np.zeros(1, dtype=g.e.np_dtype(x)))
+    batch = g.op("Gather", g.op("Shape", x), g.e.ints([0]))
+    return g.op("ConstantOfShape", g.op("Concat", batch, g.e.ints(rows), axis=0), value=zero)
+
+
+def _unrows(g: NodeGrad, t: str, x: str) -> str:
+    """[N, positions, C] back to x's [N, C, ...]: the inverse of _rows."""
+    return g.op("Reshape", g.op("Transpose", t, perm=[0, 2, 1]), g.op("Shape", x))
 
 
 def _batch_index(g: NodeGrad, like: str) -> str:
@@ -299,11 +306,7 @@ def RoiAlign(g: NodeGrad):
     go_rows = g.e.unsqueeze(g.op("Transpose", go, perm=[0, 2, 3, 1]), [2, 4])
     batch = g.op("Reshape", g.op("Cast", g.I(2), to=7), g.e.ints([-1, 1, 1, 1, 1]))
     image = _rows(g, x, channels) if g.needs(1) else None  # [N, H*W, C]
-    summed = None
-    if g.needs(0):
-        summed = g.op("ConstantOfShape", g.op("Concat", g.e.slice(g.op("Shape", x), [0], [1], [0]),
-                                              g.e.ints([height * width, channels]), axis=0),
-                      value=numpy_helper.from_array(np.zeros(1, g.e.np_dtype(x))))  # fmt: skip
+    summed = _zero_rows(g, x, [height * width, channels]) if g.needs(0) else None
     parts: list[str | None] = [None] * 4  # d x1, y1, x2, y2 of each roi
 
     def points(ys, xs) -> None:
@@ -354,8 +357,7 @@ def RoiAlign(g: NodeGrad):
         points(ys, xs)
     grads: list[str | None] = [None, None, None]
     if summed is not None:
-        back = g.op("Transpose", summed, perm=[0, 2, 1])
-        grads[0] = g.op("Reshape", back, g.op("Shape", x))
+        grads[0] = _unrows(g, summed, x)
     if image is not None:
         stacked = g.op("Concat", *(g.e.unsqueeze(p, [1]) for p in parts), axis=1)
         grads[1] = g.op("Mul", stacked, g.scalar(scale))
