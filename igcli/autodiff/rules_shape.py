@@ -622,7 +622,8 @@ def _unpad_axis(g: NodeGrad, go: str, a: int, rank: int, n: int, before: int, af
     for lo, hi in ((0, before), (before + n, before + n + after)):
         if hi == lo:
             continue
-        part, first, last = src[lo:hi], int(src[lo:hi].min()), int(src[lo:hi].max())
+        part = src[lo:hi]
+        first, last = int(part.min()), int(part.max())
         copies = (part[:, None] == np.arange(first, last + 1)[None, :]).astype(np.float64)
         border = _along_axis(g, g.e.slice(go, [lo], [hi], [a]), a, rank, copies)
         grow = [0] * (2 * rank)
