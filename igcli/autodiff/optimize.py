@@ -592,6 +592,7 @@ def _gathers_as_slices(nodes: list[_Node], consts, infos, new_inits, opset) -> N
             squeeze = helper.make_node("Squeeze", [sliced, axes], [node.output[0]])
         else:
             squeeze = helper.make_node("Squeeze", [sliced], [node.output[0]], axes=[axis])
-        slice_node.name, squeeze.name = f"{node.name}/slice", f"{node.name}/squeeze"
+        base = node.name or node.output[0]  # (unnamed nodes must not share a made-up name)
+        slice_node.name, squeeze.name = f"{base}/slice", f"{base}/squeeze"
         n.proto = slice_node
         nodes.insert(nodes.index(n) + 1, _Node(squeeze))

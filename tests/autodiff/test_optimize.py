@@ -308,6 +308,20 @@ def test_gradient_through_gather_of_one_index(opset):
                 opset=opset, constants={"i": np.array(1, np.int64)})  # fmt: skip
 
 
+def test_unnamed_gathers_get_slices_of_their_own_names():
+    """Exporters may leave nodes unnamed: two such Gathers once both became '/slice', and ONNX
+    Runtime refused the model (two nodes with the same name)."""
+    consts = {"i": np.array(0, np.int64), "j": np.array(2, np.int64)}
+    nodes = [helper.make_node("Gather", ["x", "i"], ["a"], axis=1),
+             helper.make_node("Gather", ["x", "j"], ["b"], axis=1),
+             helper.make_node("Mul", ["a", "b"], ["y"])]  # fmt: skip
+    feeds = {"x": r(2, 3, 4)}
+    prepared = same_function(make_model(nodes, feeds, "y", 13, consts), feeds)
+    names = [n.name for n in prepared.graph.node if n.name]
+    assert len(names) == len(set(names)) == 4
+    check_graph(nodes, feeds, "y", opset=13, constants=consts)
+
+
 # -- a never-decreasing activation before a max-pool ---------------------------------------------
 def act_pool(act: str, pool: str = "MaxPool", act_attrs=None, **pool_attrs):
     if pool == "MaxPool":
