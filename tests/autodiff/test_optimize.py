@@ -322,6 +322,72 @@ def test_unnamed_gathers_get_slices_of_their_own_names():
     check_graph(nodes, feeds, "y", opset=13, constants=consts)
 
 
+# -- Gather through a Transpose ----------------------------------------------------------------
+def packed_qkv(opset: int, extra_reader: bool = False, perm=(3, 1, 2, 0, 4)):
+    """torch's MultiheadAttention cutting q, k, v out of one projection [L, N, 3E]."""
+    squeeze_axes = [3]
+    consts = {"shape": np.array([0, 0, 3, 4], np.int64), "zero": np.array([0], np.int64),
+              **{f"i{k}": np.array(k, np.int64) for k in range(3)}}  # fmt: skip
+    if opset >= 13:
+        consts["sq"] = np.array(squeeze_axes, np.int64)
+        unsqueeze = helper.make_node("Unsqueeze", ["r", "zero"], ["u"])
+        squeeze = helper.make_node("Squeeze", ["t", "sq"], ["s"])
+    else:
+        unsqueeze = helper.make_node("Unsqueeze", ["r"], ["u"], axes=[0])
+        squeeze = helper.make_node("Squeeze", ["t"], ["s"], axes=squeeze_axes)
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        unsqueeze,
+        helper.make_node("Transpose", ["u"], ["t"], perm=list(perm)),
+        squeeze,
+        *[helper.make_node("Gather", ["s", f"i{k}"], [f"g{k}"], axis=0) for k in range(3)],
+        helper.make_node("Mul", ["g0", "g1"], ["m"]),
+        helper.make_node("Add", ["m", "g2"], ["y0"]),
+    ]
+    if extra_reader:
+        nodes.append(helper.make_node("ReduceSum", ["t"], ["total"], keepdims=0))
+        nodes.append(helper.make_node("Add", ["y0", "total"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["y0"], ["y"]))
+    return nodes, consts
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_gathers_through_a_transpose_read_its_input(opset):
+    nodes, consts = packed_qkv(opset)
+    feeds = {"x": r(5, 2, 12)}
+    prepared = same_function(make_model(nodes, feeds, "y", opset, consts), feeds)
+    assert "Transpose" not in ops(prepared)
+    check_graph(nodes, feeds, "y", opset=opset, constants=consts)
+
+
+def test_a_transpose_with_other_readers_stays():
+    nodes, consts = packed_qkv(17, extra_reader=True)
+    feeds = {"x": r(5, 2, 12)}
+    prepared = same_function(make_model(nodes, feeds, "y", 17, consts), feeds)
+    assert ops(prepared).count("Transpose") == 1
+
+
+def test_a_transpose_that_still_reorders_after_the_gather_stays():
+    # (3, 2, 1, 0, 4): after taking one of the 3, N and L would still swap places
+    nodes, consts = packed_qkv(17, perm=(3, 2, 1, 0, 4))
+    feeds = {"x": r(5, 2, 12)}
+    prepared = same_function(make_model(nodes, feeds, "y", 17, consts), feeds)
+    assert ops(prepared).count("Transpose") == 1
+    check_graph(nodes, feeds, "y", opset=17, constants=consts)
+
+
+@pytest.mark.parametrize(("perm", "axis"), [((2, 0, 1), 0), ((1, 0, 2), 0), ((0, 2, 1), 2)])
+def test_a_gather_straight_off_a_transpose(perm, axis):
+    consts = {"i": np.array(-1, np.int64)}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=list(perm)),
+             helper.make_node("Gather", ["t", "i"], ["y"], axis=axis)]  # fmt: skip
+    feeds = {"x": r(3, 4, 5)}
+    left = [v - (v > perm[axis]) for v in perm if v != perm[axis]]
+    prepared = same_function(make_model(nodes, feeds, "y", 17, consts), feeds)
+    assert ("Transpose" in ops(prepared)) == (left != sorted(left))
+
+
 # -- a never-decreasing activation before a max-pool ---------------------------------------------
 def act_pool(act: str, pool: str = "MaxPool", act_attrs=None, **pool_attrs):
     if pool == "MaxPool":
