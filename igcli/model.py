@@ -1253,14 +1253,24 @@ def stack_contexts(contexts: list[Context | None]) -> Context | None:
 def feed_batch_axis(feed: TensorSpec, attributed: TensorSpec) -> int | None:
     """The axis of `feed` that carries the batch of the attributed input (None if none does).
 
-    A named batch dimension must match by name; otherwise the one open dimension, else a
-    leading (or the first) dimension of size 1.
+    A named batch dimension must match by name. A batch fixed at 1 (an export of one
+    sample whose sequence axis is open, [1, seq]) is the feed's first axis where that is 1
+    too, or open but not named like one of the attributed input's other axes (a [seq] feed
+    has none). Otherwise the one open dimension, else a leading (or the first) dimension of
+    size 1.
     """
     if not feed.shape:
         return None
     batch = attributed.shape[0] if attributed.shape else None
     if isinstance(batch, str):
         return next((k for k, d in enumerate(feed.shape) if d == batch), None)
+    if batch == 1:
+        first = feed.shape[0]
+        if first == 1 or (isinstance(first, str) and first not in attributed.shape[1:]):
+            return 0
+        if first is None or (isinstance(first, int) and first <= 0):
+            return 0 if len(feed.shape) == len(attributed.shape) else None
+        return None
     open_dims = [k for k, d in enumerate(feed.shape) if not isinstance(d, int) or d <= 0]
     if len(open_dims) == 1:
         return open_dims[0]

@@ -529,3 +529,68 @@ def test_post_processor_ids_outside_the_vocabulary_are_ignored(tmp_path):
     assert Vocabulary.load(path).keep_ids == {3}  # [SEP] only: [CLS]'s ids are not in it
     nothing = _unflagged_tokenizer(tmp_path, {"type": "BertProcessing", "cls": ["[CLS]", -1]})
     assert Vocabulary.load(nothing).keep_ids == set()
+
+
+def _one_sample_token_model(path, mask_first="1"):
+    """Token ids and an attention mask, both [1, seq]: an export of one sample whose sequence
+    axis alone is open (torch's dynamo exporter fixes the batch at 1 so, or dynamic_axes={1:
+    'seq'})."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    dim = int(mask_first) if mask_first.isdigit() else mask_first
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["emb"]),
+            helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+            helper.make_node("Mul", ["emb", "m3"], ["h"]),
+            helper.make_node("ReduceSum", ["h", "one"], ["pooled"], keepdims=0),
+            helper.make_node("Tanh", ["pooled"], ["t"]),
+            helper.make_node("MatMul", ["t", "W"], ["logits"]),
+        ],
+        "one_sample",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [dim, "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(rng.normal(size=(20, 4)).astype(np.float32), "E"),
+         numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "W"),
+         numpy_helper.from_array(np.array([-1], np.int64), "last"),
+         numpy_helper.from_array(np.array([1], np.int64), "one")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("mask_first", ["1", "batch"])
+def test_a_mask_beside_ids_of_a_batch_fixed_at_1_carries_that_batch(tmp_path, mask_first):
+    """With ids [1, seq] the mask's open axis is its sequence, not its batch: the derived mask
+    was built along the wrong axis (ONNX Runtime: 'index: 0 Got: 12 Expected: 1') and a fed
+    [1, 12] mask 'held a batch of 12'."""
+    from igcli.model import TensorSpec, feed_batch_axis
+
+    ids_spec = TensorSpec("ids", [1, "seq"], np.dtype(np.int64))
+    dim = 1 if mask_first == "1" else mask_first
+    assert feed_batch_axis(TensorSpec("mask", [dim, "seq"], np.dtype(np.int64)), ids_spec) == 0
+    assert feed_batch_axis(TensorSpec("pos", ["seq"], np.dtype(np.int64)), ids_spec) is None
+    model = _one_sample_token_model(tmp_path / "m.onnx", mask_first)
+    ids = np.array([[3, 7, 1, 9, 4, 0]], np.int64)
+    mask = np.array([[1, 1, 1, 1, 1, 0]], np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    fed = igcli.Session(model, feeds={"attention_mask": mask}).attribute(ids, steps=16)
+    assert fed.rel_error < 1e-3 and fed.attributions.shape == (6, 4)
+    assert np.all(fed.attributions[5] == 0) and np.all(fed.attributions[:5] != 0)
+    derived = igcli.Session(model).attribute(ids, steps=16)  # (no tokenizer: a mask of ones)
+    ones = igcli.Session(model, feeds={"attention_mask": np.ones_like(ids)})
+    want = ones.attribute(ids, steps=16).attributions
+    np.testing.assert_allclose(derived.attributions, want, rtol=1e-5, atol=1e-9)
+    result = run("explain", str(model), str(tmp_path / "ids.npy"), "--feed",
+                 f"attention_mask={tmp_path / 'mask.npy'}", "--steps", "16", "--out",
+                 str(tmp_path / "out"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = run("gradcheck", str(model), str(tmp_path / "ids.npy"), "--feed",
+                 f"attention_mask={tmp_path / 'mask.npy'}")  # fmt: skip
+    assert result.exit_code == 0, result.output
