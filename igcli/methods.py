@@ -569,7 +569,7 @@ class _Copy:
 
     x: np.ndarray
     baselines: list[np.ndarray]
-    orders: list[list[int]] | None = None  # extremal / Shapley orders (group indices)
+    orders: Sequence[list[int]] | None = None  # extremal / Shapley orders (group indices)
     exact: bool = False  # the orders are all of them (exact Shapley value)
     draws: tuple[np.ndarray, np.ndarray] | None = None  # expected gradients' draws
 

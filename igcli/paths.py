@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -275,18 +276,54 @@ def extremal_breakpoints(
 
 def shapley_orders(
     count: int, samples: int, rng: np.random.Generator
-) -> tuple[list[list[int]], bool]:
+) -> tuple[Sequence[list[int]], bool]:
     """Orders of `count` groups for Shapley value sampling, and whether they are all of them.
 
     When count! <= samples every order is used once, and the average over them is the exact
-    Shapley value; otherwise `samples` orders are drawn uniformly (seeded by rng).
+    Shapley value; otherwise `samples` orders are drawn uniformly (seeded by rng), as
+    SampledOrders: drawn again each time they are walked, never held all at once.
     """
     import itertools
     import math
 
     if count <= 8 and math.factorial(count) <= samples:
         return [list(p) for p in itertools.permutations(range(count))], True
-    return [[int(v) for v in rng.permutation(count)] for _ in range(samples)], False
+    return SampledOrders(count, samples, rng), False
+
+
+class SampledOrders(Sequence):
+    """`samples` random orders of `count` groups: the permutations rng would draw one after
+    the other from its state now, made again from that state each time they are walked
+    (a path is walked once per baseline). 100,000 orders of a digit's 784 pixels held as
+    lists took gigabytes before the first gradient; this holds rng's state. rng itself moves
+    on past them, as if it had drawn them all, so what it draws next does not change."""
+
+    def __init__(self, count: int, samples: int, rng: np.random.Generator) -> None:
+        self.count, self.samples = count, samples
+        self._kind = type(rng.bit_generator)
+        self._state = rng.bit_generator.state
+        for _ in range(samples):  # (a permutation takes a varying number of draws)
+            rng.permutation(count)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, k):  # (Sequence's own walk goes through here; so does a slice)
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(self.samples))]
+        if not -self.samples <= k < self.samples:
+            raise IndexError(k)
+        for i, order in enumerate(self):
+            if i == k % self.samples:
+                return order
+        raise IndexError(k)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        bits = self._kind()
+        bits.state = self._state
+        rng = np.random.Generator(bits)
+        for _ in range(self.samples):
+            yield [int(v) for v in rng.permutation(self.count)]
 
 
 # -- Guided IG -------------------------------------------------------------------------------

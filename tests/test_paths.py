@@ -1,5 +1,7 @@
 """Paths other than the straight line, on their own: blur, extremal corners, guided steps."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -170,3 +172,22 @@ def test_guided_zero_distance_gives_zero():
     x = np.ones(3)
     path = GuidedPath(x, x.copy(), steps=5)
     assert path.done and path.point() is None and not path.attributions.any()
+
+
+def test_sampled_shapley_orders_are_made_as_walked_and_leave_the_seed_where_it_was():
+    """100,000 orders of 784 groups once took gigabytes as lists before the first gradient:
+    they are drawn again on each walk, the same each time, and the generator moves on past
+    them as if it had drawn them."""
+    rng = np.random.default_rng(4)
+    orders, exact = shapley_orders(784, 20_000, rng)
+    assert not exact and len(orders) == 20_000
+    first = list(itertools.islice(orders, 3))
+    assert first == list(itertools.islice(orders, 3)) and first[1] == orders[1]
+    assert sorted(first[2]) == list(range(784)) and first[0] != first[1]
+    drawn = np.random.default_rng(4)
+    want = [[int(v) for v in drawn.permutation(784)] for _ in range(3)]
+    assert first == want
+    small = shapley_orders(6, 40, rng := np.random.default_rng(9))[0]
+    held = np.random.default_rng(9)
+    assert list(small) == [[int(v) for v in held.permutation(6)] for _ in range(40)]
+    assert rng.integers(1 << 30) == held.integers(1 << 30)  # rng moved on past all 40
