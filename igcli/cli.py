@@ -433,8 +433,20 @@ class StepsType(click.ParamType):
 
 STEPS = StepsType()
 
+
+class ModelPathType(click.Path):
+    """The model's path, or a file:// URL of it (a local path, as INPUTS take it)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.startswith("file://"):
+            from igcli.storage import location
+
+            value = str(location(value))
+        return super().convert(value, param, ctx)
+
+
 MODEL = click.argument(
-    "model", type=click.Path(path_type=Path, exists=False)
+    "model", type=ModelPathType(path_type=Path, exists=False)
 )  # existence is checked by igcli itself so the error names the file and uses exit code 3
 THREADS = click.option(
     "--threads",

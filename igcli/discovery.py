@@ -250,7 +250,12 @@ def read_path_list(stdin) -> list:
     isatty = getattr(stdin, "isatty", None)
     if isatty is not None and isatty():
         raise UsageError("'-' reads a list of paths from standard input, which is a terminal")
-    raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+    try:
+        raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+    except OSError as exc:  # (opened for writing only, say)
+        from igcli.files import os_reason
+
+        raise UsageError(f"'-' cannot read standard input ({os_reason(exc)})") from None
     if isinstance(raw, str):
         raw = os.fsencode(raw)
     magic = next((name for head, name in _FILE_MAGIC if raw.startswith(head)), None)
@@ -309,7 +314,7 @@ def discover(
         if _is_remote(arg):
             _discover_remote(arg, recursive, pattern, add, skip)
             continue
-        path = Path(arg)
+        path = _local(arg)  # (a file:// URL names a local path)
         if not path.is_dir():
             add(path, path.stem)
             continue
@@ -371,6 +376,12 @@ def _apart(items: list[InputItem]) -> None:
         taken.add(item.name.casefold())
 
 
+def _local(arg: str) -> Path:
+    from igcli.storage import location
+
+    return location(arg)
+
+
 def _is_remote(arg: str) -> bool:
     from igcli.storage import is_url
 
@@ -382,6 +393,9 @@ def _discover_remote(arg: str, recursive: bool, pattern, add, skip) -> None:
     from igcli.storage import URL, isdir, list_files
 
     url = URL(arg.rstrip("/"))
+    if not url.partition("://")[2].strip("/"):  # "s3://": no bucket, no key
+        add(URL(arg), arg.partition(":")[0] or "url", "the URL names no bucket or object")
+        return
     if not isdir(url):
         add(url, url.stem)
         return

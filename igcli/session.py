@@ -283,6 +283,14 @@ def _distance_out(a: Attribution, x: np.ndarray | None) -> float:
     return float(far) if np.isfinite(far) else 0.0
 
 
+def _local_path(model: str) -> Path:
+    """A model named as a path, or as a file:// URL (a local path, as INPUTS take it)."""
+    from igcli.storage import location
+
+    where = location(model)
+    return where if isinstance(where, Path) else Path(model)
+
+
 def _check_resources(fd_step, threads, batch_size, memory_limit, warn) -> None:
     """Session's numeric options, refused as the command line refuses them: threads=0,
     batch_size=-3 or memory_limit=-1 were reinterpreted silently, threads=2.5 failed
@@ -487,7 +495,7 @@ class Session:
         if gradients not in GRADIENT_CHOICES:
             raise UsageError(f"gradients {gradients!r}: choose auto, graph or fd")
         _check_resources(fd_step, threads, batch_size, memory_limit, warn)
-        self.model_path = Path(model)
+        self.model_path = Path(model) if isinstance(model, Path) else _local_path(model)
         self.gradients = gradients
         self.fd_step, self.fd_groups = fd_step, fd_groups
         if not isinstance(softmax, bool | np.bool_):  # ("no" is truthy: a softmax was added)

@@ -194,7 +194,12 @@ def read_many(urls: list[str]) -> dict[str, bytes | Exception]:
     error reading it; never raises for one object."""
     if not urls:
         return {}
-    fs, _ = filesystem(urls[0])
+    try:
+        fs, _ = filesystem(urls[0])
+    except UsageError:
+        raise
+    except Exception as exc:  # a store that connects as it opens (ftp://) and cannot
+        return dict.fromkeys(urls, exc)
     paths = {fs._strip_protocol(u): u for u in urls}
     try:
         got = fs.cat(list(paths), on_error="return")
@@ -262,7 +267,13 @@ def _written(url: str, failing: str, write) -> None:
 def isdir(url: str) -> bool:
     if _stalled(url):
         return False  # (read as an object, whose fetch then fails at once)
-    fs, path = filesystem(url)
+    try:
+        fs, path = filesystem(url)
+    except UsageError:
+        raise
+    except Exception as exc:  # a store that connects as it opens (ftp://): read as an object
+        _failed(url, exc)
+        return False
     try:
         fs.invalidate_cache(path)
         return bool(fs.isdir(path))
@@ -290,7 +301,12 @@ def check_writable(url: str) -> None:
     The error names the prefix, not the probe; a write that finds nothing to write into
     means the bucket (container) does not exist."""
     probe = URL(url) / f".igcli-write-check.{os.getpid()}"
-    fs, path = filesystem(probe)
+    try:
+        fs, path = filesystem(probe)
+    except UsageError:
+        raise
+    except Exception as exc:  # a store that connects as it opens (ftp://) and cannot
+        raise OutputError(f"cannot write ({_failed(url, exc)})", url) from None
     _STALLED.discard(_store(url))
     try:
         fs.pipe_file(path, b"", **_bounded(fs, 0))
@@ -375,9 +391,9 @@ class Fetcher:
             return local
         _refuse_if_stalled(url, "cannot fetch", error)
         local.parent.mkdir(parents=True, exist_ok=True)
-        fs, path = filesystem(url)
         tmp = local.with_name(local.name + ".part")
         try:
+            fs, path = filesystem(url)  # (ftp:// connects here)
             fs.get_file(path, str(tmp))
             os.replace(tmp, local)
         except IgcliError:

@@ -378,3 +378,30 @@ def test_inputs_on_a_store_that_never_answers_fail_after_one_timeout(
         assert len(said) == 1, lines
     assert sum("not tried again" in line for line in lines) >= len(urls) - 1
     assert took < 30  # (some 7 s here, where each input took about 6 before)
+
+
+def test_urls_that_fail_as_they_open_or_name_nothing_fail_alone(tmp_path):
+    """An ftp:// store connects as fsspec opens it: a refused connection was an internal
+    error that stopped the run, as was a bare 's3://' (no bucket). Each now fails alone."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ftp = f"ftp://127.0.0.1:{port}/x.png"
+    result = run("explain", DIGITS, ftp, "s3://", DIGIT_PNGS[0], "--out", tmp_path / "o", *STEPS)
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    assert f"{ftp}: cannot fetch (" in result.stderr and "internal error" not in result.stderr
+    assert "s3://: the URL names no bucket or object" in result.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert len(report["results"]) == 1 and len(report["failures"]) == 2
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", f"ftp://127.0.0.1:{port}/o", *STEPS)
+    assert result.exit_code == ExitCode.OUTPUT and "cannot write (" in result.stderr
+
+
+def test_file_urls_are_local_paths_for_the_model_and_inputs(tmp_path):
+    model, png, folder = (
+        p.resolve().as_uri() for p in (DIGITS, DIGIT_PNGS[0], DIGIT_PNGS[1].parent)
+    )
+    result = run("explain", model, png, folder, "--out", tmp_path / "o", *STEPS)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert len(report["results"]) == len(DIGIT_PNGS) and not report["failures"]  # (one twice)

@@ -337,3 +337,24 @@ def test_odd_object_keys_are_not_conflated_with_the_keys_they_normalise_to():
     assert odd.problem and "'..' part" in odd.problem and odd.name.startswith("y~")
     items = [InputItem(Path("a.png"), "x/../y"), InputItem(Path("b.png"), "y")]
     assert collision_groups(items) == [[0, 1]]
+
+
+def test_stdin_that_cannot_be_read_is_one_usage_error():
+    """`igcli explain M - 0>file` opens stdin for writing only: reading it raised EBADF, an
+    internal error."""
+    import errno
+
+    from igcli.discovery import read_path_list
+
+    class WriteOnly:
+        class buffer:  # noqa: N801
+            @staticmethod
+            def read():
+                raise OSError(errno.EBADF, "Bad file descriptor")
+
+        @staticmethod
+        def isatty():
+            return False
+
+    with pytest.raises(UsageError, match="cannot read standard input"):
+        read_path_list(WriteOnly())
