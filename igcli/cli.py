@@ -976,9 +976,16 @@ def plan_cmd(
     except OSError as exc:
         raise ModelError(f"cannot read the model ({exc.strerror or exc})", model) from None
     found = discover(list(inputs), recursive, pattern, sys.stdin)
+    # a path that names nothing (a typo) is said now, not by every shard that is given it
+    missing = [i for i in found.items if isinstance(i.path, Path) and not os.path.lexists(i.path)]
+    for item in missing:
+        messages.error(f"{item.path}: no such file")
+    found.items = [i for i in found.items if i not in missing]
     for line in manifest_lines(found, str(model), sha):
         click.echo(line)
     messages.info(f"planned {len(found.items)} input(s), skipped {len(found.skipped)} file(s)")
+    if missing:
+        sys.exit(int(ExitCode.INPUTS_FAILED))
 
 
 @main.command()

@@ -232,3 +232,14 @@ def test_library_seam_runs_batch_after_batch(digits, single, tmp_path):
     assert finish(batch, the_plan) == ExitCode.OK
     assert comparable(load(out / "report.json")) == comparable(load(single / "report.json"))
     assert output_files(out) == output_files(single)
+
+
+def test_plan_names_a_path_that_names_nothing_and_leaves_it_out(tmp_path):
+    """A typo in plan's INPUTS was planned as an input, and only the shard given it failed."""
+    from tests.test_cli import DIGIT_PNGS
+
+    result = run("plan", DIGITS, tmp_path / "no" / "such.png", DIGIT_PNGS[0])
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert f"error: {tmp_path / 'no' / 'such.png'}: no such file" in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0]["inputs"] == 1 and [r["input"] for r in lines[1:]] == [str(DIGIT_PNGS[0])]
