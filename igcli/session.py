@@ -1568,7 +1568,8 @@ class Session:
                 "everywhere (finite differences measure its rounding steps); --dequantize "
                 "explains its float twin",
             )
-        elif unresolved and "jump" not in self._warned and (end := self._jumps(a, source, x)):
+        elif unresolved and (end := self._jumps(a, source, x)):
+            # said once; a later input that jumps too is not told to raise --steps instead
             self._warn_once(  # (more steps were advised, where none could help)
                 "jump",
                 f"{a.sample.path}: F jumps at the {end} (target {a.target}): F(baseline) = "
@@ -2065,8 +2066,7 @@ class Session:
         at a zero baseline is x / |x| for every x but 0, where it is 0: 'raise --steps' was
         advised, which can never help. With a cut (token models too) the path runs in the cut
         tensor's space, from `x` there: a LayerNorm right after a zero embedding baseline
-        (Funnel, ESM) jumps the same way. One 2-row call, only for an unresolved result,
-        until said once."""
+        (Funnel, ESM) jumps the same way. One 2-row call, only for an unresolved result."""
         if a.baseline is None:
             return None
         if a.extra.get("path", "straight") != "straight" or a.extra.get("baselines"):

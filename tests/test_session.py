@@ -1117,6 +1117,9 @@ def test_a_model_that_jumps_at_the_baseline_is_not_told_to_raise_steps(tmp_path)
     assert any("F jumps at the baseline" in m for m in said), said
     assert not any("raise --steps" in m for m in said), said
     assert session.looks_piecewise  # the run's closing line does not advise steps either
+    # a second input that jumps too: once the jump was said, it fell through to 'raise --steps'
+    again = session.attribute(x[::-1].copy(), target=2, baseline="zero", steps=32)
+    assert abs(again.rel_error) > 0.5 and not any("raise --steps" in m for m in said), said
     smooth = igcli.Session(path, cache=False, warn=said.append)
     off = np.array([0.2, 0.1, 0.4, 0.3], np.float32)  # a path that never meets 0
     b = smooth.attribute(x, target=2, baseline=off, steps=32)
