@@ -23,6 +23,7 @@ and cuts there by default; `inspect` lists those and other candidate tensors.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -224,14 +225,35 @@ def candidate_tensors(
     graph = model.graph
     between = _downstream(graph, {input_name}) & _upstream(graph, {output_name})
     specs = float_tensors(model)
+    source = next((vi for vi in graph.input if vi.name == input_name), None)
+    dims = source.type.tensor_type.shape.dim if source is not None else []
+    batch = (dims[0].dim_param or dims[0].dim_value or None) if len(dims) else None
     out = []
     for node in graph.node:
         if node.op_type not in _BLOCK_OPS:
             continue
         for o in node.output:
-            if o and o in between and o in specs and o != output_name:
+            usable = o and o in between and o in specs and o != output_name
+            if usable and _batch_first(specs[o].shape, batch):
                 out.append(specs[o])
     return out
+
+
+def _batch_first(shape: list, batch: int | str | None) -> bool:
+    """Whether a tensor's first axis may be the input's batch, by its inferred dims: not a
+    product with it ('12*batch': the batch merged into it, as a GPT-2's Gemm input) nor
+    another fixed size or the batch moved to a later axis (sequence first). Unknown dims
+    pass (explain finds out from the rows)."""
+    if not shape or batch is None:
+        return True
+    first = shape[0]
+    if first == batch or first is None or (isinstance(first, int) and first <= 0):
+        return True
+    if isinstance(batch, str):
+        if isinstance(first, str):  # another symbol: unknown, unless it holds the batch's
+            return batch not in re.split(r"[^A-Za-z0-9_]+", first)
+        return batch not in shape[1:]  # a fixed size first, the batch further on
+    return False  # a fixed batch, and another fixed size first
 
 
 def aggregate(attributions: np.ndarray, kind: str, image_model: bool, how: str) -> np.ndarray:

@@ -202,3 +202,26 @@ def test_inspect_points_an_integer_input_model_without_a_lookup_at_its_float_ten
     result = run("explain", path, tmp_path / "x.npy", "--at", "h", "--steps", "16",
                  "--out", tmp_path / "o")  # fmt: skip
     assert result.exit_code == 0, result.stderr
+
+
+def test_inspect_lists_only_tensors_whose_first_axis_may_be_the_batch(tmp_path):
+    """A GPT-2's Gemm reads [12*batch, 96] (the batch merged into the positions) and a
+    sequence-first tensor has its batch on axis 1: inspect listed both for --at, and explain
+    then refused them ('its first axis is not the batch')."""
+    from igcli.cut import _batch_first, candidate_tensors
+
+    assert _batch_first(["batch", 12, 32], "batch") and _batch_first([None, 4], "batch")
+    assert _batch_first(["unk__3", 96], "batch")  # unknown: explain finds out from the rows
+    assert not _batch_first(["12*batch", 96], "batch")
+    assert not _batch_first([12, "batch", 32], "batch") and not _batch_first([12, 4], 1)
+    w = onnx.numpy_helper.from_array(np.ones((3, 5), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Transpose", ["h"], ["t"], perm=[1, 0, 2]),
+         helper.make_node("Relu", ["t"], ["r"]),
+         helper.make_node("ReduceMean", ["r"], ["y"], axes=[0, 2], keepdims=0)], "seqfirst",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert [s.name for s in candidate_tensors(model, "x", "y")] == ["h"]
