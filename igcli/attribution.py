@@ -228,6 +228,9 @@ class Attribution(Completeness):
         pairs = self.tokens
         if pairs is not None:
             fields["tokens"] = [[t, v] for t, v in pairs]
+            shown = shown_tokens(self.sample)  # (its attention mask: padding after that)
+            if shown < len(pairs):
+                fields["tokens_shown"] = shown
         return fields
 
     # -- pictures -------------------------------------------------------------------------

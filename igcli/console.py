@@ -171,14 +171,25 @@ class Messages:
 
     def print_tokens(self, results: list[dict]) -> None:
         """Token models: each result's tokens on the colour of their attribution (red raises
-        the score, blue lowers it), padding left out."""
+        the score, blue lowers it), padding left out: what the attention mask leaves out
+        (`tokens_shown`), else a run of one token repeated at the end with nothing on it. (A
+        last real token the pad baseline keeps, RoBERTa's </s>, has nothing on it either:
+        one such token stays.)"""
         for r in results:
             pairs = r.get("tokens")
             if not pairs or self.quiet:
                 continue
-            pad = pairs[-1][0]  # trailing padding: the last token repeated with nothing on it
-            while len(pairs) > 1 and pairs[-1][0] == pad and pairs[-1][1] == 0:
-                pairs = pairs[:-1]
+            if "tokens_shown" in r:
+                pairs = pairs[: max(1, int(r["tokens_shown"]))]
+            else:
+                pad = pairs[-1][0]
+                run = 0
+                while (
+                    run < len(pairs) - 1 and pairs[-1 - run][0] == pad and pairs[-1 - run][1] == 0
+                ):
+                    run += 1
+                if run >= 2:
+                    pairs = pairs[: len(pairs) - run]
             self.console.print(token_line(pairs, prefix=f"{r['name']}: "), soft_wrap=True)
 
     def progress(self, total: int, label: str = "explaining") -> ProgressReporter:

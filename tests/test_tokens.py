@@ -594,3 +594,23 @@ def test_a_mask_beside_ids_of_a_batch_fixed_at_1_carries_that_batch(tmp_path, ma
     result = run("gradcheck", str(model), str(tmp_path / "ids.npy"), "--feed",
                  f"attention_mask={tmp_path / 'mask.npy'}")  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_the_token_line_leaves_out_padding_not_a_last_token_with_nothing_on_it():
+    """A text filling every position ends in RoBERTa's </s>, which the pad baseline keeps,
+    so its attribution is exactly 0: the terminal line dropped it as if it were padding."""
+    import io
+
+    from igcli.console import Messages
+
+    def line(record):
+        out = io.StringIO()
+        Messages(stream=out).print_tokens([{"name": "r", **record}])
+        return out.getvalue().strip()
+
+    full = [["<s>", 0.0], ["w1", 0.3], ["w2", -0.1], ["</s>", 0.0]]
+    assert line({"tokens": full}) == "r: <s> w1 w2 </s>"
+    padded = [*full, ["<pad>", 0.0], ["<pad>", 0.0]]
+    assert line({"tokens": padded}) == "r: <s> w1 w2 </s>"
+    masked = [*full[:3], ["</s>", 0.0], ["x", 0.0]]  # the mask says 4 real tokens
+    assert line({"tokens": masked, "tokens_shown": 4}) == "r: <s> w1 w2 </s>"
