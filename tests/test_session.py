@@ -1126,6 +1126,41 @@ def test_a_model_that_jumps_at_the_baseline_is_not_told_to_raise_steps(tmp_path)
     assert abs(b.rel_error) < 1e-3 and not smooth.looks_piecewise
 
 
+@pytest.mark.parametrize(("tau", "jumps"), [(1e-9, True), (3e-5, False)])
+def test_a_steep_rise_at_the_baseline_is_a_jump_only_below_what_steps_resolve(tmp_path, tau, jumps):
+    """F = -0.1 (1 - exp(-s / tau)) + 1.1 s along s in [0, 1]: HuBERT's stacked norms at a
+    zero baseline move F by 9% of F(x) - F(b) within 1e-9, which no number of steps resolves,
+    and were told 'raise --steps' (a move of half the way within 1e-4 was the test). A rise
+    of width 3e-5 is for more steps (or --steps auto), and is still told so."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"w": np.array([0.25, 0.25], np.float32), "k": np.array(-1 / tau, np.float32),
+              "one": np.array(1.0, np.float32), "step": np.array(-0.1, np.float32),
+              "slope": np.array(1.1, np.float32), "axes": np.array([1], np.int64)}  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["xw"]),
+         helper.make_node("ReduceSum", ["xw", "axes"], ["s"], keepdims=0),
+         helper.make_node("Mul", ["s", "k"], ["e0"]), helper.make_node("Exp", ["e0"], ["e"]),
+         helper.make_node("Sub", ["one", "e"], ["rise"]),
+         helper.make_node("Mul", ["rise", "step"], ["r"]),
+         helper.make_node("Mul", ["s", "slope"], ["line"]),
+         helper.make_node("Add", ["r", "line"], ["y1"]),
+         helper.make_node("Unsqueeze", ["y1", "axes"], ["y"])], "steep",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )  # fmt: skip
+    path = tmp_path / "steep.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    said = []
+    session = igcli.Session(path, cache=False, warn=said.append)
+    a = session.attribute(np.array([2.0, 2.0], np.float32), baseline="zero", steps=16)
+    assert abs(a.rel_error) > 0.05
+    assert any("F jumps at the baseline" in m for m in said) == jumps, said
+    assert any("raise --steps" in m for m in said) != jumps, said
+
+
 def test_a_model_that_jumps_at_a_zero_baseline_at_a_cut_is_told_so(tmp_path):
     """With --at (and so token models, Funnel and ESM: a LayerNorm right after the word
     embeddings), the path runs in the cut tensor's space, and a zero baseline there jumps as
