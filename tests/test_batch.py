@@ -1123,3 +1123,18 @@ def test_a_record_cut_short_is_replaced_not_refused(tmp_path, keep):
     refused = run(*args)
     assert refused.exit_code == ExitCode.INPUTS_FAILED
     assert "not igcli's record" in refused.stderr
+
+
+def test_failures_are_spooled_and_report_md_lists_the_first_thousand():
+    """300,000 failed CSV rows held 0.85 kB each in memory (results were already spooled to
+    a file); report.md listed every one of them."""
+    from igcli.report import MARKDOWN_ROWS, RecordSpool, RunReport, failure_entry
+
+    report = RunReport("m.onnx", "0" * 64, {})
+    assert isinstance(report.failures, RecordSpool)
+    for k in range(MARKDOWN_ROWS + 200):
+        report.failures.append(failure_entry(f"rows.csv:row{k}", f"rows.csv:row{k}: bad cell"))
+    md = report.to_markdown()
+    assert "rows.csv:row999" in md and "rows.csv:row1000" not in md
+    assert "... and 200 more failures in report.csv and report.json" in md
+    assert len(report.to_json()["failures"]) == MARKDOWN_ROWS + 200
