@@ -413,6 +413,10 @@ def parse_groups(spec: str | None, sample: Sample, prep: Preprocessing) -> np.nd
     return np.broadcast_to(patch[:, :, None], (h, w, c))
 
 
+# A gradient graph this large takes ONNX Runtime minutes to prepare on its first run (timm's
+# sequencer2d_s: 76,083 nodes from 36 LSTMs unrolled, 113 s): the run says so before it waits.
+LARGE_GRAPH_NODES = 20_000
+
 # How a refused --at ends (a tensor whose first axis is not the batch, by its dims or its rows).
 _BATCH_FIRST_ONLY = (
     "igcli attributes at tensors whose first axis is the batch: choose such a tensor, or "
@@ -943,6 +947,13 @@ class Session:
     ) -> GraphRunner | None:
         """A runner on `model`, or None (said, unless `quiet`) when ONNX Runtime cannot
         load or run it."""
+        nodes = len(model.graph.node)
+        if nodes >= LARGE_GRAPH_NODES:  # (minutes of silence otherwise)
+            self._warn_once(
+                "large graph",
+                f"{self.model_path}: its gradient graph has {nodes:,} nodes: ONNX Runtime "
+                "prepares it once, which can take minutes; later runs load it from the cache",
+            )
         try:
             runner = ModelRunner(
                 model, *self._ig_names, cache_key=key, target_input=TARGET,
@@ -2065,9 +2076,10 @@ class Session:
         """Which end of a straight path F jumps at ('baseline' or 'input'), or None: F a step
         of 1e-4 from the end already over 5% of F(x) - F(b) away from F there, and half of
         that within 1e-6. LpNormalization at a zero baseline is x / |x| for every x but 0,
-        where it is 0: 'raise --steps' was advised, which can never help. With a cut (token models too) the path runs in the cut
-        tensor's space, from `x` there: a LayerNorm right after a zero embedding baseline
-        (Funnel, ESM) jumps the same way. One 4-row call, only for an unresolved result."""
+        where it is 0: 'raise --steps' was advised, which can never help. With a cut (token
+        models too) the path runs in the cut tensor's space, from `x` there: a LayerNorm
+        right after a zero embedding baseline (Funnel, ESM) jumps the same way. One 4-row
+        call, only for an unresolved result."""
         if a.baseline is None:
             return None
         if a.extra.get("path", "straight") != "straight" or a.extra.get("baselines"):

@@ -1588,3 +1588,16 @@ def test_a_detector_whose_count_of_detections_changes_fails_its_input_in_one_lin
         join_rows(rows, "scores", Path("det.onnx"))
     same = join_rows([np.zeros((1, 3)), np.ones((2, 3))], "scores", Path("det.onnx"))
     assert same.shape == (3, 3)
+
+
+def test_a_gradient_graph_too_large_to_prepare_quickly_is_said_before_the_wait(monkeypatch):
+    """timm's sequencer2d_s (36 LSTMs unrolled: 76,083 nodes) sat silent for 113 s while
+    ONNX Runtime prepared its gradient graph; the run now says so first, once."""
+    import igcli.session as session_mod
+
+    monkeypatch.setattr(session_mod, "LARGE_GRAPH_NODES", 5)
+    said = []
+    session = igcli.Session(DIGITS, cache=False, warn=said.append)
+    session.attribute(DIGIT_PNGS[0], steps=4)
+    large = [m for m in said if "ONNX Runtime prepares it once" in m]
+    assert len(large) == 1 and "nodes" in large[0], said
