@@ -383,6 +383,11 @@ def read_image(
                 path,
             ) from None
         except UnidentifiedImageError:
+            kind = _signature(fh)
+            if kind is not None:  # (a bad header CRC, a 0x0 size: said as 'not PNG' before)
+                raise InputError(
+                    f"a damaged {kind} file (its header cannot be read)", path
+                ) from None
             raise InputError(
                 "not a readable image (not PNG, JPEG, BMP, GIF, TIFF or WebP)", path
             ) from None
@@ -396,6 +401,25 @@ def read_image(
 
 
 _READ_WHOLE = 1 << 20
+
+# The first bytes of the formats igcli reads: a file that starts as one but that Pillow
+# cannot identify is that format, damaged.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+)  # fmt: skip
+
+
+def _signature(fh) -> str | None:
+    """The format a file's first bytes name (WebP: RIFF....WEBP), or None."""
+    try:
+        fh.seek(0)
+        head = fh.read(12)
+    except Exception:  # (a reader that cannot go back: no name, the generic message)
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for sig, kind in _SIGNATURES if head.startswith(sig)), None)
 
 
 @functools.cache

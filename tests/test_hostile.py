@@ -263,7 +263,7 @@ def test_truncated_and_empty_and_disguised_images(tmp_path):
     refused(hf.write(tmp_path / "t.png", data[: len(data) // 2]), FIXED_RGB, "cannot decode")
     refused(hf.write(tmp_path / "e.png", b""), FIXED_RGB, r"empty file \(0 bytes\), not an image")
     refused(hf.write(tmp_path / "eps.png", b"%!PS-Adobe-3.0 EPSF-3.0\n"), FIXED_RGB, "not a")
-    refused(hf.write(tmp_path / "zero.png", hf.png_claiming(0, 5)), FIXED_RGB, "not a readable")
+    refused(hf.write(tmp_path / "zero.png", hf.png_claiming(0, 5)), FIXED_RGB, "a damaged PNG file")
     # a JPEG saved as .png is still an image: content decides, not the suffix
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(tmp_path / "j.png", format="JPEG")
     assert load_samples(tmp_path / "j.png", FIXED_RGB, "j")[0].x.shape == (3, 4, 4)
