@@ -283,7 +283,7 @@ def _distance_out(a: Attribution, x: np.ndarray | None) -> float:
     return float(far) if np.isfinite(far) else 0.0
 
 
-def _local_path(model: str) -> Path:
+def _local_path(model: str | Path) -> Path:
     """A model named as a path, or as a file:// URL (a local path, as INPUTS take it)."""
     from igcli.storage import location
 
@@ -499,7 +499,7 @@ class Session:
         if gradients not in GRADIENT_CHOICES:
             raise UsageError(f"gradients {gradients!r}: choose auto, graph or fd")
         _check_resources(fd_step, threads, batch_size, memory_limit, warn)
-        self.model_path = Path(model) if isinstance(model, Path) else _local_path(model)
+        self.model_path = _local_path(model)
         self.gradients = gradients
         self.fd_step, self.fd_groups = fd_step, fd_groups
         if not isinstance(softmax, bool | np.bool_):  # ("no" is truthy: a softmax was added)

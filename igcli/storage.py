@@ -195,14 +195,11 @@ def read_many(urls: list[str]) -> dict[str, bytes | Exception]:
     if not urls:
         return {}
     try:
-        fs, _ = filesystem(urls[0])
-    except UsageError:
-        raise
-    except Exception as exc:  # a store that connects as it opens (ftp://) and cannot
-        return dict.fromkeys(urls, exc)
-    paths = {fs._strip_protocol(u): u for u in urls}
-    try:
+        fs, _ = filesystem(urls[0])  # (ftp:// connects here)
+        paths = {fs._strip_protocol(u): u for u in urls}
         got = fs.cat(list(paths), on_error="return")
+    except IgcliError:
+        raise
     except Exception as exc:  # the store itself: every object unread
         return dict.fromkeys(urls, exc)
     out: dict[str, bytes | Exception] = {}
@@ -268,15 +265,11 @@ def isdir(url: str) -> bool:
     if _stalled(url):
         return False  # (read as an object, whose fetch then fails at once)
     try:
-        fs, path = filesystem(url)
-    except UsageError:
-        raise
-    except Exception as exc:  # a store that connects as it opens (ftp://): read as an object
-        _failed(url, exc)
-        return False
-    try:
+        fs, path = filesystem(url)  # (ftp:// connects here)
         fs.invalidate_cache(path)
         return bool(fs.isdir(path))
+    except IgcliError:
+        raise
     except Exception as exc:
         _failed(url, exc)
         return False
@@ -301,15 +294,12 @@ def check_writable(url: str) -> None:
     The error names the prefix, not the probe; a write that finds nothing to write into
     means the bucket (container) does not exist."""
     probe = URL(url) / f".igcli-write-check.{os.getpid()}"
-    try:
-        fs, path = filesystem(probe)
-    except UsageError:
-        raise
-    except Exception as exc:  # a store that connects as it opens (ftp://) and cannot
-        raise OutputError(f"cannot write ({_failed(url, exc)})", url) from None
     _STALLED.discard(_store(url))
     try:
+        fs, path = filesystem(probe)  # (ftp:// connects here)
         fs.pipe_file(path, b"", **_bounded(fs, 0))
+    except IgcliError:
+        raise
     except FileNotFoundError:
         bucket = URL(url)._path.split("/", 1)[0]
         raise OutputError(f"cannot write (bucket {bucket!r} does not exist)", url) from None
