@@ -155,6 +155,11 @@ def content_kind(path: Path) -> str | None:
             head = fh.read(12)
     except (IgcliError, OSError):
         return None
+    return kind_of(head)
+
+
+def kind_of(head: bytes) -> str | None:
+    """What a file's first 12 bytes say it holds (see content_kind), or None."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "a WebP image"
     return next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)

@@ -32,6 +32,7 @@ from igcli.files import (
     content_kind,
     file_size,
     first_line,
+    kind_of,
     open_regular,
     os_reason,
     read_npy,
@@ -402,24 +403,19 @@ def read_image(
 
 _READ_WHOLE = 1 << 20
 
-# The first bytes of the formats igcli reads: a file that starts as one but that Pillow
-# cannot identify is that format, damaged.
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
-)  # fmt: skip
-
 
 def _signature(fh) -> str | None:
-    """The format a file's first bytes name (WebP: RIFF....WEBP), or None."""
+    """The image format a file's first bytes name ("PNG"; files.kind_of's table, and BMP,
+    which that table leaves out because a CSV may start "BM"), or None."""
     try:
         fh.seek(0)
         head = fh.read(12)
     except Exception:  # (a reader that cannot go back: no name, the generic message)
         return None
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    return next((kind for sig, kind in _SIGNATURES if head.startswith(sig)), None)
+    if head.startswith(b"BM"):
+        return "BMP"
+    held = kind_of(head)
+    return held[2:-6] if held and held.endswith(" image") else None  # "a PNG image" -> PNG
 
 
 @functools.cache
