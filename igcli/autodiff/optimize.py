@@ -586,8 +586,8 @@ def _gathers_before_transposes(nodes: list[_Node], consts, infos, new_inits, ops
         plans = _gather_plans(t.output[0], perm, users, consts, opset, protected)
         if plans is None:
             continue
-        for gather, axis, squeezed in plans:
-            _gather_early(nodes, gather, t.input[0], perm, axis, squeezed, new_inits, opset)
+        for gather, axis, unit_axes in plans:
+            _gather_early(nodes, gather, t.input[0], axis, unit_axes, new_inits, opset)
         t_node.dead = True
         for n in users.get(t.output[0], []):
             if n.proto.op_type == "Squeeze":
@@ -596,8 +596,9 @@ def _gathers_before_transposes(nodes: list[_Node], consts, infos, new_inits, ops
 
 def _gather_plans(t: str, perm, users, consts, opset, protected):
     """For each Gather reading Transpose output t (directly or through one Squeeze): (its
-    node, its axis in t, the axes of t squeezed before it). None unless every
-    reader is such a Gather and what is left of the Transpose after each is a Squeeze."""
+    node, the axis of the Transpose's input it takes, the axes of that Gather's result to
+    squeeze). None unless every reader is such a Gather and what is left of the Transpose
+    after each is a Squeeze."""
     plans = []
     for n in users.get(t, []):
         node, squeezed = n.proto, []
@@ -632,19 +633,17 @@ def _gather_plans(t: str, perm, users, consts, opset, protected):
             gone = {left[a - (a > axis)] for a in squeezed}
             if [v for v in left if v not in gone] != sorted(set(left) - gone):
                 return None  # what is left still reorders axes: no gain
-            plans.append((g, axis, squeezed))
+            plans.append((g, perm[axis], sorted(gone)))
     return plans or None
 
 
-def _gather_early(nodes, g: _Node, u: str, perm, axis, squeezed, new_inits, opset) -> None:
-    """g's Gather on u, the Transpose's input, followed by a Squeeze of the axes that were
-    squeezed before it (in u's order, less the gathered one)."""
+def _gather_early(nodes, g: _Node, u: str, axis: int, axes: list[int], new_inits, opset) -> None:
+    """g's Gather on u, the Transpose's input, along `axis`, followed by a Squeeze of `axes`
+    (those that were squeezed before it, in u's order less the gathered one)."""
     gp = g.proto
     out = gp.output[0]
-    left = [v - (v > perm[axis]) for v in perm if v != perm[axis]]
-    axes = sorted(left[a - (a > axis)] for a in squeezed)
     early = f"{out}/igcli_early" if axes else out
-    gather = helper.make_node("Gather", [u, gp.input[1]], [early], name=gp.name, axis=perm[axis])
+    gather = helper.make_node("Gather", [u, gp.input[1]], [early], name=gp.name, axis=axis)
     g.proto = gather
     if not axes:
         return
