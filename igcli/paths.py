@@ -17,6 +17,7 @@ core needs nothing else, so non-straight paths plug in here:
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -308,15 +309,12 @@ class SampledOrders(Sequence):
     def __len__(self) -> int:
         return self.samples
 
-    def __getitem__(self, k):  # (Sequence's own walk goes through here; so does a slice)
+    def __getitem__(self, k):  # (one walk up to it, as RecordSpool's)
         if isinstance(k, slice):
-            return [self[i] for i in range(*k.indices(self.samples))]
+            return list(itertools.islice(iter(self), *k.indices(self.samples)))
         if not -self.samples <= k < self.samples:
             raise IndexError(k)
-        for i, order in enumerate(self):
-            if i == k % self.samples:
-                return order
-        raise IndexError(k)
+        return next(itertools.islice(iter(self), k % self.samples, None))
 
     def __iter__(self) -> Iterator[list[int]]:
         bits = self._kind()
