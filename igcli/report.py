@@ -710,6 +710,8 @@ def _check_report(data: dict, path: Path) -> None:
         isinstance(resumed, int) and not isinstance(resumed, bool) and resumed >= 0
     ):
         raise UsageError("'summary.resumed' must be a count (an integer, 0 or more)", path)
+    if not isinstance((summary or {}).get("interrupted", False), bool):  # ("yes" read as no)
+        raise UsageError("'summary.interrupted' must be true or false", path)
     if not isinstance(data.get("started", ""), str):
         raise UsageError("'started' must be a string (a time)", path)
 

@@ -979,6 +979,8 @@ def report_file(tmp_path, results, failures=None, name="report.json", **extra):
         ([GOOD_RESULT], [], {"skipped": ["a.png"]}, r"skipped\[0\] is not an entry"),
         ([GOOD_RESULT], [], {"summary": [1]}, "'summary' must be an object"),
         ([GOOD_RESULT], [], {"summary": {"resumed": "x"}}, "'summary.resumed'"),
+        # a hand-edited "yes" was read as not interrupted, and the shard's gaps went unsaid
+        ([GOOD_RESULT], [], {"summary": {"interrupted": "yes"}}, "'summary.interrupted'"),
         ([GOOD_RESULT], [], {"settings": {"targets": 5}}, "'settings.targets'"),
         ([{**GOOD_RESULT, "path": [1]}], [], {}, r"results\[0\].path is \[1\]"),
         ([{**GOOD_RESULT, "settings_hash": {}}], [], {}, "settings_hash is"),
