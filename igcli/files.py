@@ -172,11 +172,11 @@ def read_npy(
 ) -> np.ndarray:
     """A .npy array, its header checked against the file before any data is allocated.
 
-    Refuses pickled (object) arrays, truncated data, negative or huge shapes and formats
-    other than 1.0/2.0. The dtype is not judged here; callers decide what they accept, and
-    may do so on the header: `check(shape, dtype)` returns why such an array will not do
-    (None: it will), said before the data is read (a 1 GB file of the wrong shape was read
-    whole to be refused).
+    Refuses pickled (object) arrays, truncated data or bytes past it, negative or huge
+    shapes and formats other than 1.0/2.0. The dtype is not judged here; callers decide what
+    they accept, and may do so on the header: `check(shape, dtype)` returns why such an
+    array will not do (None: it will), said before the data is read (a 1 GB file of the
+    wrong shape was read whole to be refused).
     """
     with open_regular(path, error) as fh:
         shape, fortran, dtype = npy_header(fh, path, error)
@@ -239,6 +239,13 @@ def npy_header(fh: BinaryIO, path: Path, error: type[IgcliError]) -> tuple[tuple
         raise error(
             f"truncated: shape {list(shape)} of {dtype} needs {nbytes:,} bytes of data, "
             f"the file holds {max(available, 0):,}",
+            path,
+        )
+    if nbytes < available:  # np.save twice to one file: numpy's load takes the first quietly
+        extra = available - nbytes
+        said = "1 byte follows" if extra == 1 else f"{extra:,} bytes follow"
+        raise error(
+            f"{said} its array (shape {list(shape)} of {dtype}); a .npy file holds one array",
             path,
         )
     return shape, fortran, dtype

@@ -89,6 +89,20 @@ def test_npy_of_the_wrong_shape_or_dtype_is_refused_on_its_header(tmp_path):
     assert sample.x.shape == (1, 28, 28)
 
 
+def test_npy_with_bytes_past_its_array_is_refused(tmp_path):
+    """numpy's own load reads the first of two arrays saved to one file and says nothing."""
+    path = tmp_path / "two.npy"
+    with open(path, "wb") as fh:
+        np.save(fh, np.ones((1, 2), np.float32))
+        np.save(fh, np.zeros((1, 2), np.float32))
+    refused(path, VECTOR, r"bytes follow its array \(shape \[1, 2\] of float32\)")
+    junk = tmp_path / "junk.npy"
+    np.save(junk, np.ones((1, 2), np.float32))
+    with open(junk, "ab") as fh:
+        fh.write(b"\n")
+    refused(junk, VECTOR, "1 byte follows its array")
+
+
 @pytest.mark.parametrize("shape", [(-3, 2), (2, -1), (True, 30)])
 def test_npy_negative_shape(tmp_path, shape):
     """(numpy's header reader takes True for a dimension: it stopped a batch at reshape)"""
