@@ -11,6 +11,7 @@ import io
 import math
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -921,6 +922,7 @@ def explain(
         aggregate=aggregate,
         tokenizer=tokenizer,
     )
+    made = time.perf_counter()
     session = make_session()
     outputs = OutputSettings(
         out_dir=_out_location(out_dir),
@@ -945,6 +947,7 @@ def explain(
         dask=dask,
         workers=workers,
         session_factory=make_session,
+        made=made,
     )
     sys.exit(int(code))
 

@@ -112,9 +112,11 @@ class Messages:
         wall = s.get("wall_time_s") or 0.0
         done = len(results) + len(report.failures)
         rate = f", {done / wall:.3g} inputs/s" if wall > 0 and done else ""
+        prepare = s.get("prepare_time_s") or 0.0  # said when it is more than a blink
+        before = f" (after {prepare:.3g} s preparing the model)" if prepare >= 1 else ""
         self.info(
             f"{len(results)} explained, {len(report.failures)} failed, {report.resumed} resumed "
-            f"in {wall:.3g} s{rate}"
+            f"in {wall:.3g} s{rate}{before}"
         )
         if not results:
             return

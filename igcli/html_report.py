@@ -367,6 +367,10 @@ def _time_cards(results, failures, summary, settings) -> list[tuple[str, str, st
     in_model = ""
     if math.isfinite(model_time) and wall > 0:
         in_model = f"{_secs(model_time)} in ONNX Runtime ({model_time / wall:.0%})"
+    prepare = _number(settings.get("prepare_time_s"))  # one process's, not a merged run's
+    if math.isfinite(prepare) and prepare >= 1:
+        before = f"{_secs(prepare)} preparing the model before"
+        in_model = f"{in_model}; {before}" if in_model else before
     cards = [("time", _secs(wall), note_prefix + in_model)]
     per_input = len(settings.get("targets") or [0])
     fresh = len(results) - (summary.get("resumed") or 0) * per_input

@@ -804,12 +804,13 @@ def merge_reports(
             "explained": len(rep["results"]),
             "failed": len(rep.get("failures", [])),
             "wall_time_s": s.get("wall_time_s"),
+            "prepare_time_s": s.get("prepare_time_s"),
             "model_time_s": s.get("model_time_s"),
             **{key: s.get(key) for key in _PER_MACHINE},
         }
         for path, rep, s in zip(paths, reports, shard_settings, strict=True)
     ]
-    for key in ("shard", "shard_source", "wall_time_s"):
+    for key in ("shard", "shard_source", "wall_time_s", "prepare_time_s"):
         settings[key] = None
     times = [s.get("model_time_s") for s in shard_settings]
     ok = all(isinstance(t, (int, float)) for t in times)
@@ -917,6 +918,7 @@ _NOT_SETTINGS = {
     "shard",
     "shard_source",
     "wall_time_s",
+    "prepare_time_s",
     "model_time_s",
     "plan",
     "dask",

@@ -238,10 +238,12 @@ def finish(
     targets_from: TargetTable | None = None,
     interrupted: bool = False,
     started: float | None = None,
+    prepare_s: float | None = None,
 ) -> ExitCode:
     """Wait for the writes, write the reports, apply the completeness gate and return the
     exit code (docs/reference.md). `interrupted`: the run was stopped (exit 130);
-    `started`: time.perf_counter() when it began, for the report's wall time. Signals
+    `started`: time.perf_counter() when it began, for the report's wall time; `prepare_s`:
+    what making the session and checking its gradients took before that. Signals
     wait until this is done (signals_held). One that comes while a run whose every input
     was done writes up does not make it interrupted: it exited 130 with "run again with
     --skip-existing" while report.json said interrupted: false, and hid an exit 4 or 5."""
@@ -249,7 +251,9 @@ def finish(
     with signals_held() as held:
         try:
             try:
-                names = _write_up(batch, the_plan, messages, targets_from, started, interrupted)
+                names = _write_up(
+                    batch, the_plan, messages, targets_from, started, interrupted, prepare_s
+                )
             except OutputError as exc:  # (a write still queued met a full disk, say)
                 raise _withdrawn(batch, the_plan, exc) from None
             if held.caught and not interrupted:
@@ -324,7 +328,9 @@ def signals_held():
             signal.signal(sig, handler)
 
 
-def _write_up(batch, the_plan, messages, targets_from, started, interrupted) -> list[str]:
+def _write_up(
+    batch, the_plan, messages, targets_from, started, interrupted, prepare_s=None
+) -> list[str]:
     """Wait for the writes, draw the shared-scale heatmaps (of the finished inputs, when
     interrupted too), write the reports; returns the reports' names."""
     session, report, outputs = batch.session, batch.report, batch.outputs
@@ -339,6 +345,8 @@ def _write_up(batch, the_plan, messages, targets_from, started, interrupted) -> 
     batch.apply_gate()
     if started is not None:
         report.settings["wall_time_s"] = round(time.perf_counter() - started, 3)
+    if prepare_s is not None:  # (a first run's gradient graph: Sequencer2D's took 113 s)
+        report.settings["prepare_time_s"] = round(prepare_s, 3)
     report.settings.setdefault("model_time_s", round(session.model_seconds, 3))
     if batch.workers is None:  # a Dask run's workers measured these (see distributed.py)
         runner = session.runner
@@ -367,11 +375,13 @@ def run_explain(
     dask: str | None = None,
     workers: str | int | None = 1,
     session_factory=None,
+    made: float | None = None,
 ) -> ExitCode:
     """Explain every planned input; write the reports; return the exit code (README.md).
     `dask`: a scheduler address or "local:N" to spread the inputs over Dask workers, each
     building its own session with `session_factory` (a functools.partial of Session);
-    `workers`: local worker processes, a number or "auto" (see pool.choose_workers)."""
+    `workers`: local worker processes, a number or "auto" (see pool.choose_workers);
+    `made`: time.perf_counter() before `session` was made, for the report's prepare time."""
     if not the_plan.discovered and not the_plan.skipped:
         messages.error("no inputs to explain")
         return ExitCode.INPUTS_FAILED
@@ -432,4 +442,5 @@ def run_explain(
         targets_from=targets_from,
         interrupted=interrupted,
         started=begun,
+        prepare_s=None if made is None else begun - made,
     )

@@ -14,7 +14,7 @@ from tests.test_cli import DIGIT_PNGS
 # budget is half of what is available at the start, the cost of a row measured).
 # what differs between equal runs: timings, and the input file's size and mtime (a copy of
 # the inputs, or the same files in object storage, where there is none)
-TIMINGS = {"wall_time_s", "model_time_s", "started", "input_stamp"}
+TIMINGS = {"wall_time_s", "prepare_time_s", "model_time_s", "started", "input_stamp"}
 MEASURED = {"memory_budget", "memory_per_row", "batch_size", "batch_size_cap"}  # tuned per run
 RUN_SETTINGS = (
     TIMINGS | MEASURED | {"shard", "shard_source", "merged_from", "shards", "dask", "workers"}

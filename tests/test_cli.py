@@ -1,5 +1,6 @@
 """The command line as users and CI meet it: outputs, stdout purity, exit codes, one-line errors."""
 
+import io
 import json
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from igcli.cli import main
+from igcli.console import Messages
 from igcli.errors import ExitCode, UsageError
+from igcli.report import RunReport
 from tests import models
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +64,14 @@ def test_explain_image_writes_npy_png_and_report(tmp_path):
     assert abs(entry["attribution_sum"] - entry["delta"]) <= entry["abs_error"] + 1e-9
     assert attributions.sum() == pytest.approx(entry["attribution_sum"], rel=1e-4)
     assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+    # the time before the first input (model, gradient graph, its check) is said apart: a
+    # first run of Sequencer2D said "in 4 s" after 113 s preparing its gradient graph
+    timing = report["settings"]
+    assert timing["prepare_time_s"] > 0 and timing["wall_time_s"] > 0
+    said = io.StringIO()
+    first_run = RunReport("m.onnx", "", {**timing, "prepare_time_s": 113})
+    Messages(stream=said).print_summary(first_run)
+    assert "(after 113 s preparing the model)" in said.getvalue()
 
 
 def test_json_lines_are_the_only_stdout(tmp_path):

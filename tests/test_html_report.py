@@ -152,6 +152,10 @@ def test_page_is_well_formed_html(tmp_path):
     # non-finite errors travel as strings and are counted in their own band
     assert data["rows"][3][data["cols"].index("rel_error")] == "nan"
     assert "not a number" in page
+    assert "preparing the model" not in page  # (a blink is not said)
+    first_run = report_data(results)
+    first_run["settings"]["prepare_time_s"] = 113.0
+    assert ">1 min 53 s preparing the model before<" in render_html(first_run, tmp_path)
 
 
 def test_adaptive_runs_show_each_features_error_estimate(tmp_path):

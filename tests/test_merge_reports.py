@@ -61,10 +61,14 @@ def test_per_shard_values_do_not_count_as_settings(shards, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     data = json.loads((shards / "s8" / "report.json").read_text())
-    data["settings"].update(wall_time_s=99.0, threads=7, batch_size=3, dask={"workers": 2})
+    data["settings"].update(wall_time_s=99.0, prepare_time_s=12.5, threads=7, batch_size=3,
+                            dask={"workers": 2})  # fmt: skip
     (other / "report.json").write_text(json.dumps(data))
     result = run("merge-reports", shards / "s8", other, "--out", tmp_path / "m")
     assert result.exit_code == 0, result.stderr
+    merged = json.loads((tmp_path / "m" / "report.json").read_text())["settings"]
+    assert merged["prepare_time_s"] is None  # each shard's is its own, in merged_from
+    assert [s["prepare_time_s"] for s in merged["merged_from"]][-1] == 12.5
 
 
 def test_different_models_name_both_files(shards, tmp_path):
