@@ -208,6 +208,10 @@ def _begin(session, the_plan, settings, outputs, targets, messages, targets_from
             messages.warn(message)
 
     targets_for = targets_from.for_item if targets_from is not None else None
+    if targets is None and targets_for is None:
+        note = session.default_target_note()
+        if note:
+            messages.warn(note)
     batch = BatchRun(
         session, settings, targets, outputs, report, emit or _StdoutLines(), warn, targets_for
     )

@@ -765,6 +765,22 @@ class Session:
         exposed = expose_output(self.model, name)  # raises a usage error for a bad name
         return next(s for s in graph_outputs(exposed) if s.name == name)
 
+    def default_target_note(self) -> str | None:
+        """What to say when no target is named and the output is not one score per class (a
+        detector's [84, 8400], a segmenter's [21, H, W], a language model's [seq, vocab]):
+        the default, the largest value of them all, may be a box coordinate or one pixel's
+        score, a choice no user made."""
+        dims = self.output_spec.shape[1:]
+        if sum(1 for d in dims if d != 1) < 2:
+            return None
+        shown = ", ".join("?" if d is None else str(d) for d in dims)
+        return (
+            f"{self.model_path}: output {self.output_name!r} holds [{shown}] values per input, "
+            "not one score per class; each input is explained for the largest of them (its "
+            "flat index is the target), which may be a box coordinate or one position's "
+            "score: name the value to explain with --target or --targets-from"
+        )
+
     def _zipmap_input(self, spec: TensorSpec) -> str | None:
         """The float tensor a ZipMap output is made from (skl2onnx's probabilities), if any."""
         for node in self.model.graph.node:

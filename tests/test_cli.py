@@ -219,6 +219,31 @@ def test_target_out_of_range(tmp_path):
     assert "target 10" in err[0] and "digits_cnn.onnx" in err[0]
 
 
+def test_a_default_target_among_boxes_or_pixels_is_said(tmp_path):
+    """A detector's [84, 8400] output: the default, its largest value, was a box coordinate
+    and nothing said so. Said once when no target is named; a class vector is not."""
+    import onnx
+    from onnx import helper
+
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    boxes = models.xy_model(
+        nodes, ["N", 24], ["N", 4, 6],
+        [onnx.numpy_helper.from_array(np.array([0, 4, 6], np.int64), "shape")],
+    )  # fmt: skip
+    model = models.save(boxes, tmp_path / "boxes.onnx")
+    np.save(tmp_path / "x.npy", np.linspace(0, 1, 24, dtype=np.float32)[None])
+    result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "a", "--steps", "8")
+    assert result.exit_code == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "not one score per class" in line]
+    assert len(said) == 1 and "output 'y' holds [4, 6] values per input" in said[0]
+    assert "--target" in said[0]
+    result = run("explain", model, tmp_path / "x.npy", "--out", tmp_path / "b", "--steps", "8",
+                 "--target", "3")  # fmt: skip
+    assert result.exit_code == 0 and "not one score per class" not in result.stderr
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "c", "--steps", "8")
+    assert result.exit_code == 0 and "not one score per class" not in result.stderr
+
+
 def test_unknown_output_name(tmp_path):
     result = run("explain", DIGITS, DIGIT_PNGS[0], "--output", "probs", "--out", tmp_path)
     assert result.exit_code == ExitCode.USAGE and "probs" in result.stderr
