@@ -533,19 +533,15 @@ def _check_decode_memory(img, channels: int, path: Path) -> None:
     need = w * h * per_pixel
     if need < _DECODE_CHECKED:
         return
-    from igcli.memory import memory_to_spare
+    from igcli.memory import memory_to_spare, size_text
 
     spare = memory_to_spare()
     if need > spare:
         raise InputError(
-            f"decoding it ({w}x{h} pixels) takes about {_mb(need)}, more than the "
-            f"{_mb(spare)} this machine has to spare; refused",
+            f"decoding it ({w}x{h} pixels) takes about {size_text(need)}, more than the "
+            f"{size_text(spare)} this machine has to spare; refused",
             path,
         )
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
 def _decode(img, fh, channels: int, target, path: Path, crop=None) -> tuple[np.ndarray, float]:

@@ -70,6 +70,11 @@ def default_budget() -> int:
     return int(DEFAULT_SHARE * available_memory())
 
 
+def size_text(n: int) -> str:
+    """Bytes as people read them in a message: '1.5 GB', '300 MB'."""
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
 def current_rss() -> int:
     """Resident memory of this process now, in bytes (0 where it cannot be read)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
