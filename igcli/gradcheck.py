@@ -35,6 +35,7 @@ from igcli.gradients import GraphRunner, pick
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 STEPS, SHRINK = 4, 4.0  # differences at h, h/4, h/16, h/64
 PATH_POINTS = 16  # gradients along a suspect direction's segment (see the module doc)
+DOUBTS = 3  # unstable differences cannot tell a gradient within this many doubts of them
 
 
 @dataclass
@@ -206,7 +207,7 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
     # Rounding of the model's own precision (float16 holds 3 digits): the steps grow with it,
     # so differences of float16 outputs still resolve g . v, and so does the noise.
     # The differences' precision: the values' model's (a float16 model's float32 copy, see
-    # Session._check_values), else the graph's own.
+    # Session.check_values), else the graph's own.
     wide = getattr(values, "precision", None)
     taken = np.dtype(wide) if wide is not None else x.dtype
     given = np.dtype(wide) if wide is not None else np.asarray(out).dtype
@@ -226,7 +227,6 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
             points[i] = x64 + (sign * h) * v
         f[k] = pick(values.run(points), target).reshape(STEPS, 2)
     check = GradientCheck(target, step, tolerance, jitter)
-    scale = float(np.linalg.norm(g * s))
     # F exactly 0 all around says nothing of its gradient: ONNX Runtime's Sigmoid returns 0
     # below -18 where the graph's derivative is 1e-15 (a PaddleOCR detector's map over an
     # image without text failed as 'wrong'). Its rounding is then read at the scale of the
@@ -234,7 +234,8 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
     flat = f0 == 0 and not np.any(f)
     level = (float(np.abs(out).max()) or 1.0) if flat else f0
     h = np.array(hs)
-    for v, fv in zip(vs, f, strict=True):
+    seen = []
+    for fv in f:
         d = (fv[:, 0] - fv[:, 1]) / (2 * h)  # central differences, step by step
         # outputs carry rounding of a few ulps of |F|, and the points their own; both are
         # magnified by 1/h
@@ -243,20 +244,26 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
         # rounding at small ones both show as disagreement
         spread = np.abs(np.diff(d)) + noise[1:]
         best = int(np.argmin(spread))
-        estimate, doubt = float(d[best + 1]), float(spread[best])
+        seen.append((d, noise, best, float(d[best + 1]), float(spread[best])))
+    # The typical size of g . v, from the graph and from the differences alike: from the
+    # graph alone, a graph giving zeros made every direction 'unresolved' and passed.
+    typical = float(np.sqrt(np.mean([e**2 for _, _, _, e, _ in seen])))
+    scale = max(float(np.linalg.norm(g * s)), typical)
+    for v, (d, noise, best, estimate, doubt) in zip(vs, seen, strict=True):
         analytic = float(np.sum(g * v))
         # where rounding is small, do the differences close in on g . v as the step shrinks?
         # (they do when the step still crosses kinks: a ReLU net seen at too coarse a scale)
         clear = noise < 0.1 * scale
         errors = np.abs(d[clear] - analytic)
         closing = errors.size >= 2 and errors[-1] <= 0.7 * errors[0]
+        off = abs(analytic - estimate)
         if scale <= 4 * noise[0]:
             status = "unresolved"
-        elif abs(analytic - estimate) <= tolerance * scale + doubt:
+        elif off <= tolerance * scale + doubt:
             status = "ok"
-        elif doubt > 0.1 * scale or closing:
+        elif closing or (doubt > 0.1 * scale and off <= DOUBTS * doubt + tolerance * scale):
             status = "kink"  # the differences cannot tell yet: still moving, or unstable
-        else:
+        else:  # (a sign-flipped gradient sat at 27 doubts from stable differences: 'kink')
             status = "mismatch"
         check.directions.append(
             DirectionCheck(

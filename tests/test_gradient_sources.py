@@ -782,3 +782,32 @@ def test_gradcheck_checks_the_inputs_own_top_class_not_the_jittered_points():
     x = np.array([1.0, 1.0 - 1e-6, 0.5])
     flips = [check_directions(_TwoClose(), x, seed=seed, directions=2).target for seed in range(6)]
     assert flips == [0] * 6
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.5, -1.0, 0.0])
+def test_gradcheck_fails_a_scaled_flipped_or_zero_gradient_on_a_relu_cnn(factor):
+    """On a small float32 ReLU CNN a sign-flipped and a halved gradient passed: rounding
+    made the differences' doubt over a tenth of |g * s|, and every such direction was a
+    'kink' however far (27 doubts) the differences sat from g . v. A graph giving zeros
+    passed as 'saturated': |g * s| came from the graph alone."""
+    import igcli
+    from igcli.gradcheck import check_directions
+    from igcli.gradients import Bound
+
+    session = igcli.Session(DIGITS, gradients="graph", cache=False, warn=lambda m: None)
+    graph, x, context = session.check_point(session.load(DIGIT_PNGS[0])[0])
+
+    class Scaled:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def run_with_gradients(self, points, target):
+            out, grad = self.inner.run_with_gradients(points, target)
+            return out, grad * factor
+
+    check = check_directions(Scaled(Bound(graph, context)), x, directions=8)
+    assert check.verdict == ("ok" if factor == 1.0 else "mismatch"), check.directions
+
