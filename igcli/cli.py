@@ -1293,6 +1293,9 @@ def gradcheck(
     check = check_directions(
         graph,
         x,
+        # the differences from the plain model (a float16 one's float32 copy) as the
+        # self-check takes them: from a float16 graph they passed a sign-flipped gradient
+        values=session.check_values(context, x),
         target=target,
         directions=directions,
         step=eps,

@@ -1910,7 +1910,7 @@ class Session:
         if stored is not None:  # this very graph passed before: see cache.save_check
             graph.check = StoredCheck(stored["check"])
             return graph
-        values = self._check_values(context, x)
+        values = self.check_values(context, x)
         try:
             check = check_directions(Bound(graph, context), x, directions=4, seed=0, values=values)
         except NonFiniteGradient as exc:
@@ -1996,8 +1996,8 @@ class Session:
             return False  # rows (a graph built for a batch of 1): one per call, as for F
         return all(_rows_match(j, a, 1e-5) for j, a in zip(joint, alone, strict=True))
 
-    def _check_values(self, context: Context | None, x: np.ndarray | None = None) -> Bound | None:
-        """The plain model, for the self-check's 33 forward rows: through the gradient graph
+    def check_values(self, context: Context | None, x: np.ndarray | None = None) -> Bound | None:
+        """The plain model, for a gradient check's 33 forward rows: through the gradient graph
         each costs a whole gradient row (ONNX Runtime runs the reverse part even when only F
         is asked for), three forward rows on ResNet-50, so a cold run there saves 2-3 s. The
         differences then also hold the graph to the model it was built from. None (the

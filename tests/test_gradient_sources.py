@@ -811,3 +811,16 @@ def test_gradcheck_fails_a_scaled_flipped_or_zero_gradient_on_a_relu_cnn(factor)
     check = check_directions(Scaled(Bound(graph, context)), x, directions=8)
     assert check.verdict == ("ok" if factor == 1.0 else "mismatch"), check.directions
 
+
+def test_gradcheck_of_a_float16_model_takes_differences_from_its_float32_copy(tmp_path):
+    """`igcli gradcheck` took a float16 model's differences from its float16 graph, where
+    their doubt absorbed any error: a sign-flipped gradient passed it (the self-check, on
+    the float32 copy, failed it)."""
+    path, x = _fp16_mlp(tmp_path)
+    npy = tmp_path / "x.npy"
+    np.save(npy, x[None])
+    result = run("gradcheck", path, npy, "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["passed"] and all(d["status"] == "ok" for d in found["directions"])
+    assert max(abs(d["graph"] - d["fd"]) / d["scale"] for d in found["directions"]) < 0.01
