@@ -61,7 +61,7 @@ def _check_picture(style, vmax) -> None:
         raise UsageError(f"vmax must be a finite number > 0, not {vmax!r}")
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)  # (compared by identity: `a in results` raised on arrays)
 class Attribution(Completeness):
     """Attributions for one sample and one target, with what a report needs to judge them.
 

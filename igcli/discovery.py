@@ -284,14 +284,20 @@ def _listed(line: bytes, is_url: Callable[[str], bool]) -> bytes:
 
 
 def discover(
-    args: list[str],
+    args: list[str] | str | os.PathLike,
     recursive: bool = False,
     pattern: str | tuple[str, ...] | None = None,
     stdin=None,
     out_dir: Path | None = None,
 ) -> Discovery:
     """Turn the command line's INPUT... (files, folders, '-') into uniquely named items.
-    A folder walk leaves `out_dir` out: a run's own outputs are no inputs of its next."""
+    A folder walk leaves `out_dir` out: a run's own outputs are no inputs of its next. One
+    path may be given alone (a str was read a character at a time: "/data" walked "/")."""
+    args = (
+        [os.fspath(args)]
+        if isinstance(args, (str, os.PathLike))
+        else [os.fspath(a) if isinstance(a, os.PathLike) else a for a in args]
+    )
     found = Discovery()
     outside = os.path.realpath(out_dir) if out_dir is not None else None
     given: list[tuple[InputItem, str]] = []  # items and the path as given, for hashes

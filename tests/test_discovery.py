@@ -358,3 +358,11 @@ def test_stdin_that_cannot_be_read_is_one_usage_error():
 
     with pytest.raises(UsageError, match="cannot read standard input"):
         read_path_list(WriteOnly())
+
+
+def test_one_path_may_be_given_alone(tmp_path, monkeypatch):
+    """A str was read a character at a time: discover("/data") walked "/"."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.png").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert named(discover("d")) == named(discover(["d"])) == named(discover(Path("d")))
