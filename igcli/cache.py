@@ -248,7 +248,7 @@ def _touch(path: Path) -> None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".igcli-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -287,12 +287,25 @@ def file_sha256(path: Path, remember: bool = True) -> str:
     return sha
 
 
+# What igcli writes here, by name: only these are counted, evicted and cleared. By suffix
+# alone, IGCLI_CACHE_DIR=~/models had a run evict the user's own .onnx files (the oldest
+# first, until the folder fit IGCLI_CACHE_MAX) and `cache clear` delete every .json.
+OWN_ENTRY = re.compile(
+    r"(grad|ort|check|fact|sha256)-[0-9a-f]{8,}(\.[A-Za-z0-9_]+)?\.(onnx|data|json)"
+)
+OWN_TEMP = re.compile(r"(\.igcli-|tmp)[A-Za-z0-9_]{8}\.tmp")  # _write_atomic's (older: tmp*)
+
+
 def entries() -> list[Path]:
+    """igcli's graphs and their weights in the cache folder (OWN_ENTRY's .onnx and .data)."""
     root = cache_dir()
     if not usable() or not root.is_dir():
         return []
     try:
-        return [p for p in root.iterdir() if p.is_file() and p.suffix in (".onnx", ".data")]
+        return [
+            p for p in root.iterdir()
+            if p.suffix in (".onnx", ".data") and OWN_ENTRY.fullmatch(p.name) and p.is_file()
+        ]  # fmt: skip
     except OSError:
         return []
 
@@ -334,7 +347,8 @@ def info() -> dict:
 
 
 def clear() -> int:
-    """Delete every entry (and stray temporary files); return how many files went."""
+    """Delete every entry of igcli's (and its stray temporary files; nothing else in the
+    folder); return how many files went."""
     root = cache_dir()
     if not root.is_dir():
         return 0
@@ -342,7 +356,7 @@ def clear() -> int:
     for p in root.iterdir():
         if p.is_dir() and p.name.startswith(".staging-"):  # left by a run that was killed
             shutil.rmtree(p, ignore_errors=True)
-        if p.is_file() and (p.suffix in (".onnx", ".data", ".tmp", ".json")):
+        if (OWN_ENTRY.fullmatch(p.name) or OWN_TEMP.fullmatch(p.name)) and p.is_file():
             with contextlib.suppress(OSError):
                 p.unlink()
                 gone += 1

@@ -113,11 +113,28 @@ def test_the_cache_stays_under_its_limit(tmp_path, monkeypatch):
 def test_least_recently_used_entries_go_first(tmp_path):
     root = cache.cache_dir()
     root.mkdir(parents=True)
-    for k, name in enumerate(["grad-old.onnx", "grad-mid.onnx", "ort-new.onnx"]):
+    for k, name in enumerate(["grad-00a1d000.onnx", "grad-00b1d000.onnx", "ort-00c1e000.onnx"]):
         (root / name).write_bytes(b"x" * 100)
         os.utime(root / name, (1000 + k, 1000 + k))
     cache.enforce_limit(250)
-    assert sorted(p.name for p in cache.entries()) == ["grad-mid.onnx", "ort-new.onnx"]
+    assert sorted(p.name for p in cache.entries()) == ["grad-00b1d000.onnx", "ort-00c1e000.onnx"]
+
+
+def test_files_igcli_did_not_write_are_never_evicted_or_cleared(tmp_path):
+    """IGCLI_CACHE_DIR=~/models: a run evicted the user's own models, oldest first, until
+    the folder fit IGCLI_CACHE_MAX, and `cache clear` removed every .onnx and .json."""
+    root = cache.cache_dir()
+    root.mkdir(parents=True)
+    theirs = ["resnet.onnx", "resnet.onnx.data", "model.json", "grad-notes.onnx", "tmp.tmp"]
+    for name in theirs:
+        (root / name).write_bytes(b"x" * 1000)
+        os.utime(root / name, (1000, 1000))
+    (root / "grad-00a1d000.onnx").write_bytes(b"x" * 1000)
+    cache.enforce_limit(10)
+    assert cache.info()["entries"] == 0
+    igcli.Session(DIGITS)
+    assert run("cache", "clear").exit_code == 0
+    assert sorted(p.name for p in root.iterdir()) == sorted(theirs)
 
 
 def test_cache_info_and_clear_commands(tmp_path):
