@@ -981,8 +981,8 @@ def plan_cmd(
     found = discover(list(inputs), recursive, pattern, sys.stdin)
     # a path that names nothing (a typo) is said now, not by every shard that is given it
     missing = [i for i in found.items if isinstance(i.path, Path) and not os.path.lexists(i.path)]
-    for item in missing:
-        messages.error(f"{item.path}: no such file")
+    for item in missing:  # (or one discover could not look up: a name too long)
+        messages.error(f"{item.path}: {item.problem or 'no such file'}")
     found.items = [i for i in found.items if i not in missing]
     for line in manifest_lines(found, str(model), sha):
         click.echo(line)

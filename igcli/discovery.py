@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from igcli.errors import InputError, UsageError
-from igcli.files import BIDI_CONTROLS, open_regular, os_reason, read_option_text
+from igcli.files import BIDI_CONTROLS, is_folder, open_regular, os_reason, read_option_text
 from igcli.inputs import SUPPORTED_SUFFIXES, TABLE_SUFFIXES
 
 
@@ -321,7 +321,12 @@ def discover(
             _discover_remote(arg, recursive, pattern, add, skip)
             continue
         path = _local(arg)  # (a file:// URL names a local path)
-        if not path.is_dir():
+        try:
+            folder = is_folder(path)
+        except InputError as exc:  # (a name too long to look up fails alone)
+            add(path, path.stem, exc.reason)
+            continue
+        if not folder:
             add(path, path.stem)
             continue
         if outside is not None and os.path.realpath(path) == outside:

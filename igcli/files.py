@@ -58,6 +58,15 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
+def is_folder(path: Path, error: type[IgcliError] = InputError) -> bool:
+    """path.is_dir(), where a path the system will not look up (a name over 255 bytes) is
+    `error` naming it: pathlib passes such an OSError on, an internal error (exit 1)."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise error(os_reason(exc), path) from None
+
+
 def open_regular(
     path: Path, error: type[IgcliError] = InputError, *, follow: bool = True
 ) -> BinaryIO:

@@ -30,6 +30,7 @@ import numpy as np
 
 from igcli.baselines import rng_for
 from igcli.errors import IgcliError, InputError, ModelError, UsageError
+from igcli.files import is_folder
 from igcli.ig import (
     IGResult,
     Problem,
@@ -395,7 +396,7 @@ def read_baseline_set(
     against the input's shape. Baselines held in memory count against `memory_limit`."""
     path = Path(spec)
     budget = [memory_limit] if memory_limit else None
-    if path.is_dir():
+    if is_folder(path, UsageError):
         files = sorted(p for p in path.iterdir()
                        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)  # fmt: skip
         if not files:

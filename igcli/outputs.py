@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from igcli.errors import OutputError
-from igcli.files import open_regular, parse_json
+from igcli.files import open_regular, os_reason, parse_json
 
 try:  # zlib-ng deflates a heatmap panel 3x as fast as zlib, its output a little smaller
     from zlib_ng import zlib_ng as _deflate
@@ -282,10 +282,13 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 
 def check_writable(out_dir: Path) -> None:
     """Fail early, before any work, when the output folder cannot be written."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError("--out names a file, not a folder", out_dir)
-    if out_dir.is_symlink() and not out_dir.exists():
-        raise OutputError(f"--out is a broken symlink (to {os.readlink(out_dir)})", out_dir)
+    try:  # (a name too long to look up was an internal error)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputError("--out names a file, not a folder", out_dir)
+        if out_dir.is_symlink() and not out_dir.exists():
+            raise OutputError(f"--out is a broken symlink (to {os.readlink(out_dir)})", out_dir)
+    except OSError as exc:
+        raise OutputError(f"cannot write it ({os_reason(exc)})", out_dir) from None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".igcli-write-check.")

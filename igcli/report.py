@@ -27,7 +27,7 @@ import onnxruntime
 
 from igcli import __version__
 from igcli.errors import ExitCode, IgcliError, OutputError, ShardError, UsageError
-from igcli.files import first_line, open_regular, parse_json
+from igcli.files import first_line, is_folder, open_regular, parse_json
 from igcli.html_report import render_html
 from igcli.ig import UNRESOLVED
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -984,7 +984,7 @@ def find_reports(where) -> list:
         shards = sorted((n for n in names if SHARD_REPORT.match(n)), key=_shard_number)
         return [url / n for n in shards] or [url / "report.json"]
     path = Path(where)
-    if not path.is_dir():
+    if not is_folder(path, UsageError):
         return [path]
     shards = sorted((p.name for p in path.glob("report.shard-*-of-*.json")
                      if SHARD_REPORT.match(p.name)), key=_shard_number)  # fmt: skip

@@ -883,3 +883,28 @@ def test_out_as_the_input_folder_and_stdin_twice_are_usage_errors(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
     twice = run("explain", DIGITS, "-", "-", "--out", tmp_path / "o", input=f"{folder}/a.png\n")
     assert twice.exit_code == ExitCode.USAGE and "given more than once" in twice.stderr
+
+
+def test_a_name_too_long_to_look_up_is_one_line_where_it_is_given(tmp_path, monkeypatch):
+    """A name over 255 bytes made pathlib raise ENAMETOOLONG: an internal error (exit 1)
+    that stopped the run before its good input, for an input, --out, plan, merge-reports,
+    --baselines and --baseline-data alike."""
+    monkeypatch.chdir(tmp_path)
+    long = "x" * 300
+    result = run("explain", DIGITS, DIGIT_PNGS[0], f"{long}.png", "--out", "a", "--steps", "4")
+    assert result.exit_code == ExitCode.INPUTS_FAILED, result.stderr
+    assert "file name too long" in result.stderr and (tmp_path / "a" / "report.json").is_file()
+    assert len(json.loads((tmp_path / "a" / "report.json").read_text())["results"]) == 1
+    cases = [
+        (("explain", DIGITS, DIGIT_PNGS[0], "--out", long), ExitCode.OUTPUT),
+        (("plan", DIGITS, long), ExitCode.INPUTS_FAILED),
+        (("merge-reports", long, "--out", "m"), ExitCode.USAGE),
+        (("merge-reports", "a", "--out", long), ExitCode.OUTPUT),
+        (("explain", DIGITS, DIGIT_PNGS[0], "--baselines", long, "--out", "b"), ExitCode.USAGE),
+        (("explain", DIGITS, DIGIT_PNGS[0], "--baseline", "mean", "--baseline-data", long,
+          "--out", "c"), ExitCode.USAGE),
+    ]  # fmt: skip
+    for args, code in cases:
+        result = run(*args)
+        assert result.exit_code == code, (args[0], result.stderr)
+        assert "file name too long" in result.stderr and "internal error" not in result.stderr
