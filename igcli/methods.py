@@ -70,6 +70,7 @@ DEFAULT_STEPS = {"blur": 100, "guided": 200}  # PAIR saliency's; every other pat
 DEFAULT_SHAPLEY_SAMPLES = 25
 GRID = 4  # images: extremal and Shapley paths move a GRID x GRID grid of patches by default
 MEMORY_LIMIT = 256 * 2**20  # bytes of IG problems (legs, results) a family run holds at once
+MAX_BLUR_SIGMA = 1e12  # pixels: far wider than any image (whose blur is then all one grey)
 
 
 def default_steps(path: str) -> int:
@@ -138,8 +139,10 @@ def check(s) -> None:
             raise UsageError("the blur path starts at the blurred input; "
                              "--baseline and --baselines do not apply")  # fmt: skip
         if not (isinstance(s.max_sigma, int | float) and math.isfinite(s.max_sigma)
-                and s.max_sigma > 0):  # fmt: skip
-            raise UsageError(f"--blur-sigma must be a positive number, not {s.max_sigma!r}")
+                and 0 < s.max_sigma <= MAX_BLUR_SIGMA):  # fmt: skip
+            # (1e308: the kernel's reach overflowed, an internal error after a numpy warning)
+            raise UsageError(f"--blur-sigma must be a number of pixels in (0, "
+                             f"{MAX_BLUR_SIGMA:g}], not {s.max_sigma!r}")  # fmt: skip
     if kind == "guided":
         if s.adaptive:
             raise UsageError("--path guided chooses its path step by step; "

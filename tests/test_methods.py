@@ -324,6 +324,7 @@ def test_cli_blur_and_guided_defaults_follow_pair(tmp_path):
         (["--baselines", "a", "--baseline", "zero"], "not both"),
         (["--path", "extremal:99"], "there are 16 groups"),
         (["--path", "blur", "--blur-sigma", "0"], "blur-sigma"),
+        (["--path", "blur", "--blur-sigma", "1e308"], "pixels in (0, 1e+12], not 1e+308"),
     ],
 )
 def test_cli_usage_errors_are_one_line(tmp_path, args, words):
