@@ -260,14 +260,21 @@ def npy_header(fh: BinaryIO, path: Path, error: type[IgcliError]) -> tuple[tuple
     return shape, fortran, dtype
 
 
-def parse_json(text: str | bytes):
+def parse_json(text: str | bytes, strict: bool = False):
     """json.loads for what users and other programs hand over: JSON nested too deeply (1,000
     '[' in a 2 KB line) is a ValueError like any other bad JSON, where Python's decoder
-    raises RecursionError, an internal error that stopped whole runs."""
+    raises RecursionError, an internal error that stopped whole runs. `strict`: NaN and
+    Infinity, which JSON has not (Python's decoder takes them), are bad JSON too."""
     try:
+        if strict:
+            return json.loads(text, parse_constant=_no_constant)
         return json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON (igcli writes non-finite numbers as strings)")
 
 
 def first_line(exc: BaseException) -> str:

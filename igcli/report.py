@@ -572,7 +572,7 @@ def load_report(path) -> dict:
 
     raw = read_bytes(path, failing="not a readable report")  # (a regular file, at most 1 GiB)
     try:
-        data = parse_json(raw.decode("utf-8-sig"))
+        data = parse_json(raw.decode("utf-8-sig"), strict=True)  # (a bare NaN merged as one)
     except ValueError as exc:
         raise UsageError(f"not a readable report ({first_line(exc)})", path) from None
     if not isinstance(data, dict) or "results" not in data:
