@@ -23,6 +23,7 @@ import numpy as np
 
 from igcli import __version__
 from igcli.attribution import Attribution
+from igcli.baselines import ArrayBaseline
 from igcli.cache import file_sha256
 from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     Discovery,
@@ -224,6 +225,9 @@ def _baseline_digests(settings: AttributionSettings) -> dict[str, list | None]:
     found: dict[str, list | None] = {}
     for key in ("baseline", "baselines", "baseline_data"):
         value = getattr(settings, key)
+        if isinstance(value, ArrayBaseline):
+            found[key] = [["array", value.digest]]
+            continue
         if not isinstance(value, str | Path) or is_url(str(value)):
             continue
         path = Path(value)

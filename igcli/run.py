@@ -90,7 +90,8 @@ def new_report(session: Session, settings: AttributionSettings, targets, shard) 
         else None,
         "steps": settings.steps,
         "method": settings.method,
-        "baseline": settings.baseline,
+        # (an array's name, "array": the object stopped report.json being written)
+        "baseline": str(settings.baseline) if settings.baseline is not None else None,
         "seed": settings.seed,
         **methods.settings_fields(settings),  # path, baselines, noise, ... (issue 11)
         "batch_size": session.runner.batch_size,

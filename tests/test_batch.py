@@ -1138,3 +1138,29 @@ def test_failures_are_spooled_and_report_md_lists_the_first_thousand():
     assert "rows.csv:row999" in md and "rows.csv:row1000" not in md
     assert "... and 200 more failures in report.csv and report.json" in md
     assert len(report.to_json()["failures"]) == MARKDOWN_ROWS + 200
+
+
+def test_an_array_baseline_runs_through_the_run_api_and_resumes_only_itself(tmp_path):
+    """An array baseline stopped finish() (the object in report.json's settings), and its
+    settings hash held only its name, 'array': a run with ones resumed the zeros' results."""
+    from igcli.batch import OutputSettings
+    from igcli.run import execute, finish, plan, start
+    from igcli.session import AttributionSettings, Session
+
+    session = Session(DIGITS, cache=False)
+
+    def f_baseline(values, skip: bool) -> float:
+        the_plan = plan(discover([str(DIGIT_PNGS[0])]))
+        settings = AttributionSettings(steps=8, baseline=values)
+        outputs = OutputSettings(out_dir=tmp_path / "o", skip_existing=skip, heatmaps=False)
+        batch = start(session, the_plan, settings=settings, outputs=outputs)
+        execute(batch, the_plan.items)
+        assert finish(batch, the_plan) == ExitCode.OK
+        report = json.loads((tmp_path / "o" / "report.json").read_text())
+        assert report["settings"]["baseline"] == "array"
+        return report["results"][0]["f_baseline"]
+
+    zeros = f_baseline(np.zeros((1, 28, 28), np.float32), skip=False)
+    ones = f_baseline(np.ones((1, 28, 28), np.float32), skip=True)
+    assert ones != zeros
+    assert f_baseline(np.ones((1, 28, 28), np.float32), skip=True) == ones
