@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -440,6 +441,19 @@ def _half(runner: ModelRunner) -> bool:
 MAX_PROBE_PIXELS = 4096 * 4096
 
 
+def _one_at_a_time(method):
+    """A Session shared by threads runs one such call at a time: its graphs are built and
+    self-checked per input shape, and eight threads on an open-size model checked one
+    shape's graph with another's rows (a failed check: finite differences from then on)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._calls:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Session:
     """One model, ready to explain: sessions, preprocessing and gradient source built once.
 
@@ -626,6 +640,7 @@ class Session:
         self.threads = threads
         # rows per model call: given, or measured against the memory budget on first use
         self.batch_size = max(1, int(batch_size)) if batch_size else MAX_ROWS
+        self._calls = threading.RLock()  # see _one_at_a_time
         self.memory_budget = memory_limit or default_budget()
         self.memory_per_row: int | None = None
         self._rows_given = batch_size is not None
@@ -1193,6 +1208,7 @@ class Session:
         targets = None if target is None else [target]
         return self.attribute_many(samples, targets, settings)[0][0]
 
+    @_one_at_a_time
     def attribute_many(
         self,
         samples: Sequence[Sample],
@@ -1785,10 +1801,12 @@ class Session:
             contexts.append(context or None)
         return xs, bs, contexts
 
+    @_one_at_a_time
     def graph_for(self, x: np.ndarray) -> GraphRunner | None:
         """The gradient graph for samples shaped like x (None: finite differences)."""
         return self._graph_for(tuple(x.shape))
 
+    @_one_at_a_time
     def check_point(self, sample: Sample) -> tuple[GraphRunner | None, np.ndarray, Context]:
         """Where a gradient check of `sample` happens: the graph that IG would use, the point
         in the space IG walks (the input, or the cut tensor's value there) and the sample's
@@ -1836,6 +1854,7 @@ class Session:
             raise GradientError(f"gradient graph failed: {why}", self.model_path) from None
         self._reject(graph, why, {"verdict": "error", "why": why})
 
+    @_one_at_a_time
     def check_gradients(self, sample: Sample) -> None:
         """Self-check the gradient graph at `sample` now rather than at the first sample
         explained: runs split over shards or workers then check at the same input (their

@@ -1601,3 +1601,35 @@ def test_a_gradient_graph_too_large_to_prepare_quickly_is_said_before_the_wait(m
     session.attribute(DIGIT_PNGS[0], steps=4)
     large = [m for m in said if "ONNX Runtime prepares it once" in m]
     assert len(large) == 1 and "nodes" in large[0], said
+
+
+def test_one_session_shared_by_threads_on_an_open_size_model(tmp_path):
+    """Eight threads on one Session of a model whose height and width are open, each at a
+    size it had not seen: a thread's self-check ran at another's size, and that size's
+    graph was rejected (finite differences from then on) or the call failed."""
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    import igcli
+
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.normal(size=(2, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Tanh", ["c"], ["t"]),
+         helper.make_node("ReduceMean", ["t"], ["y"], axes=[2, 3], keepdims=0)],
+        "open", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [w],
+    )  # fmt: skip
+    path = tmp_path / "open.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    sizes = [(8, 8), (9, 7), (16, 16), (5, 31), (12, 12), (7, 9), (20, 3), (3, 20)]
+    xs = [rng.random((3, h, w)).astype(np.float32) for h, w in sizes]
+    for _ in range(3):
+        session = igcli.Session(path, threads=1, cache=False, warn=lambda m: None)
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(functools.partial(session.attribute, steps=16), xs))
+        assert all(a.gradient_source == "graph" and a.rel_error < 1e-3 for a in found)
