@@ -397,7 +397,9 @@ def read_baseline_set(
 ) -> BaselineSet:
     """Every baseline under `spec` (a file, or a folder of files, not recursive), checked
     against the input's shape. Baselines held in memory count against `memory_limit`."""
-    path = Path(spec)
+    from igcli.storage import local_path
+
+    path = local_path(spec, "--baselines (and --baseline-data)")
     budget = [memory_limit] if memory_limit else None
     if is_folder(path, UsageError):
         files = sorted(p for p in path.iterdir()

@@ -1093,8 +1093,11 @@ class Session:
         if self.tokens is not None:
             return self._load_tokens(input, name)
         if isinstance(input, str | Path):
-            path = Path(input)
-            samples = load_samples(path, self.prep, name or path.stem)
+            from igcli.storage import URL, cached_copy, location
+
+            where = location(input)  # ("file:///x.png" lost a slash in Path(): no such file)
+            path = cached_copy(where, InputError) if isinstance(where, URL) else where
+            samples = load_samples(path, self.prep, name or Path(str(where)).stem)
         else:
             samples = [sample_from_array(input, self.prep, name or "array")]
         for note in {n: None for s in samples for n in s.notes}:  # (a run may load one twice)

@@ -74,6 +74,15 @@ def location(text: str | os.PathLike) -> Path | URL:
     return URL(text) if is_url(text) else Path(text)
 
 
+def local_path(text: str | os.PathLike, what: str) -> Path:
+    """A local path, file:// URLs included, for what reads local files only (`what`: its
+    name in the message): "file:///x.png" lost a slash in Path() and was "no such file"."""
+    where = location(text)
+    if not isinstance(where, Path):
+        raise UsageError(f"{what} reads local files and file:// URLs, not object storage", text)
+    return where
+
+
 def filesystem(url: str):
     """(fsspec filesystem, path within it) for a URL; a usage error when fsspec is missing."""
     try:

@@ -491,3 +491,14 @@ def test_a_baseline_stack_is_read_row_by_row_never_whole(tmp_path, monkeypatch):
     np.save(tmp_path / "bad.npy", bad)
     with pytest.raises(UsageError, match="row 33: contains NaN or Inf"):
         session.attribute(x, target=3, baselines=str(tmp_path / "bad.npy"), steps=4)
+
+
+def test_baselines_given_as_file_urls_are_local_folders(tmp_path):
+    """--baselines file:///dir was "file:/dir: no such file or folder" (exit 2)."""
+    folder = DIGIT_PNGS[0].parent.resolve().as_uri()
+    for args in (["--baselines", folder, "--samples", "2"],
+                 ["--baseline", "mean", "--baseline-data", folder]):  # fmt: skip
+        result = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", tmp_path, *args)
+        assert result.exit_code == 0, result.stderr
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--baselines", "s3://b/x", "--out", tmp_path)
+    assert result.exit_code == ExitCode.USAGE and "not object storage" in result.stderr

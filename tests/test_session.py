@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import igcli
-from igcli.errors import ExitCode, UsageError
+from igcli.errors import ExitCode, InputError, UsageError
 from tests import models
 from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, run
 
@@ -1633,3 +1633,21 @@ def test_one_session_shared_by_threads_on_an_open_size_model(tmp_path):
         with ThreadPoolExecutor(8) as pool:
             found = list(pool.map(functools.partial(session.attribute, steps=16), xs))
         assert all(a.gradient_source == "graph" and a.rel_error < 1e-3 for a in found)
+
+
+def test_a_session_reads_file_and_object_storage_urls_as_the_command_does(tmp_path):
+    """session.attribute("file:///...png") lost a slash in Path() and was "no such file", as
+    were memory:// and s3:// inputs the command line fetches."""
+    import fsspec
+
+    import igcli
+
+    session = igcli.Session(DIGITS, cache=False)
+    local = session.attribute(DIGIT_PNGS[0], steps=4)
+    by_url = session.attribute(DIGIT_PNGS[0].resolve().as_uri(), steps=4)
+    fsspec.filesystem("memory").pipe("/igcli-test/d.png", DIGIT_PNGS[0].read_bytes())
+    fetched = session.attribute("memory://igcli-test/d.png", steps=4)
+    assert np.array_equal(local.attributions, by_url.attributions)
+    assert np.array_equal(local.attributions, fetched.attributions) and fetched.sample.name == "d"
+    with pytest.raises(InputError, match="cannot fetch"):
+        session.attribute("memory://igcli-test/none.png")
