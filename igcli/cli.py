@@ -1088,8 +1088,10 @@ def inspect(model: Path, as_json: bool) -> None:
                 twin_blockers = [f"({exc.reason})"]
 
     def per_shape(found: list[str]) -> bool:
-        """Whether a graph builds once per input size (every blocker wants static shapes)."""
-        return all("static shapes" in b for b in found)
+        """Whether a graph builds once per input size (every blocker wants static shapes: a
+        dynamo export's Resize to a fixed size was said to leave explain without a graph)."""
+        words = ("static shapes", "static sizes", "input length is known only at run time")
+        return all(any(w in b for w in words) for b in found)
 
     candidates = []
     start = ids if needs_at else source  # (integer inputs, no lookup: --at a tensor after them)

@@ -588,3 +588,27 @@ def test_feed_names_holding_an_equals_sign_and_a_name_given_twice(tmp_path):
                 "s=1=b.npy", "--out", tmp_path / "o2")  # fmt: skip
     assert twice.exit_code == ExitCode.USAGE
     assert "is given twice" in twice.stderr and not (tmp_path / "o2").exists()
+
+
+def test_inspect_says_a_resize_to_fixed_sizes_gets_a_graph_per_size(tmp_path):
+    """A dynamo export's Resize to constant sizes [1, C, 8, 8] (its batch fixed at 1): inspect
+    said explain fell back to finite differences, where explain built the graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    sizes = onnx.numpy_helper.from_array(np.array([1, 2, 8, 8], np.int64), "sizes")
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "", "sizes"], ["r"], mode="linear"),
+         helper.make_node("ReduceMean", ["r"], ["y"], axes=[2, 3], keepdims=0)],
+        "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [sizes],
+    )  # fmt: skip
+    path = models.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                       tmp_path / "resize.onnx")  # fmt: skip
+    said = run("inspect", path)
+    assert said.exit_code == 0 and "gradient graph: per input size" in said.stdout, said.stdout
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((1, 2, 4, 4), np.float32))
+    result = run("explain", path, tmp_path / "x.npy", "--out", tmp_path / "o", "--json",
+                 "--steps", "8", "--gradients", "graph")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["gradient_source"] == "graph"
