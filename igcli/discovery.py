@@ -251,7 +251,7 @@ def read_path_list(stdin) -> list:
     if isatty is not None and isatty():
         raise UsageError("'-' reads a list of paths from standard input, which is a terminal")
     try:
-        raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+        raw = _read_list(stdin.buffer if hasattr(stdin, "buffer") else stdin)
     except OSError as exc:  # (opened for writing only, say)
         from igcli.files import os_reason
 
@@ -270,6 +270,32 @@ def read_path_list(stdin) -> list:
         parts = [_listed(line.removesuffix(b"\r"), is_url) for line in raw.split(b"\n")]
         parts = [p for p in parts if p.strip()]
     return [location(os.fsdecode(p)) for p in parts]
+
+
+MAX_LISTED_PATH = 1 << 16  # bytes: a path (4,096 at most on Linux) or a URL is far shorter
+
+
+def _read_list(stream) -> bytes:
+    """All of a path list, read 1 MiB at a time, refused as soon as one entry is longer than
+    any path can be: a 100 MB line took 2.7 GB, 82 s and a 200 MB report.json to fail."""
+    chunks, run = [], 0  # run: the length of the entry the last chunk ended in
+    while chunk := stream.read(1 << 20):
+        if isinstance(chunk, str):
+            chunk = os.fsencode(chunk)
+        pieces = re.split(rb"[\n\0]", chunk)
+        if len(pieces) == 1:
+            run += len(chunk)
+            longest = run
+        else:
+            longest = max(run + len(pieces[0]), *(len(p) for p in pieces[1:]))
+            run = len(pieces[-1])
+        if longest > MAX_LISTED_PATH:
+            raise UsageError(
+                f"'-' reads a list of paths, and standard input holds an entry of more than "
+                f"{MAX_LISTED_PATH:,} bytes, longer than any path; is it a list of paths?"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _listed(line: bytes, is_url: Callable[[str], bool]) -> bytes:

@@ -349,7 +349,7 @@ def test_stdin_that_cannot_be_read_is_one_usage_error():
     class WriteOnly:
         class buffer:  # noqa: N801
             @staticmethod
-            def read():
+            def read(size=-1):
                 raise OSError(errno.EBADF, "Bad file descriptor")
 
         @staticmethod
@@ -366,3 +366,30 @@ def test_one_path_may_be_given_alone(tmp_path, monkeypatch):
     (tmp_path / "d" / "x.png").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     assert named(discover("d")) == named(discover(["d"])) == named(discover(Path("d")))
+
+
+def test_a_path_list_entry_longer_than_any_path_is_refused_as_it_is_read():
+    """A 100 MB line on stdin took 2.7 GB and 82 s, then wrote a 200 MB report.json."""
+    import tracemalloc
+
+    from igcli.discovery import MAX_LISTED_PATH, read_path_list
+
+    class Endless(io.RawIOBase):  # far more than could ever be held
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            buffer[:] = b"a" * len(buffer)
+            return len(buffer)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(UsageError, match="longer than any path"):
+            read_path_list(io.TextIOWrapper(io.BufferedReader(Endless())))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+    fine = "x" * (MAX_LISTED_PATH - 10)
+    listed = read_path_list(io.TextIOWrapper(io.BytesIO(f"a.png\n{fine}\n\0".encode()[:-2])))
+    assert [str(p) for p in listed] == ["a.png", fine]
