@@ -283,6 +283,7 @@ class BatchRun:
         # run.start's lock on the report files: (folder, report stem, descriptor)
         self.reports_lock: tuple[Path, str, int] | None = None
         self.folder_lock: tuple[Path, str, int] | None = None  # and on the folder (its group)
+        self.out_identity: tuple[int, int] | None = None  # --out's (device, inode) at start
         self.remote = None  # a storage.RemoteOutputs when --out is a URL
         self.local_out = outputs.out_dir  # where files are written (staged when remote)
         if is_url(str(outputs.out_dir)):

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from igcli import methods
 from igcli.batch import BatchRun, Discovery, InputItem, OutputSettings
@@ -173,7 +174,18 @@ def start(
         raise
     batch.reports_lock = lock  # held until finish() has written the reports
     batch.folder_lock = folder
+    if not is_url(str(outputs.out_dir)):
+        batch.out_identity = _identity(outputs.out_dir)
     return batch
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """A folder's (device, inode), None where it is gone: see _write_up."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _unlock(reports: tuple | None, folder: tuple | None) -> None:
@@ -340,6 +352,14 @@ def _write_up(
     interrupted too), write the reports; returns the reports' names."""
     session, report, outputs = batch.session, batch.report, batch.outputs
     batch.finish()
+    # --out removed or moved mid-run: the writes made it again (or wrote into the moved
+    # one), and a report naming files that were not there said exit 0
+    if batch.out_identity is not None and _identity(outputs.out_dir) != batch.out_identity:
+        raise OutputError(
+            "the output folder was removed or moved during the run, so outputs of this run "
+            "may be missing from it; run again",
+            outputs.out_dir,
+        )
     if targets_from is not None and targets_from.unused():
         unused = targets_from.unused()
         more = " ..." if len(unused) > 5 else ""

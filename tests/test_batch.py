@@ -1164,3 +1164,28 @@ def test_an_array_baseline_runs_through_the_run_api_and_resumes_only_itself(tmp_
     ones = f_baseline(np.ones((1, 28, 28), np.float32), skip=True)
     assert ones != zeros
     assert f_baseline(np.ones((1, 28, 28), np.float32), skip=True) == ones
+
+
+@pytest.mark.parametrize("how", ["removed", "moved"])
+def test_an_out_folder_removed_or_moved_mid_run_is_an_output_error(tmp_path, how):
+    """rm -rf OUT mid-run: the writes made it again, and exit 0 came with a report naming
+    files that were not there; moved, part of the run went with it, locks and all."""
+    from igcli.batch import OutputSettings
+    from igcli.errors import OutputError
+    from igcli.run import execute, finish, plan, start
+    from igcli.session import AttributionSettings, Session
+
+    the_plan = plan(discover([str(p) for p in DIGIT_PNGS[:2]]))
+    out = tmp_path / "o"
+    batch = start(Session(DIGITS, cache=False), the_plan, settings=AttributionSettings(steps=4),
+                  outputs=OutputSettings(out_dir=out))  # fmt: skip
+    execute(batch, the_plan.items[:1])
+    batch.drain()  # (its files written)
+    if how == "removed":
+        shutil.rmtree(out)
+    else:
+        out.rename(tmp_path / "elsewhere")
+    execute(batch, the_plan.items[1:])
+    with pytest.raises(OutputError, match="removed or moved during the run|cannot write"):
+        finish(batch, the_plan)
+    assert not (out / "report.json").exists()
