@@ -237,6 +237,12 @@ class Group(rich_click.RichGroup):
             sys.exit(exc.exit_code)
         sys.exit(0)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            _given_once(cmd, rest)
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context):
         messages.quiet = False  # each command's own --quiet (one process may run several)
         with _sigterm_as_interrupt():
@@ -271,6 +277,35 @@ class Group(rich_click.RichGroup):
             f"memory ran out ({what}); lower --memory-limit or --batch-size, or give igcli "
             "more memory (ulimit -v, the container's limit)"
         ))  # fmt: skip
+
+
+def _given_once(cmd: click.Command, args: list[str]) -> None:
+    """An option that takes one value, given twice, is a usage error: click keeps the last,
+    and `--shard 1/2 --shard 2/2` quietly ran the other half (so did --out, --manifest,
+    --target and --baseline). Options that gather values (--feed) may repeat."""
+    single = {}
+    for param in cmd.params:
+        if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag):
+            for opt in param.opts:
+                single[opt] = param
+    seen: dict[str, tuple[str, str]] = {}
+    k = 0
+    while k < len(args) and args[k] != "--":
+        token = args[k]
+        name, eq, value = token.partition("=")
+        param = single.get(name) if name.startswith("--") else single.get(token)
+        k += 1
+        if param is None:
+            continue
+        if not eq:
+            value = args[k] if k < len(args) else ""
+            k += 1
+        if param.name in seen:
+            first, before = seen[param.name]
+            raise click.UsageError(
+                f"{name} is given more than once ({first} {before}, {name} {value}); give it once"
+            )
+        seen[param.name] = (name, value)
 
 
 class _GuardedStdout(io.TextIOBase):

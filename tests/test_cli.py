@@ -612,3 +612,21 @@ def test_inspect_says_a_resize_to_fixed_sizes_gets_a_graph_per_size(tmp_path):
                  "--steps", "8", "--gradients", "graph")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["gradient_source"] == "graph"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--shard", "1/2", "--shard", "2/2"), ("--target", "1", "--target=2"),
+     ("--out", "a", "--out", "b"), ("--baseline", "black", "--baseline", "white")],
+)  # fmt: skip
+def test_an_option_of_one_value_given_twice_is_a_usage_error(tmp_path, args):
+    """click keeps the last: --shard 1/2 --shard 2/2 quietly ran the other half."""
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path, "--steps", "4", *args)
+    assert result.exit_code == ExitCode.USAGE
+    (line,) = one_line_error(result)
+    assert f"{args[0]} is given more than once" in line
+
+
+def test_options_that_gather_values_and_flags_may_repeat(tmp_path):
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path, "--steps", "4", "-q", "-q")
+    assert result.exit_code == 0, result.stderr
