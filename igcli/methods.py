@@ -102,6 +102,15 @@ def parse_noise(text: str) -> tuple[int, float]:
 
 def check(s) -> None:
     """Validate the family settings of an `AttributionSettings` (one-line UsageErrors)."""
+    # (groups=4 raised re's TypeError, baselines=np.zeros(...) numpy's "truth value of an
+    # array is ambiguous": internal errors of a call that only named its options wrongly)
+    texts = {"path": (str,), "groups": (str,), "noise_type": (str,), "regions": (str,),
+             "baselines": (str, os.PathLike), "baseline_data": (str, os.PathLike)}  # fmt: skip
+    for name, kinds in texts.items():
+        value = getattr(s, name)
+        if value is not None and not isinstance(value, kinds):
+            what = "a path" if os.PathLike in kinds else "a string"
+            raise UsageError(f"{name} must be {what}, not {type(value).__name__}")
     try:
         spec = parse_path(s.path)
     except ValueError as exc:

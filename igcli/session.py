@@ -516,6 +516,8 @@ class Session:
         _check_resources(fd_step, threads, batch_size, memory_limit, warn)
         self.model_path = _local_path(model)
         self.gradients = gradients
+        if fd_groups is not None and not isinstance(fd_groups, str):  # (re's TypeError)
+            raise UsageError(f"fd_groups must be a string (HxW), not {type(fd_groups).__name__}")
         self.fd_step, self.fd_groups = fd_step, fd_groups
         if not isinstance(softmax, bool | np.bool_):  # ("no" is truthy: a softmax was added)
             raise UsageError(f"softmax must be True or False, not {softmax!r}")

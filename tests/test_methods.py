@@ -502,3 +502,23 @@ def test_baselines_given_as_file_urls_are_local_folders(tmp_path):
         assert result.exit_code == 0, result.stderr
     result = run("explain", DIGITS, DIGIT_PNGS[0], "--baselines", "s3://b/x", "--out", tmp_path)
     assert result.exit_code == ExitCode.USAGE and "not object storage" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [({"path": "extremal", "groups": 4}, "groups must be a string, not int"),
+     ({"baselines": np.zeros((1, 28, 28))}, "baselines must be a path, not ndarray"),
+     ({"baseline": "mean", "baseline_data": np.zeros((2, 1, 28, 28))},
+      "baseline_data must be a path, not ndarray")],
+)  # fmt: skip
+def test_options_of_the_wrong_kind_are_usage_errors_in_the_library(options, words):
+    """groups=4 raised re's TypeError, baselines=np.zeros(...) numpy's ambiguous truth
+    value: internal errors where a neighbouring option's mistake is one UsageError."""
+    import igcli
+    from igcli.errors import UsageError
+
+    session = igcli.Session(DIGITS, cache=False)
+    with pytest.raises(UsageError, match=words):
+        session.attribute(DIGIT_PNGS[0], steps=4, **options)
+    with pytest.raises(UsageError, match="fd_groups must be a string"):
+        igcli.Session(DIGITS, gradients="fd", fd_groups=4)
