@@ -1264,7 +1264,7 @@ def _runtime_refusal(onnx_model, path: Path) -> str | None:
 )
 @click.option(
     "--jitter",
-    type=FiniteRange(0),
+    type=FiniteRange(0, 1),  # (1e308 overflowed the input: a numpy warning, then NaN, exit 4)
     default=1e-2,
     show_default=True,
     help="Noise added to the input, relative to each feature's magnitude, to move off "

@@ -630,3 +630,11 @@ def test_an_option_of_one_value_given_twice_is_a_usage_error(tmp_path, args):
 def test_options_that_gather_values_and_flags_may_repeat(tmp_path):
     result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path, "--steps", "4", "-q", "-q")
     assert result.exit_code == 0, result.stderr
+
+
+def test_gradcheck_jitter_past_each_feature_s_own_size_is_a_usage_error():
+    """--jitter 1e308 overflowed the input: a numpy RuntimeWarning on stderr, then NaN."""
+    result = run("gradcheck", CANCER, CANCER_CSV, "--jitter", "1e308")
+    assert result.exit_code == ExitCode.USAGE and "Warning" not in result.stderr
+    (line,) = one_line_error(result)
+    assert "--jitter" in line
