@@ -24,6 +24,7 @@ from igcli.outputs import (
     atomic_save_npy,
     atomic_save_png,
     atomic_write_text,
+    drop_stale_heatmap,
     in_the_way,
     output_stem,
     record_of_igcli,
@@ -338,6 +339,8 @@ class Attribution(Completeness):
         try:
             if png is not None:
                 atomic_save_png(png, picture)
+            else:  # (an earlier save's picture stayed beside attributions it did not show,
+                drop_stale_heatmap(output_stem(directory, name + ".png"))  # as in a CLI run)
         except BaseException:
             npy.unlink(missing_ok=True)  # a result is saved whole or not at all
             raise

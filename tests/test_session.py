@@ -49,6 +49,9 @@ def test_save_replaces_only_what_igcli_wrote(tmp_path):
     ours = tmp_path / "ours"
     a3.save(ours)
     a3.save(ours)  # its own files: replaced
+    a3.save(ours, heatmap=False)  # its old picture goes, as --no-heatmaps does
+    assert not (ours / f"{stem}.png").exists() and (ours / f"{stem}.npy").is_file()
+    a3.save(ours)
     with pytest.raises(OutputError, match="target 3.*name='.*target5'"):
         a5.save(ours)
     assert a5.save(ours, name=f"{stem}.target5")["target"] == 5
