@@ -695,6 +695,13 @@ def _check_report(data: dict, path: Path) -> None:
     targets = (data.get("settings") or {}).get("targets")
     if targets is not None and not isinstance(targets, list):
         raise UsageError("'settings.targets' must be a list or null", path)
+    for key in ("wall_time_s", "prepare_time_s", "model_time_s"):  # (summed when merged:
+        value = (data.get("settings") or {}).get(key)  # "abc" became null, "nan" nan)
+        if value is not None and not (
+            isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0
+        ):  # fmt: skip
+            raise UsageError(f"'settings.{key}' is {json.dumps(value)[:40]}, not a time", path)
     skipped = data.get("skipped") or []
     if not isinstance(skipped, list):
         raise UsageError("'skipped' must be a list of {input, reason} entries", path)

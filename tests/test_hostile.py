@@ -995,6 +995,8 @@ def report_file(tmp_path, results, failures=None, name="report.json", **extra):
         ([GOOD_RESULT], [], {"summary": {"resumed": "x"}}, "'summary.resumed'"),
         # json.dumps writes a bare NaN; merged, it was written again: report.json not JSON
         ([GOOD_RESULT], [], {"settings": {"model_time_s": float("nan")}}, "NaN is not JSON"),
+        ([GOOD_RESULT], [], {"settings": {"model_time_s": "abc"}}, "'settings.model_time_s'"),
+        ([GOOD_RESULT], [], {"settings": {"wall_time_s": "nan"}}, "not a time"),
         # a hand-edited "yes" was read as not interrupted, and the shard's gaps went unsaid
         ([GOOD_RESULT], [], {"summary": {"interrupted": "yes"}}, "'summary.interrupted'"),
         ([GOOD_RESULT], [], {"settings": {"targets": 5}}, "'settings.targets'"),
