@@ -1966,6 +1966,11 @@ class Session:
                     found["bytes_per_row"] = graph.bytes_per_row
                 save_check(graph.cache_key, found)
             return graph
+        # Rows of a first axis fixed above 1 that mix (a Softmax over it) make differences
+        # and gradient disagree too: that model is refused, not explained by finite
+        # differences (which gave F(x) = F(b) 'exactly' there)
+        if self._fixed_batch and not self.gradient_rows_agree(graph, x, check.target, context):
+            self._refuse_a_fixed_axis_that_is_no_batch("gradients")
         why = (
             f"its gradient disagrees with finite differences (error {check.error:.3g} "
             f"of the gradient's norm)"
