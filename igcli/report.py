@@ -594,6 +594,7 @@ _RESULT_FIELDS = {  # field -> (accepted types, required)
     "delta": (float, False),
     "abs_error": (float, False),
     "steps": (_STEPS, False),
+    "steps_used": (int, False),
     "method": (str, False),
     "label": (str, False),
     "output": (str, False),
@@ -650,6 +651,9 @@ def _check_records(records, fields: dict, where: str, path: Path) -> None:
                 raise UsageError(
                     f"{where}[{k}].{key} is {value}, not an error (a number, 0 or more)", path
                 )
+        for key in ("steps", "steps_used"):  # (-1 showed in the merged tables as it was)
+            if key in fields and isinstance(record.get(key), int) and record[key] < 1:
+                raise UsageError(f"{where}[{k}].{key} is {record[key]}, not a count of steps", path)
         delta = record.get("delta") if "delta" in fields else None
         if record.get("rel_error") == math.inf and delta and math.isfinite(delta):
             # (a run writes inf only over a delta of 0: hand-made, it showed as the merged
@@ -692,6 +696,9 @@ def _check_report(data: dict, path: Path) -> None:
     gate = data.get("gate")
     if gate is not None and not (isinstance(gate, dict) and _field_ok(gate.get("max"), float)):
         raise UsageError("'gate' must be an object with a numeric 'max'", path)
+    shard = (data.get("settings") or {}).get("shard")
+    if shard is not None and _shard_parts(shard) is None:  # ("a/b" merged as a whole run)
+        raise UsageError(f"'settings.shard' is {json.dumps(shard)[:40]}, not K/N", path)
     targets = (data.get("settings") or {}).get("targets")
     if targets is not None and not isinstance(targets, list):
         raise UsageError("'settings.targets' must be a list or null", path)
@@ -710,7 +717,7 @@ def _check_report(data: dict, path: Path) -> None:
                 and isinstance(entry.get("reason"), str)):  # fmt: skip
             raise UsageError(f"skipped[{k}] is not an entry with 'input' and 'reason'", path)
     summary = data.get("summary")
-    if summary is not None and not isinstance(summary, dict):
+    if "summary" in data and not isinstance(summary, dict):  # (null merged as no summary)
         raise UsageError("'summary' must be an object", path)
     resumed = (summary or {}).get("resumed")
     if resumed is not None and not (
@@ -721,6 +728,14 @@ def _check_report(data: dict, path: Path) -> None:
         raise UsageError("'summary.interrupted' must be true or false", path)
     if not isinstance(data.get("started", ""), str):
         raise UsageError("'started' must be a string (a time)", path)
+
+
+def _shard_parts(text) -> tuple[int, int] | None:
+    """(K, N) of a report's "K/N" shard setting, 1 <= K <= N; None for anything else."""
+    k, slash, n = str(text).partition("/")
+    if not (slash and k.isdecimal() and k.isascii() and n.isdecimal() and n.isascii()):
+        return None
+    return (int(k), int(n)) if 1 <= int(k) <= int(n) else None
 
 
 SHARD_REPORT = re.compile(r"^report\.shard-(\d+)-of-(\d+)\.json$")
@@ -862,9 +877,14 @@ def merge_reports(
     merged.results.extend(sorted(results, key=sort_key))
     merged.failures = sorted(failures, key=sort_key)
     merged.started = min((str(r.get("started") or "") for r in reports), default=merged.started)
-    gates = [r["gate"] for r in reports if r.get("gate")]
-    if gates:
-        merged.apply_gate(float(gates[0]["max"]))
+    limits = [float(r["gate"]["max"]) if r.get("gate") else None for r in reports]
+    gated = [x for x in limits if x is not None]
+    if gated:  # the strictest: a result failing any shard's gate fails the merged run's
+        merged.apply_gate(min(gated))
+        if len(set(limits)) > 1 and warn is not None:
+            shown = ", ".join("none" if x is None else f"{x:g}" for x in dict.fromkeys(limits))
+            warn(f"the reports were gated differently (--max-completeness-error {shown}); "
+                 f"the merged report is gated at the strictest, {min(gated):g}")  # fmt: skip
     return merged
 
 

@@ -209,7 +209,12 @@ def test_a_malformed_report_is_refused_before_anything_is_written(tmp_path):
     shard = tmp_path / "s1" / "report.shard-1-of-2.json"
     data = json.loads(shard.read_text())
     failed_result = [{**data["results"][0], "status": "error"}, *data["results"][1:]]
+    negative_steps = [{**data["results"][0], "steps_used": -1}, *data["results"][1:]]
+    odd_shard = {**data["settings"], "shard": "a/b"}
     for field, value, problem in (
+        ("summary", None, "'summary' must be an object"),
+        ("results", negative_steps, "results[0].steps_used is -1, not a count of steps"),
+        ("settings", odd_shard, "'settings.shard' is \"a/b\", not K/N"),
         ("skipped", {"a": 1}, "'skipped' must be a list"),
         ("schema_version", 99, "schema_version 99; this igcli reads 1"),
         ("results", failed_result, 'results[0] has status "error"; a failure goes in'),
@@ -327,3 +332,25 @@ def test_a_report_named_twice_merges_each_input_once_with_a_warning(shards, tmp_
     assert "3 more already came in an earlier report; each is kept once" in merged.stderr
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     assert len(report["results"]) == len(INPUTS)
+
+
+def test_shards_gated_differently_merge_at_the_strictest_gate_with_a_warning(tmp_path):
+    """Shards run with different --max-completeness-error merged under the first one's
+    gate without a word: the order of the arguments decided whether the run passed."""
+    from igcli.report import merge_reports
+
+    paths = []
+    for k, gate in ((1, "0.5"), (2, "1e-9")):
+        out = tmp_path / f"s{k}"
+        result = run("explain", DIGITS, *INPUTS, "--steps", "4", "--shard", f"{k}/2", "--out",
+                     out, "-q", "--no-heatmaps", "--max-completeness-error", gate)  # fmt: skip
+        assert result.exit_code in (0, ExitCode.COMPLETENESS), result.stderr
+        paths.append(next(out.glob("report*.json")))
+    for order in (paths, paths[::-1]):
+        warned = []
+        merged = merge_reports(order, warn=warned.append)
+        assert merged.gate["max"] == 1e-9 and merged.gate["passed"] is False
+        assert any("gated differently" in w and "strictest, 1e-09" in w for w in warned)
+    warned = []
+    merge_reports(paths[:1], warn=warned.append)
+    assert not any("gated" in w for w in warned)
