@@ -581,6 +581,12 @@ class Session:
             self.tokens = token_inputs(
                 self.model_path, self.input_spec, inputs, set(feeds or {}), tokenizer
             )
+        elif tokenizer is not None:  # (it was ignored: an image explained as if it were used)
+            raise UsageError(
+                f"--tokenizer is for token models, whose input takes integer token ids; "
+                f"input {self.input_spec.name!r} takes {self.input_spec.dtype} values",
+                self.model_path,
+            )
         derived = set(self.tokens.derived) if self.tokens else set()
         usable = [s for s in inputs if s.name not in derived]
         self.feeds = load_feeds(feeds or {}, usable, self.input_spec, self.model_path)

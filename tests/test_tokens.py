@@ -248,6 +248,19 @@ def test_text_needs_a_tokenizer_and_the_tokenizers_package(tmp_path, monkeypatch
     assert given.tokens.vocab.pad_id == 0
 
 
+def test_a_tokenizer_given_for_an_image_model_is_refused(tmp_path):
+    """--tokenizer with an image model was ignored: the run went ahead as if it applied."""
+    tokenizer = SENTIMENT.with_suffix(".tokenizer.json")
+    digits = ROOT / "sample_models" / "digits_cnn.onnx"
+    image = next((ROOT / "sample_inputs" / "digits").glob("*.png"))
+    result = run("explain", digits, image, "--tokenizer", tokenizer, "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.USAGE
+    assert "--tokenizer is for token models" in result.stderr and "float32" in result.stderr
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(UsageError, match="token models"):
+        igcli.Session(digits, tokenizer=tokenizer)
+
+
 def test_bert_from_python_derives_mask_and_types():
     """The corpus BERT with no --feed: mask and token types derived from the ids and the
     tokenizer beside it give what the explicit feeds give (the Captum reference's)."""
