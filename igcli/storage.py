@@ -302,6 +302,13 @@ def check_writable(url: str) -> None:
     """Fail early when the output prefix cannot be written (one small object, removed).
     The error names the prefix, not the probe; a write that finds nothing to write into
     means the bucket (container) does not exist."""
+    odd = [part for part in URL(url)._path.split("/")[1:] if part in (".", "..")]
+    if odd:  # a store takes them as they are: s3://b/../x wrote the key "../x"
+        raise UsageError(
+            f"an output prefix in object storage cannot hold {odd[0]!r}: stores keep it "
+            "literally in the key; name the prefix plainly",
+            url,
+        )
     probe = URL(url) / f".igcli-write-check.{os.getpid()}"
     _STALLED.discard(_store(url))
     try:

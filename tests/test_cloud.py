@@ -175,6 +175,20 @@ def test_missing_objects_and_stores_are_one_line_errors(tmp_path):
     assert result.exit_code == ExitCode.USAGE and "cannot open this store" in result.stderr
 
 
+def test_an_output_prefix_with_dot_parts_is_refused(tmp_path):
+    """--out s3://b/../x wrote keys starting "../" (stores keep them literally)."""
+    mem = fsspec.filesystem("memory")
+    local = run("explain", DIGITS, DIGIT_PNGS[0], "--out", tmp_path / "r", *STEPS, "-q")
+    assert local.exit_code == 0, local.stderr
+    for out in ("memory://b/../x", "memory://b/runs/./1", "memory://b/x/.."):
+        result = run("explain", DIGITS, DIGIT_PNGS[0], "--out", out, *STEPS, "-q")
+        assert result.exit_code == ExitCode.USAGE, result.stderr
+        assert f"{out}: an output prefix in object storage cannot hold" in result.stderr
+        assert not mem.exists("/b")
+        result = run("merge-reports", tmp_path / "r", "--out", out)
+        assert result.exit_code == ExitCode.USAGE and "cannot hold" in result.stderr
+
+
 def test_merged_reports_link_stored_files_by_url_and_local_files_absolutely(tmp_path):
     """CSV shards in storage merged here: the page has its per-feature section (read from
     the store) and links the objects by URL; local shards merged into storage link the
