@@ -1024,6 +1024,8 @@ class Session:
                     reason = self._with_size_hint(exc.reason, x, context)
                     raise InputError(reason, exc.path) from None
             raise GradientError(f"no gradient graph{at}: {why}", self.model_path)
+        self._plain_runner()  # finite differences run the model: one ONNX Runtime cannot load
+        # is said alone (exit 3), not after a line promising finite differences
         self.warn(f"{self.model_path}: no gradient graph{at} ({why}); using finite differences")
 
     def fingerprint(self) -> dict:

@@ -738,6 +738,20 @@ def test_gradcheck_and_inspect_say_what_explain_says_of_a_model(tmp_path):
               tmp_path / "ints.onnx")  # fmt: skip
     said = run("inspect", tmp_path / "ints.onnx").stdout
     assert "explain refuses this model" in said and "((" not in said
+    # an op no rule knows and ONNX Runtime cannot load: explain said it would use finite
+    # differences, then that the model cannot load
+    fixed = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [10, 4]) for n in "xy"]
+    odd = helper.make_graph([helper.make_node("Mystery", ["x"], ["y"], domain="my.ops")],
+                            "odd", fixed[:1], fixed[1:])  # fmt: skip
+    onnx.save(helper.make_model(odd, opset_imports=[helper.make_opsetid("", 17),
+              helper.make_opsetid("my.ops", 1)]), tmp_path / "odd.onnx")  # fmt: skip
+    np.save(tmp_path / "x.npy", np.ones([10, 4], np.float32))
+    result = run("explain", tmp_path / "odd.onnx", tmp_path / "x.npy", "--out", tmp_path / "o")
+    assert result.exit_code == ExitCode.MODEL
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'odd.onnx'}: ONNX Runtime cannot load it: Fatal error: "
+        "my.ops:Mystery(-1) is not a registered function/op"
+    ]
 
 
 def test_an_interrupt_while_the_program_starts_is_exit_130_in_one_line(monkeypatch, capsys):
