@@ -525,7 +525,24 @@ def ml_array_feature_extractor(w: _Writer, node: onnx.NodeProto) -> bool:
     return True
 
 
+def ml_imputer(w: _Writer, node: onnx.NodeProto) -> bool:
+    """X with each entry equal to replaced_value_float (NaN: each NaN) replaced by the
+    imputed value (one, or one per feature along the last axis): scikit-learn's SimpleImputer
+    as skl2onnx writes it. Its gradient passes where X is kept, 0 where it is replaced.
+    Integer imputers are left as they are."""
+    values = [float(v) for v in node_attr(node, "imputed_value_floats", [])]
+    if not values or w.opset < 9:  # (IsNaN and Where: opset 9)
+        return False
+    replaced = float(node_attr(node, "replaced_value_float", 0.0))
+    x = _as_float(w, node.input[0])
+    hit = w.op("IsNaN", x) if math.isnan(replaced) else w.op("Equal", x, w.const(replaced))
+    w.op("Where", hit, w.floats(values), x, out=node.output[0])
+    _same_rank(w, node)
+    return True
+
+
 _ML_OPS: dict[str, Build] = {
+    "Imputer": ml_imputer,
     "Scaler": ml_scaler,
     "Normalizer": ml_normalizer,
     "LinearClassifier": ml_linear_classifier,

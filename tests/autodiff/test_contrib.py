@@ -418,6 +418,7 @@ def _ml(op, inputs, outputs, **attrs):
 
 COEF = _r(3, F).reshape(-1).tolist()
 SCALER = _ml("Scaler", ["x"], ["s"], offset=_r(F).tolist(), scale=(_r(F) + 2).tolist())
+SCALER_OF_I = _ml("Scaler", ["i"], ["s"], offset=[0.5], scale=[2.0])
 ML_CASES = {
     "Scaler": ml_case([SCALER], ["s"]),
     "Scaler-one-value-double": ml_case(
@@ -482,6 +483,28 @@ ML_CASES = {
         ],
         ["y"],
     ),  # fmt: skip
+    "Imputer-nan-per-feature": ml_case(
+        [
+            _ml(
+                "Imputer",
+                ["x"],
+                ["i"],
+                imputed_value_floats=_r(F).tolist(),
+                replaced_value_float=float("nan"),
+            ),
+            SCALER_OF_I,
+        ],
+        ["s"],
+        x=np.where(XT > 1.0, np.nan, XT),
+    ),  # fmt: skip
+    "Imputer-value-one-imputed": ml_case(
+        [
+            _ml("Imputer", ["x"], ["i"], imputed_value_floats=[0.25], replaced_value_float=0.5),
+            SCALER_OF_I,
+        ],
+        ["s"],
+        x=np.where(XT > 1.0, 0.5, XT),
+    ),  # fmt: skip
     "ArrayFeatureExtractor-after-Scaler": ml_case(
         [
             SCALER,
@@ -494,6 +517,11 @@ ML_CASES = {
 ML_CASES["ArrayFeatureExtractor-after-Scaler"][0].graph.initializer.append(
     numpy_helper.from_array(np.array([4, 0, 2, 2], np.int64), "idx")
 )
+
+
+def _off_jumps(name: str, feeds: dict) -> dict:
+    """Feeds that differences can take: an imputer replacing a value jumps where x holds it."""
+    return {"x": XT.astype(np.float32)} if name == "Imputer-value-one-imputed" else feeds
 
 
 def _float_output(model):
@@ -519,8 +547,10 @@ def test_ml_standard_form_computes_what_the_kernel_does(name):
 @pytest.mark.parametrize("name", list(ML_CASES))
 def test_ml_gradient_matches_differences_of_the_kernel(name):
     """The gradient graph of the float output against central differences of ONNX Runtime
-    running the ai.onnx.ml kernels, along random directions."""
+    running the ai.onnx.ml kernels, along random directions. (An imputer replacing a value:
+    at the rows where it is moved away from that value, not across the jump.)"""
     model, feeds = ML_CASES[name]
+    feeds = _off_jumps(name, feeds)
     out = _float_output(model)
     grad_model = build_gradient_model(model, "x", out)
     assert not any(n.domain == ML for n in grad_model.graph.node)
@@ -546,7 +576,7 @@ def test_ml_gradient_matches_differences_of_the_kernel(name):
 def test_ml_standard_form_gradient_in_float64(name):
     """The rules under the standard form, exactly: float64 gradient graph against central
     differences of the float64 standard form (onnx's reference evaluator)."""
-    model, feeds = ML_CASES[name]
+    model, feeds = ML_CASES[name][0], _off_jumps(name, ML_CASES[name][1])
     out = _float_output(model)
     model64 = to_float64(standard(model))
     del model64.graph.output[:]
