@@ -454,6 +454,11 @@ def _one_at_a_time(method):
     return locked
 
 
+# What _judge says of one input's numbers, once per kind in a batch; attribute() of a
+# single input says them for each call.
+PER_INPUT_WARNINGS = frozenset({"completeness", "saturated", "no change"})
+
+
 class Session:
     """One model, ready to explain: sessions, preprocessing and gradient source built once.
 
@@ -474,6 +479,8 @@ class Session:
     What the session finds worth saying (a fallback to finite differences, a completeness
     miss, rows that are no batch) goes to `warn`, a function of one string; by default it
     is a Python warning of category igcli.IgcliWarning, which notebooks and scripts show.
+    Of an input's numbers (a completeness miss, a saturated softmax, no change to attribute)
+    each `attribute` call says its own; `attribute_many`, a batch, says each kind once.
     """
 
     def __init__(
@@ -1219,6 +1226,9 @@ class Session:
         ):
             raise UsageError(f"target must be an output index (an integer), not {target!r}")
         targets = None if target is None else [target]
+        # one input asked for: what is wrong with its numbers is said for it, even when an
+        # earlier call said the same of another (a notebook's later misses went unsaid)
+        self._warned -= PER_INPUT_WARNINGS
         return self.attribute_many(samples, targets, settings)[0][0]
 
     @_one_at_a_time

@@ -465,11 +465,18 @@ def test_pil_images_get_what_files_get(tmp_path):
             session.attribute(image, steps=8)
 
 
-def test_an_unresolved_path_integral_is_warned_about_once():
+def test_an_unresolved_path_integral_is_said_per_attribute_call_once_per_batch():
+    """Each attribute() call says its own miss (a notebook's second one went unsaid); a
+    batch says it once."""
     warnings = []
     session = igcli.Session(DIGITS, cache=False, warn=warnings.append)
     for png in DIGIT_PNGS[:2]:
         session.attribute(png, steps=1)
+    assert len([w for w in warnings if "path integral is not resolved" in w]) == 2
+    warnings.clear()
+    batch = igcli.Session(DIGITS, cache=False, warn=warnings.append)
+    samples = [s for png in DIGIT_PNGS[:3] for s in batch.load(png)]
+    batch.attribute_many(samples, settings=igcli.AttributionSettings(steps=1))
     assert len([w for w in warnings if "path integral is not resolved" in w]) == 1
     assert not any("jumps inside the path" in w for w in warnings)  # (no threshold here)
     warnings.clear()
@@ -1162,6 +1169,10 @@ def test_a_steep_rise_at_the_baseline_is_a_jump_only_below_what_steps_resolve(tm
     assert abs(a.rel_error) > 0.05
     assert any("F jumps at the baseline" in m for m in said) == jumps, said
     assert any("raise --steps" in m for m in said) != jumps, said
+    if not jumps:  # a later input's miss, said too (once per Session, it went unsaid)
+        said.clear()
+        b = session.attribute(np.array([1.5, 2.5], np.float32), baseline="zero", steps=16)
+        assert abs(b.rel_error) > 0.05 and any("raise --steps" in m for m in said), said
 
 
 def test_a_model_that_jumps_at_a_zero_baseline_at_a_cut_is_told_so(tmp_path):
