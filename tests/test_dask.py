@@ -190,6 +190,28 @@ def test_an_igcli_error_on_a_worker_is_one_line_without_a_dask_dump(tmp_path, mo
     assert "Compute Failed" not in logged.getvalue()
 
 
+def test_a_write_failing_as_a_worker_stops_is_left_to_the_client():
+    """A store gone mid-run: the client said it (exit 6), then each worker's plugin teardown
+    drained the failed chunk's writes and Dask logged the same error with a traceback, under
+    --quiet too. The teardown keeps quiet and still removes the staging folder."""
+    from igcli.distributed import _plugin_class
+    from igcli.errors import OutputError
+
+    done = []
+
+    class Failing:
+        def close(self):
+            raise OutputError("cannot upload (Could not connect)", "s3://b/out/x.npy")
+
+        def cleanup(self):
+            done.append("cleanup")
+
+    plugin = _plugin_class()("igcli-test", None)
+    plugin.batch = Failing()
+    plugin.teardown(worker=None)
+    assert done == ["cleanup"]
+
+
 def _sigint_disposition() -> bool:
     return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
