@@ -34,6 +34,7 @@ def _data():
 
 def _models():
     from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
@@ -42,6 +43,9 @@ def _models():
 
     return {
         "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        "imputer": make_pipeline(
+            SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=2000)
+        ),
         "mlp": make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=2000, random_state=0)),
         "svc": make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)),
         "gbt": GradientBoostingClassifier(n_estimators=30, max_depth=2, random_state=0),
@@ -85,7 +89,7 @@ def _probability_tensor(onx: onnx.ModelProto) -> str:
 # ai.onnx.ml ops that igcli writes as standard ops before differentiating (its autodiff
 # contrib module): a path with only these gets a gradient graph.
 WRITTEN_ML_OPS = {"Scaler", "Normalizer", "LinearClassifier", "LinearRegressor",
-                  "ArrayFeatureExtractor"}  # fmt: skip
+                  "ArrayFeatureExtractor", "Imputer"}  # fmt: skip
 
 
 def path_domains(onx: onnx.ModelProto, start: str, end: str, ops: set | None = None) -> set[str]:
@@ -143,8 +147,12 @@ def build(wanted: Callable[[str], bool]) -> list[dict]:
     warnings.filterwarnings("ignore", message=".*probability.*deprecated", category=FutureWarning)
     names, xtr, xte, ytr = _data()
     models = _models()
-    for model in models.values():
-        model.fit(xtr, ytr)
+    for key, model in models.items():
+        if key == "imputer":  # trained on rows with gaps, as such pipelines are
+            gaps = np.random.default_rng(0).random(xtr.shape) < 0.05
+            model.fit(np.where(gaps, np.nan, xtr), ytr)
+        else:
+            model.fit(xtr, ytr)
     # a test row the linear model is unsure about, so attributions are not all saturation
     p = models["logreg"].predict_proba(xte)[:, 1]
     row = xte[int(np.argmin(np.abs(p - 0.5)))]
@@ -170,6 +178,7 @@ def build(wanted: Callable[[str], bool]) -> list[dict]:
         ("skl_logreg_zipmap", "logreg", True, False, csv_raw, x),
         ("skl_logreg_zipmap_output", "logreg", True, True, csv_raw, x),
         ("skl_mlp", "mlp", False, True, csv_raw, x),
+        ("skl_imputer_logreg", "imputer", False, True, csv_raw, x),
         ("skl_mlp_standardized", "mlp_plain", False, True, csv_std, z[None].astype(np.float64)),
         ("skl_svc", "svc", False, True, csv_raw, x),
         ("skl_gbt", "gbt", False, False, csv_raw, x),

@@ -374,13 +374,13 @@ def build_arch(arch: Arch, wanted: Callable[[str], bool]) -> list[dict]:
 
 
 def build_bert(wanted: Callable[[str], bool]) -> list[dict]:
+    name = "hf_bert_legacy_op17"
+    if not wanted(name):  # (before the imports: --only of other entries needs no transformers)
+        return []
     import torch
     from captum.attr import LayerIntegratedGradients
     from transformers import BertConfig, BertForSequenceClassification
 
-    name = "hf_bert_legacy_op17"
-    if not wanted(name):
-        return []
     seed = common.seed_for(name)
     torch.manual_seed(seed)
     cfg = BertConfig(
