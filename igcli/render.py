@@ -32,6 +32,10 @@ _LUT_SIZE = 511
 _BLEND_DIM = 0.5  # brightness kept of the grayscale input under a blend, so colours stand out
 _BLEND_ALPHA = 0.85  # opacity of the heat colour at |value| >= vmax; a trace of input shows through
 _MASK_DIM = 0.15  # brightness kept outside the top pixels in 'masked'
+# A tile's longest side: small inputs are scaled up only as far as this (a 1 x 2000 strip
+# was drawn 1,344,200 pixels wide, and a 1 x 8000 one took 24 GB), and larger inputs are
+# drawn shrunk to it (a 9000 x 9000 image's panel held 730 MB of pixels).
+MAX_TILE_SIDE = 2048
 
 _WHITE = (255, 255, 255)
 _INK = (34, 34, 34)
@@ -224,6 +228,11 @@ def image_pixels(
             f"{img.shape[0]}x{img.shape[1]}"
         )
     m = np.nan_to_num(m, nan=0.0)
+    shrink = -(-max(img.shape[:2]) // MAX_TILE_SIDE)
+    if shrink > 1:  # drawn smaller: each tile pixel the mean of a shrink x shrink block
+        img, m = _shrunk(img, shrink), _shrunk(m, shrink)
+        if regions is not None:
+            regions = _shrunk(np.asarray(regions, np.float32), shrink) >= 0.5
     scale = float(vmax) if vmax is not None else color_scale(m, clip_percentile)
     signed = sign == "all"
     k = _scale_factor(*img.shape[:2], min_size)
@@ -471,12 +480,20 @@ def _top_pixels(mag: np.ndarray, percent: float) -> np.ndarray:
 
 
 def _to_rgb_u8(image_hwc: np.ndarray) -> np.ndarray:
-    """[0, 1] floats, (H, W), (H, W, 1) or (H, W, 3) -> (H, W, 3) uint8."""
+    """[0, 1] floats, (H, W) or (H, W, C) -> (H, W, 3) uint8: 3 channels as RGB, 4 as RGB
+    and alpha (not drawn), 1 or 2 as gray (and alpha), others as the mean of the channels."""
     img = np.asarray(image_hwc, dtype=np.float64)
     if img.ndim == 2:
         img = img[..., None]
-    if img.ndim != 3 or img.shape[2] not in (1, 3):
-        raise ValueError(f"image must be (H, W, 1) or (H, W, 3), got shape {img.shape}")
+    if img.ndim != 3 or img.shape[2] < 1:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {img.shape}")
+    channels = img.shape[2]
+    if channels == 4:
+        img = img[..., :3]
+    elif channels == 2:
+        img = img[..., :1]
+    elif channels != 3:
+        img = img.mean(axis=2, keepdims=True)
     img = np.clip(np.nan_to_num(img, nan=0.0), 0.0, 1.0)
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
@@ -484,8 +501,17 @@ def _to_rgb_u8(image_hwc: np.ndarray) -> np.ndarray:
 
 
 def _scale_factor(h: int, w: int, min_size: int) -> int:
-    """Integer factor bringing the shorter side closest to min_size; 1 for large inputs."""
-    return max(1, round(min_size / min(h, w)))
+    """Integer factor bringing the shorter side closest to min_size, with the longer side
+    at most MAX_TILE_SIDE; 1 for large inputs."""
+    return max(1, min(round(min_size / min(h, w)), MAX_TILE_SIDE // max(h, w)))
+
+
+def _shrunk(a: np.ndarray, r: int) -> np.ndarray:
+    """(H, W) floats or (H, W, 3) uint8 to ceil(H / r) x ceil(W / r), each pixel the mean of
+    an r x r block (Pillow's reduce: no float64 copy of a 9000 x 9000 image)."""
+    if a.ndim == 3:
+        return np.asarray(Image.fromarray(a).reduce(r))
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").reduce(r), np.float64)
 
 
 def _upscale(a: np.ndarray, k: int) -> np.ndarray:

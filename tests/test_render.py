@@ -457,3 +457,47 @@ def test_the_colour_scale_is_numpy_s_percentile_to_the_bit():
                 if k % 3 == 0:
                     values = np.round(values, 1)  # ties
                 assert _percentile(values, percent) == np.percentile(values, percent)
+
+
+def test_a_thin_strip_is_drawn_no_longer_than_the_longest_tile_side():
+    """A 1 x 2000 PNG on a model of open size was scaled up until its short side was 224
+    pixels: a heatmap 1,344,200 pixels wide, and a 1 x 8000 one took 24 GB."""
+    for h, w in ((1, 2000), (3, 500), (500, 3), (1, 8000)):
+        img, attr = np.random.default_rng(0).random((h, w, 3)), np.ones((h, w, 3))
+        out = _px(render_image(img, attr, overlay="heatmap"))
+        assert max(out.shape[:2]) <= render.MAX_TILE_SIDE
+        if max(h, w) <= render.MAX_TILE_SIDE:  # whole pixels, the input's shape
+            assert out.shape[0] % h == 0 and out.shape[1] % w == 0
+            assert out.shape[0] // h == out.shape[1] // w
+        assert max(_px(render_image(img, attr)).shape[:2]) <= 5 * max(render.MAX_TILE_SIDE, w)
+
+
+def test_a_large_image_is_drawn_shrunk_with_its_attributions_where_they_were():
+    """A 9000 x 9000 image's panel held 730 MB of pixels: tiles over MAX_TILE_SIDE are drawn
+    shrunk, each pixel the mean of a block, so a hot corner stays in its corner."""
+    side = render.MAX_TILE_SIDE * 2 + 10
+    img = np.full((side, side, 3), 0.5)
+    attr = np.zeros((side, side, 1))
+    attr[:100, :100] = 1.0
+    out = _px(render_image(img, attr, overlay="heatmap"))
+    assert out.shape[:2] == (-(-side // 3),) * 2
+    red = out[..., 0].astype(int) - out[..., 2].astype(int)
+    assert red[:20, :20].min() > 100 and abs(red[-20:, -20:]).max() < 10
+    regions = np.zeros((side, side), bool)
+    regions[-50:, -50:] = True
+    assert _px(render_image(img, attr, regions=regions)).shape[0] > out.shape[0]
+
+
+@pytest.mark.parametrize("channels", [2, 4, 5])
+def test_images_of_other_channel_counts_are_drawn(channels):
+    """A model whose image input has 4 channels: drawing every heatmap failed ('image must
+    be (H, W, 1) or (H, W, 3)'), an internal error that stopped the run."""
+    img = np.random.default_rng(0).random((16, 16, channels))
+    out = _px(render_image(img, np.ones((16, 16, channels))))
+    assert out.ndim == 3 and out.shape[2] == 3
+    if channels == 4:  # RGB and alpha: the alpha is not drawn
+        alone = _px(render_image(img[..., :3], np.ones((16, 16, 3)), overlay="masked",
+                                 mask_top_percent=100))  # fmt: skip
+        with_alpha = _px(render_image(img, np.ones((16, 16, 4)), overlay="masked",
+                                      mask_top_percent=100))  # fmt: skip
+        assert np.array_equal(alone, with_alpha)
