@@ -128,10 +128,18 @@ def read_option_text(path: Path) -> str:
     return read_text(path, MAX_OPTION_FILE_BYTES, UsageError)
 
 
+def text_lines(content: str) -> list[str]:
+    """A text file's lines, ending at \n, \r\n or (an old Mac file) \r only: str.splitlines
+    also breaks at U+2028, U+0085, a form feed and \x1c-\x1e, which may stand inside a line
+    (a class name, a sentence, a JSON string)."""
+    return content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def read_labels(path: Path) -> list[str]:
     """Class names, one a line (--labels, Session(labels=FILE)): trailing blank lines are
-    dropped, a blank line inside is a class without a name."""
-    labels = [line.strip() for line in read_option_text(path).splitlines()]
+    dropped, a blank line inside is a class without a name. (Split with splitlines, a name
+    holding U+2028 counted as two classes and shifted every name after it.)"""
+    labels = [line.strip() for line in text_lines(read_option_text(path))]
     while labels and not labels[-1]:
         labels.pop()
     if not labels:

@@ -23,7 +23,15 @@ import numpy as np
 
 from igcli.baselines import ArrayBaseline
 from igcli.errors import InputError, UsageError
-from igcli.files import file_size, first_line, open_regular, parse_json, read_npy, read_text
+from igcli.files import (
+    file_size,
+    first_line,
+    open_regular,
+    parse_json,
+    read_npy,
+    read_text,
+    text_lines,
+)
 from igcli.inputs import RowError
 from igcli.model import Feed, TensorSpec, feed_batch_axis
 
@@ -376,9 +384,7 @@ def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
     """(line number, text) for each non-blank line; for JSON Lines, a line that is not JSON
     or has no "text" string gives its error in place of the text."""
     content = read_text(path, MAX_TEXT_BYTES)
-    # lines end at \n, \r\n or (an old Mac file) \r only: str.splitlines also breaks at
-    # U+2028, U+0085 and a form feed, which may stand inside a sentence (and a JSON string)
-    rows = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    rows = text_lines(content)
     lines = [(n, line) for n, line in enumerate(rows, start=1) if line.strip()]
     if path.suffix.lower() != ".jsonl":
         return [(n, line.strip()) for n, line in lines]

@@ -456,6 +456,14 @@ def test_a_blank_line_in_labels_keeps_the_classes_after_it_in_place(tmp_path):
     labels.write_text("zero\none\n")
     result = run("explain", DIGITS, seven, "--labels", labels, "--out", tmp_path / "p")
     assert "2 labels for 10 outputs" in result.stderr
+    # a name holding U+2028, a form feed, U+0085 or \x1c: splitlines broke there too,
+    # and 7 was named 'six'; lines end at \n, \r\n and \r only
+    names = ["zero", "one\u2028uno", "two\x0c", "three\x85", "four\x1c", "five", "six",
+             "seven", "eight", "nine"]  # fmt: skip
+    labels.write_bytes(("\r\n".join(names[:5]) + "\r" + "\n".join(names[5:])).encode())
+    result = run("explain", DIGITS, seven, "--labels", labels, "--out", tmp_path / "q", "--json")
+    assert result.exit_code == 0 and "labels for" not in result.stderr, result.stderr
+    assert [(r["target"], r["label"]) for r in records(result)] == [(7, "seven")]
 
 
 def test_a_model_declaring_a_huge_input_is_refused_in_one_line(tmp_path):
