@@ -565,12 +565,23 @@ def _decode(img, fh, channels: int, target, path: Path, crop=None) -> tuple[np.n
 
 
 def _pil_pixels(
-    img, channels: int, target, path: Path, crop=None, error: type[IgcliError] = InputError
+    img,
+    channels: int,
+    target,
+    path: Path,
+    crop=None,
+    error: type[IgcliError] = InputError,
+    upright: bool = True,
 ) -> tuple[np.ndarray, float]:
     """A decoded (or given) PIL image as (H, W, C) float64 in its own range, and that
-    range's maximum: 16-bit grey at full precision, 32-bit modes refused."""
+    range's maximum: 16-bit grey at full precision, 32-bit modes refused. `upright`: turn it
+    as its EXIF orientation says (a file, as viewers show it); a PIL image given in Python is
+    taken as its pixels are, as a notebook shows it (one turned upright by hand keeps the
+    EXIF of its file, and was turned a second time)."""
+    turned = _upright if upright else (lambda image: image)
     if img.mode.startswith("I;16"):
-        grey = _upright_array(img)[:, :, 0]
+        img.load()
+        grey = np.asarray(turned(img))
         return _float_channels([grey], channels, target, 65535.0, crop), 65535.0
     if img.mode in ("I", "F"):
         raise error(
@@ -579,7 +590,7 @@ def _pil_pixels(
             path,
         )
     img.load()
-    img = _upright(img)
+    img = turned(img)
     img = fit_image(img.convert(_MODES.get(channels, "RGB")), target, crop)
     arr = np.asarray(img, dtype=np.float64)
     return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
@@ -932,7 +943,9 @@ def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
         # the checks and 16-bit handling a file gets (convert("L") would clip 16-bit grey)
         _check_pixels(value.size, where)
         try:
-            arr, full = _pil_pixels(value, channels, target, where, prep.crop, UsageError)
+            arr, full = _pil_pixels(
+                value, channels, target, where, prep.crop, UsageError, upright=False
+            )
         except ValueError as exc:  # a mode Pillow cannot convert (LAB to RGB)
             raise UsageError(f"a {value.mode} image: {first_line(exc)}", where) from None
         pixels = np.clip(arr * (255.0 / full) / prep.scale, 0.0, None) if prep.scale else arr

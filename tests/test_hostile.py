@@ -428,6 +428,16 @@ def test_exif_orientation_is_applied(tmp_path):
     assert pixels.shape == (4, 2, 3)  # displayed portrait
     np.testing.assert_allclose(pixels[:2, :, 0], 1.0)  # the white half is now on top
     np.testing.assert_allclose(pixels[2:, :, 0], 0.0)
+    # A PIL image given in Python is taken as its pixels are (as a notebook shows it): one
+    # turned upright by hand keeps its file's EXIF, and was turned a second time.
+    from igcli.inputs import sample_from_array
+
+    with Image.open(tmp_path / "phone.png") as opened:
+        by_hand = opened.transpose(Image.Transpose.ROTATE_270)
+    assert by_hand.getexif().get(0x0112) == 6
+    sample = sample_from_array(by_hand, ANY_SIZE_RGB, "x")
+    assert sample.pixels.shape == (4, 2, 3)
+    np.testing.assert_allclose(sample.pixels[:2, :, 0] / sample.pixels.max(), 1.0)
 
 
 def test_rgba_palette_and_cmyk_images_read(tmp_path):
