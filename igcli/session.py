@@ -55,7 +55,7 @@ from igcli.errors import (
     UnsupportedOpsError,
     UsageError,
 )
-from igcli.files import MAX_TENSOR_VALUES, read_labels
+from igcli.files import MAX_TENSOR_VALUES, printable, read_labels
 from igcli.gradcheck import StoredCheck, check_directions
 from igcli.gradients import (
     TARGET,
@@ -311,10 +311,11 @@ def _check_resources(fd_step, threads, batch_size, memory_limit, warn) -> None:
 
 
 def _python_warning(message: str) -> None:
-    """Session's default `warn`."""
+    """Session's default `warn`: one line, its file names' control characters escaped as
+    the command line's are (an ESC in a name reached the terminal and cleared it)."""
     import warnings
 
-    warnings.warn(message, IgcliWarning, stacklevel=3)
+    warnings.warn(printable(message), IgcliWarning, stacklevel=3)
 
 
 def _end_rows(runner, xs, bs, contexts, wants) -> tuple[np.ndarray, list | None, list | None]:

@@ -1665,3 +1665,17 @@ def test_a_session_reads_file_and_object_storage_urls_as_the_command_does(tmp_pa
     assert np.array_equal(local.attributions, fetched.attributions) and fetched.sample.name == "d"
     with pytest.raises(InputError, match="cannot fetch"):
         session.attribute("memory://igcli-test/none.png")
+
+
+def test_default_warnings_escape_control_characters_in_names(tmp_path):
+    """Library warnings printed a file name's ESC sequences raw (clearing the terminal or
+    a notebook's output) and its newline split the message."""
+    import shutil
+
+    odd = tmp_path / "a\x1b[2J\nb.png"
+    shutil.copy(DIGIT_PNGS[0], odd)
+    session = igcli.Session(DIGITS, cache=False)
+    with pytest.warns(igcli.IgcliWarning) as said:
+        session.attribute(odd, steps=1)
+    text = " ".join(str(w.message) for w in said)
+    assert "\\x1b[2J\\nb.png" in text and "\x1b" not in text and "\n" not in text
