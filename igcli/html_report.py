@@ -988,6 +988,8 @@ th[aria-sort=descending] button::after{content:" ▼"}
 tbody tr:nth-child(even){background:var(--zebra)}
 tbody tr:hover{background:#e8eefc}
 td.name{white-space:normal;overflow-wrap:anywhere;min-width:160px;max-width:360px}
+td.tgt{max-width:240px;overflow:hidden;text-overflow:ellipsis}
+#f-target{max-width:240px}
 td.err.warn{background:var(--warnbg);color:var(--warn)}
 td.err.bad,td.err.over{background:var(--badbg);color:var(--bad);font-weight:600}
 .thumb{border:1px solid var(--line);background:#fff;padding:0;cursor:zoom-in;display:block;
@@ -1058,7 +1060,7 @@ _JS = r"""
     {key: "i", label: "#", num: true, first: 1, text: (r) => String(r.i + 1)},
     {key: "heatmap", label: "panel", sortable: false},
     {key: "name", label: "input", first: 1, cls: "name"},
-    {key: "target", label: "target", num: true, first: 1, text: targetText},
+    {key: "target", label: "target", num: true, first: 1, text: targetText, cls: "tgt"},
     {key: "f_input", label: "F(x)", num: true, first: -1},
     {key: "f_baseline", label: "F(baseline)", num: true, first: -1},
     {key: "attribution_sum", label: "sum of attributions", num: true, first: -1},
@@ -1198,6 +1200,7 @@ _JS = r"""
       if (c.cls) cls += " " + c.cls;
       const td = cell(tr, text, cls.trim());
       if (c.key === "name") td.title = String(r.input);
+      if (c.key === "target") td.title = text;  // (a long class name is cut: all of it)
     }
     return tr;
   }

@@ -726,6 +726,27 @@ def test_ten_thousand_results_in_browser(browser, tmp_path, capsys):
     assert console_problems(browser) == []
 
 
+def test_a_long_class_name_keeps_the_table_in_the_window(browser, tmp_path, capsys):
+    """A 500-character label made the table 4,868 pixels wide in a 1,265 pixel window: the
+    errors and even the target header went off screen, the target filter across the page.
+    The label is cut with an ellipsis; its cell's title holds all of it."""
+    long = "a very long class name " * 22
+    results = [record(k, heatmap_file=None, target=k % 2, label=[long, "b"][k % 2])
+               for k in range(6)]  # fmt: skip
+    (tmp_path / "report.html").write_text(render_html(report_data(results), tmp_path))
+    open_page(browser, tmp_path / "report.html")
+    widths = browser.execute_script(
+        "return [document.querySelector('#table').scrollWidth, window.innerWidth,"
+        " document.querySelector('#f-target').offsetWidth]"
+    )
+    assert widths[0] <= max(widths[1], 1400) and widths[2] <= 260, widths
+    titles = browser.execute_script(
+        "return [...document.querySelectorAll('#table td.tgt')].map((t) => t.title)"
+    )
+    assert f"0 '{long}'" in titles
+    assert console_problems(browser) == []
+
+
 def test_a_record_naming_a_fifo_or_a_device_does_not_hang_the_page(tmp_path):
     """The page reads the CSVs its records name again (feature names and values); a merged
     report's records are anyone's, and a FIFO there blocked the report for good."""
