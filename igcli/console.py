@@ -111,7 +111,8 @@ class Messages:
         s = report.settings
         wall = s.get("wall_time_s") or 0.0
         done = len(results) + len(report.failures)
-        rate = f", {done / wall:.3g} inputs/s" if wall > 0 and done else ""
+        # (a rate of failures alone said "1e+03 inputs/s" of a run that explained nothing)
+        rate = f", {done / wall:.3g} inputs/s" if wall > 0 and results else ""
         prepare = s.get("prepare_time_s") or 0.0  # said when it is more than a blink
         before = f" (after {prepare:.3g} s preparing the model)" if prepare >= 1 else ""
         self.info(

@@ -628,8 +628,8 @@ def _stretch_note(img, target: tuple[int, int]) -> list[str]:
         return []
     fold = f"{factor:.1f}" if factor < 10 else f"{factor:,.0f}"
     return [
-        f"{w}x{h} image squashed to the model's {target[0]}x{target[1]} (its width:height "
-        f"ratio changed {fold}-fold)"
+        f"{h}x{w} image (HxW, as --size) squashed to the model's {target[1]}x{target[0]} "
+        f"(its width:height ratio changed {fold}-fold)"
     ]
 
 

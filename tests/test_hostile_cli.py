@@ -930,3 +930,13 @@ def test_a_name_too_long_to_look_up_is_one_line_where_it_is_given(tmp_path, monk
         result = run(*args)
         assert result.exit_code == code, (args[0], result.stderr)
         assert "file name too long" in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_run_that_explained_nothing_states_no_throughput(tmp_path):
+    """Two broken files: '0 explained, 2 failed ... in 0.002 s, 1e+03 inputs/s'."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    result = run("explain", DIGITS, tmp_path / "a.png", tmp_path / "b.png", "--out",
+                 tmp_path / "o")  # fmt: skip
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert "0 explained, 2 failed" in result.stderr and "inputs/s" not in result.stderr

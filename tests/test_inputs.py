@@ -208,7 +208,7 @@ def test_an_image_squashed_out_of_shape_is_noted(tmp_path):
     from igcli.inputs import Preprocessing, read_image
 
     prep = Preprocessing([1, 1, 28, 28], channels=1, height=28, width=28)
-    for (w, h), want in [((2000, 1), "2000x1 image squashed to the model's 28x28"),
+    for (w, h), want in [((2000, 1), "1x2000 image (HxW, as --size) squashed to the model's"),
                          ((40, 30), None), ((56, 28), "ratio changed 2.0-fold")]:  # fmt: skip
         path = tmp_path / f"{w}x{h}.png"
         Image.new("L", (w, h), 128).save(path)
@@ -223,6 +223,9 @@ def test_an_image_squashed_out_of_shape_is_noted(tmp_path):
     tall = Preprocessing([1, 1, 30, 10], channels=1, height=30, width=10)
     read_image(tmp_path / "turned.jpg", tall, notes=notes)
     assert notes == []  # upright 20x60 to 10x30: the same shape
+    wide.save(tmp_path / "wide.png")  # 20 high, 60 wide, to 30 high, 10 wide: both HxW
+    read_image(tmp_path / "wide.png", tall, notes=notes)
+    assert "20x60 image (HxW, as --size) squashed to the model's 30x10" in notes[0]
 
 
 def test_a_misnamed_file_is_read_as_what_it_holds(tmp_path):
