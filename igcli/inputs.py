@@ -39,7 +39,8 @@ from igcli.files import (
 )
 from igcli.model import Sidecar, TensorSpec, unusable_reason
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".bmp", ".gif", ".tif",
+                  ".tiff", ".webp"}  # fmt: skip
 TENSOR_SUFFIXES = {".npy"}
 TABLE_SUFFIXES = {".csv"}
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | TENSOR_SUFFIXES | TABLE_SUFFIXES
@@ -771,7 +772,16 @@ def load_samples(path: Path, prep: Preprocessing, name: str) -> list[Sample]:
             raise InputError("no such file", path)
         if os.path.isdir(path):
             raise InputError("a folder, not an input file (explain takes folders as INPUTS)", path)
-        raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
+        held = content_kind(path)  # named as an input: read by content, as a misnamed one is
+        if held == _NPY:
+            sample = Sample(path, name, "tensor", read_tensor(path, prep))
+        elif held is not None and held.endswith(" image") and prep.is_image_model:
+            sample = _image_sample(path, prep, name)
+        else:
+            raise InputError(f"unsupported file type {suffix or '(none)'!r}", path)
+        named = f"named {suffix}" if suffix else "no file type in its name"
+        sample.notes.append(f"{named}, but holds {held}; read as what it holds")
+        return [sample]
     if suffix in IMAGE_SUFFIXES:
         try:
             if not prep.is_image_model:

@@ -940,3 +940,22 @@ def test_a_run_that_explained_nothing_states_no_throughput(tmp_path):
                  tmp_path / "o")  # fmt: skip
     assert result.exit_code == ExitCode.INPUTS_FAILED
     assert "0 explained, 2 failed" in result.stderr and "inputs/s" not in result.stderr
+
+
+def test_an_input_without_a_known_file_type_is_read_by_what_it_holds(tmp_path):
+    """A PNG named without a suffix was 'unsupported file type (none)' although images are
+    judged by content, and .jfif or .jpe files were left out of folders."""
+    import shutil
+
+    seven = next(p for p in DIGIT_PNGS if p.name.startswith("digit_7"))
+    shutil.copy(seven, tmp_path / "plain")
+    shutil.copy(seven, tmp_path / "photo.jfif")
+    (tmp_path / "notes").write_text("not an image")
+    result = run("explain", DIGITS, tmp_path / "plain", tmp_path / "notes", "--out",
+                 tmp_path / "o", "--json")  # fmt: skip
+    assert result.exit_code == ExitCode.INPUTS_FAILED
+    assert [r["target"] for r in records(result) if "target" in r] == [7]
+    assert "no file type in its name, but holds a PNG image" in result.stderr
+    assert "notes: unsupported file type '(none)'" in result.stderr
+    folder = run("explain", DIGITS, tmp_path, "--out", tmp_path / "f", "--json")
+    assert sorted(r["name"] for r in records(folder) if "target" in r) == ["photo"]
