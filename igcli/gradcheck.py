@@ -35,6 +35,9 @@ from igcli.gradients import GraphRunner, pick
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 STEPS, SHRINK = 4, 4.0  # differences at h, h/4, h/16, h/64
 PATH_POINTS = 16  # gradients along a suspect direction's segment (see the module doc)
+# Input bytes of the points one model call of the check takes: a 2000 x 2000 image's 16
+# points in one call took 4.4 GB under --memory-limit 1G (its activations grow with it).
+CALL_BYTES = 16 << 20
 DOUBTS = 3  # unstable differences cannot tell a gradient within this many doubts of them
 
 
@@ -223,12 +226,24 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
     # One direction at a time, its points written into one array of the model's type: all
     # 32 points as float64 copies, then their stack, took 1.5 GB for a 3 x 1024 x 1024
     # image, whatever the memory budget said.
+    # A direction's points are made a call's worth at a time (see CALL_BYTES), through one
+    # float64 buffer: x64 + (sign * h) * v, as before, without its temporaries.
     f = np.empty((directions, STEPS, 2))
-    points = np.empty((2 * STEPS, *x.shape), taken)
+    pairs = [(h, sign) for h in hs for sign in (1, -1)]
+    each = max(1, CALL_BYTES // max(1, np.dtype(taken).itemsize * x.size))
+    points = np.empty((min(each, len(pairs)), *x.shape), taken)
+    moved = np.empty(x.shape, np.float64)
     for k, v in enumerate(vs):
-        for i, (h, sign) in enumerate((h, sign) for h in hs for sign in (1, -1)):
-            points[i] = x64 + (sign * h) * v
-        f[k] = pick(values.run(points), target).reshape(STEPS, 2)
+        found = []
+        for start in range(0, len(pairs), each):
+            part = pairs[start : start + each]
+            for i, (h, sign) in enumerate(part):
+                np.multiply(v, sign * h, out=moved)
+                moved += x64
+                points[i] = moved
+            found.append(pick(values.run(points[: len(part)]), target))
+        f[k] = np.concatenate(found).reshape(STEPS, 2)
+    del points, moved
     check = GradientCheck(target, step, tolerance, jitter)
     # F exactly 0 all around says nothing of its gradient: ONNX Runtime's Sigmoid returns 0
     # below -18 where the graph's derivative is 1e-15 (a PaddleOCR detector's map over an
@@ -286,7 +301,7 @@ def _along_the_segment(graph, check: DirectionCheck, x, v, h, target, dtype, tol
     average whose halves disagree by more than the tolerance cannot tell ("kink")."""
     t = h * (-1 + (2 * np.arange(PATH_POINTS) + 1) / PATH_POINTS)
     points = np.stack([x + k * v for k in t]).astype(dtype)
-    _, grads = graph.run_with_gradients(points, target)
+    grads = _in_parts(lambda part: graph.run_with_gradients(part, target)[1], points)
     slopes = grads.reshape(len(t), -1).astype(np.float64) @ v.reshape(-1)
     mean = float(slopes.mean())
     spread = abs(float(slopes[::2].mean()) - float(slopes[1::2].mean()))
@@ -296,6 +311,15 @@ def _along_the_segment(graph, check: DirectionCheck, x, v, h, target, dtype, tol
     # within 5% of |g * s| wherever g . v was small, and one direction then passed it
     elif abs(mean - check.fd) <= tolerance * max(abs(mean), abs(check.fd)) + spread + check.noise:
         check.status, check.along, check.doubt = "path", mean, spread + check.noise
+
+
+def _in_parts(call, points: np.ndarray) -> np.ndarray:
+    """call(points), in calls of as many points as CALL_BYTES holds (one at least), joined."""
+    each = max(1, CALL_BYTES // max(1, points[0].nbytes))
+    if len(points) <= each:
+        return np.asarray(call(points))
+    return np.concatenate([np.asarray(call(points[k : k + each]))
+                           for k in range(0, len(points), each)])  # fmt: skip
 
 
 def _eps(dtype: np.dtype) -> float:

@@ -310,6 +310,15 @@ def _check_resources(fd_step, threads, batch_size, memory_limit, warn) -> None:
         raise UsageError(f"warn must be a function taking a message, not {warn!r}")
 
 
+def _row_floor(x: np.ndarray, runner) -> int:
+    """What a row costs at least, whatever resident memory shows: its input and gradient in
+    the call, and the point and gradient the integration holds in float64. A 12 MB row
+    measured 1,365 bytes (ONNX Runtime reused what the 1-row call had allocated): 512 rows
+    per call, 10.4 GB under --memory-limit 300M."""
+    width = max(np.dtype(runner.input_dtype).itemsize, 4)
+    return int(np.size(x)) * (2 * width + 16)
+
+
 def _python_warning(message: str) -> None:
     """Session's default `warn`: one line, its file names' control characters escaped as
     the command line's are (an ESC in a name reached the terminal and cleared it)."""
@@ -1849,6 +1858,15 @@ class Session:
         self._current = graph.runner if graph is not None else self._plain_runner()
         if id(self._current) not in self._measured:  # before anything else runs on it
             self._measured.add(id(self._current))
+            if not self._rows_given and 4 * _row_floor(x, self._current) > self.memory_budget:
+                # a row this large goes alone from the start, with no probes of several rows:
+                # a 2000 x 2000 image's probes kept 2.4 GB of ONNX Runtime's memory under a
+                # 1 GB budget (and independence means nothing at one row per call)
+                self._current.one_row_per_call()
+                self._current.tuner = RowTuner(1)
+                self.memory_per_row = _row_floor(x, self._current)
+                self._say_if_over_budget(self.memory_per_row, current_rss())
+                return graph
             # independence first: rows that change each other's outputs (or share one scalar
             # output) go one per call, and then there is nothing to measure
             try:
@@ -2099,6 +2117,16 @@ class Session:
                 self._check_plain.one_row_per_call()
         return self._check_plain
 
+    def _say_if_over_budget(self, per_row: int, resident: int) -> None:
+        if resident + per_row > self.memory_budget:
+            self._warn_once(
+                "over budget",
+                f"{self.model_path}: {size_text(resident)} in use and about "
+                f"{size_text(per_row)} per row of this input are more than the memory budget "
+                f"of {size_text(self.memory_budget)} (--memory-limit): running one row per "
+                "call, which still needs more",
+            )
+
     def _measure_rows(
         self, runner: ModelRunner, graph: GraphRunner | None, x, context: Context | None = None
     ) -> None:
@@ -2120,22 +2148,10 @@ class Session:
                 save_check(graph.cache_key, stored)
         if graph is not None:
             graph.bytes_per_row = per_row
-        # What a row costs at least, whatever resident memory showed: its input and gradient
-        # in the call, and the point and gradient the integration holds in float64. A 12 MB
-        # row measured 1,365 bytes (ONNX Runtime reused what the 1-row call had allocated):
-        # 512 rows per call, 10.4 GB under --memory-limit 300M.
-        width = max(np.dtype(runner.input_dtype).itemsize, 4)
-        per_row = max(per_row or 0, int(np.size(x)) * (2 * width + 16))
+        per_row = max(per_row or 0, _row_floor(x, runner))  # (see _row_floor)
         resident = current_rss()
         rows = rows_for(self.memory_budget, per_row, resident, runner.batch_size)
-        if resident + per_row > self.memory_budget:
-            self._warn_once(
-                "over budget",
-                f"{self.model_path}: {size_text(resident)} in use and about "
-                f"{size_text(per_row)} per row of this input are more than the memory budget "
-                f"of {size_text(self.memory_budget)} (--memory-limit): running one row per "
-                "call, which still needs more",
-            )
+        self._say_if_over_budget(per_row, resident)
         if rows <= 1:
             runner.one_row_per_call()  # ONNX Runtime's threads then serve each call
         else:

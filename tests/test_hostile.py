@@ -401,6 +401,11 @@ def test_an_image_that_would_not_fit_in_memory_fails_alone_before_decoding(tmp_p
     asked.clear()
     small = hf.write(tmp_path / "small.png", hf.png_bytes(np.zeros((64, 64, 3), np.uint16), 16, 2))
     assert load_samples(small, FIXED_RGB, "small")[0].x.shape == (3, 4, 4) and not asked
+    # 8-bit RGB counted 11 bytes a pixel where reading it peaked at 68 (an 8000 x 8000 image:
+    # 0.66 GB said, 4.3 GB taken): 3000 x 3000 is over 200 MB now
+    Image.new("RGB", (3000, 3000)).save(tmp_path / "rgb.png")
+    message = refused(tmp_path / "rgb.png", FIXED_RGB, r"decoding it \(3000x3000 pixels\)")
+    assert "more than the 200 MB" in message and asked  # (9 M pixels, 69 bytes each)
 
 
 @pytest.mark.parametrize("color_type,channels", [(2, 3), (6, 4)])

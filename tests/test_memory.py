@@ -132,3 +132,47 @@ def test_a_row_costs_at_least_its_points_and_gradients(tmp_path, monkeypatch):
     assert tight.runner.batch_size == 1 and result.rel_error < 1e-3
     (said,) = [w for w in warned if "memory budget" in w]
     assert "running one row per call" in said and "m.onnx" in said
+
+
+def test_a_row_too_large_for_probes_goes_alone_and_the_check_calls_a_row_at_a_time(
+    tmp_path, monkeypatch
+):
+    """A 2000 x 2000 image under a 1 GB budget peaked at 4.2 GB: probes of two rows and more
+    (independence, rows per call) each kept their memory in ONNX Runtime's arena, and the
+    self-check ran its 8 and 16 points in one call each. A row whose least cost is over a
+    quarter of the budget now goes alone with no probes; the check's calls take at most
+    CALL_BYTES of input points (one row at least), with the same numbers."""
+    import numpy as np
+
+    from igcli import gradcheck
+    from igcli.memory import current_rss
+    from tests import models
+    from tests.test_gradient_sources import _Sawtooth
+
+    model = models.save(models.image_model(size=512), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).random((3, 512, 512)).astype(np.float32)
+    floor = x.size * (2 * 4 + 16)  # 18.9 MB
+    warned = []
+    budget = current_rss() + 3 * floor  # (over a quarter: one row per call, said)
+    session = igcli.Session(model, memory_limit=budget, warn=warned.append, cache=False)
+    result = session.attribute(x, steps=8)
+    assert session.runner.batch_size == 1 and session.memory_per_row == floor
+    assert result.rel_error < 1e-2
+    assert any("running one row per call" in w for w in warned), warned
+
+    class Counted(_Sawtooth):
+        sizes: list = []
+
+        def run(self, points):
+            self.sizes.append(len(points))
+            return super().run(points)
+
+    point = np.random.default_rng(1).uniform(0.5, 1.5, 64)
+    graph = _Sawtooth(wrong=1.3)
+    whole = gradcheck.check_directions(graph, point, target=0, directions=4, values=Counted())
+    assert max(Counted.sizes) == 8
+    Counted.sizes = []
+    monkeypatch.setattr(gradcheck, "CALL_BYTES", 3 * point.nbytes)
+    parts = gradcheck.check_directions(graph, point, target=0, directions=4, values=Counted())
+    assert max(Counted.sizes) == 3 and len(Counted.sizes) > 12
+    assert [d.fd for d in parts.directions] == [d.fd for d in whole.directions]
