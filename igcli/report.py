@@ -27,7 +27,7 @@ import onnxruntime
 
 from igcli import __version__
 from igcli.errors import ExitCode, IgcliError, OutputError, ShardError, UsageError
-from igcli.files import first_line, is_folder, open_regular, parse_json
+from igcli.files import first_line, is_folder, open_regular, parse_json, printable
 from igcli.html_report import render_html
 from igcli.ig import UNRESOLVED
 from igcli.outputs import atomic_write_chunks, atomic_write_text
@@ -1078,11 +1078,13 @@ def _reason(failure: dict) -> str:
 
 def _md(text: object) -> str:
     """Text for a Markdown table cell or list item: pipes, backticks, markup and line breaks
-    in file names cannot break the table or inject markup."""
-    out = str(text).replace("\\", "\\\\").replace("&", "&amp;")  # ('&amp;' in a name)
+    in file names cannot break the table or inject markup, nor other control characters (an
+    ESC in a label) reach the terminal that shows the file."""
+    out = printable(str(text).replace("\r", " ").replace("\n", " "))
+    out = out.replace("\\", "\\\\").replace("&", "&amp;")  # ('&amp;' in a name)
     for ch in "|`*[]<>":
         out = out.replace(ch, "\\" + ch)
-    return out.replace("\r", " ").replace("\n", " ")
+    return out
 
 
 def _cell(value):

@@ -138,6 +138,8 @@ def test_markdown_cells_keep_names_as_they_are():
     from igcli.report import _md
 
     assert _md("q&amp;|x*") == "q&amp;amp;\\|x\\*"
+    # a label or name holding ESC reached the terminal that showed report.md raw
+    assert _md("a\x1b[2Jb\nc") == "a\\\\x1b\\[2Jb c"
 
 
 def test_an_interrupted_shard_is_refused_with_expect_and_flagged_without(tmp_path):
