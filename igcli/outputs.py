@@ -464,7 +464,9 @@ def output_stem(out_dir: Path, relative: str, folders: dict[str, str] | None = N
     except (OSError, ValueError) as exc:
         raise OutputError(f"output name {relative!r} is not usable ({exc})", out_dir) from None
     if target == root or os.path.commonpath([root, target]) != root:
-        raise OutputError(f"output name {relative!r} would escape the output folder", out_dir)
+        linked = parts is not None and target != os.path.normpath(os.path.join(root, *parts))
+        how = " through a symlink there (left as it is)" if linked else ""
+        raise OutputError(f"output name {relative!r} would escape the output folder{how}", out_dir)
     return Path(target)
 
 
