@@ -363,7 +363,15 @@ def read_image(
                 _check_decode_memory(img, channels, path)
                 if img.format == "TIFF":
                     _quiet_libtiff()
-                if notes is not None and _animated(img):
+                if _apart_from_animation(img):  # (what browsers show: the animation)
+                    img.seek(1)
+                    if notes is not None:
+                        notes.append(
+                            "an animated PNG whose default image is no frame of its animation "
+                            "(viewers of animations never show it): the animation's first "
+                            "frame is explained"
+                        )
+                elif notes is not None and _animated(img):
                     notes.append("several frames (an animation or pages); the first is explained")
                 # Decoded before the stretch note reads EXIF: a PNG's getexif() decodes the
                 # pixels itself, and a damaged stream's error must surface from that one decode.
@@ -461,6 +469,16 @@ def _libtiff_candidates() -> list[str]:
     return found
 
 
+def _apart_from_animation(img) -> bool:
+    """An APNG whose default image (IDAT) is not part of its animation: Pillow's frame 0 is
+    then that image, which browsers never show (a black default before a 7 and a 3 was
+    explained, every attribution 0)."""
+    try:
+        return img.format == "PNG" and bool(img.info.get("default_image")) and img.n_frames > 1
+    except Exception:  # noqa: BLE001 (a damaged frame: read as stored)
+        return False
+
+
 def _animated(img) -> bool:
     """An animated GIF, PNG or WebP, or a multi-page TIFF (asked without counting frames,
     which decodes them all). An MPO's later frames are previews or depth maps of its first
@@ -553,7 +571,7 @@ def _check_decode_memory(img, channels: int, path: Path) -> None:
 
 def _decode(img, fh, channels: int, target, path: Path, crop=None) -> tuple[np.ndarray, float]:
     """(H, W, C) float64 in the image's own range, and that range's maximum."""
-    if img.format == "PNG" and _png16_rawmode(img):
+    if img.format == "PNG" and img.tell() == 0 and _png16_rawmode(img):
         high = _upright_array(img)
         fh.seek(0)
         try:

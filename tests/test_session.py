@@ -991,6 +991,15 @@ def test_an_animation_or_a_multi_page_file_says_its_first_frame_is_explained(tmp
     notes = [m for m in said if "frames" in m]
     named = sorted(m.split(":")[0].rsplit("/", 1)[-1] for m in notes)
     assert named == ["a.gif", "a.png", "a.tif", "a.webp"]
+    # an APNG whose default image is no frame of its animation: Pillow's frame 0 is that
+    # image, which viewers of the animation never show; the animation's first is explained
+    frames[0].save(tmp_path / "apart.png", save_all=True, append_images=frames[1:],
+                   default_image=True)  # fmt: skip
+    said.clear()
+    (sample,) = session.load(tmp_path / "apart.png")
+    second = np.asarray(frames[1].convert("L"), np.float64) / 255
+    np.testing.assert_allclose(sample.pixels[:, :, 0], second, atol=1e-6)
+    assert any("the animation's first frame is explained" in m for m in said), said
 
 
 def test_tiff_and_webp_open_as_a_process_first_image(tmp_path):
