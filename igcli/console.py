@@ -163,14 +163,39 @@ class Messages:
                 cells.append(estimated_percent(r.get("feature_error")))
             return cells + [str(r.get(k, r.get("steps"))) for k in varying]
 
-        t = table(columns, [row(r) for r in results[:rows]], title_justify="left")
-        if len(results) > rows:
-            t.caption = f"... and {len(results) - rows} more in report.json"
-        self.print(t)
+        shown = [row(r) for r in results[:rows]]
+        if self._fits(columns, shown):
+            t = table(columns, shown, title_justify="left")
+            if len(results) > rows:
+                t.caption = f"... and {len(results) - rows} more in report.json"
+            self.print(t)
+        else:  # a narrow terminal cut every number to '7…': one result a line instead
+            self._lines(columns, shown)
+            if len(results) > rows:
+                self.info(f"... and {len(results) - rows} more in report.json")
         if len(results) > rows:
             order = heapq.nlargest(worst, results, key=lambda r: _error_value(r["rel_error"]))
-            self.print(table(columns, [row(r) for r in order], title="worst completeness"))
+            if self._fits(columns, [row(r) for r in order]):
+                self.print(table(columns, [row(r) for r in order], title="worst completeness"))
+            else:
+                self.info("worst completeness:")
+                self._lines(columns, [row(r) for r in order])
         self.print_tokens(results[:rows])
+
+    def _fits(self, columns: list[str], rows: list[list]) -> bool:
+        """Whether a table of these rows shows every number whole on this console: the
+        first column (names) may wrap down to 12 characters, the others may not."""
+        widths = [max([len(c.lstrip(">"))] + [len(str(r[k])) for r in rows])
+                  for k, c in enumerate(columns)]  # fmt: skip
+        widths[0] = min(widths[0], 12)
+        return sum(widths) + 3 * len(widths) + 1 <= self.console.width
+
+    def _lines(self, columns: list[str], rows: list[list]) -> None:
+        """Results as lines: 'name: target 7 · F(x) 7.38 · ...'."""
+        names = [c.lstrip(">") for c in columns]
+        for r in rows:
+            fields = " \u00b7 ".join(f"{n} {v}" for n, v in zip(names[1:], r[1:], strict=True))
+            self.info(f"{one_line(str(r[0]))}: {fields}")
 
     def print_tokens(self, results: list[dict]) -> None:
         """Token models: each result's tokens on the colour of their attribution (red raises

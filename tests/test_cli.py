@@ -72,6 +72,18 @@ def test_explain_image_writes_npy_png_and_report(tmp_path):
     first_run = RunReport("m.onnx", "", {**timing, "prepare_time_s": 113})
     Messages(stream=said).print_summary(first_run)
     assert "(after 113 s preparing the model)" in said.getvalue()
+    # a narrow terminal cut every number in the table to '7…' (blank cells at 20 columns):
+    # one result a line there, each number whole
+    full = RunReport("m.onnx", "", timing)
+    full.results.extend(report["results"])
+    for width, table in ((200, True), (30, False)):
+        said = io.StringIO()
+        messages = Messages(stream=said)
+        messages.console.width = width
+        messages.print_summary(full)
+        text = said.getvalue()
+        assert ("┃" in text) == table and "…" not in text
+        assert f"{entry['f_input']:.5g}" in text and f"{entry['f_baseline']:.5g}" in text
 
 
 def test_json_lines_are_the_only_stdout(tmp_path):
