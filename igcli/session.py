@@ -438,6 +438,7 @@ _BATCH_FIRST_ONLY = (
 # Ops whose results carry no gradient, beyond those that round: comparisons (a threshold on
 # the input makes F jump where it flips) and those giving integers (shapes, indices).
 _COMPARISONS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
+_STEPS = {"Round": "rounds", "Floor": "rounds", "Ceil": "rounds", "Sign": "takes the sign of"}
 _INTEGER_RESULTS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
 
 
@@ -1664,7 +1665,8 @@ class Session:
                 "integral is not resolved; raise --steps, or let --steps auto choose"
                 + (
                     f" (if the miss stays as steps grow, F jumps inside the path: node "
-                    f"{self._threshold!r} compares values computed from the input)"
+                    f"{self._threshold[0]!r} {self._threshold[1]} values computed from the "
+                    "input)"
                     if self._threshold
                     else ""
                 ),
@@ -2212,11 +2214,12 @@ class Session:
         return is_quantized(self.model)
 
     @functools.cached_property
-    def _threshold(self) -> str | None:
-        """A node comparing values computed from the input (masked_fill(x > 0.5), say), or
-        None: F may jump where it flips inside the path, which no gradient sees, so a miss
-        there does not shrink with more steps (a masked_fill missed by 458%). Integer paths
-        (shapes, indices) are not followed. Read once, for the completeness warning."""
+    def _threshold(self) -> tuple[str, str] | None:
+        """(name, what it does) of a node comparing values computed from the input
+        (masked_fill(x > 0.5), say) or rounding them (a staircase), or None: F may jump
+        where it flips inside the path, which no gradient sees, so a miss there does not
+        shrink with more steps (a masked_fill missed by 458%). Integer paths (shapes,
+        indices) are not followed. Read once, for the completeness warning."""
         kinds = onnx.TensorProto
         floats = (kinds.FLOAT, kinds.DOUBLE, kinds.FLOAT16, kinds.BFLOAT16)
         reached = {self.at or self.input_spec.name}  # (a token model's ids: from the lookup)
@@ -2224,7 +2227,9 @@ class Session:
             if not reached.intersection(node.input) or node.op_type in _INTEGER_RESULTS:
                 continue
             if node.op_type in _COMPARISONS:
-                return node.name or node.output[0]
+                return node.name or node.output[0], "compares"
+            if node.op_type in _STEPS:
+                return node.name or node.output[0], _STEPS[node.op_type]
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             if node.op_type == "Cast" and to not in floats:
                 continue

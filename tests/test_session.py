@@ -511,6 +511,23 @@ def test_a_threshold_on_the_input_is_named_when_the_path_integral_misses(tmp_pat
     session.attribute(np.array([0.2, 0.9, 0.7, 0.4], np.float32), baseline="zero", steps=16)
     said = [w for w in warnings if "path integral is not resolved" in w]
     assert len(said) == 1 and "node 'threshold' compares values computed from the input" in said[0]
+    # a staircase (Round) beside a smooth part: told only 'raise --steps', naming no node
+    stairs = helper.make_graph(
+        [helper.make_node("Mul", ["x", "four"], ["x4"]),
+         helper.make_node("Round", ["x4"], ["r"], name="stairs"),
+         helper.make_node("Add", ["r", "x"], ["s"]),
+         helper.make_node("ReduceSum", ["s"], ["y"], keepdims=0)], "stairs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(np.array(4.0, np.float32), "four")],
+    )  # fmt: skip
+    path = tmp_path / "stairs.onnx"
+    onnx.save(helper.make_model(stairs, opset_imports=[helper.make_opsetid("", 13)]), path)
+    warnings.clear()
+    session = igcli.Session(path, cache=False, warn=warnings.append)
+    session.attribute(np.array([0.2, 0.9, 0.7, 0.4], np.float32), baseline="zero", steps=16)
+    said = [w for w in warnings if "path integral is not resolved" in w]
+    assert len(said) == 1 and "node 'stairs' rounds values computed from the input" in said[0]
 
 
 def test_finite_differences_take_patches_of_a_large_image_tensor_too(tmp_path):
