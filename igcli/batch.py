@@ -33,7 +33,7 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     parse_shard,
 )
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
-from igcli.files import open_regular, os_reason, parse_json, read_text
+from igcli.files import open_regular, os_reason, parse_json, read_text, stamp_of
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
     DIGEST_CHARS,
@@ -122,10 +122,9 @@ def input_stamp(path) -> str | None:
     if is_url(str(path)):
         return None
     try:
-        st = os.stat(path)
+        return stamp_of(os.stat(path))
     except OSError:
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 # What the report sums and judges of each record (a string there stopped the run, exit 1)
@@ -734,7 +733,11 @@ class BatchRun:
             marker = record_path(out, item.name, folders)
         except OutputError as exc:  # this input's name, not the run, is at fault
             raise InputError(exc.reason, item.path) from None
-        stamp = input_stamp(item.path)
+        # the file as it was read: a CSV replaced during the run kept being read from the
+        # old one's handle, and rows stamped afterwards with the new file's size and time
+        # were resumed later as results for it (old values, exit 0)
+        read = {a.sample.stamp for results in explained for a in results}
+        stamp = read.pop() if len(read) == 1 and None not in read else input_stamp(item.path)
         for results in explained:
             multi = len(results) > 1
             for a in results:

@@ -151,6 +151,11 @@ def file_size(fh: BinaryIO) -> int:
     return os.fstat(fh.fileno()).st_size
 
 
+def stamp_of(st: os.stat_result) -> str:
+    """A file's size and modification time, as records keep them ('size:mtime_ns')."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 # What a file holds, by signatures no text file starts with (a CSV may well start "BM").
 _SIGNATURES = (
     (b"\x93NUMPY", "a NumPy array (.npy)"),

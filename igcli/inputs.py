@@ -36,6 +36,7 @@ from igcli.files import (
     open_regular,
     os_reason,
     read_npy,
+    stamp_of,
 )
 from igcli.model import Sidecar, TensorSpec, unusable_reason
 
@@ -312,6 +313,7 @@ class Sample:
     special: np.ndarray | None = None
     text: str | None = None
     notes: list[str] = field(default_factory=list)  # what the user should hear about the file
+    stamp: str | None = None  # its file's size:mtime_ns as read (rows of a CSV or text file)
 
 
 # -- images -----------------------------------------------------------------------------------
@@ -1081,8 +1083,10 @@ def iter_table(path: Path, prep: Preprocessing, name: str) -> Iterator[Sample | 
         expected_n = None
     line = [0]  # where the reader is, for error messages
     with open_regular(path) as fh:
-        if file_size(fh) == 0:
+        st = os.fstat(fh.fileno())  # (the file this handle reads, whatever the name becomes)
+        if st.st_size == 0:
             raise InputError("empty file (0 bytes); CSV needs a header row", path)
+        stamp = stamp_of(st)
         text = _open_text(fh)
         count = 0
         block: list[tuple[str, int, list[float] | InputError]] = []
@@ -1094,7 +1098,7 @@ def iter_table(path: Path, prep: Preprocessing, name: str) -> Iterator[Sample | 
                 block.append((f"{name}_row{count}", line[0], values))
                 count += 1
                 if len(block) == _ROW_BLOCK:
-                    yield from _block_samples(block, names, prep, path)
+                    yield from stamped(_block_samples(block, names, prep, path), stamp)
                     block = []
         except UnicodeDecodeError as exc:
             failure = InputError(
@@ -1108,7 +1112,7 @@ def iter_table(path: Path, prep: Preprocessing, name: str) -> Iterator[Sample | 
         finally:
             text.detach()  # the binary file closes itself
         if block:  # the rows read before a failure are still explained
-            yield from _block_samples(block, names, prep, path)
+            yield from stamped(_block_samples(block, names, prep, path), stamp)
         if failure is not None:
             raise failure
     if count == 0:
@@ -1116,6 +1120,14 @@ def iter_table(path: Path, prep: Preprocessing, name: str) -> Iterator[Sample | 
 
 
 _ROW_BLOCK = 256  # rows converted together: numpy's per-call cost, paid once per block
+
+
+def stamped(rows, stamp: str | None):
+    """Rows (samples or RowErrors) with their file's stamp as it was read."""
+    for row in rows:
+        if isinstance(row, Sample):
+            row.stamp = stamp
+        yield row
 
 
 def _block_samples(block, names: list[str], prep: Preprocessing, path: Path):

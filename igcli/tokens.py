@@ -30,6 +30,7 @@ from igcli.files import (
     parse_json,
     read_npy,
     read_text,
+    stamp_of,
     text_lines,
 )
 from igcli.inputs import RowError
@@ -362,7 +363,7 @@ class TokenInputs:
         """Samples of a text file's lines, a RowError for each line that cannot be
         explained (too many tokens, not JSON, no "text"): the other lines can. What fails
         the whole file (not UTF-8, too large, no text at all) raises."""
-        texts = read_texts(path)
+        texts, stamp = read_texts(path, stamped=True)
         if not texts:
             raise InputError("holds no text to explain", path)
         for k, (number, text) in enumerate(texts):
@@ -371,7 +372,9 @@ class TokenInputs:
                 yield RowError(row, text)
                 continue
             try:
-                yield self.from_text(text, path, row)
+                sample = self.from_text(text, path, row)
+                sample.stamp = stamp  # (the file as read: see inputs.Sample)
+                yield sample
             except InputError as exc:
                 yield RowError(row, InputError(f"line {number}: {exc.reason}", path))
 
@@ -380,10 +383,27 @@ MAX_CHARS_PER_TOKEN = 64  # more characters than this per token the model takes:
 MAX_TEXT_CHARS = 1_000_000  # the same, where neither model nor tokenizer says a length
 
 
-def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
+def read_texts(path: Path, stamped: bool = False):
     """(line number, text) for each non-blank line; for JSON Lines, a line that is not JSON
-    or has no "text" string gives its error in place of the text."""
+    or has no "text" string gives its error in place of the text. `stamped`: with the
+    file's size:mtime_ns as read, taken about the read (see inputs.Sample.stamp)."""
+    before = _stamp(path) if stamped else None
     content = read_text(path, MAX_TEXT_BYTES)
+    if stamped:
+        after = _stamp(path)
+        texts = _texts(path, content)
+        return texts, (after if after == before else "")  # ("": changed while read, redone)
+    return _texts(path, content)
+
+
+def _stamp(path: Path) -> str | None:
+    try:
+        return stamp_of(os.stat(path))
+    except OSError:
+        return None
+
+
+def _texts(path: Path, content: str) -> list[tuple[int, str | InputError]]:
     rows = text_lines(content)
     lines = [(n, line) for n, line in enumerate(rows, start=1) if line.strip()]
     if path.suffix.lower() != ".jsonl":

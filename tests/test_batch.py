@@ -14,7 +14,7 @@ import pytest
 from igcli.attribution import Attribution
 from igcli.batch import discover, in_shard
 from igcli.errors import ExitCode
-from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, one_line_error, run
+from tests.test_cli import CANCER, CANCER_CSV, DIGIT_PNGS, DIGITS, ROOT, one_line_error, run
 
 
 @pytest.fixture
@@ -1192,3 +1192,52 @@ def test_an_out_folder_removed_or_moved_mid_run_is_an_output_error(tmp_path, how
     with pytest.raises(OutputError, match="removed or moved during the run|cannot write"):
         finish(batch, the_plan)
     assert not (out / "report.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".txt"])
+def test_a_table_replaced_during_a_run_is_not_resumed_from_its_old_rows(tmp_path, monkeypatch,
+                                                                       suffix):  # fmt: skip
+    """A CSV (or a token model's .txt) replaced while a run read it: rows read from the old
+    file's handle were stamped with the new file's size and time when written, and a run
+    with --skip-existing kept them as results for the new file (old values, exit 0). Rows
+    carry the stamp of the file as read: the resumed run redoes every one."""
+    import igcli.batch as batch_module
+    import igcli.inputs as inputs_module
+
+    if suffix == ".csv":
+        model = CANCER
+        lines = CANCER_CSV.read_text().splitlines()
+        old_text = "\n".join(lines[:7]) + "\n"
+        new_text = "\n".join([lines[0], *lines[7:13]]) + "\n"
+    else:
+        model = ROOT / "sample_models" / "sentiment.onnx"
+        old_text = "".join(f"a fine film number {k}\n" for k in range(6))
+        new_text = "".join(f"a dull film, take {k}\n" for k in range(6))
+    table = tmp_path / f"rows{suffix}"
+    table.write_text(old_text)
+    monkeypatch.setattr(inputs_module, "_ROW_BLOCK", 2)
+    real = batch_module.BatchRun._process_rows
+    swapped = []
+
+    def process_then_swap(self, item, chunk):
+        real(self, item, chunk)
+        if not swapped:  # after the first rows: replaced whole, as editors and rsync do
+            (tmp_path / "new").write_text(new_text)
+            os.replace(tmp_path / "new", table)
+            swapped.append(1)
+
+    monkeypatch.setattr(batch_module.BatchRun, "_process_rows", process_then_swap)
+    monkeypatch.setattr(batch_module.BatchRun, "group_size", lambda self: 2)
+    out = tmp_path / "o"
+    first = run("explain", model, table, "--out", out, "--steps", "4", "--no-heatmaps")
+    assert first.exit_code == 0 and swapped, first.stderr
+    monkeypatch.setattr(batch_module.BatchRun, "_process_rows", real)
+    again = run("explain", model, table, "--out", out, "--steps", "4", "--no-heatmaps",
+                "--skip-existing", "--json")  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["resumed"] == 0
+    fresh = run("explain", model, table, "--out", tmp_path / "f", "--steps", "4",
+                "--no-heatmaps", "--json")  # fmt: skip
+    f_of = lambda result: [json.loads(x)["f_input"] for x in result.stdout.splitlines()]  # noqa: E731
+    assert f_of(again) == f_of(fresh)
