@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from igcli import __version__
-from igcli.errors import UsageError
+from igcli.errors import IgcliError, UsageError
 
 BASE_REF = "igcli:model"  # external-data location meaning "this weight is in the model itself"
 DEFAULT_LIMIT = 2 << 30
@@ -165,14 +165,26 @@ def save_graph(key: str, model: onnx.ModelProto, base: onnx.ModelProto) -> None:
         enforce_limit(limit)
 
 
+MAX_ENTRY_TEXT = 1 << 20  # a JSON entry igcli writes: a few hundred bytes
+
+
+def _entry_text(path: Path) -> str:
+    """A small JSON entry's text, from a regular file only: a FIFO put in its place hung
+    every run in open() (never answered), a device would be read for ever."""
+    from igcli.files import open_regular
+
+    with open_regular(path, UsageError, follow=False) as fh:
+        return fh.read(MAX_ENTRY_TEXT).decode("utf-8")
+
+
 # -- self-check verdicts ---------------------------------------------------------------------
 def load_check(key: str) -> dict | None:
     """What a run found about the gradient graph cached under `key`: {"check": the self-check
     summary (a passing one), "rows_independent": bool or absent, "bytes_per_row": the memory
     one more row of a call costs, or absent}."""
     try:
-        found = json.loads((cache_dir() / f"check-{key}.json").read_text())
-    except (OSError, ValueError):
+        found = json.loads(_entry_text(cache_dir() / f"check-{key}.json"))
+    except (OSError, ValueError, IgcliError):
         return None
     check = found.get("check") if isinstance(found, dict) else None
     ok = isinstance(check, dict) and check.get("verdict") in ("ok", "kinks", "saturated")
@@ -189,8 +201,8 @@ def save_check(key: str, found: dict) -> None:
 def load_fact(key: str) -> object | None:
     """A small fact an earlier run measured about a model (JSON), or None."""
     try:
-        return json.loads((cache_dir() / f"fact-{key}.json").read_text())
-    except (OSError, ValueError):
+        return json.loads(_entry_text(cache_dir() / f"fact-{key}.json"))
+    except (OSError, ValueError, IgcliError):
         return None
 
 
@@ -269,8 +281,8 @@ def file_sha256(path: Path, remember: bool = True) -> str:
     if remember:
         where = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:32]
         memo = cache_dir() / f"sha256-{where}.json"
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            known = json.loads(memo.read_text())
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, IgcliError):
+            known = json.loads(_entry_text(memo))
             settled = max(st.st_mtime_ns, st.st_ctime_ns) < known["hashed_ns"] - 2_000_000_000
             if known["identity"] == identity and settled:
                 return str(known["sha256"])
@@ -346,18 +358,24 @@ def info() -> dict:
     }
 
 
-def clear() -> int:
+def clear() -> tuple[int, list[str]]:
     """Delete every entry of igcli's (and its stray temporary files; nothing else in the
-    folder); return how many files went."""
+    folder): (how many went, why the others could not). Whatever holds an entry's name
+    goes, a FIFO or a symlink too (a FIFO there hung runs), but never a folder."""
     root = cache_dir()
     if not root.is_dir():
-        return 0
-    gone = 0
+        return 0, []
+    gone, kept = 0, []
     for p in root.iterdir():
-        if p.is_dir() and p.name.startswith(".staging-"):  # left by a run that was killed
-            shutil.rmtree(p, ignore_errors=True)
-        if (OWN_ENTRY.fullmatch(p.name) or OWN_TEMP.fullmatch(p.name)) and p.is_file():
-            with contextlib.suppress(OSError):
+        if p.is_dir() and not p.is_symlink() and p.name.startswith(".staging-"):
+            shutil.rmtree(p, ignore_errors=True)  # left by a run that was killed
+        ours = OWN_ENTRY.fullmatch(p.name) or OWN_TEMP.fullmatch(p.name)
+        if ours and (p.is_symlink() or not p.is_dir()):
+            try:
                 p.unlink()
                 gone += 1
-    return gone
+            except FileNotFoundError:
+                pass  # (another run evicted it)
+            except OSError as exc:
+                kept.append(f"{p.name}: {exc.strerror or exc}")
+    return gone, kept

@@ -22,7 +22,14 @@ from rich.text import Text
 from igcli import __version__
 from igcli.cache import size_limit
 from igcli.console import Messages, table
-from igcli.errors import ExitCode, GradientError, IgcliError, ModelError, UsageError
+from igcli.errors import (
+    ExitCode,
+    GradientError,
+    IgcliError,
+    ModelError,
+    OutputError,
+    UsageError,
+)
 from igcli.files import read_labels
 from igcli.launch import STOPS
 from igcli.quadrature import DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE, MAX_STEPS
@@ -1588,8 +1595,11 @@ def cache_clear() -> None:
     """Delete every cached graph."""
     from igcli import cache as cache_module
 
-    gone = cache_module.clear()
+    gone, kept = cache_module.clear()
     messages.info(f"removed {gone} file(s) from {cache_module.cache_dir()}")
+    if kept:  # (a read-only cache said "removed 0 file(s)", exit 0, with all of it there)
+        more = f" and {len(kept) - 1} more" if len(kept) > 1 else ""
+        raise OutputError(f"could not remove {kept[0]}{more}", cache_module.cache_dir())
 
 
 def _size(n: int) -> str:

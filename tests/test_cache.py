@@ -11,7 +11,7 @@ import igcli
 from igcli import cache
 from igcli.cache import parse_size
 from tests import models
-from tests.test_cli import DIGITS, run
+from tests.test_cli import DIGIT_PNGS, DIGITS, run
 
 
 def _big_model(tmp_path):
@@ -144,6 +144,40 @@ def test_cache_info_and_clear_commands(tmp_path):
     assert "entries" in run("cache", "info").stdout
     cleared = run("cache", "clear")
     assert cleared.exit_code == 0 and not cache.entries()
+
+
+def test_a_fifo_in_place_of_a_json_entry_neither_hangs_a_run_nor_survives_clear(tmp_path):
+    """A FIFO named like a sha256- or check- entry hung explain in open() for ever, and
+    `cache clear` said 'removed 3 file(s)' and left it. A clear that cannot remove an entry
+    (a read-only cache) said 'removed 0 file(s)', exit 0: now exit 6, naming one."""
+    import stat
+    import subprocess
+    import sys
+
+    igcli.Session(DIGITS)  # fills the cache: sha256-, grad-, ort-, check- entries
+    root = cache.cache_dir()
+    swapped = [p for p in root.iterdir() if p.name.startswith(("sha256-", "check-"))]
+    assert swapped
+    for p in swapped:
+        p.unlink()
+        os.mkfifo(p)
+    env = {**os.environ, "IGCLI_CACHE_DIR": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "igcli", "explain", str(DIGITS), str(DIGIT_PNGS[0]), "--out",
+         str(tmp_path / "o"), "--steps", "4", "-q"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert run("cache", "clear").exit_code == 0
+    assert not [p for p in root.iterdir() if stat.S_ISFIFO(os.lstat(p).st_mode)]
+    igcli.Session(DIGITS)
+    if os.geteuid() != 0:  # (root writes anywhere)
+        root.chmod(0o555)
+        try:
+            refused = run("cache", "clear")
+        finally:
+            root.chmod(0o755)
+        assert refused.exit_code == 6 and "could not remove" in refused.stderr
 
 
 @pytest.mark.parametrize(
