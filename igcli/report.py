@@ -83,6 +83,16 @@ def json_line(entry: dict) -> str:
 KEPT_RECORDS = 4096
 
 
+def _spool_failed(exc: OSError):
+    """A full $TMPDIR (or ulimit -f) under the spool: an internal error (exit 1) was all it
+    said, and no report was written."""
+    raise OutputError(
+        f"cannot keep the run's records in a temporary file ({exc.strerror or exc}); set "
+        "TMPDIR to a folder with room",
+        tempfile.gettempdir(),
+    ) from None
+
+
 class RecordSpool:
     """A run's records in a temporary file instead of memory, read back in order: a
     100,000-row CSV must not keep 100,000 dicts alive. Behaves like a list for what reports
@@ -104,7 +114,10 @@ class RecordSpool:
             self._file.seek(0, os.SEEK_END)
             self._at_end = True
         line = json.dumps(record)
-        self._file.write(line.encode("ascii") + b"\n")
+        try:
+            self._file.write(line.encode("ascii") + b"\n")
+        except OSError as exc:
+            _spool_failed(exc)
         self._n += 1
         if self._n > KEPT_RECORDS:
             self._kept = None  # from here on, only the file
@@ -120,7 +133,10 @@ class RecordSpool:
         two reads (which move the shared position to the end) do not disturb it."""
         remaining, offset, tail = self._n, 0, b""
         while remaining:
-            self._file.seek(offset)
+            try:
+                self._file.seek(offset)  # (flushes what was written: a full disk says so here)
+            except OSError as exc:
+                _spool_failed(exc)
             self._at_end = False
             block = self._file.read(1 << 20)
             if not block:

@@ -176,3 +176,28 @@ def test_a_row_too_large_for_probes_goes_alone_and_the_check_calls_a_row_at_a_ti
     parts = gradcheck.check_directions(graph, point, target=0, directions=4, values=Counted())
     assert max(Counted.sizes) == 3 and len(Counted.sizes) > 12
     assert [d.fd for d in parts.directions] == [d.fd for d in whole.directions]
+
+
+def test_a_full_temporary_folder_under_the_record_spool_is_one_line_exit_6(monkeypatch):
+    """A full $TMPDIR (or ulimit -f) under the spool: 'internal error: OSError: [Errno 28]
+    No space left on device', exit 1, no file named."""
+    import errno
+
+    from igcli.errors import ExitCode, OutputError
+    from igcli.report import RecordSpool
+
+    spool = RecordSpool([{"a": 1}])
+
+    class Full:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            return fail
+
+    monkeypatch.setattr(spool, "_file", Full())
+    with pytest.raises(OutputError, match="No space left on device.*TMPDIR") as info:
+        spool.append({"b": 2})
+    assert info.value.exit_code == ExitCode.OUTPUT
+    with pytest.raises(OutputError):  # (a read flushes what was written first)
+        next(spool._lines())
