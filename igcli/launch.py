@@ -47,6 +47,15 @@ def load_cli() -> Callable[[], None]:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted before starting\n")
         sys.exit(130)
+    except (MemoryError, ImportError, OSError) as exc:
+        # under a small `ulimit -v` a library's shared object cannot be mapped ("failed to map
+        # segment from shared object"): a traceback, exit 1. Memory, as the run says it later
+        # (exit 2); a broken install says what failed to load.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        memory = isinstance(exc, MemoryError) or "map segment" in reason or "memory" in reason
+        what = "memory ran out" if memory else "cannot start"
+        sys.stderr.write(f"error: {what} while loading igcli ({reason})\n")
+        sys.exit(2)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1737,6 +1737,10 @@ class ModelRunner:
                 result = self.session.run(outputs, self._feeds_for(batch, targets, context))
         except InputError:  # (its parts' outputs could not be joined: join_rows says why)
             raise
+        except RuntimeError as exc:
+            if str(exc).startswith("can't start new thread"):  # the machine's memory, not
+                raise  # this input: the run stops, 'memory ran out' (exit 2), as elsewhere
+            raise InputError(f"model call failed: {_first_line(exc)}", self.path) from None
         except Exception as exc:
             raise InputError(f"model call failed: {_first_line(exc)}", self.path) from None
         finally:

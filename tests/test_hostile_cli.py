@@ -786,6 +786,42 @@ def test_an_interrupt_while_the_program_starts_is_exit_130_in_one_line(monkeypat
     assert launch.gc.isenabled()  # (resting only while the CLI imports)
 
 
+def test_memory_that_runs_out_while_loading_or_starting_threads_is_exit_2(
+    tmp_path, monkeypatch, capsys
+):
+    """Under a small ulimit -v: a Python traceback (ImportError: failed to map segment from
+    shared object, exit 1) while the CLI loaded; a model call that could not start a thread
+    failed every input (exit 4) where the machine, not the input, was at fault."""
+    import sys
+    import types
+
+    from igcli import launch
+    from igcli.model import ModelRunner
+
+    class Unmappable(types.ModuleType):
+        def __getattr__(self, name):
+            raise ImportError("libx.so: failed to map segment from shared object")
+
+    monkeypatch.setitem(sys.modules, "igcli.cli", Unmappable("igcli.cli"))
+    monkeypatch.setattr(launch.gc, "freeze", lambda: None)
+    with pytest.raises(SystemExit) as info:
+        launch.main()
+    assert info.value.code == ExitCode.USAGE
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("error: memory ran out while loading igcli (libx.so")
+    assert "\n" not in said
+    monkeypatch.undo()
+
+    def no_thread(self, *args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(ModelRunner, "_run_in_parts", no_thread)
+    monkeypatch.setattr(ModelRunner, "_feeds_for", no_thread)
+    result = run("explain", DIGITS, *DIGIT_PNGS[:2], "--out", tmp_path / "o", "--no-cache")
+    assert result.exit_code == ExitCode.USAGE
+    assert "memory ran out (a thread could not be started)" in result.stderr
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_stdout_or_stderr_that_cannot_be_written_is_no_internal_error(tmp_path):
     """--json into a full disk (> /dev/full) or a closed stdout stopped the run with an
