@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -303,6 +304,7 @@ class BatchRun:
         # files are whole (a full disk stopped the run with its lines already out)
         self.outbox: deque[tuple[Future | None, str]] = deque()
         self._last_write: Future | None = None
+        self.started_ns = time.time_ns()  # (reports older than this are an earlier run's)
         self.inputs_in_out: set[str] = set()  # real paths of this run's inputs inside --out
         self.fresh_folders: dict[str, bool] = {}  # output folders: empty when first written
         self.writable_folders: dict[Path, tuple[int, int]] = {}  # and their name/path limits
@@ -839,8 +841,9 @@ class BatchRun:
     def withdraw_reports(self, stem: str) -> list[str]:
         """After an output error (a full disk) stopped the run once it had written results:
         an earlier run's reports in OUT no longer describe what is there, and nothing will
-        write new ones. igcli's own are removed (another file of that name stays, as a
-        remote --out's reports do); returns their names."""
+        write new ones; nor do this run's, where the disk filled while it wrote them.
+        igcli's own are removed (another file of that name stays, as a remote --out's
+        reports do); returns their names, this run's marked '(this run's)'."""
         if self.remote is not None or (self._last_write is None and not self.report.results):
             return []  # (nothing written: the earlier reports still hold)
         removed = []
@@ -849,8 +852,9 @@ class BatchRun:
                 continue  # (an input of this run keeps its name, see check_report_names)
             if is_igcli_report(path):
                 with contextlib.suppress(OSError):
+                    own = os.stat(path).st_mtime_ns >= self.started_ns
                     path.unlink()
-                    removed.append(path.name)
+                    removed.append(path.name + (" (this run's)" if own else ""))
         return removed
 
     def release_reports(self) -> None:

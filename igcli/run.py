@@ -286,9 +286,16 @@ def _withdrawn(batch: BatchRun, the_plan: Plan, exc: OutputError) -> OutputError
     removed = batch.withdraw_reports(the_plan.report_stem)
     if not removed:
         return exc
+    mine = [name.removesuffix(" (this run's)") for name in removed if name.endswith("(this run's)")]
+    theirs = [name for name in removed if not name.endswith("(this run's)")]
+    said = []  # (a fresh --out that filled up as this run wrote its reports was told of an
+    if theirs:  # earlier run's)
+        said.append(f"the earlier run's {', '.join(theirs)} no longer described the results")
+    if mine:
+        said.append(f"this run's {', '.join(mine)}, written before the disk filled, were not whole")
     return OutputError(
-        f"{exc.reason}; the earlier run's {', '.join(removed)} no longer described the "
-        "results there and were removed: make room, then run again with --skip-existing",
+        f"{exc.reason}; {' and '.join(said)}; they were removed: make room, then run again "
+        "with --skip-existing",
         exc.path,
     )
 

@@ -1107,6 +1107,32 @@ def test_a_full_disk_removes_the_earlier_runs_reports_that_no_longer_hold(tmp_pa
     assert len(json.loads((out / "report.json").read_text())["results"]) == 3
 
 
+def test_a_disk_that_fills_as_a_fresh_run_writes_its_reports_says_they_were_its_own(
+    tmp_path, monkeypatch
+):
+    """A fresh --out whose disk filled while the run wrote its reports said 'the earlier
+    run's report.json, ... no longer described the results': there was no earlier run."""
+    import igcli.report as report_module
+    from igcli.errors import OutputError
+
+    real = report_module.atomic_write_chunks
+    calls = []
+
+    def fills_up(path, chunks):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OutputError("cannot write (No space left on device)", path)
+        return real(path, chunks)
+
+    monkeypatch.setattr(report_module, "atomic_write_chunks", fills_up)
+    out = tmp_path / "o"
+    result = run("explain", DIGITS, DIGIT_PNGS[0], "--steps", "4", "--out", out)
+    assert result.exit_code == ExitCode.OUTPUT, result.stderr
+    said = one_line_error(result)[-1]
+    assert "earlier run" not in said and "this run's report.json" in said
+    assert not list(out.glob("report.*"))
+
+
 @pytest.mark.parametrize("keep", [0, 100])
 def test_a_record_cut_short_is_replaced_not_refused(tmp_path, keep):
     """A copy of the output folder stopped halfway leaves a record cut short (igcli writes
