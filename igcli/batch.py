@@ -838,12 +838,12 @@ class BatchRun:
         finally:
             self._flush()
 
-    def withdraw_reports(self, stem: str) -> list[str]:
+    def withdraw_reports(self, stem: str) -> list[tuple[str, bool]]:
         """After an output error (a full disk) stopped the run once it had written results:
         an earlier run's reports in OUT no longer describe what is there, and nothing will
         write new ones; nor do this run's, where the disk filled while it wrote them.
         igcli's own are removed (another file of that name stays, as a remote --out's
-        reports do); returns their names, this run's marked '(this run's)'."""
+        reports do); returns (name, whether this run wrote it) of each."""
         if self.remote is not None or (self._last_write is None and not self.report.results):
             return []  # (nothing written: the earlier reports still hold)
         removed = []
@@ -854,7 +854,7 @@ class BatchRun:
                 with contextlib.suppress(OSError):
                     own = os.stat(path).st_mtime_ns >= self.started_ns
                     path.unlink()
-                    removed.append(path.name + (" (this run's)" if own else ""))
+                    removed.append((path.name, own))
         return removed
 
     def release_reports(self) -> None:

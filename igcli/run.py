@@ -286,8 +286,8 @@ def _withdrawn(batch: BatchRun, the_plan: Plan, exc: OutputError) -> OutputError
     removed = batch.withdraw_reports(the_plan.report_stem)
     if not removed:
         return exc
-    mine = [name.removesuffix(" (this run's)") for name in removed if name.endswith("(this run's)")]
-    theirs = [name for name in removed if not name.endswith("(this run's)")]
+    mine = [name for name, own in removed if own]
+    theirs = [name for name, own in removed if not own]
     said = []  # (a fresh --out that filled up as this run wrote its reports was told of an
     if theirs:  # earlier run's)
         said.append(f"the earlier run's {', '.join(theirs)} no longer described the results")
