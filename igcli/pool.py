@@ -131,6 +131,23 @@ def _quiet_resource_tracker() -> None:
         sys.warnoptions.append(option)
 
 
+def _start_resource_tracker() -> None:
+    """The tracker (which the pool's first semaphore starts) is a process of its own, which
+    Python starts with SIGINT and SIGTERM blocked but not SIGHUP: a closed terminal's SIGHUP
+    to the process group killed it, and the run ended (exit 130, rightly) with its 'process
+    died unexpectedly' warning and five KeyError tracebacks. Started here first, with SIGHUP
+    ignored, which it keeps."""
+    if not hasattr(signal, "SIGHUP"):
+        return
+    from multiprocessing import resource_tracker
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def _start(job: WorkerJob) -> None:
     """Worker start: Ctrl-C is the client's to handle (each worker printed a traceback);
     SIGTERM, the client's way to stop a worker at once, ends it through its finalizers, so
@@ -200,6 +217,7 @@ def execute_on_processes(
     job.session_options["memory_limit"] = max(1, budget // workers)  # and the memory too
     parts = chunks(the_plan.items, workers, tapered=True)
     _quiet_resource_tracker()
+    _start_resource_tracker()
     # spawn: fork copies a parent whose ONNX Runtime and writer threads exist (unsafe), and a
     # forkserver outlives the run for a moment (farm-bench found one left behind)
     pool = ProcessPoolExecutor(

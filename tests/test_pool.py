@@ -501,3 +501,23 @@ def test_a_pool_that_breaks_as_its_workers_start_leaves_every_input_to_this_proc
     report = json.loads((out / "report.json").read_text())
     assert len(report["results"]) == 12
     assert "a worker process ended unexpectedly" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_the_resource_tracker_keeps_running_through_a_closed_terminals_sighup():
+    """SIGHUP to a --workers run's process group (a closed terminal) killed multiprocessing's
+    resource tracker, which Python starts with SIGINT and SIGTERM blocked only: exit 130 came
+    with its 'process died unexpectedly' warning and KeyError tracebacks. It is started with
+    SIGHUP ignored."""
+    code = (
+        "from multiprocessing import resource_tracker\n"
+        "from igcli.pool import _start_resource_tracker\n"
+        "_start_resource_tracker()\n"
+        "pid = resource_tracker._resource_tracker._pid\n"
+        "print(open(f'/proc/{pid}/status').read())\n"
+    )  # (a process of its own: this one's tracker may have started before, without it)
+    status = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60).stdout  # fmt: skip
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+                  .split()[1], 16)  # fmt: skip
+    assert ignored & (1 << (signal.SIGHUP - 1))
