@@ -1278,6 +1278,12 @@ def _runtime_refusal(onnx_model, path: Path) -> str | None:
     "exact ties (flat backgrounds under max-pooling).",
 )
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--dequantize",
+    is_flag=True,
+    help="Quantized models: check the gradient graph of their float twin, which explain "
+    "--dequantize uses.",
+)
 @THREADS
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 def gradcheck(
@@ -1294,6 +1300,7 @@ def gradcheck(
     tolerance: float,
     jitter: float,
     seed: int,
+    dequantize: bool,
     threads: int | None,
     as_json: bool,
 ) -> None:
@@ -1315,6 +1322,7 @@ def gradcheck(
         model,
         input=input_name,
         output=output,
+        dequantize=dequantize,
         feeds=_feeds(feeds),
         gradients="graph",
         size=size,

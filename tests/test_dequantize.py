@@ -110,6 +110,16 @@ def test_dequantize_explains_the_twin_with_its_graph(quantized, float_maps, form
         assert np.corrcoef(ours.ravel(), reference.ravel())[0, 1] > 0.999
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_gradcheck_dequantize_checks_the_twin_explain_uses(quantized, form):
+    """gradcheck of a quantized model had no --dequantize: the graph explain --dequantize
+    uses could not be checked on its own."""
+    result = run("gradcheck", quantized[form], PNGS[0], "--dequantize", "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["verdict"] == "ok" and found["passed"] is True
+
+
 def test_without_dequantize_the_quantized_model_is_said_to_need_it(quantized, tmp_path):
     result = run("explain", quantized["qdq"], PNGS[0], "--out", tmp_path / "o", "--steps", "8")
     assert result.exit_code == 0, result.stderr
