@@ -34,7 +34,7 @@ from igcli.discovery import (  # noqa: F401  (re-exported for run.py and tests)
     parse_shard,
 )
 from igcli.errors import GradientError, IgcliError, InputError, OutputError
-from igcli.files import open_regular, os_reason, parse_json, read_text, stamp_of
+from igcli.files import open_regular, os_reason, parse_json, path_stamp, read_text
 from igcli.inputs import RowError, iter_table
 from igcli.outputs import (
     DIGEST_CHARS,
@@ -120,12 +120,7 @@ def input_stamp(path) -> str | None:
     """An input file's size and modification time: a record holds them, and a resumed run
     redoes an input that changed since (it reused the result of the file it replaced).
     None for what has no such stamp here (object storage)."""
-    if is_url(str(path)):
-        return None
-    try:
-        return stamp_of(os.stat(path))
-    except OSError:
-        return None
+    return None if is_url(str(path)) else path_stamp(path)
 
 
 # What the report sums and judges of each record (a string there stopped the run, exit 1)

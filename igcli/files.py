@@ -156,6 +156,14 @@ def stamp_of(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def path_stamp(path) -> str | None:
+    """stamp_of the file at `path` now; None where it cannot be read."""
+    try:
+        return stamp_of(os.stat(path))
+    except OSError:
+        return None
+
+
 # What a file holds, by signatures no text file starts with (a CSV may well start "BM").
 _SIGNATURES = (
     (b"\x93NUMPY", "a NumPy array (.npy)"),

@@ -28,9 +28,9 @@ from igcli.files import (
     first_line,
     open_regular,
     parse_json,
+    path_stamp,
     read_npy,
     read_text,
-    stamp_of,
     text_lines,
 )
 from igcli.inputs import RowError
@@ -363,7 +363,10 @@ class TokenInputs:
         """Samples of a text file's lines, a RowError for each line that cannot be
         explained (too many tokens, not JSON, no "text"): the other lines can. What fails
         the whole file (not UTF-8, too large, no text at all) raises."""
-        texts, stamp = read_texts(path, stamped=True)
+        before = path_stamp(path)  # the file as read (see inputs.Sample.stamp): "" where
+        texts = read_texts(path)  # it changed during the read, so no record of it resumes
+        stamp = path_stamp(path)
+        stamp = stamp if stamp == before else ""
         if not texts:
             raise InputError("holds no text to explain", path)
         for k, (number, text) in enumerate(texts):
@@ -383,27 +386,10 @@ MAX_CHARS_PER_TOKEN = 64  # more characters than this per token the model takes:
 MAX_TEXT_CHARS = 1_000_000  # the same, where neither model nor tokenizer says a length
 
 
-def read_texts(path: Path, stamped: bool = False):
+def read_texts(path: Path) -> list[tuple[int, str | InputError]]:
     """(line number, text) for each non-blank line; for JSON Lines, a line that is not JSON
-    or has no "text" string gives its error in place of the text. `stamped`: with the
-    file's size:mtime_ns as read, taken about the read (see inputs.Sample.stamp)."""
-    before = _stamp(path) if stamped else None
+    or has no "text" string gives its error in place of the text."""
     content = read_text(path, MAX_TEXT_BYTES)
-    if stamped:
-        after = _stamp(path)
-        texts = _texts(path, content)
-        return texts, (after if after == before else "")  # ("": changed while read, redone)
-    return _texts(path, content)
-
-
-def _stamp(path: Path) -> str | None:
-    try:
-        return stamp_of(os.stat(path))
-    except OSError:
-        return None
-
-
-def _texts(path: Path, content: str) -> list[tuple[int, str | InputError]]:
     rows = text_lines(content)
     lines = [(n, line) for n, line in enumerate(rows, start=1) if line.strip()]
     if path.suffix.lower() != ".jsonl":
