@@ -746,6 +746,12 @@ def _check_report(data: dict, path: Path) -> None:
         raise UsageError("'started' must be a string (a time)", path)
 
 
+def _shard_count(report: dict) -> int:
+    """N of the report's shard K/N, 0 for a run without --shard."""
+    parts = _shard_parts((report.get("settings") or {}).get("shard"))
+    return parts[1] if parts else 0
+
+
 def _shard_parts(text) -> tuple[int, int] | None:
     """(K, N) of a report's "K/N" shard setting, 1 <= K <= N; None for anything else."""
     k, slash, n = str(text).partition("/")
@@ -814,8 +820,7 @@ def merge_reports(
     elif warn is not None:
         if stopped:
             warn(f"{stopped[0]}: its run was interrupted, so some of its inputs are in no report")
-        counts = {str((rep.get("settings") or {}).get("shard") or "").partition("/")[2]
-                  for rep in reports}  # fmt: skip
+        counts = {_shard_count(rep) for rep in reports}  # (0: a run without --shard)
         if len(counts) > 1:  # shards 1/2 and 3/3 merged silently, lacking half the inputs
             kinds = ", ".join(
                 f"shards of {c}" if c else "a run without --shard" for c in sorted(counts)
@@ -824,10 +829,10 @@ def merge_reports(
                 f"the reports are of different splits ({kinds}), so some inputs may be "
                 "missing or repeated; merged anyway (--expect N makes that an error)"
             )
-        n = counts.pop() if len(counts) == 1 else ""
-        if n.isdecimal() and n.isascii():
+        n = counts.pop() if len(counts) == 1 else 0
+        if n:
             try:
-                check_shards(paths, reports, int(n))
+                check_shards(paths, reports, n)
             except ShardError as exc:
                 warn(f"{exc.reason}; merged anyway (--expect {n} makes that an error)")
     first = reports[0]
@@ -918,15 +923,15 @@ def check_shards(paths: list, reports: list[dict], expect: int) -> None:
     """Shards 1..expect, each exactly once, planned alike and run with the same settings."""
     where: dict[int, list[str]] = {}
     for path, rep in zip(paths, reports, strict=True):
-        text = str((rep.get("settings") or {}).get("shard") or "")
-        k, _, n = text.partition("/")
-        if not (k.isdecimal() and k.isascii() and n.isdecimal() and n.isascii()):
+        parts = _shard_parts((rep.get("settings") or {}).get("shard"))
+        if parts is None:  # (load_report refused any shard setting but null and K/N)
             raise ShardError(
                 f"not a shard's report (it ran without --shard); expected 1 of {expect}", path
             )
-        if int(n) != expect or not 1 <= int(k) <= expect:
-            raise ShardError(f"is shard {text}, not a shard of {expect}", path)
-        where.setdefault(int(k), []).append(str(path))
+        k, n = parts
+        if n != expect:
+            raise ShardError(f"is shard {k}/{n}, not a shard of {expect}", path)
+        where.setdefault(k, []).append(str(path))
     doubled = {k: v for k, v in where.items() if len(v) > 1}
     if doubled:
         k, v = min(doubled.items())
