@@ -223,14 +223,13 @@ def _check_at(graph, x, *, target, directions, step, tolerance, jitter, seed, va
     input_rounding = 0.5 * _eps(taken) * float(np.linalg.norm(g * x64))
     vs = [rng.standard_normal(x.shape) * s for _ in range(directions)]
     hs = [step * SHRINK**-k for k in range(STEPS)]
-    # One direction at a time, its points written into one array of the model's type: all
-    # 32 points as float64 copies, then their stack, took 1.5 GB for a 3 x 1024 x 1024
-    # image, whatever the memory budget said.
-    # A direction's points are made a call's worth at a time (see CALL_BYTES), through one
-    # float64 buffer: x64 + (sign * h) * v, as before, without its temporaries.
+    # One direction at a time, its points made a call's worth at a time (see CALL_BYTES)
+    # in an array of the model's type, through one float64 buffer: all 32 points as float64
+    # copies, then their stack, took 1.5 GB for a 3 x 1024 x 1024 image, whatever the
+    # memory budget said.
     f = np.empty((directions, STEPS, 2))
     pairs = [(h, sign) for h in hs for sign in (1, -1)]
-    each = max(1, CALL_BYTES // max(1, np.dtype(taken).itemsize * x.size))
+    each = _per_call(np.dtype(taken).itemsize * x.size)
     points = np.empty((min(each, len(pairs)), *x.shape), taken)
     moved = np.empty(x.shape, np.float64)
     for k, v in enumerate(vs):
@@ -313,9 +312,15 @@ def _along_the_segment(graph, check: DirectionCheck, x, v, h, target, dtype, tol
         check.status, check.along, check.doubt = "path", mean, spread + check.noise
 
 
+def _per_call(point_bytes: int) -> int:
+    """How many points of this size one call of the check takes: what CALL_BYTES holds, one
+    at least."""
+    return max(1, CALL_BYTES // max(1, point_bytes))
+
+
 def _in_parts(call, points: np.ndarray) -> np.ndarray:
-    """call(points), in calls of as many points as CALL_BYTES holds (one at least), joined."""
-    each = max(1, CALL_BYTES // max(1, points[0].nbytes))
+    """call(points), in calls of _per_call points, joined."""
+    each = _per_call(points[0].nbytes)
     if len(points) <= each:
         return np.asarray(call(points))
     return np.concatenate([np.asarray(call(points[k : k + each]))

@@ -605,10 +605,8 @@ def _pil_pixels(
     as its EXIF orientation says (a file, as viewers show it); a PIL image given in Python is
     taken as its pixels are, as a notebook shows it (one turned upright by hand keeps the
     EXIF of its file, and was turned a second time)."""
-    turned = _upright if upright else (lambda image: image)
     if img.mode.startswith("I;16"):
-        img.load()
-        grey = np.asarray(turned(img))
+        grey = _upright_array(img, upright)[:, :, 0]
         return _float_channels([grey], channels, target, 65535.0, crop), 65535.0
     if img.mode in ("I", "F"):
         raise error(
@@ -617,7 +615,7 @@ def _pil_pixels(
             path,
         )
     img.load()
-    img = turned(img)
+    img = _upright(img) if upright else img
     img = fit_image(img.convert(_MODES.get(channels, "RGB")), target, crop)
     arr = np.asarray(img, dtype=np.float64)
     return (arr[:, :, None] if arr.ndim == 2 else arr), 255.0
@@ -716,10 +714,11 @@ def _upright(img):
     return img
 
 
-def _upright_array(img) -> np.ndarray:
-    """The decoded samples as stored (8-bit bytes, or 16-bit grey), upright, (H, W, C)."""
+def _upright_array(img, upright: bool = True) -> np.ndarray:
+    """The decoded samples as stored (8-bit bytes, or 16-bit grey), upright (unless not
+    `upright`: see _pil_pixels), (H, W, C)."""
     img.load()
-    arr = np.asarray(_upright(img))
+    arr = np.asarray(_upright(img) if upright else img)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
