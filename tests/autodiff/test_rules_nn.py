@@ -13,6 +13,7 @@ Max-like ops get inputs spaced 0.1 apart: no ties, and a difference step never m
 arg-max.
 """
 
+import itertools
 from unittest import mock
 
 import numpy as np
@@ -553,45 +554,138 @@ def test_max_pool_ties_go_to_the_first_maximum(k, s, pad, opset):
     np.testing.assert_allclose(got, _first_argmax_scatter(x, seed, k, s, pad), atol=1e-6)
 
 
+def _max_pool_reference(x, y, seed, kernel, strides, dilations, begins, ends):
+    """numpy, any 2-D window: each window's seed goes to its first tap equal to y, the
+    window's max as ONNX Runtime found it (with a NaN in the window, the max of the taps
+    after it), or to its last tap where none is (y NaN); summed over windows."""
+    pads = [(0, 0), (0, 0), *zip(begins, ends, strict=True)]
+    xp = np.pad(x, [(a, max(b, 0)) for a, b in pads], constant_values=-np.inf)
+    dx = np.zeros(xp.shape, np.float64)
+    taps = list(itertools.product(*[range(k) for k in kernel]))
+    for i, j in np.ndindex(*seed.shape[2:]):
+        rows = [i * strides[0] + t[0] * dilations[0] for t in taps]
+        cols = [j * strides[1] + t[1] * dilations[1] for t in taps]
+        for a, b in np.ndindex(*x.shape[:2]):
+            hits = np.flatnonzero(xp[a, b, rows, cols] == y[a, b, i, j])
+            first = hits[0] if len(hits) else len(taps) - 1
+            dx[a, b, rows[first], cols[first]] += seed[a, b, i, j]
+    h, w = x.shape[2:]
+    return dx[:, :, begins[0] : begins[0] + h, begins[1] : begins[1] + w]
+
+
+PHASE_POOLS = [  # (shape, attrs): every one goes by phases
+    ((2, 3, 8, 8), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((2, 3, 9, 7), {"kernel_shape": [3, 3], "strides": [2, 2]}),  # a column in no window
+    ((1, 2, 7, 7), {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 2, 11, 10), {"kernel_shape": [3, 2], "strides": [3, 3], "pads": [0, 1, 2, 0]}),
+    ((1, 2, 9, 9), {"kernel_shape": [2, 3], "strides": [2, 2], "dilations": [2, 1]}),
+    ((2, 2, 6, 6), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    ((1, 2, 6, 5), {"kernel_shape": [5, 5], "strides": [1, 1], "pads": [2, 2, 2, 2]}),
+    ((1, 2, 5, 2), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 2, 7, 6), {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 3, 3), {"kernel_shape": [2, 2], "strides": [3, 3]}),  # taps reach one phase
+]
+
+
+@pytest.mark.parametrize("opset", [10, 13, 17])
+@pytest.mark.parametrize(("shape", "attrs"), PHASE_POOLS, ids=repr)
+@pytest.mark.parametrize("values", ["distinct", "ties", "nans"])
+def test_max_pool_by_phases_sends_each_window_to_its_first_maximum(shape, attrs, values, opset):
+    """The phase route (SpaceToDepth, a Slice per tap, a one-hot ConvTranspose) against
+    numpy: strides, dilations, uneven pads, ceil_mode, auto_pad, rows no window reaches;
+    ties go to the first maximum; with NaNs, the first tap equal to the max ONNX
+    Runtime found (which can be below a tap before a NaN), or the last where it is NaN."""
+    if attrs.get("kernel_shape") == [5, 5] and opset >= 16:
+        pytest.skip("from opset 16 a 5x5 window goes by ScatterElements")
+    x = distinct(*shape).astype(np.float32)
+    if values == "ties":
+        x = rng.integers(0, 3, size=shape).astype(np.float32)
+    elif values == "nans":
+        x[rng.random(shape) < 0.2] = np.nan
+    node = helper.make_node("MaxPool", ["x"], ["y"], **attrs)
+    model = make_model([node], {"x": x}, "y", opset)
+    grad_model = build_gradient_model(model, "x", "y")
+    assert "SpaceToDepth" in {n.op_type for n in grad_model.graph.node} or attrs["strides"][0] == 1
+    assert not any(n.op_type == "MaxPool" and len(n.output) == 2 for n in grad_model.graph.node)
+    sess = ort.InferenceSession(grad_model.SerializeToString())
+    y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    seed = rng.standard_normal(y.shape).astype(np.float32)
+    got = sess.run([GRAD], {"x": x, SEED: seed})[0]
+    win = ort_window(attrs, shape, y.shape)
+    np.testing.assert_allclose(got, _max_pool_reference(x, y, seed, *win), rtol=1e-6, atol=1e-6)
+
+
+def ort_window(attrs, shape, out_shape):
+    """(kernel, strides, dilations, begins, ends) with auto_pad resolved as SAME_UPPER does."""
+    kernel, strides = attrs["kernel_shape"], attrs["strides"]
+    dilations = attrs.get("dilations", [1, 1])
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    if attrs.get("auto_pad") == "SAME_UPPER":
+        sides = zip(out_shape[2:], strides, kernel, dilations, shape[2:], strict=True)
+        total = [max(0, (o - 1) * s + (k - 1) * d + 1 - n) for o, s, k, d, n in sides]
+        pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+    ends = [max(p, (o - 1) * s + (k - 1) * d + 1 - b - n) for p, o, s, k, d, b, n in
+            zip(pads[2:], out_shape[2:], strides, kernel, dilations, pads[:2], shape[2:],
+                strict=True)]  # fmt: skip
+    return kernel, strides, dilations, pads[:2], ends
+
+
+@pytest.mark.parametrize(
+    ("kernel", "opset", "phases"), [(5, 13, True), (5, 17, False), (4, 17, True), (6, 13, False)]
+)
+def test_wide_max_pool_windows_keep_the_indices_route(kernel, opset, phases):
+    """Four or five ops per tap: windows past 5x5 (past 4x4 from opset 16, where a scatter
+    adds) go by MaxPool's Indices."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[kernel] * 2, strides=[1, 1])
+    model = make_model([node], {"x": distinct(1, 2, 9, 9).astype(np.float32)}, "y", opset)
+    nodes = build_gradient_model(model, "x", "y").graph.node
+    assert any(n.op_type == "MaxPool" and len(n.output) == 2 for n in nodes) != phases
+
+
 @pytest.mark.parametrize(("shape", "scatters"), [((1, 2, 9, 9), False), ((1, 2, 5, 2), True)])
 def test_overlapping_max_pool_windows_go_by_tap_before_opset_16(shape, scatters):
-    """ResNet-50's pool at opset 9: the one-hot ConvTranspose of each window's tap, not
-    four classes of Gathers and Scatters; a window wider than the input keeps the classes."""
-    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+    """Strides that differ by axis (no phases) at opset 9: the one-hot ConvTranspose of each
+    window's tap, not classes of Gathers and Scatters; a window wider than the input keeps
+    the classes."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 1],
                             pads=[1] * 4)  # fmt: skip
-    model = make_model([node], {"x": distinct(*shape)}, "y", 9)
+    model = make_model([node], {"x": distinct(*shape).astype(np.float32)}, "y", 9)
     ops = {n.op_type for n in build_gradient_model(model, "x", "y").graph.node}
     assert ("Scatter" in ops) == scatters and ("ConvTranspose" in ops) != scatters
+    assert "SpaceToDepth" not in ops
 
 
 @pytest.mark.parametrize(
     ("shape", "attrs", "dtype", "unpools"),
     [
-        ((1, 2, 8, 8), {}, np.float32, True),
-        ((1, 2, 7, 7), {"ceil_mode": 1}, np.float32, False),  # MaxUnpool would refuse 7x7
-        ((1, 2, 8, 8), {}, np.float64, False),  # ONNX Runtime's MaxUnpool is float only
+        ((1, 2, 8), {}, np.float32, True),
+        ((1, 2, 7), {"ceil_mode": 1}, np.float32, False),  # MaxUnpool would refuse 7
+        ((1, 2, 8), {}, np.float64, False),  # ONNX Runtime's MaxUnpool is float only
     ],
 )
 def test_max_pool_windows_apart_go_back_by_max_unpool(shape, attrs, dtype, unpools):
-    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], **attrs)
+    """A 1-D pool (the 2-D ones go by phases) whose windows are apart but do not tile x."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2], strides=[3], **attrs)
     model = make_model([node], {"x": distinct(*shape).astype(dtype)}, "y", 17)
     ops = {n.op_type for n in build_gradient_model(model, "x", "y").graph.node}
     assert ("MaxUnpool" in ops) == unpools and ("ScatterElements" in ops) != unpools
 
 
-@pytest.mark.parametrize(("kernel", "shape", "tiled"), [
-    ([2, 2], (1, 8, 6, 4), True),
-    ([2, 2], (1, 8, 7, 4), False),  # a row in no window: MaxPool's Indices
-    ([2], (2, 3, 8), True),
+@pytest.mark.parametrize(("kernel", "shape", "route"), [
+    ([2, 2], (1, 8, 6, 4), "MaxUnpool"),
+    ([2, 2], (1, 8, 7, 4), "SpaceToDepth"),  # a row in no window: by phases
+    ([2], (2, 3, 8), "MaxUnpool"),
+    ([2], (2, 3, 7), "Indices"),  # 1-D, a row in no window: MaxPool's Indices
 ])  # fmt: skip
-def test_max_pool_windows_that_tile_x_need_no_indices(kernel, shape, tiled):
+def test_max_pool_windows_that_tile_x_need_no_indices(kernel, shape, route):
     """ONNX Runtime finds a MaxPool's Indices one element at a time (a third of the digits
     CNN's gradient call); windows that tile x find the first arg-max with plain MaxPools."""
     node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=kernel, strides=kernel)
     model = make_model([node], {"x": distinct(*shape).astype(np.float32)}, "y", 17)
     nodes = build_gradient_model(model, "x", "y").graph.node
     indices = [n for n in nodes if n.op_type == "MaxPool" and len(n.output) == 2]
-    assert bool(indices) != tiled and any(n.op_type == "MaxUnpool" for n in nodes)
+    assert bool(indices) == (route == "Indices")
+    assert route == "Indices" or any(n.op_type == route for n in nodes)
 
 
 def test_a_tiled_max_pool_window_of_nans_keeps_its_index_in_range():
