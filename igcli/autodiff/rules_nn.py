@@ -28,6 +28,7 @@ INT64_MAX = 2**63 - 1
 PAD_LOW = -1e30
 MAX_TAPS = 256  # MaxPool windows up to 16x16: the one-hot scatter does taps^2 work per window
 MAX_PHASE_TAPS = 25  # MaxPool windows routed tap by tap (5x5): four or five ops per tap
+MAX_PHASE_GRID = 100  # strided Convs' input gradients by phases up to 10 x 10 output positions
 MAX_CLASSES = 64  # disjoint window classes of a MaxPool scatter before opset 16 (3x3 s2: 4)
 
 
@@ -225,6 +226,39 @@ def _conv_input_grad_as_conv(g: NodeGrad, go: str, win: Window, group: int) -> s
     return g.op("Conv", go, weights, group=group, pads=pads, dilations=win.of("dilation"))
 
 
+def _conv_input_grad_by_phases(g: NodeGrad, go: str, win: Window) -> str | None:
+    """dx of a strided 2-D Conv with constant weights and few output positions, as a stride-1
+    Conv of GO per phase of padded x (rows and columns i with i mod s = r, which kernel taps
+    j = a*s + r reach from GO[i // s - a]: the taps in reverse order, padded A - 1 before),
+    the phases interleaved by DepthToSpace. ONNX Runtime's ConvTranspose multiplies W by GO
+    as one matrix product with a column per GO position, slow where they are few: ResNet-50's
+    last 3x3 stride-2 Conv (GO 7 x 7) took 4.0 ms per row, its phases 2.6; at 14 x 14 the
+    ConvTranspose is the faster (2.8 against 3.2 ms). None where this does not apply (groups,
+    dilations, a kernel narrower than the stride, x's channels not whole 16-wide blocks)."""
+    w, axes = g.const_input(1), win.axes
+    if w is None or len(axes) != 2 or g.attr("group", 1) != 1 or w.shape[1] % 16:
+        return None
+    s = axes[0].stride
+    if s < 2 or any(a.stride != s or a.dilation != 1 or a.kernel < s for a in axes):
+        return None
+    if math.prod(win.of("out")) > MAX_PHASE_GRID or g.e.infos_elem(g.I(0)) != TensorProto.FLOAT:
+        return None
+    sides = [-(-(a.begin + a.size) // s) for a in axes]  # each phase's length
+    after = [side - a.out for side, a in zip(sides, axes, strict=True)]
+    if min(after) < 0:
+        return None
+    phases = []
+    for rh, rw in itertools.product(range(s), repeat=2):
+        rows, cols = range(rh, axes[0].kernel, s)[::-1], range(rw, axes[1].kernel, s)[::-1]
+        taps = w[:, :, list(rows)][:, :, :, list(cols)].transpose(1, 0, 2, 3)
+        kernel = g.e.const(np.ascontiguousarray(taps), np.float32)
+        phases.append(g.op("Conv", go, kernel, pads=[len(rows) - 1, len(cols) - 1, *after]))
+    dx = g.op("DepthToSpace", g.op("Concat", *phases, axis=1), blocksize=s)
+    ends = [side * s - a.begin - a.size for side, a in zip(sides, axes, strict=True)]
+    dx = _fit(g, dx, [-a.begin for a in axes], [-e for e in ends])
+    return _reenter(g, dx, _shape(g, g.I(0)))
+
+
 def _reenter(g: NodeGrad, x: str, shape: list[int]) -> str:
     """x through an identity depthwise 1x1 Conv, for float32 images whose channels fill
     ONNX Runtime's 16-wide NCHWc blocks. ONNX Runtime moves a tensor into its blocked NCHWc
@@ -249,7 +283,7 @@ def Conv(g: NodeGrad):
     group = g.attr("group", 1)
     gx = None
     if g.needs(0):
-        gx = _conv_input_grad_as_conv(g, go, win, group)
+        gx = _conv_input_grad_as_conv(g, go, win, group) or _conv_input_grad_by_phases(g, go, win)
         if gx is None:
             gx = _reenter(g, win.crop(g, _conv_transpose(g, go, w, group, win)), x_shape)
     gw = _kernel_grad(g, x, x_shape[1], go, group, win) if g.needs(1) else None

@@ -176,6 +176,11 @@ for tag, x, w, attrs in [
     # strided, 16 input channels: ConvTranspose, then an identity Conv back into NCHWc
     ("strided-reenter", r(2, 16, 5, 6), r(4, 16, 3, 3), {"strides": [2, 2], "pads": [1] * 4}),
     ("strided-1x1-reenter", r(2, 16, 5, 5), r(8, 16, 1, 1), {"strides": [2, 2]}),
+    # strided, 16 input channels, a small output grid: a Conv per phase, then DepthToSpace
+    ("phases-4x4", r(1, 16, 7, 6), r(4, 16, 4, 4), {"strides": [2, 2], "pads": [1, 2, 1, 0]}),
+    ("phases-stride3", r(1, 16, 8, 7), r(4, 16, 3, 4), {"strides": [3, 3], "pads": [0, 1, 2, 0]}),
+    ("phases-5x5", r(1, 16, 6, 6), r(2, 16, 5, 5), {"strides": [2, 2], "pads": [2] * 4}),
+    ("phases-unreached", r(1, 16, 8, 7), r(4, 16, 3, 3), {"strides": [2, 2]}),
 ]:
     for opset in (9, 17):
         add("Conv", {"x": x}, attrs, f"{tag}-{opset}", dynamic=True, opset=opset,
@@ -552,6 +557,25 @@ def test_max_pool_ties_go_to_the_first_maximum(k, s, pad, opset):
     seed = rng.standard_normal((2, 3, out, out)).astype(np.float32)
     got = sess.run([GRAD], {"x": x, SEED: seed})[0]
     np.testing.assert_allclose(got, _first_argmax_scatter(x, seed, k, s, pad), atol=1e-6)
+
+
+@pytest.mark.parametrize(("x", "w", "attrs", "phases"), [
+    ((1, 16, 14, 14), (8, 16, 3, 3), {"strides": [2, 2], "pads": [1] * 4}, True),
+    ((1, 16, 21, 21), (8, 16, 3, 3), {"strides": [2, 2], "pads": [1] * 4}, False),  # 11 x 11
+    ((1, 8, 14, 14), (8, 8, 3, 3), {"strides": [2, 2], "pads": [1] * 4}, False),  # 8 channels
+    ((1, 16, 14, 14), (8, 16, 1, 1), {"strides": [2, 2]}, False),  # a phase no tap reaches
+    ((1, 16, 14, 14), (8, 8, 3, 3), {"strides": [2, 2], "group": 2}, False),
+    ((1, 16, 14, 14), (8, 16, 3, 3), {"strides": [2, 2], "dilations": [2, 2]}, False),
+])  # fmt: skip
+def test_a_strided_conv_on_a_small_grid_goes_back_by_phases(x, w, attrs, phases):
+    """ONNX Runtime's ConvTranspose is slow where GO has few positions (ResNet-50's last
+    3x3 stride-2 Conv, 7 x 7: 4.0 ms, its phases 2.6): there, up to 10 x 10, a Conv per
+    phase and DepthToSpace; elsewhere the ConvTranspose."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    model = make_model([node], {"x": r(*x).astype(np.float32)}, "y", 17,
+                       {"w": r(*w).astype(np.float32)})  # fmt: skip
+    ops = {n.op_type for n in build_gradient_model(model, "x", "y").graph.node}
+    assert ("DepthToSpace" in ops) == phases and ("ConvTranspose" in ops) != phases
 
 
 def _max_pool_reference(x, y, seed, kernel, strides, dilations, begins, ends):
