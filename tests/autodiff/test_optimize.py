@@ -400,7 +400,8 @@ def act_pool(act: str, pool: str = "MaxPool", act_attrs=None, **pool_attrs):
 @pytest.mark.parametrize(
     ("act", "attrs"),
     [("Softplus", {}), ("Sigmoid", {}), ("Tanh", {}), ("Elu", {"alpha": 0.5}),
-     ("Selu", {}), ("HardSigmoid", {}), ("Softsign", {}), ("Celu", {"alpha": 2.0})],
+     ("Selu", {}), ("HardSigmoid", {}), ("Softsign", {}), ("Celu", {"alpha": 2.0}),
+     ("Relu", {}), ("LeakyRelu", {"alpha": 0.1})],
 )  # fmt: skip
 @pytest.mark.parametrize("pool", ["MaxPool", "GlobalMaxPool"])
 def test_an_activation_before_a_max_pool_runs_after_it(act, attrs, pool):
@@ -423,7 +424,7 @@ def test_activations_and_pools_that_must_not_swap_stay():
     feeds = {"x": r(2, 3, 6, 6)}
     w = {"w": r(4, 3, 3, 3)}
     cases = {
-        "relu runs inside the conv": act_pool("Relu"),
+        "leaky relu with a negative slope": act_pool("LeakyRelu", act_attrs={"alpha": -0.5}),
         "hard swish dips below zero": act_pool("HardSwish"),
         "elu with a negative alpha": act_pool("Elu", act_attrs={"alpha": -0.5}),
         "ceil mode": act_pool("Softplus", ceil_mode=1),
