@@ -91,7 +91,12 @@ def _ints_or_none(g: NodeGrad, k: int) -> list[int] | None:
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def Reshape(g: NodeGrad):
     """Only the shape changes (Reshape, Flatten, Squeeze, Unsqueeze): dx = GO reshaped back to
-    the input's runtime shape, whatever the axes, the 0 and -1 entries or the opset."""
+    the input's runtime shape, whatever the axes, the 0 and -1 entries or the opset. Where
+    that shape is known but for a leading batch, it is a constant with -1 there: a Shape op
+    per Reshape cost a ViT-S/16's gradient call 0.7 ms (206 of them) per row."""
+    shape = g.e.static_shape(g.I(0))
+    if shape and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        return [g.op("Reshape", g.GO(0), g.e.ints([-1, *shape[1:]]))]
     return [g.op("Reshape", g.GO(0), g.op("Shape", g.I(0)))]
 
 

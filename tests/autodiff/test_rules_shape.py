@@ -119,6 +119,20 @@ add(Case("Unsqueeze", {"x": r(3, 4)}, {"axes": [-1, 1]}, opset=11, dynamic=True,
 add(Case("Unsqueeze", {"x": r(3, 4)}, constants={"axes": ints(-1, 1)}, opset=13, dynamic=True,
          id="Unsqueeze-input-13-dyn"))  # fmt: skip
 
+
+@pytest.mark.parametrize(("dims", "shape_ops"), [(["N", 3, 4], 0), (["N", "S", 4], 1)])
+def test_a_reshape_goes_back_to_a_known_shape_without_a_shape_op(dims, shape_ops):
+    """Back to x's shape as a constant [-1, ...] where only the batch is unknown (a ViT-S/16:
+    206 Shape ops fewer), and by x's runtime Shape where more is."""
+    x = helper.make_tensor_value_info("x", 1, dims)
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"])
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", 1, None)],
+                              [numpy_helper.from_array(np.array([0, -1]), "shape")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    grad = build_gradient_model(model, "x", "y")
+    assert [n.op_type for n in grad.graph.node].count("Shape") == shape_ops
+
+
 # -- Transpose -----------------------------------------------------------------------------
 add(Case("Transpose", {"x": r(2, 3, 4)}, {"perm": [2, 0, 1]}, opset=9, id="Transpose-perm-9"))
 add(Case("Transpose", {"x": r(2, 3, 4)}, opset=13, id="Transpose-default-13"))
