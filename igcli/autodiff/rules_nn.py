@@ -362,8 +362,9 @@ def _one_hot_kernels(kernel: list[int]) -> np.ndarray:
 @rule("MaxPool")
 def MaxPool(g: NodeGrad):
     """y[o] = max_j x[o*s + j*d - pad]: GO[o] goes to the window's first arg-max, summed
-    where windows overlap (taps gathered by a one-hot Conv, scattered by a one-hot
-    ConvTranspose)."""
+    where windows overlap. Routes, fastest first: windows that tile x, 2-D windows by phases,
+    MaxPool's Indices; else taps gathered by a one-hot Conv, scattered by a one-hot
+    ConvTranspose."""
     win, channels = _pool_window(g)
     routed = (_max_pool_tiled(g, win) or _max_pool_by_phases(g, win, channels)
               or _max_pool_by_indices(g, win, channels))  # fmt: skip
