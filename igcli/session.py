@@ -1864,10 +1864,7 @@ class Session:
                 # a row this large goes alone from the start, with no probes of several rows:
                 # a 2000 x 2000 image's probes kept 2.4 GB of ONNX Runtime's memory under a
                 # 1 GB budget (and independence means nothing at one row per call)
-                self._current.one_row_per_call()
-                self._current.tuner = RowTuner(1)
-                self.memory_per_row = _row_floor(x, self._current)
-                self._say_if_over_budget(self.memory_per_row, current_rss())
+                self._set_rows(self._current, 1, _row_floor(x, self._current), current_rss())
                 return graph
             # independence first: rows that change each other's outputs (or share one scalar
             # output) go one per call, and then there is nothing to measure
@@ -2119,7 +2116,9 @@ class Session:
                 self._check_plain.one_row_per_call()
         return self._check_plain
 
-    def _say_if_over_budget(self, per_row: int, resident: int) -> None:
+    def _set_rows(self, runner: ModelRunner, rows: int, per_row: int, resident: int) -> None:
+        """Calls of `rows` rows on `runner` (one a call at 1), each costing about `per_row`
+        bytes beside `resident`; said where even one row is over the memory budget."""
         if resident + per_row > self.memory_budget:
             self._warn_once(
                 "over budget",
@@ -2128,6 +2127,12 @@ class Session:
                 f"of {size_text(self.memory_budget)} (--memory-limit): running one row per "
                 "call, which still needs more",
             )
+        if rows <= 1:
+            runner.one_row_per_call()  # ONNX Runtime's threads then serve each call
+        else:
+            runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below
+        runner.tuner = RowTuner(rows)
+        self.memory_per_row = per_row
 
     def _measure_rows(
         self, runner: ModelRunner, graph: GraphRunner | None, x, context: Context | None = None
@@ -2153,13 +2158,7 @@ class Session:
         per_row = max(per_row or 0, _row_floor(x, runner))  # (see _row_floor)
         resident = current_rss()
         rows = rows_for(self.memory_budget, per_row, resident, runner.batch_size)
-        self._say_if_over_budget(per_row, resident)
-        if rows <= 1:
-            runner.one_row_per_call()  # ONNX Runtime's threads then serve each call
-        else:
-            runner.batch_size = rows  # the memory cap; the tuner finds the fastest size below
-        runner.tuner = RowTuner(rows)
-        self.memory_per_row = per_row
+        self._set_rows(runner, rows, per_row, resident)
 
     @property
     def looks_piecewise(self) -> bool:
