@@ -408,12 +408,19 @@ def read_image(
             raise InputError("image too large to decode in memory", path) from None
         except Exception as exc:  # decoders raise a zoo of exceptions on damaged files
             raise InputError(f"cannot decode image ({first_line(exc)})", path) from None
-    if not prep.scale:
+    return _scaled(arr, max_value, prep.scale)
+
+
+def _scaled(arr: np.ndarray, max_value: float, scale: float | None) -> np.ndarray:
+    """Pixels in their own range (up to max_value) on the model's 0-255 / scale, clipped at
+    0; as they are without a scale. In place where arr is a float64 array of its own, in the
+    same order as arr * a / b: no float64 copies of a large image."""
+    if not scale:
         return arr
     if arr.dtype != np.float64 or not arr.flags.writeable:
         arr = arr.astype(np.float64)
-    arr *= 255.0 / max_value  # in place, in the same order as arr * a / b: no float64 copies
-    arr /= prep.scale
+    arr *= 255.0 / max_value
+    arr /= scale
     return np.clip(arr, 0.0, None, out=arr)
 
 
@@ -983,7 +990,7 @@ def sample_from_array(value, prep: Preprocessing, name: str) -> Sample:
             )
         except ValueError as exc:  # a mode Pillow cannot convert (LAB to RGB)
             raise UsageError(f"a {value.mode} image: {first_line(exc)}", where) from None
-        pixels = np.clip(arr * (255.0 / full) / prep.scale, 0.0, None) if prep.scale else arr
+        pixels = _scaled(arr, full, prep.scale)
         x = _to_model_dtype(prep.image_to_model(pixels, cast=False), prep.dtype, where, UsageError)
         return Sample(where, name, "image", x, pixels=pixels)
     try:
