@@ -163,24 +163,27 @@ class Messages:
                 cells.append(estimated_percent(r.get("feature_error")))
             return cells + [str(r.get(k, r.get("steps"))) for k in varying]
 
-        shown = [row(r) for r in results[:rows]]
-        if self._fits(columns, shown):
-            t = table(columns, shown, title_justify="left")
-            if len(results) > rows:
-                t.caption = f"... and {len(results) - rows} more in report.json"
-            self.print(t)
-        else:  # a narrow terminal cut every number to '7…': one result a line instead
-            self._lines(columns, shown)
-            if len(results) > rows:
-                self.info(f"... and {len(results) - rows} more in report.json")
+        more = f"... and {len(results) - rows} more in report.json" if len(results) > rows else None
+        self._results(columns, [row(r) for r in results[:rows]], more, title_justify="left")
         if len(results) > rows:
             order = heapq.nlargest(worst, results, key=lambda r: _error_value(r["rel_error"]))
-            if self._fits(columns, [row(r) for r in order]):
-                self.print(table(columns, [row(r) for r in order], title="worst completeness"))
-            else:
-                self.info("worst completeness:")
-                self._lines(columns, [row(r) for r in order])
+            self._results(columns, [row(r) for r in order], None, title="worst completeness")
         self.print_tokens(results[:rows])
+
+    def _results(self, columns: list[str], rows: list[list], caption: str | None, **how) -> None:
+        """A table of results, or one result a line where a narrow terminal would cut
+        every number to '7…'; `how`: the table's title and its place."""
+        if self._fits(columns, rows):
+            t = table(columns, rows, **how)
+            if caption:
+                t.caption = caption
+            self.print(t)
+            return
+        if how.get("title"):
+            self.info(f"{how['title']}:")
+        self._lines(columns, rows)
+        if caption:
+            self.info(caption)
 
     def _fits(self, columns: list[str], rows: list[list]) -> bool:
         """Whether a table of these rows shows every number whole on this console: the
